@@ -1,0 +1,1 @@
+//! GuestMemory: fault-safe access to guest physical memory through a GuestMemoryAccess backing.

@@ -1,0 +1,1 @@
+//! MemoryRegistrar: registers guest RAM with a host facility lazily, in 2 GiB chunks.
