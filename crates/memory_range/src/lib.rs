@@ -41,11 +41,11 @@ fn sub(a: u64, b: u64) -> u64 {
     }
 }
 
-/// Rounds `value` up to a multiple of the power of two `alignment` (`value + alignment - 1`,
-/// evaluated left to right, then masked); overflow panics.
+/// Rounds `value` up to a multiple of the power of two `alignment`; panics when the result
+/// would not fit in a `u64`.
 #[track_caller]
 fn round_up(value: u64, alignment: u64) -> u64 {
-    sub(add(value, alignment), 1) & !(alignment - 1)
+    add(value, alignment - 1) & !(alignment - 1)
 }
 
 /// Rounds `value` down to a multiple of the power of two `alignment`.
@@ -655,5 +655,645 @@ pub fn merge_adjacent_ranges<T: PartialEq>(
 ) -> impl Iterator<Item = (MemoryRange, T)> {
     MergeAdjacent {
         ranges: ranges.into_iter().peekable(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::reversed_empty_ranges)] // Reversed ranges are the invalid inputs under test.
+mod tests {
+    use super::*;
+
+    const KB: u64 = 1024;
+    const MB: u64 = 1024 * KB;
+    const GB: u64 = 1024 * MB;
+
+    fn r(start: u64, end: u64) -> MemoryRange {
+        MemoryRange::new(start..end)
+    }
+
+    /// A range given in 4 KiB page numbers.
+    fn pages(start: u64, end: u64) -> MemoryRange {
+        MemoryRange::from_4k_gpn_range(start..end)
+    }
+
+    fn panics<T>(f: impl FnOnce() -> T) -> bool {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err()
+    }
+
+    // Scenario 1.
+    #[test]
+    fn accessors_and_formatting() {
+        let range = r(0x1000, 0x3000);
+        assert_eq!(range.to_string(), "0x1000-0x3000");
+        assert_eq!(range.len(), 0x2000);
+        assert_eq!(range.page_count_4k(), 2);
+        assert_eq!(range.page_count_2m(), 1);
+        assert_eq!(range.start_4k_gpn(), 1);
+        assert_eq!(range.end_4k_gpn(), 3);
+        assert!(!range.is_empty());
+        assert_eq!(
+            format!("{range:?}"),
+            "MemoryRange { start: 4096, end: 12288 }"
+        );
+        assert_eq!(Range::<u64>::from(range), 0x1000..0x3000);
+    }
+
+    // Scenario 2.
+    #[test]
+    fn empty_and_page_count_2m() {
+        assert_eq!(MemoryRange::EMPTY.to_string(), "0x0-0x0");
+        assert_eq!(MemoryRange::EMPTY.page_count_2m(), 0);
+        assert!(MemoryRange::EMPTY.is_empty());
+        assert_eq!(r(0, 0x201000).page_count_2m(), 2);
+        assert_eq!(r(0x1000, 0x201000).page_count_2m(), 1);
+        assert_eq!(MemoryRange::MAX_ADDRESS, 0xffff_ffff_ffff_f000);
+    }
+
+    // Scenarios 3 and 4.
+    #[test]
+    fn try_new_errors() {
+        let err = MemoryRange::try_new(0x1001..0x2000).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unaligned or invalid memory range: 0x1001-0x2000"
+        );
+        let err = MemoryRange::try_new(0x3000..0x2000).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unaligned or invalid memory range: 0x3000-0x2000"
+        );
+        assert_eq!(
+            format!("{err:?}"),
+            "InvalidMemoryRange { start: 12288, end: 8192 }"
+        );
+        assert!(MemoryRange::try_new(0x1000..0x1001).is_err());
+        assert_eq!(
+            MemoryRange::try_new(0x1000..0x2000).unwrap(),
+            r(0x1000, 0x2000)
+        );
+        assert!(MemoryRange::try_from(0x1000u64..0x800u64).is_err());
+    }
+
+    // Scenario 5.
+    #[test]
+    fn new_panics_and_try_from_usize() {
+        assert!(panics(|| MemoryRange::new(0x1000..0x1800)));
+        assert!(panics(|| MemoryRange::new(0x800..0x1000)));
+        assert!(panics(|| MemoryRange::new(0x2000..0x1000)));
+        let range = MemoryRange::try_from(0usize..4096usize).unwrap();
+        assert_eq!(range.to_string(), "0x0-0x1000");
+    }
+
+    #[test]
+    fn constructors_are_const() {
+        const RANGE: MemoryRange = MemoryRange::new(0x1000..0x2000);
+        const RESULT: Result<MemoryRange, InvalidMemoryRange> = MemoryRange::try_new(0..0x1000);
+        assert_eq!(RANGE.len(), 0x1000);
+        assert!(RESULT.is_ok());
+    }
+
+    // Scenarios 6 and 7.
+    #[test]
+    fn bounding() {
+        assert_eq!(
+            MemoryRange::bounding(0x1800..0x1800).to_string(),
+            "0x1000-0x2000"
+        );
+        assert_eq!(
+            MemoryRange::bounding(0x1234..0x5678).to_string(),
+            "0x1000-0x6000"
+        );
+        assert_eq!(
+            MemoryRange::bounding(0x1000..0x1000).to_string(),
+            "0x1000-0x1000"
+        );
+        assert_eq!(MemoryRange::bounding(0..0).to_string(), "0x0-0x0");
+        assert_eq!(
+            MemoryRange::bounding(0..0xFFFF_FFFF_FFFF_EFFE).to_string(),
+            "0x0-0xfffffffffffff000"
+        );
+        assert!(panics(|| MemoryRange::bounding(0..0xFFFF_FFFF_FFFF_EFFF)));
+        assert!(panics(|| MemoryRange::bounding(
+            0..MemoryRange::MAX_ADDRESS
+        )));
+        assert!(panics(|| MemoryRange::bounding(5..4)));
+    }
+
+    // Scenario 8.
+    #[test]
+    fn from_4k_gpn_range() {
+        assert_eq!(pages(5, 11).to_string(), "0x5000-0xb000");
+        assert_eq!(
+            pages(0, 0xF_FFFF_FFFF_FFFF).to_string(),
+            "0x0-0xfffffffffffff000"
+        );
+        assert!(panics(|| pages(0, 0x10_0000_0000_0000)));
+        assert!(panics(|| pages(0x10_0000_0000_0000, 0x10_0000_0000_0000)));
+        assert!(panics(|| pages(3, 2)));
+    }
+
+    // Scenario 9.
+    #[test]
+    fn alignment() {
+        assert_eq!(r(0x200000, 0x400000).alignment(0), 0x200000);
+        assert_eq!(
+            r(4 * MB + 8 * KB, 6 * MB + 8 * KB).alignment(2 * MB - 8 * KB),
+            0x200000
+        );
+        assert_eq!(r(0, 4 * GB).alignment(0), 0x1_0000_0000);
+        assert_eq!(r(0x1000, 0x1000).alignment(0), 0x1000);
+        assert!(panics(|| MemoryRange::EMPTY.alignment(0)));
+        assert!(panics(|| r(0, 0x1000).alignment(u64::MAX)));
+    }
+
+    // Scenario 10.
+    #[test]
+    fn aligned_subrange() {
+        assert_eq!(
+            r(0x1000, 0x101000).aligned_subrange(MB).to_string(),
+            "0x100000-0x100000"
+        );
+        assert_eq!(
+            r(0x1000, 0x2000).aligned_subrange(MB).to_string(),
+            "0x0-0x0"
+        );
+        assert_eq!(
+            r(0x3000, 0x9000).aligned_subrange(1).to_string(),
+            "0x3000-0x9000"
+        );
+        assert_eq!(
+            r(MB, 5 * MB).aligned_subrange(2 * MB).to_string(),
+            "0x200000-0x400000"
+        );
+        assert!(panics(|| r(0x1000, 0x3000).aligned_subrange(3)));
+        assert!(panics(|| r(0x1000, 0x3000).aligned_subrange(0)));
+        let top = MemoryRange::MAX_ADDRESS;
+        assert!(panics(|| r(top, top).aligned_subrange(2 * MB)));
+    }
+
+    // Scenario 11.
+    #[test]
+    fn overlaps() {
+        assert!(r(0x2000, 0x2000).overlaps(&r(0x1000, 0x3000)));
+        assert!(!r(0x1000, 0x2000).overlaps(&r(0x2000, 0x3000)));
+        assert!(!r(0x1000, 0x1000).overlaps(&r(0x1000, 0x3000)));
+        assert!(!r(0x2000, 0x2000).overlaps(&r(0x2000, 0x2000)));
+        assert!(r(0x1000, 0x3000).overlaps(&r(0x2000, 0x4000)));
+    }
+
+    // Scenario 12.
+    #[test]
+    fn contains() {
+        let range = r(0x1000, 0x3000);
+        assert!(range.contains(&r(0x3000, 0x3000)));
+        assert!(!range.contains(&MemoryRange::EMPTY));
+        assert!(range.contains(&range));
+        assert!(!range.contains(&r(0x2000, 0x4000)));
+        assert!(!range.contains_addr(0xfff));
+        assert!(range.contains_addr(0x1000));
+        assert!(range.contains_addr(0x2fff));
+        assert!(!range.contains_addr(0x3000));
+        assert!(!r(0x1000, 0x1000).contains_addr(0x1000));
+    }
+
+    // Scenario 13.
+    #[test]
+    fn intersection() {
+        assert_eq!(
+            r(0, 0x1000).intersection(&r(0x1000, 0x2000)).to_string(),
+            "0x1000-0x1000"
+        );
+        assert_eq!(
+            r(0, 0x1000).intersection(&r(0x5000, 0x6000)).to_string(),
+            "0x0-0x0"
+        );
+        assert_eq!(
+            r(0x1000, 0x5000)
+                .intersection(&r(0x3000, 0x8000))
+                .to_string(),
+            "0x3000-0x5000"
+        );
+    }
+
+    // Scenario 14.
+    #[test]
+    fn split_at_offset() {
+        let range = r(0x1000, 0x4000);
+        assert_eq!(
+            range.split_at_offset(0x1000),
+            (r(0x1000, 0x2000), r(0x2000, 0x4000))
+        );
+        assert_eq!(
+            range.split_at_offset(0x3000),
+            (r(0x1000, 0x4000), r(0x4000, 0x4000))
+        );
+        assert_eq!(
+            range.split_at_offset(0),
+            (r(0x1000, 0x1000), r(0x1000, 0x4000))
+        );
+        assert!(panics(|| range.split_at_offset(0x800)));
+        assert!(panics(|| range.split_at_offset(0x4000)));
+    }
+
+    // Scenario 15.
+    #[test]
+    fn offset_of() {
+        let range = r(0x1000, 0x3000);
+        assert_eq!(range.offset_of(0x2800), Some(0x1800));
+        assert_eq!(range.offset_of(0x1000), Some(0));
+        assert_eq!(range.offset_of(0x3000), None);
+        assert_eq!(range.offset_of(0xfff), None);
+    }
+
+    // Scenario 16.
+    #[test]
+    fn ordering() {
+        assert!(r(0x1000, 0x2000) < r(0x1000, 0x3000));
+        assert!(r(0x1000, 0x3000) < r(0x2000, 0x2000));
+        assert!(r(0, 0x5000) < r(0x1000, 0x2000));
+        assert_eq!(
+            r(0x1000, 0x2000).cmp(&r(0x1000, 0x2000)),
+            std::cmp::Ordering::Equal
+        );
+    }
+
+    fn subranges(iter: AlignedSubranges) -> Vec<MemoryRange> {
+        iter.collect()
+    }
+
+    // Scenario 17.
+    #[test]
+    fn aligned_subranges_small() {
+        let range = r(5 * MB + 400 * KB, 12 * MB + 400 * KB);
+        let pieces = subranges(AlignedSubranges::new(range));
+        assert_eq!(
+            pieces,
+            [
+                r(0x564000, 0x600000),
+                r(0x600000, 0xc00000),
+                r(0xc00000, 0xc64000)
+            ]
+        );
+        let alignments: Vec<u64> = pieces.iter().map(|piece| piece.alignment(0)).collect();
+        assert_eq!(alignments, [16 * KB, 2 * MB, 16 * KB]);
+    }
+
+    // Scenario 18.
+    #[test]
+    fn aligned_subranges_gigabytes() {
+        let start = GB + 501 * MB;
+        let end = 3 * GB + 503 * MB;
+        assert_eq!(
+            subranges(AlignedSubranges::new(r(start, end))),
+            [
+                r(GB + 501 * MB, GB + 502 * MB),
+                r(GB + 502 * MB, 2 * GB),
+                r(2 * GB, 3 * GB),
+                r(3 * GB, 3 * GB + 502 * MB),
+                r(3 * GB + 502 * MB, 3 * GB + 503 * MB),
+            ]
+        );
+    }
+
+    // Scenario 19.
+    #[test]
+    fn aligned_subranges_page_edges() {
+        assert_eq!(
+            subranges(AlignedSubranges::new(r(0x1ff000, 0x80201000))),
+            [
+                r(0x1ff000, 0x200000),
+                r(0x200000, 0x40000000),
+                r(0x40000000, 0x80000000),
+                r(0x80000000, 0x80200000),
+                r(0x80200000, 0x80201000),
+            ]
+        );
+    }
+
+    // Scenario 20.
+    #[test]
+    fn aligned_subranges_max_len() {
+        assert_eq!(
+            subranges(AlignedSubranges::new(r(0, 4 * MB)).with_max_range_len(MB)),
+            [
+                r(0, MB),
+                r(MB, 2 * MB),
+                r(2 * MB, 3 * MB),
+                r(3 * MB, 4 * MB)
+            ]
+        );
+        assert_eq!(
+            subranges(AlignedSubranges::new(r(0, 5 * GB)).with_max_range_len(2 * GB)),
+            [r(0, 2 * GB), r(2 * GB, 4 * GB), r(4 * GB, 5 * GB)]
+        );
+        // A zero maximum length yields the empty range at the start forever.
+        let endless: Vec<_> = AlignedSubranges::new(r(0, 4 * MB))
+            .with_max_range_len(0)
+            .take(5)
+            .collect();
+        assert_eq!(endless, [r(0, 0); 5]);
+        // A maximum length that is not page aligned panics when iterated.
+        let mut unaligned = AlignedSubranges::new(r(0, 4 * MB)).with_max_range_len(0xfff);
+        assert!(panics(|| unaligned.next()));
+    }
+
+    // Scenario 21.
+    #[test]
+    fn aligned_subranges_offset() {
+        let range = r(4 * MB + 8 * KB, 6 * MB + 8 * KB);
+        let pieces = subranges(AlignedSubranges::new(range).with_offset(2 * MB - 8 * KB));
+        assert_eq!(pieces, [r(0x402000, 0x602000)]);
+        let pieces = subranges(AlignedSubranges::new(range));
+        assert_eq!(pieces, [range]);
+        assert_eq!(pieces[0].alignment(0), 8 * KB);
+        assert!(subranges(AlignedSubranges::new(MemoryRange::EMPTY)).is_empty());
+        let mut unaligned = AlignedSubranges::new(r(0, 4 * MB)).with_offset(0x800);
+        let cloned = unaligned.clone();
+        assert!(panics(|| unaligned.next()));
+        assert!(format!("{cloned:?}").contains("AlignedSubranges"));
+    }
+
+    // Scenario 22.
+    #[test]
+    fn walk_ranges_tags() {
+        let left = [(r(MB, 4 * MB), "first"), (r(8 * MB, 12 * MB), "second")];
+        let right = [(r(2 * MB, 9 * MB), 1000), (r(9 * MB, 10 * MB), 2000)];
+        let walked: Vec<_> = walk_ranges(left, right).collect();
+        use RangeWalkResult::*;
+        assert_eq!(
+            walked,
+            [
+                (r(0, MB), Neither),
+                (r(MB, 2 * MB), Left("first")),
+                (r(2 * MB, 4 * MB), Both("first", 1000)),
+                (r(4 * MB, 8 * MB), Right(1000)),
+                (r(8 * MB, 9 * MB), Both("second", 1000)),
+                (r(9 * MB, 10 * MB), Both("second", 2000)),
+                (r(10 * MB, 12 * MB), Left("second")),
+                (r(12 * MB, MemoryRange::MAX_ADDRESS), Neither),
+            ]
+        );
+    }
+
+    // Scenario 23.
+    #[test]
+    fn walk_ranges_whole_space() {
+        let empty: [(MemoryRange, ()); 0] = [];
+        let walked: Vec<_> = walk_ranges(empty, empty).collect();
+        assert_eq!(
+            walked,
+            [(r(0, MemoryRange::MAX_ADDRESS), RangeWalkResult::Neither)]
+        );
+        assert_eq!(walked[0].0.to_string(), "0x0-0xfffffffffffff000");
+        let walked: Vec<_> = walk_ranges([(r(0, MemoryRange::MAX_ADDRESS), 'a')], empty).collect();
+        assert_eq!(
+            walked,
+            [(r(0, MemoryRange::MAX_ADDRESS), RangeWalkResult::Left('a'))]
+        );
+    }
+
+    fn scenario_24_left() -> Vec<MemoryRange> {
+        vec![
+            r(0, 4 * MB),
+            r(8 * MB, 12 * MB),
+            r(12 * MB, 12 * MB),
+            r(16 * MB, 20 * MB),
+            r(24 * MB, 32 * MB),
+            r(40 * MB, 48 * MB),
+        ]
+    }
+
+    fn scenario_24_right() -> Vec<MemoryRange> {
+        vec![
+            r(2 * MB, 6 * MB),
+            r(10 * MB, 11 * MB),
+            r(11 * MB, 11 * MB),
+            r(11 * MB, 13 * MB),
+            r(15 * MB, 22 * MB),
+            r(26 * MB, 30 * MB),
+        ]
+    }
+
+    // Scenario 24.
+    #[test]
+    fn overlapping() {
+        let result: Vec<_> = overlapping_ranges(scenario_24_left(), scenario_24_right()).collect();
+        assert_eq!(
+            result,
+            [
+                r(2 * MB, 4 * MB),
+                r(10 * MB, 11 * MB),
+                r(11 * MB, 12 * MB),
+                r(16 * MB, 20 * MB),
+                r(26 * MB, 30 * MB),
+            ]
+        );
+    }
+
+    // Scenario 25.
+    #[test]
+    fn subtract() {
+        let result: Vec<_> = subtract_ranges(scenario_24_left(), scenario_24_right()).collect();
+        assert_eq!(
+            result,
+            [
+                r(0, 2 * MB),
+                r(8 * MB, 10 * MB),
+                r(24 * MB, 26 * MB),
+                r(30 * MB, 32 * MB),
+                r(40 * MB, 48 * MB),
+            ]
+        );
+    }
+
+    // Scenario 26.
+    #[test]
+    #[should_panic(expected = "left not sorted")]
+    fn overlapping_left_not_sorted() {
+        overlapping_ranges([r(MB, 2 * MB), r(0, MB)], [r(3 * MB, 4 * MB)]).for_each(drop);
+    }
+
+    // Scenario 26.
+    #[test]
+    #[should_panic(expected = "right not sorted")]
+    fn overlapping_right_not_sorted() {
+        overlapping_ranges([r(MB, 2 * MB), r(3 * MB, 4 * MB)], [r(0, MB), r(0, MB)]).for_each(drop);
+    }
+
+    // Scenario 26: nothing panics until the iterator is advanced.
+    #[test]
+    fn unsorted_inputs_are_lazy() {
+        let _left = overlapping_ranges([r(MB, 2 * MB), r(0, MB)], [r(3 * MB, 4 * MB)]);
+        let _right = overlapping_ranges([r(MB, 2 * MB)], [r(0, MB), r(0, MB)]);
+        // Earlier items are produced before the panic.
+        let mut subtract = subtract_ranges([r(MB, 2 * MB), r(0, MB)], [r(3 * MB, 4 * MB)]);
+        assert_eq!(subtract.next(), Some(r(MB, 2 * MB)));
+        let message =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| subtract.next())).unwrap_err();
+        assert_eq!(message.downcast_ref::<String>().unwrap(), "left not sorted");
+    }
+
+    // Scenario 27.
+    #[test]
+    fn walk_ranges_empty_elements() {
+        let empty: [(MemoryRange, ()); 0] = [];
+        let walked: Vec<_> =
+            walk_ranges([(r(4 * MB, 4 * MB), ()), (r(MB, 2 * MB), ())], empty).collect();
+        assert_eq!(
+            walked,
+            [
+                (r(0, MB), RangeWalkResult::Neither),
+                (r(MB, 2 * MB), RangeWalkResult::Left(())),
+                (
+                    r(2 * MB, MemoryRange::MAX_ADDRESS),
+                    RangeWalkResult::Neither
+                ),
+            ]
+        );
+    }
+
+    // Scenario 27.
+    #[test]
+    #[should_panic(expected = "left not sorted")]
+    fn walk_ranges_empty_element_inside_previous() {
+        let empty: [(MemoryRange, ()); 0] = [];
+        walk_ranges([(r(0, 4 * MB), ()), (r(2 * MB, 2 * MB), ())], empty).for_each(drop);
+    }
+
+    // Scenario 28.
+    #[test]
+    fn subtract_is_not_merged() {
+        let result: Vec<_> =
+            subtract_ranges([r(0, 10 * MB)], [r(2 * MB, 3 * MB), r(5 * MB, 6 * MB)]).collect();
+        assert_eq!(
+            result,
+            [r(0, 2 * MB), r(3 * MB, 5 * MB), r(6 * MB, 10 * MB)]
+        );
+        let result: Vec<_> = subtract_ranges([r(0, 2 * MB), r(2 * MB, 4 * MB)], []).collect();
+        assert_eq!(result, [r(0, 2 * MB), r(2 * MB, 4 * MB)]);
+        let result: Vec<_> =
+            overlapping_ranges([r(0, 2 * MB), r(2 * MB, 4 * MB)], [r(MB, 3 * MB)]).collect();
+        assert_eq!(result, [r(MB, 2 * MB), r(2 * MB, 3 * MB)]);
+    }
+
+    // Scenario 29.
+    #[test]
+    fn flatten() {
+        let input = [
+            pages(0, 4),
+            pages(5, 7),
+            pages(6, 11),
+            pages(13, 20),
+            pages(20, 25),
+            pages(22, 24),
+            pages(35, 36),
+        ];
+        let result: Vec<String> = flatten_ranges(input).map(|x| x.to_string()).collect();
+        assert_eq!(
+            result,
+            [
+                "0x0-0x4000",
+                "0x5000-0xb000",
+                "0xd000-0x19000",
+                "0x23000-0x24000"
+            ]
+        );
+    }
+
+    // Scenario 30.
+    #[test]
+    fn flatten_overlaps_and_empty() {
+        let result: Vec<_> =
+            flatten_ranges([r(0x1000, 0x8000), r(0x2000, 0x3000), r(0x2000, 0x9000)]).collect();
+        assert_eq!(result, [r(0x1000, 0x9000)]);
+        let input = [r(0x1000, 0x2000), r(0x3000, 0x3000), r(0x5000, 0x6000)];
+        let result: Vec<_> = flatten_ranges(input).collect();
+        assert_eq!(result, input);
+    }
+
+    // Scenario 31.
+    #[test]
+    #[should_panic(expected = "ranges are not sorted")]
+    fn flatten_not_sorted() {
+        flatten_ranges([pages(0, 4), pages(5, 7), pages(3, 8)]).for_each(drop);
+    }
+
+    // Scenario 31.
+    #[test]
+    #[should_panic(expected = "ranges are not sorted")]
+    fn flatten_not_sorted_inside_run() {
+        flatten_ranges([pages(0, 10), pages(5, 7), pages(3, 8)]).for_each(drop);
+    }
+
+    // Scenario 32.
+    #[test]
+    fn merge_adjacent() {
+        #[derive(Debug, PartialEq)]
+        enum Tag {
+            R,
+            B,
+        }
+        let input = [
+            (pages(0, 4), Tag::R),
+            (pages(5, 7), Tag::R),
+            (pages(7, 11), Tag::R),
+            (pages(11, 12), Tag::B),
+            (pages(13, 20), Tag::R),
+            (pages(20, 25), Tag::R),
+            (pages(35, 36), Tag::B),
+        ];
+        let result: Vec<_> = merge_adjacent_ranges(input).collect();
+        assert_eq!(
+            result,
+            [
+                (pages(0, 4), Tag::R),
+                (pages(5, 11), Tag::R),
+                (pages(11, 12), Tag::B),
+                (pages(13, 25), Tag::R),
+                (pages(35, 36), Tag::B),
+            ]
+        );
+        let result: Vec<_> = merge_adjacent_ranges([
+            (pages(0, 1), Tag::R),
+            (pages(1, 1), Tag::B),
+            (pages(1, 2), Tag::R),
+        ])
+        .collect();
+        assert_eq!(result.len(), 3);
+    }
+
+    // Scenario 33.
+    #[test]
+    #[should_panic(expected = "ranges overlap")]
+    fn merge_overlap() {
+        merge_adjacent_ranges([(pages(0, 6), ()), (pages(5, 7), ()), (pages(9, 12), ())])
+            .for_each(drop);
+    }
+
+    // Scenario 33.
+    #[test]
+    #[should_panic(expected = "ranges are not sorted")]
+    fn merge_not_sorted() {
+        merge_adjacent_ranges([(pages(0, 4), ()), (pages(5, 7), ()), (pages(3, 8), ())])
+            .for_each(drop);
+    }
+
+    // Scenario 33.
+    #[test]
+    #[should_panic(expected = "ranges are not sorted")]
+    fn merge_not_sorted_touching_earlier() {
+        merge_adjacent_ranges([(pages(0, 4), ()), (pages(5, 7), ()), (pages(4, 5), ())])
+            .for_each(drop);
+    }
+
+    #[test]
+    fn iterators_are_static_and_send() {
+        fn assert_static_send<T: 'static + Send>(_: &T) {}
+        let walk = walk_ranges(vec![(r(0, 0x1000), 1u32)], vec![(r(0, 0x1000), 2u8)]);
+        assert_static_send(&walk);
+        assert_static_send(&overlapping_ranges(vec![r(0, 0x1000)], vec![]));
+        assert_static_send(&subtract_ranges(vec![r(0, 0x1000)], vec![]));
+        assert_static_send(&flatten_ranges(vec![r(0, 0x1000)]));
+        assert_static_send(&merge_adjacent_ranges(vec![(r(0, 0x1000), 1u8)]));
     }
 }
