@@ -1,0 +1,1 @@
+//! Tests of handler installation, forwarding and re-arming, run in child processes.
