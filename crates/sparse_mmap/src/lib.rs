@@ -1,1 +1,37 @@
 //! Virtual address reservations with memfd/file-backed or anonymous pages placed into them.
+//!
+//! A [`SparseMapping`] owns one contiguous range of host virtual address space for its whole
+//! lifetime. The range starts inaccessible; page-granular sub-ranges are then replaced by private
+//! anonymous memory ([`SparseMapping::alloc`]), read-only zero pages
+//! ([`SparseMapping::map_zero`]) or shared views of a file descriptor
+//! ([`SparseMapping::map_file`]), and returned to the inaccessible state
+//! ([`SparseMapping::unmap`]) without ever giving the address space back to the OS. Guest memory
+//! (`guestmem`) is layered on top: because the reservation never has holes, a guarded access to
+//! an unplaced page can only raise a recoverable fault, never touch unrelated memory.
+//!
+//! The data helpers ([`SparseMapping::read_at`] and friends) go through `trycopy`, so faults
+//! become [`SparseMappingError::Memory`] errors. Shareable memory objects are plain owned file
+//! descriptors ([`Mappable`]), created by [`alloc_shared_memory`] (a memfd).
+//!
+//! Linux only (x86-64 and aarch64). No operation here panics on caller input: every failure is an
+//! error.
+
+#![cfg(target_os = "linux")]
+
+pub mod alloc;
+mod data_access;
+mod mapping;
+mod shared_memory;
+mod shmem_views;
+
+pub use data_access::SparseMappingError;
+pub use mapping::SparseMapping;
+pub use shared_memory::alloc_shared_memory;
+pub use shared_memory::mappable_from_fd;
+pub use shared_memory::new_mappable_from_file;
+pub use shared_memory::Mappable;
+pub use shared_memory::MappableRef;
+pub use trycopy::initialize_try_copy;
+
+#[cfg(test)]
+mod tests;
