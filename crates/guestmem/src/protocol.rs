@@ -1,0 +1,244 @@
+//! Address decoding (spec §3.5) and the access protocol with its retry loop (spec §3.6).
+//!
+//! `locate` turns a GPA and length into a region and an offset inside it, or `OutOfRange`.
+//! `run_access` then performs a guarded attempt through the region's mapping; when it faults,
+//! the backing's `page_fault` is asked with the first failing address and the remaining length:
+//! `Retry` runs the whole attempt again, `Fail` ends the access with the backing's kind at the
+//! faulting GPA, `Fallback` runs the backing's slow path for the whole access. No lock is held
+//! while the backing is called.
+//!
+//! Retry limit: the loop counts consecutive `Retry` answers that did not move the first faulting
+//! address beyond every earlier one. Once that count has reached the handle's limit, the next
+//! `Retry` fails the access with kind `Other`, so `page_fault` is called at most `limit + 1`
+//! times for one faulting address.
+
+use crate::error::Cause;
+use crate::GuestMemory;
+use crate::GuestMemoryAccess;
+use crate::GuestMemoryBackingError;
+use crate::GuestMemoryErrorKind;
+use crate::PageFaultAction;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use trycopy::MemoryError;
+
+/// The base of a region's mapping.
+#[derive(Copy, Clone, Debug)]
+struct MappingBase(NonNull<u8>);
+
+// SAFETY: the pointer is only an address of reserved VA; every access through it is a guarded
+// access that is safe from any thread (the backing guarantees the reservation's lifetime).
+unsafe impl Send for MappingBase {}
+// SAFETY: as above.
+unsafe impl Sync for MappingBase {}
+
+/// One region of a guest memory.
+pub(crate) struct Region {
+    backing: Option<Arc<dyn GuestMemoryAccess>>,
+    mapping: Option<MappingBase>,
+    len: u64,
+    base_iova: Option<u64>,
+}
+
+impl Region {
+    /// A region provided by `backing` (its mapping and size are read once, here).
+    pub fn new(backing: Arc<dyn GuestMemoryAccess>) -> Self {
+        Self {
+            mapping: backing.mapping().map(MappingBase),
+            len: backing.max_address(),
+            base_iova: backing.base_iova(),
+            backing: Some(backing),
+        }
+    }
+
+    /// A missing (or padding) region of length 0.
+    pub fn missing() -> Self {
+        Self {
+            backing: None,
+            mapping: None,
+            len: 0,
+            base_iova: None,
+        }
+    }
+
+    pub fn has_mapping(&self) -> bool {
+        self.mapping.is_some()
+    }
+
+    pub fn mapping(&self) -> Option<*mut u8> {
+        self.mapping.map(|base| base.0.as_ptr())
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn base_iova(&self) -> Option<u64> {
+        self.base_iova
+    }
+
+    pub fn backing(&self) -> Option<&Arc<dyn GuestMemoryAccess>> {
+        self.backing.as_ref()
+    }
+}
+
+/// How GPAs split into a region index and an offset.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Decoder {
+    /// Bits that no valid GPA or length may have.
+    invalid_mask: u64,
+    /// Bits of the offset inside a region.
+    region_mask: u64,
+    /// Shift from GPA to region index.
+    region_shift: u32,
+}
+
+impl Decoder {
+    /// One region covering `[0, 2^63)`.
+    pub fn single() -> Self {
+        Self {
+            invalid_mask: 1 << 63,
+            region_mask: (1 << 63) - 1,
+            region_shift: 63,
+        }
+    }
+
+    /// `2^count_bits` regions of `2^region_bits` bytes (`region_bits + count_bits <= 63`).
+    pub fn multi(region_bits: u32, count_bits: u32) -> Self {
+        let valid_bits = region_bits + count_bits;
+        Self {
+            invalid_mask: !((1u64 << valid_bits) - 1),
+            region_mask: (1u64 << region_bits) - 1,
+            region_shift: region_bits,
+        }
+    }
+}
+
+/// The result of `locate`.
+pub(crate) struct Located<'a> {
+    pub region_index: usize,
+    pub region: &'a Region,
+    /// The offset inside the region.
+    pub offset: u64,
+}
+
+pub(crate) fn out_of_range(gpa: u64) -> GuestMemoryBackingError {
+    GuestMemoryBackingError::at(
+        GuestMemoryErrorKind::OutOfRange,
+        Some(gpa),
+        Cause::OutOfRange,
+    )
+}
+
+impl GuestMemory {
+    /// Finds the region holding `gpa..gpa + len`; an access may never straddle regions.
+    pub(crate) fn locate(
+        &self,
+        gpa: u64,
+        len: u64,
+    ) -> Result<Located<'_>, GuestMemoryBackingError> {
+        let decoder = &self.inner.decoder;
+        if (gpa | len) & decoder.invalid_mask != 0 {
+            return Err(out_of_range(gpa));
+        }
+        let offset = gpa & decoder.region_mask;
+        if offset.wrapping_add(len) & !decoder.region_mask != 0 {
+            return Err(out_of_range(gpa));
+        }
+        let region_index =
+            usize::try_from(gpa >> decoder.region_shift).map_err(|_| out_of_range(gpa))?;
+        let region = self
+            .inner
+            .regions
+            .get(region_index)
+            .ok_or_else(|| out_of_range(gpa))?;
+        // Both terms are below 2^63, so the sum cannot overflow.
+        if offset + len > region.len {
+            return Err(out_of_range(gpa));
+        }
+        Ok(Located {
+            region_index,
+            region,
+            offset,
+        })
+    }
+
+    pub(crate) fn regions(&self) -> &[Region] {
+        &self.inner.regions
+    }
+
+    /// Runs one access of `len > 0` bytes at `gpa` through the protocol of spec §3.6.
+    ///
+    /// `attempt` receives the host address of `gpa` and performs the guarded access; `fallback`
+    /// receives the backing and the region offset of `gpa` and performs the slow path for the
+    /// whole access. Errors carry the precise GPA (translated from region offsets).
+    pub(crate) fn run_access<T>(
+        &self,
+        gpa: u64,
+        len: u64,
+        write: bool,
+        mut attempt: impl FnMut(*mut u8) -> Result<T, MemoryError>,
+        fallback: impl FnOnce(&dyn GuestMemoryAccess, u64) -> Result<T, GuestMemoryBackingError>,
+    ) -> Result<T, GuestMemoryBackingError> {
+        let located = self.locate(gpa, len)?;
+        let region_base = gpa - located.offset;
+        let Some(backing) = located.region.backing() else {
+            return Err(out_of_range(gpa));
+        };
+        let to_gpa = |error: GuestMemoryBackingError| match error.gpa() {
+            Some(address) => {
+                let translated = region_base.wrapping_add(address);
+                error.with_gpa(translated)
+            }
+            None => error,
+        };
+        let Some(base) = located.region.mapping() else {
+            return fallback(backing.as_ref(), located.offset).map_err(to_gpa);
+        };
+        // The offset is inside the region's mapping, which is at most `max_address` bytes long.
+        let target = base.wrapping_add(located.offset as usize);
+
+        let mut unproductive_retries = 0u32;
+        let mut furthest_fault: Option<u64> = None;
+        loop {
+            let fault = match attempt(target) {
+                Ok(value) => return Ok(value),
+                Err(fault) => fault,
+            };
+            let delta = match fault.offset() as u64 {
+                delta if delta < len => delta,
+                _ => 0,
+            };
+            if furthest_fault.is_none_or(|furthest| delta > furthest) {
+                furthest_fault = Some(delta);
+                unproductive_retries = 0;
+            }
+            let fault_gpa = gpa + delta;
+            let remaining = (len - delta) as usize;
+            match backing.page_fault(located.offset + delta, remaining, write, false) {
+                PageFaultAction::Retry => {
+                    if unproductive_retries >= self.retry_limit {
+                        return Err(GuestMemoryBackingError::at(
+                            GuestMemoryErrorKind::Other,
+                            Some(fault_gpa),
+                            Cause::RetryLimit(self.retry_limit),
+                        )
+                        .with_fault(fault.fault()));
+                    }
+                    unproductive_retries += 1;
+                }
+                PageFaultAction::Fail(error) => {
+                    let error = error.into_backing_error(fault_gpa);
+                    return Err(if error.kind() == GuestMemoryErrorKind::Other {
+                        error.with_fault(fault.fault())
+                    } else {
+                        error
+                    });
+                }
+                PageFaultAction::Fallback => {
+                    return fallback(backing.as_ref(), located.offset).map_err(to_gpa);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1098 @@
+//! Tests of the guest-memory acceptance scenarios (guest-memory.md §5, S31–S52 where they apply
+//! to the Rust core) and of the retry limit, fallbacks, subranges and locking.
+
+use crate::*;
+use sparse_mmap::SparseMapping;
+use std::error::Error as _;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+const P: u64 = PAGE_SIZE as u64;
+const MIB: u64 = 1 << 20;
+
+/// The layout of S34: a 4 MiB mapping with RAM 0–1 MiB, a hole 1–2 MiB, RAM 2–3 MiB, a hole
+/// 3 MiB..3 MiB + P and RAM up to 4 MiB.
+fn s34_layout() -> (Arc<SparseMapping>, GuestMemory) {
+    let mapping = Arc::new(SparseMapping::new(4 * MIB as usize).unwrap());
+    mapping.alloc(0, MIB as usize).unwrap();
+    mapping.alloc(2 * MIB as usize, MIB as usize).unwrap();
+    mapping
+        .alloc((3 * MIB + P) as usize, (MIB - P) as usize)
+        .unwrap();
+    let memory = GuestMemory::new("test", mapping.clone());
+    (mapping, memory)
+}
+
+/// Records the `page_fault` calls of a hook.
+#[derive(Clone, Default)]
+struct FaultLog(Arc<Mutex<Vec<(u64, usize, bool)>>>);
+
+impl FaultLog {
+    fn record(&self, address: u64, len: usize, write: bool) {
+        self.0.lock().unwrap().push((address, len, write));
+    }
+
+    fn take(&self) -> Vec<(u64, usize, bool)> {
+        std::mem::take(&mut self.0.lock().unwrap())
+    }
+}
+
+fn hooked(
+    mapping: &Arc<SparseMapping>,
+    page_fault: impl Fn(u64, usize, bool, bool) -> PageFaultAction + Send + Sync + 'static,
+) -> GuestMemory {
+    GuestMemory::from_sparse_mapping(
+        "hooked",
+        mapping.clone(),
+        GuestMemoryHooks {
+            page_fault: Some(Box::new(page_fault)),
+            ..Default::default()
+        },
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TestError(&'static str);
+
+#[test]
+fn s32_allocate_round_trip_and_inner_buffer_ownership() {
+    let mut memory = GuestMemory::allocate(0x10000);
+    assert_eq!(memory.debug_name(), "heap");
+    memory.write_at(0, &[0x42; 0x10000]).unwrap();
+    let mut back = vec![0u8; 0x10000];
+    memory.read_at(0, &mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 0x42));
+    assert_eq!(memory.inner_buf().unwrap().len(), 0x10000);
+    assert_eq!(memory.inner_buf_mut().unwrap()[5], 0x42);
+    memory.inner_buf_mut().unwrap()[5] = 7;
+    assert_eq!(memory.read_plain::<u8>(5).unwrap(), 7);
+
+    let clone = memory.clone();
+    assert!(memory.inner_buf_mut().is_none());
+    let memory = memory.into_inner_buf().unwrap_err();
+    drop(clone);
+    let mut heap = memory.into_inner_buf().unwrap();
+    assert_eq!(heap.as_mut_bytes()[5], 7);
+
+    // A non-allocated memory has no inner buffer.
+    let (_mapping, sparse) = s34_layout();
+    assert!(sparse.inner_buf().is_none());
+    assert!(sparse.into_inner_buf().is_err());
+}
+
+#[test]
+fn s33_allocate_rounds_up_to_a_page() {
+    assert_eq!(GuestMemory::allocate(1).max_address(), 4096);
+    assert_eq!(GuestMemory::allocate(4096).max_address(), 4096);
+    assert_eq!(GuestMemory::allocate(0).max_address(), 0);
+    assert!(GuestMemory::try_allocate(usize::MAX - 10).is_err());
+    assert!(GuestMemory::try_allocate(1 << 62).is_err());
+}
+
+#[test]
+fn s34_holes_in_a_sparse_mapping_are_kind_other() {
+    let (_mapping, memory) = s34_layout();
+    assert_eq!(memory.max_address(), 4 * MIB);
+    assert_eq!(memory.read_plain::<u8>(0).unwrap(), 0);
+    for gpa in [0, 2 * MIB] {
+        memory.write_at(gpa, b"hello").unwrap();
+        let mut five = [0u8; 5];
+        memory.read_at(gpa, &mut five).unwrap();
+        assert_eq!(&five, b"hello");
+        let pattern: Vec<u8> = (0..MIB).map(|i| (i * 7 % 251) as u8).collect();
+        memory.write_at(gpa, &pattern).unwrap();
+        let mut back = vec![0u8; MIB as usize];
+        memory.read_at(gpa, &mut back).unwrap();
+        assert_eq!(back, pattern);
+    }
+
+    let err = memory.read_plain::<u8>(MIB).unwrap_err();
+    assert_eq!(err.kind(), GuestMemoryErrorKind::Other);
+    assert_eq!(err.gpa(), Some(MIB));
+    assert_eq!(err.operation(), GuestMemoryOperation::Read);
+    let fault = err.fault().expect("a hardware fault ended the access");
+    assert_eq!(fault.signal, libc::SIGSEGV);
+
+    let mut eight = [0u8; 8];
+    let err = memory.read_at(3 * MIB - 4, &mut eight).unwrap_err();
+    assert_eq!(err.kind(), GuestMemoryErrorKind::Other);
+    assert_eq!(err.gpa(), Some(3 * MIB));
+    assert_eq!(err.range(), Some(3 * MIB - 4..3 * MIB + 4));
+    let message = err.to_string();
+    assert_eq!(
+        message,
+        "guest memory 'test': read error: failed to access 0x2ffffc-0x300004 at 0x300000"
+    );
+    assert!(err
+        .source()
+        .unwrap()
+        .to_string()
+        .contains("page not mapped"));
+}
+
+#[test]
+fn s35_out_of_range() {
+    let (_mapping, memory) = s34_layout();
+    let max = memory.max_address();
+    let cases: [(u64, usize); 4] = [(max, 1), (max - 1, 2), (1 << 63, 1), (u64::MAX, 2)];
+    for (gpa, len) in cases {
+        let mut buffer = vec![0u8; len];
+        let err = memory.read_at(gpa, &mut buffer).unwrap_err();
+        assert_eq!(err.kind(), GuestMemoryErrorKind::OutOfRange, "{gpa:#x}");
+        assert_eq!(err.gpa(), Some(gpa));
+        assert!(err.fault().is_none());
+        let err = memory.write_at(gpa, &buffer).unwrap_err();
+        assert_eq!(err.kind(), GuestMemoryErrorKind::OutOfRange);
+        assert_eq!(err.operation(), GuestMemoryOperation::Write);
+        let err = memory.fill_at(gpa, 1, len).unwrap_err();
+        assert_eq!(err.kind(), GuestMemoryErrorKind::OutOfRange);
+        assert_eq!(err.operation(), GuestMemoryOperation::Fill);
+    }
+    let err = memory.read_plain::<u64>(max - 4).unwrap_err();
+    assert_eq!(err.kind(), GuestMemoryErrorKind::OutOfRange);
+    // The range wraps around in the message, without panicking.
+    let err = memory.read_at(u64::MAX, &mut [0u8; 2]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "guest memory 'test': read error: failed to access 0xffffffffffffffff-0x1"
+    );
+}
+
+#[test]
+fn s36_zero_length_operations_always_succeed() {
+    let (_mapping, memory) = s34_layout();
+    memory.read_at(u64::MAX, &mut []).unwrap();
+    memory.write_at(u64::MAX, &[]).unwrap();
+    memory.fill_at(u64::MAX, 0, 0).unwrap();
+    memory.read_to_atomic(u64::MAX, &[]).unwrap();
+    memory.write_from_atomic(u64::MAX, &[]).unwrap();
+    let empty = PagedRange::empty();
+    memory.read_range(&empty, &mut []).unwrap();
+    memory.write_range(&empty, &[]).unwrap();
+    memory.zero_range(&empty).unwrap();
+    memory.probe_gpn_readable_range(&empty).unwrap();
+    memory.probe_gpn_writable_range(&empty).unwrap();
+    GuestMemory::empty().read_at(0, &mut []).unwrap();
+}
+
+#[test]
+fn s37_on_demand_mapping_retries() {
+    let mapping = Arc::new(SparseMapping::new(16 * P as usize).unwrap());
+    let log = FaultLog::default();
+    let memory = {
+        let mapping = mapping.clone();
+        let log = log.clone();
+        hooked(
+            &mapping.clone(),
+            move |address, len, write, bitmap_failure| {
+                assert!(!bitmap_failure);
+                log.record(address, len, write);
+                let page = address & !(P - 1);
+                mapping.alloc(page as usize, P as usize).unwrap();
+                PageFaultAction::Retry
+            },
+        )
+    };
+    let data: Vec<u8> = (0..3 * P).map(|i| i as u8).collect();
+    let gpa = 2 * P + P / 2;
+    memory.write_at(gpa, &data).unwrap();
+    let len = 3 * P;
+    assert_eq!(
+        log.take(),
+        vec![
+            (gpa, len as usize, true),
+            (3 * P, (gpa + len - 3 * P) as usize, true),
+            (4 * P, (gpa + len - 4 * P) as usize, true),
+            (5 * P, (gpa + len - 5 * P) as usize, true),
+        ]
+    );
+    memory.write_at(gpa, &data).unwrap();
+    assert!(log.take().is_empty());
+    let mut back = vec![0u8; data.len()];
+    memory.read_at(gpa, &mut back).unwrap();
+    assert_eq!(back, data);
+    assert!(log.take().is_empty());
+}
+
+/// The layout of S38: `page_fault` places zero pages for reads and fails writes; page 0 is
+/// writable.
+fn s38_layout() -> (Arc<SparseMapping>, GuestMemory, FaultLog) {
+    let mapping = Arc::new(SparseMapping::new(16 * P as usize).unwrap());
+    mapping.alloc(0, P as usize).unwrap();
+    let log = FaultLog::default();
+    let memory = {
+        let mapping = mapping.clone();
+        let log = log.clone();
+        hooked(&mapping.clone(), move |address, len, write, _| {
+            log.record(address, len, write);
+            if write {
+                return PageFaultAction::Fail(PageFaultError::other(TestError("read-only")));
+            }
+            let page = address & !(P - 1);
+            mapping.map_zero(page as usize, P as usize).unwrap();
+            PageFaultAction::Retry
+        })
+    };
+    (mapping, memory, log)
+}
+
+#[test]
+fn s38_read_only_on_demand() {
+    let (_mapping, memory, log) = s38_layout();
+    assert_eq!(memory.read_plain::<u8>(5 * P + 3).unwrap(), 0);
+    assert_eq!(log.take(), vec![(5 * P + 3, 1, false)]);
+    let err = memory.write_plain(5 * P + 3, &1u8).unwrap_err();
+    assert_eq!(err.kind(), GuestMemoryErrorKind::Other);
+    assert_eq!(err.gpa(), Some(5 * P + 3));
+    assert_eq!(err.operation(), GuestMemoryOperation::Write);
+    assert!(err.fault().is_some());
+    assert_eq!(err.source().unwrap().to_string(), "read-only");
+
+    // Page 1 becomes read-only zero pages after a read.
+    memory.read_plain::<u8>(P).unwrap();
+    memory.write_plain(P - 2, &0xAAAAu16).unwrap();
+    let err = memory.write_plain(P - 1, &0x1234u16).unwrap_err();
+    assert_eq!(err.gpa(), Some(P));
+    assert_eq!(memory.read_plain::<u8>(P - 1).unwrap(), 0xAA);
+}
+
+#[test]
+fn s39_page_fault_failure_kind_reaches_the_caller() {
+    let mapping = Arc::new(SparseMapping::new(4 * P as usize).unwrap());
+    mapping.alloc(0, P as usize).unwrap();
+    let memory = hooked(&mapping, |_, _, _, _| {
+        PageFaultAction::Fail(PageFaultError::new(
+            GuestMemoryErrorKind::VtlProtected,
+            TestError("protected"),
+        ))
+    });
+    let mut buffer = [0u8; 8];
+    let err = memory.read_at(P - 4, &mut buffer).unwrap_err();
+    assert_eq!(err.kind(), GuestMemoryErrorKind::VtlProtected);
+    assert_eq!(err.operation(), GuestMemoryOperation::Read);
+    assert_eq!(err.gpa(), Some(P));
+    assert!(err.fault().is_none(), "only kind Other carries the fault");
+    for kind in [
+        GuestMemoryErrorKind::NotPrivate,
+        GuestMemoryErrorKind::NotShared,
+    ] {
+        let memory = hooked(&mapping, move |_, _, _, _| {
+            PageFaultAction::Fail(PageFaultError::new(kind, TestError("x")))
+        });
+        assert_eq!(memory.read_plain::<u8>(2 * P).unwrap_err().kind(), kind);
+    }
+}
+
+#[test]
+fn s40_fallback_paths() {
+    let mapping = Arc::new(SparseMapping::new(4 * P as usize).unwrap());
+    let reads = FaultLog::default();
+    let writes = FaultLog::default();
+    let fills = FaultLog::default();
+    let stored = Arc::new(Mutex::new(vec![0u8; 4 * P as usize]));
+    let hooks = GuestMemoryHooks {
+        page_fault: Some(Box::new(|_, _, _, _| PageFaultAction::Fallback)),
+        read_fallback: Some(Box::new({
+            let reads = reads.clone();
+            let stored = stored.clone();
+            move |address, dest: &mut [u8]| {
+                reads.record(address, dest.len(), false);
+                let stored = stored.lock().unwrap();
+                dest.copy_from_slice(&stored[address as usize..address as usize + dest.len()]);
+                Ok(())
+            }
+        })),
+        write_fallback: Some(Box::new({
+            let writes = writes.clone();
+            let stored = stored.clone();
+            move |address, src: &[u8]| {
+                writes.record(address, src.len(), true);
+                stored.lock().unwrap()[address as usize..address as usize + src.len()]
+                    .copy_from_slice(src);
+                Ok(())
+            }
+        })),
+        fill_fallback: Some(Box::new({
+            let fills = fills.clone();
+            let stored = stored.clone();
+            move |address, val, len| {
+                fills.record(address, len, true);
+                stored.lock().unwrap()[address as usize..address as usize + len].fill(val);
+                Ok(())
+            }
+        })),
+        compare_exchange_fallback: Some(Box::new({
+            let stored = stored.clone();
+            move |address, current: &mut [u8], new: &[u8]| {
+                let mut stored = stored.lock().unwrap();
+                let target = &mut stored[address as usize..address as usize + new.len()];
+                if target == current {
+                    target.copy_from_slice(new);
+                    Ok(true)
+                } else {
+                    current.copy_from_slice(target);
+                    Ok(false)
+                }
+            }
+        })),
+        ..Default::default()
+    };
+    let memory = GuestMemory::from_sparse_mapping("fallback", mapping.clone(), hooks);
+    memory.write_at(100, b"fallback data").unwrap();
+    assert_eq!(writes.take(), vec![(100, 13, true)]);
+    let mut back = [0u8; 13];
+    memory.read_at(100, &mut back).unwrap();
+    assert_eq!(&back, b"fallback data");
+    assert_eq!(reads.take(), vec![(100, 13, false)]);
+    memory.fill_at(P, 0x5A, 10).unwrap();
+    assert_eq!(fills.take(), vec![(P, 10, true)]);
+    assert_eq!(memory.read_plain::<u16>(P + 8).unwrap(), 0x5A5A);
+    memory.write_plain(8, &0x1122u16).unwrap();
+    assert_eq!(memory.read_plain::<u16>(8).unwrap(), 0x1122);
+    assert_eq!(memory.compare_exchange(8, 0x1122u16, 7).unwrap(), Ok(7));
+    assert_eq!(memory.compare_exchange(8, 0x1122u16, 9).unwrap(), Err(7));
+
+    // Without fallbacks: kind Other, "no fallback".
+    let bare = hooked(&mapping, |_, _, _, _| PageFaultAction::Fallback);
+    let err = bare.read_at(100, &mut back).unwrap_err();
+    assert_eq!(err.kind(), GuestMemoryErrorKind::Other);
+    assert_eq!(err.gpa(), Some(100));
+    assert!(err.source().unwrap().to_string().contains("no fallback"));
+    assert!(bare.write_at(0, &[1]).is_err());
+    assert!(bare.fill_at(0, 1, 1).is_err());
+    assert!(bare.compare_exchange(0, 0u8, 1).is_err());
+}
+
+#[test]
+fn s40_memory_without_mapping_uses_fallbacks_directly() {
+    struct Fallbacks(AtomicUsize);
+    // SAFETY: no mapping; the read fallback initialises every byte.
+    unsafe impl GuestMemoryAccess for Fallbacks {
+        fn mapping(&self) -> Option<std::ptr::NonNull<u8>> {
+            None
+        }
+        fn max_address(&self) -> u64 {
+            P
+        }
+        unsafe fn read_fallback(
+            &self,
+            _address: u64,
+            dest: *mut u8,
+            len: usize,
+        ) -> Result<(), GuestMemoryBackingError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: `dest` is valid for `len` bytes.
+            unsafe { std::ptr::write_bytes(dest, 0x33, len) };
+            Ok(())
+        }
+    }
+    let backing = Arc::new(Fallbacks(AtomicUsize::new(0)));
+    let memory = GuestMemory::new("fallbacks", backing.clone());
+    assert_eq!(memory.read_plain::<u32>(4).unwrap(), 0x3333_3333);
+    assert_eq!(backing.0.load(Ordering::Relaxed), 1);
+    assert!(memory.full_mapping().is_none());
+    let err = memory.write_at(0, &[1]).unwrap_err();
+    assert_eq!(err.kind(), GuestMemoryErrorKind::Other);
+}
+
+#[test]
+fn s41_retry_limit_ends_an_unresolved_fault() {
+    let mapping = Arc::new(SparseMapping::new(4 * P as usize).unwrap());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let memory = {
+        let calls = calls.clone();
+        hooked(&mapping, move |_, _, _, _| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            PageFaultAction::Retry
+        })
+    };
+    assert_eq!(memory.retry_limit(), DEFAULT_RETRY_LIMIT);
+    let err = memory.read_plain::<u8>(P).unwrap_err();
+    assert_eq!(err.kind(), GuestMemoryErrorKind::Other);
+    assert_eq!(err.gpa(), Some(P));
+    assert!(err.fault().is_some());
+    assert!(err
+        .source()
+        .unwrap()
+        .to_string()
+        .contains("page fault not resolved"));
+    assert_eq!(
+        calls.swap(0, Ordering::Relaxed),
+        DEFAULT_RETRY_LIMIT as usize + 1
+    );
+
+    let limited = memory.clone().with_retry_limit(5);
+    assert!(limited.write_at(0, &[1, 2]).is_err());
+    assert_eq!(calls.swap(0, Ordering::Relaxed), 6);
+    let none = memory.with_retry_limit(0);
+    assert!(none.read_plain::<u8>(0).is_err());
+    assert_eq!(calls.swap(0, Ordering::Relaxed), 1);
+    // Subranges inherit the limit.
+    let sub = limited.subrange(P, P, false).unwrap();
+    assert_eq!(sub.retry_limit(), 5);
+    assert!(sub.read_plain::<u8>(0).is_err());
+    assert_eq!(calls.swap(0, Ordering::Relaxed), 6);
+}
+
+#[test]
+fn s41_progress_resets_the_retry_count() {
+    // Each fault is resolved: a long access over many lazily mapped pages needs more retries in
+    // total than the limit, but never more than one per faulting address.
+    let mapping = Arc::new(SparseMapping::new(64 * P as usize).unwrap());
+    let memory = {
+        let mapping = mapping.clone();
+        hooked(&mapping.clone(), move |address, _, _, _| {
+            mapping
+                .alloc((address & !(P - 1)) as usize, P as usize)
+                .unwrap();
+            PageFaultAction::Retry
+        })
+    }
+    .with_retry_limit(1);
+    memory.fill_at(0, 9, 64 * P as usize).unwrap();
+    assert_eq!(memory.read_plain::<u8>(63 * P).unwrap(), 9);
+}
+
+#[test]
+fn s42_compare_exchange_semantics() {
+    fn check<T>(memory: &GuestMemory, zero: T, one: T, two: T)
+    where
+        T: zerocopy::IntoBytes
+            + zerocopy::FromBytes
+            + zerocopy::Immutable
+            + zerocopy::KnownLayout
+            + Copy
+            + PartialEq
+            + std::fmt::Debug,
+    {
+        memory.write_plain(8, &zero).unwrap();
+        assert_eq!(memory.compare_exchange(8, zero, one).unwrap(), Ok(one));
+        assert_eq!(memory.read_plain::<T>(8).unwrap(), one);
+        assert_eq!(memory.compare_exchange(8, zero, two).unwrap(), Err(one));
+        assert_eq!(memory.read_plain::<T>(8).unwrap(), one);
+        assert_eq!(memory.compare_exchange(8, one, two).unwrap(), Ok(two));
+        assert_eq!(memory.read_plain::<T>(8).unwrap(), two);
+    }
+    let (_mapping, sparse) = s34_layout();
+    for memory in [GuestMemory::allocate(P as usize), sparse] {
+        check(&memory, 0u8, 1, 2);
+        check(&memory, 0u16, 1, 0xFFFF);
+        check(&memory, 0u32, 1, 0xFFFF_FFFF);
+        check(&memory, 0u64, 1, u64::MAX);
+    }
+
+    let mapping = Arc::new(SparseMapping::new(4 * P as usize).unwrap());
+    let log = FaultLog::default();
+    let memory = {
+        let log = log.clone();
+        hooked(&mapping, move |address, len, write, _| {
+            log.record(address, len, write);
+            PageFaultAction::Fail(PageFaultError::other(TestError("nope")))
+        })
+    };
+    let err = memory.compare_exchange(2 * P + 8, 0u64, 1).unwrap_err();
+    assert_eq!(log.take(), vec![(2 * P + 8, 8, true)]);
+    assert_eq!(err.operation(), GuestMemoryOperation::CompareExchange);
+    assert_eq!(err.gpa(), Some(2 * P + 8));
+    assert_eq!(err.range(), Some(2 * P + 8..2 * P + 16));
+    assert!(err.to_string().contains("compare exchange error"));
+}
+
+#[test]
+fn s43_compare_exchange_on_read_only_page() {
+    let mapping = Arc::new(SparseMapping::new(2 * P as usize).unwrap());
+    mapping.alloc(0, P as usize).unwrap();
+    mapping.write_at(0, &[5]).unwrap();
+    mapping.set_writable(0, P as usize, false).unwrap();
+    let memory = GuestMemory::new("ro", mapping.clone());
+    // Fails although the comparison would fail too.
+    let err = memory.compare_exchange(0, 9u8, 1).unwrap_err();
+    assert_eq!(err.kind(), GuestMemoryErrorKind::Other);
+    assert_eq!(memory.probe_gpa_readable(0), Ok(()));
+    assert_eq!(
+        memory.probe_gpa_writable(0),
+        Err(GuestMemoryErrorKind::Other)
+    );
+    assert_eq!(memory.read_plain::<u8>(0).unwrap(), 5);
+    mapping.set_writable(0, P as usize, true).unwrap();
+    assert_eq!(memory.probe_gpa_writable(0), Ok(()));
+    assert_eq!(
+        memory.read_plain::<u8>(0).unwrap(),
+        5,
+        "probing changes nothing"
+    );
+    assert_eq!(
+        memory.probe_gpa_readable(P),
+        Err(GuestMemoryErrorKind::Other)
+    );
+    assert_eq!(
+        memory.probe_gpa_readable(2 * P),
+        Err(GuestMemoryErrorKind::OutOfRange)
+    );
+}
+
+#[test]
+fn s44_compare_exchange_is_atomic_across_threads() {
+    let mapping = Arc::new(SparseMapping::new(P as usize).unwrap());
+    mapping.alloc(0, P as usize).unwrap();
+    let memory = GuestMemory::new("atomic", mapping);
+    const THREADS: u64 = 8;
+    const INCREMENTS: u64 = 100_000;
+    std::thread::scope(|scope| {
+        for _ in 0..THREADS {
+            scope.spawn(|| {
+                for _ in 0..INCREMENTS {
+                    let mut current = memory.read_plain::<u64>(64).unwrap();
+                    loop {
+                        match memory.compare_exchange(64, current, current + 1).unwrap() {
+                            Ok(_) => break,
+                            Err(observed) => current = observed,
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(memory.read_plain::<u64>(64).unwrap(), THREADS * INCREMENTS);
+
+    let stop = AtomicBool::new(false);
+    let torn = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for value in [0u64, u64::MAX] {
+            let memory = &memory;
+            let stop = &stop;
+            scope.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    memory.write_plain(128, &value).unwrap();
+                }
+            });
+        }
+        for _ in 0..200_000 {
+            let value = memory.read_plain::<u64>(128).unwrap();
+            if value != 0 && value != u64::MAX {
+                torn.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert_eq!(torn.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn s45_multi_region() {
+    let region = 1u64 << 30;
+    let make = |size: usize| {
+        let mapping = SparseMapping::new(size).unwrap();
+        mapping.alloc(0, size).unwrap();
+        Arc::new(mapping)
+    };
+    let memory = GuestMemory::new_multi_region(
+        "multi",
+        region,
+        vec![
+            Some(make(4 * MIB as usize)),
+            None,
+            Some(make(4 * MIB as usize)),
+        ],
+    )
+    .unwrap();
+    assert_eq!(memory.max_address(), 4 * region);
+    memory.write_plain(0, &1u32).unwrap();
+    memory.write_plain(2 * region, &2u32).unwrap();
+    assert_eq!(memory.read_plain::<u32>(0).unwrap(), 1);
+    assert_eq!(memory.read_plain::<u32>(2 * region).unwrap(), 2);
+    for gpa in [
+        4 * MIB,
+        region,
+        2 * region + 4 * MIB,
+        3 * region,
+        4 * region,
+    ] {
+        let err = memory.read_plain::<u8>(gpa).unwrap_err();
+        assert_eq!(err.kind(), GuestMemoryErrorKind::OutOfRange, "{gpa:#x}");
+    }
+    let err = memory.read_at(region - 2, &mut [0u8; 4]).unwrap_err();
+    assert_eq!(err.kind(), GuestMemoryErrorKind::OutOfRange);
+    assert!(memory.full_mapping().is_none());
+    assert!(memory.sharing().is_none());
+
+    let none: Vec<Option<Arc<SparseMapping>>> = vec![None];
+    assert_eq!(
+        GuestMemory::new_multi_region("x", 3 << 30, none.clone()).unwrap_err(),
+        MultiRegionError::NotPowerOfTwo(3 << 30)
+    );
+    assert_eq!(
+        GuestMemory::new_multi_region("x", 2048, none.clone()).unwrap_err(),
+        MultiRegionError::RegionSizeTooSmall(2048)
+    );
+    assert!(matches!(
+        GuestMemory::new_multi_region("x", 4096, vec![Some(make(8192))]).unwrap_err(),
+        MultiRegionError::BackingTooLarge {
+            backing_size: 8192,
+            region_size: 4096
+        }
+    ));
+    assert!(matches!(
+        GuestMemory::new_multi_region("x", 1 << 62, vec![none[0].clone(), None, None]).unwrap_err(),
+        MultiRegionError::TooManyRegions {
+            region_count: 4,
+            max_region_count: 2
+        }
+    ));
+    // An empty list still makes one (empty) region.
+    let empty = GuestMemory::new_multi_region("x", 4096, none[..0].to_vec()).unwrap();
+    assert_eq!(
+        empty.read_plain::<u8>(0).unwrap_err().kind(),
+        GuestMemoryErrorKind::OutOfRange
+    );
+}
+
+#[test]
+fn s46_subranges() {
+    let (_mapping, memory) = s34_layout();
+    memory.write_at(2 * MIB, b"subrange").unwrap();
+    let sub = memory.subrange(2 * MIB, MIB, false).unwrap();
+    assert_eq!(sub.max_address(), MIB);
+    let mut back = [0u8; 8];
+    sub.read_at(0, &mut back).unwrap();
+    assert_eq!(&back, b"subrange");
+    sub.write_at(8, b"!").unwrap();
+    assert_eq!(memory.read_plain::<u8>(2 * MIB + 8).unwrap(), b'!');
+    let err = sub.read_plain::<u8>(MIB).unwrap_err();
+    assert_eq!(err.kind(), GuestMemoryErrorKind::OutOfRange);
+
+    let err = memory.subrange(3 * MIB, 2 * MIB, false).unwrap_err();
+    assert_eq!(err.operation(), GuestMemoryOperation::Subrange);
+    assert_eq!(err.kind(), GuestMemoryErrorKind::OutOfRange);
+    assert_eq!(err.range(), Some(3 * MIB..5 * MIB));
+
+    // Faults: the view reports its own addresses, the backing sees the parent's.
+    let mapping = Arc::new(SparseMapping::new(16 * P as usize).unwrap());
+    let log = FaultLog::default();
+    let parent = {
+        let log = log.clone();
+        hooked(&mapping, move |address, len, write, _| {
+            log.record(address, len, write);
+            PageFaultAction::Fail(PageFaultError::other(TestError("hole")))
+        })
+    };
+    let view = parent.subrange(4 * P, 8 * P, false).unwrap();
+    let err = view.read_plain::<u32>(P + 4).unwrap_err();
+    assert_eq!(err.gpa(), Some(P + 4));
+    assert_eq!(log.take(), vec![(5 * P + 4, 4, false)]);
+    // A nested view stays relative to the root.
+    let nested = view.subrange(2 * P, 2 * P, false).unwrap();
+    let err = nested.write_plain(8, &1u8).unwrap_err();
+    assert_eq!(err.gpa(), Some(8));
+    assert_eq!(log.take(), vec![(6 * P + 8, 1, true)]);
+    assert!(view.subrange(7 * P, 2 * P, false).is_err());
+    assert!(memory.lockable_subrange(0, MIB).is_ok());
+}
+
+/// A backing over a sparse mapping that counts lock and unlock calls.
+struct CountingLocks {
+    mapping: SparseMapping,
+    locks: AtomicUsize,
+    unlocks: Mutex<Vec<Vec<u64>>>,
+}
+
+// SAFETY: forwards the mapping of a sparse mapping it owns.
+unsafe impl GuestMemoryAccess for CountingLocks {
+    fn mapping(&self) -> Option<std::ptr::NonNull<u8>> {
+        self.mapping.mapping()
+    }
+    fn max_address(&self) -> u64 {
+        self.mapping.max_address()
+    }
+    fn lock_gpns(&self, _gpns: &[u64]) -> Result<bool, GuestMemoryBackingError> {
+        self.locks.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+    fn unlock_gpns(&self, gpns: &[u64]) {
+        self.unlocks.lock().unwrap().push(gpns.to_vec());
+    }
+}
+
+#[test]
+fn s47_locking() {
+    let (_mapping, memory) = s34_layout();
+    memory.write_at(0, &[1; 8]).unwrap();
+    memory.write_at(P, &[2; 8]).unwrap();
+    memory.write_at(512 * P, &[3; 8]).unwrap();
+    let locked = memory.lock_gpns(false, &[0, 1, 512]).unwrap();
+    assert_eq!(locked.len(), 3);
+    assert_eq!(locked.gpns(), &[0, 1, 512]);
+    for (index, &gpn) in locked.gpns().iter().enumerate() {
+        let mut page = vec![0u8; PAGE_SIZE];
+        locked.read_at(index, 0, &mut page).unwrap();
+        let mut expected = vec![0u8; PAGE_SIZE];
+        memory.read_at(gpn * P, &mut expected).unwrap();
+        assert_eq!(page, expected);
+        assert_eq!(
+            locked.pages()[index][0].load(Ordering::Relaxed),
+            expected[0]
+        );
+    }
+    locked.write_at(1, 4, &[9]).unwrap();
+    assert_eq!(memory.read_plain::<u8>(P + 4).unwrap(), 9);
+    assert!(matches!(
+        locked.read_at(3, 0, &mut [0]),
+        Err(LockedPageAccessError::PageIndex(3))
+    ));
+    assert!(matches!(
+        locked.read_at(0, PAGE_SIZE - 1, &mut [0; 2]),
+        Err(LockedPageAccessError::OutOfBounds { .. })
+    ));
+
+    let err = memory.lock_gpns(false, &[256]).unwrap_err();
+    assert_eq!(err.operation(), GuestMemoryOperation::Lock);
+    assert_eq!(err.kind(), GuestMemoryErrorKind::Other);
+    assert_eq!(err.range(), None);
+    assert_eq!(
+        err.to_string(),
+        "guest memory 'test': lock error: failed to access memory at 0x100000"
+    );
+    let err = memory.lock_gpns(false, &[1 << 52]).unwrap_err();
+    assert_eq!(err.kind(), GuestMemoryErrorKind::OutOfRange);
+    assert_eq!(err.gpa(), None);
+    let err = memory.lock_gpns(true, &[1024]).unwrap_err();
+    assert_eq!(err.kind(), GuestMemoryErrorKind::OutOfRange);
+    // Memory without a mapping is not lockable.
+    let err = GuestMemory::new("nomap", Arc::new(NoMapping))
+        .lock_gpns(false, &[0])
+        .unwrap_err();
+    assert_eq!(err.kind(), GuestMemoryErrorKind::Other);
+    assert!(err.source().unwrap().to_string().contains("not lockable"));
+
+    // Unlock exactly once, however many clones.
+    let mapping = SparseMapping::new(4 * P as usize).unwrap();
+    mapping.alloc(0, 4 * P as usize).unwrap();
+    let backing = Arc::new(CountingLocks {
+        mapping,
+        locks: AtomicUsize::new(0),
+        unlocks: Mutex::new(Vec::new()),
+    });
+    let memory = GuestMemory::new("locks", backing.clone());
+    let locked = memory.lock_gpns(false, &[3, 1]).unwrap();
+    let clone = locked.clone();
+    drop(locked);
+    assert!(backing.unlocks.lock().unwrap().is_empty());
+    drop(clone);
+    assert_eq!(backing.locks.load(Ordering::Relaxed), 1);
+    assert_eq!(*backing.unlocks.lock().unwrap(), vec![vec![3, 1]]);
+    // Through a subrange the page numbers are translated to the parent.
+    let view = memory.subrange(P, 3 * P, false).unwrap();
+    drop(view.lock_gpns(false, &[0, 2]).unwrap());
+    assert_eq!(backing.unlocks.lock().unwrap()[1], vec![1, 3]);
+}
+
+struct NoMapping;
+
+// SAFETY: no mapping.
+unsafe impl GuestMemoryAccess for NoMapping {
+    fn mapping(&self) -> Option<std::ptr::NonNull<u8>> {
+        None
+    }
+    fn max_address(&self) -> u64 {
+        P
+    }
+}
+
+#[derive(Default)]
+struct Runs(Vec<(usize, usize)>);
+
+impl LockedRange for Runs {
+    fn push_sub_range(&mut self, sub_range: &[std::sync::atomic::AtomicU8]) {
+        self.0.push((sub_range.as_ptr() as usize, sub_range.len()));
+    }
+}
+
+#[test]
+fn lock_range_hands_out_runs_of_consecutive_pages() {
+    let mapping = Arc::new(SparseMapping::new(16 * P as usize).unwrap());
+    mapping.alloc(0, 16 * P as usize).unwrap();
+    let memory = GuestMemory::new("runs", mapping.clone());
+    let gpns = [2, 3, 4, 9, 10];
+    let range = PagedRange::new(0x100, 5 * PAGE_SIZE - 0x200, &gpns).unwrap();
+    let locked = memory.lock_range(range, Runs::default()).unwrap();
+    let base = mapping.as_ptr() as usize;
+    assert_eq!(
+        locked.get().0,
+        vec![
+            (base + 2 * PAGE_SIZE + 0x100, 3 * PAGE_SIZE - 0x100),
+            (base + 9 * PAGE_SIZE, 2 * PAGE_SIZE - 0x100),
+        ]
+    );
+    let hole = Arc::new(SparseMapping::new(4 * P as usize).unwrap());
+    let memory = GuestMemory::new("hole", hole);
+    let gpns = [0];
+    let err = memory
+        .lock_range(PagedRange::new(0, 10, &gpns).unwrap(), Runs::default())
+        .unwrap_err();
+    assert_eq!(err.operation(), GuestMemoryOperation::Lock);
+}
+
+#[test]
+fn s49_probing_ranges() {
+    let (_mapping, memory, _log) = s38_layout();
+    // Page 0 writable, page 1 read-only zero pages after the first read.
+    memory.read_plain::<u8>(P).unwrap();
+    let gpns = [0, 1];
+    let both = PagedRange::new(0, 2 * PAGE_SIZE, &gpns).unwrap();
+    let err = memory.probe_gpn_writable_range(&both).unwrap_err();
+    assert_eq!(err.operation(), GuestMemoryOperation::Probe);
+    assert_eq!(err.gpa(), Some(P));
+    memory.probe_gpn_readable_range(&both).unwrap();
+    let partial = PagedRange::new(100, 500, &gpns).unwrap();
+    memory.probe_gpn_writable_range(&partial).unwrap();
+    memory.probe_gpns(&[0, 1]).unwrap();
+    let err = memory.probe_gpns(&[1 << 60]).unwrap_err();
+    assert_eq!(err.kind(), GuestMemoryErrorKind::OutOfRange);
+    assert_eq!(
+        memory.probe_gpns(&[16]).unwrap_err().kind(),
+        GuestMemoryErrorKind::OutOfRange
+    );
+
+    // Probing never changes memory, even with a concurrent writer.
+    let stop = AtomicBool::new(false);
+    let page0 = [0u64];
+    let range = PagedRange::new(0, PAGE_SIZE, &page0).unwrap();
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut value = 0u8;
+            while !stop.load(Ordering::Relaxed) {
+                value = value.wrapping_add(1);
+                memory.write_plain(0, &value).unwrap();
+            }
+            value
+        });
+        for _ in 0..20_000 {
+            memory.probe_gpn_writable_range(&range).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let last = writer.join().unwrap();
+        assert_eq!(memory.read_plain::<u8>(0).unwrap(), last);
+    });
+}
+
+#[test]
+fn s50_paged_range_reads_and_writes() {
+    let memory = GuestMemory::allocate(16 * PAGE_SIZE);
+    let gpns = [7, 2, 11];
+    let range = PagedRange::new(0x10, 2 * PAGE_SIZE, &gpns).unwrap();
+    let data: Vec<u8> = (0..2 * PAGE_SIZE).map(|i| (i % 253) as u8).collect();
+    memory.write_range(&range, &data).unwrap();
+    let mut first = vec![0u8; PAGE_SIZE - 0x10];
+    memory.read_at(7 * P + 0x10, &mut first).unwrap();
+    assert_eq!(first, data[..PAGE_SIZE - 0x10]);
+    let mut second = vec![0u8; PAGE_SIZE];
+    memory.read_at(2 * P, &mut second).unwrap();
+    assert_eq!(second, data[PAGE_SIZE - 0x10..2 * PAGE_SIZE - 0x10]);
+    let mut third = vec![0u8; 0x10];
+    memory.read_at(11 * P, &mut third).unwrap();
+    assert_eq!(third, data[2 * PAGE_SIZE - 0x10..]);
+    let mut back = vec![0u8; data.len()];
+    memory.read_range(&range, &mut back).unwrap();
+    assert_eq!(back, data);
+    let atomic: Vec<std::sync::atomic::AtomicU8> =
+        (0..data.len()).map(|_| Default::default()).collect();
+    memory.read_range_to_atomic(&range, &atomic).unwrap();
+    assert!(atomic
+        .iter()
+        .zip(&data)
+        .all(|(a, &b)| a.load(Ordering::Relaxed) == b));
+    memory.zero_range(&range).unwrap();
+    memory.read_range(&range, &mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 0));
+    memory.write_range_from_atomic(&range, &atomic).unwrap();
+    memory.read_range(&range, &mut back).unwrap();
+    assert_eq!(back, data);
+    memory.fill_range(&range, 0xEE).unwrap();
+    assert_eq!(memory.read_plain::<u8>(11 * P + 0xF).unwrap(), 0xEE);
+    assert_eq!(memory.read_plain::<u8>(11 * P + 0x10).unwrap(), 0);
+
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        memory.read_range(&range, &mut [0u8; 3])
+    }));
+    assert!(result.is_err());
+
+    // A failing chunk reports its precise address and no range.
+    let outside = [100u64];
+    let range = PagedRange::new(8, 8, &outside).unwrap();
+    let err = memory.read_range(&range, &mut [0u8; 8]).unwrap_err();
+    assert_eq!(err.kind(), GuestMemoryErrorKind::OutOfRange);
+    assert_eq!(err.gpa(), Some(100 * P + 8));
+    assert_eq!(err.range(), None);
+    let invalid = [1u64 << 53];
+    let range = PagedRange::new(0, 1, &invalid).unwrap();
+    assert_eq!(
+        memory.write_range(&range, &[1]).unwrap_err().kind(),
+        GuestMemoryErrorKind::OutOfRange
+    );
+}
+
+#[test]
+fn s51_empty_memory() {
+    let memory = GuestMemory::empty();
+    assert_eq!(memory.debug_name(), "empty");
+    assert_eq!(memory.max_address(), 0);
+    let err = memory.read_at(0, &mut [0]).unwrap_err();
+    assert_eq!(err.kind(), GuestMemoryErrorKind::OutOfRange);
+    let err = memory.write_at(0, &[0]).unwrap_err();
+    assert_eq!(err.kind(), GuestMemoryErrorKind::OutOfRange);
+    assert_eq!(
+        GuestMemory::default()
+            .read_plain::<u8>(0)
+            .unwrap_err()
+            .kind(),
+        GuestMemoryErrorKind::OutOfRange
+    );
+}
+
+#[test]
+fn s31_concurrent_unmap_while_copying() {
+    let size = MIB as usize;
+    let mapping = Arc::new(SparseMapping::new(size).unwrap());
+    mapping.alloc(0, size).unwrap();
+    let memory = GuestMemory::new("concurrent", mapping.clone());
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let toggler = scope.spawn(|| {
+            let mut toggles = 0;
+            while !stop.load(Ordering::Relaxed) {
+                mapping.unmap(0, size).unwrap();
+                mapping.alloc(0, size).unwrap();
+                toggles += 1;
+            }
+            toggles
+        });
+        let mut buffer = vec![0u8; size];
+        let (mut ok, mut failed) = (0, 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(700);
+        while std::time::Instant::now() < deadline {
+            let result = if (ok + failed) % 2 == 0 {
+                memory.read_at(0, &mut buffer)
+            } else {
+                memory.write_at(0, &buffer)
+            };
+            match result {
+                Ok(()) => ok += 1,
+                Err(err) => {
+                    assert_eq!(err.kind(), GuestMemoryErrorKind::Other);
+                    assert!(err.fault().is_some());
+                    failed += 1;
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(toggler.join().unwrap() > 0);
+        assert!(ok + failed > 0);
+    });
+    memory.write_at(0, &[1, 2, 3]).unwrap();
+    let mut back = [0u8; 3];
+    memory.read_at(0, &mut back).unwrap();
+    assert_eq!(back, [1, 2, 3]);
+}
+
+#[test]
+fn sparse_mapping_memory_installs_the_handler() {
+    let (_mapping, _memory) = s34_layout();
+    assert_eq!(trycopy::handler_status(), trycopy::HandlerStatus::Installed);
+}
+
+#[test]
+fn typed_accesses_of_odd_sizes_and_atomic_buffers() {
+    let (_mapping, memory) = s34_layout();
+    memory.write_plain(3, &[1u8, 2, 3]).unwrap();
+    assert_eq!(memory.read_plain::<[u8; 3]>(3).unwrap(), [1, 2, 3]);
+    memory.write_plain(17, &0x0102_0304_0506_0708u64).unwrap();
+    assert_eq!(memory.read_plain::<u64>(17).unwrap(), 0x0102_0304_0506_0708);
+    let atomic: Vec<std::sync::atomic::AtomicU8> = (0..4).map(|i| i.into()).collect();
+    memory.write_from_atomic(40, &atomic).unwrap();
+    let out: Vec<std::sync::atomic::AtomicU8> = (0..4).map(|_| 0.into()).collect();
+    memory.read_to_atomic(40, &out).unwrap();
+    assert_eq!(out[3].load(Ordering::Relaxed), 3);
+    // A typed read straddling RAM and a hole fails at the hole.
+    let err = memory.read_plain::<[u8; 12]>(MIB - 6).unwrap_err();
+    assert_eq!(err.gpa(), Some(MIB));
+    let (base, len) = memory.full_mapping().unwrap();
+    assert_eq!(len, 4 * MIB as usize);
+    assert!(!base.is_null());
+    assert_eq!(memory.iova(0), None);
+}
+
+#[test]
+fn error_accessors_and_names() {
+    assert_eq!(GuestMemoryErrorKind::VtlProtected.name(), "VtlProtected");
+    assert_eq!(
+        GuestMemoryOperation::CompareExchange.name(),
+        "compare exchange"
+    );
+    let err = GuestMemoryBackingError::other(u64::MAX, TestError("x"));
+    assert_eq!(err.gpa(), None);
+    assert_eq!(err.kind(), GuestMemoryErrorKind::Other);
+    let memory = GuestMemory::allocate(P as usize);
+    let err = memory.fill_at(P - 1, 0, 2).unwrap_err();
+    assert_eq!(err.debug_name(), "heap");
+    assert_eq!(
+        err.to_string(),
+        "guest memory 'heap': fill error: failed to access 0xfff-0x1001"
+    );
+}
+
+#[test]
+fn sharing_comes_from_the_backing() {
+    struct Provider;
+    impl ProvideShareableRegions for Provider {
+        fn get_regions(&self) -> ShareableRegionsFuture<'_> {
+            Box::pin(async {
+                let file = Arc::new(sparse_mmap::alloc_shared_memory(4096, "share")?);
+                Ok(vec![ShareableRegion {
+                    guest_address: 0,
+                    size: 4096,
+                    file,
+                    file_offset: 0,
+                }])
+            })
+        }
+    }
+    struct Shared(SparseMapping);
+    // SAFETY: forwards the mapping of a sparse mapping it owns.
+    unsafe impl GuestMemoryAccess for Shared {
+        fn mapping(&self) -> Option<std::ptr::NonNull<u8>> {
+            self.0.mapping()
+        }
+        fn max_address(&self) -> u64 {
+            self.0.max_address()
+        }
+        fn sharing(&self) -> Option<GuestMemorySharing> {
+            Some(GuestMemorySharing::new(Provider))
+        }
+    }
+    let memory = GuestMemory::new("shared", Shared(SparseMapping::new(4096).unwrap()));
+    let sharing = memory.sharing().expect("sharing");
+    let regions = block_on(sharing.get_regions()).unwrap();
+    assert_eq!(regions.len(), 1);
+    assert_eq!(regions[0].size, 4096);
+    assert!(GuestMemory::allocate(4096).sharing().is_none());
+    assert!(memory.subrange(0, 4096, false).unwrap().sharing().is_none());
+}
+
+/// A minimal executor for a future that never waits.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::Context;
+    use std::task::Poll;
+    use std::task::Waker;
+    let mut future = std::pin::pin!(future);
+    let mut context = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+    }
+}
