@@ -1,0 +1,86 @@
+//! The [`PartitionMemoryMap`] trait: how the memory manager changes a partition's GPA map.
+
+/// The error a partition returns; any error type the implementation likes.
+pub type Error = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A hypervisor partition's guest-physical-address map, as the memory manager drives it.
+///
+/// The manager calls these methods from its own thread, one at a time per partition mapper, and
+/// keeps only a weak reference to the partition: once the last strong reference is dropped the
+/// partition is *gone* and the manager silently skips it.
+///
+/// The manager maps whole regions and unmaps exactly what it mapped (possibly several mappings
+/// in one call), so implementations never have to split a mapping.
+///
+/// Unlike the original, `map_range` is a safe method (this crate forbids `unsafe`). The manager
+/// only ever passes addresses inside its own reserved VA window, which stays reserved until the
+/// partition has been told to unmap; an implementation hands the address to the hypervisor and
+/// must not dereference it itself.
+pub trait PartitionMemoryMap: Send + Sync {
+    /// Removes every mapping in `[addr, addr + size)` from the partition.
+    ///
+    /// Must succeed whenever every mapping it touches lies fully inside the range; the range may
+    /// cover no mapping, one, or many.
+    fn unmap_range(&self, addr: u64, size: u64) -> Result<(), Error>;
+
+    /// Maps `size` bytes of host virtual memory starting at `data` at guest physical address
+    /// `addr`, writable and executable as given.
+    ///
+    /// May fail if the range overlaps an existing mapping.
+    fn map_range(
+        &self,
+        data: *mut u8,
+        size: usize,
+        addr: u64,
+        writable: bool,
+        exec: bool,
+    ) -> Result<(), Error>;
+
+    /// Asks the partition to populate `[addr, addr + size)` ahead of use. The default does
+    /// nothing and succeeds.
+    fn prefetch_range(&self, _addr: u64, _size: u64) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Makes `[addr, addr + size)` resident for assigned devices. The default does nothing and
+    /// succeeds.
+    fn pin_range(&self, _addr: u64, _size: u64) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    struct MinimalPartition;
+
+    impl PartitionMemoryMap for MinimalPartition {
+        fn unmap_range(&self, _addr: u64, _size: u64) -> Result<(), Error> {
+            Err("unmap not supported".into())
+        }
+
+        fn map_range(
+            &self,
+            _data: *mut u8,
+            _size: usize,
+            _addr: u64,
+            _writable: bool,
+            _exec: bool,
+        ) -> Result<(), Error> {
+            Err("map not supported".into())
+        }
+    }
+
+    #[test]
+    fn optional_methods_default_to_success() {
+        let partition: Arc<dyn PartitionMemoryMap> = Arc::new(MinimalPartition);
+        assert!(partition.prefetch_range(0, 0x1000).is_ok());
+        assert!(partition.pin_range(0, 0x1000).is_ok());
+        assert_eq!(
+            partition.unmap_range(0, 0x1000).unwrap_err().to_string(),
+            "unmap not supported"
+        );
+    }
+}
