@@ -21,6 +21,7 @@
 
 mod access;
 mod backings;
+mod cursor;
 mod error;
 mod guarded;
 mod heap;
@@ -46,6 +47,14 @@ pub use backings::ReadFallbackHook;
 pub use backings::SparseMappingBacking;
 pub use backings::UnlockGpnsHook;
 pub use backings::WriteFallbackHook;
+pub use cursor::AccessError;
+pub use cursor::Limit;
+pub use cursor::MemoryRead;
+pub use cursor::MemoryWrite;
+pub use cursor::PagedRangeReader;
+pub use cursor::PagedRangeWriter;
+pub use cursor::PagedRangesReader;
+pub use cursor::PagedRangesWriter;
 pub use error::GuestMemoryBackingError;
 pub use error::GuestMemoryError;
 pub use error::GuestMemoryErrorKind;

@@ -1096,3 +1096,14 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
         }
     }
 }
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<GuestMemory>();
+    assert_send_sync::<GuestMemoryError>();
+    assert_send_sync::<LockedPages>();
+    assert_send_sync::<SparseMappingBacking>();
+    assert_send_sync::<AlignedHeapMemory>();
+    assert_send_sync::<SparseMapping>();
+}
