@@ -706,3 +706,53 @@ fn page_size_is_the_os_page_size() {
     let expected = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
     assert_eq!(SparseMapping::page_size(), expected);
 }
+
+#[test]
+fn advanced_mmap_variants_and_file_mappables() {
+    let mapping = SparseMapping::new(4 * page()).unwrap();
+    // SAFETY: plain private anonymous read-write memory.
+    unsafe {
+        mapping
+            .mmap_anonymous(
+                0,
+                page(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+            )
+            .unwrap()
+    };
+    mapping.write_at(0, &[4]).unwrap();
+    let memfd = alloc_shared_memory(page(), "advanced").unwrap();
+    // SAFETY: a plain shared view.
+    unsafe {
+        mapping
+            .mmap(
+                page(),
+                page(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                &memfd,
+                0,
+            )
+            .unwrap()
+    };
+    mapping.write_at(page(), &[8]).unwrap();
+    // The shared view was recorded as shmem: decommit punches the hole.
+    mapping.decommit(page(), page()).unwrap();
+    assert_eq!(memfd_blocks(&memfd), 0);
+    // SAFETY: an unaligned offset is rejected before any mapping happens.
+    let err = unsafe { mapping.mmap_anonymous(1, page(), libc::PROT_READ, libc::MAP_PRIVATE) };
+    assert_invalid_input(err);
+
+    let file = File::from(memfd.try_clone().unwrap());
+    let mappable = crate::new_mappable_from_file(&file, true, false).unwrap();
+    assert_ne!(mappable.as_raw_fd(), file.as_raw_fd());
+    mapping
+        .map_file(2 * page(), page(), &mappable, 0, true)
+        .unwrap();
+    mapping.write_at(2 * page(), &[6]).unwrap();
+    mapping
+        .map_file(3 * page(), page(), &file, 0, false)
+        .unwrap();
+    assert_eq!(mapping.read_plain::<u8>(3 * page()).unwrap(), 6);
+}
