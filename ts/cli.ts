@@ -1,0 +1,159 @@
+#!/usr/bin/env node
+/**
+ * The `membacking` command line: `layout` prints a layout built from flags or a JSON file as a
+ * table, JSON or an e820-style map; `demo` runs the README's main job. Bad input prints one
+ * line to stderr and exits with code 2; other failures exit with 1.
+ */
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { runDemo } from './demo';
+import { layoutE820, layoutTable, parseRange, parseSize } from './format';
+import { MemoryLayout } from './layout';
+import type { MemoryRange } from './range';
+
+const version = (require('../package.json') as { version: string }).version;
+
+const usage = {
+  main: `usage: membacking <command> [options]
+
+commands:
+  layout    build a guest memory layout and print it
+  demo      run the demo: layout, registrar chunks, x86 legacy split
+
+options:
+  --help     show help (also: membacking <command> --help)
+  --version  print the version`,
+  layout: `usage: membacking layout [--ram SIZE] [--gap START-END]... [--vtl2 START-END]
+                         [--input FILE.json] [--format table|json|e820]
+
+Build a layout from flags or from a JSON file and print it (default format: table).
+SIZE / START / END: decimal or 0x-hex bytes, or a number with K, M, G or T (powers of
+1024); ranges are half-open; --gap repeats.
+--input FILE.json: {"ramSize": "4G", "gaps": ["3G-4G"], "vtl2Range": "8G-8G+..."} or
+  {"ram": [{"range": "0-1G", "vnode": 0}], "gaps": [...]}; ranges are "START-END"
+  strings or {"start", "end"} objects of sizes.`,
+  demo: `usage: membacking demo
+
+Builds a 4 GiB layout around the x86 MMIO gap with a VTL2 range, prints its map, the RAM
+regions of the x86 legacy split, and registers RAM in 2 GiB chunks, printing each callback.`,
+};
+
+/** An input error: reported as one line with exit code 2. */
+class UsageError extends Error {}
+
+function rangeFromJson(value: unknown, where: string): MemoryRange {
+  if (typeof value === 'string') return parseRange(value);
+  if (typeof value === 'object' && value !== null && 'start' in value && 'end' in value) {
+    const { start, end } = value as { start: unknown; end: unknown };
+    return parseRange(`${String(start)}-${String(end)}`);
+  }
+  throw new UsageError(`${where}: expected "START-END" or {"start", "end"}`);
+}
+
+function layoutFromJson(file: string): MemoryLayout {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (error) {
+    throw new UsageError(`cannot read ${file}: ${(error as Error).message}`);
+  }
+  if (typeof parsed !== 'object' || parsed === null) throw new UsageError(`${file}: expected a JSON object`);
+  const spec = parsed as { ramSize?: unknown; ram?: unknown; gaps?: unknown; vtl2Range?: unknown };
+  const gaps = Array.isArray(spec.gaps) ? spec.gaps.map((g, i) => rangeFromJson(g, `gaps[${i}]`)) : [];
+  if (Array.isArray(spec.ram)) {
+    const memory = spec.ram.map((entry: unknown, i) => {
+      if (typeof entry !== 'object' || entry === null) throw new UsageError(`ram[${i}]: expected {"range", "vnode"}`);
+      const e = entry as { range?: unknown; vnode?: unknown };
+      return { range: rangeFromJson(e.range, `ram[${i}].range`), vnode: typeof e.vnode === 'number' ? e.vnode : 0 };
+    });
+    return MemoryLayout.fromRanges(memory, gaps);
+  }
+  if (spec.ramSize === undefined) throw new UsageError(`${file}: needs "ramSize" or "ram"`);
+  const vtl2 = spec.vtl2Range === undefined || spec.vtl2Range === null ? null : rangeFromJson(spec.vtl2Range, 'vtl2Range');
+  return MemoryLayout.new(parseSize(String(spec.ramSize)), gaps, vtl2);
+}
+
+function layoutCommand(args: string[]): void {
+  const { values } = parseArgs({
+    args,
+    options: {
+      ram: { type: 'string' },
+      gap: { type: 'string', multiple: true },
+      vtl2: { type: 'string' },
+      input: { type: 'string' },
+      format: { type: 'string', default: 'table' },
+      help: { type: 'boolean' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    console.log(usage.layout);
+    return;
+  }
+  const format = values.format ?? 'table';
+  if (!['table', 'json', 'e820'].includes(format)) throw new UsageError(`unknown format '${format}' (table, json, e820)`);
+  let layout: MemoryLayout;
+  if (values.input !== undefined) {
+    if (values.ram !== undefined || values.gap !== undefined || values.vtl2 !== undefined) {
+      throw new UsageError('--input cannot be combined with --ram, --gap or --vtl2');
+    }
+    layout = layoutFromJson(values.input);
+  } else {
+    if (values.ram === undefined) throw new UsageError('layout needs --ram SIZE (or --input FILE.json)');
+    const gaps = (values.gap ?? []).map(parseRange);
+    layout = MemoryLayout.new(parseSize(values.ram), gaps, values.vtl2 === undefined ? null : parseRange(values.vtl2));
+  }
+  if (format === 'json') console.log(JSON.stringify(layout, null, 2));
+  else if (format === 'e820') console.log(layoutE820(layout));
+  else console.log(layoutTable(layout));
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
+    console.log(usage.main);
+    return command === undefined ? 2 : 0;
+  }
+  if (command === '--version') {
+    console.log(version);
+    return 0;
+  }
+  if (command === 'layout') {
+    layoutCommand(rest);
+    return 0;
+  }
+  if (command === 'demo') {
+    const { values } = parseArgs({ args: rest, options: { help: { type: 'boolean' } }, strict: true });
+    if (values.help) {
+      console.log(usage.demo);
+      return 0;
+    }
+    await runDemo((line) => console.log(line));
+    return 0;
+  }
+  throw new UsageError(`unknown command '${command}' (see membacking --help)`);
+}
+
+/** Input errors: our UsageError, argument errors of the library, and parseArgs errors. */
+function isInputError(error: unknown): boolean {
+  if (error instanceof UsageError) return true;
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code !== 'string') return false;
+  return code.startsWith('ERR_PARSE_ARGS') || code.startsWith('ERR_INVALID_ARG') || code.startsWith('ERR_BAD_') || code.startsWith('ERR_VTL2') || code === 'ERR_INVALID_RAM_FOR_X86';
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    const message = error instanceof Error ? error.message : String(error);
+    if (isInputError(error)) {
+      process.stderr.write(`membacking: ${message}\n`);
+      process.exitCode = 2;
+    } else {
+      process.stderr.write(`membacking: ${error instanceof Error && error.stack ? error.stack : message}\n`);
+      process.exitCode = 1;
+    }
+  },
+);

@@ -1,0 +1,32 @@
+/**
+ * membacking: a virtual-machine guest-memory system for Node.js, with a Rust core.
+ *
+ * This entry point is the public API (see api.md): ranges and range algorithms, guest memory
+ * layouts, the chunked memory registrar, and the error classes. Units are bytes unless a name
+ * says pages; u64 inputs take `number | bigint`, u64 outputs are `bigint`.
+ */
+export { KiB, MiB, GiB, TiB, type U64 } from './u64';
+export {
+  MemoryRange,
+  AlignedSubranges,
+  RangeWalkKind,
+  range,
+  walkRanges,
+  overlappingRanges,
+  subtractRanges,
+  flattenRanges,
+  mergeAdjacentRanges,
+  type RangeLike,
+  type Tagged,
+  type RangeWalkItem,
+} from './range';
+export { AddressType, MemoryLayout, x86LegacyRamRanges, type MemoryRangeWithNode } from './layout';
+export { MemoryRegistrar, type RegisterMemory } from './registrar';
+export {
+  MembackingError,
+  InvalidMemoryRangeError,
+  MemoryLayoutError,
+  RegistrarError,
+  OsError,
+  type ErrorCode,
+} from './errors';

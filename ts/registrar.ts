@@ -1,0 +1,148 @@
+/**
+ * `MemoryRegistrar`: registers guest RAM lazily in 2 GiB chunks through a JavaScript callback
+ * (spec layout-and-registrar §3).
+ *
+ * The chunk bookkeeping and the coordination of concurrent asynchronous registrations live in
+ * the Rust core (`underhill_mem`). This class adapts the user's callback: a synchronous return
+ * or throw is reported at once, a returned Promise is reported when it settles; `register()`
+ * returns `undefined` when everything finished synchronously and a Promise otherwise.
+ */
+import { call, fromNative, invalidArgType, invalidArgValue, RegistrarError } from './errors';
+import { nativeLayout, type MemoryLayout } from './layout';
+import { native } from './native';
+import { trusted, type MemoryRange } from './range';
+import { describeType, toU64, type U64 } from './u64';
+
+/** Registration callback: receives chunk ∩ RAM shifted by the offset; throw/reject = failure. */
+export type RegisterMemory = (range: MemoryRange) => void | Promise<void>;
+
+/** Failure tokens are shared by every registrar of this thread (the binding keys on them). */
+let nextToken = 1;
+function allocateToken(): number {
+  const token = nextToken;
+  nextToken = nextToken >= 0x7fff_ffff ? 1 : nextToken + 1;
+  return token;
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return (
+    (typeof value === 'object' || typeof value === 'function') &&
+    value !== null &&
+    typeof (value as { then?: unknown }).then === 'function'
+  );
+}
+
+type Settled = { status: number; address: bigint; causeToken: number; message: string };
+
+/** Registers RAM lazily in 2 GiB chunks; sticky failure per chunk. */
+export class MemoryRegistrar {
+  readonly #native: InstanceType<typeof native.NativeRegistrar>;
+  /** Errors of failed callbacks, by token, until the registration that failed reports them. */
+  readonly #causes = new Map<number, unknown>();
+  readonly #waiting = new Map<number, { resolve: () => void; reject: (error: unknown) => void }>();
+  /** Outcomes reported before `register()` handed out the Promise. */
+  readonly #early = new Map<number, Settled>();
+
+  /** Chunk count = ceil(end of last RAM range / 2 GiB); registers nothing yet. */
+  constructor(layout: MemoryLayout, registrationOffset: U64, register: RegisterMemory) {
+    const handle = nativeLayout(layout);
+    const offset = toU64(registrationOffset, 'registrationOffset');
+    if (typeof register !== 'function') {
+      throw invalidArgType(`register must be a function, got ${describeType(register)}`);
+    }
+    const causes = this.#causes;
+    // 0 = done, > 0 = pending token, < 0 = failed (token = −n). Never throws.
+    const adapter = (start: bigint, end: bigint): number => {
+      let result: unknown;
+      try {
+        result = register(trusted(start, end));
+      } catch (error) {
+        const token = allocateToken();
+        causes.set(token, error);
+        return -token;
+      }
+      if (!isThenable(result)) return 0;
+      const token = allocateToken();
+      Promise.resolve(result).then(
+        () => native.settleRegistrationCallback(token, false),
+        (error: unknown) => {
+          causes.set(token, error);
+          native.settleRegistrationCallback(token, true);
+        },
+      );
+      return token;
+    };
+    const onSettled = (taskId: number, status: number, address: bigint, causeToken: number, message: string): void => {
+      const settled = { status, address, causeToken, message };
+      const waiter = this.#waiting.get(taskId);
+      if (waiter === undefined) {
+        this.#early.set(taskId, settled);
+        return;
+      }
+      this.#waiting.delete(taskId);
+      this.#settle(settled, waiter.resolve, waiter.reject);
+    };
+    this.#native = call(() => new native.NativeRegistrar(handle, offset, adapter, onSettled));
+  }
+
+  #takeCause(token: number): unknown {
+    const cause = this.#causes.get(token);
+    this.#causes.delete(token);
+    return cause;
+  }
+
+  #failure(address: bigint, causeToken: number): RegistrarError {
+    const message = `failed to register guest memory at 0x${address.toString(16)}`;
+    return causeToken > 0
+      ? new RegistrarError('ERR_REGISTRATION_FAILED', message, { address }, { cause: this.#takeCause(causeToken) })
+      : new RegistrarError('ERR_REGISTRATION_FAILED', message, { address });
+  }
+
+  #settle(settled: Settled, resolve: () => void, reject: (error: unknown) => void): void {
+    if (settled.status === 0) resolve();
+    else if (settled.status === 1) reject(this.#failure(settled.address, settled.causeToken));
+    else reject(invalidArgValue(settled.message));
+  }
+
+  /**
+   * Ensure [address, address+len) (bytes) is registered. Returns undefined when no callback
+   * ran or all were synchronous; a Promise when a callback it ran or waited for is async.
+   * Failure: RegistrarError `ERR_REGISTRATION_FAILED` with `address` (the original's Err value).
+   */
+  register(address: U64, len: U64): void | Promise<void> {
+    const a = toU64(address, 'address');
+    const l = toU64(len, 'len');
+    let taskId: number | null | undefined;
+    try {
+      taskId = this.#native.register(a, l);
+    } catch (error) {
+      const translated = fromNative(error);
+      if (translated instanceof RegistrarError && translated.code === 'ERR_REGISTRATION_FAILED') {
+        const token = (translated as unknown as { causeToken?: number }).causeToken ?? 0;
+        throw this.#failure(translated.address ?? 0n, token);
+      }
+      throw translated;
+    }
+    if (taskId === null || taskId === undefined) return undefined;
+    const id = taskId;
+    return new Promise<void>((resolve, reject) => {
+      const early = this.#early.get(id);
+      if (early !== undefined) {
+        this.#early.delete(id);
+        this.#settle(early, resolve, reject);
+      } else {
+        this.#waiting.set(id, { resolve, reject });
+      }
+    });
+  }
+
+  /** {chunksRegistered, chunkCount, registrationOffset (bytes, bigint)}. */
+  inspect(): { chunksRegistered: number; chunkCount: number; registrationOffset: bigint } {
+    const snapshot = call(() => this.#native.inspect());
+    return {
+      chunksRegistered: snapshot.chunksRegistered,
+      chunkCount: snapshot.chunkCount,
+      registrationOffset: snapshot.registrationOffset,
+    };
+  }
+}

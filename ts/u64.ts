@@ -1,0 +1,68 @@
+/**
+ * Unsigned 64-bit inputs and the unit constants.
+ *
+ * Every address, size, length and offset the API takes is a `U64`: a `bigint`, or a `number`
+ * that is a safe non-negative integer. Outputs are always `bigint`, so values up to 2^64-1
+ * round-trip losslessly.
+ */
+import { invalidArgType, invalidArgValue } from './errors';
+
+/** A u64 input in bytes (or pages where named): bigint, or a safe non-negative integer number. */
+export type U64 = number | bigint;
+
+/** 2^64 − 1, the largest u64. */
+export const U64_MAX = (1n << 64n) - 1n;
+
+/** 1024 bytes. */
+export const KiB = 1024n;
+/** 1024² bytes. */
+export const MiB = 1024n ** 2n;
+/** 1024³ bytes. */
+export const GiB = 1024n ** 3n;
+/** 1024⁴ bytes. */
+export const TiB = 1024n ** 4n;
+
+/**
+ * Converts a `U64` argument to a bigint.
+ * @throws TypeError `ERR_INVALID_ARG_TYPE` for a non-number/bigint or a number that is not a
+ *   safe non-negative integer; RangeError `ERR_INVALID_ARG_VALUE` for a bigint outside 0..2^64-1.
+ */
+export function toU64(value: unknown, name: string): bigint {
+  if (typeof value === 'bigint') {
+    if (value < 0n || value > U64_MAX) {
+      throw invalidArgValue(`${name} must be between 0 and 2^64-1, got ${value}`);
+    }
+    return value;
+  }
+  if (typeof value === 'number') {
+    if (!Number.isSafeInteger(value) || value < 0) {
+      throw invalidArgType(`${name} must be a safe non-negative integer or a bigint, got ${value}`);
+    }
+    return BigInt(value);
+  }
+  throw invalidArgType(`${name} must be a number or a bigint, got ${describeType(value)}`);
+}
+
+/** Checks a small unsigned integer argument (counts, ids, vnodes) and returns it. */
+export function toU32(value: unknown, name: string): number {
+  if (typeof value !== 'number' || !Number.isInteger(value)) {
+    throw invalidArgType(`${name} must be an integer number, got ${describeType(value)}`);
+  }
+  if (value < 0 || value > 0xffff_ffff) {
+    throw invalidArgValue(`${name} must be between 0 and 2^32-1, got ${value}`);
+  }
+  return value;
+}
+
+/** A short description of a value's type for error messages. */
+export function describeType(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'an array';
+  if (typeof value === 'object') return `an object (${value.constructor?.name ?? 'no prototype'})`;
+  return `type ${typeof value}`;
+}
+
+/** Formats a u64 the way the Rust `Display` of ranges does: `0x` and lower-case hex. */
+export function hex(value: bigint): string {
+  return `0x${value.toString(16)}`;
+}
