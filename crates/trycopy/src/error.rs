@@ -64,7 +64,7 @@ fn signal_name(signal: i32) -> Option<&'static str> {
 /// [`offset`](Self::offset) is a hint: bytes after it may already have been written (backward
 /// copy) and bytes before it may not (a faulting 32-byte block). Treat the whole destination as
 /// indeterminate on failure.
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("failed to {} memory", if self.is_write { "write" } else { "read" })]
 pub struct MemoryError {
     offset: usize,

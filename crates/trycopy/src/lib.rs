@@ -39,7 +39,7 @@ use unsupported as arch;
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 use unsupported as handler;
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64", target_os = "linux"))]
 mod tests;
 
 use error::Span;
