@@ -1,0 +1,307 @@
+//! Carrying out a plan: the failure rules of spec §3.2, §3.5 and §5, independent of how the
+//! operations reach the partitions and mappers.
+//!
+//! [`PlanExecution`] is a small state machine (no I/O of its own): the driver asks it for the
+//! next operation, performs it however it likes — synchronously through a [`PlanTarget`] with
+//! [`apply_plan`], or by sending messages and awaiting replies on the region-manager thread —
+//! and reports the result. The execution decides what a failure means:
+//!
+//! | failing operation | consequence |
+//! |---|---|
+//! | `PopulateVa` | ignored (a hole in a device window is fine) |
+//! | `Prefetch` | logged and ignored |
+//! | `Map` of the partition being attached | stop; discard the partition mapper (one `unmap(offset, window length)`); `PartitionMapperError::Map` |
+//! | `Pin` | first `unmap(gpa, size)` of the just-mapped range, then as for `Map` but `PartitionMapperError::Pin` |
+//! | any other failure (`Map`/`Pin` at run time, `Unmap`, `Invalidate`, `AddMapping`, the `unmap` after a failed pin) | stop; fatal: the manager must be poisoned |
+//!
+//! A failing discard `unmap` is logged and ignored (the partition is no longer attached).
+
+use super::error::FatalError;
+use super::error::PartitionMapperError;
+use super::plan::Plan;
+use super::plan::PlanOp;
+use super::plan::PlannedOp;
+use super::types::ActiveMapping;
+use memory_range::MemoryRange;
+use std::collections::VecDeque;
+
+/// Where a plan's operations go: the mapping manager (`add_mapping`, `invalidate`), the VA
+/// mappers (`populate_va`) and the partitions (`map`, `prefetch`, `pin`, `unmap`).
+///
+/// A partition that is gone (its last strong reference dropped) must make every partition
+/// operation, and `populate_va` for it, succeed without doing anything.
+pub trait PlanTarget<O> {
+    /// Mapping manager `AddMapping`.
+    fn add_mapping(&mut self, mapping: &ActiveMapping<O>) -> Result<(), virt::Error>;
+    /// Mapping manager `RemoveMappings(range)`: invalidate every VA mapper holding a mapping in
+    /// `range` and wait for the acknowledgements.
+    fn invalidate(&mut self, range: MemoryRange) -> Result<(), virt::Error>;
+    /// Request the partition's VA mapper to populate `range` and wait.
+    fn populate_va(&mut self, partition: usize, range: MemoryRange) -> Result<(), virt::Error>;
+    /// `map_range(va_base + va_offset, size, gpa, writable, exec)`.
+    fn map(
+        &mut self,
+        partition: usize,
+        va_offset: u64,
+        gpa: u64,
+        size: u64,
+        writable: bool,
+        exec: bool,
+    ) -> Result<(), virt::Error>;
+    /// `prefetch_range(gpa, size)`.
+    fn prefetch(&mut self, partition: usize, gpa: u64, size: u64) -> Result<(), virt::Error>;
+    /// `pin_range(gpa, size)`.
+    fn pin(&mut self, partition: usize, gpa: u64, size: u64) -> Result<(), virt::Error>;
+    /// `unmap_range(gpa, size)`.
+    fn unmap(&mut self, partition: usize, gpa: u64, size: u64) -> Result<(), virt::Error>;
+
+    /// Performs one operation by calling the matching method.
+    fn execute(&mut self, op: &PlanOp<O>) -> Result<(), virt::Error> {
+        match *op {
+            PlanOp::AddMapping(ref mapping) => self.add_mapping(mapping),
+            PlanOp::Invalidate { range } => self.invalidate(range),
+            PlanOp::PopulateVa { partition, range } => self.populate_va(partition, range),
+            PlanOp::Map {
+                partition,
+                va_offset,
+                gpa,
+                size,
+                writable,
+                exec,
+            } => self.map(partition, va_offset, gpa, size, writable, exec),
+            PlanOp::Prefetch {
+                partition,
+                gpa,
+                size,
+            } => self.prefetch(partition, gpa, size),
+            PlanOp::Pin {
+                partition,
+                gpa,
+                size,
+            } => self.pin(partition, gpa, size),
+            PlanOp::Unmap {
+                partition,
+                gpa,
+                size,
+            } => self.unmap(partition, gpa, size),
+        }
+    }
+}
+
+/// How applying a plan failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Attaching a partition failed; its mapper was discarded. Roll the transaction back
+    /// (nothing else changed).
+    #[error(transparent)]
+    Attach(PartitionMapperError),
+    /// The partitions or mappers are now out of step: poison the manager. Commit the
+    /// transaction (the state describes what was intended) or drop it; neither is trusted.
+    #[error(transparent)]
+    Fatal(FatalError),
+}
+
+/// Which operation was handed out last.
+#[derive(Debug)]
+enum Current {
+    None,
+    Planned(usize),
+    PinUndo {
+        partition: usize,
+        pin_error: virt::Error,
+        pin_op: String,
+    },
+    Discard,
+}
+
+/// The state machine that runs a plan and applies the failure rules (see the module docs).
+#[derive(Debug)]
+pub struct PlanExecution<'p, O> {
+    plan: &'p Plan<O>,
+    va_window_len: u64,
+    next: usize,
+    current: Current,
+    compensation: VecDeque<(PlannedOp<O>, Current)>,
+    current_compensation: Option<PlannedOp<O>>,
+    failure: Option<ApplyError>,
+    done: bool,
+}
+
+impl<'p, O: Clone> PlanExecution<'p, O> {
+    /// Starts running `plan` for a manager whose VA window is `va_window_len` bytes long.
+    pub fn new(plan: &'p Plan<O>, va_window_len: u64) -> Self {
+        Self {
+            plan,
+            va_window_len,
+            next: 0,
+            current: Current::None,
+            compensation: VecDeque::new(),
+            current_compensation: None,
+            failure: None,
+            done: false,
+        }
+    }
+
+    /// The next operation to perform, or `None` when the run is over (finished or failed).
+    /// Each operation handed out must be followed by [`PlanExecution::report`].
+    pub fn next_op(&mut self) -> Option<&PlannedOp<O>> {
+        if self.done {
+            return None;
+        }
+        if let Some((op, current)) = self.compensation.pop_front() {
+            self.current = current;
+            return Some(self.current_compensation.insert(op));
+        }
+        if self.failure.is_some() || self.next >= self.plan.ops.len() {
+            self.done = true;
+            self.current = Current::None;
+            return None;
+        }
+        self.current = Current::Planned(self.next);
+        self.next += 1;
+        self.plan.ops.get(self.next - 1)
+    }
+
+    /// Reports the outcome of the operation last returned by [`PlanExecution::next_op`].
+    pub fn report(&mut self, result: Result<(), virt::Error>) {
+        let current = std::mem::replace(&mut self.current, Current::None);
+        let error = match result {
+            Ok(()) => {
+                if let Current::PinUndo {
+                    partition,
+                    pin_error,
+                    pin_op,
+                } = current
+                {
+                    let error = PartitionMapperError::Pin(pin_error);
+                    if self.is_attaching(partition) {
+                        self.attach_failed(partition, error);
+                    } else {
+                        self.failure = Some(ApplyError::Fatal(FatalError {
+                            op: pin_op,
+                            source: Box::new(error),
+                        }));
+                    }
+                }
+                return;
+            }
+            Err(error) => error,
+        };
+        match current {
+            Current::None => {}
+            Current::Planned(index) => {
+                let planned = &self.plan.ops[index];
+                match planned.op {
+                    PlanOp::PopulateVa { range, .. } => {
+                        tracing::debug!(%range, error = error.as_ref() as &dyn std::error::Error, "VA population failed; ignored");
+                    }
+                    PlanOp::Prefetch { gpa, size, .. } => {
+                        tracing::warn!(
+                            gpa,
+                            size,
+                            error = error.as_ref() as &dyn std::error::Error,
+                            "partition prefetch failed; ignored"
+                        );
+                    }
+                    PlanOp::Map { partition, .. } => {
+                        let error = PartitionMapperError::Map(error);
+                        if self.is_attaching(partition) {
+                            self.attach_failed(partition, error);
+                        } else {
+                            self.fatal(planned.clone(), Box::new(error));
+                        }
+                    }
+                    PlanOp::Pin {
+                        partition,
+                        gpa,
+                        size,
+                    } => {
+                        let undo = PlannedOp {
+                            op: PlanOp::Unmap {
+                                partition,
+                                gpa,
+                                size,
+                            },
+                            reason: format!("pin failed: {}", planned.reason),
+                        };
+                        self.compensation.push_back((
+                            undo,
+                            Current::PinUndo {
+                                partition,
+                                pin_error: error,
+                                pin_op: planned.to_string(),
+                            },
+                        ));
+                    }
+                    PlanOp::AddMapping(_) | PlanOp::Invalidate { .. } | PlanOp::Unmap { .. } => {
+                        self.fatal(planned.clone(), error);
+                    }
+                }
+            }
+            Current::PinUndo { .. } => {
+                if let Some(op) = self.current_compensation.clone() {
+                    self.fatal(op, error);
+                }
+            }
+            Current::Discard => {
+                tracing::warn!(
+                    error = error.as_ref() as &dyn std::error::Error,
+                    "unmapping a discarded partition mapper failed; ignored"
+                );
+            }
+        }
+    }
+
+    /// The outcome of the run.
+    pub fn finish(self) -> Result<(), ApplyError> {
+        match self.failure {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    fn is_attaching(&self, partition: usize) -> bool {
+        self.plan
+            .attaching
+            .is_some_and(|attaching| attaching.partition == partition)
+    }
+
+    fn fatal(&mut self, op: PlannedOp<O>, source: virt::Error) {
+        self.compensation.clear();
+        self.failure = Some(ApplyError::Fatal(FatalError {
+            op: op.to_string(),
+            source,
+        }));
+    }
+
+    /// The partition being attached refused an operation: discard its mapper.
+    fn attach_failed(&mut self, partition: usize, error: PartitionMapperError) {
+        let offset = self.plan.attaching.map_or(0, |attaching| attaching.offset);
+        self.failure = Some(ApplyError::Attach(error));
+        self.compensation.push_back((
+            PlannedOp {
+                op: PlanOp::Unmap {
+                    partition,
+                    gpa: offset,
+                    size: self.va_window_len,
+                },
+                reason: format!("partition {partition} attach failed: mapper discarded"),
+            },
+            Current::Discard,
+        ));
+    }
+}
+
+/// Runs `plan` synchronously against `target`, applying the failure rules.
+pub fn apply_plan<O: Clone, T: PlanTarget<O> + ?Sized>(
+    plan: &Plan<O>,
+    va_window_len: u64,
+    target: &mut T,
+) -> Result<(), ApplyError> {
+    let mut execution = PlanExecution::new(plan, va_window_len);
+    while let Some(planned) = execution.next_op() {
+        let result = target.execute(&planned.op);
+        execution.report(result);
+    }
+    execution.finish()
+}
