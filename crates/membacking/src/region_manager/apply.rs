@@ -305,3 +305,240 @@ pub fn apply_plan<O: Clone, T: PlanTarget<O> + ?Sized>(
     }
     execution.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::region_manager::AttachingPartition;
+
+    /// Records every operation it performs and fails those `fail` selects.
+    struct ScriptedTarget<P> {
+        performed: Vec<String>,
+        fail: P,
+    }
+
+    impl<P: FnMut(&PlanOp<()>) -> bool> ScriptedTarget<P> {
+        fn run(&mut self, op: &PlanOp<()>) -> Result<(), virt::Error> {
+            self.performed.push(op.to_string());
+            if (self.fail)(op) {
+                Err(format!("{} refused", op.kind()).into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl<P: FnMut(&PlanOp<()>) -> bool> PlanTarget<()> for ScriptedTarget<P> {
+        fn add_mapping(&mut self, mapping: &ActiveMapping<()>) -> Result<(), virt::Error> {
+            self.run(&PlanOp::AddMapping(mapping.clone()))
+        }
+        fn invalidate(&mut self, range: MemoryRange) -> Result<(), virt::Error> {
+            self.run(&PlanOp::Invalidate { range })
+        }
+        fn populate_va(&mut self, partition: usize, range: MemoryRange) -> Result<(), virt::Error> {
+            self.run(&PlanOp::PopulateVa { partition, range })
+        }
+        fn map(
+            &mut self,
+            partition: usize,
+            va_offset: u64,
+            gpa: u64,
+            size: u64,
+            writable: bool,
+            exec: bool,
+        ) -> Result<(), virt::Error> {
+            self.run(&PlanOp::Map {
+                partition,
+                va_offset,
+                gpa,
+                size,
+                writable,
+                exec,
+            })
+        }
+        fn prefetch(&mut self, partition: usize, gpa: u64, size: u64) -> Result<(), virt::Error> {
+            self.run(&PlanOp::Prefetch {
+                partition,
+                gpa,
+                size,
+            })
+        }
+        fn pin(&mut self, partition: usize, gpa: u64, size: u64) -> Result<(), virt::Error> {
+            self.run(&PlanOp::Pin {
+                partition,
+                gpa,
+                size,
+            })
+        }
+        fn unmap(&mut self, partition: usize, gpa: u64, size: u64) -> Result<(), virt::Error> {
+            self.run(&PlanOp::Unmap {
+                partition,
+                gpa,
+                size,
+            })
+        }
+    }
+
+    const RANGE: MemoryRange = MemoryRange::new(0x1000..0x3000);
+
+    /// populate, map, prefetch, pin of RANGE into partition 1 (gpa offset 0x10000), then one
+    /// more map of another range.
+    fn attach_plan(attaching: bool) -> Plan<()> {
+        let planned = |op| PlannedOp {
+            op,
+            reason: "test".to_owned(),
+        };
+        Plan {
+            ops: vec![
+                planned(PlanOp::PopulateVa {
+                    partition: 1,
+                    range: RANGE,
+                }),
+                planned(PlanOp::Map {
+                    partition: 1,
+                    va_offset: 0x1000,
+                    gpa: 0x11000,
+                    size: 0x2000,
+                    writable: true,
+                    exec: true,
+                }),
+                planned(PlanOp::Prefetch {
+                    partition: 1,
+                    gpa: 0x11000,
+                    size: 0x2000,
+                }),
+                planned(PlanOp::Pin {
+                    partition: 1,
+                    gpa: 0x11000,
+                    size: 0x2000,
+                }),
+                planned(PlanOp::Map {
+                    partition: 1,
+                    va_offset: 0x8000,
+                    gpa: 0x18000,
+                    size: 0x1000,
+                    writable: true,
+                    exec: true,
+                }),
+            ],
+            attaching: attaching.then_some(AttachingPartition {
+                partition: 1,
+                offset: 0x10000,
+            }),
+            affected: vec![RANGE],
+        }
+    }
+
+    fn run(
+        plan: &Plan<()>,
+        fail: impl FnMut(&PlanOp<()>) -> bool,
+    ) -> (Vec<String>, Result<(), ApplyError>) {
+        let mut target = ScriptedTarget {
+            performed: Vec::new(),
+            fail,
+        };
+        let result = apply_plan(plan, 0x100000, &mut target);
+        (target.performed, result)
+    }
+
+    #[test]
+    fn success_runs_every_operation_in_order() {
+        let plan = attach_plan(true);
+        let (performed, result) = run(&plan, |_| false);
+        assert!(result.is_ok());
+        let expected: Vec<String> = plan.ops.iter().map(|op| op.op.to_string()).collect();
+        assert_eq!(performed, expected);
+    }
+
+    #[test]
+    fn failed_population_and_prefetch_are_ignored() {
+        let plan = attach_plan(true);
+        let (performed, result) = run(&plan, |op| {
+            matches!(op, PlanOp::PopulateVa { .. } | PlanOp::Prefetch { .. })
+        });
+        assert!(result.is_ok());
+        assert_eq!(performed.len(), plan.ops.len());
+    }
+
+    #[test]
+    fn attach_pin_failure_unmaps_the_range_then_the_window() {
+        let plan = attach_plan(true);
+        let (performed, result) = run(&plan, |op| matches!(op, PlanOp::Pin { .. }));
+        assert!(matches!(
+            result,
+            Err(ApplyError::Attach(PartitionMapperError::Pin(_)))
+        ));
+        assert_eq!(
+            performed[3..],
+            [
+                "partition 1: pin(0x11000, 0x2000)",
+                "partition 1: unmap(0x11000, 0x2000)",
+                "partition 1: unmap(0x10000, 0x100000)",
+            ]
+        );
+    }
+
+    #[test]
+    fn attach_discard_failure_is_ignored_but_undo_failure_is_fatal() {
+        let plan = attach_plan(true);
+        let (performed, result) = run(&plan, |op| {
+            matches!(op, PlanOp::Map { gpa: 0x11000, .. } | PlanOp::Unmap { .. })
+        });
+        assert!(matches!(
+            result,
+            Err(ApplyError::Attach(PartitionMapperError::Map(_)))
+        ));
+        assert_eq!(
+            performed.last().unwrap(),
+            "partition 1: unmap(0x10000, 0x100000)"
+        );
+
+        let (performed, result) = run(&plan, |op| {
+            matches!(op, PlanOp::Pin { .. } | PlanOp::Unmap { .. })
+        });
+        let Err(ApplyError::Fatal(fatal)) = result else {
+            panic!("expected a fatal failure");
+        };
+        assert!(fatal.op.contains("unmap(0x11000, 0x2000)"), "{}", fatal.op);
+        assert_eq!(performed.len(), 5, "no discard after a fatal failure");
+    }
+
+    #[test]
+    fn runtime_failures_are_fatal_and_stop_the_plan() {
+        let plan = attach_plan(false);
+        let (performed, result) = run(&plan, |op| matches!(op, PlanOp::Map { gpa: 0x11000, .. }));
+        let Err(ApplyError::Fatal(fatal)) = result else {
+            panic!("expected a fatal failure");
+        };
+        assert_eq!(performed.len(), 2);
+        assert_eq!(
+            std::error::Error::source(&fatal).unwrap().to_string(),
+            "failed to map range to partition"
+        );
+
+        let (performed, result) = run(&plan, |op| matches!(op, PlanOp::Pin { .. }));
+        assert!(matches!(result, Err(ApplyError::Fatal(_))));
+        assert_eq!(
+            performed.last().unwrap(),
+            "partition 1: unmap(0x11000, 0x2000)"
+        );
+    }
+
+    #[test]
+    fn execution_can_be_driven_step_by_step() {
+        let plan = attach_plan(true);
+        let mut execution = PlanExecution::new(&plan, 0x100000);
+        let mut steps = 0;
+        while let Some(op) = execution.next_op() {
+            let fail = matches!(op.op, PlanOp::Map { gpa: 0x18000, .. });
+            steps += 1;
+            execution.report(if fail { Err("no".into()) } else { Ok(()) });
+        }
+        assert_eq!(steps, 6, "five planned operations and the discard");
+        assert!(execution.next_op().is_none());
+        assert!(matches!(
+            execution.finish(),
+            Err(ApplyError::Attach(PartitionMapperError::Map(_)))
+        ));
+    }
+}

@@ -65,6 +65,7 @@ pub use types::PartitionMapperInfo;
 pub use types::Region;
 pub use types::RegionId;
 pub use types::RegionInspect;
+pub use types::RegionManagerInspect;
 pub use types::RegionMapping;
 pub use types::RegionRef;
 pub use types::DEVICE_PRIORITY;

@@ -16,6 +16,7 @@ use super::types::MapParams;
 use super::types::PartitionMapperInfo;
 use super::types::Region;
 use super::types::RegionId;
+use super::types::RegionManagerInspect;
 use super::types::RegionMapping;
 use memory_range::MemoryRange;
 use std::cmp::Reverse;
@@ -102,6 +103,14 @@ impl<O> RegionManagerState<O> {
     /// The active regions in address order.
     pub fn active_regions(&self) -> impl Iterator<Item = &Region<O>> + '_ {
         self.active.values().map(|id| &self.regions[id])
+    }
+
+    /// The inspect snapshot of the regions and partition mappers.
+    pub fn inspect(&self) -> RegionManagerInspect {
+        RegionManagerInspect {
+            regions: self.regions().map(Region::inspect).collect(),
+            partitions: self.partitions.clone(),
+        }
     }
 
     /// The partition mappers in registration order.

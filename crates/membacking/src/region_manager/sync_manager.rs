@@ -215,6 +215,23 @@ where
         self.state.plan(change)
     }
 
+    /// Dry run of one change that also lets `inspect` look at the state the change would
+    /// leave (e.g. its flat view).
+    pub fn plan_with<R>(
+        &mut self,
+        change: Change<O>,
+        cause: Option<&str>,
+        inspect: impl FnOnce(&Transaction<'_, O>) -> R,
+    ) -> Result<(Plan<O>, R), RegionManagerError> {
+        self.check_poisoned()?;
+        let mut transaction = self.state.begin();
+        transaction.apply_with_cause(change, cause)?;
+        let result = inspect(&transaction);
+        let plan = transaction.take_plan();
+        transaction.rollback();
+        Ok((plan, result))
+    }
+
     /// Applies one change and carries out its plan. An `AddPartition` change registers a
     /// partition mapper without a partition (as if it were gone); use
     /// [`SyncRegionManager::add_partition`] to attach one.

@@ -1862,3 +1862,79 @@ fn random_changes_keep_the_invariants_and_plans_match_calls() {
         );
     }
 }
+
+#[test]
+fn inspect_snapshot_serializes_with_upstream_names() {
+    let mut vm = Vm::l1(X86);
+    vm.attach_new(Vtl::Vtl0);
+    vm.set(VGA, RamVisibility::Unmapped).unwrap();
+    let inspect = vm.mgr.state().inspect();
+    assert_eq!(inspect.regions.len(), 16);
+    assert_eq!(
+        inspect.partitions,
+        [PartitionMapperInfo {
+            offset: 0,
+            pin_mappings: false
+        }]
+    );
+    let json = serde_json::to_value(&inspect).unwrap();
+    let vga = &json["regions"][1];
+    assert_eq!(vga["id"], 2);
+    assert_eq!(vga["name"], "ram");
+    assert_eq!(vga["range"]["start"], 0xa0000);
+    assert_eq!(vga["range"]["end"], 0xc0000);
+    assert_eq!(vga["priority"], 255);
+    assert_eq!(vga["dma_target"], true);
+    assert!(vga["map_params"].is_null());
+    assert_eq!(vga["active"], false);
+    assert_eq!(vga["mappings"][0]["range_in_region"]["end"], 0x20000);
+    assert_eq!(vga["mappings"][0]["file_offset"], 0xa0000);
+    assert_eq!(json["regions"][0]["map_params"]["prefetch"], false);
+    assert_eq!(json["partitions"][0]["pin_mappings"], false);
+}
+
+#[test]
+fn plan_with_shows_the_flat_view_the_change_would_leave() {
+    let (mut vm, partition, mut window) = vga_device();
+    window.map_to_guest(&mut vm.mgr, 0xa0000, true).unwrap();
+    let (change, cause) = vm
+        .ram
+        .change_for::<Obj>(VGA, RamVisibility::Unmapped)
+        .unwrap();
+    let (plan, view) = vm
+        .mgr
+        .plan_with(change, Some(&cause), |transaction| {
+            transaction.state().flat_view_range(VGA)
+        })
+        .unwrap();
+    assert_eq!(plan.ops.len(), 5);
+    assert_eq!(view[0].region.as_ref().unwrap().name.as_ref(), "vram");
+    assert_eq!(
+        vm.mgr.state().flat_view_range(VGA)[0]
+            .region
+            .as_ref()
+            .unwrap()
+            .name
+            .as_ref(),
+        "ram"
+    );
+    assert!(partition.log().is_empty());
+}
+
+#[test]
+fn ram_regions_find_exact_ranges_and_detect_overlap() {
+    let vm = Vm::l1(X86);
+    assert_eq!(vm.ram.iter().count(), 16);
+    assert_eq!(vm.ram.find(VGA).unwrap(), vm.region(VGA).id());
+    assert!(vm.ram.overlaps(r(0x9f000, 0xa1000)));
+    assert!(vm.ram.overlaps(r(0x3000_0000, 0x5000_0000)));
+    assert!(!vm.ram.overlaps(r(0x4000_0000, 0x5000_0000)));
+    assert!(!vm.ram.overlaps(r(0xD000_0000, 0xD000_1000)));
+    assert_eq!(
+        "ReadOnly".parse::<RamVisibility>(),
+        Ok(RamVisibility::ReadOnly)
+    );
+    assert!("readonly".parse::<RamVisibility>().is_err());
+    assert_eq!(RamVisibility::Unmapped.to_string(), "Unmapped");
+    assert_eq!(RamVisibility::Unmapped.map_params(), None);
+}

@@ -272,6 +272,16 @@ pub struct PartitionMapperInfo {
     pub pin_mappings: bool,
 }
 
+/// The region manager's part of the inspect snapshot (spec §8.0): regions in list order and
+/// partition mappers in registration order. Serializes with the upstream snake_case names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RegionManagerInspect {
+    /// The regions, in list order.
+    pub regions: Vec<RegionInspect>,
+    /// The partition mappers, in registration order.
+    pub partitions: Vec<PartitionMapperInfo>,
+}
+
 /// One region as the inspect snapshot shows it (spec §8.0).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RegionInspect {
