@@ -1672,6 +1672,11 @@ fn work_for_far_away_changes(count: u64) -> Vec<u64> {
 #[test]
 fn a_change_costs_the_same_whatever_the_number_of_regions() {
     let small = work_for_far_away_changes(10);
+    let medium = work_for_far_away_changes(1_000);
+    assert_eq!(
+        small, medium,
+        "work must not grow with the number of regions"
+    );
     let large = work_for_far_away_changes(10_000);
     assert_eq!(
         small, large,
