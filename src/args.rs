@@ -34,7 +34,11 @@ impl ValidateNapiValue for U64 {}
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 
 fn conversion_error(message: &str) -> napi::Error {
-    napi::Error::new(Status::InvalidArg, message)
+    // `CODE\u{1f}message`: see `errors::into_status_error`.
+    let (code, text) = message
+        .split_once(": ")
+        .unwrap_or(("ERR_INVALID_ARG_TYPE", message));
+    napi::Error::new(Status::InvalidArg, format!("{code}\u{1f}{text}"))
 }
 
 impl FromNapiValue for U64 {
@@ -110,4 +114,87 @@ pub fn flatten(ranges: impl IntoIterator<Item = MemoryRange>) -> BigUint64Array 
         .flat_map(|range| [range.start(), range.end()])
         .collect();
     BigUint64Array::new(flat)
+}
+
+/// A JavaScript typed array (`Uint8Array`, `Buffer`, or any other typed array, by its bytes) as
+/// raw memory: a pointer and a byte length, valid for the duration of the native call.
+///
+/// It is never turned into a Rust slice: the buffer may be a view of a `SharedArrayBuffer`
+/// that other threads write concurrently, so it is only ever handed to the guarded copy
+/// routines as a raw pointer (guest-memory spec, hazard N12).
+pub struct RawBytes {
+    pub ptr: *mut u8,
+    pub len: usize,
+}
+
+impl TypeName for RawBytes {
+    fn type_name() -> &'static str {
+        "Uint8Array"
+    }
+
+    fn value_type() -> ValueType {
+        ValueType::Object
+    }
+}
+
+impl ValidateNapiValue for RawBytes {}
+
+impl FromNapiValue for RawBytes {
+    unsafe fn from_napi_value(env: sys::napi_env, value: sys::napi_value) -> napi::Result<Self> {
+        let mut is_typed_array = false;
+        // SAFETY: `env` and `value` are the ones napi-rs received for the current call.
+        let status = unsafe { sys::napi_is_typedarray(env, value, &mut is_typed_array) };
+        if status != sys::Status::napi_ok || !is_typed_array {
+            return Err(conversion_error(
+                "ERR_INVALID_ARG_TYPE: expected a Uint8Array or Buffer",
+            ));
+        }
+        let mut kind = 0;
+        let mut length = 0usize;
+        let mut data = std::ptr::null_mut();
+        let mut array_buffer = std::ptr::null_mut();
+        let mut byte_offset = 0usize;
+        // SAFETY: `value` is a typed array (checked above); the out-pointers are locals.
+        let status = unsafe {
+            sys::napi_get_typedarray_info(
+                env,
+                value,
+                &mut kind,
+                &mut length,
+                &mut data,
+                &mut array_buffer,
+                &mut byte_offset,
+            )
+        };
+        if status != sys::Status::napi_ok {
+            return Err(conversion_error(
+                "ERR_INVALID_ARG_TYPE: unreadable typed array",
+            ));
+        }
+        let element_size = match kind {
+            sys::TypedarrayType::int8_array
+            | sys::TypedarrayType::uint8_array
+            | sys::TypedarrayType::uint8_clamped_array => 1,
+            sys::TypedarrayType::int16_array | sys::TypedarrayType::uint16_array => 2,
+            sys::TypedarrayType::int32_array
+            | sys::TypedarrayType::uint32_array
+            | sys::TypedarrayType::float32_array => 4,
+            _ => 8,
+        };
+        let len = length
+            .checked_mul(element_size)
+            .ok_or_else(|| conversion_error("ERR_INVALID_ARG_VALUE: typed array too large"))?;
+        let ptr = if data.is_null() || len == 0 {
+            std::ptr::NonNull::<u8>::dangling().as_ptr()
+        } else {
+            data.cast::<u8>()
+        };
+        Ok(RawBytes { ptr, len })
+    }
+}
+
+/// A `U64` argument as a `usize` (offsets and lengths within this process's address space).
+pub fn usize_arg(value: U64, name: &str) -> Result<usize, JsError> {
+    usize::try_from(value.0)
+        .map_err(|_| invalid_arg(format!("{name} does not fit in the address space")))
 }

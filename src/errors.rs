@@ -39,6 +39,11 @@ pub fn invalid_arg(message: impl Into<String>) -> JsError {
     coded("ERR_INVALID_ARG_VALUE", message)
 }
 
+/// An object used after `close()`.
+pub fn closed(what: &str) -> JsError {
+    coded("ERR_CLOSED", format!("{what} is closed"))
+}
+
 thread_local! {
     /// Set while a guarded call runs, so that the panic hook stays silent for panics that become
     /// JS errors (they are reported to the caller, not printed).
@@ -80,4 +85,79 @@ pub fn guard<T>(f: impl FnOnce() -> Result<T, JsError>) -> Result<T, JsError> {
         Ok(result) => result,
         Err(payload) => Err(invalid_arg(panic_text(payload.as_ref()))),
     }
+}
+
+/// A Rust name (`InvalidInput`, `OutOfRange`) in SCREAMING_SNAKE_CASE (`INVALID_INPUT`); a digit
+/// stays with its word.
+pub fn screaming_snake(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.char_indices() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// An `io::Error`: with an errno, `ERR_OS_ERROR` carrying `errno` (the TypeScript layer names it,
+/// `EINVAL` …, as Node does) and the failing `syscall`; without one, `ERR_` plus its kind
+/// (`ERR_INVALID_INPUT` becomes a `RangeError`).
+pub fn io_error(err: &std::io::Error, syscall: &str) -> JsError {
+    match err.raw_os_error() {
+        Some(errno) => coded_with(
+            "ERR_OS_ERROR",
+            format!("{syscall}: {err}"),
+            &[
+                ("errno", errno.to_string()),
+                ("syscall", json_string(syscall)),
+            ],
+        ),
+        None => coded(
+            &format!("ERR_{}", screaming_snake(&format!("{:?}", err.kind()))),
+            err.to_string(),
+        ),
+    }
+}
+
+/// A string as a JSON string literal.
+pub fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A recovered fault as the JSON object of `FaultInfo` (`{signal, siCode, trapno}`).
+pub fn fault_field(fault: &trycopy::FaultInfo) -> String {
+    let signal = match fault.signal {
+        libc::SIGSEGV => "SIGSEGV".to_owned(),
+        libc::SIGBUS => "SIGBUS".to_owned(),
+        libc::SIGILL => "SIGILL".to_owned(),
+        other => format!("signal {other}"),
+    };
+    format!(
+        "{{\"signal\":{},\"siCode\":{},\"trapno\":{}}}",
+        json_string(&signal),
+        fault.si_code,
+        fault.trapno
+    )
+}
+
+/// Carries a coded error through an API whose error type is napi-rs's own (argument conversion,
+/// async tasks): the message becomes `CODE{fields}\u{1f}message`, which the TypeScript layer
+/// splits again.
+pub fn into_status_error(err: JsError) -> napi::Error {
+    napi::Error::new(
+        napi::Status::GenericFailure,
+        format!("{}\u{1f}{}", err.status, err.reason),
+    )
 }

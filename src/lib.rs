@@ -11,6 +11,11 @@
 mod args;
 mod bench;
 mod errors;
+mod guest_memory;
+mod handles;
+mod js_hooks;
+mod js_thread;
 mod layout;
 mod range;
 mod registrar;
+mod sparse_mapping;

@@ -18,6 +18,7 @@
 
 use crate::args::U64;
 use crate::errors::{coded, coded_with, guard, hex_field, JsError};
+use crate::js_thread::{current_env, with_env};
 use crate::layout::NativeLayout;
 use futures::channel::oneshot;
 use memory_range::MemoryRange;
@@ -66,18 +67,12 @@ struct JsCallback {
 }
 
 thread_local! {
-    /// The JavaScript environment of the entry point currently running on this thread.
-    static CURRENT_ENV: Cell<Option<napi::sys::napi_env>> = const { Cell::new(None) };
     /// Failure token recorded by the callback adapter during the current poll.
     static POLL_CAUSE: Cell<Option<u32>> = const { Cell::new(None) };
     /// Senders of pending JavaScript registrations, by token.
     static PENDING_CALLBACKS: RefCell<HashMap<u32, oneshot::Sender<bool>>> = RefCell::new(HashMap::new());
     /// The executor of this JavaScript thread.
     static EXECUTOR: Executor = Executor::new();
-}
-
-fn current_env() -> Option<Env> {
-    CURRENT_ENV.with(Cell::get).map(Env::from_raw)
 }
 
 /// The registrar's callback: shared with the binding, which also needs the notifier.
@@ -239,14 +234,6 @@ fn report(id: u32, js: &JsCallback, outcome: Outcome) {
     };
     // An exception thrown by the notifier stays pending in JavaScript and surfaces there.
     let _ = on_settled.call(FnArgs::from(args));
-}
-
-/// Runs `f` with this entry point's environment published for the callback adapter.
-fn with_env<T>(env: &Env, f: impl FnOnce() -> T) -> T {
-    let previous = CURRENT_ENV.with(|current| current.replace(Some(env.raw())));
-    let result = f();
-    CURRENT_ENV.with(|current| current.set(previous));
-    result
 }
 
 fn failure_error(address: u64, cause: Option<u32>) -> crate::errors::JsError {

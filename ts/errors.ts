@@ -6,6 +6,8 @@
  * `ERR_INVALID_ARG_VALUE` on a `TypeError` / `RangeError` for bad arguments (every input the
  * Rust core would panic on included, with the panic text as message).
  */
+import { getSystemErrorName } from 'node:util';
+import { takeCause } from './causes';
 
 /** Every error code (see api.md §10). */
 export type ErrorCode =
@@ -46,6 +48,22 @@ export class MembackingError extends Error {
   override get name(): string {
     return this.constructor.name;
   }
+}
+
+/** Fault details of a recovered SIGSEGV/SIGBUS. */
+export interface FaultInfo {
+  signal: 'SIGSEGV' | 'SIGBUS' | 'SIGILL';
+  siCode: number;
+  trapno: number;
+}
+
+/** Upstream error kinds of guest memory (values are the names). */
+export enum GuestMemoryErrorKind {
+  Other = 'Other',
+  OutOfRange = 'OutOfRange',
+  VtlProtected = 'VtlProtected',
+  NotPrivate = 'NotPrivate',
+  NotShared = 'NotShared',
 }
 
 /** `MemoryRange.tryNew` failure; `start`/`end` are the rejected raw values (bytes). */
@@ -90,6 +108,51 @@ export class OsError extends MembackingError {
   }
 }
 
+/** Guarded access to a SparseMapping failed (offset in bytes, relative to the mapping). */
+export class SparseMappingError extends MembackingError {
+  /** Where the access failed (bytes from the start of the mapping). */
+  readonly offset: bigint;
+  /** Whether the failing access was a write. */
+  readonly isWrite: boolean;
+  /** The recovered fault (`ERR_MEMORY` only). */
+  readonly fault?: FaultInfo;
+
+  constructor(code: ErrorCode, message: string, fields: { offset?: bigint; isWrite?: boolean; fault?: FaultInfo }) {
+    super(code, message);
+    this.offset = fields.offset ?? 0n;
+    this.isWrite = fields.isWrite ?? false;
+    if (fields.fault !== undefined) this.fault = fields.fault;
+  }
+}
+
+/** A GuestMemory operation failed. */
+export class GuestMemoryError extends MembackingError {
+  /** The upstream kind (ERR_GUEST_MEMORY_FAULT errors are kind Other). */
+  readonly kind: GuestMemoryErrorKind;
+  /** 'read' | 'write' | 'fill' | 'compare exchange' | 'lock' | 'subrange' | 'probe'. */
+  readonly op: string;
+  /** Precise failing address (bytes). */
+  readonly gpa?: bigint;
+  /** Requested range (bytes; absent for lock/probe). */
+  readonly range?: { start: bigint; end: bigint };
+  /** Present when a hardware fault ended the access (always with ERR_GUEST_MEMORY_FAULT). */
+  readonly fault?: FaultInfo;
+
+  constructor(
+    code: ErrorCode,
+    message: string,
+    fields: { kind?: string; op?: string; gpa?: bigint; range?: { start: string; end: string }; fault?: FaultInfo },
+    options?: { cause?: unknown },
+  ) {
+    super(code, message, options);
+    this.kind = (fields.kind ?? 'Other') as GuestMemoryErrorKind;
+    this.op = fields.op ?? '';
+    if (fields.gpa !== undefined) this.gpa = fields.gpa;
+    if (fields.range !== undefined) this.range = { start: BigInt(fields.range.start), end: BigInt(fields.range.end) };
+    if (fields.fault !== undefined) this.fault = fields.fault;
+  }
+}
+
 /** A `TypeError` with `code` `ERR_INVALID_ARG_TYPE`. */
 export function invalidArgType(message: string): TypeError & { code: 'ERR_INVALID_ARG_TYPE' } {
   return Object.assign(new TypeError(message), { code: 'ERR_INVALID_ARG_TYPE' as const });
@@ -124,11 +187,25 @@ const factories: Record<string, ErrorFactory> = {
   ERR_INVALID_RAM_FOR_X86: plain(MemoryLayoutError),
   ERR_REGISTRATION_FAILED: (code, message, fields) => new RegistrarError(code, message, fields),
   ERR_REGISTRAR_REENTRY: (code, message, fields) => new RegistrarError(code, message, fields),
+  ERR_OUT_OF_BOUNDS: (code, message, fields) => new SparseMappingError(code, message, fields),
+  ERR_MEMORY: (code, message, fields) => new SparseMappingError(code, message, fields),
 };
+for (const kind of ['OTHER', 'OUT_OF_RANGE', 'VTL_PROTECTED', 'NOT_PRIVATE', 'NOT_SHARED', 'FAULT']) {
+  factories[`ERR_GUEST_MEMORY_${kind}`] = (code, message, fields) => new GuestMemoryError(code, message, fields);
+}
 
 /** Registers the class of further native codes (used by the modules of later areas). */
 export function registerErrorFactory(code: string, factory: ErrorFactory): void {
   factories[code] = factory;
+}
+
+/** The errno name (`EINVAL`, …) of an errno value, as Node's system errors spell it. */
+function errnoName(errno: number): ErrorCode {
+  try {
+    return getSystemErrorName(-errno) as ErrorCode;
+  } catch {
+    return 'EUNKNOWN';
+  }
 }
 
 function parseFields(json: string): Fields {
@@ -145,26 +222,44 @@ function parseFields(json: string): Fields {
  */
 export function fromNative(error: unknown): unknown {
   if (!(error instanceof Error)) return error;
-  const raw = (error as { code?: unknown }).code;
+  let raw = (error as { code?: unknown }).code;
   if (typeof raw !== 'string') return error;
+  let message = error.message;
+  // Errors that travelled through napi-rs's own error type carry `CODE{fields}\u001fmessage`.
+  const separator = message.indexOf('\u001f');
+  if (separator >= 0) {
+    raw = message.slice(0, separator);
+    message = message.slice(separator + 1);
+  }
+  return translate(raw as string, message);
+}
+
+function translate(raw: string, message: string): unknown {
   const space = raw.indexOf(' ');
   const code = (space < 0 ? raw : raw.slice(0, space)) as ErrorCode;
   const fields = space < 0 ? {} : parseFields(raw.slice(space + 1));
-  if (code === 'ERR_INVALID_ARG_TYPE') return invalidArgType(error.message);
-  if (code === 'ERR_INVALID_ARG_VALUE') return invalidArgValue(error.message);
+  if (code === 'ERR_INVALID_ARG_TYPE') return invalidArgType(message);
+  if (code === 'ERR_INVALID_ARG_VALUE') return invalidArgValue(message);
   if (code === 'ERR_INVALID_INPUT') {
-    return Object.assign(new RangeError(error.message), { code }, fields);
+    return Object.assign(new RangeError(message), { code }, fields);
   }
-  if (!code.startsWith('ERR_') && !/^E[A-Z0-9]+$/.test(code)) {
+  if (code === ('ERR_OS_ERROR' as ErrorCode)) {
+    const errno = typeof fields.errno === 'number' ? fields.errno : 0;
+    const name = errnoName(errno);
+    return new OsError(name, message, fields as { errno?: number; syscall?: string });
+  }
+  if (!code.startsWith('ERR_')) {
     // A napi-rs argument conversion failure (status names such as `InvalidArg`,
     // `BigintExpected`): the argument had the wrong JavaScript type.
-    return invalidArgType(error.message);
-  }
-  if (/^E[A-Z0-9]+$/.test(code)) {
-    return new OsError(code, error.message, fields as { errno?: number; syscall?: string });
+    return invalidArgType(message);
   }
   const factory = factories[code];
-  const translated = factory ? factory(code, error.message, fields) : new MembackingError(code, error.message);
+  const translated = factory ? factory(code, message, fields) : new MembackingError(code, message);
+  if (typeof fields.causeToken === 'number') {
+    const cause = takeCause(fields.causeToken);
+    delete fields.causeToken;
+    if (cause !== undefined) Object.defineProperty(translated, 'cause', { value: cause, writable: true, configurable: true });
+  }
   for (const [key, value] of Object.entries(fields)) {
     if (!(key in translated)) Object.defineProperty(translated, key, { value, enumerable: true });
   }

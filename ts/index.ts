@@ -23,7 +23,26 @@ export {
 export { AddressType, MemoryLayout, x86LegacyRamRanges, type MemoryRangeWithNode } from './layout';
 export { MemoryRegistrar, type RegisterMemory } from './registrar';
 export {
+  initialize,
+  handlerStatus,
+  SparseMapping,
+  Mappable,
+  GuestMemory,
+  LockedPages,
+  __test,
+  __bench,
+  type TransferHandle,
+  type PageFaultHandler,
+  type GuestMemoryOptions,
+  type PagedRange,
+  type ShareableRegion,
+} from './guest_memory';
+export {
   MembackingError,
+  SparseMappingError,
+  GuestMemoryError,
+  GuestMemoryErrorKind,
+  type FaultInfo,
   InvalidMemoryRangeError,
   MemoryLayoutError,
   RegistrarError,

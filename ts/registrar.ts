@@ -7,7 +7,8 @@
  * or throw is reported at once, a returned Promise is reported when it settles; `register()`
  * returns `undefined` when everything finished synchronously and a Promise otherwise.
  */
-import { call, fromNative, invalidArgType, invalidArgValue, RegistrarError } from './errors';
+import { allocateToken, storeCause, storeCauseAt, takeCause } from './causes';
+import { call, invalidArgType, invalidArgValue, RegistrarError } from './errors';
 import { nativeLayout, type MemoryLayout } from './layout';
 import { native } from './native';
 import { trusted, type MemoryRange } from './range';
@@ -15,14 +16,6 @@ import { describeType, toU64, type U64 } from './u64';
 
 /** Registration callback: receives chunk ∩ RAM shifted by the offset; throw/reject = failure. */
 export type RegisterMemory = (range: MemoryRange) => void | Promise<void>;
-
-/** Failure tokens are shared by every registrar of this thread (the binding keys on them). */
-let nextToken = 1;
-function allocateToken(): number {
-  const token = nextToken;
-  nextToken = nextToken >= 0x7fff_ffff ? 1 : nextToken + 1;
-  return token;
-}
 
 function isThenable(value: unknown): value is PromiseLike<unknown> {
   return (
@@ -37,8 +30,6 @@ type Settled = { status: number; address: bigint; causeToken: number; message: s
 /** Registers RAM lazily in 2 GiB chunks; sticky failure per chunk. */
 export class MemoryRegistrar {
   readonly #native: InstanceType<typeof native.NativeRegistrar>;
-  /** Errors of failed callbacks, by token, until the registration that failed reports them. */
-  readonly #causes = new Map<number, unknown>();
   readonly #waiting = new Map<number, { resolve: () => void; reject: (error: unknown) => void }>();
   /** Outcomes reported before `register()` handed out the Promise. */
   readonly #early = new Map<number, Settled>();
@@ -50,23 +41,20 @@ export class MemoryRegistrar {
     if (typeof register !== 'function') {
       throw invalidArgType(`register must be a function, got ${describeType(register)}`);
     }
-    const causes = this.#causes;
     // 0 = done, > 0 = pending token, < 0 = failed (token = −n). Never throws.
     const adapter = (start: bigint, end: bigint): number => {
       let result: unknown;
       try {
         result = register(trusted(start, end));
       } catch (error) {
-        const token = allocateToken();
-        causes.set(token, error);
-        return -token;
+        return -storeCause(error);
       }
       if (!isThenable(result)) return 0;
       const token = allocateToken();
       Promise.resolve(result).then(
         () => native.settleRegistrationCallback(token, false),
         (error: unknown) => {
-          causes.set(token, error);
+          storeCauseAt(token, error);
           native.settleRegistrationCallback(token, true);
         },
       );
@@ -85,16 +73,10 @@ export class MemoryRegistrar {
     this.#native = call(() => new native.NativeRegistrar(handle, offset, adapter, onSettled));
   }
 
-  #takeCause(token: number): unknown {
-    const cause = this.#causes.get(token);
-    this.#causes.delete(token);
-    return cause;
-  }
-
   #failure(address: bigint, causeToken: number): RegistrarError {
     const message = `failed to register guest memory at 0x${address.toString(16)}`;
     return causeToken > 0
-      ? new RegistrarError('ERR_REGISTRATION_FAILED', message, { address }, { cause: this.#takeCause(causeToken) })
+      ? new RegistrarError('ERR_REGISTRATION_FAILED', message, { address }, { cause: takeCause(causeToken) })
       : new RegistrarError('ERR_REGISTRATION_FAILED', message, { address });
   }
 
@@ -112,17 +94,7 @@ export class MemoryRegistrar {
   register(address: U64, len: U64): void | Promise<void> {
     const a = toU64(address, 'address');
     const l = toU64(len, 'len');
-    let taskId: number | null | undefined;
-    try {
-      taskId = this.#native.register(a, l);
-    } catch (error) {
-      const translated = fromNative(error);
-      if (translated instanceof RegistrarError && translated.code === 'ERR_REGISTRATION_FAILED') {
-        const token = (translated as unknown as { causeToken?: number }).causeToken ?? 0;
-        throw this.#failure(translated.address ?? 0n, token);
-      }
-      throw translated;
-    }
+    const taskId = call(() => this.#native.register(a, l));
     if (taskId === null || taskId === undefined) return undefined;
     const id = taskId;
     return new Promise<void>((resolve, reject) => {

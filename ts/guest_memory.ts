@@ -1,0 +1,679 @@
+/**
+ * Fault-safe guest memory (spec guest-memory §1–§3, api.md §4–§5): the process-wide fault
+ * handler, `SparseMapping` (a VA reservation with pages placed at runtime), `Mappable`
+ * (shareable memory objects), `GuestMemory` and `LockedPages`.
+ *
+ * Guest memory is only ever copied: no JavaScript buffer is a view of guest pages, so a fault
+ * can only happen inside the Rust core's guarded routines, which turn it into an error.
+ */
+import { storeCause } from './causes';
+import { call, fromNative, GuestMemoryErrorKind, invalidArgType, invalidArgValue } from './errors';
+import { native } from './native';
+import { describeType, toU64, type U64 } from './u64';
+
+type NativeSparseMapping = InstanceType<typeof native.NativeSparseMapping>;
+type NativeMappable = InstanceType<typeof native.NativeMappable>;
+type NativeGuestMemory = InstanceType<typeof native.NativeGuestMemory>;
+type NativeLockedPages = InstanceType<typeof native.NativeLockedPages>;
+
+/** A structured-cloneable token for a worker_threads worker of the same process. */
+export interface TransferHandle {
+  readonly kind: string;
+  readonly id: bigint;
+}
+
+/** Install (or re-arm, when displaced) the process-wide SIGSEGV/SIGBUS handler; idempotent. */
+export function initialize(): void {
+  native.initialize();
+}
+
+/** State of our handler among the signal dispositions. */
+export function handlerStatus(): 'installed' | 'displaced' | 'default' | 'not-installed' {
+  return native.handlerStatus() as 'installed' | 'displaced' | 'default' | 'not-installed';
+}
+
+const internals = new WeakMap<object, unknown>();
+
+/** The binding object behind one of this module's wrappers. @internal */
+export function nativeOf<T>(value: unknown, Class: { name: string; prototype: object }, name: string): T {
+  const found = typeof value === 'object' && value !== null && Class.prototype.isPrototypeOf(value) ? internals.get(value) : undefined;
+  if (found === undefined) throw invalidArgType(`${name} must be a ${Class.name}, got ${describeType(value)}`);
+  return found as T;
+}
+
+function handleId(handle: unknown, kind: string): bigint {
+  if (typeof handle !== 'object' || handle === null || (handle as TransferHandle).kind !== kind) {
+    throw invalidArgType(`handle must be a ${kind} TransferHandle (from toHandle()), got ${describeType(handle)}`);
+  }
+  return toU64((handle as TransferHandle).id, 'handle.id');
+}
+
+function toByteArray(value: unknown, name: string): Uint8Array {
+  if (value instanceof Uint8Array) return value;
+  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  throw invalidArgType(`${name} must be a Uint8Array or Buffer, got ${describeType(value)}`);
+}
+
+function toByte(value: unknown, name: string): number {
+  if (typeof value !== 'number' || !Number.isInteger(value)) throw invalidArgType(`${name} must be an integer number, got ${describeType(value)}`);
+  if (value < 0 || value > 255) throw invalidArgValue(`${name} must be between 0 and 255, got ${value}`);
+  return value;
+}
+
+function toBoolean(value: unknown, name: string): boolean {
+  if (typeof value !== 'boolean') throw invalidArgType(`${name} must be a boolean, got ${describeType(value)}`);
+  return value;
+}
+
+/** A length that a Buffer can hold. */
+function toBufferLength(value: unknown, name: string): number {
+  const length = toU64(value, name);
+  if (length > BigInt(require('node:buffer').constants.MAX_LENGTH as number)) {
+    throw invalidArgValue(`${name} ${length} is larger than the largest Buffer`);
+  }
+  return Number(length);
+}
+
+/** An owned fd of a shareable memory object (memfd or file). */
+export class Mappable {
+  readonly #native: NativeMappable;
+
+  private constructor(handle: NativeMappable) {
+    this.#native = handle;
+    internals.set(this, handle);
+  }
+
+  /** @internal */
+  static wrap(handle: NativeMappable): Mappable {
+    return new Mappable(handle);
+  }
+
+  /** memfd_create(name, CLOEXEC) + ftruncate(size bytes); no seals. */
+  static allocSharedMemory(size: U64, name: string): Mappable {
+    const s = toU64(size, 'size');
+    if (typeof name !== 'string') throw invalidArgType(`name must be a string, got ${describeType(name)}`);
+    return new Mappable(call(() => native.NativeMappable.allocSharedMemory(s, name)));
+  }
+
+  /** Duplicate an existing fd (close-on-exec). */
+  static fromFd(fd: number): Mappable {
+    if (typeof fd !== 'number' || !Number.isInteger(fd)) throw invalidArgType(`fd must be an integer, got ${describeType(fd)}`);
+    if (fd < 0 || fd > 0x7fff_ffff) throw invalidArgValue(`fd must be a non-negative descriptor, got ${fd}`);
+    return new Mappable(call(() => native.NativeMappable.fromFd(fd)));
+  }
+
+  /** The owned descriptor (pass it to a child process's stdio). */
+  get fd(): number {
+    return call(() => this.#native.fdNumber);
+  }
+
+  /** Close the fd (this reference; objects built on it keep their own). */
+  close(): void {
+    this.#native.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+const adopt = Symbol('adopt');
+
+/** A VA reservation whose pages are placed and removed at 4 KiB granularity (offsets in bytes). */
+export class SparseMapping {
+  readonly #native: NativeSparseMapping;
+
+  /** Reserve len bytes, rounded up to 4 KiB / 2 MiB / 1 GiB by size; installs the handler. */
+  constructor(len: U64);
+  /** @internal */
+  constructor(len: typeof adopt, handle: NativeSparseMapping);
+  constructor(len: U64 | typeof adopt, handle?: NativeSparseMapping) {
+    if (len === adopt && handle !== undefined) {
+      this.#native = handle;
+    } else {
+      const l = toU64(len, 'len');
+      this.#native = call(() => new native.NativeSparseMapping(l));
+    }
+    internals.set(this, this.#native);
+  }
+
+  /** The OS page size (bytes). */
+  static get pageSize(): bigint {
+    return BigInt(native.NativeSparseMapping.pageSize());
+  }
+
+  /** Reopen a mapping from toHandle() (any thread of this process). */
+  static fromHandle(handle: TransferHandle): SparseMapping {
+    const id = handleId(handle, 'SparseMapping');
+    return new SparseMapping(adopt, call(() => native.NativeSparseMapping.fromHandle(id)));
+  }
+
+  #n(): NativeSparseMapping {
+    return this.#native;
+  }
+
+  /** Reserved length after rounding (bytes). */
+  get length(): bigint {
+    return call(() => this.#n().length);
+  }
+  /** Place private zeroed read-write memory. */
+  alloc(offset: U64, len: U64): void {
+    const [o, l] = [toU64(offset, 'offset'), toU64(len, 'len')];
+    call(() => this.#n().alloc(o, l));
+  }
+  /** Place read-only zero pages. */
+  mapZero(offset: U64, len: U64): void {
+    const [o, l] = [toU64(offset, 'offset'), toU64(len, 'len')];
+    call(() => this.#n().mapZero(o, l));
+  }
+  /** Place a shared view of `mappable` at fileOffset (bytes). */
+  mapFile(offset: U64, len: U64, mappable: Mappable, fileOffset: U64, writable: boolean): void {
+    const [o, l, f] = [toU64(offset, 'offset'), toU64(len, 'len'), toU64(fileOffset, 'fileOffset')];
+    const m = nativeOf<NativeMappable>(mappable, Mappable, 'mappable');
+    const w = toBoolean(writable, 'writable');
+    call(() => this.#n().mapFile(o, l, m, f, w));
+  }
+  /** Return the range to the inaccessible reserved state (a valid but unplaced range is fine). */
+  unmap(offset: U64, len: U64): void {
+    const [o, l] = [toU64(offset, 'offset'), toU64(len, 'len')];
+    call(() => this.#n().unmap(o, l));
+  }
+  /** Validate only (no-op on Linux). */
+  commit(offset: U64, len: U64): void {
+    const [o, l] = [toU64(offset, 'offset'), toU64(len, 'len')];
+    call(() => this.#n().commit(o, l));
+  }
+  /** Free the pages: private → zeros; memfd view → hole punched (zeros in every view). */
+  decommit(offset: U64, len: U64): void {
+    const [o, l] = [toU64(offset, 'offset'), toU64(len, 'len')];
+    call(() => this.#n().decommit(o, l));
+  }
+  /** mprotect the range read-write (true) or read-only (false). */
+  setWritable(offset: U64, len: U64, allow: boolean): void {
+    const [o, l] = [toU64(offset, 'offset'), toU64(len, 'len')];
+    const a = toBoolean(allow, 'allow');
+    call(() => this.#n().setWritable(o, l, a));
+  }
+  /** madvise(HUGEPAGE) (EINVAL where the kernel lacks THP). */
+  madviseHugepage(offset: U64, len: U64): void {
+    const [o, l] = [toU64(offset, 'offset'), toU64(len, 'len')];
+    call(() => this.#n().madviseHugepage(o, l));
+  }
+  /** Name the VMAs `[anon:name]`; never throws for the name. */
+  setName(offset: U64, len: U64, name: string): void {
+    const [o, l] = [toU64(offset, 'offset'), toU64(len, 'len')];
+    if (typeof name !== 'string') throw invalidArgType(`name must be a string, got ${describeType(name)}`);
+    call(() => this.#n().setName(o, l, name));
+  }
+  /** Fault-safe copy out into dest; SparseMappingError. */
+  readAt(offset: U64, dest: Uint8Array): void {
+    const o = toU64(offset, 'offset');
+    const d = toByteArray(dest, 'dest');
+    call(() => this.#n().readAt(o, d));
+  }
+  /** Fault-safe copy in from src; SparseMappingError. */
+  writeAt(offset: U64, src: Uint8Array): void {
+    const o = toU64(offset, 'offset');
+    const s = toByteArray(src, 'src');
+    call(() => this.#n().writeAt(o, s));
+  }
+  /** Fault-safe fill of len bytes with byte (0–255). */
+  fillAt(offset: U64, byte: number, len: U64): void {
+    const [o, l] = [toU64(offset, 'offset'), toU64(len, 'len')];
+    const b = toByte(byte, 'byte');
+    call(() => this.#n().fillAt(o, b, l));
+  }
+  /** Token to reopen this mapping in a worker thread (keep this object alive until then). */
+  toHandle(): TransferHandle {
+    return { kind: 'SparseMapping', id: call(() => this.#n().toHandle()) };
+  }
+  /** Drop this reference (the VA goes when the last user goes). */
+  close(): void {
+    this.#n().close();
+  }
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Page-fault decision of a JS backing: gpa and remaining len in bytes. */
+export type PageFaultHandler = (gpa: bigint, len: bigint, write: boolean) => 'retry' | 'fallback' | { fail: GuestMemoryErrorKind; message?: string };
+
+/** Options of fromSparseMapping (the JS backing's hooks). */
+export interface GuestMemoryOptions {
+  /** Debug name in error messages (default 'sparse'). */
+  name?: string;
+  /** Called when a guarded access faults (synchronous operations only). */
+  pageFault?: PageFaultHandler;
+  /** Max consecutive Retry answers for one gpa before kind Other (default 1000). */
+  retryLimit?: number;
+  /** Slow-path read of len bytes at gpa. */
+  readFallback?: (gpa: bigint, len: bigint) => Uint8Array;
+  /** Slow-path write. */
+  writeFallback?: (gpa: bigint, data: Buffer) => void;
+  /** Slow-path fill. */
+  fillFallback?: (gpa: bigint, byte: number, len: bigint) => void;
+  /** Slow-path CAS; on mismatch write the observed bytes into current, return false. */
+  compareExchangeFallback?: (gpa: bigint, current: Buffer, replacement: Buffer) => boolean;
+  /** Pin pages; true = unlockGpns is called once on release. */
+  lockGpns?: (gpns: bigint[]) => boolean;
+  /** Unpin. */
+  unlockGpns?: (gpns: bigint[]) => void;
+}
+
+/** A scatter list: byte window starting at in-page `offset` over the listed 4 KiB pages. */
+export interface PagedRange {
+  offset: number;
+  len: U64;
+  gpns: Iterable<U64>;
+}
+
+/** A DMA-shareable file-backed region (manager accessor only). */
+export interface ShareableRegion {
+  guestAddress: bigint;
+  size: bigint;
+  object: Mappable;
+  fileOffset: bigint;
+}
+
+const kinds = new Set<string>(Object.values(GuestMemoryErrorKind));
+
+function optionalFunction<F>(options: Record<string, unknown>, name: string): F | undefined {
+  const value = options[name];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== 'function') throw invalidArgType(`options.${name} must be a function, got ${describeType(value)}`);
+  return value as F;
+}
+
+/** Wraps a hook so that it never throws into native code: a throw becomes −token. */
+function guarded<A extends unknown[]>(hook: (...args: A) => number): (...args: A) => number {
+  return (...args: A) => {
+    try {
+      return hook(...args);
+    } catch (error) {
+      return -storeCause(error);
+    }
+  };
+}
+
+function pageFaultAdapter(handler: PageFaultHandler) {
+  const fail = (kind: string, message: string, cause?: unknown) => ({
+    action: 2,
+    kind,
+    message,
+    causeToken: cause === undefined ? 0 : storeCause(cause),
+  });
+  return (gpa: bigint, len: bigint, write: boolean) => {
+    let answer: unknown;
+    try {
+      answer = handler(gpa, len, write);
+    } catch (error) {
+      return fail('Other', `pageFault threw: ${error instanceof Error ? error.message : String(error)}`, error);
+    }
+    if (answer === 'retry') return { action: 0, kind: '', message: '', causeToken: 0 };
+    if (answer === 'fallback') return { action: 1, kind: '', message: '', causeToken: 0 };
+    if (typeof answer === 'object' && answer !== null && 'fail' in answer) {
+      const { fail: kind, message } = answer as { fail: unknown; message?: unknown };
+      if (typeof kind === 'string' && kinds.has(kind)) {
+        return fail(kind, typeof message === 'string' ? message : `page fault at 0x${gpa.toString(16)} failed`);
+      }
+    }
+    const error = invalidArgType(`pageFault must return 'retry', 'fallback' or {fail: GuestMemoryErrorKind, message?}, got ${describeType(answer)}`);
+    return fail('Other', error.message, error);
+  };
+}
+
+function toGpnArray(gpns: unknown, name: string): BigUint64Array {
+  if (typeof gpns !== 'object' || gpns === null || typeof (gpns as Iterable<unknown>)[Symbol.iterator] !== 'function') {
+    throw invalidArgType(`${name} must be an iterable of page numbers, got ${describeType(gpns)}`);
+  }
+  const list = Array.from(gpns as Iterable<unknown>, (gpn, i) => toU64(gpn, `${name}[${i}]`));
+  return BigUint64Array.from(list);
+}
+
+function toPagedRange(range: unknown): { offset: number; len: bigint; gpns: BigUint64Array } {
+  if (typeof range !== 'object' || range === null) throw invalidArgType(`range must be a {offset, len, gpns} object, got ${describeType(range)}`);
+  const r = range as { offset?: unknown; len?: unknown; gpns?: unknown };
+  if (typeof r.offset !== 'number' || !Number.isInteger(r.offset)) throw invalidArgType(`range.offset must be an integer number, got ${describeType(r.offset)}`);
+  if (r.offset < 0 || r.offset >= 4096) throw invalidArgValue(`range.offset must be between 0 and 4095, got ${r.offset}`);
+  return { offset: r.offset, len: toU64(r.len, 'range.len'), gpns: toGpnArray(r.gpns, 'range.gpns') };
+}
+
+/** Locked guest pages; never exposes addresses. */
+export class LockedPages {
+  readonly #native: NativeLockedPages;
+
+  private constructor(handle: NativeLockedPages) {
+    this.#native = handle;
+  }
+
+  /** @internal */
+  static wrap(handle: NativeLockedPages): LockedPages {
+    return new LockedPages(handle);
+  }
+
+  /** Number of pages. */
+  get count(): number {
+    return this.#native.count;
+  }
+  /** The locked page numbers (4 KiB pages). */
+  get gpns(): bigint[] {
+    return Array.from(this.#native.gpns);
+  }
+  /** Copy from page pageIndex at byte offset into dest (fault-free while locked). */
+  readAt(pageIndex: number, offset: number, dest: Uint8Array): void {
+    if (typeof pageIndex !== 'number' || !Number.isInteger(pageIndex) || pageIndex < 0) throw invalidArgType(`pageIndex must be a non-negative integer, got ${describeType(pageIndex)}`);
+    if (typeof offset !== 'number' || !Number.isInteger(offset) || offset < 0) throw invalidArgType(`offset must be a non-negative integer, got ${describeType(offset)}`);
+    const d = toByteArray(dest, 'dest');
+    if (pageIndex > 0xffff_ffff || offset > 0xffff_ffff) throw invalidArgValue('pageIndex and offset must fit in 32 bits');
+    call(() => this.#native.readAt(pageIndex, offset, d));
+  }
+  /** Unlock once (idempotent; also on GC). */
+  release(): void {
+    this.#native.release();
+  }
+  [Symbol.dispose](): void {
+    this.release();
+  }
+}
+
+const guestAdopt = Symbol('adopt');
+
+/** Fault-safe access to guest physical memory; all copies, never zero-copy views. */
+export class GuestMemory {
+  readonly #n: NativeGuestMemory;
+
+  /** @internal */
+  constructor(token: typeof guestAdopt, handle: NativeGuestMemory) {
+    if (token !== guestAdopt) {
+      throw invalidArgType('GuestMemory cannot be constructed directly: use GuestMemory.allocate, GuestMemory.fromSparseMapping or a GuestMemoryClient');
+    }
+    this.#n = handle;
+    internals.set(this, handle);
+  }
+
+  /** @internal */
+  static wrap(handle: NativeGuestMemory): GuestMemory {
+    return new GuestMemory(guestAdopt, handle);
+  }
+
+  /** Heap-backed memory of size bytes (rounded up to 4 KiB); installs no handler. */
+  static allocate(size: U64): GuestMemory {
+    const s = toU64(size, 'size');
+    return GuestMemory.wrap(call(() => native.NativeGuestMemory.allocate(s)));
+  }
+
+  /** Memory of max address 0: every non-empty access is OutOfRange. */
+  static empty(): GuestMemory {
+    return GuestMemory.wrap(native.NativeGuestMemory.empty());
+  }
+
+  /** Guest memory whose GPA = offset in `mapping`. */
+  static fromSparseMapping(mapping: SparseMapping, options: GuestMemoryOptions = {}): GuestMemory {
+    const m = nativeOf<NativeSparseMapping>(mapping, SparseMapping, 'mapping');
+    if (typeof options !== 'object' || options === null) throw invalidArgType(`options must be an object, got ${describeType(options)}`);
+    const o = options as Record<string, unknown>;
+    const name = o.name === undefined ? 'sparse' : o.name;
+    if (typeof name !== 'string') throw invalidArgType(`options.name must be a string, got ${describeType(name)}`);
+    const retryLimit = o.retryLimit === undefined ? 1000 : o.retryLimit;
+    if (typeof retryLimit !== 'number' || !Number.isInteger(retryLimit)) throw invalidArgType(`options.retryLimit must be an integer, got ${describeType(retryLimit)}`);
+    if (retryLimit < 0 || retryLimit > 0xffff_ffff) throw invalidArgValue(`options.retryLimit must be between 0 and 2^32-1, got ${retryLimit}`);
+    const pageFault = optionalFunction<PageFaultHandler>(o, 'pageFault');
+    const readFallback = optionalFunction<NonNullable<GuestMemoryOptions['readFallback']>>(o, 'readFallback');
+    const writeFallback = optionalFunction<NonNullable<GuestMemoryOptions['writeFallback']>>(o, 'writeFallback');
+    const fillFallback = optionalFunction<NonNullable<GuestMemoryOptions['fillFallback']>>(o, 'fillFallback');
+    const casFallback = optionalFunction<NonNullable<GuestMemoryOptions['compareExchangeFallback']>>(o, 'compareExchangeFallback');
+    const lockGpns = optionalFunction<NonNullable<GuestMemoryOptions['lockGpns']>>(o, 'lockGpns');
+    const unlockGpns = optionalFunction<NonNullable<GuestMemoryOptions['unlockGpns']>>(o, 'unlockGpns');
+    const handle = call(() =>
+      native.NativeGuestMemory.fromSparseMapping(
+        m,
+        name,
+        retryLimit,
+        pageFault ? pageFaultAdapter(pageFault) : null,
+        readFallback
+          ? guarded((gpa: bigint, dest: Buffer) => {
+              const data = readFallback(gpa, BigInt(dest.length));
+              if (!(data instanceof Uint8Array) || data.length !== dest.length) {
+                throw invalidArgValue(`readFallback must return a Uint8Array of ${dest.length} bytes`);
+              }
+              dest.set(data);
+              return 0;
+            })
+          : null,
+        writeFallback ? guarded((gpa: bigint, src: Buffer) => (writeFallback(gpa, src), 0)) : null,
+        fillFallback ? guarded((gpa: bigint, byte: number, len: bigint) => (fillFallback(gpa, byte, len), 0)) : null,
+        casFallback ? guarded((gpa: bigint, current: Buffer, replacement: Buffer) => (casFallback(gpa, current, replacement) ? 0 : 1)) : null,
+        lockGpns ? guarded((gpns: BigUint64Array) => (lockGpns(Array.from(gpns)) ? 1 : 0)) : null,
+        unlockGpns
+          ? (gpns: BigUint64Array) => {
+              try {
+                unlockGpns(Array.from(gpns));
+              } catch (error) {
+                process.emitWarning(`GuestMemory unlockGpns hook threw: ${error instanceof Error ? error.message : String(error)}`);
+              }
+            }
+          : null,
+      ),
+    );
+    return GuestMemory.wrap(handle);
+  }
+
+  /** Reopen from toHandle() in a worker thread (same process). */
+  static fromHandle(handle: TransferHandle): GuestMemory {
+    const id = handleId(handle, 'GuestMemory');
+    return GuestMemory.wrap(call(() => native.NativeGuestMemory.fromHandle(id)));
+  }
+
+  /** Debug name ('ram' for the manager's accessor). */
+  get name(): string {
+    return call(() => this.#n.name);
+  }
+  /** Address space size (bytes). */
+  get maxAddress(): bigint {
+    return call(() => this.#n.maxAddress);
+  }
+
+  /** Copy guest bytes at gpa into dest. */
+  readAt(gpa: U64, dest: Uint8Array): void {
+    try {
+      this.#n.readAt(gpa, dest);
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+  /** Copy len guest bytes at gpa into a new Buffer. */
+  read(gpa: U64, len: U64): Buffer {
+    const buffer = Buffer.allocUnsafe(toBufferLength(len, 'len'));
+    this.readAt(gpa, buffer);
+    return buffer;
+  }
+  /** Copy src to guest gpa. */
+  writeAt(gpa: U64, src: Uint8Array): void {
+    try {
+      this.#n.writeAt(gpa, src);
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+  /** Fill len bytes at gpa with byte (0–255). */
+  fillAt(gpa: U64, byte: number, len: U64): void {
+    try {
+      this.#n.fillAt(gpa, byte, len);
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+
+  /** Little-endian 8-bit load. */
+  readU8(gpa: U64): number {
+    try {
+      return this.#n.readU8(gpa);
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+  /** Little-endian 16-bit load (single-copy atomic when aligned). */
+  readU16(gpa: U64): number {
+    try {
+      return this.#n.readU16(gpa);
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+  /** Little-endian 32-bit load (single-copy atomic when aligned). */
+  readU32(gpa: U64): number {
+    try {
+      return this.#n.readU32(gpa);
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+  /** Little-endian 64-bit load (single-copy atomic when aligned). */
+  readU64(gpa: U64): bigint {
+    try {
+      return this.#n.readU64(gpa);
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+  /** 8-bit store; value range-checked (RangeError). */
+  writeU8(gpa: U64, value: number): void {
+    try {
+      this.#n.writeU8(gpa, value);
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+  /** 16-bit little-endian store. */
+  writeU16(gpa: U64, value: number): void {
+    try {
+      this.#n.writeU16(gpa, value);
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+  /** 32-bit little-endian store. */
+  writeU32(gpa: U64, value: number): void {
+    try {
+      this.#n.writeU32(gpa, value);
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+  /** 64-bit little-endian store. */
+  writeU64(gpa: U64, value: U64): void {
+    try {
+      this.#n.writeU64(gpa, value);
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+
+  /** Atomic CAS; returns the previous value (=== expected ⇔ swapped). */
+  compareExchangeU8(gpa: U64, expected: number, replacement: number): number {
+    return call(() => this.#n.compareExchangeU8(gpa, expected, replacement));
+  }
+  /** Atomic CAS; misaligned gpa → RangeError. */
+  compareExchangeU16(gpa: U64, expected: number, replacement: number): number {
+    return call(() => this.#n.compareExchangeU16(gpa, expected, replacement));
+  }
+  /** Atomic CAS; misaligned gpa → RangeError. */
+  compareExchangeU32(gpa: U64, expected: number, replacement: number): number {
+    return call(() => this.#n.compareExchangeU32(gpa, expected, replacement));
+  }
+  /** Atomic CAS; misaligned gpa → RangeError. */
+  compareExchangeU64(gpa: U64, expected: U64, replacement: U64): bigint {
+    return call(() => this.#n.compareExchangeU64(gpa, expected, replacement));
+  }
+
+  /** View of [offset, offset+len) (bytes) with its own GPA 0. */
+  subrange(offset: U64, len: U64): GuestMemory {
+    return GuestMemory.wrap(call(() => this.#n.subrange(offset, len)));
+  }
+  /** 1-byte read at gpa succeeds. */
+  probeReadable(gpa: U64): boolean {
+    return call(() => this.#n.probeReadable(gpa));
+  }
+  /** CAS(v, v) at gpa succeeds. */
+  probeWritable(gpa: U64): boolean {
+    return call(() => this.#n.probeWritable(gpa));
+  }
+
+  /** Scatter-list read; dest.length must equal range.len (RangeError). */
+  readRange(range: PagedRange, dest: Uint8Array): void {
+    const r = toPagedRange(range);
+    const d = toByteArray(dest, 'dest');
+    call(() => this.#n.readRange(r.offset, r.len, r.gpns, d));
+  }
+  /** Scatter-list write; src.length must equal range.len. */
+  writeRange(range: PagedRange, src: Uint8Array): void {
+    const r = toPagedRange(range);
+    const s = toByteArray(src, 'src');
+    call(() => this.#n.writeRange(r.offset, r.len, r.gpns, s));
+  }
+  /** Zero a scatter list. */
+  zeroRange(range: PagedRange): void {
+    const r = toPagedRange(range);
+    call(() => this.#n.zeroRange(r.offset, r.len, r.gpns));
+  }
+  /** Lock 4 KiB pages by number; they stay valid in this process until released. */
+  lockGpns(gpns: Iterable<U64>): LockedPages {
+    const list = toGpnArray(gpns, 'gpns');
+    return LockedPages.wrap(call(() => this.#n.lockGpns(list)));
+  }
+
+  /** read() on the libuv pool, via a Rust-owned buffer. */
+  async readAtAsync(gpa: U64, len: U64): Promise<Buffer> {
+    const l = toBufferLength(len, 'len');
+    const pending = call(() => this.#n.readAtAsync(gpa, l));
+    try {
+      return (await pending) as Buffer;
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+  /** writeAt() on the libuv pool; src is copied first. */
+  async writeAtAsync(gpa: U64, src: Uint8Array): Promise<void> {
+    const s = toByteArray(src, 'src');
+    const pending = call(() => this.#n.writeAtAsync(gpa, s));
+    try {
+      await pending;
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+
+  /** DMA sharing of the manager's file-backed accessor; null otherwise or in private mode. */
+  sharing(): { getRegions(): Promise<ShareableRegion[]> } | null {
+    return null;
+  }
+  /** Token for a worker thread (keep this object alive until the worker called fromHandle). */
+  toHandle(): TransferHandle {
+    return { kind: 'GuestMemory', id: call(() => this.#n.toHandle()) };
+  }
+  /** Drop this reference only. */
+  close(): void {
+    this.#n.close();
+  }
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Hooks for tests (not public API). */
+export const __test = {
+  /** A plain read of an inaccessible page outside our routines: the process dies with SIGSEGV. */
+  faultOutsideGuardedRegion(): number {
+    return native.testFaultOutsideGuardedRegion();
+  },
+};
+
+/** Same-signature baselines for the benchmarks (not public API). */
+export const __bench = {
+  noop: (): void => native.benchNoop(),
+  noopU32: (gpa: U64): number => native.benchNoopU32(gpa),
+  noopReadU64: (gpa: U64): bigint => native.benchNoopReadU64(gpa),
+  noopWriteU64: (gpa: U64, value: U64): void => native.benchNoopWriteU64(gpa, value),
+  noopReadAt: (gpa: U64, dest: Uint8Array): void => native.benchNoopReadAt(gpa, dest),
+};
