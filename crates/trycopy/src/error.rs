@@ -50,6 +50,7 @@ impl fmt::Display for FaultInfo {
 
 impl std::error::Error for FaultInfo {}
 
+#[cfg(unix)]
 fn signal_name(signal: i32) -> Option<&'static str> {
     match signal {
         libc::SIGSEGV => Some("SIGSEGV"),
@@ -57,6 +58,11 @@ fn signal_name(signal: i32) -> Option<&'static str> {
         libc::SIGILL => Some("SIGILL"),
         _ => None,
     }
+}
+
+#[cfg(not(unix))]
+fn signal_name(_signal: i32) -> Option<&'static str> {
+    None
 }
 
 /// A guarded access faulted.
@@ -149,7 +155,7 @@ impl MemoryError {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::error::Error;
