@@ -9,6 +9,7 @@ import { parseArgs } from 'node:util';
 import { runDemo } from './demo';
 import { layoutE820, layoutTable, parseRange, parseSize } from './format';
 import { MemoryLayout } from './layout';
+import { layoutSvg } from './svg';
 import type { MemoryRange } from './range';
 
 const version = (require('../package.json') as { version: string }).version;
@@ -24,9 +25,10 @@ options:
   --help     show help (also: membacking <command> --help)
   --version  print the version`,
   layout: `usage: membacking layout [--ram SIZE] [--gap START-END]... [--vtl2 START-END]
-                         [--input FILE.json] [--format table|json|e820]
+                         [--input FILE.json] [--format table|json|e820|svg]
 
-Build a layout from flags or from a JSON file and print it (default format: table).
+Build a layout from flags or from a JSON file and print it (default format: table;
+svg draws a memory map to a readable scale).
 SIZE / START / END: decimal or 0x-hex bytes, or a number with K, M, G or T (powers of
 1024); ranges are half-open; --gap repeats.
 --input FILE.json: {"ramSize": "4G", "gaps": ["3G-4G"], "vtl2Range": "8G-8G+..."} or
@@ -91,7 +93,7 @@ function layoutCommand(args: string[]): void {
     return;
   }
   const format = values.format ?? 'table';
-  if (!['table', 'json', 'e820'].includes(format)) throw new UsageError(`unknown format '${format}' (table, json, e820)`);
+  if (!['table', 'json', 'e820', 'svg'].includes(format)) throw new UsageError(`unknown format '${format}' (table, json, e820, svg)`);
   let layout: MemoryLayout;
   if (values.input !== undefined) {
     if (values.ram !== undefined || values.gap !== undefined || values.vtl2 !== undefined) {
@@ -105,6 +107,7 @@ function layoutCommand(args: string[]): void {
   }
   if (format === 'json') console.log(JSON.stringify(layout, null, 2));
   else if (format === 'e820') console.log(layoutE820(layout));
+  else if (format === 'svg') console.log(layoutSvg(layout));
   else console.log(layoutTable(layout));
 }
 

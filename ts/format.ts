@@ -37,16 +37,20 @@ export function parseRange(text: string): MemoryRange {
   return MemoryRange.new(parseSize(parts[0]!), parseSize(parts[1]!));
 }
 
-/** A byte count in the largest unit that divides it exactly (`4 GiB`, `640 KiB`, `4097 B`). */
+/**
+ * A byte count for people: exact in the largest unit that divides it with fewer than 10,000 of
+ * them (`4 GiB`, `640 KiB`, `3583 MiB`), else two decimals of the largest unit (`1020.51 GiB`).
+ */
 export function formatSize(bytes: bigint): string {
   const units: Array<[string, bigint]> = [
     ['TiB', 1n << 40n],
     ['GiB', 1n << 30n],
     ['MiB', 1n << 20n],
     ['KiB', 1n << 10n],
+    ['B', 1n],
   ];
   for (const [name, unit] of units) {
-    if (bytes >= unit && bytes % unit === 0n) return `${bytes / unit} ${name}`;
+    if (bytes >= unit && bytes % unit === 0n && bytes / unit < 10000n) return `${bytes / unit} ${name}`;
   }
   for (const [name, unit] of units) {
     if (bytes >= unit) return `${(Number(bytes) / Number(unit)).toFixed(2)} ${name}`;

@@ -1,0 +1,118 @@
+// The membacking CLI: layout formats, the SVG memory map's structure, help and exit codes.
+'use strict';
+const test = require('ava');
+const { spawnSync } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const mb = require('../dist');
+const { layoutSvg } = require('../dist/svg');
+const { parseSize } = require('../dist/format');
+
+const cli = path.join(__dirname, '..', 'dist', 'cli.js');
+const run = (...args) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
+
+test('layout --format json prints MemoryLayout#toJSON', (t) => {
+  const r = run('layout', '--ram', '4G', '--gap', '3G-4G', '--vtl2', '8G-0x204000000', '--format', 'json');
+  t.is(r.status, 0, r.stderr);
+  const json = JSON.parse(r.stdout);
+  t.deepEqual(json.ram.map((x) => x.range), [{ start: '0x0', end: '0xc0000000' }, { start: '0x100000000', end: '0x140000000' }]);
+  t.deepEqual(json.vtl2Range, { start: '0x200000000', end: '0x204000000' });
+  t.is(json.ramSize, '0x100000000');
+});
+
+test('layout --format table and e820', (t) => {
+  const table = run('layout', '--ram', '2G', '--gap', '0xc0000000-4G');
+  t.is(table.status, 0);
+  t.regex(table.stdout, /RAM\s+0x0000000000000000\s+0x0000000080000000\s+2 GiB/);
+  t.regex(table.stdout, /MMIO\s+0x00000000c0000000\s+0x0000000100000000\s+1 GiB/);
+  const e820 = run('layout', '--ram', '4G', '--gap', '3G-4G', '--format', 'e820');
+  t.is(e820.status, 0);
+  t.deepEqual(e820.stdout.trim().split('\n'), [
+    'BIOS-e820: [mem 0x0000000000000000-0x00000000bfffffff] usable',
+    'BIOS-e820: [mem 0x00000000c0000000-0x00000000ffffffff] reserved (MMIO)',
+    'BIOS-e820: [mem 0x0000000100000000-0x000000013fffffff] usable',
+  ]);
+});
+
+test('layout --input reads a JSON file', (t) => {
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'mb-cli-')), 'layout.json');
+  fs.writeFileSync(file, JSON.stringify({ ram: [{ range: '0-1G', vnode: 0 }, { range: { start: '4G', end: '6G' }, vnode: 1 }], gaps: ['1G-2G'] }));
+  const r = run('layout', '--input', file, '--format', 'json');
+  t.is(r.status, 0, r.stderr);
+  t.deepEqual(JSON.parse(r.stdout).ram, [
+    { range: { start: '0x0', end: '0x40000000' }, vnode: 0 },
+    { range: { start: '0x100000000', end: '0x180000000' }, vnode: 1 },
+  ]);
+});
+
+test('bad input gives one line on stderr and exit code 2', (t) => {
+  for (const args of [
+    ['layout', '--ram', '4X'],
+    ['layout', '--ram', '4G', '--gap', '0-4G'],
+    ['layout', '--ram', '4G', '--gap', '3G'],
+    ['layout', '--ram', '4G', '--format', 'png'],
+    ['layout', '--bogus'],
+    ['layout'],
+    ['frobnicate'],
+    ['layout', '--input', '/nonexistent/file.json'],
+  ]) {
+    const r = run(...args);
+    t.is(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+    t.is(r.stderr.trim().split('\n').length, 1, `${args.join(' ')}: ${r.stderr}`);
+    t.regex(r.stderr, /^membacking: /);
+  }
+});
+
+test('--help on every command and --version', (t) => {
+  for (const args of [['--help'], ['layout', '--help'], ['demo', '--help']]) {
+    const r = run(...args);
+    t.is(r.status, 0);
+    t.regex(r.stdout, /usage: membacking/);
+  }
+  t.is(run('--version').stdout.trim(), require('../package.json').version);
+});
+
+test('sizes parse with K/M/G/T suffixes, hex and decimal', (t) => {
+  t.is(parseSize('4G'), 4n << 30n);
+  t.is(parseSize('1.5G'), 3n << 29n);
+  t.is(parseSize('512MiB'), 512n << 20n);
+  t.is(parseSize('0x1000'), 0x1000n);
+  t.is(parseSize('4096'), 4096n);
+  t.is(parseSize('2T'), 2n << 40n);
+  t.throws(() => parseSize('1.3K'), { instanceOf: RangeError });
+  t.throws(() => parseSize('-4G'), { instanceOf: RangeError });
+});
+
+test('the SVG map has a labelled band per range, in address order, and lists device windows', (t) => {
+  const layout = mb.MemoryLayout.new(4n * mb.GiB, [mb.range(3n * mb.GiB, 4n * mb.GiB)], mb.range(8n * mb.GiB, 8n * mb.GiB + 64n * mb.MiB));
+  const svg = layoutSvg(layout, { windows: [{ name: 'vga', range: mb.range(0xc000_0000n, 0xc000_0000n + 0x20000n) }] });
+  t.regex(svg, /^<svg xmlns="http:\/\/www.w3.org\/2000\/svg"/);
+  t.regex(svg, /<\/svg>$/);
+  const bands = [...svg.matchAll(/<g class="band" data-kind="(\w+)" data-start="(0x[0-9a-f]+)" data-end="(0x[0-9a-f]+)">/g)].map((m) => [m[1], m[2], m[3]]);
+  // Drawn from the highest address down.
+  t.deepEqual(bands.reverse(), [
+    ['RAM', '0x0', '0xc0000000'],
+    ['MMIO', '0xc0000000', '0x100000000'],
+    ['RAM', '0x100000000', '0x140000000'],
+    ['UNUSED', '0x140000000', '0x200000000'],
+    ['VTL2', '0x200000000', '0x204000000'],
+  ]);
+  t.true(svg.includes('0x0-0xc0000000  (3 GiB)'));
+  t.true(svg.includes('0x200000000-0x204000000  (64 MiB)'));
+  t.true(svg.includes('device window vga: 0xc0000000-0xc0020000 (128 KiB)'));
+  t.is((svg.match(/class="window"/g) || []).length, 1);
+  // Small ranges stay visible: every band is at least 18 px high.
+  const heights = [...svg.matchAll(/<rect x="190" y="[0-9.]+" width="170" height="([0-9.]+)"/g)].map((m) => Number(m[1]));
+  t.is(heights.length, 5);
+  t.true(heights.every((h) => h >= 18));
+  // The 3 GiB band is taller than the 64 MiB one, but by far less than 48×.
+  t.true(heights[4] > heights[0] && heights[4] < heights[0] * 3);
+});
+
+test('layout --format svg prints the same map', (t) => {
+  const r = run('layout', '--ram', '4G', '--gap', '3G-4G', '--format', 'svg');
+  t.is(r.status, 0);
+  t.regex(r.stdout, /<svg /);
+  t.true(r.stdout.includes('data-kind="MMIO" data-start="0xc0000000" data-end="0x100000000"'));
+});
