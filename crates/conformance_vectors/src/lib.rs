@@ -11,6 +11,7 @@ use serde_json::Value;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Once;
+use vm_topology::memory::{Error as LayoutError, MemoryLayout, MemoryRangeWithNode};
 
 /// The folder holding the vectors: `<repository root>/../shared/conformance`.
 ///
@@ -104,6 +105,34 @@ pub fn ranges(value: &Value) -> Vec<MemoryRange> {
         .iter()
         .map(range)
         .collect()
+}
+
+/// Builds a layout from a constructor object in the vectors' `memory_layout` input format
+/// (`{"ctor": "new", …}` or `{"ctor": "new_from_ranges", …}`).
+pub fn build_layout(input: &Value) -> Result<MemoryLayout, LayoutError> {
+    let gaps = ranges(&input["gaps"]);
+    match input["ctor"].as_str() {
+        Some("new") => {
+            let vtl2_range = (!input["vtl2_range"].is_null()).then(|| range(&input["vtl2_range"]));
+            MemoryLayout::new(hex(&input["ram_size"]), &gaps, vtl2_range)
+        }
+        Some("new_from_ranges") => {
+            let memory: Vec<MemoryRangeWithNode> = input["memory"]
+                .as_array()
+                .unwrap_or_else(|| panic!("new_from_ranges input without a memory list: {input}"))
+                .iter()
+                .map(|entry| MemoryRangeWithNode {
+                    range: range(&entry["range"]),
+                    vnode: entry["vnode"]
+                        .as_u64()
+                        .and_then(|vnode| u32::try_from(vnode).ok())
+                        .unwrap_or_else(|| panic!("bad vnode in {entry}")),
+                })
+                .collect();
+            MemoryLayout::new_from_ranges(&memory, &gaps)
+        }
+        other => panic!("unknown layout constructor {other:?}"),
+    }
 }
 
 fn silence_expected_panics() {

@@ -8,7 +8,7 @@
 //! `register_async` with a callback that always answers at once (each call must then complete
 //! on its first poll).
 
-use conformance_vectors::{catch, hex, load, range, range_json, ranges, raw_range, Tally};
+use conformance_vectors::{catch, hex, load, range_json, ranges, raw_range, Tally};
 use memory_range::MemoryRange;
 use serde_json::{json, Value};
 use std::cell::RefCell;
@@ -19,30 +19,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use underhill_mem::{AsyncFromSync, MemoryRegistrar};
-use vm_topology::memory::{MemoryLayout, MemoryRangeWithNode};
+use vm_topology::memory::MemoryLayout;
 
 fn build_layout(input: &Value) -> MemoryLayout {
-    let gaps = ranges(&input["gaps"]);
-    let layout = match input["ctor"].as_str() {
-        Some("new") => {
-            let vtl2_range = (!input["vtl2_range"].is_null()).then(|| range(&input["vtl2_range"]));
-            MemoryLayout::new(hex(&input["ram_size"]), &gaps, vtl2_range)
-        }
-        Some("new_from_ranges") => {
-            let memory: Vec<MemoryRangeWithNode> = input["memory"]
-                .as_array()
-                .expect("memory list")
-                .iter()
-                .map(|entry| MemoryRangeWithNode {
-                    range: range(&entry["range"]),
-                    vnode: u32::try_from(entry["vnode"].as_u64().expect("vnode")).expect("u32"),
-                })
-                .collect();
-            MemoryLayout::new_from_ranges(&memory, &gaps)
-        }
-        other => panic!("unknown layout constructor {other:?}"),
-    };
-    layout.expect("the vectors' layouts always succeed")
+    conformance_vectors::build_layout(input).expect("the vectors' layouts always succeed")
 }
 
 #[derive(Clone, Copy)]

@@ -6,36 +6,12 @@
 //! (spec §2.7 step 3; the conformance README lets a Rust API fail with an error where the
 //! original panicked). Such a case counts as passing only for that exact error.
 
-use conformance_vectors::{
-    catch, expected, hex, load, outcome, range, range_json, ranges, to_hex, Tally,
-};
+use conformance_vectors::{catch, expected, hex, load, outcome, range_json, to_hex, Tally};
 use serde_json::{json, Value};
-use vm_topology::memory::{AddressType, Error, MemoryLayout, MemoryRangeWithNode};
+use vm_topology::memory::{AddressType, Error, MemoryLayout};
 use vm_topology::x86_legacy::x86_legacy_ram_ranges;
 
-/// Builds a layout from a constructor object in the vectors' `memory_layout` input format.
-fn build_layout(input: &Value) -> Result<MemoryLayout, Error> {
-    let gaps = ranges(&input["gaps"]);
-    match input["ctor"].as_str().expect("ctor") {
-        "new" => {
-            let vtl2_range = (!input["vtl2_range"].is_null()).then(|| range(&input["vtl2_range"]));
-            MemoryLayout::new(hex(&input["ram_size"]), &gaps, vtl2_range)
-        }
-        "new_from_ranges" => {
-            let memory: Vec<MemoryRangeWithNode> = input["memory"]
-                .as_array()
-                .expect("memory")
-                .iter()
-                .map(|entry| MemoryRangeWithNode {
-                    range: range(&entry["range"]),
-                    vnode: u32::try_from(entry["vnode"].as_u64().expect("vnode")).expect("u32"),
-                })
-                .collect();
-            MemoryLayout::new_from_ranges(&memory, &gaps)
-        }
-        other => panic!("unknown ctor {other}"),
-    }
-}
+use conformance_vectors::build_layout;
 
 fn error_name(error: Error) -> &'static str {
     match error {
