@@ -39,6 +39,7 @@
 
 use crate::error::FaultRecord;
 use std::arch::{asm, global_asm};
+use std::mem::MaybeUninit;
 
 /// Emits the symbol directives for one routine: hidden global function symbol and alignment.
 macro_rules! routine_header {
@@ -456,12 +457,17 @@ pub(crate) fn fixup_for(ip: usize) -> Option<usize> {
 }
 
 /// Maps a routine status (`r11`) to a result.
+///
+/// The record is left uninitialized by the wrappers (it is only written on a fault, which saves
+/// three stores per call on the success path).
 #[inline(always)]
-fn status_to_result(status: usize, record: FaultRecord) -> Result<(), FaultRecord> {
+fn status_to_result(status: usize, record: MaybeUninit<FaultRecord>) -> Result<(), FaultRecord> {
     if status == 0 {
         Ok(())
     } else {
-        Err(record)
+        // SAFETY: a non-zero status is only set by the fixup, which the handler enters after
+        // writing the complete record through the pointer in r10.
+        Err(unsafe { record.assume_init() })
     }
 }
 
@@ -494,7 +500,7 @@ pub(crate) unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) -> Result<()
 /// As for [`copy`]; in addition `dst` must not lie in `(src, src + len)`.
 #[inline]
 unsafe fn copy_forward_sse(dst: *mut u8, src: *const u8, len: usize) -> Result<(), FaultRecord> {
-    let mut record = FaultRecord::default();
+    let mut record = MaybeUninit::<FaultRecord>::uninit();
     let status: usize;
     // SAFETY: the routine follows the register contract in the module comment; the caller
     // guarantees the ranges may be accessed, and faults are recovered by the handler.
@@ -505,7 +511,7 @@ unsafe fn copy_forward_sse(dst: *mut u8, src: *const u8, len: usize) -> Result<(
             inout("rdi") dst => _,
             inout("rsi") src => _,
             inout("rcx") len => _,
-            in("r10") std::ptr::addr_of_mut!(record),
+            in("r10") record.as_mut_ptr(),
             inout("r11") 0usize => status,
             out("rax") _,
             out("xmm0") _,
@@ -521,7 +527,7 @@ unsafe fn copy_forward_sse(dst: *mut u8, src: *const u8, len: usize) -> Result<(
 /// As for [`copy_forward_sse`]; in addition the CPU and OS must support AVX.
 #[inline]
 unsafe fn copy_forward_avx(dst: *mut u8, src: *const u8, len: usize) -> Result<(), FaultRecord> {
-    let mut record = FaultRecord::default();
+    let mut record = MaybeUninit::<FaultRecord>::uninit();
     let status: usize;
     // SAFETY: the routine follows the register contract in the module comment and AVX is
     // available (caller); the caller guarantees the ranges may be accessed, and faults are
@@ -534,7 +540,7 @@ unsafe fn copy_forward_avx(dst: *mut u8, src: *const u8, len: usize) -> Result<(
             inout("rdi") dst => _,
             inout("rsi") src => _,
             inout("rcx") len => _,
-            in("r10") std::ptr::addr_of_mut!(record),
+            in("r10") record.as_mut_ptr(),
             inout("r11") 0usize => status,
             clobber_abi("C"),
         );
@@ -548,7 +554,7 @@ unsafe fn copy_forward_avx(dst: *mut u8, src: *const u8, len: usize) -> Result<(
 /// As for [`copy`].
 #[inline]
 unsafe fn copy_backward(dst: *mut u8, src: *const u8, len: usize) -> Result<(), FaultRecord> {
-    let mut record = FaultRecord::default();
+    let mut record = MaybeUninit::<FaultRecord>::uninit();
     let status: usize;
     // SAFETY: the routine follows the register contract in the module comment and leaves DF
     // clear on both paths; the caller guarantees the ranges may be accessed, and faults are
@@ -560,7 +566,7 @@ unsafe fn copy_backward(dst: *mut u8, src: *const u8, len: usize) -> Result<(), 
             inout("rdi") dst => _,
             inout("rsi") src => _,
             inout("rcx") len => _,
-            in("r10") std::ptr::addr_of_mut!(record),
+            in("r10") record.as_mut_ptr(),
             inout("r11") 0usize => status,
         );
     }
@@ -589,7 +595,7 @@ pub(crate) unsafe fn fill(dst: *mut u8, byte: u8, len: usize) -> Result<(), Faul
 /// As for [`fill`].
 #[inline]
 unsafe fn fill_sse(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord> {
-    let mut record = FaultRecord::default();
+    let mut record = MaybeUninit::<FaultRecord>::uninit();
     let status: usize;
     // SAFETY: the routine follows the register contract in the module comment; the caller
     // guarantees the range may be written, and faults are recovered by the handler.
@@ -600,7 +606,7 @@ unsafe fn fill_sse(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord
             inout("rdi") dst => _,
             inout("rcx") len => _,
             inout("rax") u64::from(byte) => _,
-            in("r10") std::ptr::addr_of_mut!(record),
+            in("r10") record.as_mut_ptr(),
             inout("r11") 0usize => status,
             out("rdx") _,
             out("xmm0") _,
@@ -615,7 +621,7 @@ unsafe fn fill_sse(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord
 /// As for [`fill`]; in addition the CPU and OS must support AVX.
 #[inline]
 unsafe fn fill_avx(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord> {
-    let mut record = FaultRecord::default();
+    let mut record = MaybeUninit::<FaultRecord>::uninit();
     let status: usize;
     // SAFETY: the routine follows the register contract in the module comment and AVX is
     // available (caller); the caller guarantees the range may be written, and faults are
@@ -627,7 +633,7 @@ unsafe fn fill_avx(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord
             inout("rdi") dst => _,
             inout("rcx") len => _,
             inout("rax") u64::from(byte) => _,
-            in("r10") std::ptr::addr_of_mut!(record),
+            in("r10") record.as_mut_ptr(),
             inout("r11") 0usize => status,
             clobber_abi("C"),
         );
@@ -644,7 +650,7 @@ macro_rules! read_fn {
         /// The caller accepts that `src` is read.
         #[inline]
         pub(crate) unsafe fn $name(src: *const $ty) -> Result<$ty, FaultRecord> {
-            let mut record = FaultRecord::default();
+            let mut record = MaybeUninit::<FaultRecord>::uninit();
             let status: usize;
             let value: u64;
             // SAFETY: the routine follows the register contract in the module comment and
@@ -654,7 +660,7 @@ macro_rules! read_fn {
                     "call {routine}",
                     routine = sym $routine,
                     in("rsi") src,
-                    in("r10") std::ptr::addr_of_mut!(record),
+                    in("r10") record.as_mut_ptr(),
                     inout("r11") 0usize => status,
                     out("rdx") value,
                 );
@@ -679,7 +685,7 @@ macro_rules! write_fn {
         /// The caller accepts that `dst` is written.
         #[inline]
         pub(crate) unsafe fn $name(dst: *mut $ty, value: $ty) -> Result<(), FaultRecord> {
-            let mut record = FaultRecord::default();
+            let mut record = MaybeUninit::<FaultRecord>::uninit();
             let status: usize;
             // SAFETY: the routine follows the register contract in the module comment and
             // touches only `dst`; faults are recovered by the handler.
@@ -689,7 +695,7 @@ macro_rules! write_fn {
                     routine = sym $routine,
                     in("rdi") dst,
                     in("rdx") u64::from(value),
-                    in("r10") std::ptr::addr_of_mut!(record),
+                    in("r10") record.as_mut_ptr(),
                     inout("r11") 0usize => status,
                 );
             }
@@ -717,7 +723,7 @@ macro_rules! cmpxchg_fn {
             expected: $ty,
             new: $ty,
         ) -> Result<$ty, FaultRecord> {
-            let mut record = FaultRecord::default();
+            let mut record = MaybeUninit::<FaultRecord>::uninit();
             let status: usize;
             let observed: u64;
             // SAFETY: the routine follows the register contract in the module comment and
@@ -729,7 +735,7 @@ macro_rules! cmpxchg_fn {
                     in("rdi") dst,
                     inout("rax") u64::from(expected) => observed,
                     in("rdx") u64::from(new),
-                    in("r10") std::ptr::addr_of_mut!(record),
+                    in("r10") record.as_mut_ptr(),
                     inout("r11") 0usize => status,
                 );
             }
