@@ -100,7 +100,9 @@ fn is_shmem_file(fd: BorrowedFd<'_>) -> bool {
     if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut statfs) } != 0 {
         return false;
     }
-    statfs.f_type == libc::TMPFS_MAGIC
+    // `f_type` and the magic constants are i64 on glibc but u64 on musl: compare them as the
+    // 32-bit magic numbers they are.
+    i128::from(statfs.f_type) == i128::from(libc::TMPFS_MAGIC)
 }
 
 impl SparseMapping {
