@@ -1,0 +1,1213 @@
+//! A minimal vCPU runner: create a vCPU in real mode or 64-bit long mode, read and write its
+//! registers, and run it until the next exit the caller has to handle.
+//!
+//! Long mode runs on identity-mapped 2 MiB pages covering 512 GiB ([`crate::page_tables`]),
+//! written into a guest-RAM range the caller names through [`WriteGuestMemory`] (so it works
+//! with any guest-memory object, e.g. `guestmem::GuestMemory` via a closure). By default the
+//! guest runs at CPL 3 with IOPL 3 (port I/O allowed): on a software hypervisor such as PVM
+//! that is the one mode that runs natively; CPL 0 is available for `hlt` and friends.
+//!
+//! [`Vcpu::run`] may be called on any thread (the JavaScript binding calls it off the JS
+//! thread) but only one at a time; it returns on the next MMIO access, port access, `hlt`,
+//! shutdown, failure, [`Vcpu::cancel`] or timeout. Cancel and timeout use a signal aimed at the
+//! running thread; see [`crate::cancel_signal`] for why no cancel can be lost.
+
+use crate::cancel_signal;
+use crate::cancel_signal::BlockedSignal;
+use crate::cancel_signal::ThreadTimer;
+use crate::page_tables;
+use crate::page_tables::PAGE_TABLES_SIZE;
+use crate::KvmError;
+use crate::KvmPartition;
+use kvm_bindings::kvm_regs;
+use kvm_bindings::kvm_segment;
+use kvm_ioctls::VcpuExit as KvmExit;
+use kvm_ioctls::VcpuFd;
+use memory_range::MemoryRange;
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+/// The execution mode a vCPU starts in.
+#[derive(Debug, Copy, Clone, PartialEq, Eq, Serialize)]
+pub enum VcpuMode {
+    /// 16-bit real mode, CS base 0 (so `rip` is the linear address). Emulated, hence slow, on
+    /// software hypervisors: keep real-mode programs tiny.
+    Real,
+    /// 64-bit long mode on the identity map.
+    Long,
+}
+
+/// How to set a vCPU up.
+#[derive(Debug, Copy, Clone, PartialEq, Eq)]
+pub struct VcpuOptions {
+    /// The mode. Default [`VcpuMode::Long`].
+    pub mode: VcpuMode,
+    /// Long mode only: the guest-RAM range (at least [`PAGE_TABLES_SIZE`] bytes) that receives
+    /// the page tables; CR3 points at its start.
+    pub page_tables: Option<MemoryRange>,
+    /// Long mode only: the privilege level, 3 (default, with IOPL 3) or 0.
+    pub cpl: u8,
+}
+
+impl Default for VcpuOptions {
+    fn default() -> Self {
+        Self {
+            mode: VcpuMode::Long,
+            page_tables: None,
+            cpl: 3,
+        }
+    }
+}
+
+impl VcpuOptions {
+    /// Real mode.
+    pub fn real() -> Self {
+        Self {
+            mode: VcpuMode::Real,
+            page_tables: None,
+            cpl: 0,
+        }
+    }
+
+    /// Long mode at CPL 3, page tables in `page_tables`.
+    pub fn long(page_tables: MemoryRange) -> Self {
+        Self {
+            mode: VcpuMode::Long,
+            page_tables: Some(page_tables),
+            cpl: 3,
+        }
+    }
+}
+
+/// Writes bytes into guest physical memory: how the runner places its page tables.
+///
+/// Implemented for every `Fn(u64, &[u8]) -> Result<(), virt::Error>`, e.g.
+/// `&|gpa: u64, data: &[u8]| guest_memory.write_at(gpa, data).map_err(Into::into)`.
+pub trait WriteGuestMemory {
+    /// Writes `data` at `gpa`.
+    fn write_guest(&self, gpa: u64, data: &[u8]) -> Result<(), virt::Error>;
+}
+
+impl<F> WriteGuestMemory for F
+where
+    F: Fn(u64, &[u8]) -> Result<(), virt::Error>,
+{
+    fn write_guest(&self, gpa: u64, data: &[u8]) -> Result<(), virt::Error> {
+        self(gpa, data)
+    }
+}
+
+/// The general registers, `rip` and `rflags`.
+#[derive(Debug, Copy, Clone, Default, PartialEq, Eq, Serialize)]
+#[allow(missing_docs)]
+pub struct Registers {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rsp: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rflags: u64,
+}
+
+impl From<kvm_regs> for Registers {
+    fn from(r: kvm_regs) -> Self {
+        Self {
+            rax: r.rax,
+            rbx: r.rbx,
+            rcx: r.rcx,
+            rdx: r.rdx,
+            rsi: r.rsi,
+            rdi: r.rdi,
+            rsp: r.rsp,
+            rbp: r.rbp,
+            r8: r.r8,
+            r9: r.r9,
+            r10: r.r10,
+            r11: r.r11,
+            r12: r.r12,
+            r13: r.r13,
+            r14: r.r14,
+            r15: r.r15,
+            rip: r.rip,
+            rflags: r.rflags,
+        }
+    }
+}
+
+impl From<Registers> for kvm_regs {
+    fn from(r: Registers) -> Self {
+        Self {
+            rax: r.rax,
+            rbx: r.rbx,
+            rcx: r.rcx,
+            rdx: r.rdx,
+            rsi: r.rsi,
+            rdi: r.rdi,
+            rsp: r.rsp,
+            rbp: r.rbp,
+            r8: r.r8,
+            r9: r.r9,
+            r10: r.r10,
+            r11: r.r11,
+            r12: r.r12,
+            r13: r.r13,
+            r14: r.r14,
+            r15: r.r15,
+            rip: r.rip,
+            rflags: r.rflags,
+        }
+    }
+}
+
+/// Why a run was stopped from outside.
+#[derive(Debug, Copy, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CancelReason {
+    /// [`Vcpu::cancel`].
+    Cancel,
+    /// The run's timeout expired.
+    Timeout,
+}
+
+/// Why [`Vcpu::run`] returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum VcpuExit {
+    /// The guest read `size` bytes at `address`, where no slot is mapped: supply the value
+    /// with [`Vcpu::complete_read`] before the next run.
+    MmioRead {
+        /// The guest physical address.
+        address: u64,
+        /// Bytes read (1, 2, 4 or 8).
+        size: usize,
+    },
+    /// The guest wrote `data` at `address`, where no slot or a read-only slot is mapped.
+    MmioWrite {
+        /// The guest physical address.
+        address: u64,
+        /// The bytes written, little-endian.
+        data: Vec<u8>,
+    },
+    /// The guest read `size` bytes from `port`: supply them with [`Vcpu::complete_read`]
+    /// before the next run.
+    IoIn {
+        /// The port.
+        port: u16,
+        /// Bytes read (access size × repeat count).
+        size: usize,
+    },
+    /// The guest wrote `data` to `port`.
+    IoOut {
+        /// The port.
+        port: u16,
+        /// The bytes written (access size × repeat count), little-endian.
+        data: Vec<u8>,
+    },
+    /// The guest executed `hlt`.
+    Hlt,
+    /// The guest shut down (e.g. a triple fault: there is no IDT).
+    Shutdown,
+    /// [`Vcpu::cancel`] or the timeout stopped the run.
+    Cancelled(CancelReason),
+    /// KVM could not run the guest; `reason` says why (e.g. `KVM_RUN` failing with `EFAULT`
+    /// because a slot's host memory is gone, an entry failure, an emulation failure).
+    Failure {
+        /// What happened, in words.
+        reason: String,
+    },
+}
+
+/// A pending guest read that [`Vcpu::complete_read`] has to satisfy.
+#[derive(Debug, Copy, Clone, PartialEq, Eq)]
+struct PendingRead {
+    port_io: bool,
+    address: u64,
+    size: usize,
+    completed: bool,
+}
+
+/// Cancel bookkeeping shared between a vCPU, its cancellers and its partition.
+#[derive(Debug, Default)]
+pub(crate) struct CancelState {
+    requested: AtomicBool,
+    /// The thread inside [`Vcpu::run`], if any; cleared under this lock before the run returns,
+    /// so a thread id found here is alive while the lock is held.
+    running_thread: Mutex<Option<libc::pthread_t>>,
+}
+
+impl CancelState {
+    pub(crate) fn cancel(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        let running = self.running_thread.lock();
+        if let Some(thread) = *running {
+            if let Ok(signal) = cancel_signal::cancel_signal() {
+                cancel_signal::kick(thread, signal);
+            }
+        }
+    }
+
+    fn take_request(&self) -> bool {
+        self.requested.swap(false, Ordering::SeqCst)
+    }
+}
+
+/// Registers the current thread as the running one until dropped.
+struct RunningThread<'a>(&'a CancelState);
+
+impl<'a> RunningThread<'a> {
+    fn register(state: &'a CancelState) -> Self {
+        // SAFETY: pthread_self has no preconditions.
+        *state.running_thread.lock() = Some(unsafe { libc::pthread_self() });
+        Self(state)
+    }
+}
+
+impl Drop for RunningThread<'_> {
+    fn drop(&mut self) {
+        *self.0.running_thread.lock() = None;
+    }
+}
+
+/// A handle that cancels a vCPU's run from any thread (cheap to clone, `Send + Sync`).
+#[derive(Debug, Clone)]
+pub struct VcpuCanceller(Arc<CancelState>);
+
+impl VcpuCanceller {
+    /// See [`Vcpu::cancel`].
+    pub fn cancel(&self) {
+        self.0.cancel();
+    }
+}
+
+#[derive(Debug)]
+struct VcpuInner {
+    fd: VcpuFd,
+    pending: Option<PendingRead>,
+    /// The signal mask last given to KVM_SET_SIGNAL_MASK.
+    kvm_signal_mask: Option<u64>,
+}
+
+/// One vCPU of a [`KvmPartition`]. `Send + Sync`; see the module docs for threading.
+#[derive(Debug)]
+pub struct Vcpu {
+    id: u32,
+    mode: VcpuMode,
+    inner: Mutex<VcpuInner>,
+    cancel: Arc<CancelState>,
+}
+
+/// `_IOW(KVMIO, 0x8b, struct kvm_signal_mask)` (the struct's fixed part is 4 bytes).
+const KVM_SET_SIGNAL_MASK: libc::c_ulong = 0x4004_ae8b;
+
+/// `struct kvm_signal_mask` with room for the x86-64 kernel's 8-byte sigset.
+#[repr(C)]
+struct KvmSignalMask {
+    len: u32,
+    sigset: [u8; 8],
+}
+
+const CR0_PE: u64 = 1 << 0;
+const CR0_MP: u64 = 1 << 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_NE: u64 = 1 << 5;
+const CR0_WP: u64 = 1 << 16;
+const CR0_AM: u64 = 1 << 18;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_OSFXSR: u64 = 1 << 9;
+const CR4_OSXMMEXCPT: u64 = 1 << 10;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const RFLAGS_FIXED: u64 = 1 << 1;
+const RFLAGS_IOPL3: u64 = 3 << 12;
+
+impl KvmPartition {
+    /// Creates the next vCPU (ids count up from 0) and sets it up for `options.mode`.
+    ///
+    /// In long mode the page tables are written through `guest_memory` into
+    /// `options.page_tables`, which must lie in guest RAM (mapped in this partition before the
+    /// first run). Real mode ignores `guest_memory`. `rip` and the other general registers
+    /// start at 0 except `rflags` (bit 1, plus IOPL 3 at CPL 3): set them with
+    /// [`Vcpu::set_registers`] before running.
+    pub fn create_vcpu(
+        &self,
+        options: &VcpuOptions,
+        guest_memory: &dyn WriteGuestMemory,
+    ) -> Result<Vcpu, KvmError> {
+        if options.cpl != 0 && options.cpl != 3 {
+            return Err(KvmError::InvalidCpl(options.cpl));
+        }
+        let page_tables = match options.mode {
+            VcpuMode::Real => None,
+            VcpuMode::Long => match options.page_tables {
+                Some(range) if range.len() >= PAGE_TABLES_SIZE => Some(range.start()),
+                range => {
+                    return Err(KvmError::InvalidPageTables {
+                        range,
+                        needed: PAGE_TABLES_SIZE,
+                    })
+                }
+            },
+        };
+        let mut vcpus = self.vcpus.lock();
+        let id = vcpus.len() as u32;
+        let fd = self
+            .vm
+            .create_vcpu(id.into())
+            .map_err(|e| KvmError::ioctl("KVM_CREATE_VCPU", e))?;
+        let cpuid = self
+            .kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| KvmError::ioctl("KVM_GET_SUPPORTED_CPUID", e))?;
+        fd.set_cpuid2(&cpuid)
+            .map_err(|e| KvmError::ioctl("KVM_SET_CPUID2", e))?;
+        let mut sregs = fd
+            .get_sregs()
+            .map_err(|e| KvmError::ioctl("KVM_GET_SREGS", e))?;
+        let mut rflags = RFLAGS_FIXED;
+        match page_tables {
+            None => {
+                // Real mode: the reset state, but CS based at 0 so rip is the address.
+                sregs.cs.base = 0;
+                sregs.cs.selector = 0;
+            }
+            Some(base) => {
+                let tables = page_tables::identity_map(base);
+                guest_memory
+                    .write_guest(base, &tables)
+                    .map_err(|source| KvmError::PageTableWrite { gpa: base, source })?;
+                let cpl = options.cpl;
+                sregs.cr3 = base;
+                sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+                sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG;
+                sregs.efer = EFER_LME | EFER_LMA;
+                let code = kvm_segment {
+                    base: 0,
+                    limit: 0xffff_ffff,
+                    // GDT index 1 (CPL 0) or 3 (CPL 3), RPL = CPL; no GDT is needed as long as
+                    // the guest does not reload segments.
+                    selector: if cpl == 3 { 0x1b } else { 0x08 },
+                    type_: 11, // execute/read, accessed
+                    present: 1,
+                    dpl: cpl,
+                    db: 0,
+                    s: 1,
+                    l: 1,
+                    g: 1,
+                    ..Default::default()
+                };
+                let data = kvm_segment {
+                    selector: if cpl == 3 { 0x23 } else { 0x10 },
+                    type_: 3, // read/write, accessed
+                    db: 1,
+                    l: 0,
+                    ..code
+                };
+                sregs.cs = code;
+                sregs.ds = data;
+                sregs.es = data;
+                sregs.fs = data;
+                sregs.gs = data;
+                sregs.ss = data;
+                // A busy 64-bit TSS, as VT-x requires for a 64-bit guest.
+                sregs.tr = kvm_segment {
+                    base: 0,
+                    limit: 0x67,
+                    selector: 0,
+                    type_: 11,
+                    present: 1,
+                    s: 0,
+                    ..Default::default()
+                };
+                if cpl == 3 {
+                    rflags |= RFLAGS_IOPL3;
+                }
+            }
+        }
+        fd.set_sregs(&sregs)
+            .map_err(|e| KvmError::ioctl("KVM_SET_SREGS", e))?;
+        fd.set_regs(&kvm_regs {
+            rflags,
+            ..Default::default()
+        })
+        .map_err(|e| KvmError::ioctl("KVM_SET_REGS", e))?;
+        let cancel = Arc::new(CancelState::default());
+        vcpus.push(Arc::downgrade(&cancel));
+        Ok(Vcpu {
+            id,
+            mode: options.mode,
+            inner: Mutex::new(VcpuInner {
+                fd,
+                pending: None,
+                kvm_signal_mask: None,
+            }),
+            cancel,
+        })
+    }
+}
+
+impl Vcpu {
+    /// The vCPU index within its partition.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The mode it was created in.
+    pub fn mode(&self) -> VcpuMode {
+        self.mode
+    }
+
+    fn lock(&self) -> Result<parking_lot::MutexGuard<'_, VcpuInner>, KvmError> {
+        self.inner.try_lock().ok_or(KvmError::VcpuBusy)
+    }
+
+    /// Reads the registers. `rip` at an exit is as the hypervisor reports it: past the exiting
+    /// instruction on some KVMs, on it on others until the next run. Fails with
+    /// [`KvmError::VcpuBusy`] while the vCPU runs.
+    pub fn get_registers(&self) -> Result<Registers, KvmError> {
+        let inner = self.lock()?;
+        let regs = inner
+            .fd
+            .get_regs()
+            .map_err(|e| KvmError::ioctl("KVM_GET_REGS", e))?;
+        Ok(regs.into())
+    }
+
+    /// Writes the registers (all of them: read, modify, write to change a few; keep IOPL 3 in
+    /// `rflags` for port I/O at CPL 3). Fails with [`KvmError::VcpuBusy`] while the vCPU runs.
+    pub fn set_registers(&self, registers: &Registers) -> Result<(), KvmError> {
+        let inner = self.lock()?;
+        inner
+            .fd
+            .set_regs(&(*registers).into())
+            .map_err(|e| KvmError::ioctl("KVM_SET_REGS", e))
+    }
+
+    /// Supplies the bytes of the pending [`VcpuExit::MmioRead`] or [`VcpuExit::IoIn`]
+    /// (exactly `size` bytes, little-endian); the guest receives them on the next run.
+    pub fn complete_read(&self, data: &[u8]) -> Result<(), KvmError> {
+        complete(&mut *self.lock()?, data)
+    }
+
+    /// Like [`Vcpu::complete_read`], with the value's low `size` bytes (little-endian); for
+    /// reads of at most 8 bytes.
+    pub fn complete_read_value(&self, value: u64) -> Result<(), KvmError> {
+        let mut inner = self.lock()?;
+        let size = match inner.pending {
+            Some(pending) if !pending.completed => pending.size,
+            _ => return Err(KvmError::NoPendingRead),
+        };
+        if size > 8 {
+            return Err(KvmError::ReadSizeMismatch {
+                expected: size,
+                actual: 8,
+            });
+        }
+        complete(&mut inner, &value.to_le_bytes()[..size])
+    }
+
+    /// Stops the run in progress, which returns [`VcpuExit::Cancelled`] with
+    /// [`CancelReason::Cancel`]. Callable from any thread. A cancel that finds no run in
+    /// progress (or arrives as a run returns for another reason) cancels the next run
+    /// instead, which then returns at once: a cancel is never lost.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// A handle for [`Vcpu::cancel`] that does not borrow the vCPU.
+    pub fn canceller(&self) -> VcpuCanceller {
+        VcpuCanceller(self.cancel.clone())
+    }
+
+    /// Runs the guest until the next exit the caller handles, or until `timeout` (then
+    /// [`VcpuExit::Cancelled`] with [`CancelReason::Timeout`]; `None` waits forever).
+    ///
+    /// Errors: [`KvmError::VcpuBusy`] if another thread is running it or holds it,
+    /// [`KvmError::VcpuReadPending`] if an MMIO read or port input was not completed, and
+    /// host-call failures of the cancel machinery. Everything KVM reports is an exit
+    /// ([`VcpuExit::Failure`] included).
+    ///
+    /// Runs on the calling thread. KVM charges a switch of the thread that runs a vCPU (an RCU
+    /// synchronisation, ~ms), so keep each vCPU on one thread.
+    pub fn run(&self, timeout: Option<Duration>) -> Result<VcpuExit, KvmError> {
+        let mut inner = self.lock()?;
+        if let Some(pending) = inner.pending {
+            if !pending.completed {
+                return Err(KvmError::VcpuReadPending {
+                    kind: if pending.port_io {
+                        "port input"
+                    } else {
+                        "MMIO read"
+                    },
+                    address: pending.address,
+                    size: pending.size,
+                });
+            }
+        }
+        let start = Instant::now();
+        let deadline = timeout.map(|t| start.checked_add(t));
+        let signal = cancel_signal::cancel_signal()?;
+        let blocked = BlockedSignal::new(signal)?;
+        let mask = blocked.kvm_run_mask();
+        if inner.kvm_signal_mask != Some(mask) {
+            set_kvm_signal_mask(&inner.fd, mask)?;
+            inner.kvm_signal_mask = Some(mask);
+        }
+        let _running = RunningThread::register(&self.cancel);
+        if self.cancel.take_request() {
+            return Ok(VcpuExit::Cancelled(CancelReason::Cancel));
+        }
+        let timed_out = |now: Instant| match deadline {
+            None | Some(None) => false,
+            Some(Some(deadline)) => now >= deadline,
+        };
+        if timed_out(start) {
+            return Ok(VcpuExit::Cancelled(CancelReason::Timeout));
+        }
+        let _timer = match deadline {
+            Some(Some(_)) => Some(ThreadTimer::arm(signal, timeout.unwrap_or_default())?),
+            _ => None,
+        };
+        // The pending read (if any) was completed; KVM finishes it on this KVM_RUN.
+        inner.pending = None;
+        loop {
+            let outcome = run_once(&mut inner.fd);
+            match outcome {
+                Outcome::Exit(exit) => {
+                    inner.pending = match exit {
+                        VcpuExit::MmioRead { address, size } => Some(PendingRead {
+                            port_io: false,
+                            address,
+                            size,
+                            completed: false,
+                        }),
+                        VcpuExit::IoIn { port, size } => Some(PendingRead {
+                            port_io: true,
+                            address: port.into(),
+                            size,
+                            completed: false,
+                        }),
+                        _ => None,
+                    };
+                    return Ok(exit);
+                }
+                Outcome::Interrupted => {
+                    blocked.drain();
+                    if self.cancel.take_request() {
+                        return Ok(VcpuExit::Cancelled(CancelReason::Cancel));
+                    }
+                    if timed_out(Instant::now()) {
+                        return Ok(VcpuExit::Cancelled(CancelReason::Timeout));
+                    }
+                }
+                Outcome::InternalError => {
+                    let run = inner.fd.get_kvm_run();
+                    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, whose union member
+                    // is `internal`.
+                    let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+                    let what = match suberror {
+                        1 => " (instruction emulation failed)",
+                        2 => " (exception while delivering an exception)",
+                        3 => " (event delivery failed)",
+                        _ => "",
+                    };
+                    return Ok(VcpuExit::Failure {
+                        reason: format!("KVM_EXIT_INTERNAL_ERROR suberror {suberror}{what}"),
+                    });
+                }
+                Outcome::Unknown => {
+                    let run = inner.fd.get_kvm_run();
+                    // SAFETY: the exit reason is KVM_EXIT_UNKNOWN, whose union member is `hw`.
+                    let hardware = unsafe { run.__bindgen_anon_1.hw.hardware_exit_reason };
+                    return Ok(VcpuExit::Failure {
+                        reason: format!("KVM_EXIT_UNKNOWN hardware exit reason {hardware:#x}"),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Writes the value of the pending read into the `kvm_run` page, where KVM picks it up on
+/// the next `KVM_RUN`.
+fn complete(inner: &mut VcpuInner, data: &[u8]) -> Result<(), KvmError> {
+    let pending = match inner.pending {
+        Some(pending) if !pending.completed => pending,
+        _ => return Err(KvmError::NoPendingRead),
+    };
+    if data.len() != pending.size {
+        return Err(KvmError::ReadSizeMismatch {
+            expected: pending.size,
+            actual: data.len(),
+        });
+    }
+    let run = inner.fd.get_kvm_run();
+    if pending.port_io {
+        // SAFETY: the last exit was KVM_EXIT_IO (recorded in `pending`) and nothing has run
+        // since, so `io` is the live union member; the kernel places `size * count` data bytes
+        // at `data_offset` inside the kvm_run mapping, and `data.len()` equals that.
+        unsafe {
+            let offset = run.__bindgen_anon_1.io.data_offset as usize;
+            let target = (run as *mut kvm_bindings::kvm_run as *mut u8).add(offset);
+            std::ptr::copy_nonoverlapping(data.as_ptr(), target, data.len());
+        }
+    } else {
+        // SAFETY: the last exit was KVM_EXIT_MMIO (recorded in `pending`) and nothing has run
+        // since, so `mmio` is the live union member; its `len` (at most 8) equals `data.len()`.
+        unsafe { run.__bindgen_anon_1.mmio.data[..data.len()].copy_from_slice(data) };
+    }
+    inner.pending = Some(PendingRead {
+        completed: true,
+        ..pending
+    });
+    Ok(())
+}
+
+enum Outcome {
+    Exit(VcpuExit),
+    Interrupted,
+    InternalError,
+    Unknown,
+}
+
+fn run_once(fd: &mut VcpuFd) -> Outcome {
+    let failure = |reason: String| Outcome::Exit(VcpuExit::Failure { reason });
+    match fd.run() {
+        Ok(KvmExit::MmioRead(address, data)) => Outcome::Exit(VcpuExit::MmioRead {
+            address,
+            size: data.len(),
+        }),
+        Ok(KvmExit::MmioWrite(address, data)) => Outcome::Exit(VcpuExit::MmioWrite {
+            address,
+            data: data.to_vec(),
+        }),
+        Ok(KvmExit::IoIn(port, data)) => Outcome::Exit(VcpuExit::IoIn {
+            port,
+            size: data.len(),
+        }),
+        Ok(KvmExit::IoOut(port, data)) => Outcome::Exit(VcpuExit::IoOut {
+            port,
+            data: data.to_vec(),
+        }),
+        Ok(KvmExit::Hlt) => Outcome::Exit(VcpuExit::Hlt),
+        Ok(KvmExit::Shutdown) => Outcome::Exit(VcpuExit::Shutdown),
+        Ok(KvmExit::Intr) => Outcome::Interrupted,
+        Ok(KvmExit::InternalError) => Outcome::InternalError,
+        Ok(KvmExit::Unknown) => Outcome::Unknown,
+        Ok(KvmExit::FailEntry(reason, cpu)) => failure(format!(
+            "KVM_EXIT_FAIL_ENTRY hardware entry failure reason {reason:#x} on cpu {cpu}"
+        )),
+        Ok(KvmExit::MemoryFault { flags, gpa, size }) => failure(format!(
+            "KVM_EXIT_MEMORY_FAULT at {gpa:#x}+{size:#x} (flags {flags:#x})"
+        )),
+        Ok(KvmExit::SystemEvent(kind, _)) => failure(format!("KVM_EXIT_SYSTEM_EVENT type {kind}")),
+        Ok(other) => failure(format!("unhandled exit {other:?}")),
+        Err(err) if err.errno() == libc::EINTR => Outcome::Interrupted,
+        Err(err) => failure(format!("KVM_RUN failed: {}", io::Error::from(err))),
+    }
+}
+
+fn set_kvm_signal_mask(fd: &VcpuFd, mask: u64) -> Result<(), KvmError> {
+    let arg = KvmSignalMask {
+        len: 8,
+        sigset: mask.to_le_bytes(),
+    };
+    // SAFETY: KVM_SET_SIGNAL_MASK reads a 4-byte header and `len` (8) sigset bytes from `arg`,
+    // which is a live repr(C) struct of exactly that shape; the fd is a vCPU fd.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), KVM_SET_SIGNAL_MASK, &arg) };
+    if rc < 0 {
+        return Err(KvmError::ioctl(
+            "KVM_SET_SIGNAL_MASK",
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::programs;
+    use crate::test_support::at;
+    use crate::test_support::AnonMemory;
+    use crate::test_support::Guest;
+    use std::thread;
+    use virt::PartitionMemoryMap;
+
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+
+    fn done(exit: VcpuExit) {
+        assert_eq!(
+            exit,
+            VcpuExit::IoOut {
+                port: programs::DONE_PORT,
+                data: vec![exit_al(&exit)]
+            }
+        );
+    }
+
+    /// The `al` byte of a DONE_PORT write (programs leave arbitrary values in al).
+    fn exit_al(exit: &VcpuExit) -> u8 {
+        match exit {
+            VcpuExit::IoOut { data, .. } if data.len() == 1 => data[0],
+            other => panic!("expected a 1-byte port write, got {other:?}"),
+        }
+    }
+
+    fn long3(test: &str) -> Option<Guest> {
+        Guest::new(test, VcpuOptions::default())
+    }
+
+    #[test]
+    fn a_cpl3_guest_writes_a_pattern_below_and_above_4_gib() {
+        let Some(guest) = long3("a_cpl3_guest_writes_a_pattern_below_and_above_4_gib") else {
+            return;
+        };
+        let below = AnonMemory::new(2 * MIB as usize);
+        let above = AnonMemory::new(2 * MIB as usize);
+        let far = AnonMemory::new(2 * MIB as usize);
+        let slots = [(GIB, &below), (4 * GIB, &above), (300 * GIB, &far)];
+        for (gpa, memory) in slots {
+            guest
+                .partition
+                .map_range(memory.ptr(), memory.len(), gpa, true, false)
+                .unwrap();
+        }
+        let key = 0x5a5a_0000_1234_abcd;
+        for (gpa, memory) in slots {
+            let qwords = memory.len() as u64 / 8;
+            guest.start_at(at::FILL_PATTERN, |r| {
+                r.rdi = gpa;
+                r.rcx = qwords;
+                r.rdx = key;
+            });
+            done(guest.vcpu.run(None).unwrap());
+            for index in [0, 1, qwords / 2, qwords - 1] {
+                let address = gpa + index * 8;
+                assert_eq!(
+                    memory.read_u64(index as usize * 8),
+                    address ^ key,
+                    "qword at {address:#x}"
+                );
+            }
+            let registers = guest.vcpu.get_registers().unwrap();
+            assert_eq!(registers.rdi, gpa + memory.len() as u64);
+            assert_eq!(registers.rcx, 0);
+        }
+    }
+
+    #[test]
+    fn the_guest_reads_what_the_host_wrote_and_reports_it_on_a_port() {
+        let Some(guest) = long3("the_guest_reads_what_the_host_wrote_and_reports_it_on_a_port")
+        else {
+            return;
+        };
+        let memory = AnonMemory::new(2 * MIB as usize);
+        guest
+            .partition
+            .map_range(memory.ptr(), memory.len(), 5 * GIB, true, false)
+            .unwrap();
+        let mut expected = 0u64;
+        let count = 1000u64;
+        for index in 0..count {
+            let value = (index + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            memory.write_u64(index as usize * 8, value);
+            expected = expected.wrapping_add(value);
+        }
+        guest.start_at(at::SUM_QWORDS, |r| {
+            r.rdi = 5 * GIB;
+            r.rcx = count;
+        });
+        let mut halves = Vec::new();
+        for _ in 0..2 {
+            match guest.vcpu.run(None).unwrap() {
+                VcpuExit::IoOut { port, data } => {
+                    assert_eq!(port, programs::RESULT_PORT);
+                    halves.push(u32::from_le_bytes(data.try_into().unwrap()));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            u64::from(halves[0]) | (u64::from(halves[1]) << 32),
+            expected
+        );
+        done(guest.vcpu.run(None).unwrap());
+    }
+
+    #[test]
+    fn an_mmio_read_is_completed_with_a_value_the_guest_uses() {
+        let Some(guest) = long3("an_mmio_read_is_completed_with_a_value_the_guest_uses") else {
+            return;
+        };
+        guest.start_at(at::LOAD_ADD_STORE, |r| {
+            r.rdi = 0xe000_0000;
+            r.rsi = 0xe000_1008;
+            r.rdx = 5;
+        });
+        assert_eq!(
+            guest.vcpu.run(None).unwrap(),
+            VcpuExit::MmioRead {
+                address: 0xe000_0000,
+                size: 8
+            }
+        );
+        assert!(matches!(
+            guest.vcpu.run(None),
+            Err(KvmError::VcpuReadPending {
+                kind: "MMIO read",
+                address: 0xe000_0000,
+                size: 8
+            })
+        ));
+        assert!(matches!(
+            guest.vcpu.complete_read(&[1, 2, 3, 4]),
+            Err(KvmError::ReadSizeMismatch {
+                expected: 8,
+                actual: 4
+            })
+        ));
+        guest
+            .vcpu
+            .complete_read_value(0x1122_3344_5566_7788)
+            .unwrap();
+        assert!(matches!(
+            guest.vcpu.complete_read_value(1),
+            Err(KvmError::NoPendingRead)
+        ));
+        assert_eq!(
+            guest.vcpu.run(None).unwrap(),
+            VcpuExit::MmioWrite {
+                address: 0xe000_1008,
+                data: 0x1122_3344_5566_778du64.to_le_bytes().to_vec()
+            }
+        );
+        done(guest.vcpu.run(None).unwrap());
+        assert!(matches!(
+            guest.vcpu.complete_read(&[]),
+            Err(KvmError::NoPendingRead)
+        ));
+    }
+
+    #[test]
+    fn a_port_input_is_completed_with_bytes_the_guest_uses() {
+        let Some(guest) = long3("a_port_input_is_completed_with_bytes_the_guest_uses") else {
+            return;
+        };
+        guest.start_at(at::ECHO_INPUT, |_| {});
+        assert_eq!(
+            guest.vcpu.run(None).unwrap(),
+            VcpuExit::IoIn {
+                port: programs::INPUT_PORT,
+                size: 4
+            }
+        );
+        assert!(matches!(
+            guest.vcpu.run(None),
+            Err(KvmError::VcpuReadPending {
+                kind: "port input",
+                ..
+            })
+        ));
+        guest.vcpu.complete_read(&[0xef, 0xbe, 0xad, 0xde]).unwrap();
+        assert_eq!(
+            guest.vcpu.run(None).unwrap(),
+            VcpuExit::IoOut {
+                port: programs::RESULT_PORT,
+                data: vec![0xef, 0xbe, 0xad, 0xde]
+            }
+        );
+    }
+
+    #[test]
+    fn a_read_only_slot_reads_ram_and_turns_writes_into_mmio_exits() {
+        let Some(guest) = long3("a_read_only_slot_reads_ram_and_turns_writes_into_mmio_exits")
+        else {
+            return;
+        };
+        let memory = AnonMemory::new(2 * MIB as usize);
+        memory.write_u64(0x100, 0x4000);
+        guest
+            .partition
+            .map_range(memory.ptr(), memory.len(), GIB, false, false)
+            .unwrap();
+        assert!(guest
+            .partition
+            .slots()
+            .iter()
+            .any(|s| s.gpa == GIB && s.readonly));
+        guest.start_at(at::LOAD_ADD_STORE, |r| {
+            r.rdi = GIB + 0x100;
+            r.rsi = GIB + 0x108;
+            r.rdx = 2;
+        });
+        assert_eq!(
+            guest.vcpu.run(None).unwrap(),
+            VcpuExit::MmioWrite {
+                address: GIB + 0x108,
+                data: 0x4002u64.to_le_bytes().to_vec()
+            }
+        );
+        assert_eq!(memory.read_u64(0x108), 0);
+        done(guest.vcpu.run(None).unwrap());
+        // Made writable again (unmap + map), the same store lands in RAM.
+        guest
+            .partition
+            .unmap_range(GIB, memory.len() as u64)
+            .unwrap();
+        guest
+            .partition
+            .map_range(memory.ptr(), memory.len(), GIB, true, false)
+            .unwrap();
+        guest.start_at(at::LOAD_ADD_STORE, |_| {});
+        done(guest.vcpu.run(None).unwrap());
+        assert_eq!(memory.read_u64(0x108), 0x4002);
+    }
+
+    #[test]
+    fn hlt_at_cpl0_is_a_hlt_exit() {
+        let options = VcpuOptions {
+            cpl: 0,
+            ..VcpuOptions::default()
+        };
+        let Some(guest) = Guest::new("hlt_at_cpl0_is_a_hlt_exit", options) else {
+            return;
+        };
+        assert_eq!(guest.vcpu.get_registers().unwrap().rflags & RFLAGS_IOPL3, 0);
+        guest.start_at(at::HALT, |_| {});
+        assert_eq!(guest.vcpu.run(None).unwrap(), VcpuExit::Hlt);
+        assert_eq!(guest.vcpu.run(None).unwrap(), VcpuExit::Hlt);
+    }
+
+    #[test]
+    fn hlt_at_cpl3_faults_into_a_shutdown() {
+        let Some(guest) = long3("hlt_at_cpl3_faults_into_a_shutdown") else {
+            return;
+        };
+        assert_eq!(
+            guest.vcpu.get_registers().unwrap().rflags & RFLAGS_IOPL3,
+            RFLAGS_IOPL3
+        );
+        // #GP with no IDT: a triple fault.
+        guest.start_at(at::HALT, |_| {});
+        assert_eq!(guest.vcpu.run(None).unwrap(), VcpuExit::Shutdown);
+    }
+
+    #[test]
+    fn a_real_mode_program_does_port_output_then_halts() {
+        let Some(guest) = Guest::new(
+            "a_real_mode_program_does_port_output_then_halts",
+            VcpuOptions::real(),
+        ) else {
+            return;
+        };
+        assert_eq!(guest.vcpu.mode(), VcpuMode::Real);
+        guest.start_at(at::REAL_MODE_OUT_THEN_HALT, |_| {});
+        assert_eq!(
+            guest.vcpu.run(None).unwrap(),
+            VcpuExit::IoOut {
+                port: programs::DONE_PORT,
+                data: vec![0x42]
+            }
+        );
+        assert_eq!(guest.vcpu.run(None).unwrap(), VcpuExit::Hlt);
+        assert_eq!(guest.vcpu.get_registers().unwrap().rax & 0xff, 0x42);
+    }
+
+    #[test]
+    fn a_looping_guest_is_stopped_by_cancel_from_another_thread() {
+        let Some(guest) = long3("a_looping_guest_is_stopped_by_cancel_from_another_thread") else {
+            return;
+        };
+        guest.start_at(at::SPIN, |_| {});
+        let canceller = guest.vcpu.canceller();
+        thread::scope(|scope| {
+            let runner = scope.spawn(|| guest.vcpu.run(None));
+            // Wait until the runner owns the vCPU (then register access is refused).
+            let start = Instant::now();
+            while !matches!(guest.vcpu.get_registers(), Err(KvmError::VcpuBusy)) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "run never started"
+                );
+                thread::sleep(Duration::from_millis(1));
+            }
+            thread::sleep(Duration::from_millis(20));
+            assert!(
+                !runner.is_finished(),
+                "the spinning guest returned by itself"
+            );
+            canceller.cancel();
+            assert_eq!(
+                runner.join().unwrap().unwrap(),
+                VcpuExit::Cancelled(CancelReason::Cancel)
+            );
+        });
+        // The guest was in its loop; it resumes there.
+        assert_eq!(guest.vcpu.get_registers().unwrap().rip, at::SPIN);
+        assert_eq!(
+            guest.vcpu.run(Some(Duration::from_millis(10))).unwrap(),
+            VcpuExit::Cancelled(CancelReason::Timeout)
+        );
+    }
+
+    #[test]
+    fn a_looping_guest_is_stopped_by_the_timeout() {
+        let Some(guest) = long3("a_looping_guest_is_stopped_by_the_timeout") else {
+            return;
+        };
+        guest.start_at(at::SPIN, |_| {});
+        let timeout = Duration::from_millis(100);
+        let start = Instant::now();
+        assert_eq!(
+            guest.vcpu.run(Some(timeout)).unwrap(),
+            VcpuExit::Cancelled(CancelReason::Timeout)
+        );
+        assert!(start.elapsed() >= timeout);
+        // A zero timeout does not enter the guest.
+        assert_eq!(
+            guest.vcpu.run(Some(Duration::ZERO)).unwrap(),
+            VcpuExit::Cancelled(CancelReason::Timeout)
+        );
+        // The timer of a finished run does not leak into the next one.
+        guest.start_at(at::FILL_PATTERN, |r| {
+            r.rdi = 0x70_0000;
+            r.rcx = 1;
+        });
+        done(guest.vcpu.run(Some(Duration::from_secs(30))).unwrap());
+        done(guest.vcpu.run(None).unwrap());
+    }
+
+    #[test]
+    fn a_cancel_before_the_run_stops_that_run_and_only_that_one() {
+        let Some(guest) = long3("a_cancel_before_the_run_stops_that_run_and_only_that_one") else {
+            return;
+        };
+        guest.start_at(at::FILL_PATTERN, |r| {
+            r.rdi = 0x70_0000;
+            r.rcx = 1;
+        });
+        guest.vcpu.cancel();
+        assert_eq!(
+            guest.vcpu.run(None).unwrap(),
+            VcpuExit::Cancelled(CancelReason::Cancel)
+        );
+        done(guest.vcpu.run(None).unwrap());
+        assert_eq!(guest.low.read_u64(0x70_0000), 0x70_0000);
+    }
+
+    #[test]
+    fn cancel_all_vcpus_stops_a_running_vcpu() {
+        let Some(guest) = long3("cancel_all_vcpus_stops_a_running_vcpu") else {
+            return;
+        };
+        guest.start_at(at::SPIN, |_| {});
+        thread::scope(|scope| {
+            let runner = scope.spawn(|| guest.vcpu.run(Some(Duration::from_secs(60))));
+            while !matches!(guest.vcpu.get_registers(), Err(KvmError::VcpuBusy)) {
+                thread::sleep(Duration::from_millis(1));
+            }
+            guest.partition.cancel_all_vcpus();
+            assert_eq!(
+                runner.join().unwrap().unwrap(),
+                VcpuExit::Cancelled(CancelReason::Cancel)
+            );
+        });
+        assert_eq!(guest.partition.inspect().vcpu_count, 1);
+    }
+
+    #[test]
+    fn a_slot_whose_host_memory_is_gone_is_a_failure_exit() {
+        let Some(guest) = long3("a_slot_whose_host_memory_is_gone_is_a_failure_exit") else {
+            return;
+        };
+        let memory = AnonMemory::new(2 * MIB as usize);
+        guest
+            .partition
+            .map_range(memory.ptr(), memory.len(), GIB, true, false)
+            .unwrap();
+        drop(memory);
+        guest.start_at(at::FILL_PATTERN, |r| {
+            r.rdi = GIB;
+            r.rcx = 1;
+        });
+        match guest.vcpu.run(Some(Duration::from_secs(30))).unwrap() {
+            VcpuExit::Failure { reason } => {
+                assert_eq!(reason, "KVM_RUN failed: Bad address (os error 14)");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn long_mode_options_are_checked() {
+        let Some(guest) = long3("long_mode_options_are_checked") else {
+            return;
+        };
+        let ignore = |_: u64, _: &[u8]| -> Result<(), virt::Error> { Ok(()) };
+        let small = MemoryRange::new(0x20_0000..0x20_0000 + PAGE_TABLES_SIZE - 0x1000);
+        for page_tables in [None, Some(small)] {
+            let options = VcpuOptions {
+                page_tables,
+                ..VcpuOptions::default()
+            };
+            assert!(matches!(
+                guest.partition.create_vcpu(&options, &ignore),
+                Err(KvmError::InvalidPageTables { .. })
+            ));
+        }
+        let options = VcpuOptions {
+            cpl: 1,
+            ..VcpuOptions::long(MemoryRange::new(0..PAGE_TABLES_SIZE))
+        };
+        assert!(matches!(
+            guest.partition.create_vcpu(&options, &ignore),
+            Err(KvmError::InvalidCpl(1))
+        ));
+        let refuse = |_: u64, _: &[u8]| -> Result<(), virt::Error> { Err("not RAM".into()) };
+        let err = guest
+            .partition
+            .create_vcpu(
+                &VcpuOptions::long(MemoryRange::new(0x1_0000_0000..0x1_0040_0000)),
+                &refuse,
+            )
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            KvmError::PageTableWrite {
+                gpa: 0x1_0000_0000,
+                ..
+            }
+        ));
+        assert_eq!(
+            std::error::Error::source(&err).unwrap().to_string(),
+            "not RAM"
+        );
+    }
+
+    #[test]
+    fn vcpus_are_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Vcpu>();
+        assert_send_sync::<VcpuCanceller>();
+    }
+}
