@@ -1,20 +1,23 @@
 //! The signal that kicks a vCPU thread out of `KVM_RUN`, and the per-run timer that sends it.
 //!
-//! Technique (`KVM_SET_SIGNAL_MASK`): while [`Vcpu::run`](crate::Vcpu::run) executes, its thread
-//! blocks the cancel signal ([`BlockedSignal`]), and the vCPU's KVM signal mask (the mask KVM
-//! installs only for the duration of `KVM_RUN`) is the thread's mask without it. A signal sent
-//! to the thread at any moment of the run therefore either interrupts `KVM_RUN` at once (guest
-//! running) or stays pending until the thread enters `KVM_RUN`, which then returns `EINTR`
-//! immediately: there is no window in which a cancel can be lost, and nothing but the thread
-//! itself ever touches the `kvm_run` page.
+//! Technique (`KVM_SET_SIGNAL_MASK`): a thread that runs a vCPU blocks the cancel signal
+//! ([`block_on_this_thread`], from its first run on), and the vCPU's KVM signal mask (the mask
+//! KVM installs only for the duration of `KVM_RUN`) is the thread's mask without it. A signal
+//! sent to the thread at any moment of a run therefore either interrupts `KVM_RUN` at once
+//! (guest running) or stays pending until the thread enters `KVM_RUN`, which then returns
+//! `EINTR` immediately: there is no window in which a cancel can be lost, and nothing but the
+//! thread itself ever touches the `kvm_run` page. A signal left pending after a run (a cancel
+//! that arrived as the run returned anyway) only makes the next `KVM_RUN` return `EINTR` once;
+//! the run loop drains it and goes on.
 //!
 //! The signal is a real-time signal chosen once per process: the first one from `SIGRTMIN + 4`
-//! upwards whose disposition is still the default, given a handler that does nothing (the
-//! signal is only ever delivered, harmlessly, when the run ends with one still pending).
+//! upwards whose disposition is still the default, given a handler that does nothing (vCPU
+//! threads block it, so it is only delivered if it reaches some other thread).
 //! Timeouts use a POSIX timer that sends the same signal to the vCPU thread
 //! (`SIGEV_THREAD_ID`), so no watchdog thread is needed.
 
 use crate::KvmError;
+use std::cell::Cell;
 use std::io;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
@@ -81,62 +84,56 @@ fn signal_set(signal: libc::c_int) -> libc::sigset_t {
     set
 }
 
-/// Blocks the cancel signal on the current thread until dropped, then restores the old mask
-/// (a signal still pending is then delivered to the do-nothing handler).
-pub(crate) struct BlockedSignal {
-    old_mask: libc::sigset_t,
-    signal: libc::c_int,
+thread_local! {
+    /// The `KVM_RUN` signal mask for this thread, once the cancel signal is blocked on it.
+    static KVM_RUN_MASK: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
-impl BlockedSignal {
-    pub(crate) fn new(signal: libc::c_int) -> Result<Self, KvmError> {
-        let set = signal_set(signal);
-        // SAFETY: an all-zero sigset_t is valid storage for the old mask.
-        let mut old_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: both pointers refer to valid sigsets; this changes only this thread's mask.
-        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old_mask) };
-        if rc != 0 {
-            return Err(os_error(
-                "pthread_sigmask",
-                "blocking the vCPU cancel signal",
-                io::Error::from_raw_os_error(rc),
-            ));
+/// Blocks the cancel signal on the current thread (once; it stays blocked for the thread's
+/// life, which saves two system calls per run) and returns the kernel-format signal mask for
+/// `KVM_RUN`: the thread's mask as it was, with the cancel signal unblocked. Bit `n - 1` stands
+/// for signal `n` (x86-64 kernels use 64 signals).
+///
+/// Blocking it for good is harmless: nothing else in the process uses this signal, and a
+/// process-directed instance of it goes to a thread that does not block it. A change the
+/// caller makes to the thread's signal mask after the first run is not seen by later runs.
+pub(crate) fn block_on_this_thread(signal: libc::c_int) -> Result<u64, KvmError> {
+    if let Some(mask) = KVM_RUN_MASK.get() {
+        return Ok(mask);
+    }
+    let set = signal_set(signal);
+    // SAFETY: an all-zero sigset_t is valid storage for the old mask.
+    let mut old_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers refer to valid sigsets; this changes only this thread's mask.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old_mask) };
+    if rc != 0 {
+        return Err(os_error(
+            "pthread_sigmask",
+            "blocking the vCPU cancel signal",
+            io::Error::from_raw_os_error(rc),
+        ));
+    }
+    let mut mask = 0u64;
+    for other in 1..=64 {
+        // SAFETY: `old_mask` is a valid sigset; sigismember only reads it.
+        if other != signal && unsafe { libc::sigismember(&old_mask, other) } == 1 {
+            mask |= 1 << (other - 1);
         }
-        Ok(Self { old_mask, signal })
     }
-
-    /// The kernel-format signal mask for `KVM_RUN`: the thread's mask before the run, with the
-    /// cancel signal unblocked. Bit `n - 1` stands for signal `n` (x86-64 kernels use 64
-    /// signals).
-    pub(crate) fn kvm_run_mask(&self) -> u64 {
-        let mut mask = 0u64;
-        for signal in 1..=64 {
-            // SAFETY: `old_mask` is a valid sigset; sigismember only reads it.
-            if signal != self.signal && unsafe { libc::sigismember(&self.old_mask, signal) } == 1 {
-                mask |= 1 << (signal - 1);
-            }
-        }
-        mask
-    }
-
-    /// Takes a pending cancel signal off this thread's queue, if there is one.
-    pub(crate) fn drain(&self) {
-        let set = signal_set(self.signal);
-        let zero = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `set` and `zero` are valid; sigtimedwait with a zero timeout only dequeues a
-        // pending signal of the set (the signal is blocked on this thread) or returns EAGAIN.
-        while unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) } == self.signal {}
-    }
+    KVM_RUN_MASK.set(Some(mask));
+    Ok(mask)
 }
 
-impl Drop for BlockedSignal {
-    fn drop(&mut self) {
-        // SAFETY: restores this thread's mask to the value saved in `new`.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut()) };
-    }
+/// Takes pending instances of the (blocked) cancel signal off this thread's queue.
+pub(crate) fn drain(signal: libc::c_int) {
+    let set = signal_set(signal);
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `set` and `zero` are valid; sigtimedwait with a zero timeout only dequeues a
+    // pending signal of the set (blocked on this thread) or returns EAGAIN.
+    while unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) } == signal {}
 }
 
 /// A one-shot POSIX timer that sends the cancel signal to the current thread after a delay;
@@ -232,25 +229,32 @@ mod tests {
     }
 
     #[test]
-    fn blocking_leaves_the_signal_out_of_the_kvm_mask_and_is_undone() {
+    fn blocking_leaves_the_signal_out_of_the_kvm_mask_and_lasts() {
         let signal = cancel_signal().unwrap();
         std::thread::spawn(move || {
-            let blocked = BlockedSignal::new(signal).unwrap();
-            assert_eq!(blocked.kvm_run_mask() & (1 << (signal - 1)), 0);
-            // The signal is held while blocked and can be drained without a delivery.
-            kick(
-                // SAFETY: pthread_self has no preconditions.
-                unsafe { libc::pthread_self() },
-                signal,
-            );
-            blocked.drain();
-            drop(blocked);
+            let mask = block_on_this_thread(signal).unwrap();
+            assert_eq!(mask & (1 << (signal - 1)), 0);
+            assert_eq!(block_on_this_thread(signal).unwrap(), mask);
             // SAFETY: an all-zero sigset_t is valid storage.
             let mut now: libc::sigset_t = unsafe { std::mem::zeroed() };
             // SAFETY: querying the mask only writes `now`.
             unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut now) };
             // SAFETY: `now` is a valid sigset.
-            assert_eq!(unsafe { libc::sigismember(&now, signal) }, 0);
+            assert_eq!(unsafe { libc::sigismember(&now, signal) }, 1);
+            // A kick is held pending (not delivered) and can be drained.
+            // SAFETY: pthread_self has no preconditions.
+            kick(unsafe { libc::pthread_self() }, signal);
+            // SAFETY: an all-zero sigset_t is valid storage.
+            let mut pending: libc::sigset_t = unsafe { std::mem::zeroed() };
+            // SAFETY: sigpending only writes `pending`.
+            unsafe { libc::sigpending(&mut pending) };
+            // SAFETY: `pending` is a valid sigset.
+            assert_eq!(unsafe { libc::sigismember(&pending, signal) }, 1);
+            drain(signal);
+            // SAFETY: as above.
+            unsafe { libc::sigpending(&mut pending) };
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::sigismember(&pending, signal) }, 0);
         })
         .join()
         .unwrap();
@@ -260,7 +264,7 @@ mod tests {
     fn the_timer_signals_the_thread_after_the_delay() {
         let signal = cancel_signal().unwrap();
         std::thread::spawn(move || {
-            let blocked = BlockedSignal::new(signal).unwrap();
+            block_on_this_thread(signal).unwrap();
             let start = std::time::Instant::now();
             let _timer = ThreadTimer::arm(signal, Duration::from_millis(20)).unwrap();
             let set = signal_set(signal);
@@ -268,7 +272,6 @@ mod tests {
             let got = unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
             assert_eq!(got, signal);
             assert!(start.elapsed() >= Duration::from_millis(20));
-            drop(blocked);
         })
         .join()
         .unwrap();
