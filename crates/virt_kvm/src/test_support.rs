@@ -174,9 +174,13 @@ impl Guest {
 
     /// Sets `rip` and the registers `set` changes, keeping the rest (rflags included).
     pub(crate) fn start_at(&self, rip: u64, set: impl FnOnce(&mut Registers)) {
-        let mut registers = self.vcpu.get_registers().expect("get registers");
-        registers.rip = rip;
-        set(&mut registers);
-        self.vcpu.set_registers(&registers).expect("set registers");
+        let written = self
+            .vcpu
+            .update_registers(|registers| {
+                registers.rip = rip;
+                set(registers);
+            })
+            .expect("update registers");
+        assert_eq!(self.vcpu.get_registers().expect("get registers"), written);
     }
 }

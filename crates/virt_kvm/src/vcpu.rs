@@ -366,6 +366,14 @@ impl KvmPartition {
                 }
             },
         };
+        if let Some(base) = page_tables {
+            // Written before any lock is taken: the writer may be a guest-memory object that
+            // waits on the memory manager, which in turn may call into this partition.
+            let tables = page_tables::identity_map(base);
+            guest_memory
+                .write_guest(base, &tables)
+                .map_err(|source| KvmError::PageTableWrite { gpa: base, source })?;
+        }
         let mut vcpus = self.vcpus.lock();
         let id = vcpus.len() as u32;
         let fd = self
@@ -389,10 +397,6 @@ impl KvmPartition {
                 sregs.cs.selector = 0;
             }
             Some(base) => {
-                let tables = page_tables::identity_map(base);
-                guest_memory
-                    .write_guest(base, &tables)
-                    .map_err(|source| KvmError::PageTableWrite { gpa: base, source })?;
                 let cpl = options.cpl;
                 sregs.cr3 = base;
                 sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
@@ -498,6 +502,27 @@ impl Vcpu {
             .fd
             .set_regs(&(*registers).into())
             .map_err(|e| KvmError::ioctl("KVM_SET_REGS", e))
+    }
+
+    /// Reads the registers, lets `update` change them and writes them back, all while holding
+    /// the vCPU (so no run can start in between); returns the registers written. This is how
+    /// to set a few registers and keep the rest (IOPL in `rflags` included).
+    pub fn update_registers(
+        &self,
+        update: impl FnOnce(&mut Registers),
+    ) -> Result<Registers, KvmError> {
+        let inner = self.lock()?;
+        let mut registers: Registers = inner
+            .fd
+            .get_regs()
+            .map_err(|e| KvmError::ioctl("KVM_GET_REGS", e))?
+            .into();
+        update(&mut registers);
+        inner
+            .fd
+            .set_regs(&registers.into())
+            .map_err(|e| KvmError::ioctl("KVM_SET_REGS", e))?;
+        Ok(registers)
     }
 
     /// Supplies the bytes of the pending [`VcpuExit::MmioRead`] or [`VcpuExit::IoIn`]
@@ -1202,6 +1227,48 @@ mod tests {
             std::error::Error::source(&err).unwrap().to_string(),
             "not RAM"
         );
+    }
+
+    #[test]
+    fn registers_round_trip() {
+        let Some(guest) = long3("registers_round_trip") else {
+            return;
+        };
+        let initial = guest.vcpu.get_registers().unwrap();
+        assert_eq!(initial.rflags, RFLAGS_FIXED | RFLAGS_IOPL3);
+        assert_eq!(initial.rip, 0);
+        let registers = Registers {
+            rax: 1,
+            rbx: 2,
+            rcx: 3,
+            rdx: 4,
+            rsi: 5,
+            rdi: 6,
+            rsp: 7,
+            rbp: 8,
+            r8: 9,
+            r9: 10,
+            r10: 11,
+            r11: 12,
+            r12: 13,
+            r13: 14,
+            r14: 15,
+            r15: u64::MAX,
+            rip: 0x1234,
+            rflags: RFLAGS_FIXED | RFLAGS_IOPL3 | 1, // CF
+        };
+        guest.vcpu.set_registers(&registers).unwrap();
+        assert_eq!(guest.vcpu.get_registers().unwrap(), registers);
+        let updated = guest.vcpu.update_registers(|r| r.rax = 42).unwrap();
+        assert_eq!(
+            updated,
+            Registers {
+                rax: 42,
+                ..registers
+            }
+        );
+        assert_eq!(guest.vcpu.get_registers().unwrap(), updated);
+        assert_eq!(guest.vcpu.id(), 0);
     }
 
     #[test]
