@@ -16,6 +16,8 @@ mod handles;
 mod js_hooks;
 mod js_thread;
 mod layout;
+mod partition;
+mod promise;
 mod range;
 mod registrar;
 mod sparse_mapping;

@@ -38,6 +38,17 @@ export {
   type ShareableRegion,
 } from './guest_memory';
 export {
+  RecordingPartition,
+  KvmPartition,
+  Vcpu,
+  VcpuMode,
+  KvmError,
+  type RecordedCall,
+  type VcpuOptions,
+  type VcpuRegisters,
+  type VcpuExit,
+} from './partition';
+export {
   MembackingError,
   SparseMappingError,
   GuestMemoryError,

@@ -1,0 +1,272 @@
+/**
+ * Hypervisor partitions (api.md §8): `RecordingPartition`, a partition that records every
+ * map/unmap/prefetch/pin call for scripting and tests, and `KvmPartition`, a real KVM virtual
+ * machine with a minimal vCPU runner (`Vcpu`) that executes guest code off the JavaScript thread.
+ */
+import { call, fromNative, invalidArgType, invalidArgValue, registerErrorFactory, MembackingError, type ErrorCode } from './errors';
+import { native } from './native';
+import { toRange, type RangeLike } from './range';
+import { describeType, toU64, type U64 } from './u64';
+
+/** KVM partition and vCPU errors. */
+export class KvmError extends MembackingError {}
+for (const code of ['ERR_KVM_UNAVAILABLE', 'ERR_KVM_IOCTL', 'ERR_SLOT_OVERLAP', 'ERR_PARTIAL_SLOT_UNMAP', 'ERR_NO_FREE_SLOT', 'ERR_VCPU_BUSY', 'ERR_VCPU_READ_PENDING', 'ERR_NO_PENDING_READ', 'ERR_READ_ONLY_UNSUPPORTED', 'ERR_PAGE_TABLE_WRITE']) {
+  registerErrorFactory(code, (c: ErrorCode, message: string) => new KvmError(c, message));
+}
+
+/** One PartitionMemoryMap call as recorded; gpa/size/vaOffset in bytes. */
+export interface RecordedCall {
+  op: 'map' | 'unmap' | 'prefetch' | 'pin';
+  gpa: bigint;
+  size: bigint;
+  /** map only */ writable?: boolean;
+  /** map only */ exec?: boolean;
+  /** map only: VA − window base */ vaOffset?: bigint;
+  /** The call returned an injected error. */
+  failed: boolean;
+}
+
+type NativeRecording = InstanceType<typeof native.NativeRecordingPartition>;
+type NativeCall = ReturnType<NativeRecording['log']>[number];
+
+function toCall(call: NativeCall): RecordedCall {
+  const out: RecordedCall = { op: call.op as RecordedCall['op'], gpa: call.gpa, size: call.size, failed: call.failed };
+  if (call.writable !== undefined && call.writable !== null) out.writable = call.writable;
+  if (call.exec !== undefined && call.exec !== null) out.exec = call.exec;
+  if (call.vaOffset !== undefined && call.vaOffset !== null) out.vaOffset = call.vaOffset;
+  return out;
+}
+
+const partitions = new WeakMap<object, unknown>();
+
+/** The binding object behind a partition (for attachPartition). @internal */
+export function nativePartition(value: unknown): NativeRecording | InstanceType<typeof native.NativeKvmPartition> {
+  const found = typeof value === 'object' && value !== null ? partitions.get(value) : undefined;
+  if (found === undefined) throw invalidArgType(`partition must be a RecordingPartition or a KvmPartition, got ${describeType(value)}`);
+  return found as NativeRecording;
+}
+
+/** A Rust-side partition that records every call. */
+export class RecordingPartition {
+  readonly #native: NativeRecording;
+
+  /** Empty log, no failure rules. */
+  constructor() {
+    this.#native = new native.NativeRecordingPartition();
+    partitions.set(this, this.#native);
+  }
+  /** The whole log, oldest first (does not clear). */
+  log(): RecordedCall[] {
+    return this.#native.log().map(toCall);
+  }
+  /** Empty the log. */
+  clearLog(): void {
+    this.#native.clearLog();
+  }
+  /** Return the log and empty it. */
+  takeLog(): RecordedCall[] {
+    return this.#native.takeLog().map(toCall);
+  }
+  /** Make every later `op` at this gpa (bytes) fail until cleared. */
+  failOn(op: 'map' | 'pin' | 'prefetch', gpa: U64): void {
+    if (op !== 'map' && op !== 'pin' && op !== 'prefetch') throw invalidArgValue(`op must be 'map', 'pin' or 'prefetch', got ${String(op)}`);
+    const g = toU64(gpa, 'gpa');
+    call(() => this.#native.failOn(op, g));
+  }
+  /** Drop all failure rules. */
+  clearFailures(): void {
+    this.#native.clearFailures();
+  }
+  /** The partition becomes gone for managers; log() stays readable. */
+  close(): void {
+    this.#native.close();
+  }
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Execution mode a vCPU starts in. */
+export enum VcpuMode {
+  Real = 'Real',
+  Long = 'Long',
+}
+
+/** vCPU setup. */
+export interface VcpuOptions {
+  /** Default Long. */
+  mode?: VcpuMode;
+  /** GPA range (bytes, page-aligned, ≥ 2 MiB + 8 KiB) in guest RAM mapped in this partition where the runner writes identity-mapped 2 MiB page tables covering 512 GiB; required in Long mode. */
+  pageTables?: RangeLike;
+  /** Privilege level in Long mode (default 3, IOPL 3). */
+  cpl?: 0 | 3;
+}
+
+/** General registers (64-bit values as bigint). */
+export interface VcpuRegisters {
+  rax: bigint; rbx: bigint; rcx: bigint; rdx: bigint; rsi: bigint; rdi: bigint; rsp: bigint; rbp: bigint;
+  r8: bigint; r9: bigint; r10: bigint; r11: bigint; r12: bigint; r13: bigint; r14: bigint; r15: bigint;
+  rip: bigint; rflags: bigint;
+}
+
+const registerNames = ['rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rsp', 'rbp', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rip', 'rflags'] as const;
+
+/** Why run() settled (address and size in bytes; `data.length === size`, little-endian). */
+export type VcpuExit =
+  | { kind: 'MmioRead'; address: bigint; size: number }
+  | { kind: 'MmioWrite'; address: bigint; size: number; data: Buffer }
+  | { kind: 'IoIn'; port: number; size: number }
+  | { kind: 'IoOut'; port: number; size: number; data: Buffer }
+  | { kind: 'Hlt' }
+  | { kind: 'Shutdown' }
+  | { kind: 'Cancelled'; reason: 'cancel' | 'timeout' }
+  | { kind: 'Failure'; reason: string };
+
+type NativeVcpu = InstanceType<typeof native.NativeVcpu>;
+type NativeExit = Awaited<ReturnType<NativeVcpu['run']>>;
+
+function toExit(item: NativeExit): VcpuExit {
+  switch (item.kind) {
+    case 'MmioRead':
+      return { kind: 'MmioRead', address: item.address!, size: item.size! };
+    case 'MmioWrite':
+      return { kind: 'MmioWrite', address: item.address!, size: item.size!, data: item.data! };
+    case 'IoIn':
+      return { kind: 'IoIn', port: item.port!, size: item.size! };
+    case 'IoOut':
+      return { kind: 'IoOut', port: item.port!, size: item.size!, data: item.data! };
+    case 'Hlt':
+      return { kind: 'Hlt' };
+    case 'Shutdown':
+      return { kind: 'Shutdown' };
+    case 'Cancelled':
+      return { kind: 'Cancelled', reason: item.reason as 'cancel' | 'timeout' };
+    default:
+      return { kind: 'Failure', reason: item.reason ?? 'unknown failure' };
+  }
+}
+
+/** One vCPU; runs off the JS thread. */
+export class Vcpu {
+  readonly #native: NativeVcpu;
+
+  private constructor(handle: NativeVcpu) {
+    this.#native = handle;
+  }
+
+  /** @internal */
+  static wrap(handle: NativeVcpu): Vcpu {
+    return new Vcpu(handle);
+  }
+
+  /** vCPU index. */
+  get id(): number {
+    return this.#native.id;
+  }
+  /** Read registers (sync ioctl). `rip` at an exit is as the hypervisor reports it. */
+  getRegisters(): VcpuRegisters {
+    const values = call(() => this.#native.getRegisters());
+    const out = {} as VcpuRegisters;
+    registerNames.forEach((name, i) => {
+      out[name] = values[i]!;
+    });
+    return out;
+  }
+  /** Write the given registers; every register and mode bit not named keeps its value. */
+  setRegisters(regs: Partial<VcpuRegisters>): void {
+    if (typeof regs !== 'object' || regs === null) throw invalidArgType(`regs must be an object, got ${describeType(regs)}`);
+    const indexes: number[] = [];
+    const values: bigint[] = [];
+    for (const [name, value] of Object.entries(regs)) {
+      const index = (registerNames as readonly string[]).indexOf(name);
+      if (index < 0) throw invalidArgValue(`unknown register '${name}'`);
+      indexes.push(index);
+      values.push(toU64(value, name));
+    }
+    call(() => this.#native.setRegisters(indexes, BigUint64Array.from(values)));
+  }
+  /** Run until the next exit; timeoutMs stops a looping guest with {kind: 'Cancelled'}. */
+  async run(options: { timeoutMs?: number } = {}): Promise<VcpuExit> {
+    const timeout = options.timeoutMs ?? 0;
+    if (typeof timeout !== 'number' || !Number.isFinite(timeout) || timeout < 0) {
+      throw invalidArgValue(`timeoutMs must be a non-negative number, got ${String(timeout)}`);
+    }
+    const pending = call(() => this.#native.run(timeout));
+    try {
+      return toExit(await pending);
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+  /** Value for the pending MmioRead/IoIn (size bytes, little-endian). */
+  completeRead(value: number | bigint | Uint8Array): void {
+    if (value instanceof Uint8Array) {
+      call(() => this.#native.completeReadBytes(value));
+      return;
+    }
+    const v = toU64(value, 'value');
+    call(() => this.#native.completeReadValue(v));
+  }
+  /** Stop a running guest: run() settles with {kind: 'Cancelled', reason: 'cancel'}. */
+  cancel(): void {
+    this.#native.cancel();
+  }
+  /** Release the vCPU. */
+  close(): void {
+    this.#native.close();
+  }
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+type NativeKvm = InstanceType<typeof native.NativeKvmPartition>;
+
+/** A real KVM VM whose memory slots follow the manager's regions. */
+export class KvmPartition {
+  readonly #native: NativeKvm;
+
+  private constructor(handle: NativeKvm) {
+    this.#native = handle;
+    partitions.set(this, handle);
+  }
+
+  /** Open /dev/kvm, create a VM (KvmError ERR_KVM_UNAVAILABLE on failure). */
+  static async create(options: { disableSlotZapAllQuirk?: boolean } = {}): Promise<KvmPartition> {
+    const disable = options.disableSlotZapAllQuirk ?? true;
+    if (typeof disable !== 'boolean') throw invalidArgType('disableSlotZapAllQuirk must be a boolean');
+    const pending = call(() => native.kvmPartitionCreate(disable));
+    try {
+      return new KvmPartition(await pending);
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+
+  /** Create a vCPU (after attachPartition when it must write page tables into guest RAM). */
+  async createVcpu(options: VcpuOptions = {}): Promise<Vcpu> {
+    const mode = options.mode ?? VcpuMode.Long;
+    if (mode !== VcpuMode.Long && mode !== VcpuMode.Real) throw invalidArgValue(`mode must be 'Real' or 'Long', got ${String(mode)}`);
+    const cpl = options.cpl ?? 3;
+    if (cpl !== 0 && cpl !== 3) throw invalidArgValue(`cpl must be 0 or 3, got ${String(cpl)}`);
+    let tables: BigUint64Array | null = null;
+    if (options.pageTables !== undefined) {
+      const r = toRange(options.pageTables, 'pageTables');
+      tables = BigUint64Array.from([r.start, r.end]);
+    }
+    return Vcpu.wrap(call(() => this.#native.createVcpu(mode === VcpuMode.Long, tables, cpl)));
+  }
+
+  /** Slot table: {slots: [{slot, gpa, size, readonly, pinned}], maxSlots, …}. */
+  inspect(): { slots: Array<{ slot: number; gpa: bigint; size: bigint; readonly: boolean; pinned: boolean }>; maxSlots: number; slotZapAllQuirkDisabled: boolean; readonlySupported: boolean; vcpuCount: number } {
+    return call(() => this.#native.inspect());
+  }
+
+  /** Destroy the VM (cancels running vCPUs); gone for managers. */
+  close(): void {
+    this.#native.close();
+  }
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
