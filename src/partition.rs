@@ -545,4 +545,47 @@ pub mod kvm {
             self.runs = None;
         }
     }
+
+    /// Tiny guest programs (x86 machine code) and the ports they report on.
+    #[napi(object, object_from_js = false)]
+    pub struct GuestPrograms {
+        /// 64-bit: fills `rcx` qwords from `rdi` with `address ^ rdx`, then `out done, al`.
+        pub fill_pattern: Buffer,
+        /// 64-bit: sums `rcx` qwords from `rdi`, reports low/high halves on the result port.
+        pub sum_qwords: Buffer,
+        /// 64-bit: `[rsi] = [rdi] + rdx`, then `out done, al`.
+        pub load_add_store: Buffer,
+        /// 64-bit: writes 1 to each of `rcx` pages from `rsi`, then `out done, al`.
+        pub touch_pages: Buffer,
+        /// 64-bit: `in eax, input`; `out result, eax`; `out done, al`.
+        pub echo_input: Buffer,
+        /// Any mode: loops forever.
+        pub spin: Buffer,
+        /// Real mode or CPL 0: `hlt`.
+        pub halt: Buffer,
+        /// Real mode: `out done, 0x42`, then `hlt`.
+        pub real_mode_out_then_halt: Buffer,
+        pub done_port: u32,
+        pub result_port: u32,
+        pub input_port: u32,
+    }
+
+    /// The guest programs of `virt_kvm::programs`.
+    #[napi]
+    pub fn guest_programs() -> GuestPrograms {
+        use virt_kvm::programs as p;
+        GuestPrograms {
+            fill_pattern: p::FILL_PATTERN.to_vec().into(),
+            sum_qwords: p::SUM_QWORDS.to_vec().into(),
+            load_add_store: p::LOAD_ADD_STORE.to_vec().into(),
+            touch_pages: p::TOUCH_PAGES.to_vec().into(),
+            echo_input: p::ECHO_INPUT.to_vec().into(),
+            spin: p::SPIN.to_vec().into(),
+            halt: p::HALT.to_vec().into(),
+            real_mode_out_then_halt: p::REAL_MODE_OUT_THEN_HALT.to_vec().into(),
+            done_port: p::DONE_PORT.into(),
+            result_port: p::RESULT_PORT.into(),
+            input_port: p::INPUT_PORT.into(),
+        }
+    }
 }

@@ -43,6 +43,8 @@ export {
   Vcpu,
   VcpuMode,
   KvmError,
+  guestPrograms,
+  type GuestPrograms,
   type RecordedCall,
   type VcpuOptions,
   type VcpuRegisters,

@@ -270,3 +270,31 @@ export class KvmPartition {
     this.close();
   }
 }
+
+/** Tiny x86 guest programs for tests and demos; copy one into guest RAM and point `rip` at it. */
+export interface GuestPrograms {
+  /** 64-bit CPL3: fills `rcx` qwords from `rdi` with `address ^ rdx`, then `out donePort, al`. */
+  fillPattern: Buffer;
+  /** 64-bit CPL3: sums `rcx` qwords from `rdi`; reports low then high half on resultPort. */
+  sumQwords: Buffer;
+  /** 64-bit CPL3: `[rsi] = [rdi] + rdx`, then `out donePort, al`. */
+  loadAddStore: Buffer;
+  /** 64-bit CPL3: writes 1 to each of `rcx` 4 KiB pages from `rsi`, then `out donePort, al`. */
+  touchPages: Buffer;
+  /** 64-bit CPL3: `in eax, inputPort`; `out resultPort, eax`; `out donePort, al`. */
+  echoInput: Buffer;
+  /** Any mode: loops forever (for cancel and timeouts). */
+  spin: Buffer;
+  /** Real mode or CPL 0: `hlt`. */
+  halt: Buffer;
+  /** Real mode: `out donePort, 0x42`, then `hlt`. */
+  realModeOutThenHalt: Buffer;
+  donePort: number;
+  resultPort: number;
+  inputPort: number;
+}
+
+/** The guest programs the vCPU runner's tests use (machine code, little-endian x86). */
+export function guestPrograms(): GuestPrograms {
+  return native.guestPrograms() as GuestPrograms;
+}
