@@ -1,60 +1,71 @@
-//! Guest memory backing for a virtual machine monitor: the region manager, partition
-//! mapping, device memory windows and RAM visibility.
+//! Guest memory backing for a virtual machine monitor: the region manager, the mapping manager
+//! with lazily filled VA mappers, partition mapping, device memory windows, RAM visibility, and
+//! the [`GuestMemoryBuilder`]/[`GuestMemoryManager`] runtime that ties them together.
 //!
-//! # What is here now
+//! # Layers
 //!
-//! This crate currently holds the *pure core* of the memory manager (design.md, "The region
-//! manager as a pure plan plus an applier"):
+//! - [`region_manager`]: the *pure core*. A planner ([`RegionManagerState`](region_manager::RegionManagerState),
+//!   [`Transaction`](region_manager::Transaction), [`Change`](region_manager::Change)) turns one
+//!   change into the new state plus the ordered operations (mapping-manager additions and
+//!   invalidations, VA population, partition map/prefetch/pin/unmap); the plan executor
+//!   ([`PlanExecution`](region_manager::PlanExecution)) applies the failure rules; the flat view
+//!   shows what the guest sees; [`SyncRegionManager`](region_manager::SyncRegionManager) is a
+//!   synchronous reference driver for tests.
+//! - [`ram_visibility`] and [`device_memory`]: RAM regions and device windows expressed as
+//!   region-manager changes (so the same code acts and plans).
+//! - [`mapping_manager`]: the active mapping set and the VA mappers — one reserved window per
+//!   process and manager, filled on demand: a guest-memory access that faults on an unmapped
+//!   page asks for the mapping, waits and retries ([`VaMapper`](mapping_manager::va_mapper::VaMapper)).
+//!   Pages locked through `GuestMemory::lock_gpns` stay mapped in this process until released.
+//! - The runtime ([`GuestMemoryBuilder`], [`GuestMemoryManager`], [`GuestMemoryClient`],
+//!   [`RamVisibilityControl`], [`DeviceMemoryMapper`], [`SharedMemoryBacking`]): both managers
+//!   run as tasks on a dedicated "memory_manager" thread and talk through `futures` channels;
+//!   each VA mapper has a "mapper" thread. Every asynchronous method returns a
+//!   `Send + 'static` future.
 //!
-//! - [`region_manager`]: the planner ([`RegionManagerState`](region_manager::RegionManagerState),
-//!   [`Transaction`](region_manager::Transaction), [`Change`](region_manager::Change)) that turns
-//!   one change into the new state plus the ordered operations, the flat view, the plan
-//!   executor with the failure rules ([`PlanExecution`](region_manager::PlanExecution),
-//!   [`apply_plan`](region_manager::apply_plan)), and a synchronous reference driver
-//!   ([`SyncRegionManager`](region_manager::SyncRegionManager)) that applies plans to
-//!   `virt::PartitionMemoryMap`s on the caller's thread.
-//! - [`ram_visibility`]: RAM region creation as the builder does it, and
-//!   `set_ram_visibility`.
-//! - [`device_memory`]: device windows (record of mappings, placement) expressed as
-//!   region-manager changes.
+//! # Invariants kept by the runtime
 //!
-//! # How the planner will be driven (later work)
-//!
-//! The region manager runs as a task on the dedicated "memory_manager" thread and handles its
-//! messages (`AddRegion`, `MapRegion`, `AddPartition`, …) one at a time, to completion. For each
-//! message the task will:
-//!
-//! 1. `state.begin()` a transaction and `apply` the message's change. A validation error is
-//!    replied at once; the state is untouched.
-//! 2. Run the transaction's plan with a [`PlanExecution`](region_manager::PlanExecution): take
-//!    each operation, perform it, report the result. `AddMapping` and `Invalidate` become RPCs
-//!    to the mapping manager (same thread, awaited); `PopulateVa` is the partition mapper's VA
-//!    request to its mapper (awaited, outcome ignored); `Map`/`Prefetch`/`Pin`/`Unmap` call the
-//!    partition (held weakly; a gone partition is skipped).
-//! 3. Commit on success and reply. If the executor reports an attach failure, roll back (the
-//!    new partition mapper disappears; its discard unmap was already issued) and reply
-//!    `PartitionMapper(...)`. If it reports a fatal failure, poison the manager: reply
-//!    `ManagerPoisoned` now and to every later message.
-//!
-//! The executor is a state machine without I/O, so the asynchronous driver and
-//! [`SyncRegionManager`](region_manager::SyncRegionManager) share the failure rules exactly.
-//!
-//! # Where the VA mapper invalidations fit
-//!
-//! A plan's `Invalidate { range }` is the mapping manager's `RemoveMappings(range)`: it drops
-//! the active mappings inside `range`, sends `Unmap(range)` to every VA mapper that received one
-//! of them, and replies only after all of them acknowledged. The planner always emits a
-//! region's partition `Unmap`s *before* its `Invalidate` (invariant I5: the hypervisor stops
-//! using a VA before the VA goes away), and a region's `AddMapping`s, then per partition
-//! `PopulateVa` *before* `Map` (the VA is populated before a partition maps it). Mappings
-//! added to or removed from an *active* region (device DAX windows) only touch the mapping
-//! manager and the VA: partitions keep mapping the whole region.
-//!
-//! The dry-run API (`manager.plan(change)`) is `state.plan(change)`: the same transaction,
-//! rolled back, so applying the change afterwards produces exactly the planned operations.
-
-#![forbid(unsafe_code)]
+//! A partition only ever maps a region after its VA mapper was asked to populate it, and
+//! unmaps it before the VA is invalidated (I5); an invalidation returns only after every mapper
+//! that received an affected mapping made it inaccessible (I6), except pages locked through the
+//! accessor, which stay as they were until their last lock goes (spec §7.3 D7). Unrecoverable
+//! partition or mapper failures poison the manager instead of aborting (D5).
 
 pub mod device_memory;
+mod error;
+pub mod mapping_manager;
+mod memory_manager;
 pub mod ram_visibility;
 pub mod region_manager;
+
+pub use error::ManagerGone;
+pub use error::MemoryBuildError;
+pub use error::NoMapping;
+pub use error::PartitionAttachError;
+pub use error::VaMapperError;
+pub use mapping_manager::va_mapper::MapperEvent;
+pub use mapping_manager::va_mapper::UnexpectedPrivateFault;
+pub use mapping_manager::va_mapper::VaMapper;
+pub use mapping_manager::MapperId;
+pub use mapping_manager::MappingManagerInspect;
+pub use mapping_manager::MappingSnapshot;
+pub use mapping_manager::SharedObject;
+pub use memory_manager::DeviceMemoryMapper;
+pub use memory_manager::GuestMemoryBuilder;
+pub use memory_manager::GuestMemoryClient;
+pub use memory_manager::GuestMemoryManager;
+pub use memory_manager::ManagerSnapshot;
+pub use memory_manager::MappableGuestMemory;
+pub use memory_manager::MappedMemoryRegion;
+pub use memory_manager::RamVisibilityControl;
+pub use memory_manager::RemoteProcess;
+pub use memory_manager::SharedMemoryBacking;
+pub use ram_visibility::RamVisibility;
+pub use region_manager::InvalidRamRegion;
+pub use region_manager::OverlapError;
+pub use region_manager::PartitionMapperError;
+pub use region_manager::RegionManagerError;
+
+/// The error of region-manager operations of a running manager (visibility, device windows,
+/// decommit, inspect): the JavaScript API's `MemoryManagerError`.
+pub type MemoryManagerError = RegionManagerError;

@@ -135,4 +135,35 @@ pub enum RegionManagerError {
     /// The region manager has stopped.
     #[error("memory manager is gone")]
     ManagerGone,
+    /// A device region would overlap private RAM, whose VA it would overwrite (extension,
+    /// spec §4.8).
+    #[error("memory region {name} {range} overlaps private guest RAM")]
+    RegionOverlapsPrivateRam {
+        /// The region's name.
+        name: String,
+        /// The rejected range.
+        range: MemoryRange,
+    },
+    /// A device mapping would read beyond the end of its object (extension: the original maps
+    /// it and the access later raises SIGBUS).
+    #[error("mapping {file_offset:#x}+{len:#x} in memory region {region} lies beyond the end of its object ({object_size:#x} bytes)")]
+    MappingBeyondObject {
+        /// The region's (device window's) name.
+        region: String,
+        /// The object offset of the mapping.
+        file_offset: u64,
+        /// The mapping's length.
+        len: u64,
+        /// The object's size.
+        object_size: u64,
+    },
+    /// Releasing guest RAM pages failed (`decommit_ram`).
+    #[error("failed to decommit guest RAM {range}")]
+    DecommitFailed {
+        /// The range being decommitted.
+        range: MemoryRange,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }

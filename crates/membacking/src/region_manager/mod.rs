@@ -70,3 +70,5 @@ pub use types::RegionMapping;
 pub use types::RegionRef;
 pub use types::DEVICE_PRIORITY;
 pub use types::RAM_PRIORITY;
+
+pub(crate) use types::serialize_range;

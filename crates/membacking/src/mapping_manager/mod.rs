@@ -1,0 +1,475 @@
+//! The mapping manager (spec §4): the active mapping set, the registry of VA mappers, and the
+//! requests that keep the mappers' windows consistent with the set.
+//!
+//! It runs as a task on the "memory_manager" thread and handles its messages one at a time, to
+//! completion, in arrival order. It never pushes mappings to mappers on its own: a mapper asks
+//! for a range (`SendMappings`) and receives `Map`/`NoMapping` answers; the manager remembers
+//! which mappers received each mapping and, when mappings are removed, sends `Unmap` only to
+//! those and replies only after all of them acknowledged (invariant I6).
+//!
+//! Submodules: [`va_mapper`] (the per-process window, its thread and waiters), `va_state`
+//! (the window's bookkeeping and page locks), `mapper_cache` (one mapper per process and
+//! manager) and `backing` (the `GuestMemoryAccess` implementation over a mapper).
+
+pub(crate) mod backing;
+pub(crate) mod mapper_cache;
+pub mod va_mapper;
+pub(crate) mod va_state;
+
+use crate::error::ManagerGone;
+use crate::region_manager::ActiveMapping;
+use futures::channel::mpsc;
+use futures::channel::oneshot;
+use futures::StreamExt;
+use memory_range::MemoryRange;
+use serde::Serialize;
+use sparse_mmap::Mappable;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use va_mapper::MapperMessage;
+use va_mapper::MapperShared;
+use va_mapper::MappingParams;
+
+/// A shareable memory object as the managers hold it: an OS handle shared (not duplicated)
+/// between regions, mappings and DMA consumers.
+pub type SharedObject = Arc<Mappable>;
+
+/// A VA mapper's id in its mapping manager: a small integer, the lowest free slot (0-based).
+#[derive(Debug, Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct MapperId(pub u32);
+
+impl fmt::Display for MapperId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// One mapping of the active mapping set as the inspect snapshot shows it (spec §8.0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MappingSnapshot {
+    /// The GPA range.
+    #[serde(serialize_with = "crate::region_manager::serialize_range")]
+    pub range: MemoryRange,
+    /// The offset into the mapped object.
+    pub file_offset: u64,
+    /// Effective writability (mapping AND region).
+    pub writable: bool,
+    /// Whether DMA-sharing consumers see it.
+    pub dma_target: bool,
+    /// The mappers that received it (and have not been invalidated since), in the order they
+    /// asked.
+    pub active_mappers: Vec<MapperId>,
+}
+
+/// The mapping manager's part of the inspect snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MappingManagerInspect {
+    /// The active mappings, in insertion order.
+    pub mappings: Vec<MappingSnapshot>,
+    /// The number of registered VA mappers.
+    pub mapper_count: usize,
+}
+
+/// A message to the mapping manager.
+pub(crate) enum MappingRequest {
+    AddMapper(Arc<MapperShared>, oneshot::Sender<MapperId>),
+    RemoveMapper(MapperId),
+    SendMappings(MapperId, MemoryRange),
+    AddMapping(
+        ActiveMapping<SharedObject>,
+        oneshot::Sender<Result<(), String>>,
+    ),
+    RemoveMappings(MemoryRange, oneshot::Sender<Result<(), String>>),
+    GetDmaTargetMappings(oneshot::Sender<Vec<ActiveMapping<SharedObject>>>),
+    Inspect(oneshot::Sender<MappingManagerInspect>),
+    Shutdown,
+}
+
+/// A handle to the mapping manager (cheap to clone).
+#[derive(Clone)]
+pub(crate) struct MappingManagerClient {
+    sender: mpsc::UnboundedSender<MappingRequest>,
+    /// The manager's random id, the key of the per-process mapper cache.
+    id: u128,
+}
+
+impl fmt::Debug for MappingManagerClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MappingManagerClient")
+            .field("id", &format_args!("{:032x}", self.id))
+            .finish()
+    }
+}
+
+impl MappingManagerClient {
+    /// The manager's id.
+    pub(crate) fn id(&self) -> u128 {
+        self.id
+    }
+
+    fn send(&self, request: MappingRequest) -> bool {
+        self.sender.unbounded_send(request).is_ok()
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> MappingRequest,
+    ) -> Result<T, ManagerGone> {
+        let (sender, receiver) = oneshot::channel();
+        if !self.send(make(sender)) {
+            return Err(ManagerGone);
+        }
+        receiver.await.map_err(|_| ManagerGone)
+    }
+
+    pub(crate) async fn add_mapper(
+        &self,
+        mapper: Arc<MapperShared>,
+    ) -> Result<MapperId, ManagerGone> {
+        self.call(|reply| MappingRequest::AddMapper(mapper, reply))
+            .await
+    }
+
+    pub(crate) fn remove_mapper(&self, id: MapperId) {
+        self.send(MappingRequest::RemoveMapper(id));
+    }
+
+    /// Asks for the mappings of `range` to be sent to mapper `id`; false if the manager is
+    /// gone.
+    pub(crate) fn send_mappings(&self, id: MapperId, range: MemoryRange) -> bool {
+        self.send(MappingRequest::SendMappings(id, range))
+    }
+
+    pub(crate) async fn add_mapping(
+        &self,
+        mapping: ActiveMapping<SharedObject>,
+    ) -> Result<(), virt::Error> {
+        self.call(|reply| MappingRequest::AddMapping(mapping, reply))
+            .await?
+            .map_err(Into::into)
+    }
+
+    pub(crate) async fn remove_mappings(&self, range: MemoryRange) -> Result<(), virt::Error> {
+        self.call(|reply| MappingRequest::RemoveMappings(range, reply))
+            .await?
+            .map_err(Into::into)
+    }
+
+    pub(crate) async fn dma_target_mappings(
+        &self,
+    ) -> Result<Vec<ActiveMapping<SharedObject>>, ManagerGone> {
+        self.call(MappingRequest::GetDmaTargetMappings).await
+    }
+
+    pub(crate) async fn inspect(&self) -> Result<MappingManagerInspect, ManagerGone> {
+        self.call(MappingRequest::Inspect).await
+    }
+
+    pub(crate) fn shutdown(&self) {
+        self.send(MappingRequest::Shutdown);
+    }
+}
+
+/// A registered mapper; dropping the link (mapper removed, or the manager stopped) tells the
+/// mapper that the manager is gone.
+struct MapperLink(Arc<MapperShared>);
+
+impl Drop for MapperLink {
+    fn drop(&mut self) {
+        self.0.push(MapperMessage::Close);
+    }
+}
+
+struct Entry {
+    mapping: ActiveMapping<SharedObject>,
+    active_mappers: Vec<MapperId>,
+}
+
+/// The mapping manager's state.
+struct MappingManager {
+    /// Insertion sequence → mapping.
+    by_seq: BTreeMap<u64, Entry>,
+    /// Start → insertion sequence; mappings are disjoint.
+    by_start: BTreeMap<u64, u64>,
+    next_seq: u64,
+    mappers: Vec<Option<MapperLink>>,
+}
+
+/// Creates a mapping manager: its client, and the inputs of its task (run it on the manager
+/// thread with [`MappingManagerTask::run`]).
+pub(crate) fn new_mapping_manager() -> (MappingManagerClient, MappingManagerTask) {
+    let (sender, receiver) = mpsc::unbounded();
+    let client = MappingManagerClient {
+        sender,
+        id: random_id(),
+    };
+    (client, MappingManagerTask { receiver })
+}
+
+/// The inputs of the mapping manager task (`Send`, so they can move to the manager thread).
+pub(crate) struct MappingManagerTask {
+    receiver: mpsc::UnboundedReceiver<MappingRequest>,
+}
+
+impl MappingManagerTask {
+    /// Runs the mapping manager until it is shut down or every handle is gone.
+    pub(crate) async fn run(self) {
+        let manager = MappingManager {
+            by_seq: BTreeMap::new(),
+            by_start: BTreeMap::new(),
+            next_seq: 0,
+            mappers: Vec::new(),
+        };
+        manager.run(self.receiver).await;
+    }
+}
+
+/// A random 128-bit id (the standard library's per-process random hash keys, mixed with the
+/// time and a counter).
+fn random_id() -> u128 {
+    use std::hash::BuildHasher;
+    use std::hash::Hasher;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::Ordering;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    let half = |salt: u64| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(salt);
+        hasher.write_u64(count);
+        hasher.write_u128(nanos);
+        hasher.write_u32(std::process::id());
+        hasher.finish()
+    };
+    (u128::from(half(1)) << 64) | u128::from(half(2))
+}
+
+impl MappingManager {
+    async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<MappingRequest>) {
+        while let Some(request) = receiver.next().await {
+            match request {
+                MappingRequest::AddMapper(mapper, reply) => {
+                    let id = self.add_mapper(mapper);
+                    if reply.send(id).is_err() {
+                        // The requester gave up; forget the mapper again.
+                        self.remove_mapper(id);
+                    }
+                }
+                MappingRequest::RemoveMapper(id) => self.remove_mapper(id),
+                MappingRequest::SendMappings(id, range) => self.send_mappings(id, range),
+                MappingRequest::AddMapping(mapping, reply) => {
+                    let _ = reply.send(self.add_mapping(mapping));
+                }
+                MappingRequest::RemoveMappings(range, reply) => {
+                    let result = self.remove_mappings(range).await;
+                    let _ = reply.send(result);
+                }
+                MappingRequest::GetDmaTargetMappings(reply) => {
+                    let mappings = self
+                        .by_seq
+                        .values()
+                        .filter(|entry| entry.mapping.dma_target)
+                        .map(|entry| entry.mapping.clone())
+                        .collect();
+                    let _ = reply.send(mappings);
+                }
+                MappingRequest::Inspect(reply) => {
+                    let _ = reply.send(self.inspect());
+                }
+                MappingRequest::Shutdown => break,
+            }
+        }
+        // Dropping the links tells every mapper that the manager is gone.
+    }
+
+    fn add_mapper(&mut self, mapper: Arc<MapperShared>) -> MapperId {
+        let link = Some(MapperLink(mapper));
+        match self.mappers.iter().position(Option::is_none) {
+            Some(slot) => {
+                self.mappers[slot] = link;
+                MapperId(slot as u32)
+            }
+            None => {
+                self.mappers.push(link);
+                MapperId((self.mappers.len() - 1) as u32)
+            }
+        }
+    }
+
+    fn remove_mapper(&mut self, id: MapperId) {
+        if let Some(slot) = self.mappers.get_mut(id.0 as usize) {
+            *slot = None;
+        }
+        for entry in self.by_seq.values_mut() {
+            entry.active_mappers.retain(|&mapper| mapper != id);
+        }
+    }
+
+    fn mapper(&self, id: MapperId) -> Option<&MapperShared> {
+        self.mappers
+            .get(id.0 as usize)
+            .and_then(Option::as_ref)
+            .map(|link| link.0.as_ref())
+    }
+
+    /// The mapping containing `address`, or else the first one starting in `address..limit`.
+    fn mapping_at_or_after(&self, address: u64, limit: u64) -> Option<u64> {
+        if let Some((_, &seq)) = self.by_start.range(..=address).next_back() {
+            if self.by_seq[&seq].mapping.range.end() > address {
+                return Some(seq);
+            }
+        }
+        self.by_start
+            .range(address..limit)
+            .next()
+            .map(|(_, &seq)| seq)
+    }
+
+    /// `SendMappings(id, range)` (spec §4.4): answers covering all of `range`, ascending.
+    fn send_mappings(&mut self, id: MapperId, range: MemoryRange) {
+        if self.mapper(id).is_none() {
+            return;
+        }
+        let mut messages = Vec::new();
+        let mut cursor = range.start();
+        while cursor < range.end() {
+            match self.mapping_at_or_after(cursor, range.end()) {
+                Some(seq) => {
+                    let entry = self.by_seq.get_mut(&seq).expect("indexed mapping exists");
+                    let mapping_range = entry.mapping.range;
+                    if mapping_range.start() <= cursor {
+                        if !entry.active_mappers.contains(&id) {
+                            entry.active_mappers.push(id);
+                        }
+                        messages.push(MapperMessage::Map(MappingParams {
+                            range: mapping_range,
+                            object: entry.mapping.object.clone(),
+                            file_offset: entry.mapping.file_offset,
+                            writable: entry.mapping.writable,
+                        }));
+                        cursor = mapping_range.end().min(range.end());
+                    } else {
+                        messages.push(MapperMessage::NoMapping(MemoryRange::new(
+                            cursor..mapping_range.start(),
+                        )));
+                        cursor = mapping_range.start();
+                    }
+                }
+                None => {
+                    messages.push(MapperMessage::NoMapping(MemoryRange::new(
+                        cursor..range.end(),
+                    )));
+                    cursor = range.end();
+                }
+            }
+        }
+        if let Some(mapper) = self.mapper(id) {
+            for message in messages {
+                mapper.push(message);
+            }
+        }
+    }
+
+    /// `AddMapping` (spec §4.6). Mappings are disjoint by construction; an overlap is an
+    /// internal error (the region manager poisons itself).
+    fn add_mapping(&mut self, mapping: ActiveMapping<SharedObject>) -> Result<(), String> {
+        let range = mapping.range;
+        if range.is_empty() {
+            return Err(format!("empty mapping {range}"));
+        }
+        if let Some(seq) = self.mapping_at_or_after(range.start(), range.end()) {
+            return Err(format!(
+                "mapping {range} overlaps the active mapping {}",
+                self.by_seq[&seq].mapping.range
+            ));
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.by_start.insert(range.start(), seq);
+        self.by_seq.insert(
+            seq,
+            Entry {
+                mapping,
+                active_mappers: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// `RemoveMappings(range)` (spec §4.6): drops the mappings inside `range`, invalidates the
+    /// whole range in every mapper that received one of them, and returns once all of them
+    /// acknowledged (a mapper that went away is skipped).
+    async fn remove_mappings(&mut self, range: MemoryRange) -> Result<(), String> {
+        let mut inside = Vec::new();
+        let mut cursor = range.start();
+        while let Some(seq) = self.mapping_at_or_after(cursor, range.end()) {
+            let mapping_range = self.by_seq[&seq].mapping.range;
+            if !range.contains(&mapping_range) {
+                return Err(format!(
+                    "removing {range} would split the active mapping {mapping_range}"
+                ));
+            }
+            inside.push(seq);
+            cursor = mapping_range.end();
+            if cursor >= range.end() {
+                break;
+            }
+        }
+        let mut mappers: Vec<MapperId> = Vec::new();
+        for seq in inside {
+            if let Some(entry) = self.by_seq.remove(&seq) {
+                self.by_start.remove(&entry.mapping.range.start());
+                for id in entry.active_mappers {
+                    if !mappers.contains(&id) {
+                        mappers.push(id);
+                    }
+                }
+            }
+        }
+        let mut acks = Vec::new();
+        for id in mappers {
+            if let Some(mapper) = self.mapper(id) {
+                let (sender, receiver) = oneshot::channel();
+                mapper.push(MapperMessage::Unmap(range, sender));
+                acks.push((id, receiver));
+            }
+        }
+        let results = futures::future::join_all(
+            acks.into_iter()
+                .map(|(id, receiver)| async move { (id, receiver.await) }),
+        )
+        .await;
+        for (id, result) in results {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    return Err(format!("mapper {id} failed to unmap {range}: {error}"));
+                }
+                Err(_) => tracing::debug!(%id, %range, "mapper went away before acknowledging"),
+            }
+        }
+        Ok(())
+    }
+
+    fn inspect(&self) -> MappingManagerInspect {
+        MappingManagerInspect {
+            mappings: self
+                .by_seq
+                .values()
+                .map(|entry| MappingSnapshot {
+                    range: entry.mapping.range,
+                    file_offset: entry.mapping.file_offset,
+                    writable: entry.mapping.writable,
+                    dma_target: entry.mapping.dma_target,
+                    active_mappers: entry.active_mappers.clone(),
+                })
+                .collect(),
+            mapper_count: self.mappers.iter().flatten().count(),
+        }
+    }
+}

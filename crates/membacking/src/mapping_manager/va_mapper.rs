@@ -1,0 +1,770 @@
+//! The VA mapper (spec §4.1–§4.3): one reserved window of host VA per process and manager, into
+//! which mappings are placed on demand.
+//!
+//! The window starts inaccessible. When something needs a range — a guest-memory access that
+//! faulted, or a partition mapper populating a region before mapping it — the mapper registers
+//! a *waiter* for the range and asks the mapping manager to `SendMappings`. The manager answers
+//! with `Map` messages (the whole mapping, never a single page, so one fault maps a whole RAM
+//! region or device mapping with one `mmap`) and `NoMapping` messages for holes, in ascending
+//! address order; each answer advances or fails the waiters it concerns. Invalidations arrive as
+//! `Unmap` messages that are acknowledged once the VA is inaccessible again.
+//!
+//! Messages are processed strictly in arrival order, one at a time, by whichever thread gets to
+//! them first: the mapper's own thread, or a thread blocked in the fault path waiting for its
+//! answer (which saves a thread hop on a first touch). The mapper thread gives a waiting
+//! faulting thread a short head start for that reason.
+//!
+//! Locked pages (spec §7.3 D7) are kept as they were while locked; see [`super::va_state`].
+//!
+//! When the mapping manager goes away (`Close`), the mapper refuses new waiters, fails the
+//! current ones, and returns the whole window (except locked pages) to the inaccessible state.
+//! When the last reference to the [`VaMapper`] goes, it deregisters from the mapping manager,
+//! stops its thread and releases the window.
+
+use super::va_state::Backing;
+use super::va_state::VaOp;
+use super::va_state::VaState;
+use super::va_state::PAGE_SIZE;
+use super::MapperId;
+use super::MappingManagerClient;
+use super::SharedObject;
+use crate::error::ManagerGone;
+use crate::error::NoMapping;
+use crate::error::VaMapperError;
+use futures::channel::oneshot;
+use guestmem::GuestMemoryBackingError;
+use guestmem::GuestMemoryErrorKind;
+use guestmem::PageFaultError;
+use memory_range::MemoryRange;
+use parking_lot::Condvar;
+use parking_lot::Mutex;
+use parking_lot::MutexGuard;
+use sparse_mmap::Mappable;
+use sparse_mmap::SparseMapping;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Context;
+use std::task::Poll;
+use std::task::Waker;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use std::time::Instant;
+
+/// How long the mapper thread leaves queued messages to a faulting thread that waits for them.
+const FAULT_THREAD_HEAD_START: Duration = Duration::from_millis(2);
+
+/// How many events the per-mapper event log keeps.
+const EVENT_LOG_CAPACITY: usize = 4096;
+
+/// One mapping as the mapping manager sends it to a mapper.
+#[derive(Debug, Clone)]
+pub(crate) struct MappingParams {
+    /// The GPA (= window offset) range.
+    pub range: MemoryRange,
+    /// The object to map.
+    pub object: SharedObject,
+    /// The object offset of the range's first byte.
+    pub file_offset: u64,
+    /// Whether the view is writable.
+    pub writable: bool,
+}
+
+/// A message from the mapping manager to a mapper.
+#[derive(Debug)]
+pub(crate) enum MapperMessage {
+    /// Map the whole mapping.
+    Map(MappingParams),
+    /// Nothing is mapped in the range.
+    NoMapping(MemoryRange),
+    /// Return the range to the inaccessible state, then acknowledge.
+    Unmap(MemoryRange, oneshot::Sender<Result<(), String>>),
+    /// The mapping manager is gone.
+    Close,
+}
+
+/// A message a mapper received, as its event log shows it (spec §8.0, internal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapperEvent {
+    /// A `Map` of `range` from `file_offset`, writable or not.
+    Map {
+        /// The mapped range.
+        range: MemoryRange,
+        /// The object offset.
+        file_offset: u64,
+        /// Whether the view is writable.
+        writable: bool,
+    },
+    /// A `NoMapping` for `range`.
+    NoMapping(MemoryRange),
+    /// An `Unmap` of `range`.
+    Unmap(MemoryRange),
+    /// The mapping manager went away.
+    Close,
+}
+
+/// Why a mapping request failed.
+#[derive(Debug, Clone)]
+pub(crate) enum RequestError {
+    /// Part of the range has no mapping (or no writable one, for a write).
+    NoMapping(NoMapping),
+    /// The mapping manager is gone.
+    ManagerGone,
+}
+
+/// A registered request for a range.
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    requested: MemoryRange,
+    cur: u64,
+    need_write: bool,
+    result: Option<Result<(), RequestError>>,
+    waker: Option<Waker>,
+}
+
+impl Waiter {
+    fn finish(&mut self, result: Result<(), RequestError>) {
+        self.result = Some(result);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// The mapper's inbox and waiters.
+#[derive(Debug, Default)]
+struct Queue {
+    messages: VecDeque<MapperMessage>,
+    waiters: Vec<Waiter>,
+    /// A thread is processing messages (the rest wait).
+    processing: bool,
+    /// The mapping manager is gone: no new waiters.
+    closed: bool,
+    /// The mapper is being dropped: the thread exits and new messages are discarded.
+    stopped: bool,
+    /// Threads blocked in the fault path, which process messages themselves.
+    sync_waiters: usize,
+    next_waiter: u64,
+}
+
+impl Queue {
+    /// Applies an answer for `range` (`writable` = `None` for no mapping) to every waiter whose
+    /// cursor lies inside it (spec §4.3).
+    fn wake(&mut self, range: MemoryRange, writable: Option<bool>) {
+        for waiter in &mut self.waiters {
+            if waiter.result.is_some() || !range.contains_addr(waiter.cur) {
+                continue;
+            }
+            match writable {
+                Some(writable) if writable || !waiter.need_write => {
+                    waiter.cur = waiter.requested.end().min(range.end());
+                    if waiter.cur == waiter.requested.end() {
+                        waiter.finish(Ok(()));
+                    }
+                }
+                _ => {
+                    let requested = waiter.requested;
+                    waiter.finish(Err(RequestError::NoMapping(NoMapping(requested))));
+                }
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        self.closed = true;
+        for waiter in &mut self.waiters {
+            if waiter.result.is_none() {
+                waiter.finish(Err(RequestError::ManagerGone));
+            }
+        }
+    }
+
+    fn register(&mut self, range: MemoryRange, need_write: bool) -> Result<u64, RequestError> {
+        if self.closed || self.stopped {
+            return Err(RequestError::ManagerGone);
+        }
+        let id = self.next_waiter;
+        self.next_waiter += 1;
+        self.waiters.push(Waiter {
+            id,
+            requested: range,
+            cur: range.start(),
+            need_write,
+            result: None,
+            waker: None,
+        });
+        Ok(id)
+    }
+
+    /// Removes the waiter and returns its result, if it has one.
+    fn take_result(&mut self, id: u64) -> Option<Result<(), RequestError>> {
+        let index = self.waiters.iter().position(|waiter| waiter.id == id)?;
+        if self.waiters[index].result.is_some() {
+            self.waiters.swap_remove(index).result
+        } else {
+            None
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.waiters.retain(|waiter| waiter.id != id);
+    }
+}
+
+/// What handling a message did, for the waiters.
+enum Handled {
+    Wake(MemoryRange, Option<bool>),
+    Closed,
+    Nothing,
+}
+
+/// The state a mapper's handle, its thread and the mapping manager share.
+pub(crate) struct MapperShared {
+    window: SparseMapping,
+    private: bool,
+    queue: Mutex<Queue>,
+    cond: Condvar,
+    va: Mutex<VaState<Mappable>>,
+    events: Mutex<VecDeque<(u64, MapperEvent)>>,
+}
+
+impl std::fmt::Debug for MapperShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapperShared")
+            .field("base", &self.window.as_ptr())
+            .field("len", &self.window.len())
+            .field("private", &self.private)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MapperShared {
+    /// The window length.
+    pub(crate) fn len(&self) -> u64 {
+        self.window.len() as u64
+    }
+
+    /// Queues a message (dropped at once, with its acknowledgement, once the mapper stops).
+    pub(crate) fn push(&self, message: MapperMessage) {
+        let mut queue = self.queue.lock();
+        if queue.stopped {
+            return;
+        }
+        queue.messages.push_back(message);
+        drop(queue);
+        self.cond.notify_all();
+    }
+
+    fn log(&self, event: MapperEvent) {
+        let mut events = self.events.lock();
+        if events.len() == EVENT_LOG_CAPACITY {
+            events.pop_front();
+        }
+        events.push_back((virt::next_sequence_number(), event));
+    }
+
+    /// Processes queued messages until the queue is empty, unless another thread already does.
+    /// Returns whether it processed anything.
+    fn process(&self, queue: &mut MutexGuard<'_, Queue>) -> bool {
+        if queue.processing || queue.messages.is_empty() {
+            return false;
+        }
+        queue.processing = true;
+        while let Some(message) = queue.messages.pop_front() {
+            let handled = MutexGuard::unlocked(queue, || self.handle(message));
+            match handled {
+                Handled::Wake(range, writable) => queue.wake(range, writable),
+                Handled::Closed => queue.close(),
+                Handled::Nothing => {}
+            }
+        }
+        queue.processing = false;
+        self.cond.notify_all();
+        true
+    }
+
+    /// Carries out one message on the window.
+    fn handle(&self, message: MapperMessage) -> Handled {
+        match message {
+            MapperMessage::Map(params) => {
+                self.log(MapperEvent::Map {
+                    range: params.range,
+                    file_offset: params.file_offset,
+                    writable: params.writable,
+                });
+                let backing = Backing::File {
+                    object: params.object,
+                    file_offset: params.file_offset,
+                    writable: params.writable,
+                };
+                let mut va = self.va.lock();
+                let ops = va.plan_map(params.range, &backing);
+                match self.carry_out(&mut va, ops) {
+                    Ok(()) => Handled::Wake(params.range, Some(params.writable)),
+                    Err(error) => {
+                        tracing::error!(
+                            range = %params.range,
+                            error = &error as &dyn std::error::Error,
+                            "mapping into the VA window failed"
+                        );
+                        Handled::Wake(params.range, None)
+                    }
+                }
+            }
+            MapperMessage::NoMapping(range) => {
+                self.log(MapperEvent::NoMapping(range));
+                Handled::Wake(range, None)
+            }
+            MapperMessage::Unmap(range, ack) => {
+                self.log(MapperEvent::Unmap(range));
+                let result = {
+                    let mut va = self.va.lock();
+                    let ops = va.plan_unmap(range);
+                    self.carry_out(&mut va, ops)
+                };
+                // The mapping manager may have stopped waiting; nothing to do then.
+                let _ = ack.send(result.map_err(|error| error.to_string()));
+                Handled::Nothing
+            }
+            MapperMessage::Close => {
+                self.log(MapperEvent::Close);
+                self.release_window();
+                Handled::Closed
+            }
+        }
+    }
+
+    /// Returns the whole window, except locked pages, to the inaccessible state.
+    fn release_window(&self) {
+        let mut va = self.va.lock();
+        let ops = va.plan_unmap(MemoryRange::new(0..self.len() & !(PAGE_SIZE - 1)));
+        if let Err(error) = self.carry_out(&mut va, ops) {
+            tracing::error!(
+                error = &error as &dyn std::error::Error,
+                "releasing the VA window failed"
+            );
+        }
+    }
+
+    /// Performs `ops` on the window and records each in `va`.
+    fn carry_out(&self, va: &mut VaState<Mappable>, ops: Vec<VaOp<Mappable>>) -> io::Result<()> {
+        for op in ops {
+            let result = match &op {
+                VaOp::Unmap(range) => self
+                    .window
+                    .unmap(range.start() as usize, range.len() as usize),
+                VaOp::Map(
+                    range,
+                    Backing::File {
+                        object,
+                        file_offset,
+                        writable,
+                    },
+                ) => self.window.map_file(
+                    range.start() as usize,
+                    range.len() as usize,
+                    object.as_ref(),
+                    *file_offset,
+                    *writable,
+                ),
+                VaOp::Map(range, Backing::Private) => self
+                    .window
+                    .alloc(range.start() as usize, range.len() as usize),
+            };
+            match result {
+                Ok(()) => va.record(&op),
+                Err(error) => {
+                    // A failed fixed mapping may have removed what was there.
+                    let range = match &op {
+                        VaOp::Unmap(range) | VaOp::Map(range, _) => *range,
+                    };
+                    va.record(&VaOp::Unmap(range));
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The mapper thread: processes messages (leaving a head start to faulting threads that
+    /// wait for them) until the mapper stops or the mapping manager is gone.
+    fn run(&self) {
+        let mut queue = self.queue.lock();
+        let mut deferred_since: Option<Instant> = None;
+        loop {
+            if queue.stopped {
+                queue.messages.clear();
+                break;
+            }
+            if queue.closed && queue.messages.is_empty() && !queue.processing {
+                break;
+            }
+            if !queue.messages.is_empty() && !queue.processing {
+                if queue.sync_waiters > 0 {
+                    let since = *deferred_since.get_or_insert_with(Instant::now);
+                    let deadline = since + FAULT_THREAD_HEAD_START;
+                    if Instant::now() < deadline {
+                        self.cond.wait_until(&mut queue, deadline);
+                        continue;
+                    }
+                }
+                deferred_since = None;
+                self.process(&mut queue);
+                continue;
+            }
+            deferred_since = None;
+            self.cond.wait(&mut queue);
+        }
+    }
+}
+
+/// A VA mapper: the reserved window of one manager in this process (spec §4).
+///
+/// Shared through `Arc`; the accessor of [`GuestMemoryClient::guest_memory`]
+/// (crate::GuestMemoryClient::guest_memory) and the partition mappers hold it. Dropping the last
+/// reference deregisters it from the mapping manager, stops its thread and frees the window.
+#[derive(Debug)]
+pub struct VaMapper {
+    shared: Arc<MapperShared>,
+    id: MapperId,
+    manager: MappingManagerClient,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl VaMapper {
+    /// Reserves a window of at least `len` bytes, registers with the mapping manager and starts
+    /// the mapper thread.
+    pub(crate) async fn new(
+        manager: MappingManagerClient,
+        len: u64,
+        private: bool,
+    ) -> Result<Self, VaMapperError> {
+        let window_len = usize::try_from(len).map_err(|_| {
+            VaMapperError::Reserve(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the window length does not fit the address space",
+            ))
+        })?;
+        let window = SparseMapping::new(window_len).map_err(VaMapperError::Reserve)?;
+        window.set_name(0, window.len(), "guest-memory");
+        let shared = Arc::new(MapperShared {
+            window,
+            private,
+            queue: Mutex::new(Queue::default()),
+            cond: Condvar::new(),
+            va: Mutex::new(VaState::default()),
+            events: Mutex::new(VecDeque::new()),
+        });
+        let id = manager
+            .add_mapper(shared.clone())
+            .await
+            .map_err(VaMapperError::MemoryManagerGone)?;
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("mapper".into())
+            .spawn(move || thread_shared.run());
+        let thread = match thread {
+            Ok(thread) => thread,
+            Err(error) => {
+                manager.remove_mapper(id);
+                return Err(VaMapperError::Thread(error));
+            }
+        };
+        Ok(Self {
+            shared,
+            id,
+            manager,
+            thread: Some(thread),
+        })
+    }
+
+    /// The mapper's id in the mapping manager.
+    pub fn id(&self) -> MapperId {
+        self.id
+    }
+
+    /// The base of the window.
+    pub fn base(&self) -> *mut u8 {
+        self.shared.window.as_ptr().cast()
+    }
+
+    /// The window length `L` (the requested length rounded up, spec §2.4).
+    pub fn len(&self) -> u64 {
+        self.shared.len()
+    }
+
+    /// Always false: a window is never empty.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Whether the window holds private RAM (private memory mode).
+    pub fn is_private(&self) -> bool {
+        self.shared.private
+    }
+
+    /// Whether the mapping manager is gone (the window no longer receives mappings).
+    pub fn is_closed(&self) -> bool {
+        self.shared.queue.lock().closed
+    }
+
+    /// The messages received so far (at most the last 4096), with their process-wide sequence
+    /// numbers (shared with `RecordingPartition` logs).
+    pub fn events(&self) -> Vec<(u64, MapperEvent)> {
+        self.shared.events.lock().iter().cloned().collect()
+    }
+
+    /// The mapped pieces of the window: range and whether each is writable (for inspection).
+    pub fn mapped_ranges(&self) -> Vec<(MemoryRange, bool)> {
+        self.shared
+            .va
+            .lock()
+            .pieces()
+            .map(|(range, backing)| (range, backing.writable()))
+            .collect()
+    }
+
+    /// Whether all of `range` is mapped now (writable, if `need_write`).
+    pub(crate) fn covers(&self, range: MemoryRange, need_write: bool) -> bool {
+        self.shared.va.lock().covers(range, need_write)
+    }
+
+    fn register(&self, range: MemoryRange, need_write: bool) -> Result<u64, RequestError> {
+        let id = self.shared.queue.lock().register(range, need_write)?;
+        if !self.manager.send_mappings(self.id, range) {
+            self.shared.queue.lock().remove(id);
+            return Err(RequestError::ManagerGone);
+        }
+        Ok(id)
+    }
+
+    /// Requests `range` and blocks until it is mapped (writable, if `need_write`) or known not
+    /// to be. While waiting, the calling thread processes the mapper's messages itself.
+    pub(crate) fn request_sync(
+        &self,
+        range: MemoryRange,
+        need_write: bool,
+    ) -> Result<(), RequestError> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        let id = self.register(range, need_write)?;
+        let mut queue = self.shared.queue.lock();
+        queue.sync_waiters += 1;
+        let result = loop {
+            if let Some(result) = queue.take_result(id) {
+                break result;
+            }
+            if !self.shared.process(&mut queue) {
+                self.shared.cond.wait(&mut queue);
+            }
+        };
+        queue.sync_waiters -= 1;
+        result
+    }
+
+    /// Requests `range` and waits asynchronously (for the partition mappers on the manager
+    /// thread, which must never block).
+    pub(crate) fn request(self: &Arc<Self>, range: MemoryRange, need_write: bool) -> RequestFuture {
+        let state = if range.is_empty() {
+            RequestState::Ready(Ok(()))
+        } else {
+            match self.register(range, need_write) {
+                Ok(id) => RequestState::Waiting(id),
+                Err(error) => RequestState::Ready(Err(error)),
+            }
+        };
+        RequestFuture {
+            shared: self.shared.clone(),
+            state,
+        }
+    }
+
+    /// Commits private read-write memory over `range` of the window (private RAM mode).
+    pub(crate) fn commit_private(&self, range: MemoryRange) -> io::Result<()> {
+        let mut va = self.shared.va.lock();
+        let result = self
+            .shared
+            .carry_out(&mut va, vec![VaOp::Map(range, Backing::Private)]);
+        drop(va);
+        result?;
+        self.shared.window.set_name(
+            range.start() as usize,
+            range.len() as usize,
+            "guest-ram-private",
+        );
+        Ok(())
+    }
+
+    /// Marks `range` of the window eligible for transparent huge pages.
+    pub(crate) fn advise_hugepages(&self, range: MemoryRange) -> io::Result<()> {
+        self.shared
+            .window
+            .madvise_hugepage(range.start() as usize, range.len() as usize)
+    }
+
+    /// Releases the pages of `range` (private memory reads back as zeros).
+    pub(crate) fn decommit(&self, range: MemoryRange) -> io::Result<()> {
+        self.shared
+            .window
+            .decommit(range.start() as usize, range.len() as usize)
+    }
+
+    /// Locks the pages `gpns` in the window (D7): each is made mapped (requesting its mapping
+    /// if an invalidation got in since it was probed) and then kept as it is until unlocked.
+    pub(crate) fn lock_pages(&self, gpns: &[u64]) -> Result<(), GuestMemoryBackingError> {
+        const ATTEMPTS: usize = 64;
+        for _ in 0..ATTEMPTS {
+            let missing = {
+                let mut va = self.shared.va.lock();
+                let missing = va.unmapped_pages(gpns);
+                if missing.is_empty() {
+                    va.lock(gpns);
+                    return Ok(());
+                }
+                missing
+            };
+            for gpn in missing {
+                let Some(page) = gpn.checked_mul(PAGE_SIZE).filter(|page| {
+                    page.checked_add(PAGE_SIZE)
+                        .is_some_and(|end| end <= self.len())
+                }) else {
+                    return Err(GuestMemoryBackingError::new(
+                        GuestMemoryErrorKind::OutOfRange,
+                        u64::MAX,
+                        NoMapping(MemoryRange::EMPTY),
+                    ));
+                };
+                let range = MemoryRange::new(page..page + PAGE_SIZE);
+                if let Err(error) = self.resolve_fault(range, false) {
+                    return Err(GuestMemoryBackingError::new(error.kind(), page, error));
+                }
+            }
+        }
+        Err(GuestMemoryBackingError::other(
+            u64::MAX,
+            "pages kept being unmapped while they were locked",
+        ))
+    }
+
+    /// The fault path (spec §4.4) for `range`: fails at once when the manager is gone or in
+    /// private mode; otherwise requests the range and waits.
+    pub(crate) fn resolve_fault(
+        &self,
+        range: MemoryRange,
+        need_write: bool,
+    ) -> Result<(), PageFaultError> {
+        if self.is_closed() {
+            return Err(RequestError::ManagerGone.into());
+        }
+        if self.shared.private {
+            return Err(PageFaultError::other(UnexpectedPrivateFault));
+        }
+        let first_page =
+            MemoryRange::new(range.start()..range.end().min(range.start() + PAGE_SIZE));
+        if self.covers(first_page, need_write) {
+            // Another thread mapped it since the access faulted.
+            return Ok(());
+        }
+        self.request_sync(range, need_write).map_err(Into::into)
+    }
+
+    /// Releases one lock on each page of `gpns`; pages whose last lock goes get the change
+    /// deferred for them (an unmap, or a newer mapping).
+    pub(crate) fn unlock_pages(&self, gpns: &[u64]) {
+        let mut va = self.shared.va.lock();
+        let (ops, not_locked) = va.unlock(gpns);
+        if not_locked > 0 {
+            tracing::warn!(not_locked, "unlocking pages that were not locked");
+        }
+        if let Err(error) = self.shared.carry_out(&mut va, ops) {
+            tracing::error!(
+                error = &error as &dyn std::error::Error,
+                "applying a change deferred for locked pages failed"
+            );
+        }
+    }
+
+    /// The number of locked pages.
+    pub fn locked_page_count(&self) -> usize {
+        self.shared.va.lock().locked_page_count()
+    }
+}
+
+impl Drop for VaMapper {
+    fn drop(&mut self) {
+        self.shared.queue.lock().stopped = true;
+        self.shared.cond.notify_all();
+        self.manager.remove_mapper(self.id);
+        if let Some(thread) = self.thread.take() {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+enum RequestState {
+    Waiting(u64),
+    Ready(Result<(), RequestError>),
+    Done,
+}
+
+/// The future of [`VaMapper::request`]; dropping it abandons the request.
+pub(crate) struct RequestFuture {
+    shared: Arc<MapperShared>,
+    state: RequestState,
+}
+
+impl Future for RequestFuture {
+    type Output = Result<(), RequestError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match std::mem::replace(&mut self.state, RequestState::Done) {
+            RequestState::Ready(result) => Poll::Ready(result),
+            RequestState::Done => Poll::Ready(Err(RequestError::ManagerGone)),
+            RequestState::Waiting(id) => {
+                let mut queue = self.shared.queue.lock();
+                if let Some(result) = queue.take_result(id) {
+                    return Poll::Ready(result);
+                }
+                match queue.waiters.iter_mut().find(|waiter| waiter.id == id) {
+                    Some(waiter) => waiter.waker = Some(cx.waker().clone()),
+                    None => return Poll::Ready(Err(RequestError::ManagerGone)),
+                }
+                drop(queue);
+                self.state = RequestState::Waiting(id);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for RequestFuture {
+    fn drop(&mut self) {
+        if let RequestState::Waiting(id) = self.state {
+            self.shared.queue.lock().remove(id);
+        }
+    }
+}
+
+impl From<RequestError> for PageFaultError {
+    fn from(error: RequestError) -> Self {
+        match error {
+            RequestError::NoMapping(no_mapping) => {
+                PageFaultError::new(GuestMemoryErrorKind::OutOfRange, no_mapping)
+            }
+            RequestError::ManagerGone => {
+                PageFaultError::new(GuestMemoryErrorKind::OutOfRange, ManagerGone)
+            }
+        }
+    }
+}
+
+/// A fault in private RAM mode, where the kernel resolves every RAM fault itself (spec §4.4).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("unexpected page fault in private RAM mode")]
+pub struct UnexpectedPrivateFault;

@@ -1,0 +1,226 @@
+//! Device memory windows at run time (spec §6): [`DeviceMemoryMapper::new_region`] gives the two
+//! halves of a window — [`MappableGuestMemory`] places it at a GPA, [`MappedMemoryRegion`] maps
+//! objects into it — sharing one [`DeviceWindow`] record.
+//!
+//! Every operation runs on the manager thread as one region-manager transaction, under the
+//! window's lock, so two operations on a window never interleave and a failure leaves the
+//! record and the region manager consistent (the original holds the window's lock while it
+//! waits for the region manager; here the caller waits asynchronously and nothing blocks).
+//!
+//! The window exists while either half lives. Dropping the control half alone does not unmap
+//! it; dropping both requests its removal without waiting.
+
+use super::region_actor::DeviceOp;
+use super::region_actor::RegionManagerClient;
+use super::region_actor::SharedWindow;
+use crate::device_memory::DeviceWindow;
+use crate::region_manager::RegionManagerError;
+use parking_lot::Mutex;
+use std::future::Future;
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+/// Creates device memory windows (priority-0 regions placed in MMIO space).
+#[derive(Debug, Clone)]
+pub struct DeviceMemoryMapper {
+    regions: RegionManagerClient,
+}
+
+impl DeviceMemoryMapper {
+    pub(crate) fn new(regions: RegionManagerClient) -> Self {
+        Self { regions }
+    }
+
+    /// A window of `len` bytes named `debug_name`, unplaced and empty. Never fails (the
+    /// `Result` mirrors the original's signature); nothing is sent to the manager yet.
+    pub fn new_region(
+        &self,
+        len: usize,
+        debug_name: String,
+    ) -> io::Result<(MappableGuestMemory, Arc<MappedMemoryRegion>)> {
+        let shared = Arc::new(WindowShared {
+            window: Arc::new(Mutex::new(DeviceWindow::new(len as u64, debug_name))),
+            regions: self.regions.clone(),
+        });
+        Ok((
+            MappableGuestMemory {
+                shared: shared.clone(),
+            },
+            Arc::new(MappedMemoryRegion { shared }),
+        ))
+    }
+}
+
+/// What both halves share; the last one to go removes the window's region.
+#[derive(Debug)]
+struct WindowShared {
+    window: SharedWindow,
+    regions: RegionManagerClient,
+}
+
+impl Drop for WindowShared {
+    fn drop(&mut self) {
+        if self.window.lock().placement().is_some() {
+            self.regions
+                .device_no_wait(self.window.clone(), DeviceOp::UnmapFromGuest);
+        }
+    }
+}
+
+impl WindowShared {
+    fn run(&self, op: DeviceOp) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        let regions = self.regions.clone();
+        let window = self.window.clone();
+        async move { regions.device(window, op).await }
+    }
+}
+
+/// The placement half of a device window (the original's `MappableGuestMemory`).
+#[derive(Debug)]
+pub struct MappableGuestMemory {
+    shared: Arc<WindowShared>,
+}
+
+impl MappableGuestMemory {
+    /// Places the window at `[gpa, gpa + len)`, replacing an earlier placement (which is
+    /// removed first; a failure from then on leaves the window unplaced). The region is mapped
+    /// `{writable, executable, no prefetch}` and stays hidden where RAM is mapped.
+    ///
+    /// Errors: `InvalidInput` for an invalid range; kind `Other` wrapping a
+    /// [`RegionManagerError`] (`OverlapError`, `RegionOutOfRange`, `RegionOverlapsPrivateRam`,
+    /// `ManagerGone`, `ManagerPoisoned`).
+    pub fn map_to_guest(
+        &self,
+        gpa: u64,
+        writable: bool,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        self.shared.run(DeviceOp::MapToGuest { gpa, writable })
+    }
+
+    /// Removes the placement; the recorded mappings are kept for a later `map_to_guest`.
+    /// Infallible: a gone or poisoned manager is ignored.
+    pub fn unmap_from_guest(&self) -> impl Future<Output = ()> + Send + 'static {
+        let run = self.shared.run(DeviceOp::UnmapFromGuest);
+        async move {
+            if let Err(error) = run.await {
+                tracing::debug!(
+                    error = &error as &dyn std::error::Error,
+                    "removing a device window's placement failed; ignored"
+                );
+            }
+        }
+    }
+
+    /// The window's length.
+    pub fn len(&self) -> u64 {
+        self.shared.window.lock().len()
+    }
+
+    /// Whether the window has length zero (it can never be placed).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The GPA the window is placed at, if placed.
+    pub fn gpa(&self) -> Option<u64> {
+        self.shared
+            .window
+            .lock()
+            .placement()
+            .map(|placement| placement.gpa)
+    }
+}
+
+/// The mapping half of a device window (the original's `MappedMemoryRegion`).
+#[derive(Debug)]
+pub struct MappedMemoryRegion {
+    shared: Arc<WindowShared>,
+}
+
+impl MappedMemoryRegion {
+    /// Maps `len` bytes of `section` from `file_offset` at window offset `offset`. The
+    /// object's handle is duplicated at once (the future does not borrow it).
+    ///
+    /// Errors: `InvalidInput` for an unaligned range or one beyond the window; `Unsupported`
+    /// for an overlap with an existing mapping; kind `Other` wrapping a
+    /// [`RegionManagerError`] (`MappingBeyondObject` when the object is too small,
+    /// `ManagerGone`, `ManagerPoisoned`); the OS error if the handle cannot be duplicated.
+    pub fn map(
+        &self,
+        offset: usize,
+        section: impl AsFd,
+        file_offset: u64,
+        len: usize,
+        writable: bool,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        let prepared = self.prepare_map(section.as_fd(), file_offset, len);
+        let shared_run = prepared.map(|object| {
+            self.shared.run(DeviceOp::Map {
+                offset: offset as u64,
+                object,
+                file_offset,
+                len: len as u64,
+                writable,
+            })
+        });
+        async move { shared_run?.await }
+    }
+
+    /// Duplicates the handle and checks the object is long enough (when its size is known).
+    fn prepare_map(
+        &self,
+        section: std::os::fd::BorrowedFd<'_>,
+        file_offset: u64,
+        len: usize,
+    ) -> io::Result<crate::SharedObject> {
+        let object = sparse_mmap::mappable_from_fd(section)?;
+        if let Ok(size) = super::object_size(object.as_fd()) {
+            let end = file_offset.checked_add(len as u64);
+            if is_sized_object(&object) && end.is_none_or(|end| end > size) {
+                let window = self.shared.window.lock();
+                return Err(io::Error::other(RegionManagerError::MappingBeyondObject {
+                    region: window.name().to_owned(),
+                    file_offset,
+                    len: len as u64,
+                    object_size: size,
+                }));
+            }
+        }
+        Ok(Arc::new(object))
+    }
+
+    /// Removes the mappings inside `[offset, offset + len)`, keeping the others (D2). A mapping
+    /// only partly inside is `Unsupported`; errors change nothing.
+    pub fn unmap(
+        &self,
+        offset: usize,
+        len: usize,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        self.shared.run(DeviceOp::Unmap {
+            offset: offset as u64,
+            len: len as u64,
+        })
+    }
+
+    /// The window's length.
+    pub fn len(&self) -> u64 {
+        self.shared.window.lock().len()
+    }
+
+    /// Whether the window has length zero.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Whether `fd` is a regular file (memfd, tmpfs or disk file), whose size bounds what can be
+/// mapped.
+fn is_sized_object(fd: &impl AsFd) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `stat` is plain old data for which all-zero is valid.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is valid (borrowed) and `stat` is a valid out pointer.
+    let ok = unsafe { libc::fstat(fd.as_fd().as_raw_fd(), &mut stat) } == 0;
+    ok && (stat.st_mode & libc::S_IFMT) == libc::S_IFREG
+}

@@ -1,0 +1,685 @@
+//! The memory manager runtime (spec §2): [`GuestMemoryBuilder`], [`GuestMemoryManager`] and the
+//! handles it gives out — [`GuestMemoryClient`], [`RamVisibilityControl`],
+//! [`DeviceMemoryMapper`] and [`SharedMemoryBacking`].
+//!
+//! # Threads
+//!
+//! `build` starts one OS thread, "memory_manager", running a single-threaded executor with two
+//! tasks: the region manager ([`region_actor`]) and the mapping manager
+//! ([`crate::mapping_manager`]). Each VA mapper has its own "mapper" thread. Nothing on these
+//! threads ever waits for a guest-memory access or for a caller's thread, so callers may block
+//! on them (the fault path does) without deadlocking.
+//!
+//! # Futures
+//!
+//! Every asynchronous method returns a future that is `Send + 'static`: it owns clones of the
+//! handles it needs, never borrows the object it was called on, and only waits on channels
+//! answered by the manager threads. Any executor (or `futures::executor::block_on`) can drive
+//! it.
+//!
+//! # Teardown
+//!
+//! [`GuestMemoryManager::close`] stops both actors (partitions get their whole-window unmaps,
+//! VA mappers are told the manager is gone) and resolves when the manager thread has exited.
+//! Dropping the manager without `close` releases its handles like the original: the RAM regions
+//! are removed (asynchronously) and the actors stop once the last handle of each (controls,
+//! device windows, clients, accessors) is gone. Either way the VA window of this process lives
+//! until its last accessor (and lock) is gone, inaccessible except for locked pages once the
+//! manager has stopped.
+
+mod device;
+pub(crate) mod region_actor;
+
+#[cfg(test)]
+mod tests;
+
+pub use device::DeviceMemoryMapper;
+pub use device::MappableGuestMemory;
+pub use device::MappedMemoryRegion;
+pub use region_actor::ManagerSnapshot;
+
+use crate::error::MemoryBuildError;
+use crate::error::PartitionAttachError;
+use crate::error::VaMapperError;
+use crate::mapping_manager::backing::MapperBacking;
+use crate::mapping_manager::mapper_cache::process_mapper;
+use crate::mapping_manager::new_mapping_manager;
+use crate::mapping_manager::va_mapper::VaMapper;
+use crate::mapping_manager::MappingManagerClient;
+use crate::mapping_manager::MappingManagerTask;
+use crate::mapping_manager::SharedObject;
+use crate::ram_visibility::RamRegionSpec;
+use crate::ram_visibility::RamRegions;
+use crate::ram_visibility::RamVisibility;
+use crate::region_manager::Change;
+use crate::region_manager::FlatEntry;
+use crate::region_manager::PartitionMapperInfo;
+use crate::region_manager::RegionManagerError;
+use futures::channel::oneshot;
+use guestmem::GuestMemory;
+use memory_range::MemoryRange;
+use region_actor::new_region_manager;
+use region_actor::RegionActorConfig;
+use region_actor::RegionActorTask;
+use region_actor::RegionManagerClient;
+use sparse_mmap::Mappable;
+use std::future::Future;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use virt::PartitionMemoryMap;
+use virt::Vtl;
+use vm_topology::memory::MemoryLayout;
+
+/// The guest RAM object of a file-backed manager, to rebuild the same guest memory in another
+/// manager (of this process, or of a child process that received its file descriptor).
+///
+/// Only one manager should drive a given backing at a time: two managers over the same RAM
+/// each believe they own it (visibility, decommit, device surfacing), so what the guest sees
+/// becomes unpredictable. Hand a backing over (close the first manager) rather than share it.
+#[derive(Debug, Clone)]
+pub struct SharedMemoryBacking {
+    object: SharedObject,
+}
+
+impl SharedMemoryBacking {
+    /// Wraps a shareable memory object (e.g. a memfd received from another process).
+    pub fn from_mappable(mappable: Mappable) -> Self {
+        Self {
+            object: Arc::new(mappable),
+        }
+    }
+
+    /// The underlying object. Its descriptor can be passed to a child process (it is opened
+    /// close-on-exec; `dup2` it to the child's descriptor number), which rebuilds the memory
+    /// with [`SharedMemoryBacking::from_mappable`] and [`GuestMemoryBuilder::existing_backing`].
+    pub fn mappable(&self) -> &Mappable {
+        &self.object
+    }
+
+    /// The object as the managers share it.
+    pub fn shared_object(&self) -> SharedObject {
+        self.object.clone()
+    }
+
+    /// The object's size in bytes.
+    pub fn size(&self) -> io::Result<u64> {
+        object_size(self.object.as_fd())
+    }
+}
+
+impl AsFd for SharedMemoryBacking {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.object.as_fd()
+    }
+}
+
+/// The size of a file.
+pub(crate) fn object_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: `stat` is plain old data for which all-zero is valid.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is a valid open descriptor (borrowed) and `stat` a valid out pointer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.st_size as u64)
+}
+
+/// A process to host a remote VA mapper (spec §4.7). Remote mappers exist only on Windows;
+/// here every attach that names a process fails with
+/// [`PartitionAttachError::Unsupported`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteProcess(pub u32);
+
+/// Options for building a [`GuestMemoryManager`] (spec §2.2). Setters are chainable; the last
+/// call wins.
+#[derive(Debug, Default)]
+pub struct GuestMemoryBuilder {
+    existing_backing: Option<SharedMemoryBacking>,
+    vtl0_alias_map: Option<u64>,
+    pin_mappings: bool,
+    prefetch_ram: bool,
+    x86_legacy_support: bool,
+    private_memory: bool,
+    transparent_hugepages: bool,
+}
+
+impl GuestMemoryBuilder {
+    /// Every option off.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reuses an existing guest-RAM object instead of allocating one.
+    pub fn existing_backing(mut self, backing: Option<SharedMemoryBacking>) -> Self {
+        self.existing_backing = backing;
+        self
+    }
+
+    /// Mirrors VTL0 memory into VTL2 partitions at this GPA offset.
+    pub fn vtl0_alias_map(mut self, offset: Option<u64>) -> Self {
+        self.vtl0_alias_map = offset;
+        self
+    }
+
+    /// Pins every range mapped into every partition.
+    pub fn pin_mappings(mut self, enable: bool) -> Self {
+        self.pin_mappings = enable;
+        self
+    }
+
+    /// Asks partitions to prefetch RAM when it is first mapped (ignored in private mode).
+    pub fn prefetch_ram(mut self, enable: bool) -> Self {
+        self.prefetch_ram = enable;
+        self
+    }
+
+    /// Splits low RAM into separately controllable regions (VGA window, PAM areas).
+    pub fn x86_legacy_support(mut self, enable: bool) -> Self {
+        self.x86_legacy_support = enable;
+        self
+    }
+
+    /// Backs RAM with private anonymous memory instead of a shared object.
+    pub fn private_memory(mut self, enable: bool) -> Self {
+        self.private_memory = enable;
+        self
+    }
+
+    /// Marks private RAM eligible for transparent huge pages.
+    pub fn transparent_hugepages(mut self, enable: bool) -> Self {
+        self.transparent_hugepages = enable;
+        self
+    }
+
+    /// Builds the manager for `layout`, checking the options in the original's order (spec
+    /// §2.2); the first failure ends the build and nothing built is kept.
+    pub fn build(
+        self,
+        layout: &MemoryLayout,
+    ) -> impl Future<Output = Result<GuestMemoryManager, MemoryBuildError>> + Send + 'static {
+        let layout = layout.clone();
+        async move { self.build_inner(layout).await }
+    }
+
+    async fn build_inner(
+        self,
+        layout: MemoryLayout,
+    ) -> Result<GuestMemoryManager, MemoryBuildError> {
+        let private = self.private_memory;
+        // 1. Private memory excludes x86 legacy support and an existing backing.
+        if private {
+            if self.x86_legacy_support {
+                return Err(MemoryBuildError::PrivateMemoryWithLegacy);
+            }
+            if self.existing_backing.is_some() {
+                return Err(MemoryBuildError::PrivateMemoryWithExistingBacking);
+            }
+        }
+        // 2. Transparent huge pages need private memory on Linux.
+        if self.transparent_hugepages {
+            if !private {
+                return Err(MemoryBuildError::ThpWithoutPrivateMemory);
+            }
+            if !cfg!(target_os = "linux") {
+                return Err(MemoryBuildError::ThpUnsupportedPlatform);
+            }
+        }
+        // 3. The RAM object: none, the existing one, or a new `guest-ram` memfd.
+        let vtl2_len = layout.vtl2_range().map_or(0, |range| range.len());
+        let backing_size = layout
+            .ram_size()
+            .checked_add(vtl2_len)
+            .ok_or(MemoryBuildError::RamTooLarge(u64::MAX))?;
+        let ram_object = if private {
+            None
+        } else if let Some(existing) = self.existing_backing {
+            let size = existing
+                .size()
+                .map_err(MemoryBuildError::AllocationFailed)?;
+            if size < backing_size {
+                return Err(MemoryBuildError::ExistingBackingTooSmall {
+                    size,
+                    required: backing_size,
+                });
+            }
+            Some(existing.object)
+        } else {
+            let size = usize::try_from(backing_size)
+                .ok()
+                .filter(|&size| isize::try_from(size).is_ok())
+                .ok_or(MemoryBuildError::RamTooLarge(backing_size))?;
+            let object = sparse_mmap::alloc_shared_memory(size, "guest-ram")
+                .map_err(MemoryBuildError::AllocationFailed)?;
+            Some(Arc::new(object))
+        };
+        // 5. The guest address space and the alias offset (checked before the thread starts
+        // so that a failure leaves nothing behind; the thread cannot fail in between).
+        let end_of_layout = layout
+            .end_of_ram_or_mmio_checked()
+            .ok_or(MemoryBuildError::InvalidLayout)?;
+        let max_addr = end_of_layout.max(layout.vtl2_range().map_or(0, |range| range.end()));
+        if let Some(offset) = self.vtl0_alias_map {
+            let fits = offset % PAGE_SIZE == 0
+                && offset >= max_addr
+                && offset.checked_add(max_addr).is_some();
+            if !fits {
+                return Err(MemoryBuildError::AliasMapWontFit);
+            }
+        }
+        // 4, 6, 7. The thread, the mapping manager and the region manager.
+        let (mapping, mapping_task) = new_mapping_manager();
+        let (window_len, regions, region_task) = {
+            // The planner needs the VA window length, which the mapper's reservation decides;
+            // reserve-time rounding is deterministic, so compute it the same way.
+            let window_len = va_window_len(max_addr);
+            let config = RegionActorConfig {
+                va_window_len: window_len,
+                alias_offset: self.vtl0_alias_map,
+                pin_mappings: self.pin_mappings,
+                private,
+                ram_object: ram_object.clone(),
+            };
+            let (regions, task) = new_region_manager(config, mapping.clone());
+            (window_len, regions, task)
+        };
+        let (thread, stopped) =
+            start_manager_thread(region_task, mapping_task).map_err(MemoryBuildError::Thread)?;
+        let mut running = RunningThread {
+            regions: regions.clone(),
+            thread: Some(thread),
+            stopped: Some(stopped),
+        };
+        let mapper = process_mapper(&mapping, max_addr, private)
+            .await
+            .map_err(MemoryBuildError::VaMapper)?;
+        if mapper.len() != window_len {
+            return Err(MemoryBuildError::VaMapper(VaMapperError::Reserve(
+                io::Error::other(format!(
+                    "the VA window is {:#x} bytes, expected {window_len:#x}",
+                    mapper.len()
+                )),
+            )));
+        }
+        // 8, 9. The RAM list, with the x86 legacy split.
+        let specs: Vec<RamRegionSpec> =
+            vm_topology::x86_legacy::x86_legacy_ram_ranges(&layout, self.x86_legacy_support)
+                .map_err(|_| MemoryBuildError::InvalidRamForX86)?
+                .into_iter()
+                .map(|region| RamRegionSpec {
+                    range: region.range,
+                    file_offset: region.file_offset,
+                })
+                .collect();
+        // 10. Private RAM is committed in the VA window.
+        if private {
+            for spec in &specs {
+                mapper
+                    .commit_private(spec.range)
+                    .map_err(|error| MemoryBuildError::PrivateRamAlloc(error, spec.range))?;
+                if self.transparent_hugepages {
+                    if let Err(error) = mapper.advise_hugepages(spec.range) {
+                        tracing::warn!(
+                            range = %spec.range,
+                            error = &error as &dyn std::error::Error,
+                            "transparent huge page advice failed"
+                        );
+                    }
+                }
+            }
+        }
+        // 11. The RAM regions.
+        let ram = regions
+            .create_ram(
+                specs.clone(),
+                ram_object.clone(),
+                self.prefetch_ram && !private,
+                Arc::downgrade(&mapper),
+            )
+            .await
+            .map_err(MemoryBuildError::RegionManager)?;
+        let (thread, stopped) = running.release();
+        Ok(GuestMemoryManager {
+            ram: Arc::new(RamRegionHandles {
+                regions: ram,
+                client: regions.clone(),
+            }),
+            regions,
+            mapping,
+            ram_object,
+            ram_specs: specs,
+            mapper: Some(mapper),
+            max_addr,
+            alias_offset: self.vtl0_alias_map,
+            pin_mappings: self.pin_mappings,
+            private,
+            attach_lock: Arc::new(futures::lock::Mutex::new(())),
+            thread,
+            stopped,
+        })
+    }
+}
+
+const PAGE_SIZE: u64 = 4096;
+
+/// The VA window length a reservation of `len` bytes gets (spec §2.4: rounded up to 4 KiB,
+/// 2 MiB or 1 GiB for sizes below 2 MiB, below 1 GiB, and above).
+fn va_window_len(len: u64) -> u64 {
+    const TWO_MIB: u64 = 2 << 20;
+    const ONE_GIB: u64 = 1 << 30;
+    let alignment = if len < TWO_MIB {
+        PAGE_SIZE
+    } else if len < ONE_GIB {
+        TWO_MIB
+    } else {
+        ONE_GIB
+    };
+    len.checked_next_multiple_of(alignment).unwrap_or(len)
+}
+
+/// The manager thread of a build in progress: shut down if the build fails.
+struct RunningThread {
+    regions: RegionManagerClient,
+    thread: Option<JoinHandle<()>>,
+    stopped: Option<oneshot::Receiver<()>>,
+}
+
+impl RunningThread {
+    fn release(&mut self) -> (Option<JoinHandle<()>>, Option<oneshot::Receiver<()>>) {
+        (self.thread.take(), self.stopped.take())
+    }
+}
+
+impl Drop for RunningThread {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.regions.shutdown(true);
+        }
+    }
+}
+
+/// Starts the "memory_manager" thread running both actors; the receiver resolves when it has
+/// finished.
+fn start_manager_thread(
+    region_task: RegionActorTask,
+    mapping_task: MappingManagerTask,
+) -> io::Result<(JoinHandle<()>, oneshot::Receiver<()>)> {
+    let (done, stopped) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("memory_manager".into())
+        .spawn(move || {
+            let mut pool = futures::executor::LocalPool::new();
+            let spawner = pool.spawner();
+            use futures::task::LocalSpawnExt;
+            let spawned = spawner
+                .spawn_local(region_task.run())
+                .and_then(|()| spawner.spawn_local(mapping_task.run()));
+            if let Err(error) = spawned {
+                tracing::error!(%error, "starting the memory manager tasks failed");
+            }
+            pool.run();
+            drop(pool);
+            let _ = done.send(());
+        })?;
+    Ok((thread, stopped))
+}
+
+/// The RAM regions of a manager, shared by the manager and its visibility controls; when the
+/// last holder goes, the regions are removed (without waiting), like the original's region
+/// handles.
+#[derive(Debug)]
+struct RamRegionHandles {
+    regions: RamRegions,
+    client: RegionManagerClient,
+}
+
+impl Drop for RamRegionHandles {
+    fn drop(&mut self) {
+        for (_, id) in self.regions.iter() {
+            self.client.change_no_wait(Change::RemoveRegion(id));
+        }
+    }
+}
+
+/// Owns guest RAM, the region and mapping managers and their thread (spec §2.3).
+#[derive(Debug)]
+pub struct GuestMemoryManager {
+    regions: RegionManagerClient,
+    mapping: MappingManagerClient,
+    ram: Arc<RamRegionHandles>,
+    ram_object: Option<SharedObject>,
+    ram_specs: Vec<RamRegionSpec>,
+    mapper: Option<Arc<VaMapper>>,
+    max_addr: u64,
+    alias_offset: Option<u64>,
+    pin_mappings: bool,
+    private: bool,
+    attach_lock: Arc<futures::lock::Mutex<()>>,
+    thread: Option<JoinHandle<()>>,
+    stopped: Option<oneshot::Receiver<()>>,
+}
+
+impl GuestMemoryManager {
+    fn mapper(&self) -> &Arc<VaMapper> {
+        self.mapper
+            .as_ref()
+            .expect("the mapper is only taken by close, which consumes the manager")
+    }
+
+    /// A handle from which guest-memory accessors are obtained.
+    pub fn client(&self) -> GuestMemoryClient {
+        GuestMemoryClient {
+            mapping: self.mapping.clone(),
+            max_addr: self.max_addr,
+            private: self.private,
+        }
+    }
+
+    /// A creator of device memory windows (cheap; any number).
+    pub fn device_memory_mapper(&self) -> DeviceMemoryMapper {
+        DeviceMemoryMapper::new(self.regions.clone())
+    }
+
+    /// The control of RAM region visibility (keeps the RAM regions alive).
+    pub fn ram_visibility_control(&self) -> RamVisibilityControl {
+        RamVisibilityControl {
+            regions: self.regions.clone(),
+            ram: self.ram.clone(),
+        }
+    }
+
+    /// The RAM object (the same object, not a copy), or `None` in private mode. See
+    /// [`SharedMemoryBacking`] for the one-manager-at-a-time rule.
+    pub fn shared_memory_backing(&self) -> Option<SharedMemoryBacking> {
+        self.ram_object.as_ref().map(|object| SharedMemoryBacking {
+            object: object.clone(),
+        })
+    }
+
+    /// Maps every active region into `partition` and keeps it in step from now on (spec §2.3):
+    /// for [`Vtl::Vtl2`] with an alias offset, first at the alias offset, then at offset 0. A
+    /// failure of the second step leaves the first registered (no rollback, as the original).
+    ///
+    /// The manager holds the partition weakly: once the last `Arc` is dropped it is skipped.
+    /// `process` names a remote process to host the VA mapper; that is unsupported here.
+    pub fn attach_partition(
+        &self,
+        vtl: Vtl,
+        partition: &Arc<dyn PartitionMemoryMap>,
+        process: Option<RemoteProcess>,
+    ) -> impl Future<Output = Result<(), PartitionAttachError>> + Send + 'static {
+        let regions = self.regions.clone();
+        let mapper = self.mapper().clone();
+        let weak = Arc::downgrade(partition);
+        let alias = if vtl == Vtl::Vtl2 {
+            self.alias_offset
+        } else {
+            None
+        };
+        let pin_mappings = self.pin_mappings;
+        let attach_lock = self.attach_lock.clone();
+        async move {
+            if process.is_some() {
+                return Err(PartitionAttachError::Unsupported);
+            }
+            let _exclusive = attach_lock.lock().await;
+            let offsets = alias.into_iter().chain([0]);
+            for offset in offsets {
+                let info = PartitionMapperInfo {
+                    offset,
+                    pin_mappings,
+                };
+                regions
+                    .add_partition(info, weak.clone(), mapper.clone())
+                    .await
+                    .map_err(|error| match error {
+                        RegionManagerError::PartitionMapper(error) => {
+                            PartitionAttachError::PartitionMapper(error)
+                        }
+                        other => PartitionAttachError::Manager(other),
+                    })?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Releases the RAM pages of `range` (page-aligned, inside RAM): private RAM reads back as
+    /// zeros; file-backed RAM has a hole punched in the RAM object (every view reads zeros).
+    pub fn decommit_ram(
+        &self,
+        range: MemoryRange,
+    ) -> impl Future<Output = Result<(), RegionManagerError>> + Send + 'static {
+        let regions = self.regions.clone();
+        async move { regions.decommit(range).await }
+    }
+
+    /// The snapshot of regions, mappings and mappers (spec §8.0).
+    pub fn inspect(
+        &self,
+    ) -> impl Future<Output = Result<ManagerSnapshot, RegionManagerError>> + Send + 'static {
+        let regions = self.regions.clone();
+        async move { regions.inspect().await }
+    }
+
+    /// The flat view: what the guest sees, piece by piece (the dry-run planner's view).
+    pub fn flat_view(
+        &self,
+    ) -> impl Future<Output = Result<Vec<FlatEntry<SharedObject>>, RegionManagerError>> + Send + 'static
+    {
+        let regions = self.regions.clone();
+        async move { regions.flat_view().await }
+    }
+
+    /// The base address of this process's VA window (for relating partition VAs to GPAs).
+    pub fn va_window_base(&self) -> usize {
+        self.mapper().base() as usize
+    }
+
+    /// The length `L` of the VA window (valid accessor addresses are `[0, L)`).
+    pub fn va_window_len(&self) -> u64 {
+        self.mapper().len()
+    }
+
+    /// The end of the guest address space (`max_addr`, spec §2.2 step 5).
+    pub fn max_addr(&self) -> u64 {
+        self.max_addr
+    }
+
+    /// The RAM regions as built: each range and its offset in the RAM object.
+    pub fn ram_regions(&self) -> Vec<(MemoryRange, u64)> {
+        self.ram_specs
+            .iter()
+            .map(|spec| (spec.range, spec.file_offset))
+            .collect()
+    }
+
+    /// This process's VA mapper (the one every accessor of this manager uses).
+    pub fn va_mapper(&self) -> Arc<VaMapper> {
+        self.mapper().clone()
+    }
+
+    /// Full teardown: both actors stop (queued work first), every live partition gets its
+    /// whole-window unmaps, VA mappers are told the manager is gone (their windows become
+    /// inaccessible except locked pages), and the RAM object and threads are released. Resolves
+    /// when the manager thread has exited. Objects obtained from the manager then fail with
+    /// `ManagerGone` (accessors: kind `OutOfRange`).
+    pub fn close(mut self) -> impl Future<Output = ()> + Send + 'static {
+        self.regions.shutdown(true);
+        let thread = self.thread.take();
+        let stopped = self.stopped.take();
+        drop(self);
+        async move {
+            if let Some(stopped) = stopped {
+                let _ = stopped.await;
+            }
+            if let Some(thread) = thread {
+                // The thread signalled that it is finishing; this join is immediate.
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// A handle to obtain guest-memory accessors (cheap to clone; `Send`).
+#[derive(Debug, Clone)]
+pub struct GuestMemoryClient {
+    mapping: MappingManagerClient,
+    max_addr: u64,
+    private: bool,
+}
+
+impl GuestMemoryClient {
+    /// The accessor `ram` over this process's VA mapper for the manager, creating the mapper on
+    /// first use; every call in a process shares the one mapper (spec §2.4, §4.5).
+    pub fn guest_memory(
+        &self,
+    ) -> impl Future<Output = Result<GuestMemory, VaMapperError>> + Send + 'static {
+        let mapping = self.mapping.clone();
+        let max_addr = self.max_addr;
+        let private = self.private;
+        async move {
+            let mapper = process_mapper(&mapping, max_addr, private).await?;
+            if mapper.is_closed() {
+                return Err(VaMapperError::MemoryManagerGone(crate::ManagerGone));
+            }
+            let sharing = (!private).then_some(mapping);
+            Ok(GuestMemory::new("ram", MapperBacking::new(mapper, sharing)))
+        }
+    }
+
+    /// A VA mapper of its own, not shared through the per-process cache (for tests of several
+    /// mappers in one process).
+    #[cfg(test)]
+    pub(crate) async fn uncached_mapper(&self) -> Result<Arc<VaMapper>, VaMapperError> {
+        Ok(Arc::new(
+            VaMapper::new(self.mapping.clone(), self.max_addr, self.private).await?,
+        ))
+    }
+}
+
+/// Changes the visibility of RAM regions (spec §2.6). Holding it keeps the RAM regions alive.
+#[derive(Debug, Clone)]
+pub struct RamVisibilityControl {
+    regions: RegionManagerClient,
+    ram: Arc<RamRegionHandles>,
+}
+
+impl RamVisibilityControl {
+    /// Maps the RAM region whose range equals `range` read-write or read-only, or unmaps it;
+    /// anything but an exact RAM region is `InvalidRamRegion`.
+    pub fn set_ram_visibility(
+        &self,
+        range: MemoryRange,
+        visibility: RamVisibility,
+    ) -> impl Future<Output = Result<(), RegionManagerError>> + Send + 'static {
+        let request = self.ram.regions.change_for(range, visibility);
+        let regions = self.regions.clone();
+        async move {
+            let (change, cause) = request?;
+            regions.change(change, Some(cause)).await.map(drop)
+        }
+    }
+}

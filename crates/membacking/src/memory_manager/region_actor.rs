@@ -1,0 +1,753 @@
+//! The region manager as an actor (spec §3, §5): the planner of [`crate::region_manager`]
+//! driven by a task on the "memory_manager" thread.
+//!
+//! Per message the task begins a transaction, applies the message's change(s), runs the plan
+//! with a [`PlanExecution`] — `AddMapping`/`Invalidate` are RPCs to the mapping manager,
+//! `PopulateVa` is the partition mapper's VA request (awaited, outcome ignored), partition
+//! operations call the partition (held weakly; a gone partition is skipped, including its VA
+//! population) — and then commits. A failed attach rolls back and forgets the new partition
+//! mapper; a fatal failure poisons the manager: that message and every later one fail with
+//! `ManagerPoisoned`.
+//!
+//! When the task stops (explicit shutdown, or every handle gone), each attached partition that
+//! is still alive gets one whole-window unmap per partition mapper (spec §5).
+
+use crate::device_memory::DeviceWindow;
+use crate::error::ManagerGone;
+use crate::mapping_manager::va_mapper::VaMapper;
+use crate::mapping_manager::MappingManagerClient;
+use crate::mapping_manager::MappingSnapshot;
+use crate::mapping_manager::SharedObject;
+use crate::ram_visibility::RamRegionSpec;
+use crate::ram_visibility::RamRegions;
+use crate::region_manager::ApplyError;
+use crate::region_manager::Change;
+use crate::region_manager::ChangeOutcome;
+use crate::region_manager::FatalError;
+use crate::region_manager::FlatEntry;
+use crate::region_manager::PartitionMapperInfo;
+use crate::region_manager::Plan;
+use crate::region_manager::PlanExecution;
+use crate::region_manager::PlanOp;
+use crate::region_manager::RegionInspect;
+use crate::region_manager::RegionManagerError;
+use crate::region_manager::RegionManagerState;
+use crate::region_manager::Transaction;
+use futures::channel::mpsc;
+use futures::channel::oneshot;
+use futures::StreamExt;
+use memory_range::MemoryRange;
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::Weak;
+use virt::PartitionMemoryMap;
+
+/// The inspect snapshot of a manager (spec §8.0). Serializes with snake_case names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ManagerSnapshot {
+    /// The VTL0 alias offset, if configured.
+    pub alias_offset: Option<u64>,
+    /// Whether partition mappings are pinned.
+    pub pin_mappings: bool,
+    /// The regions, in list order.
+    pub regions: Vec<RegionInspect>,
+    /// The active mappings, in insertion order, with the mappers that hold them.
+    pub mappings: Vec<MappingSnapshot>,
+    /// The number of registered VA mappers.
+    pub mapper_count: usize,
+    /// The partition mappers, in registration order (extension).
+    pub partitions: Vec<PartitionMapperInfo>,
+}
+
+/// A device-window operation, run on the manager thread under the window's lock.
+pub(crate) enum DeviceOp {
+    Map {
+        offset: u64,
+        object: SharedObject,
+        file_offset: u64,
+        len: u64,
+        writable: bool,
+    },
+    Unmap {
+        offset: u64,
+        len: u64,
+    },
+    MapToGuest {
+        gpa: u64,
+        writable: bool,
+    },
+    UnmapFromGuest,
+}
+
+/// A shared device window.
+pub(crate) type SharedWindow = Arc<Mutex<DeviceWindow<SharedObject>>>;
+
+type Reply<T> = oneshot::Sender<Result<T, RegionManagerError>>;
+
+/// A message to the region manager.
+pub(crate) enum RegionRequest {
+    Change {
+        change: Change<SharedObject>,
+        cause: Option<String>,
+        reply: Option<Reply<ChangeOutcome>>,
+    },
+    CreateRam {
+        specs: Vec<RamRegionSpec>,
+        object: Option<SharedObject>,
+        prefetch: bool,
+        local_mapper: Weak<VaMapper>,
+        reply: Reply<RamRegions>,
+    },
+    AddPartition {
+        info: PartitionMapperInfo,
+        partition: Weak<dyn PartitionMemoryMap>,
+        mapper: Arc<VaMapper>,
+        reply: Reply<usize>,
+    },
+    Device {
+        window: SharedWindow,
+        op: DeviceOp,
+        reply: Option<oneshot::Sender<io::Result<()>>>,
+    },
+    Decommit {
+        range: MemoryRange,
+        reply: Reply<()>,
+    },
+    Inspect(Reply<ManagerSnapshot>),
+    FlatView(Reply<Vec<FlatEntry<SharedObject>>>),
+    Shutdown {
+        stop_mapping_manager: bool,
+    },
+}
+
+/// A handle to the region manager (cheap to clone).
+#[derive(Clone)]
+pub(crate) struct RegionManagerClient {
+    sender: mpsc::UnboundedSender<RegionRequest>,
+}
+
+impl std::fmt::Debug for RegionManagerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegionManagerClient")
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegionManagerClient {
+    fn send(&self, request: RegionRequest) -> bool {
+        self.sender.unbounded_send(request).is_ok()
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> RegionRequest,
+    ) -> Result<T, RegionManagerError> {
+        let (sender, receiver) = oneshot::channel();
+        if !self.send(make(sender)) {
+            return Err(RegionManagerError::ManagerGone);
+        }
+        receiver
+            .await
+            .unwrap_or(Err(RegionManagerError::ManagerGone))
+    }
+
+    /// Applies one change and waits for it.
+    pub(crate) async fn change(
+        &self,
+        change: Change<SharedObject>,
+        cause: Option<String>,
+    ) -> Result<ChangeOutcome, RegionManagerError> {
+        self.call(|reply| RegionRequest::Change {
+            change,
+            cause,
+            reply: Some(reply),
+        })
+        .await
+    }
+
+    /// Requests a change without waiting (for drops).
+    pub(crate) fn change_no_wait(&self, change: Change<SharedObject>) {
+        self.send(RegionRequest::Change {
+            change,
+            cause: None,
+            reply: None,
+        });
+    }
+
+    pub(crate) async fn create_ram(
+        &self,
+        specs: Vec<RamRegionSpec>,
+        object: Option<SharedObject>,
+        prefetch: bool,
+        local_mapper: Weak<VaMapper>,
+    ) -> Result<RamRegions, RegionManagerError> {
+        self.call(|reply| RegionRequest::CreateRam {
+            specs,
+            object,
+            prefetch,
+            local_mapper,
+            reply,
+        })
+        .await
+    }
+
+    pub(crate) async fn add_partition(
+        &self,
+        info: PartitionMapperInfo,
+        partition: Weak<dyn PartitionMemoryMap>,
+        mapper: Arc<VaMapper>,
+    ) -> Result<usize, RegionManagerError> {
+        self.call(|reply| RegionRequest::AddPartition {
+            info,
+            partition,
+            mapper,
+            reply,
+        })
+        .await
+    }
+
+    /// Runs a device-window operation and waits for it.
+    pub(crate) async fn device(&self, window: SharedWindow, op: DeviceOp) -> io::Result<()> {
+        let (sender, receiver) = oneshot::channel();
+        let sent = self.send(RegionRequest::Device {
+            window,
+            op,
+            reply: Some(sender),
+        });
+        if !sent {
+            return Err(io::Error::other(RegionManagerError::ManagerGone));
+        }
+        receiver
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other(RegionManagerError::ManagerGone)))
+    }
+
+    /// Runs a device-window operation without waiting (for drops).
+    pub(crate) fn device_no_wait(&self, window: SharedWindow, op: DeviceOp) {
+        self.send(RegionRequest::Device {
+            window,
+            op,
+            reply: None,
+        });
+    }
+
+    pub(crate) async fn decommit(&self, range: MemoryRange) -> Result<(), RegionManagerError> {
+        self.call(|reply| RegionRequest::Decommit { range, reply })
+            .await
+    }
+
+    pub(crate) async fn inspect(&self) -> Result<ManagerSnapshot, RegionManagerError> {
+        self.call(RegionRequest::Inspect).await
+    }
+
+    pub(crate) async fn flat_view(
+        &self,
+    ) -> Result<Vec<FlatEntry<SharedObject>>, RegionManagerError> {
+        self.call(RegionRequest::FlatView).await
+    }
+
+    /// Stops the region manager after the messages queued before this one (and, if asked, the
+    /// mapping manager after it).
+    pub(crate) fn shutdown(&self, stop_mapping_manager: bool) {
+        self.send(RegionRequest::Shutdown {
+            stop_mapping_manager,
+        });
+    }
+}
+
+/// The fixed configuration of a region manager.
+pub(crate) struct RegionActorConfig {
+    pub va_window_len: u64,
+    pub alias_offset: Option<u64>,
+    pub pin_mappings: bool,
+    pub private: bool,
+    pub ram_object: Option<SharedObject>,
+}
+
+/// An attached partition mapper's runtime half.
+struct PartitionEntry {
+    partition: Weak<dyn PartitionMemoryMap>,
+    mapper: Arc<VaMapper>,
+}
+
+/// Creates a region manager: its client and the task to run on the manager thread.
+pub(crate) fn new_region_manager(
+    config: RegionActorConfig,
+    mapping: MappingManagerClient,
+) -> (RegionManagerClient, RegionActorTask) {
+    let (sender, receiver) = mpsc::unbounded();
+    (
+        RegionManagerClient { sender },
+        RegionActorTask {
+            config,
+            mapping,
+            receiver,
+        },
+    )
+}
+
+/// The inputs of the region manager task (`Send`, so they can move to the manager thread).
+pub(crate) struct RegionActorTask {
+    config: RegionActorConfig,
+    mapping: MappingManagerClient,
+    receiver: mpsc::UnboundedReceiver<RegionRequest>,
+}
+
+impl RegionActorTask {
+    /// Runs the region manager until it is shut down or every handle is gone.
+    pub(crate) async fn run(self) {
+        let RegionActorTask {
+            config,
+            mapping,
+            mut receiver,
+        } = self;
+        let mut actor = RegionActor {
+            state: RegionManagerState::new(config.va_window_len),
+            partitions: Vec::new(),
+            mapping,
+            poisoned: None,
+            ram: RamRegions::new(),
+            ram_specs: Vec::new(),
+            local_mapper: Weak::new(),
+            config,
+        };
+        let mut stop_mapping_manager = false;
+        while let Some(request) = receiver.next().await {
+            if let RegionRequest::Shutdown {
+                stop_mapping_manager: stop,
+            } = request
+            {
+                stop_mapping_manager = stop;
+                break;
+            }
+            actor.handle(request).await;
+        }
+        // Later requests fail with ManagerGone.
+        drop(receiver);
+        actor.discard_partitions();
+        if stop_mapping_manager {
+            actor.mapping.shutdown();
+        }
+    }
+}
+
+struct RegionActor {
+    state: RegionManagerState<SharedObject>,
+    partitions: Vec<PartitionEntry>,
+    mapping: MappingManagerClient,
+    poisoned: Option<Arc<FatalError>>,
+    ram: RamRegions,
+    ram_specs: Vec<RamRegionSpec>,
+    /// The manager's own mapper (for decommitting private RAM).
+    local_mapper: Weak<VaMapper>,
+    config: RegionActorConfig,
+}
+
+impl RegionActor {
+    fn poisoned_error(&self) -> Option<RegionManagerError> {
+        self.poisoned
+            .as_ref()
+            .map(|cause| RegionManagerError::ManagerPoisoned {
+                cause: cause.clone(),
+            })
+    }
+
+    async fn handle(&mut self, request: RegionRequest) {
+        if let Some(error) = self.poisoned_error() {
+            reply_error(request, error);
+            return;
+        }
+        match request {
+            RegionRequest::Change {
+                change,
+                cause,
+                reply,
+            } => {
+                let result = self
+                    .transact(None, |txn| txn.apply_with_cause(change, cause.as_deref()))
+                    .await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            RegionRequest::CreateRam {
+                specs,
+                object,
+                prefetch,
+                local_mapper,
+                reply,
+            } => {
+                self.local_mapper = local_mapper;
+                let result = self
+                    .transact(None, |txn| {
+                        RamRegions::create(txn, &specs, object.as_ref(), prefetch)
+                    })
+                    .await;
+                if let Ok(ram) = &result {
+                    self.ram = ram.clone();
+                    self.ram_specs = specs;
+                }
+                let _ = reply.send(result);
+            }
+            RegionRequest::AddPartition {
+                info,
+                partition,
+                mapper,
+                reply,
+            } => {
+                let entry = PartitionEntry { partition, mapper };
+                let result = self
+                    .transact(Some(entry), |txn| {
+                        match txn.apply(Change::AddPartition(info))? {
+                            ChangeOutcome::PartitionAdded(index) => Ok(index),
+                            _ => Ok(txn.state().partitions().len() - 1),
+                        }
+                    })
+                    .await;
+                let _ = reply.send(result);
+            }
+            RegionRequest::Device { window, op, reply } => {
+                let result = self.device(&window, op).await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            RegionRequest::Decommit { range, reply } => {
+                let _ = reply.send(self.decommit(range));
+            }
+            RegionRequest::Inspect(reply) => {
+                let result = self.inspect().await;
+                let _ = reply.send(result);
+            }
+            RegionRequest::FlatView(reply) => {
+                let _ = reply.send(Ok(self.state.flat_view()));
+            }
+            RegionRequest::Shutdown { .. } => {}
+        }
+    }
+
+    /// Begins a transaction, lets `plan` apply changes to it, carries out the plan, and
+    /// commits, rolls back (failed attach) or poisons (fatal failure). `new_partition` is the
+    /// runtime half of a partition mapper the plan registers.
+    async fn transact<R>(
+        &mut self,
+        new_partition: Option<PartitionEntry>,
+        plan: impl FnOnce(&mut Transaction<'_, SharedObject>) -> Result<R, RegionManagerError>,
+    ) -> Result<R, RegionManagerError> {
+        let va_window_len = self.state.va_window_len();
+        let mut txn = self.state.begin();
+        let result = plan(&mut txn);
+        let planned = txn.take_plan();
+        let pushed = new_partition.is_some() && result.is_ok();
+        if pushed {
+            self.partitions.extend(new_partition);
+        }
+        let outcome = execute(&planned, va_window_len, &self.partitions, &self.mapping).await;
+        match outcome {
+            Ok(()) => {
+                txn.commit();
+                result
+            }
+            Err(ApplyError::Attach(error)) => {
+                txn.rollback();
+                if pushed {
+                    self.partitions.pop();
+                }
+                Err(RegionManagerError::PartitionMapper(error))
+            }
+            Err(ApplyError::Fatal(error)) => {
+                txn.commit();
+                tracing::error!(
+                    error = &error as &dyn std::error::Error,
+                    "memory manager poisoned"
+                );
+                let cause = Arc::new(error);
+                self.poisoned = Some(cause.clone());
+                Err(RegionManagerError::ManagerPoisoned { cause })
+            }
+        }
+    }
+
+    async fn device(&mut self, window: &SharedWindow, op: DeviceOp) -> io::Result<()> {
+        let private_ram = self.config.private.then(|| self.ram.clone());
+        let mut result = Ok(());
+        let outcome = self
+            .transact(None, |txn| {
+                let mut window = window.lock();
+                result = match op {
+                    DeviceOp::Map {
+                        offset,
+                        object,
+                        file_offset,
+                        len,
+                        writable,
+                    } => window.map(txn, offset, object, file_offset, len, writable),
+                    DeviceOp::Unmap { offset, len } => window.unmap(txn, offset, len),
+                    DeviceOp::MapToGuest { gpa, writable } => {
+                        let range = gpa
+                            .checked_add(window.len())
+                            .and_then(|end| MemoryRange::try_new(gpa..end).ok());
+                        match (range, private_ram) {
+                            (Some(range), Some(ram)) if ram.overlaps(range) => {
+                                window.unmap_from_guest(txn);
+                                Err(io::Error::other(
+                                    RegionManagerError::RegionOverlapsPrivateRam {
+                                        name: window.name().to_owned(),
+                                        range,
+                                    },
+                                ))
+                            }
+                            _ => window.map_to_guest(txn, gpa, writable),
+                        }
+                    }
+                    DeviceOp::UnmapFromGuest => {
+                        window.unmap_from_guest(txn);
+                        Ok(())
+                    }
+                };
+                Ok(())
+            })
+            .await;
+        match outcome {
+            Ok(()) => result,
+            Err(error) => Err(io::Error::other(error)),
+        }
+    }
+
+    /// `decommit_ram(range)`: the range must lie in RAM; private RAM is released in the VA
+    /// window (reads back zeros), file-backed RAM gets a hole punched in the RAM object.
+    fn decommit(&self, range: MemoryRange) -> Result<(), RegionManagerError> {
+        let invalid =
+            || RegionManagerError::InvalidRamRegion(crate::region_manager::InvalidRamRegion(range));
+        if range.is_empty() {
+            return Err(invalid());
+        }
+        // The pieces of RAM the range covers, with their object offsets; they must cover it all.
+        let mut pieces = Vec::new();
+        let mut cursor = range.start();
+        let mut specs: Vec<&RamRegionSpec> = self.ram_specs.iter().collect();
+        specs.sort_by_key(|spec| spec.range.start());
+        for spec in specs {
+            if spec.range.end() <= cursor || spec.range.start() >= range.end() {
+                continue;
+            }
+            if spec.range.start() > cursor {
+                return Err(invalid());
+            }
+            let end = spec.range.end().min(range.end());
+            pieces.push((
+                MemoryRange::new(cursor..end),
+                spec.file_offset + (cursor - spec.range.start()),
+            ));
+            cursor = end;
+            if cursor == range.end() {
+                break;
+            }
+        }
+        if cursor != range.end() {
+            return Err(invalid());
+        }
+        let failed = |source| RegionManagerError::DecommitFailed { range, source };
+        if self.config.private {
+            let mapper = self
+                .local_mapper
+                .upgrade()
+                .ok_or(RegionManagerError::ManagerGone)?;
+            for (piece, _) in pieces {
+                mapper.decommit(piece).map_err(failed)?;
+            }
+        } else if let Some(object) = &self.config.ram_object {
+            for (piece, file_offset) in pieces {
+                punch_hole(object, file_offset, piece.len()).map_err(failed)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn inspect(&mut self) -> Result<ManagerSnapshot, RegionManagerError> {
+        let mappings = self
+            .mapping
+            .inspect()
+            .await
+            .map_err(|ManagerGone| RegionManagerError::ManagerGone)?;
+        let regions = self.state.inspect();
+        Ok(ManagerSnapshot {
+            alias_offset: self.config.alias_offset,
+            pin_mappings: self.config.pin_mappings,
+            regions: regions.regions,
+            mappings: mappings.mappings,
+            mapper_count: mappings.mapper_count,
+            partitions: regions.partitions,
+        })
+    }
+
+    /// Stopping: each live partition gets one whole-window unmap per partition mapper.
+    fn discard_partitions(&mut self) {
+        let window_len = self.state.va_window_len();
+        for (info, entry) in self.state.partitions().iter().zip(&self.partitions) {
+            if let Some(partition) = entry.partition.upgrade() {
+                if let Err(error) = partition.unmap_range(info.offset, window_len) {
+                    tracing::warn!(
+                        error = error.as_ref() as &dyn std::error::Error,
+                        "unmapping a partition at shutdown failed"
+                    );
+                }
+            }
+        }
+        self.partitions.clear();
+    }
+}
+
+/// Replies `error` to whatever `request` expects.
+fn reply_error(request: RegionRequest, error: RegionManagerError) {
+    match request {
+        RegionRequest::Change { reply, .. } => {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(error));
+            }
+        }
+        RegionRequest::CreateRam { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        RegionRequest::AddPartition { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        RegionRequest::Device { reply, .. } => {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(io::Error::other(error)));
+            }
+        }
+        RegionRequest::Decommit { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        RegionRequest::Inspect(reply) => {
+            let _ = reply.send(Err(error));
+        }
+        RegionRequest::FlatView(reply) => {
+            let _ = reply.send(Err(error));
+        }
+        RegionRequest::Shutdown { .. } => {}
+    }
+}
+
+/// Carries out `plan` with the failure rules of [`PlanExecution`].
+async fn execute(
+    plan: &Plan<SharedObject>,
+    va_window_len: u64,
+    partitions: &[PartitionEntry],
+    mapping: &MappingManagerClient,
+) -> Result<(), ApplyError> {
+    let mut execution = PlanExecution::new(plan, va_window_len);
+    while let Some(planned) = execution.next_op() {
+        let op = planned.op.clone();
+        let result = perform(&op, partitions, mapping).await;
+        execution.report(result);
+    }
+    execution.finish()
+}
+
+/// A partition that is still alive, with its partition mapper's runtime half.
+type LiveTarget<'a> = Option<(Arc<dyn PartitionMemoryMap>, &'a PartitionEntry)>;
+
+/// Performs one operation of a plan.
+async fn perform(
+    op: &PlanOp<SharedObject>,
+    partitions: &[PartitionEntry],
+    mapping: &MappingManagerClient,
+) -> Result<(), virt::Error> {
+    let partition = |index: usize| -> Result<LiveTarget<'_>, virt::Error> {
+        let entry = partitions
+            .get(index)
+            .ok_or_else(|| format!("plan names partition {index}, which is not attached"))?;
+        Ok(entry
+            .partition
+            .upgrade()
+            .map(|partition| (partition, entry)))
+    };
+    match *op {
+        PlanOp::AddMapping(ref active) => mapping.add_mapping(active.clone()).await,
+        PlanOp::Invalidate { range } => mapping.remove_mappings(range).await,
+        PlanOp::PopulateVa {
+            partition: index,
+            range,
+        } => {
+            let Some((_, entry)) = partition(index)? else {
+                return Ok(());
+            };
+            entry
+                .mapper
+                .request(range, false)
+                .await
+                .map_err(|error| format!("populating {range} failed: {error:?}").into())
+        }
+        PlanOp::Map {
+            partition: index,
+            va_offset,
+            gpa,
+            size,
+            writable,
+            exec,
+        } => {
+            let Some((target, entry)) = partition(index)? else {
+                return Ok(());
+            };
+            let in_window = va_offset
+                .checked_add(size)
+                .is_some_and(|end| end <= entry.mapper.len());
+            if !in_window {
+                return Err(format!("{va_offset:#x}+{size:#x} is outside the VA window").into());
+            }
+            let va = entry.mapper.base().wrapping_add(va_offset as usize);
+            target.map_range(va, size as usize, gpa, writable, exec)
+        }
+        PlanOp::Prefetch {
+            partition: index,
+            gpa,
+            size,
+        } => match partition(index)? {
+            Some((target, _)) => target.prefetch_range(gpa, size),
+            None => Ok(()),
+        },
+        PlanOp::Pin {
+            partition: index,
+            gpa,
+            size,
+        } => match partition(index)? {
+            Some((target, _)) => target.pin_range(gpa, size),
+            None => Ok(()),
+        },
+        PlanOp::Unmap {
+            partition: index,
+            gpa,
+            size,
+        } => match partition(index)? {
+            Some((target, _)) => target.unmap_range(gpa, size),
+            None => Ok(()),
+        },
+    }
+}
+
+/// Punches a hole of `len` bytes at `offset` in `object` (the pages are freed; every view reads
+/// zeros).
+fn punch_hole(object: &SharedObject, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    // SAFETY: `fallocate` on a descriptor we own (kept open by `object`) only changes the
+    // file's contents; no memory of this process is touched directly.
+    let rc = unsafe {
+        libc::fallocate(
+            object.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,1309 @@
+//! Tests of the runtime through its Rust API: the spec §8 scenarios that need real memory,
+//! threads and VA mappers (the planner's own tests cover the rest), the §7.3 defects, lazy
+//! mapping, page locking (D7), shared backings, concurrency and teardown.
+//!
+//! Partition call logs are compared exactly with `RecordingPartition`s whose VA base is the
+//! manager's window base (so `vaOffset` is the GPA of the VA used).
+
+use super::*;
+use crate::mapping_manager::va_mapper::MapperEvent;
+use crate::mapping_manager::MapperId;
+use crate::region_manager::MapParams;
+use crate::region_manager::RegionManagerError;
+use crate::InvalidRamRegion;
+use crate::ManagerGone;
+use crate::NoMapping;
+use futures::executor::block_on;
+use guestmem::GuestMemoryError;
+use guestmem::GuestMemoryErrorKind;
+use std::os::fd::AsRawFd;
+use virt::RecordedCall as C;
+use virt::RecordedOp;
+use virt::RecordingPartition;
+use vm_topology::memory::MemoryRangeWithNode;
+
+const GIB: u64 = 0x4000_0000;
+const MMIO_GAP: MemoryRange = MemoryRange::new(0xC000_0000..0x1_0000_0000);
+const VGA: MemoryRange = MemoryRange::new(0xa0000..0xc0000);
+const PAM0: MemoryRange = MemoryRange::new(0xc0000..0xc4000);
+const L1_RAM: MemoryRange = MemoryRange::new(0..GIB);
+
+fn r(start: u64, end: u64) -> MemoryRange {
+    MemoryRange::new(start..end)
+}
+
+fn l1() -> MemoryLayout {
+    MemoryLayout::new(GIB, &[MMIO_GAP], None).unwrap()
+}
+
+fn l2() -> MemoryLayout {
+    MemoryLayout::new(4 * GIB, &[MMIO_GAP], None).unwrap()
+}
+
+fn l3() -> MemoryLayout {
+    MemoryLayout::new(GIB, &[MMIO_GAP], Some(r(0x2_0000_0000, 0x2_0400_0000))).unwrap()
+}
+
+/// A layout from explicit RAM ranges and the usual MMIO gap.
+fn ranges_layout(ram: &[MemoryRange]) -> MemoryLayout {
+    let ram: Vec<MemoryRangeWithNode> = ram
+        .iter()
+        .map(|&range| MemoryRangeWithNode { range, vnode: 0 })
+        .collect();
+    MemoryLayout::new_from_ranges(&ram, &[MMIO_GAP]).unwrap()
+}
+
+fn build(builder: GuestMemoryBuilder, layout: &MemoryLayout) -> GuestMemoryManager {
+    block_on(builder.build(layout)).unwrap()
+}
+
+fn build_err(builder: GuestMemoryBuilder, layout: &MemoryLayout) -> MemoryBuildError {
+    block_on(builder.build(layout)).unwrap_err()
+}
+
+fn memory(mgr: &GuestMemoryManager) -> GuestMemory {
+    block_on(mgr.client().guest_memory()).unwrap()
+}
+
+/// A recorder whose `vaOffset`s are relative to the manager's window.
+fn recorder(mgr: &GuestMemoryManager) -> Arc<RecordingPartition> {
+    Arc::new(RecordingPartition::with_va_base(mgr.va_window_base()))
+}
+
+fn attach(mgr: &GuestMemoryManager, vtl: Vtl) -> Arc<RecordingPartition> {
+    let partition = recorder(mgr);
+    let dyn_partition: Arc<dyn PartitionMemoryMap> = partition.clone();
+    block_on(mgr.attach_partition(vtl, &dyn_partition, None)).unwrap();
+    partition
+}
+
+fn set(mgr: &GuestMemoryManager, range: MemoryRange, visibility: RamVisibility) {
+    block_on(
+        mgr.ram_visibility_control()
+            .set_ram_visibility(range, visibility),
+    )
+    .unwrap();
+}
+
+fn snapshot(mgr: &GuestMemoryManager) -> ManagerSnapshot {
+    block_on(mgr.inspect()).unwrap()
+}
+
+fn read(mem: &GuestMemory, gpa: u64, len: usize) -> Result<Vec<u8>, GuestMemoryError> {
+    let mut data = vec![0; len];
+    mem.read_at(gpa, &mut data).map(|()| data)
+}
+
+/// The `NoMapping` cause of an `OutOfRange` access error.
+fn no_mapping(error: &GuestMemoryError) -> MemoryRange {
+    assert_eq!(error.kind(), GuestMemoryErrorKind::OutOfRange, "{error}");
+    let source = std::error::Error::source(error).expect("a cause");
+    source
+        .downcast_ref::<NoMapping>()
+        .unwrap_or_else(|| panic!("cause {source} is not NoMapping"))
+        .0
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| seed.wrapping_add((i as u8).wrapping_mul(31)))
+        .collect()
+}
+
+/// A memfd of `len` bytes filled with `data` from offset 0.
+fn object_with(data: &[u8], len: usize) -> Mappable {
+    let object = sparse_mmap::alloc_shared_memory(len, "test-object").unwrap();
+    pwrite(&object, 0, data);
+    object
+}
+
+fn pwrite(fd: &impl AsFd, offset: u64, data: &[u8]) {
+    // SAFETY: writes from a live buffer to a descriptor we own.
+    let written = unsafe {
+        libc::pwrite(
+            fd.as_fd().as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            offset as libc::off_t,
+        )
+    };
+    assert_eq!(written, data.len() as isize);
+}
+
+fn pread(fd: &impl AsFd, offset: u64, len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    // SAFETY: reads into a live buffer from a descriptor we own.
+    let read = unsafe {
+        libc::pread(
+            fd.as_fd().as_raw_fd(),
+            data.as_mut_ptr().cast(),
+            len,
+            offset as libc::off_t,
+        )
+    };
+    assert_eq!(read, len as isize);
+    data
+}
+
+fn mapping_ranges(snapshot: &ManagerSnapshot) -> Vec<(MemoryRange, u64, Vec<MapperId>)> {
+    snapshot
+        .mappings
+        .iter()
+        .map(|mapping| {
+            (
+                mapping.range,
+                mapping.file_offset,
+                mapping.active_mappers.clone(),
+            )
+        })
+        .collect()
+}
+
+fn assert_send_static<T: Send + 'static>(_: &T) {}
+
+// ----- the futures the binding awaits are Send + 'static -----
+
+#[test]
+fn futures_are_send_and_static() {
+    let builder = GuestMemoryBuilder::new();
+    let build = builder.build(&l1());
+    assert_send_static(&build);
+    let mgr = block_on(build).unwrap();
+    let partition: Arc<dyn PartitionMemoryMap> = recorder(&mgr);
+    let attach = mgr.attach_partition(Vtl::Vtl0, &partition, None);
+    assert_send_static(&attach);
+    block_on(attach).unwrap();
+    let client = mgr.client();
+    assert_send_static(&client);
+    let guest_memory = client.guest_memory();
+    assert_send_static(&guest_memory);
+    drop(guest_memory);
+    let control = mgr.ram_visibility_control();
+    let visibility = control.set_ram_visibility(L1_RAM, RamVisibility::ReadWrite);
+    assert_send_static(&visibility);
+    drop(visibility);
+    let (window, region) = mgr
+        .device_memory_mapper()
+        .new_region(0x1000, "dev".into())
+        .unwrap();
+    let object = object_with(&[], 0x1000);
+    let map = region.map(0, &object, 0, 0x1000, true);
+    drop(object);
+    assert_send_static(&map);
+    block_on(map).unwrap();
+    let place = window.map_to_guest(0xD000_0000, true);
+    assert_send_static(&place);
+    block_on(place).unwrap();
+    let unplace = window.unmap_from_guest();
+    assert_send_static(&unplace);
+    block_on(unplace);
+    let unmap = region.unmap(0, 0x1000);
+    assert_send_static(&unmap);
+    block_on(unmap).unwrap();
+    let inspect = mgr.inspect();
+    assert_send_static(&inspect);
+    drop(inspect);
+    let decommit = mgr.decommit_ram(r(0, 0x1000));
+    assert_send_static(&decommit);
+    block_on(decommit).unwrap();
+    let close = mgr.close();
+    assert_send_static(&close);
+    block_on(close);
+}
+
+// ----- scenarios 1-7: the builder's order and errors -----
+
+#[test]
+fn s01_private_with_legacy_is_checked_first() {
+    let error = build_err(
+        GuestMemoryBuilder::new()
+            .private_memory(true)
+            .x86_legacy_support(true)
+            .transparent_hugepages(true)
+            .vtl0_alias_map(Some(0x1000)),
+        &l1(),
+    );
+    assert!(
+        matches!(error, MemoryBuildError::PrivateMemoryWithLegacy),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "private memory is incompatible with x86 legacy support"
+    );
+}
+
+#[test]
+fn s02_private_with_existing_backing() {
+    let backing = SharedMemoryBacking::from_mappable(object_with(&[], GIB as usize));
+    let error = build_err(
+        GuestMemoryBuilder::new()
+            .private_memory(true)
+            .existing_backing(Some(backing)),
+        &l1(),
+    );
+    assert!(
+        matches!(error, MemoryBuildError::PrivateMemoryWithExistingBacking),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "private memory is incompatible with existing memory backing"
+    );
+}
+
+#[test]
+fn s03_thp_without_private_precedes_the_alias_check() {
+    let error = build_err(
+        GuestMemoryBuilder::new()
+            .transparent_hugepages(true)
+            .vtl0_alias_map(Some(0x1000)),
+        &l1(),
+    );
+    assert!(
+        matches!(error, MemoryBuildError::ThpWithoutPrivateMemory),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "transparent huge pages requires private memory mode"
+    );
+}
+
+#[test]
+fn s04_private_thp_builds_on_linux() {
+    let mgr = build(
+        GuestMemoryBuilder::new()
+            .private_memory(true)
+            .transparent_hugepages(true),
+        &l1(),
+    );
+    let mem = memory(&mgr);
+    mem.write_at(0x20_0000, b"huge").unwrap();
+    assert_eq!(read(&mem, 0x20_0000, 4).unwrap(), b"huge");
+    block_on(mgr.close());
+}
+
+#[test]
+fn s05_alias_boundary() {
+    let error = build_err(
+        GuestMemoryBuilder::new().vtl0_alias_map(Some(0xFFFF_F000)),
+        &l1(),
+    );
+    assert!(
+        matches!(error, MemoryBuildError::AliasMapWontFit),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "not enough guest address space available for the vtl0 alias map"
+    );
+    let mgr = build(
+        GuestMemoryBuilder::new().vtl0_alias_map(Some(0x1_0000_0000)),
+        &l1(),
+    );
+    assert_eq!(snapshot(&mgr).alias_offset, Some(0x1_0000_0000));
+    // Extensions: an unaligned offset, or one whose alias would pass 2^64.
+    for offset in [0x1_0000_0800, u64::MAX - 0xfff] {
+        let error = build_err(
+            GuestMemoryBuilder::new().vtl0_alias_map(Some(offset)),
+            &l1(),
+        );
+        assert!(
+            matches!(error, MemoryBuildError::AliasMapWontFit),
+            "{offset:#x}"
+        );
+    }
+}
+
+#[test]
+fn s06_alias_check_precedes_the_x86_check() {
+    let layout = ranges_layout(&[r(0x10_0000, GIB)]);
+    let error = build_err(
+        GuestMemoryBuilder::new()
+            .x86_legacy_support(true)
+            .vtl0_alias_map(Some(0x1000)),
+        &layout,
+    );
+    assert!(
+        matches!(error, MemoryBuildError::AliasMapWontFit),
+        "{error:?}"
+    );
+    let error = build_err(GuestMemoryBuilder::new().x86_legacy_support(true), &layout);
+    assert!(
+        matches!(error, MemoryBuildError::InvalidRamForX86),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "x86 support requires RAM to start at 0 and contain at least 1MB"
+    );
+}
+
+#[test]
+fn s07_x86_needs_a_megabyte() {
+    let layout = ranges_layout(&[r(0, 0x80000)]);
+    let error = build_err(GuestMemoryBuilder::new().x86_legacy_support(true), &layout);
+    assert!(
+        matches!(error, MemoryBuildError::InvalidRamForX86),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn build_extensions_reject_bad_layouts_and_short_backings() {
+    let no_gap = MemoryLayout::new(GIB, &[], None).unwrap();
+    let error = build_err(GuestMemoryBuilder::new(), &no_gap);
+    assert!(
+        matches!(error, MemoryBuildError::InvalidLayout),
+        "{error:?}"
+    );
+    let short = SharedMemoryBacking::from_mappable(object_with(&[], 0x1000));
+    let error = build_err(
+        GuestMemoryBuilder::new().existing_backing(Some(short)),
+        &l1(),
+    );
+    assert!(
+        matches!(
+            error,
+            MemoryBuildError::ExistingBackingTooSmall {
+                size: 0x1000,
+                required: GIB
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+// ----- scenarios 9-13: RAM regions, backing, content -----
+
+#[test]
+fn s09_d1_x86_exact_megabyte_has_fifteen_regions_and_attaches() {
+    let layout = ranges_layout(&[r(0, 0x10_0000), r(0x10_0000_0000, 0x10_4000_0000)]);
+    let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &layout);
+    let ram: Vec<_> = snapshot(&mgr)
+        .regions
+        .iter()
+        .filter(|region| region.range.end() <= 0x10_0000)
+        .map(|region| region.range)
+        .collect();
+    assert_eq!(ram.len(), 15);
+    assert_eq!(ram.last(), Some(&r(0xf0000, 0x10_0000)));
+    let partition = attach(&mgr, Vtl::Vtl0);
+    assert_eq!(partition.log().len(), 16);
+}
+
+#[test]
+fn s10_dense_file_offsets_and_content() {
+    let mgr = build(GuestMemoryBuilder::new(), &l2());
+    assert_eq!(
+        mapping_ranges(&snapshot(&mgr)),
+        [
+            (r(0, 0xC000_0000), 0, vec![]),
+            (r(0x1_0000_0000, 0x1_4000_0000), 0xC000_0000, vec![]),
+        ]
+    );
+    let mem = memory(&mgr);
+    mem.write_at(0x1_0000_0000, &[0xDE, 0xAD, 0xBE, 0xEF])
+        .unwrap();
+    let backing = mgr.shared_memory_backing().unwrap();
+    assert_eq!(pread(&backing, 0xC000_0000, 4), [0xDE, 0xAD, 0xBE, 0xEF]);
+    // And the other way round.
+    pwrite(&backing, 0x1234, b"file");
+    assert_eq!(read(&mem, 0x1234, 4).unwrap(), b"file");
+}
+
+#[test]
+fn s11_vtl2_ram_is_last_and_controllable() {
+    let mgr = build(GuestMemoryBuilder::new(), &l3());
+    let backing = mgr.shared_memory_backing().unwrap();
+    assert_eq!(backing.size().unwrap(), 0x4400_0000);
+    let snap = snapshot(&mgr);
+    let last = snap.regions.last().unwrap();
+    assert_eq!(last.range, r(0x2_0000_0000, 0x2_0400_0000));
+    assert_eq!(last.mappings[0].file_offset, 0x4000_0000);
+    let mem = memory(&mgr);
+    mem.write_at(0x2_0000_0000, b"vtl2").unwrap();
+    assert_eq!(pread(&backing, 0x4000_0000, 4), b"vtl2");
+    set(
+        &mgr,
+        r(0x2_0000_0000, 0x2_0400_0000),
+        RamVisibility::Unmapped,
+    );
+    let error = read(&mem, 0x2_0000_0000, 1).unwrap_err();
+    assert_eq!(no_mapping(&error), r(0x2_0000_0000, 0x2_0000_1000));
+}
+
+#[test]
+fn s12_backing_reuse_sees_writes_both_ways() {
+    let a = build(GuestMemoryBuilder::new(), &l1());
+    let mem_a = memory(&a);
+    mem_a.write_at(0x2000, b"from A").unwrap();
+    let b = build(
+        GuestMemoryBuilder::new().existing_backing(a.shared_memory_backing()),
+        &l1(),
+    );
+    let mem_b = memory(&b);
+    assert_ne!(
+        mem_a.full_mapping().unwrap().0,
+        mem_b.full_mapping().unwrap().0,
+        "each manager has its own window"
+    );
+    assert_eq!(read(&mem_b, 0x2000, 6).unwrap(), b"from A");
+    mem_b.write_at(0x3000_0000, b"from B").unwrap();
+    assert_eq!(read(&mem_a, 0x3000_0000, 6).unwrap(), b"from B");
+    block_on(a.close());
+    // B keeps working after A is gone: the object lives as long as a manager uses it.
+    assert_eq!(read(&mem_b, 0x2000, 6).unwrap(), b"from A");
+}
+
+#[test]
+fn s13_private_backing() {
+    let mgr = build(GuestMemoryBuilder::new().private_memory(true), &l1());
+    assert!(mgr.shared_memory_backing().is_none());
+    let mem = memory(&mgr);
+    assert!(mem.sharing().is_none());
+    assert_eq!(read(&mem, 0x1000, 16).unwrap(), [0; 16]);
+    mem.write_at(0x3FFF_FFF0, b"private!").unwrap();
+    assert_eq!(read(&mem, 0x3FFF_FFF0, 8).unwrap(), b"private!");
+    let snap = snapshot(&mgr);
+    assert!(snap.mappings.is_empty());
+    assert!(snap.regions.iter().all(|region| region.mappings.is_empty()));
+}
+
+// ----- scenarios 22-26: attach errors, lazy population, holes -----
+
+#[test]
+fn s22_remote_process_is_unsupported() {
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let partition: Arc<dyn PartitionMemoryMap> = recorder(&mgr);
+    let error =
+        block_on(mgr.attach_partition(Vtl::Vtl0, &partition, Some(RemoteProcess(1)))).unwrap_err();
+    assert!(
+        matches!(error, PartitionAttachError::Unsupported),
+        "{error:?}"
+    );
+    assert!(snapshot(&mgr).partitions.is_empty());
+}
+
+#[test]
+fn s23_lazy_population() {
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    assert_eq!(mapping_ranges(&snapshot(&mgr)), [(L1_RAM, 0, vec![])]);
+    let mem = memory(&mgr);
+    assert!(mgr.va_mapper().mapped_ranges().is_empty());
+    assert_eq!(read(&mem, 0x1000, 1).unwrap(), [0]);
+    assert_eq!(
+        mapping_ranges(&snapshot(&mgr)),
+        [(L1_RAM, 0, vec![MapperId(0)])]
+    );
+    // The whole mapping was mapped by that one fault.
+    assert_eq!(mgr.va_mapper().mapped_ranges(), [(L1_RAM, true)]);
+}
+
+#[test]
+fn s24_gap_and_out_of_window_reads() {
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let mem = memory(&mgr);
+    let error = read(&mem, 0xC000_0000, 1).unwrap_err();
+    assert_eq!(no_mapping(&error), r(0xc000_0000, 0xc000_1000));
+    assert_eq!(error.gpa(), Some(0xC000_0000));
+    let inner = std::error::Error::source(&error).unwrap().to_string();
+    assert_eq!(inner, "no mapping for 0xc0000000-0xc0001000");
+    let events = mgr.va_mapper().events().len();
+    let error = read(&mem, 0x1_0000_0000, 1).unwrap_err();
+    assert_eq!(error.kind(), GuestMemoryErrorKind::OutOfRange);
+    assert!(std::error::Error::source(&error)
+        .unwrap()
+        .downcast_ref::<NoMapping>()
+        .is_none());
+    assert_eq!(mgr.va_mapper().events().len(), events, "no actor traffic");
+}
+
+#[test]
+fn s25_straddling_read_fails_at_the_hole() {
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let mem = memory(&mgr);
+    read(&mem, 0x1000, 1).unwrap();
+    let error = read(&mem, 0x3FFF_F000, 0x2000).unwrap_err();
+    assert_eq!(error.gpa(), Some(0x4000_0000));
+    assert_eq!(no_mapping(&error), r(0x4000_0000, 0x4000_1000));
+
+    let fresh = build(GuestMemoryBuilder::new(), &l1());
+    let mem = memory(&fresh);
+    let error = read(&mem, 0x3FFF_F000, 0x2000).unwrap_err();
+    assert_eq!(error.gpa(), Some(0x3FFF_F000));
+    assert_eq!(no_mapping(&error), r(0x3FFF_F000, 0x4000_1000));
+}
+
+#[test]
+fn s26_one_mapper_per_process() {
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let client = mgr.client();
+    let first = memory(&mgr);
+    let second = block_on(client.guest_memory()).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let client = client.clone();
+            std::thread::spawn(move || block_on(client.guest_memory()).unwrap())
+        })
+        .collect();
+    let base = first.full_mapping().unwrap().0 as usize;
+    assert_eq!(second.full_mapping().unwrap().0 as usize, base);
+    for thread in threads {
+        assert_eq!(
+            thread.join().unwrap().full_mapping().unwrap().0 as usize,
+            base
+        );
+    }
+    assert_eq!(base, mgr.va_window_base());
+    assert_eq!(first.debug_name(), "ram");
+    assert_eq!(first.max_address(), 0x1_0000_0000);
+    assert_eq!(snapshot(&mgr).mapper_count, 1);
+}
+
+// ----- scenarios 27-30: RAM visibility with content -----
+
+#[test]
+fn s27_visibility_needs_an_exact_region() {
+    let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
+    let control = mgr.ram_visibility_control();
+    for range in [r(0xa0000, 0xb0000), r(0, 0x10_0000)] {
+        let error =
+            block_on(control.set_ram_visibility(range, RamVisibility::Unmapped)).unwrap_err();
+        assert!(
+            matches!(error, RegionManagerError::InvalidRamRegion(InvalidRamRegion(bad)) if bad == range),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            format!("{range} is not a controllable RAM range")
+        );
+    }
+}
+
+#[test]
+fn s28_s29_vga_unmapped_then_restored_keeps_the_content() {
+    let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
+    let partition = attach(&mgr, Vtl::Vtl0);
+    partition.clear_log();
+    let mem = memory(&mgr);
+    let vga_pattern = pattern(7, 0x100);
+    mem.write_at(0xa0000, &vga_pattern).unwrap();
+
+    set(&mgr, VGA, RamVisibility::Unmapped);
+    assert_eq!(partition.take_log(), [C::unmap(0xa0000, 0x20000)]);
+    let error = read(&mem, 0xa0000, 4).unwrap_err();
+    assert_eq!(no_mapping(&error), r(0xa0000, 0xa1000));
+    assert!(!mapping_ranges(&snapshot(&mgr))
+        .iter()
+        .any(|(range, _, _)| *range == VGA));
+    let regions = block_on(mem.sharing().unwrap().get_regions()).unwrap();
+    assert!(!regions.iter().any(|region| region.guest_address == 0xa0000));
+    assert_eq!(regions.len(), 15);
+
+    set(&mgr, VGA, RamVisibility::ReadWrite);
+    assert_eq!(
+        partition.take_log(),
+        [C::map(0xa0000, 0x20000, true, true, 0xa0000)]
+    );
+    assert_eq!(read(&mem, 0xa0000, 0x100).unwrap(), vga_pattern);
+    let regions = block_on(mem.sharing().unwrap().get_regions()).unwrap();
+    assert_eq!(regions.len(), 16);
+    let vga = regions
+        .iter()
+        .find(|region| region.guest_address == 0xa0000)
+        .unwrap();
+    assert_eq!((vga.size, vga.file_offset), (0x20000, 0xa0000));
+}
+
+#[test]
+fn s30_read_only_ram_refuses_accessor_writes() {
+    let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
+    let partition = attach(&mgr, Vtl::Vtl0);
+    partition.clear_log();
+    let mem = memory(&mgr);
+    mem.write_at(0xc0000, b"rom").unwrap();
+    set(&mgr, PAM0, RamVisibility::ReadOnly);
+    assert_eq!(
+        partition.take_log(),
+        [
+            C::unmap(0xc0000, 0x4000),
+            C::map(0xc0000, 0x4000, false, true, 0xc0000)
+        ]
+    );
+    assert_eq!(read(&mem, 0xc0000, 3).unwrap(), b"rom");
+    let error = mem.write_at(0xc0010, b"x").unwrap_err();
+    assert_eq!(no_mapping(&error), r(0xc0000, 0xc1000));
+    assert_eq!(read(&mem, 0xc0000, 3).unwrap(), b"rom");
+    // Writes next to it are unaffected.
+    mem.write_at(0xc4000, b"rw").unwrap();
+}
+
+// ----- scenarios 34-37, 44-52: device windows -----
+
+/// x86 L1 with a partition attached, RAM at 0xa0000 holding "ram", and a 0x20000-byte window
+/// holding P (0x10000 bytes) at offset 0, placed over the VGA window (shadowed by RAM).
+struct VgaDevice {
+    mgr: GuestMemoryManager,
+    partition: Arc<RecordingPartition>,
+    mem: GuestMemory,
+    control: MappableGuestMemory,
+    region: Arc<MappedMemoryRegion>,
+    p: Vec<u8>,
+}
+
+fn vga_device() -> VgaDevice {
+    let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
+    let partition = attach(&mgr, Vtl::Vtl0);
+    let mem = memory(&mgr);
+    mem.write_at(0xa0000, b"ram").unwrap();
+    let (control, region) = mgr
+        .device_memory_mapper()
+        .new_region(0x20000, "vram".into())
+        .unwrap();
+    let p = pattern(0x50, 0x10000);
+    let object = object_with(&p, 0x10000);
+    block_on(region.map(0, &object, 0, 0x10000, true)).unwrap();
+    partition.clear_log();
+    block_on(control.map_to_guest(0xa0000, true)).unwrap();
+    VgaDevice {
+        mgr,
+        partition,
+        mem,
+        control,
+        region,
+        p,
+    }
+}
+
+#[test]
+fn s34_to_s37_device_shadowed_surfaces_and_hides() {
+    let dev = vga_device();
+    // 34: shadowed by RAM: present, inactive, no partition calls.
+    assert!(dev.partition.log().is_empty());
+    let snap = snapshot(&dev.mgr);
+    let vram = snap
+        .regions
+        .iter()
+        .find(|region| region.name == "vram")
+        .unwrap();
+    assert!(!vram.active);
+    assert_eq!(dev.control.gpa(), Some(0xa0000));
+    assert_eq!(read(&dev.mem, 0xa0000, 3).unwrap(), b"ram");
+
+    // 35: unmapping the VGA RAM surfaces the device window, mapped whole.
+    set(&dev.mgr, VGA, RamVisibility::Unmapped);
+    assert_eq!(
+        dev.partition.take_log(),
+        [
+            C::unmap(0xa0000, 0x20000),
+            C::map(0xa0000, 0x20000, true, true, 0xa0000)
+        ]
+    );
+    assert_eq!(read(&dev.mem, 0xa0000, 0x10000).unwrap(), dev.p);
+    let regions = block_on(dev.mem.sharing().unwrap().get_regions()).unwrap();
+    assert!(!regions.iter().any(|region| region.guest_address == 0xa0000));
+    // 37: the window's second half has no mapping.
+    let error = read(&dev.mem, 0xb0000, 1).unwrap_err();
+    assert_eq!(no_mapping(&error), r(0xb0000, 0xb1000));
+    // Writes reach the device object.
+    dev.mem.write_at(0xa0010, b"dev").unwrap();
+
+    // 36: RAM returns with its own content.
+    set(&dev.mgr, VGA, RamVisibility::ReadWrite);
+    assert_eq!(
+        dev.partition.take_log(),
+        [
+            C::unmap(0xa0000, 0x20000),
+            C::map(0xa0000, 0x20000, true, true, 0xa0000)
+        ]
+    );
+    assert_eq!(read(&dev.mem, 0xa0000, 3).unwrap(), b"ram");
+    assert_eq!(read(&dev.mem, 0xb0000, 1).unwrap(), [0]);
+    // The device object kept the write.
+    set(&dev.mgr, VGA, RamVisibility::Unmapped);
+    assert_eq!(read(&dev.mem, 0xa0010, 3).unwrap(), b"dev");
+}
+
+#[test]
+fn s44_s45_runtime_dax_add_and_remove() {
+    let dev = vga_device();
+    let second = block_on(dev.mgr.client().uncached_mapper()).unwrap();
+    set(&dev.mgr, VGA, RamVisibility::Unmapped);
+    dev.partition.clear_log();
+
+    // 44: add Q at offset 0x10000: no partition call, pre-populated for the partition's mapper.
+    let q = pattern(0x90, 0x10000);
+    let object = object_with(&q, 0x10000);
+    block_on(dev.region.map(0x10000, &object, 0, 0x10000, true)).unwrap();
+    assert!(dev.partition.log().is_empty());
+    assert_eq!(read(&dev.mem, 0xb0000, 0x10000).unwrap(), q);
+    let snap = snapshot(&dev.mgr);
+    let added = snap
+        .mappings
+        .iter()
+        .find(|mapping| mapping.range == r(0xb0000, 0xc0000))
+        .unwrap();
+    assert_eq!(added.active_mappers, [MapperId(0)]);
+    assert!(!added.dma_target);
+    assert_eq!(snap.mapper_count, 2);
+
+    // 45: remove it again: the holder was invalidated before the call returned.
+    let mapper = dev.mgr.va_mapper();
+    block_on(dev.region.unmap(0x10000, 0x10000)).unwrap();
+    assert!(dev.partition.log().is_empty());
+    assert!(mapper
+        .events()
+        .iter()
+        .any(|(_, event)| *event == MapperEvent::Unmap(r(0xb0000, 0xc0000))));
+    assert!(!mapper
+        .mapped_ranges()
+        .iter()
+        .any(|(range, _)| range.overlaps(&r(0xb0000, 0xc0000))));
+    let error = read(&dev.mem, 0xb0000, 1).unwrap_err();
+    assert_eq!(no_mapping(&error), r(0xb0000, 0xb1000));
+    // The first half is still there.
+    assert_eq!(read(&dev.mem, 0xa0000, 0x10000).unwrap(), dev.p);
+    // A mapper that never touched the window got no message at all.
+    assert!(second.events().is_empty(), "{:?}", second.events());
+    assert_ne!(second.id(), mapper.id());
+}
+
+#[test]
+fn s46_d2_device_unmap_keeps_the_other_mappings() {
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let mem = memory(&mgr);
+    let (control, region) = mgr
+        .device_memory_mapper()
+        .new_region(0x4000, "dev".into())
+        .unwrap();
+    let a = object_with(b"AAAA", 0x1000);
+    let b = object_with(b"BBBB", 0x1000);
+    block_on(region.map(0, &a, 0, 0x1000, true)).unwrap();
+    block_on(region.map(0x2000, &b, 0, 0x1000, true)).unwrap();
+    block_on(control.map_to_guest(0xD000_0000, true)).unwrap();
+    block_on(region.unmap(0, 0x1000)).unwrap();
+    block_on(control.unmap_from_guest());
+    assert_eq!(control.gpa(), None);
+    block_on(control.map_to_guest(0xD000_0000, true)).unwrap();
+    assert_eq!(read(&mem, 0xD000_2000, 4).unwrap(), b"BBBB");
+    let error = read(&mem, 0xD000_0000, 4).unwrap_err();
+    assert_eq!(no_mapping(&error), r(0xD000_0000, 0xD000_1000));
+    let c = object_with(b"CCCC", 0x1000);
+    block_on(region.map(0, &c, 0, 0x1000, true)).unwrap();
+    assert_eq!(read(&mem, 0xD000_0000, 4).unwrap(), b"CCCC");
+}
+
+/// The `RegionManagerError` inside a device operation's `io::Error`.
+fn region_error(error: &io::Error) -> &RegionManagerError {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<RegionManagerError>())
+        .unwrap_or_else(|| panic!("{error:?} does not wrap a RegionManagerError"))
+}
+
+#[test]
+fn s47_s51_d4_device_input_errors_are_recoverable() {
+    let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
+    let partition = attach(&mgr, Vtl::Vtl0);
+    partition.clear_log();
+    let (control, region) = mgr
+        .device_memory_mapper()
+        .new_region(0x4000, "dev".into())
+        .unwrap();
+    let object = object_with(&[], 0x4000);
+    block_on(region.map(0, &object, 0, 0x2000, true)).unwrap();
+    let before = snapshot(&mgr);
+    let kind = |result: io::Result<()>| result.unwrap_err().kind();
+    assert_eq!(
+        kind(block_on(region.map(0x800, &object, 0, 0x1000, true))),
+        io::ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        kind(block_on(region.map(0x1000, &object, 0, 0x1000, true))),
+        io::ErrorKind::Unsupported
+    );
+    assert_eq!(
+        kind(block_on(region.map(0x3000, &object, 0, 0x2000, true))),
+        io::ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        kind(block_on(region.unmap(0, 0x1000))),
+        io::ErrorKind::Unsupported
+    );
+    // An object shorter than the mapping (extension).
+    let error = block_on(region.map(0x2000, &object, 0x3000, 0x2000, true)).unwrap_err();
+    assert!(
+        matches!(
+            region_error(&error),
+            RegionManagerError::MappingBeyondObject {
+                object_size: 0x4000,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    // 38: straddling RAM; 51: beyond the window.
+    let error = block_on(control.map_to_guest(0x9f000, true)).unwrap_err();
+    assert!(
+        matches!(region_error(&error), RegionManagerError::OverlapError(overlap) if overlap.new == "dev" && overlap.existing == "ram"),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "memory region dev overlaps with existing region ram"
+    );
+    let error = block_on(control.map_to_guest(0x1_0000_0000, true)).unwrap_err();
+    assert!(
+        matches!(
+            region_error(&error),
+            RegionManagerError::RegionOutOfRange { .. }
+        ),
+        "{error:?}"
+    );
+    let error = block_on(control.map_to_guest(u64::MAX - 0xfff, true)).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+    assert_eq!(control.gpa(), None);
+    assert_eq!(snapshot(&mgr), before);
+    assert!(partition.log().is_empty());
+    // The manager still works.
+    block_on(control.map_to_guest(0xD000_0000, true)).unwrap();
+    assert_eq!(
+        partition.take_log(),
+        [C::map(0xD000_0000, 0x4000, true, true, 0xD000_0000)]
+    );
+}
+
+#[test]
+fn s48_d3_read_only_window_makes_its_mappings_read_only() {
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let mem = memory(&mgr);
+    let (control, region) = mgr
+        .device_memory_mapper()
+        .new_region(0x2000, "rom".into())
+        .unwrap();
+    block_on(control.map_to_guest(0xD000_0000, false)).unwrap();
+    let object = object_with(b"rom!", 0x2000);
+    // Added while the region is active: the mapping's writability is ANDed too.
+    block_on(region.map(0, &object, 0, 0x2000, true)).unwrap();
+    assert_eq!(read(&mem, 0xD000_0000, 4).unwrap(), b"rom!");
+    let error = mem.write_at(0xD000_0000, b"x").unwrap_err();
+    assert_eq!(no_mapping(&error), r(0xD000_0000, 0xD000_1000));
+    let snap = snapshot(&mgr);
+    let mapping = snap
+        .mappings
+        .iter()
+        .find(|mapping| mapping.range.start() == 0xD000_0000)
+        .unwrap();
+    assert!(!mapping.writable);
+}
+
+#[test]
+fn s49_moving_a_window_shows_its_mappings_at_the_new_place() {
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let partition = attach(&mgr, Vtl::Vtl0);
+    partition.clear_log();
+    let mem = memory(&mgr);
+    let (control, region) = mgr
+        .device_memory_mapper()
+        .new_region(0x1000, "dev".into())
+        .unwrap();
+    // 50: mapped while unplaced.
+    let object = object_with(b"move", 0x1000);
+    block_on(region.map(0, &object, 0, 0x1000, true)).unwrap();
+    block_on(control.map_to_guest(0xD000_0000, true)).unwrap();
+    assert_eq!(read(&mem, 0xD000_0000, 4).unwrap(), b"move");
+    block_on(control.map_to_guest(0xE000_0000, true)).unwrap();
+    assert_eq!(
+        partition.take_log(),
+        [
+            C::map(0xD000_0000, 0x1000, true, true, 0xD000_0000),
+            C::unmap(0xD000_0000, 0x1000),
+            C::map(0xE000_0000, 0x1000, true, true, 0xE000_0000),
+        ]
+    );
+    assert_eq!(read(&mem, 0xE000_0000, 4).unwrap(), b"move");
+    assert!(read(&mem, 0xD000_0000, 4).is_err());
+}
+
+#[test]
+fn device_window_is_removed_when_both_halves_are_dropped() {
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let partition = attach(&mgr, Vtl::Vtl0);
+    partition.clear_log();
+    let (control, region) = mgr
+        .device_memory_mapper()
+        .new_region(0x1000, "dev".into())
+        .unwrap();
+    block_on(control.map_to_guest(0xD000_0000, true)).unwrap();
+    drop(control);
+    // The control alone does not unmap.
+    assert_eq!(snapshot(&mgr).regions.len(), 2);
+    drop(region);
+    // Removal is queued; the next request runs after it.
+    let snap = snapshot(&mgr);
+    assert_eq!(snap.regions.len(), 1);
+    assert_eq!(
+        partition.take_log(),
+        [
+            C::map(0xD000_0000, 0x1000, true, true, 0xD000_0000),
+            C::unmap(0xD000_0000, 0x1000)
+        ]
+    );
+}
+
+// ----- scenarios 53-56: private memory, poisoning, invalidation order -----
+
+#[test]
+fn s53_private_fault_kind_is_other() {
+    let mgr = build(GuestMemoryBuilder::new().private_memory(true), &l1());
+    let mem = memory(&mgr);
+    let error = read(&mem, 0xC000_0000, 1).unwrap_err();
+    assert_eq!(error.kind(), GuestMemoryErrorKind::Other);
+    let cause = std::error::Error::source(&error).unwrap();
+    assert_eq!(
+        cause.to_string(),
+        "unexpected page fault in private RAM mode"
+    );
+}
+
+#[test]
+fn s14_s54_private_unmap_leaves_the_va_and_skips_prefetch() {
+    let mgr = build(
+        GuestMemoryBuilder::new()
+            .private_memory(true)
+            .prefetch_ram(true),
+        &l1(),
+    );
+    let partition = attach(&mgr, Vtl::Vtl0);
+    assert_eq!(partition.take_log(), [C::map(0, GIB, true, true, 0)]);
+    assert_eq!(
+        snapshot(&mgr).regions[0].map_params,
+        Some(MapParams {
+            writable: true,
+            executable: true,
+            prefetch: false
+        })
+    );
+    let mem = memory(&mgr);
+    mem.write_at(0, b"kept").unwrap();
+    set(&mgr, L1_RAM, RamVisibility::Unmapped);
+    assert_eq!(partition.take_log(), [C::unmap(0, GIB)]);
+    assert_eq!(read(&mem, 0, 4).unwrap(), b"kept");
+}
+
+#[test]
+fn s55_d5_runtime_partition_failure_poisons_the_manager() {
+    let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
+    let partition = attach(&mgr, Vtl::Vtl0);
+    let mem = memory(&mgr);
+    partition.fail_on(RecordedOp::Map, 0xa0000);
+    set(&mgr, VGA, RamVisibility::Unmapped);
+    let control = mgr.ram_visibility_control();
+    let error = block_on(control.set_ram_visibility(VGA, RamVisibility::ReadWrite)).unwrap_err();
+    assert!(
+        matches!(error, RegionManagerError::ManagerPoisoned { .. }),
+        "{error:?}"
+    );
+    for error in [
+        block_on(control.set_ram_visibility(PAM0, RamVisibility::Unmapped)).unwrap_err(),
+        block_on(mgr.inspect()).unwrap_err(),
+        block_on(mgr.decommit_ram(r(0, 0x1000))).unwrap_err(),
+    ] {
+        assert!(
+            matches!(error, RegionManagerError::ManagerPoisoned { .. }),
+            "{error:?}"
+        );
+    }
+    let other: Arc<dyn PartitionMemoryMap> = recorder(&mgr);
+    let error = block_on(mgr.attach_partition(Vtl::Vtl0, &other, None)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            PartitionAttachError::Manager(RegionManagerError::ManagerPoisoned { .. })
+        ),
+        "{error:?}"
+    );
+    let (device, _region) = mgr
+        .device_memory_mapper()
+        .new_region(0x1000, "dev".into())
+        .unwrap();
+    let error = block_on(device.map_to_guest(0xD000_0000, true)).unwrap_err();
+    assert!(matches!(
+        region_error(&error),
+        RegionManagerError::ManagerPoisoned { .. }
+    ));
+    // The process survives and memory that stayed mapped still works.
+    mem.write_at(0x10_0000, b"alive").unwrap();
+    assert_eq!(read(&mem, 0x10_0000, 5).unwrap(), b"alive");
+}
+
+#[test]
+fn s56_partition_unmap_precedes_the_acknowledged_invalidation() {
+    let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
+    let mem = memory(&mgr);
+    read(&mem, 0xa0000, 1).unwrap();
+    let partition = attach(&mgr, Vtl::Vtl0);
+    partition.clear_log();
+    let mapper = mgr.va_mapper();
+    set(&mgr, VGA, RamVisibility::Unmapped);
+    // When the call resolved, the mapper had processed (and acknowledged) the invalidation.
+    let unmap_seq = mapper
+        .events()
+        .iter()
+        .find(|(_, event)| *event == MapperEvent::Unmap(VGA))
+        .map(|(seq, _)| *seq)
+        .expect("the mapper was invalidated before the call returned");
+    assert!(!mapper
+        .mapped_ranges()
+        .iter()
+        .any(|(range, _)| range.overlaps(&VGA)));
+    let log = partition.log_with_sequence();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].1, C::unmap(0xa0000, 0x20000));
+    assert!(
+        log[0].0 < unmap_seq,
+        "partition unmap precedes the invalidation"
+    );
+}
+
+// ----- D7: locked pages stay mapped in this process until released -----
+
+#[test]
+fn d7_locked_page_survives_invalidation_until_released() {
+    let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
+    let partition = attach(&mgr, Vtl::Vtl0);
+    partition.clear_log();
+    let mem = memory(&mgr);
+    mem.write_at(0xa1000, b"locked").unwrap();
+    let locked = mem.lock_gpns(false, &[0xa1]).unwrap();
+    assert_eq!(mgr.va_mapper().locked_page_count(), 1);
+
+    // The partition loses the range at once and the call completes (the ack is not deferred).
+    set(&mgr, VGA, RamVisibility::Unmapped);
+    assert_eq!(partition.take_log(), [C::unmap(0xa0000, 0x20000)]);
+    // The lock holder and the accessor keep the page; its neighbours are gone.
+    let mut data = [0u8; 6];
+    locked.read_at(0, 0, &mut data).unwrap();
+    assert_eq!(&data, b"locked");
+    assert_eq!(read(&mem, 0xa1000, 6).unwrap(), b"locked");
+    mem.write_at(0xa1008, b"still").unwrap();
+    for gpa in [0xa0000, 0xa2000, 0xbf000] {
+        let error = read(&mem, gpa, 1).unwrap_err();
+        assert_eq!(no_mapping(&error).start(), gpa);
+    }
+    assert_eq!(
+        mgr.va_mapper()
+            .mapped_ranges()
+            .iter()
+            .filter(|(range, _)| range.overlaps(&VGA))
+            .map(|(range, _)| *range)
+            .collect::<Vec<_>>(),
+        [r(0xa1000, 0xa2000)]
+    );
+
+    // A clone shares the lock: the page goes with the last one.
+    let clone = locked.clone();
+    drop(locked);
+    assert_eq!(read(&mem, 0xa1000, 1).unwrap(), b"l");
+    drop(clone);
+    assert_eq!(mgr.va_mapper().locked_page_count(), 0);
+    let error = read(&mem, 0xa1000, 1).unwrap_err();
+    assert_eq!(no_mapping(&error), r(0xa1000, 0xa2000));
+    // The RAM content survived for when the region returns.
+    set(&mgr, VGA, RamVisibility::ReadWrite);
+    assert_eq!(read(&mem, 0xa1000, 13).unwrap(), b"locked\0\0still");
+}
+
+#[test]
+fn d7_a_new_mapping_reaches_a_locked_page_at_release() {
+    let dev = vga_device();
+    dev.mem.write_at(0xa1000, b"RAM page").unwrap();
+    let locked = dev.mem.lock_gpns(false, &[0xa1]).unwrap();
+    set(&dev.mgr, VGA, RamVisibility::Unmapped);
+    // The device surfaced everywhere except on the locked page, which still shows RAM.
+    assert_eq!(read(&dev.mem, 0xa0000, 0x100).unwrap(), dev.p[..0x100]);
+    assert_eq!(read(&dev.mem, 0xa1000, 8).unwrap(), b"RAM page");
+    assert_eq!(
+        read(&dev.mem, 0xa2000, 0x100).unwrap(),
+        dev.p[0x2000..0x2100]
+    );
+    drop(locked);
+    assert_eq!(
+        read(&dev.mem, 0xa1000, 0x100).unwrap(),
+        dev.p[0x1000..0x1100]
+    );
+}
+
+#[test]
+fn d7_locked_page_keeps_its_access_until_released() {
+    let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
+    let mem = memory(&mgr);
+    let locked = mem.lock_gpns(true, &[0xc0]).unwrap();
+    set(&mgr, PAM0, RamVisibility::ReadOnly);
+    mem.write_at(0xc0000, b"writable while locked").unwrap();
+    assert!(mem.write_at(0xc1000, b"x").is_err());
+    drop(locked);
+    let error = mem.write_at(0xc0000, b"x").unwrap_err();
+    assert_eq!(no_mapping(&error), r(0xc0000, 0xc1000));
+    assert_eq!(read(&mem, 0xc0000, 8).unwrap(), b"writable");
+    // Read-only to read-write of the same content reaches a locked page at once.
+    let locked = mem.lock_gpns(false, &[0xc0]).unwrap();
+    set(&mgr, PAM0, RamVisibility::ReadWrite);
+    mem.write_at(0xc0000, b"W").unwrap();
+    drop(locked);
+}
+
+#[test]
+fn d7_locking_a_hole_fails_and_locks_nothing() {
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let mem = memory(&mgr);
+    let error = mem.lock_gpns(false, &[0x10, 0xC0000]).unwrap_err();
+    assert_eq!(error.kind(), GuestMemoryErrorKind::OutOfRange);
+    assert_eq!(mgr.va_mapper().locked_page_count(), 0);
+    let locked = mem.lock_gpns(false, &[0x10, 0x10, 0x3FFFF]).unwrap();
+    assert_eq!(mgr.va_mapper().locked_page_count(), 2);
+    drop(locked);
+    assert_eq!(mgr.va_mapper().locked_page_count(), 0);
+}
+
+// ----- teardown, decommit, D6 -----
+
+#[test]
+fn close_tears_down_and_derived_objects_report_manager_gone() {
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let partition = attach(&mgr, Vtl::Vtl0);
+    partition.clear_log();
+    let window_len = mgr.va_window_len();
+    let mem = memory(&mgr);
+    mem.write_at(0x1000, b"before").unwrap();
+    mem.write_at(0x2000, b"locked").unwrap();
+    let locked = mem.lock_gpns(false, &[0x2]).unwrap();
+    let client = mgr.client();
+    let control = mgr.ram_visibility_control();
+    let (device, region) = mgr
+        .device_memory_mapper()
+        .new_region(0x1000, "dev".into())
+        .unwrap();
+    let mapper = mgr.va_mapper();
+    block_on(mgr.close());
+
+    assert_eq!(partition.take_log(), [C::unmap(0, window_len)]);
+    assert!(mapper.is_closed());
+    let error = read(&mem, 0x1000, 1).unwrap_err();
+    assert_eq!(error.kind(), GuestMemoryErrorKind::OutOfRange);
+    assert!(std::error::Error::source(&error)
+        .unwrap()
+        .downcast_ref::<ManagerGone>()
+        .is_some());
+    // Locked pages stay readable until released.
+    assert_eq!(read(&mem, 0x2000, 6).unwrap(), b"locked");
+    drop(locked);
+    assert!(read(&mem, 0x2000, 1).is_err());
+
+    let error = block_on(client.guest_memory()).unwrap_err();
+    assert!(
+        matches!(error, VaMapperError::MemoryManagerGone(_)),
+        "{error:?}"
+    );
+    let error = block_on(control.set_ram_visibility(L1_RAM, RamVisibility::Unmapped)).unwrap_err();
+    assert!(
+        matches!(error, RegionManagerError::ManagerGone),
+        "{error:?}"
+    );
+    let error = block_on(device.map_to_guest(0xD000_0000, true)).unwrap_err();
+    assert!(matches!(
+        region_error(&error),
+        RegionManagerError::ManagerGone
+    ));
+    let object = object_with(&[], 0x1000);
+    let error = block_on(region.map(0, &object, 0, 0x1000, true)).unwrap_err();
+    assert!(matches!(
+        region_error(&error),
+        RegionManagerError::ManagerGone
+    ));
+    block_on(device.unmap_from_guest());
+}
+
+#[test]
+fn dropping_the_manager_removes_ram_and_stops_when_unused() {
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let partition = attach(&mgr, Vtl::Vtl0);
+    partition.clear_log();
+    let window_len = mgr.va_window_len();
+    drop(mgr);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while partition.log().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(partition.log(), [C::unmap(0, GIB), C::unmap(0, window_len)]);
+}
+
+#[test]
+fn decommit_ram_releases_pages() {
+    let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
+    let mem = memory(&mgr);
+    mem.fill_at(0x9e000, 0xAB, 0x4000).unwrap();
+    // Across two RAM regions (0x0-0xa0000 and the VGA window).
+    block_on(mgr.decommit_ram(r(0x9f000, 0xa1000))).unwrap();
+    assert_eq!(read(&mem, 0x9f000, 0x2000).unwrap(), vec![0; 0x2000]);
+    assert_eq!(read(&mem, 0x9e000, 0x1000).unwrap(), vec![0xAB; 0x1000]);
+    assert_eq!(read(&mem, 0xa1000, 0x1000).unwrap(), vec![0xAB; 0x1000]);
+    let backing = mgr.shared_memory_backing().unwrap();
+    assert_eq!(pread(&backing, 0x9f000, 16), [0; 16]);
+    for bad in [
+        r(0x3FFF_F000, 0x4000_1000),
+        r(0xC000_0000, 0xC000_1000),
+        r(0, 0),
+    ] {
+        let error = block_on(mgr.decommit_ram(bad)).unwrap_err();
+        assert!(
+            matches!(error, RegionManagerError::InvalidRamRegion(_)),
+            "{bad}: {error:?}"
+        );
+    }
+
+    let private = build(GuestMemoryBuilder::new().private_memory(true), &l1());
+    let mem = memory(&private);
+    mem.fill_at(0x10000, 0xCD, 0x3000).unwrap();
+    block_on(private.decommit_ram(r(0x11000, 0x12000))).unwrap();
+    assert_eq!(read(&mem, 0x10000, 1).unwrap(), [0xCD]);
+    assert_eq!(read(&mem, 0x11000, 0x1000).unwrap(), vec![0; 0x1000]);
+    assert_eq!(read(&mem, 0x12000, 1).unwrap(), [0xCD]);
+}
+
+#[test]
+fn d6_an_empty_request_completes_at_once() {
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let mapper = mgr.va_mapper();
+    block_on(mapper.request(MemoryRange::EMPTY, false)).unwrap();
+    mapper.request_sync(MemoryRange::EMPTY, true).unwrap();
+    assert!(mapper.events().is_empty());
+}
+
+#[test]
+fn inspect_snapshot_serializes() {
+    let mgr = build(
+        GuestMemoryBuilder::new().vtl0_alias_map(Some(1 << 40)),
+        &l1(),
+    );
+    let mem = memory(&mgr);
+    read(&mem, 0, 1).unwrap();
+    let value = serde_json::to_value(snapshot(&mgr)).unwrap();
+    assert_eq!(value["alias_offset"], serde_json::json!(1u64 << 40));
+    assert_eq!(value["pin_mappings"], serde_json::json!(false));
+    assert_eq!(value["mapper_count"], serde_json::json!(1));
+    assert_eq!(
+        value["mappings"],
+        serde_json::json!([{
+            "range": {"start": 0, "end": GIB},
+            "file_offset": 0,
+            "writable": true,
+            "dma_target": true,
+            "active_mappers": [0]
+        }])
+    );
+    assert_eq!(value["regions"][0]["name"], serde_json::json!("ram"));
+    assert_eq!(value["regions"][0]["active"], serde_json::json!(true));
+}
