@@ -174,11 +174,24 @@ impl MappingManagerClient {
 
 /// A registered mapper; dropping the link (mapper removed, or the manager stopped) tells the
 /// mapper that the manager is gone.
-struct MapperLink(Arc<MapperShared>);
+struct MapperLink(Arc<MapperShared>, bool);
+
+impl MapperLink {
+    /// Tells the mapper that the manager is gone; the receiver resolves once its window is
+    /// released.
+    fn close(mut self) -> oneshot::Receiver<()> {
+        let (sender, receiver) = oneshot::channel();
+        self.0.push(MapperMessage::Close(Some(sender)));
+        self.1 = true;
+        receiver
+    }
+}
 
 impl Drop for MapperLink {
     fn drop(&mut self) {
-        self.0.push(MapperMessage::Close);
+        if !self.1 {
+            self.0.push(MapperMessage::Close(None));
+        }
     }
 }
 
@@ -281,14 +294,24 @@ impl MappingManager {
                 MappingRequest::Inspect(reply) => {
                     let _ = reply.send(self.inspect());
                 }
-                MappingRequest::Shutdown => break,
+                MappingRequest::Shutdown => {
+                    // An explicit shutdown waits until every mapper released its window.
+                    let closing: Vec<_> = self
+                        .mappers
+                        .drain(..)
+                        .flatten()
+                        .map(MapperLink::close)
+                        .collect();
+                    futures::future::join_all(closing).await;
+                    break;
+                }
             }
         }
         // Dropping the links tells every mapper that the manager is gone.
     }
 
     fn add_mapper(&mut self, mapper: Arc<MapperShared>) -> MapperId {
-        let link = Some(MapperLink(mapper));
+        let link = Some(MapperLink(mapper, false));
         match self.mappers.iter().position(Option::is_none) {
             Some(slot) => {
                 self.mappers[slot] = link;

@@ -81,8 +81,8 @@ pub(crate) enum MapperMessage {
     NoMapping(MemoryRange),
     /// Return the range to the inaccessible state, then acknowledge.
     Unmap(MemoryRange, oneshot::Sender<Result<(), String>>),
-    /// The mapping manager is gone.
-    Close,
+    /// The mapping manager is gone; acknowledged (if asked) once the window is released.
+    Close(Option<oneshot::Sender<()>>),
 }
 
 /// A message a mapper received, as its event log shows it (spec §8.0, internal).
@@ -217,7 +217,7 @@ impl Queue {
 /// What handling a message did, for the waiters.
 enum Handled {
     Wake(MemoryRange, Option<bool>),
-    Closed,
+    Closed(Option<oneshot::Sender<()>>),
     Nothing,
 }
 
@@ -277,7 +277,12 @@ impl MapperShared {
             let handled = MutexGuard::unlocked(queue, || self.handle(message));
             match handled {
                 Handled::Wake(range, writable) => queue.wake(range, writable),
-                Handled::Closed => queue.close(),
+                Handled::Closed(ack) => {
+                    queue.close();
+                    if let Some(ack) = ack {
+                        let _ = ack.send(());
+                    }
+                }
                 Handled::Nothing => {}
             }
         }
@@ -329,10 +334,10 @@ impl MapperShared {
                 let _ = ack.send(result.map_err(|error| error.to_string()));
                 Handled::Nothing
             }
-            MapperMessage::Close => {
+            MapperMessage::Close(ack) => {
                 self.log(MapperEvent::Close);
                 self.release_window();
-                Handled::Closed
+                Handled::Closed(ack)
             }
         }
     }

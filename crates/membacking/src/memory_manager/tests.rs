@@ -17,6 +17,7 @@ use futures::executor::block_on;
 use guestmem::GuestMemoryError;
 use guestmem::GuestMemoryErrorKind;
 use std::os::fd::AsRawFd;
+use std::os::fd::OwnedFd;
 use virt::RecordedCall as C;
 use virt::RecordedOp;
 use virt::RecordingPartition;
@@ -1306,4 +1307,343 @@ fn inspect_snapshot_serializes() {
     );
     assert_eq!(value["regions"][0]["name"], serde_json::json!("ram"));
     assert_eq!(value["regions"][0]["active"], serde_json::json!(true));
+}
+
+// ----- process-wide properties, each checked in a process of its own -----
+
+/// Runs the test `name` (a function of this module) in a fresh process of the test binary,
+/// so that process-wide figures (resident memory, descriptors, mappings, threads) are not
+/// disturbed by tests running in parallel. Returns true in that process, where the caller runs
+/// the test's body; in the original process it waits for the child and checks it passed.
+fn isolated(name: &str) -> bool {
+    const VAR: &str = "MEMBACKING_ISOLATED_TEST";
+    if std::env::var(VAR).as_deref() == Ok(name) {
+        return true;
+    }
+    let path = format!("memory_manager::tests::{name}");
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([&path, "--exact", "--nocapture", "--test-threads=1"])
+        .env(VAR, name)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "isolated test {name} failed:\n{stdout}\n{stderr}"
+    );
+    print!("{stdout}");
+    false
+}
+
+/// A line of /proc/self/status, in kB.
+fn status_kb(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+const MIB_KB: u64 = 1024;
+
+#[test]
+fn lazy_mapping_a_1tib_guest_costs_no_resident_memory() {
+    if !isolated("lazy_mapping_a_1tib_guest_costs_no_resident_memory") {
+        return;
+    }
+    // Warm up the process-wide pieces (fault handler, first threads).
+    block_on(build(GuestMemoryBuilder::new(), &l1()).close());
+    let before = status_kb("VmRSS");
+    let layout = MemoryLayout::new(1 << 40, &[MMIO_GAP], None).unwrap();
+    let mgr = build(GuestMemoryBuilder::new(), &layout);
+    // Attaching populates the VA of both RAM regions (one mmap each), still without memory.
+    let partition = attach(&mgr, Vtl::Vtl0);
+    assert_eq!(partition.log().len(), 2);
+    let mem = memory(&mgr);
+    let built = status_kb("VmRSS");
+    println!("1 TiB guest: VmRSS {before} kB before, {built} kB after build and attach");
+    assert!(built < before + 16 * MIB_KB, "{before} -> {built} kB");
+    assert!(status_kb("VmSize") > (1 << 30), "the window is reserved VA");
+
+    // One byte in every GiB of the guest: about 1024 pages plus their page tables.
+    let mut touched = 0;
+    for gib in 0..1025u64 {
+        let gpa = gib << 30;
+        if MMIO_GAP.contains_addr(gpa) {
+            continue;
+        }
+        mem.write_at(gpa + 0x123, &[gib as u8]).unwrap();
+        touched += 1;
+    }
+    for gib in [0u64, 5, 1000] {
+        assert_eq!(read(&mem, (gib << 30) + 0x123, 1).unwrap(), [gib as u8]);
+    }
+    let sparse = status_kb("VmRSS");
+    println!("after touching {touched} pages across the guest: VmRSS {sparse} kB");
+    assert!(sparse < before + 32 * MIB_KB, "{before} -> {sparse} kB");
+
+    // Touching 64 MiB makes it resident.
+    mem.fill_at(0x1000_0000, 0x5A, 64 << 20).unwrap();
+    let dense = status_kb("VmRSS");
+    println!("after filling 64 MiB: VmRSS {dense} kB");
+    assert!(dense >= sparse + 60 * MIB_KB, "{sparse} -> {dense} kB");
+    block_on(mgr.close());
+}
+
+/// Descriptors, mapping lines and threads of this process.
+fn process_resources() -> (usize, usize, usize) {
+    let count = |path: &str| std::fs::read_dir(path).unwrap().count();
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count();
+    (count("/proc/self/fd"), maps, count("/proc/self/task"))
+}
+
+/// Builds a manager, uses every part of it, and lets it go (with `close`, or by dropping it).
+fn use_and_release_a_manager(close: bool) {
+    let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
+    let partition = attach(&mgr, Vtl::Vtl0);
+    let mem = memory(&mgr);
+    mem.write_at(0x1000, b"x").unwrap();
+    let locked = mem.lock_gpns(false, &[0xa1]).unwrap();
+    set(&mgr, VGA, RamVisibility::Unmapped);
+    let (control, region) = mgr
+        .device_memory_mapper()
+        .new_region(0x2000, "dev".into())
+        .unwrap();
+    let object = object_with(b"dev", 0x2000);
+    block_on(region.map(0, &object, 0, 0x2000, true)).unwrap();
+    block_on(control.map_to_guest(0xa0000, true)).unwrap();
+    assert_eq!(read(&mem, 0xa0000, 3).unwrap(), b"dev");
+    drop((locked, control, region, object));
+    if close {
+        block_on(mgr.close());
+    } else {
+        drop(mgr);
+    }
+    drop((mem, partition));
+}
+
+#[test]
+fn teardown_releases_threads_descriptors_and_mappings() {
+    if !isolated("teardown_releases_threads_descriptors_and_mappings") {
+        return;
+    }
+    use_and_release_a_manager(true);
+    let before = process_resources();
+    for _ in 0..200 {
+        use_and_release_a_manager(true);
+    }
+    let after_close = process_resources();
+    println!(
+        "fds, maps lines, threads: before {before:?}, after 200 closed managers {after_close:?}"
+    );
+    assert_eq!(after_close, before);
+
+    // Dropped managers stop asynchronously: after each, wait for the figures to come back.
+    // (One at a time, so that glibc's per-thread caches — malloc arenas, thread stacks — stay
+    // the size the sequential closes needed.)
+    for round in 0..200 {
+        use_and_release_a_manager(false);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut after_drop = process_resources();
+        while after_drop != before && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            after_drop = process_resources();
+        }
+        if after_drop != before {
+            println!("{}", std::fs::read_to_string("/proc/self/maps").unwrap());
+        }
+        assert_eq!(after_drop, before, "dropped manager {round}");
+    }
+    println!("after 200 dropped managers {:?}", process_resources());
+}
+
+#[test]
+fn shared_backing_rebuilds_the_memory_in_a_child_process() {
+    const VAR: &str = "MEMBACKING_BACKING_FD";
+    if let Ok(fd) = std::env::var(VAR) {
+        // The child: rebuild the guest memory from the inherited descriptor.
+        let fd: i32 = fd.parse().unwrap();
+        // SAFETY: the parent passed this descriptor to us for our exclusive use.
+        let object = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let backing = SharedMemoryBacking::from_mappable(object);
+        let mgr = build(
+            GuestMemoryBuilder::new().existing_backing(Some(backing)),
+            &l1(),
+        );
+        let mem = memory(&mgr);
+        assert_eq!(read(&mem, 0x2000, 6).unwrap(), b"parent");
+        mem.write_at(0x3FFF_0000, b"child").unwrap();
+        block_on(mgr.close());
+        return;
+    }
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let mem = memory(&mgr);
+    mem.write_at(0x2000, b"parent").unwrap();
+    let backing = mgr.shared_memory_backing().unwrap();
+    // An inheritable duplicate (the original is close-on-exec).
+    // SAFETY: duplicating a descriptor we own.
+    let inheritable = unsafe { libc::fcntl(backing.as_fd().as_raw_fd(), libc::F_DUPFD, 100) };
+    assert!(inheritable >= 0);
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "memory_manager::tests::shared_backing_rebuilds_the_memory_in_a_child_process",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(VAR, inheritable.to_string())
+        .output()
+        .unwrap();
+    // SAFETY: closing the duplicate made above, which nothing else uses.
+    unsafe { libc::close(inheritable) };
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("1 passed"),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(read(&mem, 0x3FFF_0000, 5).unwrap(), b"child");
+}
+
+// ----- concurrency -----
+
+/// Whether an access error is one of the coded outcomes a concurrent visibility or device
+/// change may cause: `OutOfRange` with a `NoMapping` cause.
+fn is_coded_no_mapping(error: &GuestMemoryError) -> bool {
+    error.kind() == GuestMemoryErrorKind::OutOfRange
+        && std::error::Error::source(error).is_some_and(|source| source.is::<NoMapping>())
+}
+
+#[test]
+fn concurrent_accesses_survive_visibility_and_device_churn() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::Ordering;
+
+    const WORKERS: u64 = 4;
+    const STABLE_BASE: u64 = 0x100_0000;
+    const STABLE_LEN: usize = 0x10_0000;
+    const DEVICE_GPA: u64 = 0xD000_0000;
+
+    let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
+    let partition = attach(&mgr, Vtl::Vtl0);
+    let mem = memory(&mgr);
+    let stop = Arc::new(AtomicBool::new(false));
+    let coded_errors = Arc::new(AtomicU64::new(0));
+    let device_object = object_with(&pattern(0x33, 0x4000), 0x4000);
+
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|worker| {
+            let mem = mem.clone();
+            let stop = stop.clone();
+            let coded_errors = coded_errors.clone();
+            std::thread::spawn(move || {
+                let base = STABLE_BASE + worker * STABLE_LEN as u64;
+                let mut round = 0u8;
+                let mut checksum = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // Memory that stays mapped: every access succeeds and reads back.
+                    let data = pattern(round.wrapping_add(worker as u8), STABLE_LEN);
+                    mem.write_at(base, &data).unwrap();
+                    assert_eq!(read(&mem, base, STABLE_LEN).unwrap(), data);
+                    checksum = data.iter().map(|&byte| u64::from(byte)).sum();
+                    // Memory that comes and goes: success, or a coded error, never a crash.
+                    for gpa in [0xa0000, 0xa8000, 0xc0000, DEVICE_GPA, DEVICE_GPA + 0x2000] {
+                        let outcomes = [
+                            read(&mem, gpa, 0x100).map(drop),
+                            mem.write_at(gpa + 0x10, &[round]),
+                        ];
+                        for outcome in outcomes {
+                            if let Err(error) = outcome {
+                                assert!(is_coded_no_mapping(&error), "{error}: {:?}", error);
+                                coded_errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    // A locked page stays readable while locked, whatever the churn does.
+                    if let Ok(locked) = mem.lock_gpns(false, &[0xa4]) {
+                        let mut byte = [0u8; 1];
+                        for _ in 0..4 {
+                            locked.read_at(0, 0x10, &mut byte).unwrap();
+                            read(&mem, 0xa4000, 16).unwrap();
+                            std::thread::yield_now();
+                        }
+                    }
+                    round = round.wrapping_add(1);
+                }
+                (base, checksum, round)
+            })
+        })
+        .collect();
+
+    let control = mgr.ram_visibility_control();
+    let (window, region) = mgr
+        .device_memory_mapper()
+        .new_region(0x4000, "dev".into())
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut changes = 0;
+    while changes < 300 || start.elapsed() < std::time::Duration::from_millis(300) {
+        let step = changes % 6;
+        match step {
+            0 => block_on(control.set_ram_visibility(VGA, RamVisibility::Unmapped)).unwrap(),
+            1 => block_on(control.set_ram_visibility(PAM0, RamVisibility::ReadOnly)).unwrap(),
+            2 => {
+                block_on(region.map(0, &device_object, 0, 0x2000, true)).unwrap();
+                block_on(window.map_to_guest(DEVICE_GPA, true)).unwrap();
+            }
+            3 => block_on(control.set_ram_visibility(VGA, RamVisibility::ReadWrite)).unwrap(),
+            4 => block_on(control.set_ram_visibility(PAM0, RamVisibility::ReadWrite)).unwrap(),
+            _ => {
+                block_on(window.unmap_from_guest());
+                block_on(region.unmap(0, 0x2000)).unwrap();
+            }
+        }
+        changes += 1;
+        if changes > 20_000 {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut rounds = 0u64;
+    for worker in workers {
+        let (base, checksum, round) = worker.join().unwrap();
+        rounds += u64::from(round);
+        // The last pattern written is intact.
+        let data = read(&mem, base, STABLE_LEN).unwrap();
+        assert_eq!(
+            data.iter().map(|&byte| u64::from(byte)).sum::<u64>(),
+            checksum
+        );
+    }
+    println!(
+        "{changes} changes, {rounds} worker rounds, {} coded errors",
+        coded_errors.load(Ordering::Relaxed)
+    );
+    // The partition holds exactly the active regions: replay its log.
+    let mut mapped: std::collections::BTreeMap<u64, u64> = Default::default();
+    for call in partition.log() {
+        match call.op {
+            RecordedOp::Map => {
+                assert!(mapped.insert(call.gpa, call.size).is_none(), "{call}");
+            }
+            RecordedOp::Unmap => {
+                mapped.retain(|&gpa, &mut size| {
+                    !(gpa >= call.gpa && gpa + size <= call.gpa + call.size)
+                });
+            }
+            _ => {}
+        }
+    }
+    let active: std::collections::BTreeMap<u64, u64> = snapshot(&mgr)
+        .regions
+        .iter()
+        .filter(|region| region.active)
+        .map(|region| (region.range.start(), region.range.len()))
+        .collect();
+    assert_eq!(mapped, active);
 }
