@@ -36,7 +36,14 @@ fn median(runs: usize, mut measure: impl FnMut() -> f64) -> f64 {
     values[values.len() / 2]
 }
 
-fn print_line(name: &str, value: f64, unit: &str, baseline: &str, baseline_value: f64, target: Option<f64>) {
+fn print_line(
+    name: &str,
+    value: f64,
+    unit: &str,
+    baseline: &str,
+    baseline_value: f64,
+    target: Option<f64>,
+) {
     let ratio = value / baseline_value;
     let mut line = format!(
         "{{\"name\":\"{name}\",\"value\":{value:.3},\"unit\":\"{unit}\",\"baseline\":\"{baseline}\",\"baselineValue\":{baseline_value:.3},\"ratio\":{ratio:.3}"
@@ -108,7 +115,9 @@ fn fixed_map_ns() -> f64 {
     for i in 0..iterations {
         let offset = (i % 256) * 0x1000;
         let start = Instant::now();
-        mapping.map_file(offset, 0x1000, &object, offset as u64, true).unwrap();
+        mapping
+            .map_file(offset, 0x1000, &object, offset as u64, true)
+            .unwrap();
         total += start.elapsed();
         mapping.unmap(offset, 0x1000).unwrap();
     }
@@ -119,7 +128,12 @@ fn fixed_map_ns() -> f64 {
 /// regions (untimed), then times one read in it.
 fn first_touch_ns() -> f64 {
     let layout = MemoryLayout::new(GIB, &[MMIO_GAP], None).unwrap();
-    let mgr = block_on(GuestMemoryBuilder::new().x86_legacy_support(true).build(&layout)).unwrap();
+    let mgr = block_on(
+        GuestMemoryBuilder::new()
+            .x86_legacy_support(true)
+            .build(&layout),
+    )
+    .unwrap();
     let mem = block_on(mgr.client().guest_memory()).unwrap();
     let control = mgr.ram_visibility_control();
     let pam = |index: u64| MemoryRange::new(0xc0000 + index * 0x4000..0xc4000 + index * 0x4000);
@@ -146,7 +160,12 @@ fn first_touch_ns() -> f64 {
 /// partition attached and the mapper holding the region.
 fn set_ram_visibility_ns() -> f64 {
     let layout = MemoryLayout::new(GIB, &[MMIO_GAP], None).unwrap();
-    let mgr = block_on(GuestMemoryBuilder::new().x86_legacy_support(true).build(&layout)).unwrap();
+    let mgr = block_on(
+        GuestMemoryBuilder::new()
+            .x86_legacy_support(true)
+            .build(&layout),
+    )
+    .unwrap();
     let partition: Arc<dyn PartitionMemoryMap> = Arc::new(RecordingPartition::new());
     block_on(mgr.attach_partition(Vtl::Vtl0, &partition, None)).unwrap();
     let control = mgr.ram_visibility_control();

@@ -11,6 +11,9 @@
 //! it; dropping both requests its removal without waiting.
 
 use super::region_actor::DeviceOp;
+use super::region_actor::PlanPreview;
+use super::region_actor::PreviewChange;
+use super::region_actor::PreviewError;
 use super::region_actor::RegionManagerClient;
 use super::region_actor::SharedWindow;
 use crate::device_memory::DeviceWindow;
@@ -69,6 +72,20 @@ impl Drop for WindowShared {
 }
 
 impl WindowShared {
+    fn preview(
+        &self,
+        make: impl FnOnce(SharedWindow) -> PreviewChange,
+    ) -> impl Future<Output = io::Result<PlanPreview>> + Send + 'static {
+        let regions = self.regions.clone();
+        let change = make(self.window.clone());
+        async move {
+            regions.preview(change).await.map_err(|error| match error {
+                PreviewError::Region(error) => io::Error::other(error),
+                PreviewError::Io(error) => error,
+            })
+        }
+    }
+
     fn run(&self, op: DeviceOp) -> impl Future<Output = io::Result<()>> + Send + 'static {
         let regions = self.regions.clone();
         let window = self.window.clone();
@@ -110,6 +127,29 @@ impl MappableGuestMemory {
                 );
             }
         }
+    }
+
+    /// Dry run of [`MappableGuestMemory::map_to_guest`]: the operations it would carry out and
+    /// the flat view it would leave; nothing is applied.
+    pub fn plan_map_to_guest(
+        &self,
+        gpa: u64,
+        writable: bool,
+    ) -> impl Future<Output = io::Result<PlanPreview>> + Send + 'static {
+        self.shared
+            .preview(move |window| PreviewChange::DeviceMapToGuest {
+                window,
+                gpa,
+                writable,
+            })
+    }
+
+    /// Dry run of [`MappableGuestMemory::unmap_from_guest`].
+    pub fn plan_unmap_from_guest(
+        &self,
+    ) -> impl Future<Output = io::Result<PlanPreview>> + Send + 'static {
+        self.shared
+            .preview(|window| PreviewChange::DeviceUnmapFromGuest { window })
     }
 
     /// The window's length.

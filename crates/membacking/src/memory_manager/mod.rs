@@ -37,6 +37,7 @@ pub use device::DeviceMemoryMapper;
 pub use device::MappableGuestMemory;
 pub use device::MappedMemoryRegion;
 pub use region_actor::ManagerSnapshot;
+pub use region_actor::PlanPreview;
 
 use crate::error::MemoryBuildError;
 use crate::error::PartitionAttachError;
@@ -59,6 +60,8 @@ use futures::channel::oneshot;
 use guestmem::GuestMemory;
 use memory_range::MemoryRange;
 use region_actor::new_region_manager;
+use region_actor::PreviewChange;
+use region_actor::PreviewError;
 use region_actor::RegionActorConfig;
 use region_actor::RegionActorTask;
 use region_actor::RegionManagerClient;
@@ -571,6 +574,28 @@ impl GuestMemoryManager {
     {
         let regions = self.regions.clone();
         async move { regions.flat_view().await }
+    }
+
+    /// Dry run of a visibility change: the operations it would carry out and the flat view it
+    /// would leave; nothing is applied.
+    pub fn plan_ram_visibility(
+        &self,
+        range: MemoryRange,
+        visibility: RamVisibility,
+    ) -> impl Future<Output = Result<PlanPreview, RegionManagerError>> + Send + 'static {
+        let request = self.ram.regions.change_for(range, visibility);
+        let regions = self.regions.clone();
+        async move {
+            let (change, cause) = request?;
+            regions
+                .preview(PreviewChange::Change(change, cause))
+                .await
+                .map_err(|error| match error {
+                    PreviewError::Region(error) => error,
+                    // Only device previews produce I/O errors; a region change cannot.
+                    PreviewError::Io(_) => RegionManagerError::ManagerGone,
+                })
+        }
     }
 
     /// The base address of this process's VA window (for relating partition VAs to GPAs).

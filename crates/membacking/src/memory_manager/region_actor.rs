@@ -82,6 +82,38 @@ pub(crate) enum DeviceOp {
     UnmapFromGuest,
 }
 
+/// What a dry run shows: the operations a change would carry out, in order, and the flat view
+/// it would leave. Nothing is applied; applying the same change next produces exactly these
+/// partition calls.
+#[derive(Debug, Clone)]
+pub struct PlanPreview {
+    /// The operations, in execution order, with their reasons. Besides the partition calls it
+    /// holds the mapping-manager bookkeeping (`AddMapping`, `Invalidate`) and the VA
+    /// population before each map (`PopulateVa`).
+    pub plan: Plan<SharedObject>,
+    /// The flat view after the change.
+    pub flat_view: Vec<FlatEntry<SharedObject>>,
+}
+
+/// A change to preview.
+pub(crate) enum PreviewChange {
+    Change(Change<SharedObject>, String),
+    DeviceMapToGuest {
+        window: SharedWindow,
+        gpa: u64,
+        writable: bool,
+    },
+    DeviceUnmapFromGuest {
+        window: SharedWindow,
+    },
+}
+
+/// Why a dry run failed: a region-manager error, or a device window's `io::Error`.
+pub(crate) enum PreviewError {
+    Region(RegionManagerError),
+    Io(io::Error),
+}
+
 /// A shared device window.
 pub(crate) type SharedWindow = Arc<Mutex<DeviceWindow<SharedObject>>>;
 
@@ -118,6 +150,10 @@ pub(crate) enum RegionRequest {
     },
     Inspect(Reply<ManagerSnapshot>),
     FlatView(Reply<Vec<FlatEntry<SharedObject>>>),
+    Preview {
+        change: PreviewChange,
+        reply: oneshot::Sender<Result<PlanPreview, PreviewError>>,
+    },
     Shutdown {
         stop_mapping_manager: bool,
     },
@@ -247,6 +283,20 @@ impl RegionManagerClient {
         &self,
     ) -> Result<Vec<FlatEntry<SharedObject>>, RegionManagerError> {
         self.call(RegionRequest::FlatView).await
+    }
+
+    /// Plans `change` without applying it.
+    pub(crate) async fn preview(&self, change: PreviewChange) -> Result<PlanPreview, PreviewError> {
+        let (sender, receiver) = oneshot::channel();
+        if !self.send(RegionRequest::Preview {
+            change,
+            reply: sender,
+        }) {
+            return Err(PreviewError::Region(RegionManagerError::ManagerGone));
+        }
+        receiver
+            .await
+            .unwrap_or(Err(PreviewError::Region(RegionManagerError::ManagerGone)))
     }
 
     /// Stops the region manager after the messages queued before this one (and, if asked, the
@@ -425,8 +475,42 @@ impl RegionActor {
             RegionRequest::FlatView(reply) => {
                 let _ = reply.send(Ok(self.state.flat_view()));
             }
+            RegionRequest::Preview { change, reply } => {
+                let _ = reply.send(self.preview(change));
+            }
             RegionRequest::Shutdown { .. } => {}
         }
+    }
+
+    /// A dry run: applies `change` to a transaction (device changes to a copy of the window),
+    /// takes the plan and the flat view, and rolls everything back.
+    fn preview(&mut self, change: PreviewChange) -> Result<PlanPreview, PreviewError> {
+        let private_ram = self.config.private.then_some(&self.ram);
+        let mut txn = self.state.begin();
+        let result = match change {
+            PreviewChange::Change(change, cause) => txn
+                .apply_with_cause(change, Some(&cause))
+                .map(drop)
+                .map_err(PreviewError::Region),
+            PreviewChange::DeviceMapToGuest {
+                window,
+                gpa,
+                writable,
+            } => {
+                let mut copy = window.lock().clone();
+                map_to_guest_checked(&mut copy, &mut txn, gpa, writable, private_ram)
+                    .map_err(PreviewError::Io)
+            }
+            PreviewChange::DeviceUnmapFromGuest { window } => {
+                let mut copy = window.lock().clone();
+                copy.unmap_from_guest(&mut txn);
+                Ok(())
+            }
+        };
+        let flat_view = txn.state().flat_view();
+        let plan = txn.take_plan();
+        txn.rollback();
+        result.map(|()| PlanPreview { plan, flat_view })
     }
 
     /// Begins a transaction, lets `plan` apply changes to it, carries out the plan, and
@@ -487,21 +571,7 @@ impl RegionActor {
                     } => window.map(txn, offset, object, file_offset, len, writable),
                     DeviceOp::Unmap { offset, len } => window.unmap(txn, offset, len),
                     DeviceOp::MapToGuest { gpa, writable } => {
-                        let range = gpa
-                            .checked_add(window.len())
-                            .and_then(|end| MemoryRange::try_new(gpa..end).ok());
-                        match (range, private_ram) {
-                            (Some(range), Some(ram)) if ram.overlaps(range) => {
-                                window.unmap_from_guest(txn);
-                                Err(io::Error::other(
-                                    RegionManagerError::RegionOverlapsPrivateRam {
-                                        name: window.name().to_owned(),
-                                        range,
-                                    },
-                                ))
-                            }
-                            _ => window.map_to_guest(txn, gpa, writable),
-                        }
+                        map_to_guest_checked(&mut window, txn, gpa, writable, private_ram.as_ref())
                     }
                     DeviceOp::UnmapFromGuest => {
                         window.unmap_from_guest(txn);
@@ -601,6 +671,32 @@ impl RegionActor {
     }
 }
 
+/// `map_to_guest`, refusing (after removing the current placement, like any failure of region
+/// creation) a window that would overlap private RAM.
+fn map_to_guest_checked(
+    window: &mut DeviceWindow<SharedObject>,
+    txn: &mut Transaction<'_, SharedObject>,
+    gpa: u64,
+    writable: bool,
+    private_ram: Option<&RamRegions>,
+) -> io::Result<()> {
+    let range = gpa
+        .checked_add(window.len())
+        .and_then(|end| MemoryRange::try_new(gpa..end).ok());
+    match (range, private_ram) {
+        (Some(range), Some(ram)) if ram.overlaps(range) => {
+            window.unmap_from_guest(txn);
+            Err(io::Error::other(
+                RegionManagerError::RegionOverlapsPrivateRam {
+                    name: window.name().to_owned(),
+                    range,
+                },
+            ))
+        }
+        _ => window.map_to_guest(txn, gpa, writable),
+    }
+}
+
 /// Replies `error` to whatever `request` expects.
 fn reply_error(request: RegionRequest, error: RegionManagerError) {
     match request {
@@ -628,6 +724,9 @@ fn reply_error(request: RegionRequest, error: RegionManagerError) {
         }
         RegionRequest::FlatView(reply) => {
             let _ = reply.send(Err(error));
+        }
+        RegionRequest::Preview { reply, .. } => {
+            let _ = reply.send(Err(PreviewError::Region(error)));
         }
         RegionRequest::Shutdown { .. } => {}
     }

@@ -9,6 +9,7 @@ use super::*;
 use crate::mapping_manager::va_mapper::MapperEvent;
 use crate::mapping_manager::MapperId;
 use crate::region_manager::MapParams;
+use crate::region_manager::PartitionMapperError;
 use crate::region_manager::RegionManagerError;
 use crate::InvalidRamRegion;
 use crate::ManagerGone;
@@ -1646,4 +1647,301 @@ fn concurrent_accesses_survive_visibility_and_device_churn() {
         .map(|region| (region.range.start(), region.range.len()))
         .collect();
     assert_eq!(mapped, active);
+}
+
+// ----- scenarios 15-21, 57, 58 through the runtime's attach -----
+
+fn attach_result(
+    mgr: &GuestMemoryManager,
+    vtl: Vtl,
+    partition: &Arc<RecordingPartition>,
+) -> Result<(), PartitionAttachError> {
+    let partition: Arc<dyn PartitionMemoryMap> = partition.clone();
+    block_on(mgr.attach_partition(vtl, &partition, None))
+}
+
+#[test]
+fn s15_s16_attach_maps_regions_alias_first() {
+    let mgr = build(GuestMemoryBuilder::new(), &l2());
+    let partition = attach(&mgr, Vtl::Vtl0);
+    assert_eq!(
+        partition.log(),
+        [
+            C::map(0, 0xC000_0000, true, true, 0),
+            C::map(0x1_0000_0000, 0x4000_0000, true, true, 0x1_0000_0000)
+        ]
+    );
+    // The VA was populated before the partition mapped it (I5).
+    assert_eq!(
+        mgr.va_mapper().mapped_ranges(),
+        [
+            (r(0, 0xC000_0000), true),
+            (r(0x1_0000_0000, 0x1_4000_0000), true)
+        ]
+    );
+
+    let mgr = build(
+        GuestMemoryBuilder::new().vtl0_alias_map(Some(0x1_0000_0000)),
+        &l1(),
+    );
+    let vtl2 = attach(&mgr, Vtl::Vtl2);
+    assert_eq!(
+        vtl2.log(),
+        [
+            C::map(0x1_0000_0000, GIB, true, true, 0),
+            C::map(0, GIB, true, true, 0)
+        ]
+    );
+    let vtl0 = attach(&mgr, Vtl::Vtl0);
+    assert_eq!(vtl0.log(), [C::map(0, GIB, true, true, 0)]);
+    let snap = snapshot(&mgr);
+    assert_eq!(
+        snap.partitions
+            .iter()
+            .map(|info| info.offset)
+            .collect::<Vec<_>>(),
+        [0x1_0000_0000, 0, 0]
+    );
+}
+
+#[test]
+fn s17_s18_prefetch_and_pin_follow_map() {
+    let mgr = build(
+        GuestMemoryBuilder::new()
+            .prefetch_ram(true)
+            .pin_mappings(true),
+        &l1(),
+    );
+    let partition = recorder(&mgr);
+    partition.fail_on(RecordedOp::Prefetch, 0);
+    attach_result(&mgr, Vtl::Vtl0, &partition).unwrap();
+    assert_eq!(
+        partition.log(),
+        [
+            C::map(0, GIB, true, true, 0),
+            C::prefetch(0, GIB).failed(),
+            C::pin(0, GIB)
+        ]
+    );
+}
+
+#[test]
+fn s19_pin_failure_discards_the_partition_mapper() {
+    let mgr = build(GuestMemoryBuilder::new().pin_mappings(true), &l1());
+    let window_len = mgr.va_window_len();
+    let partition = recorder(&mgr);
+    partition.fail_on(RecordedOp::Pin, 0);
+    let error = attach_result(&mgr, Vtl::Vtl0, &partition).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            PartitionAttachError::PartitionMapper(PartitionMapperError::Pin(_))
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "failed to attach partition to memory manager"
+    );
+    assert_eq!(
+        std::error::Error::source(&error).unwrap().to_string(),
+        "failed to pin range to partition"
+    );
+    assert_eq!(
+        partition.take_log(),
+        [
+            C::map(0, GIB, true, true, 0),
+            C::pin(0, GIB).failed(),
+            C::unmap(0, GIB),
+            C::unmap(0, window_len)
+        ]
+    );
+    set(&mgr, L1_RAM, RamVisibility::Unmapped);
+    assert!(partition.log().is_empty());
+    assert!(snapshot(&mgr).partitions.is_empty());
+}
+
+#[test]
+fn s20_s57_failed_attach_keeps_only_the_alias_mapper() {
+    let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
+    let window_len = mgr.va_window_len();
+    let partition = recorder(&mgr);
+    partition.fail_on(RecordedOp::Map, 0xa0000);
+    let error = attach_result(&mgr, Vtl::Vtl0, &partition).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            PartitionAttachError::PartitionMapper(PartitionMapperError::Map(_))
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        partition.take_log(),
+        [
+            C::map(0, 0xa0000, true, true, 0),
+            C::map(0xa0000, 0x20000, true, true, 0xa0000).failed(),
+            C::unmap(0, window_len)
+        ]
+    );
+
+    let mgr = build(
+        GuestMemoryBuilder::new().vtl0_alias_map(Some(0x1_0000_0000)),
+        &l1(),
+    );
+    let window_len = mgr.va_window_len();
+    let partition = recorder(&mgr);
+    partition.fail_on(RecordedOp::Map, 0);
+    let error = attach_result(&mgr, Vtl::Vtl2, &partition).unwrap_err();
+    assert!(matches!(
+        error,
+        PartitionAttachError::PartitionMapper(PartitionMapperError::Map(_))
+    ));
+    assert_eq!(
+        partition.take_log(),
+        [
+            C::map(0x1_0000_0000, GIB, true, true, 0),
+            C::map(0, GIB, true, true, 0).failed(),
+            C::unmap(0, window_len)
+        ]
+    );
+    set(&mgr, L1_RAM, RamVisibility::Unmapped);
+    assert_eq!(partition.take_log(), [C::unmap(0x1_0000_0000, GIB)]);
+}
+
+#[test]
+fn s21_a_dropped_partition_gets_no_calls() {
+    let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
+    let partition = attach(&mgr, Vtl::Vtl0);
+    let log = partition.log_handle();
+    log.clear_log();
+    drop(partition);
+    set(&mgr, VGA, RamVisibility::Unmapped);
+    set(&mgr, VGA, RamVisibility::ReadWrite);
+    assert!(log.log().is_empty());
+}
+
+#[test]
+fn s58_visibility_reaches_the_alias_then_the_primary_mapping() {
+    let mgr = build(
+        GuestMemoryBuilder::new()
+            .x86_legacy_support(true)
+            .vtl0_alias_map(Some(0x1_0000_0000)),
+        &l1(),
+    );
+    let partition = attach(&mgr, Vtl::Vtl2);
+    partition.clear_log();
+    set(&mgr, VGA, RamVisibility::Unmapped);
+    assert_eq!(
+        partition.take_log(),
+        [C::unmap(0x1_000a_0000, 0x20000), C::unmap(0xa0000, 0x20000)]
+    );
+}
+
+// ----- dry runs -----
+
+/// The partition calls of a plan for partition 0, as a recorder would log them.
+fn planned_calls(preview: &PlanPreview) -> Vec<C> {
+    preview
+        .plan
+        .op_list()
+        .filter_map(|op| match *op {
+            crate::region_manager::PlanOp::Map {
+                partition: 0,
+                va_offset,
+                gpa,
+                size,
+                writable,
+                exec,
+            } => Some(C::map(gpa, size, writable, exec, va_offset)),
+            crate::region_manager::PlanOp::Unmap {
+                partition: 0,
+                gpa,
+                size,
+            } => Some(C::unmap(gpa, size)),
+            crate::region_manager::PlanOp::Prefetch {
+                partition: 0,
+                gpa,
+                size,
+            } => Some(C::prefetch(gpa, size)),
+            crate::region_manager::PlanOp::Pin {
+                partition: 0,
+                gpa,
+                size,
+            } => Some(C::pin(gpa, size)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn dry_runs_predict_the_calls_and_change_nothing() {
+    let dev = vga_device();
+    let before = snapshot(&dev.mgr);
+    let preview = block_on(dev.mgr.plan_ram_visibility(VGA, RamVisibility::Unmapped)).unwrap();
+    assert_eq!(snapshot(&dev.mgr), before);
+    assert!(dev.partition.log().is_empty());
+    let vga_view = preview
+        .flat_view
+        .iter()
+        .find(|entry| entry.range.start() == 0xa0000)
+        .unwrap();
+    assert_eq!(vga_view.region.as_ref().unwrap().name.as_ref(), "vram");
+    set(&dev.mgr, VGA, RamVisibility::Unmapped);
+    assert_eq!(dev.partition.take_log(), planned_calls(&preview));
+
+    let preview = block_on(dev.control.plan_map_to_guest(0xD000_0000, true)).unwrap();
+    assert_eq!(dev.control.gpa(), Some(0xa0000));
+    block_on(dev.control.map_to_guest(0xD000_0000, true)).unwrap();
+    assert_eq!(dev.partition.take_log(), planned_calls(&preview));
+    let preview = block_on(dev.control.plan_unmap_from_guest()).unwrap();
+    block_on(dev.control.unmap_from_guest());
+    assert_eq!(dev.partition.take_log(), planned_calls(&preview));
+
+    let error = block_on(dev.control.plan_map_to_guest(0x9f000, true)).unwrap_err();
+    assert!(matches!(
+        region_error(&error),
+        RegionManagerError::OverlapError(_)
+    ));
+    let error = block_on(
+        dev.mgr
+            .plan_ram_visibility(r(0, 0x1000), RamVisibility::ReadOnly),
+    )
+    .unwrap_err();
+    assert!(matches!(error, RegionManagerError::InvalidRamRegion(_)));
+}
+
+#[test]
+fn device_windows_may_not_overlap_private_ram() {
+    let mgr = build(GuestMemoryBuilder::new().private_memory(true), &l1());
+    let (control, _region) = mgr
+        .device_memory_mapper()
+        .new_region(0x2000, "dev".into())
+        .unwrap();
+    block_on(control.map_to_guest(0xD000_0000, true)).unwrap();
+    let error = block_on(control.map_to_guest(0x3FFF_F000, true)).unwrap_err();
+    assert!(
+        matches!(
+            region_error(&error),
+            RegionManagerError::RegionOverlapsPrivateRam { range, .. } if *range == r(0x3FFF_F000, 0x4000_1000)
+        ),
+        "{error:?}"
+    );
+    // Like any failure of region creation, the earlier placement is gone.
+    assert_eq!(control.gpa(), None);
+    assert_eq!(snapshot(&mgr).regions.len(), 1);
+}
+
+#[test]
+fn public_handles_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<GuestMemoryManager>();
+    send_sync::<GuestMemoryClient>();
+    send_sync::<RamVisibilityControl>();
+    send_sync::<DeviceMemoryMapper>();
+    send_sync::<MappableGuestMemory>();
+    send_sync::<MappedMemoryRegion>();
+    send_sync::<SharedMemoryBacking>();
+    send_sync::<VaMapper>();
+    send_sync::<GuestMemoryBuilder>();
+    send_sync::<PlanPreview>();
 }
