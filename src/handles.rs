@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub enum Shared {
     SparseMapping(std::sync::Arc<sparse_mmap::SparseMapping>),
     GuestMemory(guestmem::GuestMemory),
+    Client(membacking::GuestMemoryClient),
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);

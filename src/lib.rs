@@ -16,6 +16,7 @@ mod handles;
 mod js_hooks;
 mod js_thread;
 mod layout;
+mod manager;
 mod partition;
 mod promise;
 mod range;

@@ -108,9 +108,9 @@ export class OsError extends MembackingError {
   }
 }
 
-/** Guarded access to a SparseMapping failed (offset in bytes, relative to the mapping). */
+/** Guarded access to a SparseMapping failed (offset in bytes, relative to the access). */
 export class SparseMappingError extends MembackingError {
-  /** Where the access failed (bytes from the start of the mapping). */
+  /** Where the access failed (bytes from the start of the access; 0 for ERR_OUT_OF_BOUNDS). */
   readonly offset: bigint;
   /** Whether the failing access was a write. */
   readonly isWrite: boolean;
@@ -194,6 +194,14 @@ for (const kind of ['OTHER', 'OUT_OF_RANGE', 'VTL_PROTECTED', 'NOT_PRIVATE', 'NO
   factories[`ERR_GUEST_MEMORY_${kind}`] = (code, message, fields) => new GuestMemoryError(code, message, fields);
 }
 
+/** Classes named by the native side (`errorClass`) where one code belongs to several. */
+const classFactories: Record<string, ErrorFactory> = {};
+
+/** Registers the class that native errors naming `errorClass` become. */
+export function registerErrorClass(name: string, factory: ErrorFactory): void {
+  classFactories[name] = factory;
+}
+
 /** Registers the class of further native codes (used by the modules of later areas). */
 export function registerErrorFactory(code: string, factory: ErrorFactory): void {
   factories[code] = factory;
@@ -253,8 +261,20 @@ function translate(raw: string, message: string): unknown {
     // `BigintExpected`): the argument had the wrong JavaScript type.
     return invalidArgType(message);
   }
-  const factory = factories[code];
+  // A nested cause (`{code, message, …fields}`) from a Rust error's source chain.
+  let nestedCause: unknown;
+  if (typeof fields.cause === 'object' && fields.cause !== null) {
+    const { code: causeCode, message: causeMessage, ...causeFields } = fields.cause as Record<string, unknown>;
+    nestedCause = translate(`${String(causeCode)} ${JSON.stringify(causeFields)}`, String(causeMessage));
+    delete fields.cause;
+  }
+  const classFactory = typeof fields.errorClass === 'string' ? classFactories[fields.errorClass] : undefined;
+  delete fields.errorClass;
+  const factory = classFactory ?? factories[code];
   const translated = factory ? factory(code, message, fields) : new MembackingError(code, message);
+  if (nestedCause !== undefined) {
+    Object.defineProperty(translated, 'cause', { value: nestedCause, writable: true, configurable: true });
+  }
   if (typeof fields.causeToken === 'number') {
     const cause = takeCause(fields.causeToken);
     delete fields.causeToken;

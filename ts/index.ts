@@ -38,6 +38,24 @@ export {
   type ShareableRegion,
 } from './guest_memory';
 export {
+  GuestMemoryBuilder,
+  GuestMemoryManager,
+  GuestMemoryClient,
+  SharedMemoryBacking,
+  RamVisibilityControl,
+  DeviceMemoryMapper,
+  DeviceMemoryRegion,
+  DeviceMemoryControl,
+  Vtl,
+  RamVisibility,
+  MemoryBuildError,
+  PartitionAttachError,
+  PartitionMapperError,
+  VaMapperError,
+  MemoryManagerError,
+  type ManagerSnapshot,
+} from './manager';
+export {
   RecordingPartition,
   KvmPartition,
   Vcpu,

@@ -1,0 +1,472 @@
+/**
+ * The memory manager (spec membacking §2–§6, api.md §6–§7): `GuestMemoryBuilder` builds a
+ * `GuestMemoryManager` for a layout; the manager hands out `GuestMemoryClient`s (lazily mapped
+ * guest memory), `RamVisibilityControl`, device windows (`DeviceMemoryMapper`), its
+ * `SharedMemoryBacking`, and attaches partitions.
+ *
+ * Everything that waits on the manager's threads returns a Promise; the JavaScript thread never
+ * blocks on them. `close()` tears a manager down; it is also released when garbage collected.
+ */
+import { call, fromNative, invalidArgType, invalidArgValue, MembackingError, registerErrorClass, type ErrorCode } from './errors';
+import { GuestMemory, Mappable, nativeOf, type TransferHandle } from './guest_memory';
+import { nativeLayout, type MemoryLayout } from './layout';
+import { native } from './native';
+import { nativePartition, KvmPartition, RecordingPartition } from './partition';
+import { toRange, trusted, type MemoryRange, type RangeLike } from './range';
+import { describeType, toU64, type U64 } from './u64';
+
+/** GuestMemoryBuilder.build failed. */
+export class MemoryBuildError extends MembackingError {}
+/** attachPartition failed (cause: PartitionMapperError or VaMapperError). */
+export class PartitionAttachError extends MembackingError {}
+/** Mapping into a partition failed (cause: the partition's error). */
+export class PartitionMapperError extends MembackingError {}
+/** Creating a VA mapper failed. */
+export class VaMapperError extends MembackingError {}
+/** Region manager, visibility, device window and lifecycle errors of a manager. */
+export class MemoryManagerError extends MembackingError {}
+
+for (const [name, Class] of [
+  ['MemoryBuildError', MemoryBuildError],
+  ['PartitionAttachError', PartitionAttachError],
+  ['PartitionMapperError', PartitionMapperError],
+  ['VaMapperError', VaMapperError],
+  ['MemoryManagerError', MemoryManagerError],
+] as const) {
+  registerErrorClass(name, (code: ErrorCode, message: string) => new Class(code, message));
+}
+
+/** Virtual trust level (numeric values of the spec). */
+export enum Vtl {
+  Vtl0 = 0,
+  Vtl1 = 1,
+  Vtl2 = 2,
+}
+
+/** RAM region visibility (values are the names). */
+export enum RamVisibility {
+  Unmapped = 'Unmapped',
+  ReadOnly = 'ReadOnly',
+  ReadWrite = 'ReadWrite',
+}
+
+type NativeManager = InstanceType<typeof native.NativeGuestMemoryManager>;
+type NativeBacking = InstanceType<typeof native.NativeSharedMemoryBacking>;
+type NativeClient = InstanceType<typeof native.NativeGuestMemoryClient>;
+type NativeHalf = InstanceType<typeof native.NativeDeviceWindowHalf>;
+
+const internals = new WeakMap<object, unknown>();
+const token = Symbol('membacking-internal');
+
+function closedError(what: string): MembackingError {
+  return new MembackingError('ERR_CLOSED', `${what} is closed`);
+}
+
+async function settle<T>(pending: Promise<T>): Promise<T> {
+  try {
+    return await pending;
+  } catch (error) {
+    throw fromNative(error);
+  }
+}
+
+function rangeArray(value: unknown, name: string): BigUint64Array {
+  const r = toRange(value, name);
+  return BigUint64Array.from([r.start, r.end]);
+}
+
+function toBool(value: unknown, name: string): boolean {
+  if (typeof value !== 'boolean') throw invalidArgType(`${name} must be a boolean, got ${describeType(value)}`);
+  return value;
+}
+
+/** The guest-RAM object, to rebuild the same memory in another manager or process. */
+export class SharedMemoryBacking {
+  readonly #native: NativeBacking;
+
+  /** @internal */
+  constructor(key: typeof token, handle: NativeBacking) {
+    if (key !== token) throw invalidArgType('SharedMemoryBacking cannot be constructed directly: use SharedMemoryBacking.fromMappable or manager.sharedMemoryBacking()');
+    this.#native = handle;
+    internals.set(this, handle);
+  }
+
+  /** Wrap a memfd received from another process (e.g. Mappable.fromFd(3)). */
+  static fromMappable(mappable: Mappable): SharedMemoryBacking {
+    const m = nativeOf<InstanceType<typeof native.NativeMappable>>(mappable, Mappable, 'mappable');
+    return new SharedMemoryBacking(token, call(() => native.NativeSharedMemoryBacking.fromMappable(m)));
+  }
+
+  /** The underlying object (the same memfd; its fd can be passed to a child process). */
+  mappable(): Mappable {
+    return Mappable.wrap(call(() => this.#native.mappable()));
+  }
+
+  /** Drop this reference. */
+  close(): void {
+    this.#native.close();
+  }
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Options collector for GuestMemoryManager; setters are chainable, last call wins. */
+export class GuestMemoryBuilder {
+  #existingBacking: SharedMemoryBacking | null = null;
+  #vtl0AliasMap: bigint | null = null;
+  #prefetchRam = false;
+  #pinMappings = false;
+  #x86LegacySupport = false;
+  #privateMemory = false;
+  #transparentHugepages = false;
+  #consumed = false;
+
+  /** All options off. */
+  constructor() {}
+
+  /** Reuse another manager's RAM object instead of allocating. */
+  existingBacking(backing: SharedMemoryBacking | null): this {
+    if (backing !== null && !(backing instanceof SharedMemoryBacking)) throw invalidArgType(`backing must be a SharedMemoryBacking or null, got ${describeType(backing)}`);
+    this.#existingBacking = backing;
+    return this;
+  }
+  /** GPA offset (bytes) of the VTL0 alias in a VTL2 partition, or null. */
+  vtl0AliasMap(offset: U64 | null): this {
+    this.#vtl0AliasMap = offset === null ? null : toU64(offset, 'offset');
+    return this;
+  }
+  /** Prefetch RAM when mapping it into partitions. */
+  prefetchRam(enable: boolean): this {
+    this.#prefetchRam = toBool(enable, 'enable');
+    return this;
+  }
+  /** Pin every range mapped into a partition. */
+  pinMappings(enable: boolean): this {
+    this.#pinMappings = toBool(enable, 'enable');
+    return this;
+  }
+  /** Split low RAM into VGA/PAM regions (spec §2.2 step 9). */
+  x86LegacySupport(enable: boolean): this {
+    this.#x86LegacySupport = toBool(enable, 'enable');
+    return this;
+  }
+  /** Back RAM with private anonymous memory (no shared object). */
+  privateMemory(enable: boolean): this {
+    this.#privateMemory = toBool(enable, 'enable');
+    return this;
+  }
+  /** madvise(HUGEPAGE) private RAM (Linux). */
+  transparentHugepages(enable: boolean): this {
+    this.#transparentHugepages = toBool(enable, 'enable');
+    return this;
+  }
+
+  /** Build in the original's order; MemoryBuildError. Consumes the builder (reuse → ERR_CLOSED). */
+  async build(layout: MemoryLayout): Promise<GuestMemoryManager> {
+    const l = nativeLayout(layout);
+    if (this.#consumed) throw closedError('GuestMemoryBuilder');
+    this.#consumed = true;
+    const backing = this.#existingBacking === null ? null : (internals.get(this.#existingBacking) as NativeBacking);
+    const pending = call(() =>
+      native.buildGuestMemory(l, backing, this.#vtl0AliasMap, this.#prefetchRam, this.#pinMappings, this.#x86LegacySupport, this.#privateMemory, this.#transparentHugepages),
+    );
+    return new GuestMemoryManager(token, await settle(pending));
+  }
+}
+
+/** Region-manager snapshot of spec §8.0. */
+export interface ManagerSnapshot {
+  aliasOffset: bigint | null;
+  pinMappings: boolean;
+  mapperCount: number;
+  regions: Array<{
+    id: number;
+    name: string;
+    range: MemoryRange;
+    priority: number;
+    dmaTarget: boolean;
+    mapParams: { writable: boolean; executable: boolean; prefetch: boolean } | null;
+    active: boolean;
+    mappings: Array<{ rangeInRegion: MemoryRange; fileOffset: bigint; writable: boolean }>;
+  }>;
+  mappings: Array<{ range: MemoryRange; fileOffset: bigint; writable: boolean; dmaTarget: boolean; activeMappers: number[] }>;
+  /** Partition mappers in registration order (offset bytes). */
+  partitions: Array<{ offset: bigint; pinMappings: boolean }>;
+}
+
+type NativeSnapshot = Awaited<ReturnType<NativeManager['inspect']>>;
+
+function toSnapshot(s: NativeSnapshot): ManagerSnapshot {
+  const partitions: ManagerSnapshot['partitions'] = [];
+  for (let i = 0; i < s.partitions.length; i += 2) partitions.push({ offset: s.partitions[i]!, pinMappings: s.partitions[i + 1] === 1n });
+  return {
+    aliasOffset: s.aliasOffset ?? null,
+    pinMappings: s.pinMappings,
+    mapperCount: s.mapperCount,
+    regions: s.regions.map((r) => {
+      const mappings: ManagerSnapshot['regions'][number]['mappings'] = [];
+      for (let i = 0; i < r.mappings.length; i += 3) {
+        mappings.push({ rangeInRegion: trusted(r.mappings[i]!, r.mappings[i + 1]!), fileOffset: r.mappings[i + 2]!, writable: r.mappingWritable[i / 3]! });
+      }
+      const p = r.mapParams;
+      return {
+        id: r.id,
+        name: r.name,
+        range: trusted(r.range[0]!, r.range[1]!),
+        priority: r.priority,
+        dmaTarget: r.dmaTarget,
+        mapParams: p ? { writable: p[0]!, executable: p[1]!, prefetch: p[2]! } : null,
+        active: r.active,
+        mappings,
+      };
+    }),
+    mappings: s.mappings.map((m) => ({
+      range: trusted(m.range[0]!, m.range[1]!),
+      fileOffset: m.fileOffset,
+      writable: m.writable,
+      dmaTarget: m.dmaTarget,
+      activeMappers: m.activeMappers,
+    })),
+    partitions,
+  };
+}
+
+/** Owns guest RAM, the region/mapping managers and their thread. */
+export class GuestMemoryManager {
+  #native: NativeManager | null;
+
+  /** @internal */
+  constructor(key: typeof token, handle: NativeManager) {
+    if (key !== token) throw invalidArgType('GuestMemoryManager cannot be constructed directly: use GuestMemoryBuilder#build');
+    this.#native = handle;
+    internals.set(this, handle);
+  }
+
+  #n(): NativeManager {
+    if (this.#native === null) throw new MembackingError('ERR_MANAGER_GONE' as ErrorCode, 'the memory manager is closed');
+    return this.#native;
+  }
+
+  /** Handle to obtain guest memory (any number, sync). */
+  client(): GuestMemoryClient {
+    return new GuestMemoryClient(token, call(() => this.#n().client()));
+  }
+  /** Creates device windows (sync). */
+  deviceMemoryMapper(): DeviceMemoryMapper {
+    return new DeviceMemoryMapper(token, call(() => this.#n().deviceMemoryMapper()));
+  }
+  /** Controls visibility of the RAM regions (sync). */
+  ramVisibilityControl(): RamVisibilityControl {
+    return new RamVisibilityControl(token, call(() => this.#n().ramVisibilityControl()));
+  }
+  /** The same RAM memfd (not a copy); null in private mode. */
+  sharedMemoryBacking(): SharedMemoryBacking | null {
+    const handle = call(() => this.#n().sharedMemoryBacking());
+    return handle ? new SharedMemoryBacking(token, handle) : null;
+  }
+  /**
+   * Map all active regions into `partition` (alias mapper first for Vtl2); PartitionAttachError.
+   * `remoteProcess` exists for spec scenario 22 and always throws ERR_UNSUPPORTED on Linux.
+   */
+  async attachPartition(vtl: Vtl, partition: RecordingPartition | KvmPartition, options: { remoteProcess?: number } = {}): Promise<void> {
+    if (vtl !== Vtl.Vtl0 && vtl !== Vtl.Vtl1 && vtl !== Vtl.Vtl2) throw invalidArgValue(`vtl must be Vtl.Vtl0, Vtl.Vtl1 or Vtl.Vtl2, got ${String(vtl)}`);
+    const handle = nativePartition(partition);
+    const remote = options.remoteProcess;
+    if (remote !== undefined && (typeof remote !== 'number' || !Number.isInteger(remote) || remote < 0 || remote > 0xffff_ffff)) {
+      throw invalidArgType(`remoteProcess must be a process id, got ${describeType(remote)}`);
+    }
+    const manager = this.#n();
+    const pending =
+      partition instanceof RecordingPartition
+        ? call(() => manager.attachRecordingPartition(vtl, handle as InstanceType<typeof native.NativeRecordingPartition>, remote))
+        : call(() => manager.attachKvmPartition(vtl, handle as InstanceType<typeof native.NativeKvmPartition>, remote));
+    await settle(pending);
+  }
+  /** Release RAM pages in range (bytes, page-aligned, inside RAM): private → zeros; memfd → hole. */
+  async decommitRam(range: RangeLike): Promise<void> {
+    const r = rangeArray(range, 'range');
+    await settle(call(() => this.#n().decommitRam(r)));
+  }
+  /** Snapshot of regions, mappings and mappers (spec §8.0). */
+  async inspect(): Promise<ManagerSnapshot> {
+    return toSnapshot(await settle(call(() => this.#n().inspect())));
+  }
+  /** The RAM regions as built, with their offsets in the RAM object (bytes). */
+  ramRegions(): Array<{ range: MemoryRange; fileOffset: bigint }> {
+    const flat = call(() => this.#n().ramRegions());
+    const out: Array<{ range: MemoryRange; fileOffset: bigint }> = [];
+    for (let i = 0; i < flat.length; i += 3) out.push({ range: trusted(flat[i]!, flat[i + 1]!), fileOffset: flat[i + 2]! });
+    return out;
+  }
+  /** Full teardown; derived objects then throw ERR_MANAGER_GONE. */
+  async close(): Promise<void> {
+    const handle = this.#native;
+    if (handle === null) return;
+    this.#native = null;
+    await settle(handle.close());
+  }
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+/** Transferable handle to the manager's mapping manager. */
+export class GuestMemoryClient {
+  readonly #native: NativeClient;
+
+  /** @internal */
+  constructor(key: typeof token, handle: NativeClient) {
+    if (key !== token) throw invalidArgType('GuestMemoryClient cannot be constructed directly: use manager.client() or GuestMemoryClient.fromHandle');
+    this.#native = handle;
+  }
+
+  /** This process's accessor 'ram' over the one lazy VA mapper (created on first use). */
+  async guestMemory(): Promise<GuestMemory> {
+    return GuestMemory.wrap(await settle(call(() => this.#native.guestMemory())));
+  }
+  /** Token for a worker thread (same VA mapper there); keep this client alive until it is used. */
+  toHandle(): TransferHandle {
+    return { kind: 'GuestMemoryClient', id: call(() => this.#native.toHandle()) };
+  }
+  /** Reopen in a worker. */
+  static fromHandle(handle: TransferHandle): GuestMemoryClient {
+    if (typeof handle !== 'object' || handle === null || handle.kind !== 'GuestMemoryClient') {
+      throw invalidArgType(`handle must be a GuestMemoryClient TransferHandle, got ${describeType(handle)}`);
+    }
+    const id = toU64(handle.id, 'handle.id');
+    return new GuestMemoryClient(token, call(() => native.NativeGuestMemoryClient.fromHandle(id)));
+  }
+  /** Drop this reference. */
+  close(): void {
+    this.#native.close();
+  }
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Changes RAM region visibility; whole regions only. */
+export class RamVisibilityControl {
+  readonly #native: InstanceType<typeof native.NativeRamVisibilityControl>;
+
+  /** @internal */
+  constructor(key: typeof token, handle: InstanceType<typeof native.NativeRamVisibilityControl>) {
+    if (key !== token) throw invalidArgType('RamVisibilityControl cannot be constructed directly: use manager.ramVisibilityControl()');
+    this.#native = handle;
+  }
+
+  /** range must equal one RAM region (else ERR_INVALID_RAM_REGION). */
+  async setRamVisibility(range: RangeLike, visibility: RamVisibility): Promise<void> {
+    const r = rangeArray(range, 'range');
+    if (visibility !== RamVisibility.Unmapped && visibility !== RamVisibility.ReadOnly && visibility !== RamVisibility.ReadWrite) {
+      throw invalidArgValue(`visibility must be a RamVisibility, got ${String(visibility)}`);
+    }
+    await settle(call(() => this.#native.setRamVisibility(r, visibility)));
+  }
+  /** Drop this reference. */
+  close(): void {
+    this.#native.close();
+  }
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Creates fixed-length device windows (priority 0 regions). */
+export class DeviceMemoryMapper {
+  readonly #native: InstanceType<typeof native.NativeDeviceMemoryMapper>;
+
+  /** @internal */
+  constructor(key: typeof token, handle: InstanceType<typeof native.NativeDeviceMemoryMapper>) {
+    if (key !== token) throw invalidArgType('DeviceMemoryMapper cannot be constructed directly: use manager.deviceMemoryMapper()');
+    this.#native = handle;
+  }
+
+  /** A window of len bytes: `control` places it at a GPA, `region` maps objects into it (sync). */
+  newRegion(len: U64, debugName: string): { control: DeviceMemoryControl; region: DeviceMemoryRegion } {
+    const l = toU64(len, 'len');
+    if (typeof debugName !== 'string') throw invalidArgType(`debugName must be a string, got ${describeType(debugName)}`);
+    const [control, region] = call(() => this.#native.newRegion(l, debugName));
+    return { control: new DeviceMemoryControl(token, control!), region: new DeviceMemoryRegion(token, region!) };
+  }
+  /** Drop this reference. */
+  close(): void {
+    this.#native.close();
+  }
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** The mapping half of a device window (Rust `MappedMemoryRegion`); offsets inside the window. */
+export class DeviceMemoryRegion {
+  readonly #native: NativeHalf;
+
+  /** @internal */
+  constructor(key: typeof token, handle: NativeHalf) {
+    if (key !== token) throw invalidArgType('DeviceMemoryRegion cannot be constructed directly: use DeviceMemoryMapper#newRegion');
+    this.#native = handle;
+  }
+
+  /** Window length (bytes). */
+  get len(): bigint {
+    return call(() => this.#native.len);
+  }
+  /** Map len bytes of `object` at fileOffset to window offset (bytes). */
+  async map(offset: U64, object: Mappable, fileOffset: U64, len: U64, writable: boolean): Promise<void> {
+    const o = toU64(offset, 'offset');
+    const m = nativeOf<InstanceType<typeof native.NativeMappable>>(object, Mappable, 'object');
+    const f = toU64(fileOffset, 'fileOffset');
+    const l = toU64(len, 'len');
+    const w = toBool(writable, 'writable');
+    await settle(call(() => this.#native.map(o, m, f, l, w)));
+  }
+  /** Remove mappings contained in [offset, offset+len); partial overlap → ERR_UNSUPPORTED. */
+  async unmap(offset: U64, len: U64): Promise<void> {
+    const o = toU64(offset, 'offset');
+    const l = toU64(len, 'len');
+    await settle(call(() => this.#native.unmap(o, l)));
+  }
+  /** Release this half; the window is removed when both halves are closed. */
+  async close(): Promise<void> {
+    this.#native.close();
+  }
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+/** The placement half of a device window (Rust `MappableGuestMemory`). */
+export class DeviceMemoryControl {
+  readonly #native: NativeHalf;
+
+  /** @internal */
+  constructor(key: typeof token, handle: NativeHalf) {
+    if (key !== token) throw invalidArgType('DeviceMemoryControl cannot be constructed directly: use DeviceMemoryMapper#newRegion');
+    this.#native = handle;
+    internals.set(this, handle);
+  }
+
+  /** Window length (bytes). */
+  get len(): bigint {
+    return call(() => this.#native.len);
+  }
+  /** Place the window at [gpa, gpa+len) (bytes), replacing any earlier placement. */
+  async mapToGuest(gpa: U64, writable: boolean): Promise<void> {
+    const g = toU64(gpa, 'gpa');
+    const w = toBool(writable, 'writable');
+    await settle(call(() => this.#native.mapToGuest(g, w)));
+  }
+  /** Remove the placement; recorded mappings are kept. */
+  async unmapFromGuest(): Promise<void> {
+    await settle(call(() => this.#native.unmapFromGuest()));
+  }
+  /** Release this half (does not unmap by itself). */
+  async close(): Promise<void> {
+    this.#native.close();
+  }
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
