@@ -659,7 +659,7 @@ impl RegionActor {
         let window_len = self.state.va_window_len();
         for (info, entry) in self.state.partitions().iter().zip(&self.partitions) {
             if let Some(partition) = entry.partition.upgrade() {
-                if let Err(error) = partition.unmap_range(info.offset, window_len) {
+                if let Err(error) = contained(|| partition.unmap_range(info.offset, window_len)) {
                     tracing::warn!(
                         error = error.as_ref() as &dyn std::error::Error,
                         "unmapping a partition at shutdown failed"
@@ -800,14 +800,14 @@ async fn perform(
                 return Err(format!("{va_offset:#x}+{size:#x} is outside the VA window").into());
             }
             let va = entry.mapper.base().wrapping_add(va_offset as usize);
-            target.map_range(va, size as usize, gpa, writable, exec)
+            contained(|| target.map_range(va, size as usize, gpa, writable, exec))
         }
         PlanOp::Prefetch {
             partition: index,
             gpa,
             size,
         } => match partition(index)? {
-            Some((target, _)) => target.prefetch_range(gpa, size),
+            Some((target, _)) => contained(|| target.prefetch_range(gpa, size)),
             None => Ok(()),
         },
         PlanOp::Pin {
@@ -815,7 +815,7 @@ async fn perform(
             gpa,
             size,
         } => match partition(index)? {
-            Some((target, _)) => target.pin_range(gpa, size),
+            Some((target, _)) => contained(|| target.pin_range(gpa, size)),
             None => Ok(()),
         },
         PlanOp::Unmap {
@@ -823,10 +823,17 @@ async fn perform(
             gpa,
             size,
         } => match partition(index)? {
-            Some((target, _)) => target.unmap_range(gpa, size),
+            Some((target, _)) => contained(|| target.unmap_range(gpa, size)),
             None => Ok(()),
         },
     }
+}
+
+/// Runs a partition call, turning a panic into an error (so a faulty partition fails the
+/// operation, or poisons the manager, instead of killing the manager thread).
+fn contained(call: impl FnOnce() -> Result<(), virt::Error>) -> Result<(), virt::Error> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call))
+        .unwrap_or_else(|_| Err("the partition panicked".into()))
 }
 
 /// Punches a hole of `len` bytes at `offset` in `object` (the pages are freed; every view reads

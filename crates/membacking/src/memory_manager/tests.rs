@@ -1945,3 +1945,39 @@ fn public_handles_are_send_and_sync() {
     send_sync::<GuestMemoryBuilder>();
     send_sync::<PlanPreview>();
 }
+
+/// A partition that panics when asked to map.
+struct PanickingPartition;
+
+impl PartitionMemoryMap for PanickingPartition {
+    fn unmap_range(&self, _addr: u64, _size: u64) -> Result<(), virt::Error> {
+        Ok(())
+    }
+
+    fn map_range(
+        &self,
+        _data: *mut u8,
+        _size: usize,
+        _addr: u64,
+        _writable: bool,
+        _exec: bool,
+    ) -> Result<(), virt::Error> {
+        panic!("a faulty partition");
+    }
+}
+
+#[test]
+fn a_panicking_partition_fails_its_attach_and_the_manager_survives() {
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let partition: Arc<dyn PartitionMemoryMap> = Arc::new(PanickingPartition);
+    let error = block_on(mgr.attach_partition(Vtl::Vtl0, &partition, None)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            PartitionAttachError::PartitionMapper(PartitionMapperError::Map(_))
+        ),
+        "{error:?}"
+    );
+    let good = attach(&mgr, Vtl::Vtl0);
+    assert_eq!(good.log(), [C::map(0, GIB, true, true, 0)]);
+}
