@@ -46,15 +46,17 @@ pub fn test_fault_outside_guarded_region() -> Result<u32, JsError> {
     Ok(value)
 }
 
-/// A `SparseMappingError` as a coded error: `ERR_OUT_OF_BOUNDS` or `ERR_MEMORY` with the offset,
-/// the direction and the fault record.
-pub fn sparse_error(err: &SparseMappingError, offset: usize, is_write: bool) -> JsError {
+/// A `SparseMappingError` as a coded error: `ERR_OUT_OF_BOUNDS` or `ERR_MEMORY` with the offset
+/// (relative to the start of the access, as the spec's scenarios S5, S13 and S19 count it), the
+/// direction and the fault record. An access out of bounds fails before touching anything:
+/// offset 0.
+pub fn sparse_error(err: &SparseMappingError, is_write: bool) -> JsError {
     match err {
         SparseMappingError::Memory(memory) => coded_with(
             "ERR_MEMORY",
             err.to_string(),
             &[
-                ("offset", hex_field((offset + memory.offset()) as u64)),
+                ("offset", hex_field(memory.offset() as u64)),
                 ("isWrite", memory.is_write().to_string()),
                 ("fault", fault_field(&memory.fault())),
             ],
@@ -62,10 +64,7 @@ pub fn sparse_error(err: &SparseMappingError, offset: usize, is_write: bool) -> 
         _ => coded_with(
             "ERR_OUT_OF_BOUNDS",
             err.to_string(),
-            &[
-                ("offset", hex_field(offset as u64)),
-                ("isWrite", is_write.to_string()),
-            ],
+            &[("offset", hex_field(0)), ("isWrite", is_write.to_string())],
         ),
     }
 }
@@ -97,6 +96,10 @@ impl NativeSparseMapping {
     pub fn new(len: U64) -> Result<Self, JsError> {
         let len = usize_arg(len, "len")?;
         let mapping = SparseMapping::new(len).map_err(|err| io_error(&err, "mmap"))?;
+        // Creating a mapping re-arms a displaced handler (spec R5; the TypeScript layer warns).
+        if trycopy::handler_status() != trycopy::HandlerStatus::Installed {
+            trycopy::rearm_handler();
+        }
         Ok(NativeSparseMapping {
             inner: Some(Arc::new(mapping)),
             handles: Default::default(),
@@ -236,7 +239,7 @@ impl NativeSparseMapping {
         // reserved while `mapping` lives; faults there are recovered. `dest` is the caller's
         // buffer of `len` bytes, valid for the duration of this call.
         unsafe { trycopy::try_copy(source.cast_const(), dest.ptr, dest.len) }
-            .map_err(|err| sparse_error(&SparseMappingError::Memory(err), offset, false))
+            .map_err(|err| sparse_error(&SparseMappingError::Memory(err), false))
     }
 
     /// Fault-safe copy of `src` into the mapping.
@@ -248,7 +251,7 @@ impl NativeSparseMapping {
         let destination = mapping.as_ptr().cast::<u8>().wrapping_add(offset);
         // SAFETY: as in `read_at`, with the roles of the buffers swapped.
         unsafe { trycopy::try_copy(src.ptr.cast_const(), destination, src.len) }
-            .map_err(|err| sparse_error(&SparseMappingError::Memory(err), offset, true))
+            .map_err(|err| sparse_error(&SparseMappingError::Memory(err), true))
     }
 
     /// Fault-safe fill of `len` bytes with `byte`.
@@ -258,7 +261,7 @@ impl NativeSparseMapping {
         let mapping = self.mapping()?;
         mapping
             .fill_at(offset, byte, len)
-            .map_err(|err| sparse_error(&err, offset, true))
+            .map_err(|err| sparse_error(&err, true))
     }
 
     /// Drops this reference (the reservation goes when its last user does).
@@ -278,11 +281,7 @@ fn check_bounds(
 ) -> Result<(), JsError> {
     match offset.checked_add(len) {
         Some(end) if end <= mapping.len() => Ok(()),
-        _ => Err(sparse_error(
-            &SparseMappingError::OutOfBounds,
-            offset,
-            is_write,
-        )),
+        _ => Err(sparse_error(&SparseMappingError::OutOfBounds, is_write)),
     }
 }
 

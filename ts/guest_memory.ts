@@ -24,7 +24,32 @@ export interface TransferHandle {
 
 /** Install (or re-arm, when displaced) the process-wide SIGSEGV/SIGBUS handler; idempotent. */
 export function initialize(): void {
-  native.initialize();
+  rearming(() => native.initialize());
+}
+
+let rearmWarned = false;
+
+/**
+ * Runs `create` (which installs the handler, or makes a mapping-backed memory) and re-installs
+ * a handler that was displaced or reset before it ran (spec R5: e.g. by `process.on('SIGSEGV')`,
+ * whose libuv handler does not chain, and whose removal resets the default action). Emits a
+ * process warning the first time this thread re-arms.
+ */
+function rearming<T>(create: () => T): T {
+  const before = native.handlerStatus();
+  const result = create();
+  if (before === 'displaced' || before === 'default') {
+    native.initialize();
+    if (!rearmWarned) {
+      rearmWarned = true;
+      const how = before === 'default' ? 'reset to the default action' : 'replaced by another handler';
+      process.emitWarning(
+        `the membacking SIGSEGV/SIGBUS handler was ${how} (for example by process.on('SIGSEGV') or its removal); it has been re-installed. Guest memory faults in between would have killed the process.`,
+        { type: 'MembackingWarning', code: 'MEMBACKING_HANDLER_REARMED' },
+      );
+    }
+  }
+  return result;
 }
 
 /** State of our handler among the signal dispositions. */
@@ -132,7 +157,7 @@ export class SparseMapping {
       this.#native = handle;
     } else {
       const l = toU64(len, 'len');
-      this.#native = call(() => new native.NativeSparseMapping(l));
+      this.#native = rearming(() => call(() => new native.NativeSparseMapping(l)));
     }
     internals.set(this, this.#native);
   }
@@ -243,7 +268,12 @@ export type PageFaultHandler = (gpa: bigint, len: bigint, write: boolean) => 're
 export interface GuestMemoryOptions {
   /** Debug name in error messages (default 'sparse'). */
   name?: string;
-  /** Called when a guarded access faults (synchronous operations only). */
+  /**
+   * Called when a guarded access faults, on the JavaScript thread that created the memory: at
+   * once in its synchronous operations; for `readAtAsync`/`writeAtAsync` (of any thread) through
+   * a thread-safe function while the pool thread waits. Synchronous operations of another
+   * worker thread (a memory reopened with `fromHandle`) cannot call it and fail instead.
+   */
   pageFault?: PageFaultHandler;
   /** Max consecutive Retry answers for one gpa before kind Other (default 1000). */
   retryLimit?: number;
@@ -382,6 +412,11 @@ const guestAdopt = Symbol('adopt');
 /** Fault-safe access to guest physical memory; all copies, never zero-copy views. */
 export class GuestMemory {
   readonly #n: NativeGuestMemory;
+  /**
+   * The hottest operations of #n as plain N-API functions bound to its memory (no per-call
+   * borrow tracking of napi-rs class methods); they share the memory and close with #n.
+   */
+  readonly #f: ReturnType<NativeGuestMemory['fastPaths']>;
 
   /** @internal */
   constructor(token: typeof guestAdopt, handle: NativeGuestMemory) {
@@ -389,6 +424,7 @@ export class GuestMemory {
       throw invalidArgType('GuestMemory cannot be constructed directly: use GuestMemory.allocate, GuestMemory.fromSparseMapping or a GuestMemoryClient');
     }
     this.#n = handle;
+    this.#f = handle.fastPaths();
     internals.set(this, handle);
   }
 
@@ -425,7 +461,7 @@ export class GuestMemory {
     const casFallback = optionalFunction<NonNullable<GuestMemoryOptions['compareExchangeFallback']>>(o, 'compareExchangeFallback');
     const lockGpns = optionalFunction<NonNullable<GuestMemoryOptions['lockGpns']>>(o, 'lockGpns');
     const unlockGpns = optionalFunction<NonNullable<GuestMemoryOptions['unlockGpns']>>(o, 'unlockGpns');
-    const handle = call(() =>
+    const handle = rearming(() => call(() =>
       native.NativeGuestMemory.fromSparseMapping(
         m,
         name,
@@ -455,7 +491,7 @@ export class GuestMemory {
             }
           : null,
       ),
-    );
+    ));
     return GuestMemory.wrap(handle);
   }
 
@@ -477,7 +513,7 @@ export class GuestMemory {
   /** Copy guest bytes at gpa into dest. */
   readAt(gpa: U64, dest: Uint8Array): void {
     try {
-      this.#n.readAt(gpa, dest);
+      this.#f.readAt(gpa, dest);
     } catch (error) {
       throw fromNative(error);
     }
@@ -491,7 +527,7 @@ export class GuestMemory {
   /** Copy src to guest gpa. */
   writeAt(gpa: U64, src: Uint8Array): void {
     try {
-      this.#n.writeAt(gpa, src);
+      this.#f.writeAt(gpa, src);
     } catch (error) {
       throw fromNative(error);
     }
@@ -508,7 +544,7 @@ export class GuestMemory {
   /** Little-endian 8-bit load. */
   readU8(gpa: U64): number {
     try {
-      return this.#n.readU8(gpa);
+      return this.#f.readU8(gpa);
     } catch (error) {
       throw fromNative(error);
     }
@@ -516,7 +552,7 @@ export class GuestMemory {
   /** Little-endian 16-bit load (single-copy atomic when aligned). */
   readU16(gpa: U64): number {
     try {
-      return this.#n.readU16(gpa);
+      return this.#f.readU16(gpa);
     } catch (error) {
       throw fromNative(error);
     }
@@ -524,7 +560,7 @@ export class GuestMemory {
   /** Little-endian 32-bit load (single-copy atomic when aligned). */
   readU32(gpa: U64): number {
     try {
-      return this.#n.readU32(gpa);
+      return this.#f.readU32(gpa);
     } catch (error) {
       throw fromNative(error);
     }
@@ -532,7 +568,7 @@ export class GuestMemory {
   /** Little-endian 64-bit load (single-copy atomic when aligned). */
   readU64(gpa: U64): bigint {
     try {
-      return this.#n.readU64(gpa);
+      return this.#f.readU64(gpa);
     } catch (error) {
       throw fromNative(error);
     }
@@ -540,7 +576,7 @@ export class GuestMemory {
   /** 8-bit store; value range-checked (RangeError). */
   writeU8(gpa: U64, value: number): void {
     try {
-      this.#n.writeU8(gpa, value);
+      this.#f.writeU8(gpa, value);
     } catch (error) {
       throw fromNative(error);
     }
@@ -548,7 +584,7 @@ export class GuestMemory {
   /** 16-bit little-endian store. */
   writeU16(gpa: U64, value: number): void {
     try {
-      this.#n.writeU16(gpa, value);
+      this.#f.writeU16(gpa, value);
     } catch (error) {
       throw fromNative(error);
     }
@@ -556,7 +592,7 @@ export class GuestMemory {
   /** 32-bit little-endian store. */
   writeU32(gpa: U64, value: number): void {
     try {
-      this.#n.writeU32(gpa, value);
+      this.#f.writeU32(gpa, value);
     } catch (error) {
       throw fromNative(error);
     }
@@ -564,7 +600,7 @@ export class GuestMemory {
   /** 64-bit little-endian store. */
   writeU64(gpa: U64, value: U64): void {
     try {
-      this.#n.writeU64(gpa, value);
+      this.#f.writeU64(gpa, value);
     } catch (error) {
       throw fromNative(error);
     }
@@ -589,7 +625,7 @@ export class GuestMemory {
 
   /** View of [offset, offset+len) (bytes) with its own GPA 0. */
   subrange(offset: U64, len: U64): GuestMemory {
-    return GuestMemory.wrap(call(() => this.#n.subrange(offset, len)));
+    return GuestMemory.wrap(rearming(() => call(() => this.#n.subrange(offset, len))));
   }
   /** 1-byte read at gpa succeeds. */
   probeReadable(gpa: U64): boolean {
