@@ -1,0 +1,154 @@
+// The process-wide fault handler from JavaScript: spec guest-memory S26 (WebAssembly traps keep
+// working), S27 (foreign faults still kill with SIGSEGV), S28 (idempotent installation), S29
+// (displacement by process.on('SIGSEGV') and re-arming with one warning) and S52 (laziness).
+// Everything that can kill the process or change its dispositions for good runs in a child.
+'use strict';
+const test = require('ava');
+const mb = require('../dist');
+const { runChild, fixture, wasmLoad } = require('./fixtures/memory');
+
+const child = fixture('handler_child.js');
+
+/** The JSON lines a child printed. */
+function findings(result) {
+  return result.stdout
+    .trim()
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => JSON.parse(line));
+}
+
+test('S26 in this process: after initialize(), a wasm out-of-bounds load is a catchable RuntimeError', (t) => {
+  mb.initialize();
+  t.is(mb.handlerStatus(), 'installed');
+  const load = wasmLoad();
+  for (let i = 0; i < 50; i++) t.throws(() => load(65536), { instanceOf: WebAssembly.RuntimeError });
+  t.is(load(65532), 0);
+  // Our own recoverable faults keep working in between.
+  const mapping = new mb.SparseMapping(4096);
+  t.throws(() => mapping.readAt(0, Buffer.alloc(1)), { code: 'ERR_MEMORY' });
+  t.throws(() => load(1 << 30), { instanceOf: WebAssembly.RuntimeError });
+});
+
+for (const flags of [[], ['--disable-wasm-trap-handler']]) {
+  const label = flags.length ? ' (--disable-wasm-trap-handler)' : '';
+
+  test(`S26 in a fresh process${label}: wasm traps before and after initialize()`, async (t) => {
+    const result = await runChild(child, { nodeArgs: flags, args: ['wasm'] });
+    t.is(result.status, 0, result.stderr);
+    const [f] = findings(result);
+    t.is(f.before, 'RuntimeError');
+    t.is(f.status, 'installed');
+    t.deepEqual(f.after, Array(10).fill('RuntimeError'));
+    t.is(f.guarded, 'ERR_MEMORY/SIGSEGV/2');
+    t.is(f.afterGuarded, 'RuntimeError');
+  });
+
+  test(`S27${label}: a fault outside our routines kills the child with SIGSEGV, not SIGABRT`, async (t) => {
+    const started = Date.now();
+    const result = await runChild(child, { nodeArgs: flags, args: ['foreign'] });
+    t.is(result.signal, 'SIGSEGV', `status ${result.status}, stderr: ${result.stderr}`);
+    const lines = findings(result);
+    t.deepEqual(lines, [{ status: 'installed', guarded: 'ERR_MEMORY/SIGSEGV/2' }]);
+    t.true(Date.now() - started < 30000, 'promptly, no hang');
+  });
+
+  test(`S27${label}: process.kill(process.pid, 'SIGSEGV') still kills with SIGSEGV`, async (t) => {
+    const result = await runChild(child, { nodeArgs: flags, args: ['kill'] });
+    t.is(result.signal, 'SIGSEGV', `status ${result.status}, stderr: ${result.stderr}`);
+    t.deepEqual(findings(result), [{ status: 'installed', guarded: 'ERR_MEMORY/SIGSEGV/2' }]);
+  });
+}
+
+test('S28: initialize() 100 times and mappings in several workers: one handler, S27 still prompt', async (t) => {
+  const started = Date.now();
+  const result = await runChild(child, { args: ['idempotent'] });
+  t.is(result.signal, 'SIGSEGV', `status ${result.status}, stderr: ${result.stderr}`);
+  const [f, ...rest] = findings(result);
+  t.deepEqual(rest, []);
+  t.is(f.status, 'installed');
+  t.deepEqual(f.fromWorkers, Array(3).fill({ code: 'ERR_MEMORY', status: 'installed' }));
+  t.is(f.guarded, 'ERR_MEMORY/SIGSEGV/2');
+  t.is(f.wasm, 'RuntimeError');
+  t.true(Date.now() - started < 30000, 'no self-recursion on the foreign fault');
+});
+
+test('S29: process.on/off(SIGSEGV) displaces the handler; new mappings, memories, subranges and initialize() re-arm it, warning once', async (t) => {
+  const result = await runChild(child, { args: ['displace'] });
+  t.is(result.status, 0, result.stderr);
+  const [{ steps, warnings }] = findings(result);
+  t.deepEqual(steps, {
+    initial: 'not-installed',
+    afterMapping: 'installed',
+    first: 'displaced/default',
+    afterGuestMemory: 'installed',
+    guarded: 'ERR_MEMORY/SIGSEGV/2',
+    guestFault: 'ERR_GUEST_MEMORY_FAULT',
+    wasm: 'RuntimeError',
+    second: 'displaced/default',
+    afterInitialize: 'installed',
+    third: 'displaced/default',
+    afterNewMapping: 'installed',
+    fourth: 'displaced/default',
+    afterSubrange: 'installed',
+    guardedAgain: 'ERR_MEMORY/SIGSEGV/2',
+    wasmAgain: 'RuntimeError',
+  });
+  t.is(warnings.length, 1, JSON.stringify(warnings));
+  t.is(warnings[0].name, 'MembackingWarning');
+  t.is(warnings[0].code, 'MEMBACKING_HANDLER_REARMED');
+  t.regex(warnings[0].message, /reset to the default action/);
+});
+
+test('S29 then S27: after re-arming, a foreign fault still kills with SIGSEGV (the Node chain is kept)', async (t) => {
+  const result = await runChild(child, { args: ['displace', 'then-fault'] });
+  t.is(result.signal, 'SIGSEGV', `status ${result.status}, stderr: ${result.stderr}`);
+  t.is(findings(result)[0].steps.afterSubrange, 'installed');
+});
+
+// Known limitation of trycopy's re-arm rule (spec R5), reported to the integrator: re-arming
+// while a process.on('SIGSEGV') listener is present records libuv's handler as "previous";
+// after the listener goes, re-arming over the default keeps that stale handler, so a wasm trap
+// is forwarded to libuv's handler, which returns without handling it: the trap repeats forever.
+// (Plain Node with the same listener present hangs the same way.) Expected to pass once the
+// re-arm over a default disposition restores the handler found at first installation.
+test.failing('re-arming while a SIGSEGV listener is present, then removing it, keeps wasm traps working', async (t) => {
+  const result = await runChild(child, { args: ['rearmWhileListening'], timeoutMs: 8000 });
+  const lines = findings(result);
+  t.deepEqual(lines[0].steps, { whileListening: 'installed', guarded: 'ERR_MEMORY/SIGSEGV/2', afterRemoval: 'default', final: 'installed' });
+  t.is(lines[1]?.steps.wasm, 'RuntimeError');
+});
+
+test('S52: a process that only uses GuestMemory.allocate installs no handler; a SparseMapping does', async (t) => {
+  const result = await runChild(child, { args: ['lazy'] });
+  t.is(result.status, 0, result.stderr);
+  t.deepEqual(findings(result), [
+    { value: 7, emptyError: 'ERR_GUEST_MEMORY_OUT_OF_RANGE', onlyAllocate: 'not-installed', heapSub: 7, afterMapping: 'installed' },
+  ]);
+});
+
+test('the addon is linked -z nodelete (it must never be unloaded while its handler is installed)', (t) => {
+  const fs = require('node:fs');
+  const path = require('node:path');
+  const addon = fs.readdirSync(path.join(__dirname, '..')).find((f) => /^membacking\..*\.node$/.test(f));
+  t.truthy(addon, 'a local build of the addon');
+  const elf = fs.readFileSync(path.join(__dirname, '..', addon));
+  t.true(hasNodeleteFlag(elf), 'DT_FLAGS_1 has DF_1_NODELETE');
+});
+
+/** Reads the ELF64 dynamic section and checks DT_FLAGS_1 (0x6ffffffb) for DF_1_NODELETE (0x8). */
+function hasNodeleteFlag(elf) {
+  const sectionHeaders = Number(elf.readBigUInt64LE(0x28));
+  const entrySize = elf.readUInt16LE(0x3a);
+  const count = elf.readUInt16LE(0x3c);
+  for (let i = 0; i < count; i++) {
+    const header = sectionHeaders + i * entrySize;
+    if (elf.readUInt32LE(header + 4) !== 6) continue; // SHT_DYNAMIC
+    const offset = Number(elf.readBigUInt64LE(header + 0x18));
+    const size = Number(elf.readBigUInt64LE(header + 0x20));
+    for (let entry = offset; entry < offset + size; entry += 16) {
+      if (elf.readBigUInt64LE(entry) === 0x6ffffffbn) return (elf.readBigUInt64LE(entry + 8) & 0x8n) !== 0n;
+    }
+  }
+  return false;
+}
