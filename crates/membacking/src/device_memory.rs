@@ -10,7 +10,7 @@
 //!
 //! Errors follow the original: `std::io::Error` with kind `InvalidInput` for a bad range,
 //! `Unsupported` for overlapping or partial operations (the original aborts), and kind `Other`
-//! wrapping a [`RegionManagerError`] (for example an [`OverlapError`](crate::region_manager::OverlapError))
+//! wrapping a [`RegionManagerError`](crate::region_manager::RegionManagerError) (for example an [`OverlapError`](crate::region_manager::OverlapError))
 //! from the region manager; find it with `error.get_ref()` and `downcast_ref`.
 
 use crate::region_manager::Change;

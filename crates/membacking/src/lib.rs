@@ -15,7 +15,7 @@
 //!   region-manager changes (so the same code acts and plans).
 //! - [`mapping_manager`]: the active mapping set and the VA mappers — one reserved window per
 //!   process and manager, filled on demand: a guest-memory access that faults on an unmapped
-//!   page asks for the mapping, waits and retries ([`VaMapper`](mapping_manager::va_mapper::VaMapper)).
+//!   page asks for the mapping, waits and retries ([`VaMapper`]).
 //!   Pages locked through `GuestMemory::lock_gpns` stay mapped in this process until released.
 //! - The runtime ([`GuestMemoryBuilder`], [`GuestMemoryManager`], [`GuestMemoryClient`],
 //!   [`RamVisibilityControl`], [`DeviceMemoryMapper`], [`SharedMemoryBacking`]): both managers
@@ -30,6 +30,20 @@
 //! that received an affected mapping made it inaccessible (I6), except pages locked through the
 //! accessor, which stay as they were until their last lock goes (spec §7.3 D7). Unrecoverable
 //! partition or mapper failures poison the manager instead of aborting (D5).
+//!
+//! # For the JavaScript binding
+//!
+//! - Errors: build → [`MemoryBuildError`]; attach → [`PartitionAttachError`] (its
+//!   `PartitionMapper` cause is a [`PartitionMapperError`]; `Manager` wraps a
+//!   [`RegionManagerError`] transparently); accessor creation → [`VaMapperError`]; visibility,
+//!   decommit, inspect and dry runs → [`RegionManagerError`]; device-window operations →
+//!   `std::io::Error` whose kind is `InvalidInput`/`Unsupported` for bad input, or `Other`
+//!   wrapping a [`RegionManagerError`] (find it with `get_ref()` and `downcast_ref`). A failed
+//!   guest-memory access of the manager's accessor has kind `OutOfRange` with a [`NoMapping`]
+//!   or [`ManagerGone`] source, or kind `Other` with [`UnexpectedPrivateFault`] in private mode.
+//! - `RecordingPartition` `vaOffset`s: call `set_va_base(manager.va_window_base())` on the
+//!   partition before attaching it.
+//! - [`GuestMemoryManager::close`] consumes the manager; keep it in an `Option` to take it.
 
 pub mod device_memory;
 mod error;

@@ -14,7 +14,7 @@
 //! answer (which saves a thread hop on a first touch). The mapper thread gives a waiting
 //! faulting thread a short head start for that reason.
 //!
-//! Locked pages (spec §7.3 D7) are kept as they were while locked; see [`super::va_state`].
+//! Locked pages (spec §7.3 D7) are kept as they were while locked; see the `va_state` module.
 //!
 //! When the mapping manager goes away (`Close`), the mapper refuses new waiters, fails the
 //! current ones, and returns the whole window (except locked pages) to the inaccessible state.
@@ -428,8 +428,9 @@ impl MapperShared {
 
 /// A VA mapper: the reserved window of one manager in this process (spec §4).
 ///
-/// Shared through `Arc`; the accessor of [`GuestMemoryClient::guest_memory`]
-/// (crate::GuestMemoryClient::guest_memory) and the partition mappers hold it. Dropping the last
+/// Shared through `Arc`; the accessor of
+/// [`GuestMemoryClient::guest_memory`](crate::GuestMemoryClient::guest_memory) and the
+/// partition mappers hold it. Dropping the last
 /// reference deregisters it from the mapping manager, stops its thread and frees the window.
 #[derive(Debug)]
 pub struct VaMapper {

@@ -413,6 +413,27 @@ fn s10_dense_file_offsets_and_content() {
     // And the other way round.
     pwrite(&backing, 0x1234, b"file");
     assert_eq!(read(&mem, 0x1234, 4).unwrap(), b"file");
+    // 52: the DMA regions are the RAM mappings, sharing the RAM object.
+    let mut regions: Vec<_> = block_on(mem.sharing().unwrap().get_regions())
+        .unwrap()
+        .into_iter()
+        .map(|region| {
+            assert_eq!(
+                region.file.as_raw_fd(),
+                backing.as_fd().as_raw_fd(),
+                "the same object, not a duplicate"
+            );
+            (region.guest_address, region.size, region.file_offset)
+        })
+        .collect();
+    regions.sort();
+    assert_eq!(
+        regions,
+        [
+            (0, 0xC000_0000, 0),
+            (0x1_0000_0000, 0x4000_0000, 0xC000_0000)
+        ]
+    );
 }
 
 #[test]
