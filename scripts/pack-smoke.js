@@ -108,7 +108,7 @@ check('SparseMapping: a fault on an unplaced page is recovered (x64)', ({ Sparse
     assert.equal(handlerStatus(), 'installed');
     assert.throws(
       () => mapping.readAt(0x20000, Buffer.alloc(8)),
-      (e) => e instanceof SparseMappingError && e.code === 'ERR_MEMORY' && e.offset === 0x20000n && e.fault.signal === 'SIGSEGV',
+      (e) => e instanceof SparseMappingError && e.code === 'ERR_MEMORY' && e.offset === 0n && e.fault.signal === 'SIGSEGV',
     );
     assert.throws(() => memory.read(0x20000, 8), (e) => e.code === 'ERR_GUEST_MEMORY_FAULT');
   } finally {

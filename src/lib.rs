@@ -18,6 +18,7 @@ mod js_thread;
 mod layout;
 mod manager;
 mod partition;
+mod planner;
 mod promise;
 mod range;
 mod registrar;

@@ -350,7 +350,8 @@ pub struct NativeGuestMemoryManager {
 }
 
 impl NativeGuestMemoryManager {
-    fn manager(&self) -> Result<&GuestMemoryManager, JsError> {
+    /// The manager, or `ERR_MANAGER_GONE` after `close()`.
+    pub(crate) fn manager(&self) -> Result<&GuestMemoryManager, JsError> {
         self.inner
             .as_ref()
             .ok_or_else(|| coded("ERR_MANAGER_GONE", "the memory manager is closed"))

@@ -55,6 +55,7 @@ export {
   MemoryManagerError,
   type ManagerSnapshot,
 } from './manager';
+export { type FlatEntry, type PlannedOp, type PlanChange } from './planner';
 export {
   RecordingPartition,
   KvmPartition,

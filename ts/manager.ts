@@ -12,6 +12,7 @@ import { GuestMemory, Mappable, nativeOf, type TransferHandle } from './guest_me
 import { nativeLayout, type MemoryLayout } from './layout';
 import { native } from './native';
 import { nativePartition, KvmPartition, RecordingPartition } from './partition';
+import { flatView as plannerFlatView, planChange, type FlatEntry, type PlanChange, type PlannedOp } from './planner';
 import { toRange, trusted, type MemoryRange, type RangeLike } from './range';
 import { describeType, toU64, type U64 } from './u64';
 
@@ -298,6 +299,18 @@ export class GuestMemoryManager {
     const out: Array<{ range: MemoryRange; fileOffset: bigint }> = [];
     for (let i = 0; i < flat.length; i += 3) out.push({ range: trusted(flat[i]!, flat[i + 1]!), fileOffset: flat[i + 2]! });
     return out;
+  }
+  /** The current flat view: what the guest sees, piece by piece, in address order. */
+  async flatView(): Promise<FlatEntry[]> {
+    return plannerFlatView(this.#n());
+  }
+  /** The flat view and ordered operations `change` would produce; nothing is applied. */
+  async plan(change: PlanChange): Promise<{ flatView: FlatEntry[]; ops: PlannedOp[] }> {
+    return planChange(this.#n(), change, (window) => {
+      const handle = window instanceof DeviceMemoryControl ? (internals.get(window) as NativeHalf | undefined) : undefined;
+      if (handle === undefined) throw invalidArgType(`change.window must be a DeviceMemoryControl, got ${describeType(window)}`);
+      return handle;
+    });
   }
   /** Full teardown; derived objects then throw ERR_MANAGER_GONE. */
   async close(): Promise<void> {

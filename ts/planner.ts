@@ -1,0 +1,120 @@
+/**
+ * The dry-run planner (design.md "pure plan plus applier"): a manager's flat view — what the
+ * guest sees, piece by piece — and, for a change, the flat view it would leave and the ordered
+ * operations it would carry out (VA-mapper invalidations and partition map/unmap/prefetch/pin
+ * calls), each with its reason. Nothing is applied; applying the same change next produces
+ * exactly the planned partition calls, in the same order.
+ */
+import { call, fromNative, invalidArgType, invalidArgValue } from './errors';
+import { native } from './native';
+import { toRange, trusted, type MemoryRange, type RangeLike } from './range';
+import { describeType, toU64, type U64 } from './u64';
+
+/** One piece of the flat view: what the guest sees at [range). */
+export interface FlatEntry {
+  range: MemoryRange;
+  /** The winning region's name and id, or null where nothing is mapped. */
+  region: { id: number; name: string } | null;
+  /** Backing at this range: the object (`memfd:guest-ram`, …) and the offset of the piece's first byte (bytes). */
+  backing: { object: string; fileOffset: bigint } | null;
+  writable: boolean;
+  executable: boolean;
+  /** Regions present here but hidden by the winner (lower priority or inactive). */
+  hidden: Array<{ id: number; name: string }>;
+}
+
+/** One planned operation, in the order it will be carried out. */
+export interface PlannedOp {
+  op: 'invalidate' | 'map' | 'unmap' | 'prefetch' | 'pin';
+  /** Which attached partition (index in attach order; a VTL2 partition with an alias map counts twice, alias first), absent for mapper invalidations. */
+  partition?: number;
+  gpa: bigint;
+  size: bigint;
+  writable?: boolean;
+  exec?: boolean;
+  /** Why, in words (e.g. "VGA 0xa0000-0xc0000 hidden: RAM visibility Unmapped"). */
+  reason: string;
+}
+
+type NativeFlat = Awaited<ReturnType<typeof native.managerFlatView>>[number];
+type NativePlan = Awaited<ReturnType<typeof native.managerPlanRamVisibility>>;
+
+/** @internal */
+export function toFlatEntry(e: NativeFlat): FlatEntry {
+  return {
+    range: trusted(e.range[0]!, e.range[1]!),
+    region: e.region ? { id: e.region.id, name: e.region.name } : null,
+    backing: e.backingObject !== undefined && e.backingObject !== null ? { object: e.backingObject, fileOffset: e.backingOffset ?? 0n } : null,
+    writable: e.writable,
+    executable: e.executable,
+    hidden: e.hidden.map((h) => ({ id: h.id, name: h.name })),
+  };
+}
+
+/** @internal */
+export function toPlan(p: NativePlan): { flatView: FlatEntry[]; ops: PlannedOp[] } {
+  return {
+    flatView: p.flatView.map(toFlatEntry),
+    ops: p.ops.map((o) => {
+      const op: PlannedOp = { op: o.op as PlannedOp['op'], gpa: o.gpa, size: o.size, reason: o.reason };
+      if (o.partition !== undefined && o.partition !== null) op.partition = o.partition;
+      if (o.writable !== undefined && o.writable !== null) op.writable = o.writable;
+      if (o.exec !== undefined && o.exec !== null) op.exec = o.exec;
+      return op;
+    }),
+  };
+}
+
+/** A change the manager can plan and apply. */
+export type PlanChange =
+  | { kind: 'ramVisibility'; range: RangeLike; visibility: 'Unmapped' | 'ReadOnly' | 'ReadWrite' }
+  | { kind: 'deviceMapToGuest'; window: object; gpa: U64; writable: boolean }
+  | { kind: 'deviceUnmapFromGuest'; window: object };
+
+/** @internal The native planner calls for one change. */
+export async function planChange(
+  manager: InstanceType<typeof native.NativeGuestMemoryManager>,
+  change: PlanChange,
+  windowHandle: (window: unknown) => InstanceType<typeof native.NativeDeviceWindowHalf>,
+): Promise<{ flatView: FlatEntry[]; ops: PlannedOp[] }> {
+  if (typeof change !== 'object' || change === null) throw invalidArgType(`change must be a PlanChange object, got ${describeType(change)}`);
+  let pending: Promise<NativePlan>;
+  switch (change.kind) {
+    case 'ramVisibility': {
+      const r = toRange(change.range, 'change.range');
+      const v = change.visibility;
+      if (v !== 'Unmapped' && v !== 'ReadOnly' && v !== 'ReadWrite') throw invalidArgValue(`change.visibility must be a RamVisibility, got ${String(v)}`);
+      pending = call(() => native.managerPlanRamVisibility(manager, BigUint64Array.from([r.start, r.end]), v));
+      break;
+    }
+    case 'deviceMapToGuest': {
+      const w = windowHandle(change.window);
+      const gpa = toU64(change.gpa, 'change.gpa');
+      if (typeof change.writable !== 'boolean') throw invalidArgType('change.writable must be a boolean');
+      pending = call(() => native.managerPlanDevice(w, BigUint64Array.from([gpa]), change.writable));
+      break;
+    }
+    case 'deviceUnmapFromGuest': {
+      const w = windowHandle(change.window);
+      pending = call(() => native.managerPlanDevice(w, null, false));
+      break;
+    }
+    default:
+      throw invalidArgValue(`unknown change kind '${String((change as { kind?: unknown }).kind)}' (ramVisibility, deviceMapToGuest, deviceUnmapFromGuest)`);
+  }
+  try {
+    return toPlan(await pending);
+  } catch (error) {
+    throw fromNative(error);
+  }
+}
+
+/** @internal */
+export async function flatView(manager: InstanceType<typeof native.NativeGuestMemoryManager>): Promise<FlatEntry[]> {
+  const pending = call(() => native.managerFlatView(manager));
+  try {
+    return (await pending).map(toFlatEntry);
+  } catch (error) {
+    throw fromNative(error);
+  }
+}
