@@ -9,6 +9,7 @@ import { parseArgs } from 'node:util';
 import { runDemo } from './demo';
 import { layoutE820, layoutTable, parseRange, parseSize } from './format';
 import { MemoryLayout } from './layout';
+import { changesFromFile, parseChange, PlanInputError, renderPlan, runPlan } from './plan_command';
 import { layoutSvg } from './svg';
 import type { MemoryRange } from './range';
 
@@ -19,6 +20,7 @@ const usage = {
 
 commands:
   layout    build a guest memory layout and print it
+  plan      dry-run changes (visibility, device windows): flat view and ordered partition calls
   demo      run the demo: layout, registrar chunks, x86 legacy split
 
 options:
@@ -34,6 +36,15 @@ SIZE / START / END: decimal or 0x-hex bytes, or a number with K, M, G or T (powe
 --input FILE.json: {"ramSize": "4G", "gaps": ["3G-4G"], "vtl2Range": "8G-8G+..."} or
   {"ram": [{"range": "0-1G", "vnode": 0}], "gaps": [...]}; ranges are "START-END"
   strings or {"start", "end"} objects of sizes.`,
+  plan: `usage: membacking plan [--ram SIZE] [--gap START-END]... [--vtl2 START-END] [--input FILE.json]
+                       [--x86-legacy] [--change CHANGE]... [--format table|json|svg]
+
+Builds guest memory for the layout with a recording partition attached, then for each change,
+in order: prints its plan (the ordered mapper invalidations and partition calls, with reasons),
+applies it, and checks the recorded partition calls equal the plan. Ends with the flat view.
+CHANGE: 'visibility START-END Unmapped|ReadOnly|ReadWrite' (a RAM region; with --x86-legacy
+the VGA window 0xa0000-0xc0000 and the PAM pieces are regions), 'device NAME START-END' (place a
+device window), 'unplace NAME'. --input may also hold {"changes": [CHANGE, ...]}.`,
   demo: `usage: membacking demo
 
 Builds a 4 GiB layout around the x86 MMIO gap with a VTL2 range, prints its map, the RAM
@@ -75,6 +86,58 @@ function layoutFromJson(file: string): MemoryLayout {
   return MemoryLayout.new(parseSize(String(spec.ramSize)), gaps, vtl2);
 }
 
+/** Builds the layout named by `--ram/--gap/--vtl2` or `--input`. */
+function layoutFromFlags(values: { ram?: string | undefined; gap?: string[] | undefined; vtl2?: string | undefined; input?: string | undefined }): MemoryLayout {
+  if (values.input !== undefined) {
+    if (values.ram !== undefined || values.gap !== undefined || values.vtl2 !== undefined) {
+      throw new UsageError('--input cannot be combined with --ram, --gap or --vtl2');
+    }
+    return layoutFromJson(values.input);
+  }
+  if (values.ram === undefined) throw new UsageError('needs --ram SIZE (or --input FILE.json)');
+  const gaps = (values.gap ?? []).map(parseRange);
+  return MemoryLayout.new(parseSize(values.ram), gaps, values.vtl2 === undefined ? null : parseRange(values.vtl2));
+}
+
+async function planCommand(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      ram: { type: 'string' },
+      gap: { type: 'string', multiple: true },
+      vtl2: { type: 'string' },
+      input: { type: 'string' },
+      'x86-legacy': { type: 'boolean', default: false },
+      change: { type: 'string', multiple: true },
+      format: { type: 'string', default: 'table' },
+      help: { type: 'boolean' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    console.log(usage.plan);
+    return;
+  }
+  const format = values.format ?? 'table';
+  if (!['table', 'json', 'svg'].includes(format)) throw new UsageError(`unknown format '${format}' (table, json, svg)`);
+  const layout = layoutFromFlags(values);
+  let changes;
+  try {
+    changes = [...(values.input ? changesFromFile(values.input) : []), ...(values.change ?? []).map(parseChange)];
+  } catch (error) {
+    if (error instanceof PlanInputError) throw new UsageError(error.message);
+    throw error;
+  }
+  let result;
+  try {
+    result = await runPlan(layout, changes, { x86Legacy: values['x86-legacy'] ?? false });
+  } catch (error) {
+    if (error instanceof PlanInputError) throw new UsageError(error.message);
+    throw error;
+  }
+  console.log(renderPlan(layout, result, format));
+}
+
 function layoutCommand(args: string[]): void {
   const { values } = parseArgs({
     args,
@@ -94,17 +157,7 @@ function layoutCommand(args: string[]): void {
   }
   const format = values.format ?? 'table';
   if (!['table', 'json', 'e820', 'svg'].includes(format)) throw new UsageError(`unknown format '${format}' (table, json, e820, svg)`);
-  let layout: MemoryLayout;
-  if (values.input !== undefined) {
-    if (values.ram !== undefined || values.gap !== undefined || values.vtl2 !== undefined) {
-      throw new UsageError('--input cannot be combined with --ram, --gap or --vtl2');
-    }
-    layout = layoutFromJson(values.input);
-  } else {
-    if (values.ram === undefined) throw new UsageError('layout needs --ram SIZE (or --input FILE.json)');
-    const gaps = (values.gap ?? []).map(parseRange);
-    layout = MemoryLayout.new(parseSize(values.ram), gaps, values.vtl2 === undefined ? null : parseRange(values.vtl2));
-  }
+  const layout = layoutFromFlags(values);
   if (format === 'json') console.log(JSON.stringify(layout, null, 2));
   else if (format === 'e820') console.log(layoutE820(layout));
   else if (format === 'svg') console.log(layoutSvg(layout));
@@ -123,6 +176,10 @@ async function main(argv: string[]): Promise<number> {
   }
   if (command === 'layout') {
     layoutCommand(rest);
+    return 0;
+  }
+  if (command === 'plan') {
+    await planCommand(rest);
     return 0;
   }
   if (command === 'demo') {
