@@ -199,7 +199,13 @@ function isInputError(error: unknown): boolean {
   if (error instanceof UsageError) return true;
   const code = (error as { code?: unknown } | null)?.code;
   if (typeof code !== 'string') return false;
-  return code.startsWith('ERR_PARSE_ARGS') || code.startsWith('ERR_INVALID_ARG') || code.startsWith('ERR_BAD_') || code.startsWith('ERR_VTL2') || code === 'ERR_INVALID_RAM_FOR_X86';
+  return (
+    code.startsWith('ERR_PARSE_ARGS') ||
+    code.startsWith('ERR_INVALID_ARG') ||
+    code.startsWith('ERR_BAD_') ||
+    code.startsWith('ERR_VTL2') ||
+    ['ERR_INVALID_RAM_FOR_X86', 'ERR_INVALID_RAM_REGION', 'ERR_OVERLAP_ERROR', 'ERR_REGION_OUT_OF_RANGE', 'ERR_INVALID_INPUT', 'ERR_INVALID_MEMORY_RANGE'].includes(code)
+  );
 }
 
 main(process.argv.slice(2)).then(
