@@ -29,6 +29,7 @@ pub use page_tables::PAGE_TABLES_SIZE;
 pub use partition::KvmPartition;
 pub use partition::KvmPartitionInspect;
 pub use partition::KvmPartitionOptions;
+pub use partition::PlannedSlotCall;
 pub use partition::SlotChanges;
 pub use partition::SlotLogEntry;
 pub use partition::SlotOp;

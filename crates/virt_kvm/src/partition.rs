@@ -61,6 +61,25 @@ pub struct SlotChanges {
     pub deleted: Vec<u32>,
 }
 
+/// A partition call whose slot changes [`KvmPartition::predict_slot_changes`] predicts.
+#[derive(Debug, Copy, Clone, PartialEq, Eq)]
+pub enum PlannedSlotCall {
+    /// `map_range` of `[gpa, gpa + size)`.
+    Map {
+        /// First GPA.
+        gpa: u64,
+        /// Length in bytes.
+        size: u64,
+    },
+    /// `unmap_range` of `[gpa, gpa + size)`.
+    Unmap {
+        /// First GPA.
+        gpa: u64,
+        /// Length in bytes.
+        size: u64,
+    },
+}
+
 /// Which call a [`SlotLogEntry`] records.
 #[derive(Debug, Copy, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -241,6 +260,50 @@ impl KvmPartition {
     /// lowest-first), so a dry-run plan can name them.
     pub fn next_free_slots(&self, count: usize) -> Vec<u32> {
         self.state.lock().table.next_free_ids(count)
+    }
+
+    /// The slot changes that `calls`, applied in order from the current slot table, would
+    /// make (a dry run on a copy of the table; nothing changes). A call the partition would
+    /// refuse (an overlap, a partial unmap, no free slot) predicts no change.
+    pub fn predict_slot_changes(&self, calls: &[PlannedSlotCall]) -> Vec<SlotChanges> {
+        let mut table = self.state.lock().table.clone();
+        calls
+            .iter()
+            .map(|call| match *call {
+                PlannedSlotCall::Map { gpa, size } => {
+                    if size == 0 || table.check_map(gpa, size).is_err() {
+                        return SlotChanges::default();
+                    }
+                    match table.allocate_id() {
+                        Ok(slot) => {
+                            table.insert(SlotInfo {
+                                slot,
+                                gpa,
+                                size,
+                                readonly: false,
+                                host_address: 0,
+                                pinned: false,
+                            });
+                            SlotChanges {
+                                created: vec![slot],
+                                deleted: Vec::new(),
+                            }
+                        }
+                        Err(_) => SlotChanges::default(),
+                    }
+                }
+                PlannedSlotCall::Unmap { gpa, size } => match table.check_unmap(gpa, size) {
+                    Ok(covered) => SlotChanges {
+                        created: Vec::new(),
+                        deleted: covered
+                            .iter()
+                            .filter_map(|slot| table.remove(slot.gpa).map(|slot| slot.slot))
+                            .collect(),
+                    },
+                    Err(_) => SlotChanges::default(),
+                },
+            })
+            .collect()
     }
 
     /// Cancels every vCPU of this partition that is running (see
@@ -524,6 +587,77 @@ mod tests {
             err.to_string(),
             "KVM is not available: open /nonexistent/kvm"
         );
+    }
+
+    #[test]
+    fn predicted_slot_changes_match_the_applied_ones() {
+        let Some(partition) = partition("predicted_slot_changes_match_the_applied_ones") else {
+            return;
+        };
+        let memory = AnonMemory::new(4 * MIB as usize);
+        let at = |offset: u64| memory.ptr().wrapping_add(offset as usize);
+        partition
+            .map_range(at(0), 0x1000, 0x10_0000, true, false)
+            .unwrap();
+        partition
+            .map_range(at(MIB), MIB as usize, 0x20_0000, true, false)
+            .unwrap();
+        partition
+            .map_range(at(2 * MIB), 0x4000, 0x40_0000, false, false)
+            .unwrap();
+        let calls = [
+            PlannedSlotCall::Unmap {
+                gpa: 0x10_0000,
+                size: 0x1000,
+            },
+            PlannedSlotCall::Map {
+                gpa: 0x80_0000,
+                size: 0x2000,
+            },
+            PlannedSlotCall::Unmap {
+                gpa: 0x20_0000,
+                size: 0x24_0000,
+            },
+            PlannedSlotCall::Map {
+                gpa: 0x20_0000,
+                size: 0x1000,
+            },
+            PlannedSlotCall::Map {
+                gpa: 0x20_0000,
+                size: 0x1000,
+            },
+        ];
+        let predicted = partition.predict_slot_changes(&calls);
+        let before = slot_ids(&partition);
+        // Predicting changes nothing.
+        assert_eq!(slot_ids(&partition), before);
+        partition.take_slot_log();
+        partition.unmap_range(0x10_0000, 0x1000).unwrap();
+        partition
+            .map_range(at(3 * MIB), 0x2000, 0x80_0000, true, false)
+            .unwrap();
+        partition.unmap_range(0x20_0000, 0x24_0000).unwrap();
+        partition
+            .map_range(at(MIB), 0x1000, 0x20_0000, true, false)
+            .unwrap();
+        // The last call overlaps the slot just made: refused, so no change predicted.
+        assert!(partition
+            .map_range(at(MIB), 0x1000, 0x20_0000, true, false)
+            .is_err());
+        let applied: Vec<SlotChanges> = partition
+            .take_slot_log()
+            .into_iter()
+            .map(|entry| entry.changes)
+            .collect();
+        assert_eq!(predicted, applied);
+        assert_eq!(predicted[0].deleted, vec![0]);
+        assert_eq!(
+            predicted[1].created,
+            vec![0],
+            "the lowest free id is reused"
+        );
+        assert_eq!(predicted[2].deleted, vec![1, 2]);
+        assert_eq!(predicted[4], SlotChanges::default());
     }
 
     #[test]

@@ -35,7 +35,7 @@ impl SlotInfo {
 }
 
 /// The slots of one VM, keyed by GPA, plus the id allocator.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct SlotTable {
     by_gpa: BTreeMap<u64, SlotInfo>,
     /// Ids that were used and released; reused lowest first.
