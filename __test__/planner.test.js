@@ -182,3 +182,37 @@ test('property: for random change sequences, applying each plan gives exactly th
   );
   t.true(runs >= 40);
 });
+
+test('KVM: plans name the slot ids they create and delete, and the slot table follows them', async (t) => {
+  let kvm;
+  try {
+    kvm = await mb.KvmPartition.create();
+  } catch (error) {
+    if (error.code !== 'ERR_KVM_UNAVAILABLE') throw error;
+    t.log(`skipped: /dev/kvm cannot be opened here (${error.message})`);
+    t.pass();
+    return;
+  }
+  const layout = mb.MemoryLayout.new(4n * GiB, [range(3n * GiB, 4n * GiB)]);
+  const manager = await new mb.GuestMemoryBuilder().x86LegacySupport(true).build(layout);
+  await manager.attachPartition(Vtl.Vtl0, kvm);
+  const slotsOf = () => new Map(kvm.inspect().slots.map((s) => [s.slot, `${s.gpa}+${s.size}:${s.readonly}`]));
+  for (const [target, visibility] of [[VGA, 'ReadOnly'], [PAM[5], 'Unmapped'], [PAM[5], 'ReadWrite'], [VGA, 'Unmapped'], [VGA, 'ReadWrite']]) {
+    const before = slotsOf();
+    const plan = await manager.plan({ kind: 'ramVisibility', range: target, visibility });
+    await manager.ramVisibilityControl().setRamVisibility(target, visibility);
+    const after = slotsOf();
+    const deleted = [...before.keys()].filter((id) => after.get(id) !== before.get(id));
+    const created = [...after.keys()].filter((id) => after.get(id) !== before.get(id));
+    t.deepEqual(plan.ops.filter((o) => o.op === 'unmap').flatMap((o) => o.slots).sort(), deleted.sort(), `${target} ${visibility}: deleted slots`);
+    t.deepEqual(plan.ops.filter((o) => o.op === 'map').flatMap((o) => o.slots).sort(), created.sort(), `${target} ${visibility}: created slots`);
+    // Only the toggled region's slots change.
+    for (const id of [...deleted, ...created]) {
+      const entry = before.get(id) ?? after.get(id);
+      const gpa = BigInt(entry.split('+')[0]);
+      t.true(gpa >= target.start && gpa < target.end, `slot ${id} lies in ${target}`);
+    }
+  }
+  await manager.close();
+  kvm.close();
+});

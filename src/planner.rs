@@ -234,3 +234,38 @@ pub fn manager_plan_device<'env>(
         }
     }
 }
+
+/// The slot ids each planned call would create or delete on a KVM partition: `calls` holds
+/// `[kind, gpa, size]` triples (kind 0 = map, 1 = unmap), applied in order from the partition's
+/// current slot table.
+#[cfg(target_arch = "x86_64")]
+#[napi]
+pub fn kvm_predict_slots(
+    partition: &crate::partition::kvm::NativeKvmPartition,
+    calls: BigUint64Array,
+) -> Result<Vec<Vec<u32>>, JsError> {
+    use virt_kvm::PlannedSlotCall;
+    if !calls.len().is_multiple_of(3) {
+        return Err(invalid_arg("calls must hold [kind, gpa, size] triples"));
+    }
+    let calls: Vec<PlannedSlotCall> = calls
+        .chunks_exact(3)
+        .map(|call| match call[0] {
+            0 => Ok(PlannedSlotCall::Map {
+                gpa: call[1],
+                size: call[2],
+            }),
+            1 => Ok(PlannedSlotCall::Unmap {
+                gpa: call[1],
+                size: call[2],
+            }),
+            other => Err(invalid_arg(format!("unknown call kind {other}"))),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(partition
+        .kvm_partition()?
+        .predict_slot_changes(&calls)
+        .into_iter()
+        .map(|changes| changes.created.into_iter().chain(changes.deleted).collect())
+        .collect())
+}

@@ -172,7 +172,7 @@ export class GuestMemoryBuilder {
     const pending = call(() =>
       native.buildGuestMemory(l, backing, this.#vtl0AliasMap, this.#prefetchRam, this.#pinMappings, this.#x86LegacySupport, this.#privateMemory, this.#transparentHugepages),
     );
-    return new GuestMemoryManager(token, await settle(pending));
+    return new GuestMemoryManager(token, await settle(pending), this.#vtl0AliasMap !== null);
   }
 }
 
@@ -236,11 +236,15 @@ function toSnapshot(s: NativeSnapshot): ManagerSnapshot {
 /** Owns guest RAM, the region/mapping managers and their thread. */
 export class GuestMemoryManager {
   #native: NativeManager | null;
+  readonly #aliasMap: boolean;
+  /** Attached partitions by partition-mapper index (a VTL2 partition with an alias map twice). */
+  readonly #mappers: Array<RecordingPartition | KvmPartition> = [];
 
   /** @internal */
-  constructor(key: typeof token, handle: NativeManager) {
+  constructor(key: typeof token, handle: NativeManager, aliasMap = false) {
     if (key !== token) throw invalidArgType('GuestMemoryManager cannot be constructed directly: use GuestMemoryBuilder#build');
     this.#native = handle;
+    this.#aliasMap = aliasMap;
     internals.set(this, handle);
   }
 
@@ -283,6 +287,8 @@ export class GuestMemoryManager {
         ? call(() => manager.attachRecordingPartition(vtl, handle as InstanceType<typeof native.NativeRecordingPartition>, remote))
         : call(() => manager.attachKvmPartition(vtl, handle as InstanceType<typeof native.NativeKvmPartition>, remote));
     await settle(pending);
+    if (vtl === Vtl.Vtl2 && this.#aliasMap) this.#mappers.push(partition);
+    this.#mappers.push(partition);
   }
   /** Release RAM pages in range (bytes, page-aligned, inside RAM): private → zeros; memfd → hole. */
   async decommitRam(range: RangeLike): Promise<void> {
@@ -306,7 +312,7 @@ export class GuestMemoryManager {
   }
   /** The flat view and ordered operations `change` would produce; nothing is applied. */
   async plan(change: PlanChange): Promise<{ flatView: FlatEntry[]; ops: PlannedOp[] }> {
-    return planChange(this.#n(), change, (window) => {
+    return planChange(this.#n(), change, this.#mappers, (window) => {
       const handle = window instanceof DeviceMemoryControl ? (internals.get(window) as NativeHalf | undefined) : undefined;
       if (handle === undefined) throw invalidArgType(`change.window must be a DeviceMemoryControl, got ${describeType(window)}`);
       return handle;

@@ -7,6 +7,7 @@
  */
 import { call, fromNative, invalidArgType, invalidArgValue } from './errors';
 import { native } from './native';
+import { KvmPartition, nativePartition, type RecordingPartition } from './partition';
 import { toRange, trusted, type MemoryRange, type RangeLike } from './range';
 import { describeType, toU64, type U64 } from './u64';
 
@@ -32,6 +33,8 @@ export interface PlannedOp {
   size: bigint;
   writable?: boolean;
   exec?: boolean;
+  /** KVM partitions: slot ids this op creates (map) or deletes (unmap). */
+  slots?: number[];
   /** Why, in words (e.g. "VGA 0xa0000-0xc0000 hidden: RAM visibility Unmapped"). */
   reason: string;
 }
@@ -75,6 +78,7 @@ export type PlanChange =
 export async function planChange(
   manager: InstanceType<typeof native.NativeGuestMemoryManager>,
   change: PlanChange,
+  partitions: ReadonlyArray<RecordingPartition | KvmPartition>,
   windowHandle: (window: unknown) => InstanceType<typeof native.NativeDeviceWindowHalf>,
 ): Promise<{ flatView: FlatEntry[]; ops: PlannedOp[] }> {
   if (typeof change !== 'object' || change === null) throw invalidArgType(`change must be a PlanChange object, got ${describeType(change)}`);
@@ -102,10 +106,33 @@ export async function planChange(
     default:
       throw invalidArgValue(`unknown change kind '${String((change as { kind?: unknown }).kind)}' (ramVisibility, deviceMapToGuest, deviceUnmapFromGuest)`);
   }
+  let plan: { flatView: FlatEntry[]; ops: PlannedOp[] };
   try {
-    return toPlan(await pending);
+    plan = toPlan(await pending);
   } catch (error) {
     throw fromNative(error);
+  }
+  addSlots(plan.ops, partitions);
+  return plan;
+}
+
+/** Adds the KVM slot ids each map/unmap would create or delete, per KVM partition. */
+function addSlots(ops: PlannedOp[], partitions: ReadonlyArray<RecordingPartition | KvmPartition>): void {
+  const byPartition = new Map<KvmPartition, PlannedOp[]>();
+  for (const op of ops) {
+    if (op.partition === undefined || (op.op !== 'map' && op.op !== 'unmap')) continue;
+    const partition = partitions[op.partition];
+    if (!(partition instanceof KvmPartition)) continue;
+    const list = byPartition.get(partition) ?? [];
+    list.push(op);
+    byPartition.set(partition, list);
+  }
+  for (const [partition, list] of byPartition) {
+    const calls = BigUint64Array.from(list.flatMap((op) => [op.op === 'map' ? 0n : 1n, op.gpa, op.size]));
+    const slots = call(() => native.kvmPredictSlots(nativePartition(partition) as InstanceType<typeof native.NativeKvmPartition>, calls));
+    list.forEach((op, i) => {
+      op.slots = slots[i]!;
+    });
   }
 }
 
