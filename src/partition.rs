@@ -118,6 +118,7 @@ pub mod kvm {
     use crate::promise::promise;
     use napi::bindgen_prelude::{BigUint64Array, Buffer, Object};
     use napi::Env;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::mpsc;
     use std::time::Duration;
     use virt_kvm::{
@@ -186,6 +187,41 @@ pub mod kvm {
         pub slot_zap_all_quirk_disabled: bool,
         pub readonly_supported: bool,
         pub vcpu_count: u32,
+    }
+
+    /// One map or unmap call of the partition and its slot changes.
+    #[napi(object, object_from_js = false)]
+    pub struct KvmSlotLogItem {
+        /// Process-wide sequence number shared with the recording partition's log.
+        pub sequence: u64,
+        /// `map` or `unmap`.
+        pub op: String,
+        pub gpa: u64,
+        pub size: u64,
+        /// Slot ids created, in order.
+        pub created: Vec<u32>,
+        /// Slot ids deleted, in GPA order.
+        pub deleted: Vec<u32>,
+        pub failed: bool,
+    }
+
+    fn slot_log_items(entries: Vec<virt_kvm::SlotLogEntry>) -> Vec<KvmSlotLogItem> {
+        entries
+            .into_iter()
+            .map(|entry| KvmSlotLogItem {
+                sequence: entry.sequence,
+                op: match entry.op {
+                    virt_kvm::SlotOp::Map => "map",
+                    virt_kvm::SlotOp::Unmap => "unmap",
+                }
+                .to_owned(),
+                gpa: entry.gpa,
+                size: entry.size,
+                created: entry.changes.created,
+                deleted: entry.changes.deleted,
+                failed: entry.failed,
+            })
+            .collect()
     }
 
     /// Creates a VM (on the executor, as it takes a few hundred microseconds).
@@ -270,8 +306,27 @@ pub mod kvm {
             let writer = SlotWriter { kvm: kvm.clone() };
             let vcpu = kvm
                 .create_vcpu(&options, &|gpa: u64, data: &[u8]| writer.write(gpa, data))
-                .map_err(|err| kvm_error(&err))?;
+                .map_err(|err| match err {
+                    // A page-table range that is not writable guest RAM of this partition is a
+                    // bad argument (api.md §8: "outside RAM → RangeError").
+                    KvmError::PageTableWrite { gpa, source } => invalid_arg(format!(
+                        "pageTables: cannot write the page tables at {gpa:#x}: {source}"
+                    )),
+                    err => kvm_error(&err),
+                })?;
             Ok(NativeVcpu::start(Arc::new(vcpu)))
+        }
+
+        /// The last map/unmap calls with the slot ids each created and deleted, oldest first.
+        #[napi]
+        pub fn slot_log(&self) -> Result<Vec<KvmSlotLogItem>, JsError> {
+            Ok(slot_log_items(self.kvm()?.slot_log()))
+        }
+
+        /// Returns the slot log and empties it.
+        #[napi]
+        pub fn take_slot_log(&self) -> Result<Vec<KvmSlotLogItem>, JsError> {
+            Ok(slot_log_items(self.kvm()?.take_slot_log()))
         }
 
         /// Destroys the VM for this object: cancels running vCPUs; the kernel frees it when the
@@ -419,6 +474,9 @@ pub mod kvm {
     pub struct NativeVcpu {
         vcpu: Arc<Vcpu>,
         runs: Option<mpsc::Sender<RunRequest>>,
+        /// Set from `run()` until its exit is known: a second `run()` (or register access) in
+        /// that time is `ERR_VCPU_BUSY` instead of being queued behind the first.
+        running: Arc<AtomicBool>,
     }
 
     impl NativeVcpu {
@@ -436,7 +494,19 @@ pub mod kvm {
             NativeVcpu {
                 vcpu,
                 runs: spawned.ok().map(|_| sender),
+                running: Arc::new(AtomicBool::new(false)),
             }
+        }
+
+        /// The vCPU, if it is open and not running.
+        fn idle(&self) -> Result<&Vcpu, JsError> {
+            if self.runs.is_none() {
+                return Err(closed("Vcpu"));
+            }
+            if self.running.load(Ordering::SeqCst) {
+                return Err(kvm_error(&KvmError::VcpuBusy));
+            }
+            Ok(&self.vcpu)
         }
     }
 
@@ -457,7 +527,10 @@ pub mod kvm {
         /// The registers as 18 u64 values.
         #[napi]
         pub fn get_registers(&self) -> Result<BigUint64Array, JsError> {
-            let registers = self.vcpu.get_registers().map_err(|err| kvm_error(&err))?;
+            let registers = self
+                .idle()?
+                .get_registers()
+                .map_err(|err| kvm_error(&err))?;
             Ok(BigUint64Array::new(pack(&registers)))
         }
 
@@ -472,7 +545,7 @@ pub mod kvm {
                 return Err(invalid_arg("one value per known register is required"));
             }
             let values: Vec<u64> = values.to_vec();
-            self.vcpu
+            self.idle()?
                 .update_registers(|registers| {
                     for (&index, &value) in indexes.iter().zip(&values) {
                         if let Some(slot) = slot_of(registers, index as usize) {
@@ -487,7 +560,7 @@ pub mod kvm {
         /// Completes the pending MMIO read or port input with `value` (little-endian).
         #[napi]
         pub fn complete_read_value(&self, value: U64) -> Result<(), JsError> {
-            self.vcpu
+            self.idle()?
                 .complete_read_value(value.0)
                 .map_err(|err| kvm_error(&err))
         }
@@ -495,14 +568,13 @@ pub mod kvm {
         /// Completes the pending read with the given bytes.
         #[napi]
         pub fn complete_read_bytes(&self, data: crate::args::RawBytes) -> Result<(), JsError> {
+            let vcpu = self.idle()?;
             let mut bytes = vec![0u8; data.len];
             // SAFETY: `data` is the caller's typed array of `len` bytes, valid during this call.
             unsafe {
                 std::ptr::copy_nonoverlapping(data.ptr.cast_const(), bytes.as_mut_ptr(), data.len)
             };
-            self.vcpu
-                .complete_read(&bytes)
-                .map_err(|err| kvm_error(&err))
+            vcpu.complete_read(&bytes).map_err(|err| kvm_error(&err))
         }
 
         /// Runs until the next exit on the vCPU's thread; `timeout_ms` (0 = none) stops a
@@ -514,11 +586,21 @@ pub mod kvm {
                 return Err(invalid_arg("timeoutMs must be between 0 and 1e12"));
             }
             let timeout = (timeout_ms > 0.0).then(|| Duration::from_secs_f64(timeout_ms / 1000.0));
+            if self.running.swap(true, Ordering::SeqCst) {
+                return Err(kvm_error(&KvmError::VcpuBusy));
+            }
             let (sender, receiver) = futures::channel::oneshot::channel();
-            runs.send(Box::new(move |vcpu: &Vcpu| {
-                let _ = sender.send(vcpu.run(timeout));
-            }))
-            .map_err(|_| closed("Vcpu"))?;
+            let running = self.running.clone();
+            let sent = runs.send(Box::new(move |vcpu: &Vcpu| {
+                let outcome = vcpu.run(timeout);
+                // Cleared before the Promise can settle, so the caller may run again at once.
+                running.store(false, Ordering::SeqCst);
+                let _ = sender.send(outcome);
+            }));
+            if sent.is_err() {
+                self.running.store(false, Ordering::SeqCst);
+                return Err(closed("Vcpu"));
+            }
             promise(
                 env,
                 async move {
@@ -586,6 +668,190 @@ pub mod kvm {
             done_port: p::DONE_PORT.into(),
             result_port: p::RESULT_PORT.into(),
             input_port: p::INPUT_PORT.into(),
+        }
+    }
+
+    /// Benchmark baseline (not public API): the raw cost of changing one memory slot, without
+    /// this crate. Opens `/dev/kvm` with plain ioctls, creates a VM (turning off
+    /// `KVM_X86_QUIRK_SLOT_ZAP_ALL` where offered, as `KvmPartition` does), maps `size` bytes of
+    /// fresh anonymous memory as a scratch slot, then times `pairs` rounds of one
+    /// `KVM_SET_USER_MEMORY_REGION` delete and one create of that slot. Returns nanoseconds per
+    /// delete+create pair.
+    #[napi(js_name = "benchKvmRawSlotChurn")]
+    pub fn bench_kvm_raw_slot_churn(size: U64, pairs: u32) -> Result<f64, JsError> {
+        let size = size.0;
+        if size == 0 || size & 0xfff != 0 || size > 1 << 40 || pairs == 0 {
+            return Err(invalid_arg(
+                "size must be a non-zero multiple of 4 KiB up to 1 TiB and pairs at least 1",
+            ));
+        }
+        // Declared before the VM so that it is dropped after it.
+        let memory = raw::AnonymousMemory::new(size as usize)
+            .map_err(|err| crate::errors::io_error(&err, "mmap"))?;
+        let vm = raw::RawVm::create().map_err(|err| {
+            coded(
+                "ERR_KVM_UNAVAILABLE",
+                format!("KVM is not available: {err}"),
+            )
+        })?;
+        let ioctl_error = |err: std::io::Error| crate::errors::io_error(&err, "ioctl");
+        // Far above anything a guest of this VM would use; the VM has no vCPU anyway.
+        let gpa = 1 << 40;
+        vm.set_slot(1, gpa, size, memory.address())
+            .map_err(ioctl_error)?;
+        let start = std::time::Instant::now();
+        for _ in 0..pairs {
+            vm.set_slot(1, gpa, 0, memory.address())
+                .map_err(ioctl_error)?;
+            vm.set_slot(1, gpa, size, memory.address())
+                .map_err(ioctl_error)?;
+        }
+        Ok(start.elapsed().as_nanos() as f64 / f64::from(pairs))
+    }
+
+    /// Plain-ioctl KVM access for the benchmark baseline (no `kvm-ioctls`, no slot table).
+    mod raw {
+        use std::io;
+
+        const KVMIO: libc::c_ulong = 0xae;
+        /// `_IO(KVMIO, 0x01)`.
+        const KVM_CREATE_VM: libc::c_ulong = (KVMIO << 8) | 0x01;
+        /// `_IO(KVMIO, 0x03)`.
+        const KVM_CHECK_EXTENSION: libc::c_ulong = (KVMIO << 8) | 0x03;
+        /// `_IOW(KVMIO, 0x46, struct kvm_userspace_memory_region)` (32 bytes).
+        const KVM_SET_USER_MEMORY_REGION: libc::c_ulong =
+            (1 << 30) | (32 << 16) | (KVMIO << 8) | 0x46;
+        /// `_IOW(KVMIO, 0xa3, struct kvm_enable_cap)` (104 bytes).
+        const KVM_ENABLE_CAP: libc::c_ulong = (1 << 30) | (104 << 16) | (KVMIO << 8) | 0xa3;
+        const KVM_CAP_DISABLE_QUIRKS2: u32 = 213;
+        const KVM_X86_QUIRK_SLOT_ZAP_ALL: u64 = 1 << 7;
+
+        #[repr(C)]
+        struct UserspaceMemoryRegion {
+            slot: u32,
+            flags: u32,
+            guest_phys_addr: u64,
+            memory_size: u64,
+            userspace_addr: u64,
+        }
+
+        #[repr(C)]
+        struct EnableCap {
+            cap: u32,
+            flags: u32,
+            args: [u64; 4],
+            pad: [u8; 64],
+        }
+
+        /// An owned file descriptor closed on drop.
+        struct Fd(libc::c_int);
+
+        impl Drop for Fd {
+            fn drop(&mut self) {
+                // SAFETY: the descriptor is owned by this value and closed once.
+                unsafe { libc::close(self.0) };
+            }
+        }
+
+        /// `/dev/kvm` and one VM made from it.
+        pub struct RawVm {
+            _kvm: Fd,
+            vm: Fd,
+        }
+
+        impl RawVm {
+            pub fn create() -> io::Result<Self> {
+                // SAFETY: opens a device by a valid C string path; the result is checked.
+                let kvm =
+                    unsafe { libc::open(c"/dev/kvm".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+                if kvm < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let kvm = Fd(kvm);
+                // SAFETY: KVM_CREATE_VM takes a machine type (0) by value.
+                let vm = unsafe { libc::ioctl(kvm.0, KVM_CREATE_VM, 0 as libc::c_ulong) };
+                if vm < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let vm = Fd(vm);
+                // SAFETY: KVM_CHECK_EXTENSION takes the capability number by value.
+                let quirks = unsafe {
+                    libc::ioctl(
+                        vm.0,
+                        KVM_CHECK_EXTENSION,
+                        libc::c_ulong::from(KVM_CAP_DISABLE_QUIRKS2),
+                    )
+                };
+                if quirks > 0 && (quirks as u64 & KVM_X86_QUIRK_SLOT_ZAP_ALL) != 0 {
+                    let cap = EnableCap {
+                        cap: KVM_CAP_DISABLE_QUIRKS2,
+                        flags: 0,
+                        args: [KVM_X86_QUIRK_SLOT_ZAP_ALL, 0, 0, 0],
+                        pad: [0; 64],
+                    };
+                    // SAFETY: KVM_ENABLE_CAP reads a `struct kvm_enable_cap`, which `cap` is
+                    // (repr(C), 104 bytes). A refusal keeps the quirk, as KvmPartition does.
+                    unsafe { libc::ioctl(vm.0, KVM_ENABLE_CAP, &cap) };
+                }
+                Ok(RawVm { _kvm: kvm, vm })
+            }
+
+            /// Creates (size > 0) or deletes (size 0) slot `slot`.
+            pub fn set_slot(&self, slot: u32, gpa: u64, size: u64, host: u64) -> io::Result<()> {
+                let region = UserspaceMemoryRegion {
+                    slot,
+                    flags: 0,
+                    guest_phys_addr: gpa,
+                    memory_size: size,
+                    userspace_addr: host,
+                };
+                // SAFETY: KVM reads the repr(C) region struct. The host range is the caller's
+                // `AnonymousMemory`, which outlives the VM (`bench_kvm_raw_slot_churn` declares
+                // it first); the VM has no vCPU, and KVM reaches slot memory only through
+                // user-copy paths, never as a fault in this process.
+                let rc = unsafe { libc::ioctl(self.vm.0, KVM_SET_USER_MEMORY_REGION, &region) };
+                if rc < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            }
+        }
+
+        /// Private anonymous memory, unmapped on drop.
+        pub struct AnonymousMemory {
+            ptr: *mut libc::c_void,
+            len: usize,
+        }
+
+        impl AnonymousMemory {
+            pub fn new(len: usize) -> io::Result<Self> {
+                // SAFETY: a fresh mapping at a kernel-chosen address; nothing is replaced.
+                let ptr = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                        -1,
+                        0,
+                    )
+                };
+                if ptr == libc::MAP_FAILED {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(AnonymousMemory { ptr, len })
+            }
+
+            pub fn address(&self) -> u64 {
+                self.ptr as u64
+            }
+        }
+
+        impl Drop for AnonymousMemory {
+            fn drop(&mut self) {
+                // SAFETY: unmaps exactly the mapping this value made.
+                unsafe { libc::munmap(self.ptr, self.len) };
+            }
         }
     }
 }

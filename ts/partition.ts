@@ -38,6 +38,8 @@ function toCall(call: NativeCall): RecordedCall {
 }
 
 const partitions = new WeakMap<object, unknown>();
+/** Lets only this module construct KvmPartition and Vcpu objects. */
+const token = Symbol('membacking-partition');
 
 /** The binding object behind a partition (for attachPartition). @internal */
 export function nativePartition(value: unknown): NativeRecording | InstanceType<typeof native.NativeKvmPartition> {
@@ -122,6 +124,13 @@ export type VcpuExit =
   | { kind: 'Cancelled'; reason: 'cancel' | 'timeout' }
   | { kind: 'Failure'; reason: string };
 
+/** `options` must be undefined or an object (a TypeError otherwise). */
+function optionsObject<T extends object>(options: T | undefined, name: string): Partial<T> {
+  if (options === undefined) return {};
+  if (typeof options !== 'object' || options === null) throw invalidArgType(`${name} must be an object, got ${describeType(options)}`);
+  return options;
+}
+
 type NativeVcpu = InstanceType<typeof native.NativeVcpu>;
 type NativeExit = Awaited<ReturnType<NativeVcpu['run']>>;
 
@@ -150,13 +159,14 @@ function toExit(item: NativeExit): VcpuExit {
 export class Vcpu {
   readonly #native: NativeVcpu;
 
-  private constructor(handle: NativeVcpu) {
+  private constructor(key: typeof token, handle: NativeVcpu) {
+    if (key !== token) throw invalidArgType('Vcpu cannot be constructed directly: use KvmPartition#createVcpu');
     this.#native = handle;
   }
 
   /** @internal */
   static wrap(handle: NativeVcpu): Vcpu {
-    return new Vcpu(handle);
+    return new Vcpu(token, handle);
   }
 
   /** vCPU index. */
@@ -186,11 +196,10 @@ export class Vcpu {
     call(() => this.#native.setRegisters(indexes, BigUint64Array.from(values)));
   }
   /** Run until the next exit; timeoutMs stops a looping guest with {kind: 'Cancelled'}. */
-  async run(options: { timeoutMs?: number } = {}): Promise<VcpuExit> {
-    const timeout = options.timeoutMs ?? 0;
-    if (typeof timeout !== 'number' || !Number.isFinite(timeout) || timeout < 0) {
-      throw invalidArgValue(`timeoutMs must be a non-negative number, got ${String(timeout)}`);
-    }
+  async run(options?: { timeoutMs?: number }): Promise<VcpuExit> {
+    const timeout = optionsObject(options, 'options').timeoutMs ?? 0;
+    if (typeof timeout !== 'number') throw invalidArgType(`timeoutMs must be a number, got ${describeType(timeout)}`);
+    if (!Number.isFinite(timeout) || timeout < 0) throw invalidArgValue(`timeoutMs must be a non-negative finite number, got ${String(timeout)}`);
     const pending = call(() => this.#native.run(timeout));
     try {
       return toExit(await pending);
@@ -226,32 +235,36 @@ type NativeKvm = InstanceType<typeof native.NativeKvmPartition>;
 export class KvmPartition {
   readonly #native: NativeKvm;
 
-  private constructor(handle: NativeKvm) {
+  private constructor(key: typeof token, handle: NativeKvm) {
+    if (key !== token) throw invalidArgType('KvmPartition cannot be constructed directly: use KvmPartition.create');
     this.#native = handle;
     partitions.set(this, handle);
   }
 
   /** Open /dev/kvm, create a VM (KvmError ERR_KVM_UNAVAILABLE on failure). */
-  static async create(options: { disableSlotZapAllQuirk?: boolean } = {}): Promise<KvmPartition> {
-    const disable = options.disableSlotZapAllQuirk ?? true;
+  static async create(options?: { disableSlotZapAllQuirk?: boolean }): Promise<KvmPartition> {
+    const disable = optionsObject(options, 'options').disableSlotZapAllQuirk ?? true;
     if (typeof disable !== 'boolean') throw invalidArgType('disableSlotZapAllQuirk must be a boolean');
     const pending = call(() => native.kvmPartitionCreate(disable));
     try {
-      return new KvmPartition(await pending);
+      return new KvmPartition(token, await pending);
     } catch (error) {
       throw fromNative(error);
     }
   }
 
   /** Create a vCPU (after attachPartition when it must write page tables into guest RAM). */
-  async createVcpu(options: VcpuOptions = {}): Promise<Vcpu> {
-    const mode = options.mode ?? VcpuMode.Long;
+  async createVcpu(options?: VcpuOptions): Promise<Vcpu> {
+    const o = optionsObject(options, 'options');
+    const mode = o.mode ?? VcpuMode.Long;
+    if (typeof mode !== 'string') throw invalidArgType(`mode must be a VcpuMode, got ${describeType(mode)}`);
     if (mode !== VcpuMode.Long && mode !== VcpuMode.Real) throw invalidArgValue(`mode must be 'Real' or 'Long', got ${String(mode)}`);
-    const cpl = options.cpl ?? 3;
+    const cpl = o.cpl ?? 3;
+    if (typeof cpl !== 'number') throw invalidArgType(`cpl must be 0 or 3, got ${describeType(cpl)}`);
     if (cpl !== 0 && cpl !== 3) throw invalidArgValue(`cpl must be 0 or 3, got ${String(cpl)}`);
     let tables: BigUint64Array | null = null;
-    if (options.pageTables !== undefined) {
-      const r = toRange(options.pageTables, 'pageTables');
+    if (o.pageTables !== undefined) {
+      const r = toRange(o.pageTables, 'pageTables');
       tables = BigUint64Array.from([r.start, r.end]);
     }
     return Vcpu.wrap(call(() => this.#native.createVcpu(mode === VcpuMode.Long, tables, cpl)));
@@ -262,6 +275,16 @@ export class KvmPartition {
     return call(() => this.#native.inspect());
   }
 
+  /** The last map/unmap calls (up to 4096) with the slot ids each created and deleted, oldest first. */
+  slotLog(): KvmSlotLogEntry[] {
+    return call(() => this.#native.slotLog()).map(toSlotLogEntry);
+  }
+
+  /** Return the slot log and empty it. */
+  takeSlotLog(): KvmSlotLogEntry[] {
+    return call(() => this.#native.takeSlotLog()).map(toSlotLogEntry);
+  }
+
   /** Destroy the VM (cancels running vCPUs); gone for managers. */
   close(): void {
     this.#native.close();
@@ -269,6 +292,34 @@ export class KvmPartition {
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+/** One map or unmap call a KvmPartition received, and the memory slots it changed. */
+export interface KvmSlotLogEntry {
+  /** Process-wide call sequence number (shared with RecordingPartition logs and manager plans). */
+  sequence: number;
+  op: 'map' | 'unmap';
+  /** Guest physical address and size of the call (bytes). */
+  gpa: bigint;
+  size: bigint;
+  /** Slot ids the call created, in order. */
+  created: number[];
+  /** Slot ids the call deleted, in GPA order. */
+  deleted: number[];
+  /** The call returned an error. */
+  failed: boolean;
+}
+
+function toSlotLogEntry(entry: ReturnType<NativeKvm['slotLog']>[number]): KvmSlotLogEntry {
+  return {
+    sequence: Number(entry.sequence),
+    op: entry.op as 'map' | 'unmap',
+    gpa: entry.gpa,
+    size: entry.size,
+    created: entry.created,
+    deleted: entry.deleted,
+    failed: entry.failed,
+  };
 }
 
 /** Tiny x86 guest programs for tests and demos; copy one into guest RAM and point `rip` at it. */

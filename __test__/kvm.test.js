@@ -1,0 +1,326 @@
+// KvmPartition and Vcpu through the JavaScript API (issue 5): a 64-bit CPL3 guest writes RAM
+// below and above the 4 GiB gap and GuestMemory reads it; JS writes and the guest reads; MMIO
+// reads completed with completeRead; port input; HLT; cancel and timeout; bad input to every
+// KVM entry point.
+//
+// Every test that needs /dev/kvm is skipped, with the reason in its title, when
+// KvmPartition.create() fails with ERR_KVM_UNAVAILABLE (probed once in a child process, as ava
+// needs the tests declared synchronously).
+'use strict';
+const test = require('ava');
+const path = require('node:path');
+const { spawnSync } = require('node:child_process');
+const mb = require('../dist');
+
+const { GiB, MiB, KiB, range, MemoryLayout, GuestMemoryBuilder, KvmPartition, VcpuMode, Vtl, guestPrograms } = mb;
+
+/** null when KVM opens; the failure (code: message) when it is unavailable. */
+function probeKvm() {
+  const dist = JSON.stringify(path.join(__dirname, '..', 'dist'));
+  const script = `require(${dist}).KvmPartition.create().then((p) => p.close(), (e) => { process.stdout.write(e.code + ': ' + e.message); process.exitCode = 3; })`;
+  const probe = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+  return probe.status === 0 ? null : probe.stdout.startsWith('ERR_KVM_UNAVAILABLE') ? probe.stdout : null;
+}
+const unavailable = probeKvm();
+if (unavailable !== null) console.log(`KVM tests skipped: KvmPartition.create() failed with ${unavailable}`);
+const kvmTest = unavailable === null ? test : (title, fn) => test.skip(`${title} [skipped: /dev/kvm unavailable: ${unavailable}]`, fn);
+
+const programs = guestPrograms();
+const CODE = 0x1000n;
+const PAGE_TABLES = range(2n * MiB, 2n * MiB + 2n * MiB + 8n * KiB);
+const RUN = { timeoutMs: 20000 };
+const MASK64 = (1n << 64n) - 1n;
+
+/** 4 GiB of RAM around the x86 MMIO gap [3 GiB, 4 GiB): RAM at [0, 3G) and [4G, 5G). */
+const gapLayout = () => MemoryLayout.new(4n * GiB, [range(3n * GiB, 4n * GiB)]);
+
+/** A manager for `layout`, a KVM partition attached to it, guest memory and a 64-bit CPL3 vCPU. */
+async function guest(t, { layout = gapLayout(), vcpu: vcpuOptions = {} } = {}) {
+  const manager = await new GuestMemoryBuilder().build(layout);
+  const partition = await KvmPartition.create();
+  await manager.attachPartition(Vtl.Vtl0, partition);
+  const memory = await manager.client().guestMemory();
+  const vcpu = await partition.createVcpu({ pageTables: PAGE_TABLES, ...vcpuOptions });
+  t.teardown(async () => {
+    vcpu.close();
+    partition.close();
+    await manager.close();
+  });
+  /** Copies `program` to CODE and points rip at it with `registers` set. */
+  const start = (program, registers = {}) => {
+    memory.writeAt(CODE, program);
+    vcpu.setRegisters({ rip: CODE, ...registers });
+  };
+  return { manager, partition, memory, vcpu, start };
+}
+
+/** Asserts a 1-byte write to the done port. */
+function isDone(t, exit) {
+  t.is(exit.kind, 'IoOut', JSON.stringify(exit, (_, v) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v)));
+  t.is(exit.port, programs.donePort);
+  t.is(exit.size, 1);
+}
+
+kvmTest('the guest writes a pattern below and above the 4 GiB gap and GuestMemory reads it', async (t) => {
+  const { memory, vcpu, start } = await guest(t);
+  const key = 0x5a5a_0000_1234_abcdn;
+  const len = 64n * KiB;
+  // The last 64 KiB below the gap, the first above it, and the last of RAM.
+  for (const base of [3n * GiB - len, 4n * GiB, 5n * GiB - len]) {
+    start(programs.fillPattern, { rdi: base, rcx: len / 8n, rdx: key });
+    isDone(t, await vcpu.run(RUN));
+    const regs = vcpu.getRegisters();
+    t.is(regs.rdi, base + len);
+    t.is(regs.rcx, 0n);
+    const bytes = memory.read(base, len);
+    let mismatches = 0;
+    for (let i = 0; i < Number(len); i += 8) {
+      if (bytes.readBigUInt64LE(i) !== ((base + BigInt(i)) ^ key)) mismatches++;
+    }
+    t.is(mismatches, 0, `pattern at 0x${base.toString(16)}`);
+  }
+  // Untouched RAM next to the pattern is still zero.
+  t.is(memory.readU64(3n * GiB - len - 8n), 0n);
+  t.is(memory.readU64(4n * GiB + len), 0n);
+});
+
+kvmTest('JavaScript writes guest RAM and the guest reads it and reports through port I/O', async (t) => {
+  const { memory, vcpu, start } = await guest(t);
+  for (const base of [64n * MiB, 4n * GiB + 3n * MiB]) {
+    const count = 1000;
+    const data = Buffer.alloc(count * 8);
+    let sum = 0n;
+    for (let i = 0; i < count; i++) {
+      const value = (BigInt(i + 1) * 0x9e37_79b9_7f4a_7c15n + base) & MASK64;
+      data.writeBigUInt64LE(value, i * 8);
+      sum = (sum + value) & MASK64;
+    }
+    memory.writeAt(base, data);
+    start(programs.sumQwords, { rdi: base, rcx: BigInt(count) });
+    const halves = [];
+    for (let i = 0; i < 2; i++) {
+      const exit = await vcpu.run(RUN);
+      t.is(exit.kind, 'IoOut');
+      t.is(exit.port, programs.resultPort);
+      t.is(exit.size, 4);
+      halves.push(BigInt(exit.data.readUInt32LE(0)));
+    }
+    t.is(halves[0] | (halves[1] << 32n), sum);
+    isDone(t, await vcpu.run(RUN));
+  }
+});
+
+kvmTest('an MMIO read in the gap is completed with completeRead and the guest uses the value', async (t) => {
+  const { memory, vcpu, start } = await guest(t);
+  const mmio = 3n * GiB + 0x1000n;
+  const target = 4n * GiB + 0x2000n;
+  start(programs.loadAddStore, { rdi: mmio, rsi: target, rdx: 5n });
+  t.deepEqual(await vcpu.run(RUN), { kind: 'MmioRead', address: mmio, size: 8 });
+  // The read must be completed before the guest runs again.
+  const pending = await t.throwsAsync(vcpu.run(RUN), { instanceOf: mb.KvmError });
+  t.is(pending.code, 'ERR_VCPU_READ_PENDING');
+  const size = t.throws(() => vcpu.completeRead(new Uint8Array(4)), { instanceOf: RangeError });
+  t.is(size.code, 'ERR_INVALID_ARG_VALUE');
+  vcpu.completeRead(0x1122_3344_5566_7788n);
+  t.is(t.throws(() => vcpu.completeRead(1)).code, 'ERR_NO_PENDING_READ');
+  isDone(t, await vcpu.run(RUN));
+  t.is(memory.readU64(target), 0x1122_3344_5566_778dn);
+
+  // The same with the value as bytes, and a store into the gap: an MMIO write exit.
+  start(programs.loadAddStore, { rdi: mmio + 8n, rsi: mmio + 16n, rdx: 1n });
+  t.deepEqual(await vcpu.run(RUN), { kind: 'MmioRead', address: mmio + 8n, size: 8 });
+  vcpu.completeRead(Uint8Array.from([1, 0, 0, 0, 0, 0, 0, 0x80]));
+  const write = await vcpu.run(RUN);
+  t.is(write.kind, 'MmioWrite');
+  t.is(write.address, mmio + 16n);
+  t.is(write.size, 8);
+  t.is(write.data.readBigUInt64LE(0), 0x8000_0000_0000_0002n);
+  isDone(t, await vcpu.run(RUN));
+});
+
+kvmTest('a port input is completed with completeRead and echoed by the guest', async (t) => {
+  const { vcpu, start } = await guest(t);
+  start(programs.echoInput);
+  t.deepEqual(await vcpu.run(RUN), { kind: 'IoIn', port: programs.inputPort, size: 4 });
+  vcpu.completeRead(Uint8Array.from([0xef, 0xbe, 0xad, 0xde]));
+  const out = await vcpu.run(RUN);
+  t.is(out.kind, 'IoOut');
+  t.is(out.port, programs.resultPort);
+  t.deepEqual([...out.data], [0xef, 0xbe, 0xad, 0xde]);
+  isDone(t, await vcpu.run(RUN));
+});
+
+kvmTest('hlt at CPL 0 is a Hlt exit; at CPL 3 it faults into a Shutdown', async (t) => {
+  const ring0 = await guest(t, { vcpu: { cpl: 0 } });
+  ring0.start(programs.halt);
+  t.deepEqual(await ring0.vcpu.run(RUN), { kind: 'Hlt' });
+  t.deepEqual(await ring0.vcpu.run(RUN), { kind: 'Hlt' });
+  t.is(ring0.vcpu.getRegisters().rflags & 0x3000n, 0n, 'IOPL 0 at CPL 0');
+
+  const ring3 = await guest(t);
+  t.is(ring3.vcpu.getRegisters().rflags & 0x3000n, 0x3000n, 'IOPL 3 at CPL 3');
+  ring3.start(programs.halt);
+  t.deepEqual(await ring3.vcpu.run(RUN), { kind: 'Shutdown' });
+});
+
+kvmTest('a timeout stops a looping guest, which resumes where it was', async (t) => {
+  const { vcpu, start } = await guest(t);
+  start(programs.spin);
+  const began = process.hrtime.bigint();
+  t.deepEqual(await vcpu.run({ timeoutMs: 100 }), { kind: 'Cancelled', reason: 'timeout' });
+  t.true(process.hrtime.bigint() - began >= 100_000_000n, 'not before the timeout');
+  t.is(vcpu.getRegisters().rip, CODE);
+  // The timer does not leak into a later run that finishes by itself.
+  start(programs.fillPattern, { rdi: 64n * MiB, rcx: 1n, rdx: 0n });
+  isDone(t, await vcpu.run({ timeoutMs: 30000 }));
+  isDone(t, await vcpu.run());
+});
+
+kvmTest('cancel stops a looping guest; a second run while one is in progress is ERR_VCPU_BUSY', async (t) => {
+  const { partition, vcpu, start } = await guest(t);
+  start(programs.spin);
+  let settled = false;
+  const running = vcpu.run().then((exit) => {
+    settled = true;
+    return exit;
+  });
+  const busy = await t.throwsAsync(vcpu.run(RUN), { instanceOf: mb.KvmError });
+  t.is(busy.code, 'ERR_VCPU_BUSY');
+  t.is(t.throws(() => vcpu.getRegisters(), { instanceOf: mb.KvmError }).code, 'ERR_VCPU_BUSY');
+  t.is(t.throws(() => vcpu.setRegisters({ rax: 1n }), { instanceOf: mb.KvmError }).code, 'ERR_VCPU_BUSY');
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  t.false(settled, 'the spinning guest returned by itself');
+  vcpu.cancel();
+  t.deepEqual(await running, { kind: 'Cancelled', reason: 'cancel' });
+  t.is(vcpu.getRegisters().rip, CODE);
+
+  // A cancel with no run in progress stops the next run, and only that one.
+  vcpu.cancel();
+  t.deepEqual(await vcpu.run(), { kind: 'Cancelled', reason: 'cancel' });
+  t.deepEqual(await vcpu.run({ timeoutMs: 20 }), { kind: 'Cancelled', reason: 'timeout' });
+
+  // Closing the partition cancels a running vCPU.
+  const again = vcpu.run();
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  partition.close();
+  t.deepEqual(await again, { kind: 'Cancelled', reason: 'cancel' });
+});
+
+kvmTest('inspect() is the slot table of the attached RAM', async (t) => {
+  const { partition } = await guest(t);
+  const state = partition.inspect();
+  t.deepEqual(
+    state.slots.map((s) => [s.gpa, s.size, s.readonly]),
+    [
+      [0n, 3n * GiB, false],
+      [4n * GiB, GiB, false],
+    ],
+  );
+  t.deepEqual(new Set(state.slots.map((s) => s.slot)).size, 2);
+  t.is(state.vcpuCount, 1);
+  t.true(state.maxSlots >= 32);
+  t.is(typeof state.slotZapAllQuirkDisabled, 'boolean');
+  t.true(state.readonlySupported);
+  const log = partition.slotLog();
+  t.deepEqual(
+    log.map((e) => [e.op, e.gpa, e.size, e.created.length, e.deleted.length, e.failed]),
+    [
+      ['map', 0n, 3n * GiB, 1, 0, false],
+      ['map', 4n * GiB, GiB, 1, 0, false],
+    ],
+  );
+  t.true(log[0].sequence < log[1].sequence);
+  t.is(partition.takeSlotLog().length, 2);
+  t.deepEqual(partition.slotLog(), []);
+});
+
+// ─── Bad input ───────────────────────────────────────────────────────────────────────────────
+
+/** Asserts that `fn` throws (or rejects with) class `Class` and `code`. */
+async function rejects(t, fn, Class, code) {
+  let error;
+  try {
+    await fn();
+  } catch (e) {
+    error = e;
+  }
+  t.true(error instanceof Class, `${fn}: expected ${Class.name}, got ${error}`);
+  t.is(error?.code, code, String(fn));
+}
+
+test('KvmPartition.create rejects bad options (no KVM needed)', async (t) => {
+  await rejects(t, () => KvmPartition.create(null), TypeError, 'ERR_INVALID_ARG_TYPE');
+  await rejects(t, () => KvmPartition.create(5), TypeError, 'ERR_INVALID_ARG_TYPE');
+  await rejects(t, () => KvmPartition.create({ disableSlotZapAllQuirk: 'yes' }), TypeError, 'ERR_INVALID_ARG_TYPE');
+  t.throws(() => new KvmPartition(), { instanceOf: TypeError });
+});
+
+kvmTest('bad input to createVcpu, inspect, slotLog and close of a KvmPartition', async (t) => {
+  const { partition } = await guest(t);
+  await rejects(t, () => partition.createVcpu(null), TypeError, 'ERR_INVALID_ARG_TYPE');
+  await rejects(t, () => partition.createVcpu({ mode: 'Protected' }), RangeError, 'ERR_INVALID_ARG_VALUE');
+  await rejects(t, () => partition.createVcpu({ mode: 1 }), TypeError, 'ERR_INVALID_ARG_TYPE');
+  await rejects(t, () => partition.createVcpu({ cpl: 1, pageTables: PAGE_TABLES }), RangeError, 'ERR_INVALID_ARG_VALUE');
+  await rejects(t, () => partition.createVcpu({ cpl: '3', pageTables: PAGE_TABLES }), TypeError, 'ERR_INVALID_ARG_TYPE');
+  // Long mode needs page tables, at least 2 MiB + 8 KiB of them, in RAM of this partition.
+  await rejects(t, () => partition.createVcpu({}), RangeError, 'ERR_INVALID_ARG_VALUE');
+  await rejects(t, () => partition.createVcpu({ pageTables: range(2n * MiB, 4n * MiB) }), RangeError, 'ERR_INVALID_ARG_VALUE');
+  await rejects(t, () => partition.createVcpu({ pageTables: range(3n * GiB, 3n * GiB + 4n * MiB) }), RangeError, 'ERR_INVALID_ARG_VALUE');
+  await rejects(t, () => partition.createVcpu({ pageTables: 'low' }), TypeError, 'ERR_INVALID_ARG_TYPE');
+  await rejects(t, () => partition.createVcpu({ pageTables: { start: 0x1001, end: 0x400000 } }), RangeError, 'ERR_INVALID_ARG_VALUE');
+  t.is(partition.inspect().vcpuCount, 1, 'no vCPU was created by a rejected call');
+  // A real-mode vCPU needs no page tables.
+  const real = await partition.createVcpu({ mode: VcpuMode.Real });
+  t.is(real.id, 1);
+  real.close();
+  partition.close();
+  partition.close(); // idempotent
+  for (const use of [() => partition.inspect(), () => partition.slotLog(), () => partition.takeSlotLog()]) {
+    t.is(t.throws(use).code, 'ERR_CLOSED');
+  }
+  await rejects(t, () => partition.createVcpu({ mode: VcpuMode.Real }), mb.MembackingError, 'ERR_CLOSED');
+  const other = await new GuestMemoryBuilder().build(MemoryLayout.new(64n * MiB, [range(3n * GiB, 4n * GiB)]));
+  t.teardown(() => other.close());
+  await rejects(t, () => other.attachPartition(Vtl.Vtl0, partition), mb.MembackingError, 'ERR_CLOSED');
+});
+
+kvmTest('bad input to every Vcpu entry point', async (t) => {
+  const { vcpu, start } = await guest(t);
+  t.is(t.throws(() => vcpu.setRegisters(null), { instanceOf: TypeError }).code, 'ERR_INVALID_ARG_TYPE');
+  t.is(t.throws(() => vcpu.setRegisters({ rzz: 1n }), { instanceOf: RangeError }).code, 'ERR_INVALID_ARG_VALUE');
+  t.is(t.throws(() => vcpu.setRegisters({ rax: -1 }), { instanceOf: TypeError }).code, 'ERR_INVALID_ARG_TYPE');
+  t.is(t.throws(() => vcpu.setRegisters({ rax: 1.5 }), { instanceOf: TypeError }).code, 'ERR_INVALID_ARG_TYPE');
+  t.is(t.throws(() => vcpu.setRegisters({ rax: 1n << 64n }), { instanceOf: RangeError }).code, 'ERR_INVALID_ARG_VALUE');
+  t.is(t.throws(() => vcpu.setRegisters({ rax: 'x' }), { instanceOf: TypeError }).code, 'ERR_INVALID_ARG_TYPE');
+  // A rejected call changed nothing; a good one changes only what it names.
+  const before = vcpu.getRegisters();
+  t.is(t.throws(() => vcpu.setRegisters({ rbx: 7n, rzz: 1n }), { instanceOf: RangeError }).code, 'ERR_INVALID_ARG_VALUE');
+  t.deepEqual(vcpu.getRegisters(), before);
+  vcpu.setRegisters({ r15: (1n << 64n) - 1n, rbx: 7 });
+  t.deepEqual(vcpu.getRegisters(), { ...before, r15: (1n << 64n) - 1n, rbx: 7n });
+
+  await rejects(t, () => vcpu.run(null), TypeError, 'ERR_INVALID_ARG_TYPE');
+  await rejects(t, () => vcpu.run({ timeoutMs: '5' }), TypeError, 'ERR_INVALID_ARG_TYPE');
+  await rejects(t, () => vcpu.run({ timeoutMs: -1 }), RangeError, 'ERR_INVALID_ARG_VALUE');
+  await rejects(t, () => vcpu.run({ timeoutMs: Number.NaN }), RangeError, 'ERR_INVALID_ARG_VALUE');
+  await rejects(t, () => vcpu.run({ timeoutMs: Infinity }), RangeError, 'ERR_INVALID_ARG_VALUE');
+  await rejects(t, () => vcpu.run({ timeoutMs: 1e13 }), RangeError, 'ERR_INVALID_ARG_VALUE');
+
+  t.is(t.throws(() => vcpu.completeRead(1)).code, 'ERR_NO_PENDING_READ');
+  t.is(t.throws(() => vcpu.completeRead('1'), { instanceOf: TypeError }).code, 'ERR_INVALID_ARG_TYPE');
+  t.is(t.throws(() => vcpu.completeRead(-1), { instanceOf: TypeError }).code, 'ERR_INVALID_ARG_TYPE');
+  t.is(t.throws(() => vcpu.completeRead(null), { instanceOf: TypeError }).code, 'ERR_INVALID_ARG_TYPE');
+  t.throws(() => new mb.Vcpu(), { instanceOf: TypeError });
+
+  // After all that, the vCPU still runs guest code.
+  start(programs.fillPattern, { rdi: 64n * MiB, rcx: 1n, rdx: 0n });
+  isDone(t, await vcpu.run(RUN));
+
+  vcpu.close();
+  vcpu.close(); // idempotent
+  await rejects(t, () => vcpu.run(), mb.MembackingError, 'ERR_CLOSED');
+  for (const use of [() => vcpu.getRegisters(), () => vcpu.setRegisters({ rax: 1n }), () => vcpu.completeRead(1)]) {
+    t.is(t.throws(use).code, 'ERR_CLOSED');
+  }
+  t.notThrows(() => vcpu.cancel());
+});
