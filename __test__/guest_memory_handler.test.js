@@ -106,13 +106,11 @@ test('S29 then S27: after re-arming, a foreign fault still kills with SIGSEGV (t
   t.is(findings(result)[0].steps.afterSubrange, 'installed');
 });
 
-// Known limitation of trycopy's re-arm rule (spec R5), reported to the integrator: re-arming
-// while a process.on('SIGSEGV') listener is present records libuv's handler as "previous";
-// after the listener goes, re-arming over the default keeps that stale handler, so a wasm trap
-// is forwarded to libuv's handler, which returns without handling it: the trap repeats forever.
-// (Plain Node with the same listener present hangs the same way.) Expected to pass once the
-// re-arm over a default disposition restores the handler found at first installation.
-test.failing('re-arming while a SIGSEGV listener is present, then removing it, keeps wasm traps working', async (t) => {
+// Re-arming while a process.on('SIGSEGV') listener is present records libuv's handler as
+// "previous"; after the listener goes, re-arming over the default disposition must restore the
+// handler found at first installation (Node's WebAssembly trap handler), not keep libuv's, or a
+// wasm trap would be forwarded to a handler that returns without handling it, forever.
+test('re-arming while a SIGSEGV listener is present, then removing it, keeps wasm traps working', async (t) => {
   const result = await runChild(child, { args: ['rearmWhileListening'], timeoutMs: 8000 });
   const lines = findings(result);
   t.deepEqual(lines[0].steps, { whileListening: 'installed', guarded: 'ERR_MEMORY/SIGSEGV/2', afterRemoval: 'default', final: 'installed' });

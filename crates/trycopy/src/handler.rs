@@ -45,6 +45,15 @@ static PREVIOUS: [AtomicPtr<sigaction>; 2] = [
     AtomicPtr::new(ptr::null_mut()),
 ];
 
+/// The previous action of each signal as found at the first installation (the chain the
+/// process started with, e.g. Node's WebAssembly trap handler). A re-arm over a plain default
+/// disposition restores this one: whatever displaced us later (libuv's handler for a
+/// `process.on('SIGSEGV')` listener, since removed) must not stay in the chain.
+static FIRST_PREVIOUS: [AtomicPtr<sigaction>; 2] = [
+    AtomicPtr::new(ptr::null_mut()),
+    AtomicPtr::new(ptr::null_mut()),
+];
+
 /// Set once the handler has been installed (fast path of [`initialize_try_copy`]).
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
@@ -62,6 +71,13 @@ fn slot(signal: c_int) -> Option<&'static AtomicPtr<sigaction>> {
         .iter()
         .position(|&s| s == signal)
         .map(|index| &PREVIOUS[index])
+}
+
+fn first_slot(signal: c_int) -> Option<&'static AtomicPtr<sigaction>> {
+    SIGNALS
+        .iter()
+        .position(|&s| s == signal)
+        .map(|index| &FIRST_PREVIOUS[index])
 }
 
 /// Installs the handler for SIGSEGV and SIGBUS, once per process.
@@ -132,13 +148,26 @@ fn install_on_top(signal: c_int, keep_chain: bool) {
         // Never record ourselves as the previous action (N7).
         return;
     }
+    let first = first_slot(signal).map_or(ptr::null_mut(), |first| first.load(Ordering::Acquire));
+    // SAFETY: a non-null slot points at a leaked, never-modified record.
+    let first_is_real = !first.is_null() && is_real_handler(unsafe { &*first });
     let keep_previous = keep_chain && current.sa_sigaction == libc::SIG_DFL && {
         let previous = slot.load(Ordering::Acquire);
-        // SAFETY: a non-null slot points at a leaked, never-modified record.
-        !previous.is_null() && is_real_handler(unsafe { &*previous })
+        // SAFETY: as above.
+        first_is_real || (!previous.is_null() && is_real_handler(unsafe { &*previous }))
     };
-    if !keep_previous {
+    if keep_previous {
+        // Back to the chain the process started with, where there was one.
+        if first_is_real {
+            slot.store(first, Ordering::Release);
+        }
+    } else {
         publish(slot, current);
+        if !keep_chain {
+            if let Some(first_slot) = first_slot(signal) {
+                first_slot.store(slot.load(Ordering::Acquire), Ordering::Release);
+            }
+        }
     }
     let ours = our_action();
     let mut replaced = MaybeUninit::<sigaction>::zeroed();
