@@ -21,7 +21,7 @@ const usage = {
 commands:
   layout    build a guest memory layout and print it
   plan      dry-run changes (visibility, device windows): flat view and ordered partition calls
-  demo      run the demo: layout, registrar chunks, x86 legacy split
+  demo      run the demo: guest memory, a KVM guest, device window, VGA toggle
 
 options:
   --help     show help (also: membacking <command> --help)
@@ -45,10 +45,14 @@ applies it, and checks the recorded partition calls equal the plan. Ends with th
 CHANGE: 'visibility START-END Unmapped|ReadOnly|ReadWrite' (a RAM region; with --x86-legacy
 the VGA window 0xa0000-0xc0000 and the PAM pieces are regions), 'device NAME START-END' (place a
 device window), 'unplace NAME'. --input may also hold {"changes": [CHANGE, ...]}.`,
-  demo: `usage: membacking demo
+  demo: `usage: membacking demo [--no-kvm]
 
-Builds a 4 GiB layout around the x86 MMIO gap with a VTL2 range, prints its map, the RAM
-regions of the x86 legacy split, and registers RAM in 2 GiB chunks, printing each callback.`,
+Builds 4 GiB of guest RAM around the x86 MMIO gap with x86 legacy support, attaches a
+KvmPartition when /dev/kvm opens (a RecordingPartition otherwise, saying why), places a
+memfd device window in the MMIO gap, runs guest code that writes RAM and reads the window,
+toggles the VGA window showing the partition calls, and prints the region table, a compact
+inspect tree and registrar chunks.
+--no-kvm: use the RecordingPartition even where /dev/kvm opens.`,
 };
 
 /** An input error: reported as one line with exit code 2. */
@@ -183,12 +187,12 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (command === 'demo') {
-    const { values } = parseArgs({ args: rest, options: { help: { type: 'boolean' } }, strict: true });
+    const { values } = parseArgs({ args: rest, options: { help: { type: 'boolean' }, 'no-kvm': { type: 'boolean' } }, strict: true });
     if (values.help) {
       console.log(usage.demo);
       return 0;
     }
-    await runDemo((line) => console.log(line));
+    await runDemo((line) => console.log(line), { noKvm: values['no-kvm'] === true });
     return 0;
   }
   throw new UsageError(`unknown command '${command}' (see membacking --help)`);
