@@ -7,9 +7,7 @@
 //! name and each source becomes a nested `cause`.
 
 use crate::args::{usize_arg, U64};
-use crate::errors::{
-    closed, coded, coded_with, invalid_arg, json_string, screaming_snake, JsError,
-};
+use crate::errors::{closed, coded_with, invalid_arg, json_string, screaming_snake, JsError};
 use crate::guest_memory::NativeGuestMemory;
 use crate::handles::{self, Shared};
 use crate::layout::NativeLayout;
@@ -141,6 +139,34 @@ pub fn chain_error(err: &(dyn StdError + 'static)) -> JsError {
         fields.push(("cause", cause_json(source)));
     }
     coded_with(&code, err.to_string(), &fields)
+}
+
+/// An error of a device window operation. Those are `io::Error`s as upstream; the ones the
+/// window raises itself without an errno (`Unsupported`: overlapping or partial mappings) are
+/// manager errors (api.md §10), so they carry the `MemoryManagerError` class. `InvalidInput`
+/// stays a `RangeError` and wrapped manager errors keep their own class.
+fn device_error(err: &std::io::Error) -> JsError {
+    let own = err.raw_os_error().is_none()
+        && err.kind() == std::io::ErrorKind::Unsupported
+        && err.get_ref().is_none_or(|inner| class_of(inner).is_none());
+    if own {
+        return coded_with(
+            "ERR_UNSUPPORTED",
+            err.to_string(),
+            &[("errorClass", json_string("MemoryManagerError"))],
+        );
+    }
+    chain_error(err)
+}
+
+/// The error of an operation on a manager that was closed (`ERR_MANAGER_GONE`, as the objects
+/// obtained from it report).
+fn manager_closed() -> JsError {
+    coded_with(
+        "ERR_MANAGER_GONE",
+        "the memory manager is closed",
+        &[("errorClass", json_string("MemoryManagerError"))],
+    )
 }
 
 fn range_of(bounds: &BigUint64Array, name: &str) -> Result<MemoryRange, JsError> {
@@ -352,9 +378,7 @@ pub struct NativeGuestMemoryManager {
 impl NativeGuestMemoryManager {
     /// The manager, or `ERR_MANAGER_GONE` after `close()`.
     pub(crate) fn manager(&self) -> Result<&GuestMemoryManager, JsError> {
-        self.inner
-            .as_ref()
-            .ok_or_else(|| coded("ERR_MANAGER_GONE", "the memory manager is closed"))
+        self.inner.as_ref().ok_or_else(manager_closed)
     }
 }
 
@@ -707,7 +731,7 @@ impl NativeDeviceWindowHalf {
         let run = self.control()?.map_to_guest(gpa.0, writable);
         promise(
             env,
-            async move { run.await.map_err(|err| chain_error(&err)) },
+            async move { run.await.map_err(|err| device_error(&err)) },
             |_env, ()| Ok(()),
         )
     }
@@ -744,7 +768,7 @@ impl NativeDeviceWindowHalf {
             .map(offset, object.fd()?, file_offset.0, len, writable);
         promise(
             env,
-            async move { run.await.map_err(|err| chain_error(&err)) },
+            async move { run.await.map_err(|err| device_error(&err)) },
             |_env, ()| Ok(()),
         )
     }
@@ -762,7 +786,7 @@ impl NativeDeviceWindowHalf {
         let run = self.region()?.unmap(offset, len);
         promise(
             env,
-            async move { run.await.map_err(|err| chain_error(&err)) },
+            async move { run.await.map_err(|err| device_error(&err)) },
             |_env, ()| Ok(()),
         )
     }

@@ -248,26 +248,32 @@ export class GuestMemoryManager {
     internals.set(this, handle);
   }
 
+  /** Calls the binding with the open manager; the closed error is thrown as is (not re-translated). */
+  #call<T>(f: (n: NativeManager) => T): T {
+    const n = this.#n();
+    return call(() => f(n));
+  }
+
   #n(): NativeManager {
-    if (this.#native === null) throw new MembackingError('ERR_MANAGER_GONE' as ErrorCode, 'the memory manager is closed');
+    if (this.#native === null) throw new MemoryManagerError('ERR_MANAGER_GONE' as ErrorCode, 'the memory manager is closed');
     return this.#native;
   }
 
   /** Handle to obtain guest memory (any number, sync). */
   client(): GuestMemoryClient {
-    return new GuestMemoryClient(token, call(() => this.#n().client()));
+    return new GuestMemoryClient(token, this.#call((n) => n.client()));
   }
   /** Creates device windows (sync). */
   deviceMemoryMapper(): DeviceMemoryMapper {
-    return new DeviceMemoryMapper(token, call(() => this.#n().deviceMemoryMapper()));
+    return new DeviceMemoryMapper(token, this.#call((n) => n.deviceMemoryMapper()));
   }
   /** Controls visibility of the RAM regions (sync). */
   ramVisibilityControl(): RamVisibilityControl {
-    return new RamVisibilityControl(token, call(() => this.#n().ramVisibilityControl()));
+    return new RamVisibilityControl(token, this.#call((n) => n.ramVisibilityControl()));
   }
   /** The same RAM memfd (not a copy); null in private mode. */
   sharedMemoryBacking(): SharedMemoryBacking | null {
-    const handle = call(() => this.#n().sharedMemoryBacking());
+    const handle = this.#call((n) => n.sharedMemoryBacking());
     return handle ? new SharedMemoryBacking(token, handle) : null;
   }
   /**
@@ -275,8 +281,10 @@ export class GuestMemoryManager {
    * `remoteProcess` exists for spec scenario 22 and always throws ERR_UNSUPPORTED on Linux.
    */
   async attachPartition(vtl: Vtl, partition: RecordingPartition | KvmPartition, options: { remoteProcess?: number } = {}): Promise<void> {
+    if (typeof vtl !== 'number') throw invalidArgType(`vtl must be a Vtl, got ${describeType(vtl)}`);
     if (vtl !== Vtl.Vtl0 && vtl !== Vtl.Vtl1 && vtl !== Vtl.Vtl2) throw invalidArgValue(`vtl must be Vtl.Vtl0, Vtl.Vtl1 or Vtl.Vtl2, got ${String(vtl)}`);
     const handle = nativePartition(partition);
+    if (typeof options !== 'object' || options === null) throw invalidArgType(`options must be an object, got ${describeType(options)}`);
     const remote = options.remoteProcess;
     if (remote !== undefined && (typeof remote !== 'number' || !Number.isInteger(remote) || remote < 0 || remote > 0xffff_ffff)) {
       throw invalidArgType(`remoteProcess must be a process id, got ${describeType(remote)}`);
@@ -293,15 +301,15 @@ export class GuestMemoryManager {
   /** Release RAM pages in range (bytes, page-aligned, inside RAM): private → zeros; memfd → hole. */
   async decommitRam(range: RangeLike): Promise<void> {
     const r = rangeArray(range, 'range');
-    await settle(call(() => this.#n().decommitRam(r)));
+    await settle(this.#call((n) => n.decommitRam(r)));
   }
   /** Snapshot of regions, mappings and mappers (spec §8.0). */
   async inspect(): Promise<ManagerSnapshot> {
-    return toSnapshot(await settle(call(() => this.#n().inspect())));
+    return toSnapshot(await settle(this.#call((n) => n.inspect())));
   }
   /** The RAM regions as built, with their offsets in the RAM object (bytes). */
   ramRegions(): Array<{ range: MemoryRange; fileOffset: bigint }> {
-    const flat = call(() => this.#n().ramRegions());
+    const flat = this.#call((n) => n.ramRegions());
     const out: Array<{ range: MemoryRange; fileOffset: bigint }> = [];
     for (let i = 0; i < flat.length; i += 3) out.push({ range: trusted(flat[i]!, flat[i + 1]!), fileOffset: flat[i + 2]! });
     return out;
@@ -378,6 +386,7 @@ export class RamVisibilityControl {
   /** range must equal one RAM region (else ERR_INVALID_RAM_REGION). */
   async setRamVisibility(range: RangeLike, visibility: RamVisibility): Promise<void> {
     const r = rangeArray(range, 'range');
+    if (typeof visibility !== 'string') throw invalidArgType(`visibility must be a RamVisibility, got ${describeType(visibility)}`);
     if (visibility !== RamVisibility.Unmapped && visibility !== RamVisibility.ReadOnly && visibility !== RamVisibility.ReadWrite) {
       throw invalidArgValue(`visibility must be a RamVisibility, got ${String(visibility)}`);
     }
