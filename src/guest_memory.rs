@@ -436,12 +436,62 @@ impl NativeGuestMemory {
         }))
     }
 
+    /// Whether this memory offers DMA sharing (the memory manager's file-backed accessor).
+    #[napi]
+    pub fn has_sharing(&self) -> Result<bool, JsError> {
+        Ok(self.memory()?.sharing().is_some())
+    }
+
+    /// The shareable (file-backed) regions of guest memory; `null` without sharing.
+    #[napi(ts_return_type = "Promise<ShareableRegionItem[] | null>")]
+    pub fn sharing_regions<'env>(
+        &self,
+        env: &'env Env,
+    ) -> Result<napi::bindgen_prelude::Object<'env>, JsError> {
+        let sharing = self.memory()?.sharing();
+        crate::promise::promise(
+            env,
+            async move {
+                match sharing {
+                    Some(sharing) => sharing
+                        .get_regions()
+                        .await
+                        .map(Some)
+                        .map_err(|err| crate::errors::coded("ERR_SHARING", err.to_string())),
+                    None => Ok(None),
+                }
+            },
+            |_env, regions| {
+                Ok(regions.map(|regions| {
+                    regions
+                        .into_iter()
+                        .map(|region| ShareableRegionItem {
+                            guest_address: region.guest_address,
+                            size: region.size,
+                            object: crate::sparse_mapping::NativeMappable::from_shared(region.file),
+                            file_offset: region.file_offset,
+                        })
+                        .collect::<Vec<_>>()
+                }))
+            },
+        )
+    }
+
     /// Drops this reference.
     #[napi]
     pub fn close(&self) {
         self.state.close();
         handles::release(&self.handles.take());
     }
+}
+
+/// One shareable region of guest memory.
+#[napi(object, object_from_js = false)]
+pub struct ShareableRegionItem {
+    pub guest_address: u64,
+    pub size: u64,
+    pub object: crate::sparse_mapping::NativeMappable,
+    pub file_offset: u64,
 }
 
 /// Validates a scatter list and the caller's buffer length.

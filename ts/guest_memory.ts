@@ -682,7 +682,20 @@ export class GuestMemory {
 
   /** DMA sharing of the manager's file-backed accessor; null otherwise or in private mode. */
   sharing(): { getRegions(): Promise<ShareableRegion[]> } | null {
-    return null;
+    const handle = this.#n;
+    if (!call(() => handle.hasSharing())) return null;
+    return {
+      async getRegions(): Promise<ShareableRegion[]> {
+        const pending = call(() => handle.sharingRegions());
+        let regions;
+        try {
+          regions = await pending;
+        } catch (error) {
+          throw fromNative(error);
+        }
+        return (regions ?? []).map((r) => ({ guestAddress: r.guestAddress, size: r.size, object: Mappable.wrap(r.object), fileOffset: r.fileOffset }));
+      },
+    };
   }
   /** Token for a worker thread (keep this object alive until the worker called fromHandle). */
   toHandle(): TransferHandle {
