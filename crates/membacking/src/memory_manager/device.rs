@@ -207,6 +207,49 @@ impl MappedMemoryRegion {
         async move { shared_run?.await }
     }
 
+    /// Dry run of [`MappedMemoryRegion::map`]: the operations it would carry out and the flat
+    /// view it would leave; nothing is applied.
+    pub fn plan_map(
+        &self,
+        offset: usize,
+        section: impl AsFd,
+        file_offset: u64,
+        len: usize,
+        writable: bool,
+    ) -> impl Future<Output = io::Result<PlanPreview>> + Send + 'static {
+        let prepared = self.prepare_map(section.as_fd(), file_offset, len);
+        let preview = prepared.map(|object| {
+            self.shared
+                .preview(move |window| PreviewChange::DeviceMapping {
+                    window,
+                    op: DeviceOp::Map {
+                        offset: offset as u64,
+                        object,
+                        file_offset,
+                        len: len as u64,
+                        writable,
+                    },
+                })
+        });
+        async move { preview?.await }
+    }
+
+    /// Dry run of [`MappedMemoryRegion::unmap`].
+    pub fn plan_unmap(
+        &self,
+        offset: usize,
+        len: usize,
+    ) -> impl Future<Output = io::Result<PlanPreview>> + Send + 'static {
+        self.shared
+            .preview(move |window| PreviewChange::DeviceMapping {
+                window,
+                op: DeviceOp::Unmap {
+                    offset: offset as u64,
+                    len: len as u64,
+                },
+            })
+    }
+
     /// Duplicates the handle and checks the object is long enough (when its size is known).
     fn prepare_map(
         &self,

@@ -598,6 +598,38 @@ impl GuestMemoryManager {
         }
     }
 
+    /// Dry run of [`GuestMemoryManager::attach_partition`]: the partition calls attaching a
+    /// partition at `vtl` would make (for VTL2 with an alias offset, the alias mapper first);
+    /// the new partition's index is the number of partition mappers registered so far.
+    pub fn plan_attach_partition(
+        &self,
+        vtl: Vtl,
+    ) -> impl Future<Output = Result<PlanPreview, RegionManagerError>> + Send + 'static {
+        let alias = if vtl == Vtl::Vtl2 {
+            self.alias_offset
+        } else {
+            None
+        };
+        let infos = alias
+            .into_iter()
+            .chain([0])
+            .map(|offset| PartitionMapperInfo {
+                offset,
+                pin_mappings: self.pin_mappings,
+            })
+            .collect();
+        let regions = self.regions.clone();
+        async move {
+            regions
+                .preview(PreviewChange::Attach(infos))
+                .await
+                .map_err(|error| match error {
+                    PreviewError::Region(error) => error,
+                    PreviewError::Io(_) => RegionManagerError::ManagerGone,
+                })
+        }
+    }
+
     /// The base address of this process's VA window (for relating partition VAs to GPAs).
     pub fn va_window_base(&self) -> usize {
         self.mapper().base() as usize

@@ -106,6 +106,13 @@ pub(crate) enum PreviewChange {
     DeviceUnmapFromGuest {
         window: SharedWindow,
     },
+    /// A mapping added to or removed from a device window (`DeviceOp::Map` / `Unmap`).
+    DeviceMapping {
+        window: SharedWindow,
+        op: DeviceOp,
+    },
+    /// Partition mappers registered in this order (an attach: the alias mapper first).
+    Attach(Vec<PartitionMapperInfo>),
 }
 
 /// Why a dry run failed: a region-manager error, or a device window's `io::Error`.
@@ -506,6 +513,15 @@ impl RegionActor {
                 copy.unmap_from_guest(&mut txn);
                 Ok(())
             }
+            PreviewChange::DeviceMapping { window, op } => {
+                let mut copy = window.lock().clone();
+                apply_device_op(&mut copy, &mut txn, op, private_ram).map_err(PreviewError::Io)
+            }
+            PreviewChange::Attach(infos) => infos.into_iter().try_for_each(|info| {
+                txn.apply(Change::AddPartition(info))
+                    .map(drop)
+                    .map_err(PreviewError::Region)
+            }),
         };
         let flat_view = txn.state().flat_view();
         let plan = txn.take_plan();
@@ -561,23 +577,7 @@ impl RegionActor {
         let outcome = self
             .transact(None, |txn| {
                 let mut window = window.lock();
-                result = match op {
-                    DeviceOp::Map {
-                        offset,
-                        object,
-                        file_offset,
-                        len,
-                        writable,
-                    } => window.map(txn, offset, object, file_offset, len, writable),
-                    DeviceOp::Unmap { offset, len } => window.unmap(txn, offset, len),
-                    DeviceOp::MapToGuest { gpa, writable } => {
-                        map_to_guest_checked(&mut window, txn, gpa, writable, private_ram.as_ref())
-                    }
-                    DeviceOp::UnmapFromGuest => {
-                        window.unmap_from_guest(txn);
-                        Ok(())
-                    }
-                };
+                result = apply_device_op(&mut window, txn, op, private_ram.as_ref());
                 Ok(())
             })
             .await;
@@ -673,6 +673,33 @@ impl RegionActor {
 
 /// `map_to_guest`, refusing (after removing the current placement, like any failure of region
 /// creation) a window that would overlap private RAM.
+/// Carries out one device-window operation on `window` within `txn` (also for dry runs, on a
+/// copy of the window).
+fn apply_device_op(
+    window: &mut DeviceWindow<SharedObject>,
+    txn: &mut Transaction<'_, SharedObject>,
+    op: DeviceOp,
+    private_ram: Option<&RamRegions>,
+) -> io::Result<()> {
+    match op {
+        DeviceOp::Map {
+            offset,
+            object,
+            file_offset,
+            len,
+            writable,
+        } => window.map(txn, offset, object, file_offset, len, writable),
+        DeviceOp::Unmap { offset, len } => window.unmap(txn, offset, len),
+        DeviceOp::MapToGuest { gpa, writable } => {
+            map_to_guest_checked(window, txn, gpa, writable, private_ram)
+        }
+        DeviceOp::UnmapFromGuest => {
+            window.unmap_from_guest(txn);
+            Ok(())
+        }
+    }
+}
+
 fn map_to_guest_checked(
     window: &mut DeviceWindow<SharedObject>,
     txn: &mut Transaction<'_, SharedObject>,

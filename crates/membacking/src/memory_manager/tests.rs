@@ -1932,6 +1932,46 @@ fn dry_runs_predict_the_calls_and_change_nothing() {
 }
 
 #[test]
+fn dry_runs_of_window_mappings_and_attach_predict_the_calls() {
+    let dev = vga_device();
+    set(&dev.mgr, VGA, RamVisibility::Unmapped);
+    dev.partition.clear_log();
+    // A mapping added to the surfaced window, then removed.
+    let object = object_with(&pattern(0x21, 0x10000), 0x10000);
+    let before = snapshot(&dev.mgr);
+    let preview = block_on(dev.region.plan_map(0x10000, &object, 0, 0x10000, false)).unwrap();
+    assert_eq!(snapshot(&dev.mgr), before, "planning changes nothing");
+    assert!(dev.partition.log().is_empty());
+    block_on(dev.region.map(0x10000, &object, 0, 0x10000, false)).unwrap();
+    assert_eq!(dev.partition.take_log(), planned_calls(&preview));
+    let preview = block_on(dev.region.plan_unmap(0x10000, 0x10000)).unwrap();
+    block_on(dev.region.unmap(0x10000, 0x10000)).unwrap();
+    assert_eq!(dev.partition.take_log(), planned_calls(&preview));
+    // Errors are planned as they would happen.
+    assert!(block_on(dev.region.plan_unmap(0x8000, 0x10000)).is_err());
+    // Attaching a second partition: its index is 1, every active region is mapped into it.
+    let preview = block_on(dev.mgr.plan_attach_partition(Vtl::Vtl0)).unwrap();
+    let second = attach(&dev.mgr, Vtl::Vtl0);
+    let planned: Vec<C> = preview
+        .plan
+        .op_list()
+        .filter_map(|op| match *op {
+            crate::region_manager::PlanOp::Map {
+                partition: 1,
+                va_offset,
+                gpa,
+                size,
+                writable,
+                exec,
+            } => Some(C::map(gpa, size, writable, exec, va_offset)),
+            _ => None,
+        })
+        .collect();
+    assert!(!planned.is_empty());
+    assert_eq!(second.log(), planned);
+}
+
+#[test]
 fn device_windows_may_not_overlap_private_ram() {
     let mgr = build(GuestMemoryBuilder::new().private_memory(true), &l1());
     let (control, _region) = mgr
