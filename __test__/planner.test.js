@@ -216,3 +216,57 @@ test('KVM: plans name the slot ids they create and delete, and the slot table fo
   await manager.close();
   kvm.close();
 });
+
+test('window mappings and partition attach: planned, then applied exactly', async (t) => {
+  const { manager, partition } = await setup();
+  const { control, region } = manager.deviceMemoryMapper().newRegion(128n * KiB, 'gfx');
+  await control.mapToGuest(3n * GiB, true);
+  partition.clearLog();
+  const object = mb.Mappable.allocSharedMemory(64n * KiB, 'gfx-bank');
+  const mapPlan = await manager.plan({ kind: 'deviceMap', region, offset: 64n * KiB, object, fileOffset: 0, len: 64n * KiB, writable: false });
+  // The window's region is mapped whole into the partition already: a new mapping inside it
+  // changes only what backs the VA (mapping-manager bookkeeping), so no partition call is planned.
+  t.deepEqual(partitionOps(mapPlan.ops), []);
+  t.deepEqual(partition.log(), [], 'planning calls no partition');
+  await region.map(64n * KiB, object, 0, 64n * KiB, false);
+  t.deepEqual(loggedOps(partition.takeLog()), partitionOps(mapPlan.ops));
+  const entry = mapPlan.flatView.find((e) => e.range.start === 3n * GiB + 64n * KiB);
+  t.is(entry.backing.object, 'memfd:gfx-bank');
+  const unmapPlan = await manager.plan({ kind: 'deviceUnmap', region, offset: 64n * KiB, len: 64n * KiB });
+  await region.unmap(64n * KiB, 64n * KiB);
+  t.deepEqual(loggedOps(partition.takeLog()), partitionOps(unmapPlan.ops));
+  await t.throwsAsync(manager.plan({ kind: 'deviceUnmap', region, offset: 0, len: 100 }), { instanceOf: RangeError });
+  await t.throwsAsync(manager.plan({ kind: 'deviceMap', region: control, offset: 0, object, fileOffset: 0, len: 4096, writable: true }), { instanceOf: TypeError });
+
+  const second = new mb.RecordingPartition();
+  const attachPlan = await manager.plan({ kind: 'attachPartition', vtl: Vtl.Vtl0, partition: second });
+  t.true(attachPlan.ops.every((o) => o.op === 'invalidate' || o.partition === 1), 'the new partition is partition 1');
+  await manager.attachPartition(Vtl.Vtl0, second);
+  t.deepEqual(loggedOps(second.log()), partitionOps(attachPlan.ops));
+  t.deepEqual(partition.log(), [], 'the first partition sees nothing');
+  await manager.close();
+});
+
+test('KVM: planning an attach names the slots the new partition will get', async (t) => {
+  let kvm;
+  try {
+    kvm = await mb.KvmPartition.create();
+  } catch (error) {
+    if (error.code !== 'ERR_KVM_UNAVAILABLE') throw error;
+    t.log(`skipped: /dev/kvm cannot be opened here (${error.message})`);
+    t.pass();
+    return;
+  }
+  const { manager } = await setup();
+  const plan = await manager.plan({ kind: 'attachPartition', vtl: Vtl.Vtl0, partition: kvm });
+  await manager.attachPartition(Vtl.Vtl0, kvm);
+  const slots = kvm.inspect().slots;
+  const maps = plan.ops.filter((o) => o.op === 'map');
+  t.is(maps.length, slots.length);
+  for (const op of maps) {
+    const slot = slots.find((s) => s.gpa === op.gpa);
+    t.deepEqual(op.slots, [slot.slot], `slot at ${op.gpa}`);
+  }
+  await manager.close();
+  kvm.close();
+});

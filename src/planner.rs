@@ -269,3 +269,60 @@ pub fn kvm_predict_slots(
         .map(|changes| changes.created.into_iter().chain(changes.deleted).collect())
         .collect())
 }
+
+/// Dry run of a window's `map(offset, object, fileOffset, len, writable)` (with `object`) or
+/// `unmap(offset, len)` (without).
+#[allow(clippy::too_many_arguments)]
+#[napi(ts_return_type = "Promise<PlanItem>")]
+pub fn manager_plan_device_mapping<'env>(
+    env: &'env Env,
+    region: &NativeDeviceWindowHalf,
+    offset: crate::args::U64,
+    len: crate::args::U64,
+    object: Option<&crate::sparse_mapping::NativeMappable>,
+    file_offset: crate::args::U64,
+    writable: bool,
+) -> Result<Object<'env>, JsError> {
+    let region = region.mapping_half()?;
+    let offset = crate::args::usize_arg(offset, "offset")?;
+    let len = crate::args::usize_arg(len, "len")?;
+    match object {
+        Some(object) => {
+            let preview = region.plan_map(offset, object.fd()?, file_offset.0, len, writable);
+            promise(
+                env,
+                async move { preview.await.map_err(|err| chain_error(&err)) },
+                |_env, preview| Ok(plan_item(preview.plan, preview.flat_view)),
+            )
+        }
+        None => {
+            let preview = region.plan_unmap(offset, len);
+            promise(
+                env,
+                async move { preview.await.map_err(|err| chain_error(&err)) },
+                |_env, preview| Ok(plan_item(preview.plan, preview.flat_view)),
+            )
+        }
+    }
+}
+
+/// Dry run of `attachPartition(vtl, …)`: the calls into the partition to be attached.
+#[napi(ts_return_type = "Promise<PlanItem>")]
+pub fn manager_plan_attach<'env>(
+    env: &'env Env,
+    manager: &NativeGuestMemoryManager,
+    vtl: u32,
+) -> Result<Object<'env>, JsError> {
+    let vtl = match vtl {
+        0 => virt::Vtl::Vtl0,
+        1 => virt::Vtl::Vtl1,
+        2 => virt::Vtl::Vtl2,
+        other => return Err(invalid_arg(format!("vtl must be 0, 1 or 2, got {other}"))),
+    };
+    let preview = manager.manager()?.plan_attach_partition(vtl);
+    promise(
+        env,
+        async move { preview.await.map_err(|err| chain_error(&err)) },
+        |_env, preview| Ok(plan_item(preview.plan, preview.flat_view)),
+    )
+}

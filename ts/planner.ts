@@ -68,18 +68,34 @@ export function toPlan(p: NativePlan): { flatView: FlatEntry[]; ops: PlannedOp[]
   };
 }
 
-/** A change the manager can plan and apply. */
+/** A change the manager can plan and apply (one variant per manager operation). */
 export type PlanChange =
+  /** `ramVisibilityControl().setRamVisibility(range, visibility)`. */
   | { kind: 'ramVisibility'; range: RangeLike; visibility: 'Unmapped' | 'ReadOnly' | 'ReadWrite' }
+  /** `window.mapToGuest(gpa, writable)` (`window` is a DeviceMemoryControl). */
   | { kind: 'deviceMapToGuest'; window: object; gpa: U64; writable: boolean }
-  | { kind: 'deviceUnmapFromGuest'; window: object };
+  /** `window.unmapFromGuest()`. */
+  | { kind: 'deviceUnmapFromGuest'; window: object }
+  /** `region.map(offset, object, fileOffset, len, writable)` (`region` is a DeviceMemoryRegion, `object` a Mappable). */
+  | { kind: 'deviceMap'; region: object; offset: U64; object: object; fileOffset: U64; len: U64; writable: boolean }
+  /** `region.unmap(offset, len)`. */
+  | { kind: 'deviceUnmap'; region: object; offset: U64; len: U64 }
+  /** `attachPartition(vtl, partition)`: the calls into the new partition. */
+  | { kind: 'attachPartition'; vtl: 0 | 1 | 2; partition: object };
+
+/** How the manager resolves the objects a change names. @internal */
+export interface PlanResolvers {
+  window(value: unknown): InstanceType<typeof native.NativeDeviceWindowHalf>;
+  region(value: unknown): InstanceType<typeof native.NativeDeviceWindowHalf>;
+  mappable(value: unknown): InstanceType<typeof native.NativeMappable>;
+}
 
 /** @internal The native planner calls for one change. */
 export async function planChange(
   manager: InstanceType<typeof native.NativeGuestMemoryManager>,
   change: PlanChange,
   partitions: ReadonlyArray<RecordingPartition | KvmPartition>,
-  windowHandle: (window: unknown) => InstanceType<typeof native.NativeDeviceWindowHalf>,
+  resolve: PlanResolvers,
 ): Promise<{ flatView: FlatEntry[]; ops: PlannedOp[] }> {
   if (typeof change !== 'object' || change === null) throw invalidArgType(`change must be a PlanChange object, got ${describeType(change)}`);
   let pending: Promise<NativePlan>;
@@ -92,19 +108,44 @@ export async function planChange(
       break;
     }
     case 'deviceMapToGuest': {
-      const w = windowHandle(change.window);
+      const w = resolve.window(change.window);
       const gpa = toU64(change.gpa, 'change.gpa');
       if (typeof change.writable !== 'boolean') throw invalidArgType('change.writable must be a boolean');
       pending = call(() => native.managerPlanDevice(w, BigUint64Array.from([gpa]), change.writable));
       break;
     }
     case 'deviceUnmapFromGuest': {
-      const w = windowHandle(change.window);
+      const w = resolve.window(change.window);
       pending = call(() => native.managerPlanDevice(w, null, false));
       break;
     }
+    case 'deviceMap': {
+      const r = resolve.region(change.region);
+      const offset = toU64(change.offset, 'change.offset');
+      const object = resolve.mappable(change.object);
+      const fileOffset = toU64(change.fileOffset, 'change.fileOffset');
+      const len = toU64(change.len, 'change.len');
+      if (typeof change.writable !== 'boolean') throw invalidArgType('change.writable must be a boolean');
+      pending = call(() => native.managerPlanDeviceMapping(r, offset, len, object, fileOffset, change.writable));
+      break;
+    }
+    case 'deviceUnmap': {
+      const r = resolve.region(change.region);
+      const offset = toU64(change.offset, 'change.offset');
+      const len = toU64(change.len, 'change.len');
+      pending = call(() => native.managerPlanDeviceMapping(r, offset, len, null, 0, false));
+      break;
+    }
+    case 'attachPartition': {
+      if (change.vtl !== 0 && change.vtl !== 1 && change.vtl !== 2) throw invalidArgValue(`change.vtl must be 0, 1 or 2, got ${String(change.vtl)}`);
+      nativePartition(change.partition);
+      pending = call(() => native.managerPlanAttach(manager, change.vtl));
+      break;
+    }
     default:
-      throw invalidArgValue(`unknown change kind '${String((change as { kind?: unknown }).kind)}' (ramVisibility, deviceMapToGuest, deviceUnmapFromGuest)`);
+      throw invalidArgValue(
+        `unknown change kind '${String((change as { kind?: unknown }).kind)}' (ramVisibility, deviceMapToGuest, deviceUnmapFromGuest, deviceMap, deviceUnmap, attachPartition)`,
+      );
   }
   let plan: { flatView: FlatEntry[]; ops: PlannedOp[] };
   try {
@@ -112,7 +153,12 @@ export async function planChange(
   } catch (error) {
     throw fromNative(error);
   }
-  addSlots(plan.ops, partitions);
+  // An attach plans calls into the partition about to be attached (the next indexes).
+  const targets =
+    change.kind === 'attachPartition'
+      ? [...partitions, change.partition as RecordingPartition | KvmPartition, change.partition as RecordingPartition | KvmPartition]
+      : partitions;
+  addSlots(plan.ops, targets);
   return plan;
 }
 
