@@ -201,3 +201,38 @@ test('decommitRam: private RAM reads back as zeros', async (t) => {
   t.deepEqual(memory.read(0x30_0000, 0x1000), Buffer.alloc(0x1000));
   await manager.close();
 });
+
+test('many concurrent setRamVisibility and inspect Promises all settle, in order, with the right final state', async (t) => {
+  const { manager, partition } = await attached(L1(), { x86: true });
+  const control = manager.ramVisibilityControl();
+  const pams = Array.from({ length: 12 }, (_, i) => range(0xc_0000 + i * 0x4000, 0xc_4000 + i * 0x4000));
+  const settled = [];
+  const pending = [];
+  for (let round = 0; round < 20; round++) {
+    for (const [i, pam] of pams.entries()) {
+      const visibility = [RamVisibility.Unmapped, RamVisibility.ReadOnly, RamVisibility.ReadWrite][(round + i) % 3];
+      const index = pending.length;
+      pending.push(control.setRamVisibility(pam, visibility).then(() => settled.push(index)));
+    }
+    pending.push(manager.inspect().then(() => settled.push(-1)));
+    // An invalid request in between rejects without disturbing the others.
+    pending.push(control.setRamVisibility(range(0xc_0000, 0xc_8000), RamVisibility.Unmapped).then(
+      () => t.fail('an invalid range was accepted'),
+      (error) => t.is(error.code, 'ERR_INVALID_RAM_REGION'),
+    ));
+  }
+  await Promise.all(pending);
+  const requests = settled.filter((i) => i >= 0);
+  t.is(requests.length, 240);
+  t.deepEqual(requests, [...requests].sort((a, b) => a - b), 'requests settle in the order they were made');
+  // Round 19 decides each region's final visibility.
+  const { regions } = await manager.inspect();
+  for (const [i, pam] of pams.entries()) {
+    const expected = [RamVisibility.Unmapped, RamVisibility.ReadOnly, RamVisibility.ReadWrite][(19 + i) % 3];
+    const region = regions.find((r) => r.range.equals(pam));
+    if (expected === RamVisibility.Unmapped) t.is(region.mapParams, null);
+    else t.is(region.mapParams.writable, expected === RamVisibility.ReadWrite);
+  }
+  t.true(partition.log().length > 0);
+  await manager.close();
+});

@@ -27,6 +27,129 @@ use std::error::Error as StdError;
 use std::sync::Arc;
 use virt::{PartitionMemoryMap, Vtl};
 
+/// Promises for short manager requests, polled where they are woken.
+///
+/// `promise::promise` runs a future on its executor thread: the JavaScript thread wakes that
+/// thread, which sends the request and later wakes the JavaScript thread with the answer — two
+/// thread round trips for one manager request. A request whose future only sends a message and
+/// awaits its reply does not need the executor: [`reply_promise`] polls it once on the
+/// JavaScript thread (which sends the request) and from then on on whichever thread wakes it —
+/// the manager thread, as it sends the reply — so the answer travels straight to the JavaScript
+/// thread: one round trip.
+///
+/// Only futures whose remaining work after each wake-up is non-blocking and short (reading a
+/// reply, converting an error, queueing the settlement) may use it: they then run on the
+/// manager thread, which must never block (spec §1).
+mod reply {
+    use crate::errors::{into_status_error, JsError};
+    use futures::future::BoxFuture;
+    use futures::task::{waker_ref, ArcWake};
+    use napi::bindgen_prelude::{Object, ToNapiValue};
+    use napi::Env;
+    use parking_lot::Mutex;
+    use std::future::Future;
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::Arc;
+    use std::task::Context;
+
+    const IDLE: u8 = 0;
+    const POLLING: u8 = 1;
+    const WOKEN_WHILE_POLLING: u8 = 2;
+
+    /// A future polled by the thread that wakes it; at most one thread polls at a time.
+    struct InlineTask {
+        future: Mutex<Option<BoxFuture<'static, ()>>>,
+        state: AtomicU8,
+    }
+
+    impl InlineTask {
+        fn run(self: &Arc<Self>) {
+            // Become the poller, or tell the current poller to poll once more.
+            loop {
+                match self.state.compare_exchange(
+                    IDLE,
+                    POLLING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => break,
+                    Err(POLLING) => {
+                        if self
+                            .state
+                            .compare_exchange(
+                                POLLING,
+                                WOKEN_WHILE_POLLING,
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            )
+                            .is_ok()
+                        {
+                            return;
+                        }
+                    }
+                    Err(_) => return, // already marked to poll again
+                }
+            }
+            loop {
+                {
+                    let waker = waker_ref(self);
+                    let mut context = Context::from_waker(&waker);
+                    let mut slot = self.future.lock();
+                    if let Some(future) = slot.as_mut() {
+                        if future.as_mut().poll(&mut context).is_ready() {
+                            *slot = None;
+                        }
+                    }
+                }
+                if self
+                    .state
+                    .compare_exchange(POLLING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return;
+                }
+                // Woken while polling: poll again.
+                self.state.store(POLLING, Ordering::Release);
+            }
+        }
+    }
+
+    impl ArcWake for InlineTask {
+        fn wake_by_ref(task: &Arc<Self>) {
+            task.run();
+        }
+    }
+
+    /// A Promise for `future`, polled inline as described in the module docs; `convert` turns
+    /// its value into a JavaScript value on the JavaScript thread.
+    pub fn reply_promise<'env, T, R>(
+        env: &'env Env,
+        future: impl Future<Output = Result<T, JsError>> + Send + 'static,
+        convert: impl FnOnce(Env, T) -> napi::Result<R> + Send + 'static,
+    ) -> Result<Object<'env>, JsError>
+    where
+        T: Send + 'static,
+        R: ToNapiValue + 'static,
+    {
+        let (deferred, promise) = env
+            .create_deferred()
+            .map_err(|err| crate::errors::coded("ERR_PANIC", err.reason))?;
+        let task = Arc::new(InlineTask {
+            future: Mutex::new(Some(Box::pin(async move {
+                match future.await {
+                    Ok(value) => deferred.resolve(move |env| convert(env, value)),
+                    Err(err) => deferred.reject(into_status_error(err)),
+                }
+            }))),
+            state: AtomicU8::new(IDLE),
+        });
+        task.run();
+        Ok(promise)
+    }
+}
+
+use reply::reply_promise;
+
 /// The class a JavaScript error of this Rust error type belongs to.
 fn class_of(err: &(dyn StdError + 'static)) -> Option<&'static str> {
     if err.is::<MemoryBuildError>() {
@@ -467,7 +590,7 @@ impl NativeGuestMemoryManager {
     #[napi(ts_return_type = "Promise<ManagerSnapshotItem>")]
     pub fn inspect<'env>(&self, env: &'env Env) -> Result<Object<'env>, JsError> {
         let inspect = self.manager()?.inspect();
-        promise(
+        reply_promise(
             env,
             async move { inspect.await.map_err(|err| chain_error(&err)) },
             |_env, snapshot| Ok(snapshot_item(snapshot)),
@@ -627,7 +750,8 @@ impl NativeRamVisibilityControl {
             .ok_or_else(|| closed("RamVisibilityControl"))?;
         let change =
             control.set_ram_visibility(range_of(&range, "range")?, visibility_of(&visibility)?);
-        promise(
+        // Sends the request and awaits the reply: polled inline (one round trip).
+        reply_promise(
             env,
             async move { change.await.map_err(|err| chain_error(&err)) },
             |_env, ()| Ok(()),
