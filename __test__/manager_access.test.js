@@ -43,9 +43,8 @@ test('S24 a read in the MMIO gap fails NoMapping; a read beyond the window fails
   await manager.close();
 });
 
-// The spec's "fails NoMapping" includes a `cause` with code ERR_NO_MAPPING; the GuestMemory
-// binding (src/guest_memory.rs, not this suite's to fix) folds the source into the message only.
-test.failing('S24 (cause) the NoMapping failure carries a MemoryManagerError ERR_NO_MAPPING cause', async (t) => {
+// The spec's "fails NoMapping": the accessor's error carries a `cause` with code ERR_NO_MAPPING.
+test('S24 (cause) the NoMapping failure carries a MemoryManagerError ERR_NO_MAPPING cause', async (t) => {
   const manager = await build(L1());
   const memory = await manager.client().guestMemory();
   const gap = thrown(t, () => memory.read(0xc000_0000, 1));
@@ -53,6 +52,7 @@ test.failing('S24 (cause) the NoMapping failure carries a MemoryManagerError ERR
   t.truthy(gap.cause);
   t.is(gap.cause?.code, 'ERR_NO_MAPPING');
   t.is(gap.cause?.message, 'no mapping for 0xc0000000-0xc0001000');
+  t.true(gap.cause instanceof mb.MemoryManagerError);
 });
 
 test('S25 a read straddling the end of RAM fails at the hole once RAM is populated, at its start before', async (t) => {

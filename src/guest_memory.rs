@@ -52,6 +52,13 @@ pub fn guest_error(err: &GuestMemoryError) -> JsError {
     }
     if let Some(token) = js_hooks::cause_token(err) {
         fields.push(("causeToken", token.to_string()));
+    } else if let Some(source) = std::error::Error::source(err) {
+        // A cause from the core (e.g. the memory manager's `NoMapping`), as a coded error.
+        if source.downcast_ref::<membacking::NoMapping>().is_some()
+            || source.downcast_ref::<membacking::ManagerGone>().is_some()
+        {
+            fields.push(("cause", crate::manager::cause_json(source)));
+        }
     }
     let mut message = err.to_string();
     if let Some(source) = std::error::Error::source(err) {

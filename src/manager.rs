@@ -236,7 +236,7 @@ fn code_of(err: &(dyn StdError + 'static)) -> (String, Vec<(&'static str, String
 }
 
 /// The JSON object of an error for a nested `cause`: `{"code", "message", …fields, "cause"}`.
-fn cause_json(err: &(dyn StdError + 'static)) -> String {
+pub(crate) fn cause_json(err: &(dyn StdError + 'static)) -> String {
     let err = unwrap_transparent(err);
     let (code, fields) = code_of(err);
     let mut parts = vec![
@@ -830,6 +830,11 @@ impl NativeDeviceWindowHalf {
     /// The placement half, for the planner binding.
     pub fn placement(&self) -> Result<&MappableGuestMemory, JsError> {
         self.control()
+    }
+
+    /// The mapping half, for the planner binding.
+    pub fn mapping_half(&self) -> Result<&Arc<MappedMemoryRegion>, JsError> {
+        self.region()
     }
 }
 

@@ -294,7 +294,18 @@ export class GuestMemoryManager {
       partition instanceof RecordingPartition
         ? call(() => manager.attachRecordingPartition(vtl, handle as InstanceType<typeof native.NativeRecordingPartition>, remote))
         : call(() => manager.attachKvmPartition(vtl, handle as InstanceType<typeof native.NativeKvmPartition>, remote));
-    await settle(pending);
+    try {
+      await settle(pending);
+    } catch (error) {
+      // A failed VTL2 attach keeps the alias mapper it registered first (as the original):
+      // count what the manager holds so plans keep naming partitions by the right index.
+      const registered = await this.inspect().then(
+        (snapshot) => snapshot.partitions.length,
+        () => this.#mappers.length,
+      );
+      while (this.#mappers.length < registered) this.#mappers.push(partition);
+      throw error;
+    }
     if (vtl === Vtl.Vtl2 && this.#aliasMap) this.#mappers.push(partition);
     this.#mappers.push(partition);
   }
@@ -320,10 +331,18 @@ export class GuestMemoryManager {
   }
   /** The flat view and ordered operations `change` would produce; nothing is applied. */
   async plan(change: PlanChange): Promise<{ flatView: FlatEntry[]; ops: PlannedOp[] }> {
-    return planChange(this.#n(), change, this.#mappers, (window) => {
-      const handle = window instanceof DeviceMemoryControl ? (internals.get(window) as NativeHalf | undefined) : undefined;
-      if (handle === undefined) throw invalidArgType(`change.window must be a DeviceMemoryControl, got ${describeType(window)}`);
-      return handle;
+    return planChange(this.#n(), change, this.#mappers, {
+      window: (window) => {
+        const handle = window instanceof DeviceMemoryControl ? (internals.get(window) as NativeHalf | undefined) : undefined;
+        if (handle === undefined) throw invalidArgType(`change.window must be a DeviceMemoryControl, got ${describeType(window)}`);
+        return handle;
+      },
+      region: (region) => {
+        const handle = region instanceof DeviceMemoryRegion ? (internals.get(region) as NativeHalf | undefined) : undefined;
+        if (handle === undefined) throw invalidArgType(`change.region must be a DeviceMemoryRegion, got ${describeType(region)}`);
+        return handle;
+      },
+      mappable: (object) => nativeOf<InstanceType<typeof native.NativeMappable>>(object, Mappable, 'change.object'),
     });
   }
   /** Full teardown; derived objects then throw ERR_MANAGER_GONE. */
@@ -435,6 +454,7 @@ export class DeviceMemoryRegion {
   constructor(key: typeof token, handle: NativeHalf) {
     if (key !== token) throw invalidArgType('DeviceMemoryRegion cannot be constructed directly: use DeviceMemoryMapper#newRegion');
     this.#native = handle;
+    internals.set(this, handle);
   }
 
   /** Window length (bytes). */
