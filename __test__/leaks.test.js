@@ -1,0 +1,101 @@
+// Resource leaks (issue 7, "Stress and faults"): 10,000 managers created with
+// GuestMemoryBuilder.build and closed, then 10,000 more dropped and garbage collected, and the
+// same for the standalone objects (GuestMemory.allocate, SparseMapping with private pages and a
+// memfd view, GuestMemory.fromSparseMapping, Mappable.allocSharedMemory). Afterwards open
+// descriptors (/proc/self/fd), /proc/self/maps lines, threads (/proc/self/task) and resident
+// memory (VmRSS) must be back at their starting level within the tolerances below.
+//
+// Each measurement runs in its own child process (fixtures/stress/leak_child.js, with
+// --expose-gc) so the ava worker's own state does not blur the figures. 10,000 of each takes
+// about 8 s (managers) and 6 s (objects) on the 2-core project machine, so the full count is used.
+//
+// How RSS is measured: glibc's malloc keeps freed memory (it returns a fragmented heap to the OS
+// only at the top), and V8 grows its young generation under allocation pressure and keeps it.
+// Neither is a leak, and together they moved VmRSS by 60-150 MiB in trial runs. The child
+// therefore runs with MALLOC_MMAP_THRESHOLD_=32768, MALLOC_TRIM_THRESHOLD_=131072,
+// MALLOC_ARENA_MAX=2 (freed blocks go back to the OS) and --max-semi-space-size=1 (V8's young
+// generation cannot grow), and measures after a warm-up of 500 closed and 1,500 dropped rounds.
+// Trial runs then ended within +0.3 to +5 MiB of the start.
+'use strict';
+const test = require('ava');
+const path = require('node:path');
+const { spawnSync } = require('node:child_process');
+
+const CHILD = path.join(__dirname, 'fixtures', 'stress', 'leak_child.js');
+const COUNT = 10_000;
+
+/** Tolerances against the starting level (stated in every assertion message). */
+const TOLERANCE = {
+  /** Every descriptor must be closed again: no slack. */
+  fds: 0,
+  /** Every thread (manager threads, VA mapper threads) must have ended: no slack. */
+  threads: 0,
+  /** /proc/self/maps lines: V8 and malloc may keep a few more areas (16 lines). */
+  maps: 16,
+  /** VmRSS: 16 MiB, i.e. less than 1.7 KiB per object over 10,000 (a manager's RAM alone is 2 MiB). */
+  rssKiB: 16 * 1024,
+};
+
+const ALLOCATOR_ENV = { MALLOC_MMAP_THRESHOLD_: '32768', MALLOC_TRIM_THRESHOLD_: '131072', MALLOC_ARENA_MAX: '2' };
+
+/** Runs the leak child for `what`; returns its JSON report. */
+function runLeakChild(what, closed, dropped) {
+  const started = performance.now();
+  const node = [process.execPath, '--expose-gc', '--max-semi-space-size=1', CHILD, what, String(closed), String(dropped)];
+  const child = spawnSync(node[0], node.slice(1), {
+    encoding: 'utf8',
+    env: { ...process.env, ...ALLOCATOR_ENV },
+    timeout: 100_000,
+  });
+  const elapsed = performance.now() - started;
+  return { child, elapsed, report: child.status === 0 ? JSON.parse(child.stdout.trim().split('\n').pop()) : null };
+}
+
+/** Asserts every resource of `after` is within the tolerance of `start`. */
+function assertBackToStart(t, label, start, after) {
+  for (const [key, slack] of Object.entries(TOLERANCE)) {
+    t.true(
+      after[key] <= start[key] + slack,
+      `${label}: ${key} ${start[key]} → ${after[key]} (tolerance +${slack}${key === 'rssKiB' ? ' KiB' : ''})`,
+    );
+  }
+}
+
+for (const what of ['managers', 'objects']) {
+  test(`${COUNT} ${what} closed and ${COUNT} dropped and collected leave fds, maps, threads and RSS at their starting level`, (t) => {
+    const { child, elapsed, report } = runLeakChild(what, COUNT, COUNT);
+    t.is(child.status, 0, `leak child failed (${child.signal ?? child.status}): ${child.stderr}`);
+    if (!report) return;
+    t.log(`${what}: ${COUNT} closed in ${report.closeMs.toFixed(0)} ms, ${COUNT} dropped in ${report.dropMs.toFixed(0)} ms (child ran ${elapsed.toFixed(0)} ms)`);
+    t.log(`start ${JSON.stringify(report.start)}`);
+    t.log(`after close ${JSON.stringify(report.afterClose)}`);
+    t.log(`fullest while dropping ${JSON.stringify(report.peakWhileDropping)}`);
+    t.log(`after drop ${JSON.stringify(report.afterDrop)}`);
+    t.is(report.closed, COUNT);
+    t.is(report.dropped, COUNT);
+    assertBackToStart(t, `after ${COUNT} ${what} closed`, report.start, report.afterClose);
+    assertBackToStart(t, `after ${COUNT} ${what} dropped and collected`, report.start, report.afterDrop);
+    // The dropped objects really held resources until collected (the measure sees them).
+    t.true(report.peakWhileDropping.fds > report.start.fds, `dropped ${what} held descriptors until collected: ${JSON.stringify(report.peakWhileDropping)}`);
+  });
+}
+
+// Known problem, reported to the lead: nothing tells V8 how much native memory, how many
+// descriptors and threads an object holds (no napi_adjust_external_memory), so when a program
+// drops managers without close() and leaves collection to V8's heuristics, about 1,000-3,000
+// unreachable managers pile up, each with a thread and descriptors. Under the common soft limit
+// of 1,024 descriptors building the next manager then fails with ERR_ALLOCATION_FAILED (cause
+// EMFILE). `test.failing` passes while the problem exists and fails once it is fixed: then make
+// it a plain test.
+test.failing('managers dropped without close() and without explicit collection stay within a 1,024-descriptor limit', (t) => {
+  const script = `
+    const mb = require(${JSON.stringify(path.join(__dirname, '..', 'dist'))});
+    (async () => {
+      const layout = mb.MemoryLayout.new(2n * mb.MiB, [mb.range(4n * mb.MiB, 8n * mb.MiB)]);
+      for (let i = 0; i < 5000; i++) await new mb.GuestMemoryBuilder().build(layout);
+      console.log('ok');
+    })().catch((error) => { console.log(error.code, error.cause && error.cause.code); process.exitCode = 1; });`;
+  const child = spawnSync('/bin/sh', ['-c', 'ulimit -n 1024 && exec "$@"', 'sh', process.execPath, '-e', script], { encoding: 'utf8', timeout: 60_000 });
+  t.log(`5,000 dropped managers under ulimit -n 1024: exit ${child.status}, ${child.stdout.trim()}`);
+  t.is(child.status, 0, child.stdout + child.stderr);
+});
