@@ -19,7 +19,7 @@
 'use strict';
 const test = require('ava');
 const path = require('node:path');
-const { spawnSync } = require('node:child_process');
+const { spawn } = require('node:child_process');
 
 const CHILD = path.join(__dirname, 'fixtures', 'stress', 'leak_child.js');
 const COUNT = 10_000;
@@ -38,15 +38,27 @@ const TOLERANCE = {
 
 const ALLOCATOR_ENV = { MALLOC_MMAP_THRESHOLD_: '32768', MALLOC_TRIM_THRESHOLD_: '131072', MALLOC_ARENA_MAX: '2' };
 
-/** Runs the leak child for `what`; returns its JSON report. */
-function runLeakChild(what, closed, dropped) {
-  const started = performance.now();
-  const node = [process.execPath, '--expose-gc', '--max-semi-space-size=1', CHILD, what, String(closed), String(dropped)];
-  const child = spawnSync(node[0], node.slice(1), {
-    encoding: 'utf8',
-    env: { ...process.env, ...ALLOCATOR_ENV },
-    timeout: 100_000,
+/** Runs `command args` (killed after `timeoutMs`); resolves {status, signal, stdout, stderr}. */
+function run(command, args, { env = {}, timeoutMs = 100_000 } = {}) {
+  return new Promise((resolve) => {
+    const child = spawn(command, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('close', (status, signal) => {
+      clearTimeout(timer);
+      resolve({ status, signal, stdout, stderr });
+    });
   });
+}
+
+/** Runs the leak child for `what`; resolves with the child's outcome and its JSON report. */
+async function runLeakChild(what, closed, dropped) {
+  const started = performance.now();
+  const args = ['--expose-gc', '--max-semi-space-size=1', CHILD, what, String(closed), String(dropped)];
+  const child = await run(process.execPath, args, { env: ALLOCATOR_ENV });
   const elapsed = performance.now() - started;
   return { child, elapsed, report: child.status === 0 ? JSON.parse(child.stdout.trim().split('\n').pop()) : null };
 }
@@ -62,8 +74,8 @@ function assertBackToStart(t, label, start, after) {
 }
 
 for (const what of ['managers', 'objects']) {
-  test(`${COUNT} ${what} closed and ${COUNT} dropped and collected leave fds, maps, threads and RSS at their starting level`, (t) => {
-    const { child, elapsed, report } = runLeakChild(what, COUNT, COUNT);
+  test(`${COUNT} ${what} closed and ${COUNT} dropped and collected leave fds, maps, threads and RSS at their starting level`, async (t) => {
+    const { child, elapsed, report } = await runLeakChild(what, COUNT, COUNT);
     t.is(child.status, 0, `leak child failed (${child.signal ?? child.status}): ${child.stderr}`);
     if (!report) return;
     t.log(`${what}: ${COUNT} closed in ${report.closeMs.toFixed(0)} ms, ${COUNT} dropped in ${report.dropMs.toFixed(0)} ms (child ran ${elapsed.toFixed(0)} ms)`);
@@ -87,7 +99,7 @@ for (const what of ['managers', 'objects']) {
 // of 1,024 descriptors building the next manager then fails with ERR_ALLOCATION_FAILED (cause
 // EMFILE). `test.failing` passes while the problem exists and fails once it is fixed: then make
 // it a plain test.
-test.failing('managers dropped without close() and without explicit collection stay within a 1,024-descriptor limit', (t) => {
+test.failing('managers dropped without close() and without explicit collection stay within a 1,024-descriptor limit', async (t) => {
   const script = `
     const mb = require(${JSON.stringify(path.join(__dirname, '..', 'dist'))});
     (async () => {
@@ -95,7 +107,7 @@ test.failing('managers dropped without close() and without explicit collection s
       for (let i = 0; i < 5000; i++) await new mb.GuestMemoryBuilder().build(layout);
       console.log('ok');
     })().catch((error) => { console.log(error.code, error.cause && error.cause.code); process.exitCode = 1; });`;
-  const child = spawnSync('/bin/sh', ['-c', 'ulimit -n 1024 && exec "$@"', 'sh', process.execPath, '-e', script], { encoding: 'utf8', timeout: 60_000 });
+  const child = await run('/bin/sh', ['-c', 'ulimit -n 1024 && exec "$@"', 'sh', process.execPath, '-e', script], { timeoutMs: 60_000 });
   t.log(`5,000 dropped managers under ulimit -n 1024: exit ${child.status}, ${child.stdout.trim()}`);
   t.is(child.status, 0, child.stdout + child.stderr);
 });
