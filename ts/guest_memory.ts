@@ -99,32 +99,35 @@ function toBufferLength(value: unknown, name: string): number {
   return Number(length);
 }
 
+const mappableToken = Symbol('Mappable');
+
 /** An owned fd of a shareable memory object (memfd or file). */
 export class Mappable {
   readonly #native: NativeMappable;
 
-  private constructor(handle: NativeMappable) {
+  private constructor(key: typeof mappableToken, handle: NativeMappable) {
+    if (key !== mappableToken) throw invalidArgType('Mappable cannot be constructed directly: use Mappable.allocSharedMemory or Mappable.fromFd');
     this.#native = handle;
     internals.set(this, handle);
   }
 
   /** @internal */
   static wrap(handle: NativeMappable): Mappable {
-    return new Mappable(handle);
+    return new Mappable(mappableToken, handle);
   }
 
   /** memfd_create(name, CLOEXEC) + ftruncate(size bytes); no seals. */
   static allocSharedMemory(size: U64, name: string): Mappable {
     const s = toU64(size, 'size');
     if (typeof name !== 'string') throw invalidArgType(`name must be a string, got ${describeType(name)}`);
-    return new Mappable(call(() => native.NativeMappable.allocSharedMemory(s, name)));
+    return new Mappable(mappableToken, call(() => native.NativeMappable.allocSharedMemory(s, name)));
   }
 
   /** Duplicate an existing fd (close-on-exec). */
   static fromFd(fd: number): Mappable {
     if (typeof fd !== 'number' || !Number.isInteger(fd)) throw invalidArgType(`fd must be an integer, got ${describeType(fd)}`);
     if (fd < 0 || fd > 0x7fff_ffff) throw invalidArgValue(`fd must be a non-negative descriptor, got ${fd}`);
-    return new Mappable(call(() => native.NativeMappable.fromFd(fd)));
+    return new Mappable(mappableToken, call(() => native.NativeMappable.fromFd(fd)));
   }
 
   /** The owned descriptor (pass it to a child process's stdio). */
@@ -339,6 +342,13 @@ function pageFaultAdapter(handler: PageFaultHandler) {
       answer = handler(gpa, len, write);
     } catch (error) {
       return fail('Other', `pageFault threw: ${error instanceof Error ? error.message : String(error)}`, error);
+    }
+    if (typeof answer === 'object' && answer !== null && typeof (answer as { then?: unknown }).then === 'function') {
+      // Page faults are answered synchronously; a Promise is refused, and its outcome is
+      // observed so that a rejection is not left unhandled.
+      Promise.resolve(answer).catch(() => undefined);
+      const error = invalidArgType('pageFault must answer synchronously, not with a Promise');
+      return fail('Other', error.message, error);
     }
     if (answer === 'retry') return { action: 0, kind: '', message: '', causeToken: 0 };
     if (answer === 'fallback') return { action: 1, kind: '', message: '', causeToken: 0 };

@@ -71,7 +71,9 @@ export class RecordingPartition {
   }
   /** Make every later `op` at this gpa (bytes) fail until cleared. */
   failOn(op: 'map' | 'pin' | 'prefetch', gpa: U64): void {
-    if (op !== 'map' && op !== 'pin' && op !== 'prefetch') throw invalidArgValue(`op must be 'map', 'pin' or 'prefetch', got ${String(op)}`);
+    if (op !== 'map' && op !== 'pin' && op !== 'prefetch') {
+      throw typeof op === 'string' ? invalidArgValue(`op must be 'map', 'pin' or 'prefetch', got '${op}'`) : invalidArgType(`op must be 'map', 'pin' or 'prefetch', got ${describeType(op)}`);
+    }
     const g = toU64(gpa, 'gpa');
     call(() => this.#native.failOn(op, g));
   }

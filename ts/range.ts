@@ -224,7 +224,9 @@ export function range(start: U64, end: U64): MemoryRange {
  * `MemoryRange.new` (RangeError with the core's text when unaligned or reversed).
  */
 export function toRange(value: unknown, name: string): MemoryRange {
-  if (value instanceof MemoryRange) return value;
+  // A real MemoryRange has its bounds as own bigint properties (an object made with
+  // Object.create(MemoryRange.prototype) has none and is validated like any other object).
+  if (value instanceof MemoryRange && typeof value.start === 'bigint' && typeof value.end === 'bigint') return value;
   if (typeof value === 'object' && value !== null && 'start' in value && 'end' in value) {
     const { start, end } = value as { start: unknown; end: unknown };
     return new MemoryRange(toU64(start, `${name}.start`), toU64(end, `${name}.end`));
