@@ -369,7 +369,14 @@ pub fn build_guest_memory<'env>(
     x86_legacy_support: bool,
     private_memory: bool,
     transparent_hugepages: bool,
+    on_prefetch_progress: Option<
+        napi::bindgen_prelude::Function<'env, napi::bindgen_prelude::FnArgs<(u64, u64)>, ()>,
+    >,
 ) -> Result<Object<'env>, JsError> {
+    let progress = match on_prefetch_progress {
+        Some(function) => Some(prefetch_progress(function)?),
+        None => None,
+    };
     let backing = match existing_backing {
         Some(backing) => Some(
             backing
@@ -386,7 +393,8 @@ pub fn build_guest_memory<'env>(
         .pin_mappings(pin_mappings)
         .x86_legacy_support(x86_legacy_support)
         .private_memory(private_memory)
-        .transparent_hugepages(transparent_hugepages);
+        .transparent_hugepages(transparent_hugepages)
+        .prefetch_progress(progress);
     let build = builder.build(layout.layout());
     promise(
         env,
@@ -397,6 +405,26 @@ pub fn build_guest_memory<'env>(
             })
         },
     )
+}
+
+/// Calls `function(done, total)` on its JavaScript thread, fire-and-forget, from the region
+/// manager's thread (a weak thread-safe function: it never keeps the event loop alive).
+fn prefetch_progress(
+    function: napi::bindgen_prelude::Function<'_, napi::bindgen_prelude::FnArgs<(u64, u64)>, ()>,
+) -> Result<membacking::PrefetchProgress, JsError> {
+    use napi::threadsafe_function::{ThreadsafeCallContext, ThreadsafeFunctionCallMode};
+    let tsfn = function
+        .build_threadsafe_function::<(u64, u64)>()
+        .callee_handled::<false>()
+        .weak::<true>()
+        .build_callback(|context: ThreadsafeCallContext<(u64, u64)>| {
+            Ok(napi::bindgen_prelude::FnArgs::from(context.value))
+        })
+        .map_err(|err| crate::errors::coded("ERR_PANIC", err.reason))?;
+    let tsfn = Arc::new(tsfn);
+    Ok(Arc::new(move |done, total| {
+        let _ = tsfn.call((done, total), ThreadsafeFunctionCallMode::NonBlocking);
+    }))
 }
 
 /// One region of the inspect snapshot.

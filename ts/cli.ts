@@ -7,8 +7,11 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { runDemo } from './demo';
-import { layoutE820, layoutTable, parseRange, parseSize } from './format';
+import { formatSize, layoutE820, layoutTable, parseRange, parseSize } from './format';
 import { MemoryLayout } from './layout';
+import { GuestMemoryBuilder, Vtl } from './manager';
+import { KvmPartition, RecordingPartition } from './partition';
+import { ProgressBar } from './progress';
 import { changesFromFile, parseChange, PlanInputError, renderPlan, runPlan } from './plan_command';
 import { layoutSvg } from './svg';
 import type { MemoryRange } from './range';
@@ -20,6 +23,7 @@ const usage = {
 
 commands:
   layout    build a guest memory layout and print it
+  prefetch  build guest memory with prefetchRam and attach a partition, with a progress bar
   plan      dry-run changes (visibility, device windows): flat view and ordered partition calls
   demo      run the demo: guest memory, a KVM guest, device window, VGA toggle
 
@@ -36,6 +40,13 @@ SIZE / START / END: decimal or 0x-hex bytes, or a number with K, M, G or T (powe
 --input FILE.json: {"ramSize": "4G", "gaps": ["3G-4G"], "vtl2Range": "8G-8G+..."} or
   {"ram": [{"range": "0-1G", "vnode": 0}], "gaps": [...]}; ranges are "START-END"
   strings or {"start", "end"} objects of sizes.`,
+  prefetch: `usage: membacking prefetch [--ram SIZE] [--gap START-END]... [--vtl2 START-END]
+                           [--input FILE.json] [--no-kvm]
+
+Builds guest memory for the layout with prefetchRam and attaches a KvmPartition (a
+RecordingPartition with --no-kvm or without /dev/kvm), which populates every RAM page; a
+progress bar is drawn on stderr when it is a terminal. Prints what was prefetched and how long
+it took.`,
   plan: `usage: membacking plan [--ram SIZE] [--gap START-END]... [--vtl2 START-END] [--input FILE.json]
                        [--x86-legacy] [--change CHANGE]... [--format table|json|svg]
 
@@ -101,6 +112,62 @@ function layoutFromFlags(values: { ram?: string | undefined; gap?: string[] | un
   if (values.ram === undefined) throw new UsageError('needs --ram SIZE (or --input FILE.json)');
   const gaps = (values.gap ?? []).map(parseRange);
   return MemoryLayout.new(parseSize(values.ram), gaps, values.vtl2 === undefined ? null : parseRange(values.vtl2));
+}
+
+async function prefetchCommand(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      ram: { type: 'string' },
+      gap: { type: 'string', multiple: true },
+      vtl2: { type: 'string' },
+      input: { type: 'string' },
+      'no-kvm': { type: 'boolean', default: false },
+      help: { type: 'boolean' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    console.log(usage.prefetch);
+    return;
+  }
+  const layout = layoutFromFlags(values);
+  const bar = new ProgressBar('prefetch');
+  let last = { done: 0n, total: 0n };
+  const manager = await new GuestMemoryBuilder()
+    .prefetchRam(true, {
+      onProgress: (done, total) => {
+        last = { done, total };
+        bar.update(done, total);
+      },
+    })
+    .build(layout);
+  let partition: KvmPartition | RecordingPartition;
+  let kind = 'KvmPartition';
+  if (values['no-kvm']) {
+    partition = new RecordingPartition();
+    kind = 'RecordingPartition (--no-kvm: it records the prefetch calls, nothing is populated)';
+  } else {
+    try {
+      partition = await KvmPartition.create();
+    } catch (error) {
+      if ((error as { code?: unknown }).code !== 'ERR_KVM_UNAVAILABLE') throw error;
+      partition = new RecordingPartition();
+      kind = `RecordingPartition (/dev/kvm unavailable: ${(error as Error).message})`;
+    }
+  }
+  const start = process.hrtime.bigint();
+  try {
+    await manager.attachPartition(Vtl.Vtl0, partition);
+    // Progress reports are fire-and-forget: let the last ones arrive.
+    await new Promise((resolve) => setImmediate(resolve));
+  } finally {
+    bar.finish();
+    await manager.close();
+    partition.close();
+  }
+  const ms = Number(process.hrtime.bigint() - start) / 1e6;
+  console.log(`prefetched ${formatSize(last.done)} of ${formatSize(last.total)} into ${kind} in ${ms.toFixed(0)} ms`);
 }
 
 async function planCommand(args: string[]): Promise<void> {
@@ -182,6 +249,10 @@ async function main(argv: string[]): Promise<number> {
     layoutCommand(rest);
     return 0;
   }
+  if (command === 'prefetch') {
+    await prefetchCommand(rest);
+    return 0;
+  }
   if (command === 'plan') {
     await planCommand(rest);
     return 0;
@@ -208,7 +279,7 @@ function isInputError(error: unknown): boolean {
     code.startsWith('ERR_INVALID_ARG') ||
     code.startsWith('ERR_BAD_') ||
     code.startsWith('ERR_VTL2') ||
-    ['ERR_INVALID_RAM_FOR_X86', 'ERR_INVALID_RAM_REGION', 'ERR_OVERLAP_ERROR', 'ERR_REGION_OUT_OF_RANGE', 'ERR_INVALID_INPUT', 'ERR_INVALID_MEMORY_RANGE'].includes(code)
+    ['ERR_INVALID_RAM_FOR_X86', 'ERR_INVALID_LAYOUT', 'ERR_INVALID_RAM_REGION', 'ERR_OVERLAP_ERROR', 'ERR_REGION_OUT_OF_RANGE', 'ERR_INVALID_INPUT', 'ERR_INVALID_MEMORY_RANGE'].includes(code)
   );
 }
 

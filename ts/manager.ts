@@ -117,6 +117,7 @@ export class GuestMemoryBuilder {
   #existingBacking: SharedMemoryBacking | null = null;
   #vtl0AliasMap: bigint | null = null;
   #prefetchRam = false;
+  #onProgress: ((done: bigint, total: bigint) => void) | null = null;
   #pinMappings = false;
   #x86LegacySupport = false;
   #privateMemory = false;
@@ -137,9 +138,18 @@ export class GuestMemoryBuilder {
     this.#vtl0AliasMap = offset === null ? null : toU64(offset, 'offset');
     return this;
   }
-  /** Prefetch RAM when mapping it into partitions. */
-  prefetchRam(enable: boolean): this {
+  /**
+   * Prefetch RAM when mapping it into partitions. `onProgress(done, total)` (bytes) is called
+   * after each prefetched range of an attach (fire-and-forget, on this thread, never keeping the
+   * event loop alive); its exceptions are reported as uncaught exceptions of the process.
+   */
+  prefetchRam(enable: boolean, options: { onProgress?: (done: bigint, total: bigint) => void } = {}): this {
     this.#prefetchRam = toBool(enable, 'enable');
+    if (typeof options !== 'object' || options === null) throw invalidArgType(`options must be an object, got ${describeType(options)}`);
+    if (options.onProgress !== undefined && typeof options.onProgress !== 'function') {
+      throw invalidArgType(`options.onProgress must be a function, got ${describeType(options.onProgress)}`);
+    }
+    this.#onProgress = options.onProgress ?? null;
     return this;
   }
   /** Pin every range mapped into a partition. */
@@ -170,7 +180,7 @@ export class GuestMemoryBuilder {
     this.#consumed = true;
     const backing = this.#existingBacking === null ? null : (internals.get(this.#existingBacking) as NativeBacking);
     const pending = call(() =>
-      native.buildGuestMemory(l, backing, this.#vtl0AliasMap, this.#prefetchRam, this.#pinMappings, this.#x86LegacySupport, this.#privateMemory, this.#transparentHugepages),
+      native.buildGuestMemory(l, backing, this.#vtl0AliasMap, this.#prefetchRam, this.#pinMappings, this.#x86LegacySupport, this.#privateMemory, this.#transparentHugepages, this.#onProgress),
     );
     return new GuestMemoryManager(token, await settle(pending), this.#vtl0AliasMap !== null);
   }

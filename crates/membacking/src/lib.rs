@@ -72,6 +72,7 @@ pub use memory_manager::ManagerSnapshot;
 pub use memory_manager::MappableGuestMemory;
 pub use memory_manager::MappedMemoryRegion;
 pub use memory_manager::PlanPreview;
+pub use memory_manager::PrefetchProgress;
 pub use memory_manager::RamVisibilityControl;
 pub use memory_manager::RemoteProcess;
 pub use memory_manager::SharedMemoryBacking;

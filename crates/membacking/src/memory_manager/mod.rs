@@ -38,6 +38,7 @@ pub use device::MappableGuestMemory;
 pub use device::MappedMemoryRegion;
 pub use region_actor::ManagerSnapshot;
 pub use region_actor::PlanPreview;
+pub use region_actor::PrefetchProgress;
 
 use crate::error::MemoryBuildError;
 use crate::error::PartitionAttachError;
@@ -139,7 +140,7 @@ pub struct RemoteProcess(pub u32);
 
 /// Options for building a [`GuestMemoryManager`] (spec §2.2). Setters are chainable; the last
 /// call wins.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct GuestMemoryBuilder {
     existing_backing: Option<SharedMemoryBacking>,
     vtl0_alias_map: Option<u64>,
@@ -148,6 +149,22 @@ pub struct GuestMemoryBuilder {
     x86_legacy_support: bool,
     private_memory: bool,
     transparent_hugepages: bool,
+    prefetch_progress: Option<PrefetchProgress>,
+}
+
+impl std::fmt::Debug for GuestMemoryBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestMemoryBuilder")
+            .field("existing_backing", &self.existing_backing)
+            .field("vtl0_alias_map", &self.vtl0_alias_map)
+            .field("pin_mappings", &self.pin_mappings)
+            .field("prefetch_ram", &self.prefetch_ram)
+            .field("x86_legacy_support", &self.x86_legacy_support)
+            .field("private_memory", &self.private_memory)
+            .field("transparent_hugepages", &self.transparent_hugepages)
+            .field("prefetch_progress", &self.prefetch_progress.is_some())
+            .finish()
+    }
 }
 
 impl GuestMemoryBuilder {
@@ -177,6 +194,15 @@ impl GuestMemoryBuilder {
     /// Asks partitions to prefetch RAM when it is first mapped (ignored in private mode).
     pub fn prefetch_ram(mut self, enable: bool) -> Self {
         self.prefetch_ram = enable;
+        self
+    }
+
+    /// Reports prefetch progress: after each prefetched range of a plan that prefetches
+    /// (attaching a partition with [`prefetch_ram`](Self::prefetch_ram), or mapping a region),
+    /// `progress(done, total)` in bytes, on the region manager's thread (keep it short).
+    /// An extension of this project.
+    pub fn prefetch_progress(mut self, progress: Option<PrefetchProgress>) -> Self {
+        self.prefetch_progress = progress;
         self
     }
 
@@ -285,6 +311,7 @@ impl GuestMemoryBuilder {
                 pin_mappings: self.pin_mappings,
                 private,
                 ram_object: ram_object.clone(),
+                prefetch_progress: self.prefetch_progress.clone(),
             };
             let (regions, task) = new_region_manager(config, mapping.clone());
             (window_len, regions, task)

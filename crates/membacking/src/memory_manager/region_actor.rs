@@ -315,6 +315,10 @@ impl RegionManagerClient {
     }
 }
 
+/// Told `(done, total)` bytes after each prefetch of a plan that prefetches (e.g. attaching a
+/// partition with `prefetch_ram`), on the region manager's thread.
+pub type PrefetchProgress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
 /// The fixed configuration of a region manager.
 pub(crate) struct RegionActorConfig {
     pub va_window_len: u64,
@@ -322,6 +326,7 @@ pub(crate) struct RegionActorConfig {
     pub pin_mappings: bool,
     pub private: bool,
     pub ram_object: Option<SharedObject>,
+    pub prefetch_progress: Option<PrefetchProgress>,
 }
 
 /// An attached partition mapper's runtime half.
@@ -545,7 +550,14 @@ impl RegionActor {
         if pushed {
             self.partitions.extend(new_partition);
         }
-        let outcome = execute(&planned, va_window_len, &self.partitions, &self.mapping).await;
+        let outcome = execute(
+            &planned,
+            va_window_len,
+            &self.partitions,
+            &self.mapping,
+            self.config.prefetch_progress.as_ref(),
+        )
+        .await;
         match outcome {
             Ok(()) => {
                 txn.commit();
@@ -765,12 +777,28 @@ async fn execute(
     va_window_len: u64,
     partitions: &[PartitionEntry],
     mapping: &MappingManagerClient,
+    progress: Option<&PrefetchProgress>,
 ) -> Result<(), ApplyError> {
+    let prefetch_total: u64 = plan
+        .op_list()
+        .map(|op| match *op {
+            PlanOp::Prefetch { size, .. } => size,
+            _ => 0,
+        })
+        .sum();
+    let mut prefetched = 0u64;
     let mut execution = PlanExecution::new(plan, va_window_len);
     while let Some(planned) = execution.next_op() {
         let op = planned.op.clone();
         let result = perform(&op, partitions, mapping).await;
         execution.report(result);
+        if let (PlanOp::Prefetch { size, .. }, Some(progress)) = (&op, progress) {
+            prefetched = prefetched.saturating_add(*size);
+            // A panicking observer must not take the manager down.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                progress(prefetched, prefetch_total)
+            }));
+        }
     }
     execution.finish()
 }

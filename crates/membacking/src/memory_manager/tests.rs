@@ -1972,6 +1972,41 @@ fn dry_runs_of_window_mappings_and_attach_predict_the_calls() {
 }
 
 #[test]
+fn prefetch_progress_reports_every_prefetched_range_up_to_the_total() {
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::<(u64, u64)>::new()));
+    let sink = seen.clone();
+    let progress: crate::PrefetchProgress =
+        Arc::new(move |done, total| sink.lock().push((done, total)));
+    let mgr = build(
+        GuestMemoryBuilder::new()
+            .x86_legacy_support(true)
+            .prefetch_ram(true)
+            .prefetch_progress(Some(progress)),
+        &l1(),
+    );
+    assert!(
+        seen.lock().is_empty(),
+        "nothing is prefetched before a partition is attached"
+    );
+    let partition = attach(&mgr, Vtl::Vtl0);
+    let prefetched: u64 = partition
+        .log()
+        .iter()
+        .filter(|call| call.op == virt::RecordedOp::Prefetch)
+        .map(|call| call.size)
+        .sum();
+    let seen = seen.lock().clone();
+    assert_eq!(seen.len(), 16, "one report per prefetched RAM region");
+    assert!(
+        seen.windows(2).all(|pair| pair[0].0 < pair[1].0),
+        "done grows"
+    );
+    assert!(seen.iter().all(|&(_, total)| total == prefetched));
+    assert_eq!(seen.last().copied(), Some((prefetched, prefetched)));
+    assert_eq!(prefetched, GIB);
+}
+
+#[test]
 fn device_windows_may_not_overlap_private_ram() {
     let mgr = build(GuestMemoryBuilder::new().private_memory(true), &l1());
     let (control, _region) = mgr
