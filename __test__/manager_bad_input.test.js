@@ -262,7 +262,8 @@ test('closed objects throw ERR_CLOSED; closing twice is harmless', async (t) => 
 
 test('RecordingPartition.failOn rejects unknown ops and bad GPAs', (t) => {
   const partition = new RecordingPartition();
-  for (const op of ['unmap', 'MAP', '', null]) isRangeError(t, thrown(t, () => partition.failOn(op, 0)), `op ${String(op)}`);
+  for (const op of ['unmap', 'MAP', '']) isRangeError(t, thrown(t, () => partition.failOn(op, 0)), `op ${String(op)}`);
+  for (const op of [null, 5, Symbol('map')]) isTypeError(t, thrown(t, () => partition.failOn(op, 0)), `op ${String(op)}`);
   for (const gpa of BAD_TYPES) isTypeError(t, thrown(t, () => partition.failOn('map', gpa)), `gpa ${String(gpa)}`);
   for (const gpa of BAD_VALUES) isRangeError(t, thrown(t, () => partition.failOn('map', gpa)), `gpa ${gpa}`);
 });
