@@ -116,24 +116,44 @@ check('SparseMapping: a fault on an unplaced page is recovered (x64)', ({ Sparse
   }
 });
 
-// A recording partition joins here when that area lands.
+check('GuestMemoryManager with a RecordingPartition: guest memory and the partition calls', async ({ MemoryLayout, GuestMemoryBuilder, RecordingPartition, RamVisibility, Vtl, range, GiB, MiB }) => {
+  const layout = MemoryLayout.new(64n * MiB, [range(3n * GiB, 4n * GiB)]);
+  const manager = await new GuestMemoryBuilder().x86LegacySupport(true).build(layout);
+  try {
+    const partition = new RecordingPartition();
+    await manager.attachPartition(Vtl.Vtl0, partition);
+    assert.equal(partition.log().filter((call) => call.op === 'map').length, 16);
+    const memory = await manager.client().guestMemory();
+    memory.writeU64(0x2000, 0x1234_5678_9abc_def0n);
+    assert.equal(memory.readU64(0x2000), 0x1234_5678_9abc_def0n);
+    partition.clearLog();
+    await manager.ramVisibilityControl().setRamVisibility(range(0xa0000, 0xc0000), RamVisibility.Unmapped);
+    assert.deepEqual(partition.takeLog(), [{ op: 'unmap', gpa: 0xa0000n, size: 0x20000n, failed: false }]);
+  } finally {
+    await manager.close();
+  }
+});
 
-function main() {
+async function main() {
   const expectedPackage = process.argv[2];
   if (!expectedPackage) throw new Error('usage: node pack-smoke.js <expected platform package>');
   const mb = require('membacking');
   const binaries = Object.keys(require.cache).filter((file) => file.endsWith('.node')).map((file) => fs.realpathSync(file));
-  const results = checks.map(({ name, run }) => {
+  const results = [];
+  for (const { name, run } of checks) {
     try {
-      run(mb, { expectedPackage, binaries });
-      return { name, ok: true };
+      await run(mb, { expectedPackage, binaries });
+      results.push({ name, ok: true });
     } catch (error) {
-      return { name, ok: false, error: String(error && error.stack ? error.stack : error) };
+      results.push({ name, ok: false, error: String(error && error.stack ? error.stack : error) });
     }
-  });
+  }
   const ok = results.every((result) => result.ok);
   process.stdout.write(`${JSON.stringify({ ok, binaries, results })}\n`);
   process.exitCode = ok ? 0 : 1;
 }
 
-main();
+main().catch((error) => {
+  process.stdout.write(`${JSON.stringify({ ok: false, error: String(error) })}\n`);
+  process.exitCode = 1;
+});
