@@ -318,6 +318,22 @@ function optionalFunction<F>(options: Record<string, unknown>, name: string): F 
   return value as F;
 }
 
+/**
+ * Calls a user hook that must answer synchronously: a Promise (or any thenable) answer is
+ * refused with a TypeError, and its outcome is observed so that a rejection is never left
+ * unhandled.
+ */
+function syncOnly<A extends unknown[], R>(name: string, hook: (...args: A) => R): (...args: A) => R {
+  return (...args: A) => {
+    const result = hook(...args);
+    if ((typeof result === 'object' || typeof result === 'function') && result !== null && typeof (result as { then?: unknown }).then === 'function') {
+      Promise.resolve(result).catch(() => undefined);
+      throw invalidArgType(`${name} must answer synchronously, not with a Promise`);
+    }
+    return result;
+  };
+}
+
 /** Wraps a hook so that it never throws into native code: a throw becomes −token. */
 function guarded<A extends unknown[]>(hook: (...args: A) => number): (...args: A) => number {
   return (...args: A) => {
@@ -465,12 +481,16 @@ export class GuestMemory {
     if (typeof retryLimit !== 'number' || !Number.isInteger(retryLimit)) throw invalidArgType(`options.retryLimit must be an integer, got ${describeType(retryLimit)}`);
     if (retryLimit < 0 || retryLimit > 0xffff_ffff) throw invalidArgValue(`options.retryLimit must be between 0 and 2^32-1, got ${retryLimit}`);
     const pageFault = optionalFunction<PageFaultHandler>(o, 'pageFault');
-    const readFallback = optionalFunction<NonNullable<GuestMemoryOptions['readFallback']>>(o, 'readFallback');
-    const writeFallback = optionalFunction<NonNullable<GuestMemoryOptions['writeFallback']>>(o, 'writeFallback');
-    const fillFallback = optionalFunction<NonNullable<GuestMemoryOptions['fillFallback']>>(o, 'fillFallback');
-    const casFallback = optionalFunction<NonNullable<GuestMemoryOptions['compareExchangeFallback']>>(o, 'compareExchangeFallback');
-    const lockGpns = optionalFunction<NonNullable<GuestMemoryOptions['lockGpns']>>(o, 'lockGpns');
-    const unlockGpns = optionalFunction<NonNullable<GuestMemoryOptions['unlockGpns']>>(o, 'unlockGpns');
+    const sync = <F extends (...args: never[]) => unknown>(name: string): F | undefined => {
+      const hook = optionalFunction<F>(o, name);
+      return hook === undefined ? undefined : (syncOnly(name, hook as unknown as (...args: unknown[]) => unknown) as unknown as F);
+    };
+    const readFallback = sync<NonNullable<GuestMemoryOptions['readFallback']>>('readFallback');
+    const writeFallback = sync<NonNullable<GuestMemoryOptions['writeFallback']>>('writeFallback');
+    const fillFallback = sync<NonNullable<GuestMemoryOptions['fillFallback']>>('fillFallback');
+    const casFallback = sync<NonNullable<GuestMemoryOptions['compareExchangeFallback']>>('compareExchangeFallback');
+    const lockGpns = sync<NonNullable<GuestMemoryOptions['lockGpns']>>('lockGpns');
+    const unlockGpns = sync<NonNullable<GuestMemoryOptions['unlockGpns']>>('unlockGpns');
     const handle = rearming(() => call(() =>
       native.NativeGuestMemory.fromSparseMapping(
         m,

@@ -14,7 +14,7 @@ import { native } from './native';
 import { nativePartition, KvmPartition, RecordingPartition } from './partition';
 import { flatView as plannerFlatView, planChange, type FlatEntry, type PlanChange, type PlannedOp } from './planner';
 import { toRange, trusted, type MemoryRange, type RangeLike } from './range';
-import { describeType, toU64, type U64 } from './u64';
+import { describeType, describeValue, toU64, type U64 } from './u64';
 
 /** GuestMemoryBuilder.build failed. */
 export class MemoryBuildError extends MembackingError {}
@@ -292,7 +292,7 @@ export class GuestMemoryManager {
    */
   async attachPartition(vtl: Vtl, partition: RecordingPartition | KvmPartition, options: { remoteProcess?: number } = {}): Promise<void> {
     if (typeof vtl !== 'number') throw invalidArgType(`vtl must be a Vtl, got ${describeType(vtl)}`);
-    if (vtl !== Vtl.Vtl0 && vtl !== Vtl.Vtl1 && vtl !== Vtl.Vtl2) throw invalidArgValue(`vtl must be Vtl.Vtl0, Vtl.Vtl1 or Vtl.Vtl2, got ${String(vtl)}`);
+    if (vtl !== Vtl.Vtl0 && vtl !== Vtl.Vtl1 && vtl !== Vtl.Vtl2) throw invalidArgValue(`vtl must be Vtl.Vtl0, Vtl.Vtl1 or Vtl.Vtl2, got ${describeValue(vtl)}`);
     const handle = nativePartition(partition);
     if (typeof options !== 'object' || options === null) throw invalidArgType(`options must be an object, got ${describeType(options)}`);
     const remote = options.remoteProcess;
@@ -417,7 +417,7 @@ export class RamVisibilityControl {
     const r = rangeArray(range, 'range');
     if (typeof visibility !== 'string') throw invalidArgType(`visibility must be a RamVisibility, got ${describeType(visibility)}`);
     if (visibility !== RamVisibility.Unmapped && visibility !== RamVisibility.ReadOnly && visibility !== RamVisibility.ReadWrite) {
-      throw invalidArgValue(`visibility must be a RamVisibility, got ${String(visibility)}`);
+      throw invalidArgValue(`visibility must be a RamVisibility, got ${describeValue(visibility)}`);
     }
     await settle(call(() => this.#native.setRamVisibility(r, visibility)));
   }

@@ -6,7 +6,7 @@
 import { call, fromNative, invalidArgType, invalidArgValue, registerErrorFactory, MembackingError, type ErrorCode } from './errors';
 import { native } from './native';
 import { toRange, type RangeLike } from './range';
-import { describeType, toU64, type U64 } from './u64';
+import { describeType, describeValue, toU64, type U64 } from './u64';
 
 /** KVM partition and vCPU errors. */
 export class KvmError extends MembackingError {}
@@ -201,7 +201,7 @@ export class Vcpu {
   async run(options?: { timeoutMs?: number }): Promise<VcpuExit> {
     const timeout = optionsObject(options, 'options').timeoutMs ?? 0;
     if (typeof timeout !== 'number') throw invalidArgType(`timeoutMs must be a number, got ${describeType(timeout)}`);
-    if (!Number.isFinite(timeout) || timeout < 0) throw invalidArgValue(`timeoutMs must be a non-negative finite number, got ${String(timeout)}`);
+    if (!Number.isFinite(timeout) || timeout < 0) throw invalidArgValue(`timeoutMs must be a non-negative finite number, got ${describeValue(timeout)}`);
     const pending = call(() => this.#native.run(timeout));
     try {
       return toExit(await pending);
@@ -260,10 +260,10 @@ export class KvmPartition {
     const o = optionsObject(options, 'options');
     const mode = o.mode ?? VcpuMode.Long;
     if (typeof mode !== 'string') throw invalidArgType(`mode must be a VcpuMode, got ${describeType(mode)}`);
-    if (mode !== VcpuMode.Long && mode !== VcpuMode.Real) throw invalidArgValue(`mode must be 'Real' or 'Long', got ${String(mode)}`);
+    if (mode !== VcpuMode.Long && mode !== VcpuMode.Real) throw invalidArgValue(`mode must be 'Real' or 'Long', got ${describeValue(mode)}`);
     const cpl = o.cpl ?? 3;
     if (typeof cpl !== 'number') throw invalidArgType(`cpl must be 0 or 3, got ${describeType(cpl)}`);
-    if (cpl !== 0 && cpl !== 3) throw invalidArgValue(`cpl must be 0 or 3, got ${String(cpl)}`);
+    if (cpl !== 0 && cpl !== 3) throw invalidArgValue(`cpl must be 0 or 3, got ${describeValue(cpl)}`);
     let tables: BigUint64Array | null = null;
     if (o.pageTables !== undefined) {
       const r = toRange(o.pageTables, 'pageTables');

@@ -103,7 +103,9 @@ export async function planChange(
     case 'ramVisibility': {
       const r = toRange(change.range, 'change.range');
       const v = change.visibility;
-      if (v !== 'Unmapped' && v !== 'ReadOnly' && v !== 'ReadWrite') throw invalidArgValue(`change.visibility must be a RamVisibility, got ${String(v)}`);
+      if (v !== 'Unmapped' && v !== 'ReadOnly' && v !== 'ReadWrite') {
+        throw typeof v === 'string' ? invalidArgValue(`change.visibility must be a RamVisibility, got '${v}'`) : invalidArgType(`change.visibility must be a RamVisibility, got ${describeType(v)}`);
+      }
       pending = call(() => native.managerPlanRamVisibility(manager, BigUint64Array.from([r.start, r.end]), v));
       break;
     }
@@ -137,15 +139,19 @@ export async function planChange(
       break;
     }
     case 'attachPartition': {
-      if (change.vtl !== 0 && change.vtl !== 1 && change.vtl !== 2) throw invalidArgValue(`change.vtl must be 0, 1 or 2, got ${String(change.vtl)}`);
+      if (change.vtl !== 0 && change.vtl !== 1 && change.vtl !== 2) {
+        throw typeof change.vtl === 'number' ? invalidArgValue(`change.vtl must be 0, 1 or 2, got ${change.vtl}`) : invalidArgType(`change.vtl must be 0, 1 or 2, got ${describeType(change.vtl)}`);
+      }
       nativePartition(change.partition);
       pending = call(() => native.managerPlanAttach(manager, change.vtl));
       break;
     }
-    default:
-      throw invalidArgValue(
-        `unknown change kind '${String((change as { kind?: unknown }).kind)}' (ramVisibility, deviceMapToGuest, deviceUnmapFromGuest, deviceMap, deviceUnmap, attachPartition)`,
-      );
+    default: {
+      const kind = (change as { kind?: unknown }).kind;
+      const known = 'ramVisibility, deviceMapToGuest, deviceUnmapFromGuest, deviceMap, deviceUnmap, attachPartition';
+      if (typeof kind !== 'string') throw invalidArgType(`change.kind must be a string (${known}), got ${describeType(kind)}`);
+      throw invalidArgValue(`unknown change kind '${kind}' (${known})`);
+    }
   }
   let plan: { flatView: FlatEntry[]; ops: PlannedOp[] };
   try {

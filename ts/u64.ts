@@ -62,6 +62,13 @@ export function describeType(value: unknown): string {
   return `type ${typeof value}`;
 }
 
+/** A value for an error message; never throws (unlike String() on a null-prototype object). */
+export function describeValue(value: unknown): string {
+  if (typeof value === 'string') return `'${value}'`;
+  if (typeof value === 'number' || typeof value === 'bigint' || typeof value === 'boolean' || value === undefined) return String(value);
+  return describeType(value);
+}
+
 /** Formats a u64 the way the Rust `Display` of ranges does: `0x` and lower-case hex. */
 export function hex(value: bigint): string {
   return `0x${value.toString(16)}`;
