@@ -64,8 +64,19 @@ function writeMarkdown(file, head, body) {
     '',
   ];
   if (missed.length > 0) {
-    lines.push('## Targets missed', '');
-    for (const r of missed) lines.push(`- **${r.name}**: ratio ${r.ratio} against ${r.target}.`);
+    // Why each missed target is missed: bench/explanations.json, keyed by a name prefix.
+    let explanations = {};
+    try {
+      explanations = JSON.parse(fs.readFileSync(path.join(__dirname, 'explanations.json'), 'utf8'));
+    } catch {
+      // No explanations: the list still names every miss.
+    }
+    const why = (name) => Object.entries(explanations).find(([prefix]) => name.startsWith(prefix))?.[1];
+    lines.push('## Targets missed, and why', '');
+    for (const r of missed) {
+      const reason = why(r.name);
+      lines.push(`- **${r.name}**: ratio ${r.ratio} against ${r.target}.${reason ? ` ${reason}` : ''}`);
+    }
     lines.push('');
   }
   fs.writeFileSync(file, lines.join('\n'));
