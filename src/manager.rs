@@ -299,7 +299,7 @@ fn range_of(bounds: &BigUint64Array, name: &str) -> Result<MemoryRange, JsError>
     MemoryRange::try_new(bounds[0]..bounds[1]).map_err(|err| invalid_arg(format!("{name}: {err}")))
 }
 
-fn vtl_of(vtl: u32) -> Result<Vtl, JsError> {
+pub(crate) fn vtl_of(vtl: u32) -> Result<Vtl, JsError> {
     match vtl {
         0 => Ok(Vtl::Vtl0),
         1 => Ok(Vtl::Vtl1),
@@ -308,7 +308,7 @@ fn vtl_of(vtl: u32) -> Result<Vtl, JsError> {
     }
 }
 
-fn visibility_of(name: &str) -> Result<RamVisibility, JsError> {
+pub(crate) fn visibility_of(name: &str) -> Result<RamVisibility, JsError> {
     match name {
         "Unmapped" => Ok(RamVisibility::Unmapped),
         "ReadOnly" => Ok(RamVisibility::ReadOnly),

@@ -7,10 +7,10 @@
 //! not shown. Applying the same change next produces exactly the partition calls listed.
 
 use crate::errors::{invalid_arg, JsError};
-use crate::manager::{chain_error, NativeDeviceWindowHalf, NativeGuestMemoryManager};
+use crate::manager::{chain_error, visibility_of, vtl_of, NativeDeviceWindowHalf, NativeGuestMemoryManager};
 use crate::promise::promise;
 use membacking::region_manager::{FlatEntry, Plan, PlanOp};
-use membacking::{RamVisibility, SharedObject};
+use membacking::SharedObject;
 use memory_range::MemoryRange;
 use napi::bindgen_prelude::{BigUint64Array, Object};
 use napi::Env;
@@ -156,16 +156,6 @@ fn plan_item(plan: Plan<SharedObject>, flat_view: Vec<FlatEntry<SharedObject>>) 
     }
 }
 
-fn visibility_of(name: &str) -> Result<RamVisibility, JsError> {
-    match name {
-        "Unmapped" => Ok(RamVisibility::Unmapped),
-        "ReadOnly" => Ok(RamVisibility::ReadOnly),
-        "ReadWrite" => Ok(RamVisibility::ReadWrite),
-        other => Err(invalid_arg(format!(
-            "visibility must be 'Unmapped', 'ReadOnly' or 'ReadWrite', got '{other}'"
-        ))),
-    }
-}
 
 /// The manager's current flat view.
 #[napi(ts_return_type = "Promise<FlatEntryItem[]>")]
@@ -313,12 +303,7 @@ pub fn manager_plan_attach<'env>(
     manager: &NativeGuestMemoryManager,
     vtl: u32,
 ) -> Result<Object<'env>, JsError> {
-    let vtl = match vtl {
-        0 => virt::Vtl::Vtl0,
-        1 => virt::Vtl::Vtl1,
-        2 => virt::Vtl::Vtl2,
-        other => return Err(invalid_arg(format!("vtl must be 0, 1 or 2, got {other}"))),
-    };
+    let vtl = vtl_of(vtl)?;
     let preview = manager.manager()?.plan_attach_partition(vtl);
     promise(
         env,
