@@ -7,7 +7,9 @@
 //! not shown. Applying the same change next produces exactly the partition calls listed.
 
 use crate::errors::{invalid_arg, JsError};
-use crate::manager::{chain_error, visibility_of, vtl_of, NativeDeviceWindowHalf, NativeGuestMemoryManager};
+use crate::manager::{
+    chain_error, visibility_of, vtl_of, NativeDeviceWindowHalf, NativeGuestMemoryManager,
+};
 use crate::promise::promise;
 use membacking::region_manager::{FlatEntry, Plan, PlanOp};
 use membacking::SharedObject;
@@ -155,7 +157,6 @@ fn plan_item(plan: Plan<SharedObject>, flat_view: Vec<FlatEntry<SharedObject>>) 
         ops: op_items(plan),
     }
 }
-
 
 /// The manager's current flat view.
 #[napi(ts_return_type = "Promise<FlatEntryItem[]>")]
