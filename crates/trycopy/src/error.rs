@@ -160,6 +160,10 @@ mod tests {
     use super::*;
     use std::error::Error;
 
+    fn span(start: usize, len: usize) -> Span {
+        Span { start, len }
+    }
+
     fn record(address: usize) -> FaultRecord {
         FaultRecord {
             address,
@@ -172,14 +176,8 @@ mod tests {
     #[test]
     fn fault_in_destination_is_a_write_relative_to_destination() {
         let err = MemoryError::from_fault(
-            Some(Span {
-                start: 0x1000,
-                len: 0x100,
-            }),
-            Span {
-                start: 0x5000,
-                len: 0x100,
-            },
+            Some(span(0x1000, 0x100)),
+            span(0x5000, 0x100),
             record(0x5010),
         );
         assert_eq!(
@@ -192,14 +190,8 @@ mod tests {
     #[test]
     fn fault_in_source_is_a_read_relative_to_source() {
         let err = MemoryError::from_fault(
-            Some(Span {
-                start: 0x1000,
-                len: 0x100,
-            }),
-            Span {
-                start: 0x5000,
-                len: 0x100,
-            },
+            Some(span(0x1000, 0x100)),
+            span(0x5000, 0x100),
             record(0x10ff),
         );
         assert_eq!((err.offset(), err.is_write()), (0xff, false));
@@ -209,14 +201,8 @@ mod tests {
     #[test]
     fn destination_wins_when_the_spans_overlap() {
         let err = MemoryError::from_fault(
-            Some(Span {
-                start: 0x1000,
-                len: 0x100,
-            }),
-            Span {
-                start: 0x1080,
-                len: 0x100,
-            },
+            Some(span(0x1000, 0x100)),
+            span(0x1080, 0x100),
             record(0x10a0),
         );
         assert_eq!((err.offset(), err.is_write()), (0x20, true));
@@ -224,83 +210,33 @@ mod tests {
 
     #[test]
     fn null_address_uses_the_operation_direction() {
-        let copy = MemoryError::from_fault(
-            Some(Span {
-                start: 0x1000,
-                len: 8,
-            }),
-            Span {
-                start: 0x5000,
-                len: 8,
-            },
-            record(0),
-        );
+        let copy = MemoryError::from_fault(Some(span(0x1000, 8)), span(0x5000, 8), record(0));
         assert_eq!((copy.offset(), copy.is_write()), (0, false));
-        let fill = MemoryError::from_fault(
-            None,
-            Span {
-                start: 0x5000,
-                len: 8,
-            },
-            record(0),
-        );
+        let fill = MemoryError::from_fault(None, span(0x5000, 8), record(0));
         assert_eq!((fill.offset(), fill.is_write()), (0, true));
     }
 
     #[test]
     fn unattributable_address_keeps_raw_address_with_offset_zero() {
-        let err = MemoryError::from_fault(
-            Some(Span {
-                start: 0x1000,
-                len: 8,
-            }),
-            Span {
-                start: 0x5000,
-                len: 8,
-            },
-            record(0x9000),
-        );
+        let err = MemoryError::from_fault(Some(span(0x1000, 8)), span(0x5000, 8), record(0x9000));
         assert_eq!(
             (err.offset(), err.is_write(), err.address()),
             (0, false, 0x9000)
         );
-        let fill = MemoryError::from_fault(
-            None,
-            Span {
-                start: 0x5000,
-                len: 8,
-            },
-            record(0x9000),
-        );
+        let fill = MemoryError::from_fault(None, span(0x5000, 8), record(0x9000));
         assert_eq!((fill.offset(), fill.is_write()), (0, true));
     }
 
     #[test]
     fn end_of_span_is_outside() {
-        let err = MemoryError::from_fault(
-            Some(Span {
-                start: 0x1000,
-                len: 0x10,
-            }),
-            Span {
-                start: 0x2000,
-                len: 0x10,
-            },
-            record(0x2010),
-        );
+        let err =
+            MemoryError::from_fault(Some(span(0x1000, 0x10)), span(0x2000, 0x10), record(0x2010));
         assert_eq!((err.offset(), err.is_write()), (0, false));
     }
 
     #[test]
     fn source_renders_signal_code_and_exception() {
-        let err = MemoryError::from_fault(
-            None,
-            Span {
-                start: 0x5000,
-                len: 8,
-            },
-            record(0x5000),
-        );
+        let err = MemoryError::from_fault(None, span(0x5000, 8), record(0x5000));
         let source = err.source().map(|s| s.to_string());
         assert_eq!(
             source.as_deref(),
