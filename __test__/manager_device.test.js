@@ -308,3 +308,23 @@ test('device windows live while either half is open; closing both removes the wi
   t.is((await t.throwsAsync(region.map(0, mb.Mappable.allocSharedMemory(0x1000, 'x'), 0, 0x1000, true))).code, 'ERR_CLOSED');
   await manager.close();
 });
+
+test('closing both halves of a placed window resolves only after the partition has dropped it', async (t) => {
+  const { manager, partition } = await attached(L1(), { x86: false });
+  const { control, region } = manager.deviceMemoryMapper().newRegion(0x1_0000, 'closing');
+  await region.map(0, objectWith(P, 0x1_0000), 0, 0x1_0000, false);
+  for (let round = 0; round < 50; round++) {
+    const gpa = 0xc000_0000 + round * 0x1_0000;
+    const halves = round === 0 ? { control, region } : manager.deviceMemoryMapper().newRegion(0x1_0000, `closing ${round}`);
+    if (round > 0) await halves.region.map(0, objectWith(Q, 0x1_0000), 0, 0x1_0000, false);
+    await halves.control.mapToGuest(gpa, false);
+    t.deepEqual(partition.takeLog().map((c) => [c.op, c.gpa, c.size, c.writable]), [['map', BigInt(gpa), 0x1_0000n, false]]);
+    // The closes alternate order; the second one's Promise settles after the removal.
+    const [first, second] = round % 2 === 0 ? [halves.control, halves.region] : [halves.region, halves.control];
+    await first.close();
+    await second.close();
+    t.deepEqual(partition.takeLog(), [unmap(gpa, 0x1_0000)], `round ${round}: the partition log right after the closes`);
+  }
+  t.deepEqual(await deviceRegions(manager), []);
+  await manager.close();
+});

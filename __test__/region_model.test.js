@@ -257,8 +257,7 @@ async function apply(t, env, model, op) {
 async function compare(env, model, mapped) {
   const problems = [];
   const active = model.active();
-  // A round trip first: closing a window's last half removes its region without waiting (as
-  // dropping it does), and a later request to the manager is served only after that removal.
+  // A manager round trip first, so anything a step sent without waiting has been served.
   const snapshot = await env.manager.inspect();
   // The partition holds exactly the visible ranges.
   const logError = replay(env.partition.takeLog(), mapped);

@@ -24,6 +24,8 @@ use napi::bindgen_prelude::{BigUint64Array, Object};
 use napi::Env;
 use napi_derive::napi;
 use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use virt::{PartitionMemoryMap, Vtl};
 
@@ -948,10 +950,27 @@ impl NativeDeviceWindowHalf {
         )
     }
 
-    /// Releases this half; the window goes when both halves are closed.
-    #[napi]
-    pub fn close(&mut self) {
+    /// Releases this half; the window goes when both halves are closed. Resolves once the
+    /// manager has served the removal (if this was the last half).
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn close<'env>(&mut self, env: &'env Env) -> Result<Object<'env>, JsError> {
+        let settled: Option<Pin<Box<dyn Future<Output = ()> + Send>>> =
+            match (&self.control, &self.region) {
+                (Some(control), _) => Some(Box::pin(control.settled())),
+                (None, Some(region)) => Some(Box::pin(region.settled())),
+                (None, None) => None,
+            };
         self.control = None;
         self.region = None;
+        promise(
+            env,
+            async move {
+                if let Some(settled) = settled {
+                    settled.await;
+                }
+                Ok(())
+            },
+            |_env, ()| Ok(()),
+        )
     }
 }

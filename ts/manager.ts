@@ -486,9 +486,9 @@ export class DeviceMemoryRegion {
     const l = toU64(len, 'len');
     await settle(call(() => this.#native.unmap(o, l)));
   }
-  /** Release this half; the window is removed when both halves are closed. */
+  /** Release this half; the window is removed when both halves are closed (resolves once it is). */
   async close(): Promise<void> {
-    this.#native.close();
+    await settle(call(() => this.#native.close()));
   }
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
@@ -520,9 +520,9 @@ export class DeviceMemoryControl {
   async unmapFromGuest(): Promise<void> {
     await settle(call(() => this.#native.unmapFromGuest()));
   }
-  /** Release this half (does not unmap by itself). */
+  /** Release this half (does not unmap by itself); the window is removed when both halves are closed (resolves once it is). */
   async close(): Promise<void> {
-    this.#native.close();
+    await settle(call(() => this.#native.close()));
   }
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();

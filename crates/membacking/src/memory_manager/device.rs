@@ -72,6 +72,16 @@ impl Drop for WindowShared {
 }
 
 impl WindowShared {
+    /// A round trip to the region manager: resolves once every request sent before it has been
+    /// served, such as the removal the last half sends when it is dropped.
+    fn settled(&self) -> impl Future<Output = ()> + Send + 'static {
+        let regions = self.regions.clone();
+        async move {
+            // Only the ordering matters; a manager that is gone has nothing left to settle.
+            let _ = regions.flat_view().await;
+        }
+    }
+
     fn preview(
         &self,
         make: impl FnOnce(SharedWindow) -> PreviewChange,
@@ -100,6 +110,12 @@ pub struct MappableGuestMemory {
 }
 
 impl MappableGuestMemory {
+    /// Resolves once the region manager has served every request sent before this call; await
+    /// it after dropping the last half to know the window's region is gone.
+    pub fn settled(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.shared.settled()
+    }
+
     /// Places the window at `[gpa, gpa + len)`, replacing an earlier placement (which is
     /// removed first; a failure from then on leaves the window unplaced). The region is mapped
     /// `{writable, executable, no prefetch}` and stays hidden where RAM is mapped.
@@ -179,6 +195,12 @@ pub struct MappedMemoryRegion {
 }
 
 impl MappedMemoryRegion {
+    /// Resolves once the region manager has served every request sent before this call; await
+    /// it after dropping the last half to know the window's region is gone.
+    pub fn settled(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.shared.settled()
+    }
+
     /// Maps `len` bytes of `section` from `file_offset` at window offset `offset`. The
     /// object's handle is duplicated at once (the future does not borrow it).
     ///
