@@ -1,17 +1,17 @@
-// Loads the conformance vectors recorded from the original (../shared/conformance beside the
-// checkout, resolved from the repository root) and compares outcomes the way their README says.
+// Loads the conformance vectors recorded from the original (the repository's conformance/ folder,
+// or MEMBACKING_CONFORMANCE_DIR) and compares outcomes the way their README says.
 'use strict';
 const fs = require('node:fs');
 const path = require('node:path');
 
 const repoRoot = path.resolve(__dirname, '..', '..');
-const conformanceDir = process.env.MEMBACKING_CONFORMANCE_DIR || path.resolve(repoRoot, '..', 'shared', 'conformance');
+const conformanceDir = process.env.MEMBACKING_CONFORMANCE_DIR || path.resolve(repoRoot, 'conformance');
 
 /** Reads one vector file; throws (failing the test) when the folder or file is missing. */
 function load(fileName) {
   const file = path.join(conformanceDir, fileName);
   if (!fs.existsSync(file)) {
-    throw new Error(`conformance vectors are required: ${file} is missing (shared/ must sit beside the checkout)`);
+    throw new Error(`conformance vectors are required: ${file} is missing (the repository's conformance/ folder, or set MEMBACKING_CONFORMANCE_DIR)`);
   }
   const parsed = JSON.parse(fs.readFileSync(file, 'utf8'));
   if (parsed.case_count !== parsed.cases.length) throw new Error(`${fileName}: case_count mismatch`);

@@ -1,7 +1,7 @@
 //! Test support for the conformance vectors recorded by running the original code.
 //!
-//! The vectors live in `shared/conformance/` beside the repository checkout (never copied into
-//! it). Every crate's conformance test uses this crate to find and parse them, to turn the hex
+//! The vectors live in the repository's `conformance/` folder (see its README for their
+//! provenance); `MEMBACKING_CONFORMANCE_DIR` points the tests at another set. Every crate's conformance test uses this crate to find and parse them, to turn the hex
 //! strings into numbers and ranges, to run a case while catching a panic, and to print how many
 //! cases of a file passed. A missing folder is a test failure, not a skip.
 #![forbid(unsafe_code)]
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Once;
 use vm_topology::memory::{Error as LayoutError, MemoryLayout, MemoryRangeWithNode};
 
-/// The folder holding the vectors: `<repository root>/../shared/conformance`.
+/// The folder holding the vectors: `<repository root>/conformance`.
 ///
 /// Resolved from this crate's manifest directory, not the working directory (cargo runs a
 /// crate's tests in that crate's folder). `MEMBACKING_CONFORMANCE_DIR` overrides it.
@@ -22,7 +22,7 @@ pub fn conformance_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let repo_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    repo_root.join("../shared/conformance")
+    repo_root.join("conformance")
 }
 
 /// A parsed vector file: its header fields and its cases.
@@ -41,7 +41,7 @@ pub fn load(file_name: &str) -> VectorFile {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|err| {
         panic!(
             "conformance vectors are required: cannot read {}: {err} \
-             (the shared/ folder must sit beside the repository checkout)",
+             (the repository's conformance/ folder, or MEMBACKING_CONFORMANCE_DIR)",
             path.display()
         )
     });
