@@ -897,21 +897,41 @@ mod tests {
         vec.iter().filter(|&&b| b & 1 != 0).count()
     }
 
-    /// The `Locked:` kB of the mapping that starts at `ptr`, from /proc/self/smaps.
-    fn locked_kib(ptr: *mut u8) -> u64 {
+    /// The `Locked:` kB of every mapping overlapping `[ptr, ptr + len)`, from /proc/self/smaps.
+    ///
+    /// Summed over overlapping VMAs rather than looked up by start address: an anonymous mapping
+    /// can merge with a neighbour (the VMA then starts below `ptr`), and `mlock` of part of it
+    /// splits it. Only locked VMAs contribute, and nothing else in the test process locks memory.
+    fn locked_kib(ptr: *mut u8, len: usize) -> u64 {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let start = format!("{:x}-", ptr as usize);
-        let mut in_mapping = false;
+        let (start, end) = (ptr as usize, ptr as usize + len);
+        let mut overlaps = false;
+        let mut total = 0;
         for line in smaps.lines() {
-            if line.contains('-') && line.split_whitespace().count() >= 5 && !line.ends_with("kB") {
-                in_mapping = line.starts_with(&start);
-            } else if in_mapping {
+            let header = line
+                .split_whitespace()
+                .next()
+                .and_then(|range| range.split_once('-'))
+                .and_then(|(lo, hi)| {
+                    Some((
+                        usize::from_str_radix(lo, 16).ok()?,
+                        usize::from_str_radix(hi, 16).ok()?,
+                    ))
+                });
+            if let Some((vma_start, vma_end)) = header {
+                overlaps = vma_start < end && start < vma_end;
+            } else if overlaps {
                 if let Some(rest) = line.strip_prefix("Locked:") {
-                    return rest.trim().trim_end_matches("kB").trim().parse().unwrap();
+                    total += rest
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap();
                 }
             }
         }
-        panic!("mapping at {ptr:p} not found in smaps");
+        total
     }
 
     #[test]
@@ -946,12 +966,13 @@ mod tests {
         partition
             .map_range(memory.ptr(), 2 * MIB as usize, 0x4000_0000, true, false)
             .unwrap();
-        assert_eq!(locked_kib(memory.ptr()), 0);
+        let locked = || locked_kib(memory.ptr(), memory.len());
+        assert_eq!(locked(), 0);
         partition.pin_range(0x4000_0000, MIB).unwrap();
-        assert_eq!(locked_kib(memory.ptr()), 1024);
+        assert_eq!(locked(), 1024);
         assert!(partition.slots()[0].pinned);
         partition.unmap_range(0x4000_0000, 2 * MIB).unwrap();
-        assert_eq!(locked_kib(memory.ptr()), 0);
+        assert_eq!(locked(), 0);
     }
 
     #[test]

@@ -1148,7 +1148,15 @@ mod tests {
         guest.start_at(at::SPIN, |_| {});
         thread::scope(|scope| {
             let runner = scope.spawn(|| guest.vcpu.run(Some(Duration::from_secs(60))));
+            // Wait until the runner is inside `run`; if it came back on its own instead, fail
+            // with what it returned rather than wait forever.
             while !matches!(guest.vcpu.get_registers(), Err(KvmError::VcpuBusy)) {
+                if runner.is_finished() {
+                    panic!(
+                        "the spinning guest's run returned before it was cancelled: {:?}",
+                        runner.join()
+                    );
+                }
                 thread::sleep(Duration::from_millis(1));
             }
             guest.partition.cancel_all_vcpus();
@@ -1170,7 +1178,9 @@ mod tests {
             .partition
             .map_range(memory.ptr(), memory.len(), GIB, true, false)
             .unwrap();
-        drop(memory);
+        // Not `drop`: after a munmap another test thread could map its own memory at the same
+        // address, and the guest would then write there instead of failing.
+        memory.make_inaccessible();
         guest.start_at(at::FILL_PATTERN, |r| {
             r.rdi = GIB;
             r.rcx = 1;
