@@ -59,11 +59,3 @@ impl XorShift {
         (0..len).map(|_| self.next_u64() as u8).collect()
     }
 }
-
-/// A bug already reported (listed in docs/fuzzing.md under its `id`) was met again. By default
-/// the run goes on, so fuzzing keeps looking for new problems; with `FUZZ_STRICT=1` it fails.
-pub fn known_bug(id: &str, detail: &str) {
-    if std::env::var_os("FUZZ_STRICT").is_some_and(|v| v == "1") {
-        panic!("known bug {id}: {detail}");
-    }
-}

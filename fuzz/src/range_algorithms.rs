@@ -3,7 +3,7 @@
 //! reference answers, the `MemoryRange` methods against their documented contracts, and
 //! arbitrary (unsorted, overlapping) inputs: the only panics allowed are the documented ones.
 
-use crate::input::{address, catch, known_bug, Unstructured, PAGE};
+use crate::input::{address, catch, Unstructured, PAGE};
 use memory_range::{
     flatten_ranges, merge_adjacent_ranges, overlapping_ranges, subtract_ranges, walk_ranges,
     AlignedSubranges, MemoryRange, RangeWalkResult,
@@ -409,7 +409,16 @@ fn methods(u: &mut Unstructured<'_>) {
 
     // aligned_subrange: inside, aligned, maximal.
     let power = 1u64 << (c % 64);
-    if let Some(sub) = method("aligned_subrange", || range.aligned_subrange(power)) {
+    let sub = method("aligned_subrange", || range.aligned_subrange(power));
+    // The start is rounded up as `start + power - 1`, left to right, as in the original: it
+    // panics exactly when `start + power` overflows.
+    assert_eq!(
+        sub.is_none(),
+        range.start().checked_add(power).is_none(),
+        "aligned_subrange({power:#x}) of {range} panicked: {}",
+        sub.is_none()
+    );
+    if let Some(sub) = sub {
         if sub != MemoryRange::EMPTY {
             assert!(
                 range.contains(&sub),
@@ -455,55 +464,108 @@ fn methods(u: &mut Unstructured<'_>) {
         2 => 0x20_0000,
         _ => address(u),
     };
-    let pieces = method("AlignedSubranges", || {
-        AlignedSubranges::new(range)
+    let pieces = {
+        let mut pieces = Vec::new();
+        let mut panic = None;
+        let mut iter = AlignedSubranges::new(range)
             .with_offset(page_offset)
-            .with_max_range_len(max_len)
-            .take(4096)
-            .collect::<Vec<_>>()
-    });
-    if let Some(pieces) = pieces {
-        if max_len != 0 && !pieces.is_empty() && pieces.len() < 4096 {
-            assert_eq!(
-                pieces[0].start(),
-                range.start(),
-                "pieces of {range}: {pieces:?}"
-            );
-            assert_eq!(
-                pieces.last().map(|r| r.end()),
-                Some(range.end()),
-                "pieces of {range}"
-            );
-            for pair in pieces.windows(2) {
-                assert_eq!(
-                    pair[0].end(),
-                    pair[1].start(),
-                    "pieces of {range} are not consecutive"
-                );
-            }
-            for piece in &pieces {
-                assert!(
-                    !piece.is_empty() && piece.len() <= max_len,
-                    "piece {piece} of {range} (max_len {max_len:#x})"
-                );
+            .with_max_range_len(max_len);
+        while pieces.len() < 4096 {
+            match catch(|| iter.next()) {
+                Ok(Some(piece)) => pieces.push(piece),
+                Ok(None) => break,
+                Err(message) => {
+                    panic = Some(message);
+                    break;
+                }
             }
         }
-    } else if range
-        .end()
-        .checked_add(page_offset)
-        .is_some_and(|e| e > u64::MAX - 0x4000_0000)
-        && !range.is_empty()
-    {
-        // Reported (docs/fuzzing.md, AS-TOP): rounding a piece start in the top 1 GiB up to 2 MiB /
-        // 1 GiB overflows, so next() panics instead of emitting the (unaligned) piece.
-        known_bug(
-            "AS-TOP",
-            &format!("AlignedSubranges of {range} (offset {page_offset:#x}) panicked"),
-        );
-    } else {
+        (pieces, panic)
+    };
+    // Pieces and the panic point agree with a model of the original's arithmetic (which
+    // overflows, and so panics, near the top of the address space).
+    let (expected, expected_panic) = reference_aligned_subranges(range, page_offset, max_len, 4096);
+    assert_eq!(
+        (&pieces.0, pieces.1.is_some()),
+        (&expected, expected_panic),
+        "AlignedSubranges of {range} (offset {page_offset:#x}, max_len {max_len:#x}): {:?}",
+        pieces.1
+    );
+    if let Some(message) = &pieces.1 {
         assert!(
-            max_len == 0 || !aligned(max_len) || range.end().checked_add(page_offset).is_none(),
-            "AlignedSubranges of {range} (offset {page_offset:#x}, max_len {max_len:#x}) panicked"
+            METHOD_PANICS.contains(&message.as_str()),
+            "AlignedSubranges panicked with an undocumented message: {message}"
         );
     }
+    let pieces = pieces.0;
+    if max_len != 0 && !pieces.is_empty() && pieces.len() < 4096 && !expected_panic {
+        assert_eq!(
+            pieces[0].start(),
+            range.start(),
+            "pieces of {range}: {pieces:?}"
+        );
+        assert_eq!(
+            pieces.last().map(|r| r.end()),
+            Some(range.end()),
+            "pieces of {range}"
+        );
+        for pair in pieces.windows(2) {
+            assert_eq!(
+                pair[0].end(),
+                pair[1].start(),
+                "pieces of {range} are not consecutive"
+            );
+        }
+        for piece in &pieces {
+            assert!(
+                !piece.is_empty() && piece.len() <= max_len,
+                "piece {piece} of {range} (max_len {max_len:#x})"
+            );
+        }
+    }
+}
+
+/// A model of `AlignedSubranges` with every sum checked in the original's order: the pieces
+/// produced (at most `limit`) and whether the iterator panics after them. A panic comes from an
+/// overflowing sum or from an unaligned bound (an unaligned `max_len`).
+fn reference_aligned_subranges(
+    range: MemoryRange,
+    offset: u64,
+    max_len: u64,
+    limit: usize,
+) -> (Vec<MemoryRange>, bool) {
+    let mut pieces = Vec::new();
+    let (mut next_start, end_of_range) = (range.start(), range.end());
+    while pieces.len() < limit && next_start != end_of_range {
+        let Some(start) = next_start.checked_add(offset) else {
+            return (pieces, true);
+        };
+        let Some(mut end) = end_of_range.checked_add(offset) else {
+            return (pieces, true);
+        };
+        if end - start > max_len {
+            end = start + max_len;
+        }
+        for page in [0x20_0000u64, 0x4000_0000] {
+            let Some(bumped) = start.checked_add(page - 1) else {
+                return (pieces, true);
+            };
+            let first_boundary = bumped & !(page - 1);
+            if first_boundary >= end & !(page - 1) {
+                continue;
+            }
+            end = if start % page != 0 {
+                end.min(first_boundary)
+            } else {
+                end & !(page - 1)
+            };
+        }
+        let piece_end = end - offset;
+        if piece_end % PAGE != 0 {
+            return (pieces, true);
+        }
+        pieces.push(MemoryRange::new(next_start..piece_end));
+        next_start = piece_end;
+    }
+    (pieces, false)
 }

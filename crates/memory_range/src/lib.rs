@@ -268,14 +268,17 @@ impl MemoryRange {
     ///
     /// # Panics
     ///
-    /// Panics unless `alignment` is a power of two, or if rounding the start up overflows.
+    /// Panics unless `alignment` is a power of two, or if `start + alignment` overflows (the
+    /// start is rounded up as `(start + alignment - 1)` evaluated left to right, so a start in
+    /// the last `alignment` bytes below 2^64 panics even when the rounded value would fit; the
+    /// original behaves the same, see `docs/deviations.md`).
     #[track_caller]
     pub fn aligned_subrange(&self, alignment: u64) -> Self {
         assert!(
             alignment.is_power_of_two(),
             "alignment must be a power of two"
         );
-        let start = round_up(self.start, alignment);
+        let start = (add(self.start, alignment) - 1) & !(alignment - 1);
         let end = round_down(self.end, alignment);
         if start <= end {
             Self::new(start..end)
@@ -1284,6 +1287,140 @@ mod tests {
     fn merge_not_sorted_touching_earlier() {
         merge_adjacent_ranges([(pages(0, 4), ()), (pages(5, 7), ()), (pages(4, 5), ())])
             .for_each(drop);
+    }
+
+    /// The top of the 64-bit space: `2^64 - n`.
+    const fn below_2_64(n: u64) -> u64 {
+        0u64.wrapping_sub(n)
+    }
+
+    // Each arithmetic expression of this crate at its overflow boundary: one step below the
+    // boundary works, the boundary itself panics (as the original, built with overflow checks,
+    // does; docs/conformance.md lists every expression).
+
+    #[test]
+    fn overflow_bounding_end_round_up() {
+        // `end + 0xfff` never overflows: the `end < u64::MAX - 4096` assertion comes first.
+        let last = u64::MAX - PAGE_SIZE - 1;
+        let top = MemoryRange::MAX_ADDRESS;
+        assert_eq!(MemoryRange::bounding(last..last), r(top - PAGE_SIZE, top));
+        assert!(panics(|| MemoryRange::bounding(0..last + 1)));
+    }
+
+    #[test]
+    fn overflow_from_4k_gpn_range_multiplication() {
+        assert_eq!(
+            MemoryRange::from_4k_gpn_range(MAX_PAGE_NUMBER..MAX_PAGE_NUMBER).start(),
+            MemoryRange::MAX_ADDRESS
+        );
+        assert!(panics(|| MemoryRange::from_4k_gpn_range(
+            0..MAX_PAGE_NUMBER + 1
+        )));
+        assert!(panics(|| MemoryRange::from_4k_gpn_range(
+            MAX_PAGE_NUMBER + 1..MAX_PAGE_NUMBER + 1
+        )));
+    }
+
+    #[test]
+    fn overflow_alignment_base_plus_bounds() {
+        let top = MemoryRange::MAX_ADDRESS;
+        // base + end == u64::MAX fits: alignment 1.
+        assert_eq!(r(top, top).alignment(PAGE_SIZE - 1), 1);
+        assert_eq!(r(0, top).alignment(PAGE_SIZE - 1), 1);
+        // base + end == 2^64 overflows, even though base + start fits.
+        assert!(panics(|| r(0, top).alignment(PAGE_SIZE)));
+        assert!(panics(|| r(top, top).alignment(PAGE_SIZE)));
+        // Both sums zero: the shift by 64 overflows.
+        assert!(panics(|| MemoryRange::EMPTY.alignment(0)));
+        assert_eq!(r(0, PAGE_SIZE).alignment(0), PAGE_SIZE);
+    }
+
+    #[test]
+    fn overflow_aligned_subrange_start_plus_alignment() {
+        // `start + alignment` is computed before subtracting 1: a start exactly `alignment`
+        // below 2^64 overflows although the rounded start would fit.
+        let top = MemoryRange::MAX_ADDRESS;
+        assert!(panics(|| r(top, top).aligned_subrange(PAGE_SIZE)));
+        // Below a page the sum fits even at the top.
+        assert_eq!(r(top, top).aligned_subrange(PAGE_SIZE / 2), r(top, top));
+        assert!(panics(
+            || r(below_2_64(2 * MB), top).aligned_subrange(2 * MB)
+        ));
+        assert!(panics(|| r(below_2_64(GB), top).aligned_subrange(GB)));
+        // One page lower everything fits.
+        assert_eq!(
+            r(top - PAGE_SIZE, top).aligned_subrange(PAGE_SIZE),
+            r(top - PAGE_SIZE, top)
+        );
+        assert_eq!(
+            r(below_2_64(4 * MB), top).aligned_subrange(2 * MB),
+            r(below_2_64(4 * MB), below_2_64(2 * MB))
+        );
+        assert_eq!(
+            r(below_2_64(2 * MB) - PAGE_SIZE, top).aligned_subrange(2 * MB),
+            r(below_2_64(2 * MB), below_2_64(2 * MB))
+        );
+    }
+
+    #[test]
+    fn overflow_split_at_offset_never() {
+        // `start + offset` with `offset <= len` always fits.
+        let top = MemoryRange::MAX_ADDRESS;
+        let (low, high) = r(top - PAGE_SIZE, top).split_at_offset(PAGE_SIZE);
+        assert_eq!((low, high), (r(top - PAGE_SIZE, top), r(top, top)));
+    }
+
+    #[test]
+    fn overflow_aligned_subranges_offset_sums() {
+        let top = MemoryRange::MAX_ADDRESS;
+        // `end + offset` == MAX_ADDRESS fits ...
+        let mut iter = AlignedSubranges::new(r(0, top - PAGE_SIZE)).with_offset(PAGE_SIZE);
+        assert_eq!(iter.next(), Some(r(0, 2 * MB - PAGE_SIZE)));
+        // ... `end + offset` == 2^64 panics at the first `next()`.
+        let mut iter = AlignedSubranges::new(r(0, top)).with_offset(PAGE_SIZE);
+        assert!(panics(move || iter.next()));
+        let mut iter = AlignedSubranges::new(r(0, PAGE_SIZE)).with_offset(top);
+        assert!(panics(move || iter.next()));
+    }
+
+    #[test]
+    fn overflow_aligned_subranges_round_up_to_2mb() {
+        // A piece starting (in offset space) in the last 2 MiB below 2^64, past its first page,
+        // overflows when rounded up to 2 MiB (`start + 0x1fffff`); the original does the same.
+        let top = MemoryRange::MAX_ADDRESS;
+        let two_mb_line = below_2_64(2 * MB);
+        let mut iter = AlignedSubranges::new(r(two_mb_line + PAGE_SIZE, top));
+        assert!(panics(move || iter.next()));
+        // Starting exactly on the last 2 MiB line the rounding fits (start + 0x1fffff ==
+        // u64::MAX) ... and the 1 GiB rounding of the same start is the one that overflows.
+        let mut iter = AlignedSubranges::new(r(two_mb_line, top));
+        assert!(panics(move || iter.next()));
+        // Below the last 1 GiB both roundings fit.
+        let gb_line = below_2_64(GB);
+        assert_eq!(
+            subranges(AlignedSubranges::new(r(gb_line - 2 * MB, gb_line))),
+            vec![r(gb_line - 2 * MB, gb_line)]
+        );
+    }
+
+    #[test]
+    fn overflow_aligned_subranges_round_up_to_1gb() {
+        // In the last 1 GiB (but below the last 2 MiB) only the 1 GiB rounding overflows; a
+        // start exactly on the last 1 GiB line still fits (start + 0x3fffffff == u64::MAX).
+        let gb_line = below_2_64(GB);
+        let mut iter = AlignedSubranges::new(r(gb_line + PAGE_SIZE, gb_line + 2 * PAGE_SIZE));
+        assert!(panics(move || iter.next()));
+        assert_eq!(
+            subranges(AlignedSubranges::new(r(gb_line, gb_line + PAGE_SIZE))),
+            vec![r(gb_line, gb_line + PAGE_SIZE)]
+        );
+        // The whole address space: two pieces, then the third (starting in the last 2 MiB)
+        // overflows.
+        let two_mb_line = below_2_64(2 * MB);
+        let mut iter = AlignedSubranges::new(r(0, MemoryRange::MAX_ADDRESS));
+        assert_eq!(iter.next(), Some(r(0, gb_line)));
+        assert_eq!(iter.next(), Some(r(gb_line, two_mb_line)));
+        assert!(panics(move || iter.next()));
     }
 
     #[test]

@@ -207,6 +207,16 @@ fn chunk_base(chunk: u64) -> u64 {
         .expect("attempt to multiply with overflow: chunk base exceeds u64")
 }
 
+/// The guest physical span of `chunk`: `chunk * 2 GiB .. (chunk + 1) * 2 GiB`. Panics when the
+/// end does not fit in a `u64` (the last chunk below 2^64).
+fn chunk_span(chunk: u64) -> MemoryRange {
+    let end = chunk
+        .checked_add(1)
+        .and_then(|next| next.checked_mul(GRANULARITY))
+        .expect("attempt to multiply with overflow: chunk end exceeds u64");
+    MemoryRange::new(chunk_base(chunk)..end)
+}
+
 impl<T> MemoryRegistrar<T> {
     fn with_callback(layout: &MemoryLayout, registration_offset: u64, register: T) -> Self {
         let ram: Vec<MemoryRange> = layout.ram().iter().map(|entry| entry.range).collect();
@@ -263,11 +273,7 @@ impl<T> MemoryRegistrar<T> {
     /// The RAM pieces of `chunk`, in guest physical addresses, ascending, split at RAM range
     /// boundaries.
     fn chunk_pieces(&self, chunk: u64) -> impl Iterator<Item = MemoryRange> + '_ {
-        let start = chunk_base(chunk);
-        let end = start
-            .checked_add(GRANULARITY)
-            .expect("attempt to add with overflow: chunk end exceeds u64");
-        overlapping_ranges([MemoryRange::new(start..end)], self.ram.iter().copied())
+        overlapping_ranges([chunk_span(chunk)], self.ram.iter().copied())
     }
 
     /// Shifts a RAM piece into the callback's address space. Panics on overflow, and (inside
@@ -935,6 +941,52 @@ mod tests {
             assert!(harness.call_panics(u64::MAX - 10, 1));
             assert!(harness.call_panics(u64::MAX - 0xffe, 0));
             assert!(harness.log.borrow().is_empty());
+        }
+    }
+
+    #[test]
+    fn overflow_request_end_boundary() {
+        // `address + len + 0xfff`: u64::MAX fits (the request ends at MAX_ADDRESS), one more
+        // overflows. Past the bitmap either way, so the fitting one panics only on the index.
+        assert_eq!(
+            request_chunks(u64::MAX - 0x1fff, 0x1000),
+            (1 << 33) - 1..1 << 33
+        );
+        assert_eq!(request_chunks(0, u64::MAX - 0xfff), 0..1 << 33);
+        assert!(catch(|| request_chunks(u64::MAX - 0x1fff, 0x1001)).is_err());
+        assert!(catch(|| request_chunks(u64::MAX - 0xfff, 1)).is_err());
+        assert!(catch(|| request_chunks(1, u64::MAX)).is_err());
+    }
+
+    #[test]
+    fn overflow_chunk_span_boundary() {
+        // `(chunk + 1) * 2 GiB`: the chunk before the last fits, the last chunk below 2^64
+        // (whose end is 2^64) overflows.
+        let last = (1u64 << 33) - 1;
+        assert_eq!(
+            chunk_span(last - 1),
+            range(0u64.wrapping_sub(4 * G)..0u64.wrapping_sub(2 * G))
+        );
+        assert!(catch(|| chunk_span(last)).is_err());
+        assert_eq!(chunk_base(last), 0u64.wrapping_sub(2 * G));
+        assert!(catch(|| chunk_base(last + 1)).is_err());
+    }
+
+    #[test]
+    fn overflow_offset_plus_piece_end_boundary() {
+        // `offset + piece end`: MAX_ADDRESS fits, 2^64 overflows (before any callback).
+        for (offset, fits) in [
+            (0u64.wrapping_sub(2 * G + 0x1000), true),
+            (0u64.wrapping_sub(2 * G), false),
+        ] {
+            let harness = harness(Mode::Sync, &layout(4 * G, &[]), offset, None);
+            if fits {
+                let shifted = offset..offset + 2 * G;
+                assert_eq!(harness.call(0, 1), (Ok(()), vec![range(shifted)]));
+            } else {
+                assert!(harness.call_panics(0, 1));
+                assert!(harness.log.borrow().is_empty());
+            }
         }
     }
 

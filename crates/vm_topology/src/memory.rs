@@ -576,6 +576,59 @@ mod tests {
         assert_eq!(layout.end_of_ram(), MemoryRange::MAX_ADDRESS);
     }
 
+    #[test]
+    fn overflow_ram_piece_end_boundary() {
+        // The RAM piece after a gap ends at `gap end + piece length`. Ending exactly at
+        // MAX_ADDRESS fits; one page more is 2^64, where the original's sum overflows (it
+        // panics; this crate returns BadMemoryRanges, docs/deviations.md).
+        let top = MemoryRange::MAX_ADDRESS;
+        let gap = r(PAGE_SIZE, top - PAGE_SIZE);
+        let layout = MemoryLayout::new(2 * PAGE_SIZE, &[gap], None).unwrap();
+        assert_eq!(layout.end_of_ram(), top);
+        assert_eq!(layout.ram_size(), 2 * PAGE_SIZE);
+        assert_eq!(
+            MemoryLayout::new(3 * PAGE_SIZE, &[gap], None).unwrap_err(),
+            Error::BadMemoryRanges
+        );
+        let gap_to_top = r(PAGE_SIZE, top);
+        assert_eq!(
+            MemoryLayout::new(2 * PAGE_SIZE, &[gap_to_top], None).unwrap_err(),
+            Error::BadMemoryRanges
+        );
+        // RAM that stops at the gap never computes the sum past it.
+        assert!(MemoryLayout::new(PAGE_SIZE, &[gap_to_top], None).is_ok());
+    }
+
+    #[test]
+    fn overflow_gap_start_minus_cursor_never() {
+        // `gap start - cursor` cannot underflow: gaps are validated first, and a gap at 0
+        // gives a zero-length piece (BadMemoryRanges), not an underflow.
+        assert_eq!(
+            MemoryLayout::new(PAGE_SIZE, &[r(0, GB)], None).unwrap_err(),
+            Error::BadMemoryRanges
+        );
+        assert_eq!(
+            MemoryLayout::new(PAGE_SIZE, &[r(GB, 2 * GB), r(GB, 3 * GB)], None).unwrap_err(),
+            Error::BadMemoryRanges
+        );
+    }
+
+    #[test]
+    fn overflow_sums_of_lengths_never() {
+        // RAM ranges are disjoint below MAX_ADDRESS, so the sums of their lengths fit.
+        let top = MemoryRange::MAX_ADDRESS;
+        let layout = MemoryLayout::new(top, &[], None).unwrap();
+        assert_eq!(layout.ram_size(), top);
+        assert_eq!(layout.ram_above_4gb(), top);
+        assert_eq!(layout.ram_below_4gb(), 0);
+        let layout = MemoryLayout::new(top - GB, &[r(GB, 2 * GB), r(3 * GB, 4 * GB)], None);
+        assert_eq!(layout.unwrap_err(), Error::BadMemoryRanges);
+        let layout =
+            MemoryLayout::new(top - 2 * GB, &[r(GB, 2 * GB), r(3 * GB, 4 * GB)], None).unwrap();
+        assert_eq!(layout.ram_above_high_mmio(), Some(top - 4 * GB));
+        assert_eq!(layout.ram_size(), top - 2 * GB);
+    }
+
     // Scenario 46.
     #[test]
     fn from_ranges_matches_new() {
