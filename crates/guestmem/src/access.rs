@@ -45,6 +45,14 @@ pub unsafe trait GuestMemoryAccess: 'static + Send + Sync {
     /// The size of the address space (also the bound for fallbacks).
     fn max_address(&self) -> u64;
 
+    /// The read and write access bitmaps of the mapping (one bit per 4 KiB page), or `None`
+    /// when every mapped page may be accessed. Read once, when the `GuestMemory` is built; the
+    /// bitmaps must stay readable (atomically, from any thread) for the backing's lifetime.
+    #[cfg(feature = "bitmap")]
+    fn access_bitmap(&self) -> Option<crate::BitmapInfo> {
+        None
+    }
+
     /// An optional specialised view of `offset..offset + len`; `Ok(None)` uses the generic view.
     fn subrange(
         &self,
@@ -61,8 +69,8 @@ pub unsafe trait GuestMemoryAccess: 'static + Send + Sync {
     ///
     /// Runs synchronously on the accessing thread, with no lock of guest memory held; it may
     /// block (e.g. until a mapping arrives) and may access the same guest memory again.
-    /// `bitmap_failure` is true when an access bitmap rather than the hardware refused the
-    /// access (access bitmaps are not implemented in this crate: always false here).
+    /// `bitmap_failure` is true when an access bitmap (feature `bitmap`) rather than the
+    /// hardware refused the access.
     fn page_fault(
         &self,
         address: u64,
@@ -164,6 +172,11 @@ unsafe impl<T: GuestMemoryAccess> GuestMemoryAccess for Arc<T> {
 
     fn max_address(&self) -> u64 {
         self.as_ref().max_address()
+    }
+
+    #[cfg(feature = "bitmap")]
+    fn access_bitmap(&self) -> Option<crate::BitmapInfo> {
+        self.as_ref().access_bitmap()
     }
 
     fn subrange(

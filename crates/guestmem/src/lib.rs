@@ -21,6 +21,8 @@
 
 mod access;
 mod backings;
+#[cfg(feature = "bitmap")]
+mod bitmap;
 mod cursor;
 mod error;
 mod guarded;
@@ -30,6 +32,7 @@ mod memory_ops;
 mod paged_range;
 mod protocol;
 mod range_ops;
+pub mod ranges;
 mod sharing;
 mod subrange;
 
@@ -47,6 +50,8 @@ pub use backings::ReadFallbackHook;
 pub use backings::SparseMappingBacking;
 pub use backings::UnlockGpnsHook;
 pub use backings::WriteFallbackHook;
+#[cfg(feature = "bitmap")]
+pub use bitmap::BitmapInfo;
 pub use cursor::AccessError;
 pub use cursor::Limit;
 pub use cursor::MemoryRead;
@@ -343,6 +348,8 @@ impl GuestMemory {
     /// `(base, len)` of the whole memory when it is one region directly mapped.
     pub fn full_mapping(&self) -> Option<(*mut u8, usize)> {
         match self.inner.regions.as_slice() {
+            #[cfg(feature = "bitmap")]
+            [region] if region.bitmaps().is_some() => None,
             [region] => Some((region.mapping()?, usize::try_from(region.len()).ok()?)),
             _ => None,
         }

@@ -38,6 +38,8 @@ pub(crate) struct Region {
     mapping: Option<MappingBase>,
     len: u64,
     base_iova: Option<u64>,
+    #[cfg(feature = "bitmap")]
+    bitmaps: Option<crate::bitmap::RegionBitmaps>,
 }
 
 impl Region {
@@ -47,6 +49,11 @@ impl Region {
             mapping: backing.mapping().map(MappingBase),
             len: backing.max_address(),
             base_iova: backing.base_iova(),
+            #[cfg(feature = "bitmap")]
+            bitmaps: backing
+                .mapping()
+                .and(backing.access_bitmap())
+                .map(crate::bitmap::RegionBitmaps::new),
             backing: Some(backing),
         }
     }
@@ -58,6 +65,8 @@ impl Region {
             mapping: None,
             len: 0,
             base_iova: None,
+            #[cfg(feature = "bitmap")]
+            bitmaps: None,
         }
     }
 
@@ -79,6 +88,11 @@ impl Region {
 
     pub fn backing(&self) -> Option<&Arc<dyn GuestMemoryAccess>> {
         self.backing.as_ref()
+    }
+
+    #[cfg(feature = "bitmap")]
+    pub fn bitmaps(&self) -> Option<&crate::bitmap::RegionBitmaps> {
+        self.bitmaps.as_ref()
     }
 }
 
@@ -198,6 +212,17 @@ impl GuestMemory {
         // The offset is inside the region's mapping, which is at most `max_address` bytes long.
         let target = base.wrapping_add(located.offset as usize);
 
+        #[cfg(feature = "bitmap")]
+        if let Some(bitmaps) = located.region.bitmaps() {
+            let checked =
+                self.check_bitmaps(bitmaps, backing.as_ref(), gpa, located.offset, len, write);
+            match checked {
+                Ok(true) => {}
+                Ok(false) => return fallback(backing.as_ref(), located.offset).map_err(to_gpa),
+                Err(error) => return Err(error),
+            }
+        }
+
         let mut unproductive_retries = 0u32;
         let mut furthest_fault: Option<u64> = None;
         loop {
@@ -240,5 +265,44 @@ impl GuestMemory {
                 }
             }
         }
+    }
+}
+
+#[cfg(feature = "bitmap")]
+impl GuestMemory {
+    /// Phase A of the access protocol: while a page of the access is denied by the region's
+    /// bitmap in the access's direction, asks `page_fault` (with `bitmap_failure`) from the first
+    /// byte of that page. `Ok(true)`: go on with the mapped access; `Ok(false)`: the backing
+    /// asked for the fallback. The retry limit applies as for hardware faults.
+    fn check_bitmaps(
+        &self,
+        bitmaps: &crate::bitmap::RegionBitmaps,
+        backing: &dyn GuestMemoryAccess,
+        gpa: u64,
+        offset: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<bool, GuestMemoryBackingError> {
+        let mut retries = 0u32;
+        while let Some(page) = bitmaps.first_denied_page(offset, len, write) {
+            let delta = (page * crate::PAGE_SIZE64).saturating_sub(offset);
+            let fault_gpa = gpa + delta;
+            let remaining = (len - delta) as usize;
+            match backing.page_fault(offset + delta, remaining, write, true) {
+                PageFaultAction::Retry => {
+                    if retries >= self.retry_limit {
+                        return Err(GuestMemoryBackingError::at(
+                            GuestMemoryErrorKind::Other,
+                            Some(fault_gpa),
+                            Cause::RetryLimit(self.retry_limit),
+                        ));
+                    }
+                    retries += 1;
+                }
+                PageFaultAction::Fail(error) => return Err(error.into_backing_error(fault_gpa)),
+                PageFaultAction::Fallback => return Ok(false),
+            }
+        }
+        Ok(true)
     }
 }

@@ -78,6 +78,12 @@ unsafe impl GuestMemoryAccess for GuestMemorySubrange {
         self.len
     }
 
+    #[cfg(feature = "bitmap")]
+    fn access_bitmap(&self) -> Option<crate::BitmapInfo> {
+        let region = self.root.regions().get(self.region_index)?;
+        Some(region.bitmaps()?.advanced(self.region_offset))
+    }
+
     fn subrange(
         &self,
         offset: u64,
