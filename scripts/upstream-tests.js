@@ -112,6 +112,12 @@ const OUT_OF_SCOPE = [
   ['membacking mapping_manager/manager.rs: 2 tests, region_manager.rs: 1 test', "async tasks driven by pal_async (not on crates.io) through the original's private region/mapping task types"],
 ]
 
+// Tests of the original that fail here because of a documented, deliberate difference
+// (docs/deviations.md): they are reported as such and do not fail the run.
+const KNOWN_DEVIATIONS = {
+  test_fault: "PagedRange probes read one byte per page here; the original's probes read zero bytes, and its test expects a probe over an inaccessible page to pass (docs/deviations.md, probe)",
+}
+
 function usage(message) {
   if (message) console.error(message)
   console.error('usage: node scripts/upstream-tests.js --openvmm PATH [--keep] [--json FILE]')
@@ -320,7 +326,11 @@ function main() {
   console.log('\nNot attempted (out of scope):')
   for (const [what, why] of OUT_OF_SCOPE) console.log(`- ${what}: ${why}`)
   if (values.json) fs.writeFileSync(values.json, JSON.stringify({ reports, outOfScope: OUT_OF_SCOPE }, null, 2) + '\n')
-  const passedAll = reports.every((r) => r.passed === r.compiled)
+  const unexpected = reports.flatMap((r) => r.failed.filter((name) => !KNOWN_DEVIATIONS[name]))
+  for (const r of reports) {
+    for (const name of r.failed.filter((n) => KNOWN_DEVIATIONS[n])) console.log(`- ${r.suite}: ${name} fails by a documented deviation: ${KNOWN_DEVIATIONS[name]}`)
+  }
+  const passedAll = unexpected.length === 0
   process.exitCode = passedAll ? 0 : 1
 }
 

@@ -271,7 +271,7 @@ impl MemoryRange {
     /// Panics unless `alignment` is a power of two, or if `start + alignment` overflows (the
     /// start is rounded up as `(start + alignment - 1)` evaluated left to right, so a start in
     /// the last `alignment` bytes below 2^64 panics even when the rounded value would fit; the
-    /// original behaves the same, see `docs/deviations.md`).
+    /// original behaves the same, see `docs/conformance.md`).
     #[track_caller]
     pub fn aligned_subrange(&self, alignment: u64) -> Self {
         assert!(
