@@ -6,6 +6,7 @@
 //! accessible and retry, fail with a kind, or use the backing's slow-path `*_fallback` methods
 //! for the whole operation. All addresses a backing sees are relative to its own address space.
 
+use crate::dirty::DirtyBitmap;
 use crate::error::Cause;
 use crate::sharing::GuestMemorySharing;
 use crate::GuestMemory;
@@ -161,6 +162,13 @@ pub unsafe trait GuestMemoryAccess: 'static + Send + Sync {
     fn sharing(&self) -> Option<GuestMemorySharing> {
         None
     }
+
+    /// The bitmap that writes through this backing are recorded in, and the bitmap offset of
+    /// the backing's address 0. Read once, when the `GuestMemory` is built; `None` (the
+    /// default) records nothing.
+    fn dirty_bitmap(&self) -> Option<(Arc<DirtyBitmap>, u64)> {
+        None
+    }
 }
 
 // SAFETY: forwards every method (including lock/unlock, a deliberate difference from upstream)
@@ -257,5 +265,9 @@ unsafe impl<T: GuestMemoryAccess> GuestMemoryAccess for Arc<T> {
 
     fn sharing(&self) -> Option<GuestMemorySharing> {
         self.as_ref().sharing()
+    }
+
+    fn dirty_bitmap(&self) -> Option<(Arc<DirtyBitmap>, u64)> {
+        self.as_ref().dirty_bitmap()
     }
 }

@@ -24,6 +24,7 @@ mod backings;
 #[cfg(feature = "bitmap")]
 mod bitmap;
 mod cursor;
+mod dirty;
 mod error;
 mod guarded;
 mod heap;
@@ -60,6 +61,7 @@ pub use cursor::PagedRangeReader;
 pub use cursor::PagedRangeWriter;
 pub use cursor::PagedRangesReader;
 pub use cursor::PagedRangesWriter;
+pub use dirty::DirtyBitmap;
 pub use error::GuestMemoryBackingError;
 pub use error::GuestMemoryError;
 pub use error::GuestMemoryErrorKind;

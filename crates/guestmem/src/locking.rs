@@ -9,6 +9,7 @@
 
 use crate::error::Cause;
 use crate::error::GuestMemoryOperation;
+use crate::DirtyBitmap;
 use crate::GuestMemory;
 use crate::GuestMemoryAccess;
 use crate::GuestMemoryBackingError;
@@ -34,6 +35,8 @@ struct LockedPagesInner {
     pages: Vec<&'static Page>,
     /// Backings that asked to be unlocked, with the region-relative page numbers they locked.
     unlocks: Unlocks,
+    /// Pages counted as locked in a dirty bitmap (reported as written while locked).
+    dirty_locks: Vec<(Arc<DirtyBitmap>, u64)>,
     _memory: GuestMemory,
 }
 
@@ -41,6 +44,9 @@ impl Drop for LockedPagesInner {
     fn drop(&mut self) {
         for (backing, gpns) in self.unlocks.iter().rev() {
             backing.unlock_gpns(gpns);
+        }
+        for (bitmap, page) in &self.dirty_locks {
+            bitmap.unlock_page(*page);
         }
     }
 }
@@ -290,11 +296,23 @@ impl GuestMemory {
                 unsafe { &*page.address.cast::<Page>() }
             })
             .collect();
+        // Locked pages can be written through plain references: the dirty bitmap reports them
+        // as written for as long as they are locked.
+        let dirty_locks = probed
+            .iter()
+            .filter_map(|page| {
+                let (bitmap, base) = self.regions().get(page.region_index)?.dirty()?;
+                let bitmap_page = (base / PAGE_SIZE64).checked_add(page.region_gpn)?;
+                bitmap.lock_page(bitmap_page);
+                Some((bitmap.clone(), bitmap_page))
+            })
+            .collect();
         LockedPages {
             inner: Arc::new(LockedPagesInner {
                 gpns: probed.iter().map(|page| page.gpn).collect(),
                 pages,
                 unlocks,
+                dirty_locks,
                 _memory: self.clone(),
             }),
         }

@@ -13,6 +13,7 @@
 //! times for one faulting address.
 
 use crate::error::Cause;
+use crate::DirtyBitmap;
 use crate::GuestMemory;
 use crate::GuestMemoryAccess;
 use crate::GuestMemoryBackingError;
@@ -40,6 +41,8 @@ pub(crate) struct Region {
     base_iova: Option<u64>,
     #[cfg(feature = "bitmap")]
     bitmaps: Option<crate::bitmap::RegionBitmaps>,
+    /// Where writes are recorded (bitmap, offset of the region's address 0 in it).
+    dirty: Option<(Arc<DirtyBitmap>, u64)>,
 }
 
 impl Region {
@@ -54,6 +57,7 @@ impl Region {
                 .mapping()
                 .and(backing.access_bitmap())
                 .map(crate::bitmap::RegionBitmaps::new),
+            dirty: backing.dirty_bitmap(),
             backing: Some(backing),
         }
     }
@@ -67,6 +71,7 @@ impl Region {
             base_iova: None,
             #[cfg(feature = "bitmap")]
             bitmaps: None,
+            dirty: None,
         }
     }
 
@@ -93,6 +98,21 @@ impl Region {
     #[cfg(feature = "bitmap")]
     pub fn bitmaps(&self) -> Option<&crate::bitmap::RegionBitmaps> {
         self.bitmaps.as_ref()
+    }
+
+    pub fn dirty(&self) -> Option<(&Arc<DirtyBitmap>, u64)> {
+        self.dirty
+            .as_ref()
+            .map(|(bitmap, offset)| (bitmap, *offset))
+    }
+
+    /// Records a completed write of `len` bytes at region offset `offset` (the one place every
+    /// write path reports to the dirty bitmap).
+    #[inline]
+    pub fn note_write(&self, offset: u64, len: u64) {
+        if let Some((bitmap, base)) = &self.dirty {
+            bitmap.mark(base.wrapping_add(offset), len);
+        }
     }
 }
 
@@ -206,8 +226,16 @@ impl GuestMemory {
             }
             None => error,
         };
+        let note_write = |value: T| {
+            if write {
+                located.region.note_write(located.offset, len);
+            }
+            value
+        };
         let Some(base) = located.region.mapping() else {
-            return fallback(backing.as_ref(), located.offset).map_err(to_gpa);
+            return fallback(backing.as_ref(), located.offset)
+                .map(note_write)
+                .map_err(to_gpa);
         };
         // The offset is inside the region's mapping, which is at most `max_address` bytes long.
         let target = base.wrapping_add(located.offset as usize);
@@ -218,7 +246,11 @@ impl GuestMemory {
                 self.check_bitmaps(bitmaps, backing.as_ref(), gpa, located.offset, len, write);
             match checked {
                 Ok(true) => {}
-                Ok(false) => return fallback(backing.as_ref(), located.offset).map_err(to_gpa),
+                Ok(false) => {
+                    return fallback(backing.as_ref(), located.offset)
+                        .map(note_write)
+                        .map_err(to_gpa)
+                }
                 Err(error) => return Err(error),
             }
         }
@@ -227,7 +259,7 @@ impl GuestMemory {
         let mut furthest_fault: Option<u64> = None;
         loop {
             let fault = match attempt(target) {
-                Ok(value) => return Ok(value),
+                Ok(value) => return Ok(note_write(value)),
                 Err(fault) => fault,
             };
             let delta = match fault.offset() as u64 {
@@ -261,7 +293,9 @@ impl GuestMemory {
                     });
                 }
                 PageFaultAction::Fallback => {
-                    return fallback(backing.as_ref(), located.offset).map_err(to_gpa);
+                    return fallback(backing.as_ref(), located.offset)
+                        .map(note_write)
+                        .map_err(to_gpa);
                 }
             }
         }

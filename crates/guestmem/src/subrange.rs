@@ -211,6 +211,11 @@ unsafe impl GuestMemoryAccess for GuestMemorySubrange {
             backing.unlock_gpns(&parent_gpns)
         }
     }
+
+    fn dirty_bitmap(&self) -> Option<(Arc<crate::DirtyBitmap>, u64)> {
+        let (bitmap, offset) = self.root.regions().get(self.region_index)?.dirty()?;
+        Some((bitmap.clone(), offset.checked_add(self.region_offset)?))
+    }
 }
 
 impl GuestMemory {

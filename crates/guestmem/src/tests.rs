@@ -1107,3 +1107,141 @@ fn handles_are_send_and_sync() {
     assert_send_sync::<AlignedHeapMemory>();
     assert_send_sync::<SparseMapping>();
 }
+
+/// A sparse mapping whose writes are recorded in a dirty bitmap (at bitmap offset `offset`).
+struct Tracked {
+    mapping: Arc<SparseMapping>,
+    bitmap: Arc<DirtyBitmap>,
+    offset: u64,
+    fallback_only: bool,
+}
+
+// SAFETY: the mapping is the sparse mapping's reserved VA, kept alive by `mapping`; the write
+// fallback writes through the mapping's guarded accessors.
+unsafe impl GuestMemoryAccess for Tracked {
+    fn mapping(&self) -> Option<std::ptr::NonNull<u8>> {
+        if self.fallback_only {
+            return None;
+        }
+        std::ptr::NonNull::new(self.mapping.as_ptr().cast())
+    }
+
+    fn max_address(&self) -> u64 {
+        self.mapping.len() as u64
+    }
+
+    unsafe fn write_fallback(
+        &self,
+        address: u64,
+        src: *const u8,
+        len: usize,
+    ) -> Result<(), GuestMemoryBackingError> {
+        // SAFETY: the caller guarantees `src` is valid for `len` bytes.
+        let data = unsafe { std::slice::from_raw_parts(src, len) };
+        let failed = || GuestMemoryBackingError::other(address, TestError("write failed"));
+        let offset = usize::try_from(address).map_err(|_| failed())?;
+        self.mapping.write_at(offset, data).map_err(|_| failed())
+    }
+
+    fn dirty_bitmap(&self) -> Option<(Arc<DirtyBitmap>, u64)> {
+        Some((self.bitmap.clone(), self.offset))
+    }
+}
+
+fn tracked(offset: u64, fallback_only: bool) -> (GuestMemory, Arc<DirtyBitmap>) {
+    const LEN: usize = 1 << 20;
+    let mapping = Arc::new(SparseMapping::new(LEN).unwrap());
+    mapping.alloc(0, LEN).unwrap();
+    let bitmap = Arc::new(DirtyBitmap::new(4 * MIB));
+    let memory = GuestMemory::new(
+        "tracked",
+        Tracked {
+            mapping,
+            bitmap: bitmap.clone(),
+            offset,
+            fallback_only,
+        },
+    );
+    (memory, bitmap)
+}
+
+fn dirty_pages(bitmap: &DirtyBitmap) -> Vec<(u64, u64)> {
+    let mut runs = Vec::new();
+    bitmap.take(|first, count| runs.push((first, count)));
+    runs
+}
+
+#[test]
+fn every_write_path_marks_the_dirty_bitmap_and_reads_do_not() {
+    let (memory, bitmap) = tracked(0, false);
+    memory.write_at(0x10, &[1; 4]).unwrap();
+    assert_eq!(dirty_pages(&bitmap), vec![], "stopped: nothing recorded");
+    bitmap.start();
+    let mut buffer = [0u8; 64];
+    memory.read_at(0x3000, &mut buffer).unwrap();
+    memory.read_plain::<u64>(0x4000).unwrap();
+    assert_eq!(dirty_pages(&bitmap), vec![]);
+
+    memory.write_at(0x1ff0, &[1; 0x20]).unwrap(); // pages 1 and 2
+    memory.fill_at(0x5000, 7, 1).unwrap();
+    memory.write_plain(0x7008, &0x1234u64).unwrap();
+    memory
+        .compare_exchange(0x9000, 0u32, 5u32)
+        .unwrap()
+        .unwrap();
+    assert_eq!(dirty_pages(&bitmap), vec![(1, 2), (5, 1), (7, 1), (9, 1)]);
+
+    let gpns = [0x20u64, 0x22];
+    let range = PagedRange::new(0, 2 * PAGE_SIZE, &gpns).unwrap();
+    memory.write_range(&range, &[3; 2 * PAGE_SIZE]).unwrap();
+    memory
+        .zero_range(&PagedRange::new(0, 16, &[0x30]).unwrap())
+        .unwrap();
+    assert_eq!(dirty_pages(&bitmap), vec![(0x20, 1), (0x22, 1), (0x30, 1)]);
+
+    // A failed write marks nothing.
+    assert!(memory.write_at(MIB - 1, &[0; 2]).is_err());
+    assert_eq!(dirty_pages(&bitmap), vec![]);
+}
+
+#[test]
+fn fallback_writes_subranges_and_locks_are_recorded() {
+    let (memory, bitmap) = tracked(0, true);
+    bitmap.start();
+    memory.write_at(0x2000, &[9; 8]).unwrap();
+    assert_eq!(dirty_pages(&bitmap), vec![(2, 1)], "the write fallback");
+
+    let (memory, bitmap) = tracked(0x10_0000, false);
+    bitmap.start();
+    memory.write_at(0x1000, &[1]).unwrap();
+    assert_eq!(
+        dirty_pages(&bitmap),
+        vec![(0x101, 1)],
+        "bitmap offset applied"
+    );
+    let view = memory.subrange(0x8000, 0x8000, false).unwrap();
+    view.write_at(0x1000, &[1]).unwrap();
+    assert_eq!(
+        dirty_pages(&bitmap),
+        vec![(0x109, 1)],
+        "subrange offset applied"
+    );
+    let nested = view.subrange(0x2000, 0x1000, false).unwrap();
+    nested.fill_at(0, 1, 1).unwrap();
+    assert_eq!(dirty_pages(&bitmap), vec![(0x10a, 1)]);
+
+    let locked = memory.lock_gpns(false, &[3, 4]).unwrap();
+    assert_eq!(
+        dirty_pages(&bitmap),
+        vec![(0x103, 2)],
+        "locked pages count as written"
+    );
+    assert_eq!(dirty_pages(&bitmap), vec![(0x103, 2)]);
+    drop(locked);
+    assert_eq!(
+        dirty_pages(&bitmap),
+        vec![(0x103, 2)],
+        "once more after the unlock"
+    );
+    assert_eq!(dirty_pages(&bitmap), vec![]);
+}
