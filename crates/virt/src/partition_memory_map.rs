@@ -47,6 +47,29 @@ pub trait PartitionMemoryMap: Send + Sync {
     fn pin_range(&self, _addr: u64, _size: u64) -> Result<(), Error> {
         Ok(())
     }
+
+    /// Starts logging which pages the guest writes, in every writable mapping present now and
+    /// mapped later. The default does nothing and succeeds: right for a partition whose guest
+    /// cannot write memory (such as [`RecordingPartition`](crate::RecordingPartition)); a
+    /// partition whose guest can write must implement all three dirty-log methods, or the
+    /// memory manager's dirty tracking misses its writes.
+    fn start_dirty_log(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Stops logging guest writes and forgets what was logged. The default succeeds.
+    fn stop_dirty_log(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Reports, as `(host address, length)` ranges of the host memory given to
+    /// [`map_range`](Self::map_range), the pages the guest wrote since logging started or the
+    /// previous call, and clears them. Pages of mappings unmapped in the meantime are included
+    /// (a partition must collect a mapping's log before it removes the mapping). A write racing
+    /// this call is reported by this call or the next. The default reports nothing.
+    fn take_dirty_log(&self, _report: &mut dyn FnMut(u64, u64)) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -78,6 +101,11 @@ mod tests {
         let partition: Arc<dyn PartitionMemoryMap> = Arc::new(MinimalPartition);
         assert!(partition.prefetch_range(0, 0x1000).is_ok());
         assert!(partition.pin_range(0, 0x1000).is_ok());
+        assert!(partition.start_dirty_log().is_ok());
+        let mut reported = 0;
+        partition.take_dirty_log(&mut |_, _| reported += 1).unwrap();
+        assert_eq!(reported, 0);
+        assert!(partition.stop_dirty_log().is_ok());
         assert_eq!(
             partition.unmap_range(0, 0x1000).unwrap_err().to_string(),
             "unmap not supported"

@@ -27,6 +27,9 @@ pub enum KvmError {
         #[source]
         source: io::Error,
     },
+    /// The dirty log was read while dirty-page logging was off.
+    #[error("dirty-page logging is off: start it before reading the dirty log")]
+    DirtyLogOff,
     /// A host memory call (`madvise`, `mlock`, `sigaction`, `timer_create`, …) failed.
     #[error("{call} failed for {what}")]
     HostCall {

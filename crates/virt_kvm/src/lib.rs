@@ -15,6 +15,7 @@
 //! opened; the tests then say that they were skipped and why.
 
 mod cancel_signal;
+mod dirty_log;
 mod error;
 pub mod page_tables;
 mod partition;
