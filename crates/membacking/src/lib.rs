@@ -46,12 +46,17 @@
 //! - [`GuestMemoryManager::close`] consumes the manager; keep it in an `Option` to take it.
 
 pub mod device_memory;
+pub mod dirty;
 mod error;
 pub mod mapping_manager;
 mod memory_manager;
 pub mod ram_visibility;
 pub mod region_manager;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod test_guest;
 
+pub use dirty::DirtyTracking;
+pub use dirty::DirtyTrackingError;
 pub use error::ManagerGone;
 pub use error::MemoryBuildError;
 pub use error::NoMapping;

@@ -9,6 +9,7 @@
 
 use super::va_mapper::VaMapper;
 use super::MappingManagerClient;
+use guestmem::DirtyBitmap;
 use guestmem::GuestMemoryAccess;
 use guestmem::GuestMemoryBackingError;
 use guestmem::GuestMemorySharing;
@@ -24,14 +25,21 @@ use std::sync::Arc;
 pub(crate) struct MapperBacking {
     mapper: Arc<VaMapper>,
     sharing: Option<GuestMemorySharing>,
+    /// The manager's dirty bitmap (GPA = window offset = bitmap offset).
+    dirty: Arc<DirtyBitmap>,
 }
 
 impl MapperBacking {
     /// A backing over `mapper`; with `sharing_client`, `sharing()` reports the DMA targets.
-    pub(crate) fn new(mapper: Arc<VaMapper>, sharing_client: Option<MappingManagerClient>) -> Self {
+    pub(crate) fn new(
+        mapper: Arc<VaMapper>,
+        sharing_client: Option<MappingManagerClient>,
+        dirty: Arc<DirtyBitmap>,
+    ) -> Self {
         Self {
             mapper,
             sharing: sharing_client.map(|client| GuestMemorySharing::new(DmaSharing { client })),
+            dirty,
         }
     }
 }
@@ -83,6 +91,10 @@ unsafe impl GuestMemoryAccess for MapperBacking {
 
     fn sharing(&self) -> Option<GuestMemorySharing> {
         self.sharing.clone()
+    }
+
+    fn dirty_bitmap(&self) -> Option<(Arc<DirtyBitmap>, u64)> {
+        Some((self.dirty.clone(), 0))
     }
 }
 

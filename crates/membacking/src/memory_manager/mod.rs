@@ -40,6 +40,7 @@ pub use region_actor::ManagerSnapshot;
 pub use region_actor::PlanPreview;
 pub use region_actor::PrefetchProgress;
 
+use crate::dirty::DirtyTracking;
 use crate::error::MemoryBuildError;
 use crate::error::PartitionAttachError;
 use crate::error::VaMapperError;
@@ -58,6 +59,7 @@ use crate::region_manager::FlatEntry;
 use crate::region_manager::PartitionMapperInfo;
 use crate::region_manager::RegionManagerError;
 use futures::channel::oneshot;
+use guestmem::DirtyBitmap;
 use guestmem::GuestMemory;
 use memory_range::MemoryRange;
 use region_actor::new_region_manager;
@@ -301,10 +303,12 @@ impl GuestMemoryBuilder {
         }
         // 4, 6, 7. The thread, the mapping manager and the region manager.
         let (mapping, mapping_task) = new_mapping_manager();
-        let (window_len, regions, region_task) = {
-            // The planner needs the VA window length, which the mapper's reservation decides;
-            // reserve-time rounding is deterministic, so compute it the same way.
-            let window_len = va_window_len(max_addr);
+        // The planner needs the VA window length, which the mapper's reservation decides;
+        // reserve-time rounding is deterministic, so compute it the same way.
+        let window_len = va_window_len(max_addr);
+        // Dirty tracking is off (and allocates nothing) until started.
+        let dirty_bitmap = Arc::new(DirtyBitmap::new(window_len));
+        let (regions, region_task) = {
             let config = RegionActorConfig {
                 va_window_len: window_len,
                 alias_offset: self.vtl0_alias_map,
@@ -312,9 +316,9 @@ impl GuestMemoryBuilder {
                 private,
                 ram_object: ram_object.clone(),
                 prefetch_progress: self.prefetch_progress.clone(),
+                dirty_bitmap: dirty_bitmap.clone(),
             };
-            let (regions, task) = new_region_manager(config, mapping.clone());
-            (window_len, regions, task)
+            new_region_manager(config, mapping.clone())
         };
         let (thread, stopped) =
             start_manager_thread(region_task, mapping_task).map_err(MemoryBuildError::Thread)?;
@@ -386,6 +390,13 @@ impl GuestMemoryBuilder {
             alias_offset: self.vtl0_alias_map,
             pin_mappings: self.pin_mappings,
             private,
+            dirty_bitmap,
+            options: BuildOptions {
+                layout,
+                x86_legacy_support: self.x86_legacy_support,
+                prefetch_ram: self.prefetch_ram,
+                transparent_hugepages: self.transparent_hugepages,
+            },
             attach_lock: Arc::new(futures::lock::Mutex::new(())),
             thread,
             stopped,
@@ -487,9 +498,20 @@ pub struct GuestMemoryManager {
     alias_offset: Option<u64>,
     pin_mappings: bool,
     private: bool,
+    dirty_bitmap: Arc<DirtyBitmap>,
+    options: BuildOptions,
     attach_lock: Arc<futures::lock::Mutex<()>>,
     thread: Option<JoinHandle<()>>,
     stopped: Option<oneshot::Receiver<()>>,
+}
+
+/// What the manager was built from, beyond what it keeps for its own work (for snapshots).
+#[derive(Debug, Clone)]
+pub(crate) struct BuildOptions {
+    pub layout: MemoryLayout,
+    pub x86_legacy_support: bool,
+    pub prefetch_ram: bool,
+    pub transparent_hugepages: bool,
 }
 
 impl GuestMemoryManager {
@@ -505,7 +527,13 @@ impl GuestMemoryManager {
             mapping: self.mapping.clone(),
             max_addr: self.max_addr,
             private: self.private,
+            dirty_bitmap: self.dirty_bitmap.clone(),
         }
+    }
+
+    /// Opt-in dirty tracking of guest RAM (off until started; see [`DirtyTracking`]).
+    pub fn dirty_tracking(&self) -> DirtyTracking {
+        DirtyTracking::new(self.regions.clone(), self.dirty_bitmap.clone())
     }
 
     /// A creator of device memory windows (cheap; any number).
@@ -713,6 +741,7 @@ pub struct GuestMemoryClient {
     mapping: MappingManagerClient,
     max_addr: u64,
     private: bool,
+    dirty_bitmap: Arc<DirtyBitmap>,
 }
 
 impl GuestMemoryClient {
@@ -724,13 +753,17 @@ impl GuestMemoryClient {
         let mapping = self.mapping.clone();
         let max_addr = self.max_addr;
         let private = self.private;
+        let dirty = self.dirty_bitmap.clone();
         async move {
             let mapper = process_mapper(&mapping, max_addr, private).await?;
             if mapper.is_closed() {
                 return Err(VaMapperError::MemoryManagerGone(crate::ManagerGone));
             }
             let sharing = (!private).then_some(mapping);
-            Ok(GuestMemory::new("ram", MapperBacking::new(mapper, sharing)))
+            Ok(GuestMemory::new(
+                "ram",
+                MapperBacking::new(mapper, sharing, dirty),
+            ))
         }
     }
 

@@ -13,6 +13,12 @@
 //! is still alive gets one whole-window unmap per partition mapper (spec §5).
 
 use crate::device_memory::DeviceWindow;
+use crate::dirty::DirtyOp;
+use crate::dirty::DirtyState;
+use crate::dirty::DirtyTrackingError;
+use crate::dirty::LiveTarget as DirtyTarget;
+use crate::dirty::NotTracked;
+use crate::dirty::SnapshotStart;
 use crate::error::ManagerGone;
 use crate::mapping_manager::va_mapper::VaMapper;
 use crate::mapping_manager::MappingManagerClient;
@@ -25,6 +31,7 @@ use crate::region_manager::Change;
 use crate::region_manager::ChangeOutcome;
 use crate::region_manager::FatalError;
 use crate::region_manager::FlatEntry;
+use crate::region_manager::PartitionMapperError;
 use crate::region_manager::PartitionMapperInfo;
 use crate::region_manager::Plan;
 use crate::region_manager::PlanExecution;
@@ -36,6 +43,7 @@ use crate::region_manager::Transaction;
 use futures::channel::mpsc;
 use futures::channel::oneshot;
 use futures::StreamExt;
+use guestmem::DirtyBitmap;
 use memory_range::MemoryRange;
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -161,9 +169,34 @@ pub(crate) enum RegionRequest {
         change: PreviewChange,
         reply: oneshot::Sender<Result<PlanPreview, PreviewError>>,
     },
+    Dirty {
+        op: DirtyOp,
+        reply: oneshot::Sender<Result<Vec<MemoryRange>, DirtyTrackingError>>,
+    },
+    SnapshotBegin {
+        base: Option<(u64, String)>,
+        id: String,
+        reply: oneshot::Sender<Result<SnapshotBegun, DirtyTrackingError>>,
+    },
+    SnapshotFinish {
+        id: String,
+        succeeded: bool,
+    },
+    AdoptSnapshot {
+        id: String,
+        reply: oneshot::Sender<Result<(), DirtyTrackingError>>,
+    },
     Shutdown {
         stop_mapping_manager: bool,
     },
+}
+
+/// What a snapshot learns from the region manager when it starts: its place in the dirty
+/// tracking chain (or why it cannot be incremental) and the regions, taken at the same instant.
+#[derive(Debug)]
+pub(crate) struct SnapshotBegun {
+    pub start: Result<SnapshotStart, NotTracked>,
+    pub regions: Vec<RegionInspect>,
 }
 
 /// A handle to the region manager (cheap to clone).
@@ -306,6 +339,48 @@ impl RegionManagerClient {
             .unwrap_or(Err(PreviewError::Region(RegionManagerError::ManagerGone)))
     }
 
+    /// Runs a dirty-tracking operation.
+    pub(crate) async fn dirty(&self, op: DirtyOp) -> Result<Vec<MemoryRange>, DirtyTrackingError> {
+        let (reply, receiver) = oneshot::channel();
+        if !self.send(RegionRequest::Dirty { op, reply }) {
+            return Err(DirtyTrackingError::Manager(RegionManagerError::ManagerGone));
+        }
+        receiver.await.unwrap_or(Err(DirtyTrackingError::Manager(
+            RegionManagerError::ManagerGone,
+        )))
+    }
+
+    /// Starts snapshot `id` (see [`DirtyState::begin_snapshot`]).
+    pub(crate) async fn snapshot_begin(
+        &self,
+        base: Option<(u64, String)>,
+        id: String,
+    ) -> Result<SnapshotBegun, DirtyTrackingError> {
+        let (reply, receiver) = oneshot::channel();
+        if !self.send(RegionRequest::SnapshotBegin { base, id, reply }) {
+            return Err(DirtyTrackingError::Manager(RegionManagerError::ManagerGone));
+        }
+        receiver.await.unwrap_or(Err(DirtyTrackingError::Manager(
+            RegionManagerError::ManagerGone,
+        )))
+    }
+
+    /// Ends snapshot `id` (without waiting).
+    pub(crate) fn snapshot_finish(&self, id: String, succeeded: bool) {
+        self.send(RegionRequest::SnapshotFinish { id, succeeded });
+    }
+
+    /// Starts tracking with restored snapshot `id` as the chain head.
+    pub(crate) async fn adopt_snapshot(&self, id: String) -> Result<(), DirtyTrackingError> {
+        let (reply, receiver) = oneshot::channel();
+        if !self.send(RegionRequest::AdoptSnapshot { id, reply }) {
+            return Err(DirtyTrackingError::Manager(RegionManagerError::ManagerGone));
+        }
+        receiver.await.unwrap_or(Err(DirtyTrackingError::Manager(
+            RegionManagerError::ManagerGone,
+        )))
+    }
+
     /// Stops the region manager after the messages queued before this one (and, if asked, the
     /// mapping manager after it).
     pub(crate) fn shutdown(&self, stop_mapping_manager: bool) {
@@ -327,6 +402,7 @@ pub(crate) struct RegionActorConfig {
     pub private: bool,
     pub ram_object: Option<SharedObject>,
     pub prefetch_progress: Option<PrefetchProgress>,
+    pub dirty_bitmap: Arc<DirtyBitmap>,
 }
 
 /// An attached partition mapper's runtime half.
@@ -374,6 +450,7 @@ impl RegionActorTask {
             ram: RamRegions::new(),
             ram_specs: Vec::new(),
             local_mapper: Weak::new(),
+            dirty: DirtyState::new(config.dirty_bitmap.clone()),
             config,
         };
         let mut stop_mapping_manager = false;
@@ -405,6 +482,7 @@ struct RegionActor {
     ram_specs: Vec<RamRegionSpec>,
     /// The manager's own mapper (for decommitting private RAM).
     local_mapper: Weak<VaMapper>,
+    dirty: DirtyState,
     config: RegionActorConfig,
 }
 
@@ -450,6 +528,7 @@ impl RegionActor {
                     .await;
                 if let Ok(ram) = &result {
                     self.ram = ram.clone();
+                    self.dirty.set_ram(specs.iter().map(|spec| spec.range));
                     self.ram_specs = specs;
                 }
                 let _ = reply.send(result);
@@ -460,6 +539,14 @@ impl RegionActor {
                 mapper,
                 reply,
             } => {
+                if let Some(live) = partition.upgrade() {
+                    let index = self.partitions.len();
+                    if let Err(error) = self.dirty.start_partition(live.as_ref(), index) {
+                        let error = PartitionMapperError::Map(Box::new(error));
+                        let _ = reply.send(Err(RegionManagerError::PartitionMapper(error)));
+                        return;
+                    }
+                }
                 let entry = PartitionEntry { partition, mapper };
                 let result = self
                     .transact(Some(entry), |txn| {
@@ -478,7 +565,35 @@ impl RegionActor {
                 }
             }
             RegionRequest::Decommit { range, reply } => {
-                let _ = reply.send(self.decommit(range));
+                let result = self.decommit(range);
+                if result.is_ok() && self.dirty.is_active() {
+                    // Pages that now read as zeros changed: incremental snapshots must see it.
+                    self.dirty.mark(range);
+                }
+                let _ = reply.send(result);
+            }
+            RegionRequest::Dirty { op, reply } => {
+                let targets = self.live_targets();
+                let _ = reply.send(self.dirty.run(op, &targets));
+            }
+            RegionRequest::SnapshotBegin { base, id, reply } => {
+                let targets = self.live_targets();
+                let base_ref = base.as_ref().map(|(session, id)| (*session, id.as_str()));
+                let result = self
+                    .dirty
+                    .begin_snapshot(&targets, base_ref, &id)
+                    .map(|start| SnapshotBegun {
+                        start,
+                        regions: self.state.inspect().regions,
+                    });
+                let _ = reply.send(result);
+            }
+            RegionRequest::SnapshotFinish { id, succeeded } => {
+                self.dirty.finish_snapshot(&id, succeeded);
+            }
+            RegionRequest::AdoptSnapshot { id, reply } => {
+                let targets = self.live_targets();
+                let _ = reply.send(self.dirty.adopt_snapshot(&targets, &id));
             }
             RegionRequest::Inspect(reply) => {
                 let result = self.inspect().await;
@@ -492,6 +607,22 @@ impl RegionActor {
             }
             RegionRequest::Shutdown { .. } => {}
         }
+    }
+
+    /// The attached partitions that are still alive, for dirty tracking.
+    fn live_targets(&self) -> Vec<DirtyTarget> {
+        self.partitions
+            .iter()
+            .enumerate()
+            .filter_map(|(index, entry)| {
+                Some(DirtyTarget {
+                    partition: entry.partition.upgrade()?,
+                    index,
+                    va_base: entry.mapper.base() as u64,
+                    va_len: entry.mapper.len(),
+                })
+            })
+            .collect()
     }
 
     /// A dry run: applies `change` to a transaction (device changes to a copy of the window),
@@ -767,6 +898,16 @@ fn reply_error(request: RegionRequest, error: RegionManagerError) {
         RegionRequest::Preview { reply, .. } => {
             let _ = reply.send(Err(PreviewError::Region(error)));
         }
+        RegionRequest::Dirty { reply, .. } => {
+            let _ = reply.send(Err(DirtyTrackingError::Manager(error)));
+        }
+        RegionRequest::SnapshotBegin { reply, .. } => {
+            let _ = reply.send(Err(DirtyTrackingError::Manager(error)));
+        }
+        RegionRequest::AdoptSnapshot { reply, .. } => {
+            let _ = reply.send(Err(DirtyTrackingError::Manager(error)));
+        }
+        RegionRequest::SnapshotFinish { .. } => {}
         RegionRequest::Shutdown { .. } => {}
     }
 }

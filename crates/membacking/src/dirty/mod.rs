@@ -1,0 +1,518 @@
+//! Dirty tracking of a manager's guest RAM (opt-in, never on by default).
+//!
+//! [`DirtyTracking`] (from [`GuestMemoryManager::dirty_tracking`](crate::GuestMemoryManager::dirty_tracking))
+//! starts, takes and stops tracking. Two sources feed it:
+//!
+//! - writes of this process through the manager's guest memory (every [`GuestMemory`](guestmem::GuestMemory)
+//!   from its client): they mark the manager's [`DirtyBitmap`] after each write, and
+//! - guest writes through every attached partition: each keeps its own dirty log
+//!   (`PartitionMemoryMap::start_dirty_log`; for KVM `KVM_MEM_LOG_DIRTY_PAGES`), reported as
+//!   host addresses of the manager's VA window, i.e. as GPAs.
+//!
+//! A take runs on the region manager's thread: it first folds every partition's log into the
+//! bitmap, then swaps the bitmap's bits out (so a write racing the take is collected by that
+//! take or the next one), and keeps the result as guest RAM page ranges. Decommitting RAM counts
+//! as a write. What "dirty" means exactly, and what it cannot see, is in `docs/snapshots.md`.
+//!
+//! The state also remembers, per tracking session, the pages dirtied since the last snapshot
+//! taken while tracking (the *chain head*), so an incremental snapshot needs no `take()` of its
+//! own and is unaffected by the caller's takes.
+
+use crate::memory_manager::region_actor::RegionManagerClient;
+use crate::region_manager::RegionManagerError;
+use guestmem::DirtyBitmap;
+use memory_range::MemoryRange;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use virt::PartitionMemoryMap;
+
+const PAGE_SHIFT: u32 = 12;
+
+/// Dirty tracking failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DirtyTrackingError {
+    /// `take()` while tracking is off (JavaScript: `ERR_DIRTY_TRACKING_OFF`).
+    #[error("dirty tracking is off: call start() before take()")]
+    Off,
+    /// An attached partition could not start, read or stop its dirty log.
+    #[error("partition {index} could not {action} its dirty log")]
+    Partition {
+        /// The partition mapper's index (registration order).
+        index: usize,
+        /// `"start"`, `"read"` or `"stop"`.
+        action: &'static str,
+        /// What the partition reported.
+        #[source]
+        source: virt::Error,
+    },
+    /// The manager is gone or poisoned.
+    #[error(transparent)]
+    Manager(RegionManagerError),
+}
+
+/// Starts, takes and stops dirty tracking of one manager (cheap to clone; `Send + Sync`).
+#[derive(Debug, Clone)]
+pub struct DirtyTracking {
+    regions: RegionManagerClient,
+    bitmap: Arc<DirtyBitmap>,
+}
+
+impl DirtyTracking {
+    pub(crate) fn new(regions: RegionManagerClient, bitmap: Arc<DirtyBitmap>) -> Self {
+        Self { regions, bitmap }
+    }
+
+    /// Starts tracking (a no-op when it is on): every attached partition starts logging, and
+    /// guest-memory writes are recorded from now on. A partition that cannot log fails the
+    /// start, and nothing stays started.
+    pub fn start(&self) -> impl Future<Output = Result<(), DirtyTrackingError>> + Send + 'static {
+        let regions = self.regions.clone();
+        async move { regions.dirty(DirtyOp::Start).await.map(drop) }
+    }
+
+    /// The guest RAM written since `start()` or the previous `take()`, as coalesced ascending
+    /// page-aligned GPA ranges; resets atomically (a racing write is in this take or the next).
+    pub fn take(
+        &self,
+    ) -> impl Future<Output = Result<Vec<MemoryRange>, DirtyTrackingError>> + Send + 'static {
+        let regions = self.regions.clone();
+        async move { regions.dirty(DirtyOp::Take).await }
+    }
+
+    /// Stops tracking (a no-op when it is off); what was not taken is dropped.
+    pub fn stop(&self) -> impl Future<Output = Result<(), DirtyTrackingError>> + Send + 'static {
+        let regions = self.regions.clone();
+        async move { regions.dirty(DirtyOp::Stop).await.map(drop) }
+    }
+
+    /// Whether tracking is on.
+    pub fn is_active(&self) -> bool {
+        self.bitmap.is_active()
+    }
+}
+
+/// A dirty-tracking request to the region manager.
+#[derive(Debug, Copy, Clone, PartialEq, Eq)]
+pub(crate) enum DirtyOp {
+    Start,
+    Take,
+    Stop,
+}
+
+/// A set of pages kept as coalesced runs (start page → end page, exclusive).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct PageSet {
+    runs: BTreeMap<u64, u64>,
+}
+
+impl PageSet {
+    /// Adds the pages `[first, end)`.
+    pub fn insert(&mut self, mut first: u64, mut end: u64) {
+        if first >= end {
+            return;
+        }
+        // Merge with a run that starts before and reaches `first`.
+        if let Some((&start, &stop)) = self.runs.range(..=first).next_back() {
+            if stop >= first {
+                if stop >= end {
+                    return;
+                }
+                first = start;
+                self.runs.remove(&start);
+            }
+        }
+        // Swallow runs that start inside `[first, end]`.
+        while let Some((&start, &stop)) = self.runs.range(first..=end).next() {
+            end = end.max(stop);
+            self.runs.remove(&start);
+        }
+        self.runs.insert(first, end);
+    }
+
+    /// Adds every page of `other`.
+    pub fn extend(&mut self, other: &PageSet) {
+        for (&first, &end) in &other.runs {
+            self.insert(first, end);
+        }
+    }
+
+    /// The runs as `(first page, end page)`, ascending.
+    pub fn runs(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.runs.iter().map(|(&first, &end)| (first, end))
+    }
+
+    /// The number of pages.
+    pub fn page_count(&self) -> u64 {
+        self.runs.iter().map(|(first, end)| end - first).sum()
+    }
+
+    /// The runs as GPA ranges.
+    pub fn to_ranges(&self) -> Vec<MemoryRange> {
+        self.runs()
+            .map(|(first, end)| MemoryRange::new(first << PAGE_SHIFT..end << PAGE_SHIFT))
+            .collect()
+    }
+}
+
+/// Where a snapshot taken while tracking stands in its chain.
+#[derive(Debug)]
+struct ChainHead {
+    /// The id of the latest snapshot.
+    snapshot: String,
+    /// RAM pages dirtied since it was taken.
+    pages: PageSet,
+    /// A snapshot being written on top of it: its id and the pages handed to it.
+    pending: Option<(String, PageSet)>,
+}
+
+/// One tracking session (from `start()` to `stop()`).
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    /// Pages dirtied since the last `take()`.
+    user: PageSet,
+    chain: Option<ChainHead>,
+}
+
+/// Why a snapshot cannot be incremental on its base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NotTracked {
+    /// Tracking is off.
+    Off,
+    /// Tracking was restarted (or never on) since the base was taken.
+    OtherSession,
+    /// A later snapshot of the same session became the chain head.
+    NotLatest { latest: String },
+}
+
+impl std::fmt::Display for NotTracked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotTracked::Off => f.write_str("dirty tracking is off"),
+            NotTracked::OtherSession => {
+                f.write_str("dirty tracking was not on continuously since the base was taken")
+            }
+            NotTracked::NotLatest { latest } => write!(
+                f,
+                "the base is not the latest snapshot taken while tracking (that is {latest})"
+            ),
+        }
+    }
+}
+
+/// What a snapshot learns when it starts.
+#[derive(Debug)]
+pub(crate) struct SnapshotStart {
+    /// The tracking session, when tracking is on.
+    pub session: Option<u64>,
+    /// For an incremental snapshot: the RAM pages dirtied since its base.
+    pub dirty: Option<PageSet>,
+}
+
+/// A partition that is still alive, with the base and length of the VA window its mappings
+/// come from.
+pub(crate) struct LiveTarget {
+    pub partition: Arc<dyn PartitionMemoryMap>,
+    pub index: usize,
+    pub va_base: u64,
+    pub va_len: u64,
+}
+
+/// The dirty-tracking state of a manager, kept by the region manager task.
+#[derive(Debug)]
+pub(crate) struct DirtyState {
+    bitmap: Arc<DirtyBitmap>,
+    session: Option<Session>,
+    /// The RAM ranges (page numbers), sorted: what a take reports is clipped to them.
+    ram: Vec<(u64, u64)>,
+}
+
+/// Runs `call` on each distinct partition (a VTL2 partition is attached twice).
+fn each_distinct<'a>(targets: &'a [LiveTarget]) -> impl Iterator<Item = &'a LiveTarget> + 'a {
+    targets
+        .iter()
+        .enumerate()
+        .filter_map(move |(position, target)| {
+            let first = targets
+                .iter()
+                .position(|other| Arc::ptr_eq(&other.partition, &target.partition));
+            (first == Some(position)).then_some(target)
+        })
+}
+
+impl DirtyState {
+    pub(crate) fn new(bitmap: Arc<DirtyBitmap>) -> Self {
+        Self {
+            bitmap,
+            session: None,
+            ram: Vec::new(),
+        }
+    }
+
+    /// Sets the RAM ranges the reports are clipped to.
+    pub(crate) fn set_ram(&mut self, ranges: impl IntoIterator<Item = MemoryRange>) {
+        let mut ram: Vec<(u64, u64)> = ranges
+            .into_iter()
+            .map(|range| (range.start() >> PAGE_SHIFT, range.end() >> PAGE_SHIFT))
+            .collect();
+        ram.sort_unstable();
+        self.ram = ram;
+    }
+
+    pub(crate) fn is_active(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// Records `range` (e.g. decommitted RAM) as written.
+    pub(crate) fn mark(&self, range: MemoryRange) {
+        self.bitmap.mark(range.start(), range.len());
+    }
+
+    /// Starts logging on a partition being attached while tracking is on.
+    pub(crate) fn start_partition(
+        &self,
+        partition: &dyn PartitionMemoryMap,
+        index: usize,
+    ) -> Result<(), DirtyTrackingError> {
+        if self.session.is_none() {
+            return Ok(());
+        }
+        partition
+            .start_dirty_log()
+            .map_err(|source| DirtyTrackingError::Partition {
+                index,
+                action: "start",
+                source,
+            })
+    }
+
+    pub(crate) fn run(
+        &mut self,
+        op: DirtyOp,
+        targets: &[LiveTarget],
+    ) -> Result<Vec<MemoryRange>, DirtyTrackingError> {
+        match op {
+            DirtyOp::Start => self.start(targets).map(|()| Vec::new()),
+            DirtyOp::Take => {
+                if self.session.is_none() {
+                    return Err(DirtyTrackingError::Off);
+                }
+                let result = self.harvest(targets);
+                let session = self.session.as_mut().ok_or(DirtyTrackingError::Off)?;
+                let pages = std::mem::take(&mut session.user);
+                result.map(|()| pages.to_ranges())
+            }
+            DirtyOp::Stop => self.stop(targets).map(|()| Vec::new()),
+        }
+    }
+
+    fn start(&mut self, targets: &[LiveTarget]) -> Result<(), DirtyTrackingError> {
+        if self.session.is_some() {
+            return Ok(());
+        }
+        let mut started: Vec<&LiveTarget> = Vec::new();
+        for target in each_distinct(targets) {
+            if let Err(source) = target.partition.start_dirty_log() {
+                for done in started {
+                    let _ = done.partition.stop_dirty_log();
+                }
+                return Err(DirtyTrackingError::Partition {
+                    index: target.index,
+                    action: "start",
+                    source,
+                });
+            }
+            started.push(target);
+        }
+        self.bitmap.start();
+        self.session = Some(Session {
+            id: std::collections::hash_map::RandomState::new().hash_one(0u64),
+            user: PageSet::default(),
+            chain: None,
+        });
+        Ok(())
+    }
+
+    fn stop(&mut self, targets: &[LiveTarget]) -> Result<(), DirtyTrackingError> {
+        if self.session.take().is_none() {
+            return Ok(());
+        }
+        self.bitmap.stop();
+        let mut first_error = None;
+        for target in each_distinct(targets) {
+            if let Err(source) = target.partition.stop_dirty_log() {
+                first_error.get_or_insert(DirtyTrackingError::Partition {
+                    index: target.index,
+                    action: "stop",
+                    source,
+                });
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Folds every partition's log into the bitmap, then moves the bitmap's pages (clipped to
+    /// RAM) into the session's sets. A partition that fails is reported after the others were
+    /// read (their pages are kept).
+    fn harvest(&mut self, targets: &[LiveTarget]) -> Result<(), DirtyTrackingError> {
+        let mut first_error = None;
+        for target in each_distinct(targets) {
+            let bitmap = &self.bitmap;
+            let (base, len) = (target.va_base, target.va_len);
+            let result = target.partition.take_dirty_log(&mut |address, size| {
+                let Some(offset) = address.checked_sub(base).filter(|&offset| offset < len) else {
+                    return;
+                };
+                bitmap.mark(offset, size.min(len - offset));
+            });
+            if let Err(source) = result {
+                first_error.get_or_insert(DirtyTrackingError::Partition {
+                    index: target.index,
+                    action: "read",
+                    source,
+                });
+            }
+        }
+        let Some(session) = &mut self.session else {
+            return Err(DirtyTrackingError::Off);
+        };
+        let ram = &self.ram;
+        self.bitmap.take(|first, count| {
+            let end = first + count;
+            for &(ram_first, ram_end) in ram {
+                let (start, stop) = (first.max(ram_first), end.min(ram_end));
+                if start < stop {
+                    session.user.insert(start, stop);
+                    if let Some(chain) = &mut session.chain {
+                        chain.pages.insert(start, stop);
+                    }
+                }
+            }
+        });
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Starts snapshot `id`: with `base` (its session and id) the pages dirtied since the base
+    /// are handed over (and kept aside until [`finish_snapshot`](Self::finish_snapshot)).
+    pub(crate) fn begin_snapshot(
+        &mut self,
+        targets: &[LiveTarget],
+        base: Option<(u64, &str)>,
+        id: &str,
+    ) -> Result<Result<SnapshotStart, NotTracked>, DirtyTrackingError> {
+        if self.session.is_none() {
+            return Ok(match base {
+                Some(_) => Err(NotTracked::Off),
+                None => Ok(SnapshotStart {
+                    session: None,
+                    dirty: None,
+                }),
+            });
+        }
+        self.harvest(targets)?;
+        let Some(session) = &mut self.session else {
+            return Ok(Err(NotTracked::Off));
+        };
+        if let Some((base_session, base_id)) = base {
+            if base_session != session.id {
+                return Ok(Err(NotTracked::OtherSession));
+            }
+            match &session.chain {
+                Some(chain) if chain.pending.is_none() && chain.snapshot == base_id => {}
+                Some(chain) => {
+                    return Ok(Err(NotTracked::NotLatest {
+                        latest: chain.snapshot.clone(),
+                    }))
+                }
+                None => return Ok(Err(NotTracked::OtherSession)),
+            }
+        }
+        if session
+            .chain
+            .as_ref()
+            .is_some_and(|chain| chain.pending.is_some())
+        {
+            // Another snapshot is being written: this one stays outside the chain.
+            return Ok(Ok(SnapshotStart {
+                session: None,
+                dirty: None,
+            }));
+        }
+        let head = session.chain.get_or_insert_with(|| ChainHead {
+            snapshot: String::new(),
+            pages: PageSet::default(),
+            pending: None,
+        });
+        let pages = std::mem::take(&mut head.pages);
+        head.pending = Some((id.to_owned(), pages.clone()));
+        Ok(Ok(SnapshotStart {
+            session: Some(session.id),
+            dirty: base.map(|_| pages),
+        }))
+    }
+
+    /// Ends snapshot `id`: on success it becomes the chain head; on failure the pages it was
+    /// handed go back.
+    pub(crate) fn finish_snapshot(&mut self, id: &str, succeeded: bool) {
+        let Some(chain) = self.session.as_mut().and_then(|s| s.chain.as_mut()) else {
+            return;
+        };
+        let Some((pending, pages)) = chain.pending.take() else {
+            return;
+        };
+        if pending != id {
+            chain.pending = Some((pending, pages));
+            return;
+        }
+        if succeeded {
+            chain.snapshot = pending;
+        } else {
+            chain.pages.extend(&pages);
+        }
+    }
+
+    /// Makes snapshot `id` (just restored into this manager) the chain head of a new session,
+    /// so that the next snapshot can be incremental on it.
+    pub(crate) fn adopt_snapshot(
+        &mut self,
+        targets: &[LiveTarget],
+        id: &str,
+    ) -> Result<(), DirtyTrackingError> {
+        self.start(targets)?;
+        if let Some(session) = &mut self.session {
+            session.chain = Some(ChainHead {
+                snapshot: id.to_owned(),
+                pages: PageSet::default(),
+                pending: None,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod page_set_tests {
+    use super::*;
+
+    #[test]
+    fn page_sets_coalesce() {
+        let mut set = PageSet::default();
+        set.insert(10, 12);
+        set.insert(14, 16);
+        set.insert(12, 14);
+        set.insert(11, 13);
+        set.insert(20, 21);
+        set.insert(5, 5);
+        assert_eq!(set.runs().collect::<Vec<_>>(), vec![(10, 16), (20, 21)]);
+        set.insert(0, 30);
+        assert_eq!(set.runs().collect::<Vec<_>>(), vec![(0, 30)]);
+        assert_eq!(set.page_count(), 30);
+        set.insert(3, 4);
+        assert_eq!(set.to_ranges(), vec![MemoryRange::new(0..30 << 12)]);
+    }
+}
