@@ -52,6 +52,7 @@ pub mod mapping_manager;
 mod memory_manager;
 pub mod ram_visibility;
 pub mod region_manager;
+pub mod snapshot;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod test_guest;
 
@@ -86,6 +87,7 @@ pub use region_manager::InvalidRamRegion;
 pub use region_manager::OverlapError;
 pub use region_manager::PartitionMapperError;
 pub use region_manager::RegionManagerError;
+pub use snapshot::SnapshotError;
 
 /// The error of region-manager operations of a running manager (visibility, device windows,
 /// decommit, inspect): the JavaScript API's `MemoryManagerError`.

@@ -22,7 +22,6 @@ use virt_kvm::PAGE_TABLES_SIZE;
 /// Where the programs go (guest RAM must cover `[0, GUEST_LOW_END)`).
 const FILL_AT: u64 = 0x1000;
 const SUM_AT: u64 = 0x1100;
-const TOUCH_AT: u64 = 0x1200;
 const PAGE_TABLES_AT: u64 = 0x20_0000;
 /// The low RAM the fixture uses for code and page tables.
 pub(crate) const GUEST_LOW_END: u64 = PAGE_TABLES_AT + PAGE_TABLES_SIZE;
@@ -34,7 +33,8 @@ pub(crate) fn say(line: &str) {
 
 /// A KVM partition attached to a manager, with one vCPU.
 pub(crate) struct KvmGuest {
-    pub partition: Arc<KvmPartition>,
+    /// Kept alive here: the manager holds partitions weakly.
+    _partition: Arc<KvmPartition>,
     vcpu: Vcpu,
 }
 
@@ -61,7 +61,10 @@ impl KvmGuest {
             memory.write_at(gpa, data).map_err(Into::into)
         };
         let vcpu = partition.create_vcpu(&options, &writer).expect("vCPU");
-        Some(Self { partition, vcpu })
+        Some(Self {
+            _partition: partition,
+            vcpu,
+        })
     }
 
     /// Writes the programs into guest RAM (again, e.g. after a restore that did not hold them).
@@ -69,7 +72,6 @@ impl KvmGuest {
         for (gpa, code) in [
             (FILL_AT, programs::FILL_PATTERN),
             (SUM_AT, programs::SUM_QWORDS),
-            (TOUCH_AT, programs::TOUCH_PAGES),
         ] {
             memory.write_at(gpa, code).expect("write a program");
         }
@@ -78,7 +80,7 @@ impl KvmGuest {
     fn run_to_done(&self, mut on_out: impl FnMut(u16, &[u8])) {
         loop {
             match self.vcpu.run(None).expect("run") {
-                VcpuExit::IoOut { port, data } if port == programs::DONE_PORT => return,
+                VcpuExit::IoOut { port, .. } if port == programs::DONE_PORT => return,
                 VcpuExit::IoOut { port, data } => on_out(port, &data),
                 other => panic!("unexpected exit {other:?}"),
             }
@@ -113,11 +115,5 @@ impl KvmGuest {
         });
         assert_eq!(halves.len(), 2);
         u64::from(halves[0]) | (u64::from(halves[1]) << 32)
-    }
-
-    /// The guest writes byte 1 at the start of each of `pages` pages from `gpa`.
-    pub fn touch(&self, gpa: u64, pages: u64) {
-        self.start(TOUCH_AT, 0, pages, 0, gpa);
-        self.run_to_done(|port, _| panic!("unexpected port write {port:#x}"));
     }
 }

@@ -143,11 +143,6 @@ impl PageSet {
         self.runs.iter().map(|(&first, &end)| (first, end))
     }
 
-    /// The number of pages.
-    pub fn page_count(&self) -> u64 {
-        self.runs.iter().map(|(first, end)| end - first).sum()
-    }
-
     /// The runs as GPA ranges.
     pub fn to_ranges(&self) -> Vec<MemoryRange> {
         self.runs()
@@ -416,11 +411,11 @@ impl DirtyState {
             return Ok(Err(NotTracked::Off));
         };
         if let Some((base_session, base_id)) = base {
-            if base_session != session.id {
-                return Ok(Err(NotTracked::OtherSession));
-            }
+            // The chain head is the latest snapshot taken (or restored and adopted) while
+            // tracking: ids are random, so a match means tracking covers everything since.
             match &session.chain {
                 Some(chain) if chain.pending.is_none() && chain.snapshot == base_id => {}
+                _ if base_session != session.id => return Ok(Err(NotTracked::OtherSession)),
                 Some(chain) => {
                     return Ok(Err(NotTracked::NotLatest {
                         latest: chain.snapshot.clone(),
@@ -511,7 +506,6 @@ mod page_set_tests {
         assert_eq!(set.runs().collect::<Vec<_>>(), vec![(10, 16), (20, 21)]);
         set.insert(0, 30);
         assert_eq!(set.runs().collect::<Vec<_>>(), vec![(0, 30)]);
-        assert_eq!(set.page_count(), 30);
         set.insert(3, 4);
         assert_eq!(set.to_ranges(), vec![MemoryRange::new(0..30 << 12)]);
     }

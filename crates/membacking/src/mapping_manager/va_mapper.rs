@@ -229,6 +229,18 @@ pub(crate) struct MapperShared {
     cond: Condvar,
     va: Mutex<VaState<Mappable>>,
     events: Mutex<VecDeque<(u64, MapperEvent)>>,
+    /// Told about file mappings before they become accessible (a lazy restore).
+    observer: Mutex<Option<Arc<dyn MapObserver>>>,
+}
+
+/// Sees the file mappings a mapper places, while they are still inaccessible: a lazy restore
+/// registers the views of the RAM object with userfaultfd before anything can touch them.
+pub(crate) trait MapObserver: Send + Sync {
+    /// Whether mappings of `object` are to be observed.
+    fn observes(&self, object: &Mappable) -> bool;
+    /// The view `[address, address + len)` was just placed, inaccessible; it becomes
+    /// accessible when this returns `Ok`.
+    fn mapped(&self, address: *mut u8, len: usize) -> io::Result<()>;
 }
 
 impl std::fmt::Debug for MapperShared {
@@ -368,13 +380,22 @@ impl MapperShared {
                         file_offset,
                         writable,
                     },
-                ) => self.window.map_file(
-                    range.start() as usize,
-                    range.len() as usize,
-                    object.as_ref(),
-                    *file_offset,
-                    *writable,
-                ),
+                ) => match self.observer.lock().clone() {
+                    Some(observer) if observer.observes(object) => self.map_observed(
+                        *range,
+                        object,
+                        *file_offset,
+                        *writable,
+                        observer.as_ref(),
+                    ),
+                    _ => self.window.map_file(
+                        range.start() as usize,
+                        range.len() as usize,
+                        object.as_ref(),
+                        *file_offset,
+                        *writable,
+                    ),
+                },
                 VaOp::Map(range, Backing::Private) => self
                     .window
                     .alloc(range.start() as usize, range.len() as usize),
@@ -392,6 +413,33 @@ impl MapperShared {
             }
         }
         Ok(())
+    }
+
+    /// Places a file view inaccessible, lets `observer` see it, then opens it up.
+    fn map_observed(
+        &self,
+        range: MemoryRange,
+        object: &Mappable,
+        file_offset: u64,
+        writable: bool,
+        observer: &dyn MapObserver,
+    ) -> io::Result<()> {
+        let (offset, len) = (range.start() as usize, range.len() as usize);
+        let file_offset =
+            i64::try_from(file_offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: a plain shared view with no protection: no flag that breaks the reservation.
+        unsafe {
+            self.window.mmap(
+                offset,
+                len,
+                libc::PROT_NONE,
+                libc::MAP_SHARED,
+                object,
+                file_offset,
+            )
+        }?;
+        observer.mapped(self.window.as_ptr().cast::<u8>().wrapping_add(offset), len)?;
+        self.window.set_writable(offset, len, writable)
     }
 
     /// The mapper thread: processes messages (leaving a head start to faulting threads that
@@ -463,6 +511,7 @@ impl VaMapper {
             cond: Condvar::new(),
             va: Mutex::new(VaState::default()),
             events: Mutex::new(VecDeque::new()),
+            observer: Mutex::new(None),
         });
         let id = manager
             .add_mapper(shared.clone())
@@ -697,6 +746,28 @@ impl VaMapper {
     /// The number of locked pages.
     pub fn locked_page_count(&self) -> usize {
         self.shared.va.lock().locked_page_count()
+    }
+
+    /// Installs (or with `None` removes) the observer of file mappings, then runs `then` with
+    /// the VA state locked (no mapping changes while it runs), e.g. to register or unregister
+    /// the views already in place.
+    pub(crate) fn set_map_observer<R>(
+        &self,
+        observer: Option<Arc<dyn MapObserver>>,
+        then: impl FnOnce(&[(MemoryRange, Option<Arc<Mappable>>)]) -> R,
+    ) -> R {
+        let va = self.shared.va.lock();
+        *self.shared.observer.lock() = observer;
+        let pieces: Vec<(MemoryRange, Option<Arc<Mappable>>)> = va
+            .pieces()
+            .map(|(range, backing)| match backing {
+                Backing::File { object, .. } => (range, Some(object.clone())),
+                Backing::Private => (range, None),
+            })
+            .collect();
+        let result = then(&pieces);
+        drop(va);
+        result
     }
 }
 

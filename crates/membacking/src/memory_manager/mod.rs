@@ -391,6 +391,7 @@ impl GuestMemoryBuilder {
             pin_mappings: self.pin_mappings,
             private,
             dirty_bitmap,
+            lazy_restore: Arc::default(),
             options: BuildOptions {
                 layout,
                 x86_legacy_support: self.x86_legacy_support,
@@ -488,18 +489,20 @@ impl Drop for RamRegionHandles {
 /// Owns guest RAM, the region and mapping managers and their thread (spec §2.3).
 #[derive(Debug)]
 pub struct GuestMemoryManager {
-    regions: RegionManagerClient,
+    pub(crate) regions: RegionManagerClient,
     mapping: MappingManagerClient,
     ram: Arc<RamRegionHandles>,
-    ram_object: Option<SharedObject>,
-    ram_specs: Vec<RamRegionSpec>,
+    pub(crate) ram_object: Option<SharedObject>,
+    pub(crate) ram_specs: Vec<RamRegionSpec>,
     mapper: Option<Arc<VaMapper>>,
     max_addr: u64,
-    alias_offset: Option<u64>,
-    pin_mappings: bool,
-    private: bool,
+    pub(crate) alias_offset: Option<u64>,
+    pub(crate) pin_mappings: bool,
+    pub(crate) private: bool,
     dirty_bitmap: Arc<DirtyBitmap>,
-    options: BuildOptions,
+    pub(crate) options: BuildOptions,
+    /// A lazy restore still filling this manager's RAM (decommits must claim their pages).
+    pub(crate) lazy_restore: Arc<parking_lot::Mutex<Option<crate::snapshot::lazy::DecommitGuard>>>,
     attach_lock: Arc<futures::lock::Mutex<()>>,
     thread: Option<JoinHandle<()>>,
     stopped: Option<oneshot::Receiver<()>>,
@@ -515,7 +518,7 @@ pub(crate) struct BuildOptions {
 }
 
 impl GuestMemoryManager {
-    fn mapper(&self) -> &Arc<VaMapper> {
+    pub(crate) fn mapper(&self) -> &Arc<VaMapper> {
         self.mapper
             .as_ref()
             .expect("the mapper is only taken by close, which consumes the manager")
@@ -611,7 +614,14 @@ impl GuestMemoryManager {
         range: MemoryRange,
     ) -> impl Future<Output = Result<(), RegionManagerError>> + Send + 'static {
         let regions = self.regions.clone();
-        async move { regions.decommit(range).await }
+        let lazy = self.lazy_restore.lock().clone();
+        async move {
+            if let Some(lazy) = lazy {
+                // A lazy restore must not fill these pages from the snapshot afterwards.
+                lazy.claim(range);
+            }
+            regions.decommit(range).await
+        }
     }
 
     /// The snapshot of regions, mappings and mappers (spec §8.0).

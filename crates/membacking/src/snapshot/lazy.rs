@@ -1,0 +1,806 @@
+//! Lazy restore: guest RAM filled on first touch through userfaultfd, and finished by a
+//! background thread that then unregisters everything.
+//!
+//! # Which views fault, and how they are registered
+//!
+//! Every access to guest RAM in this process — guest-memory accesses and KVM guest accesses
+//! alike, since KVM memory slots point into the manager's VA window — goes through the VA
+//! window's views of the RAM, so those views are what is registered (`UFFDIO_REGISTER_MODE_MISSING`):
+//!
+//! - file-backed RAM (a memfd): the VA mapper places RAM views lazily and replaces them on
+//!   visibility changes, so the restore installs a map observer on the manager's mapper: each
+//!   new view of the RAM object is placed inaccessible, registered, and only then opened up
+//!   (nothing can touch it unregistered). Missing-page faults on shmem are reported for every
+//!   registered view of the object; pages already in the object's page cache never fault.
+//!   The background fill writes through a private helper view of the whole object
+//!   (registered too, since `UFFDIO_COPY` needs a registered destination), which allocates the
+//!   page in the object for every view at once.
+//! - private RAM: the anonymous window ranges committed at build time are registered; they
+//!   never move, and the fill copies straight into them.
+//!
+//! # Who fills a page
+//!
+//! Each page of the RAM backing has a *claimed* and a *done* bit. Whoever sets the claimed bit
+//! (the fault handler for a touched page, the background filler otherwise, a decommit) fills
+//! it (or, for a decommit, leaves it to read as zeros) and sets done. A fault on a page someone
+//! else claimed waits for done and then only wakes the faulting thread — or, if the page is
+//! missing again because it was decommitted, fills it with zeros. Pages the snapshot has no data
+//! for are never filled by the background thread: once it has filled every data page, nothing
+//! is left that must not read as zeros, so it unregisters every view, closes the userfaultfd and
+//! stops the handler; from then on RAM behaves as if it had never been restored lazily.
+//!
+//! Each page read from the snapshot is checked against its CRC-32C before it is handed over. A
+//! mismatch cannot fail an access that already happened: the page is filled with zeros and the
+//! restore's [`LazyRestore::wait`] fails with `SnapshotError::Corrupt`.
+
+use super::report;
+use super::restore::read_verified;
+use super::restore::Layer;
+use super::restore::Piece;
+use super::restore::Plan;
+use super::restore::Source;
+use super::uffd::Copied;
+use super::uffd::Userfaultfd;
+use super::Progress;
+use super::SnapshotError;
+use crate::mapping_manager::va_mapper::MapObserver;
+use crate::mapping_manager::va_mapper::VaMapper;
+use crate::ram_visibility::RamRegionSpec;
+use crate::GuestMemoryManager;
+use futures::channel::oneshot;
+use parking_lot::Mutex;
+use sparse_mmap::Mappable;
+use std::future::Future;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::fd::FromRawFd;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+const PAGE_SIZE: u64 = 4096;
+const PAGE: usize = 4096;
+/// Pages the background filler copies at once.
+const FILL_PAGES: usize = 64;
+
+/// A window offset or length as `usize` (the window itself is a `usize`-sized reservation, so
+/// every offset in it fits).
+fn window_usize(value: u64) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
+}
+
+/// Whether this process can serve kernel-mode faults (KVM's) with userfaultfd; the error says
+/// why not (`/proc/sys/vm/unprivileged_userfaultfd`, the capability, `/dev/userfaultfd`).
+pub fn userfaultfd_available() -> Result<(), String> {
+    match Userfaultfd::new() {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            let sysctl = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+                .map(|value| value.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".into());
+            let user_only = if Userfaultfd::user_mode_only_available() {
+                "; only UFFD_USER_MODE_ONLY is allowed, which cannot serve KVM's faults"
+            } else {
+                ""
+            };
+            Err(format!(
+                "userfaultfd with kernel-mode faults (needed for KVM guests) cannot be created: \
+                 {error} (vm.unprivileged_userfaultfd = {sysctl}; it needs CAP_SYS_PTRACE, that \
+                 sysctl at 1, or access to /dev/userfaultfd{user_only})"
+            ))
+        }
+    }
+}
+
+/// Statistics of a lazy restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LazyStats {
+    /// Faults served by the handler (first touches).
+    pub faults: u64,
+    /// Pages filled with snapshot data (by the handler and the filler).
+    pub pages_filled: u64,
+}
+
+/// A failure of the background restore, kept to hand to every waiter.
+#[derive(Debug, Clone)]
+enum Failure {
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        what: String,
+    },
+    Other {
+        op: &'static str,
+        what: String,
+    },
+}
+
+impl Failure {
+    fn from_error(error: &SnapshotError) -> Self {
+        match error {
+            SnapshotError::Corrupt { file, offset, what } => Failure::Corrupt {
+                file: file.clone(),
+                offset: *offset,
+                what: what.clone(),
+            },
+            other => Failure::Other {
+                op: "lazy restore",
+                what: other.to_string(),
+            },
+        }
+    }
+
+    fn to_error(&self) -> SnapshotError {
+        match self {
+            Failure::Corrupt { file, offset, what } => SnapshotError::Corrupt {
+                file: file.clone(),
+                offset: *offset,
+                what: what.clone(),
+            },
+            Failure::Other { op, what } => {
+                SnapshotError::io(op, PathBuf::new(), io::Error::other(what.clone()))
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Completion {
+    result: Option<Result<LazyStats, Failure>>,
+    waiters: Vec<oneshot::Sender<Result<LazyStats, Failure>>>,
+}
+
+/// Where the RAM pages are written.
+enum Target {
+    /// File-backed: the helper view of the whole object (registered).
+    Helper { base: usize, len: usize },
+    /// Private: the window itself.
+    Window,
+}
+
+/// A page bitmap of atomic words (lazily zeroed memory).
+struct PageBits(Box<[AtomicU64]>);
+
+impl PageBits {
+    fn new(pages: u64) -> Self {
+        let words = usize::try_from(pages.div_ceil(64)).unwrap_or(0);
+        // Zeroed u64s come from a calloc'ed (lazily zeroed) allocation: a large bitmap costs
+        // nothing until touched, so setting up a restore does not grow with the guest.
+        let plain: Box<[u64]> = vec![0u64; words].into_boxed_slice();
+        // SAFETY: `AtomicU64` has the same size, alignment and bit validity as `u64`, so the
+        // allocation is a valid `[AtomicU64]` of the same length (and is freed with the same
+        // layout).
+        Self(unsafe { Box::from_raw(Box::into_raw(plain) as *mut [AtomicU64]) })
+    }
+
+    /// Sets the bit; returns whether it was clear.
+    fn set(&self, page: u64) -> bool {
+        let Some(word) = usize::try_from(page / 64).ok().and_then(|w| self.0.get(w)) else {
+            return false;
+        };
+        let mask = 1 << (page % 64);
+        word.fetch_or(mask, Ordering::AcqRel) & mask == 0
+    }
+
+    fn get(&self, page: u64) -> bool {
+        usize::try_from(page / 64)
+            .ok()
+            .and_then(|w| self.0.get(w))
+            .is_some_and(|word| word.load(Ordering::Acquire) & (1 << (page % 64)) != 0)
+    }
+}
+
+/// State shared by the handler, the filler and the handle.
+struct Shared {
+    uffd: Userfaultfd,
+    layers: Arc<Vec<Layer>>,
+    pieces: Arc<Vec<Piece>>,
+    specs: Vec<RamRegionSpec>,
+    window_base: usize,
+    target: Target,
+    claimed: PageBits,
+    done: PageBits,
+    /// The RAM object's identity (device, inode), for the map observer.
+    object_id: Option<(u64, u64)>,
+    mapper: Arc<VaMapper>,
+    stop: OwnedFd,
+    background: AtomicBool,
+    background_go: (std::sync::Mutex<bool>, std::sync::Condvar),
+    finished: AtomicBool,
+    faults: AtomicU64,
+    filled: AtomicU64,
+    total: u64,
+    progress: Option<Progress>,
+    failure: Mutex<Option<Failure>>,
+    completion: Mutex<Completion>,
+    zeros: Box<[u8]>,
+}
+
+/// The background side of a lazy restore (from [`RestoredManager::lazy`](super::RestoredManager::lazy)).
+///
+/// Dropping it does not stop the restore (the memory depends on it); a deferred background
+/// fill is started then.
+pub struct LazyRestore {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for LazyRestore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyRestore")
+            .field("finished", &self.is_finished())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+fn file_id(fd: &impl AsRawFd) -> Option<(u64, u64)> {
+    // SAFETY: `stat` is plain old data for which all-zero is valid.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a valid out pointer.
+    let ok = unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } == 0;
+    ok.then_some((stat.st_dev, stat.st_ino))
+}
+
+/// Registers `[address, address + len)` for missing-page faults.
+fn register(uffd: &Userfaultfd, address: *mut u8, len: usize) -> io::Result<()> {
+    uffd.register(address, len)
+}
+
+/// The observer that registers each new view of the RAM object.
+struct Observer(Arc<Shared>);
+
+impl MapObserver for Observer {
+    fn observes(&self, object: &Mappable) -> bool {
+        self.0.object_id.is_some() && file_id(object) == self.0.object_id
+    }
+
+    fn mapped(&self, address: *mut u8, len: usize) -> io::Result<()> {
+        register(&self.0.uffd, address, len)
+    }
+}
+
+impl LazyRestore {
+    /// Registers the RAM views of `manager` and starts the handler (and, with `background`,
+    /// the filler).
+    pub(crate) fn start(
+        manager: &GuestMemoryManager,
+        plan: Plan,
+        progress: Option<Progress>,
+        background: bool,
+    ) -> Result<Self, SnapshotError> {
+        let uffd = Userfaultfd::new().map_err(|error| SnapshotError::LazyUnavailable {
+            reason: format!("creating the userfaultfd failed: {error}"),
+        })?;
+        let mapper = manager.va_mapper();
+        let specs = manager.ram_specs.clone();
+        let ram_size = specs
+            .iter()
+            .map(|spec| spec.file_offset + spec.range.len())
+            .max()
+            .unwrap_or(0);
+        let pages = ram_size / PAGE_SIZE;
+        let (target, object_id) = match &manager.ram_object {
+            Some(object) => {
+                let len =
+                    usize::try_from(ram_size).map_err(|_| SnapshotError::LazyUnavailable {
+                        reason: "RAM too large".into(),
+                    })?;
+                // SAFETY: a new shared view of the RAM object at an address the kernel picks;
+                // it is unmapped when the restore finishes and nothing else uses it.
+                let base = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_SHARED | libc::MAP_NORESERVE,
+                        object.as_raw_fd(),
+                        0,
+                    )
+                };
+                if base == libc::MAP_FAILED {
+                    return Err(SnapshotError::io(
+                        "map",
+                        "the RAM object",
+                        io::Error::last_os_error(),
+                    ));
+                }
+                if let Err(error) = register(&uffd, base.cast(), len) {
+                    // SAFETY: unmaps exactly the view mapped above.
+                    unsafe { libc::munmap(base, len) };
+                    return Err(SnapshotError::io("register", "the RAM object", error));
+                }
+                (
+                    Target::Helper {
+                        base: base as usize,
+                        len,
+                    },
+                    file_id(object.as_ref()),
+                )
+            }
+            None => (Target::Window, None),
+        };
+        // SAFETY: eventfd creates a new descriptor we own.
+        let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if stop < 0 {
+            return Err(SnapshotError::io(
+                "create",
+                "an eventfd",
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: `stop` is a fresh descriptor owned by nobody else.
+        let stop = unsafe { OwnedFd::from_raw_fd(stop) };
+        let total = plan
+            .pieces
+            .iter()
+            .filter(|piece| piece.source != Source::Zero)
+            .map(|piece| piece.pages * PAGE_SIZE)
+            .sum();
+        let shared = Arc::new(Shared {
+            uffd,
+            layers: plan.layers,
+            pieces: plan.pieces,
+            specs,
+            window_base: manager.va_window_base(),
+            target,
+            claimed: PageBits::new(pages),
+            done: PageBits::new(pages),
+            object_id,
+            mapper: mapper.clone(),
+            stop,
+            background: AtomicBool::new(background),
+            background_go: (std::sync::Mutex::new(background), std::sync::Condvar::new()),
+            finished: AtomicBool::new(false),
+            faults: AtomicU64::new(0),
+            filled: AtomicU64::new(0),
+            total,
+            progress,
+            failure: Mutex::new(None),
+            completion: Mutex::new(Completion::default()),
+            zeros: vec![0u8; PAGE].into_boxed_slice(),
+        });
+        // Register what is in place now (private RAM; views of the object mapped so far) and
+        // every view placed from now on.
+        let observer: Arc<dyn MapObserver> = Arc::new(Observer(shared.clone()));
+        let registered = mapper.set_map_observer(Some(observer), |pieces| {
+            for (range, object) in pieces {
+                let observed = match object {
+                    Some(object) => {
+                        shared.object_id.is_some() && file_id(object.as_ref()) == shared.object_id
+                    }
+                    None => shared.object_id.is_none(),
+                };
+                if observed {
+                    let address =
+                        (shared.window_base as *mut u8).wrapping_add(window_usize(range.start()));
+                    register(&shared.uffd, address, window_usize(range.len()))?;
+                }
+            }
+            Ok::<(), io::Error>(())
+        });
+        let handle = Self {
+            shared: shared.clone(),
+            threads: Mutex::new(Vec::new()),
+        };
+        if let Err(error) = registered {
+            handle.shared.teardown();
+            return Err(SnapshotError::io("register", "guest RAM", error));
+        }
+        let spawn = |name: &str, work: fn(Arc<Shared>)| {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || work(shared))
+        };
+        match (
+            spawn("lazy-restore-faults", serve_faults),
+            spawn("lazy-restore-fill", fill_all),
+        ) {
+            (Ok(faults), Ok(fill)) => handle.threads.lock().extend([faults, fill]),
+            (faults, fill) => {
+                handle.shared.teardown();
+                for thread in [faults, fill].into_iter().flatten() {
+                    handle.threads.lock().push(thread);
+                }
+                return Err(SnapshotError::io(
+                    "spawn",
+                    "the lazy restore threads",
+                    io::Error::other("thread creation failed"),
+                ));
+            }
+        }
+        Ok(handle)
+    }
+
+    /// Starts the background fill of a restore made with `defer_background_fill`.
+    pub fn start_background(&self) {
+        self.shared.start_background();
+    }
+
+    /// Whether every page has been restored and userfaultfd is no longer involved.
+    pub fn is_finished(&self) -> bool {
+        self.shared.finished.load(Ordering::Acquire)
+    }
+
+    /// Faults served and pages filled so far.
+    pub fn stats(&self) -> LazyStats {
+        self.shared.stats()
+    }
+
+    /// Resolves when the restore has finished (every view unregistered), with its statistics,
+    /// or with the first corrupt page it found ([`SnapshotError::Corrupt`]).
+    pub fn wait(&self) -> impl Future<Output = Result<LazyStats, SnapshotError>> + Send + 'static {
+        let receiver = {
+            let mut completion = self.shared.completion.lock();
+            match &completion.result {
+                Some(result) => Err(result.clone()),
+                None => {
+                    let (sender, receiver) = oneshot::channel();
+                    completion.waiters.push(sender);
+                    Ok(receiver)
+                }
+            }
+        };
+        async move {
+            let result = match receiver {
+                Err(result) => result,
+                Ok(receiver) => receiver.await.unwrap_or(Err(Failure::Other {
+                    op: "wait for",
+                    what: "the lazy restore stopped".into(),
+                })),
+            };
+            result.map_err(|failure| failure.to_error())
+        }
+    }
+}
+
+impl Drop for LazyRestore {
+    fn drop(&mut self) {
+        // The memory depends on the restore finishing.
+        self.shared.start_background();
+    }
+}
+
+impl Shared {
+    fn stats(&self) -> LazyStats {
+        LazyStats {
+            faults: self.faults.load(Ordering::Relaxed),
+            pages_filled: self.filled.load(Ordering::Relaxed),
+        }
+    }
+
+    fn start_background(&self) {
+        let (lock, cond) = &self.background_go;
+        let mut go = lock.lock().unwrap_or_else(|e| e.into_inner());
+        *go = true;
+        self.background.store(true, Ordering::Release);
+        cond.notify_all();
+    }
+
+    fn fail(&self, error: &SnapshotError) {
+        self.failure
+            .lock()
+            .get_or_insert(Failure::from_error(error));
+    }
+
+    /// The backing offset of a window address, if it is RAM.
+    fn backing_offset(&self, address: usize) -> Option<u64> {
+        let gpa = u64::try_from(address.checked_sub(self.window_base)?).ok()?;
+        self.specs.iter().find_map(|spec| {
+            spec.range
+                .contains_addr(gpa)
+                .then(|| spec.file_offset + (gpa - spec.range.start()))
+        })
+    }
+
+    /// The address a fill of backing offset `offset` writes to.
+    fn fill_address(&self, offset: u64) -> Option<*mut u8> {
+        match self.target {
+            Target::Helper { base, len } => {
+                let offset = usize::try_from(offset).ok().filter(|&o| o < len)?;
+                Some((base as *mut u8).wrapping_add(offset))
+            }
+            Target::Window => {
+                let spec = self.specs.iter().find(|spec| {
+                    offset >= spec.file_offset && offset < spec.file_offset + spec.range.len()
+                })?;
+                let gpa = spec.range.start() + (offset - spec.file_offset);
+                Some((self.window_base as *mut u8).wrapping_add(usize::try_from(gpa).ok()?))
+            }
+        }
+    }
+
+    /// The piece covering backing offset `offset`, if the snapshot has one.
+    fn piece_at(&self, offset: u64) -> Option<Piece> {
+        let index = self.pieces.partition_point(|piece| piece.end() <= offset);
+        let piece = self
+            .pieces
+            .get(index)
+            .filter(|piece| piece.start <= offset)?;
+        Some(piece.slice((offset - piece.start) / PAGE_SIZE, 1))
+    }
+
+    /// Copies `data` to `address` with `UFFDIO_COPY` (waking waiters there); `false` when a
+    /// page is already present.
+    fn copy(&self, address: *mut u8, data: &[u8]) -> Result<bool, SnapshotError> {
+        match self.uffd.copy(address, data) {
+            Ok(Copied::All) => Ok(true),
+            Ok(Copied::Exists) => Ok(false),
+            Err(error) => Err(SnapshotError::io("UFFDIO_COPY into", "guest RAM", error)),
+        }
+    }
+
+    /// Serves a missing-page fault at `address`.
+    fn serve_fault(&self, address: usize) {
+        self.faults.fetch_add(1, Ordering::Relaxed);
+        let page_address = address & !(PAGE - 1);
+        let Some(offset) = self.backing_offset(page_address) else {
+            // Not RAM (cannot happen: only RAM views are registered): never leave it waiting.
+            let _ = self.copy(page_address as *mut u8, &self.zeros);
+            return;
+        };
+        let page = offset / PAGE_SIZE;
+        if self.claimed.set(page) {
+            let mut buffer = [0u8; PAGE];
+            let data: &[u8] = match self.piece_at(offset) {
+                Some(piece) if piece.source != Source::Zero => {
+                    match read_verified(&self.layers, &piece, &mut buffer) {
+                        Ok(()) => {
+                            self.filled.fetch_add(1, Ordering::Relaxed);
+                            &buffer
+                        }
+                        Err(error) => {
+                            self.fail(&error);
+                            &self.zeros
+                        }
+                    }
+                }
+                _ => &self.zeros,
+            };
+            if let Err(error) = self.copy(page_address as *mut u8, data) {
+                self.fail(&error);
+                let _ = self.uffd.wake(page_address as *mut u8, PAGE);
+            }
+            self.done.set(page);
+        } else {
+            // Someone else fills (or filled, or decommitted) it.
+            while !self.done.get(page) {
+                std::thread::yield_now();
+            }
+            // Present: just wake. Missing again (decommitted): zeros.
+            match self.copy(page_address as *mut u8, &self.zeros) {
+                Ok(true) => {}
+                _ => {
+                    let _ = self.uffd.wake(page_address as *mut u8, PAGE);
+                }
+            }
+        }
+    }
+
+    /// Claims the pages of backing range `[offset, offset + len)` for a decommit: none of them
+    /// is filled from the snapshot afterwards (a fill in progress is waited for).
+    pub(crate) fn claim_for_decommit(&self, offset: u64, len: u64) {
+        for page in offset / PAGE_SIZE..(offset + len).div_ceil(PAGE_SIZE) {
+            if self.claimed.set(page) {
+                self.done.set(page);
+            } else {
+                while !self.done.get(page) {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    /// Unregisters every view, removes the observer and the helper view, and stops the fault
+    /// handler.
+    fn teardown(&self) {
+        let uffd = &self.uffd;
+        let object_id = self.object_id;
+        let base = self.window_base;
+        self.mapper.set_map_observer(None, |pieces| {
+            for (range, object) in pieces {
+                let observed = match object {
+                    Some(object) => object_id.is_some() && file_id(object.as_ref()) == object_id,
+                    None => object_id.is_none(),
+                };
+                if observed {
+                    let address = (base as *mut u8).wrapping_add(window_usize(range.start()));
+                    if let Err(error) = uffd.unregister(address, window_usize(range.len())) {
+                        tracing::warn!(%error, range = %range, "unregistering a RAM view failed");
+                    }
+                }
+            }
+        });
+        if let Target::Helper { base, len } = self.target {
+            let _ = self.uffd.unregister(base as *mut u8, len);
+            // SAFETY: unmaps exactly the helper view this restore mapped; nothing else uses it.
+            unsafe { libc::munmap(base as *mut libc::c_void, len) };
+        }
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to the eventfd we own.
+        unsafe { libc::write(self.stop.as_raw_fd(), std::ptr::from_ref(&one).cast(), 8) };
+    }
+
+    fn complete(&self) {
+        let result = match self.failure.lock().clone() {
+            Some(failure) => Err(failure),
+            None => Ok(self.stats()),
+        };
+        self.finished.store(true, Ordering::Release);
+        let mut completion = self.completion.lock();
+        completion.result = Some(result.clone());
+        for waiter in completion.waiters.drain(..) {
+            let _ = waiter.send(result.clone());
+        }
+    }
+}
+
+/// The fault handler thread: serves page faults until told to stop.
+fn serve_faults(shared: Arc<Shared>) {
+    let mut faults = Vec::new();
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: shared.uffd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: shared.stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfd entries that live across the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if ready < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            faults.clear();
+            if shared.uffd.read_faults(&mut faults).is_err() {
+                continue;
+            }
+            for &address in &faults {
+                if let Ok(address) = usize::try_from(address) {
+                    shared.serve_fault(address);
+                }
+            }
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            return;
+        }
+    }
+}
+
+/// The background filler: waits until it may start, fills every data page not yet claimed,
+/// then tears the restore down.
+fn fill_all(shared: Arc<Shared>) {
+    {
+        let (lock, cond) = &shared.background_go;
+        let mut go = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while !*go {
+            go = cond.wait(go).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+    let mut buffer = vec![0u8; PAGE * FILL_PAGES];
+    let mut reported = 0u64;
+    for piece in shared
+        .pieces
+        .iter()
+        .filter(|piece| piece.source != Source::Zero)
+    {
+        let mut skip = 0;
+        while skip < piece.pages {
+            let count = (piece.pages - skip).min(FILL_PAGES as u64);
+            let chunk = piece.slice(skip, count);
+            skip += count;
+            if let Err(error) = fill_chunk(&shared, &chunk, &mut buffer) {
+                shared.fail(&error);
+            }
+            reported += count * PAGE_SIZE;
+            report(shared.progress.as_ref(), reported, shared.total);
+        }
+    }
+    shared.teardown();
+    shared.complete();
+}
+
+/// Fills the unclaimed pages of `chunk` (one data piece of at most [`FILL_PAGES`] pages).
+fn fill_chunk(shared: &Shared, chunk: &Piece, buffer: &mut [u8]) -> Result<(), SnapshotError> {
+    let first_page = chunk.start / PAGE_SIZE;
+    let pages = window_usize(chunk.pages).min(FILL_PAGES);
+    let mine: Vec<bool> = (0..pages)
+        .map(|index| shared.claimed.set(first_page + index as u64))
+        .collect();
+    if !mine.iter().any(|&mine| mine) {
+        return Ok(());
+    }
+    let data = &mut buffer[..pages * PAGE];
+    let verified = read_verified(&shared.layers, chunk, data);
+    if let Err(error) = &verified {
+        // Find the bad page(s) one by one; the good ones still go in.
+        for (index, bytes) in data.chunks_exact_mut(PAGE).enumerate() {
+            let page = chunk.slice(index as u64, 1);
+            if read_verified(&shared.layers, &page, bytes).is_err() {
+                bytes.fill(0);
+            }
+        }
+        shared.fail(error);
+    }
+    let mut index = 0;
+    while index < pages {
+        if !mine[index] {
+            index += 1;
+            continue;
+        }
+        let run = mine[index..].iter().take_while(|&&mine| mine).count();
+        let offset = chunk.start + index as u64 * PAGE_SIZE;
+        let address = shared
+            .fill_address(offset)
+            .ok_or_else(|| SnapshotError::Corrupt {
+                file: PathBuf::new(),
+                offset,
+                what: "a piece outside the RAM regions".into(),
+            })?;
+        let bytes = &data[index * PAGE..(index + run) * PAGE];
+        if !shared.copy(address, bytes)? {
+            // A page in the run exists already: copy page by page.
+            for (page, page_bytes) in bytes.chunks_exact(PAGE).enumerate() {
+                shared.copy(address.wrapping_add(page * PAGE), page_bytes)?;
+            }
+        }
+        for page in index..index + run {
+            shared.done.set(first_page + page as u64);
+        }
+        shared.filled.fetch_add(run as u64, Ordering::Relaxed);
+        index += run;
+    }
+    Ok(())
+}
+
+/// A decommit during a lazy restore claims its pages first (see [`Shared::claim_for_decommit`]).
+#[derive(Clone)]
+pub(crate) struct DecommitGuard(std::sync::Weak<Shared>);
+
+impl std::fmt::Debug for DecommitGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DecommitGuard").finish()
+    }
+}
+
+impl DecommitGuard {
+    pub(crate) fn new(restore: &LazyRestore) -> Self {
+        Self(Arc::downgrade(&restore.shared))
+    }
+
+    /// Claims the backing pages of GPA `range` if the restore is still running.
+    pub(crate) fn claim(&self, range: memory_range::MemoryRange) {
+        let Some(shared) = self.0.upgrade() else {
+            return;
+        };
+        if shared.finished.load(Ordering::Acquire) {
+            return;
+        }
+        for spec in &shared.specs {
+            let (start, end) = (
+                range.start().max(spec.range.start()),
+                range.end().min(spec.range.end()),
+            );
+            if start < end {
+                shared.claim_for_decommit(
+                    spec.file_offset + (start - spec.range.start()),
+                    end - start,
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Snapshots of a manager's guest memory and restoring them (`docs/snapshots.md`).
+//!
+//! - [`GuestMemoryManager::snapshot`](crate::GuestMemoryManager::snapshot) writes a snapshot
+//!   directory: a manifest (layout, build options, RAM regions with their backing offsets and
+//!   visibility, placed device windows as metadata), an extent index with a CRC-32C per page,
+//!   and a memory file holding only pages with data. With a base it is incremental: only the
+//!   pages dirtied since the base (dirty tracking must have been on since then). The directory
+//!   is written beside the target and published atomically ([`publish`]).
+//! - [`GuestMemoryBuilder::restore`](crate::GuestMemoryBuilder::restore) rebuilds a manager
+//!   from a snapshot and its chain of bases, by copying ([`RestoreMode::Copy`]) or on demand
+//!   with userfaultfd ([`RestoreMode::Lazy`]).
+//!
+//! Everything a JavaScript error needs is a field of [`SnapshotError`].
+
+pub mod format;
+pub(crate) mod lazy;
+mod publish;
+mod restore;
+mod source;
+mod uffd;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use lazy::userfaultfd_available;
+pub use lazy::LazyRestore;
+pub use lazy::LazyStats;
+pub use restore::read_snapshot;
+pub use restore::RestoreMode;
+pub use restore::RestoreOptions;
+pub use restore::RestoredManager;
+pub use restore::RestoredWindow;
+pub use restore::WindowBacking;
+pub use writer::SnapshotInfo;
+pub use writer::SnapshotOptions;
+
+use crate::dirty::DirtyTrackingError;
+use crate::error::MemoryBuildError;
+use crate::region_manager::RegionManagerError;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Told `(done, total)` bytes as a snapshot or restore progresses, from a worker thread.
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// A snapshot or restore failed. Every variant names what it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A file of a snapshot does not match its checksum, size or structure
+    /// (`ERR_SNAPSHOT_CORRUPT`).
+    #[error("snapshot file {} is corrupt at offset {offset}: {what}", file.display())]
+    Corrupt {
+        /// The file.
+        file: PathBuf,
+        /// The byte offset where the problem was found.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// A snapshot file has a format version this build does not read (`ERR_SNAPSHOT_VERSION`).
+    #[error("snapshot file {} has format version {found}; this build reads version {supported}", file.display())]
+    Version {
+        /// The file.
+        file: PathBuf,
+        /// The version found.
+        found: u64,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+    /// A snapshot does not match the machine it is restored into or based on
+    /// (`ERR_SNAPSHOT_LAYOUT`).
+    #[error("snapshot {} does not match: {what}", dir.display())]
+    Layout {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// What differs.
+        what: String,
+    },
+    /// An incremental snapshot was asked for without dirty tracking on since its base
+    /// (`ERR_DIRTY_TRACKING_OFF`).
+    #[error("cannot take an incremental snapshot on {}: {reason}; take a full snapshot (no base) while tracking is on", base.display())]
+    DirtyTrackingOff {
+        /// The base directory.
+        base: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// An argument is not usable (`ERR_INVALID_ARG_VALUE`).
+    #[error("{what}")]
+    InvalidArgument {
+        /// What is wrong, with the value.
+        what: String,
+    },
+    /// A file system operation failed (the errno's code).
+    #[error("{op} {} failed", path.display())]
+    Io {
+        /// The operation (`open`, `write`, `rename`, …).
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A lazy restore needs userfaultfd with kernel-mode faults, which is unavailable
+    /// (`ERR_UNSUPPORTED`).
+    #[error("lazy restore is unavailable: {reason}; restore with mode 'copy'")]
+    LazyUnavailable {
+        /// Why.
+        reason: String,
+    },
+    /// Reading the guest memory or dirty tracking failed.
+    #[error(transparent)]
+    DirtyTracking(#[from] DirtyTrackingError),
+    /// Building the restored manager failed.
+    #[error(transparent)]
+    Build(#[from] MemoryBuildError),
+    /// Recreating visibility or device windows failed.
+    #[error(transparent)]
+    Manager(#[from] RegionManagerError),
+    /// Recreating a device window failed.
+    #[error("recreating device window {window:?} failed")]
+    DeviceWindow {
+        /// The window's name.
+        window: String,
+        /// The error (kind `Other` wrapping a `RegionManagerError`, or an OS error).
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl SnapshotError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        SnapshotError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn format(file: impl Into<PathBuf>, error: format::FormatError) -> Self {
+        match error {
+            format::FormatError::Corrupt { offset, what } => SnapshotError::Corrupt {
+                file: file.into(),
+                offset,
+                what,
+            },
+            format::FormatError::Version { found } => SnapshotError::Version {
+                file: file.into(),
+                found,
+                supported: format::VERSION,
+            },
+        }
+    }
+}
+
+/// Runs `work` on a new thread and resolves with its result (snapshot and restore I/O never
+/// runs on the caller's executor or the manager thread).
+pub(crate) async fn on_thread<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> Result<T, SnapshotError> + Send + 'static,
+) -> Result<T, SnapshotError> {
+    let (sender, receiver) = futures::channel::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                .unwrap_or_else(|_| {
+                    Err(SnapshotError::io(
+                        "run",
+                        PathBuf::new(),
+                        io::Error::other("the snapshot worker panicked"),
+                    ))
+                });
+            let _ = sender.send(result);
+        })
+        .map_err(|error| SnapshotError::io("spawn a thread for", PathBuf::new(), error))?;
+    receiver.await.unwrap_or_else(|_| {
+        Err(SnapshotError::io(
+            "run",
+            PathBuf::new(),
+            io::Error::other("the snapshot worker stopped"),
+        ))
+    })
+}
+
+/// Calls `progress` without letting a panic escape into the worker.
+pub(crate) fn report(progress: Option<&Progress>, done: u64, total: u64) {
+    if let Some(progress) = progress {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| progress(done, total)));
+    }
+}
+
+/// A new random 128-bit id as 32 hex digits.
+pub(crate) fn new_id() -> String {
+    use std::hash::BuildHasher;
+    let state = std::collections::hash_map::RandomState::new();
+    let high = state.hash_one(std::time::SystemTime::now());
+    let low = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    format!("{high:016x}{low:016x}")
+}

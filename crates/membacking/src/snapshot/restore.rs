@@ -1,0 +1,861 @@
+//! Restoring a snapshot: [`GuestMemoryBuilder::restore`].
+//!
+//! 1. The chain is loaded and checked before anything is built: the snapshot's manifest, its
+//!    base's, and so on down to a full snapshot, each manifest and extent index verified
+//!    against its checksum, each memory file against its size, each base against the id the
+//!    snapshot above it recorded, and every layer against the same machine. The layers are
+//!    flattened into one sorted list of pieces of the RAM backing, each taken from the newest
+//!    layer that has it ([`flatten`]).
+//! 2. A manager is built with the snapshot's layout and build options.
+//! 3. The RAM is filled: [`RestoreMode::Copy`] reads every data page, checks its CRC-32C and
+//!    writes it into the new RAM (two workers); [`RestoreMode::Lazy`] registers the RAM views
+//!    with userfaultfd and returns at once (see the `lazy` module).
+//! 4. Visibility and device windows are recreated.
+//!
+//! A failure in any step closes the half-built manager: nothing is returned half-built.
+
+use super::format;
+use super::format::ExtentKind;
+use super::format::Index;
+use super::format::Manifest;
+use super::lazy::LazyRestore;
+use super::on_thread;
+use super::report;
+use super::writer::ITEM_BYTES;
+use super::writer::ITEM_PAGES;
+use super::Progress;
+use super::SnapshotError;
+use crate::ram_visibility::RamRegionSpec;
+use crate::GuestMemoryBuilder;
+use crate::GuestMemoryManager;
+use crate::MappableGuestMemory;
+use crate::MappedMemoryRegion;
+use crate::RamVisibility;
+use memory_range::MemoryRange;
+use sparse_mmap::Mappable;
+use std::fs::File;
+use std::future::Future;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use vm_topology::memory::MemoryLayout;
+use vm_topology::memory::MemoryRangeWithNode;
+
+const PAGE_SIZE: u64 = format::PAGE_SIZE;
+const PAGE: usize = 4096;
+/// Longer chains are refused (a loop of bases, or a mistake).
+const MAX_CHAIN: usize = 4096;
+
+/// How a restore fills guest RAM.
+#[derive(Debug, Copy, Clone, PartialEq, Eq, Default)]
+pub enum RestoreMode {
+    /// Copy every page before returning.
+    #[default]
+    Copy,
+    /// Return at once; pages are filled on first touch (userfaultfd) and by a background
+    /// thread, which unregisters everything when it is done.
+    Lazy,
+}
+
+/// A backing for one recorded mapping of a device window (the snapshot holds none).
+#[derive(Debug)]
+pub struct WindowBacking {
+    /// The window's name.
+    pub window: String,
+    /// The mapping's offset in the window.
+    pub offset: u64,
+    /// The object to map (mapped with the recorded length, object offset and writability).
+    pub object: Mappable,
+}
+
+/// Options of [`GuestMemoryBuilder::restore`].
+#[derive(Default)]
+pub struct RestoreOptions {
+    /// Copy or lazy.
+    pub mode: RestoreMode,
+    /// Told `(done, total)` bytes of page data restored, from a worker thread.
+    pub progress: Option<Progress>,
+    /// The layout the caller expects; a snapshot of another layout is refused
+    /// ([`SnapshotError::Layout`]).
+    pub layout: Option<MemoryLayout>,
+    /// Backings of device-window mappings, by window name and offset. Each must name a
+    /// recorded mapping; recorded mappings without one are listed in
+    /// [`RestoredWindow::missing`].
+    pub window_backings: Vec<WindowBacking>,
+    /// Start dirty tracking on the restored manager with this snapshot as the chain head, so
+    /// the next snapshot can be incremental on it.
+    pub start_dirty_tracking: bool,
+    /// Lazy mode: start the background fill at once (default). When false, pages are only
+    /// filled on first touch until [`LazyRestore::start_background`].
+    pub defer_background_fill: bool,
+}
+
+impl std::fmt::Debug for RestoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreOptions")
+            .field("mode", &self.mode)
+            .field("progress", &self.progress.is_some())
+            .field("layout", &self.layout)
+            .field("window_backings", &self.window_backings)
+            .field("start_dirty_tracking", &self.start_dirty_tracking)
+            .field("defer_background_fill", &self.defer_background_fill)
+            .finish()
+    }
+}
+
+/// A device window recreated by a restore (placed where it was, with the mappings whose
+/// backings were supplied). Keep both halves: dropping them removes the window.
+#[derive(Debug)]
+pub struct RestoredWindow {
+    /// The window as the snapshot recorded it.
+    pub record: format::DeviceWindowRecord,
+    /// The placement half.
+    pub control: MappableGuestMemory,
+    /// The mapping half: map the missing backings with it.
+    pub region: Arc<MappedMemoryRegion>,
+    /// Recorded mappings that no backing was supplied for.
+    pub missing: Vec<format::DeviceMappingRecord>,
+}
+
+/// The result of a restore.
+#[derive(Debug)]
+pub struct RestoredManager {
+    /// The manager.
+    pub manager: GuestMemoryManager,
+    /// The device windows, in the snapshot's order.
+    pub windows: Vec<RestoredWindow>,
+    /// The background fill of a lazy restore.
+    pub lazy: Option<LazyRestore>,
+    /// The restored snapshot's manifest.
+    pub manifest: Manifest,
+    /// The number of snapshots in the chain (1 for a full snapshot).
+    pub layers: usize,
+    /// Bytes of page data in the restored memory.
+    pub bytes: u64,
+}
+
+/// One snapshot of a chain, loaded and verified.
+pub(crate) struct Layer {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub index: Index,
+    pub memory: File,
+    pub memory_path: PathBuf,
+}
+
+/// Where a piece of the flattened chain comes from.
+#[derive(Debug, Copy, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Pages of a layer's memory file.
+    Data {
+        /// Offset in the memory file.
+        data_offset: u64,
+        /// Index of the first page's CRC in the layer's index.
+        first_crc: usize,
+    },
+    /// Pages that read as zeros.
+    Zero,
+}
+
+/// A run of pages of the RAM backing and where its contents come from.
+#[derive(Debug, Copy, Clone, PartialEq, Eq)]
+pub(crate) struct Piece {
+    /// Backing offset (page-aligned).
+    pub start: u64,
+    /// Pages.
+    pub pages: u64,
+    /// The layer (index into the chain, oldest first).
+    pub layer: usize,
+    pub source: Source,
+}
+
+impl Piece {
+    pub fn end(&self) -> u64 {
+        self.start + self.pages * PAGE_SIZE
+    }
+
+    /// The part from page `skip` on, `pages` long.
+    pub fn slice(&self, skip: u64, pages: u64) -> Piece {
+        let source = match self.source {
+            Source::Data {
+                data_offset,
+                first_crc,
+            } => Source::Data {
+                data_offset: data_offset + skip * PAGE_SIZE,
+                first_crc: first_crc + usize::try_from(skip).unwrap_or(usize::MAX),
+            },
+            Source::Zero => Source::Zero,
+        };
+        Piece {
+            start: self.start + skip * PAGE_SIZE,
+            pages,
+            layer: self.layer,
+            source,
+        }
+    }
+}
+
+/// Reads and verifies a snapshot's `manifest.json` (a target left missing by a crash during a
+/// replacement is recovered first).
+pub fn read_snapshot(dir: &Path) -> Result<Manifest, SnapshotError> {
+    if let Ok(target) = super::publish::Target::new(dir) {
+        super::publish::recover(&target)?;
+    }
+    read_manifest(dir)
+}
+
+pub(crate) fn read_manifest(dir: &Path) -> Result<Manifest, SnapshotError> {
+    let path = dir.join(format::MANIFEST_FILE);
+    let bytes = std::fs::read(&path).map_err(|error| SnapshotError::io("read", &path, error))?;
+    format::decode_manifest(&bytes).map_err(|error| SnapshotError::format(&path, error))
+}
+
+fn load_layer(dir: &Path) -> Result<Layer, SnapshotError> {
+    let manifest = read_manifest(dir)?;
+    let index_path = dir.join(format::INDEX_FILE);
+    let bytes = std::fs::read(&index_path)
+        .map_err(|error| SnapshotError::io("read", &index_path, error))?;
+    let corrupt = |offset: u64, what: String| SnapshotError::Corrupt {
+        file: index_path.clone(),
+        offset,
+        what,
+    };
+    if bytes.len() as u64 != manifest.index.size.0 {
+        return Err(corrupt(
+            bytes.len() as u64,
+            format!(
+                "{} bytes, the manifest says {}",
+                bytes.len(),
+                manifest.index.size.0
+            ),
+        ));
+    }
+    let crc = crc32c::crc32c(&bytes);
+    if Some(crc) != manifest.index.crc32c {
+        return Err(corrupt(
+            0,
+            format!(
+                "checksum {crc:08x} does not match the manifest's {:08x}",
+                manifest.index.crc32c.unwrap_or(0)
+            ),
+        ));
+    }
+    let index = format::decode_index(&bytes, manifest.ram_size.0, manifest.memory.size.0)
+        .map_err(|error| SnapshotError::format(&index_path, error))?;
+    let memory_path = dir.join(format::MEMORY_FILE);
+    let memory =
+        File::open(&memory_path).map_err(|error| SnapshotError::io("open", &memory_path, error))?;
+    let size = memory
+        .metadata()
+        .map_err(|error| SnapshotError::io("stat", &memory_path, error))?
+        .len();
+    if size != manifest.memory.size.0 {
+        return Err(SnapshotError::Corrupt {
+            file: memory_path,
+            offset: size,
+            what: format!("{size} bytes, the manifest says {}", manifest.memory.size.0),
+        });
+    }
+    Ok(Layer {
+        dir: dir.to_owned(),
+        manifest,
+        index,
+        memory,
+        memory_path,
+    })
+}
+
+/// Loads `dir` and its bases, oldest first, checking ids and machines.
+pub(crate) fn load_chain(dir: &Path) -> Result<Vec<Layer>, SnapshotError> {
+    let top = load_layer(dir)?;
+    let mut chain = vec![top];
+    loop {
+        let (base_path, base_id, above_dir) = {
+            let above = chain.last().map(|layer| (&layer.manifest, &layer.dir));
+            match above {
+                Some((manifest, above_dir)) => match &manifest.base {
+                    Some(base) => (base.path.clone(), base.id.clone(), above_dir.clone()),
+                    None => break,
+                },
+                None => break,
+            }
+        };
+        if chain.len() >= MAX_CHAIN {
+            return Err(SnapshotError::Layout {
+                dir: dir.to_owned(),
+                what: format!("its chain of bases is longer than {MAX_CHAIN}"),
+            });
+        }
+        let joined = above_dir.join(&base_path);
+        let base_dir = joined.canonicalize().unwrap_or(joined);
+        let base = load_layer(&base_dir)?;
+        if base.manifest.id != base_id {
+            return Err(SnapshotError::Layout {
+                dir: above_dir,
+                what: format!(
+                    "its base {} is now snapshot {}, not {} it was taken on (was the base replaced?)",
+                    base_dir.display(),
+                    base.manifest.id,
+                    base_id
+                ),
+            });
+        }
+        super::writer::check_same_machine(&base_dir, &base.manifest, &chain[0].manifest)?;
+        chain.push(base);
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
+/// The pieces of one layer's index.
+fn layer_pieces(layer: usize, index: &Index) -> Vec<Piece> {
+    index
+        .extents
+        .iter()
+        .map(|extent| Piece {
+            start: extent.ram_offset,
+            pages: u64::from(extent.pages),
+            layer,
+            source: match extent.kind {
+                ExtentKind::Data => Source::Data {
+                    data_offset: extent.data_offset,
+                    first_crc: extent.first_crc,
+                },
+                ExtentKind::Zero => Source::Zero,
+            },
+        })
+        .collect()
+}
+
+/// Lays the sorted, disjoint `top` over the sorted, disjoint `old`: the result is sorted and
+/// disjoint, with `top` winning wherever both have pages.
+pub(crate) fn overlay(old: Vec<Piece>, top: Vec<Piece>) -> Vec<Piece> {
+    let mut out = Vec::with_capacity(old.len() + top.len());
+    let mut next = 0;
+    for piece in old {
+        let mut rest = Some(piece);
+        while let Some(current) = rest.take() {
+            while next < top.len() && top[next].end() <= current.start {
+                next += 1;
+            }
+            let Some(cover) = top.get(next).filter(|cover| cover.start < current.end()) else {
+                out.push(current);
+                break;
+            };
+            if cover.start > current.start {
+                out.push(current.slice(0, (cover.start - current.start) / PAGE_SIZE));
+            }
+            if cover.end() < current.end() {
+                let skip = (cover.end() - current.start) / PAGE_SIZE;
+                rest = Some(current.slice(skip, current.pages - skip));
+            }
+        }
+    }
+    out.extend(top);
+    out.sort_unstable_by_key(|piece| piece.start);
+    out
+}
+
+/// The flattened chain: for every page with data or a recorded zero, the newest layer's.
+pub(crate) fn flatten(layers: &[Layer]) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    for (layer, loaded) in layers.iter().enumerate() {
+        pieces = overlay(pieces, layer_pieces(layer, &loaded.index));
+    }
+    pieces
+}
+
+/// The data pieces cut into items of at most [`ITEM_PAGES`] pages.
+pub(crate) fn data_items(pieces: &[Piece]) -> Vec<Piece> {
+    let mut items = Vec::new();
+    for piece in pieces.iter().filter(|piece| piece.source != Source::Zero) {
+        let mut skip = 0;
+        while skip < piece.pages {
+            let pages = (piece.pages - skip).min(ITEM_PAGES);
+            items.push(piece.slice(skip, pages));
+            skip += pages;
+        }
+    }
+    items
+}
+
+/// Reads `item`'s pages from its layer into `buffer` and checks each page's CRC-32C.
+pub(crate) fn read_verified(
+    layers: &[Layer],
+    item: &Piece,
+    buffer: &mut [u8],
+) -> Result<(), SnapshotError> {
+    let Source::Data {
+        data_offset,
+        first_crc,
+    } = item.source
+    else {
+        buffer.fill(0);
+        return Ok(());
+    };
+    let layer = &layers[item.layer];
+    layer
+        .memory
+        .read_exact_at(buffer, data_offset)
+        .map_err(|error| SnapshotError::io("read", &layer.memory_path, error))?;
+    for (page, bytes) in buffer.chunks_exact(PAGE).enumerate() {
+        let stored = layer.index.crcs.get(first_crc + page).copied();
+        let computed = crc32c::crc32c(bytes);
+        if stored != Some(computed) {
+            let offset = data_offset + page as u64 * PAGE_SIZE;
+            return Err(SnapshotError::Corrupt {
+                file: layer.memory_path.clone(),
+                offset,
+                what: format!(
+                    "the page of RAM offset {:#x} has checksum {computed:08x}, the index says {:08x}",
+                    item.start + page as u64 * PAGE_SIZE,
+                    stored.unwrap_or(0)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The MemoryLayout a manifest records.
+fn layout_of(dir: &Path, record: &format::LayoutRecord) -> Result<MemoryLayout, SnapshotError> {
+    let invalid = |what: String| SnapshotError::Layout {
+        dir: dir.to_owned(),
+        what,
+    };
+    let range = |start: u64, end: u64| {
+        MemoryRange::try_new(start..end)
+            .map_err(|_| invalid(format!("{start:#x}..{end:#x} is not a valid range")))
+    };
+    let ram = record
+        .ram
+        .iter()
+        .map(|ram| {
+            Ok(MemoryRangeWithNode {
+                range: range(ram.start.0, ram.end.0)?,
+                vnode: ram.vnode,
+            })
+        })
+        .collect::<Result<Vec<_>, SnapshotError>>()?;
+    let mmio = record
+        .mmio
+        .iter()
+        .map(|gap| range(gap.start.0, gap.end.0))
+        .collect::<Result<Vec<_>, _>>()?;
+    let layout = match &record.vtl2 {
+        None => MemoryLayout::new_from_ranges(&ram, &mmio),
+        Some(vtl2) => {
+            let size = ram.iter().map(|ram| ram.range.len()).sum();
+            MemoryLayout::new(size, &mmio, Some(range(vtl2.start.0, vtl2.end.0)?))
+        }
+    }
+    .map_err(|error| invalid(format!("its layout is invalid: {error}")))?;
+    if layout.ram() != ram.as_slice() {
+        return Err(invalid(format!(
+            "its RAM ranges {ram:?} cannot be rebuilt with a VTL2 range"
+        )));
+    }
+    Ok(layout)
+}
+
+/// Whether two layouts are the same.
+fn same_layout(a: &MemoryLayout, b: &MemoryLayout) -> bool {
+    a.ram() == b.ram() && a.mmio() == b.mmio() && a.vtl2_range() == b.vtl2_range()
+}
+
+/// What to fill RAM with, resolved before the manager is built.
+pub(crate) struct Plan {
+    pub layers: Arc<Vec<Layer>>,
+    pub pieces: Arc<Vec<Piece>>,
+    pub layout: MemoryLayout,
+}
+
+fn plan(dir: &Path, options: &RestoreOptions) -> Result<Plan, SnapshotError> {
+    let layers = load_chain(dir)?;
+    let top = &layers[layers.len() - 1].manifest;
+    let layout = layout_of(dir, &top.layout)?;
+    if let Some(expected) = &options.layout {
+        if !same_layout(expected, &layout) {
+            return Err(SnapshotError::Layout {
+                dir: dir.to_owned(),
+                what: format!(
+                    "it was taken of layout RAM {:?} MMIO {:?} VTL2 {:?}, not the expected RAM {:?} MMIO {:?} VTL2 {:?}",
+                    layout.ram(),
+                    layout.mmio(),
+                    layout.vtl2_range(),
+                    expected.ram(),
+                    expected.mmio(),
+                    expected.vtl2_range()
+                ),
+            });
+        }
+    }
+    for backing in &options.window_backings {
+        let matches: Vec<_> = top
+            .device_windows
+            .iter()
+            .filter(|window| window.name == backing.window)
+            .collect();
+        let found = match matches.as_slice() {
+            [window] => window
+                .mappings
+                .iter()
+                .any(|mapping| mapping.offset.0 == backing.offset),
+            _ => false,
+        };
+        if !found {
+            return Err(SnapshotError::Layout {
+                dir: dir.to_owned(),
+                what: format!(
+                    "a backing was given for offset {:#x} of device window {:?}, but the snapshot has {} window(s) of that name{}",
+                    backing.offset,
+                    backing.window,
+                    matches.len(),
+                    if matches.len() == 1 { " and no mapping at that offset" } else { "" }
+                ),
+            });
+        }
+    }
+    let pieces = flatten(&layers);
+    Ok(Plan {
+        layers: Arc::new(layers),
+        pieces: Arc::new(pieces),
+        layout,
+    })
+}
+
+/// Where a copy restore writes RAM.
+pub(crate) enum Destination {
+    /// The RAM object (pwrite at backing offsets).
+    Object(Arc<Mappable>),
+    /// Private RAM in a VA window (GPA = window offset).
+    Private {
+        base: usize,
+        specs: Vec<RamRegionSpec>,
+    },
+}
+
+impl Destination {
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Destination::Object(object) => {
+                // SAFETY: `File` borrows the descriptor `object` keeps open; `ManuallyDrop`
+                // never closes it.
+                let file = std::mem::ManuallyDrop::new(unsafe {
+                    <File as std::os::fd::FromRawFd>::from_raw_fd(object.as_raw_fd())
+                });
+                file.write_all_at(data, offset)
+            }
+            Destination::Private { base, specs } => {
+                let len = data.len() as u64;
+                let spec = specs
+                    .iter()
+                    .find(|spec| {
+                        offset >= spec.file_offset
+                            && offset + len <= spec.file_offset + spec.range.len()
+                    })
+                    .ok_or_else(|| std::io::Error::other("a piece outside the RAM regions"))?;
+                let gpa = spec.range.start() + (offset - spec.file_offset);
+                let gpa = usize::try_from(gpa).map_err(std::io::Error::other)?;
+                let target = (*base as *mut u8).wrapping_add(gpa);
+                // SAFETY: the target lies in the manager's VA window, where private RAM is
+                // committed read-write (visibility is applied after the copy); a fault is
+                // recovered and reported.
+                unsafe { trycopy::try_copy(data.as_ptr(), target, data.len()) }
+                    .map_err(|error| std::io::Error::other(error.to_string()))
+            }
+        }
+    }
+}
+
+/// Copies every data piece into `destination`, checking every page; two workers.
+fn copy_all(
+    plan: &Plan,
+    destination: &Destination,
+    progress: Option<&Progress>,
+) -> Result<u64, SnapshotError> {
+    let items = data_items(&plan.pieces);
+    let total: u64 = items.iter().map(|item| item.pages * PAGE_SIZE).sum();
+    report(progress, 0, total);
+    let next = AtomicU64::new(0);
+    let done = AtomicU64::new(0);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+    let results: Vec<Result<(), SnapshotError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut buffer = vec![0u8; ITEM_BYTES];
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = usize::try_from(index).ok().and_then(|i| items.get(i))
+                        else {
+                            return Ok(());
+                        };
+                        let len = usize::try_from(item.pages * PAGE_SIZE).unwrap_or(0);
+                        let data = &mut buffer[..len];
+                        read_verified(&plan.layers, item, data)?;
+                        destination.write(item.start, data).map_err(|error| {
+                            SnapshotError::io(
+                                "write restored RAM from",
+                                &plan.layers[item.layer].memory_path,
+                                error,
+                            )
+                        })?;
+                        let bytes = item.pages * PAGE_SIZE;
+                        let now = done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+                        report(progress, now, total);
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle.join().unwrap_or_else(|_| {
+                    Err(SnapshotError::io(
+                        "restore",
+                        PathBuf::new(),
+                        std::io::Error::other("a restore worker panicked"),
+                    ))
+                })
+            })
+            .collect()
+    });
+    for result in results {
+        result?;
+    }
+    Ok(total)
+}
+
+impl GuestMemoryBuilder {
+    /// Rebuilds a manager from the snapshot in `dir` and its chain of bases: the same layout,
+    /// build options, RAM contents, visibility and (placed) device windows. See the `restore`
+    /// module and `docs/snapshots.md`.
+    ///
+    /// Errors: [`SnapshotError::Corrupt`], [`SnapshotError::Version`], [`SnapshotError::Layout`]
+    /// (also for an unexpected layout or a window backing that names no recorded mapping),
+    /// [`SnapshotError::LazyUnavailable`], [`SnapshotError::Io`], and the errors of building
+    /// and of recreating visibility and windows. Nothing is left half-built.
+    pub fn restore(
+        dir: impl AsRef<Path>,
+        options: RestoreOptions,
+    ) -> impl Future<Output = Result<RestoredManager, SnapshotError>> + Send + 'static {
+        let dir = dir.as_ref().to_owned();
+        async move {
+            let mut options = options;
+            let plan = {
+                let dir = dir.clone();
+                let backings = std::mem::take(&mut options.window_backings);
+                let layout = options.layout.take();
+                let (plan, backings) = on_thread("restore", move || {
+                    let probe = RestoreOptions {
+                        layout,
+                        window_backings: backings,
+                        ..RestoreOptions::default()
+                    };
+                    let plan = plan(&dir, &probe)?;
+                    Ok((plan, probe.window_backings))
+                })
+                .await?;
+                options.window_backings = backings;
+                plan
+            };
+            if options.mode == RestoreMode::Lazy {
+                super::lazy::userfaultfd_available()
+                    .map_err(|reason| SnapshotError::LazyUnavailable { reason })?;
+            }
+            let top = plan.layers[plan.layers.len() - 1].manifest.clone();
+            let builder = GuestMemoryBuilder::new()
+                .x86_legacy_support(top.options.x86_legacy_support)
+                .private_memory(top.options.private_memory)
+                .transparent_hugepages(top.options.transparent_hugepages)
+                .vtl0_alias_map(top.options.vtl0_alias_map.map(|offset| offset.0))
+                .pin_mappings(top.options.pin_mappings)
+                .prefetch_ram(top.options.prefetch_ram);
+            let manager = builder.build(&plan.layout).await?;
+            match finish_restore(&dir, manager, plan, top, options).await {
+                Ok(restored) => Ok(restored),
+                Err((manager, error)) => {
+                    manager.close().await;
+                    Err(error)
+                }
+            }
+        }
+    }
+}
+
+type Failed = (GuestMemoryManager, SnapshotError);
+
+/// Fills RAM and recreates visibility and windows; on failure hands the manager back to be
+/// closed.
+async fn finish_restore(
+    dir: &Path,
+    manager: GuestMemoryManager,
+    plan: Plan,
+    top: Manifest,
+    options: RestoreOptions,
+) -> Result<RestoredManager, Failed> {
+    let built: Vec<(u64, u64, u64)> = manager
+        .ram_regions()
+        .iter()
+        .map(|(range, offset)| (range.start(), range.end(), *offset))
+        .collect();
+    let recorded: Vec<(u64, u64, u64)> = top
+        .ram_regions
+        .iter()
+        .map(|region| (region.start.0, region.end.0, region.file_offset.0))
+        .collect();
+    if built != recorded {
+        let what = format!("its RAM regions {recorded:x?} are not those built {built:x?}");
+        return Err((
+            manager,
+            SnapshotError::Layout {
+                dir: dir.to_owned(),
+                what,
+            },
+        ));
+    }
+    let layers = plan.layers.len();
+    let bytes: u64 = plan
+        .pieces
+        .iter()
+        .filter(|piece| piece.source != Source::Zero)
+        .map(|piece| piece.pages * PAGE_SIZE)
+        .sum();
+    let lazy = match options.mode {
+        RestoreMode::Copy => {
+            let destination = match manager.shared_memory_backing() {
+                Some(backing) => Destination::Object(Arc::new(
+                    match sparse_mmap::mappable_from_fd(std::os::fd::AsFd::as_fd(&backing)) {
+                        Ok(object) => object,
+                        Err(error) => {
+                            return Err((
+                                manager,
+                                SnapshotError::io("duplicate", "the RAM object", error),
+                            ))
+                        }
+                    },
+                )),
+                None => Destination::Private {
+                    base: manager.va_window_base(),
+                    specs: manager.ram_specs.clone(),
+                },
+            };
+            let progress = options.progress.clone();
+            let copied = on_thread("restore", move || {
+                copy_all(&plan, &destination, progress.as_ref())
+            })
+            .await;
+            if let Err(error) = copied {
+                return Err((manager, error));
+            }
+            None
+        }
+        RestoreMode::Lazy => match LazyRestore::start(
+            &manager,
+            plan,
+            options.progress.clone(),
+            !options.defer_background_fill,
+        ) {
+            Ok(lazy) => {
+                *manager.lazy_restore.lock() = Some(super::lazy::DecommitGuard::new(&lazy));
+                Some(lazy)
+            }
+            Err(error) => return Err((manager, error)),
+        },
+    };
+    let control = manager.ram_visibility_control();
+    for region in &top.ram_regions {
+        let visibility: RamVisibility = match region.visibility.parse() {
+            Ok(visibility) => visibility,
+            Err(_) => RamVisibility::ReadWrite,
+        };
+        if visibility == RamVisibility::ReadWrite {
+            continue;
+        }
+        let range = MemoryRange::new(region.start.0..region.end.0);
+        if let Err(error) = control.set_ram_visibility(range, visibility).await {
+            return Err((manager, error.into()));
+        }
+    }
+    let mut backings = options.window_backings;
+    let mapper = manager.device_memory_mapper();
+    let mut windows = Vec::new();
+    for record in &top.device_windows {
+        let failed = |source: std::io::Error| SnapshotError::DeviceWindow {
+            window: record.name.clone(),
+            source,
+        };
+        let len = match usize::try_from(record.len.0) {
+            Ok(len) => len,
+            Err(_) => {
+                let error = std::io::Error::other("the window does not fit the address space");
+                return Err((manager, failed(error)));
+            }
+        };
+        let (control, region) = match mapper.new_region(len, record.name.clone()) {
+            Ok(halves) => halves,
+            Err(error) => return Err((manager, failed(error))),
+        };
+        let mut missing = Vec::new();
+        for mapping in &record.mappings {
+            let supplied = backings
+                .iter()
+                .position(|backing| {
+                    backing.window == record.name && backing.offset == mapping.offset.0
+                })
+                .map(|position| backings.swap_remove(position));
+            let Some(backing) = supplied else {
+                missing.push(mapping.clone());
+                continue;
+            };
+            let (Ok(offset), Ok(map_len)) = (
+                usize::try_from(mapping.offset.0),
+                usize::try_from(mapping.len.0),
+            ) else {
+                return Err((
+                    manager,
+                    failed(std::io::Error::other("mapping beyond the address space")),
+                ));
+            };
+            let mapped = region
+                .map(
+                    offset,
+                    &backing.object,
+                    mapping.file_offset.0,
+                    map_len,
+                    mapping.writable,
+                )
+                .await;
+            if let Err(error) = mapped {
+                return Err((manager, failed(error)));
+            }
+        }
+        if let Err(error) = control.map_to_guest(record.gpa.0, record.writable).await {
+            return Err((manager, failed(error)));
+        }
+        windows.push(RestoredWindow {
+            record: record.clone(),
+            control,
+            region,
+            missing,
+        });
+    }
+    if options.start_dirty_tracking {
+        if let Err(error) = manager.regions.adopt_snapshot(top.id.clone()).await {
+            return Err((manager, error.into()));
+        }
+    }
+    Ok(RestoredManager {
+        manager,
+        windows,
+        lazy,
+        manifest: top,
+        layers,
+        bytes,
+    })
+}

@@ -1,0 +1,1008 @@
+//! Tests of snapshots and restores through a running manager: byte-exact round trips in both
+//! modes (file-backed and private RAM, guest-memory and KVM guest writes, visibility changes
+//! and device windows), incremental chains, the dirty-tracking rules, corruption of every file,
+//! layout checks, atomic replacement and a writer killed with SIGKILL.
+
+use super::*;
+use crate::memory_manager::region_actor::ManagerSnapshot;
+use crate::region_manager::MapParams;
+use crate::GuestMemoryBuilder;
+use crate::GuestMemoryManager;
+use crate::RamVisibility;
+use futures::executor::block_on;
+use memory_range::MemoryRange;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use vm_topology::memory::MemoryLayout;
+use vm_topology::memory::MemoryRangeWithNode;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+const MMIO_GAP: MemoryRange = MemoryRange::new(0xC000_0000..0x1_0000_0000);
+const LOW: MemoryRange = MemoryRange::new(0..16 * MIB);
+const HIGH: MemoryRange = MemoryRange::new(4 * GIB..4 * GIB + 8 * MIB);
+const VGA: MemoryRange = MemoryRange::new(0xa0000..0xc0000);
+const PAM0: MemoryRange = MemoryRange::new(0xc0000..0xc4000);
+const WINDOW_GPA: u64 = 0xD000_0000;
+
+/// A small deterministic generator (xorshift64*).
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub(crate) fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+fn layout() -> MemoryLayout {
+    let ram: Vec<MemoryRangeWithNode> = [LOW, HIGH]
+        .iter()
+        .map(|&range| MemoryRangeWithNode { range, vnode: 0 })
+        .collect();
+    MemoryLayout::new_from_ranges(&ram, &[MMIO_GAP]).unwrap()
+}
+
+fn build(private: bool) -> GuestMemoryManager {
+    let builder = GuestMemoryBuilder::new()
+        .private_memory(private)
+        .x86_legacy_support(!private);
+    block_on(builder.build(&layout())).unwrap()
+}
+
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// Every byte of the RAM backing, read without faulting through the manager's own source.
+fn ram_image(manager: &GuestMemoryManager) -> Vec<u8> {
+    let view = manager.snapshot_view();
+    let mut image = vec![0u8; usize::try_from(view.ram_size).unwrap()];
+    for spec in &view.specs {
+        let start = usize::try_from(spec.file_offset).unwrap();
+        let len = usize::try_from(spec.range.len()).unwrap();
+        view.source
+            .read(spec.file_offset, &mut image[start..start + len])
+            .unwrap();
+    }
+    image
+}
+
+/// Random writes of random bytes through guest memory into the visible RAM.
+fn scribble(manager: &GuestMemoryManager, rng: &mut Rng, writes: usize) {
+    let memory = block_on(manager.client().guest_memory()).unwrap();
+    for _ in 0..writes {
+        // Low RAM from 1 MiB: the legacy pieces below may be unmapped or read-only.
+        let ram = if rng.below(3) == 0 {
+            HIGH
+        } else {
+            MemoryRange::new(MIB..LOW.end())
+        };
+        let len = 1 + rng.below(3 * 4096);
+        let gpa = ram.start() + rng.below(ram.len() - len);
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next().to_le_bytes()[0]).collect();
+        memory.write_at(gpa, &bytes).unwrap();
+    }
+}
+
+/// The regions, without ids, in a stable order.
+type RegionSummary = Vec<(
+    String,
+    MemoryRange,
+    u8,
+    Option<MapParams>,
+    Vec<(MemoryRange, u64, bool)>,
+)>;
+
+fn regions(manager: &GuestMemoryManager) -> RegionSummary {
+    let snapshot: ManagerSnapshot = block_on(manager.inspect()).unwrap();
+    let mut summary: RegionSummary = snapshot
+        .regions
+        .into_iter()
+        .map(|region| {
+            let mappings = region
+                .mappings
+                .iter()
+                .map(|m| (m.range_in_region, m.file_offset, m.writable))
+                .collect();
+            (
+                region.name,
+                region.range,
+                region.priority,
+                region.map_params,
+                mappings,
+            )
+        })
+        .collect();
+    summary.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    summary
+}
+
+fn memfd(len: usize, fill: u8) -> OwnedFd {
+    let fd = sparse_mmap::alloc_shared_memory(len, "device").unwrap();
+    let file = std::fs::File::from(fd.try_clone().unwrap());
+    std::os::unix::fs::FileExt::write_all_at(&file, &vec![fill; len], 0).unwrap();
+    fd
+}
+
+/// A machine with written RAM, changed visibility and a device window with two mappings;
+/// returns the window's halves (kept alive) and its backings.
+fn prepared_machine(
+    manager: &GuestMemoryManager,
+    rng: &mut Rng,
+) -> (
+    crate::MappableGuestMemory,
+    std::sync::Arc<crate::MappedMemoryRegion>,
+    OwnedFd,
+    OwnedFd,
+) {
+    scribble(manager, rng, 300);
+    let control = manager.ram_visibility_control();
+    block_on(control.set_ram_visibility(VGA, RamVisibility::Unmapped)).unwrap();
+    block_on(control.set_ram_visibility(PAM0, RamVisibility::ReadOnly)).unwrap();
+    let (window, region) = manager
+        .device_memory_mapper()
+        .new_region(0x4000, "framebuffer".into())
+        .unwrap();
+    let first = memfd(0x2000, 0xab);
+    let second = memfd(0x1000, 0xcd);
+    block_on(region.map(0, first.as_fd(), 0, 0x2000, true)).unwrap();
+    block_on(region.map(0x3000, second.as_fd(), 0, 0x1000, false)).unwrap();
+    block_on(window.map_to_guest(WINDOW_GPA, true)).unwrap();
+    // Written after the visibility change: still saved.
+    scribble(manager, rng, 50);
+    (window, region, first, second)
+}
+
+fn restore(dir: &Path, options: RestoreOptions) -> RestoredManager {
+    block_on(GuestMemoryBuilder::restore(dir, options)).unwrap()
+}
+
+fn lazy_available(test: &str) -> bool {
+    match userfaultfd_available() {
+        Ok(()) => true,
+        Err(reason) => {
+            // Past the test harness's capture, so the skip shows in every run.
+            let _ = writeln!(std::io::stderr(), "SKIPPED {test} (lazy part): {reason}");
+            false
+        }
+    }
+}
+
+#[test]
+fn round_trips_are_byte_exact_with_visibility_and_windows_in_both_modes() {
+    let test = "round_trips_are_byte_exact_with_visibility_and_windows_in_both_modes";
+    for private in [false, true] {
+        let manager = build(private);
+        let mut rng = Rng::new(7 + u64::from(private));
+        let kept = if private {
+            scribble(&manager, &mut rng, 300);
+            None
+        } else {
+            Some(prepared_machine(&manager, &mut rng))
+        };
+        let dir = temp_dir();
+        let target = dir.path().join("snap");
+        let last = std::sync::Arc::new(AtomicU64::new(0));
+        let progress: Progress = {
+            let last = last.clone();
+            std::sync::Arc::new(move |done, total| {
+                assert!(done <= total);
+                last.store(done, Ordering::SeqCst);
+            })
+        };
+        let info = block_on(manager.snapshot(
+            &target,
+            SnapshotOptions {
+                base: None,
+                progress: Some(progress),
+            },
+        ))
+        .unwrap();
+        assert!(!info.incremental);
+        assert!(info.bytes > 0 && info.bytes < 4 * MIB, "{info:?}");
+        assert!(last.load(Ordering::SeqCst) >= info.bytes);
+        let image = ram_image(&manager);
+        let summary = regions(&manager);
+
+        for mode in [RestoreMode::Copy, RestoreMode::Lazy] {
+            if mode == RestoreMode::Lazy && !lazy_available(test) {
+                continue;
+            }
+            let backings = match &kept {
+                Some((_, _, first, second)) => vec![
+                    WindowBacking {
+                        window: "framebuffer".into(),
+                        offset: 0,
+                        object: first.try_clone().unwrap(),
+                    },
+                    WindowBacking {
+                        window: "framebuffer".into(),
+                        offset: 0x3000,
+                        object: second.try_clone().unwrap(),
+                    },
+                ],
+                None => Vec::new(),
+            };
+            let restored = restore(
+                &target,
+                RestoreOptions {
+                    mode,
+                    window_backings: backings,
+                    ..RestoreOptions::default()
+                },
+            );
+            if let Some(lazy) = &restored.lazy {
+                block_on(lazy.wait()).unwrap();
+                assert!(lazy.is_finished());
+            }
+            assert_eq!(restored.layers, 1);
+            assert!(
+                ram_image(&restored.manager) == image,
+                "RAM differs after a {mode:?} restore (private {private})"
+            );
+            assert_eq!(regions(&restored.manager), summary, "{mode:?}");
+            if kept.is_some() {
+                assert_eq!(restored.windows.len(), 1);
+                assert_eq!(restored.windows[0].control.gpa(), Some(WINDOW_GPA));
+                assert!(restored.windows[0].missing.is_empty());
+                let memory = block_on(restored.manager.client().guest_memory()).unwrap();
+                assert_eq!(memory.read_plain::<u8>(WINDOW_GPA + 0x1000).unwrap(), 0xab);
+                assert_eq!(memory.read_plain::<u8>(WINDOW_GPA + 0x3000).unwrap(), 0xcd);
+            }
+            drop(restored.windows);
+            block_on(restored.manager.close());
+        }
+        drop(kept);
+        block_on(manager.close());
+    }
+}
+
+#[test]
+fn lazy_restore_serves_first_touches_before_the_background_fill() {
+    let test = "lazy_restore_serves_first_touches_before_the_background_fill";
+    if !lazy_available(test) {
+        return;
+    }
+    let manager = build(false);
+    let mut rng = Rng::new(99);
+    scribble(&manager, &mut rng, 200);
+    let image = ram_image(&manager);
+    let dir = temp_dir();
+    let target = dir.path().join("snap");
+    block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
+    let restored = restore(
+        &target,
+        RestoreOptions {
+            mode: RestoreMode::Lazy,
+            defer_background_fill: true,
+            ..RestoreOptions::default()
+        },
+    );
+    let lazy = restored.lazy.as_ref().unwrap();
+    let memory = block_on(restored.manager.client().guest_memory()).unwrap();
+    // Touch pages in random order through guest memory: each is served on its fault.
+    for _ in 0..64 {
+        let gpa = rng.below(LOW.len() / 4096) * 4096;
+        if VGA.contains_addr(gpa) {
+            continue;
+        }
+        let mut page = vec![0u8; 4096];
+        memory.read_at(gpa, &mut page).unwrap();
+        let offset = usize::try_from(gpa).unwrap();
+        assert!(page == image[offset..offset + 4096], "page {gpa:#x}");
+    }
+    // A write to a never-touched page lands on the restored page, not on zeros.
+    let gpa = 0x80_1008;
+    memory.write_plain(gpa, &0x1234_5678u32).unwrap();
+    assert!(lazy.stats().faults > 0);
+    assert!(!lazy.is_finished());
+    // A decommit during the restore wins over the snapshot's data.
+    block_on(
+        restored
+            .manager
+            .decommit_ram(MemoryRange::new(0x40_0000..0x40_4000)),
+    )
+    .unwrap();
+    lazy.start_background();
+    block_on(lazy.wait()).unwrap();
+    let mut expected = image.clone();
+    expected[0x80_1008..0x80_100c].copy_from_slice(&0x1234_5678u32.to_le_bytes());
+    expected[0x40_0000..0x40_4000].fill(0);
+    assert!(ram_image(&restored.manager) == expected);
+    // The steady state: faults are plain page faults again (the RAM views are unregistered).
+    let faults = lazy.stats().faults;
+    memory.write_at(HIGH.start() + 7 * MIB, &[1; 64]).unwrap();
+    assert_eq!(lazy.stats().faults, faults);
+    drop(memory);
+    block_on(restored.manager.close());
+    block_on(manager.close());
+}
+
+#[test]
+fn incremental_chains_of_five_restore_every_link() {
+    let test = "incremental_chains_of_five_restore_every_link";
+    let manager = build(false);
+    let tracking = manager.dirty_tracking();
+    block_on(tracking.start()).unwrap();
+    let dir = temp_dir();
+    let mut rng = Rng::new(5);
+    scribble(&manager, &mut rng, 300);
+    let mut images = Vec::new();
+    let mut paths: Vec<std::path::PathBuf> = Vec::new();
+    for link in 0..5 {
+        let target = dir.path().join(format!("s{link}"));
+        let base = paths.last().cloned();
+        let info = block_on(manager.snapshot(
+            &target,
+            SnapshotOptions {
+                base: base.clone(),
+                progress: None,
+            },
+        ))
+        .unwrap();
+        assert_eq!(info.incremental, base.is_some());
+        if link > 0 {
+            assert!(
+                info.bytes < 512 * 1024,
+                "link {link} saved {} bytes",
+                info.bytes
+            );
+        }
+        images.push(ram_image(&manager));
+        paths.push(target);
+        // Changes for the next link: writes, a decommit, a user take (which must not steal
+        // pages from the chain).
+        scribble(&manager, &mut rng, 40);
+        let start = LOW.start() + (2 + link) * MIB;
+        block_on(manager.decommit_ram(MemoryRange::new(start..start + 0x3000))).unwrap();
+        block_on(tracking.take()).unwrap();
+    }
+    for (link, path) in paths.iter().enumerate() {
+        for mode in [RestoreMode::Copy, RestoreMode::Lazy] {
+            if mode == RestoreMode::Lazy && (link % 2 == 1 || !lazy_available(test)) {
+                continue;
+            }
+            let restored = restore(
+                path,
+                RestoreOptions {
+                    mode,
+                    ..RestoreOptions::default()
+                },
+            );
+            if let Some(lazy) = &restored.lazy {
+                block_on(lazy.wait()).unwrap();
+            }
+            assert_eq!(restored.layers, link + 1);
+            assert!(
+                ram_image(&restored.manager) == images[link],
+                "link {link} ({mode:?}) differs"
+            );
+            block_on(restored.manager.close());
+        }
+    }
+    block_on(manager.close());
+}
+
+#[test]
+fn incremental_snapshots_need_tracking_since_their_base() {
+    let manager = build(false);
+    let dir = temp_dir();
+    let untracked = dir.path().join("untracked");
+    block_on(manager.snapshot(&untracked, SnapshotOptions::default())).unwrap();
+    let incremental = |base: &Path, target: &str| {
+        block_on(manager.snapshot(
+            dir.path().join(target),
+            SnapshotOptions {
+                base: Some(base.to_owned()),
+                progress: None,
+            },
+        ))
+    };
+    let reason = |result: Result<SnapshotInfo, SnapshotError>| match result {
+        Err(SnapshotError::DirtyTrackingOff { reason, .. }) => reason,
+        other => panic!("expected DirtyTrackingOff, got {other:?}"),
+    };
+    assert!(reason(incremental(&untracked, "a")).contains("taken while dirty tracking was off"));
+
+    let tracking = manager.dirty_tracking();
+    block_on(tracking.start()).unwrap();
+    assert!(reason(incremental(&untracked, "a")).contains("taken while dirty tracking was off"));
+    let first = dir.path().join("first");
+    block_on(manager.snapshot(&first, SnapshotOptions::default())).unwrap();
+    let second = dir.path().join("second");
+    block_on(manager.snapshot(&second, SnapshotOptions::default())).unwrap();
+    assert!(reason(incremental(&first, "b")).contains("not the latest"));
+    incremental(&second, "c").unwrap();
+    // The base cannot be replaced by its own increment.
+    assert!(matches!(
+        incremental(&dir.path().join("c"), "c"),
+        Err(SnapshotError::InvalidArgument { .. })
+    ));
+    block_on(tracking.stop()).unwrap();
+    assert!(reason(incremental(&dir.path().join("c"), "d")).contains("off"));
+    block_on(tracking.start()).unwrap();
+    assert!(reason(incremental(&dir.path().join("c"), "d")).contains("continuously"));
+
+    // A restored manager that adopted its snapshot continues the chain.
+    let restored = restore(
+        &dir.path().join("c"),
+        RestoreOptions {
+            start_dirty_tracking: true,
+            ..RestoreOptions::default()
+        },
+    );
+    assert_eq!(restored.layers, 2);
+    let mut rng = Rng::new(3);
+    scribble(&restored.manager, &mut rng, 20);
+    let info = block_on(restored.manager.snapshot(
+        dir.path().join("e"),
+        SnapshotOptions {
+            base: Some(dir.path().join("c")),
+            progress: None,
+        },
+    ))
+    .unwrap();
+    assert!(info.incremental);
+    let image = ram_image(&restored.manager);
+    let again = restore(&dir.path().join("e"), RestoreOptions::default());
+    assert_eq!(again.layers, 3);
+    assert!(ram_image(&again.manager) == image);
+    block_on(again.manager.close());
+    block_on(restored.manager.close());
+    block_on(manager.close());
+}
+
+/// Flips one bit of `file` at `offset`.
+fn flip(file: &Path, offset: u64) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let index = usize::try_from(offset).unwrap();
+    bytes[index] ^= 0x04;
+    std::fs::write(file, bytes).unwrap();
+}
+
+#[test]
+fn a_flipped_byte_in_any_file_is_detected_and_nothing_is_built() {
+    let manager = build(false);
+    let mut rng = Rng::new(11);
+    scribble(&manager, &mut rng, 30);
+    let tracking = manager.dirty_tracking();
+    block_on(tracking.start()).unwrap();
+    let dir = temp_dir();
+    let base = dir.path().join("base");
+    block_on(manager.snapshot(&base, SnapshotOptions::default())).unwrap();
+    scribble(&manager, &mut rng, 10);
+    let top = dir.path().join("top");
+    block_on(manager.snapshot(
+        &top,
+        SnapshotOptions {
+            base: Some(base.clone()),
+            progress: None,
+        },
+    ))
+    .unwrap();
+    let pristine = dir.path().join("pristine");
+    std::fs::create_dir(&pristine).unwrap();
+    for layer in ["base", "top"] {
+        std::fs::create_dir(pristine.join(layer)).unwrap();
+        for file in [
+            format::MANIFEST_FILE,
+            format::INDEX_FILE,
+            format::MEMORY_FILE,
+        ] {
+            std::fs::copy(
+                dir.path().join(layer).join(file),
+                pristine.join(layer).join(file),
+            )
+            .unwrap();
+        }
+    }
+    let reset = || {
+        for layer in ["base", "top"] {
+            for file in [
+                format::MANIFEST_FILE,
+                format::INDEX_FILE,
+                format::MEMORY_FILE,
+            ] {
+                std::fs::copy(
+                    pristine.join(layer).join(file),
+                    dir.path().join(layer).join(file),
+                )
+                .unwrap();
+            }
+        }
+    };
+    let mut checked = 0;
+    for layer in ["base", "top"] {
+        for file in [
+            format::MANIFEST_FILE,
+            format::INDEX_FILE,
+            format::MEMORY_FILE,
+        ] {
+            let path = dir.path().join(layer).join(file);
+            let len = std::fs::metadata(&path).unwrap().len();
+            // Every byte of the small files; for the memory file, one random byte per page.
+            let offsets: Vec<u64> = if file == format::MEMORY_FILE {
+                (0..len / 4096)
+                    .map(|page| page * 4096 + rng.below(4096))
+                    .collect()
+            } else {
+                (0..len)
+                    .step_by(if file == format::MANIFEST_FILE { 7 } else { 1 })
+                    .collect()
+            };
+            for offset in offsets {
+                flip(&path, offset);
+                match block_on(GuestMemoryBuilder::restore(&top, RestoreOptions::default())) {
+                    Err(SnapshotError::Corrupt { file: named, .. }) => assert_eq!(
+                        named.canonicalize().unwrap(),
+                        path.canonicalize().unwrap(),
+                        "flip at {offset} of {}",
+                        path.display()
+                    ),
+                    Err(SnapshotError::Version { file: named, .. }) => {
+                        assert_eq!(named.canonicalize().unwrap(), path.canonicalize().unwrap())
+                    }
+                    Err(SnapshotError::Layout { .. }) if file == format::MANIFEST_FILE => {}
+                    other => panic!("flip at {offset} of {}: {other:?}", path.display()),
+                }
+                checked += 1;
+                reset();
+            }
+        }
+    }
+    assert!(checked > 1000, "{checked}");
+    // A truncated memory file names the file and its size.
+    let memory = top.join(format::MEMORY_FILE);
+    let len = std::fs::metadata(&memory).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&memory)
+        .unwrap()
+        .set_len(len - 4096)
+        .unwrap();
+    match block_on(GuestMemoryBuilder::restore(&top, RestoreOptions::default())) {
+        Err(SnapshotError::Corrupt { file, offset, .. }) => {
+            assert_eq!(file, memory);
+            assert_eq!(offset, len - 4096);
+        }
+        other => panic!("{other:?}"),
+    }
+    block_on(manager.close());
+}
+
+#[test]
+fn a_corrupt_page_fails_a_lazy_restore_when_it_is_reached() {
+    let test = "a_corrupt_page_fails_a_lazy_restore_when_it_is_reached";
+    if !lazy_available(test) {
+        return;
+    }
+    let manager = build(false);
+    let mut rng = Rng::new(13);
+    scribble(&manager, &mut rng, 30);
+    let dir = temp_dir();
+    let target = dir.path().join("snap");
+    block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
+    flip(&target.join(format::MEMORY_FILE), 4096 + 17);
+    let restored = restore(
+        &target,
+        RestoreOptions {
+            mode: RestoreMode::Lazy,
+            ..RestoreOptions::default()
+        },
+    );
+    match block_on(restored.lazy.as_ref().unwrap().wait()) {
+        Err(SnapshotError::Corrupt { file, offset, .. }) => {
+            assert_eq!(file, target.join(format::MEMORY_FILE));
+            assert_eq!(offset, 4096);
+        }
+        other => panic!("{other:?}"),
+    }
+    block_on(restored.manager.close());
+    block_on(manager.close());
+}
+
+#[test]
+fn restores_refuse_other_layouts_and_unknown_window_backings() {
+    let manager = build(false);
+    let dir = temp_dir();
+    let target = dir.path().join("snap");
+    block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
+    let other = MemoryLayout::new(64 * MIB, &[MMIO_GAP], None).unwrap();
+    match block_on(GuestMemoryBuilder::restore(
+        &target,
+        RestoreOptions {
+            layout: Some(other),
+            ..RestoreOptions::default()
+        },
+    )) {
+        Err(SnapshotError::Layout { what, .. }) => assert!(what.contains("expected"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+    let same = restore(
+        &target,
+        RestoreOptions {
+            layout: Some(layout()),
+            ..RestoreOptions::default()
+        },
+    );
+    block_on(same.manager.close());
+    match block_on(GuestMemoryBuilder::restore(
+        &target,
+        RestoreOptions {
+            window_backings: vec![WindowBacking {
+                window: "nic".into(),
+                offset: 0,
+                object: memfd(4096, 0),
+            }],
+            ..RestoreOptions::default()
+        },
+    )) {
+        Err(SnapshotError::Layout { what, .. }) => assert!(what.contains("\"nic\""), "{what}"),
+        other => panic!("{other:?}"),
+    }
+    // A version this build does not read.
+    let manifest_path = target.join(format::MANIFEST_FILE);
+    let text = std::fs::read_to_string(&manifest_path).unwrap();
+    std::fs::write(
+        &manifest_path,
+        text.replacen("\"version\":1", "\"version\":9", 1),
+    )
+    .unwrap();
+    match block_on(GuestMemoryBuilder::restore(
+        &target,
+        RestoreOptions::default(),
+    )) {
+        Err(SnapshotError::Version { found: 9, file, .. }) => assert_eq!(file, manifest_path),
+        other => panic!("{other:?}"),
+    }
+    block_on(manager.close());
+}
+
+#[test]
+fn missing_window_backings_are_listed_and_the_window_is_placed() {
+    let manager = build(false);
+    let mut rng = Rng::new(17);
+    let kept = prepared_machine(&manager, &mut rng);
+    let dir = temp_dir();
+    let target = dir.path().join("snap");
+    block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
+    let restored = restore(
+        &target,
+        RestoreOptions {
+            window_backings: vec![WindowBacking {
+                window: "framebuffer".into(),
+                offset: 0x3000,
+                object: kept.3.try_clone().unwrap(),
+            }],
+            ..RestoreOptions::default()
+        },
+    );
+    let window = &restored.windows[0];
+    assert_eq!(window.record.name, "framebuffer");
+    assert_eq!(window.missing.len(), 1);
+    assert_eq!(window.missing[0].offset.0, 0);
+    // The caller maps the missing backing itself.
+    block_on(window.region.map(0, kept.2.as_fd(), 0, 0x2000, true)).unwrap();
+    let memory = block_on(restored.manager.client().guest_memory()).unwrap();
+    assert_eq!(memory.read_plain::<u8>(WINDOW_GPA).unwrap(), 0xab);
+    drop(memory);
+    drop(restored.windows);
+    block_on(restored.manager.close());
+    drop(kept);
+    block_on(manager.close());
+}
+
+#[test]
+fn an_existing_snapshot_is_replaced_atomically_and_a_half_done_fallback_recovers() {
+    let manager = build(false);
+    let memory = block_on(manager.client().guest_memory()).unwrap();
+    let dir = temp_dir();
+    let target = dir.path().join("snap");
+    memory.write_plain(0x10_0000, &1u64).unwrap();
+    let first = block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
+    memory.write_plain(0x10_0000, &2u64).unwrap();
+    let second = block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
+    assert_ne!(first.id, second.id);
+    assert_eq!(read_snapshot(&target).unwrap().id, second.id);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, vec![std::ffi::OsString::from("snap")]);
+
+    // The fallback without RENAME_EXCHANGE, interrupted between its two renames: the old
+    // snapshot waits under `.snap.old-…` and is put back by the next reader.
+    let parts = publish::Target::new(&target).unwrap();
+    let old = dir.path().join(".snap.old-999999-abcdef01");
+    std::fs::rename(&target, &old).unwrap();
+    assert_eq!(read_snapshot(&target).unwrap().id, second.id);
+    assert!(!old.exists());
+    // The fallback, completed.
+    memory.write_plain(0x10_0000, &3u64).unwrap();
+    let temp = publish::create_temp(&parts).unwrap();
+    std::fs::write(temp.join("marker"), b"new").unwrap();
+    publish::publish(&temp, &parts, false).unwrap();
+    assert!(target.join("marker").exists());
+    let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(leftovers, 1);
+    drop(memory);
+    block_on(manager.close());
+}
+
+/// Run by the SIGKILL test in a child process: snapshots to `$MEMBACKING_SNAPSHOT_CHILD` in a
+/// loop until killed (each snapshot different from the one before).
+#[test]
+fn sigkill_child() {
+    let Ok(target) = std::env::var("MEMBACKING_SNAPSHOT_CHILD") else {
+        return;
+    };
+    let manager = build(false);
+    let memory = block_on(manager.client().guest_memory()).unwrap();
+    let mut rng = Rng::new(u64::from(std::process::id()));
+    for round in 0u64.. {
+        for _ in 0..64 {
+            let gpa = rng.below(LOW.len() / 4096 - 1) * 4096 + 4096;
+            if !VGA.contains_addr(gpa) && !PAM0.contains_addr(gpa) {
+                memory
+                    .write_at(gpa, &[round.to_le_bytes()[0]; 4096])
+                    .unwrap();
+            }
+        }
+        memory.write_plain(0x1000, &round).unwrap();
+        block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
+        println!("snapshot {round} written");
+    }
+}
+
+#[test]
+fn a_writer_killed_at_random_points_leaves_a_restorable_snapshot() {
+    let dir = temp_dir();
+    let target = dir.path().join("snap");
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = Rng::new(0x5eed);
+    let mut restored_rounds = Vec::new();
+    for attempt in 0..12 {
+        let mut child = std::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "snapshot::tests::sigkill_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("MEMBACKING_SNAPSHOT_CHILD", &target)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait for the first complete snapshot of this child, then kill it at a random point
+        // of a later one (a random number of bytes of its output later).
+        let mut stdout = child.stdout.take().unwrap();
+        let mut seen = Vec::new();
+        let wanted = 1 + rng.below(3);
+        let mut buffer = [0u8; 64];
+        let wanted = usize::try_from(wanted).unwrap();
+        while seen.windows(7).filter(|w| w == b"written").count() < wanted {
+            let read = std::io::Read::read(&mut stdout, &mut buffer).unwrap();
+            assert!(read > 0, "the child stopped (attempt {attempt})");
+            seen.extend_from_slice(&buffer[..read]);
+        }
+        // Spin a random while so the kill lands anywhere inside the next snapshot.
+        let spin = rng.below(2_000_000);
+        let mut x = 0u64;
+        for i in 0..spin {
+            x = x.wrapping_add(i).rotate_left(3);
+        }
+        std::hint::black_box(x);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // The target is a complete snapshot: restore it and check its marker page.
+        let restored = restore(&target, RestoreOptions::default());
+        let memory = block_on(restored.manager.client().guest_memory()).unwrap();
+        restored_rounds.push(memory.read_plain::<u64>(0x1000).unwrap());
+        drop(memory);
+        block_on(restored.manager.close());
+    }
+    assert_eq!(restored_rounds.len(), 12);
+    // Temporary directories of dead writers are cleaned up by the next snapshot.
+    let manager = build(false);
+    block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
+    let entries = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(entries, 1);
+    block_on(manager.close());
+}
+
+#[test]
+fn flatten_lets_newer_layers_win() {
+    use super::restore::overlay;
+    use super::restore::Piece;
+    use super::restore::Source;
+    let piece = |start: u64, pages: u64, layer: usize, data: Option<u64>| Piece {
+        start: start * 4096,
+        pages,
+        layer,
+        source: match data {
+            Some(page) => Source::Data {
+                data_offset: page * 4096,
+                first_crc: usize::try_from(page).unwrap(),
+            },
+            None => Source::Zero,
+        },
+    };
+    let old = vec![piece(0, 10, 0, Some(0)), piece(20, 5, 0, Some(10))];
+    let top = vec![
+        piece(2, 3, 1, Some(0)),
+        piece(9, 12, 1, None),
+        piece(24, 1, 1, Some(3)),
+    ];
+    assert_eq!(
+        overlay(old, top),
+        vec![
+            piece(0, 2, 0, Some(0)),
+            piece(2, 3, 1, Some(0)),
+            piece(5, 4, 0, Some(5)),
+            piece(9, 12, 1, None),
+            piece(21, 3, 0, Some(11)),
+            piece(24, 1, 1, Some(3)),
+        ]
+    );
+}
+
+/// The manifest parser over seeded random inputs: mutations of a valid manifest and random
+/// bytes never panic, and every accepted manifest re-encodes to one that decodes equal.
+#[test]
+fn the_manifest_parser_survives_random_inputs() {
+    let iterations: u64 = std::env::var("MANIFEST_FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(3000);
+    let manager = build(false);
+    let (_window, _region, _first, _second) = prepared_machine(&manager, &mut Rng::new(1));
+    let dir = temp_dir();
+    let target = dir.path().join("snap");
+    block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
+    let valid = std::fs::read(target.join(format::MANIFEST_FILE)).unwrap();
+    let manifest = format::decode_manifest(&valid).unwrap();
+    let body = serde_json::to_string_pretty(&manifest)
+        .unwrap()
+        .into_bytes();
+    let mut rng = Rng::new(0xfeed);
+    let mut accepted = 0;
+    for iteration in 0..iterations {
+        // Half the inputs keep a valid checksum, so the mutations reach the manifest itself.
+        let mut bytes = if iteration % 2 == 0 {
+            valid.clone()
+        } else {
+            body.clone()
+        };
+        for _ in 0..1 + rng.below(4) {
+            let at = usize::try_from(rng.below(bytes.len() as u64 + 1)).unwrap();
+            match rng.below(4) {
+                0 if at < bytes.len() => bytes[at] ^= 1 << rng.below(8),
+                1 if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                2 => bytes.insert(
+                    at,
+                    b"{}[]\",:0x-9ef\n"[usize::try_from(rng.below(14)).unwrap()],
+                ),
+                _ => bytes.truncate(at),
+            }
+        }
+        let input = if iteration % 2 == 0 {
+            bytes
+        } else {
+            let crc = crc32c::crc32c(&bytes);
+            let mut sealed = format!(
+                "{{\"format\":\"{}\",\"version\":{},\"checksum\":\"crc32c:{crc:08x}\",\"manifest\":",
+                format::FORMAT,
+                format::VERSION
+            )
+            .into_bytes();
+            sealed.extend_from_slice(&bytes);
+            sealed.push(b'}');
+            sealed
+        };
+        if let Ok(decoded) = format::decode_manifest(&input) {
+            accepted += 1;
+            assert_eq!(
+                format::decode_manifest(&format::encode_manifest(&decoded)),
+                Ok(decoded)
+            );
+        }
+        let _ = format::decode_index(&input, 1 << 30, 1 << 20);
+    }
+    assert!(accepted > 0, "no mutation kept the manifest valid");
+    block_on(manager.close());
+}
+
+#[cfg(target_arch = "x86_64")]
+mod kvm {
+    use super::*;
+    use crate::test_guest::KvmGuest;
+
+    #[test]
+    fn a_kvm_guest_reads_its_data_back_after_a_lazy_restore_touching_memory_first() {
+        let test = "a_kvm_guest_reads_its_data_back_after_a_lazy_restore_touching_memory_first";
+        let manager = build(false);
+        let Some(guest) = KvmGuest::attach(test, &manager) else {
+            return;
+        };
+        let tracking = manager.dirty_tracking();
+        block_on(tracking.start()).unwrap();
+        let dir = temp_dir();
+        let base = dir.path().join("base");
+        block_on(manager.snapshot(&base, SnapshotOptions::default())).unwrap();
+        // The guest writes its pattern in high RAM, around a visibility change.
+        let region = HIGH.start() + MIB;
+        guest.fill(region, 4096, 0x1111); // 32 KiB
+        let control = manager.ram_visibility_control();
+        block_on(control.set_ram_visibility(HIGH, RamVisibility::Unmapped)).unwrap();
+        block_on(control.set_ram_visibility(HIGH, RamVisibility::ReadWrite)).unwrap();
+        guest.fill(region + 0x8000, 4096, 0x2222);
+        let expected = guest.sum(region, 8192);
+        let top = dir.path().join("top");
+        let info = block_on(manager.snapshot(
+            &top,
+            SnapshotOptions {
+                base: Some(base.clone()),
+                progress: None,
+            },
+        ))
+        .unwrap();
+        assert!(info.incremental);
+        assert!(
+            info.bytes >= 0x10000,
+            "the guest's 64 KiB are saved: {info:?}"
+        );
+        let image = ram_image(&manager);
+        drop(guest);
+        block_on(manager.close());
+
+        let modes: &[RestoreMode] = if lazy_available(test) {
+            &[RestoreMode::Lazy, RestoreMode::Copy]
+        } else {
+            &[RestoreMode::Copy]
+        };
+        for &mode in modes {
+            let restored = restore(
+                &top,
+                RestoreOptions {
+                    mode,
+                    defer_background_fill: true,
+                    ..RestoreOptions::default()
+                },
+            );
+            // A new partition; the guest runs before any background fill (lazy: its first
+            // touches, KVM's faults included, are served through userfaultfd).
+            let Some(guest) = KvmGuest::attach(test, &restored.manager) else {
+                return;
+            };
+            assert_eq!(guest.sum(region, 8192), expected, "{mode:?}");
+            if let Some(lazy) = &restored.lazy {
+                assert!(lazy.stats().faults >= 16, "{:?}", lazy.stats());
+                lazy.start_background();
+                block_on(lazy.wait()).unwrap();
+            }
+            // The fixture rewrote its programs and page tables, which the snapshot also
+            // holds: everything is the snapshot's image.
+            assert!(ram_image(&restored.manager) == image, "{mode:?}");
+            drop(guest);
+            block_on(restored.manager.close());
+        }
+    }
+}
