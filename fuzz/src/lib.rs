@@ -8,3 +8,4 @@ pub mod memory_layout;
 pub mod range_algorithms;
 pub mod recovering_copy;
 pub mod region_manager;
+pub mod snapshot_manifest;

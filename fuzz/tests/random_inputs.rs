@@ -82,3 +82,11 @@ fn region_manager() {
 fn recovering_copy() {
     run("recovering_copy", membacking_fuzz::recovering_copy::check);
 }
+
+#[test]
+fn snapshot_manifest() {
+    run(
+        "snapshot_manifest",
+        membacking_fuzz::snapshot_manifest::check,
+    );
+}

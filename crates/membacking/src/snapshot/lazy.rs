@@ -782,6 +782,35 @@ impl DecommitGuard {
         Self(Arc::downgrade(&restore.shared))
     }
 
+    /// Resolves when the restore has finished (starting its background fill if it was
+    /// deferred); at once when it has. A snapshot waits for this: pages not filled yet are
+    /// neither data in the RAM object nor present in private memory.
+    pub(crate) fn finished(
+        &self,
+    ) -> impl Future<Output = Result<(), SnapshotError>> + Send + 'static {
+        let receiver = self.0.upgrade().and_then(|shared| {
+            shared.start_background();
+            let mut completion = shared.completion.lock();
+            match &completion.result {
+                Some(_) => None,
+                None => {
+                    let (sender, receiver) = oneshot::channel();
+                    completion.waiters.push(sender);
+                    Some(receiver)
+                }
+            }
+        });
+        async move {
+            match receiver {
+                None => Ok(()),
+                Some(receiver) => match receiver.await {
+                    Ok(Ok(_)) | Err(_) => Ok(()),
+                    Ok(Err(failure)) => Err(failure.to_error()),
+                },
+            }
+        }
+    }
+
     /// Claims the backing pages of GPA `range` if the restore is still running.
     pub(crate) fn claim(&self, range: memory_range::MemoryRange) {
         let Some(shared) = self.0.upgrade() else {

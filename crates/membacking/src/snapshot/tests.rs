@@ -311,24 +311,67 @@ fn lazy_restore_serves_first_touches_before_the_background_fill() {
     memory.write_plain(gpa, &0x1234_5678u32).unwrap();
     assert!(lazy.stats().faults > 0);
     assert!(!lazy.is_finished());
-    // A decommit during the restore wins over the snapshot's data.
+    // A snapshot now waits for the restore to finish (and starts its deferred fill).
+    let again = dir.path().join("again");
     block_on(
         restored
             .manager
-            .decommit_ram(MemoryRange::new(0x40_0000..0x40_4000)),
+            .snapshot(&again, SnapshotOptions::default()),
     )
     .unwrap();
-    lazy.start_background();
+    assert!(lazy.is_finished());
     block_on(lazy.wait()).unwrap();
     let mut expected = image.clone();
     expected[0x80_1008..0x80_100c].copy_from_slice(&0x1234_5678u32.to_le_bytes());
-    expected[0x40_0000..0x40_4000].fill(0);
     assert!(ram_image(&restored.manager) == expected);
+    let copied = restore(&again, RestoreOptions::default());
+    assert!(ram_image(&copied.manager) == expected);
+    block_on(copied.manager.close());
     // The steady state: faults are plain page faults again (the RAM views are unregistered).
     let faults = lazy.stats().faults;
     memory.write_at(HIGH.start() + 7 * MIB, &[1; 64]).unwrap();
     assert_eq!(lazy.stats().faults, faults);
     drop(memory);
+    block_on(restored.manager.close());
+    block_on(manager.close());
+}
+
+#[test]
+fn a_decommit_during_a_lazy_restore_wins_over_the_snapshot() {
+    let test = "a_decommit_during_a_lazy_restore_wins_over_the_snapshot";
+    if !lazy_available(test) {
+        return;
+    }
+    let manager = build(false);
+    let memory = block_on(manager.client().guest_memory()).unwrap();
+    memory.fill_at(0x40_0000, 0x5a, 0x10000).unwrap();
+    let dir = temp_dir();
+    let target = dir.path().join("snap");
+    block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
+    let restored = restore(
+        &target,
+        RestoreOptions {
+            mode: RestoreMode::Lazy,
+            defer_background_fill: true,
+            ..RestoreOptions::default()
+        },
+    );
+    let restored_memory = block_on(restored.manager.client().guest_memory()).unwrap();
+    // One page touched (filled from the snapshot) before the decommit, the rest not.
+    assert_eq!(restored_memory.read_plain::<u8>(0x40_1000).unwrap(), 0x5a);
+    let decommit = MemoryRange::new(0x40_0000..0x40_4000);
+    block_on(restored.manager.decommit_ram(decommit)).unwrap();
+    let lazy = restored.lazy.as_ref().unwrap();
+    lazy.start_background();
+    block_on(lazy.wait()).unwrap();
+    let mut page = [0u8; 4096];
+    for gpa in (0x40_0000..0x40_4000).step_by(4096) {
+        restored_memory.read_at(gpa, &mut page).unwrap();
+        assert!(page.iter().all(|&byte| byte == 0), "page {gpa:#x}");
+    }
+    restored_memory.read_at(0x40_4000, &mut page).unwrap();
+    assert!(page.iter().all(|&byte| byte == 0x5a));
+    drop((memory, restored_memory));
     block_on(restored.manager.close());
     block_on(manager.close());
 }

@@ -121,8 +121,13 @@ impl GuestMemoryManager {
         let dir = dir.as_ref().to_owned();
         let regions = self.regions.clone();
         let view = self.snapshot_view();
+        let lazy_restore = self.lazy_restore.lock().clone();
         async move {
             let target = publish::Target::new(&dir)?;
+            if let Some(lazy_restore) = lazy_restore {
+                // RAM still being restored lazily is not all readable yet: finish first.
+                lazy_restore.finished().await?;
+            }
             let base = match &options.base {
                 Some(base_dir) => {
                     let base_dir = base_dir.clone();
