@@ -60,7 +60,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 const PAGE_SIZE: u64 = 4096;
 const PAGE: usize = 4096;
@@ -162,24 +161,60 @@ enum Target {
     Window,
 }
 
-/// A page bitmap of atomic words (lazily zeroed memory).
-struct PageBits(Box<[AtomicU64]>);
+/// A page bitmap of atomic words in its own anonymous mapping: the kernel zeroes its pages on
+/// first touch, so setting up a restore costs the same for any guest size (a heap allocation
+/// of that size may be recycled memory that `calloc` has to clear).
+struct PageBits {
+    words: *mut AtomicU64,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value and only accessed through atomics.
+unsafe impl Send for PageBits {}
+// SAFETY: as above.
+unsafe impl Sync for PageBits {}
 
 impl PageBits {
-    fn new(pages: u64) -> Self {
-        let words = usize::try_from(pages.div_ceil(64)).unwrap_or(0);
-        // Zeroed u64s come from a calloc'ed (lazily zeroed) allocation: a large bitmap costs
-        // nothing until touched, so setting up a restore does not grow with the guest.
-        let plain: Box<[u64]> = vec![0u64; words].into_boxed_slice();
-        // SAFETY: `AtomicU64` has the same size, alignment and bit validity as `u64`, so the
-        // allocation is a valid `[AtomicU64]` of the same length (and is freed with the same
-        // layout).
-        Self(unsafe { Box::from_raw(Box::into_raw(plain) as *mut [AtomicU64]) })
+    fn new(pages: u64) -> io::Result<Self> {
+        let len = usize::try_from(pages.div_ceil(64))
+            .map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?
+            .max(1);
+        let bytes = len
+            .checked_mul(8)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        // SAFETY: a fresh private anonymous mapping at an address the kernel picks; it is
+        // unmapped in `drop`.
+        let words = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if words == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            words: words.cast(),
+            len,
+        })
+    }
+
+    fn word(&self, page: u64) -> Option<&AtomicU64> {
+        let index = usize::try_from(page / 64)
+            .ok()
+            .filter(|&index| index < self.len)?;
+        // SAFETY: `index < len` words of the live mapping, zero-initialised by the kernel and
+        // only ever accessed atomically.
+        Some(unsafe { &*self.words.add(index) })
     }
 
     /// Sets the bit; returns whether it was clear.
     fn set(&self, page: u64) -> bool {
-        let Some(word) = usize::try_from(page / 64).ok().and_then(|w| self.0.get(w)) else {
+        let Some(word) = self.word(page) else {
             return false;
         };
         let mask = 1 << (page % 64);
@@ -187,10 +222,16 @@ impl PageBits {
     }
 
     fn get(&self, page: u64) -> bool {
-        usize::try_from(page / 64)
-            .ok()
-            .and_then(|w| self.0.get(w))
+        self.word(page)
             .is_some_and(|word| word.load(Ordering::Acquire) & (1 << (page % 64)) != 0)
+    }
+}
+
+impl Drop for PageBits {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`; no reference into it outlives
+        // `self`.
+        unsafe { libc::munmap(self.words.cast(), self.len * 8) };
     }
 }
 
@@ -208,8 +249,8 @@ struct Shared {
     object_id: Option<(u64, u64)>,
     mapper: Arc<VaMapper>,
     stop: OwnedFd,
-    background: AtomicBool,
-    background_go: (std::sync::Mutex<bool>, std::sync::Condvar),
+    /// The background filler has been started.
+    filler_started: AtomicBool,
     finished: AtomicBool,
     faults: AtomicU64,
     filled: AtomicU64,
@@ -226,7 +267,6 @@ struct Shared {
 /// fill is started then.
 pub struct LazyRestore {
     shared: Arc<Shared>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for LazyRestore {
@@ -284,6 +324,11 @@ impl LazyRestore {
             .max()
             .unwrap_or(0);
         let pages = ram_size / PAGE_SIZE;
+        let bits = |_| SnapshotError::LazyUnavailable {
+            reason: "the page bitmaps cannot be allocated".into(),
+        };
+        let claimed = PageBits::new(pages).map_err(bits)?;
+        let done = PageBits::new(pages).map_err(bits)?;
         let (target, object_id) = match &manager.ram_object {
             Some(object) => {
                 let len =
@@ -348,13 +393,12 @@ impl LazyRestore {
             specs,
             window_base: manager.va_window_base(),
             target,
-            claimed: PageBits::new(pages),
-            done: PageBits::new(pages),
+            claimed,
+            done,
             object_id,
             mapper: mapper.clone(),
             stop,
-            background: AtomicBool::new(background),
-            background_go: (std::sync::Mutex::new(background), std::sync::Condvar::new()),
+            filler_started: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             faults: AtomicU64::new(0),
             filled: AtomicU64::new(0),
@@ -383,38 +427,27 @@ impl LazyRestore {
             }
             Ok::<(), io::Error>(())
         });
-        let handle = Self {
-            shared: shared.clone(),
-            threads: Mutex::new(Vec::new()),
-        };
         if let Err(error) = registered {
-            handle.shared.teardown();
+            shared.teardown();
             return Err(SnapshotError::io("register", "guest RAM", error));
         }
-        let spawn = |name: &str, work: fn(Arc<Shared>)| {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(move || work(shared))
-        };
-        match (
-            spawn("lazy-restore-faults", serve_faults),
-            spawn("lazy-restore-fill", fill_all),
-        ) {
-            (Ok(faults), Ok(fill)) => handle.threads.lock().extend([faults, fill]),
-            (faults, fill) => {
-                handle.shared.teardown();
-                for thread in [faults, fill].into_iter().flatten() {
-                    handle.threads.lock().push(thread);
-                }
-                return Err(SnapshotError::io(
-                    "spawn",
-                    "the lazy restore threads",
-                    io::Error::other("thread creation failed"),
-                ));
-            }
+        // The fault handler (detached: it stops when the restore is torn down).
+        let handler = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("lazy-restore-faults".into())
+            .spawn(move || serve_faults(handler));
+        if let Err(error) = spawned {
+            shared.teardown();
+            return Err(SnapshotError::io(
+                "spawn",
+                "the lazy restore fault handler",
+                error,
+            ));
         }
-        Ok(handle)
+        if background {
+            shared.start_background();
+        }
+        Ok(Self { shared })
     }
 
     /// Starts the background fill of a restore made with `defer_background_fill`.
@@ -474,12 +507,19 @@ impl Shared {
         }
     }
 
-    fn start_background(&self) {
-        let (lock, cond) = &self.background_go;
-        let mut go = lock.lock().unwrap_or_else(|e| e.into_inner());
-        *go = true;
-        self.background.store(true, Ordering::Release);
-        cond.notify_all();
+    /// Starts the background filler (once; detached: it ends with the restore). Where no
+    /// thread can be started, the fill runs on the calling thread.
+    fn start_background(self: &Arc<Self>) {
+        if self.filler_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("lazy-restore-fill".into())
+            .spawn(move || fill_all(shared));
+        if spawned.is_err() {
+            fill_all(self.clone());
+        }
     }
 
     fn fail(&self, error: &SnapshotError) {
@@ -681,16 +721,8 @@ fn serve_faults(shared: Arc<Shared>) {
     }
 }
 
-/// The background filler: waits until it may start, fills every data page not yet claimed,
-/// then tears the restore down.
+/// The background filler: fills every data page not yet claimed, then tears the restore down.
 fn fill_all(shared: Arc<Shared>) {
-    {
-        let (lock, cond) = &shared.background_go;
-        let mut go = lock.lock().unwrap_or_else(|e| e.into_inner());
-        while !*go {
-            go = cond.wait(go).unwrap_or_else(|e| e.into_inner());
-        }
-    }
     let mut buffer = vec![0u8; PAGE * FILL_PAGES];
     let mut reported = 0u64;
     for piece in shared

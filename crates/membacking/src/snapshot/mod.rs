@@ -17,7 +17,7 @@ pub(crate) mod lazy;
 mod publish;
 mod restore;
 mod source;
-mod uffd;
+pub mod uffd;
 mod writer;
 
 #[cfg(test)]
@@ -156,27 +156,48 @@ impl SnapshotError {
     }
 }
 
-/// Runs `work` on a new thread and resolves with its result (snapshot and restore I/O never
-/// runs on the caller's executor or the manager thread).
+/// The threads snapshot and restore I/O runs on (started on first use, kept for the process).
+fn io_pool() -> Option<&'static futures::executor::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<futures::executor::ThreadPool>> =
+        std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        futures::executor::ThreadPool::builder()
+            .pool_size(2)
+            .name_prefix("snapshot-io-")
+            .create()
+            .ok()
+    })
+    .as_ref()
+}
+
+/// Runs `work` on the snapshot I/O threads (or, if they cannot be started, a new thread) and
+/// resolves with its result: snapshot and restore I/O never runs on the caller's executor or
+/// the manager thread.
 pub(crate) async fn on_thread<T: Send + 'static>(
     name: &str,
     work: impl FnOnce() -> Result<T, SnapshotError> + Send + 'static,
 ) -> Result<T, SnapshotError> {
     let (sender, receiver) = futures::channel::oneshot::channel();
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
-                .unwrap_or_else(|_| {
-                    Err(SnapshotError::io(
-                        "run",
-                        PathBuf::new(),
-                        io::Error::other("the snapshot worker panicked"),
-                    ))
-                });
-            let _ = sender.send(result);
-        })
-        .map_err(|error| SnapshotError::io("spawn a thread for", PathBuf::new(), error))?;
+    let job = move || {
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|_| {
+                Err(SnapshotError::io(
+                    "run",
+                    PathBuf::new(),
+                    io::Error::other("the snapshot worker panicked"),
+                ))
+            });
+        let _ = sender.send(result);
+    };
+    match io_pool() {
+        Some(pool) => pool.spawn_ok(async move { job() }),
+        None => {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(job)
+                .map_err(|error| SnapshotError::io("spawn a thread for", PathBuf::new(), error))?;
+        }
+    }
     receiver.await.unwrap_or_else(|_| {
         Err(SnapshotError::io(
             "run",

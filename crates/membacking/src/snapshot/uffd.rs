@@ -75,7 +75,7 @@ struct UffdMsg {
 
 /// The outcome of a copy.
 #[derive(Debug, Copy, Clone, PartialEq, Eq)]
-pub(crate) enum Copied {
+pub enum Copied {
     /// All bytes were copied.
     All,
     /// A destination page was present already (`EEXIST`); the bytes before it were copied.
@@ -84,7 +84,7 @@ pub(crate) enum Copied {
 
 /// A userfaultfd object (non-blocking, close-on-exec).
 #[derive(Debug)]
-pub(crate) struct Userfaultfd {
+pub struct Userfaultfd {
     fd: OwnedFd,
 }
 
