@@ -438,8 +438,16 @@ impl MapperShared {
                 file_offset,
             )
         }?;
-        observer.mapped(self.window.as_ptr().cast::<u8>().wrapping_add(offset), len)?;
-        self.window.set_writable(offset, len, writable)
+        let address = self.window.as_ptr().cast::<u8>().wrapping_add(offset);
+        if let Err(error) = observer
+            .mapped(address, len)
+            .and_then(|()| self.window.set_writable(offset, len, writable))
+        {
+            // Back to the reservation's inaccessible state (the caller records an unmap).
+            let _ = self.window.unmap(offset, len);
+            return Err(error);
+        }
+        Ok(())
     }
 
     /// The mapper thread: processes messages (leaving a head start to faulting threads that

@@ -251,6 +251,8 @@ struct Shared {
     stop: OwnedFd,
     /// The background filler has been started.
     filler_started: AtomicBool,
+    /// The restore is being torn down: copies may fail because views are unregistered.
+    closing: AtomicBool,
     finished: AtomicBool,
     faults: AtomicU64,
     filled: AtomicU64,
@@ -399,6 +401,7 @@ impl LazyRestore {
             mapper: mapper.clone(),
             stop,
             filler_started: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             faults: AtomicU64::new(0),
             filled: AtomicU64::new(0),
@@ -528,6 +531,14 @@ impl Shared {
             .get_or_insert(Failure::from_error(error));
     }
 
+    /// Records a failure of a copy, unless the restore is being torn down (the views are then
+    /// unregistered, and every page with data has been filled already).
+    fn copy_failed(&self, error: &SnapshotError) {
+        if !self.closing.load(Ordering::Acquire) {
+            self.fail(error);
+        }
+    }
+
     /// The backing offset of a window address, if it is RAM.
     fn backing_offset(&self, address: usize) -> Option<u64> {
         let gpa = u64::try_from(address.checked_sub(self.window_base)?).ok()?;
@@ -603,7 +614,7 @@ impl Shared {
                 _ => &self.zeros,
             };
             if let Err(error) = self.copy(page_address as *mut u8, data) {
-                self.fail(&error);
+                self.copy_failed(&error);
                 let _ = self.uffd.wake(page_address as *mut u8, PAGE);
             }
             self.done.set(page);
@@ -639,6 +650,7 @@ impl Shared {
     /// Unregisters every view, removes the observer and the helper view, and stops the fault
     /// handler.
     fn teardown(&self) {
+        self.closing.store(true, Ordering::Release);
         let uffd = &self.uffd;
         let object_id = self.object_id;
         let base = self.window_base;
@@ -776,24 +788,40 @@ fn fill_chunk(shared: &Shared, chunk: &Piece, buffer: &mut [u8]) -> Result<(), S
         }
         let run = mine[index..].iter().take_while(|&&mine| mine).count();
         let offset = chunk.start + index as u64 * PAGE_SIZE;
-        let address = shared
-            .fill_address(offset)
-            .ok_or_else(|| SnapshotError::Corrupt {
-                file: PathBuf::new(),
-                offset,
-                what: "a piece outside the RAM regions".into(),
-            })?;
         let bytes = &data[index * PAGE..(index + run) * PAGE];
-        if !shared.copy(address, bytes)? {
-            // A page in the run exists already: copy page by page.
-            for (page, page_bytes) in bytes.chunks_exact(PAGE).enumerate() {
-                shared.copy(address.wrapping_add(page * PAGE), page_bytes)?;
-            }
-        }
+        let copied = match shared.fill_address(offset) {
+            None => Err(SnapshotError::Layout {
+                dir: PathBuf::new(),
+                what: format!("backing offset {offset:#x} of the snapshot is in no RAM region"),
+            }),
+            Some(address) => match shared.copy(address, bytes) {
+                Ok(true) => Ok(()),
+                // A page in the run exists already: copy page by page.
+                Ok(false) => {
+                    bytes
+                        .chunks_exact(PAGE)
+                        .enumerate()
+                        .try_for_each(|(page, page_bytes)| {
+                            shared
+                                .copy(address.wrapping_add(page * PAGE), page_bytes)
+                                .map(drop)
+                        })
+                }
+                Err(error) => Err(error),
+            },
+        };
+        // Done even on failure: a fault waiting for these pages must not wait forever (it
+        // then fills the page with zeros; the failure is reported by `wait`).
         for page in index..index + run {
             shared.done.set(first_page + page as u64);
         }
-        shared.filled.fetch_add(run as u64, Ordering::Relaxed);
+        match copied {
+            Ok(()) => {
+                shared.filled.fetch_add(run as u64, Ordering::Relaxed);
+            }
+            // Go on: the other runs' pages must be filled (and marked done) too.
+            Err(error) => shared.copy_failed(&error),
+        }
         index += run;
     }
     Ok(())
