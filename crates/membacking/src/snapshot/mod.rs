@@ -207,6 +207,58 @@ pub(crate) async fn on_thread<T: Send + 'static>(
     })
 }
 
+/// Runs `work(state, buffer, item)` for every item on up to two scoped worker threads, each
+/// with its own `state` (from `new_state`) and a 1 MiB buffer, and reports `(bytes done,
+/// total)` after each item; returns every worker's state, or the first error.
+pub(crate) fn parallel_items<T: Sync, S: Send>(
+    items: &[T],
+    bytes: impl Fn(&T) -> u64 + Sync,
+    progress: Option<&Progress>,
+    new_state: impl Fn() -> S + Sync,
+    work: impl Fn(&mut S, &mut [u8], &T) -> Result<(), SnapshotError> + Sync,
+) -> Result<Vec<S>, SnapshotError> {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::Ordering;
+    let total: u64 = items.iter().map(&bytes).sum();
+    report(progress, 0, total);
+    let next = AtomicUsize::new(0);
+    let done = AtomicU64::new(0);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut state = new_state();
+                    let mut buffer = vec![0u8; writer::ITEM_BYTES];
+                    while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        work(&mut state, &mut buffer, item)?;
+                        let size = bytes(item);
+                        report(
+                            progress,
+                            done.fetch_add(size, Ordering::Relaxed) + size,
+                            total,
+                        );
+                    }
+                    Ok(state)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle.join().unwrap_or_else(|_| {
+                    Err(SnapshotError::io(
+                        "run",
+                        PathBuf::new(),
+                        io::Error::other("a snapshot worker panicked"),
+                    ))
+                })
+            })
+            .collect()
+    })
+}
+
 /// Calls `progress` without letting a panic escape into the worker.
 pub(crate) fn report(progress: Option<&Progress>, done: u64, total: u64) {
     if let Some(progress) = progress {

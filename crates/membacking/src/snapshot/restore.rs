@@ -20,8 +20,6 @@ use super::format::Index;
 use super::format::Manifest;
 use super::lazy::LazyRestore;
 use super::on_thread;
-use super::report;
-use super::writer::ITEM_BYTES;
 use super::writer::ITEM_PAGES;
 use super::Progress;
 use super::SnapshotError;
@@ -39,8 +37,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use vm_topology::memory::MemoryLayout;
 use vm_topology::memory::MemoryRangeWithNode;
@@ -579,56 +575,22 @@ fn copy_all(
     progress: Option<&Progress>,
 ) -> Result<u64, SnapshotError> {
     let items = data_items(&plan.pieces);
-    let total: u64 = items.iter().map(|item| item.pages * PAGE_SIZE).sum();
-    report(progress, 0, total);
-    let next = AtomicU64::new(0);
-    let done = AtomicU64::new(0);
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
-    let results: Vec<Result<(), SnapshotError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut buffer = vec![0u8; ITEM_BYTES];
-                    loop {
-                        let index = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(item) = usize::try_from(index).ok().and_then(|i| items.get(i))
-                        else {
-                            return Ok(());
-                        };
-                        let len = usize::try_from(item.pages * PAGE_SIZE).unwrap_or(0);
-                        let data = &mut buffer[..len];
-                        read_verified(&plan.layers, item, data)?;
-                        destination.write(item.start, data).map_err(|error| {
-                            SnapshotError::io(
-                                "write restored RAM from",
-                                &plan.layers[item.layer].memory_path,
-                                error,
-                            )
-                        })?;
-                        let bytes = item.pages * PAGE_SIZE;
-                        let now = done.fetch_add(bytes, Ordering::Relaxed) + bytes;
-                        report(progress, now, total);
-                    }
-                })
+    super::parallel_items(
+        &items,
+        |item| item.pages * PAGE_SIZE,
+        progress,
+        || (),
+        |(), buffer, item| {
+            let len = usize::try_from(item.pages * PAGE_SIZE).unwrap_or(0);
+            let data = &mut buffer[..len];
+            read_verified(&plan.layers, item, data)?;
+            destination.write(item.start, data).map_err(|error| {
+                let path = &plan.layers[item.layer].memory_path;
+                SnapshotError::io("write restored RAM from", path, error)
             })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| {
-                handle.join().unwrap_or_else(|_| {
-                    Err(SnapshotError::io(
-                        "restore",
-                        PathBuf::new(),
-                        std::io::Error::other("a restore worker panicked"),
-                    ))
-                })
-            })
-            .collect()
-    });
-    for result in results {
-        result?;
-    }
-    Ok(total)
+        },
+    )?;
+    Ok(items.iter().map(|item| item.pages * PAGE_SIZE).sum())
 }
 
 impl GuestMemoryBuilder {

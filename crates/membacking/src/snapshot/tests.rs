@@ -578,15 +578,15 @@ fn a_flipped_byte_in_any_file_is_detected_and_nothing_is_built() {
         ] {
             let path = dir.path().join(layer).join(file);
             let len = std::fs::metadata(&path).unwrap().len();
-            // Every byte of the small files; for the memory file, one random byte per page.
+            // Spread over the small files (the format's unit tests flip every byte of them);
+            // for the memory file, a random byte of up to 24 random pages.
             let offsets: Vec<u64> = if file == format::MEMORY_FILE {
-                (0..len / 4096)
-                    .map(|page| page * 4096 + rng.below(4096))
+                (0..24.min(len / 4096))
+                    .map(|_| rng.below(len / 4096) * 4096 + rng.below(4096))
                     .collect()
             } else {
-                (0..len)
-                    .step_by(if file == format::MANIFEST_FILE { 7 } else { 1 })
-                    .collect()
+                let step = if file == format::MANIFEST_FILE { 13 } else { 7 };
+                (0..len).step_by(step).collect()
             };
             for offset in offsets {
                 flip(&path, offset);
@@ -608,7 +608,7 @@ fn a_flipped_byte_in_any_file_is_detected_and_nothing_is_built() {
             }
         }
     }
-    assert!(checked > 1000, "{checked}");
+    assert!(checked > 300, "{checked}");
     // A truncated memory file names the file and its size.
     let memory = top.join(format::MEMORY_FILE);
     let len = std::fs::metadata(&memory).unwrap().len();

@@ -23,7 +23,6 @@ use super::format::Index;
 use super::format::Manifest;
 use super::on_thread;
 use super::publish;
-use super::report;
 use super::source::RamSource;
 use super::Progress;
 use super::SnapshotError;
@@ -526,65 +525,35 @@ fn write_files(
             .map_err(|error| SnapshotError::io("find the data of", "guest RAM", error))?,
     };
     let items = items(&runs, &view.specs);
-    let total: u64 = items.iter().map(|(start, end)| end - start).sum();
-    report(progress, 0, total);
 
     let memory_path = dir.join(format::MEMORY_FILE);
     let memory = create_file(&memory_path)?;
-    let next_item = AtomicU64::new(0);
     let cursor = AtomicU64::new(0);
-    let done = AtomicU64::new(0);
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
-    let outputs: Vec<Result<WorkerOutput, SnapshotError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut output = WorkerOutput::default();
-                    let mut buffer = vec![0u8; ITEM_BYTES];
-                    loop {
-                        let index = next_item.fetch_add(1, Ordering::Relaxed);
-                        let Some(&(start, end)) = usize::try_from(index)
-                            .ok()
-                            .and_then(|index| items.get(index))
-                        else {
-                            return Ok(output);
-                        };
-                        let len = usize::try_from(end - start).unwrap_or(0);
-                        let data = &mut buffer[..len];
-                        view.source.read(start, data).map_err(|error| {
-                            SnapshotError::io("read guest RAM for", &memory_path, error)
-                        })?;
-                        save_item(
-                            start,
-                            data,
-                            incremental,
-                            &memory,
-                            &memory_path,
-                            &cursor,
-                            &mut output,
-                        )?;
-                        let done = done.fetch_add(end - start, Ordering::Relaxed) + (end - start);
-                        report(progress, done, total);
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| {
-                handle.join().unwrap_or_else(|_| {
-                    Err(SnapshotError::io(
-                        "write",
-                        &memory_path,
-                        std::io::Error::other("a snapshot worker panicked"),
-                    ))
-                })
-            })
-            .collect()
-    });
+    let outputs = super::parallel_items(
+        &items,
+        |(start, end)| end - start,
+        progress,
+        WorkerOutput::default,
+        |output, buffer, &(start, end)| {
+            let len = usize::try_from(end - start).unwrap_or(0);
+            let data = &mut buffer[..len];
+            view.source
+                .read(start, data)
+                .map_err(|error| SnapshotError::io("read guest RAM for", &memory_path, error))?;
+            save_item(
+                start,
+                data,
+                incremental,
+                &memory,
+                &memory_path,
+                &cursor,
+                output,
+            )
+        },
+    )?;
     let mut extents = Vec::new();
     for output in outputs {
-        extents.extend(output?.extents);
+        extents.extend(output.extents);
     }
     memory
         .sync_all()
