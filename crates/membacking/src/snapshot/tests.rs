@@ -790,6 +790,7 @@ fn an_existing_snapshot_is_replaced_atomically_and_a_half_done_fallback_recovers
 /// Run by the SIGKILL test in a child process: snapshots to `$MEMBACKING_SNAPSHOT_CHILD` in a
 /// loop until killed (each snapshot different from the one before).
 #[test]
+#[ignore = "the child process of a_writer_killed_at_random_points_leaves_a_restorable_snapshot"]
 fn sigkill_child() {
     let Ok(target) = std::env::var("MEMBACKING_SNAPSHOT_CHILD") else {
         return;
@@ -824,6 +825,7 @@ fn a_writer_killed_at_random_points_leaves_a_restorable_snapshot() {
             .args([
                 "--exact",
                 "snapshot::tests::sigkill_child",
+                "--ignored",
                 "--nocapture",
                 "--test-threads=1",
             ])
