@@ -56,6 +56,6 @@ impl XorShift {
 
     /// `len` random bytes.
     pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next_u64() as u8).collect()
+        (0..len).map(|_| (self.next_u64() & 0xff) as u8).collect()
     }
 }

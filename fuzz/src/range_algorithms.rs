@@ -61,7 +61,7 @@ fn sorted_list(u: &mut Unstructured<'_>, base: u64) -> Vec<(MemoryRange, u32)> {
     let count = u.int_in_range(0usize..=8).unwrap_or(0);
     let mut cursor = 0u64;
     let mut list = Vec::new();
-    for tag in 0..count as u32 {
+    for tag in 0..u32::try_from(count).unwrap_or(0) {
         let gap = u.int_in_range(0u64..=24).unwrap_or(0);
         let len = if u.ratio(1u8, 6).unwrap_or(false) {
             0
@@ -136,10 +136,10 @@ fn walk(u: &mut Unstructured<'_>, base: u64) {
 
 /// The pages (relative to `base`) covered by `ranges`.
 fn pages(ranges: impl IntoIterator<Item = MemoryRange>, base: u64) -> Vec<bool> {
-    let mut covered = vec![false; DOMAIN_PAGES as usize];
+    let mut covered = vec![false; usize::try_from(DOMAIN_PAGES).unwrap()];
     for range in ranges {
         for page in (range.start() - base) / PAGE..(range.end() - base) / PAGE {
-            covered[page as usize] = true;
+            covered[usize::try_from(page).unwrap()] = true;
         }
     }
     covered

@@ -14,12 +14,18 @@
 //!   backward copy the last, and the bytes before the faulting block are already written;
 //!   a faulting scalar store or compare-exchange changed nothing.
 
-use crate::input::{Unstructured, PAGE};
+// Unsafe code: the checks map pages with random protections and run the raw-pointer guarded
+// routines on them.
+#![allow(unsafe_code)]
+
+use crate::input::Unstructured;
 use std::sync::Once;
 use trycopy::MemoryError;
 
 const PAGES: usize = 16;
-const AREA: usize = PAGES * PAGE as usize;
+const AREA: usize = PAGES * PAGE_BYTES;
+/// The page size (`crate::input::PAGE`) as a host size.
+const PAGE_BYTES: usize = 4096;
 /// Faults inside a forward copy or fill are reported within this many bytes of the first
 /// inaccessible byte, and everything this far before it is already written: the AVX copy
 /// loads four 32-byte blocks before storing them (the crate's documented strategy).
@@ -58,7 +64,7 @@ impl Area {
         assert_ne!(base, libc::MAP_FAILED, "mmap failed");
         let base = base.cast::<u8>();
         let shadow: Vec<u8> = (0..AREA)
-            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(7))
+            .map(|i| i.to_le_bytes()[0].wrapping_mul(31).wrapping_add(7))
             .collect();
         // SAFETY: the area is AREA bytes, readable and writable, and owned by this struct.
         unsafe { std::ptr::copy_nonoverlapping(shadow.as_ptr(), base, AREA) };
@@ -75,9 +81,8 @@ impl Area {
                 Protection::None => libc::PROT_NONE,
             };
             // SAFETY: the page lies inside the area mapped above.
-            let rc = unsafe {
-                libc::mprotect(base.add(page * PAGE as usize).cast(), PAGE as usize, prot)
-            };
+            let rc =
+                unsafe { libc::mprotect(base.add(page * PAGE_BYTES).cast(), PAGE_BYTES, prot) };
             assert_eq!(rc, 0, "mprotect failed");
         }
         Self {
@@ -92,7 +97,7 @@ impl Area {
     }
 
     fn page_of(&self, address: usize) -> Protection {
-        self.protection[(address - self.base as usize) / PAGE as usize]
+        self.protection[(address - self.base as usize) / PAGE_BYTES]
     }
 
     /// Whether `address` (in the area, or in an always-accessible heap buffer) may be read.
@@ -110,11 +115,11 @@ impl Area {
             if self.protection[page] == Protection::None {
                 continue;
             }
-            let start = page * PAGE as usize;
+            let start = page * PAGE_BYTES;
             // SAFETY: the page is mapped readable.
-            let actual = unsafe { std::slice::from_raw_parts(self.base.add(start), PAGE as usize) };
-            if actual != &self.shadow[start..start + PAGE as usize] {
-                let at = (0..PAGE as usize)
+            let actual = unsafe { std::slice::from_raw_parts(self.base.add(start), PAGE_BYTES) };
+            if actual != &self.shadow[start..start + PAGE_BYTES] {
+                let at = (0..PAGE_BYTES)
                     .find(|&i| actual[i] != self.shadow[start + i])
                     .unwrap_or(0);
                 panic!(
@@ -210,7 +215,7 @@ pub fn check(data: &[u8]) {
     init();
     let mut u = Unstructured::new(data);
     let mut area = Area::new(&mut u);
-    let mut heap: Vec<u8> = (0..AREA).map(|i| (i as u8) ^ 0xa5).collect();
+    let mut heap: Vec<u8> = (0..AREA).map(|i| i.to_le_bytes()[0] ^ 0xa5).collect();
     let base = area.base as usize;
     let offset = |u: &mut Unstructured<'_>| u.int_in_range(0usize..=AREA - 1).unwrap_or(0);
     let length = |u: &mut Unstructured<'_>, room: usize| {
@@ -340,7 +345,7 @@ pub fn check(data: &[u8]) {
             let at = if u.ratio(1u8, 2).unwrap_or(false) {
                 // Straddle a page boundary.
                 let page = u.int_in_range(1usize..=PAGES - 1).unwrap_or(1);
-                page * PAGE as usize
+                page * PAGE_BYTES
                     - u.int_in_range(1usize..=size)
                         .unwrap_or(1)
                         .min(size - 1)
@@ -365,12 +370,18 @@ pub fn check(data: &[u8]) {
                     (false, 4) => trycopy::try_read_volatile(address as *const u32).map(u64::from),
                     (false, _) => trycopy::try_read_volatile(address as *const u64),
                     (true, 1) => {
-                        trycopy::try_write_volatile(address as *mut u8, &(value as u8)).map(|()| 0)
+                        trycopy::try_write_volatile(address as *mut u8, &((value & 0xff) as u8))
+                            .map(|()| 0)
                     }
-                    (true, 2) => trycopy::try_write_volatile(address as *mut u16, &(value as u16))
-                        .map(|()| 0),
-                    (true, 4) => trycopy::try_write_volatile(address as *mut u32, &(value as u32))
-                        .map(|()| 0),
+                    (true, 2) => {
+                        trycopy::try_write_volatile(address as *mut u16, &((value & 0xffff) as u16))
+                            .map(|()| 0)
+                    }
+                    (true, 4) => trycopy::try_write_volatile(
+                        address as *mut u32,
+                        &((value & 0xffff_ffff) as u32),
+                    )
+                    .map(|()| 0),
                     (true, _) => {
                         trycopy::try_write_volatile(address as *mut u64, &value).map(|()| 0)
                     }
@@ -424,20 +435,22 @@ pub fn check(data: &[u8]) {
             // SAFETY: the aligned scalar lies in the area; faults are recovered.
             let result: Result<Result<u64, u64>, MemoryError> = unsafe {
                 match size {
-                    1 => {
-                        trycopy::try_compare_exchange(address as *mut u8, expected as u8, new as u8)
-                            .map(|r| r.map(u64::from).map_err(u64::from))
-                    }
+                    1 => trycopy::try_compare_exchange(
+                        address as *mut u8,
+                        (expected & 0xff) as u8,
+                        (new & 0xff) as u8,
+                    )
+                    .map(|r| r.map(u64::from).map_err(u64::from)),
                     2 => trycopy::try_compare_exchange(
                         address as *mut u16,
-                        expected as u16,
-                        new as u16,
+                        (expected & 0xffff) as u16,
+                        (new & 0xffff) as u16,
                     )
                     .map(|r| r.map(u64::from).map_err(u64::from)),
                     4 => trycopy::try_compare_exchange(
                         address as *mut u32,
-                        expected as u32,
-                        new as u32,
+                        (expected & 0xffff_ffff) as u32,
+                        (new & 0xffff_ffff) as u32,
                     )
                     .map(|r| r.map(u64::from).map_err(u64::from)),
                     _ => trycopy::try_compare_exchange(address as *mut u64, expected, new),

@@ -6,6 +6,10 @@
 //! accessible and retry, fail with a kind, or use the backing's slow-path `*_fallback` methods
 //! for the whole operation. All addresses a backing sees are relative to its own address space.
 
+// Unsafe code: `GuestMemoryAccess` is an unsafe trait: a backing promises that its mapping stays
+// reserved.
+#![allow(unsafe_code)]
+
 use crate::dirty::DirtyBitmap;
 use crate::error::Cause;
 use crate::sharing::GuestMemorySharing;

@@ -6,6 +6,10 @@
 //!   locking are boxed closures ([`GuestMemoryHooks`]), so that a binding can route them to
 //!   JavaScript functions. Each hook runs on the thread performing the access, with no lock held.
 
+// Unsafe code: it implements the unsafe `GuestMemoryAccess` trait for the sparse mapping and
+// allocations.
+#![allow(unsafe_code)]
+
 use crate::GuestMemoryAccess;
 use crate::GuestMemoryBackingError;
 use crate::PageFaultAction;

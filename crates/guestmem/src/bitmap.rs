@@ -16,6 +16,9 @@
 //!
 //! Without the feature none of this is compiled and the access path has no check at all.
 
+// Unsafe code: the bitmaps are raw pointers a backing publishes, read with atomic loads.
+#![allow(unsafe_code)]
+
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU8;
 use std::sync::atomic::Ordering;
@@ -116,7 +119,7 @@ mod tests {
 
     impl BitmapBacking {
         fn new(pages: u64, read: u8, write: u8, bit_offset: u8) -> Self {
-            let len = (pages * P) as usize;
+            let len = crate::host_offset(pages * P);
             let mapping = SparseMapping::new(len).unwrap();
             mapping.alloc(0, len).unwrap();
             Self {
@@ -186,7 +189,7 @@ mod tests {
 
     // Scenario S53: 4 pages, bitmap 0b0101 (pages 0 and 2 accessible).
     #[test]
-    fn s53_reads_are_gated_by_the_bitmap() {
+    fn reads_are_gated_by_the_bitmap() {
         let backing = Arc::new(BitmapBacking::new(4, 0b0101, 0b0101, 0));
         let gm = GuestMemory::new("bitmap", backing.clone());
         gm.read_plain::<[u8; 1]>(0).unwrap();
@@ -201,7 +204,7 @@ mod tests {
         gm.read_plain::<[u8; 4096 * 2]>(0).unwrap_err();
         assert_eq!(
             backing.faults()[2..],
-            [(P, P as usize, false, true)],
+            [(P, crate::host_offset(P), false, true)],
             "a read from 0 of two pages fails at page 1"
         );
     }
@@ -229,7 +232,7 @@ mod tests {
         assert_eq!(gm.read_plain::<u32>(3 * P).unwrap(), 0);
         // Probes follow the same bits.
         let gpns = [1, 2];
-        let range = PagedRange::new(0, 2 * P as usize, &gpns).unwrap();
+        let range = PagedRange::new(0, crate::host_offset(2 * P), &gpns).unwrap();
         gm.probe_gpn_readable_range(&range).unwrap();
         assert!(gm.probe_gpn_writable_range(&range).is_err());
     }

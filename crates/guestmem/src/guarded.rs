@@ -1,6 +1,9 @@
 //! Typed guarded accesses built on `trycopy`: one load, store or compare-and-swap instruction
 //! for 1, 2, 4 and 8-byte values, a guarded byte copy for other sizes.
 
+// Unsafe code: the typed accesses call the raw-pointer guarded routines of `trycopy`.
+#![allow(unsafe_code)]
+
 use std::mem::size_of;
 use trycopy::MemoryError;
 use zerocopy::FromBytes;
@@ -29,7 +32,7 @@ unsafe fn transmute_bytes<S: IntoBytes + Immutable, T: FromBytes>(value: &S) -> 
 /// # Safety
 /// `source..source + size_of::<T>()` lies in reserved VA (a fault there is recovered).
 pub(crate) unsafe fn read<T: FromBytes>(source: *const u8) -> Result<T, MemoryError> {
-    // SAFETY (all arms): forwarded from the caller; each scalar has the size of `T`.
+    // SAFETY: (all arms) forwarded from the caller; each scalar has the size of `T`.
     unsafe {
         match size_of::<T>() {
             1 => Ok(transmute_bytes(&trycopy::try_read_volatile(source)?)),
@@ -60,7 +63,7 @@ pub(crate) unsafe fn write<T: IntoBytes + Immutable>(
     destination: *mut u8,
     value: &T,
 ) -> Result<(), MemoryError> {
-    // SAFETY (all arms): forwarded from the caller; each scalar has the size of `T`.
+    // SAFETY: (all arms) forwarded from the caller; each scalar has the size of `T`.
     unsafe {
         match size_of::<T>() {
             1 => trycopy::try_write_volatile(destination, &transmute_bytes::<T, u8>(value)),
@@ -117,7 +120,7 @@ pub(crate) unsafe fn compare_exchange<T: IntoBytes + FromBytes + Immutable + Cop
     current: T,
     new: T,
 ) -> Result<Result<T, T>, MemoryError> {
-    // SAFETY (all arms): forwarded from the caller; each scalar has the size of `T`.
+    // SAFETY: (all arms) forwarded from the caller; each scalar has the size of `T`.
     unsafe {
         match size_of::<T>() {
             1 => compare_exchange_as::<u8, T>(destination, current, new),

@@ -2,6 +2,10 @@
 //!
 //! Fully accessible and never faulting, so guest memory over it needs no fault handler.
 
+// Unsafe code: it allocates aligned heap memory and implements the unsafe `GuestMemoryAccess` trait
+// for it.
+#![allow(unsafe_code)]
+
 use crate::GuestMemoryAccess;
 use crate::PAGE_SIZE;
 use std::alloc::Layout;

@@ -17,6 +17,8 @@
 //! backing, and may therefore run on the JavaScript thread (with a hook that calls JavaScript
 //! directly) as well as on a worker thread (with a hook that blocks on the JavaScript thread).
 
+// Unsafe code lives in the modules that say why at their top; this file has two items that opt in
+// on their own (the empty backing's trait impl and the heap memory's plain-bytes view).
 #![cfg(target_os = "linux")]
 
 mod access;
@@ -91,6 +93,20 @@ use std::sync::Arc;
 /// The guest page size (fixed, independent of the host page size).
 pub const PAGE_SIZE: usize = 4096;
 const PAGE_SIZE64: u64 = PAGE_SIZE as u64;
+
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("guestmem supports 64-bit targets only: guest offsets are host offsets");
+
+/// An offset or length inside a host mapping, as a host `usize`. Mappings live in this
+/// process's address space, so such a value always fits; on the 64-bit targets this crate
+/// builds for, the conversion is lossless.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "lossless on 64-bit targets, the only ones this crate builds for"
+)]
+pub(crate) const fn host_offset(offset: u64) -> usize {
+    offset as usize
+}
 
 /// The default number of consecutive unproductive `Retry` answers a single access accepts from
 /// `page_fault` before failing with kind `Other` (spec §3.6 deviation, JS option `retryLimit`).
@@ -176,6 +192,7 @@ fn ensure_fault_handler() {
 struct EmptyBacking;
 
 // SAFETY: no mapping, no addresses.
+#[allow(unsafe_code, reason = "GuestMemoryAccess is an unsafe trait")]
 unsafe impl GuestMemoryAccess for EmptyBacking {
     fn mapping(&self) -> Option<std::ptr::NonNull<u8>> {
         None
@@ -253,7 +270,12 @@ impl GuestMemory {
                 max_region_count,
             });
         }
-        let mut regions = Vec::with_capacity(region_count as usize);
+        let too_many = MultiRegionError::TooManyRegions {
+            region_count,
+            max_region_count,
+        };
+        let region_slots = usize::try_from(region_count).map_err(|_| too_many)?;
+        let mut regions = Vec::with_capacity(region_slots);
         for imp in imps {
             match imp {
                 Some(imp) => {
@@ -269,7 +291,7 @@ impl GuestMemory {
                 None => regions.push(Region::missing()),
             }
         }
-        regions.resize_with(region_count as usize, Region::missing);
+        regions.resize_with(region_slots, Region::missing);
         let decoder = Decoder::multi(region_bits, region_count.trailing_zeros());
         Ok(Self::from_regions(
             debug_name.into(),
@@ -378,6 +400,10 @@ impl GuestMemory {
 
     /// The heap memory of a memory made by [`GuestMemory::allocate`] as plain bytes, only while
     /// this handle is the sole owner (no clone, subrange or locked pages exist).
+    #[allow(
+        unsafe_code,
+        reason = "hands out the heap's bytes under a unique borrow"
+    )]
     pub fn inner_buf_mut(&mut self) -> Option<&mut [u8]> {
         let inner = Arc::get_mut(&mut self.inner)?;
         let heap = inner.heap.as_ref()?;

@@ -7,6 +7,9 @@
 //! through [`LockedPages::read_at`] stays guarded, so even an unpinned page that goes away
 //! yields an error instead of a crash.
 
+// Unsafe code: locked pages are read through the host addresses recorded when they were locked.
+#![allow(unsafe_code)]
+
 use crate::error::Cause;
 use crate::error::GuestMemoryOperation;
 use crate::DirtyBitmap;
@@ -246,7 +249,7 @@ impl GuestMemory {
             gpn,
             region_index,
             region_gpn: offset / PAGE_SIZE64,
-            address: base.wrapping_add(offset as usize),
+            address: base.wrapping_add(crate::host_offset(offset)),
         })
     }
 

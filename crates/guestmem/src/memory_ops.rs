@@ -1,6 +1,9 @@
 //! The data operations of [`GuestMemory`] (spec §3.7): copies, fills, typed loads and stores,
 //! compare-exchange and probes, each running the access protocol of `protocol.rs`.
 
+// Unsafe code: every operation runs a guarded access through a backing's raw mapping.
+#![allow(unsafe_code)]
+
 use crate::error::GuestMemoryOperation;
 use crate::guarded;
 use crate::GuestMemory;

@@ -12,6 +12,9 @@
 //! `Retry` fails the access with kind `Other`, so `page_fault` is called at most `limit + 1`
 //! times for one faulting address.
 
+// Unsafe code: the access protocol runs guarded accesses through a backing's raw mapping.
+#![allow(unsafe_code)]
+
 use crate::error::Cause;
 use crate::DirtyBitmap;
 use crate::GuestMemory;
@@ -238,7 +241,7 @@ impl GuestMemory {
                 .map_err(to_gpa);
         };
         // The offset is inside the region's mapping, which is at most `max_address` bytes long.
-        let target = base.wrapping_add(located.offset as usize);
+        let target = base.wrapping_add(crate::host_offset(located.offset));
 
         #[cfg(feature = "bitmap")]
         if let Some(bitmaps) = located.region.bitmaps() {
@@ -271,7 +274,7 @@ impl GuestMemory {
                 unproductive_retries = 0;
             }
             let fault_gpa = gpa + delta;
-            let remaining = (len - delta) as usize;
+            let remaining = crate::host_offset(len - delta);
             match backing.page_fault(located.offset + delta, remaining, write, false) {
                 PageFaultAction::Retry => {
                     if unproductive_retries >= self.retry_limit {
@@ -321,7 +324,7 @@ impl GuestMemory {
         while let Some(page) = bitmaps.first_denied_page(offset, len, write) {
             let delta = (page * crate::PAGE_SIZE64).saturating_sub(offset);
             let fault_gpa = gpa + delta;
-            let remaining = (len - delta) as usize;
+            let remaining = crate::host_offset(len - delta);
             match backing.page_fault(offset + delta, remaining, write, true) {
                 PageFaultAction::Retry => {
                     if retries >= self.retry_limit {

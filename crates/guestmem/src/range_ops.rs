@@ -2,6 +2,9 @@
 //! of the range runs the full access protocol; the first failing chunk stops the operation
 //! (earlier chunks stay applied). Errors carry the operation and the precise GPA, no range.
 
+// Unsafe code: each page of a paged range is accessed through a backing's raw mapping.
+#![allow(unsafe_code)]
+
 use crate::error::Cause;
 use crate::error::GuestMemoryOperation;
 use crate::paged_range::PageChunk;
@@ -166,8 +169,8 @@ impl GuestMemory {
             gpa,
             1,
             true,
-            // SAFETY: the destination is reserved VA of the backing (faults are recovered).
             |destination| {
+                // SAFETY: the destination is reserved VA of the backing (faults are recovered).
                 unsafe { crate::guarded::compare_exchange::<u8>(destination, value, value) }
                     .map(|result| result.is_ok())
             },

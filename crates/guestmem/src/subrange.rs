@@ -6,6 +6,9 @@
 //! forwarded to the parent region's backing with addresses translated by the offset. A subrange
 //! of a subrange refers to the root memory directly.
 
+// Unsafe code: a subrange view implements the unsafe `GuestMemoryAccess` trait over its parent.
+#![allow(unsafe_code)]
+
 use crate::error::GuestMemoryOperation;
 use crate::protocol::out_of_range;
 use crate::GuestMemory;
@@ -71,7 +74,7 @@ impl GuestMemorySubrange {
 unsafe impl GuestMemoryAccess for GuestMemorySubrange {
     fn mapping(&self) -> Option<NonNull<u8>> {
         let base = self.root.regions().get(self.region_index)?.mapping()?;
-        NonNull::new(base.wrapping_add(self.region_offset as usize))
+        NonNull::new(base.wrapping_add(crate::host_offset(self.region_offset)))
     }
 
     fn max_address(&self) -> u64 {

@@ -1,6 +1,9 @@
 //! Tests of the guest-memory acceptance scenarios (guest-memory.md §5, S31–S52 where they apply
 //! to the Rust core) and of the retry limit, fallbacks, subranges and locking.
 
+// Unsafe code: the tests build backings (an unsafe trait) and check memory through raw pointers.
+#![allow(unsafe_code)]
+
 use crate::*;
 use sparse_mmap::SparseMapping;
 use std::error::Error as _;
@@ -14,15 +17,18 @@ use std::sync::Mutex;
 const P: u64 = PAGE_SIZE as u64;
 const MIB: u64 = 1 << 20;
 
+/// A test size or offset as a `usize`.
+fn us(value: u64) -> usize {
+    usize::try_from(value).unwrap()
+}
+
 /// The layout of S34: a 4 MiB mapping with RAM 0–1 MiB, a hole 1–2 MiB, RAM 2–3 MiB, a hole
 /// 3 MiB..3 MiB + P and RAM up to 4 MiB.
 fn s34_layout() -> (Arc<SparseMapping>, GuestMemory) {
-    let mapping = Arc::new(SparseMapping::new(4 * MIB as usize).unwrap());
-    mapping.alloc(0, MIB as usize).unwrap();
-    mapping.alloc(2 * MIB as usize, MIB as usize).unwrap();
-    mapping
-        .alloc((3 * MIB + P) as usize, (MIB - P) as usize)
-        .unwrap();
+    let mapping = Arc::new(SparseMapping::new(4 * us(MIB)).unwrap());
+    mapping.alloc(0, us(MIB)).unwrap();
+    mapping.alloc(2 * us(MIB), us(MIB)).unwrap();
+    mapping.alloc(us(3 * MIB + P), us(MIB - P)).unwrap();
     let memory = GuestMemory::new("test", mapping.clone());
     (mapping, memory)
 }
@@ -106,7 +112,7 @@ fn s34_holes_in_a_sparse_mapping_are_kind_other() {
         assert_eq!(&five, b"hello");
         let pattern: Vec<u8> = (0..MIB).map(|i| (i * 7 % 251) as u8).collect();
         memory.write_at(gpa, &pattern).unwrap();
-        let mut back = vec![0u8; MIB as usize];
+        let mut back = vec![0u8; us(MIB)];
         memory.read_at(gpa, &mut back).unwrap();
         assert_eq!(back, pattern);
     }
@@ -182,7 +188,7 @@ fn s36_zero_length_operations_always_succeed() {
 
 #[test]
 fn s37_on_demand_mapping_retries() {
-    let mapping = Arc::new(SparseMapping::new(16 * P as usize).unwrap());
+    let mapping = Arc::new(SparseMapping::new(16 * us(P)).unwrap());
     let log = FaultLog::default();
     let memory = {
         let mapping = mapping.clone();
@@ -193,22 +199,22 @@ fn s37_on_demand_mapping_retries() {
                 assert!(!bitmap_failure);
                 log.record(address, len, write);
                 let page = address & !(P - 1);
-                mapping.alloc(page as usize, P as usize).unwrap();
+                mapping.alloc(us(page), us(P)).unwrap();
                 PageFaultAction::Retry
             },
         )
     };
-    let data: Vec<u8> = (0..3 * P).map(|i| i as u8).collect();
+    let data: Vec<u8> = (0..3 * P).map(|i| i.to_le_bytes()[0]).collect();
     let gpa = 2 * P + P / 2;
     memory.write_at(gpa, &data).unwrap();
     let len = 3 * P;
     assert_eq!(
         log.take(),
         vec![
-            (gpa, len as usize, true),
-            (3 * P, (gpa + len - 3 * P) as usize, true),
-            (4 * P, (gpa + len - 4 * P) as usize, true),
-            (5 * P, (gpa + len - 5 * P) as usize, true),
+            (gpa, us(len), true),
+            (3 * P, us(gpa + len - 3 * P), true),
+            (4 * P, us(gpa + len - 4 * P), true),
+            (5 * P, us(gpa + len - 5 * P), true),
         ]
     );
     memory.write_at(gpa, &data).unwrap();
@@ -222,8 +228,8 @@ fn s37_on_demand_mapping_retries() {
 /// The layout of S38: `page_fault` places zero pages for reads and fails writes; page 0 is
 /// writable.
 fn s38_layout() -> (Arc<SparseMapping>, GuestMemory, FaultLog) {
-    let mapping = Arc::new(SparseMapping::new(16 * P as usize).unwrap());
-    mapping.alloc(0, P as usize).unwrap();
+    let mapping = Arc::new(SparseMapping::new(16 * us(P)).unwrap());
+    mapping.alloc(0, us(P)).unwrap();
     let log = FaultLog::default();
     let memory = {
         let mapping = mapping.clone();
@@ -234,7 +240,7 @@ fn s38_layout() -> (Arc<SparseMapping>, GuestMemory, FaultLog) {
                 return PageFaultAction::Fail(PageFaultError::other(TestError("read-only")));
             }
             let page = address & !(P - 1);
-            mapping.map_zero(page as usize, P as usize).unwrap();
+            mapping.map_zero(us(page), us(P)).unwrap();
             PageFaultAction::Retry
         })
     };
@@ -263,8 +269,8 @@ fn s38_read_only_on_demand() {
 
 #[test]
 fn s39_page_fault_failure_kind_reaches_the_caller() {
-    let mapping = Arc::new(SparseMapping::new(4 * P as usize).unwrap());
-    mapping.alloc(0, P as usize).unwrap();
+    let mapping = Arc::new(SparseMapping::new(4 * us(P)).unwrap());
+    mapping.alloc(0, us(P)).unwrap();
     let memory = hooked(&mapping, |_, _, _, _| {
         PageFaultAction::Fail(PageFaultError::new(
             GuestMemoryErrorKind::VtlProtected,
@@ -290,11 +296,11 @@ fn s39_page_fault_failure_kind_reaches_the_caller() {
 
 #[test]
 fn s40_fallback_paths() {
-    let mapping = Arc::new(SparseMapping::new(4 * P as usize).unwrap());
+    let mapping = Arc::new(SparseMapping::new(4 * us(P)).unwrap());
     let reads = FaultLog::default();
     let writes = FaultLog::default();
     let fills = FaultLog::default();
-    let stored = Arc::new(Mutex::new(vec![0u8; 4 * P as usize]));
+    let stored = Arc::new(Mutex::new(vec![0u8; 4 * us(P)]));
     let hooks = GuestMemoryHooks {
         page_fault: Some(Box::new(|_, _, _, _| PageFaultAction::Fallback)),
         read_fallback: Some(Box::new({
@@ -303,7 +309,7 @@ fn s40_fallback_paths() {
             move |address, dest: &mut [u8]| {
                 reads.record(address, dest.len(), false);
                 let stored = stored.lock().unwrap();
-                dest.copy_from_slice(&stored[address as usize..address as usize + dest.len()]);
+                dest.copy_from_slice(&stored[us(address)..us(address) + dest.len()]);
                 Ok(())
             }
         })),
@@ -312,8 +318,7 @@ fn s40_fallback_paths() {
             let stored = stored.clone();
             move |address, src: &[u8]| {
                 writes.record(address, src.len(), true);
-                stored.lock().unwrap()[address as usize..address as usize + src.len()]
-                    .copy_from_slice(src);
+                stored.lock().unwrap()[us(address)..us(address) + src.len()].copy_from_slice(src);
                 Ok(())
             }
         })),
@@ -322,7 +327,7 @@ fn s40_fallback_paths() {
             let stored = stored.clone();
             move |address, val, len| {
                 fills.record(address, len, true);
-                stored.lock().unwrap()[address as usize..address as usize + len].fill(val);
+                stored.lock().unwrap()[us(address)..us(address) + len].fill(val);
                 Ok(())
             }
         })),
@@ -330,7 +335,7 @@ fn s40_fallback_paths() {
             let stored = stored.clone();
             move |address, current: &mut [u8], new: &[u8]| {
                 let mut stored = stored.lock().unwrap();
-                let target = &mut stored[address as usize..address as usize + new.len()];
+                let target = &mut stored[us(address)..us(address) + new.len()];
                 if target == current {
                     target.copy_from_slice(new);
                     Ok(true)
@@ -402,7 +407,7 @@ fn s40_memory_without_mapping_uses_fallbacks_directly() {
 
 #[test]
 fn s41_retry_limit_ends_an_unresolved_fault() {
-    let mapping = Arc::new(SparseMapping::new(4 * P as usize).unwrap());
+    let mapping = Arc::new(SparseMapping::new(4 * us(P)).unwrap());
     let calls = Arc::new(AtomicUsize::new(0));
     let memory = {
         let calls = calls.clone();
@@ -443,18 +448,16 @@ fn s41_retry_limit_ends_an_unresolved_fault() {
 fn s41_progress_resets_the_retry_count() {
     // Each fault is resolved: a long access over many lazily mapped pages needs more retries in
     // total than the limit, but never more than one per faulting address.
-    let mapping = Arc::new(SparseMapping::new(64 * P as usize).unwrap());
+    let mapping = Arc::new(SparseMapping::new(64 * us(P)).unwrap());
     let memory = {
         let mapping = mapping.clone();
         hooked(&mapping.clone(), move |address, _, _, _| {
-            mapping
-                .alloc((address & !(P - 1)) as usize, P as usize)
-                .unwrap();
+            mapping.alloc(us(address & !(P - 1)), us(P)).unwrap();
             PageFaultAction::Retry
         })
     }
     .with_retry_limit(1);
-    memory.fill_at(0, 9, 64 * P as usize).unwrap();
+    memory.fill_at(0, 9, 64 * us(P)).unwrap();
     assert_eq!(memory.read_plain::<u8>(63 * P).unwrap(), 9);
 }
 
@@ -479,14 +482,14 @@ fn s42_compare_exchange_semantics() {
         assert_eq!(memory.read_plain::<T>(8).unwrap(), two);
     }
     let (_mapping, sparse) = s34_layout();
-    for memory in [GuestMemory::allocate(P as usize), sparse] {
+    for memory in [GuestMemory::allocate(us(P)), sparse] {
         check(&memory, 0u8, 1, 2);
         check(&memory, 0u16, 1, 0xFFFF);
         check(&memory, 0u32, 1, 0xFFFF_FFFF);
         check(&memory, 0u64, 1, u64::MAX);
     }
 
-    let mapping = Arc::new(SparseMapping::new(4 * P as usize).unwrap());
+    let mapping = Arc::new(SparseMapping::new(4 * us(P)).unwrap());
     let log = FaultLog::default();
     let memory = {
         let log = log.clone();
@@ -505,10 +508,10 @@ fn s42_compare_exchange_semantics() {
 
 #[test]
 fn s43_compare_exchange_on_read_only_page() {
-    let mapping = Arc::new(SparseMapping::new(2 * P as usize).unwrap());
-    mapping.alloc(0, P as usize).unwrap();
+    let mapping = Arc::new(SparseMapping::new(2 * us(P)).unwrap());
+    mapping.alloc(0, us(P)).unwrap();
     mapping.write_at(0, &[5]).unwrap();
-    mapping.set_writable(0, P as usize, false).unwrap();
+    mapping.set_writable(0, us(P), false).unwrap();
     let memory = GuestMemory::new("ro", mapping.clone());
     // Fails although the comparison would fail too.
     let err = memory.compare_exchange(0, 9u8, 1).unwrap_err();
@@ -519,7 +522,7 @@ fn s43_compare_exchange_on_read_only_page() {
         Err(GuestMemoryErrorKind::Other)
     );
     assert_eq!(memory.read_plain::<u8>(0).unwrap(), 5);
-    mapping.set_writable(0, P as usize, true).unwrap();
+    mapping.set_writable(0, us(P), true).unwrap();
     assert_eq!(memory.probe_gpa_writable(0), Ok(()));
     assert_eq!(
         memory.read_plain::<u8>(0).unwrap(),
@@ -538,8 +541,8 @@ fn s43_compare_exchange_on_read_only_page() {
 
 #[test]
 fn s44_compare_exchange_is_atomic_across_threads() {
-    let mapping = Arc::new(SparseMapping::new(P as usize).unwrap());
-    mapping.alloc(0, P as usize).unwrap();
+    let mapping = Arc::new(SparseMapping::new(us(P)).unwrap());
+    mapping.alloc(0, us(P)).unwrap();
     let memory = GuestMemory::new("atomic", mapping);
     const THREADS: u64 = 8;
     const INCREMENTS: u64 = 100_000;
@@ -594,11 +597,7 @@ fn s45_multi_region() {
     let memory = GuestMemory::new_multi_region(
         "multi",
         region,
-        vec![
-            Some(make(4 * MIB as usize)),
-            None,
-            Some(make(4 * MIB as usize)),
-        ],
+        vec![Some(make(4 * us(MIB))), None, Some(make(4 * us(MIB)))],
     )
     .unwrap();
     assert_eq!(memory.max_address(), 4 * region);
@@ -672,7 +671,7 @@ fn s46_subranges() {
     assert_eq!(err.range(), Some(3 * MIB..5 * MIB));
 
     // Faults: the view reports its own addresses, the backing sees the parent's.
-    let mapping = Arc::new(SparseMapping::new(16 * P as usize).unwrap());
+    let mapping = Arc::new(SparseMapping::new(16 * us(P)).unwrap());
     let log = FaultLog::default();
     let parent = {
         let log = log.clone();
@@ -770,8 +769,8 @@ fn s47_locking() {
     assert!(err.source().unwrap().to_string().contains("not lockable"));
 
     // Unlock exactly once, however many clones.
-    let mapping = SparseMapping::new(4 * P as usize).unwrap();
-    mapping.alloc(0, 4 * P as usize).unwrap();
+    let mapping = SparseMapping::new(4 * us(P)).unwrap();
+    mapping.alloc(0, 4 * us(P)).unwrap();
     let backing = Arc::new(CountingLocks {
         mapping,
         locks: AtomicUsize::new(0),
@@ -814,8 +813,8 @@ impl LockedRange for Runs {
 
 #[test]
 fn lock_range_hands_out_runs_of_consecutive_pages() {
-    let mapping = Arc::new(SparseMapping::new(16 * P as usize).unwrap());
-    mapping.alloc(0, 16 * P as usize).unwrap();
+    let mapping = Arc::new(SparseMapping::new(16 * us(P)).unwrap());
+    mapping.alloc(0, 16 * us(P)).unwrap();
     let memory = GuestMemory::new("runs", mapping.clone());
     let gpns = [2, 3, 4, 9, 10];
     let range = PagedRange::new(0x100, 5 * PAGE_SIZE - 0x200, &gpns).unwrap();
@@ -828,7 +827,7 @@ fn lock_range_hands_out_runs_of_consecutive_pages() {
             (base + 9 * PAGE_SIZE, 2 * PAGE_SIZE - 0x100),
         ]
     );
-    let hole = Arc::new(SparseMapping::new(4 * P as usize).unwrap());
+    let hole = Arc::new(SparseMapping::new(4 * us(P)).unwrap());
     let memory = GuestMemory::new("hole", hole);
     let gpns = [0];
     let err = memory
@@ -885,7 +884,9 @@ fn s50_paged_range_reads_and_writes() {
     let memory = GuestMemory::allocate(16 * PAGE_SIZE);
     let gpns = [7, 2, 11];
     let range = PagedRange::new(0x10, 2 * PAGE_SIZE, &gpns).unwrap();
-    let data: Vec<u8> = (0..2 * PAGE_SIZE).map(|i| (i % 253) as u8).collect();
+    let data: Vec<u8> = (0..2 * PAGE_SIZE)
+        .map(|i| u8::try_from(i % 253).unwrap())
+        .collect();
     memory.write_range(&range, &data).unwrap();
     let mut first = vec![0u8; PAGE_SIZE - 0x10];
     memory.read_at(7 * P + 0x10, &mut first).unwrap();
@@ -956,7 +957,7 @@ fn s51_empty_memory() {
 
 #[test]
 fn s31_concurrent_unmap_while_copying() {
-    let size = MIB as usize;
+    let size = us(MIB);
     let mapping = Arc::new(SparseMapping::new(size).unwrap());
     mapping.alloc(0, size).unwrap();
     let memory = GuestMemory::new("concurrent", mapping.clone());
@@ -1021,7 +1022,7 @@ fn typed_accesses_of_odd_sizes_and_atomic_buffers() {
     let err = memory.read_plain::<[u8; 12]>(MIB - 6).unwrap_err();
     assert_eq!(err.gpa(), Some(MIB));
     let (base, len) = memory.full_mapping().unwrap();
-    assert_eq!(len, 4 * MIB as usize);
+    assert_eq!(len, 4 * us(MIB));
     assert!(!base.is_null());
     assert_eq!(memory.iova(0), None);
 }
@@ -1036,7 +1037,7 @@ fn error_accessors_and_names() {
     let err = GuestMemoryBackingError::other(u64::MAX, TestError("x"));
     assert_eq!(err.gpa(), None);
     assert_eq!(err.kind(), GuestMemoryErrorKind::Other);
-    let memory = GuestMemory::allocate(P as usize);
+    let memory = GuestMemory::allocate(us(P));
     let err = memory.fill_at(P - 1, 0, 2).unwrap_err();
     assert_eq!(err.debug_name(), "heap");
     assert_eq!(

@@ -20,6 +20,9 @@
 //! The snapshot directory is `MEMBACKING_BENCH_DIR` or the system temporary directory. Run with
 //! `cargo bench -p membacking --bench snapshot`.
 
+// Unsafe code: the baselines copy files with copy_file_range/sendfile and walk them with lseek.
+#![allow(unsafe_code)]
+
 use futures::executor::block_on;
 use membacking::snapshot::uffd::Userfaultfd;
 use membacking::snapshot::RestoreMode;

@@ -44,6 +44,16 @@
 //! - `RecordingPartition` `vaOffset`s: call `set_va_base(manager.va_window_base())` on the
 //!   partition before attaching it.
 //! - [`GuestMemoryManager::close`] consumes the manager; keep it in an `Option` to take it.
+//!
+//! # Unsafe code
+//!
+//! The memory manager itself has one `unsafe impl`: the accessor's backing implements
+//! `guestmem::GuestMemoryAccess`, whose contract (the mapping stays reserved while the backing
+//! lives) the VA mapper keeps (`mapping_manager::backing`); its system calls on memory objects go
+//! through `sparse_mmap`. The snapshot modules that talk to the kernel directly (`snapshot::uffd`,
+//! `lazy`, `source`, `restore`, `publish`: userfaultfd, positioned file I/O on RAM objects, the
+//! guarded copy, `renameat2`) opt in, each saying why at its top; the crate denies `unsafe_code`
+//! everywhere else.
 
 pub mod device_memory;
 pub mod dirty;

@@ -4,6 +4,9 @@
 //! several threads may access it concurrently (guest memory implements its access trait for
 //! `SharedMem`: fully mapped, never faulting).
 
+// Unsafe code: it maps and unmaps anonymous memory and hands out its address.
+#![allow(unsafe_code)]
+
 use std::ffi::c_void;
 use std::io;
 use std::ops::Deref;

@@ -5,6 +5,9 @@
 //! `offset > len()` or fewer than `size` bytes remain, so an empty access at `offset == len()`
 //! succeeds) and then uses the `trycopy` primitives.
 
+// Unsafe code: the guarded copies take raw pointers into the reservation.
+#![allow(unsafe_code)]
+
 use crate::SparseMapping;
 use std::mem::size_of;
 use trycopy::MemoryError;
@@ -124,7 +127,7 @@ unsafe fn read_scalar_as<S: Copy + IntoBytes + Immutable, T: FromBytes>(
 /// # Safety
 /// `source` must point into reserved address space for `size_of::<T>()` bytes.
 pub(crate) unsafe fn read_guarded<T: FromBytes>(source: *const u8) -> Result<T, MemoryError> {
-    // SAFETY (all arms): forwarded from the caller; each scalar has the size of `T`.
+    // SAFETY: (all arms) forwarded from the caller; each scalar has the size of `T`.
     unsafe {
         match size_of::<T>() {
             1 => read_scalar_as::<u8, T>(source),
@@ -153,7 +156,7 @@ fn scalar_from_bytes<S: FromBytes + IntoBytes>(bytes: &[u8]) -> S {
 /// # Safety
 /// `destination` must point into reserved address space for `bytes.len()` bytes.
 pub(crate) unsafe fn write_guarded(destination: *mut u8, bytes: &[u8]) -> Result<(), MemoryError> {
-    // SAFETY (all arms): forwarded from the caller.
+    // SAFETY: (all arms) forwarded from the caller.
     unsafe {
         match bytes.len() {
             1 => trycopy::try_write_volatile(destination, &bytes[0]),

@@ -20,6 +20,9 @@
 //! `decommit` hold a small lock while they call the kernel, so the record always matches what
 //! the kernel holds.
 
+// Unsafe code: the reservation is made and changed with mmap/mprotect/madvise on raw addresses.
+#![allow(unsafe_code)]
+
 use crate::shmem_views::ShmemViews;
 use std::ffi::c_void;
 use std::ffi::CString;
@@ -344,6 +347,32 @@ impl SparseMapping {
                 offset,
                 len,
                 prot,
+                libc::MAP_SHARED,
+                Some(file_mapping.as_fd()),
+                file_offset,
+            )
+        }
+    }
+
+    /// Places a shared view of `file_mapping` with no access at all: the pages are there (a
+    /// userfaultfd or dirty-tracking observer may register them) but any access faults until
+    /// [`SparseMapping::set_writable`] opens them up.
+    pub fn map_file_inaccessible(
+        &self,
+        offset: usize,
+        len: usize,
+        file_mapping: impl AsFd,
+        file_offset: u64,
+    ) -> io::Result<()> {
+        let file_offset =
+            i64::try_from(file_offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: a plain shared file view without protection: no flag that breaks the
+        // reservation.
+        unsafe {
+            self.place(
+                offset,
+                len,
+                libc::PROT_NONE,
                 libc::MAP_SHARED,
                 Some(file_mapping.as_fd()),
                 file_offset,

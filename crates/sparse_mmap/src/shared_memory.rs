@@ -3,7 +3,12 @@
 //!
 //! On Linux a mappable object is simply an open file descriptor: [`Mappable`] owns one (closed on
 //! drop), [`MappableRef`] borrows one. Anything that implements `AsFd` can be passed to
-//! `map_file`.
+//! `map_file`. The queries and changes a memory manager makes on such an object (its size,
+//! whether it is a regular file, punching a hole, the name it shows in `/proc/self/fd`) are
+//! here too, so that the crates above need no system calls of their own.
+
+// Unsafe code: memfd_create/ftruncate/fstat/fallocate/fcntl are libc calls on raw descriptors.
+#![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::fs::File;
@@ -26,6 +31,85 @@ pub type MappableRef<'a> = BorrowedFd<'a>;
 /// its access mode, but closing one does not close the other.
 pub fn mappable_from_fd(fd: BorrowedFd<'_>) -> io::Result<Mappable> {
     fd.try_clone_to_owned()
+}
+
+/// Duplicates the descriptor numbered `fd` (close-on-exec), e.g. one a parent process passed
+/// to this one. An invalid number is `EBADF`; nothing is assumed about the descriptor, which
+/// stays open.
+pub fn mappable_from_raw_fd(fd: i32) -> io::Result<Mappable> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: `F_DUPFD_CLOEXEC` only reads the descriptor number; an invalid one makes the call
+    // fail with EBADF, which is reported.
+    let duplicate = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if duplicate < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `duplicate` is a descriptor this call just created, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(duplicate) })
+}
+
+fn stat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `fd` is a valid open descriptor (borrowed) and `stat` a valid out pointer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), stat.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded and filled the structure.
+    Ok(unsafe { stat.assume_init() })
+}
+
+/// The size of the object in bytes (`fstat`).
+pub fn object_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let size = stat(fd)?.st_size;
+    u64::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))
+}
+
+/// Whether the object is a regular file (a memfd, a tmpfs or disk file), whose size bounds
+/// what a view of it can reach; false for devices and pipes, and when `fstat` fails.
+pub fn is_regular_file(fd: BorrowedFd<'_>) -> bool {
+    stat(fd).is_ok_and(|stat| (stat.st_mode & libc::S_IFMT) == libc::S_IFREG)
+}
+
+/// Punches a hole of `len` bytes at `offset` (`fallocate(PUNCH_HOLE | KEEP_SIZE)`): the pages
+/// are freed and every view of the object reads zeros there; the size stays. A range the
+/// kernel's `off_t` cannot express is `EINVAL`.
+pub fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    // SAFETY: `fallocate` on a valid descriptor only changes the file's contents; no memory of
+    // this process is touched directly.
+    let rc = unsafe {
+        libc::fallocate(
+            fd.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The name the object shows in `/proc/self/fd`, without the leading `/` and the
+/// ` (deleted)` suffix: `memfd:guest-ram` for a memfd, a path for a file. `fd N` when the link
+/// cannot be read.
+pub fn object_name(fd: BorrowedFd<'_>) -> String {
+    let number = fd.as_raw_fd();
+    std::fs::read_link(format!("/proc/self/fd/{number}")).map_or_else(
+        |_| format!("fd {number}"),
+        |target| {
+            let target = target.to_string_lossy();
+            target
+                .trim_start_matches('/')
+                .trim_end_matches(" (deleted)")
+                .to_owned()
+        },
+    )
 }
 
 /// Makes a [`Mappable`] of `file` by duplicating its descriptor (close-on-exec).

@@ -1,6 +1,9 @@
 //! Tests of the spec's sparse-mapping acceptance scenarios (guest-memory.md §5, S1–S19) and of
 //! the shared-memory helpers.
 
+// Unsafe code: the tests read and write the mapped pages through raw pointers.
+#![allow(unsafe_code)]
+
 use crate::alloc_shared_memory;
 use crate::mappable_from_fd;
 use crate::SparseMapping;
@@ -54,9 +57,9 @@ fn maps_lines(start: usize, len: usize) -> Vec<String> {
         .collect()
 }
 
-fn memfd_blocks(fd: &impl AsFd) -> i64 {
+fn memfd_blocks(fd: &impl AsFd) -> u64 {
     let file = File::from(fd.as_fd().try_clone_to_owned().unwrap());
-    std::os::unix::fs::MetadataExt::blocks(&file.metadata().unwrap()) as i64
+    std::os::unix::fs::MetadataExt::blocks(&file.metadata().unwrap())
 }
 
 #[test]
@@ -178,7 +181,7 @@ fn s8_unmap_returns_a_page_to_the_reserved_state() {
     mapping.alloc(0, 4 * page()).unwrap();
     for index in 0..4 {
         mapping
-            .fill_at(index * page(), 0x10 + index as u8, page())
+            .fill_at(index * page(), 0x10 + u8::try_from(index).unwrap(), page())
             .unwrap();
     }
     mapping.unmap(page(), page()).unwrap();
@@ -188,7 +191,9 @@ fn s8_unmap_returns_a_page_to_the_reserved_state() {
     for index in [0, 2, 3] {
         let mut data = vec![0u8; page()];
         mapping.read_at(index * page(), &mut data).unwrap();
-        assert!(data.iter().all(|&b| b == 0x10 + index as u8));
+        assert!(data
+            .iter()
+            .all(|&b| b == 0x10 + u8::try_from(index).unwrap()));
     }
     let lines = maps_lines(mapping.as_ptr() as usize + page(), page());
     assert_eq!(lines.len(), 1, "{lines:?}");
@@ -401,13 +406,13 @@ fn s15_decommit_memfd_view_punches_a_hole() {
     mapping.map_file(size, size, &memfd, 0, true).unwrap();
     mapping.fill_at(0, 0x5A, size).unwrap();
     let blocks_before = memfd_blocks(&memfd);
-    assert!(blocks_before * 512 >= size as i64, "{blocks_before}");
+    assert!(blocks_before * 512 >= size as u64, "{blocks_before}");
 
     // Decommit the first half through the second view.
     mapping.decommit(size, size / 2).unwrap();
     let blocks_after = memfd_blocks(&memfd);
     assert!(
-        (blocks_before - blocks_after) * 512 >= (size / 2) as i64,
+        blocks_before.saturating_sub(blocks_after) * 512 >= (size / 2) as u64,
         "blocks {blocks_before} -> {blocks_after}"
     );
     let mut data = vec![0xFFu8; size / 2];
@@ -703,7 +708,8 @@ fn new_installs_the_fault_handler() {
 #[test]
 fn page_size_is_the_os_page_size() {
     // SAFETY: sysconf has no preconditions.
-    let expected = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let expected = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let expected = usize::try_from(expected).unwrap();
     assert_eq!(SparseMapping::page_size(), expected);
 }
 
@@ -755,4 +761,54 @@ fn advanced_mmap_variants_and_file_mappables() {
         .map_file(3 * page(), page(), &file, 0, false)
         .unwrap();
     assert_eq!(mapping.read_plain::<u8>(3 * page()).unwrap(), 6);
+}
+
+#[test]
+fn object_queries_report_size_kind_and_name() {
+    let memfd = alloc_shared_memory(3 * page(), "object-queries").unwrap();
+    assert_eq!(
+        crate::object_size(memfd.as_fd()).unwrap(),
+        3 * page() as u64
+    );
+    assert!(crate::is_regular_file(memfd.as_fd()));
+    assert_eq!(crate::object_name(memfd.as_fd()), "memfd:object-queries");
+    let null = File::open("/dev/null").unwrap();
+    assert!(
+        !crate::is_regular_file(null.as_fd()),
+        "a device is no regular file"
+    );
+    assert_eq!(crate::object_name(null.as_fd()), "dev/null");
+}
+
+#[test]
+fn punch_hole_zeroes_every_view_and_keeps_the_size() {
+    let size = 4 * page();
+    let memfd = alloc_shared_memory(size, "punch-hole").unwrap();
+    let mapping = SparseMapping::new(size).unwrap();
+    mapping.map_file(0, size, &memfd, 0, true).unwrap();
+    mapping.fill_at(0, 0x77, size).unwrap();
+    crate::punch_hole(memfd.as_fd(), page() as u64, 2 * page() as u64).unwrap();
+    let mut data = vec![0u8; size];
+    mapping.read_at(0, &mut data).unwrap();
+    assert!(data[..page()].iter().all(|&b| b == 0x77));
+    assert!(data[page()..3 * page()].iter().all(|&b| b == 0));
+    assert!(data[3 * page()..].iter().all(|&b| b == 0x77));
+    assert_eq!(crate::object_size(memfd.as_fd()).unwrap(), size as u64);
+    let beyond_off_t = crate::punch_hole(memfd.as_fd(), u64::MAX, 1).unwrap_err();
+    assert_eq!(beyond_off_t.raw_os_error(), Some(libc::EINVAL));
+}
+
+#[test]
+fn mappable_from_raw_fd_duplicates_or_reports_ebadf() {
+    let memfd = alloc_shared_memory(page(), "raw-fd").unwrap();
+    let duplicate = crate::mappable_from_raw_fd(memfd.as_raw_fd()).unwrap();
+    assert_ne!(duplicate.as_raw_fd(), memfd.as_raw_fd());
+    assert_eq!(crate::object_name(duplicate.as_fd()), "memfd:raw-fd");
+    // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags.
+    let flags = unsafe { libc::fcntl(duplicate.as_raw_fd(), libc::F_GETFD) };
+    assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC, "close-on-exec");
+    for bad in [-1, 1 << 30] {
+        let error = crate::mappable_from_raw_fd(bad).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EBADF), "fd {bad}");
+    }
 }

@@ -8,6 +8,9 @@
 //!
 //! Run: `cargo bench -p trycopy -- --warm-up-time 1 --measurement-time 2`.
 
+// Unsafe code: the baselines are the raw-pointer copies the guarded ones are compared with.
+#![allow(unsafe_code)]
+
 use criterion::{black_box, Criterion, Throughput};
 use std::path::PathBuf;
 
@@ -59,10 +62,10 @@ fn scalar_reads(c: &mut Criterion) {
     let words = [0x1234_5678u32; 16];
     c.benchmark_group("try_read_volatile")
         .bench_function("u32", |b| {
-            // SAFETY: an aligned u32 inside an owned buffer.
             // Only the value is kept (as in the baseline): criterion's `black_box` reads every
             // byte of what the closure returns, which would dominate with the whole `Result`.
             b.iter(|| {
+                // SAFETY: an aligned u32 inside an owned buffer.
                 unsafe { trycopy::try_read_volatile(black_box(words.as_ptr())) }.unwrap_or_default()
             })
         });

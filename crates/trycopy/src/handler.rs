@@ -23,6 +23,9 @@
 //! placed in the unused tail of the `siginfo_t` while we forward breaks it (on re-entry with our
 //! own marker present the signal takes the default action instead of looping).
 
+// Unsafe code: installs the signal handler (sigaction) and rewrites the faulting context inside it.
+#![allow(unsafe_code)]
+
 use crate::x86_64::fixup_for;
 use crate::HandlerStatus;
 use libc::{c_int, c_void, sigaction, siginfo_t};
@@ -248,7 +251,13 @@ extern "C" fn fault_handler(signal: c_int, info: *mut siginfo_t, context: *mut c
         if !info.is_null() && !context.is_null() && (*info).si_code > 0 {
             let context = &mut *context.cast::<libc::ucontext_t>();
             let registers = &mut context.uc_mcontext.gregs;
-            if let Some(fixup) = fixup_for(registers[libc::REG_RIP as usize] as usize) {
+            // Instruction pointers are user-space addresses: below 2^63, so the register's
+            // signed value converts losslessly (both ways).
+            let fixup = usize::try_from(registers[libc::REG_RIP as usize])
+                .ok()
+                .and_then(fixup_for)
+                .and_then(|fixup| i64::try_from(fixup).ok());
+            if let Some(fixup) = fixup {
                 // The guarded routine carries the caller's record pointer in r10; the record is
                 // on the faulting thread's stack, which is always mapped.
                 let record = registers[libc::REG_R10 as usize] as *mut crate::error::FaultRecord;
@@ -256,10 +265,10 @@ extern "C" fn fault_handler(signal: c_int, info: *mut siginfo_t, context: *mut c
                     address: (*info).si_addr() as usize,
                     signal,
                     si_code: (*info).si_code,
-                    trapno: registers[libc::REG_TRAPNO as usize] as u64,
+                    trapno: registers[libc::REG_TRAPNO as usize].cast_unsigned(),
                 });
                 registers[libc::REG_EFL as usize] &= !DIRECTION_FLAG;
-                registers[libc::REG_RIP as usize] = fixup as i64;
+                registers[libc::REG_RIP as usize] = fixup;
                 return;
             }
         }

@@ -27,6 +27,10 @@
 //! A shared object embedding this crate must never be unloaded while the handler is installed:
 //! link it with `-z nodelete`.
 
+// Unsafe code: raw-pointer copies and the `unsafe` entry points that callers use to name guest
+// memory.
+#![allow(unsafe_code)]
+
 mod error;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]

@@ -2,6 +2,9 @@
 //! references), faults on inaccessible, read-only, unmapped and truncated pages, and concurrent
 //! remapping. Tests of the handler's installation and forwarding are in `handler/tests.rs`.
 
+// Unsafe code: the tests map, protect and unmap pages and call the guarded routines on them.
+#![allow(unsafe_code)]
+
 use super::*;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -127,7 +130,7 @@ impl Drop for Mapping {
 /// A deterministic byte pattern that differs between neighbouring positions and lengths.
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
+        .map(|i| i.to_le_bytes()[0].wrapping_mul(31).wrapping_add(seed) ^ i.to_le_bytes()[1])
         .collect()
 }
 
@@ -188,7 +191,7 @@ fn copy_lengths_up_to_8000_cross_the_string_threshold() {
 #[test]
 fn large_copies_match_reference() {
     for len in [64 * 1024, (1 << 20) + 3, 3 << 20] {
-        let source = pattern(len + 1, len as u8);
+        let source = pattern(len + 1, len.to_le_bytes()[0]);
         let mut destination = vec![0u8; len + 2];
         copy_bytes(source[1..].as_ptr(), destination[1..].as_mut_ptr(), len).unwrap();
         assert!(destination[1..=len] == source[1..=len], "len {len}");
@@ -457,10 +460,8 @@ fn compare_exchange_is_atomic_across_threads() {
         handle.join().unwrap();
     }
     // SAFETY: as above.
-    assert_eq!(
-        unsafe { try_read_volatile(mapping.ptr(0x40).cast::<u64>()) },
-        Ok(threads * increments)
-    );
+    let total = unsafe { try_read_volatile(mapping.ptr(0x40).cast::<u64>()) };
+    assert_eq!(total, Ok(threads * increments));
 }
 
 // ---- faults -----------------------------------------------------------------------------
@@ -700,8 +701,9 @@ fn memfd(size: usize) -> libc::c_int {
     // SAFETY: a plain system call with a NUL-terminated name.
     let fd = unsafe { libc::memfd_create(c"trycopy-test".as_ptr(), libc::MFD_CLOEXEC) };
     assert!(fd >= 0, "memfd_create failed");
+    let size = libc::off_t::try_from(size).unwrap();
     // SAFETY: `fd` is ours.
-    assert_eq!(unsafe { libc::ftruncate(fd, size as libc::off_t) }, 0);
+    assert_eq!(unsafe { libc::ftruncate(fd, size) }, 0);
     fd
 }
 
@@ -789,7 +791,7 @@ fn concurrent_remapping_during_copies_only_yields_ok_or_memory_error() {
             let (mapping, stop) = (Arc::clone(&mapping), Arc::clone(&stop));
             let (faults, successes) = (Arc::clone(&faults), Arc::clone(&successes));
             std::thread::spawn(move || {
-                let mut buffer = vec![worker as u8; PAGES * PAGE];
+                let mut buffer = vec![u8::try_from(worker).unwrap(); PAGES * PAGE];
                 let mut round = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     let len = [PAGES * PAGE, 3 * PAGE + 17, 512, 8][round % 4];

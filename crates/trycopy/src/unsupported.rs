@@ -5,6 +5,9 @@
 //! [`HandlerStatus::NotInstalled`](crate::HandlerStatus::NotInstalled) and no function here ever
 //! returns an error. Callers can check [`crate::fault_recovery_supported`].
 
+// Unsafe code: the unguarded fallbacks are raw-pointer copies with the same contract.
+#![allow(unsafe_code)]
+
 use crate::error::FaultRecord;
 use crate::HandlerStatus;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};

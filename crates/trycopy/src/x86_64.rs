@@ -37,6 +37,9 @@
 //! | `write_N` | `rdi` dst, `rdx` value | — |
 //! | `cmpxchg_N` | `rdi` dst, `rax` expected (zero-extended), `rdx` new | `rax` observed |
 
+// Unsafe code: the guarded routines are assembly (`global_asm!`) called through raw pointers.
+#![allow(unsafe_code)]
+
 use crate::error::FaultRecord;
 use std::arch::{asm, global_asm};
 use std::mem::MaybeUninit;
@@ -666,6 +669,7 @@ macro_rules! read_fn {
                 );
             }
             // The routine zero-extends the loaded value into `rdx`; truncation is exact.
+            #[allow(clippy::cast_possible_truncation, reason = "the upper bits are zero")]
             status_to_result(status, record).map(|()| value as $ty)
         }
     };
@@ -741,6 +745,7 @@ macro_rules! cmpxchg_fn {
             }
             // `cmpxchg` of a narrow operand only replaces the low bits of `rax`, whose upper
             // bits still hold the zero-extension of `expected`: truncation is exact.
+            #[allow(clippy::cast_possible_truncation, reason = "the upper bits are zero")]
             status_to_result(status, record).map(|()| observed as $ty)
         }
     };
@@ -805,7 +810,9 @@ mod tests {
     fn check_forward_routine(
         copy: unsafe fn(*mut u8, *const u8, usize) -> Result<(), FaultRecord>,
     ) {
-        let source: Vec<u8> = (0..6000u32).map(|i| (i * 7 + i / 256) as u8).collect();
+        let source: Vec<u8> = (0..6000u32)
+            .map(|i| (i * 7 + i / 256).to_le_bytes()[0])
+            .collect();
         let mut destination = vec![0u8; 6100];
         for (src_off, dst_off) in [(0usize, 0usize), (3, 17), (16, 1), (31, 32)] {
             for len in 0..=5000 {

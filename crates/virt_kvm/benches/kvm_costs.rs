@@ -15,6 +15,9 @@
 //! Run with `cargo bench -p virt_kvm` (`-- NAME` for one measurement). Needs /dev/kvm (prints a skip line otherwise). The
 //! guest is a 64-bit CPL3 loop, the mode that runs natively on software hypervisors (PVM).
 
+// Unsafe code: the raw baselines call KVM ioctls on host memory by address.
+#![allow(unsafe_code)]
+
 use kvm_bindings::kvm_userspace_memory_region;
 use memory_range::MemoryRange;
 use std::time::Duration;
@@ -55,8 +58,9 @@ impl Mapping {
         // SAFETY: creates a new anonymous file; the name is a valid C string.
         let fd = unsafe { libc::memfd_create(c"virt_kvm-bench".as_ptr(), libc::MFD_CLOEXEC) };
         assert!(fd >= 0, "memfd_create failed");
+        let size = libc::off_t::try_from(len).expect("a memfd size");
         // SAFETY: `fd` is the memfd just created.
-        assert_eq!(unsafe { libc::ftruncate(fd, len as libc::off_t) }, 0);
+        assert_eq!(unsafe { libc::ftruncate(fd, size) }, 0);
         let mapping = Self::map(len, libc::MAP_SHARED, fd);
         // SAFETY: the mapping keeps the file alive; the fd is ours to close.
         unsafe { libc::close(fd) };
@@ -120,12 +124,12 @@ impl Guest {
     fn new(options: KvmPartitionOptions) -> Result<Self, KvmError> {
         let partition = KvmPartition::create(options)?;
         let low = Mapping::anonymous(LOW_SIZE);
-        low.write(TOUCH_AT as usize, programs::TOUCH_PAGES);
+        low.write(usize::try_from(TOUCH_AT).unwrap(), programs::TOUCH_PAGES);
         partition
             .map_range(low.ptr, low.len, 0, true, true)
             .expect("map the low slot");
         let writer = |gpa: u64, data: &[u8]| -> Result<(), virt::Error> {
-            low.write(gpa as usize, data);
+            low.write(usize::try_from(gpa)?, data);
             Ok(())
         };
         let vcpu = partition.create_vcpu(
@@ -175,7 +179,8 @@ fn round3(value: f64) -> f64 {
     if value == 0.0 {
         return 0.0;
     }
-    let scale = 10f64.powi(2 - value.abs().log10().floor() as i32);
+    // Three significant digits: round at the power of ten two below the leading digit.
+    let scale = 10f64.powf(2.0 - value.abs().log10().floor());
     (value * scale).round() / scale
 }
 
@@ -388,9 +393,9 @@ fn exit_round_trip() {
     let kvm = kvm_ioctls::Kvm::new().expect("kvm");
     let vm = kvm.create_vm().expect("vm");
     let low = Mapping::anonymous(LOW_SIZE);
-    low.write(TOUCH_AT as usize, programs::TOUCH_PAGES);
+    low.write(usize::try_from(TOUCH_AT).unwrap(), programs::TOUCH_PAGES);
     low.write(
-        PAGE_TABLES_AT as usize,
+        usize::try_from(PAGE_TABLES_AT).unwrap(),
         &virt_kvm::page_tables::identity_map(PAGE_TABLES_AT),
     );
     let region = kvm_userspace_memory_region {

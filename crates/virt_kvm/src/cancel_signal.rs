@@ -16,6 +16,9 @@
 //! Timeouts use a POSIX timer that sends the same signal to the vCPU thread
 //! (`SIGEV_THREAD_ID`), so no watchdog thread is needed.
 
+// Unsafe code: signal masks, the cancel signal's handler and POSIX timers are libc calls.
+#![allow(unsafe_code)]
+
 use crate::KvmError;
 use std::cell::Cell;
 use std::io;
@@ -160,8 +163,8 @@ impl ThreadTimer {
                 io::Error::last_os_error(),
             ));
         }
-        // SAFETY: timer_create succeeded and wrote the id.
         let timer = Self {
+            // SAFETY: timer_create succeeded and wrote the id.
             timer: unsafe { timer.assume_init() },
         };
         // A zero it_value would disarm the timer: wait at least 1 ns.
@@ -172,8 +175,8 @@ impl ThreadTimer {
                 tv_nsec: 0,
             },
             it_value: libc::timespec {
-                tv_sec: delay.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
-                tv_nsec: delay.subsec_nanos() as libc::c_long,
+                tv_sec: libc::time_t::try_from(delay.as_secs()).unwrap_or(libc::time_t::MAX),
+                tv_nsec: libc::c_long::from(delay.subsec_nanos()),
             },
         };
         // SAFETY: `timer.timer` is a live timer id and `spec` is valid.
@@ -216,10 +219,8 @@ mod tests {
         assert_eq!(cancel_signal().unwrap(), signal);
         let mut current = MaybeUninit::<libc::sigaction>::zeroed();
         // SAFETY: querying a disposition writes only into `current`.
-        assert_eq!(
-            unsafe { libc::sigaction(signal, std::ptr::null(), current.as_mut_ptr()) },
-            0
-        );
+        let queried = unsafe { libc::sigaction(signal, std::ptr::null(), current.as_mut_ptr()) };
+        assert_eq!(queried, 0);
         // SAFETY: sigaction succeeded.
         let current = unsafe { current.assume_init() };
         assert_eq!(

@@ -13,6 +13,9 @@
 //! re-created slot never loses the bits of the one it replaced. Read-only slots are never
 //! logged: the guest cannot write them.
 
+// Unsafe code: KVM's dirty-log ioctls take raw bitmap pointers.
+#![allow(unsafe_code)]
+
 use crate::slots::SlotInfo;
 use crate::KvmError;
 use kvm_bindings::kvm_clear_dirty_log;
@@ -39,7 +42,9 @@ pub(crate) struct DirtyLogState {
 /// returns whether it is on.
 pub(crate) fn enable_manual_protect(vm: &VmFd) -> bool {
     let offered = vm.check_extension_raw(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2.into());
-    if offered <= 0 || (offered as u64 & u64::from(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)) == 0 {
+    // A negative answer is an error, zero is "not offered"; otherwise the bits offered.
+    let offered = u64::try_from(offered).unwrap_or(0);
+    if offered & u64::from(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE) == 0 {
         return false;
     }
     let cap = kvm_enable_cap {

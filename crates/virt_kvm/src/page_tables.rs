@@ -25,22 +25,22 @@ const LEAF_2MIB_FLAGS: u64 = PRESENT | WRITABLE | USER | ACCESSED | DIRTY | LARG
 /// Builds the page tables for placement at GPA `base` (4 KiB aligned). The result is
 /// [`PAGE_TABLES_SIZE`] bytes, to be written to guest memory at `base`; CR3 = `base`.
 pub fn identity_map(base: u64) -> Vec<u8> {
-    let mut tables = vec![0u8; PAGE_TABLES_SIZE as usize];
+    let mut tables = vec![0u8; (2 + 512) * 4096];
     let mut put = |byte_offset: usize, entry: u64| {
         tables[byte_offset..byte_offset + 8].copy_from_slice(&entry.to_le_bytes());
     };
     let pdpt = base + 4096;
     let first_pd = base + 2 * 4096;
     put(0, pdpt | TABLE_FLAGS);
-    for gib in 0..512u64 {
-        put(
-            4096 + gib as usize * 8,
-            (first_pd + gib * 4096) | TABLE_FLAGS,
-        );
-        for two_mib in 0..512u64 {
-            let address = (gib << 30) | (two_mib << 21);
-            let offset = 2 * 4096 + (gib as usize * 4096) + two_mib as usize * 8;
-            put(offset, address | LEAF_2MIB_FLAGS);
+    for gib in 0..512usize {
+        let gib_u64 = gib as u64;
+        put(4096 + gib * 8, (first_pd + gib_u64 * 4096) | TABLE_FLAGS);
+        for two_mib in 0..512usize {
+            let address = (gib_u64 << 30) | ((two_mib as u64) << 21);
+            put(
+                2 * 4096 + gib * 4096 + two_mib * 8,
+                address | LEAF_2MIB_FLAGS,
+            );
         }
     }
     tables
@@ -57,7 +57,7 @@ mod tests {
     /// Walks the tables as the processor would and returns the physical address.
     fn translate(tables: &[u8], base: u64, va: u64) -> Option<u64> {
         let read = |table_gpa: u64, index: u64| {
-            let offset = (table_gpa - base) as usize + index as usize * 8;
+            let offset = usize::try_from(table_gpa - base + index * 8).unwrap();
             entry(tables, offset)
         };
         let pml4e = read(base, (va >> 39) & 511);

@@ -79,10 +79,9 @@ impl SlotTable {
         let end = gpa as u128 + size as u128;
         // The slot with the highest start below `end` is the only one that can overlap, since
         // slots never overlap each other.
-        let candidate = if end > u64::MAX as u128 {
-            self.by_gpa.range(..).next_back()
-        } else {
-            self.by_gpa.range(..end as u64).next_back()
+        let candidate = match u64::try_from(end) {
+            Ok(end) => self.by_gpa.range(..end).next_back(),
+            Err(_) => self.by_gpa.range(..).next_back(),
         };
         match candidate {
             Some((_, slot)) if slot.end() > gpa as u128 => Err(KvmError::SlotOverlap {
@@ -115,10 +114,9 @@ impl SlotTable {
                 return Err(partial(before));
             }
         }
-        let inside = if end > u64::MAX as u128 {
-            self.by_gpa.range(gpa..)
-        } else {
-            self.by_gpa.range(gpa..end as u64)
+        let inside = match u64::try_from(end) {
+            Ok(end) => self.by_gpa.range(gpa..end),
+            Err(_) => self.by_gpa.range(gpa..),
         };
         let mut covered = Vec::new();
         for slot in inside.map(|(_, slot)| slot) {
@@ -173,10 +171,9 @@ impl SlotTable {
                 found.push(*before);
             }
         }
-        let inside = if end > u64::MAX as u128 {
-            self.by_gpa.range(gpa..)
-        } else {
-            self.by_gpa.range(gpa..end as u64)
+        let inside = match u64::try_from(end) {
+            Ok(end) => self.by_gpa.range(gpa..end),
+            Err(_) => self.by_gpa.range(gpa..),
         };
         found.extend(inside.map(|(_, slot)| *slot));
         found

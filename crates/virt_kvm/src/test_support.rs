@@ -1,6 +1,9 @@
 //! Test fixtures: anonymous host memory to back slots, the skip rule for machines without
 //! `/dev/kvm`, and a guest with code and page tables in a low RAM slot.
 
+// Unsafe code: the fixtures map anonymous host memory to back memory slots.
+#![allow(unsafe_code)]
+
 use crate::programs;
 use crate::KvmError;
 use crate::KvmPartition;
@@ -159,7 +162,7 @@ impl Guest {
             ),
             (at::ECHO_INPUT, programs::ECHO_INPUT),
         ] {
-            low.write(gpa as usize, code);
+            low.write(usize::try_from(gpa).unwrap(), code);
         }
         partition
             .map_range(low.ptr(), low.len(), 0, true, true)
@@ -170,10 +173,11 @@ impl Guest {
             ));
         }
         let writer = |gpa: u64, data: &[u8]| -> Result<(), virt::Error> {
-            if gpa as usize + data.len() > low.len() {
+            let offset = usize::try_from(gpa)?;
+            if offset + data.len() > low.len() {
                 return Err("page tables outside the low slot".into());
             }
-            low.write(gpa as usize, data);
+            low.write(offset, data);
             Ok(())
         };
         let vcpu = partition

@@ -12,6 +12,10 @@
 //! shutdown, failure, [`Vcpu::cancel`] or timeout. Cancel and timeout use a signal aimed at the
 //! running thread; see [`crate::cancel_signal`] for why no cancel can be lost.
 
+// Unsafe code: the vCPU's run area is mapped shared memory, and page tables are written into guest
+// memory.
+#![allow(unsafe_code)]
+
 use crate::cancel_signal;
 use crate::cancel_signal::ThreadTimer;
 use crate::page_tables;
@@ -375,7 +379,12 @@ impl KvmPartition {
                 .map_err(|source| KvmError::PageTableWrite { gpa: base, source })?;
         }
         let mut vcpus = self.vcpus.lock();
-        let id = vcpus.len() as u32;
+        let id = u32::try_from(vcpus.len()).map_err(|_| {
+            KvmError::ioctl(
+                "KVM_CREATE_VCPU",
+                io::Error::from_raw_os_error(libc::ENOSPC),
+            )
+        })?;
         let fd = self
             .vm
             .create_vcpu(id.into())
@@ -687,10 +696,13 @@ fn complete(inner: &mut VcpuInner, data: &[u8]) -> Result<(), KvmError> {
     let run = inner.fd.get_kvm_run();
     if pending.port_io {
         // SAFETY: the last exit was KVM_EXIT_IO (recorded in `pending`) and nothing has run
-        // since, so `io` is the live union member; the kernel places `size * count` data bytes
-        // at `data_offset` inside the kvm_run mapping, and `data.len()` equals that.
+        // since, so `io` is the live union member.
+        let data_offset = unsafe { run.__bindgen_anon_1.io.data_offset };
+        let offset = usize::try_from(data_offset)
+            .map_err(|_| KvmError::ioctl("KVM_RUN", io::Error::from_raw_os_error(libc::EFAULT)))?;
+        // SAFETY: the kernel places `size * count` data bytes at `data_offset` inside the
+        // kvm_run mapping, and `data.len()` equals that.
         unsafe {
-            let offset = run.__bindgen_anon_1.io.data_offset as usize;
             let target = (run as *mut kvm_bindings::kvm_run as *mut u8).add(offset);
             std::ptr::copy_nonoverlapping(data.as_ptr(), target, data.len());
         }
@@ -778,7 +790,7 @@ mod tests {
     use virt::PartitionMemoryMap;
 
     const GIB: u64 = 1 << 30;
-    const MIB: u64 = 1 << 20;
+    const MIB: usize = 1 << 20;
 
     fn done(exit: VcpuExit) {
         assert_eq!(
@@ -807,9 +819,9 @@ mod tests {
         let Some(guest) = long3("a_cpl3_guest_writes_a_pattern_below_and_above_4_gib") else {
             return;
         };
-        let below = AnonMemory::new(2 * MIB as usize);
-        let above = AnonMemory::new(2 * MIB as usize);
-        let far = AnonMemory::new(2 * MIB as usize);
+        let below = AnonMemory::new(2 * MIB);
+        let above = AnonMemory::new(2 * MIB);
+        let far = AnonMemory::new(2 * MIB);
         let slots = [(GIB, &below), (4 * GIB, &above), (300 * GIB, &far)];
         for (gpa, memory) in slots {
             guest
@@ -829,7 +841,7 @@ mod tests {
             for index in [0, 1, qwords / 2, qwords - 1] {
                 let address = gpa + index * 8;
                 assert_eq!(
-                    memory.read_u64(index as usize * 8),
+                    memory.read_u64(usize::try_from(index * 8).unwrap()),
                     address ^ key,
                     "qword at {address:#x}"
                 );
@@ -846,7 +858,7 @@ mod tests {
         else {
             return;
         };
-        let memory = AnonMemory::new(2 * MIB as usize);
+        let memory = AnonMemory::new(2 * MIB);
         guest
             .partition
             .map_range(memory.ptr(), memory.len(), 5 * GIB, true, false)
@@ -855,7 +867,7 @@ mod tests {
         let count = 1000u64;
         for index in 0..count {
             let value = (index + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            memory.write_u64(index as usize * 8, value);
+            memory.write_u64(usize::try_from(index * 8).unwrap(), value);
             expected = expected.wrapping_add(value);
         }
         guest.start_at(at::SUM_QWORDS, |r| {
@@ -969,7 +981,7 @@ mod tests {
         else {
             return;
         };
-        let memory = AnonMemory::new(2 * MIB as usize);
+        let memory = AnonMemory::new(2 * MIB);
         memory.write_u64(0x100, 0x4000);
         guest
             .partition
@@ -1173,7 +1185,7 @@ mod tests {
         let Some(guest) = long3("a_slot_whose_host_memory_is_gone_is_a_failure_exit") else {
             return;
         };
-        let memory = AnonMemory::new(2 * MIB as usize);
+        let memory = AnonMemory::new(2 * MIB);
         guest
             .partition
             .map_range(memory.ptr(), memory.len(), GIB, true, false)

@@ -7,6 +7,10 @@
 //! locked pages of this process's window mapped until released. In file-backed mode the
 //! accessor's `sharing()` reports the DMA-target mappings.
 
+// Unsafe code: the accessor's backing implements the unsafe `GuestMemoryAccess` trait (the only
+// unsafe code of this crate outside tests).
+#![allow(unsafe_code)]
+
 use super::va_mapper::VaMapper;
 use super::MappingManagerClient;
 use guestmem::DirtyBitmap;

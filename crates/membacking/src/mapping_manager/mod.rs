@@ -312,16 +312,19 @@ impl MappingManager {
 
     fn add_mapper(&mut self, mapper: Arc<MapperShared>) -> MapperId {
         let link = Some(MapperLink(mapper, false));
-        match self.mappers.iter().position(Option::is_none) {
+        let slot = match self.mappers.iter().position(Option::is_none) {
             Some(slot) => {
                 self.mappers[slot] = link;
-                MapperId(slot as u32)
+                slot
             }
             None => {
                 self.mappers.push(link);
-                MapperId((self.mappers.len() - 1) as u32)
+                self.mappers.len() - 1
             }
-        }
+        };
+        // Each mapper holds a VA reservation of its own: a process runs out of address space
+        // long before it could hold 2^32 of them.
+        MapperId(u32::try_from(slot).expect("fewer than 2^32 VA mappers"))
     }
 
     fn remove_mapper(&mut self, id: MapperId) {

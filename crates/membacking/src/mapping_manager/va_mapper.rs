@@ -53,6 +53,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use std::time::Instant;
 
+/// `range` of the VA window as host offsets `(start, len)`. The window is reserved address
+/// space of this process, so every range inside it fits a `usize`; one that does not becomes
+/// `usize::MAX`, which the window refuses as out of bounds.
+fn window_span(range: MemoryRange) -> (usize, usize) {
+    let host = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+    (host(range.start()), host(range.len()))
+}
+
 /// How long the mapper thread leaves queued messages to a faulting thread that waits for them.
 const FAULT_THREAD_HEAD_START: Duration = Duration::from_millis(2);
 
@@ -370,9 +378,10 @@ impl MapperShared {
     fn carry_out(&self, va: &mut VaState<Mappable>, ops: Vec<VaOp<Mappable>>) -> io::Result<()> {
         for op in ops {
             let result = match &op {
-                VaOp::Unmap(range) => self
-                    .window
-                    .unmap(range.start() as usize, range.len() as usize),
+                VaOp::Unmap(range) => {
+                    let (start, len) = window_span(*range);
+                    self.window.unmap(start, len)
+                }
                 VaOp::Map(
                     range,
                     Backing::File {
@@ -388,17 +397,16 @@ impl MapperShared {
                         *writable,
                         observer.as_ref(),
                     ),
-                    _ => self.window.map_file(
-                        range.start() as usize,
-                        range.len() as usize,
-                        object.as_ref(),
-                        *file_offset,
-                        *writable,
-                    ),
+                    _ => {
+                        let (start, len) = window_span(*range);
+                        self.window
+                            .map_file(start, len, object.as_ref(), *file_offset, *writable)
+                    }
                 },
-                VaOp::Map(range, Backing::Private) => self
-                    .window
-                    .alloc(range.start() as usize, range.len() as usize),
+                VaOp::Map(range, Backing::Private) => {
+                    let (start, len) = window_span(*range);
+                    self.window.alloc(start, len)
+                }
             };
             match result {
                 Ok(()) => va.record(&op),
@@ -424,20 +432,9 @@ impl MapperShared {
         writable: bool,
         observer: &dyn MapObserver,
     ) -> io::Result<()> {
-        let (offset, len) = (range.start() as usize, range.len() as usize);
-        let file_offset =
-            i64::try_from(file_offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: a plain shared view with no protection: no flag that breaks the reservation.
-        unsafe {
-            self.window.mmap(
-                offset,
-                len,
-                libc::PROT_NONE,
-                libc::MAP_SHARED,
-                object,
-                file_offset,
-            )
-        }?;
+        let (offset, len) = window_span(range);
+        self.window
+            .map_file_inaccessible(offset, len, object, file_offset)?;
         let address = self.window.as_ptr().cast::<u8>().wrapping_add(offset);
         if let Err(error) = observer
             .mapped(address, len)
@@ -654,26 +651,21 @@ impl VaMapper {
             .carry_out(&mut va, vec![VaOp::Map(range, Backing::Private)]);
         drop(va);
         result?;
-        self.shared.window.set_name(
-            range.start() as usize,
-            range.len() as usize,
-            "guest-ram-private",
-        );
+        let (start, len) = window_span(range);
+        self.shared.window.set_name(start, len, "guest-ram-private");
         Ok(())
     }
 
     /// Marks `range` of the window eligible for transparent huge pages.
     pub(crate) fn advise_hugepages(&self, range: MemoryRange) -> io::Result<()> {
-        self.shared
-            .window
-            .madvise_hugepage(range.start() as usize, range.len() as usize)
+        let (start, len) = window_span(range);
+        self.shared.window.madvise_hugepage(start, len)
     }
 
     /// Releases the pages of `range` (private memory reads back as zeros).
     pub(crate) fn decommit(&self, range: MemoryRange) -> io::Result<()> {
-        self.shared
-            .window
-            .decommit(range.start() as usize, range.len() as usize)
+        let (start, len) = window_span(range);
+        self.shared.window.decommit(start, len)
     }
 
     /// Locks the pages `gpns` in the window (D7): each is made mapped (requesting its mapping

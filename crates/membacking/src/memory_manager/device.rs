@@ -280,9 +280,9 @@ impl MappedMemoryRegion {
         len: usize,
     ) -> io::Result<crate::SharedObject> {
         let object = sparse_mmap::mappable_from_fd(section)?;
-        if let Ok(size) = super::object_size(object.as_fd()) {
+        if let Ok(size) = sparse_mmap::object_size(object.as_fd()) {
             let end = file_offset.checked_add(len as u64);
-            if is_sized_object(&object) && end.is_none_or(|end| end > size) {
+            if sparse_mmap::is_regular_file(object.as_fd()) && end.is_none_or(|end| end > size) {
                 let window = self.shared.window.lock();
                 return Err(io::Error::other(RegionManagerError::MappingBeyondObject {
                     region: window.name().to_owned(),
@@ -317,15 +317,4 @@ impl MappedMemoryRegion {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// Whether `fd` is a regular file (memfd, tmpfs or disk file), whose size bounds what can be
-/// mapped.
-fn is_sized_object(fd: &impl AsFd) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: `stat` is plain old data for which all-zero is valid.
-    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: the descriptor is valid (borrowed) and `stat` is a valid out pointer.
-    let ok = unsafe { libc::fstat(fd.as_fd().as_raw_fd(), &mut stat) } == 0;
-    ok && (stat.st_mode & libc::S_IFMT) == libc::S_IFREG
 }

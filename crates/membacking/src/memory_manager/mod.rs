@@ -72,7 +72,6 @@ use sparse_mmap::Mappable;
 use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
-use std::os::fd::AsRawFd;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -113,7 +112,7 @@ impl SharedMemoryBacking {
 
     /// The object's size in bytes.
     pub fn size(&self) -> io::Result<u64> {
-        object_size(self.object.as_fd())
+        sparse_mmap::object_size(self.object.as_fd())
     }
 }
 
@@ -121,17 +120,6 @@ impl AsFd for SharedMemoryBacking {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.object.as_fd()
     }
-}
-
-/// The size of a file.
-pub(crate) fn object_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    // SAFETY: `stat` is plain old data for which all-zero is valid.
-    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `fd` is a valid open descriptor (borrowed) and `stat` a valid out pointer.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(stat.st_size as u64)
 }
 
 /// A process to host a remote VA mapper (spec §4.7). Remote mappers exist only on Windows;

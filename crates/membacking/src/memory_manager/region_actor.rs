@@ -48,7 +48,7 @@ use memory_range::MemoryRange;
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::Weak;
 use virt::PartitionMemoryMap;
@@ -774,7 +774,8 @@ impl RegionActor {
             }
         } else if let Some(object) = &self.config.ram_object {
             for (piece, file_offset) in pieces {
-                punch_hole(object, file_offset, piece.len()).map_err(failed)?;
+                sparse_mmap::punch_hole(object.as_fd(), file_offset, piece.len())
+                    .map_err(failed)?;
             }
         }
         Ok(())
@@ -995,8 +996,14 @@ async fn perform(
             if !in_window {
                 return Err(format!("{va_offset:#x}+{size:#x} is outside the VA window").into());
             }
-            let va = entry.mapper.base().wrapping_add(va_offset as usize);
-            contained(|| target.map_range(va, size as usize, gpa, writable, exec))
+            // Inside the window (checked above), which is address space of this process.
+            let (Ok(host_offset), Ok(host_size)) =
+                (usize::try_from(va_offset), usize::try_from(size))
+            else {
+                return Err(format!("{va_offset:#x}+{size:#x} is outside the VA window").into());
+            };
+            let va = entry.mapper.base().wrapping_add(host_offset);
+            contained(|| target.map_range(va, host_size, gpa, writable, exec))
         }
         PlanOp::Prefetch {
             partition: index,
@@ -1030,26 +1037,4 @@ async fn perform(
 fn contained(call: impl FnOnce() -> Result<(), virt::Error>) -> Result<(), virt::Error> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(call))
         .unwrap_or_else(|_| Err("the partition panicked".into()))
-}
-
-/// Punches a hole of `len` bytes at `offset` in `object` (the pages are freed; every view reads
-/// zeros).
-fn punch_hole(object: &SharedObject, offset: u64, len: u64) -> io::Result<()> {
-    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    };
-    // SAFETY: `fallocate` on a descriptor we own (kept open by `object`) only changes the
-    // file's contents; no memory of this process is touched directly.
-    let rc = unsafe {
-        libc::fallocate(
-            object.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }

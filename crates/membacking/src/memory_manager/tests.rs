@@ -5,6 +5,9 @@
 //! Partition call logs are compared exactly with `RecordingPartition`s whose VA base is the
 //! manager's window base (so `vaOffset` is the GPA of the VA used).
 
+// Unsafe code: a test passes an inheritable descriptor to a child process (fcntl, close).
+#![allow(unsafe_code)]
+
 use super::*;
 use crate::mapping_manager::va_mapper::MapperEvent;
 use crate::mapping_manager::MapperId;
@@ -108,7 +111,7 @@ fn no_mapping(error: &GuestMemoryError) -> MemoryRange {
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
-        .map(|i| seed.wrapping_add((i as u8).wrapping_mul(31)))
+        .map(|i| seed.wrapping_add(i.to_le_bytes()[0].wrapping_mul(31)))
         .collect()
 }
 
@@ -120,30 +123,14 @@ fn object_with(data: &[u8], len: usize) -> Mappable {
 }
 
 fn pwrite(fd: &impl AsFd, offset: u64, data: &[u8]) {
-    // SAFETY: writes from a live buffer to a descriptor we own.
-    let written = unsafe {
-        libc::pwrite(
-            fd.as_fd().as_raw_fd(),
-            data.as_ptr().cast(),
-            data.len(),
-            offset as libc::off_t,
-        )
-    };
-    assert_eq!(written, data.len() as isize);
+    let file = std::fs::File::from(fd.as_fd().try_clone_to_owned().unwrap());
+    std::os::unix::fs::FileExt::write_all_at(&file, data, offset).unwrap();
 }
 
 fn pread(fd: &impl AsFd, offset: u64, len: usize) -> Vec<u8> {
     let mut data = vec![0u8; len];
-    // SAFETY: reads into a live buffer from a descriptor we own.
-    let read = unsafe {
-        libc::pread(
-            fd.as_fd().as_raw_fd(),
-            data.as_mut_ptr().cast(),
-            len,
-            offset as libc::off_t,
-        )
-    };
-    assert_eq!(read, len as isize);
+    let file = std::fs::File::from(fd.as_fd().try_clone_to_owned().unwrap());
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut data, offset).unwrap();
     data
 }
 
@@ -237,7 +224,8 @@ fn s01_private_with_legacy_is_checked_first() {
 
 #[test]
 fn s02_private_with_existing_backing() {
-    let backing = SharedMemoryBacking::from_mappable(object_with(&[], GIB as usize));
+    let backing =
+        SharedMemoryBacking::from_mappable(object_with(&[], usize::try_from(GIB).unwrap()));
     let error = build_err(
         GuestMemoryBuilder::new()
             .private_memory(true)
@@ -1396,11 +1384,14 @@ fn lazy_mapping_a_1tib_guest_costs_no_resident_memory() {
         if MMIO_GAP.contains_addr(gpa) {
             continue;
         }
-        mem.write_at(gpa + 0x123, &[gib as u8]).unwrap();
+        mem.write_at(gpa + 0x123, &[(gib & 0xff) as u8]).unwrap();
         touched += 1;
     }
     for gib in [0u64, 5, 1000] {
-        assert_eq!(read(&mem, (gib << 30) + 0x123, 1).unwrap(), [gib as u8]);
+        assert_eq!(
+            read(&mem, (gib << 30) + 0x123, 1).unwrap(),
+            [(gib & 0xff) as u8]
+        );
     }
     let sparse = status_kb("VmRSS");
     println!("after touching {touched} pages across the guest: VmRSS {sparse} kB");
@@ -1569,7 +1560,10 @@ fn concurrent_accesses_survive_visibility_and_device_churn() {
                 let mut checksum = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     // Memory that stays mapped: every access succeeds and reads back.
-                    let data = pattern(round.wrapping_add(worker as u8), STABLE_LEN);
+                    let data = pattern(
+                        round.wrapping_add(u8::try_from(worker).unwrap()),
+                        STABLE_LEN,
+                    );
                     mem.write_at(base, &data).unwrap();
                     assert_eq!(read(&mem, base, STABLE_LEN).unwrap(), data);
                     checksum = data.iter().map(|&byte| u64::from(byte)).sum();

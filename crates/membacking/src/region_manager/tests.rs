@@ -1629,7 +1629,7 @@ fn work_for_far_away_changes(count: u64) -> Vec<u64> {
         writable: false,
         ..RW
     };
-    let middle = ids[count as usize / 2];
+    let middle = ids[usize::try_from(count / 2).unwrap()];
     let changes = [
         Change::UnmapRegion(ram),
         Change::MapRegion(ram, read_only),
@@ -1704,6 +1704,11 @@ impl Lcg {
 
     fn below(&mut self, bound: u64) -> u64 {
         self.next() % bound
+    }
+
+    /// A random index into a list of `len` elements.
+    fn index(&mut self, len: usize) -> usize {
+        usize::try_from(self.below(len as u64)).unwrap()
     }
 }
 
@@ -1802,7 +1807,7 @@ fn random_changes_keep_the_invariants_and_plans_match_calls() {
                 0 | 1 => {
                     let start = rng.below(64) * 0x4000;
                     let len = (1 + rng.below(16)) * 0x1000 * (1 << rng.below(4));
-                    let priority = rng.below(4) as u8;
+                    let priority = u8::try_from(rng.below(4)).unwrap();
                     Change::AddRegion(NewRegion::new(
                         format!("p{priority}"),
                         r(start, (start + len).min(0x100_0000)),
@@ -1812,7 +1817,7 @@ fn random_changes_keep_the_invariants_and_plans_match_calls() {
                 }
                 _ if ids.is_empty() => continue,
                 2 | 3 => {
-                    let id = ids[rng.below(ids.len() as u64) as usize];
+                    let id = ids[rng.index(ids.len())];
                     Change::MapRegion(
                         id,
                         MapParams {
@@ -1822,9 +1827,9 @@ fn random_changes_keep_the_invariants_and_plans_match_calls() {
                         },
                     )
                 }
-                4 => Change::UnmapRegion(ids[rng.below(ids.len() as u64) as usize]),
+                4 => Change::UnmapRegion(ids[rng.index(ids.len())]),
                 _ => {
-                    let index = rng.below(ids.len() as u64) as usize;
+                    let index = rng.index(ids.len());
                     Change::RemoveRegion(ids.swap_remove(index))
                 }
             };

@@ -33,6 +33,10 @@
 //! mismatch cannot fail an access that already happened: the page is filled with zeros and the
 //! restore's [`LazyRestore::wait`] fails with `SnapshotError::Corrupt`.
 
+// Unsafe code: lazy restore serves userfaultfd faults: it maps its own page bitmap, copies pages
+// into registered guest RAM and reads the faulting file's identity (fstat).
+#![allow(unsafe_code)]
+
 use super::report;
 use super::restore::read_verified;
 use super::restore::Layer;

@@ -15,6 +15,10 @@
 //! [`recover`] (run by every snapshot and restore of that target) renames back. Temporary
 //! directories of processes that no longer run are removed by the next snapshot of the target.
 
+// Unsafe code: publishing uses renameat2 and a liveness check of another process (kill 0), which
+// the standard library does not offer.
+#![allow(unsafe_code)]
+
 use super::SnapshotError;
 use std::ffi::CString;
 use std::fs;

@@ -13,6 +13,10 @@
 //! zero page mapped by a read of private memory); the writer checks each page and stores
 //! all-zero pages as holes.
 
+// Unsafe code: reads a RAM object through a borrowed descriptor, walks it with lseek, and copies
+// private RAM out of the VA window with the guarded copy.
+#![allow(unsafe_code)]
+
 use crate::mapping_manager::va_mapper::VaMapper;
 use crate::mapping_manager::SharedObject;
 use crate::ram_visibility::RamRegionSpec;

@@ -5,6 +5,9 @@
 //! the `userfaultfd` crate, whose `-sys` crate runs bindgen at build time and so would require
 //! libclang and kernel headers on every machine that builds this project.
 
+// Unsafe code: userfaultfd is raw system calls and ioctls on structures of the kernel's UAPI.
+#![allow(unsafe_code)]
+
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::fd::FromRawFd;

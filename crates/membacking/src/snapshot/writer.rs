@@ -658,11 +658,10 @@ fn save_item(
 
 /// Whether a page is all zeros.
 fn is_zero(page: &[u8]) -> bool {
-    let (prefix, words, suffix) = {
-        // SAFETY: any bytes are valid u64 values; align_to only reinterprets the aligned middle.
-        unsafe { page.align_to::<u64>() }
-    };
-    prefix.iter().all(|&b| b == 0)
-        && words.iter().all(|&w| w == 0)
-        && suffix.iter().all(|&b| b == 0)
+    let words = page.chunks_exact(8);
+    let tail = words.remainder();
+    words
+        .map(|word| u64::from_ne_bytes(word.try_into().unwrap_or([0xff; 8])))
+        .all(|word| word == 0)
+        && tail.iter().all(|&b| b == 0)
 }

@@ -6,6 +6,9 @@
 //! reaches the end of a successful scenario exits with [`SUCCESS`]; every other exit code names
 //! the check that failed.
 
+// Unsafe code: the tests change signal dispositions and fault on purpose.
+#![allow(unsafe_code)]
+
 use super::*;
 use crate::{handler_status, initialize_try_copy, rearm_handler, try_copy, HandlerStatus};
 use std::os::unix::process::ExitStatusExt;
@@ -343,7 +346,7 @@ fn default_previous_bus() -> i32 {
     // SAFETY: a memfd of one page mapped over two: the second page is beyond end-of-file.
     let view = unsafe {
         let fd = libc::memfd_create(c"trycopy-child".as_ptr(), libc::MFD_CLOEXEC);
-        if fd < 0 || libc::ftruncate(fd, PAGE as libc::off_t) != 0 {
+        if fd < 0 || libc::ftruncate(fd, libc::off_t::try_from(PAGE).unwrap()) != 0 {
             return 3;
         }
         libc::mmap(
