@@ -6,10 +6,10 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const mb = require('../dist');
-const { layoutSvg } = require('../dist/svg');
-const { parseSize } = require('../dist/format');
+const { layoutSvg } = require('../dist/cli/svg');
+const { parseSize } = require('../dist/cli/format');
 
-const cli = path.join(__dirname, '..', 'dist', 'cli.js');
+const cli = path.join(__dirname, '..', 'dist', 'cli', 'main.js');
 const run = (...args) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
 
 test('layout --format json prints MemoryLayout#toJSON', (t) => {

@@ -6,7 +6,7 @@ const test = require('ava');
 const path = require('node:path');
 const { spawnSync } = require('node:child_process');
 
-const cli = path.join(__dirname, '..', 'dist', 'cli.js');
+const cli = path.join(__dirname, '..', 'dist', 'cli', 'main.js');
 const run = (...args) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 120_000 });
 
 /** null when KVM opens; the failure (code: message) when it is unavailable. */

@@ -5,7 +5,7 @@ const test = require('ava');
 const path = require('node:path');
 const { spawnSync } = require('node:child_process');
 const mb = require('../dist');
-const { ProgressBar } = require('../dist/progress');
+const { ProgressBar } = require('../dist/cli/progress');
 
 const { GiB, MiB, range, Vtl } = mb;
 
@@ -57,7 +57,7 @@ test('the progress bar draws only on a terminal and redraws in place', (t) => {
 });
 
 test('membacking prefetch prints what it prefetched (no bar when stderr is not a terminal)', (t) => {
-  const cli = path.join(__dirname, '..', 'dist', 'cli.js');
+  const cli = path.join(__dirname, '..', 'dist', 'cli', 'main.js');
   const r = spawnSync(process.execPath, [cli, 'prefetch', '--ram', '64M', '--gap', '3G-4G', '--no-kvm'], { encoding: 'utf8' });
   t.is(r.status, 0, r.stderr);
   t.regex(r.stdout, /^prefetched 64 MiB of 64 MiB into RecordingPartition/);

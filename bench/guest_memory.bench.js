@@ -2,7 +2,8 @@
 // accesses against empty native functions of the same signature, the binding's own overhead
 // against a plain N-API call, the fault round trip, and readAtAsync of 1 MiB.
 'use strict';
-const { SparseMapping, GuestMemory, __bench } = require('../dist');
+const { SparseMapping, GuestMemory } = require('../dist');
+const { __bench } = require('../dist/internal');
 const { measure, report } = require('./harness');
 
 const KiB = 1024;

@@ -3,7 +3,7 @@
 // 1. setRamVisibility on a 16 KiB PAM region of a manager with a KvmPartition attached, toggling
 //    ReadWrite <-> ReadOnly (each call deletes and recreates that region's one memory slot),
 //    against one raw KVM_SET_USER_MEMORY_REGION delete + create of a 16 KiB slot made with plain
-//    ioctls on a VM of its own (native hook `benchKvmRawSlotChurn`, no slot table, no manager).
+//    ioctls on a VM of its own (`__bench.kvmRawSlotChurn`, no slot table, no manager).
 //    Target <= 3. Also Unmapped <-> ReadWrite (a delete, then a create) per pair of calls, and
 //    the same toggle with no partition and with a RecordingPartition attached (what the manager
 //    and the binding cost without KVM).
@@ -14,7 +14,7 @@
 // Needs /dev/kvm: prints a note and exits 0 where KvmPartition.create() fails.
 'use strict';
 const { GiB, MiB, KiB, range, MemoryLayout, GuestMemoryBuilder, KvmPartition, RecordingPartition, RamVisibility, Vtl, guestPrograms } = require('../dist');
-const native = require('../index.js');
+const { __bench } = require('../dist/internal');
 const { report } = require('./harness');
 
 const PAM = range(0xc8000, 0xcc000);
@@ -83,7 +83,7 @@ async function visibilityChurn() {
     await control.setRamVisibility(PAM, RamVisibility.ReadWrite);
 
     const size = PAM.len;
-    const raw = median(Array.from({ length: 7 }, () => native.benchKvmRawSlotChurn(size, iterations)));
+    const raw = median(Array.from({ length: 7 }, () => __bench.kvmRawSlotChurn(size, iterations)));
     report({
       name: 'setRamVisibility 16 KiB PAM ReadWrite<->ReadOnly, KVM attached (per call)',
       value: readOnlyToggle / 1000,

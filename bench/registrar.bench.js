@@ -2,7 +2,7 @@
 // against an empty native call with the same argument types measured in the same run.
 'use strict';
 const { MemoryLayout, MemoryRegistrar, GiB } = require('../dist');
-const { native } = require('../dist/native');
+const { __bench } = require('../dist/internal');
 const { measure, report } = require('./harness');
 
 const layout = MemoryLayout.new(64n * GiB, []);
@@ -11,7 +11,7 @@ registrar.register(0, 64n * GiB);
 
 const addresses = Array.from({ length: 1024 }, (_, i) => BigInt(i) * 0x100000n);
 const fast = measure((i) => registrar.register(addresses[i & 1023], 4096n));
-const noop = measure((i) => native.benchNoopBigints(addresses[i & 1023], 4096n));
+const noop = measure((i) => __bench.noopBigints(addresses[i & 1023], 4096n));
 report({
   name: 'MemoryRegistrar.register fast path (from JS)',
   value: fast,

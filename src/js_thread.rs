@@ -36,9 +36,14 @@ impl Owner {
         Owner(std::thread::current().id())
     }
 
+    /// Whether the current thread is the owner.
+    pub fn is_current(&self) -> bool {
+        std::thread::current().id() == self.0
+    }
+
     /// The owner's environment, when native code of that thread is running right now.
     pub fn env(&self) -> Option<Env> {
-        if std::thread::current().id() == self.0 {
+        if self.is_current() {
             current_env()
         } else {
             None

@@ -1,51 +1,33 @@
-//! JavaScript Promises for work that finishes on other threads.
-//!
-//! The memory manager's operations are Rust futures that complete when the manager threads
-//! answer. `promise()` runs such a future on a small executor of its own (two threads, never the
-//! JavaScript thread or the libuv pool) and settles a deferred Promise when it completes; the
-//! conversion of the result into a JavaScript value then runs on the JavaScript thread. A
-//! rejected Promise carries the coded error, which the TypeScript layer translates.
+//! JavaScript Promises for work that finishes on other threads: a deferred Promise settled by
+//! the one executor of `js_api::executor` (where a task is polled is its `Polling`); the result
+//! is converted into a JavaScript value on the JavaScript thread.
 
-use crate::errors::{into_status_error, JsError};
-use futures::executor::ThreadPool;
-use napi::bindgen_prelude::{Object, ToNapiValue};
+use crate::errors::internal;
+use crate::errors::throw;
+use js_api::executor::spawn;
+use js_api::executor::Polling;
+use js_api::JsError;
+use napi::bindgen_prelude::Object;
+use napi::bindgen_prelude::ToNapiValue;
 use napi::Env;
 use std::future::Future;
-use std::sync::OnceLock;
 
-fn executor() -> Result<&'static ThreadPool, JsError> {
-    static POOL: OnceLock<Result<ThreadPool, String>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        ThreadPool::builder()
-            .pool_size(2)
-            .name_prefix("membacking-async-")
-            .create()
-            .map_err(|err| err.to_string())
-    })
-    .as_ref()
-    .map_err(|err| {
-        crate::errors::coded("ERR_OS_ERROR", format!("cannot start the executor: {err}"))
-    })
-}
-
-/// A Promise for `future`; `convert` turns its value into a JavaScript value on the JS thread.
+/// A Promise for `future`; `convert` turns its value into a JavaScript value.
 pub fn promise<'env, T, R>(
     env: &'env Env,
+    polling: Polling,
     future: impl Future<Output = Result<T, JsError>> + Send + 'static,
     convert: impl FnOnce(Env, T) -> napi::Result<R> + Send + 'static,
-) -> Result<Object<'env>, JsError>
+) -> napi::Result<Object<'env>>
 where
     T: Send + 'static,
     R: ToNapiValue + 'static,
 {
-    let (deferred, promise) = env
-        .create_deferred()
-        .map_err(|err| crate::errors::coded("ERR_PANIC", err.reason))?;
-    executor()?.spawn_ok(async move {
-        match future.await {
-            Ok(value) => deferred.resolve(move |env| convert(env, value)),
-            Err(err) => deferred.reject(into_status_error(err)),
-        }
-    });
+    let (deferred, promise) = env.create_deferred().map_err(internal)?;
+    spawn(future, polling, move |outcome| match outcome {
+        Ok(value) => deferred.resolve(move |env| convert(env, value)),
+        Err(error) => deferred.reject(throw(error)),
+    })
+    .map_err(|error| throw(JsError::internal(error.to_string())))?;
     Ok(promise)
 }

@@ -1,64 +1,77 @@
 //! Binding of `memory_range`: `MemoryRange` operations and the lazy range algorithms.
 //!
-//! The public `MemoryRange` is a TypeScript value class holding `start`/`end` bigints; each of
-//! its operations calls one function here, which rebuilds the core `MemoryRange` and runs the
-//! core method. The algorithms are native iterators over inputs read eagerly (as `api.md`
-//! allows); a core panic becomes a `RangeError` thrown from the `next()` that reaches it, after
-//! which the iterator is finished.
+//! The public `MemoryRange` is a TypeScript value class holding `start`/`end` bigints; each
+//! operation calls one function here, which rebuilds the core range and runs the core method.
+//! The algorithms are native iterators over inputs read eagerly; a core panic is a `RangeError`
+//! thrown from the `next()` that reaches it, after which the iterator is finished.
 
-use crate::args::{flatten, range_arg, range_list, U64};
-use crate::errors::{coded_with, guard, hex_field, JsError};
-use memory_range::{
-    flatten_ranges, merge_adjacent_ranges, overlapping_ranges, subtract_ranges, walk_ranges,
-    AlignedSubranges, MemoryRange, RangeWalkResult,
-};
-use napi::bindgen_prelude::{BigUint64Array, Uint32Array};
+use crate::args::U64;
+use crate::errors::guard;
+use crate::errors::throw;
+use crate::errors::OrThrow;
+use js_api::args::range_pairs;
+use js_api::enums::JsEnum;
+use js_api::enums::RangeWalkKind;
+use js_api::JsError;
+use memory_range::flatten_ranges;
+use memory_range::merge_adjacent_ranges;
+use memory_range::overlapping_ranges;
+use memory_range::subtract_ranges;
+use memory_range::walk_ranges;
+use memory_range::AlignedSubranges;
+use memory_range::MemoryRange;
+use napi::bindgen_prelude::BigUint64Array;
+use napi::bindgen_prelude::Uint32Array;
 use napi_derive::napi;
 
-/// A range from two bigint bounds, validated without panicking.
-fn range_of(start: U64, end: U64) -> Result<MemoryRange, JsError> {
-    range_arg(start.0, end.0, "range")
+/// `start..end`, refused where `MemoryRange::new` would panic.
+fn range_of(start: U64, end: U64) -> napi::Result<MemoryRange> {
+    js_api::args::range(start.0, end.0, "range").or_throw()
+}
+
+/// Ranges as `[start, end, …]`.
+fn flatten(ranges: impl IntoIterator<Item = MemoryRange>) -> BigUint64Array {
+    BigUint64Array::new(
+        ranges
+            .into_iter()
+            .flat_map(|range| [range.start(), range.end()])
+            .collect(),
+    )
+}
+
+fn ranges(flat: &BigUint64Array, name: &str) -> napi::Result<Vec<MemoryRange>> {
+    range_pairs(flat, name).or_throw()
 }
 
 /// `MemoryRange::new`: throws the core's panic text where it would panic.
 #[napi]
-pub fn range_new(start: U64, end: U64) -> Result<(), JsError> {
-    let start = start.0;
-    let end = end.0;
+pub fn range_new(start: U64, end: U64) -> napi::Result<()> {
     guard(|| {
-        MemoryRange::new(start..end);
+        MemoryRange::new(start.0..end.0);
         Ok(())
     })
 }
 
-/// `MemoryRange::try_new`: throws `ERR_INVALID_MEMORY_RANGE` with the rejected bounds.
+/// `MemoryRange::try_new`: `ERR_INVALID_MEMORY_RANGE` with the rejected bounds.
 #[napi]
-pub fn range_try_new(start: U64, end: U64) -> Result<(), JsError> {
-    let start = start.0;
-    let end = end.0;
-    MemoryRange::try_new(start..end).map(drop).map_err(|err| {
-        coded_with(
-            "ERR_INVALID_MEMORY_RANGE",
-            err.to_string(),
-            &[("start", hex_field(start)), ("end", hex_field(end))],
-        )
-    })
+pub fn range_try_new(start: U64, end: U64) -> napi::Result<()> {
+    MemoryRange::try_new(start.0..end.0).map(drop).or_throw()
 }
 
 /// `MemoryRange::bounding` as `[start, end]`.
 #[napi]
-pub fn range_bounding(start: U64, end: U64) -> Result<BigUint64Array, JsError> {
-    let start = start.0;
-    let end = end.0;
-    guard(|| Ok(flatten([MemoryRange::bounding(start..end)])))
+pub fn range_bounding(start: U64, end: U64) -> napi::Result<BigUint64Array> {
+    guard(|| Ok(flatten([MemoryRange::bounding(start.0..end.0)])))
 }
 
 /// `MemoryRange::from_4k_gpn_range` as `[start, end]`.
 #[napi(js_name = "rangeFrom4kGpnRange")]
-pub fn range_from_4k_gpn_range(first_page: U64, end_page: U64) -> Result<BigUint64Array, JsError> {
-    let first = first_page.0;
-    let end = end_page.0;
-    guard(|| Ok(flatten([MemoryRange::from_4k_gpn_range(first..end)])))
+pub fn range_from_4k_gpn_range(first_page: U64, end_page: U64) -> napi::Result<BigUint64Array> {
+    guard(|| {
+        Ok(flatten([MemoryRange::from_4k_gpn_range(
+            first_page.0..end_page.0,
+        )]))
+    })
 }
 
 /// Every accessor of a range at once (the TypeScript class caches them).
@@ -73,7 +86,7 @@ pub struct RangeAccessors {
 
 /// The accessors of `start..end`.
 #[napi]
-pub fn range_accessors(start: U64, end: U64) -> Result<RangeAccessors, JsError> {
+pub fn range_accessors(start: U64, end: U64) -> napi::Result<RangeAccessors> {
     let range = range_of(start, end)?;
     Ok(RangeAccessors {
         values: BigUint64Array::new(vec![
@@ -90,22 +103,20 @@ pub fn range_accessors(start: U64, end: U64) -> Result<RangeAccessors, JsError> 
 
 /// `a.overlaps(b)`.
 #[napi]
-pub fn range_overlaps(a_start: U64, a_end: U64, b_start: U64, b_end: U64) -> Result<bool, JsError> {
+pub fn range_overlaps(a_start: U64, a_end: U64, b_start: U64, b_end: U64) -> napi::Result<bool> {
     Ok(range_of(a_start, a_end)?.overlaps(&range_of(b_start, b_end)?))
 }
 
 /// `a.contains(b)`.
 #[napi]
-pub fn range_contains(a_start: U64, a_end: U64, b_start: U64, b_end: U64) -> Result<bool, JsError> {
+pub fn range_contains(a_start: U64, a_end: U64, b_start: U64, b_end: U64) -> napi::Result<bool> {
     Ok(range_of(a_start, a_end)?.contains(&range_of(b_start, b_end)?))
 }
 
 /// The derived `Ord` of two ranges: -1, 0 or 1.
 #[napi]
-pub fn range_compare(a_start: U64, a_end: U64, b_start: U64, b_end: U64) -> Result<i32, JsError> {
-    let a = range_of(a_start, a_end)?;
-    let b = range_of(b_start, b_end)?;
-    Ok(a.cmp(&b) as i32)
+pub fn range_compare(a_start: U64, a_end: U64, b_start: U64, b_end: U64) -> napi::Result<i32> {
+    Ok(range_of(a_start, a_end)?.cmp(&range_of(b_start, b_end)?) as i32)
 }
 
 /// `a.intersection(b)` as `[start, end]`.
@@ -115,41 +126,38 @@ pub fn range_intersection(
     a_end: U64,
     b_start: U64,
     b_end: U64,
-) -> Result<BigUint64Array, JsError> {
+) -> napi::Result<BigUint64Array> {
     let a = range_of(a_start, a_end)?;
-    let b = range_of(b_start, b_end)?;
-    Ok(flatten([a.intersection(&b)]))
+    Ok(flatten([a.intersection(&range_of(b_start, b_end)?)]))
 }
 
 /// `range.contains_addr(addr)`.
 #[napi]
-pub fn range_contains_addr(start: U64, end: U64, addr: U64) -> Result<bool, JsError> {
+pub fn range_contains_addr(start: U64, end: U64, addr: U64) -> napi::Result<bool> {
     Ok(range_of(start, end)?.contains_addr(addr.0))
 }
 
 /// `range.offset_of(addr)`.
 #[napi]
-pub fn range_offset_of(start: U64, end: U64, addr: U64) -> Result<Option<u64>, JsError> {
+pub fn range_offset_of(start: U64, end: U64, addr: U64) -> napi::Result<Option<u64>> {
     Ok(range_of(start, end)?.offset_of(addr.0))
 }
 
 /// `range.split_at_offset(offset)` as `[start0, end0, start1, end1]`.
 #[napi]
-pub fn range_split_at_offset(start: U64, end: U64, offset: U64) -> Result<BigUint64Array, JsError> {
+pub fn range_split_at_offset(start: U64, end: U64, offset: U64) -> napi::Result<BigUint64Array> {
     let range = range_of(start, end)?;
-    let offset = offset.0;
     guard(|| {
-        let (first, second) = range.split_at_offset(offset);
+        let (first, second) = range.split_at_offset(offset.0);
         Ok(flatten([first, second]))
     })
 }
 
 /// `range.alignment(base)`.
 #[napi]
-pub fn range_alignment(start: U64, end: U64, base: U64) -> Result<u64, JsError> {
+pub fn range_alignment(start: U64, end: U64, base: U64) -> napi::Result<u64> {
     let range = range_of(start, end)?;
-    let base = base.0;
-    guard(|| Ok(range.alignment(base)))
+    guard(|| Ok(range.alignment(base.0)))
 }
 
 /// `range.aligned_subrange(alignment)` as `[start, end]`.
@@ -158,10 +166,9 @@ pub fn range_aligned_subrange(
     start: U64,
     end: U64,
     alignment: U64,
-) -> Result<BigUint64Array, JsError> {
+) -> napi::Result<BigUint64Array> {
     let range = range_of(start, end)?;
-    let alignment = alignment.0;
-    guard(|| Ok(flatten([range.aligned_subrange(alignment)])))
+    guard(|| Ok(flatten([range.aligned_subrange(alignment.0)])))
 }
 
 /// One item of a native range iterator.
@@ -169,8 +176,8 @@ pub fn range_aligned_subrange(
 pub struct RangeItem {
     /// `[start, end]` of the piece.
     pub range: BigUint64Array,
-    /// Walk items: 0 Neither, 1 Left, 2 Right, 3 Both. Merge items: 1.
-    pub kind: u32,
+    /// Walk items: a `RangeWalkKind` value; other algorithms: absent.
+    pub kind: Option<&'static str>,
     /// Index of the left (or merged) input element whose tag applies.
     pub left: u32,
     /// Index of the right input element whose tag applies.
@@ -178,17 +185,17 @@ pub struct RangeItem {
 }
 
 impl RangeItem {
-    fn plain(range: MemoryRange) -> Self {
-        Self::tagged(range, 0, 0, 0)
-    }
-
-    fn tagged(range: MemoryRange, kind: u32, left: u32, right: u32) -> Self {
+    fn new(range: MemoryRange, kind: Option<RangeWalkKind>, left: u32, right: u32) -> Self {
         RangeItem {
             range: flatten([range]),
-            kind,
+            kind: kind.map(JsEnum::js_str),
             left,
             right,
         }
+    }
+
+    fn plain(range: MemoryRange) -> Self {
+        Self::new(range, None, 0, 0)
     }
 }
 
@@ -202,18 +209,15 @@ pub struct RangeIterator {
 impl RangeIterator {
     /// The next item, `null` when finished; throws at the item where the core panics.
     #[napi]
-    pub fn next(&mut self) -> Result<Option<RangeItem>, JsError> {
+    pub fn next(&mut self) -> napi::Result<Option<RangeItem>> {
         let Some(iter) = self.inner.as_mut() else {
             return Ok(None);
         };
         let result = guard(|| Ok(iter.next()));
-        match result {
-            Ok(Some(item)) => Ok(Some(item)),
-            other => {
-                self.inner = None;
-                other
-            }
+        if !matches!(result, Ok(Some(_))) {
+            self.inner = None;
         }
+        result
     }
 }
 
@@ -232,15 +236,18 @@ fn indexed(ranges: Vec<MemoryRange>) -> impl Iterator<Item = (MemoryRange, u32)>
 pub fn walk_ranges_iter(
     left: BigUint64Array,
     right: BigUint64Array,
-) -> Result<RangeIterator, JsError> {
-    let left = range_list(&left, "left")?;
-    let right = range_list(&right, "right")?;
+) -> napi::Result<RangeIterator> {
+    let (left, right) = (ranges(&left, "left")?, ranges(&right, "right")?);
     Ok(iterator(walk_ranges(indexed(left), indexed(right)).map(
-        |(range, result)| match result {
-            RangeWalkResult::Neither => RangeItem::tagged(range, 0, 0, 0),
-            RangeWalkResult::Left(l) => RangeItem::tagged(range, 1, l, 0),
-            RangeWalkResult::Right(r) => RangeItem::tagged(range, 2, 0, r),
-            RangeWalkResult::Both(l, r) => RangeItem::tagged(range, 3, l, r),
+        |(range, result)| {
+            let kind = RangeWalkKind::of(&result);
+            let (left, right) = match result {
+                memory_range::RangeWalkResult::Neither => (0, 0),
+                memory_range::RangeWalkResult::Left(left) => (left, 0),
+                memory_range::RangeWalkResult::Right(right) => (0, right),
+                memory_range::RangeWalkResult::Both(left, right) => (left, right),
+            };
+            RangeItem::new(range, Some(kind), left, right)
         },
     )))
 }
@@ -250,9 +257,8 @@ pub fn walk_ranges_iter(
 pub fn overlapping_ranges_iter(
     left: BigUint64Array,
     right: BigUint64Array,
-) -> Result<RangeIterator, JsError> {
-    let left = range_list(&left, "left")?;
-    let right = range_list(&right, "right")?;
+) -> napi::Result<RangeIterator> {
+    let (left, right) = (ranges(&left, "left")?, ranges(&right, "right")?);
     Ok(iterator(
         overlapping_ranges(left, right).map(RangeItem::plain),
     ))
@@ -263,17 +269,17 @@ pub fn overlapping_ranges_iter(
 pub fn subtract_ranges_iter(
     left: BigUint64Array,
     right: BigUint64Array,
-) -> Result<RangeIterator, JsError> {
-    let left = range_list(&left, "left")?;
-    let right = range_list(&right, "right")?;
+) -> napi::Result<RangeIterator> {
+    let (left, right) = (ranges(&left, "left")?, ranges(&right, "right")?);
     Ok(iterator(subtract_ranges(left, right).map(RangeItem::plain)))
 }
 
 /// `flatten_ranges` over a flat range list.
 #[napi]
-pub fn flatten_ranges_iter(ranges: BigUint64Array) -> Result<RangeIterator, JsError> {
-    let ranges = range_list(&ranges, "ranges")?;
-    Ok(iterator(flatten_ranges(ranges).map(RangeItem::plain)))
+pub fn flatten_ranges_iter(list: BigUint64Array) -> napi::Result<RangeIterator> {
+    Ok(iterator(
+        flatten_ranges(ranges(&list, "ranges")?).map(RangeItem::plain),
+    ))
 }
 
 /// A merge tag: equal when the JavaScript tags are `===`-equal (the TypeScript layer gives
@@ -293,23 +299,22 @@ impl PartialEq for MergeTag {
 /// `merge_adjacent_ranges`; `tag_ids[i]` is the equality class of element `i`'s tag.
 #[napi]
 pub fn merge_adjacent_ranges_iter(
-    ranges: BigUint64Array,
+    list: BigUint64Array,
     tag_ids: Uint32Array,
-) -> Result<RangeIterator, JsError> {
-    let ranges = range_list(&ranges, "ranges")?;
-    if tag_ids.len() != ranges.len() {
-        return Err(crate::errors::invalid_arg(
+) -> napi::Result<RangeIterator> {
+    let list = ranges(&list, "ranges")?;
+    if tag_ids.len() != list.len() {
+        return Err(throw(JsError::arg_value(
             "one tag id per range is required",
-        ));
+        )));
     }
-    let tags: Vec<u32> = tag_ids.to_vec();
-    let input: Vec<(MemoryRange, MergeTag)> = ranges
+    let input: Vec<(MemoryRange, MergeTag)> = list
         .into_iter()
-        .zip(tags.into_iter().zip(0u32..))
-        .map(|(range, (id, index))| (range, MergeTag { id, index }))
+        .zip(tag_ids.iter().zip(0u32..))
+        .map(|(range, (&id, index))| (range, MergeTag { id, index }))
         .collect();
     Ok(iterator(merge_adjacent_ranges(input).map(
-        |(range, tag)| RangeItem::tagged(range, 1, tag.index, 0),
+        |(range, tag)| RangeItem::new(range, None, tag.index, 0),
     )))
 }
 
@@ -323,7 +328,7 @@ pub struct NativeAlignedSubranges {
 impl NativeAlignedSubranges {
     /// Starts over `start..end` with offset 0 and no length cap.
     #[napi(constructor)]
-    pub fn new(start: U64, end: U64) -> Result<Self, JsError> {
+    pub fn new(start: U64, end: U64) -> napi::Result<Self> {
         Ok(NativeAlignedSubranges {
             inner: Some(AlignedSubranges::new(range_of(start, end)?)),
         })
@@ -331,35 +336,29 @@ impl NativeAlignedSubranges {
 
     /// `with_offset`.
     #[napi]
-    pub fn with_offset(&mut self, offset: U64) -> Result<(), JsError> {
-        let offset = offset.0;
-        self.inner = self.inner.take().map(|iter| iter.with_offset(offset));
-        Ok(())
+    pub fn with_offset(&mut self, offset: U64) {
+        self.inner = self.inner.take().map(|iter| iter.with_offset(offset.0));
     }
 
     /// `with_max_range_len`.
     #[napi]
-    pub fn with_max_range_len(&mut self, max_len: U64) -> Result<(), JsError> {
-        let max_len = max_len.0;
+    pub fn with_max_range_len(&mut self, max_len: U64) {
         self.inner = self
             .inner
             .take()
-            .map(|iter| iter.with_max_range_len(max_len));
-        Ok(())
+            .map(|iter| iter.with_max_range_len(max_len.0));
     }
 
     /// The next piece as `[start, end]`, `null` when finished.
     #[napi]
-    pub fn next(&mut self) -> Result<Option<BigUint64Array>, JsError> {
+    pub fn next(&mut self) -> napi::Result<Option<BigUint64Array>> {
         let Some(iter) = self.inner.as_mut() else {
             return Ok(None);
         };
-        match guard(|| Ok(iter.next())) {
-            Ok(Some(range)) => Ok(Some(flatten([range]))),
-            other => {
-                self.inner = None;
-                other.map(|_| None)
-            }
+        let result = guard(|| Ok(iter.next()));
+        if !matches!(result, Ok(Some(_))) {
+            self.inner = None;
         }
+        result.map(|piece| piece.map(|range| flatten([range])))
     }
 }

@@ -1,72 +1,57 @@
 //! Binding of `sparse_mmap` and `trycopy`: `SparseMapping`, `Mappable`, the fault handler's
-//! installation and status, and the test hook that faults outside our guarded routines.
+//! installation and status, and the test hook that faults outside the guarded routines.
 
-use crate::args::{usize_arg, RawBytes, U64};
-use crate::errors::{closed, coded_with, fault_field, hex_field, io_error, JsError};
-use crate::handles::{self, Shared};
+// Unsafe code: the test hook reads an inaccessible page on purpose, and the guarded copies take
+// the caller's typed arrays as raw pointers.
+#![allow(unsafe_code)]
+
+use crate::args::host_size;
+use crate::args::RawBytes;
+use crate::args::U64;
+use crate::errors::throw;
+use crate::errors::OrThrow;
+use crate::handles::Shared;
+use crate::handles::HANDLES;
+use js_api::enums::JsEnum;
+use js_api::JsError;
 use napi_derive::napi;
-use sparse_mmap::{Mappable, SparseMapping, SparseMappingError};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use sparse_mmap::Mappable;
+use sparse_mmap::SparseMapping;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 /// Installs (or re-arms, when displaced) the process-wide SIGSEGV/SIGBUS handler.
 #[napi]
 pub fn initialize() -> &'static str {
     trycopy::initialize_try_copy();
-    status_name(trycopy::rearm_handler())
+    trycopy::rearm_handler().js_str()
 }
 
-/// `'installed' | 'displaced' | 'default' | 'not-installed'`.
+/// A `HandlerStatus` value.
 #[napi]
 pub fn handler_status() -> &'static str {
-    status_name(trycopy::handler_status())
+    trycopy::handler_status().js_str()
 }
 
-fn status_name(status: trycopy::HandlerStatus) -> &'static str {
-    match status {
-        trycopy::HandlerStatus::Installed => "installed",
-        trycopy::HandlerStatus::Displaced => "displaced",
-        trycopy::HandlerStatus::Default => "default",
-        trycopy::HandlerStatus::NotInstalled => "not-installed",
-    }
-}
-
-/// Test hook: a plain read of an inaccessible page, outside every guarded routine. Our handler
-/// must forward it to the previous disposition, so the process dies with SIGSEGV (run it in a
-/// child process).
+/// Test hook (the internal entry only): a plain read of an inaccessible page, outside every
+/// guarded routine. The handler must forward it, so the process dies with SIGSEGV (run it in
+/// a child process).
 #[napi]
-pub fn test_fault_outside_guarded_region() -> Result<u32, JsError> {
-    let mapping =
-        SparseMapping::new(SparseMapping::page_size()).map_err(|err| io_error(&err, "mmap"))?;
+pub fn test_fault_outside_guarded_region() -> napi::Result<u32> {
+    let mapping = SparseMapping::new(SparseMapping::page_size())
+        .map_err(|error| throw(JsError::os(&error, "mmap")))?;
     let pointer = mapping.as_ptr().cast::<u32>();
-    // SAFETY: deliberately unsound in effect, never in memory safety: the page is reserved
-    // PROT_NONE, so the volatile read faults before it reads anything. This function exists only
-    // to show that a fault outside our routines still terminates the process.
-    let value = unsafe { std::ptr::read_volatile(pointer) };
-    Ok(value)
+    // SAFETY: deliberately faulting, never unsound: the page is reserved PROT_NONE, so the
+    // volatile read faults before it reads anything. This shows that a fault outside the
+    // guarded routines still ends the process.
+    Ok(unsafe { std::ptr::read_volatile(pointer) })
 }
 
-/// A `SparseMappingError` as a coded error: `ERR_OUT_OF_BOUNDS` or `ERR_MEMORY` with the offset
-/// (relative to the start of the access, as the spec's scenarios S5, S13 and S19 count it), the
-/// direction and the fault record. An access out of bounds fails before touching anything:
-/// offset 0.
-pub fn sparse_error(err: &SparseMappingError, is_write: bool) -> JsError {
-    match err {
-        SparseMappingError::Memory(memory) => coded_with(
-            "ERR_MEMORY",
-            err.to_string(),
-            &[
-                ("offset", hex_field(memory.offset() as u64)),
-                ("isWrite", memory.is_write().to_string()),
-                ("fault", fault_field(&memory.fault())),
-            ],
-        ),
-        _ => coded_with(
-            "ERR_OUT_OF_BOUNDS",
-            err.to_string(),
-            &[("offset", hex_field(0)), ("isWrite", is_write.to_string())],
-        ),
-    }
+fn os(syscall: &'static str) -> impl Fn(io::Error) -> napi::Error {
+    move |error| throw(JsError::os(&error, syscall))
 }
 
 /// A reservation of virtual address space whose pages are placed and removed at runtime.
@@ -78,25 +63,34 @@ pub struct NativeSparseMapping {
 
 impl NativeSparseMapping {
     /// The mapping, or `ERR_CLOSED`.
-    pub fn mapping(&self) -> Result<&Arc<SparseMapping>, JsError> {
-        self.inner.as_ref().ok_or_else(|| closed("SparseMapping"))
+    pub fn mapping(&self) -> napi::Result<&Arc<SparseMapping>> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| throw(JsError::closed("SparseMapping")))
+    }
+
+    /// `(offset, len)` as host sizes, and the mapping.
+    fn span(&self, offset: U64, len: U64) -> napi::Result<(&SparseMapping, usize, usize)> {
+        Ok((
+            self.mapping()?,
+            host_size(offset, "offset")?,
+            host_size(len, "len")?,
+        ))
     }
 }
 
 impl Drop for NativeSparseMapping {
     fn drop(&mut self) {
-        handles::release(&self.handles.borrow());
+        HANDLES.release(&self.handles.borrow());
     }
 }
 
 #[napi]
 impl NativeSparseMapping {
-    /// Reserves `len` bytes (rounded up as the spec says); installs the fault handler.
+    /// Reserves `len` bytes (rounded up by size); re-arms a displaced fault handler.
     #[napi(constructor)]
-    pub fn new(len: U64) -> Result<Self, JsError> {
-        let len = usize_arg(len, "len")?;
-        let mapping = SparseMapping::new(len).map_err(|err| io_error(&err, "mmap"))?;
-        // Creating a mapping re-arms a displaced handler (spec R5; the TypeScript layer warns).
+    pub fn new(len: U64) -> napi::Result<Self> {
+        let mapping = SparseMapping::new(host_size(len, "len")?).map_err(os("mmap"))?;
         if trycopy::handler_status() != trycopy::HandlerStatus::Installed {
             trycopy::rearm_handler();
         }
@@ -108,54 +102,50 @@ impl NativeSparseMapping {
 
     /// Reopens a mapping from a handle made by `toHandle()` (any thread of this process).
     #[napi(factory)]
-    pub fn from_handle(id: U64) -> Result<Self, JsError> {
-        match handles::lookup(id.0)? {
+    pub fn from_handle(id: U64) -> napi::Result<Self> {
+        match HANDLES.lookup(id.0).or_throw()? {
             Shared::SparseMapping(mapping) => Ok(NativeSparseMapping {
                 inner: Some(mapping),
                 handles: Default::default(),
             }),
-            _ => Err(crate::errors::invalid_arg(
+            _ => Err(throw(JsError::arg_value(
                 "the handle is not a SparseMapping handle",
-            )),
+            ))),
         }
     }
 
     /// A handle id for `fromHandle` in a worker thread.
     #[napi]
-    pub fn to_handle(&self) -> Result<u64, JsError> {
-        let id = handles::register(Shared::SparseMapping(self.mapping()?.clone()));
+    pub fn to_handle(&self) -> napi::Result<u64> {
+        let id = HANDLES.register(Shared::SparseMapping(self.mapping()?.clone()));
         self.handles.borrow_mut().push(id);
         Ok(id)
     }
 
     /// The OS page size.
     #[napi]
-    pub fn page_size() -> u32 {
-        SparseMapping::page_size() as u32
+    pub fn page_size() -> u64 {
+        SparseMapping::page_size() as u64
     }
 
     /// The reserved length after rounding.
     #[napi(getter)]
-    pub fn length(&self) -> Result<u64, JsError> {
+    pub fn length(&self) -> napi::Result<u64> {
         Ok(self.mapping()?.len() as u64)
     }
 
     /// Places private zeroed read-write memory.
     #[napi]
-    pub fn alloc(&self, offset: U64, len: U64) -> Result<(), JsError> {
-        let (offset, len) = (usize_arg(offset, "offset")?, usize_arg(len, "len")?);
-        self.mapping()?
-            .alloc(offset, len)
-            .map_err(|err| io_error(&err, "mmap"))
+    pub fn alloc(&self, offset: U64, len: U64) -> napi::Result<()> {
+        let (mapping, offset, len) = self.span(offset, len)?;
+        mapping.alloc(offset, len).map_err(os("mmap"))
     }
 
     /// Places read-only zero pages.
     #[napi]
-    pub fn map_zero(&self, offset: U64, len: U64) -> Result<(), JsError> {
-        let (offset, len) = (usize_arg(offset, "offset")?, usize_arg(len, "len")?);
-        self.mapping()?
-            .map_zero(offset, len)
-            .map_err(|err| io_error(&err, "mmap"))
+    pub fn map_zero(&self, offset: U64, len: U64) -> napi::Result<()> {
+        let (mapping, offset, len) = self.span(offset, len)?;
+        mapping.map_zero(offset, len).map_err(os("mmap"))
     }
 
     /// Places a shared view of `mappable` at `file_offset`.
@@ -167,121 +157,93 @@ impl NativeSparseMapping {
         mappable: &NativeMappable,
         file_offset: U64,
         writable: bool,
-    ) -> Result<(), JsError> {
-        let (offset, len) = (usize_arg(offset, "offset")?, usize_arg(len, "len")?);
-        let fd = mappable.fd()?;
-        self.mapping()?
-            .map_file(offset, len, fd, file_offset.0, writable)
-            .map_err(|err| io_error(&err, "mmap"))
+    ) -> napi::Result<()> {
+        let (mapping, offset, len) = self.span(offset, len)?;
+        mapping
+            .map_file(offset, len, mappable.fd()?, file_offset.0, writable)
+            .map_err(os("mmap"))
     }
 
     /// Returns the range to the reserved (inaccessible) state.
     #[napi]
-    pub fn unmap(&self, offset: U64, len: U64) -> Result<(), JsError> {
-        let (offset, len) = (usize_arg(offset, "offset")?, usize_arg(len, "len")?);
-        self.mapping()?
-            .unmap(offset, len)
-            .map_err(|err| io_error(&err, "mmap"))
+    pub fn unmap(&self, offset: U64, len: U64) -> napi::Result<()> {
+        let (mapping, offset, len) = self.span(offset, len)?;
+        mapping.unmap(offset, len).map_err(os("mmap"))
     }
 
     /// Validates the range (a no-op on Linux).
     #[napi]
-    pub fn commit(&self, offset: U64, len: U64) -> Result<(), JsError> {
-        let (offset, len) = (usize_arg(offset, "offset")?, usize_arg(len, "len")?);
-        self.mapping()?
-            .commit(offset, len)
-            .map_err(|err| io_error(&err, "madvise"))
+    pub fn commit(&self, offset: U64, len: U64) -> napi::Result<()> {
+        let (mapping, offset, len) = self.span(offset, len)?;
+        mapping.commit(offset, len).map_err(os("madvise"))
     }
 
     /// Frees the pages: private memory reads back zeros, a memfd view gets a hole punched.
     #[napi]
-    pub fn decommit(&self, offset: U64, len: U64) -> Result<(), JsError> {
-        let (offset, len) = (usize_arg(offset, "offset")?, usize_arg(len, "len")?);
-        self.mapping()?
-            .decommit(offset, len)
-            .map_err(|err| io_error(&err, "madvise"))
+    pub fn decommit(&self, offset: U64, len: U64) -> napi::Result<()> {
+        let (mapping, offset, len) = self.span(offset, len)?;
+        mapping.decommit(offset, len).map_err(os("madvise"))
     }
 
     /// `mprotect` read-write (`true`) or read-only (`false`).
     #[napi]
-    pub fn set_writable(&self, offset: U64, len: U64, allow: bool) -> Result<(), JsError> {
-        let (offset, len) = (usize_arg(offset, "offset")?, usize_arg(len, "len")?);
-        self.mapping()?
+    pub fn set_writable(&self, offset: U64, len: U64, allow: bool) -> napi::Result<()> {
+        let (mapping, offset, len) = self.span(offset, len)?;
+        mapping
             .set_writable(offset, len, allow)
-            .map_err(|err| io_error(&err, "mprotect"))
+            .map_err(os("mprotect"))
     }
 
     /// `madvise(MADV_HUGEPAGE)`.
     #[napi]
-    pub fn madvise_hugepage(&self, offset: U64, len: U64) -> Result<(), JsError> {
-        let (offset, len) = (usize_arg(offset, "offset")?, usize_arg(len, "len")?);
-        self.mapping()?
-            .madvise_hugepage(offset, len)
-            .map_err(|err| io_error(&err, "madvise"))
+    pub fn madvise_hugepage(&self, offset: U64, len: U64) -> napi::Result<()> {
+        let (mapping, offset, len) = self.span(offset, len)?;
+        mapping.madvise_hugepage(offset, len).map_err(os("madvise"))
     }
 
     /// Names the VMAs (never fails).
     #[napi]
-    pub fn set_name(&self, offset: U64, len: U64, name: String) -> Result<(), JsError> {
-        let (offset, len) = (usize_arg(offset, "offset")?, usize_arg(len, "len")?);
-        self.mapping()?.set_name(offset, len, &name);
+    pub fn set_name(&self, offset: U64, len: U64, name: String) -> napi::Result<()> {
+        let (mapping, offset, len) = self.span(offset, len)?;
+        mapping.set_name(offset, len, &name);
         Ok(())
     }
 
     /// Fault-safe copy out of the mapping into `dest`.
     #[napi]
-    pub fn read_at(&self, offset: U64, dest: RawBytes) -> Result<(), JsError> {
-        let offset = usize_arg(offset, "offset")?;
-        let mapping = self.mapping()?;
-        check_bounds(mapping, offset, dest.len, false)?;
-        let source = mapping.as_ptr().cast::<u8>().wrapping_add(offset);
-        // SAFETY: `source..+len` lies inside the reservation (checked above), which stays
-        // reserved while `mapping` lives; faults there are recovered. `dest` is the caller's
-        // buffer of `len` bytes, valid for the duration of this call.
-        unsafe { trycopy::try_copy(source.cast_const(), dest.ptr, dest.len) }
-            .map_err(|err| sparse_error(&SparseMappingError::Memory(err), false))
+    pub fn read_at(&self, offset: U64, dest: RawBytes) -> napi::Result<()> {
+        let offset = host_size(offset, "offset")?;
+        // SAFETY: `dest` is the caller's typed array of `len` bytes, valid during this call.
+        unsafe { self.mapping()?.read_to_ptr(offset, dest.ptr, dest.len) }
+            .map_err(|error| throw(JsError::sparse_mapping(&error, false)))
     }
 
     /// Fault-safe copy of `src` into the mapping.
     #[napi]
-    pub fn write_at(&self, offset: U64, src: RawBytes) -> Result<(), JsError> {
-        let offset = usize_arg(offset, "offset")?;
-        let mapping = self.mapping()?;
-        check_bounds(mapping, offset, src.len, true)?;
-        let destination = mapping.as_ptr().cast::<u8>().wrapping_add(offset);
-        // SAFETY: as in `read_at`, with the roles of the buffers swapped.
-        unsafe { trycopy::try_copy(src.ptr.cast_const(), destination, src.len) }
-            .map_err(|err| sparse_error(&SparseMappingError::Memory(err), true))
+    pub fn write_at(&self, offset: U64, src: RawBytes) -> napi::Result<()> {
+        let offset = host_size(offset, "offset")?;
+        // SAFETY: `src` is the caller's typed array of `len` bytes, valid during this call.
+        unsafe {
+            self.mapping()?
+                .write_from_ptr(offset, src.ptr.cast_const(), src.len)
+        }
+        .map_err(|error| throw(JsError::sparse_mapping(&error, true)))
     }
 
     /// Fault-safe fill of `len` bytes with `byte`.
     #[napi]
-    pub fn fill_at(&self, offset: U64, byte: u8, len: U64) -> Result<(), JsError> {
-        let (offset, len) = (usize_arg(offset, "offset")?, usize_arg(len, "len")?);
-        let mapping = self.mapping()?;
+    pub fn fill_at(&self, offset: U64, byte: u8, len: U64) -> napi::Result<()> {
+        let (mapping, offset, len) = self.span(offset, len)?;
         mapping
             .fill_at(offset, byte, len)
-            .map_err(|err| sparse_error(&err, true))
+            .map_err(|error| throw(JsError::sparse_mapping(&error, true)))
     }
 
     /// Drops this reference (the reservation goes when its last user does).
     #[napi]
     pub fn close(&mut self) {
         self.inner = None;
-        handles::release(&self.handles.take());
-    }
-}
-
-/// The spec's bounds rule for guarded accesses of the mapping (`ERR_OUT_OF_BOUNDS`).
-fn check_bounds(
-    mapping: &SparseMapping,
-    offset: usize,
-    len: usize,
-    is_write: bool,
-) -> Result<(), JsError> {
-    match offset.checked_add(len) {
-        Some(end) if end <= mapping.len() => Ok(()),
-        _ => Err(sparse_error(&SparseMappingError::OutOfBounds, is_write)),
+        HANDLES.release(&self.handles.take());
     }
 }
 
@@ -293,19 +255,14 @@ pub struct NativeMappable {
 
 impl NativeMappable {
     /// The descriptor, or `ERR_CLOSED`.
-    pub fn fd(&self) -> Result<BorrowedFd<'_>, JsError> {
+    pub fn fd(&self) -> napi::Result<BorrowedFd<'_>> {
         self.inner
             .as_ref()
             .map(|fd| fd.as_fd())
-            .ok_or_else(|| closed("Mappable"))
+            .ok_or_else(|| throw(JsError::closed("Mappable")))
     }
 
-    /// The shared object, for other bindings (the memory manager's backing).
-    pub fn shared(&self) -> Result<Arc<Mappable>, JsError> {
-        self.inner.clone().ok_or_else(|| closed("Mappable"))
-    }
-
-    /// Wraps an object owned elsewhere (e.g. a manager's RAM memfd).
+    /// Wraps an object owned elsewhere (a manager's RAM memfd, a shareable region).
     pub fn from_shared(mappable: Arc<Mappable>) -> Self {
         NativeMappable {
             inner: Some(mappable),
@@ -317,44 +274,26 @@ impl NativeMappable {
 impl NativeMappable {
     /// `memfd_create(name, MFD_CLOEXEC)` + `ftruncate(size)`.
     #[napi(factory)]
-    pub fn alloc_shared_memory(size: U64, name: String) -> Result<Self, JsError> {
-        let size = usize_arg(size, "size")?;
-        let fd = sparse_mmap::alloc_shared_memory(size, &name)
-            .map_err(|err| io_error(&err, "memfd_create"))?;
-        Ok(NativeMappable {
-            inner: Some(Arc::new(fd)),
-        })
+    pub fn alloc_shared_memory(size: U64, name: String) -> napi::Result<Self> {
+        let fd = sparse_mmap::alloc_shared_memory(host_size(size, "size")?, &name)
+            .map_err(os("memfd_create"))?;
+        Ok(Self::from_shared(Arc::new(fd)))
     }
 
     /// Duplicates an existing descriptor (close-on-exec).
     #[napi(factory)]
-    pub fn from_fd(fd: i32) -> Result<Self, JsError> {
-        if fd < 0 {
-            return Err(crate::errors::invalid_arg(
-                "fd must be a non-negative descriptor",
-            ));
-        }
-        // SAFETY: `fcntl(F_DUPFD_CLOEXEC)` only reads the descriptor number; an invalid one
-        // makes it fail with EBADF, which is reported.
-        let duplicate = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-        if duplicate < 0 {
-            return Err(io_error(&std::io::Error::last_os_error(), "fcntl"));
-        }
-        // SAFETY: `duplicate` is a descriptor that this call just created and nothing else owns.
-        let owned =
-            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(duplicate) };
-        Ok(NativeMappable {
-            inner: Some(Arc::new(owned)),
-        })
+    pub fn from_fd(fd: i32) -> napi::Result<Self> {
+        let owned = sparse_mmap::mappable_from_raw_fd(fd).map_err(os("fcntl"))?;
+        Ok(Self::from_shared(Arc::new(owned)))
     }
 
     /// The owned descriptor number.
     #[napi(getter)]
-    pub fn fd_number(&self) -> Result<i32, JsError> {
+    pub fn fd_number(&self) -> napi::Result<i32> {
         Ok(self.fd()?.as_raw_fd())
     }
 
-    /// Closes this reference to the descriptor (the descriptor closes with its last user).
+    /// Closes this reference to the descriptor (it closes with its last user).
     #[napi]
     pub fn close(&mut self) {
         self.inner = None;

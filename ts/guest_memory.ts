@@ -7,7 +7,8 @@
  * can only happen inside the Rust core's guarded routines, which turn it into an error.
  */
 import { storeCause } from './causes';
-import { call, fromNative, GuestMemoryErrorKind, invalidArgType, invalidArgValue } from './errors';
+import { call, fromNative, GuestMemoryErrorKind, invalidArgType, invalidArgValue, settle } from './errors';
+import type { HandlerStatus } from './generated/enums';
 import { native } from './native';
 import { describeType, toU64, type U64 } from './u64';
 
@@ -53,8 +54,8 @@ function rearming<T>(create: () => T): T {
 }
 
 /** State of our handler among the signal dispositions. */
-export function handlerStatus(): 'installed' | 'displaced' | 'default' | 'not-installed' {
-  return native.handlerStatus() as 'installed' | 'displaced' | 'default' | 'not-installed';
+export function handlerStatus(): HandlerStatus {
+  return native.handlerStatus() as HandlerStatus;
 }
 
 const internals = new WeakMap<object, unknown>();
@@ -167,7 +168,7 @@ export class SparseMapping {
 
   /** The OS page size (bytes). */
   static get pageSize(): bigint {
-    return BigInt(native.NativeSparseMapping.pageSize());
+    return native.NativeSparseMapping.pageSize();
   }
 
   /** Reopen a mapping from toHandle() (any thread of this process). */
@@ -334,25 +335,41 @@ function syncOnly<A extends unknown[], R>(name: string, hook: (...args: A) => R)
   };
 }
 
-/** Wraps a hook so that it never throws into native code: a throw becomes −token. */
-function guarded<A extends unknown[]>(hook: (...args: A) => number): (...args: A) => number {
+/**
+ * A hook's answer to the native side (`crates/js_api/src/hooks.rs`): JSON (`HookAnswer` for the
+ * fallbacks and locking, `PageFaultAnswer` for `pageFault`), or the bytes a read fallback read
+ * or a compare-exchange fallback observed when it did not swap.
+ */
+type HookAnswer = { answer: 'done' | 'swapped' | 'locked' | 'notLocked' } | { answer: 'failed'; causeToken: number };
+type PageFaultAnswer = { answer: 'retry' | 'fallback' } | { answer: 'fail'; kind: string; message: string; causeToken: number | null };
+
+type Answered = Exclude<HookAnswer['answer'], 'failed'>;
+
+/** Wraps a hook so that it never throws into native code: a throw is kept under a token. */
+function guarded<A extends unknown[]>(hook: (...args: A) => Answered): (...args: A) => string {
+  return guardedBytes(hook) as (...args: A) => string;
+}
+
+/** Like {@link guarded}, for a hook that may answer with bytes. */
+function guardedBytes<A extends unknown[]>(hook: (...args: A) => Answered | Uint8Array): (...args: A) => string | Uint8Array {
   return (...args: A) => {
     try {
-      return hook(...args);
+      const result = hook(...args);
+      return result instanceof Uint8Array ? result : JSON.stringify({ answer: result });
     } catch (error) {
-      return -storeCause(error);
+      return JSON.stringify({ answer: 'failed', causeToken: storeCause(error) } satisfies HookAnswer);
     }
   };
 }
 
-function pageFaultAdapter(handler: PageFaultHandler) {
-  const fail = (kind: string, message: string, cause?: unknown) => ({
-    action: 2,
+function pageFaultAdapter(handler: PageFaultHandler): (gpa: bigint, len: bigint, write: boolean) => string {
+  const fail = (kind: string, message: string, cause?: unknown): PageFaultAnswer => ({
+    answer: 'fail',
     kind,
     message,
-    causeToken: cause === undefined ? 0 : storeCause(cause),
+    causeToken: cause === undefined ? null : storeCause(cause),
   });
-  return (gpa: bigint, len: bigint, write: boolean) => {
+  const decide = (gpa: bigint, len: bigint, write: boolean): PageFaultAnswer => {
     let answer: unknown;
     try {
       answer = handler(gpa, len, write);
@@ -366,8 +383,7 @@ function pageFaultAdapter(handler: PageFaultHandler) {
       const error = invalidArgType('pageFault must answer synchronously, not with a Promise');
       return fail('Other', error.message, error);
     }
-    if (answer === 'retry') return { action: 0, kind: '', message: '', causeToken: 0 };
-    if (answer === 'fallback') return { action: 1, kind: '', message: '', causeToken: 0 };
+    if (answer === 'retry' || answer === 'fallback') return { answer };
     if (typeof answer === 'object' && answer !== null && 'fail' in answer) {
       const { fail: kind, message } = answer as { fail: unknown; message?: unknown };
       if (typeof kind === 'string' && kinds.has(kind)) {
@@ -377,6 +393,7 @@ function pageFaultAdapter(handler: PageFaultHandler) {
     const error = invalidArgType(`pageFault must return 'retry', 'fallback' or {fail: GuestMemoryErrorKind, message?}, got ${describeType(answer)}`);
     return fail('Other', error.message, error);
   };
+  return (gpa, len, write) => JSON.stringify(decide(gpa, len, write));
 }
 
 function toGpnArray(gpns: unknown, name: string): BigUint64Array {
@@ -498,19 +515,18 @@ export class GuestMemory {
         retryLimit,
         pageFault ? pageFaultAdapter(pageFault) : null,
         readFallback
-          ? guarded((gpa: bigint, dest: Buffer) => {
-              const data = readFallback(gpa, BigInt(dest.length));
-              if (!(data instanceof Uint8Array) || data.length !== dest.length) {
-                throw invalidArgValue(`readFallback must return a Uint8Array of ${dest.length} bytes`);
+          ? guardedBytes((gpa: bigint, len: bigint) => {
+              const data = readFallback(gpa, len);
+              if (!(data instanceof Uint8Array) || BigInt(data.length) !== len) {
+                throw invalidArgValue(`readFallback must return a Uint8Array of ${len} bytes`);
               }
-              dest.set(data);
-              return 0;
+              return data;
             })
           : null,
-        writeFallback ? guarded((gpa: bigint, src: Buffer) => (writeFallback(gpa, src), 0)) : null,
-        fillFallback ? guarded((gpa: bigint, byte: number, len: bigint) => (fillFallback(gpa, byte, len), 0)) : null,
-        casFallback ? guarded((gpa: bigint, current: Buffer, replacement: Buffer) => (casFallback(gpa, current, replacement) ? 0 : 1)) : null,
-        lockGpns ? guarded((gpns: BigUint64Array) => (lockGpns(Array.from(gpns)) ? 1 : 0)) : null,
+        writeFallback ? guarded((gpa: bigint, src: Buffer) => (writeFallback(gpa, src), 'done')) : null,
+        fillFallback ? guarded((gpa: bigint, byte: number, len: bigint) => (fillFallback(gpa, byte, len), 'done')) : null,
+        casFallback ? guardedBytes((gpa: bigint, current: Buffer, replacement: Buffer) => (casFallback(gpa, current, replacement) ? 'swapped' : current)) : null,
+        lockGpns ? guarded((gpns: BigUint64Array) => (lockGpns(Array.from(gpns)) ? 'locked' : 'notLocked')) : null,
         unlockGpns
           ? (gpns: BigUint64Array) => {
               try {
@@ -692,22 +708,12 @@ export class GuestMemory {
   /** read() on the libuv pool, via a Rust-owned buffer. */
   async readAtAsync(gpa: U64, len: U64): Promise<Buffer> {
     const l = toBufferLength(len, 'len');
-    const pending = call(() => this.#n.readAtAsync(gpa, l));
-    try {
-      return (await pending) as Buffer;
-    } catch (error) {
-      throw fromNative(error);
-    }
+    return (await settle(call(() => this.#n.readAtAsync(gpa, l)))) as Buffer;
   }
   /** writeAt() on the libuv pool; src is copied first. */
   async writeAtAsync(gpa: U64, src: Uint8Array): Promise<void> {
     const s = toByteArray(src, 'src');
-    const pending = call(() => this.#n.writeAtAsync(gpa, s));
-    try {
-      await pending;
-    } catch (error) {
-      throw fromNative(error);
-    }
+    await settle(call(() => this.#n.writeAtAsync(gpa, s)));
   }
 
   /** DMA sharing of the manager's file-backed accessor; null otherwise or in private mode. */
@@ -716,13 +722,7 @@ export class GuestMemory {
     if (!call(() => handle.hasSharing())) return null;
     return {
       async getRegions(): Promise<ShareableRegion[]> {
-        const pending = call(() => handle.sharingRegions());
-        let regions;
-        try {
-          regions = await pending;
-        } catch (error) {
-          throw fromNative(error);
-        }
+        const regions = await settle(call(() => handle.sharingRegions()));
         return (regions ?? []).map((r) => ({ guestAddress: r.guestAddress, size: r.size, object: Mappable.wrap(r.object), fileOffset: r.fileOffset }));
       },
     };
@@ -739,20 +739,3 @@ export class GuestMemory {
     this.close();
   }
 }
-
-/** Hooks for tests (not public API). */
-export const __test = {
-  /** A plain read of an inaccessible page outside our routines: the process dies with SIGSEGV. */
-  faultOutsideGuardedRegion(): number {
-    return native.testFaultOutsideGuardedRegion();
-  },
-};
-
-/** Same-signature baselines for the benchmarks (not public API). */
-export const __bench = {
-  noop: (): void => native.benchNoop(),
-  noopU32: (gpa: U64): number => native.benchNoopU32(gpa),
-  noopReadU64: (gpa: U64): bigint => native.benchNoopReadU64(gpa),
-  noopWriteU64: (gpa: U64, value: U64): void => native.benchNoopWriteU64(gpa, value),
-  noopReadAt: (gpa: U64, dest: Uint8Array): void => native.benchNoopReadAt(gpa, dest),
-};

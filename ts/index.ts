@@ -1,9 +1,11 @@
 /**
  * membacking: a virtual-machine guest-memory system for Node.js, with a Rust core.
  *
- * This entry point is the public API (see api.md): ranges and range algorithms, guest memory
- * layouts, the chunked memory registrar, and the error classes. Units are bytes unless a name
- * says pages; u64 inputs take `number | bigint`, u64 outputs are `bigint`.
+ * This entry point is the public API: ranges and range algorithms, guest memory layouts, the
+ * chunked memory registrar, fault-safe guest memory, the memory manager and its device
+ * windows, partitions, the dry-run planner, and the error classes. Units are bytes unless a
+ * name says pages; u64 inputs take `number | bigint`, u64 outputs are `bigint`. Hooks for tests
+ * and benchmarks are not here (`dist/internal.js`).
  */
 export { KiB, MiB, GiB, TiB, type U64 } from './u64';
 export {
@@ -29,8 +31,6 @@ export {
   Mappable,
   GuestMemory,
   LockedPages,
-  __test,
-  __bench,
   type TransferHandle,
   type PageFaultHandler,
   type GuestMemoryOptions,
@@ -48,11 +48,6 @@ export {
   DeviceMemoryControl,
   Vtl,
   RamVisibility,
-  MemoryBuildError,
-  PartitionAttachError,
-  PartitionMapperError,
-  VaMapperError,
-  MemoryManagerError,
   type ManagerSnapshot,
 } from './manager';
 export { type FlatEntry, type PlannedOp, type PlanChange } from './planner';
@@ -61,9 +56,9 @@ export {
   KvmPartition,
   Vcpu,
   VcpuMode,
-  KvmError,
   guestPrograms,
   type GuestPrograms,
+  type KvmSlotLogEntry,
   type RecordedCall,
   type VcpuOptions,
   type VcpuRegisters,
@@ -71,13 +66,22 @@ export {
 } from './partition';
 export {
   MembackingError,
-  SparseMappingError,
-  GuestMemoryError,
-  GuestMemoryErrorKind,
-  type FaultInfo,
   InvalidMemoryRangeError,
   MemoryLayoutError,
   RegistrarError,
   OsError,
+  SparseMappingError,
+  GuestMemoryError,
+  GuestMemoryErrorKind,
+  MemoryBuildError,
+  PartitionAttachError,
+  PartitionMapperError,
+  VaMapperError,
+  MemoryManagerError,
+  KvmError,
+  ERROR_CODES,
   type ErrorCode,
+  type ErrnoName,
+  type FaultInfo,
 } from './errors';
+export type { HandlerStatus, RecordedOp, PlannedOpKind, CancelReason, SlotOp, FaultSignal } from './generated/enums';

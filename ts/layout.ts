@@ -5,15 +5,12 @@
  * with the original's rules and error variants, and its accessor values are read once.
  */
 import { call, invalidArgType, invalidArgValue } from './errors';
+import { AddressType } from './generated/enums';
 import { native } from './native';
-import { packRanges, toArray, toRange, toRanges, trusted, type MemoryRange, type RangeLike } from './range';
+import { nativeJson, packRanges, toArray, toRange, toRanges, type MemoryRange, type RangeLike } from './range';
 import { describeType, hex, toU32, toU64, type U64 } from './u64';
 
-/** What probeAddress found. */
-export enum AddressType {
-  Ram = 'Ram',
-  Mmio = 'Mmio',
-}
+export { AddressType } from './generated/enums';
 
 /** A RAM range and its virtual NUMA node. */
 export interface MemoryRangeWithNode {
@@ -22,7 +19,20 @@ export interface MemoryRangeWithNode {
 }
 
 type NativeLayout = InstanceType<typeof native.NativeLayout>;
-type Description = ReturnType<NativeLayout['describe']>;
+
+/** Every accessor's value, as the binding describes a layout. */
+interface Description {
+  ram: MemoryRangeWithNode[];
+  mmio: MemoryRange[];
+  vtl2Range: MemoryRange | null;
+  ramSize: bigint;
+  endOfRam: bigint;
+  ramBelow4gb: bigint;
+  ramAbove4gb: bigint;
+  ramAboveHighMmio: bigint | null;
+  maxRamBelow4gb: bigint | null;
+  endOfRamOrMmio: bigint | null;
+}
 
 const natives = new WeakMap<MemoryLayout, NativeLayout>();
 const constructionToken = Symbol('MemoryLayout');
@@ -34,12 +44,6 @@ export function nativeLayout(layout: unknown, name = 'layout'): NativeLayout {
     throw invalidArgType(`${name} must be a MemoryLayout, got ${describeType(layout)}`);
   }
   return found;
-}
-
-function unpack(flat: BigUint64Array): MemoryRange[] {
-  const ranges: MemoryRange[] = [];
-  for (let i = 0; i < flat.length; i += 2) ranges.push(trusted(flat[i]!, flat[i + 1]!));
-  return ranges;
 }
 
 /** Immutable guest physical memory layout: RAM around MMIO gaps, optional VTL2 range. */
@@ -54,12 +58,11 @@ export class MemoryLayout {
       throw invalidArgType('MemoryLayout cannot be constructed directly: use MemoryLayout.new or MemoryLayout.fromRanges');
     }
     natives.set(this, handle);
-    const d = handle.describe();
+    const d = nativeJson<Description>(handle.describe());
     this.#description = d;
-    const vnodes = d.vnodes;
-    this.#ram = Object.freeze(unpack(d.ram).map((range, i) => Object.freeze({ range, vnode: vnodes[i]! })));
-    this.#mmio = Object.freeze(unpack(d.mmio));
-    this.#vtl2Range = d.vtl2Range ? trusted(d.vtl2Range[0]!, d.vtl2Range[1]!) : null;
+    this.#ram = Object.freeze(d.ram.map((ram) => Object.freeze(ram)));
+    this.#mmio = Object.freeze(d.mmio);
+    this.#vtl2Range = d.vtl2Range;
   }
 
   /** Lay out ramSize bytes from 0 around the sorted gaps; MemoryLayoutError. */
@@ -110,11 +113,11 @@ export class MemoryLayout {
   }
   /** RAM in ranges ending below 4 GiB (bytes). */
   get ramBelow4gb(): bigint {
-    return this.#description.ramBelow4Gb;
+    return this.#description.ramBelow4gb;
   }
   /** RAM in ranges ending at or above 4 GiB (bytes). */
   get ramAbove4gb(): bigint {
-    return this.#description.ramAbove4Gb;
+    return this.#description.ramAbove4gb;
   }
   /** RAM at/above the 2nd gap's end; null unless exactly 2 gaps (bytes). */
   get ramAboveHighMmio(): bigint | null {
@@ -122,7 +125,7 @@ export class MemoryLayout {
   }
   /** End of the last RAM range ending below 4 GiB, or null (bytes). */
   get maxRamBelow4gb(): bigint | null {
-    return this.#description.maxRamBelow4Gb ?? null;
+    return this.#description.maxRamBelow4gb ?? null;
   }
   /**
    * max(end of last gap, endOfRam) (bytes).
@@ -153,10 +156,10 @@ export class MemoryLayout {
       vtl2Range: this.#vtl2Range ? this.#vtl2Range.toJSON() : null,
       ramSize: hex(d.ramSize),
       endOfRam: hex(d.endOfRam),
-      ramBelow4gb: hex(d.ramBelow4Gb),
-      ramAbove4gb: hex(d.ramAbove4Gb),
+      ramBelow4gb: hex(d.ramBelow4gb),
+      ramAbove4gb: hex(d.ramAbove4gb),
       ramAboveHighMmio: opt(d.ramAboveHighMmio),
-      maxRamBelow4gb: opt(d.maxRamBelow4Gb),
+      maxRamBelow4gb: opt(d.maxRamBelow4gb),
       endOfRamOrMmio: opt(d.endOfRamOrMmio),
     };
   }
@@ -180,10 +183,5 @@ export function x86LegacyRamRanges(layout: MemoryLayout, x86LegacySupport = true
   if (typeof x86LegacySupport !== 'boolean') {
     throw invalidArgType(`x86LegacySupport must be a boolean, got ${describeType(x86LegacySupport)}`);
   }
-  const flat = call(() => handle.x86LegacyRamRanges(x86LegacySupport));
-  const regions: Array<{ range: MemoryRange; fileOffset: bigint }> = [];
-  for (let i = 0; i < flat.length; i += 3) {
-    regions.push({ range: trusted(flat[i]!, flat[i + 1]!), fileOffset: flat[i + 2]! });
-  }
-  return regions;
+  return nativeJson(call(() => handle.x86LegacyRamRanges(x86LegacySupport)));
 }

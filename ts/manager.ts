@@ -7,49 +7,18 @@
  * Everything that waits on the manager's threads returns a Promise; the JavaScript thread never
  * blocks on them. `close()` tears a manager down; it is also released when garbage collected.
  */
-import { call, fromNative, invalidArgType, invalidArgValue, MembackingError, registerErrorClass, type ErrorCode } from './errors';
+import { call, closedError, invalidArgType, invalidArgValue, MemoryManagerError, settle } from './errors';
+import { RamVisibility, Vtl } from './generated/enums';
 import { GuestMemory, Mappable, nativeOf, type TransferHandle } from './guest_memory';
 import { nativeLayout, type MemoryLayout } from './layout';
 import { native } from './native';
-import { nativePartition, KvmPartition, RecordingPartition } from './partition';
+import { nativePartition, type KvmPartition, type RecordingPartition } from './partition';
 import { flatView as plannerFlatView, planChange, type FlatEntry, type PlanChange, type PlannedOp } from './planner';
-import { toRange, trusted, type MemoryRange, type RangeLike } from './range';
+import { nativeJson, toRange, type MemoryRange, type RangeLike } from './range';
 import { describeType, describeValue, toU64, type U64 } from './u64';
 
-/** GuestMemoryBuilder.build failed. */
-export class MemoryBuildError extends MembackingError {}
-/** attachPartition failed (cause: PartitionMapperError or VaMapperError). */
-export class PartitionAttachError extends MembackingError {}
-/** Mapping into a partition failed (cause: the partition's error). */
-export class PartitionMapperError extends MembackingError {}
-/** Creating a VA mapper failed. */
-export class VaMapperError extends MembackingError {}
-/** Region manager, visibility, device window and lifecycle errors of a manager. */
-export class MemoryManagerError extends MembackingError {}
-
-for (const [name, Class] of [
-  ['MemoryBuildError', MemoryBuildError],
-  ['PartitionAttachError', PartitionAttachError],
-  ['PartitionMapperError', PartitionMapperError],
-  ['VaMapperError', VaMapperError],
-  ['MemoryManagerError', MemoryManagerError],
-] as const) {
-  registerErrorClass(name, (code: ErrorCode, message: string) => new Class(code, message));
-}
-
-/** Virtual trust level (numeric values of the spec). */
-export enum Vtl {
-  Vtl0 = 0,
-  Vtl1 = 1,
-  Vtl2 = 2,
-}
-
-/** RAM region visibility (values are the names). */
-export enum RamVisibility {
-  Unmapped = 'Unmapped',
-  ReadOnly = 'ReadOnly',
-  ReadWrite = 'ReadWrite',
-}
+export { MemoryBuildError, PartitionAttachError, PartitionMapperError, VaMapperError, MemoryManagerError } from './errors';
+export { RamVisibility, Vtl } from './generated/enums';
 
 type NativeManager = InstanceType<typeof native.NativeGuestMemoryManager>;
 type NativeBacking = InstanceType<typeof native.NativeSharedMemoryBacking>;
@@ -59,21 +28,23 @@ type NativeHalf = InstanceType<typeof native.NativeDeviceWindowHalf>;
 const internals = new WeakMap<object, unknown>();
 const token = Symbol('membacking-internal');
 
-function closedError(what: string): MembackingError {
-  return new MembackingError('ERR_CLOSED', `${what} is closed`);
-}
-
-async function settle<T>(pending: Promise<T>): Promise<T> {
-  try {
-    return await pending;
-  } catch (error) {
-    throw fromNative(error);
-  }
-}
-
 function rangeArray(value: unknown, name: string): BigUint64Array {
   const r = toRange(value, name);
   return BigUint64Array.from([r.start, r.end]);
+}
+
+/** A `Vtl` argument (a number in the enum). @internal */
+export function toVtl(value: unknown, name: string): Vtl {
+  if (typeof value !== 'number') throw invalidArgType(`${name} must be a Vtl, got ${describeType(value)}`);
+  if (!Object.values(Vtl).includes(value)) throw invalidArgValue(`${name} must be Vtl.Vtl0, Vtl.Vtl1 or Vtl.Vtl2, got ${describeValue(value)}`);
+  return value as Vtl;
+}
+
+/** A `RamVisibility` argument (an enum member or its string value). @internal */
+export function toVisibility(value: unknown, name: string): RamVisibility {
+  if (typeof value !== 'string') throw invalidArgType(`${name} must be a RamVisibility, got ${describeType(value)}`);
+  if (!Object.values(RamVisibility).includes(value as RamVisibility)) throw invalidArgValue(`${name} must be a RamVisibility, got ${describeValue(value)}`);
+  return value as RamVisibility;
 }
 
 function toBool(value: unknown, name: string): boolean {
@@ -182,7 +153,7 @@ export class GuestMemoryBuilder {
     const pending = call(() =>
       native.buildGuestMemory(l, backing, this.#vtl0AliasMap, this.#prefetchRam, this.#pinMappings, this.#x86LegacySupport, this.#privateMemory, this.#transparentHugepages, this.#onProgress),
     );
-    return new GuestMemoryManager(token, await settle(pending), this.#vtl0AliasMap !== null);
+    return new GuestMemoryManager(token, await settle(pending));
   }
 }
 
@@ -206,55 +177,14 @@ export interface ManagerSnapshot {
   partitions: Array<{ offset: bigint; pinMappings: boolean }>;
 }
 
-type NativeSnapshot = Awaited<ReturnType<NativeManager['inspect']>>;
-
-function toSnapshot(s: NativeSnapshot): ManagerSnapshot {
-  const partitions: ManagerSnapshot['partitions'] = [];
-  for (let i = 0; i < s.partitions.length; i += 2) partitions.push({ offset: s.partitions[i]!, pinMappings: s.partitions[i + 1] === 1n });
-  return {
-    aliasOffset: s.aliasOffset ?? null,
-    pinMappings: s.pinMappings,
-    mapperCount: s.mapperCount,
-    regions: s.regions.map((r) => {
-      const mappings: ManagerSnapshot['regions'][number]['mappings'] = [];
-      for (let i = 0; i < r.mappings.length; i += 3) {
-        mappings.push({ rangeInRegion: trusted(r.mappings[i]!, r.mappings[i + 1]!), fileOffset: r.mappings[i + 2]!, writable: r.mappingWritable[i / 3]! });
-      }
-      const p = r.mapParams;
-      return {
-        id: r.id,
-        name: r.name,
-        range: trusted(r.range[0]!, r.range[1]!),
-        priority: r.priority,
-        dmaTarget: r.dmaTarget,
-        mapParams: p ? { writable: p[0]!, executable: p[1]!, prefetch: p[2]! } : null,
-        active: r.active,
-        mappings,
-      };
-    }),
-    mappings: s.mappings.map((m) => ({
-      range: trusted(m.range[0]!, m.range[1]!),
-      fileOffset: m.fileOffset,
-      writable: m.writable,
-      dmaTarget: m.dmaTarget,
-      activeMappers: m.activeMappers,
-    })),
-    partitions,
-  };
-}
-
 /** Owns guest RAM, the region/mapping managers and their thread. */
 export class GuestMemoryManager {
   #native: NativeManager | null;
-  readonly #aliasMap: boolean;
-  /** Attached partitions by partition-mapper index (a VTL2 partition with an alias map twice). */
-  readonly #mappers: Array<RecordingPartition | KvmPartition> = [];
 
   /** @internal */
-  constructor(key: typeof token, handle: NativeManager, aliasMap = false) {
+  constructor(key: typeof token, handle: NativeManager) {
     if (key !== token) throw invalidArgType('GuestMemoryManager cannot be constructed directly: use GuestMemoryBuilder#build');
     this.#native = handle;
-    this.#aliasMap = aliasMap;
     internals.set(this, handle);
   }
 
@@ -265,7 +195,7 @@ export class GuestMemoryManager {
   }
 
   #n(): NativeManager {
-    if (this.#native === null) throw new MemoryManagerError('ERR_MANAGER_GONE' as ErrorCode, 'the memory manager is closed');
+    if (this.#native === null) throw new MemoryManagerError('ERR_MANAGER_GONE', 'the memory manager is closed');
     return this.#native;
   }
 
@@ -291,8 +221,7 @@ export class GuestMemoryManager {
    * `remoteProcess` exists for spec scenario 22 and always throws ERR_UNSUPPORTED on Linux.
    */
   async attachPartition(vtl: Vtl, partition: RecordingPartition | KvmPartition, options: { remoteProcess?: number } = {}): Promise<void> {
-    if (typeof vtl !== 'number') throw invalidArgType(`vtl must be a Vtl, got ${describeType(vtl)}`);
-    if (vtl !== Vtl.Vtl0 && vtl !== Vtl.Vtl1 && vtl !== Vtl.Vtl2) throw invalidArgValue(`vtl must be Vtl.Vtl0, Vtl.Vtl1 or Vtl.Vtl2, got ${describeValue(vtl)}`);
+    const v = toVtl(vtl, 'vtl');
     const handle = nativePartition(partition);
     if (typeof options !== 'object' || options === null) throw invalidArgType(`options must be an object, got ${describeType(options)}`);
     const remote = options.remoteProcess;
@@ -300,24 +229,7 @@ export class GuestMemoryManager {
       throw invalidArgType(`remoteProcess must be a process id, got ${describeType(remote)}`);
     }
     const manager = this.#n();
-    const pending =
-      partition instanceof RecordingPartition
-        ? call(() => manager.attachRecordingPartition(vtl, handle as InstanceType<typeof native.NativeRecordingPartition>, remote))
-        : call(() => manager.attachKvmPartition(vtl, handle as InstanceType<typeof native.NativeKvmPartition>, remote));
-    try {
-      await settle(pending);
-    } catch (error) {
-      // A failed VTL2 attach keeps the alias mapper it registered first (as the original):
-      // count what the manager holds so plans keep naming partitions by the right index.
-      const registered = await this.inspect().then(
-        (snapshot) => snapshot.partitions.length,
-        () => this.#mappers.length,
-      );
-      while (this.#mappers.length < registered) this.#mappers.push(partition);
-      throw error;
-    }
-    if (vtl === Vtl.Vtl2 && this.#aliasMap) this.#mappers.push(partition);
-    this.#mappers.push(partition);
+    await settle(call(() => manager.attachPartition(v, handle, remote)));
   }
   /** Release RAM pages in range (bytes, page-aligned, inside RAM): private → zeros; memfd → hole. */
   async decommitRam(range: RangeLike): Promise<void> {
@@ -326,14 +238,11 @@ export class GuestMemoryManager {
   }
   /** Snapshot of regions, mappings and mappers (spec §8.0). */
   async inspect(): Promise<ManagerSnapshot> {
-    return toSnapshot(await settle(this.#call((n) => n.inspect())));
+    return nativeJson(await settle(this.#call((n) => n.inspect())));
   }
   /** The RAM regions as built, with their offsets in the RAM object (bytes). */
   ramRegions(): Array<{ range: MemoryRange; fileOffset: bigint }> {
-    const flat = this.#call((n) => n.ramRegions());
-    const out: Array<{ range: MemoryRange; fileOffset: bigint }> = [];
-    for (let i = 0; i < flat.length; i += 3) out.push({ range: trusted(flat[i]!, flat[i + 1]!), fileOffset: flat[i + 2]! });
-    return out;
+    return nativeJson(this.#call((n) => n.ramRegions()));
   }
   /** The current flat view: what the guest sees, piece by piece, in address order. */
   async flatView(): Promise<FlatEntry[]> {
@@ -341,7 +250,7 @@ export class GuestMemoryManager {
   }
   /** The flat view and ordered operations `change` would produce; nothing is applied. */
   async plan(change: PlanChange): Promise<{ flatView: FlatEntry[]; ops: PlannedOp[] }> {
-    return planChange(this.#n(), change, this.#mappers, {
+    return planChange(this.#n(), change, {
       window: (window) => {
         const handle = window instanceof DeviceMemoryControl ? (internals.get(window) as NativeHalf | undefined) : undefined;
         if (handle === undefined) throw invalidArgType(`change.window must be a DeviceMemoryControl, got ${describeType(window)}`);
@@ -413,13 +322,10 @@ export class RamVisibilityControl {
   }
 
   /** range must equal one RAM region (else ERR_INVALID_RAM_REGION). */
-  async setRamVisibility(range: RangeLike, visibility: RamVisibility): Promise<void> {
+  async setRamVisibility(range: RangeLike, visibility: RamVisibility | `${RamVisibility}`): Promise<void> {
     const r = rangeArray(range, 'range');
-    if (typeof visibility !== 'string') throw invalidArgType(`visibility must be a RamVisibility, got ${describeType(visibility)}`);
-    if (visibility !== RamVisibility.Unmapped && visibility !== RamVisibility.ReadOnly && visibility !== RamVisibility.ReadWrite) {
-      throw invalidArgValue(`visibility must be a RamVisibility, got ${describeValue(visibility)}`);
-    }
-    await settle(call(() => this.#native.setRamVisibility(r, visibility)));
+    const v = toVisibility(visibility, 'visibility');
+    await settle(call(() => this.#native.setRamVisibility(r, v)));
   }
   /** Drop this reference. */
   close(): void {

@@ -3,20 +3,19 @@
  * map/unmap/prefetch/pin call for scripting and tests, and `KvmPartition`, a real KVM virtual
  * machine with a minimal vCPU runner (`Vcpu`) that executes guest code off the JavaScript thread.
  */
-import { call, fromNative, invalidArgType, invalidArgValue, registerErrorFactory, MembackingError, type ErrorCode } from './errors';
+import { call, invalidArgType, invalidArgValue, settle } from './errors';
+import { VcpuMode, type CancelReason, type RecordedOp, type SlotOp, type VcpuExitKind } from './generated/enums';
 import { native } from './native';
-import { toRange, type RangeLike } from './range';
+import { parseNativeJson } from './native_json';
+import { nativeJson, toRange, type RangeLike } from './range';
 import { describeType, describeValue, toU64, type U64 } from './u64';
 
-/** KVM partition and vCPU errors. */
-export class KvmError extends MembackingError {}
-for (const code of ['ERR_KVM_UNAVAILABLE', 'ERR_KVM_IOCTL', 'ERR_SLOT_OVERLAP', 'ERR_PARTIAL_SLOT_UNMAP', 'ERR_NO_FREE_SLOT', 'ERR_VCPU_BUSY', 'ERR_VCPU_READ_PENDING', 'ERR_NO_PENDING_READ', 'ERR_READ_ONLY_UNSUPPORTED', 'ERR_PAGE_TABLE_WRITE']) {
-  registerErrorFactory(code, (c: ErrorCode, message: string) => new KvmError(c, message));
-}
+export { KvmError } from './errors';
+export { VcpuMode } from './generated/enums';
 
 /** One PartitionMemoryMap call as recorded; gpa/size/vaOffset in bytes. */
 export interface RecordedCall {
-  op: 'map' | 'unmap' | 'prefetch' | 'pin';
+  op: RecordedOp;
   gpa: bigint;
   size: bigint;
   /** map only */ writable?: boolean;
@@ -27,15 +26,6 @@ export interface RecordedCall {
 }
 
 type NativeRecording = InstanceType<typeof native.NativeRecordingPartition>;
-type NativeCall = ReturnType<NativeRecording['log']>[number];
-
-function toCall(call: NativeCall): RecordedCall {
-  const out: RecordedCall = { op: call.op as RecordedCall['op'], gpa: call.gpa, size: call.size, failed: call.failed };
-  if (call.writable !== undefined && call.writable !== null) out.writable = call.writable;
-  if (call.exec !== undefined && call.exec !== null) out.exec = call.exec;
-  if (call.vaOffset !== undefined && call.vaOffset !== null) out.vaOffset = call.vaOffset;
-  return out;
-}
 
 const partitions = new WeakMap<object, unknown>();
 /** Lets only this module construct KvmPartition and Vcpu objects. */
@@ -59,7 +49,7 @@ export class RecordingPartition {
   }
   /** The whole log, oldest first (does not clear). */
   log(): RecordedCall[] {
-    return this.#native.log().map(toCall);
+    return nativeJson(this.#native.log());
   }
   /** Empty the log. */
   clearLog(): void {
@@ -67,7 +57,7 @@ export class RecordingPartition {
   }
   /** Return the log and empty it. */
   takeLog(): RecordedCall[] {
-    return this.#native.takeLog().map(toCall);
+    return nativeJson(this.#native.takeLog());
   }
   /** Make every later `op` at this gpa (bytes) fail until cleared. */
   failOn(op: 'map' | 'pin' | 'prefetch', gpa: U64): void {
@@ -90,16 +80,10 @@ export class RecordingPartition {
   }
 }
 
-/** Execution mode a vCPU starts in. */
-export enum VcpuMode {
-  Real = 'Real',
-  Long = 'Long',
-}
-
 /** vCPU setup. */
 export interface VcpuOptions {
   /** Default Long. */
-  mode?: VcpuMode;
+  mode?: VcpuMode | `${VcpuMode}`;
   /** GPA range (bytes, page-aligned, ≥ 2 MiB + 8 KiB) in guest RAM mapped in this partition where the runner writes identity-mapped 2 MiB page tables covering 512 GiB; required in Long mode. */
   pageTables?: RangeLike;
   /** Privilege level in Long mode (default 3, IOPL 3). */
@@ -113,8 +97,6 @@ export interface VcpuRegisters {
   rip: bigint; rflags: bigint;
 }
 
-const registerNames = ['rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rsp', 'rbp', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rip', 'rflags'] as const;
-
 /** Why run() settled (address and size in bytes; `data.length === size`, little-endian). */
 export type VcpuExit =
   | { kind: 'MmioRead'; address: bigint; size: number }
@@ -123,8 +105,13 @@ export type VcpuExit =
   | { kind: 'IoOut'; port: number; size: number; data: Buffer }
   | { kind: 'Hlt' }
   | { kind: 'Shutdown' }
-  | { kind: 'Cancelled'; reason: 'cancel' | 'timeout' }
+  | { kind: 'Cancelled'; reason: CancelReason }
   | { kind: 'Failure'; reason: string };
+
+/** Every exit kind is a variant of VcpuExit (checked against the generated list). */
+type ExitKindsCovered = VcpuExitKind extends VcpuExit['kind'] ? (VcpuExit['kind'] extends VcpuExitKind ? true : never) : never;
+const exitKindsCovered: ExitKindsCovered = true;
+void exitKindsCovered;
 
 /** `options` must be undefined or an object (a TypeError otherwise). */
 function optionsObject<T extends object>(options: T | undefined, name: string): Partial<T> {
@@ -134,27 +121,11 @@ function optionsObject<T extends object>(options: T | undefined, name: string): 
 }
 
 type NativeVcpu = InstanceType<typeof native.NativeVcpu>;
-type NativeExit = Awaited<ReturnType<NativeVcpu['run']>>;
 
-function toExit(item: NativeExit): VcpuExit {
-  switch (item.kind) {
-    case 'MmioRead':
-      return { kind: 'MmioRead', address: item.address!, size: item.size! };
-    case 'MmioWrite':
-      return { kind: 'MmioWrite', address: item.address!, size: item.size!, data: item.data! };
-    case 'IoIn':
-      return { kind: 'IoIn', port: item.port!, size: item.size! };
-    case 'IoOut':
-      return { kind: 'IoOut', port: item.port!, size: item.size!, data: item.data! };
-    case 'Hlt':
-      return { kind: 'Hlt' };
-    case 'Shutdown':
-      return { kind: 'Shutdown' };
-    case 'Cancelled':
-      return { kind: 'Cancelled', reason: item.reason as 'cancel' | 'timeout' };
-    default:
-      return { kind: 'Failure', reason: item.reason ?? 'unknown failure' };
-  }
+/** An exit as the binding describes it (`data` as an array of bytes). */
+function toExit(text: string): VcpuExit {
+  const exit = parseNativeJson<VcpuExit & { data?: number[] }>(text);
+  return (exit.data === undefined ? exit : { ...exit, data: Buffer.from(exit.data) }) as VcpuExit;
 }
 
 /** One vCPU; runs off the JS thread. */
@@ -177,37 +148,21 @@ export class Vcpu {
   }
   /** Read registers (sync ioctl). `rip` at an exit is as the hypervisor reports it. */
   getRegisters(): VcpuRegisters {
-    const values = call(() => this.#native.getRegisters());
-    const out = {} as VcpuRegisters;
-    registerNames.forEach((name, i) => {
-      out[name] = values[i]!;
-    });
-    return out;
+    return parseNativeJson<VcpuRegisters>(call(() => this.#native.getRegisters()));
   }
   /** Write the given registers; every register and mode bit not named keeps its value. */
   setRegisters(regs: Partial<VcpuRegisters>): void {
     if (typeof regs !== 'object' || regs === null) throw invalidArgType(`regs must be an object, got ${describeType(regs)}`);
-    const indexes: number[] = [];
-    const values: bigint[] = [];
-    for (const [name, value] of Object.entries(regs)) {
-      const index = (registerNames as readonly string[]).indexOf(name);
-      if (index < 0) throw invalidArgValue(`unknown register '${name}'`);
-      indexes.push(index);
-      values.push(toU64(value, name));
-    }
-    call(() => this.#native.setRegisters(indexes, BigUint64Array.from(values)));
+    const names = Object.keys(regs);
+    const values = BigUint64Array.from(Object.values(regs), (value, i) => toU64(value, names[i]!));
+    call(() => this.#native.setRegisters(names, values));
   }
   /** Run until the next exit; timeoutMs stops a looping guest with {kind: 'Cancelled'}. */
   async run(options?: { timeoutMs?: number }): Promise<VcpuExit> {
     const timeout = optionsObject(options, 'options').timeoutMs ?? 0;
     if (typeof timeout !== 'number') throw invalidArgType(`timeoutMs must be a number, got ${describeType(timeout)}`);
     if (!Number.isFinite(timeout) || timeout < 0) throw invalidArgValue(`timeoutMs must be a non-negative finite number, got ${describeValue(timeout)}`);
-    const pending = call(() => this.#native.run(timeout));
-    try {
-      return toExit(await pending);
-    } catch (error) {
-      throw fromNative(error);
-    }
+    return toExit(await settle(call(() => this.#native.run(timeout))));
   }
   /** Value for the pending MmioRead/IoIn (size bytes, little-endian). */
   completeRead(value: number | bigint | Uint8Array): void {
@@ -247,12 +202,7 @@ export class KvmPartition {
   static async create(options?: { disableSlotZapAllQuirk?: boolean }): Promise<KvmPartition> {
     const disable = optionsObject(options, 'options').disableSlotZapAllQuirk ?? true;
     if (typeof disable !== 'boolean') throw invalidArgType('disableSlotZapAllQuirk must be a boolean');
-    const pending = call(() => native.kvmPartitionCreate(disable));
-    try {
-      return new KvmPartition(token, await pending);
-    } catch (error) {
-      throw fromNative(error);
-    }
+    return new KvmPartition(token, await settle(call(() => native.kvmPartitionCreate(disable))));
   }
 
   /** Create a vCPU (after attachPartition when it must write page tables into guest RAM). */
@@ -269,22 +219,22 @@ export class KvmPartition {
       const r = toRange(o.pageTables, 'pageTables');
       tables = BigUint64Array.from([r.start, r.end]);
     }
-    return Vcpu.wrap(call(() => this.#native.createVcpu(mode === VcpuMode.Long, tables, cpl)));
+    return Vcpu.wrap(call(() => this.#native.createVcpu(mode, tables, cpl)));
   }
 
   /** Slot table: {slots: [{slot, gpa, size, readonly, pinned}], maxSlots, …}. */
   inspect(): { slots: Array<{ slot: number; gpa: bigint; size: bigint; readonly: boolean; pinned: boolean }>; maxSlots: number; slotZapAllQuirkDisabled: boolean; readonlySupported: boolean; vcpuCount: number } {
-    return call(() => this.#native.inspect());
+    return nativeJson(call(() => this.#native.inspect()));
   }
 
   /** The last map/unmap calls (up to 4096) with the slot ids each created and deleted, oldest first. */
   slotLog(): KvmSlotLogEntry[] {
-    return call(() => this.#native.slotLog()).map(toSlotLogEntry);
+    return nativeJson(call(() => this.#native.slotLog()));
   }
 
   /** Return the slot log and empty it. */
   takeSlotLog(): KvmSlotLogEntry[] {
-    return call(() => this.#native.takeSlotLog()).map(toSlotLogEntry);
+    return nativeJson(call(() => this.#native.takeSlotLog()));
   }
 
   /** Destroy the VM (cancels running vCPUs); gone for managers. */
@@ -300,7 +250,7 @@ export class KvmPartition {
 export interface KvmSlotLogEntry {
   /** Process-wide call sequence number (shared with RecordingPartition logs and manager plans). */
   sequence: number;
-  op: 'map' | 'unmap';
+  op: SlotOp;
   /** Guest physical address and size of the call (bytes). */
   gpa: bigint;
   size: bigint;
@@ -310,18 +260,6 @@ export interface KvmSlotLogEntry {
   deleted: number[];
   /** The call returned an error. */
   failed: boolean;
-}
-
-function toSlotLogEntry(entry: ReturnType<NativeKvm['slotLog']>[number]): KvmSlotLogEntry {
-  return {
-    sequence: Number(entry.sequence),
-    op: entry.op as 'map' | 'unmap',
-    gpa: entry.gpa,
-    size: entry.size,
-    created: entry.created,
-    deleted: entry.deleted,
-    failed: entry.failed,
-  };
 }
 
 /** Tiny x86 guest programs for tests and demos; copy one into guest RAM and point `rip` at it. */

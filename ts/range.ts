@@ -8,7 +8,11 @@
  * from the `next()` that reaches it.
  */
 import { call, invalidArgType } from './errors';
+import { RangeWalkKind } from './generated/enums';
 import { native } from './native';
+import { parseNativeJson } from './native_json';
+
+export { RangeWalkKind } from './generated/enums';
 import { describeType, toU64, type U64 } from './u64';
 
 /** Any range input: a MemoryRange or a plain {start, end} (bytes, half-open, page-aligned). */
@@ -210,6 +214,11 @@ export function trusted(start: bigint, end: bigint): MemoryRange {
   return new MemoryRange(start, end, trustedToken);
 }
 
+/** Parses a structured result of the binding: bigints, and ranges as MemoryRange. @internal */
+export function nativeJson<T>(text: string): T {
+  return parseNativeJson<T>(text, trusted);
+}
+
 function fromPair(bounds: BigUint64Array): MemoryRange {
   return trusted(bounds[0]!, bounds[1]!);
 }
@@ -281,14 +290,6 @@ function toTagged<T>(value: unknown, name: string): { ranges: MemoryRange[]; tag
   return { ranges, tags };
 }
 
-/** Which input covers a walk piece. */
-export enum RangeWalkKind {
-  Neither = 'Neither',
-  Left = 'Left',
-  Right = 'Right',
-  Both = 'Both',
-}
-
 /** One piece of walkRanges (same shape as the conformance vectors). */
 export type RangeWalkItem<T, U> =
   | { range: MemoryRange; kind: RangeWalkKind.Neither }
@@ -317,12 +318,12 @@ export function walkRanges<T, U>(left: Iterable<Tagged<T>>, right: Iterable<Tagg
   const iterator = call(() => native.walkRangesIter(packRanges(l.ranges), packRanges(r.ranges)));
   return drive(iterator, (item): RangeWalkItem<T, U> => {
     const piece = itemRange(item);
-    switch (item.kind) {
-      case 1:
+    switch (item.kind as RangeWalkKind) {
+      case RangeWalkKind.Left:
         return { range: piece, kind: RangeWalkKind.Left, left: l.tags[item.left]! };
-      case 2:
+      case RangeWalkKind.Right:
         return { range: piece, kind: RangeWalkKind.Right, right: r.tags[item.right]! };
-      case 3:
+      case RangeWalkKind.Both:
         return { range: piece, kind: RangeWalkKind.Both, left: l.tags[item.left]!, right: r.tags[item.right]! };
       default:
         return { range: piece, kind: RangeWalkKind.Neither };

@@ -7,11 +7,11 @@
  * or throw is reported at once, a returned Promise is reported when it settles; `register()`
  * returns `undefined` when everything finished synchronously and a Promise otherwise.
  */
-import { allocateToken, storeCause, storeCauseAt, takeCause } from './causes';
-import { call, invalidArgType, invalidArgValue, RegistrarError } from './errors';
+import { allocateToken, storeCause, storeCauseAt } from './causes';
+import { call, errorFromNative, invalidArgType } from './errors';
 import { nativeLayout, type MemoryLayout } from './layout';
 import { native } from './native';
-import { trusted, type MemoryRange } from './range';
+import { nativeJson, trusted, type MemoryRange } from './range';
 import { describeType, toU64, type U64 } from './u64';
 
 /** Registration callback: receives chunk ∩ RAM shifted by the offset; throw/reject = failure. */
@@ -25,7 +25,11 @@ function isThenable(value: unknown): value is PromiseLike<unknown> {
   );
 }
 
-type Settled = { status: number; address: bigint; causeToken: number; message: string };
+/** A finished registration: `null` when it succeeded, else the native error text. */
+type Settled = string | null;
+
+/** The wrapper's answer to the native side (`crates/js_api/src/hooks.rs`, `RegistrationAnswer`). */
+type RegistrationAnswer = { answer: 'done' } | { answer: 'pending'; token: number } | { answer: 'failed'; causeToken: number };
 
 /** Registers RAM lazily in 2 GiB chunks; sticky failure per chunk. */
 export class MemoryRegistrar {
@@ -41,15 +45,16 @@ export class MemoryRegistrar {
     if (typeof register !== 'function') {
       throw invalidArgType(`register must be a function, got ${describeType(register)}`);
     }
-    // 0 = done, > 0 = pending token, < 0 = failed (token = −n). Never throws.
-    const adapter = (start: bigint, end: bigint): number => {
+    // Never throws: a thrown value is kept under a token that the error names.
+    const answer = (reply: RegistrationAnswer): string => JSON.stringify(reply);
+    const adapter = (start: bigint, end: bigint): string => {
       let result: unknown;
       try {
         result = register(trusted(start, end));
       } catch (error) {
-        return -storeCause(error);
+        return answer({ answer: 'failed', causeToken: storeCause(error) });
       }
-      if (!isThenable(result)) return 0;
+      if (!isThenable(result)) return answer({ answer: 'done' });
       const token = allocateToken();
       Promise.resolve(result).then(
         () => native.settleRegistrationCallback(token, false),
@@ -58,10 +63,10 @@ export class MemoryRegistrar {
           native.settleRegistrationCallback(token, true);
         },
       );
-      return token;
+      return answer({ answer: 'pending', token });
     };
-    const onSettled = (taskId: number, status: number, address: bigint, causeToken: number, message: string): void => {
-      const settled = { status, address, causeToken, message };
+    const onSettled = (taskId: number, error?: string | null): void => {
+      const settled = error ?? null;
       const waiter = this.#waiting.get(taskId);
       if (waiter === undefined) {
         this.#early.set(taskId, settled);
@@ -73,17 +78,9 @@ export class MemoryRegistrar {
     this.#native = call(() => new native.NativeRegistrar(handle, offset, adapter, onSettled));
   }
 
-  #failure(address: bigint, causeToken: number): RegistrarError {
-    const message = `failed to register guest memory at 0x${address.toString(16)}`;
-    return causeToken > 0
-      ? new RegistrarError('ERR_REGISTRATION_FAILED', message, { address }, { cause: takeCause(causeToken) })
-      : new RegistrarError('ERR_REGISTRATION_FAILED', message, { address });
-  }
-
   #settle(settled: Settled, resolve: () => void, reject: (error: unknown) => void): void {
-    if (settled.status === 0) resolve();
-    else if (settled.status === 1) reject(this.#failure(settled.address, settled.causeToken));
-    else reject(invalidArgValue(settled.message));
+    if (settled === null) resolve();
+    else reject(errorFromNative(settled));
   }
 
   /**
@@ -110,11 +107,6 @@ export class MemoryRegistrar {
 
   /** {chunksRegistered, chunkCount, registrationOffset (bytes, bigint)}. */
   inspect(): { chunksRegistered: number; chunkCount: number; registrationOffset: bigint } {
-    const snapshot = call(() => this.#native.inspect());
-    return {
-      chunksRegistered: snapshot.chunksRegistered,
-      chunkCount: snapshot.chunkCount,
-      registrationOffset: snapshot.registrationOffset,
-    };
+    return nativeJson(call(() => this.#native.inspect()));
   }
 }

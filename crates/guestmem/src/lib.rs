@@ -148,6 +148,13 @@ pub struct AllocationError {
     size: usize,
 }
 
+impl AllocationError {
+    /// The size that could not be allocated, in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+}
+
 struct GuestMemoryInner {
     debug_name: Arc<str>,
     regions: Vec<Region>,

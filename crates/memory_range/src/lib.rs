@@ -73,6 +73,18 @@ pub struct InvalidMemoryRange {
     end: u64,
 }
 
+impl InvalidMemoryRange {
+    /// The rejected start.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// The rejected end.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+}
+
 impl MemoryRange {
     /// The largest page-aligned address, and so the largest bound a range can have.
     pub const MAX_ADDRESS: u64 = !(PAGE_SIZE - 1);
@@ -729,6 +741,7 @@ mod tests {
             format!("{err:?}"),
             "InvalidMemoryRange { start: 12288, end: 8192 }"
         );
+        assert_eq!((err.start(), err.end()), (0x3000, 0x2000));
         assert!(MemoryRange::try_new(0x1000..0x1001).is_err());
         assert_eq!(
             MemoryRange::try_new(0x1000..0x2000).unwrap(),

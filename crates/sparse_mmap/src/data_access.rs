@@ -56,6 +56,41 @@ impl SparseMapping {
             .map_err(SparseMappingError::Memory)
     }
 
+    /// Copies `len` bytes at `offset` to `dest`. For a caller whose buffer other threads may
+    /// write at the same time (a JavaScript `SharedArrayBuffer`): it is never turned into a
+    /// slice, only handed to the guarded copy.
+    ///
+    /// # Safety
+    /// `dest` must be valid for writes of `len` bytes for the duration of the call.
+    pub unsafe fn read_to_ptr(
+        &self,
+        offset: usize,
+        dest: *mut u8,
+        len: usize,
+    ) -> Result<(), SparseMappingError> {
+        let source = self.checked_address(offset, len)?;
+        // SAFETY: the source range lies inside the reservation, which stays reserved while
+        // `self` lives (a fault there is recovered); `dest` is valid for `len` bytes (caller).
+        unsafe { trycopy::try_copy(source.cast_const(), dest, len) }
+            .map_err(SparseMappingError::Memory)
+    }
+
+    /// Copies `len` bytes from `src` to `offset` (see [`SparseMapping::read_to_ptr`]).
+    ///
+    /// # Safety
+    /// `src` must be valid for reads of `len` bytes for the duration of the call.
+    pub unsafe fn write_from_ptr(
+        &self,
+        offset: usize,
+        src: *const u8,
+        len: usize,
+    ) -> Result<(), SparseMappingError> {
+        let destination = self.checked_address(offset, len)?;
+        // SAFETY: the destination range lies inside the reservation (faults are recovered);
+        // `src` is valid for `len` bytes (caller).
+        unsafe { trycopy::try_copy(src, destination, len) }.map_err(SparseMappingError::Memory)
+    }
+
     /// Sets `len` bytes at `offset` to `val`.
     pub fn fill_at(&self, offset: usize, val: u8, len: usize) -> Result<(), SparseMappingError> {
         let destination = self.checked_address(offset, len)?;

@@ -812,3 +812,25 @@ fn mappable_from_raw_fd_duplicates_or_reports_ebadf() {
         assert_eq!(error.raw_os_error(), Some(libc::EBADF), "fd {bad}");
     }
 }
+
+#[test]
+fn raw_pointer_copies_check_bounds_and_recover_faults() {
+    let mapping = SparseMapping::new(2 * page()).unwrap();
+    mapping.alloc(0, page()).unwrap();
+    let source = *b"raw copy";
+    // SAFETY: `source` is a live local buffer of 8 bytes.
+    unsafe { mapping.write_from_ptr(page() - 8, source.as_ptr(), 8) }.unwrap();
+    let mut back = [0u8; 8];
+    // SAFETY: `back` is a live local buffer of 8 bytes.
+    unsafe { mapping.read_to_ptr(page() - 8, back.as_mut_ptr(), 8) }.unwrap();
+    assert_eq!(back, source);
+    // SAFETY: as above; the access crosses into the unplaced page and faults there.
+    let fault = unsafe { mapping.read_to_ptr(page() - 4, back.as_mut_ptr(), 8) }.unwrap_err();
+    let SparseMappingError::Memory(memory) = fault else {
+        panic!("expected a fault, got {fault:?}");
+    };
+    assert_eq!(memory.offset(), 4);
+    // SAFETY: as above; refused before any byte is read.
+    let out = unsafe { mapping.read_to_ptr(2 * page() - 4, back.as_mut_ptr(), 8) }.unwrap_err();
+    assert!(matches!(out, SparseMappingError::OutOfBounds));
+}

@@ -3,6 +3,26 @@
 /// The error a partition returns; any error type the implementation likes.
 pub type Error = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// A `map_range` or `unmap_range` call a dry run plans, for
+/// [`PartitionMemoryMap::plan_slots`].
+#[derive(Debug, Copy, Clone, PartialEq, Eq)]
+pub enum PlannedCall {
+    /// `map_range` of `size` bytes at `gpa`.
+    Map {
+        /// The guest physical address.
+        gpa: u64,
+        /// The size in bytes.
+        size: u64,
+    },
+    /// `unmap_range(gpa, size)`.
+    Unmap {
+        /// The guest physical address.
+        gpa: u64,
+        /// The size in bytes.
+        size: u64,
+    },
+}
+
 /// A hypervisor partition's guest-physical-address map, as the memory manager drives it.
 ///
 /// The manager calls these methods from its own thread, one at a time per partition mapper, and
@@ -70,6 +90,13 @@ pub trait PartitionMemoryMap: Send + Sync {
     fn take_dirty_log(&self, _report: &mut dyn FnMut(u64, u64)) -> Result<(), Error> {
         Ok(())
     }
+
+    /// For a dry run: the ids of the hypervisor objects (such as KVM memory slots) each of
+    /// `calls` would create or delete, applied in order to the partition's current state; one
+    /// list per call. `None`, the default, for a partition without such objects.
+    fn plan_slots(&self, _calls: &[PlannedCall]) -> Option<Vec<Vec<u32>>> {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +133,11 @@ mod tests {
         partition.take_dirty_log(&mut |_, _| reported += 1).unwrap();
         assert_eq!(reported, 0);
         assert!(partition.stop_dirty_log().is_ok());
+        let calls = [PlannedCall::Map {
+            gpa: 0,
+            size: 0x1000,
+        }];
+        assert_eq!(partition.plan_slots(&calls), None);
         assert_eq!(
             partition.unmap_range(0, 0x1000).unwrap_err().to_string(),
             "unmap not supported"

@@ -14,16 +14,19 @@
 //! Everything that needs `/dev/kvm` fails with [`KvmError::KvmUnavailable`] where it cannot be
 //! opened; the tests then say that they were skipped and why.
 
+pub mod baseline;
 mod cancel_signal;
 mod dirty_log;
 mod error;
 pub mod page_tables;
 mod partition;
 pub mod programs;
+mod slot_memory;
 mod slots;
 #[cfg(test)]
 mod test_support;
 mod vcpu;
+mod vcpu_thread;
 
 pub use error::KvmError;
 pub use page_tables::PAGE_TABLES_SIZE;
@@ -35,6 +38,7 @@ pub use partition::SlotChanges;
 pub use partition::SlotLogEntry;
 pub use partition::SlotOp;
 pub use partition::SLOT_LOG_CAPACITY;
+pub use slot_memory::SlotWriteError;
 pub use slots::SlotInfo;
 pub use vcpu::CancelReason;
 pub use vcpu::Registers;
@@ -44,3 +48,5 @@ pub use vcpu::VcpuExit;
 pub use vcpu::VcpuMode;
 pub use vcpu::VcpuOptions;
 pub use vcpu::WriteGuestMemory;
+pub use vcpu_thread::RunRefused;
+pub use vcpu_thread::VcpuThread;

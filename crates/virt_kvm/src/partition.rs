@@ -68,24 +68,9 @@ pub struct SlotChanges {
     pub deleted: Vec<u32>,
 }
 
-/// A partition call whose slot changes [`KvmPartition::predict_slot_changes`] predicts.
-#[derive(Debug, Copy, Clone, PartialEq, Eq)]
-pub enum PlannedSlotCall {
-    /// `map_range` of `[gpa, gpa + size)`.
-    Map {
-        /// First GPA.
-        gpa: u64,
-        /// Length in bytes.
-        size: u64,
-    },
-    /// `unmap_range` of `[gpa, gpa + size)`.
-    Unmap {
-        /// First GPA.
-        gpa: u64,
-        /// Length in bytes.
-        size: u64,
-    },
-}
+/// A partition call whose slot changes [`KvmPartition::predict_slot_changes`] predicts (the
+/// dry-run call of `virt`).
+pub type PlannedSlotCall = virt::PlannedCall;
 
 /// Which call a [`SlotLogEntry`] records.
 #[derive(Debug, Copy, Clone, PartialEq, Eq, Serialize)]
@@ -198,20 +183,8 @@ impl KvmPartition {
             _ => 32,
         };
         let readonly_supported = vm.check_extension(Cap::ReadonlyMem);
-        let mut slot_zap_all_quirk_disabled = false;
-        if options.disable_slot_zap_all_quirk {
-            let quirks = vm.check_extension_raw(KVM_CAP_DISABLE_QUIRKS2.into());
-            let offered = u32::try_from(quirks).unwrap_or(0);
-            if offered & KVM_X86_QUIRK_SLOT_ZAP_ALL != 0 {
-                let cap = kvm_enable_cap {
-                    cap: KVM_CAP_DISABLE_QUIRKS2,
-                    args: [KVM_X86_QUIRK_SLOT_ZAP_ALL.into(), 0, 0, 0],
-                    ..Default::default()
-                };
-                // The kernel may still refuse (e.g. for some VM types): keep the quirk then.
-                slot_zap_all_quirk_disabled = vm.enable_cap(&cap).is_ok();
-            }
-        }
+        let slot_zap_all_quirk_disabled =
+            options.disable_slot_zap_all_quirk && disable_slot_zap_all_quirk(&vm);
         let manual_dirty_log_protect = dirty_log::enable_manual_protect(&vm);
         Ok(Self {
             kvm,
@@ -503,6 +476,22 @@ impl KvmPartition {
     }
 }
 
+/// Turns `KVM_X86_QUIRK_SLOT_ZAP_ALL` off for `vm` where the kernel offers it; whether it did.
+/// (The kernel may still refuse, e.g. for some VM types: the quirk stays then.)
+pub(crate) fn disable_slot_zap_all_quirk(vm: &VmFd) -> bool {
+    let quirks = vm.check_extension_raw(KVM_CAP_DISABLE_QUIRKS2.into());
+    let offered = u32::try_from(quirks).unwrap_or(0);
+    if offered & KVM_X86_QUIRK_SLOT_ZAP_ALL == 0 {
+        return false;
+    }
+    let cap = kvm_enable_cap {
+        cap: KVM_CAP_DISABLE_QUIRKS2,
+        args: [KVM_X86_QUIRK_SLOT_ZAP_ALL.into(), 0, 0, 0],
+        ..Default::default()
+    };
+    vm.enable_cap(&cap).is_ok()
+}
+
 /// Runs a host memory call on `[address, address + length)` and turns its failure into a
 /// [`KvmError::HostCall`].
 fn host_call(
@@ -528,6 +517,16 @@ fn host_call(
 }
 
 impl PartitionMemoryMap for KvmPartition {
+    fn plan_slots(&self, calls: &[virt::PlannedCall]) -> Option<Vec<Vec<u32>>> {
+        let changes = self.predict_slot_changes(calls);
+        Some(
+            changes
+                .into_iter()
+                .map(|change| change.created.into_iter().chain(change.deleted).collect())
+                .collect(),
+        )
+    }
+
     fn unmap_range(&self, addr: u64, size: u64) -> Result<(), virt::Error> {
         let mut state = self.state.lock();
         let mut deleted = Vec::new();
@@ -745,6 +744,19 @@ mod tests {
             },
         ];
         let predicted = partition.predict_slot_changes(&calls);
+        // The dry-run view of `PartitionMemoryMap` lists each call's created then deleted ids.
+        let planned: Vec<Vec<u32>> = predicted
+            .iter()
+            .map(|change| {
+                change
+                    .created
+                    .iter()
+                    .chain(&change.deleted)
+                    .copied()
+                    .collect()
+            })
+            .collect();
+        assert_eq!(partition.plan_slots(&calls), Some(planned));
         let before = slot_ids(&partition);
         // Predicting changes nothing.
         assert_eq!(slot_ids(&partition), before);

@@ -131,6 +131,49 @@ pub struct Registers {
     pub rflags: u64,
 }
 
+impl Registers {
+    /// The register names, in the order of [`Registers::values`].
+    pub const NAMES: [&'static str; 18] = [
+        "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12",
+        "r13", "r14", "r15", "rip", "rflags",
+    ];
+
+    /// The values, in the order of [`Registers::NAMES`].
+    pub fn values(&self) -> [u64; 18] {
+        let r = self;
+        [
+            r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11,
+            r.r12, r.r13, r.r14, r.r15, r.rip, r.rflags,
+        ]
+    }
+
+    /// The register named `name` (one of [`Registers::NAMES`]).
+    pub fn named(&mut self, name: &str) -> Option<&mut u64> {
+        let r = self;
+        Some(match name {
+            "rax" => &mut r.rax,
+            "rbx" => &mut r.rbx,
+            "rcx" => &mut r.rcx,
+            "rdx" => &mut r.rdx,
+            "rsi" => &mut r.rsi,
+            "rdi" => &mut r.rdi,
+            "rsp" => &mut r.rsp,
+            "rbp" => &mut r.rbp,
+            "r8" => &mut r.r8,
+            "r9" => &mut r.r9,
+            "r10" => &mut r.r10,
+            "r11" => &mut r.r11,
+            "r12" => &mut r.r12,
+            "r13" => &mut r.r13,
+            "r14" => &mut r.r14,
+            "r15" => &mut r.r15,
+            "rip" => &mut r.rip,
+            "rflags" => &mut r.rflags,
+            _ => return None,
+        })
+    }
+}
+
 impl From<kvm_regs> for Registers {
     fn from(r: kvm_regs) -> Self {
         Self {
@@ -1298,5 +1341,25 @@ mod tests {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Vcpu>();
         assert_send_sync::<VcpuCanceller>();
+    }
+}
+
+#[cfg(test)]
+mod register_name_tests {
+    use super::Registers;
+
+    #[test]
+    fn every_name_reaches_its_own_register() {
+        let mut registers = Registers::default();
+        for (index, name) in Registers::NAMES.iter().enumerate() {
+            *registers.named(name).unwrap() = index as u64 + 1;
+        }
+        let values = registers.values();
+        for (index, value) in values.iter().enumerate() {
+            assert_eq!(*value, index as u64 + 1, "{}", Registers::NAMES[index]);
+        }
+        assert_eq!(registers.rip, 17);
+        assert_eq!(registers.rflags, 18);
+        assert!(registers.named("cr3").is_none());
     }
 }

@@ -28,6 +28,7 @@
 //! manager has stopped.
 
 mod device;
+mod preview;
 pub(crate) mod region_actor;
 
 #[cfg(test)]
@@ -36,6 +37,9 @@ mod tests;
 pub use device::DeviceMemoryMapper;
 pub use device::MappableGuestMemory;
 pub use device::MappedMemoryRegion;
+pub use preview::preview_steps;
+pub use preview::PreviewStep;
+pub use preview::PreviewStepKind;
 pub use region_actor::ManagerSnapshot;
 pub use region_actor::PlanPreview;
 pub use region_actor::PrefetchProgress;
@@ -651,13 +655,16 @@ impl GuestMemoryManager {
         }
     }
 
-    /// Dry run of [`GuestMemoryManager::attach_partition`]: the partition calls attaching a
-    /// partition at `vtl` would make (for VTL2 with an alias offset, the alias mapper first);
-    /// the new partition's index is the number of partition mappers registered so far.
+    /// Dry run of [`GuestMemoryManager::attach_partition`]: the partition calls attaching
+    /// `partition` at `vtl` would make (for VTL2 with an alias offset, the alias mapper first);
+    /// the new partition's index is the number of partition mappers registered so far. The
+    /// partition is only asked which slots the calls would change.
     pub fn plan_attach_partition(
         &self,
         vtl: Vtl,
+        partition: &Arc<dyn PartitionMemoryMap>,
     ) -> impl Future<Output = Result<PlanPreview, RegionManagerError>> + Send + 'static {
+        let weak = Arc::downgrade(partition);
         let alias = if vtl == Vtl::Vtl2 {
             self.alias_offset
         } else {
@@ -674,7 +681,7 @@ impl GuestMemoryManager {
         let regions = self.regions.clone();
         async move {
             regions
-                .preview(PreviewChange::Attach(infos))
+                .preview(PreviewChange::Attach(infos, weak))
                 .await
                 .map_err(|error| match error {
                     PreviewError::Region(error) => error,

@@ -12,6 +12,9 @@
 //! When the task stops (explicit shutdown, or every handle gone), each attached partition that
 //! is still alive gets one whole-window unmap per partition mapper (spec §5).
 
+use super::preview::add_slots;
+use super::preview::preview_steps;
+use super::preview::PreviewStep;
 use crate::device_memory::DeviceWindow;
 use crate::dirty::DirtyOp;
 use crate::dirty::DirtyState;
@@ -101,6 +104,8 @@ pub struct PlanPreview {
     pub plan: Plan<SharedObject>,
     /// The flat view after the change.
     pub flat_view: Vec<FlatEntry<SharedObject>>,
+    /// The plan's user-visible steps, with the slot ids each partition predicts.
+    pub steps: Vec<PreviewStep>,
 }
 
 /// A change to preview.
@@ -119,8 +124,9 @@ pub(crate) enum PreviewChange {
         window: SharedWindow,
         op: DeviceOp,
     },
-    /// Partition mappers registered in this order (an attach: the alias mapper first).
-    Attach(Vec<PartitionMapperInfo>),
+    /// Partition mappers registered in this order (an attach: the alias mapper first), for
+    /// `partition`.
+    Attach(Vec<PartitionMapperInfo>, Weak<dyn PartitionMemoryMap>),
 }
 
 /// Why a dry run failed: a region-manager error, or a device window's `io::Error`.
@@ -630,6 +636,7 @@ impl RegionActor {
     fn preview(&mut self, change: PreviewChange) -> Result<PlanPreview, PreviewError> {
         let private_ram = self.config.private.then_some(&self.ram);
         let mut txn = self.state.begin();
+        let mut attaching = None;
         let result = match change {
             PreviewChange::Change(change, cause) => txn
                 .apply_with_cause(change, Some(&cause))
@@ -653,16 +660,30 @@ impl RegionActor {
                 let mut copy = window.lock().clone();
                 apply_device_op(&mut copy, &mut txn, op, private_ram).map_err(PreviewError::Io)
             }
-            PreviewChange::Attach(infos) => infos.into_iter().try_for_each(|info| {
-                txn.apply(Change::AddPartition(info))
-                    .map(drop)
-                    .map_err(PreviewError::Region)
-            }),
+            PreviewChange::Attach(infos, partition) => {
+                attaching = Some(partition);
+                infos.into_iter().try_for_each(|info| {
+                    txn.apply(Change::AddPartition(info))
+                        .map(drop)
+                        .map_err(PreviewError::Region)
+                })
+            }
         };
         let flat_view = txn.state().flat_view();
         let plan = txn.take_plan();
         txn.rollback();
-        result.map(|()| PlanPreview { plan, flat_view })
+        result?;
+        let mut steps = preview_steps(&plan);
+        // Indexes past the registered mappers are the partition being attached.
+        add_slots(&mut steps, |index| match self.partitions.get(index) {
+            Some(entry) => entry.partition.upgrade(),
+            None => attaching.as_ref().and_then(Weak::upgrade),
+        });
+        Ok(PlanPreview {
+            plan,
+            flat_view,
+            steps,
+        })
     }
 
     /// Begins a transaction, lets `plan` apply changes to it, carries out the plan, and

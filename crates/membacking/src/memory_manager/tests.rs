@@ -1944,8 +1944,17 @@ fn dry_runs_of_window_mappings_and_attach_predict_the_calls() {
     // Errors are planned as they would happen.
     assert!(block_on(dev.region.plan_unmap(0x8000, 0x10000)).is_err());
     // Attaching a second partition: its index is 1, every active region is mapped into it.
-    let preview = block_on(dev.mgr.plan_attach_partition(Vtl::Vtl0)).unwrap();
-    let second = attach(&dev.mgr, Vtl::Vtl0);
+    let second = recorder(&dev.mgr);
+    let second_dyn: Arc<dyn PartitionMemoryMap> = second.clone();
+    let preview = block_on(dev.mgr.plan_attach_partition(Vtl::Vtl0, &second_dyn)).unwrap();
+    assert!(
+        preview
+            .steps
+            .iter()
+            .all(|step| step.partition.is_none_or(|index| index == 1)),
+        "every step calls the new partition, index 1"
+    );
+    block_on(dev.mgr.attach_partition(Vtl::Vtl0, &second_dyn, None)).unwrap();
     let planned: Vec<C> = preview
         .plan
         .op_list()

@@ -2,10 +2,10 @@
  * Text forms of sizes, ranges and layouts for the CLI and the demo: size parsing with K/M/G/T
  * suffixes, human-readable sizes, and the table and e820-style renderings of a layout.
  */
-import { invalidArgValue } from './errors';
-import type { MemoryLayout } from './layout';
-import { MemoryRange } from './range';
-import { hex } from './u64';
+import { invalidArgValue } from '../errors';
+import type { MemoryLayout } from '../layout';
+import { MemoryRange } from '../range';
+import { hex } from '../u64';
 
 const suffixes: Record<string, bigint> = { K: 1n << 10n, M: 1n << 20n, G: 1n << 30n, T: 1n << 40n };
 

@@ -11,10 +11,10 @@
  */
 import { readFileSync } from 'node:fs';
 import { formatSize, parseRange, table } from './format';
-import type { MemoryLayout } from './layout';
-import { GuestMemoryBuilder, RamVisibility, Vtl, type DeviceMemoryControl } from './manager';
-import { RecordingPartition, type RecordedCall } from './partition';
-import type { FlatEntry, PlanChange, PlannedOp } from './planner';
+import type { MemoryLayout } from '../layout';
+import { GuestMemoryBuilder, RamVisibility, Vtl, type DeviceMemoryControl } from '../manager';
+import { RecordingPartition, type RecordedCall } from '../partition';
+import type { FlatEntry, PlanChange, PlannedOp } from '../planner';
 import { layoutSvg } from './svg';
 
 /** A change as the user wrote it, parsed. */

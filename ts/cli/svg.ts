@@ -8,8 +8,8 @@
  * size. Unused address space between ranges is drawn as a thin hatched band.
  */
 import { formatSize, layoutRows, type MapRow } from './format';
-import type { MemoryLayout } from './layout';
-import type { MemoryRange } from './range';
+import type { MemoryLayout } from '../layout';
+import type { MemoryRange } from '../range';
 
 /** A device window or any extra labelled range to draw on the map. */
 export interface MapWindow {

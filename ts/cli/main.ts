@@ -8,15 +8,15 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { runDemo } from './demo';
 import { formatSize, layoutE820, layoutTable, parseRange, parseSize } from './format';
-import { MemoryLayout } from './layout';
-import { GuestMemoryBuilder, Vtl } from './manager';
-import { KvmPartition, RecordingPartition } from './partition';
+import { MemoryLayout } from '../layout';
+import { GuestMemoryBuilder, Vtl } from '../manager';
+import { KvmPartition, RecordingPartition } from '../partition';
 import { ProgressBar } from './progress';
 import { changesFromFile, parseChange, PlanInputError, renderPlan, runPlan } from './plan_command';
 import { layoutSvg } from './svg';
-import type { MemoryRange } from './range';
+import type { MemoryRange } from '../range';
 
-const version = (require('../package.json') as { version: string }).version;
+const version = (require('../../package.json') as { version: string }).version;
 
 const usage = {
   main: `usage: membacking <command> [options]

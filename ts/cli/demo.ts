@@ -7,13 +7,13 @@
  * a short registrar example. Everything it creates is closed before it returns.
  */
 import { formatSize, layoutRows, table } from './format';
-import { Mappable, SparseMapping, type GuestMemory } from './guest_memory';
-import { MemoryLayout } from './layout';
-import { GuestMemoryBuilder, RamVisibility, Vtl, type DeviceMemoryControl, type DeviceMemoryRegion, type GuestMemoryManager, type ManagerSnapshot } from './manager';
-import { KvmPartition, RecordingPartition, guestPrograms, type Vcpu, type VcpuExit } from './partition';
-import { range } from './range';
-import { MemoryRegistrar } from './registrar';
-import { GiB, KiB, MiB, hex } from './u64';
+import { Mappable, SparseMapping, type GuestMemory } from '../guest_memory';
+import { MemoryLayout } from '../layout';
+import { GuestMemoryBuilder, RamVisibility, Vtl, type DeviceMemoryControl, type DeviceMemoryRegion, type GuestMemoryManager, type ManagerSnapshot } from '../manager';
+import { KvmPartition, RecordingPartition, guestPrograms, type Vcpu, type VcpuExit } from '../partition';
+import { range } from '../range';
+import { MemoryRegistrar } from '../registrar';
+import { GiB, KiB, MiB, hex } from '../u64';
 
 /** How to run the demo. */
 export interface DemoOptions {

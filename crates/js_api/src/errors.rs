@@ -1,0 +1,908 @@
+//! The one table from every Rust error to the JavaScript error it becomes: class, code, message,
+//! fields and cause.
+//!
+//! [`ToJsError`] is implemented for each error type of the core crates as an exhaustive `match`
+//! over its variants, so a new variant does not compile until it has a row here. The binding
+//! never decides a class or a code itself: it calls `to_js_error()` (or one of the
+//! [`JsError`] constructors for its own failures: bad arguments, closed objects) and throws the
+//! result as JSON (`crate::json`). The TypeScript layer builds the error object from it and
+//! nothing else (`ts/errors.ts`).
+//!
+//! Codes are `ERR_` plus the variant name in SCREAMING_SNAKE_CASE (`BadSize` →
+//! `ERR_BAD_SIZE`), except where a row says otherwise; an OS error's code is its errno name,
+//! which the TypeScript layer spells as Node does (`EINVAL`). [`ErrorCode`] lists every code the
+//! package throws; `ts/generated/errors.ts` is written from it.
+
+use crate::enums::string_union;
+use crate::enums::FaultSignal;
+use crate::enums::Form;
+use crate::enums::Js;
+use crate::enums::JsEnum;
+use crate::enums::JsValue;
+use crate::json::BigInt;
+use serde::Serialize;
+use std::error::Error as StdError;
+use std::io;
+
+/// Declares [`ErrorCode`] with its JavaScript spelling.
+macro_rules! error_codes {
+    ($($variant:ident = $code:literal,)+) => {
+        /// Every error code the package throws (causes included), besides errno names.
+        #[derive(Debug, Copy, Clone, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $(
+                #[doc = $code]
+                $variant,
+            )+
+        }
+
+        string_union!(ErrorCode, "ErrorCode", "Every error code membacking throws (OS errors add errno names).", {
+            $($variant = $code,)+
+        });
+    };
+}
+
+error_codes! {
+    // Arguments and lifecycle (the binding).
+    InvalidArgType = "ERR_INVALID_ARG_TYPE",
+    InvalidArgValue = "ERR_INVALID_ARG_VALUE",
+    InvalidInput = "ERR_INVALID_INPUT",
+    Closed = "ERR_CLOSED",
+    Panic = "ERR_PANIC",
+    NativeBindingLoadFailed = "ERR_NATIVE_BINDING_LOAD_FAILED",
+    // memory_range, vm_topology, the registrar.
+    InvalidMemoryRange = "ERR_INVALID_MEMORY_RANGE",
+    BadSize = "ERR_BAD_SIZE",
+    BadMmioGaps = "ERR_BAD_MMIO_GAPS",
+    BadMemoryRanges = "ERR_BAD_MEMORY_RANGES",
+    Vtl2RangeBeforeEndOfRam = "ERR_VTL2_RANGE_BEFORE_END_OF_RAM",
+    InvalidRamForX86 = "ERR_INVALID_RAM_FOR_X86",
+    RegistrationFailed = "ERR_REGISTRATION_FAILED",
+    RegistrarReentry = "ERR_REGISTRAR_REENTRY",
+    // sparse_mmap, trycopy, guestmem.
+    OutOfBounds = "ERR_OUT_OF_BOUNDS",
+    Memory = "ERR_MEMORY",
+    GuestMemoryOther = "ERR_GUEST_MEMORY_OTHER",
+    GuestMemoryOutOfRange = "ERR_GUEST_MEMORY_OUT_OF_RANGE",
+    GuestMemoryVtlProtected = "ERR_GUEST_MEMORY_VTL_PROTECTED",
+    GuestMemoryNotPrivate = "ERR_GUEST_MEMORY_NOT_PRIVATE",
+    GuestMemoryNotShared = "ERR_GUEST_MEMORY_NOT_SHARED",
+    GuestMemoryFault = "ERR_GUEST_MEMORY_FAULT",
+    AllocationFailed = "ERR_ALLOCATION_FAILED",
+    // GuestMemoryBuilder.build.
+    RamTooLarge = "ERR_RAM_TOO_LARGE",
+    VaMapper = "ERR_VA_MAPPER",
+    AliasMapWontFit = "ERR_ALIAS_MAP_WONT_FIT",
+    PrivateMemoryWithLegacy = "ERR_PRIVATE_MEMORY_WITH_LEGACY",
+    PrivateMemoryWithExistingBacking = "ERR_PRIVATE_MEMORY_WITH_EXISTING_BACKING",
+    PrivateRamAlloc = "ERR_PRIVATE_RAM_ALLOC",
+    ThpWithoutPrivateMemory = "ERR_THP_WITHOUT_PRIVATE_MEMORY",
+    ThpUnsupportedPlatform = "ERR_THP_UNSUPPORTED_PLATFORM",
+    InvalidLayout = "ERR_INVALID_LAYOUT",
+    ExistingBackingTooSmall = "ERR_EXISTING_BACKING_TOO_SMALL",
+    Thread = "ERR_THREAD",
+    // attachPartition and the mappers.
+    PartitionMapper = "ERR_PARTITION_MAPPER",
+    Map = "ERR_MAP",
+    Pin = "ERR_PIN",
+    Unsupported = "ERR_UNSUPPORTED",
+    MemoryManagerGone = "ERR_MEMORY_MANAGER_GONE",
+    Reserve = "ERR_RESERVE",
+    RemoteWithPrivateMemory = "ERR_REMOTE_WITH_PRIVATE_MEMORY",
+    InjectedFailure = "ERR_INJECTED_FAILURE",
+    // The region manager, visibility, device windows, the manager's lifecycle.
+    NoMapping = "ERR_NO_MAPPING",
+    InvalidRamRegion = "ERR_INVALID_RAM_REGION",
+    OverlapError = "ERR_OVERLAP_ERROR",
+    RegionOutOfRange = "ERR_REGION_OUT_OF_RANGE",
+    EmptyRegion = "ERR_EMPTY_REGION",
+    MappingOverlap = "ERR_MAPPING_OVERLAP",
+    MappingOutOfRange = "ERR_MAPPING_OUT_OF_RANGE",
+    EmptyMapping = "ERR_EMPTY_MAPPING",
+    PartialUnmap = "ERR_PARTIAL_UNMAP",
+    NoSuchRegion = "ERR_NO_SUCH_REGION",
+    InvalidPartitionOffset = "ERR_INVALID_PARTITION_OFFSET",
+    ManagerPoisoned = "ERR_MANAGER_POISONED",
+    FatalError = "ERR_FATAL_ERROR",
+    ManagerGone = "ERR_MANAGER_GONE",
+    RegionOverlapsPrivateRam = "ERR_REGION_OVERLAPS_PRIVATE_RAM",
+    MappingBeyondObject = "ERR_MAPPING_BEYOND_OBJECT",
+    DecommitFailed = "ERR_DECOMMIT_FAILED",
+    // KVM.
+    KvmUnavailable = "ERR_KVM_UNAVAILABLE",
+    KvmIoctl = "ERR_KVM_IOCTL",
+    HostCall = "ERR_HOST_CALL",
+    SlotOverlap = "ERR_SLOT_OVERLAP",
+    PartialSlotUnmap = "ERR_PARTIAL_SLOT_UNMAP",
+    NoFreeSlot = "ERR_NO_FREE_SLOT",
+    ReadOnlyUnsupported = "ERR_READ_ONLY_UNSUPPORTED",
+    VcpuBusy = "ERR_VCPU_BUSY",
+    VcpuReadPending = "ERR_VCPU_READ_PENDING",
+    NoPendingRead = "ERR_NO_PENDING_READ",
+    DirtyLogOff = "ERR_DIRTY_LOG_OFF",
+}
+
+/// The JavaScript class of an error.
+#[derive(Debug, Copy, Clone, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// A wrong JavaScript type.
+    TypeError,
+    /// A well-typed but invalid value, and every input the core would panic on.
+    RangeError,
+    /// A foreign error in a cause chain (a partition's own error of a type the table does not
+    /// know): message only.
+    Error,
+    /// The base of the package's errors.
+    MembackingError,
+    /// `MemoryRange.tryNew` failed.
+    InvalidMemoryRangeError,
+    /// Layout construction and the x86 legacy split.
+    MemoryLayoutError,
+    /// The registrar.
+    RegistrarError,
+    /// An operating-system error with an errno.
+    OsError,
+    /// A guarded access to a sparse mapping.
+    SparseMappingError,
+    /// A guest memory operation.
+    GuestMemoryError,
+    /// `GuestMemoryBuilder.build`.
+    MemoryBuildError,
+    /// `attachPartition`.
+    PartitionAttachError,
+    /// Mapping into a partition.
+    PartitionMapperError,
+    /// Creating a VA mapper.
+    VaMapperError,
+    /// The region manager, visibility, device windows, the manager's lifecycle.
+    MemoryManagerError,
+    /// KVM partitions and vCPUs.
+    KvmError,
+}
+
+impl JsEnum for ErrorClass {
+    const TS_NAME: &'static str = "ErrorClassName";
+    const DOC: &'static str = "The class an error of the native binding becomes.";
+    const FORM: Form = Form::Union;
+    fn members() -> &'static [Self] {
+        &[
+            Self::TypeError,
+            Self::RangeError,
+            Self::Error,
+            Self::MembackingError,
+            Self::InvalidMemoryRangeError,
+            Self::MemoryLayoutError,
+            Self::RegistrarError,
+            Self::OsError,
+            Self::SparseMappingError,
+            Self::GuestMemoryError,
+            Self::MemoryBuildError,
+            Self::PartitionAttachError,
+            Self::PartitionMapperError,
+            Self::VaMapperError,
+            Self::MemoryManagerError,
+            Self::KvmError,
+        ]
+    }
+    fn member_name(self) -> &'static str {
+        match self {
+            Self::TypeError => "TypeError",
+            Self::RangeError => "RangeError",
+            Self::Error => "Error",
+            Self::MembackingError => "MembackingError",
+            Self::InvalidMemoryRangeError => "InvalidMemoryRangeError",
+            Self::MemoryLayoutError => "MemoryLayoutError",
+            Self::RegistrarError => "RegistrarError",
+            Self::OsError => "OsError",
+            Self::SparseMappingError => "SparseMappingError",
+            Self::GuestMemoryError => "GuestMemoryError",
+            Self::MemoryBuildError => "MemoryBuildError",
+            Self::PartitionAttachError => "PartitionAttachError",
+            Self::PartitionMapperError => "PartitionMapperError",
+            Self::VaMapperError => "VaMapperError",
+            Self::MemoryManagerError => "MemoryManagerError",
+            Self::KvmError => "KvmError",
+        }
+    }
+    fn js_value(self) -> JsValue {
+        JsValue::Str(self.member_name())
+    }
+}
+
+/// A recovered fault as `FaultInfo` (`{signal, siCode, trapno}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultView {
+    signal: String,
+    si_code: i32,
+    trapno: u64,
+}
+
+impl From<trycopy::FaultInfo> for FaultView {
+    fn from(fault: trycopy::FaultInfo) -> Self {
+        FaultView {
+            signal: FaultSignal::of(fault.signal).map_or_else(
+                || format!("signal {}", fault.signal),
+                |signal| signal.js_str().to_owned(),
+            ),
+            si_code: fault.si_code,
+            trapno: fault.trapno,
+        }
+    }
+}
+
+/// A range of a guest memory error (plain bigints, not a `MemoryRange`: it may be unaligned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpanView {
+    start: BigInt,
+    end: BigInt,
+}
+
+/// The fields an error carries besides class, code and message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fields {
+    /// `InvalidMemoryRangeError`: the rejected bounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<BigInt>,
+    /// `InvalidMemoryRangeError`: the rejected bounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<BigInt>,
+    /// `RegistrarError`: the original's `Err` value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<BigInt>,
+    /// `OsError`: the errno value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    /// `OsError`: the failing system call, where the binding knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<&'static str>,
+    /// `SparseMappingError`: where the access failed, from its start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<BigInt>,
+    /// `SparseMappingError`: whether the failing access was a write.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub is_write: Option<bool>,
+    /// `SparseMappingError`, `GuestMemoryError`: the recovered fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultView>,
+    /// `GuestMemoryError`: the upstream kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Js<guestmem::GuestMemoryErrorKind>>,
+    /// `GuestMemoryError`: the operation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op: Option<&'static str>,
+    /// `GuestMemoryError`: the precise failing address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpa: Option<BigInt>,
+    /// `GuestMemoryError`: the requested range.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range: Option<SpanView>,
+    /// `ERR_ALLOCATION_FAILED` of `GuestMemory.allocate`: the size asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<BigInt>,
+}
+
+/// Whether an error has no extra fields (so the JSON leaves them out).
+#[allow(
+    clippy::borrowed_box,
+    reason = "serde passes the boxed field by reference"
+)]
+fn no_fields(fields: &Box<Fields>) -> bool {
+    **fields == Fields::default()
+}
+
+/// An error as JavaScript gets it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JsError {
+    /// The class.
+    pub class: Js<ErrorClass>,
+    /// The code; `None` for `OsError` (the TypeScript layer names the errno) and for foreign
+    /// `Error` causes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<Js<ErrorCode>>,
+    /// The message.
+    pub message: String,
+    /// Extra fields, set on the error object (boxed: most errors have none).
+    #[serde(skip_serializing_if = "no_fields")]
+    pub fields: Box<Fields>,
+    /// The wrapped source error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Box<JsError>>,
+    /// The token under which the TypeScript layer keeps a value a JavaScript callback threw:
+    /// that value becomes the `cause`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause_token: Option<u32>,
+}
+
+impl JsError {
+    /// An error of `class` with `code`.
+    pub fn new(class: ErrorClass, code: ErrorCode, message: impl Into<String>) -> Self {
+        JsError {
+            class: Js(class),
+            code: Some(Js(code)),
+            message: message.into(),
+            fields: Box::default(),
+            cause: None,
+            cause_token: None,
+        }
+    }
+
+    /// The class and code.
+    pub fn kind(&self) -> (ErrorClass, Option<ErrorCode>) {
+        (self.class.0, self.code.map(|code| code.0))
+    }
+
+    /// With extra fields.
+    pub fn with_fields(mut self, fields: Fields) -> Self {
+        self.fields = Box::new(fields);
+        self
+    }
+
+    /// With `cause` as the wrapped source.
+    pub fn with_cause(mut self, cause: JsError) -> Self {
+        self.cause = Some(Box::new(cause));
+        self
+    }
+
+    /// With the source of `error` (if any) as the cause.
+    fn with_source_of(self, error: &(dyn StdError + 'static)) -> Self {
+        match error.source() {
+            Some(source) => self.with_cause(from_source(source)),
+            None => self,
+        }
+    }
+
+    /// A wrong JavaScript type (`TypeError`).
+    pub fn arg_type(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::TypeError, ErrorCode::InvalidArgType, message)
+    }
+
+    /// A well-typed but invalid value (`RangeError`), including a core panic's text.
+    pub fn arg_value(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::RangeError, ErrorCode::InvalidArgValue, message)
+    }
+
+    /// An object used after `close()` (or after `build()` consumed it).
+    pub fn closed(what: &str) -> Self {
+        Self::new(
+            ErrorClass::MembackingError,
+            ErrorCode::Closed,
+            format!("{what} is closed"),
+        )
+    }
+
+    /// An operation on a manager that was closed, as the objects obtained from it report.
+    pub fn manager_gone() -> Self {
+        Self::new(
+            ErrorClass::MemoryManagerError,
+            ErrorCode::ManagerGone,
+            "the memory manager is closed",
+        )
+    }
+
+    /// A failure that is a bug in membacking (an N-API call that should not fail, a panic
+    /// outside a guarded call, an error of a kind no row expects).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::MembackingError, ErrorCode::Panic, message)
+    }
+
+    /// A transfer handle that names no object.
+    pub fn unknown_handle(id: u64) -> Self {
+        Self::arg_value(format!(
+            "no object for handle {id}: the object that made it was closed or garbage \
+             collected, or the handle comes from another process"
+        ))
+    }
+
+    /// An OS error of `syscall`, or the error's own row when it carries no errno.
+    pub fn os(error: &io::Error, syscall: &'static str) -> Self {
+        match error.raw_os_error() {
+            Some(errno) => JsError {
+                class: Js(ErrorClass::OsError),
+                code: None,
+                message: format!("{syscall}: {error}"),
+                fields: Box::new(Fields {
+                    errno: Some(errno),
+                    syscall: Some(syscall),
+                    ..Fields::default()
+                }),
+                cause: None,
+                cause_token: None,
+            },
+            None => error.to_js_error(),
+        }
+    }
+
+    /// A registration that failed at `address` (the original's `Err` value); `cause_token`
+    /// names what the JavaScript callback threw.
+    pub fn registration_failed(address: u64, cause_token: Option<u32>) -> Self {
+        let mut error = Self::new(
+            ErrorClass::RegistrarError,
+            ErrorCode::RegistrationFailed,
+            format!("failed to register guest memory at {address:#x}"),
+        )
+        .with_fields(Fields {
+            address: Some(BigInt(address)),
+            ..Fields::default()
+        });
+        error.cause_token = cause_token;
+        error
+    }
+
+    /// `register` called from inside the registration callback.
+    pub fn registrar_reentry() -> Self {
+        Self::new(
+            ErrorClass::RegistrarError,
+            ErrorCode::RegistrarReentry,
+            "register was called from inside the registration callback",
+        )
+    }
+
+    /// A device window operation's `io::Error`: without an errno, `Unsupported` (overlapping or
+    /// partial mappings) is the manager's error; a wrapped manager error keeps its own row.
+    pub fn device_window(error: &io::Error) -> Self {
+        if error.raw_os_error().is_none()
+            && error.kind() == io::ErrorKind::Unsupported
+            && error.get_ref().is_none_or(|inner| known(inner).is_none())
+        {
+            return Self::new(
+                ErrorClass::MemoryManagerError,
+                ErrorCode::Unsupported,
+                error.to_string(),
+            );
+        }
+        error.to_js_error()
+    }
+
+    /// A failed guarded access to a sparse mapping; `is_write` says which direction an access
+    /// refused before it started was.
+    pub fn sparse_mapping(error: &sparse_mmap::SparseMappingError, is_write: bool) -> Self {
+        match error {
+            sparse_mmap::SparseMappingError::Memory(memory) => {
+                memory_error(memory, error.to_string())
+            }
+            sparse_mmap::SparseMappingError::OutOfBounds => Self::new(
+                ErrorClass::SparseMappingError,
+                ErrorCode::OutOfBounds,
+                error.to_string(),
+            )
+            .with_fields(Fields {
+                offset: Some(BigInt(0)),
+                is_write: Some(is_write),
+                ..Fields::default()
+            }),
+        }
+    }
+}
+
+/// A guarded access that faulted, with `message`.
+fn memory_error(memory: &trycopy::MemoryError, message: String) -> JsError {
+    JsError::new(ErrorClass::SparseMappingError, ErrorCode::Memory, message).with_fields(Fields {
+        offset: Some(BigInt(memory.offset() as u64)),
+        is_write: Some(memory.is_write()),
+        fault: Some(FaultView::from(memory.fault())),
+        ..Fields::default()
+    })
+}
+
+/// Converts an error of the core into the JavaScript error it becomes.
+pub trait ToJsError {
+    /// The JavaScript error (its row of the table).
+    fn to_js_error(&self) -> JsError;
+}
+
+/// A `JsError` is its own row (for code that already has one).
+impl ToJsError for JsError {
+    fn to_js_error(&self) -> JsError {
+        self.clone()
+    }
+}
+
+/// An error of `class` with `code`: the error's display as message, its source as cause.
+fn row(class: ErrorClass, code: ErrorCode, error: &(dyn StdError + 'static)) -> JsError {
+    JsError::new(class, code, error.to_string()).with_source_of(error)
+}
+
+impl ToJsError for vm_topology::memory::Error {
+    fn to_js_error(&self) -> JsError {
+        use vm_topology::memory::Error as E;
+        let code = match self {
+            E::BadSize => ErrorCode::BadSize,
+            E::BadMmioGaps => ErrorCode::BadMmioGaps,
+            E::BadMemoryRanges => ErrorCode::BadMemoryRanges,
+            E::Vtl2RangeBeforeEndOfRam => ErrorCode::Vtl2RangeBeforeEndOfRam,
+        };
+        row(ErrorClass::MemoryLayoutError, code, self)
+    }
+}
+
+impl ToJsError for vm_topology::x86_legacy::InvalidRamForX86 {
+    fn to_js_error(&self) -> JsError {
+        row(
+            ErrorClass::MemoryLayoutError,
+            ErrorCode::InvalidRamForX86,
+            self,
+        )
+    }
+}
+
+impl ToJsError for memory_range::InvalidMemoryRange {
+    fn to_js_error(&self) -> JsError {
+        row(
+            ErrorClass::InvalidMemoryRangeError,
+            ErrorCode::InvalidMemoryRange,
+            self,
+        )
+        .with_fields(Fields {
+            start: Some(BigInt(self.start())),
+            end: Some(BigInt(self.end())),
+            ..Fields::default()
+        })
+    }
+}
+
+impl ToJsError for io::Error {
+    /// Without a syscall name (see [`JsError::os`] for one): an errno is an `OsError`; a
+    /// wrapped error of the table keeps its row; `InvalidInput` is a `RangeError`.
+    fn to_js_error(&self) -> JsError {
+        if let Some(errno) = self.raw_os_error() {
+            return JsError {
+                class: Js(ErrorClass::OsError),
+                code: None,
+                message: self.to_string(),
+                fields: Box::new(Fields {
+                    errno: Some(errno),
+                    ..Fields::default()
+                }),
+                cause: None,
+                cause_token: None,
+            };
+        }
+        if let Some(inner) = self.get_ref().and_then(|inner| known(inner)) {
+            return inner;
+        }
+        match self.kind() {
+            io::ErrorKind::InvalidInput => JsError::new(
+                ErrorClass::RangeError,
+                ErrorCode::InvalidInput,
+                self.to_string(),
+            ),
+            io::ErrorKind::Unsupported => JsError::new(
+                ErrorClass::MembackingError,
+                ErrorCode::Unsupported,
+                self.to_string(),
+            ),
+            _ => JsError::internal(format!("unexpected error (a bug in membacking): {self}")),
+        }
+    }
+}
+
+impl ToJsError for guestmem::GuestMemoryError {
+    /// `ERR_GUEST_MEMORY_<KIND>`, or `ERR_GUEST_MEMORY_FAULT` when a hardware fault ended it.
+    /// The message names the source; a `NoMapping`/`ManagerGone` source is also the `cause`,
+    /// and a JavaScript hook's exception is the cause through its token.
+    fn to_js_error(&self) -> JsError {
+        use guestmem::GuestMemoryErrorKind as K;
+        let kind = self.kind();
+        let code = if self.fault().is_some() {
+            ErrorCode::GuestMemoryFault
+        } else {
+            match kind {
+                K::OutOfRange => ErrorCode::GuestMemoryOutOfRange,
+                K::VtlProtected => ErrorCode::GuestMemoryVtlProtected,
+                K::NotPrivate => ErrorCode::GuestMemoryNotPrivate,
+                K::NotShared => ErrorCode::GuestMemoryNotShared,
+                // `Other` and any kind added upstream later (the enum is non-exhaustive).
+                _ => ErrorCode::GuestMemoryOther,
+            }
+        };
+        let source = self.source();
+        let message = match source {
+            Some(source) => format!("{self}: {source}"),
+            None => self.to_string(),
+        };
+        let mut error =
+            JsError::new(ErrorClass::GuestMemoryError, code, message).with_fields(Fields {
+                kind: Some(Js(kind)),
+                op: Some(self.operation().name()),
+                gpa: self.gpa().map(BigInt),
+                range: self.range().map(|range| SpanView {
+                    start: BigInt(range.start),
+                    end: BigInt(range.end),
+                }),
+                fault: self.fault().map(FaultView::from),
+                ..Fields::default()
+            });
+        error.cause_token = crate::hooks::cause_token(self);
+        if error.cause_token.is_none() {
+            if let Some(source) = source {
+                if source.is::<membacking::NoMapping>() || source.is::<membacking::ManagerGone>() {
+                    error = error.with_cause(from_source(source));
+                }
+            }
+        }
+        error
+    }
+}
+
+impl ToJsError for guestmem::AllocationError {
+    fn to_js_error(&self) -> JsError {
+        row(
+            ErrorClass::MembackingError,
+            ErrorCode::AllocationFailed,
+            self,
+        )
+        .with_fields(Fields {
+            size: Some(BigInt(self.size() as u64)),
+            ..Fields::default()
+        })
+    }
+}
+
+impl ToJsError for guestmem::LockedPageAccessError {
+    fn to_js_error(&self) -> JsError {
+        use guestmem::LockedPageAccessError as E;
+        match self {
+            E::Memory(memory) => {
+                memory_error(memory, format!("locked page access failed: {memory}"))
+            }
+            E::PageIndex(_) | E::OutOfBounds { .. } => JsError::arg_value(self.to_string()),
+        }
+    }
+}
+
+impl ToJsError for virt::ParseRecordedOpError {
+    fn to_js_error(&self) -> JsError {
+        JsError::arg_value(self.to_string())
+    }
+}
+
+impl ToJsError for virt::InjectedFailure {
+    fn to_js_error(&self) -> JsError {
+        row(
+            ErrorClass::MembackingError,
+            ErrorCode::InjectedFailure,
+            self,
+        )
+    }
+}
+
+impl ToJsError for membacking::MemoryBuildError {
+    fn to_js_error(&self) -> JsError {
+        use membacking::MemoryBuildError as E;
+        let code = match self {
+            E::RegionManager(inner) => return inner.to_js_error(),
+            E::RamTooLarge(_) => ErrorCode::RamTooLarge,
+            E::AllocationFailed(_) => ErrorCode::AllocationFailed,
+            E::VaMapper(_) => ErrorCode::VaMapper,
+            E::AliasMapWontFit => ErrorCode::AliasMapWontFit,
+            E::InvalidRamForX86 => ErrorCode::InvalidRamForX86,
+            E::PrivateMemoryWithLegacy => ErrorCode::PrivateMemoryWithLegacy,
+            E::PrivateMemoryWithExistingBacking => ErrorCode::PrivateMemoryWithExistingBacking,
+            E::PrivateRamAlloc(_, _) => ErrorCode::PrivateRamAlloc,
+            E::ThpWithoutPrivateMemory => ErrorCode::ThpWithoutPrivateMemory,
+            E::ThpUnsupportedPlatform => ErrorCode::ThpUnsupportedPlatform,
+            E::InvalidLayout => ErrorCode::InvalidLayout,
+            E::ExistingBackingTooSmall { .. } => ErrorCode::ExistingBackingTooSmall,
+            E::Thread(_) => ErrorCode::Thread,
+        };
+        row(ErrorClass::MemoryBuildError, code, self)
+    }
+}
+
+impl ToJsError for membacking::PartitionAttachError {
+    fn to_js_error(&self) -> JsError {
+        use membacking::PartitionAttachError as E;
+        let code = match self {
+            E::Manager(inner) => return inner.to_js_error(),
+            E::VaMapper(_) => ErrorCode::VaMapper,
+            E::PartitionMapper(_) => ErrorCode::PartitionMapper,
+            E::Unsupported => ErrorCode::Unsupported,
+        };
+        row(ErrorClass::PartitionAttachError, code, self)
+    }
+}
+
+impl ToJsError for membacking::VaMapperError {
+    fn to_js_error(&self) -> JsError {
+        use membacking::VaMapperError as E;
+        let code = match self {
+            E::MemoryManagerGone(_) => ErrorCode::MemoryManagerGone,
+            E::Reserve(_) => ErrorCode::Reserve,
+            E::RemoteWithPrivateMemory => ErrorCode::RemoteWithPrivateMemory,
+            E::Thread(_) => ErrorCode::Thread,
+        };
+        row(ErrorClass::VaMapperError, code, self)
+    }
+}
+
+impl ToJsError for membacking::PartitionMapperError {
+    fn to_js_error(&self) -> JsError {
+        use membacking::PartitionMapperError as E;
+        let code = match self {
+            E::Map(_) => ErrorCode::Map,
+            E::Pin(_) => ErrorCode::Pin,
+        };
+        row(ErrorClass::PartitionMapperError, code, self)
+    }
+}
+
+impl ToJsError for membacking::RegionManagerError {
+    fn to_js_error(&self) -> JsError {
+        use membacking::RegionManagerError as E;
+        let code = match self {
+            E::OverlapError(inner) => return inner.to_js_error(),
+            E::InvalidRamRegion(inner) => return inner.to_js_error(),
+            E::PartitionMapper(inner) => return inner.to_js_error(),
+            E::RegionOutOfRange { .. } => ErrorCode::RegionOutOfRange,
+            E::EmptyRegion { .. } => ErrorCode::EmptyRegion,
+            E::MappingOverlap { .. } => ErrorCode::MappingOverlap,
+            E::MappingOutOfRange { .. } => ErrorCode::MappingOutOfRange,
+            E::EmptyMapping { .. } => ErrorCode::EmptyMapping,
+            E::PartialUnmap { .. } => ErrorCode::PartialUnmap,
+            E::NoSuchRegion(_) => ErrorCode::NoSuchRegion,
+            E::InvalidPartitionOffset { .. } => ErrorCode::InvalidPartitionOffset,
+            E::ManagerPoisoned { .. } => ErrorCode::ManagerPoisoned,
+            E::ManagerGone => ErrorCode::ManagerGone,
+            E::RegionOverlapsPrivateRam { .. } => ErrorCode::RegionOverlapsPrivateRam,
+            E::MappingBeyondObject { .. } => ErrorCode::MappingBeyondObject,
+            E::DecommitFailed { .. } => ErrorCode::DecommitFailed,
+        };
+        row(ErrorClass::MemoryManagerError, code, self)
+    }
+}
+
+impl ToJsError for membacking::OverlapError {
+    fn to_js_error(&self) -> JsError {
+        row(
+            ErrorClass::MemoryManagerError,
+            ErrorCode::OverlapError,
+            self,
+        )
+    }
+}
+
+impl ToJsError for membacking::InvalidRamRegion {
+    fn to_js_error(&self) -> JsError {
+        row(
+            ErrorClass::MemoryManagerError,
+            ErrorCode::InvalidRamRegion,
+            self,
+        )
+    }
+}
+
+impl ToJsError for membacking::NoMapping {
+    fn to_js_error(&self) -> JsError {
+        row(ErrorClass::MemoryManagerError, ErrorCode::NoMapping, self)
+    }
+}
+
+impl ToJsError for membacking::ManagerGone {
+    fn to_js_error(&self) -> JsError {
+        row(ErrorClass::MemoryManagerError, ErrorCode::ManagerGone, self)
+    }
+}
+
+impl ToJsError for membacking::region_manager::FatalError {
+    fn to_js_error(&self) -> JsError {
+        row(ErrorClass::MemoryManagerError, ErrorCode::FatalError, self)
+    }
+}
+
+/// `ManagerPoisoned` keeps its fatal error behind an `Arc`, which is what its `source()` is.
+impl ToJsError for std::sync::Arc<membacking::region_manager::FatalError> {
+    fn to_js_error(&self) -> JsError {
+        self.as_ref().to_js_error()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl ToJsError for virt_kvm::KvmError {
+    /// Argument problems (ranges, sizes, privilege levels, a page-table range that is not
+    /// writable guest RAM) are `RangeError`s; the rest are `KvmError`s.
+    fn to_js_error(&self) -> JsError {
+        use virt_kvm::KvmError as E;
+        let code = match self {
+            E::InvalidSlotRange { .. }
+            | E::ReadSizeMismatch { .. }
+            | E::InvalidPageTables { .. }
+            | E::InvalidCpl(_) => return JsError::arg_value(self.to_string()),
+            E::PageTableWrite { gpa, source } => {
+                return JsError::arg_value(format!(
+                    "pageTables: cannot write the page tables at {gpa:#x}: {source}"
+                ))
+            }
+            E::KvmUnavailable { .. } => ErrorCode::KvmUnavailable,
+            E::KvmIoctl { .. } => ErrorCode::KvmIoctl,
+            E::HostCall { .. } => ErrorCode::HostCall,
+            E::SlotOverlap { .. } => ErrorCode::SlotOverlap,
+            E::PartialSlotUnmap { .. } => ErrorCode::PartialSlotUnmap,
+            E::NoFreeSlot { .. } => ErrorCode::NoFreeSlot,
+            E::ReadOnlyUnsupported => ErrorCode::ReadOnlyUnsupported,
+            E::VcpuBusy => ErrorCode::VcpuBusy,
+            E::VcpuReadPending { .. } => ErrorCode::VcpuReadPending,
+            E::NoPendingRead => ErrorCode::NoPendingRead,
+            E::DirtyLogOff => ErrorCode::DirtyLogOff,
+        };
+        row(ErrorClass::KvmError, code, self)
+    }
+}
+
+impl ToJsError for crate::hooks::JsHookFailure {
+    /// A JavaScript hook failed: its thrown value (by token) is the cause.
+    fn to_js_error(&self) -> JsError {
+        let mut error = JsError {
+            class: Js(ErrorClass::Error),
+            code: None,
+            message: self.to_string(),
+            fields: Box::default(),
+            cause: None,
+            cause_token: None,
+        };
+        error.cause_token = self.cause_token();
+        error
+    }
+}
+
+/// The row of an error of a type the table knows, found by downcasting.
+fn known(error: &(dyn StdError + 'static)) -> Option<JsError> {
+    macro_rules! try_types {
+        ($($ty:ty),+ $(,)?) => {
+            $(
+                if let Some(error) = error.downcast_ref::<$ty>() {
+                    return Some(error.to_js_error());
+                }
+            )+
+        };
+    }
+    try_types!(
+        io::Error,
+        membacking::RegionManagerError,
+        membacking::PartitionMapperError,
+        membacking::VaMapperError,
+        membacking::MemoryBuildError,
+        membacking::PartitionAttachError,
+        membacking::OverlapError,
+        membacking::InvalidRamRegion,
+        membacking::NoMapping,
+        membacking::ManagerGone,
+        membacking::region_manager::FatalError,
+        std::sync::Arc<membacking::region_manager::FatalError>,
+        guestmem::GuestMemoryError,
+        virt::InjectedFailure,
+        crate::hooks::JsHookFailure,
+    );
+    #[cfg(target_arch = "x86_64")]
+    try_types!(virt_kvm::KvmError);
+    None
+}
+
+/// The error a source in a cause chain becomes: its row when the table knows its type, else a
+/// plain `Error` with its message (and its own source as cause).
+pub fn from_source(error: &(dyn StdError + 'static)) -> JsError {
+    known(error).unwrap_or_else(|| {
+        JsError {
+            class: Js(ErrorClass::Error),
+            code: None,
+            message: error.to_string(),
+            fields: Box::default(),
+            cause: None,
+            cause_token: None,
+        }
+        .with_source_of(error)
+    })
+}
+
+/// The error a boxed error thrown at top level becomes: its row, or `ERR_PANIC` (a bug) for a
+/// type the table does not know.
+pub fn from_boxed(error: &(dyn StdError + 'static)) -> JsError {
+    known(error).unwrap_or_else(|| {
+        JsError::internal(format!("unexpected error (a bug in membacking): {error}"))
+    })
+}
+
+#[cfg(test)]
+mod tests;

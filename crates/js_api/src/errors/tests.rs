@@ -1,0 +1,700 @@
+//! The error table, row by row, and its completeness: every code of [`ErrorCode`] is produced by
+//! some row (or is the TypeScript loader's own), and every code is spelled `ERR_` plus its
+//! variant name.
+
+use super::*;
+use crate::hooks::JsHookFailure;
+use guestmem::GuestMemory;
+use guestmem::GuestMemoryErrorKind;
+use guestmem::GuestMemoryHooks;
+use guestmem::PageFaultAction;
+use guestmem::PageFaultError;
+use memory_range::MemoryRange;
+use sparse_mmap::SparseMapping;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+fn io(kind: io::ErrorKind, message: &str) -> io::Error {
+    io::Error::new(kind, message.to_owned())
+}
+
+fn enomem() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOMEM)
+}
+
+/// A reversed range (which `try_new` refuses).
+fn reversed() -> std::ops::Range<u64> {
+    let (start, end) = (0x3000, 0x2000);
+    start..end
+}
+
+fn json(error: &JsError) -> serde_json::Value {
+    serde_json::from_str(&crate::json::to_json(error)).unwrap()
+}
+
+/// A sparse mapping of two pages whose second page is never placed.
+fn half_placed() -> Arc<SparseMapping> {
+    let mapping = Arc::new(SparseMapping::new(0x2000).unwrap());
+    mapping.alloc(0, 0x1000).unwrap();
+    mapping
+}
+
+/// A guest memory over [`half_placed`] whose page-fault hook fails with `kind` (and `failure`).
+fn failing_memory(kind: GuestMemoryErrorKind, failure: JsHookFailure) -> GuestMemory {
+    let hooks = GuestMemoryHooks {
+        page_fault: Some(Box::new(move |_, _, _, _| {
+            PageFaultAction::Fail(PageFaultError::new(kind, failure.clone()))
+        })),
+        ..GuestMemoryHooks::default()
+    };
+    GuestMemory::from_sparse_mapping("test".to_owned(), half_placed(), hooks)
+}
+
+fn guest_memory_errors() -> Vec<guestmem::GuestMemoryError> {
+    let mut byte = [0u8; 1];
+    let mut errors = vec![
+        GuestMemory::empty().read_at(0x1000, &mut byte).unwrap_err(),
+        GuestMemory::from_sparse_mapping(
+            "holes".to_owned(),
+            half_placed(),
+            GuestMemoryHooks::default(),
+        )
+        .read_at(0x1000, &mut byte)
+        .unwrap_err(),
+    ];
+    let fallback_fails = GuestMemory::from_sparse_mapping(
+        "fallback".to_owned(),
+        half_placed(),
+        GuestMemoryHooks {
+            page_fault: Some(Box::new(|_, _, _, _| PageFaultAction::Fallback)),
+            read_fallback: Some(Box::new(|address, _| {
+                Err(guestmem::GuestMemoryBackingError::other(
+                    address,
+                    JsHookFailure::new("the JavaScript readFallback hook failed", Some(8)),
+                ))
+            })),
+            ..GuestMemoryHooks::default()
+        },
+    );
+    errors.push(fallback_fails.read_at(0x1000, &mut byte).unwrap_err());
+    for kind in [
+        GuestMemoryErrorKind::Other,
+        GuestMemoryErrorKind::VtlProtected,
+        GuestMemoryErrorKind::NotPrivate,
+        GuestMemoryErrorKind::NotShared,
+    ] {
+        let memory = failing_memory(kind, JsHookFailure::new("refused", Some(3)));
+        errors.push(memory.read_at(0x1000, &mut byte).unwrap_err());
+    }
+    errors
+}
+
+fn fatal() -> membacking::region_manager::FatalError {
+    membacking::region_manager::FatalError {
+        op: "unmap 0xa0000-0xc0000".to_owned(),
+        source: Box::new(virt::InjectedFailure {
+            op: virt::RecordedOp::Unmap,
+            gpa: 0xa0000,
+        }),
+    }
+}
+
+/// Mapping a region that was removed (the planner's answer to a stale id).
+fn no_such_region() -> membacking::RegionManagerError {
+    use membacking::region_manager::{Change, ChangeOutcome, NewRegion, RegionManagerState};
+    let mut state = RegionManagerState::<()>::new(1 << 30);
+    let mut transaction = state.begin();
+    let added = transaction
+        .apply(Change::AddRegion(NewRegion::new(
+            "gone",
+            MemoryRange::new(0..0x1000),
+            1,
+            false,
+        )))
+        .unwrap();
+    let ChangeOutcome::RegionAdded(id) = added else {
+        panic!("a region was added");
+    };
+    transaction.apply(Change::RemoveRegion(id)).unwrap();
+    transaction.apply(Change::UnmapRegion(id)).unwrap_err()
+}
+
+fn region_manager_errors() -> Vec<membacking::RegionManagerError> {
+    use membacking::RegionManagerError as E;
+    let range = MemoryRange::new(0x1000..0x2000);
+    let name = || "vga".to_owned();
+    vec![
+        E::OverlapError(membacking::OverlapError {
+            existing: name(),
+            new: "dev".to_owned(),
+        }),
+        E::InvalidRamRegion(membacking::InvalidRamRegion(range)),
+        E::RegionOutOfRange {
+            name: name(),
+            range,
+            window_len: 0x1000,
+        },
+        E::EmptyRegion {
+            name: name(),
+            range,
+        },
+        E::MappingOverlap {
+            region: name(),
+            range,
+            existing: range,
+        },
+        E::MappingOutOfRange {
+            region: name(),
+            range,
+            region_len: 0x1000,
+        },
+        E::EmptyMapping {
+            region: name(),
+            range,
+        },
+        E::PartialUnmap {
+            region: name(),
+            range,
+            mapping: range,
+        },
+        E::InvalidPartitionOffset {
+            offset: 1,
+            window_len: 2,
+        },
+        E::PartitionMapper(membacking::PartitionMapperError::Pin("no".into())),
+        E::ManagerPoisoned {
+            cause: Arc::new(fatal()),
+        },
+        E::ManagerGone,
+        no_such_region(),
+        E::RegionOverlapsPrivateRam {
+            name: name(),
+            range,
+        },
+        E::MappingBeyondObject {
+            region: name(),
+            file_offset: 0,
+            len: 0x2000,
+            object_size: 0x1000,
+        },
+        E::DecommitFailed {
+            range,
+            source: enomem(),
+        },
+    ]
+}
+
+fn build_errors() -> Vec<membacking::MemoryBuildError> {
+    use membacking::MemoryBuildError as E;
+    vec![
+        E::RamTooLarge(u64::MAX),
+        E::AllocationFailed(io::Error::from_raw_os_error(libc::EFBIG)),
+        E::VaMapper(membacking::VaMapperError::Reserve(enomem())),
+        E::AliasMapWontFit,
+        E::InvalidRamForX86,
+        E::PrivateMemoryWithLegacy,
+        E::PrivateMemoryWithExistingBacking,
+        E::PrivateRamAlloc(enomem(), MemoryRange::new(0..0x1000)),
+        E::ThpWithoutPrivateMemory,
+        E::ThpUnsupportedPlatform,
+        E::InvalidLayout,
+        E::ExistingBackingTooSmall {
+            size: 1,
+            required: 2,
+        },
+        E::Thread(enomem()),
+        E::RegionManager(membacking::RegionManagerError::ManagerGone),
+    ]
+}
+
+fn va_mapper_errors() -> Vec<membacking::VaMapperError> {
+    use membacking::VaMapperError as E;
+    vec![
+        E::MemoryManagerGone(membacking::ManagerGone),
+        E::Reserve(enomem()),
+        E::RemoteWithPrivateMemory,
+        E::Thread(enomem()),
+    ]
+}
+
+fn attach_errors() -> Vec<membacking::PartitionAttachError> {
+    use membacking::PartitionAttachError as E;
+    vec![
+        E::VaMapper(membacking::VaMapperError::RemoteWithPrivateMemory),
+        E::PartitionMapper(membacking::PartitionMapperError::Map(Box::new(
+            virt::InjectedFailure {
+                op: virt::RecordedOp::Map,
+                gpa: 0,
+            },
+        ))),
+        E::Unsupported,
+        E::Manager(membacking::RegionManagerError::ManagerGone),
+    ]
+}
+
+#[cfg(target_arch = "x86_64")]
+fn kvm_errors() -> Vec<virt_kvm::KvmError> {
+    use virt_kvm::KvmError as E;
+    vec![
+        E::KvmUnavailable {
+            what: "open /dev/kvm".to_owned(),
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        },
+        E::KvmIoctl {
+            ioctl: "KVM_RUN",
+            source: enomem(),
+        },
+        E::HostCall {
+            call: "mlock",
+            what: "pins".to_owned(),
+            source: enomem(),
+        },
+        E::SlotOverlap {
+            gpa: 0,
+            size: 0x1000,
+            slot: 1,
+            slot_gpa: 0,
+            slot_size: 0x1000,
+        },
+        E::PartialSlotUnmap {
+            gpa: 0,
+            size: 0x1000,
+            slot: 1,
+            slot_gpa: 0,
+            slot_size: 0x2000,
+        },
+        E::NoFreeSlot { max_slots: 32 },
+        E::InvalidSlotRange {
+            gpa: 1,
+            size: 0x1000,
+            host_address: 0,
+        },
+        E::ReadOnlyUnsupported,
+        E::VcpuBusy,
+        E::VcpuReadPending {
+            kind: "MMIO read",
+            address: 0x1000,
+            size: 4,
+        },
+        E::NoPendingRead,
+        E::DirtyLogOff,
+        E::ReadSizeMismatch {
+            expected: 4,
+            actual: 2,
+        },
+        E::InvalidPageTables {
+            range: None,
+            needed: 0x202000,
+        },
+        E::PageTableWrite {
+            gpa: 0x200000,
+            source: "not RAM".into(),
+        },
+        E::InvalidCpl(1),
+    ]
+}
+
+/// One error of every row of the table.
+fn every_row() -> Vec<JsError> {
+    let mut errors = vec![
+        JsError::arg_type("t"),
+        JsError::arg_value("v"),
+        JsError::closed("SparseMapping"),
+        JsError::manager_gone(),
+        JsError::internal("bug"),
+        JsError::unknown_handle(1),
+        JsError::registration_failed(0x8000_0000, Some(2)),
+        JsError::registrar_reentry(),
+        JsError::os(&enomem(), "mmap"),
+        JsError::device_window(&io(io::ErrorKind::Unsupported, "partial unmap")),
+        JsError::device_window(&io::Error::other(
+            membacking::RegionManagerError::ManagerGone,
+        )),
+        JsError::sparse_mapping(&sparse_mmap::SparseMappingError::OutOfBounds, true),
+        io(io::ErrorKind::InvalidInput, "bad range").to_js_error(),
+        io(io::ErrorKind::Unsupported, "remote").to_js_error(),
+        io(io::ErrorKind::TimedOut, "odd").to_js_error(),
+        vm_topology::x86_legacy::InvalidRamForX86.to_js_error(),
+        MemoryRange::try_new(0x1001..0x2000)
+            .unwrap_err()
+            .to_js_error(),
+        GuestMemory::try_allocate(usize::MAX)
+            .unwrap_err()
+            .to_js_error(),
+        virt::InjectedFailure {
+            op: virt::RecordedOp::Pin,
+            gpa: 0,
+        }
+        .to_js_error(),
+        "spin"
+            .parse::<virt::RecordedOp>()
+            .unwrap_err()
+            .to_js_error(),
+        membacking::NoMapping(MemoryRange::new(0..0x1000)).to_js_error(),
+        fatal().to_js_error(),
+    ];
+    use vm_topology::memory::Error as LayoutError;
+    for error in [
+        LayoutError::BadSize,
+        LayoutError::BadMmioGaps,
+        LayoutError::BadMemoryRanges,
+        LayoutError::Vtl2RangeBeforeEndOfRam,
+    ] {
+        errors.push(error.to_js_error());
+    }
+    let mapping = half_placed();
+    let sparse = mapping.read_at(0x1000, &mut [0u8; 4]).unwrap_err();
+    errors.push(JsError::sparse_mapping(&sparse, false));
+    let sparse_mmap::SparseMappingError::Memory(memory) = sparse else {
+        panic!("an unplaced page faults");
+    };
+    errors.push(guestmem::LockedPageAccessError::Memory(memory).to_js_error());
+    errors.push(guestmem::LockedPageAccessError::PageIndex(9).to_js_error());
+    errors.extend(guest_memory_errors().iter().map(ToJsError::to_js_error));
+    errors.extend(region_manager_errors().iter().map(ToJsError::to_js_error));
+    errors.extend(build_errors().iter().map(ToJsError::to_js_error));
+    errors.extend(va_mapper_errors().iter().map(ToJsError::to_js_error));
+    errors.extend(attach_errors().iter().map(ToJsError::to_js_error));
+    #[cfg(target_arch = "x86_64")]
+    errors.extend(kvm_errors().iter().map(ToJsError::to_js_error));
+    errors
+}
+
+/// Every code in `error` and its causes.
+fn codes(error: &JsError, into: &mut BTreeSet<&'static str>) {
+    if let Some(code) = error.code {
+        into.insert(code.0.js_str());
+    }
+    if let Some(cause) = &error.cause {
+        codes(cause, into);
+    }
+}
+
+#[test]
+fn every_code_is_produced_by_a_row_of_the_table() {
+    let mut produced = BTreeSet::new();
+    for error in every_row() {
+        codes(&error, &mut produced);
+    }
+    // The TypeScript loader throws this one, before any native code runs.
+    produced.insert(ErrorCode::NativeBindingLoadFailed.js_str());
+    let all: BTreeSet<_> = ErrorCode::members()
+        .iter()
+        .map(|code| code.js_str())
+        .collect();
+    let never: Vec<_> = all.difference(&produced).collect();
+    assert!(never.is_empty(), "codes no row produces: {never:?}");
+}
+
+#[test]
+fn every_code_is_err_and_its_variant_in_screaming_snake_case() {
+    for &code in ErrorCode::members() {
+        let variant = format!("{code:?}");
+        let mut expected = String::from("ERR");
+        for c in variant.chars() {
+            if c.is_ascii_uppercase() {
+                expected.push('_');
+            }
+            expected.push(c.to_ascii_uppercase());
+        }
+        assert_eq!(code.js_str(), expected, "{variant}");
+    }
+}
+
+#[test]
+fn layout_and_range_rows() {
+    let error = vm_topology::memory::Error::Vtl2RangeBeforeEndOfRam.to_js_error();
+    assert_eq!(
+        error.kind(),
+        (
+            ErrorClass::MemoryLayoutError,
+            Some(ErrorCode::Vtl2RangeBeforeEndOfRam)
+        )
+    );
+    assert_eq!(error.message, "vtl2 range is below end of ram");
+    let range = MemoryRange::try_new(reversed()).unwrap_err().to_js_error();
+    assert_eq!(
+        json(&range),
+        serde_json::json!({
+            "class": "InvalidMemoryRangeError",
+            "code": "ERR_INVALID_MEMORY_RANGE",
+            "message": "unaligned or invalid memory range: 0x3000-0x2000",
+            "fields": {"start": {"$bigint": "0x3000"}, "end": {"$bigint": "0x2000"}},
+        })
+    );
+}
+
+#[test]
+fn os_errors_carry_errno_and_syscall_and_no_code() {
+    let error = JsError::os(&enomem(), "mmap");
+    assert_eq!(
+        json(&error),
+        serde_json::json!({
+            "class": "OsError",
+            "message": "mmap: Cannot allocate memory (os error 12)",
+            "fields": {"errno": 12, "syscall": "mmap"},
+        })
+    );
+    let invalid = JsError::os(
+        &io(io::ErrorKind::InvalidInput, "offset beyond the mapping"),
+        "mmap",
+    );
+    assert_eq!(
+        invalid.kind(),
+        (ErrorClass::RangeError, Some(ErrorCode::InvalidInput))
+    );
+}
+
+#[test]
+fn io_errors_wrapping_a_known_error_keep_its_row() {
+    let wrapped = io::Error::other(membacking::RegionManagerError::MappingBeyondObject {
+        region: "gfx".to_owned(),
+        file_offset: 0,
+        len: 2,
+        object_size: 1,
+    });
+    assert_eq!(
+        JsError::device_window(&wrapped).kind(),
+        (
+            ErrorClass::MemoryManagerError,
+            Some(ErrorCode::MappingBeyondObject)
+        )
+    );
+    assert_eq!(
+        JsError::device_window(&io(io::ErrorKind::Unsupported, "x")).kind(),
+        (ErrorClass::MemoryManagerError, Some(ErrorCode::Unsupported)),
+        "a device window's own Unsupported is the manager's"
+    );
+    assert_eq!(
+        io(io::ErrorKind::Unsupported, "x").to_js_error().kind(),
+        (ErrorClass::MembackingError, Some(ErrorCode::Unsupported))
+    );
+    assert_eq!(
+        io(io::ErrorKind::TimedOut, "x").to_js_error().kind(),
+        (ErrorClass::MembackingError, Some(ErrorCode::Panic)),
+        "a kind no row expects is a bug, reported as such"
+    );
+}
+
+#[test]
+fn guest_memory_rows_carry_kind_op_range_gpa_and_fault() {
+    let errors = guest_memory_errors();
+    let out_of_range = errors[0].to_js_error();
+    assert_eq!(
+        out_of_range.kind(),
+        (
+            ErrorClass::GuestMemoryError,
+            Some(ErrorCode::GuestMemoryOutOfRange)
+        )
+    );
+    let fields = &json(&out_of_range)["fields"];
+    assert_eq!(fields["kind"], "OutOfRange");
+    assert_eq!(fields["op"], "read");
+    assert_eq!(
+        fields["range"],
+        serde_json::json!({"start": {"$bigint": "0x1000"}, "end": {"$bigint": "0x1001"}})
+    );
+    let hole = errors[1].to_js_error();
+    assert_eq!(hole.code, Some(Js(ErrorCode::GuestMemoryFault)));
+    let fault = &json(&hole)["fields"]["fault"];
+    assert_eq!(fault["signal"], "SIGSEGV");
+    assert_eq!(fault["trapno"], 14);
+    assert!(hole
+        .message
+        .starts_with("guest memory 'holes': read error: failed to access 0x1000-0x1001"));
+    let fallback = errors[2].to_js_error();
+    assert_eq!(
+        fallback.code,
+        Some(Js(ErrorCode::GuestMemoryOther)),
+        "no fault ended it"
+    );
+    assert_eq!(fallback.cause_token, Some(8));
+    let by_hook: Vec<_> = errors[3..].iter().map(ToJsError::to_js_error).collect();
+    assert_eq!(by_hook[0].code, Some(Js(ErrorCode::GuestMemoryFault)));
+    assert_eq!(
+        by_hook[1].code,
+        Some(Js(ErrorCode::GuestMemoryVtlProtected))
+    );
+    assert_eq!(by_hook[2].code, Some(Js(ErrorCode::GuestMemoryNotPrivate)));
+    assert_eq!(by_hook[3].code, Some(Js(ErrorCode::GuestMemoryNotShared)));
+    for error in &by_hook {
+        assert_eq!(
+            error.cause_token,
+            Some(3),
+            "the hook's exception becomes the cause"
+        );
+        assert!(error.cause.is_none());
+    }
+}
+
+#[test]
+fn a_no_mapping_source_is_a_coded_cause() {
+    let mapping = half_placed();
+    let hooks = GuestMemoryHooks {
+        page_fault: Some(Box::new(|_, _, _, _| {
+            PageFaultAction::Fail(PageFaultError::new(
+                GuestMemoryErrorKind::OutOfRange,
+                membacking::NoMapping(MemoryRange::new(0x1000..0x2000)),
+            ))
+        })),
+        ..GuestMemoryHooks::default()
+    };
+    let memory = GuestMemory::from_sparse_mapping("ram".to_owned(), mapping, hooks);
+    let error = memory
+        .read_at(0x1000, &mut [0u8; 2])
+        .unwrap_err()
+        .to_js_error();
+    let cause = error.cause.as_deref().unwrap();
+    assert_eq!(
+        cause.kind(),
+        (ErrorClass::MemoryManagerError, Some(ErrorCode::NoMapping))
+    );
+    assert_eq!(cause.message, "no mapping for 0x1000-0x2000");
+    assert!(
+        error.message.ends_with(": no mapping for 0x1000-0x2000"),
+        "{}",
+        error.message
+    );
+}
+
+#[test]
+fn sparse_mapping_rows_report_offset_direction_and_fault() {
+    let out = JsError::sparse_mapping(&sparse_mmap::SparseMappingError::OutOfBounds, true);
+    assert_eq!(
+        json(&out)["fields"],
+        serde_json::json!({"offset": {"$bigint": "0x0"}, "isWrite": true})
+    );
+    let mapping = half_placed();
+    let error = mapping.read_at(0xffe, &mut [0u8; 4]).unwrap_err();
+    let fault = JsError::sparse_mapping(&error, false);
+    let fields = &json(&fault)["fields"];
+    assert_eq!(fault.code, Some(Js(ErrorCode::Memory)));
+    assert_eq!(fields["offset"], serde_json::json!({"$bigint": "0x2"}));
+    assert_eq!(fields["isWrite"], false);
+}
+
+#[test]
+fn manager_rows_unwrap_transparent_variants_and_keep_chains() {
+    let build =
+        membacking::MemoryBuildError::VaMapper(membacking::VaMapperError::Reserve(enomem()));
+    let error = build.to_js_error();
+    assert_eq!(
+        error.kind(),
+        (ErrorClass::MemoryBuildError, Some(ErrorCode::VaMapper))
+    );
+    let reserve = error.cause.as_deref().unwrap();
+    assert_eq!(
+        reserve.kind(),
+        (ErrorClass::VaMapperError, Some(ErrorCode::Reserve))
+    );
+    let os = reserve.cause.as_deref().unwrap();
+    assert_eq!(os.kind(), (ErrorClass::OsError, None));
+    assert_eq!(os.fields.errno, Some(libc::ENOMEM));
+
+    let transparent = membacking::MemoryBuildError::RegionManager(
+        membacking::RegionManagerError::OverlapError(membacking::OverlapError {
+            existing: "a".to_owned(),
+            new: "b".to_owned(),
+        }),
+    );
+    assert_eq!(
+        transparent.to_js_error().kind(),
+        (
+            ErrorClass::MemoryManagerError,
+            Some(ErrorCode::OverlapError)
+        )
+    );
+
+    let attach = &attach_errors()[1].to_js_error();
+    assert_eq!(
+        attach.kind(),
+        (
+            ErrorClass::PartitionAttachError,
+            Some(ErrorCode::PartitionMapper)
+        )
+    );
+    let mapper = attach.cause.as_deref().unwrap();
+    assert_eq!(
+        mapper.kind(),
+        (ErrorClass::PartitionMapperError, Some(ErrorCode::Map))
+    );
+    let injected = mapper.cause.as_deref().unwrap();
+    assert_eq!(
+        injected.kind(),
+        (
+            ErrorClass::MembackingError,
+            Some(ErrorCode::InjectedFailure)
+        )
+    );
+    assert_eq!(injected.message, "injected map failure at gpa 0x0");
+
+    let poisoned = membacking::RegionManagerError::ManagerPoisoned {
+        cause: Arc::new(fatal()),
+    }
+    .to_js_error();
+    let fatal = poisoned.cause.as_deref().unwrap();
+    assert_eq!(fatal.code, Some(Js(ErrorCode::FatalError)));
+    assert_eq!(
+        fatal.cause.as_deref().unwrap().code,
+        Some(Js(ErrorCode::InjectedFailure))
+    );
+}
+
+#[test]
+fn a_foreign_cause_is_a_plain_error_with_its_message() {
+    let mapper =
+        membacking::PartitionMapperError::Map("the hypervisor said no".into()).to_js_error();
+    let foreign = mapper.cause.as_deref().unwrap();
+    assert_eq!(foreign.kind(), (ErrorClass::Error, None));
+    assert_eq!(foreign.message, "the hypervisor said no");
+    assert_eq!(
+        from_boxed(&*Box::<dyn StdError + Send + Sync>::from("odd")).kind(),
+        (ErrorClass::MembackingError, Some(ErrorCode::Panic)),
+        "thrown at top level, an unknown error type is a bug"
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn kvm_rows_split_argument_errors_from_kvm_errors() {
+    let errors: Vec<_> = kvm_errors().iter().map(ToJsError::to_js_error).collect();
+    let classes: Vec<_> = errors.iter().map(|error| error.kind().0).collect();
+    assert_eq!(
+        classes
+            .iter()
+            .filter(|&&c| c == ErrorClass::RangeError)
+            .count(),
+        5
+    );
+    let page_tables = errors
+        .iter()
+        .find(|e| e.message.starts_with("pageTables"))
+        .unwrap();
+    assert_eq!(
+        page_tables.message,
+        "pageTables: cannot write the page tables at 0x200000: not RAM"
+    );
+    assert_eq!(
+        errors[0].kind(),
+        (ErrorClass::KvmError, Some(ErrorCode::KvmUnavailable))
+    );
+    assert_eq!(
+        errors[0].cause.as_deref().unwrap().fields.errno,
+        Some(libc::ENOENT)
+    );
+}
+
+#[test]
+fn the_registrars_rows_carry_the_address_and_the_callbacks_exception() {
+    let error = JsError::registration_failed(0x8000_0000, Some(7));
+    assert_eq!(
+        json(&error),
+        serde_json::json!({
+            "class": "RegistrarError",
+            "code": "ERR_REGISTRATION_FAILED",
+            "message": "failed to register guest memory at 0x80000000",
+            "fields": {"address": {"$bigint": "0x80000000"}},
+            "causeToken": 7,
+        })
+    );
+}

@@ -1,0 +1,314 @@
+//! The answers of JavaScript callbacks, typed: what a guest-memory hook (`pageFault`, the
+//! slow-path fallbacks, page locking) or a registration callback tells the core.
+//!
+//! The TypeScript layer wraps every user callback so that it never throws into native code: the
+//! wrapper catches, keeps a thrown value under a token (`ts/causes.ts`) and answers with one of
+//! the JSON objects below. The core never sees a JavaScript exception; the token comes back in
+//! the error's `causeToken` field and the TypeScript layer restores the thrown value as the
+//! error's `cause`.
+
+use guestmem::GuestMemoryErrorKind;
+use guestmem::PageFaultAction;
+use guestmem::PageFaultError;
+use serde::Deserialize;
+
+use crate::enums::JsEnum;
+
+/// A JavaScript hook failed (it threw, returned something it may not, or could not run). It
+/// ends up in a guest-memory error's source chain; its token names the thrown value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsHookFailure {
+    message: String,
+    cause_token: Option<u32>,
+}
+
+impl JsHookFailure {
+    /// A failure described by `message`, with the token of the thrown value, if any.
+    pub fn new(message: impl Into<String>, cause_token: Option<u32>) -> Self {
+        JsHookFailure {
+            message: message.into(),
+            cause_token,
+        }
+    }
+
+    /// The token of the value the hook threw.
+    pub fn cause_token(&self) -> Option<u32> {
+        self.cause_token
+    }
+}
+
+impl std::fmt::Display for JsHookFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for JsHookFailure {}
+
+/// The token of the JavaScript hook failure in `error`'s source chain, if any.
+pub fn cause_token(error: &(dyn std::error::Error + 'static)) -> Option<u32> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(failure) = error.downcast_ref::<JsHookFailure>() {
+            return failure.cause_token;
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// The answer of the `pageFault` wrapper: `{"answer":"retry"}`, `{"answer":"fallback"}` or
+/// `{"answer":"fail","kind":"OutOfRange","message":"…","causeToken":3}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "answer", rename_all = "camelCase", deny_unknown_fields)]
+pub enum PageFaultAnswer {
+    /// The page was made accessible: run the access again.
+    Retry,
+    /// Run the operation through the fallback hooks.
+    Fallback,
+    /// Fail the access with `kind`.
+    #[serde(rename_all = "camelCase")]
+    Fail {
+        /// A `GuestMemoryErrorKind` value.
+        kind: String,
+        /// The failure's message.
+        message: String,
+        /// The token of a value the hook threw (or of the TypeError its bad answer caused).
+        cause_token: Option<u32>,
+    },
+}
+
+/// The page-fault decision of a `pageFault` wrapper's JSON answer; an unreadable answer fails
+/// the access with kind `Other`.
+pub fn page_fault_action(answer: &str) -> PageFaultAction {
+    match serde_json::from_str::<PageFaultAnswer>(answer) {
+        Ok(PageFaultAnswer::Retry) => PageFaultAction::Retry,
+        Ok(PageFaultAnswer::Fallback) => PageFaultAction::Fallback,
+        Ok(PageFaultAnswer::Fail {
+            kind,
+            message,
+            cause_token,
+        }) => {
+            let kind =
+                GuestMemoryErrorKind::from_js_str(&kind).unwrap_or(GuestMemoryErrorKind::Other);
+            PageFaultAction::Fail(PageFaultError::new(
+                kind,
+                JsHookFailure::new(message, cause_token),
+            ))
+        }
+        Err(error) => PageFaultAction::Fail(PageFaultError::other(JsHookFailure::new(
+            format!("the JavaScript pageFault hook gave an unreadable answer: {error}"),
+            None,
+        ))),
+    }
+}
+
+/// The answer of a fallback or locking hook's wrapper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(tag = "answer", rename_all = "camelCase", deny_unknown_fields)]
+pub enum HookAnswer {
+    /// Write and fill fallbacks: done. (A read fallback answers with the bytes it read.)
+    Done,
+    /// Compare-exchange fallback: swapped. (When it did not swap, it answers with the bytes it
+    /// observed.)
+    Swapped,
+    /// `lockGpns`: locked; `unlockGpns` is called once on release.
+    Locked,
+    /// `lockGpns`: nothing to unlock later.
+    NotLocked,
+    /// The hook threw (its value is kept under the token) or answered wrongly.
+    #[serde(rename_all = "camelCase")]
+    Failed {
+        /// The token of the thrown value.
+        cause_token: u32,
+    },
+}
+
+/// Reads the JSON answer of `hook`, which may give one of `expected` (the answers of its kind)
+/// or fail: `Ok(true)` for the first expected answer, `Ok(false)` for the second.
+pub fn hook_answer(
+    answer: &str,
+    hook: &str,
+    expected: [HookAnswer; 2],
+) -> Result<bool, JsHookFailure> {
+    match serde_json::from_str::<HookAnswer>(answer) {
+        Ok(HookAnswer::Failed { cause_token }) => Err(JsHookFailure::new(
+            format!("the JavaScript {hook} hook failed"),
+            Some(cause_token),
+        )),
+        Ok(answer) if answer == expected[0] => Ok(true),
+        Ok(answer) if answer == expected[1] => Ok(false),
+        Ok(answer) => Err(JsHookFailure::new(
+            format!("the JavaScript {hook} hook answered {answer:?}, which it cannot"),
+            None,
+        )),
+        Err(error) => Err(JsHookFailure::new(
+            format!("the JavaScript {hook} hook gave an unreadable answer: {error}"),
+            None,
+        )),
+    }
+}
+
+/// The JSON answer of a write or fill fallback (`done`, or failed).
+pub const DONE: [HookAnswer; 2] = [HookAnswer::Done, HookAnswer::Done];
+/// The JSON answer of a compare-exchange fallback that swapped.
+pub const SWAPPED: [HookAnswer; 2] = [HookAnswer::Swapped, HookAnswer::Swapped];
+/// The answers of `lockGpns` (`true` = locked).
+pub const LOCKED_OR_NOT: [HookAnswer; 2] = [HookAnswer::Locked, HookAnswer::NotLocked];
+
+/// The answer of the registration callback's wrapper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(tag = "answer", rename_all = "camelCase", deny_unknown_fields)]
+pub enum RegistrationAnswer {
+    /// The callback returned (synchronously).
+    Done,
+    /// The callback returned a Promise; `settleRegistrationCallback(token, failed)` follows.
+    Pending {
+        /// The token the settlement will name.
+        token: u32,
+    },
+    /// The callback threw; its value is kept under the token.
+    #[serde(rename_all = "camelCase")]
+    Failed {
+        /// The token of the thrown value.
+        cause_token: u32,
+    },
+}
+
+impl RegistrationAnswer {
+    /// The wrapper's JSON answer; one that cannot be read is a failure without a cause.
+    pub fn parse(answer: &str) -> Result<Self, JsHookFailure> {
+        serde_json::from_str(answer).map_err(|error| {
+            JsHookFailure::new(
+                format!("the registration callback gave an unreadable answer: {error}"),
+                None,
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fail_parts(action: PageFaultAction) -> (GuestMemoryErrorKind, String, Option<u32>) {
+        let PageFaultAction::Fail(error) = action else {
+            panic!("expected a failure, got {action:?}");
+        };
+        let source = std::error::Error::source(&error).unwrap();
+        (error.kind(), source.to_string(), cause_token(&error))
+    }
+
+    #[test]
+    fn page_fault_answers_become_actions() {
+        assert!(matches!(
+            page_fault_action(r#"{"answer":"retry"}"#),
+            PageFaultAction::Retry
+        ));
+        assert!(matches!(
+            page_fault_action(r#"{"answer":"fallback"}"#),
+            PageFaultAction::Fallback
+        ));
+        let fail = page_fault_action(
+            r#"{"answer":"fail","kind":"VtlProtected","message":"no access","causeToken":null}"#,
+        );
+        assert_eq!(
+            fail_parts(fail),
+            (
+                GuestMemoryErrorKind::VtlProtected,
+                "no access".to_owned(),
+                None
+            )
+        );
+        let thrown = page_fault_action(
+            r#"{"answer":"fail","kind":"Other","message":"threw","causeToken":9}"#,
+        );
+        assert_eq!(
+            fail_parts(thrown).2,
+            Some(9),
+            "the token reaches the error chain"
+        );
+    }
+
+    #[test]
+    fn a_page_fault_answer_that_cannot_be_read_fails_with_kind_other() {
+        for bad in [r#"{"answer":"maybe"}"#, "42", r#"{"answer":"fail"}"#, ""] {
+            let (kind, message, token) = fail_parts(page_fault_action(bad));
+            assert_eq!(kind, GuestMemoryErrorKind::Other, "{bad}");
+            assert!(message.contains("unreadable answer"), "{message}");
+            assert_eq!(token, None);
+        }
+    }
+
+    #[test]
+    fn hook_answers_are_checked_against_what_the_hook_may_say() {
+        assert_eq!(
+            hook_answer(r#"{"answer":"done"}"#, "writeFallback", DONE),
+            Ok(true)
+        );
+        assert_eq!(
+            hook_answer(
+                r#"{"answer":"swapped"}"#,
+                "compareExchangeFallback",
+                SWAPPED
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            hook_answer(r#"{"answer":"notLocked"}"#, "lockGpns", LOCKED_OR_NOT),
+            Ok(false)
+        );
+        assert_eq!(
+            hook_answer(r#"{"answer":"locked"}"#, "lockGpns", LOCKED_OR_NOT),
+            Ok(true)
+        );
+        let failed = hook_answer(
+            r#"{"answer":"failed","causeToken":4}"#,
+            "lockGpns",
+            LOCKED_OR_NOT,
+        )
+        .unwrap_err();
+        assert_eq!(failed.cause_token(), Some(4));
+        assert_eq!(failed.to_string(), "the JavaScript lockGpns hook failed");
+        let wrong = hook_answer(r#"{"answer":"locked"}"#, "fillFallback", DONE).unwrap_err();
+        assert!(wrong.to_string().contains("cannot"), "{wrong}");
+        assert_eq!(wrong.cause_token(), None);
+    }
+
+    #[test]
+    fn registration_answers_parse_or_fail_without_a_cause() {
+        assert_eq!(
+            RegistrationAnswer::parse(r#"{"answer":"done"}"#),
+            Ok(RegistrationAnswer::Done)
+        );
+        assert_eq!(
+            RegistrationAnswer::parse(r#"{"answer":"pending","token":12}"#),
+            Ok(RegistrationAnswer::Pending { token: 12 })
+        );
+        assert_eq!(
+            RegistrationAnswer::parse(r#"{"answer":"failed","causeToken":3}"#),
+            Ok(RegistrationAnswer::Failed { cause_token: 3 })
+        );
+        let error = RegistrationAnswer::parse("-1").unwrap_err();
+        assert_eq!(error.cause_token(), None);
+    }
+
+    #[test]
+    fn the_cause_token_is_found_anywhere_in_a_chain() {
+        #[derive(Debug)]
+        struct Outer(JsHookFailure);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("outer")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let outer = Outer(JsHookFailure::new("inner", Some(5)));
+        assert_eq!(cause_token(&outer), Some(5));
+        assert_eq!(cause_token(&JsHookFailure::new("none", None)), None);
+    }
+}

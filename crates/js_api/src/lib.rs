@@ -1,0 +1,33 @@
+//! The JavaScript API's model, without Node: everything the napi binding (`src/`) would
+//! otherwise have to decide, here where Rust tests cover it.
+//!
+//! - [`errors`]: the one table from every Rust error to its JavaScript class, code, message,
+//!   fields and cause ([`ToJsError`]), and the binding's own errors ([`JsError`]).
+//! - [`enums`]: the enums shared with TypeScript, listed once against their Rust types;
+//!   [`typescript`] writes `ts/generated/` from them and from the error codes.
+//! - [`json`] and [`views`]: structured results as JSON, with u64 values as tagged bigints.
+//! - [`hooks`]: the typed answers of JavaScript callbacks (guest-memory hooks, the registrar);
+//!   [`registration`]: what a registration callback's answer means for the registrar.
+//! - [`args`]: the rules arguments from JavaScript must meet.
+//! - [`executor`]: the one executor behind the API's Promises, and the registrar's parked
+//!   tasks.
+//! - [`handles`]: transfer handles for `worker_threads`.
+//!
+//! The binding converts JavaScript values, calls the core, and hands results and errors to
+//! these functions; `docs/design.md` ("The binding") describes the split.
+
+#![forbid(unsafe_code)]
+
+pub mod args;
+pub mod enums;
+pub mod errors;
+pub mod executor;
+pub mod handles;
+pub mod hooks;
+pub mod json;
+pub mod registration;
+pub mod typescript;
+pub mod views;
+
+pub use errors::JsError;
+pub use errors::ToJsError;
