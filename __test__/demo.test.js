@@ -9,14 +9,7 @@ const { spawnSync } = require('node:child_process');
 const cli = path.join(__dirname, '..', 'dist', 'cli', 'main.js');
 const run = (...args) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 120_000 });
 
-/** null when KVM opens; the failure (code: message) when it is unavailable. */
-function probeKvm() {
-  const dist = JSON.stringify(path.join(__dirname, '..', 'dist'));
-  const script = `require(${dist}).KvmPartition.create().then((p) => p.close(), (e) => { process.stdout.write(e.code + ': ' + e.message); process.exitCode = 3; })`;
-  const probe = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
-  return probe.status === 0 ? null : probe.stdout;
-}
-const unavailable = probeKvm();
+const { probeFailure: unavailable } = require('./helpers/kvm');
 
 /** Lines common to both partitions: layout, legacy split, device window, regions, inspect tree, registrar. */
 function commonLines(t, out) {

@@ -7,6 +7,7 @@ const v8 = require('node:v8');
 const vm = require('node:vm');
 const mb = require('../dist');
 const { P, MiB } = require('./fixtures/memory');
+const { pattern } = require('./helpers/data');
 
 const { SparseMapping, GuestMemory, GuestMemoryError, GuestMemoryErrorKind, LockedPages, MembackingError } = mb;
 
@@ -38,10 +39,6 @@ function layoutMemory(options) {
   mapping.alloc(2 * MiB, MiB);
   mapping.alloc(3 * MiB + P, MiB - P);
   return { mapping, memory: GuestMemory.fromSparseMapping(mapping, options) };
-}
-
-function pattern(len, seed) {
-  return Buffer.from(Array.from({ length: len }, (_, i) => (i * 13 + seed) & 0xff));
 }
 
 test('S32: allocate: a 64 KiB round trip, zeroed at first, installs no handler requirement', (t) => {

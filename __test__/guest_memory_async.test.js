@@ -7,12 +7,9 @@ const test = require('ava');
 const { threadId } = require('node:worker_threads');
 const mb = require('../dist');
 const { P, MiB } = require('./fixtures/memory');
+const { pattern } = require('./helpers/data');
 
 const { SparseMapping, GuestMemory, GuestMemoryError } = mb;
-
-function pattern(len, seed) {
-  return Buffer.from(Array.from({ length: len }, (_, i) => (i * 11 + seed) & 0xff));
-}
 
 test('S30: readAtAsync of an inaccessible page rejects with a GuestMemoryError; the process survives', async (t) => {
   const mapping = new SparseMapping(4 * P);

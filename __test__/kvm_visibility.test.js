@@ -4,26 +4,14 @@
 // map of a VTL2 partition, and the slot table, which changes only where a region changed.
 //
 // Every test is skipped, with the reason in its title, when KvmPartition.create() fails with
-// ERR_KVM_UNAVAILABLE (probed once in a child process, as ava needs the tests declared
-// synchronously).
+// ERR_KVM_UNAVAILABLE (helpers/kvm.js).
 'use strict';
 const test = require('ava');
-const path = require('node:path');
-const { spawnSync } = require('node:child_process');
 const mb = require('../dist');
+const { kvmTest } = require('./helpers/kvm');
 
 const { GiB, MiB, KiB, range, MemoryLayout, GuestMemoryBuilder, KvmPartition, VcpuMode, Vtl, RamVisibility, Mappable, SparseMapping, guestPrograms } = mb;
 
-/** null when KVM opens; the failure (code: message) when it is unavailable. */
-function probeKvm() {
-  const dist = JSON.stringify(path.join(__dirname, '..', 'dist'));
-  const script = `require(${dist}).KvmPartition.create().then((p) => p.close(), (e) => { process.stdout.write(e.code + ': ' + e.message); process.exitCode = 3; })`;
-  const probe = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
-  return probe.status === 0 ? null : probe.stdout.startsWith('ERR_KVM_UNAVAILABLE') ? probe.stdout : null;
-}
-const unavailable = probeKvm();
-if (unavailable !== null) console.log(`KVM tests skipped: KvmPartition.create() failed with ${unavailable}`);
-const kvmTest = unavailable === null ? test : (title, fn) => test.skip(`${title} [skipped: /dev/kvm unavailable: ${unavailable}]`, fn);
 
 const programs = guestPrograms();
 const CODE = 0x1000n;

@@ -4,6 +4,7 @@
 const test = require('ava');
 const fc = require('fast-check');
 const mb = require('../dist');
+const { kvmTest } = require('./helpers/kvm');
 
 const { GiB, MiB, KiB, range, Vtl } = mb;
 const PAM = Array.from({ length: 12 }, (_, i) => range(0xc0000 + i * 0x4000, 0xc4000 + i * 0x4000));
@@ -183,16 +184,8 @@ test('property: for random change sequences, applying each plan gives exactly th
   t.true(runs >= 40);
 });
 
-test('KVM: plans name the slot ids they create and delete, and the slot table follows them', async (t) => {
-  let kvm;
-  try {
-    kvm = await mb.KvmPartition.create();
-  } catch (error) {
-    if (error.code !== 'ERR_KVM_UNAVAILABLE') throw error;
-    t.log(`skipped: /dev/kvm cannot be opened here (${error.message})`);
-    t.pass();
-    return;
-  }
+kvmTest('KVM: plans name the slot ids they create and delete, and the slot table follows them', async (t) => {
+  const kvm = await mb.KvmPartition.create();
   const layout = mb.MemoryLayout.new(4n * GiB, [range(3n * GiB, 4n * GiB)]);
   const manager = await new mb.GuestMemoryBuilder().x86LegacySupport(true).build(layout);
   await manager.attachPartition(Vtl.Vtl0, kvm);
@@ -247,16 +240,8 @@ test('window mappings and partition attach: planned, then applied exactly', asyn
   await manager.close();
 });
 
-test('KVM: planning an attach names the slots the new partition will get', async (t) => {
-  let kvm;
-  try {
-    kvm = await mb.KvmPartition.create();
-  } catch (error) {
-    if (error.code !== 'ERR_KVM_UNAVAILABLE') throw error;
-    t.log(`skipped: /dev/kvm cannot be opened here (${error.message})`);
-    t.pass();
-    return;
-  }
+kvmTest('KVM: planning an attach names the slots the new partition will get', async (t) => {
+  const kvm = await mb.KvmPartition.create();
   const { manager } = await setup();
   const plan = await manager.plan({ kind: 'attachPartition', vtl: Vtl.Vtl0, partition: kvm });
   await manager.attachPartition(Vtl.Vtl0, kvm);

@@ -5,6 +5,7 @@ const test = require('ava');
 const fs = require('node:fs');
 const mb = require('../dist');
 const { P, MiB, locate, mapsLines } = require('./fixtures/memory');
+const { pattern } = require('./helpers/data');
 
 const { SparseMapping, Mappable, SparseMappingError, OsError } = mb;
 
@@ -18,10 +19,6 @@ function assertMemoryFault(t, fn, { offset, isWrite, signal = 'SIGSEGV', siCode 
   if (signal === 'SIGSEGV') t.is(error.fault.trapno, 14);
   t.regex(error.message, isWrite ? /failed to write memory/ : /failed to read memory/);
   return error;
-}
-
-function pattern(len, seed) {
-  return Buffer.from(Array.from({ length: len }, (_, i) => (i * 7 + seed) & 0xff));
 }
 
 test('S1: a zero-length mapping is InvalidInput (RangeError ERR_INVALID_INPUT)', (t) => {

@@ -88,7 +88,7 @@ impl NativeGuestMemory {
 impl NativeGuestMemory {
     /// Compare-exchange of a 1-, 2- or 4-byte value given as numbers; returns the previous
     /// value.
-    fn compare_exchange_number<T>(
+    fn compare_exchange_sized<T>(
         &self,
         env: Env,
         gpa: U64,
@@ -224,40 +224,23 @@ impl NativeGuestMemory {
         self.run(&env, |memory| memory.fill_at(gpa.0, byte, len))
     }
 
-    /// Compare-exchange of a byte; returns the previous value.
-    #[napi(js_name = "compareExchangeU8")]
-    pub fn compare_exchange_u8(
+    /// Compare-exchange of a `size`-byte value (1, 2 or 4) given as numbers; returns the
+    /// previous value.
+    #[napi]
+    pub fn compare_exchange_number(
         &self,
         env: Env,
         gpa: U64,
+        size: u32,
         expected: f64,
         replacement: f64,
     ) -> napi::Result<u32> {
-        self.compare_exchange_number::<u8>(env, gpa, expected, replacement)
-    }
-
-    /// Compare-exchange of a u16; returns the previous value.
-    #[napi(js_name = "compareExchangeU16")]
-    pub fn compare_exchange_u16(
-        &self,
-        env: Env,
-        gpa: U64,
-        expected: f64,
-        replacement: f64,
-    ) -> napi::Result<u32> {
-        self.compare_exchange_number::<u16>(env, gpa, expected, replacement)
-    }
-
-    /// Compare-exchange of a u32; returns the previous value.
-    #[napi(js_name = "compareExchangeU32")]
-    pub fn compare_exchange_u32(
-        &self,
-        env: Env,
-        gpa: U64,
-        expected: f64,
-        replacement: f64,
-    ) -> napi::Result<u32> {
-        self.compare_exchange_number::<u32>(env, gpa, expected, replacement)
+        match size {
+            1 => self.compare_exchange_sized::<u8>(env, gpa, expected, replacement),
+            2 => self.compare_exchange_sized::<u16>(env, gpa, expected, replacement),
+            4 => self.compare_exchange_sized::<u32>(env, gpa, expected, replacement),
+            _ => Err(throw(JsError::arg_value("size must be 1, 2 or 4"))),
+        }
     }
 
     /// Compare-exchange of a u64; returns the previous value.
@@ -695,38 +678,16 @@ pub mod fast {
         result.map_err(|error| error.to_js_error())
     }
 
-    fn created(
-        status: sys::napi_status,
-        value: sys::napi_value,
-    ) -> Result<sys::napi_value, JsError> {
-        if status == sys::Status::napi_ok {
-            Ok(value)
-        } else {
-            Err(JsError::internal("cannot create the result"))
-        }
-    }
-
     /// `undefined`: a callback that returns no value (null) returns `undefined` to JavaScript.
     fn undefined() -> Result<sys::napi_value, JsError> {
         Ok(ptr::null_mut())
     }
 
-    fn number(env: sys::napi_env, x: u32) -> Result<sys::napi_value, JsError> {
-        let mut value = ptr::null_mut();
+    /// A loaded scalar as its JavaScript value (a number, or a bigint for a u64).
+    fn value<T: ToNapiValue>(env: sys::napi_env, x: T) -> Result<sys::napi_value, JsError> {
         // SAFETY: creates a value in the environment of the running callback.
-        created(
-            unsafe { sys::napi_create_uint32(env, x, &mut value) },
-            value,
-        )
-    }
-
-    fn bigint(env: sys::napi_env, x: u64) -> Result<sys::napi_value, JsError> {
-        let mut value = ptr::null_mut();
-        // SAFETY: creates a value in the environment of the running callback.
-        created(
-            unsafe { sys::napi_create_bigint_uint64(env, x, &mut value) },
-            value,
-        )
+        unsafe { T::to_napi_value(env, x) }
+            .map_err(|_| JsError::internal("cannot create the result"))
     }
 
     /// A scalar store's value: an integer number in range.
@@ -785,7 +746,7 @@ pub mod fast {
     }
 
     macro_rules! read_scalar {
-        ($name:ident, $ty:ty, $make:ident) => {
+        ($name:ident, $ty:ty) => {
             /// A scalar load `(gpa)`.
             unsafe extern "C" fn $name(
                 env: sys::napi_env,
@@ -795,18 +756,18 @@ pub mod fast {
                 unsafe {
                     call::<1>(env, info, |env, state, args| {
                         let gpa = read_u64(env, args[0])?;
-                        let value = run(env, state, |memory| memory.read_plain::<$ty>(gpa))?;
-                        $make(env, value.into())
+                        let loaded = run(env, state, |memory| memory.read_plain::<$ty>(gpa))?;
+                        value(env, loaded)
                     })
                 }
             }
         };
     }
 
-    read_scalar!(read_u8, u8, number);
-    read_scalar!(read_u16, u16, number);
-    read_scalar!(read_u32, u32, number);
-    read_scalar!(read_u64_value, u64, bigint);
+    read_scalar!(read_u8, u8);
+    read_scalar!(read_u16, u16);
+    read_scalar!(read_u32, u32);
+    read_scalar!(read_u64_value, u64);
 
     macro_rules! write_number {
         ($name:ident, $ty:ty) => {

@@ -654,15 +654,15 @@ export class GuestMemory {
 
   /** Atomic CAS; returns the previous value (=== expected ⇔ swapped). */
   compareExchangeU8(gpa: U64, expected: number, replacement: number): number {
-    return call(() => this.#n.compareExchangeU8(gpa, expected, replacement));
+    return call(() => this.#n.compareExchangeNumber(gpa, 1, expected, replacement));
   }
   /** Atomic CAS; misaligned gpa → RangeError. */
   compareExchangeU16(gpa: U64, expected: number, replacement: number): number {
-    return call(() => this.#n.compareExchangeU16(gpa, expected, replacement));
+    return call(() => this.#n.compareExchangeNumber(gpa, 2, expected, replacement));
   }
   /** Atomic CAS; misaligned gpa → RangeError. */
   compareExchangeU32(gpa: U64, expected: number, replacement: number): number {
-    return call(() => this.#n.compareExchangeU32(gpa, expected, replacement));
+    return call(() => this.#n.compareExchangeNumber(gpa, 4, expected, replacement));
   }
   /** Atomic CAS; misaligned gpa → RangeError. */
   compareExchangeU64(gpa: U64, expected: U64, replacement: U64): bigint {
