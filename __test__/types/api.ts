@@ -1,0 +1,83 @@
+// Type-level tests of the public API, compiled (never run) by `npm run lint`: the types accept
+// what the runtime accepts, name what it returns, and reject what it rejects. A `@ts-expect-error`
+// line fails the compile when its line stops being an error.
+import {
+  type ErrorCode,
+  type FlatEntry,
+  type PlanChange,
+  type PlannedOp,
+  DeviceMemoryControl,
+  DeviceMemoryRegion,
+  ERROR_CODES,
+  GuestMemoryBuilder,
+  GuestMemoryManager,
+  KvmPartition,
+  MemoryLayout,
+  MembackingError,
+  Mappable,
+  RamVisibility,
+  RecordingPartition,
+  Vtl,
+  VcpuMode,
+  range,
+} from '../../ts/index';
+
+declare const manager: GuestMemoryManager;
+declare const window: DeviceMemoryControl;
+declare const region: DeviceMemoryRegion;
+declare const object: Mappable;
+declare const kvm: KvmPartition;
+
+export async function visibility(): Promise<void> {
+  const control = manager.ramVisibilityControl();
+  // An enum member and its string value are both accepted, as at runtime.
+  await control.setRamVisibility(range(0xa0000, 0xc0000), RamVisibility.ReadOnly);
+  await control.setRamVisibility(range(0xa0000, 0xc0000), 'ReadOnly');
+  await control.setRamVisibility({ start: 0xa0000n, end: 0xc0000 }, 'Unmapped');
+  // @ts-expect-error: not a visibility.
+  await control.setRamVisibility(range(0xa0000, 0xc0000), 'Hidden');
+}
+
+export async function partitions(): Promise<void> {
+  await manager.attachPartition(Vtl.Vtl0, new RecordingPartition());
+  await manager.attachPartition(2, kvm);
+  // @ts-expect-error: there is no VTL 3.
+  await manager.attachPartition(3, kvm);
+  await kvm.createVcpu({ mode: 'Long', cpl: 3 });
+  await kvm.createVcpu({ mode: VcpuMode.Real });
+}
+
+export async function plans(): Promise<void> {
+  const changes: PlanChange[] = [
+    { kind: 'ramVisibility', range: range(0xa0000, 0xc0000), visibility: 'ReadWrite' },
+    { kind: 'deviceMapToGuest', window, gpa: 3n << 30n, writable: true },
+    { kind: 'deviceUnmapFromGuest', window },
+    { kind: 'deviceMap', region, offset: 0, object, fileOffset: 0, len: 0x1000, writable: false },
+    { kind: 'deviceUnmap', region, offset: 0, len: 0x1000 },
+    { kind: 'attachPartition', vtl: Vtl.Vtl2, partition: kvm },
+  ];
+  for (const change of changes) {
+    const plan: { flatView: FlatEntry[]; ops: PlannedOp[] } = await manager.plan(change);
+    void plan;
+  }
+  // @ts-expect-error: a device window's region is not its control half.
+  const wrongHalf: PlanChange = { kind: 'deviceMap', region: window, offset: 0, object, fileOffset: 0, len: 1, writable: true };
+  // @ts-expect-error: a partition is a RecordingPartition or a KvmPartition, not any object.
+  const notAPartition: PlanChange = { kind: 'attachPartition', vtl: Vtl.Vtl0, partition: {} };
+  void [wrongHalf, notAPartition];
+}
+
+export function errorCodes(error: MembackingError): void {
+  const code: ErrorCode = error.code;
+  const known: readonly ErrorCode[] = ERROR_CODES;
+  const errno: ErrorCode = 'ENOMEM';
+  // @ts-expect-error: the list of codes is closed.
+  const unknown: ErrorCode = 'ERR_SOMETHING_ELSE';
+  // @ts-expect-error: not an errno name.
+  const notErrno: ErrorCode = 'EWHATEVER';
+  void [code, known, errno, unknown, notErrno];
+}
+
+export async function builder(): Promise<GuestMemoryManager> {
+  return new GuestMemoryBuilder().x86LegacySupport(true).build(MemoryLayout.new(1n << 30n, [range(3n << 30n, 4n << 30n)]));
+}
