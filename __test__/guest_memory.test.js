@@ -41,7 +41,8 @@ function layoutMemory(options) {
   return { mapping, memory: GuestMemory.fromSparseMapping(mapping, options) };
 }
 
-test('S32: allocate: a 64 KiB round trip, zeroed at first, installs no handler requirement', (t) => {
+// Scenario 32.
+test('allocate: a 64 KiB round trip, zeroed at first, installs no handler requirement', (t) => {
   const memory = GuestMemory.allocate(0x10000);
   t.is(memory.name, 'heap');
   t.is(memory.maxAddress, 0x10000n);
@@ -54,13 +55,15 @@ test('S32: allocate: a 64 KiB round trip, zeroed at first, installs no handler r
   assertGuestError(t, () => memory.read(0xffff, 2), { code: 'ERR_GUEST_MEMORY_OUT_OF_RANGE', kind: 'OutOfRange', op: 'read', gpa: 0xffff });
 });
 
-test('S33: allocate rounds up to 4 KiB', (t) => {
+// Scenario 33.
+test('allocate rounds up to 4 KiB', (t) => {
   t.is(GuestMemory.allocate(1).maxAddress, 4096n);
   t.is(GuestMemory.allocate(4097n).maxAddress, 8192n);
   t.is(GuestMemory.allocate(0).maxAddress, 0n);
 });
 
-test('S34: a layout with holes: round trips in RAM, kind Other (ERR_GUEST_MEMORY_FAULT) in holes', (t) => {
+// Scenario 34.
+test('a layout with holes: round trips in RAM, kind Other (ERR_GUEST_MEMORY_FAULT) in holes', (t) => {
   const { memory } = layoutMemory();
   t.is(memory.name, 'sparse');
   t.is(memory.maxAddress, BigInt(4 * MiB));
@@ -103,7 +106,8 @@ test('S34: a layout with holes: round trips in RAM, kind Other (ERR_GUEST_MEMORY
   t.regex(t.throws(() => named.readU8(MiB)).message, /^guest memory 'ram': read error/);
 });
 
-test('S35: OutOfRange at and beyond maxAddress, with bit 63, and without wrap-around', (t) => {
+// Scenario 35.
+test('OutOfRange at and beyond maxAddress, with bit 63, and without wrap-around', (t) => {
   const mapping = new SparseMapping(16 * P);
   mapping.alloc(0, 16 * P);
   const memory = GuestMemory.fromSparseMapping(mapping);
@@ -122,7 +126,8 @@ test('S35: OutOfRange at and beyond maxAddress, with bit 63, and without wrap-ar
   t.is(memory.readU8(max - 1n), 0);
 });
 
-test('S36: zero-length operations succeed anywhere, even at 2^64-1', (t) => {
+// Scenario 36.
+test('zero-length operations succeed anywhere, even at 2^64-1', (t) => {
   const memory = GuestMemory.fromSparseMapping(new SparseMapping(P));
   const top = (1n << 64n) - 1n;
   t.is(memory.readAt(top, Buffer.alloc(0)), undefined);
@@ -135,7 +140,8 @@ test('S36: zero-length operations succeed anywhere, even at 2^64-1', (t) => {
   t.is(GuestMemory.empty().readAt(top, new Uint8Array(0)), undefined);
 });
 
-test('S37: on-demand mapping: pageFault maps each missing page and answers retry', (t) => {
+// Scenario 37.
+test('on-demand mapping: pageFault maps each missing page and answers retry', (t) => {
   const mapping = new SparseMapping(16 * P);
   const calls = [];
   const memory = GuestMemory.fromSparseMapping(mapping, {
@@ -163,7 +169,8 @@ test('S37: on-demand mapping: pageFault maps each missing page and answers retry
   t.deepEqual(calls, [[BigInt(10 * P), 4n, false]]);
 });
 
-test('S38: read-only on demand: zero pages for reads, failed writes at the exact byte', (t) => {
+// Scenario 38.
+test('read-only on demand: zero pages for reads, failed writes at the exact byte', (t) => {
   const mapping = new SparseMapping(16 * P);
   mapping.alloc(0, P);
   const memory = GuestMemory.fromSparseMapping(mapping, {
@@ -189,7 +196,8 @@ test('S38: read-only on demand: zero pages for reads, failed writes at the exact
   t.is(memory.readU8(P - 1), 0x5a);
 });
 
-test('S39: a pageFault failing with a kind reports that kind at the faulting byte', (t) => {
+// Scenario 39.
+test('a pageFault failing with a kind reports that kind at the faulting byte', (t) => {
   const mapping = new SparseMapping(4 * P);
   mapping.alloc(0, P);
   const memory = GuestMemory.fromSparseMapping(mapping, { pageFault: () => ({ fail: 'VtlProtected' }) });
@@ -211,7 +219,8 @@ test('S39: a pageFault failing with a kind reports that kind at the faulting byt
   }
 });
 
-test('S40: pageFault answering fallback runs readFallback once with the original gpa and length', (t) => {
+// Scenario 40.
+test('pageFault answering fallback runs readFallback once with the original gpa and length', (t) => {
   const mapping = new SparseMapping(4 * P);
   mapping.alloc(0, P);
   const calls = [];
@@ -271,7 +280,8 @@ test('the write, fill and compare-exchange fallbacks receive their operations', 
   t.is(memory.readU16(16), 0xbeef);
 });
 
-test('S41: a pageFault that always retries hits the retry cap (kind Other), not a hang', (t) => {
+// Scenario 41.
+test('a pageFault that always retries hits the retry cap (kind Other), not a hang', (t) => {
   const mapping = new SparseMapping(4 * P);
   let calls = 0;
   const memory = GuestMemory.fromSparseMapping(mapping, {
@@ -354,7 +364,8 @@ test('pageFault may call back into the same memory (re-entrant, no locks held)',
   t.is(memory.readU8(1), 1);
 });
 
-test('S42: compare-exchange semantics for every width', (t) => {
+// Scenario 42.
+test('compare-exchange semantics for every width', (t) => {
   const mapping = new SparseMapping(4 * P);
   mapping.alloc(0, P);
   const faults = [];
@@ -392,7 +403,8 @@ test('S42: compare-exchange semantics for every width', (t) => {
   t.deepEqual(faults, [[BigInt(P), 8n, true]]);
 });
 
-test('S43: compare-exchange on a read-only page fails even on a mismatch; probes', (t) => {
+// Scenario 43.
+test('compare-exchange on a read-only page fails even on a mismatch; probes', (t) => {
   const mapping = new SparseMapping(4 * P);
   mapping.alloc(0, P);
   mapping.mapZero(P, P);
@@ -455,7 +467,8 @@ test('scalar loads and stores are little-endian and range-checked', (t) => {
   t.is(memory.readU64(0), 0x0102030405060708n, 'rejected stores changed nothing');
 });
 
-test('S46: subranges: own GPA 0, bounds, op "subrange", and parent-relative pageFault addresses', (t) => {
+// Scenario 46.
+test('subranges: own GPA 0, bounds, op "subrange", and parent-relative pageFault addresses', (t) => {
   const seen = [];
   const { memory } = layoutMemory({
     pageFault(gpa, len, write) {
@@ -486,7 +499,8 @@ test('S46: subranges: own GPA 0, bounds, op "subrange", and parent-relative page
   assertGuestError(t, () => nested.readU8(P), { code: 'ERR_GUEST_MEMORY_OUT_OF_RANGE', kind: 'OutOfRange' });
 });
 
-test('S47: lockGpns: page contents, holes, overflow, and one unlock per lock', async (t) => {
+// Scenario 47.
+test('lockGpns: page contents, holes, overflow, and one unlock per lock', async (t) => {
   const { memory } = layoutMemory();
   memory.writeAt(0, pattern(2 * P, 1));
   memory.writeAt(2 * MiB, pattern(P, 2));
@@ -558,7 +572,8 @@ test('S47: lockGpns: page contents, holes, overflow, and one unlock per lock', a
   t.is(assertGuestError(t, () => failing.lockGpns([0]), { code: 'ERR_GUEST_MEMORY_OTHER', kind: 'Other', op: 'lock' }).cause, boom);
 });
 
-test('S49: probes over writable and read-only pages, partial pages, no change to memory', (t) => {
+// Scenario 49.
+test('probes over writable and read-only pages, partial pages, no change to memory', (t) => {
   const mapping = new SparseMapping(8 * P);
   mapping.alloc(0, P);
   mapping.mapZero(P, P);
@@ -575,7 +590,8 @@ test('S49: probes over writable and read-only pages, partial pages, no change to
   t.throws(() => memory.readRange({ offset: 1, len: 4096, gpns: [1] }, Buffer.alloc(4096)), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE' });
 });
 
-test('S50: readRange/writeRange/zeroRange move bytes to gpn*4096+offset', (t) => {
+// Scenario 50.
+test('readRange/writeRange/zeroRange move bytes to gpn*4096+offset', (t) => {
   const memory = GuestMemory.allocate(16 * P);
   const range = { offset: 0x123, len: 2 * P, gpns: [7, 2, 11n] };
   const data = pattern(2 * P, 4);
@@ -622,7 +638,8 @@ test('S50: readRange/writeRange/zeroRange move bytes to gpn*4096+offset', (t) =>
   assertGuestError(t, () => memory.readRange({ offset: 0, len: 1, gpns: [2n ** 52n] }, Buffer.alloc(1)), { code: 'ERR_GUEST_MEMORY_OUT_OF_RANGE', kind: 'OutOfRange' });
 });
 
-test('S51: GuestMemory.empty(): every non-empty access is OutOfRange', (t) => {
+// Scenario 51.
+test('GuestMemory.empty(): every non-empty access is OutOfRange', (t) => {
   const empty = GuestMemory.empty();
   t.is(empty.maxAddress, 0n);
   t.is(empty.name, 'empty');

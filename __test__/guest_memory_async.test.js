@@ -11,7 +11,8 @@ const { pattern } = require('./helpers/data');
 
 const { SparseMapping, GuestMemory, GuestMemoryError } = mb;
 
-test('S30: readAtAsync of an inaccessible page rejects with a GuestMemoryError; the process survives', async (t) => {
+// Scenario 30.
+test('readAtAsync of an inaccessible page rejects with a GuestMemoryError; the process survives', async (t) => {
   const mapping = new SparseMapping(4 * P);
   mapping.alloc(0, P);
   const memory = GuestMemory.fromSparseMapping(mapping);

@@ -18,7 +18,8 @@ function findings(result) {
     .map((line) => JSON.parse(line));
 }
 
-test('S26 in this process: after initialize(), a wasm out-of-bounds load is a catchable RuntimeError', (t) => {
+// Scenario 26.
+test('in this process: after initialize(), a wasm out-of-bounds load is a catchable RuntimeError', (t) => {
   mb.initialize();
   t.is(mb.handlerStatus(), 'installed');
   const load = wasmLoad();
@@ -33,7 +34,8 @@ test('S26 in this process: after initialize(), a wasm out-of-bounds load is a ca
 for (const flags of [[], ['--disable-wasm-trap-handler']]) {
   const label = flags.length ? ' (--disable-wasm-trap-handler)' : '';
 
-  test(`S26 in a fresh process${label}: wasm traps before and after initialize()`, async (t) => {
+  // Scenario 26.
+  test(`in a fresh process${label}: wasm traps before and after initialize()`, async (t) => {
     const result = await runChild(child, { nodeArgs: flags, args: ['wasm'] });
     t.is(result.status, 0, result.stderr);
     const [f] = findings(result);
@@ -44,7 +46,8 @@ for (const flags of [[], ['--disable-wasm-trap-handler']]) {
     t.is(f.afterGuarded, 'RuntimeError');
   });
 
-  test(`S27${label}: a fault outside our routines kills the child with SIGSEGV, not SIGABRT`, async (t) => {
+  // Scenario 27.
+  test(`a fault outside our routines kills the child with SIGSEGV, not SIGABRT${label}`, async (t) => {
     const started = Date.now();
     const result = await runChild(child, { nodeArgs: flags, args: ['foreign'] });
     t.is(result.signal, 'SIGSEGV', `status ${result.status}, stderr: ${result.stderr}`);
@@ -53,14 +56,16 @@ for (const flags of [[], ['--disable-wasm-trap-handler']]) {
     t.true(Date.now() - started < 30000, 'promptly, no hang');
   });
 
-  test(`S27${label}: process.kill(process.pid, 'SIGSEGV') still kills with SIGSEGV`, async (t) => {
+  // Scenario 27.
+  test(`process.kill(process.pid, 'SIGSEGV') still kills with SIGSEGV${label}`, async (t) => {
     const result = await runChild(child, { nodeArgs: flags, args: ['kill'] });
     t.is(result.signal, 'SIGSEGV', `status ${result.status}, stderr: ${result.stderr}`);
     t.deepEqual(findings(result), [{ status: 'installed', guarded: 'ERR_MEMORY/SIGSEGV/2' }]);
   });
 }
 
-test('S28: initialize() 100 times and mappings in several workers: one handler, S27 still prompt', async (t) => {
+// Scenario 28.
+test('initialize() 100 times and mappings in several workers: one handler, and a foreign fault still kills at once', async (t) => {
   const started = Date.now();
   const result = await runChild(child, { args: ['idempotent'] });
   t.is(result.signal, 'SIGSEGV', `status ${result.status}, stderr: ${result.stderr}`);
@@ -73,7 +78,8 @@ test('S28: initialize() 100 times and mappings in several workers: one handler, 
   t.true(Date.now() - started < 30000, 'no self-recursion on the foreign fault');
 });
 
-test('S29: process.on/off(SIGSEGV) displaces the handler; new mappings, memories, subranges and initialize() re-arm it, warning once', async (t) => {
+// Scenario 29.
+test('process.on/off(SIGSEGV) displaces the handler; new mappings, memories, subranges and initialize() re-arm it, warning once', async (t) => {
   let result = await runChild(child, { args: ['displace'] });
   if (result.status !== 0 || findings(result).length === 0) {
     // Seen once in CI under heavy load from other processes; keep the evidence and retry once.
@@ -108,7 +114,8 @@ test('S29: process.on/off(SIGSEGV) displaces the handler; new mappings, memories
   t.regex(warnings[0].message, /reset to the default action/);
 });
 
-test('S29 then S27: after re-arming, a foreign fault still kills with SIGSEGV (the Node chain is kept)', async (t) => {
+// Scenarios 29 then 27.
+test('after re-arming, a foreign fault still kills with SIGSEGV (the Node chain is kept)', async (t) => {
   const result = await runChild(child, { args: ['displace', 'then-fault'] });
   t.is(result.signal, 'SIGSEGV', `status ${result.status}, stderr: ${result.stderr}`);
   t.is(findings(result)[0].steps.afterSubrange, 'installed');
@@ -125,7 +132,8 @@ test('re-arming while a SIGSEGV listener is present, then removing it, keeps was
   t.is(lines[1]?.steps.wasm, 'RuntimeError');
 });
 
-test('S52: a process that only uses GuestMemory.allocate installs no handler; a SparseMapping does', async (t) => {
+// Scenario 52.
+test('a process that only uses GuestMemory.allocate installs no handler; a SparseMapping does', async (t) => {
   const result = await runChild(child, { args: ['lazy'] });
   t.is(result.status, 0, result.stderr);
   t.deepEqual(findings(result), [

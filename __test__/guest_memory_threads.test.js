@@ -65,7 +65,8 @@ test.serial('handles reopen a SparseMapping and a GuestMemory in a worker of thi
   t.is(memory.read(P, 11).toString(), 'from worker');
 });
 
-test.serial('S31 (JS): a worker toggles unmap/alloc while the main thread copies 1 MiB; every access succeeds or fails with a guest error', async (t) => {
+// Scenario 31 (JS).
+test.serial('a worker toggles unmap/alloc while the main thread copies 1 MiB; every access succeeds or fails with a guest error', async (t) => {
   const mapping = new SparseMapping(2 * MiB);
   mapping.alloc(0, MiB);
   const memory = GuestMemory.fromSparseMapping(mapping);
@@ -110,7 +111,8 @@ test.serial('S31 (JS): a worker toggles unmap/alloc while the main thread copies
   t.true(memory.read(0, MiB).equals(data));
 });
 
-test.serial('S31 (JS), reversed: the main thread remaps while a worker copies through a GuestMemory handle', async (t) => {
+// Scenario 31 (JS).
+test.serial('the main thread remaps while a worker copies through a GuestMemory handle', async (t) => {
   const mapping = new SparseMapping(MiB);
   mapping.alloc(0, MiB);
   const memory = GuestMemory.fromSparseMapping(mapping);
@@ -130,12 +132,13 @@ test.serial('S31 (JS), reversed: the main thread remaps while a worker copies th
   t.deepEqual(result.unexpected, []);
   t.true(result.ok + result.failed > 0);
   t.true(toggles > 0);
-  t.log(`reversed S31: ${result.ok} succeeded, ${result.failed} failed, ${toggles} remaps`);
+  t.log(`main thread remapping: ${result.ok} succeeded, ${result.failed} failed, ${toggles} remaps`);
   memory.writeU64(0, 42n);
   t.is(memory.readU64(0), 42n);
 });
 
-test.serial('S44: 8 threads x 100 000 compare-exchange increments of one u64 make exactly 800 000', async (t) => {
+// Scenario 44.
+test.serial('8 threads x 100 000 compare-exchange increments of one u64 make exactly 800 000', async (t) => {
   const memory = GuestMemory.allocate(P);
   const handle = memory.toHandle();
   const workers = Array.from({ length: 8 }, () => start('increment', { memory: handle, count: 100000 }));
@@ -146,7 +149,8 @@ test.serial('S44: 8 threads x 100 000 compare-exchange increments of one u64 mak
   t.log(`S44: ${results.reduce((sum, r) => sum + r.conflicts, 0)} CAS conflicts were retried`);
 });
 
-test.serial('S44: aligned writeU64 of 0 and 2^64-1 from two threads never tears for readU64', async (t) => {
+// Scenario 44.
+test.serial('aligned writeU64 of 0 and 2^64-1 from two threads never tears for readU64', async (t) => {
   const mapping = new SparseMapping(P);
   mapping.alloc(0, P);
   const memory = GuestMemory.fromSparseMapping(mapping);
@@ -171,7 +175,8 @@ test.serial('S44: aligned writeU64 of 0 and 2^64-1 from two threads never tears 
   t.log(`torn-read check: ${[...seen.entries()].map(([v, n]) => `${v === 0n ? '0' : 'max'}×${n}`).join(', ')}`);
 });
 
-test.serial('S49: probeWritable (CAS v→v) never loses a concurrent writer\'s update', async (t) => {
+// Scenario 49.
+test.serial('probeWritable (CAS v→v) never loses a concurrent writer\'s update', async (t) => {
   const memory = GuestMemory.allocate(P);
   const w = start('writer', { memory: memory.toHandle(), gpa: 0, count: 200000 });
   await w.message(1);
@@ -188,7 +193,8 @@ test.serial('S49: probeWritable (CAS v→v) never loses a concurrent writer\'s u
   t.true(probes > 0);
 });
 
-test.serial('S26/S28 from 4 workers at once: initialize and mappings in each, wasm traps stay RuntimeErrors', async (t) => {
+// Scenarios 26, 28.
+test.serial('from 4 workers at once: initialize and mappings in each, wasm traps stay RuntimeErrors', async (t) => {
   const workers = Array.from({ length: 4 }, () => start('wasm'));
   const results = await Promise.all(workers.map((w) => w.message(1)));
   await Promise.all(workers.map((w) => w.exited));

@@ -8,7 +8,8 @@ const G = GiB;
 const M = MiB;
 const layoutError = (code) => ({ instanceOf: mb.MemoryLayoutError, code });
 
-test('scenario 34: new(1T, [1G..2G, 3G..4G])', (t) => {
+// Scenario 34.
+test('new: 1 TiB of RAM around two gaps is three RAM ranges, with every derived size', (t) => {
   const l = MemoryLayout.new(TiB, [range(G, 2n * G), range(3n * G, 4n * G)]);
   t.deepEqual(l.ram.map((r) => [String(r.range), r.vnode]), [
     ['0x0-0x40000000', 0],
@@ -28,7 +29,8 @@ test('scenario 34: new(1T, [1G..2G, 3G..4G])', (t) => {
   t.is(l.toJSON().endOfRamOrMmio, '0x10080000000');
 });
 
-test('scenarios 35-36: RAM below the gaps', (t) => {
+// Scenarios 35-36.
+test('new: RAM that ends below the gaps is one range; ramAboveHighMmio and endOfRamOrMmio follow', (t) => {
   const a = MemoryLayout.new(512n * M, [{ start: G, end: 2n * G }, { start: 3n * G, end: 4n * G }]);
   t.deepEqual(a.ram.map((r) => String(r.range)), ['0x0-0x20000000']);
   t.is(a.endOfRam, 512n * M);
@@ -40,7 +42,8 @@ test('scenarios 35-36: RAM below the gaps', (t) => {
   t.is(b.endOfRamOrMmio, 2n * G);
 });
 
-test('scenario 37: BadSize', (t) => {
+// Scenario 37.
+test('new: a zero or unaligned RAM size is BadSize', (t) => {
   for (const size of [0, TiB + 1n, 0x800]) {
     const e = t.throws(() => MemoryLayout.new(size, [range(G, 2n * G)]), layoutError('ERR_BAD_SIZE'));
     t.is(e.message, 'invalid memory size');
@@ -48,7 +51,8 @@ test('scenario 37: BadSize', (t) => {
   }
 });
 
-test('scenario 38: no gaps; endOfRamOrMmio throws where Rust panics', (t) => {
+// Scenario 38.
+test('new without gaps: one RAM range; endOfRamOrMmio throws where Rust panics', (t) => {
   const l = MemoryLayout.new(4n * G, []);
   t.deepEqual(l.ram.map((r) => String(r.range)), ['0x0-0x100000000']);
   t.is(l.ramBelow4gb, 0n);
@@ -59,7 +63,8 @@ test('scenario 38: no gaps; endOfRamOrMmio throws where Rust panics', (t) => {
   t.is(l.toJSON().endOfRamOrMmio, null);
 });
 
-test('scenarios 39-41, 44-45: BadMemoryRanges, never Vtl2RangeBeforeEndOfRam', (t) => {
+// Scenarios 39-41, 44-45.
+test('overlapping, unsorted or empty ranges are BadMemoryRanges, never Vtl2RangeBeforeEndOfRam', (t) => {
   const bad = layoutError('ERR_BAD_MEMORY_RANGES');
   t.is(t.throws(() => MemoryLayout.new(G, [range(0, G)]), bad).message, 'invalid memory or MMIO ranges');
   t.throws(() => MemoryLayout.new(2n * G, [range(G, 2n * G), range(2n * G, 3n * G)]), bad);
@@ -73,7 +78,8 @@ test('scenarios 39-41, 44-45: BadMemoryRanges, never Vtl2RangeBeforeEndOfRam', (
   t.throws(() => MemoryLayout.new(3n * G, [range(G, 2n * G)], range(2n * G, 3n * G)), bad);
 });
 
-test('scenarios 42-43, 51: VTL2 range and probing', (t) => {
+// Scenarios 42-43, 51.
+test('a VTL2 range above RAM is kept apart from RAM; probeAddress names RAM, MMIO or nothing', (t) => {
   const gaps = [range(G, 2n * G), range(3n * G, 4n * G)];
   const l = MemoryLayout.new(2n * G, gaps, range(4n * G, 4n * G + 64n * M));
   t.deepEqual(l.ram.map((r) => String(r.range)), ['0x0-0x40000000', '0x80000000-0xc0000000']);
@@ -89,7 +95,8 @@ test('scenarios 42-43, 51: VTL2 range and probing', (t) => {
   t.is(MemoryLayout.new(G, gaps, range(2n * G, 2n * G + 64n * M)).vtl2Range.toString(), '0x80000000-0x84000000');
 });
 
-test('scenarios 46-50, 52: fromRanges', (t) => {
+// Scenarios 46-50, 52.
+test('fromRanges: explicit RAM ranges with vnodes, and the orderings it refuses', (t) => {
   const l = MemoryLayout.fromRanges(
     [{ range: range(0, G) }, { range: range(2n * G, 3n * G) }, { range: range(4n * G, TiB + 2n * G) }],
     [range(G, 2n * G), range(3n * G, 4n * G)],
@@ -137,7 +144,8 @@ const legacyPieces = [
   '0xe8000-0xec000', '0xec000-0xf0000', '0xf0000-0x100000',
 ];
 
-test('scenarios 61-64: x86 legacy split', (t) => {
+// Scenarios 61-64.
+test('the x86 legacy split: PAM pieces below 1 MiB, dense file offsets, VTL2 last, no split when off', (t) => {
   const a = mb.x86LegacyRamRanges(MemoryLayout.new(2n * G, [range(2n * G, 4n * G)]));
   t.deepEqual(a.map((x) => String(x.range)), [...legacyPieces, '0x100000-0x80000000']);
   let offset = 0n;

@@ -13,7 +13,8 @@ async function activeMappers(manager) {
   return Object.fromEntries(mappings.map((m) => [m.range.toString(), m.activeMappers]));
 }
 
-test('S23 lazy population: no mapper holds RAM until a read faults it in, then mapper 0 does', async (t) => {
+// Scenario 23.
+test('lazy population: no mapper holds RAM until a read faults it in, then mapper 0 does', async (t) => {
   const manager = await build(L1());
   t.deepEqual(await activeMappers(manager), { '0x0-0x40000000': [] });
   t.is((await manager.inspect()).mapperCount, 1);
@@ -26,7 +27,8 @@ test('S23 lazy population: no mapper holds RAM until a read faults it in, then m
   await manager.close();
 });
 
-test('S24 a read in the MMIO gap fails NoMapping; a read beyond the window fails OutOfRange without a request', async (t) => {
+// Scenario 24.
+test('a read in the MMIO gap fails NoMapping; a read beyond the window fails OutOfRange without a request', async (t) => {
   const manager = await build(L1());
   const memory = await manager.client().guestMemory();
   const gap = thrown(t, () => memory.read(0xc000_0000, 1));
@@ -44,7 +46,8 @@ test('S24 a read in the MMIO gap fails NoMapping; a read beyond the window fails
 });
 
 // The spec's "fails NoMapping": the accessor's error carries a `cause` with code ERR_NO_MAPPING.
-test('S24 (cause) the NoMapping failure carries a MemoryManagerError ERR_NO_MAPPING cause', async (t) => {
+// Scenario 24 (cause).
+test('the NoMapping failure carries a MemoryManagerError ERR_NO_MAPPING cause', async (t) => {
   const manager = await build(L1());
   const memory = await manager.client().guestMemory();
   const gap = thrown(t, () => memory.read(0xc000_0000, 1));
@@ -55,7 +58,8 @@ test('S24 (cause) the NoMapping failure carries a MemoryManagerError ERR_NO_MAPP
   t.true(gap.cause instanceof mb.MemoryManagerError);
 });
 
-test('S25 a read straddling the end of RAM fails at the hole once RAM is populated, at its start before', async (t) => {
+// Scenario 25.
+test('a read straddling the end of RAM fails at the hole once RAM is populated, at its start before', async (t) => {
   const populated = await build(L1());
   const memory = await populated.client().guestMemory();
   memory.readU8(0x1000); // populates the whole RAM mapping (S23)
@@ -73,7 +77,8 @@ test('S25 a read straddling the end of RAM fails at the hole once RAM is populat
   await fresh.close();
 });
 
-test('S26 guestMemory() twice, and concurrently, shares one mapper (mapperCount 1, one VA window)', async (t) => {
+// Scenario 26.
+test('guestMemory() twice, and concurrently, shares one mapper (mapperCount 1, one VA window)', async (t) => {
   const manager = await build(L1());
   const client = manager.client();
   const [a, b] = await Promise.all([client.guestMemory(), client.guestMemory()]);
@@ -91,7 +96,8 @@ test('S26 guestMemory() twice, and concurrently, shares one mapper (mapperCount 
   await manager.close();
 });
 
-test('S53 private memory: a fault outside RAM fails with kind Other', async (t) => {
+// Scenario 53.
+test('private memory: a fault outside RAM fails with kind Other', async (t) => {
   const manager = await build(L1(), { private: true });
   const memory = await manager.client().guestMemory();
   const error = thrown(t, () => memory.read(0xc000_0000, 1));

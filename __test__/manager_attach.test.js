@@ -22,7 +22,8 @@ function assertMapperError(t, error, inner) {
   t.true(error.cause.cause.message.length > 0);
 }
 
-test('S15 attach VTL0 to L2: two maps with VA offsets equal to the GPAs', async (t) => {
+// Scenario 15.
+test('attach VTL0 to L2: two maps with VA offsets equal to the GPAs', async (t) => {
   const manager = await build(L2());
   const partition = new RecordingPartition();
   await manager.attachPartition(Vtl.Vtl0, partition);
@@ -32,7 +33,8 @@ test('S15 attach VTL0 to L2: two maps with VA offsets equal to the GPAs', async 
   await manager.close();
 });
 
-test('S16 attach VTL2 with an alias: alias map first, then the primary; a VTL0 recorder sees only the primary', async (t) => {
+// Scenario 16.
+test('attach VTL2 with an alias: alias map first, then the primary; a VTL0 recorder sees only the primary', async (t) => {
   const manager = await build(L1(), { alias: 0x1_0000_0000n });
   const vtl2 = new RecordingPartition();
   await manager.attachPartition(Vtl.Vtl2, vtl2);
@@ -48,7 +50,8 @@ test('S16 attach VTL2 with an alias: alias map first, then the primary; a VTL0 r
   await manager.close();
 });
 
-test('S17 prefetch follows each map; a failing prefetch still lets attach succeed', async (t) => {
+// Scenario 17.
+test('prefetch follows each map; a failing prefetch still lets attach succeed', async (t) => {
   const manager = await build(L1(), { prefetch: true });
   const partition = new RecordingPartition();
   await manager.attachPartition(Vtl.Vtl0, partition);
@@ -64,7 +67,8 @@ test('S17 prefetch follows each map; a failing prefetch still lets attach succee
   await manager.close();
 });
 
-test('S18 pinning: each map is followed by a pin; with prefetch the order is map, prefetch, pin', async (t) => {
+// Scenario 18.
+test('pinning: each map is followed by a pin; with prefetch the order is map, prefetch, pin', async (t) => {
   const pinned = await build(L1(), { pin: true, x86: true });
   const partition = new RecordingPartition();
   await pinned.attachPartition(Vtl.Vtl0, partition);
@@ -82,7 +86,8 @@ test('S18 pinning: each map is followed by a pin; with prefetch the order is map
   await both.close();
 });
 
-test('S19 a pin failure unmaps the range and the whole window; PartitionMapper(Pin); later changes skip it', async (t) => {
+// Scenario 19.
+test('a pin failure unmaps the range and the whole window; PartitionMapper(Pin); later changes skip it', async (t) => {
   const manager = await build(L1(), { pin: true });
   const partition = new RecordingPartition();
   partition.failOn('pin', 0);
@@ -101,7 +106,8 @@ test('S19 a pin failure unmaps the range and the whole window; PartitionMapper(P
   await manager.close();
 });
 
-test('S20 a map failure mid-attach stops there and unmaps the whole window; PartitionMapper(Map)', async (t) => {
+// Scenario 20.
+test('a map failure mid-attach stops there and unmaps the whole window; PartitionMapper(Map)', async (t) => {
   const manager = await build(L1(), { x86: true });
   const partition = new RecordingPartition();
   partition.failOn('map', 0xa_0000);
@@ -116,7 +122,8 @@ test('S20 a map failure mid-attach stops there and unmaps the whole window; Part
   await manager.close();
 });
 
-test('S21 a partition closed after attaching gets no calls and causes no errors', async (t) => {
+// Scenario 21.
+test('a partition closed after attaching gets no calls and causes no errors', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: true });
   partition.close();
   const control = manager.ramVisibilityControl();
@@ -131,7 +138,8 @@ test('S21 a partition closed after attaching gets no calls and causes no errors'
   await manager.close();
 });
 
-test('S22 attaching with a remote process is Unsupported on Linux (RemoteWithPrivateMemory is Windows-only)', async (t) => {
+// Scenario 22.
+test('attaching with a remote process is Unsupported on Linux (RemoteWithPrivateMemory is Windows-only)', async (t) => {
   for (const options of [{}, { private: true }]) {
     const manager = await build(L1(), options);
     const partition = new RecordingPartition();
@@ -144,7 +152,8 @@ test('S22 attaching with a remote process is Unsupported on Linux (RemoteWithPri
   }
 });
 
-test('S57 a failed VTL2 attach is not rolled back: the alias mapper stays and gets later changes', async (t) => {
+// Scenario 57.
+test('a failed VTL2 attach is not rolled back: the alias mapper stays and gets later changes', async (t) => {
   const manager = await build(L1(), { alias: 0x1_0000_0000n });
   const partition = new RecordingPartition();
   partition.failOn('map', 0);
@@ -157,7 +166,8 @@ test('S57 a failed VTL2 attach is not rolled back: the alias mapper stays and ge
   await manager.close();
 });
 
-test('S58 a visibility change reaches the alias mapping, then the primary one', async (t) => {
+// Scenario 58.
+test('a visibility change reaches the alias mapping, then the primary one', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: true, alias: 0x1_0000_0000n }, Vtl.Vtl2);
   await manager.ramVisibilityControl().setRamVisibility(VGA, RamVisibility.Unmapped);
   t.deepEqual(partition.takeLog(), [unmap(0x1_000a_0000n, 0x2_0000), unmap(0xa_0000, 0x2_0000)]);

@@ -34,17 +34,20 @@ const looseBacking = (size) => SharedMemoryBacking.fromMappable(Mappable.allocSh
 
 // ----- scenarios 1-7: the build order -----
 
-test('S1 private + x86 legacy + THP + an alias that cannot fit fails PrivateMemoryWithLegacy first', async (t) => {
+// Scenario 1.
+test('private + x86 legacy + THP + an alias that cannot fit fails PrivateMemoryWithLegacy first', async (t) => {
   const b = new GuestMemoryBuilder().privateMemory(true).x86LegacySupport(true).transparentHugepages(true).vtl0AliasMap(0x1000);
   await buildFails(t, b.build(L1()), 'ERR_PRIVATE_MEMORY_WITH_LEGACY');
 });
 
-test('S2 private + an existing backing fails PrivateMemoryWithExistingBacking', async (t) => {
+// Scenario 2.
+test('private + an existing backing fails PrivateMemoryWithExistingBacking', async (t) => {
   const b = new GuestMemoryBuilder().privateMemory(true).existingBacking(looseBacking(0x4000_0000)).transparentHugepages(false);
   await buildFails(t, b.build(L1()), 'ERR_PRIVATE_MEMORY_WITH_EXISTING_BACKING');
 });
 
-test('S3 THP without private memory fails ThpWithoutPrivateMemory even when the alias would not fit', async (t) => {
+// Scenario 3.
+test('THP without private memory fails ThpWithoutPrivateMemory even when the alias would not fit', async (t) => {
   const b = new GuestMemoryBuilder().transparentHugepages(true).vtl0AliasMap(0x1000);
   await buildFails(t, b.build(L1()), 'ERR_THP_WITHOUT_PRIVATE_MEMORY');
   // THP is step 2, before the backing checks of step 3 (a too-short backing, a too-large RAM).
@@ -52,7 +55,8 @@ test('S3 THP without private memory fails ThpWithoutPrivateMemory even when the 
   await buildFails(t, new GuestMemoryBuilder().transparentHugepages(true).build(MemoryLayout.new(1n << 63n, [MMIO])), 'ERR_THP_WITHOUT_PRIVATE_MEMORY');
 });
 
-test('S4 private + THP builds on Linux, with working RAM', async (t) => {
+// Scenario 4.
+test('private + THP builds on Linux, with working RAM', async (t) => {
   const manager = await new GuestMemoryBuilder().privateMemory(true).transparentHugepages(true).build(L1());
   const memory = await manager.client().guestMemory();
   memory.writeU64(0x20_0000, 0x0123_4567_89ab_cdefn);
@@ -61,20 +65,23 @@ test('S4 private + THP builds on Linux, with working RAM', async (t) => {
   await manager.close();
 });
 
-test('S5 alias boundary: 0xFFFF_F000 does not fit an L1 guest, 0x1_0000_0000 does', async (t) => {
+// Scenario 5.
+test('alias boundary: 0xFFFF_F000 does not fit an L1 guest, 0x1_0000_0000 does', async (t) => {
   await buildFails(t, build(L1(), { alias: 0xffff_f000 }), 'ERR_ALIAS_MAP_WONT_FIT');
   const manager = await build(L1(), { alias: 0x1_0000_0000n });
   t.is((await manager.inspect()).aliasOffset, 0x1_0000_0000n);
   await manager.close();
 });
 
-test('S6 the alias check precedes the x86 check', async (t) => {
+// Scenario 6.
+test('the alias check precedes the x86 check', async (t) => {
   const fromMiB = () => MemoryLayout.fromRanges([{ range: range(0x10_0000, 0x4000_0000) }], [MMIO]);
   await buildFails(t, build(fromMiB(), { x86: true, alias: 0x1000 }), 'ERR_ALIAS_MAP_WONT_FIT');
   await buildFails(t, build(fromMiB(), { x86: true }), 'ERR_INVALID_RAM_FOR_X86');
 });
 
-test('S7 x86 support needs at least 1 MiB of RAM from 0', async (t) => {
+// Scenario 7.
+test('x86 support needs at least 1 MiB of RAM from 0', async (t) => {
   await buildFails(t, build(MemoryLayout.new(0x8_0000, [MMIO]), { x86: true }), 'ERR_INVALID_RAM_FOR_X86');
   // The same layout without x86 support builds.
   const manager = await build(MemoryLayout.new(0x8_0000, [MMIO]));
@@ -167,7 +174,8 @@ test('setters are chainable and the last call wins', async (t) => {
 
 // ----- scenarios 8-14: RAM regions, backing, content -----
 
-test('S8 the x86 split of L1 gives 16 RAM regions whose file offsets equal their GPAs', async (t) => {
+// Scenario 8.
+test('the x86 split of L1 gives 16 RAM regions whose file offsets equal their GPAs', async (t) => {
   const manager = await build(L1(), { x86: true });
   const { regions, mappings } = await manager.inspect();
   const bounds = [...X86_BOUNDS, 0x4000_0000n];
@@ -197,7 +205,8 @@ test('S8 the x86 split of L1 gives 16 RAM regions whose file offsets equal their
   await manager.close();
 });
 
-test('S9 (D1) a first RAM range ending exactly at 1 MiB gives 15 regions and attaching completes', async (t) => {
+// Scenario 9 (deviation D1).
+test('a first RAM range ending exactly at 1 MiB gives 15 regions and attaching completes', async (t) => {
   const manager = await build(MemoryLayout.new(0x10_0000, [MMIO]), { x86: true });
   const { regions } = await manager.inspect();
   t.is(regions.length, 15);
@@ -209,7 +218,8 @@ test('S9 (D1) a first RAM range ending exactly at 1 MiB gives 15 regions and att
   await manager.close();
 });
 
-test('S10 dense file offsets: L2 RAM above the gap follows the RAM below it in the backing object', async (t) => {
+// Scenario 10.
+test('dense file offsets: L2 RAM above the gap follows the RAM below it in the backing object', async (t) => {
   const manager = await build(L2());
   const { mappings } = await manager.inspect();
   t.deepEqual(
@@ -232,7 +242,8 @@ test('S10 dense file offsets: L2 RAM above the gap follows the RAM below it in t
   await manager.close();
 });
 
-test('S11 VTL2 RAM: backing of 0x4400_0000 bytes, VTL2 region last at file offset 0x4000_0000, controllable', async (t) => {
+// Scenario 11.
+test('VTL2 RAM: backing of 0x4400_0000 bytes, VTL2 region last at file offset 0x4000_0000, controllable', async (t) => {
   const manager = await build(L3());
   const backing = manager.sharedMemoryBacking().mappable();
   t.is(fs.fstatSync(backing.fd).size, 0x4400_0000);
@@ -249,7 +260,8 @@ test('S11 VTL2 RAM: backing of 0x4400_0000 bytes, VTL2 region last at file offse
   await manager.close();
 });
 
-test('S12 backing reuse: a second manager over the first one\'s backing sees its writes, both ways', async (t) => {
+// Scenario 12.
+test('backing reuse: a second manager over the first one\'s backing sees its writes, both ways', async (t) => {
   const a = await build(L1());
   const memoryA = await a.client().guestMemory();
   const data = pattern(0x31, 64);
@@ -268,7 +280,8 @@ test('S12 backing reuse: a second manager over the first one\'s backing sees its
   await a.close();
 });
 
-test('S13 private backing: no shared backing, no sharing, zeroed RAM, round trips, empty mapping set', async (t) => {
+// Scenario 13.
+test('private backing: no shared backing, no sharing, zeroed RAM, round trips, empty mapping set', async (t) => {
   const manager = await build(L1(), { private: true });
   t.is(manager.sharedMemoryBacking(), null);
   const memory = await manager.client().guestMemory();
@@ -284,7 +297,8 @@ test('S13 private backing: no shared backing, no sharing, zeroed RAM, round trip
   await manager.close();
 });
 
-test('S14 private memory ignores prefetch: no prefetch calls, RAM params prefetch false', async (t) => {
+// Scenario 14.
+test('private memory ignores prefetch: no prefetch calls, RAM params prefetch false', async (t) => {
   const manager = await build(L1(), { private: true, prefetch: true });
   const partition = new RecordingPartition();
   await manager.attachPartition(Vtl.Vtl0, partition);

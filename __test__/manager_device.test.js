@@ -29,7 +29,8 @@ async function vgaDevice(t) {
   return { manager, partition, memory, control, region, objectP };
 }
 
-test('S34-S37 a device window under RAM is inactive; unmapping VGA surfaces it; ReadWrite hides it again', async (t) => {
+// Scenarios 34-37.
+test('a device window under RAM is inactive; unmapping VGA surfaces it; ReadWrite hides it again', async (t) => {
   const { manager, partition, memory, control, objectP } = await vgaDevice(t);
   // S34: present, inactive, no partition calls.
   let [device] = await deviceRegions(manager);
@@ -72,7 +73,8 @@ test('S34-S37 a device window under RAM is inactive; unmapping VGA surfaces it; 
   await manager.close();
 });
 
-test('S44 S45 runtime DAX: adding a mapping to a surfaced window makes no partition call; removing invalidates', async (t) => {
+// Scenarios 44, 45.
+test('runtime DAX: adding a mapping to a surfaced window makes no partition call; removing invalidates', async (t) => {
   const { manager, partition, memory, region, objectP } = await vgaDevice(t);
   await manager.ramVisibilityControl().setRamVisibility(VGA, RamVisibility.Unmapped);
   partition.clearLog();
@@ -94,7 +96,8 @@ test('S44 S45 runtime DAX: adding a mapping to a surfaced window makes no partit
   await manager.close();
 });
 
-test('S38 a window straddling RAM fails OverlapError naming the device and ram; the window stays unplaced', async (t) => {
+// Scenario 38.
+test('a window straddling RAM fails OverlapError naming the device and ram; the window stays unplaced', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: true });
   const { control } = manager.deviceMemoryMapper().newRegion(0x2000, 'straddler');
   const error = await t.throwsAsync(control.mapToGuest(0x9_f000, true), { instanceOf: MemoryManagerError });
@@ -105,7 +108,8 @@ test('S38 a window straddling RAM fails OverlapError naming the device and ram; 
   await manager.close();
 });
 
-test('S39 identical windows in MMIO space: the first created is active; removing it activates the second', async (t) => {
+// Scenario 39.
+test('identical windows in MMIO space: the first created is active; removing it activates the second', async (t) => {
   const { manager, partition } = await attached(L1());
   const memory = await manager.client().guestMemory();
   const first = manager.deviceMemoryMapper().newRegion(0x1_0000, 'first');
@@ -128,7 +132,8 @@ test('S39 identical windows in MMIO space: the first created is active; removing
   await manager.close();
 });
 
-test('S40 equal-priority windows that partially overlap are refused with OverlapError', async (t) => {
+// Scenario 40.
+test('equal-priority windows that partially overlap are refused with OverlapError', async (t) => {
   const { manager, partition } = await attached(L1());
   const a = manager.deviceMemoryMapper().newRegion(0x2000, 'a');
   const b = manager.deviceMemoryMapper().newRegion(0x2000, 'b');
@@ -141,7 +146,8 @@ test('S40 equal-priority windows that partially overlap are refused with Overlap
   await manager.close();
 });
 
-test('S46 (D2) a device unmap keeps the other mappings for a later placement', async (t) => {
+// Scenario 46 (deviation D2).
+test('a device unmap keeps the other mappings for a later placement', async (t) => {
   const manager = await build(L1());
   const memory = await manager.client().guestMemory();
   const { control, region } = manager.deviceMemoryMapper().newRegion(0x4000, 'dev');
@@ -164,7 +170,8 @@ test('S46 (D2) a device unmap keeps the other mappings for a later placement', a
   await manager.close();
 });
 
-test('S47 device input errors: InvalidInput / Unsupported, and none changes state', async (t) => {
+// Scenario 47.
+test('device input errors: InvalidInput / Unsupported, and none changes state', async (t) => {
   const { manager, partition } = await attached(L1());
   const { control, region } = manager.deviceMemoryMapper().newRegion(0x4000, 'dev');
   const object = objectWith(Buffer.from('data'), 0x4000);
@@ -199,7 +206,8 @@ test('S47 device input errors: InvalidInput / Unsupported, and none changes stat
   await manager.close();
 });
 
-test('S48 (D3) a window placed read-only makes a writable object read-only to the accessor', async (t) => {
+// Scenario 48 (deviation D3).
+test('a window placed read-only makes a writable object read-only to the accessor', async (t) => {
   const { manager, partition } = await attached(L1());
   const memory = await manager.client().guestMemory();
   const { control, region } = manager.deviceMemoryMapper().newRegion(0x1000, 'rom');
@@ -216,7 +224,8 @@ test('S48 (D3) a window placed read-only makes a writable object read-only to th
   await manager.close();
 });
 
-test('S49 moving a window: unmap at G1, map at G2, the mappings are seen at G2', async (t) => {
+// Scenario 49.
+test('moving a window: unmap at G1, map at G2, the mappings are seen at G2', async (t) => {
   const { manager, partition } = await attached(L1());
   const memory = await manager.client().guestMemory();
   const { control, region } = manager.deviceMemoryMapper().newRegion(0x1000, 'mover');
@@ -233,7 +242,8 @@ test('S49 moving a window: unmap at G1, map at G2, the mappings are seen at G2',
   await manager.close();
 });
 
-test('S50 a mapping made while unplaced is visible once placed', async (t) => {
+// Scenario 50.
+test('a mapping made while unplaced is visible once placed', async (t) => {
   const manager = await build(L1());
   const memory = await manager.client().guestMemory();
   const { control, region } = manager.deviceMemoryMapper().newRegion(0x1000, 'late');
@@ -246,7 +256,8 @@ test('S50 a mapping made while unplaced is visible once placed', async (t) => {
   await manager.close();
 });
 
-test('S51 a window beyond the VA window fails RegionOutOfRange', async (t) => {
+// Scenario 51.
+test('a window beyond the VA window fails RegionOutOfRange', async (t) => {
   const { manager, partition } = await attached(L1());
   const { control } = manager.deviceMemoryMapper().newRegion(0x1000, 'far');
   const error = await t.throwsAsync(control.mapToGuest(0x1_0000_0000n, true), { instanceOf: MemoryManagerError });
@@ -259,7 +270,8 @@ test('S51 a window beyond the VA window fails RegionOutOfRange', async (t) => {
   await manager.close();
 });
 
-test('S52 (via the snapshot) L2 DMA-target mappings are the two RAM mappings with their file offsets', async (t) => {
+// Scenario 52 (via the snapshot).
+test('L2 DMA-target mappings are the two RAM mappings with their file offsets', async (t) => {
   const manager = await build(L2());
   const { control } = manager.deviceMemoryMapper().newRegion(0x1000, 'not-dma');
   await control.mapToGuest(0xd000_0000, true);
@@ -269,7 +281,8 @@ test('S52 (via the snapshot) L2 DMA-target mappings are the two RAM mappings wit
   await manager.close();
 });
 
-test('S52 (via sharing) getRegions() of a file-backed accessor lists the RAM mappings, not device ones', async (t) => {
+// Scenario 52 (via sharing).
+test('getRegions() of a file-backed accessor lists the RAM mappings, not device ones', async (t) => {
   const manager = await build(L2());
   const { control } = manager.deviceMemoryMapper().newRegion(0x1000, 'not-dma');
   await control.mapToGuest(0xd000_0000, true);

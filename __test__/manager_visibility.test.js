@@ -16,7 +16,8 @@ async function assertInvalidRegion(t, pending, text) {
   t.is(error.message, `${text} is not a controllable RAM range`);
 }
 
-test('S27 only an exact RAM region is controllable', async (t) => {
+// Scenario 27.
+test('only an exact RAM region is controllable', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: true });
   const control = manager.ramVisibilityControl();
   await assertInvalidRegion(t, control.setRamVisibility(range(0xa_0000, 0xb_0000), RamVisibility.Unmapped), '0xa0000-0xb0000');
@@ -31,7 +32,8 @@ test('S27 only an exact RAM region is controllable', async (t) => {
   await plain.close();
 });
 
-test('S28 S29 VGA unmapped: partition unmap, reads fail NoMapping, mapping gone; restored: map, content back', async (t) => {
+// Scenarios 28, 29.
+test('VGA unmapped: partition unmap, reads fail NoMapping, mapping gone; restored: map, content back', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: true });
   const memory = await manager.client().guestMemory();
   const data = pattern(0xa0, 0x2_0000);
@@ -59,7 +61,8 @@ test('S28 S29 VGA unmapped: partition unmap, reads fail NoMapping, mapping gone;
   await manager.close();
 });
 
-test('S30 ReadOnly: unmap then map(writable=false); accessor reads succeed, writes fail NoMapping', async (t) => {
+// Scenario 30.
+test('ReadOnly: unmap then map(writable=false); accessor reads succeed, writes fail NoMapping', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: true });
   const memory = await manager.client().guestMemory();
   memory.writeU32(0xc_0000, 0x0bad_cafe);
@@ -81,14 +84,16 @@ test('S30 ReadOnly: unmap then map(writable=false); accessor reads succeed, writ
   await manager.close();
 });
 
-test('S31 ReadWrite on a region already ReadWrite (no prefetch) makes no calls', async (t) => {
+// Scenario 31.
+test('ReadWrite on a region already ReadWrite (no prefetch) makes no calls', async (t) => {
   const { manager, partition } = await attached(L1());
   await manager.ramVisibilityControl().setRamVisibility(RAM, RamVisibility.ReadWrite);
   t.deepEqual(partition.log(), []);
   await manager.close();
 });
 
-test('S32 with prefetch, ReadWrite is a parameter change: unmap, map, no prefetch; params prefetch false', async (t) => {
+// Scenario 32.
+test('with prefetch, ReadWrite is a parameter change: unmap, map, no prefetch; params prefetch false', async (t) => {
   const { manager, partition } = await attached(L1(), { prefetch: true });
   await manager.ramVisibilityControl().setRamVisibility(RAM, RamVisibility.ReadWrite);
   t.deepEqual(partition.takeLog(), [unmap(0, 0x4000_0000), map(0, 0x4000_0000)]);
@@ -99,7 +104,8 @@ test('S32 with prefetch, ReadWrite is a parameter change: unmap, map, no prefetc
   await manager.close();
 });
 
-test('S33 Unmapped twice: the second call succeeds without calls', async (t) => {
+// Scenario 33.
+test('Unmapped twice: the second call succeeds without calls', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: true });
   const control = manager.ramVisibilityControl();
   await control.setRamVisibility(VGA, RamVisibility.Unmapped);
@@ -109,7 +115,8 @@ test('S33 Unmapped twice: the second call succeeds without calls', async (t) => 
   await manager.close();
 });
 
-test('S54 private RAM unmapped from the partition keeps its content in the VA', async (t) => {
+// Scenario 54.
+test('private RAM unmapped from the partition keeps its content in the VA', async (t) => {
   const { manager, partition } = await attached(L1(), { private: true });
   const memory = await manager.client().guestMemory();
   memory.writeU64(0, 0x0102_0304_0506_0708n);
@@ -119,7 +126,8 @@ test('S54 private RAM unmapped from the partition keeps its content in the VA', 
   await manager.close();
 });
 
-test('S55 (D5) a partition failure during a runtime change poisons the manager; the process survives', async (t) => {
+// Scenario 55 (deviation D5).
+test('a partition failure during a runtime change poisons the manager; the process survives', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: true });
   const control = manager.ramVisibilityControl();
   partition.failOn('map', 0xa_0000);
@@ -149,7 +157,8 @@ test('S55 (D5) a partition failure during a runtime change poisons the manager; 
   await manager.close();
 });
 
-test('S56 (observable part) the partition unmap is logged and the VA invalidated before the Promise resolves', async (t) => {
+// Scenario 56 (observable part).
+test('the partition unmap is logged and the VA invalidated before the Promise resolves', async (t) => {
   // The mapper's own event log is internal (the Rust tests check the order unmap → invalidate →
   // ack); from JavaScript: once the Promise resolves, the partition has its unmap and this
   // process's mapper no longer maps the range.

@@ -16,7 +16,8 @@ test('unit constants are bigints of powers of 1024', (t) => {
   t.is(TiB, 1n << 40n);
 });
 
-test('scenario 1: accessors, Display and number inputs', (t) => {
+// Scenario 1.
+test('accessors, Display and number inputs', (t) => {
   const r = MemoryRange.new(0x1000, 0x3000);
   t.is(r.toString(), '0x1000-0x3000');
   t.is(`${r}`, '0x1000-0x3000');
@@ -33,7 +34,8 @@ test('scenario 1: accessors, Display and number inputs', (t) => {
   t.deepEqual(JSON.parse(JSON.stringify(r)), { start: '0x1000', end: '0x3000' });
 });
 
-test('scenario 2: EMPTY and page_count_2m rounding', (t) => {
+// Scenario 2.
+test('EMPTY and page_count_2m rounding', (t) => {
   t.is(MemoryRange.EMPTY.toString(), '0x0-0x0');
   t.is(MemoryRange.EMPTY.pageCount2m, 0n);
   t.is(range(0, 0x201000).pageCount2m, 2n);
@@ -41,7 +43,8 @@ test('scenario 2: EMPTY and page_count_2m rounding', (t) => {
   t.is(MemoryRange.MAX_ADDRESS, 0xffff_ffff_ffff_f000n);
 });
 
-test('scenarios 3-5: tryNew errors and new panics', (t) => {
+// Scenarios 3-5.
+test('tryNew errors and new panics', (t) => {
   const e1 = t.throws(() => MemoryRange.tryNew(0x1001, 0x2000), { instanceOf: mb.InvalidMemoryRangeError });
   t.is(e1.code, 'ERR_INVALID_MEMORY_RANGE');
   t.is(e1.message, 'unaligned or invalid memory range: 0x1001-0x2000');
@@ -55,7 +58,8 @@ test('scenarios 3-5: tryNew errors and new panics', (t) => {
   t.is(MemoryRange.tryNew(0, 4096).toString(), '0x0-0x1000');
 });
 
-test('scenarios 6-8: bounding and from4kGpnRange', (t) => {
+// Scenarios 6-8.
+test('bounding and from4kGpnRange', (t) => {
   t.is(MemoryRange.bounding(0x1800, 0x1800).toString(), '0x1000-0x2000');
   t.is(MemoryRange.bounding(0x1234, 0x5678).toString(), '0x1000-0x6000');
   t.is(MemoryRange.bounding(0x1000, 0x1000).toString(), '0x1000-0x1000');
@@ -69,7 +73,8 @@ test('scenarios 6-8: bounding and from4kGpnRange', (t) => {
   t.throws(() => MemoryRange.from4kGpnRange(3, 2), { instanceOf: RangeError });
 });
 
-test('scenarios 9-10: alignment and alignedSubrange', (t) => {
+// Scenarios 9-10.
+test('alignment and alignedSubrange', (t) => {
   t.is(range(0x200000, 0x400000).alignment(0), 0x200000n);
   t.is(range(4n * M + 8n * KiB, 6n * M + 8n * KiB).alignment(2n * M - 8n * KiB), 0x200000n);
   t.is(range(0, 4n * GiB).alignment(0), 0x1_0000_0000n);
@@ -83,7 +88,8 @@ test('scenarios 9-10: alignment and alignedSubrange', (t) => {
   t.throws(() => range(0, 0x1000).alignedSubrange(0), { instanceOf: RangeError });
 });
 
-test('scenarios 11-16: predicates, intersection, split, offsetOf, ordering', (t) => {
+// Scenarios 11-16.
+test('predicates, intersection, split, offsetOf, ordering', (t) => {
   t.true(range(0x2000, 0x2000).overlaps(range(0x1000, 0x3000)));
   t.false(range(0x1000, 0x2000).overlaps({ start: 0x2000, end: 0x3000 }));
   t.false(range(0x1000, 0x1000).overlaps(range(0x1000, 0x3000)));
@@ -114,7 +120,8 @@ test('scenarios 11-16: predicates, intersection, split, offsetOf, ordering', (t)
 
 const str = (it) => [...it].map(String);
 
-test('scenarios 17-21: AlignedSubranges', (t) => {
+// Scenarios 17-21.
+test('AlignedSubranges splits at the largest alignment, honours max length and offset, and stops after a panic', (t) => {
   t.deepEqual(str(new mb.AlignedSubranges(range(5n * M + 400n * KiB, 12n * M + 400n * KiB))), [
     '0x564000-0x600000',
     '0x600000-0xc00000',
@@ -142,7 +149,8 @@ test('scenarios 17-21: AlignedSubranges', (t) => {
   for (let i = 0; i < 1000; i++) t.is(endless.next().value.toString(), '0x0-0x0');
 });
 
-test('scenarios 22-23: walkRanges', (t) => {
+// Scenarios 22-23.
+test('walkRanges covers the address space with Neither/Left/Right/Both pieces and passes tags through', (t) => {
   const items = [
     ...mb.walkRanges(
       [
@@ -182,7 +190,8 @@ const R = [
   [2n * M, 6n * M], [10n * M, 11n * M], [11n * M, 11n * M], [11n * M, 13n * M], [15n * M, 22n * M], [26n * M, 30n * M],
 ].map(([s, e]) => range(s, e));
 
-test('scenarios 24-28: overlapping and subtract, laziness of panics', (t) => {
+// Scenarios 24-28.
+test('overlappingRanges and subtractRanges, which check sorting lazily as they go', (t) => {
   t.deepEqual(str(mb.overlappingRanges(L, R)), ['0x200000-0x400000', '0xa00000-0xb00000', '0xb00000-0xc00000', '0x1000000-0x1400000', '0x1a00000-0x1e00000']);
   t.deepEqual(str(mb.subtractRanges(L, R)), ['0x0-0x200000', '0x800000-0xa00000', '0x1800000-0x1a00000', '0x1e00000-0x2000000', '0x2800000-0x3000000']);
   const lazy = mb.overlappingRanges([range(M, 2n * M), range(0, M)], [range(3n * M, 4n * M)]);
@@ -195,7 +204,8 @@ test('scenarios 24-28: overlapping and subtract, laziness of panics', (t) => {
   t.deepEqual(str(mb.subtractRanges([range(0, 2n * M), range(2n * M, 4n * M)], [])), ['0x0-0x200000', '0x200000-0x400000']);
 });
 
-test('scenarios 29-33: flatten and merge', (t) => {
+// Scenarios 29-33.
+test('flattenRanges merges overlaps of sorted input; mergeAdjacentRanges joins touching ranges with equal tags', (t) => {
   t.deepEqual(str(mb.flattenRanges(pages([[0, 4], [5, 7], [6, 11], [13, 20], [20, 25], [22, 24], [35, 36]]))), ['0x0-0x4000', '0x5000-0xb000', '0xd000-0x19000', '0x23000-0x24000']);
   t.deepEqual(str(mb.flattenRanges([range(0x1000, 0x8000), range(0x2000, 0x3000), range(0x2000, 0x9000)])), ['0x1000-0x9000']);
   t.deepEqual(str(mb.flattenRanges([range(0x1000, 0x2000), range(0x3000, 0x3000), range(0x5000, 0x6000)])), ['0x1000-0x2000', '0x3000-0x3000', '0x5000-0x6000']);

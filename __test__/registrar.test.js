@@ -15,7 +15,8 @@ function recorder(failWhen = () => false) {
   return { calls, callback };
 }
 
-test('scenarios 53-54: lazy chunked registration with an offset', (t) => {
+// Scenarios 53-54.
+test('lazy chunked registration with an offset', (t) => {
   const layout = MemoryLayout.new(TiB, [range(0x10000, 0x20000), range(TiB, 2n * TiB)]);
   t.deepEqual(layout.ram.map((r) => String(r.range)), ['0x0-0x10000', '0x20000-0x10000000000', '0x20000000000-0x20000010000']);
   const O = 1n << 50n;
@@ -35,7 +36,8 @@ test('scenarios 53-54: lazy chunked registration with an offset', (t) => {
   t.is(registrar.inspect().chunksRegistered, 14);
 });
 
-test('scenario 55: unaligned and zero-length requests', (t) => {
+// Scenario 55.
+test('unaligned and zero-length requests', (t) => {
   const layout = MemoryLayout.new(8n * G, [range(3n * G, 4n * G)]);
   const rec = recorder();
   const registrar = new MemoryRegistrar(layout, 0, rec.callback);
@@ -53,7 +55,8 @@ test('scenario 55: unaligned and zero-length requests', (t) => {
   t.is(registrar.inspect().chunksRegistered, 4);
 });
 
-test('scenario 56: sticky failure with the original asymmetric error values and cause', (t) => {
+// Scenario 56.
+test('sticky failure with the original asymmetric error values and cause', (t) => {
   const layout = MemoryLayout.new(8n * G, [range(3n * G, 4n * G)]);
   const O = 1n << 40n;
   const rec = recorder((r) => r.start === O + 4n * G);
@@ -76,7 +79,8 @@ test('scenario 56: sticky failure with the original asymmetric error values and 
   t.is(registrar.inspect().chunksRegistered, 2);
 });
 
-test('scenarios 58-60: later chunks not attempted, bounds and unaligned offset panics', (t) => {
+// Scenarios 58-60.
+test('later chunks not attempted, bounds and unaligned offset panics', (t) => {
   const rec = recorder((r) => r.start === 6n * G);
   const registrar = new MemoryRegistrar(MemoryLayout.new(16n * G, []), 0, rec.callback);
   t.is(t.throws(() => registrar.register(G, 8n * G)).address, 0x180000000n);

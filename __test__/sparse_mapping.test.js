@@ -21,7 +21,8 @@ function assertMemoryFault(t, fn, { offset, isWrite, signal = 'SIGSEGV', siCode 
   return error;
 }
 
-test('S1: a zero-length mapping is InvalidInput (RangeError ERR_INVALID_INPUT)', (t) => {
+// Scenario 1.
+test('a zero-length mapping is InvalidInput (RangeError ERR_INVALID_INPUT)', (t) => {
   const error = t.throws(() => new SparseMapping(0), { instanceOf: RangeError, code: 'ERR_INVALID_INPUT' });
   t.is(error.message, 'length must be greater than 0');
   t.throws(() => new SparseMapping(0n), { instanceOf: RangeError, code: 'ERR_INVALID_INPUT' });
@@ -29,7 +30,8 @@ test('S1: a zero-length mapping is InvalidInput (RangeError ERR_INVALID_INPUT)',
   t.is(mb.handlerStatus(), 'installed');
 });
 
-test('S2/S3: lengths round up to 4 KiB, 2 MiB or 1 GiB and the base is aligned', (t) => {
+// Scenarios 2, 3.
+test('lengths round up to 4 KiB, 2 MiB or 1 GiB and the base is aligned', (t) => {
   t.is(new SparseMapping(1).length, 4096n);
   t.is(new SparseMapping(P + 1).length, 8192n);
   t.is(new SparseMapping(2 * MiB - 1).length, 2n * 1024n * 1024n);
@@ -44,7 +46,8 @@ test('S2/S3: lengths round up to 4 KiB, 2 MiB or 1 GiB and the base is aligned',
   t.is(locate(mb, big, 0).base % 1024n ** 3n, 0n);
 });
 
-test('S4: lengths too large to round: TypeError for unsafe numbers, InvalidInput for bigints', (t) => {
+// Scenario 4.
+test('lengths too large to round: TypeError for unsafe numbers, InvalidInput for bigints', (t) => {
   t.throws(() => new SparseMapping(2 ** 53), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE' });
   t.throws(() => new SparseMapping(Number.MAX_VALUE), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE' });
   const error = t.throws(() => new SparseMapping((1n << 64n) - 10n), { instanceOf: RangeError, code: 'ERR_INVALID_INPUT' });
@@ -56,7 +59,8 @@ test('S4: lengths too large to round: TypeError for unsafe numbers, InvalidInput
   t.is(huge.syscall, 'mmap');
 });
 
-test('S5: reading reserved but unplaced VA is ERR_MEMORY (SEGV_ACCERR) and the process lives on', (t) => {
+// Scenario 5.
+test('reading reserved but unplaced VA is ERR_MEMORY (SEGV_ACCERR) and the process lives on', (t) => {
   const mapping = new SparseMapping(16 * P);
   t.is(mapping.length, BigInt(16 * P));
   const dest = Buffer.alloc(16, 0x77);
@@ -77,7 +81,8 @@ test('S5: reading reserved but unplaced VA is ERR_MEMORY (SEGV_ACCERR) and the p
   t.is(back.toString(), 'alive');
 });
 
-test('S6: alloc gives zeroed read-write memory; a page of 0xCC round-trips', (t) => {
+// Scenario 6.
+test('alloc gives zeroed read-write memory; a page of 0xCC round-trips', (t) => {
   const mapping = new SparseMapping(4 * P);
   mapping.alloc(P, P);
   const fresh = Buffer.alloc(P, 0xee);
@@ -93,7 +98,8 @@ test('S6: alloc gives zeroed read-write memory; a page of 0xCC round-trips', (t)
   t.deepEqual(Array.from(words), [0xcccccccc, 0xcccccccc, 0xcccccccc, 0xcccccccc]);
 });
 
-test('S7: placement range validation and zero lengths', (t) => {
+// Scenario 7.
+test('placement range validation and zero lengths', (t) => {
   const mapping = new SparseMapping(4 * P);
   t.throws(() => mapping.alloc(100, P), { instanceOf: RangeError, code: 'ERR_INVALID_INPUT' });
   t.throws(() => mapping.alloc(0, 5 * P), { instanceOf: RangeError, code: 'ERR_INVALID_INPUT' });
@@ -118,7 +124,8 @@ test('S7: placement range validation and zero lengths', (t) => {
   t.is(mapping.unmap(0, 4 * P), undefined);
 });
 
-test('S8: unmapping a page of an allocation: that page faults, the others keep data, VA stays reserved', (t) => {
+// Scenario 8.
+test('unmapping a page of an allocation: that page faults, the others keep data, VA stays reserved', (t) => {
   const mapping = new SparseMapping(5 * P);
   mapping.alloc(0, 4 * P);
   const data = pattern(4 * P, 3);
@@ -140,7 +147,8 @@ test('S8: unmapping a page of an allocation: that page faults, the others keep d
   t.deepEqual(perms(3 * P), ['rw-p']);
 });
 
-test('S9: mapZero reads zeros; a write faults with the write direction and SEGV_ACCERR', (t) => {
+// Scenario 9.
+test('mapZero reads zeros; a write faults with the write direction and SEGV_ACCERR', (t) => {
   const mapping = new SparseMapping(2 * P);
   mapping.mapZero(0, P);
   const back = Buffer.alloc(64, 0x55);
@@ -152,7 +160,8 @@ test('S9: mapZero reads zeros; a write faults with the write direction and SEGV_
   t.true(back.every((b) => b === 0));
 });
 
-test('S10: setWritable(false) makes writes fault and keeps reads; setWritable(true) restores', (t) => {
+// Scenario 10.
+test('setWritable(false) makes writes fault and keeps reads; setWritable(true) restores', (t) => {
   const mapping = new SparseMapping(P);
   mapping.alloc(0, P);
   mapping.writeAt(0, Buffer.from([1, 2, 3]));
@@ -169,7 +178,8 @@ test('S10: setWritable(false) makes writes fault and keeps reads; setWritable(tr
   t.deepEqual([...back], [1, 9, 3]);
 });
 
-test('S11: overlapping placements all succeed and the last one wins', (t) => {
+// Scenario 11.
+test('overlapping placements all succeed and the last one wins', (t) => {
   const mapping = new SparseMapping(16 * P);
   mapping.alloc(0, 8 * P);
   mapping.writeAt(0, Buffer.alloc(8 * P, 1));
@@ -202,7 +212,8 @@ test('S11: overlapping placements all succeed and the last one wins', (t) => {
   t.throws(() => mapping.length, { code: 'ERR_CLOSED' });
 });
 
-test('S12: a memfd is shared between views, named, close-on-exec, and not sealed', (t) => {
+// Scenario 12.
+test('a memfd is shared between views, named, close-on-exec, and not sealed', (t) => {
   const memfd = Mappable.allocSharedMemory(4 * P, 't');
   const mapping = new SparseMapping(16 * P);
   mapping.mapFile(0, 4 * P, memfd, 0, true);
@@ -237,7 +248,8 @@ test('S12: a memfd is shared between views, named, close-on-exec, and not sealed
   t.is(back.toString(), 'shared');
 });
 
-test('S13: a file view beyond end of file faults with SIGBUS/BUS_ADRERR at the right offset', (t) => {
+// Scenario 13.
+test('a file view beyond end of file faults with SIGBUS/BUS_ADRERR at the right offset', (t) => {
   const memfd = Mappable.allocSharedMemory(P, 'h7-s13');
   const mapping = new SparseMapping(2 * P);
   mapping.mapFile(0, 2 * P, memfd, 0, true);
@@ -254,7 +266,8 @@ test('S13: a file view beyond end of file faults with SIGBUS/BUS_ADRERR at the r
   t.true(page0.every((b) => b === 7));
 });
 
-test('S14: mapFile errors: EACCES for a writable view of a read-only fd, EINVAL for an unaligned file offset', (t) => {
+// Scenario 14.
+test('mapFile errors: EACCES for a writable view of a read-only fd, EINVAL for an unaligned file offset', (t) => {
   const memfd = Mappable.allocSharedMemory(4 * P, 'h7-s14');
   const readOnlyFd = fs.openSync(`/proc/self/fd/${memfd.fd}`, 'r');
   const readOnly = Mappable.fromFd(readOnlyFd);
@@ -286,7 +299,8 @@ function safeReadlink(fd) {
   }
 }
 
-test('S15: decommit zeroes private pages; decommit of a memfd view punches a hole seen by every view', (t) => {
+// Scenario 15.
+test('decommit zeroes private pages; decommit of a memfd view punches a hole seen by every view', (t) => {
   const mapping = new SparseMapping(4 * P);
   mapping.alloc(0, 4 * P);
   mapping.writeAt(0, Buffer.alloc(2 * P, 0xab));
@@ -320,7 +334,8 @@ test('S15: decommit zeroes private pages; decommit of a memfd view punches a hol
   t.deepEqual([...viaFile], [0, 0, 0, 0]);
 });
 
-test('S16: madviseHugepage on a 2 MiB allocation; data and decommit still work', (t) => {
+// Scenario 16.
+test('madviseHugepage on a 2 MiB allocation; data and decommit still work', (t) => {
   const mapping = new SparseMapping(2 * MiB);
   mapping.alloc(0, 2 * MiB);
   try {
@@ -337,7 +352,8 @@ test('S16: madviseHugepage on a 2 MiB allocation; data and decommit still work',
   t.deepEqual([...back], [0, 0, 0, 0]);
 });
 
-test('S17: setName never throws; it names the VMAs where the kernel supports it', (t) => {
+// Scenario 17.
+test('setName never throws; it names the VMAs where the kernel supports it', (t) => {
   const mapping = new SparseMapping(8 * P);
   mapping.alloc(0, 8 * P);
   const name = `h7-named-${process.pid}`;
@@ -361,7 +377,8 @@ test('S17: setName never throws; it names the VMAs where the kernel supports it'
   }
 });
 
-test('S18: guarded access bounds against length', (t) => {
+// Scenario 18.
+test('guarded access bounds against length', (t) => {
   const mapping = new SparseMapping(P);
   mapping.alloc(0, P);
   t.is(mapping.readAt(P, new Uint8Array(0)), undefined);
@@ -378,7 +395,8 @@ test('S18: guarded access bounds against length', (t) => {
   t.throws(() => mapping.readAt((1n << 64n) - 1n, new Uint8Array(2)), { instanceOf: SparseMappingError, code: 'ERR_OUT_OF_BOUNDS' });
 });
 
-test('S19: a read crossing from a placed page into an unplaced one faults at the boundary', (t) => {
+// Scenario 19.
+test('a read crossing from a placed page into an unplaced one faults at the boundary', (t) => {
   const mapping = new SparseMapping(4 * P);
   mapping.alloc(0, P);
   const data = Buffer.alloc(8);
@@ -395,7 +413,8 @@ test('S19: a read crossing from a placed page into an unplaced one faults at the
   assertMemoryFault(t, () => mapping.writeAt(P - 8, Buffer.alloc(16, 0x11)), { offset: 8, isWrite: true });
 });
 
-test('S23: fault direction: an inaccessible source is a read, a read-only destination a write', (t) => {
+// Scenario 23.
+test('fault direction: an inaccessible source is a read, a read-only destination a write', (t) => {
   const mapping = new SparseMapping(4 * P);
   mapping.alloc(0, P);
   mapping.mapZero(P, P);

@@ -339,7 +339,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn s48_window_must_fit_the_pages() {
+    fn window_must_fit_the_pages() {
         assert!(PagedRange::new(1, 4096, &[1]).is_none());
         assert!(PagedRange::new(0, 4096, &[1]).is_some());
         assert!(PagedRange::new(usize::MAX, 2, &[1]).is_none());
@@ -350,7 +350,7 @@ mod tests {
     }
 
     #[test]
-    fn s48_two_range_example() {
+    fn two_range_example() {
         let first_gpns = [0x11, 0x22, 0x33];
         let second_gpns = [0x111, 0x112, 0x222];
         let mut ranges = PagedRanges::new([

@@ -22,9 +22,9 @@ fn us(value: u64) -> usize {
     usize::try_from(value).unwrap()
 }
 
-/// The layout of S34: a 4 MiB mapping with RAM 0–1 MiB, a hole 1–2 MiB, RAM 2–3 MiB, a hole
+/// A 4 MiB mapping with RAM 0–1 MiB, a hole 1–2 MiB, RAM 2–3 MiB, a hole
 /// 3 MiB..3 MiB + P and RAM up to 4 MiB.
-fn s34_layout() -> (Arc<SparseMapping>, GuestMemory) {
+fn holey_layout() -> (Arc<SparseMapping>, GuestMemory) {
     let mapping = Arc::new(SparseMapping::new(4 * us(MIB)).unwrap());
     mapping.alloc(0, us(MIB)).unwrap();
     mapping.alloc(2 * us(MIB), us(MIB)).unwrap();
@@ -66,7 +66,7 @@ fn hooked(
 struct TestError(&'static str);
 
 #[test]
-fn s32_allocate_round_trip_and_inner_buffer_ownership() {
+fn allocate_round_trip_and_inner_buffer_ownership() {
     let mut memory = GuestMemory::allocate(0x10000);
     assert_eq!(memory.debug_name(), "heap");
     memory.write_at(0, &[0x42; 0x10000]).unwrap();
@@ -86,13 +86,13 @@ fn s32_allocate_round_trip_and_inner_buffer_ownership() {
     assert_eq!(heap.as_mut_bytes()[5], 7);
 
     // A non-allocated memory has no inner buffer.
-    let (_mapping, sparse) = s34_layout();
+    let (_mapping, sparse) = holey_layout();
     assert!(sparse.inner_buf().is_none());
     assert!(sparse.into_inner_buf().is_err());
 }
 
 #[test]
-fn s33_allocate_rounds_up_to_a_page() {
+fn allocate_rounds_up_to_a_page() {
     assert_eq!(GuestMemory::allocate(1).max_address(), 4096);
     assert_eq!(GuestMemory::allocate(4096).max_address(), 4096);
     assert_eq!(GuestMemory::allocate(0).max_address(), 0);
@@ -101,8 +101,8 @@ fn s33_allocate_rounds_up_to_a_page() {
 }
 
 #[test]
-fn s34_holes_in_a_sparse_mapping_are_kind_other() {
-    let (_mapping, memory) = s34_layout();
+fn holes_in_a_sparse_mapping_are_kind_other() {
+    let (_mapping, memory) = holey_layout();
     assert_eq!(memory.max_address(), 4 * MIB);
     assert_eq!(memory.read_plain::<u8>(0).unwrap(), 0);
     for gpa in [0, 2 * MIB] {
@@ -142,8 +142,8 @@ fn s34_holes_in_a_sparse_mapping_are_kind_other() {
 }
 
 #[test]
-fn s35_out_of_range() {
-    let (_mapping, memory) = s34_layout();
+fn out_of_range() {
+    let (_mapping, memory) = holey_layout();
     let max = memory.max_address();
     let cases: [(u64, usize); 4] = [(max, 1), (max - 1, 2), (1 << 63, 1), (u64::MAX, 2)];
     for (gpa, len) in cases {
@@ -170,8 +170,8 @@ fn s35_out_of_range() {
 }
 
 #[test]
-fn s36_zero_length_operations_always_succeed() {
-    let (_mapping, memory) = s34_layout();
+fn zero_length_operations_always_succeed() {
+    let (_mapping, memory) = holey_layout();
     memory.read_at(u64::MAX, &mut []).unwrap();
     memory.write_at(u64::MAX, &[]).unwrap();
     memory.fill_at(u64::MAX, 0, 0).unwrap();
@@ -187,7 +187,7 @@ fn s36_zero_length_operations_always_succeed() {
 }
 
 #[test]
-fn s37_on_demand_mapping_retries() {
+fn on_demand_mapping_retries() {
     let mapping = Arc::new(SparseMapping::new(16 * us(P)).unwrap());
     let log = FaultLog::default();
     let memory = {
@@ -225,9 +225,9 @@ fn s37_on_demand_mapping_retries() {
     assert!(log.take().is_empty());
 }
 
-/// The layout of S38: `page_fault` places zero pages for reads and fails writes; page 0 is
+/// Read-only on demand: `page_fault` places zero pages for reads and fails writes; page 0 is
 /// writable.
-fn s38_layout() -> (Arc<SparseMapping>, GuestMemory, FaultLog) {
+fn read_only_on_demand_layout() -> (Arc<SparseMapping>, GuestMemory, FaultLog) {
     let mapping = Arc::new(SparseMapping::new(16 * us(P)).unwrap());
     mapping.alloc(0, us(P)).unwrap();
     let log = FaultLog::default();
@@ -248,8 +248,8 @@ fn s38_layout() -> (Arc<SparseMapping>, GuestMemory, FaultLog) {
 }
 
 #[test]
-fn s38_read_only_on_demand() {
-    let (_mapping, memory, log) = s38_layout();
+fn read_only_on_demand() {
+    let (_mapping, memory, log) = read_only_on_demand_layout();
     assert_eq!(memory.read_plain::<u8>(5 * P + 3).unwrap(), 0);
     assert_eq!(log.take(), vec![(5 * P + 3, 1, false)]);
     let err = memory.write_plain(5 * P + 3, &1u8).unwrap_err();
@@ -268,7 +268,7 @@ fn s38_read_only_on_demand() {
 }
 
 #[test]
-fn s39_page_fault_failure_kind_reaches_the_caller() {
+fn page_fault_failure_kind_reaches_the_caller() {
     let mapping = Arc::new(SparseMapping::new(4 * us(P)).unwrap());
     mapping.alloc(0, us(P)).unwrap();
     let memory = hooked(&mapping, |_, _, _, _| {
@@ -295,7 +295,7 @@ fn s39_page_fault_failure_kind_reaches_the_caller() {
 }
 
 #[test]
-fn s40_fallback_paths() {
+fn fallback_paths() {
     let mapping = Arc::new(SparseMapping::new(4 * us(P)).unwrap());
     let reads = FaultLog::default();
     let writes = FaultLog::default();
@@ -374,7 +374,7 @@ fn s40_fallback_paths() {
 }
 
 #[test]
-fn s40_memory_without_mapping_uses_fallbacks_directly() {
+fn memory_without_mapping_uses_fallbacks_directly() {
     struct Fallbacks(AtomicUsize);
     // SAFETY: no mapping; the read fallback initialises every byte.
     unsafe impl GuestMemoryAccess for Fallbacks {
@@ -406,7 +406,7 @@ fn s40_memory_without_mapping_uses_fallbacks_directly() {
 }
 
 #[test]
-fn s41_retry_limit_ends_an_unresolved_fault() {
+fn retry_limit_ends_an_unresolved_fault() {
     let mapping = Arc::new(SparseMapping::new(4 * us(P)).unwrap());
     let calls = Arc::new(AtomicUsize::new(0));
     let memory = {
@@ -445,7 +445,7 @@ fn s41_retry_limit_ends_an_unresolved_fault() {
 }
 
 #[test]
-fn s41_progress_resets_the_retry_count() {
+fn progress_resets_the_retry_count() {
     // Each fault is resolved: a long access over many lazily mapped pages needs more retries in
     // total than the limit, but never more than one per faulting address.
     let mapping = Arc::new(SparseMapping::new(64 * us(P)).unwrap());
@@ -462,7 +462,7 @@ fn s41_progress_resets_the_retry_count() {
 }
 
 #[test]
-fn s42_compare_exchange_semantics() {
+fn compare_exchange_semantics() {
     fn check<T>(memory: &GuestMemory, zero: T, one: T, two: T)
     where
         T: zerocopy::IntoBytes
@@ -481,7 +481,7 @@ fn s42_compare_exchange_semantics() {
         assert_eq!(memory.compare_exchange(8, one, two).unwrap(), Ok(two));
         assert_eq!(memory.read_plain::<T>(8).unwrap(), two);
     }
-    let (_mapping, sparse) = s34_layout();
+    let (_mapping, sparse) = holey_layout();
     for memory in [GuestMemory::allocate(us(P)), sparse] {
         check(&memory, 0u8, 1, 2);
         check(&memory, 0u16, 1, 0xFFFF);
@@ -507,7 +507,7 @@ fn s42_compare_exchange_semantics() {
 }
 
 #[test]
-fn s43_compare_exchange_on_read_only_page() {
+fn compare_exchange_on_read_only_page() {
     let mapping = Arc::new(SparseMapping::new(2 * us(P)).unwrap());
     mapping.alloc(0, us(P)).unwrap();
     mapping.write_at(0, &[5]).unwrap();
@@ -540,7 +540,7 @@ fn s43_compare_exchange_on_read_only_page() {
 }
 
 #[test]
-fn s44_compare_exchange_is_atomic_across_threads() {
+fn compare_exchange_is_atomic_across_threads() {
     let mapping = Arc::new(SparseMapping::new(us(P)).unwrap());
     mapping.alloc(0, us(P)).unwrap();
     let memory = GuestMemory::new("atomic", mapping);
@@ -587,7 +587,7 @@ fn s44_compare_exchange_is_atomic_across_threads() {
 }
 
 #[test]
-fn s45_multi_region() {
+fn multi_region() {
     let region = 1u64 << 30;
     let make = |size: usize| {
         let mapping = SparseMapping::new(size).unwrap();
@@ -652,8 +652,8 @@ fn s45_multi_region() {
 }
 
 #[test]
-fn s46_subranges() {
-    let (_mapping, memory) = s34_layout();
+fn subrange_views_and_their_bounds() {
+    let (_mapping, memory) = holey_layout();
     memory.write_at(2 * MIB, b"subrange").unwrap();
     let sub = memory.subrange(2 * MIB, MIB, false).unwrap();
     assert_eq!(sub.max_address(), MIB);
@@ -718,8 +718,8 @@ unsafe impl GuestMemoryAccess for CountingLocks {
 }
 
 #[test]
-fn s47_locking() {
-    let (_mapping, memory) = s34_layout();
+fn locked_pages_read_write_and_unlock() {
+    let (_mapping, memory) = holey_layout();
     memory.write_at(0, &[1; 8]).unwrap();
     memory.write_at(P, &[2; 8]).unwrap();
     memory.write_at(512 * P, &[3; 8]).unwrap();
@@ -837,8 +837,8 @@ fn lock_range_hands_out_runs_of_consecutive_pages() {
 }
 
 #[test]
-fn s49_probing_ranges() {
-    let (_mapping, memory, _log) = s38_layout();
+fn probing_ranges() {
+    let (_mapping, memory, _log) = read_only_on_demand_layout();
     // Page 0 writable, page 1 read-only zero pages after the first read.
     memory.read_plain::<u8>(P).unwrap();
     let gpns = [0, 1];
@@ -880,7 +880,7 @@ fn s49_probing_ranges() {
 }
 
 #[test]
-fn s50_paged_range_reads_and_writes() {
+fn paged_range_reads_and_writes() {
     let memory = GuestMemory::allocate(16 * PAGE_SIZE);
     let gpns = [7, 2, 11];
     let range = PagedRange::new(0x10, 2 * PAGE_SIZE, &gpns).unwrap();
@@ -938,7 +938,7 @@ fn s50_paged_range_reads_and_writes() {
 }
 
 #[test]
-fn s51_empty_memory() {
+fn empty_memory() {
     let memory = GuestMemory::empty();
     assert_eq!(memory.debug_name(), "empty");
     assert_eq!(memory.max_address(), 0);
@@ -956,7 +956,7 @@ fn s51_empty_memory() {
 }
 
 #[test]
-fn s31_concurrent_unmap_while_copying() {
+fn concurrent_unmap_while_copying() {
     let size = us(MIB);
     let mapping = Arc::new(SparseMapping::new(size).unwrap());
     mapping.alloc(0, size).unwrap();
@@ -1002,13 +1002,13 @@ fn s31_concurrent_unmap_while_copying() {
 
 #[test]
 fn sparse_mapping_memory_installs_the_handler() {
-    let (_mapping, _memory) = s34_layout();
+    let (_mapping, _memory) = holey_layout();
     assert_eq!(trycopy::handler_status(), trycopy::HandlerStatus::Installed);
 }
 
 #[test]
 fn typed_accesses_of_odd_sizes_and_atomic_buffers() {
-    let (_mapping, memory) = s34_layout();
+    let (_mapping, memory) = holey_layout();
     memory.write_plain(3, &[1u8, 2, 3]).unwrap();
     assert_eq!(memory.read_plain::<[u8; 3]>(3).unwrap(), [1, 2, 3]);
     memory.write_plain(17, &0x0102_0304_0506_0708u64).unwrap();

@@ -63,14 +63,14 @@ fn memfd_blocks(fd: &impl AsFd) -> u64 {
 }
 
 #[test]
-fn s1_zero_length_is_invalid_input() {
+fn zero_length_is_invalid_input() {
     let err = SparseMapping::new(0).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     assert_eq!(err.to_string(), "length must be greater than 0");
 }
 
 #[test]
-fn s2_small_mapping_rounds_to_4k() {
+fn small_mapping_rounds_to_4k() {
     let mapping = SparseMapping::new(1).unwrap();
     assert_eq!(mapping.len(), 4096);
     assert_eq!(mapping.as_ptr() as usize % 4096, 0);
@@ -79,7 +79,7 @@ fn s2_small_mapping_rounds_to_4k() {
 }
 
 #[test]
-fn s3_alignment_follows_length() {
+fn alignment_follows_length() {
     let mapping = SparseMapping::new(3 << 20).unwrap();
     assert_eq!(mapping.len(), 4 << 20);
     assert_eq!(mapping.as_ptr() as usize % (2 << 20), 0);
@@ -94,7 +94,7 @@ fn s3_alignment_follows_length() {
 }
 
 #[test]
-fn s4_overflowing_length_is_invalid_input() {
+fn overflowing_length_is_invalid_input() {
     let err = SparseMapping::new(usize::MAX - 10).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     assert_eq!(
@@ -107,7 +107,7 @@ fn s4_overflowing_length_is_invalid_input() {
 }
 
 #[test]
-fn s5_read_of_unplaced_reservation_is_an_access_error() {
+fn read_of_unplaced_reservation_is_an_access_error() {
     let mapping = SparseMapping::new(16 * page()).unwrap();
     let mut buffer = [0u8; 16];
     let err = memory_error(mapping.read_at(0, &mut buffer));
@@ -125,7 +125,7 @@ fn s5_read_of_unplaced_reservation_is_an_access_error() {
 }
 
 #[test]
-fn s6_alloc_round_trip_and_zeroed() {
+fn alloc_round_trip_and_zeroed() {
     let mapping = SparseMapping::new(4 * page()).unwrap();
     mapping.alloc(page(), page()).unwrap();
     let mut fresh = vec![0xFFu8; page()];
@@ -148,7 +148,7 @@ fn s6_alloc_round_trip_and_zeroed() {
 }
 
 #[test]
-fn s7_range_validation() {
+fn range_validation() {
     let mapping = SparseMapping::new(4 * page()).unwrap();
     let len = mapping.len();
     assert_invalid_input(mapping.alloc(100, page()));
@@ -176,7 +176,7 @@ fn s7_range_validation() {
 }
 
 #[test]
-fn s8_unmap_returns_a_page_to_the_reserved_state() {
+fn unmap_returns_a_page_to_the_reserved_state() {
     let mapping = SparseMapping::new(4 * page()).unwrap();
     mapping.alloc(0, 4 * page()).unwrap();
     for index in 0..4 {
@@ -205,7 +205,7 @@ fn s8_unmap_returns_a_page_to_the_reserved_state() {
 }
 
 #[test]
-fn s9_map_zero_is_read_only_zeros() {
+fn map_zero_is_read_only_zeros() {
     let mapping = SparseMapping::new(page()).unwrap();
     mapping.map_zero(0, page()).unwrap();
     let mut data = vec![0xFFu8; page()];
@@ -220,7 +220,7 @@ fn s9_map_zero_is_read_only_zeros() {
 }
 
 #[test]
-fn s10_set_writable_toggles_writes() {
+fn set_writable_toggles_writes() {
     let mapping = SparseMapping::new(page()).unwrap();
     mapping.alloc(0, page()).unwrap();
     mapping.write_at(0, &[5]).unwrap();
@@ -235,7 +235,7 @@ fn s10_set_writable_toggles_writes() {
 }
 
 #[test]
-fn s11_overlapping_placements() {
+fn overlapping_placements() {
     let mapping = SparseMapping::new(16 * page()).unwrap();
     mapping.alloc(0, 8 * page()).unwrap();
     mapping.alloc(2 * page(), 2 * page()).unwrap();
@@ -260,7 +260,7 @@ fn s11_overlapping_placements() {
 }
 
 #[test]
-fn s12_shared_memory_views_and_descriptor_properties() {
+fn shared_memory_views_and_descriptor_properties() {
     let memfd = alloc_shared_memory(4 * page(), "t").unwrap();
     let mapping = SparseMapping::new(16 * page()).unwrap();
     mapping.map_file(0, 4 * page(), &memfd, 0, true).unwrap();
@@ -293,7 +293,7 @@ fn s12_shared_memory_views_and_descriptor_properties() {
 }
 
 #[test]
-fn s12_mappable_duplicates_are_cloexec_and_share_the_object() {
+fn mappable_duplicates_are_cloexec_and_share_the_object() {
     let memfd = alloc_shared_memory(page(), "dup").unwrap();
     let duplicate = mappable_from_fd(memfd.as_fd()).unwrap();
     assert_ne!(duplicate.as_raw_fd(), memfd.as_raw_fd());
@@ -311,13 +311,13 @@ fn s12_mappable_duplicates_are_cloexec_and_share_the_object() {
 }
 
 #[test]
-fn s12_shared_memory_name_errors() {
+fn shared_memory_name_errors() {
     assert_invalid_input(alloc_shared_memory(page(), "a\0b"));
     assert_os_error(alloc_shared_memory(page(), &"x".repeat(300)), libc::EINVAL);
 }
 
 #[test]
-fn s13_view_beyond_end_of_file_is_a_bus_error() {
+fn view_beyond_end_of_file_is_a_bus_error() {
     let memfd = alloc_shared_memory(page(), "short").unwrap();
     let mapping = SparseMapping::new(2 * page()).unwrap();
     mapping.map_file(0, 2 * page(), &memfd, 0, true).unwrap();
@@ -334,7 +334,7 @@ fn s13_view_beyond_end_of_file_is_a_bus_error() {
 }
 
 #[test]
-fn s14_map_file_os_errors() {
+fn map_file_os_errors() {
     let memfd = alloc_shared_memory(2 * page(), "ro").unwrap();
     let read_only = File::open(format!("/proc/self/fd/{}", memfd.as_raw_fd())).unwrap();
     let mapping = SparseMapping::new(2 * page()).unwrap();
@@ -353,7 +353,7 @@ fn s14_map_file_os_errors() {
 }
 
 #[test]
-fn s14_unmappable_descriptor() {
+fn unmappable_descriptor() {
     let (reader, _writer) = {
         let mut fds = [0; 2];
         // SAFETY: `fds` is a valid out array of two descriptors.
@@ -375,7 +375,7 @@ fn s14_unmappable_descriptor() {
 }
 
 #[test]
-fn s15_decommit_private_memory() {
+fn decommit_private_memory() {
     let mapping = SparseMapping::new(4 * page()).unwrap();
     mapping.alloc(0, 4 * page()).unwrap();
     mapping.fill_at(0, 0xAB, 2 * page()).unwrap();
@@ -398,7 +398,7 @@ fn s15_decommit_private_memory() {
 }
 
 #[test]
-fn s15_decommit_memfd_view_punches_a_hole() {
+fn decommit_memfd_view_punches_a_hole() {
     let size = 64 * page();
     let memfd = alloc_shared_memory(size, "decommit").unwrap();
     let mapping = SparseMapping::new(2 * size).unwrap();
@@ -428,7 +428,7 @@ fn s15_decommit_memfd_view_punches_a_hole() {
 }
 
 #[test]
-fn s15_decommit_mixed_range_and_regular_file_contents_survive() {
+fn decommit_mixed_range_and_regular_file_contents_survive() {
     let path = std::env::temp_dir().join(format!("sparse_mmap_decommit_{}", std::process::id()));
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -465,7 +465,7 @@ fn s15_decommit_mixed_range_and_regular_file_contents_survive() {
 }
 
 #[test]
-fn s15_decommit_read_only_descriptor_view_keeps_contents() {
+fn decommit_read_only_descriptor_view_keeps_contents() {
     let memfd = alloc_shared_memory(page(), "rofd").unwrap();
     let read_only = File::open(format!("/proc/self/fd/{}", memfd.as_raw_fd())).unwrap();
     let writer = SparseMapping::new(page()).unwrap();
@@ -478,7 +478,7 @@ fn s15_decommit_read_only_descriptor_view_keeps_contents() {
 }
 
 #[test]
-fn s16_huge_page_advice() {
+fn huge_page_advice() {
     let size = 2 << 20;
     let mapping = SparseMapping::new(size).unwrap();
     mapping.alloc(0, size).unwrap();
@@ -506,7 +506,7 @@ fn vma_names_supported() -> bool {
 }
 
 #[test]
-fn s17_names_show_in_maps() {
+fn names_show_in_maps() {
     let mapping = SparseMapping::new(4 * page()).unwrap();
     // Never fails, whatever the input.
     mapping.set_name(0, mapping.len(), "bad\0name");
@@ -545,7 +545,7 @@ fn s17_names_show_in_maps() {
 }
 
 #[test]
-fn s18_data_access_bounds() {
+fn data_access_bounds() {
     let mapping = SparseMapping::new(page()).unwrap();
     mapping.alloc(0, page()).unwrap();
     let len = mapping.len();
@@ -580,7 +580,7 @@ fn s18_data_access_bounds() {
 }
 
 #[test]
-fn s19_fault_offset_within_access() {
+fn fault_offset_within_access() {
     let mapping = SparseMapping::new(2 * page()).unwrap();
     mapping.alloc(0, page()).unwrap();
     let mut data = [0u8; 16];

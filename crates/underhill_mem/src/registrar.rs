@@ -757,7 +757,8 @@ mod tests {
         }
     }
 
-    fn scenario_53(mode: Mode) {
+    // Scenario 53.
+    fn chunk_count(mode: Mode) {
         let layout = layout_53();
         let ram: Vec<MemoryRange> = layout.ram().iter().map(|r| r.range).collect();
         assert_eq!(
@@ -774,7 +775,8 @@ mod tests {
         assert_eq!(inspect.chunks_registered, 0);
     }
 
-    fn scenario_54(mode: Mode) {
+    // Scenario 54.
+    fn registration_with_offset(mode: Mode) {
         const O: u64 = 1 << 50;
         let harness = harness(mode, &layout_53(), O, None);
         assert_eq!(
@@ -805,7 +807,8 @@ mod tests {
         );
     }
 
-    fn scenario_55(mode: Mode) {
+    // Scenario 55.
+    fn page_widening_and_tail(mode: Mode) {
         let harness = harness(mode, &layout(8 * G, &[range(3 * G..4 * G)]), 0, None);
         assert_eq!(harness.inspect().chunk_count, 5);
         assert_eq!(
@@ -825,7 +828,8 @@ mod tests {
         assert_eq!(harness.inspect().chunks_registered, 4);
     }
 
-    fn scenario_56(mode: Mode) {
+    // Scenario 56.
+    fn sticky_failure(mode: Mode) {
         const O: u64 = 1 << 40;
         let harness = harness(
             mode,
@@ -847,7 +851,8 @@ mod tests {
         assert_eq!(harness.inspect().chunks_registered, 2);
     }
 
-    fn scenario_57(mode: Mode) {
+    // Scenario 57.
+    fn failure_in_first_chunk(mode: Mode) {
         let harness = harness(mode, &layout_53(), 0, Some(0x20000));
         assert_eq!(
             harness.call(0x1000, 0x1000),
@@ -857,7 +862,8 @@ mod tests {
         assert_eq!(harness.inspect().chunks_registered, 0);
     }
 
-    fn scenario_58(mode: Mode) {
+    // Scenario 58.
+    fn multi_chunk_failure(mode: Mode) {
         let harness = harness(mode, &layout(16 * G, &[]), 0, Some(6 * G));
         let attempted = vec![
             range(0..2 * G),
@@ -890,7 +896,8 @@ mod tests {
         assert!(catch(|| registrar.register(128 * G, 1)).is_err());
     }
 
-    fn scenario_59(mode: Mode) {
+    // Scenario 59.
+    fn bitmap_bounds(mode: Mode) {
         let harness = harness(mode, &layout(4 * G, &[]), 0, None);
         assert_eq!(harness.inspect().chunk_count, 2);
         assert_eq!(harness.call(100 * G, 1), (Ok(()), vec![]));
@@ -899,38 +906,39 @@ mod tests {
         assert!(harness.log.borrow().is_empty());
     }
 
-    fn scenario_60(mode: Mode) {
+    // Scenario 60.
+    fn unaligned_offset_panics(mode: Mode) {
         let harness = harness(mode, &layout(4 * G, &[]), 0x800, None);
         assert!(harness.call_panics(0, 1));
         assert!(harness.log.borrow().is_empty());
         assert_eq!(harness.inspect().chunks_registered, 0);
     }
 
-    macro_rules! scenario_tests {
-        ($($scenario:ident => $sync:ident, $async_ready:ident;)*) => {
+    macro_rules! sync_and_async_tests {
+        ($($check:ident => $sync:ident, $async_ready:ident;)*) => {
             $(
                 #[test]
                 fn $sync() {
-                    $scenario(Mode::Sync);
+                    $check(Mode::Sync);
                 }
 
                 #[test]
                 fn $async_ready() {
-                    $scenario(Mode::AsyncReady);
+                    $check(Mode::AsyncReady);
                 }
             )*
         };
     }
 
-    scenario_tests! {
-        scenario_53 => scenario_53_chunk_count, scenario_53_chunk_count_async;
-        scenario_54 => scenario_54_registration_with_offset, scenario_54_registration_with_offset_async;
-        scenario_55 => scenario_55_page_widening_and_tail, scenario_55_page_widening_and_tail_async;
-        scenario_56 => scenario_56_sticky_failure, scenario_56_sticky_failure_async;
-        scenario_57 => scenario_57_failure_in_first_chunk, scenario_57_failure_in_first_chunk_async;
-        scenario_58 => scenario_58_multi_chunk_failure, scenario_58_multi_chunk_failure_async;
-        scenario_59 => scenario_59_bitmap_bounds, scenario_59_bitmap_bounds_async;
-        scenario_60 => scenario_60_unaligned_offset_panics, scenario_60_unaligned_offset_panics_async;
+    sync_and_async_tests! {
+        chunk_count => chunk_count_sync, chunk_count_async;
+        registration_with_offset => registration_with_offset_sync, registration_with_offset_async;
+        page_widening_and_tail => page_widening_and_tail_sync, page_widening_and_tail_async;
+        sticky_failure => sticky_failure_sync, sticky_failure_async;
+        failure_in_first_chunk => failure_in_first_chunk_sync, failure_in_first_chunk_async;
+        multi_chunk_failure => multi_chunk_failure_sync, multi_chunk_failure_async;
+        bitmap_bounds => bitmap_bounds_sync, bitmap_bounds_async;
+        unaligned_offset_panics => unaligned_offset_panics_sync, unaligned_offset_panics_async;
     }
 
     #[test]

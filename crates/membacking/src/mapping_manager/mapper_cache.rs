@@ -119,7 +119,7 @@ mod tests {
     use std::task::Context;
 
     #[test]
-    fn d6_a_cancelled_builder_is_cleaned_up_and_waiters_take_over() {
+    fn a_cancelled_builder_is_cleaned_up_and_waiters_take_over() {
         // The mapping manager does not run yet, so registration never completes.
         let (client, task) = new_mapping_manager();
         let waker = futures::task::noop_waker();

@@ -203,7 +203,7 @@ fn futures_are_send_and_static() {
 // ----- scenarios 1-7: the builder's order and errors -----
 
 #[test]
-fn s01_private_with_legacy_is_checked_first() {
+fn private_with_legacy_is_checked_first() {
     let error = build_err(
         GuestMemoryBuilder::new()
             .private_memory(true)
@@ -223,7 +223,7 @@ fn s01_private_with_legacy_is_checked_first() {
 }
 
 #[test]
-fn s02_private_with_existing_backing() {
+fn private_with_existing_backing() {
     let backing =
         SharedMemoryBacking::from_mappable(object_with(&[], usize::try_from(GIB).unwrap()));
     let error = build_err(
@@ -243,7 +243,7 @@ fn s02_private_with_existing_backing() {
 }
 
 #[test]
-fn s03_thp_without_private_precedes_the_alias_check() {
+fn thp_without_private_precedes_the_alias_check() {
     let error = build_err(
         GuestMemoryBuilder::new()
             .transparent_hugepages(true)
@@ -261,7 +261,7 @@ fn s03_thp_without_private_precedes_the_alias_check() {
 }
 
 #[test]
-fn s04_private_thp_builds_on_linux() {
+fn private_thp_builds_on_linux() {
     let mgr = build(
         GuestMemoryBuilder::new()
             .private_memory(true)
@@ -275,7 +275,7 @@ fn s04_private_thp_builds_on_linux() {
 }
 
 #[test]
-fn s05_alias_boundary() {
+fn alias_boundary() {
     let error = build_err(
         GuestMemoryBuilder::new().vtl0_alias_map(Some(0xFFFF_F000)),
         &l1(),
@@ -307,7 +307,7 @@ fn s05_alias_boundary() {
 }
 
 #[test]
-fn s06_alias_check_precedes_the_x86_check() {
+fn alias_check_precedes_the_x86_check() {
     let layout = ranges_layout(&[r(0x10_0000, GIB)]);
     let error = build_err(
         GuestMemoryBuilder::new()
@@ -331,7 +331,7 @@ fn s06_alias_check_precedes_the_x86_check() {
 }
 
 #[test]
-fn s07_x86_needs_a_megabyte() {
+fn x86_needs_a_megabyte() {
     let layout = ranges_layout(&[r(0, 0x80000)]);
     let error = build_err(GuestMemoryBuilder::new().x86_legacy_support(true), &layout);
     assert!(
@@ -368,7 +368,7 @@ fn build_extensions_reject_bad_layouts_and_short_backings() {
 // ----- scenarios 9-13: RAM regions, backing, content -----
 
 #[test]
-fn s09_d1_x86_exact_megabyte_has_fifteen_regions_and_attaches() {
+fn x86_exact_megabyte_has_fifteen_regions_and_attaches() {
     let layout = ranges_layout(&[r(0, 0x10_0000), r(0x10_0000_0000, 0x10_4000_0000)]);
     let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &layout);
     let ram: Vec<_> = snapshot(&mgr)
@@ -384,7 +384,7 @@ fn s09_d1_x86_exact_megabyte_has_fifteen_regions_and_attaches() {
 }
 
 #[test]
-fn s10_dense_file_offsets_and_content() {
+fn dense_file_offsets_and_content() {
     let mgr = build(GuestMemoryBuilder::new(), &l2());
     assert_eq!(
         mapping_ranges(&snapshot(&mgr)),
@@ -425,7 +425,7 @@ fn s10_dense_file_offsets_and_content() {
 }
 
 #[test]
-fn s11_vtl2_ram_is_last_and_controllable() {
+fn vtl2_ram_is_last_and_controllable() {
     let mgr = build(GuestMemoryBuilder::new(), &l3());
     let backing = mgr.shared_memory_backing().unwrap();
     assert_eq!(backing.size().unwrap(), 0x4400_0000);
@@ -446,7 +446,7 @@ fn s11_vtl2_ram_is_last_and_controllable() {
 }
 
 #[test]
-fn s12_backing_reuse_sees_writes_both_ways() {
+fn backing_reuse_sees_writes_both_ways() {
     let a = build(GuestMemoryBuilder::new(), &l1());
     let mem_a = memory(&a);
     mem_a.write_at(0x2000, b"from A").unwrap();
@@ -469,7 +469,7 @@ fn s12_backing_reuse_sees_writes_both_ways() {
 }
 
 #[test]
-fn s13_private_backing() {
+fn private_backing() {
     let mgr = build(GuestMemoryBuilder::new().private_memory(true), &l1());
     assert!(mgr.shared_memory_backing().is_none());
     let mem = memory(&mgr);
@@ -485,7 +485,7 @@ fn s13_private_backing() {
 // ----- scenarios 22-26: attach errors, lazy population, holes -----
 
 #[test]
-fn s22_remote_process_is_unsupported() {
+fn remote_process_is_unsupported() {
     let mgr = build(GuestMemoryBuilder::new(), &l1());
     let partition: Arc<dyn PartitionMemoryMap> = recorder(&mgr);
     let error =
@@ -498,7 +498,7 @@ fn s22_remote_process_is_unsupported() {
 }
 
 #[test]
-fn s23_lazy_population() {
+fn lazy_population() {
     let mgr = build(GuestMemoryBuilder::new(), &l1());
     assert_eq!(mapping_ranges(&snapshot(&mgr)), [(L1_RAM, 0, vec![])]);
     let mem = memory(&mgr);
@@ -513,7 +513,7 @@ fn s23_lazy_population() {
 }
 
 #[test]
-fn s24_gap_and_out_of_window_reads() {
+fn gap_and_out_of_window_reads() {
     let mgr = build(GuestMemoryBuilder::new(), &l1());
     let mem = memory(&mgr);
     let error = read(&mem, 0xC000_0000, 1).unwrap_err();
@@ -532,7 +532,7 @@ fn s24_gap_and_out_of_window_reads() {
 }
 
 #[test]
-fn s25_straddling_read_fails_at_the_hole() {
+fn straddling_read_fails_at_the_hole() {
     let mgr = build(GuestMemoryBuilder::new(), &l1());
     let mem = memory(&mgr);
     read(&mem, 0x1000, 1).unwrap();
@@ -548,7 +548,7 @@ fn s25_straddling_read_fails_at_the_hole() {
 }
 
 #[test]
-fn s26_one_mapper_per_process() {
+fn one_mapper_per_process() {
     let mgr = build(GuestMemoryBuilder::new(), &l1());
     let client = mgr.client();
     let first = memory(&mgr);
@@ -576,7 +576,7 @@ fn s26_one_mapper_per_process() {
 // ----- scenarios 27-30: RAM visibility with content -----
 
 #[test]
-fn s27_visibility_needs_an_exact_region() {
+fn visibility_needs_an_exact_region() {
     let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
     let control = mgr.ram_visibility_control();
     for range in [r(0xa0000, 0xb0000), r(0, 0x10_0000)] {
@@ -594,7 +594,7 @@ fn s27_visibility_needs_an_exact_region() {
 }
 
 #[test]
-fn s28_s29_vga_unmapped_then_restored_keeps_the_content() {
+fn vga_unmapped_then_restored_keeps_the_content() {
     let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
     let partition = attach(&mgr, Vtl::Vtl0);
     partition.clear_log();
@@ -629,7 +629,7 @@ fn s28_s29_vga_unmapped_then_restored_keeps_the_content() {
 }
 
 #[test]
-fn s30_read_only_ram_refuses_accessor_writes() {
+fn read_only_ram_refuses_accessor_writes() {
     let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
     let partition = attach(&mgr, Vtl::Vtl0);
     partition.clear_log();
@@ -689,7 +689,7 @@ fn vga_device() -> VgaDevice {
 }
 
 #[test]
-fn s34_to_s37_device_shadowed_surfaces_and_hides() {
+fn to_s37_device_shadowed_surfaces_and_hides() {
     let dev = vga_device();
     // 34: shadowed by RAM: present, inactive, no partition calls.
     assert!(dev.partition.log().is_empty());
@@ -738,7 +738,7 @@ fn s34_to_s37_device_shadowed_surfaces_and_hides() {
 }
 
 #[test]
-fn s44_s45_runtime_dax_add_and_remove() {
+fn runtime_dax_add_and_remove() {
     let dev = vga_device();
     let second = block_on(dev.mgr.client().uncached_mapper()).unwrap();
     set(&dev.mgr, VGA, RamVisibility::Unmapped);
@@ -782,7 +782,7 @@ fn s44_s45_runtime_dax_add_and_remove() {
 }
 
 #[test]
-fn s46_d2_device_unmap_keeps_the_other_mappings() {
+fn device_unmap_keeps_the_other_mappings() {
     let mgr = build(GuestMemoryBuilder::new(), &l1());
     let mem = memory(&mgr);
     let (control, region) = mgr
@@ -815,7 +815,7 @@ fn region_error(error: &io::Error) -> &RegionManagerError {
 }
 
 #[test]
-fn s47_s51_d4_device_input_errors_are_recoverable() {
+fn device_input_errors_are_recoverable() {
     let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
     let partition = attach(&mgr, Vtl::Vtl0);
     partition.clear_log();
@@ -887,7 +887,7 @@ fn s47_s51_d4_device_input_errors_are_recoverable() {
 }
 
 #[test]
-fn s48_d3_read_only_window_makes_its_mappings_read_only() {
+fn read_only_window_makes_its_mappings_read_only() {
     let mgr = build(GuestMemoryBuilder::new(), &l1());
     let mem = memory(&mgr);
     let (control, region) = mgr
@@ -911,7 +911,7 @@ fn s48_d3_read_only_window_makes_its_mappings_read_only() {
 }
 
 #[test]
-fn s49_moving_a_window_shows_its_mappings_at_the_new_place() {
+fn moving_a_window_shows_its_mappings_at_the_new_place() {
     let mgr = build(GuestMemoryBuilder::new(), &l1());
     let partition = attach(&mgr, Vtl::Vtl0);
     partition.clear_log();
@@ -967,7 +967,7 @@ fn device_window_is_removed_when_both_halves_are_dropped() {
 // ----- scenarios 53-56: private memory, poisoning, invalidation order -----
 
 #[test]
-fn s53_private_fault_kind_is_other() {
+fn private_fault_kind_is_other() {
     let mgr = build(GuestMemoryBuilder::new().private_memory(true), &l1());
     let mem = memory(&mgr);
     let error = read(&mem, 0xC000_0000, 1).unwrap_err();
@@ -980,7 +980,7 @@ fn s53_private_fault_kind_is_other() {
 }
 
 #[test]
-fn s14_s54_private_unmap_leaves_the_va_and_skips_prefetch() {
+fn private_unmap_leaves_the_va_and_skips_prefetch() {
     let mgr = build(
         GuestMemoryBuilder::new()
             .private_memory(true)
@@ -1005,7 +1005,7 @@ fn s14_s54_private_unmap_leaves_the_va_and_skips_prefetch() {
 }
 
 #[test]
-fn s55_d5_runtime_partition_failure_poisons_the_manager() {
+fn runtime_partition_failure_poisons_the_manager() {
     let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
     let partition = attach(&mgr, Vtl::Vtl0);
     let mem = memory(&mgr);
@@ -1051,7 +1051,7 @@ fn s55_d5_runtime_partition_failure_poisons_the_manager() {
 }
 
 #[test]
-fn s56_partition_unmap_precedes_the_acknowledged_invalidation() {
+fn partition_unmap_precedes_the_acknowledged_invalidation() {
     let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
     let mem = memory(&mgr);
     read(&mem, 0xa0000, 1).unwrap();
@@ -1082,7 +1082,7 @@ fn s56_partition_unmap_precedes_the_acknowledged_invalidation() {
 // ----- D7: locked pages stay mapped in this process until released -----
 
 #[test]
-fn d7_locked_page_survives_invalidation_until_released() {
+fn locked_page_survives_invalidation_until_released() {
     let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
     let partition = attach(&mgr, Vtl::Vtl0);
     partition.clear_log();
@@ -1128,7 +1128,7 @@ fn d7_locked_page_survives_invalidation_until_released() {
 }
 
 #[test]
-fn d7_a_new_mapping_reaches_a_locked_page_at_release() {
+fn a_new_mapping_reaches_a_locked_page_at_release() {
     let dev = vga_device();
     dev.mem.write_at(0xa1000, b"RAM page").unwrap();
     let locked = dev.mem.lock_gpns(false, &[0xa1]).unwrap();
@@ -1148,7 +1148,7 @@ fn d7_a_new_mapping_reaches_a_locked_page_at_release() {
 }
 
 #[test]
-fn d7_locked_page_keeps_its_access_until_released() {
+fn locked_page_keeps_its_access_until_released() {
     let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
     let mem = memory(&mgr);
     let locked = mem.lock_gpns(true, &[0xc0]).unwrap();
@@ -1167,7 +1167,7 @@ fn d7_locked_page_keeps_its_access_until_released() {
 }
 
 #[test]
-fn d7_locking_a_hole_fails_and_locks_nothing() {
+fn locking_a_hole_fails_and_locks_nothing() {
     let mgr = build(GuestMemoryBuilder::new(), &l1());
     let mem = memory(&mgr);
     let error = mem.lock_gpns(false, &[0x10, 0xC0000]).unwrap_err();
@@ -1285,7 +1285,7 @@ fn decommit_ram_releases_pages() {
 }
 
 #[test]
-fn d6_an_empty_request_completes_at_once() {
+fn an_empty_request_completes_at_once() {
     let mgr = build(GuestMemoryBuilder::new(), &l1());
     let mapper = mgr.va_mapper();
     block_on(mapper.request(MemoryRange::EMPTY, false)).unwrap();
@@ -1676,7 +1676,7 @@ fn attach_result(
 }
 
 #[test]
-fn s15_s16_attach_maps_regions_alias_first() {
+fn attach_maps_regions_alias_first() {
     let mgr = build(GuestMemoryBuilder::new(), &l2());
     let partition = attach(&mgr, Vtl::Vtl0);
     assert_eq!(
@@ -1720,7 +1720,7 @@ fn s15_s16_attach_maps_regions_alias_first() {
 }
 
 #[test]
-fn s17_s18_prefetch_and_pin_follow_map() {
+fn prefetch_and_pin_follow_map() {
     let mgr = build(
         GuestMemoryBuilder::new()
             .prefetch_ram(true)
@@ -1741,7 +1741,7 @@ fn s17_s18_prefetch_and_pin_follow_map() {
 }
 
 #[test]
-fn s19_pin_failure_discards_the_partition_mapper() {
+fn pin_failure_discards_the_partition_mapper() {
     let mgr = build(GuestMemoryBuilder::new().pin_mappings(true), &l1());
     let window_len = mgr.va_window_len();
     let partition = recorder(&mgr);
@@ -1777,7 +1777,7 @@ fn s19_pin_failure_discards_the_partition_mapper() {
 }
 
 #[test]
-fn s20_s57_failed_attach_keeps_only_the_alias_mapper() {
+fn failed_attach_keeps_only_the_alias_mapper() {
     let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
     let window_len = mgr.va_window_len();
     let partition = recorder(&mgr);
@@ -1824,7 +1824,7 @@ fn s20_s57_failed_attach_keeps_only_the_alias_mapper() {
 }
 
 #[test]
-fn s21_a_dropped_partition_gets_no_calls() {
+fn a_dropped_partition_gets_no_calls() {
     let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
     let partition = attach(&mgr, Vtl::Vtl0);
     let log = partition.log_handle();
@@ -1836,7 +1836,7 @@ fn s21_a_dropped_partition_gets_no_calls() {
 }
 
 #[test]
-fn s58_visibility_reaches_the_alias_then_the_primary_mapping() {
+fn visibility_reaches_the_alias_then_the_primary_mapping() {
     let mgr = build(
         GuestMemoryBuilder::new()
             .x86_legacy_support(true)

@@ -255,7 +255,7 @@ fn io_region_error(error: &io::Error) -> &RegionManagerError {
 // ----- §8.1 scenarios 8-11, 14: RAM regions as the builder creates them -----
 
 #[test]
-fn s08_x86_split_creates_sixteen_active_ram_regions() {
+fn x86_split_creates_sixteen_active_ram_regions() {
     let vm = Vm::l1(X86);
     let regions: Vec<&Region<Obj>> = vm.mgr.state().regions().collect();
     let mut expected = vec![r(0, 0xa0000), VGA];
@@ -284,7 +284,7 @@ fn s08_x86_split_creates_sixteen_active_ram_regions() {
 }
 
 #[test]
-fn s09_x86_exactly_one_megabyte_has_fifteen_regions_and_attaches() {
+fn x86_exactly_one_megabyte_has_fifteen_regions_and_attaches() {
     let mut vm = Vm::build(&layout(0x100000, None), X86);
     assert_eq!(vm.mgr.state().region_count(), 15);
     let partition = vm.attach_new(Vtl::Vtl0);
@@ -297,7 +297,7 @@ fn s09_x86_exactly_one_megabyte_has_fifteen_regions_and_attaches() {
 }
 
 #[test]
-fn s10_dense_file_offsets() {
+fn dense_file_offsets() {
     let vm = Vm::l2(PLAIN);
     assert_eq!(
         active_mappings(vm.mgr.state()),
@@ -315,7 +315,7 @@ fn s10_dense_file_offsets() {
 }
 
 #[test]
-fn s11_vtl2_ram_region_is_last_and_controllable() {
+fn vtl2_ram_region_is_last_and_controllable() {
     let vtl2 = r(0x2_0000_0000, 0x2_0400_0000);
     let mut vm = Vm::build(&layout(GIB, Some(vtl2)), PLAIN);
     let last = vm.mgr.state().regions().last().unwrap();
@@ -326,7 +326,7 @@ fn s11_vtl2_ram_region_is_last_and_controllable() {
 }
 
 #[test]
-fn s13_s14_private_ram_has_no_mappings_and_no_prefetch() {
+fn private_ram_has_no_mappings_and_no_prefetch() {
     let mut vm = Vm::l1(BuildOptions {
         private: true,
         prefetch: true,
@@ -345,7 +345,7 @@ fn s13_s14_private_ram_has_no_mappings_and_no_prefetch() {
 // ----- scenarios 15-21, 57, 58: attaching partitions -----
 
 #[test]
-fn s15_attach_vtl0_maps_every_ram_region() {
+fn attach_vtl0_maps_every_ram_region() {
     let mut vm = Vm::l2(PLAIN);
     let partition = vm.attach_new(Vtl::Vtl0);
     assert_eq!(
@@ -366,7 +366,7 @@ fn s15_attach_vtl0_maps_every_ram_region() {
 }
 
 #[test]
-fn s16_attach_vtl2_with_alias_maps_alias_first() {
+fn attach_vtl2_with_alias_maps_alias_first() {
     let mut vm = Vm::l1(BuildOptions {
         alias: Some(0x1_0000_0000),
         ..PLAIN
@@ -385,7 +385,7 @@ fn s16_attach_vtl2_with_alias_maps_alias_first() {
 }
 
 #[test]
-fn s17_prefetch_follows_map_and_its_failure_is_ignored() {
+fn prefetch_follows_map_and_its_failure_is_ignored() {
     let mut vm = Vm::l1(BuildOptions {
         prefetch: true,
         ..PLAIN
@@ -407,7 +407,7 @@ fn s17_prefetch_follows_map_and_its_failure_is_ignored() {
 }
 
 #[test]
-fn s18_pin_follows_map_and_prefetch() {
+fn pin_follows_map_and_prefetch() {
     let mut vm = Vm::l1(BuildOptions { pin: true, ..PLAIN });
     let partition = vm.attach_new(Vtl::Vtl0);
     assert_eq!(
@@ -432,7 +432,7 @@ fn s18_pin_follows_map_and_prefetch() {
 }
 
 #[test]
-fn s19_pin_failure_unmaps_and_discards_the_partition() {
+fn pin_failure_unmaps_and_discards_the_partition() {
     let mut vm = Vm::l1(BuildOptions { pin: true, ..PLAIN });
     let before = vm.snapshot();
     let partition = Arc::new(RecordingPartition::with_va_base(VA_BASE));
@@ -458,7 +458,7 @@ fn s19_pin_failure_unmaps_and_discards_the_partition() {
 }
 
 #[test]
-fn s20_map_failure_mid_attach_discards_the_partition() {
+fn map_failure_mid_attach_discards_the_partition() {
     let mut vm = Vm::l1(X86);
     let partition = Arc::new(RecordingPartition::with_va_base(VA_BASE));
     partition.fail_on(RecordedOp::Map, 0xa0000);
@@ -480,7 +480,7 @@ fn s20_map_failure_mid_attach_discards_the_partition() {
 }
 
 #[test]
-fn s21_dead_partition_gets_no_calls() {
+fn dead_partition_gets_no_calls() {
     let mut vm = Vm::l1(X86);
     let partition = vm.attach_new(Vtl::Vtl0);
     let log = partition.log_handle();
@@ -505,7 +505,7 @@ fn s21_dead_partition_gets_no_calls() {
 }
 
 #[test]
-fn s57_failed_primary_attach_keeps_the_alias_mapper() {
+fn failed_primary_attach_keeps_the_alias_mapper() {
     let mut vm = Vm::l1(BuildOptions {
         alias: Some(0x1_0000_0000),
         ..PLAIN
@@ -530,7 +530,7 @@ fn s57_failed_primary_attach_keeps_the_alias_mapper() {
 }
 
 #[test]
-fn s58_visibility_reaches_alias_then_primary() {
+fn visibility_reaches_alias_then_primary() {
     let mut vm = Vm::l1(BuildOptions {
         alias: Some(0x1_0000_0000),
         ..X86
@@ -547,7 +547,7 @@ fn s58_visibility_reaches_alias_then_primary() {
 // ----- scenarios 27-33, 55, 56: RAM visibility -----
 
 #[test]
-fn s27_visibility_needs_an_exact_region() {
+fn visibility_needs_an_exact_region() {
     let mut vm = Vm::l1(X86);
     let before = vm.snapshot();
     for range in [r(0xa0000, 0xb0000), r(0, 0x100000)] {
@@ -577,7 +577,7 @@ fn s27_visibility_needs_an_exact_region() {
 }
 
 #[test]
-fn s28_s29_vga_unmapped_then_restored() {
+fn vga_unmapped_then_restored() {
     let mut vm = Vm::l1(X86);
     let partition = vm.attach_new(Vtl::Vtl0);
     partition.clear_log();
@@ -607,7 +607,7 @@ fn s28_s29_vga_unmapped_then_restored() {
 }
 
 #[test]
-fn s30_read_only_remaps_read_only_everywhere() {
+fn read_only_remaps_read_only_everywhere() {
     let mut vm = Vm::l1(X86);
     let partition = vm.attach_new(Vtl::Vtl0);
     partition.clear_log();
@@ -633,7 +633,7 @@ fn s30_read_only_remaps_read_only_everywhere() {
 }
 
 #[test]
-fn s31_mapping_with_equal_parameters_does_nothing() {
+fn mapping_with_equal_parameters_does_nothing() {
     let mut vm = Vm::l1(PLAIN);
     let partition = vm.attach_new(Vtl::Vtl0);
     partition.clear_log();
@@ -644,7 +644,7 @@ fn s31_mapping_with_equal_parameters_does_nothing() {
 }
 
 #[test]
-fn s32_read_write_after_prefetch_build_is_a_remap_without_prefetch() {
+fn read_write_after_prefetch_build_is_a_remap_without_prefetch() {
     let mut vm = Vm::l1(BuildOptions {
         prefetch: true,
         ..PLAIN
@@ -660,7 +660,7 @@ fn s32_read_write_after_prefetch_build_is_a_remap_without_prefetch() {
 }
 
 #[test]
-fn s33_unmapping_twice_is_a_no_op() {
+fn unmapping_twice_is_a_no_op() {
     let mut vm = Vm::l1(PLAIN);
     let partition = vm.attach_new(Vtl::Vtl0);
     partition.clear_log();
@@ -673,7 +673,7 @@ fn s33_unmapping_twice_is_a_no_op() {
 }
 
 #[test]
-fn s55_runtime_partition_failure_poisons_the_manager() {
+fn runtime_partition_failure_poisons_the_manager() {
     let mut vm = Vm::l1(X86);
     let partition = vm.attach_new(Vtl::Vtl0);
     partition.fail_on(RecordedOp::Map, 0xa0000);
@@ -742,7 +742,7 @@ fn runtime_unmap_failure_poisons() {
 }
 
 #[test]
-fn s56_partition_unmap_precedes_the_va_invalidation() {
+fn partition_unmap_precedes_the_va_invalidation() {
     let mut vm = Vm::l1(X86);
     let partition = vm.attach_new(Vtl::Vtl0);
     partition.clear_log();
@@ -787,7 +787,7 @@ fn vga_device() -> (Vm, Arc<RecordingPartition>, DeviceWindow<Obj>) {
 }
 
 #[test]
-fn s34_device_window_under_ram_stays_shadowed() {
+fn device_window_under_ram_stays_shadowed() {
     let (mut vm, partition, mut window) = vga_device();
     window.map_to_guest(&mut vm.mgr, 0xa0000, true).unwrap();
     let placement = window.placement().unwrap();
@@ -802,7 +802,7 @@ fn s34_device_window_under_ram_stays_shadowed() {
 }
 
 #[test]
-fn s35_s36_device_surfaces_under_unmapped_ram_and_hides_again() {
+fn device_surfaces_under_unmapped_ram_and_hides_again() {
     let (mut vm, partition, mut window) = vga_device();
     window.map_to_guest(&mut vm.mgr, 0xa0000, true).unwrap();
 
@@ -848,7 +848,7 @@ fn s35_s36_device_surfaces_under_unmapped_ram_and_hides_again() {
 }
 
 #[test]
-fn s37_partial_device_window_is_mapped_whole() {
+fn partial_device_window_is_mapped_whole() {
     let mut vm = Vm::l1(PLAIN);
     let partition = vm.attach_new(Vtl::Vtl0);
     partition.clear_log();
@@ -876,7 +876,7 @@ fn s37_partial_device_window_is_mapped_whole() {
 }
 
 #[test]
-fn s38_device_straddling_ram_is_rejected() {
+fn device_straddling_ram_is_rejected() {
     let mut vm = Vm::l1(X86);
     let before = vm.snapshot();
     let mut window: DeviceWindow<Obj> = DeviceWindow::new(0x2000, "dev");
@@ -895,7 +895,7 @@ fn s38_device_straddling_ram_is_rejected() {
 }
 
 #[test]
-fn s39_identical_device_windows_first_created_wins() {
+fn identical_device_windows_first_created_wins() {
     let mut vm = Vm::l1(PLAIN);
     let partition = vm.attach_new(Vtl::Vtl0);
     partition.clear_log();
@@ -933,7 +933,7 @@ fn s39_identical_device_windows_first_created_wins() {
 }
 
 #[test]
-fn s40_equal_priority_partial_overlap_is_rejected() {
+fn equal_priority_partial_overlap_is_rejected() {
     let mut vm = Vm::l1(PLAIN);
     let mut first: DeviceWindow<Obj> = DeviceWindow::new(0x2000, "a");
     let mut second: DeviceWindow<Obj> = DeviceWindow::new(0x2000, "b");
@@ -949,7 +949,7 @@ fn s40_equal_priority_partial_overlap_is_rejected() {
 }
 
 #[test]
-fn s44_s45_runtime_dax_mappings_touch_only_the_va() {
+fn runtime_dax_mappings_touch_only_the_va() {
     let (mut vm, partition, mut window) = vga_device();
     window.map_to_guest(&mut vm.mgr, 0xa0000, true).unwrap();
     vm.set(VGA, RamVisibility::Unmapped).unwrap();
@@ -975,7 +975,7 @@ fn s44_s45_runtime_dax_mappings_touch_only_the_va() {
 }
 
 #[test]
-fn s46_device_unmap_keeps_the_other_mappings() {
+fn device_unmap_keeps_the_other_mappings() {
     let mut vm = Vm::l1(PLAIN);
     let mut window = DeviceWindow::new(0x4000, "dax");
     window.map(&mut vm.mgr, 0, "A", 0, 0x1000, true).unwrap();
@@ -1001,7 +1001,7 @@ fn s46_device_unmap_keeps_the_other_mappings() {
 }
 
 #[test]
-fn s47_device_input_errors_change_nothing() {
+fn device_input_errors_change_nothing() {
     let mut vm = Vm::l1(PLAIN);
     let mut window = DeviceWindow::new(0x4000, "dev");
     window.map(&mut vm.mgr, 0, "A", 0, 0x2000, true).unwrap();
@@ -1038,7 +1038,7 @@ fn s47_device_input_errors_change_nothing() {
 }
 
 #[test]
-fn s48_read_only_window_makes_its_mappings_read_only() {
+fn read_only_window_makes_its_mappings_read_only() {
     let mut vm = Vm::l1(PLAIN);
     let mut window = DeviceWindow::new(0x2000, "rom");
     window
@@ -1053,7 +1053,7 @@ fn s48_read_only_window_makes_its_mappings_read_only() {
 }
 
 #[test]
-fn s49_moving_a_window_unmaps_then_maps() {
+fn moving_a_window_unmaps_then_maps() {
     let mut vm = Vm::l1(PLAIN);
     let partition = vm.attach_new(Vtl::Vtl0);
     let mut window = DeviceWindow::new(0x2000, "dev");
@@ -1077,7 +1077,7 @@ fn s49_moving_a_window_unmaps_then_maps() {
 }
 
 #[test]
-fn s50_mapping_recorded_while_unplaced_appears_when_placed() {
+fn mapping_recorded_while_unplaced_appears_when_placed() {
     let mut vm = Vm::l1(PLAIN);
     let mut window = DeviceWindow::new(0x2000, "dev");
     window
@@ -1092,7 +1092,7 @@ fn s50_mapping_recorded_while_unplaced_appears_when_placed() {
 }
 
 #[test]
-fn s51_window_beyond_the_va_window_is_rejected() {
+fn window_beyond_the_va_window_is_rejected() {
     let mut vm = Vm::l1(PLAIN);
     let mut window: DeviceWindow<Obj> = DeviceWindow::new(0x2000, "dev");
     let error = window
@@ -1110,7 +1110,7 @@ fn s51_window_beyond_the_va_window_is_rejected() {
 }
 
 #[test]
-fn s52_dma_targets_are_the_ram_mappings() {
+fn dma_targets_are_the_ram_mappings() {
     let mut vm = Vm::l2(PLAIN);
     let mut window = DeviceWindow::new(0x2000, "dev");
     window.map(&mut vm.mgr, 0, "D", 0, 0x2000, true).unwrap();
@@ -1143,7 +1143,7 @@ fn map_new(
 }
 
 #[test]
-fn s41_priority_matrix() {
+fn priority_matrix() {
     let mut vm = Vm::empty(0x10_0000);
     let hi = map_new(&mut vm, "hi", r(0x1000, 0x3000), 1).unwrap();
     let error = map_new(&mut vm, "lo", r(0x2000, 0x4000), 0).unwrap_err();
@@ -1186,7 +1186,7 @@ fn s41_priority_matrix() {
 }
 
 #[test]
-fn s42_unmapping_a_cover_surfaces_in_address_order() {
+fn unmapping_a_cover_surfaces_in_address_order() {
     let mut vm = Vm::empty(0x10_0000);
     let partition = vm.attach_new(Vtl::Vtl0);
     map_new(&mut vm, "lo-a", r(0x4000, 0x5000), 0).unwrap();
@@ -1212,7 +1212,7 @@ fn s42_unmapping_a_cover_surfaces_in_address_order() {
 }
 
 #[test]
-fn s43_mapping_a_blocked_region_only_stores_its_parameters() {
+fn mapping_a_blocked_region_only_stores_its_parameters() {
     let mut vm = Vm::empty(0x10_0000);
     let partition = vm.attach_new(Vtl::Vtl0);
     map_new(&mut vm, "hi", r(0, 0x10000), 1).unwrap();
