@@ -1,5 +1,5 @@
-// GuestMemory and LockedPages through the public API (synchronous operations): spec
-// guest-memory §5 scenarios S32-S43, S46-S51 (JS parts), the error model of §3.2/§3.13, the
+// GuestMemory and LockedPages through the public API (synchronous operations):
+// acceptance scenarios 32-43 and 46-51 (JS parts), the error model, the
 // JavaScript hooks (pageFault, fallbacks, locking), and bad input for every entry point.
 'use strict';
 const test = require('ava');

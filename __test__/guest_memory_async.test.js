@@ -1,7 +1,7 @@
-// GuestMemory's asynchronous copies on the libuv pool: spec guest-memory S30 (a fault on a pool
-// thread), copies through Rust-owned buffers (N12), and the JavaScript hooks of an asynchronous
+// GuestMemory's asynchronous copies on the libuv pool: a fault on a pool thread,
+// copies through Rust-owned buffers, and the JavaScript hooks of an asynchronous
 // operation, which run on the creating thread through a thread-safe function while the pool
-// thread waits (§3.13).
+// thread waits.
 'use strict';
 const test = require('ava');
 const { threadId } = require('node:worker_threads');
@@ -37,7 +37,7 @@ test('readAtAsync/writeAtAsync round-trip 1 MiB and copy the source before retur
   const data = pattern(MiB, 5);
   const source = Buffer.from(data);
   const pending = memory.writeAtAsync(MiB, source);
-  source.fill(0); // the write works on its own copy (N12)
+  source.fill(0); // the write works on its own copy
   await pending;
   const back = await memory.readAtAsync(MiB, MiB);
   t.true(Buffer.isBuffer(back));

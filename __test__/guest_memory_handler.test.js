@@ -1,6 +1,6 @@
-// The process-wide fault handler from JavaScript: spec guest-memory S26 (WebAssembly traps keep
-// working), S27 (foreign faults still kill with SIGSEGV), S28 (idempotent installation), S29
-// (displacement by process.on('SIGSEGV') and re-arming with one warning) and S52 (laziness).
+// The process-wide fault handler from JavaScript: WebAssembly traps keep working,
+// foreign faults still kill with SIGSEGV, installation is idempotent, displacement by
+// process.on('SIGSEGV') is followed by re-arming with one warning, and installation is lazy.
 // Everything that can kill the process or change its dispositions for good runs in a child.
 'use strict';
 const test = require('ava');

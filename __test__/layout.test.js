@@ -1,4 +1,4 @@
-// MemoryLayout, probeAddress and the x86 legacy split through the public API (spec §2, §4, §6).
+// MemoryLayout, probeAddress and the x86 legacy split through the public API.
 'use strict';
 const test = require('ava');
 const mb = require('../dist');

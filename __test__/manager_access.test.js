@@ -1,5 +1,5 @@
 // Guest memory of a manager through the JavaScript API: lazy population, holes, the per-process
-// mapper (spec membacking §8.1 scenarios 23-26, 53) and the lock extension (§7.3 D7: a locked
+// mapper and the lock extension (deviation D7: a locked
 // page stays mapped in this process while partitions lose it at once, until release).
 'use strict';
 const test = require('ava');
@@ -45,7 +45,7 @@ test('a read in the MMIO gap fails NoMapping; a read beyond the window fails Out
   await manager.close();
 });
 
-// The spec's "fails NoMapping": the accessor's error carries a `cause` with code ERR_NO_MAPPING.
+// "Fails NoMapping": the accessor's error carries a `cause` with code ERR_NO_MAPPING.
 // Scenario 24 (cause).
 test('the NoMapping failure carries a MemoryManagerError ERR_NO_MAPPING cause', async (t) => {
   const manager = await build(L1());
@@ -120,9 +120,10 @@ test('async copies wait for the mapping round trip and see the same memory', asy
   await manager.close();
 });
 
-// ----- the lock extension (spec §7.3 D7) -----
+// ----- the lock extension -----
 
-test('D7 a locked VGA page stays readable while the partition loses it at once; it faults only after release', async (t) => {
+// Deviation D7.
+test('a locked VGA page stays readable while the partition loses it at once; it faults only after release', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: true });
   const memory = await manager.client().guestMemory();
   const data = pattern(0x5a, 4096);
@@ -155,7 +156,8 @@ test('D7 a locked VGA page stays readable while the partition loses it at once; 
   await manager.close();
 });
 
-test('D7 a page locked while the region is unmapped shows the new mapping only after release', async (t) => {
+// Deviation D7.
+test('a page locked while the region is unmapped shows the new mapping only after release', async (t) => {
   const { manager } = await attached(L1(), { x86: true });
   const memory = await manager.client().guestMemory();
   const control = manager.ramVisibilityControl();
@@ -178,7 +180,8 @@ test('D7 a page locked while the region is unmapped shows the new mapping only a
   await manager.close();
 });
 
-test('D7 locking a hole fails with a coded error and locks nothing', async (t) => {
+// Deviation D7.
+test('locking a hole fails with a coded error and locks nothing', async (t) => {
   const manager = await build(L1());
   const memory = await manager.client().guestMemory();
   const error = thrown(t, () => memory.lockGpns([0x100n, 0xc0000n]));
@@ -188,7 +191,8 @@ test('D7 locking a hole fails with a coded error and locks nothing', async (t) =
   await manager.close();
 });
 
-test('D7 manager close keeps a locked page readable until it is released', async (t) => {
+// Deviation D7.
+test('manager close keeps a locked page readable until it is released', async (t) => {
   const manager = await build(L1());
   const memory = await manager.client().guestMemory();
   memory.writeU32(0x5000, 0xabcd_0123);

@@ -1,4 +1,4 @@
-// attachPartition through the JavaScript API with RecordingPartition: spec membacking §8.1
+// attachPartition through the JavaScript API with RecordingPartition: acceptance
 // scenarios 15-22, 57 and 58, with the partition call logs compared exactly (op, gpa, size,
 // writable, exec, vaOffset, failed, order) and the error chain PartitionAttachError →
 // PartitionMapperError (ERR_MAP / ERR_PIN) → the partition's own error.

@@ -1,4 +1,4 @@
-// Bad input on every entry point of the memory-manager API (api.md §6-§8): wrong JavaScript
+// Bad input on every entry point of the memory-manager API: wrong JavaScript
 // types and numbers that are not safe non-negative integers → TypeError ERR_INVALID_ARG_TYPE;
 // bigints outside 0..2^64-1, unaligned or reversed ranges and unknown enum values → RangeError
 // ERR_INVALID_ARG_VALUE; invalid windows → RangeError ERR_INVALID_INPUT; closed objects →
@@ -180,7 +180,7 @@ test('DeviceMemoryRegion.map/unmap and DeviceMemoryControl.mapToGuest reject bad
   ]) {
     isRangeError(t, await failure(t, f), name, 'ERR_INVALID_INPUT');
   }
-  // A mapping past the end of its object is refused (extension of spec §3.4).
+  // A mapping past the end of its object is refused (an extension of the original).
   const small = Mappable.allocSharedMemory(0x1000, 'small');
   const beyond = await failure(t, () => region.map(0, small, 0x1000, 0x1000, true));
   t.true(beyond instanceof mb.MembackingError || beyond instanceof RangeError, beyond.constructor.name);

@@ -1,6 +1,5 @@
-// GuestMemoryBuilder through the JavaScript API: spec membacking §8.1 scenarios 1-14 (the
-// build order and its errors, the x86 split, dense file offsets, VTL2 RAM, backing reuse, private
-// memory) and the extensions of §2.2 (InvalidLayout, ExistingBackingTooSmall, alias alignment and
+// GuestMemoryBuilder through the JavaScript API: acceptance scenarios 1-14 (the build order and its errors, the x86 split, dense file offsets, VTL2 RAM, backing reuse, private
+// memory) and the extensions of the build (InvalidLayout, ExistingBackingTooSmall, alias alignment and
 // overflow, RamTooLarge, VaMapper, AllocationFailed), with classes, codes and exact messages.
 'use strict';
 const test = require('ava');

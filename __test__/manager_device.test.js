@@ -1,4 +1,4 @@
-// Device memory windows through the JavaScript API with RecordingPartition: spec membacking §8.1
+// Device memory windows through the JavaScript API with RecordingPartition: acceptance
 // scenarios 34-40 and 44-52 (windows shadowed by RAM, surfacing, partial windows, overlaps,
 // runtime DAX add/remove, the D2 record fix, input errors, read-only windows, moving windows,
 // unplaced mappings, out-of-window placement, DMA-target mappings).
@@ -196,7 +196,7 @@ test('device input errors: InvalidInput / Unsupported, and none changes state', 
   const unaligned = await t.throwsAsync(control.mapToGuest(0xd000_0800, true));
   t.is(unaligned.code, 'ERR_INVALID_INPUT');
   t.true(unaligned instanceof RangeError);
-  // Nothing changed: a failed mapToGuest leaves the window unplaced (spec §6), so re-place it
+  // Nothing changed: a failed mapToGuest leaves the window unplaced, so re-place it
   // before comparing; the mapping record is unchanged.
   await control.mapToGuest(0xd000_0000, true);
   const withoutIds = (regions) => regions.map(({ id, ...rest }) => rest);

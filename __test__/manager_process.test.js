@@ -186,7 +186,7 @@ test('close() resolves once, later calls resolve too, and every derived object r
   const access = t.throws(() => memory.readU8(0x1000));
   t.is(access.code, 'ERR_GUEST_MEMORY_OUT_OF_RANGE');
   t.is(access.kind, 'OutOfRange');
-  // unmapFromGuest is infallible (spec §6): it resolves.
+  // unmapFromGuest is infallible: it resolves.
   await window.unmapFromGuest();
   // The backing outlives the manager: it is the RAM object, usable for a new manager.
   const rebuilt = await build(L1(), { backing });

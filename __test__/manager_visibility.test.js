@@ -1,4 +1,4 @@
-// RamVisibilityControl through the JavaScript API with RecordingPartition: spec membacking §8.1
+// RamVisibilityControl through the JavaScript API with RecordingPartition: acceptance
 // scenarios 27-33 and 54-56 (exact-region matching, VGA unmap/restore, read-only RAM, no-op and
 // prefetch-quirk remaps, private RAM, poisoning, invalidation before the Promise settles), plus
 // decommitRam.
@@ -53,7 +53,7 @@ test('VGA unmapped: partition unmap, reads fail NoMapping, mapping gone; restore
   await control.setRamVisibility(VGA, RamVisibility.ReadWrite);
   t.deepEqual(partition.takeLog(), [map(0xa_0000, 0x2_0000)]);
   t.deepEqual(memory.read(0xa_0000, 0x2_0000), data);
-  // The mapping comes back, at the end of the set (spec §4.6), with its file offset.
+  // The mapping comes back, at the end of the set, with its file offset.
   const back = (await manager.inspect()).mappings;
   t.is(back.length, 16);
   t.true(back[15].range.equals(VGA));

@@ -147,7 +147,7 @@ test('property: for random change sequences, applying each plan gives exactly th
               planned = await manager.plan({ kind: 'deviceMapToGuest', window: windows[c.window], gpa: slots[c.slot], writable: true });
             } catch (error) {
               // Overlapping the other window is refused by the plan and by the change alike;
-              // per the spec the failed change leaves the window unplaced (its old placement,
+              // the failed change leaves the window unplaced (its old placement,
               // if any, was torn down first).
               if (error.code !== 'ERR_OVERLAP_ERROR') throw error;
               await t.throwsAsync(windows[c.window].mapToGuest(slots[c.slot], true), { code: 'ERR_OVERLAP_ERROR' });

@@ -1,4 +1,4 @@
-// MemoryRange, its helpers and the range algorithms through the public API (spec §1, §6.1).
+// MemoryRange, its helpers and the range algorithms through the public API.
 'use strict';
 const test = require('ava');
 const fc = require('fast-check');

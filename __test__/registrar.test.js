@@ -1,4 +1,4 @@
-// MemoryRegistrar through the public API: spec §3 scenarios 53-60, async callbacks, bad input.
+// MemoryRegistrar through the public API: acceptance scenarios 53-60, async callbacks, bad input.
 'use strict';
 const test = require('ava');
 const mb = require('../dist');

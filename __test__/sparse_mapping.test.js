@@ -1,5 +1,5 @@
-// SparseMapping and Mappable through the public API: spec guest-memory §5 scenarios S1-S19 and
-// S23 (the SparseMapping side), with /proc/self/maps checks, and bad input for every entry point.
+// SparseMapping and Mappable through the public API: acceptance scenarios 1-19 and
+// 23 (the SparseMapping side), with /proc/self/maps checks, and bad input for every entry point.
 'use strict';
 const test = require('ava');
 const fs = require('node:fs');
@@ -26,7 +26,7 @@ test('a zero-length mapping is InvalidInput (RangeError ERR_INVALID_INPUT)', (t)
   const error = t.throws(() => new SparseMapping(0), { instanceOf: RangeError, code: 'ERR_INVALID_INPUT' });
   t.is(error.message, 'length must be greater than 0');
   t.throws(() => new SparseMapping(0n), { instanceOf: RangeError, code: 'ERR_INVALID_INPUT' });
-  // Creating a mapping installs the handler even when creation fails (spec §1.2 step 1).
+  // Creating a mapping installs the handler even when creation fails.
   t.is(mb.handlerStatus(), 'installed');
 });
 

@@ -1,5 +1,5 @@
 // Timing harness shared by the JavaScript benchmarks: calibrated loops, several runs, the median,
-// and one JSON line per result in the format design.md fixes:
+// and one JSON line per result in the format docs/design.md ("Benchmarks") fixes:
 // {"name", "value", "unit", "baseline", "baselineValue", "ratio", "target"?, "met"?}.
 'use strict';
 

@@ -109,7 +109,7 @@ function fixedMap() {
 /**
  * The first touch of a fresh lazily mapped page each iteration: a device window in the MMIO gap
  * whose every page is its own mapping (so each first touch faults, asks the mapping manager,
- * maps that page and retries). Each window mapping holds a duplicated descriptor (spec §6), so
+ * maps that page and retries). Each window mapping holds a duplicated descriptor, so
  * the window has 4096 pages; after every page was touched once the window is removed and placed
  * again (untimed), which makes all its pages fresh again. The memfd pages are written
  * beforehand, so the retry costs a minor fault, not a page allocation.

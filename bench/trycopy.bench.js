@@ -1,7 +1,7 @@
 // The Rust guarded copy (crates/trycopy, criterion benchmark `try_copy`) against
 // copy_nonoverlapping of the same size, and the guarded u32 load against read_volatile: runs
 // `cargo bench -p trycopy` and turns criterion's estimates (<criterion home>/<group>/<id>/new/
-// estimates.json, mean per iteration) into the benchmark line format of design.md.
+// estimates.json, mean per iteration) into the benchmark line format of docs/design.md.
 // Cargo's and criterion's own output goes to stderr. Set TRYCOPY_BENCH_ARGS to pass other
 // criterion flags (default: --warm-up-time 1 --measurement-time 3).
 'use strict';

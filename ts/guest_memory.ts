@@ -1,5 +1,5 @@
 /**
- * Fault-safe guest memory (spec guest-memory §1–§3, api.md §4–§5): the process-wide fault
+ * Fault-safe guest memory: the process-wide fault
  * handler, `SparseMapping` (a VA reservation with pages placed at runtime), `Mappable`
  * (shareable memory objects), `GuestMemory` and `LockedPages`.
  *
@@ -32,7 +32,7 @@ let rearmWarned = false;
 
 /**
  * Runs `create` (which installs the handler, or makes a mapping-backed memory) and re-installs
- * a handler that was displaced or reset before it ran (spec R5: e.g. by `process.on('SIGSEGV')`,
+ * a handler that was displaced or reset before it ran (e.g. by `process.on('SIGSEGV')`,
  * whose libuv handler does not chain, and whose removal resets the default action). Emits a
  * process warning the first time this thread re-arms.
  */

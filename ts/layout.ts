@@ -1,5 +1,5 @@
 /**
- * `MemoryLayout` and the x86 legacy RAM split (spec layout-and-registrar §2 and §4).
+ * `MemoryLayout` and the x86 legacy RAM split.
  *
  * A layout is immutable: it is built by the Rust core (`vm_topology`), which validates it
  * with the original's rules and error variants, and its accessor values are read once.

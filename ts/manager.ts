@@ -1,5 +1,5 @@
 /**
- * The memory manager (spec membacking §2–§6, api.md §6–§7): `GuestMemoryBuilder` builds a
+ * The memory manager: `GuestMemoryBuilder` builds a
  * `GuestMemoryManager` for a layout; the manager hands out `GuestMemoryClient`s (lazily mapped
  * guest memory), `RamVisibilityControl`, device windows (`DeviceMemoryMapper`), its
  * `SharedMemoryBacking`, and attaches partitions.
@@ -128,7 +128,7 @@ export class GuestMemoryBuilder {
     this.#pinMappings = toBool(enable, 'enable');
     return this;
   }
-  /** Split low RAM into VGA/PAM regions (spec §2.2 step 9). */
+  /** Split low RAM into VGA/PAM regions. */
   x86LegacySupport(enable: boolean): this {
     this.#x86LegacySupport = toBool(enable, 'enable');
     return this;
@@ -157,7 +157,7 @@ export class GuestMemoryBuilder {
   }
 }
 
-/** Region-manager snapshot of spec §8.0. */
+/** What `inspect()` reports: the manager's regions, its active mappings and its VA mappers. */
 export interface ManagerSnapshot {
   aliasOffset: bigint | null;
   pinMappings: boolean;
@@ -218,7 +218,7 @@ export class GuestMemoryManager {
   }
   /**
    * Map all active regions into `partition` (alias mapper first for Vtl2); PartitionAttachError.
-   * `remoteProcess` exists for spec scenario 22 and always throws ERR_UNSUPPORTED on Linux.
+   * `remoteProcess` exists for parity with the original and always throws ERR_UNSUPPORTED on Linux.
    */
   async attachPartition(vtl: Vtl, partition: RecordingPartition | KvmPartition, options: { remoteProcess?: number } = {}): Promise<void> {
     const v = toVtl(vtl, 'vtl');
@@ -236,7 +236,7 @@ export class GuestMemoryManager {
     const r = rangeArray(range, 'range');
     await settle(this.#call((n) => n.decommitRam(r)));
   }
-  /** Snapshot of regions, mappings and mappers (spec §8.0). */
+  /** Snapshot of regions, mappings and mappers. */
   async inspect(): Promise<ManagerSnapshot> {
     return nativeJson(await settle(this.#call((n) => n.inspect())));
   }

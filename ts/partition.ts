@@ -1,5 +1,5 @@
 /**
- * Hypervisor partitions (api.md §8): `RecordingPartition`, a partition that records every
+ * Hypervisor partitions: `RecordingPartition`, a partition that records every
  * map/unmap/prefetch/pin call for scripting and tests, and `KvmPartition`, a real KVM virtual
  * machine with a minimal vCPU runner (`Vcpu`) that executes guest code off the JavaScript thread.
  */

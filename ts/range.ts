@@ -1,5 +1,5 @@
 /**
- * `MemoryRange` and the range algorithms (spec layout-and-registrar §1).
+ * `MemoryRange` and the range algorithms.
  *
  * `MemoryRange` is an immutable value holding `start`/`end` as bigints; every operation runs
  * the Rust core's `memory_range` through the binding, so JavaScript and Rust agree exactly

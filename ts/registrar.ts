@@ -1,6 +1,5 @@
 /**
- * `MemoryRegistrar`: registers guest RAM lazily in 2 GiB chunks through a JavaScript callback
- * (spec layout-and-registrar §3).
+ * `MemoryRegistrar`: registers guest RAM lazily in 2 GiB chunks through a JavaScript callback.
  *
  * The chunk bookkeeping and the coordination of concurrent asynchronous registrations live in
  * the Rust core (`underhill_mem`). This class adapts the user's callback: a synchronous return

@@ -8,7 +8,7 @@
 //! - the operation succeeds iff every byte it touches is accessible in its direction, and then
 //!   the result equals `memmove`/`memset`/the plain load or store on a shadow copy;
 //! - a failure reports a faulting address that is inaccessible in the direction of the buffer
-//!   it lies in, the offset and direction the spec's attribution rule gives for that address
+//!   it lies in, the offset and direction the attribution rule gives for that address
 //!   (destination first, then source), SIGSEGV with `SEGV_ACCERR` on a protected page; a
 //!   forward copy or fill reports the first inaccessible byte (within one 128-byte block), a
 //!   backward copy the last, and the bytes before the faulting block are already written;
@@ -179,7 +179,8 @@ fn check_fault(
         as_source.into_iter().chain(as_destination).any(&allowed),
         "{what}: fault at {address:#x} (index {as_source:?} as source, {as_destination:?} as destination) is not where the copy must first fault"
     );
-    // The spec's attribution of the address.
+    // The attribution of the address: an offset into the destination when it lies there (a
+    // write), else into the source (a read).
     let expected = if in_span(destination) {
         (address - destination.0, true)
     } else {

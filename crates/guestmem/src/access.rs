@@ -1,4 +1,4 @@
-//! The backing trait [`GuestMemoryAccess`] (spec §3.3) and the page-fault decision it returns.
+//! The backing trait [`GuestMemoryAccess`] and the page-fault decision it returns.
 //!
 //! A backing gives guest memory an address space `[0, max_address())`, usually through a mapping
 //! of reserved host VA whose pages may be inaccessible. When a guarded access through the

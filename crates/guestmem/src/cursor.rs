@@ -1,4 +1,4 @@
-//! Sequential access helpers (spec §3.10): the cursor traits [`MemoryRead`] and [`MemoryWrite`],
+//! Sequential access helpers: the cursor traits [`MemoryRead`] and [`MemoryWrite`],
 //! implemented for byte slices, for [`Limit`] (a cap on another cursor) and for readers and
 //! writers over paged ranges of guest memory. Each call moves the next bytes and advances the
 //! cursor only when it succeeded.

@@ -1,4 +1,4 @@
-//! Error types of guest memory (spec §3.2).
+//! Error types of guest memory.
 //!
 //! Backings report [`GuestMemoryBackingError`] (kind, optional precise address, cause) and, from
 //! `page_fault`, [`PageFaultError`]. Every public `GuestMemory` method reports a

@@ -5,7 +5,7 @@
 //! backing that implements [`GuestMemoryAccess`]. Accesses go through the backing's mapping with
 //! the guarded primitives of `trycopy`; when one faults, the backing's `page_fault` decides
 //! whether to retry (after making the page accessible), fail with a [`GuestMemoryErrorKind`], or
-//! take the backing's slow-path fallback (spec §3.6). A retry limit (default
+//! take the backing's slow-path fallback. A retry limit (default
 //! [`DEFAULT_RETRY_LIMIT`]) keeps a backing that never resolves a fault from hanging the caller.
 //!
 //! Provided backings: [`SparseMapping`](sparse_mmap::SparseMapping) (GPA = offset),
@@ -109,7 +109,7 @@ pub(crate) const fn host_offset(offset: u64) -> usize {
 }
 
 /// The default number of consecutive unproductive `Retry` answers a single access accepts from
-/// `page_fault` before failing with kind `Other` (spec §3.6 deviation, JS option `retryLimit`).
+/// `page_fault` before failing with kind `Other` (the JavaScript option `retryLimit`).
 pub const DEFAULT_RETRY_LIMIT: u32 = 1000;
 
 /// Construction errors of [`GuestMemory::new_multi_region`].
@@ -187,7 +187,7 @@ impl Default for GuestMemory {
     }
 }
 
-/// Installs the fault handler, re-arming it when something displaced it (spec R5).
+/// Installs the fault handler, re-arming it when something displaced it.
 fn ensure_fault_handler() {
     trycopy::initialize_try_copy();
     if trycopy::handler_status() != trycopy::HandlerStatus::Installed {

@@ -1,4 +1,4 @@
-//! Page locking (spec §3.9): [`GuestMemory::lock_gpns`] faults every page in through the full
+//! Page locking: [`GuestMemory::lock_gpns`] faults every page in through the full
 //! protocol, records its host address, and asks the backing to pin the pages; the result keeps
 //! the memory alive and unlocks exactly once, when the last clone is dropped (upstream unlocks
 //! once per clone — a deliberate difference).

@@ -1,4 +1,4 @@
-//! The data operations of [`GuestMemory`] (spec §3.7): copies, fills, typed loads and stores,
+//! The data operations of [`GuestMemory`]: copies, fills, typed loads and stores,
 //! compare-exchange and probes, each running the access protocol of `protocol.rs`.
 
 // Unsafe code: every operation runs a guarded access through a backing's raw mapping.

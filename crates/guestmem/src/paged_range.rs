@@ -1,4 +1,4 @@
-//! Scatter lists of guest pages (spec §3.10): [`PagedRange`] is a byte window over the
+//! Scatter lists of guest pages: [`PagedRange`] is a byte window over the
 //! concatenation of listed 4 KiB guest pages; [`PagedRanges`] concatenates several of them.
 //!
 //! Only the first page of a window may begin mid-page and only the last may end mid-page.

@@ -1,4 +1,4 @@
-//! Address decoding (spec §3.5) and the access protocol with its retry loop (spec §3.6).
+//! Address decoding and the access protocol with its retry loop.
 //!
 //! `locate` turns a GPA and length into a region and an offset inside it, or `OutOfRange`.
 //! `run_access` then performs a guarded attempt through the region's mapping; when it faults,
@@ -204,7 +204,7 @@ impl GuestMemory {
         &self.inner.regions
     }
 
-    /// Runs one access of `len > 0` bytes at `gpa` through the protocol of spec §3.6.
+    /// Runs one access of `len > 0` bytes at `gpa` through the access protocol (`docs/design.md`, "The fault path").
     ///
     /// `attempt` receives the host address of `gpa` and performs the guarded access; `fallback`
     /// receives the backing and the region offset of `gpa` and performs the slow path for the

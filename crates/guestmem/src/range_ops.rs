@@ -1,4 +1,4 @@
-//! Operations of [`GuestMemory`] on paged ranges and page lists (spec §3.7): each per-page chunk
+//! Operations of [`GuestMemory`] on paged ranges and page lists: each per-page chunk
 //! of the range runs the full access protocol; the first failing chunk stops the operation
 //! (earlier chunks stay applied). Errors carry the operation and the precise GPA, no range.
 

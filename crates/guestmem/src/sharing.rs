@@ -1,5 +1,5 @@
 //! Sharing guest memory with other processes (e.g. user-mode DMA): the file-backed regions that
-//! make up guest memory, produced asynchronously by the backing's provider (spec §3.3).
+//! make up guest memory, produced asynchronously by the backing's provider.
 //!
 //! Regions must be fully backed (no lazy fault-in) and the set is meant to be static for the
 //! VM's lifetime. Multi-region memories and subranges report no sharing.

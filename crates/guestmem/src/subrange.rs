@@ -1,4 +1,4 @@
-//! Subranges (spec §3.8): a view of `offset..offset + len` of a guest memory with its own GPA 0.
+//! Subranges: a view of `offset..offset + len` of a guest memory with its own GPA 0.
 //!
 //! Unless the backing offers its own view, the generic view is a backing that refers to the
 //! parent memory's region with an offset: its mapping is the region's mapping plus the offset,

@@ -1,5 +1,4 @@
-//! Tests of the guest-memory acceptance scenarios (guest-memory.md §5, S31–S52 where they apply
-//! to the Rust core) and of the retry limit, fallbacks, subranges and locking.
+//! Tests of the guest-memory acceptance scenarios that apply to the Rust core and of the retry limit, fallbacks, subranges and locking.
 
 // Unsafe code: the tests build backings (an unsafe trait) and check memory through raw pointers.
 #![allow(unsafe_code)]

@@ -1,5 +1,5 @@
 //! Benchmarks of the memory manager runtime, each printed as one JSON line in the project's
-//! format (`design.md`, "Benchmarks"): the measured figure, a baseline measured in the same run,
+//! format (`docs/design.md`, "Benchmarks"): the measured figure, a baseline measured in the same run,
 //! and their ratio.
 //!
 //! - `first_touch`: the first access to a lazily mapped page (SIGSEGV, request to the mapping

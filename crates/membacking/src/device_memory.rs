@@ -1,4 +1,4 @@
-//! Device memory windows (spec §6), without the OS and thread parts.
+//! Device memory windows, without the OS and thread parts.
 //!
 //! A device gets a fixed-length window that it can place at a GPA (a priority-0, non-DMA region
 //! named after the device) and into which it maps objects at run time. [`DeviceWindow`] holds

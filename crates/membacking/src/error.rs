@@ -1,7 +1,7 @@
 //! Errors of the memory manager runtime: building (`MemoryBuildError`), attaching partitions
 //! (`PartitionAttachError`), creating VA mappers (`VaMapperError`) and the causes of failed
 //! guest-memory accesses (`NoMapping`, `ManagerGone`). Messages are the original's where it has
-//! one (spec §2.2, §2.3, §4.3, §4.7); extensions are worded plainly.
+//! one; extensions are worded plainly.
 //!
 //! The region manager's own errors (overlap, visibility, device windows, poisoning) are in
 //! [`crate::region_manager::RegionManagerError`].
@@ -12,7 +12,7 @@ use memory_range::MemoryRange;
 use std::io;
 
 /// A guest-memory access (or a partition's VA population) found no mapping, or no writable one
-/// for a write, in part of the requested range (spec §4.3). The cause of an `OutOfRange` access
+/// for a write, in part of the requested range. The cause of an `OutOfRange` access
 /// error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("no mapping for {0}")]
@@ -24,7 +24,7 @@ pub struct NoMapping(pub MemoryRange);
 #[error("memory manager is gone")]
 pub struct ManagerGone;
 
-/// Creating a VA mapper failed (spec §4.1, §4.7).
+/// Creating a VA mapper failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VaMapperError {
     /// The mapping manager is gone.
@@ -41,7 +41,7 @@ pub enum VaMapperError {
     Thread(#[source] io::Error),
 }
 
-/// `GuestMemoryBuilder::build` failed (spec §2.2).
+/// `GuestMemoryBuilder::build` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryBuildError {
     /// The RAM backing size cannot be represented.
@@ -97,7 +97,7 @@ pub enum MemoryBuildError {
     RegionManager(RegionManagerError),
 }
 
-/// `GuestMemoryManager::attach_partition` failed (spec §2.3).
+/// `GuestMemoryManager::attach_partition` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PartitionAttachError {
     /// The VA mapper for the partition could not be created.
@@ -106,7 +106,7 @@ pub enum PartitionAttachError {
     /// Mapping the active regions into the partition failed.
     #[error("failed to attach partition to memory manager")]
     PartitionMapper(#[source] PartitionMapperError),
-    /// Remote-process mappers are not supported on this platform (spec §4.7).
+    /// Remote-process mappers are not supported on this platform.
     #[error("remote process mappers are not supported on this platform")]
     Unsupported,
     /// The manager is gone, poisoned, or refused the partition mapper's offset.

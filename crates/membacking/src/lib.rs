@@ -28,7 +28,7 @@
 //! A partition only ever maps a region after its VA mapper was asked to populate it, and
 //! unmaps it before the VA is invalidated (I5); an invalidation returns only after every mapper
 //! that received an affected mapping made it inaccessible (I6), except pages locked through the
-//! accessor, which stay as they were until their last lock goes (spec §7.3 D7). Unrecoverable
+//! accessor, which stay as they were until their last lock goes. Unrecoverable
 //! partition or mapper failures poison the manager instead of aborting (D5).
 //!
 //! # For the JavaScript binding

@@ -1,4 +1,4 @@
-//! RAM regions and their visibility (spec §2.2 step 11, §2.6).
+//! RAM regions and their visibility.
 //!
 //! The builder creates one region named `ram` (priority 255, DMA target) per RAM range, backs it
 //! with one mapping of the guest-RAM object at a dense file offset, and maps it read-write and
@@ -155,7 +155,7 @@ impl RamRegions {
             .any(|(ram, _)| ram.overlaps(&range))
     }
 
-    /// Creates the RAM regions like the builder (spec §2.2 step 11): for each spec, a region
+    /// Creates the RAM regions like the builder: for each spec, a region
     /// `ram` (priority 255, DMA target, described for x86 legacy pieces), a writable mapping
     /// of `object` over the whole region at the spec's file offset (skipped when `object` is
     /// `None`, i.e. private memory), and a map with `{writable, executable, prefetch}`.
@@ -218,7 +218,7 @@ impl RamRegions {
         Ok((change, format!("RAM visibility {visibility}")))
     }
 
-    /// `set_ram_visibility(range, visibility)` (spec §2.6).
+    /// `set_ram_visibility(range, visibility)`.
     pub fn set_ram_visibility<O>(
         &self,
         commands: &mut impl RegionCommands<O>,

@@ -1,7 +1,7 @@
 //! Guarded data access to a [`SparseMapping`]: copies, fills and typed loads/stores that turn a
 //! fault (an inaccessible, read-only or truncated page) into an error instead of a crash.
 //!
-//! Every helper first checks the access against the reserved length (spec §1.5: fail when
+//! Every helper first checks the access against the reserved length (it fails when
 //! `offset > len()` or fewer than `size` bytes remain, so an empty access at `offset == len()`
 //! succeeds) and then uses the `trycopy` primitives.
 

@@ -1,7 +1,7 @@
 //! The reservation itself: creation, placement of memory into it, and maintenance operations.
 //!
 //! Every placement is a fixed-address `mmap` inside the reservation, so it atomically replaces
-//! whatever was there and never leaves a hole (spec §1.1 I2). Returning a range to the
+//! whatever was there and never leaves a hole. Returning a range to the
 //! inaccessible state is a placement too (a fresh `PROT_NONE` private anonymous mapping); only
 //! dropping the [`SparseMapping`] gives the address space back to the OS.
 //!

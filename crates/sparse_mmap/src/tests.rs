@@ -1,4 +1,4 @@
-//! Tests of the spec's sparse-mapping acceptance scenarios (guest-memory.md §5, S1–S19) and of
+//! Tests of the sparse-mapping acceptance scenarios and of
 //! the shared-memory helpers.
 
 // Unsafe code: the tests read and write the mapped pages through raw pointers.

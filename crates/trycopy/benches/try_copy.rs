@@ -3,7 +3,7 @@
 //! Criterion groups (ids `group/size`): `try_copy` vs `copy_nonoverlapping` for hot 4 KiB and
 //! 1 MiB buffers, and `try_read_volatile` vs `read_volatile` for one `u32`. After a `--bench`
 //! run, one JSON line per comparison is printed in the project's benchmark format
-//! (`design.md`): copies compare throughput (target ≥ 0.9 of `copy_nonoverlapping`), the scalar
+//! (`docs/design.md`, "Benchmarks"): copies compare throughput (target ≥ 0.9 of `copy_nonoverlapping`), the scalar
 //! read compares time (target ≤ 3× `read_volatile`).
 //!
 //! Run: `cargo bench -p trycopy -- --warm-up-time 1 --measurement-time 2`.

@@ -103,7 +103,7 @@ impl Span {
 }
 
 impl MemoryError {
-    /// Derives the report from a fault record (spec §2.5).
+    /// Derives the report from a fault record.
     ///
     /// * no fault address (general-protection or alignment trap): offset 0, write when the
     ///   operation has no source, else read;

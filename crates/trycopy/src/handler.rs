@@ -1,20 +1,20 @@
 //! The process-wide SIGSEGV/SIGBUS handler: installation, recovery, forwarding and re-arming.
 //!
-//! * **Recovery (R2).** A fault is recovered only when the kernel raised it (`si_code > 0`; a
+//! * **Recovery.** A fault is recovered only when the kernel raised it (`si_code > 0`; a
 //!   `kill`/`raise` is never mistaken for a fault) and the saved instruction pointer lies in a
 //!   guarded routine. The handler then writes the fault details through the record pointer the
 //!   routine carries in `r10`, clears DF and resumes at the routine's fixup. It uses no TLS, no
 //!   allocation, no locks and cannot panic.
-//! * **Forwarding (R4).** Every other signal goes to the action that was installed before ours,
+//! * **Forwarding.** Every other signal goes to the action that was installed before ours,
 //!   as the kernel would have run it: a three-argument handler gets `(signal, info, context)`, a
 //!   one-argument handler gets `signal`, `SA_RESETHAND` resets the disposition first, and a
 //!   default or ignore disposition becomes "set default, then return (kernel fault: the
 //!   instruction faults again and the default action applies) or `raise`". Genuine crashes thus
 //!   die by the right signal, and Node's/V8's WebAssembly trap handling keeps working.
-//! * **Installation (R3).** Once per process, serialized by a mutex; the previous action is
+//! * **Installation.** Once per process, serialized by a mutex; the previous action is
 //!   published (release) before ours is installed, and our own handler is never recorded as the
-//!   previous one (N7). Never uninstalled.
-//! * **Displacement (R5).** [`handler_status`] queries the current dispositions;
+//!   previous one. Never uninstalled.
+//! * **Displacement.** [`handler_status`] queries the current dispositions;
 //!   [`rearm_handler`] re-installs on top of whatever displaced us, keeping the old previous
 //!   action when the current disposition is plain default (libuv's `process.off` wipes Node's
 //!   handler together with ours).
@@ -148,7 +148,7 @@ fn install_on_top(signal: c_int, keep_chain: bool) {
     let Some(slot) = slot(signal) else { return };
     let current = current_action(signal);
     if is_ours(&current) {
-        // Never record ourselves as the previous action (N7).
+        // Never record ourselves as the previous action.
         return;
     }
     let first = first_slot(signal).map_or(ptr::null_mut(), |first| first.load(Ordering::Acquire));
@@ -276,7 +276,7 @@ extern "C" fn fault_handler(signal: c_int, info: *mut siginfo_t, context: *mut c
     }
 }
 
-/// Runs the previous action of `signal` for a signal we do not recover (R4).
+/// Runs the previous action of `signal` for a signal we do not recover ("Forwarding" above).
 ///
 /// # Safety
 /// Called only from [`fault_handler`] with the kernel-provided arguments.

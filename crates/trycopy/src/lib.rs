@@ -4,7 +4,7 @@
 //! another thread while a copy runs. The functions here use ordinary instructions and, when the
 //! CPU faults inside them, resume at a recovery point and return a [`MemoryError`] that says
 //! where and how it faulted, so callers can map the page and retry, take a slow path, or fail
-//! cleanly (spec `guest-memory.md` §2).
+//! cleanly.
 //!
 //! How it works (Linux x86-64): every guarded routine lives in one assembly block with a fixup
 //! table (`x86_64` module); a process-wide SIGSEGV/SIGBUS handler (`handler` module) recovers
@@ -14,7 +14,7 @@
 //!
 //! Copy and fill strategies (which affect speed, never results) are described in the `x86_64`
 //! module: with AVX, destination-aligned 32-byte blocks at every length (a measured deviation
-//! from the spec's `rep movsb` from 1 KiB); without, the spec's strategy.
+//! from the original's `rep movsb` from 1 KiB); without, the original strategy.
 //!
 //! Call [`initialize_try_copy`] once before relying on recovery: without the handler a fault
 //! takes the default action (the process dies). Guarded operations must not run on a thread that
@@ -59,7 +59,7 @@ pub const fn fault_recovery_supported() -> bool {
     cfg!(all(target_arch = "x86_64", target_os = "linux"))
 }
 
-/// Where our SIGSEGV/SIGBUS handler stands (spec R5).
+/// Where our SIGSEGV/SIGBUS handler stands.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum HandlerStatus {
     /// Our handler is the current disposition of both SIGSEGV and SIGBUS.

@@ -1,7 +1,7 @@
 //! The guarded routines for Linux x86-64, in one assembly block, plus their fixup table.
 //!
 //! Every instruction that may touch caller-supplied memory lives in a routine of the single
-//! `global_asm!` block below (spec R1). The block is bracketed by two symbols, so the signal
+//! `global_asm!` block below. The block is bracketed by two symbols, so the signal
 //! handler rejects a foreign fault with one range comparison, and it is followed by a table of
 //! `{start, end, fixup}` entries (32-bit offsets from the block start, so the table needs no
 //! relocations in a shared object).
@@ -18,12 +18,12 @@
 //! * `DF` is clear on return, also on the fault path (the handler clears it in the saved flags
 //!   and the fixup executes `cld`).
 //!
-//! Strategy (spec §2.3, which affects speed, not results): where the CPU has AVX (checked at
+//! Strategy (it affects speed, never results): where the CPU has AVX (checked at
 //! run time), forward copies and fills store 32-byte blocks to a 32-byte-aligned destination at
 //! every length — a deliberate deviation from "`rep movsb`/`rep stosb` from 1 KiB": on the
 //! project machine (AMD EPYC, no ERMS reported) the string instructions ran at 0.5-0.6x of
 //! glibc at 4 KiB and fell to ~2 GB/s for some buffer alignments at 64-256 KiB. Without AVX the
-//! spec's strategy is used (16-byte SSE blocks, then words and bytes, below 1 KiB; string
+//! original strategy is used (16-byte SSE blocks, then words and bytes, below 1 KiB; string
 //! instructions from 1 KiB). Backward copies are a byte-wise `rep movsb` with DF set.
 //!
 //! | routine | inputs | outputs / clobbers |

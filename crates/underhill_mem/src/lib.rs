@@ -13,8 +13,6 @@
 //!   [`MemoryRegistrar::register_async`]) calls a [`RegisterMemoryAsync`] callback that may
 //!   answer later (a JavaScript Promise in the Node binding). Concurrent callers that need the
 //!   same chunk share one registration instead of starting a second one.
-//!
-//! The behaviour is specified in `spec/layout-and-registrar.md` §3.
 #![forbid(unsafe_code)]
 
 pub mod registrar;

@@ -1,6 +1,6 @@
 //! [`RecordingPartition`]: a partition that records every call it receives.
 //!
-//! It is the test double of spec §8.0: each `map`/`unmap`/`prefetch`/`pin` call is appended to a
+//! It is the test double of the memory-manager tests: each `map`/`unmap`/`prefetch`/`pin` call is appended to a
 //! log as a [`RecordedCall`] (`map` calls also carry the writable and executable flags and the VA
 //! as an offset from a base the caller names, normally the manager's VA window). Failures can be
 //! injected per operation and GPA; they stay in force until cleared and the failing call is still
@@ -212,7 +212,7 @@ impl Recorder {
     }
 }
 
-/// A [`PartitionMemoryMap`] that records every call (spec §8.0), for tests and scripting.
+/// A [`PartitionMemoryMap`] that records every call, for tests and scripting.
 ///
 /// Thread-safe; cloning is not offered (the manager holds a weak reference, so dropping the last
 /// `Arc` makes the partition gone). Use [`RecordingPartition::log_handle`] to keep reading the

@@ -1,5 +1,5 @@
 //! KVM partition costs, each printed as one JSON line in the project's benchmark format
-//! (design.md "Benchmarks"): `{"name","value","unit","baseline","baselineValue","ratio"}`,
+//! (`docs/design.md`, "Benchmarks"): `{"name","value","unit","baseline","baselineValue","ratio"}`,
 //! with `ratio = value / baselineValue` (times).
 //!
 //! 1. One delete + create of a 16 KiB slot through `KvmPartition` (`unmap_range` +
@@ -184,7 +184,7 @@ fn round3(value: f64) -> f64 {
     (value * scale).round() / scale
 }
 
-/// One benchmark line (field order as design.md lists it).
+/// One benchmark line (field order as `docs/design.md` lists it).
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Line<'a> {

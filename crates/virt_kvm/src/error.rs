@@ -1,7 +1,7 @@
 //! [`KvmError`]: every error of the KVM partition and the vCPU runner.
 //!
-//! The variant names give the JavaScript error codes (`ERR_` + the name in SCREAMING_SNAKE_CASE,
-//! design.md): `KvmUnavailable` → `ERR_KVM_UNAVAILABLE`, `SlotOverlap` → `ERR_SLOT_OVERLAP`, …
+//! The binding's error table (`js_api::errors`, see `docs/design.md`, "Errors") gives each
+//! variant its JavaScript class and code: `KvmUnavailable` → `ERR_KVM_UNAVAILABLE`, …
 
 use memory_range::MemoryRange;
 use std::io;

@@ -1,5 +1,5 @@
 //! Guest memory over a VA mapper: the [`GuestMemoryAccess`] implementation that makes the
-//! manager's accessor lazily mapped (spec §2.4, §4.4, §4.6, §7.3 D7).
+//! manager's accessor lazily mapped.
 //!
 //! An access to a page that is not mapped yet faults; `page_fault` requests the bounding range
 //! of the rest of the access from the mapping manager, waits, and answers `Retry` (or fails
@@ -102,7 +102,7 @@ unsafe impl GuestMemoryAccess for MapperBacking {
     }
 }
 
-/// The DMA-sharing provider of a file-backed manager (spec §4.6).
+/// The DMA-sharing provider of a file-backed manager.
 struct DmaSharing {
     client: MappingManagerClient,
 }

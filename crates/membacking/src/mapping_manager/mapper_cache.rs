@@ -1,4 +1,4 @@
-//! The per-process mapper cache (spec §4.5): one VA mapper per process and manager.
+//! The per-process mapper cache: one VA mapper per process and manager.
 //!
 //! Entries are keyed by the mapping manager's random id and are either *building* (a builder is
 //! constructing the mapper; others wait for it) or *built* (a weak reference, so the cache

@@ -1,4 +1,4 @@
-//! The mapping manager (spec §4): the active mapping set, the registry of VA mappers, and the
+//! The mapping manager: the active mapping set, the registry of VA mappers, and the
 //! requests that keep the mappers' windows consistent with the set.
 //!
 //! It runs as a task on the "memory_manager" thread and handles its messages one at a time, to
@@ -46,7 +46,7 @@ impl fmt::Display for MapperId {
     }
 }
 
-/// One mapping of the active mapping set as the inspect snapshot shows it (spec §8.0).
+/// One mapping of the active mapping set as the inspect snapshot shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MappingSnapshot {
     /// The GPA range.
@@ -356,7 +356,7 @@ impl MappingManager {
             .map(|(_, &seq)| seq)
     }
 
-    /// `SendMappings(id, range)` (spec §4.4): answers covering all of `range`, ascending.
+    /// `SendMappings(id, range)`: answers covering all of `range`, ascending.
     fn send_mappings(&mut self, id: MapperId, range: MemoryRange) {
         if self.mapper(id).is_none() {
             return;
@@ -401,7 +401,7 @@ impl MappingManager {
         }
     }
 
-    /// `AddMapping` (spec §4.6). Mappings are disjoint by construction; an overlap is an
+    /// `AddMapping`. Mappings are disjoint by construction; an overlap is an
     /// internal error (the region manager poisons itself).
     fn add_mapping(&mut self, mapping: ActiveMapping<SharedObject>) -> Result<(), String> {
         let range = mapping.range;
@@ -427,7 +427,7 @@ impl MappingManager {
         Ok(())
     }
 
-    /// `RemoveMappings(range)` (spec §4.6): drops the mappings inside `range`, invalidates the
+    /// `RemoveMappings(range)`: drops the mappings inside `range`, invalidates the
     /// whole range in every mapper that received one of them, and returns once all of them
     /// acknowledged (a mapper that went away is skipped).
     async fn remove_mappings(&mut self, range: MemoryRange) -> Result<(), String> {

@@ -1,4 +1,4 @@
-//! The VA mapper (spec §4.1–§4.3): one reserved window of host VA per process and manager, into
+//! The VA mapper: one reserved window of host VA per process and manager, into
 //! which mappings are placed on demand.
 //!
 //! The window starts inaccessible. When something needs a range — a guest-memory access that
@@ -14,7 +14,7 @@
 //! answer (which saves a thread hop on a first touch). The mapper thread gives a waiting
 //! faulting thread a short head start for that reason.
 //!
-//! Locked pages (spec §7.3 D7) are kept as they were while locked; see the `va_state` module.
+//! Locked pages are kept as they were while locked; see the `va_state` module.
 //!
 //! When the mapping manager goes away (`Close`), the mapper refuses new waiters, fails the
 //! current ones, and returns the whole window (except locked pages) to the inaccessible state.
@@ -93,7 +93,7 @@ pub(crate) enum MapperMessage {
     Close(Option<oneshot::Sender<()>>),
 }
 
-/// A message a mapper received, as its event log shows it (spec §8.0, internal).
+/// A message a mapper received, as its event log shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MapperEvent {
     /// A `Map` of `range` from `file_offset`, writable or not.
@@ -160,7 +160,7 @@ struct Queue {
 
 impl Queue {
     /// Applies an answer for `range` (`writable` = `None` for no mapping) to every waiter whose
-    /// cursor lies inside it (spec §4.3).
+    /// cursor lies inside it.
     fn wake(&mut self, range: MemoryRange, writable: Option<bool>) {
         for waiter in &mut self.waiters {
             if waiter.result.is_some() || !range.contains_addr(waiter.cur) {
@@ -479,7 +479,7 @@ impl MapperShared {
     }
 }
 
-/// A VA mapper: the reserved window of one manager in this process (spec §4).
+/// A VA mapper: the reserved window of one manager in this process.
 ///
 /// Shared through `Arc`; the accessor of
 /// [`GuestMemoryClient::guest_memory`](crate::GuestMemoryClient::guest_memory) and the
@@ -551,7 +551,7 @@ impl VaMapper {
         self.shared.window.as_ptr().cast()
     }
 
-    /// The window length `L` (the requested length rounded up, spec §2.4).
+    /// The window length `L` (the requested length rounded up).
     pub fn len(&self) -> u64 {
         self.shared.len()
     }
@@ -705,7 +705,7 @@ impl VaMapper {
         ))
     }
 
-    /// The fault path (spec §4.4) for `range`: fails at once when the manager is gone or in
+    /// The fault path for `range`: fails at once when the manager is gone or in
     /// private mode; otherwise requests the range and waits.
     pub(crate) fn resolve_fault(
         &self,
@@ -841,7 +841,7 @@ impl From<RequestError> for PageFaultError {
     }
 }
 
-/// A fault in private RAM mode, where the kernel resolves every RAM fault itself (spec §4.4).
+/// A fault in private RAM mode, where the kernel resolves every RAM fault itself.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("unexpected page fault in private RAM mode")]
 pub struct UnexpectedPrivateFault;

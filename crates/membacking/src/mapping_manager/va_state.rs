@@ -1,5 +1,5 @@
-//! What a VA mapper's window shows, page lock counts, and the changes deferred for locked pages
-//! (spec §4.2 and §7.3 D7), as plain bookkeeping without system calls.
+//! What a VA mapper's window shows, page lock counts, and the changes deferred for locked pages,
+//! as plain bookkeeping without system calls.
 //!
 //! The mapper keeps this record in step with the kernel: every `mmap` it performs into its
 //! window is first planned here ([`VaState::plan_map`], [`VaState::plan_unmap`]) and then

@@ -1,4 +1,4 @@
-//! Device memory windows at run time (spec §6): [`DeviceMemoryMapper::new_region`] gives the two
+//! Device memory windows at run time: [`DeviceMemoryMapper::new_region`] gives the two
 //! halves of a window — [`MappableGuestMemory`] places it at a GPA, [`MappedMemoryRegion`] maps
 //! objects into it — sharing one [`DeviceWindow`] record.
 //!

@@ -1,4 +1,4 @@
-//! The memory manager runtime (spec §2): [`GuestMemoryBuilder`], [`GuestMemoryManager`] and the
+//! The memory manager runtime: [`GuestMemoryBuilder`], [`GuestMemoryManager`] and the
 //! handles it gives out — [`GuestMemoryClient`], [`RamVisibilityControl`],
 //! [`DeviceMemoryMapper`] and [`SharedMemoryBacking`].
 //!
@@ -126,13 +126,13 @@ impl AsFd for SharedMemoryBacking {
     }
 }
 
-/// A process to host a remote VA mapper (spec §4.7). Remote mappers exist only on Windows;
+/// A process to host a remote VA mapper. Remote mappers exist only on Windows;
 /// here every attach that names a process fails with
 /// [`PartitionAttachError::Unsupported`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemoteProcess(pub u32);
 
-/// Options for building a [`GuestMemoryManager`] (spec §2.2). Setters are chainable; the last
+/// Options for building a [`GuestMemoryManager`]. Setters are chainable; the last
 /// call wins.
 #[derive(Default)]
 pub struct GuestMemoryBuilder {
@@ -218,8 +218,8 @@ impl GuestMemoryBuilder {
         self
     }
 
-    /// Builds the manager for `layout`, checking the options in the original's order (spec
-    /// §2.2); the first failure ends the build and nothing built is kept.
+    /// Builds the manager for `layout`, checking the options in the original's order; the first
+    /// failure ends the build and nothing built is kept.
     pub fn build(
         self,
         layout: &MemoryLayout,
@@ -399,8 +399,8 @@ impl GuestMemoryBuilder {
 
 const PAGE_SIZE: u64 = 4096;
 
-/// The VA window length a reservation of `len` bytes gets (spec §2.4: rounded up to 4 KiB,
-/// 2 MiB or 1 GiB for sizes below 2 MiB, below 1 GiB, and above).
+/// The VA window length a reservation of `len` bytes gets: rounded up to 4 KiB below 2 MiB,
+/// to 2 MiB below 1 GiB, and to 1 GiB above.
 fn va_window_len(len: u64) -> u64 {
     const TWO_MIB: u64 = 2 << 20;
     const ONE_GIB: u64 = 1 << 30;
@@ -478,7 +478,7 @@ impl Drop for RamRegionHandles {
     }
 }
 
-/// Owns guest RAM, the region and mapping managers and their thread (spec §2.3).
+/// Owns guest RAM, the region and mapping managers and their thread.
 #[derive(Debug)]
 pub struct GuestMemoryManager {
     pub(crate) regions: RegionManagerClient,
@@ -552,7 +552,7 @@ impl GuestMemoryManager {
         })
     }
 
-    /// Maps every active region into `partition` and keeps it in step from now on (spec §2.3):
+    /// Maps every active region into `partition` and keeps it in step from now on:
     /// for [`Vtl::Vtl2`] with an alias offset, first at the alias offset, then at offset 0. A
     /// failure of the second step leaves the first registered (no rollback, as the original).
     ///
@@ -616,7 +616,7 @@ impl GuestMemoryManager {
         }
     }
 
-    /// The snapshot of regions, mappings and mappers (spec §8.0).
+    /// The snapshot of regions, mappings and mappers.
     pub fn inspect(
         &self,
     ) -> impl Future<Output = Result<ManagerSnapshot, RegionManagerError>> + Send + 'static {
@@ -700,7 +700,7 @@ impl GuestMemoryManager {
         self.mapper().len()
     }
 
-    /// The end of the guest address space (`max_addr`, spec §2.2 step 5).
+    /// The end of the guest address space (`max_addr`).
     pub fn max_addr(&self) -> u64 {
         self.max_addr
     }
@@ -751,7 +751,7 @@ pub struct GuestMemoryClient {
 
 impl GuestMemoryClient {
     /// The accessor `ram` over this process's VA mapper for the manager, creating the mapper on
-    /// first use; every call in a process shares the one mapper (spec §2.4, §4.5).
+    /// first use; every call in a process shares the one mapper.
     pub fn guest_memory(
         &self,
     ) -> impl Future<Output = Result<GuestMemory, VaMapperError>> + Send + 'static {
@@ -782,7 +782,7 @@ impl GuestMemoryClient {
     }
 }
 
-/// Changes the visibility of RAM regions (spec §2.6). Holding it keeps the RAM regions alive.
+/// Changes the visibility of RAM regions. Holding it keeps the RAM regions alive.
 #[derive(Debug, Clone)]
 pub struct RamVisibilityControl {
     regions: RegionManagerClient,

@@ -1,4 +1,4 @@
-//! The region manager as an actor (spec §3, §5): the planner of [`crate::region_manager`]
+//! The region manager as an actor: the planner of [`crate::region_manager`]
 //! driven by a task on the "memory_manager" thread.
 //!
 //! Per message the task begins a transaction, applies the message's change(s), runs the plan
@@ -10,7 +10,7 @@
 //! `ManagerPoisoned`.
 //!
 //! When the task stops (explicit shutdown, or every handle gone), each attached partition that
-//! is still alive gets one whole-window unmap per partition mapper (spec §5).
+//! is still alive gets one whole-window unmap per partition mapper.
 
 use super::preview::add_slots;
 use super::preview::preview_steps;
@@ -56,7 +56,7 @@ use std::sync::Arc;
 use std::sync::Weak;
 use virt::PartitionMemoryMap;
 
-/// The inspect snapshot of a manager (spec §8.0). Serializes with snake_case names.
+/// The inspect snapshot of a manager. Serializes with snake_case names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ManagerSnapshot {
     /// The VTL0 alias offset, if configured.

@@ -1,5 +1,5 @@
-//! Tests of the runtime through its Rust API: the spec §8 scenarios that need real memory,
-//! threads and VA mappers (the planner's own tests cover the rest), the §7.3 defects, lazy
+//! Tests of the runtime through its Rust API: the acceptance scenarios that need real memory,
+//! threads and VA mappers (the planner's own tests cover the rest), the original's defects, lazy
 //! mapping, page locking (D7), shared backings, concurrency and teardown.
 //!
 //! Partition call logs are compared exactly with `RecordingPartition`s whose VA base is the

@@ -1,5 +1,5 @@
-//! Carrying out a plan: the failure rules of spec §3.2, §3.5 and §5, independent of how the
-//! operations reach the partitions and mappers.
+//! Carrying out a plan: the failure rules (`docs/design.md`, "The planner and the applier"),
+//! independent of how the operations reach the partitions and mappers.
 //!
 //! [`PlanExecution`] is a small state machine (no I/O of its own): the driver asks it for the
 //! next operation, performs it however it likes — synchronously through a [`PlanTarget`] with

@@ -4,7 +4,7 @@ use super::types::RegionId;
 use memory_range::MemoryRange;
 use std::sync::Arc;
 
-/// A new region violates the nesting rule against an existing one (spec §3.1).
+/// A new region violates the nesting rule against an existing one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("memory region {new} overlaps with existing region {existing}")]
 pub struct OverlapError {
@@ -14,12 +14,12 @@ pub struct OverlapError {
     pub new: String,
 }
 
-/// A RAM visibility change named a range that is not exactly one RAM region (spec §2.6).
+/// A RAM visibility change named a range that is not exactly one RAM region.
 #[derive(Debug, Copy, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0} is not a controllable RAM range")]
 pub struct InvalidRamRegion(pub MemoryRange);
 
-/// Mapping a region into a partition failed (spec §5; the original's texts).
+/// Mapping a region into a partition failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PartitionMapperError {
     /// The partition refused the mapping.
@@ -31,7 +31,7 @@ pub enum PartitionMapperError {
 }
 
 /// An operation failed that leaves the partitions or VA mappers out of step with the region
-/// manager; the manager must be poisoned (spec §0, D5).
+/// manager; the manager must be poisoned.
 #[derive(Debug, thiserror::Error)]
 #[error("unrecoverable failure: {op}")]
 pub struct FatalError {
@@ -135,8 +135,8 @@ pub enum RegionManagerError {
     /// The region manager has stopped.
     #[error("memory manager is gone")]
     ManagerGone,
-    /// A device region would overlap private RAM, whose VA it would overwrite (extension,
-    /// spec §4.8).
+    /// A device region would overlap private RAM, whose VA it would overwrite (an
+    /// extension of the original).
     #[error("memory region {name} {range} overlaps private guest RAM")]
     RegionOverlapsPrivateRam {
         /// The region's name.

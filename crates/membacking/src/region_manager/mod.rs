@@ -1,4 +1,4 @@
-//! The region manager as a pure planner plus an applier (design.md).
+//! The region manager as a pure planner plus an applier (`docs/design.md`, "The planner and the applier").
 //!
 //! Regions are fixed GPA ranges with a priority; at most one region is *active* at any GPA
 //! (the highest-priority mapped one, the earliest created among identical equal-priority

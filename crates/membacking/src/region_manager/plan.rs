@@ -1,7 +1,7 @@
-//! The planner: one change in, the ordered operations out (spec §3).
+//! The planner: one change in, the ordered operations out.
 //!
 //! A [`Transaction`] applies changes to the [`RegionManagerState`] in place and records, for
-//! each, the operations the applier must carry out, in the order the spec requires: a region
+//! each, the operations the applier must carry out, in this order: a region
 //! that goes away is unmapped from every partition (in registration order) *before* its VA
 //! mappings are invalidated; a region that appears is first added to the mapping manager, then
 //! for each partition its VA is populated, then it is mapped, prefetched and pinned. Every
@@ -24,7 +24,7 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::sync::Arc;
 
-/// One change the region manager accepts (the region manager's messages, spec §1).
+/// One change the region manager accepts (the region manager's messages).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change<O> {
     /// Create a region (unmapped, inactive, no mappings).
@@ -397,7 +397,7 @@ impl<O: Clone> Transaction<'_, O> {
         }
     }
 
-    /// `AddRegion` (spec §3.1): checks emptiness, the VA window, then the nesting rule
+    /// `AddRegion`: checks emptiness, the VA window, then the nesting rule
     /// against every overlapping region in list order.
     fn add_region(&mut self, new: NewRegion) -> Result<ChangeOutcome, RegionManagerError> {
         if new.range.is_empty() {
@@ -443,7 +443,7 @@ impl<O: Clone> Transaction<'_, O> {
         Ok(ChangeOutcome::RegionAdded(id))
     }
 
-    /// `RemoveRegion` (spec §3.3).
+    /// `RemoveRegion`.
     fn remove_region(
         &mut self,
         id: RegionId,
@@ -462,7 +462,7 @@ impl<O: Clone> Transaction<'_, O> {
         Ok(ChangeOutcome::Applied)
     }
 
-    /// `UnmapRegion` (spec §3.3).
+    /// `UnmapRegion`.
     fn unmap_region(
         &mut self,
         id: RegionId,
@@ -484,7 +484,7 @@ impl<O: Clone> Transaction<'_, O> {
         Ok(ChangeOutcome::Applied)
     }
 
-    /// `MapRegion` (spec §3.3): no-op for equal parameters; otherwise every active region
+    /// `MapRegion`: no-op for equal parameters; otherwise every active region
     /// overlapping this one is deactivated (in list order) unless one of them blocks it.
     fn map_region(
         &mut self,
@@ -531,7 +531,7 @@ impl<O: Clone> Transaction<'_, O> {
         Ok(ChangeOutcome::Applied)
     }
 
-    /// `AddMapping` (spec §3.4).
+    /// `AddMapping`.
     fn add_mapping(
         &mut self,
         id: RegionId,
@@ -596,7 +596,7 @@ impl<O: Clone> Transaction<'_, O> {
         Ok(ChangeOutcome::Applied)
     }
 
-    /// `RemoveMappings` (spec §3.4).
+    /// `RemoveMappings`.
     fn remove_mappings(
         &mut self,
         id: RegionId,
@@ -642,7 +642,7 @@ impl<O: Clone> Transaction<'_, O> {
         Ok(ChangeOutcome::Applied)
     }
 
-    /// `AddPartition` (spec §3.5): registers the mapper and maps every active region into
+    /// `AddPartition`: registers the mapper and maps every active region into
     /// it, in list order.
     fn add_partition(
         &mut self,
@@ -679,7 +679,7 @@ impl<O: Clone> Transaction<'_, O> {
         Ok(ChangeOutcome::PartitionAdded(partition))
     }
 
-    /// The partition mapper's `map` (spec §5): populate the VA, map, prefetch, pin.
+    /// The partition mapper's `map`: populate the VA, map, prefetch, pin.
     fn map_into_partition(
         &mut self,
         partition: usize,
@@ -725,7 +725,7 @@ impl<O: Clone> Transaction<'_, O> {
         }
     }
 
-    /// *activate(R)* (spec §3.2): its mappings to the mapping manager, then each partition.
+    /// *activate(R)*: its mappings to the mapping manager, then each partition.
     fn activate(&mut self, id: RegionId, verb: Verb<'_>, cause: &str) {
         let region = &self.state.regions[&id];
         debug_assert!(!region.active, "activating an active region");
@@ -755,7 +755,7 @@ impl<O: Clone> Transaction<'_, O> {
         self.touch(range);
     }
 
-    /// *deactivate(R)* (spec §3.2): unmap from each partition, then invalidate the VA.
+    /// *deactivate(R)*: unmap from each partition, then invalidate the VA.
     fn deactivate(&mut self, id: RegionId, verb: Verb<'_>, cause: &str) {
         let region = &self.state.regions[&id];
         debug_assert!(region.active, "deactivating an inactive region");
@@ -778,7 +778,7 @@ impl<O: Clone> Transaction<'_, O> {
         self.touch(range);
     }
 
-    /// *activate_best(span)* (spec §3.2): repeatedly activate the best mapped region lying
+    /// *activate_best(span)*: repeatedly activate the best mapped region lying
     /// inside the rest of the span, in ascending address order. `subject` is the region the
     /// change is about (worded with its own verb); others "surface".
     fn activate_best(

@@ -388,7 +388,7 @@ where
 
 impl<O, F> Drop for SyncRegionManager<O, F> {
     /// Stopping the region manager discards every partition mapper: each live partition gets
-    /// one whole-window unmap per mapper (spec §5, §7.2).
+    /// one whole-window unmap per mapper.
     fn drop(&mut self) {
         let window_len = self.state.va_window_len();
         for (info, partition) in self.state.partitions().iter().zip(&self.partitions) {

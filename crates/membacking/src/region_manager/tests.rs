@@ -1,4 +1,4 @@
-//! Tests of the region manager: the spec §8 scenarios that concern regions, partitions, RAM
+//! Tests of the region manager: the acceptance scenarios that concern regions, partitions, RAM
 //! visibility and device windows (driven through [`SyncRegionManager`] with
 //! `RecordingPartition`s, partition logs compared exactly), the no-change-on-error rule, dry
 //! runs, the cost of a change, and a randomized check of the invariants.
@@ -252,7 +252,7 @@ fn io_region_error(error: &io::Error) -> &RegionManagerError {
         .expect("an io::Error wrapping a RegionManagerError")
 }
 
-// ----- §8.1 scenarios 8-11, 14: RAM regions as the builder creates them -----
+// ----- scenarios 8-11, 14: RAM regions as the builder creates them -----
 
 #[test]
 fn x86_split_creates_sixteen_active_ram_regions() {

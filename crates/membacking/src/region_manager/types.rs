@@ -272,7 +272,7 @@ pub struct PartitionMapperInfo {
     pub pin_mappings: bool,
 }
 
-/// The region manager's part of the inspect snapshot (spec §8.0): regions in list order and
+/// The region manager's part of the inspect snapshot: regions in list order and
 /// partition mappers in registration order. Serializes with the upstream snake_case names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RegionManagerInspect {
@@ -282,7 +282,7 @@ pub struct RegionManagerInspect {
     pub partitions: Vec<PartitionMapperInfo>,
 }
 
-/// One region as the inspect snapshot shows it (spec §8.0).
+/// One region as the inspect snapshot shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RegionInspect {
     /// The region's id.
