@@ -134,6 +134,20 @@ check('GuestMemoryManager with a RecordingPartition: guest memory and the partit
   }
 });
 
+check('the membacking command of the package runs', () => {
+  const { spawnSync } = require('node:child_process');
+  const root = path.dirname(require.resolve('membacking/package.json'));
+  const bin = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).bin.membacking;
+  const run = spawnSync(process.execPath, [path.join(root, bin), 'layout', '--ram', '4G', '--gap', '3G-4G', '--format', 'json'], { encoding: 'utf8' });
+  assert.equal(run.status, 0, run.stderr);
+  assert.equal(JSON.parse(run.stdout).ramSize, '0x100000000');
+});
+
+check('the library entry exports no test or benchmark hooks', (mb) => {
+  assert.equal(mb.__test, undefined);
+  assert.equal(mb.__bench, undefined);
+});
+
 async function main() {
   const expectedPackage = process.argv[2];
   if (!expectedPackage) throw new Error('usage: node pack-smoke.js <expected platform package>');
