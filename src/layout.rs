@@ -3,14 +3,13 @@
 
 use crate::args::U64;
 use crate::errors::guard;
-use crate::errors::throw;
 use crate::errors::OrThrow;
+use js_api::args::paired;
 use js_api::args::range_pairs;
 use js_api::enums::JsEnum;
 use js_api::json::to_json;
 use js_api::views::LayoutView;
 use js_api::views::RamRegionView;
-use js_api::JsError;
 use napi::bindgen_prelude::BigUint64Array;
 use napi::bindgen_prelude::Uint32Array;
 use napi_derive::napi;
@@ -60,14 +59,9 @@ impl NativeLayout {
         gaps: BigUint64Array,
     ) -> napi::Result<Self> {
         let ranges = range_pairs(&memory, "memory").or_throw()?;
-        if vnodes.len() != ranges.len() {
-            return Err(throw(JsError::arg_value(
-                "one vnode per memory range is required",
-            )));
-        }
-        let memory: Vec<MemoryRangeWithNode> = ranges
+        let memory: Vec<MemoryRangeWithNode> = paired(ranges, &vnodes, "vnode per memory range")
+            .or_throw()?
             .into_iter()
-            .zip(vnodes.iter().copied())
             .map(|(range, vnode)| MemoryRangeWithNode { range, vnode })
             .collect();
         let gaps = range_pairs(&gaps, "gaps").or_throw()?;

@@ -116,6 +116,7 @@ pub mod kvm {
     use super::*;
     use crate::args::RawBytes;
     use crate::promise::promise;
+    use js_api::args::named_values;
     use js_api::args::string_member;
     use js_api::executor::Polling;
     use js_api::views::KvmInspectView;
@@ -271,22 +272,10 @@ pub mod kvm {
             names: Vec<String>,
             values: BigUint64Array,
         ) -> napi::Result<()> {
-            if names.len() != values.len() {
-                return Err(throw(JsError::arg_value(
-                    "one value per register is required",
-                )));
-            }
-            if let Some(unknown) = names
-                .iter()
-                .find(|name| !virt_kvm::Registers::NAMES.contains(&name.as_str()))
-            {
-                return Err(throw(JsError::arg_value(format!(
-                    "unknown register '{unknown}'"
-                ))));
-            }
+            let updates = named_values(&names, &values, &virt_kvm::Registers::NAMES).or_throw()?;
             let vcpu = self.thread.idle().map_err(refused)?;
             vcpu.update_registers(|registers| {
-                for (name, &value) in names.iter().zip(values.iter()) {
+                for (name, value) in updates {
                     if let Some(register) = registers.named(name) {
                         *register = value;
                     }

@@ -7,12 +7,11 @@
 
 use crate::args::U64;
 use crate::errors::guard;
-use crate::errors::throw;
 use crate::errors::OrThrow;
+use js_api::args::paired;
 use js_api::args::range_pairs;
 use js_api::enums::JsEnum;
 use js_api::enums::RangeWalkKind;
-use js_api::JsError;
 use memory_range::flatten_ranges;
 use memory_range::merge_adjacent_ranges;
 use memory_range::overlapping_ranges;
@@ -303,15 +302,11 @@ pub fn merge_adjacent_ranges_iter(
     tag_ids: Uint32Array,
 ) -> napi::Result<RangeIterator> {
     let list = ranges(&list, "ranges")?;
-    if tag_ids.len() != list.len() {
-        return Err(throw(JsError::arg_value(
-            "one tag id per range is required",
-        )));
-    }
-    let input: Vec<(MemoryRange, MergeTag)> = list
+    let input: Vec<(MemoryRange, MergeTag)> = paired(list, &tag_ids, "tag id per range")
+        .or_throw()?
         .into_iter()
-        .zip(tag_ids.iter().zip(0u32..))
-        .map(|(range, (&id, index))| (range, MergeTag { id, index }))
+        .zip(0u32..)
+        .map(|((range, id), index)| (range, MergeTag { id, index }))
         .collect();
     Ok(iterator(merge_adjacent_ranges(input).map(
         |(range, tag)| RangeItem::new(range, None, tag.index, 0),

@@ -91,9 +91,7 @@ impl NativeSparseMapping {
     #[napi(constructor)]
     pub fn new(len: U64) -> napi::Result<Self> {
         let mapping = SparseMapping::new(host_size(len, "len")?).map_err(os("mmap"))?;
-        if trycopy::handler_status() != trycopy::HandlerStatus::Installed {
-            trycopy::rearm_handler();
-        }
+        guestmem::ensure_fault_handler();
         Ok(NativeSparseMapping {
             inner: Some(Arc::new(mapping)),
             handles: Default::default(),

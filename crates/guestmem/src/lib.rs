@@ -187,8 +187,9 @@ impl Default for GuestMemory {
     }
 }
 
-/// Installs the fault handler, re-arming it when something displaced it.
-fn ensure_fault_handler() {
+/// Installs the fault handler, re-arming it when something displaced it (every new guest memory
+/// or sparse mapping does, so a handler displaced by `process.on('SIGSEGV')` comes back).
+pub fn ensure_fault_handler() {
     trycopy::initialize_try_copy();
     if trycopy::handler_status() != trycopy::HandlerStatus::Installed {
         trycopy::rearm_handler();

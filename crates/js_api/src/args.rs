@@ -176,6 +176,31 @@ pub fn timeout(milliseconds: f64) -> Result<Option<Duration>, JsError> {
     Ok((milliseconds > 0.0).then(|| Duration::from_secs_f64(milliseconds / 1000.0)))
 }
 
+/// Two lists given side by side (`ranges` and their `vnodes`, say): one item of `b` per item
+/// of `a`, paired in order.
+pub fn paired<A, B: Copy>(a: Vec<A>, b: &[B], what: &str) -> Result<Vec<(A, B)>, JsError> {
+    if a.len() != b.len() {
+        return Err(JsError::arg_value(format!("one {what} is required")));
+    }
+    Ok(a.into_iter().zip(b.iter().copied()).collect())
+}
+
+/// Values for named fields (registers): each name one of `known`, one value per name.
+pub fn named_values<'a>(
+    names: &'a [String],
+    values: &[u64],
+    known: &[&str],
+) -> Result<Vec<(&'a str, u64)>, JsError> {
+    if let Some(unknown) = names.iter().find(|name| !known.contains(&name.as_str())) {
+        return Err(JsError::arg_value(format!("unknown register '{unknown}'")));
+    }
+    paired(
+        names.iter().map(String::as_str).collect(),
+        values,
+        "value per register",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,5 +314,30 @@ mod tests {
         assert_eq!(class(timeout(-1.0)), VALUE);
         assert_eq!(class(timeout(f64::NAN)), VALUE);
         assert_eq!(class(timeout(1e13)), VALUE);
+    }
+
+    #[test]
+    fn paired_lists_need_one_item_each() {
+        assert_eq!(
+            paired(vec!['a', 'b'], &[1, 2], "x").unwrap(),
+            [('a', 1), ('b', 2)]
+        );
+        let error = paired(vec!['a'], &[1, 2], "vnode per memory range").unwrap_err();
+        assert_eq!(error.kind(), VALUE);
+        assert_eq!(error.message, "one vnode per memory range is required");
+    }
+
+    #[test]
+    fn named_values_need_known_names_and_one_value_each() {
+        let names = vec!["rax".to_owned(), "rip".to_owned()];
+        let known = ["rax", "rbx", "rip"];
+        assert_eq!(
+            named_values(&names, &[1, 2], &known).unwrap(),
+            [("rax", 1), ("rip", 2)]
+        );
+        assert_eq!(class(named_values(&names, &[1], &known)), VALUE);
+        let bad = vec!["cr0".to_owned()];
+        let error = named_values(&bad, &[1], &known).unwrap_err();
+        assert_eq!(error.message, "unknown register 'cr0'");
     }
 }
