@@ -222,22 +222,17 @@ pub fn hooks(env: &Env, functions: JsHookFunctions<'_>) -> napi::Result<Option<G
         lock_gpns,
         unlock_gpns,
     } = functions;
-    let given = [
-        page_fault.is_some(),
-        read_fallback.is_some(),
-        write_fallback.is_some(),
-        fill_fallback.is_some(),
-    ]
-    .into_iter()
-    .chain([
-        compare_exchange_fallback.is_some(),
-        lock_gpns.is_some(),
-        unlock_gpns.is_some(),
-    ]);
-    let mut hooks = GuestMemoryHooks::default();
-    if !given.into_iter().any(|given| given) {
+    let none = page_fault.is_none()
+        && read_fallback.is_none()
+        && write_fallback.is_none()
+        && fill_fallback.is_none()
+        && compare_exchange_fallback.is_none()
+        && lock_gpns.is_none()
+        && unlock_gpns.is_none();
+    if none {
         return Ok(None);
     }
+    let mut hooks = GuestMemoryHooks::default();
     let runner = Arc::new(JsThreadRunner::new(env)?);
     let failed = |address: u64| {
         move |failure: JsHookFailure| GuestMemoryBackingError::other(address, failure)

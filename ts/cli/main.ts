@@ -101,6 +101,22 @@ function layoutFromJson(file: string): MemoryLayout {
   return MemoryLayout.new(parseSize(String(spec.ramSize)), gaps, vtl2);
 }
 
+/** The flags that name a layout, shared by the commands that take one. */
+const LAYOUT_FLAGS = {
+  ram: { type: 'string' },
+  gap: { type: 'string', multiple: true },
+  vtl2: { type: 'string' },
+  input: { type: 'string' },
+  help: { type: 'boolean' },
+} as const;
+
+/** `--format`, one of `allowed` (the first is the default). */
+function formatFlag(value: string | undefined, allowed: readonly string[]): string {
+  const format = value ?? allowed[0]!;
+  if (!allowed.includes(format)) throw new UsageError(`unknown format '${format}' (${allowed.join(', ')})`);
+  return format;
+}
+
 /** Builds the layout named by `--ram/--gap/--vtl2` or `--input`. */
 function layoutFromFlags(values: { ram?: string | undefined; gap?: string[] | undefined; vtl2?: string | undefined; input?: string | undefined }): MemoryLayout {
   if (values.input !== undefined) {
@@ -117,14 +133,7 @@ function layoutFromFlags(values: { ram?: string | undefined; gap?: string[] | un
 async function prefetchCommand(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
-    options: {
-      ram: { type: 'string' },
-      gap: { type: 'string', multiple: true },
-      vtl2: { type: 'string' },
-      input: { type: 'string' },
-      'no-kvm': { type: 'boolean', default: false },
-      help: { type: 'boolean' },
-    },
+    options: { ...LAYOUT_FLAGS, 'no-kvm': { type: 'boolean', default: false } },
     strict: true,
   });
   if (values.help) {
@@ -173,61 +182,36 @@ async function prefetchCommand(args: string[]): Promise<void> {
 async function planCommand(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
-    options: {
-      ram: { type: 'string' },
-      gap: { type: 'string', multiple: true },
-      vtl2: { type: 'string' },
-      input: { type: 'string' },
-      'x86-legacy': { type: 'boolean', default: false },
-      change: { type: 'string', multiple: true },
-      format: { type: 'string', default: 'table' },
-      help: { type: 'boolean' },
-    },
+    options: { ...LAYOUT_FLAGS, 'x86-legacy': { type: 'boolean', default: false }, change: { type: 'string', multiple: true }, format: { type: 'string' } },
     strict: true,
   });
   if (values.help) {
     console.log(usage.plan);
     return;
   }
-  const format = values.format ?? 'table';
-  if (!['table', 'json', 'svg'].includes(format)) throw new UsageError(`unknown format '${format}' (table, json, svg)`);
+  const format = formatFlag(values.format, ['table', 'json', 'svg']);
   const layout = layoutFromFlags(values);
-  let changes;
   try {
-    changes = [...(values.input ? changesFromFile(values.input) : []), ...(values.change ?? []).map(parseChange)];
+    const changes = [...(values.input ? changesFromFile(values.input) : []), ...(values.change ?? []).map(parseChange)];
+    const result = await runPlan(layout, changes, { x86Legacy: values['x86-legacy'] ?? false });
+    console.log(renderPlan(layout, result, format));
   } catch (error) {
     if (error instanceof PlanInputError) throw new UsageError(error.message);
     throw error;
   }
-  let result;
-  try {
-    result = await runPlan(layout, changes, { x86Legacy: values['x86-legacy'] ?? false });
-  } catch (error) {
-    if (error instanceof PlanInputError) throw new UsageError(error.message);
-    throw error;
-  }
-  console.log(renderPlan(layout, result, format));
 }
 
 function layoutCommand(args: string[]): void {
   const { values } = parseArgs({
     args,
-    options: {
-      ram: { type: 'string' },
-      gap: { type: 'string', multiple: true },
-      vtl2: { type: 'string' },
-      input: { type: 'string' },
-      format: { type: 'string', default: 'table' },
-      help: { type: 'boolean' },
-    },
+    options: { ...LAYOUT_FLAGS, format: { type: 'string' } },
     strict: true,
   });
   if (values.help) {
     console.log(usage.layout);
     return;
   }
-  const format = values.format ?? 'table';
-  if (!['table', 'json', 'e820', 'svg'].includes(format)) throw new UsageError(`unknown format '${format}' (table, json, e820, svg)`);
+  const format = formatFlag(values.format, ['table', 'json', 'e820', 'svg']);
   const layout = layoutFromFlags(values);
   if (format === 'json') console.log(JSON.stringify(layout, null, 2));
   else if (format === 'e820') console.log(layoutE820(layout));

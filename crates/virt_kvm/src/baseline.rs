@@ -3,54 +3,20 @@
 //! JavaScript benchmarks set `KvmPartition`'s map and unmap against it (`bench/kvm.bench.js`);
 //! the binding exports it only when built with its `bench` feature.
 
-// Unsafe code: the slot names host memory by address (KVM_SET_USER_MEMORY_REGION), and the
-// scratch memory is mapped and unmapped here.
+// Unsafe code: the slot names host memory by address (KVM_SET_USER_MEMORY_REGION).
 #![allow(unsafe_code)]
 
+use crate::anon_memory::AnonMemory;
 use crate::partition::disable_slot_zap_all_quirk;
 use crate::KvmError;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::Kvm;
-use std::io;
 use std::num::NonZeroU32;
 use std::time::Duration;
 use std::time::Instant;
 
 /// Far above anything a guest of the VM would use (the VM has no vCPU anyway).
 const SCRATCH_GPA: u64 = 1 << 40;
-
-/// Private anonymous memory, unmapped on drop.
-struct Scratch {
-    address: *mut libc::c_void,
-    len: usize,
-}
-
-impl Scratch {
-    fn new(len: usize) -> io::Result<Self> {
-        // SAFETY: a fresh mapping at an address the kernel chooses; nothing is replaced.
-        let address = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if address == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Scratch { address, len })
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping this value made.
-        unsafe { libc::munmap(self.address, self.len) };
-    }
-}
 
 /// Times `pairs` rounds of one `KVM_SET_USER_MEMORY_REGION` delete and one create of a scratch
 /// slot of `size` bytes (a non-zero multiple of 4 KiB, at most 1 TiB) on a VM of its own, with
@@ -67,7 +33,7 @@ pub fn raw_slot_churn(size: u64, pairs: NonZeroU32) -> Result<Duration, KvmError
     }
     let len = usize::try_from(size).map_err(|_| invalid())?;
     // Declared before the VM so that it is dropped after it.
-    let memory = Scratch::new(len).map_err(|source| KvmError::HostCall {
+    let memory = AnonMemory::new(len).map_err(|source| KvmError::HostCall {
         call: "mmap",
         what: "the scratch slot".to_owned(),
         source,
@@ -86,7 +52,7 @@ pub fn raw_slot_churn(size: u64, pairs: NonZeroU32) -> Result<Duration, KvmError
         flags: 0,
         guest_phys_addr: SCRATCH_GPA,
         memory_size,
-        userspace_addr: memory.address as u64,
+        userspace_addr: memory.ptr() as u64,
     };
     let set = |memory_size| {
         // SAFETY: the slot names `memory`, which outlives the VM (declared first); the VM has

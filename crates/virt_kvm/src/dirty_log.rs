@@ -180,7 +180,7 @@ mod tests {
         let Some(guest) = Guest::new(test, VcpuOptions::default()) else {
             return;
         };
-        let memory = AnonMemory::new(MEMORY_LEN);
+        let memory = AnonMemory::mapped(MEMORY_LEN);
         let map = || {
             guest
                 .partition
@@ -224,7 +224,7 @@ mod tests {
         let Some(guest) = Guest::new(test, VcpuOptions::default()) else {
             return;
         };
-        let memory = AnonMemory::new(MEMORY_LEN);
+        let memory = AnonMemory::mapped(MEMORY_LEN);
         guest
             .partition
             .map_range(memory.ptr(), memory.len(), GIB, true, false)

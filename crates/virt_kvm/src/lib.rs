@@ -14,6 +14,7 @@
 //! Everything that needs `/dev/kvm` fails with [`KvmError::KvmUnavailable`] where it cannot be
 //! opened; the tests then say that they were skipped and why.
 
+mod anon_memory;
 pub mod baseline;
 mod cancel_signal;
 mod dirty_log;

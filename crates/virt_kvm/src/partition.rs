@@ -710,7 +710,7 @@ mod tests {
         let Some(partition) = partition("predicted_slot_changes_match_the_applied_ones") else {
             return;
         };
-        let memory = AnonMemory::new(4 * MIB);
+        let memory = AnonMemory::mapped(4 * MIB);
         let at = |offset: usize| memory.ptr().wrapping_add(offset);
         partition
             .map_range(at(0), 0x1000, 0x10_0000, true, false)
@@ -794,7 +794,7 @@ mod tests {
         let Some(partition) = partition("slots_are_added_removed_and_reused") else {
             return;
         };
-        let memory = AnonMemory::new(4 * MIB);
+        let memory = AnonMemory::mapped(4 * MIB);
         let at = |offset: usize| memory.ptr().wrapping_add(offset);
         partition
             .map_range(at(0), 0x1000, 0x10_0000, true, false)
@@ -872,7 +872,7 @@ mod tests {
         let Some(partition) = partition("an_overlapping_map_is_refused") else {
             return;
         };
-        let memory = AnonMemory::new(MIB);
+        let memory = AnonMemory::mapped(MIB);
         partition
             .map_range(memory.ptr(), 0x4000, 0x10_0000, true, false)
             .unwrap();
@@ -908,7 +908,7 @@ mod tests {
         let Some(partition) = partition("a_partial_unmap_is_refused_and_deletes_nothing") else {
             return;
         };
-        let memory = AnonMemory::new(MIB);
+        let memory = AnonMemory::mapped(MIB);
         partition
             .map_range(memory.ptr(), 0x4000, 0x10_0000, true, false)
             .unwrap();
@@ -942,7 +942,7 @@ mod tests {
         else {
             return;
         };
-        let memory = AnonMemory::new(MIB);
+        let memory = AnonMemory::mapped(MIB);
         for (offset, size, gpa) in [
             (0, 0x1000, 0x10_0800),
             (0, 0x800, 0x10_0000),
@@ -975,7 +975,7 @@ mod tests {
         };
         // Shrink the table so the test does not need the kernel's ~32k slots.
         partition.state.lock().table = SlotTable::new(2);
-        let memory = AnonMemory::new(MIB);
+        let memory = AnonMemory::mapped(MIB);
         partition
             .map_range(memory.ptr(), 0x1000, 0, true, false)
             .unwrap();
@@ -1067,7 +1067,7 @@ mod tests {
         else {
             return;
         };
-        let memory = AnonMemory::new(4 * MIB);
+        let memory = AnonMemory::mapped(4 * MIB);
         partition
             .map_range(memory.ptr(), 2 * MIB, 0x4000_0000, true, false)
             .unwrap();
@@ -1089,7 +1089,7 @@ mod tests {
         else {
             return;
         };
-        let memory = AnonMemory::new(2 * MIB);
+        let memory = AnonMemory::mapped(2 * MIB);
         partition
             .map_range(memory.ptr(), 2 * MIB, 0x4000_0000, true, false)
             .unwrap();

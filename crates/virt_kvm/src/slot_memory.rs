@@ -81,8 +81,8 @@ mod tests {
             return;
         };
         trycopy::initialize_try_copy();
-        let memory = AnonMemory::new(0x4000);
-        let read_only = AnonMemory::new(0x1000);
+        let memory = AnonMemory::mapped(0x4000);
+        let read_only = AnonMemory::mapped(0x1000);
         partition
             .map_range(memory.ptr(), memory.len(), 0x10_0000, true, false)
             .unwrap();

@@ -4,6 +4,7 @@
 // Unsafe code: the fixtures map anonymous host memory to back memory slots.
 #![allow(unsafe_code)]
 
+pub(crate) use crate::anon_memory::AnonMemory;
 use crate::programs;
 use crate::KvmError;
 use crate::KvmPartition;
@@ -16,44 +17,15 @@ use memory_range::MemoryRange;
 use std::io::Write;
 use virt::PartitionMemoryMap;
 
-/// Private anonymous read/write memory, unmapped on drop.
-pub(crate) struct AnonMemory {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain memory owned by this value; accesses go through its methods,
-// which copy bytes in and out.
-unsafe impl Send for AnonMemory {}
-// SAFETY: as above.
-unsafe impl Sync for AnonMemory {}
-
 impl AnonMemory {
-    pub(crate) fn new(len: usize) -> Self {
-        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED, "mmap of {len:#x} bytes failed");
-        Self {
-            ptr: ptr.cast(),
-            len,
-        }
-    }
-
-    pub(crate) fn ptr(&self) -> *mut u8 {
-        self.ptr
-    }
-
+    /// `new`, which must succeed in a test.
+    /// The length in bytes.
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    pub(crate) fn mapped(len: usize) -> Self {
+        Self::new(len).unwrap_or_else(|error| panic!("mmap of {len:#x} bytes failed: {error}"))
     }
 
     pub(crate) fn write(&self, offset: usize, data: &[u8]) {
@@ -89,13 +61,6 @@ impl AnonMemory {
 
     pub(crate) fn write_u64(&self, offset: usize, value: u64) {
         self.write(offset, &value.to_le_bytes());
-    }
-}
-
-impl Drop for AnonMemory {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping created in `new`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
 
@@ -148,7 +113,7 @@ impl Guest {
     /// A guest whose vCPU starts as `options` says (page tables at [`at::PAGE_TABLES`]).
     pub(crate) fn new(test: &str, mut options: VcpuOptions) -> Option<Self> {
         let partition = partition_or_skip(test, KvmPartitionOptions::default())?;
-        let low = AnonMemory::new(LOW_SIZE);
+        let low = AnonMemory::mapped(LOW_SIZE);
         for (gpa, code) in [
             (at::FILL_PATTERN, programs::FILL_PATTERN),
             (at::SUM_QWORDS, programs::SUM_QWORDS),

@@ -862,9 +862,9 @@ mod tests {
         let Some(guest) = long3("a_cpl3_guest_writes_a_pattern_below_and_above_4_gib") else {
             return;
         };
-        let below = AnonMemory::new(2 * MIB);
-        let above = AnonMemory::new(2 * MIB);
-        let far = AnonMemory::new(2 * MIB);
+        let below = AnonMemory::mapped(2 * MIB);
+        let above = AnonMemory::mapped(2 * MIB);
+        let far = AnonMemory::mapped(2 * MIB);
         let slots = [(GIB, &below), (4 * GIB, &above), (300 * GIB, &far)];
         for (gpa, memory) in slots {
             guest
@@ -901,7 +901,7 @@ mod tests {
         else {
             return;
         };
-        let memory = AnonMemory::new(2 * MIB);
+        let memory = AnonMemory::mapped(2 * MIB);
         guest
             .partition
             .map_range(memory.ptr(), memory.len(), 5 * GIB, true, false)
@@ -1024,7 +1024,7 @@ mod tests {
         else {
             return;
         };
-        let memory = AnonMemory::new(2 * MIB);
+        let memory = AnonMemory::mapped(2 * MIB);
         memory.write_u64(0x100, 0x4000);
         guest
             .partition
@@ -1228,7 +1228,7 @@ mod tests {
         let Some(guest) = long3("a_slot_whose_host_memory_is_gone_is_a_failure_exit") else {
             return;
         };
-        let memory = AnonMemory::new(2 * MIB);
+        let memory = AnonMemory::mapped(2 * MIB);
         guest
             .partition
             .map_range(memory.ptr(), memory.len(), GIB, true, false)
