@@ -6,6 +6,7 @@ const test = require('ava');
 const v8 = require('node:v8');
 const vm = require('node:vm');
 const mb = require('../dist');
+const { checkU64 } = require('./helpers/bad_input');
 const { P, MiB } = require('./fixtures/memory');
 const { pattern } = require('./helpers/data');
 
@@ -665,28 +666,7 @@ test('the error kinds enum and GuestMemory construction rules', (t) => {
 
 // ─── Bad input for every entry point ──────────────────────────────────────────────────────────
 
-const badU64 = [
-  ['1', TypeError, 'ERR_INVALID_ARG_TYPE'],
-  [null, TypeError, 'ERR_INVALID_ARG_TYPE'],
-  [undefined, TypeError, 'ERR_INVALID_ARG_TYPE'],
-  [{}, TypeError, 'ERR_INVALID_ARG_TYPE'],
-  [-1, TypeError, 'ERR_INVALID_ARG_TYPE'],
-  [0.5, TypeError, 'ERR_INVALID_ARG_TYPE'],
-  [Number.NaN, TypeError, 'ERR_INVALID_ARG_TYPE'],
-  [-Infinity, TypeError, 'ERR_INVALID_ARG_TYPE'],
-  [2 ** 53, TypeError, 'ERR_INVALID_ARG_TYPE'],
-  [-1n, RangeError, 'ERR_INVALID_ARG_VALUE'],
-  [1n << 64n, RangeError, 'ERR_INVALID_ARG_VALUE'],
-  [(1n << 64n) + 5n, RangeError, 'ERR_INVALID_ARG_VALUE'],
-];
 const badBuffers = [[1, 2], 'ab', null, undefined, 5, new ArrayBuffer(4), {}];
-
-function checkU64(t, label, call) {
-  for (const [value, Class, code] of badU64) {
-    const error = t.throws(() => call(value), { instanceOf: Class }, `${label} with ${String(value)}`);
-    t.is(error.code, code, `${label} with ${String(value)}`);
-  }
-}
 
 function checkBuffer(t, label, call) {
   for (const value of badBuffers) {

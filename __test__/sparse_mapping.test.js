@@ -4,6 +4,7 @@
 const test = require('ava');
 const fs = require('node:fs');
 const mb = require('../dist');
+const { checkU64 } = require('./helpers/bad_input');
 const { P, MiB, locate, mapsLines } = require('./fixtures/memory');
 const { pattern } = require('./helpers/data');
 
@@ -438,28 +439,6 @@ test('a SparseMappingError is a MembackingError with a stable shape', (t) => {
 });
 
 // ─── Bad input for every entry point ──────────────────────────────────────────────────────────
-
-/** Values that are not U64s: [value, class, code]. */
-const badU64 = [
-  ['1', TypeError, 'ERR_INVALID_ARG_TYPE'],
-  [null, TypeError, 'ERR_INVALID_ARG_TYPE'],
-  [undefined, TypeError, 'ERR_INVALID_ARG_TYPE'],
-  [{}, TypeError, 'ERR_INVALID_ARG_TYPE'],
-  [-1, TypeError, 'ERR_INVALID_ARG_TYPE'],
-  [1.5, TypeError, 'ERR_INVALID_ARG_TYPE'],
-  [Number.NaN, TypeError, 'ERR_INVALID_ARG_TYPE'],
-  [Infinity, TypeError, 'ERR_INVALID_ARG_TYPE'],
-  [2 ** 53, TypeError, 'ERR_INVALID_ARG_TYPE'],
-  [-1n, RangeError, 'ERR_INVALID_ARG_VALUE'],
-  [1n << 64n, RangeError, 'ERR_INVALID_ARG_VALUE'],
-];
-
-function checkU64(t, label, call) {
-  for (const [value, Class, code] of badU64) {
-    const error = t.throws(() => call(value), { instanceOf: Class }, `${label} with ${String(value)}`);
-    t.is(error.code, code, `${label} with ${String(value)}`);
-  }
-}
 
 test('bad input: every SparseMapping entry point checks its arguments', (t) => {
   const mapping = new SparseMapping(4 * P);
