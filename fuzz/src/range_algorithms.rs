@@ -561,7 +561,7 @@ fn reference_aligned_subranges(
             };
         }
         let piece_end = end - offset;
-        if piece_end % PAGE != 0 {
+        if !piece_end.is_multiple_of(PAGE) {
             return (pieces, true);
         }
         pieces.push(MemoryRange::new(next_start..piece_end));
