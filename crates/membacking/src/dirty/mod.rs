@@ -16,7 +16,9 @@
 //!
 //! The state also remembers, per tracking session, the pages dirtied since the last snapshot
 //! taken while tracking (the *chain head*), so an incremental snapshot needs no `take()` of its
-//! own and is unaffected by the caller's takes.
+//! own and is unaffected by the caller's takes. A live migration keeps a third set of its own
+//! ([`MigrationOp`]) for the same reason: its rounds and the caller's takes never steal pages
+//! from each other.
 
 use crate::memory_manager::region_actor::RegionManagerClient;
 use crate::region_manager::RegionManagerError;
@@ -169,6 +171,44 @@ struct Session {
     /// Pages dirtied since the last `take()`.
     user: PageSet,
     chain: Option<ChainHead>,
+    /// A live migration's pages dirtied since its last take.
+    migration: Option<MigrationSet>,
+}
+
+/// The pages a live migration has not taken yet, and whether it started the session.
+#[derive(Debug)]
+struct MigrationSet {
+    pages: PageSet,
+    started_session: bool,
+}
+
+/// A live migration's use of dirty tracking (one migration per manager at a time).
+#[derive(Debug, Copy, Clone, PartialEq, Eq)]
+pub(crate) enum MigrationOp {
+    /// Starts tracking if it is off (remembering that the migration started it) and opens the
+    /// migration's own page set. Fails with [`MigrationTracking::Busy`] while another
+    /// migration has one.
+    Begin,
+    /// Harvests and hands over the migration's pages (reset).
+    Take,
+    /// Closes the migration's set; stops tracking if the migration started it.
+    End,
+}
+
+/// What a [`MigrationOp`] found.
+#[derive(Debug)]
+pub(crate) enum MigrationTracking {
+    /// `Begin`: the migration's set is open (tracking is on; if it was off, `End` stops it).
+    Begun,
+    /// `Take`: the RAM pages dirtied since `Begin` or the previous take.
+    Pages(PageSet),
+    /// `Begin` while another migration is running.
+    Busy,
+    /// `Take` after tracking was stopped (and maybe restarted) since `Begin`: pages may have
+    /// been missed.
+    Stopped,
+    /// `End`.
+    Ended,
 }
 
 /// Why a snapshot cannot be incremental on its base.
@@ -326,6 +366,7 @@ impl DirtyState {
             id: std::collections::hash_map::RandomState::new().hash_one(0u64),
             user: PageSet::default(),
             chain: None,
+            migration: None,
         });
         Ok(())
     }
@@ -382,6 +423,9 @@ impl DirtyState {
                     session.user.insert(start, stop);
                     if let Some(chain) = &mut session.chain {
                         chain.pages.insert(start, stop);
+                    }
+                    if let Some(migration) = &mut session.migration {
+                        migration.pages.insert(start, stop);
                     }
                 }
             }
@@ -465,6 +509,60 @@ impl DirtyState {
             chain.snapshot = pending;
         } else {
             chain.pages.extend(&pages);
+        }
+    }
+
+    /// Runs a live migration's tracking operation (see [`MigrationOp`]).
+    pub(crate) fn migration(
+        &mut self,
+        op: MigrationOp,
+        targets: &[LiveTarget],
+    ) -> Result<MigrationTracking, DirtyTrackingError> {
+        match op {
+            MigrationOp::Begin => {
+                if self
+                    .session
+                    .as_ref()
+                    .is_some_and(|session| session.migration.is_some())
+                {
+                    return Ok(MigrationTracking::Busy);
+                }
+                let started_session = self.session.is_none();
+                self.start(targets)?;
+                if let Some(session) = &mut self.session {
+                    session.migration = Some(MigrationSet {
+                        pages: PageSet::default(),
+                        started_session,
+                    });
+                }
+                Ok(MigrationTracking::Begun)
+            }
+            MigrationOp::Take => {
+                let tracked = self
+                    .session
+                    .as_ref()
+                    .is_some_and(|session| session.migration.is_some());
+                if !tracked {
+                    return Ok(MigrationTracking::Stopped);
+                }
+                self.harvest(targets)?;
+                let pages = self
+                    .session
+                    .as_mut()
+                    .and_then(|session| session.migration.as_mut())
+                    .map(|migration| std::mem::take(&mut migration.pages));
+                Ok(pages.map_or(MigrationTracking::Stopped, MigrationTracking::Pages))
+            }
+            MigrationOp::End => {
+                let set = self
+                    .session
+                    .as_mut()
+                    .and_then(|session| session.migration.take());
+                if set.is_some_and(|set| set.started_session) {
+                    self.stop(targets)?;
+                }
+                Ok(MigrationTracking::Ended)
+            }
         }
     }
 

@@ -20,6 +20,8 @@ use crate::dirty::DirtyOp;
 use crate::dirty::DirtyState;
 use crate::dirty::DirtyTrackingError;
 use crate::dirty::LiveTarget as DirtyTarget;
+use crate::dirty::MigrationOp;
+use crate::dirty::MigrationTracking;
 use crate::dirty::NotTracked;
 use crate::dirty::SnapshotStart;
 use crate::error::ManagerGone;
@@ -192,6 +194,11 @@ pub(crate) enum RegionRequest {
         id: String,
         reply: oneshot::Sender<Result<(), DirtyTrackingError>>,
     },
+    Migration {
+        op: MigrationOp,
+        with_regions: bool,
+        reply: oneshot::Sender<Result<MigrationStep, DirtyTrackingError>>,
+    },
     Shutdown {
         stop_mapping_manager: bool,
     },
@@ -203,6 +210,14 @@ pub(crate) enum RegionRequest {
 pub(crate) struct SnapshotBegun {
     pub start: Result<SnapshotStart, NotTracked>,
     pub regions: Vec<RegionInspect>,
+}
+
+/// What a live migration's tracking operation found, with the regions taken at the same
+/// instant when they were asked for.
+#[derive(Debug)]
+pub(crate) struct MigrationStep {
+    pub tracking: MigrationTracking,
+    pub regions: Option<Vec<RegionInspect>>,
 }
 
 /// A handle to the region manager (cheap to clone).
@@ -385,6 +400,36 @@ impl RegionManagerClient {
         receiver.await.unwrap_or(Err(DirtyTrackingError::Manager(
             RegionManagerError::ManagerGone,
         )))
+    }
+
+    /// Runs a live migration's dirty-tracking operation (see [`MigrationOp`]); with
+    /// `with_regions`, the regions are read in the same step.
+    pub(crate) async fn migration(
+        &self,
+        op: MigrationOp,
+        with_regions: bool,
+    ) -> Result<MigrationStep, DirtyTrackingError> {
+        let (reply, receiver) = oneshot::channel();
+        if !self.send(RegionRequest::Migration {
+            op,
+            with_regions,
+            reply,
+        }) {
+            return Err(DirtyTrackingError::Manager(RegionManagerError::ManagerGone));
+        }
+        receiver.await.unwrap_or(Err(DirtyTrackingError::Manager(
+            RegionManagerError::ManagerGone,
+        )))
+    }
+
+    /// Ends a live migration's use of tracking without waiting (for drops).
+    pub(crate) fn migration_end_no_wait(&self) {
+        let (reply, _) = oneshot::channel();
+        self.send(RegionRequest::Migration {
+            op: MigrationOp::End,
+            with_regions: false,
+            reply,
+        });
     }
 
     /// Stops the region manager after the messages queued before this one (and, if asked, the
@@ -600,6 +645,21 @@ impl RegionActor {
             RegionRequest::AdoptSnapshot { id, reply } => {
                 let targets = self.live_targets();
                 let _ = reply.send(self.dirty.adopt_snapshot(&targets, &id));
+            }
+            RegionRequest::Migration {
+                op,
+                with_regions,
+                reply,
+            } => {
+                let targets = self.live_targets();
+                let result = self
+                    .dirty
+                    .migration(op, &targets)
+                    .map(|tracking| MigrationStep {
+                        tracking,
+                        regions: with_regions.then(|| self.state.inspect().regions),
+                    });
+                let _ = reply.send(result);
             }
             RegionRequest::Inspect(reply) => {
                 let result = self.inspect().await;
@@ -927,6 +987,9 @@ fn reply_error(request: RegionRequest, error: RegionManagerError) {
             let _ = reply.send(Err(DirtyTrackingError::Manager(error)));
         }
         RegionRequest::AdoptSnapshot { reply, .. } => {
+            let _ = reply.send(Err(DirtyTrackingError::Manager(error)));
+        }
+        RegionRequest::Migration { reply, .. } => {
             let _ = reply.send(Err(DirtyTrackingError::Manager(error)));
         }
         RegionRequest::SnapshotFinish { .. } => {}

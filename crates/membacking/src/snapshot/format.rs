@@ -36,7 +36,8 @@ pub const MEMORY_FILE: &str = "memory.bin";
 
 const INDEX_MAGIC: [u8; 8] = *b"MBSNAPX\0";
 const INDEX_HEADER_LEN: usize = 32;
-const RECORD_LEN: usize = 24;
+/// The length of an extent record (its page CRC-32Cs follow it for data extents).
+pub const RECORD_LEN: usize = 24;
 
 /// A `u64` written as a `"0x…"` string.
 #[derive(Debug, Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -479,6 +480,64 @@ pub struct Index {
     pub data_pages: u64,
 }
 
+/// Appends one extent record and, for a data extent, its page CRC-32Cs (`crcs`, one per page;
+/// ignored for a zero extent). The unit of `extents.bin` and of the migration stream.
+pub fn encode_extent(out: &mut Vec<u8>, extent: &Extent, crcs: &[u32]) {
+    out.extend_from_slice(&extent.ram_offset.to_le_bytes());
+    out.extend_from_slice(&extent.pages.to_le_bytes());
+    let kind: u32 = match extent.kind {
+        ExtentKind::Data => 0,
+        ExtentKind::Zero => 1,
+    };
+    out.extend_from_slice(&kind.to_le_bytes());
+    out.extend_from_slice(&extent.data_offset.to_le_bytes());
+    if extent.kind == ExtentKind::Data {
+        for crc in crcs {
+            out.extend_from_slice(&crc.to_le_bytes());
+        }
+    }
+}
+
+/// Decodes the [`RECORD_LEN`] bytes of one extent record (not its CRCs; `first_crc` is 0).
+/// Checks only what the record alone can show: a known kind, at least one page, a
+/// page-aligned RAM offset and no payload offset on a zero extent. Offsets in the error are
+/// relative to the record's first byte.
+pub fn decode_extent(record: &[u8; RECORD_LEN]) -> Result<Extent, FormatError> {
+    let mut reader = Reader {
+        bytes: record,
+        position: 0,
+    };
+    let ram_offset = reader.u64("extent record")?;
+    let pages = reader.u32("extent record")?;
+    let kind = match reader.u32("extent record")? {
+        0 => ExtentKind::Data,
+        1 => ExtentKind::Zero,
+        other => {
+            return Err(corrupt(
+                12,
+                format!("kind {other} is neither data nor zero"),
+            ))
+        }
+    };
+    let data_offset = reader.u64("extent record")?;
+    if pages == 0 || !aligned(ram_offset) {
+        return Err(corrupt(
+            0,
+            format!("{pages} pages at {ram_offset:#x} is empty or unaligned"),
+        ));
+    }
+    if kind == ExtentKind::Zero && data_offset != 0 {
+        return Err(corrupt(16, "a zero extent has a payload"));
+    }
+    Ok(Extent {
+        ram_offset,
+        pages,
+        kind,
+        data_offset,
+        first_crc: 0,
+    })
+}
+
 /// Encodes `extents.bin` (records sorted by RAM offset; `crcs` as in [`Index`]).
 pub fn encode_index(index: &Index) -> Vec<u8> {
     let mut out = Vec::with_capacity(
@@ -490,20 +549,13 @@ pub fn encode_index(index: &Index) -> Vec<u8> {
     out.extend_from_slice(&(index.extents.len() as u64).to_le_bytes());
     out.extend_from_slice(&index.data_pages.to_le_bytes());
     for extent in &index.extents {
-        out.extend_from_slice(&extent.ram_offset.to_le_bytes());
-        out.extend_from_slice(&extent.pages.to_le_bytes());
-        let kind: u32 = match extent.kind {
-            ExtentKind::Data => 0,
-            ExtentKind::Zero => 1,
-        };
-        out.extend_from_slice(&kind.to_le_bytes());
-        out.extend_from_slice(&extent.data_offset.to_le_bytes());
-        if extent.kind == ExtentKind::Data {
-            let pages = extent.pages as usize;
-            for crc in &index.crcs[extent.first_crc..extent.first_crc + pages] {
-                out.extend_from_slice(&crc.to_le_bytes());
+        let crcs = match extent.kind {
+            ExtentKind::Data => {
+                &index.crcs[extent.first_crc..extent.first_crc + extent.pages as usize]
             }
-        }
+            ExtentKind::Zero => &[],
+        };
+        encode_extent(&mut out, extent, crcs);
     }
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -599,26 +651,27 @@ pub fn decode_index(bytes: &[u8], ram_size: u64, memory_len: u64) -> Result<Inde
     let mut counted_data = 0u64;
     for record in 0..count {
         let at = reader.position;
-        let ram_offset = reader.u64("extent record")?;
-        let pages = reader.u32("extent record")?;
-        let kind = reader.u32("extent record")?;
-        let data_offset = reader.u64("extent record")?;
-        let kind = match kind {
-            0 => ExtentKind::Data,
-            1 => ExtentKind::Zero,
-            other => {
-                return Err(corrupt(
-                    at + 12,
-                    format!("extent {record} has kind {other}"),
-                ))
-            }
-        };
+        let Extent {
+            ram_offset,
+            pages,
+            kind,
+            data_offset,
+            ..
+        } = decode_extent(&reader.take::<RECORD_LEN>("extent record")?).map_err(
+            |error| match error {
+                FormatError::Corrupt { offset, what } => FormatError::Corrupt {
+                    offset: at as u64 + offset,
+                    what: format!("extent {record}: {what}"),
+                },
+                other => other,
+            },
+        )?;
         let len = u64::from(pages) * PAGE_SIZE;
         let end = ram_offset.checked_add(len);
-        if pages == 0 || !aligned(ram_offset) || ram_offset < next_ram {
+        if ram_offset < next_ram {
             return Err(corrupt(
                 at,
-                format!("extent {record} at {ram_offset:#x} is empty, unaligned or out of order"),
+                format!("extent {record} at {ram_offset:#x} is out of order"),
             ));
         }
         let Some(end) = end.filter(|&end| end <= ram_size) else {
@@ -645,21 +698,12 @@ pub fn decode_index(bytes: &[u8], ram_size: u64, memory_len: u64) -> Result<Inde
             for _ in 0..pages {
                 index.crcs.push(reader.u32("page checksums")?);
             }
-        } else if data_offset != 0 {
-            return Err(corrupt(
-                at + 16,
-                format!("zero extent {record} has a payload"),
-            ));
         }
         index.extents.push(Extent {
             ram_offset,
             pages,
             kind,
-            data_offset: if kind == ExtentKind::Data {
-                data_offset
-            } else {
-                0
-            },
+            data_offset,
             first_crc,
         });
     }

@@ -15,13 +15,13 @@
 pub mod format;
 pub(crate) mod lazy;
 mod publish;
-mod restore;
+pub(crate) mod restore;
 mod source;
 pub mod uffd;
-mod writer;
+pub(crate) mod writer;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use lazy::userfaultfd_available;
 pub use lazy::LazyRestore;

@@ -422,7 +422,10 @@ pub(crate) fn read_verified(
 }
 
 /// The MemoryLayout a manifest records.
-fn layout_of(dir: &Path, record: &format::LayoutRecord) -> Result<MemoryLayout, SnapshotError> {
+pub(crate) fn layout_of(
+    dir: &Path,
+    record: &format::LayoutRecord,
+) -> Result<MemoryLayout, SnapshotError> {
     let invalid = |what: String| SnapshotError::Layout {
         dir: dir.to_owned(),
         what,
@@ -463,8 +466,43 @@ fn layout_of(dir: &Path, record: &format::LayoutRecord) -> Result<MemoryLayout, 
 }
 
 /// Whether two layouts are the same.
-fn same_layout(a: &MemoryLayout, b: &MemoryLayout) -> bool {
+pub(crate) fn same_layout(a: &MemoryLayout, b: &MemoryLayout) -> bool {
     a.ram() == b.ram() && a.mmio() == b.mmio() && a.vtl2_range() == b.vtl2_range()
+}
+
+/// Checks that every backing names a recorded mapping of exactly one window of `manifest`.
+pub(crate) fn check_window_backings(
+    dir: &Path,
+    manifest: &Manifest,
+    backings: &[WindowBacking],
+) -> Result<(), SnapshotError> {
+    for backing in backings {
+        let matches: Vec<_> = manifest
+            .device_windows
+            .iter()
+            .filter(|window| window.name == backing.window)
+            .collect();
+        let found = match matches.as_slice() {
+            [window] => window
+                .mappings
+                .iter()
+                .any(|mapping| mapping.offset.0 == backing.offset),
+            _ => false,
+        };
+        if !found {
+            return Err(SnapshotError::Layout {
+                dir: dir.to_owned(),
+                what: format!(
+                    "a backing was given for offset {:#x} of device window {:?}, but the snapshot has {} window(s) of that name{}",
+                    backing.offset,
+                    backing.window,
+                    matches.len(),
+                    if matches.len() == 1 { " and no mapping at that offset" } else { "" }
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What to fill RAM with, resolved before the manager is built.
@@ -494,32 +532,7 @@ fn plan(dir: &Path, options: &RestoreOptions) -> Result<Plan, SnapshotError> {
             });
         }
     }
-    for backing in &options.window_backings {
-        let matches: Vec<_> = top
-            .device_windows
-            .iter()
-            .filter(|window| window.name == backing.window)
-            .collect();
-        let found = match matches.as_slice() {
-            [window] => window
-                .mappings
-                .iter()
-                .any(|mapping| mapping.offset.0 == backing.offset),
-            _ => false,
-        };
-        if !found {
-            return Err(SnapshotError::Layout {
-                dir: dir.to_owned(),
-                what: format!(
-                    "a backing was given for offset {:#x} of device window {:?}, but the snapshot has {} window(s) of that name{}",
-                    backing.offset,
-                    backing.window,
-                    matches.len(),
-                    if matches.len() == 1 { " and no mapping at that offset" } else { "" }
-                ),
-            });
-        }
-    }
+    check_window_backings(dir, top, &options.window_backings)?;
     let pieces = flatten(&layers);
     Ok(Plan {
         layers: Arc::new(layers),
@@ -540,7 +553,47 @@ pub(crate) enum Destination {
 }
 
 impl Destination {
-    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    /// Makes `len` bytes at backing offset `offset` read as zeros: a hole punched in the RAM
+    /// object (its pages are freed), or zeros written into private RAM.
+    pub(crate) fn zero(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        match self {
+            Destination::Object(object) => {
+                let (Ok(start), Ok(size)) =
+                    (libc::off_t::try_from(offset), libc::off_t::try_from(len))
+                else {
+                    return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+                };
+                // SAFETY: fallocate on a descriptor `object` keeps open; punching a hole only
+                // changes the file's contents, which every mapping of it then reads as zeros.
+                let rc = unsafe {
+                    libc::fallocate(
+                        object.as_raw_fd(),
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        start,
+                        size,
+                    )
+                };
+                if rc != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            }
+            Destination::Private { .. } => {
+                let zeros = vec![0u8; PAGE * usize::try_from(ITEM_PAGES).unwrap_or(1)];
+                let mut done = 0;
+                while done < len {
+                    let step = (len - done).min(zeros.len() as u64);
+                    let step_len = usize::try_from(step).unwrap_or(zeros.len());
+                    self.write(offset + done, &zeros[..step_len])?;
+                    done += step;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes `data` at backing offset `offset` (inside one RAM region for private RAM).
+    pub(crate) fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         match self {
             Destination::Object(object) => {
                 // SAFETY: `File` borrows the descriptor `object` keeps open; `ManuallyDrop`
@@ -635,14 +688,7 @@ impl GuestMemoryBuilder {
                     .map_err(|reason| SnapshotError::LazyUnavailable { reason })?;
             }
             let top = plan.layers[plan.layers.len() - 1].manifest.clone();
-            let builder = GuestMemoryBuilder::new()
-                .x86_legacy_support(top.options.x86_legacy_support)
-                .private_memory(top.options.private_memory)
-                .transparent_hugepages(top.options.transparent_hugepages)
-                .vtl0_alias_map(top.options.vtl0_alias_map.map(|offset| offset.0))
-                .pin_mappings(top.options.pin_mappings)
-                .prefetch_ram(top.options.prefetch_ram);
-            let manager = builder.build(&plan.layout).await?;
+            let manager = builder_for(&top).build(&plan.layout).await?;
             match finish_restore(&dir, manager, plan, top, options).await {
                 Ok(restored) => Ok(restored),
                 Err((manager, error)) => {
@@ -652,6 +698,138 @@ impl GuestMemoryBuilder {
             }
         }
     }
+}
+
+/// Sets the visibility of each RAM region and recreates each device window as `manifest`
+/// records them (windows with the mappings `backings` supplies).
+pub(crate) async fn recreate_regions(
+    manager: &GuestMemoryManager,
+    manifest: &Manifest,
+    backings: Vec<WindowBacking>,
+) -> Result<Vec<RestoredWindow>, SnapshotError> {
+    let control = manager.ram_visibility_control();
+    for region in &manifest.ram_regions {
+        let visibility: RamVisibility = match region.visibility.parse() {
+            Ok(visibility) => visibility,
+            Err(_) => RamVisibility::ReadWrite,
+        };
+        if visibility == RamVisibility::ReadWrite {
+            continue;
+        }
+        let range = MemoryRange::new(region.start.0..region.end.0);
+        control.set_ram_visibility(range, visibility).await?;
+    }
+    let mut backings = backings;
+    let mapper = manager.device_memory_mapper();
+    let mut windows = Vec::new();
+    for record in &manifest.device_windows {
+        let failed = |source: std::io::Error| SnapshotError::DeviceWindow {
+            window: record.name.clone(),
+            source,
+        };
+        let len = usize::try_from(record.len.0).map_err(|_| {
+            failed(std::io::Error::other(
+                "the window does not fit the address space",
+            ))
+        })?;
+        let (control, region) = mapper
+            .new_region(len, record.name.clone())
+            .map_err(failed)?;
+        let mut missing = Vec::new();
+        for mapping in &record.mappings {
+            let supplied = backings
+                .iter()
+                .position(|backing| {
+                    backing.window == record.name && backing.offset == mapping.offset.0
+                })
+                .map(|position| backings.swap_remove(position));
+            let Some(backing) = supplied else {
+                missing.push(mapping.clone());
+                continue;
+            };
+            let (Ok(offset), Ok(map_len)) = (
+                usize::try_from(mapping.offset.0),
+                usize::try_from(mapping.len.0),
+            ) else {
+                return Err(failed(std::io::Error::other(
+                    "mapping beyond the address space",
+                )));
+            };
+            region
+                .map(
+                    offset,
+                    &backing.object,
+                    mapping.file_offset.0,
+                    map_len,
+                    mapping.writable,
+                )
+                .await
+                .map_err(failed)?;
+        }
+        control
+            .map_to_guest(record.gpa.0, record.writable)
+            .await
+            .map_err(failed)?;
+        windows.push(RestoredWindow {
+            record: record.clone(),
+            control,
+            region,
+            missing,
+        });
+    }
+    Ok(windows)
+}
+
+/// A builder with the build options `manifest` records.
+pub(crate) fn builder_for(manifest: &Manifest) -> GuestMemoryBuilder {
+    let options = &manifest.options;
+    GuestMemoryBuilder::new()
+        .x86_legacy_support(options.x86_legacy_support)
+        .private_memory(options.private_memory)
+        .transparent_hugepages(options.transparent_hugepages)
+        .vtl0_alias_map(options.vtl0_alias_map.map(|offset| offset.0))
+        .pin_mappings(options.pin_mappings)
+        .prefetch_ram(options.prefetch_ram)
+}
+
+/// Checks that `manager` was built with the RAM regions (ranges and backing offsets)
+/// `manifest` records.
+pub(crate) fn check_ram_regions(
+    dir: &Path,
+    manager: &GuestMemoryManager,
+    manifest: &Manifest,
+) -> Result<(), SnapshotError> {
+    let built: Vec<(u64, u64, u64)> = manager
+        .ram_regions()
+        .iter()
+        .map(|(range, offset)| (range.start(), range.end(), *offset))
+        .collect();
+    let recorded: Vec<(u64, u64, u64)> = manifest
+        .ram_regions
+        .iter()
+        .map(|region| (region.start.0, region.end.0, region.file_offset.0))
+        .collect();
+    if built != recorded {
+        return Err(SnapshotError::Layout {
+            dir: dir.to_owned(),
+            what: format!("its RAM regions {recorded:x?} are not those built {built:x?}"),
+        });
+    }
+    Ok(())
+}
+
+/// Where a copy into `manager`'s RAM writes.
+pub(crate) fn destination_of(manager: &GuestMemoryManager) -> Result<Destination, SnapshotError> {
+    Ok(match manager.shared_memory_backing() {
+        Some(backing) => Destination::Object(Arc::new(
+            sparse_mmap::mappable_from_fd(std::os::fd::AsFd::as_fd(&backing))
+                .map_err(|error| SnapshotError::io("duplicate", "the RAM object", error))?,
+        )),
+        None => Destination::Private {
+            base: manager.va_window_base(),
+            specs: manager.ram_specs.clone(),
+        },
+    })
 }
 
 type Failed = (GuestMemoryManager, SnapshotError);
@@ -665,25 +843,8 @@ async fn finish_restore(
     top: Manifest,
     options: RestoreOptions,
 ) -> Result<RestoredManager, Failed> {
-    let built: Vec<(u64, u64, u64)> = manager
-        .ram_regions()
-        .iter()
-        .map(|(range, offset)| (range.start(), range.end(), *offset))
-        .collect();
-    let recorded: Vec<(u64, u64, u64)> = top
-        .ram_regions
-        .iter()
-        .map(|region| (region.start.0, region.end.0, region.file_offset.0))
-        .collect();
-    if built != recorded {
-        let what = format!("its RAM regions {recorded:x?} are not those built {built:x?}");
-        return Err((
-            manager,
-            SnapshotError::Layout {
-                dir: dir.to_owned(),
-                what,
-            },
-        ));
+    if let Err(error) = check_ram_regions(dir, &manager, &top) {
+        return Err((manager, error));
     }
     let layers = plan.layers.len();
     let bytes: u64 = plan
@@ -694,22 +855,9 @@ async fn finish_restore(
         .sum();
     let lazy = match options.mode {
         RestoreMode::Copy => {
-            let destination = match manager.shared_memory_backing() {
-                Some(backing) => Destination::Object(Arc::new(
-                    match sparse_mmap::mappable_from_fd(std::os::fd::AsFd::as_fd(&backing)) {
-                        Ok(object) => object,
-                        Err(error) => {
-                            return Err((
-                                manager,
-                                SnapshotError::io("duplicate", "the RAM object", error),
-                            ))
-                        }
-                    },
-                )),
-                None => Destination::Private {
-                    base: manager.va_window_base(),
-                    specs: manager.ram_specs.clone(),
-                },
+            let destination = match destination_of(&manager) {
+                Ok(destination) => destination,
+                Err(error) => return Err((manager, error)),
             };
             let progress = options.progress.clone();
             let copied = on_thread("restore", move || {
@@ -734,83 +882,10 @@ async fn finish_restore(
             Err(error) => return Err((manager, error)),
         },
     };
-    let control = manager.ram_visibility_control();
-    for region in &top.ram_regions {
-        let visibility: RamVisibility = match region.visibility.parse() {
-            Ok(visibility) => visibility,
-            Err(_) => RamVisibility::ReadWrite,
-        };
-        if visibility == RamVisibility::ReadWrite {
-            continue;
-        }
-        let range = MemoryRange::new(region.start.0..region.end.0);
-        if let Err(error) = control.set_ram_visibility(range, visibility).await {
-            return Err((manager, error.into()));
-        }
-    }
-    let mut backings = options.window_backings;
-    let mapper = manager.device_memory_mapper();
-    let mut windows = Vec::new();
-    for record in &top.device_windows {
-        let failed = |source: std::io::Error| SnapshotError::DeviceWindow {
-            window: record.name.clone(),
-            source,
-        };
-        let len = match usize::try_from(record.len.0) {
-            Ok(len) => len,
-            Err(_) => {
-                let error = std::io::Error::other("the window does not fit the address space");
-                return Err((manager, failed(error)));
-            }
-        };
-        let (control, region) = match mapper.new_region(len, record.name.clone()) {
-            Ok(halves) => halves,
-            Err(error) => return Err((manager, failed(error))),
-        };
-        let mut missing = Vec::new();
-        for mapping in &record.mappings {
-            let supplied = backings
-                .iter()
-                .position(|backing| {
-                    backing.window == record.name && backing.offset == mapping.offset.0
-                })
-                .map(|position| backings.swap_remove(position));
-            let Some(backing) = supplied else {
-                missing.push(mapping.clone());
-                continue;
-            };
-            let (Ok(offset), Ok(map_len)) = (
-                usize::try_from(mapping.offset.0),
-                usize::try_from(mapping.len.0),
-            ) else {
-                return Err((
-                    manager,
-                    failed(std::io::Error::other("mapping beyond the address space")),
-                ));
-            };
-            let mapped = region
-                .map(
-                    offset,
-                    &backing.object,
-                    mapping.file_offset.0,
-                    map_len,
-                    mapping.writable,
-                )
-                .await;
-            if let Err(error) = mapped {
-                return Err((manager, failed(error)));
-            }
-        }
-        if let Err(error) = control.map_to_guest(record.gpa.0, record.writable).await {
-            return Err((manager, failed(error)));
-        }
-        windows.push(RestoredWindow {
-            record: record.clone(),
-            control,
-            region,
-            missing,
-        });
-    }
+    let windows = match recreate_regions(&manager, &top, options.window_backings).await {
+        Ok(windows) => windows,
+        Err(error) => return Err((manager, error)),
+    };
     if options.start_dirty_tracking {
         if let Err(error) = manager.regions.adopt_snapshot(top.id.clone()).await {
             return Err((manager, error.into()));

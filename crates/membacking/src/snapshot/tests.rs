@@ -20,14 +20,14 @@ use std::sync::atomic::Ordering;
 use vm_topology::memory::MemoryLayout;
 use vm_topology::memory::MemoryRangeWithNode;
 
-const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
-const MMIO_GAP: MemoryRange = MemoryRange::new(0xC000_0000..0x1_0000_0000);
-const LOW: MemoryRange = MemoryRange::new(0..16 * MIB);
-const HIGH: MemoryRange = MemoryRange::new(4 * GIB..4 * GIB + 8 * MIB);
-const VGA: MemoryRange = MemoryRange::new(0xa0000..0xc0000);
-const PAM0: MemoryRange = MemoryRange::new(0xc0000..0xc4000);
-const WINDOW_GPA: u64 = 0xD000_0000;
+pub(crate) const MIB: u64 = 1 << 20;
+pub(crate) const GIB: u64 = 1 << 30;
+pub(crate) const MMIO_GAP: MemoryRange = MemoryRange::new(0xC000_0000..0x1_0000_0000);
+pub(crate) const LOW: MemoryRange = MemoryRange::new(0..16 * MIB);
+pub(crate) const HIGH: MemoryRange = MemoryRange::new(4 * GIB..4 * GIB + 8 * MIB);
+pub(crate) const VGA: MemoryRange = MemoryRange::new(0xa0000..0xc0000);
+pub(crate) const PAM0: MemoryRange = MemoryRange::new(0xc0000..0xc4000);
+pub(crate) const WINDOW_GPA: u64 = 0xD000_0000;
 
 /// A small deterministic generator (xorshift64*).
 pub(crate) struct Rng(u64);
@@ -49,7 +49,7 @@ impl Rng {
     }
 }
 
-fn layout() -> MemoryLayout {
+pub(crate) fn layout() -> MemoryLayout {
     let ram: Vec<MemoryRangeWithNode> = [LOW, HIGH]
         .iter()
         .map(|&range| MemoryRangeWithNode { range, vnode: 0 })
@@ -57,19 +57,19 @@ fn layout() -> MemoryLayout {
     MemoryLayout::new_from_ranges(&ram, &[MMIO_GAP]).unwrap()
 }
 
-fn build(private: bool) -> GuestMemoryManager {
+pub(crate) fn build(private: bool) -> GuestMemoryManager {
     let builder = GuestMemoryBuilder::new()
         .private_memory(private)
         .x86_legacy_support(!private);
     block_on(builder.build(&layout())).unwrap()
 }
 
-fn temp_dir() -> tempfile::TempDir {
+pub(crate) fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
 /// Every byte of the RAM backing, read without faulting through the manager's own source.
-fn ram_image(manager: &GuestMemoryManager) -> Vec<u8> {
+pub(crate) fn ram_image(manager: &GuestMemoryManager) -> Vec<u8> {
     let view = manager.snapshot_view();
     let mut image = vec![0u8; usize::try_from(view.ram_size).unwrap()];
     for spec in &view.specs {
@@ -83,7 +83,7 @@ fn ram_image(manager: &GuestMemoryManager) -> Vec<u8> {
 }
 
 /// Random writes of random bytes through guest memory into the visible RAM.
-fn scribble(manager: &GuestMemoryManager, rng: &mut Rng, writes: usize) {
+pub(crate) fn scribble(manager: &GuestMemoryManager, rng: &mut Rng, writes: usize) {
     let memory = block_on(manager.client().guest_memory()).unwrap();
     for _ in 0..writes {
         // Low RAM from 1 MiB: the legacy pieces below may be unmapped or read-only.
@@ -100,7 +100,7 @@ fn scribble(manager: &GuestMemoryManager, rng: &mut Rng, writes: usize) {
 }
 
 /// The regions, without ids, in a stable order.
-type RegionSummary = Vec<(
+pub(crate) type RegionSummary = Vec<(
     String,
     MemoryRange,
     u8,
@@ -108,7 +108,7 @@ type RegionSummary = Vec<(
     Vec<(MemoryRange, u64, bool)>,
 )>;
 
-fn regions(manager: &GuestMemoryManager) -> RegionSummary {
+pub(crate) fn regions(manager: &GuestMemoryManager) -> RegionSummary {
     let snapshot: ManagerSnapshot = block_on(manager.inspect()).unwrap();
     let mut summary: RegionSummary = snapshot
         .regions
@@ -132,7 +132,7 @@ fn regions(manager: &GuestMemoryManager) -> RegionSummary {
     summary
 }
 
-fn memfd(len: usize, fill: u8) -> OwnedFd {
+pub(crate) fn memfd(len: usize, fill: u8) -> OwnedFd {
     let fd = sparse_mmap::alloc_shared_memory(len, "device").unwrap();
     let file = std::fs::File::from(fd.try_clone().unwrap());
     std::os::unix::fs::FileExt::write_all_at(&file, &vec![fill; len], 0).unwrap();

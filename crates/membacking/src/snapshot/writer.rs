@@ -331,7 +331,7 @@ pub(crate) fn check_same_machine(
 
 impl ManagerView {
     /// The manifest of this machine as `regions` shows it, with no files yet.
-    fn manifest_skeleton(&self, id: &str, regions: &[RegionInspect]) -> Manifest {
+    pub(crate) fn manifest_skeleton(&self, id: &str, regions: &[RegionInspect]) -> Manifest {
         let layout = &self.options.layout;
         let visibility = |spec: &RamRegionSpec| {
             let region = regions
@@ -425,7 +425,7 @@ impl ManagerView {
     }
 
     /// The backing-offset runs an incremental snapshot saves: the dirtied GPA pages, in RAM.
-    fn dirty_runs(&self, dirty: &PageSet) -> Vec<(u64, u64)> {
+    pub(crate) fn dirty_runs(&self, dirty: &PageSet) -> Vec<(u64, u64)> {
         let mut runs = Vec::new();
         for (first, end) in dirty.runs() {
             let (start, stop) = (first * PAGE_SIZE, end * PAGE_SIZE);
@@ -444,7 +444,7 @@ impl ManagerView {
 
 /// One piece of work: backing offsets `[start, end)`, at most [`ITEM_PAGES`] pages, inside one
 /// RAM region.
-fn items(runs: &[(u64, u64)], specs: &[RamRegionSpec]) -> Vec<(u64, u64)> {
+pub(crate) fn items(runs: &[(u64, u64)], specs: &[RamRegionSpec]) -> Vec<(u64, u64)> {
     let mut items = Vec::new();
     for &(start, end) in runs {
         let mut cursor = start;
@@ -657,7 +657,7 @@ fn save_item(
 }
 
 /// Whether a page is all zeros.
-fn is_zero(page: &[u8]) -> bool {
+pub(crate) fn is_zero(page: &[u8]) -> bool {
     let words = page.chunks_exact(8);
     let tail = words.remainder();
     words

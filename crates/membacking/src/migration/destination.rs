@@ -1,0 +1,598 @@
+//! The destination side of a live migration: [`GuestMemoryBuilder::migrate_from`].
+//!
+//! One thread per migration ("migrate-destination") reads the stream frame by frame and
+//! checks its grammar; a second one ("migrate-apply") checks each page's CRC-32C and writes
+//! it into the new manager's RAM (`pwrite` into the RAM object, or a fault-safe copy into
+//! private RAM) in the order received, so a later round's copy of a page wins. Pages are
+//! addressed by their offset in the RAM backing, so they land right whatever the visibility
+//! is; visibility and device windows are applied from the final manifest. A round is
+//! acknowledged once every page of it is written.
+
+use super::report;
+use super::transport::MigrationTransport;
+use super::wire;
+use super::wire::FrameType;
+use super::Cancel;
+use super::MigrateFromOptions;
+use super::MigratedManager;
+use super::MigrationError;
+use super::MigrationPhase;
+use super::Side;
+use crate::snapshot::format;
+use crate::snapshot::format::ExtentKind;
+use crate::snapshot::restore;
+use crate::snapshot::restore::Destination;
+use crate::snapshot::SnapshotError;
+use crate::GuestMemoryBuilder;
+use crate::GuestMemoryManager;
+use futures::executor::block_on;
+use std::future::Future;
+use std::io;
+use std::io::Read;
+use std::io::Write;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+const PAGE_SIZE: u64 = format::PAGE_SIZE;
+/// Extent frames queued for the apply thread at most.
+const QUEUED_EXTENTS: usize = 4;
+/// What errors from the shared restore code name as the snapshot directory.
+const STREAM: &str = "<migration stream>";
+
+impl GuestMemoryBuilder {
+    /// Receives a migration from `transport`: builds a manager of the machine the source
+    /// describes, fills its RAM from the rounds, and on the final manifest applies visibility
+    /// and device windows, acknowledges, and resolves with the manager (ready to attach a
+    /// partition) and the source's payload. See the `migration` module and
+    /// `docs/migration.md`.
+    ///
+    /// On failure nothing is left: what was built is closed. Dropping the future cancels the
+    /// migration.
+    ///
+    /// Errors: [`MigrationError::Aborted`], [`MigrationError::Protocol`],
+    /// [`MigrationError::Io`], [`MigrationError::Snapshot`] (building, another layout than
+    /// `options.layout`, window backings that name no recorded mapping, recreating
+    /// visibility or windows).
+    pub fn migrate_from(
+        transport: MigrationTransport,
+        options: MigrateFromOptions,
+    ) -> impl Future<Output = Result<MigratedManager, MigrationError>> + Send + 'static {
+        let cancel = Cancel::new(transport.abort.clone());
+        async move {
+            let thread_cancel = cancel.clone();
+            super::on_migration_thread("migrate-destination", cancel, move || {
+                let MigrationTransport { reader, writer, .. } = transport;
+                let mut receiver = Receiver {
+                    frames: wire::FrameReader::new(reader),
+                    writer,
+                    phase: MigrationPhase::Handshake,
+                    manager: None,
+                    cancel: thread_cancel,
+                };
+                match receiver.receive(options) {
+                    Ok(migrated) => Ok(migrated),
+                    Err(error) => Err(receiver.fail(error)),
+                }
+            })
+            .await
+        }
+    }
+}
+
+struct Receiver {
+    frames: wire::FrameReader<Box<dyn Read + Send>>,
+    writer: Box<dyn Write + Send>,
+    phase: MigrationPhase,
+    manager: Option<GuestMemoryManager>,
+    cancel: Arc<Cancel>,
+}
+
+/// A frame read from the source: its type, payload buffer, length and offset.
+struct InFrame {
+    frame_type: FrameType,
+    payload: Vec<u8>,
+    len: usize,
+    offset: u64,
+}
+
+impl Receiver {
+    fn receive(&mut self, options: MigrateFromOptions) -> Result<MigratedManager, MigrationError> {
+        // The handshake.
+        let hello = self.expect(FrameType::Hello, Vec::new())?;
+        let theirs = wire::Hello::decode(&hello.payload[..hello.len])
+            .map_err(|what| self.bad(hello.offset, what))?;
+        if let Some(what) = theirs.mismatch() {
+            return Err(self.bad(hello.offset, what));
+        }
+        self.write(&wire::Hello::ours().encode(FrameType::HelloAck))?;
+
+        // The machine.
+        let frame = self.expect(FrameType::Manifest, hello.payload)?;
+        let manifest = format::decode_manifest(&frame.payload[..frame.len])
+            .map_err(|error| self.bad(frame.offset, format!("manifest {error}")))?;
+        self.phase = MigrationPhase::Rounds;
+        let layout = restore::layout_of(Path::new(STREAM), &manifest.layout)?;
+        if let Some(expected) = &options.layout {
+            if !restore::same_layout(expected, &layout) {
+                return Err(SnapshotError::Layout {
+                    dir: STREAM.into(),
+                    what: format!(
+                        "the source's layout RAM {:?} MMIO {:?} VTL2 {:?} is not the expected RAM {:?} MMIO {:?} VTL2 {:?}",
+                        layout.ram(),
+                        layout.mmio(),
+                        layout.vtl2_range(),
+                        expected.ram(),
+                        expected.mmio(),
+                        expected.vtl2_range()
+                    ),
+                }
+                .into());
+            }
+        }
+        let manager = block_on(restore::builder_for(&manifest).build(&layout))
+            .map_err(SnapshotError::from)?;
+        let manager = self.manager.insert(manager);
+        restore::check_ram_regions(Path::new(STREAM), manager, &manifest)?;
+        let destination = restore::destination_of(manager)?;
+        let backing: Vec<(u64, u64)> = manifest
+            .ram_regions
+            .iter()
+            .map(|region| {
+                let start = region.file_offset.0;
+                (start, start + (region.end.0 - region.start.0))
+            })
+            .collect();
+        let applier = Applier::start(destination)?;
+        let rounds = self.rounds(&applier, &backing, &options, frame.payload);
+        let stopped = applier.stop();
+        let Rounds {
+            buffer,
+            bytes_per_round,
+            received,
+            payload,
+            rounds: round,
+        } = rounds?;
+        stopped?;
+
+        // The machine as it was paused.
+        let frame = self.expect(FrameType::FinalManifest, buffer)?;
+        let last = format::decode_manifest(&frame.payload[..frame.len])
+            .map_err(|error| self.bad(frame.offset, format!("final manifest {error}")))?;
+        let same = crate::snapshot::writer::check_same_machine(Path::new(STREAM), &manifest, &last);
+        if let Err(error) = same {
+            return Err(self.bad(
+                frame.offset,
+                format!("the final manifest changed the machine: {error}"),
+            ));
+        }
+        let counted = (last.extents, last.data_pages, last.zero_pages);
+        let carried = (received.extents, received.data_pages, received.zero_pages);
+        if last.id != manifest.id || counted != carried {
+            return Err(self.bad(
+                frame.offset,
+                format!(
+                    "the final manifest (id {}, extents/data/zero pages {counted:?}) does not match the stream (id {}, {carried:?})",
+                    last.id, manifest.id
+                ),
+            ));
+        }
+        restore::check_window_backings(Path::new(STREAM), &last, &options.window_backings)?;
+        let Some(manager) = self.manager.as_ref() else {
+            unreachable!("the manager was built before the rounds");
+        };
+        let windows = block_on(restore::recreate_regions(
+            manager,
+            &last,
+            options.window_backings,
+        ))?;
+        let bytes = received.data_pages * PAGE_SIZE;
+        if let Err(error) = self.write(&wire::Ack { round, bytes }.encode(FrameType::Complete)) {
+            // The source cannot learn that this side completed: it resumes the guest.
+            drop(windows);
+            return Err(error);
+        }
+        let Some(manager) = self.manager.take() else {
+            unreachable!("the manager was built before the rounds");
+        };
+        Ok(MigratedManager {
+            manager,
+            windows,
+            payload,
+            manifest: last,
+            rounds: round,
+            bytes,
+            bytes_per_round,
+        })
+    }
+
+    /// Receives the rounds, up to and including the final one, handing extents to `applier`;
+    /// `backing` holds the RAM regions' backing ranges.
+    fn rounds(
+        &mut self,
+        applier: &Applier,
+        backing: &[(u64, u64)],
+        options: &MigrateFromOptions,
+        buffer: Vec<u8>,
+    ) -> Result<Rounds, MigrationError> {
+        let progress = options.progress.as_ref();
+        let mut buffer = buffer;
+        let mut bytes_per_round = Vec::new();
+        let mut received = wire::RoundTotals::default();
+        let mut payload = None;
+        let mut round = 0u32;
+        loop {
+            let frame = self.expect(FrameType::RoundBegin, buffer)?;
+            let begin = wire::RoundBegin::decode(&frame.payload[..frame.len])
+                .map_err(|what| self.bad(frame.offset, what))?;
+            if begin.round != round {
+                return Err(self.bad(
+                    frame.offset,
+                    format!("round {} began where round {round} was due", begin.round),
+                ));
+            }
+            if begin.last {
+                self.phase = MigrationPhase::Final;
+            }
+            report(progress, round, 0);
+            buffer = frame.payload;
+            let mut totals = wire::RoundTotals {
+                round,
+                ..wire::RoundTotals::default()
+            };
+            let end = loop {
+                let frame = self.next(applier.recycled(buffer))?;
+                let at = frame.offset;
+                match frame.frame_type {
+                    FrameType::Extent => {
+                        let extent = wire::decode_extent(&frame.payload[..frame.len])
+                            .map_err(|what| self.bad(at, what))?;
+                        let (start, len) = (extent.extent.ram_offset, extent.extent.len());
+                        let inside = backing.iter().any(|&(from, to)| {
+                            start >= from && start.checked_add(len).is_some_and(|end| end <= to)
+                        });
+                        if !inside {
+                            return Err(self.bad(
+                                at,
+                                format!(
+                                    "an extent at backing offset {start:#x}+{len:#x} is outside every RAM region"
+                                ),
+                            ));
+                        }
+                        totals.extents += 1;
+                        match extent.extent.kind {
+                            ExtentKind::Data => totals.data_pages += u64::from(extent.extent.pages),
+                            ExtentKind::Zero => totals.zero_pages += u64::from(extent.extent.pages),
+                        }
+                        buffer = applier.apply(extent, frame.payload, at)?;
+                        report(
+                            options.progress.as_ref(),
+                            round,
+                            totals.data_pages * PAGE_SIZE,
+                        );
+                    }
+                    FrameType::UserPayload if begin.last && payload.is_none() => {
+                        payload = Some(frame.payload[..frame.len].to_vec());
+                        buffer = frame.payload;
+                    }
+                    FrameType::RoundEnd => {
+                        let end = wire::RoundTotals::decode(&frame.payload[..frame.len])
+                            .map_err(|what| self.bad(at, what))?;
+                        buffer = frame.payload;
+                        break (end, at);
+                    }
+                    other => {
+                        return Err(self.bad(
+                            at,
+                            format!("an unexpected {other:?} frame inside round {round}"),
+                        ))
+                    }
+                }
+            };
+            let (end, at) = end;
+            if end != totals {
+                return Err(self.bad(
+                    at,
+                    format!("round end {end:?} does not match what the round carried: {totals:?}"),
+                ));
+            }
+            self.wait_applied(applier)?;
+            received.extents += totals.extents;
+            received.data_pages += totals.data_pages;
+            received.zero_pages += totals.zero_pages;
+            bytes_per_round.push(totals.data_pages * PAGE_SIZE);
+            report(
+                options.progress.as_ref(),
+                round,
+                totals.data_pages * PAGE_SIZE,
+            );
+            round += 1;
+            if begin.last {
+                break;
+            }
+            let bytes = received.data_pages * PAGE_SIZE;
+            self.write(
+                &wire::Ack {
+                    round: round - 1,
+                    bytes,
+                }
+                .encode(FrameType::RoundAck),
+            )?;
+        }
+
+        Ok(Rounds {
+            buffer,
+            bytes_per_round,
+            received,
+            payload,
+            rounds: round,
+        })
+    }
+
+    fn bad(&self, offset: u64, what: String) -> MigrationError {
+        MigrationError::Protocol {
+            what,
+            offset,
+            detected_by: Side::Destination,
+        }
+    }
+
+    fn cancelled(&self) -> MigrationError {
+        MigrationError::aborted(
+            self.phase,
+            io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the migration was cancelled (its future was dropped)",
+            ),
+        )
+    }
+
+    /// The next frame (an error frame is the source's failure).
+    fn next(&mut self, mut payload: Vec<u8>) -> Result<InFrame, MigrationError> {
+        if self.cancel.is_cancelled() {
+            return Err(self.cancelled());
+        }
+        let frame = match self.frames.read_frame(&mut payload) {
+            Ok(frame) => frame,
+            Err(wire::ReadError::Closed) => {
+                return Err(MigrationError::aborted(
+                    self.phase,
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "the source closed the stream"),
+                ))
+            }
+            Err(wire::ReadError::Io(cause)) => {
+                return Err(MigrationError::aborted(self.phase, cause))
+            }
+            Err(wire::ReadError::Bad(bad)) => return Err(self.bad(bad.offset, bad.what)),
+        };
+        if frame.frame_type == FrameType::Error {
+            return Err(match wire::PeerError::decode(&payload[..frame.len]) {
+                Ok(error) => super::peer_failed(Side::Destination, self.phase, error),
+                Err(what) => self.bad(frame.offset, what),
+            });
+        }
+        Ok(InFrame {
+            frame_type: frame.frame_type,
+            payload,
+            len: frame.len,
+            offset: frame.offset,
+        })
+    }
+
+    /// The next frame, which must be of `expected` type.
+    fn expect(&mut self, expected: FrameType, payload: Vec<u8>) -> Result<InFrame, MigrationError> {
+        let frame = self.next(payload)?;
+        if frame.frame_type != expected {
+            return Err(self.bad(
+                frame.offset,
+                format!("a {:?} frame where {expected:?} was due", frame.frame_type),
+            ));
+        }
+        Ok(frame)
+    }
+
+    fn write(&mut self, frame: &[u8]) -> Result<(), MigrationError> {
+        self.writer
+            .write_all(frame)
+            .and_then(|()| self.writer.flush())
+            .map_err(|cause| MigrationError::aborted(self.phase, cause))
+    }
+
+    /// Waits until every extent handed to `applier` is written.
+    fn wait_applied(&self, applier: &Applier) -> Result<(), MigrationError> {
+        applier.barrier().map_err(|error| self.apply_error(error))
+    }
+
+    fn apply_error(&self, error: ApplyError) -> MigrationError {
+        match error {
+            ApplyError::Page { offset, what } => self.bad(offset, what),
+            ApplyError::Write { op, source } => MigrationError::Io { op, source },
+        }
+    }
+
+    /// Stops after `error`: tells the source why (when the error is this side's own), reads
+    /// until the source closes, shuts the transport down, stops the apply thread and closes
+    /// what was built.
+    fn fail(&mut self, error: MigrationError) -> MigrationError {
+        let error = if self.cancel.is_cancelled() {
+            self.cancelled()
+        } else {
+            error
+        };
+        let own = !matches!(
+            &error,
+            MigrationError::Aborted { .. }
+                | MigrationError::Protocol {
+                    detected_by: Side::Source,
+                    ..
+                }
+        );
+        if own {
+            let (kind, offset, message) = error.peer_message();
+            let frame = wire::PeerError {
+                kind,
+                offset,
+                message,
+            }
+            .encode();
+            if self.write(&frame).is_ok() {
+                // The source stops when it reads the error and closes the stream.
+                self.frames.drain();
+            }
+        }
+        self.cancel.abort();
+        if let Some(manager) = self.manager.take() {
+            block_on(manager.close());
+        }
+        error
+    }
+}
+
+/// What the rounds carried.
+struct Rounds {
+    /// A buffer for the next frame.
+    buffer: Vec<u8>,
+    bytes_per_round: Vec<u64>,
+    received: wire::RoundTotals,
+    payload: Option<Vec<u8>>,
+    rounds: u32,
+}
+
+/// A failure of the apply thread.
+enum ApplyError {
+    /// A page does not match its CRC-32C (the stream offset of its frame).
+    Page { offset: u64, what: String },
+    /// Writing RAM failed.
+    Write { op: String, source: io::Error },
+}
+
+enum Work {
+    Extent {
+        frame: wire::ExtentFrame,
+        payload: Vec<u8>,
+        offset: u64,
+    },
+    Barrier(mpsc::Sender<Result<(), ApplyError>>),
+}
+
+/// The apply thread: checks and writes extents in order; reports at barriers.
+struct Applier {
+    work: mpsc::SyncSender<Work>,
+    recycled: mpsc::Receiver<Vec<u8>>,
+    thread: JoinHandle<()>,
+}
+
+impl Applier {
+    fn start(destination: Destination) -> Result<Self, MigrationError> {
+        let (work, queue) = mpsc::sync_channel::<Work>(QUEUED_EXTENTS);
+        let (give_back, recycled) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("migrate-apply".into())
+            .spawn(move || {
+                let mut failed: Option<ApplyError> = None;
+                for work in queue {
+                    match work {
+                        Work::Extent {
+                            frame,
+                            payload,
+                            offset,
+                        } => {
+                            if failed.is_none() {
+                                failed = apply(&destination, &frame, &payload, offset).err();
+                            }
+                            let _ = give_back.send(payload);
+                        }
+                        Work::Barrier(reply) => {
+                            let _ = reply.send(failed.take().map_or(Ok(()), Err));
+                        }
+                    }
+                }
+            })
+            .map_err(|source| MigrationError::Io {
+                op: "start the apply thread".into(),
+                source,
+            })?;
+        Ok(Self {
+            work,
+            recycled,
+            thread,
+        })
+    }
+
+    /// A buffer for the next frame: `buffer`, or one the apply thread gave back.
+    fn recycled(&self, buffer: Vec<u8>) -> Vec<u8> {
+        if buffer.capacity() >= 1 << 20 {
+            return buffer;
+        }
+        self.recycled.try_recv().unwrap_or(buffer)
+    }
+
+    /// Queues an extent; returns a buffer for the next frame.
+    fn apply(
+        &self,
+        frame: wire::ExtentFrame,
+        payload: Vec<u8>,
+        offset: u64,
+    ) -> Result<Vec<u8>, MigrationError> {
+        self.work
+            .send(Work::Extent {
+                frame,
+                payload,
+                offset,
+            })
+            .map_err(|_| MigrationError::Io {
+                op: "apply a round".into(),
+                source: io::Error::other("the apply thread stopped"),
+            })?;
+        Ok(self.recycled.try_recv().unwrap_or_default())
+    }
+
+    fn barrier(&self) -> Result<(), ApplyError> {
+        let (reply, done) = mpsc::channel();
+        let gone = || ApplyError::Write {
+            op: "apply a round".into(),
+            source: io::Error::other("the apply thread stopped"),
+        };
+        self.work.send(Work::Barrier(reply)).map_err(|_| gone())?;
+        done.recv().map_err(|_| gone())?
+    }
+
+    /// Lets the thread finish what is queued and joins it.
+    fn stop(self) -> Result<(), MigrationError> {
+        drop(self.work);
+        self.thread.join().map_err(|_| MigrationError::Io {
+            op: "apply a round".into(),
+            source: io::Error::other("the apply thread panicked"),
+        })
+    }
+}
+
+/// Checks the pages of one extent and writes them (or zeros) at its backing offset.
+fn apply(
+    destination: &Destination,
+    frame: &wire::ExtentFrame,
+    payload: &[u8],
+    offset: u64,
+) -> Result<(), ApplyError> {
+    let extent = &frame.extent;
+    match extent.kind {
+        ExtentKind::Data => {
+            let len = usize::try_from(extent.len()).unwrap_or(usize::MAX);
+            let pages = &payload[frame.pages_at..frame.pages_at + len];
+            wire::check_pages(frame, pages).map_err(|what| ApplyError::Page { offset, what })?;
+            destination
+                .write(extent.ram_offset, pages)
+                .map_err(|source| ApplyError::Write {
+                    op: format!("write guest RAM at backing offset {:#x}", extent.ram_offset),
+                    source,
+                })
+        }
+        ExtentKind::Zero => destination
+            .zero(extent.ram_offset, extent.len())
+            .map_err(|source| ApplyError::Write {
+                op: format!("zero guest RAM at backing offset {:#x}", extent.ram_offset),
+                source,
+            }),
+    }
+}
