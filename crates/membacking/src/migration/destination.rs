@@ -38,6 +38,8 @@ use std::thread::JoinHandle;
 const PAGE_SIZE: u64 = format::PAGE_SIZE;
 /// Extent frames queued for the apply thread at most.
 const QUEUED_EXTENTS: usize = 4;
+/// Frame buffers in circulation at most.
+const POOLED_BUFFERS: usize = QUEUED_EXTENTS + 3;
 /// What errors from the shared restore code name as the snapshot directory.
 const STREAM: &str = "<migration stream>";
 
@@ -242,7 +244,7 @@ impl Receiver {
                 ..wire::RoundTotals::default()
             };
             let end = loop {
-                let frame = self.next(applier.recycled(buffer))?;
+                let frame = self.next(buffer)?;
                 let at = frame.offset;
                 match frame.frame_type {
                     FrameType::Extent => {
@@ -262,10 +264,16 @@ impl Receiver {
                         }
                         totals.extents += 1;
                         match extent.extent.kind {
-                            ExtentKind::Data => totals.data_pages += u64::from(extent.extent.pages),
+                            ExtentKind::Data => {
+                                // Checked here, while the pages are still in the cache.
+                                let pages = &frame.payload[extent.pages_at..][..len_of(&extent)];
+                                wire::check_pages(&extent, pages)
+                                    .map_err(|what| self.bad(at, what))?;
+                                totals.data_pages += u64::from(extent.extent.pages);
+                            }
                             ExtentKind::Zero => totals.zero_pages += u64::from(extent.extent.pages),
                         }
-                        buffer = applier.apply(extent, frame.payload, at)?;
+                        buffer = applier.apply(extent, frame.payload)?;
                         report(
                             options.progress.as_ref(),
                             round,
@@ -405,9 +413,9 @@ impl Receiver {
     }
 
     fn apply_error(&self, error: ApplyError) -> MigrationError {
-        match error {
-            ApplyError::Page { offset, what } => self.bad(offset, what),
-            ApplyError::Write { op, source } => MigrationError::Io { op, source },
+        MigrationError::Io {
+            op: error.op,
+            source: error.source,
         }
     }
 
@@ -459,19 +467,16 @@ struct Rounds {
     rounds: u32,
 }
 
-/// A failure of the apply thread.
-enum ApplyError {
-    /// A page does not match its CRC-32C (the stream offset of its frame).
-    Page { offset: u64, what: String },
-    /// Writing RAM failed.
-    Write { op: String, source: io::Error },
+/// Writing RAM failed in the apply thread.
+struct ApplyError {
+    op: String,
+    source: io::Error,
 }
 
 enum Work {
     Extent {
         frame: wire::ExtentFrame,
         payload: Vec<u8>,
-        offset: u64,
     },
     Barrier(mpsc::Sender<Result<(), ApplyError>>),
 }
@@ -480,6 +485,7 @@ enum Work {
 struct Applier {
     work: mpsc::SyncSender<Work>,
     recycled: mpsc::Receiver<Vec<u8>>,
+    allocated: std::cell::Cell<usize>,
     thread: JoinHandle<()>,
 }
 
@@ -493,13 +499,9 @@ impl Applier {
                 let mut failed: Option<ApplyError> = None;
                 for work in queue {
                     match work {
-                        Work::Extent {
-                            frame,
-                            payload,
-                            offset,
-                        } => {
+                        Work::Extent { frame, payload } => {
                             if failed.is_none() {
-                                failed = apply(&destination, &frame, &payload, offset).err();
+                                failed = apply(&destination, &frame, &payload).err();
                             }
                             let _ = give_back.send(payload);
                         }
@@ -516,41 +518,34 @@ impl Applier {
         Ok(Self {
             work,
             recycled,
+            allocated: std::cell::Cell::new(1),
             thread,
         })
     }
 
-    /// A buffer for the next frame: `buffer`, or one the apply thread gave back.
-    fn recycled(&self, buffer: Vec<u8>) -> Vec<u8> {
-        if buffer.capacity() >= 1 << 20 {
-            return buffer;
-        }
-        self.recycled.try_recv().unwrap_or(buffer)
-    }
-
-    /// Queues an extent; returns a buffer for the next frame.
-    fn apply(
-        &self,
-        frame: wire::ExtentFrame,
-        payload: Vec<u8>,
-        offset: u64,
-    ) -> Result<Vec<u8>, MigrationError> {
+    /// Queues an extent (its pages checked) and returns a buffer for the next frame: one the
+    /// apply thread gave back, a new one while fewer than [`POOLED_BUFFERS`] exist, else the
+    /// next one it gives back (so buffers are reused and never cleared again).
+    fn apply(&self, frame: wire::ExtentFrame, payload: Vec<u8>) -> Result<Vec<u8>, MigrationError> {
         self.work
-            .send(Work::Extent {
-                frame,
-                payload,
-                offset,
-            })
+            .send(Work::Extent { frame, payload })
             .map_err(|_| MigrationError::Io {
                 op: "apply a round".into(),
                 source: io::Error::other("the apply thread stopped"),
             })?;
-        Ok(self.recycled.try_recv().unwrap_or_default())
+        if let Ok(buffer) = self.recycled.try_recv() {
+            return Ok(buffer);
+        }
+        if self.allocated.get() < POOLED_BUFFERS {
+            self.allocated.set(self.allocated.get() + 1);
+            return Ok(Vec::new());
+        }
+        Ok(self.recycled.recv().unwrap_or_default())
     }
 
     fn barrier(&self) -> Result<(), ApplyError> {
         let (reply, done) = mpsc::channel();
-        let gone = || ApplyError::Write {
+        let gone = || ApplyError {
             op: "apply a round".into(),
             source: io::Error::other("the apply thread stopped"),
         };
@@ -568,31 +563,30 @@ impl Applier {
     }
 }
 
-/// Checks the pages of one extent and writes them (or zeros) at its backing offset.
+/// The byte length of an extent frame's pages.
+fn len_of(frame: &wire::ExtentFrame) -> usize {
+    usize::try_from(frame.extent.len()).unwrap_or(usize::MAX)
+}
+
+/// Writes the (checked) pages of one extent, or zeros, at its backing offset.
 fn apply(
     destination: &Destination,
     frame: &wire::ExtentFrame,
     payload: &[u8],
-    offset: u64,
 ) -> Result<(), ApplyError> {
     let extent = &frame.extent;
-    match extent.kind {
-        ExtentKind::Data => {
-            let len = usize::try_from(extent.len()).unwrap_or(usize::MAX);
-            let pages = &payload[frame.pages_at..frame.pages_at + len];
-            wire::check_pages(frame, pages).map_err(|what| ApplyError::Page { offset, what })?;
-            destination
-                .write(extent.ram_offset, pages)
-                .map_err(|source| ApplyError::Write {
-                    op: format!("write guest RAM at backing offset {:#x}", extent.ram_offset),
-                    source,
-                })
-        }
-        ExtentKind::Zero => destination
-            .zero(extent.ram_offset, extent.len())
-            .map_err(|source| ApplyError::Write {
-                op: format!("zero guest RAM at backing offset {:#x}", extent.ram_offset),
-                source,
-            }),
-    }
+    let result = match extent.kind {
+        ExtentKind::Data => destination.write(
+            extent.ram_offset,
+            &payload[frame.pages_at..][..len_of(frame)],
+        ),
+        ExtentKind::Zero => destination.zero(extent.ram_offset, extent.len()),
+    };
+    result.map_err(|source| ApplyError {
+        op: format!(
+            "write the {} pages at backing offset {:#x} of guest RAM",
+            extent.pages, extent.ram_offset
+        ),
+        source,
+    })
 }
