@@ -219,9 +219,10 @@ pub enum MigrationPhase {
     Rounds,
     /// After `pause`: the final round and manifest.
     Final,
-    /// Source only: everything was sent; the destination's acknowledgement did not arrive.
-    /// The destination may have completed and own the guest: resume the source only when
-    /// you know it did not.
+    /// Source only: everything was sent, and neither the destination's acknowledgement nor
+    /// its error arrived (the connection failed, or the answer was damaged). The destination
+    /// may have completed and own the guest: resume the source only when you know it did
+    /// not.
     Completing,
 }
 

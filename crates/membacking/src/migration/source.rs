@@ -290,20 +290,7 @@ impl Source {
             FrameType::FinalManifest,
             &format::encode_manifest(&manifest),
         ))?;
-        self.phase = MigrationPhase::Completing;
-        self.wait_for(FrameType::Complete, round + 1)
-            .map_err(|error| match error {
-                // A damaged answer: the destination may have completed (its own error
-                // frame, by contrast, says it did not).
-                bad @ MigrationError::Protocol {
-                    detected_by: Side::Source,
-                    ..
-                } => MigrationError::aborted(
-                    MigrationPhase::Completing,
-                    io::Error::new(io::ErrorKind::InvalidData, bad.to_string()),
-                ),
-                other => other,
-            })?;
+        self.wait_for_complete(round + 1)?;
         let downtime = paused.elapsed();
         Ok(MigrationInfo {
             rounds: round + 1,
@@ -542,6 +529,47 @@ impl Source {
             )));
         }
         Ok(())
+    }
+
+    /// Waits for the destination's completion of `rounds` rounds. Its error frame means it did
+    /// not complete (the phase stays `Final`); anything else but the completion leaves the
+    /// outcome unknown (`Completing`: the destination may have completed).
+    fn wait_for_complete(&mut self, rounds: u32) -> Result<(), MigrationError> {
+        let unknown = |cause: io::Error| MigrationError::aborted(MigrationPhase::Completing, cause);
+        let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+        match self.link.events.recv() {
+            Ok(Event::Frame(FrameType::Error, payload, offset)) => {
+                Err(self.peer_error(&payload, offset))
+            }
+            Ok(Event::Frame(FrameType::Complete, payload, offset)) => {
+                match wire::Ack::decode(&payload) {
+                    Ok(ack) if ack.round == rounds => Ok(()),
+                    Ok(ack) => Err(unknown(invalid(format!(
+                        "the completion at stream offset {offset} counts {} rounds, not {rounds}",
+                        ack.round
+                    )))),
+                    Err(what) => Err(unknown(invalid(format!(
+                        "the completion at stream offset {offset}: {what}"
+                    )))),
+                }
+            }
+            Ok(Event::Frame(frame_type, _, offset)) => Err(unknown(invalid(format!(
+                "a {frame_type:?} frame at stream offset {offset} instead of the completion"
+            )))),
+            Ok(Event::Bad(bad)) => Err(unknown(invalid(format!(
+                "the answer at stream offset {} is damaged: {}",
+                bad.offset, bad.what
+            )))),
+            Ok(Event::Closed) => Err(unknown(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the destination closed the stream before it acknowledged",
+            ))),
+            Ok(Event::Failed(cause)) => Err(unknown(cause)),
+            Err(_) => Err(unknown(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the stream's reader stopped",
+            ))),
+        }
     }
 
     fn peer_error(&self, payload: &[u8], offset: u64) -> MigrationError {

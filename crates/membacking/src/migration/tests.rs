@@ -20,6 +20,7 @@ use crate::snapshot::tests::VGA;
 use crate::snapshot::tests::WINDOW_GPA;
 use crate::GuestMemoryBuilder;
 use crate::RamVisibility;
+use crate::SnapshotError;
 use futures::executor::block_on;
 use memory_range::MemoryRange;
 use std::io::Read;
@@ -858,6 +859,149 @@ fn the_channel_transport_carries_a_migration_as_a_stream_owner_would() {
     close(source);
 }
 
+#[test]
+fn failures_of_either_side_reach_the_other_with_their_reason() {
+    // The caller's pause fails: the source reports it, the destination is told.
+    let source = small_machine();
+    let (source_end, destination_end) = socket_pair();
+    let destination = spawn_destination(destination_end, MigrateFromOptions::default());
+    let options = MigrateOptions::new(|| async {
+        Err::<Option<Vec<u8>>, PauseError>("the vCPUs would not stop".into())
+    });
+    match block_on(source.migrate(source_end, options)) {
+        Err(MigrationError::Pause { source }) => {
+            assert_eq!(source.to_string(), "the vCPUs would not stop")
+        }
+        other => panic!("{other:?}"),
+    }
+    match destination.join().unwrap() {
+        Err(MigrationError::Aborted { phase, cause }) => {
+            // The final round had not begun.
+            assert_eq!(phase, MigrationPhase::Rounds);
+            assert!(cause.to_string().contains("pause"), "{cause}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!source.dirty_tracking().is_active());
+
+    // The destination expects another machine: it refuses before any page is written.
+    let (source_end, destination_end) = socket_pair();
+    let other =
+        vm_topology::memory::MemoryLayout::new(64 * MIB, &[crate::snapshot::tests::MMIO_GAP], None)
+            .unwrap();
+    let destination = spawn_destination(
+        destination_end,
+        MigrateFromOptions {
+            layout: Some(other),
+            ..MigrateFromOptions::default()
+        },
+    );
+    let sent = block_on(source.migrate(source_end, MigrateOptions::new(|| async { Ok(None) })));
+    match (sent, destination.join().unwrap()) {
+        (
+            Err(MigrationError::Aborted { phase, cause }),
+            Err(MigrationError::Snapshot(SnapshotError::Layout { what, .. })),
+        ) => {
+            assert_eq!(phase, MigrationPhase::Rounds);
+            assert!(what.contains("expected"), "{what}");
+            assert!(cause.to_string().contains("destination failed"), "{cause}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A window backing that names no window: refused at the final manifest; the source learns
+    // that the destination did not complete (phase final, not completing).
+    let (source_end, destination_end) = socket_pair();
+    let destination = spawn_destination(
+        destination_end,
+        MigrateFromOptions {
+            window_backings: vec![WindowBacking {
+                window: "nic".into(),
+                offset: 0,
+                object: memfd(4096, 0),
+            }],
+            ..MigrateFromOptions::default()
+        },
+    );
+    let sent = block_on(source.migrate(source_end, MigrateOptions::new(|| async { Ok(None) })));
+    match (sent, destination.join().unwrap()) {
+        (
+            Err(MigrationError::Aborted {
+                phase: MigrationPhase::Final,
+                ..
+            }),
+            Err(MigrationError::Snapshot(SnapshotError::Layout { what, .. })),
+        ) => assert!(what.contains("\"nic\""), "{what}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!source.dirty_tracking().is_active());
+    close(source);
+}
+
+#[test]
+fn stopping_tracking_during_a_migration_fails_it() {
+    let source = small_machine();
+    let tracking = source.dirty_tracking();
+    let (source_end, destination_end) = socket_pair();
+    let destination = spawn_destination(destination_end, MigrateFromOptions::default());
+    let mut options = MigrateOptions::new(|| async { Ok(None) });
+    options.progress = Some(Arc::new(move |round, _| {
+        if round == 0 {
+            block_on(tracking.stop()).unwrap();
+        }
+    }));
+    assert!(matches!(
+        block_on(source.migrate(source_end, options)),
+        Err(MigrationError::TrackingStopped)
+    ));
+    assert!(matches!(
+        destination.join().unwrap(),
+        Err(MigrationError::Aborted { .. })
+    ));
+    assert!(!source.dirty_tracking().is_active());
+    close(source);
+}
+
+#[test]
+fn pages_decommitted_during_the_rounds_arrive_as_zeros() {
+    for private in [false, true] {
+        let source = build(private);
+        let memory = block_on(source.client().guest_memory()).unwrap();
+        let gone = MemoryRange::new(6 * MIB..6 * MIB + 64 * 1024);
+        memory.write_at(gone.start(), &[0x77; 64 * 1024]).unwrap();
+        memory.write_at(HIGH.start(), &[0x78; 4096]).unwrap();
+        drop(memory);
+        let (source_end, destination_end) = socket_pair();
+        let destination = spawn_destination(destination_end, MigrateFromOptions::default());
+        let mut options = MigrateOptions::new(|| async { Ok(None) });
+        let decommit = {
+            let pending = parking_lot::Mutex::new(Some(source.decommit_ram(gone)));
+            move |round: u32, bytes: u64| {
+                // Once round 0 has sent the pages, decommit them.
+                if round == 0 && bytes > 0 {
+                    if let Some(decommit) = pending.lock().take() {
+                        block_on(decommit).unwrap();
+                    }
+                }
+            }
+        };
+        options.progress = Some(Arc::new(decommit));
+        let info = block_on(source.migrate(source_end, options)).unwrap();
+        let migrated = destination.join().unwrap().unwrap();
+        assert!(
+            migrated.manifest.zero_pages >= 16,
+            "{:?} {info:?}",
+            migrated.manifest
+        );
+        let image = ram_image(&migrated.manager);
+        assert!(image == ram_image(&source), "private: {private}");
+        let at = usize::try_from(gone.start()).unwrap();
+        assert!(image[at..at + 64 * 1024].iter().all(|&byte| byte == 0));
+        close(migrated.manager);
+        close(source);
+    }
+}
+
 /// Run by the kill tests in a child process: one side of a migration over the Unix socket
 /// `$MEMBACKING_MIGRATION_CHILD` (`source:PATH` or `destination:PATH`).
 #[test]
@@ -881,9 +1025,28 @@ fn migration_child() {
                 transport,
                 MigrateFromOptions::default(),
             ));
-            println!("destination finished: {:?}", result.map(|m| m.rounds));
+            let outcome = match &result {
+                Ok(_) => "completed",
+                Err(MigrationError::Aborted { .. }) => "aborted",
+                Err(_) => "failed",
+            };
+            drop(result);
+            // What is left of the destination's manager once it has failed (or been dropped).
+            println!(
+                "destination {outcome}; manager threads left: {}",
+                threads_named("memory_manager")
+            );
         }
     }
+}
+
+/// The threads of this process with this name.
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
 }
 
 fn spawn_child(role: &str, path: &std::path::Path) -> std::process::Child {
@@ -899,7 +1062,7 @@ fn spawn_child(role: &str, path: &std::path::Path) -> std::process::Child {
             "MEMBACKING_MIGRATION_CHILD",
             format!("{role}:{}", path.display()),
         )
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap()
@@ -1016,6 +1179,48 @@ fn peers_killed_at_random_points_leave_the_other_side_clean() {
         assert!(mode != 0 || aborted > 0);
     }
     assert!(aborted > 0);
+
+    // This process is the source and drops the connection at random points; the destination
+    // child reports that nothing of its manager is left.
+    let source = build(false);
+    scribble(&source, &mut rng, 3000);
+    for attempt in 0..6 {
+        let path = dir.path().join(format!("cut-{attempt}"));
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut child = spawn_child("destination", &path);
+        let (stream, _) = listener.accept().unwrap();
+        let cut = stream.try_clone().unwrap();
+        let threshold = rng.below(data_bytes);
+        let last = rng.below(2) == 0;
+        let mut options = MigrateOptions::new(|| async { Ok(None) });
+        options.progress = Some(Arc::new(move |round, bytes| {
+            if (round == 0 && bytes >= threshold) || (last && round > 0) {
+                let _ = cut.shutdown(std::net::Shutdown::Both);
+            }
+        }));
+        let result = block_on(source.migrate(MigrationTransport::unix(stream).unwrap(), options));
+        let mut report = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut report)
+            .unwrap();
+        assert!(
+            child.wait().unwrap().success(),
+            "attempt {attempt}: {report}"
+        );
+        if result.is_err() {
+            assert!(
+                report.contains("destination aborted; manager threads left: 0"),
+                "attempt {attempt}: {report}"
+            );
+        } else {
+            assert!(report.contains("destination completed"), "{report}");
+        }
+        assert!(!source.dirty_tracking().is_active());
+    }
+    close(source);
 }
 
 #[cfg(target_arch = "x86_64")]
