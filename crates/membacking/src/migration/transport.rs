@@ -544,6 +544,20 @@ mod tests {
     }
 
     #[test]
+    fn what_a_finished_migration_did_not_read_is_handed_back() {
+        let (mut transport, end) = channel_transport(1024);
+        block_on(end.incoming.push(b"abc".to_vec())).unwrap();
+        block_on(end.incoming.push(b"defgh".to_vec())).unwrap();
+        let mut first = [0u8; 4];
+        transport.reader.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"abcd");
+        drop(transport);
+        assert!(block_on(end.incoming.push(b"late".to_vec())).is_err());
+        assert_eq!(end.incoming.unread(), b"efgh");
+        assert_eq!(end.incoming.unread(), b"");
+    }
+
+    #[test]
     fn failures_reach_the_other_side() {
         let (mut transport, end) = channel_transport(1024);
         end.incoming.fail(&io::Error::new(
