@@ -430,6 +430,8 @@ fn on_migration_thread<T: Send + 'static>(
         .spawn(move || {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
                 .unwrap_or_else(|_| {
+                    // Whatever it was doing, the peer must not wait for it.
+                    thread_cancel.abort();
                     Err(MigrationError::Io {
                         op: "run the migration".into(),
                         source: io::Error::other("the migration thread panicked"),

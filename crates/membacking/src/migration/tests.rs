@@ -1351,3 +1351,21 @@ mod kvm {
         close(source);
     }
 }
+
+#[test]
+fn private_ram_with_an_unmapped_region_migrates() {
+    let source = build(true);
+    scribble(&source, &mut Rng::new(3), 100);
+    let control = source.ram_visibility_control();
+    block_on(control.set_ram_visibility(HIGH, RamVisibility::Unmapped)).unwrap();
+    let (source_end, destination_end) = socket_pair();
+    let destination = spawn_destination(destination_end, MigrateFromOptions::default());
+    let info =
+        block_on(source.migrate(source_end, MigrateOptions::new(|| async { Ok(None) }))).unwrap();
+    let migrated = destination.join().unwrap().unwrap();
+    assert!(info.bytes > 0);
+    assert!(ram_image(&source) == ram_image(&migrated.manager));
+    assert_eq!(regions(&source), regions(&migrated.manager));
+    close(migrated.manager);
+    close(source);
+}
