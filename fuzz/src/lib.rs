@@ -5,6 +5,7 @@
 
 pub mod input;
 pub mod memory_layout;
+pub mod migration_frames;
 pub mod range_algorithms;
 pub mod recovering_copy;
 pub mod region_manager;

@@ -90,3 +90,8 @@ fn snapshot_manifest() {
         membacking_fuzz::snapshot_manifest::check,
     );
 }
+
+#[test]
+fn migration_frames() {
+    run("migration_frames", membacking_fuzz::migration_frames::check);
+}
