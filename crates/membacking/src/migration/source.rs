@@ -169,15 +169,20 @@ fn run(
     };
     let result = source.migrate(initial_regions, options.pause, limits);
     let result = match result {
-        Ok(info) => source.link.finish().map(|()| info),
+        Ok(info) => {
+            // The destination acknowledged everything: the threads have nothing left to do.
+            source.link.finish();
+            Ok(info)
+        }
         Err(error) => Err(source.fail(error)),
     };
     end_on_unwind.0 = None;
+    // Once the destination completed, the migration succeeded whatever ending tracking
+    // reports (a partition that cannot stop logging): the guest now runs there.
     let ended = block_on(regions.migration(MigrationOp::End, false));
     match (result, ended) {
-        (Ok(info), Ok(_)) => Ok(info),
-        (Ok(_), Err(error)) => Err(error.into()),
         (Err(error), _) => Err(error),
+        (Ok(info), _) => Ok(info),
     }
 }
 
@@ -819,12 +824,10 @@ impl Link {
         }
     }
 
-    /// After success: everything was written (the destination acknowledged it); join both.
-    fn finish(&mut self) -> Result<(), MigrationError> {
-        if let Some(error) = self.close_writer() {
-            return Err(MigrationError::aborted(MigrationPhase::Completing, error));
-        }
+    /// After success: everything was written (the destination acknowledged it) and the
+    /// receiver stopped after the acknowledgement; join both.
+    fn finish(&mut self) {
+        let _ = self.close_writer();
         self.join_receiver();
-        Ok(())
     }
 }
