@@ -1,5 +1,6 @@
-//! Benchmarks of live migration, each printed as one JSON line in the project's format
-//! (`design.md`, "Benchmarks") with a baseline measured in the same run over the same socket:
+//! Benchmarks of live migration, each printed as one JSON line in the project's benchmark
+//! format (`name`, `value`, `unit`, `baseline`, `baselineValue`, `ratio`, and `target`/`met`
+//! where a target is set) with a baseline measured in the same run over the same socket:
 //!
 //! - `migration_total_idle_1gib_256mib`: the total time of migrating an idle 1 GiB guest with
 //!   256 MiB touched over a Unix socketpair (from the call to the destination's
