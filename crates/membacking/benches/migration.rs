@@ -16,6 +16,9 @@
 //! stderr. Run with `cargo bench -p membacking --bench migration`
 //! (`MIGRATION_BENCH=total|downtime` runs one group, `MIGRATION_BENCH_RUNS` sets the runs).
 
+// Unsafe code: the copy-path baseline walks the RAM object's data with lseek(SEEK_DATA).
+#![allow(unsafe_code)]
+
 use futures::executor::block_on;
 use membacking::migration::MigrateFromOptions;
 use membacking::migration::MigrateOptions;

@@ -14,8 +14,8 @@
 //!
 //! A failure in any step closes the half-built manager: nothing is returned half-built.
 
-// Unsafe code: writes pages into a RAM object through a borrowed descriptor, or into private RAM
-// in the VA window with the guarded copy.
+// Unsafe code: writes pages into a RAM object through a borrowed descriptor (and punches holes
+// in it with fallocate), or into private RAM in the VA window with the guarded copy.
 #![allow(unsafe_code)]
 
 use super::format;
