@@ -59,3 +59,19 @@ impl XorShift {
         (0..len).map(|_| (self.next_u64() & 0xff) as u8).collect()
     }
 }
+
+/// CRC-32C (Castagnoli), bit by bit: the fuzz crate keeps its own reference.
+pub fn reference_crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}

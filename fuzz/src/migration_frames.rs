@@ -5,7 +5,7 @@
 //! the trailer or a page checksum catches it); other edits (deletions, insertions, truncation)
 //! never panic and leave every accepted frame re-encodable to itself.
 
-use crate::input::Unstructured;
+use crate::input::{reference_crc32c, Unstructured};
 use membacking::migration::wire::{
     check_pages, decode_extent, extent_frame_layout, frame, seal_extent_frame, Ack, ErrorKind,
     FrameReader, FrameType, Hello, PeerError, ReadError, RoundBegin, RoundTotals, MAX_PAYLOAD,
@@ -159,20 +159,4 @@ pub fn check(data: &[u8]) {
         }
     }
     let _ = decode_all(&edited);
-}
-
-/// CRC-32C (Castagnoli), bit by bit: the fuzz crate keeps its own reference.
-fn reference_crc32c(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82f6_3b78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }

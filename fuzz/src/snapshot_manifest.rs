@@ -6,7 +6,7 @@
 //! documented invariants (page-aligned RAM regions inside the backing, payloads inside the
 //! memory file, sorted disjoint extents).
 
-use crate::input::Unstructured;
+use crate::input::{reference_crc32c, Unstructured};
 use membacking::snapshot::format::{
     decode_index, decode_manifest, encode_index, encode_manifest, BaseRecord, DeviceMappingRecord,
     DeviceWindowRecord, ExtentKind, FileRecord, Hex, LayoutRecord, Manifest, OptionsRecord,
@@ -158,7 +158,7 @@ pub fn check(data: &[u8]) {
     // The body edited and sealed again with a matching checksum.
     let mut body = serde_json_body(&sample());
     edit(&mut u, &mut body);
-    let crc = crc32c(&body);
+    let crc = reference_crc32c(&body);
     let mut resealed = format!(
         "{{\"format\":\"{FORMAT}\",\"version\":{VERSION},\"checksum\":\"crc32c:{crc:08x}\",\"manifest\":"
     )
@@ -179,33 +179,17 @@ fn serde_json_body(manifest: &Manifest) -> Vec<u8> {
     text.as_bytes()[start..end].to_vec()
 }
 
-/// CRC-32C (Castagnoli), bit by bit: the fuzz crate keeps its own reference.
-fn crc32c(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82f6_3b78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_reference_crc_and_the_resealed_sample_agree_with_membacking() {
-        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        assert_eq!(reference_crc32c(b"123456789"), 0xe306_9283);
         let body = serde_json_body(&sample());
         let sealed = format!(
             "{{\"format\":\"{FORMAT}\",\"version\":{VERSION},\"checksum\":\"crc32c:{:08x}\",\"manifest\":{}}}",
-            crc32c(&body),
+            reference_crc32c(&body),
             String::from_utf8(body).unwrap()
         );
         assert_eq!(decode_manifest(sealed.as_bytes()), Ok(sample()));

@@ -116,23 +116,12 @@ impl Receiver {
             .map_err(|error| self.bad(frame.offset, format!("manifest {error}")))?;
         self.phase = MigrationPhase::Rounds;
         let layout = restore::layout_of(Path::new(STREAM), &manifest.layout)?;
-        if let Some(expected) = &options.layout {
-            if !restore::same_layout(expected, &layout) {
-                return Err(SnapshotError::Layout {
-                    dir: STREAM.into(),
-                    what: format!(
-                        "the source's layout RAM {:?} MMIO {:?} VTL2 {:?} is not the expected RAM {:?} MMIO {:?} VTL2 {:?}",
-                        layout.ram(),
-                        layout.mmio(),
-                        layout.vtl2_range(),
-                        expected.ram(),
-                        expected.mmio(),
-                        expected.vtl2_range()
-                    ),
-                }
-                .into());
-            }
-        }
+        restore::check_expected_layout(
+            Path::new(STREAM),
+            "the source has",
+            &layout,
+            options.layout.as_ref(),
+        )?;
         let manager = block_on(restore::builder_for(&manifest).build(&layout))
             .map_err(SnapshotError::from)?;
         let manager = self.manager.insert(manager);
@@ -347,13 +336,7 @@ impl Receiver {
     }
 
     fn cancelled(&self) -> MigrationError {
-        MigrationError::aborted(
-            self.phase,
-            io::Error::new(
-                io::ErrorKind::Interrupted,
-                "the migration was cancelled (its future was dropped)",
-            ),
-        )
+        MigrationError::cancelled(self.phase)
     }
 
     /// The next frame (an error frame is the source's failure).
@@ -420,30 +403,11 @@ impl Receiver {
     }
 
     /// Stops after `error`: tells the source why (when the error is this side's own), reads
-    /// until the source closes, shuts the transport down, stops the apply thread and closes
-    /// what was built.
+    /// until the source closes, shuts the transport down and closes what was built (the apply
+    /// thread has stopped by then).
     fn fail(&mut self, error: MigrationError) -> MigrationError {
-        let error = if self.cancel.is_cancelled() {
-            self.cancelled()
-        } else {
-            error
-        };
-        let own = !matches!(
-            &error,
-            MigrationError::Aborted { .. }
-                | MigrationError::Protocol {
-                    detected_by: Side::Source,
-                    ..
-                }
-        );
-        if own {
-            let (kind, offset, message) = error.peer_message();
-            let frame = wire::PeerError {
-                kind,
-                offset,
-                message,
-            }
-            .encode();
+        let (error, frame) = error.settle(Side::Destination, self.phase, &self.cancel);
+        if let Some(frame) = frame {
             if self.write(&frame).is_ok() {
                 // The source stops when it reads the error and closes the stream.
                 self.frames.drain();

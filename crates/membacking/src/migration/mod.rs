@@ -331,14 +331,41 @@ impl MigrationError {
         MigrationError::Aborted { phase, cause }
     }
 
-    /// The message an error frame carries to the peer.
-    fn peer_message(&self) -> (wire::ErrorKind, u64, String) {
-        match self {
-            MigrationError::Protocol { what, offset, .. } => {
-                (wire::ErrorKind::Protocol, *offset, what.clone())
-            }
-            other => (wire::ErrorKind::Failed, 0, other.to_string()),
-        }
+    /// The error of a migration its caller cancelled.
+    fn cancelled(phase: MigrationPhase) -> Self {
+        MigrationError::aborted(
+            phase,
+            io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the migration was cancelled (its future was dropped)",
+            ),
+        )
+    }
+
+    /// What `side` reports after `error` (the cancellation, if the caller cancelled), and the
+    /// error frame that tells the peer why, when the failure is this side's own (not a lost
+    /// connection, not a problem the peer reported).
+    fn settle(self, side: Side, phase: MigrationPhase, cancel: &Cancel) -> (Self, Option<Vec<u8>>) {
+        let error = if cancel.is_cancelled() {
+            MigrationError::cancelled(phase)
+        } else {
+            self
+        };
+        let frame = match &error {
+            MigrationError::Aborted { .. } => None,
+            MigrationError::Protocol { detected_by, .. } if *detected_by != side => None,
+            MigrationError::Protocol { what, offset, .. } => Some(wire::PeerError {
+                kind: wire::ErrorKind::Protocol,
+                offset: *offset,
+                message: what.clone(),
+            }),
+            other => Some(wire::PeerError {
+                kind: wire::ErrorKind::Failed,
+                offset: 0,
+                message: other.to_string(),
+            }),
+        };
+        (error, frame.map(|frame| frame.encode()))
     }
 }
 

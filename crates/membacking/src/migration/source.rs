@@ -474,13 +474,7 @@ impl Source {
     }
 
     fn cancelled(&self) -> MigrationError {
-        MigrationError::aborted(
-            self.phase,
-            io::Error::new(
-                io::ErrorKind::Interrupted,
-                "the migration was cancelled (its future was dropped)",
-            ),
-        )
+        MigrationError::cancelled(self.phase)
     }
 
     /// Fails if the destination reported an error or the link went down (without waiting).
@@ -616,30 +610,11 @@ impl Source {
     /// Stops after `error`: tells the destination why (when the error is this side's own),
     /// waits for it to close, shuts the transport down and joins the threads.
     fn fail(&mut self, error: MigrationError) -> MigrationError {
-        let error = if self.cancel.is_cancelled() {
-            self.cancelled()
-        } else {
-            error
-        };
-        let own = !matches!(
-            &error,
-            MigrationError::Aborted { .. }
-                | MigrationError::Protocol {
-                    detected_by: Side::Destination,
-                    ..
-                }
-        );
-        let told = own && {
-            let (kind, offset, message) = error.peer_message();
-            let frame = wire::PeerError {
-                kind,
-                offset,
-                message,
-            }
-            .encode();
+        let (error, frame) = error.settle(Side::Source, self.phase, &self.cancel);
+        let told = frame.is_some_and(|frame| {
             let len = frame.len();
             self.link.send(frame, len).is_ok()
-        };
+        });
         self.link.close_writer();
         if told {
             // The destination closes when it reads the error; then the receiver ends.

@@ -465,9 +465,35 @@ pub(crate) fn layout_of(
     Ok(layout)
 }
 
-/// Whether two layouts are the same.
-pub(crate) fn same_layout(a: &MemoryLayout, b: &MemoryLayout) -> bool {
-    a.ram() == b.ram() && a.mmio() == b.mmio() && a.vtl2_range() == b.vtl2_range()
+/// Refuses `layout` when the caller expected another one; `what` introduces the layout found
+/// in the message ("it was taken of").
+pub(crate) fn check_expected_layout(
+    dir: &Path,
+    what: &str,
+    layout: &MemoryLayout,
+    expected: Option<&MemoryLayout>,
+) -> Result<(), SnapshotError> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let same = expected.ram() == layout.ram()
+        && expected.mmio() == layout.mmio()
+        && expected.vtl2_range() == layout.vtl2_range();
+    if same {
+        return Ok(());
+    }
+    Err(SnapshotError::Layout {
+        dir: dir.to_owned(),
+        what: format!(
+            "{what} layout RAM {:?} MMIO {:?} VTL2 {:?}, not the expected RAM {:?} MMIO {:?} VTL2 {:?}",
+            layout.ram(),
+            layout.mmio(),
+            layout.vtl2_range(),
+            expected.ram(),
+            expected.mmio(),
+            expected.vtl2_range()
+        ),
+    })
 }
 
 /// Checks that every backing names a recorded mapping of exactly one window of `manifest`.
@@ -516,22 +542,7 @@ fn plan(dir: &Path, options: &RestoreOptions) -> Result<Plan, SnapshotError> {
     let layers = load_chain(dir)?;
     let top = &layers[layers.len() - 1].manifest;
     let layout = layout_of(dir, &top.layout)?;
-    if let Some(expected) = &options.layout {
-        if !same_layout(expected, &layout) {
-            return Err(SnapshotError::Layout {
-                dir: dir.to_owned(),
-                what: format!(
-                    "it was taken of layout RAM {:?} MMIO {:?} VTL2 {:?}, not the expected RAM {:?} MMIO {:?} VTL2 {:?}",
-                    layout.ram(),
-                    layout.mmio(),
-                    layout.vtl2_range(),
-                    expected.ram(),
-                    expected.mmio(),
-                    expected.vtl2_range()
-                ),
-            });
-        }
-    }
+    check_expected_layout(dir, "it was taken of", &layout, options.layout.as_ref())?;
     check_window_backings(dir, top, &options.window_backings)?;
     let pieces = flatten(&layers);
     Ok(Plan {
