@@ -24,6 +24,8 @@
 // Unsafe code: the copy-path baseline walks the RAM object's data with lseek(SEEK_DATA).
 #![allow(unsafe_code)]
 
+mod support;
+
 use futures::executor::block_on;
 use membacking::migration::MigrateFromOptions;
 use membacking::migration::MigrateOptions;
@@ -40,6 +42,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
+use support::median;
+use support::random_bytes;
+use support::warm_up;
+use support::Figure;
+use support::Rng;
 use vm_topology::memory::MemoryLayout;
 
 const MIB: u64 = 1 << 20;
@@ -47,70 +54,10 @@ const GIB: u64 = 1 << 30;
 const PAGE: usize = 4096;
 const MMIO_GAP: MemoryRange = MemoryRange::new(0xC000_0000..0x1_0000_0000);
 
-/// One figure of the report.
-struct Figure<'a> {
-    name: &'a str,
-    value: f64,
-    unit: &'a str,
-    baseline: &'a str,
-    baseline_value: f64,
-    /// `ours / baseline` (times).
-    ratio: f64,
-    /// The target on the ratio.
-    target: f64,
-}
-
-impl Figure<'_> {
-    fn print(&self) {
-        let met = self.ratio <= self.target;
-        println!(
-            "{{\"name\":\"{}\",\"value\":{:.3},\"unit\":\"{}\",\"baseline\":\"{}\",\"baselineValue\":{:.3},\"ratio\":{:.3},\"target\":\"<= {}\",\"met\":{met}}}",
-            self.name, self.value, self.unit, self.baseline, self.baseline_value, self.ratio, self.target
-        );
-    }
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut values = values.to_vec();
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
-}
-
 fn spread(values: &[f64]) -> String {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(0.0, f64::max);
     format!("{min:.3}–{max:.3}")
-}
-
-/// Touches and frees 1 GiB so later first touches do not pay for memory handed back to the
-/// outer hypervisor (see the project's machine limits).
-fn warm_up() {
-    let mut block = vec![0u8; 1 << 30];
-    for page in block.chunks_mut(PAGE) {
-        page[0] = 1;
-    }
-    std::hint::black_box(&block);
-}
-
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
-fn random_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(len + 8);
-    while bytes.len() < len {
-        bytes.extend_from_slice(&(rng.next() | 1).to_le_bytes());
-    }
-    bytes.truncate(len);
-    bytes
 }
 
 /// A 1 GiB guest with `touched` bytes of random data in 128 KiB chunks spread over it.
@@ -327,7 +274,7 @@ fn total_time() {
         baseline: "the same bytes written raw through the same Unix socketpair",
         baseline_value: median(&raw),
         ratio: median(&paired),
-        target: 1.3,
+        target: ("<=", 1.3),
     }
     .print();
     block_on(source.close());
@@ -446,7 +393,7 @@ fn downtime() {
         baseline: "the final round's page bytes written raw through the same Unix socketpair",
         baseline_value: baseline,
         ratio: median(&ratios),
-        target: 2.0,
+        target: ("<=", 2.0),
     }
     .print();
     block_on(source.close());

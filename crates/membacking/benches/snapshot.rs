@@ -23,6 +23,8 @@
 // Unsafe code: the baselines copy files with copy_file_range/sendfile and walk them with lseek.
 #![allow(unsafe_code)]
 
+mod support;
+
 use futures::executor::block_on;
 use membacking::snapshot::uffd::Userfaultfd;
 use membacking::snapshot::RestoreMode;
@@ -38,76 +40,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
+use support::median;
+use support::random_bytes;
+use support::warm_up;
+use support::Figure;
+use support::Rng;
 use vm_topology::memory::MemoryLayout;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 const PAGE: usize = 4096;
 const MMIO_GAP: MemoryRange = MemoryRange::new(0xC000_0000..0x1_0000_0000);
-
-/// One figure of the report.
-struct Figure<'a> {
-    name: &'a str,
-    value: f64,
-    unit: &'a str,
-    baseline: &'a str,
-    baseline_value: f64,
-    /// `ours / baseline` for times and sizes, `baseline / ours` for throughputs.
-    ratio: f64,
-    /// The target on the ratio: `(">=", 0.8)` or `("<=", 3.0)`.
-    target: (&'a str, f64),
-}
-
-impl Figure<'_> {
-    fn print(&self) {
-        let (relation, bound) = self.target;
-        let met = if relation == "<=" {
-            self.ratio <= bound
-        } else {
-            self.ratio >= bound
-        };
-        println!(
-            "{{\"name\":\"{}\",\"value\":{:.3},\"unit\":\"{}\",\"baseline\":\"{}\",\"baselineValue\":{:.3},\"ratio\":{:.3},\"target\":\"{relation} {bound}\",\"met\":{met}}}",
-            self.name, self.value, self.unit, self.baseline, self.baseline_value, self.ratio
-        );
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
-}
-
-/// Touches and frees 1 GiB so later first touches do not pay for memory handed back to the
-/// outer hypervisor (see the project's machine limits).
-fn warm_up() {
-    let mut block = vec![0u8; 1 << 30];
-    for page in block.chunks_mut(PAGE) {
-        page[0] = 1;
-    }
-    std::hint::black_box(&block);
-}
-
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
-fn random_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(len + 8);
-    while bytes.len() < len {
-        bytes.extend_from_slice(&(rng.next() | 1).to_le_bytes());
-    }
-    bytes.truncate(len);
-    bytes
-}
 
 fn layout(ram: u64) -> MemoryLayout {
     MemoryLayout::new(ram, &[MMIO_GAP], None).unwrap()
@@ -243,7 +186,7 @@ fn snapshot_and_copy_restore(dir: &Path) {
         target: ("<=", 1.05),
     }
     .print();
-    let (ours, theirs) = (median(ours), median(theirs));
+    let (ours, theirs) = (median(&ours), median(&theirs));
     let mbps = |seconds: f64| touched as f64 / seconds / 1e6;
     let ratio = mbps(ours) / mbps(theirs);
     Figure {
@@ -279,7 +222,7 @@ fn snapshot_and_copy_restore(dir: &Path) {
         copy_range(source.as_raw_fd(), 0, object.as_raw_fd(), 0, size);
         theirs.push(start.elapsed().as_secs_f64());
     }
-    let (ours, theirs) = (median(ours), median(theirs));
+    let (ours, theirs) = (median(&ours), median(&theirs));
     let mbps = |seconds: f64| size as f64 / seconds / 1e6;
     let ratio = mbps(ours) / mbps(theirs);
     Figure {
@@ -342,7 +285,7 @@ fn incremental(dir: &Path) {
         remove(&top);
         remove(&base);
     }
-    let (full, increment) = (median(full), median(increments));
+    let (full, increment) = (median(&full), median(&increments));
     let ratio = increment / full;
     Figure {
         name: "incremental_snapshot_1pct_dirty_1gib",
@@ -419,7 +362,8 @@ fn lazy_restore(dir: &Path) {
         large_times.push(lazy_restore_ms(&large));
         builds.push(build_ms(16 * GIB));
     }
-    let (small_ms, large_ms, build_ms) = (median(small_times), median(large_times), median(builds));
+    let (small_ms, large_ms, build_ms) =
+        (median(&small_times), median(&large_times), median(&builds));
     let ratio = large_ms / small_ms;
     Figure {
         name: "lazy_restore_16gib_vs_1gib",
