@@ -248,8 +248,8 @@ impl fmt::Display for MigrationPhase {
 /// JavaScript codes.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
-    /// The connection was lost, the peer went away or failed, the caller's pause failed, or
-    /// the migration was cancelled (`ERR_MIGRATION_ABORTED`).
+    /// The connection was lost, the peer went away or reported its own failure, or the
+    /// migration was cancelled (`ERR_MIGRATION_ABORTED`).
     #[error("the migration was aborted during the {phase} phase: {cause}")]
     Aborted {
         /// Where it stopped.
