@@ -723,12 +723,21 @@ impl GuestMemoryManager {
     /// inaccessible except locked pages), and the RAM object and threads are released. Resolves
     /// when the manager thread has exited. Objects obtained from the manager then fail with
     /// `ManagerGone` (accessors: kind `OutOfRange`).
+    ///
+    /// A lazy restore still filling RAM is stopped first: its threads are joined and its
+    /// userfaultfd and snapshot files closed before the future resolves (pages it had not
+    /// filled read as zeros to whoever still holds the RAM object).
     pub fn close(mut self) -> impl Future<Output = ()> + Send + 'static {
+        let lazy_restore = self.lazy_restore.lock().take();
+        let cancelled = lazy_restore.map(|lazy| lazy.cancel());
         self.regions.shutdown(true);
         let thread = self.thread.take();
         let stopped = self.stopped.take();
         drop(self);
         async move {
+            if let Some(cancelled) = cancelled {
+                cancelled.await;
+            }
             if let Some(stopped) = stopped {
                 let _ = stopped.await;
             }

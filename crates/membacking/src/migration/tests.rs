@@ -271,12 +271,12 @@ fn memory_regions_and_windows_arrive_while_a_writer_runs() {
                 window_backings: vec![
                     WindowBacking {
                         window: "framebuffer".into(),
-                        offset: 0,
+                        offset: Some(0),
                         object: first.try_clone().unwrap(),
                     },
                     WindowBacking {
                         window: "framebuffer".into(),
-                        offset: 0x3000,
+                        offset: Some(0x3000),
                         object: second.try_clone().unwrap(),
                     },
                 ],
@@ -930,7 +930,7 @@ fn failures_of_either_side_reach_the_other_with_their_reason() {
         MigrateFromOptions {
             window_backings: vec![WindowBacking {
                 window: "nic".into(),
-                offset: 0,
+                offset: Some(0),
                 object: memfd(4096, 0),
             }],
             ..MigrateFromOptions::default()
@@ -1326,7 +1326,7 @@ mod kvm {
             MigrateFromOptions {
                 window_backings: vec![WindowBacking {
                     window: "fb".into(),
-                    offset: 0,
+                    offset: Some(0),
                     object: fb.try_clone().unwrap(),
                 }],
                 ..MigrateFromOptions::default()

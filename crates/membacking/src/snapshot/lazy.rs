@@ -120,6 +120,8 @@ enum Failure {
         op: &'static str,
         what: String,
     },
+    /// The manager was closed before the restore finished.
+    Cancelled,
 }
 
 impl Failure {
@@ -146,6 +148,9 @@ impl Failure {
             },
             Failure::Other { op, what } => {
                 SnapshotError::io(op, PathBuf::new(), io::Error::other(what.clone()))
+            }
+            Failure::Cancelled => {
+                SnapshotError::Manager(crate::region_manager::RegionManagerError::ManagerGone)
             }
         }
     }
@@ -257,14 +262,49 @@ struct Shared {
     filler_started: AtomicBool,
     /// The restore is being torn down: copies may fail because views are unregistered.
     closing: AtomicBool,
-    finished: AtomicBool,
-    faults: AtomicU64,
-    filled: AtomicU64,
+    /// The manager is being closed: the filler stops at its next chunk and tears down.
+    cancelled: AtomicBool,
+    /// The handler and filler threads, joined by a cancel (a restore that finishes on its own
+    /// leaves them detached: they end with it).
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    status: Arc<Status>,
     total: u64,
     progress: Option<Progress>,
     failure: Mutex<Option<Failure>>,
-    completion: Mutex<Completion>,
     zeros: Box<[u8]>,
+}
+
+/// What outlives the restore's machinery: its progress and outcome. The handle and the
+/// manager keep only this (and a weak reference to [`Shared`]), so the userfaultfd, the
+/// snapshot's files and the bitmaps are released as soon as the threads end.
+#[derive(Default)]
+struct Status {
+    finished: AtomicBool,
+    faults: AtomicU64,
+    filled: AtomicU64,
+    completion: Mutex<Completion>,
+}
+
+impl Status {
+    fn stats(&self) -> LazyStats {
+        LazyStats {
+            faults: self.faults.load(Ordering::Relaxed),
+            pages_filled: self.filled.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A receiver of the outcome, or `None` when it is known already.
+    fn waiter(&self) -> Option<oneshot::Receiver<Result<LazyStats, Failure>>> {
+        let mut completion = self.completion.lock();
+        match &completion.result {
+            Some(_) => None,
+            None => {
+                let (sender, receiver) = oneshot::channel();
+                completion.waiters.push(sender);
+                Some(receiver)
+            }
+        }
+    }
 }
 
 /// The background side of a lazy restore (from [`RestoredManager::lazy`](super::RestoredManager::lazy)).
@@ -272,7 +312,8 @@ struct Shared {
 /// Dropping it does not stop the restore (the memory depends on it); a deferred background
 /// fill is started then.
 pub struct LazyRestore {
-    shared: Arc<Shared>,
+    status: Arc<Status>,
+    shared: std::sync::Weak<Shared>,
 }
 
 impl std::fmt::Debug for LazyRestore {
@@ -406,13 +447,12 @@ impl LazyRestore {
             stop,
             filler_started: AtomicBool::new(false),
             closing: AtomicBool::new(false),
-            finished: AtomicBool::new(false),
-            faults: AtomicU64::new(0),
-            filled: AtomicU64::new(0),
+            cancelled: AtomicBool::new(false),
+            threads: Mutex::new(Vec::new()),
+            status: Arc::default(),
             total,
             progress,
             failure: Mutex::new(None),
-            completion: Mutex::new(Completion::default()),
             zeros: vec![0u8; PAGE].into_boxed_slice(),
         });
         // Register what is in place now (private RAM; views of the object mapped so far) and
@@ -443,48 +483,61 @@ impl LazyRestore {
         let spawned = std::thread::Builder::new()
             .name("lazy-restore-faults".into())
             .spawn(move || serve_faults(handler));
-        if let Err(error) = spawned {
-            shared.teardown();
-            return Err(SnapshotError::io(
-                "spawn",
-                "the lazy restore fault handler",
-                error,
-            ));
+        match spawned {
+            Ok(thread) => shared.threads.lock().push(thread),
+            Err(error) => {
+                shared.teardown();
+                return Err(SnapshotError::io(
+                    "spawn",
+                    "the lazy restore fault handler",
+                    error,
+                ));
+            }
         }
         if background {
             shared.start_background();
         }
-        Ok(Self { shared })
+        Ok(Self {
+            status: shared.status.clone(),
+            shared: Arc::downgrade(&shared),
+        })
     }
 
     /// Starts the background fill of a restore made with `defer_background_fill`.
     pub fn start_background(&self) {
-        self.shared.start_background();
+        if let Some(shared) = self.shared.upgrade() {
+            shared.start_background();
+        }
     }
 
     /// Whether every page has been restored and userfaultfd is no longer involved.
     pub fn is_finished(&self) -> bool {
-        self.shared.finished.load(Ordering::Acquire)
+        self.status.finished.load(Ordering::Acquire)
+    }
+
+    /// Whether the restore's machinery (threads, userfaultfd, snapshot files) is gone.
+    #[cfg(test)]
+    pub(crate) fn is_released(&self) -> bool {
+        self.shared.strong_count() == 0
     }
 
     /// Faults served and pages filled so far.
     pub fn stats(&self) -> LazyStats {
-        self.shared.stats()
+        self.status.stats()
     }
 
     /// Resolves when the restore has finished (every view unregistered), with its statistics,
     /// or with the first corrupt page it found ([`SnapshotError::Corrupt`]).
     pub fn wait(&self) -> impl Future<Output = Result<LazyStats, SnapshotError>> + Send + 'static {
-        let receiver = {
-            let mut completion = self.shared.completion.lock();
-            match &completion.result {
-                Some(result) => Err(result.clone()),
-                None => {
-                    let (sender, receiver) = oneshot::channel();
-                    completion.waiters.push(sender);
-                    Ok(receiver)
-                }
-            }
+        let receiver = match self.status.waiter() {
+            Some(receiver) => Ok(receiver),
+            None => Err(self
+                .status
+                .completion
+                .lock()
+                .result
+                .clone()
+                .unwrap_or(Ok(LazyStats::default()))),
         };
         async move {
             let result = match receiver {
@@ -502,18 +555,11 @@ impl LazyRestore {
 impl Drop for LazyRestore {
     fn drop(&mut self) {
         // The memory depends on the restore finishing.
-        self.shared.start_background();
+        self.start_background();
     }
 }
 
 impl Shared {
-    fn stats(&self) -> LazyStats {
-        LazyStats {
-            faults: self.faults.load(Ordering::Relaxed),
-            pages_filled: self.filled.load(Ordering::Relaxed),
-        }
-    }
-
     /// Starts the background filler (once; detached: it ends with the restore). Where no
     /// thread can be started, the fill runs on the calling thread.
     fn start_background(self: &Arc<Self>) {
@@ -524,8 +570,9 @@ impl Shared {
         let spawned = std::thread::Builder::new()
             .name("lazy-restore-fill".into())
             .spawn(move || fill_all(shared));
-        if spawned.is_err() {
-            fill_all(self.clone());
+        match spawned {
+            Ok(thread) => self.threads.lock().push(thread),
+            Err(_) => fill_all(self.clone()),
         }
     }
 
@@ -592,7 +639,7 @@ impl Shared {
 
     /// Serves a missing-page fault at `address`.
     fn serve_fault(&self, address: usize) {
-        self.faults.fetch_add(1, Ordering::Relaxed);
+        self.status.faults.fetch_add(1, Ordering::Relaxed);
         let page_address = address & !(PAGE - 1);
         let Some(offset) = self.backing_offset(page_address) else {
             // Not RAM (cannot happen: only RAM views are registered): never leave it waiting.
@@ -606,7 +653,7 @@ impl Shared {
                 Some(piece) if piece.source != Source::Zero => {
                     match read_verified(&self.layers, &piece, &mut buffer) {
                         Ok(()) => {
-                            self.filled.fetch_add(1, Ordering::Relaxed);
+                            self.status.filled.fetch_add(1, Ordering::Relaxed);
                             &buffer
                         }
                         Err(error) => {
@@ -685,10 +732,10 @@ impl Shared {
     fn complete(&self) {
         let result = match self.failure.lock().clone() {
             Some(failure) => Err(failure),
-            None => Ok(self.stats()),
+            None => Ok(self.status.stats()),
         };
-        self.finished.store(true, Ordering::Release);
-        let mut completion = self.completion.lock();
+        self.status.finished.store(true, Ordering::Release);
+        let mut completion = self.status.completion.lock();
         completion.result = Some(result.clone());
         for waiter in completion.waiters.drain(..) {
             let _ = waiter.send(result.clone());
@@ -741,13 +788,17 @@ fn serve_faults(shared: Arc<Shared>) {
 fn fill_all(shared: Arc<Shared>) {
     let mut buffer = vec![0u8; PAGE * FILL_PAGES];
     let mut reported = 0u64;
-    for piece in shared
+    'pieces: for piece in shared
         .pieces
         .iter()
         .filter(|piece| piece.source != Source::Zero)
     {
         let mut skip = 0;
         while skip < piece.pages {
+            if shared.cancelled.load(Ordering::Acquire) {
+                shared.failure.lock().get_or_insert(Failure::Cancelled);
+                break 'pieces;
+            }
             let count = (piece.pages - skip).min(FILL_PAGES as u64);
             let chunk = piece.slice(skip, count);
             skip += count;
@@ -821,7 +872,10 @@ fn fill_chunk(shared: &Shared, chunk: &Piece, buffer: &mut [u8]) -> Result<(), S
         }
         match copied {
             Ok(()) => {
-                shared.filled.fetch_add(run as u64, Ordering::Relaxed);
+                shared
+                    .status
+                    .filled
+                    .fetch_add(run as u64, Ordering::Relaxed);
             }
             // Go on: the other runs' pages must be filled (and marked done) too.
             Err(error) => shared.copy_failed(&error),
@@ -833,7 +887,10 @@ fn fill_chunk(shared: &Shared, chunk: &Piece, buffer: &mut [u8]) -> Result<(), S
 
 /// A decommit during a lazy restore claims its pages first (see [`Shared::claim_for_decommit`]).
 #[derive(Clone)]
-pub(crate) struct DecommitGuard(std::sync::Weak<Shared>);
+pub(crate) struct DecommitGuard {
+    status: Arc<Status>,
+    shared: std::sync::Weak<Shared>,
+}
 
 impl std::fmt::Debug for DecommitGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -843,7 +900,10 @@ impl std::fmt::Debug for DecommitGuard {
 
 impl DecommitGuard {
     pub(crate) fn new(restore: &LazyRestore) -> Self {
-        Self(Arc::downgrade(&restore.shared))
+        Self {
+            status: restore.status.clone(),
+            shared: restore.shared.clone(),
+        }
     }
 
     /// Resolves when the restore has finished (starting its background fill if it was
@@ -852,37 +912,62 @@ impl DecommitGuard {
     pub(crate) fn finished(
         &self,
     ) -> impl Future<Output = Result<(), SnapshotError>> + Send + 'static {
-        let receiver = self.0.upgrade().and_then(|shared| {
-            shared.start_background();
-            let mut completion = shared.completion.lock();
-            match &completion.result {
-                Some(_) => None,
-                None => {
-                    let (sender, receiver) = oneshot::channel();
-                    completion.waiters.push(sender);
-                    Some(receiver)
-                }
+        let receiver = self.status.waiter();
+        if receiver.is_some() {
+            if let Some(shared) = self.shared.upgrade() {
+                shared.start_background();
             }
+        }
+        let status = self.status.clone();
+        async move {
+            let result = match receiver {
+                None => status.completion.lock().result.clone(),
+                Some(receiver) => receiver.await.ok(),
+            };
+            match result {
+                Some(Err(failure)) => Err(failure.to_error()),
+                Some(Ok(_)) | None => Ok(()),
+            }
+        }
+    }
+
+    /// Stops a restore that is still running (the manager is being closed): the filler stops at
+    /// its next chunk, every view is unregistered, and the handler and filler threads are
+    /// joined before the future resolves, so the userfaultfd and the snapshot's files are
+    /// closed. Waiters get `ManagerGone`; pages not filled by then read as zeros.
+    pub(crate) fn cancel(&self) -> impl Future<Output = ()> + Send + 'static {
+        let pending = self.shared.upgrade().map(|shared| {
+            shared.cancelled.store(true, Ordering::Release);
+            let receiver = shared.status.waiter();
+            // A deferred fill starts now, sees the cancel and tears the restore down.
+            shared.start_background();
+            (shared, receiver)
         });
         async move {
-            match receiver {
-                None => Ok(()),
-                Some(receiver) => match receiver.await {
-                    Ok(Ok(_)) | Err(_) => Ok(()),
-                    Ok(Err(failure)) => Err(failure.to_error()),
-                },
+            let Some((shared, receiver)) = pending else {
+                return;
+            };
+            if let Some(receiver) = receiver {
+                let _ = receiver.await;
+            }
+            let threads = std::mem::take(&mut *shared.threads.lock());
+            drop(shared);
+            for thread in threads {
+                if thread.thread().id() != std::thread::current().id() {
+                    let _ = thread.join();
+                }
             }
         }
     }
 
     /// Claims the backing pages of GPA `range` if the restore is still running.
     pub(crate) fn claim(&self, range: memory_range::MemoryRange) {
-        let Some(shared) = self.0.upgrade() else {
-            return;
-        };
-        if shared.finished.load(Ordering::Acquire) {
+        if self.status.finished.load(Ordering::Acquire) {
             return;
         }
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
         for spec in &shared.specs {
             let (start, end) = (
                 range.start().max(spec.range.start()),

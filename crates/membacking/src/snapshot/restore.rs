@@ -37,6 +37,7 @@ use memory_range::MemoryRange;
 use sparse_mmap::Mappable;
 use std::fs::File;
 use std::future::Future;
+use std::os::fd::AsFd;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -61,15 +62,24 @@ pub enum RestoreMode {
     Lazy,
 }
 
-/// A backing for one recorded mapping of a device window (the snapshot holds none).
+/// A backing for recorded mappings of a device window (the snapshot holds none).
 #[derive(Debug)]
 pub struct WindowBacking {
     /// The window's name.
     pub window: String,
-    /// The mapping's offset in the window.
-    pub offset: u64,
-    /// The object to map (mapped with the recorded length, object offset and writability).
+    /// The offset in the window of the one recorded mapping this backs, or `None` for every
+    /// recorded mapping of the window (one object behind the whole window).
+    pub offset: Option<u64>,
+    /// The object to map (mapped with each mapping's recorded length, object offset and
+    /// writability).
     pub object: Mappable,
+}
+
+impl WindowBacking {
+    /// Whether this backs the recorded mapping at `offset` of window `window`.
+    fn backs(&self, window: &str, offset: u64) -> bool {
+        self.window == window && self.offset.is_none_or(|own| own == offset)
+    }
 }
 
 /// Options of [`GuestMemoryBuilder::restore`].
@@ -206,6 +216,69 @@ pub fn read_snapshot(dir: &Path) -> Result<Manifest, SnapshotError> {
         super::publish::recover(&target)?;
     }
     read_manifest(dir)
+}
+
+/// A snapshot's chain, newest first: each snapshot's directory and verified manifest, with its
+/// index checked against the manifest and its memory file against its size (what a restore
+/// checks before it builds anything; the pages themselves are not read).
+pub fn read_snapshot_chain(dir: &Path) -> Result<Vec<(PathBuf, Manifest)>, SnapshotError> {
+    if let Ok(target) = super::publish::Target::new(dir) {
+        super::publish::recover(&target)?;
+    }
+    let mut chain: Vec<_> = load_chain(dir)?
+        .into_iter()
+        .map(|layer| (layer.dir, layer.manifest))
+        .collect();
+    chain.reverse();
+    Ok(chain)
+}
+
+/// What [`verify_snapshot`] checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedSnapshot {
+    /// The chain, newest first (as [`read_snapshot_chain`]).
+    pub chain: Vec<(PathBuf, Manifest)>,
+    /// Pages whose checksum was checked, over every layer.
+    pub pages: u64,
+}
+
+/// Checks everything a restore checks and, in addition, every page of every layer of the
+/// chain against its CRC-32C (a restore reads only the newest layer's copy of a page). The
+/// first mismatch is [`SnapshotError::Corrupt`] naming the memory file and the page's offset in
+/// it. `progress` is told `(bytes checked, total)`.
+pub fn verify_snapshot(
+    dir: impl AsRef<Path>,
+    progress: Option<Progress>,
+) -> impl Future<Output = Result<VerifiedSnapshot, SnapshotError>> + Send + 'static {
+    let dir = dir.as_ref().to_owned();
+    on_thread("verify", move || {
+        if let Ok(target) = super::publish::Target::new(&dir) {
+            super::publish::recover(&target)?;
+        }
+        let layers = load_chain(&dir)?;
+        let items: Vec<Piece> = layers
+            .iter()
+            .enumerate()
+            .flat_map(|(layer, loaded)| data_items(&layer_pieces(layer, &loaded.index)))
+            .collect();
+        super::parallel_items(
+            &items,
+            |item| item.pages * PAGE_SIZE,
+            progress.as_ref(),
+            || (),
+            |(), buffer, item| {
+                let len = usize::try_from(item.pages * PAGE_SIZE).unwrap_or(0);
+                read_verified(&layers, item, &mut buffer[..len])
+            },
+        )?;
+        let pages = items.iter().map(|item| item.pages).sum();
+        let mut chain: Vec<_> = layers
+            .into_iter()
+            .map(|layer| (layer.dir, layer.manifest))
+            .collect();
+        chain.reverse();
+        Ok(VerifiedSnapshot { chain, pages })
+    })
 }
 
 pub(crate) fn read_manifest(dir: &Path) -> Result<Manifest, SnapshotError> {
@@ -503,30 +576,7 @@ pub(crate) fn check_window_backings(
     backings: &[WindowBacking],
 ) -> Result<(), SnapshotError> {
     for backing in backings {
-        let matches: Vec<_> = manifest
-            .device_windows
-            .iter()
-            .filter(|window| window.name == backing.window)
-            .collect();
-        let found = match matches.as_slice() {
-            [window] => window
-                .mappings
-                .iter()
-                .any(|mapping| mapping.offset.0 == backing.offset),
-            _ => false,
-        };
-        if !found {
-            return Err(SnapshotError::Layout {
-                dir: dir.to_owned(),
-                what: format!(
-                    "a backing was given for offset {:#x} of device window {:?}, but the snapshot has {} window(s) of that name{}",
-                    backing.offset,
-                    backing.window,
-                    matches.len(),
-                    if matches.len() == 1 { " and no mapping at that offset" } else { "" }
-                ),
-            });
-        }
+        check_window_backing(dir, manifest, backing)?;
     }
     Ok(())
 }
@@ -549,6 +599,52 @@ fn plan(dir: &Path, options: &RestoreOptions) -> Result<Plan, SnapshotError> {
         layers: Arc::new(layers),
         pieces: Arc::new(pieces),
         layout,
+    })
+}
+
+/// A backing must name exactly one recorded window and, with an offset, one of its mappings;
+/// a window-wide backing needs a window with mappings.
+fn check_window_backing(
+    dir: &Path,
+    top: &Manifest,
+    backing: &WindowBacking,
+) -> Result<(), SnapshotError> {
+    let matches: Vec<_> = top
+        .device_windows
+        .iter()
+        .filter(|window| window.name == backing.window)
+        .collect();
+    let what = match (matches.as_slice(), backing.offset) {
+        ([window], offset) => {
+            let backed = window
+                .mappings
+                .iter()
+                .any(|mapping| backing.backs(&window.name, mapping.offset.0));
+            if backed {
+                return Ok(());
+            }
+            match offset {
+                Some(offset) => format!(
+                    "a backing was given for offset {offset:#x} of device window {:?}, which has no mapping there (its mappings start at {:x?})",
+                    backing.window,
+                    window.mappings.iter().map(|m| m.offset.0).collect::<Vec<_>>()
+                ),
+                None => format!(
+                    "a backing was given for device window {:?}, which has no recorded mappings",
+                    backing.window
+                ),
+            }
+        }
+        (found, _) => format!(
+            "a backing was given for device window {:?}, but the snapshot has {} window(s) of that name (it has {:?})",
+            backing.window,
+            found.len(),
+            top.device_windows.iter().map(|w| w.name.as_str()).collect::<Vec<_>>()
+        ),
+    };
+    Err(SnapshotError::Layout {
+        dir: dir.to_owned(),
+        what,
     })
 }
 
@@ -750,13 +846,18 @@ pub(crate) async fn recreate_regions(
         for mapping in &record.mappings {
             let supplied = backings
                 .iter()
-                .position(|backing| {
-                    backing.window == record.name && backing.offset == mapping.offset.0
-                })
-                .map(|position| backings.swap_remove(position));
-            let Some(backing) = supplied else {
-                missing.push(mapping.clone());
-                continue;
+                .position(|backing| backing.backs(&record.name, mapping.offset.0));
+            let object = match supplied {
+                // A window-wide backing stays for the window's other mappings.
+                Some(position) if backings[position].offset.is_none() => {
+                    sparse_mmap::mappable_from_fd(backings[position].object.as_fd())
+                        .map_err(&failed)?
+                }
+                Some(position) => backings.swap_remove(position).object,
+                None => {
+                    missing.push(mapping.clone());
+                    continue;
+                }
             };
             let (Ok(offset), Ok(map_len)) = (
                 usize::try_from(mapping.offset.0),
@@ -769,7 +870,7 @@ pub(crate) async fn recreate_regions(
             region
                 .map(
                     offset,
-                    &backing.object,
+                    &object,
                     mapping.file_offset.0,
                     map_len,
                     mapping.writable,

@@ -227,12 +227,12 @@ fn round_trips_are_byte_exact_with_visibility_and_windows_in_both_modes() {
                 Some((_, _, first, second)) => vec![
                     WindowBacking {
                         window: "framebuffer".into(),
-                        offset: 0,
+                        offset: Some(0),
                         object: first.try_clone().unwrap(),
                     },
                     WindowBacking {
                         window: "framebuffer".into(),
-                        offset: 0x3000,
+                        offset: Some(0x3000),
                         object: second.try_clone().unwrap(),
                     },
                 ],
@@ -333,6 +333,47 @@ fn lazy_restore_serves_first_touches_before_the_background_fill() {
     assert_eq!(lazy.stats().faults, faults);
     drop(memory);
     block_on(restored.manager.close());
+    block_on(manager.close());
+}
+
+#[test]
+fn closing_a_manager_stops_its_lazy_restore_and_releases_it() {
+    let test = "closing_a_manager_stops_its_lazy_restore_and_releases_it";
+    if !lazy_available(test) {
+        return;
+    }
+    let manager = build(false);
+    let mut rng = Rng::new(5);
+    scribble(&manager, &mut rng, 100);
+    let dir = temp_dir();
+    let target = dir.path().join("snap");
+    block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
+    for deferred in [true, false] {
+        let restored = restore(
+            &target,
+            RestoreOptions {
+                mode: RestoreMode::Lazy,
+                defer_background_fill: deferred,
+                ..RestoreOptions::default()
+            },
+        );
+        let lazy = restored.lazy.unwrap();
+        if deferred {
+            assert!(!lazy.is_finished());
+        }
+        block_on(restored.manager.close());
+        // The handler and filler have ended and dropped the userfaultfd, the snapshot's
+        // files and the bitmaps: nothing of the restore is left but its outcome.
+        assert!(lazy.is_released(), "deferred {deferred}");
+        assert!(lazy.is_finished());
+        match block_on(lazy.wait()) {
+            // A restore that had finished before the close keeps its outcome.
+            Ok(_) => assert!(!deferred),
+            Err(SnapshotError::Manager(crate::RegionManagerError::ManagerGone)) => {}
+            Err(other) => panic!("{other:?}"),
+        }
+        drop(restored.windows);
+    }
     block_on(manager.close());
 }
 
@@ -507,6 +548,65 @@ fn incremental_snapshots_need_tracking_since_their_base() {
     assert!(ram_image(&again.manager) == image);
     block_on(again.manager.close());
     block_on(restored.manager.close());
+    block_on(manager.close());
+}
+
+#[test]
+fn verifying_checks_every_page_of_every_layer() {
+    let manager = build(false);
+    let tracking = manager.dirty_tracking();
+    block_on(tracking.start()).unwrap();
+    let memory = block_on(manager.client().guest_memory()).unwrap();
+    memory.fill_at(0x20_0000, 0x11, 0x4000).unwrap();
+    let dir = temp_dir();
+    let base = dir.path().join("base");
+    block_on(manager.snapshot(&base, SnapshotOptions::default())).unwrap();
+    // The top overwrites the base's second page: a restore never reads the base's copy.
+    memory.fill_at(0x20_1000, 0x22, 0x1000).unwrap();
+    let top = dir.path().join("top");
+    block_on(manager.snapshot(
+        &top,
+        SnapshotOptions {
+            base: Some(base.clone()),
+            progress: None,
+        },
+    ))
+    .unwrap();
+    let verified = block_on(verify_snapshot(&top, None)).unwrap();
+    let dirs: Vec<_> = verified.chain.iter().map(|(dir, _)| dir.clone()).collect();
+    assert_eq!(dirs, vec![top.clone(), base.canonicalize().unwrap()]);
+    assert_eq!(verified.pages, 4 + 1);
+    assert_eq!(read_snapshot_chain(&top).unwrap(), verified.chain);
+    // Find the base's copy of the overwritten page and damage it.
+    let memory_len = std::fs::metadata(base.join(format::MEMORY_FILE))
+        .unwrap()
+        .len();
+    let index = format::decode_index(
+        &std::fs::read(base.join(format::INDEX_FILE)).unwrap(),
+        u64::MAX,
+        memory_len,
+    )
+    .unwrap();
+    let extent = index
+        .extents
+        .iter()
+        .find(|e| e.ram_offset <= 0x20_1000 && 0x20_1000 < e.ram_offset + e.len())
+        .unwrap();
+    let offset = extent.data_offset + (0x20_1000 - extent.ram_offset);
+    flip(&base.join(format::MEMORY_FILE), offset + 77);
+    // A restore does not notice; verifying does.
+    let restored = restore(&top, RestoreOptions::default());
+    block_on(restored.manager.close());
+    match block_on(verify_snapshot(&top, None)) {
+        Err(SnapshotError::Corrupt {
+            file, offset: at, ..
+        }) => {
+            assert_eq!(file, base.canonicalize().unwrap().join(format::MEMORY_FILE));
+            assert_eq!(at, offset);
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(memory);
     block_on(manager.close());
 }
 
@@ -689,7 +789,7 @@ fn restores_refuse_other_layouts_and_unknown_window_backings() {
         RestoreOptions {
             window_backings: vec![WindowBacking {
                 window: "nic".into(),
-                offset: 0,
+                offset: Some(0),
                 object: memfd(4096, 0),
             }],
             ..RestoreOptions::default()
@@ -729,7 +829,7 @@ fn missing_window_backings_are_listed_and_the_window_is_placed() {
         RestoreOptions {
             window_backings: vec![WindowBacking {
                 window: "framebuffer".into(),
-                offset: 0x3000,
+                offset: Some(0x3000),
                 object: kept.3.try_clone().unwrap(),
             }],
             ..RestoreOptions::default()
@@ -747,6 +847,68 @@ fn missing_window_backings_are_listed_and_the_window_is_placed() {
     drop(restored.windows);
     block_on(restored.manager.close());
     drop(kept);
+    block_on(manager.close());
+}
+
+#[test]
+fn one_backing_for_a_whole_window_maps_every_recorded_mapping() {
+    let manager = build(false);
+    let (window, region) = manager
+        .device_memory_mapper()
+        .new_region(0x4000, "fb".into())
+        .unwrap();
+    // One object behind two mappings of the window, at different object offsets.
+    let object = memfd(0x2000, 0);
+    let file = std::fs::File::from(object.try_clone().unwrap());
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0x11; 0x1000], 0).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0x22; 0x1000], 0x1000).unwrap();
+    block_on(region.map(0, object.as_fd(), 0, 0x1000, true)).unwrap();
+    block_on(region.map(0x2000, object.as_fd(), 0x1000, 0x1000, false)).unwrap();
+    block_on(window.map_to_guest(WINDOW_GPA, true)).unwrap();
+    let dir = temp_dir();
+    let target = dir.path().join("snap");
+    block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
+    let restored = restore(
+        &target,
+        RestoreOptions {
+            window_backings: vec![WindowBacking {
+                window: "fb".into(),
+                offset: None,
+                object: object.try_clone().unwrap(),
+            }],
+            ..RestoreOptions::default()
+        },
+    );
+    assert!(restored.windows[0].missing.is_empty());
+    let memory = block_on(restored.manager.client().guest_memory()).unwrap();
+    assert_eq!(memory.read_plain::<u8>(WINDOW_GPA).unwrap(), 0x11);
+    assert_eq!(memory.read_plain::<u8>(WINDOW_GPA + 0x2000).unwrap(), 0x22);
+    drop(memory);
+    drop(restored.windows);
+    block_on(restored.manager.close());
+    // A window-wide backing of a window without mappings names the window.
+    block_on(region.unmap(0, 0x4000)).unwrap();
+    block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
+    match block_on(GuestMemoryBuilder::restore(
+        &target,
+        RestoreOptions {
+            window_backings: vec![WindowBacking {
+                window: "fb".into(),
+                offset: None,
+                object,
+            }],
+            ..RestoreOptions::default()
+        },
+    )) {
+        Err(SnapshotError::Layout { what, .. }) => {
+            assert!(
+                what.contains("\"fb\", which has no recorded mappings"),
+                "{what}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    drop((window, region));
     block_on(manager.close());
 }
 
