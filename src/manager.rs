@@ -7,7 +7,6 @@
 
 use crate::args::host_size;
 use crate::args::U64;
-use crate::errors::internal;
 use crate::errors::throw;
 use crate::errors::OrThrow;
 use crate::guest_memory::NativeGuestMemory;
@@ -16,6 +15,7 @@ use crate::handles::HANDLES;
 use crate::layout::NativeLayout;
 use crate::partition::attachable;
 use crate::partition::AnyPartition;
+use crate::progress::progress_callback;
 use crate::promise::promise;
 use crate::sparse_mapping::NativeMappable;
 use js_api::args::number_member;
@@ -40,8 +40,6 @@ use napi::bindgen_prelude::BigUint64Array;
 use napi::bindgen_prelude::FnArgs;
 use napi::bindgen_prelude::Function;
 use napi::bindgen_prelude::Object;
-use napi::threadsafe_function::ThreadsafeCallContext;
-use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi::Env;
 use napi_derive::napi;
 use std::future::Future;
@@ -97,25 +95,6 @@ impl NativeSharedMemoryBacking {
     }
 }
 
-/// Calls `function(done, total)` on its JavaScript thread, fire-and-forget, from the region
-/// manager's thread (a weak thread-safe function: it never keeps the event loop alive).
-fn prefetch_progress(
-    function: Function<'_, FnArgs<(u64, u64)>, ()>,
-) -> napi::Result<membacking::PrefetchProgress> {
-    let tsfn = function
-        .build_threadsafe_function::<(u64, u64)>()
-        .callee_handled::<false>()
-        .weak::<true>()
-        .build_callback(|context: ThreadsafeCallContext<(u64, u64)>| {
-            Ok(FnArgs::from(context.value))
-        })
-        .map_err(internal)?;
-    let tsfn = Arc::new(tsfn);
-    Ok(Arc::new(move |done, total| {
-        let _ = tsfn.call((done, total), ThreadsafeFunctionCallMode::NonBlocking);
-    }))
-}
-
 /// Builds a manager (`GuestMemoryBuilder::build`) with the collected options.
 #[allow(clippy::too_many_arguments, reason = "one argument per builder option")]
 #[napi(ts_return_type = "Promise<NativeGuestMemoryManager>")]
@@ -131,7 +110,7 @@ pub fn build_guest_memory<'env>(
     transparent_hugepages: bool,
     on_prefetch_progress: Option<Function<'env, FnArgs<(u64, u64)>, ()>>,
 ) -> napi::Result<Object<'env>> {
-    let progress = on_prefetch_progress.map(prefetch_progress).transpose()?;
+    let progress = on_prefetch_progress.map(progress_callback).transpose()?;
     let backing = existing_backing
         .map(|backing| {
             backing
@@ -169,6 +148,13 @@ pub struct NativeGuestMemoryManager {
 }
 
 impl NativeGuestMemoryManager {
+    /// Wraps a manager the core built (a restore).
+    pub(crate) fn wrap(manager: GuestMemoryManager) -> Self {
+        NativeGuestMemoryManager {
+            inner: Some(manager),
+        }
+    }
+
     /// The manager, or `ERR_MANAGER_GONE` after `close()`.
     pub(crate) fn manager(&self) -> napi::Result<&GuestMemoryManager> {
         self.inner
@@ -435,6 +421,22 @@ pub struct NativeDeviceWindowHalf {
 }
 
 impl NativeDeviceWindowHalf {
+    /// A placement half (of a window a restore recreated).
+    pub(crate) fn control_half(control: MappableGuestMemory) -> Self {
+        NativeDeviceWindowHalf {
+            control: Some(control),
+            region: None,
+        }
+    }
+
+    /// A mapping half (of a window a restore recreated).
+    pub(crate) fn region_half(region: Arc<MappedMemoryRegion>) -> Self {
+        NativeDeviceWindowHalf {
+            control: None,
+            region: Some(region),
+        }
+    }
+
     /// The placement half.
     pub(crate) fn control(&self) -> napi::Result<&MappableGuestMemory> {
         self.control

@@ -71,6 +71,9 @@ export class OsError extends MembackingError {
   declare readonly errno: number;
   /** The failing system call, where known. */
   declare readonly syscall?: string;
+  /** A snapshot's file operation (`open`, `write`, `rename`, …), and the path it concerns. */
+  declare readonly op?: string;
+  declare readonly path?: string;
 }
 
 /** Guarded access to a SparseMapping failed (offset in bytes, relative to the access). */
@@ -109,6 +112,29 @@ export class VaMapperError extends MembackingError {}
 export class MemoryManagerError extends MembackingError {}
 /** KVM partition and vCPU errors. */
 export class KvmError extends MembackingError {}
+/**
+ * Dirty tracking, snapshot and restore errors: ERR_SNAPSHOT_CORRUPT (`file`, `offset`,
+ * `what`), ERR_SNAPSHOT_VERSION (`file`, `found`, `supported`), ERR_SNAPSHOT_LAYOUT (`dir`,
+ * `what` differs), ERR_DIRTY_TRACKING_OFF (`base`, `reason`), ERR_UNSUPPORTED for a lazy restore
+ * without userfaultfd (`reason`). File system failures are `OsError`s with `op` and `path`.
+ */
+export class SnapshotError extends MembackingError {
+  /** The snapshot file concerned (ERR_SNAPSHOT_CORRUPT, ERR_SNAPSHOT_VERSION). */
+  declare readonly file?: string;
+  /** Byte offset in `file` where the problem was found (ERR_SNAPSHOT_CORRUPT). */
+  declare readonly offset?: bigint;
+  /** What is wrong, or what differs. */
+  declare readonly what?: string;
+  /** The format version found, and the one this build reads (ERR_SNAPSHOT_VERSION). */
+  declare readonly found?: number;
+  declare readonly supported?: number;
+  /** The snapshot directory (ERR_SNAPSHOT_LAYOUT). */
+  declare readonly dir?: string;
+  /** The base of an incremental snapshot (ERR_DIRTY_TRACKING_OFF). */
+  declare readonly base?: string;
+  /** Why (ERR_DIRTY_TRACKING_OFF, ERR_UNSUPPORTED). */
+  declare readonly reason?: string;
+}
 
 /** A `TypeError` with `code` `ERR_INVALID_ARG_TYPE`. */
 export function invalidArgType(message: string): TypeError & { code: 'ERR_INVALID_ARG_TYPE' } {
@@ -143,6 +169,7 @@ const CLASSES: Record<ErrorClassName, (code: ErrorCode, message: string) => Erro
   VaMapperError: (code, message) => new VaMapperError(code, message),
   MemoryManagerError: (code, message) => new MemoryManagerError(code, message),
   KvmError: (code, message) => new KvmError(code, message),
+  SnapshotError: (code, message) => new SnapshotError(code, message),
 };
 
 /** An error as the native side describes it. */

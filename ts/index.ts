@@ -3,7 +3,8 @@
  *
  * This entry point is the public API: ranges and range algorithms, guest memory layouts, the
  * chunked memory registrar, fault-safe guest memory, the memory manager and its device
- * windows, partitions, the dry-run planner, and the error classes. Units are bytes unless a
+ * windows, partitions, the dry-run planner, dirty tracking, snapshots and restores, and the
+ * error classes. Units are bytes unless a
  * name says pages; u64 inputs take `number | bigint`, u64 outputs are `bigint`. Hooks for tests
  * and benchmarks are not here (`dist/internal.js`).
  */
@@ -49,7 +50,28 @@ export {
   Vtl,
   RamVisibility,
   type ManagerSnapshot,
+  type RestoredWindow,
 } from './manager';
+export {
+  DirtyTracking,
+  LazyRestore,
+  readSnapshot,
+  verifySnapshot,
+  snapshotSupport,
+  type SnapshotInfo,
+  type SnapshotOptions,
+  type SnapshotManifest,
+  type SnapshotChain,
+  type SnapshotSupport,
+  type RestoreMode,
+  type RestoreOptions,
+  type RestoreInfo,
+  type WindowBacking,
+  type DeviceWindowRecord,
+  type DeviceWindowMapping,
+  type LazyRestoreStats,
+  type ProgressCallback,
+} from './snapshot';
 export { type FlatEntry, type PlannedOp, type PlanChange } from './planner';
 export {
   RecordingPartition,
@@ -79,6 +101,7 @@ export {
   VaMapperError,
   MemoryManagerError,
   KvmError,
+  SnapshotError,
   ERROR_CODES,
   type ErrorCode,
   type ErrnoName,

@@ -16,6 +16,19 @@ import { nativePartition, type KvmPartition, type RecordingPartition } from './p
 import { flatView as plannerFlatView, planChange, type FlatEntry, type PlanChange, type PlannedOp } from './planner';
 import { nativeJson, toRange, type MemoryRange, type RangeLike } from './range';
 import { describeType, describeValue, toU64, type U64 } from './u64';
+import {
+  DirtyTracking,
+  LazyRestore,
+  restoreOptions,
+  snapshotArgs,
+  toDir,
+  type DeviceWindowMapping,
+  type DeviceWindowRecord,
+  type RestoreInfo,
+  type RestoreOptions,
+  type SnapshotInfo,
+  type SnapshotOptions,
+} from './snapshot';
 
 export { MemoryBuildError, PartitionAttachError, PartitionMapperError, VaMapperError, MemoryManagerError } from './errors';
 export { RamVisibility, Vtl } from './generated/enums';
@@ -155,6 +168,41 @@ export class GuestMemoryBuilder {
     );
     return new GuestMemoryManager(token, await settle(pending));
   }
+
+  /**
+   * A manager rebuilt from the snapshot in `dir` and its chain of bases: the same layout,
+   * build options, RAM contents, visibility and (placed) device windows, with the backings
+   * `options.windowBackings` gives; get the windows with `manager.restoredWindows()`. Checks
+   * every manifest and index first; ERR_SNAPSHOT_CORRUPT (file, offset), ERR_SNAPSHOT_VERSION,
+   * ERR_SNAPSHOT_LAYOUT (what differs, also for `options.layout`), ERR_UNSUPPORTED for a lazy
+   * restore without userfaultfd (`reason`; see `snapshotSupport()`), OsError (ENOENT, …).
+   * Nothing is left half-built. A lazy restore's progress is `manager.lazyRestore`.
+   */
+  static async restore(dir: string, options: RestoreOptions = {}): Promise<GuestMemoryManager> {
+    const d = toDir(dir, 'dir');
+    const nativeOptions = restoreOptions(options);
+    const restored = await settle(call(() => native.restoreGuestMemory(d, nativeOptions)));
+    const halves = restored.takeWindowHalves();
+    const records = nativeJson<Array<DeviceWindowRecord & { missing: DeviceWindowMapping[] }>>(restored.windowsJson);
+    const windows = records.map((record, i) => ({
+      ...record,
+      control: new DeviceMemoryControl(token, halves[2 * i]!),
+      region: new DeviceMemoryRegion(token, halves[2 * i + 1]!),
+    }));
+    const lazy = restored.takeLazy();
+    const info = nativeJson<RestoreInfo>(restored.infoJson);
+    return new GuestMemoryManager(token, restored.takeManager(), { info, windows, lazy: lazy === null ? null : new LazyRestore(lazy) });
+  }
+}
+
+/** A device window a restore recreated, placed where it was: as recorded, its halves, and the recorded mappings no backing was given for (map them with `region`). */
+export interface RestoredWindow extends DeviceWindowRecord {
+  /** Recorded mappings without a backing: map them with `region.map(offset, object, fileOffset, len, writable)`. */
+  missing: DeviceWindowMapping[];
+  /** The placement half (the window stays while the manager holds it; closing both halves removes it). */
+  control: DeviceMemoryControl;
+  /** The mapping half. */
+  region: DeviceMemoryRegion;
 }
 
 /** What `inspect()` reports: the manager's regions, its active mappings and its VA mappers. */
@@ -177,14 +225,23 @@ export interface ManagerSnapshot {
   partitions: Array<{ offset: bigint; pinMappings: boolean }>;
 }
 
+/** What a restore built besides the manager. */
+interface Restored {
+  info: RestoreInfo;
+  windows: RestoredWindow[];
+  lazy: LazyRestore | null;
+}
+
 /** Owns guest RAM, the region/mapping managers and their thread. */
 export class GuestMemoryManager {
   #native: NativeManager | null;
+  readonly #restored: Restored | null;
 
   /** @internal */
-  constructor(key: typeof token, handle: NativeManager) {
+  constructor(key: typeof token, handle: NativeManager, restored: Restored | null = null) {
     if (key !== token) throw invalidArgType('GuestMemoryManager cannot be constructed directly: use GuestMemoryBuilder#build');
     this.#native = handle;
+    this.#restored = restored;
     internals.set(this, handle);
   }
 
@@ -264,12 +321,49 @@ export class GuestMemoryManager {
       mappable: (object) => nativeOf<InstanceType<typeof native.NativeMappable>>(object, Mappable, 'change.object'),
     });
   }
-  /** Full teardown; derived objects then throw ERR_MANAGER_GONE. */
+  /** Opt-in dirty tracking of guest RAM (never on by default; see docs/snapshots.md for what it sees). */
+  dirtyTracking(): DirtyTracking {
+    return new DirtyTracking(this.#call((n) => n.dirtyTracking()));
+  }
+  /**
+   * Writes a snapshot to `dir` (created; an existing snapshot there is replaced atomically, so
+   * a crash leaves the old one or the new one). With `options.base`, only the pages dirtied
+   * since that snapshot (dirty tracking must have stayed on since it was taken:
+   * ERR_DIRTY_TRACKING_OFF otherwise). Stop the vCPUs for a consistent image. Waits for a lazy
+   * restore of this manager to finish first.
+   */
+  async snapshot(dir: string, options: SnapshotOptions = {}): Promise<SnapshotInfo> {
+    const { dir: d, base, onProgress } = snapshotArgs(dir, options);
+    return nativeJson(await settle(this.#call((n) => n.snapshot(d, base, onProgress))));
+  }
+  /** The device windows a restore recreated (the same objects each call); empty for a built manager. */
+  restoredWindows(): RestoredWindow[] {
+    return this.#restored === null ? [] : [...this.#restored.windows];
+  }
+  /** What this manager was restored from; null for a built manager. */
+  get restoredFrom(): RestoreInfo | null {
+    return this.#restored === null ? null : { ...this.#restored.info };
+  }
+  /** The lazy restore still filling (or having filled) this manager's RAM; null unless restored with mode 'lazy'. */
+  get lazyRestore(): LazyRestore | null {
+    return this.#restored?.lazy ?? null;
+  }
+  /**
+   * Full teardown; derived objects then throw ERR_MANAGER_GONE. A lazy restore still running is
+   * stopped first (its threads, userfaultfd and snapshot files are released before this
+   * resolves; `lazyRestore.done` rejects with ERR_MANAGER_GONE).
+   */
   async close(): Promise<void> {
     const handle = this.#native;
     if (handle === null) return;
     this.#native = null;
     await settle(handle.close());
+    if (this.#restored !== null) {
+      for (const window of this.#restored.windows) {
+        await window.region.close();
+        await window.control.close();
+      }
+    }
   }
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();

@@ -79,6 +79,14 @@ export const FaultSignalValues = [
 /** The signal of a recovered fault. */
 export type FaultSignal = (typeof FaultSignalValues)[number];
 
+/** Every RestoreMode, in order. */
+export const RestoreModeValues = [
+  'copy',
+  'lazy',
+] as const;
+/** How a restore fills guest RAM: all at once, or on first touch and in the background. */
+export type RestoreMode = (typeof RestoreModeValues)[number];
+
 /** Execution mode a vCPU starts in. */
 export enum VcpuMode {
   Real = 'Real',

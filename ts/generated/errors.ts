@@ -74,6 +74,10 @@ export const ErrorCodeValues = [
   'ERR_VCPU_READ_PENDING',
   'ERR_NO_PENDING_READ',
   'ERR_DIRTY_LOG_OFF',
+  'ERR_SNAPSHOT_CORRUPT',
+  'ERR_SNAPSHOT_VERSION',
+  'ERR_SNAPSHOT_LAYOUT',
+  'ERR_DIRTY_TRACKING_OFF',
 ] as const;
 /** Every error code membacking throws (OS errors add errno names). */
 export type ErrorCode = (typeof ErrorCodeValues)[number];
@@ -96,6 +100,7 @@ export const ErrorClassNameValues = [
   'VaMapperError',
   'MemoryManagerError',
   'KvmError',
+  'SnapshotError',
 ] as const;
 /** The class an error of the native binding becomes. */
 export type ErrorClassName = (typeof ErrorClassNameValues)[number];

@@ -242,6 +242,11 @@ string_union!(virt::RecordedOp, "RecordedOp", "A partition call as a recording p
     Pin = "pin",
 });
 
+string_union!(membacking::snapshot::RestoreMode, "RestoreMode", "How a restore fills guest RAM: all at once, or on first touch and in the background.", {
+    Copy = "copy",
+    Lazy = "lazy",
+});
+
 string_union!(membacking::PreviewStepKind, "PlannedOpKind", "What a planned operation does.", {
     Invalidate = "invalidate",
     Map = "map",

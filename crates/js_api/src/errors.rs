@@ -120,6 +120,11 @@ error_codes! {
     VcpuReadPending = "ERR_VCPU_READ_PENDING",
     NoPendingRead = "ERR_NO_PENDING_READ",
     DirtyLogOff = "ERR_DIRTY_LOG_OFF",
+    // Dirty tracking, snapshots and restores.
+    SnapshotCorrupt = "ERR_SNAPSHOT_CORRUPT",
+    SnapshotVersion = "ERR_SNAPSHOT_VERSION",
+    SnapshotLayout = "ERR_SNAPSHOT_LAYOUT",
+    DirtyTrackingOff = "ERR_DIRTY_TRACKING_OFF",
 }
 
 /// The JavaScript class of an error.
@@ -158,6 +163,8 @@ pub enum ErrorClass {
     MemoryManagerError,
     /// KVM partitions and vCPUs.
     KvmError,
+    /// Dirty tracking, snapshots and restores.
+    SnapshotError,
 }
 
 impl JsEnum for ErrorClass {
@@ -182,6 +189,7 @@ impl JsEnum for ErrorClass {
             Self::VaMapperError,
             Self::MemoryManagerError,
             Self::KvmError,
+            Self::SnapshotError,
         ]
     }
     fn member_name(self) -> &'static str {
@@ -202,6 +210,7 @@ impl JsEnum for ErrorClass {
             Self::VaMapperError => "VaMapperError",
             Self::MemoryManagerError => "MemoryManagerError",
             Self::KvmError => "KvmError",
+            Self::SnapshotError => "SnapshotError",
         }
     }
     fn js_value(self) -> JsValue {
@@ -281,6 +290,36 @@ pub struct Fields {
     /// `ERR_ALLOCATION_FAILED` of `GuestMemory.allocate`: the size asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<BigInt>,
+    /// `SnapshotError` (`ERR_SNAPSHOT_CORRUPT`, `ERR_SNAPSHOT_VERSION`): the snapshot file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// `SnapshotError`: what is wrong or differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub what: Option<String>,
+    /// `ERR_SNAPSHOT_VERSION`: the version found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub found: Option<u64>,
+    /// `ERR_SNAPSHOT_VERSION`: the version this build reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supported: Option<u32>,
+    /// `ERR_SNAPSHOT_LAYOUT`: the snapshot directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// An OS error of a snapshot: the path it concerns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `ERR_DIRTY_TRACKING_OFF`: the base an incremental snapshot was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// `ERR_DIRTY_TRACKING_OFF`, `ERR_UNSUPPORTED` of a lazy restore: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A restore's device-window failure: the window's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// A dirty-log failure: the partition's index (registration order).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<usize>,
 }
 
 /// Whether an error has no extra fields (so the JSON leaves them out).
@@ -831,6 +870,122 @@ impl ToJsError for virt_kvm::KvmError {
     }
 }
 
+impl ToJsError for membacking::SnapshotError {
+    /// Corrupt files, versions and mismatching layouts are `SnapshotError`s naming the file
+    /// and offset, the version or what differs; file system failures are `OsError`s with the
+    /// errno's code and the path; wrapped build, manager and dirty-tracking errors keep their
+    /// own rows.
+    fn to_js_error(&self) -> JsError {
+        use membacking::SnapshotError as E;
+        let snapshot = |code, fields| {
+            JsError::new(ErrorClass::SnapshotError, code, self.to_string()).with_fields(fields)
+        };
+        match self {
+            E::Corrupt { file, offset, what } => snapshot(
+                ErrorCode::SnapshotCorrupt,
+                Fields {
+                    file: Some(file.display().to_string()),
+                    offset: Some(BigInt(*offset)),
+                    what: Some(what.clone()),
+                    ..Fields::default()
+                },
+            ),
+            E::Version {
+                file,
+                found,
+                supported,
+            } => snapshot(
+                ErrorCode::SnapshotVersion,
+                Fields {
+                    file: Some(file.display().to_string()),
+                    found: Some(*found),
+                    supported: Some(*supported),
+                    ..Fields::default()
+                },
+            ),
+            E::Layout { dir, what } => snapshot(
+                ErrorCode::SnapshotLayout,
+                Fields {
+                    dir: Some(dir.display().to_string()),
+                    what: Some(what.clone()),
+                    ..Fields::default()
+                },
+            ),
+            E::DirtyTrackingOff { base, reason } => snapshot(
+                ErrorCode::DirtyTrackingOff,
+                Fields {
+                    base: Some(base.display().to_string()),
+                    reason: Some(reason.clone()),
+                    ..Fields::default()
+                },
+            ),
+            E::InvalidArgument { what } => JsError::arg_value(what.clone()).with_fields(Fields {
+                what: Some(what.clone()),
+                ..Fields::default()
+            }),
+            E::LazyUnavailable { reason } => snapshot(
+                ErrorCode::Unsupported,
+                Fields {
+                    reason: Some(reason.clone()),
+                    ..Fields::default()
+                },
+            ),
+            E::Io { op, path, source } => {
+                let mut error = source.to_js_error();
+                error.message = format!("{self}: {source}");
+                if error.fields.errno.is_some() {
+                    error.fields.op = Some(op);
+                    error.fields.path = Some(path.display().to_string());
+                }
+                error
+            }
+            E::DirtyTracking(inner) => inner.to_js_error(),
+            E::Build(inner) => inner.to_js_error(),
+            E::Manager(inner) => inner.to_js_error(),
+            E::DeviceWindow { window, source } => {
+                let mut error = JsError::device_window(source);
+                error.message = format!("{self}: {}", error.message);
+                error.fields.window = Some(window.clone());
+                error
+            }
+        }
+    }
+}
+
+impl ToJsError for membacking::DirtyTrackingError {
+    /// `take()` while tracking is off is `ERR_DIRTY_TRACKING_OFF`; a partition's dirty-log
+    /// failure is the partition's own error (its row, or `ERR_UNSUPPORTED` for an error type
+    /// the table does not know) naming the partition, with that error as cause.
+    fn to_js_error(&self) -> JsError {
+        use membacking::DirtyTrackingError as E;
+        match self {
+            E::Off => JsError::new(
+                ErrorClass::SnapshotError,
+                ErrorCode::DirtyTrackingOff,
+                self.to_string(),
+            )
+            .with_fields(Fields {
+                reason: Some("tracking is off".into()),
+                ..Fields::default()
+            }),
+            E::Partition { index, source, .. } => {
+                let cause = from_source(source.as_ref());
+                let (class, code) = match cause.kind() {
+                    (class, Some(code)) => (class, code),
+                    (_, None) => (ErrorClass::SnapshotError, ErrorCode::Unsupported),
+                };
+                JsError::new(class, code, format!("{self}: {}", cause.message))
+                    .with_fields(Fields {
+                        partition: Some(*index),
+                        ..Fields::default()
+                    })
+                    .with_cause(cause)
+            }
+            E::Manager(inner) => inner.to_js_error(),
+        }
+    }
+}
+
 impl ToJsError for crate::hooks::JsHookFailure {
     /// A JavaScript hook failed: its thrown value (by token) is the cause.
     fn to_js_error(&self) -> JsError {
@@ -874,6 +1029,8 @@ fn known(error: &(dyn StdError + 'static)) -> Option<JsError> {
         guestmem::GuestMemoryError,
         virt::InjectedFailure,
         crate::hooks::JsHookFailure,
+        membacking::SnapshotError,
+        membacking::DirtyTrackingError,
     );
     #[cfg(target_arch = "x86_64")]
     try_types!(virt_kvm::KvmError);

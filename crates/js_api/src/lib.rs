@@ -5,7 +5,8 @@
 //!   fields and cause ([`ToJsError`]), and the binding's own errors ([`JsError`]).
 //! - [`enums`]: the enums shared with TypeScript, listed once against their Rust types;
 //!   [`typescript`] writes `ts/generated/` from them and from the error codes.
-//! - [`json`] and [`views`]: structured results as JSON, with u64 values as tagged bigints.
+//! - [`json`] and [`views`]: structured results as JSON, with u64 values as tagged bigints;
+//!   [`snapshots`]: those of dirty tracking, snapshots and restores.
 //! - [`hooks`]: the typed answers of JavaScript callbacks (guest-memory hooks, the registrar);
 //!   [`registration`]: what a registration callback's answer means for the registrar.
 //! - [`args`]: the rules arguments from JavaScript must meet.
@@ -26,6 +27,7 @@ pub mod handles;
 pub mod hooks;
 pub mod json;
 pub mod registration;
+pub mod snapshots;
 pub mod typescript;
 pub mod views;
 

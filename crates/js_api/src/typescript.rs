@@ -59,6 +59,7 @@ pub fn enums_file() -> String {
         declaration::<virt::RecordedOp>(),
         declaration::<membacking::PreviewStepKind>(),
         declaration::<crate::enums::FaultSignal>(),
+        declaration::<membacking::snapshot::RestoreMode>(),
         #[cfg(target_arch = "x86_64")]
         declaration::<virt_kvm::VcpuMode>(),
         #[cfg(target_arch = "x86_64")]

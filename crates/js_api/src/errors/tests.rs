@@ -294,6 +294,48 @@ fn kvm_errors() -> Vec<virt_kvm::KvmError> {
     ]
 }
 
+fn snapshot_errors() -> Vec<membacking::SnapshotError> {
+    use membacking::SnapshotError as E;
+    vec![
+        E::Corrupt {
+            file: "/s/memory.bin".into(),
+            offset: 0x2000,
+            what: "checksum".into(),
+        },
+        E::Version {
+            file: "/s/manifest.json".into(),
+            found: 9,
+            supported: 1,
+        },
+        E::Layout {
+            dir: "/s".into(),
+            what: "RAM differs".into(),
+        },
+        E::DirtyTrackingOff {
+            base: "/base".into(),
+            reason: "tracking is off".into(),
+        },
+        E::InvalidArgument {
+            what: "the base is the target".into(),
+        },
+        E::LazyUnavailable {
+            reason: "no userfaultfd".into(),
+        },
+        E::Io {
+            op: "open",
+            path: "/s/manifest.json".into(),
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        },
+        E::DirtyTracking(membacking::DirtyTrackingError::Off),
+        E::Build(membacking::MemoryBuildError::InvalidLayout),
+        E::Manager(membacking::RegionManagerError::ManagerGone),
+        E::DeviceWindow {
+            window: "fb".into(),
+            source: io(io::ErrorKind::Unsupported, "partial"),
+        },
+    ]
+}
+
 /// One error of every row of the table.
 fn every_row() -> Vec<JsError> {
     let mut errors = vec![
@@ -355,6 +397,7 @@ fn every_row() -> Vec<JsError> {
     errors.extend(build_errors().iter().map(ToJsError::to_js_error));
     errors.extend(va_mapper_errors().iter().map(ToJsError::to_js_error));
     errors.extend(attach_errors().iter().map(ToJsError::to_js_error));
+    errors.extend(snapshot_errors().iter().map(ToJsError::to_js_error));
     #[cfg(target_arch = "x86_64")]
     errors.extend(kvm_errors().iter().map(ToJsError::to_js_error));
     errors
@@ -696,5 +739,101 @@ fn the_registrars_rows_carry_the_address_and_the_callbacks_exception() {
             "fields": {"address": {"$bigint": "0x80000000"}},
             "causeToken": 7,
         })
+    );
+}
+
+#[test]
+fn snapshot_rows_name_the_file_offset_version_layout_and_path() {
+    let rows: Vec<serde_json::Value> = snapshot_errors()
+        .iter()
+        .map(|error| json(&error.to_js_error()))
+        .collect();
+    assert_eq!(
+        rows[0],
+        serde_json::json!({
+            "class": "SnapshotError",
+            "code": "ERR_SNAPSHOT_CORRUPT",
+            "message": "snapshot file /s/memory.bin is corrupt at offset 8192: checksum",
+            "fields": {"file": "/s/memory.bin", "offset": {"$bigint": "0x2000"}, "what": "checksum"},
+        })
+    );
+    assert_eq!(rows[1]["code"], "ERR_SNAPSHOT_VERSION");
+    assert_eq!(
+        rows[1]["fields"],
+        serde_json::json!({"file": "/s/manifest.json", "found": 9, "supported": 1})
+    );
+    assert_eq!(rows[2]["code"], "ERR_SNAPSHOT_LAYOUT");
+    assert_eq!(
+        rows[2]["fields"],
+        serde_json::json!({"dir": "/s", "what": "RAM differs"})
+    );
+    assert_eq!(rows[3]["code"], "ERR_DIRTY_TRACKING_OFF");
+    assert_eq!(rows[3]["fields"]["base"], "/base");
+    assert_eq!(rows[4]["class"], "RangeError");
+    assert_eq!(rows[4]["code"], "ERR_INVALID_ARG_VALUE");
+    assert_eq!(rows[5]["code"], "ERR_UNSUPPORTED");
+    assert_eq!(rows[5]["fields"]["reason"], "no userfaultfd");
+    // An OS error: the errno (the TypeScript layer names it), the operation and the path.
+    assert_eq!(rows[6]["class"], "OsError");
+    assert!(rows[6].get("code").is_none());
+    assert_eq!(
+        rows[6]["fields"],
+        serde_json::json!({"errno": libc::ENOENT, "op": "open", "path": "/s/manifest.json"})
+    );
+    assert!(
+        rows[6]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("open /s/manifest.json failed: "),
+        "{}",
+        rows[6]["message"]
+    );
+    assert_eq!(rows[7]["code"], "ERR_DIRTY_TRACKING_OFF");
+    assert_eq!(rows[8]["code"], "ERR_INVALID_LAYOUT");
+    assert_eq!(rows[9]["code"], "ERR_MANAGER_GONE");
+    assert_eq!(rows[10]["code"], "ERR_UNSUPPORTED");
+    assert_eq!(rows[10]["fields"]["window"], "fb");
+    assert!(rows[10]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("recreating device window \"fb\" failed: "));
+}
+
+#[test]
+fn a_partitions_dirty_log_failure_is_its_own_error_naming_the_partition() {
+    let known = membacking::DirtyTrackingError::Partition {
+        index: 1,
+        action: "start",
+        source: Box::new(virt::InjectedFailure {
+            op: virt::RecordedOp::Map,
+            gpa: 0,
+        }),
+    }
+    .to_js_error();
+    assert_eq!(
+        known.kind(),
+        (
+            ErrorClass::MembackingError,
+            Some(ErrorCode::InjectedFailure)
+        )
+    );
+    assert_eq!(known.fields.partition, Some(1));
+    assert!(known
+        .message
+        .starts_with("partition 1 could not start its dirty log: "));
+    assert_eq!(known.cause.as_ref().unwrap().code, known.code);
+    let foreign = membacking::DirtyTrackingError::Partition {
+        index: 0,
+        action: "read",
+        source: "odd".into(),
+    }
+    .to_js_error();
+    assert_eq!(
+        foreign.kind(),
+        (ErrorClass::SnapshotError, Some(ErrorCode::Unsupported))
+    );
+    assert_eq!(
+        foreign.cause.as_ref().unwrap().kind(),
+        (ErrorClass::Error, None)
     );
 }

@@ -116,6 +116,13 @@ enum Failure {
         offset: u64,
         what: String,
     },
+    /// A file or userfaultfd operation failed (its errno kept, so the error keeps its code).
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        errno: Option<i32>,
+        message: String,
+    },
     Other {
         op: &'static str,
         what: String,
@@ -132,6 +139,12 @@ impl Failure {
                 offset: *offset,
                 what: what.clone(),
             },
+            SnapshotError::Io { op, path, source } => Failure::Io {
+                op,
+                path: path.clone(),
+                errno: source.raw_os_error(),
+                message: source.to_string(),
+            },
             other => Failure::Other {
                 op: "lazy restore",
                 what: other.to_string(),
@@ -145,6 +158,19 @@ impl Failure {
                 file: file.clone(),
                 offset: *offset,
                 what: what.clone(),
+            },
+            Failure::Io {
+                op,
+                path,
+                errno,
+                message,
+            } => SnapshotError::Io {
+                op,
+                path: path.clone(),
+                source: errno.map_or_else(
+                    || io::Error::other(message.clone()),
+                    io::Error::from_raw_os_error,
+                ),
             },
             Failure::Other { op, what } => {
                 SnapshotError::io(op, PathBuf::new(), io::Error::other(what.clone()))

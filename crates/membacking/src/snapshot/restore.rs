@@ -221,16 +221,22 @@ pub fn read_snapshot(dir: &Path) -> Result<Manifest, SnapshotError> {
 /// A snapshot's chain, newest first: each snapshot's directory and verified manifest, with its
 /// index checked against the manifest and its memory file against its size (what a restore
 /// checks before it builds anything; the pages themselves are not read).
-pub fn read_snapshot_chain(dir: &Path) -> Result<Vec<(PathBuf, Manifest)>, SnapshotError> {
-    if let Ok(target) = super::publish::Target::new(dir) {
-        super::publish::recover(&target)?;
-    }
-    let mut chain: Vec<_> = load_chain(dir)?
-        .into_iter()
-        .map(|layer| (layer.dir, layer.manifest))
-        .collect();
-    chain.reverse();
-    Ok(chain)
+/// Runs on the snapshot I/O threads.
+pub fn read_snapshot_chain(
+    dir: impl AsRef<Path>,
+) -> impl Future<Output = Result<Vec<(PathBuf, Manifest)>, SnapshotError>> + Send + 'static {
+    let dir = dir.as_ref().to_owned();
+    on_thread("read", move || {
+        if let Ok(target) = super::publish::Target::new(&dir) {
+            super::publish::recover(&target)?;
+        }
+        let mut chain: Vec<_> = load_chain(&dir)?
+            .into_iter()
+            .map(|layer| (layer.dir, layer.manifest))
+            .collect();
+        chain.reverse();
+        Ok(chain)
+    })
 }
 
 /// What [`verify_snapshot`] checked.

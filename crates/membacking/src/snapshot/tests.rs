@@ -576,7 +576,7 @@ fn verifying_checks_every_page_of_every_layer() {
     let dirs: Vec<_> = verified.chain.iter().map(|(dir, _)| dir.clone()).collect();
     assert_eq!(dirs, vec![top.clone(), base.canonicalize().unwrap()]);
     assert_eq!(verified.pages, 4 + 1);
-    assert_eq!(read_snapshot_chain(&top).unwrap(), verified.chain);
+    assert_eq!(block_on(read_snapshot_chain(&top)).unwrap(), verified.chain);
     // Find the base's copy of the overwritten page and damage it.
     let memory_len = std::fs::metadata(base.join(format::MEMORY_FILE))
         .unwrap()
