@@ -147,6 +147,22 @@ const PROVOKED = {
     skip: fs.readFileSync('/proc/sys/vm/overcommit_memory', 'utf8').trim() === '1' ? 'vm.overcommit_memory is 1: the kernel grants any private allocation' : null,
     provoke: () => new GuestMemoryBuilder().privateMemory(true).build(MemoryLayout.new(1n << 40n, [range(1n << 41n, (1n << 41n) + GiB)])),
   },
+  ERR_SNAPSHOT_CORRUPT: () =>
+    withSnapshot((dir) => {
+      const index = path.join(dir, 'extents.bin');
+      const bytes = fs.readFileSync(index);
+      bytes[20] ^= 1;
+      fs.writeFileSync(index, bytes);
+      return GuestMemoryBuilder.restore(dir);
+    }),
+  ERR_SNAPSHOT_VERSION: () =>
+    withSnapshot((dir) => {
+      const manifest = path.join(dir, 'manifest.json');
+      fs.writeFileSync(manifest, fs.readFileSync(manifest, 'utf8').replace('"version":1', '"version":2'));
+      return GuestMemoryBuilder.restore(dir);
+    }),
+  ERR_SNAPSHOT_LAYOUT: () => withSnapshot((dir) => GuestMemoryBuilder.restore(dir, { layout: MemoryLayout.new(2n * GiB, [GAP]) })),
+  ERR_DIRTY_TRACKING_OFF: () => withManager((manager) => manager.dirtyTracking().take()),
   ERR_KVM_UNAVAILABLE: {
     skip: kvmUnavailable === null ? 'KvmPartition.create() succeeds here' : null,
     provoke: () => KvmPartition.create(),
@@ -200,6 +216,21 @@ const UNREACHABLE = {
   ERR_READ_ONLY_UNSUPPORTED: 'only on kernels without KVM_CAP_READONLY_MEM',
   ERR_DIRTY_LOG_OFF: 'dirty-page logging of a KvmPartition is not exposed to JavaScript',
 };
+
+/** Runs `body(dir)` on a fresh snapshot of a manager in a temporary directory, then removes it. */
+async function withSnapshot(body) {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'membacking-codes-'));
+  try {
+    const dir = path.join(root, 'snap');
+    await withManager(async (manager) => {
+      (await manager.client().guestMemory()).fillAt(0x10_0000, 1, P);
+      await manager.snapshot(dir);
+    });
+    return await body(dir);
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+}
 
 async function failedAttach(op, configure = (b) => b) {
   return withManager(async (manager) => {
