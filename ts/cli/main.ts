@@ -1,10 +1,12 @@
 #!/usr/bin/env node
 /**
  * The `membacking` command line: `layout` prints a layout built from flags or a JSON file as a
- * table, JSON or an e820-style map; `demo` runs the README's main job. Bad input prints one
+ * table, JSON or an e820-style map; `prefetch` and `plan` build guest memory and show what it
+ * does; `snapshot-info` describes (and with `--verify` checks) a snapshot directory; `demo`
+ * runs the README's main job. Bad input prints one
  * line to stderr and exits with code 2; other failures exit with 1.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { runDemo } from './demo';
 import { formatSize, layoutE820, layoutTable, parseRange, parseSize } from './format';
@@ -13,6 +15,8 @@ import { GuestMemoryBuilder, Vtl } from '../manager';
 import { KvmPartition, RecordingPartition } from '../partition';
 import { ProgressBar } from './progress';
 import { changesFromFile, parseChange, PlanInputError, renderPlan, runPlan } from './plan_command';
+import { snapshotInfo, snapshotInfoUsage } from './snapshot_command';
+import { OsError, SnapshotError } from '../errors';
 import { layoutSvg } from './svg';
 import type { MemoryRange } from '../range';
 
@@ -22,10 +26,11 @@ const usage = {
   main: `usage: membacking <command> [options]
 
 commands:
-  layout    build a guest memory layout and print it
-  prefetch  build guest memory with prefetchRam and attach a partition, with a progress bar
-  plan      dry-run changes (visibility, device windows): flat view and ordered partition calls
-  demo      run the demo: guest memory, a KVM guest, device window, VGA toggle
+  layout         build a guest memory layout and print it
+  prefetch       build guest memory with prefetchRam and attach a partition, with a progress bar
+  plan           dry-run changes (visibility, device windows): flat view and ordered partition calls
+  snapshot-info  describe a snapshot directory (chain, layout, regions, windows); --verify checks every page
+  demo           run the demo: guest memory, a KVM guest, device window, VGA toggle
 
 options:
   --help     show help (also: membacking <command> --help)
@@ -56,6 +61,7 @@ applies it, and checks the recorded partition calls equal the plan. Ends with th
 CHANGE: 'visibility START-END Unmapped|ReadOnly|ReadWrite' (a RAM region; with --x86-legacy
 the VGA window 0xa0000-0xc0000 and the PAM pieces are regions), 'device NAME START-END' (place a
 device window), 'unplace NAME'. --input may also hold {"changes": [CHANGE, ...]}.`,
+  'snapshot-info': snapshotInfoUsage,
   demo: `usage: membacking demo [--no-kvm]
 
 Builds 4 GiB of guest RAM around the x86 MMIO gap with x86 legacy support, attaches a
@@ -201,6 +207,32 @@ async function planCommand(args: string[]): Promise<void> {
   }
 }
 
+async function snapshotInfoCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: { verify: { type: 'boolean', default: false }, format: { type: 'string' }, help: { type: 'boolean' } },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (values.help) {
+    console.log(usage['snapshot-info']);
+    return 0;
+  }
+  const format = formatFlag(values.format, ['table', 'json']);
+  if (positionals.length !== 1) throw new UsageError(`snapshot-info takes one snapshot directory, got ${positionals.length}`);
+  const dir = positionals[0]!;
+  if (!existsSync(dir)) throw new UsageError(`no such snapshot directory: ${dir}`);
+  try {
+    console.log(await snapshotInfo(dir, { verify: values.verify === true, format }));
+    return 0;
+  } catch (error) {
+    // A damaged or unreadable snapshot is the answer, not a crash: one line naming the file (and the offset).
+    if (!(error instanceof SnapshotError || error instanceof OsError)) throw error;
+    process.stderr.write(`membacking: ${error.code}: ${error.message}\n`);
+    return 1;
+  }
+}
+
 function layoutCommand(args: string[]): void {
   const { values } = parseArgs({
     args,
@@ -240,6 +272,9 @@ async function main(argv: string[]): Promise<number> {
   if (command === 'plan') {
     await planCommand(rest);
     return 0;
+  }
+  if (command === 'snapshot-info') {
+    return snapshotInfoCommand(rest);
   }
   if (command === 'demo') {
     const { values } = parseArgs({ args: rest, options: { help: { type: 'boolean' }, 'no-kvm': { type: 'boolean' } }, strict: true });
