@@ -9,7 +9,16 @@ const { spawnSync } = require('node:child_process');
 const cli = path.join(__dirname, '..', 'dist', 'cli', 'main.js');
 const run = (...args) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 120_000 });
 
+const mb = require('../dist');
+const fs = require('node:fs');
 const { probeFailure: unavailable } = require('./helpers/kvm');
+
+/** The snapshot directory the demo printed: it must be gone when the demo has ended. */
+function snapshotDirGone(t, out) {
+  const dir = /in (\/\S+\/snapshot)\n/.exec(out)?.[1];
+  t.truthy(dir, 'the demo names its snapshot directory');
+  if (dir) t.false(fs.existsSync(dir), `${dir} is removed`);
+}
 
 /** Lines common to both partitions: layout, legacy split, device window, regions, inspect tree, registrar. */
 function commonLines(t, out) {
@@ -28,6 +37,13 @@ function commonLines(t, out) {
   t.regex(out, /== 8\. Inspect tree \(compact\) ==\n  manager:\n    aliasOffset: null/);
   t.regex(out, /mappings: \(18\)/);
   t.regex(out, /2 of 3 chunks registered/);
+  // Step 10: the snapshot and the restore (lazy where userfaultfd is available).
+  const mode = mb.snapshotSupport().lazyRestore ? 'lazy' : 'copy';
+  t.regex(out, new RegExp(`== 10\\. Snapshot, then a ${mode} restore into a new manager`));
+  t.regex(out, /manager\.snapshot\(\): \d+ KiB of page data \(only pages that hold data\) in \d+ extents/);
+  t.regex(out, new RegExp(`GuestMemoryBuilder\\.restore\\(dir, \\{ mode: '${mode}' \\}\\) returned in [\\d.]+ ms: 17 RAM regions, device window "demo-device" placed at 0xd0000000`));
+  if (mode === 'lazy') t.regex(out, /first touches served by userfaultfd before the background fill: \d+ pages.*; the fill then restored the rest \(\d+ pages in all\) and unregistered/);
+  else t.regex(out, /lazy restore unavailable \(.*userfaultfd.*\): restoring by copying/);
   t.regex(out, /Everything closed; the demo took \d+ ms\.\n$/);
 }
 
@@ -50,6 +66,11 @@ test(unavailable === null ? 'demo runs a KVM guest: RAM pattern, device window, 
   t.regex(r.stdout, /ReadWrite: map 0xa0000-0xc0000 \(created slot \d+\)\n\s+then the guest's load at 0xa0000 reads RAM again: "VGA RAM!"/);
   t.regex(r.stdout, /kind: KvmPartition\n\s+maxSlots: \d+/);
   t.regex(r.stdout, /vcpuCount: 1/);
+  t.regex(r.stdout, /and a new KVM partition ==/);
+  t.regex(r.stdout, /GuestMemory reads the qword steps 5 and 6 left at 0x300000: "VGA RAM!"/);
+  t.regex(r.stdout, /the guest's code in the new VM sums its 4 KiB at 0xbffff000: 0x[0-9a-f]+ \(what it wrote before the snapshot\)/);
+  t.regex(r.stdout, /the guest's code in the new VM sums its 4 KiB at 0x100000000: 0x[0-9a-f]+ \(what it wrote before the snapshot\)/);
+  snapshotDirGone(t, r.stdout);
 });
 
 test('demo --no-kvm uses a RecordingPartition, says so, and shows the recorded calls', (t) => {
@@ -65,6 +86,11 @@ test('demo --no-kvm uses a RecordingPartition, says so, and shows the recorded c
   t.regex(r.stdout, /ReadWrite: map 0xa0000-0xc0000 rw\n\s+then GuestMemory reads "VGA RAM!" at 0xa0000/);
   t.regex(r.stdout, /kind: RecordingPartition\n\s+calls: \d+/);
   t.notRegex(r.stdout, /KvmPartition/);
+  t.regex(r.stdout, /No vCPU without KVM: GuestMemory reads the data back through the same first-touch path/);
+  t.regex(r.stdout, /GuestMemory reads 4 KiB at 0xbffff000: 512\/512 qwords as written before the snapshot/);
+  t.regex(r.stdout, /GuestMemory reads 4 KiB at 0x100000000: 512\/512 qwords as written before the snapshot/);
+  t.regex(r.stdout, /GuestMemory reads the qword steps 5 and 6 left at 0x300000: "membacki"/);
+  snapshotDirGone(t, r.stdout);
 });
 
 test('demo --help documents --no-kvm; an unknown flag is exit code 2 with one line', (t) => {

@@ -68,7 +68,9 @@ Builds 4 GiB of guest RAM around the x86 MMIO gap with x86 legacy support, attac
 KvmPartition when /dev/kvm opens (a RecordingPartition otherwise, saying why), places a
 memfd device window in the MMIO gap, runs guest code that writes RAM and reads the window,
 toggles the VGA window showing the partition calls, and prints the region table, a compact
-inspect tree and registrar chunks.
+inspect tree and registrar chunks; last, it snapshots the guest, restores it lazily (by copying
+where userfaultfd is unavailable) into a new manager and a new KVM partition, and the guest's
+code reads its data back.
 --no-kvm: use the RecordingPartition even where /dev/kvm opens.`,
 };
 
