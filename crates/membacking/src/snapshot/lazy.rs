@@ -99,6 +99,16 @@ pub fn userfaultfd_available() -> Result<(), String> {
     }
 }
 
+/// A userfaultfd for a lazy restore, or [`SnapshotError::LazyUnavailable`] saying why it cannot
+/// be had.
+pub(crate) fn new_userfaultfd() -> Result<Userfaultfd, SnapshotError> {
+    Userfaultfd::new().map_err(|_| SnapshotError::LazyUnavailable {
+        reason: userfaultfd_available()
+            .err()
+            .unwrap_or_else(|| "creating a userfaultfd failed once".into()),
+    })
+}
+
 /// Statistics of a lazy restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LazyStats {
@@ -382,13 +392,15 @@ impl LazyRestore {
     /// the filler).
     pub(crate) fn start(
         manager: &GuestMemoryManager,
+        uffd: Option<Userfaultfd>,
         plan: Plan,
         progress: Option<Progress>,
         background: bool,
     ) -> Result<Self, SnapshotError> {
-        let uffd = Userfaultfd::new().map_err(|error| SnapshotError::LazyUnavailable {
-            reason: format!("creating the userfaultfd failed: {error}"),
-        })?;
+        let uffd = match uffd {
+            Some(uffd) => uffd,
+            None => new_userfaultfd()?,
+        };
         let mapper = manager.va_mapper();
         let specs = manager.ram_specs.clone();
         let ram_size = specs

@@ -796,13 +796,14 @@ impl GuestMemoryBuilder {
                 options.window_backings = backings;
                 plan
             };
-            if options.mode == RestoreMode::Lazy {
-                super::lazy::userfaultfd_available()
-                    .map_err(|reason| SnapshotError::LazyUnavailable { reason })?;
-            }
+            // Created before anything is built, and used by the lazy restore itself.
+            let uffd = match options.mode {
+                RestoreMode::Copy => None,
+                RestoreMode::Lazy => Some(super::lazy::new_userfaultfd()?),
+            };
             let top = plan.layers[plan.layers.len() - 1].manifest.clone();
             let manager = builder_for(&top).build(&plan.layout).await?;
-            match finish_restore(&dir, manager, plan, top, options).await {
+            match finish_restore(&dir, manager, plan, top, options, uffd).await {
                 Ok(restored) => Ok(restored),
                 Err((manager, error)) => {
                     manager.close().await;
@@ -960,6 +961,7 @@ async fn finish_restore(
     plan: Plan,
     top: Manifest,
     options: RestoreOptions,
+    uffd: Option<super::uffd::Userfaultfd>,
 ) -> Result<RestoredManager, Failed> {
     if let Err(error) = check_ram_regions(dir, &manager, &top) {
         return Err((manager, error));
@@ -989,6 +991,7 @@ async fn finish_restore(
         }
         RestoreMode::Lazy => match LazyRestore::start(
             &manager,
+            uffd,
             plan,
             options.progress.clone(),
             !options.defer_background_fill,
