@@ -17,6 +17,14 @@ import {
   Mappable,
   RamVisibility,
   RecordingPartition,
+  SnapshotError,
+  type LazyRestoreStats,
+  type MemoryRange,
+  type RestoredWindow,
+  type SnapshotChain,
+  type SnapshotInfo,
+  readSnapshot,
+  snapshotSupport,
   Vtl,
   VcpuMode,
   range,
@@ -80,4 +88,26 @@ export function errorCodes(error: MembackingError): void {
 
 export async function builder(): Promise<GuestMemoryManager> {
   return new GuestMemoryBuilder().x86LegacySupport(true).build(MemoryLayout.new(1n << 30n, [range(3n << 30n, 4n << 30n)]));
+}
+
+export async function snapshots(layout: MemoryLayout): Promise<void> {
+  const tracking = manager.dirtyTracking();
+  await tracking.start();
+  const ranges: MemoryRange[] = await tracking.take();
+  const info: SnapshotInfo = await manager.snapshot('/tmp/s', { base: '/tmp/b', onProgress: (done: bigint, total: bigint) => void [done, total] });
+  const bytes: bigint = info.bytes;
+  const extents: number = info.extents;
+  const restored = await GuestMemoryBuilder.restore('/tmp/s', { mode: 'lazy', layout, windowBackings: { fb: object }, startDirtyTracking: true });
+  await GuestMemoryBuilder.restore('/tmp/s', { windowBackings: [{ window: 'fb', offset: 0x1000n, object }, { window: 'fb', object }] });
+  // @ts-expect-error: the modes are 'copy' and 'lazy'.
+  await GuestMemoryBuilder.restore('/tmp/s', { mode: 'eager' });
+  const windows: RestoredWindow[] = restored.restoredWindows();
+  const control: DeviceMemoryControl = windows[0]!.control;
+  const stats: LazyRestoreStats | undefined = await restored.lazyRestore?.done;
+  const chain: SnapshotChain = await readSnapshot('/tmp/s');
+  const visibility: `${RamVisibility}` = chain.chain[0]!.manifest.ramRegions[0]!.visibility;
+  const lazy: boolean = snapshotSupport().lazyRestore;
+  const corrupt: ErrorCode = 'ERR_SNAPSHOT_CORRUPT';
+  const offset: bigint | undefined = new SnapshotError('ERR_SNAPSHOT_CORRUPT', 'x').offset;
+  void [ranges, bytes, extents, control, stats, visibility, lazy, corrupt, offset];
 }
