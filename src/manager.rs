@@ -47,7 +47,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 /// A Promise for a future with a core error `E`, resolving to nothing.
-fn settle<'env, E: ToJsError>(
+pub(crate) fn settle<'env, E: ToJsError>(
     env: &'env Env,
     polling: Polling,
     future: impl Future<Output = Result<(), E>> + Send + 'static,

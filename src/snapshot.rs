@@ -10,6 +10,7 @@ use crate::args::U64;
 use crate::errors::throw;
 use crate::errors::OrThrow;
 use crate::layout::NativeLayout;
+use crate::manager::settle;
 use crate::manager::NativeDeviceWindowHalf;
 use crate::manager::NativeGuestMemoryManager;
 use crate::progress::progress_callback;
@@ -75,13 +76,7 @@ impl NativeDirtyTracking {
     /// Starts tracking (a no-op when on).
     #[napi(ts_return_type = "Promise<void>")]
     pub fn start<'env>(&self, env: &'env Env) -> napi::Result<Object<'env>> {
-        let start = self.inner.start();
-        promise(
-            env,
-            Polling::Inline,
-            async move { start.await.map_err(|error| error.to_js_error()) },
-            |_env, ()| Ok(()),
-        )
+        settle(env, Polling::Inline, self.inner.start())
     }
 
     /// The ranges written since `start()` or the last `take()` (JSON list of ranges).
@@ -95,13 +90,7 @@ impl NativeDirtyTracking {
     /// Stops tracking (a no-op when off).
     #[napi(ts_return_type = "Promise<void>")]
     pub fn stop<'env>(&self, env: &'env Env) -> napi::Result<Object<'env>> {
-        let stop = self.inner.stop();
-        promise(
-            env,
-            Polling::Inline,
-            async move { stop.await.map_err(|error| error.to_js_error()) },
-            |_env, ()| Ok(()),
-        )
+        settle(env, Polling::Inline, self.inner.stop())
     }
 
     /// Whether tracking is on.

@@ -1,6 +1,6 @@
-// Helpers of the snapshot tests: the userfaultfd skip rule (`lazyTest`), a deterministic random
-// generator, temporary snapshot directories, a byte image of a manager's RAM, and flipping a byte
-// of a file.
+// Helpers of the snapshot tests: the userfaultfd skip rule (`lazyTest`), the seeded generator
+// (`rng`, from data.js), temporary snapshot directories, a byte image of a manager's RAM, and
+// flipping a byte of a file.
 //
 // Lazy restores need a userfaultfd that serves kernel-mode faults (snapshotSupport() says why it
 // cannot be had). Tests that need one are declared with `lazyTest`: ava's `test` where it can,
@@ -12,6 +12,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { snapshotSupport, SparseMapping } = require('../../dist');
+const { generator: rng } = require('./data');
 
 const support = snapshotSupport();
 /** Why lazy restores cannot run here, or null. */
@@ -29,28 +30,6 @@ function lazyTest(title, fn) {
 /** `lazyTest` for mode 'lazy', `test` for 'copy'. */
 function modeTest(mode, title, fn) {
   return (mode === 'lazy' ? lazyTest : test)(title, fn);
-}
-
-/** A small deterministic generator (xorshift32); `below(n)` is in [0, n). */
-function rng(seed) {
-  let state = seed >>> 0 || 1;
-  const next = () => {
-    state ^= state << 13;
-    state >>>= 0;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    state >>>= 0;
-    return state;
-  };
-  return {
-    next,
-    below: (n) => next() % n,
-    bytes: (len) => {
-      const out = Buffer.alloc(len);
-      for (let i = 0; i < len; i++) out[i] = next() & 0xff;
-      return out;
-    },
-  };
 }
 
 /** A fresh directory removed when the test ends. */

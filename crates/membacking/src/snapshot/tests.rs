@@ -168,6 +168,29 @@ fn prepared_machine(
     (window, region, first, second)
 }
 
+/// A file-backed manager with `writes` random writes (seeded with `seed`), and a full snapshot of
+/// it in `snap` under a temporary directory.
+fn scribbled_snapshot(
+    seed: u64,
+    writes: usize,
+) -> (GuestMemoryManager, tempfile::TempDir, std::path::PathBuf) {
+    let manager = build(false);
+    let mut rng = Rng::new(seed);
+    scribble(&manager, &mut rng, writes);
+    let dir = temp_dir();
+    let target = dir.path().join("snap");
+    block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
+    (manager, dir, target)
+}
+
+/// The options of an incremental snapshot on `base`.
+fn on_base(base: impl Into<std::path::PathBuf>) -> SnapshotOptions {
+    SnapshotOptions {
+        base: Some(base.into()),
+        progress: None,
+    }
+}
+
 fn restore(dir: &Path, options: RestoreOptions) -> RestoredManager {
     block_on(GuestMemoryBuilder::restore(dir, options)).unwrap()
 }
@@ -342,12 +365,7 @@ fn closing_a_manager_stops_its_lazy_restore_and_releases_it() {
     if !lazy_available(test) {
         return;
     }
-    let manager = build(false);
-    let mut rng = Rng::new(5);
-    scribble(&manager, &mut rng, 100);
-    let dir = temp_dir();
-    let target = dir.path().join("snap");
-    block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
+    let (manager, _dir, target) = scribbled_snapshot(5, 100);
     for deferred in [true, false] {
         let restored = restore(
             &target,
@@ -489,13 +507,7 @@ fn incremental_snapshots_need_tracking_since_their_base() {
     let untracked = dir.path().join("untracked");
     block_on(manager.snapshot(&untracked, SnapshotOptions::default())).unwrap();
     let incremental = |base: &Path, target: &str| {
-        block_on(manager.snapshot(
-            dir.path().join(target),
-            SnapshotOptions {
-                base: Some(base.to_owned()),
-                progress: None,
-            },
-        ))
+        block_on(manager.snapshot(dir.path().join(target), on_base(base.to_owned())))
     };
     let reason = |result: Result<SnapshotInfo, SnapshotError>| match result {
         Err(SnapshotError::DirtyTrackingOff { reason, .. }) => reason,
@@ -564,14 +576,7 @@ fn verifying_checks_every_page_of_every_layer() {
     // The top overwrites the base's second page: a restore never reads the base's copy.
     memory.fill_at(0x20_1000, 0x22, 0x1000).unwrap();
     let top = dir.path().join("top");
-    block_on(manager.snapshot(
-        &top,
-        SnapshotOptions {
-            base: Some(base.clone()),
-            progress: None,
-        },
-    ))
-    .unwrap();
+    block_on(manager.snapshot(&top, on_base(base.clone()))).unwrap();
     let verified = block_on(verify_snapshot(&top, None)).unwrap();
     let dirs: Vec<_> = verified.chain.iter().map(|(dir, _)| dir.clone()).collect();
     assert_eq!(dirs, vec![top.clone(), base.canonicalize().unwrap()]);
@@ -630,14 +635,7 @@ fn a_flipped_byte_in_any_file_is_detected_and_nothing_is_built() {
     block_on(manager.snapshot(&base, SnapshotOptions::default())).unwrap();
     scribble(&manager, &mut rng, 10);
     let top = dir.path().join("top");
-    block_on(manager.snapshot(
-        &top,
-        SnapshotOptions {
-            base: Some(base.clone()),
-            progress: None,
-        },
-    ))
-    .unwrap();
+    block_on(manager.snapshot(&top, on_base(base.clone()))).unwrap();
     let pristine = dir.path().join("pristine");
     std::fs::create_dir(&pristine).unwrap();
     for layer in ["base", "top"] {
@@ -734,12 +732,7 @@ fn a_corrupt_page_fails_a_lazy_restore_when_it_is_reached() {
     if !lazy_available(test) {
         return;
     }
-    let manager = build(false);
-    let mut rng = Rng::new(13);
-    scribble(&manager, &mut rng, 30);
-    let dir = temp_dir();
-    let target = dir.path().join("snap");
-    block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
+    let (manager, _dir, target) = scribbled_snapshot(13, 30);
     flip(&target.join(format::MEMORY_FILE), 4096 + 17);
     let restored = restore(
         &target,
@@ -1163,14 +1156,7 @@ mod kvm {
         guest.fill(region + 0x8000, 4096, 0x2222);
         let expected = guest.sum(region, 8192);
         let top = dir.path().join("top");
-        let info = block_on(manager.snapshot(
-            &top,
-            SnapshotOptions {
-                base: Some(base.clone()),
-                progress: None,
-            },
-        ))
-        .unwrap();
+        let info = block_on(manager.snapshot(&top, on_base(base.clone()))).unwrap();
         assert!(info.incremental);
         assert!(
             info.bytes >= 0x10000,
