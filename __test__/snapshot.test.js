@@ -95,7 +95,10 @@ for (const mode of ['copy', 'lazy']) {
   modeTest(mode, `a ${mode} restore is byte-exact, with visibility and a device window placed as they were`, async (t) => {
     const rand = rng(mode === 'copy' ? 7 : 8);
     const manager = await build(t);
-    const { first, second } = await prepare(t, manager, rand);
+    // The window's halves stay referenced until the test ends: once both are collected, the
+    // window leaves the guest (it did, under load, between the snapshot and the summary).
+    const { window: placed, first, second } = await prepare(t, manager, rand);
+    t.teardown(() => void placed);
     const dir = path.join(tempDir(t), 'snap');
     const reports = [];
     const info = await manager.snapshot(dir, { onProgress: (done, total) => reports.push([done, total]) });
