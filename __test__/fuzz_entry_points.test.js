@@ -38,17 +38,21 @@ const CHILD = path.join(__dirname, 'fixtures', 'stress', 'fuzz_child.js');
  *  and inside option and change objects) at each of the first four argument positions. */
 const GROUPS = ['ranges', 'memory', 'manager', 'partitions', 'hooks', 'sweep'];
 const RUNS = Number(process.env.MEMBACKING_FUZZ_RUNS ?? (process.env.CI ? 3000 : 10_000));
+/** The child's time budget: it stops there (reporting `interrupted`) on a loaded machine. */
+const BUDGET_MS = Number(process.env.MEMBACKING_FUZZ_BUDGET_MS ?? 60_000);
+/** Past the budget, a child still running is wedged (a call's own hang limit is 15 s). */
+const KILL_AFTER_MS = BUDGET_MS + 45_000;
 
 /** Runs the fuzz child; resolves {status, signal, stdout, stderr, journal}. */
 function runChild(group, runs, seed) {
   const journal = path.join(os.tmpdir(), `membacking-fuzz-${process.pid}-${group}-${seed}.txt`);
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CHILD, group, String(runs), String(seed), journal], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CHILD, group, String(runs), String(seed), journal, String(BUDGET_MS)], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 110_000);
+    const timer = setTimeout(() => child.kill('SIGKILL'), KILL_AFTER_MS);
     child.on('close', (status, signal) => {
       clearTimeout(timer);
       let last = '';
@@ -66,7 +70,7 @@ function runChild(group, runs, seed) {
 for (const group of GROUPS) {
   const what = group === 'sweep' ? 'sweep: every entry point with nasty values at each argument position' : `fuzz ${group}: random values`;
   test(`${what} never crash or hang, and every throw is a coded error`, async (t) => {
-    t.timeout(115_000);
+    t.timeout(KILL_AFTER_MS + 10_000);
     const seed = Number(process.env.MEMBACKING_FUZZ_SEED ?? Math.floor(Math.random() * 0x7fff_ffff));
     const outcome = await runChild(group, RUNS, seed);
     const where = `(seed ${seed}; replay: MEMBACKING_FUZZ_SEED=${seed} MEMBACKING_FUZZ_RUNS=${RUNS} npx ava ${path.relative(process.cwd(), __filename)})`;
@@ -84,8 +88,10 @@ for (const group of GROUPS) {
     if (knownSeen.length > 0) t.log(`known (reported) problems met: ${JSON.stringify(Object.fromEntries(knownSeen))}`);
     t.false(summary.failed, `a call broke the rule ${where}: ${summary.counterexample}\n${summary.error}`);
     t.is(outcome.status, 0, outcome.stderr);
-    // The run reached the entry points: most calls ran, some returned and some threw.
-    t.true(summary.calls.total >= RUNS * 0.9, `only ${summary.calls.total} of ${RUNS} calls ran (${summary.calls.skipped} skipped)`);
+    // The run reached the entry points: most calls ran (all that fit the budget on a loaded
+    // machine), some returned and some threw.
+    if (summary.interrupted) t.log(`the ${BUDGET_MS / 1000} s budget ended the run after ${summary.calls.total} calls`);
+    else t.true(summary.calls.total >= RUNS * 0.9, `only ${summary.calls.total} of ${RUNS} calls ran (${summary.calls.skipped} skipped)`);
     t.true(summary.calls.returned > 0 && summary.calls.threw > 0, JSON.stringify(summary.calls));
   });
 }
