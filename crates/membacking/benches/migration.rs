@@ -21,9 +21,6 @@
 //! stderr. Run with `cargo bench -p membacking --bench migration`
 //! (`MIGRATION_BENCH=total|downtime` runs one group, `MIGRATION_BENCH_RUNS` sets the runs).
 
-// Unsafe code: the copy-path baseline walks the RAM object's data with lseek(SEEK_DATA).
-#![allow(unsafe_code)]
-
 mod support;
 
 use futures::executor::block_on;
@@ -128,7 +125,7 @@ fn copy_path(
     let backing = source.shared_memory_backing().unwrap();
     let object = std::fs::File::from(backing.as_fd().try_clone_to_owned().unwrap());
     let size = object.metadata().unwrap().len();
-    let runs = runs.unwrap_or_else(|| data_runs(&object, size));
+    let runs = runs.unwrap_or_else(|| support::data_runs(object.as_fd(), size));
     let fd = sparse_mmap::alloc_shared_memory(usize::try_from(size).unwrap(), "copy").unwrap();
     let target = std::fs::File::from(fd);
     if existing {
@@ -171,26 +168,6 @@ fn copy_path(
     let seconds = start.elapsed().as_secs_f64();
     drop(target);
     seconds
-}
-
-/// The data runs of a file (`SEEK_DATA`/`SEEK_HOLE`).
-fn data_runs(file: &std::fs::File, len: u64) -> Vec<(u64, u64)> {
-    use std::os::fd::AsRawFd;
-    let mut runs = Vec::new();
-    let mut cursor = 0i64;
-    let end = i64::try_from(len).unwrap();
-    while cursor < end {
-        // SAFETY: lseek on an open descriptor.
-        let data = unsafe { libc::lseek(file.as_raw_fd(), cursor, libc::SEEK_DATA) };
-        if data < 0 {
-            break;
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(file.as_raw_fd(), data, libc::SEEK_HOLE) }.min(end);
-        runs.push((u64::try_from(data).unwrap(), u64::try_from(hole).unwrap()));
-        cursor = hole;
-    }
-    runs
 }
 
 /// Migrates `source` over the socketpair `(ours, theirs)`; returns the figures, the seconds

@@ -20,23 +20,23 @@
 //! The snapshot directory is `MEMBACKING_BENCH_DIR` or the system temporary directory. Run with
 //! `cargo bench -p membacking --bench snapshot`.
 
-// Unsafe code: the baselines copy files with copy_file_range/sendfile and walk them with lseek.
+// Unsafe code: the baselines copy files with copy_file_range/sendfile and touch the pages of a
+// raw userfaultfd view.
 #![allow(unsafe_code)]
 
 mod support;
 
 use futures::executor::block_on;
-use membacking::snapshot::uffd::Userfaultfd;
 use membacking::snapshot::RestoreMode;
 use membacking::snapshot::RestoreOptions;
 use membacking::snapshot::SnapshotOptions;
 use membacking::GuestMemoryBuilder;
 use memory_range::MemoryRange;
+use sparse_mmap::userfaultfd::StopEvent;
+use sparse_mmap::userfaultfd::Userfaultfd;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -112,25 +112,6 @@ fn copy_range(from: i32, offset: u64, to: i32, at: u64, len: u64) {
     }
 }
 
-/// The data runs of a file (SEEK_DATA/SEEK_HOLE).
-fn data_runs(fd: i32, len: u64) -> Vec<(u64, u64)> {
-    let mut runs = Vec::new();
-    let mut cursor = 0i64;
-    let end = i64::try_from(len).unwrap();
-    while cursor < end {
-        // SAFETY: lseek on an open descriptor.
-        let data = unsafe { libc::lseek(fd, cursor, libc::SEEK_DATA) };
-        if data < 0 {
-            break;
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) }.min(end);
-        runs.push((u64::try_from(data).unwrap(), u64::try_from(hole).unwrap()));
-        cursor = hole;
-    }
-    runs
-}
-
 /// Snapshot of a 4 GiB guest with 256 MiB touched, its baseline, and the copy restore.
 fn snapshot_and_copy_restore(dir: &Path) {
     let manager = build(4 * GIB);
@@ -149,7 +130,7 @@ fn snapshot_and_copy_restore(dir: &Path) {
     }
     let object = manager.shared_memory_backing().unwrap();
     let fd = object.as_fd_raw();
-    let runs = data_runs(fd, 4 * GIB);
+    let runs = support::data_runs(std::os::fd::AsFd::as_fd(&object), 4 * GIB);
 
     let target = dir.join("bench-full");
     let baseline_file = dir.join("bench-copy-file-range");
@@ -448,56 +429,43 @@ fn first_touch(snapshot: &Path) {
 fn raw_userfaultfd_touch_ns(count: usize) -> f64 {
     let len = count * PAGE;
     let object = sparse_mmap::alloc_shared_memory(len, "raw-uffd").unwrap();
-    // SAFETY: a fresh shared view of our own memfd, unmapped below.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            object.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(base, libc::MAP_FAILED);
+    let view = sparse_mmap::SparseMapping::new(len).unwrap();
+    view.map_file(0, len, &object, 0, true).unwrap();
+    let base = view.as_ptr().cast::<u8>();
     let uffd = Arc::new(Userfaultfd::new().unwrap());
-    uffd.register(base.cast(), len).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
+    uffd.register(base, len).unwrap();
+    let stop = Arc::new(StopEvent::new().unwrap());
     let handler = {
         let uffd = uffd.clone();
         let stop = stop.clone();
         std::thread::spawn(move || {
             let page = vec![7u8; PAGE];
             let mut faults = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let mut fds = [libc::pollfd {
-                    fd: uffd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                }];
-                // SAFETY: one valid pollfd.
-                unsafe { libc::poll(fds.as_mut_ptr(), 1, 10) };
-                faults.clear();
-                uffd.read_faults(&mut faults).unwrap();
-                for &address in &faults {
-                    let address = (usize::try_from(address).unwrap() & !(PAGE - 1)) as *mut u8;
-                    uffd.copy(address, &page).unwrap();
+            loop {
+                let ready = uffd.wait(&stop).unwrap();
+                if ready.faults {
+                    faults.clear();
+                    uffd.read_faults(&mut faults).unwrap();
+                    for &address in &faults {
+                        let address = (usize::try_from(address).unwrap() & !(PAGE - 1)) as *mut u8;
+                        uffd.copy(address, &page).unwrap();
+                    }
+                }
+                if ready.stopped {
+                    break;
                 }
             }
         })
     };
     let start = Instant::now();
     for index in 0..count {
-        // SAFETY: inside the registered view; the handler fills the page.
-        std::hint::black_box(unsafe {
-            std::ptr::read_volatile(base.cast::<u8>().add(index * PAGE))
-        });
+        // SAFETY: inside the registered view, which lives until the end of the function; the
+        // handler fills the page.
+        std::hint::black_box(unsafe { std::ptr::read_volatile(base.add(index * PAGE)) });
     }
     let elapsed = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
+    stop.signal().unwrap();
     handler.join().unwrap();
-    // SAFETY: unmaps the view mapped above.
-    unsafe { libc::munmap(base, len) };
     elapsed.as_nanos() as f64 / count as f64
 }
 

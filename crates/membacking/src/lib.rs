@@ -47,13 +47,14 @@
 //!
 //! # Unsafe code
 //!
-//! The memory manager itself has one `unsafe impl`: the accessor's backing implements
-//! `guestmem::GuestMemoryAccess`, whose contract (the mapping stays reserved while the backing
-//! lives) the VA mapper keeps (`mapping_manager::backing`); its system calls on memory objects go
-//! through `sparse_mmap`. The snapshot modules that talk to the kernel directly (`snapshot::uffd`,
-//! `lazy`, `source`, `restore`, `publish`: userfaultfd, positioned file I/O on RAM objects, the
-//! guarded copy, `renameat2`) opt in, each saying why at its top; the crate denies `unsafe_code`
-//! everywhere else.
+//! This crate has exactly one piece of unsafe code, an `unsafe impl`: the accessor's backing
+//! implements `guestmem::GuestMemoryAccess`, whose contract (the mapping stays reserved while the
+//! backing lives) the VA mapper keeps (`mapping_manager::backing`, the only module that opts in).
+//! Every system call goes through a safe API of the crate that owns it: memory objects, VA
+//! reservations, page bitmaps and userfaultfd through `sparse_mmap`, guest accesses through
+//! `guestmem`, and the renames that publish a snapshot through `rustix`. `unsafe_code` is denied
+//! everywhere else in the crate, tests included (the snapshot benchmark's raw baselines, a separate
+//! target, say at their top why they opt in).
 
 pub mod device_memory;
 pub mod dirty;

@@ -1,8 +1,9 @@
 //! Plain page allocations: private anonymous read-write memory of an exact size, unmapped on drop.
 //!
-//! [`Allocation`] is the raw memory; [`SharedMem`] exposes it as a slice of atomic bytes so that
-//! several threads may access it concurrently (guest memory implements its access trait for
-//! `SharedMem`: fully mapped, never faulting).
+//! [`Allocation`] is the raw memory, also readable as atomic bytes or atomic 64-bit words (a
+//! zeroed bitmap that costs nothing until touched); [`SharedMem`] exposes it as a slice of atomic
+//! bytes so that several threads may access it concurrently (guest memory implements its access
+//! trait for `SharedMem`: fully mapped, never faulting).
 
 // Unsafe code: it maps and unmaps anonymous memory and hands out its address.
 #![allow(unsafe_code)]
@@ -11,9 +12,11 @@ use std::ffi::c_void;
 use std::io;
 use std::ops::Deref;
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicU8;
 
-/// Private anonymous read-write memory of exactly `len` bytes.
+/// Private anonymous read-write memory of exactly `len` bytes, mapped without reserving swap for
+/// it: the kernel provides zeroed pages on first touch.
 #[derive(Debug)]
 pub struct Allocation {
     address: NonNull<c_void>,
@@ -36,7 +39,7 @@ impl Allocation {
                 std::ptr::null_mut(),
                 size,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
             )
@@ -47,6 +50,16 @@ impl Allocation {
         let address = NonNull::new(address)
             .ok_or_else(|| io::Error::other("the kernel returned a null mapping"))?;
         Ok(Self { address, len: size })
+    }
+
+    /// Maps zeroed memory for `count` atomic 64-bit words ([`Self::as_atomic_words`]); at
+    /// least one word.
+    pub fn words(count: usize) -> io::Result<Self> {
+        let bytes = count
+            .max(1)
+            .checked_mul(std::mem::size_of::<AtomicU64>())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        Self::new(bytes)
     }
 
     /// The base of the memory.
@@ -69,6 +82,15 @@ impl Allocation {
         // SAFETY: the mapping is readable and writable for `len` bytes while `self` lives;
         // atomic bytes may alias any memory.
         unsafe { std::slice::from_raw_parts(self.address.as_ptr().cast::<AtomicU8>(), self.len) }
+    }
+
+    /// The memory as atomic 64-bit words (the whole words it holds).
+    pub fn as_atomic_words(&self) -> &[AtomicU64] {
+        let count = self.len / std::mem::size_of::<AtomicU64>();
+        // SAFETY: the mapping starts on a page boundary (so the words are aligned), is readable
+        // and writable for `len >= count * 8` bytes while `self` lives, and all-zero (or any)
+        // bytes are a valid `AtomicU64`; atomics may alias the atomic bytes view.
+        unsafe { std::slice::from_raw_parts(self.address.as_ptr().cast::<AtomicU64>(), count) }
     }
 }
 
@@ -121,6 +143,19 @@ mod tests {
             memory.allocation().as_atomic_bytes()[4999].load(Ordering::Relaxed),
             7
         );
+    }
+
+    #[test]
+    fn words_are_zeroed_aligned_and_shared_with_the_bytes() {
+        let memory = Allocation::words(3).unwrap();
+        let words = memory.as_atomic_words();
+        assert_eq!(words.len(), 3);
+        assert!(words.iter().all(|word| word.load(Ordering::Relaxed) == 0));
+        words[1].fetch_or(1 << 9, Ordering::Relaxed);
+        // Little-endian: bit 9 of word 1 is bit 1 of byte 9.
+        assert_eq!(memory.as_atomic_bytes()[9].load(Ordering::Relaxed), 2);
+        assert_eq!(Allocation::words(0).unwrap().as_atomic_words().len(), 1);
+        assert!(Allocation::words(usize::MAX).is_err());
     }
 
     #[test]

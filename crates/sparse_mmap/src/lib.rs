@@ -11,7 +11,8 @@
 //!
 //! The data helpers ([`SparseMapping::read_at`] and friends) go through `trycopy`, so faults
 //! become [`SparseMappingError::Memory`] errors. Shareable memory objects are plain owned file
-//! descriptors ([`Mappable`]), created by [`alloc_shared_memory`] (a memfd).
+//! descriptors ([`Mappable`]), created by [`alloc_shared_memory`] (a memfd). [`userfaultfd`]
+//! serves missing-page faults of mapped memory from user space.
 //!
 //! Linux only (x86-64 and aarch64). No operation here panics on caller input: every failure is an
 //! error.
@@ -23,6 +24,7 @@ mod data_access;
 mod mapping;
 mod shared_memory;
 mod shmem_views;
+pub mod userfaultfd;
 
 pub use data_access::SparseMappingError;
 pub use mapping::SparseMapping;
@@ -31,11 +33,16 @@ pub use shared_memory::is_regular_file;
 pub use shared_memory::mappable_from_fd;
 pub use shared_memory::mappable_from_raw_fd;
 pub use shared_memory::new_mappable_from_file;
+pub use shared_memory::object_id;
 pub use shared_memory::object_name;
 pub use shared_memory::object_size;
 pub use shared_memory::punch_hole;
+pub use shared_memory::read_exact_at;
+pub use shared_memory::seek;
+pub use shared_memory::write_all_at;
 pub use shared_memory::Mappable;
 pub use shared_memory::MappableRef;
+pub use shared_memory::Seek;
 pub use trycopy::initialize_try_copy;
 
 #[cfg(test)]

@@ -3,11 +3,13 @@
 //!
 //! On Linux a mappable object is simply an open file descriptor: [`Mappable`] owns one (closed on
 //! drop), [`MappableRef`] borrows one. Anything that implements `AsFd` can be passed to
-//! `map_file`. The queries and changes a memory manager makes on such an object (its size,
-//! whether it is a regular file, punching a hole, the name it shows in `/proc/self/fd`) are
-//! here too, so that the crates above need no system calls of their own.
+//! `map_file`. The queries and changes a memory manager makes on such an object (its size and
+//! identity, whether it is a regular file, where its data and holes are, reading and writing it
+//! at an offset, punching a hole, the name it shows in `/proc/self/fd`) are here too, so that the
+//! crates above need no system calls of their own.
 
-// Unsafe code: memfd_create/ftruncate/fstat/fallocate/fcntl are libc calls on raw descriptors.
+// Unsafe code: memfd_create/ftruncate/fstat/fallocate/fcntl/lseek are libc calls on raw
+// descriptors, and positioned reads and writes go through a `File` that borrows one.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -18,6 +20,7 @@ use std::os::fd::AsRawFd;
 use std::os::fd::BorrowedFd;
 use std::os::fd::FromRawFd;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
 
 /// An owned descriptor of a shareable memory object (memfd or file).
 pub type Mappable = OwnedFd;
@@ -64,6 +67,66 @@ fn stat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
 pub fn object_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let size = stat(fd)?.st_size;
     u64::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))
+}
+
+/// The object's identity: its device and inode numbers (`fstat`). Two descriptors of the same
+/// object, however obtained, have the same identity.
+pub fn object_id(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let stat = stat(fd)?;
+    Ok((stat.st_dev, stat.st_ino))
+}
+
+/// Runs `action` on a `File` that borrows `fd` for the duration of the call.
+fn with_file<T>(fd: BorrowedFd<'_>, action: impl FnOnce(&File) -> T) -> T {
+    // SAFETY: the `File` only borrows the descriptor, which `fd` keeps open for the call;
+    // `ManuallyDrop` never closes it and it does not escape `action`.
+    let file = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(fd.as_raw_fd()) });
+    action(&file)
+}
+
+/// Reads exactly `buffer.len()` bytes of the object at `offset` (`pread`; never faults this
+/// process). Reading past the end is `UnexpectedEof`.
+pub fn read_exact_at(fd: BorrowedFd<'_>, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+    with_file(fd, |file| file.read_exact_at(buffer, offset))
+}
+
+/// Writes all of `data` into the object at `offset` (`pwrite`).
+pub fn write_all_at(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> io::Result<()> {
+    with_file(fd, |file| file.write_all_at(data, offset))
+}
+
+/// What [`seek`] looks for.
+#[derive(Debug, Copy, Clone, PartialEq, Eq)]
+pub enum Seek {
+    /// The next byte that holds data (`SEEK_DATA`).
+    Data,
+    /// The next byte of a hole (`SEEK_HOLE`; the end of the object counts as a hole).
+    Hole,
+}
+
+/// The offset of the first data byte or hole byte at or after `offset` (`lseek` with
+/// `SEEK_DATA`/`SEEK_HOLE`), or `None` when there is none before the end of the object. On a
+/// memfd a written or swapped-out page is data, a never-written or punched one a hole. Moves
+/// the descriptor's file offset (shared by every duplicate of it).
+pub fn seek(fd: BorrowedFd<'_>, offset: u64, what: Seek) -> io::Result<Option<u64>> {
+    let offset =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let whence = match what {
+        Seek::Data => libc::SEEK_DATA,
+        Seek::Hole => libc::SEEK_HOLE,
+    };
+    // SAFETY: lseek on a valid (borrowed) descriptor only moves its file offset.
+    let result = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    if result < 0 {
+        let error = io::Error::last_os_error();
+        // ENXIO: no data (or hole) at or after the offset.
+        return if error.raw_os_error() == Some(libc::ENXIO) {
+            Ok(None)
+        } else {
+            Err(error)
+        };
+    }
+    Ok(u64::try_from(result).ok())
 }
 
 /// Whether the object is a regular file (a memfd, a tmpfs or disk file), whose size bounds

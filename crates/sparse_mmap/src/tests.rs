@@ -799,6 +799,50 @@ fn punch_hole_zeroes_every_view_and_keeps_the_size() {
 }
 
 #[test]
+fn positioned_io_seek_and_identity_of_an_object() {
+    use crate::Seek;
+    let size = 8 * page();
+    let memfd = alloc_shared_memory(size, "positioned-io").unwrap();
+    let fd = memfd.as_fd();
+    // A fresh memfd is all hole.
+    assert_eq!(crate::seek(fd, 0, Seek::Data).unwrap(), None);
+    assert_eq!(crate::seek(fd, 0, Seek::Hole).unwrap(), Some(0));
+    crate::write_all_at(fd, b"page three", 3 * page() as u64).unwrap();
+    crate::write_all_at(fd, b"page five", 5 * page() as u64).unwrap();
+    assert_eq!(
+        crate::seek(fd, 0, Seek::Data).unwrap(),
+        Some(3 * page() as u64)
+    );
+    assert_eq!(
+        crate::seek(fd, 3 * page() as u64, Seek::Hole).unwrap(),
+        Some(4 * page() as u64)
+    );
+    assert_eq!(
+        crate::seek(fd, 4 * page() as u64, Seek::Data).unwrap(),
+        Some(5 * page() as u64)
+    );
+    assert_eq!(
+        crate::seek(fd, 6 * page() as u64, Seek::Data).unwrap(),
+        None
+    );
+    let beyond_off_t = crate::seek(fd, u64::MAX, Seek::Data).unwrap_err();
+    assert_eq!(beyond_off_t.raw_os_error(), Some(libc::EINVAL));
+    let mut back = [0u8; 10];
+    crate::read_exact_at(fd, &mut back, 3 * page() as u64).unwrap();
+    assert_eq!(&back, b"page three");
+    let past_end = crate::read_exact_at(fd, &mut back, size as u64 - 4).unwrap_err();
+    assert_eq!(past_end.kind(), io::ErrorKind::UnexpectedEof);
+    // The descriptor stays open and usable after the borrowed `File`s are gone.
+    assert_eq!(crate::object_size(fd).unwrap(), size as u64);
+    // A duplicate has the same identity; another memfd does not.
+    let duplicate = mappable_from_fd(fd).unwrap();
+    let id = crate::object_id(fd).unwrap();
+    assert_eq!(crate::object_id(duplicate.as_fd()).unwrap(), id);
+    let other = alloc_shared_memory(page(), "other").unwrap();
+    assert_ne!(crate::object_id(other.as_fd()).unwrap(), id);
+}
+
+#[test]
 fn mappable_from_raw_fd_duplicates_or_reports_ebadf() {
     let memfd = alloc_shared_memory(page(), "raw-fd").unwrap();
     let duplicate = crate::mappable_from_raw_fd(memfd.as_raw_fd()).unwrap();

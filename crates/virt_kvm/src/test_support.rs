@@ -19,27 +19,22 @@ use virt::PartitionMemoryMap;
 
 impl AnonMemory {
     /// `new`, which must succeed in a test.
-    /// The length in bytes.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
     pub(crate) fn mapped(len: usize) -> Self {
         Self::new(len).unwrap_or_else(|error| panic!("mmap of {len:#x} bytes failed: {error}"))
     }
 
     pub(crate) fn write(&self, offset: usize, data: &[u8]) {
-        assert!(offset + data.len() <= self.len);
+        assert!(offset + data.len() <= self.len());
         // SAFETY: in bounds of the live mapping (checked above); the guest does not run while
         // the tests write.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(offset), data.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr().add(offset), data.len()) };
     }
 
     pub(crate) fn read(&self, offset: usize, data: &mut [u8]) {
-        assert!(offset + data.len() <= self.len);
+        assert!(offset + data.len() <= self.len());
         // SAFETY: in bounds of the live mapping (checked above).
         unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.add(offset), data.as_mut_ptr(), data.len())
+            std::ptr::copy_nonoverlapping(self.ptr().add(offset), data.as_mut_ptr(), data.len())
         };
     }
 
@@ -49,7 +44,7 @@ impl AnonMemory {
         // SAFETY: changes the protection of exactly the mapping created in `new`; nothing reads
         // it through a reference afterwards (the accessors copy through raw pointers and the
         // tests that call this never use them again).
-        let rc = unsafe { libc::mprotect(self.ptr.cast(), self.len, libc::PROT_NONE) };
+        let rc = unsafe { libc::mprotect(self.ptr().cast(), self.len(), libc::PROT_NONE) };
         assert_eq!(rc, 0, "mprotect(PROT_NONE) failed");
     }
 

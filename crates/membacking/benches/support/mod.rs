@@ -1,5 +1,5 @@
 //! What the snapshot and migration benchmarks share: the report line, medians, the warm-up
-//! before first touches, and deterministic random data.
+//! before first touches, deterministic random data, and the data runs of a RAM object.
 
 /// One figure of the report, printed as one JSON line in the project's benchmark format.
 pub struct Figure<'a> {
@@ -66,4 +66,23 @@ pub fn random_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
     }
     bytes.truncate(len);
     bytes
+}
+
+/// The runs `[start, end)` of `[0, len)` of a file that hold data (`SEEK_DATA`/`SEEK_HOLE`).
+pub fn data_runs(fd: std::os::fd::BorrowedFd<'_>, len: u64) -> Vec<(u64, u64)> {
+    use sparse_mmap::Seek;
+    let mut runs = Vec::new();
+    let mut cursor = 0;
+    while cursor < len {
+        let Some(data) = sparse_mmap::seek(fd, cursor, Seek::Data).unwrap() else {
+            break;
+        };
+        let hole = sparse_mmap::seek(fd, data, Seek::Hole)
+            .unwrap()
+            .unwrap_or(len)
+            .min(len);
+        runs.push((data, hole));
+        cursor = hole;
+    }
+    runs
 }

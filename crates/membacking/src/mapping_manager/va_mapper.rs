@@ -41,6 +41,7 @@ use parking_lot::Mutex;
 use parking_lot::MutexGuard;
 use sparse_mmap::Mappable;
 use sparse_mmap::SparseMapping;
+use sparse_mmap::SparseMappingError;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
@@ -549,6 +550,21 @@ impl VaMapper {
     /// The base of the window.
     pub fn base(&self) -> *mut u8 {
         self.shared.window.as_ptr().cast()
+    }
+
+    /// Copies the window's bytes at `offset` into `buffer` with the fault-safe copy. Nothing is
+    /// mapped on demand: a page not in place fails (for pages known to be committed, such as
+    /// private RAM).
+    pub(crate) fn read_at(&self, offset: u64, buffer: &mut [u8]) -> Result<(), SparseMappingError> {
+        let offset = usize::try_from(offset).map_err(|_| SparseMappingError::OutOfBounds)?;
+        self.shared.window.read_at(offset, buffer)
+    }
+
+    /// Copies `data` into the window at `offset` with the fault-safe copy (see
+    /// [`Self::read_at`]).
+    pub(crate) fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), SparseMappingError> {
+        let offset = usize::try_from(offset).map_err(|_| SparseMappingError::OutOfBounds)?;
+        self.shared.window.write_at(offset, data)
     }
 
     /// The window length `L` (the requested length rounded up).

@@ -5,9 +5,6 @@
 //! Partition call logs are compared exactly with `RecordingPartition`s whose VA base is the
 //! manager's window base (so `vaOffset` is the GPA of the VA used).
 
-// Unsafe code: a test passes an inheritable descriptor to a child process (fcntl, close).
-#![allow(unsafe_code)]
-
 use super::*;
 use crate::mapping_manager::va_mapper::MapperEvent;
 use crate::mapping_manager::MapperId;
@@ -21,7 +18,6 @@ use futures::executor::block_on;
 use guestmem::GuestMemoryError;
 use guestmem::GuestMemoryErrorKind;
 use std::os::fd::AsRawFd;
-use std::os::fd::OwnedFd;
 use virt::RecordedCall as C;
 use virt::RecordedOp;
 use virt::RecordingPartition;
@@ -1481,8 +1477,7 @@ fn shared_backing_rebuilds_the_memory_in_a_child_process() {
     if let Ok(fd) = std::env::var(VAR) {
         // The child: rebuild the guest memory from the inherited descriptor.
         let fd: i32 = fd.parse().unwrap();
-        // SAFETY: the parent passed this descriptor to us for our exclusive use.
-        let object = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let object = sparse_mmap::mappable_from_raw_fd(fd).unwrap();
         let backing = SharedMemoryBacking::from_mappable(object);
         let mgr = build(
             GuestMemoryBuilder::new().existing_backing(Some(backing)),
@@ -1498,21 +1493,18 @@ fn shared_backing_rebuilds_the_memory_in_a_child_process() {
     let mem = memory(&mgr);
     mem.write_at(0x2000, b"parent").unwrap();
     let backing = mgr.shared_memory_backing().unwrap();
-    // An inheritable duplicate (the original is close-on-exec).
-    // SAFETY: duplicating a descriptor we own.
-    let inheritable = unsafe { libc::fcntl(backing.as_fd().as_raw_fd(), libc::F_DUPFD, 100) };
-    assert!(inheritable >= 0);
+    // The child inherits a duplicate as its standard input (the original is close-on-exec).
+    let inherited = backing.as_fd().try_clone_to_owned().unwrap();
     let output = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "memory_manager::tests::shared_backing_rebuilds_the_memory_in_a_child_process",
             "--exact",
             "--nocapture",
         ])
-        .env(VAR, inheritable.to_string())
+        .env(VAR, "0")
+        .stdin(inherited)
         .output()
         .unwrap();
-    // SAFETY: closing the duplicate made above, which nothing else uses.
-    unsafe { libc::close(inheritable) };
     assert!(
         output.status.success() && String::from_utf8_lossy(&output.stdout).contains("1 passed"),
         "{}\n{}",

@@ -33,18 +33,12 @@
 //! mismatch cannot fail an access that already happened: the page is filled with zeros and the
 //! restore's [`LazyRestore::wait`] fails with `SnapshotError::Corrupt`.
 
-// Unsafe code: lazy restore serves userfaultfd faults: it maps its own page bitmap, copies pages
-// into registered guest RAM and reads the faulting file's identity (fstat).
-#![allow(unsafe_code)]
-
 use super::report;
 use super::restore::read_verified;
 use super::restore::Layer;
 use super::restore::Piece;
 use super::restore::Plan;
 use super::restore::Source;
-use super::uffd::Copied;
-use super::uffd::Userfaultfd;
 use super::Progress;
 use super::SnapshotError;
 use crate::mapping_manager::va_mapper::MapObserver;
@@ -53,12 +47,15 @@ use crate::ram_visibility::RamRegionSpec;
 use crate::GuestMemoryManager;
 use futures::channel::oneshot;
 use parking_lot::Mutex;
+use sparse_mmap::alloc::Allocation;
+use sparse_mmap::userfaultfd::Copied;
+use sparse_mmap::userfaultfd::StopEvent;
+use sparse_mmap::userfaultfd::Userfaultfd;
 use sparse_mmap::Mappable;
+use sparse_mmap::SparseMapping;
 use std::future::Future;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::fd::FromRawFd;
-use std::os::fd::OwnedFd;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
@@ -200,8 +197,9 @@ struct Completion {
 
 /// Where the RAM pages are written.
 enum Target {
-    /// File-backed: the helper view of the whole object (registered).
-    Helper { base: usize, len: usize },
+    /// File-backed: the helper view of the whole object (registered), made inaccessible at
+    /// teardown.
+    Helper(SparseMapping),
     /// Private: the window itself.
     Window,
 }
@@ -210,51 +208,21 @@ enum Target {
 /// first touch, so setting up a restore costs the same for any guest size (a heap allocation
 /// of that size may be recycled memory that `calloc` has to clear).
 struct PageBits {
-    words: *mut AtomicU64,
-    len: usize,
+    memory: Allocation,
 }
-
-// SAFETY: the mapping is owned by this value and only accessed through atomics.
-unsafe impl Send for PageBits {}
-// SAFETY: as above.
-unsafe impl Sync for PageBits {}
 
 impl PageBits {
     fn new(pages: u64) -> io::Result<Self> {
-        let len = usize::try_from(pages.div_ceil(64))
-            .map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?
-            .max(1);
-        let bytes = len
-            .checked_mul(8)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        // SAFETY: a fresh private anonymous mapping at an address the kernel picks; it is
-        // unmapped in `drop`.
-        let words = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if words == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let words = usize::try_from(pages.div_ceil(64))
+            .map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
         Ok(Self {
-            words: words.cast(),
-            len,
+            memory: Allocation::words(words)?,
         })
     }
 
     fn word(&self, page: u64) -> Option<&AtomicU64> {
-        let index = usize::try_from(page / 64)
-            .ok()
-            .filter(|&index| index < self.len)?;
-        // SAFETY: `index < len` words of the live mapping, zero-initialised by the kernel and
-        // only ever accessed atomically.
-        Some(unsafe { &*self.words.add(index) })
+        let index = usize::try_from(page / 64).ok()?;
+        self.memory.as_atomic_words().get(index)
     }
 
     /// Sets the bit; returns whether it was clear.
@@ -272,14 +240,6 @@ impl PageBits {
     }
 }
 
-impl Drop for PageBits {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`; no reference into it outlives
-        // `self`.
-        unsafe { libc::munmap(self.words.cast(), self.len * 8) };
-    }
-}
-
 /// State shared by the handler, the filler and the handle.
 struct Shared {
     uffd: Userfaultfd,
@@ -293,7 +253,7 @@ struct Shared {
     /// The RAM object's identity (device, inode), for the map observer.
     object_id: Option<(u64, u64)>,
     mapper: Arc<VaMapper>,
-    stop: OwnedFd,
+    stop: StopEvent,
     /// The background filler has been started.
     filler_started: AtomicBool,
     /// The restore is being torn down: copies may fail because views are unregistered.
@@ -361,12 +321,9 @@ impl std::fmt::Debug for LazyRestore {
     }
 }
 
-fn file_id(fd: &impl AsRawFd) -> Option<(u64, u64)> {
-    // SAFETY: `stat` is plain old data for which all-zero is valid.
-    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid descriptor and a valid out pointer.
-    let ok = unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } == 0;
-    ok.then_some((stat.st_dev, stat.st_ino))
+/// The identity of the RAM object (device, inode), to recognise its views.
+fn file_id(fd: &impl AsFd) -> Option<(u64, u64)> {
+    sparse_mmap::object_id(fd.as_fd()).ok()
 }
 
 /// Registers `[address, address + len)` for missing-page faults.
@@ -420,51 +377,20 @@ impl LazyRestore {
                     usize::try_from(ram_size).map_err(|_| SnapshotError::LazyUnavailable {
                         reason: "RAM too large".into(),
                     })?;
-                // SAFETY: a new shared view of the RAM object at an address the kernel picks;
-                // it is unmapped when the restore finishes and nothing else uses it.
-                let base = unsafe {
-                    libc::mmap(
-                        std::ptr::null_mut(),
-                        len,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_SHARED | libc::MAP_NORESERVE,
-                        object.as_raw_fd(),
-                        0,
-                    )
-                };
-                if base == libc::MAP_FAILED {
-                    return Err(SnapshotError::io(
-                        "map",
-                        "the RAM object",
-                        io::Error::last_os_error(),
-                    ));
-                }
-                if let Err(error) = register(&uffd, base.cast(), len) {
-                    // SAFETY: unmaps exactly the view mapped above.
-                    unsafe { libc::munmap(base, len) };
-                    return Err(SnapshotError::io("register", "the RAM object", error));
-                }
-                (
-                    Target::Helper {
-                        base: base as usize,
-                        len,
-                    },
-                    file_id(object.as_ref()),
-                )
+                let helper = SparseMapping::new(len)
+                    .and_then(|helper| {
+                        helper.map_file(0, len, object.as_fd(), 0, true)?;
+                        Ok(helper)
+                    })
+                    .map_err(|error| SnapshotError::io("map", "the RAM object", error))?;
+                register(&uffd, helper.as_ptr().cast(), len)
+                    .map_err(|error| SnapshotError::io("register", "the RAM object", error))?;
+                (Target::Helper(helper), file_id(object.as_ref()))
             }
             None => (Target::Window, None),
         };
-        // SAFETY: eventfd creates a new descriptor we own.
-        let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if stop < 0 {
-            return Err(SnapshotError::io(
-                "create",
-                "an eventfd",
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: `stop` is a fresh descriptor owned by nobody else.
-        let stop = unsafe { OwnedFd::from_raw_fd(stop) };
+        let stop =
+            StopEvent::new().map_err(|error| SnapshotError::io("create", "an eventfd", error))?;
         let total = plan
             .pieces
             .iter()
@@ -641,9 +567,9 @@ impl Shared {
     /// The address a fill of backing offset `offset` writes to.
     fn fill_address(&self, offset: u64) -> Option<*mut u8> {
         match self.target {
-            Target::Helper { base, len } => {
-                let offset = usize::try_from(offset).ok().filter(|&o| o < len)?;
-                Some((base as *mut u8).wrapping_add(offset))
+            Target::Helper(ref helper) => {
+                let offset = usize::try_from(offset).ok().filter(|&o| o < helper.len())?;
+                Some(helper.as_ptr().cast::<u8>().wrapping_add(offset))
             }
             Target::Window => {
                 let spec = self.specs.iter().find(|spec| {
@@ -757,14 +683,11 @@ impl Shared {
                 }
             }
         });
-        if let Target::Helper { base, len } = self.target {
-            let _ = self.uffd.unregister(base as *mut u8, len);
-            // SAFETY: unmaps exactly the helper view this restore mapped; nothing else uses it.
-            unsafe { libc::munmap(base as *mut libc::c_void, len) };
+        if let Target::Helper(helper) = &self.target {
+            let _ = self.uffd.unregister(helper.as_ptr().cast(), helper.len());
+            let _ = helper.unmap(0, helper.len());
         }
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to the eventfd we own.
-        unsafe { libc::write(self.stop.as_raw_fd(), std::ptr::from_ref(&one).cast(), 8) };
+        let _ = self.stop.signal();
     }
 
     fn complete(&self) {
@@ -785,27 +708,10 @@ impl Shared {
 fn serve_faults(shared: Arc<Shared>) {
     let mut faults = Vec::new();
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: shared.uffd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: shared.stop.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: two valid pollfd entries that live across the call.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if ready < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
+        let Ok(ready) = shared.uffd.wait(&shared.stop) else {
             return;
-        }
-        if fds[0].revents & libc::POLLIN != 0 {
+        };
+        if ready.faults {
             faults.clear();
             if shared.uffd.read_faults(&mut faults).is_err() {
                 continue;
@@ -816,7 +722,7 @@ fn serve_faults(shared: Arc<Shared>) {
                 }
             }
         }
-        if fds[1].revents & libc::POLLIN != 0 {
+        if ready.stopped {
             return;
         }
     }

@@ -17,7 +17,6 @@ pub(crate) mod lazy;
 mod publish;
 pub(crate) mod restore;
 mod source;
-pub mod uffd;
 pub(crate) mod writer;
 
 #[cfg(test)]

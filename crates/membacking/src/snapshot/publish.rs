@@ -14,16 +14,15 @@
 //! between the two renames of the fallback, no target and a complete `.old-` sibling, which
 //! [`recover`] (run by every snapshot and restore of that target) renames back. Temporary
 //! directories of processes that no longer run are removed by the next snapshot of the target.
-
-// Unsafe code: publishing uses renameat2 and a liveness check of another process (kill 0), which
-// the standard library does not offer.
-#![allow(unsafe_code)]
+//!
+//! `renameat2` and the liveness check of another process (`kill` with signal 0), which the
+//! standard library does not offer, come from `rustix`'s safe wrappers.
 
 use super::SnapshotError;
-use std::ffi::CString;
+use rustix::fs::RenameFlags;
+use rustix::fs::CWD;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::path::PathBuf;
 
@@ -87,12 +86,18 @@ impl Target {
 }
 
 fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return false;
     };
-    // SAFETY: signal 0 only checks that the process exists; nothing is delivered.
-    let result = unsafe { libc::kill(pid, 0) };
-    result == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    // Signal 0 only checks that the process exists; nothing is delivered. EPERM: it exists but
+    // belongs to someone else.
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => true,
+        Err(error) => error == rustix::io::Errno::PERM,
+    }
 }
 
 /// Puts back a target that a crash between the two renames of the fallback left missing.
@@ -148,35 +153,12 @@ pub(crate) enum RenameMode {
 }
 
 fn rename(from: &Path, to: &Path, mode: RenameMode) -> Result<(), SnapshotError> {
-    let c_path = |path: &Path| {
-        CString::new(path.as_os_str().as_bytes()).map_err(|_| SnapshotError::InvalidArgument {
-            what: format!("path {} contains a NUL byte", path.display()),
-        })
-    };
-    let (c_from, c_to) = (c_path(from)?, c_path(to)?);
     let flags = match mode {
-        RenameMode::NoReplace => libc::RENAME_NOREPLACE,
-        RenameMode::Exchange => libc::RENAME_EXCHANGE,
+        RenameMode::NoReplace => RenameFlags::NOREPLACE,
+        RenameMode::Exchange => RenameFlags::EXCHANGE,
     };
-    // SAFETY: both paths are NUL-terminated strings that live across the call; renameat2 only
-    // changes directory entries.
-    let result = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            c_from.as_ptr(),
-            libc::AT_FDCWD,
-            c_to.as_ptr(),
-            flags,
-        )
-    };
-    if result != 0 {
-        return Err(SnapshotError::io(
-            "rename",
-            from,
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    rustix::fs::renameat_with(CWD, from, CWD, to, flags)
+        .map_err(|error| SnapshotError::io("rename", from, io::Error::from(error)))
 }
 
 /// Whether a rename failed because the file system cannot do that kind of rename.

@@ -14,10 +14,6 @@
 //!
 //! A failure in any step closes the half-built manager: nothing is returned half-built.
 
-// Unsafe code: writes pages into a RAM object through a borrowed descriptor (and punches holes
-// in it with fallocate), or into private RAM in the VA window with the guarded copy.
-#![allow(unsafe_code)]
-
 use super::format;
 use super::format::ExtentKind;
 use super::format::Index;
@@ -27,6 +23,7 @@ use super::on_thread;
 use super::writer::ITEM_PAGES;
 use super::Progress;
 use super::SnapshotError;
+use crate::mapping_manager::va_mapper::VaMapper;
 use crate::ram_visibility::RamRegionSpec;
 use crate::GuestMemoryBuilder;
 use crate::GuestMemoryManager;
@@ -38,7 +35,6 @@ use sparse_mmap::Mappable;
 use std::fs::File;
 use std::future::Future;
 use std::os::fd::AsFd;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::path::PathBuf;
@@ -658,9 +654,9 @@ fn check_window_backing(
 pub(crate) enum Destination {
     /// The RAM object (pwrite at backing offsets).
     Object(Arc<Mappable>),
-    /// Private RAM in a VA window (GPA = window offset).
+    /// Private RAM in the VA window of `mapper` (GPA = window offset).
     Private {
-        base: usize,
+        mapper: Arc<VaMapper>,
         specs: Vec<RamRegionSpec>,
     },
 }
@@ -670,27 +666,7 @@ impl Destination {
     /// object (its pages are freed), or zeros written into private RAM.
     pub(crate) fn zero(&self, offset: u64, len: u64) -> std::io::Result<()> {
         match self {
-            Destination::Object(object) => {
-                let (Ok(start), Ok(size)) =
-                    (libc::off_t::try_from(offset), libc::off_t::try_from(len))
-                else {
-                    return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-                };
-                // SAFETY: fallocate on a descriptor `object` keeps open; punching a hole only
-                // changes the file's contents, which every mapping of it then reads as zeros.
-                let rc = unsafe {
-                    libc::fallocate(
-                        object.as_raw_fd(),
-                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                        start,
-                        size,
-                    )
-                };
-                if rc != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            }
+            Destination::Object(object) => sparse_mmap::punch_hole(object.as_fd(), offset, len),
             Destination::Private { .. } => {
                 let zeros = vec![0u8; PAGE * usize::try_from(ITEM_PAGES).unwrap_or(1)];
                 let mut done = 0;
@@ -708,15 +684,8 @@ impl Destination {
     /// Writes `data` at backing offset `offset` (inside one RAM region for private RAM).
     pub(crate) fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         match self {
-            Destination::Object(object) => {
-                // SAFETY: `File` borrows the descriptor `object` keeps open; `ManuallyDrop`
-                // never closes it.
-                let file = std::mem::ManuallyDrop::new(unsafe {
-                    <File as std::os::fd::FromRawFd>::from_raw_fd(object.as_raw_fd())
-                });
-                file.write_all_at(data, offset)
-            }
-            Destination::Private { base, specs } => {
+            Destination::Object(object) => sparse_mmap::write_all_at(object.as_fd(), data, offset),
+            Destination::Private { mapper, specs } => {
                 let len = data.len() as u64;
                 let spec = specs
                     .iter()
@@ -726,12 +695,8 @@ impl Destination {
                     })
                     .ok_or_else(|| std::io::Error::other("a piece outside the RAM regions"))?;
                 let gpa = spec.range.start() + (offset - spec.file_offset);
-                let gpa = usize::try_from(gpa).map_err(std::io::Error::other)?;
-                let target = (*base as *mut u8).wrapping_add(gpa);
-                // SAFETY: the target lies in the manager's VA window, where private RAM is
-                // committed read-write (visibility is applied after the copy); a fault is
-                // recovered and reported.
-                unsafe { trycopy::try_copy(data.as_ptr(), target, data.len()) }
+                mapper
+                    .write_at(gpa, data)
                     .map_err(|error| std::io::Error::other(error.to_string()))
             }
         }
@@ -945,7 +910,7 @@ pub(crate) fn destination_of(manager: &GuestMemoryManager) -> Result<Destination
                 .map_err(|error| SnapshotError::io("duplicate", "the RAM object", error))?,
         )),
         None => Destination::Private {
-            base: manager.va_window_base(),
+            mapper: manager.va_mapper(),
             specs: manager.ram_specs.clone(),
         },
     })
@@ -961,7 +926,7 @@ async fn finish_restore(
     plan: Plan,
     top: Manifest,
     options: RestoreOptions,
-    uffd: Option<super::uffd::Userfaultfd>,
+    uffd: Option<sparse_mmap::userfaultfd::Userfaultfd>,
 ) -> Result<RestoredManager, Failed> {
     if let Err(error) = check_ram_regions(dir, &manager, &top) {
         return Err((manager, error));

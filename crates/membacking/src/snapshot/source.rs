@@ -13,16 +13,14 @@
 //! zero page mapped by a read of private memory); the writer checks each page and stores
 //! all-zero pages as holes.
 
-// Unsafe code: reads a RAM object through a borrowed descriptor, walks it with lseek, and copies
-// private RAM out of the VA window with the guarded copy.
-#![allow(unsafe_code)]
-
 use crate::mapping_manager::va_mapper::VaMapper;
 use crate::mapping_manager::SharedObject;
 use crate::ram_visibility::RamRegionSpec;
+use sparse_mmap::Seek;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -47,9 +45,7 @@ impl RamSource {
             let start = spec.file_offset;
             let end = spec.file_offset + spec.range.len();
             match self {
-                RamSource::Object(object) => {
-                    seek_data_runs(object.as_raw_fd(), start, end, &mut runs)?
-                }
+                RamSource::Object(object) => seek_data_runs(object.as_fd(), start, end, &mut runs)?,
                 RamSource::Private { mapper, .. } => {
                     let va = mapper.base() as u64 + spec.range.start();
                     pagemap_runs(va, spec.range.len(), start, &mut runs)?
@@ -62,14 +58,7 @@ impl RamSource {
     /// Reads `buffer.len()` bytes at backing offset `offset` (inside one RAM region).
     pub fn read(&self, offset: u64, buffer: &mut [u8]) -> io::Result<()> {
         match self {
-            RamSource::Object(object) => {
-                // SAFETY: `File` only borrows the descriptor, which `object` keeps open; the
-                // `ManuallyDrop` never closes it.
-                let file = std::mem::ManuallyDrop::new(unsafe {
-                    <File as std::os::fd::FromRawFd>::from_raw_fd(object.as_raw_fd())
-                });
-                file.read_exact_at(buffer, offset)
-            }
+            RamSource::Object(object) => sparse_mmap::read_exact_at(object.as_fd(), buffer, offset),
             RamSource::Private { mapper, specs } => {
                 let len = buffer.len() as u64;
                 let spec = specs
@@ -87,50 +76,31 @@ impl RamSource {
                         )
                     })?;
                 let gpa = spec.range.start() + (offset - spec.file_offset);
-                let source = mapper
-                    .base()
-                    .wrapping_add(usize::try_from(gpa).map_err(|_| {
-                        io::Error::new(io::ErrorKind::InvalidInput, "GPA beyond the address space")
-                    })?);
-                // SAFETY: the source lies in the mapper's reserved window (kept alive by
-                // `mapper`), where private RAM is committed; a fault is recovered and reported.
-                // The destination is a live exclusive buffer of that length.
-                unsafe { trycopy::try_copy(source.cast_const(), buffer.as_mut_ptr(), buffer.len()) }
-                    .map_err(|error| {
-                        io::Error::other(format!("reading private RAM at {gpa:#x}: {error}"))
-                    })
+                mapper.read_at(gpa, buffer).map_err(|error| {
+                    io::Error::other(format!("reading private RAM at {gpa:#x}: {error}"))
+                })
             }
         }
     }
 }
 
 /// Appends the data runs of `[start, end)` of the file `fd` (`SEEK_DATA`/`SEEK_HOLE`).
-fn seek_data_runs(fd: i32, start: u64, end: u64, runs: &mut Vec<(u64, u64)>) -> io::Result<()> {
-    let seek = |offset: u64, whence: i32| -> io::Result<Option<u64>> {
-        let offset = libc::off_t::try_from(offset)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: lseek on a descriptor we keep open; it only moves the file offset.
-        let result = unsafe { libc::lseek(fd, offset, whence) };
-        if result < 0 {
-            let error = io::Error::last_os_error();
-            // ENXIO: no data (or hole) at or after the offset.
-            return if error.raw_os_error() == Some(libc::ENXIO) {
-                Ok(None)
-            } else {
-                Err(error)
-            };
-        }
-        Ok(u64::try_from(result).ok())
-    };
+fn seek_data_runs(
+    fd: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+    runs: &mut Vec<(u64, u64)>,
+) -> io::Result<()> {
+    let seek = |offset, what| sparse_mmap::seek(fd, offset, what);
     let mut cursor = start;
     while cursor < end {
-        let Some(data) = seek(cursor, libc::SEEK_DATA)? else {
+        let Some(data) = seek(cursor, Seek::Data)? else {
             break;
         };
         if data >= end {
             break;
         }
-        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        let hole = seek(data, Seek::Hole)?.unwrap_or(end).min(end);
         let run_start = data / PAGE_SIZE * PAGE_SIZE;
         let run_end = hole.div_ceil(PAGE_SIZE) * PAGE_SIZE;
         match runs.last_mut() {

@@ -1,5 +1,6 @@
 //! A minimal userfaultfd: creation (system call, then `/dev/userfaultfd`), the API handshake,
-//! missing-mode registration, `UFFDIO_COPY`, `UFFDIO_WAKE` and page-fault events.
+//! missing-mode registration, `UFFDIO_COPY`, `UFFDIO_WAKE` and page-fault events, plus the
+//! [`StopEvent`] a fault-serving thread waits on beside it ([`Userfaultfd::wait`]).
 //!
 //! Written against the kernel's UAPI (`linux/userfaultfd.h`) with `libc` rather than taken from
 //! the `userfaultfd` crate, whose `-sys` crate runs bindgen at build time and so would require
@@ -150,8 +151,9 @@ impl Userfaultfd {
             return false;
         }
         if let Ok(fd) = RawFd::try_from(fd) {
-            // SAFETY: closes the descriptor just created.
-            unsafe { libc::close(fd) };
+            // SAFETY: `fd` is the descriptor just created, owned by nobody else; dropping the
+            // `OwnedFd` closes it.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
         }
         true
     }
@@ -263,6 +265,81 @@ impl Userfaultfd {
         );
         Ok(())
     }
+
+    /// Blocks until page faults are pending or `stop` is signalled (whichever comes first;
+    /// both when both are). An interrupted wait is retried.
+    pub fn wait(&self, stop: &StopEvent) -> io::Result<Ready> {
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: stop.fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfd entries that live across the call; poll only writes
+            // their `revents`.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if ready < 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(error);
+            }
+            return Ok(Ready {
+                faults: fds[0].revents & libc::POLLIN != 0,
+                stopped: fds[1].revents & libc::POLLIN != 0,
+            });
+        }
+    }
+}
+
+/// What [`Userfaultfd::wait`] found.
+#[derive(Debug, Copy, Clone, PartialEq, Eq)]
+pub struct Ready {
+    /// Page faults can be read ([`Userfaultfd::read_faults`]).
+    pub faults: bool,
+    /// The [`StopEvent`] was signalled.
+    pub stopped: bool,
+}
+
+/// A one-way signal (an eventfd) that ends a [`Userfaultfd::wait`]: once signalled it stays
+/// signalled.
+#[derive(Debug)]
+pub struct StopEvent {
+    fd: OwnedFd,
+}
+
+impl StopEvent {
+    /// A new, unsignalled event (non-blocking, close-on-exec).
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: eventfd creates a new descriptor and touches no memory.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
+    }
+
+    /// Signals the event (every present and future wait on it returns).
+    pub fn signal(&self) -> io::Result<()> {
+        let one: u64 = 1;
+        // SAFETY: writes the 8 bytes of a live u64 to the eventfd this value owns.
+        let written =
+            unsafe { libc::write(self.fd.as_raw_fd(), std::ptr::from_ref(&one).cast(), 8) };
+        if written < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 impl AsRawFd for Userfaultfd {
@@ -274,6 +351,95 @@ impl AsRawFd for Userfaultfd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alloc::Allocation;
+    use std::sync::atomic::Ordering;
+
+    const PAGE: usize = 4096;
+
+    /// A userfaultfd, or `None` (with the reason printed) where this process may not have one.
+    fn userfaultfd_or_skip(test: &str) -> Option<Userfaultfd> {
+        match Userfaultfd::new() {
+            Ok(uffd) => Some(uffd),
+            Err(error) => {
+                println!("{test}: skipped, no userfaultfd here: {error}");
+                None
+            }
+        }
+    }
+
+    fn byte(memory: &Allocation, offset: usize) -> u8 {
+        memory.as_atomic_bytes()[offset].load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn copy_fills_missing_pages_once_and_reports_present_ones() {
+        let Some(uffd) = userfaultfd_or_skip("copy_fills_missing_pages_once") else {
+            return;
+        };
+        let memory = Allocation::new(2 * PAGE).unwrap();
+        let base = memory.as_ptr().cast::<u8>();
+        uffd.register(base, 2 * PAGE).unwrap();
+        let data = vec![0x5a; PAGE];
+        assert_eq!(uffd.copy(base, &data).unwrap(), Copied::All);
+        assert_eq!(byte(&memory, 0), 0x5a);
+        assert_eq!(byte(&memory, PAGE - 1), 0x5a);
+        // The page is present now: a second copy changes nothing.
+        assert_eq!(uffd.copy(base, &[0x11; PAGE]).unwrap(), Copied::Exists);
+        assert_eq!(byte(&memory, 0), 0x5a);
+        uffd.unregister(base, 2 * PAGE).unwrap();
+        // Unregistered, the second page is ordinary memory again: it reads zeros.
+        assert_eq!(byte(&memory, PAGE), 0);
+        let mut faults = Vec::new();
+        uffd.read_faults(&mut faults).unwrap();
+        assert!(faults.is_empty(), "no fault was taken: {faults:x?}");
+    }
+
+    #[test]
+    fn a_touched_registered_page_is_reported_and_served() {
+        let Some(uffd) = userfaultfd_or_skip("a_touched_registered_page_is_reported") else {
+            return;
+        };
+        let memory = Allocation::new(PAGE).unwrap();
+        let base = memory.as_ptr().cast::<u8>();
+        uffd.register(base, PAGE).unwrap();
+        let stop = StopEvent::new().unwrap();
+        std::thread::scope(|scope| {
+            // Blocks in the kernel until the page is filled.
+            let reader = scope.spawn(|| memory.as_atomic_bytes()[7].load(Ordering::Relaxed));
+            let ready = uffd.wait(&stop).unwrap();
+            assert_eq!(
+                ready,
+                Ready {
+                    faults: true,
+                    stopped: false
+                }
+            );
+            let mut faults = Vec::new();
+            uffd.read_faults(&mut faults).unwrap();
+            assert_eq!(faults, [base as u64]);
+            assert_eq!(uffd.copy(base, &[0x77; PAGE]).unwrap(), Copied::All);
+            assert_eq!(reader.join().unwrap(), 0x77);
+        });
+    }
+
+    #[test]
+    fn a_signalled_stop_event_ends_the_wait() {
+        let Some(uffd) = userfaultfd_or_skip("a_signalled_stop_event_ends_the_wait") else {
+            return;
+        };
+        let stop = StopEvent::new().unwrap();
+        stop.signal().unwrap();
+        let ready = uffd.wait(&stop).unwrap();
+        assert_eq!(
+            ready,
+            Ready {
+                faults: false,
+                stopped: true
+            }
+        );
+        // It stays signalled.
+        assert!(uffd.wait(&stop).unwrap().stopped);
+    }
 
     #[test]
     fn message_and_argument_layouts_match_the_kernel() {
