@@ -23,11 +23,6 @@ pub fn throw(error: JsError) -> napi::Error {
     napi::Error::new(napi::Status::GenericFailure, message(&error))
 }
 
-/// Throws the table's row of a core error.
-pub fn thrown(error: &impl ToJsError) -> napi::Error {
-    throw(error.to_js_error())
-}
-
 /// Throws the table's row of a failed result.
 pub trait OrThrow<T> {
     /// The value, or the error as thrown.

@@ -21,12 +21,16 @@ use guestmem::GuestMemoryBackingError;
 use guestmem::GuestMemoryHooks;
 use guestmem::PageFaultAction;
 use guestmem::PageFaultError;
+use js_api::hooks::compare_exchange_outcome;
+use js_api::hooks::first_page_address;
+use js_api::hooks::handoff;
 use js_api::hooks::hook_answer;
 use js_api::hooks::page_fault_action;
+use js_api::hooks::read_fallback_data;
+use js_api::hooks::HookAnswer;
 use js_api::hooks::JsHookFailure;
 use js_api::hooks::DONE;
 use js_api::hooks::LOCKED_OR_NOT;
-use js_api::hooks::SWAPPED;
 use napi::bindgen_prelude::BigUint64Array;
 use napi::bindgen_prelude::Buffer;
 use napi::bindgen_prelude::Either;
@@ -41,6 +45,7 @@ use napi::threadsafe_function::ThreadsafeFunction;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi::Env;
 use napi::Status;
+use std::cell::OnceCell;
 use std::panic::catch_unwind;
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::sync_channel;
@@ -152,50 +157,42 @@ impl<A: JsValuesTupleIntoVec + 'static, R: FromNapiValue + 'static> Hook<A, R> {
     ) -> Result<T, JsHookFailure> {
         let (function, name) = (self.function.clone(), self.name);
         let invoke = move |env: &Env| {
-            let broken = || JsHookFailure::new(format!("the JavaScript {name} hook failed"), None);
             let answer = function
                 .borrow_back(env)
                 .and_then(|f| f.call(args()))
-                .map_err(|_| broken())?;
+                .map_err(|_| JsHookFailure::failed(name, None))?;
             read(answer)
         };
         if let Some(env) = self.owner.env() {
             return invoke(&env);
         }
-        match current_env() {
-            // The owner thread outside a native call that published its environment: waiting
-            // for itself would hang, so fail (no entry point does this; a guard).
-            None if self.owner.is_current() => Err(self.unavailable("outside a native call")),
-            // Another JavaScript thread: never wait on a second JavaScript thread.
-            Some(_) => Err(self.unavailable("on another JavaScript thread")),
-            None => self.runner.run_blocking(invoke).unwrap_or_else(|| {
-                Err(self.unavailable("after the JavaScript thread that created the memory stopped"))
-            }),
-        }
-    }
-
-    fn unavailable(&self, context: &str) -> JsHookFailure {
-        JsHookFailure::new(
-            format!(
-                "the JavaScript {} hook cannot run {context}: it runs on the JavaScript thread \
-                 that created the memory (synchronous operations of that thread, and \
-                 asynchronous operations of any thread)",
-                self.name
-            ),
-            None,
-        )
+        handoff(name, self.owner.is_current(), current_env().is_some())?;
+        self.runner.run_blocking(invoke).unwrap_or_else(|| {
+            Err(JsHookFailure::unreachable(
+                name,
+                "after the JavaScript thread that created the memory stopped",
+            ))
+        })
     }
 }
 
-/// The bytes of a hook's answer that carries them, or what its JSON answer says.
-fn bytes_or(
-    answer: BytesAnswer,
-    hook: &'static str,
-    expected: [js_api::hooks::HookAnswer; 2],
-) -> Result<Option<Vec<u8>>, JsHookFailure> {
+impl<A: JsValuesTupleIntoVec + 'static> Hook<A, String> {
+    /// Calls a hook that answers in JSON, which must be one of `expected` (see `hook_answer`).
+    fn answer(
+        &self,
+        args: impl FnOnce() -> A + Send + 'static,
+        expected: [HookAnswer; 2],
+    ) -> Result<bool, JsHookFailure> {
+        let name = self.name;
+        self.call(args, move |answer| hook_answer(&answer, name, expected))
+    }
+}
+
+/// A hook's answer that may carry bytes, as `js_api` reads it.
+fn bytes_answer(answer: BytesAnswer) -> js_api::hooks::BytesAnswer {
     match answer {
-        Either::A(json) => hook_answer(&json, hook, expected).map(|_| None),
-        Either::B(bytes) => Ok(Some(bytes.to_vec())),
+        Either::A(json) => js_api::hooks::BytesAnswer::Json(json),
+        Either::B(bytes) => js_api::hooks::BytesAnswer::Bytes(bytes.to_vec()),
     }
 }
 
@@ -213,115 +210,81 @@ pub struct JsHookFunctions<'a> {
 /// Builds the `GuestMemoryHooks` that call the given JavaScript functions (`env` is the
 /// creating thread's environment); `None` when no hook is given.
 pub fn hooks(env: &Env, functions: JsHookFunctions<'_>) -> napi::Result<Option<GuestMemoryHooks>> {
-    let JsHookFunctions {
-        page_fault,
-        read_fallback,
-        write_fallback,
-        fill_fallback,
-        compare_exchange_fallback,
-        lock_gpns,
-        unlock_gpns,
-    } = functions;
-    let none = page_fault.is_none()
-        && read_fallback.is_none()
-        && write_fallback.is_none()
-        && fill_fallback.is_none()
-        && compare_exchange_fallback.is_none()
-        && lock_gpns.is_none()
-        && unlock_gpns.is_none();
-    if none {
-        return Ok(None);
-    }
-    let mut hooks = GuestMemoryHooks::default();
-    let runner = Arc::new(JsThreadRunner::new(env)?);
+    // The runner (a thread-safe function) is made with the first hook, and only then.
+    let made = OnceCell::new();
+    let runner = || -> napi::Result<&Arc<JsThreadRunner>> {
+        match made.get() {
+            Some(runner) => Ok(runner),
+            None => {
+                let runner = Arc::new(JsThreadRunner::new(env)?);
+                Ok(made.get_or_init(|| runner))
+            }
+        }
+    };
     let failed = |address: u64| {
         move |failure: JsHookFailure| GuestMemoryBackingError::other(address, failure)
     };
-    if let Some(f) = page_fault {
-        let hook = Hook::new(f, "pageFault", &runner)?;
+    let mut hooks = GuestMemoryHooks::default();
+    if let Some(f) = functions.page_fault {
+        let hook = Hook::new(f, "pageFault", runner()?)?;
         hooks.page_fault = Some(Box::new(move |address, len, write, _bitmap| {
             let args = move || FnArgs::from((address, len as u64, write));
             hook.call(args, |answer| Ok(page_fault_action(&answer)))
                 .unwrap_or_else(|failure| PageFaultAction::Fail(PageFaultError::other(failure)))
         }));
     }
-    if let Some(f) = read_fallback {
-        let hook = Hook::new(f, "readFallback", &runner)?;
+    if let Some(f) = functions.read_fallback {
+        let hook = Hook::new(f, "readFallback", runner()?)?;
         hooks.read_fallback = Some(Box::new(move |address, dest| {
-            let len = dest.len() as u64;
-            let data = hook
-                .call(
-                    move || FnArgs::from((address, len)),
-                    |answer| bytes_or(answer, "readFallback", DONE),
-                )
-                .map_err(failed(address))?;
-            match data {
-                Some(data) if data.len() == dest.len() => dest.copy_from_slice(&data),
-                _ => {
-                    return Err(failed(address)(JsHookFailure::new(
-                        "the JavaScript readFallback hook gave no data",
-                        None,
-                    )))
-                }
-            }
+            let len = dest.len();
+            let read = move |answer| read_fallback_data(bytes_answer(answer), len);
+            let data = hook.call(move || FnArgs::from((address, len as u64)), read);
+            dest.copy_from_slice(&data.map_err(failed(address))?);
             Ok(())
         }));
     }
-    if let Some(f) = write_fallback {
-        let hook = Hook::new(f, "writeFallback", &runner)?;
+    if let Some(f) = functions.write_fallback {
+        let hook = Hook::new(f, "writeFallback", runner()?)?;
         hooks.write_fallback = Some(Box::new(move |address, src| {
             let src = src.to_vec();
             let args = move || FnArgs::from((address, Buffer::from(src)));
-            hook.call(args, |answer| {
-                hook_answer(&answer, "writeFallback", DONE).map(drop)
-            })
-            .map_err(failed(address))
+            hook.answer(args, DONE).map(drop).map_err(failed(address))
         }));
     }
-    if let Some(f) = fill_fallback {
-        let hook = Hook::new(f, "fillFallback", &runner)?;
+    if let Some(f) = functions.fill_fallback {
+        let hook = Hook::new(f, "fillFallback", runner()?)?;
         hooks.fill_fallback = Some(Box::new(move |address, byte, len| {
             let args = move || FnArgs::from((address, byte, len as u64));
-            hook.call(args, |answer| {
-                hook_answer(&answer, "fillFallback", DONE).map(drop)
-            })
-            .map_err(failed(address))
+            hook.answer(args, DONE).map(drop).map_err(failed(address))
         }));
     }
-    if let Some(f) = compare_exchange_fallback {
-        let hook = Hook::new(f, "compareExchangeFallback", &runner)?;
+    if let Some(f) = functions.compare_exchange_fallback {
+        let hook = Hook::new(f, "compareExchangeFallback", runner()?)?;
         hooks.compare_exchange_fallback = Some(Box::new(move |address, current, new| {
-            let (expected, new) = (current.to_vec(), new.to_vec());
+            let (expected, new, len) = (current.to_vec(), new.to_vec(), current.len());
             let args = move || FnArgs::from((address, Buffer::from(expected), Buffer::from(new)));
-            let read = |answer| bytes_or(answer, "compareExchangeFallback", SWAPPED);
+            let read = move |answer| compare_exchange_outcome(bytes_answer(answer), len);
             match hook.call(args, read).map_err(failed(address))? {
                 // Not swapped: the wrapper answered with the bytes it observed.
-                Some(observed) if observed.len() == current.len() => {
+                Some(observed) => {
                     current.copy_from_slice(&observed);
                     Ok(false)
                 }
-                Some(_) => Err(failed(address)(JsHookFailure::new(
-                    "the JavaScript compareExchangeFallback hook gave no observed value",
-                    None,
-                ))),
                 None => Ok(true),
             }
         }));
     }
-    if let Some(f) = lock_gpns {
-        let hook = Hook::new(f, "lockGpns", &runner)?;
+    if let Some(f) = functions.lock_gpns {
+        let hook = Hook::new(f, "lockGpns", runner()?)?;
         hooks.lock_gpns = Some(Box::new(move |gpns| {
-            let first = gpns.first().map_or(u64::MAX, |gpn| gpn.wrapping_mul(4096));
+            let first = first_page_address(gpns);
             let gpns = gpns.to_vec();
             let args = move || FnArgs::from((BigUint64Array::new(gpns),));
-            hook.call(args, |answer| {
-                hook_answer(&answer, "lockGpns", LOCKED_OR_NOT)
-            })
-            .map_err(failed(first))
+            hook.answer(args, LOCKED_OR_NOT).map_err(failed(first))
         }));
     }
-    if let Some(f) = unlock_gpns {
-        let hook = Hook::new(f, "unlockGpns", &runner)?;
+    if let Some(f) = functions.unlock_gpns {
+        let hook = Hook::new(f, "unlockGpns", runner()?)?;
         hooks.unlock_gpns = Some(Box::new(move |gpns| {
             let gpns = gpns.to_vec();
             // An unlock that cannot reach JavaScript (another JavaScript thread, an environment
@@ -329,5 +292,5 @@ pub fn hooks(env: &Env, functions: JsHookFunctions<'_>) -> napi::Result<Option<G
             let _ = hook.call(move || FnArgs::from((BigUint64Array::new(gpns),)), Ok);
         }));
     }
-    Ok(Some(hooks))
+    Ok(made.get().is_some().then_some(hooks))
 }

@@ -4,9 +4,8 @@
 
 use crate::args::U64;
 use crate::errors::throw;
-use crate::errors::thrown;
 use crate::errors::OrThrow;
-use js_api::json::to_json;
+use js_api::json::list_json;
 use js_api::views::RecordedCallView;
 use js_api::JsError;
 use membacking::GuestMemoryManager;
@@ -16,10 +15,6 @@ use napi_derive::napi;
 use std::sync::Arc;
 use virt::PartitionMemoryMap;
 use virt::RecordingPartition;
-
-fn calls_json(calls: &[virt::RecordedCall]) -> String {
-    to_json(&calls.iter().map(RecordedCallView::from).collect::<Vec<_>>())
-}
 
 /// A partition that records every map/unmap/prefetch/pin call.
 #[napi]
@@ -41,7 +36,7 @@ impl NativeRecordingPartition {
     /// The whole log, oldest first (JSON).
     #[napi]
     pub fn log(&self) -> String {
-        calls_json(&self.inner.log())
+        list_json::<_, RecordedCallView>(&self.inner.log())
     }
 
     /// Empties the log.
@@ -53,7 +48,7 @@ impl NativeRecordingPartition {
     /// Returns the log and empties it (JSON).
     #[napi]
     pub fn take_log(&self) -> String {
-        calls_json(&self.inner.take_log())
+        list_json::<_, RecordedCallView>(&self.inner.take_log())
     }
 
     /// Makes every later `op` call at `gpa` fail until cleared.
@@ -116,13 +111,14 @@ pub mod kvm {
     use super::*;
     use crate::args::RawBytes;
     use crate::promise::promise;
-    use js_api::args::named_values;
-    use js_api::args::string_member;
     use js_api::executor::Polling;
+    use js_api::json::to_json;
+    use js_api::kvm::register_updates;
+    use js_api::kvm::run_outcome;
+    use js_api::kvm::vcpu_options;
     use js_api::views::KvmInspectView;
     use js_api::views::RegistersView;
     use js_api::views::SlotLogView;
-    use js_api::views::VcpuExitView;
     use js_api::ToJsError;
     use napi::bindgen_prelude::BigUint64Array;
     use napi::bindgen_prelude::Buffer;
@@ -130,16 +126,7 @@ pub mod kvm {
     use napi::Env;
     use virt_kvm::KvmPartition;
     use virt_kvm::KvmPartitionOptions;
-    use virt_kvm::RunRefused;
-    use virt_kvm::VcpuOptions;
     use virt_kvm::VcpuThread;
-
-    fn refused(refusal: RunRefused) -> napi::Error {
-        match refusal {
-            RunRefused::Closed => throw(JsError::closed("Vcpu")),
-            RunRefused::Busy(error) => thrown(&error),
-        }
-    }
 
     /// A real KVM virtual machine whose memory slots follow the manager's regions.
     #[napi]
@@ -195,21 +182,8 @@ pub mod kvm {
             cpl: u32,
         ) -> napi::Result<NativeVcpu> {
             let kvm = self.kvm()?;
-            let cpl =
-                u8::try_from(cpl).map_err(|_| throw(JsError::arg_value("cpl must be 0 or 3")))?;
-            let options = VcpuOptions {
-                mode: string_member(&mode, "mode").or_throw()?,
-                page_tables: page_tables
-                    .map(|bounds| js_api::args::one_range(&bounds, "pageTables"))
-                    .transpose()
-                    .or_throw()?,
-                cpl,
-            };
-            let writer = |gpa: u64, data: &[u8]| {
-                kvm.write_through_slots(gpa, data)
-                    .map_err(virt::Error::from)
-            };
-            let vcpu = kvm.create_vcpu(&options, &writer).or_throw()?;
+            let options = vcpu_options(&mode, page_tables.as_deref(), cpl).or_throw()?;
+            let vcpu = kvm.create_vcpu(&options, kvm.as_ref()).or_throw()?;
             let thread = VcpuThread::start(vcpu)
                 .map_err(|error| throw(JsError::os(&error, "pthread_create")))?;
             Ok(NativeVcpu { thread })
@@ -218,19 +192,13 @@ pub mod kvm {
         /// The last map/unmap calls with the slot ids each created and deleted (JSON).
         #[napi]
         pub fn slot_log(&self) -> napi::Result<String> {
-            let log = self.kvm()?.slot_log();
-            Ok(to_json(
-                &log.iter().map(SlotLogView::from).collect::<Vec<_>>(),
-            ))
+            Ok(list_json::<_, SlotLogView>(&self.kvm()?.slot_log()))
         }
 
         /// Returns the slot log and empties it (JSON).
         #[napi]
         pub fn take_slot_log(&self) -> napi::Result<String> {
-            let log = self.kvm()?.take_slot_log();
-            Ok(to_json(
-                &log.iter().map(SlotLogView::from).collect::<Vec<_>>(),
-            ))
+            Ok(list_json::<_, SlotLogView>(&self.kvm()?.take_slot_log()))
         }
 
         /// Destroys the VM for this object: cancels running vCPUs; the kernel frees it when the
@@ -260,7 +228,7 @@ pub mod kvm {
         /// The registers (JSON `{rax: bigint, …}`).
         #[napi]
         pub fn get_registers(&self) -> napi::Result<String> {
-            let vcpu = self.thread.idle().map_err(refused)?;
+            let vcpu = self.thread.idle().or_throw()?;
             let registers = vcpu.get_registers().or_throw()?;
             Ok(to_json(&RegistersView(registers)))
         }
@@ -272,30 +240,22 @@ pub mod kvm {
             names: Vec<String>,
             values: BigUint64Array,
         ) -> napi::Result<()> {
-            let updates = named_values(&names, &values, &virt_kvm::Registers::NAMES).or_throw()?;
-            let vcpu = self.thread.idle().map_err(refused)?;
-            vcpu.update_registers(|registers| {
-                for (name, value) in updates {
-                    if let Some(register) = registers.named(name) {
-                        *register = value;
-                    }
-                }
-            })
-            .map(drop)
-            .or_throw()
+            let update = register_updates(&names, &values).or_throw()?;
+            let vcpu = self.thread.idle().or_throw()?;
+            vcpu.update_registers(update).map(drop).or_throw()
         }
 
         /// Completes the pending MMIO read or port input with `value` (little-endian).
         #[napi]
         pub fn complete_read_value(&self, value: U64) -> napi::Result<()> {
-            let vcpu = self.thread.idle().map_err(refused)?;
+            let vcpu = self.thread.idle().or_throw()?;
             vcpu.complete_read_value(value.0).or_throw()
         }
 
         /// Completes the pending read with the given bytes.
         #[napi]
         pub fn complete_read_bytes(&self, data: RawBytes) -> napi::Result<()> {
-            let vcpu = self.thread.idle().map_err(refused)?;
+            let vcpu = self.thread.idle().or_throw()?;
             vcpu.complete_read(&data.to_vec()).or_throw()
         }
 
@@ -309,14 +269,8 @@ pub mod kvm {
                 .run(timeout, move |outcome| {
                     let _ = sender.send(outcome);
                 })
-                .map_err(refused)?;
-            let exit = async move {
-                match receiver.await {
-                    Ok(Ok(exit)) => Ok(to_json(&VcpuExitView::from(&exit))),
-                    Ok(Err(error)) => Err(error.to_js_error()),
-                    Err(_) => Err(JsError::closed("Vcpu")),
-                }
-            };
+                .or_throw()?;
+            let exit = async move { run_outcome(receiver.await.ok()) };
             promise(env, Polling::Inline, exit, |_env, json| Ok(json))
         }
 

@@ -9,8 +9,9 @@ use crate::manager::NativeDeviceWindowHalf;
 use crate::manager::NativeGuestMemoryManager;
 use crate::partition::attachable;
 use crate::partition::AnyPartition;
-use crate::promise::promise;
+use crate::promise::json_promise;
 use crate::sparse_mapping::NativeMappable;
+use futures::TryFutureExt;
 use js_api::args::number_member;
 use js_api::args::one_range;
 use js_api::args::string_member;
@@ -28,15 +29,13 @@ use napi_derive::napi;
 use std::future::Future;
 
 /// A Promise for a dry run, resolving to its JSON view.
-fn plan<'env, E: ToJsError>(
+fn plan<'env, E: ToJsError + 'static>(
     env: &'env Env,
     preview: impl Future<Output = Result<PlanPreview, E>> + Send + 'static,
 ) -> napi::Result<Object<'env>> {
-    let json = async move {
-        let preview = preview.await.map_err(|error| error.to_js_error())?;
-        Ok::<_, JsError>(to_json(&PlanView::from(&preview)))
-    };
-    promise(env, Polling::Pool, json, |_env, json| Ok(json))
+    json_promise(env, Polling::Pool, preview, |preview| {
+        to_json(&PlanView::from(preview))
+    })
 }
 
 /// A device window's dry run (its `io::Error`s are the window's, `JsError::device_window`).
@@ -44,11 +43,7 @@ fn device_plan<'env>(
     env: &'env Env,
     preview: impl Future<Output = std::io::Result<PlanPreview>> + Send + 'static,
 ) -> napi::Result<Object<'env>> {
-    plan(env, async move {
-        preview
-            .await
-            .map_err(|error| JsError::device_window(&error))
-    })
+    plan(env, preview.map_err(|error| JsError::device_window(&error)))
 }
 
 #[napi]
@@ -56,12 +51,9 @@ impl NativeGuestMemoryManager {
     /// The current flat view (JSON).
     #[napi(ts_return_type = "Promise<string>")]
     pub fn flat_view<'env>(&self, env: &'env Env) -> napi::Result<Object<'env>> {
-        let view = self.manager()?.flat_view();
-        let json = async move {
-            let entries = view.await.map_err(|error| error.to_js_error())?;
-            Ok::<_, JsError>(to_json(&FlatEntryView::list(&entries)))
-        };
-        promise(env, Polling::Pool, json, |_env, json| Ok(json))
+        json_promise(env, Polling::Pool, self.manager()?.flat_view(), |entries| {
+            to_json(&FlatEntryView::list(entries))
+        })
     }
 
     /// Dry run of `setRamVisibility(range, visibility)`.

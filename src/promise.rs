@@ -6,7 +6,9 @@ use crate::errors::internal;
 use crate::errors::throw;
 use js_api::executor::spawn;
 use js_api::executor::Polling;
+use js_api::json::json_result;
 use js_api::JsError;
+use js_api::ToJsError;
 use napi::bindgen_prelude::Object;
 use napi::bindgen_prelude::ToNapiValue;
 use napi::Env;
@@ -30,4 +32,17 @@ where
     })
     .map_err(|error| throw(JsError::internal(error.to_string())))?;
     Ok(promise)
+}
+
+/// A Promise for a core future, resolving to the JSON `view` makes of its value (errors through
+/// the table of `js_api::errors`).
+pub fn json_promise<'env, T: Send + 'static, E: ToJsError + 'static>(
+    env: &'env Env,
+    polling: Polling,
+    future: impl Future<Output = Result<T, E>> + Send + 'static,
+    view: impl FnOnce(&T) -> String + Send + 'static,
+) -> napi::Result<Object<'env>> {
+    promise(env, polling, json_result(future, view), |_env, json| {
+        Ok(json)
+    })
 }

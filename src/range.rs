@@ -8,10 +8,13 @@
 use crate::args::U64;
 use crate::errors::guard;
 use crate::errors::OrThrow;
-use js_api::args::paired;
 use js_api::args::range_pairs;
 use js_api::enums::JsEnum;
-use js_api::enums::RangeWalkKind;
+use js_api::ranges::accessor_values;
+use js_api::ranges::indexed;
+use js_api::ranges::merge_input;
+use js_api::ranges::Finishing;
+use js_api::ranges::RangeItem as CoreItem;
 use memory_range::flatten_ranges;
 use memory_range::merge_adjacent_ranges;
 use memory_range::overlapping_ranges;
@@ -30,12 +33,7 @@ fn range_of(start: U64, end: U64) -> napi::Result<MemoryRange> {
 
 /// Ranges as `[start, end, …]`.
 fn flatten(ranges: impl IntoIterator<Item = MemoryRange>) -> BigUint64Array {
-    BigUint64Array::new(
-        ranges
-            .into_iter()
-            .flat_map(|range| [range.start(), range.end()])
-            .collect(),
-    )
+    BigUint64Array::new(js_api::ranges::flat(ranges))
 }
 
 fn ranges(flat: &BigUint64Array, name: &str) -> napi::Result<Vec<MemoryRange>> {
@@ -88,13 +86,7 @@ pub struct RangeAccessors {
 pub fn range_accessors(start: U64, end: U64) -> napi::Result<RangeAccessors> {
     let range = range_of(start, end)?;
     Ok(RangeAccessors {
-        values: BigUint64Array::new(vec![
-            range.len(),
-            range.start_4k_gpn(),
-            range.end_4k_gpn(),
-            range.page_count_4k(),
-            range.page_count_2m(),
-        ]),
+        values: BigUint64Array::new(accessor_values(range).to_vec()),
         is_empty: range.is_empty(),
         display: range.to_string(),
     })
@@ -183,25 +175,21 @@ pub struct RangeItem {
     pub right: u32,
 }
 
-impl RangeItem {
-    fn new(range: MemoryRange, kind: Option<RangeWalkKind>, left: u32, right: u32) -> Self {
+impl From<CoreItem> for RangeItem {
+    fn from(item: CoreItem) -> Self {
         RangeItem {
-            range: flatten([range]),
-            kind: kind.map(JsEnum::js_str),
-            left,
-            right,
+            range: flatten([item.range]),
+            kind: item.kind.map(JsEnum::js_str),
+            left: item.left,
+            right: item.right,
         }
-    }
-
-    fn plain(range: MemoryRange) -> Self {
-        Self::new(range, None, 0, 0)
     }
 }
 
 /// A lazy iterator over one of the range algorithms.
 #[napi]
 pub struct RangeIterator {
-    inner: Option<Box<dyn Iterator<Item = RangeItem>>>,
+    inner: Finishing<Box<dyn Iterator<Item = CoreItem>>>,
 }
 
 #[napi]
@@ -209,25 +197,15 @@ impl RangeIterator {
     /// The next item, `null` when finished; throws at the item where the core panics.
     #[napi]
     pub fn next(&mut self) -> napi::Result<Option<RangeItem>> {
-        let Some(iter) = self.inner.as_mut() else {
-            return Ok(None);
-        };
-        let result = guard(|| Ok(iter.next()));
-        if !matches!(result, Ok(Some(_))) {
-            self.inner = None;
-        }
-        result
+        let item = self.inner.step(|iter| guard(|| Ok(iter.next())))?;
+        Ok(item.map(RangeItem::from))
     }
 }
 
-fn iterator(iter: impl Iterator<Item = RangeItem> + 'static) -> RangeIterator {
+fn iterator(iter: impl Iterator<Item = CoreItem> + 'static) -> RangeIterator {
     RangeIterator {
-        inner: Some(Box::new(iter)),
+        inner: Finishing::new(Box::new(iter)),
     }
-}
-
-fn indexed(ranges: Vec<MemoryRange>) -> impl Iterator<Item = (MemoryRange, u32)> {
-    ranges.into_iter().zip(0u32..)
 }
 
 /// `walk_ranges` over flat range lists; tags are the input indexes.
@@ -236,19 +214,21 @@ pub fn walk_ranges_iter(
     left: BigUint64Array,
     right: BigUint64Array,
 ) -> napi::Result<RangeIterator> {
-    let (left, right) = (ranges(&left, "left")?, ranges(&right, "right")?);
-    Ok(iterator(walk_ranges(indexed(left), indexed(right)).map(
-        |(range, result)| {
-            let kind = RangeWalkKind::of(&result);
-            let (left, right) = match result {
-                memory_range::RangeWalkResult::Neither => (0, 0),
-                memory_range::RangeWalkResult::Left(left) => (left, 0),
-                memory_range::RangeWalkResult::Right(right) => (0, right),
-                memory_range::RangeWalkResult::Both(left, right) => (left, right),
-            };
-            RangeItem::new(range, Some(kind), left, right)
-        },
-    )))
+    let (left, right) = (
+        indexed(&left, "left").or_throw()?,
+        indexed(&right, "right").or_throw()?,
+    );
+    Ok(iterator(walk_ranges(left, right).map(CoreItem::walked)))
+}
+
+/// An algorithm over two flat range lists whose items carry no tags.
+fn untagged<I: Iterator<Item = MemoryRange> + 'static>(
+    left: &BigUint64Array,
+    right: &BigUint64Array,
+    algorithm: impl FnOnce(Vec<MemoryRange>, Vec<MemoryRange>) -> I,
+) -> napi::Result<RangeIterator> {
+    let (left, right) = (ranges(left, "left")?, ranges(right, "right")?);
+    Ok(iterator(algorithm(left, right).map(CoreItem::plain)))
 }
 
 /// `overlapping_ranges` over flat range lists.
@@ -257,10 +237,7 @@ pub fn overlapping_ranges_iter(
     left: BigUint64Array,
     right: BigUint64Array,
 ) -> napi::Result<RangeIterator> {
-    let (left, right) = (ranges(&left, "left")?, ranges(&right, "right")?);
-    Ok(iterator(
-        overlapping_ranges(left, right).map(RangeItem::plain),
-    ))
+    untagged(&left, &right, overlapping_ranges)
 }
 
 /// `subtract_ranges` over flat range lists.
@@ -269,30 +246,15 @@ pub fn subtract_ranges_iter(
     left: BigUint64Array,
     right: BigUint64Array,
 ) -> napi::Result<RangeIterator> {
-    let (left, right) = (ranges(&left, "left")?, ranges(&right, "right")?);
-    Ok(iterator(subtract_ranges(left, right).map(RangeItem::plain)))
+    untagged(&left, &right, subtract_ranges)
 }
 
 /// `flatten_ranges` over a flat range list.
 #[napi]
 pub fn flatten_ranges_iter(list: BigUint64Array) -> napi::Result<RangeIterator> {
     Ok(iterator(
-        flatten_ranges(ranges(&list, "ranges")?).map(RangeItem::plain),
+        flatten_ranges(ranges(&list, "ranges")?).map(CoreItem::plain),
     ))
-}
-
-/// A merge tag: equal when the JavaScript tags are `===`-equal (the TypeScript layer gives
-/// equal tags equal ids); `index` names the element, so the run's first tag is returned exactly.
-#[derive(Clone, Copy)]
-struct MergeTag {
-    id: u32,
-    index: u32,
-}
-
-impl PartialEq for MergeTag {
-    fn eq(&self, other: &Self) -> bool {
-        self.id == other.id
-    }
 }
 
 /// `merge_adjacent_ranges`; `tag_ids[i]` is the equality class of element `i`'s tag.
@@ -301,22 +263,14 @@ pub fn merge_adjacent_ranges_iter(
     list: BigUint64Array,
     tag_ids: Uint32Array,
 ) -> napi::Result<RangeIterator> {
-    let list = ranges(&list, "ranges")?;
-    let input: Vec<(MemoryRange, MergeTag)> = paired(list, &tag_ids, "tag id per range")
-        .or_throw()?
-        .into_iter()
-        .zip(0u32..)
-        .map(|((range, id), index)| (range, MergeTag { id, index }))
-        .collect();
-    Ok(iterator(merge_adjacent_ranges(input).map(
-        |(range, tag)| RangeItem::new(range, None, tag.index, 0),
-    )))
+    let input = merge_input(&list, &tag_ids).or_throw()?;
+    Ok(iterator(merge_adjacent_ranges(input).map(CoreItem::merged)))
 }
 
 /// The `AlignedSubranges` builder and iterator.
 #[napi]
 pub struct NativeAlignedSubranges {
-    inner: Option<AlignedSubranges>,
+    inner: Finishing<AlignedSubranges>,
 }
 
 #[napi]
@@ -325,35 +279,26 @@ impl NativeAlignedSubranges {
     #[napi(constructor)]
     pub fn new(start: U64, end: U64) -> napi::Result<Self> {
         Ok(NativeAlignedSubranges {
-            inner: Some(AlignedSubranges::new(range_of(start, end)?)),
+            inner: Finishing::new(AlignedSubranges::new(range_of(start, end)?)),
         })
     }
 
     /// `with_offset`.
     #[napi]
     pub fn with_offset(&mut self, offset: U64) {
-        self.inner = self.inner.take().map(|iter| iter.with_offset(offset.0));
+        self.inner.map(|iter| iter.with_offset(offset.0));
     }
 
     /// `with_max_range_len`.
     #[napi]
     pub fn with_max_range_len(&mut self, max_len: U64) {
-        self.inner = self
-            .inner
-            .take()
-            .map(|iter| iter.with_max_range_len(max_len.0));
+        self.inner.map(|iter| iter.with_max_range_len(max_len.0));
     }
 
     /// The next piece as `[start, end]`, `null` when finished.
     #[napi]
     pub fn next(&mut self) -> napi::Result<Option<BigUint64Array>> {
-        let Some(iter) = self.inner.as_mut() else {
-            return Ok(None);
-        };
-        let result = guard(|| Ok(iter.next()));
-        if !matches!(result, Ok(Some(_))) {
-            self.inner = None;
-        }
-        result.map(|piece| piece.map(|range| flatten([range])))
+        let piece = self.inner.step(|iter| guard(|| Ok(iter.next())))?;
+        Ok(piece.map(|range| flatten([range])))
     }
 }

@@ -14,10 +14,12 @@ use crate::manager::settle;
 use crate::manager::NativeDeviceWindowHalf;
 use crate::manager::NativeGuestMemoryManager;
 use crate::progress::progress_callback;
+use crate::promise::json_promise;
 use crate::promise::promise;
 use crate::sparse_mapping::NativeMappable;
 use js_api::args::string_member;
 use js_api::executor::Polling;
+use js_api::json::list_json;
 use js_api::json::to_json;
 use js_api::snapshots::ChainView;
 use js_api::snapshots::LazyStatsView;
@@ -42,28 +44,6 @@ use napi::bindgen_prelude::Object;
 use napi::Env;
 use napi_derive::napi;
 use std::path::PathBuf;
-
-/// A Promise for a future with a core error `E`, resolving to its value's JSON view.
-fn json_promise<'env, T, E>(
-    env: &'env Env,
-    polling: Polling,
-    future: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
-    view: impl FnOnce(&T) -> String + Send + 'static,
-) -> napi::Result<Object<'env>>
-where
-    T: Send + 'static,
-    E: ToJsError,
-{
-    promise(
-        env,
-        polling,
-        async move {
-            let value = future.await.map_err(|error| error.to_js_error())?;
-            Ok(view(&value))
-        },
-        |_env, json| Ok(json),
-    )
-}
 
 /// Starts, takes and stops dirty tracking of one manager.
 #[napi]
@@ -271,12 +251,7 @@ impl NativeRestoredManager {
             layers,
             bytes,
         } = restored;
-        let windows_json = to_json(
-            &windows
-                .iter()
-                .map(RestoredWindowView::from)
-                .collect::<Vec<_>>(),
-        );
+        let windows_json = list_json::<_, RestoredWindowView>(&windows);
         let info_json = to_json(&RestoreInfoView::new(
             dir,
             &manifest.id,

@@ -69,13 +69,18 @@ impl NativeSparseMapping {
             .ok_or_else(|| throw(JsError::closed("SparseMapping")))
     }
 
-    /// `(offset, len)` as host sizes, and the mapping.
-    fn span(&self, offset: U64, len: U64) -> napi::Result<(&SparseMapping, usize, usize)> {
-        Ok((
-            self.mapping()?,
-            host_size(offset, "offset")?,
-            host_size(len, "len")?,
-        ))
+    /// Runs `change` on `(offset, len)` as host sizes; its failure is the OS error of
+    /// `syscall`.
+    fn change(
+        &self,
+        offset: U64,
+        len: U64,
+        syscall: &'static str,
+        change: impl FnOnce(&SparseMapping, usize, usize) -> io::Result<()>,
+    ) -> napi::Result<()> {
+        let mapping = self.mapping()?;
+        let (offset, len) = (host_size(offset, "offset")?, host_size(len, "len")?);
+        change(mapping, offset, len).map_err(os(syscall))
     }
 }
 
@@ -135,15 +140,13 @@ impl NativeSparseMapping {
     /// Places private zeroed read-write memory.
     #[napi]
     pub fn alloc(&self, offset: U64, len: U64) -> napi::Result<()> {
-        let (mapping, offset, len) = self.span(offset, len)?;
-        mapping.alloc(offset, len).map_err(os("mmap"))
+        self.change(offset, len, "mmap", SparseMapping::alloc)
     }
 
     /// Places read-only zero pages.
     #[napi]
     pub fn map_zero(&self, offset: U64, len: U64) -> napi::Result<()> {
-        let (mapping, offset, len) = self.span(offset, len)?;
-        mapping.map_zero(offset, len).map_err(os("mmap"))
+        self.change(offset, len, "mmap", SparseMapping::map_zero)
     }
 
     /// Places a shared view of `mappable` at `file_offset`.
@@ -156,55 +159,51 @@ impl NativeSparseMapping {
         file_offset: U64,
         writable: bool,
     ) -> napi::Result<()> {
-        let (mapping, offset, len) = self.span(offset, len)?;
-        mapping
-            .map_file(offset, len, mappable.fd()?, file_offset.0, writable)
-            .map_err(os("mmap"))
+        let fd = mappable.fd()?;
+        self.change(offset, len, "mmap", |mapping, offset, len| {
+            mapping.map_file(offset, len, fd, file_offset.0, writable)
+        })
     }
 
     /// Returns the range to the reserved (inaccessible) state.
     #[napi]
     pub fn unmap(&self, offset: U64, len: U64) -> napi::Result<()> {
-        let (mapping, offset, len) = self.span(offset, len)?;
-        mapping.unmap(offset, len).map_err(os("mmap"))
+        self.change(offset, len, "mmap", SparseMapping::unmap)
     }
 
     /// Validates the range (a no-op on Linux).
     #[napi]
     pub fn commit(&self, offset: U64, len: U64) -> napi::Result<()> {
-        let (mapping, offset, len) = self.span(offset, len)?;
-        mapping.commit(offset, len).map_err(os("madvise"))
+        self.change(offset, len, "madvise", SparseMapping::commit)
     }
 
     /// Frees the pages: private memory reads back zeros, a memfd view gets a hole punched.
     #[napi]
     pub fn decommit(&self, offset: U64, len: U64) -> napi::Result<()> {
-        let (mapping, offset, len) = self.span(offset, len)?;
-        mapping.decommit(offset, len).map_err(os("madvise"))
+        self.change(offset, len, "madvise", SparseMapping::decommit)
     }
 
     /// `mprotect` read-write (`true`) or read-only (`false`).
     #[napi]
     pub fn set_writable(&self, offset: U64, len: U64, allow: bool) -> napi::Result<()> {
-        let (mapping, offset, len) = self.span(offset, len)?;
-        mapping
-            .set_writable(offset, len, allow)
-            .map_err(os("mprotect"))
+        self.change(offset, len, "mprotect", |mapping, offset, len| {
+            mapping.set_writable(offset, len, allow)
+        })
     }
 
     /// `madvise(MADV_HUGEPAGE)`.
     #[napi]
     pub fn madvise_hugepage(&self, offset: U64, len: U64) -> napi::Result<()> {
-        let (mapping, offset, len) = self.span(offset, len)?;
-        mapping.madvise_hugepage(offset, len).map_err(os("madvise"))
+        self.change(offset, len, "madvise", SparseMapping::madvise_hugepage)
     }
 
     /// Names the VMAs (never fails).
     #[napi]
     pub fn set_name(&self, offset: U64, len: U64, name: String) -> napi::Result<()> {
-        let (mapping, offset, len) = self.span(offset, len)?;
-        mapping.set_name(offset, len, &name);
-        Ok(())
+        self.change(offset, len, "prctl", |mapping, offset, len| {
+            mapping.set_name(offset, len, &name);
+            Ok(())
+        })
     }
 
     /// Fault-safe copy out of the mapping into `dest`.
@@ -231,7 +230,8 @@ impl NativeSparseMapping {
     /// Fault-safe fill of `len` bytes with `byte`.
     #[napi]
     pub fn fill_at(&self, offset: U64, byte: u8, len: U64) -> napi::Result<()> {
-        let (mapping, offset, len) = self.span(offset, len)?;
+        let mapping = self.mapping()?;
+        let (offset, len) = (host_size(offset, "offset")?, host_size(len, "len")?);
         mapping
             .fill_at(offset, byte, len)
             .map_err(|error| throw(JsError::sparse_mapping(&error, true)))

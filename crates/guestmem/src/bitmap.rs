@@ -187,7 +187,7 @@ mod tests {
         }
     }
 
-    // Scenario S53: 4 pages, bitmap 0b0101 (pages 0 and 2 accessible).
+    // 4 pages, bitmap 0b0101 (pages 0 and 2 accessible).
     #[test]
     fn reads_are_gated_by_the_bitmap() {
         let backing = Arc::new(BitmapBacking::new(4, 0b0101, 0b0101, 0));

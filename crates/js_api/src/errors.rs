@@ -870,6 +870,17 @@ impl ToJsError for virt_kvm::KvmError {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+impl ToJsError for virt_kvm::RunRefused {
+    /// A closed vCPU is `ERR_CLOSED`; a busy one the `KvmError` it carries.
+    fn to_js_error(&self) -> JsError {
+        match self {
+            virt_kvm::RunRefused::Closed => JsError::closed("Vcpu"),
+            virt_kvm::RunRefused::Busy(error) => error.to_js_error(),
+        }
+    }
+}
+
 impl ToJsError for membacking::SnapshotError {
     /// Corrupt files, versions and mismatching layouts are `SnapshotError`s naming the file
     /// and offset, the version or what differs; file system failures are `OsError`s with the

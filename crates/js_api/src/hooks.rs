@@ -35,6 +35,93 @@ impl JsHookFailure {
     pub fn cause_token(&self) -> Option<u32> {
         self.cause_token
     }
+
+    /// `hook` failed: it threw (its value is kept under `cause_token`), or could not be called.
+    pub fn failed(hook: &str, cause_token: Option<u32>) -> Self {
+        Self::new(format!("the JavaScript {hook} hook failed"), cause_token)
+    }
+
+    /// `hook` cannot run where it was asked to (`context`).
+    pub fn unreachable(hook: &str, context: &str) -> Self {
+        Self::new(
+            format!(
+                "the JavaScript {hook} hook cannot run {context}: it runs on the JavaScript thread \
+                 that created the memory (synchronous operations of that thread, and \
+                 asynchronous operations of any thread)"
+            ),
+            None,
+        )
+    }
+}
+
+/// Whether a hook may be handed to the JavaScript thread that owns it and waited for, from a
+/// thread where that thread's environment is not published: yes from a thread that runs no
+/// JavaScript; never from the owner itself (outside a native call that published it: it would
+/// wait for itself) or from another JavaScript thread (two JavaScript threads never wait on each
+/// other).
+pub fn handoff(
+    hook: &str,
+    on_owner_thread: bool,
+    on_javascript_thread: bool,
+) -> Result<(), JsHookFailure> {
+    match (on_javascript_thread, on_owner_thread) {
+        (true, _) => Err(JsHookFailure::unreachable(
+            hook,
+            "on another JavaScript thread",
+        )),
+        (false, true) => Err(JsHookFailure::unreachable(hook, "outside a native call")),
+        (false, false) => Ok(()),
+    }
+}
+
+/// What a read or compare-exchange fallback's wrapper answered: JSON, or bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BytesAnswer {
+    /// A JSON [`HookAnswer`].
+    Json(String),
+    /// The bytes it read or observed.
+    Bytes(Vec<u8>),
+}
+
+/// The bytes a `readFallback` read: exactly `len` of them.
+pub fn read_fallback_data(answer: BytesAnswer, len: usize) -> Result<Vec<u8>, JsHookFailure> {
+    match answer {
+        BytesAnswer::Bytes(data) if data.len() == len => Ok(data),
+        BytesAnswer::Json(json) => {
+            hook_answer(&json, "readFallback", DONE)?;
+            Err(JsHookFailure::new(
+                "the JavaScript readFallback hook gave no data",
+                None,
+            ))
+        }
+        BytesAnswer::Bytes(_) => Err(JsHookFailure::new(
+            "the JavaScript readFallback hook gave no data",
+            None,
+        )),
+    }
+}
+
+/// What a `compareExchangeFallback` did: `None` when it swapped, else the `len` bytes it
+/// observed.
+pub fn compare_exchange_outcome(
+    answer: BytesAnswer,
+    len: usize,
+) -> Result<Option<Vec<u8>>, JsHookFailure> {
+    match answer {
+        BytesAnswer::Json(json) => {
+            hook_answer(&json, "compareExchangeFallback", SWAPPED).map(|_| None)
+        }
+        BytesAnswer::Bytes(observed) if observed.len() == len => Ok(Some(observed)),
+        BytesAnswer::Bytes(_) => Err(JsHookFailure::new(
+            "the JavaScript compareExchangeFallback hook gave no observed value",
+            None,
+        )),
+    }
+}
+
+/// The address a failure of a page-locking hook names: the first page's (`u64::MAX` for none).
+pub fn first_page_address(gpns: &[u64]) -> u64 {
+    gpns.first().map_or(u64::MAX, |gpn| gpn.wrapping_mul(4096))
 }
 
 impl std::fmt::Display for JsHookFailure {
@@ -132,10 +219,9 @@ pub fn hook_answer(
     expected: [HookAnswer; 2],
 ) -> Result<bool, JsHookFailure> {
     match serde_json::from_str::<HookAnswer>(answer) {
-        Ok(HookAnswer::Failed { cause_token }) => Err(JsHookFailure::new(
-            format!("the JavaScript {hook} hook failed"),
-            Some(cause_token),
-        )),
+        Ok(HookAnswer::Failed { cause_token }) => {
+            Err(JsHookFailure::failed(hook, Some(cause_token)))
+        }
         Ok(answer) if answer == expected[0] => Ok(true),
         Ok(answer) if answer == expected[1] => Ok(false),
         Ok(answer) => Err(JsHookFailure::new(
@@ -273,6 +359,64 @@ mod tests {
         let wrong = hook_answer(r#"{"answer":"locked"}"#, "fillFallback", DONE).unwrap_err();
         assert!(wrong.to_string().contains("cannot"), "{wrong}");
         assert_eq!(wrong.cause_token(), None);
+    }
+
+    #[test]
+    fn a_read_fallback_answers_with_exactly_the_bytes_asked_for() {
+        let data = read_fallback_data(BytesAnswer::Bytes(vec![1, 2, 3]), 3);
+        assert_eq!(data, Ok(vec![1, 2, 3]));
+        for wrong in [
+            BytesAnswer::Bytes(vec![1, 2]),
+            BytesAnswer::Json(r#"{"answer":"done"}"#.into()),
+        ] {
+            let error = read_fallback_data(wrong, 3).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "the JavaScript readFallback hook gave no data"
+            );
+        }
+        let thrown = read_fallback_data(
+            BytesAnswer::Json(r#"{"answer":"failed","causeToken":6}"#.into()),
+            3,
+        )
+        .unwrap_err();
+        assert_eq!(thrown.cause_token(), Some(6));
+    }
+
+    #[test]
+    fn a_compare_exchange_fallback_swapped_or_observed_a_value_of_the_size() {
+        let swapped = BytesAnswer::Json(r#"{"answer":"swapped"}"#.into());
+        assert_eq!(compare_exchange_outcome(swapped, 8), Ok(None));
+        let observed = compare_exchange_outcome(BytesAnswer::Bytes(vec![9; 8]), 8);
+        assert_eq!(observed, Ok(Some(vec![9; 8])));
+        let short = compare_exchange_outcome(BytesAnswer::Bytes(vec![9; 4]), 8).unwrap_err();
+        assert!(short.to_string().contains("no observed value"), "{short}");
+        let done = BytesAnswer::Json(r#"{"answer":"done"}"#.into());
+        assert!(
+            compare_exchange_outcome(done, 8).is_err(),
+            "only swapped may be said"
+        );
+    }
+
+    #[test]
+    fn hooks_are_handed_over_only_from_threads_that_run_no_javascript() {
+        assert_eq!(handoff("pageFault", false, false), Ok(()));
+        let owner = handoff("pageFault", true, false).unwrap_err();
+        assert!(
+            owner
+                .to_string()
+                .contains("cannot run outside a native call"),
+            "{owner}"
+        );
+        let other = handoff("lockGpns", false, true).unwrap_err();
+        assert!(
+            other.to_string().starts_with(
+                "the JavaScript lockGpns hook cannot run on another JavaScript thread"
+            ),
+            "{other}"
+        );
+        assert_eq!(first_page_address(&[3, 4]), 0x3000);
+        assert_eq!(first_page_address(&[]), u64::MAX);
     }
 
     #[test]

@@ -65,9 +65,52 @@ pub fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
     }
 }
 
+/// The JSON of a list of core values, each through its view `V`.
+pub fn list_json<'a, T: 'a, V: Serialize + From<&'a T>>(items: &'a [T]) -> String {
+    to_json(&items.iter().map(V::from).collect::<Vec<_>>())
+}
+
+/// A core future whose value crosses as the JSON its view makes of it, and whose error as the
+/// table's row.
+pub async fn json_result<T, E: crate::ToJsError>(
+    future: impl std::future::Future<Output = Result<T, E>>,
+    view: impl FnOnce(&T) -> String,
+) -> Result<String, crate::JsError> {
+    let value = future.await.map_err(|error| error.to_js_error())?;
+    Ok(view(&value))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_and_results_cross_through_their_views() {
+        struct Core(u64);
+        #[derive(Serialize)]
+        struct View {
+            at: BigInt,
+        }
+        impl From<&Core> for View {
+            fn from(core: &Core) -> Self {
+                View { at: BigInt(core.0) }
+            }
+        }
+        assert_eq!(
+            list_json::<Core, View>(&[Core(1), Core(2)]),
+            r#"[{"at":{"$bigint":"0x1"}},{"at":{"$bigint":"0x2"}}]"#
+        );
+        let ok = futures::executor::block_on(json_result(
+            async { Ok::<_, crate::JsError>(7u32) },
+            to_json,
+        ));
+        assert_eq!(ok.unwrap(), "7");
+        let failed = futures::executor::block_on(json_result(
+            async { Err::<u32, _>(crate::JsError::closed("Vcpu")) },
+            |_| unreachable!("no view of a failure"),
+        ));
+        assert_eq!(failed.unwrap_err().message, "Vcpu is closed");
+    }
 
     #[test]
     fn bigints_and_ranges_are_tagged_and_lossless() {

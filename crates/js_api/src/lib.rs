@@ -9,7 +9,9 @@
 //!   [`snapshots`]: those of dirty tracking, snapshots and restores.
 //! - [`hooks`]: the typed answers of JavaScript callbacks (guest-memory hooks, the registrar);
 //!   [`registration`]: what a registration callback's answer means for the registrar.
-//! - [`args`]: the rules arguments from JavaScript must meet.
+//! - [`args`]: the rules arguments from JavaScript must meet; [`ranges`]: how ranges and range
+//!   algorithm items cross.
+//! - `kvm` (x86-64): a vCPU's options, register updates and run outcomes.
 //! - [`executor`]: the one executor behind the API's Promises, and the registrar's parked
 //!   tasks.
 //! - [`handles`]: transfer handles for `worker_threads`.
@@ -26,6 +28,9 @@ pub mod executor;
 pub mod handles;
 pub mod hooks;
 pub mod json;
+#[cfg(target_arch = "x86_64")]
+pub mod kvm;
+pub mod ranges;
 pub mod registration;
 pub mod snapshots;
 pub mod typescript;

@@ -1,5 +1,5 @@
 //! Benchmarks of snapshots and restores, each printed as one JSON line in the project's format
-//! (`design.md`, "Benchmarks") with a baseline measured in the same run:
+//! (`docs/design.md`, "Benchmarks") with a baseline measured in the same run:
 //!
 //! - `snapshot_bytes_written`: bytes a full snapshot of a 4 GiB guest with 256 MiB touched
 //!   writes (all three files), against the touched bytes (target ≤ 1.05×).

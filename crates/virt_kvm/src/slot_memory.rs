@@ -64,6 +64,15 @@ impl KvmPartition {
     }
 }
 
+/// A partition writes guest memory (a long-mode vCPU's page tables) through its slots
+/// ([`KvmPartition::write_through_slots`]).
+impl crate::WriteGuestMemory for KvmPartition {
+    fn write_guest(&self, gpa: u64, data: &[u8]) -> Result<(), virt::Error> {
+        self.write_through_slots(gpa, data)
+            .map_err(virt::Error::from)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +102,14 @@ mod tests {
             .write_through_slots(0x10_1ffc, b"slotted!")
             .unwrap();
         assert_eq!(memory.read_u64(0x1ffc), u64::from_le_bytes(*b"slotted!"));
+        // The same write as the guest-memory writer a vCPU's page tables go through.
+        let writer: &dyn crate::WriteGuestMemory = &partition;
+        writer.write_guest(0x10_0008, b"written!").unwrap();
+        assert_eq!(memory.read_u64(0x8), u64::from_le_bytes(*b"written!"));
+        assert!(
+            writer.write_guest(0x30_0000, b"x").is_err(),
+            "no slot there"
+        );
 
         let outside = partition
             .write_through_slots(0x10_3ffc, b"too long")
