@@ -20,12 +20,13 @@ pub fn vcpu_options(
     page_tables: Option<&[u64]>,
     cpl: u32,
 ) -> Result<VcpuOptions, JsError> {
+    let cpl = u8::try_from(cpl).map_err(|_| JsError::arg_value("cpl must be 0 or 3"))?;
     Ok(VcpuOptions {
         mode: string_member(mode, "mode")?,
         page_tables: page_tables
             .map(|bounds| one_range(bounds, "pageTables"))
             .transpose()?,
-        cpl: u8::try_from(cpl).map_err(|_| JsError::arg_value("cpl must be 0 or 3"))?,
+        cpl,
     })
 }
 
