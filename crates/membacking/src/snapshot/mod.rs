@@ -211,7 +211,9 @@ pub(crate) async fn on_thread<T: Send + 'static>(
 
 /// Runs `work(state, buffer, item)` for every item on up to two scoped worker threads, each
 /// with its own `state` (from `new_state`) and a 1 MiB buffer, and reports `(bytes done,
-/// total)` after each item; returns every worker's state, or the first error.
+/// total)` after each item, in increasing order (a report is made under the lock that counts
+/// it, so a thread that finished later never reports a smaller figure after a larger one);
+/// returns every worker's state, or the first error.
 pub(crate) fn parallel_items<T: Sync, S: Send>(
     items: &[T],
     bytes: impl Fn(&T) -> u64 + Sync,
@@ -219,13 +221,12 @@ pub(crate) fn parallel_items<T: Sync, S: Send>(
     new_state: impl Fn() -> S + Sync,
     work: impl Fn(&mut S, &mut [u8], &T) -> Result<(), SnapshotError> + Sync,
 ) -> Result<Vec<S>, SnapshotError> {
-    use std::sync::atomic::AtomicU64;
     use std::sync::atomic::AtomicUsize;
     use std::sync::atomic::Ordering;
     let total: u64 = items.iter().map(&bytes).sum();
     report(progress, 0, total);
     let next = AtomicUsize::new(0);
-    let done = AtomicU64::new(0);
+    let done = parking_lot::Mutex::new(0u64);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
@@ -235,12 +236,9 @@ pub(crate) fn parallel_items<T: Sync, S: Send>(
                     let mut buffer = vec![0u8; writer::ITEM_BYTES];
                     while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
                         work(&mut state, &mut buffer, item)?;
-                        let size = bytes(item);
-                        report(
-                            progress,
-                            done.fetch_add(size, Ordering::Relaxed) + size,
-                            total,
-                        );
+                        let mut done = done.lock();
+                        *done += bytes(item);
+                        report(progress, *done, total);
                     }
                     Ok(state)
                 })

@@ -1199,3 +1199,37 @@ mod kvm {
         }
     }
 }
+
+#[test]
+fn parallel_progress_reports_only_grow_and_end_at_the_total() {
+    // Many small items on the worker threads: a report computed by one thread and delivered
+    // after a larger one from the other would make the figures go backwards.
+    for _ in 0..20 {
+        let items: Vec<u64> = (1..=2000).collect();
+        let reports = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = reports.clone();
+        let progress: Progress =
+            std::sync::Arc::new(move |done, total| seen.lock().push((done, total)));
+        let total: u64 = items.iter().sum();
+        super::parallel_items(
+            &items,
+            |item| *item,
+            Some(&progress),
+            || (),
+            |_, _, _| Ok(()),
+        )
+        .expect("no item fails");
+        let reports = reports.lock();
+        assert_eq!(
+            reports.len(),
+            items.len() + 1,
+            "one report before the work and one per item"
+        );
+        assert!(reports.iter().all(|&(_, t)| t == total));
+        assert!(
+            reports.windows(2).all(|pair| pair[0].0 <= pair[1].0),
+            "the reports went backwards"
+        );
+        assert_eq!(reports.last().copied(), Some((total, total)));
+    }
+}
