@@ -1,6 +1,7 @@
 // The process-wide fault handler from JavaScript: WebAssembly traps keep working,
-// foreign faults still kill with SIGSEGV, installation is idempotent, displacement by
-// process.on('SIGSEGV') is followed by re-arming with one warning, and installation is lazy.
+// foreign faults still kill with SIGSEGV, installation is idempotent, process.on('SIGSEGV')
+// listeners never make a guest access hang, a displacement the package does not see is
+// followed by re-arming with one warning, and installation is lazy.
 // Everything that can kill the process or change its dispositions for good runs in a child.
 'use strict';
 const test = require('ava');
@@ -79,7 +80,7 @@ test('initialize() 100 times and mappings in several workers: one handler, and a
 });
 
 // Scenario 29.
-test('process.on/off(SIGSEGV) displaces the handler; new mappings, memories, subranges and initialize() re-arm it, warning once', async (t) => {
+test('an unseen displacement (libuv handler without our listener hooks) is re-armed by new mappings, memories, subranges and initialize(), warning once', async (t) => {
   let result = await runChild(child, { args: ['displace'] });
   if (result.status !== 0 || findings(result).length === 0) {
     // Seen once in CI under heavy load from other processes; keep the evidence and retry once.
@@ -112,6 +113,37 @@ test('process.on/off(SIGSEGV) displaces the handler; new mappings, memories, sub
   t.is(warnings[0].name, 'MembackingWarning');
   t.is(warnings[0].code, 'MEMBACKING_HANDLER_REARMED');
   t.regex(warnings[0].message, /reset to the default action/);
+});
+
+// The reported hang: a guest access that faulted after process.on('SIGSEGV') spun at 100% CPU
+// in libuv's handler. The child has a watchdog: a regression fails as a timeout, not a hang.
+test('after process.on(SIGSEGV), faulting guest accesses are errors; kill() still reaches the listener; wasm traps work', async (t) => {
+  const result = await runChild(child, { args: ['listening'], timeoutMs: 30000 });
+  t.is(result.status, 0, result.stderr);
+  const [{ steps, warnings }] = findings(result);
+  t.deepEqual(steps, {
+    withListener: 'installed',
+    lazyPage: '0',
+    secondRegionPage: '0',
+    gap: 'ERR_GUEST_MEMORY_OUT_OF_RANGE',
+    unplaced: 'ERR_GUEST_MEMORY_FAULT',
+    placed: '0',
+    guarded: 'ERR_MEMORY/SIGSEGV/2',
+    wasm: 'RuntimeError',
+    received: ['SIGSEGV'],
+    afterRemoval: 'installed',
+    unplacedAfterRemoval: 'ERR_GUEST_MEMORY_FAULT',
+    withBusListener: 'installed',
+    unplacedWithBusListener: 'ERR_GUEST_MEMORY_FAULT',
+    final: 'installed',
+  });
+  t.deepEqual(warnings, [], 'a listener the package saw needs no re-arming warning');
+});
+
+test('with a SIGSEGV listener present, a fault outside our routines still kills the process (no loop in the listener handler)', async (t) => {
+  const result = await runChild(child, { args: ['listening', 'then-fault'], timeoutMs: 30000 });
+  t.is(result.signal, 'SIGSEGV', `status ${result.status}, stderr: ${result.stderr}`);
+  t.is(findings(result)[0].steps.final, 'installed');
 });
 
 // Scenarios 29 then 27.

@@ -30,6 +30,13 @@ pub fn initialize() -> &'static str {
     trycopy::rearm_handler().js_str()
 }
 
+/// Tells the fault handler whether the process listens for SIGSEGV and SIGBUS (re-arming it over
+/// the handler a listener installs, or over the default a removed one leaves); the status after.
+#[napi]
+pub fn set_signal_listeners(segv: bool, bus: bool) -> &'static str {
+    trycopy::set_signal_listeners(segv, bus).js_str()
+}
+
 /// A `HandlerStatus` value.
 #[napi]
 pub fn handler_status() -> &'static str {

@@ -9,6 +9,7 @@
 import { storeCause } from './causes';
 import { call, fromNative, GuestMemoryErrorKind, invalidArgType, invalidArgValue, settle } from './errors';
 import type { HandlerStatus } from './generated/enums';
+import { isMainThread } from 'node:worker_threads';
 import { native } from './native';
 import { describeType, toU64, type U64 } from './u64';
 
@@ -28,13 +29,41 @@ export function initialize(): void {
   rearming(() => native.initialize());
 }
 
+/** The signals our handler recovers faults of. */
+const FAULT_SIGNALS: ReadonlySet<string | symbol> = new Set(['SIGSEGV', 'SIGBUS']);
+
+/** Tells the handler which of SIGSEGV/SIGBUS have listeners (`adding`: one is being added). */
+function signalListenersChanged(adding?: string | symbol): void {
+  const listens = (signal: string): boolean => signal === adding || process.listenerCount(signal) > 0;
+  native.setSignalListeners(listens('SIGSEGV'), listens('SIGBUS'));
+}
+
+/**
+ * `process.on('SIGSEGV')` (or SIGBUS) makes Node install libuv's signal handler over ours, and
+ * removing the last listener resets the default action: either way a guest memory fault would
+ * no longer be recovered (libuv's handler returns, and the faulting access runs again forever).
+ * Node installs or removes its handler in its own `newListener`/`removeListener` listeners,
+ * registered at startup, so these run right after it: the handler is re-armed before the next
+ * access can fault, and faults never reach the listener (signals sent with `kill` still do).
+ * Only the main thread has signal listeners.
+ */
+if (isMainThread) {
+  signalListenersChanged();
+  process.on('newListener', function membackingSignalListenerAdded(event: string | symbol) {
+    if (FAULT_SIGNALS.has(event)) signalListenersChanged(event);
+  });
+  process.on('removeListener', function membackingSignalListenerRemoved(event: string | symbol) {
+    if (FAULT_SIGNALS.has(event)) signalListenersChanged();
+  });
+}
+
 let rearmWarned = false;
 
 /**
  * Runs `create` (which installs the handler, or makes a mapping-backed memory) and re-installs
- * a handler that was displaced or reset before it ran (e.g. by `process.on('SIGSEGV')`,
- * whose libuv handler does not chain, and whose removal resets the default action). Emits a
- * process warning the first time this thread re-arms.
+ * a handler that was displaced or reset before it ran (by a handler installed with
+ * `sigaction` elsewhere, e.g. another native addon). Emits a process warning the first time
+ * this thread re-arms.
  */
 function rearming<T>(create: () => T): T {
   const before = native.handlerStatus();
@@ -45,7 +74,7 @@ function rearming<T>(create: () => T): T {
       rearmWarned = true;
       const how = before === 'default' ? 'reset to the default action' : 'replaced by another handler';
       process.emitWarning(
-        `the membacking SIGSEGV/SIGBUS handler was ${how} (for example by process.on('SIGSEGV') or its removal); it has been re-installed. Guest memory faults in between would have killed the process.`,
+        `the membacking SIGSEGV/SIGBUS handler was ${how} (for example by another native addon); it has been re-installed on top, forwarding the faults it does not own to that handler. Until now guest memory faults went to that handler, which may not recover them.`,
         { type: 'MembackingWarning', code: 'MEMBACKING_HANDLER_REARMED' },
       );
     }

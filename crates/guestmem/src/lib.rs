@@ -188,7 +188,7 @@ impl Default for GuestMemory {
 }
 
 /// Installs the fault handler, re-arming it when something displaced it (every new guest memory
-/// or sparse mapping does, so a handler displaced by `process.on('SIGSEGV')` comes back).
+/// or sparse mapping does, so a handler displaced by another signal handler comes back).
 pub fn ensure_fault_handler() {
     trycopy::initialize_try_copy();
     if trycopy::handler_status() != trycopy::HandlerStatus::Installed {

@@ -18,6 +18,18 @@
 //!   [`rearm_handler`] re-installs on top of whatever displaced us, keeping the old previous
 //!   action when the current disposition is plain default (libuv's `process.off` wipes Node's
 //!   handler together with ours).
+//! * **Signal listeners.** A JavaScript `process.on('SIGSEGV')` listener installs libuv's
+//!   handler, which only queues the signal for the event loop and returns: a fault delivered to
+//!   it re-executes the faulting instruction forever. While the process has such listeners
+//!   ([`crate::set_signal_listeners`]), the handler we install over it is kept as the *listener*, not
+//!   as the previous action: signals sent with `kill`/`raise` go to it (so the listener runs),
+//!   kernel-raised faults never do (they go to the previous action, as without listeners).
+//! * **Loops.** A kernel fault we forward to a previous handler that returns without moving the
+//!   instruction pointer runs again. When the same fault (instruction, address, stack) has come
+//!   back that way [`LOOP_LIMIT`] times in a row, we reset the disposition to default before
+//!   returning, so the next execution kills the process by the signal instead of spinning.
+//!   (A handler that resolves a trap by moving the instruction pointer, like V8's WebAssembly
+//!   trap handler, is never counted.)
 //!
 //! Re-arming on top of a handler that itself chains back to us would create a cycle; a marker
 //! placed in the unused tail of the `siginfo_t` while we forward breaks it (on re-entry with our
@@ -31,7 +43,7 @@ use crate::HandlerStatus;
 use libc::{c_int, c_void, sigaction, siginfo_t};
 use std::mem::MaybeUninit;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// The signals whose faults we recover.
@@ -57,6 +69,28 @@ static FIRST_PREVIOUS: [AtomicPtr<sigaction>; 2] = [
     AtomicPtr::new(ptr::null_mut()),
 ];
 
+/// The handler of JavaScript signal listeners (libuv's) that ours was installed over while the
+/// process listened for the signal: it gets the signals sent with `kill`/`raise`, never a
+/// kernel-raised fault. Null when there is none.
+static LISTENER: [AtomicPtr<sigaction>; 2] = [
+    AtomicPtr::new(ptr::null_mut()),
+    AtomicPtr::new(ptr::null_mut()),
+];
+
+/// Whether the process has signal listeners for each signal (see [`set_listeners`]).
+static LISTENING: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+
+/// Consecutive forwards of one unresolved kernel fault after which the handler takes the
+/// default action (a forward and the fault's return cost a few microseconds, so this ends a
+/// loop within tens of milliseconds).
+pub(crate) const LOOP_LIMIT: u32 = 4096;
+
+/// Slots of the loop detector: a fingerprint of the last fault forwarded through each slot and
+/// how many times in a row it was forwarded.
+const LOOP_SLOTS: usize = 64;
+static LOOP_FINGERPRINTS: [AtomicU64; LOOP_SLOTS] = [const { AtomicU64::new(0) }; LOOP_SLOTS];
+static LOOP_COUNTS: [AtomicU32; LOOP_SLOTS] = [const { AtomicU32::new(0) }; LOOP_SLOTS];
+
 /// Set once the handler has been installed (fast path of [`initialize_try_copy`]).
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
@@ -81,6 +115,10 @@ fn first_slot(signal: c_int) -> Option<&'static AtomicPtr<sigaction>> {
         .iter()
         .position(|&s| s == signal)
         .map(|index| &FIRST_PREVIOUS[index])
+}
+
+fn signal_index(signal: c_int) -> Option<usize> {
+    SIGNALS.iter().position(|&s| s == signal)
 }
 
 /// Installs the handler for SIGSEGV and SIGBUS, once per process.
@@ -141,6 +179,48 @@ pub(crate) fn rearm() -> HandlerStatus {
     status()
 }
 
+/// Records whether the process has signal listeners for SIGSEGV and SIGBUS (`[segv, bus]`) and,
+/// when our handler is installed, re-arms it over whatever the listeners' change left (libuv's
+/// handler when one was added, the default disposition when the last one went). Returns the
+/// resulting status.
+pub(crate) fn set_listeners(listening: [bool; 2]) -> HandlerStatus {
+    {
+        let _guard = INSTALL_LOCK
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for (index, listens) in listening.into_iter().enumerate() {
+            LISTENING[index].store(listens, Ordering::Release);
+            if !listens {
+                LISTENER[index].store(ptr::null_mut(), Ordering::Release);
+            }
+        }
+        if !INSTALLED.load(Ordering::Acquire) {
+            return HandlerStatus::NotInstalled;
+        }
+        for signal in SIGNALS {
+            install_on_top(signal, true);
+        }
+    }
+    status()
+}
+
+/// Installs our handler over the listeners' handler of `signal` (`current`), keeping it as the
+/// listener and not as the previous action. Called with [`INSTALL_LOCK`] held.
+fn install_over_listener(index: usize, current: sigaction) {
+    LISTENER[index].store(Box::into_raw(Box::new(current)), Ordering::Release);
+    let slot = &PREVIOUS[index];
+    if slot.load(Ordering::Acquire).is_null() {
+        // Installed for the first time while listening: the chain the process had before the
+        // listener is unknown (libuv kept nothing), so unresolved faults take the default action.
+        // SAFETY: all-zero is a valid `sigaction` (SIG_DFL, empty mask).
+        publish(slot, unsafe { MaybeUninit::zeroed().assume_init() });
+        FIRST_PREVIOUS[index].store(slot.load(Ordering::Acquire), Ordering::Release);
+    }
+    let ours = our_action();
+    // SAFETY: a valid `sigaction` for a signal that accepts handlers.
+    unsafe { libc::sigaction(SIGNALS[index], &ours, ptr::null_mut()) };
+}
+
 /// Installs our handler for `signal` over the current action, recording that action as the
 /// previous one. With `keep_chain`, a plain default disposition does not replace a previous
 /// action that is a real handler. Called with [`INSTALL_LOCK`] held.
@@ -150,6 +230,12 @@ fn install_on_top(signal: c_int, keep_chain: bool) {
     if is_ours(&current) {
         // Never record ourselves as the previous action.
         return;
+    }
+    if let Some(index) = signal_index(signal) {
+        if LISTENING[index].load(Ordering::Acquire) && is_real_handler(&current) {
+            install_over_listener(index, current);
+            return;
+        }
     }
     let first = first_slot(signal).map_or(ptr::null_mut(), |first| first.load(Ordering::Acquire));
     // SAFETY: a non-null slot points at a leaked, never-modified record.
@@ -281,7 +367,22 @@ extern "C" fn fault_handler(signal: c_int, info: *mut siginfo_t, context: *mut c
 /// # Safety
 /// Called only from [`fault_handler`] with the kernel-provided arguments.
 unsafe fn forward(signal: c_int, info: *mut siginfo_t, context: *mut c_void) {
-    let previous = slot(signal).map_or(ptr::null_mut(), |slot| slot.load(Ordering::Acquire));
+    // SAFETY: `info` is the kernel's siginfo (or null).
+    let kernel_generated = !info.is_null() && unsafe { (*info).si_code } > 0;
+    let index = signal_index(signal);
+    // A signal sent with kill/raise goes to the listeners' handler when there is one; a fault
+    // never does (that handler would return and the fault would repeat forever).
+    let listener = match index {
+        Some(index) if !kernel_generated && LISTENING[index].load(Ordering::Acquire) => {
+            LISTENER[index].load(Ordering::Acquire)
+        }
+        _ => ptr::null_mut(),
+    };
+    let previous = if listener.is_null() {
+        slot(signal).map_or(ptr::null_mut(), |slot| slot.load(Ordering::Acquire))
+    } else {
+        listener
+    };
     // SAFETY: a non-null slot points at a leaked, never-modified record.
     let previous = unsafe { previous.as_ref() };
     let marker = our_handler_address();
@@ -293,8 +394,6 @@ unsafe fn forward(signal: c_int, info: *mut siginfo_t, context: *mut c_void) {
             // Default or ignore, no previous action, or we are being re-entered through a
             // forwarding cycle: take the default action.
             set_default(signal);
-            // SAFETY: as above.
-            let kernel_generated = !info.is_null() && unsafe { (*info).si_code } > 0;
             if !kernel_generated {
                 // Blocked while we run; delivered with the default action once we return.
                 // SAFETY: `raise` is async-signal-safe.
@@ -308,6 +407,8 @@ unsafe fn forward(signal: c_int, info: *mut siginfo_t, context: *mut c_void) {
     if previous.sa_flags & libc::SA_RESETHAND != 0 {
         set_default(signal);
     }
+    // SAFETY: `context` is the kernel's ucontext (or null).
+    let ip_before = unsafe { instruction_pointer(context) };
     if previous.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: the previous action declared a three-argument handler at this address.
         let handler: extern "C" fn(c_int, *mut siginfo_t, *mut c_void) =
@@ -318,8 +419,65 @@ unsafe fn forward(signal: c_int, info: *mut siginfo_t, context: *mut c_void) {
         let handler: extern "C" fn(c_int) = unsafe { std::mem::transmute(previous.sa_sigaction) };
         handler(signal);
     }
+    // A kernel fault the handler returned from without moving the instruction pointer is
+    // executed again; if it is the same unresolved fault over and over, end it.
+    // SAFETY: `context` is the kernel's ucontext (or null), as above.
+    let ip_after = unsafe { instruction_pointer(context) };
+    if kernel_generated && ip_before.is_some() && ip_after == ip_before {
+        // SAFETY: the kernel's siginfo and ucontext of this handler invocation.
+        if unsafe { unresolved_again(info, context) } >= LOOP_LIMIT {
+            set_default(signal);
+        }
+    }
     // SAFETY: clearing the marker we placed in `info`.
     unsafe { release_marker(info, marker_word) };
+}
+
+/// The saved instruction pointer of `context` (None for a null context).
+///
+/// # Safety
+/// `context` is null or the kernel's `ucontext_t` of the running handler.
+unsafe fn instruction_pointer(context: *mut c_void) -> Option<i64> {
+    // SAFETY: per the caller.
+    unsafe { context.cast::<libc::ucontext_t>().as_ref() }
+        .map(|context| context.uc_mcontext.gregs[libc::REG_RIP as usize])
+}
+
+/// Counts a kernel fault that a previous handler returned from unresolved (the instruction runs
+/// again) and returns how many times in a row this same fault (instruction, address and stack
+/// pointer, with no other such fault of its slot in between) has been counted.
+///
+/// # Safety
+/// `info` and `context` are null or the kernel's arguments to an SA_SIGINFO handler.
+unsafe fn unresolved_again(info: *mut siginfo_t, context: *mut c_void) -> u32 {
+    // SAFETY: per the caller.
+    let (Some(info), Some(context)) = (unsafe { info.as_ref() }, unsafe {
+        context.cast::<libc::ucontext_t>().as_ref()
+    }) else {
+        return 0;
+    };
+    let registers = &context.uc_mcontext.gregs;
+    let fingerprint = loop_fingerprint(
+        registers[libc::REG_RIP as usize].cast_unsigned(),
+        registers[libc::REG_RSP as usize].cast_unsigned(),
+        // SAFETY: reading the address field of a fault's siginfo.
+        unsafe { info.si_addr() } as u64,
+    );
+    let slot = usize::try_from(fingerprint % LOOP_SLOTS as u64).unwrap_or(0);
+    if LOOP_FINGERPRINTS[slot].swap(fingerprint, Ordering::AcqRel) == fingerprint {
+        LOOP_COUNTS[slot].fetch_add(1, Ordering::AcqRel) + 1
+    } else {
+        LOOP_COUNTS[slot].store(1, Ordering::Release);
+        1
+    }
+}
+
+/// A non-zero fingerprint of a fault: its instruction pointer, stack pointer and address mixed.
+pub(crate) fn loop_fingerprint(ip: u64, sp: u64, address: u64) -> u64 {
+    let mixed = ip.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17)
+        ^ sp.wrapping_mul(0xc2b2_ae3d_27d4_eb4f).rotate_left(31)
+        ^ address.wrapping_mul(0x1656_67b1_9e37_79f9);
+    mixed | 1
 }
 
 /// Places `marker` in the first free marker word of `info` and returns its index; returns

@@ -101,6 +101,21 @@ pub fn rearm_handler() -> HandlerStatus {
     handler::rearm()
 }
 
+/// Tells the handler whether the process has signal listeners for SIGSEGV and SIGBUS
+/// (`segv`, `bus`): in Node, a `process.on('SIGSEGV')` listener installs libuv's handler, which
+/// queues the signal for the event loop and returns, so a fault delivered to it repeats forever.
+///
+/// While listening, a handler found over ours is taken for the listeners' handler: ours goes on
+/// top again, signals sent with `kill`/`raise` are passed to it (the listeners run), and
+/// kernel-raised faults never are (ours recovers the guarded ones; the rest go to the previous
+/// action as without listeners). When a signal stops being listened to (libuv then resets its
+/// disposition to default), ours is re-installed with the previous action kept. Call it right
+/// after listeners are added or removed; it installs nothing before [`initialize_try_copy`] and
+/// returns the status afterwards.
+pub fn set_signal_listeners(segv: bool, bus: bool) -> HandlerStatus {
+    handler::set_listeners([segv, bus])
+}
+
 fn byte_len<T>(count: usize) -> usize {
     count
         .checked_mul(size_of::<T>())

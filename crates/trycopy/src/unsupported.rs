@@ -22,6 +22,10 @@ pub(crate) fn rearm() -> HandlerStatus {
     HandlerStatus::NotInstalled
 }
 
+pub(crate) fn set_listeners(_listening: [bool; 2]) -> HandlerStatus {
+    HandlerStatus::NotInstalled
+}
+
 /// # Safety
 /// Both ranges must be accessible; see [`crate::try_copy`].
 pub(crate) unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) -> Result<(), FaultRecord> {

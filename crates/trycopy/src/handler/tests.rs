@@ -10,7 +10,10 @@
 #![allow(unsafe_code)]
 
 use super::*;
-use crate::{handler_status, initialize_try_copy, rearm_handler, try_copy, HandlerStatus};
+use crate::{
+    handler_status, initialize_try_copy, rearm_handler, set_signal_listeners, try_copy,
+    HandlerStatus,
+};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI32, AtomicUsize};
@@ -167,6 +170,46 @@ fn concurrent_repeated_initialization_installs_once() {
     assert_child_killed_by("idempotent", libc::SIGSEGV);
 }
 
+#[test]
+fn a_signal_listener_gets_sent_signals_and_never_a_fault() {
+    // A listener's handler (like libuv's for process.on('SIGSEGV')) that only counts and returns:
+    // ours goes back on top, guarded faults are recovered, raise() reaches the listener, and a
+    // foreign fault goes to the previous action (default: death by SIGSEGV), never to the
+    // listener, where it would repeat forever.
+    let outcome = assert_child_killed_by("listener", libc::SIGSEGV);
+    assert!(outcome.stderr.contains("<raised>"), "{}", outcome.stderr);
+    assert!(!outcome.stderr.contains("<fault>"), "{}", outcome.stderr);
+}
+
+#[test]
+fn a_listener_present_before_installation_is_kept_apart_too() {
+    assert_child_killed_by("listener_first", libc::SIGSEGV);
+}
+
+#[test]
+fn removing_the_last_listener_rearms_over_the_default_disposition() {
+    assert_child_succeeds("listener_removed");
+}
+
+#[test]
+fn a_previous_handler_that_never_resolves_a_fault_ends_in_death_not_a_loop() {
+    // The previous handler returns without fixing anything: the same fault comes back until
+    // the loop limit, then the process dies by SIGSEGV (the child's 30 s deadline would fail
+    // a hang).
+    let outcome = assert_child_killed_by("swallowing_previous", libc::SIGSEGV);
+    assert!(outcome.stderr.contains("<swallowed>"), "{}", outcome.stderr);
+}
+
+#[test]
+fn loop_fingerprints_tell_faults_apart() {
+    let base = loop_fingerprint(0x1000, 0x7fff_0000, 0x2000);
+    assert_ne!(base, 0);
+    assert_eq!(base, loop_fingerprint(0x1000, 0x7fff_0000, 0x2000));
+    assert_ne!(base, loop_fingerprint(0x1001, 0x7fff_0000, 0x2000));
+    assert_ne!(base, loop_fingerprint(0x1000, 0x7ffe_0000, 0x2000));
+    assert_ne!(base, loop_fingerprint(0x1000, 0x7fff_0000, 0x3000));
+}
+
 // ---- child-side scenarios ---------------------------------------------------------------
 
 /// The entry point of every child process; does nothing in a normal test run.
@@ -189,6 +232,10 @@ fn child_process_entry() {
         "status_and_rearm" => status_and_rearm(),
         "cycle" => cycle(),
         "idempotent" => idempotent(),
+        "listener" => listener(),
+        "listener_first" => listener_first(),
+        "listener_removed" => listener_removed(),
+        "swallowing_previous" => swallowing_previous(),
         _ => 2,
     };
     std::process::exit(code);
@@ -565,4 +612,125 @@ fn idempotent() -> i32 {
     }
     foreign_read(page);
     7
+}
+
+/// A listener's handler like libuv's: notes the signal on stderr and returns.
+extern "C" fn listener_handler(_signal: c_int, info: *mut siginfo_t, _context: *mut c_void) {
+    CALLS.fetch_add(1, Ordering::SeqCst);
+    // SAFETY: the kernel (or our forwarding) passes a valid siginfo.
+    let note: &[u8] = if unsafe { (*info).si_code } > 0 {
+        b"<fault>"
+    } else {
+        b"<raised>"
+    };
+    // SAFETY: write(2) is async-signal-safe; the buffer is static.
+    unsafe { libc::write(2, note.as_ptr().cast(), note.len()) };
+}
+
+fn listener() -> i32 {
+    let page = inaccessible_page();
+    reset_to_default(libc::SIGSEGV);
+    initialize_try_copy();
+    // process.on('SIGSEGV'): the listener's handler replaces ours, then we are told.
+    set_action(
+        libc::SIGSEGV,
+        listener_handler as *const () as usize,
+        libc::SA_SIGINFO,
+    );
+    if set_signal_listeners(true, false) != HandlerStatus::Installed {
+        return 3;
+    }
+    if !guarded_fault_is_recovered(page) {
+        return 4;
+    }
+    // SAFETY: plain system call.
+    unsafe { libc::raise(libc::SIGSEGV) };
+    if CALLS.load(Ordering::SeqCst) != 1 {
+        return 5;
+    }
+    // Creating more guest memory re-arms without changing anything.
+    if rearm_handler() != HandlerStatus::Installed {
+        return 6;
+    }
+    foreign_read(page);
+    7
+}
+
+fn listener_first() -> i32 {
+    let page = inaccessible_page();
+    set_action(
+        libc::SIGSEGV,
+        listener_handler as *const () as usize,
+        libc::SA_SIGINFO,
+    );
+    if set_signal_listeners(true, false) != HandlerStatus::NotInstalled {
+        return 3;
+    }
+    initialize_try_copy();
+    if handler_status() != HandlerStatus::Installed || !guarded_fault_is_recovered(page) {
+        return 4;
+    }
+    foreign_read(page);
+    5
+}
+
+fn listener_removed() -> i32 {
+    let page = inaccessible_page();
+    set_action(
+        libc::SIGSEGV,
+        fixing_siginfo_handler as *const () as usize,
+        libc::SA_SIGINFO,
+    );
+    initialize_try_copy();
+    set_action(
+        libc::SIGSEGV,
+        listener_handler as *const () as usize,
+        libc::SA_SIGINFO,
+    );
+    if set_signal_listeners(true, false) != HandlerStatus::Installed {
+        return 3;
+    }
+    // process.off: libuv resets the disposition to default, then we are told.
+    reset_to_default(libc::SIGSEGV);
+    if set_signal_listeners(false, false) != HandlerStatus::Installed {
+        return 4;
+    }
+    if !guarded_fault_is_recovered(page) {
+        return 5;
+    }
+    // The chain from before the listener is intact: the fixing handler resolves a foreign fault.
+    foreign_read(page);
+    if CALLS.load(Ordering::SeqCst) != 1 {
+        return 6;
+    }
+    // SAFETY: plain system call; goes to the fixing handler too (no listener any more).
+    unsafe { libc::raise(libc::SIGSEGV) };
+    if CALLS.load(Ordering::SeqCst) != 2 || LAST_CODE.load(Ordering::SeqCst) > 0 {
+        return 7;
+    }
+    SUCCESS
+}
+
+/// A previous handler that returns without resolving anything (announces itself once).
+extern "C" fn swallowing_handler(_signal: c_int, _info: *mut siginfo_t, _context: *mut c_void) {
+    if CALLS.fetch_add(1, Ordering::SeqCst) == 0 {
+        let note = b"<swallowed>";
+        // SAFETY: write(2) is async-signal-safe; the buffer is static.
+        unsafe { libc::write(2, note.as_ptr().cast(), note.len()) };
+    }
+}
+
+fn swallowing_previous() -> i32 {
+    let page = inaccessible_page();
+    set_action(
+        libc::SIGSEGV,
+        swallowing_handler as *const () as usize,
+        libc::SA_SIGINFO,
+    );
+    initialize_try_copy();
+    if !guarded_fault_is_recovered(page) {
+        return 3;
+    }
+    foreign_read(page);
+    4
 }
