@@ -72,6 +72,16 @@ impl NativeLayout {
         })
     }
 
+    /// `MemoryLayout.fromJSON`: the layout the JSON text of its `toJSON` form describes.
+    #[napi(factory)]
+    pub fn from_json(text: String) -> napi::Result<Self> {
+        guard(|| {
+            js_api::layout_json::layout_from_json(&text)
+                .map(|inner| NativeLayout { inner })
+                .or_throw()
+        })
+    }
+
     /// Every accessor's value (JSON).
     #[napi]
     pub fn describe(&self) -> String {

@@ -13,6 +13,7 @@ import { getSystemErrorName } from 'node:util';
 import { takeCause } from './causes';
 import { ErrorCodeValues, type ErrorClassName, type ErrorCode as NativeErrorCode } from './generated/errors';
 import { GuestMemoryErrorKind, type FaultSignal } from './generated/enums';
+import { jsonSafe } from './json_view';
 import { parseNativeJson } from './native_json';
 
 export { GuestMemoryErrorKind } from './generated/enums';
@@ -39,6 +40,40 @@ export class MembackingError extends Error {
   override get name(): string {
     return this.constructor.name;
   }
+
+  /** JSON-safe form: `name`, `code`, `message`, the fields (u64 values as `'0x…'`), `cause`. */
+  toJSON(): Record<string, unknown> {
+    return errorJson(this);
+  }
+}
+
+/**
+ * The JSON form of an error: its name, message, code and other own fields (u64 values as
+ * `'0x…'` strings), and its cause's JSON form (the stack is left out).
+ */
+export function errorJson(error: Error, depth = 0): Record<string, unknown> {
+  const out: Record<string, unknown> = { name: error.name, message: error.message };
+  for (const [key, value] of Object.entries(error)) {
+    if (key !== 'cause' && key !== 'stack') out[key] = jsonSafe(value);
+  }
+  const cause = error.cause;
+  if (cause !== undefined) {
+    out.cause = cause instanceof Error ? (depth < 8 ? errorJson(cause, depth + 1) : String(cause)) : jsonSafe(cause);
+  }
+  return out;
+}
+
+/** Gives a built-in error (TypeError, RangeError, Error) the JSON form of ours. */
+function withErrorJson<E extends Error>(error: E): E {
+  Object.defineProperty(error, 'toJSON', {
+    value(this: Error) {
+      return errorJson(this);
+    },
+    enumerable: false,
+    writable: true,
+    configurable: true,
+  });
+  return error;
 }
 
 /** Fault details of a recovered SIGSEGV/SIGBUS. */
@@ -138,12 +173,12 @@ export class SnapshotError extends MembackingError {
 
 /** A `TypeError` with `code` `ERR_INVALID_ARG_TYPE`. */
 export function invalidArgType(message: string): TypeError & { code: 'ERR_INVALID_ARG_TYPE' } {
-  return Object.assign(new TypeError(message), { code: 'ERR_INVALID_ARG_TYPE' as const });
+  return withErrorJson(Object.assign(new TypeError(message), { code: 'ERR_INVALID_ARG_TYPE' as const }));
 }
 
 /** A `RangeError` with `code` `ERR_INVALID_ARG_VALUE` (bad value, or a Rust panic's text). */
 export function invalidArgValue(message: string): RangeError & { code: 'ERR_INVALID_ARG_VALUE' } {
-  return Object.assign(new RangeError(message), { code: 'ERR_INVALID_ARG_VALUE' as const });
+  return withErrorJson(Object.assign(new RangeError(message), { code: 'ERR_INVALID_ARG_VALUE' as const }));
 }
 
 /** A `MembackingError` with `code` `ERR_CLOSED`. */
@@ -153,9 +188,9 @@ export function closedError(what: string): MembackingError {
 
 /** The constructor of each class the native side names (every member of `ErrorClassName`). */
 const CLASSES: Record<ErrorClassName, (code: ErrorCode, message: string) => Error> = {
-  TypeError: (code, message) => Object.assign(new TypeError(message), { code }),
-  RangeError: (code, message) => Object.assign(new RangeError(message), { code }),
-  Error: (_code, message) => new Error(message),
+  TypeError: (code, message) => withErrorJson(Object.assign(new TypeError(message), { code })),
+  RangeError: (code, message) => withErrorJson(Object.assign(new RangeError(message), { code })),
+  Error: (_code, message) => withErrorJson(new Error(message)),
   MembackingError: (code, message) => new MembackingError(code, message),
   InvalidMemoryRangeError: (code, message) => new InvalidMemoryRangeError(code, message),
   MemoryLayoutError: (code, message) => new MemoryLayoutError(code, message),

@@ -10,6 +10,7 @@ import { storeCause } from './causes';
 import { call, fromNative, GuestMemoryErrorKind, invalidArgType, invalidArgValue, settle } from './errors';
 import type { HandlerStatus } from './generated/enums';
 import { isMainThread } from 'node:worker_threads';
+import { withViews } from './json_view';
 import { native } from './native';
 import { describeType, toU64, type U64 } from './u64';
 
@@ -283,7 +284,7 @@ export class SparseMapping {
   }
   /** Token to reopen this mapping in a worker thread (keep this object alive until then). */
   toHandle(): TransferHandle {
-    return { kind: 'SparseMapping', id: call(() => this.#n().toHandle()) };
+    return withViews({ kind: 'SparseMapping', id: call(() => this.#n().toHandle()) });
   }
   /** Drop this reference (the VA goes when the last user goes). */
   close(): void {
@@ -460,7 +461,7 @@ export class LockedPages {
   }
   /** The locked page numbers (4 KiB pages). */
   get gpns(): bigint[] {
-    return Array.from(this.#native.gpns);
+    return withViews(Array.from(this.#native.gpns));
   }
   /** Copy from page pageIndex at byte offset into dest (fault-free while locked). */
   readAt(pageIndex: number, offset: number, dest: Uint8Array): void {
@@ -752,13 +753,13 @@ export class GuestMemory {
     return {
       async getRegions(): Promise<ShareableRegion[]> {
         const regions = await settle(call(() => handle.sharingRegions()));
-        return (regions ?? []).map((r) => ({ guestAddress: r.guestAddress, size: r.size, object: Mappable.wrap(r.object), fileOffset: r.fileOffset }));
+        return withViews((regions ?? []).map((r) => ({ guestAddress: r.guestAddress, size: r.size, object: Mappable.wrap(r.object), fileOffset: r.fileOffset })));
       },
     };
   }
   /** Token for a worker thread (keep this object alive until the worker called fromHandle). */
   toHandle(): TransferHandle {
-    return { kind: 'GuestMemory', id: call(() => this.#n.toHandle()) };
+    return withViews({ kind: 'GuestMemory', id: call(() => this.#n.toHandle()) });
   }
   /** Drop this reference only. */
   close(): void {

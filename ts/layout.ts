@@ -91,6 +91,22 @@ export class MemoryLayout {
     return new MemoryLayout(constructionToken, call(() => native.NativeLayout.fromRanges(packRanges(ranges), vnodes, gapList)));
   }
 
+  /**
+   * The layout a `toJSON()` result describes (its inverse; also after `JSON.parse`): `ram`,
+   * `mmio` and `vtl2Range` are required (`vtl2Range` may be null), the derived figures
+   * (`ramSize`, `endOfRam`, …) may be left out but must match when present. Strict: an unknown
+   * key, a u64 that is not a `'0x…'` string, or a figure that does not match is a `RangeError`
+   * or `TypeError` (`ERR_INVALID_ARG_VALUE` / `ERR_INVALID_ARG_TYPE`) naming the key and value; a
+   * layout the core refuses is its `MemoryLayoutError`.
+   */
+  static fromJSON(json: unknown): MemoryLayout {
+    if (typeof json !== 'object' || json === null || Array.isArray(json)) {
+      throw invalidArgType(`MemoryLayout.fromJSON: json must be the object MemoryLayout#toJSON returns (JSON.parse text first), got ${describeType(json)}`);
+    }
+    const text = JSON.stringify(json, (_key, value: unknown) => (typeof value === 'bigint' ? { $bigint: hex(value) } : value));
+    return new MemoryLayout(constructionToken, call(() => native.NativeLayout.fromJson(text)));
+  }
+
   /** RAM ranges, ascending, VTL2 excluded. */
   get ram(): MemoryRangeWithNode[] {
     return [...this.#ram];

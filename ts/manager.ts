@@ -14,6 +14,7 @@ import { nativeLayout, type MemoryLayout } from './layout';
 import { native } from './native';
 import { nativePartition, type KvmPartition, type RecordingPartition } from './partition';
 import { flatView as plannerFlatView, planChange, type FlatEntry, type PlanChange, type PlannedOp } from './planner';
+import { withViews } from './json_view';
 import { nativeJson, toRange, type MemoryRange, type RangeLike } from './range';
 import { describeType, describeValue, toU64, type U64 } from './u64';
 import {
@@ -386,7 +387,7 @@ export class GuestMemoryClient {
   }
   /** Token for a worker thread (same VA mapper there); keep this client alive until it is used. */
   toHandle(): TransferHandle {
-    return { kind: 'GuestMemoryClient', id: call(() => this.#native.toHandle()) };
+    return withViews({ kind: 'GuestMemoryClient', id: call(() => this.#native.toHandle()) });
   }
   /** Reopen in a worker. */
   static fromHandle(handle: TransferHandle): GuestMemoryClient {

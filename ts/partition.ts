@@ -6,6 +6,7 @@
 import { call, invalidArgType, invalidArgValue, settle } from './errors';
 import { VcpuMode, type CancelReason, type RecordedOp, type SlotOp, type VcpuExitKind } from './generated/enums';
 import { native } from './native';
+import { withViews } from './json_view';
 import { parseNativeJson } from './native_json';
 import { nativeJson, toRange, type RangeLike } from './range';
 import { describeType, describeValue, toU64, type U64 } from './u64';
@@ -125,7 +126,7 @@ type NativeVcpu = InstanceType<typeof native.NativeVcpu>;
 /** An exit as the binding describes it (`data` as an array of bytes). */
 function toExit(text: string): VcpuExit {
   const exit = parseNativeJson<VcpuExit & { data?: number[] }>(text);
-  return (exit.data === undefined ? exit : { ...exit, data: Buffer.from(exit.data) }) as VcpuExit;
+  return withViews((exit.data === undefined ? exit : { ...exit, data: Buffer.from(exit.data) }) as VcpuExit);
 }
 
 /** One vCPU; runs off the JS thread. */
@@ -148,7 +149,7 @@ export class Vcpu {
   }
   /** Read registers (sync ioctl). `rip` at an exit is as the hypervisor reports it. */
   getRegisters(): VcpuRegisters {
-    return parseNativeJson<VcpuRegisters>(call(() => this.#native.getRegisters()));
+    return withViews(parseNativeJson<VcpuRegisters>(call(() => this.#native.getRegisters())));
   }
   /** Write the given registers; every register and mode bit not named keeps its value. */
   setRegisters(regs: Partial<VcpuRegisters>): void {

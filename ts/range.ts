@@ -10,6 +10,7 @@
 import { call, invalidArgType } from './errors';
 import { RangeWalkKind } from './generated/enums';
 import { native } from './native';
+import { withViews } from './json_view';
 import { parseNativeJson } from './native_json';
 
 export { RangeWalkKind } from './generated/enums';
@@ -214,9 +215,12 @@ export function trusted(start: bigint, end: bigint): MemoryRange {
   return new MemoryRange(start, end, trustedToken);
 }
 
-/** Parses a structured result of the binding: bigints, and ranges as MemoryRange. @internal */
+/**
+ * Parses a structured result of the binding: bigints, and ranges as MemoryRange; its plain
+ * objects and arrays get their JSON and inspect forms (`json_view.ts`). @internal
+ */
 export function nativeJson<T>(text: string): T {
-  return parseNativeJson<T>(text, trusted);
+  return withViews(parseNativeJson<T>(text, trusted));
 }
 
 function fromPair(bounds: BigUint64Array): MemoryRange {

@@ -7,6 +7,7 @@
 //!   [`typescript`] writes `ts/generated/` from them and from the error codes.
 //! - [`json`] and [`views`]: structured results as JSON, with u64 values as tagged bigints;
 //!   [`snapshots`]: those of dirty tracking, snapshots and restores.
+//!   [`layout_json`]: a layout read back from its `toJSON` form.
 //! - [`hooks`]: the typed answers of JavaScript callbacks (guest-memory hooks, the registrar);
 //!   [`registration`]: what a registration callback's answer means for the registrar.
 //! - [`args`]: the rules arguments from JavaScript must meet; [`ranges`]: how ranges and range
@@ -30,6 +31,7 @@ pub mod hooks;
 pub mod json;
 #[cfg(target_arch = "x86_64")]
 pub mod kvm;
+pub mod layout_json;
 pub mod ranges;
 pub mod registration;
 pub mod snapshots;

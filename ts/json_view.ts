@@ -1,0 +1,83 @@
+/**
+ * JSON and `util.inspect` forms of the plain objects and arrays the API returns (inspect
+ * snapshots, plans, flat views, partition logs, region lists, registers, …).
+ *
+ * Their u64 values are `bigint`s, which `JSON.stringify` refuses and `util.inspect` prints in
+ * decimal next to hex ranges. {@link withViews} gives every plain object and array of a result a
+ * non-enumerable `toJSON` (u64 values as `'0x…'` strings, like `MemoryLayout#toJSON`) and a
+ * non-enumerable `util.inspect` form (u64 values in hex, as `0xa0000n`). Being non-enumerable,
+ * neither changes what `deepEqual`, `Object.keys` or a spread see: the data stays bigints.
+ */
+import { inspect, type InspectOptionsStylized } from 'node:util';
+
+const inspectCustom = Symbol.for('nodejs.util.inspect.custom');
+
+const hexOf = (value: bigint): string => `0x${value.toString(16)}`;
+
+function isPlain(value: object): boolean {
+  const prototype = Object.getPrototypeOf(value) as unknown;
+  return Array.isArray(value) || prototype === Object.prototype || prototype === null;
+}
+
+/**
+ * A JSON-safe copy of `value`: a bigint becomes `'0x…'`, an object with its own `toJSON` (a
+ * `MemoryRange`, a `Buffer`, an error) is asked for it, plain objects and arrays are copied
+ * member by member. Never throws for the values the API returns.
+ */
+export function jsonSafe(value: unknown): unknown {
+  if (typeof value === 'bigint') return hexOf(value);
+  if (typeof value !== 'object' || value === null) return value;
+  if (Array.isArray(value)) return value.map(jsonSafe);
+  if (!isPlain(value)) {
+    const toJSON = (value as { toJSON?: unknown }).toJSON;
+    return typeof toJSON === 'function' ? (toJSON as () => unknown).call(value) : value;
+  }
+  const out: Record<string, unknown> = {};
+  for (const [key, member] of Object.entries(value)) out[key] = jsonSafe(member);
+  return out;
+}
+
+/** A u64 shown in hex by `util.inspect` (`0xa0000n`). */
+class HexBigInt {
+  constructor(readonly value: bigint) {}
+  [inspectCustom](_depth: number, options: InspectOptionsStylized): string {
+    return options.stylize(`${hexOf(this.value)}n`, 'bigint');
+  }
+}
+
+/** A copy of `value` for `util.inspect`: bigints in hex, everything else as it is. */
+function hexCopy(value: unknown): unknown {
+  if (typeof value === 'bigint') return new HexBigInt(value);
+  if (typeof value !== 'object' || value === null || !isPlain(value)) return value;
+  if (Array.isArray(value)) return value.map(hexCopy);
+  const out: Record<string, unknown> = {};
+  for (const [key, member] of Object.entries(value)) out[key] = hexCopy(member);
+  return out;
+}
+
+/** The inspect form of a plain object or array: its members with u64 values in hex. */
+export function inspectInHex(value: unknown, depth: number, options: InspectOptionsStylized): string {
+  return inspect(hexCopy(value), { ...options, depth: options.depth === null ? null : depth });
+}
+
+function define(target: object, key: string | symbol, value: unknown): void {
+  Object.defineProperty(target, key, { value, enumerable: false, writable: true, configurable: true });
+}
+
+/**
+ * Gives `value` and every plain object and array inside it a non-enumerable `toJSON` and
+ * `util.inspect` form (see the module comment); returns `value`. Class instances inside (a
+ * `MemoryRange`, a `Buffer`) keep their own forms.
+ */
+export function withViews<T>(value: T): T {
+  if (typeof value !== 'object' || value === null || !isPlain(value)) return value;
+  const members = Array.isArray(value) ? (value as unknown[]) : Object.values(value);
+  for (const member of members) withViews(member);
+  define(value, 'toJSON', function toJSON(this: unknown) {
+    return Array.isArray(this) ? this.map(jsonSafe) : jsonSafe({ ...(this as object) });
+  });
+  define(value, inspectCustom, function (this: unknown, depth: number, options: InspectOptionsStylized) {
+    return inspectInHex(this, depth, options);
+  });
+  return value;
+}
