@@ -6,8 +6,10 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const mb = require('../dist');
+const fc = require('fast-check');
 const { layoutSvg } = require('../dist/cli/svg');
-const { parseSize } = require('../dist/cli/format');
+const { parseSize, parseRange } = require('../dist/cli/format');
+const { layoutFromInput } = require('../dist/cli/input');
 
 const cli = path.join(__dirname, '..', 'dist', 'cli', 'main.js');
 const run = (...args) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
@@ -44,6 +46,101 @@ test('layout --input reads a JSON file', (t) => {
     { range: { start: '0x0', end: '0x40000000' }, vnode: 0 },
     { range: { start: '0x100000000', end: '0x180000000' }, vnode: 1 },
   ]);
+});
+
+/** A temporary file holding `text`. */
+function tempFile(name, text) {
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'mb-cli-')), name);
+  fs.writeFileSync(file, text);
+  return file;
+}
+
+test('layout --format json reads back with --input to the same layout (gaps and the VTL2 range included)', (t) => {
+  const first = run('layout', '--ram', '4G', '--gap', '3G-4G', '--gap', '0x140000000-6G', '--vtl2', '8G-8G+64M', '--format', 'json');
+  t.is(first.status, 0, first.stderr);
+  const file = tempFile('l.json', first.stdout);
+  const second = run('layout', '--input', file, '--format', 'json');
+  t.is(second.status, 0, second.stderr);
+  t.is(second.stdout, first.stdout);
+  const json = JSON.parse(second.stdout);
+  t.deepEqual(json.mmio, [{ start: '0xc0000000', end: '0x100000000' }, { start: '0x140000000', end: '0x180000000' }]);
+  t.deepEqual(json.vtl2Range, { start: '0x200000000', end: '0x204000000' });
+  // plan takes the same file (its own key "changes" besides).
+  const plan = run('plan', '--input', file, '--format', 'json');
+  t.is(plan.status, 0, plan.stderr);
+});
+
+/** Layouts MemoryLayout.new accepts: RAM size, sorted disjoint gaps, maybe a VTL2 range above everything. */
+const layoutArb = fc
+  .record({
+    ramPages: fc.integer({ min: 1, max: 1 << 20 }),
+    gaps: fc.array(fc.record({ skip: fc.integer({ min: 1, max: 1 << 18 }), len: fc.integer({ min: 1, max: 1 << 18 }) }), { maxLength: 4 }),
+    vtl2: fc.option(fc.record({ skip: fc.integer({ min: 0, max: 1 << 18 }), len: fc.integer({ min: 1, max: 1 << 12 }) })),
+  })
+  .map(({ ramPages, gaps, vtl2 }) => {
+    const page = 4096n;
+    let cursor = 0n;
+    const ranges = gaps.map(({ skip, len }) => {
+      const start = cursor + BigInt(skip) * page;
+      cursor = start + BigInt(len) * page;
+      return mb.range(start, cursor);
+    });
+    const layout = mb.MemoryLayout.new(BigInt(ramPages) * page, ranges);
+    const top = layout.endOfRam > cursor ? layout.endOfRam : cursor;
+    const vtl2Range = vtl2 === null ? null : mb.range(top + BigInt(vtl2.skip) * page, top + BigInt(vtl2.skip + vtl2.len) * page);
+    return mb.MemoryLayout.new(BigInt(ramPages) * page, ranges, vtl2Range);
+  });
+
+test('property: the JSON the layout command prints reads back to the same layout', (t) => {
+  fc.assert(
+    fc.property(layoutArb, (layout) => {
+      const printed = JSON.stringify(layout, null, 2);
+      const back = layoutFromInput(JSON.parse(printed), 'l.json');
+      return JSON.stringify(back, null, 2) === printed;
+    }),
+    { numRuns: 300 },
+  );
+  t.pass();
+});
+
+test('an input file with an unknown key is refused: exit 2, one line naming the key and the accepted ones', (t) => {
+  const cases = [
+    [{ ramSize: '4G', gapz: ['3G-4G'] }, /unknown key 'gapz' \(accepted: ramSize, ram, gaps, vtl2Range/],
+    [{ ...JSON.parse(JSON.stringify(mb.MemoryLayout.new(mb.GiB, []))), extra: 1 }, /unknown key 'extra' \(accepted: ram, mmio, vtl2Range, ramSize/],
+    [{ ram: [{ range: '0-1G', vnode: 0, numa: 1 }], gaps: [] }, /ram\[0\]: unknown key 'numa' \(accepted: range, vnode\)/],
+    [{ ram: [{ range: '0-1G' }], vtl2Range: '8G-8G+64M' }, /"vtl2Range" needs "ramSize"/],
+    [{ ramSize: '4G', gaps: [{ start: '3G', end: '4G', len: '1G' }] }, /gaps\[0\]: unknown key 'len'/],
+  ];
+  for (const [input, message] of cases) {
+    const r = run('layout', '--input', tempFile('bad.json', JSON.stringify(input)));
+    t.is(r.status, 2, `${JSON.stringify(input)}: ${r.stderr}`);
+    t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+    t.regex(r.stderr, message);
+  }
+});
+
+test('--vtl2 takes START-END with END written START+SIZE, as the help shows', (t) => {
+  const r = run('layout', '--ram', '4G', '--gap', '3G-4G', '--vtl2', '8G-8G+64M', '--format', 'json');
+  t.is(r.status, 0, r.stderr);
+  t.deepEqual(JSON.parse(r.stdout).vtl2Range, { start: '0x200000000', end: '0x204000000' });
+  t.deepEqual(parseRange('0x1000-0x1000+4K').toJSON(), { start: '0x1000', end: '0x2000' });
+  t.deepEqual(parseRange('1G+4K-2G').toJSON(), { start: '0x40001000', end: '0x80000000' });
+  t.throws(() => parseRange('8G-8G+'), { instanceOf: RangeError, message: /not an address: '8G\+'/ });
+  t.throws(() => parseRange('8G-4G'), { instanceOf: RangeError, message: /ends \(0x100000000\) before it starts \(0x200000000\)/ });
+});
+
+test('range errors name the flag and the value', (t) => {
+  for (const [args, message] of [
+    [['layout', '--ram', '4G', '--gap', '3G'], /^membacking: --gap 3G: not a range/],
+    [['layout', '--ram', '4G', '--vtl2', '8G-8G+1'], /^membacking: --vtl2 8G-8G\+1: .*aligned/],
+    [['layout', '--ram', '4X'], /^membacking: --ram 4X: not a size/],
+    [['layout', '--ram', '4G', '--format', 'png'], /^membacking: --format: unknown format 'png'/],
+    [['plan', '--ram', '4G', '--change', 'visibility 0xa0000 Unmapped'], /^membacking: --change 'visibility 0xa0000 Unmapped': not a range/],
+  ]) {
+    const r = run(...args);
+    t.is(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+    t.regex(r.stderr, message);
+  }
 });
 
 test('bad input gives one line on stderr and exit code 2', (t) => {

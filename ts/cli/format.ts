@@ -30,11 +30,23 @@ export function parseSize(text: string): bigint {
   return whole + part / scale;
 }
 
-/** Parses `START-END` (each as `parseSize`) into a range (RangeError when unaligned). */
+/** Parses an address: a size (as `parseSize`) or a sum of sizes such as `8G+64M`. */
+export function parseAddress(text: string): bigint {
+  const terms = text.split('+');
+  if (terms.some((term) => term.trim() === '')) throw invalidArgValue(`not an address: '${text}' (use a size, or a sum such as 8G+64M)`);
+  return terms.reduce((sum, term) => sum + parseSize(term), 0n);
+}
+
+/**
+ * Parses `START-END` into a range: START and END are addresses (`parseAddress`), so END may be
+ * written `START+SIZE` (`8G-8G+64M`). RangeError when malformed, unaligned or reversed.
+ */
 export function parseRange(text: string): MemoryRange {
   const parts = text.split('-');
-  if (parts.length !== 2) throw invalidArgValue(`not a range: '${text}' (use START-END, e.g. 3G-4G)`);
-  return MemoryRange.new(parseSize(parts[0]!), parseSize(parts[1]!));
+  if (parts.length !== 2) throw invalidArgValue(`not a range: '${text}' (use START-END, where END may be START+SIZE: 3G-4G, 8G-8G+64M)`);
+  const [start, end] = [parseAddress(parts[0]!), parseAddress(parts[1]!)];
+  if (start > end) throw invalidArgValue(`range '${text}' ends (0x${end.toString(16)}) before it starts (0x${start.toString(16)})`);
+  return MemoryRange.new(start, end);
 }
 
 /**

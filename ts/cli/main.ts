@@ -6,11 +6,11 @@
  * runs the README's main job. Bad input prints one
  * line to stderr and exits with code 2; other failures exit with 1.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { runDemo } from './demo';
-import { formatSize, layoutE820, layoutTable, parseRange, parseSize } from './format';
-import { MemoryLayout } from '../layout';
+import { formatSize, layoutE820, layoutTable } from './format';
+import { layoutFromFlags, UsageError } from './input';
 import { GuestMemoryBuilder, Vtl } from '../manager';
 import { KvmPartition, RecordingPartition } from '../partition';
 import { ProgressBar } from './progress';
@@ -18,7 +18,6 @@ import { changesFromFile, parseChange, PlanInputError, renderPlan, runPlan } fro
 import { snapshotInfo, snapshotInfoUsage } from './snapshot_command';
 import { OsError, SnapshotError } from '../errors';
 import { layoutSvg } from './svg';
-import type { MemoryRange } from '../range';
 
 const version = (require('../../package.json') as { version: string }).version;
 
@@ -41,10 +40,11 @@ options:
 Build a layout from flags or from a JSON file and print it (default format: table;
 svg draws a memory map to a readable scale).
 SIZE / START / END: decimal or 0x-hex bytes, or a number with K, M, G or T (powers of
-1024); ranges are half-open; --gap repeats.
---input FILE.json: {"ramSize": "4G", "gaps": ["3G-4G"], "vtl2Range": "8G-8G+..."} or
+1024); END may be START+SIZE (8G-8G+64M); ranges are half-open; --gap repeats.
+--input FILE.json: what --format json prints (MemoryLayout#toJSON, read back exactly), or
+  {"ramSize": "4G", "gaps": ["3G-4G"], "vtl2Range": "8G-8G+64M"} or
   {"ram": [{"range": "0-1G", "vnode": 0}], "gaps": [...]}; ranges are "START-END"
-  strings or {"start", "end"} objects of sizes.`,
+  strings or {"start", "end"} objects of sizes. Unknown keys are errors.`,
   prefetch: `usage: membacking prefetch [--ram SIZE] [--gap START-END]... [--vtl2 START-END]
                            [--input FILE.json] [--no-kvm]
 
@@ -74,41 +74,6 @@ code reads its data back.
 --no-kvm: use the RecordingPartition even where /dev/kvm opens.`,
 };
 
-/** An input error: reported as one line with exit code 2. */
-class UsageError extends Error {}
-
-function rangeFromJson(value: unknown, where: string): MemoryRange {
-  if (typeof value === 'string') return parseRange(value);
-  if (typeof value === 'object' && value !== null && 'start' in value && 'end' in value) {
-    const { start, end } = value as { start: unknown; end: unknown };
-    return parseRange(`${String(start)}-${String(end)}`);
-  }
-  throw new UsageError(`${where}: expected "START-END" or {"start", "end"}`);
-}
-
-function layoutFromJson(file: string): MemoryLayout {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(readFileSync(file, 'utf8'));
-  } catch (error) {
-    throw new UsageError(`cannot read ${file}: ${(error as Error).message}`);
-  }
-  if (typeof parsed !== 'object' || parsed === null) throw new UsageError(`${file}: expected a JSON object`);
-  const spec = parsed as { ramSize?: unknown; ram?: unknown; gaps?: unknown; vtl2Range?: unknown };
-  const gaps = Array.isArray(spec.gaps) ? spec.gaps.map((g, i) => rangeFromJson(g, `gaps[${i}]`)) : [];
-  if (Array.isArray(spec.ram)) {
-    const memory = spec.ram.map((entry: unknown, i) => {
-      if (typeof entry !== 'object' || entry === null) throw new UsageError(`ram[${i}]: expected {"range", "vnode"}`);
-      const e = entry as { range?: unknown; vnode?: unknown };
-      return { range: rangeFromJson(e.range, `ram[${i}].range`), vnode: typeof e.vnode === 'number' ? e.vnode : 0 };
-    });
-    return MemoryLayout.fromRanges(memory, gaps);
-  }
-  if (spec.ramSize === undefined) throw new UsageError(`${file}: needs "ramSize" or "ram"`);
-  const vtl2 = spec.vtl2Range === undefined || spec.vtl2Range === null ? null : rangeFromJson(spec.vtl2Range, 'vtl2Range');
-  return MemoryLayout.new(parseSize(String(spec.ramSize)), gaps, vtl2);
-}
-
 /** The flags that name a layout, shared by the commands that take one. */
 const LAYOUT_FLAGS = {
   ram: { type: 'string' },
@@ -121,21 +86,8 @@ const LAYOUT_FLAGS = {
 /** `--format`, one of `allowed` (the first is the default). */
 function formatFlag(value: string | undefined, allowed: readonly string[]): string {
   const format = value ?? allowed[0]!;
-  if (!allowed.includes(format)) throw new UsageError(`unknown format '${format}' (${allowed.join(', ')})`);
+  if (!allowed.includes(format)) throw new UsageError(`--format: unknown format '${format}' (${allowed.join(', ')})`);
   return format;
-}
-
-/** Builds the layout named by `--ram/--gap/--vtl2` or `--input`. */
-function layoutFromFlags(values: { ram?: string | undefined; gap?: string[] | undefined; vtl2?: string | undefined; input?: string | undefined }): MemoryLayout {
-  if (values.input !== undefined) {
-    if (values.ram !== undefined || values.gap !== undefined || values.vtl2 !== undefined) {
-      throw new UsageError('--input cannot be combined with --ram, --gap or --vtl2');
-    }
-    return layoutFromJson(values.input);
-  }
-  if (values.ram === undefined) throw new UsageError('needs --ram SIZE (or --input FILE.json)');
-  const gaps = (values.gap ?? []).map(parseRange);
-  return MemoryLayout.new(parseSize(values.ram), gaps, values.vtl2 === undefined ? null : parseRange(values.vtl2));
 }
 
 async function prefetchCommand(args: string[]): Promise<void> {
@@ -198,9 +150,9 @@ async function planCommand(args: string[]): Promise<void> {
     return;
   }
   const format = formatFlag(values.format, ['table', 'json', 'svg']);
-  const layout = layoutFromFlags(values);
+  const layout = layoutFromFlags(values, ['changes']);
   try {
-    const changes = [...(values.input ? changesFromFile(values.input) : []), ...(values.change ?? []).map(parseChange)];
+    const changes = [...(values.input ? changesFromFile(values.input) : []), ...(values.change ?? []).map((change) => parseChange(change))];
     const result = await runPlan(layout, changes, { x86Legacy: values['x86-legacy'] ?? false });
     console.log(renderPlan(layout, result, format));
   } catch (error) {

@@ -9,8 +9,8 @@
  *   device NAME START-END                               place a device window there
  *   unplace NAME                                        remove a placed window
  */
-import { readFileSync } from 'node:fs';
 import { formatSize, parseRange, table } from './format';
+import { readInputFile } from './input';
 import type { MemoryLayout } from '../layout';
 import { GuestMemoryBuilder, RamVisibility, Vtl, type DeviceMemoryControl } from '../manager';
 import { RecordingPartition, type RecordedCall } from '../partition';
@@ -26,28 +26,35 @@ type ChangeSpec =
 /** An input error (exit code 2). */
 export class PlanInputError extends Error {}
 
-/** Parses one `--change` value. */
-export function parseChange(text: string): ChangeSpec {
+/** Parses one change (`where` names it in errors: the `--change` flag or the input file's entry). */
+export function parseChange(text: string, where = '--change'): ChangeSpec {
   const words = text.trim().split(/\s+/);
   const [verb, ...rest] = words;
+  const range = (value: string): ReturnType<typeof parseRange> => {
+    try {
+      return parseRange(value);
+    } catch (error) {
+      throw new PlanInputError(`${where} '${text}': ${(error as Error).message}`);
+    }
+  };
   if (verb === 'visibility' && rest.length === 2) {
     const visibility = rest[1] as RamVisibility;
-    if (!Object.values(RamVisibility).includes(visibility)) throw new PlanInputError(`unknown visibility '${rest[1]}' in change '${text}' (Unmapped, ReadOnly, ReadWrite)`);
-    return { kind: 'visibility', text, range: parseRange(rest[0]!), visibility };
+    if (!Object.values(RamVisibility).includes(visibility)) throw new PlanInputError(`${where} '${text}': unknown visibility '${rest[1]}' (Unmapped, ReadOnly, ReadWrite)`);
+    return { kind: 'visibility', text, range: range(rest[0]!), visibility };
   }
-  if (verb === 'device' && rest.length === 2) return { kind: 'device', text, name: rest[0]!, range: parseRange(rest[1]!) };
+  if (verb === 'device' && rest.length === 2) return { kind: 'device', text, name: rest[0]!, range: range(rest[1]!) };
   if (verb === 'unplace' && rest.length === 1) return { kind: 'unplace', text, name: rest[0]! };
-  throw new PlanInputError(`cannot read change '${text}' (visibility START-END Unmapped|ReadOnly|ReadWrite, device NAME START-END, unplace NAME)`);
+  throw new PlanInputError(`${where} '${text}': cannot read it (visibility START-END Unmapped|ReadOnly|ReadWrite, device NAME START-END, unplace NAME)`);
 }
 
 /** Reads `{"changes": ["…", …]}` from a JSON input file, if present. */
 export function changesFromFile(file: string): ChangeSpec[] {
-  const parsed = JSON.parse(readFileSync(file, 'utf8')) as { changes?: unknown };
+  const parsed = readInputFile(file) as { changes?: unknown };
   if (parsed.changes === undefined) return [];
   if (!Array.isArray(parsed.changes) || !parsed.changes.every((c) => typeof c === 'string')) {
     throw new PlanInputError(`${file}: "changes" must be an array of strings`);
   }
-  return parsed.changes.map(parseChange);
+  return parsed.changes.map((change: string, i: number) => parseChange(change, `${file}: changes[${i}]`));
 }
 
 /** The result of one change. */
