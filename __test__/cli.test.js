@@ -207,6 +207,34 @@ test('the SVG map has a labelled band per range, in address order, and lists dev
   t.true(heights[4] > heights[0] && heights[4] < heights[0] * 3);
 });
 
+/** The bands of an SVG map, lowest address first: [kind, start, end]. */
+const svgBands = (svg) => [...svg.matchAll(/<g class="band" data-kind="(\w+)" data-start="(0x[0-9a-f]+)" data-end="(0x[0-9a-f]+)">/g)].map((m) => [m[1], m[2], m[3]]).reverse();
+
+test('plan --format svg draws every row of the flat-view table, holes included', (t) => {
+  const args = ['plan', '--ram', '4G', '--gap', '3G-4G', '--x86-legacy', '--change', 'visibility 0xc0000-0xc4000 Unmapped', '--change', 'device vga 0xc0000000-0xc0020000'];
+  const svg = run(...args, '--format', 'svg');
+  t.is(svg.status, 0, svg.stderr);
+  const json = run(...args, '--format', 'json');
+  t.is(json.status, 0, json.stderr);
+  const steps = JSON.parse(json.stdout).steps;
+  const final = steps[steps.length - 1].flatView;
+  const bands = svgBands(svg.stdout);
+  // The hole the table shows is in the drawing.
+  t.true(final.some((row) => row.region === null && row.range.start === '0xc0000'), 'the table shows the hole');
+  t.deepEqual(bands.find((b) => b[1] === '0xc0000'), ['HOLE', '0xc0000', '0xc4000']);
+  // Every table row is a band of the same bounds and kind.
+  for (const row of final) {
+    const kind = row.region === null ? 'HOLE' : row.region.name === 'ram' ? 'RAM' : 'DEVICE';
+    t.true(
+      bands.some(([k, start, end]) => k === kind && start === row.range.start && end === row.range.end),
+      `row ${row.range.start}-${row.range.end} (${kind}) is not drawn`,
+    );
+  }
+  // The rest is the layout's MMIO gap around the device window; the bands tile the space.
+  t.deepEqual(bands.filter(([k]) => k === 'MMIO'), [['MMIO', '0xc0020000', '0x100000000']]);
+  for (let i = 1; i < bands.length; i++) t.is(bands[i][1], bands[i - 1][2], `band ${i} starts where band ${i - 1} ends`);
+});
+
 test('layout --format svg prints the same map', (t) => {
   const r = run('layout', '--ram', '4G', '--gap', '3G-4G', '--format', 'svg');
   t.is(r.status, 0);

@@ -15,7 +15,7 @@ import type { MemoryLayout } from '../layout';
 import { GuestMemoryBuilder, RamVisibility, Vtl, type DeviceMemoryControl } from '../manager';
 import { RecordingPartition, type RecordedCall } from '../partition';
 import type { FlatEntry, PlanChange, PlannedOp } from '../planner';
-import { layoutSvg } from './svg';
+import { flatViewSvg } from './svg';
 
 /** A change as the user wrote it, parsed. */
 type ChangeSpec =
@@ -162,10 +162,8 @@ export function renderPlan(layout: MemoryLayout, result: { initial: FlatEntry[];
   }
   const final = result.steps.length > 0 ? result.steps[result.steps.length - 1]!.flatView : result.initial;
   if (format === 'svg') {
-    const windows = final
-      .filter((e) => e.region !== null && e.region.name !== 'ram')
-      .map((e) => ({ name: e.region!.name, range: e.range }));
-    return layoutSvg(layout, { windows, title: 'Guest memory map after the planned changes' });
+    // The same rows as the flat-view table below: one band each, holes included.
+    return flatViewSvg(layout, final, { title: result.steps.length > 0 ? 'Guest memory map after the planned changes' : 'Guest memory map' });
   }
   const lines = ['== Flat view before the changes ==', flatViewTable(result.initial)];
   for (const step of result.steps) {
