@@ -140,8 +140,8 @@ test.serial('the main thread remaps while a worker copies through a GuestMemory 
 // Scenario 44.
 test.serial('8 threads x 100 000 compare-exchange increments of one u64 make exactly 800 000', async (t) => {
   const memory = GuestMemory.allocate(P);
-  const handle = memory.toHandle();
-  const workers = Array.from({ length: 8 }, () => start('increment', { memory: handle, count: 100000 }));
+  // A handle opens once: one per worker.
+  const workers = Array.from({ length: 8 }, () => start('increment', { memory: memory.toHandle(), count: 100000 }));
   const results = await Promise.all(workers.map((w) => w.message(1)));
   for (const r of results) t.is(r.error, undefined, JSON.stringify(r.error));
   await Promise.all(workers.map((w) => w.exited));
@@ -154,10 +154,9 @@ test.serial('aligned writeU64 of 0 and 2^64-1 from two threads never tears for r
   const mapping = new SparseMapping(P);
   mapping.alloc(0, P);
   const memory = GuestMemory.fromSparseMapping(mapping);
-  const handle = memory.toHandle();
   const flag = stopFlag();
   const max = (1n << 64n) - 1n;
-  const writers = [0n, max].map((value) => start('store', { memory: handle, stop: flag.buffer, value, gpa: 64 }));
+  const writers = [0n, max].map((value) => start('store', { memory: memory.toHandle(), stop: flag.buffer, value, gpa: 64 }));
   await Promise.all(writers.map((w) => w.message(1)));
   const seen = new Map();
   const deadline = Date.now() + 500;

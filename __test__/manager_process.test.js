@@ -48,11 +48,25 @@ test('a GuestMemoryClient handle gives a worker a GuestMemory over the same VA m
   t.is(snapshot.mapperCount, 1, 'the worker used the process mapper');
   t.deepEqual(snapshot.mappings[0].activeMappers, [0]);
   client.close();
-  // A handle whose client was closed no longer opens.
-  const stale = t.throws(() => mb.GuestMemoryClient.fromHandle(handle), { instanceOf: RangeError });
+  // The worker opened the handle: it does not open twice.
+  const stale = t.throws(() => mb.GuestMemoryClient.fromHandle(handle), { instanceOf: RangeError, message: /already opened or closed/ });
   t.is(stale.code, 'ERR_INVALID_ARG_VALUE');
   memory.close();
   await manager.close();
+});
+
+// The reported bug: `manager.client().toHandle()` then `fromHandle` in a worker failed with "no
+// object for handle 1" once the temporary client was collected. A handle keeps what it names
+// alive until it is opened (once) or closed.
+test('a handle outlives the object that made it: opens once in a worker after GC, close() releases an unopened one', async (t) => {
+  const { result } = runChild(t, 'handle_child.js', [], { nodeArgs: ['--expose-gc'] });
+  t.deepEqual(result.temporaryClient, { value: '0x1234', keys: ['kind', 'id'] });
+  t.is(result.afterOpen, 0, 'opening took the handle out of the registry');
+  t.true(result.memoryReopened);
+  t.regex(result.secondOpen, /^ERR_INVALID_ARG_VALUE: handle \d+ was already opened or closed: a handle opens once/);
+  t.is(result.pending, 1, 'an unopened handle is counted');
+  t.is(result.afterClose, 0, 'close() released it (twice is fine)');
+  t.is(result.openAfterClose, 'ERR_INVALID_ARG_VALUE');
 });
 
 test('a child process rebuilds guest memory from the RAM memfd passed as fd 3; writes are seen both ways', async (t) => {

@@ -541,8 +541,11 @@ test('bad input: use after close is ERR_CLOSED for every SparseMapping method', 
     t.throws(call, { instanceOf: mb.MembackingError, code: 'ERR_CLOSED' }, name);
   }
   mapping.close();
-  // Closing dropped the handles it issued.
-  t.throws(() => SparseMapping.fromHandle(handle), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE' });
+  // A handle keeps the reservation alive until it is opened (once).
+  const again = SparseMapping.fromHandle(handle);
+  t.is(again.length, BigInt(P));
+  again.close();
+  t.throws(() => SparseMapping.fromHandle(handle), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE', message: /already opened or closed/ });
 });
 
 test('a SparseMapping handle reopens the same reservation in this thread', (t) => {

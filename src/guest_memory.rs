@@ -16,6 +16,7 @@ use crate::args::U64;
 use crate::errors::internal;
 use crate::errors::throw;
 use crate::errors::OrThrow;
+use crate::handles::open;
 use crate::handles::Shared;
 use crate::handles::HANDLES;
 use crate::js_hooks;
@@ -49,13 +50,6 @@ use std::rc::Rc;
 pub struct NativeGuestMemory {
     /// The memory, shared with the fast paths ([`fast`]); `close()` empties it.
     state: Rc<fast::MemoryState>,
-    handles: std::cell::RefCell<Vec<u64>>,
-}
-
-impl Drop for NativeGuestMemory {
-    fn drop(&mut self) {
-        HANDLES.release(&self.handles.borrow());
-    }
 }
 
 impl NativeGuestMemory {
@@ -64,7 +58,6 @@ impl NativeGuestMemory {
     pub fn wrap(memory: GuestMemory, publish_env: bool) -> Self {
         NativeGuestMemory {
             state: Rc::new(fast::MemoryState::new(memory, publish_env)),
-            handles: Default::default(),
         }
     }
 
@@ -180,12 +173,11 @@ impl NativeGuestMemory {
     /// Reopens a memory from a handle made by `toHandle()`.
     #[napi(factory)]
     pub fn from_handle(id: U64) -> napi::Result<Self> {
-        match HANDLES.lookup(id.0).or_throw()? {
-            Shared::GuestMemory(memory) => Ok(Self::wrap(memory, true)),
-            _ => Err(throw(JsError::arg_value(
-                "the handle is not a GuestMemory handle",
-            ))),
-        }
+        let memory = open(id.0, "GuestMemory", |shared| match shared {
+            Shared::GuestMemory(memory) => Some(memory),
+            _ => None,
+        })?;
+        Ok(Self::wrap(memory, true))
     }
 
     /// This memory's fast paths ([`fast`]): functions bound to this memory.
@@ -199,9 +191,7 @@ impl NativeGuestMemory {
     /// A handle id for `fromHandle` in a worker thread.
     #[napi]
     pub fn to_handle(&self) -> napi::Result<u64> {
-        let id = HANDLES.register(Shared::GuestMemory(self.memory()?));
-        self.handles.borrow_mut().push(id);
-        Ok(id)
+        Ok(HANDLES.register(Shared::GuestMemory(self.memory()?)))
     }
 
     /// The debug name.
@@ -405,7 +395,6 @@ impl NativeGuestMemory {
     #[napi]
     pub fn close(&self) {
         self.state.close();
-        HANDLES.release(&self.handles.take());
     }
 }
 

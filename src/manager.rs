@@ -10,6 +10,7 @@ use crate::args::U64;
 use crate::errors::throw;
 use crate::errors::OrThrow;
 use crate::guest_memory::NativeGuestMemory;
+use crate::handles::open;
 use crate::handles::Shared;
 use crate::handles::HANDLES;
 use crate::layout::NativeLayout;
@@ -271,20 +272,12 @@ impl NativeGuestMemoryManager {
 #[napi]
 pub struct NativeGuestMemoryClient {
     inner: Option<GuestMemoryClient>,
-    handles: std::cell::RefCell<Vec<u64>>,
-}
-
-impl Drop for NativeGuestMemoryClient {
-    fn drop(&mut self) {
-        HANDLES.release(&self.handles.borrow());
-    }
 }
 
 impl NativeGuestMemoryClient {
     fn wrap(client: GuestMemoryClient) -> Self {
         NativeGuestMemoryClient {
             inner: Some(client),
-            handles: Default::default(),
         }
     }
 
@@ -312,27 +305,23 @@ impl NativeGuestMemoryClient {
     /// A handle id for `fromHandle` in a worker thread.
     #[napi]
     pub fn to_handle(&self) -> napi::Result<u64> {
-        let id = HANDLES.register(Shared::Client(self.client()?.clone()));
-        self.handles.borrow_mut().push(id);
-        Ok(id)
+        Ok(HANDLES.register(Shared::Client(self.client()?.clone())))
     }
 
     /// Reopens a client from a handle.
     #[napi(factory)]
     pub fn from_handle(id: U64) -> napi::Result<Self> {
-        match HANDLES.lookup(id.0).or_throw()? {
-            Shared::Client(client) => Ok(Self::wrap(client)),
-            _ => Err(throw(JsError::arg_value(
-                "the handle is not a GuestMemoryClient handle",
-            ))),
-        }
+        let client = open(id.0, "GuestMemoryClient", |shared| match shared {
+            Shared::Client(client) => Some(client),
+            _ => None,
+        })?;
+        Ok(Self::wrap(client))
     }
 
     /// Drops this reference.
     #[napi]
     pub fn close(&mut self) {
         self.inner = None;
-        HANDLES.release(&self.handles.take());
     }
 }
 

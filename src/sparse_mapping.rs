@@ -9,7 +9,7 @@ use crate::args::host_size;
 use crate::args::RawBytes;
 use crate::args::U64;
 use crate::errors::throw;
-use crate::errors::OrThrow;
+use crate::handles::open;
 use crate::handles::Shared;
 use crate::handles::HANDLES;
 use js_api::enums::JsEnum;
@@ -65,7 +65,6 @@ fn os(syscall: &'static str) -> impl Fn(io::Error) -> napi::Error {
 #[napi]
 pub struct NativeSparseMapping {
     inner: Option<Arc<SparseMapping>>,
-    handles: std::cell::RefCell<Vec<u64>>,
 }
 
 impl NativeSparseMapping {
@@ -91,12 +90,6 @@ impl NativeSparseMapping {
     }
 }
 
-impl Drop for NativeSparseMapping {
-    fn drop(&mut self) {
-        HANDLES.release(&self.handles.borrow());
-    }
-}
-
 #[napi]
 impl NativeSparseMapping {
     /// Reserves `len` bytes (rounded up by size); re-arms a displaced fault handler.
@@ -106,30 +99,25 @@ impl NativeSparseMapping {
         guestmem::ensure_fault_handler();
         Ok(NativeSparseMapping {
             inner: Some(Arc::new(mapping)),
-            handles: Default::default(),
         })
     }
 
     /// Reopens a mapping from a handle made by `toHandle()` (any thread of this process).
     #[napi(factory)]
     pub fn from_handle(id: U64) -> napi::Result<Self> {
-        match HANDLES.lookup(id.0).or_throw()? {
-            Shared::SparseMapping(mapping) => Ok(NativeSparseMapping {
-                inner: Some(mapping),
-                handles: Default::default(),
-            }),
-            _ => Err(throw(JsError::arg_value(
-                "the handle is not a SparseMapping handle",
-            ))),
-        }
+        let mapping = open(id.0, "SparseMapping", |shared| match shared {
+            Shared::SparseMapping(mapping) => Some(mapping),
+            _ => None,
+        })?;
+        Ok(NativeSparseMapping {
+            inner: Some(mapping),
+        })
     }
 
     /// A handle id for `fromHandle` in a worker thread.
     #[napi]
     pub fn to_handle(&self) -> napi::Result<u64> {
-        let id = HANDLES.register(Shared::SparseMapping(self.mapping()?.clone()));
-        self.handles.borrow_mut().push(id);
-        Ok(id)
+        Ok(HANDLES.register(Shared::SparseMapping(self.mapping()?.clone())))
     }
 
     /// The OS page size.
@@ -248,7 +236,6 @@ impl NativeSparseMapping {
     #[napi]
     pub fn close(&mut self) {
         self.inner = None;
-        HANDLES.release(&self.handles.take());
     }
 }
 

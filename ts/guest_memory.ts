@@ -19,10 +19,36 @@ type NativeMappable = InstanceType<typeof native.NativeMappable>;
 type NativeGuestMemory = InstanceType<typeof native.NativeGuestMemory>;
 type NativeLockedPages = InstanceType<typeof native.NativeLockedPages>;
 
-/** A structured-cloneable token for a worker_threads worker of the same process. */
+/**
+ * A structured-cloneable token for a worker_threads worker of the same process: post it to the
+ * worker (`workerData`, `postMessage`) and open it there with the class's `fromHandle`.
+ * Single-use: it opens once. Until it is opened or closed it keeps the object it names alive,
+ * even after the object that made it is closed or collected.
+ */
 export interface TransferHandle {
   readonly kind: string;
   readonly id: bigint;
+}
+
+/** A handle as `toHandle()` returns it: the token, and `close()` for a handle never opened. */
+export interface IssuedTransferHandle extends TransferHandle {
+  /**
+   * Releases what the handle keeps alive, when it will not be opened (idempotent; a no-op once
+   * opened). Not part of the posted copy: a worker that does not want it opens and closes it.
+   */
+  close(): void;
+}
+
+/** A transfer handle of `kind` for the registry entry `id`. @internal */
+export function issueHandle(kind: string, id: bigint): IssuedTransferHandle {
+  const handle = withViews({ kind, id });
+  Object.defineProperty(handle, 'close', {
+    value: () => {
+      native.releaseHandle(id);
+    },
+    enumerable: false,
+  });
+  return handle as IssuedTransferHandle;
 }
 
 /** Install (or re-arm, when displaced) the process-wide SIGSEGV/SIGBUS handler; idempotent. */
@@ -282,9 +308,9 @@ export class SparseMapping {
     const b = toByte(byte, 'byte');
     call(() => this.#n().fillAt(o, b, l));
   }
-  /** Token to reopen this mapping in a worker thread (keep this object alive until then). */
-  toHandle(): TransferHandle {
-    return withViews({ kind: 'SparseMapping', id: call(() => this.#n().toHandle()) });
+  /** Token to reopen this mapping in a worker thread (single-use; see TransferHandle). */
+  toHandle(): IssuedTransferHandle {
+    return issueHandle('SparseMapping', call(() => this.#n().toHandle()));
   }
   /** Drop this reference (the VA goes when the last user goes). */
   close(): void {
@@ -757,9 +783,9 @@ export class GuestMemory {
       },
     };
   }
-  /** Token for a worker thread (keep this object alive until the worker called fromHandle). */
-  toHandle(): TransferHandle {
-    return withViews({ kind: 'GuestMemory', id: call(() => this.#n.toHandle()) });
+  /** Token for a worker thread (single-use; see TransferHandle). */
+  toHandle(): IssuedTransferHandle {
+    return issueHandle('GuestMemory', call(() => this.#n.toHandle()));
   }
   /** Drop this reference only. */
   close(): void {

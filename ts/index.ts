@@ -33,6 +33,7 @@ export {
   GuestMemory,
   LockedPages,
   type TransferHandle,
+  type IssuedTransferHandle,
   type PageFaultHandler,
   type GuestMemoryOptions,
   type PagedRange,

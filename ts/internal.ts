@@ -5,6 +5,7 @@
  *
  * - `__test.faultOutsideGuardedRegion()` reads an inaccessible page outside every guarded
  *   routine: the process dies with SIGSEGV (run it in a child process).
+ * - `__test.openHandleCount()`: transfer handles neither opened nor closed (leak checks).
  * - `__bench`: native functions with the argument and result types of the entry points they are
  *   compared with, doing nothing, and the raw KVM slot churn. They exist only in an addon built
  *   with the `bench` feature (`npm run build:bench`); elsewhere each throws and says so.
@@ -20,6 +21,10 @@ export const __test = {
   /** A plain read of an inaccessible page outside the guarded routines: the process dies with SIGSEGV. */
   faultOutsideGuardedRegion(): number {
     return native.testFaultOutsideGuardedRegion();
+  },
+  /** How many transfer handles of this process are neither opened nor closed. */
+  openHandleCount(): number {
+    return native.testOpenHandleCount();
   },
 };
 

@@ -9,12 +9,11 @@
  */
 import { call, closedError, invalidArgType, invalidArgValue, MemoryManagerError, settle } from './errors';
 import { RamVisibility, Vtl } from './generated/enums';
-import { GuestMemory, Mappable, nativeOf, type TransferHandle } from './guest_memory';
+import { GuestMemory, issueHandle, Mappable, nativeOf, type IssuedTransferHandle, type TransferHandle } from './guest_memory';
 import { nativeLayout, type MemoryLayout } from './layout';
 import { native } from './native';
 import { nativePartition, type KvmPartition, type RecordingPartition } from './partition';
 import { flatView as plannerFlatView, planChange, type FlatEntry, type PlanChange, type PlannedOp } from './planner';
-import { withViews } from './json_view';
 import { nativeJson, toRange, type MemoryRange, type RangeLike } from './range';
 import { describeType, describeValue, toU64, type U64 } from './u64';
 import {
@@ -385,9 +384,9 @@ export class GuestMemoryClient {
   async guestMemory(): Promise<GuestMemory> {
     return GuestMemory.wrap(await settle(call(() => this.#native.guestMemory())));
   }
-  /** Token for a worker thread (same VA mapper there); keep this client alive until it is used. */
-  toHandle(): TransferHandle {
-    return withViews({ kind: 'GuestMemoryClient', id: call(() => this.#native.toHandle()) });
+  /** Token for a worker thread (same VA mapper there); single-use, see TransferHandle. */
+  toHandle(): IssuedTransferHandle {
+    return issueHandle('GuestMemoryClient', call(() => this.#native.toHandle()));
   }
   /** Reopen in a worker. */
   static fromHandle(handle: TransferHandle): GuestMemoryClient {

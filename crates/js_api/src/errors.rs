@@ -427,11 +427,26 @@ impl JsError {
         Self::new(ErrorClass::MembackingError, ErrorCode::Panic, message)
     }
 
-    /// A transfer handle that names no object.
+    /// A transfer handle this process never issued.
     pub fn unknown_handle(id: u64) -> Self {
         Self::arg_value(format!(
-            "no object for handle {id}: the object that made it was closed or garbage \
-             collected, or the handle comes from another process"
+            "no object for handle {id}: it was not made by toHandle() in this process \
+             (handles do not cross processes)"
+        ))
+    }
+
+    /// A transfer handle that was opened or closed already (handles are single-use).
+    pub fn spent_handle(id: u64) -> Self {
+        Self::arg_value(format!(
+            "handle {id} was already opened or closed: a handle opens once, so call \
+             toHandle() again for each fromHandle()"
+        ))
+    }
+
+    /// A transfer handle of another kind than the `fromHandle` it was given to.
+    pub fn wrong_handle(id: u64, is: &str, wanted: &str) -> Self {
+        Self::arg_value(format!(
+            "handle {id} is a {is} handle, not a {wanted} handle: open it with {is}.fromHandle()"
         ))
     }
 
