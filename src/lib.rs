@@ -15,6 +15,7 @@ mod args;
 #[cfg(feature = "bench")]
 mod bench;
 mod errors;
+mod external;
 mod guest_memory;
 mod handles;
 mod js_hooks;

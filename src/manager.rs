@@ -9,6 +9,7 @@ use crate::args::host_size;
 use crate::args::U64;
 use crate::errors::throw;
 use crate::errors::OrThrow;
+use crate::external::ExternalCharge;
 use crate::guest_memory::NativeGuestMemory;
 use crate::handles::open;
 use crate::handles::Shared;
@@ -23,6 +24,7 @@ use js_api::args::number_member;
 use js_api::args::one_range;
 use js_api::args::string_member;
 use js_api::executor::Polling;
+use js_api::external_memory;
 use js_api::json::to_json;
 use js_api::views::ManagerSnapshotView;
 use js_api::views::RamRegionView;
@@ -41,6 +43,7 @@ use napi::bindgen_prelude::BigUint64Array;
 use napi::bindgen_prelude::FnArgs;
 use napi::bindgen_prelude::Function;
 use napi::bindgen_prelude::Object;
+use napi::bindgen_prelude::ObjectFinalize;
 use napi::Env;
 use napi_derive::napi;
 use std::future::Future;
@@ -134,18 +137,29 @@ pub fn build_guest_memory<'env>(
         env,
         Polling::Pool,
         async move { build.await.map_err(|error| error.to_js_error()) },
-        |_env, manager| {
+        |env, manager| {
+            let charge = ExternalCharge::new(&env, external_memory::charge(manager.footprint()));
             Ok(NativeGuestMemoryManager {
                 inner: Some(manager),
+                charge,
             })
         },
     )
 }
 
 /// The memory manager.
-#[napi]
+#[napi(custom_finalize)]
 pub struct NativeGuestMemoryManager {
     inner: Option<GuestMemoryManager>,
+    /// What V8 was told this manager holds, returned on close or finalization.
+    charge: ExternalCharge,
+}
+
+impl ObjectFinalize for NativeGuestMemoryManager {
+    fn finalize(self, env: Env) -> napi::Result<()> {
+        self.charge.release(&env);
+        Ok(())
+    }
 }
 
 impl NativeGuestMemoryManager {
@@ -257,6 +271,7 @@ impl NativeGuestMemoryManager {
     /// Full teardown; resolves when the manager thread has exited.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn close<'env>(&mut self, env: &'env Env) -> napi::Result<Object<'env>> {
+        self.charge.release(env);
         let close = self.inner.take().map(GuestMemoryManager::close);
         let closed = async move {
             if let Some(close) = close {

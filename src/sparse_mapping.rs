@@ -9,11 +9,14 @@ use crate::args::host_size;
 use crate::args::RawBytes;
 use crate::args::U64;
 use crate::errors::throw;
+use crate::external::ExternalCharge;
 use crate::handles::open;
 use crate::handles::Shared;
 use crate::handles::HANDLES;
 use js_api::enums::JsEnum;
 use js_api::JsError;
+use napi::bindgen_prelude::ObjectFinalize;
+use napi::Env;
 use napi_derive::napi;
 use sparse_mmap::Mappable;
 use sparse_mmap::SparseMapping;
@@ -240,9 +243,19 @@ impl NativeSparseMapping {
 }
 
 /// An owned descriptor of a shareable memory object (memfd or file).
-#[napi]
+#[napi(custom_finalize)]
 pub struct NativeMappable {
     inner: Option<Arc<Mappable>>,
+    /// What V8 was told this object holds (a descriptor it opened), returned on close or
+    /// finalization; nothing for a wrapper of a descriptor owned elsewhere.
+    charge: ExternalCharge,
+}
+
+impl ObjectFinalize for NativeMappable {
+    fn finalize(self, env: Env) -> napi::Result<()> {
+        self.charge.release(&env);
+        Ok(())
+    }
 }
 
 impl NativeMappable {
@@ -258,6 +271,15 @@ impl NativeMappable {
     pub fn from_shared(mappable: Arc<Mappable>) -> Self {
         NativeMappable {
             inner: Some(mappable),
+            charge: ExternalCharge::default(),
+        }
+    }
+
+    /// Wraps a descriptor this object opened (and charges it).
+    fn owned(env: &Env, mappable: Mappable) -> Self {
+        NativeMappable {
+            inner: Some(Arc::new(mappable)),
+            charge: ExternalCharge::new(env, js_api::external_memory::descriptor_charge()),
         }
     }
 }
@@ -266,17 +288,17 @@ impl NativeMappable {
 impl NativeMappable {
     /// `memfd_create(name, MFD_CLOEXEC)` + `ftruncate(size)`.
     #[napi(factory)]
-    pub fn alloc_shared_memory(size: U64, name: String) -> napi::Result<Self> {
+    pub fn alloc_shared_memory(env: Env, size: U64, name: String) -> napi::Result<Self> {
         let fd = sparse_mmap::alloc_shared_memory(host_size(size, "size")?, &name)
             .map_err(os("memfd_create"))?;
-        Ok(Self::from_shared(Arc::new(fd)))
+        Ok(Self::owned(&env, fd))
     }
 
     /// Duplicates an existing descriptor (close-on-exec).
     #[napi(factory)]
-    pub fn from_fd(fd: i32) -> napi::Result<Self> {
+    pub fn from_fd(env: Env, fd: i32) -> napi::Result<Self> {
         let owned = sparse_mmap::mappable_from_raw_fd(fd).map_err(os("fcntl"))?;
-        Ok(Self::from_shared(Arc::new(owned)))
+        Ok(Self::owned(&env, owned))
     }
 
     /// The owned descriptor number.
@@ -287,7 +309,8 @@ impl NativeMappable {
 
     /// Closes this reference to the descriptor (it closes with its last user).
     #[napi]
-    pub fn close(&mut self) {
+    pub fn close(&mut self, env: Env) {
+        self.charge.release(&env);
         self.inner = None;
     }
 }

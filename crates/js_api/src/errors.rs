@@ -456,7 +456,7 @@ impl JsError {
             Some(errno) => JsError {
                 class: Js(ErrorClass::OsError),
                 code: None,
-                message: format!("{syscall}: {error}"),
+                message: with_descriptor_hint(format!("{syscall}: {error}"), error),
                 fields: Box::new(Fields {
                     errno: Some(errno),
                     syscall: Some(syscall),
@@ -559,6 +559,29 @@ fn row(class: ErrorClass, code: ErrorCode, error: &(dyn StdError + 'static)) -> 
     JsError::new(class, code, error.to_string()).with_source_of(error)
 }
 
+/// What to do when building a manager failed because the process or the system ran out of
+/// descriptors.
+pub const TOO_MANY_OPEN_FILES: &str = "too many open files: close managers you no longer need \
+     (manager.close()) or raise the limit (ulimit -n)";
+
+/// What to do about an OS error that says the process or the system ran out of descriptors.
+pub const OUT_OF_DESCRIPTORS: &str = "too many open files: close managers and Mappables you no \
+     longer need (close()) or raise the limit (ulimit -n)";
+
+/// `message`, followed by what to do when `error` is EMFILE or ENFILE.
+fn with_descriptor_hint(message: String, error: &io::Error) -> String {
+    if out_of_descriptors(error) {
+        format!("{message}: {OUT_OF_DESCRIPTORS}")
+    } else {
+        message
+    }
+}
+
+/// Whether `error` says the process (EMFILE) or the system (ENFILE) has no descriptor left.
+fn out_of_descriptors(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 impl ToJsError for vm_topology::memory::Error {
     fn to_js_error(&self) -> JsError {
         use vm_topology::memory::Error as E;
@@ -605,7 +628,7 @@ impl ToJsError for io::Error {
             return JsError {
                 class: Js(ErrorClass::OsError),
                 code: None,
-                message: self.to_string(),
+                message: with_descriptor_hint(self.to_string(), self),
                 fields: Box::new(Fields {
                     errno: Some(errno),
                     ..Fields::default()
@@ -729,6 +752,15 @@ impl ToJsError for membacking::MemoryBuildError {
         let code = match self {
             E::RegionManager(inner) => return inner.to_js_error(),
             E::RamTooLarge(_) => ErrorCode::RamTooLarge,
+            E::AllocationFailed(source) if out_of_descriptors(source) => {
+                let mut error = row(
+                    ErrorClass::MemoryBuildError,
+                    ErrorCode::AllocationFailed,
+                    self,
+                );
+                error.message = format!("{}: {TOO_MANY_OPEN_FILES}", error.message);
+                return error;
+            }
             E::AllocationFailed(_) => ErrorCode::AllocationFailed,
             E::VaMapper(_) => ErrorCode::VaMapper,
             E::AliasMapWontFit => ErrorCode::AliasMapWontFit,

@@ -16,6 +16,7 @@
 //! - [`executor`]: the one executor behind the API's Promises, and the registrar's parked
 //!   tasks.
 //! - [`handles`]: transfer handles for `worker_threads`.
+//! - [`external_memory`]: what native objects tell V8 they hold, so it collects them in time.
 //!
 //! The binding converts JavaScript values, calls the core, and hands results and errors to
 //! these functions; `docs/design.md` ("The binding") describes the split.
@@ -26,6 +27,7 @@ pub mod args;
 pub mod enums;
 pub mod errors;
 pub mod executor;
+pub mod external_memory;
 pub mod handles;
 pub mod hooks;
 pub mod json;

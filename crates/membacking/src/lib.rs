@@ -96,6 +96,7 @@ pub use memory_manager::PreviewStep;
 pub use memory_manager::PreviewStepKind;
 pub use memory_manager::RamVisibilityControl;
 pub use memory_manager::RemoteProcess;
+pub use memory_manager::ResourceFootprint;
 pub use memory_manager::SharedMemoryBacking;
 pub use migration::MigrationError;
 pub use ram_visibility::RamVisibility;

@@ -837,3 +837,44 @@ fn a_partitions_dirty_log_failure_is_its_own_error_naming_the_partition() {
         (ErrorClass::Error, None)
     );
 }
+
+#[test]
+fn running_out_of_descriptors_says_what_to_do() {
+    for errno in [libc::EMFILE, libc::ENFILE] {
+        let error =
+            membacking::MemoryBuildError::AllocationFailed(io::Error::from_raw_os_error(errno))
+                .to_js_error();
+        assert_eq!(
+            error.kind(),
+            (
+                ErrorClass::MemoryBuildError,
+                Some(ErrorCode::AllocationFailed)
+            )
+        );
+        assert!(
+            error
+                .message
+                .starts_with("failed to allocate memory: too many open files: "),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.message.contains("manager.close()"),
+            "{}",
+            error.message
+        );
+        assert!(error.message.contains("ulimit -n"), "{}", error.message);
+        let cause = error.cause.as_deref().expect("the OS error is the cause");
+        assert_eq!(cause.fields.errno, Some(errno));
+        let os = JsError::os(&io::Error::from_raw_os_error(errno), "memfd_create");
+        assert!(os.message.contains(OUT_OF_DESCRIPTORS), "{}", os.message);
+    }
+    let other =
+        membacking::MemoryBuildError::AllocationFailed(io::Error::from_raw_os_error(libc::ENOMEM))
+            .to_js_error();
+    assert!(
+        !other.message.contains("too many open files"),
+        "{}",
+        other.message
+    );
+}

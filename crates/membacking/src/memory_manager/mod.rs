@@ -500,6 +500,20 @@ pub struct GuestMemoryManager {
     stopped: Option<oneshot::Receiver<()>>,
 }
 
+/// What a manager holds of the process's limited resources while it is open: descriptors (the
+/// RAM memfd), threads (the manager's own and its VA mapper's) and address-space reservations
+/// (the VA mapper's window, and the RAM mapping in private mode). A runtime whose garbage
+/// collector sees only a small handle object uses it to say what an unreachable manager costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResourceFootprint {
+    /// Open file descriptors.
+    pub descriptors: u32,
+    /// Threads.
+    pub threads: u32,
+    /// Address-space reservations (each one or more `mmap`s).
+    pub reservations: u32,
+}
+
 /// What the manager was built from, beyond what it keeps for its own work (for snapshots).
 #[derive(Debug, Clone)]
 pub(crate) struct BuildOptions {
@@ -514,6 +528,15 @@ impl GuestMemoryManager {
         self.mapper
             .as_ref()
             .expect("the mapper is only taken by close, which consumes the manager")
+    }
+
+    /// What this manager holds of the process's limited resources (see [`ResourceFootprint`]).
+    pub fn footprint(&self) -> ResourceFootprint {
+        ResourceFootprint {
+            descriptors: u32::from(self.ram_object.is_some()),
+            threads: u32::from(self.thread.is_some()) + u32::from(self.mapper.is_some()),
+            reservations: u32::from(self.mapper.is_some()) + u32::from(self.private),
+        }
     }
 
     /// A handle from which guest-memory accessors are obtained.

@@ -2072,3 +2072,27 @@ fn a_panicking_partition_fails_its_attach_and_the_manager_survives() {
     let good = attach(&mgr, Vtl::Vtl0);
     assert_eq!(good.log(), [C::map(0, GIB, true, true, 0)]);
 }
+
+#[test]
+fn the_footprint_counts_the_memfd_the_threads_and_the_reservations() {
+    let shared = build(GuestMemoryBuilder::new(), &l1());
+    assert_eq!(
+        shared.footprint(),
+        ResourceFootprint {
+            descriptors: 1,
+            threads: 2,
+            reservations: 1
+        }
+    );
+    let private = build(GuestMemoryBuilder::new().private_memory(true), &l1());
+    assert_eq!(
+        private.footprint(),
+        ResourceFootprint {
+            descriptors: 0,
+            threads: 2,
+            reservations: 2
+        }
+    );
+    block_on(shared.close());
+    block_on(private.close());
+}
