@@ -711,7 +711,8 @@ test('bad input: every GuestMemory method checks its arguments and changes nothi
   checkBuffer(t, 'readAt dest', (v) => memory.readAt(0, v));
   checkU64(t, 'read gpa', (v) => memory.read(v, 4));
   checkU64(t, 'read len', (v) => memory.read(0, v));
-  t.throws(() => memory.read(0, 2n ** 60n), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE' });
+  // Beyond the memory: the range check comes first, before any allocation.
+  t.throws(() => memory.read(0, 2n ** 60n), { instanceOf: mb.GuestMemoryError, code: 'ERR_GUEST_MEMORY_OUT_OF_RANGE' });
   checkU64(t, 'writeAt gpa', (v) => memory.writeAt(v, b()));
   checkBuffer(t, 'writeAt src', (v) => memory.writeAt(0, v));
   checkU64(t, 'fillAt gpa', (v) => memory.fillAt(v, 0, 1));

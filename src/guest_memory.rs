@@ -26,6 +26,7 @@ use crate::sparse_mapping::NativeMappable;
 use crate::sparse_mapping::NativeSparseMapping;
 use guestmem::GuestMemory;
 use guestmem::GuestMemoryError;
+use guestmem::GuestMemoryOperation;
 use guestmem::LockedPages;
 use js_api::args::aligned;
 use js_api::args::paged_range;
@@ -334,12 +335,37 @@ impl NativeGuestMemory {
 
     /// `read` on the libuv pool, through a Rust-owned buffer.
     #[napi]
-    pub fn read_at_async(&self, gpa: U64, len: U64) -> napi::Result<AsyncTask<ReadTask>> {
+    pub fn read_at_async(
+        &self,
+        gpa: U64,
+        len: U64,
+        max_buffer: U64,
+    ) -> napi::Result<AsyncTask<ReadTask>> {
         Ok(AsyncTask::new(ReadTask {
             memory: self.memory()?,
             gpa: gpa.0,
-            len: host_size(len, "len")?,
+            len: len.0,
+            max_buffer: max_buffer.0,
         }))
+    }
+
+    /// `read(gpa, len)` of a large length: the range is checked before anything else (an
+    /// out-of-range read is that error, whatever its length), then the length against the
+    /// largest Buffer (`max_buffer`), then the buffer is allocated (a failure is a coded error).
+    #[napi]
+    pub fn read_to_buffer(
+        &self,
+        env: Env,
+        gpa: U64,
+        len: U64,
+        max_buffer: U64,
+    ) -> napi::Result<Buffer> {
+        let data = self.run(&env, |memory| {
+            memory.check_access(gpa.0, len.0, GuestMemoryOperation::Read)?;
+            Ok(js_api::args::buffer_length(len.0, max_buffer.0, "len")
+                .map(|len| memory.read_to_vec(gpa.0, len)))
+        })?;
+        Ok(Buffer::from(data.or_throw()?.or_throw()?))
     }
 
     /// `writeAt` on the libuv pool; `src` is copied first.
@@ -411,17 +437,22 @@ pub struct ShareableRegionItem {
 pub struct ReadTask {
     memory: GuestMemory,
     gpa: u64,
-    len: usize,
+    len: u64,
+    /// The largest Buffer of the running Node.
+    max_buffer: u64,
 }
 
 impl Task for ReadTask {
     type Output = Vec<u8>;
     type JsValue = Buffer;
 
+    /// As `read_to_buffer`: the range first, then the length, then the allocation and the copy.
     fn compute(&mut self) -> napi::Result<Vec<u8>> {
-        let mut data = vec![0u8; self.len];
-        self.memory.read_at(self.gpa, &mut data).or_throw()?;
-        Ok(data)
+        self.memory
+            .check_access(self.gpa, self.len, GuestMemoryOperation::Read)
+            .or_throw()?;
+        let len = js_api::args::buffer_length(self.len, self.max_buffer, "len").or_throw()?;
+        self.memory.read_to_vec(self.gpa, len).or_throw()
     }
 
     fn resolve(&mut self, _env: Env, output: Vec<u8>) -> napi::Result<Buffer> {

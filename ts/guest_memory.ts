@@ -9,6 +9,7 @@
 import { storeCause } from './causes';
 import { call, fromNative, GuestMemoryErrorKind, invalidArgType, invalidArgValue, settle } from './errors';
 import type { HandlerStatus } from './generated/enums';
+import { constants as bufferConstants } from 'node:buffer';
 import { isMainThread } from 'node:worker_threads';
 import { withViews } from './json_view';
 import { native } from './native';
@@ -147,14 +148,16 @@ function toBoolean(value: unknown, name: string): boolean {
   return value;
 }
 
-/** A length that a Buffer can hold. */
-function toBufferLength(value: unknown, name: string): number {
-  const length = toU64(value, name);
-  if (length > BigInt(require('node:buffer').constants.MAX_LENGTH as number)) {
-    throw invalidArgValue(`${name} ${length} is larger than the largest Buffer`);
-  }
-  return Number(length);
-}
+/** The largest Buffer of the running Node (`buffer.constants.MAX_LENGTH` differs between versions). */
+const MAX_BUFFER = BigInt(bufferConstants.MAX_LENGTH);
+
+/**
+ * From this length on, `read()` reads through the native side, which checks the range before it
+ * checks the length against the largest Buffer and allocates (so a read that cannot succeed
+ * fails at once, and an allocation that fails is a coded error on every Node version); shorter
+ * reads use Node's buffer pool.
+ */
+const CHECKED_READ_BYTES = 64n * 1024n;
 
 const mappableToken = Symbol('Mappable');
 
@@ -622,7 +625,9 @@ export class GuestMemory {
   }
   /** Copy len guest bytes at gpa into a new Buffer. */
   read(gpa: U64, len: U64): Buffer {
-    const buffer = Buffer.allocUnsafe(toBufferLength(len, 'len'));
+    const length = toU64(len, 'len');
+    if (length >= CHECKED_READ_BYTES) return call(() => this.#n.readToBuffer(gpa, length, MAX_BUFFER));
+    const buffer = Buffer.allocUnsafe(Number(length));
     this.readAt(gpa, buffer);
     return buffer;
   }
@@ -763,8 +768,8 @@ export class GuestMemory {
 
   /** read() on the libuv pool, via a Rust-owned buffer. */
   async readAtAsync(gpa: U64, len: U64): Promise<Buffer> {
-    const l = toBufferLength(len, 'len');
-    return (await settle(call(() => this.#n.readAtAsync(gpa, l)))) as Buffer;
+    const l = toU64(len, 'len');
+    return (await settle(call(() => this.#n.readAtAsync(gpa, l, MAX_BUFFER)))) as Buffer;
   }
   /** writeAt() on the libuv pool; src is copied first. */
   async writeAtAsync(gpa: U64, src: Uint8Array): Promise<void> {

@@ -103,7 +103,12 @@ export class MemoryLayout {
     if (typeof json !== 'object' || json === null || Array.isArray(json)) {
       throw invalidArgType(`MemoryLayout.fromJSON: json must be the object MemoryLayout#toJSON returns (JSON.parse text first), got ${describeType(json)}`);
     }
-    const text = JSON.stringify(json, (_key, value: unknown) => (typeof value === 'bigint' ? { $bigint: hex(value) } : value));
+    let text: string;
+    try {
+      text = JSON.stringify(json, (_key, value: unknown) => (typeof value === 'bigint' ? { $bigint: hex(value) } : value));
+    } catch (error) {
+      throw invalidArgType(`MemoryLayout.fromJSON: json is not a JSON value (${error instanceof Error ? error.message : String(error)})`);
+    }
     return new MemoryLayout(constructionToken, call(() => native.NativeLayout.fromJson(text)));
   }
 

@@ -87,6 +87,21 @@ pub unsafe trait GuestMemoryAccess: 'static + Send + Sync {
         PageFaultAction::Fail(PageFaultError::other(Cause::NotMapped))
     }
 
+    /// Called before an access of `len` bytes at `address` whose buffer has yet to be allocated
+    /// (a large read into a new buffer), so that an access the backing already knows cannot
+    /// succeed is refused before that. It may do what the access would do anyway (map the
+    /// range). The error's address is the first byte known to be inaccessible. The default
+    /// knows of nothing.
+    fn check_access(
+        &self,
+        address: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<(), GuestMemoryBackingError> {
+        let _ = (address, len, write);
+        Ok(())
+    }
+
     /// Slow-path read of `len` bytes at `address` into `dest`.
     ///
     /// # Safety
@@ -210,6 +225,15 @@ unsafe impl<T: GuestMemoryAccess> GuestMemoryAccess for Arc<T> {
     ) -> PageFaultAction {
         self.as_ref()
             .page_fault(address, len, write, bitmap_failure)
+    }
+
+    fn check_access(
+        &self,
+        address: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<(), GuestMemoryBackingError> {
+        self.as_ref().check_access(address, len, write)
     }
 
     unsafe fn read_fallback(

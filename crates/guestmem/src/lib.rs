@@ -155,6 +155,20 @@ impl AllocationError {
     }
 }
 
+/// Why [`GuestMemory::read_to_vec`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadToVecError {
+    /// The range cannot be read (found by the check before allocating, or by the read).
+    #[error(transparent)]
+    Memory(#[from] GuestMemoryError),
+    /// The buffer for the bytes could not be allocated.
+    #[error("failed to allocate a {size:#x}-byte buffer for the read")]
+    Allocation {
+        /// The size asked for, in bytes.
+        size: usize,
+    },
+}
+
 struct GuestMemoryInner {
     debug_name: Arc<str>,
     regions: Vec<Region>,

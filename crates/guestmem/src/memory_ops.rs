@@ -6,6 +6,7 @@
 
 use crate::error::GuestMemoryOperation;
 use crate::guarded;
+use crate::protocol::out_of_range;
 use crate::GuestMemory;
 use crate::GuestMemoryAccess;
 use crate::GuestMemoryBackingError;
@@ -136,6 +137,62 @@ impl GuestMemory {
                 error,
             )
         })
+    }
+
+    /// Checks, before an `operation` of `len` bytes at `gpa` whose buffer has yet to be
+    /// allocated, what can be known without performing it: the range lies inside this memory
+    /// (else the `OutOfRange` error the access would give) and its backing does not already
+    /// know part of it to be inaccessible (a lazily mapped backing maps the range, or names the
+    /// hole). An access that passes may still fail. Empty ranges always pass.
+    pub fn check_access(
+        &self,
+        gpa: u64,
+        len: u64,
+        operation: GuestMemoryOperation,
+    ) -> Result<(), GuestMemoryError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let range = Some(gpa..gpa.wrapping_add(len));
+        let located = self
+            .locate(gpa, len)
+            .map_err(|error| self.operation_error(operation, range.clone(), error))?;
+        let Some(backing) = located.region.backing() else {
+            return Err(self.operation_error(operation, range, out_of_range(gpa)));
+        };
+        let write = !matches!(
+            operation,
+            GuestMemoryOperation::Read | GuestMemoryOperation::Probe
+        );
+        let region_base = gpa - located.offset;
+        backing
+            .check_access(located.offset, len, write)
+            .map_err(|error| {
+                let error = match error.gpa() {
+                    Some(address) => {
+                        let translated = region_base.wrapping_add(address);
+                        error.with_gpa(translated)
+                    }
+                    None => error,
+                };
+                self.operation_error(operation, range, error)
+            })
+    }
+
+    /// Reads `len` bytes at `gpa` into a new vector, for reads too large to allocate without
+    /// thinking: the range is checked first ([`Self::check_access`]), so a read that cannot
+    /// succeed fails before any allocation; then the vector is allocated (a failure is an
+    /// error, not an abort) and filled.
+    pub fn read_to_vec(&self, gpa: u64, len: usize) -> Result<Vec<u8>, crate::ReadToVecError> {
+        self.check_access(gpa, len as u64, GuestMemoryOperation::Read)?;
+        let mut data: Vec<u8> = Vec::new();
+        data.try_reserve_exact(len)
+            .map_err(|_| crate::ReadToVecError::Allocation { size: len })?;
+        // SAFETY: the vector's spare capacity holds `len` bytes, valid for writing.
+        unsafe { self.read_ptr(gpa, data.as_mut_ptr(), len) }?;
+        // SAFETY: the read succeeded, so it wrote all `len` bytes of the spare capacity.
+        unsafe { data.set_len(len) };
+        Ok(data)
     }
 
     /// Copies `src` to `gpa`. Empty writes always succeed.

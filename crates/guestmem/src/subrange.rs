@@ -125,6 +125,21 @@ unsafe impl GuestMemoryAccess for GuestMemorySubrange {
         backing.page_fault(parent_address, len, write, bitmap_failure)
     }
 
+    fn check_access(
+        &self,
+        address: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<(), GuestMemoryBackingError> {
+        let parent_address = self.translate(address, len)?;
+        let backing = self
+            .parent_backing()
+            .ok_or_else(|| self.missing_backing(address))?;
+        backing
+            .check_access(parent_address, len, write)
+            .map_err(|e| self.view_error(e))
+    }
+
     unsafe fn read_fallback(
         &self,
         address: u64,

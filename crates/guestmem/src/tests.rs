@@ -1245,3 +1245,110 @@ fn fallback_writes_subranges_and_locks_are_recorded() {
     );
     assert_eq!(dirty_pages(&bitmap), vec![]);
 }
+
+#[test]
+fn check_access_refuses_out_of_range_and_known_holes_before_any_access() {
+    // Bounds: the OutOfRange error the access itself would give, with the range.
+    let memory = GuestMemory::allocate(us(4 * P));
+    memory
+        .check_access(0, 4 * P, GuestMemoryOperation::Read)
+        .unwrap();
+    memory
+        .check_access(5 * P, 0, GuestMemoryOperation::Read)
+        .unwrap();
+    let error = memory
+        .check_access(P, 1 << 40, GuestMemoryOperation::Read)
+        .unwrap_err();
+    assert_eq!(error.kind(), GuestMemoryErrorKind::OutOfRange);
+    assert_eq!(error.operation(), GuestMemoryOperation::Read);
+    assert_eq!(error.range(), Some(P..P + (1 << 40)));
+    assert!(memory
+        .check_access(u64::MAX - 1, 2, GuestMemoryOperation::Read)
+        .is_err());
+
+    // A backing that knows a hole: its address is translated to a GPA, in views too.
+    struct Holey(Arc<SparseMapping>, AtomicUsize);
+    // SAFETY: the mapping is a reservation of `max_address` bytes kept alive by the backing.
+    unsafe impl GuestMemoryAccess for Holey {
+        fn mapping(&self) -> Option<std::ptr::NonNull<u8>> {
+            std::ptr::NonNull::new(self.0.as_ptr().cast())
+        }
+        fn max_address(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn check_access(
+            &self,
+            address: u64,
+            len: u64,
+            write: bool,
+        ) -> Result<(), GuestMemoryBackingError> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            let hole = 2 * P..3 * P;
+            if address < hole.end && address + len > hole.start && !write {
+                Err(GuestMemoryBackingError::new(
+                    GuestMemoryErrorKind::OutOfRange,
+                    address.max(hole.start),
+                    TestError("a hole"),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    }
+    let backing = Arc::new(Holey(
+        Arc::new(SparseMapping::new(us(8 * P)).unwrap()),
+        AtomicUsize::new(0),
+    ));
+    let memory = GuestMemory::new("holey", backing.clone());
+    memory
+        .check_access(0, 2 * P, GuestMemoryOperation::Read)
+        .unwrap();
+    let error = memory
+        .check_access(P, 4 * P, GuestMemoryOperation::Read)
+        .unwrap_err();
+    assert_eq!(error.gpa(), Some(2 * P));
+    assert_eq!(error.kind(), GuestMemoryErrorKind::OutOfRange);
+    assert!(error.to_string().contains("failed to access"), "{error}");
+    // A write is checked as a write.
+    memory
+        .check_access(P, 4 * P, GuestMemoryOperation::Write)
+        .unwrap();
+    let view = memory.subrange(P, 6 * P, false).unwrap();
+    let error = view
+        .check_access(0, 3 * P, GuestMemoryOperation::Read)
+        .unwrap_err();
+    assert_eq!(error.gpa(), Some(P), "the hole at 2P is P into the view");
+    assert_eq!(backing.1.load(Ordering::Relaxed), 4);
+}
+
+#[test]
+fn read_to_vec_checks_before_allocating_and_never_aborts() {
+    let memory = GuestMemory::allocate(us(4 * P));
+    memory.write_at(P, b"hello").unwrap();
+    assert_eq!(memory.read_to_vec(P, 5).unwrap(), b"hello");
+    assert!(memory.read_to_vec(0, 0).unwrap().is_empty());
+    // Beyond the memory: refused before any allocation of 2^62 bytes.
+    match memory.read_to_vec(0, 1 << 62) {
+        Err(ReadToVecError::Memory(error)) => {
+            assert_eq!(error.kind(), GuestMemoryErrorKind::OutOfRange)
+        }
+        other => panic!("{other:?}"),
+    }
+    // Inside a huge address space but impossible to allocate: an error, not an abort.
+    let mapping = Arc::new(SparseMapping::new(us(1 << 46)).unwrap());
+    mapping.alloc(0, us(P)).unwrap();
+    let huge = GuestMemory::new("huge", mapping);
+    match huge.read_to_vec(0, usize::MAX >> 1) {
+        Err(ReadToVecError::Memory(error)) => {
+            assert_eq!(error.kind(), GuestMemoryErrorKind::OutOfRange)
+        }
+        other => panic!("{other:?}"),
+    }
+    match huge.read_to_vec(0, us(1 << 46)) {
+        Err(ReadToVecError::Allocation { size }) => assert_eq!(size, us(1 << 46)),
+        // A kernel that overcommits always grants the 64 TiB; the read then faults after
+        // the one placed page.
+        Err(ReadToVecError::Memory(error)) => assert_eq!(error.gpa(), Some(P)),
+        other => panic!("{other:?}"),
+    }
+}

@@ -80,6 +80,18 @@ pub fn host_size(value: u64, name: &str) -> Result<usize, JsError> {
         .map_err(|_| JsError::arg_value(format!("{name} does not fit in the address space")))
 }
 
+/// The length of a new JavaScript `Buffer` (`name` bytes), at most `max` (the running Node's
+/// `buffer.constants.MAX_LENGTH`, which differs between versions).
+pub fn buffer_length(value: u64, max: u64, name: &str) -> Result<usize, JsError> {
+    if value > max {
+        return Err(JsError::arg_value(format!(
+            "{name} {value:#x} is larger than the largest Buffer (buffer.constants.MAX_LENGTH, \
+             {max:#x} on this Node): read it in pieces, or readAt into buffers of your own"
+        )));
+    }
+    host_size(value, name)
+}
+
 /// The range `start..end`, refused (`RangeError`, with the core's text) where
 /// `MemoryRange::new` would panic.
 pub fn range(start: u64, end: u64, name: &str) -> Result<MemoryRange, JsError> {
@@ -206,6 +218,23 @@ mod tests {
     use super::*;
     use crate::errors::ErrorClass;
     use crate::errors::ErrorCode;
+
+    #[test]
+    fn a_buffer_length_above_the_limit_names_it() {
+        assert_eq!(buffer_length(0x1000, 0x1_0000_0000, "len").unwrap(), 0x1000);
+        let error = buffer_length(0x1_0000_0001, 0x1_0000_0000, "len").unwrap_err();
+        assert_eq!(
+            error.kind(),
+            (ErrorClass::RangeError, Some(ErrorCode::InvalidArgValue))
+        );
+        assert!(
+            error.message.starts_with(
+                "len 0x100000001 is larger than the largest Buffer (buffer.constants.MAX_LENGTH, 0x100000000 on this Node)"
+            ),
+            "{}",
+            error.message
+        );
+    }
 
     fn class(result: Result<impl std::fmt::Debug, JsError>) -> (ErrorClass, Option<ErrorCode>) {
         result.unwrap_err().kind()

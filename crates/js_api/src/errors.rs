@@ -718,6 +718,26 @@ impl ToJsError for guestmem::AllocationError {
     }
 }
 
+impl ToJsError for guestmem::ReadToVecError {
+    /// A read into a new buffer: the guest memory's error, or `ERR_ALLOCATION_FAILED` with the
+    /// size and what to do.
+    fn to_js_error(&self) -> JsError {
+        use guestmem::ReadToVecError as E;
+        match self {
+            E::Memory(memory) => memory.to_js_error(),
+            E::Allocation { size } => JsError::new(
+                ErrorClass::MembackingError,
+                ErrorCode::AllocationFailed,
+                format!("{self}: read it in smaller pieces, or readAt into buffers of your own"),
+            )
+            .with_fields(Fields {
+                size: Some(BigInt(*size as u64)),
+                ..Fields::default()
+            }),
+        }
+    }
+}
+
 impl ToJsError for guestmem::LockedPageAccessError {
     fn to_js_error(&self) -> JsError {
         use guestmem::LockedPageAccessError as E;

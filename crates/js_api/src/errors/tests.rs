@@ -878,3 +878,31 @@ fn running_out_of_descriptors_says_what_to_do() {
         other.message
     );
 }
+
+#[test]
+fn a_read_buffer_that_cannot_be_allocated_is_coded_with_its_size() {
+    let error = guestmem::ReadToVecError::Allocation { size: 1 << 40 }.to_js_error();
+    assert_eq!(
+        error.kind(),
+        (
+            ErrorClass::MembackingError,
+            Some(ErrorCode::AllocationFailed)
+        )
+    );
+    assert_eq!(error.fields.size, Some(crate::json::BigInt(1 << 40)));
+    assert!(
+        error.message.contains("0x10000000000-byte buffer")
+            && error.message.contains("smaller pieces"),
+        "{}",
+        error.message
+    );
+    let memory = guestmem::GuestMemory::allocate(4096);
+    let out_of_range = memory.read_to_vec(0, 8192).unwrap_err().to_js_error();
+    assert_eq!(
+        out_of_range.kind(),
+        (
+            ErrorClass::GuestMemoryError,
+            Some(ErrorCode::GuestMemoryOutOfRange)
+        )
+    );
+}

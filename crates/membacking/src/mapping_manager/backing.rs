@@ -11,6 +11,7 @@
 // unsafe code of this crate outside tests).
 #![allow(unsafe_code)]
 
+use super::va_mapper::RequestError;
 use super::va_mapper::VaMapper;
 use super::MappingManagerClient;
 use guestmem::DirtyBitmap;
@@ -82,6 +83,39 @@ unsafe impl GuestMemoryAccess for MapperBacking {
             Ok(()) => PageFaultAction::Retry,
             Err(error) => PageFaultAction::Fail(error),
         }
+    }
+
+    fn check_access(
+        &self,
+        address: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<(), GuestMemoryBackingError> {
+        let Some(end) = address
+            .checked_add(len)
+            .filter(|&end| end <= self.mapper.len())
+        else {
+            return Err(GuestMemoryBackingError::new(
+                guestmem::GuestMemoryErrorKind::OutOfRange,
+                address,
+                crate::NoMapping(MemoryRange::EMPTY),
+            ));
+        };
+        let range = MemoryRange::bounding(address..end);
+        self.mapper
+            .check_access(range, write)
+            .map_err(|error| match error {
+                RequestError::NoMapping(_, hole) => GuestMemoryBackingError::new(
+                    guestmem::GuestMemoryErrorKind::OutOfRange,
+                    hole.start().max(address),
+                    crate::NoMapping(hole),
+                ),
+                RequestError::ManagerGone => GuestMemoryBackingError::new(
+                    guestmem::GuestMemoryErrorKind::OutOfRange,
+                    address,
+                    crate::ManagerGone,
+                ),
+            })
     }
 
     fn lock_gpns(&self, gpns: &[u64]) -> Result<bool, GuestMemoryBackingError> {

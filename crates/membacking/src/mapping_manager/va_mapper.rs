@@ -117,8 +117,9 @@ pub enum MapperEvent {
 /// Why a mapping request failed.
 #[derive(Debug, Clone)]
 pub(crate) enum RequestError {
-    /// Part of the range has no mapping (or no writable one, for a write).
-    NoMapping(NoMapping),
+    /// Part of the range has no mapping (or no writable one, for a write): the error names the
+    /// requested range; `hole` is the part the mapping manager reported unmapped.
+    NoMapping(NoMapping, MemoryRange),
     /// The mapping manager is gone.
     ManagerGone,
 }
@@ -176,7 +177,8 @@ impl Queue {
                 }
                 _ => {
                     let requested = waiter.requested;
-                    waiter.finish(Err(RequestError::NoMapping(NoMapping(requested))));
+                    let hole = MemoryRange::new(waiter.cur..range.end().min(requested.end()));
+                    waiter.finish(Err(RequestError::NoMapping(NoMapping(requested), hole)));
                 }
             }
         }
@@ -743,6 +745,23 @@ impl VaMapper {
         self.request_sync(range, need_write).map_err(Into::into)
     }
 
+    /// Before an access whose buffer is yet to be allocated: requests `range` as a fault would
+    /// (so what is there gets mapped); a failure's `hole` is the first part of it that has no
+    /// mapping. In private mode the kernel resolves every RAM access and nothing is asked.
+    pub(crate) fn check_access(
+        &self,
+        range: MemoryRange,
+        need_write: bool,
+    ) -> Result<(), RequestError> {
+        if self.shared.private || self.covers(range, need_write) {
+            return Ok(());
+        }
+        if self.is_closed() {
+            return Err(RequestError::ManagerGone);
+        }
+        self.request_sync(range, need_write)
+    }
+
     /// Releases one lock on each page of `gpns`; pages whose last lock goes get the change
     /// deferred for them (an unmap, or a newer mapping).
     pub(crate) fn unlock_pages(&self, gpns: &[u64]) {
@@ -847,7 +866,7 @@ impl Drop for RequestFuture {
 impl From<RequestError> for PageFaultError {
     fn from(error: RequestError) -> Self {
         match error {
-            RequestError::NoMapping(no_mapping) => {
+            RequestError::NoMapping(no_mapping, _) => {
                 PageFaultError::new(GuestMemoryErrorKind::OutOfRange, no_mapping)
             }
             RequestError::ManagerGone => {

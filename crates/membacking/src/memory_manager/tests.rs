@@ -17,6 +17,7 @@ use crate::NoMapping;
 use futures::executor::block_on;
 use guestmem::GuestMemoryError;
 use guestmem::GuestMemoryErrorKind;
+use guestmem::GuestMemoryOperation;
 use std::os::fd::AsRawFd;
 use virt::RecordedCall as C;
 use virt::RecordedOp;
@@ -2094,5 +2095,46 @@ fn the_footprint_counts_the_memfd_the_threads_and_the_reservations() {
         }
     );
     block_on(shared.close());
+    block_on(private.close());
+}
+
+#[test]
+fn check_access_names_the_hole_of_a_large_range_before_any_copy() {
+    // 4 GiB of RAM around the gap [3 GiB, 4 GiB): a 5 GiB read from 0 crosses the gap.
+    let mgr = build(GuestMemoryBuilder::new(), &l2());
+    let mem = memory(&mgr);
+    mem.check_access(0, 3 * GIB, GuestMemoryOperation::Read)
+        .unwrap();
+    mem.check_access(4 * GIB, GIB, GuestMemoryOperation::Read)
+        .unwrap();
+    let error = mem
+        .check_access(0, 5 * GIB, GuestMemoryOperation::Read)
+        .unwrap_err();
+    assert_eq!(error.gpa(), Some(MMIO_GAP.start()));
+    assert_eq!(no_mapping(&error), MMIO_GAP, "{error}");
+    assert_eq!(error.range(), Some(0..5 * GIB));
+    // Beyond the address space: OutOfRange without asking anyone.
+    let beyond = mem
+        .check_access(0, 1 << 40, GuestMemoryOperation::Read)
+        .unwrap_err();
+    assert_eq!(beyond.kind(), GuestMemoryErrorKind::OutOfRange);
+    // A view of the RAM after the gap reports the hole in its own addresses.
+    let view = mem.subrange(2 * GIB, 3 * GIB, false).unwrap();
+    let error = view
+        .check_access(0, 3 * GIB, GuestMemoryOperation::Read)
+        .unwrap_err();
+    assert_eq!(error.gpa(), Some(GIB));
+    drop((view, mem));
+    block_on(mgr.close());
+
+    // Private RAM is mapped by the kernel: nothing to ask, only the bounds are checked.
+    let private = build(GuestMemoryBuilder::new().private_memory(true), &l2());
+    let mem = memory(&private);
+    mem.check_access(0, 3 * GIB, GuestMemoryOperation::Read)
+        .unwrap();
+    assert!(mem
+        .check_access(0, 1 << 40, GuestMemoryOperation::Read)
+        .is_err());
+    drop(mem);
     block_on(private.close());
 }
