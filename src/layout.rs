@@ -45,7 +45,7 @@ impl NativeLayout {
             .transpose()
             .or_throw()?;
         guard(|| {
-            MemoryLayout::new(ram_size.0, &gaps, vtl2)
+            MemoryLayout::new_explained(ram_size.0, &gaps, vtl2)
                 .map(|inner| NativeLayout { inner })
                 .or_throw()
         })
@@ -66,7 +66,7 @@ impl NativeLayout {
             .collect();
         let gaps = range_pairs(&gaps, "gaps").or_throw()?;
         guard(|| {
-            MemoryLayout::new_from_ranges(&memory, &gaps)
+            MemoryLayout::new_from_ranges_explained(&memory, &gaps)
                 .map(|inner| NativeLayout { inner })
                 .or_throw()
         })

@@ -595,6 +595,16 @@ impl ToJsError for vm_topology::memory::Error {
     }
 }
 
+impl ToJsError for vm_topology::memory::LayoutProblem {
+    /// The code of the error the constructor returns; the message that error's text, then which
+    /// range breaks which rule.
+    fn to_js_error(&self) -> JsError {
+        let mut error = self.error().to_js_error();
+        error.message = format!("{}: {self}", error.message);
+        error
+    }
+}
+
 impl ToJsError for vm_topology::x86_legacy::InvalidRamForX86 {
     fn to_js_error(&self) -> JsError {
         row(

@@ -183,7 +183,8 @@ pub fn layout_from_json(text: &str) -> Result<MemoryLayout, JsError> {
         Some(value) => Some(range(value, "vtl2Range")?),
     };
     let layout = match vtl2 {
-        None => MemoryLayout::new_from_ranges(&ram, &mmio).map_err(|error| error.to_js_error())?,
+        None => MemoryLayout::new_from_ranges_explained(&ram, &mmio)
+            .map_err(|problem| problem.to_js_error())?,
         Some(vtl2) => {
             let size = ram
                 .iter()

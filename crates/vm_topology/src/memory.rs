@@ -67,19 +67,151 @@ pub struct MemoryLayout {
     vtl2_range: Option<MemoryRange>,
 }
 
-/// Checks that `ranges` is a valid list: every range non-empty, strictly ascending and
-/// pairwise disjoint (touching is allowed).
-fn validate_ranges(ranges: &[MemoryRange]) -> Result<(), Error> {
-    if ranges.iter().any(MemoryRange::is_empty) {
-        return Err(Error::BadMemoryRanges);
+/// Where a range of a layout came from, for [`LayoutProblem`]s.
+#[derive(Debug, Copy, Clone, PartialEq, Eq)]
+pub enum RangeOrigin {
+    /// `memory[index]` of [`MemoryLayout::new_from_ranges`].
+    Memory(usize),
+    /// A RAM piece [`MemoryLayout::new`] laid out around the gaps.
+    LaidOutRam,
+    /// `gaps[index]`.
+    Gap(usize),
+    /// The VTL2 range.
+    Vtl2,
+}
+
+impl fmt::Display for RangeOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RangeOrigin::Memory(index) => write!(f, "memory[{index}]"),
+            RangeOrigin::LaidOutRam => f.write_str("RAM"),
+            RangeOrigin::Gap(index) => write!(f, "gaps[{index}]"),
+            RangeOrigin::Vtl2 => f.write_str("the VTL2 range"),
+        }
+    }
+}
+
+/// Why a layout was refused, with the values involved: the detail behind an [`Error`]
+/// ([`LayoutProblem::error`] gives the variant the constructors return).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutProblem {
+    /// The RAM size is zero or not a multiple of 4 KiB.
+    #[error("the RAM size {0:#x} is not a positive multiple of 4 KiB (0x1000)")]
+    BadSize(u64),
+    /// A range is empty.
+    #[error("{origin} {range} is empty: remove it")]
+    Empty {
+        /// Where it came from.
+        origin: RangeOrigin,
+        /// The range.
+        range: MemoryRange,
+    },
+    /// A range of a list starts before the one listed before it.
+    #[error("{origin} {range} comes after {previous_origin} {previous} but starts before it: list them in ascending order")]
+    Unsorted {
+        /// The earlier element.
+        previous_origin: RangeOrigin,
+        /// Its range.
+        previous: MemoryRange,
+        /// The later element.
+        origin: RangeOrigin,
+        /// Its range.
+        range: MemoryRange,
+    },
+    /// Two ranges overlap (touching is fine).
+    #[error("{first_origin} {first} overlaps {second_origin} {second}: RAM, gaps and the VTL2 range must not overlap")]
+    Overlap {
+        /// One of them.
+        first_origin: RangeOrigin,
+        /// Its range.
+        first: MemoryRange,
+        /// The other.
+        second_origin: RangeOrigin,
+        /// Its range.
+        second: MemoryRange,
+    },
+    /// `new` would lay out an empty RAM piece: a gap starts at 0, or touches the one before.
+    #[error("gaps[{index}] {gap} starts where the RAM laid out from address 0 would continue ({at:#x}), which would leave an empty RAM piece: start the first gap above 0 and merge gaps that touch")]
+    EmptyRamPiece {
+        /// The gap.
+        index: usize,
+        /// Its range.
+        gap: MemoryRange,
+        /// Where the empty piece would be.
+        at: u64,
+    },
+    /// `new` would lay RAM out past the top of the address space.
+    #[error("{ram_size:#x} bytes of RAM laid out around the gaps would end past the top of the address space ({:#x})", MemoryRange::MAX_ADDRESS)]
+    RamPastTop {
+        /// The RAM size asked for.
+        ram_size: u64,
+    },
+    /// There is no RAM range.
+    #[error("there is no RAM range: give at least one")]
+    NoRam,
+    /// The VTL2 range starts below the end of RAM.
+    #[error("the VTL2 range {vtl2} starts below the end of RAM ({end_of_ram:#x}): place it at or above {end_of_ram:#x}")]
+    Vtl2BeforeEndOfRam {
+        /// The VTL2 range.
+        vtl2: MemoryRange,
+        /// The end of RAM.
+        end_of_ram: u64,
+    },
+}
+
+impl LayoutProblem {
+    /// The error variant the constructors return for this problem.
+    pub fn error(&self) -> Error {
+        match self {
+            LayoutProblem::BadSize(_) => Error::BadSize,
+            LayoutProblem::Vtl2BeforeEndOfRam { .. } => Error::Vtl2RangeBeforeEndOfRam,
+            LayoutProblem::Empty { .. }
+            | LayoutProblem::Unsorted { .. }
+            | LayoutProblem::Overlap { .. }
+            | LayoutProblem::EmptyRamPiece { .. }
+            | LayoutProblem::RamPastTop { .. }
+            | LayoutProblem::NoRam => Error::BadMemoryRanges,
+        }
+    }
+}
+
+/// Checks that `ranges` (each with its origin) is a valid list: every range non-empty,
+/// strictly ascending and pairwise disjoint (touching is allowed).
+fn validate_ranges(ranges: &[(MemoryRange, RangeOrigin)]) -> Result<(), LayoutProblem> {
+    if let Some(&(range, origin)) = ranges.iter().find(|(range, _)| range.is_empty()) {
+        return Err(LayoutProblem::Empty { origin, range });
     }
     for pair in ranges.windows(2) {
-        let (first, second) = (&pair[0], &pair[1]);
-        if first > second || first.overlaps(second) {
-            return Err(Error::BadMemoryRanges);
+        let ((first, first_origin), (second, second_origin)) = (pair[0], pair[1]);
+        if first.overlaps(&second) {
+            return Err(LayoutProblem::Overlap {
+                first_origin,
+                first,
+                second_origin,
+                second,
+            });
+        }
+        if first > second {
+            return Err(LayoutProblem::Unsorted {
+                previous_origin: first_origin,
+                previous: first,
+                origin: second_origin,
+                range: second,
+            });
         }
     }
     Ok(())
+}
+
+fn with_origins(
+    ranges: impl IntoIterator<Item = MemoryRange>,
+    origin: impl Fn(usize) -> RangeOrigin,
+) -> Vec<(MemoryRange, RangeOrigin)> {
+    ranges
+        .into_iter()
+        .enumerate()
+        .map(|(index, range)| (range, origin(index)))
+        .collect()
 }
 
 impl MemoryLayout {
@@ -97,29 +229,50 @@ impl MemoryLayout {
     ///   RAM piece); if the VTL2 range is empty or overlaps RAM or a gap; and (an extension:
     ///   the original panics here) if the RAM would extend past the top of the address space.
     /// - [`Error::Vtl2RangeBeforeEndOfRam`] if the VTL2 range starts below the end of RAM.
+    ///
+    /// [`MemoryLayout::new_explained`] gives the same result with the detail of a refusal.
     pub fn new(
         ram_size: u64,
         gaps: &[MemoryRange],
         vtl2_range: Option<MemoryRange>,
     ) -> Result<Self, Error> {
+        Self::new_explained(ram_size, gaps, vtl2_range).map_err(|problem| problem.error())
+    }
+
+    /// [`MemoryLayout::new`], with the [`LayoutProblem`] (which range, which rule) on failure.
+    pub fn new_explained(
+        ram_size: u64,
+        gaps: &[MemoryRange],
+        vtl2_range: Option<MemoryRange>,
+    ) -> Result<Self, LayoutProblem> {
         if ram_size == 0 || !ram_size.is_multiple_of(PAGE_SIZE) {
-            return Err(Error::BadSize);
+            return Err(LayoutProblem::BadSize(ram_size));
         }
-        validate_ranges(gaps)?;
+        validate_ranges(&with_origins(gaps.iter().copied(), RangeOrigin::Gap))?;
 
         let mut ram = Vec::new();
         let mut remaining = ram_size;
         let mut cursor = 0u64;
-        let mut gaps_left = gaps.iter();
+        let mut gaps_left = gaps.iter().enumerate();
         while remaining > 0 {
             let (piece_len, next_cursor) = match gaps_left.next() {
-                Some(gap) => (remaining.min(gap.start() - cursor), Some(gap.end())),
+                Some((index, gap)) => {
+                    let piece_len = remaining.min(gap.start() - cursor);
+                    if piece_len == 0 {
+                        return Err(LayoutProblem::EmptyRamPiece {
+                            index,
+                            gap: *gap,
+                            at: cursor,
+                        });
+                    }
+                    (piece_len, Some(gap.end()))
+                }
                 None => (remaining, None),
             };
             let piece_end = cursor
                 .checked_add(piece_len)
                 .filter(|end| *end <= MemoryRange::MAX_ADDRESS)
-                .ok_or(Error::BadMemoryRanges)?;
+                .ok_or(LayoutProblem::RamPastTop { ram_size })?;
             ram.push(MemoryRangeWithNode {
                 range: MemoryRange::new(cursor..piece_end),
                 vnode: 0,
@@ -131,7 +284,7 @@ impl MemoryLayout {
             }
         }
 
-        Self::build(ram, gaps.to_vec(), vtl2_range)
+        Self::build(ram, gaps.to_vec(), vtl2_range, |_| RangeOrigin::LaidOutRam)
     }
 
     /// Builds a layout from explicit RAM ranges (vnodes kept, no requirement to start at 0,
@@ -141,35 +294,47 @@ impl MemoryLayout {
     ///
     /// [`Error::BadMemoryRanges`] if `memory` is empty, if `memory` or `gaps` is not a sorted,
     /// disjoint list of non-empty ranges, or if RAM overlaps a gap.
+    /// [`MemoryLayout::new_from_ranges_explained`] gives the detail of a refusal.
     pub fn new_from_ranges(
         memory: &[MemoryRangeWithNode],
         gaps: &[MemoryRange],
     ) -> Result<Self, Error> {
-        let ram_ranges: Vec<MemoryRange> = memory.iter().map(|entry| entry.range).collect();
-        validate_ranges(&ram_ranges)?;
-        validate_ranges(gaps)?;
-        Self::build(memory.to_vec(), gaps.to_vec(), None)
+        Self::new_from_ranges_explained(memory, gaps).map_err(|problem| problem.error())
     }
 
-    /// The validation shared by both constructors.
+    /// [`MemoryLayout::new_from_ranges`], with the [`LayoutProblem`] on failure.
+    pub fn new_from_ranges_explained(
+        memory: &[MemoryRangeWithNode],
+        gaps: &[MemoryRange],
+    ) -> Result<Self, LayoutProblem> {
+        validate_ranges(&with_origins(
+            memory.iter().map(|entry| entry.range),
+            RangeOrigin::Memory,
+        ))?;
+        validate_ranges(&with_origins(gaps.iter().copied(), RangeOrigin::Gap))?;
+        Self::build(memory.to_vec(), gaps.to_vec(), None, RangeOrigin::Memory)
+    }
+
+    /// The validation shared by both constructors; `ram_origin` names a RAM range by index.
     fn build(
         ram: Vec<MemoryRangeWithNode>,
         mmio: Vec<MemoryRange>,
         vtl2_range: Option<MemoryRange>,
-    ) -> Result<Self, Error> {
-        let mut all_ranges: Vec<MemoryRange> = ram
-            .iter()
-            .map(|entry| entry.range)
-            .chain(mmio.iter().copied())
-            .chain(vtl2_range)
-            .collect();
-        all_ranges.sort();
+        ram_origin: impl Fn(usize) -> RangeOrigin,
+    ) -> Result<Self, LayoutProblem> {
+        let mut all_ranges = with_origins(ram.iter().map(|entry| entry.range), ram_origin);
+        all_ranges.extend(with_origins(mmio.iter().copied(), RangeOrigin::Gap));
+        all_ranges.extend(vtl2_range.map(|range| (range, RangeOrigin::Vtl2)));
+        all_ranges.sort_by_key(|(range, _)| *range);
         validate_ranges(&all_ranges)?;
 
-        let last_ram = ram.last().ok_or(Error::BadMemoryRanges)?;
+        let last_ram = ram.last().ok_or(LayoutProblem::NoRam)?;
         if let Some(vtl2_range) = vtl2_range {
             if vtl2_range.start() < last_ram.range.end() {
-                return Err(Error::Vtl2RangeBeforeEndOfRam);
+                return Err(LayoutProblem::Vtl2BeforeEndOfRam {
+                    vtl2: vtl2_range,
+                    end_of_ram: last_ram.range.end(),
+                });
             }
         }
 
@@ -265,6 +430,14 @@ impl MemoryLayout {
     pub fn end_of_ram_or_mmio_checked(&self) -> Option<u64> {
         let last_gap = self.mmio.last()?;
         Some(last_gap.end().max(self.end_of_ram()))
+    }
+
+    /// One past the last byte of RAM or of an MMIO gap (the end of RAM when there are no
+    /// gaps); unlike [`MemoryLayout::end_of_ram_or_mmio`], defined for every layout. The VTL2
+    /// range is not included.
+    pub fn end_of_layout(&self) -> u64 {
+        self.end_of_ram_or_mmio_checked()
+            .unwrap_or_else(|| self.end_of_ram())
     }
 
     /// Whether `address` is RAM, MMIO, or neither. The VTL2 range is not consulted.
@@ -550,12 +723,21 @@ mod tests {
     fn vtl2_before_end_of_ram_is_checked_after_overlaps() {
         // Not reachable through the constructors (a VTL2 range below the end of RAM always
         // overlaps RAM or a gap), so exercise the final check directly.
-        let err = MemoryLayout::build(
+        let problem = MemoryLayout::build(
             vec![node(0, GB, 0), node(2 * GB, 3 * GB, 0)],
             vec![],
             Some(r(GB, 2 * GB)),
+            RangeOrigin::Memory,
         )
         .unwrap_err();
+        assert_eq!(
+            problem,
+            LayoutProblem::Vtl2BeforeEndOfRam {
+                vtl2: r(GB, 2 * GB),
+                end_of_ram: 3 * GB
+            }
+        );
+        let err = problem.error();
         assert_eq!(err, Error::Vtl2RangeBeforeEndOfRam);
         assert_eq!(err.to_string(), "vtl2 range is below end of ram");
         assert_eq!(
@@ -750,5 +932,105 @@ mod tests {
         assert_eq!(tree.mmio.0[0].0, "0x40000000-0x80000000");
         assert_eq!(tree.mmio.0[0].1.length, "0x40000000");
         assert_eq!(tree.vtl2_range.as_deref(), Some("0x100000000-0x104000000"));
+    }
+
+    /// The problem `new` reports, and that it maps to the same error as before.
+    fn problem(ram_size: u64, gaps: &[MemoryRange], vtl2: Option<MemoryRange>) -> LayoutProblem {
+        let problem = MemoryLayout::new_explained(ram_size, gaps, vtl2).unwrap_err();
+        assert_eq!(
+            MemoryLayout::new(ram_size, gaps, vtl2).unwrap_err(),
+            problem.error()
+        );
+        problem
+    }
+
+    #[test]
+    fn refusals_explain_which_range_breaks_which_rule() {
+        assert_eq!(problem(0x1001, &[], None), LayoutProblem::BadSize(0x1001));
+        assert_eq!(
+            problem(4 * GB, &[r(3 * GB, 4 * GB), r(GB, 2 * GB)], None),
+            LayoutProblem::Unsorted {
+                previous_origin: RangeOrigin::Gap(0),
+                previous: r(3 * GB, 4 * GB),
+                origin: RangeOrigin::Gap(1),
+                range: r(GB, 2 * GB),
+            }
+        );
+        assert_eq!(
+            problem(4 * GB, &[r(GB, 3 * GB), r(2 * GB, 4 * GB)], None),
+            LayoutProblem::Overlap {
+                first_origin: RangeOrigin::Gap(0),
+                first: r(GB, 3 * GB),
+                second_origin: RangeOrigin::Gap(1),
+                second: r(2 * GB, 4 * GB),
+            }
+        );
+        assert_eq!(
+            problem(4 * GB, &[r(GB, GB)], None),
+            LayoutProblem::Empty {
+                origin: RangeOrigin::Gap(0),
+                range: r(GB, GB)
+            }
+        );
+        assert_eq!(
+            problem(4 * GB, &[r(0, GB)], None),
+            LayoutProblem::EmptyRamPiece {
+                index: 0,
+                gap: r(0, GB),
+                at: 0
+            }
+        );
+        assert_eq!(
+            problem(4 * GB, &[r(GB, 2 * GB), r(2 * GB, 3 * GB)], None),
+            LayoutProblem::EmptyRamPiece {
+                index: 1,
+                gap: r(2 * GB, 3 * GB),
+                at: 2 * GB
+            }
+        );
+        assert_eq!(
+            problem(2 * GB, &[r(GB, 2 * GB)], Some(r(2 * GB, 3 * GB))),
+            LayoutProblem::Overlap {
+                first_origin: RangeOrigin::LaidOutRam,
+                first: r(2 * GB, 3 * GB),
+                second_origin: RangeOrigin::Vtl2,
+                second: r(2 * GB, 3 * GB),
+            }
+        );
+        assert_eq!(
+            problem(u64::MAX & !0xfff, &[r(GB, 2 * GB)], None),
+            LayoutProblem::RamPastTop {
+                ram_size: u64::MAX & !0xfff
+            }
+        );
+        let from_ranges =
+            MemoryLayout::new_from_ranges_explained(&[node(0, 2 * GB, 0)], &[r(GB, 3 * GB)])
+                .unwrap_err();
+        assert_eq!(
+            from_ranges,
+            LayoutProblem::Overlap {
+                first_origin: RangeOrigin::Memory(0),
+                first: r(0, 2 * GB),
+                second_origin: RangeOrigin::Gap(0),
+                second: r(GB, 3 * GB),
+            }
+        );
+        assert_eq!(
+            from_ranges.to_string(),
+            "memory[0] 0x0-0x80000000 overlaps gaps[0] 0x40000000-0xc0000000: RAM, gaps and the VTL2 range must not overlap"
+        );
+        assert_eq!(
+            MemoryLayout::new_from_ranges_explained(&[], &[]).unwrap_err(),
+            LayoutProblem::NoRam
+        );
+    }
+
+    #[test]
+    fn end_of_layout_is_defined_without_gaps() {
+        let no_gaps = MemoryLayout::new(GB, &[], None).unwrap();
+        assert_eq!(no_gaps.end_of_layout(), GB);
+        let gap_above = MemoryLayout::new(GB, &[r(2 * GB, 3 * GB)], None).unwrap();
+        assert_eq!(gap_above.end_of_layout(), 3 * GB);
+        assert_eq!(gap_above.end_of_layout(), gap_above.end_of_ram_or_mmio());
     }
 }

@@ -906,3 +906,38 @@ fn a_read_buffer_that_cannot_be_allocated_is_coded_with_its_size() {
         )
     );
 }
+
+#[test]
+fn a_refused_layout_keeps_its_code_and_says_which_range_breaks_which_rule() {
+    use vm_topology::memory::MemoryLayout;
+    let gap = |start: u64, end: u64| MemoryRange::new(start..end);
+    let error = MemoryLayout::new_explained(
+        4 << 30,
+        &[gap(3 << 30, 4 << 30), gap(1 << 30, 2 << 30)],
+        None,
+    )
+    .unwrap_err()
+    .to_js_error();
+    assert_eq!(
+        error.kind(),
+        (
+            ErrorClass::MemoryLayoutError,
+            Some(ErrorCode::BadMemoryRanges)
+        )
+    );
+    assert_eq!(
+        error.message,
+        "invalid memory or MMIO ranges: gaps[1] 0x40000000-0x80000000 comes after gaps[0] \
+         0xc0000000-0x100000000 but starts before it: list them in ascending order"
+    );
+    let size = MemoryLayout::new_explained(0x1001, &[], None)
+        .unwrap_err()
+        .to_js_error();
+    assert_eq!(size.kind().1, Some(ErrorCode::BadSize));
+    assert!(
+        size.message
+            .starts_with("invalid memory size: the RAM size 0x1001"),
+        "{}",
+        size.message
+    );
+}
