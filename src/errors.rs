@@ -71,9 +71,22 @@ pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 /// Runs `f`; a panic becomes a `RangeError` carrying the panic text (where the Rust core
 /// panics, JavaScript gets a bad argument value).
 pub fn guard<T>(f: impl FnOnce() -> napi::Result<T>) -> napi::Result<T> {
+    guard_explained(f, |text| text.to_owned())
+}
+
+/// [`guard`], with the panic text rewritten by `explain` (which adds what the caller's input
+/// broke and what to do).
+pub fn guard_explained<T>(
+    f: impl FnOnce() -> napi::Result<T>,
+    explain: impl FnOnce(&str) -> String,
+) -> napi::Result<T> {
     install_quiet_panic_hook();
     GUARDED.with(|depth| depth.set(depth.get() + 1));
     let result = catch_unwind(AssertUnwindSafe(f));
     GUARDED.with(|depth| depth.set(depth.get() - 1));
-    result.unwrap_or_else(|payload| Err(throw(JsError::arg_value(panic_text(payload.as_ref())))))
+    result.unwrap_or_else(|payload| {
+        Err(throw(JsError::arg_value(explain(&panic_text(
+            payload.as_ref(),
+        )))))
+    })
 }

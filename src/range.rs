@@ -7,6 +7,7 @@
 
 use crate::args::U64;
 use crate::errors::guard;
+use crate::errors::guard_explained;
 use crate::errors::OrThrow;
 use js_api::args::range_pairs;
 use js_api::enums::JsEnum;
@@ -190,6 +191,8 @@ impl From<CoreItem> for RangeItem {
 #[napi]
 pub struct RangeIterator {
     inner: Finishing<Box<dyn Iterator<Item = CoreItem>>>,
+    /// The input lists by name, to explain a panic.
+    inputs: Vec<(&'static str, Vec<MemoryRange>)>,
 }
 
 #[napi]
@@ -197,14 +200,29 @@ impl RangeIterator {
     /// The next item, `null` when finished; throws at the item where the core panics.
     #[napi]
     pub fn next(&mut self) -> napi::Result<Option<RangeItem>> {
-        let item = self.inner.step(|iter| guard(|| Ok(iter.next())))?;
+        let inputs = &self.inputs;
+        let explain = |text: &str| {
+            let lists: Vec<(&str, &[MemoryRange])> = inputs
+                .iter()
+                .map(|(name, list)| (*name, list.as_slice()))
+                .collect();
+            js_api::range_panics::explain(text, &lists)
+        };
+        let item = self
+            .inner
+            .step(|iter| guard_explained(|| Ok(iter.next()), explain))?;
         Ok(item.map(RangeItem::from))
     }
 }
 
-fn iterator(iter: impl Iterator<Item = CoreItem> + 'static) -> RangeIterator {
+/// An iterator over `iter`, whose panics are explained against `inputs`.
+fn iterator(
+    iter: impl Iterator<Item = CoreItem> + 'static,
+    inputs: Vec<(&'static str, Vec<MemoryRange>)>,
+) -> RangeIterator {
     RangeIterator {
         inner: Finishing::new(Box::new(iter)),
+        inputs,
     }
 }
 
@@ -214,11 +232,18 @@ pub fn walk_ranges_iter(
     left: BigUint64Array,
     right: BigUint64Array,
 ) -> napi::Result<RangeIterator> {
+    let inputs = vec![
+        ("left", ranges(&left, "left")?),
+        ("right", ranges(&right, "right")?),
+    ];
     let (left, right) = (
         indexed(&left, "left").or_throw()?,
         indexed(&right, "right").or_throw()?,
     );
-    Ok(iterator(walk_ranges(left, right).map(CoreItem::walked)))
+    Ok(iterator(
+        walk_ranges(left, right).map(CoreItem::walked),
+        inputs,
+    ))
 }
 
 /// An algorithm over two flat range lists whose items carry no tags.
@@ -228,7 +253,11 @@ fn untagged<I: Iterator<Item = MemoryRange> + 'static>(
     algorithm: impl FnOnce(Vec<MemoryRange>, Vec<MemoryRange>) -> I,
 ) -> napi::Result<RangeIterator> {
     let (left, right) = (ranges(left, "left")?, ranges(right, "right")?);
-    Ok(iterator(algorithm(left, right).map(CoreItem::plain)))
+    let inputs = vec![("left", left.clone()), ("right", right.clone())];
+    Ok(iterator(
+        algorithm(left, right).map(CoreItem::plain),
+        inputs,
+    ))
 }
 
 /// `overlapping_ranges` over flat range lists.
@@ -252,9 +281,9 @@ pub fn subtract_ranges_iter(
 /// `flatten_ranges` over a flat range list.
 #[napi]
 pub fn flatten_ranges_iter(list: BigUint64Array) -> napi::Result<RangeIterator> {
-    Ok(iterator(
-        flatten_ranges(ranges(&list, "ranges")?).map(CoreItem::plain),
-    ))
+    let list = ranges(&list, "ranges")?;
+    let inputs = vec![("ranges", list.clone())];
+    Ok(iterator(flatten_ranges(list).map(CoreItem::plain), inputs))
 }
 
 /// `merge_adjacent_ranges`; `tag_ids[i]` is the equality class of element `i`'s tag.
@@ -263,8 +292,12 @@ pub fn merge_adjacent_ranges_iter(
     list: BigUint64Array,
     tag_ids: Uint32Array,
 ) -> napi::Result<RangeIterator> {
+    let inputs = vec![("ranges", ranges(&list, "ranges")?)];
     let input = merge_input(&list, &tag_ids).or_throw()?;
-    Ok(iterator(merge_adjacent_ranges(input).map(CoreItem::merged)))
+    Ok(iterator(
+        merge_adjacent_ranges(input).map(CoreItem::merged),
+        inputs,
+    ))
 }
 
 /// The `AlignedSubranges` builder and iterator.

@@ -92,6 +92,7 @@ error_codes! {
     InjectedFailure = "ERR_INJECTED_FAILURE",
     // The region manager, visibility, device windows, the manager's lifecycle.
     NoMapping = "ERR_NO_MAPPING",
+    ReadOnlyMapping = "ERR_READ_ONLY_MAPPING",
     InvalidRamRegion = "ERR_INVALID_RAM_REGION",
     OverlapError = "ERR_OVERLAP_ERROR",
     RegionOutOfRange = "ERR_REGION_OUT_OF_RANGE",
@@ -705,7 +706,10 @@ impl ToJsError for guestmem::GuestMemoryError {
         error.cause_token = crate::hooks::cause_token(self);
         if error.cause_token.is_none() {
             if let Some(source) = source {
-                if source.is::<membacking::NoMapping>() || source.is::<membacking::ManagerGone>() {
+                if source.is::<membacking::NoMapping>()
+                    || source.is::<membacking::ReadOnlyMapping>()
+                    || source.is::<membacking::ManagerGone>()
+                {
                     error = error.with_cause(from_source(source));
                 }
             }
@@ -800,7 +804,7 @@ impl ToJsError for membacking::MemoryBuildError {
             E::PrivateRamAlloc(_, _) => ErrorCode::PrivateRamAlloc,
             E::ThpWithoutPrivateMemory => ErrorCode::ThpWithoutPrivateMemory,
             E::ThpUnsupportedPlatform => ErrorCode::ThpUnsupportedPlatform,
-            E::InvalidLayout => ErrorCode::InvalidLayout,
+            E::InvalidLayout { .. } => ErrorCode::InvalidLayout,
             E::ExistingBackingTooSmall { .. } => ErrorCode::ExistingBackingTooSmall,
             E::Thread(_) => ErrorCode::Thread,
         };
@@ -893,6 +897,16 @@ impl ToJsError for membacking::InvalidRamRegion {
 impl ToJsError for membacking::NoMapping {
     fn to_js_error(&self) -> JsError {
         row(ErrorClass::MemoryManagerError, ErrorCode::NoMapping, self)
+    }
+}
+
+impl ToJsError for membacking::ReadOnlyMapping {
+    fn to_js_error(&self) -> JsError {
+        row(
+            ErrorClass::MemoryManagerError,
+            ErrorCode::ReadOnlyMapping,
+            self,
+        )
     }
 }
 
@@ -1111,6 +1125,7 @@ fn known(error: &(dyn StdError + 'static)) -> Option<JsError> {
         membacking::OverlapError,
         membacking::InvalidRamRegion,
         membacking::NoMapping,
+        membacking::ReadOnlyMapping,
         membacking::ManagerGone,
         membacking::region_manager::FatalError,
         std::sync::Arc<membacking::region_manager::FatalError>,

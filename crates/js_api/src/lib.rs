@@ -34,6 +34,7 @@ pub mod json;
 #[cfg(target_arch = "x86_64")]
 pub mod kvm;
 pub mod layout_json;
+pub mod range_panics;
 pub mod ranges;
 pub mod registration;
 pub mod snapshots;

@@ -18,6 +18,15 @@ use std::io;
 #[error("no mapping for {0}")]
 pub struct NoMapping(pub MemoryRange);
 
+/// A write found only a read-only mapping (RAM made `ReadOnly`, or a device window mapped
+/// read-only) in part of the requested range. The cause of an `OutOfRange` access error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0} is mapped read-only, so it cannot be written: make it writable first (RAM visibility \
+     ReadWrite, or a writable device mapping), or write elsewhere"
+)]
+pub struct ReadOnlyMapping(pub MemoryRange);
+
 /// The memory manager has stopped (closed or dropped). The cause of an `OutOfRange` access
 /// error after `close()`, and of [`VaMapperError::MemoryManagerGone`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -76,11 +85,19 @@ pub enum MemoryBuildError {
     #[error("transparent huge pages is only supported on Linux")]
     ThpUnsupportedPlatform,
     /// The layout has no MMIO gap, so the guest address space cannot be sized (extension: the
-    /// original aborts).
+    /// original aborts): the manager sizes it from the end of the last gap.
     #[error(
-        "invalid memory layout: it has no MMIO gap, so the guest address space cannot be sized"
+        "invalid memory layout: RAM ends at {end_of_ram:#x} and there is no MMIO gap; the manager \
+         sizes the guest address space from the end of the last MMIO gap, so it \
+         needs at least one: add a gap, e.g. {end_of_ram:#x}-{suggested_end:#x} (one page at \
+         the end of RAM)"
     )]
-    InvalidLayout,
+    InvalidLayout {
+        /// Where RAM ends.
+        end_of_ram: u64,
+        /// The end of the suggested one-page gap.
+        suggested_end: u64,
+    },
     /// The existing backing is shorter than the RAM it must hold (extension).
     #[error("existing memory backing of {size:#x} bytes is smaller than the {required:#x} bytes of guest RAM")]
     ExistingBackingTooSmall {

@@ -74,6 +74,7 @@ pub use error::ManagerGone;
 pub use error::MemoryBuildError;
 pub use error::NoMapping;
 pub use error::PartitionAttachError;
+pub use error::ReadOnlyMapping;
 pub use error::VaMapperError;
 pub use mapping_manager::va_mapper::MapperEvent;
 pub use mapping_manager::va_mapper::UnexpectedPrivateFault;

@@ -22,20 +22,44 @@ pub enum SlotWriteError {
         /// Its length.
         len: usize,
     },
-    /// No single writable slot holds the range.
+    /// The partition has no writable slot at all: it is not attached to a memory manager.
     #[error(
-        "{gpa:#x}-{end:#x} is not inside one writable memory slot: attach the partition to a \
-         manager first"
+        "{gpa:#x}-{end:#x} is not inside a writable memory slot because the partition has none: \
+         attach the partition to a memory manager first"
+    )]
+    NoWritableSlot {
+        /// The start of the write.
+        gpa: u64,
+        /// Its end.
+        end: u64,
+    },
+    /// The partition has writable slots, but none holds the whole range (it lies in an MMIO
+    /// gap, a read-only or unmapped region, or straddles two slots).
+    #[error(
+        "{gpa:#x}-{end:#x} is not inside one writable memory slot (the writable slots are {}): \
+         place it inside one of them, in guest RAM that is mapped read-write",
+        slot_list(writable)
     )]
     NotInOneWritableSlot {
         /// The start of the write.
         gpa: u64,
         /// Its end.
         end: u64,
+        /// The writable slots, as `(start, end)`.
+        writable: Vec<(u64, u128)>,
     },
     /// The slot's host memory faulted (the memory manager has just torn it down).
     #[error("the host memory of the slot faulted")]
     Fault(#[source] trycopy::MemoryError),
+}
+
+/// `start-end` of each slot, comma-separated.
+fn slot_list(slots: &[(u64, u128)]) -> String {
+    slots
+        .iter()
+        .map(|(start, end)| format!("{start:#x}-{end:#x}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl KvmPartition {
@@ -50,11 +74,25 @@ impl KvmPartition {
             .ok()
             .and_then(|len| gpa.checked_add(len))
             .ok_or_else(overflow)?;
-        let slot = self
+        let writable: Vec<_> = self
             .slots()
             .into_iter()
-            .find(|slot| !slot.readonly && slot.gpa <= gpa && u128::from(end) <= slot.end())
-            .ok_or(SlotWriteError::NotInOneWritableSlot { gpa, end })?;
+            .filter(|slot| !slot.readonly)
+            .collect();
+        let slot = writable
+            .iter()
+            .find(|slot| slot.gpa <= gpa && u128::from(end) <= slot.end())
+            .ok_or_else(|| {
+                if writable.is_empty() {
+                    SlotWriteError::NoWritableSlot { gpa, end }
+                } else {
+                    SlotWriteError::NotInOneWritableSlot {
+                        gpa,
+                        end,
+                        writable: writable.iter().map(|slot| (slot.gpa, slot.end())).collect(),
+                    }
+                }
+            })?;
         let offset = usize::try_from(gpa - slot.gpa).map_err(|_| overflow())?;
         let host = (slot.host_address as *mut u8).wrapping_add(offset);
         // SAFETY: `host..host + data.len()` lies inside the slot's host memory (checked above),
@@ -115,12 +153,19 @@ mod tests {
             .write_through_slots(0x10_3ffc, b"too long")
             .unwrap_err();
         assert!(matches!(
-            outside,
+            &outside,
             SlotWriteError::NotInOneWritableSlot {
                 gpa: 0x10_3ffc,
-                end: 0x10_4004
-            }
+                end: 0x10_4004,
+                writable,
+            } if writable == &[(0x10_0000, 0x10_4000)]
         ));
+        let message = outside.to_string();
+        assert!(
+            message.contains("the writable slots are 0x100000-0x104000")
+                && !message.contains("attach"),
+            "{message}"
+        );
         assert!(
             matches!(
                 partition.write_through_slots(0x20_0000, b"x").unwrap_err(),
@@ -133,6 +178,12 @@ mod tests {
             SlotWriteError::Overflow { .. }
         ));
         partition.unmap_range(0x10_0000, 0x4000).unwrap();
+        let unattached = partition.write_through_slots(0x20_0000, b"x").unwrap_err();
+        assert!(
+            matches!(unattached, SlotWriteError::NoWritableSlot { .. })
+                && unattached.to_string().contains("attach the partition"),
+            "{unattached}"
+        );
         partition.unmap_range(0x20_0000, 0x1000).unwrap();
     }
 }

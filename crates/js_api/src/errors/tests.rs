@@ -197,7 +197,10 @@ fn build_errors() -> Vec<membacking::MemoryBuildError> {
         E::PrivateRamAlloc(enomem(), MemoryRange::new(0..0x1000)),
         E::ThpWithoutPrivateMemory,
         E::ThpUnsupportedPlatform,
-        E::InvalidLayout,
+        E::InvalidLayout {
+            end_of_ram: 0x1000,
+            suggested_end: 0x2000,
+        },
         E::ExistingBackingTooSmall {
             size: 1,
             required: 2,
@@ -373,6 +376,7 @@ fn every_row() -> Vec<JsError> {
             .unwrap_err()
             .to_js_error(),
         membacking::NoMapping(MemoryRange::new(0..0x1000)).to_js_error(),
+        membacking::ReadOnlyMapping(MemoryRange::new(0..0x1000)).to_js_error(),
         fatal().to_js_error(),
     ];
     use vm_topology::memory::Error as LayoutError;

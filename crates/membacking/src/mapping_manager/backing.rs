@@ -110,6 +110,11 @@ unsafe impl GuestMemoryAccess for MapperBacking {
                     hole.start().max(address),
                     crate::NoMapping(hole),
                 ),
+                RequestError::ReadOnly(_, hole) => GuestMemoryBackingError::new(
+                    guestmem::GuestMemoryErrorKind::OutOfRange,
+                    hole.start().max(address),
+                    crate::ReadOnlyMapping(hole),
+                ),
                 RequestError::ManagerGone => GuestMemoryBackingError::new(
                     guestmem::GuestMemoryErrorKind::OutOfRange,
                     address,

@@ -30,6 +30,7 @@ use super::MappingManagerClient;
 use super::SharedObject;
 use crate::error::ManagerGone;
 use crate::error::NoMapping;
+use crate::error::ReadOnlyMapping;
 use crate::error::VaMapperError;
 use futures::channel::oneshot;
 use guestmem::GuestMemoryBackingError;
@@ -120,6 +121,8 @@ pub(crate) enum RequestError {
     /// Part of the range has no mapping (or no writable one, for a write): the error names the
     /// requested range; `hole` is the part the mapping manager reported unmapped.
     NoMapping(NoMapping, MemoryRange),
+    /// Part of the range is mapped read-only and the request is a write: `hole` is that part.
+    ReadOnly(ReadOnlyMapping, MemoryRange),
     /// The mapping manager is gone.
     ManagerGone,
 }
@@ -178,7 +181,11 @@ impl Queue {
                 _ => {
                     let requested = waiter.requested;
                     let hole = MemoryRange::new(waiter.cur..range.end().min(requested.end()));
-                    waiter.finish(Err(RequestError::NoMapping(NoMapping(requested), hole)));
+                    waiter.finish(Err(if writable.is_some() {
+                        RequestError::ReadOnly(ReadOnlyMapping(requested), hole)
+                    } else {
+                        RequestError::NoMapping(NoMapping(requested), hole)
+                    }));
                 }
             }
         }
@@ -868,6 +875,9 @@ impl From<RequestError> for PageFaultError {
         match error {
             RequestError::NoMapping(no_mapping, _) => {
                 PageFaultError::new(GuestMemoryErrorKind::OutOfRange, no_mapping)
+            }
+            RequestError::ReadOnly(read_only, _) => {
+                PageFaultError::new(GuestMemoryErrorKind::OutOfRange, read_only)
             }
             RequestError::ManagerGone => {
                 PageFaultError::new(GuestMemoryErrorKind::OutOfRange, ManagerGone)

@@ -281,9 +281,13 @@ impl GuestMemoryBuilder {
         };
         // 5. The guest address space and the alias offset (checked before the thread starts
         // so that a failure leaves nothing behind; the thread cannot fail in between).
-        let end_of_layout = layout
-            .end_of_ram_or_mmio_checked()
-            .ok_or(MemoryBuildError::InvalidLayout)?;
+        let end_of_layout =
+            layout
+                .end_of_ram_or_mmio_checked()
+                .ok_or(MemoryBuildError::InvalidLayout {
+                    end_of_ram: layout.end_of_ram(),
+                    suggested_end: layout.end_of_ram().saturating_add(PAGE_SIZE),
+                })?;
         let max_addr = end_of_layout.max(layout.vtl2_range().map_or(0, |range| range.end()));
         if let Some(offset) = self.vtl0_alias_map {
             let fits = offset % PAGE_SIZE == 0

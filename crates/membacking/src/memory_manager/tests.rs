@@ -342,8 +342,25 @@ fn build_extensions_reject_bad_layouts_and_short_backings() {
     let no_gap = MemoryLayout::new(GIB, &[], None).unwrap();
     let error = build_err(GuestMemoryBuilder::new(), &no_gap);
     assert!(
-        matches!(error, MemoryBuildError::InvalidLayout),
+        matches!(
+            error,
+            MemoryBuildError::InvalidLayout {
+                end_of_ram: GIB,
+                suggested_end: 0x4000_1000
+            }
+        ),
         "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("RAM ends at 0x40000000"), "{message}");
+    assert!(
+        message.contains("add a gap, e.g. 0x40000000-0x40001000"),
+        "{message}"
+    );
+    // The suggested gap makes the same RAM buildable.
+    build(
+        GuestMemoryBuilder::new(),
+        &MemoryLayout::new(GIB, &[MemoryRange::new(GIB..0x4000_1000)], None).unwrap(),
     );
     let short = SharedMemoryBacking::from_mappable(object_with(&[], 0x1000));
     let error = build_err(

@@ -1,0 +1,138 @@
+// Messages a user reads: each names the value, the rule it breaks and what to do. Layout
+// refusals say which range breaks which rule; a build without an MMIO gap says why and how to
+// fix it; a write to read-only RAM says read-only; the range algorithms name the element out of
+// order; page tables outside RAM do not suggest attaching an attached partition; and no message
+// of a sweep over bad inputs carries Rust `Debug` text.
+'use strict';
+const test = require('ava');
+const mb = require('../dist');
+const { kvmTest } = require('./helpers/kvm');
+
+const { GiB, MiB, range, MemoryLayout, GuestMemoryBuilder, KvmPartition, RamVisibility, Vtl, VcpuMode } = mb;
+
+/** The error `fn` throws or rejects with. */
+async function caught(fn) {
+  try {
+    await fn();
+  } catch (error) {
+    return error;
+  }
+  throw new Error('expected an error');
+}
+
+test('layout refusals: overlapping, unsorted and VTL2-overlapping layouts each say what is wrong', async (t) => {
+  const overlap = await caught(() => MemoryLayout.new(4n * GiB, [range(GiB, 3n * GiB), range(2n * GiB, 4n * GiB)]));
+  t.is(overlap.code, 'ERR_BAD_MEMORY_RANGES');
+  t.regex(overlap.message, /gaps\[0\] 0x40000000-0xc0000000 overlaps gaps\[1\] 0x80000000-0x100000000: .*must not overlap/);
+
+  const unsorted = await caught(() => MemoryLayout.new(4n * GiB, [range(3n * GiB, 4n * GiB), range(GiB, 2n * GiB)]));
+  t.is(unsorted.code, 'ERR_BAD_MEMORY_RANGES');
+  t.regex(unsorted.message, /gaps\[1\] 0x40000000-0x80000000 comes after gaps\[0\] 0xc0000000-0x100000000 .*list them in ascending order/);
+
+  const vtl2 = await caught(() => MemoryLayout.new(2n * GiB, [range(GiB, 2n * GiB)], range(2n * GiB, 3n * GiB)));
+  t.is(vtl2.code, 'ERR_BAD_MEMORY_RANGES');
+  t.regex(vtl2.message, /RAM 0x80000000-0xc0000000 overlaps the VTL2 range 0x80000000-0xc0000000/);
+
+  const numa = await caught(() => MemoryLayout.fromRanges([{ range: range(0, 2n * GiB), vnode: 0 }], [range(GiB, 3n * GiB)]));
+  t.regex(numa.message, /memory\[0\] 0x0-0x80000000 overlaps gaps\[0\] 0x40000000-0xc0000000/);
+
+  const size = await caught(() => MemoryLayout.new(0x1001, []));
+  t.is(size.code, 'ERR_BAD_SIZE');
+  t.regex(size.message, /0x1001 is not a positive multiple of 4 KiB/);
+
+  t.is(new Set([overlap.message, unsorted.message, vtl2.message]).size, 3);
+});
+
+test('build() without an MMIO gap names the end of RAM, the rule and the gap to add', async (t) => {
+  const error = await caught(() => new GuestMemoryBuilder().build(MemoryLayout.new(GiB, [])));
+  t.is(error.code, 'ERR_INVALID_LAYOUT');
+  t.regex(error.message, /RAM ends at 0x40000000 and there is no MMIO gap/);
+  t.regex(error.message, /sizes the guest address space from the end of the last MMIO gap/);
+  t.regex(error.message, /add a gap, e\.g\. 0x40000000-0x40001000/);
+  // The suggested gap works.
+  const manager = await new GuestMemoryBuilder().build(MemoryLayout.new(GiB, [range(GiB, GiB + 0x1000n)]));
+  await manager.close();
+});
+
+test('a write to ReadOnly RAM says read-only (its cause is ERR_READ_ONLY_MAPPING); a read there works', async (t) => {
+  const manager = await new GuestMemoryBuilder().x86LegacySupport(true).build(MemoryLayout.new(GiB, [range(3n * GiB, 4n * GiB)]));
+  t.teardown(() => manager.close());
+  await manager.ramVisibilityControl().setRamVisibility(range(0xa0000, 0xc0000), RamVisibility.ReadOnly);
+  const memory = await manager.client().guestMemory();
+  t.is(memory.readU8(0xa0000), 0);
+  for (const write of [() => memory.writeU8(0xa0000, 1), () => memory.writeAt(0xa0000, Buffer.alloc(16))]) {
+    const error = await caught(write);
+    t.is(error.code, 'ERR_GUEST_MEMORY_OUT_OF_RANGE');
+    t.regex(error.message, /0xa0000-0xa1000 is mapped read-only, so it cannot be written: make it writable first/);
+    t.notRegex(error.message, /no mapping/);
+    t.is(error.cause?.code, 'ERR_READ_ONLY_MAPPING');
+  }
+  // The MMIO gap is still "no mapping".
+  const gap = await caught(() => memory.writeU8(3n * GiB, 1));
+  t.is(gap.cause?.code, 'ERR_NO_MAPPING');
+});
+
+test('range algorithms name the element that breaks the order and what to do', (t) => {
+  const left = t.throws(() => [...mb.overlappingRanges([range(MiB, 2n * MiB), range(0, MiB)], [range(3n * MiB, 4n * MiB)])], { instanceOf: RangeError });
+  t.is(left.message, 'left not sorted: left[1] 0x0-0x100000 starts before 0x200000, the end of left[0] 0x100000-0x200000: each list must be sorted by address without overlaps (flattenRanges merges overlapping ranges of a sorted list)');
+  const right = t.throws(() => [...mb.subtractRanges([range(MiB, 2n * MiB)], [range(0, MiB), range(0, MiB)])]);
+  t.regex(right.message, /^right not sorted: right\[1\] 0x0-0x100000 starts before 0x100000, the end of right\[0\]/);
+  const flat = t.throws(() => [...mb.flattenRanges([range(0, 0x4000), range(0x5000, 0x7000), range(0x3000, 0x8000)])]);
+  t.regex(flat.message, /^ranges are not sorted: ranges\[2\] 0x3000-0x8000 starts below ranges\[1\] 0x5000-0x7000: sort the list by start address$/);
+  const overlap = t.throws(() => [...mb.mergeAdjacentRanges([range(0, 0x6000), range(0x5000, 0x7000)].map((r) => ({ range: r, tag: 0 })))]);
+  t.regex(overlap.message, /^ranges overlap: ranges\[1\] 0x5000-0x7000 starts inside ranges\[0\] 0x0-0x6000/);
+});
+
+kvmTest('page tables in the MMIO gap of an attached partition name the writable slots, not attaching', async (t) => {
+  const manager = await new GuestMemoryBuilder().build(MemoryLayout.new(GiB, [range(3n * GiB, 4n * GiB)]));
+  const kvm = await KvmPartition.create();
+  t.teardown(async () => {
+    kvm.close();
+    await manager.close();
+  });
+  const unattached = await caught(() => kvm.createVcpu({ mode: VcpuMode.Long, pageTables: range(0x200000, 0x600000) }));
+  t.regex(unattached.message, /the partition has none: attach the partition to a memory manager first/);
+  await manager.attachPartition(Vtl.Vtl0, kvm);
+  const inGap = await caught(() => kvm.createVcpu({ mode: VcpuMode.Long, pageTables: range(3n * GiB, 3n * GiB + 0x400000n) }));
+  t.regex(inGap.message, /0xc0000000-0xc\w+ is not inside one writable memory slot \(the writable slots are 0x0-/);
+  t.regex(inGap.message, /place it inside one of them, in guest RAM/);
+  t.notRegex(inGap.message, /attach/);
+});
+
+/** Rust `Debug` text: `Some(…)`, `None`, a struct literal such as `MemoryRange { start: … }`. */
+const DEBUG_TEXT = /\bSome\(|\bNone\b|\b[A-Z]\w+ \{ \w+: |\bOk\(|\bErr\(/;
+
+test('no message of a sweep over bad inputs carries Rust Debug text, and every one is coded', async (t) => {
+  const manager = await new GuestMemoryBuilder().x86LegacySupport(true).build(MemoryLayout.new(GiB, [range(3n * GiB, 4n * GiB)]));
+  t.teardown(() => manager.close());
+  await manager.ramVisibilityControl().setRamVisibility(range(0xa0000, 0xc0000), RamVisibility.ReadOnly);
+  const memory = await manager.client().guestMemory();
+  const { control, region } = manager.deviceMemoryMapper().newRegion(0x10000, 'sweep');
+  const bad = {
+    'overlapping gaps': () => MemoryLayout.new(4n * GiB, [range(GiB, 3n * GiB), range(2n * GiB, 4n * GiB)]),
+    'unsorted gaps': () => MemoryLayout.new(4n * GiB, [range(3n * GiB, 4n * GiB), range(GiB, 2n * GiB)]),
+    'empty gap': () => MemoryLayout.new(4n * GiB, [range(GiB, GiB)]),
+    'gap at 0': () => MemoryLayout.new(4n * GiB, [range(0, GiB)]),
+    'VTL2 over RAM': () => MemoryLayout.new(2n * GiB, [], range(GiB, 3n * GiB)),
+    'RAM past the top': () => MemoryLayout.new(0xffff_ffff_ffff_f000n, [range(GiB, 2n * GiB)]),
+    'no RAM': () => MemoryLayout.fromRanges([], []),
+    'odd size': () => MemoryLayout.new(0x1001, []),
+    'fromJSON garbage': () => MemoryLayout.fromJSON({ ram: [{ range: { start: '0x1000', end: '0x0' } }] }),
+    'no MMIO gap': () => new GuestMemoryBuilder().build(MemoryLayout.new(GiB, [])),
+    'read-only write': () => memory.writeU8(0xa0000, 1),
+    'gap read': () => memory.readU8(3n * GiB),
+    'past the end': () => memory.fillAt(5n * GiB, 0, 10),
+    'visibility outside RAM': () => manager.ramVisibilityControl().setRamVisibility(range(3n * GiB, 3n * GiB + 0x1000n), 'Unmapped'),
+    'device mapping beyond the object': () => region.map(0, mb.Mappable.allocSharedMemory(0x10000, 'x'), 0, 0x20000, true),
+    'device window unaligned': () => control.mapToGuest(3n * GiB + 1n, true),
+    'unsorted walk': () => [...mb.walkRanges([{ range: range(MiB, 2n * MiB), tag: 0 }, { range: range(0, MiB), tag: 1 }], [])],
+    'range reversed': () => range(0x2000, 0x1000),
+  };
+  for (const [name, fn] of Object.entries(bad)) {
+    const error = await caught(fn);
+    for (let e = error; e; e = e.cause) {
+      t.notRegex(e.message, DEBUG_TEXT, `${name}: ${e.message}`);
+    }
+    t.true(typeof error.code === 'string' && error.code.startsWith('ERR_'), `${name}: ${error.code} ${error.message}`);
+  }
+});
