@@ -136,3 +136,19 @@ test('no message of a sweep over bad inputs carries Rust Debug text, and every o
     t.true(typeof error.code === 'string' && error.code.startsWith('ERR_'), `${name}: ${error.code} ${error.message}`);
   }
 });
+
+test('sparse mappings: a range that is not page-aligned inside the reservation, and an access past its end, name offset, length and size', (t) => {
+  const mapping = new mb.SparseMapping(0x4000);
+  t.teardown(() => mapping.close());
+  const unaligned = t.throws(() => mapping.alloc(0x800, 0x1000));
+  t.is(unaligned.code, 'ERR_INVALID_INPUT');
+  t.is(unaligned.message, 'offset 0x800 and length 0x1000 do not name a non-empty page-aligned range inside the 0x4000-byte reservation: use multiples of 4 KiB that end at or before 0x4000');
+  const past = t.throws(() => mapping.writeAt(0x3ffe, Buffer.alloc(4)));
+  t.is(past.code, 'ERR_OUT_OF_BOUNDS');
+  t.is(past.message, 'out of bounds: a write of 0x4 bytes at offset 0x3ffe passes the end of the 0x4000-byte reservation: keep offset + length at or below 0x4000');
+});
+
+test('endOfRamOrMmio of a layout without gaps says why and what to read instead', (t) => {
+  const error = t.throws(() => MemoryLayout.new(GiB, []).endOfRamOrMmio, { code: 'ERR_INVALID_ARG_VALUE' });
+  t.regex(error.message, /RAM ends at 0x40000000\): read endOfRam, or add a gap$/);
+});

@@ -54,7 +54,7 @@ test('the NoMapping failure carries a MemoryManagerError ERR_NO_MAPPING cause', 
   await manager.close();
   t.truthy(gap.cause);
   t.is(gap.cause?.code, 'ERR_NO_MAPPING');
-  t.is(gap.cause?.message, 'no mapping for 0xc0000000-0xc0001000');
+  t.regex(gap.cause?.message, /^no mapping for 0xc0000000-0xc0001000: nothing is mapped there .*map a device window there/);
   t.true(gap.cause instanceof mb.MemoryManagerError);
 });
 

@@ -208,21 +208,20 @@ impl NativeSparseMapping {
     #[napi]
     pub fn read_at(&self, offset: U64, dest: RawBytes) -> napi::Result<()> {
         let offset = host_size(offset, "offset")?;
+        let mapping = self.mapping()?;
         // SAFETY: `dest` is the caller's typed array of `len` bytes, valid during this call.
-        unsafe { self.mapping()?.read_to_ptr(offset, dest.ptr, dest.len) }
-            .map_err(|error| throw(JsError::sparse_mapping(&error, false)))
+        unsafe { mapping.read_to_ptr(offset, dest.ptr, dest.len) }
+            .map_err(|error| throw(sparse_error(&error, mapping, offset, dest.len, false)))
     }
 
     /// Fault-safe copy of `src` into the mapping.
     #[napi]
     pub fn write_at(&self, offset: U64, src: RawBytes) -> napi::Result<()> {
         let offset = host_size(offset, "offset")?;
+        let mapping = self.mapping()?;
         // SAFETY: `src` is the caller's typed array of `len` bytes, valid during this call.
-        unsafe {
-            self.mapping()?
-                .write_from_ptr(offset, src.ptr.cast_const(), src.len)
-        }
-        .map_err(|error| throw(JsError::sparse_mapping(&error, true)))
+        unsafe { mapping.write_from_ptr(offset, src.ptr.cast_const(), src.len) }
+            .map_err(|error| throw(sparse_error(&error, mapping, offset, src.len, true)))
     }
 
     /// Fault-safe fill of `len` bytes with `byte`.
@@ -232,7 +231,7 @@ impl NativeSparseMapping {
         let (offset, len) = (host_size(offset, "offset")?, host_size(len, "len")?);
         mapping
             .fill_at(offset, byte, len)
-            .map_err(|error| throw(JsError::sparse_mapping(&error, true)))
+            .map_err(|error| throw(sparse_error(&error, mapping, offset, len, true)))
     }
 
     /// Drops this reference (the reservation goes when its last user does).
@@ -313,4 +312,23 @@ impl NativeMappable {
         self.charge.release(&env);
         self.inner = None;
     }
+}
+
+/// The error of a guarded access of `len` bytes at `offset` of `mapping`.
+fn sparse_error(
+    error: &sparse_mmap::SparseMappingError,
+    mapping: &SparseMapping,
+    offset: usize,
+    len: usize,
+    is_write: bool,
+) -> JsError {
+    JsError::sparse_mapping(
+        error,
+        js_api::errors::SparseAccess {
+            offset: offset as u64,
+            len: len as u64,
+            reserved: mapping.len() as u64,
+            is_write,
+        },
+    )
 }

@@ -511,25 +511,52 @@ impl JsError {
         error.to_js_error()
     }
 
-    /// A failed guarded access to a sparse mapping; `is_write` says which direction an access
-    /// refused before it started was.
-    pub fn sparse_mapping(error: &sparse_mmap::SparseMappingError, is_write: bool) -> Self {
+    /// A failed guarded `access` to a sparse mapping; an access refused before it started
+    /// names its offset, length and the reservation's size.
+    pub fn sparse_mapping(error: &sparse_mmap::SparseMappingError, access: SparseAccess) -> Self {
         match error {
             sparse_mmap::SparseMappingError::Memory(memory) => {
                 memory_error(memory, error.to_string())
             }
-            sparse_mmap::SparseMappingError::OutOfBounds => Self::new(
-                ErrorClass::SparseMappingError,
-                ErrorCode::OutOfBounds,
-                error.to_string(),
-            )
-            .with_fields(Fields {
-                offset: Some(BigInt(0)),
-                is_write: Some(is_write),
-                ..Fields::default()
-            }),
+            sparse_mmap::SparseMappingError::OutOfBounds => {
+                let SparseAccess {
+                    offset,
+                    len,
+                    reserved,
+                    is_write,
+                } = access;
+                let what = if is_write { "write" } else { "read" };
+                Self::new(
+                    ErrorClass::SparseMappingError,
+                    ErrorCode::OutOfBounds,
+                    format!(
+                        "out of bounds: a {what} of {len:#x} bytes at offset {offset:#x} passes \
+                         the end of the {reserved:#x}-byte reservation: keep offset + length at \
+                         or below {reserved:#x}"
+                    ),
+                )
+                .with_fields(Fields {
+                    // Bytes from the start of the access: nothing was accessed.
+                    offset: Some(BigInt(0)),
+                    is_write: Some(is_write),
+                    ..Fields::default()
+                })
+            }
         }
     }
+}
+
+/// A guarded access to a sparse mapping, for [`JsError::sparse_mapping`].
+#[derive(Debug, Clone, Copy)]
+pub struct SparseAccess {
+    /// Where it starts in the reservation.
+    pub offset: u64,
+    /// Its length in bytes.
+    pub len: u64,
+    /// The reservation's size.
+    pub reserved: u64,
+    /// A write (or fill), not a read.
+    pub is_write: bool,
 }
 
 /// A guarded access that faulted, with `message`.

@@ -15,7 +15,11 @@ use std::io;
 /// for a write, in part of the requested range. The cause of an `OutOfRange` access
 /// error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("no mapping for {0}")]
+#[error(
+    "no mapping for {0}: nothing is mapped there (an MMIO gap without a device window, RAM made \
+     Unmapped, or past the end of the layout); map a device window there, make the RAM visible, \
+     or access guest RAM"
+)]
 pub struct NoMapping(pub MemoryRange);
 
 /// A write found only a read-only mapping (RAM made `ReadOnly`, or a device window mapped

@@ -64,8 +64,17 @@ unsafe impl Send for SparseMapping {}
 // SAFETY: as above; concurrent calls through `&self` are serialised by the kernel or the mutex.
 unsafe impl Sync for SparseMapping {}
 
-fn invalid_input() -> io::Error {
-    io::Error::from(io::ErrorKind::InvalidInput)
+/// `offset..offset + len` is not a page-aligned range inside a reservation of `reserved` bytes
+/// (or is empty where a range is needed): an `InvalidInput` error that says so.
+fn invalid_range(offset: usize, len: usize, reserved: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "offset {offset:#x} and length {len:#x} do not name a non-empty page-aligned range \
+             inside the {reserved:#x}-byte reservation: use multiples of 4 KiB that end at or \
+             before {reserved:#x}"
+        ),
+    )
 }
 
 fn overflow_error() -> io::Error {
@@ -217,10 +226,11 @@ impl SparseMapping {
 
     /// Checks that `offset..offset + len` is page-aligned and inside the reservation.
     fn validate_offset_len(&self, offset: usize, len: usize) -> io::Result<usize> {
-        let end = offset.checked_add(len).ok_or_else(invalid_input)?;
+        let invalid = || invalid_range(offset, len, self.len);
+        let end = offset.checked_add(len).ok_or_else(invalid)?;
         let page_mask = Self::page_size() - 1;
         if offset & page_mask != 0 || end & page_mask != 0 || end > self.len {
-            return Err(invalid_input());
+            return Err(invalid());
         }
         Ok(end)
     }
@@ -421,7 +431,7 @@ impl SparseMapping {
     /// exhaustion) the OS error is returned (upstream panics).
     pub fn unmap(&self, offset: usize, len: usize) -> io::Result<()> {
         if len == 0 {
-            return Err(invalid_input());
+            return Err(invalid_range(offset, len, self.len));
         }
         // SAFETY: a fresh inaccessible private anonymous mapping, the reservation's own state.
         unsafe {

@@ -878,3 +878,24 @@ fn raw_pointer_copies_check_bounds_and_recover_faults() {
     let out = unsafe { mapping.read_to_ptr(2 * page() - 4, back.as_mut_ptr(), 8) }.unwrap_err();
     assert!(matches!(out, SparseMappingError::OutOfBounds));
 }
+
+#[test]
+fn an_invalid_range_names_offset_length_and_reservation() {
+    let mapping = SparseMapping::new(0x4000).unwrap();
+    for (offset, len) in [(0x1000, 0x4000), (0x800, 0x1000), (0, 0)] {
+        let err = if len == 0 {
+            mapping.unmap(offset, len).unwrap_err()
+        } else {
+            mapping.alloc(offset, len).unwrap_err()
+        };
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "offset {offset:#x} and length {len:#x} do not name a non-empty page-aligned \
+                 range inside the 0x4000-byte reservation: use multiples of 4 KiB that end at \
+                 or before 0x4000"
+            )
+        );
+    }
+}

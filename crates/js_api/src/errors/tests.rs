@@ -355,7 +355,7 @@ fn every_row() -> Vec<JsError> {
         JsError::device_window(&io::Error::other(
             membacking::RegionManagerError::ManagerGone,
         )),
-        JsError::sparse_mapping(&sparse_mmap::SparseMappingError::OutOfBounds, true),
+        JsError::sparse_mapping(&sparse_mmap::SparseMappingError::OutOfBounds, access(true)),
         io(io::ErrorKind::InvalidInput, "bad range").to_js_error(),
         io(io::ErrorKind::Unsupported, "remote").to_js_error(),
         io(io::ErrorKind::TimedOut, "odd").to_js_error(),
@@ -390,7 +390,7 @@ fn every_row() -> Vec<JsError> {
     }
     let mapping = half_placed();
     let sparse = mapping.read_at(0x1000, &mut [0u8; 4]).unwrap_err();
-    errors.push(JsError::sparse_mapping(&sparse, false));
+    errors.push(JsError::sparse_mapping(&sparse, access(false)));
     let sparse_mmap::SparseMappingError::Memory(memory) = sparse else {
         panic!("an unplaced page faults");
     };
@@ -596,9 +596,16 @@ fn a_no_mapping_source_is_a_coded_cause() {
         cause.kind(),
         (ErrorClass::MemoryManagerError, Some(ErrorCode::NoMapping))
     );
-    assert_eq!(cause.message, "no mapping for 0x1000-0x2000");
     assert!(
-        error.message.ends_with(": no mapping for 0x1000-0x2000"),
+        cause
+            .message
+            .starts_with("no mapping for 0x1000-0x2000: nothing is mapped there"),
+        "{}",
+        cause.message
+    );
+    assert!(
+        error.message.ends_with(", or access guest RAM")
+            && error.message.contains(": no mapping for 0x1000-0x2000: "),
         "{}",
         error.message
     );
@@ -606,14 +613,19 @@ fn a_no_mapping_source_is_a_coded_cause() {
 
 #[test]
 fn sparse_mapping_rows_report_offset_direction_and_fault() {
-    let out = JsError::sparse_mapping(&sparse_mmap::SparseMappingError::OutOfBounds, true);
+    let out = JsError::sparse_mapping(&sparse_mmap::SparseMappingError::OutOfBounds, access(true));
     assert_eq!(
         json(&out)["fields"],
         serde_json::json!({"offset": {"$bigint": "0x0"}, "isWrite": true})
     );
+    assert_eq!(
+        out.message,
+        "out of bounds: a write of 0x4 bytes at offset 0x3ffe passes the end of the 0x4000-byte \
+         reservation: keep offset + length at or below 0x4000"
+    );
     let mapping = half_placed();
     let error = mapping.read_at(0xffe, &mut [0u8; 4]).unwrap_err();
-    let fault = JsError::sparse_mapping(&error, false);
+    let fault = JsError::sparse_mapping(&error, access(false));
     let fields = &json(&fault)["fields"];
     assert_eq!(fault.code, Some(Js(ErrorCode::Memory)));
     assert_eq!(fields["offset"], serde_json::json!({"$bigint": "0x2"}));
@@ -944,4 +956,14 @@ fn a_refused_layout_keeps_its_code_and_says_which_range_breaks_which_rule() {
         "{}",
         size.message
     );
+}
+
+/// A 4-byte access at 0x3ffe of a 0x4000-byte reservation.
+fn access(is_write: bool) -> SparseAccess {
+    SparseAccess {
+        offset: 0x3ffe,
+        len: 4,
+        reserved: 0x4000,
+        is_write,
+    }
 }
