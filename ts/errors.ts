@@ -9,6 +9,7 @@
  * (`ts/generated/errors.ts`); an OS error's code is its errno name, as Node spells it.
  */
 import { constants } from 'node:os';
+import { join, sep } from 'node:path';
 import { getSystemErrorName } from 'node:util';
 import { takeCause } from './causes';
 import { ErrorCodeValues, type ErrorClassName, type ErrorCode as NativeErrorCode } from './generated/errors';
@@ -27,6 +28,33 @@ export type ErrorCode = NativeErrorCode | ErrnoName;
 /** The package's own codes, in the table's order. */
 export const ERROR_CODES: readonly NativeErrorCode[] = ErrorCodeValues;
 
+/**
+ * The directories of this package's code, whose frames are left out of stacks: the compiled
+ * JavaScript, and the TypeScript sources its source maps name (where `--enable-source-maps`
+ * puts the frames).
+ */
+const PACKAGE_CODE = [`${__dirname}${sep}`, `${join(__dirname, '..', 'ts')}${sep}`];
+
+/**
+ * Drops the frames of this package's own JavaScript from `error.stack`, so that the stack
+ * starts at the user's call (the call into membacking, or the `await` of its promise). The
+ * stack is kept whole when no frame would remain, or when `MEMBACKING_FULL_STACKS` is set (to
+ * debug membacking itself). Returns `error`.
+ */
+export function startAtUsersCall<E extends Error>(error: E): E {
+  if (process.env.MEMBACKING_FULL_STACKS) return error;
+  const stack = error.stack;
+  if (typeof stack !== 'string') return error;
+  const lines = stack.split('\n');
+  const firstFrame = lines.findIndex((line) => /^\s+at /.test(line));
+  if (firstFrame < 0) return error;
+  const frames = lines.slice(firstFrame);
+  const theirs = frames.filter((line) => !PACKAGE_CODE.some((directory) => line.includes(directory)));
+  if (theirs.length === 0 || theirs.length === frames.length) return error;
+  error.stack = [...lines.slice(0, firstFrame), ...theirs].join('\n');
+  return error;
+}
+
 /** Base of every domain error: `code`, the original's message, `cause` for a wrapped source. */
 export class MembackingError extends Error {
   /** The stable error code. */
@@ -35,6 +63,7 @@ export class MembackingError extends Error {
   constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.code = code;
+    startAtUsersCall(this);
   }
 
   override get name(): string {
@@ -65,6 +94,7 @@ export function errorJson(error: Error, depth = 0): Record<string, unknown> {
 
 /** Gives a built-in error (TypeError, RangeError, Error) the JSON form of ours. */
 function withErrorJson<E extends Error>(error: E): E {
+  startAtUsersCall(error);
   Object.defineProperty(error, 'toJSON', {
     value(this: Error) {
       return errorJson(this);

@@ -11,9 +11,10 @@ import { call, fromNative, GuestMemoryErrorKind, invalidArgType, invalidArgValue
 import type { HandlerStatus } from './generated/enums';
 import { constants as bufferConstants } from 'node:buffer';
 import { isMainThread } from 'node:worker_threads';
-import { withViews } from './json_view';
+import { withViews, inspectObject } from './json_view';
 import { native } from './native';
 import { describeType, toU64, type U64 } from './u64';
+import { inspect, type InspectOptionsStylized } from 'node:util';
 
 type NativeSparseMapping = InstanceType<typeof native.NativeSparseMapping>;
 type NativeMappable = InstanceType<typeof native.NativeMappable>;
@@ -163,6 +164,7 @@ const mappableToken = Symbol('Mappable');
 
 /** An owned fd of a shareable memory object (memfd or file). */
 export class Mappable {
+  #closed = false;
   readonly #native: NativeMappable;
 
   private constructor(key: typeof mappableToken, handle: NativeMappable) {
@@ -197,7 +199,12 @@ export class Mappable {
 
   /** Close the fd (this reference; objects built on it keep their own). */
   close(): void {
+    this.#closed = true;
     this.#native.close();
+  }
+  /** `util.inspect` form: open or closed, its descriptor. */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return inspectObject('Mappable', depth, options, () => ({ fd: this.fd }), this.#closed);
   }
 
   [Symbol.dispose](): void {
@@ -209,6 +216,7 @@ const adopt = Symbol('adopt');
 
 /** A VA reservation whose pages are placed and removed at 4 KiB granularity (offsets in bytes). */
 export class SparseMapping {
+  #closed = false;
   readonly #native: NativeSparseMapping;
 
   /** Reserve len bytes, rounded up to 4 KiB / 2 MiB / 1 GiB by size; installs the handler. */
@@ -317,7 +325,12 @@ export class SparseMapping {
   }
   /** Drop this reference (the VA goes when the last user goes). */
   close(): void {
+    this.#closed = true;
     this.#n().close();
+  }
+  /** `util.inspect` form: open or closed, its length. */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return inspectObject('SparseMapping', depth, options, () => ({ length: this.length }), this.#closed);
   }
   [Symbol.dispose](): void {
     this.close();
@@ -511,8 +524,20 @@ export class LockedPages {
 
 const guestAdopt = Symbol('adopt');
 
+
+/**
+ * The error a fast path threw; an argument error is replaced by the one `check` throws, which
+ * names the argument (the fast paths read their arguments without knowing their names).
+ */
+function fastPathError(error: unknown, check: () => void): unknown {
+  const translated = fromNative(error);
+  const code = (translated as { code?: unknown }).code;
+  if (code === 'ERR_INVALID_ARG_TYPE' || code === 'ERR_INVALID_ARG_VALUE') check();
+  return translated;
+}
 /** Fault-safe access to guest physical memory; all copies, never zero-copy views. */
 export class GuestMemory {
+  #closed = false;
   readonly #n: NativeGuestMemory;
   /**
    * The hottest operations of #n as plain N-API functions bound to its memory (no per-call
@@ -620,7 +645,10 @@ export class GuestMemory {
     try {
       this.#f.readAt(gpa, dest);
     } catch (error) {
-      throw fromNative(error);
+      throw fastPathError(error, () => {
+        toU64(gpa, 'gpa');
+        toByteArray(dest, 'dest');
+      });
     }
   }
   /** Copy len guest bytes at gpa into a new Buffer. */
@@ -636,7 +664,10 @@ export class GuestMemory {
     try {
       this.#f.writeAt(gpa, src);
     } catch (error) {
-      throw fromNative(error);
+      throw fastPathError(error, () => {
+        toU64(gpa, 'gpa');
+        toByteArray(src, 'src');
+      });
     }
   }
   /** Fill len bytes at gpa with byte (0–255). */
@@ -644,7 +675,11 @@ export class GuestMemory {
     try {
       this.#n.fillAt(gpa, byte, len);
     } catch (error) {
-      throw fromNative(error);
+      throw fastPathError(error, () => {
+        toU64(gpa, 'gpa');
+        toByte(byte, 'byte');
+        toU64(len, 'len');
+      });
     }
   }
 
@@ -653,7 +688,9 @@ export class GuestMemory {
     try {
       return this.#f.readU8(gpa);
     } catch (error) {
-      throw fromNative(error);
+      throw fastPathError(error, () => {
+        toU64(gpa, 'gpa');
+      });
     }
   }
   /** Little-endian 16-bit load (single-copy atomic when aligned). */
@@ -661,7 +698,9 @@ export class GuestMemory {
     try {
       return this.#f.readU16(gpa);
     } catch (error) {
-      throw fromNative(error);
+      throw fastPathError(error, () => {
+        toU64(gpa, 'gpa');
+      });
     }
   }
   /** Little-endian 32-bit load (single-copy atomic when aligned). */
@@ -669,7 +708,9 @@ export class GuestMemory {
     try {
       return this.#f.readU32(gpa);
     } catch (error) {
-      throw fromNative(error);
+      throw fastPathError(error, () => {
+        toU64(gpa, 'gpa');
+      });
     }
   }
   /** Little-endian 64-bit load (single-copy atomic when aligned). */
@@ -677,7 +718,9 @@ export class GuestMemory {
     try {
       return this.#f.readU64(gpa);
     } catch (error) {
-      throw fromNative(error);
+      throw fastPathError(error, () => {
+        toU64(gpa, 'gpa');
+      });
     }
   }
   /** 8-bit store; value range-checked (RangeError). */
@@ -685,7 +728,9 @@ export class GuestMemory {
     try {
       this.#f.writeU8(gpa, value);
     } catch (error) {
-      throw fromNative(error);
+      throw fastPathError(error, () => {
+        toU64(gpa, 'gpa');
+      });
     }
   }
   /** 16-bit little-endian store. */
@@ -693,7 +738,9 @@ export class GuestMemory {
     try {
       this.#f.writeU16(gpa, value);
     } catch (error) {
-      throw fromNative(error);
+      throw fastPathError(error, () => {
+        toU64(gpa, 'gpa');
+      });
     }
   }
   /** 32-bit little-endian store. */
@@ -701,7 +748,9 @@ export class GuestMemory {
     try {
       this.#f.writeU32(gpa, value);
     } catch (error) {
-      throw fromNative(error);
+      throw fastPathError(error, () => {
+        toU64(gpa, 'gpa');
+      });
     }
   }
   /** 64-bit little-endian store. */
@@ -709,7 +758,10 @@ export class GuestMemory {
     try {
       this.#f.writeU64(gpa, value);
     } catch (error) {
-      throw fromNative(error);
+      throw fastPathError(error, () => {
+        toU64(gpa, 'gpa');
+        toU64(value, 'value');
+      });
     }
   }
 
@@ -794,7 +846,12 @@ export class GuestMemory {
   }
   /** Drop this reference only. */
   close(): void {
+    this.#closed = true;
     this.#n.close();
+  }
+  /** `util.inspect` form: open or closed, its name and maxAddress. */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return inspectObject('GuestMemory', depth, options, () => ({ name: this.name, maxAddress: this.maxAddress }), this.#closed);
   }
   [Symbol.dispose](): void {
     this.close();

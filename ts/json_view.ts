@@ -81,3 +81,26 @@ export function withViews<T>(value: T): T {
   });
   return value;
 }
+
+/**
+ * The `util.inspect` form of an API object (a manager, a guest memory, a partition, …):
+ * `Name { state: 'open', … }` with what `fields` reads, u64 values in hex. `fields` throwing
+ * (the object's native half is closed) shows `{ state: 'closed' }`; `closed` says so up front
+ * for objects that can tell without asking.
+ */
+export function inspectObject(
+  name: string,
+  depth: number,
+  options: InspectOptionsStylized,
+  fields: () => Record<string, unknown>,
+  closed = false,
+): string {
+  if (depth < 0) return options.stylize(`[${name}]`, 'special');
+  let shown: Record<string, unknown>;
+  try {
+    shown = closed ? { state: 'closed' } : { state: 'open', ...fields() };
+  } catch {
+    shown = { state: 'closed' };
+  }
+  return `${name} ${inspectInHex(shown, depth, options)}`;
+}

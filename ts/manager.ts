@@ -29,6 +29,8 @@ import {
   type SnapshotInfo,
   type SnapshotOptions,
 } from './snapshot';
+import { inspectObject } from './json_view';
+import { inspect, type InspectOptionsStylized } from 'node:util';
 
 export { MemoryBuildError, PartitionAttachError, PartitionMapperError, VaMapperError, MemoryManagerError } from './errors';
 export { RamVisibility, Vtl } from './generated/enums';
@@ -67,6 +69,7 @@ function toBool(value: unknown, name: string): boolean {
 
 /** The guest-RAM object, to rebuild the same memory in another manager or process. */
 export class SharedMemoryBacking {
+  #closed = false;
   readonly #native: NativeBacking;
 
   /** @internal */
@@ -89,7 +92,12 @@ export class SharedMemoryBacking {
 
   /** Drop this reference. */
   close(): void {
+    this.#closed = true;
     this.#native.close();
+  }
+  /** `util.inspect` form: open or closed, . */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return inspectObject('SharedMemoryBacking', depth, options, () => ({}), this.#closed);
   }
   [Symbol.dispose](): void {
     this.close();
@@ -365,6 +373,13 @@ export class GuestMemoryManager {
       }
     }
   }
+  /** `util.inspect` form: open or closed, and the RAM it was built with. */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return inspectObject('GuestMemoryManager', depth, options, () => {
+      const ram = this.ramRegions();
+      return { ramRegions: ram.length, ramSize: ram.reduce((sum, region) => sum + region.range.len, 0n) };
+    }, this.#native === null);
+  }
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
@@ -372,6 +387,7 @@ export class GuestMemoryManager {
 
 /** Transferable handle to the manager's mapping manager. */
 export class GuestMemoryClient {
+  #closed = false;
   readonly #native: NativeClient;
 
   /** @internal */
@@ -398,7 +414,12 @@ export class GuestMemoryClient {
   }
   /** Drop this reference. */
   close(): void {
+    this.#closed = true;
     this.#native.close();
+  }
+  /** `util.inspect` form: open or closed, . */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return inspectObject('GuestMemoryClient', depth, options, () => ({}), this.#closed);
   }
   [Symbol.dispose](): void {
     this.close();
@@ -407,6 +428,7 @@ export class GuestMemoryClient {
 
 /** Changes RAM region visibility; whole regions only. */
 export class RamVisibilityControl {
+  #closed = false;
   readonly #native: InstanceType<typeof native.NativeRamVisibilityControl>;
 
   /** @internal */
@@ -423,7 +445,12 @@ export class RamVisibilityControl {
   }
   /** Drop this reference. */
   close(): void {
+    this.#closed = true;
     this.#native.close();
+  }
+  /** `util.inspect` form: open or closed, . */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return inspectObject('RamVisibilityControl', depth, options, () => ({}), this.#closed);
   }
   [Symbol.dispose](): void {
     this.close();
@@ -432,6 +459,7 @@ export class RamVisibilityControl {
 
 /** Creates fixed-length device windows (priority 0 regions). */
 export class DeviceMemoryMapper {
+  #closed = false;
   readonly #native: InstanceType<typeof native.NativeDeviceMemoryMapper>;
 
   /** @internal */
@@ -449,7 +477,12 @@ export class DeviceMemoryMapper {
   }
   /** Drop this reference. */
   close(): void {
+    this.#closed = true;
     this.#native.close();
+  }
+  /** `util.inspect` form: open or closed, . */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return inspectObject('DeviceMemoryMapper', depth, options, () => ({}), this.#closed);
   }
   [Symbol.dispose](): void {
     this.close();
@@ -458,6 +491,7 @@ export class DeviceMemoryMapper {
 
 /** The mapping half of a device window (Rust `MappedMemoryRegion`); offsets inside the window. */
 export class DeviceMemoryRegion {
+  #closed = false;
   readonly #native: NativeHalf;
 
   /** @internal */
@@ -488,7 +522,12 @@ export class DeviceMemoryRegion {
   }
   /** Release this half; the window is removed when both halves are closed (resolves once it is). */
   async close(): Promise<void> {
+    this.#closed = true;
     await settle(call(() => this.#native.close()));
+  }
+  /** `util.inspect` form: open or closed, its window length. */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return inspectObject('DeviceMemoryRegion', depth, options, () => ({ len: this.len }), this.#closed);
   }
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
@@ -497,6 +536,7 @@ export class DeviceMemoryRegion {
 
 /** The placement half of a device window (Rust `MappableGuestMemory`). */
 export class DeviceMemoryControl {
+  #closed = false;
   readonly #native: NativeHalf;
 
   /** @internal */
@@ -522,7 +562,12 @@ export class DeviceMemoryControl {
   }
   /** Release this half (does not unmap by itself); the window is removed when both halves are closed (resolves once it is). */
   async close(): Promise<void> {
+    this.#closed = true;
     await settle(call(() => this.#native.close()));
+  }
+  /** `util.inspect` form: open or closed, its window length. */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return inspectObject('DeviceMemoryControl', depth, options, () => ({ len: this.len }), this.#closed);
   }
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();

@@ -6,10 +6,11 @@
 import { call, invalidArgType, invalidArgValue, settle } from './errors';
 import { VcpuMode, type CancelReason, type RecordedOp, type SlotOp, type VcpuExitKind } from './generated/enums';
 import { native } from './native';
-import { withViews } from './json_view';
+import { withViews, inspectObject } from './json_view';
 import { parseNativeJson } from './native_json';
 import { nativeJson, toRange, type RangeLike } from './range';
 import { describeType, describeValue, toU64, type U64 } from './u64';
+import { inspect, type InspectOptionsStylized } from 'node:util';
 
 export { KvmError } from './errors';
 export { VcpuMode } from './generated/enums';
@@ -41,6 +42,7 @@ export function nativePartition(value: unknown): NativeRecording | InstanceType<
 
 /** A Rust-side partition that records every call. */
 export class RecordingPartition {
+  #closed = false;
   readonly #native: NativeRecording;
 
   /** Empty log, no failure rules. */
@@ -74,7 +76,12 @@ export class RecordingPartition {
   }
   /** The partition becomes gone for managers; log() stays readable. */
   close(): void {
+    this.#closed = true;
     this.#native.close();
+  }
+  /** `util.inspect` form: open or closed, and how many calls its log holds. */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return inspectObject('RecordingPartition', depth, options, () => ({ state: this.#closed ? 'closed' : 'open', logLength: this.log().length }), false);
   }
   [Symbol.dispose](): void {
     this.close();
@@ -131,6 +138,7 @@ function toExit(text: string): VcpuExit {
 
 /** One vCPU; runs off the JS thread. */
 export class Vcpu {
+  #closed = false;
   readonly #native: NativeVcpu;
 
   private constructor(key: typeof token, handle: NativeVcpu) {
@@ -180,7 +188,12 @@ export class Vcpu {
   }
   /** Release the vCPU. */
   close(): void {
+    this.#closed = true;
     this.#native.close();
+  }
+  /** `util.inspect` form: open or closed, its id. */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return inspectObject('Vcpu', depth, options, () => ({ id: this.id }), this.#closed);
   }
   [Symbol.dispose](): void {
     this.close();
@@ -191,6 +204,7 @@ type NativeKvm = InstanceType<typeof native.NativeKvmPartition>;
 
 /** A real KVM VM whose memory slots follow the manager's regions. */
 export class KvmPartition {
+  #closed = false;
   readonly #native: NativeKvm;
 
   private constructor(key: typeof token, handle: NativeKvm) {
@@ -240,7 +254,15 @@ export class KvmPartition {
 
   /** Destroy the VM (cancels running vCPUs); gone for managers. */
   close(): void {
+    this.#closed = true;
     this.#native.close();
+  }
+  /** `util.inspect` form: open or closed, its memory slots and vCPUs. */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return inspectObject('KvmPartition', depth, options, () => {
+      const { slots, maxSlots, vcpuCount } = this.inspect();
+      return { slots: slots.length, maxSlots, vcpuCount, mappedBytes: slots.reduce((sum, slot) => sum + slot.size, 0n) };
+    }, this.#closed);
   }
   [Symbol.dispose](): void {
     this.close();
