@@ -152,3 +152,11 @@ test('endOfRamOrMmio of a layout without gaps says why and what to read instead'
   const error = t.throws(() => MemoryLayout.new(GiB, []).endOfRamOrMmio, { code: 'ERR_INVALID_ARG_VALUE' });
   t.regex(error.message, /RAM ends at 0x40000000\): read endOfRam, or add a gap$/);
 });
+
+kvmTest('page tables that are missing or too small are named in hex, never as Rust Debug text', async (t) => {
+  const kvm = await KvmPartition.create();
+  t.teardown(() => kvm.close());
+  const small = await caught(() => kvm.createVcpu({ mode: VcpuMode.Long, pageTables: range(0x200000, 0x201000) }));
+  t.regex(small.message, /at least 0x202000 bytes in guest RAM, got 0x200000-0x201000 \(0x1000 bytes\): pass pageTables/);
+  t.notRegex(small.message, DEBUG_TEXT);
+});

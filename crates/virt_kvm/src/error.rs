@@ -115,7 +115,11 @@ pub enum KvmError {
         actual: usize,
     },
     /// Long mode needs a page-table range; it was missing or too small.
-    #[error("long mode needs a page-table range of at least {needed:#x} bytes in guest RAM, got {range:?}")]
+    #[error(
+        "long mode needs a page-table range of at least {needed:#x} bytes in guest RAM, got {}: \
+         pass pageTables, a page-aligned range of guest RAM that the guest does not use",
+        given_page_tables(range)
+    )]
     InvalidPageTables {
         /// The range given, if any.
         range: Option<MemoryRange>,
@@ -142,5 +146,13 @@ impl KvmError {
             ioctl,
             source: source.into(),
         }
+    }
+}
+
+/// The page-table range of [`KvmError::InvalidPageTables`] as a user reads it.
+fn given_page_tables(range: &Option<MemoryRange>) -> String {
+    match range {
+        None => "none".to_owned(),
+        Some(range) => format!("{range} ({:#x} bytes)", range.len()),
     }
 }

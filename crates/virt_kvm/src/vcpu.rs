@@ -1260,10 +1260,22 @@ mod tests {
                 page_tables,
                 ..VcpuOptions::default()
             };
-            assert!(matches!(
-                guest.partition.create_vcpu(&options, &ignore),
-                Err(KvmError::InvalidPageTables { .. })
-            ));
+            let error = guest.partition.create_vcpu(&options, &ignore).unwrap_err();
+            assert!(
+                matches!(error, KvmError::InvalidPageTables { .. }),
+                "{error}"
+            );
+            let message = error.to_string();
+            let given = match page_tables {
+                None => "got none: ".to_owned(),
+                Some(_) => "got 0x200000-0x401000 (0x201000 bytes): ".to_owned(),
+            };
+            assert!(
+                message.contains(&given)
+                    && !message.contains("Some(")
+                    && message.contains("pass pageTables"),
+                "{message}"
+            );
         }
         let options = VcpuOptions {
             cpl: 1,
