@@ -6,7 +6,7 @@
 //! - [`enums`]: the enums shared with TypeScript, listed once against their Rust types;
 //!   [`typescript`] writes `ts/generated/` from them and from the error codes.
 //! - [`json`] and [`views`]: structured results as JSON, with u64 values as tagged bigints;
-//!   [`snapshots`]: those of dirty tracking, snapshots and restores.
+//!   [`snapshots`]: those of dirty tracking, snapshots and restores;
 //!   [`layout_json`]: a layout read back from its `toJSON` form.
 //! - [`hooks`]: the typed answers of JavaScript callbacks (guest-memory hooks, the registrar);
 //!   [`registration`]: what a registration callback's answer means for the registrar.

@@ -330,7 +330,10 @@ fn snapshot_errors() -> Vec<membacking::SnapshotError> {
             source: io::Error::from_raw_os_error(libc::ENOENT),
         },
         E::DirtyTracking(membacking::DirtyTrackingError::Off),
-        E::Build(membacking::MemoryBuildError::InvalidLayout),
+        E::Build(membacking::MemoryBuildError::InvalidLayout {
+            end_of_ram: 0x1000,
+            suggested_end: 0x2000,
+        }),
         E::Manager(membacking::RegionManagerError::ManagerGone),
         E::DeviceWindow {
             window: "fb".into(),
