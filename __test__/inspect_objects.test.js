@@ -30,6 +30,11 @@ test('managers, clients, guest memory and device windows show their state and si
   const { control, region } = manager.deviceMemoryMapper().newRegion(0x10000, 'dev');
   t.is(inspect(control), "DeviceMemoryControl { state: 'open', len: 0x10000n }");
   t.is(inspect(region), "DeviceMemoryRegion { state: 'open', len: 0x10000n }");
+  const tracking = manager.dirtyTracking();
+  t.is(inspect(tracking), "DirtyTracking { state: 'open', active: false }");
+  await tracking.start();
+  t.is(inspect(tracking), "DirtyTracking { state: 'open', active: true }");
+  await tracking.stop();
   t.is(inspect({ nested: { deeper: { manager } } }, { depth: 1 }), '{ nested: { deeper: [Object] } }');
   t.is(inspect([manager], { depth: -1 }), '[Array]');
 

@@ -137,13 +137,7 @@ pub fn build_guest_memory<'env>(
         env,
         Polling::Pool,
         async move { build.await.map_err(|error| error.to_js_error()) },
-        |env, manager| {
-            let charge = ExternalCharge::new(&env, external_memory::charge(manager.footprint()));
-            Ok(NativeGuestMemoryManager {
-                inner: Some(manager),
-                charge,
-            })
-        },
+        |env, manager| Ok(NativeGuestMemoryManager::wrap(&env, manager)),
     )
 }
 
@@ -163,10 +157,12 @@ impl ObjectFinalize for NativeGuestMemoryManager {
 }
 
 impl NativeGuestMemoryManager {
-    /// Wraps a manager the core built (a restore).
-    pub(crate) fn wrap(manager: GuestMemoryManager) -> Self {
+    /// Wraps a manager the core built (a build or a restore), telling V8 what it holds.
+    pub(crate) fn wrap(env: &Env, manager: GuestMemoryManager) -> Self {
+        let charge = ExternalCharge::new(env, external_memory::charge(manager.footprint()));
         NativeGuestMemoryManager {
             inner: Some(manager),
+            charge,
         }
     }
 

@@ -242,7 +242,7 @@ impl NativeRestoredManager {
 }
 
 impl NativeRestoredManager {
-    fn new(dir: &std::path::Path, mode: RestoreMode, restored: RestoredManager) -> Self {
+    fn new(env: &Env, dir: &std::path::Path, mode: RestoreMode, restored: RestoredManager) -> Self {
         let RestoredManager {
             manager,
             windows,
@@ -269,7 +269,7 @@ impl NativeRestoredManager {
             })
             .collect();
         NativeRestoredManager {
-            manager: Some(NativeGuestMemoryManager::wrap(manager)),
+            manager: Some(NativeGuestMemoryManager::wrap(env, manager)),
             windows,
             windows_json,
             info_json,
@@ -296,7 +296,7 @@ pub fn restore_guest_memory<'env>(
         env,
         Polling::Pool,
         async move { restore.await.map_err(|error| error.to_js_error()) },
-        move |_env, restored| Ok(NativeRestoredManager::new(&dir, mode, restored)),
+        move |env, restored| Ok(NativeRestoredManager::new(&env, &dir, mode, restored)),
     )
 }
 

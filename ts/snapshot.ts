@@ -12,6 +12,8 @@ import { nativeLayout, type MemoryLayout } from './layout';
 import { native } from './native';
 import { nativeJson, type MemoryRange } from './range';
 import { describeType, describeValue, toU64, type U64 } from './u64';
+import { inspectObject } from './json_view';
+import { inspect, type InspectOptionsStylized } from 'node:util';
 
 export type { RestoreMode } from './generated/enums';
 
@@ -175,6 +177,9 @@ export class DirtyTracking {
   /** Whether tracking is on. */
   get active(): boolean {
     return this.#native.active;
+  }  /** `util.inspect` form: whether tracking is on. */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return inspectObject('DirtyTracking', depth, options, () => ({ active: this.active }));
   }
 }
 
@@ -208,6 +213,9 @@ export class LazyRestore {
   /** Starts the background fill of a restore made with `deferBackgroundFill`. */
   startBackground(): void {
     call(() => this.#native.startBackground());
+  }  /** `util.inspect` form: whether it has finished, and its statistics so far. */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return inspectObject('LazyRestore', depth, options, () => ({ finished: this.finished, ...this.stats() }));
   }
 }
 
