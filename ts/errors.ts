@@ -35,23 +35,54 @@ export const ERROR_CODES: readonly NativeErrorCode[] = ErrorCodeValues;
  */
 const PACKAGE_CODE = [`${__dirname}${sep}`, `${join(__dirname, '..', 'ts')}${sep}`];
 
+/** `MEMBACKING_FULL_STACKS` is set: stacks keep membacking's frames. */
+const FULL_STACKS = Boolean(process.env.MEMBACKING_FULL_STACKS);
+
+/**
+ * V8's getter of an error's own `stack` accessor (shared by all errors; it formats the stack on
+ * first read), or undefined where `stack` is a data property.
+ */
+const FORMAT_STACK = Object.getOwnPropertyDescriptor(new Error(), 'stack')?.get;
+
+/** `stack` without the frames of this package's code (unchanged when no other frame remains). */
+function trimmedStack(stack: unknown): unknown {
+  if (typeof stack !== 'string') return stack;
+  const lines = stack.split('\n');
+  const firstFrame = lines.findIndex((line) => /^\s+at /.test(line));
+  if (firstFrame < 0) return stack;
+  const frames = lines.slice(firstFrame);
+  const theirs = frames.filter((line) => !PACKAGE_CODE.some((directory) => line.includes(directory)));
+  if (theirs.length === 0 || theirs.length === frames.length) return stack;
+  return [...lines.slice(0, firstFrame), ...theirs].join('\n');
+}
+
 /**
  * Drops the frames of this package's own JavaScript from `error.stack`, so that the stack
  * starts at the user's call (the call into membacking, or the `await` of its promise). The
  * stack is kept whole when no frame would remain, or when `MEMBACKING_FULL_STACKS` is set (to
- * debug membacking itself). Returns `error`.
+ * debug membacking itself). Where V8 formats stacks on first read, trimming waits for that
+ * read too, so an error nobody prints costs one property definition more; returns `error`.
  */
 export function startAtUsersCall<E extends Error>(error: E): E {
-  if (process.env.MEMBACKING_FULL_STACKS) return error;
-  const stack = error.stack;
-  if (typeof stack !== 'string') return error;
-  const lines = stack.split('\n');
-  const firstFrame = lines.findIndex((line) => /^\s+at /.test(line));
-  if (firstFrame < 0) return error;
-  const frames = lines.slice(firstFrame);
-  const theirs = frames.filter((line) => !PACKAGE_CODE.some((directory) => line.includes(directory)));
-  if (theirs.length === 0 || theirs.length === frames.length) return error;
-  error.stack = [...lines.slice(0, firstFrame), ...theirs].join('\n');
+  if (FULL_STACKS) return error;
+  if (FORMAT_STACK === undefined) {
+    // `stack` is a data property (older V8): trim it now.
+    error.stack = trimmedStack(error.stack) as string;
+    return error;
+  }
+  const format = FORMAT_STACK;
+  let stack: { value: unknown } | null = null;
+  Object.defineProperty(error, 'stack', {
+    get(this: E) {
+      stack ??= { value: trimmedStack(format.call(this)) };
+      return stack.value;
+    },
+    set(value: unknown) {
+      stack = { value };
+    },
+    enumerable: false,
+    configurable: true,
+  });
   return error;
 }
 

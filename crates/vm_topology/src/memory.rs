@@ -998,9 +998,9 @@ mod tests {
             }
         );
         assert_eq!(
-            problem(u64::MAX & !0xfff, &[r(GB, 2 * GB)], None),
+            problem(0xffff_ffff_ffff_f000, &[r(GB, 2 * GB)], None),
             LayoutProblem::RamPastTop {
-                ram_size: u64::MAX & !0xfff
+                ram_size: 0xffff_ffff_ffff_f000
             }
         );
         let from_ranges =
