@@ -90,17 +90,23 @@ export function withViews<T>(value: T): T {
  */
 export function inspectObject(
   name: string,
-  depth: number,
-  options: InspectOptionsStylized,
+  depth: unknown,
+  options: unknown,
   fields: () => Record<string, unknown>,
   closed = false,
 ): string {
-  if (depth < 0) return options.stylize(`[${name}]`, 'special');
+  // Called directly (not by util.inspect), the arguments may be anything: plain defaults then.
+  const stylized =
+    typeof options === 'object' && options !== null && typeof (options as InspectOptionsStylized).stylize === 'function'
+      ? (options as InspectOptionsStylized)
+      : ({ stylize: (text: string) => text } as unknown as InspectOptionsStylized);
+  const levels = typeof depth === 'number' && !Number.isNaN(depth) ? depth : 2;
+  if (levels < 0) return stylized.stylize(`[${name}]`, 'special');
   let shown: Record<string, unknown>;
   try {
     shown = closed ? { state: 'closed' } : { state: 'open', ...fields() };
   } catch {
     shown = { state: 'closed' };
   }
-  return `${name} ${inspectInHex(shown, depth, options)}`;
+  return `${name} ${inspectInHex(shown, levels, stylized)}`;
 }
