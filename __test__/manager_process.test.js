@@ -18,8 +18,10 @@ function runChild(t, name, args = [], { timeout = 110_000, nodeArgs = [] } = {})
   const child = spawnSync(process.execPath, [...nodeArgs, fixture(name), ...args], { encoding: 'utf8', timeout });
   const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6;
   t.is(child.status, 0, `${name} failed (${child.signal ?? child.status}): ${child.stderr}`);
-  const lines = child.stdout.trim().split('\n');
-  return { result: JSON.parse(lines[lines.length - 1]), elapsedMs, stderr: child.stderr };
+  const last = child.stdout.trim().split('\n').pop();
+  // A child whose event loop empties before it reports ends with status 0 and prints nothing.
+  if (!last) throw new Error(`${name} ended (status ${child.signal ?? child.status}) without printing its JSON line: ${child.stderr}`);
+  return { result: JSON.parse(last), elapsedMs, stderr: child.stderr };
 }
 
 test('a GuestMemoryClient handle gives a worker a GuestMemory over the same VA mapper', async (t) => {
