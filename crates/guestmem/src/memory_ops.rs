@@ -22,6 +22,8 @@ use zerocopy::KnownLayout;
 
 impl GuestMemory {
     /// Wraps a backing error into the public error of `operation`.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn operation_error(
         &self,
         operation: GuestMemoryOperation,
@@ -32,6 +34,7 @@ impl GuestMemory {
     }
 
     /// Runs an access whose error reports `gpa..gpa + len` as the requested range.
+    #[inline]
     fn ranged<T>(
         &self,
         operation: GuestMemoryOperation,
@@ -49,6 +52,7 @@ impl GuestMemory {
 
     /// Copies guest memory at `gpa` to the raw buffer `dest..dest + len` (no range in errors
     /// when `ranged` is false).
+    #[inline]
     pub(crate) fn read_raw(
         &self,
         gpa: u64,
@@ -68,6 +72,7 @@ impl GuestMemory {
     }
 
     /// Copies the raw buffer `src..src + len` to guest memory at `gpa`.
+    #[inline]
     pub(crate) fn write_raw(
         &self,
         gpa: u64,
@@ -87,6 +92,7 @@ impl GuestMemory {
     }
 
     /// Fills `len` bytes of guest memory at `gpa`.
+    #[inline]
     pub(crate) fn fill_raw(
         &self,
         gpa: u64,
@@ -104,6 +110,7 @@ impl GuestMemory {
     }
 
     /// Copies `dest.len()` bytes at `gpa` into `dest`. Empty reads always succeed.
+    #[inline]
     pub fn read_at(&self, gpa: u64, dest: &mut [u8]) -> Result<(), GuestMemoryError> {
         // SAFETY: `dest` is a live exclusive buffer of that length.
         unsafe { self.read_ptr(gpa, dest.as_mut_ptr(), dest.len()) }
@@ -111,6 +118,7 @@ impl GuestMemory {
 
     /// Copies `dest.len()` bytes at `gpa` into `dest`, which other threads may access
     /// concurrently. Empty reads always succeed.
+    #[inline]
     pub fn read_to_atomic(&self, gpa: u64, dest: &[AtomicU8]) -> Result<(), GuestMemoryError> {
         // SAFETY: atomic bytes may be written through a pointer derived from a shared reference.
         unsafe { self.read_ptr(gpa, dest.as_ptr().cast::<u8>().cast_mut(), dest.len()) }
@@ -121,6 +129,7 @@ impl GuestMemory {
     ///
     /// # Safety
     /// `dest` is valid for writing `len` bytes for the duration of the call.
+    #[inline]
     pub unsafe fn read_ptr(
         &self,
         gpa: u64,
@@ -196,12 +205,14 @@ impl GuestMemory {
     }
 
     /// Copies `src` to `gpa`. Empty writes always succeed.
+    #[inline]
     pub fn write_at(&self, gpa: u64, src: &[u8]) -> Result<(), GuestMemoryError> {
         // SAFETY: `src` is a live buffer of that length.
         unsafe { self.write_ptr(gpa, src.as_ptr(), src.len()) }
     }
 
     /// Copies `src`, which other threads may modify concurrently, to `gpa`.
+    #[inline]
     pub fn write_from_atomic(&self, gpa: u64, src: &[AtomicU8]) -> Result<(), GuestMemoryError> {
         // SAFETY: atomic bytes may be read through a raw pointer.
         unsafe { self.write_ptr(gpa, src.as_ptr().cast::<u8>(), src.len()) }
@@ -211,6 +222,7 @@ impl GuestMemory {
     ///
     /// # Safety
     /// `src` is valid for reading `len` bytes for the duration of the call.
+    #[inline]
     pub unsafe fn write_ptr(
         &self,
         gpa: u64,
@@ -230,6 +242,7 @@ impl GuestMemory {
     }
 
     /// Sets `len` bytes at `gpa` to `val`. Empty fills always succeed.
+    #[inline]
     pub fn fill_at(&self, gpa: u64, val: u8, len: usize) -> Result<(), GuestMemoryError> {
         if len == 0 {
             return Ok(());
@@ -245,6 +258,7 @@ impl GuestMemory {
 
     /// Reads a `T` at `gpa`: single-copy atomic when `T` is 1, 2, 4 or 8 bytes and `gpa` is
     /// naturally aligned.
+    #[inline]
     pub fn read_plain<T: FromBytes + Immutable + KnownLayout>(
         &self,
         gpa: u64,
@@ -273,6 +287,7 @@ impl GuestMemory {
 
     /// Writes `value` at `gpa`: single-copy atomic when `T` is 1, 2, 4 or 8 bytes and `gpa` is
     /// naturally aligned.
+    #[inline]
     pub fn write_plain<T: IntoBytes + Immutable + KnownLayout>(
         &self,
         gpa: u64,
@@ -303,6 +318,7 @@ impl GuestMemory {
     /// be 1, 2, 4 or 8 bytes long and aligned to its size (checked at compile time); `gpa`
     /// alignment is not checked (a misaligned target is a slow split lock on x86-64). A
     /// read-only page fails even when the comparison would fail.
+    #[inline]
     pub fn compare_exchange<T: IntoBytes + FromBytes + Immutable + KnownLayout + Copy>(
         &self,
         gpa: u64,

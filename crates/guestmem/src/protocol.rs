@@ -78,14 +78,17 @@ impl Region {
         }
     }
 
+    #[inline]
     pub fn has_mapping(&self) -> bool {
         self.mapping.is_some()
     }
 
+    #[inline]
     pub fn mapping(&self) -> Option<*mut u8> {
         self.mapping.map(|base| base.0.as_ptr())
     }
 
+    #[inline]
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -94,6 +97,7 @@ impl Region {
         self.base_iova
     }
 
+    #[inline]
     pub fn backing(&self) -> Option<&Arc<dyn GuestMemoryAccess>> {
         self.backing.as_ref()
     }
@@ -159,6 +163,7 @@ pub(crate) struct Located<'a> {
     pub offset: u64,
 }
 
+#[cold]
 pub(crate) fn out_of_range(gpa: u64) -> GuestMemoryBackingError {
     GuestMemoryBackingError::at(
         GuestMemoryErrorKind::OutOfRange,
@@ -169,6 +174,7 @@ pub(crate) fn out_of_range(gpa: u64) -> GuestMemoryBackingError {
 
 impl GuestMemory {
     /// Finds the region holding `gpa..gpa + len`; an access may never straddle regions.
+    #[inline]
     pub(crate) fn locate(
         &self,
         gpa: u64,
@@ -209,11 +215,55 @@ impl GuestMemory {
     /// `attempt` receives the host address of `gpa` and performs the guarded access; `fallback`
     /// receives the backing and the region offset of `gpa` and performs the slow path for the
     /// whole access. Errors carry the precise GPA (translated from region offsets).
+    ///
+    /// This is the fast path, inlined into every access: decode the address, make one guarded
+    /// attempt through the region's mapping, return its value. Everything else (a fault, a
+    /// region without a mapping) continues out of line in [`Self::access_slow`]. A check or hook
+    /// that every access must pass belongs here, before the attempt.
+    #[inline(always)]
     pub(crate) fn run_access<T>(
         &self,
         gpa: u64,
         len: u64,
         write: bool,
+        mut attempt: impl FnMut(*mut u8) -> Result<T, MemoryError>,
+        fallback: impl FnOnce(&dyn GuestMemoryAccess, u64) -> Result<T, GuestMemoryBackingError>,
+    ) -> Result<T, GuestMemoryBackingError> {
+        let located = self.locate(gpa, len)?;
+        let first_fault = match located.region.mapping() {
+            // A region with access bitmaps checks them before every access: out of line.
+            #[cfg(feature = "bitmap")]
+            Some(_) if located.region.bitmaps().is_some() => None,
+            Some(base) => {
+                // The offset is inside the region's mapping, which is at most `max_address`
+                // bytes long.
+                match attempt(base.wrapping_add(crate::host_offset(located.offset))) {
+                    Ok(value) => {
+                        if write {
+                            located.region.note_write(located.offset, len);
+                        }
+                        return Ok(value);
+                    }
+                    Err(fault) => Some(fault),
+                }
+            }
+            None => None,
+        };
+        self.access_slow(gpa, len, write, first_fault, attempt, fallback)
+    }
+
+    /// The rest of [`Self::run_access`]: the retry loop after a fault (`first_fault`), the
+    /// access of a region with access bitmaps (no attempt yet: `first_fault` is `None`), or the
+    /// backing's fallback for a region without a mapping. (It decodes the address again rather
+    /// than receive the fast path's result, which keeps that result in registers.)
+    #[cold]
+    #[inline(never)]
+    fn access_slow<T>(
+        &self,
+        gpa: u64,
+        len: u64,
+        write: bool,
+        first_fault: Option<MemoryError>,
         mut attempt: impl FnMut(*mut u8) -> Result<T, MemoryError>,
         fallback: impl FnOnce(&dyn GuestMemoryAccess, u64) -> Result<T, GuestMemoryBackingError>,
     ) -> Result<T, GuestMemoryBackingError> {
@@ -240,31 +290,40 @@ impl GuestMemory {
                 .map(note_write)
                 .map_err(to_gpa);
         };
-        // The offset is inside the region's mapping, which is at most `max_address` bytes long.
         let target = base.wrapping_add(crate::host_offset(located.offset));
-
-        #[cfg(feature = "bitmap")]
-        if let Some(bitmaps) = located.region.bitmaps() {
-            let checked =
-                self.check_bitmaps(bitmaps, backing.as_ref(), gpa, located.offset, len, write);
-            match checked {
-                Ok(true) => {}
-                Ok(false) => {
-                    return fallback(backing.as_ref(), located.offset)
-                        .map(note_write)
-                        .map_err(to_gpa)
+        let mut fault = match first_fault {
+            Some(fault) => fault,
+            None => {
+                #[cfg(feature = "bitmap")]
+                if let Some(bitmaps) = located.region.bitmaps() {
+                    let checked = self.check_bitmaps(
+                        bitmaps,
+                        backing.as_ref(),
+                        gpa,
+                        located.offset,
+                        len,
+                        write,
+                    );
+                    match checked {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            return fallback(backing.as_ref(), located.offset)
+                                .map(note_write)
+                                .map_err(to_gpa)
+                        }
+                        Err(error) => return Err(error),
+                    }
                 }
-                Err(error) => return Err(error),
+                match attempt(target) {
+                    Ok(value) => return Ok(note_write(value)),
+                    Err(fault) => fault,
+                }
             }
-        }
+        };
 
         let mut unproductive_retries = 0u32;
         let mut furthest_fault: Option<u64> = None;
         loop {
-            let fault = match attempt(target) {
-                Ok(value) => return Ok(note_write(value)),
-                Err(fault) => fault,
-            };
             let delta = match fault.offset() as u64 {
                 delta if delta < len => delta,
                 _ => 0,
@@ -301,6 +360,10 @@ impl GuestMemory {
                         .map_err(to_gpa);
                 }
             }
+            fault = match attempt(target) {
+                Ok(value) => return Ok(note_write(value)),
+                Err(fault) => fault,
+            };
         }
     }
 }

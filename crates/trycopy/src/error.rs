@@ -111,6 +111,11 @@ impl MemoryError {
     /// * address in the source: offset from the source, read;
     /// * otherwise (not attributable): offset 0 with the computed direction; the raw address is
     ///   kept (the original panics here — a deliberate deviation).
+    ///
+    /// Out of line and cold: the guarded operations are inlined into their callers, and only
+    /// their success path belongs there.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn from_fault(source: Option<Span>, destination: Span, record: FaultRecord) -> Self {
         let fallback_is_write = source.is_none();
         let (offset, is_write) = if record.address == 0 {

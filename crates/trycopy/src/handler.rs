@@ -2,9 +2,10 @@
 //!
 //! * **Recovery.** A fault is recovered only when the kernel raised it (`si_code > 0`; a
 //!   `kill`/`raise` is never mistaken for a fault) and the saved instruction pointer lies in a
-//!   guarded routine. The handler then writes the fault details through the record pointer the
-//!   routine carries in `r10`, clears DF and resumes at the routine's fixup. It uses no TLS, no
-//!   allocation, no locks and cannot panic.
+//!   guarded routine or an inlined guarded site. The handler then writes the fault details
+//!   through the record pointer the routine carries in `r10`, sets the status register `r11` to
+//!   1, clears DF and resumes at the routine's fixup (after the site, for a site). It uses no TLS,
+//!   no allocation, no locks and cannot panic.
 //! * **Forwarding.** Every other signal goes to the action that was installed before ours,
 //!   as the kernel would have run it: a three-argument handler gets `(signal, info, context)`, a
 //!   one-argument handler gets `signal`, `SA_RESETHAND` resets the disposition first, and a
@@ -354,6 +355,8 @@ extern "C" fn fault_handler(signal: c_int, info: *mut siginfo_t, context: *mut c
                     trapno: registers[libc::REG_TRAPNO as usize].cast_unsigned(),
                 });
                 registers[libc::REG_EFL as usize] &= !DIRECTION_FLAG;
+                // The status register of routines and sites: 1 = recovered fault.
+                registers[libc::REG_R11 as usize] = 1;
                 registers[libc::REG_RIP as usize] = fixup;
                 return;
             }

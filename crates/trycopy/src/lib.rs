@@ -6,15 +6,18 @@
 //! where and how it faulted, so callers can map the page and retry, take a slow path, or fail
 //! cleanly.
 //!
-//! How it works (Linux x86-64): every guarded routine lives in one assembly block with a fixup
-//! table (`x86_64` module); a process-wide SIGSEGV/SIGBUS handler (`handler` module) recovers
-//! only kernel-generated faults whose instruction pointer is in that table and forwards every
-//! other signal to the handler installed before it, so Node's/V8's WebAssembly trap handling
-//! and genuine crashes behave as without us.
+//! How it works (Linux x86-64): scalar accesses and copies or fills of up to 64 bytes are inline
+//! assembly emitted at the call site (so a length known at compile time costs one straight-line
+//! sequence, like a plain copy), each recorded in a table of guarded sites; longer copies and
+//! fills call routines of one assembly block with its own fixup table (`x86_64` module). A
+//! process-wide SIGSEGV/SIGBUS handler (`handler` module) recovers only kernel-generated faults
+//! whose instruction pointer is in one of those tables and forwards every other signal to the
+//! handler installed before it, so Node's/V8's WebAssembly trap handling and genuine crashes
+//! behave as without us.
 //!
 //! Copy and fill strategies (which affect speed, never results) are described in the `x86_64`
-//! module: with AVX, destination-aligned 32-byte blocks at every length (a measured deviation
-//! from the original's `rep movsb` from 1 KiB); without, the original strategy.
+//! module: from 256 bytes, with AVX, destination-aligned 32-byte blocks (a measured deviation
+//! from the original's `rep movsb` from 1 KiB); otherwise the original strategy.
 //!
 //! Call [`initialize_try_copy`] once before relying on recovery: without the handler a fault
 //! takes the default action (the process dies). Guarded operations must not run on a thread that
@@ -116,6 +119,7 @@ pub fn set_signal_listeners(segv: bool, bus: bool) -> HandlerStatus {
     handler::set_listeners([segv, bus])
 }
 
+#[inline(always)]
 fn byte_len<T>(count: usize) -> usize {
     count
         .checked_mul(size_of::<T>())
@@ -137,6 +141,7 @@ fn byte_len<T>(count: usize) -> usize {
 /// violating Rust's aliasing rules — typically raw guest memory or a buffer owned by the caller.
 /// Accessibility of the pages is *not* required: that is what the fault recovery is for (once
 /// [`initialize_try_copy`] has run).
+#[inline(always)]
 pub unsafe fn try_copy<T>(src: *const T, dest: *mut T, count: usize) -> Result<(), MemoryError> {
     let len = byte_len::<T>(count);
     if len == 0 {
@@ -157,6 +162,7 @@ pub unsafe fn try_copy<T>(src: *const T, dest: *mut T, count: usize) -> Result<(
 ///
 /// # Safety
 /// As for [`try_copy`], for the destination range.
+#[inline(always)]
 pub unsafe fn try_write_bytes<T>(dest: *mut T, val: u8, count: usize) -> Result<(), MemoryError> {
     let len = byte_len::<T>(count);
     if len == 0 {
@@ -185,6 +191,7 @@ unsafe fn from_bits<T: Copy, U: Copy>(bits: U) -> T {
 ///
 /// # Safety
 /// As for [`try_copy`] for the source; in addition every bit pattern must be a valid `T`.
+#[inline(always)]
 pub unsafe fn try_read_volatile<T: Copy>(src: *const T) -> Result<T, MemoryError> {
     let source = Span::new(src, size_of::<T>());
     let error = |record| MemoryError::from_fault(Some(source), Span::new(src, 0), record);
@@ -222,6 +229,7 @@ pub unsafe fn try_read_volatile<T: Copy>(src: *const T) -> Result<T, MemoryError
 ///
 /// # Safety
 /// As for [`try_copy`] for the destination.
+#[inline(always)]
 pub unsafe fn try_write_volatile<T: Copy>(dest: *mut T, value: &T) -> Result<(), MemoryError> {
     let error = |record| MemoryError::from_fault(None, Span::new(dest, size_of::<T>()), record);
     // SAFETY: the caller's contract covers the destination; each arm reads `value` as an
@@ -295,6 +303,7 @@ impl<T> AtomicShape<T> {
 /// # Safety
 /// As for [`try_copy`] for the destination; `dest` should be naturally aligned (a misaligned
 /// target is a slow split lock on x86-64, and faults where split locks are fatal).
+#[inline(always)]
 pub unsafe fn try_compare_exchange<T: AtomicScalar>(
     dest: *mut T,
     current: T,

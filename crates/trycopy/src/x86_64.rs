@@ -1,30 +1,39 @@
-//! The guarded routines for Linux x86-64, in one assembly block, plus their fixup table.
+//! The guarded accesses for Linux x86-64: the copy and fill routines in one assembly block with
+//! their fixup table, and the accesses inlined at the call site (`sites` module).
 //!
-//! Every instruction that may touch caller-supplied memory lives in a routine of the single
-//! `global_asm!` block below. The block is bracketed by two symbols, so the signal
-//! handler rejects a foreign fault with one range comparison, and it is followed by a table of
-//! `{start, end, fixup}` entries (32-bit offsets from the block start, so the table needs no
-//! relocations in a shared object).
+//! Every instruction that may touch caller-supplied memory lives either in a routine of the
+//! single `global_asm!` block below or in a guarded site recorded in the site table
+//! (see `sites`). The block is bracketed by two symbols, so the signal handler tells a block
+//! fault with one range comparison, and it is followed by a table of `{start, end, fixup}`
+//! entries (32-bit offsets from the block start, so the table needs no relocations in a shared
+//! object).
+//!
+//! Which code runs (speed only, never results): scalar loads, stores and compare-exchanges, and
+//! copies and fills of up to `sites::INLINE_MAX` (64) bytes, are inlined sites (no call, no
+//! register saves, a compile-time length selects one straight-line sequence). Longer copies and
+//! fills call a routine: the SSE routines below `AVX_MIN` bytes (they clobber two vector
+//! registers at most), and from `AVX_MIN` the AVX routines where the CPU has AVX, detected once
+//! per process ([`has_avx`]).
 //!
 //! Calling convention of the routines (private to this file; callers use the safe-ish wrappers
 //! at the bottom):
 //!
 //! * `r10` holds a pointer to the caller's [`FaultRecord`]; routines never modify it. The handler
 //!   writes the fault details through it.
-//! * `r11` is the status: the wrapper sets it to 0; the shared fixup sets it to 1. Routines never
-//!   touch it otherwise.
+//! * `r11` is the status: the wrapper sets it to 0; the handler sets it to 1 when it resumes at
+//!   the fixup. Routines never touch it otherwise.
 //! * Routines use no stack, so at any instruction `rsp` points at the return address and the
-//!   fixup (`cld; mov r11d, 1; ret`) returns straight to the wrapper.
+//!   fixup (`cld; ret`) returns straight to the wrapper.
 //! * `DF` is clear on return, also on the fault path (the handler clears it in the saved flags
 //!   and the fixup executes `cld`).
 //!
-//! Strategy (it affects speed, never results): where the CPU has AVX (checked at
-//! run time), forward copies and fills store 32-byte blocks to a 32-byte-aligned destination at
-//! every length — a deliberate deviation from "`rep movsb`/`rep stosb` from 1 KiB": on the
-//! project machine (AMD EPYC, no ERMS reported) the string instructions ran at 0.5-0.6x of
-//! glibc at 4 KiB and fell to ~2 GB/s for some buffer alignments at 64-256 KiB. Without AVX the
-//! original strategy is used (16-byte SSE blocks, then words and bytes, below 1 KiB; string
-//! instructions from 1 KiB). Backward copies are a byte-wise `rep movsb` with DF set.
+//! Strategy of the routines: where the CPU has AVX, forward copies and fills from
+//! `AVX_MIN` store 32-byte blocks to a 32-byte-aligned destination — a deliberate deviation from
+//! "`rep movsb`/`rep stosb` from 1 KiB": on the project machine (AMD EPYC, no ERMS reported) the
+//! string instructions ran at 0.5-0.6x of glibc at 4 KiB and fell to ~2 GB/s for some buffer
+//! alignments at 64-256 KiB. Below that, and without AVX, the original strategy is used (16-byte
+//! SSE blocks, then words and bytes, below 1 KiB; string instructions from 1 KiB). Backward
+//! copies are a byte-wise `rep movsb` with DF set.
 //!
 //! | routine | inputs | outputs / clobbers |
 //! |---|---|---|
@@ -33,12 +42,19 @@
 //! | `copy_backward` | `rdi` dst, `rsi` src, `rcx` len | clobbers `rdi rsi rcx` |
 //! | `fill` | `rdi` dst, `rax` byte (zero-extended), `rcx` len | clobbers `rdi rcx rax rdx xmm0` |
 //! | `fill_avx` | as `fill` | clobbers `rdi rcx rax rdx ymm0` |
-//! | `read_N` | `rsi` src | `rdx` value (zero-extended) |
-//! | `write_N` | `rdi` dst, `rdx` value | — |
-//! | `cmpxchg_N` | `rdi` dst, `rax` expected (zero-extended), `rdx` new | `rax` observed |
 
-// Unsafe code: the guarded routines are assembly (`global_asm!`) called through raw pointers.
+// Unsafe code: the guarded routines are assembly (`global_asm!`) and inline assembly called
+// through raw pointers.
 #![allow(unsafe_code)]
+
+mod sites;
+
+pub(crate) use sites::{
+    cmpxchg_u16, cmpxchg_u32, cmpxchg_u64, cmpxchg_u8, read_u16, read_u32, read_u64, read_u8,
+    write_u16, write_u32, write_u64, write_u8,
+};
+#[cfg(test)]
+pub(crate) use sites::{sites as sites_for_tests, INLINE_MAX};
 
 use crate::error::FaultRecord;
 use std::arch::{asm, global_asm};
@@ -291,62 +307,10 @@ global_asm!(
     "vzeroupper",
     "jmp .Lfill_words",
     routine_footer!("fill_avx"),
-    // ---- single loads ---------------------------------------------------------------------
-    routine_header!("read_1"),
-    "movzx edx, byte ptr [rsi]",
-    "ret",
-    routine_footer!("read_1"),
-    routine_header!("read_2"),
-    "movzx edx, word ptr [rsi]",
-    "ret",
-    routine_footer!("read_2"),
-    routine_header!("read_4"),
-    "mov edx, dword ptr [rsi]",
-    "ret",
-    routine_footer!("read_4"),
-    routine_header!("read_8"),
-    "mov rdx, qword ptr [rsi]",
-    "ret",
-    routine_footer!("read_8"),
-    // ---- single stores --------------------------------------------------------------------
-    routine_header!("write_1"),
-    "mov byte ptr [rdi], dl",
-    "ret",
-    routine_footer!("write_1"),
-    routine_header!("write_2"),
-    "mov word ptr [rdi], dx",
-    "ret",
-    routine_footer!("write_2"),
-    routine_header!("write_4"),
-    "mov dword ptr [rdi], edx",
-    "ret",
-    routine_footer!("write_4"),
-    routine_header!("write_8"),
-    "mov qword ptr [rdi], rdx",
-    "ret",
-    routine_footer!("write_8"),
-    // ---- locked compare-exchange (always a write cycle, so read-only pages fault) ----------
-    routine_header!("cmpxchg_1"),
-    "lock cmpxchg byte ptr [rdi], dl",
-    "ret",
-    routine_footer!("cmpxchg_1"),
-    routine_header!("cmpxchg_2"),
-    "lock cmpxchg word ptr [rdi], dx",
-    "ret",
-    routine_footer!("cmpxchg_2"),
-    routine_header!("cmpxchg_4"),
-    "lock cmpxchg dword ptr [rdi], edx",
-    "ret",
-    routine_footer!("cmpxchg_4"),
-    routine_header!("cmpxchg_8"),
-    "lock cmpxchg qword ptr [rdi], rdx",
-    "ret",
-    routine_footer!("cmpxchg_8"),
     // ---- the shared fixup: the handler resumes here after a recovered fault ----------------
     ".p2align 4",
     ".Lmembacking_trycopy_fixup:",
     "cld",
-    "mov r11d, 1",
     "ret",
     // The fixup of the AVX routine also leaves the upper vector state clean.
     ".Lmembacking_trycopy_fixup_avx:",
@@ -371,18 +335,6 @@ global_asm!(
     ".long membacking_trycopy_fill_avx - membacking_trycopy_block_start",
     ".long .Lmembacking_trycopy_fill_avx_end - membacking_trycopy_block_start",
     ".long .Lmembacking_trycopy_fixup_avx - membacking_trycopy_block_start",
-    table_entry!("read_1"),
-    table_entry!("read_2"),
-    table_entry!("read_4"),
-    table_entry!("read_8"),
-    table_entry!("write_1"),
-    table_entry!("write_2"),
-    table_entry!("write_4"),
-    table_entry!("write_8"),
-    table_entry!("cmpxchg_1"),
-    table_entry!("cmpxchg_2"),
-    table_entry!("cmpxchg_4"),
-    table_entry!("cmpxchg_8"),
     ".globl membacking_trycopy_table_end",
     ".hidden membacking_trycopy_table_end",
     "membacking_trycopy_table_end:",
@@ -413,26 +365,18 @@ extern "C" {
     fn membacking_trycopy_copy_backward();
     fn membacking_trycopy_fill();
     fn membacking_trycopy_fill_avx();
-    fn membacking_trycopy_read_1();
-    fn membacking_trycopy_read_2();
-    fn membacking_trycopy_read_4();
-    fn membacking_trycopy_read_8();
-    fn membacking_trycopy_write_1();
-    fn membacking_trycopy_write_2();
-    fn membacking_trycopy_write_4();
-    fn membacking_trycopy_write_8();
-    fn membacking_trycopy_cmpxchg_1();
-    fn membacking_trycopy_cmpxchg_2();
-    fn membacking_trycopy_cmpxchg_4();
-    fn membacking_trycopy_cmpxchg_8();
 }
 
 /// The address at which to resume when a fault was raised at instruction pointer `ip`, if `ip`
-/// lies inside one of the guarded routines.
+/// lies inside one of the guarded routines of the block or in a guarded site.
 ///
 /// Async-signal-safe: reads only immutable static data, no allocation, no locks, cannot panic.
-#[inline]
 pub(crate) fn fixup_for(ip: usize) -> Option<usize> {
+    block_fixup_for(ip).or_else(|| sites::resume_for(ip))
+}
+
+/// [`fixup_for`] for the routines of the assembly block.
+fn block_fixup_for(ip: usize) -> Option<usize> {
     // SAFETY: only the addresses of the linker-provided labels are taken; nothing is read.
     // (Taking the address of an extern static needs `unsafe` before Rust 1.82.)
     #[allow(unused_unsafe)]
@@ -474,25 +418,62 @@ fn status_to_result(status: usize, record: MaybeUninit<FaultRecord>) -> Result<(
     }
 }
 
-/// Copies `len` bytes, choosing the direction so that overlapping ranges behave like
-/// `memmove`, and the AVX routine for forward copies when the CPU has AVX.
+/// From this length on, forward copies and fills use the AVX routines where the CPU has AVX.
+const AVX_MIN: usize = 256;
+
+/// Whether the CPU and OS support AVX, detected on the first call and then read from a static.
+#[inline(always)]
+fn has_avx() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    /// 0: not yet detected; 1: no AVX; 2: AVX.
+    static AVX: AtomicU8 = AtomicU8::new(0);
+    #[cold]
+    fn detect() -> bool {
+        let avx = std::is_x86_feature_detected!("avx");
+        AVX.store(if avx { 2 } else { 1 }, Ordering::Relaxed);
+        avx
+    }
+    match AVX.load(Ordering::Relaxed) {
+        0 => detect(),
+        state => state == 2,
+    }
+}
+
+/// Copies `len` bytes with `memmove` semantics: inline up to `sites::INLINE_MAX` bytes
+/// (loads before stores, so any overlap works), else the routine for the direction and size.
 ///
 /// # Safety
 /// The caller accepts that any byte of `[dst, dst + len)` may be written and any byte of
 /// `[src, src + len)` read; the memory must not be Rust-owned memory borrowed elsewhere.
-#[inline]
+#[inline(always)]
 pub(crate) unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) -> Result<(), FaultRecord> {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        if len == 0 {
+            Ok(())
+        } else if len <= sites::INLINE_MAX {
+            sites::copy_small(dst, src, len)
+        } else {
+            copy_long(dst, src, len)
+        }
+    }
+}
+
+/// [`copy`] beyond the inline sizes: one routine call.
+///
+/// # Safety
+/// As for [`copy`].
+#[inline(never)]
+unsafe fn copy_long(dst: *mut u8, src: *const u8, len: usize) -> Result<(), FaultRecord> {
     // SAFETY: forwarded caller contract; the direction rule makes each routine's access order
     // correct for overlapping ranges, and the AVX routine only runs where AVX is available.
     unsafe {
-        if (dst as usize).wrapping_sub(src as usize) >= len {
-            if std::is_x86_feature_detected!("avx") {
-                copy_forward_avx(dst, src, len)
-            } else {
-                copy_forward_sse(dst, src, len)
-            }
-        } else {
+        if (dst as usize).wrapping_sub(src as usize) < len {
             copy_backward(dst, src, len)
+        } else if len >= AVX_MIN && has_avx() {
+            copy_forward_avx(dst, src, len)
+        } else {
+            copy_forward_sse(dst, src, len)
         }
     }
 }
@@ -576,15 +557,33 @@ unsafe fn copy_backward(dst: *mut u8, src: *const u8, len: usize) -> Result<(), 
     status_to_result(status, record)
 }
 
-/// Sets `len` bytes at `dst` to `byte`, with the AVX routine when the CPU has AVX.
+/// Sets `len` bytes at `dst` to `byte`: inline up to `sites::INLINE_MAX` bytes, else a routine.
 ///
 /// # Safety
 /// The caller accepts that any byte of `[dst, dst + len)` may be written.
-#[inline]
+#[inline(always)]
 pub(crate) unsafe fn fill(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord> {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        if len == 0 {
+            Ok(())
+        } else if len <= sites::INLINE_MAX {
+            sites::fill_small(dst, byte, len)
+        } else {
+            fill_long(dst, byte, len)
+        }
+    }
+}
+
+/// [`fill`] beyond the inline sizes: one routine call.
+///
+/// # Safety
+/// As for [`fill`].
+#[inline(never)]
+unsafe fn fill_long(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord> {
     // SAFETY: forwarded caller contract; the AVX routine only runs where AVX is available.
     unsafe {
-        if std::is_x86_feature_detected!("avx") {
+        if len >= AVX_MIN && has_avx() {
             fill_avx(dst, byte, len)
         } else {
             fill_sse(dst, byte, len)
@@ -644,142 +643,18 @@ unsafe fn fill_avx(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord
     status_to_result(status, record)
 }
 
-/// Generates a single-load wrapper.
-macro_rules! read_fn {
-    ($name:ident, $routine:ident, $ty:ty) => {
-        /// Loads one value with a single instruction.
-        ///
-        /// # Safety
-        /// The caller accepts that `src` is read.
-        #[inline]
-        pub(crate) unsafe fn $name(src: *const $ty) -> Result<$ty, FaultRecord> {
-            let mut record = MaybeUninit::<FaultRecord>::uninit();
-            let status: usize;
-            let value: u64;
-            // SAFETY: the routine follows the register contract in the module comment and
-            // touches only `src`; faults are recovered by the handler.
-            unsafe {
-                asm!(
-                    "call {routine}",
-                    routine = sym $routine,
-                    in("rsi") src,
-                    in("r10") record.as_mut_ptr(),
-                    inout("r11") 0usize => status,
-                    out("rdx") value,
-                );
-            }
-            // The routine zero-extends the loaded value into `rdx`; truncation is exact.
-            #[allow(clippy::cast_possible_truncation, reason = "the upper bits are zero")]
-            status_to_result(status, record).map(|()| value as $ty)
-        }
-    };
-}
-
-read_fn!(read_u8, membacking_trycopy_read_1, u8);
-read_fn!(read_u16, membacking_trycopy_read_2, u16);
-read_fn!(read_u32, membacking_trycopy_read_4, u32);
-read_fn!(read_u64, membacking_trycopy_read_8, u64);
-
-/// Generates a single-store wrapper.
-macro_rules! write_fn {
-    ($name:ident, $routine:ident, $ty:ty) => {
-        /// Stores one value with a single instruction.
-        ///
-        /// # Safety
-        /// The caller accepts that `dst` is written.
-        #[inline]
-        pub(crate) unsafe fn $name(dst: *mut $ty, value: $ty) -> Result<(), FaultRecord> {
-            let mut record = MaybeUninit::<FaultRecord>::uninit();
-            let status: usize;
-            // SAFETY: the routine follows the register contract in the module comment and
-            // touches only `dst`; faults are recovered by the handler.
-            unsafe {
-                asm!(
-                    "call {routine}",
-                    routine = sym $routine,
-                    in("rdi") dst,
-                    in("rdx") u64::from(value),
-                    in("r10") record.as_mut_ptr(),
-                    inout("r11") 0usize => status,
-                );
-            }
-            status_to_result(status, record)
-        }
-    };
-}
-
-write_fn!(write_u8, membacking_trycopy_write_1, u8);
-write_fn!(write_u16, membacking_trycopy_write_2, u16);
-write_fn!(write_u32, membacking_trycopy_write_4, u32);
-write_fn!(write_u64, membacking_trycopy_write_8, u64);
-
-/// Generates a locked compare-exchange wrapper returning the value observed in memory.
-macro_rules! cmpxchg_fn {
-    ($name:ident, $routine:ident, $ty:ty) => {
-        /// One `lock cmpxchg`; returns the value memory held (equal to `expected` exactly when
-        /// the swap happened).
-        ///
-        /// # Safety
-        /// The caller accepts that `dst` is read and written.
-        #[inline]
-        pub(crate) unsafe fn $name(
-            dst: *mut $ty,
-            expected: $ty,
-            new: $ty,
-        ) -> Result<$ty, FaultRecord> {
-            let mut record = MaybeUninit::<FaultRecord>::uninit();
-            let status: usize;
-            let observed: u64;
-            // SAFETY: the routine follows the register contract in the module comment and
-            // touches only `dst`; faults are recovered by the handler.
-            unsafe {
-                asm!(
-                    "call {routine}",
-                    routine = sym $routine,
-                    in("rdi") dst,
-                    inout("rax") u64::from(expected) => observed,
-                    in("rdx") u64::from(new),
-                    in("r10") record.as_mut_ptr(),
-                    inout("r11") 0usize => status,
-                );
-            }
-            // `cmpxchg` of a narrow operand only replaces the low bits of `rax`, whose upper
-            // bits still hold the zero-extension of `expected`: truncation is exact.
-            #[allow(clippy::cast_possible_truncation, reason = "the upper bits are zero")]
-            status_to_result(status, record).map(|()| observed as $ty)
-        }
-    };
-}
-
-cmpxchg_fn!(cmpxchg_u8, membacking_trycopy_cmpxchg_1, u8);
-cmpxchg_fn!(cmpxchg_u16, membacking_trycopy_cmpxchg_2, u16);
-cmpxchg_fn!(cmpxchg_u32, membacking_trycopy_cmpxchg_4, u32);
-cmpxchg_fn!(cmpxchg_u64, membacking_trycopy_cmpxchg_8, u64);
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn fixup_table_covers_every_routine_and_nothing_outside_the_block() {
-        let routines: [unsafe extern "C" fn(); 17] = [
+        let routines: [unsafe extern "C" fn(); 5] = [
             membacking_trycopy_copy_forward,
             membacking_trycopy_copy_forward_avx,
             membacking_trycopy_fill_avx,
             membacking_trycopy_copy_backward,
             membacking_trycopy_fill,
-            membacking_trycopy_read_1,
-            membacking_trycopy_read_2,
-            membacking_trycopy_read_4,
-            membacking_trycopy_read_8,
-            membacking_trycopy_write_1,
-            membacking_trycopy_write_2,
-            membacking_trycopy_write_4,
-            membacking_trycopy_write_8,
-            membacking_trycopy_cmpxchg_1,
-            membacking_trycopy_cmpxchg_2,
-            membacking_trycopy_cmpxchg_4,
-            membacking_trycopy_cmpxchg_8,
         ];
         let fixups: Vec<usize> = routines
             .iter()

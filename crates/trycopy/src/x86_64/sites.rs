@@ -1,0 +1,441 @@
+//! Guarded accesses inlined at the call site: scalar loads, stores and compare-exchanges, and
+//! copies and fills of up to [`INLINE_MAX`] bytes.
+//!
+//! Calling a routine of the assembly block costs a call and a return, which is several times a
+//! one-instruction access; so these accesses are emitted by inline assembly wherever they are
+//! used, and a length known at compile time selects one straight-line sequence (no loop, no
+//! branch). Each emitted sequence is a *guarded site*: the `site_entry!` directives record its
+//! instruction range in the `membacking_trycopy_sites` section, whose pieces the linker gathers
+//! from every object into one table bounded by `__start_`/`__stop_` symbols. The fault handler
+//! recovers a fault whose instruction pointer lies in a site (as for the routines of the block)
+//! and resumes right after the site.
+//!
+//! Register contract of a site (the same as a routine's): `r10` holds the caller's
+//! [`FaultRecord`] pointer, which the handler writes on a fault; `r11` is zero on entry and the
+//! handler sets it to 1 when it resumes after a fault. A site uses no stack. Every load of a site
+//! happens before its first store, so copies of up to [`INLINE_MAX`] bytes behave like `memmove`
+//! for any overlap, and a site that faults has written nothing when the fault is in a load.
+//!
+//! Table entry (8 bytes, position independent, no relocation at load time): the offset of the
+//! site's first instruction from the entry, then the site's length in bytes.
+
+// Unsafe code: the sites are inline assembly on raw pointers, and the site table is read from
+// linker-defined symbols.
+#![allow(unsafe_code)]
+
+use crate::error::FaultRecord;
+use std::arch::{asm, global_asm};
+use std::mem::MaybeUninit;
+
+/// Copies and fills of at most this many bytes are inlined; longer ones call a routine.
+pub(crate) const INLINE_MAX: usize = 64;
+
+/// The directives that record the site between the labels `2:` and `3:` of the current
+/// assembly template in the site table.
+macro_rules! site_entry {
+    () => {
+        concat!(
+            ".pushsection membacking_trycopy_sites,\"aR\",@progbits\n",
+            ".balign 4\n",
+            ".long 2b - .\n",
+            ".long 3b - 2b\n",
+            ".popsection\n",
+        )
+    };
+}
+
+/// Runs a guarded site: `asm!` with the site labels around `$body`, the table entry, and the
+/// record/status registers bound; evaluates to the status (0 = success, 1 = recovered fault).
+macro_rules! guarded_site {
+    ($record:expr; $($body:literal),+ ; $($operands:tt)*) => {{
+        let status: usize;
+        asm!(
+            "2:",
+            $($body,)+
+            "3:",
+            site_entry!(),
+            $($operands)*
+            in("r10") $record,
+            inout("r11") 0usize => status,
+            options(nostack),
+        );
+        status
+    }};
+}
+
+// Keeps the section (and so its `__start_`/`__stop_` symbols) present in every link, even one
+// where no site is instantiated: one empty entry, which matches no instruction pointer.
+global_asm!(
+    ".pushsection membacking_trycopy_sites,\"aR\",@progbits",
+    ".balign 4",
+    ".long 0",
+    ".long 0",
+    ".popsection",
+);
+
+/// One entry of the site table.
+#[repr(C)]
+struct SiteEntry {
+    /// Offset of the site's first instruction from this field.
+    start: i32,
+    /// Length of the site in bytes.
+    len: u32,
+}
+
+impl SiteEntry {
+    /// `(start, end)` addresses of the site's instructions.
+    fn bounds(&self) -> (usize, usize) {
+        // The assembler wrote the offset relative to this very field, so the sum is an address
+        // inside the same loaded object (no overflow; `wrapping_offset` only avoids the
+        // in-bounds requirement of `offset`).
+        let start = std::ptr::from_ref(self)
+            .cast::<u8>()
+            .wrapping_offset(self.start as isize)
+            .addr();
+        (start, start.wrapping_add(self.len as usize))
+    }
+}
+
+extern "C" {
+    // Defined by the linker: the bounds of the gathered `membacking_trycopy_sites` section.
+    static __start_membacking_trycopy_sites: SiteEntry;
+    static __stop_membacking_trycopy_sites: SiteEntry;
+}
+
+/// The whole site table.
+fn table() -> &'static [SiteEntry] {
+    // SAFETY: the linker places every piece of the section, each a whole number of 8-byte
+    // entries aligned to 4, between the two symbols; the data is immutable.
+    #[allow(unused_unsafe)]
+    unsafe {
+        let start = std::ptr::addr_of!(__start_membacking_trycopy_sites);
+        let end = std::ptr::addr_of!(__stop_membacking_trycopy_sites);
+        let count = (end as usize - start as usize) / std::mem::size_of::<SiteEntry>();
+        std::slice::from_raw_parts(start, count)
+    }
+}
+
+/// Where to resume after a fault at `ip` when `ip` lies in a guarded site: the end of the site.
+///
+/// Async-signal-safe: reads only immutable static data, no allocation, no locks, cannot panic.
+pub(crate) fn resume_for(ip: usize) -> Option<usize> {
+    table().iter().find_map(|entry| {
+        let (start, end) = entry.bounds();
+        (start <= ip && ip < end).then_some(end)
+    })
+}
+
+/// `(start, end)` of every site in the table (tests).
+#[cfg(test)]
+pub(crate) fn sites() -> Vec<(usize, usize)> {
+    table()
+        .iter()
+        .map(SiteEntry::bounds)
+        .filter(|&(start, end)| start != end)
+        .collect()
+}
+
+/// Maps a site status to a result.
+#[inline(always)]
+fn status_to_result(status: usize, record: MaybeUninit<FaultRecord>) -> Result<(), FaultRecord> {
+    if status == 0 {
+        Ok(())
+    } else {
+        // SAFETY: a non-zero status is only set by the handler, after it wrote the complete
+        // record through the pointer in r10.
+        Err(unsafe { record.assume_init() })
+    }
+}
+
+/// Generates a single-load site.
+macro_rules! read_fn {
+    ($name:ident, $ty:ty, $insn:literal) => {
+        /// Loads one value with a single instruction.
+        ///
+        /// # Safety
+        /// The caller accepts that `src` is read.
+        #[inline(always)]
+        pub(crate) unsafe fn $name(src: *const $ty) -> Result<$ty, FaultRecord> {
+            let mut record = MaybeUninit::<FaultRecord>::uninit();
+            let value: u64;
+            // SAFETY: one load of `src`, recovered by the handler on a fault (site contract).
+            let status = unsafe {
+                guarded_site!(record.as_mut_ptr(); $insn;
+                    src = in(reg) src,
+                    value = lateout(reg) value,
+                )
+            };
+            // The load zero-extends into the full register: truncation is exact.
+            #[allow(clippy::cast_possible_truncation, reason = "the upper bits are zero")]
+            status_to_result(status, record).map(|()| value as $ty)
+        }
+    };
+}
+
+read_fn!(read_u8, u8, "movzx {value:e}, byte ptr [{src}]");
+read_fn!(read_u16, u16, "movzx {value:e}, word ptr [{src}]");
+read_fn!(read_u32, u32, "mov {value:e}, dword ptr [{src}]");
+read_fn!(read_u64, u64, "mov {value}, qword ptr [{src}]");
+
+/// Generates a single-store site.
+macro_rules! write_fn {
+    ($name:ident, $ty:ty, $insn:literal, $class:ident) => {
+        /// Stores one value with a single instruction.
+        ///
+        /// # Safety
+        /// The caller accepts that `dst` is written.
+        #[inline(always)]
+        pub(crate) unsafe fn $name(dst: *mut $ty, value: $ty) -> Result<(), FaultRecord> {
+            let mut record = MaybeUninit::<FaultRecord>::uninit();
+            // SAFETY: one store to `dst`, recovered by the handler on a fault (site contract).
+            let status = unsafe {
+                guarded_site!(record.as_mut_ptr(); $insn;
+                    dst = in(reg) dst,
+                    value = in($class) value,
+                )
+            };
+            status_to_result(status, record)
+        }
+    };
+}
+
+write_fn!(write_u8, u8, "mov byte ptr [{dst}], {value}", reg_byte);
+write_fn!(write_u16, u16, "mov word ptr [{dst}], {value:x}", reg);
+write_fn!(write_u32, u32, "mov dword ptr [{dst}], {value:e}", reg);
+write_fn!(write_u64, u64, "mov qword ptr [{dst}], {value}", reg);
+
+/// Generates a locked compare-exchange site returning the value observed in memory.
+macro_rules! cmpxchg_fn {
+    ($name:ident, $ty:ty, $insn:literal, $class:ident) => {
+        /// One `lock cmpxchg`; returns the value memory held (equal to `expected` exactly when
+        /// the swap happened). Always a write cycle, so a read-only page faults.
+        ///
+        /// # Safety
+        /// The caller accepts that `dst` is read and written.
+        #[inline(always)]
+        pub(crate) unsafe fn $name(
+            dst: *mut $ty,
+            expected: $ty,
+            new: $ty,
+        ) -> Result<$ty, FaultRecord> {
+            let mut record = MaybeUninit::<FaultRecord>::uninit();
+            let observed: u64;
+            // SAFETY: one locked access to `dst`, recovered by the handler on a fault (site
+            // contract).
+            let status = unsafe {
+                guarded_site!(record.as_mut_ptr(); $insn;
+                    dst = in(reg) dst,
+                    new = in($class) new,
+                    inout("rax") u64::from(expected) => observed,
+                )
+            };
+            // `cmpxchg` of a narrow operand replaces only the low bits of `rax`, whose upper
+            // bits still hold the zero-extension of `expected`: truncation is exact.
+            #[allow(clippy::cast_possible_truncation, reason = "the upper bits are zero")]
+            status_to_result(status, record).map(|()| observed as $ty)
+        }
+    };
+}
+
+cmpxchg_fn!(
+    cmpxchg_u8,
+    u8,
+    "lock cmpxchg byte ptr [{dst}], {new}",
+    reg_byte
+);
+cmpxchg_fn!(
+    cmpxchg_u16,
+    u16,
+    "lock cmpxchg word ptr [{dst}], {new:x}",
+    reg
+);
+cmpxchg_fn!(
+    cmpxchg_u32,
+    u32,
+    "lock cmpxchg dword ptr [{dst}], {new:e}",
+    reg
+);
+cmpxchg_fn!(
+    cmpxchg_u64,
+    u64,
+    "lock cmpxchg qword ptr [{dst}], {new}",
+    reg
+);
+
+/// Copies `len` bytes, `1 <= len <= INLINE_MAX`, with every load before the first store (so any
+/// overlap is allowed). A constant `len` leaves one straight-line site.
+///
+/// # Safety
+/// The caller accepts that any byte of `[dst, dst + len)` may be written and any byte of
+/// `[src, src + len)` read.
+#[inline(always)]
+pub(crate) unsafe fn copy_small(
+    dst: *mut u8,
+    src: *const u8,
+    len: usize,
+) -> Result<(), FaultRecord> {
+    debug_assert!((1..=INLINE_MAX).contains(&len));
+    let mut record = MaybeUninit::<FaultRecord>::uninit();
+    let rec = record.as_mut_ptr();
+    // SAFETY: (every arm) the site reads `[src, src + len)` and writes `[dst, dst + len)` only
+    // (the two halves overlap when `len` is not twice the access width), recovered by the
+    // handler on a fault.
+    let status = unsafe {
+        macro_rules! one {
+            ($load:literal, $store:literal, $class:ident) => {
+                guarded_site!(rec; $load, $store;
+                    src = in(reg) src, dst = in(reg) dst, a = out($class) _,
+                )
+            };
+        }
+        macro_rules! two {
+            ($width:literal, $load_a:literal, $load_b:literal, $store_a:literal, $store_b:literal, $class:ident) => {
+                guarded_site!(rec; $load_a, $load_b, $store_a, $store_b;
+                    src = in(reg) src, dst = in(reg) dst, tail = in(reg) len - $width,
+                    a = out($class) _, b = out($class) _,
+                )
+            };
+        }
+        match len {
+            1 => one!(
+                "mov {a}, byte ptr [{src}]",
+                "mov byte ptr [{dst}], {a}",
+                reg_byte
+            ),
+            2 => one!(
+                "mov {a:x}, word ptr [{src}]",
+                "mov word ptr [{dst}], {a:x}",
+                reg
+            ),
+            3 => two!(
+                2,
+                "mov {a:x}, word ptr [{src}]",
+                "mov {b:x}, word ptr [{src} + {tail}]",
+                "mov word ptr [{dst}], {a:x}",
+                "mov word ptr [{dst} + {tail}], {b:x}",
+                reg
+            ),
+            4 => one!(
+                "mov {a:e}, dword ptr [{src}]",
+                "mov dword ptr [{dst}], {a:e}",
+                reg
+            ),
+            5..=7 => two!(
+                4,
+                "mov {a:e}, dword ptr [{src}]",
+                "mov {b:e}, dword ptr [{src} + {tail}]",
+                "mov dword ptr [{dst}], {a:e}",
+                "mov dword ptr [{dst} + {tail}], {b:e}",
+                reg
+            ),
+            8 => one!(
+                "mov {a}, qword ptr [{src}]",
+                "mov qword ptr [{dst}], {a}",
+                reg
+            ),
+            9..=15 => two!(
+                8,
+                "mov {a}, qword ptr [{src}]",
+                "mov {b}, qword ptr [{src} + {tail}]",
+                "mov qword ptr [{dst}], {a}",
+                "mov qword ptr [{dst} + {tail}], {b}",
+                reg
+            ),
+            16 => one!(
+                "movdqu {a}, xmmword ptr [{src}]",
+                "movdqu xmmword ptr [{dst}], {a}",
+                xmm_reg
+            ),
+            17..=32 => two!(
+                16,
+                "movdqu {a}, xmmword ptr [{src}]",
+                "movdqu {b}, xmmword ptr [{src} + {tail}]",
+                "movdqu xmmword ptr [{dst}], {a}",
+                "movdqu xmmword ptr [{dst} + {tail}], {b}",
+                xmm_reg
+            ),
+            _ => guarded_site!(rec;
+                "movdqu {a}, xmmword ptr [{src}]",
+                "movdqu {b}, xmmword ptr [{src} + 16]",
+                "movdqu {c}, xmmword ptr [{src} + {tail}]",
+                "movdqu {d}, xmmword ptr [{src} + {tail} + 16]",
+                "movdqu xmmword ptr [{dst}], {a}",
+                "movdqu xmmword ptr [{dst} + 16], {b}",
+                "movdqu xmmword ptr [{dst} + {tail}], {c}",
+                "movdqu xmmword ptr [{dst} + {tail} + 16], {d}";
+                src = in(reg) src, dst = in(reg) dst, tail = in(reg) len - 32,
+                a = out(xmm_reg) _, b = out(xmm_reg) _, c = out(xmm_reg) _, d = out(xmm_reg) _,
+            ),
+        }
+    };
+    status_to_result(status, record)
+}
+
+/// Sets `len` bytes at `dst` to `byte`, `1 <= len <= INLINE_MAX`. A constant `len` leaves one
+/// straight-line site.
+///
+/// # Safety
+/// The caller accepts that any byte of `[dst, dst + len)` may be written.
+#[inline(always)]
+pub(crate) unsafe fn fill_small(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord> {
+    debug_assert!((1..=INLINE_MAX).contains(&len));
+    let mut record = MaybeUninit::<FaultRecord>::uninit();
+    let rec = record.as_mut_ptr();
+    let pattern = u64::from(byte) * 0x0101_0101_0101_0101;
+    // SAFETY: (every arm) the site writes `[dst, dst + len)` only (overlapping stores when
+    // `len` is not a multiple of the width), recovered by the handler on a fault.
+    let status = unsafe {
+        macro_rules! one {
+            ($store:literal, $class:ident, $value:expr) => {
+                guarded_site!(rec; $store; dst = in(reg) dst, v = in($class) $value,)
+            };
+        }
+        macro_rules! two {
+            ($width:literal, $store_a:literal, $store_b:literal) => {
+                guarded_site!(rec; $store_a, $store_b;
+                    dst = in(reg) dst, tail = in(reg) len - $width, v = in(reg) pattern,
+                )
+            };
+        }
+        match len {
+            1 => one!("mov byte ptr [{dst}], {v}", reg_byte, byte),
+            2 => one!("mov word ptr [{dst}], {v:x}", reg, pattern),
+            3 => two!(
+                2,
+                "mov word ptr [{dst}], {v:x}",
+                "mov word ptr [{dst} + {tail}], {v:x}"
+            ),
+            4 => one!("mov dword ptr [{dst}], {v:e}", reg, pattern),
+            5..=7 => two!(
+                4,
+                "mov dword ptr [{dst}], {v:e}",
+                "mov dword ptr [{dst} + {tail}], {v:e}"
+            ),
+            8 => one!("mov qword ptr [{dst}], {v}", reg, pattern),
+            9..=16 => two!(
+                8,
+                "mov qword ptr [{dst}], {v}",
+                "mov qword ptr [{dst} + {tail}], {v}"
+            ),
+            17..=32 => guarded_site!(rec;
+                "movq {x}, {v}",
+                "punpcklqdq {x}, {x}",
+                "movdqu xmmword ptr [{dst}], {x}",
+                "movdqu xmmword ptr [{dst} + {tail}], {x}";
+                dst = in(reg) dst, tail = in(reg) len - 16, v = in(reg) pattern,
+                x = out(xmm_reg) _,
+            ),
+            _ => guarded_site!(rec;
+                "movq {x}, {v}",
+                "punpcklqdq {x}, {x}",
+                "movdqu xmmword ptr [{dst}], {x}",
+                "movdqu xmmword ptr [{dst} + 16], {x}",
+                "movdqu xmmword ptr [{dst} + {tail}], {x}",
+                "movdqu xmmword ptr [{dst} + {tail} + 16], {x}";
+                dst = in(reg) dst, tail = in(reg) len - 32, v = in(reg) pattern,
+                x = out(xmm_reg) _,
+            ),
+        }
+    };
+    status_to_result(status, record)
+}
