@@ -150,6 +150,7 @@ pub mod kvm {
     ) -> napi::Result<Object<'env>> {
         let options = KvmPartitionOptions {
             disable_slot_zap_all_quirk,
+            ..Default::default()
         };
         promise(
             env,

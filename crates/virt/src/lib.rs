@@ -19,6 +19,8 @@ mod vtl;
 pub use partition_memory_map::Error;
 pub use partition_memory_map::PartitionMemoryMap;
 pub use partition_memory_map::PlannedCall;
+pub use partition_memory_map::PrefetchChunk;
+pub use partition_memory_map::PrefetchFailure;
 pub use recording::next_sequence_number;
 pub use recording::InjectedFailure;
 pub use recording::ParseRecordedOpError;

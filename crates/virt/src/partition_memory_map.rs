@@ -23,6 +23,47 @@ pub enum PlannedCall {
     },
 }
 
+/// The outcome of one prefetched piece of a range, reported by
+/// [`PartitionMemoryMap::prefetch_range_with_progress`] as soon as the piece is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefetchChunk {
+    /// The guest physical address of the piece.
+    pub gpa: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// `None` when the piece was populated, else why it was not.
+    pub failure: Option<PrefetchFailure>,
+}
+
+/// Why a piece of a range could not be prefetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefetchFailure {
+    /// The operating-system error number, when the failure carries one.
+    pub errno: Option<i32>,
+    /// The error's message.
+    pub message: String,
+}
+
+impl PrefetchFailure {
+    /// Describes `error`: its message, and the errno of the first `std::io::Error` in its
+    /// source chain.
+    pub fn from_error(error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut errno = None;
+        let mut current = Some(error);
+        while let Some(error) = current {
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                errno = io.raw_os_error();
+                break;
+            }
+            current = error.source();
+        }
+        Self {
+            errno,
+            message: error.to_string(),
+        }
+    }
+}
+
 /// A hypervisor partition's guest-physical-address map, as the memory manager drives it.
 ///
 /// The manager calls these methods from its own thread, one at a time per partition mapper, and
@@ -60,6 +101,30 @@ pub trait PartitionMemoryMap: Send + Sync {
     /// nothing and succeeds.
     fn prefetch_range(&self, _addr: u64, _size: u64) -> Result<(), Error> {
         Ok(())
+    }
+
+    /// [`prefetch_range`](Self::prefetch_range), telling `progress` about each piece of the
+    /// range as it is done (pieces are disjoint and together cover what was prefetched; an
+    /// implementation may work on several pieces at once and call `progress` from several
+    /// threads). Every piece is tried; the result is the first failure, if any.
+    ///
+    /// The default makes one `prefetch_range` call and reports the whole range as one piece.
+    fn prefetch_range_with_progress(
+        &self,
+        addr: u64,
+        size: u64,
+        progress: &(dyn Fn(&PrefetchChunk) + Sync),
+    ) -> Result<(), Error> {
+        let result = self.prefetch_range(addr, size);
+        progress(&PrefetchChunk {
+            gpa: addr,
+            size,
+            failure: result
+                .as_ref()
+                .err()
+                .map(|error| PrefetchFailure::from_error(error.as_ref())),
+        });
+        result
     }
 
     /// Makes `[addr, addr + size)` resident for assigned devices. The default does nothing and
@@ -121,6 +186,77 @@ mod tests {
         ) -> Result<(), Error> {
             Err("map not supported".into())
         }
+    }
+
+    /// Fails every prefetch with an OS error wrapped in another error.
+    struct FailingPrefetch;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("populating failed")]
+    struct Wrapped(#[source] std::io::Error);
+
+    impl PartitionMemoryMap for FailingPrefetch {
+        fn unmap_range(&self, _addr: u64, _size: u64) -> Result<(), Error> {
+            Ok(())
+        }
+
+        fn map_range(&self, _: *mut u8, _: usize, _: u64, _: bool, _: bool) -> Result<(), Error> {
+            Ok(())
+        }
+
+        fn prefetch_range(&self, _addr: u64, _size: u64) -> Result<(), Error> {
+            Err(Box::new(Wrapped(std::io::Error::from_raw_os_error(
+                libc_enomem(),
+            ))))
+        }
+    }
+
+    /// ENOMEM on Linux (the crate has no libc dependency).
+    fn libc_enomem() -> i32 {
+        12
+    }
+
+    #[test]
+    fn default_progress_reports_the_whole_range_once_with_its_outcome() {
+        let seen = parking_lot::Mutex::new(Vec::new());
+        let record = |chunk: &PrefetchChunk| seen.lock().push(chunk.clone());
+        MinimalPartition
+            .prefetch_range_with_progress(0x1000, 0x3000, &record)
+            .unwrap();
+        let error = FailingPrefetch
+            .prefetch_range_with_progress(0x8000, 0x1000, &record)
+            .unwrap_err();
+        assert_eq!(error.to_string(), "populating failed");
+        assert_eq!(
+            seen.into_inner(),
+            [
+                PrefetchChunk {
+                    gpa: 0x1000,
+                    size: 0x3000,
+                    failure: None
+                },
+                PrefetchChunk {
+                    gpa: 0x8000,
+                    size: 0x1000,
+                    failure: Some(PrefetchFailure {
+                        errno: Some(libc_enomem()),
+                        message: "populating failed".into()
+                    })
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failure_without_an_os_error_has_no_errno() {
+        let error: Error = "not an OS error".into();
+        assert_eq!(
+            PrefetchFailure::from_error(error.as_ref()),
+            PrefetchFailure {
+                errno: None,
+                message: "not an OS error".into()
+            }
+        );
     }
 
     #[test]

@@ -271,6 +271,7 @@ fn slot_churn_running() {
         warm_vm_memory();
         let guest = Guest::new(KvmPartitionOptions {
             disable_slot_zap_all_quirk: disable,
+            ..Default::default()
         })
         .expect("guest");
         let ram = Mapping::memfd(TEST_SIZE);

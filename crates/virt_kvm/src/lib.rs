@@ -21,6 +21,7 @@ mod dirty_log;
 mod error;
 pub mod page_tables;
 mod partition;
+mod prefetch;
 pub mod programs;
 mod slot_memory;
 mod slots;

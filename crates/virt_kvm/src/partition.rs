@@ -17,6 +17,7 @@
 
 use crate::dirty_log;
 use crate::dirty_log::DirtyLogState;
+use crate::prefetch;
 use crate::slots::SlotInfo;
 use crate::slots::SlotTable;
 use crate::vcpu::CancelState;
@@ -49,12 +50,16 @@ pub struct KvmPartitionOptions {
     /// Turn off `KVM_X86_QUIRK_SLOT_ZAP_ALL` (through `KVM_CAP_DISABLE_QUIRKS2`) when the kernel
     /// offers it, so deleting one slot does not zap every guest mapping. Default `true`.
     pub disable_slot_zap_all_quirk: bool,
+    /// How many threads populate host pages in [`PartitionMemoryMap::prefetch_range`]; 0 (the
+    /// default) uses one per CPU the process may run on.
+    pub prefetch_threads: usize,
 }
 
 impl Default for KvmPartitionOptions {
     fn default() -> Self {
         Self {
             disable_slot_zap_all_quirk: true,
+            prefetch_threads: 0,
         }
     }
 }
@@ -155,6 +160,8 @@ pub struct KvmPartition {
     slot_zap_all_quirk_disabled: bool,
     /// `KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2` is on (see the `dirty_log` module).
     manual_dirty_log_protect: bool,
+    /// Threads for prefetching (resolved: at least 1).
+    prefetch_threads: usize,
     pub(crate) vcpus: Mutex<Vec<Weak<CancelState>>>,
 }
 
@@ -198,6 +205,7 @@ impl KvmPartition {
             readonly_supported,
             slot_zap_all_quirk_disabled,
             manual_dirty_log_protect,
+            prefetch_threads: prefetch::thread_count(options.prefetch_threads),
             vcpus: Mutex::new(Vec::new()),
         })
     }
@@ -560,29 +568,26 @@ impl PartitionMemoryMap for KvmPartition {
 
     /// Populates the host pages behind every slot in the range (`MADV_POPULATE_WRITE`, or
     /// `MADV_POPULATE_READ` for read-only slots), so the guest's first touch does not also pay
-    /// for the host page fault. GPAs with no slot are skipped. All slots are tried; the first
-    /// error is returned.
+    /// for the host page fault. GPAs with no slot are skipped. Runs in parallel as
+    /// [`prefetch_range_with_progress`](PartitionMemoryMap::prefetch_range_with_progress) does.
     fn prefetch_range(&self, addr: u64, size: u64) -> Result<(), virt::Error> {
-        let mut first_error = None;
-        for (slot, host, length) in self.host_ranges(addr, size) {
-            let advice = if slot.readonly {
-                libc::MADV_POPULATE_READ
-            } else {
-                libc::MADV_POPULATE_WRITE
-            };
-            let result = host_call("madvise(MADV_POPULATE)", host, length, |address, length| {
-                // SAFETY: MADV_POPULATE_* only faults pages of the existing mappings in the
-                // range in (as a touch would); it fails cleanly where nothing is mapped.
-                unsafe { libc::madvise(address, length, advice) }
-            });
-            if let Err(err) = result {
-                first_error.get_or_insert(err);
-            }
-        }
-        match first_error {
-            Some(err) => Err(err.into()),
-            None => Ok(()),
-        }
+        self.prefetch_range_with_progress(addr, size, &|_| {})
+    }
+
+    /// Splits the slots in the range into pieces ([`prefetch::pieces`]) and populates them from
+    /// several threads (`prefetch_threads`), each taking the next piece when it finishes one;
+    /// `progress` hears about every piece from the thread that did it. Every piece is tried; the
+    /// first failure in GPA order is returned.
+    fn prefetch_range_with_progress(
+        &self,
+        addr: u64,
+        size: u64,
+        progress: &(dyn Fn(&virt::PrefetchChunk) + Sync),
+    ) -> Result<(), virt::Error> {
+        let ranges = self.host_ranges(addr, size);
+        let pieces = prefetch::pieces(&ranges, self.prefetch_threads);
+        let result = prefetch::run(&pieces, self.prefetch_threads, progress);
+        Ok(result?)
     }
 
     /// Sets `KVM_MEM_LOG_DIRTY_PAGES` on every writable slot, and on every writable slot
@@ -1009,6 +1014,7 @@ mod tests {
         assert_eq!(default.inspect().slot_zap_all_quirk_disabled, offered);
         let kept = KvmPartition::create(KvmPartitionOptions {
             disable_slot_zap_all_quirk: false,
+            ..Default::default()
         })
         .unwrap();
         assert!(!kept.slot_zap_all_quirk_disabled());
@@ -1081,6 +1087,58 @@ mod tests {
         assert_eq!(resident_pages(memory.ptr(), memory.len()), 512);
         // Nothing mapped at all: nothing to do.
         partition.prefetch_range(0, MIB_U64).unwrap();
+    }
+
+    #[test]
+    fn parallel_prefetch_reports_every_piece_and_keeps_going_past_a_failing_one() {
+        let Some(partition) = partition_or_skip(
+            "parallel_prefetch_reports_every_piece_and_keeps_going_past_a_failing_one",
+            KvmPartitionOptions {
+                prefetch_threads: 3,
+                ..Default::default()
+            },
+        ) else {
+            return;
+        };
+        let memory = AnonMemory::mapped(32 * MIB);
+        partition
+            .map_range(memory.ptr(), 32 * MIB, 0x4000_0000, true, false)
+            .unwrap();
+        // A hole in the host memory behind the slot (2 MiB at 10 MiB): populating it fails.
+        // SAFETY: unmapping part of our own test mapping, which nothing else uses.
+        let rc = unsafe { libc::munmap(memory.ptr().add(10 * MIB).cast(), 2 * MIB) };
+        assert_eq!(rc, 0);
+        let seen = Mutex::new(Vec::new());
+        let error = partition
+            .prefetch_range_with_progress(0x4000_0000, 32 * MIB_U64, &|chunk| {
+                seen.lock().push(chunk.clone());
+            })
+            .unwrap_err();
+        let error = kvm_err(error);
+        assert!(
+            matches!(&error, KvmError::HostCall { source, .. } if source.raw_os_error() == Some(libc::ENOMEM)),
+            "{error:?}"
+        );
+        let mut seen = seen.into_inner();
+        seen.sort_by_key(|chunk| chunk.gpa);
+        // 3 threads x 4 pieces per thread over 32 MiB: 4 MiB pieces, covering the slot once.
+        assert_eq!(seen.len(), 8);
+        let mut next = 0x4000_0000;
+        for chunk in &seen {
+            assert_eq!(chunk.gpa, next);
+            next += chunk.size;
+            let in_hole = chunk.gpa <= 0x4000_0000 + 10 * MIB_U64
+                && 0x4000_0000 + 10 * MIB_U64 < chunk.gpa + chunk.size;
+            assert_eq!(chunk.failure.is_some(), in_hole, "{chunk:?}");
+            if let Some(failure) = &chunk.failure {
+                assert_eq!(failure.errno, Some(libc::ENOMEM));
+            }
+        }
+        assert_eq!(next, 0x4000_0000 + 32 * MIB_U64);
+        // Every page outside the failing piece is resident.
+        let resident = resident_pages(memory.ptr(), 8 * MIB)
+            + resident_pages(memory.ptr().wrapping_add(12 * MIB), 20 * MIB);
+        assert_eq!(resident, 28 * MIB / 4096);
     }
 
     #[test]
