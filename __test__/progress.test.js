@@ -11,21 +11,58 @@ const { GiB, MiB, range, Vtl } = mb;
 
 test('prefetchRam onProgress: one report per prefetched range, growing to the total', async (t) => {
   const seen = [];
+  let lastReport;
+  const complete = new Promise((resolve) => (lastReport = resolve));
   const layout = mb.MemoryLayout.new(64n * MiB, [range(3n * GiB, 4n * GiB)]);
   const manager = await new mb.GuestMemoryBuilder()
     .x86LegacySupport(true)
-    .prefetchRam(true, { onProgress: (done, total) => seen.push([done, total]) })
+    .prefetchRam(true, {
+      onProgress: (done, total, failure) => {
+        seen.push([done, total, failure]);
+        if (done === total) lastReport();
+      },
+    })
     .build(layout);
   const partition = new mb.RecordingPartition();
   await manager.attachPartition(Vtl.Vtl0, partition);
-  // Reports are fire-and-forget: they arrive on this thread's event loop.
-  for (let i = 0; i < 50 && seen.length < 16; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  // Reports are fire-and-forget: they arrive on this thread's event loop, the last one with done === total.
+  await complete;
   const prefetched = partition.log().filter((c) => c.op === 'prefetch').reduce((sum, c) => sum + c.size, 0n);
   t.is(prefetched, 64n * MiB);
   t.is(seen.length, 16, 'one report per prefetched RAM region');
   t.true(seen.every(([, total]) => total === prefetched));
-  t.deepEqual(seen[seen.length - 1], [prefetched, prefetched]);
+  t.deepEqual(seen[seen.length - 1], [prefetched, prefetched, null]);
   t.true(seen.every(([done], i) => i === 0 || done > seen[i - 1][0]));
+  await manager.close();
+});
+
+test('prefetchRam onProgress and inspect() report a range that failed to prefetch, and the attach still succeeds', async (t) => {
+  const seen = [];
+  let reported;
+  const firstReport = new Promise((resolve) => (reported = resolve));
+  const layout = mb.MemoryLayout.new(64n * MiB, [range(3n * GiB, 4n * GiB)]);
+  const manager = await new mb.GuestMemoryBuilder()
+    .prefetchRam(true, {
+      onProgress: (done, total, failure) => {
+        seen.push({ done, total, failure });
+        reported();
+      },
+    })
+    .build(layout);
+  const partition = new mb.RecordingPartition();
+  partition.failOn('prefetch', 0);
+  await manager.attachPartition(Vtl.Vtl0, partition);
+  await firstReport;
+  t.is(seen.length, 1);
+  t.is(seen[0].done, 64n * MiB);
+  t.is(seen[0].total, 64n * MiB);
+  t.is(seen[0].failure.partition, 0);
+  t.deepEqual([seen[0].failure.range.start, seen[0].failure.range.end], [0n, 64n * MiB]);
+  t.is(seen[0].failure.errno, null, 'the recording partition fails without an OS error');
+  t.is(typeof seen[0].failure.message, 'string');
+  const failures = (await manager.inspect()).prefetchFailures;
+  t.is(failures.count, 1);
+  t.deepEqual(failures.recent, [seen[0].failure]);
   await manager.close();
 });
 

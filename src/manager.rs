@@ -17,7 +17,7 @@ use crate::handles::HANDLES;
 use crate::layout::NativeLayout;
 use crate::partition::attachable;
 use crate::partition::AnyPartition;
-use crate::progress::progress_callback;
+use crate::progress::prefetch_progress;
 use crate::promise::promise;
 use crate::sparse_mapping::NativeMappable;
 use js_api::args::number_member;
@@ -40,7 +40,6 @@ use membacking::RamVisibilityControl;
 use membacking::RemoteProcess;
 use membacking::SharedMemoryBacking;
 use napi::bindgen_prelude::BigUint64Array;
-use napi::bindgen_prelude::FnArgs;
 use napi::bindgen_prelude::Function;
 use napi::bindgen_prelude::Object;
 use napi::bindgen_prelude::ObjectFinalize;
@@ -112,9 +111,9 @@ pub fn build_guest_memory<'env>(
     x86_legacy_support: bool,
     private_memory: bool,
     transparent_hugepages: bool,
-    on_prefetch_progress: Option<Function<'env, FnArgs<(u64, u64)>, ()>>,
+    on_prefetch_progress: Option<Function<'env, String, ()>>,
 ) -> napi::Result<Object<'env>> {
-    let progress = on_prefetch_progress.map(progress_callback).transpose()?;
+    let progress = on_prefetch_progress.map(prefetch_progress).transpose()?;
     let backing = existing_backing
         .map(|backing| {
             backing

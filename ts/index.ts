@@ -52,6 +52,8 @@ export {
   RamVisibility,
   type ManagerSnapshot,
   type RestoredWindow,
+  type PrefetchFailure,
+  type PrefetchProgressCallback,
 } from './manager';
 export {
   DirtyTracking,

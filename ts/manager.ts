@@ -109,7 +109,7 @@ export class GuestMemoryBuilder {
   #existingBacking: SharedMemoryBacking | null = null;
   #vtl0AliasMap: bigint | null = null;
   #prefetchRam = false;
-  #onProgress: ((done: bigint, total: bigint) => void) | null = null;
+  #onProgress: PrefetchProgressCallback | null = null;
   #pinMappings = false;
   #x86LegacySupport = false;
   #privateMemory = false;
@@ -131,11 +131,14 @@ export class GuestMemoryBuilder {
     return this;
   }
   /**
-   * Prefetch RAM when mapping it into partitions. `onProgress(done, total)` (bytes) is called
-   * after each prefetched range of an attach (fire-and-forget, on this thread, never keeping the
-   * event loop alive); its exceptions are reported as uncaught exceptions of the process.
+   * Prefetch RAM when mapping it into partitions. `onProgress(done, total, failure)` (bytes) is
+   * called after each prefetched piece of an attach (pieces are populated by several threads;
+   * fire-and-forget, on this thread, never keeping the event loop alive); `failure` is null, or
+   * the piece that could not be prefetched (not fatal: the guest faults it in on first touch;
+   * `inspect().prefetchFailures` keeps the recent ones). Its exceptions are reported as uncaught
+   * exceptions of the process.
    */
-  prefetchRam(enable: boolean, options: { onProgress?: (done: bigint, total: bigint) => void } = {}): this {
+  prefetchRam(enable: boolean, options: { onProgress?: PrefetchProgressCallback } = {}): this {
     this.#prefetchRam = toBool(enable, 'enable');
     if (typeof options !== 'object' || options === null) throw invalidArgType(`options must be an object, got ${describeType(options)}`);
     if (options.onProgress !== undefined && typeof options.onProgress !== 'function') {
@@ -172,7 +175,7 @@ export class GuestMemoryBuilder {
     this.#consumed = true;
     const backing = this.#existingBacking === null ? null : (internals.get(this.#existingBacking) as NativeBacking);
     const pending = call(() =>
-      native.buildGuestMemory(l, backing, this.#vtl0AliasMap, this.#prefetchRam, this.#pinMappings, this.#x86LegacySupport, this.#privateMemory, this.#transparentHugepages, this.#onProgress),
+      native.buildGuestMemory(l, backing, this.#vtl0AliasMap, this.#prefetchRam, this.#pinMappings, this.#x86LegacySupport, this.#privateMemory, this.#transparentHugepages, nativeProgress(this.#onProgress)),
     );
     return new GuestMemoryManager(token, await settle(pending));
   }
@@ -213,6 +216,19 @@ export interface RestoredWindow extends DeviceWindowRecord {
   region: DeviceMemoryRegion;
 }
 
+/** A piece of RAM that could not be prefetched into a partition. */
+export interface PrefetchFailure {
+  /** The partition mapper's index (registration order). */
+  partition: number;
+  range: MemoryRange;
+  /** The OS error number, or null when the partition's error carries none. */
+  errno: number | null;
+  message: string;
+}
+
+/** `prefetchRam`'s progress callback: bytes done and in all, and the failed piece, if any. */
+export type PrefetchProgressCallback = (done: bigint, total: bigint, failure: PrefetchFailure | null) => void;
+
 /** What `inspect()` reports: the manager's regions, its active mappings and its VA mappers. */
 export interface ManagerSnapshot {
   aliasOffset: bigint | null;
@@ -231,6 +247,17 @@ export interface ManagerSnapshot {
   mappings: Array<{ range: MemoryRange; fileOffset: bigint; writable: boolean; dmaTarget: boolean; activeMappers: number[] }>;
   /** Partition mappers in registration order (offset bytes). */
   partitions: Array<{ offset: bigint; pinMappings: boolean }>;
+  /** Prefetch failures: the most recent (oldest first) and how many there were in all. */
+  prefetchFailures: { recent: PrefetchFailure[]; count: number };
+}
+
+/** Wraps `onProgress` for the binding, which passes each report as JSON `{done, total, failure}`. */
+function nativeProgress(onProgress: PrefetchProgressCallback | null): ((report: string) => void) | null {
+  if (onProgress === null) return null;
+  return (report: string) => {
+    const r = nativeJson<{ done: bigint; total: bigint; failure: PrefetchFailure | null }>(report);
+    onProgress(r.done, r.total, r.failure);
+  };
 }
 
 /** What a restore built besides the manager. */

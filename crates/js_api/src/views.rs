@@ -126,6 +126,7 @@ pub struct ManagerSnapshotView {
     regions: Vec<RegionView>,
     mappings: Vec<MappingView>,
     partitions: Vec<PartitionView>,
+    prefetch_failures: PrefetchFailuresView,
 }
 
 #[derive(Debug, Serialize)]
@@ -224,6 +225,62 @@ impl From<&membacking::ManagerSnapshot> for ManagerSnapshotView {
                     pin_mappings: partition.pin_mappings,
                 })
                 .collect(),
+            prefetch_failures: PrefetchFailuresView {
+                recent: snapshot
+                    .prefetch_failures
+                    .recent
+                    .iter()
+                    .map(PrefetchFailureView::from)
+                    .collect(),
+                count: snapshot.prefetch_failures.count,
+            },
+        }
+    }
+}
+
+/// A piece of RAM that could not be prefetched into a partition (`PrefetchFailure`).
+#[derive(Debug, Serialize)]
+struct PrefetchFailureView {
+    /// The partition mapper's index (registration order).
+    partition: usize,
+    range: Range,
+    /// `null` when the partition's error carries no OS error number.
+    errno: Option<i32>,
+    message: String,
+}
+
+impl From<&membacking::PrefetchFailureRecord> for PrefetchFailureView {
+    fn from(failure: &membacking::PrefetchFailureRecord) -> Self {
+        PrefetchFailureView {
+            partition: failure.partition,
+            range: Range(failure.range),
+            errno: failure.errno,
+            message: failure.message.clone(),
+        }
+    }
+}
+
+/// `inspect().prefetchFailures`: the most recent failures, oldest first, and the total count.
+#[derive(Debug, Serialize)]
+struct PrefetchFailuresView {
+    recent: Vec<PrefetchFailureView>,
+    count: u64,
+}
+
+/// One prefetch progress report: the arguments of `onProgress(done, total, failure)`.
+#[derive(Debug, Serialize)]
+pub struct PrefetchReportView {
+    done: BigInt,
+    total: BigInt,
+    failure: Option<PrefetchFailureView>,
+}
+
+impl From<&membacking::PrefetchReport> for PrefetchReportView {
+    fn from(report: &membacking::PrefetchReport) -> Self {
+        PrefetchReportView {
+            done: BigInt(report.done),
+            total: BigInt(report.total),
+            failure: report.failure.as_ref().map(PrefetchFailureView::from),
         }
     }
 }
@@ -588,6 +645,34 @@ mod tests {
             serde_json::from_str(&to_json(&RegistersView(registers))).unwrap();
         assert_eq!(json["rip"], serde_json::json!({"$bigint": "0x1000"}));
         assert_eq!(json.as_object().unwrap().len(), 18);
+    }
+
+    #[test]
+    fn prefetch_reports_carry_the_failed_piece_with_its_range_and_errno() {
+        let failure = membacking::PrefetchFailureRecord {
+            partition: 1,
+            range: MemoryRange::new(0x20_0000..0x40_0000),
+            errno: Some(12),
+            message: "madvise failed".to_owned(),
+        };
+        let report = membacking::PrefetchReport {
+            done: 0x40_0000,
+            total: 0x100_0000,
+            failure: Some(failure),
+        };
+        assert_eq!(
+            to_json(&PrefetchReportView::from(&report)),
+            concat!(
+                r#"{"done":{"$bigint":"0x400000"},"total":{"$bigint":"0x1000000"},"#,
+                r#""failure":{"partition":1,"range":{"$range":["0x200000","0x400000"]},"#,
+                r#""errno":12,"message":"madvise failed"}}"#
+            )
+        );
+        let fine = membacking::PrefetchReport {
+            failure: None,
+            ..report
+        };
+        assert!(to_json(&PrefetchReportView::from(&fine)).ends_with(r#""failure":null}"#));
     }
 
     #[test]

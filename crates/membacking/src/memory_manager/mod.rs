@@ -42,7 +42,10 @@ pub use preview::PreviewStep;
 pub use preview::PreviewStepKind;
 pub use region_actor::ManagerSnapshot;
 pub use region_actor::PlanPreview;
+pub use region_actor::PrefetchFailureRecord;
+pub use region_actor::PrefetchFailures;
 pub use region_actor::PrefetchProgress;
+pub use region_actor::PrefetchReport;
 
 use crate::dirty::DirtyTracking;
 use crate::error::MemoryBuildError;
@@ -191,10 +194,11 @@ impl GuestMemoryBuilder {
         self
     }
 
-    /// Reports prefetch progress: after each prefetched range of a plan that prefetches
+    /// Reports prefetch progress: after each prefetched piece of a plan that prefetches
     /// (attaching a partition with [`prefetch_ram`](Self::prefetch_ram), or mapping a region),
-    /// `progress(done, total)` in bytes, on the region manager's thread (keep it short).
-    /// An extension of this project.
+    /// a [`PrefetchReport`](crate::PrefetchReport) with `done` and `total` in bytes and the
+    /// piece's failure if it failed; from the region manager's thread or the partition's
+    /// prefetch threads, one report at a time (keep it short). An extension of this project.
     pub fn prefetch_progress(mut self, progress: Option<PrefetchProgress>) -> Self {
         self.prefetch_progress = progress;
         self

@@ -54,6 +54,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use std::io;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::Weak;
 use virt::PartitionMemoryMap;
@@ -73,6 +74,9 @@ pub struct ManagerSnapshot {
     pub mapper_count: usize,
     /// The partition mappers, in registration order (extension).
     pub partitions: Vec<PartitionMapperInfo>,
+    /// Prefetches that failed (extension): each failed piece with its partition, range and
+    /// errno. Prefetch failures are not fatal, so this is where they show.
+    pub prefetch_failures: PrefetchFailures,
 }
 
 /// A device-window operation, run on the manager thread under the window's lock.
@@ -441,9 +445,60 @@ impl RegionManagerClient {
     }
 }
 
-/// Told `(done, total)` bytes after each prefetch of a plan that prefetches (e.g. attaching a
-/// partition with `prefetch_ram`), on the region manager's thread.
-pub type PrefetchProgress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+/// Told about each prefetched piece of a plan that prefetches (e.g. attaching a partition with
+/// `prefetch_ram`), as soon as the piece is done: possibly from several threads at once (the
+/// partition's prefetch threads), so keep it short.
+pub type PrefetchProgress = Arc<dyn Fn(&PrefetchReport) + Send + Sync>;
+
+/// One prefetch progress report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefetchReport {
+    /// Bytes of the plan's prefetch ranges done so far (populated or failed).
+    pub done: u64,
+    /// Bytes the plan prefetches in all.
+    pub total: u64,
+    /// Set when the piece this report is about could not be prefetched (which is not fatal: the
+    /// guest faults those pages in on first touch instead).
+    pub failure: Option<PrefetchFailureRecord>,
+}
+
+/// A piece of guest RAM that could not be prefetched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PrefetchFailureRecord {
+    /// The partition mapper's index (registration order).
+    pub partition: usize,
+    /// The guest physical range of the piece.
+    #[serde(serialize_with = "crate::region_manager::serialize_range")]
+    pub range: MemoryRange,
+    /// The operating-system error number, when the partition's error carries one.
+    pub errno: Option<i32>,
+    /// The partition's error message.
+    pub message: String,
+}
+
+/// How many prefetch failures the inspect snapshot keeps (the most recent ones).
+pub(crate) const PREFETCH_FAILURES_KEPT: usize = 64;
+
+/// The prefetch failures a manager has seen: the most recent ones and a total count.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PrefetchFailures {
+    /// The most recent failures (at most 64), oldest first.
+    pub recent: Vec<PrefetchFailureRecord>,
+    /// Every failure seen since the manager was built.
+    pub count: u64,
+}
+
+impl PrefetchFailures {
+    fn push(&mut self, failures: impl IntoIterator<Item = PrefetchFailureRecord>) {
+        for failure in failures {
+            if self.recent.len() == PREFETCH_FAILURES_KEPT {
+                self.recent.remove(0);
+            }
+            self.recent.push(failure);
+            self.count += 1;
+        }
+    }
+}
 
 /// The fixed configuration of a region manager.
 pub(crate) struct RegionActorConfig {
@@ -503,6 +558,7 @@ impl RegionActorTask {
             local_mapper: Weak::new(),
             dirty: DirtyState::new(config.dirty_bitmap.clone()),
             config,
+            prefetch_failures: PrefetchFailures::default(),
         };
         let mut stop_mapping_manager = false;
         while let Some(request) = receiver.next().await {
@@ -535,6 +591,8 @@ struct RegionActor {
     local_mapper: Weak<VaMapper>,
     dirty: DirtyState,
     config: RegionActorConfig,
+    /// Prefetch failures, for the inspect snapshot.
+    prefetch_failures: PrefetchFailures,
 }
 
 impl RegionActor {
@@ -762,14 +820,17 @@ impl RegionActor {
         if pushed {
             self.partitions.extend(new_partition);
         }
+        let mut prefetch_failures = Vec::new();
         let outcome = execute(
             &planned,
             va_window_len,
             &self.partitions,
             &self.mapping,
             self.config.prefetch_progress.as_ref(),
+            &mut prefetch_failures,
         )
         .await;
+        self.prefetch_failures.push(prefetch_failures);
         match outcome {
             Ok(()) => {
                 txn.commit();
@@ -876,6 +937,7 @@ impl RegionActor {
             mappings: mappings.mappings,
             mapper_count: mappings.mapper_count,
             partitions: regions.partitions,
+            prefetch_failures: self.prefetch_failures.clone(),
         })
     }
 
@@ -997,13 +1059,15 @@ fn reply_error(request: RegionRequest, error: RegionManagerError) {
     }
 }
 
-/// Carries out `plan` with the failure rules of [`PlanExecution`].
+/// Carries out `plan` with the failure rules of [`PlanExecution`]; every prefetched piece that
+/// failed is added to `prefetch_failures`.
 async fn execute(
     plan: &Plan<SharedObject>,
     va_window_len: u64,
     partitions: &[PartitionEntry],
     mapping: &MappingManagerClient,
     progress: Option<&PrefetchProgress>,
+    prefetch_failures: &mut Vec<PrefetchFailureRecord>,
 ) -> Result<(), ApplyError> {
     let prefetch_total: u64 = plan
         .op_list()
@@ -1012,21 +1076,61 @@ async fn execute(
             _ => 0,
         })
         .sum();
-    let mut prefetched = 0u64;
+    let tracker = PrefetchTracker {
+        done: Mutex::new(0),
+        total: prefetch_total,
+        progress,
+        failures: Mutex::new(Vec::new()),
+    };
     let mut execution = PlanExecution::new(plan, va_window_len);
     while let Some(planned) = execution.next_op() {
         let op = planned.op.clone();
-        let result = perform(&op, partitions, mapping).await;
+        let result = perform(&op, partitions, mapping, &tracker).await;
         execution.report(result);
-        if let (PlanOp::Prefetch { size, .. }, Some(progress)) = (&op, progress) {
-            prefetched = prefetched.saturating_add(*size);
-            // A panicking observer must not take the manager down.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                progress(prefetched, prefetch_total)
-            }));
+    }
+    prefetch_failures.extend(tracker.failures.into_inner());
+    execution.finish()
+}
+
+/// Counts a plan's prefetched bytes across the partition's prefetch threads and tells the
+/// observer about each piece (one report at a time, so `done` grows from report to report).
+struct PrefetchTracker<'a> {
+    done: Mutex<u64>,
+    total: u64,
+    progress: Option<&'a PrefetchProgress>,
+    failures: Mutex<Vec<PrefetchFailureRecord>>,
+}
+
+impl PrefetchTracker<'_> {
+    /// Records one piece of a prefetch into partition mapper `partition`.
+    fn piece(&self, partition: usize, chunk: &virt::PrefetchChunk) {
+        let failure = chunk.failure.as_ref().map(|failure| PrefetchFailureRecord {
+            partition,
+            range: MemoryRange::new(chunk.gpa..chunk.gpa.saturating_add(chunk.size)),
+            errno: failure.errno,
+            message: failure.message.clone(),
+        });
+        if let Some(failure) = &failure {
+            tracing::warn!(
+                partition,
+                range = %failure.range,
+                errno = failure.errno,
+                "prefetch failed; the guest faults these pages in on first touch"
+            );
+            self.failures.lock().push(failure.clone());
+        }
+        let mut done = self.done.lock();
+        *done = done.saturating_add(chunk.size).min(self.total);
+        if let Some(progress) = self.progress {
+            let report = PrefetchReport {
+                done: *done,
+                total: self.total,
+                failure,
+            };
+            // A panicking observer must not take the manager (or a prefetch thread) down.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| progress(&report)));
         }
     }
-    execution.finish()
 }
 
 /// A partition that is still alive, with its partition mapper's runtime half.
@@ -1037,6 +1141,7 @@ async fn perform(
     op: &PlanOp<SharedObject>,
     partitions: &[PartitionEntry],
     mapping: &MappingManagerClient,
+    tracker: &PrefetchTracker<'_>,
 ) -> Result<(), virt::Error> {
     let partition = |index: usize| -> Result<LiveTarget<'_>, virt::Error> {
         let entry = partitions
@@ -1094,8 +1199,44 @@ async fn perform(
             gpa,
             size,
         } => match partition(index)? {
-            Some((target, _)) => contained(|| target.prefetch_range(gpa, size)),
-            None => Ok(()),
+            Some((target, _)) => {
+                let reported = AtomicU64::new(0);
+                let result = contained(|| {
+                    target.prefetch_range_with_progress(gpa, size, &|chunk| {
+                        reported.fetch_add(chunk.size, Ordering::Relaxed);
+                        tracker.piece(index, chunk);
+                    })
+                });
+                // What the partition did not report (it panicked, or reported less than asked)
+                // is reported here, with the call's failure.
+                let reported = reported.into_inner().min(size);
+                if reported < size {
+                    tracker.piece(
+                        index,
+                        &virt::PrefetchChunk {
+                            gpa: gpa + reported,
+                            size: size - reported,
+                            failure: result
+                                .as_ref()
+                                .err()
+                                .map(|error| virt::PrefetchFailure::from_error(error.as_ref())),
+                        },
+                    );
+                }
+                result
+            }
+            None => {
+                // The partition is gone: nothing to prefetch, the bytes still count as done.
+                tracker.piece(
+                    index,
+                    &virt::PrefetchChunk {
+                        gpa,
+                        size,
+                        failure: None,
+                    },
+                );
+                Ok(())
+            }
         },
         PlanOp::Pin {
             partition: index,

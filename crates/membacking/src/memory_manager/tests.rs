@@ -2002,8 +2002,10 @@ fn dry_runs_of_window_mappings_and_attach_predict_the_calls() {
 fn prefetch_progress_reports_every_prefetched_range_up_to_the_total() {
     let seen = Arc::new(parking_lot::Mutex::new(Vec::<(u64, u64)>::new()));
     let sink = seen.clone();
-    let progress: crate::PrefetchProgress =
-        Arc::new(move |done, total| sink.lock().push((done, total)));
+    let progress: crate::PrefetchProgress = Arc::new(move |report: &crate::PrefetchReport| {
+        assert_eq!(report.failure, None);
+        sink.lock().push((report.done, report.total))
+    });
     let mgr = build(
         GuestMemoryBuilder::new()
             .x86_legacy_support(true)
@@ -2031,6 +2033,70 @@ fn prefetch_progress_reports_every_prefetched_range_up_to_the_total() {
     assert!(seen.iter().all(|&(_, total)| total == prefetched));
     assert_eq!(seen.last().copied(), Some((prefetched, prefetched)));
     assert_eq!(prefetched, GIB);
+}
+
+#[test]
+fn a_failed_prefetch_is_reported_to_progress_and_inspect_and_is_not_fatal() {
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::<crate::PrefetchReport>::new()));
+    let sink = seen.clone();
+    let progress: crate::PrefetchProgress =
+        Arc::new(move |report: &crate::PrefetchReport| sink.lock().push(report.clone()));
+    let mgr = build(
+        GuestMemoryBuilder::new()
+            .prefetch_ram(true)
+            .prefetch_progress(Some(progress)),
+        &l1(),
+    );
+    let partition = recorder(&mgr);
+    partition.fail_on(virt::RecordedOp::Prefetch, 0);
+    let dyn_partition: Arc<dyn PartitionMemoryMap> = partition.clone();
+    block_on(mgr.attach_partition(Vtl::Vtl0, &dyn_partition, None))
+        .expect("a failed prefetch does not fail the attach");
+    let seen = seen.lock().clone();
+    let failed: Vec<_> = seen.iter().filter_map(|r| r.failure.clone()).collect();
+    assert_eq!(failed.len(), 1, "{seen:?}");
+    assert_eq!(failed[0].partition, 0);
+    assert_eq!(failed[0].range, r(0, GIB));
+    assert_eq!(
+        failed[0].errno, None,
+        "the recording partition's error is no OS error"
+    );
+    assert!(!failed[0].message.is_empty());
+    // The failed bytes count as done: the last report reaches the total.
+    let last = seen.last().unwrap();
+    assert_eq!((last.done, last.total), (GIB, GIB));
+    let snapshot = block_on(mgr.inspect()).unwrap();
+    assert_eq!(snapshot.prefetch_failures.count, 1);
+    assert_eq!(snapshot.prefetch_failures.recent, failed);
+    let json = serde_json::to_value(&snapshot).unwrap();
+    let recent = &json["prefetch_failures"]["recent"][0];
+    assert_eq!(recent["range"]["end"], GIB);
+    assert!(recent["errno"].is_null());
+}
+
+#[test]
+fn inspect_keeps_the_most_recent_prefetch_failures() {
+    let mgr = build(GuestMemoryBuilder::new().prefetch_ram(true), &l1());
+    // Each attach of a fresh partition that fails its prefetch adds one failure.
+    let attempts = crate::memory_manager::region_actor::PREFETCH_FAILURES_KEPT + 3;
+    let mut partitions = Vec::new();
+    for _ in 0..attempts {
+        let partition = recorder(&mgr);
+        partition.fail_on(virt::RecordedOp::Prefetch, 0);
+        let dyn_partition: Arc<dyn PartitionMemoryMap> = partition.clone();
+        block_on(mgr.attach_partition(Vtl::Vtl0, &dyn_partition, None)).unwrap();
+        partitions.push(partition);
+    }
+    let snapshot = block_on(mgr.inspect()).unwrap();
+    assert_eq!(snapshot.prefetch_failures.count, attempts as u64);
+    let recent = &snapshot.prefetch_failures.recent;
+    assert_eq!(
+        recent.len(),
+        crate::memory_manager::region_actor::PREFETCH_FAILURES_KEPT
+    );
+    // Oldest first: the first three were dropped.
+    assert_eq!(recent[0].partition, 3);
+    assert_eq!(recent.last().unwrap().partition, attempts - 1);
 }
 
 #[test]
