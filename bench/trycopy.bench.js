@@ -1,5 +1,7 @@
 // The Rust guarded copy (crates/trycopy, criterion benchmark `try_copy`) against
-// copy_nonoverlapping of the same size, and the guarded u32 load against read_volatile: runs
+// copy_nonoverlapping of the same size, the guarded u32 load against read_volatile, and the small
+// accesses (copies and fills of 1-256 B of constant length, loads, stores and compare-exchanges
+// of every width) against the same unguarded access, without targets: runs
 // `cargo bench -p trycopy` and turns criterion's estimates (<criterion home>/<group>/<id>/new/
 // estimates.json, mean per iteration) into the benchmark line format of docs/design.md.
 // Cargo's and criterion's own output goes to stderr. Set TRYCOPY_BENCH_ARGS to pass other
@@ -52,3 +54,17 @@ report({
   baselineValue: meanNs('read_volatile', 'u32'),
   target: '<= 3',
 });
+// Small accesses: group `small`, ids `try_<name>_<id>` and `plain_<name>_<id>`.
+const small = { copy: ['1', '4', '8', '32', '256'], set: ['1', '4', '8', '32', '256'], read: ['u8', 'u16', 'u32', 'u64'], write: ['u8', 'u16', 'u32', 'u64'], cmpxchg: ['u8', 'u16', 'u32', 'u64'] };
+for (const [name, ids] of Object.entries(small)) {
+  for (const id of ids) {
+    const label = name === 'copy' || name === 'set' ? `${id} B` : id;
+    report({
+      name: `trycopy::try_${name} ${label}`,
+      value: meanNs('small', `try_${name}_${id}`),
+      unit: 'ns',
+      baseline: `unguarded ${name} ${label}`,
+      baselineValue: meanNs('small', `plain_${name}_${id}`),
+    });
+  }
+}
