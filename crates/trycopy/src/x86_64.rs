@@ -403,7 +403,7 @@ fn block_fixup_for(ip: usize) -> Option<usize> {
     })
 }
 
-/// Maps a routine status (`r11`) to a result.
+/// Maps a routine's or site's status (`r11`) to a result.
 ///
 /// The record is left uninitialized by the wrappers (it is only written on a fault, which saves
 /// three stores per call on the success path).

@@ -23,6 +23,7 @@
 // linker-defined symbols.
 #![allow(unsafe_code)]
 
+use super::status_to_result;
 use crate::error::FaultRecord;
 use std::arch::{asm, global_asm};
 use std::mem::MaybeUninit;
@@ -133,18 +134,6 @@ pub(crate) fn sites() -> Vec<(usize, usize)> {
         .map(SiteEntry::bounds)
         .filter(|&(start, end)| start != end)
         .collect()
-}
-
-/// Maps a site status to a result.
-#[inline(always)]
-fn status_to_result(status: usize, record: MaybeUninit<FaultRecord>) -> Result<(), FaultRecord> {
-    if status == 0 {
-        Ok(())
-    } else {
-        // SAFETY: a non-zero status is only set by the handler, after it wrote the complete
-        // record through the pointer in r10.
-        Err(unsafe { record.assume_init() })
-    }
 }
 
 /// Generates a single-load site.
