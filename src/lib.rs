@@ -12,6 +12,7 @@
 #![cfg_attr(test, allow(dead_code))]
 
 mod args;
+mod batch;
 #[cfg(feature = "bench")]
 mod bench;
 mod errors;

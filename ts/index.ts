@@ -75,7 +75,7 @@ export {
   type LazyRestoreStats,
   type ProgressCallback,
 } from './snapshot';
-export { type FlatEntry, type PlannedOp, type PlanChange } from './planner';
+export { type FlatEntry, type Plan, type PlanChange, type PlannedOp, type PlanPreview } from './planner';
 export {
   RecordingPartition,
   KvmPartition,

@@ -13,7 +13,7 @@ import { GuestMemory, issueHandle, Mappable, nativeOf, type IssuedTransferHandle
 import { nativeLayout, type MemoryLayout } from './layout';
 import { native } from './native';
 import { nativePartition, type KvmPartition, type RecordingPartition } from './partition';
-import { flatView as plannerFlatView, planChange, type FlatEntry, type PlanChange, type PlannedOp } from './planner';
+import { applyChanges, flatView as plannerFlatView, planChange, planChanges, type FlatEntry, type Plan, type PlanChange, type PlanPreview, type PlanResolvers } from './planner';
 import { nativeJson, toRange, type MemoryRange, type RangeLike } from './range';
 import { describeType, describeValue, toU64, type U64 } from './u64';
 import {
@@ -266,6 +266,20 @@ interface Restored {
   windows: RestoredWindow[];
   lazy: LazyRestore | null;
 }
+/** How planned and batched changes name their windows, regions and objects. */
+const resolvers: PlanResolvers = {
+  window: (window, name) => {
+    const handle = window instanceof DeviceMemoryControl ? (internals.get(window) as NativeHalf | undefined) : undefined;
+    if (handle === undefined) throw invalidArgType(`${name} must be a DeviceMemoryControl, got ${describeType(window)}`);
+    return handle;
+  },
+  region: (region, name) => {
+    const handle = region instanceof DeviceMemoryRegion ? (internals.get(region) as NativeHalf | undefined) : undefined;
+    if (handle === undefined) throw invalidArgType(`${name} must be a DeviceMemoryRegion, got ${describeType(region)}`);
+    return handle;
+  },
+  mappable: (object, name) => nativeOf<InstanceType<typeof native.NativeMappable>>(object, Mappable, name),
+};
 
 /** Owns guest RAM, the region/mapping managers and their thread. */
 export class GuestMemoryManager {
@@ -340,21 +354,26 @@ export class GuestMemoryManager {
   async flatView(): Promise<FlatEntry[]> {
     return plannerFlatView(this.#n());
   }
-  /** The flat view and ordered operations `change` would produce; nothing is applied. */
-  async plan(change: PlanChange): Promise<{ flatView: FlatEntry[]; ops: PlannedOp[] }> {
-    return planChange(this.#n(), change, {
-      window: (window) => {
-        const handle = window instanceof DeviceMemoryControl ? (internals.get(window) as NativeHalf | undefined) : undefined;
-        if (handle === undefined) throw invalidArgType(`change.window must be a DeviceMemoryControl, got ${describeType(window)}`);
-        return handle;
-      },
-      region: (region) => {
-        const handle = region instanceof DeviceMemoryRegion ? (internals.get(region) as NativeHalf | undefined) : undefined;
-        if (handle === undefined) throw invalidArgType(`change.region must be a DeviceMemoryRegion, got ${describeType(region)}`);
-        return handle;
-      },
-      mappable: (object) => nativeOf<InstanceType<typeof native.NativeMappable>>(object, Mappable, 'change.object'),
-    });
+  /**
+   * The flat view and ordered operations `change` would produce; nothing is applied. Given an
+   * array, the dry run of `apply(changes)`: the netted operations of the batch and the flat view
+   * it would leave.
+   */
+  async plan(change: PlanChange | PlanChange[]): Promise<PlanPreview> {
+    if (Array.isArray(change)) return planChanges(this.#n(), change, resolvers);
+    return planChange(this.#n(), change, resolvers);
+  }
+  /**
+   * Applies several changes in one request to the manager thread, all or nothing: they are
+   * planned together in order, each in the state the ones before it leave; if one is refused,
+   * nothing is applied and the error (the one that change makes on its own) carries its index
+   * in `changeIndex`. The combined plan is netted — what a later change of the batch undoes is
+   * not carried out (a region hidden and shown again, a window placed and removed again) — and
+   * resolves with the operations carried out. A partition that refuses a call poisons the
+   * manager, as for a single change. `attachPartition` cannot be batched.
+   */
+  async apply(changes: PlanChange[]): Promise<Plan> {
+    return applyChanges(this.#n(), changes, resolvers);
   }
   /** Opt-in dirty tracking of guest RAM (never on by default; see docs/snapshots.md for what it sees). */
   dirtyTracking(): DirtyTracking {

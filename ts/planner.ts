@@ -45,6 +45,16 @@ export interface PlannedOp {
   reason: string;
 }
 
+/** What `manager.apply(changes)` carried out: the operations, in order (netted: see `apply`). */
+export interface Plan {
+  ops: PlannedOp[];
+}
+
+/** A dry run's result: the operations and the flat view they would leave. */
+export interface PlanPreview extends Plan {
+  flatView: FlatEntry[];
+}
+
 /** A change the manager can plan and apply (one variant per manager operation). */
 export type PlanChange =
   /** `ramVisibilityControl().setRamVisibility(range, visibility)`. */
@@ -60,11 +70,25 @@ export type PlanChange =
   /** `attachPartition(vtl, partition)`: the calls into the new partition. */
   | { kind: 'attachPartition'; vtl: Vtl; partition: RecordingPartition | KvmPartition };
 
-/** How the manager resolves the objects a change names. @internal */
+/** How the manager resolves the objects a change names (`name` words the argument in errors). @internal */
 export interface PlanResolvers {
-  window(value: unknown): InstanceType<typeof native.NativeDeviceWindowHalf>;
-  region(value: unknown): InstanceType<typeof native.NativeDeviceWindowHalf>;
-  mappable(value: unknown): InstanceType<typeof native.NativeMappable>;
+  window(value: unknown, name: string): InstanceType<typeof native.NativeDeviceWindowHalf>;
+  region(value: unknown, name: string): InstanceType<typeof native.NativeDeviceWindowHalf>;
+  mappable(value: unknown, name: string): InstanceType<typeof native.NativeMappable>;
+}
+
+const KNOWN_KINDS = 'ramVisibility, deviceMapToGuest, deviceUnmapFromGuest, deviceMap, deviceUnmap, attachPartition';
+
+/** The error of a change whose `kind` is not one of the known ones. */
+function unknownKind(change: unknown, name: string): Error {
+  const kind = (change as { kind?: unknown }).kind;
+  if (typeof kind !== 'string') return invalidArgType(`${name}.kind must be a string (${KNOWN_KINDS}), got ${describeType(kind)}`);
+  return invalidArgValue(`unknown ${name}.kind '${kind}' (${KNOWN_KINDS})`);
+}
+
+function toWritable(value: unknown, name: string): boolean {
+  if (typeof value !== 'boolean') throw invalidArgType(`${name}.writable must be a boolean, got ${describeType(value)}`);
+  return value;
 }
 
 /** @internal The native planner calls for one change. */
@@ -72,7 +96,7 @@ export async function planChange(
   manager: InstanceType<typeof native.NativeGuestMemoryManager>,
   change: PlanChange,
   resolve: PlanResolvers,
-): Promise<{ flatView: FlatEntry[]; ops: PlannedOp[] }> {
+): Promise<PlanPreview> {
   if (typeof change !== 'object' || change === null) throw invalidArgType(`change must be a PlanChange object, got ${describeType(change)}`);
   let pending: Promise<string>;
   switch (change.kind) {
@@ -83,29 +107,29 @@ export async function planChange(
       break;
     }
     case 'deviceMapToGuest': {
-      const w = resolve.window(change.window);
+      const w = resolve.window(change.window, 'change.window');
       const gpa = toU64(change.gpa, 'change.gpa');
-      if (typeof change.writable !== 'boolean') throw invalidArgType('change.writable must be a boolean');
-      pending = call(() => w.planMapToGuest(gpa, change.writable));
+      const writable = toWritable(change.writable, 'change');
+      pending = call(() => w.planMapToGuest(gpa, writable));
       break;
     }
     case 'deviceUnmapFromGuest': {
-      const w = resolve.window(change.window);
+      const w = resolve.window(change.window, 'change.window');
       pending = call(() => w.planUnmapFromGuest());
       break;
     }
     case 'deviceMap': {
-      const r = resolve.region(change.region);
+      const r = resolve.region(change.region, 'change.region');
       const offset = toU64(change.offset, 'change.offset');
-      const object = resolve.mappable(change.object);
+      const object = resolve.mappable(change.object, 'change.object');
       const fileOffset = toU64(change.fileOffset, 'change.fileOffset');
       const len = toU64(change.len, 'change.len');
-      if (typeof change.writable !== 'boolean') throw invalidArgType('change.writable must be a boolean');
-      pending = call(() => r.planMap(offset, object, fileOffset, len, change.writable));
+      const writable = toWritable(change.writable, 'change');
+      pending = call(() => r.planMap(offset, object, fileOffset, len, writable));
       break;
     }
     case 'deviceUnmap': {
-      const r = resolve.region(change.region);
+      const r = resolve.region(change.region, 'change.region');
       const offset = toU64(change.offset, 'change.offset');
       const len = toU64(change.len, 'change.len');
       pending = call(() => r.planUnmap(offset, len));
@@ -117,14 +141,77 @@ export async function planChange(
       pending = call(() => manager.planAttach(vtl, partition));
       break;
     }
-    default: {
-      const kind = (change as { kind?: unknown }).kind;
-      const known = 'ramVisibility, deviceMapToGuest, deviceUnmapFromGuest, deviceMap, deviceUnmap, attachPartition';
-      if (typeof kind !== 'string') throw invalidArgType(`change.kind must be a string (${known}), got ${describeType(kind)}`);
-      throw invalidArgValue(`unknown change kind '${kind}' (${known})`);
-    }
+    default:
+      throw unknownKind(change, 'change');
   }
   return nativeJson(await settle(pending));
+}
+
+type NativeBatch = InstanceType<typeof native.NativeBatch>;
+
+/** Checks `changes` and collects them into a native batch, in order. */
+function nativeBatch(changes: unknown, resolve: PlanResolvers): NativeBatch {
+  if (!Array.isArray(changes)) throw invalidArgType(`changes must be an array of PlanChange objects, got ${describeType(changes)}`);
+  const batch = new native.NativeBatch();
+  changes.forEach((change: unknown, index: number) => {
+    const name = `changes[${index}]`;
+    if (typeof change !== 'object' || change === null) throw invalidArgType(`${name} must be a PlanChange object, got ${describeType(change)}`);
+    const c = change as PlanChange;
+    switch (c.kind) {
+      case 'ramVisibility': {
+        const r = toRange(c.range, `${name}.range`);
+        const v = toVisibility(c.visibility, `${name}.visibility`);
+        call(() => batch.ramVisibility(index, BigUint64Array.from([r.start, r.end]), v));
+        break;
+      }
+      case 'deviceMapToGuest': {
+        const w = resolve.window(c.window, `${name}.window`);
+        const gpa = toU64(c.gpa, `${name}.gpa`);
+        const writable = toWritable(c.writable, name);
+        call(() => batch.deviceMapToGuest(w, gpa, writable));
+        break;
+      }
+      case 'deviceUnmapFromGuest':
+        call(() => batch.deviceUnmapFromGuest(resolve.window(c.window, `${name}.window`)));
+        break;
+      case 'deviceMap': {
+        const r = resolve.region(c.region, `${name}.region`);
+        const offset = toU64(c.offset, `${name}.offset`);
+        const object = resolve.mappable(c.object, `${name}.object`);
+        const fileOffset = toU64(c.fileOffset, `${name}.fileOffset`);
+        const len = toU64(c.len, `${name}.len`);
+        const writable = toWritable(c.writable, name);
+        call(() => batch.deviceMap(index, r, offset, object, fileOffset, len, writable));
+        break;
+      }
+      case 'deviceUnmap': {
+        const r = resolve.region(c.region, `${name}.region`);
+        const offset = toU64(c.offset, `${name}.offset`);
+        const len = toU64(c.len, `${name}.len`);
+        call(() => batch.deviceUnmap(index, r, offset, len));
+        break;
+      }
+      case 'attachPartition':
+        throw invalidArgValue(
+          `${name} attaches a partition, which a batch cannot do: a refused attach discards only the new partition, so the batch could not stay all or nothing; call manager.attachPartition() on its own`,
+        );
+      default:
+        throw unknownKind(change, name);
+    }
+  });
+  return batch;
+}
+
+/** @internal `manager.apply(changes)`: one native request for the whole batch. */
+export async function applyChanges(manager: InstanceType<typeof native.NativeGuestMemoryManager>, changes: unknown, resolve: PlanResolvers): Promise<Plan> {
+  const batch = nativeBatch(changes, resolve);
+  return nativeJson(await settle(call(() => manager.applyBatch(batch))));
+}
+
+/** @internal `manager.plan(changes)`: the dry run of a batch. */
+export async function planChanges(manager: InstanceType<typeof native.NativeGuestMemoryManager>, changes: unknown, resolve: PlanResolvers): Promise<PlanPreview> {
+  const batch = nativeBatch(changes, resolve);
+  return nativeJson(await settle(call(() => manager.planBatch(batch))));
 }
 
 /** @internal */

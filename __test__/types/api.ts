@@ -4,7 +4,9 @@
 import {
   type ErrorCode,
   type FlatEntry,
+  type Plan,
   type PlanChange,
+  type PlanPreview,
   type PlannedOp,
   DeviceMemoryControl,
   DeviceMemoryRegion,
@@ -68,6 +70,13 @@ export async function plans(): Promise<void> {
     const plan: { flatView: FlatEntry[]; ops: PlannedOp[] } = await manager.plan(change);
     void plan;
   }
+  // A batch: applied, or planned as a whole.
+  const applied: Plan = await manager.apply(changes.slice(0, 5));
+  const preview: PlanPreview = await manager.plan(changes.slice(0, 5));
+  const ops: PlannedOp[] = applied.ops.concat(preview.ops);
+  void ops;
+  // @ts-expect-error: apply takes a list of changes.
+  await manager.apply(changes[0]);
   // @ts-expect-error: a device window's region is not its control half.
   const wrongHalf: PlanChange = { kind: 'deviceMap', region: window, offset: 0, object, fileOffset: 0, len: 1, writable: true };
   // @ts-expect-error: a partition is a RecordingPartition or a KvmPartition, not any object.

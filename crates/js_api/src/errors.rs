@@ -321,6 +321,9 @@ pub struct Fields {
     /// A dirty-log failure: the partition's index (registration order).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partition: Option<usize>,
+    /// The error of one change of a batch (`manager.apply`): the change's index.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_index: Option<usize>,
 }
 
 /// Whether an error has no extra fields (so the JSON leaves them out).
@@ -898,6 +901,39 @@ impl ToJsError for membacking::RegionManagerError {
             E::DecommitFailed { .. } => ErrorCode::DecommitFailed,
         };
         row(ErrorClass::MemoryManagerError, code, self)
+    }
+}
+
+impl ToJsError for membacking::BatchError {
+    /// A change's error is the error that change makes on its own, with the change's index in
+    /// the message and in `changeIndex`; a manager failure is the manager's row.
+    fn to_js_error(&self) -> JsError {
+        use membacking::BatchChangeError as C;
+        use membacking::BatchError as E;
+        let (index, error) = match self {
+            E::Change { index, source } => {
+                let error = match source {
+                    C::Region(error) => error.to_js_error(),
+                    C::Device(error) => JsError::device_window(error),
+                };
+                (*index, error)
+            }
+            E::ForeignWindow { index, name } => (
+                *index,
+                JsError::arg_value(format!(
+                    "device memory window {name:?} belongs to another memory manager: a batch \
+                     may only change the windows of the manager that applies it"
+                )),
+            ),
+            E::Manager(inner) => return inner.to_js_error(),
+        };
+        let mut error = error;
+        error.message = format!(
+            "changes[{index}]: {} (nothing in the batch was applied)",
+            error.message
+        );
+        error.fields.change_index = Some(index);
+        error
     }
 }
 

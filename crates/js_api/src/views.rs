@@ -389,6 +389,20 @@ impl From<&membacking::PlanPreview> for PlanView {
     }
 }
 
+/// What `manager.apply(changes)` resolves with: the operations it carried out.
+#[derive(Debug, Serialize)]
+pub struct AppliedPlanView {
+    ops: Vec<PlannedOpView>,
+}
+
+impl From<&membacking::AppliedBatch> for AppliedPlanView {
+    fn from(applied: &membacking::AppliedBatch) -> Self {
+        AppliedPlanView {
+            ops: applied.steps.iter().map(PlannedOpView::from).collect(),
+        }
+    }
+}
+
 /// A registrar's inspect fields.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -703,6 +703,53 @@ fn manager_rows_unwrap_transparent_variants_and_keep_chains() {
 }
 
 #[test]
+fn a_batch_change_error_is_the_changes_own_error_with_its_index() {
+    let region = membacking::BatchError::Change {
+        index: 3,
+        source: membacking::BatchChangeError::Region(no_such_region()),
+    }
+    .to_js_error();
+    let alone = no_such_region().to_js_error();
+    assert_eq!(region.kind(), alone.kind());
+    assert_eq!(
+        region.message,
+        format!(
+            "changes[3]: {} (nothing in the batch was applied)",
+            alone.message
+        )
+    );
+    assert_eq!(json(&region)["fields"]["changeIndex"], 3);
+    let device = membacking::BatchError::Change {
+        index: 0,
+        source: membacking::BatchChangeError::Device(io(io::ErrorKind::Unsupported, "overlap")),
+    }
+    .to_js_error();
+    assert_eq!(
+        device.kind(),
+        (ErrorClass::MemoryManagerError, Some(ErrorCode::Unsupported))
+    );
+    let foreign = membacking::BatchError::ForeignWindow {
+        index: 1,
+        name: "vram".into(),
+    }
+    .to_js_error();
+    assert_eq!(
+        foreign.kind(),
+        (ErrorClass::RangeError, Some(ErrorCode::InvalidArgValue))
+    );
+    assert!(foreign
+        .message
+        .contains("\"vram\" belongs to another memory manager"));
+    assert_eq!(foreign.fields.change_index, Some(1));
+    let manager =
+        membacking::BatchError::Manager(membacking::RegionManagerError::ManagerGone).to_js_error();
+    assert_eq!(
+        manager,
+        membacking::RegionManagerError::ManagerGone.to_js_error()
+    );
+}
+
+#[test]
 fn a_foreign_cause_is_a_plain_error_with_its_message() {
     let mapper =
         membacking::PartitionMapperError::Map("the hypervisor said no".into()).to_js_error();

@@ -10,6 +10,7 @@
 //! The window exists while either half lives. Dropping the control half alone does not unmap
 //! it; dropping both requests its removal without waiting.
 
+use super::batch::ManagerChange;
 use super::region_actor::DeviceOp;
 use super::region_actor::PlanPreview;
 use super::region_actor::PreviewChange;
@@ -55,6 +56,17 @@ impl DeviceMemoryMapper {
     }
 }
 
+/// A device-window operation for a batch ([`GuestMemoryManager::apply`](crate::GuestMemoryManager::apply)),
+/// made by [`MappableGuestMemory::map_to_guest_change`] and the other `*_change` methods.
+#[derive(Debug)]
+pub struct DeviceChange {
+    pub(crate) window: SharedWindow,
+    /// The manager the window belongs to.
+    pub(crate) regions: RegionManagerClient,
+    /// The operation, or why it could not be prepared (reported with the change's index).
+    pub(crate) op: io::Result<DeviceOp>,
+}
+
 /// What both halves share; the last one to go removes the window's region.
 #[derive(Debug)]
 struct WindowShared {
@@ -94,6 +106,14 @@ impl WindowShared {
                 PreviewError::Io(error) => error,
             })
         }
+    }
+
+    fn change(&self, op: io::Result<DeviceOp>) -> ManagerChange {
+        ManagerChange::Device(DeviceChange {
+            window: self.window.clone(),
+            regions: self.regions.clone(),
+            op,
+        })
     }
 
     fn run(&self, op: DeviceOp) -> impl Future<Output = io::Result<()>> + Send + 'static {
@@ -143,6 +163,17 @@ impl MappableGuestMemory {
                 );
             }
         }
+    }
+
+    /// [`MappableGuestMemory::map_to_guest`] as a change of a batch.
+    pub fn map_to_guest_change(&self, gpa: u64, writable: bool) -> ManagerChange {
+        self.shared
+            .change(Ok(DeviceOp::MapToGuest { gpa, writable }))
+    }
+
+    /// [`MappableGuestMemory::unmap_from_guest`] as a change of a batch.
+    pub fn unmap_from_guest_change(&self) -> ManagerChange {
+        self.shared.change(Ok(DeviceOp::UnmapFromGuest))
     }
 
     /// Dry run of [`MappableGuestMemory::map_to_guest`]: the operations it would carry out and
@@ -227,6 +258,37 @@ impl MappedMemoryRegion {
             })
         });
         async move { shared_run?.await }
+    }
+
+    /// [`MappedMemoryRegion::map`] as a change of a batch. The object's handle is duplicated
+    /// at once; if that (or the check of the object's size) fails, the batch reports it as this
+    /// change's error.
+    pub fn map_change(
+        &self,
+        offset: usize,
+        section: impl AsFd,
+        file_offset: u64,
+        len: usize,
+        writable: bool,
+    ) -> ManagerChange {
+        let op = self
+            .prepare_map(section.as_fd(), file_offset, len)
+            .map(|object| DeviceOp::Map {
+                offset: offset as u64,
+                object,
+                file_offset,
+                len: len as u64,
+                writable,
+            });
+        self.shared.change(op)
+    }
+
+    /// [`MappedMemoryRegion::unmap`] as a change of a batch.
+    pub fn unmap_change(&self, offset: usize, len: usize) -> ManagerChange {
+        self.shared.change(Ok(DeviceOp::Unmap {
+            offset: offset as u64,
+            len: len as u64,
+        }))
     }
 
     /// Dry run of [`MappedMemoryRegion::map`]: the operations it would carry out and the flat

@@ -27,6 +27,7 @@
 //! until its last accessor (and lock) is gone, inaccessible except for locked pages once the
 //! manager has stopped.
 
+mod batch;
 mod device;
 mod preview;
 pub(crate) mod region_actor;
@@ -34,6 +35,11 @@ pub(crate) mod region_actor;
 #[cfg(test)]
 mod tests;
 
+pub use batch::AppliedBatch;
+pub use batch::BatchChangeError;
+pub use batch::BatchError;
+pub use batch::ManagerChange;
+pub use device::DeviceChange;
 pub use device::DeviceMemoryMapper;
 pub use device::MappableGuestMemory;
 pub use device::MappedMemoryRegion;

@@ -12,6 +12,8 @@
 //! When the task stops (explicit shutdown, or every handle gone), each attached partition that
 //! is still alive gets one whole-window unmap per partition mapper.
 
+use super::batch::BatchChangeError;
+use super::batch::BatchError;
 use super::preview::add_slots;
 use super::preview::preview_steps;
 use super::preview::PreviewStep;
@@ -80,6 +82,7 @@ pub struct ManagerSnapshot {
 }
 
 /// A device-window operation, run on the manager thread under the window's lock.
+#[derive(Debug)]
 pub(crate) enum DeviceOp {
     Map {
         offset: u64,
@@ -135,6 +138,14 @@ pub(crate) enum PreviewChange {
     Attach(Vec<PartitionMapperInfo>, Weak<dyn PartitionMemoryMap>),
 }
 
+/// One change of a batch, as the region manager runs it.
+pub(crate) enum BatchItem {
+    /// A region-manager change and the cause its reasons name (a RAM visibility change).
+    Change(Change<SharedObject>, String),
+    /// A device-window operation.
+    Device { window: SharedWindow, op: DeviceOp },
+}
+
 /// Why a dry run failed: a region-manager error, or a device window's `io::Error`.
 pub(crate) enum PreviewError {
     Region(RegionManagerError),
@@ -180,6 +191,11 @@ pub(crate) enum RegionRequest {
     Preview {
         change: PreviewChange,
         reply: oneshot::Sender<Result<PlanPreview, PreviewError>>,
+    },
+    Batch {
+        items: Vec<BatchItem>,
+        dry_run: bool,
+        reply: oneshot::Sender<Result<PlanPreview, BatchError>>,
     },
     Dirty {
         op: DirtyOp,
@@ -240,6 +256,11 @@ impl std::fmt::Debug for RegionManagerClient {
 impl RegionManagerClient {
     fn send(&self, request: RegionRequest) -> bool {
         self.sender.unbounded_send(request).is_ok()
+    }
+
+    /// Whether `other` is a handle to the same region manager.
+    pub(crate) fn same_manager(&self, other: &Self) -> bool {
+        self.sender.same_receiver(&other.sender)
     }
 
     async fn call<T>(
@@ -362,6 +383,25 @@ impl RegionManagerClient {
         receiver
             .await
             .unwrap_or(Err(PreviewError::Region(RegionManagerError::ManagerGone)))
+    }
+
+    /// Applies (or, with `dry_run`, plans) a batch of changes.
+    pub(crate) async fn batch(
+        &self,
+        items: Vec<BatchItem>,
+        dry_run: bool,
+    ) -> Result<PlanPreview, BatchError> {
+        let (reply, receiver) = oneshot::channel();
+        if !self.send(RegionRequest::Batch {
+            items,
+            dry_run,
+            reply,
+        }) {
+            return Err(RegionManagerError::ManagerGone.into());
+        }
+        receiver
+            .await
+            .unwrap_or(Err(RegionManagerError::ManagerGone.into()))
     }
 
     /// Runs a dirty-tracking operation.
@@ -729,6 +769,13 @@ impl RegionActor {
             RegionRequest::Preview { change, reply } => {
                 let _ = reply.send(self.preview(change));
             }
+            RegionRequest::Batch {
+                items,
+                dry_run,
+                reply,
+            } => {
+                let _ = reply.send(self.batch(items, dry_run).await);
+            }
             RegionRequest::Shutdown { .. } => {}
         }
     }
@@ -845,15 +892,108 @@ impl RegionActor {
             }
             Err(ApplyError::Fatal(error)) => {
                 txn.commit();
-                tracing::error!(
-                    error = &error as &dyn std::error::Error,
-                    "memory manager poisoned"
-                );
-                let cause = Arc::new(error);
-                self.poisoned = Some(cause.clone());
-                Err(RegionManagerError::ManagerPoisoned { cause })
+                Err(self.poison(error))
             }
         }
+    }
+
+    /// A batch: every change applied in order to one transaction (device windows to copies of
+    /// their records), rolled back at the first one that fails; then the netted plan, predicted
+    /// slots and flat view, and (unless `dry_run`) the plan carried out, the transaction
+    /// committed and the windows given their new records.
+    async fn batch(
+        &mut self,
+        items: Vec<BatchItem>,
+        dry_run: bool,
+    ) -> Result<PlanPreview, BatchError> {
+        let private_ram = self.config.private.then(|| self.ram.clone());
+        let va_window_len = self.state.va_window_len();
+        let mut txn = self.state.begin();
+        let mut windows: Vec<(SharedWindow, DeviceWindow<SharedObject>)> = Vec::new();
+        for (index, item) in items.into_iter().enumerate() {
+            let result = match item {
+                BatchItem::Change(change, cause) => txn
+                    .apply_with_cause(change, Some(&cause))
+                    .map(drop)
+                    .map_err(BatchChangeError::from),
+                BatchItem::Device { window, op } => {
+                    let position = match windows.iter().position(|(w, _)| Arc::ptr_eq(w, &window)) {
+                        Some(position) => position,
+                        None => {
+                            let copy = window.lock().clone();
+                            windows.push((window, copy));
+                            windows.len() - 1
+                        }
+                    };
+                    apply_device_op(&mut windows[position].1, &mut txn, op, private_ram.as_ref())
+                        .map_err(BatchChangeError::from)
+                }
+            };
+            if let Err(source) = result {
+                // Dropping the transaction rolls every change back; the copies go with it.
+                return Err(BatchError::Change { index, source });
+            }
+        }
+        let plan = txn.take_net_plan();
+        let flat_view = if dry_run {
+            txn.state().flat_view()
+        } else {
+            Vec::new()
+        };
+        let mut steps = preview_steps(&plan);
+        add_slots(&mut steps, |index| {
+            self.partitions
+                .get(index)
+                .and_then(|entry| entry.partition.upgrade())
+        });
+        if dry_run {
+            txn.rollback();
+            return Ok(PlanPreview {
+                plan,
+                flat_view,
+                steps,
+            });
+        }
+        let mut prefetch_failures = Vec::new();
+        let outcome = execute(
+            &plan,
+            va_window_len,
+            &self.partitions,
+            &self.mapping,
+            self.config.prefetch_progress.as_ref(),
+            &mut prefetch_failures,
+        )
+        .await;
+        self.prefetch_failures.push(prefetch_failures);
+        // Committed also when the plan failed: the state describes what was intended (the
+        // manager is poisoned then), as for a single change.
+        txn.commit();
+        for (window, record) in windows {
+            *window.lock() = record;
+        }
+        match outcome {
+            Ok(()) => Ok(PlanPreview {
+                plan,
+                flat_view,
+                steps,
+            }),
+            // A batch attaches no partition, so only fatal failures are possible.
+            Err(ApplyError::Attach(error)) => {
+                Err(RegionManagerError::PartitionMapper(error).into())
+            }
+            Err(ApplyError::Fatal(error)) => Err(self.poison(error).into()),
+        }
+    }
+
+    /// Poisons the manager with `error`; the error every request gets from now on.
+    fn poison(&mut self, error: FatalError) -> RegionManagerError {
+        tracing::error!(
+            error = &error as &dyn std::error::Error,
+            "memory manager poisoned"
+        );
+        let cause = Arc::new(error);
+        self.poisoned = Some(cause.clone());
+        RegionManagerError::ManagerPoisoned { cause }
     }
 
     async fn device(&mut self, window: &SharedWindow, op: DeviceOp) -> io::Result<()> {
@@ -1041,6 +1181,9 @@ fn reply_error(request: RegionRequest, error: RegionManagerError) {
         }
         RegionRequest::Preview { reply, .. } => {
             let _ = reply.send(Err(PreviewError::Region(error)));
+        }
+        RegionRequest::Batch { reply, .. } => {
+            let _ = reply.send(Err(error.into()));
         }
         RegionRequest::Dirty { reply, .. } => {
             let _ = reply.send(Err(DirtyTrackingError::Manager(error)));

@@ -26,6 +26,7 @@
 mod apply;
 mod error;
 mod flat_view;
+mod net;
 mod plan;
 mod state;
 mod sync_manager;
@@ -45,6 +46,7 @@ pub use error::PartitionMapperError;
 pub use error::RegionManagerError;
 pub use flat_view::FlatBacking;
 pub use flat_view::FlatEntry;
+pub use net::SameObject;
 pub use plan::AttachingPartition;
 pub use plan::Change;
 pub use plan::ChangeOutcome;

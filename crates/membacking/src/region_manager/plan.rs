@@ -10,6 +10,11 @@
 
 use super::error::OverlapError;
 use super::error::RegionManagerError;
+use super::net::net_plan;
+use super::net::Effect;
+use super::net::OpGroup;
+use super::net::RegionImage;
+use super::net::SameObject;
 use super::state::RegionManagerState;
 use super::types::ActiveMapping;
 use super::types::MapParams;
@@ -260,6 +265,8 @@ pub struct Transaction<'a, O> {
     state: &'a mut RegionManagerState<O>,
     mark: usize,
     plan: Plan<O>,
+    /// What each group of the plan's operations does, for [`Transaction::take_net_plan`].
+    groups: Vec<OpGroup<O>>,
     finished: bool,
 }
 
@@ -280,6 +287,7 @@ impl<O: Clone> RegionManagerState<O> {
             state: self,
             mark,
             plan: Plan::default(),
+            groups: Vec::new(),
             finished: false,
         }
     }
@@ -328,7 +336,20 @@ impl<O: Clone> Transaction<'_, O> {
 
     /// Takes the plan out (the transaction keeps its changes).
     pub fn take_plan(&mut self) -> Plan<O> {
+        self.groups.clear();
         std::mem::take(&mut self.plan)
+    }
+
+    /// Takes the plan out without the operations that later changes of the transaction undo
+    /// (a region hidden and shown again as it was, a mapping added and removed again, …), so
+    /// the plan carries out the net change of every change applied so far (see the `net`
+    /// module). The transaction keeps its changes.
+    pub fn take_net_plan(&mut self) -> Plan<O>
+    where
+        O: SameObject,
+    {
+        let groups = std::mem::take(&mut self.groups);
+        net_plan(std::mem::take(&mut self.plan), &groups)
     }
 
     /// Makes the changes permanent.
@@ -358,6 +379,7 @@ impl<O: Clone> Transaction<'_, O> {
         let undo_mark = self.state.undo.len();
         let ops_mark = self.plan.ops.len();
         let affected_mark = self.plan.affected.len();
+        let groups_mark = self.groups.len();
         let attaching = self.plan.attaching;
         let result = match change {
             Change::AddRegion(new) => self.add_region(new),
@@ -372,6 +394,7 @@ impl<O: Clone> Transaction<'_, O> {
             self.state.rollback_to(undo_mark);
             self.plan.ops.truncate(ops_mark);
             self.plan.affected.truncate(affected_mark);
+            self.groups.truncate(groups_mark);
             self.plan.attaching = attaching;
         }
         result
@@ -388,6 +411,15 @@ impl<O: Clone> Transaction<'_, O> {
         self.plan.ops.push(PlannedOp {
             op,
             reason: reason.to_owned(),
+        });
+    }
+
+    /// Records that the operations planned since `first_op` have `effect` on `range`.
+    fn group(&mut self, first_op: usize, range: MemoryRange, effect: Effect<O>) {
+        self.groups.push(OpGroup {
+            ops: first_op..self.plan.ops.len(),
+            range,
+            effect,
         });
     }
 
@@ -580,7 +612,8 @@ impl<O: Clone> Transaction<'_, O> {
         self.state.work += 1;
         if let Some((reason, active_mapping)) = activation {
             let absolute = active_mapping.range;
-            self.push(PlanOp::AddMapping(active_mapping), &reason);
+            let first_op = self.plan.ops.len();
+            self.push(PlanOp::AddMapping(active_mapping.clone()), &reason);
             for partition in 0..self.state.partitions.len() {
                 self.push(
                     PlanOp::PopulateVa {
@@ -590,6 +623,7 @@ impl<O: Clone> Transaction<'_, O> {
                     &reason,
                 );
             }
+            self.group(first_op, absolute, Effect::MappingAdded(active_mapping));
             self.touch(absolute);
         }
         self.state.insert_mapping(id, mapping);
@@ -628,15 +662,28 @@ impl<O: Clone> Transaction<'_, O> {
             "mappings in {absolute} removed from {}",
             region.display_name()
         );
+        let removed = match (active, region.params) {
+            (true, Some(params)) => {
+                let mut removed: Vec<ActiveMapping<O>> = overlapping
+                    .iter()
+                    .map(|seq| active_mapping(region, &region.mappings.by_seq[seq], params))
+                    .collect();
+                removed.sort_by_key(|mapping| mapping.range.start());
+                removed
+            }
+            _ => Vec::new(),
+        };
         self.state.work += 1 + overlapping.len() as u64;
         for seq in overlapping {
             self.state.remove_mapping(id, seq);
         }
         if active {
+            let first_op = self.plan.ops.len();
             self.push(
                 PlanOp::Invalidate { range: absolute },
                 &with_cause(&what, cause),
             );
+            self.group(first_op, absolute, Effect::MappingsRemoved(removed));
             self.touch(absolute);
         }
         Ok(ChangeOutcome::Applied)
@@ -665,6 +712,7 @@ impl<O: Clone> Transaction<'_, O> {
         self.state.work += active.len() as u64;
         let default_cause = format!("partition {partition} attached");
         let cause = cause.unwrap_or(&default_cause);
+        let first_op = self.plan.ops.len();
         for id in active {
             let region = &self.state.regions[&id];
             let reason = format!(
@@ -676,6 +724,8 @@ impl<O: Clone> Transaction<'_, O> {
                 self.map_into_partition(partition, range, params, &reason);
             }
         }
+        let window = MemoryRange::new(0..self.state.va_window_len);
+        self.group(first_op, window, Effect::Other);
         Ok(ChangeOutcome::PartitionAdded(partition))
     }
 
@@ -736,21 +786,18 @@ impl<O: Clone> Transaction<'_, O> {
         let range = region.range;
         let mappings: Vec<ActiveMapping<O>> = region
             .mappings()
-            .map(|mapping| ActiveMapping {
-                range: offset_range(range, mapping.range_in_region),
-                object: mapping.object.clone(),
-                file_offset: mapping.file_offset,
-                writable: mapping.writable && params.writable,
-                dma_target: region.dma_target,
-            })
+            .map(|mapping| active_mapping(region, mapping, params))
             .collect();
+        let image = image(range, params, &mappings);
         self.state.work += 1 + mappings.len() as u64;
+        let first_op = self.plan.ops.len();
         for mapping in mappings {
             self.push(PlanOp::AddMapping(mapping), &reason);
         }
         for partition in 0..self.state.partitions.len() {
             self.map_into_partition(partition, range, params, &reason);
         }
+        self.group(first_op, range, Effect::Shown(image));
         self.state.set_active(id, true);
         self.touch(range);
     }
@@ -761,7 +808,15 @@ impl<O: Clone> Transaction<'_, O> {
         debug_assert!(region.active, "deactivating an inactive region");
         let reason = describe(region, verb, cause);
         let range = region.range;
+        let shown = region.params.map(|params| {
+            let mappings: Vec<ActiveMapping<O>> = region
+                .mappings()
+                .map(|mapping| active_mapping(region, mapping, params))
+                .collect();
+            image(range, params, &mappings)
+        });
         self.state.work += 1;
+        let first_op = self.plan.ops.len();
         for partition in 0..self.state.partitions.len() {
             let offset = self.state.partitions[partition].offset;
             self.push(
@@ -774,6 +829,9 @@ impl<O: Clone> Transaction<'_, O> {
             );
         }
         self.push(PlanOp::Invalidate { range }, &reason);
+        // An active region always has parameters; without them nothing could cancel this.
+        let effect = shown.map_or(Effect::Other, Effect::Hidden);
+        self.group(first_op, range, effect);
         self.state.set_active(id, false);
         self.touch(range);
     }
@@ -799,6 +857,37 @@ impl<O: Clone> Transaction<'_, O> {
             self.activate(id, verb, cause);
             cursor = self.state.regions[&id].range.end();
         }
+    }
+}
+
+/// How the mapping manager holds `mapping` of `region` mapped with `params`.
+fn active_mapping<O: Clone>(
+    region: &Region<O>,
+    mapping: &RegionMapping<O>,
+    params: MapParams,
+) -> ActiveMapping<O> {
+    ActiveMapping {
+        range: offset_range(region.range, mapping.range_in_region),
+        object: mapping.object.clone(),
+        file_offset: mapping.file_offset,
+        writable: mapping.writable && params.writable,
+        dma_target: region.dma_target,
+    }
+}
+
+/// What a region at `range` mapped with `params` and holding `mappings` looks like from outside.
+fn image<O: Clone>(
+    range: MemoryRange,
+    params: MapParams,
+    mappings: &[ActiveMapping<O>],
+) -> RegionImage<O> {
+    let mut mappings = mappings.to_vec();
+    mappings.sort_by_key(|mapping| mapping.range.start());
+    RegionImage {
+        range,
+        writable: params.writable,
+        executable: params.executable,
+        mappings,
     }
 }
 

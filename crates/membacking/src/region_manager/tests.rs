@@ -1948,3 +1948,400 @@ fn ram_regions_find_exact_ranges_and_detect_overlap() {
     assert_eq!(RamVisibility::Unmapped.to_string(), "Unmapped");
     assert_eq!(RamVisibility::Unmapped.map_params(), None);
 }
+
+// ----- batches: the net plan -----
+
+const READ_ONLY: MapParams = MapParams {
+    writable: false,
+    ..RW
+};
+const PAM0: MemoryRange = MemoryRange::new(0xc0000..0xc4000);
+
+/// What partitions and the mapping manager hold after a plan: per (partition, GPA) the mapped
+/// size, permissions and VA offset, and the active mappings.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct World {
+    partitions: BTreeMap<(usize, u64), (u64, bool, bool, u64)>,
+    mappings: BTreeMap<u64, ActiveMapping<Obj>>,
+}
+
+impl World {
+    /// Carries out `plan`, checking that it never maps over something or cuts a mapping.
+    fn run(&mut self, plan: &Plan<Obj>) {
+        for op in plan.op_list() {
+            match *op {
+                PlanOp::Map {
+                    partition,
+                    va_offset,
+                    gpa,
+                    size,
+                    writable,
+                    exec,
+                } => {
+                    let overlapping = self.partitions.iter().any(|(&(p, start), &(len, ..))| {
+                        p == partition && start < gpa + size && gpa < start + len
+                    });
+                    assert!(!overlapping, "{op} maps over a mapping");
+                    self.partitions
+                        .insert((partition, gpa), (size, writable, exec, va_offset));
+                }
+                PlanOp::Unmap {
+                    partition,
+                    gpa,
+                    size,
+                } => {
+                    let inside: Vec<(usize, u64)> = self
+                        .partitions
+                        .iter()
+                        .filter(|(&(p, start), &(len, ..))| {
+                            p == partition && start < gpa + size && gpa < start + len
+                        })
+                        .map(|(&key, &(len, ..))| {
+                            assert!(key.1 >= gpa && key.1 + len <= gpa + size, "{op} cuts");
+                            key
+                        })
+                        .collect();
+                    for key in inside {
+                        self.partitions.remove(&key);
+                    }
+                }
+                PlanOp::AddMapping(ref mapping) => {
+                    assert!(
+                        self.mappings
+                            .values()
+                            .all(|held| !held.range.overlaps(&mapping.range)),
+                        "{op} adds over a mapping"
+                    );
+                    self.mappings.insert(mapping.range.start(), mapping.clone());
+                }
+                PlanOp::Invalidate { range } => {
+                    self.mappings.retain(|_, held| {
+                        assert!(
+                            range.contains(&held.range) || !range.overlaps(&held.range),
+                            "{op} cuts {}",
+                            held.range
+                        );
+                        !range.contains(&held.range)
+                    });
+                }
+                PlanOp::PopulateVa { .. } | PlanOp::Prefetch { .. } | PlanOp::Pin { .. } => {}
+            }
+        }
+    }
+
+    /// What partition 0 and the mapping manager must hold for `state`.
+    fn of(state: &RegionManagerState<Obj>) -> Self {
+        let mut world = World::default();
+        for region in state.active_regions() {
+            let params = region.params().unwrap();
+            let range = region.range();
+            world.partitions.insert(
+                (0, range.start()),
+                (
+                    range.len(),
+                    params.writable,
+                    params.executable,
+                    range.start(),
+                ),
+            );
+            for mapping in region.mappings() {
+                let absolute = r(
+                    range.start() + mapping.range_in_region.start(),
+                    range.start() + mapping.range_in_region.end(),
+                );
+                world.mappings.insert(
+                    absolute.start(),
+                    ActiveMapping {
+                        range: absolute,
+                        object: mapping.object,
+                        file_offset: mapping.file_offset,
+                        writable: mapping.writable && params.writable,
+                        dma_target: region.dma_target(),
+                    },
+                );
+            }
+        }
+        world
+    }
+}
+
+/// A step of a test batch: issues changes through the transaction.
+type Step<'a> = &'a mut dyn FnMut(&mut Transaction<'_, Obj>);
+
+/// Applies `steps` to one transaction of `vm`'s state (each step issues its changes through the
+/// transaction) and returns the whole plan and the net plan; everything is rolled back.
+fn batch_plans(vm: &mut Vm, steps: &mut [Step<'_>]) -> (Plan<Obj>, Plan<Obj>) {
+    let mut transaction = vm.mgr.state_mut_for_tests().begin();
+    for step in steps.iter_mut() {
+        step(&mut transaction);
+    }
+    let full = transaction.plan().clone();
+    let net = transaction.take_net_plan();
+    transaction.rollback();
+    (full, net)
+}
+
+/// A step that sets the visibility of the RAM region `range`.
+fn visibility(
+    ram: &RamRegions,
+    range: MemoryRange,
+    to: RamVisibility,
+) -> impl FnMut(&mut Transaction<'_, Obj>) + '_ {
+    move |transaction| ram.set_ram_visibility(transaction, range, to).unwrap()
+}
+
+#[test]
+fn a_region_hidden_and_shown_again_in_one_batch_costs_nothing() {
+    let mut vm = Vm::l1(X86);
+    vm.attach_new(Vtl::Vtl0);
+    let ram = vm.ram.clone();
+    let (full, net) = batch_plans(
+        &mut vm,
+        &mut [
+            &mut visibility(&ram, VGA, RamVisibility::Unmapped),
+            &mut visibility(&ram, VGA, RamVisibility::ReadWrite),
+        ],
+    );
+    assert_eq!(
+        full.ops.len(),
+        5,
+        "unmap, invalidate, add mapping, populate, map: {full:?}"
+    );
+    assert!(net.ops.is_empty(), "{net:?}");
+    assert!(net.affected.is_empty());
+    // Read-only and back again.
+    let (_, net) = batch_plans(
+        &mut vm,
+        &mut [
+            &mut visibility(&ram, PAM0, RamVisibility::ReadOnly),
+            &mut visibility(&ram, PAM0, RamVisibility::ReadWrite),
+        ],
+    );
+    assert!(net.ops.is_empty(), "{net:?}");
+}
+
+#[test]
+fn a_batch_plans_only_its_net_change() {
+    let mut vm = Vm::l1(X86);
+    vm.attach_new(Vtl::Vtl0);
+    let ram = vm.ram.clone();
+    // Read-only, read-write, read-only: what read-only alone does.
+    let pam = vm.region(PAM0).id();
+    let single = vm
+        .mgr
+        .state_mut_for_tests()
+        .plan(Change::MapRegion(pam, READ_ONLY))
+        .unwrap();
+    let (full, net) = batch_plans(
+        &mut vm,
+        &mut [
+            &mut visibility(&ram, PAM0, RamVisibility::ReadOnly),
+            &mut visibility(&ram, PAM0, RamVisibility::ReadWrite),
+            &mut visibility(&ram, PAM0, RamVisibility::ReadOnly),
+        ],
+    );
+    assert_eq!(full.ops.len(), 3 * single.ops.len());
+    assert_eq!(
+        net.op_list().collect::<Vec<_>>(),
+        single.op_list().collect::<Vec<_>>()
+    );
+    assert_eq!(net.affected, [PAM0]);
+    // Read-only, then unmapped: the unmap of the read-write region alone.
+    let unmap = vm
+        .mgr
+        .state_mut_for_tests()
+        .plan(Change::UnmapRegion(pam))
+        .unwrap();
+    let (_, net) = batch_plans(
+        &mut vm,
+        &mut [
+            &mut visibility(&ram, PAM0, RamVisibility::ReadOnly),
+            &mut visibility(&ram, PAM0, RamVisibility::Unmapped),
+        ],
+    );
+    assert_eq!(
+        net.op_list().collect::<Vec<_>>(),
+        unmap.op_list().collect::<Vec<_>>()
+    );
+    // Two different regions: nothing cancels.
+    let (full, net) = batch_plans(
+        &mut vm,
+        &mut [
+            &mut visibility(&ram, PAM0, RamVisibility::ReadOnly),
+            &mut visibility(&ram, VGA, RamVisibility::Unmapped),
+        ],
+    );
+    assert_eq!(net, full);
+}
+
+#[test]
+fn a_device_that_surfaces_and_hides_again_inside_a_batch_costs_nothing() {
+    let (mut vm, partition, window) = vga_device();
+    let mut window = window;
+    window.map_to_guest(&mut vm.mgr, 0xa0000, true).unwrap();
+    partition.clear_log();
+    let ram = vm.ram.clone();
+    // RAM hidden (the window surfaces: its mapping is added, it is mapped), then shown (the
+    // window is hidden again): nested pairs cancel from the inside out.
+    let (full, net) = batch_plans(
+        &mut vm,
+        &mut [
+            &mut visibility(&ram, VGA, RamVisibility::Unmapped),
+            &mut visibility(&ram, VGA, RamVisibility::ReadWrite),
+        ],
+    );
+    assert!(full
+        .op_list()
+        .any(|op| matches!(op, PlanOp::AddMapping(m) if m.object == "P")));
+    assert!(net.ops.is_empty(), "{net:?}");
+}
+
+#[test]
+fn a_window_placed_again_where_it_was_costs_nothing() {
+    let (mut vm, _partition, mut window) = vga_device();
+    window.map_to_guest(&mut vm.mgr, 0xd000_0000, true).unwrap();
+    let mut copy = window.clone();
+    let (full, net) = batch_plans(
+        &mut vm,
+        &mut [&mut |transaction| {
+            copy.unmap_from_guest(transaction);
+            copy.map_to_guest(transaction, 0xd000_0000, true).unwrap();
+        }],
+    );
+    assert!(!full.ops.is_empty());
+    assert!(
+        net.ops.is_empty(),
+        "a new region with the same image: {net:?}"
+    );
+    // Placed elsewhere, or read-only: carried out.
+    let mut moved = window.clone();
+    let (_, net) = batch_plans(
+        &mut vm,
+        &mut [&mut |transaction| moved.map_to_guest(transaction, 0xd001_0000, true).unwrap()],
+    );
+    assert!(!net.ops.is_empty());
+    let mut read_only = window.clone();
+    let (_, net) = batch_plans(
+        &mut vm,
+        &mut [&mut |transaction| {
+            read_only
+                .map_to_guest(transaction, 0xd000_0000, false)
+                .unwrap()
+        }],
+    );
+    assert!(net.op_list().any(|op| matches!(
+        op,
+        PlanOp::Map {
+            writable: false,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_mapping_added_and_removed_in_one_batch_costs_nothing() {
+    let (mut vm, _partition, mut window) = vga_device();
+    window.map_to_guest(&mut vm.mgr, 0xd000_0000, true).unwrap();
+    let mut copy = window.clone();
+    let (full, net) = batch_plans(
+        &mut vm,
+        &mut [&mut |transaction| {
+            copy.map(transaction, 0x10000, "Q", 0, 0x10000, true)
+                .unwrap();
+            copy.unmap(transaction, 0x10000, 0x10000).unwrap();
+        }],
+    );
+    assert_eq!(full.ops.len(), 3, "add, populate, invalidate: {full:?}");
+    assert!(net.ops.is_empty());
+    // Removed and added again: the same.
+    let mut copy = window.clone();
+    let (_, net) = batch_plans(
+        &mut vm,
+        &mut [&mut |transaction| {
+            copy.unmap(transaction, 0, 0x10000).unwrap();
+            copy.map(transaction, 0, "P", 0, 0x10000, true).unwrap();
+        }],
+    );
+    assert!(net.ops.is_empty());
+    // Added again with another object: carried out.
+    let mut copy = window.clone();
+    let (_, net) = batch_plans(
+        &mut vm,
+        &mut [&mut |transaction| {
+            copy.unmap(transaction, 0, 0x10000).unwrap();
+            copy.map(transaction, 0, "Q", 0, 0x10000, true).unwrap();
+        }],
+    );
+    assert_eq!(net.ops.len(), 3);
+}
+
+#[test]
+fn random_batches_leave_the_world_their_whole_plan_leaves() {
+    let objects = ["A", "B"];
+    for seed in 1..=30 {
+        let mut rng = Lcg(seed);
+        let mut vm = Vm::empty(0x100_0000);
+        vm.attach_new(Vtl::Vtl0);
+        let mut world = World::default();
+        let mut ids: Vec<RegionId> = Vec::new();
+        let (mut full_ops, mut net_ops) = (0, 0);
+        for _ in 0..40 {
+            let mut transaction = vm.mgr.state_mut_for_tests().begin();
+            for _ in 0..1 + rng.below(8) {
+                let change = match rng.below(8) {
+                    0 => {
+                        let start = rng.below(16) * 0x4000;
+                        let len = (1 + rng.below(4)) * 0x4000;
+                        let priority = u8::try_from(rng.below(3)).unwrap();
+                        Change::AddRegion(NewRegion::new(
+                            "r",
+                            r(start, start + len),
+                            priority,
+                            false,
+                        ))
+                    }
+                    _ if ids.is_empty() => continue,
+                    1 | 2 => Change::MapRegion(
+                        ids[rng.index(ids.len())],
+                        if rng.below(2) == 0 { RW } else { READ_ONLY },
+                    ),
+                    3 => Change::UnmapRegion(ids[rng.index(ids.len())]),
+                    4 => Change::RemoveRegion(ids[rng.index(ids.len())]),
+                    5 | 6 => {
+                        let start = rng.below(4) * 0x4000;
+                        Change::AddMapping(
+                            ids[rng.index(ids.len())],
+                            RegionMapping {
+                                range_in_region: r(start, start + 0x4000),
+                                object: objects[rng.index(2)],
+                                file_offset: rng.below(2) * 0x4000,
+                                writable: rng.below(2) == 0,
+                            },
+                        )
+                    }
+                    _ => {
+                        let start = rng.below(4) * 0x4000;
+                        Change::RemoveMappings(ids[rng.index(ids.len())], r(start, start + 0x4000))
+                    }
+                };
+                // A change that fails leaves no trace; the batch goes on.
+                if let Ok(ChangeOutcome::RegionAdded(id)) = transaction.apply(change) {
+                    ids.push(id);
+                }
+            }
+            let full = transaction.plan().clone();
+            let net = transaction.take_net_plan();
+            transaction.commit();
+            ids.retain(|id| vm.mgr.state().regions().any(|region| region.id() == *id));
+            let mut by_full = world.clone();
+            by_full.run(&full);
+            world.run(&net);
+            assert_eq!(world, by_full, "seed {seed}");
+            assert_eq!(world, World::of(vm.mgr.state()), "seed {seed}");
+            assert!(net.ops.len() <= full.ops.len());
+            full_ops += full.ops.len();
+            net_ops += net.ops.len();
+        }
+        assert!(net_ops < full_ops, "seed {seed}: something cancelled");
+    }
+}

@@ -1,0 +1,166 @@
+//! Netting the plan of a batch: operations that a later change of the same batch undoes are
+//! left out, so a batch costs what its net change costs.
+//!
+//! The transaction groups the operations it plans by what they do to the outside world
+//! ([`Effect`]): a region shown (its mappings added to the mapping manager, then mapped into
+//! every partition) or hidden (unmapped from every partition, then its VA invalidated), or one
+//! mapping added to or removed from a region that stays shown. Each effect is confined to a GPA
+//! range. Two effects cancel when the second exactly undoes the first — a region hidden and then
+//! shown again with the same image (range, permissions and mappings: the same objects at the
+//! same offsets), a region shown and then hidden, a mapping added and then removed, or removed
+//! and then added — and no effect left between them touches an overlapping range. Then the world
+//! on that range is the same before the first and after the second, and every other effect sees
+//! it as it would have: both are dropped. The groups are reduced in order with a stack, so
+//! nested pairs (a lower region surfacing while RAM is hidden, and hidden again when it is
+//! shown) cancel from the inside out.
+//!
+//! What cancels is decided on the images, not on region identity: a device window removed and
+//! placed again at the same GPA (a new region with the same mappings) costs nothing either.
+//! Prefetching is not part of an image (it is an optimisation of a map, not a state), so a
+//! region hidden and shown again is not prefetched again.
+
+use super::plan::Plan;
+use super::types::ActiveMapping;
+use memory_range::MemoryRange;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// Whether two handles name the same memory object, for deciding that a change undoes
+/// another. It may answer `false` for handles of one object (the changes are then both
+/// carried out, which is correct, only not minimal); it must never answer `true` for two
+/// different objects.
+pub trait SameObject {
+    /// `true` only if `self` and `other` name the same object.
+    fn same_object(&self, other: &Self) -> bool;
+}
+
+/// Handles shared by reference counting: the same allocation.
+impl<T: ?Sized> SameObject for Arc<T> {
+    fn same_object(&self, other: &Self) -> bool {
+        Arc::ptr_eq(self, other)
+    }
+}
+
+/// Names (the tests' objects).
+impl SameObject for &'static str {
+    fn same_object(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
+/// What a shown region looks like from outside: its range, its permissions in the partitions
+/// and the mappings the mapping manager holds for it.
+#[derive(Debug, Clone)]
+pub(crate) struct RegionImage<O> {
+    pub range: MemoryRange,
+    pub writable: bool,
+    pub executable: bool,
+    /// In range order.
+    pub mappings: Vec<ActiveMapping<O>>,
+}
+
+impl<O: SameObject> RegionImage<O> {
+    fn same(&self, other: &Self) -> bool {
+        self.range == other.range
+            && self.writable == other.writable
+            && self.executable == other.executable
+            && same_mappings(&self.mappings, &other.mappings)
+    }
+}
+
+fn same_mapping<O: SameObject>(a: &ActiveMapping<O>, b: &ActiveMapping<O>) -> bool {
+    a.range == b.range
+        && a.file_offset == b.file_offset
+        && a.writable == b.writable
+        && a.dma_target == b.dma_target
+        && a.object.same_object(&b.object)
+}
+
+fn same_mappings<O: SameObject>(a: &[ActiveMapping<O>], b: &[ActiveMapping<O>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same_mapping(a, b))
+}
+
+/// What a group of consecutive operations does.
+#[derive(Debug, Clone)]
+pub(crate) enum Effect<O> {
+    /// A region becomes active: its mappings are added, it is mapped into every partition.
+    Shown(RegionImage<O>),
+    /// A region stops being active: unmapped from every partition, its VA invalidated.
+    Hidden(RegionImage<O>),
+    /// A mapping is added to an active region.
+    MappingAdded(ActiveMapping<O>),
+    /// Mappings of an active region are removed (in range order).
+    MappingsRemoved(Vec<ActiveMapping<O>>),
+    /// Anything that never cancels (a partition being registered).
+    Other,
+}
+
+impl<O: SameObject> Effect<O> {
+    /// Whether `later` exactly undoes `self`.
+    fn undone_by(&self, later: &Self) -> bool {
+        match (self, later) {
+            (Effect::Shown(a), Effect::Hidden(b)) | (Effect::Hidden(a), Effect::Shown(b)) => {
+                a.same(b)
+            }
+            (Effect::MappingAdded(added), Effect::MappingsRemoved(removed))
+            | (Effect::MappingsRemoved(removed), Effect::MappingAdded(added)) => {
+                removed.len() == 1 && same_mapping(added, &removed[0])
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The operations `ops` of a plan, with the GPA range they are confined to and what they do.
+#[derive(Debug, Clone)]
+pub(crate) struct OpGroup<O> {
+    pub ops: Range<usize>,
+    pub range: MemoryRange,
+    pub effect: Effect<O>,
+}
+
+/// The plan without the groups that cancel (see the module comment); operations that belong to
+/// no group are kept. `affected` becomes the ranges of the groups kept.
+pub(crate) fn net_plan<O: SameObject>(plan: Plan<O>, groups: &[OpGroup<O>]) -> Plan<O> {
+    // Indexes of the groups kept so far, in order.
+    let mut kept: Vec<usize> = Vec::new();
+    for (index, group) in groups.iter().enumerate() {
+        let last_overlapping = kept
+            .iter()
+            .rposition(|&earlier| groups[earlier].range.overlaps(&group.range));
+        match last_overlapping {
+            Some(position) if groups[kept[position]].effect.undone_by(&group.effect) => {
+                kept.remove(position);
+            }
+            _ => kept.push(index),
+        }
+    }
+    let mut keep_op = vec![true; plan.ops.len()];
+    let mut keep_group = vec![false; groups.len()];
+    for &index in &kept {
+        keep_group[index] = true;
+    }
+    for (group, keep) in groups.iter().zip(keep_group) {
+        if !keep {
+            for op in group.ops.clone() {
+                keep_op[op] = false;
+            }
+        }
+    }
+    let mut affected: Vec<MemoryRange> = Vec::new();
+    for &index in &kept {
+        if affected.last() != Some(&groups[index].range) {
+            affected.push(groups[index].range);
+        }
+    }
+    Plan {
+        ops: plan
+            .ops
+            .into_iter()
+            .zip(keep_op)
+            .filter_map(|(op, keep)| keep.then_some(op))
+            .collect(),
+        attaching: plan.attaching,
+        affected,
+    }
+}
