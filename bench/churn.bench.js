@@ -1,7 +1,9 @@
 // Region churn: device-window map/unmap cycles (mapToGuest + unmapFromGuest of one window, each
 // awaited) with a RecordingPartition attached and 100, 1,000 or 10,000 other regions placed.
 // The cycle cost must grow no faster than O(log n) in the number of regions (ratio against 100
-// regions), and the rate is compared with the issue's figure of 10,000 cycles per second.
+// regions), and the rate is compared with the figure of 10,000 cycles per second. Also the
+// same cycles batched: 16 windows placed by one manager.apply() and removed by another (target
+// >= 10,000 cycles per second).
 'use strict';
 const mb = require('../dist');
 const { report } = require('./harness');
@@ -17,7 +19,24 @@ async function setup(regions) {
     await mapper.newRegion(4n * KiB, `dev${i}`).control.mapToGuest(3n * GiB + BigInt(i) * 8n * KiB, true);
   }
   const { control } = mapper.newRegion(64n * KiB, 'churn');
-  return { manager, control, gpa: 3n * GiB + 512n * 1024n * 1024n };
+  const gpa = 3n * GiB + 512n * 1024n * 1024n;
+  const batch = Array.from({ length: BATCH }, (_, i) => mapper.newRegion(64n * KiB, `churn${i}`).control);
+  const place = batch.map((window, i) => ({ kind: 'deviceMapToGuest', window, gpa: gpa + 1024n * KiB + BigInt(i) * 64n * KiB, writable: true }));
+  const remove = batch.map((window) => ({ kind: 'deviceUnmapFromGuest', window }));
+  return { manager, control, gpa, place, remove };
+}
+
+/** Windows placed (and removed) per manager.apply() in the batched churn. */
+const BATCH = 16;
+
+/** Nanoseconds per cycle of batched churn: `batches` rounds of one apply placing BATCH windows and one removing them. */
+async function batchedCycleCost({ manager, place, remove }, batches) {
+  const start = process.hrtime.bigint();
+  for (let i = 0; i < batches; i++) {
+    await manager.apply(place);
+    await manager.apply(remove);
+  }
+  return Number(process.hrtime.bigint() - start) / (batches * BATCH);
 }
 
 async function cycleCost({ control, gpa }, cycles) {
@@ -34,20 +53,38 @@ async function cycleCost({ control, gpa }, cycles) {
   const setups = [];
   for (const size of sizes) setups.push(await setup(size));
   for (const s of setups) await cycleCost(s, 200);
+  await batchedCycleCost(setups[0], 50);
   // Measured in alternation, keeping each size's best, so that outside load hits all alike.
   const best = sizes.map(() => Infinity);
+  let batched = Infinity;
   for (let round = 0; round < 5; round++) {
     for (let i = 0; i < sizes.length; i++) best[i] = Math.min(best[i], await cycleCost(setups[i], 500));
+    batched = Math.min(batched, await batchedCycleCost(setups[0], 60));
   }
   for (const s of setups) await s.manager.close();
   report({
     name: 'device-window map+unmap cycles per second (100 regions)',
     value: 1e9 / best[0],
     unit: 'cycles/s',
-    baseline: "the issue's figure",
+    baseline: 'the target figure',
     baselineValue: 10000,
     kind: 'time',
     target: '>= 1',
+  });
+  report({
+    name: `device-window map+unmap cycles per second, batches of ${BATCH} (manager.apply, 100 regions)`,
+    value: 1e9 / batched,
+    unit: 'cycles/s',
+    baseline: 'the target figure',
+    baselineValue: 10000,
+    target: '>= 1',
+  });
+  report({
+    name: `device-window map+unmap cycle, batches of ${BATCH} vs one at a time (100 regions)`,
+    value: batched / 1000,
+    unit: 'us',
+    baseline: 'the same cycle, one awaited call per operation',
+    baselineValue: best[0] / 1000,
   });
   for (let i = 1; i < sizes.length; i++) {
     report({

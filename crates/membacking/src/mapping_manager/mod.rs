@@ -81,7 +81,8 @@ pub(crate) enum MappingRequest {
         ActiveMapping<SharedObject>,
         oneshot::Sender<Result<(), String>>,
     ),
-    RemoveMappings(MemoryRange, oneshot::Sender<Result<(), String>>),
+    /// Removes the mappings inside each range, in order (see `MappingManager::remove_mappings`).
+    RemoveMappings(Vec<MemoryRange>, oneshot::Sender<Result<(), String>>),
     GetDmaTargetMappings(oneshot::Sender<Vec<ActiveMapping<SharedObject>>>),
     Inspect(oneshot::Sender<MappingManagerInspect>),
     Shutdown,
@@ -152,7 +153,16 @@ impl MappingManagerClient {
     }
 
     pub(crate) async fn remove_mappings(&self, range: MemoryRange) -> Result<(), virt::Error> {
-        self.call(|reply| MappingRequest::RemoveMappings(range, reply))
+        self.remove_mappings_many(vec![range]).await
+    }
+
+    /// [`MappingManagerClient::remove_mappings`] for several ranges, in order, with one round
+    /// trip to the mappers for all of them.
+    pub(crate) async fn remove_mappings_many(
+        &self,
+        ranges: Vec<MemoryRange>,
+    ) -> Result<(), virt::Error> {
+        self.call(|reply| MappingRequest::RemoveMappings(ranges, reply))
             .await?
             .map_err(Into::into)
     }
@@ -278,8 +288,8 @@ impl MappingManager {
                 MappingRequest::AddMapping(mapping, reply) => {
                     let _ = reply.send(self.add_mapping(mapping));
                 }
-                MappingRequest::RemoveMappings(range, reply) => {
-                    let result = self.remove_mappings(range).await;
+                MappingRequest::RemoveMappings(ranges, reply) => {
+                    let result = self.remove_mappings(&ranges).await;
                     let _ = reply.send(result);
                 }
                 MappingRequest::GetDmaTargetMappings(reply) => {
@@ -427,10 +437,51 @@ impl MappingManager {
         Ok(())
     }
 
-    /// `RemoveMappings(range)`: drops the mappings inside `range`, invalidates the
-    /// whole range in every mapper that received one of them, and returns once all of them
-    /// acknowledged (a mapper that went away is skipped).
-    async fn remove_mappings(&mut self, range: MemoryRange) -> Result<(), String> {
+    /// `RemoveMappings(ranges)`: for each range in order, drops the mappings inside it and
+    /// invalidates the whole range in every mapper that received one of them; returns once all
+    /// of them acknowledged every invalidation (a mapper that went away is skipped). The
+    /// invalidations of all ranges are sent before any acknowledgement is awaited, so the
+    /// mappers answer them in one round trip. A range that would split a mapping fails the
+    /// request; the ranges before it are removed all the same.
+    async fn remove_mappings(&mut self, ranges: &[MemoryRange]) -> Result<(), String> {
+        let mut acks = Vec::new();
+        let mut failure = None;
+        for &range in ranges {
+            match self.take_mappings(range) {
+                Ok(mappers) => {
+                    for id in mappers {
+                        if let Some(mapper) = self.mapper(id) {
+                            let (sender, receiver) = oneshot::channel();
+                            mapper.push(MapperMessage::Unmap(range, sender));
+                            acks.push((id, range, receiver));
+                        }
+                    }
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        let results = futures::future::join_all(
+            acks.into_iter()
+                .map(|(id, range, receiver)| async move { (id, range, receiver.await) }),
+        )
+        .await;
+        for (id, range, result) in results {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    return Err(format!("mapper {id} failed to unmap {range}: {error}"));
+                }
+                Err(_) => tracing::debug!(%id, %range, "mapper went away before acknowledging"),
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Drops the mappings inside `range`; the mappers that received one of them.
+    fn take_mappings(&mut self, range: MemoryRange) -> Result<Vec<MapperId>, String> {
         let mut inside = Vec::new();
         let mut cursor = range.start();
         while let Some(seq) = self.mapping_at_or_after(cursor, range.end()) {
@@ -457,29 +508,7 @@ impl MappingManager {
                 }
             }
         }
-        let mut acks = Vec::new();
-        for id in mappers {
-            if let Some(mapper) = self.mapper(id) {
-                let (sender, receiver) = oneshot::channel();
-                mapper.push(MapperMessage::Unmap(range, sender));
-                acks.push((id, receiver));
-            }
-        }
-        let results = futures::future::join_all(
-            acks.into_iter()
-                .map(|(id, receiver)| async move { (id, receiver.await) }),
-        )
-        .await;
-        for (id, result) in results {
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    return Err(format!("mapper {id} failed to unmap {range}: {error}"));
-                }
-                Err(_) => tracing::debug!(%id, %range, "mapper went away before acknowledging"),
-            }
-        }
-        Ok(())
+        Ok(mappers)
     }
 
     fn inspect(&self) -> MappingManagerInspect {

@@ -54,8 +54,11 @@ use guestmem::DirtyBitmap;
 use memory_range::MemoryRange;
 use parking_lot::Mutex;
 use serde::Serialize;
+use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::Weak;
@@ -1226,13 +1229,90 @@ async fn execute(
         failures: Mutex::new(Vec::new()),
     };
     let mut execution = PlanExecution::new(plan, va_window_len);
+    // Operations started before their turn (by plan index): a run of invalidations is one
+    // request to the mapping manager, and a run of VA populations is requested at once, so each
+    // run costs one round trip to the mappers instead of one per operation. Each still takes
+    // its turn in the execution, which decides what its outcome means.
+    let mut ahead: HashMap<usize, Ahead<'_>> = HashMap::new();
     while let Some(planned) = execution.next_op() {
         let op = planned.op.clone();
-        let result = perform(&op, partitions, mapping, &tracker).await;
+        let early = execution
+            .current_index()
+            .and_then(|index| ahead.remove(&index));
+        let result = match (early, &op) {
+            (Some(Ahead::Done(result)), _) => result.map_err(Into::into),
+            (Some(Ahead::Started(future)), _) => future.await,
+            (None, PlanOp::Invalidate { range }) => {
+                let mut ranges = vec![*range];
+                let run: Vec<usize> = execution
+                    .upcoming()
+                    .map_while(|(index, next)| match next.op {
+                        PlanOp::Invalidate { range } => {
+                            ranges.push(range);
+                            Some(index)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let result = mapping
+                    .remove_mappings_many(ranges)
+                    .await
+                    .map_err(|error| error.to_string());
+                for index in run {
+                    ahead.insert(index, Ahead::Done(result.clone()));
+                }
+                result.map_err(Into::into)
+            }
+            (None, PlanOp::PopulateVa { .. }) => {
+                for (index, next) in execution.upcoming() {
+                    let PlanOp::PopulateVa { partition, range } = next.op else {
+                        break;
+                    };
+                    ahead.insert(
+                        index,
+                        Ahead::Started(Box::pin(populate(partitions, partition, range))),
+                    );
+                }
+                perform(&op, partitions, mapping, &tracker).await
+            }
+            (None, _) => perform(&op, partitions, mapping, &tracker).await,
+        };
         execution.report(result);
     }
     prefetch_failures.extend(tracker.failures.into_inner());
     execution.finish()
+}
+
+/// An operation of a plan started before its turn (see [`execute`]).
+enum Ahead<'a> {
+    /// Carried out with an earlier one: its outcome.
+    Done(Result<(), String>),
+    /// Requested; awaiting it gives its outcome.
+    Started(Pin<Box<dyn Future<Output = Result<(), virt::Error>> + Send + 'a>>),
+}
+
+/// `PopulateVa`: requests `range` from the partition's VA mapper (a gone partition has nothing
+/// to populate). The request is made at once; the future waits for it.
+fn populate(
+    partitions: &[PartitionEntry],
+    index: usize,
+    range: MemoryRange,
+) -> impl Future<Output = Result<(), virt::Error>> + Send + 'static {
+    let request = match partitions.get(index) {
+        None => Err(format!(
+            "plan names partition {index}, which is not attached"
+        )),
+        Some(entry) if entry.partition.strong_count() == 0 => Ok(None),
+        Some(entry) => Ok(Some(entry.mapper.request(range, false))),
+    };
+    async move {
+        match request? {
+            Some(request) => request
+                .await
+                .map_err(|error| format!("populating {range} failed: {error:?}").into()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Counts a plan's prefetched bytes across the partition's prefetch threads and tells the
@@ -1301,16 +1381,7 @@ async fn perform(
         PlanOp::PopulateVa {
             partition: index,
             range,
-        } => {
-            let Some((_, entry)) = partition(index)? else {
-                return Ok(());
-            };
-            entry
-                .mapper
-                .request(range, false)
-                .await
-                .map_err(|error| format!("populating {range} failed: {error:?}").into())
-        }
+        } => populate(partitions, index, range).await,
         PlanOp::Map {
             partition: index,
             va_offset,

@@ -162,6 +162,28 @@ impl<'p, O: Clone> PlanExecution<'p, O> {
         self.plan.ops.get(self.next - 1)
     }
 
+    /// The index in the plan of the operation last returned by [`PlanExecution::next_op`], or
+    /// `None` when that was a compensation (the unmap after a failed pin, a discard).
+    pub fn current_index(&self) -> Option<usize> {
+        match self.current {
+            Current::Planned(index) => Some(index),
+            _ => None,
+        }
+    }
+
+    /// The planned operations after the one last returned, as `(index, op)`, for a driver that
+    /// starts some of them early (it must still take each from [`PlanExecution::next_op`] and
+    /// report it). Empty after a compensation.
+    pub fn upcoming(&self) -> impl Iterator<Item = (usize, &PlannedOp<O>)> + '_ {
+        let ops = match self.current {
+            Current::Planned(_) => &self.plan.ops[self.next..],
+            _ => &[],
+        };
+        ops.iter()
+            .enumerate()
+            .map(|(offset, op)| (self.next + offset, op))
+    }
+
     /// Reports the outcome of the operation last returned by [`PlanExecution::next_op`].
     pub fn report(&mut self, result: Result<(), virt::Error>) {
         let current = std::mem::replace(&mut self.current, Current::None);

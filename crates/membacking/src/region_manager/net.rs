@@ -18,8 +18,18 @@
 //! placed again at the same GPA (a new region with the same mappings) costs nothing either.
 //! Prefetching is not part of an image (it is an optimisation of a map, not a state), so a
 //! region hidden and shown again is not prefetched again.
+//!
+//! The groups left are then ordered in *phases*: groups on disjoint ranges commute, so within a
+//! layer of pairwise disjoint groups (a group's layer is one more than that of the latest
+//! earlier group it overlaps) every partition unmap comes first, then the invalidations, the
+//! mapping additions, the VA populations, the maps, the prefetches and the pins. Each group
+//! keeps its own order (unmap before invalidate; add, populate, map, prefetch, pin per
+//! partition) and overlapping groups keep theirs. The runs of invalidations and populations
+//! this makes cost one round trip to the mappers each (see the executor in
+//! `memory_manager::region_actor`).
 
 use super::plan::Plan;
+use super::plan::PlanOp;
 use super::types::ActiveMapping;
 use memory_range::MemoryRange;
 use std::ops::Range;
@@ -135,17 +145,26 @@ pub(crate) fn net_plan<O: SameObject>(plan: Plan<O>, groups: &[OpGroup<O>]) -> P
             _ => kept.push(index),
         }
     }
-    let mut keep_op = vec![true; plan.ops.len()];
+    // The layer of each kept group: one more than the latest earlier kept group it overlaps.
+    let mut layer = vec![0usize; groups.len()];
+    for (position, &index) in kept.iter().enumerate() {
+        layer[index] = kept[..position]
+            .iter()
+            .filter(|&&earlier| groups[earlier].range.overlaps(&groups[index].range))
+            .map(|&earlier| layer[earlier] + 1)
+            .max()
+            .unwrap_or(0);
+    }
+    // Each operation's group, or none.
+    let mut group_of: Vec<Option<usize>> = vec![None; plan.ops.len()];
+    for (index, group) in groups.iter().enumerate() {
+        for op in group.ops.clone() {
+            group_of[op] = Some(index);
+        }
+    }
     let mut keep_group = vec![false; groups.len()];
     for &index in &kept {
         keep_group[index] = true;
-    }
-    for (group, keep) in groups.iter().zip(keep_group) {
-        if !keep {
-            for op in group.ops.clone() {
-                keep_op[op] = false;
-            }
-        }
     }
     let mut affected: Vec<MemoryRange> = Vec::new();
     for &index in &kept {
@@ -153,14 +172,40 @@ pub(crate) fn net_plan<O: SameObject>(plan: Plan<O>, groups: &[OpGroup<O>]) -> P
             affected.push(groups[index].range);
         }
     }
+    // Phases only when every operation belongs to a group and no partition is being attached
+    // (whose failure rules follow the plan's own order).
+    let reorder = plan.attaching.is_none() && group_of.iter().all(Option::is_some);
+    let mut ops: Vec<(usize, usize, _)> = plan
+        .ops
+        .into_iter()
+        .zip(group_of)
+        .filter(|(_, group)| group.is_none_or(|group| keep_group[group]))
+        .map(|(op, group)| {
+            let key = match (reorder, group) {
+                (true, Some(group)) => (layer[group], phase(&op.op)),
+                _ => (0, 0),
+            };
+            (key.0, key.1, op)
+        })
+        .collect();
+    // Stable: groups in their order within a phase, operations in theirs within a group.
+    ops.sort_by_key(|&(layer, phase, _)| (layer, phase));
     Plan {
-        ops: plan
-            .ops
-            .into_iter()
-            .zip(keep_op)
-            .filter_map(|(op, keep)| keep.then_some(op))
-            .collect(),
+        ops: ops.into_iter().map(|(_, _, op)| op).collect(),
         attaching: plan.attaching,
         affected,
+    }
+}
+
+/// The phase of an operation within a layer (see the module comment).
+fn phase<O>(op: &PlanOp<O>) -> usize {
+    match op {
+        PlanOp::Unmap { .. } => 0,
+        PlanOp::Invalidate { .. } => 1,
+        PlanOp::AddMapping(_) => 2,
+        PlanOp::PopulateVa { .. } => 3,
+        PlanOp::Map { .. } => 4,
+        PlanOp::Prefetch { .. } => 5,
+        PlanOp::Pin { .. } => 6,
     }
 }
