@@ -6,7 +6,7 @@ const test = require('ava');
 const v8 = require('node:v8');
 const vm = require('node:vm');
 const mb = require('../dist');
-const { checkU64 } = require('./helpers/bad_input');
+const { badU64, checkU64 } = require('./helpers/bad_input');
 const { P, MiB } = require('./fixtures/memory');
 const { pattern } = require('./helpers/data');
 
@@ -869,4 +869,148 @@ test('the raw fast-path functions reject bad arguments without crashing', (t) =>
   t.is(readU32(0), 7);
   raw.close();
   t.is(fromNative(t.throws(() => readU32(0))).code, 'ERR_CLOSED');
+});
+
+test('readv/writev copy many ranges in one call, in order, into and from any ArrayBufferView', (t) => {
+  const memory = GuestMemory.allocate(16 * P);
+  const pages = [0, 1, 2, 3].map((i) => pattern(P, i + 1));
+  // Scattered pages (every other page), GPAs as numbers and bigints.
+  memory.writev(pages.map((buffer, i) => ({ gpa: i % 2 ? BigInt(2 * i * P) : 2 * i * P, buffer })));
+  for (let i = 0; i < 4; i++) t.true(memory.read(2 * i * P, P).equals(pages[i]), `page ${i}`);
+  // Overlapping entries: the later one wins, as two writeAt calls would; an empty entry is fine anywhere.
+  memory.writev([
+    { gpa: 0, buffer: Buffer.alloc(16, 9) },
+    { gpa: 8, buffer: new Uint16Array(8).fill(0x0707) },
+    { gpa: 2n ** 64n - 1n, buffer: Buffer.alloc(0) },
+  ]);
+  const head = Buffer.alloc(32);
+  const view = new DataView(new ArrayBuffer(P + 8), 8, P);
+  const words = new Uint32Array(4);
+  memory.readv([
+    { gpa: 0, buffer: head },
+    { gpa: 4 * P, buffer: view },
+    { gpa: 6 * P + 4, buffer: words },
+    { gpa: 2n ** 64n - 1n, buffer: new Uint8Array(0) },
+  ]);
+  t.true(head.subarray(0, 8).equals(Buffer.alloc(8, 9)));
+  t.true(head.subarray(8, 24).equals(Buffer.alloc(16, 7)));
+  t.true(head.subarray(24).equals(pages[0].subarray(24, 32)));
+  t.true(Buffer.from(view.buffer, 8, P).equals(pages[2]));
+  t.true(Buffer.from(words.buffer).equals(pages[3].subarray(4, 20)));
+  // More entries than the reused GPA array holds at first.
+  const many = Array.from({ length: 200 }, (_, i) => ({ gpa: i * 8, buffer: Buffer.alloc(8) }));
+  memory.readv(many);
+  t.true(Buffer.concat(many.map((entry) => entry.buffer)).equals(memory.read(0, 1600)));
+  memory.readv([]);
+  memory.writev([]);
+});
+
+test('readv/writev: the first failing entry stops the call; its error is readAt/writeAt\'s with entryIndex', (t) => {
+  const memory = GuestMemory.allocate(4 * P);
+  memory.fillAt(0, 0xaa, 4 * P);
+  const [a, b, c] = [Buffer.alloc(8), Buffer.alloc(8), Buffer.alloc(8)];
+  const error = assertGuestError(t, () => memory.readv([{ gpa: 0, buffer: a }, { gpa: 4 * P - 4, buffer: b }, { gpa: 8, buffer: c }]), {
+    code: 'ERR_GUEST_MEMORY_OUT_OF_RANGE',
+    kind: 'OutOfRange',
+    op: 'read',
+    gpa: 4 * P - 4,
+  });
+  const alone = t.throws(() => memory.readAt(4 * P - 4, Buffer.alloc(8)));
+  t.is(error.entryIndex, 1);
+  t.is(error.message, `list[1]: ${alone.message} (the entries before it were copied)`);
+  t.true(a.equals(Buffer.alloc(8, 0xaa)), 'the entry before was read');
+  t.true(c.equals(Buffer.alloc(8)), 'the entry after was not touched');
+  const write = assertGuestError(t, () => memory.writev([{ gpa: 0, buffer: Buffer.alloc(8, 1) }, { gpa: 8, buffer: Buffer.alloc(8, 2) }, { gpa: 2n ** 63n, buffer: Buffer.alloc(1) }, { gpa: 16, buffer: Buffer.alloc(8, 3) }]), {
+    code: 'ERR_GUEST_MEMORY_OUT_OF_RANGE',
+    kind: 'OutOfRange',
+    op: 'write',
+    gpa: 2n ** 63n,
+  });
+  t.is(write.entryIndex, 2);
+  t.true(memory.read(0, 24).equals(Buffer.concat([Buffer.alloc(8, 1), Buffer.alloc(8, 2), Buffer.alloc(8, 0xaa)])));
+  // A fault in a hole of a sparse layout names the faulting byte, as readAt does.
+  const { memory: sparse } = layoutMemory();
+  const fault = assertGuestError(t, () => sparse.readv([{ gpa: 0, buffer: Buffer.alloc(4) }, { gpa: 3 * MiB - 4, buffer: Buffer.alloc(8) }]), {
+    code: 'ERR_GUEST_MEMORY_FAULT',
+    kind: 'Other',
+    op: 'read',
+    gpa: 3 * MiB,
+    range: [3 * MiB - 4, 3 * MiB + 4],
+    fault: true,
+  });
+  t.is(fault.entryIndex, 1);
+});
+
+test('readv/writev run the pageFault hook of each entry, like readAt', (t) => {
+  const mapping = new SparseMapping(8 * P);
+  const faults = [];
+  const memory = GuestMemory.fromSparseMapping(mapping, {
+    pageFault(gpa) {
+      faults.push(gpa);
+      mapping.alloc((gpa / BigInt(P)) * BigInt(P), P);
+      return 'retry';
+    },
+  });
+  memory.writev([{ gpa: P, buffer: Buffer.from('one') }, { gpa: 5 * P, buffer: Buffer.from('two') }]);
+  t.deepEqual(faults, [BigInt(P), BigInt(5 * P)]);
+  const [one, two] = [Buffer.alloc(3), Buffer.alloc(3)];
+  memory.readv([{ gpa: 5 * P, buffer: two }, { gpa: P, buffer: one }]);
+  t.is(`${one} ${two}`, 'one two');
+  t.is(faults.length, 2);
+});
+
+test('bad input: readv/writev check every entry before copying anything, and name the entry', (t) => {
+  const memory = GuestMemory.allocate(2 * P);
+  memory.fillAt(0, 0x5a, 2 * P);
+  const good = () => ({ gpa: 0, buffer: Buffer.alloc(4, 1) });
+  for (const name of ['readv', 'writev']) {
+    for (const list of [undefined, null, 1, 'x', { length: 1, 0: good() }]) {
+      const error = t.throws(() => memory[name](list), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE' }, `${name} ${String(list)}`);
+      t.is(error.entryIndex, undefined);
+    }
+    const cases = [
+      [null, '', TypeError],
+      [5, '', TypeError],
+      [{ gpa: 0 }, '.buffer', TypeError],
+      [{ gpa: 0, buffer: [1, 2] }, '.buffer', TypeError],
+      [{ gpa: 0, buffer: new ArrayBuffer(4) }, '.buffer', TypeError],
+      ...badU64.map(([gpa, Class]) => [{ gpa, buffer: Buffer.alloc(4) }, '.gpa', Class]),
+    ];
+    for (const [bad, part, Class] of cases) {
+      const label = `${name} ${typeof bad === 'object' && bad !== null ? `gpa ${String(bad.gpa)}` : String(bad)}`;
+      const error = t.throws(() => memory[name]([good(), good(), bad]), { instanceOf: Class }, label);
+      t.is(error.code, Class === TypeError ? 'ERR_INVALID_ARG_TYPE' : 'ERR_INVALID_ARG_VALUE', label);
+      t.is(error.entryIndex, 2, error.message);
+      t.true(error.message.startsWith(`list[2]${part}`), error.message);
+    }
+  }
+  t.true(memory.read(0, 2 * P).equals(Buffer.alloc(2 * P, 0x5a)), 'nothing was written');
+  memory.close();
+  t.is(t.throws(() => memory.readv([good()])).code, 'ERR_CLOSED');
+  t.is(t.throws(() => memory.writev([good()])).code, 'ERR_CLOSED');
+});
+
+test('the raw readv/writev fast paths reject bad arguments without crashing', (t) => {
+  const { native } = require('../dist/native');
+  const { fromNative } = require('../dist/errors');
+  const fast = native.NativeGuestMemory.allocate(P).fastPaths();
+  for (const name of ['readv', 'writev']) {
+    for (const [label, call] of [
+      ['no GPAs', () => fast[name]()],
+      ['GPAs not an array', () => fast[name](5, Buffer.alloc(1))],
+      ['a short Float64Array', () => fast[name](new Float64Array(1), Buffer.alloc(1), Buffer.alloc(1))],
+      ['an Int32Array of GPAs', () => fast[name](new Int32Array(1), Buffer.alloc(1))],
+      ['a short plain array', () => fast[name]([0], Buffer.alloc(1), Buffer.alloc(1))],
+      ['a string GPA', () => fast[name](['0'], Buffer.alloc(1))],
+      ['a bad buffer', () => fast[name](new Float64Array(1), {})],
+    ]) {
+      const error = fromNative(t.throws(call, undefined, `${name}: ${label}`));
+      t.true(error instanceof TypeError, `${name}: ${label}`);
+      t.is(error.code, 'ERR_INVALID_ARG_TYPE', `${name}: ${label}`);
+    }
+    // GPAs past the buffers are ignored; more than 72 buffers take the long argument path.
+    const buffers = Array.from({ length: 100 }, () => Buffer.alloc(8));
+    fast[name](new Float64Array(101), ...buffers);
+    fast[name](buffers.map((_, i) => BigInt(i * 8)), ...buffers);
+  }
 });

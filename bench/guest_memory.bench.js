@@ -1,6 +1,9 @@
 // Guest memory from JavaScript (issue 3): copies against Buffer.copy of the same size, scalar
 // accesses against empty native functions of the same signature, the binding's own overhead
-// against a plain N-API call, the fault round trip, and readAtAsync of 1 MiB.
+// against a plain N-API call, the fault round trip, and readAtAsync of 1 MiB. Batched copies:
+// readv/writev of 64 pages of 4 KiB in one call against 64 Buffer.copy calls of the same bytes
+// (target >= 0.9), and the floors of readAt and readv measured in the same run (plain N-API
+// functions that read the same arguments the same way and then only memcpy).
 'use strict';
 const { SparseMapping, GuestMemory } = require('../dist');
 const { __bench } = require('../dist/internal');
@@ -36,6 +39,37 @@ for (const size of [64, 4 * KiB, 64 * KiB, MiB]) {
   ]) {
     report({ name, value, unit: 'ns', baseline: `Buffer.copy ${label}`, baselineValue: baseline, kind: 'rate', target: targets[size] });
   }
+}
+
+// ─── Batched copies: readv/writev of 64 × 4 KiB vs Buffer.copy, and the N-API floors ─────────
+{
+  const PAGES = 64;
+  const floors = __bench.copyFloors();
+  const pages = Array.from({ length: PAGES }, () => Buffer.alloc(4 * KiB));
+  const sources = Array.from({ length: PAGES }, () => Buffer.alloc(4 * KiB, 0xa5));
+  // Scattered guest pages (every other page of the 2 MiB), as a device's descriptor list would be.
+  const readList = pages.map((buffer, i) => ({ gpa: i * 8 * KiB, buffer }));
+  const writeList = sources.map((buffer, i) => ({ gpa: i * 8 * KiB, buffer }));
+  const floorGpas = Float64Array.from(readList, (entry) => entry.gpa);
+  const copyAll = () => {
+    for (let i = 0; i < PAGES; i++) sources[i].copy(pages[i], 0, 0, 4 * KiB);
+  };
+  const page = pages[0];
+  const copy4k = measure(() => sources[1].copy(page, 0, 0, 4 * KiB), { runs: 9 });
+  const readAt4k = measure(() => memory.readAt(0, page), { runs: 9 });
+  const floor4k = measure(() => floors.readAt(0, page), { runs: 9 });
+  const copies = measure(copyAll, { runs: 9 });
+  const readv = measure(() => memory.readv(readList), { runs: 9 });
+  const copies2 = measure(copyAll, { runs: 9 });
+  const writev = measure(() => memory.writev(writeList), { runs: 9 });
+  const floorReadv = measure(() => floors.readv(floorGpas, ...pages), { runs: 9 });
+  const baseline = Math.min(copies, copies2);
+  report({ name: 'GuestMemory.readv 64 × 4 KiB (one call)', value: readv, unit: 'ns', baseline: 'Buffer.copy 4 KiB × 64 (the same bytes)', baselineValue: baseline, kind: 'rate', target: '>= 0.9' });
+  report({ name: 'GuestMemory.writev 64 × 4 KiB (one call)', value: writev, unit: 'ns', baseline: 'Buffer.copy 4 KiB × 64 (the same bytes)', baselineValue: baseline, kind: 'rate', target: '>= 0.9' });
+  report({ name: 'GuestMemory.readv 64 × 4 KiB vs its floor', value: readv, unit: 'ns', baseline: 'floor: plain N-API call, the same arguments, 64 memcpy of 4 KiB', baselineValue: floorReadv, kind: 'rate' });
+  report({ name: 'copy floor: plain N-API readv 64 × 4 KiB', value: floorReadv, unit: 'ns', baseline: 'Buffer.copy 4 KiB × 64 (the same bytes)', baselineValue: baseline, kind: 'rate' });
+  report({ name: 'GuestMemory.readAt 4 KiB vs its floor', value: readAt4k, unit: 'ns', baseline: 'floor: plain N-API call, (gpa, Uint8Array) in, memcpy of 4 KiB', baselineValue: floor4k, kind: 'rate' });
+  report({ name: 'copy floor: plain N-API readAt 4 KiB', value: floor4k, unit: 'ns', baseline: 'Buffer.copy 4 KiB', baselineValue: copy4k, kind: 'rate' });
 }
 
 // ─── Scalars vs empty native functions of the same signature (time ratio) ─────────────────────

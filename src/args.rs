@@ -102,7 +102,8 @@ pub unsafe fn read_bytes(env: sys::napi_env, value: sys::napi_value) -> Result<R
         )
     };
     if status != sys::Status::napi_ok {
-        return Err(JsError::arg_type("expected a Uint8Array or Buffer"));
+        // SAFETY: as above.
+        return unsafe { read_data_view(env, value) };
     }
     let element_size = match kind {
         sys::TypedarrayType::int8_array
@@ -123,6 +124,92 @@ pub unsafe fn read_bytes(env: sys::napi_env, value: sys::napi_value) -> Result<R
         data.cast::<u8>()
     };
     Ok(RawBytes { ptr, len })
+}
+
+/// A `DataView` argument as raw memory (see [`read_bytes`]).
+///
+/// # Safety
+/// As for [`read_bytes`].
+unsafe fn read_data_view(env: sys::napi_env, value: sys::napi_value) -> Result<RawBytes, JsError> {
+    let (mut len, mut data) = (0usize, ptr::null_mut());
+    // SAFETY: a query on a value of the running call; a non-DataView fails the call.
+    let status = unsafe {
+        sys::napi_get_dataview_info(
+            env,
+            value,
+            &mut len,
+            &mut data,
+            ptr::null_mut(),
+            ptr::null_mut(),
+        )
+    };
+    if status != sys::Status::napi_ok {
+        return Err(JsError::arg_type(
+            "expected an ArrayBufferView (a Uint8Array, Buffer, other typed array or DataView)",
+        ));
+    }
+    let ptr = if data.is_null() || len == 0 {
+        ptr::NonNull::<u8>::dangling().as_ptr()
+    } else {
+        data.cast::<u8>()
+    };
+    Ok(RawBytes { ptr, len })
+}
+
+/// The GPAs of a vectored copy, `count` of them: a `Float64Array` of safe integers (the
+/// common case: one N-API call), or an array of numbers and bigints (any u64).
+///
+/// # Safety
+/// `env` and `value` must belong to the running native call.
+pub unsafe fn read_gpas(
+    env: sys::napi_env,
+    value: sys::napi_value,
+    count: usize,
+) -> Result<Vec<u64>, JsError> {
+    let (mut kind, mut length, mut data) = (0, 0usize, ptr::null_mut());
+    // SAFETY: a query on a value of the running call; a non-typed-array fails the call.
+    let typed = unsafe {
+        sys::napi_get_typedarray_info(
+            env,
+            value,
+            &mut kind,
+            &mut length,
+            &mut data,
+            ptr::null_mut(),
+            ptr::null_mut(),
+        )
+    } == sys::Status::napi_ok;
+    if typed {
+        if kind != sys::TypedarrayType::float64_array || length < count {
+            return Err(JsError::arg_type(format!(
+                "the GPAs must be a Float64Array of at least {count} numbers"
+            )));
+        }
+        let numbers = data.cast::<f64>().cast_const();
+        return (0..count)
+            .map(|index| {
+                // SAFETY: `index < count <= length` elements of the live array; read one at a
+                // time (never as a slice: the array could be shared with another thread).
+                let number = unsafe { numbers.add(index).read_unaligned() };
+                u64_from_number(number).map_err(|error| error.in_entry(index, ".gpa"))
+            })
+            .collect();
+    }
+    (0..count)
+        .map(|index| {
+            let mut element = ptr::null_mut();
+            let position =
+                u32::try_from(index).map_err(|_| JsError::arg_value("too many entries"))?;
+            // SAFETY: a query on a value of the running call; a non-array fails it.
+            if unsafe { sys::napi_get_element(env, value, position, &mut element) }
+                != sys::Status::napi_ok
+            {
+                return Err(JsError::arg_type("the GPAs must be an array"));
+            }
+            // SAFETY: `element` is a value of the running call.
+            unsafe { read_u64(env, element) }.map_err(|error| error.in_entry(index, ".gpa"))
+        })
+        .collect()
 }
 
 impl FromNapiValue for RawBytes {

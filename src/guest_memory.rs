@@ -3,8 +3,8 @@
 //! Every access is a copy between guest memory and a caller's buffer, never a view of guest
 //! memory. Synchronous operations publish the JavaScript environment so that the hooks of a
 //! memory made from a sparse mapping can run (`js_thread`); the asynchronous copies run on the
-//! libuv pool through Rust-owned buffers. `readAt`, `writeAt` and the scalar accesses are plain
-//! N-API functions ([`fast`]) for speed.
+//! libuv pool through Rust-owned buffers. `readAt`, `writeAt`, `readv`, `writev` and the scalar
+//! accesses are plain N-API functions ([`fast`]) for speed.
 
 // Unsafe code: the caller's typed arrays are handed to the guarded copies as raw pointers, and
 // the fast paths are plain N-API callbacks.
@@ -183,7 +183,7 @@ impl NativeGuestMemory {
 
     /// This memory's fast paths ([`fast`]): functions bound to this memory.
     #[napi(
-        ts_return_type = "{ readAt(gpa: U64, dest: Uint8Array): void; writeAt(gpa: U64, src: Uint8Array): void; readU8(gpa: U64): number; readU16(gpa: U64): number; readU32(gpa: U64): number; readU64(gpa: U64): bigint; writeU8(gpa: U64, value: number): void; writeU16(gpa: U64, value: number): void; writeU32(gpa: U64, value: number): void; writeU64(gpa: U64, value: U64): void }"
+        ts_return_type = "{ readAt(gpa: U64, dest: Uint8Array): void; writeAt(gpa: U64, src: Uint8Array): void; readv(gpas: Float64Array | Array<U64>, ...buffers: ArrayBufferView[]): void; writev(gpas: Float64Array | Array<U64>, ...buffers: ArrayBufferView[]): void; readU8(gpa: U64): number; readU16(gpa: U64): number; readU32(gpa: U64): number; readU64(gpa: U64): bigint; writeU8(gpa: U64, value: number): void; writeU16(gpa: U64, value: number): void; writeU32(gpa: U64, value: number): void; writeU64(gpa: U64, value: U64): void }"
     )]
     pub fn fast_paths(&self, env: Env) -> napi::Result<fast::RawValue> {
         fast::functions(&env, &self.state).or_throw()
@@ -531,7 +531,8 @@ impl NativeLockedPages {
     }
 }
 
-/// Fast paths for the hottest operations (`readAt`, `writeAt`, the scalar loads and stores).
+/// Fast paths for the hottest operations (`readAt`, `writeAt`, `readv`, `writev`, the scalar
+/// loads and stores).
 ///
 /// napi-rs's class methods pay for its borrow tracking on every call (a hash-map insert and
 /// removal and an allocation for `&self`, plus a type-tag check of `this`), which costs more
@@ -542,12 +543,13 @@ impl NativeLockedPages {
 /// function (`crate::errors`).
 pub mod fast {
     use crate::args::read_bytes;
+    use crate::args::read_gpas;
     use crate::args::read_u64;
     use crate::errors::message;
     use crate::errors::panic_text;
     use crate::js_thread::with_env;
     use guestmem::GuestMemory;
-    use guestmem::GuestMemoryError;
+    use guestmem::VectoredEntry;
     use js_api::JsError;
     use js_api::ToJsError;
     use napi::bindgen_prelude::ToNapiValue;
@@ -602,6 +604,14 @@ pub mod fast {
 
     /// A raw N-API value returned through napi-rs unchanged.
     pub struct RawValue(sys::napi_value);
+
+    impl RawValue {
+        /// Wraps a value of the running native call.
+        #[cfg(feature = "bench")]
+        pub fn new(value: sys::napi_value) -> Self {
+            RawValue(value)
+        }
+    }
 
     impl TypeName for RawValue {
         fn type_name() -> &'static str {
@@ -659,16 +669,105 @@ pub mod fast {
                 &mut data,
             )
         };
-        let result = if status == sys::Status::napi_ok && !data.is_null() {
-            // SAFETY: the callback data of every function made by `functions` is a
-            // `Rc<MemoryState>` that the function keeps alive (released by its finalizer, which
-            // cannot run while the function is being called).
-            let state = unsafe { &*data.cast_const().cast::<MemoryState>() };
-            catch_unwind(AssertUnwindSafe(|| body(env, state, &args)))
-                .unwrap_or_else(|payload| Err(JsError::internal(panic_text(payload.as_ref()))))
+        let result = if status == sys::Status::napi_ok {
+            // SAFETY: `data` is this callback's data.
+            unsafe { with_state(data, |state| body(env, state, &args)) }
         } else {
             Err(JsError::internal("cannot read the arguments"))
         };
+        // SAFETY: `env` is the environment of the running callback.
+        unsafe { finish(env, result) }
+    }
+
+    /// [`call`] for a callback with any number of arguments (`body` gets them all).
+    ///
+    /// # Safety
+    /// As for [`call`].
+    unsafe fn call_variadic(
+        env: sys::napi_env,
+        info: sys::napi_callback_info,
+        body: impl FnOnce(
+            sys::napi_env,
+            &MemoryState,
+            &[sys::napi_value],
+        ) -> Result<sys::napi_value, JsError>,
+    ) -> sys::napi_value {
+        const INLINE: usize = 72;
+        let mut inline = [ptr::null_mut(); INLINE];
+        let mut argc = INLINE;
+        let mut data = ptr::null_mut();
+        // SAFETY: `inline` has room for `argc` values; `argc` receives the actual count.
+        let status = unsafe {
+            sys::napi_get_cb_info(
+                env,
+                info,
+                &mut argc,
+                inline.as_mut_ptr(),
+                ptr::null_mut(),
+                &mut data,
+            )
+        };
+        let mut heap = Vec::new();
+        let args: Result<&[sys::napi_value], JsError> = if status != sys::Status::napi_ok {
+            Err(JsError::internal("cannot read the arguments"))
+        } else if argc <= INLINE {
+            Ok(&inline[..argc])
+        } else {
+            heap.resize(argc, ptr::null_mut());
+            let mut again = argc;
+            // SAFETY: `heap` has room for all `argc` values.
+            let status = unsafe {
+                sys::napi_get_cb_info(
+                    env,
+                    info,
+                    &mut again,
+                    heap.as_mut_ptr(),
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                )
+            };
+            if status == sys::Status::napi_ok {
+                Ok(&heap[..argc.min(again)])
+            } else {
+                Err(JsError::internal("cannot read the arguments"))
+            }
+        };
+        let result = args.and_then(|args| {
+            // SAFETY: `data` is this callback's data.
+            unsafe { with_state(data, |state| body(env, state, args)) }
+        });
+        // SAFETY: `env` is the environment of the running callback.
+        unsafe { finish(env, result) }
+    }
+
+    /// Runs `body` with the memory state of a callback's data, turning a panic (a bug) into an
+    /// `ERR_PANIC` error.
+    ///
+    /// # Safety
+    /// `data` is the callback data N-API passed to a callback made by [`functions`].
+    unsafe fn with_state(
+        data: *mut c_void,
+        body: impl FnOnce(&MemoryState) -> Result<sys::napi_value, JsError>,
+    ) -> Result<sys::napi_value, JsError> {
+        if data.is_null() {
+            return Err(JsError::internal("cannot read the arguments"));
+        }
+        // SAFETY: the callback data of every function made by `functions` is a `Rc<MemoryState>`
+        // that the function keeps alive (released by its finalizer, which cannot run while the
+        // function is being called).
+        let state = unsafe { &*data.cast_const().cast::<MemoryState>() };
+        catch_unwind(AssertUnwindSafe(|| body(state)))
+            .unwrap_or_else(|payload| Err(JsError::internal(panic_text(payload.as_ref()))))
+    }
+
+    /// The callback's return value, or `null` after throwing its error.
+    ///
+    /// # Safety
+    /// `env` is the environment of the running callback.
+    unsafe fn finish(
+        env: sys::napi_env,
+        result: Result<sys::napi_value, JsError>,
+    ) -> sys::napi_value {
         result.unwrap_or_else(|error| {
             let (code, message) = (c_string("GenericFailure"), c_string(&message(&error)));
             // SAFETY: `env` is the environment of the running callback; both strings outlive
@@ -681,10 +780,10 @@ pub mod fast {
     /// Runs a core operation on the memory. A memory that may have JavaScript hooks gets the
     /// environment published and is used through a clone (a hook may close it meanwhile); one
     /// without hooks runs no JavaScript during the operation, so it is used in place.
-    fn run<T>(
+    fn run<T, E: ToJsError>(
         env: sys::napi_env,
         state: &MemoryState,
-        f: impl FnOnce(&GuestMemory) -> Result<T, GuestMemoryError>,
+        f: impl FnOnce(&GuestMemory) -> Result<T, E>,
     ) -> Result<T, JsError> {
         let result = if state.publish_env {
             let memory = state.memory()?;
@@ -765,6 +864,68 @@ pub mod fast {
         }
     }
 
+    /// The entries of `readv(gpas, ...buffers)`/`writev(gpas, ...buffers)`: the GPAs (see
+    /// [`read_gpas`]) and one typed array or `DataView` per entry.
+    ///
+    /// # Safety
+    /// `env` and `args` must belong to the running callback.
+    unsafe fn vectored_entries(
+        env: sys::napi_env,
+        args: &[sys::napi_value],
+    ) -> Result<Vec<VectoredEntry>, JsError> {
+        let Some((&gpas, buffers)) = args.split_first() else {
+            return Err(JsError::arg_type("the GPAs are missing"));
+        };
+        // SAFETY: values of the running callback.
+        let gpas = unsafe { read_gpas(env, gpas, buffers.len()) }?;
+        gpas.into_iter()
+            .zip(buffers)
+            .enumerate()
+            .map(|(index, (gpa, &buffer))| {
+                // SAFETY: a value of the running callback.
+                let bytes = unsafe { read_bytes(env, buffer) }
+                    .map_err(|error| error.in_entry(index, ".buffer"))?;
+                Ok(VectoredEntry {
+                    gpa,
+                    buffer: bytes.ptr,
+                    len: bytes.len,
+                })
+            })
+            .collect()
+    }
+
+    /// `readv(gpas, ...buffers)`.
+    unsafe extern "C" fn readv(
+        env: sys::napi_env,
+        info: sys::napi_callback_info,
+    ) -> sys::napi_value {
+        // SAFETY: the arguments of this callback.
+        unsafe {
+            call_variadic(env, info, |env, state, args| {
+                let entries = vectored_entries(env, args)?;
+                // Each buffer is the caller's typed array or DataView, valid during this call;
+                // it is only written through the guarded copies (it may be shared memory).
+                run(env, state, |memory| memory.read_v_ptr(&entries))?;
+                undefined()
+            })
+        }
+    }
+
+    /// `writev(gpas, ...buffers)`.
+    unsafe extern "C" fn writev(
+        env: sys::napi_env,
+        info: sys::napi_callback_info,
+    ) -> sys::napi_value {
+        // SAFETY: the arguments of this callback.
+        unsafe {
+            call_variadic(env, info, |env, state, args| {
+                let entries = vectored_entries(env, args)?;
+                run(env, state, |memory| memory.write_v_ptr(&entries))?;
+                undefined()
+            })
+        }
+    }
+
     macro_rules! read_scalar {
         ($name:ident, $ty:ty) => {
             /// A scalar load `(gpa)`.
@@ -832,9 +993,11 @@ pub mod fast {
 
     type Callback = unsafe extern "C" fn(sys::napi_env, sys::napi_callback_info) -> sys::napi_value;
 
-    const FUNCTIONS: [(&str, Callback); 10] = [
+    const FUNCTIONS: [(&str, Callback); 12] = [
         ("readAt", read_at),
         ("writeAt", write_at),
+        ("readv", readv),
+        ("writev", writev),
         ("readU8", read_u8),
         ("readU16", read_u16),
         ("readU32", read_u32),

@@ -91,6 +91,11 @@ export class MembackingError extends Error {
   /** The stable error code. */
   readonly code: ErrorCode;
 
+  /** Set on the error of one change of `manager.apply(changes)`: the change's index. */
+  declare readonly changeIndex?: number;
+  /** Set on the error of one entry of `readv`/`writev`: the entry's index. */
+  declare readonly entryIndex?: number;
+
   constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.code = code;

@@ -535,6 +535,47 @@ function fastPathError(error: unknown, check: () => void): unknown {
   if (code === 'ERR_INVALID_ARG_TYPE' || code === 'ERR_INVALID_ARG_VALUE') check();
   return translated;
 }
+
+/** One entry of `readv`/`writev`: `buffer.byteLength` bytes at `gpa`. */
+export interface VectoredEntry {
+  gpa: U64;
+  buffer: ArrayBufferView;
+}
+
+/**
+ * The arguments of a vectored copy for the native fast path: the GPAs, then one buffer per
+ * entry. GPAs that are numbers (or bigints below 2^53) go in a reused Float64Array (the native
+ * side checks each); any larger bigint sends them as a plain array instead. Buffers are checked
+ * to be ArrayBufferViews here; everything else about the entries is checked natively.
+ */
+const vectorGpas = { numbers: new Float64Array(64) };
+/** An `ERR_INVALID_ARG_TYPE` about entry `index` of a vectored copy (named, and in `entryIndex`). */
+function entryTypeError(index: number, message: string): TypeError {
+  return Object.assign(invalidArgType(`list[${index}]${message}`), { entryIndex: index });
+}
+function vectoredArgs(list: unknown, what: string): [Float64Array | U64[], ...ArrayBufferView[]] {
+  if (!Array.isArray(list)) throw invalidArgType(`${what} takes an array of {gpa, buffer} entries, got ${describeType(list)}`);
+  const n = list.length;
+  if (vectorGpas.numbers.length < n) vectorGpas.numbers = new Float64Array(Math.max(n, 2 * vectorGpas.numbers.length));
+  const numbers = vectorGpas.numbers;
+  const args: [Float64Array | U64[], ...ArrayBufferView[]] = [numbers];
+  let large = false;
+  for (let i = 0; i < n; i++) {
+    const entry: unknown = list[i];
+    if (typeof entry !== 'object' || entry === null) throw entryTypeError(i, ` must be an object {gpa, buffer}, got ${describeType(entry)}`);
+    const { gpa, buffer } = entry as { gpa?: unknown; buffer?: unknown };
+    if (typeof gpa === 'number') numbers[i] = gpa;
+    else if (typeof gpa === 'bigint') {
+      if (gpa >= 0n && gpa <= BigInt(Number.MAX_SAFE_INTEGER)) numbers[i] = Number(gpa);
+      else large = true;
+    } else throw entryTypeError(i, `.gpa must be a number or a bigint, got ${describeType(gpa)}`);
+    if (!ArrayBuffer.isView(buffer)) throw entryTypeError(i, `.buffer must be an ArrayBufferView (a typed array or DataView), got ${describeType(buffer)}`);
+    args.push(buffer);
+  }
+  if (large) args[0] = (list as Array<{ gpa: U64 }>).map((entry) => entry.gpa);
+  return args;
+}
+
 /** Fault-safe access to guest physical memory; all copies, never zero-copy views. */
 export class GuestMemory {
   #closed = false;
@@ -649,6 +690,36 @@ export class GuestMemory {
         toU64(gpa, 'gpa');
         toByteArray(dest, 'dest');
       });
+    }
+  }
+  /**
+   * Copies many guest ranges in one call: `list[i].buffer.byteLength` bytes at `list[i].gpa`
+   * into each buffer, in order (a typed array or DataView; entries may overlap). On a failure
+   * the error is the one `readAt` of that entry would throw (its GPA and range), with
+   * `entryIndex` and the entry named in the message: every buffer before it has been filled,
+   * the failing entry's buffer may have been written in part, the later ones are untouched.
+   */
+  readv(list: VectoredEntry[]): void {
+    const args = vectoredArgs(list, 'readv');
+    try {
+      this.#f.readv(...args);
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+  /**
+   * Writes many guest ranges in one call: each `list[i].buffer` to `list[i].gpa`, in order
+   * (later entries win where they overlap). On a failure the error is the one `writeAt` of that
+   * entry would throw, with `entryIndex`: every entry before it has been written completely,
+   * the failing entry's range may have been written in part (as by a failing `writeAt`), the
+   * later ones are not written.
+   */
+  writev(list: VectoredEntry[]): void {
+    const args = vectoredArgs(list, 'writev');
+    try {
+      this.#f.writev(...args);
+    } catch (error) {
+      throw fromNative(error);
     }
   }
   /** Copy len guest bytes at gpa into a new Buffer. */

@@ -38,6 +38,7 @@ export {
   type GuestMemoryOptions,
   type PagedRange,
   type ShareableRegion,
+  type VectoredEntry,
 } from './guest_memory';
 export {
   GuestMemoryBuilder,

@@ -36,7 +36,14 @@ type BenchBinding = {
   benchNoopWriteU64(gpa: U64, value: U64): void;
   benchNoopReadAt(gpa: U64, dest: Uint8Array): void;
   benchKvmRawSlotChurn(size: U64, pairs: number): number;
+  benchCopyFloors(): CopyFloors;
 };
+
+/** The floors of the copy fast paths: plain N-API functions that read the same arguments and only memcpy. */
+export interface CopyFloors {
+  readAt(gpa: U64, dest: Uint8Array): void;
+  readv(gpas: Float64Array, ...buffers: ArrayBufferView[]): void;
+}
 
 /** The baselines of an addon built with the `bench` feature. */
 function bench(): BenchBinding {
@@ -61,6 +68,8 @@ export const __bench = {
   noopWriteU64: (gpa: U64, value: U64): void => bench().benchNoopWriteU64(gpa, value),
   /** The types of `GuestMemory#readAt`; touches nothing. */
   noopReadAt: (gpa: U64, dest: Uint8Array): void => bench().benchNoopReadAt(gpa, dest),
+  /** The floors of `readAt` and `readv` (the raw calls, not the TypeScript wrappers). */
+  copyFloors: (): CopyFloors => bench().benchCopyFloors(),
   /** Nanoseconds per raw KVM_SET_USER_MEMORY_REGION delete+create pair of a `size`-byte slot. */
   kvmRawSlotChurn: (size: U64, pairs: number): number => bench().benchKvmRawSlotChurn(size, pairs),
 };

@@ -38,6 +38,7 @@ mod range_ops;
 pub mod ranges;
 mod sharing;
 mod subrange;
+mod vectored;
 
 #[cfg(test)]
 mod tests;
@@ -85,6 +86,8 @@ pub use sharing::ShareableRegion;
 pub use sharing::ShareableRegionsFuture;
 pub use sharing::SharingError;
 pub use trycopy::FaultInfo;
+pub use vectored::VectoredEntry;
+pub use vectored::VectoredError;
 
 use protocol::Decoder;
 use protocol::Region;

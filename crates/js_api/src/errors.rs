@@ -324,6 +324,9 @@ pub struct Fields {
     /// The error of one change of a batch (`manager.apply`): the change's index.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub change_index: Option<usize>,
+    /// The error of one entry of a vectored copy (`readv`/`writev`): the entry's index.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry_index: Option<usize>,
 }
 
 /// Whether an error has no extra fields (so the JSON leaves them out).
@@ -512,6 +515,15 @@ impl JsError {
             );
         }
         error.to_js_error()
+    }
+
+    /// The error of entry `index` of a vectored copy (`readv`/`writev`): `self` with the entry
+    /// named in the message (`list[3]…`, `what` being its failing part, such as `.gpa`, or
+    /// empty) and in `entryIndex`.
+    pub fn in_entry(mut self, index: usize, what: &str) -> Self {
+        self.message = format!("list[{index}]{what}: {}", self.message);
+        self.fields.entry_index = Some(index);
+        self
     }
 
     /// A failed guarded `access` to a sparse mapping; an access refused before it started
@@ -744,6 +756,17 @@ impl ToJsError for guestmem::GuestMemoryError {
                 }
             }
         }
+        error
+    }
+}
+
+impl ToJsError for guestmem::VectoredError {
+    /// The failing entry's own error (its GPA and range included), with the entry's index.
+    fn to_js_error(&self) -> JsError {
+        let mut error = self.error.to_js_error().in_entry(self.index, "");
+        error
+            .message
+            .push_str(" (the entries before it were copied)");
         error
     }
 }

@@ -750,6 +750,39 @@ fn a_batch_change_error_is_the_changes_own_error_with_its_index() {
 }
 
 #[test]
+fn a_vectored_copy_error_is_the_entrys_own_error_with_its_index() {
+    let memory = GuestMemory::allocate(0x1000);
+    let (mut first, mut buffer) = ([0u8; 8], [0u8; 8]);
+    let error = memory
+        .read_v(&mut [(0, &mut first[..]), (0x1000, &mut buffer[..])])
+        .unwrap_err();
+    let alone = memory
+        .read_at(0x1000, &mut buffer)
+        .unwrap_err()
+        .to_js_error();
+    let js = error.to_js_error();
+    assert_eq!(js.kind(), alone.kind());
+    assert_eq!(
+        js.message,
+        format!(
+            "list[1]: {} (the entries before it were copied)",
+            alone.message
+        )
+    );
+    assert_eq!(js.fields.entry_index, Some(1));
+    assert_eq!(js.fields.gpa, alone.fields.gpa);
+    let value = json(&js);
+    assert_eq!(value["fields"]["entryIndex"], 1);
+    let argument = JsError::arg_type("a number argument must be a safe non-negative integer")
+        .in_entry(4, ".gpa");
+    assert_eq!(
+        argument.message,
+        "list[4].gpa: a number argument must be a safe non-negative integer"
+    );
+    assert_eq!(argument.fields.entry_index, Some(4));
+}
+
+#[test]
 fn a_foreign_cause_is_a_plain_error_with_its_message() {
     let mapper =
         membacking::PartitionMapperError::Map("the hypervisor said no".into()).to_js_error();
