@@ -171,7 +171,6 @@ impl GuestMemoryManager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::region_manager::PlanOp;
     use crate::GuestMemoryBuilder;
     use crate::MappableGuestMemory;
     use crate::MappedMemoryRegion;
@@ -234,20 +233,7 @@ mod tests {
     /// The partition calls of `preview`'s plan, as the recording partition logs them.
     fn planned_calls(plan: &Plan<SharedObject>) -> Vec<C> {
         plan.op_list()
-            .filter_map(|op| match *op {
-                PlanOp::Map {
-                    va_offset,
-                    gpa,
-                    size,
-                    writable,
-                    exec,
-                    ..
-                } => Some(C::map(gpa, size, writable, exec, va_offset)),
-                PlanOp::Unmap { gpa, size, .. } => Some(C::unmap(gpa, size)),
-                PlanOp::Prefetch { gpa, size, .. } => Some(C::prefetch(gpa, size)),
-                PlanOp::Pin { gpa, size, .. } => Some(C::pin(gpa, size)),
-                _ => None,
-            })
+            .filter_map(crate::region_manager::tests::recorded_call)
             .collect()
     }
 

@@ -33,7 +33,7 @@ mod sync_manager;
 mod types;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use apply::apply_plan;
 pub use apply::ApplyError;

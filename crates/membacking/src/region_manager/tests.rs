@@ -1387,21 +1387,26 @@ fn dry_run_matches_what_applying_does() {
 fn partition_calls(plan: &Plan<Obj>, partition: usize) -> Vec<C> {
     plan.op_list()
         .filter(|op| op.partition() == Some(partition))
-        .filter_map(|op| match *op {
-            PlanOp::Map {
-                va_offset,
-                gpa,
-                size,
-                writable,
-                exec,
-                ..
-            } => Some(C::map(gpa, size, writable, exec, va_offset)),
-            PlanOp::Unmap { gpa, size, .. } => Some(C::unmap(gpa, size)),
-            PlanOp::Prefetch { gpa, size, .. } => Some(C::prefetch(gpa, size)),
-            PlanOp::Pin { gpa, size, .. } => Some(C::pin(gpa, size)),
-            _ => None,
-        })
+        .filter_map(recorded_call)
         .collect()
+}
+
+/// The call a recording partition logs for a plan operation (`None`: not a partition call).
+pub(crate) fn recorded_call<T>(op: &PlanOp<T>) -> Option<C> {
+    match *op {
+        PlanOp::Map {
+            va_offset,
+            gpa,
+            size,
+            writable,
+            exec,
+            ..
+        } => Some(C::map(gpa, size, writable, exec, va_offset)),
+        PlanOp::Unmap { gpa, size, .. } => Some(C::unmap(gpa, size)),
+        PlanOp::Prefetch { gpa, size, .. } => Some(C::prefetch(gpa, size)),
+        PlanOp::Pin { gpa, size, .. } => Some(C::pin(gpa, size)),
+        _ => None,
+    }
 }
 
 #[test]
