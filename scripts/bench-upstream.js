@@ -176,11 +176,17 @@ fn large(c: &mut criterion::Criterion) {
 }
 `;
 
+/** Writes `text` to `file` unless it holds it already (a reused scratch folder rebuilds nothing). */
+function writeFile(file, text) {
+  if (fs.existsSync(file) && fs.readFileSync(file, 'utf8') === text) return;
+  fs.writeFileSync(file, text);
+}
+
 /** Writes one scratch crate: the given trycopy and guestmem, the shared benchmark sources. */
 function scratchCrate(side, trycopyDir, guestmemDir) {
   const dir = path.join(scratch, side);
   fs.mkdirSync(path.join(dir, 'src'), { recursive: true });
-  fs.writeFileSync(path.join(dir, 'src/lib.rs'), '//! Benchmarks only.\n');
+  writeFile(path.join(dir, 'src/lib.rs'), '//! Benchmarks only.\n');
   const toml = `[workspace]
 
 [package]
@@ -217,7 +223,7 @@ name = "extra"
 path = ${JSON.stringify(path.join(scratch, 'extra.rs'))}
 harness = false
 `;
-  fs.writeFileSync(path.join(dir, 'Cargo.toml'), toml);
+  writeFile(path.join(dir, 'Cargo.toml'), toml);
   return dir;
 }
 
@@ -236,7 +242,7 @@ function build(dir) {
   return executables;
 }
 
-fs.writeFileSync(path.join(scratch, 'extra.rs'), EXTRA_BENCH);
+writeFile(path.join(scratch, 'extra.rs'), EXTRA_BENCH);
 const sides = {
   original: build(scratchCrate('original', path.join(original, TRYCOPY), path.join(original, GUESTMEM))),
   ours: build(scratchCrate('ours', path.join(repoRoot, 'crates/trycopy'), path.join(repoRoot, 'crates/guestmem'))),
@@ -253,13 +259,20 @@ for (let round = 0; round < rounds; round++) {
       if (options.filter) args.push(options.filter);
       const run = sh(sides[side][bench], args, { env: { ...process.env, CRITERION_HOME: home } });
       if (run.status !== 0) fail(`${side} ${bench} failed:\n${run.stderr}`);
+      // Criterion prints `name  time: [...]`, or a long name on a line of its own first.
+      let named;
       for (const line of run.stdout.split('\n')) {
-        const match = /^(\S+)\s+time:/.exec(line);
-        if (!match) continue;
-        const estimates = JSON.parse(fs.readFileSync(path.join(home, match[1], 'new/estimates.json'), 'utf8'));
-        const entry = results.get(match[1]) ?? { original: [], ours: [] };
+        const match = /^(\S+)?\s+time:/.exec(line);
+        if (!match) {
+          named = /^(\S+)\s*$/.exec(line)?.[1];
+          continue;
+        }
+        const name = match[1] ?? named;
+        if (name === undefined) continue;
+        const estimates = JSON.parse(fs.readFileSync(path.join(home, name, 'new/estimates.json'), 'utf8'));
+        const entry = results.get(name) ?? { original: [], ours: [] };
         entry[side].push(estimates.median.point_estimate);
-        results.set(match[1], entry);
+        results.set(name, entry);
       }
     }
   }
