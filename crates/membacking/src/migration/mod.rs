@@ -34,6 +34,7 @@ pub use transport::IncomingSender;
 pub use transport::MigrationTransport;
 pub use transport::OutgoingReceiver;
 pub use transport::StreamEnd;
+pub use transport::StreamFailure;
 pub use transport::CHANNEL_CAPACITY;
 
 use crate::dirty::DirtyTrackingError;

@@ -16,6 +16,7 @@
 
 use super::report;
 use super::transport::MigrationTransport;
+use super::transport::StreamFailure;
 use super::wire;
 use super::wire::FrameType;
 use super::Cancel;
@@ -670,8 +671,13 @@ impl Link {
         let (sink, frames) = mpsc::sync_channel::<OutFrame>(QUEUED_FRAMES);
         let (pool_sender, pool) = mpsc::channel();
         let writer_error = Arc::new(parking_lot::Mutex::new(None));
+        let (event_sender, events) = mpsc::channel();
         let writer = {
             let writer_error = writer_error.clone();
+            // A failed write also wakes the source where it waits for the destination: the
+            // stream's reading direction may stay open (a channel transport's owner reports
+            // each direction on its own).
+            let writer_events = event_sender.clone();
             let mut writer = writer;
             std::thread::Builder::new()
                 .name("migrate-writer".into())
@@ -679,8 +685,9 @@ impl Link {
                     let full = buffer_len();
                     for frame in frames {
                         if let Err(error) = writer.write_all(&frame.buffer[..frame.len]) {
-                            let copy = io::Error::new(error.kind(), error.to_string());
-                            *writer_error.lock() = Some(copy);
+                            *writer_error.lock() = Some(StreamFailure::duplicate(&error));
+                            let _ =
+                                writer_events.send(Event::Failed(StreamFailure::duplicate(&error)));
                             return Err(error);
                         }
                         if frame.buffer.len() >= full {
@@ -690,7 +697,6 @@ impl Link {
                     writer.flush()
                 })
         };
-        let (event_sender, events) = mpsc::channel();
         let receiver = std::thread::Builder::new()
             .name("migrate-receiver".into())
             .spawn(move || {

@@ -834,7 +834,7 @@ fn the_channel_transport_carries_a_migration_as_a_stream_owner_would() {
                             break;
                         }
                     }
-                    Err(error) => break incoming.fail(&error),
+                    Err(error) => break incoming.fail(error),
                 }
             }
             incoming.unread()
@@ -869,6 +869,76 @@ fn the_channel_transport_carries_a_migration_as_a_stream_owner_would() {
     assert!(unread.is_empty(), "{unread:?}");
     let _ = destination_end.shutdown(std::net::Shutdown::Both);
     close(migrated.manager);
+    close(source);
+}
+
+/// A marker error a stream owner reports, to find again in the migration's error.
+#[derive(Debug)]
+struct OwnersError(&'static str);
+
+impl std::fmt::Display for OwnersError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for OwnersError {}
+
+/// The owner's error the `Aborted` cause of `result` carries.
+fn owners_error(result: Result<impl std::fmt::Debug, MigrationError>) -> String {
+    match result {
+        Err(MigrationError::Aborted { cause, .. }) => {
+            let failure = StreamFailure::of(&cause).unwrap_or_else(|| panic!("{cause:?}"));
+            let original = failure.original().get_ref().expect("the owner's error");
+            original.downcast_ref::<OwnersError>().unwrap().0.to_owned()
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_stream_owners_error_is_the_cause_either_side_reports() {
+    // Destination: its stream fails after the handshake began.
+    let source = small_machine();
+    let (source_end, socket) = socket_pair();
+    let (transport, StreamEnd { incoming, outgoing }) = channel_transport(CHANNEL_CAPACITY);
+    let destination = spawn_destination(transport, MigrateFromOptions::default());
+    let migration = thread::spawn(move || {
+        block_on(source.migrate(source_end, MigrateOptions::new(|| async { Ok(None) })))
+            .map(|_| ())
+            .map_err(|error| (error, source))
+    });
+    let MigrationTransport {
+        mut reader, abort, ..
+    } = socket;
+    let mut hello = vec![0u8; 12];
+    reader.read_exact(&mut hello).unwrap();
+    block_on(incoming.push(hello)).unwrap();
+    incoming.fail(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        OwnersError("reset by the test"),
+    ));
+    assert_eq!(
+        owners_error(destination.join().unwrap()),
+        "reset by the test"
+    );
+    // The stream owner closes the source's connection.
+    drop(outgoing);
+    abort.expect("a socket can be shut down")();
+    let (_, source) = migration.join().unwrap().unwrap_err();
+    close(source);
+
+    // Source: writing fails with the owner's error.
+    let source = small_machine();
+    let (transport, StreamEnd { incoming, outgoing }) = channel_transport(CHANNEL_CAPACITY);
+    outgoing.fail(std::io::Error::new(
+        std::io::ErrorKind::BrokenPipe,
+        OwnersError("the socket is gone"),
+    ));
+    let result = block_on(source.migrate(transport, MigrateOptions::new(|| async { Ok(None) })));
+    assert_eq!(owners_error(result), "the socket is gone");
+    assert!(!source.dirty_tracking().is_active());
+    drop(incoming);
     close(source);
 }
 

@@ -83,20 +83,71 @@ impl MigrationTransport {
     }
 }
 
+/// The stream's own error, shared by every read and write of a channel transport that fails
+/// because of it: each gets an `io::Error` of the same kind wrapping this, so whoever reports
+/// the failure can reach the original error (for a Node stream, the JavaScript error it
+/// emitted) through [`StreamFailure::original`].
+#[derive(Debug, Clone)]
+pub struct StreamFailure(Arc<io::Error>);
+
+impl StreamFailure {
+    /// The error the stream's owner reported.
+    pub fn original(&self) -> &io::Error {
+        &self.0
+    }
+
+    /// An `io::Error` of the original's kind carrying this failure.
+    fn to_io(&self) -> io::Error {
+        io::Error::new(self.0.kind(), self.clone())
+    }
+
+    /// The failure an `io::Error` carries, if it is one.
+    pub fn of(error: &io::Error) -> Option<&StreamFailure> {
+        error.get_ref()?.downcast_ref::<StreamFailure>()
+    }
+
+    /// A second `io::Error` like `error` (`io::Error` is not `Clone`): the same stream failure
+    /// when it carries one, else the same kind and message.
+    pub fn duplicate(error: &io::Error) -> io::Error {
+        match Self::of(error) {
+            Some(failure) => failure.to_io(),
+            None => io::Error::new(error.kind(), error.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for StreamFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for StreamFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0
+            .get_ref()
+            .map(|inner| inner as &(dyn std::error::Error + 'static))
+    }
+}
+
 /// Why a pipe direction closed.
 #[derive(Debug, Clone)]
 enum Closed {
     /// The writing side finished (end of stream).
     End,
-    /// The stream failed (kind and message kept: `io::Error` is not `Clone`).
-    Failed(io::ErrorKind, String),
+    /// The stream failed.
+    Failed(StreamFailure),
 }
 
 impl Closed {
+    fn failed(error: io::Error) -> Self {
+        Closed::Failed(StreamFailure(Arc::new(error)))
+    }
+
     fn error(&self) -> io::Error {
         match self {
             Closed::End => io::Error::new(io::ErrorKind::BrokenPipe, "the stream was closed"),
-            Closed::Failed(kind, message) => io::Error::new(*kind, message.clone()),
+            Closed::Failed(failure) => failure.to_io(),
         }
     }
 }
@@ -271,10 +322,10 @@ impl Read for PipeReader {
 impl Drop for PipeReader {
     fn drop(&mut self) {
         self.0.close_reader(
-            Closed::Failed(
+            Closed::failed(io::Error::new(
                 io::ErrorKind::BrokenPipe,
-                "the migration stopped reading".into(),
-            ),
+                "the migration stopped reading",
+            )),
             true,
         );
     }
@@ -357,11 +408,17 @@ impl IncomingSender {
         self.0.take_unread()
     }
 
+    /// Queues a received chunk if the migration has room for it now: `Ok(None)` when queued,
+    /// `Ok(Some(chunk))` (handed back) when it has not (then [`push`](Self::push) it and
+    /// read nothing more until that resolves). Fails when the migration stopped reading.
+    pub fn offer(&self, chunk: Vec<u8>) -> io::Result<Option<Vec<u8>>> {
+        self.0.try_push(chunk)
+    }
+
     /// The stream failed (its `error` event): the migration fails with this error as the
-    /// cause, after reading what is queued.
-    pub fn fail(&self, error: &io::Error) {
-        self.0
-            .close_writer(Closed::Failed(error.kind(), error.to_string()));
+    /// cause (reachable through [`StreamFailure`]), after reading what is queued.
+    pub fn fail(&self, error: io::Error) {
+        self.0.close_writer(Closed::failed(error));
     }
 }
 
@@ -408,21 +465,31 @@ impl OutgoingReceiver {
         Next(self.0.clone())
     }
 
+    /// The next chunk if one is queued: `Some(Some(chunk))`, `Some(None)` when the migration
+    /// has finished writing, `None` when nothing is queued yet (then wait with
+    /// [`next`](Self::next)).
+    pub fn try_next(&self) -> Option<Option<Vec<u8>>> {
+        match self.0.try_pop(None) {
+            Ok(Some(PopResult::Chunk(chunk))) => Some(Some(chunk)),
+            Ok(Some(_)) | Err(_) => Some(None),
+            Ok(None) => None,
+        }
+    }
+
     /// The stream can take no more writes (closed or failed): the migration's writes fail
-    /// with this error.
-    pub fn fail(&self, error: &io::Error) {
-        self.0
-            .close_reader(Closed::Failed(error.kind(), error.to_string()), false);
+    /// with this error (reachable through [`StreamFailure`]).
+    pub fn fail(&self, error: io::Error) {
+        self.0.close_reader(Closed::failed(error), false);
     }
 }
 
 impl Drop for OutgoingReceiver {
     fn drop(&mut self) {
         self.0.close_reader(
-            Closed::Failed(
+            Closed::failed(io::Error::new(
                 io::ErrorKind::BrokenPipe,
-                "the stream's writer is gone".into(),
-            ),
+                "the stream's writer is gone",
+            )),
             false,
         );
     }
@@ -457,10 +524,10 @@ pub fn channel_transport(capacity: usize) -> (MigrationTransport, StreamEnd) {
         let outgoing = outgoing.clone();
         Arc::new(move || {
             let aborted = || {
-                Closed::Failed(
+                Closed::failed(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
-                    "the migration was aborted".into(),
-                )
+                    "the migration was aborted",
+                ))
             };
             incoming.close_reader(aborted(), false);
             outgoing.close_writer(aborted());
@@ -544,6 +611,24 @@ mod tests {
     }
 
     #[test]
+    fn offer_and_try_next_answer_at_once() {
+        let (mut transport, end) = channel_transport(8);
+        assert_eq!(end.incoming.offer(vec![1; 6]).unwrap(), None);
+        // No room for 6 more: handed back untouched.
+        assert_eq!(end.incoming.offer(vec![2; 6]).unwrap(), Some(vec![2; 6]));
+        let mut buffer = [0u8; 6];
+        transport.reader.read_exact(&mut buffer).unwrap();
+        assert_eq!(end.incoming.offer(vec![2; 6]).unwrap(), None);
+        assert_eq!(end.outgoing.try_next(), None);
+        transport.writer.write_all(b"abc").unwrap();
+        assert_eq!(end.outgoing.try_next(), Some(Some(b"abc".to_vec())));
+        assert_eq!(end.outgoing.try_next(), None);
+        drop(transport);
+        assert_eq!(end.outgoing.try_next(), Some(None));
+        assert!(end.incoming.offer(vec![3]).is_err());
+    }
+
+    #[test]
     fn what_a_finished_migration_did_not_read_is_handed_back() {
         let (mut transport, end) = channel_transport(1024);
         block_on(end.incoming.push(b"abc".to_vec())).unwrap();
@@ -560,15 +645,19 @@ mod tests {
     #[test]
     fn failures_reach_the_other_side() {
         let (mut transport, end) = channel_transport(1024);
-        end.incoming.fail(&io::Error::new(
-            io::ErrorKind::ConnectionReset,
-            "peer reset",
-        ));
+        end.incoming
+            .fail(io::Error::new(io::ErrorKind::ConnectionReset, "peer reset"));
         let error = transport.reader.read(&mut [0; 4]).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
         assert!(error.to_string().contains("peer reset"));
+        // Every read that fails because of it reaches the very error the owner gave.
+        let again = transport.reader.read(&mut [0; 4]).unwrap_err();
+        for error in [&error, &again] {
+            let failure = StreamFailure::of(error).expect("the stream's own failure");
+            assert_eq!(failure.original().to_string(), "peer reset");
+        }
         end.outgoing
-            .fail(&io::Error::new(io::ErrorKind::BrokenPipe, "socket closed"));
+            .fail(io::Error::new(io::ErrorKind::BrokenPipe, "socket closed"));
         let error = transport.writer.write(b"x").unwrap_err();
         assert!(error.to_string().contains("socket closed"));
         // Aborting unblocks a reader waiting for data and ends the outgoing side.
