@@ -23,6 +23,7 @@ mod js_hooks;
 mod js_thread;
 mod layout;
 mod manager;
+mod migration;
 mod partition;
 mod planner;
 mod progress;

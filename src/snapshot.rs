@@ -1,6 +1,7 @@
 //! Binding of dirty tracking, snapshots and restores: `manager.dirtyTracking()`,
 //! `manager.snapshot()`, `GuestMemoryBuilder.restore()` (with its options collected by
-//! `NativeRestoreOptions`), the lazy-restore handle, and the snapshot readers the CLI uses.
+//! `NativeRestoreOptions`, which a migration's destination uses too), the lazy-restore handle,
+//! and the snapshot readers the CLI uses.
 //!
 //! Every operation is a core future turned into a Promise; the results cross as the JSON views
 //! of `js_api::snapshots`, errors through the table of `js_api::errors`. Progress callbacks are
@@ -21,6 +22,7 @@ use js_api::args::string_member;
 use js_api::executor::Polling;
 use js_api::json::list_json;
 use js_api::json::to_json;
+use js_api::migrations::MigratedInfoView;
 use js_api::snapshots::ChainView;
 use js_api::snapshots::LazyStatsView;
 use js_api::snapshots::RangesView;
@@ -30,14 +32,18 @@ use js_api::snapshots::SnapshotInfoView;
 use js_api::snapshots::SnapshotSupportView;
 use js_api::JsError;
 use js_api::ToJsError;
+use membacking::migration::MigratedManager;
 use membacking::snapshot::LazyRestore;
 use membacking::snapshot::RestoreMode;
 use membacking::snapshot::RestoreOptions;
 use membacking::snapshot::RestoredManager;
+use membacking::snapshot::RestoredWindow;
 use membacking::snapshot::SnapshotOptions;
 use membacking::snapshot::WindowBacking;
 use membacking::DirtyTracking;
 use membacking::GuestMemoryBuilder;
+use membacking::GuestMemoryManager;
+use napi::bindgen_prelude::Buffer;
 use napi::bindgen_prelude::FnArgs;
 use napi::bindgen_prelude::Function;
 use napi::bindgen_prelude::Object;
@@ -118,6 +124,13 @@ pub struct NativeRestoreOptions {
 }
 
 impl NativeRestoreOptions {
+    /// The options collected, taken (a second use is `ERR_CLOSED`).
+    pub(crate) fn take(&mut self) -> napi::Result<RestoreOptions> {
+        self.inner
+            .take()
+            .ok_or_else(|| throw(JsError::closed("the restore options")))
+    }
+
     fn options(&mut self) -> napi::Result<&mut RestoreOptions> {
         self.inner
             .as_mut()
@@ -194,7 +207,8 @@ impl NativeRestoreOptions {
     }
 }
 
-/// What a restore built: the manager, the recreated device windows, the lazy restore.
+/// What a restore or a migration's destination built: the manager, the recreated device
+/// windows, the lazy restore, the migration's payload.
 #[napi]
 pub struct NativeRestoredManager {
     manager: Option<NativeGuestMemoryManager>,
@@ -202,6 +216,7 @@ pub struct NativeRestoredManager {
     windows_json: String,
     info_json: String,
     lazy: Option<LazyRestore>,
+    payload: Option<Vec<u8>>,
 }
 
 #[napi]
@@ -226,10 +241,17 @@ impl NativeRestoredManager {
         self.windows_json.clone()
     }
 
-    /// What the restore rebuilt from (JSON of `RestoreInfo`).
+    /// What the restore rebuilt from (JSON of `RestoreInfo`; of `MigratedFrom` after a
+    /// migration).
     #[napi(getter)]
     pub fn info_json(&self) -> String {
         self.info_json.clone()
+    }
+
+    /// The payload a migration's source sent with its final round (once; `null` without one).
+    #[napi]
+    pub fn take_payload(&mut self) -> Option<Buffer> {
+        self.payload.take().map(Buffer::from)
     }
 
     /// The lazy restore (once; `null` for a copy restore).
@@ -251,7 +273,6 @@ impl NativeRestoredManager {
             layers,
             bytes,
         } = restored;
-        let windows_json = list_json::<_, RestoredWindowView>(&windows);
         let info_json = to_json(&RestoreInfoView::new(
             dir,
             &manifest.id,
@@ -259,6 +280,29 @@ impl NativeRestoredManager {
             bytes,
             mode,
         ));
+        Self::assemble(manager, windows, info_json, lazy, None)
+    }
+
+    /// What a migration's destination built (`GuestMemoryBuilder.migrateFrom`).
+    pub(crate) fn migrated(migrated: MigratedManager) -> Self {
+        let info_json = to_json(&MigratedInfoView::from(&migrated));
+        let MigratedManager {
+            manager,
+            windows,
+            payload,
+            ..
+        } = migrated;
+        Self::assemble(manager, windows, info_json, None, payload)
+    }
+
+    fn assemble(
+        manager: GuestMemoryManager,
+        windows: Vec<RestoredWindow>,
+        info_json: String,
+        lazy: Option<LazyRestore>,
+        payload: Option<Vec<u8>>,
+    ) -> Self {
+        let windows_json = list_json::<_, RestoredWindowView>(&windows);
         let windows = windows
             .into_iter()
             .flat_map(|window| {
@@ -274,6 +318,7 @@ impl NativeRestoredManager {
             windows_json,
             info_json,
             lazy,
+            payload,
         }
     }
 }
@@ -285,10 +330,7 @@ pub fn restore_guest_memory<'env>(
     dir: String,
     options: &mut NativeRestoreOptions,
 ) -> napi::Result<Object<'env>> {
-    let options = options
-        .inner
-        .take()
-        .ok_or_else(|| throw(JsError::closed("the restore options")))?;
+    let options = options.take()?;
     let mode = options.mode;
     let dir = PathBuf::from(dir);
     let restore = GuestMemoryBuilder::restore(&dir, options);

@@ -237,6 +237,38 @@ export class SnapshotError extends MembackingError {
   declare readonly reason?: string;
 }
 
+/**
+ * Live migration errors: ERR_MIGRATION_ABORTED (`phase` where it stopped — 'handshake',
+ * 'rounds', 'final', or 'completing' when the destination may have completed; `cause`: the
+ * value the stream failed with, the signal's reason, what `pause` threw, or the peer's
+ * report), ERR_MIGRATION_PROTOCOL (`what`, `offset` of the frame in the stream the detecting
+ * side received, `detectedBy`), ERR_MIGRATION_DOWNTIME (`rounds`, `remainderBytes`,
+ * `bandwidthBytesPerSec`, `predictedMs`, `maxDowntimeMs`), ERR_MIGRATION_IN_PROGRESS,
+ * ERR_DIRTY_TRACKING_OFF (tracking was stopped during the migration).
+ */
+export class MigrationError extends MembackingError {
+  /** Where the migration stopped (ERR_MIGRATION_ABORTED; not set when `pause` failed). */
+  declare readonly phase?: 'handshake' | 'rounds' | 'final' | 'completing';
+  /** What is wrong with the frame (ERR_MIGRATION_PROTOCOL). */
+  declare readonly what?: string;
+  /** The frame's offset in the stream the detecting side received (ERR_MIGRATION_PROTOCOL). */
+  declare readonly offset?: bigint;
+  /** The side that found the bad frame (ERR_MIGRATION_PROTOCOL). */
+  declare readonly detectedBy?: 'source' | 'destination';
+  /** Pre-copy rounds sent (ERR_MIGRATION_DOWNTIME). */
+  declare readonly rounds?: number;
+  /** Bytes still dirty at the last decision (ERR_MIGRATION_DOWNTIME). */
+  declare readonly remainderBytes?: bigint;
+  /** The bandwidth measured (ERR_MIGRATION_DOWNTIME). */
+  declare readonly bandwidthBytesPerSec?: number;
+  /** The downtime the remainder would take (ERR_MIGRATION_DOWNTIME). */
+  declare readonly predictedMs?: number;
+  /** The budget asked for (ERR_MIGRATION_DOWNTIME). */
+  declare readonly maxDowntimeMs?: number;
+  /** Why (ERR_DIRTY_TRACKING_OFF). */
+  declare readonly reason?: string;
+}
+
 /** A `TypeError` with `code` `ERR_INVALID_ARG_TYPE`. */
 export function invalidArgType(message: string): TypeError & { code: 'ERR_INVALID_ARG_TYPE' } {
   return withErrorJson(Object.assign(new TypeError(message), { code: 'ERR_INVALID_ARG_TYPE' as const }));
@@ -271,6 +303,7 @@ const CLASSES: Record<ErrorClassName, (code: ErrorCode, message: string) => Erro
   MemoryManagerError: (code, message) => new MemoryManagerError(code, message),
   KvmError: (code, message) => new KvmError(code, message),
   SnapshotError: (code, message) => new SnapshotError(code, message),
+  MigrationError: (code, message) => new MigrationError(code, message),
 };
 
 /** An error as the native side describes it. */

@@ -3,8 +3,8 @@
  *
  * This entry point is the public API: ranges and range algorithms, guest memory layouts, the
  * chunked memory registrar, fault-safe guest memory, the memory manager and its device
- * windows, partitions, the dry-run planner, dirty tracking, snapshots and restores, and the
- * error classes. Units are bytes unless a
+ * windows, partitions, the dry-run planner, dirty tracking, snapshots and restores, live
+ * migration, and the error classes. Units are bytes unless a
  * name says pages; u64 inputs take `number | bigint`, u64 outputs are `bigint`. Hooks for tests
  * and benchmarks are not here (`dist/internal.js`).
  */
@@ -78,6 +78,14 @@ export {
 } from './snapshot';
 export { type FlatEntry, type Plan, type PlanChange, type PlannedOp, type PlanPreview } from './planner';
 export {
+  type MigrateOptions,
+  type MigrateFromOptions,
+  type MigrationInfo,
+  type MigratedFrom,
+  type MigrationProgressCallback,
+  type MigrationStream,
+} from './migration';
+export {
   RecordingPartition,
   KvmPartition,
   Vcpu,
@@ -106,6 +114,7 @@ export {
   MemoryManagerError,
   KvmError,
   SnapshotError,
+  MigrationError,
   ERROR_CODES,
   type ErrorCode,
   type ErrnoName,

@@ -16,9 +16,11 @@ import { nativePartition, type KvmPartition, type RecordingPartition } from './p
 import { applyChanges, flatView as plannerFlatView, planChange, planChanges, type FlatEntry, type Plan, type PlanChange, type PlanPreview, type PlanResolvers } from './planner';
 import { nativeJson, toRange, type MemoryRange, type RangeLike } from './range';
 import { describeType, describeValue, toU64, type U64 } from './u64';
+import { migrateArgs, migrateFromArgs, overStream, pauseThrough, type MigratedFrom, type MigrateFromOptions, type MigrateOptions, type MigrationInfo, type MigrationStream } from './migration';
 import {
   DirtyTracking,
   LazyRestore,
+  machineOptions,
   restoreOptions,
   snapshotArgs,
   toDir,
@@ -193,17 +195,41 @@ export class GuestMemoryBuilder {
     const d = toDir(dir, 'dir');
     const nativeOptions = restoreOptions(options);
     const restored = await settle(call(() => native.restoreGuestMemory(d, nativeOptions)));
-    const halves = restored.takeWindowHalves();
-    const records = nativeJson<Array<DeviceWindowRecord & { missing: DeviceWindowMapping[] }>>(restored.windowsJson);
-    const windows = records.map((record, i) => ({
-      ...record,
-      control: new DeviceMemoryControl(token, halves[2 * i]!),
-      region: new DeviceMemoryRegion(token, halves[2 * i + 1]!),
-    }));
     const lazy = restored.takeLazy();
     const info = nativeJson<RestoreInfo>(restored.infoJson);
-    return new GuestMemoryManager(token, restored.takeManager(), { info, windows, lazy: lazy === null ? null : new LazyRestore(lazy) });
+    return new GuestMemoryManager(token, restored.takeManager(), { info, migrated: null, windows: rebuiltWindows(restored), lazy: lazy === null ? null : new LazyRestore(lazy) });
   }
+
+  /**
+   * The destination of `manager.migrate()`: a manager of the machine arriving over `stream`
+   * (same layout, build options, RAM contents, visibility and placed device windows, backed by
+   * `options.windowBackings`; get them with `manager.restoredWindows()`), ready to attach a
+   * partition; `manager.migratedFrom` has the figures and the source's payload. Nothing is
+   * left built on failure: ERR_MIGRATION_ABORTED (the stream failed or closed, the source
+   * failed — `cause` — or `options.signal` aborted), ERR_MIGRATION_PROTOCOL (a bad frame or
+   * version: `what`, `offset`, `detectedBy`), ERR_SNAPSHOT_LAYOUT (not `options.layout`, or a
+   * backing for a window mapping the source does not have). The stream is the caller's: it is
+   * left open and paused, with anything sent after the migration put back.
+   */
+  static async migrateFrom(stream: MigrationStream, options: MigrateFromOptions = {}): Promise<GuestMemoryManager> {
+    const args = migrateFromArgs(stream, options);
+    const nativeOptions = machineOptions(args.options);
+    const built = await overStream(args.stream, args.signal, (channel) => settle(call(() => native.migrateGuestMemory(channel, nativeOptions, args.onProgress))));
+    const payload = built.takePayload();
+    const migrated: MigratedFrom = { ...nativeJson<Omit<MigratedFrom, 'payload'>>(built.infoJson), payload: payload === null ? null : new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength) };
+    return new GuestMemoryManager(token, built.takeManager(), { info: null, migrated, windows: rebuiltWindows(built), lazy: null });
+  }
+}
+
+/** The device windows a restore or a migration recreated, with their halves. */
+function rebuiltWindows(built: InstanceType<typeof native.NativeRestoredManager>): RestoredWindow[] {
+  const halves = built.takeWindowHalves();
+  const records = nativeJson<Array<DeviceWindowRecord & { missing: DeviceWindowMapping[] }>>(built.windowsJson);
+  return records.map((record, i) => ({
+    ...record,
+    control: new DeviceMemoryControl(token, halves[2 * i]!),
+    region: new DeviceMemoryRegion(token, halves[2 * i + 1]!),
+  }));
 }
 
 /** A device window a restore recreated, placed where it was: as recorded, its halves, and the recorded mappings no backing was given for (map them with `region`). */
@@ -260,9 +286,10 @@ function nativeProgress(onProgress: PrefetchProgressCallback | null): ((report: 
   };
 }
 
-/** What a restore built besides the manager. */
+/** What a restore or a migration built besides the manager. */
 interface Restored {
-  info: RestoreInfo;
+  info: RestoreInfo | null;
+  migrated: MigratedFrom | null;
   windows: RestoredWindow[];
   lazy: LazyRestore | null;
 }
@@ -390,13 +417,42 @@ export class GuestMemoryManager {
     const { dir: d, base, onProgress } = snapshotArgs(dir, options);
     return nativeJson(await settle(this.#call((n) => n.snapshot(d, base, onProgress))));
   }
+  /** What this manager received when `GuestMemoryBuilder.migrateFrom()` built it; null otherwise. */
+  get migratedFrom(): MigratedFrom | null {
+    const migrated = this.#restored?.migrated ?? null;
+    return migrated === null ? null : { ...migrated, bytesPerRound: [...migrated.bytesPerRound] };
+  }
+  /**
+   * Live-migrates this manager's guest memory over `stream` to a `GuestMemoryBuilder.migrateFrom()`
+   * at the other end, while the guest keeps running (pre-copy; `docs/migration.md`): every page
+   * holding data, then round after round the pages dirtied meanwhile, until the rest fits the
+   * downtime budget at the measured bandwidth or `maxRounds` ran out; then `options.pause()`
+   * (which must stop every writer of guest memory), the rest, the payload `pause` returned and
+   * the final configuration. Resolves when the destination has acknowledged; the guest stays
+   * paused (it now runs at the destination). Dirty tracking is started for the migration and
+   * stopped after it, unless it was on. On failure this manager is unchanged (resume the guest
+   * if `pause` ran — unless the error's phase is 'completing': the destination may own the
+   * guest): ERR_MIGRATION_ABORTED (`phase`, `cause`), ERR_MIGRATION_PROTOCOL,
+   * ERR_MIGRATION_DOWNTIME (before pausing), ERR_MIGRATION_IN_PROGRESS (one migration per
+   * manager), ERR_DIRTY_TRACKING_OFF (tracking stopped meanwhile). The stream is not
+   * encrypted or authenticated: use an SSH or TLS stream across machines. It is left open and
+   * paused.
+   */
+  async migrate(stream: MigrationStream, options: MigrateOptions): Promise<MigrationInfo> {
+    const args = migrateArgs(stream, options);
+    const n = this.#n();
+    return overStream(args.stream, args.signal, async (channel) =>
+      nativeJson<MigrationInfo>(await settle(call(() => n.migrate(channel, pauseThrough(channel, args.pause), args.maxRounds, args.maxDowntimeMs, args.onProgress)))),
+    );
+  }
   /** The device windows a restore recreated (the same objects each call); empty for a built manager. */
   restoredWindows(): RestoredWindow[] {
     return this.#restored === null ? [] : [...this.#restored.windows];
   }
   /** What this manager was restored from; null for a built manager. */
   get restoredFrom(): RestoreInfo | null {
-    return this.#restored === null ? null : { ...this.#restored.info };
+    const info = this.#restored?.info ?? null;
+    return info === null ? null : { ...info };
   }
   /** The lazy restore still filling (or having filled) this manager's RAM; null unless restored with mode 'lazy'. */
   get lazyRestore(): LazyRestore | null {

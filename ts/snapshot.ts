@@ -226,13 +226,15 @@ export function toDir(value: unknown, name: string): string {
   return value;
 }
 
-function toOptions(value: unknown): Record<string, unknown> {
+/** An options bag (undefined is empty). @internal */
+export function toOptions(value: unknown): Record<string, unknown> {
   if (value === undefined) return {};
   if (typeof value !== 'object' || value === null) throw invalidArgType(`options must be an object, got ${describeType(value)}`);
   return value as Record<string, unknown>;
 }
 
-function toProgress(value: unknown): ProgressCallback | undefined {
+/** An optional `onProgress` function. @internal */
+export function toProgress(value: unknown): ProgressCallback | undefined {
   if (value !== undefined && typeof value !== 'function') throw invalidArgType(`options.onProgress must be a function, got ${describeType(value)}`);
   return value as ProgressCallback | undefined;
 }
@@ -254,13 +256,24 @@ export function snapshotArgs(dir: unknown, options: unknown): { dir: string; bas
 /** The native options of a restore, every field checked. @internal */
 export function restoreOptions(options: unknown): NativeRestoreOptions {
   const o = toOptions(options);
-  const result = new native.NativeRestoreOptions();
+  const result = machineOptions(o);
   const mode = o.mode ?? 'copy';
   if (typeof mode !== 'string') throw invalidArgType(`options.mode must be 'copy' or 'lazy', got ${describeType(mode)}`);
   if (!(RestoreModeValues as readonly string[]).includes(mode)) throw invalidArgValue(`options.mode must be 'copy' or 'lazy', got ${describeValue(mode)}`);
   call(() => result.setMode(mode));
   const progress = toProgress(o.onProgress);
   if (progress !== undefined) call(() => result.setOnProgress(progress));
+  call(() => result.setStartDirtyTracking(toFlag(o.startDirtyTracking, 'options.startDirtyTracking')));
+  call(() => result.setDeferBackgroundFill(toFlag(o.deferBackgroundFill, 'options.deferBackgroundFill')));
+  return result;
+}
+
+/**
+ * Native options with what a rebuilt machine is checked against and backed with (`layout`,
+ * `windowBackings`), shared by restores and a migration's destination. @internal
+ */
+export function machineOptions(o: Record<string, unknown>): NativeRestoreOptions {
+  const result = new native.NativeRestoreOptions();
   if (o.layout !== undefined) {
     const layout = nativeLayout(o.layout, 'options.layout');
     call(() => result.setLayout(layout));
@@ -268,8 +281,6 @@ export function restoreOptions(options: unknown): NativeRestoreOptions {
   for (const backing of windowBackings(o.windowBackings)) {
     call(() => result.addWindowBacking(backing.window, backing.offset, backing.object));
   }
-  call(() => result.setStartDirtyTracking(toFlag(o.startDirtyTracking, 'options.startDirtyTracking')));
-  call(() => result.setDeferBackgroundFill(toFlag(o.deferBackgroundFill, 'options.deferBackgroundFill')));
   return result;
 }
 

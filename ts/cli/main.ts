@@ -15,6 +15,7 @@ import { GuestMemoryBuilder, Vtl } from '../manager';
 import { KvmPartition, RecordingPartition } from '../partition';
 import { ProgressBar } from './progress';
 import { changesFromFile, parseChange, PlanInputError, renderPlan, runPlan } from './plan_command';
+import { migrateDemo, migrateDemoChild } from './migrate_demo';
 import { snapshotInfo, snapshotInfoUsage } from './snapshot_command';
 import { OsError, SnapshotError } from '../errors';
 import { layoutSvg } from './svg';
@@ -30,6 +31,7 @@ commands:
   plan           dry-run changes (visibility, device windows): flat view and ordered partition calls
   snapshot-info  describe a snapshot directory (chain, layout, regions, windows); --verify checks every page
   demo           run the demo: guest memory, a KVM guest, device window, VGA toggle
+  migrate-demo   live-migrate a running KVM guest's memory to a child process over a socket pair
 
 options:
   --help     show help (also: membacking <command> --help)
@@ -72,6 +74,17 @@ inspect tree and registrar chunks; last, it snapshots the guest, restores it laz
 where userfaultfd is unavailable) into a new manager and a new KVM partition, and the guest's
 code reads its data back.
 --no-kvm: use the RecordingPartition even where /dev/kvm opens.`,
+  migrateDemo: `usage: membacking migrate-demo [--no-kvm]
+
+Live migration between two processes joined by a socket pair: a KVM guest in this process
+keeps writing a counter into RAM above the MMIO gap while its memory (128 MiB around the gap)
+migrates to a child process; pause() stops the vCPU and sends its registers with the final
+round. The child builds a KVM partition on the migrated memory, sets the registers, runs the
+guest on, and checks the area holds exactly what the guest had written when paused, that the
+counter goes on, and a checksum of data below the gap. Prints rounds, bytes and downtime;
+exits with the child's status (1 when a check failed).
+--no-kvm: this program writes the counter between the migration's frames instead of a guest
+  (also what happens without /dev/kvm, saying why).`,
 };
 
 /** The flags that name a layout, shared by the commands that take one. */
@@ -229,6 +242,15 @@ async function main(argv: string[]): Promise<number> {
   }
   if (command === 'snapshot-info') {
     return snapshotInfoCommand(rest);
+  }
+  if (command === 'migrate-demo') {
+    const { values } = parseArgs({ args: rest, options: { help: { type: 'boolean' }, 'no-kvm': { type: 'boolean' }, child: { type: 'boolean' } }, strict: true });
+    if (values.help) {
+      console.log(usage.migrateDemo);
+      return 0;
+    }
+    if (values.child) return migrateDemoChild((line) => console.log(line));
+    return migrateDemo((line) => console.log(line), __filename, { noKvm: values['no-kvm'] === true });
   }
   if (command === 'demo') {
     const { values } = parseArgs({ args: rest, options: { help: { type: 'boolean' }, 'no-kvm': { type: 'boolean' } }, strict: true });

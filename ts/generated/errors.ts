@@ -79,6 +79,10 @@ export const ErrorCodeValues = [
   'ERR_SNAPSHOT_VERSION',
   'ERR_SNAPSHOT_LAYOUT',
   'ERR_DIRTY_TRACKING_OFF',
+  'ERR_MIGRATION_ABORTED',
+  'ERR_MIGRATION_PROTOCOL',
+  'ERR_MIGRATION_DOWNTIME',
+  'ERR_MIGRATION_IN_PROGRESS',
 ] as const;
 /** Every error code membacking throws (OS errors add errno names). */
 export type ErrorCode = (typeof ErrorCodeValues)[number];
@@ -102,6 +106,7 @@ export const ErrorClassNameValues = [
   'MemoryManagerError',
   'KvmError',
   'SnapshotError',
+  'MigrationError',
 ] as const;
 /** The class an error of the native binding becomes. */
 export type ErrorClassName = (typeof ErrorClassNameValues)[number];

@@ -126,6 +126,11 @@ error_codes! {
     SnapshotVersion = "ERR_SNAPSHOT_VERSION",
     SnapshotLayout = "ERR_SNAPSHOT_LAYOUT",
     DirtyTrackingOff = "ERR_DIRTY_TRACKING_OFF",
+    // Live migration.
+    MigrationAborted = "ERR_MIGRATION_ABORTED",
+    MigrationProtocol = "ERR_MIGRATION_PROTOCOL",
+    MigrationDowntime = "ERR_MIGRATION_DOWNTIME",
+    MigrationInProgress = "ERR_MIGRATION_IN_PROGRESS",
 }
 
 /// The JavaScript class of an error.
@@ -166,6 +171,8 @@ pub enum ErrorClass {
     KvmError,
     /// Dirty tracking, snapshots and restores.
     SnapshotError,
+    /// Live migration.
+    MigrationError,
 }
 
 impl JsEnum for ErrorClass {
@@ -191,6 +198,7 @@ impl JsEnum for ErrorClass {
             Self::MemoryManagerError,
             Self::KvmError,
             Self::SnapshotError,
+            Self::MigrationError,
         ]
     }
     fn member_name(self) -> &'static str {
@@ -212,6 +220,7 @@ impl JsEnum for ErrorClass {
             Self::MemoryManagerError => "MemoryManagerError",
             Self::KvmError => "KvmError",
             Self::SnapshotError => "SnapshotError",
+            Self::MigrationError => "MigrationError",
         }
     }
     fn js_value(self) -> JsValue {
@@ -327,7 +336,44 @@ pub struct Fields {
     /// The error of one entry of a vectored copy (`readv`/`writev`): the entry's index.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entry_index: Option<usize>,
+    /// `ERR_MIGRATION_ABORTED`: where the migration stopped (`'handshake'`, `'rounds'`,
+    /// `'final'`, `'completing'`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<&'static str>,
+    /// `ERR_MIGRATION_PROTOCOL`: the side that found the bad frame (`'source'`,
+    /// `'destination'`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detected_by: Option<&'static str>,
+    /// `ERR_MIGRATION_DOWNTIME`: the pre-copy rounds sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<u32>,
+    /// `ERR_MIGRATION_DOWNTIME`: the bytes still dirty at the last decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remainder_bytes: Option<BigInt>,
+    /// `ERR_MIGRATION_DOWNTIME`: the bandwidth measured, bytes per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bandwidth_bytes_per_sec: Option<Float>,
+    /// `ERR_MIGRATION_DOWNTIME`: the downtime the remainder would take, milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicted_ms: Option<Float>,
+    /// `ERR_MIGRATION_DOWNTIME`: the caller's budget, milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_downtime_ms: Option<u64>,
 }
+
+/// A measured figure of an error (a JSON number; compared bit for bit so that [`Fields`] stays
+/// `Eq`).
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(transparent)]
+pub struct Float(pub f64);
+
+impl PartialEq for Float {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Float {}
 
 /// Whether an error has no extra fields (so the JSON leaves them out).
 #[allow(
@@ -1174,6 +1220,116 @@ impl ToJsError for membacking::DirtyTrackingError {
     }
 }
 
+impl ToJsError for membacking::migration::MigrationError {
+    /// A lost connection, a peer's failure, a cancellation or a failing pause is
+    /// `ERR_MIGRATION_ABORTED` with the phase and the cause (the JavaScript value the stream
+    /// or the pause failed with, through its token); a bad frame or version
+    /// `ERR_MIGRATION_PROTOCOL` naming the frame's offset and the side that found it; a
+    /// downtime that cannot be met `ERR_MIGRATION_DOWNTIME` with the figures behind the
+    /// decision. Wrapped errors keep their own rows.
+    fn to_js_error(&self) -> JsError {
+        use membacking::migration::MigrationError as E;
+        let migration = |code, fields| {
+            JsError::new(ErrorClass::MigrationError, code, self.to_string()).with_fields(fields)
+        };
+        match self {
+            E::Aborted { phase, cause } => {
+                let mut error = migration(
+                    ErrorCode::MigrationAborted,
+                    Fields {
+                        phase: Some(phase.as_str()),
+                        ..Fields::default()
+                    },
+                );
+                // The stream's own failure is the io::Error's inner error, which a source
+                // chain skips.
+                error.cause_token = cause
+                    .get_ref()
+                    .and_then(|inner| crate::hooks::cause_token(inner))
+                    .or_else(|| crate::hooks::cause_token(cause));
+                if error.cause_token.is_none() {
+                    error = error.with_cause(stream_cause(cause));
+                }
+                error
+            }
+            E::Pause { source } => {
+                let mut error = migration(ErrorCode::MigrationAborted, Fields::default());
+                error.message = format!("{self}: {source}");
+                error.cause_token = crate::hooks::cause_token(source.as_ref());
+                if error.cause_token.is_none() {
+                    error = error.with_cause(from_source(source.as_ref()));
+                }
+                error
+            }
+            E::Protocol {
+                what,
+                offset,
+                detected_by,
+            } => migration(
+                ErrorCode::MigrationProtocol,
+                Fields {
+                    what: Some(what.clone()),
+                    offset: Some(BigInt(*offset)),
+                    detected_by: Some(detected_by.as_str()),
+                    ..Fields::default()
+                },
+            ),
+            E::Downtime {
+                rounds,
+                remainder_bytes,
+                bandwidth_bytes_per_sec,
+                predicted_ms,
+                max_downtime_ms,
+            } => migration(
+                ErrorCode::MigrationDowntime,
+                Fields {
+                    rounds: Some(*rounds),
+                    remainder_bytes: Some(BigInt(*remainder_bytes)),
+                    bandwidth_bytes_per_sec: Some(Float(*bandwidth_bytes_per_sec)),
+                    predicted_ms: Some(Float(*predicted_ms)),
+                    max_downtime_ms: Some(*max_downtime_ms),
+                    ..Fields::default()
+                },
+            ),
+            E::InProgress => migration(ErrorCode::MigrationInProgress, Fields::default()),
+            E::TrackingStopped => migration(
+                ErrorCode::DirtyTrackingOff,
+                Fields {
+                    reason: Some("dirty tracking was stopped during the migration".into()),
+                    ..Fields::default()
+                },
+            ),
+            E::InvalidArgument { what } => JsError::arg_value(what.clone()).with_fields(Fields {
+                what: Some(what.clone()),
+                ..Fields::default()
+            }),
+            E::Io { op, source } => {
+                let mut error = source.to_js_error();
+                error.message = format!("{op} failed: {source}");
+                error
+            }
+            E::DirtyTracking(inner) => inner.to_js_error(),
+            E::Snapshot(inner) => inner.to_js_error(),
+        }
+    }
+}
+
+/// The cause of an aborted migration without a JavaScript value behind it: an `OsError` for
+/// a socket's errno, else a plain `Error` with the stream's or the peer's message.
+fn stream_cause(cause: &io::Error) -> JsError {
+    if cause.raw_os_error().is_some() {
+        return cause.to_js_error();
+    }
+    JsError {
+        class: Js(ErrorClass::Error),
+        code: None,
+        message: cause.to_string(),
+        fields: Box::default(),
+        cause: None,
+        cause_token: None,
+    }
+}
+
 impl ToJsError for crate::hooks::JsHookFailure {
     /// A JavaScript hook failed: its thrown value (by token) is the cause.
     fn to_js_error(&self) -> JsError {
@@ -1220,6 +1376,7 @@ fn known(error: &(dyn StdError + 'static)) -> Option<JsError> {
         crate::hooks::JsHookFailure,
         membacking::SnapshotError,
         membacking::DirtyTrackingError,
+        membacking::migration::MigrationError,
     );
     #[cfg(target_arch = "x86_64")]
     try_types!(virt_kvm::KvmError);

@@ -6,7 +6,8 @@
 //! - [`enums`]: the enums shared with TypeScript, listed once against their Rust types;
 //!   [`typescript`] writes `ts/generated/` from them and from the error codes.
 //! - [`json`] and [`views`]: structured results as JSON, with u64 values as tagged bigints;
-//!   [`snapshots`]: those of dirty tracking, snapshots and restores;
+//!   [`snapshots`]: those of dirty tracking, snapshots and restores; [`migrations`]: those of
+//!   live migration, and the errors a JavaScript stream or `pause` feeds into one;
 //!   [`layout_json`]: a layout read back from its `toJSON` form.
 //! - [`hooks`]: the typed answers of JavaScript callbacks (guest-memory hooks, the registrar);
 //!   [`registration`]: what a registration callback's answer means for the registrar.
@@ -34,6 +35,7 @@ pub mod json;
 #[cfg(target_arch = "x86_64")]
 pub mod kvm;
 pub mod layout_json;
+pub mod migrations;
 pub mod range_panics;
 pub mod ranges;
 pub mod registration;

@@ -342,6 +342,50 @@ fn snapshot_errors() -> Vec<membacking::SnapshotError> {
     ]
 }
 
+fn migration_errors() -> Vec<membacking::migration::MigrationError> {
+    use membacking::migration::MigrationError as E;
+    use membacking::migration::MigrationPhase;
+    vec![
+        E::Aborted {
+            phase: MigrationPhase::Rounds,
+            cause: io(io::ErrorKind::BrokenPipe, "the stream was closed"),
+        },
+        E::Aborted {
+            phase: MigrationPhase::Completing,
+            cause: io::Error::from_raw_os_error(libc::ECONNRESET),
+        },
+        E::Protocol {
+            what: "bad checksum".into(),
+            offset: 12,
+            detected_by: membacking::migration::Side::Source,
+        },
+        E::Downtime {
+            rounds: 2,
+            remainder_bytes: 0x1000,
+            bandwidth_bytes_per_sec: 10.0,
+            predicted_ms: 409_600.0,
+            max_downtime_ms: 1,
+        },
+        E::Pause {
+            source: "vCPUs did not stop".into(),
+        },
+        E::InProgress,
+        E::TrackingStopped,
+        E::InvalidArgument {
+            what: "maxRounds must be 1 ..= 10000, got 0".into(),
+        },
+        E::Io {
+            op: "read guest RAM".into(),
+            source: io::Error::from_raw_os_error(libc::EIO),
+        },
+        E::DirtyTracking(membacking::DirtyTrackingError::Off),
+        E::Snapshot(membacking::SnapshotError::Layout {
+            dir: "<migration>".into(),
+            what: "RAM differs".into(),
+        }),
+    ]
+}
+
 /// One error of every row of the table.
 fn every_row() -> Vec<JsError> {
     let mut errors = vec![
@@ -405,6 +449,7 @@ fn every_row() -> Vec<JsError> {
     errors.extend(va_mapper_errors().iter().map(ToJsError::to_js_error));
     errors.extend(attach_errors().iter().map(ToJsError::to_js_error));
     errors.extend(snapshot_errors().iter().map(ToJsError::to_js_error));
+    errors.extend(migration_errors().iter().map(ToJsError::to_js_error));
     #[cfg(target_arch = "x86_64")]
     errors.extend(kvm_errors().iter().map(ToJsError::to_js_error));
     errors

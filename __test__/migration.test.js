@@ -1,0 +1,375 @@
+// Live migration through the public API: `manager.migrate(stream, …)` at one end of a stream,
+// `GuestMemoryBuilder.migrateFrom(stream, …)` at the other, in one process over a Unix socket
+// pair or a relay the test controls (writes and a visibility change during the pre-copy
+// rounds, a flipped bit, a cut connection, a held stream). Checks memory, visibility, device
+// windows, the payload and the figures after a migration; the coded errors and the state of
+// both sides after a failure (the source unchanged with tracking stopped, nothing left at the
+// destination, the stream left open).
+'use strict';
+const test = require('ava');
+const mb = require('../dist');
+const { rng, ramImage } = require('./helpers/snapshot');
+const { socketPair, relayed, memfds } = require('./helpers/migration');
+
+const { GiB, MiB, KiB, range, MemoryLayout, GuestMemoryBuilder, Mappable, RamVisibility, MigrationError } = mb;
+
+const VGA = range(0xa_0000, 0xc_0000);
+const LOW = range(0, 32n * MiB);
+const HIGH = range(4n * GiB, 4n * GiB + 32n * MiB);
+const WINDOW_GPA = 0xd000_0000n;
+/** 32 MiB below the MMIO gap and 32 MiB above it. */
+const layout = () => MemoryLayout.fromRanges([{ range: LOW }, { range: HIGH }], [range(3n * GiB, 4n * GiB)]);
+
+/** A source manager with random data written below and above the gap; `memory` writes more. */
+async function source(t, seed) {
+  const manager = await new GuestMemoryBuilder().x86LegacySupport(true).build(layout());
+  t.teardown(() => manager.close());
+  const memory = await manager.client().guestMemory();
+  t.teardown(() => memory.close());
+  const rand = rng(seed);
+  for (let i = 0; i < 24; i++) {
+    const base = i % 2 === 0 ? 16n * MiB + BigInt(rand.below(256)) * 64n * KiB : HIGH.start + BigInt(rand.below(512)) * 64n * KiB;
+    memory.writeAt(base, rand.bytes(3 * 4096 + 100));
+  }
+  return { manager, memory, rand };
+}
+
+/** The regions of a manager as the guest sees them: name, range, whether mapped, and how. */
+async function regions(manager) {
+  return (await manager.inspect()).regions.map(({ name, range, active, mapParams }) => ({ name, range, active, mapParams }));
+}
+
+/** Runs both sides; resolves with both outcomes (`{ok, value|error}`) once both settled. */
+async function both(migration, arrival) {
+  const [sent, received] = await Promise.allSettled([migration, arrival]);
+  return {
+    sent: sent.status === 'fulfilled' ? { ok: true, value: sent.value } : { ok: false, error: sent.reason },
+    received: received.status === 'fulfilled' ? { ok: true, value: received.value } : { ok: false, error: received.reason },
+  };
+}
+
+test('a migration over a Unix socket pair rebuilds memory, visibility, device windows and the payload', async (t) => {
+  const { manager } = await source(t, 1);
+  await manager.ramVisibilityControl().setRamVisibility(VGA, RamVisibility.Unmapped);
+  const object = Mappable.allocSharedMemory(0x2000, 'nic');
+  t.teardown(() => object.close());
+  const window = manager.deviceMemoryMapper().newRegion(0x2000, 'nic');
+  await window.region.map(0, object, 0, 0x2000, true);
+  await window.control.mapToGuest(WINDOW_GPA, true);
+  const [a, b] = await socketPair(t);
+  const sentProgress = [];
+  const receivedProgress = [];
+  let paused = 0;
+  const { sent, received } = await both(
+    manager.migrate(a, {
+      pause: () => {
+        paused++;
+        return Buffer.from('vcpu registers');
+      },
+      onProgress: (round, bytes) => sentProgress.push([round, bytes]),
+    }),
+    GuestMemoryBuilder.migrateFrom(b, { layout: layout(), windowBackings: { nic: object }, onProgress: (round, bytes) => receivedProgress.push([round, bytes]) }),
+  );
+  t.true(sent.ok, String(sent.error?.stack));
+  t.true(received.ok, String(received.error?.stack));
+  const info = sent.value;
+  const destination = received.value;
+  t.teardown(() => destination.close());
+  t.is(paused, 1);
+  t.is(info.rounds, info.bytesPerRound.length);
+  t.true(info.rounds >= 2, 'round 0 and the final round');
+  t.is(typeof info.bytes, 'bigint');
+  t.is(info.bytes, info.bytesPerRound.reduce((a, b) => a + b, 0n));
+  t.true(info.bytesPerRound[0] >= 24n * 4n * 4096n, `round 0 sends every page with data: ${info.bytesPerRound[0]}`);
+  t.true(info.streamBytes > info.bytes);
+  t.is(typeof info.downtimeMs, 'number');
+  t.true(info.downtimeMs >= 0);
+  t.is(typeof info.converged, 'boolean');
+  t.false(manager.dirtyTracking().active, 'the migration stops the tracking it started');
+
+  t.true(ramImage(destination).equals(ramImage(manager)), 'every byte of RAM arrived');
+  t.deepEqual(await regions(destination), await regions(manager), 'RAM regions with their visibility, and the device window');
+  const from = destination.migratedFrom;
+  t.is(Buffer.from(from.payload).toString(), 'vcpu registers');
+  t.is(from.rounds, info.rounds);
+  t.deepEqual(from.bytesPerRound, info.bytesPerRound);
+  t.is(destination.restoredFrom, null);
+  t.is(manager.migratedFrom, null);
+  const [restored] = destination.restoredWindows();
+  t.is(restored.name, 'nic');
+  t.is(restored.gpa, WINDOW_GPA);
+  t.deepEqual(restored.missing, []);
+  // Progress: rounds as numbers, bytes as bigints, at both ends.
+  for (const progress of [sentProgress, receivedProgress]) {
+    t.true(progress.length > 0);
+    t.true(progress.every(([round, bytes]) => typeof round === 'number' && typeof bytes === 'bigint'));
+  }
+  // The stream is left open.
+  t.false(a.destroyed);
+  t.false(b.destroyed);
+});
+
+test('writes and a visibility change during the pre-copy rounds arrive; the stream stays usable after', async (t) => {
+  const { manager, memory, rand } = await source(t, 2);
+  const visibility = manager.ramVisibilityControl();
+  const written = [];
+  let paused = false;
+  const { source: a, destination: b } = relayed(t, async (_chunk, index) => {
+    // Between frames of the pre-copy rounds the guest "runs" (this test writes for it).
+    if (!paused && index % 3 === 1) {
+      const gpa = (index % 2 === 0 ? HIGH.start : 8n * MiB) + BigInt(rand.below(1024)) * 4096n;
+      const data = rand.bytes(4096);
+      memory.writeAt(gpa, data);
+      written.push({ gpa, data });
+    }
+    if (index === 4) await visibility.setRamVisibility(VGA, RamVisibility.Unmapped);
+  });
+  const pause = () => {
+    paused = true;
+  };
+  const { sent, received } = await both(manager.migrate(a, { pause }), GuestMemoryBuilder.migrateFrom(b));
+  t.true(sent.ok, String(sent.error?.stack));
+  t.true(received.ok, String(received.error?.stack));
+  const destination = received.value;
+  t.teardown(() => destination.close());
+  t.true(written.length > 0);
+  t.true(ramImage(destination).equals(ramImage(manager)));
+  const arrived = await destination.client().guestMemory();
+  t.teardown(() => arrived.close());
+  for (const { gpa, data } of written.slice(-3)) {
+    const back = Buffer.alloc(4096);
+    arrived.readAt(gpa, back);
+    t.true(back.equals(data), `0x${gpa.toString(16)}`);
+  }
+  t.deepEqual(await regions(destination), await regions(manager));
+  t.false((await regions(destination)).find((r) => r.range.start === VGA.start).active, 'the VGA window is unmapped');
+  t.is(destination.migratedFrom.payload, null);
+  // Both ends go on using the stream for their own messages.
+  // (Each was left paused: reading on is the caller's decision.)
+  t.true(b.isPaused());
+  const message = new Promise((resolve) => b.once('data', resolve));
+  b.resume();
+  a.write('after');
+  t.is(String(await message), 'after');
+});
+
+test.serial('the source aborted by its signal keeps running unchanged; the destination builds nothing', async (t) => {
+  const { manager, memory } = await source(t, 3);
+  const before = ramImage(manager);
+  const controller = new AbortController();
+  const reason = new Error('operator cancelled');
+  // Aborted while the third chunk is held: the migration cannot have finished.
+  const { source: a, destination: b } = relayed(t, (_chunk, index) => {
+    if (index === 2) controller.abort(reason);
+  });
+  const fdsBefore = memfds();
+  let paused = false;
+  const { sent, received } = await both(
+    manager.migrate(a, {
+      signal: controller.signal,
+      pause: () => {
+        paused = true;
+      },
+    }),
+    GuestMemoryBuilder.migrateFrom(b),
+  );
+  t.false(sent.ok);
+  t.true(sent.error instanceof MigrationError);
+  t.is(sent.error.code, 'ERR_MIGRATION_ABORTED');
+  t.is(sent.error.cause, reason, 'the signal reason is the cause');
+  t.true(['handshake', 'rounds'].includes(sent.error.phase), sent.error.phase);
+  t.false(paused);
+  t.false(received.ok);
+  t.is(received.error.code, 'ERR_MIGRATION_ABORTED');
+  t.is(memfds(), fdsBefore, 'the destination released its RAM');
+  t.false(manager.dirtyTracking().active);
+  t.true(ramImage(manager).equals(before), 'the source is unchanged');
+  memory.writeU64(0x1000, 5n);
+  t.is(memory.readU64(0x1000), 5n, 'and keeps running');
+  t.false(a.destroyed, 'the stream is the caller’s (ended, not destroyed)');
+});
+
+test('a stream error on either side is the cause of ERR_MIGRATION_ABORTED', async (t) => {
+  const { manager } = await source(t, 4);
+  const [a, b] = await socketPair(t);
+  const failure = Object.assign(new Error('link down'), { code: 'ECONNRESET' });
+  const arrival = GuestMemoryBuilder.migrateFrom(b, { onProgress: () => b.destroy(failure) });
+  const { sent, received } = await both(manager.migrate(a, { pause: () => undefined }), arrival);
+  t.false(received.ok);
+  t.is(received.error.code, 'ERR_MIGRATION_ABORTED');
+  t.is(received.error.cause, failure);
+  t.false(sent.ok);
+  t.is(sent.error.code, 'ERR_MIGRATION_ABORTED');
+  t.false(manager.dirtyTracking().active);
+});
+
+test.serial('a flipped bit is ERR_MIGRATION_PROTOCOL at both ends, naming the side that found it and the frame', async (t) => {
+  const { manager } = await source(t, 5);
+  const before = ramImage(manager);
+  const fdsBefore = memfds();
+  const { source: a, destination: b } = relayed(t, (chunk, index) => {
+    if (index !== 3) return undefined;
+    const copy = Buffer.from(chunk);
+    copy[Math.floor(copy.length / 2)] ^= 0x10;
+    return copy;
+  });
+  const { sent, received } = await both(manager.migrate(a, { pause: () => undefined }), GuestMemoryBuilder.migrateFrom(b));
+  for (const side of [sent, received]) {
+    t.false(side.ok);
+    t.true(side.error instanceof MigrationError);
+    t.is(side.error.code, 'ERR_MIGRATION_PROTOCOL');
+    t.is(side.error.detectedBy, 'destination');
+    t.is(typeof side.error.offset, 'bigint');
+    t.is(typeof side.error.what, 'string');
+  }
+  t.is(sent.error.offset, received.error.offset);
+  t.is(memfds(), fdsBefore);
+  t.true(ramImage(manager).equals(before));
+  t.false(manager.dirtyTracking().active);
+});
+
+test('garbage instead of a migration is ERR_MIGRATION_PROTOCOL at offset 0', async (t) => {
+  const [a, b] = await socketPair(t);
+  const arrival = GuestMemoryBuilder.migrateFrom(b);
+  a.end(Buffer.alloc(64, 0x41));
+  const error = await t.throwsAsync(arrival, { instanceOf: MigrationError, code: 'ERR_MIGRATION_PROTOCOL' });
+  t.is(error.offset, 0n);
+  t.is(error.detectedBy, 'destination');
+});
+
+test('a connection cut during the rounds aborts both sides; the source keeps its data', async (t) => {
+  const { manager } = await source(t, 6);
+  const before = ramImage(manager);
+  let cut;
+  const relay = relayed(t, (_chunk, index) => {
+    if (index === 5) cut();
+    return index === 5 ? null : undefined;
+  });
+  cut = relay.cut;
+  const { sent, received } = await both(manager.migrate(relay.source, { pause: () => undefined }), GuestMemoryBuilder.migrateFrom(relay.destination));
+  t.is(sent.error?.code, 'ERR_MIGRATION_ABORTED');
+  t.is(received.error?.code, 'ERR_MIGRATION_ABORTED');
+  t.true(ramImage(manager).equals(before));
+  t.false(manager.dirtyTracking().active);
+});
+
+test('a downtime that cannot be met is ERR_MIGRATION_DOWNTIME before pausing', async (t) => {
+  const { manager, memory } = await source(t, 7);
+  let paused = false;
+  // The first chunk is the handshake: tracking is on by then, so this write is dirty after round 0.
+  const { source: a, destination: b } = relayed(t, (_chunk, index) => {
+    if (index === 0) memory.writeAt(HIGH.start + 0x10_0000n, Buffer.alloc(8 * 4096, 0x5a));
+  });
+  const { sent, received } = await both(
+    manager.migrate(a, {
+      maxRounds: 1,
+      maxDowntimeMs: 0,
+      pause: () => {
+        paused = true;
+      },
+    }),
+    GuestMemoryBuilder.migrateFrom(b),
+  );
+  t.false(sent.ok);
+  t.true(sent.error instanceof MigrationError);
+  t.is(sent.error.code, 'ERR_MIGRATION_DOWNTIME');
+  t.is(sent.error.rounds, 1);
+  t.true(sent.error.remainderBytes >= 8n * 4096n);
+  t.is(sent.error.maxDowntimeMs, 0);
+  t.true(sent.error.predictedMs > 0);
+  t.is(typeof sent.error.bandwidthBytesPerSec, 'number');
+  t.false(paused, 'the guest was never paused');
+  t.is(received.error?.code, 'ERR_MIGRATION_ABORTED');
+  t.regex(received.error.message, /source failed/);
+});
+
+test('without a binding budget the rounds run out and the migration pauses anyway (converged: false)', async (t) => {
+  const { manager, memory } = await source(t, 8);
+  const { source: a, destination: b } = relayed(t, (_chunk, index) => {
+    if (index === 0) memory.writeAt(HIGH.start + 0x20_0000n, Buffer.alloc(4096, 0x33));
+  });
+  // maxRounds 1: the remainder after round 0 is never re-sent while running; 0 ms of budget is
+  // not asked for, so the guest is paused with the page still dirty.
+  const { sent, received } = await both(manager.migrate(a, { maxRounds: 1n, pause: () => undefined }), GuestMemoryBuilder.migrateFrom(b));
+  t.true(sent.ok, String(sent.error?.stack));
+  t.true(received.ok);
+  t.teardown(() => received.value.close());
+  t.is(sent.value.rounds, 2);
+  t.true(ramImage(received.value).equals(ramImage(manager)));
+});
+
+test('a second migration of a manager while one runs is ERR_MIGRATION_IN_PROGRESS', async (t) => {
+  const { manager } = await source(t, 9);
+  let release;
+  const held = new Promise((resolve) => {
+    release = resolve;
+  });
+  let started;
+  const running = new Promise((resolve) => {
+    started = resolve;
+  });
+  const { source: a, destination: b } = relayed(t, async (_chunk, index) => {
+    if (index === 0) {
+      started();
+      await held;
+    }
+  });
+  const first = both(manager.migrate(a, { pause: () => undefined }), GuestMemoryBuilder.migrateFrom(b));
+  await running;
+  const [c] = await socketPair(t);
+  await t.throwsAsync(manager.migrate(c, { pause: () => undefined }), { instanceOf: MigrationError, code: 'ERR_MIGRATION_IN_PROGRESS' });
+  release();
+  const { sent, received } = await first;
+  t.true(sent.ok, String(sent.error?.stack));
+  t.true(received.ok);
+  await received.value.close();
+});
+
+test('a pause that throws aborts the migration with its error as cause', async (t) => {
+  const { manager } = await source(t, 10);
+  const [a, b] = await socketPair(t);
+  const thrown = new Error('vCPU 0 did not stop');
+  const { sent, received } = await both(
+    manager.migrate(a, {
+      pause: async () => {
+        throw thrown;
+      },
+    }),
+    GuestMemoryBuilder.migrateFrom(b),
+  );
+  t.is(sent.error?.code, 'ERR_MIGRATION_ABORTED');
+  t.is(sent.error.cause, thrown);
+  t.is(received.error?.code, 'ERR_MIGRATION_ABORTED');
+  t.regex(received.error.message, /the source failed: the pause callback failed/);
+  t.false(manager.dirtyTracking().active);
+});
+
+test.serial('a destination expecting another layout refuses the machine (ERR_SNAPSHOT_LAYOUT); the source is told', async (t) => {
+  const { manager } = await source(t, 11);
+  const [a, b] = await socketPair(t);
+  const fdsBefore = memfds();
+  const { sent, received } = await both(manager.migrate(a, { pause: () => undefined }), GuestMemoryBuilder.migrateFrom(b, { layout: MemoryLayout.new(GiB, [range(3n * GiB, 4n * GiB)]) }));
+  t.is(received.error?.code, 'ERR_SNAPSHOT_LAYOUT');
+  t.is(sent.error?.code, 'ERR_MIGRATION_ABORTED');
+  t.is(memfds(), fdsBefore);
+});
+
+test('migrate and migrateFrom check their arguments', async (t) => {
+  const { manager } = await source(t, 12);
+  const [a] = await socketPair(t);
+  await t.throwsAsync(manager.migrate({}, { pause: () => undefined }), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE' });
+  await t.throwsAsync(manager.migrate(a, {}), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE', message: /options.pause/ });
+  await t.throwsAsync(manager.migrate(a), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE' });
+  await t.throwsAsync(manager.migrate(a, { pause: () => undefined, maxRounds: -1 }), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE' });
+  await t.throwsAsync(manager.migrate(a, { pause: () => undefined, maxRounds: 0 }), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE', message: /maxRounds 0/ });
+  await t.throwsAsync(manager.migrate(a, { pause: () => undefined, maxRounds: 1n << 40n }), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE', message: /maxRounds 1099511627776/ });
+  await t.throwsAsync(manager.migrate(a, { pause: () => undefined, onProgress: 1 }), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE' });
+  await t.throwsAsync(manager.migrate(a, { pause: () => undefined, signal: {} }), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE' });
+  await t.throwsAsync(GuestMemoryBuilder.migrateFrom(a, { windowBackings: 3 }), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE' });
+  await t.throwsAsync(GuestMemoryBuilder.migrateFrom('socket'), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE' });
+  // Nothing was started: the manager migrates afterwards, and the socket was not consumed.
+  t.false(manager.dirtyTracking().active);
+  t.false(a.destroyed);
+  await manager.close();
+  await t.throwsAsync(manager.migrate(a, { pause: () => undefined }), { code: 'ERR_MANAGER_GONE' });
+});
