@@ -192,12 +192,14 @@ export async function migrateDemoChild(print: (line: string) => void): Promise<n
 
 /**
  * The qwords of its current pass (counter `rbx`) the guest had written when stopped: up to
- * `rsi`, except that with `rsi` at the end of the area after `inc rbx` (at the `jmp`, or back
- * at the loop's start) the pass of the new counter has not begun.
+ * `rsi` — one more when stopped between the store and `add rsi, 8` — except that with `rsi` at
+ * the end of the area after `inc rbx` (at the `jmp`, or back at the loop's start) the pass of
+ * the new counter has not begun.
  */
 function passWritten(registers: VcpuRegisters): bigint {
-  const done = registers.rsi < AREA ? 0n : (registers.rsi - AREA) / 8n;
-  const newPass = registers.rip === CODE + 21n || registers.rip === CODE;
+  const offset = registers.rip - CODE;
+  const done = (registers.rsi < AREA ? 0n : (registers.rsi - AREA) / 8n) + (offset === 9n ? 1n : 0n);
+  const newPass = offset === 21n || offset === 0n;
   return done >= AREA_QWORDS && newPass ? 0n : done;
 }
 
@@ -211,7 +213,7 @@ function checkArea(memory: GuestMemory, counter: bigint, done: bigint, failures:
     if (area.readBigUInt64LE(Number(i * 8n)) !== expected) bad++;
   }
   if (bad > 0) failures.push(`${bad} qwords of the area are not what the writer left (counter ${counter}, ${done} qwords of its pass written)`);
-  else print(`destination: the area holds counter ${counter} in its first ${done} qwords and ${counter - 1n} after: exactly what was written when paused`);
+  else print(`destination: the area holds counter ${counter} in its first ${done} qwords and ${counter - 1n} after: exactly what the writer left`);
 }
 
 /** Runs the migrated guest on in a new KVM partition until it has written two more passes. */
