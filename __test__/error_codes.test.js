@@ -9,7 +9,10 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const mb = require('../dist');
+const { once } = require('node:events');
+const { duplexPair } = require('node:stream');
 const { kvmTest, kvmUnavailable } = require('./helpers/kvm');
+const { relayed } = require('./helpers/migration');
 
 const { GiB, MiB, range, MemoryRange, MemoryLayout, GuestMemoryBuilder, GuestMemory, SparseMapping, Mappable, MemoryRegistrar, RecordingPartition, KvmPartition, Vtl, RamVisibility } = mb;
 
@@ -168,6 +171,39 @@ const PROVOKED = {
     }),
   ERR_SNAPSHOT_LAYOUT: () => withSnapshot((dir) => GuestMemoryBuilder.restore(dir, { layout: MemoryLayout.new(2n * GiB, [GAP]) })),
   ERR_DIRTY_TRACKING_OFF: () => withManager((manager) => manager.dirtyTracking().take()),
+  ERR_MIGRATION_ABORTED: () => {
+    const [source, destination] = duplexPair();
+    source.end();
+    return GuestMemoryBuilder.migrateFrom(destination);
+  },
+  ERR_MIGRATION_PROTOCOL: () => {
+    const [source, destination] = duplexPair();
+    source.end(Buffer.alloc(64, 0x41));
+    return GuestMemoryBuilder.migrateFrom(destination);
+  },
+  ERR_MIGRATION_DOWNTIME: () =>
+    withManager(async (manager) => {
+      const memory = await manager.client().guestMemory();
+      // Written once tracking is on (the handshake is under way): still dirty after round 0.
+      const relay = relayed({ teardown: () => undefined }, (_chunk, index) => {
+        if (index === 0) memory.fillAt(0x10_0000, 1, P);
+      });
+      const [sent] = await Promise.allSettled([manager.migrate(relay.source, { pause: () => undefined, maxRounds: 1, maxDowntimeMs: 0 }), GuestMemoryBuilder.migrateFrom(relay.destination)]);
+      memory.close();
+      if (sent.status === 'rejected') throw sent.reason;
+    }),
+  ERR_MIGRATION_IN_PROGRESS: () =>
+    withManager(async (manager) => {
+      const [held, other] = duplexPair();
+      const first = manager.migrate(held, { pause: () => undefined });
+      await once(other, 'data');
+      try {
+        await manager.migrate(duplexPair()[0], { pause: () => undefined });
+      } finally {
+        held.destroy(new Error('released by the sweep'));
+        await first.catch(() => undefined);
+      }
+    }),
   ERR_KVM_UNAVAILABLE: {
     skip: kvmUnavailable === null ? 'KvmPartition.create() succeeds here' : null,
     provoke: () => KvmPartition.create(),

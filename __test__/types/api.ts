@@ -20,6 +20,9 @@ import {
   RamVisibility,
   RecordingPartition,
   SnapshotError,
+  MigrationError,
+  type MigrationInfo,
+  type MigratedFrom,
   type LazyRestoreStats,
   type MemoryRange,
   type RestoredWindow,
@@ -119,4 +122,36 @@ export async function snapshots(layout: MemoryLayout): Promise<void> {
   const corrupt: ErrorCode = 'ERR_SNAPSHOT_CORRUPT';
   const offset: bigint | undefined = new SnapshotError('ERR_SNAPSHOT_CORRUPT', 'x').offset;
   void [ranges, bytes, extents, control, stats, visibility, lazy, corrupt, offset];
+}
+
+export async function migration(layout: MemoryLayout, socket: import('node:net').Socket): Promise<void> {
+  const info: MigrationInfo = await manager.migrate(socket, {
+    pause: async () => Buffer.from('registers'),
+    maxRounds: 8,
+    maxDowntimeMs: 50n,
+    onProgress: (round: number, bytes: bigint) => void [round, bytes],
+    signal: AbortSignal.timeout(1000),
+  });
+  await manager.migrate(socket, { pause: () => undefined });
+  const perRound: bigint[] = info.bytesPerRound;
+  const downtime: number = info.downtimeMs;
+  const converged: boolean = info.converged;
+  // @ts-expect-error: pause is required (it stops the vCPUs).
+  await manager.migrate(socket, {});
+  // @ts-expect-error: the payload is bytes.
+  await manager.migrate(socket, { pause: () => 'registers' });
+  // @ts-expect-error: a stream, not a path.
+  await manager.migrate('/tmp/socket', { pause: () => undefined });
+  const arrived = await GuestMemoryBuilder.migrateFrom(socket, { layout, windowBackings: { fb: object }, onProgress: (round, bytes) => void [round + 1, bytes + 1n] });
+  const from: MigratedFrom | null = arrived.migratedFrom;
+  const payload: Uint8Array | null | undefined = from?.payload;
+  const windows: RestoredWindow[] = arrived.restoredWindows();
+  // @ts-expect-error: a migration's destination has no restore mode.
+  await GuestMemoryBuilder.migrateFrom(socket, { mode: 'lazy' });
+  const error = new MigrationError('ERR_MIGRATION_PROTOCOL', 'x');
+  const side: 'source' | 'destination' | undefined = error.detectedBy;
+  const phase: 'handshake' | 'rounds' | 'final' | 'completing' | undefined = error.phase;
+  const remainder: bigint | undefined = error.remainderBytes;
+  const codes: ErrorCode[] = ['ERR_MIGRATION_ABORTED', 'ERR_MIGRATION_PROTOCOL', 'ERR_MIGRATION_DOWNTIME', 'ERR_MIGRATION_IN_PROGRESS'];
+  void [perRound, downtime, converged, payload, windows, side, phase, remainder, codes];
 }
