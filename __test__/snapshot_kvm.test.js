@@ -11,14 +11,10 @@ const path = require('node:path');
 const mb = require('../dist');
 const { kvmTest } = require('./helpers/kvm');
 const { userfaultfdUnavailable, rng, tempDir, ramImage } = require('./helpers/snapshot');
+const { programs, CODE, PAGE_TABLES, RUN, guestOn, patternSum } = require('./helpers/guest');
 
-const { GiB, MiB, KiB, range, MemoryLayout, GuestMemoryBuilder, KvmPartition, Mappable, Vtl, RamVisibility, guestPrograms } = mb;
+const { GiB, MiB, KiB, range, MemoryLayout, GuestMemoryBuilder, Mappable, RamVisibility } = mb;
 
-const programs = guestPrograms();
-const CODE = 0x1000n;
-const PAGE_TABLES = range(2n * MiB, 4n * MiB + 8n * KiB);
-const RUN = { timeoutMs: 20000 };
-const MASK64 = (1n << 64n) - 1n;
 const VGA = range(0xa_0000, 0xc_0000);
 const WINDOW_GPA = 0xd000_0000n;
 const LOW = range(0, 64n * MiB);
@@ -26,48 +22,11 @@ const HIGH = range(4n * GiB, 4n * GiB + 64n * MiB);
 /** 64 MiB below the MMIO gap and 64 MiB above it. */
 const layout = () => MemoryLayout.fromRanges([{ range: LOW }, { range: HIGH }], [range(3n * GiB, 4n * GiB)]);
 
-/** A KVM partition with a 64-bit CPL3 vCPU attached to `manager`; `run(program, registers)` runs to the done port and returns the other exits. */
-async function guestOn(t, manager) {
-  const partition = await KvmPartition.create();
-  await manager.attachPartition(Vtl.Vtl0, partition);
-  const memory = await manager.client().guestMemory();
-  const vcpu = await partition.createVcpu({ pageTables: PAGE_TABLES });
-  t.teardown(() => {
-    vcpu.close();
-    partition.close();
-    memory.close();
-  });
-  const run = async (program, registers) => {
-    memory.writeAt(CODE, program);
-    vcpu.setRegisters({ rip: CODE, ...registers });
-    const exits = [];
-    for (;;) {
-      const exit = await vcpu.run(RUN);
-      if (exit.kind === 'IoOut' && exit.port === programs.donePort) return exits;
-      if (exit.kind !== 'IoOut') throw new Error(`unexpected exit ${exit.kind}`);
-      exits.push(exit);
-    }
-  };
-  /** The guest sums `count` qwords from `gpa`. */
-  const sum = async (gpa, count) => {
-    const halves = (await run(programs.sumQwords, { rdi: gpa, rcx: count })).map((e) => BigInt(e.data.readUInt32LE(0)));
-    return halves[0] | (halves[1] << 32n);
-  };
-  return { partition, memory, vcpu, run, sum };
-}
-
 /** A RAM image (RAM object offsets = GPAs below the gap) with the code page and the page tables zeroed. */
 function withoutVcpuState(image) {
   image.fill(0, Number(CODE), Number(CODE) + 4096);
   image.fill(0, Number(PAGE_TABLES.start), Number(PAGE_TABLES.end));
   return image;
-}
-
-/** The sum of the qwords `gpa ^ key` over `count` qwords from `base`. */
-function patternSum(base, count, key) {
-  let sum = 0n;
-  for (let i = 0n; i < count; i++) sum = (sum + ((base + 8n * i) ^ key)) & MASK64;
-  return sum;
 }
 
 /** Random 64 KiB areas below and above the gap, each with its own key. */

@@ -245,7 +245,7 @@ export async function overStream<T>(stream: MigrationStream, signal: AbortSignal
     // waits for the end of the stream before it settles.
     if (failed && !stream.destroyed && !stream.writableEnded) stream.end();
     const unread = Buffer.concat([call(() => channel.unread()), ...leftover]);
-    if (unread.length > 0 && !stream.destroyed) stream.unshift(unread);
+    if (unread.length > 0 && !stream.destroyed && !stream.readableEnded) stream.unshift(unread);
     for (const token of tokens) takeCause(token);
     clearInterval(keepAlive);
   }
