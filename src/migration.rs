@@ -230,9 +230,12 @@ impl NativeGuestMemoryManager {
         options.max_rounds = max_rounds;
         options.max_downtime_ms = max_downtime_ms.map(|ms| ms.0);
         options.progress = progress;
-        json_promise(env, Polling::Pool, manager.migrate(transport, options), |info| {
-            to_json(&MigrationInfoView::from(info))
-        })
+        json_promise(
+            env,
+            Polling::Pool,
+            manager.migrate(transport, options),
+            |info| to_json(&MigrationInfoView::from(info)),
+        )
     }
 }
 

@@ -11,6 +11,7 @@
  * (`unshift`): it is the caller's. When it fails, the stream's writable side is ended (the
  * protocol cannot go on; a peer that reported a failure waits for that end), never destroyed.
  */
+import { Duplex } from 'node:stream';
 import { storeCause, takeCause } from './causes';
 import { call, invalidArgType, settle } from './errors';
 import { native } from './native';
@@ -90,13 +91,10 @@ export interface MigratedFrom {
   payload: Uint8Array | null;
 }
 
-/** A Duplex argument. */
+/** A Duplex argument (a `stream.Duplex`: sockets, TLS sockets, SSH channels, duplex pairs). */
 function toStream(value: unknown): MigrationStream {
-  const s = value as Partial<MigrationStream> | null;
-  if (typeof s !== 'object' || s === null || typeof s.on !== 'function' || typeof s.write !== 'function' || typeof s.pause !== 'function' || typeof s.unshift !== 'function') {
-    throw invalidArgType(`stream must be a Duplex stream (a net.Socket, one end of a socket pair), got ${describeType(value)}`);
-  }
-  return s as MigrationStream;
+  if (!(value instanceof Duplex)) throw invalidArgType(`stream must be a Duplex stream (a net.Socket, one end of a socket pair), got ${describeType(value)}`);
+  return value;
 }
 
 function toSignal(value: unknown, name: string): AbortSignal | undefined {
