@@ -117,12 +117,17 @@ impl NativeMigrationChannel {
         self.incoming.end();
     }
 
-    /// The stream failed with `message`; the value it failed with is kept under `causeToken`.
-    /// Both directions fail: the migration stops with that error as its cause.
+    /// The stream failed with `message` (or the migration was aborted); the value it failed
+    /// with is kept under `causeToken`. Both directions fail, and a `pause` still pending is
+    /// answered with the failure: the migration stops with that error as its cause.
     #[napi]
     pub fn fail(&self, message: String, cause_token: Option<u32>) {
         self.incoming.fail(stream_error(&message, cause_token));
         self.outgoing.fail(stream_error(&message, cause_token));
+        self.answer_pause(PauseAnswer::Failed {
+            message,
+            cause_token,
+        });
     }
 
     /// The next chunk to write if one is queued now; `null` when none is (then `next()`).
@@ -239,9 +244,8 @@ impl NativeGuestMemoryManager {
     }
 }
 
-/// Builds a manager from the migration arriving over `channel`, with the layout, window
-/// backings and progress callback of `options` (consumed; its restore-only settings are not
-/// used).
+/// Builds a manager from the migration arriving over `channel`, with the layout and window
+/// backings of `options` (consumed; its restore-only settings are not used) and `onProgress`.
 #[napi(ts_return_type = "Promise<NativeRestoredManager>")]
 pub fn migrate_guest_memory<'env>(
     env: &'env Env,
