@@ -904,9 +904,9 @@ fn the_stream_owners_error_is_the_cause_either_side_reports() {
     let (transport, StreamEnd { incoming, outgoing }) = channel_transport(CHANNEL_CAPACITY);
     let destination = spawn_destination(transport, MigrateFromOptions::default());
     let migration = thread::spawn(move || {
-        block_on(source.migrate(source_end, MigrateOptions::new(|| async { Ok(None) })))
-            .map(|_| ())
-            .map_err(|error| (error, source))
+        let result =
+            block_on(source.migrate(source_end, MigrateOptions::new(|| async { Ok(None) })));
+        (result.map(|_| ()), source)
     });
     let MigrationTransport {
         mut reader, abort, ..
@@ -925,7 +925,8 @@ fn the_stream_owners_error_is_the_cause_either_side_reports() {
     // The stream owner closes the source's connection.
     drop(outgoing);
     abort.expect("a socket can be shut down")();
-    let (_, source) = migration.join().unwrap().unwrap_err();
+    let (result, source) = migration.join().unwrap();
+    assert!(result.is_err(), "the source lost its destination");
     close(source);
 
     // Source: writing fails with the owner's error.
