@@ -31,6 +31,9 @@ kvmTest('memory a KVM guest writes during the pre-copy rounds arrives; a new gue
   const window = source.deviceMemoryMapper().newRegion(0x1000, 'nic');
   await window.region.map(0, object, 0, 0x1000, true);
   await window.control.mapToGuest(WINDOW_GPA, true);
+  // The window's halves stay referenced until the test ends: once both are collected, the
+  // window leaves the guest.
+  t.teardown(() => void window);
   /** The last key the guest filled each area with, by base. */
   const areas = new Map();
   const fill = async (base) => {
