@@ -8,17 +8,12 @@
 'use strict';
 const mb = require('../dist');
 const { kvmTest } = require('./helpers/kvm');
-const { programs, CODE, RUN, guestOn, patternSum } = require('./helpers/guest');
+const { programs, CODE, RUN, VGA, WINDOW_GPA, HIGH, layout, guestOn, patternSum } = require('./helpers/guest');
 const { rng } = require('./helpers/snapshot');
 const { relayed } = require('./helpers/migration');
 
-const { GiB, MiB, KiB, range, MemoryLayout, GuestMemoryBuilder, Mappable, RamVisibility } = mb;
+const { MiB, KiB, GuestMemoryBuilder, Mappable, RamVisibility } = mb;
 
-const VGA = range(0xa_0000, 0xc_0000);
-const WINDOW_GPA = 0xd000_0000n;
-const LOW = range(0, 64n * MiB);
-const HIGH = range(4n * GiB, 4n * GiB + 64n * MiB);
-const layout = () => MemoryLayout.fromRanges([{ range: LOW }, { range: HIGH }], [range(3n * GiB, 4n * GiB)]);
 const QWORDS = 8192n; // 64 KiB per area
 
 kvmTest('memory a KVM guest writes during the pre-copy rounds arrives; a new guest sums it back', async (t) => {

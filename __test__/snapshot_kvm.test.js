@@ -11,16 +11,9 @@ const path = require('node:path');
 const mb = require('../dist');
 const { kvmTest } = require('./helpers/kvm');
 const { userfaultfdUnavailable, rng, tempDir, ramImage } = require('./helpers/snapshot');
-const { programs, CODE, PAGE_TABLES, RUN, guestOn, patternSum } = require('./helpers/guest');
+const { programs, CODE, PAGE_TABLES, RUN, VGA, WINDOW_GPA, LOW, HIGH, layout, guestOn, patternSum } = require('./helpers/guest');
 
-const { GiB, MiB, KiB, range, MemoryLayout, GuestMemoryBuilder, Mappable, RamVisibility } = mb;
-
-const VGA = range(0xa_0000, 0xc_0000);
-const WINDOW_GPA = 0xd000_0000n;
-const LOW = range(0, 64n * MiB);
-const HIGH = range(4n * GiB, 4n * GiB + 64n * MiB);
-/** 64 MiB below the MMIO gap and 64 MiB above it. */
-const layout = () => MemoryLayout.fromRanges([{ range: LOW }, { range: HIGH }], [range(3n * GiB, 4n * GiB)]);
+const { MiB, KiB, GuestMemoryBuilder, Mappable, RamVisibility } = mb;
 
 /** A RAM image (RAM object offsets = GPAs below the gap) with the code page and the page tables zeroed. */
 function withoutVcpuState(image) {

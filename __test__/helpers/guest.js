@@ -1,9 +1,9 @@
-// A KVM guest for the tests that check memory through guest code: a 64-bit CPL3 vCPU on a new
+// A KVM guest for the tests that check memory through guest code, and the machine they use: a 64-bit CPL3 vCPU on a new
 // KvmPartition attached to a manager, which runs the guest programs (`guestPrograms()`) to their
 // done port, and sums qwords as the guest reads them. Declare such tests with `kvmTest`
 // (helpers/kvm.js).
 'use strict';
-const { KvmPartition, Vtl, guestPrograms, range, KiB, MiB } = require('../../dist');
+const { KvmPartition, MemoryLayout, Vtl, guestPrograms, range, KiB, MiB, GiB } = require('../../dist');
 
 const programs = guestPrograms();
 /** Where the program runs. */
@@ -12,6 +12,12 @@ const CODE = 0x1000n;
 const PAGE_TABLES = range(2n * MiB, 4n * MiB + 8n * KiB);
 const RUN = { timeoutMs: 20000 };
 const MASK64 = (1n << 64n) - 1n;
+/** The machine of these tests: 64 MiB below the MMIO gap and 64 MiB above it, the VGA window, a place for a device window. */
+const VGA = range(0xa_0000, 0xc_0000);
+const WINDOW_GPA = 0xd000_0000n;
+const LOW = range(0, 64n * MiB);
+const HIGH = range(4n * GiB, 4n * GiB + 64n * MiB);
+const layout = () => MemoryLayout.fromRanges([{ range: LOW }, { range: HIGH }], [range(3n * GiB, 4n * GiB)]);
 
 /** A KVM partition with a 64-bit CPL3 vCPU attached to `manager`; `run(program, registers)` runs to the done port and returns the other exits. */
 async function guestOn(t, manager) {
@@ -51,4 +57,4 @@ function patternSum(base, count, key) {
 }
 
 
-module.exports = { programs, CODE, PAGE_TABLES, RUN, guestOn, patternSum };
+module.exports = { programs, CODE, PAGE_TABLES, RUN, VGA, WINDOW_GPA, LOW, HIGH, layout, guestOn, patternSum };
