@@ -265,6 +265,6 @@ pub fn migrate_guest_memory<'env>(
         env,
         Polling::Pool,
         async move { migration.await.map_err(|error| error.to_js_error()) },
-        |_env, migrated| Ok(NativeRestoredManager::migrated(migrated)),
+        |env, migrated| Ok(NativeRestoredManager::migrated(&env, migrated)),
     )
 }

@@ -280,11 +280,11 @@ impl NativeRestoredManager {
             bytes,
             mode,
         ));
-        Self::assemble(manager, windows, info_json, lazy, None)
+        Self::assemble(env, manager, windows, info_json, lazy, None)
     }
 
     /// What a migration's destination built (`GuestMemoryBuilder.migrateFrom`).
-    pub(crate) fn migrated(migrated: MigratedManager) -> Self {
+    pub(crate) fn migrated(env: &Env, migrated: MigratedManager) -> Self {
         let info_json = to_json(&MigratedInfoView::from(&migrated));
         let MigratedManager {
             manager,
@@ -292,10 +292,11 @@ impl NativeRestoredManager {
             payload,
             ..
         } = migrated;
-        Self::assemble(manager, windows, info_json, None, payload)
+        Self::assemble(env, manager, windows, info_json, None, payload)
     }
 
     fn assemble(
+        env: &Env,
         manager: GuestMemoryManager,
         windows: Vec<RestoredWindow>,
         info_json: String,
