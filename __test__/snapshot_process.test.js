@@ -18,8 +18,8 @@ const CHILD = path.join(__dirname, 'fixtures', 'snapshot', 'restore_child.js');
 const WRITER = path.join(__dirname, 'fixtures', 'snapshot', 'writer_worker.js');
 
 /** Runs the child with `args`; resolves its outcome and last JSON line. */
-function runChild(args, { command = process.execPath, prefix = [] } = {}) {
-  const child = spawnSync(command, [...prefix, CHILD, ...args], { encoding: 'utf8', timeout: 120_000 });
+function runChild(args, { command = process.execPath, prefix = [], script = CHILD } = {}) {
+  const child = spawnSync(command, [...prefix, script, ...args], { encoding: 'utf8', timeout: 120_000 });
   const last = child.stdout.trim().split('\n').pop();
   let report = null;
   try {
@@ -160,6 +160,16 @@ test('failed restores and lazy restores closed early leave descriptors and threa
   }
 });
 
+/** Makes `dir` and everything below it readable (and its directories enterable) by every user. */
+function readableByAll(dir) {
+  fs.chmodSync(dir, 0o755);
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, entry.name);
+    if (entry.isDirectory()) readableByAll(p);
+    else fs.chmodSync(p, 0o644);
+  }
+}
+
 /** How to run the child without the rights userfaultfd needs, or why it cannot be done here. */
 function withoutUserfaultfd() {
   if (!mb.snapshotSupport().lazyRestore) return { prefix: [], command: process.execPath, reason: null };
@@ -179,10 +189,18 @@ const unprivileged = withoutUserfaultfd();
     (await manager.client().guestMemory()).fillAt(MiB, 3, 4096);
     await manager.snapshot(dir);
     await manager.close();
-    // Readable by the unprivileged user the child runs as.
-    for (const p of [root, dir]) fs.chmodSync(p, 0o755);
-    for (const f of fs.readdirSync(dir)) fs.chmodSync(path.join(dir, f), 0o644);
-    const { child, report } = runChild(['lazy', dir], unprivileged);
+    // The unprivileged user the child runs as may not reach this checkout (a fresh clone in a
+    // private temporary directory): it runs a copy of the package and of the child, made
+    // readable beside the snapshot.
+    const copy = path.join(root, 'package');
+    const repo = path.join(__dirname, '..');
+    for (const entry of ['package.json', 'index.js', 'dist', ...fs.readdirSync(repo).filter((f) => f.endsWith('.node'))]) {
+      fs.cpSync(path.join(repo, entry), path.join(copy, entry), { recursive: true });
+    }
+    const script = path.join(copy, path.relative(repo, CHILD));
+    fs.cpSync(CHILD, script);
+    readableByAll(root);
+    const { child, report } = runChild(['lazy', dir], { ...unprivileged, script });
     t.is(child.status, 0, child.stderr);
     t.like(report, { code: 'ERR_UNSUPPORTED', name: 'SnapshotError' });
     t.regex(report.reason, /userfaultfd/);
