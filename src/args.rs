@@ -34,6 +34,31 @@ impl TypeName for U64 {
 
 impl ValidateNapiValue for U64 {}
 
+/// The first `N` arguments of the running callback (missing ones are `undefined`), how many
+/// the call had, and the callback's data; `None` when N-API cannot read them.
+///
+/// # Safety
+/// `env` and `info` must be the arguments N-API passed to the running callback.
+pub unsafe fn callback_args<const N: usize>(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> Option<([sys::napi_value; N], usize, *mut std::ffi::c_void)> {
+    let (mut args, mut argc, mut data) = ([ptr::null_mut(); N], N, ptr::null_mut());
+    // SAFETY: `args` has room for `argc` values; `argc` receives the call's count and `data`
+    // the callback data given at creation.
+    let status = unsafe {
+        sys::napi_get_cb_info(
+            env,
+            info,
+            &mut argc,
+            args.as_mut_ptr(),
+            ptr::null_mut(),
+            &mut data,
+        )
+    };
+    (status == sys::Status::napi_ok).then_some((args, argc, data))
+}
+
 /// Reads a u64 argument: one N-API call for a valid number or bigint.
 ///
 /// # Safety
@@ -87,6 +112,35 @@ impl ValidateNapiValue for RawBytes {}
 /// # Safety
 /// `env` and `value` must belong to the running native call.
 pub unsafe fn read_bytes(env: sys::napi_env, value: sys::napi_value) -> Result<RawBytes, JsError> {
+    // SAFETY: the caller's values.
+    let Some((kind, length, data)) = (unsafe { typed_array_info(env, value) }) else {
+        // SAFETY: as above.
+        return unsafe { read_data_view(env, value) };
+    };
+    let element_size = match kind {
+        sys::TypedarrayType::int8_array
+        | sys::TypedarrayType::uint8_array
+        | sys::TypedarrayType::uint8_clamped_array => 1,
+        sys::TypedarrayType::int16_array | sys::TypedarrayType::uint16_array => 2,
+        sys::TypedarrayType::int32_array
+        | sys::TypedarrayType::uint32_array
+        | sys::TypedarrayType::float32_array => 4,
+        _ => 8,
+    };
+    let len = length
+        .checked_mul(element_size)
+        .ok_or_else(|| JsError::arg_value("typed array too large"))?;
+    Ok(RawBytes::new(data, len))
+}
+
+/// The kind, element count and data of a typed-array argument; `None` for any other value.
+///
+/// # Safety
+/// `env` and `value` must belong to the running native call.
+unsafe fn typed_array_info(
+    env: sys::napi_env,
+    value: sys::napi_value,
+) -> Option<(sys::napi_typedarray_type, usize, *mut std::ffi::c_void)> {
     let (mut kind, mut length, mut data) = (0, 0usize, ptr::null_mut());
     // SAFETY: a query on a value of the running call; a non-typed-array fails the call (the
     // optional outputs are not requested).
@@ -101,29 +155,7 @@ pub unsafe fn read_bytes(env: sys::napi_env, value: sys::napi_value) -> Result<R
             ptr::null_mut(),
         )
     };
-    if status != sys::Status::napi_ok {
-        // SAFETY: as above.
-        return unsafe { read_data_view(env, value) };
-    }
-    let element_size = match kind {
-        sys::TypedarrayType::int8_array
-        | sys::TypedarrayType::uint8_array
-        | sys::TypedarrayType::uint8_clamped_array => 1,
-        sys::TypedarrayType::int16_array | sys::TypedarrayType::uint16_array => 2,
-        sys::TypedarrayType::int32_array
-        | sys::TypedarrayType::uint32_array
-        | sys::TypedarrayType::float32_array => 4,
-        _ => 8,
-    };
-    let len = length
-        .checked_mul(element_size)
-        .ok_or_else(|| JsError::arg_value("typed array too large"))?;
-    let ptr = if data.is_null() || len == 0 {
-        ptr::NonNull::<u8>::dangling().as_ptr()
-    } else {
-        data.cast::<u8>()
-    };
-    Ok(RawBytes { ptr, len })
+    (status == sys::Status::napi_ok).then_some((kind, length, data))
 }
 
 /// A `DataView` argument as raw memory (see [`read_bytes`]).
@@ -148,12 +180,7 @@ unsafe fn read_data_view(env: sys::napi_env, value: sys::napi_value) -> Result<R
             "expected an ArrayBufferView (a Uint8Array, Buffer, other typed array or DataView)",
         ));
     }
-    let ptr = if data.is_null() || len == 0 {
-        ptr::NonNull::<u8>::dangling().as_ptr()
-    } else {
-        data.cast::<u8>()
-    };
-    Ok(RawBytes { ptr, len })
+    Ok(RawBytes::new(data, len))
 }
 
 /// The GPAs of a vectored copy, `count` of them: a `Float64Array` of safe integers (the
@@ -166,20 +193,8 @@ pub unsafe fn read_gpas(
     value: sys::napi_value,
     count: usize,
 ) -> Result<Vec<u64>, JsError> {
-    let (mut kind, mut length, mut data) = (0, 0usize, ptr::null_mut());
-    // SAFETY: a query on a value of the running call; a non-typed-array fails the call.
-    let typed = unsafe {
-        sys::napi_get_typedarray_info(
-            env,
-            value,
-            &mut kind,
-            &mut length,
-            &mut data,
-            ptr::null_mut(),
-            ptr::null_mut(),
-        )
-    } == sys::Status::napi_ok;
-    if typed {
+    // SAFETY: the caller's values.
+    if let Some((kind, length, data)) = unsafe { typed_array_info(env, value) } {
         if kind != sys::TypedarrayType::float64_array || length < count {
             return Err(JsError::arg_type(format!(
                 "the GPAs must be a Float64Array of at least {count} numbers"
@@ -220,6 +235,16 @@ impl FromNapiValue for RawBytes {
 }
 
 impl RawBytes {
+    /// The `len` bytes at `data` (a dangling, aligned pointer when there are none).
+    fn new(data: *mut std::ffi::c_void, len: usize) -> Self {
+        let ptr = if data.is_null() || len == 0 {
+            ptr::NonNull::<u8>::dangling().as_ptr()
+        } else {
+            data.cast::<u8>()
+        };
+        RawBytes { ptr, len }
+    }
+
     /// A copy of the bytes (for work that leaves the call, or must not see later changes).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut copy = vec![0u8; self.len];

@@ -7,6 +7,7 @@
 // Unsafe code: the floors are plain N-API callbacks that copy into the callers' buffers.
 #![allow(unsafe_code)]
 
+use crate::args::callback_args;
 use crate::args::read_bytes;
 use crate::args::read_gpas;
 use crate::args::read_u64;
@@ -87,20 +88,12 @@ unsafe extern "C" fn floor_read_at(
     env: napi::sys::napi_env,
     info: napi::sys::napi_callback_info,
 ) -> napi::sys::napi_value {
-    let mut args = [std::ptr::null_mut(); 2];
-    let mut argc = args.len();
-    // SAFETY: `args` has room for `argc` values of the running callback.
+    // SAFETY: the arguments of this callback and its values.
     unsafe {
-        napi::sys::napi_get_cb_info(
-            env,
-            info,
-            &mut argc,
-            args.as_mut_ptr(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        );
-        if let (Ok(gpa), Ok(dest)) = (read_u64(env, args[0]), read_bytes(env, args[1])) {
-            floor_copy(gpa, &dest);
+        if let Some((args, _, _)) = callback_args::<2>(env, info) {
+            if let (Ok(gpa), Ok(dest)) = (read_u64(env, args[0]), read_bytes(env, args[1])) {
+                floor_copy(gpa, &dest);
+            }
         }
     }
     std::ptr::null_mut()
@@ -112,21 +105,13 @@ unsafe extern "C" fn floor_readv(
     env: napi::sys::napi_env,
     info: napi::sys::napi_callback_info,
 ) -> napi::sys::napi_value {
-    let mut args = [std::ptr::null_mut(); 72];
-    let mut argc = args.len();
-    // SAFETY: `args` has room for `argc` values of the running callback; only the values it
-    // filled are read.
+    // SAFETY: the arguments of this callback and its values; only the values it filled are
+    // read.
     unsafe {
-        napi::sys::napi_get_cb_info(
-            env,
-            info,
-            &mut argc,
-            args.as_mut_ptr(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        );
-        let args = &args[..argc.min(args.len())];
-        if let Some((&gpas, buffers)) = args.split_first() {
+        let Some((args, argc, _)) = callback_args::<72>(env, info) else {
+            return std::ptr::null_mut();
+        };
+        if let Some((&gpas, buffers)) = args[..argc.min(72)].split_first() {
             if let Ok(gpas) = read_gpas(env, gpas, buffers.len()) {
                 for (gpa, &buffer) in gpas.into_iter().zip(buffers) {
                     if let Ok(dest) = read_bytes(env, buffer) {

@@ -542,6 +542,7 @@ impl NativeLockedPages {
 /// can forge it. They read their arguments with `crate::args` and throw like every native
 /// function (`crate::errors`).
 pub mod fast {
+    use crate::args::callback_args;
     use crate::args::read_bytes;
     use crate::args::read_gpas;
     use crate::args::read_u64;
@@ -654,26 +655,11 @@ pub mod fast {
             &[sys::napi_value; N],
         ) -> Result<sys::napi_value, JsError>,
     ) -> sys::napi_value {
-        let mut args = [ptr::null_mut(); N];
-        let mut argc = N;
-        let mut data = ptr::null_mut();
-        // SAFETY: `args` has room for `argc` values (missing ones are filled with `undefined`);
-        // `data` receives the callback data given at creation.
-        let status = unsafe {
-            sys::napi_get_cb_info(
-                env,
-                info,
-                &mut argc,
-                args.as_mut_ptr(),
-                ptr::null_mut(),
-                &mut data,
-            )
-        };
-        let result = if status == sys::Status::napi_ok {
+        // SAFETY: the arguments of this callback.
+        let result = match unsafe { callback_args::<N>(env, info) } {
             // SAFETY: `data` is this callback's data.
-            unsafe { with_state(data, |state| body(env, state, &args)) }
-        } else {
-            Err(JsError::internal("cannot read the arguments"))
+            Some((args, _, data)) => unsafe { with_state(data, |state| body(env, state, &args)) },
+            None => Err(JsError::internal("cannot read the arguments")),
         };
         // SAFETY: `env` is the environment of the running callback.
         unsafe { finish(env, result) }
@@ -693,24 +679,14 @@ pub mod fast {
         ) -> Result<sys::napi_value, JsError>,
     ) -> sys::napi_value {
         const INLINE: usize = 72;
-        let mut inline = [ptr::null_mut(); INLINE];
-        let mut argc = INLINE;
-        let mut data = ptr::null_mut();
-        // SAFETY: `inline` has room for `argc` values; `argc` receives the actual count.
-        let status = unsafe {
-            sys::napi_get_cb_info(
-                env,
-                info,
-                &mut argc,
-                inline.as_mut_ptr(),
-                ptr::null_mut(),
-                &mut data,
-            )
+        // SAFETY: the arguments of this callback.
+        let Some((inline, argc, data)) = (unsafe { callback_args::<INLINE>(env, info) }) else {
+            let error = JsError::internal("cannot read the arguments");
+            // SAFETY: `env` is the environment of the running callback.
+            return unsafe { finish(env, Err(error)) };
         };
         let mut heap = Vec::new();
-        let args: Result<&[sys::napi_value], JsError> = if status != sys::Status::napi_ok {
-            Err(JsError::internal("cannot read the arguments"))
-        } else if argc <= INLINE {
+        let args: Result<&[sys::napi_value], JsError> = if argc <= INLINE {
             Ok(&inline[..argc])
         } else {
             heap.resize(argc, ptr::null_mut());
@@ -809,60 +785,40 @@ pub mod fast {
             .map_err(|_| JsError::internal("cannot create the result"))
     }
 
-    /// A scalar store's value: an integer number in range.
-    ///
-    /// # Safety
-    /// `env` and `value` must belong to the running callback.
-    unsafe fn scalar_arg(
-        env: sys::napi_env,
-        value: sys::napi_value,
-        max: u64,
-    ) -> Result<u64, JsError> {
-        let mut number = 0f64;
-        // SAFETY: a query on a value of the running callback.
-        if unsafe { sys::napi_get_value_double(env, value, &mut number) } != sys::Status::napi_ok {
-            return Err(JsError::arg_type("value must be an integer number"));
-        }
-        js_api::args::scalar(number, max, "value")
+    /// Declares a fast-path callback: `$name(env, info)` hands its arguments to `$runner`
+    /// ([`call`] with the argument count, or [`call_variadic`]), which runs the body with the
+    /// environment, the memory state and the arguments, and throws what it fails with.
+    macro_rules! fast_path {
+        ($(#[$doc:meta])* $name:ident, $runner:expr, |$env:ident, $state:ident, $args:ident| $body:expr) => {
+            $(#[$doc])*
+            unsafe extern "C" fn $name(
+                env: sys::napi_env,
+                info: sys::napi_callback_info,
+            ) -> sys::napi_value {
+                // SAFETY: the arguments of this callback, whose values the body reads.
+                unsafe { $runner(env, info, |$env, $state, $args| $body) }
+            }
+        };
     }
 
-    /// `readAt(gpa, dest)`.
-    unsafe extern "C" fn read_at(
-        env: sys::napi_env,
-        info: sys::napi_callback_info,
-    ) -> sys::napi_value {
-        // SAFETY: the arguments of this callback.
-        unsafe {
-            call::<2>(env, info, |env, state, args| {
-                let gpa = read_u64(env, args[0])?;
-                let dest = read_bytes(env, args[1])?;
-                // `dest` is the caller's typed array, valid during this call; it is only written
-                // through the guarded copy (it may be shared memory).
-                run(env, state, |memory| {
-                    memory.read_ptr(gpa, dest.ptr, dest.len)
-                })?;
-                undefined()
-            })
+    fast_path!(
+        /// `readAt(gpa, dest)`. `dest` is the caller's typed array, valid during this call; it
+        /// is only written through the guarded copy (it may be shared memory).
+        read_at, call::<2>, |env, state, args| {
+            let (gpa, dest) = (read_u64(env, args[0])?, read_bytes(env, args[1])?);
+            run(env, state, |memory| memory.read_ptr(gpa, dest.ptr, dest.len))?;
+            undefined()
         }
-    }
+    );
 
-    /// `writeAt(gpa, src)`.
-    unsafe extern "C" fn write_at(
-        env: sys::napi_env,
-        info: sys::napi_callback_info,
-    ) -> sys::napi_value {
-        // SAFETY: the arguments of this callback.
-        unsafe {
-            call::<2>(env, info, |env, state, args| {
-                let gpa = read_u64(env, args[0])?;
-                let src = read_bytes(env, args[1])?;
-                run(env, state, |memory| {
-                    memory.write_ptr(gpa, src.ptr.cast_const(), src.len)
-                })?;
-                undefined()
-            })
+    fast_path!(
+        /// `writeAt(gpa, src)`.
+        write_at, call::<2>, |env, state, args| {
+            let (gpa, src) = (read_u64(env, args[0])?, read_bytes(env, args[1])?);
+            run(env, state, |memory| memory.write_ptr(gpa, src.ptr.cast_const(), src.len))?;
+            undefined()
         }
-    }
+    );
 
     /// The entries of `readv(gpas, ...buffers)`/`writev(gpas, ...buffers)`: the GPAs (see
     /// [`read_gpas`]) and one typed array or `DataView` per entry.
@@ -894,102 +850,86 @@ pub mod fast {
             .collect()
     }
 
-    /// `readv(gpas, ...buffers)`.
-    unsafe extern "C" fn readv(
-        env: sys::napi_env,
-        info: sys::napi_callback_info,
-    ) -> sys::napi_value {
-        // SAFETY: the arguments of this callback.
-        unsafe {
-            call_variadic(env, info, |env, state, args| {
-                let entries = vectored_entries(env, args)?;
-                // Each buffer is the caller's typed array or DataView, valid during this call;
-                // it is only written through the guarded copies (it may be shared memory).
-                run(env, state, |memory| memory.read_v_ptr(&entries))?;
-                undefined()
-            })
+    fast_path!(
+        /// `readv(gpas, ...buffers)`. Each buffer is the caller's typed array or DataView, valid
+        /// during this call; it is only written through the guarded copies (it may be shared
+        /// memory).
+        readv, call_variadic, |env, state, args| {
+            let entries = vectored_entries(env, args)?;
+            run(env, state, |memory| memory.read_v_ptr(&entries))?;
+            undefined()
         }
-    }
+    );
 
-    /// `writev(gpas, ...buffers)`.
-    unsafe extern "C" fn writev(
-        env: sys::napi_env,
-        info: sys::napi_callback_info,
-    ) -> sys::napi_value {
-        // SAFETY: the arguments of this callback.
-        unsafe {
-            call_variadic(env, info, |env, state, args| {
-                let entries = vectored_entries(env, args)?;
-                run(env, state, |memory| memory.write_v_ptr(&entries))?;
-                undefined()
-            })
+    fast_path!(
+        /// `writev(gpas, ...buffers)`.
+        writev, call_variadic, |env, state, args| {
+            let entries = vectored_entries(env, args)?;
+            run(env, state, |memory| memory.write_v_ptr(&entries))?;
+            undefined()
         }
-    }
+    );
 
-    macro_rules! read_scalar {
-        ($name:ident, $ty:ty) => {
-            /// A scalar load `(gpa)`.
-            unsafe extern "C" fn $name(
-                env: sys::napi_env,
-                info: sys::napi_callback_info,
-            ) -> sys::napi_value {
-                // SAFETY: the arguments of this callback.
-                unsafe {
-                    call::<1>(env, info, |env, state, args| {
-                        let gpa = read_u64(env, args[0])?;
-                        let loaded = run(env, state, |memory| memory.read_plain::<$ty>(gpa))?;
-                        value(env, loaded)
-                    })
+    /// Declares the scalar load `$name(gpa)` of a `$ty`, and the store `$store(gpa, value)`
+    /// whose value is read by `$read_value` (with the largest value of the type).
+    macro_rules! scalar_paths {
+        ($name:ident, $store:ident, $ty:ty, $read_value:expr) => {
+            fast_path!(
+                /// A scalar load `(gpa)`.
+                $name, call::<1>, |env, state, args| {
+                    let gpa = read_u64(env, args[0])?;
+                    let loaded = run(env, state, |memory| memory.read_plain::<$ty>(gpa))?;
+                    value(env, loaded)
                 }
-            }
+            );
+            fast_path!(
+                /// A scalar store `(gpa, value)`.
+                $store, call::<2>, |env, state, args| {
+                    let gpa = read_u64(env, args[0])?;
+                    let stored: $ty = $read_value(env, args[1], <$ty>::MAX)?;
+                    run(env, state, |memory| memory.write_plain(gpa, &stored))?;
+                    undefined()
+                }
+            );
         };
     }
 
-    read_scalar!(read_u8, u8);
-    read_scalar!(read_u16, u16);
-    read_scalar!(read_u32, u32);
-    read_scalar!(read_u64_value, u64);
-
-    macro_rules! write_number {
-        ($name:ident, $ty:ty) => {
-            /// A scalar store `(gpa, value)` of a number.
-            unsafe extern "C" fn $name(
-                env: sys::napi_env,
-                info: sys::napi_callback_info,
-            ) -> sys::napi_value {
-                // SAFETY: the arguments of this callback.
-                unsafe {
-                    call::<2>(env, info, |env, state, args| {
-                        let gpa = read_u64(env, args[0])?;
-                        let value = scalar_arg(env, args[1], <$ty>::MAX.into())?;
-                        let value = <$ty>::try_from(value).unwrap_or(<$ty>::MAX);
-                        run(env, state, |memory| memory.write_plain(gpa, &value))?;
-                        undefined()
-                    })
-                }
-            }
-        };
-    }
-
-    write_number!(write_u8, u8);
-    write_number!(write_u16, u16);
-    write_number!(write_u32, u32);
-
-    /// `writeU64(gpa, value)` (value: U64).
-    unsafe extern "C" fn write_u64(
+    /// A store's value given as a number: an integer in range for a type whose largest value
+    /// is `max`.
+    ///
+    /// # Safety
+    /// `env` and `value` must belong to the running callback.
+    unsafe fn number_value<T: TryFrom<u64> + Into<u64> + Copy>(
         env: sys::napi_env,
-        info: sys::napi_callback_info,
-    ) -> sys::napi_value {
-        // SAFETY: the arguments of this callback.
-        unsafe {
-            call::<2>(env, info, |env, state, args| {
-                let gpa = read_u64(env, args[0])?;
-                let value = read_u64(env, args[1])?;
-                run(env, state, |memory| memory.write_plain(gpa, &value))?;
-                undefined()
-            })
+        value: sys::napi_value,
+        max: T,
+    ) -> Result<T, JsError> {
+        let mut number = 0f64;
+        // SAFETY: a query on a value of the running callback.
+        if unsafe { sys::napi_get_value_double(env, value, &mut number) } != sys::Status::napi_ok {
+            return Err(JsError::arg_type("value must be an integer number"));
         }
+        let number = js_api::args::scalar(number, max.into(), "value")?;
+        Ok(T::try_from(number).unwrap_or(max))
     }
+
+    /// A u64 store's value (a number or a bigint).
+    ///
+    /// # Safety
+    /// `env` and `value` must belong to the running callback.
+    unsafe fn u64_value(
+        env: sys::napi_env,
+        value: sys::napi_value,
+        _max: u64,
+    ) -> Result<u64, JsError> {
+        // SAFETY: the caller's values.
+        unsafe { read_u64(env, value) }
+    }
+
+    scalar_paths!(read_u8, write_u8, u8, number_value);
+    scalar_paths!(read_u16, write_u16, u16, number_value);
+    scalar_paths!(read_u32, write_u32, u32, number_value);
+    scalar_paths!(read_u64_value, write_u64, u64, u64_value);
 
     type Callback = unsafe extern "C" fn(sys::napi_env, sys::napi_callback_info) -> sys::napi_value;
 
