@@ -33,7 +33,7 @@ function assertGuestError(t, fn, { code, kind, op, gpa, range, fault }) {
   return error;
 }
 
-/** The layout of S34: a 4 MiB mapping with RAM 0-1 MiB, 2-3 MiB and 3 MiB+P-4 MiB. */
+/** A 4 MiB mapping with RAM 0-1 MiB, 2-3 MiB and 3 MiB+P-4 MiB. */
 function layoutMemory(options) {
   const mapping = new SparseMapping(4 * MiB);
   mapping.alloc(0, MiB);
@@ -42,7 +42,6 @@ function layoutMemory(options) {
   return { mapping, memory: GuestMemory.fromSparseMapping(mapping, options) };
 }
 
-// Scenario 32.
 test('allocate: a 64 KiB round trip, zeroed at first, installs no handler requirement', (t) => {
   const memory = GuestMemory.allocate(0x10000);
   t.is(memory.name, 'heap');
@@ -56,14 +55,12 @@ test('allocate: a 64 KiB round trip, zeroed at first, installs no handler requir
   assertGuestError(t, () => memory.read(0xffff, 2), { code: 'ERR_GUEST_MEMORY_OUT_OF_RANGE', kind: 'OutOfRange', op: 'read', gpa: 0xffff });
 });
 
-// Scenario 33.
 test('allocate rounds up to 4 KiB', (t) => {
   t.is(GuestMemory.allocate(1).maxAddress, 4096n);
   t.is(GuestMemory.allocate(4097n).maxAddress, 8192n);
   t.is(GuestMemory.allocate(0).maxAddress, 0n);
 });
 
-// Scenario 34.
 test('a layout with holes: round trips in RAM, kind Other (ERR_GUEST_MEMORY_FAULT) in holes', (t) => {
   const { memory } = layoutMemory();
   t.is(memory.name, 'sparse');
@@ -107,7 +104,6 @@ test('a layout with holes: round trips in RAM, kind Other (ERR_GUEST_MEMORY_FAUL
   t.regex(t.throws(() => named.readU8(MiB)).message, /^guest memory 'ram': read error/);
 });
 
-// Scenario 35.
 test('OutOfRange at and beyond maxAddress, with bit 63, and without wrap-around', (t) => {
   const mapping = new SparseMapping(16 * P);
   mapping.alloc(0, 16 * P);
@@ -127,7 +123,6 @@ test('OutOfRange at and beyond maxAddress, with bit 63, and without wrap-around'
   t.is(memory.readU8(max - 1n), 0);
 });
 
-// Scenario 36.
 test('zero-length operations succeed anywhere, even at 2^64-1', (t) => {
   const memory = GuestMemory.fromSparseMapping(new SparseMapping(P));
   const top = (1n << 64n) - 1n;
@@ -141,7 +136,6 @@ test('zero-length operations succeed anywhere, even at 2^64-1', (t) => {
   t.is(GuestMemory.empty().readAt(top, new Uint8Array(0)), undefined);
 });
 
-// Scenario 37.
 test('on-demand mapping: pageFault maps each missing page and answers retry', (t) => {
   const mapping = new SparseMapping(16 * P);
   const calls = [];
@@ -170,7 +164,6 @@ test('on-demand mapping: pageFault maps each missing page and answers retry', (t
   t.deepEqual(calls, [[BigInt(10 * P), 4n, false]]);
 });
 
-// Scenario 38.
 test('read-only on demand: zero pages for reads, failed writes at the exact byte', (t) => {
   const mapping = new SparseMapping(16 * P);
   mapping.alloc(0, P);
@@ -197,7 +190,6 @@ test('read-only on demand: zero pages for reads, failed writes at the exact byte
   t.is(memory.readU8(P - 1), 0x5a);
 });
 
-// Scenario 39.
 test('a pageFault failing with a kind reports that kind at the faulting byte', (t) => {
   const mapping = new SparseMapping(4 * P);
   mapping.alloc(0, P);
@@ -220,7 +212,6 @@ test('a pageFault failing with a kind reports that kind at the faulting byte', (
   }
 });
 
-// Scenario 40.
 test('pageFault answering fallback runs readFallback once with the original gpa and length', (t) => {
   const mapping = new SparseMapping(4 * P);
   mapping.alloc(0, P);
@@ -281,7 +272,6 @@ test('the write, fill and compare-exchange fallbacks receive their operations', 
   t.is(memory.readU16(16), 0xbeef);
 });
 
-// Scenario 41.
 test('a pageFault that always retries hits the retry cap (kind Other), not a hang', (t) => {
   const mapping = new SparseMapping(4 * P);
   let calls = 0;
@@ -365,7 +355,6 @@ test('pageFault may call back into the same memory (re-entrant, no locks held)',
   t.is(memory.readU8(1), 1);
 });
 
-// Scenario 42.
 test('compare-exchange semantics for every width', (t) => {
   const mapping = new SparseMapping(4 * P);
   mapping.alloc(0, P);
@@ -404,7 +393,6 @@ test('compare-exchange semantics for every width', (t) => {
   t.deepEqual(faults, [[BigInt(P), 8n, true]]);
 });
 
-// Scenario 43.
 test('compare-exchange on a read-only page fails even on a mismatch; probes', (t) => {
   const mapping = new SparseMapping(4 * P);
   mapping.alloc(0, P);
@@ -468,7 +456,6 @@ test('scalar loads and stores are little-endian and range-checked', (t) => {
   t.is(memory.readU64(0), 0x0102030405060708n, 'rejected stores changed nothing');
 });
 
-// Scenario 46.
 test('subranges: own GPA 0, bounds, op "subrange", and parent-relative pageFault addresses', (t) => {
   const seen = [];
   const { memory } = layoutMemory({
@@ -500,7 +487,6 @@ test('subranges: own GPA 0, bounds, op "subrange", and parent-relative pageFault
   assertGuestError(t, () => nested.readU8(P), { code: 'ERR_GUEST_MEMORY_OUT_OF_RANGE', kind: 'OutOfRange' });
 });
 
-// Scenario 47.
 test('lockGpns: page contents, holes, overflow, and one unlock per lock', async (t) => {
   const { memory } = layoutMemory();
   memory.writeAt(0, pattern(2 * P, 1));
@@ -573,7 +559,6 @@ test('lockGpns: page contents, holes, overflow, and one unlock per lock', async 
   t.is(assertGuestError(t, () => failing.lockGpns([0]), { code: 'ERR_GUEST_MEMORY_OTHER', kind: 'Other', op: 'lock' }).cause, boom);
 });
 
-// Scenario 49.
 test('probes over writable and read-only pages, partial pages, no change to memory', (t) => {
   const mapping = new SparseMapping(8 * P);
   mapping.alloc(0, P);
@@ -587,11 +572,10 @@ test('probes over writable and read-only pages, partial pages, no change to memo
   // Partial page (offset 100, len 500) on the writable page: every byte probes writable.
   for (let gpa = 100; gpa < 600; gpa += 37) t.true(memory.probeWritable(gpa));
   t.true(memory.read(0, 2 * P).equals(before));
-  // The S48 JS part: a paged range larger than its pages is a RangeError.
+  // A paged range larger than its pages is a RangeError.
   t.throws(() => memory.readRange({ offset: 1, len: 4096, gpns: [1] }, Buffer.alloc(4096)), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE' });
 });
 
-// Scenario 50.
 test('readRange/writeRange/zeroRange move bytes to gpn*4096+offset', (t) => {
   const memory = GuestMemory.allocate(16 * P);
   const range = { offset: 0x123, len: 2 * P, gpns: [7, 2, 11n] };
@@ -639,7 +623,6 @@ test('readRange/writeRange/zeroRange move bytes to gpn*4096+offset', (t) => {
   assertGuestError(t, () => memory.readRange({ offset: 0, len: 1, gpns: [2n ** 52n] }, Buffer.alloc(1)), { code: 'ERR_GUEST_MEMORY_OUT_OF_RANGE', kind: 'OutOfRange' });
 });
 
-// Scenario 51.
 test('GuestMemory.empty(): every non-empty access is OutOfRange', (t) => {
   const empty = GuestMemory.empty();
   t.is(empty.maxAddress, 0n);

@@ -11,7 +11,6 @@ const { pattern } = require('./helpers/data');
 
 const { SparseMapping, GuestMemory, GuestMemoryError } = mb;
 
-// Scenario 30.
 test('readAtAsync of an inaccessible page rejects with a GuestMemoryError; the process survives', async (t) => {
   const mapping = new SparseMapping(4 * P);
   mapping.alloc(0, P);

@@ -19,7 +19,6 @@ function findings(result) {
     .map((line) => JSON.parse(line));
 }
 
-// Scenario 26.
 test('in this process: after initialize(), a wasm out-of-bounds load is a catchable RuntimeError', (t) => {
   mb.initialize();
   t.is(mb.handlerStatus(), 'installed');
@@ -35,7 +34,6 @@ test('in this process: after initialize(), a wasm out-of-bounds load is a catcha
 for (const flags of [[], ['--disable-wasm-trap-handler']]) {
   const label = flags.length ? ' (--disable-wasm-trap-handler)' : '';
 
-  // Scenario 26.
   test(`in a fresh process${label}: wasm traps before and after initialize()`, async (t) => {
     const result = await runChild(child, { nodeArgs: flags, args: ['wasm'] });
     t.is(result.status, 0, result.stderr);
@@ -47,7 +45,6 @@ for (const flags of [[], ['--disable-wasm-trap-handler']]) {
     t.is(f.afterGuarded, 'RuntimeError');
   });
 
-  // Scenario 27.
   test(`a fault outside our routines kills the child with SIGSEGV, not SIGABRT${label}`, async (t) => {
     const started = Date.now();
     const result = await runChild(child, { nodeArgs: flags, args: ['foreign'] });
@@ -57,7 +54,6 @@ for (const flags of [[], ['--disable-wasm-trap-handler']]) {
     t.true(Date.now() - started < 30000, 'promptly, no hang');
   });
 
-  // Scenario 27.
   test(`process.kill(process.pid, 'SIGSEGV') still kills with SIGSEGV${label}`, async (t) => {
     const result = await runChild(child, { nodeArgs: flags, args: ['kill'] });
     t.is(result.signal, 'SIGSEGV', `status ${result.status}, stderr: ${result.stderr}`);
@@ -65,7 +61,6 @@ for (const flags of [[], ['--disable-wasm-trap-handler']]) {
   });
 }
 
-// Scenario 28.
 test('initialize() 100 times and mappings in several workers: one handler, and a foreign fault still kills at once', async (t) => {
   const started = Date.now();
   const result = await runChild(child, { args: ['idempotent'] });
@@ -79,7 +74,6 @@ test('initialize() 100 times and mappings in several workers: one handler, and a
   t.true(Date.now() - started < 30000, 'no self-recursion on the foreign fault');
 });
 
-// Scenario 29.
 test('an unseen displacement (libuv handler without our listener hooks) is re-armed by new mappings, memories, subranges and initialize(), warning once', async (t) => {
   let result = await runChild(child, { args: ['displace'] });
   if (result.status !== 0 || findings(result).length === 0) {
@@ -164,7 +158,6 @@ test('re-arming while a SIGSEGV listener is present, then removing it, keeps was
   t.is(lines[1]?.steps.wasm, 'RuntimeError');
 });
 
-// Scenario 52.
 test('a process that only uses GuestMemory.allocate installs no handler; a SparseMapping does', async (t) => {
   const result = await runChild(child, { args: ['lazy'] });
   t.is(result.status, 0, result.stderr);

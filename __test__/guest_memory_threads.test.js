@@ -1,7 +1,7 @@
-// Guest memory from worker_threads: handles (toHandle/fromHandle), S31 (a worker remapping a
-// SparseMapping while the main thread copies through a GuestMemory over it, and the reverse),
-// S44 (atomicity across threads), S49's concurrent writer, S26/S28 from several workers, and
-// where the JavaScript hooks of a memory run when other threads use it.
+// Guest memory from worker_threads: handles (toHandle/fromHandle), a worker remapping a
+// SparseMapping while the main thread copies through a GuestMemory over it (and the reverse),
+// atomicity across threads, a concurrent writer, the fault handler initialised from several
+// workers (wasm traps stay theirs), and where the JavaScript hooks of a memory run when other threads use it.
 'use strict';
 const test = require('ava');
 const { Worker, threadId } = require('node:worker_threads');
@@ -65,7 +65,6 @@ test.serial('handles reopen a SparseMapping and a GuestMemory in a worker of thi
   t.is(memory.read(P, 11).toString(), 'from worker');
 });
 
-// Scenario 31 (JS).
 test.serial('a worker toggles unmap/alloc while the main thread copies 1 MiB; every access succeeds or fails with a guest error', async (t) => {
   const mapping = new SparseMapping(2 * MiB);
   mapping.alloc(0, MiB);
@@ -104,14 +103,13 @@ test.serial('a worker toggles unmap/alloc while the main thread copies 1 MiB; ev
   t.true(toggles > 0, 'the worker remapped');
   t.true(counts.ok > 0, `accesses succeeded: ${JSON.stringify(counts)}`);
   t.true(counts.failed > 0, `accesses raced with unmapping: ${JSON.stringify(counts)} (${toggles} toggles)`);
-  t.log(`S31: ${counts.ok} accesses succeeded, ${counts.failed} failed with guest errors, ${toggles} remaps`);
+  t.log(`${counts.ok} accesses succeeded, ${counts.failed} failed with guest errors, ${toggles} remaps`);
   // The worker stopped with the range allocated: a round trip succeeds.
   const data = Buffer.alloc(MiB, 0xa7);
   memory.writeAt(0, data);
   t.true(memory.read(0, MiB).equals(data));
 });
 
-// Scenario 31 (JS).
 test.serial('the main thread remaps while a worker copies through a GuestMemory handle', async (t) => {
   const mapping = new SparseMapping(MiB);
   mapping.alloc(0, MiB);
@@ -137,7 +135,6 @@ test.serial('the main thread remaps while a worker copies through a GuestMemory 
   t.is(memory.readU64(0), 42n);
 });
 
-// Scenario 44.
 test.serial('8 threads x 100 000 compare-exchange increments of one u64 make exactly 800 000', async (t) => {
   const memory = GuestMemory.allocate(P);
   // A handle opens once: one per worker.
@@ -146,10 +143,9 @@ test.serial('8 threads x 100 000 compare-exchange increments of one u64 make exa
   for (const r of results) t.is(r.error, undefined, JSON.stringify(r.error));
   await Promise.all(workers.map((w) => w.exited));
   t.is(memory.readU64(0), 800000n);
-  t.log(`S44: ${results.reduce((sum, r) => sum + r.conflicts, 0)} CAS conflicts were retried`);
+  t.log(`${results.reduce((sum, r) => sum + r.conflicts, 0)} CAS conflicts were retried`);
 });
 
-// Scenario 44.
 test.serial('aligned writeU64 of 0 and 2^64-1 from two threads never tears for readU64', async (t) => {
   const mapping = new SparseMapping(P);
   mapping.alloc(0, P);
@@ -174,7 +170,6 @@ test.serial('aligned writeU64 of 0 and 2^64-1 from two threads never tears for r
   t.log(`torn-read check: ${[...seen.entries()].map(([v, n]) => `${v === 0n ? '0' : 'max'}×${n}`).join(', ')}`);
 });
 
-// Scenario 49.
 test.serial('probeWritable (CAS v→v) never loses a concurrent writer\'s update', async (t) => {
   const memory = GuestMemory.allocate(P);
   const w = start('writer', { memory: memory.toHandle(), gpa: 0, count: 200000 });

@@ -8,7 +8,6 @@ const G = GiB;
 const M = MiB;
 const layoutError = (code) => ({ instanceOf: mb.MemoryLayoutError, code });
 
-// Scenario 34.
 test('new: 1 TiB of RAM around two gaps is three RAM ranges, with every derived size', (t) => {
   const l = MemoryLayout.new(TiB, [range(G, 2n * G), range(3n * G, 4n * G)]);
   t.deepEqual(l.ram.map((r) => [String(r.range), r.vnode]), [
@@ -42,7 +41,6 @@ test('new: RAM that ends below the gaps is one range; ramAboveHighMmio and endOf
   t.is(b.endOfRamOrMmio, 2n * G);
 });
 
-// Scenario 37.
 test('new: a zero or unaligned RAM size is BadSize', (t) => {
   for (const size of [0, TiB + 1n, 0x800]) {
     const e = t.throws(() => MemoryLayout.new(size, [range(G, 2n * G)]), layoutError('ERR_BAD_SIZE'));
@@ -52,7 +50,6 @@ test('new: a zero or unaligned RAM size is BadSize', (t) => {
   }
 });
 
-// Scenario 38.
 test('new without gaps: one RAM range; endOfRamOrMmio throws where Rust panics', (t) => {
   const l = MemoryLayout.new(4n * G, []);
   t.deepEqual(l.ram.map((r) => String(r.range)), ['0x0-0x100000000']);

@@ -13,7 +13,6 @@ async function activeMappers(manager) {
   return Object.fromEntries(mappings.map((m) => [m.range.toString(), m.activeMappers]));
 }
 
-// Scenario 23.
 test('lazy population: no mapper holds RAM until a read faults it in, then mapper 0 does', async (t) => {
   const manager = await build(L1());
   t.deepEqual(await activeMappers(manager), { '0x0-0x40000000': [] });
@@ -27,7 +26,6 @@ test('lazy population: no mapper holds RAM until a read faults it in, then mappe
   await manager.close();
 });
 
-// Scenario 24.
 test('a read in the MMIO gap fails NoMapping; a read beyond the window fails OutOfRange without a request', async (t) => {
   const manager = await build(L1());
   const memory = await manager.client().guestMemory();
@@ -46,7 +44,6 @@ test('a read in the MMIO gap fails NoMapping; a read beyond the window fails Out
 });
 
 // "Fails NoMapping": the accessor's error carries a `cause` with code ERR_NO_MAPPING.
-// Scenario 24 (cause).
 test('the NoMapping failure carries a MemoryManagerError ERR_NO_MAPPING cause', async (t) => {
   const manager = await build(L1());
   const memory = await manager.client().guestMemory();
@@ -58,11 +55,10 @@ test('the NoMapping failure carries a MemoryManagerError ERR_NO_MAPPING cause', 
   t.true(gap.cause instanceof mb.MemoryManagerError);
 });
 
-// Scenario 25.
 test('a read straddling the end of RAM fails at the hole once RAM is populated, at its start before', async (t) => {
   const populated = await build(L1());
   const memory = await populated.client().guestMemory();
-  memory.readU8(0x1000); // populates the whole RAM mapping (S23)
+  memory.readU8(0x1000); // populates the whole RAM mapping
   const late = thrown(t, () => memory.read(0x3fff_f000, 0x2000));
   t.is(late.code, 'ERR_GUEST_MEMORY_OUT_OF_RANGE');
   t.is(late.gpa, 0x4000_0000n);
@@ -77,7 +73,6 @@ test('a read straddling the end of RAM fails at the hole once RAM is populated, 
   await fresh.close();
 });
 
-// Scenario 26.
 test('guestMemory() twice, and concurrently, shares one mapper (mapperCount 1, one VA window)', async (t) => {
   const manager = await build(L1());
   const client = manager.client();
@@ -96,7 +91,6 @@ test('guestMemory() twice, and concurrently, shares one mapper (mapperCount 1, o
   await manager.close();
 });
 
-// Scenario 53.
 test('private memory: a fault outside RAM fails with kind Other', async (t) => {
   const manager = await build(L1(), { private: true });
   const memory = await manager.client().guestMemory();

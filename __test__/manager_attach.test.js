@@ -22,7 +22,6 @@ function assertMapperError(t, error, inner) {
   t.true(error.cause.cause.message.length > 0);
 }
 
-// Scenario 15.
 test('attach VTL0 to L2: two maps with VA offsets equal to the GPAs', async (t) => {
   const manager = await build(L2());
   const partition = new RecordingPartition();
@@ -33,7 +32,6 @@ test('attach VTL0 to L2: two maps with VA offsets equal to the GPAs', async (t) 
   await manager.close();
 });
 
-// Scenario 16.
 test('attach VTL2 with an alias: alias map first, then the primary; a VTL0 recorder sees only the primary', async (t) => {
   const manager = await build(L1(), { alias: 0x1_0000_0000n });
   const vtl2 = new RecordingPartition();
@@ -50,7 +48,6 @@ test('attach VTL2 with an alias: alias map first, then the primary; a VTL0 recor
   await manager.close();
 });
 
-// Scenario 17.
 test('prefetch follows each map; a failing prefetch still lets attach succeed', async (t) => {
   const manager = await build(L1(), { prefetch: true });
   const partition = new RecordingPartition();
@@ -67,7 +64,6 @@ test('prefetch follows each map; a failing prefetch still lets attach succeed', 
   await manager.close();
 });
 
-// Scenario 18.
 test('pinning: each map is followed by a pin; with prefetch the order is map, prefetch, pin', async (t) => {
   const pinned = await build(L1(), { pin: true, x86: true });
   const partition = new RecordingPartition();
@@ -86,7 +82,6 @@ test('pinning: each map is followed by a pin; with prefetch the order is map, pr
   await both.close();
 });
 
-// Scenario 19.
 test('a pin failure unmaps the range and the whole window; PartitionMapper(Pin); later changes skip it', async (t) => {
   const manager = await build(L1(), { pin: true });
   const partition = new RecordingPartition();
@@ -106,7 +101,6 @@ test('a pin failure unmaps the range and the whole window; PartitionMapper(Pin);
   await manager.close();
 });
 
-// Scenario 20.
 test('a map failure mid-attach stops there and unmaps the whole window; PartitionMapper(Map)', async (t) => {
   const manager = await build(L1(), { x86: true });
   const partition = new RecordingPartition();
@@ -122,7 +116,6 @@ test('a map failure mid-attach stops there and unmaps the whole window; Partitio
   await manager.close();
 });
 
-// Scenario 21.
 test('a partition closed after attaching gets no calls and causes no errors', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: true });
   partition.close();
@@ -138,7 +131,6 @@ test('a partition closed after attaching gets no calls and causes no errors', as
   await manager.close();
 });
 
-// Scenario 22.
 test('attaching with a remote process is Unsupported on Linux (RemoteWithPrivateMemory is Windows-only)', async (t) => {
   for (const options of [{}, { private: true }]) {
     const manager = await build(L1(), options);
@@ -152,7 +144,6 @@ test('attaching with a remote process is Unsupported on Linux (RemoteWithPrivate
   }
 });
 
-// Scenario 57.
 test('a failed VTL2 attach is not rolled back: the alias mapper stays and gets later changes', async (t) => {
   const manager = await build(L1(), { alias: 0x1_0000_0000n });
   const partition = new RecordingPartition();
@@ -166,7 +157,6 @@ test('a failed VTL2 attach is not rolled back: the alias mapper stays and gets l
   await manager.close();
 });
 
-// Scenario 58.
 test('a visibility change reaches the alias mapping, then the primary one', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: true, alias: 0x1_0000_0000n }, Vtl.Vtl2);
   await manager.ramVisibilityControl().setRamVisibility(VGA, RamVisibility.Unmapped);

@@ -33,19 +33,16 @@ const looseBacking = (size) => SharedMemoryBacking.fromMappable(Mappable.allocSh
 
 // ----- scenarios 1-7: the build order -----
 
-// Scenario 1.
 test('private + x86 legacy + THP + an alias that cannot fit fails PrivateMemoryWithLegacy first', async (t) => {
   const b = new GuestMemoryBuilder().privateMemory(true).x86LegacySupport(true).transparentHugepages(true).vtl0AliasMap(0x1000);
   await buildFails(t, b.build(L1()), 'ERR_PRIVATE_MEMORY_WITH_LEGACY');
 });
 
-// Scenario 2.
 test('private + an existing backing fails PrivateMemoryWithExistingBacking', async (t) => {
   const b = new GuestMemoryBuilder().privateMemory(true).existingBacking(looseBacking(0x4000_0000)).transparentHugepages(false);
   await buildFails(t, b.build(L1()), 'ERR_PRIVATE_MEMORY_WITH_EXISTING_BACKING');
 });
 
-// Scenario 3.
 test('THP without private memory fails ThpWithoutPrivateMemory even when the alias would not fit', async (t) => {
   const b = new GuestMemoryBuilder().transparentHugepages(true).vtl0AliasMap(0x1000);
   await buildFails(t, b.build(L1()), 'ERR_THP_WITHOUT_PRIVATE_MEMORY');
@@ -54,7 +51,6 @@ test('THP without private memory fails ThpWithoutPrivateMemory even when the ali
   await buildFails(t, new GuestMemoryBuilder().transparentHugepages(true).build(MemoryLayout.new(1n << 63n, [MMIO])), 'ERR_THP_WITHOUT_PRIVATE_MEMORY');
 });
 
-// Scenario 4.
 test('private + THP builds on Linux, with working RAM', async (t) => {
   const manager = await new GuestMemoryBuilder().privateMemory(true).transparentHugepages(true).build(L1());
   const memory = await manager.client().guestMemory();
@@ -64,7 +60,6 @@ test('private + THP builds on Linux, with working RAM', async (t) => {
   await manager.close();
 });
 
-// Scenario 5.
 test('alias boundary: 0xFFFF_F000 does not fit an L1 guest, 0x1_0000_0000 does', async (t) => {
   await buildFails(t, build(L1(), { alias: 0xffff_f000 }), 'ERR_ALIAS_MAP_WONT_FIT');
   const manager = await build(L1(), { alias: 0x1_0000_0000n });
@@ -72,14 +67,12 @@ test('alias boundary: 0xFFFF_F000 does not fit an L1 guest, 0x1_0000_0000 does',
   await manager.close();
 });
 
-// Scenario 6.
 test('the alias check precedes the x86 check', async (t) => {
   const fromMiB = () => MemoryLayout.fromRanges([{ range: range(0x10_0000, 0x4000_0000) }], [MMIO]);
   await buildFails(t, build(fromMiB(), { x86: true, alias: 0x1000 }), 'ERR_ALIAS_MAP_WONT_FIT');
   await buildFails(t, build(fromMiB(), { x86: true }), 'ERR_INVALID_RAM_FOR_X86');
 });
 
-// Scenario 7.
 test('x86 support needs at least 1 MiB of RAM from 0', async (t) => {
   await buildFails(t, build(MemoryLayout.new(0x8_0000, [MMIO]), { x86: true }), 'ERR_INVALID_RAM_FOR_X86');
   // The same layout without x86 support builds.
@@ -173,7 +166,6 @@ test('setters are chainable and the last call wins', async (t) => {
 
 // ----- scenarios 8-14: RAM regions, backing, content -----
 
-// Scenario 8.
 test('the x86 split of L1 gives 16 RAM regions whose file offsets equal their GPAs', async (t) => {
   const manager = await build(L1(), { x86: true });
   const { regions, mappings } = await manager.inspect();
@@ -204,7 +196,7 @@ test('the x86 split of L1 gives 16 RAM regions whose file offsets equal their GP
   await manager.close();
 });
 
-// Scenario 9 (deviation D1).
+// Deviation D1 (docs/deviations.md).
 test('a first RAM range ending exactly at 1 MiB gives 15 regions and attaching completes', async (t) => {
   const manager = await build(MemoryLayout.new(0x10_0000, [MMIO]), { x86: true });
   const { regions } = await manager.inspect();
@@ -217,7 +209,6 @@ test('a first RAM range ending exactly at 1 MiB gives 15 regions and attaching c
   await manager.close();
 });
 
-// Scenario 10.
 test('dense file offsets: L2 RAM above the gap follows the RAM below it in the backing object', async (t) => {
   const manager = await build(L2());
   const { mappings } = await manager.inspect();
@@ -241,7 +232,6 @@ test('dense file offsets: L2 RAM above the gap follows the RAM below it in the b
   await manager.close();
 });
 
-// Scenario 11.
 test('VTL2 RAM: backing of 0x4400_0000 bytes, VTL2 region last at file offset 0x4000_0000, controllable', async (t) => {
   const manager = await build(L3());
   const backing = manager.sharedMemoryBacking().mappable();
@@ -259,7 +249,6 @@ test('VTL2 RAM: backing of 0x4400_0000 bytes, VTL2 region last at file offset 0x
   await manager.close();
 });
 
-// Scenario 12.
 test('backing reuse: a second manager over the first one\'s backing sees its writes, both ways', async (t) => {
   const a = await build(L1());
   const memoryA = await a.client().guestMemory();
@@ -279,7 +268,6 @@ test('backing reuse: a second manager over the first one\'s backing sees its wri
   await a.close();
 });
 
-// Scenario 13.
 test('private backing: no shared backing, no sharing, zeroed RAM, round trips, empty mapping set', async (t) => {
   const manager = await build(L1(), { private: true });
   t.is(manager.sharedMemoryBacking(), null);
@@ -296,7 +284,6 @@ test('private backing: no shared backing, no sharing, zeroed RAM, round trips, e
   await manager.close();
 });
 
-// Scenario 14.
 test('private memory ignores prefetch: no prefetch calls, RAM params prefetch false', async (t) => {
   const manager = await build(L1(), { private: true, prefetch: true });
   const partition = new RecordingPartition();

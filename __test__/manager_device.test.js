@@ -15,7 +15,7 @@ async function deviceRegions(manager) {
   return (await manager.inspect()).regions.filter((r) => r.priority === 0);
 }
 
-/** S34's setup: x86 L1, attached, a 0x20000-byte window with P at offset 0, placed at the VGA range. */
+/** The setup: x86 L1, attached, a 0x20000-byte window with P at offset 0, placed at the VGA range. */
 async function vgaDevice(t) {
   const { manager, partition } = await attached(L1(), { x86: true });
   const memory = await manager.client().guestMemory();
@@ -32,7 +32,7 @@ async function vgaDevice(t) {
 // Scenarios 34-37.
 test('a device window under RAM is inactive; unmapping VGA surfaces it; ReadWrite hides it again', async (t) => {
   const { manager, partition, memory, control, objectP } = await vgaDevice(t);
-  // S34: present, inactive, no partition calls.
+  // Present, inactive, no partition calls.
   let [device] = await deviceRegions(manager);
   t.is(device.name, 'vram');
   t.is(device.range.toString(), '0xa0000-0xc0000');
@@ -43,7 +43,7 @@ test('a device window under RAM is inactive; unmapping VGA surfaces it; ReadWrit
   t.deepEqual(partition.log(), []);
   t.is(memory.read(0xa_0000, 4).toString(), 'RAM!');
 
-  // S35: unmapping the VGA RAM surfaces the device: unmap, then one map of the whole window.
+  // Unmapping the VGA RAM surfaces the device: unmap, then one map of the whole window.
   await manager.ramVisibilityControl().setRamVisibility(VGA, RamVisibility.Unmapped);
   t.deepEqual(partition.takeLog(), [unmap(0xa_0000, 0x2_0000), map(0xa_0000, 0x2_0000)]);
   t.deepEqual(memory.read(0xa_0000, 0x1_0000), P);
@@ -57,10 +57,10 @@ test('a device window under RAM is inactive; unmapping VGA surfaces it; ReadWrit
   t.is(shared.length, 15);
   t.false(shared.some((r) => r.guestAddress === 0xa_0000n));
 
-  // S37: the unmapped half of the window is a hole.
+  // The unmapped half of the window is a hole.
   assertNoMapping(t, thrown(t, () => memory.read(0xb_0000, 1)), '0xb0000-0xb1000', 0xb_0000);
 
-  // S36: RAM returns: unmap the device window, map RAM; RAM content is back.
+  // RAM returns: unmap the device window, map RAM; RAM content is back.
   await manager.ramVisibilityControl().setRamVisibility(VGA, RamVisibility.ReadWrite);
   t.deepEqual(partition.takeLog(), [unmap(0xa_0000, 0x2_0000), map(0xa_0000, 0x2_0000)]);
   t.is(memory.read(0xa_0000, 4).toString(), 'RAM!');
@@ -78,14 +78,14 @@ test('runtime DAX: adding a mapping to a surfaced window makes no partition call
   const { manager, partition, memory, region, objectP } = await vgaDevice(t);
   await manager.ramVisibilityControl().setRamVisibility(VGA, RamVisibility.Unmapped);
   partition.clearLog();
-  // S44
+  // A mapping added while the window's RAM is unmapped goes straight to the partition path.
   const objectQ = objectWith(Q, 0x1_0000);
   await region.map(0x1_0000, objectQ, 0, 0x1_0000, true);
   t.deepEqual(partition.log(), []);
   const added = (await manager.inspect()).mappings.find((m) => m.range.start === 0xb_0000n);
   t.deepEqual(added.activeMappers, [0], 'pre-populated through the partition path');
   t.deepEqual(memory.read(0xb_0000, 0x1_0000), Q);
-  // S45
+  // Removing it leaves the other mapping.
   await region.unmap(0x1_0000, 0x1_0000);
   t.deepEqual(partition.log(), []);
   assertNoMapping(t, thrown(t, () => memory.read(0xb_0000, 1)), '0xb0000-0xb1000', 0xb_0000);
@@ -96,7 +96,6 @@ test('runtime DAX: adding a mapping to a surfaced window makes no partition call
   await manager.close();
 });
 
-// Scenario 38.
 test('a window straddling RAM fails OverlapError naming the device and ram; the window stays unplaced', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: true });
   const { control } = manager.deviceMemoryMapper().newRegion(0x2000, 'straddler');
@@ -108,7 +107,6 @@ test('a window straddling RAM fails OverlapError naming the device and ram; the 
   await manager.close();
 });
 
-// Scenario 39.
 test('identical windows in MMIO space: the first created is active; removing it activates the second', async (t) => {
   const { manager, partition } = await attached(L1());
   const memory = await manager.client().guestMemory();
@@ -132,7 +130,6 @@ test('identical windows in MMIO space: the first created is active; removing it 
   await manager.close();
 });
 
-// Scenario 40.
 test('equal-priority windows that partially overlap are refused with OverlapError', async (t) => {
   const { manager, partition } = await attached(L1());
   const a = manager.deviceMemoryMapper().newRegion(0x2000, 'a');
@@ -146,7 +143,7 @@ test('equal-priority windows that partially overlap are refused with OverlapErro
   await manager.close();
 });
 
-// Scenario 46 (deviation D2).
+// Deviation D2 (docs/deviations.md).
 test('a device unmap keeps the other mappings for a later placement', async (t) => {
   const manager = await build(L1());
   const memory = await manager.client().guestMemory();
@@ -170,7 +167,6 @@ test('a device unmap keeps the other mappings for a later placement', async (t) 
   await manager.close();
 });
 
-// Scenario 47.
 test('device input errors: InvalidInput / Unsupported, and none changes state', async (t) => {
   const { manager, partition } = await attached(L1());
   const { control, region } = manager.deviceMemoryMapper().newRegion(0x4000, 'dev');
@@ -206,7 +202,7 @@ test('device input errors: InvalidInput / Unsupported, and none changes state', 
   await manager.close();
 });
 
-// Scenario 48 (deviation D3).
+// Deviation D3 (docs/deviations.md).
 test('a window placed read-only makes a writable object read-only to the accessor', async (t) => {
   const { manager, partition } = await attached(L1());
   const memory = await manager.client().guestMemory();
@@ -224,7 +220,6 @@ test('a window placed read-only makes a writable object read-only to the accesso
   await manager.close();
 });
 
-// Scenario 49.
 test('moving a window: unmap at G1, map at G2, the mappings are seen at G2', async (t) => {
   const { manager, partition } = await attached(L1());
   const memory = await manager.client().guestMemory();
@@ -242,7 +237,6 @@ test('moving a window: unmap at G1, map at G2, the mappings are seen at G2', asy
   await manager.close();
 });
 
-// Scenario 50.
 test('a mapping made while unplaced is visible once placed', async (t) => {
   const manager = await build(L1());
   const memory = await manager.client().guestMemory();
@@ -256,7 +250,6 @@ test('a mapping made while unplaced is visible once placed', async (t) => {
   await manager.close();
 });
 
-// Scenario 51.
 test('a window beyond the VA window fails RegionOutOfRange', async (t) => {
   const { manager, partition } = await attached(L1());
   const { control } = manager.deviceMemoryMapper().newRegion(0x1000, 'far');
@@ -270,7 +263,6 @@ test('a window beyond the VA window fails RegionOutOfRange', async (t) => {
   await manager.close();
 });
 
-// Scenario 52 (via the snapshot).
 test('L2 DMA-target mappings are the two RAM mappings with their file offsets', async (t) => {
   const manager = await build(L2());
   const { control } = manager.deviceMemoryMapper().newRegion(0x1000, 'not-dma');
@@ -281,7 +273,6 @@ test('L2 DMA-target mappings are the two RAM mappings with their file offsets', 
   await manager.close();
 });
 
-// Scenario 52 (via sharing).
 test('getRegions() of a file-backed accessor lists the RAM mappings, not device ones', async (t) => {
   const manager = await build(L2());
   const { control } = manager.deviceMemoryMapper().newRegion(0x1000, 'not-dma');

@@ -16,7 +16,6 @@ async function assertInvalidRegion(t, pending, text) {
   t.is(error.message, `${text} is not a controllable RAM range`);
 }
 
-// Scenario 27.
 test('only an exact RAM region is controllable', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: true });
   const control = manager.ramVisibilityControl();
@@ -61,7 +60,6 @@ test('VGA unmapped: partition unmap, reads fail NoMapping, mapping gone; restore
   await manager.close();
 });
 
-// Scenario 30.
 test('ReadOnly: unmap then map(writable=false); accessor reads succeed, writes fail read-only', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: true });
   const memory = await manager.client().guestMemory();
@@ -84,7 +82,6 @@ test('ReadOnly: unmap then map(writable=false); accessor reads succeed, writes f
   await manager.close();
 });
 
-// Scenario 31.
 test('ReadWrite on a region already ReadWrite (no prefetch) makes no calls', async (t) => {
   const { manager, partition } = await attached(L1());
   await manager.ramVisibilityControl().setRamVisibility(RAM, RamVisibility.ReadWrite);
@@ -92,7 +89,6 @@ test('ReadWrite on a region already ReadWrite (no prefetch) makes no calls', asy
   await manager.close();
 });
 
-// Scenario 32.
 test('with prefetch, ReadWrite is a parameter change: unmap, map, no prefetch; params prefetch false', async (t) => {
   const { manager, partition } = await attached(L1(), { prefetch: true });
   await manager.ramVisibilityControl().setRamVisibility(RAM, RamVisibility.ReadWrite);
@@ -104,7 +100,6 @@ test('with prefetch, ReadWrite is a parameter change: unmap, map, no prefetch; p
   await manager.close();
 });
 
-// Scenario 33.
 test('Unmapped twice: the second call succeeds without calls', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: true });
   const control = manager.ramVisibilityControl();
@@ -115,7 +110,6 @@ test('Unmapped twice: the second call succeeds without calls', async (t) => {
   await manager.close();
 });
 
-// Scenario 54.
 test('private RAM unmapped from the partition keeps its content in the VA', async (t) => {
   const { manager, partition } = await attached(L1(), { private: true });
   const memory = await manager.client().guestMemory();
@@ -126,7 +120,7 @@ test('private RAM unmapped from the partition keeps its content in the VA', asyn
   await manager.close();
 });
 
-// Scenario 55 (deviation D5).
+// Deviation D5 (docs/deviations.md).
 test('a partition failure during a runtime change poisons the manager; the process survives', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: true });
   const control = manager.ramVisibilityControl();
@@ -157,7 +151,6 @@ test('a partition failure during a runtime change poisons the manager; the proce
   await manager.close();
 });
 
-// Scenario 56 (observable part).
 test('the partition unmap is logged and the VA invalidated before the Promise resolves', async (t) => {
   // The mapper's own event log is internal (the Rust tests check the order unmap → invalidate →
   // ack); from JavaScript: once the Promise resolves, the partition has its unmap and this

@@ -16,7 +16,6 @@ test('unit constants are bigints of powers of 1024', (t) => {
   t.is(TiB, 1n << 40n);
 });
 
-// Scenario 1.
 test('accessors, Display and number inputs', (t) => {
   const r = MemoryRange.new(0x1000, 0x3000);
   t.is(r.toString(), '0x1000-0x3000');
@@ -34,7 +33,6 @@ test('accessors, Display and number inputs', (t) => {
   t.deepEqual(JSON.parse(JSON.stringify(r)), { start: '0x1000', end: '0x3000' });
 });
 
-// Scenario 2.
 test('EMPTY and page_count_2m rounding', (t) => {
   t.is(MemoryRange.EMPTY.toString(), '0x0-0x0');
   t.is(MemoryRange.EMPTY.pageCount2m, 0n);

@@ -36,7 +36,6 @@ test('lazy chunked registration with an offset', (t) => {
   t.is(registrar.inspect().chunksRegistered, 14);
 });
 
-// Scenario 55.
 test('unaligned and zero-length requests', (t) => {
   const layout = MemoryLayout.new(8n * G, [range(3n * G, 4n * G)]);
   const rec = recorder();
@@ -55,7 +54,6 @@ test('unaligned and zero-length requests', (t) => {
   t.is(registrar.inspect().chunksRegistered, 4);
 });
 
-// Scenario 56.
 test('sticky failure with the original asymmetric error values and cause', (t) => {
   const layout = MemoryLayout.new(8n * G, [range(3n * G, 4n * G)]);
   const O = 1n << 40n;

@@ -22,7 +22,6 @@ function assertMemoryFault(t, fn, { offset, isWrite, signal = 'SIGSEGV', siCode 
   return error;
 }
 
-// Scenario 1.
 test('a zero-length mapping is InvalidInput (RangeError ERR_INVALID_INPUT)', (t) => {
   const error = t.throws(() => new SparseMapping(0), { instanceOf: RangeError, code: 'ERR_INVALID_INPUT' });
   t.is(error.message, 'length must be greater than 0');
@@ -47,7 +46,6 @@ test('lengths round up to 4 KiB, 2 MiB or 1 GiB and the base is aligned', (t) =>
   t.is(locate(mb, big, 0).base % 1024n ** 3n, 0n);
 });
 
-// Scenario 4.
 test('lengths too large to round: TypeError for unsafe numbers, InvalidInput for bigints', (t) => {
   t.throws(() => new SparseMapping(2 ** 53), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE' });
   t.throws(() => new SparseMapping(Number.MAX_VALUE), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE' });
@@ -60,7 +58,6 @@ test('lengths too large to round: TypeError for unsafe numbers, InvalidInput for
   t.is(huge.syscall, 'mmap');
 });
 
-// Scenario 5.
 test('reading reserved but unplaced VA is ERR_MEMORY (SEGV_ACCERR) and the process lives on', (t) => {
   const mapping = new SparseMapping(16 * P);
   t.is(mapping.length, BigInt(16 * P));
@@ -82,7 +79,6 @@ test('reading reserved but unplaced VA is ERR_MEMORY (SEGV_ACCERR) and the proce
   t.is(back.toString(), 'alive');
 });
 
-// Scenario 6.
 test('alloc gives zeroed read-write memory; a page of 0xCC round-trips', (t) => {
   const mapping = new SparseMapping(4 * P);
   mapping.alloc(P, P);
@@ -99,7 +95,6 @@ test('alloc gives zeroed read-write memory; a page of 0xCC round-trips', (t) => 
   t.deepEqual(Array.from(words), [0xcccccccc, 0xcccccccc, 0xcccccccc, 0xcccccccc]);
 });
 
-// Scenario 7.
 test('placement range validation and zero lengths', (t) => {
   const mapping = new SparseMapping(4 * P);
   t.throws(() => mapping.alloc(100, P), { instanceOf: RangeError, code: 'ERR_INVALID_INPUT' });
@@ -125,7 +120,6 @@ test('placement range validation and zero lengths', (t) => {
   t.is(mapping.unmap(0, 4 * P), undefined);
 });
 
-// Scenario 8.
 test('unmapping a page of an allocation: that page faults, the others keep data, VA stays reserved', (t) => {
   const mapping = new SparseMapping(5 * P);
   mapping.alloc(0, 4 * P);
@@ -148,7 +142,6 @@ test('unmapping a page of an allocation: that page faults, the others keep data,
   t.deepEqual(perms(3 * P), ['rw-p']);
 });
 
-// Scenario 9.
 test('mapZero reads zeros; a write faults with the write direction and SEGV_ACCERR', (t) => {
   const mapping = new SparseMapping(2 * P);
   mapping.mapZero(0, P);
@@ -161,7 +154,6 @@ test('mapZero reads zeros; a write faults with the write direction and SEGV_ACCE
   t.true(back.every((b) => b === 0));
 });
 
-// Scenario 10.
 test('setWritable(false) makes writes fault and keeps reads; setWritable(true) restores', (t) => {
   const mapping = new SparseMapping(P);
   mapping.alloc(0, P);
@@ -179,7 +171,6 @@ test('setWritable(false) makes writes fault and keeps reads; setWritable(true) r
   t.deepEqual([...back], [1, 9, 3]);
 });
 
-// Scenario 11.
 test('overlapping placements all succeed and the last one wins', (t) => {
   const mapping = new SparseMapping(16 * P);
   mapping.alloc(0, 8 * P);
@@ -213,7 +204,6 @@ test('overlapping placements all succeed and the last one wins', (t) => {
   t.throws(() => mapping.length, { code: 'ERR_CLOSED' });
 });
 
-// Scenario 12.
 test('a memfd is shared between views, named, close-on-exec, and not sealed', (t) => {
   const memfd = Mappable.allocSharedMemory(4 * P, 't');
   const mapping = new SparseMapping(16 * P);
@@ -249,7 +239,6 @@ test('a memfd is shared between views, named, close-on-exec, and not sealed', (t
   t.is(back.toString(), 'shared');
 });
 
-// Scenario 13.
 test('a file view beyond end of file faults with SIGBUS/BUS_ADRERR at the right offset', (t) => {
   const memfd = Mappable.allocSharedMemory(P, 'h7-s13');
   const mapping = new SparseMapping(2 * P);
@@ -267,7 +256,6 @@ test('a file view beyond end of file faults with SIGBUS/BUS_ADRERR at the right 
   t.true(page0.every((b) => b === 7));
 });
 
-// Scenario 14.
 test('mapFile errors: EACCES for a writable view of a read-only fd, EINVAL for an unaligned file offset', (t) => {
   const memfd = Mappable.allocSharedMemory(4 * P, 'h7-s14');
   const readOnlyFd = fs.openSync(`/proc/self/fd/${memfd.fd}`, 'r');
@@ -300,7 +288,6 @@ function safeReadlink(fd) {
   }
 }
 
-// Scenario 15.
 test('decommit zeroes private pages; decommit of a memfd view punches a hole seen by every view', (t) => {
   const mapping = new SparseMapping(4 * P);
   mapping.alloc(0, 4 * P);
@@ -335,7 +322,6 @@ test('decommit zeroes private pages; decommit of a memfd view punches a hole see
   t.deepEqual([...viaFile], [0, 0, 0, 0]);
 });
 
-// Scenario 16.
 test('madviseHugepage on a 2 MiB allocation; data and decommit still work', (t) => {
   const mapping = new SparseMapping(2 * MiB);
   mapping.alloc(0, 2 * MiB);
@@ -353,7 +339,6 @@ test('madviseHugepage on a 2 MiB allocation; data and decommit still work', (t) 
   t.deepEqual([...back], [0, 0, 0, 0]);
 });
 
-// Scenario 17.
 test('setName never throws; it names the VMAs where the kernel supports it', (t) => {
   const mapping = new SparseMapping(8 * P);
   mapping.alloc(0, 8 * P);
@@ -378,7 +363,6 @@ test('setName never throws; it names the VMAs where the kernel supports it', (t)
   }
 });
 
-// Scenario 18.
 test('guarded access bounds against length', (t) => {
   const mapping = new SparseMapping(P);
   mapping.alloc(0, P);
@@ -396,7 +380,6 @@ test('guarded access bounds against length', (t) => {
   t.throws(() => mapping.readAt((1n << 64n) - 1n, new Uint8Array(2)), { instanceOf: SparseMappingError, code: 'ERR_OUT_OF_BOUNDS' });
 });
 
-// Scenario 19.
 test('a read crossing from a placed page into an unplaced one faults at the boundary', (t) => {
   const mapping = new SparseMapping(4 * P);
   mapping.alloc(0, P);
@@ -414,7 +397,6 @@ test('a read crossing from a placed page into an unplaced one faults at the boun
   assertMemoryFault(t, () => mapping.writeAt(P - 8, Buffer.alloc(16, 0x11)), { offset: 8, isWrite: true });
 });
 
-// Scenario 23.
 test('fault direction: an inaccessible source is a read, a read-only destination a write', (t) => {
   const mapping = new SparseMapping(4 * P);
   mapping.alloc(0, P);

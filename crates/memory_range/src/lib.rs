@@ -695,7 +695,6 @@ mod tests {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err()
     }
 
-    // Scenario 1.
     #[test]
     fn accessors_and_formatting() {
         let range = r(0x1000, 0x3000);
@@ -713,7 +712,6 @@ mod tests {
         assert_eq!(Range::<u64>::from(range), 0x1000..0x3000);
     }
 
-    // Scenario 2.
     #[test]
     fn empty_and_page_count_2m() {
         assert_eq!(MemoryRange::EMPTY.to_string(), "0x0-0x0");
@@ -750,7 +748,6 @@ mod tests {
         assert!(MemoryRange::try_from(0x1000u64..0x800u64).is_err());
     }
 
-    // Scenario 5.
     #[test]
     fn new_panics_and_try_from_usize() {
         assert!(panics(|| MemoryRange::new(0x1000..0x1800)));
@@ -795,7 +792,6 @@ mod tests {
         assert!(panics(|| MemoryRange::bounding(5..4)));
     }
 
-    // Scenario 8.
     #[test]
     fn from_4k_gpn_range() {
         assert_eq!(pages(5, 11).to_string(), "0x5000-0xb000");
@@ -808,7 +804,6 @@ mod tests {
         assert!(panics(|| pages(3, 2)));
     }
 
-    // Scenario 9.
     #[test]
     fn alignment() {
         assert_eq!(r(0x200000, 0x400000).alignment(0), 0x200000);
@@ -822,7 +817,6 @@ mod tests {
         assert!(panics(|| r(0, 0x1000).alignment(u64::MAX)));
     }
 
-    // Scenario 10.
     #[test]
     fn aligned_subrange() {
         assert_eq!(
@@ -847,7 +841,6 @@ mod tests {
         assert!(panics(|| r(top, top).aligned_subrange(2 * MB)));
     }
 
-    // Scenario 11.
     #[test]
     fn overlaps() {
         assert!(r(0x2000, 0x2000).overlaps(&r(0x1000, 0x3000)));
@@ -857,7 +850,6 @@ mod tests {
         assert!(r(0x1000, 0x3000).overlaps(&r(0x2000, 0x4000)));
     }
 
-    // Scenario 12.
     #[test]
     fn contains() {
         let range = r(0x1000, 0x3000);
@@ -872,7 +864,6 @@ mod tests {
         assert!(!r(0x1000, 0x1000).contains_addr(0x1000));
     }
 
-    // Scenario 13.
     #[test]
     fn intersection() {
         assert_eq!(
@@ -891,7 +882,6 @@ mod tests {
         );
     }
 
-    // Scenario 14.
     #[test]
     fn split_at_offset() {
         let range = r(0x1000, 0x4000);
@@ -911,7 +901,6 @@ mod tests {
         assert!(panics(|| range.split_at_offset(0x4000)));
     }
 
-    // Scenario 15.
     #[test]
     fn offset_of() {
         let range = r(0x1000, 0x3000);
@@ -921,7 +910,6 @@ mod tests {
         assert_eq!(range.offset_of(0xfff), None);
     }
 
-    // Scenario 16.
     #[test]
     fn ordering() {
         assert!(r(0x1000, 0x2000) < r(0x1000, 0x3000));
@@ -937,7 +925,6 @@ mod tests {
         iter.collect()
     }
 
-    // Scenario 17.
     #[test]
     fn aligned_subranges_small() {
         let range = r(5 * MB + 400 * KB, 12 * MB + 400 * KB);
@@ -954,7 +941,6 @@ mod tests {
         assert_eq!(alignments, [16 * KB, 2 * MB, 16 * KB]);
     }
 
-    // Scenario 18.
     #[test]
     fn aligned_subranges_gigabytes() {
         let start = GB + 501 * MB;
@@ -971,7 +957,6 @@ mod tests {
         );
     }
 
-    // Scenario 19.
     #[test]
     fn aligned_subranges_page_edges() {
         assert_eq!(
@@ -986,7 +971,6 @@ mod tests {
         );
     }
 
-    // Scenario 20.
     #[test]
     fn aligned_subranges_max_len() {
         assert_eq!(
@@ -1013,7 +997,6 @@ mod tests {
         assert!(panics(|| unaligned.next()));
     }
 
-    // Scenario 21.
     #[test]
     fn aligned_subranges_offset() {
         let range = r(4 * MB + 8 * KB, 6 * MB + 8 * KB);
@@ -1029,7 +1012,6 @@ mod tests {
         assert!(format!("{cloned:?}").contains("AlignedSubranges"));
     }
 
-    // Scenario 22.
     #[test]
     fn walk_ranges_tags() {
         let left = [(r(MB, 4 * MB), "first"), (r(8 * MB, 12 * MB), "second")];
@@ -1051,7 +1033,6 @@ mod tests {
         );
     }
 
-    // Scenario 23.
     #[test]
     fn walk_ranges_whole_space() {
         let empty: [(MemoryRange, ()); 0] = [];
@@ -1090,7 +1071,6 @@ mod tests {
         ]
     }
 
-    // Scenario 24.
     #[test]
     fn overlapping() {
         let result: Vec<_> = overlapping_ranges(scenario_24_left(), scenario_24_right()).collect();
@@ -1106,7 +1086,6 @@ mod tests {
         );
     }
 
-    // Scenario 25.
     #[test]
     fn subtract() {
         let result: Vec<_> = subtract_ranges(scenario_24_left(), scenario_24_right()).collect();
@@ -1122,21 +1101,19 @@ mod tests {
         );
     }
 
-    // Scenario 26.
     #[test]
     #[should_panic(expected = "left not sorted")]
     fn overlapping_left_not_sorted() {
         overlapping_ranges([r(MB, 2 * MB), r(0, MB)], [r(3 * MB, 4 * MB)]).for_each(drop);
     }
 
-    // Scenario 26.
     #[test]
     #[should_panic(expected = "right not sorted")]
     fn overlapping_right_not_sorted() {
         overlapping_ranges([r(MB, 2 * MB), r(3 * MB, 4 * MB)], [r(0, MB), r(0, MB)]).for_each(drop);
     }
 
-    // Scenario 26: nothing panics until the iterator is advanced.
+    // Nothing panics until the iterator is advanced.
     #[test]
     fn unsorted_inputs_are_lazy() {
         let _left = overlapping_ranges([r(MB, 2 * MB), r(0, MB)], [r(3 * MB, 4 * MB)]);
@@ -1149,7 +1126,6 @@ mod tests {
         assert_eq!(message.downcast_ref::<String>().unwrap(), "left not sorted");
     }
 
-    // Scenario 27.
     #[test]
     fn walk_ranges_empty_elements() {
         let empty: [(MemoryRange, ()); 0] = [];
@@ -1168,7 +1144,6 @@ mod tests {
         );
     }
 
-    // Scenario 27.
     #[test]
     #[should_panic(expected = "left not sorted")]
     fn walk_ranges_empty_element_inside_previous() {
@@ -1176,7 +1151,6 @@ mod tests {
         walk_ranges([(r(0, 4 * MB), ()), (r(2 * MB, 2 * MB), ())], empty).for_each(drop);
     }
 
-    // Scenario 28.
     #[test]
     fn subtract_is_not_merged() {
         let result: Vec<_> =
@@ -1192,7 +1166,6 @@ mod tests {
         assert_eq!(result, [r(MB, 2 * MB), r(2 * MB, 3 * MB)]);
     }
 
-    // Scenario 29.
     #[test]
     fn flatten() {
         let input = [
@@ -1216,7 +1189,6 @@ mod tests {
         );
     }
 
-    // Scenario 30.
     #[test]
     fn flatten_overlaps_and_empty() {
         let result: Vec<_> =
@@ -1227,21 +1199,18 @@ mod tests {
         assert_eq!(result, input);
     }
 
-    // Scenario 31.
     #[test]
     #[should_panic(expected = "ranges are not sorted")]
     fn flatten_not_sorted() {
         flatten_ranges([pages(0, 4), pages(5, 7), pages(3, 8)]).for_each(drop);
     }
 
-    // Scenario 31.
     #[test]
     #[should_panic(expected = "ranges are not sorted")]
     fn flatten_not_sorted_inside_run() {
         flatten_ranges([pages(0, 10), pages(5, 7), pages(3, 8)]).for_each(drop);
     }
 
-    // Scenario 32.
     #[test]
     fn merge_adjacent() {
         #[derive(Debug, PartialEq)]
@@ -1278,7 +1247,6 @@ mod tests {
         assert_eq!(result.len(), 3);
     }
 
-    // Scenario 33.
     #[test]
     #[should_panic(expected = "ranges overlap")]
     fn merge_overlap() {
@@ -1286,7 +1254,6 @@ mod tests {
             .for_each(drop);
     }
 
-    // Scenario 33.
     #[test]
     #[should_panic(expected = "ranges are not sorted")]
     fn merge_not_sorted() {
@@ -1294,7 +1261,6 @@ mod tests {
             .for_each(drop);
     }
 
-    // Scenario 33.
     #[test]
     #[should_panic(expected = "ranges are not sorted")]
     fn merge_not_sorted_touching_earlier() {

@@ -757,7 +757,6 @@ mod tests {
         }
     }
 
-    // Scenario 53.
     fn chunk_count(mode: Mode) {
         let layout = layout_53();
         let ram: Vec<MemoryRange> = layout.ram().iter().map(|r| r.range).collect();
@@ -775,7 +774,6 @@ mod tests {
         assert_eq!(inspect.chunks_registered, 0);
     }
 
-    // Scenario 54.
     fn registration_with_offset(mode: Mode) {
         const O: u64 = 1 << 50;
         let harness = harness(mode, &layout_53(), O, None);
@@ -807,7 +805,6 @@ mod tests {
         );
     }
 
-    // Scenario 55.
     fn page_widening_and_tail(mode: Mode) {
         let harness = harness(mode, &layout(8 * G, &[range(3 * G..4 * G)]), 0, None);
         assert_eq!(harness.inspect().chunk_count, 5);
@@ -828,7 +825,6 @@ mod tests {
         assert_eq!(harness.inspect().chunks_registered, 4);
     }
 
-    // Scenario 56.
     fn sticky_failure(mode: Mode) {
         const O: u64 = 1 << 40;
         let harness = harness(
@@ -851,7 +847,6 @@ mod tests {
         assert_eq!(harness.inspect().chunks_registered, 2);
     }
 
-    // Scenario 57.
     fn failure_in_first_chunk(mode: Mode) {
         let harness = harness(mode, &layout_53(), 0, Some(0x20000));
         assert_eq!(
@@ -862,7 +857,6 @@ mod tests {
         assert_eq!(harness.inspect().chunks_registered, 0);
     }
 
-    // Scenario 58.
     fn multi_chunk_failure(mode: Mode) {
         let harness = harness(mode, &layout(16 * G, &[]), 0, Some(6 * G));
         let attempted = vec![
@@ -896,7 +890,6 @@ mod tests {
         assert!(catch(|| registrar.register(128 * G, 1)).is_err());
     }
 
-    // Scenario 59.
     fn bitmap_bounds(mode: Mode) {
         let harness = harness(mode, &layout(4 * G, &[]), 0, None);
         assert_eq!(harness.inspect().chunk_count, 2);
@@ -906,7 +899,6 @@ mod tests {
         assert!(harness.log.borrow().is_empty());
     }
 
-    // Scenario 60.
     fn unaligned_offset_panics(mode: Mode) {
         let harness = harness(mode, &layout(4 * G, &[]), 0x800, None);
         assert!(harness.call_panics(0, 1));

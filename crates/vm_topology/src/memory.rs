@@ -578,7 +578,6 @@ mod tests {
         assert_eq!(layout.end_of_ram_or_mmio(), TB + 2 * GB);
     }
 
-    // Scenario 34.
     #[test]
     fn new_around_two_gaps() {
         let layout = MemoryLayout::new(TB, &two_gaps(), None).unwrap();
@@ -587,7 +586,6 @@ mod tests {
         assert_eq!(layout.vtl2_range(), None);
     }
 
-    // Scenario 35.
     #[test]
     fn ram_below_the_first_gap() {
         let layout = MemoryLayout::new(512 * MB, &two_gaps(), None).unwrap();
@@ -599,7 +597,6 @@ mod tests {
         assert_eq!(layout.max_ram_below_4gb(), Some(512 * MB));
     }
 
-    // Scenario 36.
     #[test]
     fn ram_ending_at_the_only_gap() {
         let layout = MemoryLayout::new(GB, &[r(GB, 2 * GB)], None).unwrap();
@@ -608,7 +605,6 @@ mod tests {
         assert_eq!(layout.end_of_ram_or_mmio(), 2 * GB);
     }
 
-    // Scenario 37.
     #[test]
     fn bad_size() {
         for size in [0, TB + 1, 0x800] {
@@ -618,7 +614,6 @@ mod tests {
         }
     }
 
-    // Scenario 38.
     #[test]
     fn no_gaps() {
         let layout = MemoryLayout::new(4 * GB, &[], None).unwrap();
@@ -631,7 +626,6 @@ mod tests {
         assert!(panics(|| layout.end_of_ram_or_mmio()));
     }
 
-    // Scenario 39.
     #[test]
     fn gap_at_zero() {
         let err = MemoryLayout::new(GB, &[r(0, GB)], None).unwrap_err();
@@ -639,7 +633,6 @@ mod tests {
         assert_eq!(err.to_string(), "invalid memory or MMIO ranges");
     }
 
-    // Scenario 40.
     #[test]
     fn touching_gaps() {
         let gaps = [r(GB, 2 * GB), r(2 * GB, 3 * GB)];
@@ -652,7 +645,6 @@ mod tests {
         assert_eq!(layout.end_of_ram_or_mmio(), 3 * GB);
     }
 
-    // Scenario 41.
     #[test]
     fn invalid_gaps() {
         let unsorted = [r(3 * GB, 4 * GB), r(GB, 2 * GB)];
@@ -666,7 +658,6 @@ mod tests {
         );
     }
 
-    // Scenario 42.
     #[test]
     fn vtl2_above_everything() {
         let vtl2 = r(4 * GB, 4 * GB + 64 * MB);
@@ -684,7 +675,6 @@ mod tests {
         assert_eq!(layout.end_of_ram_or_mmio(), 4 * GB);
     }
 
-    // Scenario 43.
     #[test]
     fn vtl2_between_gaps() {
         let vtl2 = r(2 * GB, 2 * GB + 64 * MB);
@@ -693,7 +683,6 @@ mod tests {
         assert_eq!(ram_ranges(&layout), [r(0, GB)]);
     }
 
-    // Scenario 44.
     #[test]
     fn vtl2_overlaps_or_is_empty() {
         for vtl2 in [
@@ -710,7 +699,6 @@ mod tests {
         }
     }
 
-    // Scenario 45.
     #[test]
     fn vtl2_inside_ram() {
         assert_eq!(
@@ -811,7 +799,6 @@ mod tests {
         assert_eq!(layout.ram_size(), top - 2 * GB);
     }
 
-    // Scenario 46.
     #[test]
     fn from_ranges_matches_new() {
         let memory = [
@@ -823,7 +810,6 @@ mod tests {
         assert_scenario_34_figures(&layout);
     }
 
-    // Scenario 47.
     #[test]
     fn from_ranges_without_ram() {
         assert_eq!(
@@ -832,7 +818,6 @@ mod tests {
         );
     }
 
-    // Scenario 48.
     #[test]
     fn from_ranges_overlap_or_unsorted_gaps() {
         assert_eq!(
@@ -846,7 +831,6 @@ mod tests {
         );
     }
 
-    // Scenario 49.
     #[test]
     fn from_ranges_with_vnodes() {
         let memory = [node(0, 2 * GB, 0), node(2 * GB, 6 * GB, 1)];
@@ -858,7 +842,6 @@ mod tests {
         assert!(panics(|| layout.end_of_ram_or_mmio()));
     }
 
-    // Scenario 50.
     #[test]
     fn from_ranges_not_at_zero() {
         let layout =
@@ -877,7 +860,6 @@ mod tests {
         );
     }
 
-    // Scenario 51.
     #[test]
     fn probe_with_vtl2() {
         let vtl2 = r(4 * GB, 4 * GB + 64 * MB);
@@ -899,7 +881,6 @@ mod tests {
         }
     }
 
-    // Scenario 52.
     #[test]
     fn probe_from_ranges() {
         let memory = [

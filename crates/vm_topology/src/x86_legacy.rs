@@ -125,7 +125,6 @@ mod tests {
         }
     }
 
-    // Scenario 61.
     #[test]
     fn split_first_range() {
         let layout = MemoryLayout::new(2 * GB, &[r(2 * GB, 4 * GB)], None).unwrap();
@@ -139,7 +138,6 @@ mod tests {
         assert_dense_offsets(&regions);
     }
 
-    // Scenario 62.
     #[test]
     fn split_keeps_other_ranges_and_vtl2() {
         let vtl2 = r(16 * GB, 16 * GB + 64 * 1024 * 1024);
@@ -172,7 +170,6 @@ mod tests {
         );
     }
 
-    // Scenario 63.
     #[test]
     fn invalid_ram() {
         let layouts = [
@@ -197,7 +194,6 @@ mod tests {
         }
     }
 
-    // Scenario 64.
     #[test]
     fn exactly_one_megabyte_has_no_empty_region() {
         let layout = MemoryLayout::new(MB, &[], None).unwrap();
