@@ -4,12 +4,13 @@
 // rounds, a flipped bit, a cut connection, a held stream). Checks memory, visibility, device
 // windows, the payload and the figures after a migration; the coded errors and the state of
 // both sides after a failure (the source unchanged with tracking stopped, nothing left at the
-// destination, the stream left open).
+// destination, the stream left open): among them a peer of another protocol version either
+// way, and a writer faster than a throttled link (bounded by rounds, never by time).
 'use strict';
 const test = require('ava');
 const mb = require('../dist');
 const { rng, ramImage } = require('./helpers/snapshot');
-const { socketPair, relayed, memfds } = require('./helpers/migration');
+const { socketPair, relayed, throttled, withVersion, HELLO, HELLO_ACK, memfds } = require('./helpers/migration');
 
 const { GiB, MiB, KiB, range, MemoryLayout, GuestMemoryBuilder, Mappable, RamVisibility, MigrationError } = mb;
 
@@ -375,4 +376,143 @@ test('migrate and migrateFrom check their arguments', async (t) => {
   t.false(a.destroyed);
   await manager.close();
   await t.throwsAsync(manager.migrate(a, { pause: () => undefined }), { code: 'ERR_MANAGER_GONE' });
+});
+
+for (const [side, rewrites] of [
+  ['source', 'destination'],
+  ['destination', 'source'],
+]) {
+  test.serial(`a ${side} speaking another protocol version is ERR_MIGRATION_PROTOCOL at both ends, naming both versions`, async (t) => {
+    const { manager, memory } = await source(t, 13 + (side === 'source' ? 0 : 1));
+    const before = ramImage(manager);
+    const fdsBefore = memfds();
+    // The relay rewrites the first handshake frame of `side` to version 2 (checksum recomputed:
+    // a well-formed frame of a version this build does not speak).
+    const toVersion2 = (type) => (chunk, index) => (index === 0 ? withVersion(chunk, type, 2) : undefined);
+    const relay = side === 'source' ? relayed(t, toVersion2(HELLO)) : relayed(t, undefined, { onDestinationChunk: toVersion2(HELLO_ACK) });
+    let paused = false;
+    const { sent, received } = await both(
+      manager.migrate(relay.source, {
+        pause: () => {
+          paused = true;
+        },
+      }),
+      GuestMemoryBuilder.migrateFrom(relay.destination),
+    );
+    for (const [name, outcome] of [
+      ['source', sent],
+      ['destination', received],
+    ]) {
+      t.false(outcome.ok, `${name} failed`);
+      t.true(outcome.error instanceof MigrationError, `${name}: ${outcome.error?.stack}`);
+      t.is(outcome.error.code, 'ERR_MIGRATION_PROTOCOL', name);
+      t.is(outcome.error.detectedBy, rewrites, `${name}: found by the side that read version 2`);
+      t.is(outcome.error.offset, 0n, `${name}: the handshake is the first frame`);
+      t.regex(outcome.error.what, /version 2, this build version 1/, name);
+      t.regex(outcome.error.message, /version 2/, name);
+    }
+    t.false(paused, 'the guest was never paused');
+    t.false(manager.dirtyTracking().active, 'the tracking the migration started is stopped');
+    t.true(ramImage(manager).equals(before), 'the source is unchanged');
+    t.is(memfds(), fdsBefore, 'the destination built nothing (or released it)');
+    memory.writeU64(0x2000, 7n);
+    t.is(memory.readU64(0x2000), 7n, 'the source keeps running');
+    // And it migrates afterwards over a sound stream.
+    const [a, b] = await socketPair(t);
+    const again = await both(manager.migrate(a, { pause: () => undefined }), GuestMemoryBuilder.migrateFrom(b));
+    t.true(again.sent.ok, String(again.sent.error?.stack));
+    t.true(again.received.ok, String(again.received.error?.stack));
+    t.teardown(() => again.received.value.close());
+    t.true(ramImage(again.received.value).equals(ramImage(manager)));
+  });
+}
+
+/**
+ * A guest that writes faster than a link of `RATE` bytes per second drains: before every chunk
+ * the relay forwards while the guest runs, the writer rewrites all of `HOT` (1.5 MiB), so every
+ * round's remainder is the whole of it, and predicting its downtime at a measured bandwidth of
+ * at most `RATE` gives at least 750 ms, over the default 300 ms budget. Nothing here depends on
+ * how fast the machine is: the throttle only makes the link slower under load.
+ */
+const RATE = 2 * 1024 * 1024;
+const HOT = { at: HIGH.start + 8n * MiB, len: 1536 * 1024 };
+
+function fastWriter(memory) {
+  const writer = { paused: false, passes: 0 };
+  writer.hook = () => {
+    if (writer.paused) return;
+    writer.passes++;
+    memory.fillAt(HOT.at, (writer.passes % 255) + 1, HOT.len);
+  };
+  return writer;
+}
+
+test.serial('a writer faster than a throttled link: maxRounds pre-copy rounds, then paused anyway (converged: false), memory equal', async (t) => {
+  const { manager, memory } = await source(t, 15);
+  const writer = fastWriter(memory);
+  const relay = relayed(t, throttled(RATE, writer.hook));
+  const rounds = [];
+  const { sent, received } = await both(
+    manager.migrate(relay.source, {
+      maxRounds: 2,
+      pause: () => {
+        writer.paused = true;
+      },
+      onProgress: (round) => {
+        if (!rounds.includes(round)) rounds.push(round);
+      },
+    }),
+    GuestMemoryBuilder.migrateFrom(relay.destination),
+  );
+  t.true(sent.ok, String(sent.error?.stack));
+  t.true(received.ok, String(received.error?.stack));
+  const info = sent.value;
+  const destination = received.value;
+  t.teardown(() => destination.close());
+  t.false(info.converged, 'the remainder never fit the budget');
+  t.is(info.rounds, 3, 'two rounds while running, then the final one');
+  t.deepEqual(rounds, [0, 1, 2]);
+  t.true(info.bandwidthBytesPerSec <= RATE * 1.05, `the measured bandwidth ${info.bandwidthBytesPerSec} is the link's at most`);
+  for (const [round, bytes] of info.bytesPerRound.entries()) {
+    t.true(bytes >= BigInt(HOT.len), `round ${round} carried the whole hot area again: ${bytes}`);
+  }
+  t.true(writer.passes >= 2);
+  t.true(ramImage(destination).equals(ramImage(manager)), 'what the writer left arrived');
+  t.false(manager.dirtyTracking().active);
+});
+
+test.serial('a writer faster than a throttled link with a binding downtime: ERR_MIGRATION_DOWNTIME after maxRounds, never paused', async (t) => {
+  const { manager, memory } = await source(t, 16);
+  const writer = fastWriter(memory);
+  const relay = relayed(t, throttled(RATE, writer.hook));
+  const fdsBefore = memfds();
+  let paused = false;
+  const { sent, received } = await both(
+    manager.migrate(relay.source, {
+      maxRounds: 2,
+      maxDowntimeMs: 100,
+      pause: () => {
+        paused = true;
+      },
+    }),
+    GuestMemoryBuilder.migrateFrom(relay.destination),
+  );
+  t.false(sent.ok);
+  t.true(sent.error instanceof MigrationError, String(sent.error?.stack));
+  t.is(sent.error.code, 'ERR_MIGRATION_DOWNTIME');
+  t.is(sent.error.rounds, 2);
+  t.is(sent.error.maxDowntimeMs, 100);
+  t.true(sent.error.remainderBytes >= BigInt(HOT.len), String(sent.error.remainderBytes));
+  t.true(sent.error.bandwidthBytesPerSec <= RATE * 1.05, String(sent.error.bandwidthBytesPerSec));
+  t.true(sent.error.predictedMs > 100, String(sent.error.predictedMs));
+  t.regex(sent.error.message, /maxDowntimeMs/);
+  t.false(paused, 'the guest was never paused');
+  t.false(received.ok);
+  t.is(received.error.code, 'ERR_MIGRATION_ABORTED');
+  t.is(memfds(), fdsBefore, 'the destination released what it built');
+  t.false(manager.dirtyTracking().active);
+  // The source runs on: the writer's last pass is there.
+  const back = Buffer.alloc(8);
+  memory.readAt(HOT.at, back);
+  t.true(back.equals(Buffer.alloc(8, (writer.passes % 255) + 1)));
 });

@@ -32,9 +32,10 @@ async function socketPair(t) {
 /**
  * A source end and a destination end joined by a relay. `onSourceChunk(chunk, index)` runs
  * (and is awaited) before each chunk from the source is forwarded; it may return a replacement
- * chunk, or `null` to drop it. `cut()` resets the connection.
+ * chunk, or `null` to drop it; `onDestinationChunk` does the same for the other direction.
+ * `cut()` resets the connection.
  */
-function relayed(t, onSourceChunk = () => undefined) {
+function relayed(t, onSourceChunk = () => undefined, { onDestinationChunk } = {}) {
   const [source, sourceRelay] = duplexPair();
   const [destination, destinationRelay] = duplexPair();
   let index = 0;
@@ -50,10 +51,23 @@ function relayed(t, onSourceChunk = () => undefined) {
     });
   });
   sourceRelay.on('end', () => queue.then(() => destinationRelay.end()));
+  let backIndex = 0;
+  let backQueue = Promise.resolve();
   destinationRelay.on('data', (chunk) => {
-    if (!sourceRelay.destroyed) sourceRelay.write(chunk);
+    if (onDestinationChunk === undefined) {
+      if (!sourceRelay.destroyed) sourceRelay.write(chunk);
+      return;
+    }
+    const i = backIndex++;
+    destinationRelay.pause();
+    backQueue = backQueue.then(async () => {
+      const replaced = await onDestinationChunk(chunk, i);
+      const out = replaced === undefined ? chunk : replaced;
+      if (out !== null && !sourceRelay.destroyed) sourceRelay.write(out);
+      destinationRelay.resume();
+    });
   });
-  destinationRelay.on('end', () => sourceRelay.end());
+  destinationRelay.on('end', () => backQueue.then(() => sourceRelay.end()));
   // A cut connection as sockets see it: each end fails with a reset (a duplex pair does not
   // tell the other side when one side is destroyed).
   const cut = () => {
@@ -65,6 +79,58 @@ function relayed(t, onSourceChunk = () => undefined) {
     for (const s of [source, sourceRelay, destination, destinationRelay]) s.destroy();
   });
   return { source, destination, cut };
+}
+
+/**
+ * A link of at most `bytesPerSecond` for `relayed`'s `onSourceChunk`: each chunk waits its
+ * share of time before it is forwarded, so a round of N bytes takes at least N / rate (the
+ * bandwidth the source measures cannot exceed the rate, however loaded the machine).
+ * `before(chunk, index)` runs first (a guest writing while the link drains).
+ */
+function throttled(bytesPerSecond, before = () => undefined) {
+  return async (chunk, index) => {
+    const replaced = await before(chunk, index);
+    await new Promise((resolve) => setTimeout(resolve, Math.ceil((chunk.length / bytesPerSecond) * 1000)));
+    return replaced;
+  };
+}
+
+const CRC32C_TABLE = (() => {
+  const table = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
+    table[n] = c >>> 0;
+  }
+  return table;
+})();
+
+/** CRC-32C (Castagnoli) of `bytes`, as the wire format checksums frames. */
+function crc32c(bytes) {
+  let crc = 0xffffffff;
+  for (const byte of bytes) crc = CRC32C_TABLE[(crc ^ byte) & 0xff] ^ (crc >>> 8);
+  return (crc ^ 0xffffffff) >>> 0;
+}
+
+/** Frame types of the wire format (docs/migration.md) that the tests rewrite. */
+const HELLO = 1;
+const HELLO_ACK = 2;
+
+/**
+ * `chunk` (which starts with a `Hello` or `HelloAck` frame of type `type`) with the frame's
+ * protocol version replaced by `version` and its payload checksum recomputed, so the peer
+ * reads a well-formed handshake of another version. Throws if the chunk does not start so.
+ */
+function withVersion(chunk, type, version) {
+  const HEADER = 12;
+  const LEN = 24;
+  if (chunk.length < HEADER + LEN + 4 || chunk.readUInt32LE(0) !== type || chunk.readUInt32LE(4) !== LEN || chunk.toString('latin1', HEADER, HEADER + 8) !== 'MBMIGRAT') {
+    throw new Error(`the chunk does not start with a handshake frame of type ${type}: ${chunk.subarray(0, 40).toString('hex')}`);
+  }
+  const copy = Buffer.from(chunk);
+  copy.writeUInt32LE(version, HEADER + 8);
+  copy.writeUInt32LE(crc32c(copy.subarray(HEADER, HEADER + LEN)), HEADER + LEN);
+  return copy;
 }
 
 /** Open file descriptors of this process that are memfds (guest RAM, device objects). */
@@ -80,4 +146,4 @@ function memfds() {
   return count;
 }
 
-module.exports = { socketPair, relayed, memfds };
+module.exports = { socketPair, relayed, throttled, withVersion, crc32c, HELLO, HELLO_ACK, memfds };
