@@ -15,7 +15,16 @@
 //! Each also gets a line without a target against the bare *copy path* of the same bytes
 //! (`pread` from the source's RAM memfd, the same socketpair, `pwrite` into a memfd — fresh for
 //! the total, onto existing pages for the downtime), which every migration has to pay for: what
-//! the protocol adds on top of it.
+//! the protocol adds on top of it; and one against the *data floor*: the sum of the raw send,
+//! reading the same bytes out of the source's RAM memfd (`pread`, no socket) and writing them
+//! into fresh pages of a memfd (`pwrite`, no socket: page allocation and the copy). The
+//! allocation alone (`fallocate` of as many fresh pages) is printed on stderr. On a loaded
+//! 2-core machine the parts cannot overlap, so their sum is what any migration that reads the
+//! guest's pages and writes them into new memory pays.
+//!
+//! Every measurement that allocates memory (ours, the raw send, the copy path, the writes into
+//! fresh pages, the allocation) is preceded by touching and freeing 1 GiB, so that none of
+//! them pays for memory the host handed back to the outer hypervisor.
 //!
 //! Each figure is the median of interleaved runs; the spread (min–max of both) is printed on
 //! stderr. Run with `cargo bench -p membacking --bench migration`
@@ -170,6 +179,68 @@ fn copy_path(
     seconds
 }
 
+/// The seconds to `pread` the `runs` of `source`'s RAM object into a reused 1 MiB buffer: reading
+/// the guest's pages, which every migration does once.
+fn read_ram(source: &GuestMemoryManager, runs: &[(u64, u64)]) -> f64 {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
+    let backing = source.shared_memory_backing().unwrap();
+    let object = std::fs::File::from(backing.as_fd().try_clone_to_owned().unwrap());
+    let mut buffer = vec![0u8; 1 << 20];
+    let start = Instant::now();
+    for &(from, to) in runs {
+        let mut at = from;
+        while at < to {
+            let len = usize::try_from((to - at).min(1 << 20)).unwrap();
+            object.read_exact_at(&mut buffer[..len], at).unwrap();
+            at += len as u64;
+        }
+    }
+    std::hint::black_box(&buffer);
+    start.elapsed().as_secs_f64()
+}
+
+/// The seconds to put the `runs` into fresh pages of a new memfd of `size` bytes: `pwrite`
+/// from a reused 1 MiB buffer (page allocation and the copy), or with `allocate_only` a
+/// `fallocate` of the same ranges (the allocation alone).
+fn write_fresh(size: u64, runs: &[(u64, u64)], allocate_only: bool) -> f64 {
+    use std::os::unix::fs::FileExt;
+    let fd = sparse_mmap::alloc_shared_memory(usize::try_from(size).unwrap(), "fresh").unwrap();
+    let target = std::fs::File::from(fd);
+    let buffer = vec![0x5au8; 1 << 20];
+    let start = Instant::now();
+    for &(from, to) in runs {
+        if allocate_only {
+            rustix::fs::fallocate(
+                &target,
+                rustix::fs::FallocateFlags::empty(),
+                from,
+                to - from,
+            )
+            .unwrap();
+            continue;
+        }
+        let mut at = from;
+        while at < to {
+            let len = usize::try_from((to - at).min(1 << 20)).unwrap();
+            target.write_all_at(&buffer[..len], at).unwrap();
+            at += len as u64;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    drop(target);
+    seconds
+}
+
+/// The runs of `source`'s RAM object that hold data, and its size.
+fn ram_runs(source: &GuestMemoryManager) -> (Vec<(u64, u64)>, u64) {
+    use std::os::fd::AsFd;
+    let backing = source.shared_memory_backing().unwrap();
+    let object = std::fs::File::from(backing.as_fd().try_clone_to_owned().unwrap());
+    let size = object.metadata().unwrap().len();
+    (support::data_runs(object.as_fd(), size), size)
+}
+
 /// Migrates `source` over the socketpair `(ours, theirs)`; returns the figures, the seconds
 /// from the call to the acknowledgement, and closes the destination.
 fn migrate(
@@ -208,6 +279,9 @@ fn total_time() {
     let mut migration = Vec::new();
     let mut raw = Vec::new();
     let mut copy = Vec::new();
+    let (data, size) = ram_runs(&source);
+    let (mut read, mut write, mut allocate, mut floor) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut sent = 0;
     for _ in 0..runs() {
         warm_up();
@@ -219,20 +293,41 @@ fn total_time() {
         );
         sent = info.bytes;
         migration.push(seconds * 1000.0);
+        warm_up();
         raw.push(raw_send(&ours, &theirs, touched) * 1000.0);
         warm_up();
         copy.push(copy_path(&source, &ours, &theirs, None, false) * 1000.0);
+        read.push(read_ram(&source, &data) * 1000.0);
+        warm_up();
+        write.push(write_fresh(size, &data, false) * 1000.0);
+        warm_up();
+        allocate.push(write_fresh(size, &data, true) * 1000.0);
+        floor.push(raw.last().unwrap() + read.last().unwrap() + write.last().unwrap());
     }
     assert_eq!(
         sent, touched,
         "every touched byte, and only those, was sent"
     );
     eprintln!(
-        "migration_total_idle_1gib_256mib: ours {} ms, raw {} ms, copy path {} ms over {} runs",
+        "migration_total_idle_1gib_256mib: ours {} ms, raw {} ms, copy path {} ms, read RAM {} ms, write into fresh pages {} ms, allocate them (fallocate) {} ms, data floor {} ms over {} runs",
         spread(&migration),
         spread(&raw),
         spread(&copy),
+        spread(&read),
+        spread(&write),
+        spread(&allocate),
+        spread(&floor),
         migration.len()
+    );
+    let against_floor: Vec<f64> = migration.iter().zip(&floor).map(|(m, f)| m / f).collect();
+    // No target: how far the migration is from reading the pages once, sending them raw and
+    // writing them into fresh memory once.
+    println!(
+        "{{\"name\":\"migration_total_idle_1gib_256mib_vs_data_floor\",\"value\":{:.3},\"unit\":\"ms\",\"baseline\":\"the same bytes raw through the socketpair + pread from the source memfd + pwrite into fresh memfd pages (each alone, summed; allocation alone {:.1} ms)\",\"baselineValue\":{:.3},\"ratio\":{:.3}}}",
+        median(&migration),
+        median(&allocate),
+        median(&floor),
+        median(&against_floor)
     );
     let ratios: Vec<f64> = migration.iter().zip(&copy).map(|(m, c)| m / c).collect();
     // No target: what the protocol (checksums, framing, tracking, the destination's build)
@@ -312,6 +407,7 @@ fn downtime() {
     let mut raw = Vec::new();
     let mut copy = Vec::new();
     let mut remainders = Vec::new();
+    let mut floor = Vec::new();
     let mut kvm = false;
     for _ in 0..runs() {
         warm_up();
@@ -330,17 +426,23 @@ fn downtime() {
         let remainder = *info.bytes_per_round.last().unwrap();
         downtime.push(info.downtime_ms);
         remainders.push(remainder as f64);
+        warm_up();
         raw.push(raw_send(&ours, &theirs, remainder.max(PAGE as u64)) * 1000.0);
         // The same number of bytes from where the guest dirties them, onto existing pages.
         let dirtied = vec![(DIRTY_BASE, DIRTY_BASE + remainder.max(PAGE as u64))];
-        copy.push(copy_path(&source, &ours, &theirs, Some(dirtied), true) * 1000.0);
+        copy.push(copy_path(&source, &ours, &theirs, Some(dirtied.clone()), true) * 1000.0);
+        let read = read_ram(&source, &dirtied) * 1000.0;
+        warm_up();
+        let write = write_fresh(GIB, &dirtied, false) * 1000.0;
+        floor.push(raw.last().unwrap() + read + write);
         eprintln!(
-            "  run: {} rounds, bytes per round {:?}, downtime {:.3} ms, raw remainder {:.3} ms, copy path {:.3} ms",
+            "  run: {} rounds, bytes per round {:?}, downtime {:.3} ms, raw remainder {:.3} ms, copy path {:.3} ms, data floor {:.3} ms",
             info.rounds,
             info.bytes_per_round,
             info.downtime_ms,
             raw.last().unwrap(),
-            copy.last().unwrap()
+            copy.last().unwrap(),
+            floor.last().unwrap()
         );
     }
     eprintln!(
@@ -360,6 +462,14 @@ fn downtime() {
         median(&downtime),
         median(&copy),
         median(&against_copy)
+    );
+    let against_floor: Vec<f64> = downtime.iter().zip(&floor).map(|(d, f)| d / f).collect();
+    // No target: the final round's bytes read once, sent raw and written into fresh pages once.
+    println!(
+        "{{\"name\":\"migration_downtime_dirtying_1mib_per_10ms_vs_data_floor\",\"value\":{:.3},\"unit\":\"ms\",\"baseline\":\"the final round's bytes raw through the socketpair + pread from the source memfd + pwrite into fresh memfd pages (each alone, summed)\",\"baselineValue\":{:.3},\"ratio\":{:.3}}}",
+        median(&downtime),
+        median(&floor),
+        median(&against_floor)
     );
     let ratios: Vec<f64> = downtime.iter().zip(&raw).map(|(d, r)| d / r).collect();
     let (value, baseline) = (median(&downtime), median(&raw));
