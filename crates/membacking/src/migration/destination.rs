@@ -1,12 +1,15 @@
 //! The destination side of a live migration: [`GuestMemoryBuilder::migrate_from`].
 //!
-//! One thread per migration ("migrate-destination") reads the stream frame by frame and
-//! checks its grammar; a second one ("migrate-apply") checks each page's CRC-32C and writes
-//! it into the new manager's RAM (`pwrite` into the RAM object, or a fault-safe copy into
-//! private RAM) in the order received, so a later round's copy of a page wins. Pages are
-//! addressed by their offset in the RAM backing, so they land right whatever the visibility
-//! is; visibility and device windows are applied from the final manifest. A round is
-//! acknowledged once every page of it is written.
+//! One thread per migration ("migrate-destination") reads the stream frame by frame, checks
+//! its grammar and each page's CRC-32C; during the pre-copy rounds a second one
+//! ("migrate-apply") writes the pages into the new manager's RAM (`pwrite` into the RAM
+//! object, or a fault-safe copy into private RAM) in the order received, so a later round's
+//! copy of a page wins. The final round, which the guest's downtime waits for, is written by
+//! the reading thread itself: every earlier round is written by then, and on a loaded machine
+//! each hand-over between threads can cost a scheduling delay. Pages are addressed by their
+//! offset in the RAM backing, so they land right whatever the visibility is; visibility and
+//! device windows are applied from the final manifest. A round is acknowledged once every
+//! page of it is written.
 
 use super::report;
 use super::transport::MigrationTransport;
@@ -135,8 +138,8 @@ impl Receiver {
                 (start, start + (region.end.0 - region.start.0))
             })
             .collect();
-        let applier = Applier::start(destination)?;
-        let rounds = self.rounds(&applier, &backing, &options, frame.payload);
+        let mut applier = Applier::start(destination)?;
+        let rounds = self.rounds(&mut applier, &backing, &options, frame.payload);
         let stopped = applier.stop();
         let Rounds {
             buffer,
@@ -202,7 +205,7 @@ impl Receiver {
     /// `backing` holds the RAM regions' backing ranges.
     fn rounds(
         &mut self,
-        applier: &Applier,
+        applier: &mut Applier,
         backing: &[(u64, u64)],
         options: &MigrateFromOptions,
         buffer: Vec<u8>,
@@ -225,6 +228,9 @@ impl Receiver {
             }
             if begin.last {
                 self.phase = MigrationPhase::Final;
+                // Every earlier round was written (its end waited for the apply thread): the
+                // final round's pages are written here, in arrival order.
+                applier.close();
             }
             report(progress, round, 0);
             buffer = frame.payload;
@@ -262,7 +268,13 @@ impl Receiver {
                             }
                             ExtentKind::Zero => totals.zero_pages += u64::from(extent.extent.pages),
                         }
-                        buffer = applier.apply(extent, frame.payload)?;
+                        buffer = if begin.last {
+                            apply(&applier.destination, &extent, &frame.payload)
+                                .map_err(|error| self.apply_error(error))?;
+                            frame.payload
+                        } else {
+                            applier.apply(extent, frame.payload)?
+                        };
                         report(
                             options.progress.as_ref(),
                             round,
@@ -294,7 +306,9 @@ impl Receiver {
                     format!("round end {end:?} does not match what the round carried: {totals:?}"),
                 ));
             }
-            self.wait_applied(applier)?;
+            if !begin.last {
+                self.wait_applied(applier)?;
+            }
             received.extents += totals.extents;
             received.data_pages += totals.data_pages;
             received.zero_pages += totals.zero_pages;
@@ -445,9 +459,12 @@ enum Work {
     Barrier(mpsc::Sender<Result<(), ApplyError>>),
 }
 
-/// The apply thread: checks and writes extents in order; reports at barriers.
+/// The apply thread: writes extents in order; reports at barriers. `destination` is shared
+/// with the reading thread, which writes the final round itself once the thread is closed.
 struct Applier {
-    work: mpsc::SyncSender<Work>,
+    destination: Arc<Destination>,
+    /// `None` once closed.
+    work: Option<mpsc::SyncSender<Work>>,
     recycled: mpsc::Receiver<Vec<u8>>,
     allocated: std::cell::Cell<usize>,
     thread: JoinHandle<()>,
@@ -455,6 +472,8 @@ struct Applier {
 
 impl Applier {
     fn start(destination: Destination) -> Result<Self, MigrationError> {
+        let destination = Arc::new(destination);
+        let shared = destination.clone();
         let (work, queue) = mpsc::sync_channel::<Work>(QUEUED_EXTENTS);
         let (give_back, recycled) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -480,7 +499,8 @@ impl Applier {
                 source,
             })?;
         Ok(Self {
-            work,
+            destination: shared,
+            work: Some(work),
             recycled,
             allocated: std::cell::Cell::new(1),
             thread,
@@ -492,8 +512,10 @@ impl Applier {
     /// next one it gives back (so buffers are reused and never cleared again).
     fn apply(&self, frame: wire::ExtentFrame, payload: Vec<u8>) -> Result<Vec<u8>, MigrationError> {
         self.work
-            .send(Work::Extent { frame, payload })
-            .map_err(|_| MigrationError::Io {
+            .as_ref()
+            .ok_or(())
+            .and_then(|work| work.send(Work::Extent { frame, payload }).map_err(drop))
+            .map_err(|()| MigrationError::Io {
                 op: "apply a round".into(),
                 source: io::Error::other("the apply thread stopped"),
             })?;
@@ -513,13 +535,19 @@ impl Applier {
             op: "apply a round".into(),
             source: io::Error::other("the apply thread stopped"),
         };
-        self.work.send(Work::Barrier(reply)).map_err(|_| gone())?;
+        let work = self.work.as_ref().ok_or_else(gone)?;
+        work.send(Work::Barrier(reply)).map_err(|_| gone())?;
         done.recv().map_err(|_| gone())?
     }
 
+    /// Lets the thread finish what is queued and end (without waiting for it).
+    fn close(&mut self) {
+        self.work = None;
+    }
+
     /// Lets the thread finish what is queued and joins it.
-    fn stop(self) -> Result<(), MigrationError> {
-        drop(self.work);
+    fn stop(mut self) -> Result<(), MigrationError> {
+        self.close();
         self.thread.join().map_err(|_| MigrationError::Io {
             op: "apply a round".into(),
             source: io::Error::other("the apply thread panicked"),
