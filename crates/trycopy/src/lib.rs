@@ -6,7 +6,7 @@
 //! where and how it faulted, so callers can map the page and retry, take a slow path, or fail
 //! cleanly.
 //!
-//! How it works (Linux x86-64): scalar accesses and copies or fills of up to 64 bytes are inline
+//! How it works (Linux x86-64): scalar accesses and copies or fills of up to 256 bytes are inline
 //! assembly emitted at the call site (so a length known at compile time costs one straight-line
 //! sequence, like a plain copy), each recorded in a table of guarded sites; longer copies and
 //! fills call routines of one assembly block with its own fixup table (`x86_64` module). A
@@ -16,8 +16,9 @@
 //! behave as without us.
 //!
 //! Copy and fill strategies (which affect speed, never results) are described in the `x86_64`
-//! module: from 256 bytes, with AVX, destination-aligned 32-byte blocks (a measured deviation
-//! from the original's `rep movsb` from 1 KiB); otherwise the original strategy.
+//! module: up to 256 bytes, straight-line 16-byte SSE loads and stores; beyond, with AVX,
+//! destination-aligned 32-byte blocks (a measured deviation from the original's `rep movsb` from
+//! 1 KiB); otherwise the original strategy.
 //!
 //! Call [`initialize_try_copy`] once before relying on recovery: without the handler a fault
 //! takes the default action (the process dies). Guarded operations must not run on a thread that

@@ -935,12 +935,105 @@ fn inline_copies_and_fills_of_constant_length_recover_faults() {
             );
         )*};
     }
-    constant!(1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64);
+    constant!(
+        1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 127, 128, 129, 200, 255,
+        256
+    );
     // Typed copies: the byte length is `count * size_of::<T>()`.
     let mut host = [0u64; 4];
     // SAFETY: reads the inaccessible page; the fault is recovered.
     let err = unsafe { try_copy(mapping.ptr(PAGE).cast::<u64>(), host.as_mut_ptr(), 4) };
     assert_fault(&err.unwrap_err(), 0, false, libc::SIGSEGV, SEGV_ACCERR);
+}
+
+/// Checks what a fault in the middle of an inline copy or fill of `len` bytes leaves behind, the
+/// page boundary `before` bytes after the start: a fault in a load writes nothing (every load
+/// precedes the first store); a fault in a store leaves every byte before the faulting 16-byte
+/// (or narrower) store written, so at least the first `before - 15` bytes; the error names the
+/// first byte of the inaccessible page.
+fn check_site_partial_results(
+    mapping: &Mapping,
+    len: usize,
+    before: usize,
+    copy: &dyn Fn(*const u8, *mut u8) -> Result<(), MemoryError>,
+    fill: &dyn Fn(*mut u8) -> Result<(), MemoryError>,
+) {
+    let boundary = mapping.ptr(PAGE);
+    let start = mapping.ptr(PAGE - before);
+    let written = before.saturating_sub(15);
+    let source = pattern(len, len.to_le_bytes()[0]);
+    // Load fault: the source straddles into the inaccessible page.
+    // SAFETY: the first page is read-write.
+    unsafe { ptr::copy_nonoverlapping(source.as_ptr(), start, before) };
+    let mut host = vec![0xEEu8; len];
+    let err = copy(start, host.as_mut_ptr()).unwrap_err();
+    assert_fault(&err, before, false, libc::SIGSEGV, SEGV_ACCERR);
+    assert_eq!(err.address(), boundary as usize, "len {len}");
+    assert!(host.iter().all(|&b| b == 0xEE), "len {len} before {before}");
+    // Store fault: the destination straddles into the inaccessible page.
+    // SAFETY: the first page is read-write.
+    unsafe { ptr::write_bytes(start, 0, before) };
+    let err = copy(source.as_ptr(), start).unwrap_err();
+    assert_fault(&err, before, true, libc::SIGSEGV, SEGV_ACCERR);
+    assert_eq!(err.address(), boundary as usize, "len {len}");
+    for (offset, &expected) in source.iter().enumerate().take(written) {
+        assert_eq!(
+            mapping.byte(PAGE - before + offset),
+            expected,
+            "len {len} before {before} offset {offset}"
+        );
+    }
+    // SAFETY: as above.
+    unsafe { ptr::write_bytes(start, 0, before) };
+    let err = fill(start).unwrap_err();
+    assert_fault(&err, before, true, libc::SIGSEGV, SEGV_ACCERR);
+    assert_eq!(err.address(), boundary as usize, "len {len}");
+    for offset in 0..written {
+        assert_eq!(
+            mapping.byte(PAGE - before + offset),
+            0x6B,
+            "len {len} before {before} offset {offset}"
+        );
+    }
+}
+
+#[test]
+fn faults_inside_inline_copies_and_fills_leave_exact_partial_results() {
+    // Every split point of the longest inline sites (65..=256 bytes: 8 or 16 vector loads, then
+    // the stores), with a run-time length and with constant lengths.
+    initialize_try_copy();
+    let mapping = Mapping::new(2);
+    mapping.protect(1, 1, libc::PROT_NONE);
+    for len in [65usize, 96, 127, 128, 129, 200, 255, 256] {
+        for before in 1..len {
+            let len = std::hint::black_box(len);
+            check_site_partial_results(
+                &mapping,
+                len,
+                before,
+                // SAFETY: ranges in our mapping or the host buffer; faults are recovered.
+                &|src, dst| unsafe { try_copy(src, dst, len) },
+                // SAFETY: as above.
+                &|dst| unsafe { try_write_bytes(dst, 0x6B, len) },
+            );
+        }
+    }
+    macro_rules! constant {
+        ($($len:literal),*) => {$(
+            for before in [1usize, 15, 16, 17, 63, 64, 65, $len / 2, $len - 16, $len - 1] {
+                check_site_partial_results(
+                    &mapping,
+                    $len,
+                    before.min($len - 1),
+                    // SAFETY: ranges in our mapping or the host buffer; faults are recovered.
+                    &|src, dst| unsafe { try_copy(src, dst, $len) },
+                    // SAFETY: as above.
+                    &|dst| unsafe { try_write_bytes(dst, 0x6B, $len) },
+                );
+            }
+        )*};
+    }
+    constant!(17, 64, 65, 128, 129, 256);
 }
 
 #[test]

@@ -9,11 +9,10 @@
 //! object).
 //!
 //! Which code runs (speed only, never results): scalar loads, stores and compare-exchanges, and
-//! copies and fills of up to `sites::INLINE_MAX` (64) bytes, are inlined sites (no call, no
+//! copies and fills of up to `sites::INLINE_MAX` (256) bytes, are inlined sites (no call, no
 //! register saves, a compile-time length selects one straight-line sequence). Longer copies and
-//! fills call a routine: the SSE routines below `AVX_MIN` bytes (they clobber two vector
-//! registers at most), and from `AVX_MIN` the AVX routines where the CPU has AVX, detected once
-//! per process ([`has_avx`]).
+//! fills call a routine: the AVX routines where the CPU has AVX, detected once per process
+//! ([`has_avx`]), else the SSE routines.
 //!
 //! Calling convention of the routines (private to this file; callers use the safe-ish wrappers
 //! at the bottom):

@@ -29,7 +29,10 @@ use std::arch::{asm, global_asm};
 use std::mem::MaybeUninit;
 
 /// Copies and fills of at most this many bytes are inlined; longer ones call a routine.
-pub(crate) const INLINE_MAX: usize = 64;
+///
+/// Up to 256 bytes a copy still fits in the 16 SSE registers (loads of the first and the last
+/// 128 bytes, then the stores), so it needs neither a loop nor a direction check.
+pub(crate) const INLINE_MAX: usize = 256;
 
 /// The directives that record the site between the labels `2:` and `3:` of the current
 /// assembly template in the site table.
@@ -343,7 +346,7 @@ pub(crate) unsafe fn copy_small(
                 "movdqu xmmword ptr [{dst} + {tail}], {b}",
                 xmm_reg
             ),
-            _ => guarded_site!(rec;
+            33..=64 => guarded_site!(rec;
                 "movdqu {a}, xmmword ptr [{src}]",
                 "movdqu {b}, xmmword ptr [{src} + 16]",
                 "movdqu {c}, xmmword ptr [{src} + {tail}]",
@@ -354,6 +357,67 @@ pub(crate) unsafe fn copy_small(
                 "movdqu xmmword ptr [{dst} + {tail} + 16], {d}";
                 src = in(reg) src, dst = in(reg) dst, tail = in(reg) len - 32,
                 a = out(xmm_reg) _, b = out(xmm_reg) _, c = out(xmm_reg) _, d = out(xmm_reg) _,
+            ),
+            65..=128 => guarded_site!(rec;
+                "movdqu {a}, xmmword ptr [{src}]",
+                "movdqu {b}, xmmword ptr [{src} + 16]",
+                "movdqu {c}, xmmword ptr [{src} + 32]",
+                "movdqu {d}, xmmword ptr [{src} + 48]",
+                "movdqu {e}, xmmword ptr [{src} + {tail}]",
+                "movdqu {f}, xmmword ptr [{src} + {tail} + 16]",
+                "movdqu {g}, xmmword ptr [{src} + {tail} + 32]",
+                "movdqu {h}, xmmword ptr [{src} + {tail} + 48]",
+                "movdqu xmmword ptr [{dst}], {a}",
+                "movdqu xmmword ptr [{dst} + 16], {b}",
+                "movdqu xmmword ptr [{dst} + 32], {c}",
+                "movdqu xmmword ptr [{dst} + 48], {d}",
+                "movdqu xmmword ptr [{dst} + {tail}], {e}",
+                "movdqu xmmword ptr [{dst} + {tail} + 16], {f}",
+                "movdqu xmmword ptr [{dst} + {tail} + 32], {g}",
+                "movdqu xmmword ptr [{dst} + {tail} + 48], {h}";
+                src = in(reg) src, dst = in(reg) dst, tail = in(reg) len - 64,
+                a = out(xmm_reg) _, b = out(xmm_reg) _, c = out(xmm_reg) _, d = out(xmm_reg) _,
+                e = out(xmm_reg) _, f = out(xmm_reg) _, g = out(xmm_reg) _, h = out(xmm_reg) _,
+            ),
+            // 129..=INLINE_MAX: the first and the last 128 bytes, in all 16 SSE registers.
+            _ => guarded_site!(rec;
+                "movdqu {a}, xmmword ptr [{src}]",
+                "movdqu {b}, xmmword ptr [{src} + 16]",
+                "movdqu {c}, xmmword ptr [{src} + 32]",
+                "movdqu {d}, xmmword ptr [{src} + 48]",
+                "movdqu {e}, xmmword ptr [{src} + 64]",
+                "movdqu {f}, xmmword ptr [{src} + 80]",
+                "movdqu {g}, xmmword ptr [{src} + 96]",
+                "movdqu {h}, xmmword ptr [{src} + 112]",
+                "movdqu {i}, xmmword ptr [{src} + {tail}]",
+                "movdqu {j}, xmmword ptr [{src} + {tail} + 16]",
+                "movdqu {k}, xmmword ptr [{src} + {tail} + 32]",
+                "movdqu {l}, xmmword ptr [{src} + {tail} + 48]",
+                "movdqu {m}, xmmword ptr [{src} + {tail} + 64]",
+                "movdqu {n}, xmmword ptr [{src} + {tail} + 80]",
+                "movdqu {o}, xmmword ptr [{src} + {tail} + 96]",
+                "movdqu {p}, xmmword ptr [{src} + {tail} + 112]",
+                "movdqu xmmword ptr [{dst}], {a}",
+                "movdqu xmmword ptr [{dst} + 16], {b}",
+                "movdqu xmmword ptr [{dst} + 32], {c}",
+                "movdqu xmmword ptr [{dst} + 48], {d}",
+                "movdqu xmmword ptr [{dst} + 64], {e}",
+                "movdqu xmmword ptr [{dst} + 80], {f}",
+                "movdqu xmmword ptr [{dst} + 96], {g}",
+                "movdqu xmmword ptr [{dst} + 112], {h}",
+                "movdqu xmmword ptr [{dst} + {tail}], {i}",
+                "movdqu xmmword ptr [{dst} + {tail} + 16], {j}",
+                "movdqu xmmword ptr [{dst} + {tail} + 32], {k}",
+                "movdqu xmmword ptr [{dst} + {tail} + 48], {l}",
+                "movdqu xmmword ptr [{dst} + {tail} + 64], {m}",
+                "movdqu xmmword ptr [{dst} + {tail} + 80], {n}",
+                "movdqu xmmword ptr [{dst} + {tail} + 96], {o}",
+                "movdqu xmmword ptr [{dst} + {tail} + 112], {p}";
+                src = in(reg) src, dst = in(reg) dst, tail = in(reg) len - 128,
+                a = out(xmm_reg) _, b = out(xmm_reg) _, c = out(xmm_reg) _, d = out(xmm_reg) _,
+                e = out(xmm_reg) _, f = out(xmm_reg) _, g = out(xmm_reg) _, h = out(xmm_reg) _,
+                i = out(xmm_reg) _, j = out(xmm_reg) _, k = out(xmm_reg) _, l = out(xmm_reg) _,
+                m = out(xmm_reg) _, n = out(xmm_reg) _, o = out(xmm_reg) _, p = out(xmm_reg) _,
             ),
         }
     };
@@ -414,7 +478,7 @@ pub(crate) unsafe fn fill_small(dst: *mut u8, byte: u8, len: usize) -> Result<()
                 dst = in(reg) dst, tail = in(reg) len - 16, v = in(reg) pattern,
                 x = out(xmm_reg) _,
             ),
-            _ => guarded_site!(rec;
+            33..=64 => guarded_site!(rec;
                 "movq {x}, {v}",
                 "punpcklqdq {x}, {x}",
                 "movdqu xmmword ptr [{dst}], {x}",
@@ -422,6 +486,43 @@ pub(crate) unsafe fn fill_small(dst: *mut u8, byte: u8, len: usize) -> Result<()
                 "movdqu xmmword ptr [{dst} + {tail}], {x}",
                 "movdqu xmmword ptr [{dst} + {tail} + 16], {x}";
                 dst = in(reg) dst, tail = in(reg) len - 32, v = in(reg) pattern,
+                x = out(xmm_reg) _,
+            ),
+            65..=128 => guarded_site!(rec;
+                "movq {x}, {v}",
+                "punpcklqdq {x}, {x}",
+                "movdqu xmmword ptr [{dst}], {x}",
+                "movdqu xmmword ptr [{dst} + 16], {x}",
+                "movdqu xmmword ptr [{dst} + 32], {x}",
+                "movdqu xmmword ptr [{dst} + 48], {x}",
+                "movdqu xmmword ptr [{dst} + {tail}], {x}",
+                "movdqu xmmword ptr [{dst} + {tail} + 16], {x}",
+                "movdqu xmmword ptr [{dst} + {tail} + 32], {x}",
+                "movdqu xmmword ptr [{dst} + {tail} + 48], {x}";
+                dst = in(reg) dst, tail = in(reg) len - 64, v = in(reg) pattern,
+                x = out(xmm_reg) _,
+            ),
+            // 129..=INLINE_MAX: the first and the last 128 bytes.
+            _ => guarded_site!(rec;
+                "movq {x}, {v}",
+                "punpcklqdq {x}, {x}",
+                "movdqu xmmword ptr [{dst}], {x}",
+                "movdqu xmmword ptr [{dst} + 16], {x}",
+                "movdqu xmmword ptr [{dst} + 32], {x}",
+                "movdqu xmmword ptr [{dst} + 48], {x}",
+                "movdqu xmmword ptr [{dst} + 64], {x}",
+                "movdqu xmmword ptr [{dst} + 80], {x}",
+                "movdqu xmmword ptr [{dst} + 96], {x}",
+                "movdqu xmmword ptr [{dst} + 112], {x}",
+                "movdqu xmmword ptr [{dst} + {tail}], {x}",
+                "movdqu xmmword ptr [{dst} + {tail} + 16], {x}",
+                "movdqu xmmword ptr [{dst} + {tail} + 32], {x}",
+                "movdqu xmmword ptr [{dst} + {tail} + 48], {x}",
+                "movdqu xmmword ptr [{dst} + {tail} + 64], {x}",
+                "movdqu xmmword ptr [{dst} + {tail} + 80], {x}",
+                "movdqu xmmword ptr [{dst} + {tail} + 96], {x}",
+                "movdqu xmmword ptr [{dst} + {tail} + 112], {x}";
+                dst = in(reg) dst, tail = in(reg) len - 128, v = in(reg) pattern,
                 x = out(xmm_reg) _,
             ),
         }
