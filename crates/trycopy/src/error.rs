@@ -1,16 +1,13 @@
 //! The failure report of a guarded access: [`MemoryError`] and the OS detail [`FaultInfo`].
 //!
-//! The signal handler only records raw facts (fault address, signal, `si_code`, trap number) into
-//! a [`FaultRecord`] on the caller's stack; the wrapper that issued the access turns that record
-//! into a [`MemoryError`] here, attributing the fault to the destination or the source buffer.
+//! The signal handler only reports raw facts (fault address, signal, `si_code`, trap number), in
+//! two registers of the interrupted access that the wrapper reads back as a [`FaultRecord`]; the
+//! wrapper turns that record into a [`MemoryError`] here, attributing the fault to the destination
+//! or the source buffer.
 
 use std::fmt;
 
-/// Raw facts about one recovered fault, written by the signal handler.
-///
-/// The layout is shared with the handler, which writes it through a pointer that the guarded
-/// routine carries in a fixed register; it lives on the stack of the thread that faulted.
-#[repr(C)]
+/// Raw facts about one recovered fault, reported by the signal handler.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct FaultRecord {
     /// `si_addr`: the faulting data address, 0 when the kernel reports none.
@@ -21,6 +18,46 @@ pub(crate) struct FaultRecord {
     pub(crate) si_code: i32,
     /// The x86 trap number from the saved context (14 = page fault, 13 = general protection).
     pub(crate) trapno: u64,
+}
+
+impl FaultRecord {
+    /// Packs everything but the address into one non-zero status word, which the handler puts
+    /// in the interrupted access's status register: bit 0 set, the signal in bits 8..16, the
+    /// `si_code` in bits 16..48 and the trap number in bits 48..64. Lossless for what a recovered
+    /// fault carries (a signal below 256, a kernel `si_code` — always positive — and an x86
+    /// exception vector, below 256); other values are truncated to their field.
+    #[cfg_attr(
+        not(all(target_arch = "x86_64", target_os = "linux")),
+        allow(dead_code)
+    )]
+    pub(crate) fn to_status(self) -> usize {
+        let signal = self.signal.to_le_bytes()[0];
+        let si_code = u32::from_le_bytes(self.si_code.to_le_bytes());
+        let trapno = self.trapno.to_le_bytes();
+        let status = 1
+            | u64::from(signal) << 8
+            | u64::from(si_code) << 16
+            | u64::from(u16::from_le_bytes([trapno[0], trapno[1]])) << 48;
+        // x86-64 only (the caller): usize is 64 bits wide.
+        usize::try_from(status).unwrap_or(1)
+    }
+
+    /// The record that [`to_status`](Self::to_status) packed, with the fault `address`.
+    #[cold]
+    #[inline(never)]
+    #[cfg_attr(
+        not(all(target_arch = "x86_64", target_os = "linux")),
+        allow(dead_code)
+    )]
+    pub(crate) fn from_registers(address: usize, status: usize) -> Self {
+        let bytes = (status as u64).to_le_bytes();
+        Self {
+            address,
+            signal: i32::from(bytes[1]),
+            si_code: i32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]),
+            trapno: u64::from(u16::from_le_bytes([bytes[6], bytes[7]])),
+        }
+    }
 }
 
 /// Operating-system detail of a recovered fault.
@@ -175,6 +212,28 @@ mod tests {
             signal: libc::SIGSEGV,
             si_code: 2,
             trapno: 14,
+        }
+    }
+
+    #[test]
+    fn status_word_carries_every_detail_of_a_recovered_fault_and_is_never_zero() {
+        for (signal, si_code, trapno) in [
+            (libc::SIGSEGV, 1, 14),
+            (libc::SIGSEGV, 2, 14),
+            (libc::SIGBUS, 2, 14),
+            (libc::SIGSEGV, 128, 13),
+            (libc::SIGBUS, 5, 255),
+            (64, 0x7fff_ffff, 0),
+        ] {
+            let record = FaultRecord {
+                address: 0xffff_8000_0000_1234,
+                signal,
+                si_code,
+                trapno,
+            };
+            let status = record.to_status();
+            assert_ne!(status, 0);
+            assert_eq!(FaultRecord::from_registers(record.address, status), record);
         }
     }
 

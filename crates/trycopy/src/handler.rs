@@ -2,10 +2,10 @@
 //!
 //! * **Recovery.** A fault is recovered only when the kernel raised it (`si_code > 0`; a
 //!   `kill`/`raise` is never mistaken for a fault) and the saved instruction pointer lies in a
-//!   guarded routine or an inlined guarded site. The handler then writes the fault details
-//!   through the record pointer the routine carries in `r10`, sets the status register `r11` to
-//!   1, clears DF and resumes at the routine's fixup (after the site, for a site). It uses no TLS,
-//!   no allocation, no locks and cannot panic.
+//!   guarded routine or an inlined guarded site. The handler then puts the fault address in
+//!   `r10` and the other fault details, packed, in the status register `r11` (never 0), clears DF
+//!   and resumes at the routine's fixup (after the site, for a site). It writes no memory but the
+//!   saved context, uses no TLS, no allocation, no locks and cannot panic.
 //! * **Forwarding.** Every other signal goes to the action that was installed before ours,
 //!   as the kernel would have run it: a three-argument handler gets `(signal, info, context)`, a
 //!   one-argument handler gets `signal`, `SA_RESETHAND` resets the disposition first, and a
@@ -345,18 +345,17 @@ extern "C" fn fault_handler(signal: c_int, info: *mut siginfo_t, context: *mut c
                 .and_then(fixup_for)
                 .and_then(|fixup| i64::try_from(fixup).ok());
             if let Some(fixup) = fixup {
-                // The guarded routine carries the caller's record pointer in r10; the record is
-                // on the faulting thread's stack, which is always mapped.
-                let record = registers[libc::REG_R10 as usize] as *mut crate::error::FaultRecord;
-                record.write(crate::error::FaultRecord {
+                let record = crate::error::FaultRecord {
                     address: (*info).si_addr() as usize,
                     signal,
                     si_code: (*info).si_code,
                     trapno: registers[libc::REG_TRAPNO as usize].cast_unsigned(),
-                });
+                };
                 registers[libc::REG_EFL as usize] &= !DIRECTION_FLAG;
-                // The status register of routines and sites: 1 = recovered fault.
-                registers[libc::REG_R11 as usize] = 1;
+                // The output registers of routines and sites: the fault address, and the status
+                // (non-zero = recovered fault, with the other details).
+                registers[libc::REG_R10 as usize] = (record.address as u64).cast_signed();
+                registers[libc::REG_R11 as usize] = (record.to_status() as u64).cast_signed();
                 registers[libc::REG_RIP as usize] = fixup;
                 return;
             }

@@ -17,10 +17,9 @@
 //! Calling convention of the routines (private to this file; callers use the safe-ish wrappers
 //! at the bottom):
 //!
-//! * `r10` holds a pointer to the caller's [`FaultRecord`]; routines never modify it. The handler
-//!   writes the fault details through it.
-//! * `r11` is the status: the wrapper sets it to 0; the handler sets it to 1 when it resumes at
-//!   the fixup. Routines never touch it otherwise.
+//! * `r11` is the status: the wrapper sets it to 0; when the handler resumes at the fixup it sets
+//!   it to the packed fault details (never 0, see [`FaultRecord::to_status`]) and `r10` to the
+//!   fault address. Routines never touch either register otherwise.
 //! * Routines use no stack, so at any instruction `rsp` points at the return address and the
 //!   fixup (`cld; ret`) returns straight to the wrapper.
 //! * `DF` is clear on return, also on the fault path (the handler clears it in the saved flags
@@ -57,7 +56,6 @@ pub(crate) use sites::{sites as sites_for_tests, INLINE_MAX};
 
 use crate::error::FaultRecord;
 use std::arch::{asm, global_asm};
-use std::mem::MaybeUninit;
 
 /// Emits the symbol directives for one routine: hidden global function symbol and alignment.
 macro_rules! routine_header {
@@ -402,18 +400,16 @@ fn block_fixup_for(ip: usize) -> Option<usize> {
     })
 }
 
-/// Maps a routine's or site's status (`r11`) to a result.
+/// Maps a routine's or site's status (`r11`) and fault address (`r10`) to a result.
 ///
-/// The record is left uninitialized by the wrappers (it is only written on a fault, which saves
-/// three stores per call on the success path).
+/// Both registers are outputs of the access: they are only meaningful after a fault, when the
+/// handler has written them (nothing is stored on the success path).
 #[inline(always)]
-fn status_to_result(status: usize, record: MaybeUninit<FaultRecord>) -> Result<(), FaultRecord> {
+fn status_to_result(status: usize, address: usize) -> Result<(), FaultRecord> {
     if status == 0 {
         Ok(())
     } else {
-        // SAFETY: a non-zero status is only set by the fixup, which the handler enters after
-        // writing the complete record through the pointer in r10.
-        Err(unsafe { record.assume_init() })
+        Err(FaultRecord::from_registers(address, status))
     }
 }
 
@@ -483,8 +479,8 @@ unsafe fn copy_long(dst: *mut u8, src: *const u8, len: usize) -> Result<(), Faul
 /// As for [`copy`]; in addition `dst` must not lie in `(src, src + len)`.
 #[inline]
 unsafe fn copy_forward_sse(dst: *mut u8, src: *const u8, len: usize) -> Result<(), FaultRecord> {
-    let mut record = MaybeUninit::<FaultRecord>::uninit();
     let status: usize;
+    let address: usize;
     // SAFETY: the routine follows the register contract in the module comment; the caller
     // guarantees the ranges may be accessed, and faults are recovered by the handler.
     unsafe {
@@ -494,14 +490,14 @@ unsafe fn copy_forward_sse(dst: *mut u8, src: *const u8, len: usize) -> Result<(
             inout("rdi") dst => _,
             inout("rsi") src => _,
             inout("rcx") len => _,
-            in("r10") record.as_mut_ptr(),
+            out("r10") address,
             inout("r11") 0usize => status,
             out("rax") _,
             out("xmm0") _,
             out("xmm1") _,
         );
     }
-    status_to_result(status, record)
+    status_to_result(status, address)
 }
 
 /// Forward copy with destination-aligned 32-byte AVX blocks.
@@ -510,8 +506,8 @@ unsafe fn copy_forward_sse(dst: *mut u8, src: *const u8, len: usize) -> Result<(
 /// As for [`copy_forward_sse`]; in addition the CPU and OS must support AVX.
 #[inline]
 unsafe fn copy_forward_avx(dst: *mut u8, src: *const u8, len: usize) -> Result<(), FaultRecord> {
-    let mut record = MaybeUninit::<FaultRecord>::uninit();
     let status: usize;
+    let address: usize;
     // SAFETY: the routine follows the register contract in the module comment and AVX is
     // available (caller); the caller guarantees the ranges may be accessed, and faults are
     // recovered by the handler. The ABI clobber covers the full vector registers (ymm), which
@@ -523,12 +519,12 @@ unsafe fn copy_forward_avx(dst: *mut u8, src: *const u8, len: usize) -> Result<(
             inout("rdi") dst => _,
             inout("rsi") src => _,
             inout("rcx") len => _,
-            in("r10") record.as_mut_ptr(),
+            out("r10") address,
             inout("r11") 0usize => status,
             clobber_abi("C"),
         );
     }
-    status_to_result(status, record)
+    status_to_result(status, address)
 }
 
 /// Backward byte copy (destination above an overlapping source).
@@ -537,8 +533,8 @@ unsafe fn copy_forward_avx(dst: *mut u8, src: *const u8, len: usize) -> Result<(
 /// As for [`copy`].
 #[inline]
 unsafe fn copy_backward(dst: *mut u8, src: *const u8, len: usize) -> Result<(), FaultRecord> {
-    let mut record = MaybeUninit::<FaultRecord>::uninit();
     let status: usize;
+    let address: usize;
     // SAFETY: the routine follows the register contract in the module comment and leaves DF
     // clear on both paths; the caller guarantees the ranges may be accessed, and faults are
     // recovered by the handler.
@@ -549,11 +545,11 @@ unsafe fn copy_backward(dst: *mut u8, src: *const u8, len: usize) -> Result<(), 
             inout("rdi") dst => _,
             inout("rsi") src => _,
             inout("rcx") len => _,
-            in("r10") record.as_mut_ptr(),
+            out("r10") address,
             inout("r11") 0usize => status,
         );
     }
-    status_to_result(status, record)
+    status_to_result(status, address)
 }
 
 /// Sets `len` bytes at `dst` to `byte`: inline up to `sites::INLINE_MAX` bytes, else a routine.
@@ -596,8 +592,8 @@ unsafe fn fill_long(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecor
 /// As for [`fill`].
 #[inline]
 unsafe fn fill_sse(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord> {
-    let mut record = MaybeUninit::<FaultRecord>::uninit();
     let status: usize;
+    let address: usize;
     // SAFETY: the routine follows the register contract in the module comment; the caller
     // guarantees the range may be written, and faults are recovered by the handler.
     unsafe {
@@ -607,13 +603,13 @@ unsafe fn fill_sse(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord
             inout("rdi") dst => _,
             inout("rcx") len => _,
             inout("rax") u64::from(byte) => _,
-            in("r10") record.as_mut_ptr(),
+            out("r10") address,
             inout("r11") 0usize => status,
             out("rdx") _,
             out("xmm0") _,
         );
     }
-    status_to_result(status, record)
+    status_to_result(status, address)
 }
 
 /// Fill with destination-aligned 32-byte AVX stores.
@@ -622,8 +618,8 @@ unsafe fn fill_sse(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord
 /// As for [`fill`]; in addition the CPU and OS must support AVX.
 #[inline]
 unsafe fn fill_avx(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord> {
-    let mut record = MaybeUninit::<FaultRecord>::uninit();
     let status: usize;
+    let address: usize;
     // SAFETY: the routine follows the register contract in the module comment and AVX is
     // available (caller); the caller guarantees the range may be written, and faults are
     // recovered by the handler. The ABI clobber covers the full ymm registers.
@@ -634,12 +630,12 @@ unsafe fn fill_avx(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord
             inout("rdi") dst => _,
             inout("rcx") len => _,
             inout("rax") u64::from(byte) => _,
-            in("r10") record.as_mut_ptr(),
+            out("r10") address,
             inout("r11") 0usize => status,
             clobber_abi("C"),
         );
     }
-    status_to_result(status, record)
+    status_to_result(status, address)
 }
 
 #[cfg(test)]

@@ -10,9 +10,9 @@
 //! recovers a fault whose instruction pointer lies in a site (as for the routines of the block)
 //! and resumes right after the site.
 //!
-//! Register contract of a site (the same as a routine's): `r10` holds the caller's
-//! [`FaultRecord`] pointer, which the handler writes on a fault; `r11` is zero on entry and the
-//! handler sets it to 1 when it resumes after a fault. A site uses no stack. Every load of a site
+//! Register contract of a site (the same as a routine's): `r11` is zero on entry; when the
+//! handler resumes after a fault it sets `r11` to the packed fault details (never zero) and
+//! `r10` to the fault address, so a site needs no memory for its report. A site uses no stack. Every load of a site
 //! happens before its first store, so copies of up to [`INLINE_MAX`] bytes behave like `memmove`
 //! for any overlap, and a site that faults has written nothing when the fault is in a load.
 //!
@@ -26,7 +26,6 @@
 use super::status_to_result;
 use crate::error::FaultRecord;
 use std::arch::{asm, global_asm};
-use std::mem::MaybeUninit;
 
 /// Copies and fills of at most this many bytes are inlined; longer ones call a routine.
 ///
@@ -49,21 +48,22 @@ macro_rules! site_entry {
 }
 
 /// Runs a guarded site: `asm!` with the site labels around `$body`, the table entry, and the
-/// record/status registers bound; evaluates to the status (0 = success, 1 = recovered fault).
+/// status/address registers bound; evaluates to the result.
 macro_rules! guarded_site {
-    ($record:expr; $($body:literal),+ ; $($operands:tt)*) => {{
+    ($($body:literal),+ ; $($operands:tt)*) => {{
         let status: usize;
+        let address: usize;
         asm!(
             "2:",
             $($body,)+
             "3:",
             site_entry!(),
             $($operands)*
-            in("r10") $record,
+            out("r10") address,
             inout("r11") 0usize => status,
             options(nostack),
         );
-        status
+        status_to_result(status, address)
     }};
 }
 
@@ -148,18 +148,17 @@ macro_rules! read_fn {
         /// The caller accepts that `src` is read.
         #[inline(always)]
         pub(crate) unsafe fn $name(src: *const $ty) -> Result<$ty, FaultRecord> {
-            let mut record = MaybeUninit::<FaultRecord>::uninit();
             let value: u64;
             // SAFETY: one load of `src`, recovered by the handler on a fault (site contract).
-            let status = unsafe {
-                guarded_site!(record.as_mut_ptr(); $insn;
+            let result = unsafe {
+                guarded_site!($insn;
                     src = in(reg) src,
                     value = lateout(reg) value,
                 )
             };
             // The load zero-extends into the full register: truncation is exact.
             #[allow(clippy::cast_possible_truncation, reason = "the upper bits are zero")]
-            status_to_result(status, record).map(|()| value as $ty)
+            result.map(|()| value as $ty)
         }
     };
 }
@@ -178,15 +177,13 @@ macro_rules! write_fn {
         /// The caller accepts that `dst` is written.
         #[inline(always)]
         pub(crate) unsafe fn $name(dst: *mut $ty, value: $ty) -> Result<(), FaultRecord> {
-            let mut record = MaybeUninit::<FaultRecord>::uninit();
             // SAFETY: one store to `dst`, recovered by the handler on a fault (site contract).
-            let status = unsafe {
-                guarded_site!(record.as_mut_ptr(); $insn;
+            unsafe {
+                guarded_site!($insn;
                     dst = in(reg) dst,
                     value = in($class) value,
                 )
-            };
-            status_to_result(status, record)
+            }
         }
     };
 }
@@ -210,12 +207,11 @@ macro_rules! cmpxchg_fn {
             expected: $ty,
             new: $ty,
         ) -> Result<$ty, FaultRecord> {
-            let mut record = MaybeUninit::<FaultRecord>::uninit();
             let observed: u64;
             // SAFETY: one locked access to `dst`, recovered by the handler on a fault (site
             // contract).
-            let status = unsafe {
-                guarded_site!(record.as_mut_ptr(); $insn;
+            let result = unsafe {
+                guarded_site!($insn;
                     dst = in(reg) dst,
                     new = in($class) new,
                     inout("rax") u64::from(expected) => observed,
@@ -224,7 +220,7 @@ macro_rules! cmpxchg_fn {
             // `cmpxchg` of a narrow operand replaces only the low bits of `rax`, whose upper
             // bits still hold the zero-extension of `expected`: truncation is exact.
             #[allow(clippy::cast_possible_truncation, reason = "the upper bits are zero")]
-            status_to_result(status, record).map(|()| observed as $ty)
+            result.map(|()| observed as $ty)
         }
     };
 }
@@ -267,22 +263,20 @@ pub(crate) unsafe fn copy_small(
     len: usize,
 ) -> Result<(), FaultRecord> {
     debug_assert!((1..=INLINE_MAX).contains(&len));
-    let mut record = MaybeUninit::<FaultRecord>::uninit();
-    let rec = record.as_mut_ptr();
     // SAFETY: (every arm) the site reads `[src, src + len)` and writes `[dst, dst + len)` only
     // (the two halves overlap when `len` is not twice the access width), recovered by the
     // handler on a fault.
-    let status = unsafe {
+    unsafe {
         macro_rules! one {
             ($load:literal, $store:literal, $class:ident) => {
-                guarded_site!(rec; $load, $store;
+                guarded_site!($load, $store;
                     src = in(reg) src, dst = in(reg) dst, a = out($class) _,
                 )
             };
         }
         macro_rules! two {
             ($width:literal, $load_a:literal, $load_b:literal, $store_a:literal, $store_b:literal, $class:ident) => {
-                guarded_site!(rec; $load_a, $load_b, $store_a, $store_b;
+                guarded_site!($load_a, $load_b, $store_a, $store_b;
                     src = in(reg) src, dst = in(reg) dst, tail = in(reg) len - $width,
                     a = out($class) _, b = out($class) _,
                 )
@@ -346,7 +340,7 @@ pub(crate) unsafe fn copy_small(
                 "movdqu xmmword ptr [{dst} + {tail}], {b}",
                 xmm_reg
             ),
-            33..=64 => guarded_site!(rec;
+            33..=64 => guarded_site!(
                 "movdqu {a}, xmmword ptr [{src}]",
                 "movdqu {b}, xmmword ptr [{src} + 16]",
                 "movdqu {c}, xmmword ptr [{src} + {tail}]",
@@ -358,7 +352,7 @@ pub(crate) unsafe fn copy_small(
                 src = in(reg) src, dst = in(reg) dst, tail = in(reg) len - 32,
                 a = out(xmm_reg) _, b = out(xmm_reg) _, c = out(xmm_reg) _, d = out(xmm_reg) _,
             ),
-            65..=128 => guarded_site!(rec;
+            65..=128 => guarded_site!(
                 "movdqu {a}, xmmword ptr [{src}]",
                 "movdqu {b}, xmmword ptr [{src} + 16]",
                 "movdqu {c}, xmmword ptr [{src} + 32]",
@@ -380,7 +374,7 @@ pub(crate) unsafe fn copy_small(
                 e = out(xmm_reg) _, f = out(xmm_reg) _, g = out(xmm_reg) _, h = out(xmm_reg) _,
             ),
             // 129..=INLINE_MAX: the first and the last 128 bytes, in all 16 SSE registers.
-            _ => guarded_site!(rec;
+            _ => guarded_site!(
                 "movdqu {a}, xmmword ptr [{src}]",
                 "movdqu {b}, xmmword ptr [{src} + 16]",
                 "movdqu {c}, xmmword ptr [{src} + 32]",
@@ -420,8 +414,7 @@ pub(crate) unsafe fn copy_small(
                 m = out(xmm_reg) _, n = out(xmm_reg) _, o = out(xmm_reg) _, p = out(xmm_reg) _,
             ),
         }
-    };
-    status_to_result(status, record)
+    }
 }
 
 /// Sets `len` bytes at `dst` to `byte`, `1 <= len <= INLINE_MAX`. A constant `len` leaves one
@@ -432,20 +425,18 @@ pub(crate) unsafe fn copy_small(
 #[inline(always)]
 pub(crate) unsafe fn fill_small(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord> {
     debug_assert!((1..=INLINE_MAX).contains(&len));
-    let mut record = MaybeUninit::<FaultRecord>::uninit();
-    let rec = record.as_mut_ptr();
     let pattern = u64::from(byte) * 0x0101_0101_0101_0101;
     // SAFETY: (every arm) the site writes `[dst, dst + len)` only (overlapping stores when
     // `len` is not a multiple of the width), recovered by the handler on a fault.
-    let status = unsafe {
+    unsafe {
         macro_rules! one {
             ($store:literal, $class:ident, $value:expr) => {
-                guarded_site!(rec; $store; dst = in(reg) dst, v = in($class) $value,)
+                guarded_site!($store; dst = in(reg) dst, v = in($class) $value,)
             };
         }
         macro_rules! two {
             ($width:literal, $store_a:literal, $store_b:literal) => {
-                guarded_site!(rec; $store_a, $store_b;
+                guarded_site!($store_a, $store_b;
                     dst = in(reg) dst, tail = in(reg) len - $width, v = in(reg) pattern,
                 )
             };
@@ -470,7 +461,7 @@ pub(crate) unsafe fn fill_small(dst: *mut u8, byte: u8, len: usize) -> Result<()
                 "mov qword ptr [{dst}], {v}",
                 "mov qword ptr [{dst} + {tail}], {v}"
             ),
-            17..=32 => guarded_site!(rec;
+            17..=32 => guarded_site!(
                 "movq {x}, {v}",
                 "punpcklqdq {x}, {x}",
                 "movdqu xmmword ptr [{dst}], {x}",
@@ -478,7 +469,7 @@ pub(crate) unsafe fn fill_small(dst: *mut u8, byte: u8, len: usize) -> Result<()
                 dst = in(reg) dst, tail = in(reg) len - 16, v = in(reg) pattern,
                 x = out(xmm_reg) _,
             ),
-            33..=64 => guarded_site!(rec;
+            33..=64 => guarded_site!(
                 "movq {x}, {v}",
                 "punpcklqdq {x}, {x}",
                 "movdqu xmmword ptr [{dst}], {x}",
@@ -488,7 +479,7 @@ pub(crate) unsafe fn fill_small(dst: *mut u8, byte: u8, len: usize) -> Result<()
                 dst = in(reg) dst, tail = in(reg) len - 32, v = in(reg) pattern,
                 x = out(xmm_reg) _,
             ),
-            65..=128 => guarded_site!(rec;
+            65..=128 => guarded_site!(
                 "movq {x}, {v}",
                 "punpcklqdq {x}, {x}",
                 "movdqu xmmword ptr [{dst}], {x}",
@@ -503,7 +494,7 @@ pub(crate) unsafe fn fill_small(dst: *mut u8, byte: u8, len: usize) -> Result<()
                 x = out(xmm_reg) _,
             ),
             // 129..=INLINE_MAX: the first and the last 128 bytes.
-            _ => guarded_site!(rec;
+            _ => guarded_site!(
                 "movq {x}, {v}",
                 "punpcklqdq {x}, {x}",
                 "movdqu xmmword ptr [{dst}], {x}",
@@ -526,6 +517,5 @@ pub(crate) unsafe fn fill_small(dst: *mut u8, byte: u8, len: usize) -> Result<()
                 x = out(xmm_reg) _,
             ),
         }
-    };
-    status_to_result(status, record)
+    }
 }
