@@ -65,9 +65,9 @@ impl GuestMemory {
             false,
             // SAFETY: the source is reserved VA of the backing (faults are recovered); `dest` is
             // valid for `len` bytes (callers pass a live buffer).
-            |source| unsafe { trycopy::try_copy(source.cast_const(), dest, len) },
+            move |source| unsafe { trycopy::try_copy(source.cast_const(), dest, len) },
             // SAFETY: `dest` is valid for `len` bytes.
-            |backing, address| unsafe { backing.read_fallback(address, dest, len) },
+            move |backing, address| unsafe { backing.read_fallback(address, dest, len) },
         )
     }
 
@@ -85,9 +85,9 @@ impl GuestMemory {
             true,
             // SAFETY: the destination is reserved VA of the backing (faults are recovered);
             // `src` is valid for `len` bytes.
-            |destination| unsafe { trycopy::try_copy(src, destination, len) },
+            move |destination| unsafe { trycopy::try_copy(src, destination, len) },
             // SAFETY: `src` is valid for `len` bytes.
-            |backing, address| unsafe { backing.write_fallback(address, src, len) },
+            move |backing, address| unsafe { backing.write_fallback(address, src, len) },
         )
     }
 
@@ -104,8 +104,8 @@ impl GuestMemory {
             len as u64,
             true,
             // SAFETY: the destination is reserved VA of the backing (faults are recovered).
-            |destination| unsafe { trycopy::try_write_bytes(destination, val, len) },
-            |backing, address| backing.fill_fallback(address, val, len),
+            move |destination| unsafe { trycopy::try_write_bytes(destination, val, len) },
+            move |backing, address| backing.fill_fallback(address, val, len),
         )
     }
 
@@ -339,7 +339,7 @@ impl GuestMemory {
             true,
             // SAFETY: the destination is reserved VA of the backing (faults are recovered) and
             // `T` has a supported size (checked above).
-            |destination| unsafe { guarded::compare_exchange(destination, current, new) },
+            move |destination| unsafe { guarded::compare_exchange(destination, current, new) },
             |backing, address| {
                 let mut observed = current;
                 if backing.compare_exchange_fallback(
