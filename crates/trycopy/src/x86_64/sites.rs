@@ -12,9 +12,12 @@
 //!
 //! Register contract of a site (the same as a routine's): `r11` is zero on entry; when the
 //! handler resumes after a fault it sets `r11` to the packed fault details (never zero) and
-//! `r10` to the fault address, so a site needs no memory for its report. A site uses no stack. Every load of a site
-//! happens before its first store, so copies of up to [`INLINE_MAX`] bytes behave like `memmove`
-//! for any overlap, and a site that faults has written nothing when the fault is in a load.
+//! `r10` to the fault address, so a site needs no memory for its report. A site uses no stack.
+//! Every load of a site happens before its first store, so copies of up to [`INLINE_MAX`] bytes
+//! behave like `memmove` for any overlap, and a site that faults has written nothing when the
+//! fault is in a load.
+//!
+//! Long fills are a site too: one `rep stosb` ([`fill_string`]).
 //!
 //! Table entry (8 bytes, position independent, no relocation at load time): the offset of the
 //! site's first instruction from the entry, then the site's length in bytes.
@@ -414,6 +417,21 @@ pub(crate) unsafe fn copy_small(
                 m = out(xmm_reg) _, n = out(xmm_reg) _, o = out(xmm_reg) _, p = out(xmm_reg) _,
             ),
         }
+    }
+}
+
+/// Sets `len` bytes at `dst` to `byte` with one `rep stosb`: the long fills, inline like the
+/// short ones (no routine call, no CPU-feature check).
+///
+/// # Safety
+/// The caller accepts that any byte of `[dst, dst + len)` may be written.
+#[inline(always)]
+pub(crate) unsafe fn fill_string(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord> {
+    // SAFETY: the site writes `[dst, dst + len)` forward only (DF is clear, as the ABI requires
+    // at every call and the handler restores after a fault), recovered by the handler on a
+    // fault.
+    unsafe {
+        guarded_site!("rep stosb"; inout("rdi") dst => _, inout("rcx") len => _, in("al") byte,)
     }
 }
 
