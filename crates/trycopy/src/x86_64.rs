@@ -10,9 +10,10 @@
 //!
 //! Which code runs (speed only, never results): scalar loads, stores and compare-exchanges, and
 //! copies and fills of up to `sites::INLINE_MAX` (256) bytes, are inlined sites (no call, no
-//! register saves, a compile-time length selects one straight-line sequence). Longer copies and
-//! fills call a routine: the AVX routines where the CPU has AVX, detected once per process
-//! ([`has_avx`]), else the SSE routines.
+//! register saves, a compile-time length selects one straight-line sequence), and so are fills
+//! from `STRING_FILL_MIN` (1 KiB: one `rep stosb`). Other copies and fills call a routine: the
+//! AVX routines where the CPU has AVX, detected once per process ([`has_avx`]), else the SSE
+//! routines.
 //!
 //! Calling convention of the routines (private to this file; callers use the safe-ish wrappers
 //! at the bottom):
