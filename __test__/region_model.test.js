@@ -36,6 +36,12 @@ const RAM_SIGNATURE = (index) => 0x20 + index;
 const WINDOW_BYTE = (serial) => 0x80 + (serial % 0x70);
 const VISIBILITIES = [RamVisibility.Unmapped, RamVisibility.ReadOnly, RamVisibility.ReadWrite];
 const RUNS = Number(process.env.MEMBACKING_MODEL_RUNS ?? (process.env.CI ? 40 : 200));
+/**
+ * The sequences are drawn from a fixed seed, so that every run checks the same sequences and the
+ * coverage assertions below cannot fail by chance (a random seed once drew 40 sequences without
+ * an identical placement); MEMBACKING_MODEL_SEED explores others.
+ */
+const SEED = Number(process.env.MEMBACKING_MODEL_SEED ?? 7);
 
 // ─── the operations ─────────────────────────────────────────────────────────────────────────
 const windowIndex = fc.nat({ max: 7 });
@@ -335,7 +341,7 @@ test('random region-manager operation sequences match the reference model after 
       }
       sequences++;
     }),
-    { numRuns: RUNS, seed: process.env.MEMBACKING_MODEL_SEED ? Number(process.env.MEMBACKING_MODEL_SEED) : undefined, includeErrorInReport: true },
+    { numRuns: RUNS, seed: SEED, includeErrorInReport: true },
   );
   t.log(`${sequences} sequences, ${steps} steps checked; outcomes ${JSON.stringify(outcomes)}`);
   // The sequences reached the interesting cases: refused placements, surfacing and hiding.
