@@ -27,6 +27,7 @@ use sparse_mmap::Mappable;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use va_mapper::merge_adjacent_maps;
 use va_mapper::MapperMessage;
 use va_mapper::MapperShared;
 use va_mapper::MappingParams;
@@ -274,7 +275,16 @@ fn random_id() -> u128 {
 
 impl MappingManager {
     async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<MappingRequest>) {
-        while let Some(request) = receiver.next().await {
+        // A request taken from the channel while gathering a run of `SendMappings`.
+        let mut held = None;
+        loop {
+            let request = match held.take() {
+                Some(request) => request,
+                None => match receiver.next().await {
+                    Some(request) => request,
+                    None => break,
+                },
+            };
             match request {
                 MappingRequest::AddMapper(mapper, reply) => {
                     let id = self.add_mapper(mapper);
@@ -284,7 +294,21 @@ impl MappingManager {
                     }
                 }
                 MappingRequest::RemoveMapper(id) => self.remove_mapper(id),
-                MappingRequest::SendMappings(id, range) => self.send_mappings(id, range),
+                MappingRequest::SendMappings(id, range) => {
+                    // The requests already queued behind it are answered with it: each mapper
+                    // then gets its answers in one delivery, adjacent views merged.
+                    let mut requests = vec![(id, range)];
+                    while let Ok(next) = receiver.try_recv() {
+                        match next {
+                            MappingRequest::SendMappings(id, range) => requests.push((id, range)),
+                            other => {
+                                held = Some(other);
+                                break;
+                            }
+                        }
+                    }
+                    self.send_mappings(&requests);
+                }
                 MappingRequest::AddMapping(mapping, reply) => {
                     let _ = reply.send(self.add_mapping(mapping));
                 }
@@ -366,11 +390,30 @@ impl MappingManager {
             .map(|(_, &seq)| seq)
     }
 
-    /// `SendMappings(id, range)`: answers covering all of `range`, ascending.
-    fn send_mappings(&mut self, id: MapperId, range: MemoryRange) {
-        if self.mapper(id).is_none() {
-            return;
+    /// `SendMappings(id, range)` for each request: answers covering all of each range,
+    /// ascending, delivered to each mapper at once.
+    fn send_mappings(&mut self, requests: &[(MapperId, MemoryRange)]) {
+        let mut per_mapper: Vec<(MapperId, Vec<MapperMessage>)> = Vec::new();
+        for &(id, range) in requests {
+            if self.mapper(id).is_none() {
+                continue;
+            }
+            let messages = self.answers(id, range);
+            match per_mapper.iter_mut().find(|(known, _)| *known == id) {
+                Some((_, list)) => list.extend(messages),
+                None => per_mapper.push((id, messages)),
+            }
         }
+        for (id, messages) in per_mapper {
+            if let Some(mapper) = self.mapper(id) {
+                mapper.deliver(merge_adjacent_maps(messages));
+            }
+        }
+    }
+
+    /// The answers covering all of `range` for mapper `id`, ascending; marks the mapper active
+    /// in every mapping it receives.
+    fn answers(&mut self, id: MapperId, range: MemoryRange) -> Vec<MapperMessage> {
         let mut messages = Vec::new();
         let mut cursor = range.start();
         while cursor < range.end() {
@@ -404,11 +447,7 @@ impl MappingManager {
                 }
             }
         }
-        if let Some(mapper) = self.mapper(id) {
-            for message in messages {
-                mapper.push(message);
-            }
-        }
+        messages
     }
 
     /// `AddMapping`. Mappings are disjoint by construction; an overlap is an
@@ -439,21 +478,20 @@ impl MappingManager {
 
     /// `RemoveMappings(ranges)`: for each range in order, drops the mappings inside it and
     /// invalidates the whole range in every mapper that received one of them; returns once all
-    /// of them acknowledged every invalidation (a mapper that went away is skipped). The
-    /// invalidations of all ranges are sent before any acknowledgement is awaited, so the
-    /// mappers answer them in one round trip. A range that would split a mapping fails the
-    /// request; the ranges before it are removed all the same.
+    /// of them acknowledged every invalidation (a mapper that went away is skipped). Each mapper
+    /// gets one message with all of its ranges, so a run of invalidations costs one wake-up and
+    /// one acknowledgement per mapper, not per range. A range that would split a mapping fails
+    /// the request; the ranges before it are removed all the same.
     async fn remove_mappings(&mut self, ranges: &[MemoryRange]) -> Result<(), String> {
-        let mut acks = Vec::new();
+        let mut per_mapper: Vec<(MapperId, Vec<MemoryRange>)> = Vec::new();
         let mut failure = None;
         for &range in ranges {
             match self.take_mappings(range) {
                 Ok(mappers) => {
                     for id in mappers {
-                        if let Some(mapper) = self.mapper(id) {
-                            let (sender, receiver) = oneshot::channel();
-                            mapper.push(MapperMessage::Unmap(range, sender));
-                            acks.push((id, range, receiver));
+                        match per_mapper.iter_mut().find(|(known, _)| *known == id) {
+                            Some((_, list)) => list.push(range),
+                            None => per_mapper.push((id, vec![range])),
                         }
                     }
                 }
@@ -463,18 +501,20 @@ impl MappingManager {
                 }
             }
         }
-        let results = futures::future::join_all(
-            acks.into_iter()
-                .map(|(id, range, receiver)| async move { (id, range, receiver.await) }),
-        )
-        .await;
-        for (id, range, result) in results {
+        let acks: Vec<_> = per_mapper
+            .into_iter()
+            .filter_map(|(id, list)| {
+                let mapper = self.mapper(id)?;
+                let (sender, receiver) = oneshot::channel();
+                mapper.deliver([MapperMessage::Unmap(list, sender)]);
+                Some(async move { (id, receiver.await) })
+            })
+            .collect();
+        for (id, result) in futures::future::join_all(acks).await {
             match result {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    return Err(format!("mapper {id} failed to unmap {range}: {error}"));
-                }
-                Err(_) => tracing::debug!(%id, %range, "mapper went away before acknowledging"),
+                Ok(Err(error)) => return Err(format!("mapper {id} failed to unmap {error}")),
+                Err(_) => tracing::debug!(%id, "mapper went away before acknowledging"),
             }
         }
         failure.map_or(Ok(()), Err)

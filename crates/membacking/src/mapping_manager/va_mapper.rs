@@ -36,6 +36,7 @@ use futures::channel::oneshot;
 use guestmem::GuestMemoryBackingError;
 use guestmem::GuestMemoryErrorKind;
 use guestmem::PageFaultError;
+use memory_range::flatten_ranges;
 use memory_range::MemoryRange;
 use parking_lot::Condvar;
 use parking_lot::Mutex;
@@ -82,6 +83,30 @@ pub(crate) struct MappingParams {
     pub writable: bool,
 }
 
+/// Merges each run of `Map` messages whose views continue one another (the same object, each
+/// range starting where the previous one ends, at the object offset that follows, with the same
+/// writability) into one message, so that the run is one system call; other messages keep their
+/// place.
+pub(crate) fn merge_adjacent_maps(messages: Vec<MapperMessage>) -> Vec<MapperMessage> {
+    let mut merged: Vec<MapperMessage> = Vec::with_capacity(messages.len());
+    for message in messages {
+        if let (Some(MapperMessage::Map(previous)), MapperMessage::Map(next)) =
+            (merged.last_mut(), &message)
+        {
+            let continues = Arc::ptr_eq(&previous.object, &next.object)
+                && previous.writable == next.writable
+                && previous.range.end() == next.range.start()
+                && previous.file_offset.checked_add(previous.range.len()) == Some(next.file_offset);
+            if continues {
+                previous.range = MemoryRange::new(previous.range.start()..next.range.end());
+                continue;
+            }
+        }
+        merged.push(message);
+    }
+    merged
+}
+
 /// A message from the mapping manager to a mapper.
 #[derive(Debug)]
 pub(crate) enum MapperMessage {
@@ -89,8 +114,9 @@ pub(crate) enum MapperMessage {
     Map(MappingParams),
     /// Nothing is mapped in the range.
     NoMapping(MemoryRange),
-    /// Return the range to the inaccessible state, then acknowledge.
-    Unmap(MemoryRange, oneshot::Sender<Result<(), String>>),
+    /// Return the ranges to the inaccessible state, then acknowledge (an error names the range
+    /// that failed).
+    Unmap(Vec<MemoryRange>, oneshot::Sender<Result<(), String>>),
     /// The mapping manager is gone; acknowledged (if asked) once the window is released.
     Close(Option<oneshot::Sender<()>>),
 }
@@ -288,6 +314,19 @@ impl MapperShared {
         self.cond.notify_all();
     }
 
+    /// Queues `messages` and, unless another thread is processing the queue, carries them out
+    /// on the calling thread: they are a few short system calls, cheaper than waking the
+    /// mapper thread and waiting for it (two thread hand-offs).
+    pub(crate) fn deliver(&self, messages: impl IntoIterator<Item = MapperMessage>) {
+        let mut queue = self.queue.lock();
+        if queue.stopped {
+            return;
+        }
+        queue.messages.extend(messages);
+        // When another thread is processing, it takes these too before it stops.
+        self.process(&mut queue);
+    }
+
     fn log(&self, event: MapperEvent) {
         let mut events = self.events.lock();
         if events.len() == EVENT_LOG_CAPACITY {
@@ -317,7 +356,11 @@ impl MapperShared {
             }
         }
         queue.processing = false;
-        self.cond.notify_all();
+        // Threads blocked for a mapping, and the mapper thread once the manager is gone, must
+        // look again; the mapper thread waiting for messages need not (the queue is empty).
+        if queue.sync_waiters > 0 || queue.closed || queue.stopped {
+            self.cond.notify_all();
+        }
         true
     }
 
@@ -353,15 +396,22 @@ impl MapperShared {
                 self.log(MapperEvent::NoMapping(range));
                 Handled::Wake(range, None)
             }
-            MapperMessage::Unmap(range, ack) => {
-                self.log(MapperEvent::Unmap(range));
+            MapperMessage::Unmap(mut ranges, ack) => {
+                for &range in &ranges {
+                    self.log(MapperEvent::Unmap(range));
+                }
                 let result = {
                     let mut va = self.va.lock();
-                    let ops = va.plan_unmap(range);
-                    self.carry_out(&mut va, ops)
+                    // Touching ranges become one system call.
+                    ranges.sort_by_key(MemoryRange::start);
+                    flatten_ranges(ranges).try_for_each(|range| {
+                        let ops = va.plan_unmap(range);
+                        self.carry_out(&mut va, ops)
+                            .map_err(|error| format!("{range}: {error}"))
+                    })
                 };
                 // The mapping manager may have stopped waiting; nothing to do then.
-                let _ = ack.send(result.map_err(|error| error.to_string()));
+                let _ = ack.send(result);
                 Handled::Nothing
             }
             MapperMessage::Close(ack) => {
@@ -890,3 +940,67 @@ impl From<RequestError> for PageFaultError {
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("unexpected page fault in private RAM mode")]
 pub struct UnexpectedPrivateFault;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(
+        object: &SharedObject,
+        start: u64,
+        end: u64,
+        file_offset: u64,
+        writable: bool,
+    ) -> MapperMessage {
+        MapperMessage::Map(MappingParams {
+            range: MemoryRange::new(start..end),
+            object: object.clone(),
+            file_offset,
+            writable,
+        })
+    }
+
+    /// `(range, file_offset, writable)` of a `Map`, or the range of a `NoMapping`.
+    fn shape(message: &MapperMessage) -> (MemoryRange, Option<(u64, bool)>) {
+        match message {
+            MapperMessage::Map(params) => {
+                (params.range, Some((params.file_offset, params.writable)))
+            }
+            MapperMessage::NoMapping(range) => (*range, None),
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+
+    fn object() -> SharedObject {
+        Arc::new(sparse_mmap::alloc_shared_memory(0x10000, "merge-test").expect("memfd"))
+    }
+
+    #[test]
+    fn merges_only_views_that_continue_one_another() {
+        let (a, b) = (object(), object());
+        let r = |start, end| MemoryRange::new(start..end);
+        let messages = vec![
+            map(&a, 0x0000, 0x1000, 0x0000, true),
+            map(&a, 0x1000, 0x3000, 0x1000, true), // continues: merged
+            map(&a, 0x3000, 0x4000, 0x3000, false), // other writability
+            map(&a, 0x4000, 0x5000, 0x5000, false), // object offset jumps
+            map(&b, 0x5000, 0x6000, 0x6000, false), // other object
+            MapperMessage::NoMapping(r(0x6000, 0x7000)),
+            map(&b, 0x7000, 0x8000, 0x7000, false), // a gap message in between
+            map(&b, 0x9000, 0xa000, 0x8000, false), // a hole in the ranges
+        ];
+        let merged: Vec<_> = merge_adjacent_maps(messages).iter().map(shape).collect();
+        assert_eq!(
+            merged,
+            [
+                (r(0x0000, 0x3000), Some((0x0000, true))),
+                (r(0x3000, 0x4000), Some((0x3000, false))),
+                (r(0x4000, 0x5000), Some((0x5000, false))),
+                (r(0x5000, 0x6000), Some((0x6000, false))),
+                (r(0x6000, 0x7000), None),
+                (r(0x7000, 0x8000), Some((0x7000, false))),
+                (r(0x9000, 0xa000), Some((0x8000, false))),
+            ]
+        );
+    }
+}
