@@ -60,8 +60,27 @@ export function inspectInHex(value: unknown, depth: number, options: InspectOpti
   return inspect(hexCopy(value), { ...options, depth: options.depth === null ? null : depth });
 }
 
-function define(target: object, key: string | symbol, value: unknown): void {
-  Object.defineProperty(target, key, { value, enumerable: false, writable: true, configurable: true });
+/** The `toJSON` of a plain object or array of a result. */
+function plainToJSON(this: unknown): unknown {
+  return Array.isArray(this) ? this.map(jsonSafe) : jsonSafe({ ...(this as object) });
+}
+
+/** The `util.inspect` form of a plain object or array of a result. */
+function plainInspect(this: unknown, depth: number, options: InspectOptionsStylized): string {
+  return inspectInHex(this, depth, options);
+}
+
+// Shared by every object, so that giving an object its views allocates nothing.
+const TO_JSON = { value: plainToJSON, enumerable: false, writable: true, configurable: true };
+const INSPECT = { value: plainInspect, enumerable: false, writable: true, configurable: true };
+
+/**
+ * Gives the plain object or array `value` (not what is inside it) its non-enumerable `toJSON`
+ * and `util.inspect` form. @internal
+ */
+export function attachViews(value: object): void {
+  Object.defineProperty(value, 'toJSON', TO_JSON);
+  Object.defineProperty(value, inspectCustom, INSPECT);
 }
 
 /**
@@ -73,12 +92,7 @@ export function withViews<T>(value: T): T {
   if (typeof value !== 'object' || value === null || !isPlain(value)) return value;
   const members = Array.isArray(value) ? (value as unknown[]) : Object.values(value);
   for (const member of members) withViews(member);
-  define(value, 'toJSON', function toJSON(this: unknown) {
-    return Array.isArray(this) ? this.map(jsonSafe) : jsonSafe({ ...(this as object) });
-  });
-  define(value, inspectCustom, function (this: unknown, depth: number, options: InspectOptionsStylized) {
-    return inspectInHex(this, depth, options);
-  });
+  attachViews(value);
   return value;
 }
 

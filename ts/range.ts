@@ -10,7 +10,7 @@
 import { call, invalidArgType } from './errors';
 import { RangeWalkKind } from './generated/enums';
 import { native } from './native';
-import { withViews } from './json_view';
+import { attachViews } from './json_view';
 import { parseNativeJson } from './native_json';
 
 export { RangeWalkKind } from './generated/enums';
@@ -220,7 +220,7 @@ export function trusted(start: bigint, end: bigint): MemoryRange {
  * objects and arrays get their JSON and inspect forms (`json_view.ts`). @internal
  */
 export function nativeJson<T>(text: string): T {
-  return withViews(parseNativeJson<T>(text, trusted));
+  return parseNativeJson<T>(text, trusted, attachViews);
 }
 
 function fromPair(bounds: BigUint64Array): MemoryRange {
