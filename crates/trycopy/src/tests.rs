@@ -608,6 +608,66 @@ fn copy_into_unmapped_page_stops_there_with_prefix_copied() {
 }
 
 #[test]
+fn every_forward_copy_strategy_copies_and_stops_at_a_hole() {
+    // Which strategy `try_copy` uses depends on the CPU (AVX, ERMS): each one that this CPU can
+    // run is checked directly, for lengths around the thresholds and every small misalignment,
+    // and with its source running into an unmapped page.
+    initialize_try_copy();
+    let source = pattern(70_000, 0x3c);
+    let mapping = Mapping::new_isolated(3);
+    // SAFETY: the first two pages are writable.
+    unsafe { ptr::copy_nonoverlapping(source.as_ptr(), mapping.ptr(0), 2 * PAGE) };
+    mapping.unmap_page(2);
+    for (name, strategy) in x86_64::forward_copy_strategies() {
+        for len in [257, 1000, 1023, 1024, 1025, 4096, 4097, 65_536 + 13] {
+            for (src_shift, dst_shift) in [(0, 0), (1, 0), (0, 3), (5, 7), (31, 1)] {
+                let mut destination = vec![0u8; len + 8];
+                // SAFETY: both ranges lie inside their buffers and do not overlap.
+                let result = unsafe {
+                    strategy(
+                        destination.as_mut_ptr().add(dst_shift),
+                        source.as_ptr().add(src_shift),
+                        len,
+                    )
+                };
+                assert!(result.is_ok(), "{name} len {len}");
+                assert_eq!(
+                    &destination[dst_shift..dst_shift + len],
+                    &source[src_shift..src_shift + len],
+                    "{name} len {len} shifts {src_shift}/{dst_shift}"
+                );
+                assert!(destination[..dst_shift].iter().all(|&b| b == 0), "{name}");
+                assert!(
+                    destination[dst_shift + len..].iter().all(|&b| b == 0),
+                    "{name}"
+                );
+            }
+        }
+        for start in [PAGE + 1, 2 * PAGE - 1500] {
+            let len = 5000;
+            let mut destination = vec![0u8; len];
+            // SAFETY: the source runs from mapped pages into the unmapped third page, which the
+            // strategy reports; the destination is a buffer of `len` bytes.
+            let fault = unsafe { strategy(destination.as_mut_ptr(), mapping.ptr(start), len) }
+                .expect_err(name);
+            assert_eq!(fault.address, mapping.ptr(2 * PAGE) as usize, "{name}");
+            assert_eq!(
+                (fault.signal, fault.si_code),
+                (libc::SIGSEGV, SEGV_MAPERR),
+                "{name}"
+            );
+            let mapped = 2 * PAGE - start;
+            let guaranteed = mapped.saturating_sub(160);
+            assert_eq!(
+                &destination[..guaranteed],
+                &source[start..start + guaranteed],
+                "{name} start {start:#x}"
+            );
+        }
+    }
+}
+
+#[test]
 fn primitives_at_address_0x100_fail_and_leave_values_untouched() {
     // S22: read, write and CAS of every size at 0x100 fail; the fault address is 0x100.
     initialize_try_copy();

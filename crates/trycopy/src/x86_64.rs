@@ -11,9 +11,10 @@
 //! Which code runs (speed only, never results): scalar loads, stores and compare-exchanges, and
 //! copies and fills of up to `sites::INLINE_MAX` (256) bytes, are inlined sites (no call, no
 //! register saves, a compile-time length selects one straight-line sequence), and so are fills
-//! from `STRING_FILL_MIN` (1 KiB: one `rep stosb`). Other copies and fills call a routine: the
-//! AVX routines where the CPU has AVX, detected once per process ([`has_avx`]), else the SSE
-//! routines.
+//! from `STRING_FILL_MIN` (1 KiB: one `rep stosb`) and, on CPUs with fast string instructions
+//! (ERMS), forward copies from `STRING_COPY_MIN` (1 KiB: one `rep movsb`). Other copies and fills
+//! call a routine: the AVX routines where the CPU has AVX, else the SSE routines. The CPU
+//! features are detected once per process ([`Cpu`]).
 //!
 //! Calling convention of the routines (private to this file; callers use the safe-ish wrappers
 //! at the bottom):
@@ -28,11 +29,13 @@
 //!
 //! Strategy of the routines: where the CPU has AVX, forward copies and fills from
 //! `AVX_MIN` store 32-byte blocks to a 32-byte-aligned destination — a deliberate deviation from
-//! "`rep movsb`/`rep stosb` from 1 KiB": on the project machine (AMD EPYC, no ERMS reported) the
-//! string instructions ran at 0.5-0.6x of glibc at 4 KiB and fell to ~2 GB/s for some buffer
-//! alignments at 64-256 KiB. Below that, and without AVX, the original strategy is used (16-byte
-//! SSE blocks, then words and bytes, below 1 KiB; string instructions from 1 KiB). Backward
-//! copies are a byte-wise `rep movsb` with DF set.
+//! "`rep movsb`/`rep stosb` from 1 KiB" for CPUs without ERMS: on such a machine (AMD EPYC, no
+//! ERMS reported) the string instructions ran at 0.5-0.6x of glibc at 4 KiB and fell to ~2 GB/s
+//! for some buffer alignments at 64-256 KiB. With ERMS (the Intel Xeon host) `rep movsb` from
+//! 1 KiB beat the AVX loop (4 KiB: 1.29x the original's time with AVX), so copies use it there.
+//! Below that, and without AVX, the original strategy is used (16-byte SSE blocks, then words
+//! and bytes, below 1 KiB; string instructions from 1 KiB). Backward copies are a byte-wise
+//! `rep movsb` with DF set.
 //!
 //! | routine | inputs | outputs / clobbers |
 //! |---|---|---|
@@ -421,21 +424,53 @@ const AVX_MIN: usize = 256;
 /// 1 KiB it is as fast as the AVX routine here, and inline it saves the routine call.
 const STRING_FILL_MIN: usize = 1024;
 
-/// Whether the CPU and OS support AVX, detected on the first call and then read from a static.
-#[inline(always)]
-fn has_avx() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    /// 0: not yet detected; 1: no AVX; 2: AVX.
-    static AVX: AtomicU8 = AtomicU8::new(0);
-    #[cold]
-    fn detect() -> bool {
-        let avx = std::is_x86_feature_detected!("avx");
-        AVX.store(if avx { 2 } else { 1 }, Ordering::Relaxed);
-        avx
+/// Copies of at least this many bytes, forward, are one inline `rep movsb`
+/// ([`sites::copy_string`]) where the CPU has fast string instructions ([`Cpu::fast_strings`]).
+const STRING_COPY_MIN: usize = 1024;
+
+/// The CPU features that choose between equivalent routines (speed only, never results),
+/// detected on the first call and then read from a static.
+#[derive(Clone, Copy)]
+struct Cpu(u8);
+
+impl Cpu {
+    const DETECTED: u8 = 1;
+    const AVX: u8 = 2;
+    const FAST_STRINGS: u8 = 4;
+
+    #[inline(always)]
+    fn get() -> Self {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        static FEATURES: AtomicU8 = AtomicU8::new(0);
+        #[cold]
+        fn detect() -> Cpu {
+            let mut bits = Cpu::DETECTED;
+            if std::is_x86_feature_detected!("avx") {
+                bits |= Cpu::AVX;
+            }
+            if std::is_x86_feature_detected!("ermsb") {
+                bits |= Cpu::FAST_STRINGS;
+            }
+            FEATURES.store(bits, Ordering::Relaxed);
+            Cpu(bits)
+        }
+        match FEATURES.load(Ordering::Relaxed) {
+            0 => detect(),
+            bits => Cpu(bits),
+        }
     }
-    match AVX.load(Ordering::Relaxed) {
-        0 => detect(),
-        state => state == 2,
+
+    /// The CPU and OS support AVX.
+    fn avx(self) -> bool {
+        self.0 & Self::AVX != 0
+    }
+
+    /// The CPU reports enhanced `rep movsb`/`rep stosb` (ERMS): from 1 KiB a string copy is
+    /// then as fast as the vector loops (it is what the original uses from 1 KiB). Without it
+    /// (the AMD EPYC host of earlier measurements) `rep movsb` ran at half of glibc's speed,
+    /// and the AVX routine is used instead.
+    fn fast_strings(self) -> bool {
+        self.0 & Self::FAST_STRINGS != 0
     }
 }
 
@@ -453,10 +488,40 @@ pub(crate) unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) -> Result<()
             Ok(())
         } else if len <= sites::INLINE_MAX {
             sites::copy_small(dst, src, len)
+        } else if len >= STRING_COPY_MIN
+            && is_forward_safe(dst, src, len)
+            && Cpu::get().fast_strings()
+        {
+            sites::copy_string(dst, src, len)
         } else {
             copy_long(dst, src, len)
         }
     }
+}
+
+/// A forward copy strategy: `(dst, src, len)`, `dst` not in `(src, src + len)`.
+#[cfg(test)]
+pub(crate) type ForwardCopy = unsafe fn(*mut u8, *const u8, usize) -> Result<(), FaultRecord>;
+
+/// Every forward copy strategy this CPU can run, by name, whichever [`copy`] picks here (tests
+/// run each one on every machine that has it).
+#[cfg(test)]
+pub(crate) fn forward_copy_strategies() -> Vec<(&'static str, ForwardCopy)> {
+    let mut strategies: Vec<(&'static str, ForwardCopy)> = vec![
+        ("sse routine", copy_forward_sse),
+        ("rep movsb site", sites::copy_string),
+    ];
+    if Cpu::get().avx() {
+        strategies.push(("avx routine", copy_forward_avx));
+    }
+    strategies
+}
+
+/// Whether a forward copy of `len` bytes from `src` to `dst` reads every byte before it is
+/// overwritten: `dst` does not lie in `(src, src + len)`.
+#[inline(always)]
+fn is_forward_safe(dst: *mut u8, src: *const u8, len: usize) -> bool {
+    (dst as usize).wrapping_sub(src as usize) >= len
 }
 
 /// [`copy`] beyond the inline sizes: one routine call.
@@ -468,9 +533,9 @@ unsafe fn copy_long(dst: *mut u8, src: *const u8, len: usize) -> Result<(), Faul
     // SAFETY: forwarded caller contract; the direction rule makes each routine's access order
     // correct for overlapping ranges, and the AVX routine only runs where AVX is available.
     unsafe {
-        if (dst as usize).wrapping_sub(src as usize) < len {
+        if !is_forward_safe(dst, src, len) {
             copy_backward(dst, src, len)
-        } else if len >= AVX_MIN && has_avx() {
+        } else if len >= AVX_MIN && Cpu::get().avx() {
             copy_forward_avx(dst, src, len)
         } else {
             copy_forward_sse(dst, src, len)
@@ -585,7 +650,7 @@ pub(crate) unsafe fn fill(dst: *mut u8, byte: u8, len: usize) -> Result<(), Faul
 unsafe fn fill_long(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord> {
     // SAFETY: forwarded caller contract; the AVX routine only runs where AVX is available.
     unsafe {
-        if len >= AVX_MIN && has_avx() {
+        if len >= AVX_MIN && Cpu::get().avx() {
             fill_avx(dst, byte, len)
         } else {
             fill_sse(dst, byte, len)
