@@ -176,7 +176,6 @@ fn copy_every_length_and_alignment_matches_reference() {
 
 #[test]
 fn copy_lengths_up_to_8000_cross_the_string_threshold() {
-    // S20.
     let source = pattern(8000 + 3, 0x5A);
     let mut destination = vec![0u8; 8000 + 8];
     for len in 0..8000 {
@@ -201,7 +200,7 @@ fn large_copies_match_reference() {
 
 #[test]
 fn overlapping_moves_match_memmove() {
-    // S20 (overlap part) plus larger lengths on both strategies and both directions.
+    // Overlapping moves, plus larger lengths on both strategies and both directions.
     let shifts: [isize; 12] = [-257, -33, -32, -8, -1, 1, 2, 7, 8, 32, 33, 1000];
     let lengths = [
         0usize, 1, 7, 8, 15, 31, 32, 33, 255, 256, 1023, 1024, 1025, 4000, 70000,
@@ -280,7 +279,7 @@ fn fill_every_length_and_alignment_matches_reference() {
 
 #[test]
 fn fill_spec_lengths_and_large_fill() {
-    // S21, plus a large fill and a typed count.
+    // Lengths on both sides of every block size, plus a large fill and a typed count.
     for byte in [0x00u8, 0x5F] {
         for len in [
             0usize,
@@ -318,7 +317,7 @@ fn fill_spec_lengths_and_large_fill() {
 
 #[test]
 fn zero_length_operations_touch_no_memory() {
-    // S25: null and garbage pointers succeed when nothing is to be moved.
+    // Null and garbage pointers succeed when nothing is to be moved.
     initialize_try_copy();
     let garbage = 0xdead_0000_beefusize as *mut u8;
     // SAFETY: zero-length operations never dereference.
@@ -412,7 +411,7 @@ fn compare_exchange_success_and_failure_for_every_size() {
         assert_eq!(try_compare_exchange(p32, 0u32, 1), Ok(Err(0xDEAD_BEEF)));
         assert_eq!(try_read_volatile(p32), Ok(0xDEAD_BEEF));
 
-        // S42 sequence on a u64 at offset 8.
+        // The compare-exchange sequence on a u64 at offset 8.
         let p64 = mapping.ptr(8).cast::<u64>();
         assert_eq!(try_compare_exchange(p64, 0u64, 1), Ok(Ok(1)));
         assert_eq!(try_compare_exchange(p64, 0u64, 2), Ok(Err(1)));
@@ -431,7 +430,7 @@ fn compare_exchange_success_and_failure_for_every_size() {
 
 #[test]
 fn compare_exchange_is_atomic_across_threads() {
-    // S44 (scaled down): concurrent CAS increments never lose an update.
+    // Scaled down: concurrent CAS increments never lose an update.
     initialize_try_copy();
     let mapping = Arc::new(Mapping::new(1));
     let threads = 4;
@@ -481,7 +480,7 @@ fn assert_fault(err: &MemoryError, offset: usize, is_write: bool, signal: i32, s
 
 #[test]
 fn read_of_inaccessible_page_reports_read_fault_at_offset() {
-    // S5: reading a PROT_NONE page → SIGSEGV, SEGV_ACCERR, trap 14, read, offset 0.
+    // Reading a PROT_NONE page → SIGSEGV, SEGV_ACCERR, trap 14, read, offset 0.
     let mapping = Mapping::new(2);
     mapping.protect(0, 2, libc::PROT_NONE);
     for len in [1usize, 16, 100, 1024, 4096, 8192] {
@@ -496,7 +495,7 @@ fn read_of_inaccessible_page_reports_read_fault_at_offset() {
 
 #[test]
 fn read_straddling_into_inaccessible_page_reports_offset_of_page() {
-    // S19: page 0 accessible, 16-byte read at P - 8 → offset 8; aligned reads on page 0 work.
+    // Page 0 accessible, 16-byte read at P - 8 → offset 8; aligned reads on page 0 work.
     let mapping = Mapping::new(2);
     mapping.protect(1, 1, libc::PROT_NONE);
     let mut destination = [0u8; 16];
@@ -517,7 +516,7 @@ fn read_straddling_into_inaccessible_page_reports_offset_of_page() {
 
 #[test]
 fn write_to_read_only_page_reports_write_fault() {
-    // S9/S10/S23: writes into a read-only page fail with the write direction; reads work.
+    // Writes into a read-only page fail with the write direction; reads work.
     let mapping = Mapping::new(2);
     // SAFETY: writable before protection.
     unsafe { ptr::write_bytes(mapping.ptr(0), 0x42, 2 * PAGE) };
@@ -549,7 +548,7 @@ fn write_to_read_only_page_reports_write_fault() {
 
 #[test]
 fn direction_attribution_uses_the_faulting_buffer() {
-    // S23: inaccessible source → read relative to the source; read-only destination → write
+    // Inaccessible source → read relative to the source; read-only destination → write
     // relative to the destination.
     let source_pages = Mapping::new(1);
     source_pages.protect(0, 1, libc::PROT_NONE);
@@ -669,7 +668,7 @@ fn every_forward_copy_strategy_copies_and_stops_at_a_hole() {
 
 #[test]
 fn primitives_at_address_0x100_fail_and_leave_values_untouched() {
-    // S22: read, write and CAS of every size at 0x100 fail; the fault address is 0x100.
+    // Read, write and CAS of every size at 0x100 fail; the fault address is 0x100.
     initialize_try_copy();
     let bad = 0x100usize;
     macro_rules! check {
@@ -730,7 +729,7 @@ fn non_canonical_address_reports_no_address() {
 
 #[test]
 fn compare_exchange_on_read_only_page_faults_even_without_match() {
-    // S43: the locked instruction always writes, so a read-only page faults.
+    // The locked instruction always writes, so a read-only page faults.
     initialize_try_copy();
     let mapping = Mapping::new(1);
     // SAFETY: writable before protection.
@@ -769,7 +768,7 @@ fn memfd(size: usize) -> libc::c_int {
 
 #[test]
 fn file_view_beyond_end_of_file_reports_sigbus() {
-    // S13: memfd of one page mapped over two; page 1 raises SIGBUS/BUS_ADRERR.
+    // Memfd of one page mapped over two; page 1 raises SIGBUS/BUS_ADRERR.
     initialize_try_copy();
     let fd = memfd(PAGE);
     // SAFETY: a fresh shared mapping of our memfd.
@@ -813,7 +812,7 @@ fn rflags() -> u64 {
 
 #[test]
 fn failed_backward_copy_leaves_direction_flag_clear() {
-    // S24: backward overlapping copy whose source ends in an inaccessible page fails; DF is
+    // Backward overlapping copy whose source ends in an inaccessible page fails; DF is
     // clear afterwards and a libc memcpy of 64 KiB on this thread is correct.
     let mapping = Mapping::new(2);
     mapping.protect(1, 1, libc::PROT_NONE);
@@ -839,7 +838,7 @@ fn failed_backward_copy_leaves_direction_flag_clear() {
 
 #[test]
 fn concurrent_remapping_during_copies_only_yields_ok_or_memory_error() {
-    // S31 (scaled down): one thread toggles protection/unmaps the range while others copy.
+    // Scaled down: one thread toggles protection/unmaps the range while others copy.
     initialize_try_copy();
     const PAGES: usize = 64;
     let mapping = Arc::new(Mapping::new(PAGES));

@@ -165,7 +165,7 @@ fn forwarding_cycle_after_rearm_is_broken() {
 
 #[test]
 fn concurrent_repeated_initialization_installs_once() {
-    // S28: many initializations from several threads leave our handler installed once, with
+    // Many initializations from several threads leave our handler installed once, with
     // the default action as previous; a foreign fault still dies promptly by SIGSEGV.
     assert_child_killed_by("idempotent", libc::SIGSEGV);
 }
