@@ -1,6 +1,7 @@
-// GuestMemory and LockedPages through the public API (synchronous operations):
-// acceptance scenarios 32-43 and 46-51 (JS parts), the error model, the
-// JavaScript hooks (pageFault, fallbacks, locking), and bad input for every entry point.
+// GuestMemory and LockedPages through the public API (synchronous operations): allocation,
+// holes and address bounds, compare-exchange, scalar accesses, subranges, page locking, probes,
+// the error model, the JavaScript hooks (pageFault, fallbacks, locking), and bad input for every
+// entry point.
 'use strict';
 const test = require('ava');
 const v8 = require('node:v8');

@@ -140,7 +140,7 @@ test('with a SIGSEGV listener present, a fault outside our routines still kills 
   t.is(findings(result)[0].steps.final, 'installed');
 });
 
-// Scenarios 29 then 27.
+// A displacement re-armed, then a foreign fault.
 test('after re-arming, a foreign fault still kills with SIGSEGV (the Node chain is kept)', async (t) => {
   const result = await runChild(child, { args: ['displace', 'then-fault'] });
   t.is(result.signal, 'SIGSEGV', `status ${result.status}, stderr: ${result.stderr}`);

@@ -187,7 +187,7 @@ test.serial('probeWritable (CAS v→v) never loses a concurrent writer\'s update
   t.true(probes > 0);
 });
 
-// Scenarios 26, 28.
+// The fault handler initialised from several workers at once.
 test.serial('from 4 workers at once: initialize and mappings in each, wasm traps stay RuntimeErrors', async (t) => {
   const workers = Array.from({ length: 4 }, () => start('wasm'));
   const results = await Promise.all(workers.map((w) => w.message(1)));

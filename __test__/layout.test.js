@@ -28,7 +28,7 @@ test('new: 1 TiB of RAM around two gaps is three RAM ranges, with every derived 
   t.is(l.toJSON().endOfRamOrMmio, '0x10080000000');
 });
 
-// Scenarios 35-36.
+// RAM that ends before the MMIO gaps.
 test('new: RAM that ends below the gaps is one range; ramAboveHighMmio and endOfRamOrMmio follow', (t) => {
   const a = MemoryLayout.new(512n * M, [{ start: G, end: 2n * G }, { start: 3n * G, end: 4n * G }]);
   t.deepEqual(a.ram.map((r) => String(r.range)), ['0x0-0x20000000']);
@@ -61,7 +61,7 @@ test('new without gaps: one RAM range; endOfRamOrMmio throws where Rust panics',
   t.is(l.toJSON().endOfRamOrMmio, null);
 });
 
-// Scenarios 39-41, 44-45.
+// Invalid gap lists and VTL2 ranges.
 test('overlapping, unsorted or empty ranges are BadMemoryRanges, never Vtl2RangeBeforeEndOfRam', (t) => {
   const bad = layoutError('ERR_BAD_MEMORY_RANGES');
   t.regex(t.throws(() => MemoryLayout.new(G, [range(0, G)]), bad).message, /^invalid memory or MMIO ranges: gaps\[0\] 0x0-0x40000000 starts where the RAM laid out from address 0 would continue \(0x0\), which would leave an empty RAM piece: start the first gap above 0/);
@@ -76,7 +76,7 @@ test('overlapping, unsorted or empty ranges are BadMemoryRanges, never Vtl2Range
   t.throws(() => MemoryLayout.new(3n * G, [range(G, 2n * G)], range(2n * G, 3n * G)), bad);
 });
 
-// Scenarios 42-43, 51.
+// A VTL2 range above RAM, and address probes.
 test('a VTL2 range above RAM is kept apart from RAM; probeAddress names RAM, MMIO or nothing', (t) => {
   const gaps = [range(G, 2n * G), range(3n * G, 4n * G)];
   const l = MemoryLayout.new(2n * G, gaps, range(4n * G, 4n * G + 64n * M));
@@ -93,7 +93,7 @@ test('a VTL2 range above RAM is kept apart from RAM; probeAddress names RAM, MMI
   t.is(MemoryLayout.new(G, gaps, range(2n * G, 2n * G + 64n * M)).vtl2Range.toString(), '0x80000000-0x84000000');
 });
 
-// Scenarios 46-50, 52.
+// Layouts from explicit RAM ranges, with vnodes.
 test('fromRanges: explicit RAM ranges with vnodes, and the orderings it refuses', (t) => {
   const l = MemoryLayout.fromRanges(
     [{ range: range(0, G) }, { range: range(2n * G, 3n * G) }, { range: range(4n * G, TiB + 2n * G) }],
@@ -142,7 +142,7 @@ const legacyPieces = [
   '0xe8000-0xec000', '0xec000-0xf0000', '0xf0000-0x100000',
 ];
 
-// Scenarios 61-64.
+// The x86 legacy RAM split.
 test('the x86 legacy split: PAM pieces below 1 MiB, dense file offsets, VTL2 last, no split when off', (t) => {
   const a = mb.x86LegacyRamRanges(MemoryLayout.new(2n * G, [range(2n * G, 4n * G)]));
   t.deepEqual(a.map((x) => String(x.range)), [...legacyPieces, '0x100000-0x80000000']);

@@ -1,5 +1,6 @@
-// attachPartition through the JavaScript API with RecordingPartition: acceptance
-// scenarios 15-22, 57 and 58, with the partition call logs compared exactly (op, gpa, size,
+// attachPartition through the JavaScript API with RecordingPartition: VTL0 and VTL2 (alias)
+// attaches, prefetch, pinning, map and pin failures, closed partitions and managers, remote
+// processes and concurrent attaches, with the partition call logs compared exactly (op, gpa, size,
 // writable, exec, vaOffset, failed, order) and the error chain PartitionAttachError →
 // PartitionMapperError (ERR_MAP / ERR_PIN) → the partition's own error.
 'use strict';

@@ -1,6 +1,7 @@
-// GuestMemoryBuilder through the JavaScript API: acceptance scenarios 1-14 (the build order and its errors, the x86 split, dense file offsets, VTL2 RAM, backing reuse, private
-// memory) and the extensions of the build (InvalidLayout, ExistingBackingTooSmall, alias alignment and
-// overflow, RamTooLarge, VaMapper, AllocationFailed), with classes, codes and exact messages.
+// GuestMemoryBuilder through the JavaScript API: the build order and its errors, the x86 split,
+// dense file offsets, VTL2 RAM, backing reuse, private memory, and the extensions of the build
+// (InvalidLayout, ExistingBackingTooSmall, alias alignment and overflow, RamTooLarge, VaMapper,
+// AllocationFailed), with classes, codes and exact messages.
 'use strict';
 const test = require('ava');
 const fs = require('node:fs');
@@ -31,7 +32,7 @@ async function buildFails(t, pending, code) {
 /** A backing of `size` bytes not owned by any manager. */
 const looseBacking = (size) => SharedMemoryBacking.fromMappable(Mappable.allocSharedMemory(size, 'loose'));
 
-// ----- scenarios 1-7: the build order -----
+// ----- the build order -----
 
 test('private + x86 legacy + THP + an alias that cannot fit fails PrivateMemoryWithLegacy first', async (t) => {
   const b = new GuestMemoryBuilder().privateMemory(true).x86LegacySupport(true).transparentHugepages(true).vtl0AliasMap(0x1000);
@@ -46,7 +47,7 @@ test('private + an existing backing fails PrivateMemoryWithExistingBacking', asy
 test('THP without private memory fails ThpWithoutPrivateMemory even when the alias would not fit', async (t) => {
   const b = new GuestMemoryBuilder().transparentHugepages(true).vtl0AliasMap(0x1000);
   await buildFails(t, b.build(L1()), 'ERR_THP_WITHOUT_PRIVATE_MEMORY');
-  // THP is step 2, before the backing checks of step 3 (a too-short backing, a too-large RAM).
+  // THP is checked before the backing (a too-short backing, a too-large RAM).
   await buildFails(t, new GuestMemoryBuilder().transparentHugepages(true).existingBacking(looseBacking(4096)).build(L1()), 'ERR_THP_WITHOUT_PRIVATE_MEMORY');
   await buildFails(t, new GuestMemoryBuilder().transparentHugepages(true).build(MemoryLayout.new(1n << 63n, [MMIO])), 'ERR_THP_WITHOUT_PRIVATE_MEMORY');
 });
@@ -97,10 +98,10 @@ test('extensions: no MMIO gap is InvalidLayout; a short existing backing is Exis
 test('extensions: an unaligned or overflowing alias offset is AliasMapWontFit; the short backing is checked first', async (t) => {
   await buildFails(t, build(L1(), { alias: 0x1_0000_0800n }), 'ERR_ALIAS_MAP_WONT_FIT');
   await buildFails(t, build(L1(), { alias: 0xffff_ffff_ffff_f000n }), 'ERR_ALIAS_MAP_WONT_FIT');
-  // Step 3 (backing) precedes step 5 (alias), which precedes step 9 (x86).
+  // The backing is checked before the alias, and the alias before x86 support.
   await buildFails(t, build(L1(), { alias: 0x1000, backing: looseBacking(4096) }), 'ERR_EXISTING_BACKING_TOO_SMALL');
   await buildFails(t, build(MemoryLayout.new(0x8_0000, [MMIO]), { x86: true, alias: 0x1000 }), 'ERR_ALIAS_MAP_WONT_FIT');
-  // InvalidLayout (step 5) comes before the alias check of the same step.
+  // InvalidLayout comes before the alias check; both are checks of the guest address space.
   await buildFails(t, build(MemoryLayout.new(0x4000_0000, []), { alias: 0x1000 }), 'ERR_INVALID_LAYOUT');
 });
 
@@ -164,7 +165,7 @@ test('setters are chainable and the last call wins', async (t) => {
   await manager.close();
 });
 
-// ----- scenarios 8-14: RAM regions, backing, content -----
+// ----- RAM regions, backing, content -----
 
 test('the x86 split of L1 gives 16 RAM regions whose file offsets equal their GPAs', async (t) => {
   const manager = await build(L1(), { x86: true });

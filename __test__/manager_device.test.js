@@ -1,7 +1,7 @@
-// Device memory windows through the JavaScript API with RecordingPartition: acceptance
-// scenarios 34-40 and 44-52 (windows shadowed by RAM, surfacing, partial windows, overlaps,
-// runtime DAX add/remove, the D2 record fix, input errors, read-only windows, moving windows,
-// unplaced mappings, out-of-window placement, DMA-target mappings).
+// Device memory windows through the JavaScript API with RecordingPartition: windows shadowed by
+// RAM, surfacing, partial windows, overlaps, runtime DAX add/remove, the D2 record fix, input
+// errors, read-only windows, moving windows, unplaced mappings, out-of-window placement,
+// DMA-target mappings.
 'use strict';
 const test = require('ava');
 const { mb, L1, L2, VGA, build, attached, map, unmap, assertNoMapping, assertReadOnly, thrown, pattern, objectWith } = require('./fixtures/manager/common');
@@ -29,7 +29,7 @@ async function vgaDevice(t) {
   return { manager, partition, memory, control, region, objectP };
 }
 
-// Scenarios 34-37.
+// A device window shadowed by RAM, surfaced when the RAM is unmapped, hidden when it returns.
 test('a device window under RAM is inactive; unmapping VGA surfaces it; ReadWrite hides it again', async (t) => {
   const { manager, partition, memory, control, objectP } = await vgaDevice(t);
   // Present, inactive, no partition calls.
@@ -73,7 +73,7 @@ test('a device window under RAM is inactive; unmapping VGA surfaces it; ReadWrit
   await manager.close();
 });
 
-// Scenarios 44, 45.
+// Adding and removing mappings of a surfaced window at runtime (DAX).
 test('runtime DAX: adding a mapping to a surfaced window makes no partition call; removing invalidates', async (t) => {
   const { manager, partition, memory, region, objectP } = await vgaDevice(t);
   await manager.ramVisibilityControl().setRamVisibility(VGA, RamVisibility.Unmapped);

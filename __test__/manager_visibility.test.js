@@ -1,7 +1,6 @@
-// RamVisibilityControl through the JavaScript API with RecordingPartition: acceptance
-// scenarios 27-33 and 54-56 (exact-region matching, VGA unmap/restore, read-only RAM, no-op and
-// prefetch-quirk remaps, private RAM, poisoning, invalidation before the Promise settles), plus
-// decommitRam.
+// RamVisibilityControl through the JavaScript API with RecordingPartition: exact-region matching,
+// VGA unmap/restore, read-only RAM, no-op and prefetch-quirk remaps, private RAM, poisoning,
+// invalidation before the Promise settles, plus decommitRam.
 'use strict';
 const test = require('ava');
 const fs = require('node:fs');
@@ -31,7 +30,7 @@ test('only an exact RAM region is controllable', async (t) => {
   await plain.close();
 });
 
-// Scenarios 28, 29.
+// Unmapping the VGA RAM and restoring it.
 test('VGA unmapped: partition unmap, reads fail NoMapping, mapping gone; restored: map, content back', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: true });
   const memory = await manager.client().guestMemory();

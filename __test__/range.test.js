@@ -41,7 +41,7 @@ test('EMPTY and page_count_2m rounding', (t) => {
   t.is(MemoryRange.MAX_ADDRESS, 0xffff_ffff_ffff_f000n);
 });
 
-// Scenarios 3-5.
+// Construction errors: unaligned or reversed bounds.
 test('tryNew errors and new panics', (t) => {
   const e1 = t.throws(() => MemoryRange.tryNew(0x1001, 0x2000), { instanceOf: mb.InvalidMemoryRangeError });
   t.is(e1.code, 'ERR_INVALID_MEMORY_RANGE');
@@ -56,7 +56,7 @@ test('tryNew errors and new panics', (t) => {
   t.is(MemoryRange.tryNew(0, 4096).toString(), '0x0-0x1000');
 });
 
-// Scenarios 6-8.
+// Page-aligned bounds of arbitrary addresses, and ranges from page numbers.
 test('bounding and from4kGpnRange', (t) => {
   t.is(MemoryRange.bounding(0x1800, 0x1800).toString(), '0x1000-0x2000');
   t.is(MemoryRange.bounding(0x1234, 0x5678).toString(), '0x1000-0x6000');
@@ -71,7 +71,7 @@ test('bounding and from4kGpnRange', (t) => {
   t.throws(() => MemoryRange.from4kGpnRange(3, 2), { instanceOf: RangeError });
 });
 
-// Scenarios 9-10.
+// Alignment of a range and its aligned subrange.
 test('alignment and alignedSubrange', (t) => {
   t.is(range(0x200000, 0x400000).alignment(0), 0x200000n);
   t.is(range(4n * M + 8n * KiB, 6n * M + 8n * KiB).alignment(2n * M - 8n * KiB), 0x200000n);
@@ -86,7 +86,7 @@ test('alignment and alignedSubrange', (t) => {
   t.throws(() => range(0, 0x1000).alignedSubrange(0), { instanceOf: RangeError });
 });
 
-// Scenarios 11-16.
+// Overlap and containment, intersection, splitting, offsets and ordering.
 test('predicates, intersection, split, offsetOf, ordering', (t) => {
   t.true(range(0x2000, 0x2000).overlaps(range(0x1000, 0x3000)));
   t.false(range(0x1000, 0x2000).overlaps({ start: 0x2000, end: 0x3000 }));
@@ -118,7 +118,7 @@ test('predicates, intersection, split, offsetOf, ordering', (t) => {
 
 const str = (it) => [...it].map(String);
 
-// Scenarios 17-21.
+// Splitting a range into aligned subranges.
 test('AlignedSubranges splits at the largest alignment, honours max length and offset, and stops after a panic', (t) => {
   t.deepEqual(str(new mb.AlignedSubranges(range(5n * M + 400n * KiB, 12n * M + 400n * KiB))), [
     '0x564000-0x600000',
@@ -147,7 +147,7 @@ test('AlignedSubranges splits at the largest alignment, honours max length and o
   for (let i = 0; i < 1000; i++) t.is(endless.next().value.toString(), '0x0-0x0');
 });
 
-// Scenarios 22-23.
+// Walking two range lists over the whole address space.
 test('walkRanges covers the address space with Neither/Left/Right/Both pieces and passes tags through', (t) => {
   const items = [
     ...mb.walkRanges(
@@ -188,7 +188,7 @@ const R = [
   [2n * M, 6n * M], [10n * M, 11n * M], [11n * M, 11n * M], [11n * M, 13n * M], [15n * M, 22n * M], [26n * M, 30n * M],
 ].map(([s, e]) => range(s, e));
 
-// Scenarios 24-28.
+// Overlap and subtraction of two sorted range lists.
 test('overlappingRanges and subtractRanges, which check sorting lazily as they go', (t) => {
   t.deepEqual(str(mb.overlappingRanges(L, R)), ['0x200000-0x400000', '0xa00000-0xb00000', '0xb00000-0xc00000', '0x1000000-0x1400000', '0x1a00000-0x1e00000']);
   t.deepEqual(str(mb.subtractRanges(L, R)), ['0x0-0x200000', '0x800000-0xa00000', '0x1800000-0x1a00000', '0x1e00000-0x2000000', '0x2800000-0x3000000']);
@@ -202,7 +202,7 @@ test('overlappingRanges and subtractRanges, which check sorting lazily as they g
   t.deepEqual(str(mb.subtractRanges([range(0, 2n * M), range(2n * M, 4n * M)], [])), ['0x0-0x200000', '0x200000-0x400000']);
 });
 
-// Scenarios 29-33.
+// Flattening overlapping ranges and merging adjacent ones.
 test('flattenRanges merges overlaps of sorted input; mergeAdjacentRanges joins touching ranges with equal tags', (t) => {
   t.deepEqual(str(mb.flattenRanges(pages([[0, 4], [5, 7], [6, 11], [13, 20], [20, 25], [22, 24], [35, 36]]))), ['0x0-0x4000', '0x5000-0xb000', '0xd000-0x19000', '0x23000-0x24000']);
   t.deepEqual(str(mb.flattenRanges([range(0x1000, 0x8000), range(0x2000, 0x3000), range(0x2000, 0x9000)])), ['0x1000-0x9000']);

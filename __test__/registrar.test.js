@@ -1,4 +1,5 @@
-// MemoryRegistrar through the public API: acceptance scenarios 53-60, async callbacks, bad input.
+// MemoryRegistrar through the public API: lazy chunked registration, unaligned and zero-length
+// requests, sticky failures, bounds, async callbacks, bad input.
 'use strict';
 const test = require('ava');
 const mb = require('../dist');
@@ -15,7 +16,7 @@ function recorder(failWhen = () => false) {
   return { calls, callback };
 }
 
-// Scenarios 53-54.
+// Registration of 2 GiB chunks on demand, shifted by the registration offset.
 test('lazy chunked registration with an offset', (t) => {
   const layout = MemoryLayout.new(TiB, [range(0x10000, 0x20000), range(TiB, 2n * TiB)]);
   t.deepEqual(layout.ram.map((r) => String(r.range)), ['0x0-0x10000', '0x20000-0x10000000000', '0x20000000000-0x20000010000']);
@@ -77,7 +78,7 @@ test('sticky failure with the original asymmetric error values and cause', (t) =
   t.is(registrar.inspect().chunksRegistered, 2);
 });
 
-// Scenarios 58-60.
+// A failing chunk stops the request there; addresses beyond the layout; an unaligned offset.
 test('later chunks not attempted, bounds and unaligned offset panics', (t) => {
   const rec = recorder((r) => r.start === 6n * G);
   const registrar = new MemoryRegistrar(MemoryLayout.new(16n * G, []), 0, rec.callback);

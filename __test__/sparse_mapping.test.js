@@ -1,5 +1,6 @@
-// SparseMapping and Mappable through the public API: acceptance scenarios 1-19 and
-// 23 (the SparseMapping side), with /proc/self/maps checks, and bad input for every entry point.
+// SparseMapping and Mappable through the public API: reservation, placement, unmapping,
+// protection, shared memory and file views, decommit, huge pages, names and guarded access, with
+// /proc/self/maps checks, and bad input for every entry point.
 'use strict';
 const test = require('ava');
 const fs = require('node:fs');
@@ -30,7 +31,7 @@ test('a zero-length mapping is InvalidInput (RangeError ERR_INVALID_INPUT)', (t)
   t.is(mb.handlerStatus(), 'installed');
 });
 
-// Scenarios 2, 3.
+// Length rounding and base alignment.
 test('lengths round up to 4 KiB, 2 MiB or 1 GiB and the base is aligned', (t) => {
   t.is(new SparseMapping(1).length, 4096n);
   t.is(new SparseMapping(P + 1).length, 8192n);

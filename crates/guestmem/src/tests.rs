@@ -1,4 +1,6 @@
-//! Tests of the guest-memory acceptance scenarios that apply to the Rust core and of the retry limit, fallbacks, subranges and locking.
+//! Tests of guest memory's Rust core: allocation, holes and address bounds, on-demand mapping,
+//! compare-exchange, probes, typed accesses, dirty tracking, and the retry limit, fallbacks,
+//! subranges and locking.
 
 // Unsafe code: the tests build backings (an unsafe trait) and check memory through raw pointers.
 #![allow(unsafe_code)]

@@ -722,7 +722,7 @@ mod tests {
         assert_eq!(MemoryRange::MAX_ADDRESS, 0xffff_ffff_ffff_f000);
     }
 
-    // Scenarios 3 and 4.
+    // Construction errors: unaligned or reversed bounds.
     #[test]
     fn try_new_errors() {
         let err = MemoryRange::try_new(0x1001..0x2000).unwrap_err();
@@ -765,7 +765,7 @@ mod tests {
         assert!(RESULT.is_ok());
     }
 
-    // Scenarios 6 and 7.
+    // Page-aligned bounds of arbitrary addresses, up to the top of the address space.
     #[test]
     fn bounding() {
         assert_eq!(
@@ -1049,7 +1049,7 @@ mod tests {
         );
     }
 
-    fn scenario_24_left() -> Vec<MemoryRange> {
+    fn overlap_left() -> Vec<MemoryRange> {
         vec![
             r(0, 4 * MB),
             r(8 * MB, 12 * MB),
@@ -1060,7 +1060,7 @@ mod tests {
         ]
     }
 
-    fn scenario_24_right() -> Vec<MemoryRange> {
+    fn overlap_right() -> Vec<MemoryRange> {
         vec![
             r(2 * MB, 6 * MB),
             r(10 * MB, 11 * MB),
@@ -1073,7 +1073,7 @@ mod tests {
 
     #[test]
     fn overlapping() {
-        let result: Vec<_> = overlapping_ranges(scenario_24_left(), scenario_24_right()).collect();
+        let result: Vec<_> = overlapping_ranges(overlap_left(), overlap_right()).collect();
         assert_eq!(
             result,
             [
@@ -1088,7 +1088,7 @@ mod tests {
 
     #[test]
     fn subtract() {
-        let result: Vec<_> = subtract_ranges(scenario_24_left(), scenario_24_right()).collect();
+        let result: Vec<_> = subtract_ranges(overlap_left(), overlap_right()).collect();
         assert_eq!(
             result,
             [

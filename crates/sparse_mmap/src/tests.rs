@@ -1,5 +1,5 @@
-//! Tests of the sparse-mapping acceptance scenarios and of
-//! the shared-memory helpers.
+//! Tests of sparse mappings (reservation, placement, unmapping, protection, decommit, huge
+//! pages, names and guarded access) and of the shared-memory helpers.
 
 // Unsafe code: the tests read and write the mapped pages through raw pointers.
 #![allow(unsafe_code)]

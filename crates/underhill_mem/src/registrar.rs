@@ -630,8 +630,9 @@ mod tests {
         MemoryLayout::new(ram_size, gaps, None).expect("valid test layout")
     }
 
-    /// The layout of scenarios 53 and 57: RAM `[0..0x10000, 0x20000..1T, 2T..2T+0x10000]`.
-    fn layout_53() -> MemoryLayout {
+    /// 1 TiB of RAM around a 64 KiB gap at 0x10000 and a 1 TiB gap at 1 TiB: RAM
+    /// `[0..0x10000, 0x20000..1T, 2T..2T+0x10000]`.
+    fn tib_layout_with_two_gaps() -> MemoryLayout {
         layout(T, &[range(0x10000..0x20000), range(T..2 * T)])
     }
 
@@ -758,7 +759,7 @@ mod tests {
     }
 
     fn chunk_count(mode: Mode) {
-        let layout = layout_53();
+        let layout = tib_layout_with_two_gaps();
         let ram: Vec<MemoryRange> = layout.ram().iter().map(|r| r.range).collect();
         assert_eq!(
             ram,
@@ -776,7 +777,7 @@ mod tests {
 
     fn registration_with_offset(mode: Mode) {
         const O: u64 = 1 << 50;
-        let harness = harness(mode, &layout_53(), O, None);
+        let harness = harness(mode, &tib_layout_with_two_gaps(), O, None);
         assert_eq!(
             harness.call(0x1000, 0x7000),
             (
@@ -848,7 +849,7 @@ mod tests {
     }
 
     fn failure_in_first_chunk(mode: Mode) {
-        let harness = harness(mode, &layout_53(), 0, Some(0x20000));
+        let harness = harness(mode, &tib_layout_with_two_gaps(), 0, Some(0x20000));
         assert_eq!(
             harness.call(0x1000, 0x1000),
             (Err(0x20000), vec![range(0..0x10000), range(0x20000..2 * G)])

@@ -563,7 +563,7 @@ mod tests {
         [r(GB, 2 * GB), r(3 * GB, 4 * GB)]
     }
 
-    fn assert_scenario_34_figures(layout: &MemoryLayout) {
+    fn assert_tib_around_two_gaps_figures(layout: &MemoryLayout) {
         assert_eq!(
             ram_ranges(layout),
             [r(0, GB), r(2 * GB, 3 * GB), r(4 * GB, TB + 2 * GB)]
@@ -581,7 +581,7 @@ mod tests {
     #[test]
     fn new_around_two_gaps() {
         let layout = MemoryLayout::new(TB, &two_gaps(), None).unwrap();
-        assert_scenario_34_figures(&layout);
+        assert_tib_around_two_gaps_figures(&layout);
         assert!(layout.ram().iter().all(|entry| entry.vnode == 0));
         assert_eq!(layout.vtl2_range(), None);
     }
@@ -807,7 +807,7 @@ mod tests {
             node(4 * GB, TB + 2 * GB, 0),
         ];
         let layout = MemoryLayout::new_from_ranges(&memory, &two_gaps()).unwrap();
-        assert_scenario_34_figures(&layout);
+        assert_tib_around_two_gaps_figures(&layout);
     }
 
     #[test]

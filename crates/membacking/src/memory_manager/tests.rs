@@ -1,6 +1,8 @@
-//! Tests of the runtime through its Rust API: the acceptance scenarios that need real memory,
-//! threads and VA mappers (the planner's own tests cover the rest), the original's defects, lazy
-//! mapping, page locking (D7), shared backings, concurrency and teardown.
+//! Tests of the runtime through its Rust API: what needs real memory, threads and VA mappers (the
+//! builder's order and errors, RAM content and backings, attaching, lazy population, RAM
+//! visibility, device windows, private memory and poisoning; the planner's own tests cover the
+//! rest), the original's defects, lazy mapping, page locking (D7), shared backings, concurrency
+//! and teardown.
 //!
 //! Partition call logs are compared exactly with `RecordingPartition`s whose VA base is the
 //! manager's window base (so `vaOffset` is the GPA of the VA used).
@@ -207,7 +209,7 @@ fn futures_are_send_and_static() {
     block_on(close);
 }
 
-// ----- scenarios 1-7: the builder's order and errors -----
+// ----- the builder's order and errors -----
 
 #[test]
 fn private_with_legacy_is_checked_first() {
@@ -389,7 +391,7 @@ fn build_extensions_reject_bad_layouts_and_short_backings() {
     );
 }
 
-// ----- scenarios 9-13: RAM regions, backing, content -----
+// ----- RAM regions, backing, content -----
 
 #[test]
 fn x86_exact_megabyte_has_fifteen_regions_and_attaches() {
@@ -425,7 +427,7 @@ fn dense_file_offsets_and_content() {
     // And the other way round.
     pwrite(&backing, 0x1234, b"file");
     assert_eq!(read(&mem, 0x1234, 4).unwrap(), b"file");
-    // 52: the DMA regions are the RAM mappings, sharing the RAM object.
+    // The DMA regions are the RAM mappings, sharing the RAM object.
     let mut regions: Vec<_> = block_on(mem.sharing().unwrap().get_regions())
         .unwrap()
         .into_iter()
@@ -506,7 +508,7 @@ fn private_backing() {
     assert!(snap.regions.iter().all(|region| region.mappings.is_empty()));
 }
 
-// ----- scenarios 22-26: attach errors, lazy population, holes -----
+// ----- attach errors, lazy population, holes -----
 
 #[test]
 fn remote_process_is_unsupported() {
@@ -600,7 +602,7 @@ fn one_mapper_per_process() {
     assert_eq!(snapshot(&mgr).mapper_count, 1);
 }
 
-// ----- scenarios 27-30: RAM visibility with content -----
+// ----- RAM visibility with content -----
 
 #[test]
 fn visibility_needs_an_exact_region() {
@@ -678,7 +680,7 @@ fn read_only_ram_refuses_accessor_writes() {
     mem.write_at(0xc4000, b"rw").unwrap();
 }
 
-// ----- scenarios 34-37, 44-52: device windows -----
+// ----- device windows -----
 
 /// x86 L1 with a partition attached, RAM at 0xa0000 holding "ram", and a 0x20000-byte window
 /// holding P (0x10000 bytes) at offset 0, placed over the VGA window (shadowed by RAM).
@@ -716,9 +718,9 @@ fn vga_device() -> VgaDevice {
 }
 
 #[test]
-fn to_s37_device_shadowed_surfaces_and_hides() {
+fn device_shadowed_surfaces_and_hides() {
     let dev = vga_device();
-    // 34: shadowed by RAM: present, inactive, no partition calls.
+    // Shadowed by RAM: present, inactive, no partition calls.
     assert!(dev.partition.log().is_empty());
     let snap = snapshot(&dev.mgr);
     let vram = snap
@@ -730,7 +732,7 @@ fn to_s37_device_shadowed_surfaces_and_hides() {
     assert_eq!(dev.control.gpa(), Some(0xa0000));
     assert_eq!(read(&dev.mem, 0xa0000, 3).unwrap(), b"ram");
 
-    // 35: unmapping the VGA RAM surfaces the device window, mapped whole.
+    // Unmapping the VGA RAM surfaces the device window, mapped whole.
     set(&dev.mgr, VGA, RamVisibility::Unmapped);
     assert_eq!(
         dev.partition.take_log(),
@@ -742,13 +744,13 @@ fn to_s37_device_shadowed_surfaces_and_hides() {
     assert_eq!(read(&dev.mem, 0xa0000, 0x10000).unwrap(), dev.p);
     let regions = block_on(dev.mem.sharing().unwrap().get_regions()).unwrap();
     assert!(!regions.iter().any(|region| region.guest_address == 0xa0000));
-    // 37: the window's second half has no mapping.
+    // The window's second half has no mapping.
     let error = read(&dev.mem, 0xb0000, 1).unwrap_err();
     assert_eq!(no_mapping(&error), r(0xb0000, 0xb1000));
     // Writes reach the device object.
     dev.mem.write_at(0xa0010, b"dev").unwrap();
 
-    // 36: RAM returns with its own content.
+    // RAM returns with its own content.
     set(&dev.mgr, VGA, RamVisibility::ReadWrite);
     assert_eq!(
         dev.partition.take_log(),
@@ -771,7 +773,7 @@ fn runtime_dax_add_and_remove() {
     set(&dev.mgr, VGA, RamVisibility::Unmapped);
     dev.partition.clear_log();
 
-    // 44: add Q at offset 0x10000: no partition call, pre-populated for the partition's mapper.
+    // Add Q at offset 0x10000: no partition call, pre-populated for the partition's mapper.
     let q = pattern(0x90, 0x10000);
     let object = object_with(&q, 0x10000);
     block_on(dev.region.map(0x10000, &object, 0, 0x10000, true)).unwrap();
@@ -787,7 +789,7 @@ fn runtime_dax_add_and_remove() {
     assert!(!added.dma_target);
     assert_eq!(snap.mapper_count, 2);
 
-    // 45: remove it again: the holder was invalidated before the call returned.
+    // Remove it again: the holder was invalidated before the call returned.
     let mapper = dev.mgr.va_mapper();
     block_on(dev.region.unmap(0x10000, 0x10000)).unwrap();
     assert!(dev.partition.log().is_empty());
@@ -882,7 +884,7 @@ fn device_input_errors_are_recoverable() {
         ),
         "{error:?}"
     );
-    // 38: straddling RAM; 51: beyond the window.
+    // Placements straddling RAM and beyond the VA window.
     let error = block_on(control.map_to_guest(0x9f000, true)).unwrap_err();
     assert!(
         matches!(region_error(&error), RegionManagerError::OverlapError(overlap) if overlap.new == "dev" && overlap.existing == "ram"),
@@ -947,7 +949,7 @@ fn moving_a_window_shows_its_mappings_at_the_new_place() {
         .device_memory_mapper()
         .new_region(0x1000, "dev".into())
         .unwrap();
-    // 50: mapped while unplaced.
+    // Mapped while unplaced.
     let object = object_with(b"move", 0x1000);
     block_on(region.map(0, &object, 0, 0x1000, true)).unwrap();
     block_on(control.map_to_guest(0xD000_0000, true)).unwrap();
@@ -991,7 +993,7 @@ fn device_window_is_removed_when_both_halves_are_dropped() {
     );
 }
 
-// ----- scenarios 53-56: private memory, poisoning, invalidation order -----
+// ----- private memory, poisoning, invalidation order -----
 
 #[test]
 fn private_fault_kind_is_other() {
@@ -1688,7 +1690,7 @@ fn concurrent_accesses_survive_visibility_and_device_churn() {
     assert_eq!(mapped, active);
 }
 
-// ----- scenarios 15-21, 57, 58 through the runtime's attach -----
+// ----- attaching partitions through the runtime's attach -----
 
 fn attach_result(
     mgr: &GuestMemoryManager,

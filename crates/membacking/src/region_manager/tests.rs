@@ -1,5 +1,5 @@
-//! Tests of the region manager: the acceptance scenarios that concern regions, partitions, RAM
-//! visibility and device windows (driven through [`SyncRegionManager`] with
+//! Tests of the region manager: RAM regions as the builder creates them, attaching partitions,
+//! RAM visibility, device windows and priorities (driven through [`SyncRegionManager`] with
 //! `RecordingPartition`s, partition logs compared exactly), the no-change-on-error rule, dry
 //! runs, the cost of a change, and a randomized check of the invariants.
 
@@ -252,7 +252,7 @@ fn io_region_error(error: &io::Error) -> &RegionManagerError {
         .expect("an io::Error wrapping a RegionManagerError")
 }
 
-// ----- scenarios 8-11, 14: RAM regions as the builder creates them -----
+// ----- RAM regions as the builder creates them -----
 
 #[test]
 fn x86_split_creates_sixteen_active_ram_regions() {
@@ -342,7 +342,7 @@ fn private_ram_has_no_mappings_and_no_prefetch() {
         .all(|event| matches!(event, Event::Populate(..))));
 }
 
-// ----- scenarios 15-21, 57, 58: attaching partitions -----
+// ----- attaching partitions -----
 
 #[test]
 fn attach_vtl0_maps_every_ram_region() {
@@ -544,7 +544,7 @@ fn visibility_reaches_alias_then_primary() {
     );
 }
 
-// ----- scenarios 27-33, 55, 56: RAM visibility -----
+// ----- RAM visibility -----
 
 #[test]
 fn visibility_needs_an_exact_region() {
@@ -773,7 +773,7 @@ fn partition_unmap_precedes_the_va_invalidation() {
     );
 }
 
-// ----- scenarios 34-40, 44-52: device windows -----
+// ----- device windows -----
 
 /// x86 L1 with a partition attached and a 0x20000-byte window holding P at offset 0.
 fn vga_device() -> (Vm, Arc<RecordingPartition>, DeviceWindow<Obj>) {
@@ -1129,7 +1129,7 @@ fn dma_targets_are_the_ram_mappings() {
     );
 }
 
-// ----- scenarios 41-43: priorities (internal) -----
+// ----- priorities (internal) -----
 
 fn map_new(
     vm: &mut Vm,
