@@ -247,16 +247,9 @@ impl MappedMemoryRegion {
         len: usize,
         writable: bool,
     ) -> impl Future<Output = io::Result<()>> + Send + 'static {
-        let prepared = self.prepare_map(section.as_fd(), file_offset, len);
-        let shared_run = prepared.map(|object| {
-            self.shared.run(DeviceOp::Map {
-                offset: offset as u64,
-                object,
-                file_offset,
-                len: len as u64,
-                writable,
-            })
-        });
+        let shared_run = self
+            .map_op(offset, section.as_fd(), file_offset, len, writable)
+            .map(|op| self.shared.run(op));
         async move { shared_run?.await }
     }
 
@@ -271,16 +264,8 @@ impl MappedMemoryRegion {
         len: usize,
         writable: bool,
     ) -> ManagerChange {
-        let op = self
-            .prepare_map(section.as_fd(), file_offset, len)
-            .map(|object| DeviceOp::Map {
-                offset: offset as u64,
-                object,
-                file_offset,
-                len: len as u64,
-                writable,
-            });
-        self.shared.change(op)
+        self.shared
+            .change(self.map_op(offset, section.as_fd(), file_offset, len, writable))
     }
 
     /// [`MappedMemoryRegion::unmap`] as a change of a batch.
@@ -301,20 +286,12 @@ impl MappedMemoryRegion {
         len: usize,
         writable: bool,
     ) -> impl Future<Output = io::Result<PlanPreview>> + Send + 'static {
-        let prepared = self.prepare_map(section.as_fd(), file_offset, len);
-        let preview = prepared.map(|object| {
-            self.shared
-                .preview(move |window| PreviewChange::DeviceMapping {
-                    window,
-                    op: DeviceOp::Map {
-                        offset: offset as u64,
-                        object,
-                        file_offset,
-                        len: len as u64,
-                        writable,
-                    },
-                })
-        });
+        let preview = self
+            .map_op(offset, section.as_fd(), file_offset, len, writable)
+            .map(|op| {
+                self.shared
+                    .preview(move |window| PreviewChange::DeviceMapping { window, op })
+            });
         async move { preview?.await }
     }
 
@@ -334,13 +311,16 @@ impl MappedMemoryRegion {
             })
     }
 
-    /// Duplicates the handle and checks the object is long enough (when its size is known).
-    fn prepare_map(
+    /// The `Map` operation of [`MappedMemoryRegion::map`]: duplicates the handle and checks the
+    /// object is long enough (when its size is known).
+    fn map_op(
         &self,
+        offset: usize,
         section: std::os::fd::BorrowedFd<'_>,
         file_offset: u64,
         len: usize,
-    ) -> io::Result<crate::SharedObject> {
+        writable: bool,
+    ) -> io::Result<DeviceOp> {
         let object = sparse_mmap::mappable_from_fd(section)?;
         if let Ok(size) = sparse_mmap::object_size(object.as_fd()) {
             let end = file_offset.checked_add(len as u64);
@@ -354,7 +334,13 @@ impl MappedMemoryRegion {
                 }));
             }
         }
-        Ok(Arc::new(object))
+        Ok(DeviceOp::Map {
+            offset: offset as u64,
+            object: Arc::new(object),
+            file_offset,
+            len: len as u64,
+            writable,
+        })
     }
 
     /// Removes the mappings inside `[offset, offset + len)`, keeping the others (D2). A mapping

@@ -870,17 +870,15 @@ impl RegionActor {
         if pushed {
             self.partitions.extend(new_partition);
         }
-        let mut prefetch_failures = Vec::new();
         let outcome = execute(
             &planned,
             va_window_len,
             &self.partitions,
             &self.mapping,
             self.config.prefetch_progress.as_ref(),
-            &mut prefetch_failures,
+            &mut self.prefetch_failures,
         )
         .await;
-        self.prefetch_failures.push(prefetch_failures);
         match outcome {
             Ok(()) => {
                 txn.commit();
@@ -957,17 +955,15 @@ impl RegionActor {
                 steps,
             });
         }
-        let mut prefetch_failures = Vec::new();
         let outcome = execute(
             &plan,
             va_window_len,
             &self.partitions,
             &self.mapping,
             self.config.prefetch_progress.as_ref(),
-            &mut prefetch_failures,
+            &mut self.prefetch_failures,
         )
         .await;
-        self.prefetch_failures.push(prefetch_failures);
         // Committed also when the plan failed: the state describes what was intended (the
         // manager is poisoned then), as for a single change.
         txn.commit();
@@ -1206,14 +1202,14 @@ fn reply_error(request: RegionRequest, error: RegionManagerError) {
 }
 
 /// Carries out `plan` with the failure rules of [`PlanExecution`]; every prefetched piece that
-/// failed is added to `prefetch_failures`.
+/// failed is recorded in `prefetch_failures`.
 async fn execute(
     plan: &Plan<SharedObject>,
     va_window_len: u64,
     partitions: &[PartitionEntry],
     mapping: &MappingManagerClient,
     progress: Option<&PrefetchProgress>,
-    prefetch_failures: &mut Vec<PrefetchFailureRecord>,
+    prefetch_failures: &mut PrefetchFailures,
 ) -> Result<(), ApplyError> {
     let prefetch_total: u64 = plan
         .op_list()
@@ -1279,7 +1275,7 @@ async fn execute(
         };
         execution.report(result);
     }
-    prefetch_failures.extend(tracker.failures.into_inner());
+    prefetch_failures.push(tracker.failures.into_inner());
     execution.finish()
 }
 
