@@ -10,9 +10,11 @@
 //! `Unmap` messages that are acknowledged once the VA is inaccessible again.
 //!
 //! Messages are processed strictly in arrival order, one at a time, by whichever thread gets to
-//! them first: the mapper's own thread, or a thread blocked in the fault path waiting for its
-//! answer (which saves a thread hop on a first touch). The mapper thread gives a waiting
-//! faulting thread a short head start for that reason.
+//! them first: the mapping manager's thread as it delivers them (`deliver`, when nobody else
+//! is processing: no wake-up of the mapper thread), a thread blocked in the fault path waiting
+//! for its answer (which saves a thread hop on a first touch), or the mapper's own thread for
+//! what arrived while another thread held the queue. The mapper thread gives a waiting
+//! faulting thread a short head start.
 //!
 //! Locked pages are kept as they were while locked; see the `va_state` module.
 //!
