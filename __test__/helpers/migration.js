@@ -30,6 +30,31 @@ async function socketPair(t) {
 }
 
 /**
+ * Forwards what `from` receives to `to`, ending `to` after it. With `onChunk(chunk, index)`,
+ * each chunk waits for it (in order, `from` paused meanwhile) and is replaced by what it
+ * returns, or dropped for `null`; without, chunks pass straight through.
+ */
+function forward(from, to, onChunk) {
+  let index = 0;
+  let queue = Promise.resolve();
+  from.on('data', (chunk) => {
+    if (onChunk === undefined) {
+      if (!to.destroyed) to.write(chunk);
+      return;
+    }
+    const i = index++;
+    from.pause();
+    queue = queue.then(async () => {
+      const replaced = await onChunk(chunk, i);
+      const out = replaced === undefined ? chunk : replaced;
+      if (out !== null && !to.destroyed) to.write(out);
+      from.resume();
+    });
+  });
+  from.on('end', () => queue.then(() => to.end()));
+}
+
+/**
  * A source end and a destination end joined by a relay. `onSourceChunk(chunk, index)` runs
  * (and is awaited) before each chunk from the source is forwarded; it may return a replacement
  * chunk, or `null` to drop it; `onDestinationChunk` does the same for the other direction.
@@ -38,36 +63,8 @@ async function socketPair(t) {
 function relayed(t, onSourceChunk = () => undefined, { onDestinationChunk } = {}) {
   const [source, sourceRelay] = duplexPair();
   const [destination, destinationRelay] = duplexPair();
-  let index = 0;
-  let queue = Promise.resolve();
-  sourceRelay.on('data', (chunk) => {
-    const i = index++;
-    sourceRelay.pause();
-    queue = queue.then(async () => {
-      const replaced = await onSourceChunk(chunk, i);
-      const out = replaced === undefined ? chunk : replaced;
-      if (out !== null && !destinationRelay.destroyed) destinationRelay.write(out);
-      sourceRelay.resume();
-    });
-  });
-  sourceRelay.on('end', () => queue.then(() => destinationRelay.end()));
-  let backIndex = 0;
-  let backQueue = Promise.resolve();
-  destinationRelay.on('data', (chunk) => {
-    if (onDestinationChunk === undefined) {
-      if (!sourceRelay.destroyed) sourceRelay.write(chunk);
-      return;
-    }
-    const i = backIndex++;
-    destinationRelay.pause();
-    backQueue = backQueue.then(async () => {
-      const replaced = await onDestinationChunk(chunk, i);
-      const out = replaced === undefined ? chunk : replaced;
-      if (out !== null && !sourceRelay.destroyed) sourceRelay.write(out);
-      destinationRelay.resume();
-    });
-  });
-  destinationRelay.on('end', () => backQueue.then(() => sourceRelay.end()));
+  forward(sourceRelay, destinationRelay, onSourceChunk);
+  forward(destinationRelay, sourceRelay, onDestinationChunk);
   // A cut connection as sockets see it: each end fails with a reset (a duplex pair does not
   // tell the other side when one side is destroyed).
   const cut = () => {
