@@ -1007,15 +1007,17 @@ fn inline_copies_and_fills_of_constant_length_recover_faults() {
 
 /// Checks what a fault in the middle of an inline copy or fill of `len` bytes leaves behind, the
 /// page boundary `before` bytes after the start: a fault in a load writes nothing (every load
-/// precedes the first store); a fault in a store leaves every byte before the faulting 16-byte
-/// (or narrower) store written, so at least the first `before - 15` bytes; the error names the
-/// first byte of the inaccessible page.
+/// precedes the first store); a fault in a store leaves every byte before the faulting store
+/// written (a copy stores at most 16 bytes at a time, a fill at most `fill_store_width`), so at
+/// least the first `before - 15` (or `before - (fill_store_width - 1)`) bytes; the error names
+/// the first byte of the inaccessible page.
 fn check_site_partial_results(
     mapping: &Mapping,
     len: usize,
     before: usize,
     copy: &dyn Fn(*const u8, *mut u8) -> Result<(), MemoryError>,
     fill: &dyn Fn(*mut u8) -> Result<(), MemoryError>,
+    fill_store_width: usize,
 ) {
     let boundary = mapping.ptr(PAGE);
     let start = mapping.ptr(PAGE - before);
@@ -1047,6 +1049,7 @@ fn check_site_partial_results(
     let err = fill(start).unwrap_err();
     assert_fault(&err, before, true, libc::SIGSEGV, SEGV_ACCERR);
     assert_eq!(err.address(), boundary as usize, "len {len}");
+    let written = before.saturating_sub(fill_store_width - 1);
     for offset in 0..written {
         assert_eq!(
             mapping.byte(PAGE - before + offset),
@@ -1058,28 +1061,37 @@ fn check_site_partial_results(
 
 #[test]
 fn faults_inside_inline_copies_and_fills_leave_exact_partial_results() {
-    // Every split point of the longest inline sites (65..=256 bytes: 8 or 16 vector loads, then
-    // the stores), with a run-time length and with constant lengths.
+    // Every split point of the longest inline sites (65..=256 bytes: up to 16 vector loads, then
+    // the stores) with a run-time length, the fills of each family this CPU has; and the sites
+    // that `try_copy` and `try_write_bytes` pick for constant lengths.
     initialize_try_copy();
     let mapping = Mapping::new(2);
     mapping.protect(1, 1, libc::PROT_NONE);
-    for len in [65usize, 96, 127, 128, 129, 200, 255, 256] {
-        for before in 1..len {
-            let len = std::hint::black_box(len);
-            check_site_partial_results(
-                &mapping,
-                len,
-                before,
-                // SAFETY: ranges in our mapping or the host buffer; faults are recovered.
-                &|src, dst| unsafe { try_copy(src, dst, len) },
-                // SAFETY: as above.
-                &|dst| unsafe { try_write_bytes(dst, 0x6B, len) },
-            );
+    for family in x86_64::inline_fills() {
+        let lengths = [65usize, 96, 127, 128, 129, 159, 160, 200, 255, 256];
+        for len in lengths.into_iter().filter(|&len| len >= family.min_len) {
+            for before in 1..len {
+                let len = std::hint::black_box(len);
+                check_site_partial_results(
+                    &mapping,
+                    len,
+                    before,
+                    // SAFETY: ranges in our mapping or the host buffer; faults are recovered.
+                    &|src, dst| unsafe { try_copy(src, dst, len) },
+                    &|dst| {
+                        // SAFETY: as above.
+                        unsafe { (family.fill)(dst, 0x6B, len) }.map_err(|record| {
+                            MemoryError::from_fault(None, Span::new(dst, len), record)
+                        })
+                    },
+                    family.store_width,
+                );
+            }
         }
     }
     macro_rules! constant {
         ($($len:literal),*) => {$(
-            for before in [1usize, 15, 16, 17, 63, 64, 65, $len / 2, $len - 16, $len - 1] {
+            for before in [1usize, 15, 16, 17, 31, 32, 33, 63, 64, 65, $len / 2, $len - 16, $len - 1] {
                 check_site_partial_results(
                     &mapping,
                     $len,
@@ -1088,11 +1100,12 @@ fn faults_inside_inline_copies_and_fills_leave_exact_partial_results() {
                     &|src, dst| unsafe { try_copy(src, dst, $len) },
                     // SAFETY: as above.
                     &|dst| unsafe { try_write_bytes(dst, 0x6B, $len) },
+                    x86_64::inline_fill_store_width($len),
                 );
             }
         )*};
     }
-    constant!(17, 64, 65, 128, 129, 256);
+    constant!(17, 64, 65, 128, 129, 159, 160, 256);
 }
 
 #[test]
@@ -1109,6 +1122,31 @@ fn inline_copies_of_every_length_match_memmove_for_any_overlap() {
                 copy_bytes(base.wrapping_add(src), base.wrapping_add(dst), len).unwrap();
                 reference.copy_within(src..src + len, dst);
                 assert_eq!(ours, reference, "len {len} shift {shift} forward {forward}");
+            }
+        }
+    }
+}
+
+#[test]
+fn inline_fills_of_every_length_set_exactly_their_bytes() {
+    // Each fill family this CPU has (the one `try_write_bytes` picks and the others), at every
+    // inline length and every destination alignment modulo 32.
+    for family in x86_64::inline_fills() {
+        for len in family.min_len..=x86_64::INLINE_MAX {
+            for shift in 0..32 {
+                let mut ours = vec![0u8; len + 128];
+                let aligned = ours.as_ptr().align_offset(32);
+                let start = aligned + 32 + shift;
+                let byte = len.to_le_bytes()[0] | 1;
+                // SAFETY: `len` bytes from `start` lie inside `ours` (`start + len <= 95 + len`).
+                unsafe { (family.fill)(ours.as_mut_ptr().add(start), byte, len) }.unwrap();
+                let (name, end) = (family.name, start + len);
+                assert!(ours[..start].iter().all(|&b| b == 0), "{name} len {len}");
+                assert!(
+                    ours[start..end].iter().all(|&b| b == byte),
+                    "{name} len {len}"
+                );
+                assert!(ours[end..].iter().all(|&b| b == 0), "{name} len {len}");
             }
         }
     }

@@ -10,7 +10,8 @@
 //!
 //! Which code runs (speed only, never results): scalar loads, stores and compare-exchanges, and
 //! copies and fills of up to `sites::INLINE_MAX` (256) bytes, are inlined sites (no call, no
-//! register saves, a compile-time length selects one straight-line sequence), and so are fills
+//! register saves, a compile-time length selects one straight-line sequence; fills from
+//! `sites::WIDE_MIN` (129) bytes store 32 bytes at a time where the CPU has AVX), and so are fills
 //! from `STRING_FILL_MIN` (1 KiB: one `rep stosb`) and, on CPUs with fast string instructions
 //! (ERMS), forward copies from `STRING_COPY_MIN` (1 KiB: one `rep movsb`). Other copies and fills
 //! call a routine: the AVX routines where the CPU has AVX, else the SSE routines. The CPU
@@ -517,6 +518,48 @@ pub(crate) fn forward_copy_strategies() -> Vec<(&'static str, ForwardCopy)> {
     strategies
 }
 
+/// A family of inline fill sites for `min_len..=INLINE_MAX` bytes, with the width of its
+/// widest store (a fault in a store may leave that many bytes before the fault unwritten).
+#[cfg(test)]
+pub(crate) struct InlineFill {
+    pub name: &'static str,
+    pub min_len: usize,
+    pub store_width: usize,
+    pub fill: unsafe fn(*mut u8, u8, usize) -> Result<(), FaultRecord>,
+}
+
+/// Every inline fill site family this CPU can run, whichever [`fill`] picks here (tests run
+/// each one on every machine that has it).
+#[cfg(test)]
+pub(crate) fn inline_fills() -> Vec<InlineFill> {
+    let mut families = vec![InlineFill {
+        name: "16-byte stores",
+        min_len: 1,
+        store_width: 16,
+        fill: sites::fill_small,
+    }];
+    if Cpu::get().avx() {
+        families.push(InlineFill {
+            name: "32-byte AVX stores",
+            min_len: sites::WIDE_MIN,
+            store_width: 32,
+            fill: sites::fill_wide,
+        });
+    }
+    families
+}
+
+/// The width of the widest store of the inline fill that [`fill`] picks for `len` bytes on this
+/// CPU (inline copies store at most 16 bytes at a time).
+#[cfg(test)]
+pub(crate) fn inline_fill_store_width(len: usize) -> usize {
+    if len >= sites::WIDE_MIN && Cpu::get().avx() {
+        32
+    } else {
+        16
+    }
+}
+
 /// Whether a forward copy of `len` bytes from `src` to `dst` reads every byte before it is
 /// overwritten: `dst` does not lie in `(src, src + len)`.
 #[inline(always)]
@@ -633,7 +676,11 @@ pub(crate) unsafe fn fill(dst: *mut u8, byte: u8, len: usize) -> Result<(), Faul
         if len == 0 {
             Ok(())
         } else if len <= sites::INLINE_MAX {
-            sites::fill_small(dst, byte, len)
+            if len >= sites::WIDE_MIN && Cpu::get().avx() {
+                sites::fill_wide(dst, byte, len)
+            } else {
+                sites::fill_small(dst, byte, len)
+            }
         } else if len >= STRING_FILL_MIN {
             sites::fill_string(dst, byte, len)
         } else {

@@ -18,7 +18,8 @@
 //! fault is in a load.
 //!
 //! Long fills are a site too: one `rep stosb` ([`fill_string`]), and so are long forward copies
-//! on CPUs with fast string instructions: one `rep movsb` ([`copy_string`]).
+//! on CPUs with fast string instructions: one `rep movsb` ([`copy_string`]). Fills of
+//! [`WIDE_MIN`] bytes and more use 32-byte stores where the CPU has AVX ([`fill_wide`]).
 //!
 //! Table entry (8 bytes, position independent, no relocation at load time): the offset of the
 //! site's first instruction from the entry, then the site's length in bytes.
@@ -37,6 +38,35 @@ use std::arch::{asm, global_asm};
 /// 128 bytes, then the stores), so it needs neither a loop nor a direction check.
 pub(crate) const INLINE_MAX: usize = 256;
 
+/// From this length on, inline fills use 32-byte AVX stores where the CPU has AVX
+/// ([`fill_wide`]): 8 or 10 stores instead of 16. Measured on the Intel host for 256 bytes:
+/// 2.0-2.2 ns at any destination alignment, against 2.6-2.9 ns for the 16-byte sequence (4.8 ns
+/// when the destination is not 16-byte aligned). Plain unaligned 32-byte stores would measure
+/// 1.4 ns on a 32-byte-aligned destination but 3.7 ns on any other, where every other store
+/// splits a cache line; hence the aligned middle.
+///
+/// Copies keep 16-byte accesses: a source just written with narrower stores (a value built on
+/// the stack, as for `write_plain`) cannot be forwarded to a 32-byte load, which then waits for
+/// the stores to reach the cache (`write_plain` of 256 bytes measured 1.6x slower).
+pub(crate) const WIDE_MIN: usize = 129;
+
+/// What a site with 32-byte stores runs after its end (also after a fault): `vzeroupper`,
+/// because code compiled without AVX uses the legacy SSE encodings, which run slower while the
+/// upper halves of the vector registers are dirty. Code compiled with AVX manages the upper
+/// halves itself and may hold values there, which `vzeroupper` would destroy: nothing then.
+#[cfg(not(target_feature = "avx"))]
+macro_rules! after_wide_site {
+    () => {
+        "vzeroupper"
+    };
+}
+#[cfg(target_feature = "avx")]
+macro_rules! after_wide_site {
+    () => {
+        ""
+    };
+}
+
 /// The directives that record the site between the labels `2:` and `3:` of the current
 /// assembly template in the site table.
 macro_rules! site_entry {
@@ -54,6 +84,23 @@ macro_rules! site_entry {
 /// Runs a guarded site: `asm!` with the site labels around `$body`, the table entry, and the
 /// status/address registers bound; evaluates to the result.
 macro_rules! guarded_site {
+    // With instructions after the site's end, where execution also resumes after a fault.
+    ($($body:literal),+ ; resume $after:expr ; $($operands:tt)*) => {{
+        let status: usize;
+        let address: usize;
+        asm!(
+            "2:",
+            $($body,)+
+            "3:",
+            $after,
+            site_entry!(),
+            $($operands)*
+            out("r10") address,
+            inout("r11") 0usize => status,
+            options(nostack),
+        );
+        status_to_result(status, address)
+    }};
     ($($body:literal),+ ; $($operands:tt)*) => {{
         let status: usize;
         let address: usize;
@@ -559,6 +606,71 @@ pub(crate) unsafe fn fill_small(dst: *mut u8, byte: u8, len: usize) -> Result<()
                 dst = in(reg) dst, tail = in(reg) len - 128, v = in(reg) pattern,
                 x = out(xmm_reg) _,
             ),
+        }
+    }
+}
+
+/// [`fill_small`] for `WIDE_MIN <= len <= INLINE_MAX` with 32-byte AVX stores: one unaligned
+/// store at each end and 32-byte-aligned ones between them (6 or 8), so at most the two end
+/// stores can be split across cache lines, whatever the destination's alignment.
+///
+/// The aligned stores run forward from `head_end` (the first 32-byte boundary after `dst`) and
+/// backward from `tail_start` (the last one at or before `dst + len - 32`); each starts at or
+/// before the end of the bytes already written, so a fault in a store leaves every byte before
+/// that 32-byte store written. Bounds: `head_end + 32 * n <= dst + len` and
+/// `tail_start - 32 * (n - 1) >= dst` for the `n` stores each way (3 for fewer than 160 bytes,
+/// else 4), and the two runs meet (`tail_start - head_end <= len - 33`).
+///
+/// # Safety
+/// As for [`fill_small`], and the CPU supports AVX.
+#[inline(always)]
+pub(crate) unsafe fn fill_wide(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord> {
+    debug_assert!((WIDE_MIN..=INLINE_MAX).contains(&len));
+    let pattern = u64::from(byte) * 0x0101_0101_0101_0101;
+    let head_end = (dst.addr() + 32) & !31;
+    let tail_start = (dst.addr() + len - 32) & !31;
+    // SAFETY: (both arms) the site writes `[dst, dst + len)` only (bounds above), the aligned
+    // stores at 32-byte-aligned addresses, with instructions the caller guarantees the CPU has;
+    // recovered by the handler on a fault.
+    unsafe {
+        if len < 160 {
+            guarded_site!(
+                "vmovq {x}, {v}",
+                "vpunpcklqdq {x}, {x}, {x}",
+                "vinsertf128 {x:y}, {x:y}, {x}, 1",
+                "vmovdqu ymmword ptr [{dst}], {x:y}",
+                "vmovdqa ymmword ptr [{head_end}], {x:y}",
+                "vmovdqa ymmword ptr [{head_end} + 32], {x:y}",
+                "vmovdqa ymmword ptr [{head_end} + 64], {x:y}",
+                "vmovdqa ymmword ptr [{tail_start} - 64], {x:y}",
+                "vmovdqa ymmword ptr [{tail_start} - 32], {x:y}",
+                "vmovdqa ymmword ptr [{tail_start}], {x:y}",
+                "vmovdqu ymmword ptr [{dst} + {tail}], {x:y}";
+                resume after_wide_site!();
+                dst = in(reg) dst, tail = in(reg) len - 32, v = in(reg) pattern,
+                head_end = in(reg) head_end, tail_start = in(reg) tail_start,
+                x = out(xmm_reg) _,
+            )
+        } else {
+            guarded_site!(
+                "vmovq {x}, {v}",
+                "vpunpcklqdq {x}, {x}, {x}",
+                "vinsertf128 {x:y}, {x:y}, {x}, 1",
+                "vmovdqu ymmword ptr [{dst}], {x:y}",
+                "vmovdqa ymmword ptr [{head_end}], {x:y}",
+                "vmovdqa ymmword ptr [{head_end} + 32], {x:y}",
+                "vmovdqa ymmword ptr [{head_end} + 64], {x:y}",
+                "vmovdqa ymmword ptr [{head_end} + 96], {x:y}",
+                "vmovdqa ymmword ptr [{tail_start} - 96], {x:y}",
+                "vmovdqa ymmword ptr [{tail_start} - 64], {x:y}",
+                "vmovdqa ymmword ptr [{tail_start} - 32], {x:y}",
+                "vmovdqa ymmword ptr [{tail_start}], {x:y}",
+                "vmovdqu ymmword ptr [{dst} + {tail}], {x:y}";
+                resume after_wide_site!();
+                dst = in(reg) dst, tail = in(reg) len - 32, v = in(reg) pattern,
+                head_end = in(reg) head_end, tail_start = in(reg) tail_start,
+                x = out(xmm_reg) _,
+            )
         }
     }
 }
