@@ -101,21 +101,9 @@ macro_rules! guarded_site {
         );
         status_to_result(status, address)
     }};
-    ($($body:literal),+ ; $($operands:tt)*) => {{
-        let status: usize;
-        let address: usize;
-        asm!(
-            "2:",
-            $($body,)+
-            "3:",
-            site_entry!(),
-            $($operands)*
-            out("r10") address,
-            inout("r11") 0usize => status,
-            options(nostack),
-        );
-        status_to_result(status, address)
-    }};
+    ($($body:literal),+ ; $($operands:tt)*) => {
+        guarded_site!($($body),+ ; resume "" ; $($operands)*)
+    };
 }
 
 // Keeps the section (and so its `__start_`/`__stop_` symbols) present in every link, even one
@@ -633,30 +621,35 @@ pub(crate) unsafe fn fill_wide(dst: *mut u8, byte: u8, len: usize) -> Result<(),
     // stores at 32-byte-aligned addresses, with instructions the caller guarantees the CPU has;
     // recovered by the handler on a fault.
     unsafe {
+        // The pattern in all 32 bytes of `x`, the unaligned first store, the aligned `$middle`
+        // stores, the unaligned last store.
+        macro_rules! wide {
+            ($($middle:literal),+) => {
+                guarded_site!(
+                    "vmovq {x}, {v}",
+                    "vpunpcklqdq {x}, {x}, {x}",
+                    "vinsertf128 {x:y}, {x:y}, {x}, 1",
+                    "vmovdqu ymmword ptr [{dst}], {x:y}",
+                    $($middle,)+
+                    "vmovdqu ymmword ptr [{dst} + {tail}], {x:y}";
+                    resume after_wide_site!();
+                    dst = in(reg) dst, tail = in(reg) len - 32, v = in(reg) pattern,
+                    head_end = in(reg) head_end, tail_start = in(reg) tail_start,
+                    x = out(xmm_reg) _,
+                )
+            };
+        }
         if len < 160 {
-            guarded_site!(
-                "vmovq {x}, {v}",
-                "vpunpcklqdq {x}, {x}, {x}",
-                "vinsertf128 {x:y}, {x:y}, {x}, 1",
-                "vmovdqu ymmword ptr [{dst}], {x:y}",
+            wide!(
                 "vmovdqa ymmword ptr [{head_end}], {x:y}",
                 "vmovdqa ymmword ptr [{head_end} + 32], {x:y}",
                 "vmovdqa ymmword ptr [{head_end} + 64], {x:y}",
                 "vmovdqa ymmword ptr [{tail_start} - 64], {x:y}",
                 "vmovdqa ymmword ptr [{tail_start} - 32], {x:y}",
-                "vmovdqa ymmword ptr [{tail_start}], {x:y}",
-                "vmovdqu ymmword ptr [{dst} + {tail}], {x:y}";
-                resume after_wide_site!();
-                dst = in(reg) dst, tail = in(reg) len - 32, v = in(reg) pattern,
-                head_end = in(reg) head_end, tail_start = in(reg) tail_start,
-                x = out(xmm_reg) _,
+                "vmovdqa ymmword ptr [{tail_start}], {x:y}"
             )
         } else {
-            guarded_site!(
-                "vmovq {x}, {v}",
-                "vpunpcklqdq {x}, {x}, {x}",
-                "vinsertf128 {x:y}, {x:y}, {x}, 1",
-                "vmovdqu ymmword ptr [{dst}], {x:y}",
+            wide!(
                 "vmovdqa ymmword ptr [{head_end}], {x:y}",
                 "vmovdqa ymmword ptr [{head_end} + 32], {x:y}",
                 "vmovdqa ymmword ptr [{head_end} + 64], {x:y}",
@@ -664,12 +657,7 @@ pub(crate) unsafe fn fill_wide(dst: *mut u8, byte: u8, len: usize) -> Result<(),
                 "vmovdqa ymmword ptr [{tail_start} - 96], {x:y}",
                 "vmovdqa ymmword ptr [{tail_start} - 64], {x:y}",
                 "vmovdqa ymmword ptr [{tail_start} - 32], {x:y}",
-                "vmovdqa ymmword ptr [{tail_start}], {x:y}",
-                "vmovdqu ymmword ptr [{dst} + {tail}], {x:y}";
-                resume after_wide_site!();
-                dst = in(reg) dst, tail = in(reg) len - 32, v = in(reg) pattern,
-                head_end = in(reg) head_end, tail_start = in(reg) tail_start,
-                x = out(xmm_reg) _,
+                "vmovdqa ymmword ptr [{tail_start}], {x:y}"
             )
         }
     }
