@@ -269,8 +269,7 @@ impl Receiver {
                             ExtentKind::Zero => totals.zero_pages += u64::from(extent.extent.pages),
                         }
                         buffer = if begin.last {
-                            apply(&applier.destination, &extent, &frame.payload)
-                                .map_err(|error| self.apply_error(error))?;
+                            apply(&applier.destination, &extent, &frame.payload)?;
                             frame.payload
                         } else {
                             applier.apply(extent, frame.payload)?
@@ -406,14 +405,7 @@ impl Receiver {
 
     /// Waits until every extent handed to `applier` is written.
     fn wait_applied(&self, applier: &Applier) -> Result<(), MigrationError> {
-        applier.barrier().map_err(|error| self.apply_error(error))
-    }
-
-    fn apply_error(&self, error: ApplyError) -> MigrationError {
-        MigrationError::Io {
-            op: error.op,
-            source: error.source,
-        }
+        Ok(applier.barrier()?)
     }
 
     /// Stops after `error`: tells the source why (when the error is this side's own), reads
@@ -449,6 +441,25 @@ struct Rounds {
 struct ApplyError {
     op: String,
     source: io::Error,
+}
+
+impl ApplyError {
+    /// The apply thread is gone: nothing queued now is written.
+    fn thread_stopped() -> Self {
+        ApplyError {
+            op: "apply a round".into(),
+            source: io::Error::other("the apply thread stopped"),
+        }
+    }
+}
+
+impl From<ApplyError> for MigrationError {
+    fn from(error: ApplyError) -> Self {
+        MigrationError::Io {
+            op: error.op,
+            source: error.source,
+        }
+    }
 }
 
 enum Work {
@@ -511,14 +522,9 @@ impl Applier {
     /// apply thread gave back, a new one while fewer than [`POOLED_BUFFERS`] exist, else the
     /// next one it gives back (so buffers are reused and never cleared again).
     fn apply(&self, frame: wire::ExtentFrame, payload: Vec<u8>) -> Result<Vec<u8>, MigrationError> {
-        self.work
-            .as_ref()
-            .ok_or(())
-            .and_then(|work| work.send(Work::Extent { frame, payload }).map_err(drop))
-            .map_err(|()| MigrationError::Io {
-                op: "apply a round".into(),
-                source: io::Error::other("the apply thread stopped"),
-            })?;
+        let work = self.work.as_ref().ok_or_else(ApplyError::thread_stopped)?;
+        work.send(Work::Extent { frame, payload })
+            .map_err(|_| ApplyError::thread_stopped())?;
         if let Ok(buffer) = self.recycled.try_recv() {
             return Ok(buffer);
         }
@@ -531,13 +537,10 @@ impl Applier {
 
     fn barrier(&self) -> Result<(), ApplyError> {
         let (reply, done) = mpsc::channel();
-        let gone = || ApplyError {
-            op: "apply a round".into(),
-            source: io::Error::other("the apply thread stopped"),
-        };
-        let work = self.work.as_ref().ok_or_else(gone)?;
-        work.send(Work::Barrier(reply)).map_err(|_| gone())?;
-        done.recv().map_err(|_| gone())?
+        let work = self.work.as_ref().ok_or_else(ApplyError::thread_stopped)?;
+        work.send(Work::Barrier(reply))
+            .map_err(|_| ApplyError::thread_stopped())?;
+        done.recv().map_err(|_| ApplyError::thread_stopped())?
     }
 
     /// Lets the thread finish what is queued and end (without waiting for it).
