@@ -51,7 +51,7 @@ pub enum DirtyTrackingError {
     },
     /// The manager is gone or poisoned.
     #[error(transparent)]
-    Manager(RegionManagerError),
+    Manager(#[from] RegionManagerError),
 }
 
 /// Starts, takes and stops dirty tracking of one manager (cheap to clone; `Send + Sync`).

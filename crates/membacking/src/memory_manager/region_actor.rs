@@ -155,10 +155,16 @@ pub(crate) enum PreviewError {
     Io(io::Error),
 }
 
+impl From<RegionManagerError> for PreviewError {
+    fn from(error: RegionManagerError) -> Self {
+        PreviewError::Region(error)
+    }
+}
+
 /// A shared device window.
 pub(crate) type SharedWindow = Arc<Mutex<DeviceWindow<SharedObject>>>;
 
-type Reply<T> = oneshot::Sender<Result<T, RegionManagerError>>;
+type Reply<T, E = RegionManagerError> = oneshot::Sender<Result<T, E>>;
 
 /// A message to the region manager.
 pub(crate) enum RegionRequest {
@@ -266,17 +272,19 @@ impl RegionManagerClient {
         self.sender.same_receiver(&other.sender)
     }
 
-    async fn call<T>(
+    /// Sends the request `make` builds around a reply channel and waits for the reply; a
+    /// manager that is gone (before or while answering) is `ManagerGone`.
+    async fn call<T, E: From<RegionManagerError>>(
         &self,
-        make: impl FnOnce(Reply<T>) -> RegionRequest,
-    ) -> Result<T, RegionManagerError> {
+        make: impl FnOnce(Reply<T, E>) -> RegionRequest,
+    ) -> Result<T, E> {
         let (sender, receiver) = oneshot::channel();
         if !self.send(make(sender)) {
-            return Err(RegionManagerError::ManagerGone);
+            return Err(RegionManagerError::ManagerGone.into());
         }
         receiver
             .await
-            .unwrap_or(Err(RegionManagerError::ManagerGone))
+            .unwrap_or_else(|_| Err(RegionManagerError::ManagerGone.into()))
     }
 
     /// Applies one change and waits for it.
@@ -376,16 +384,8 @@ impl RegionManagerClient {
 
     /// Plans `change` without applying it.
     pub(crate) async fn preview(&self, change: PreviewChange) -> Result<PlanPreview, PreviewError> {
-        let (sender, receiver) = oneshot::channel();
-        if !self.send(RegionRequest::Preview {
-            change,
-            reply: sender,
-        }) {
-            return Err(PreviewError::Region(RegionManagerError::ManagerGone));
-        }
-        receiver
+        self.call(|reply| RegionRequest::Preview { change, reply })
             .await
-            .unwrap_or(Err(PreviewError::Region(RegionManagerError::ManagerGone)))
     }
 
     /// Applies (or, with `dry_run`, plans) a batch of changes.
@@ -394,28 +394,17 @@ impl RegionManagerClient {
         items: Vec<BatchItem>,
         dry_run: bool,
     ) -> Result<PlanPreview, BatchError> {
-        let (reply, receiver) = oneshot::channel();
-        if !self.send(RegionRequest::Batch {
+        self.call(|reply| RegionRequest::Batch {
             items,
             dry_run,
             reply,
-        }) {
-            return Err(RegionManagerError::ManagerGone.into());
-        }
-        receiver
-            .await
-            .unwrap_or(Err(RegionManagerError::ManagerGone.into()))
+        })
+        .await
     }
 
     /// Runs a dirty-tracking operation.
     pub(crate) async fn dirty(&self, op: DirtyOp) -> Result<Vec<MemoryRange>, DirtyTrackingError> {
-        let (reply, receiver) = oneshot::channel();
-        if !self.send(RegionRequest::Dirty { op, reply }) {
-            return Err(DirtyTrackingError::Manager(RegionManagerError::ManagerGone));
-        }
-        receiver.await.unwrap_or(Err(DirtyTrackingError::Manager(
-            RegionManagerError::ManagerGone,
-        )))
+        self.call(|reply| RegionRequest::Dirty { op, reply }).await
     }
 
     /// Starts snapshot `id` (see [`DirtyState::begin_snapshot`]).
@@ -424,13 +413,8 @@ impl RegionManagerClient {
         base: Option<(u64, String)>,
         id: String,
     ) -> Result<SnapshotBegun, DirtyTrackingError> {
-        let (reply, receiver) = oneshot::channel();
-        if !self.send(RegionRequest::SnapshotBegin { base, id, reply }) {
-            return Err(DirtyTrackingError::Manager(RegionManagerError::ManagerGone));
-        }
-        receiver.await.unwrap_or(Err(DirtyTrackingError::Manager(
-            RegionManagerError::ManagerGone,
-        )))
+        self.call(|reply| RegionRequest::SnapshotBegin { base, id, reply })
+            .await
     }
 
     /// Ends snapshot `id` (without waiting).
@@ -440,13 +424,8 @@ impl RegionManagerClient {
 
     /// Starts tracking with restored snapshot `id` as the chain head.
     pub(crate) async fn adopt_snapshot(&self, id: String) -> Result<(), DirtyTrackingError> {
-        let (reply, receiver) = oneshot::channel();
-        if !self.send(RegionRequest::AdoptSnapshot { id, reply }) {
-            return Err(DirtyTrackingError::Manager(RegionManagerError::ManagerGone));
-        }
-        receiver.await.unwrap_or(Err(DirtyTrackingError::Manager(
-            RegionManagerError::ManagerGone,
-        )))
+        self.call(|reply| RegionRequest::AdoptSnapshot { id, reply })
+            .await
     }
 
     /// Runs a live migration's dirty-tracking operation (see [`MigrationOp`]); with
@@ -456,17 +435,12 @@ impl RegionManagerClient {
         op: MigrationOp,
         with_regions: bool,
     ) -> Result<MigrationStep, DirtyTrackingError> {
-        let (reply, receiver) = oneshot::channel();
-        if !self.send(RegionRequest::Migration {
+        self.call(|reply| RegionRequest::Migration {
             op,
             with_regions,
             reply,
-        }) {
-            return Err(DirtyTrackingError::Manager(RegionManagerError::ManagerGone));
-        }
-        receiver.await.unwrap_or(Err(DirtyTrackingError::Manager(
-            RegionManagerError::ManagerGone,
-        )))
+        })
+        .await
     }
 
     /// Ends a live migration's use of tracking without waiting (for drops).
