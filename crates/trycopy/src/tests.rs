@@ -667,6 +667,31 @@ fn every_forward_copy_strategy_copies_and_stops_at_a_hole() {
 }
 
 #[test]
+fn copies_and_fills_running_past_the_end_of_the_address_space_fail_without_panicking() {
+    // A destination in the last bytes of the address space (non-canonical, so a general
+    // protection fault with no address): every inline length and the long paths report a write
+    // failure; none panics on the address arithmetic.
+    initialize_try_copy();
+    let source = [0x11u8; 300];
+    for len in [1usize, 16, 64, 128, 129, 159, 160, 200, 256, 300] {
+        for back in [len / 2, 10] {
+            let dst = (usize::MAX - back) as *mut u8;
+            // SAFETY: the address is inaccessible; the faults are recovered.
+            let fill =
+                unsafe { try_write_bytes(dst, 0x6B, std::hint::black_box(len)) }.unwrap_err();
+            assert!(fill.is_write(), "fill len {len} back {back}: {fill:?}");
+            // SAFETY: as above; the source is a host buffer of at least `len` bytes.
+            let copy =
+                unsafe { try_copy(source.as_ptr(), dst, std::hint::black_box(len)) }.unwrap_err();
+            assert!(copy.is_write(), "copy len {len} back {back}: {copy:?}");
+        }
+    }
+    // SAFETY: as above, with constant lengths (the straight-line sites).
+    let err = unsafe { try_write_bytes((usize::MAX - 100) as *mut u8, 0x6B, 256) }.unwrap_err();
+    assert!(err.is_write(), "{err:?}");
+}
+
+#[test]
 fn primitives_at_address_0x100_fail_and_leave_values_untouched() {
     // Read, write and CAS of every size at 0x100 fail; the fault address is 0x100.
     initialize_try_copy();

@@ -615,8 +615,10 @@ pub(crate) unsafe fn fill_small(dst: *mut u8, byte: u8, len: usize) -> Result<()
 pub(crate) unsafe fn fill_wide(dst: *mut u8, byte: u8, len: usize) -> Result<(), FaultRecord> {
     debug_assert!((WIDE_MIN..=INLINE_MAX).contains(&len));
     let pattern = u64::from(byte) * 0x0101_0101_0101_0101;
-    let head_end = (dst.addr() + 32) & !31;
-    let tail_start = (dst.addr() + len - 32) & !31;
+    // Wrapping: a range that runs past the end of the address space faults like any other
+    // inaccessible one instead of panicking here.
+    let head_end = dst.addr().wrapping_add(32) & !31;
+    let tail_start = dst.addr().wrapping_add(len - 32) & !31;
     // SAFETY: (both arms) the site writes `[dst, dst + len)` only (bounds above), the aligned
     // stores at 32-byte-aligned addresses, with instructions the caller guarantees the CPU has;
     // recovered by the handler on a fault.
