@@ -826,16 +826,19 @@ test('a hook may close the memory during an operation: the operation completes, 
 test('the raw fast-path functions reject bad arguments without crashing', (t) => {
   const { native } = require('../dist/native');
   const raw = native.NativeGuestMemory.allocate(P);
-  const fast = raw.fastPaths();
+  const fast = native.guestMemoryFastPaths();
+  const id = raw.fastPathId();
+  t.is(raw.fastPathId(), id, 'one id per memory');
   const bad = [undefined, null, 'x', {}, [], -1, 1.5, -1n, 1n << 64n, Symbol('s'), () => 0];
   for (const value of bad) {
     for (const [name, call] of [
-      ['readAt gpa', () => fast.readAt(value, Buffer.alloc(1))],
-      ['readAt dest', () => fast.readAt(0, value)],
-      ['writeAt src', () => fast.writeAt(0, value)],
-      ['readU32', () => fast.readU32(value)],
-      ['writeU64 value', () => fast.writeU64(0, value)],
-      ['writeU16 value', () => fast.writeU16(0, value)],
+      ['readAt id', () => fast.readAt(value, 0, Buffer.alloc(1))],
+      ['readAt gpa', () => fast.readAt(id, value, Buffer.alloc(1))],
+      ['readAt dest', () => fast.readAt(id, 0, value)],
+      ['writeAt src', () => fast.writeAt(id, 0, value)],
+      ['readU32', () => fast.readU32(id, value)],
+      ['writeU64 value', () => fast.writeU64(id, 0, value)],
+      ['writeU16 value', () => fast.writeU16(id, 0, value)],
     ]) {
       const error = t.throws(call, undefined, `${name} with ${String(value)}`);
       t.true(error instanceof Error, name);
@@ -843,16 +846,18 @@ test('the raw fast-path functions reject bad arguments without crashing', (t) =>
     }
   }
   const { fromNative } = require('../dist/errors');
-  const missing = fromNative(t.throws(() => fast.readU8()));
+  const missing = fromNative(t.throws(() => fast.readU8(id)));
   t.true(missing instanceof TypeError);
   t.is(missing.code, 'ERR_INVALID_ARG_TYPE');
-  fast.writeU32(0, 7, 'extra', 'arguments');
-  t.is(fast.readU32(0, 'ignored'), 7);
-  // The functions keep the memory alive on their own, and close with the native object.
+  t.is(fromNative(t.throws(() => fast.readU8())).code, 'ERR_INVALID_ARG_TYPE', 'no id');
+  fast.writeU32(id, 0, 7, 'extra', 'arguments');
+  t.is(fast.readU32(id, 0, 'ignored'), 7);
+  // The functions need no receiver; the id stops naming the memory when the native object
+  // closes.
   const { readU32 } = fast;
-  t.is(readU32(0), 7);
+  t.is(readU32(id, 0), 7);
   raw.close();
-  t.is(fromNative(t.throws(() => readU32(0))).code, 'ERR_CLOSED');
+  t.is(fromNative(t.throws(() => readU32(id, 0))).code, 'ERR_CLOSED');
 });
 
 test('readv/writev copy many ranges in one call, in order, into and from any ArrayBufferView', (t) => {
@@ -974,19 +979,47 @@ test('bad input: readv/writev check every entry before copying anything, and nam
   t.is(t.throws(() => memory.writev([good()])).code, 'ERR_CLOSED');
 });
 
+test('a fast-path id names its memory only while it is open: stale and made-up ids are ERR_CLOSED', (t) => {
+  const { native } = require('../dist/native');
+  const { fromNative } = require('../dist/errors');
+  const fast = native.guestMemoryFastPaths();
+  const first = native.NativeGuestMemory.allocate(P);
+  const firstId = first.fastPathId();
+  fast.writeU32(firstId, 0, 0x1111);
+  first.close();
+  // The freed slot is reused by the next memory, under a new id.
+  const second = native.NativeGuestMemory.allocate(P);
+  const secondId = second.fastPathId();
+  t.not(secondId, firstId);
+  fast.writeU32(secondId, 0, 0x2222);
+  for (const id of [firstId, secondId + 1, 2 ** 51, 123456789]) {
+    for (const call of [() => fast.readU32(id, 0), () => fast.writeAt(id, 0, Buffer.alloc(4)), () => fast.readv(id, [0], Buffer.alloc(4))]) {
+      const error = fromNative(t.throws(call));
+      t.is(error.code, 'ERR_CLOSED', `id ${id}`);
+    }
+  }
+  t.is(fast.readU32(secondId, 0), 0x2222, 'the stale id reached nothing');
+  // The functions are shared: a second set works on the same ids.
+  t.is(native.guestMemoryFastPaths().readU32(secondId, 0), 0x2222);
+  second.close();
+  t.is(fromNative(t.throws(() => fast.readU32(secondId, 0))).code, 'ERR_CLOSED');
+});
+
 test('the raw readv/writev fast paths reject bad arguments without crashing', (t) => {
   const { native } = require('../dist/native');
   const { fromNative } = require('../dist/errors');
-  const fast = native.NativeGuestMemory.allocate(P).fastPaths();
+  const fast = native.guestMemoryFastPaths();
+  const id = native.NativeGuestMemory.allocate(P).fastPathId();
   for (const name of ['readv', 'writev']) {
     for (const [label, call] of [
-      ['no GPAs', () => fast[name]()],
-      ['GPAs not an array', () => fast[name](5, Buffer.alloc(1))],
-      ['a short Float64Array', () => fast[name](new Float64Array(1), Buffer.alloc(1), Buffer.alloc(1))],
-      ['an Int32Array of GPAs', () => fast[name](new Int32Array(1), Buffer.alloc(1))],
-      ['a short plain array', () => fast[name]([0], Buffer.alloc(1), Buffer.alloc(1))],
-      ['a string GPA', () => fast[name](['0'], Buffer.alloc(1))],
-      ['a bad buffer', () => fast[name](new Float64Array(1), {})],
+      ['no id', () => fast[name]()],
+      ['no GPAs', () => fast[name](id)],
+      ['GPAs not an array', () => fast[name](id, 5, Buffer.alloc(1))],
+      ['a short Float64Array', () => fast[name](id, new Float64Array(1), Buffer.alloc(1), Buffer.alloc(1))],
+      ['an Int32Array of GPAs', () => fast[name](id, new Int32Array(1), Buffer.alloc(1))],
+      ['a short plain array', () => fast[name](id, [0], Buffer.alloc(1), Buffer.alloc(1))],
+      ['a string GPA', () => fast[name](id, ['0'], Buffer.alloc(1))],
+      ['a bad buffer', () => fast[name](id, new Float64Array(1), {})],
     ]) {
       const error = fromNative(t.throws(call, undefined, `${name}: ${label}`));
       t.true(error instanceof TypeError, `${name}: ${label}`);
@@ -994,7 +1027,7 @@ test('the raw readv/writev fast paths reject bad arguments without crashing', (t
     }
     // GPAs past the buffers are ignored; more than 72 buffers take the long argument path.
     const buffers = Array.from({ length: 100 }, () => Buffer.alloc(8));
-    fast[name](new Float64Array(101), ...buffers);
-    fast[name](buffers.map((_, i) => BigInt(i * 8)), ...buffers);
+    fast[name](id, new Float64Array(101), ...buffers);
+    fast[name](id, buffers.map((_, i) => BigInt(i * 8)), ...buffers);
   }
 });

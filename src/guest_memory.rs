@@ -4,7 +4,8 @@
 //! memory. Synchronous operations publish the JavaScript environment so that the hooks of a
 //! memory made from a sparse mapping can run (`js_thread`); the asynchronous copies run on the
 //! libuv pool through Rust-owned buffers. `readAt`, `writeAt`, `readv`, `writev` and the scalar
-//! accesses are plain N-API functions ([`fast`]) for speed.
+//! accesses are plain N-API functions ([`fast`]) for speed, shared by every memory of a
+//! JavaScript thread and given the memory's id.
 
 // Unsafe code: the caller's typed arrays are handed to the guarded copies as raw pointers, and
 // the fast paths are plain N-API callbacks.
@@ -44,6 +45,7 @@ use napi::bindgen_prelude::Uint8Array;
 use napi::Env;
 use napi::Task;
 use napi_derive::napi;
+use std::cell::Cell;
 use std::rc::Rc;
 
 /// Fault-safe access to guest physical memory.
@@ -51,6 +53,8 @@ use std::rc::Rc;
 pub struct NativeGuestMemory {
     /// The memory, shared with the fast paths ([`fast`]); `close()` empties it.
     state: Rc<fast::MemoryState>,
+    /// The fast paths' id of the memory, once asked for (`fastPathId()`).
+    fast_id: Cell<Option<u64>>,
 }
 
 impl NativeGuestMemory {
@@ -59,6 +63,7 @@ impl NativeGuestMemory {
     pub fn wrap(memory: GuestMemory, publish_env: bool) -> Self {
         NativeGuestMemory {
             state: Rc::new(fast::MemoryState::new(memory, publish_env)),
+            fast_id: Cell::new(None),
         }
     }
 
@@ -181,12 +186,19 @@ impl NativeGuestMemory {
         Ok(Self::wrap(memory, true))
     }
 
-    /// This memory's fast paths ([`fast`]): functions bound to this memory.
-    #[napi(
-        ts_return_type = "{ readAt(gpa: U64, dest: Uint8Array): void; writeAt(gpa: U64, src: Uint8Array): void; readv(gpas: Float64Array | Array<U64>, ...buffers: ArrayBufferView[]): void; writev(gpas: Float64Array | Array<U64>, ...buffers: ArrayBufferView[]): void; readU8(gpa: U64): number; readU16(gpa: U64): number; readU32(gpa: U64): number; readU64(gpa: U64): bigint; writeU8(gpa: U64, value: number): void; writeU16(gpa: U64, value: number): void; writeU32(gpa: U64, value: number): void; writeU64(gpa: U64, value: U64): void }"
-    )]
-    pub fn fast_paths(&self, env: Env) -> napi::Result<fast::RawValue> {
-        fast::functions(&env, &self.state).or_throw()
+    /// This memory's id for the fast paths (`guestMemoryFastPaths()`), the same on every call;
+    /// it names nothing once the memory is closed or collected.
+    #[napi]
+    pub fn fast_path_id(&self) -> napi::Result<f64> {
+        let id = match self.fast_id.get() {
+            Some(id) => id,
+            None => {
+                let id = fast::register(&self.state).or_throw()?;
+                self.fast_id.set(Some(id));
+                id
+            }
+        };
+        Ok(js_api::slots::id_to_number(id))
     }
 
     /// A handle id for `fromHandle` in a worker thread.
@@ -420,8 +432,25 @@ impl NativeGuestMemory {
     /// Drops this reference.
     #[napi]
     pub fn close(&self) {
+        fast::unregister(self.fast_id.take());
         self.state.close();
     }
+}
+
+impl Drop for NativeGuestMemory {
+    /// A memory collected without `close()` leaves the fast paths' table too.
+    fn drop(&mut self) {
+        fast::unregister(self.fast_id.take());
+    }
+}
+
+/// The fast paths ([`fast`]) of every memory of this JavaScript thread: functions that take the
+/// memory's `fastPathId()` as their first argument.
+#[napi(
+    ts_return_type = "{ readAt(id: number, gpa: U64, dest: Uint8Array): void; writeAt(id: number, gpa: U64, src: Uint8Array): void; readv(id: number, gpas: Float64Array | Array<U64>, ...buffers: ArrayBufferView[]): void; writev(id: number, gpas: Float64Array | Array<U64>, ...buffers: ArrayBufferView[]): void; readU8(id: number, gpa: U64): number; readU16(id: number, gpa: U64): number; readU32(id: number, gpa: U64): number; readU64(id: number, gpa: U64): bigint; writeU8(id: number, gpa: U64, value: number): void; writeU16(id: number, gpa: U64, value: number): void; writeU32(id: number, gpa: U64, value: number): void; writeU64(id: number, gpa: U64, value: U64): void }"
+)]
+pub fn guest_memory_fast_paths(env: Env) -> napi::Result<fast::RawValue> {
+    fast::functions(&env).or_throw()
 }
 
 /// One shareable region of guest memory.
@@ -537,10 +566,14 @@ impl NativeLockedPages {
 /// napi-rs's class methods pay for its borrow tracking on every call (a hash-map insert and
 /// removal and an allocation for `&self`, plus a type-tag check of `this`), which costs more
 /// than the copy itself for small accesses. These operations are plain N-API callbacks instead,
-/// created for each memory with the memory's state as their callback data (`fastPaths()`), so
-/// a call needs no lookup or validation of the receiver: N-API hands the data back and nobody
-/// can forge it. They read their arguments with `crate::args` and throw like every native
-/// function (`crate::errors`).
+/// made once per call of `guestMemoryFastPaths()` and shared by every memory of the JavaScript
+/// thread: the first argument is the memory's id in this thread's table of memories
+/// (`fastPathId()`, `js_api::slots`), an index checked against the slot's generation, so a
+/// stale or made-up id finds no memory (`ERR_CLOSED`) and can reach nothing else. (Functions
+/// made per memory, bound to its state, cost a table lookup less per call, but each
+/// `napi_create_function` leaves memory behind in V8 from Node 22 on: 10,000 memories kept
+/// ~14 MiB in ~55 more mappings after every object was collected.) They read their arguments
+/// with `crate::args` and throw like every native function (`crate::errors`).
 pub mod fast {
     use crate::args::callback_args;
     use crate::args::read_bytes;
@@ -551,6 +584,8 @@ pub mod fast {
     use crate::js_thread::with_env;
     use guestmem::GuestMemory;
     use guestmem::VectoredEntry;
+    use js_api::slots::id_from_number;
+    use js_api::slots::Slots;
     use js_api::JsError;
     use js_api::ToJsError;
     use napi::bindgen_prelude::ToNapiValue;
@@ -630,19 +665,63 @@ pub mod fast {
         }
     }
 
-    /// Releases the reference a fast-path function holds when the function is collected.
-    unsafe extern "C" fn release_state(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
-        // SAFETY: `data` is the `Rc` leaked by `functions` for this function, released once.
-        drop(unsafe { Rc::from_raw(data.cast_const().cast::<MemoryState>()) });
+    thread_local! {
+        /// The memories of this JavaScript thread that the fast paths can reach, by id.
+        static MEMORIES: Memories = const { RefCell::new(Slots::new()) };
+    }
+
+    /// Enters `state` in this thread's table; its id.
+    pub fn register(state: &Rc<MemoryState>) -> Result<u64, JsError> {
+        MEMORIES
+            .with(|memories| memories.borrow_mut().insert(state.clone()))
+            .ok_or_else(|| JsError::internal("too many GuestMemory objects are open"))
+    }
+
+    /// Removes the memory with this id (if any) from this thread's table.
+    pub fn unregister(id: Option<u64>) {
+        if let Some(id) = id {
+            // Nothing to remove once the thread's table itself is gone (thread exit).
+            let _ = MEMORIES.try_with(|memories| memories.borrow_mut().remove(id));
+        }
+    }
+
+    /// This thread's table of memories, as the fast paths' callback data (saves a thread-local
+    /// lookup per call).
+    type Memories = RefCell<Slots<Rc<MemoryState>>>;
+
+    /// The memory a fast path's first argument names in `memories` (its callback data).
+    ///
+    /// # Safety
+    /// `env` and `value` must belong to the running callback, and `memories` must be the
+    /// callback data of a function made by [`functions`].
+    unsafe fn memory_of(
+        env: sys::napi_env,
+        memories: *mut c_void,
+        value: sys::napi_value,
+    ) -> Result<Rc<MemoryState>, JsError> {
+        // SAFETY: the data of every function made by `functions` points at the table of the
+        // thread that made it, the only thread that can call it; the table lives as long as
+        // the thread, which outlives every JavaScript call on it.
+        let memories = unsafe { &*memories.cast_const().cast::<Memories>() };
+        let mut number = 0f64;
+        // SAFETY: a query on a value of the running callback; a non-number fails it.
+        if unsafe { sys::napi_get_value_double(env, value, &mut number) } != sys::Status::napi_ok {
+            return Err(JsError::arg_type(
+                "the first argument must be a GuestMemory id",
+            ));
+        }
+        id_from_number(number)
+            .and_then(|id| memories.borrow().get(id).cloned())
+            .ok_or_else(|| JsError::closed("GuestMemory"))
     }
 
     fn c_string(text: &str) -> CString {
         CString::new(text.replace('\0', "\u{fffd}")).unwrap_or_default()
     }
 
-    /// Runs a fast path: reads up to `N` arguments and the memory state, runs `body`, throws
-    /// what it fails with. A panic (a bug) becomes an `ERR_PANIC` error instead of unwinding
-    /// into Node.
+    /// Runs a fast path: reads up to `N` arguments, the first naming the memory, runs `body`
+    /// with the memory's state, throws what it fails with. A panic (a bug) becomes an
+    /// `ERR_PANIC` error instead of unwinding into Node.
     ///
     /// # Safety
     /// `env` and `info` must be the arguments N-API passed to a callback made by [`functions`].
@@ -657,8 +736,10 @@ pub mod fast {
     ) -> sys::napi_value {
         // SAFETY: the arguments of this callback.
         let result = match unsafe { callback_args::<N>(env, info) } {
-            // SAFETY: `data` is this callback's data.
-            Some((args, _, data)) => unsafe { with_state(data, |state| body(env, state, &args)) },
+            // SAFETY: values of the running callback.
+            Some((args, _, data)) => unsafe {
+                with_state(env, data, &args, |state| body(env, state, &args))
+            },
             None => Err(JsError::internal("cannot read the arguments")),
         };
         // SAFETY: `env` is the environment of the running callback.
@@ -709,30 +790,32 @@ pub mod fast {
             }
         };
         let result = args.and_then(|args| {
-            // SAFETY: `data` is this callback's data.
-            unsafe { with_state(data, |state| body(env, state, args)) }
+            // SAFETY: values of the running callback.
+            unsafe { with_state(env, data, args, |state| body(env, state, args)) }
         });
         // SAFETY: `env` is the environment of the running callback.
         unsafe { finish(env, result) }
     }
 
-    /// Runs `body` with the memory state of a callback's data, turning a panic (a bug) into an
-    /// `ERR_PANIC` error.
+    /// Runs `body` with the memory that the first of `args` names (held for the call: a hook
+    /// may close the memory meanwhile), turning a panic (a bug) into an `ERR_PANIC` error.
     ///
     /// # Safety
-    /// `data` is the callback data N-API passed to a callback made by [`functions`].
+    /// `env` and `args` must belong to the running callback, `memories` is its callback data.
     unsafe fn with_state(
-        data: *mut c_void,
+        env: sys::napi_env,
+        memories: *mut c_void,
+        args: &[sys::napi_value],
         body: impl FnOnce(&MemoryState) -> Result<sys::napi_value, JsError>,
     ) -> Result<sys::napi_value, JsError> {
-        if data.is_null() {
-            return Err(JsError::internal("cannot read the arguments"));
-        }
-        // SAFETY: the callback data of every function made by `functions` is a `Rc<MemoryState>`
-        // that the function keeps alive (released by its finalizer, which cannot run while the
-        // function is being called).
-        let state = unsafe { &*data.cast_const().cast::<MemoryState>() };
-        catch_unwind(AssertUnwindSafe(|| body(state)))
+        let Some(&id) = args.first() else {
+            return Err(JsError::arg_type(
+                "the first argument must be a GuestMemory id",
+            ));
+        };
+        // SAFETY: a value of the running callback.
+        let state = unsafe { memory_of(env, memories, id) }?;
+        catch_unwind(AssertUnwindSafe(|| body(&state)))
             .unwrap_or_else(|payload| Err(JsError::internal(panic_text(payload.as_ref()))))
     }
 
@@ -802,26 +885,26 @@ pub mod fast {
     }
 
     fast_path!(
-        /// `readAt(gpa, dest)`. `dest` is the caller's typed array, valid during this call; it
+        /// `readAt(id, gpa, dest)`. `dest` is the caller's typed array, valid during this call; it
         /// is only written through the guarded copy (it may be shared memory).
-        read_at, call::<2>, |env, state, args| {
-            let (gpa, dest) = (read_u64(env, args[0])?, read_bytes(env, args[1])?);
+        read_at, call::<3>, |env, state, args| {
+            let (gpa, dest) = (read_u64(env, args[1])?, read_bytes(env, args[2])?);
             run(env, state, |memory| memory.read_ptr(gpa, dest.ptr, dest.len))?;
             undefined()
         }
     );
 
     fast_path!(
-        /// `writeAt(gpa, src)`.
-        write_at, call::<2>, |env, state, args| {
-            let (gpa, src) = (read_u64(env, args[0])?, read_bytes(env, args[1])?);
+        /// `writeAt(id, gpa, src)`.
+        write_at, call::<3>, |env, state, args| {
+            let (gpa, src) = (read_u64(env, args[1])?, read_bytes(env, args[2])?);
             run(env, state, |memory| memory.write_ptr(gpa, src.ptr.cast_const(), src.len))?;
             undefined()
         }
     );
 
-    /// The entries of `readv(gpas, ...buffers)`/`writev(gpas, ...buffers)`: the GPAs (see
-    /// [`read_gpas`]) and one typed array or `DataView` per entry.
+    /// The entries of `readv(id, gpas, ...buffers)`/`writev(id, gpas, ...buffers)` (`args`
+    /// after the id): the GPAs (see [`read_gpas`]) and one typed array or `DataView` per entry.
     ///
     /// # Safety
     /// `env` and `args` must belong to the running callback.
@@ -851,20 +934,20 @@ pub mod fast {
     }
 
     fast_path!(
-        /// `readv(gpas, ...buffers)`. Each buffer is the caller's typed array or DataView, valid
+        /// `readv(id, gpas, ...buffers)`. Each buffer is the caller's typed array or DataView, valid
         /// during this call; it is only written through the guarded copies (it may be shared
         /// memory).
         readv, call_variadic, |env, state, args| {
-            let entries = vectored_entries(env, args)?;
+            let entries = vectored_entries(env, &args[1..])?;
             run(env, state, |memory| memory.read_v_ptr(&entries))?;
             undefined()
         }
     );
 
     fast_path!(
-        /// `writev(gpas, ...buffers)`.
+        /// `writev(id, gpas, ...buffers)`.
         writev, call_variadic, |env, state, args| {
-            let entries = vectored_entries(env, args)?;
+            let entries = vectored_entries(env, &args[1..])?;
             run(env, state, |memory| memory.write_v_ptr(&entries))?;
             undefined()
         }
@@ -875,18 +958,18 @@ pub mod fast {
     macro_rules! scalar_paths {
         ($name:ident, $store:ident, $ty:ty, $read_value:expr) => {
             fast_path!(
-                /// A scalar load `(gpa)`.
-                $name, call::<1>, |env, state, args| {
-                    let gpa = read_u64(env, args[0])?;
+                /// A scalar load `(id, gpa)`.
+                $name, call::<2>, |env, state, args| {
+                    let gpa = read_u64(env, args[1])?;
                     let loaded = run(env, state, |memory| memory.read_plain::<$ty>(gpa))?;
                     value(env, loaded)
                 }
             );
             fast_path!(
-                /// A scalar store `(gpa, value)`.
-                $store, call::<2>, |env, state, args| {
-                    let gpa = read_u64(env, args[0])?;
-                    let stored: $ty = $read_value(env, args[1], <$ty>::MAX)?;
+                /// A scalar store `(id, gpa, value)`.
+                $store, call::<3>, |env, state, args| {
+                    let gpa = read_u64(env, args[1])?;
+                    let stored: $ty = $read_value(env, args[2], <$ty>::MAX)?;
                     run(env, state, |memory| memory.write_plain(gpa, &stored))?;
                     undefined()
                 }
@@ -948,44 +1031,31 @@ pub mod fast {
         ("writeU64", write_u64),
     ];
 
-    /// An object holding this memory's fast-path functions, each with a reference to `state`
-    /// as its callback data.
-    pub fn functions(env: &Env, state: &Rc<MemoryState>) -> Result<RawValue, JsError> {
+    /// An object holding the fast-path functions.
+    pub fn functions(env: &Env) -> Result<RawValue, JsError> {
         let fail = || JsError::internal("cannot create the GuestMemory fast paths");
         let mut object = ptr::null_mut();
-        // SAFETY: creates values in the live environment of this call. Each function gets its
-        // own leaked `Rc`, owned by its finalizer once that is attached (reclaimed here when a
-        // step fails before, in which case the function is never handed out).
+        // SAFETY: creates values in the live environment of this call; the functions' data is
+        // this thread's table of memories (see `memory_of`).
         unsafe {
             if sys::napi_create_object(env.raw(), &mut object) != sys::Status::napi_ok {
                 return Err(fail());
             }
+            let data = MEMORIES.with(|memories| ptr::from_ref(memories).cast_mut().cast());
             for (name, callback) in FUNCTIONS {
-                let data = Rc::into_raw(state.clone()).cast_mut().cast::<c_void>();
                 let mut function = ptr::null_mut();
-                let created = sys::napi_create_function(
+                let name_len = name.len().try_into().unwrap_or(0);
+                let c_name = c_string(name);
+                if sys::napi_create_function(
                     env.raw(),
                     name.as_ptr().cast(),
-                    name.len().try_into().unwrap_or(0),
+                    name_len,
                     Some(callback),
                     data,
                     &mut function,
-                ) == sys::Status::napi_ok
-                    && sys::napi_add_finalizer(
-                        env.raw(),
-                        function,
-                        data,
-                        Some(release_state),
-                        ptr::null_mut(),
-                        ptr::null_mut(),
-                    ) == sys::Status::napi_ok;
-                if !created {
-                    drop(Rc::from_raw(data.cast_const().cast::<MemoryState>()));
-                    return Err(fail());
-                }
-                let name = c_string(name);
-                if sys::napi_set_named_property(env.raw(), object, name.as_ptr(), function)
-                    != sys::Status::napi_ok
+                ) != sys::Status::napi_ok
+                    || sys::napi_set_named_property(env.raw(), object, c_name.as_ptr(), function)
+                        != sys::Status::napi_ok
                 {
                     return Err(fail());
                 }

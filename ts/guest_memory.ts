@@ -576,15 +576,26 @@ function vectoredArgs(list: unknown, what: string): [Float64Array | U64[], ...Ar
   return args;
 }
 
+type FastPaths = ReturnType<typeof native.guestMemoryFastPaths>;
+let sharedFastPaths: FastPaths | undefined;
+
+/** The fast-path functions of this thread's memories, made on first use. */
+function fastPaths(): FastPaths {
+  sharedFastPaths ??= native.guestMemoryFastPaths();
+  return sharedFastPaths;
+}
+
 /** Fault-safe access to guest physical memory; all copies, never zero-copy views. */
 export class GuestMemory {
   #closed = false;
   readonly #n: NativeGuestMemory;
   /**
-   * The hottest operations of #n as plain N-API functions bound to its memory (no per-call
-   * borrow tracking of napi-rs class methods); they share the memory and close with #n.
+   * The hottest operations as plain N-API functions (no per-call borrow tracking of napi-rs
+   * class methods), shared by every memory of this thread; each call names the memory by #id.
    */
-  readonly #f: ReturnType<NativeGuestMemory['fastPaths']>;
+  readonly #f: FastPaths;
+  /** #n's id for #f: names nothing once #n is closed. */
+  readonly #id: number;
 
   /** @internal */
   constructor(token: typeof guestAdopt, handle: NativeGuestMemory) {
@@ -592,7 +603,8 @@ export class GuestMemory {
       throw invalidArgType('GuestMemory cannot be constructed directly: use GuestMemory.allocate, GuestMemory.fromSparseMapping or a GuestMemoryClient');
     }
     this.#n = handle;
-    this.#f = handle.fastPaths();
+    this.#f = fastPaths();
+    this.#id = handle.fastPathId();
     internals.set(this, handle);
   }
 
@@ -684,7 +696,7 @@ export class GuestMemory {
   /** Copy guest bytes at gpa into dest. */
   readAt(gpa: U64, dest: Uint8Array): void {
     try {
-      this.#f.readAt(gpa, dest);
+      this.#f.readAt(this.#id, gpa, dest);
     } catch (error) {
       throw fastPathError(error, () => {
         toU64(gpa, 'gpa');
@@ -702,7 +714,7 @@ export class GuestMemory {
   readv(list: VectoredEntry[]): void {
     const args = vectoredArgs(list, 'readv');
     try {
-      this.#f.readv(...args);
+      this.#f.readv(this.#id, ...args);
     } catch (error) {
       throw fromNative(error);
     }
@@ -717,7 +729,7 @@ export class GuestMemory {
   writev(list: VectoredEntry[]): void {
     const args = vectoredArgs(list, 'writev');
     try {
-      this.#f.writev(...args);
+      this.#f.writev(this.#id, ...args);
     } catch (error) {
       throw fromNative(error);
     }
@@ -733,7 +745,7 @@ export class GuestMemory {
   /** Copy src to guest gpa. */
   writeAt(gpa: U64, src: Uint8Array): void {
     try {
-      this.#f.writeAt(gpa, src);
+      this.#f.writeAt(this.#id, gpa, src);
     } catch (error) {
       throw fastPathError(error, () => {
         toU64(gpa, 'gpa');
@@ -757,7 +769,7 @@ export class GuestMemory {
   /** Little-endian 8-bit load. */
   readU8(gpa: U64): number {
     try {
-      return this.#f.readU8(gpa);
+      return this.#f.readU8(this.#id, gpa);
     } catch (error) {
       throw fastPathError(error, () => {
         toU64(gpa, 'gpa');
@@ -767,7 +779,7 @@ export class GuestMemory {
   /** Little-endian 16-bit load (single-copy atomic when aligned). */
   readU16(gpa: U64): number {
     try {
-      return this.#f.readU16(gpa);
+      return this.#f.readU16(this.#id, gpa);
     } catch (error) {
       throw fastPathError(error, () => {
         toU64(gpa, 'gpa');
@@ -777,7 +789,7 @@ export class GuestMemory {
   /** Little-endian 32-bit load (single-copy atomic when aligned). */
   readU32(gpa: U64): number {
     try {
-      return this.#f.readU32(gpa);
+      return this.#f.readU32(this.#id, gpa);
     } catch (error) {
       throw fastPathError(error, () => {
         toU64(gpa, 'gpa');
@@ -787,7 +799,7 @@ export class GuestMemory {
   /** Little-endian 64-bit load (single-copy atomic when aligned). */
   readU64(gpa: U64): bigint {
     try {
-      return this.#f.readU64(gpa);
+      return this.#f.readU64(this.#id, gpa);
     } catch (error) {
       throw fastPathError(error, () => {
         toU64(gpa, 'gpa');
@@ -797,7 +809,7 @@ export class GuestMemory {
   /** 8-bit store; value range-checked (RangeError). */
   writeU8(gpa: U64, value: number): void {
     try {
-      this.#f.writeU8(gpa, value);
+      this.#f.writeU8(this.#id, gpa, value);
     } catch (error) {
       throw fastPathError(error, () => {
         toU64(gpa, 'gpa');
@@ -807,7 +819,7 @@ export class GuestMemory {
   /** 16-bit little-endian store. */
   writeU16(gpa: U64, value: number): void {
     try {
-      this.#f.writeU16(gpa, value);
+      this.#f.writeU16(this.#id, gpa, value);
     } catch (error) {
       throw fastPathError(error, () => {
         toU64(gpa, 'gpa');
@@ -817,7 +829,7 @@ export class GuestMemory {
   /** 32-bit little-endian store. */
   writeU32(gpa: U64, value: number): void {
     try {
-      this.#f.writeU32(gpa, value);
+      this.#f.writeU32(this.#id, gpa, value);
     } catch (error) {
       throw fastPathError(error, () => {
         toU64(gpa, 'gpa');
@@ -827,7 +839,7 @@ export class GuestMemory {
   /** 64-bit little-endian store. */
   writeU64(gpa: U64, value: U64): void {
     try {
-      this.#f.writeU64(gpa, value);
+      this.#f.writeU64(this.#id, gpa, value);
     } catch (error) {
       throw fastPathError(error, () => {
         toU64(gpa, 'gpa');

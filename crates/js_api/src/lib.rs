@@ -39,6 +39,7 @@ pub mod migrations;
 pub mod range_panics;
 pub mod ranges;
 pub mod registration;
+pub mod slots;
 pub mod snapshots;
 pub mod typescript;
 pub mod views;
