@@ -39,6 +39,7 @@ impl ValidateNapiValue for U64 {}
 ///
 /// # Safety
 /// `env` and `info` must be the arguments N-API passed to the running callback.
+#[inline(always)]
 pub unsafe fn callback_args<const N: usize>(
     env: sys::napi_env,
     info: sys::napi_callback_info,
