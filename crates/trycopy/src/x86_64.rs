@@ -550,14 +550,15 @@ pub(crate) fn inline_fills() -> Vec<InlineFill> {
 }
 
 /// The width of the widest store of the inline fill that [`fill`] picks for `len` bytes on this
-/// CPU (inline copies store at most 16 bytes at a time).
+/// CPU: the widest family that covers `len` (inline copies store at most 16 bytes at a time).
 #[cfg(test)]
 pub(crate) fn inline_fill_store_width(len: usize) -> usize {
-    if len >= sites::WIDE_MIN && Cpu::get().avx() {
-        32
-    } else {
-        16
-    }
+    inline_fills()
+        .iter()
+        .filter(|family| len >= family.min_len)
+        .map(|family| family.store_width)
+        .max()
+        .unwrap_or(16)
 }
 
 /// Whether a forward copy of `len` bytes from `src` to `dst` reads every byte before it is

@@ -273,6 +273,19 @@ fn random_id() -> u128 {
     (u128::from(half(1)) << 64) | u128::from(half(2))
 }
 
+/// Appends `items` to mapper `id`'s list in `groups` (one list per mapper, in the order the
+/// mappers first appear).
+fn add_to_group<T>(
+    groups: &mut Vec<(MapperId, Vec<T>)>,
+    id: MapperId,
+    items: impl IntoIterator<Item = T>,
+) {
+    match groups.iter_mut().find(|(known, _)| *known == id) {
+        Some((_, list)) => list.extend(items),
+        None => groups.push((id, items.into_iter().collect())),
+    }
+}
+
 impl MappingManager {
     async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<MappingRequest>) {
         // A request taken from the channel while gathering a run of `SendMappings`.
@@ -399,10 +412,7 @@ impl MappingManager {
                 continue;
             }
             let messages = self.answers(id, range);
-            match per_mapper.iter_mut().find(|(known, _)| *known == id) {
-                Some((_, list)) => list.extend(messages),
-                None => per_mapper.push((id, messages)),
-            }
+            add_to_group(&mut per_mapper, id, messages);
         }
         for (id, messages) in per_mapper {
             if let Some(mapper) = self.mapper(id) {
@@ -489,10 +499,7 @@ impl MappingManager {
             match self.take_mappings(range) {
                 Ok(mappers) => {
                     for id in mappers {
-                        match per_mapper.iter_mut().find(|(known, _)| *known == id) {
-                            Some((_, list)) => list.push(range),
-                            None => per_mapper.push((id, vec![range])),
-                        }
+                        add_to_group(&mut per_mapper, id, [range]);
                     }
                 }
                 Err(error) => {
