@@ -177,3 +177,45 @@ test("an async operation's pageFault may call synchronous operations of the same
   await memory.readAtAsync(P, 3 * P);
   t.is(memory.readU32(0), 3);
 });
+
+test('the memories of a thread share one hook runner: closing one leaves the others served, and a worker has its own', async (t) => {
+  const { Worker } = require('node:worker_threads');
+  const hooked = (mapping, calls) =>
+    GuestMemory.fromSparseMapping(mapping, {
+      pageFault(gpa) {
+        calls.push(threadId);
+        mapping.alloc((gpa / BigInt(P)) * BigInt(P), P);
+        return 'retry';
+      },
+    });
+  const calls = [];
+  const first = hooked(new SparseMapping(4 * P), calls);
+  const second = hooked(new SparseMapping(4 * P), calls);
+  t.true((await first.readAtAsync(0, 8)).equals(Buffer.alloc(8)));
+  first.close();
+  t.true((await second.readAtAsync(P, 8)).equals(Buffer.alloc(8)));
+  // A worker's memory calls its hook on the worker's thread, through that thread's own runner.
+  const script = `
+    const { parentPort, threadId } = require('node:worker_threads');
+    const { GuestMemory, SparseMapping } = require(${JSON.stringify(require.resolve('../dist'))});
+    const mapping = new SparseMapping(${4 * P});
+    const seen = [];
+    const memory = GuestMemory.fromSparseMapping(mapping, {
+      pageFault(gpa) { seen.push(threadId); mapping.alloc(gpa - (gpa % ${P}n), ${P}); return 'retry'; },
+    });
+    memory.writeAtAsync(${2 * P}, Buffer.from('worker')).then(async () => {
+      parentPort.postMessage({ seen, threadId, back: (await memory.readAtAsync(${2 * P}, 6)).toString() });
+    });`;
+  const worker = new Worker(script, { eval: true });
+  const [reply] = await Promise.all([
+    new Promise((resolve, reject) => worker.once('message', resolve).once('error', reject)),
+    new Promise((resolve) => worker.once('exit', resolve)),
+  ]);
+  t.deepEqual(reply.seen, [reply.threadId]);
+  t.is(reply.back, 'worker');
+  // After the worker and its environment are gone, this thread's memories are still served.
+  const third = hooked(new SparseMapping(4 * P), calls);
+  t.true((await third.readAtAsync(2 * P, 8)).equals(Buffer.alloc(8)));
+  t.true((await second.readAtAsync(3 * P, 8)).equals(Buffer.alloc(8)));
+  t.deepEqual(calls, [threadId, threadId, threadId, threadId]);
+});

@@ -1,9 +1,10 @@
 // Resource leaks (issue 7, "Stress and faults"): 10,000 managers created with
 // GuestMemoryBuilder.build and closed, then 10,000 more dropped and garbage collected, and the
 // same for the standalone objects (GuestMemory.allocate, SparseMapping with private pages and a
-// memfd view, GuestMemory.fromSparseMapping, Mappable.allocSharedMemory). Afterwards open
-// descriptors (/proc/self/fd), /proc/self/maps lines, threads (/proc/self/task) and resident
-// memory (VmRSS) must be back at their starting level within the tolerances below.
+// memfd view, GuestMemory.fromSparseMapping without and with a hook,
+// Mappable.allocSharedMemory). Afterwards open descriptors (/proc/self/fd), /proc/self/maps
+// lines, threads (/proc/self/task) and resident memory (VmRSS) must be back at their starting
+// level within the tolerances below.
 //
 // Each measurement runs in its own child process (fixtures/stress/leak_child.js, with
 // --expose-gc) so the ava worker's own state does not blur the figures. 10,000 of each takes
