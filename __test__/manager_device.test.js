@@ -313,6 +313,25 @@ test('device windows live while either half is open; closing both removes the wi
   await manager.close();
 });
 
+test('closing both halves while a placement is pending removes the window once the placement is served', async (t) => {
+  const { manager, partition } = await attached(L1());
+  for (let round = 0; round < 10; round++) {
+    const gpa = 0xd000_0000 + round * 0x1000;
+    const { control, region } = manager.deviceMemoryMapper().newRegion(0x1000, `pending ${round}`);
+    await region.map(0, objectWith(P, 0x1000), 0, 0x1000, true);
+    partition.clearLog();
+    // Nothing awaited in between: the placement is still queued when both halves close.
+    await Promise.all([control.mapToGuest(gpa, true), control.close(), region.close()]);
+    t.deepEqual(await deviceRegions(manager), [], `round ${round}: no window is left`);
+    t.deepEqual(
+      partition.log().map((c) => [c.op, c.gpa]),
+      [['map', BigInt(gpa)], ['unmap', BigInt(gpa)]],
+      `round ${round}: placed, then removed`,
+    );
+  }
+  await manager.close();
+});
+
 test('closing both halves of a placed window resolves only after the partition has dropped it', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: false });
   const { control, region } = manager.deviceMemoryMapper().newRegion(0x1_0000, 'closing');

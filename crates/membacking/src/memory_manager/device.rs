@@ -75,11 +75,11 @@ struct WindowShared {
 }
 
 impl Drop for WindowShared {
+    /// Requests the window's removal whether or not it is placed now: a placement requested
+    /// before the drop may not have been served yet, and is served before this removal.
     fn drop(&mut self) {
-        if self.window.lock().placement().is_some() {
-            self.regions
-                .device_no_wait(self.window.clone(), DeviceOp::UnmapFromGuest);
-        }
+        self.regions
+            .device_no_wait(self.window.clone(), DeviceOp::UnmapFromGuest);
     }
 }
 
@@ -116,10 +116,9 @@ impl WindowShared {
         })
     }
 
+    /// Sends `op` now (see `RegionManagerClient::device`); the future waits for its answer.
     fn run(&self, op: DeviceOp) -> impl Future<Output = io::Result<()>> + Send + 'static {
-        let regions = self.regions.clone();
-        let window = self.window.clone();
-        async move { regions.device(window, op).await }
+        self.regions.device(self.window.clone(), op)
     }
 }
 

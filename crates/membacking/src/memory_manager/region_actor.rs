@@ -342,20 +342,28 @@ impl RegionManagerClient {
         .await
     }
 
-    /// Runs a device-window operation and waits for it.
-    pub(crate) async fn device(&self, window: SharedWindow, op: DeviceOp) -> io::Result<()> {
+    /// Sends a device-window operation at once and returns the wait for its answer: operations
+    /// are served in the order they were called, whenever their futures are first polled (a
+    /// window's removal sent when its last half is dropped comes after them).
+    pub(crate) fn device(
+        &self,
+        window: SharedWindow,
+        op: DeviceOp,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
         let (sender, receiver) = oneshot::channel();
         let sent = self.send(RegionRequest::Device {
             window,
             op,
             reply: Some(sender),
         });
-        if !sent {
-            return Err(io::Error::other(RegionManagerError::ManagerGone));
+        async move {
+            if !sent {
+                return Err(io::Error::other(RegionManagerError::ManagerGone));
+            }
+            receiver
+                .await
+                .unwrap_or_else(|_| Err(io::Error::other(RegionManagerError::ManagerGone)))
         }
-        receiver
-            .await
-            .unwrap_or_else(|_| Err(io::Error::other(RegionManagerError::ManagerGone)))
     }
 
     /// Runs a device-window operation without waiting (for drops).

@@ -993,6 +993,55 @@ fn device_window_is_removed_when_both_halves_are_dropped() {
     );
 }
 
+#[test]
+fn device_window_placed_by_a_request_pending_when_both_halves_drop_is_removed() {
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let partition = attach(&mgr, Vtl::Vtl0);
+    partition.clear_log();
+    let (control, region) = mgr
+        .device_memory_mapper()
+        .new_region(0x1000, "dev".into())
+        .unwrap();
+    // The placement is requested, but neither served nor even polled when both halves go.
+    let placing = control.map_to_guest(0xD000_0000, true);
+    drop(control);
+    drop(region);
+    block_on(placing).unwrap();
+    assert_eq!(snapshot(&mgr).regions.len(), 1, "the window is gone");
+    assert_eq!(
+        partition.take_log(),
+        [
+            C::map(0xD000_0000, 0x1000, true, true, 0xD000_0000),
+            C::unmap(0xD000_0000, 0x1000)
+        ]
+    );
+}
+
+#[test]
+fn device_requests_are_served_in_the_order_they_are_made() {
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let partition = attach(&mgr, Vtl::Vtl0);
+    partition.clear_log();
+    let (control, _region) = mgr
+        .device_memory_mapper()
+        .new_region(0x1000, "dev".into())
+        .unwrap();
+    let first = control.map_to_guest(0xD000_0000, true);
+    let second = control.map_to_guest(0xE000_0000, true);
+    // Awaited in the opposite order: the placement made last is the one that stays.
+    block_on(second).unwrap();
+    block_on(first).unwrap();
+    assert_eq!(control.gpa(), Some(0xE000_0000));
+    assert_eq!(
+        partition.take_log(),
+        [
+            C::map(0xD000_0000, 0x1000, true, true, 0xD000_0000),
+            C::unmap(0xD000_0000, 0x1000),
+            C::map(0xE000_0000, 0x1000, true, true, 0xE000_0000),
+        ]
+    );
+}
+
 // ----- private memory, poisoning, invalidation order -----
 
 #[test]
