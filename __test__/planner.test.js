@@ -119,6 +119,31 @@ test('bad input to flatView and plan', async (t) => {
   await t.throwsAsync(manager.flatView(), { code: 'ERR_MANAGER_GONE' });
 });
 
+test("plan refuses a change naming another manager's window, as apply does, and plans nothing", async (t) => {
+  const { manager, partition } = await setup();
+  const other = await setup();
+  const { control, region } = other.manager.deviceMemoryMapper().newRegion(4096, 'foreign');
+  const object = mb.Mappable.allocSharedMemory(4096, 'foreign');
+  const changes = [
+    { kind: 'deviceMapToGuest', window: control, gpa: 0xd000_0000, writable: true },
+    { kind: 'deviceUnmapFromGuest', window: control },
+    { kind: 'deviceMap', region, offset: 0, object, fileOffset: 0, len: 4096, writable: true },
+    { kind: 'deviceUnmap', region, offset: 0, len: 4096 },
+  ];
+  for (const change of changes) {
+    const error = await t.throwsAsync(manager.plan(change), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE' }, change.kind);
+    t.regex(error.message, /belongs to another memory manager/);
+    await t.throwsAsync(manager.apply([change]), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE' }, change.kind);
+  }
+  // The manager that made the window plans it.
+  const own = await other.manager.plan(changes[0]);
+  t.true(own.ops.some((op) => op.op === 'map' && op.gpa === 0xd000_0000n));
+  t.deepEqual(partition.log(), []);
+  t.deepEqual(other.partition.log(), []);
+  await other.manager.close();
+  await manager.close();
+});
+
 test('property: for random change sequences, applying each plan gives exactly the planned calls and flat view', async (t) => {
   const change = fc.oneof(
     fc.record({ kind: fc.constant('ram'), region: fc.integer({ min: 0, max: 12 }), visibility: fc.constantFrom('Unmapped', 'ReadOnly', 'ReadWrite') }),

@@ -86,6 +86,16 @@ impl NativeGuestMemoryManager {
 
 #[napi]
 impl NativeDeviceWindowHalf {
+    /// Whether `manager` made this window (a dry run of it is only meaningful there).
+    #[napi]
+    pub fn made_by(&self, manager: &NativeGuestMemoryManager) -> napi::Result<bool> {
+        let manager = manager.manager()?;
+        match self.control() {
+            Ok(control) => Ok(control.made_by(manager)),
+            Err(_) => Ok(self.region()?.made_by(manager)),
+        }
+    }
+
     /// Dry run of `mapToGuest(gpa, writable)`.
     #[napi(ts_return_type = "Promise<string>")]
     pub fn plan_map_to_guest<'env>(

@@ -91,6 +91,18 @@ function toWritable(value: unknown, name: string): boolean {
   return value;
 }
 
+/** A window half of `manager`, or the error of a change naming another manager's window. */
+function ownWindow<H extends { madeBy(manager: InstanceType<typeof native.NativeGuestMemoryManager>): boolean }>(
+  manager: InstanceType<typeof native.NativeGuestMemoryManager>,
+  half: H,
+  name: string,
+): H {
+  if (!call(() => half.madeBy(manager))) {
+    throw invalidArgValue(`${name} belongs to another memory manager: plan a window's changes with the manager whose deviceMemoryMapper() made it`);
+  }
+  return half;
+}
+
 /** @internal The native planner calls for one change. */
 export async function planChange(
   manager: InstanceType<typeof native.NativeGuestMemoryManager>,
@@ -107,19 +119,19 @@ export async function planChange(
       break;
     }
     case 'deviceMapToGuest': {
-      const w = resolve.window(change.window, 'change.window');
+      const w = ownWindow(manager, resolve.window(change.window, 'change.window'), 'change.window');
       const gpa = toU64(change.gpa, 'change.gpa');
       const writable = toWritable(change.writable, 'change');
       pending = call(() => w.planMapToGuest(gpa, writable));
       break;
     }
     case 'deviceUnmapFromGuest': {
-      const w = resolve.window(change.window, 'change.window');
+      const w = ownWindow(manager, resolve.window(change.window, 'change.window'), 'change.window');
       pending = call(() => w.planUnmapFromGuest());
       break;
     }
     case 'deviceMap': {
-      const r = resolve.region(change.region, 'change.region');
+      const r = ownWindow(manager, resolve.region(change.region, 'change.region'), 'change.region');
       const offset = toU64(change.offset, 'change.offset');
       const object = resolve.mappable(change.object, 'change.object');
       const fileOffset = toU64(change.fileOffset, 'change.fileOffset');
@@ -129,7 +141,7 @@ export async function planChange(
       break;
     }
     case 'deviceUnmap': {
-      const r = resolve.region(change.region, 'change.region');
+      const r = ownWindow(manager, resolve.region(change.region, 'change.region'), 'change.region');
       const offset = toU64(change.offset, 'change.offset');
       const len = toU64(change.len, 'change.len');
       pending = call(() => r.planUnmap(offset, len));

@@ -390,6 +390,13 @@ mod tests {
     }
 
     #[test]
+    fn a_window_knows_the_manager_that_made_it() {
+        let (vm, other) = (vm(), self::vm());
+        assert!(vm.control.made_by(&vm.mgr) && vm.region.made_by(&vm.mgr));
+        assert!(!other.control.made_by(&vm.mgr) && !other.region.made_by(&vm.mgr));
+    }
+
+    #[test]
     fn a_partition_refusing_a_batch_call_poisons_the_manager() {
         let vm = vm();
         vm.partition.fail_on(virt::RecordedOp::Map, PAM0.start());

@@ -19,6 +19,7 @@ use super::region_actor::RegionManagerClient;
 use super::region_actor::SharedWindow;
 use crate::device_memory::DeviceWindow;
 use crate::region_manager::RegionManagerError;
+use crate::GuestMemoryManager;
 use parking_lot::Mutex;
 use std::future::Future;
 use std::io;
@@ -116,6 +117,11 @@ impl WindowShared {
         })
     }
 
+    /// Whether `manager` made this window (its changes may be planned and applied only there).
+    fn made_by(&self, manager: &GuestMemoryManager) -> bool {
+        self.regions.same_manager(&manager.regions)
+    }
+
     /// Sends `op` now (see `RegionManagerClient::device`); the future waits for its answer.
     fn run(&self, op: DeviceOp) -> impl Future<Output = io::Result<()>> + Send + 'static {
         self.regions.device(self.window.clone(), op)
@@ -201,6 +207,11 @@ impl MappableGuestMemory {
     /// The window's length.
     pub fn len(&self) -> u64 {
         self.shared.window.lock().len()
+    }
+
+    /// Whether `manager`'s device memory mapper made this window.
+    pub fn made_by(&self, manager: &GuestMemoryManager) -> bool {
+        self.shared.made_by(manager)
     }
 
     /// Whether the window has length zero (it can never be placed).
@@ -353,6 +364,11 @@ impl MappedMemoryRegion {
             offset: offset as u64,
             len: len as u64,
         })
+    }
+
+    /// Whether `manager`'s device memory mapper made this window.
+    pub fn made_by(&self, manager: &GuestMemoryManager) -> bool {
+        self.shared.made_by(manager)
     }
 
     /// The window's length.
