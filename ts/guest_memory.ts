@@ -338,7 +338,7 @@ export class SparseMapping {
 }
 
 /** Page-fault decision of a JS backing: gpa and remaining len in bytes. */
-export type PageFaultHandler = (gpa: bigint, len: bigint, write: boolean) => 'retry' | 'fallback' | { fail: GuestMemoryErrorKind; message?: string };
+export type PageFaultHandler = (gpa: bigint, len: bigint, write: boolean) => 'retry' | 'fallback' | { fail: GuestMemoryErrorKind | `${GuestMemoryErrorKind}`; message?: string };
 
 /** Options of fromSparseMapping (the JS backing's hooks). */
 export interface GuestMemoryOptions {

@@ -11,7 +11,9 @@ import {
   DeviceMemoryControl,
   DeviceMemoryRegion,
   ERROR_CODES,
+  GuestMemory,
   GuestMemoryBuilder,
+  GuestMemoryErrorKind,
   GuestMemoryManager,
   KvmPartition,
   MemoryLayout,
@@ -30,9 +32,11 @@ import {
   type SnapshotInfo,
   readSnapshot,
   snapshotSupport,
+  SparseMapping,
   Vtl,
   VcpuMode,
   range,
+  type PageFaultHandler,
 } from '../../ts/index';
 
 declare const manager: GuestMemoryManager;
@@ -40,6 +44,16 @@ declare const window: DeviceMemoryControl;
 declare const region: DeviceMemoryRegion;
 declare const object: Mappable;
 declare const kvm: KvmPartition;
+
+export function pageFaultAnswers(mapping: SparseMapping): void {
+  // A failure kind as the enum member or as its string, as the runtime accepts both.
+  const byEnum: PageFaultHandler = () => ({ fail: GuestMemoryErrorKind.VtlProtected });
+  const byString: PageFaultHandler = () => ({ fail: 'OutOfRange', message: 'not here' });
+  GuestMemory.fromSparseMapping(mapping, { pageFault: () => ({ fail: 'NotPrivate' }) });
+  // @ts-expect-error: not a GuestMemoryErrorKind.
+  GuestMemory.fromSparseMapping(mapping, { pageFault: () => ({ fail: 'Gone' }) });
+  void [byEnum, byString];
+}
 
 export async function visibility(): Promise<void> {
   const control = manager.ramVisibilityControl();
