@@ -25,6 +25,9 @@ use memory_range::MemoryRange;
 use std::collections::BTreeMap;
 use std::io;
 
+/// Objects are mapped into a window in whole pages of this size.
+const PAGE_SIZE: u64 = 4096;
+
 /// One mapping recorded in a device window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceMapping<O> {
@@ -147,6 +150,15 @@ impl<O: Clone> DeviceWindow<O> {
         writable: bool,
     ) -> io::Result<()> {
         let range = self.window_range(offset, len)?;
+        if !file_offset.is_multiple_of(PAGE_SIZE) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "file offset {file_offset:#x} of mapping {range} in device memory window {} is not a multiple of 4 KiB (0x1000): objects are mapped in whole pages, so start the mapping at a page of the object",
+                    self.name
+                ),
+            ));
+        }
         if let Some(existing) = self.overlapping(range).first() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,

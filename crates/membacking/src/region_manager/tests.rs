@@ -1032,6 +1032,15 @@ fn device_input_errors_change_nothing() {
         .map(&mut vm.mgr, 0x2000, "B", 0, 0, true)
         .unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "empty mapping");
+    let error = window
+        .map(&mut vm.mgr, 0x2000, "B", 0x800, 0x1000, true)
+        .unwrap_err();
+    assert_eq!(
+        error.kind(),
+        io::ErrorKind::InvalidInput,
+        "unaligned file offset"
+    );
+    assert!(error.to_string().contains("file offset 0x800"), "{error}");
 
     assert_eq!(vm.snapshot(), before);
     assert_eq!(window.mappings().len(), recorded);
