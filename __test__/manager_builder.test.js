@@ -134,12 +134,15 @@ test('a RAM object the OS refuses fails AllocationFailed with the OS error as ca
   });
 });
 
-test('the builder is consumed by build: a second build throws ERR_CLOSED, even after a failure', async (t) => {
+test('the builder is consumed by build: a second build or a setter throws ERR_CLOSED, even after a failure', async (t) => {
   const b = new GuestMemoryBuilder();
   const manager = await b.build(L1());
   const again = await t.throwsAsync(b.build(L1()));
   t.is(again.code, 'ERR_CLOSED');
   t.true(again instanceof mb.MembackingError);
+  for (const setter of [() => b.x86LegacySupport(true), () => b.privateMemory(false), () => b.prefetchRam(true), () => b.pinMappings(true), () => b.transparentHugepages(false), () => b.vtl0AliasMap(null), () => b.existingBacking(null)]) {
+    t.throws(setter, { instanceOf: mb.MembackingError, code: 'ERR_CLOSED', message: /GuestMemoryBuilder/ });
+  }
   await manager.close();
   const failing = new GuestMemoryBuilder().transparentHugepages(true);
   await buildFails(t, failing.build(L1()), 'ERR_THP_WITHOUT_PRIVATE_MEMORY');

@@ -300,7 +300,10 @@ test('device windows live while either half is open; closing both removes the wi
   await control.close();
   t.deepEqual((await deviceRegions(manager)).map((r) => r.name), ['halves'], 'closing the control alone does not unmap');
   t.is((await t.throwsAsync(control.mapToGuest(0xd000_0000, true))).code, 'ERR_CLOSED');
+  t.throws(() => control.len, { code: 'ERR_CLOSED', message: 'DeviceMemoryControl is closed' });
+  t.is(region.len, 0x1000n);
   await region.close();
+  t.throws(() => region.len, { code: 'ERR_CLOSED', message: 'DeviceMemoryRegion is closed' });
   // Removal is requested without waiting; the next manager round trip sees it done.
   await manager.inspect();
   let regions = await deviceRegions(manager);

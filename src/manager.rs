@@ -394,14 +394,8 @@ impl NativeDeviceMemoryMapper {
             .new_region(host_size(len, "len")?, debug_name)
             .map_err(|error| throw(JsError::device_window(&error)))?;
         Ok(vec![
-            NativeDeviceWindowHalf {
-                control: Some(control),
-                region: None,
-            },
-            NativeDeviceWindowHalf {
-                control: None,
-                region: Some(region),
-            },
+            NativeDeviceWindowHalf::control_half(control),
+            NativeDeviceWindowHalf::region_half(region),
         ])
     }
 
@@ -417,6 +411,8 @@ impl NativeDeviceMemoryMapper {
 pub struct NativeDeviceWindowHalf {
     control: Option<MappableGuestMemory>,
     region: Option<Arc<MappedMemoryRegion>>,
+    /// The public class of this half, for the error of a closed one.
+    class: &'static str,
 }
 
 impl NativeDeviceWindowHalf {
@@ -425,6 +421,7 @@ impl NativeDeviceWindowHalf {
         NativeDeviceWindowHalf {
             control: Some(control),
             region: None,
+            class: "DeviceMemoryControl",
         }
     }
 
@@ -433,6 +430,7 @@ impl NativeDeviceWindowHalf {
         NativeDeviceWindowHalf {
             control: None,
             region: Some(region),
+            class: "DeviceMemoryRegion",
         }
     }
 
@@ -465,9 +463,10 @@ impl NativeDeviceWindowHalf {
     /// The window length.
     #[napi(getter)]
     pub fn len(&self) -> napi::Result<u64> {
-        match &self.control {
-            Some(control) => Ok(control.len()),
-            None => Ok(self.region()?.len()),
+        match (&self.control, &self.region) {
+            (Some(control), _) => Ok(control.len()),
+            (None, Some(region)) => Ok(region.len()),
+            (None, None) => Err(throw(JsError::closed(self.class))),
         }
     }
 

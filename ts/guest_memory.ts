@@ -187,8 +187,8 @@ export class Mappable {
 
   /** Duplicate an existing fd (close-on-exec). */
   static fromFd(fd: number): Mappable {
-    if (typeof fd !== 'number' || !Number.isInteger(fd)) throw invalidArgType(`fd must be an integer, got ${describeType(fd)}`);
-    if (fd < 0 || fd > 0x7fff_ffff) throw invalidArgValue(`fd must be a non-negative descriptor, got ${fd}`);
+    if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < 0) throw invalidArgType(`fd must be a non-negative integer (an open descriptor), got ${typeof fd === 'number' ? fd : describeType(fd)}`);
+    if (fd > 0x7fff_ffff) throw invalidArgValue(`fd must be an open descriptor (at most 0x7fffffff), got ${fd}`);
     return new Mappable(mappableToken, call(() => native.NativeMappable.fromFd(fd)));
   }
 

@@ -121,14 +121,21 @@ export class GuestMemoryBuilder {
   /** All options off. */
   constructor() {}
 
+  /** Throws ERR_CLOSED once build() has consumed this builder (its options are spent). */
+  #checkOpen(): void {
+    if (this.#consumed) throw closedError('GuestMemoryBuilder');
+  }
+
   /** Reuse another manager's RAM object instead of allocating. */
   existingBacking(backing: SharedMemoryBacking | null): this {
+    this.#checkOpen();
     if (backing !== null && !(backing instanceof SharedMemoryBacking)) throw invalidArgType(`backing must be a SharedMemoryBacking or null, got ${describeType(backing)}`);
     this.#existingBacking = backing;
     return this;
   }
   /** GPA offset (bytes) of the VTL0 alias in a VTL2 partition, or null. */
   vtl0AliasMap(offset: U64 | null): this {
+    this.#checkOpen();
     this.#vtl0AliasMap = offset === null ? null : toU64(offset, 'offset');
     return this;
   }
@@ -141,6 +148,7 @@ export class GuestMemoryBuilder {
    * exceptions of the process.
    */
   prefetchRam(enable: boolean, options: { onProgress?: PrefetchProgressCallback } = {}): this {
+    this.#checkOpen();
     this.#prefetchRam = toBool(enable, 'enable');
     if (typeof options !== 'object' || options === null) throw invalidArgType(`options must be an object, got ${describeType(options)}`);
     if (options.onProgress !== undefined && typeof options.onProgress !== 'function') {
@@ -151,21 +159,25 @@ export class GuestMemoryBuilder {
   }
   /** Pin every range mapped into a partition. */
   pinMappings(enable: boolean): this {
+    this.#checkOpen();
     this.#pinMappings = toBool(enable, 'enable');
     return this;
   }
   /** Split low RAM into VGA/PAM regions. */
   x86LegacySupport(enable: boolean): this {
+    this.#checkOpen();
     this.#x86LegacySupport = toBool(enable, 'enable');
     return this;
   }
   /** Back RAM with private anonymous memory (no shared object). */
   privateMemory(enable: boolean): this {
+    this.#checkOpen();
     this.#privateMemory = toBool(enable, 'enable');
     return this;
   }
   /** madvise(HUGEPAGE) private RAM (Linux). */
   transparentHugepages(enable: boolean): this {
+    this.#checkOpen();
     this.#transparentHugepages = toBool(enable, 'enable');
     return this;
   }
@@ -173,7 +185,7 @@ export class GuestMemoryBuilder {
   /** Build in the original's order; MemoryBuildError. Consumes the builder (reuse → ERR_CLOSED). */
   async build(layout: MemoryLayout): Promise<GuestMemoryManager> {
     const l = nativeLayout(layout);
-    if (this.#consumed) throw closedError('GuestMemoryBuilder');
+    this.#checkOpen();
     this.#consumed = true;
     const backing = this.#existingBacking === null ? null : (internals.get(this.#existingBacking) as NativeBacking);
     const pending = call(() =>
