@@ -118,6 +118,12 @@ const PROVOKED = {
   ERR_INJECTED_FAILURE: () => failedAttach('map'),
   ERR_PIN: () => failedAttach('pin', (b) => b.pinMappings(true)),
   ERR_UNSUPPORTED: () => withManager((manager) => manager.attachPartition(Vtl.Vtl0, new RecordingPartition(), { remoteProcess: process.pid })),
+  ERR_ALREADY_ATTACHED: () =>
+    withManager(async (manager) => {
+      const partition = new RecordingPartition();
+      await manager.attachPartition(Vtl.Vtl0, partition);
+      return manager.attachPartition(Vtl.Vtl0, partition);
+    }),
   ERR_MEMORY_MANAGER_GONE: async () => {
     const manager = await new GuestMemoryBuilder().build(layout());
     const client = manager.client();

@@ -194,6 +194,48 @@ kvmTest('cancel stops a looping guest; a second run while one is in progress is 
   t.deepEqual(await again, { kind: 'Cancelled', reason: 'cancel' });
 });
 
+kvmTest('attaching an attached KvmPartition again is refused before any slot changes; its slot and guest survive', async (t) => {
+  const layout = () => MemoryLayout.new(64n * MiB, [range(3n * GiB, 4n * GiB)]);
+  const manager = await new GuestMemoryBuilder().build(layout());
+  const other = await new GuestMemoryBuilder().build(layout());
+  const partition = await KvmPartition.create();
+  t.teardown(async () => {
+    partition.close();
+    await other.close();
+    await manager.close().catch(() => {});
+  });
+  await manager.attachPartition(Vtl.Vtl0, partition);
+  const slots = partition.inspect().slots;
+  t.deepEqual(slots.map((s) => [s.gpa, s.size]), [[0n, 64n * MiB]]);
+  partition.takeSlotLog();
+  // The same manager (at any VTL) or another one: refused before any KVM call.
+  for (const [target, vtl, where] of [[manager, Vtl.Vtl0, 'this'], [manager, Vtl.Vtl2, 'this'], [other, Vtl.Vtl0, 'another']]) {
+    const error = await t.throwsAsync(target.attachPartition(vtl, partition), { instanceOf: mb.PartitionAttachError });
+    t.is(error.code, 'ERR_ALREADY_ATTACHED');
+    t.true(error.message.startsWith(`partition is already attached to ${where} memory manager`), error.message);
+    t.deepEqual(partition.inspect().slots, slots, 'the first attach keeps its slot');
+  }
+  t.deepEqual(partition.slotLog(), [], 'no map or unmap reached the partition');
+  t.is((await manager.inspect()).partitions.length, 1);
+  t.is((await other.inspect()).partitions.length, 0);
+  // The partition still runs guest code in the first manager's RAM.
+  const memory = await manager.client().guestMemory();
+  const vcpu = await partition.createVcpu({ pageTables: range(2n * MiB, 4n * MiB + 8n * KiB) });
+  t.teardown(() => vcpu.close());
+  const key = 0x1234_5678_9abc_def0n;
+  memory.writeAt(CODE, programs.fillPattern);
+  vcpu.setRegisters({ rip: CODE, rdi: 32n * MiB, rcx: 8n, rdx: key });
+  isDone(t, await vcpu.run(RUN));
+  t.is(memory.readU64(32n * MiB), (32n * MiB) ^ key);
+  vcpu.close();
+  // Once the first manager has closed (its slot removed), the other manager may attach it.
+  await manager.close();
+  t.deepEqual(partition.inspect().slots, []);
+  await other.attachPartition(Vtl.Vtl0, partition);
+  t.is(partition.inspect().slots.length, 1);
+  t.is((await other.inspect()).partitions.length, 1);
+});
+
 kvmTest('inspect() is the slot table of the attached RAM', async (t) => {
   const { partition } = await guest(t);
   const state = partition.inspect();

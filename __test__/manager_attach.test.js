@@ -158,6 +158,40 @@ test('a failed VTL2 attach is not rolled back: the alias mapper stays and gets l
   await manager.close();
 });
 
+test('an attached partition is refused by a second attach (this manager, any VTL, or another) before any call', async (t) => {
+  const manager = await build(L1(), { alias: 0x1_0000_0000n });
+  const other = await build(L1());
+  const partition = new RecordingPartition();
+  await manager.attachPartition(Vtl.Vtl0, partition);
+  partition.clearLog();
+  for (const [target, vtl, where] of [[manager, Vtl.Vtl0, 'this'], [manager, Vtl.Vtl2, 'this'], [other, Vtl.Vtl0, 'another']]) {
+    const error = await t.throwsAsync(target.attachPartition(vtl, partition), { instanceOf: PartitionAttachError });
+    t.is(error.code, 'ERR_ALREADY_ATTACHED');
+    t.true(error.message.startsWith(`partition is already attached to ${where} memory manager`), error.message);
+    t.deepEqual(partition.log(), [], 'no map and no whole-window unmap');
+  }
+  t.deepEqual((await manager.inspect()).partitions, [{ offset: 0n, pinMappings: false }]);
+  t.deepEqual((await other.inspect()).partitions, []);
+  // The first attach is whole: a change reaches it once, with VA offsets still from its window.
+  await manager.ramVisibilityControl().setRamVisibility(range(0, 0x4000_0000), RamVisibility.Unmapped);
+  await manager.ramVisibilityControl().setRamVisibility(range(0, 0x4000_0000), RamVisibility.ReadWrite);
+  t.deepEqual(partition.takeLog(), [unmap(0, 0x4000_0000), map(0, 0x4000_0000)]);
+  // A failed VTL2 attach that kept its alias mapper keeps the partition attached too.
+  const vtl2 = new RecordingPartition();
+  vtl2.failOn('map', 0);
+  assertMapperError(t, await t.throwsAsync(manager.attachPartition(Vtl.Vtl2, vtl2)), 'ERR_MAP');
+  vtl2.clearFailures();
+  vtl2.clearLog();
+  t.is((await t.throwsAsync(manager.attachPartition(Vtl.Vtl2, vtl2))).code, 'ERR_ALREADY_ATTACHED');
+  t.deepEqual(vtl2.log(), []);
+  // Closing the manager releases its partitions.
+  await manager.close();
+  partition.clearLog();
+  await other.attachPartition(Vtl.Vtl0, partition);
+  t.deepEqual(partition.log(), [map(0, 0x4000_0000)]);
+  await other.close();
+});
+
 test('a visibility change reaches the alias mapping, then the primary one', async (t) => {
   const { manager, partition } = await attached(L1(), { x86: true, alias: 0x1_0000_0000n }, Vtl.Vtl2);
   await manager.ramVisibilityControl().setRamVisibility(VGA, RamVisibility.Unmapped);

@@ -16,6 +16,7 @@ use crate::handles::Shared;
 use crate::handles::HANDLES;
 use crate::layout::NativeLayout;
 use crate::partition::attachable;
+use crate::partition::measure_va_from;
 use crate::partition::AnyPartition;
 use crate::progress::prefetch_progress;
 use crate::promise::promise;
@@ -220,12 +221,22 @@ impl NativeGuestMemoryManager {
     ) -> napi::Result<Object<'env>> {
         let manager = self.manager()?;
         let vtl = number_member(vtl, "vtl").or_throw()?;
-        let partition = attachable(&partition, manager)?;
-        let attach = manager.attach_partition(vtl, &partition, remote_process.map(RemoteProcess));
+        let target = attachable(&partition)?;
+        // Claimed before anything touches the partition: a refused attach changes nothing.
+        let claim = manager.claim_partition(&target);
+        if claim.is_ok() {
+            measure_va_from(&partition, manager);
+        }
+        let attach = claim.map(|claim| {
+            manager.attach_claimed_partition(vtl, claim, remote_process.map(RemoteProcess))
+        });
         let attach = async move {
-            let result = attach.await;
+            let result = match attach {
+                Ok(attach) => attach.await,
+                Err(refused) => Err(refused),
+            };
             // The manager holds partitions weakly; the JavaScript object keeps them alive.
-            drop(partition);
+            drop(target);
             result
         };
         settle(env, Polling::Pool, attach)

@@ -82,26 +82,27 @@ pub type AnyPartition<'env> = Either<
 #[cfg(not(target_arch = "x86_64"))]
 pub type AnyPartition<'env> = Either<ClassInstance<'env, NativeRecordingPartition>, ()>;
 
-/// The partition as `manager` attaches it. A recording partition records VA offsets relative
-/// to the manager's VA window.
-pub fn attachable(
-    partition: &AnyPartition<'_>,
-    manager: &GuestMemoryManager,
-) -> napi::Result<Arc<dyn PartitionMemoryMap>> {
+/// The partition `manager` would attach (a closed recording partition is refused).
+pub fn attachable(partition: &AnyPartition<'_>) -> napi::Result<Arc<dyn PartitionMemoryMap>> {
     match partition {
         Either::A(recording) if recording.inner.is_closed() => {
             Err(throw(JsError::closed("RecordingPartition")))
         }
-        Either::A(recording) => {
-            recording.inner.set_va_base(manager.va_window_base());
-            Ok(recording.inner.clone())
-        }
+        Either::A(recording) => Ok(recording.inner.clone()),
         #[cfg(target_arch = "x86_64")]
         Either::B(kvm) => Ok(kvm.kvm()?.clone()),
         #[cfg(not(target_arch = "x86_64"))]
         Either::B(()) => Err(throw(JsError::arg_type(
             "partition must be a RecordingPartition",
         ))),
+    }
+}
+
+/// Makes a recording partition measure its VA offsets from `manager`'s window: done once the
+/// partition is claimed for `manager`, so a refused attach leaves its log's offsets alone.
+pub fn measure_va_from(partition: &AnyPartition<'_>, manager: &GuestMemoryManager) {
+    if let Either::A(recording) = partition {
+        recording.inner.set_va_base(manager.va_window_base());
     }
 }
 

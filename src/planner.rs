@@ -79,7 +79,7 @@ impl NativeGuestMemoryManager {
     ) -> napi::Result<Object<'env>> {
         let manager = self.manager()?;
         let vtl = number_member(vtl, "vtl").or_throw()?;
-        let partition = attachable(&partition, manager)?;
+        let partition = attachable(&partition)?;
         plan(env, manager.plan_attach_partition(vtl, &partition))
     }
 }

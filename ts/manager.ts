@@ -363,6 +363,8 @@ export class GuestMemoryManager {
   }
   /**
    * Map all active regions into `partition` (alias mapper first for Vtl2); PartitionAttachError.
+   * A partition is attached once: attaching one that is attached (to this manager at any VTL, or to
+   * another open manager) throws ERR_ALREADY_ATTACHED before any partition call.
    * `remoteProcess` exists for parity with the original and always throws ERR_UNSUPPORTED on Linux.
    */
   async attachPartition(vtl: Vtl, partition: RecordingPartition | KvmPartition, options: { remoteProcess?: number } = {}): Promise<void> {

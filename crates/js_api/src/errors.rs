@@ -86,6 +86,7 @@ error_codes! {
     Map = "ERR_MAP",
     Pin = "ERR_PIN",
     Unsupported = "ERR_UNSUPPORTED",
+    AlreadyAttached = "ERR_ALREADY_ATTACHED",
     MemoryManagerGone = "ERR_MEMORY_MANAGER_GONE",
     Reserve = "ERR_RESERVE",
     RemoteWithPrivateMemory = "ERR_REMOTE_WITH_PRIVATE_MEMORY",
@@ -919,6 +920,7 @@ impl ToJsError for membacking::PartitionAttachError {
             E::VaMapper(_) => ErrorCode::VaMapper,
             E::PartitionMapper(_) => ErrorCode::PartitionMapper,
             E::Unsupported => ErrorCode::Unsupported,
+            E::AlreadyAttached(_) => ErrorCode::AlreadyAttached,
         };
         row(ErrorClass::PartitionAttachError, code, self)
     }

@@ -133,4 +133,36 @@ pub enum PartitionAttachError {
     /// The manager is gone, poisoned, or refused the partition mapper's offset.
     #[error(transparent)]
     Manager(RegionManagerError),
+    /// The partition is attached already (extension: the original maps it a second time, and
+    /// the failed attach's whole-window unmap then removes what the first attach mapped).
+    /// Refused before any partition call.
+    #[error("{}", .0.refusal())]
+    AlreadyAttached(AttachedTo),
+}
+
+/// Which manager holds a partition that [`PartitionAttachError::AlreadyAttached`] refused.
+#[derive(Debug, Copy, Clone, PartialEq, Eq)]
+pub enum AttachedTo {
+    /// The manager asked to attach it.
+    ThisManager,
+    /// Another manager of this process.
+    AnotherManager,
+}
+
+impl AttachedTo {
+    /// The refusal's message: the rule and what to do instead.
+    fn refusal(self) -> &'static str {
+        match self {
+            AttachedTo::ThisManager => {
+                "partition is already attached to this memory manager: a partition is attached \
+                 once, at one VTL, and stays attached until the manager closes (also when a VTL2 \
+                 attach failed after mapping the alias); attach a new partition instead"
+            }
+            AttachedTo::AnotherManager => {
+                "partition is already attached to another memory manager: a partition is \
+                 attached to one manager at a time, until that manager closes; close the other \
+                 manager first, or attach a new partition"
+            }
+        }
+    }
 }

@@ -70,6 +70,7 @@ mod test_guest;
 
 pub use dirty::DirtyTracking;
 pub use dirty::DirtyTrackingError;
+pub use error::AttachedTo;
 pub use error::ManagerGone;
 pub use error::MemoryBuildError;
 pub use error::NoMapping;
@@ -96,6 +97,7 @@ pub use memory_manager::ManagerChange;
 pub use memory_manager::ManagerSnapshot;
 pub use memory_manager::MappableGuestMemory;
 pub use memory_manager::MappedMemoryRegion;
+pub use memory_manager::PartitionClaim;
 pub use memory_manager::PlanPreview;
 pub use memory_manager::PrefetchFailureRecord;
 pub use memory_manager::PrefetchFailures;

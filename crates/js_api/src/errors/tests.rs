@@ -232,6 +232,8 @@ fn attach_errors() -> Vec<membacking::PartitionAttachError> {
         ))),
         E::Unsupported,
         E::Manager(membacking::RegionManagerError::ManagerGone),
+        E::AlreadyAttached(membacking::AttachedTo::ThisManager),
+        E::AlreadyAttached(membacking::AttachedTo::AnotherManager),
     ]
 }
 
@@ -711,6 +713,21 @@ fn manager_rows_unwrap_transparent_variants_and_keep_chains() {
             Some(ErrorCode::OverlapError)
         )
     );
+
+    for refused in &attach_errors()[4..] {
+        let refused = refused.to_js_error();
+        assert_eq!(
+            refused.kind(),
+            (
+                ErrorClass::PartitionAttachError,
+                Some(ErrorCode::AlreadyAttached)
+            )
+        );
+        assert!(refused
+            .message
+            .starts_with("partition is already attached to "));
+        assert!(refused.cause.is_none());
+    }
 
     let attach = &attach_errors()[1].to_js_error();
     assert_eq!(

@@ -27,6 +27,7 @@
 //! until its last accessor (and lock) is gone, inaccessible except for locked pages once the
 //! manager has stopped.
 
+mod attach_claim;
 mod batch;
 mod device;
 mod preview;
@@ -54,6 +55,7 @@ pub use region_actor::PrefetchProgress;
 pub use region_actor::PrefetchReport;
 
 use crate::dirty::DirtyTracking;
+use crate::error::AttachedTo;
 use crate::error::MemoryBuildError;
 use crate::error::PartitionAttachError;
 use crate::error::VaMapperError;
@@ -71,6 +73,8 @@ use crate::region_manager::Change;
 use crate::region_manager::FlatEntry;
 use crate::region_manager::PartitionMapperInfo;
 use crate::region_manager::RegionManagerError;
+use attach_claim::AttachClaim;
+use attach_claim::ManagerId;
 use futures::channel::oneshot;
 use guestmem::DirtyBitmap;
 use guestmem::GuestMemory;
@@ -405,6 +409,7 @@ impl GuestMemoryBuilder {
                 transparent_hugepages: self.transparent_hugepages,
             },
             attach_lock: Arc::new(futures::lock::Mutex::new(())),
+            id: ManagerId::next(),
             thread,
             stopped,
         })
@@ -510,8 +515,18 @@ pub struct GuestMemoryManager {
     /// A lazy restore still filling this manager's RAM (decommits must claim their pages).
     pub(crate) lazy_restore: Arc<parking_lot::Mutex<Option<crate::snapshot::lazy::DecommitGuard>>>,
     attach_lock: Arc<futures::lock::Mutex<()>>,
+    /// Which manager holds a partition's attach claim.
+    id: ManagerId,
     thread: Option<JoinHandle<()>>,
     stopped: Option<oneshot::Receiver<()>>,
+}
+
+/// A partition claimed for one attach to one manager ([`GuestMemoryManager::claim_partition`]):
+/// no other attach of the partition is accepted while it, or a partition mapper registered
+/// with it, exists.
+#[derive(Debug)]
+pub struct PartitionClaim {
+    claim: Arc<AttachClaim>,
 }
 
 /// What a manager holds of the process's limited resources while it is open: descriptors (the
@@ -593,6 +608,11 @@ impl GuestMemoryManager {
     /// for [`Vtl::Vtl2`] with an alias offset, first at the alias offset, then at offset 0. A
     /// failure of the second step leaves the first registered (no rollback, as the original).
     ///
+    /// A partition is attached once: one already attached to this manager (at any VTL, also
+    /// by a VTL2 attach that failed after the alias step) or to another open manager is refused
+    /// with [`PartitionAttachError::AlreadyAttached`] before any partition call. A failed attach
+    /// that registered nothing leaves the partition free to attach again.
+    ///
     /// The manager holds the partition weakly: once the last `Arc` is dropped it is skipped.
     /// `process` names a remote process to host the VA mapper; that is unsupported here.
     pub fn attach_partition(
@@ -601,9 +621,36 @@ impl GuestMemoryManager {
         partition: &Arc<dyn PartitionMemoryMap>,
         process: Option<RemoteProcess>,
     ) -> impl Future<Output = Result<(), PartitionAttachError>> + Send + 'static {
+        let attach = self
+            .claim_partition(partition)
+            .map(|claim| self.attach_claimed_partition(vtl, claim, process));
+        async move { attach?.await }
+    }
+
+    /// The first half of [`attach_partition`](Self::attach_partition): claims `partition` for
+    /// this manager, or refuses it (`AlreadyAttached`) if it is attached already. Dropping the
+    /// claim without attaching releases it.
+    pub fn claim_partition(
+        &self,
+        partition: &Arc<dyn PartitionMemoryMap>,
+    ) -> Result<PartitionClaim, PartitionAttachError> {
+        AttachClaim::take(partition, self.id)
+            .map(|claim| PartitionClaim { claim })
+            .map_err(PartitionAttachError::AlreadyAttached)
+    }
+
+    /// The second half of [`attach_partition`](Self::attach_partition): attaches the partition
+    /// `claim` holds (a claim of another manager is refused with `AlreadyAttached`).
+    pub fn attach_claimed_partition(
+        &self,
+        vtl: Vtl,
+        claim: PartitionClaim,
+        process: Option<RemoteProcess>,
+    ) -> impl Future<Output = Result<(), PartitionAttachError>> + Send + 'static {
+        let claim = claim.claim;
+        let foreign_claim = claim.holder() != self.id;
         let regions = self.regions.clone();
         let mapper = self.mapper().clone();
-        let weak = Arc::downgrade(partition);
         let alias = if vtl == Vtl::Vtl2 {
             self.alias_offset
         } else {
@@ -612,6 +659,11 @@ impl GuestMemoryManager {
         let pin_mappings = self.pin_mappings;
         let attach_lock = self.attach_lock.clone();
         async move {
+            if foreign_claim {
+                return Err(PartitionAttachError::AlreadyAttached(
+                    AttachedTo::AnotherManager,
+                ));
+            }
             if process.is_some() {
                 return Err(PartitionAttachError::Unsupported);
             }
@@ -622,8 +674,9 @@ impl GuestMemoryManager {
                     offset,
                     pin_mappings,
                 };
+                // Each registered mapper keeps the claim; if none is, it ends with this attach.
                 regions
-                    .add_partition(info, weak.clone(), mapper.clone())
+                    .add_partition(info, claim.clone(), mapper.clone())
                     .await
                     .map_err(|error| match error {
                         RegionManagerError::PartitionMapper(error) => {

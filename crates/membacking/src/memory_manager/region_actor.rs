@@ -12,6 +12,7 @@
 //! When the task stops (explicit shutdown, or every handle gone), each attached partition that
 //! is still alive gets one whole-window unmap per partition mapper.
 
+use super::attach_claim::AttachClaim;
 use super::batch::BatchChangeError;
 use super::batch::BatchError;
 use super::preview::add_slots;
@@ -182,7 +183,7 @@ pub(crate) enum RegionRequest {
     },
     AddPartition {
         info: PartitionMapperInfo,
-        partition: Weak<dyn PartitionMemoryMap>,
+        claim: Arc<AttachClaim>,
         mapper: Arc<VaMapper>,
         reply: Reply<usize>,
     },
@@ -327,15 +328,16 @@ impl RegionManagerClient {
         .await
     }
 
+    /// Registers a partition mapper for the partition `claim` holds; the mapper keeps the claim.
     pub(crate) async fn add_partition(
         &self,
         info: PartitionMapperInfo,
-        partition: Weak<dyn PartitionMemoryMap>,
+        claim: Arc<AttachClaim>,
         mapper: Arc<VaMapper>,
     ) -> Result<usize, RegionManagerError> {
         self.call(|reply| RegionRequest::AddPartition {
             info,
-            partition,
+            claim,
             mapper,
             reply,
         })
@@ -540,6 +542,8 @@ pub(crate) struct RegionActorConfig {
 struct PartitionEntry {
     partition: Weak<dyn PartitionMemoryMap>,
     mapper: Arc<VaMapper>,
+    /// The partition's attach claim, released when its last mapper is dropped.
+    _claim: Arc<AttachClaim>,
 }
 
 /// Creates a region manager: its client and the task to run on the manager thread.
@@ -669,10 +673,11 @@ impl RegionActor {
             }
             RegionRequest::AddPartition {
                 info,
-                partition,
+                claim,
                 mapper,
                 reply,
             } => {
+                let partition = claim.partition().clone();
                 if let Some(live) = partition.upgrade() {
                     let index = self.partitions.len();
                     if let Err(error) = self.dirty.start_partition(live.as_ref(), index) {
@@ -681,7 +686,11 @@ impl RegionActor {
                         return;
                     }
                 }
-                let entry = PartitionEntry { partition, mapper };
+                let entry = PartitionEntry {
+                    partition,
+                    mapper,
+                    _claim: claim,
+                };
                 let result = self
                     .transact(Some(entry), |txn| {
                         match txn.apply(Change::AddPartition(info))? {

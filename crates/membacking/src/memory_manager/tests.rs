@@ -8,6 +8,7 @@
 //! manager's window base (so `vaOffset` is the GPA of the VA used).
 
 use super::*;
+use crate::error::AttachedTo;
 use crate::mapping_manager::va_mapper::MapperEvent;
 use crate::mapping_manager::MapperId;
 use crate::region_manager::MapParams;
@@ -1894,6 +1895,117 @@ fn failed_attach_keeps_only_the_alias_mapper() {
             C::unmap(0, window_len)
         ]
     );
+    set(&mgr, L1_RAM, RamVisibility::Unmapped);
+    assert_eq!(partition.take_log(), [C::unmap(0x1_0000_0000, GIB)]);
+}
+
+fn already_attached(error: PartitionAttachError) -> AttachedTo {
+    match error {
+        PartitionAttachError::AlreadyAttached(to) => to,
+        other => panic!("expected AlreadyAttached, got {other:?}"),
+    }
+}
+
+#[test]
+fn attaching_an_attached_partition_again_is_refused_before_any_call() {
+    let mgr = build(
+        GuestMemoryBuilder::new()
+            .x86_legacy_support(true)
+            .vtl0_alias_map(Some(0x1_0000_0000)),
+        &l1(),
+    );
+    let partition = attach(&mgr, Vtl::Vtl0);
+    let first = partition.take_log();
+    assert_eq!(first.len(), 16);
+    for vtl in [Vtl::Vtl0, Vtl::Vtl1, Vtl::Vtl2] {
+        let error = attach_result(&mgr, vtl, &partition).unwrap_err();
+        assert!(error.to_string().starts_with(
+            "partition is already attached to this memory manager: a partition is attached once"
+        ));
+        assert_eq!(already_attached(error), AttachedTo::ThisManager);
+        assert!(partition.log().is_empty(), "{vtl:?}: no map, no unmap");
+    }
+    // Every partition mapper still has exactly the active regions mapped (I4): one mapper, and
+    // a visibility change reaches it once.
+    assert_eq!(snapshot(&mgr).partitions.len(), 1);
+    set(&mgr, VGA, RamVisibility::Unmapped);
+    assert_eq!(partition.take_log(), [C::unmap(0xa0000, 0x20000)]);
+}
+
+#[test]
+fn a_partition_attached_to_another_manager_is_refused_until_that_manager_closes() {
+    let a = build(GuestMemoryBuilder::new(), &l1());
+    let b = build(GuestMemoryBuilder::new(), &l1());
+    let a_window = a.va_window_len();
+    let partition = attach(&a, Vtl::Vtl0);
+    partition.clear_log();
+    let error = attach_result(&b, Vtl::Vtl0, &partition).unwrap_err();
+    assert!(error
+        .to_string()
+        .starts_with("partition is already attached to another memory manager"));
+    assert_eq!(already_attached(error), AttachedTo::AnotherManager);
+    assert!(partition.log().is_empty());
+    assert!(snapshot(&b).partitions.is_empty());
+    // A's closing discards its mapper and releases the partition.
+    block_on(a.close());
+    assert_eq!(partition.take_log(), [C::unmap(0, a_window)]);
+    attach_result(&b, Vtl::Vtl0, &partition).unwrap();
+    assert_eq!(partition.log().len(), 1);
+    assert_eq!(snapshot(&b).partitions.len(), 1);
+}
+
+#[test]
+fn an_attach_that_registered_no_mapper_releases_the_partition() {
+    let mgr = build(GuestMemoryBuilder::new().x86_legacy_support(true), &l1());
+    let partition = recorder(&mgr);
+    let dyn_partition: Arc<dyn PartitionMemoryMap> = partition.clone();
+    let unsupported =
+        block_on(mgr.attach_partition(Vtl::Vtl0, &dyn_partition, Some(RemoteProcess(1))));
+    assert!(matches!(
+        unsupported,
+        Err(PartitionAttachError::Unsupported)
+    ));
+    partition.fail_on(RecordedOp::Map, 0xa0000);
+    attach_result(&mgr, Vtl::Vtl0, &partition).unwrap_err();
+    partition.clear_failures();
+    partition.clear_log();
+    attach_result(&mgr, Vtl::Vtl0, &partition).unwrap();
+    assert_eq!(partition.log().len(), 16);
+    // A claim dropped unused releases the partition too; a claim is only good for its manager.
+    let fresh: Arc<dyn PartitionMemoryMap> = recorder(&mgr);
+    drop(mgr.claim_partition(&fresh).unwrap());
+    let other = build(GuestMemoryBuilder::new(), &l1());
+    let claim = other.claim_partition(&fresh).unwrap();
+    let error = block_on(mgr.attach_claimed_partition(Vtl::Vtl0, claim, None)).unwrap_err();
+    assert_eq!(already_attached(error), AttachedTo::AnotherManager);
+    block_on(mgr.attach_partition(Vtl::Vtl0, &fresh, None)).unwrap();
+}
+
+#[test]
+fn a_vtl2_attach_that_failed_after_the_alias_keeps_the_partition_attached() {
+    let mgr = build(
+        GuestMemoryBuilder::new().vtl0_alias_map(Some(0x1_0000_0000)),
+        &l1(),
+    );
+    let window_len = mgr.va_window_len();
+    let partition = recorder(&mgr);
+    partition.fail_on(RecordedOp::Map, 0);
+    attach_result(&mgr, Vtl::Vtl2, &partition).unwrap_err();
+    // Scenario 57's log is unchanged.
+    assert_eq!(
+        partition.take_log(),
+        [
+            C::map(0x1_0000_0000, GIB, true, true, 0),
+            C::map(0, GIB, true, true, 0).failed(),
+            C::unmap(0, window_len)
+        ]
+    );
+    // The alias mapper is registered, so the partition stays attached: a retry would map the
+    // alias a second time, and its own failure would unmap the surviving alias mapping.
+    partition.clear_failures();
+    let error = attach_result(&mgr, Vtl::Vtl2, &partition).unwrap_err();
+    assert_eq!(already_attached(error), AttachedTo::ThisManager);
+    assert!(partition.log().is_empty());
     set(&mgr, L1_RAM, RamVisibility::Unmapped);
     assert_eq!(partition.take_log(), [C::unmap(0x1_0000_0000, GIB)]);
 }
