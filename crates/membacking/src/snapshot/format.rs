@@ -738,7 +738,7 @@ pub fn decode_index(bytes: &[u8], ram_size: u64, memory_len: u64) -> Result<Inde
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample_manifest() -> Manifest {

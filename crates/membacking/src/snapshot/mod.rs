@@ -12,6 +12,7 @@
 //!
 //! Everything a JavaScript error needs is a field of [`SnapshotError`].
 
+mod describe;
 pub mod format;
 pub(crate) mod lazy;
 mod publish;

@@ -766,7 +766,39 @@ fn restores_refuse_other_layouts_and_unknown_window_backings() {
             ..RestoreOptions::default()
         },
     )) {
-        Err(SnapshotError::Layout { what, .. }) => assert!(what.contains("expected"), "{what}"),
+        Err(error @ SnapshotError::Layout { .. }) => {
+            let message = error.to_string();
+            assert_eq!(
+                message,
+                format!(
+                    "snapshot {} does not match: the snapshot's RAM is 0x0-0x1000000, \
+                     0x100000000-0x100800000 but the expected layout's RAM is 0x0-0x4000000",
+                    target.display()
+                )
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Every part that differs is named, the others are not.
+    let vtl2 = MemoryLayout::new(
+        16 * MIB,
+        &[MMIO_GAP],
+        Some(MemoryRange::new(GIB..GIB + 2 * MIB)),
+    )
+    .unwrap();
+    match block_on(GuestMemoryBuilder::restore(
+        &target,
+        RestoreOptions {
+            layout: Some(vtl2),
+            ..RestoreOptions::default()
+        },
+    )) {
+        Err(SnapshotError::Layout { what, .. }) => assert_eq!(
+            what,
+            "the snapshot's RAM is 0x0-0x1000000, 0x100000000-0x100800000 but the expected \
+             layout's RAM is 0x0-0x1000000; the snapshot's VTL2 range is none but the expected \
+             layout's VTL2 range is 0x40000000-0x40200000"
+        ),
         other => panic!("{other:?}"),
     }
     let same = restore(
@@ -940,6 +972,30 @@ fn an_existing_snapshot_is_replaced_atomically_and_a_half_done_fallback_recovers
     assert_eq!(leftovers, 1);
     drop(memory);
     block_on(manager.close());
+}
+
+#[test]
+fn a_base_of_another_machine_names_what_differs_in_hex() {
+    let base = format::tests::sample_manifest();
+    let mut other = base.clone();
+    other.layout.ram[0].vnode = 1;
+    other.options.private_memory = !base.options.private_memory;
+    let error = writer::check_same_machine(Path::new("/s/base"), &base, "this manager's", &other)
+        .unwrap_err();
+    let SnapshotError::Layout { dir, what } = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(dir, Path::new("/s/base"));
+    assert_eq!(
+        *what,
+        "its RAM is 0x0-0x100000 but this manager's RAM is 0x0-0x100000 (vnode 1); its option \
+         private_memory is false but this manager's option private_memory is true"
+    );
+    assert!(
+        !what.contains("MemoryRange") && !what.contains("Hex("),
+        "{what}"
+    );
+    writer::check_same_machine(Path::new("/s/base"), &base, "this manager's", &base).unwrap();
 }
 
 /// Run by the SIGKILL test in a child process: snapshots to `$MEMBACKING_SNAPSHOT_CHILD` in a

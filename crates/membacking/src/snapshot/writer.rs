@@ -15,6 +15,7 @@
 //! other writers stopped, and with dirty tracking on, anything written during the snapshot is
 //! in the next take and the next incremental snapshot.
 
+use super::describe;
 use super::format;
 use super::format::Extent;
 use super::format::ExtentKind;
@@ -179,7 +180,7 @@ impl GuestMemoryManager {
             let mut manifest = view.manifest_skeleton(&id, &inspect);
             manifest.tracking_session = start.session.map(Hex);
             if let Some((base_dir, base_manifest)) = &base {
-                check_same_machine(base_dir, base_manifest, &manifest)?;
+                check_same_machine(base_dir, base_manifest, "this manager's", &manifest)?;
                 manifest.base = Some(format::BaseRecord {
                     path: relative_base_path(base_dir, &dir),
                     id: base_manifest.id.clone(),
@@ -285,48 +286,32 @@ fn relative_base_path(base: &Path, target: &Path) -> String {
     relative.display().to_string()
 }
 
-/// Checks that `base` was taken of a machine like the one `manifest` describes.
+/// Checks that `base` (the snapshot in `dir`) was taken of a machine like the one `manifest`
+/// describes; `whose` names that machine in the message ("this manager's"), which names each
+/// part that differs.
 pub(crate) fn check_same_machine(
     dir: &Path,
     base: &Manifest,
+    whose: &str,
     manifest: &Manifest,
 ) -> Result<(), SnapshotError> {
-    let differs = |what: String| SnapshotError::Layout {
-        dir: dir.to_owned(),
-        what,
+    let backing_size = |m: &Manifest| vec![("RAM backing size", format!("{:#x}", m.ram_size.0))];
+    let regions =
+        |m: &Manifest| vec![("RAM regions", describe::ram_region_records(&m.ram_regions))];
+    let parts = |m: &Manifest| {
+        let mut parts = describe::layout_record_parts(&m.layout);
+        parts.extend(describe::options_parts(&m.options));
+        parts.extend(backing_size(m));
+        parts.extend(regions(m));
+        parts
     };
-    if base.layout != manifest.layout {
-        return Err(differs(format!(
-            "its memory layout {:?} differs from {:?}",
-            base.layout, manifest.layout
-        )));
+    match describe::differences("its", &parts(base), whose, &parts(manifest)) {
+        Some(what) => Err(SnapshotError::Layout {
+            dir: dir.to_owned(),
+            what,
+        }),
+        None => Ok(()),
     }
-    if base.options != manifest.options {
-        return Err(differs(format!(
-            "its build options {:?} differ from {:?}",
-            base.options, manifest.options
-        )));
-    }
-    if base.ram_size != manifest.ram_size {
-        return Err(differs(format!(
-            "its RAM backing is {:#x} bytes, not {:#x}",
-            base.ram_size.0, manifest.ram_size.0
-        )));
-    }
-    let ranges = |m: &Manifest| -> Vec<(u64, u64, u64)> {
-        m.ram_regions
-            .iter()
-            .map(|region| (region.start.0, region.end.0, region.file_offset.0))
-            .collect()
-    };
-    if ranges(base) != ranges(manifest) {
-        return Err(differs(format!(
-            "its RAM regions {:x?} differ from {:x?}",
-            ranges(base),
-            ranges(manifest)
-        )));
-    }
-    Ok(())
 }
 
 impl ManagerView {
