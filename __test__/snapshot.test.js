@@ -372,6 +372,35 @@ test('layouts and window backings are checked against the snapshot before anythi
   t.is(missing.path, path.join(dir, 'nowhere', 'manifest.json'));
 });
 
+test('snapshot() replaces only a snapshot or an empty directory; anything else is refused untouched with an OsError', async (t) => {
+  const { manager, dir } = await oneSnapshot(t);
+  const parent = path.dirname(dir);
+  const userdir = path.join(parent, 'userdir');
+  fs.mkdirSync(userdir);
+  fs.writeFileSync(path.join(userdir, 'important.txt'), 'keep me\n');
+  const refused = await t.throwsAsync(manager.snapshot(userdir), { instanceOf: mb.OsError, code: 'ENOTEMPTY' });
+  t.like(refused, { op: 'replace', path: userdir, what: 'it holds "important.txt", which is not a snapshot file' });
+  t.true(refused.message.startsWith(`cannot write a snapshot to ${userdir}: `), refused.message);
+  t.regex(refused.message, /replaces only an existing snapshot or an empty directory, so choose an empty or new directory, or remove it first/);
+  t.deepEqual(fs.readdirSync(userdir), ['important.txt']);
+  t.is(fs.readFileSync(path.join(userdir, 'important.txt'), 'utf8'), 'keep me\n');
+  // A file is refused too; nothing was written beside either.
+  const file = path.join(parent, 'file');
+  fs.writeFileSync(file, 'a file');
+  await t.throwsAsync(manager.snapshot(file), { instanceOf: mb.OsError, code: 'EEXIST' });
+  t.is(fs.readFileSync(file, 'utf8'), 'a file');
+  t.deepEqual(fs.readdirSync(parent).sort(), ['file', 'snap', 'userdir']);
+  // An existing snapshot is still replaced, and so is an empty directory.
+  const before = await mb.readSnapshot(dir);
+  const replaced = await manager.snapshot(dir);
+  t.not(replaced.id, before.chain[0].manifest.id);
+  t.is((await mb.readSnapshot(dir)).chain[0].manifest.id, replaced.id);
+  const empty = path.join(parent, 'empty');
+  fs.mkdirSync(empty);
+  await manager.snapshot(empty);
+  t.deepEqual(fs.readdirSync(empty).sort(), ['extents.bin', 'manifest.json', 'memory.bin']);
+});
+
 test('one Mappable backs every mapping of a window by name; unbacked mappings are listed as missing and can be mapped later', async (t) => {
   const manager = await build(t);
   const window = manager.deviceMemoryMapper().newRegion(0x4000, 'fb');

@@ -105,10 +105,12 @@ pub(crate) struct ManagerView {
 
 impl GuestMemoryManager {
     /// Writes a snapshot of guest RAM and of the machine's memory configuration to `dir`
-    /// (created; an existing snapshot there is replaced atomically). See the `snapshot` module
-    /// and `docs/snapshots.md`.
+    /// (created; an existing snapshot or empty directory there is replaced atomically; anything
+    /// else there is refused before anything is written). See the `snapshot` module and
+    /// `docs/snapshots.md`.
     ///
-    /// Errors: [`SnapshotError::DirtyTrackingOff`] for a base that tracking does not cover,
+    /// Errors: [`SnapshotError::TargetNotSnapshot`] for a `dir` that is neither a snapshot nor
+    /// an empty directory, [`SnapshotError::DirtyTrackingOff`] for a base that tracking does not cover,
     /// [`SnapshotError::Layout`] for a base of another machine, [`SnapshotError::Corrupt`] /
     /// [`SnapshotError::Version`] for an unreadable base, [`SnapshotError::InvalidArgument`]
     /// for a base that is the target, [`SnapshotError::Io`] for file system failures (the
@@ -124,24 +126,25 @@ impl GuestMemoryManager {
         let lazy_restore = self.lazy_restore.lock().clone();
         async move {
             let target = publish::Target::new(&dir)?;
+            // Before anything is written: the target must be replaceable, the base readable.
+            let base_dir = options.base.clone();
+            let (target, base) = on_thread("snapshot", move || {
+                publish::check_replaceable(&target)?;
+                let base = match base_dir {
+                    Some(base_dir) => {
+                        let manifest = super::restore::read_manifest(&base_dir)?;
+                        check_not_target(&base_dir, &target.path)?;
+                        Some((base_dir, manifest))
+                    }
+                    None => None,
+                };
+                Ok((target, base))
+            })
+            .await?;
             if let Some(lazy_restore) = lazy_restore {
                 // RAM still being restored lazily is not all readable yet: finish first.
                 lazy_restore.finished().await?;
             }
-            let base = match &options.base {
-                Some(base_dir) => {
-                    let base_dir = base_dir.clone();
-                    let target_path = dir.clone();
-                    let base = on_thread("snapshot", move || {
-                        let manifest = super::restore::read_manifest(&base_dir)?;
-                        check_not_target(&base_dir, &target_path)?;
-                        Ok((base_dir, manifest))
-                    })
-                    .await?;
-                    Some(base)
-                }
-                None => None,
-            };
             let id = super::new_id();
             let base_tracking = match &base {
                 Some((base_dir, manifest)) => {
