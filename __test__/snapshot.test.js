@@ -360,7 +360,9 @@ test('layouts and window backings are checked against the snapshot before anythi
   const other = MemoryLayout.new(64n * MiB, [MMIO_GAP]);
   const error = await t.throwsAsync(GuestMemoryBuilder.restore(dir, { layout: other }), { instanceOf: SnapshotError, code: 'ERR_SNAPSHOT_LAYOUT' });
   t.is(error.dir, dir);
-  t.regex(error.what, /expected/);
+  // Names the part that differs, in hex, and nothing that matches.
+  t.is(error.what, "the snapshot's RAM is 0x0-0x1000000, 0x100000000-0x100800000 but the expected layout's RAM is 0x0-0x4000000");
+  t.is(error.message, `snapshot ${dir} does not match: ${error.what}`);
   const object = memfd(t, 4096, 0);
   const unknown = await t.throwsAsync(GuestMemoryBuilder.restore(dir, { windowBackings: { nic: object } }), { code: 'ERR_SNAPSHOT_LAYOUT' });
   t.regex(unknown.what, /"nic"/);
@@ -368,6 +370,35 @@ test('layouts and window backings are checked against the snapshot before anythi
   t.is(missing.code, 'ENOENT');
   t.is(missing.op, 'read');
   t.is(missing.path, path.join(dir, 'nowhere', 'manifest.json'));
+});
+
+test('snapshot() replaces only a snapshot or an empty directory; anything else is refused untouched with an OsError', async (t) => {
+  const { manager, dir } = await oneSnapshot(t);
+  const parent = path.dirname(dir);
+  const userdir = path.join(parent, 'userdir');
+  fs.mkdirSync(userdir);
+  fs.writeFileSync(path.join(userdir, 'important.txt'), 'keep me\n');
+  const refused = await t.throwsAsync(manager.snapshot(userdir), { instanceOf: mb.OsError, code: 'ENOTEMPTY' });
+  t.like(refused, { op: 'replace', path: userdir, what: 'it holds "important.txt", which is not a snapshot file' });
+  t.true(refused.message.startsWith(`cannot write a snapshot to ${userdir}: `), refused.message);
+  t.regex(refused.message, /replaces only an existing snapshot or an empty directory, so choose an empty or new directory, or remove it first/);
+  t.deepEqual(fs.readdirSync(userdir), ['important.txt']);
+  t.is(fs.readFileSync(path.join(userdir, 'important.txt'), 'utf8'), 'keep me\n');
+  // A file is refused too; nothing was written beside either.
+  const file = path.join(parent, 'file');
+  fs.writeFileSync(file, 'a file');
+  await t.throwsAsync(manager.snapshot(file), { instanceOf: mb.OsError, code: 'EEXIST' });
+  t.is(fs.readFileSync(file, 'utf8'), 'a file');
+  t.deepEqual(fs.readdirSync(parent).sort(), ['file', 'snap', 'userdir']);
+  // An existing snapshot is still replaced, and so is an empty directory.
+  const before = await mb.readSnapshot(dir);
+  const replaced = await manager.snapshot(dir);
+  t.not(replaced.id, before.chain[0].manifest.id);
+  t.is((await mb.readSnapshot(dir)).chain[0].manifest.id, replaced.id);
+  const empty = path.join(parent, 'empty');
+  fs.mkdirSync(empty);
+  await manager.snapshot(empty);
+  t.deepEqual(fs.readdirSync(empty).sort(), ['extents.bin', 'manifest.json', 'memory.bin']);
 });
 
 test('one Mappable backs every mapping of a window by name; unbacked mappings are listed as missing and can be mapped later', async (t) => {

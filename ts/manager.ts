@@ -421,8 +421,11 @@ export class GuestMemoryManager {
     return new DirtyTracking(this.#call((n) => n.dirtyTracking()));
   }
   /**
-   * Writes a snapshot to `dir` (created; an existing snapshot there is replaced atomically, so
-   * a crash leaves the old one or the new one). With `options.base`, only the pages dirtied
+   * Writes a snapshot to `dir` (created; an existing snapshot or empty directory there is
+   * replaced atomically, so a crash leaves the old one or the new one). Anything else at `dir`
+   * is refused before anything is written, with an OsError (`ENOTEMPTY` for a directory that
+   * holds other files than a snapshot's, `EEXIST` for a file or symbolic link; `op` 'replace',
+   * `path`, `what`): choose an empty or new directory, or remove it first. With `options.base`, only the pages dirtied
    * since that snapshot (dirty tracking must have stayed on since it was taken:
    * ERR_DIRTY_TRACKING_OFF otherwise). Stop the vCPUs for a consistent image. Waits for a lazy
    * restore of this manager to finish first.

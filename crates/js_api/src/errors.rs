@@ -1175,6 +1175,16 @@ impl ToJsError for membacking::SnapshotError {
                 }
                 error
             }
+            E::TargetNotSnapshot { dir, what, source } => {
+                // An `OsError` with the errno's code (`ENOTEMPTY`, `EEXIST`), like `Io`, but
+                // the message states the rule and the way out.
+                let mut error = source.to_js_error();
+                error.message = self.to_string();
+                error.fields.op = Some("replace");
+                error.fields.path = Some(dir.display().to_string());
+                error.fields.what = Some(what.clone());
+                error
+            }
             E::DirtyTracking(inner) => inner.to_js_error(),
             E::Build(inner) => inner.to_js_error(),
             E::Manager(inner) => inner.to_js_error(),

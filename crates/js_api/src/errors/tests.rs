@@ -331,6 +331,11 @@ fn snapshot_errors() -> Vec<membacking::SnapshotError> {
             path: "/s/manifest.json".into(),
             source: io::Error::from_raw_os_error(libc::ENOENT),
         },
+        E::TargetNotSnapshot {
+            dir: "/home/me/notes".into(),
+            what: "it holds \"todo.txt\", which is not a snapshot file".into(),
+            source: io::Error::from_raw_os_error(libc::ENOTEMPTY),
+        },
         E::DirtyTracking(membacking::DirtyTrackingError::Off),
         E::Build(membacking::MemoryBuildError::InvalidLayout {
             end_of_ram: 0x1000,
@@ -949,12 +954,28 @@ fn snapshot_rows_name_the_file_offset_version_layout_and_path() {
         "{}",
         rows[6]["message"]
     );
-    assert_eq!(rows[7]["code"], "ERR_DIRTY_TRACKING_OFF");
-    assert_eq!(rows[8]["code"], "ERR_INVALID_LAYOUT");
-    assert_eq!(rows[9]["code"], "ERR_MANAGER_GONE");
-    assert_eq!(rows[10]["code"], "ERR_UNSUPPORTED");
-    assert_eq!(rows[10]["fields"]["window"], "fb");
-    assert!(rows[10]["message"]
+    // A refused target: an OS error too, with the rule and the way out in the message.
+    assert_eq!(
+        rows[7],
+        serde_json::json!({
+            "class": "OsError",
+            "message": "cannot write a snapshot to /home/me/notes: it holds \"todo.txt\", which is \
+                        not a snapshot file; a snapshot replaces only an existing snapshot or an \
+                        empty directory, so choose an empty or new directory, or remove it first",
+            "fields": {
+                "errno": libc::ENOTEMPTY,
+                "op": "replace",
+                "path": "/home/me/notes",
+                "what": "it holds \"todo.txt\", which is not a snapshot file",
+            },
+        })
+    );
+    assert_eq!(rows[8]["code"], "ERR_DIRTY_TRACKING_OFF");
+    assert_eq!(rows[9]["code"], "ERR_INVALID_LAYOUT");
+    assert_eq!(rows[10]["code"], "ERR_MANAGER_GONE");
+    assert_eq!(rows[11]["code"], "ERR_UNSUPPORTED");
+    assert_eq!(rows[11]["fields"]["window"], "fb");
+    assert!(rows[11]["message"]
         .as_str()
         .unwrap()
         .starts_with("recreating device window \"fb\" failed: "));

@@ -121,7 +121,7 @@ impl Receiver {
         let layout = restore::layout_of(Path::new(STREAM), &manifest.layout)?;
         restore::check_expected_layout(
             Path::new(STREAM),
-            "the source has",
+            "the source's",
             &layout,
             options.layout.as_ref(),
         )?;
@@ -154,7 +154,12 @@ impl Receiver {
         let frame = self.expect(FrameType::FinalManifest, buffer)?;
         let last = format::decode_manifest(&frame.payload[..frame.len])
             .map_err(|error| self.bad(frame.offset, format!("final manifest {error}")))?;
-        let same = crate::snapshot::writer::check_same_machine(Path::new(STREAM), &manifest, &last);
+        let same = crate::snapshot::writer::check_same_machine(
+            Path::new(STREAM),
+            &manifest,
+            "the final manifest's",
+            &last,
+        );
         if let Err(error) = same {
             return Err(self.bad(
                 frame.offset,

@@ -277,6 +277,12 @@ pub fn encode_manifest(manifest: &Manifest) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Whether `bytes` are a `manifest.json` written by this project: a JSON envelope whose
+/// `format` is [`FORMAT`], of any version, whether or not its body is intact.
+pub fn is_snapshot_manifest(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<Envelope<'_>>(bytes).is_ok_and(|envelope| envelope.format == FORMAT)
+}
+
 /// Decodes and validates `manifest.json`: the envelope, the version, the checksum, the
 /// manifest and its internal consistency (see [`Manifest::validate`]).
 pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, FormatError> {
@@ -738,7 +744,7 @@ pub fn decode_index(bytes: &[u8], ram_size: u64, memory_len: u64) -> Result<Inde
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample_manifest() -> Manifest {

@@ -12,6 +12,7 @@
 //!
 //! Everything a JavaScript error needs is a field of [`SnapshotError`].
 
+mod describe;
 pub mod format;
 pub(crate) mod lazy;
 mod publish;
@@ -103,6 +104,18 @@ pub enum SnapshotError {
         /// The path.
         path: PathBuf,
         /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The target of a snapshot exists and is neither a snapshot nor an empty directory, so it
+    /// is left untouched (the errno's code: `ENOTEMPTY` for a directory, `EEXIST` otherwise).
+    #[error("cannot write a snapshot to {}: {what}; a snapshot replaces only an existing snapshot or an empty directory, so choose an empty or new directory, or remove it first", dir.display())]
+    TargetNotSnapshot {
+        /// The target path.
+        dir: PathBuf,
+        /// What the target is instead (e.g. `it holds "notes.txt", which is not a snapshot file`).
+        what: String,
+        /// The OS error the refusal amounts to (`ENOTEMPTY` or `EEXIST`).
         #[source]
         source: io::Error,
     },

@@ -9,6 +9,10 @@
 //!   target is first renamed to `.<name>.old-<pid>-<random>` (the recoverable marker), then the
 //!   new one is renamed into place, then the old one is removed.
 //!
+//! Only a snapshot or an empty directory is ever replaced ([`check_replaceable`]): any other
+//! existing target is refused before anything is written, and checked again just before the
+//! rename, so nothing of the caller's is removed.
+//!
 //! The parent directory is fsynced after each rename. Killing the process at any instant
 //! therefore leaves the target as the complete old snapshot or the complete new one — or, only
 //! between the two renames of the fallback, no target and a complete `.old-` sibling, which
@@ -18,6 +22,7 @@
 //! `renameat2` and the liveness check of another process (`kill` with signal 0), which the
 //! standard library does not offer, come from `rustix`'s safe wrappers.
 
+use super::format;
 use super::SnapshotError;
 use rustix::fs::RenameFlags;
 use rustix::fs::CWD;
@@ -100,6 +105,119 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// The files a snapshot directory holds.
+const SNAPSHOT_FILES: [&str; 3] = [
+    format::MANIFEST_FILE,
+    format::INDEX_FILE,
+    format::MEMORY_FILE,
+];
+
+/// The largest `manifest.json` read to recognise a snapshot (a real one is a few KiB).
+const MANIFEST_READ_LIMIT: u64 = 16 << 20;
+
+/// Refuses a `target` that exists and is neither a snapshot nor an empty directory
+/// ([`SnapshotError::TargetNotSnapshot`]). A snapshot is a directory holding nothing but
+/// regular files named like the snapshot files, one of them a `manifest.json` of this project
+/// (any version, even damaged: it is ours to replace). A missing target is fine.
+pub(crate) fn check_replaceable(target: &Target) -> Result<(), SnapshotError> {
+    let path = &target.path;
+    let refuse = |errno: i32, what: String| SnapshotError::TargetNotSnapshot {
+        dir: path.clone(),
+        what,
+        source: io::Error::from_raw_os_error(errno),
+    };
+    let metadata = match fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(SnapshotError::io("inspect", path, error)),
+    };
+    let file_type = metadata.file_type();
+    if file_type.is_symlink() {
+        return Err(refuse(libc::EEXIST, "it is a symbolic link".into()));
+    }
+    if !file_type.is_dir() {
+        let what = if file_type.is_file() {
+            "it is a file, not a directory"
+        } else {
+            "it is not a directory"
+        };
+        return Err(refuse(libc::EEXIST, what.into()));
+    }
+    let entries =
+        fs::read_dir(path).map_err(|error| SnapshotError::io("read directory", path, error))?;
+    let mut foreign = Vec::new();
+    let mut has_manifest = false;
+    let mut any = false;
+    for entry in entries {
+        let entry = entry.map_err(|error| SnapshotError::io("read directory", path, error))?;
+        any = true;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_file = entry.file_type().is_ok_and(|kind| kind.is_file());
+        if is_file && SNAPSHOT_FILES.contains(&name.as_str()) {
+            has_manifest |= name == format::MANIFEST_FILE;
+        } else {
+            foreign.push(name);
+        }
+    }
+    if !any {
+        return Ok(());
+    }
+    if !foreign.is_empty() {
+        return Err(refuse(libc::ENOTEMPTY, foreign_entries(foreign)));
+    }
+    if !has_manifest {
+        return Err(refuse(
+            libc::ENOTEMPTY,
+            format!(
+                "it holds files named like snapshot files but no {}",
+                format::MANIFEST_FILE
+            ),
+        ));
+    }
+    let manifest_path = path.join(format::MANIFEST_FILE);
+    let mut bytes = Vec::new();
+    fs::File::open(&manifest_path)
+        .and_then(|file| {
+            io::Read::read_to_end(
+                &mut io::Read::take(file, MANIFEST_READ_LIMIT + 1),
+                &mut bytes,
+            )
+        })
+        .map_err(|error| SnapshotError::io("read", &manifest_path, error))?;
+    if bytes.len() as u64 > MANIFEST_READ_LIMIT || !format::is_snapshot_manifest(&bytes) {
+        return Err(refuse(
+            libc::ENOTEMPTY,
+            format!(
+                "its {} is not a membacking snapshot manifest",
+                format::MANIFEST_FILE
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// "it holds "a", "b" and 3 more entries, which are not snapshot files".
+fn foreign_entries(mut names: Vec<String>) -> String {
+    const SHOWN: usize = 3;
+    names.sort();
+    let count = names.len();
+    let shown: Vec<String> = names
+        .iter()
+        .take(SHOWN)
+        .map(|name| format!("\"{name}\""))
+        .collect();
+    let listed = match count {
+        1 => format!("{}, which is not a snapshot file", shown.join(", ")),
+        _ if count <= SHOWN => format!("{}, which are not snapshot files", shown.join(", ")),
+        _ => format!(
+            "{} and {} more entries, which are not snapshot files",
+            shown.join(", "),
+            count - SHOWN
+        ),
+    };
+    format!("it holds {listed}")
+}
+
 /// Puts back a target that a crash between the two renames of the fallback left missing.
 pub(crate) fn recover(target: &Target) -> Result<(), SnapshotError> {
     if target.path.exists() {
@@ -170,6 +288,8 @@ fn unsupported(error: &SnapshotError) -> bool {
 /// Publishes the complete, synced directory `temp` as `target` (see the module docs).
 /// `exchange` false forces the fallback (for tests).
 pub(crate) fn publish(temp: &Path, target: &Target, exchange: bool) -> Result<(), SnapshotError> {
+    // Again, just before the rename: the target may have changed while the files were written.
+    check_replaceable(target)?;
     sync_dir(temp)?;
     if !target.path.exists() {
         rename(temp, &target.path, RenameMode::NoReplace)?;

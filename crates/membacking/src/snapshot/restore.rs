@@ -14,6 +14,7 @@
 //!
 //! A failure in any step closes the half-built manager: nothing is returned half-built.
 
+use super::describe;
 use super::format;
 use super::format::ExtentKind;
 use super::format::Index;
@@ -379,7 +380,12 @@ pub(crate) fn load_chain(dir: &Path) -> Result<Vec<Layer>, SnapshotError> {
                 ),
             });
         }
-        super::writer::check_same_machine(&base_dir, &base.manifest, &chain[0].manifest)?;
+        super::writer::check_same_machine(
+            &base_dir,
+            &base.manifest,
+            "the restored snapshot's",
+            &chain[0].manifest,
+        )?;
         chain.push(base);
     }
     chain.reverse();
@@ -533,18 +539,21 @@ pub(crate) fn layout_of(
     }
     .map_err(|error| invalid(format!("its layout is invalid: {error}")))?;
     if layout.ram() != ram.as_slice() {
+        let recorded = describe::layout_record_parts(record);
+        let rebuilt = describe::layout_parts(&layout);
         return Err(invalid(format!(
-            "its RAM ranges {ram:?} cannot be rebuilt with a VTL2 range"
+            "its RAM {} cannot be rebuilt with a VTL2 range (that gives {})",
+            recorded[0].1, rebuilt[0].1
         )));
     }
     Ok(layout)
 }
 
-/// Refuses `layout` when the caller expected another one; `what` introduces the layout found
-/// in the message ("it was taken of").
+/// Refuses `layout` when the caller expected another one; `whose` names the layout found in
+/// the message ("the snapshot's"), which names each part that differs.
 pub(crate) fn check_expected_layout(
     dir: &Path,
-    what: &str,
+    whose: &str,
     layout: &MemoryLayout,
     expected: Option<&MemoryLayout>,
 ) -> Result<(), SnapshotError> {
@@ -557,17 +566,16 @@ pub(crate) fn check_expected_layout(
     if same {
         return Ok(());
     }
+    let what = describe::differences(
+        whose,
+        &describe::layout_parts(layout),
+        "the expected layout's",
+        &describe::layout_parts(expected),
+    )
+    .unwrap_or_else(|| format!("{whose} layout is not the expected layout"));
     Err(SnapshotError::Layout {
         dir: dir.to_owned(),
-        what: format!(
-            "{what} layout RAM {:?} MMIO {:?} VTL2 {:?}, not the expected RAM {:?} MMIO {:?} VTL2 {:?}",
-            layout.ram(),
-            layout.mmio(),
-            layout.vtl2_range(),
-            expected.ram(),
-            expected.mmio(),
-            expected.vtl2_range()
-        ),
+        what,
     })
 }
 
@@ -594,7 +602,7 @@ fn plan(dir: &Path, options: &RestoreOptions) -> Result<Plan, SnapshotError> {
     let layers = load_chain(dir)?;
     let top = &layers[layers.len() - 1].manifest;
     let layout = layout_of(dir, &top.layout)?;
-    check_expected_layout(dir, "it was taken of", &layout, options.layout.as_ref())?;
+    check_expected_layout(dir, "the snapshot's", &layout, options.layout.as_ref())?;
     check_window_backings(dir, top, &options.window_backings)?;
     let pieces = flatten(&layers);
     Ok(Plan {
@@ -627,21 +635,21 @@ fn check_window_backing(
             }
             match offset {
                 Some(offset) => format!(
-                    "a backing was given for offset {offset:#x} of device window {:?}, which has no mapping there (its mappings start at {:x?})",
+                    "a backing was given for offset {offset:#x} of device window \"{}\", which has no mapping there (its mappings start at {})",
                     backing.window,
-                    window.mappings.iter().map(|m| m.offset.0).collect::<Vec<_>>()
+                    describe::list(window.mappings.iter().map(|m| format!("{:#x}", m.offset.0)))
                 ),
                 None => format!(
-                    "a backing was given for device window {:?}, which has no recorded mappings",
+                    "a backing was given for device window \"{}\", which has no recorded mappings",
                     backing.window
                 ),
             }
         }
         (found, _) => format!(
-            "a backing was given for device window {:?}, but the snapshot has {} window(s) of that name (it has {:?})",
+            "a backing was given for device window \"{}\", but the snapshot has {} window(s) of that name (it has {})",
             backing.window,
             found.len(),
-            top.device_windows.iter().map(|w| w.name.as_str()).collect::<Vec<_>>()
+            describe::list(top.device_windows.iter().map(|w| format!("\"{}\"", w.name)))
         ),
     };
     Err(SnapshotError::Layout {
@@ -896,7 +904,11 @@ pub(crate) fn check_ram_regions(
     if built != recorded {
         return Err(SnapshotError::Layout {
             dir: dir.to_owned(),
-            what: format!("its RAM regions {recorded:x?} are not those built {built:x?}"),
+            what: format!(
+                "its RAM regions are {} but the manager built {}",
+                describe::ram_regions(recorded),
+                describe::ram_regions(built)
+            ),
         });
     }
     Ok(())

@@ -766,7 +766,39 @@ fn restores_refuse_other_layouts_and_unknown_window_backings() {
             ..RestoreOptions::default()
         },
     )) {
-        Err(SnapshotError::Layout { what, .. }) => assert!(what.contains("expected"), "{what}"),
+        Err(error @ SnapshotError::Layout { .. }) => {
+            let message = error.to_string();
+            assert_eq!(
+                message,
+                format!(
+                    "snapshot {} does not match: the snapshot's RAM is 0x0-0x1000000, \
+                     0x100000000-0x100800000 but the expected layout's RAM is 0x0-0x4000000",
+                    target.display()
+                )
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Every part that differs is named, the others are not.
+    let vtl2 = MemoryLayout::new(
+        16 * MIB,
+        &[MMIO_GAP],
+        Some(MemoryRange::new(GIB..GIB + 2 * MIB)),
+    )
+    .unwrap();
+    match block_on(GuestMemoryBuilder::restore(
+        &target,
+        RestoreOptions {
+            layout: Some(vtl2),
+            ..RestoreOptions::default()
+        },
+    )) {
+        Err(SnapshotError::Layout { what, .. }) => assert_eq!(
+            what,
+            "the snapshot's RAM is 0x0-0x1000000, 0x100000000-0x100800000 but the expected \
+             layout's RAM is 0x0-0x1000000; the snapshot's VTL2 range is none but the expected \
+             layout's VTL2 range is 0x40000000-0x40200000"
+        ),
         other => panic!("{other:?}"),
     }
     let same = restore(
@@ -940,6 +972,293 @@ fn an_existing_snapshot_is_replaced_atomically_and_a_half_done_fallback_recovers
     assert_eq!(leftovers, 1);
     drop(memory);
     block_on(manager.close());
+}
+
+/// The entries of `dir` with their contents (directories as `<dir>`), sorted.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut entries: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let kind = entry.file_type().unwrap();
+            let contents = if kind.is_symlink() {
+                std::fs::read_link(entry.path())
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+                    .into_bytes()
+            } else if kind.is_dir() {
+                b"<dir>".to_vec()
+            } else {
+                std::fs::read(entry.path()).unwrap()
+            };
+            (name, contents)
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
+/// The refusal of `result`: its `what` and errno, after checking the message names the path,
+/// the rule and the way out.
+fn refusal(result: Result<SnapshotInfo, SnapshotError>, path: &Path) -> (String, i32) {
+    match result {
+        Err(error @ SnapshotError::TargetNotSnapshot { .. }) => {
+            let message = error.to_string();
+            assert!(message.contains(&path.display().to_string()), "{message}");
+            assert!(
+                message.contains("replaces only an existing snapshot or an empty directory"),
+                "{message}"
+            );
+            assert!(message.contains("or remove it first"), "{message}");
+            let SnapshotError::TargetNotSnapshot { what, source, .. } = error else {
+                unreachable!()
+            };
+            (what, source.raw_os_error().unwrap_or(0))
+        }
+        other => panic!(
+            "expected TargetNotSnapshot for {}, got {other:?}",
+            path.display()
+        ),
+    }
+}
+
+#[test]
+fn a_base_of_another_machine_names_what_differs_in_hex() {
+    let base = format::tests::sample_manifest();
+    let mut other = base.clone();
+    other.layout.ram[0].vnode = 1;
+    other.options.private_memory = !base.options.private_memory;
+    let error = writer::check_same_machine(Path::new("/s/base"), &base, "this manager's", &other)
+        .unwrap_err();
+    let SnapshotError::Layout { dir, what } = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(dir, Path::new("/s/base"));
+    assert_eq!(
+        *what,
+        "its RAM is 0x0-0x100000 but this manager's RAM is 0x0-0x100000 (vnode 1); its option \
+         private_memory is false but this manager's option private_memory is true"
+    );
+    assert!(
+        !what.contains("MemoryRange") && !what.contains("Hex("),
+        "{what}"
+    );
+    writer::check_same_machine(Path::new("/s/base"), &base, "this manager's", &base).unwrap();
+}
+
+#[test]
+fn a_target_that_is_not_a_snapshot_is_refused_and_left_untouched() {
+    let manager = build(false);
+    let memory = block_on(manager.client().guest_memory()).unwrap();
+    memory.write_plain(0x10_0000, &7u64).unwrap();
+    let dir = temp_dir();
+    let snapshot = |target: &Path| block_on(manager.snapshot(target, SnapshotOptions::default()));
+
+    // A directory of the user's.
+    let user = dir.path().join("userdir");
+    std::fs::create_dir(&user).unwrap();
+    std::fs::write(user.join("important.txt"), b"keep me\n").unwrap();
+    // A regular file.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"a file").unwrap();
+    // A snapshot the user added a file to.
+    let extended = dir.path().join("extended");
+    snapshot(&extended).unwrap();
+    std::fs::write(extended.join("notes.txt"), b"mine").unwrap();
+    // Snapshot file names without a manifest, and a manifest of someone else.
+    let nameless = dir.path().join("nameless");
+    std::fs::create_dir(&nameless).unwrap();
+    std::fs::write(nameless.join(format::MEMORY_FILE), b"data").unwrap();
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(
+        foreign.join(format::MANIFEST_FILE),
+        br#"{"format":"other-tool","version":1,"checksum":"crc32c:00000000","manifest":{}}"#,
+    )
+    .unwrap();
+    // A directory named like a snapshot file inside an otherwise valid snapshot.
+    let nested = dir.path().join("nested");
+    snapshot(&nested).unwrap();
+    std::fs::remove_file(nested.join(format::MEMORY_FILE)).unwrap();
+    std::fs::create_dir(nested.join(format::MEMORY_FILE)).unwrap();
+    // A symbolic link to a snapshot (the link would be replaced, not the snapshot).
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&extended, &link).unwrap();
+
+    let before = tree(dir.path());
+    let inside: Vec<_> = [&user, &extended, &nameless, &foreign, &nested]
+        .iter()
+        .map(|path| tree(path))
+        .collect();
+    let cases: [(&Path, i32, &str); 7] = [
+        (
+            &user,
+            libc::ENOTEMPTY,
+            "it holds \"important.txt\", which is not a snapshot file",
+        ),
+        (&file, libc::EEXIST, "it is a file, not a directory"),
+        (
+            &extended,
+            libc::ENOTEMPTY,
+            "it holds \"notes.txt\", which is not a snapshot file",
+        ),
+        (&nameless, libc::ENOTEMPTY, "no manifest.json"),
+        (
+            &foreign,
+            libc::ENOTEMPTY,
+            "is not a membacking snapshot manifest",
+        ),
+        (
+            &nested,
+            libc::ENOTEMPTY,
+            "it holds \"memory.bin\", which is not a snapshot file",
+        ),
+        (&link, libc::EEXIST, "it is a symbolic link"),
+    ];
+    for (target, errno, what) in cases {
+        let (found, found_errno) = refusal(snapshot(target), target);
+        assert!(found.contains(what), "{}: {found}", target.display());
+        assert_eq!(found_errno, errno, "{}", target.display());
+    }
+    // Nothing was written, renamed or removed: no temporary sibling either.
+    assert_eq!(tree(dir.path()), before);
+    let after: Vec<_> = [&user, &extended, &nameless, &foreign, &nested]
+        .iter()
+        .map(|path| tree(path))
+        .collect();
+    assert_eq!(after, inside);
+    assert_eq!(
+        std::fs::read(user.join("important.txt")).unwrap(),
+        b"keep me\n"
+    );
+    drop(memory);
+    block_on(manager.close());
+}
+
+#[test]
+fn many_foreign_entries_are_counted_not_all_listed() {
+    let dir = temp_dir();
+    let target = dir.path().join("busy");
+    std::fs::create_dir(&target).unwrap();
+    for name in ["e", "d", "c", "b", "a"] {
+        std::fs::write(target.join(name), b"x").unwrap();
+    }
+    let parts = publish::Target::new(&target).unwrap();
+    match publish::check_replaceable(&parts) {
+        Err(SnapshotError::TargetNotSnapshot { what, .. }) => assert_eq!(
+            what,
+            "it holds \"a\", \"b\", \"c\" and 2 more entries, which are not snapshot files"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_empty_directory_or_a_damaged_or_newer_snapshot_is_replaced() {
+    let manager = build(false);
+    let memory = block_on(manager.client().guest_memory()).unwrap();
+    let dir = temp_dir();
+    let snapshot = |target: &Path| block_on(manager.snapshot(target, SnapshotOptions::default()));
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    memory.write_plain(0x10_0000, &1u64).unwrap();
+    let info = snapshot(&empty).unwrap();
+    assert_eq!(read_snapshot(&empty).unwrap().id, info.id);
+
+    // A snapshot whose manifest body no longer matches its checksum is still ours to replace,
+    // and so is one of another format version; so is one missing a file.
+    let damaged = dir.path().join("damaged");
+    snapshot(&damaged).unwrap();
+    let manifest = damaged.join(format::MANIFEST_FILE);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replacen("\"page_size\"", "\"page_sizf\"", 1),
+    )
+    .unwrap();
+    assert!(read_snapshot(&damaged).is_err());
+    let newer = dir.path().join("newer");
+    snapshot(&newer).unwrap();
+    let manifest = newer.join(format::MANIFEST_FILE);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replacen("\"version\":1", "\"version\":2", 1),
+    )
+    .unwrap();
+    let partial = dir.path().join("partial");
+    snapshot(&partial).unwrap();
+    std::fs::remove_file(partial.join(format::MEMORY_FILE)).unwrap();
+    memory.write_plain(0x10_0000, &2u64).unwrap();
+    for target in [&damaged, &newer, &partial] {
+        let info = snapshot(target).unwrap();
+        assert_eq!(read_snapshot(target).unwrap().id, info.id);
+        let restored = restore(target, RestoreOptions::default());
+        let guest = block_on(restored.manager.client().guest_memory()).unwrap();
+        assert_eq!(guest.read_plain::<u64>(0x10_0000).unwrap(), 2);
+        drop(guest);
+        block_on(restored.manager.close());
+    }
+    let names: Vec<_> = tree(dir.path()).into_iter().map(|(name, _)| name).collect();
+    assert_eq!(names, ["damaged", "empty", "newer", "partial"]);
+    drop(memory);
+    block_on(manager.close());
+}
+
+#[test]
+fn a_refused_incremental_snapshot_leaves_the_chain_usable() {
+    let manager = build(false);
+    let tracking = manager.dirty_tracking();
+    block_on(tracking.start()).unwrap();
+    let dir = temp_dir();
+    let base = dir.path().join("base");
+    block_on(manager.snapshot(&base, SnapshotOptions::default())).unwrap();
+    let mut rng = Rng::new(11);
+    scribble(&manager, &mut rng, 40);
+    let user = dir.path().join("userdir");
+    std::fs::create_dir(&user).unwrap();
+    std::fs::write(user.join("important.txt"), b"keep me").unwrap();
+    refusal(block_on(manager.snapshot(&user, on_base(&base))), &user);
+    assert_eq!(
+        std::fs::read(user.join("important.txt")).unwrap(),
+        b"keep me"
+    );
+    // The refusal came before the manager was asked: the base is still the chain head and
+    // the pages dirtied since are all in the next increment.
+    let next = dir.path().join("next");
+    let info = block_on(manager.snapshot(&next, on_base(&base))).unwrap();
+    assert!(info.incremental);
+    let image = ram_image(&manager);
+    let restored = restore(&next, RestoreOptions::default());
+    assert!(ram_image(&restored.manager) == image);
+    block_on(restored.manager.close());
+    block_on(manager.close());
+}
+
+#[test]
+fn a_target_filled_while_the_snapshot_was_written_is_not_replaced() {
+    let dir = temp_dir();
+    let target = dir.path().join("snap");
+    std::fs::create_dir(&target).unwrap();
+    let parts = publish::Target::new(&target).unwrap();
+    publish::check_replaceable(&parts).unwrap();
+    let temp = publish::create_temp(&parts).unwrap();
+    std::fs::write(temp.join("marker"), b"new").unwrap();
+    // Someone puts a file into the (empty, so replaceable) target meanwhile.
+    std::fs::write(target.join("late.txt"), b"late").unwrap();
+    for exchange in [true, false] {
+        match publish::publish(&temp, &parts, exchange) {
+            Err(SnapshotError::TargetNotSnapshot { what, .. }) => {
+                assert!(what.contains("late.txt"), "{what}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read(target.join("late.txt")).unwrap(), b"late");
+        assert!(temp.join("marker").exists());
+    }
 }
 
 /// Run by the SIGKILL test in a child process: snapshots to `$MEMBACKING_SNAPSHOT_CHILD` in a

@@ -15,6 +15,7 @@
 //! other writers stopped, and with dirty tracking on, anything written during the snapshot is
 //! in the next take and the next incremental snapshot.
 
+use super::describe;
 use super::format;
 use super::format::Extent;
 use super::format::ExtentKind;
@@ -104,10 +105,12 @@ pub(crate) struct ManagerView {
 
 impl GuestMemoryManager {
     /// Writes a snapshot of guest RAM and of the machine's memory configuration to `dir`
-    /// (created; an existing snapshot there is replaced atomically). See the `snapshot` module
-    /// and `docs/snapshots.md`.
+    /// (created; an existing snapshot or empty directory there is replaced atomically; anything
+    /// else there is refused before anything is written). See the `snapshot` module and
+    /// `docs/snapshots.md`.
     ///
-    /// Errors: [`SnapshotError::DirtyTrackingOff`] for a base that tracking does not cover,
+    /// Errors: [`SnapshotError::TargetNotSnapshot`] for a `dir` that is neither a snapshot nor
+    /// an empty directory, [`SnapshotError::DirtyTrackingOff`] for a base that tracking does not cover,
     /// [`SnapshotError::Layout`] for a base of another machine, [`SnapshotError::Corrupt`] /
     /// [`SnapshotError::Version`] for an unreadable base, [`SnapshotError::InvalidArgument`]
     /// for a base that is the target, [`SnapshotError::Io`] for file system failures (the
@@ -123,24 +126,25 @@ impl GuestMemoryManager {
         let lazy_restore = self.lazy_restore.lock().clone();
         async move {
             let target = publish::Target::new(&dir)?;
+            // Before anything is written: the target must be replaceable, the base readable.
+            let base_dir = options.base.clone();
+            let (target, base) = on_thread("snapshot", move || {
+                publish::check_replaceable(&target)?;
+                let base = match base_dir {
+                    Some(base_dir) => {
+                        let manifest = super::restore::read_manifest(&base_dir)?;
+                        check_not_target(&base_dir, &target.path)?;
+                        Some((base_dir, manifest))
+                    }
+                    None => None,
+                };
+                Ok((target, base))
+            })
+            .await?;
             if let Some(lazy_restore) = lazy_restore {
                 // RAM still being restored lazily is not all readable yet: finish first.
                 lazy_restore.finished().await?;
             }
-            let base = match &options.base {
-                Some(base_dir) => {
-                    let base_dir = base_dir.clone();
-                    let target_path = dir.clone();
-                    let base = on_thread("snapshot", move || {
-                        let manifest = super::restore::read_manifest(&base_dir)?;
-                        check_not_target(&base_dir, &target_path)?;
-                        Ok((base_dir, manifest))
-                    })
-                    .await?;
-                    Some(base)
-                }
-                None => None,
-            };
             let id = super::new_id();
             let base_tracking = match &base {
                 Some((base_dir, manifest)) => {
@@ -179,7 +183,7 @@ impl GuestMemoryManager {
             let mut manifest = view.manifest_skeleton(&id, &inspect);
             manifest.tracking_session = start.session.map(Hex);
             if let Some((base_dir, base_manifest)) = &base {
-                check_same_machine(base_dir, base_manifest, &manifest)?;
+                check_same_machine(base_dir, base_manifest, "this manager's", &manifest)?;
                 manifest.base = Some(format::BaseRecord {
                     path: relative_base_path(base_dir, &dir),
                     id: base_manifest.id.clone(),
@@ -285,48 +289,32 @@ fn relative_base_path(base: &Path, target: &Path) -> String {
     relative.display().to_string()
 }
 
-/// Checks that `base` was taken of a machine like the one `manifest` describes.
+/// Checks that `base` (the snapshot in `dir`) was taken of a machine like the one `manifest`
+/// describes; `whose` names that machine in the message ("this manager's"), which names each
+/// part that differs.
 pub(crate) fn check_same_machine(
     dir: &Path,
     base: &Manifest,
+    whose: &str,
     manifest: &Manifest,
 ) -> Result<(), SnapshotError> {
-    let differs = |what: String| SnapshotError::Layout {
-        dir: dir.to_owned(),
-        what,
+    let backing_size = |m: &Manifest| vec![("RAM backing size", format!("{:#x}", m.ram_size.0))];
+    let regions =
+        |m: &Manifest| vec![("RAM regions", describe::ram_region_records(&m.ram_regions))];
+    let parts = |m: &Manifest| {
+        let mut parts = describe::layout_record_parts(&m.layout);
+        parts.extend(describe::options_parts(&m.options));
+        parts.extend(backing_size(m));
+        parts.extend(regions(m));
+        parts
     };
-    if base.layout != manifest.layout {
-        return Err(differs(format!(
-            "its memory layout {:?} differs from {:?}",
-            base.layout, manifest.layout
-        )));
+    match describe::differences("its", &parts(base), whose, &parts(manifest)) {
+        Some(what) => Err(SnapshotError::Layout {
+            dir: dir.to_owned(),
+            what,
+        }),
+        None => Ok(()),
     }
-    if base.options != manifest.options {
-        return Err(differs(format!(
-            "its build options {:?} differ from {:?}",
-            base.options, manifest.options
-        )));
-    }
-    if base.ram_size != manifest.ram_size {
-        return Err(differs(format!(
-            "its RAM backing is {:#x} bytes, not {:#x}",
-            base.ram_size.0, manifest.ram_size.0
-        )));
-    }
-    let ranges = |m: &Manifest| -> Vec<(u64, u64, u64)> {
-        m.ram_regions
-            .iter()
-            .map(|region| (region.start.0, region.end.0, region.file_offset.0))
-            .collect()
-    };
-    if ranges(base) != ranges(manifest) {
-        return Err(differs(format!(
-            "its RAM regions {:x?} differ from {:x?}",
-            ranges(base),
-            ranges(manifest)
-        )));
-    }
-    Ok(())
 }
 
 impl ManagerView {
