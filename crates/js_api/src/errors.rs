@@ -261,6 +261,10 @@ pub struct SpanView {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Fields {
+    /// Our explanation of the error (the values involved, the rule, what to do), where the
+    /// message is a text the contract fixes and cannot carry it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// `InvalidMemoryRangeError`: the rejected bounds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<BigInt>,
@@ -426,9 +430,19 @@ impl JsError {
         (self.class.0, self.code.map(|code| code.0))
     }
 
-    /// With extra fields.
+    /// With extra fields (a `detail` set before is kept unless `fields` has its own).
     pub fn with_fields(mut self, fields: Fields) -> Self {
+        let detail = self.fields.detail.take();
         self.fields = Box::new(fields);
+        if self.fields.detail.is_none() {
+            self.fields.detail = detail;
+        }
+        self
+    }
+
+    /// With `detail` as the explanation (kept beside the fields set so far).
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.fields.detail = Some(detail.into());
         self
     }
 
