@@ -699,12 +699,10 @@ impl ToJsError for vm_topology::memory::Error {
 }
 
 impl ToJsError for vm_topology::memory::LayoutProblem {
-    /// The code of the error the constructor returns; the message that error's text, then which
-    /// range breaks which rule.
+    /// The error the constructor returns (its code, and its text as the message, which the
+    /// contract fixes); which range breaks which rule is the `detail`.
     fn to_js_error(&self) -> JsError {
-        let mut error = self.error().to_js_error();
-        error.message = format!("{}: {self}", error.message);
-        error
+        self.error().to_js_error().with_detail(self.to_string())
     }
 }
 

@@ -1069,21 +1069,31 @@ fn a_refused_layout_keeps_its_code_and_says_which_range_breaks_which_rule() {
             Some(ErrorCode::BadMemoryRanges)
         )
     );
+    assert_eq!(error.message, "invalid memory or MMIO ranges");
     assert_eq!(
-        error.message,
-        "invalid memory or MMIO ranges: gaps[1] 0x40000000-0x80000000 comes after gaps[0] \
-         0xc0000000-0x100000000 but starts before it: list them in ascending order"
+        error.fields.detail.as_deref(),
+        Some(
+            "gaps[1] 0x40000000-0x80000000 comes after gaps[0] 0xc0000000-0x100000000 but \
+             starts before it: list them in ascending order"
+        )
     );
     let size = MemoryLayout::new_explained(0x1001, &[], None)
         .unwrap_err()
         .to_js_error();
     assert_eq!(size.kind().1, Some(ErrorCode::BadSize));
-    assert!(
-        size.message
-            .starts_with("invalid memory size: the RAM size 0x1001"),
-        "{}",
-        size.message
+    assert_eq!(size.message, "invalid memory size");
+    assert_eq!(
+        size.fields.detail.as_deref(),
+        Some("the RAM size 0x1001 is not a positive multiple of 4 KiB (0x1000)")
     );
+    let vtl2 = vm_topology::memory::LayoutProblem::Vtl2BeforeEndOfRam {
+        vtl2: MemoryRange::new(0..0x1000),
+        end_of_ram: 0x2000,
+    }
+    .to_js_error();
+    assert_eq!(vtl2.kind().1, Some(ErrorCode::Vtl2RangeBeforeEndOfRam));
+    assert_eq!(vtl2.message, "vtl2 range is below end of ram");
+    assert!(vtl2.fields.detail.is_some());
 }
 
 /// A 4-byte access at 0x3ffe of a 0x4000-byte reservation.
