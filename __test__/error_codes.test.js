@@ -130,11 +130,6 @@ const PROVOKED = {
     return manager.inspect();
   },
   ERR_NO_MAPPING: () => withManager(async (manager) => (await manager.client().guestMemory()).read(GAP.start, 1)),
-  ERR_READ_ONLY_MAPPING: () =>
-    withManager(async (manager) => {
-      await manager.ramVisibilityControl().setRamVisibility(range(0xa0000, 0xc0000), RamVisibility.ReadOnly);
-      (await manager.client().guestMemory()).writeU8(0xa0000, 1);
-    }, (builder) => builder.x86LegacySupport(true)),
   ERR_INVALID_RAM_REGION: () => withManager((manager) => manager.decommitRam(range(GAP.start, GAP.start + 0x1000n))),
   ERR_OVERLAP_ERROR: () =>
     withManager(async (manager) => {

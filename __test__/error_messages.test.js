@@ -57,7 +57,7 @@ test('build() without an MMIO gap names the end of RAM, the rule and the gap to 
   await manager.close();
 });
 
-test('a write to ReadOnly RAM says read-only (its cause is ERR_READ_ONLY_MAPPING); a read there works', async (t) => {
+test('a write to ReadOnly RAM fails NoMapping, whose detail says read-only; a read there works', async (t) => {
   const manager = await new GuestMemoryBuilder().x86LegacySupport(true).build(MemoryLayout.new(GiB, [range(3n * GiB, 4n * GiB)]));
   t.teardown(() => manager.close());
   await manager.ramVisibilityControl().setRamVisibility(range(0xa0000, 0xc0000), RamVisibility.ReadOnly);
@@ -66,13 +66,14 @@ test('a write to ReadOnly RAM says read-only (its cause is ERR_READ_ONLY_MAPPING
   for (const write of [() => memory.writeU8(0xa0000, 1), () => memory.writeAt(0xa0000, Buffer.alloc(16))]) {
     const error = await caught(write);
     t.is(error.code, 'ERR_GUEST_MEMORY_OUT_OF_RANGE');
-    t.regex(error.message, /0xa0000-0xa1000 is mapped read-only, so it cannot be written: make it writable first/);
-    t.notRegex(error.message, /no mapping/);
-    t.is(error.cause?.code, 'ERR_READ_ONLY_MAPPING');
+    t.is(error.cause?.code, 'ERR_NO_MAPPING');
+    t.is(error.cause.message, 'no mapping for 0xa0000-0xa1000');
+    t.regex(error.cause.detail, /^0xa0000-0xa1000 is mapped read-only, so it cannot be written: make it writable first/);
   }
-  // The MMIO gap is still "no mapping".
+  // The MMIO gap is NoMapping too, and its detail says nothing is mapped there.
   const gap = await caught(() => memory.writeU8(3n * GiB, 1));
   t.is(gap.cause?.code, 'ERR_NO_MAPPING');
+  t.regex(gap.cause.detail, /^nothing is mapped there/);
 });
 
 test('range algorithms name the element that breaks the order and what to do', (t) => {

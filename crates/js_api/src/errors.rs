@@ -92,7 +92,6 @@ error_codes! {
     InjectedFailure = "ERR_INJECTED_FAILURE",
     // The region manager, visibility, device windows, the manager's lifecycle.
     NoMapping = "ERR_NO_MAPPING",
-    ReadOnlyMapping = "ERR_READ_ONLY_MAPPING",
     InvalidRamRegion = "ERR_INVALID_RAM_REGION",
     OverlapError = "ERR_OVERLAP_ERROR",
     RegionOutOfRange = "ERR_REGION_OUT_OF_RANGE",
@@ -769,8 +768,10 @@ impl ToJsError for io::Error {
 
 impl ToJsError for guestmem::GuestMemoryError {
     /// `ERR_GUEST_MEMORY_<KIND>`, or `ERR_GUEST_MEMORY_FAULT` when a hardware fault ended it.
-    /// The message names the source; a `NoMapping`/`ManagerGone` source is also the `cause`,
-    /// and a JavaScript hook's exception is the cause through its token.
+    /// The message is the original's template exactly. A `NoMapping`/`ReadOnlyMapping`/
+    /// `ManagerGone` source is the `cause` (with its own message and detail); any other source
+    /// (an internal cause, a hook's failure, whose thrown value is the cause through its token)
+    /// is the `detail`, so that its text is said once.
     fn to_js_error(&self) -> JsError {
         use guestmem::GuestMemoryErrorKind as K;
         let kind = self.kind();
@@ -787,12 +788,8 @@ impl ToJsError for guestmem::GuestMemoryError {
             }
         };
         let source = self.source();
-        let message = match source {
-            Some(source) => format!("{self}: {source}"),
-            None => self.to_string(),
-        };
-        let mut error =
-            JsError::new(ErrorClass::GuestMemoryError, code, message).with_fields(Fields {
+        let mut error = JsError::new(ErrorClass::GuestMemoryError, code, self.to_string())
+            .with_fields(Fields {
                 kind: Some(Js(kind)),
                 op: Some(self.operation().name()),
                 gpa: self.gpa().map(BigInt),
@@ -804,15 +801,16 @@ impl ToJsError for guestmem::GuestMemoryError {
                 ..Fields::default()
             });
         error.cause_token = crate::hooks::cause_token(self);
-        if error.cause_token.is_none() {
-            if let Some(source) = source {
-                if source.is::<membacking::NoMapping>()
+        if let Some(source) = source {
+            let source_is_cause = error.cause_token.is_none()
+                && (source.is::<membacking::NoMapping>()
                     || source.is::<membacking::ReadOnlyMapping>()
-                    || source.is::<membacking::ManagerGone>()
-                {
-                    error = error.with_cause(from_source(source));
-                }
-            }
+                    || source.is::<membacking::ManagerGone>());
+            error = if source_is_cause {
+                error.with_cause(from_source(source))
+            } else {
+                error.with_detail(source.to_string())
+            };
         }
         error
     }
@@ -1038,19 +1036,26 @@ impl ToJsError for membacking::InvalidRamRegion {
     }
 }
 
+/// Why an access found no mapping, and what to do: the `detail` of `ERR_NO_MAPPING`.
+pub const NO_MAPPING_DETAIL: &str = "nothing is mapped there (an MMIO gap without a device \
+     window, RAM made Unmapped, or past the end of the layout): map a device window there, make \
+     the RAM visible, or access guest RAM";
+
 impl ToJsError for membacking::NoMapping {
+    /// The original's message (`no mapping for {range}`); why and what to do in `detail`.
     fn to_js_error(&self) -> JsError {
         row(ErrorClass::MemoryManagerError, ErrorCode::NoMapping, self)
+            .with_detail(NO_MAPPING_DETAIL)
     }
 }
 
 impl ToJsError for membacking::ReadOnlyMapping {
+    /// A write to a read-only mapping fails NoMapping, as in the original: `ERR_NO_MAPPING` with
+    /// its message; that the range is read-only, and what to do, is the `detail`.
     fn to_js_error(&self) -> JsError {
-        row(
-            ErrorClass::MemoryManagerError,
-            ErrorCode::ReadOnlyMapping,
-            self,
-        )
+        membacking::NoMapping(self.0)
+            .to_js_error()
+            .with_detail(self.to_string())
     }
 }
 

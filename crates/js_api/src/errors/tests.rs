@@ -644,19 +644,63 @@ fn a_no_mapping_source_is_a_coded_cause() {
         cause.kind(),
         (ErrorClass::MemoryManagerError, Some(ErrorCode::NoMapping))
     );
-    assert!(
-        cause
-            .message
-            .starts_with("no mapping for 0x1000-0x2000: nothing is mapped there"),
-        "{}",
-        cause.message
+    assert_eq!(cause.message, "no mapping for 0x1000-0x2000");
+    assert_eq!(cause.fields.detail.as_deref(), Some(NO_MAPPING_DETAIL));
+    // The top-level message is the template alone; the cause says the rest.
+    assert_eq!(
+        error.message,
+        "guest memory 'ram': read error: failed to access 0x1000-0x1002"
     );
-    assert!(
-        error.message.ends_with(", or access guest RAM")
-            && error.message.contains(": no mapping for 0x1000-0x2000: "),
-        "{}",
-        error.message
+    assert_eq!(error.fields.detail, None);
+}
+
+#[test]
+fn a_write_to_a_read_only_mapping_fails_no_mapping_and_says_read_only_in_detail() {
+    let error = membacking::ReadOnlyMapping(MemoryRange::new(0xa0000..0xa1000)).to_js_error();
+    assert_eq!(
+        error.kind(),
+        (ErrorClass::MemoryManagerError, Some(ErrorCode::NoMapping))
     );
+    assert_eq!(error.message, "no mapping for 0xa0000-0xa1000");
+    let detail = error.fields.detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.starts_with(
+            "0xa0000-0xa1000 is mapped read-only, so it cannot be written: make it writable first"
+        ),
+        "{detail}"
+    );
+    assert_eq!(json(&error)["fields"]["detail"], detail);
+}
+
+#[test]
+fn a_source_that_is_not_the_cause_is_the_detail() {
+    let mapping = half_placed();
+    let memory = GuestMemory::from_sparse_mapping(
+        "ram".to_owned(),
+        mapping,
+        GuestMemoryHooks {
+            page_fault: Some(Box::new(|_, _, _, _| {
+                PageFaultAction::Fail(PageFaultError::new(
+                    GuestMemoryErrorKind::VtlProtected,
+                    io::Error::other("the page belongs to VTL2"),
+                ))
+            })),
+            ..GuestMemoryHooks::default()
+        },
+    );
+    let error = memory
+        .read_at(0x1000, &mut [0u8; 2])
+        .unwrap_err()
+        .to_js_error();
+    assert_eq!(
+        error.message,
+        "guest memory 'ram': read error: failed to access 0x1000-0x1002"
+    );
+    assert_eq!(
+        error.fields.detail.as_deref(),
+        Some("the page belongs to VTL2")
+    );
+    assert!(error.cause.is_none());
 }
 
 #[test]
