@@ -106,7 +106,6 @@ error_codes! {
     FatalError = "ERR_FATAL_ERROR",
     ManagerGone = "ERR_MANAGER_GONE",
     RegionOverlapsPrivateRam = "ERR_REGION_OVERLAPS_PRIVATE_RAM",
-    MappingBeyondObject = "ERR_MAPPING_BEYOND_OBJECT",
     DecommitFailed = "ERR_DECOMMIT_FAILED",
     // KVM.
     KvmUnavailable = "ERR_KVM_UNAVAILABLE",
@@ -968,7 +967,11 @@ impl ToJsError for membacking::RegionManagerError {
             E::RegionOutOfRange { .. } => ErrorCode::RegionOutOfRange,
             E::EmptyRegion { .. } => ErrorCode::EmptyRegion,
             E::MappingOverlap { .. } => ErrorCode::MappingOverlap,
-            E::MappingOutOfRange { .. } => ErrorCode::MappingOutOfRange,
+            // A device mapping past its object's end is MappingOutOfRange (membacking spec
+            // §3.4); the Rust variant stays distinct, and its message says which bound.
+            E::MappingOutOfRange { .. } | E::MappingBeyondObject { .. } => {
+                ErrorCode::MappingOutOfRange
+            }
             E::EmptyMapping { .. } => ErrorCode::EmptyMapping,
             E::PartialUnmap { .. } => ErrorCode::PartialUnmap,
             E::NoSuchRegion(_) => ErrorCode::NoSuchRegion,
@@ -976,7 +979,6 @@ impl ToJsError for membacking::RegionManagerError {
             E::ManagerPoisoned { .. } => ErrorCode::ManagerPoisoned,
             E::ManagerGone => ErrorCode::ManagerGone,
             E::RegionOverlapsPrivateRam { .. } => ErrorCode::RegionOverlapsPrivateRam,
-            E::MappingBeyondObject { .. } => ErrorCode::MappingBeyondObject,
             E::DecommitFailed { .. } => ErrorCode::DecommitFailed,
         };
         row(ErrorClass::MemoryManagerError, code, self)

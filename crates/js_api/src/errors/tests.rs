@@ -548,12 +548,17 @@ fn io_errors_wrapping_a_known_error_keep_its_row() {
         len: 2,
         object_size: 1,
     });
+    let beyond = JsError::device_window(&wrapped);
     assert_eq!(
-        JsError::device_window(&wrapped).kind(),
+        beyond.kind(),
         (
             ErrorClass::MemoryManagerError,
-            Some(ErrorCode::MappingBeyondObject)
+            Some(ErrorCode::MappingOutOfRange)
         )
+    );
+    assert_eq!(
+        beyond.message,
+        "mapping 0x0+0x2 in memory region gfx lies beyond the end of its object (0x1 bytes)"
     );
     assert_eq!(
         JsError::device_window(&io(io::ErrorKind::Unsupported, "x")).kind(),
