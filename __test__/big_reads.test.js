@@ -54,7 +54,7 @@ test(`readAtAsync(0, 5 GiB) over the MMIO gap of a 4 GiB guest fails at once, na
     t.is(error.gpa, 3n * GiB, 'the first byte of the hole');
     t.deepEqual(error.range, { start: 0n, end: 5n * GiB });
     t.is(error.cause?.code, 'ERR_NO_MAPPING');
-    t.regex(error.cause.message, /no mapping for 0xc0000000-0x100000000/);
+    t.is(error.cause.message, 'no mapping for 0xc0000000-0x100000000');
   }
   // Before, the read allocated 5 GiB and copied 3 GiB before it met the gap.
   t.true(rssBytes() - before < 256 * 2 ** 20, `RSS grew by ${(rssBytes() - before) / 2 ** 20} MiB`);

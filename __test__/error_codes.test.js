@@ -136,11 +136,6 @@ const PROVOKED = {
     return manager.inspect();
   },
   ERR_NO_MAPPING: () => withManager(async (manager) => (await manager.client().guestMemory()).read(GAP.start, 1)),
-  ERR_READ_ONLY_MAPPING: () =>
-    withManager(async (manager) => {
-      await manager.ramVisibilityControl().setRamVisibility(range(0xa0000, 0xc0000), RamVisibility.ReadOnly);
-      (await manager.client().guestMemory()).writeU8(0xa0000, 1);
-    }, (builder) => builder.x86LegacySupport(true)),
   ERR_INVALID_RAM_REGION: () => withManager((manager) => manager.decommitRam(range(GAP.start, GAP.start + 0x1000n))),
   ERR_OVERLAP_ERROR: () =>
     withManager(async (manager) => {
@@ -151,7 +146,8 @@ const PROVOKED = {
   ERR_MANAGER_POISONED: () => poisonedChange(),
   ERR_FATAL_ERROR: () => poisonedChange(),
   ERR_REGION_OVERLAPS_PRIVATE_RAM: () => withManager((manager) => deviceWindow(manager).control.mapToGuest(0, true), (b) => b.privateMemory(true)),
-  ERR_MAPPING_BEYOND_OBJECT: () =>
+  // A device mapping past the end of its object (membacking spec §3.4).
+  ERR_MAPPING_OUT_OF_RANGE: () =>
     withManager((manager) => {
       const { region, object } = deviceWindow(manager);
       return region.map(0, object, 0xf000, 0x2000, true);
@@ -249,7 +245,6 @@ const UNREACHABLE = {
   ERR_REMOTE_WITH_PRIVATE_MEMORY: 'remote VA mappers exist only on Windows',
   ERR_EMPTY_REGION: 'a device window checks its own range first (ERR_INVALID_INPUT)',
   ERR_MAPPING_OVERLAP: 'a device window checks its own mappings first (ERR_UNSUPPORTED)',
-  ERR_MAPPING_OUT_OF_RANGE: 'a device window checks its own range first (ERR_INVALID_INPUT)',
   ERR_EMPTY_MAPPING: 'a device window checks its own range first (ERR_INVALID_INPUT)',
   ERR_PARTIAL_UNMAP: 'a device window checks its own mappings first (ERR_UNSUPPORTED)',
   ERR_NO_SUCH_REGION: 'a device window handle always names a region the manager knows',

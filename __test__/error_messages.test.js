@@ -1,8 +1,9 @@
-// Messages a user reads: each names the value, the rule it breaks and what to do. Layout
-// refusals say which range breaks which rule; a build without an MMIO gap says why and how to
-// fix it; a write to read-only RAM says read-only; the range algorithms name the element out of
-// order; page tables outside RAM do not suggest attaching an attached partition; and no message
-// of a sweep over bad inputs carries Rust `Debug` text.
+// Messages a user reads: each names the value, the rule it breaks and what to do — in `message`,
+// or in `detail` where the contract fixes the message (the original's error or panic text).
+// Layout refusals say which range breaks which rule; a build without an MMIO gap says why and how
+// to fix it; a write to read-only RAM says read-only; the range algorithms name the element out
+// of order; page tables outside RAM do not suggest attaching an attached partition; and no
+// message or detail of a sweep over bad inputs carries Rust `Debug` text.
 'use strict';
 const test = require('ava');
 const mb = require('../dist');
@@ -23,24 +24,26 @@ async function caught(fn) {
 test('layout refusals: overlapping, unsorted and VTL2-overlapping layouts each say what is wrong', async (t) => {
   const overlap = await caught(() => MemoryLayout.new(4n * GiB, [range(GiB, 3n * GiB), range(2n * GiB, 4n * GiB)]));
   t.is(overlap.code, 'ERR_BAD_MEMORY_RANGES');
-  t.regex(overlap.message, /gaps\[0\] 0x40000000-0xc0000000 overlaps gaps\[1\] 0x80000000-0x100000000: .*must not overlap/);
+  t.is(overlap.message, 'invalid memory or MMIO ranges');
+  t.regex(overlap.detail, /gaps\[0\] 0x40000000-0xc0000000 overlaps gaps\[1\] 0x80000000-0x100000000: .*must not overlap/);
 
   const unsorted = await caught(() => MemoryLayout.new(4n * GiB, [range(3n * GiB, 4n * GiB), range(GiB, 2n * GiB)]));
   t.is(unsorted.code, 'ERR_BAD_MEMORY_RANGES');
-  t.regex(unsorted.message, /gaps\[1\] 0x40000000-0x80000000 comes after gaps\[0\] 0xc0000000-0x100000000 .*list them in ascending order/);
+  t.regex(unsorted.detail, /gaps\[1\] 0x40000000-0x80000000 comes after gaps\[0\] 0xc0000000-0x100000000 .*list them in ascending order/);
 
   const vtl2 = await caught(() => MemoryLayout.new(2n * GiB, [range(GiB, 2n * GiB)], range(2n * GiB, 3n * GiB)));
   t.is(vtl2.code, 'ERR_BAD_MEMORY_RANGES');
-  t.regex(vtl2.message, /RAM 0x80000000-0xc0000000 overlaps the VTL2 range 0x80000000-0xc0000000/);
+  t.regex(vtl2.detail, /RAM 0x80000000-0xc0000000 overlaps the VTL2 range 0x80000000-0xc0000000/);
 
   const numa = await caught(() => MemoryLayout.fromRanges([{ range: range(0, 2n * GiB), vnode: 0 }], [range(GiB, 3n * GiB)]));
-  t.regex(numa.message, /memory\[0\] 0x0-0x80000000 overlaps gaps\[0\] 0x40000000-0xc0000000/);
+  t.regex(numa.detail, /memory\[0\] 0x0-0x80000000 overlaps gaps\[0\] 0x40000000-0xc0000000/);
 
   const size = await caught(() => MemoryLayout.new(0x1001, []));
   t.is(size.code, 'ERR_BAD_SIZE');
-  t.regex(size.message, /0x1001 is not a positive multiple of 4 KiB/);
+  t.is(size.message, 'invalid memory size');
+  t.regex(size.detail, /0x1001 is not a positive multiple of 4 KiB/);
 
-  t.is(new Set([overlap.message, unsorted.message, vtl2.message]).size, 3);
+  t.is(new Set([overlap.detail, unsorted.detail, vtl2.detail]).size, 3);
 });
 
 test('build() without an MMIO gap names the end of RAM, the rule and the gap to add', async (t) => {
@@ -54,7 +57,7 @@ test('build() without an MMIO gap names the end of RAM, the rule and the gap to 
   await manager.close();
 });
 
-test('a write to ReadOnly RAM says read-only (its cause is ERR_READ_ONLY_MAPPING); a read there works', async (t) => {
+test('a write to ReadOnly RAM fails NoMapping, whose detail says read-only; a read there works', async (t) => {
   const manager = await new GuestMemoryBuilder().x86LegacySupport(true).build(MemoryLayout.new(GiB, [range(3n * GiB, 4n * GiB)]));
   t.teardown(() => manager.close());
   await manager.ramVisibilityControl().setRamVisibility(range(0xa0000, 0xc0000), RamVisibility.ReadOnly);
@@ -63,24 +66,25 @@ test('a write to ReadOnly RAM says read-only (its cause is ERR_READ_ONLY_MAPPING
   for (const write of [() => memory.writeU8(0xa0000, 1), () => memory.writeAt(0xa0000, Buffer.alloc(16))]) {
     const error = await caught(write);
     t.is(error.code, 'ERR_GUEST_MEMORY_OUT_OF_RANGE');
-    t.regex(error.message, /0xa0000-0xa1000 is mapped read-only, so it cannot be written: make it writable first/);
-    t.notRegex(error.message, /no mapping/);
-    t.is(error.cause?.code, 'ERR_READ_ONLY_MAPPING');
+    t.is(error.cause?.code, 'ERR_NO_MAPPING');
+    t.is(error.cause.message, 'no mapping for 0xa0000-0xa1000');
+    t.regex(error.cause.detail, /^0xa0000-0xa1000 is mapped read-only, so it cannot be written: make it writable first/);
   }
-  // The MMIO gap is still "no mapping".
+  // The MMIO gap is NoMapping too, and its detail says nothing is mapped there.
   const gap = await caught(() => memory.writeU8(3n * GiB, 1));
   t.is(gap.cause?.code, 'ERR_NO_MAPPING');
+  t.regex(gap.cause.detail, /^nothing is mapped there/);
 });
 
 test('range algorithms name the element that breaks the order and what to do', (t) => {
-  const left = t.throws(() => [...mb.overlappingRanges([range(MiB, 2n * MiB), range(0, MiB)], [range(3n * MiB, 4n * MiB)])], { instanceOf: RangeError });
-  t.is(left.message, 'left not sorted: left[1] 0x0-0x100000 starts before 0x200000, the end of left[0] 0x100000-0x200000: each list must be sorted by address without overlaps (flattenRanges merges overlapping ranges of a sorted list)');
-  const right = t.throws(() => [...mb.subtractRanges([range(MiB, 2n * MiB)], [range(0, MiB), range(0, MiB)])]);
-  t.regex(right.message, /^right not sorted: right\[1\] 0x0-0x100000 starts before 0x100000, the end of right\[0\]/);
-  const flat = t.throws(() => [...mb.flattenRanges([range(0, 0x4000), range(0x5000, 0x7000), range(0x3000, 0x8000)])]);
-  t.regex(flat.message, /^ranges are not sorted: ranges\[2\] 0x3000-0x8000 starts below ranges\[1\] 0x5000-0x7000: sort the list by start address$/);
-  const overlap = t.throws(() => [...mb.mergeAdjacentRanges([range(0, 0x6000), range(0x5000, 0x7000)].map((r) => ({ range: r, tag: 0 })))]);
-  t.regex(overlap.message, /^ranges overlap: ranges\[1\] 0x5000-0x7000 starts inside ranges\[0\] 0x0-0x6000/);
+  const left = t.throws(() => [...mb.overlappingRanges([range(MiB, 2n * MiB), range(0, MiB)], [range(3n * MiB, 4n * MiB)])], { instanceOf: RangeError, message: 'left not sorted' });
+  t.is(left.detail, 'left[1] 0x0-0x100000 starts before 0x200000, the end of left[0] 0x100000-0x200000: each list must be sorted by address without overlaps (flattenRanges merges overlapping ranges of a sorted list)');
+  const right = t.throws(() => [...mb.subtractRanges([range(MiB, 2n * MiB)], [range(0, MiB), range(0, MiB)])], { message: 'right not sorted' });
+  t.regex(right.detail, /^right\[1\] 0x0-0x100000 starts before 0x100000, the end of right\[0\]/);
+  const flat = t.throws(() => [...mb.flattenRanges([range(0, 0x4000), range(0x5000, 0x7000), range(0x3000, 0x8000)])], { message: 'ranges are not sorted' });
+  t.is(flat.detail, 'ranges[2] 0x3000-0x8000 starts below ranges[1] 0x5000-0x7000: sort the list by start address');
+  const overlap = t.throws(() => [...mb.mergeAdjacentRanges([range(0, 0x6000), range(0x5000, 0x7000)].map((r) => ({ range: r, tag: 0 })))], { message: 'ranges overlap' });
+  t.regex(overlap.detail, /^ranges\[1\] 0x5000-0x7000 starts inside ranges\[0\] 0x0-0x6000/);
 });
 
 kvmTest('page tables in the MMIO gap of an attached partition name the writable slots, not attaching', async (t) => {
@@ -102,7 +106,7 @@ kvmTest('page tables in the MMIO gap of an attached partition name the writable 
 /** Rust `Debug` text: `Some(…)`, `None`, a struct literal such as `MemoryRange { start: … }`. */
 const DEBUG_TEXT = /\bSome\(|\bNone\b|\b[A-Z]\w+ \{ \w+: |\bOk\(|\bErr\(/;
 
-test('no message of a sweep over bad inputs carries Rust Debug text, and every one is coded', async (t) => {
+test('no message or detail of a sweep over bad inputs carries Rust Debug text, and every one is coded', async (t) => {
   const manager = await new GuestMemoryBuilder().x86LegacySupport(true).build(MemoryLayout.new(GiB, [range(3n * GiB, 4n * GiB)]));
   t.teardown(() => manager.close());
   await manager.ramVisibilityControl().setRamVisibility(range(0xa0000, 0xc0000), RamVisibility.ReadOnly);
@@ -132,6 +136,7 @@ test('no message of a sweep over bad inputs carries Rust Debug text, and every o
     const error = await caught(fn);
     for (let e = error; e; e = e.cause) {
       t.notRegex(e.message, DEBUG_TEXT, `${name}: ${e.message}`);
+      if (e.detail !== undefined) t.notRegex(e.detail, DEBUG_TEXT, `${name}: ${e.detail}`);
     }
     t.true(typeof error.code === 'string' && error.code.startsWith('ERR_'), `${name}: ${error.code} ${error.message}`);
   }
@@ -149,8 +154,8 @@ test('sparse mappings: a range that is not page-aligned inside the reservation, 
 });
 
 test('endOfRamOrMmio of a layout without gaps says why and what to read instead', (t) => {
-  const error = t.throws(() => MemoryLayout.new(GiB, []).endOfRamOrMmio, { code: 'ERR_INVALID_ARG_VALUE' });
-  t.regex(error.message, /RAM ends at 0x40000000\): read endOfRam, or add a gap$/);
+  const error = t.throws(() => MemoryLayout.new(GiB, []).endOfRamOrMmio, { code: 'ERR_INVALID_ARG_VALUE', message: 'mmio set' });
+  t.regex(error.detail, /RAM ends at 0x40000000\): read endOfRam, or add a gap$/);
 });
 
 kvmTest('page tables that are missing or too small are named in hex, never as Rust Debug text', async (t) => {

@@ -218,7 +218,7 @@ test.serial('hooks of a main-thread memory: a worker\'s synchronous use fails cl
   t.is(await w.exited, 0);
   t.is(result.error, undefined, JSON.stringify(result.error));
   t.is(result.syncError.code, 'ERR_GUEST_MEMORY_FAULT');
-  t.regex(result.syncError.message, /pageFault hook cannot run on another JavaScript thread/);
+  t.regex(result.syncError.detail, /pageFault hook cannot run on another JavaScript thread/);
   t.deepEqual(result.asyncData, [1, 2, 3, 4, 5, 6, 7, 8]);
   t.not(result.threadId, threadId);
   t.deepEqual(calls, [{ gpa: BigInt(2 * P), thread: threadId }]);
@@ -235,8 +235,8 @@ test.serial('hooks of a worker that has ended answer "failed" instead of hanging
   t.is(await w.exited, 0);
   t.is(memory.readU8(P), 0, 'the page the worker mapped stays mapped');
   const syncError = t.throws(() => memory.readU8(2 * P), { instanceOf: GuestMemoryError, code: 'ERR_GUEST_MEMORY_FAULT' });
-  t.regex(syncError.message, /pageFault hook cannot run/);
+  t.regex(syncError.detail, /pageFault hook cannot run/);
   const asyncError = await t.throwsAsync(memory.readAtAsync(2 * P, 4), { instanceOf: GuestMemoryError, code: 'ERR_GUEST_MEMORY_FAULT' });
-  t.regex(asyncError.message, /pageFault hook cannot run/);
+  t.regex(asyncError.detail, /pageFault hook cannot run/);
   memory.close();
 });

@@ -194,10 +194,12 @@ test('overlappingRanges and subtractRanges, which check sorting lazily as they g
   t.deepEqual(str(mb.subtractRanges(L, R)), ['0x0-0x200000', '0x800000-0xa00000', '0x1800000-0x1a00000', '0x1e00000-0x2000000', '0x2800000-0x3000000']);
   const lazy = mb.overlappingRanges([range(M, 2n * M), range(0, M)], [range(3n * M, 4n * M)]);
   const error = t.throws(() => lazy.next(), { instanceOf: RangeError });
-  t.regex(error.message, /^left not sorted: left\[1\] /);
-  t.throws(() => [...mb.overlappingRanges([range(M, 2n * M), range(3n * M, 4n * M)], [range(0, M), range(0, M)])], { message: /^right not sorted: / });
+  // The panic text is the message; which element breaks the order is the detail.
+  t.is(error.message, 'left not sorted');
+  t.regex(error.detail, /^left\[1\] /);
+  t.regex(t.throws(() => [...mb.overlappingRanges([range(M, 2n * M), range(3n * M, 4n * M)], [range(0, M), range(0, M)])], { message: 'right not sorted' }).detail, /^right\[1\] /);
   t.deepEqual(str(mb.walkRanges([{ range: range(4n * M, 4n * M), tag: null }, { range: range(M, 2n * M), tag: null }], [])).length, 3);
-  t.throws(() => [...mb.walkRanges([{ range: range(0, 4n * M), tag: 1 }, { range: range(2n * M, 2n * M), tag: 2 }], [])], { message: /^left not sorted: / });
+  t.throws(() => [...mb.walkRanges([{ range: range(0, 4n * M), tag: 1 }, { range: range(2n * M, 2n * M), tag: 2 }], [])], { message: 'left not sorted' });
   t.deepEqual(str(mb.subtractRanges([range(0, 10n * M)], [range(2n * M, 3n * M), range(5n * M, 6n * M)])), ['0x0-0x200000', '0x300000-0x500000', '0x600000-0xa00000']);
   t.deepEqual(str(mb.subtractRanges([range(0, 2n * M), range(2n * M, 4n * M)], [])), ['0x0-0x200000', '0x200000-0x400000']);
 });
@@ -207,13 +209,13 @@ test('flattenRanges merges overlaps of sorted input; mergeAdjacentRanges joins t
   t.deepEqual(str(mb.flattenRanges(pages([[0, 4], [5, 7], [6, 11], [13, 20], [20, 25], [22, 24], [35, 36]]))), ['0x0-0x4000', '0x5000-0xb000', '0xd000-0x19000', '0x23000-0x24000']);
   t.deepEqual(str(mb.flattenRanges([range(0x1000, 0x8000), range(0x2000, 0x3000), range(0x2000, 0x9000)])), ['0x1000-0x9000']);
   t.deepEqual(str(mb.flattenRanges([range(0x1000, 0x2000), range(0x3000, 0x3000), range(0x5000, 0x6000)])), ['0x1000-0x2000', '0x3000-0x3000', '0x5000-0x6000']);
-  t.throws(() => [...mb.flattenRanges(pages([[0, 4], [5, 7], [3, 8]]))], { message: /^ranges are not sorted: / });
-  t.throws(() => [...mb.flattenRanges(pages([[0, 10], [5, 7], [3, 8]]))], { message: /^ranges are not sorted: / });
+  t.throws(() => [...mb.flattenRanges(pages([[0, 4], [5, 7], [3, 8]]))], { message: 'ranges are not sorted' });
+  t.throws(() => [...mb.flattenRanges(pages([[0, 10], [5, 7], [3, 8]]))], { message: 'ranges are not sorted' });
   const tagged = pages([[0, 4], [5, 7], [7, 11], [11, 12], [13, 20], [20, 25], [35, 36]]).map((r, i) => ({ range: r, tag: 'RRRBRRB'[i] }));
   t.deepEqual([...mb.mergeAdjacentRanges(tagged)].map((x) => `${x.range} ${x.tag}`), ['0x0-0x4000 R', '0x5000-0xb000 R', '0xb000-0xc000 B', '0xd000-0x19000 R', '0x23000-0x24000 B']);
-  t.throws(() => [...mb.mergeAdjacentRanges(pages([[0, 6], [5, 7], [9, 12]]).map((r) => ({ range: r, tag: 0 })))], { message: /^ranges overlap: / });
-  t.throws(() => [...mb.mergeAdjacentRanges(pages([[0, 4], [5, 7], [3, 8]]).map((r) => ({ range: r, tag: 0 })))], { message: /^ranges are not sorted: / });
-  t.throws(() => [...mb.mergeAdjacentRanges(pages([[0, 4], [5, 7], [4, 5]]).map((r) => ({ range: r, tag: 0 })))], { message: /^ranges are not sorted: / });
+  t.throws(() => [...mb.mergeAdjacentRanges(pages([[0, 6], [5, 7], [9, 12]]).map((r) => ({ range: r, tag: 0 })))], { message: 'ranges overlap' });
+  t.throws(() => [...mb.mergeAdjacentRanges(pages([[0, 4], [5, 7], [3, 8]]).map((r) => ({ range: r, tag: 0 })))], { message: 'ranges are not sorted' });
+  t.throws(() => [...mb.mergeAdjacentRanges(pages([[0, 4], [5, 7], [4, 5]]).map((r) => ({ range: r, tag: 0 })))], { message: 'ranges are not sorted' });
 });
 
 test('merge compares tags with === (NaN never merges, the first tag of a run is kept)', (t) => {

@@ -214,7 +214,7 @@ async function apply(t, env, model, op) {
       const codes = [];
       if (offset + len > w.len) codes.push('ERR_INVALID_INPUT');
       else if (w.mappings.some((m) => m.offset < offset + len && offset < m.offset + m.len)) codes.push('ERR_UNSUPPORTED');
-      if (fileOffset + len > w.objectLen) codes.push('ERR_MAPPING_BEYOND_OBJECT');
+      if (fileOffset + len > w.objectLen) codes.push('ERR_MAPPING_OUT_OF_RANGE');
       const error = await expectFailure(`${w.name}.map(${hex(offset)}, +${hex(len)}, file ${hex(fileOffset)})`, w.region.map(offset, w.object, fileOffset, len, op.writable), codes.length ? codes : null);
       if (codes.length === 0) w.mappings.push({ offset, len, fileOffset });
       return `map ${w.name} ${hex(offset)}+${hex(len)}: ${error?.code ?? 'ok'}`;

@@ -149,7 +149,7 @@ test('failed restores and lazy restores closed early leave descriptors and threa
   const { child, report } = runChild(['leaks', dir]);
   t.is(child.status, 0, child.stderr);
   if (report === null) return;
-  t.deepEqual(report.codes, ['ENOENT', 'ERR_MAPPING_BEYOND_OBJECT', 'ERR_SNAPSHOT_CORRUPT', 'ERR_SNAPSHOT_LAYOUT']);
+  t.deepEqual(report.codes, ['ENOENT', 'ERR_MAPPING_OUT_OF_RANGE', 'ERR_SNAPSHOT_CORRUPT', 'ERR_SNAPSHOT_LAYOUT']);
   t.true(report.after.fds <= report.start.fds, `descriptors ${report.start.fds} → ${report.after.fds}`);
   t.true(report.after.threads <= report.start.threads, `threads ${report.start.threads} → ${report.after.threads}`);
   if (report.lazy) {

@@ -68,25 +68,26 @@ pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "the core panicked".to_owned())
 }
 
-/// Runs `f`; a panic becomes a `RangeError` carrying the panic text (where the Rust core
-/// panics, JavaScript gets a bad argument value).
+/// Runs `f`; a panic becomes a `RangeError` whose message is the panic text (where the Rust
+/// core panics, JavaScript gets a bad argument value).
 pub fn guard<T>(f: impl FnOnce() -> napi::Result<T>) -> napi::Result<T> {
-    guard_explained(f, |text| text.to_owned())
+    guard_explained(f, |_| None)
 }
 
-/// [`guard`], with the panic text rewritten by `explain` (which adds what the caller's input
-/// broke and what to do).
+/// [`guard`], with the `detail` that `explain` gives for the panic text (what the caller's
+/// input broke and what to do); the message stays the panic text.
 pub fn guard_explained<T>(
     f: impl FnOnce() -> napi::Result<T>,
-    explain: impl FnOnce(&str) -> String,
+    explain: impl FnOnce(&str) -> Option<String>,
 ) -> napi::Result<T> {
     install_quiet_panic_hook();
     GUARDED.with(|depth| depth.set(depth.get() + 1));
     let result = catch_unwind(AssertUnwindSafe(f));
     GUARDED.with(|depth| depth.set(depth.get() - 1));
     result.unwrap_or_else(|payload| {
-        Err(throw(JsError::arg_value(explain(&panic_text(
-            payload.as_ref(),
-        )))))
+        let text = panic_text(payload.as_ref());
+        let mut error = JsError::arg_value(text.as_str());
+        error.fields.detail = explain(&text);
+        Err(throw(error))
     })
 }

@@ -206,7 +206,7 @@ impl RangeIterator {
                 .iter()
                 .map(|(name, list)| (*name, list.as_slice()))
                 .collect();
-            js_api::range_panics::explain(text, &lists)
+            js_api::range_panics::detail(text, &lists)
         };
         let item = self
             .inner

@@ -91,6 +91,14 @@ export class MembackingError extends Error {
   /** The stable error code. */
   readonly code: ErrorCode;
 
+  /**
+   * Our explanation, where `message` is a text the contract fixes (the original's error message
+   * or panic text) and so cannot carry it: the values involved, the rule they break, what to
+   * do. Absent when the message says it all. Errors of other classes the package throws
+   * (`RangeError` for a panic's text, `TypeError`) may carry it too.
+   */
+  declare readonly detail?: string;
+
   /** Set on the error of one change of `manager.apply(changes)`: the change's index. */
   declare readonly changeIndex?: number;
   /** Set on the error of one entry of `readv`/`writev`: the entry's index. */
@@ -274,9 +282,13 @@ export function invalidArgType(message: string): TypeError & { code: 'ERR_INVALI
   return withErrorJson(Object.assign(new TypeError(message), { code: 'ERR_INVALID_ARG_TYPE' as const }));
 }
 
-/** A `RangeError` with `code` `ERR_INVALID_ARG_VALUE` (bad value, or a Rust panic's text). */
-export function invalidArgValue(message: string): RangeError & { code: 'ERR_INVALID_ARG_VALUE' } {
-  return withErrorJson(Object.assign(new RangeError(message), { code: 'ERR_INVALID_ARG_VALUE' as const }));
+/**
+ * A `RangeError` with `code` `ERR_INVALID_ARG_VALUE` (bad value, or a Rust panic's text), with
+ * `detail` when given (the explanation beside a panic text the contract fixes).
+ */
+export function invalidArgValue(message: string, detail?: string): RangeError & { code: 'ERR_INVALID_ARG_VALUE'; detail?: string } {
+  const error = Object.assign(new RangeError(message), { code: 'ERR_INVALID_ARG_VALUE' as const });
+  return withErrorJson(detail === undefined ? error : Object.assign(error, { detail }));
 }
 
 /** A `MembackingError` with `code` `ERR_CLOSED`. */

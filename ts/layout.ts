@@ -150,14 +150,15 @@ export class MemoryLayout {
   }
   /**
    * max(end of last gap, endOfRam) (bytes).
-   * @throws RangeError `ERR_INVALID_ARG_VALUE` (`mmio set: …`, naming the end of RAM) when the
-   *   layout has no gaps, where the Rust accessor panics.
+   * @throws RangeError `ERR_INVALID_ARG_VALUE`, message `mmio set` (the Rust accessor's panic
+   *   text) and a `detail` naming the end of RAM, when the layout has no gaps.
    */
   get endOfRamOrMmio(): bigint {
     const value = this.#description.endOfRamOrMmio;
     if (value === null || value === undefined) {
       throw invalidArgValue(
-        `mmio set: endOfRamOrMmio is defined only for a layout with an MMIO gap, and this one has none (RAM ends at 0x${this.endOfRam.toString(16)}): read endOfRam, or add a gap`,
+        'mmio set',
+        `endOfRamOrMmio is defined only for a layout with an MMIO gap, and this one has none (RAM ends at 0x${this.endOfRam.toString(16)}): read endOfRam, or add a gap`,
       );
     }
     return value;

@@ -93,7 +93,6 @@ error_codes! {
     InjectedFailure = "ERR_INJECTED_FAILURE",
     // The region manager, visibility, device windows, the manager's lifecycle.
     NoMapping = "ERR_NO_MAPPING",
-    ReadOnlyMapping = "ERR_READ_ONLY_MAPPING",
     InvalidRamRegion = "ERR_INVALID_RAM_REGION",
     OverlapError = "ERR_OVERLAP_ERROR",
     RegionOutOfRange = "ERR_REGION_OUT_OF_RANGE",
@@ -108,7 +107,6 @@ error_codes! {
     FatalError = "ERR_FATAL_ERROR",
     ManagerGone = "ERR_MANAGER_GONE",
     RegionOverlapsPrivateRam = "ERR_REGION_OVERLAPS_PRIVATE_RAM",
-    MappingBeyondObject = "ERR_MAPPING_BEYOND_OBJECT",
     DecommitFailed = "ERR_DECOMMIT_FAILED",
     // KVM.
     KvmUnavailable = "ERR_KVM_UNAVAILABLE",
@@ -262,6 +260,10 @@ pub struct SpanView {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Fields {
+    /// Our explanation of the error (the values involved, the rule, what to do), where the
+    /// message is a text the contract fixes and cannot carry it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// `InvalidMemoryRangeError`: the rejected bounds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<BigInt>,
@@ -427,9 +429,19 @@ impl JsError {
         (self.class.0, self.code.map(|code| code.0))
     }
 
-    /// With extra fields.
+    /// With extra fields (a `detail` set before is kept unless `fields` has its own).
     pub fn with_fields(mut self, fields: Fields) -> Self {
+        let detail = self.fields.detail.take();
         self.fields = Box::new(fields);
+        if self.fields.detail.is_none() {
+            self.fields.detail = detail;
+        }
+        self
+    }
+
+    /// With `detail` as the explanation (kept beside the fields set so far).
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.fields.detail = Some(detail.into());
         self
     }
 
@@ -686,12 +698,10 @@ impl ToJsError for vm_topology::memory::Error {
 }
 
 impl ToJsError for vm_topology::memory::LayoutProblem {
-    /// The code of the error the constructor returns; the message that error's text, then which
-    /// range breaks which rule.
+    /// The error the constructor returns (its code, and its text as the message, which the
+    /// contract fixes); which range breaks which rule is the `detail`.
     fn to_js_error(&self) -> JsError {
-        let mut error = self.error().to_js_error();
-        error.message = format!("{}: {self}", error.message);
-        error
+        self.error().to_js_error().with_detail(self.to_string())
     }
 }
 
@@ -758,8 +768,10 @@ impl ToJsError for io::Error {
 
 impl ToJsError for guestmem::GuestMemoryError {
     /// `ERR_GUEST_MEMORY_<KIND>`, or `ERR_GUEST_MEMORY_FAULT` when a hardware fault ended it.
-    /// The message names the source; a `NoMapping`/`ManagerGone` source is also the `cause`,
-    /// and a JavaScript hook's exception is the cause through its token.
+    /// The message is the original's template exactly. A `NoMapping`/`ReadOnlyMapping`/
+    /// `ManagerGone` source is the `cause` (with its own message and detail); any other source
+    /// (an internal cause, a hook's failure, whose thrown value is the cause through its token)
+    /// is the `detail`, so that its text is said once.
     fn to_js_error(&self) -> JsError {
         use guestmem::GuestMemoryErrorKind as K;
         let kind = self.kind();
@@ -776,12 +788,8 @@ impl ToJsError for guestmem::GuestMemoryError {
             }
         };
         let source = self.source();
-        let message = match source {
-            Some(source) => format!("{self}: {source}"),
-            None => self.to_string(),
-        };
-        let mut error =
-            JsError::new(ErrorClass::GuestMemoryError, code, message).with_fields(Fields {
+        let mut error = JsError::new(ErrorClass::GuestMemoryError, code, self.to_string())
+            .with_fields(Fields {
                 kind: Some(Js(kind)),
                 op: Some(self.operation().name()),
                 gpa: self.gpa().map(BigInt),
@@ -793,15 +801,16 @@ impl ToJsError for guestmem::GuestMemoryError {
                 ..Fields::default()
             });
         error.cause_token = crate::hooks::cause_token(self);
-        if error.cause_token.is_none() {
-            if let Some(source) = source {
-                if source.is::<membacking::NoMapping>()
+        if let Some(source) = source {
+            let source_is_cause = error.cause_token.is_none()
+                && (source.is::<membacking::NoMapping>()
                     || source.is::<membacking::ReadOnlyMapping>()
-                    || source.is::<membacking::ManagerGone>()
-                {
-                    error = error.with_cause(from_source(source));
-                }
-            }
+                    || source.is::<membacking::ManagerGone>());
+            error = if source_is_cause {
+                error.with_cause(from_source(source))
+            } else {
+                error.with_detail(source.to_string())
+            };
         }
         error
     }
@@ -960,7 +969,11 @@ impl ToJsError for membacking::RegionManagerError {
             E::RegionOutOfRange { .. } => ErrorCode::RegionOutOfRange,
             E::EmptyRegion { .. } => ErrorCode::EmptyRegion,
             E::MappingOverlap { .. } => ErrorCode::MappingOverlap,
-            E::MappingOutOfRange { .. } => ErrorCode::MappingOutOfRange,
+            // A device mapping past its object's end is MappingOutOfRange (membacking spec
+            // §3.4); the Rust variant stays distinct, and its message says which bound.
+            E::MappingOutOfRange { .. } | E::MappingBeyondObject { .. } => {
+                ErrorCode::MappingOutOfRange
+            }
             E::EmptyMapping { .. } => ErrorCode::EmptyMapping,
             E::PartialUnmap { .. } => ErrorCode::PartialUnmap,
             E::NoSuchRegion(_) => ErrorCode::NoSuchRegion,
@@ -968,7 +981,6 @@ impl ToJsError for membacking::RegionManagerError {
             E::ManagerPoisoned { .. } => ErrorCode::ManagerPoisoned,
             E::ManagerGone => ErrorCode::ManagerGone,
             E::RegionOverlapsPrivateRam { .. } => ErrorCode::RegionOverlapsPrivateRam,
-            E::MappingBeyondObject { .. } => ErrorCode::MappingBeyondObject,
             E::DecommitFailed { .. } => ErrorCode::DecommitFailed,
         };
         row(ErrorClass::MemoryManagerError, code, self)
@@ -1028,19 +1040,26 @@ impl ToJsError for membacking::InvalidRamRegion {
     }
 }
 
+/// Why an access found no mapping, and what to do: the `detail` of `ERR_NO_MAPPING`.
+pub const NO_MAPPING_DETAIL: &str = "nothing is mapped there (an MMIO gap without a device \
+     window, RAM made Unmapped, or past the end of the layout): map a device window there, make \
+     the RAM visible, or access guest RAM";
+
 impl ToJsError for membacking::NoMapping {
+    /// The original's message (`no mapping for {range}`); why and what to do in `detail`.
     fn to_js_error(&self) -> JsError {
         row(ErrorClass::MemoryManagerError, ErrorCode::NoMapping, self)
+            .with_detail(NO_MAPPING_DETAIL)
     }
 }
 
 impl ToJsError for membacking::ReadOnlyMapping {
+    /// A write to a read-only mapping fails NoMapping, as in the original: `ERR_NO_MAPPING` with
+    /// its message; that the range is read-only, and what to do, is the `detail`.
     fn to_js_error(&self) -> JsError {
-        row(
-            ErrorClass::MemoryManagerError,
-            ErrorCode::ReadOnlyMapping,
-            self,
-        )
+        membacking::NoMapping(self.0)
+            .to_js_error()
+            .with_detail(self.to_string())
     }
 }
 

@@ -1,19 +1,20 @@
 //! What the range algorithms' panics mean for the lists a caller gave: the core panics with a
-//! bare `left not sorted` or `ranges overlap` at the element that breaks its rule; this finds
-//! that element, and the message names it, the rule, and what to do.
+//! bare `left not sorted` or `ranges overlap` (texts the contract fixes, which stay the
+//! message) at the element that breaks its rule; this finds that element, and the `detail`
+//! names it, the rule, and what to do.
 
 use memory_range::MemoryRange;
 
-/// The panic text `panic` of a range algorithm run over `inputs` (name, list), followed by the
-/// element that breaks the rule, the rule and the remedy; the bare text when no element does.
-pub fn explain(panic: &str, inputs: &[(&str, &[MemoryRange])]) -> String {
+/// The detail of the panic text `panic` of a range algorithm run over `inputs` (name, list):
+/// the element that breaks the rule, the rule and the remedy; `None` when no element does.
+pub fn detail(panic: &str, inputs: &[(&str, &[MemoryRange])]) -> Option<String> {
     let list = |name: &str| {
         inputs
             .iter()
             .find(|(input, _)| *input == name)
             .map(|(_, list)| *list)
     };
-    let detail = match panic {
+    match panic {
         "left not sorted" | "right not sorted" => {
             let name = &panic[..panic.find(' ').unwrap_or(0)];
             list(name).and_then(|ranges| walk_violation(name, ranges))
@@ -40,10 +41,6 @@ pub fn explain(panic: &str, inputs: &[(&str, &[MemoryRange])]) -> String {
             })
         }),
         _ => None,
-    };
-    match detail {
-        Some(detail) => format!("{panic}: {detail}"),
-        None => panic.to_owned(),
     }
 }
 
@@ -91,35 +88,37 @@ mod tests {
         let right = [r(0, 0x2000), r(0x1000, 0x1000)];
         let inputs = [("left", &left[..]), ("right", &right[..])];
         assert_eq!(
-            explain("left not sorted", &inputs),
-            "left not sorted: left[1] 0x0-0x100000 starts before 0x200000, the end of left[0] \
-             0x100000-0x200000: each list must be sorted by address without overlaps \
-             (flattenRanges merges overlapping ranges of a sorted list)"
+            detail("left not sorted", &inputs).as_deref(),
+            Some(
+                "left[1] 0x0-0x100000 starts before 0x200000, the end of left[0] \
+                 0x100000-0x200000: each list must be sorted by address without overlaps \
+                 (flattenRanges merges overlapping ranges of a sorted list)"
+            )
         );
-        assert!(explain("right not sorted", &inputs)
-            .starts_with("right not sorted: right[1] 0x1000-0x1000 starts before 0x2000"));
+        assert!(detail("right not sorted", &inputs).is_some_and(
+            |detail| detail.starts_with("right[1] 0x1000-0x1000 starts before 0x2000")
+        ));
     }
 
     #[test]
     fn flatten_and_merge_panics_name_the_pair() {
         let unsorted = [r(0, 0x4000), r(0x5000, 0x7000), r(0x3000, 0x8000)];
         assert_eq!(
-            explain("ranges are not sorted", &[("ranges", &unsorted)]),
-            "ranges are not sorted: ranges[2] 0x3000-0x8000 starts below ranges[1] \
-             0x5000-0x7000: sort the list by start address"
+            detail("ranges are not sorted", &[("ranges", &unsorted)]).as_deref(),
+            Some("ranges[2] 0x3000-0x8000 starts below ranges[1] 0x5000-0x7000: sort the list by start address")
         );
         let overlapping = [r(0, 0x6000), r(0x5000, 0x7000)];
-        assert!(explain("ranges overlap", &[("ranges", &overlapping)])
-            .starts_with("ranges overlap: ranges[1] 0x5000-0x7000 starts inside ranges[0]"));
+        assert!(
+            detail("ranges overlap", &[("ranges", &overlapping)]).is_some_and(
+                |detail| detail.starts_with("ranges[1] 0x5000-0x7000 starts inside ranges[0]")
+            )
+        );
     }
 
     #[test]
-    fn other_panics_and_lists_that_keep_the_rule_stay_bare() {
+    fn other_panics_and_lists_that_keep_the_rule_have_no_detail() {
         let sorted = [r(0, 0x1000)];
-        assert_eq!(
-            explain("left not sorted", &[("left", &sorted)]),
-            "left not sorted"
-        );
-        assert_eq!(explain("something else", &[]), "something else");
+        assert_eq!(detail("left not sorted", &[("left", &sorted)]), None);
+        assert_eq!(detail("something else", &[]), None);
     }
 }

@@ -11,19 +11,17 @@ use crate::region_manager::RegionManagerError;
 use memory_range::MemoryRange;
 use std::io;
 
-/// A guest-memory access (or a partition's VA population) found no mapping, or no writable one
-/// for a write, in part of the requested range. The cause of an `OutOfRange` access
-/// error.
+/// A guest-memory access (or a partition's VA population) found no mapping in part of the
+/// requested range (an MMIO gap without a device window, RAM made `Unmapped`, or past the end
+/// of the layout). The cause of an `OutOfRange` access error. The message is the original's:
+/// `no mapping for {range}`, the requested range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "no mapping for {0}: nothing is mapped there (an MMIO gap without a device window, RAM made \
-     Unmapped, or past the end of the layout); map a device window there, make the RAM visible, \
-     or access guest RAM"
-)]
+#[error("no mapping for {0}")]
 pub struct NoMapping(pub MemoryRange);
 
 /// A write found only a read-only mapping (RAM made `ReadOnly`, or a device window mapped
-/// read-only) in part of the requested range. The cause of an `OutOfRange` access error.
+/// read-only) in part of the requested range. The cause of an `OutOfRange` access error; the
+/// original reports it as [`NoMapping`] (and so does JavaScript, with this text as the detail).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
     "{0} is mapped read-only, so it cannot be written: make it writable first (RAM visibility \

@@ -555,12 +555,17 @@ fn io_errors_wrapping_a_known_error_keep_its_row() {
         len: 2,
         object_size: 1,
     });
+    let beyond = JsError::device_window(&wrapped);
     assert_eq!(
-        JsError::device_window(&wrapped).kind(),
+        beyond.kind(),
         (
             ErrorClass::MemoryManagerError,
-            Some(ErrorCode::MappingBeyondObject)
+            Some(ErrorCode::MappingOutOfRange)
         )
+    );
+    assert_eq!(
+        beyond.message,
+        "mapping 0x0+0x2 in memory region gfx lies beyond the end of its object (0x1 bytes)"
     );
     assert_eq!(
         JsError::device_window(&io(io::ErrorKind::Unsupported, "x")).kind(),
@@ -651,19 +656,63 @@ fn a_no_mapping_source_is_a_coded_cause() {
         cause.kind(),
         (ErrorClass::MemoryManagerError, Some(ErrorCode::NoMapping))
     );
-    assert!(
-        cause
-            .message
-            .starts_with("no mapping for 0x1000-0x2000: nothing is mapped there"),
-        "{}",
-        cause.message
+    assert_eq!(cause.message, "no mapping for 0x1000-0x2000");
+    assert_eq!(cause.fields.detail.as_deref(), Some(NO_MAPPING_DETAIL));
+    // The top-level message is the template alone; the cause says the rest.
+    assert_eq!(
+        error.message,
+        "guest memory 'ram': read error: failed to access 0x1000-0x1002"
     );
-    assert!(
-        error.message.ends_with(", or access guest RAM")
-            && error.message.contains(": no mapping for 0x1000-0x2000: "),
-        "{}",
-        error.message
+    assert_eq!(error.fields.detail, None);
+}
+
+#[test]
+fn a_write_to_a_read_only_mapping_fails_no_mapping_and_says_read_only_in_detail() {
+    let error = membacking::ReadOnlyMapping(MemoryRange::new(0xa0000..0xa1000)).to_js_error();
+    assert_eq!(
+        error.kind(),
+        (ErrorClass::MemoryManagerError, Some(ErrorCode::NoMapping))
     );
+    assert_eq!(error.message, "no mapping for 0xa0000-0xa1000");
+    let detail = error.fields.detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.starts_with(
+            "0xa0000-0xa1000 is mapped read-only, so it cannot be written: make it writable first"
+        ),
+        "{detail}"
+    );
+    assert_eq!(json(&error)["fields"]["detail"], detail);
+}
+
+#[test]
+fn a_source_that_is_not_the_cause_is_the_detail() {
+    let mapping = half_placed();
+    let memory = GuestMemory::from_sparse_mapping(
+        "ram".to_owned(),
+        mapping,
+        GuestMemoryHooks {
+            page_fault: Some(Box::new(|_, _, _, _| {
+                PageFaultAction::Fail(PageFaultError::new(
+                    GuestMemoryErrorKind::VtlProtected,
+                    io::Error::other("the page belongs to VTL2"),
+                ))
+            })),
+            ..GuestMemoryHooks::default()
+        },
+    );
+    let error = memory
+        .read_at(0x1000, &mut [0u8; 2])
+        .unwrap_err()
+        .to_js_error();
+    assert_eq!(
+        error.message,
+        "guest memory 'ram': read error: failed to access 0x1000-0x1002"
+    );
+    assert_eq!(
+        error.fields.detail.as_deref(),
+        Some("the page belongs to VTL2")
+    );
+    assert!(error.cause.is_none());
 }
 
 #[test]
@@ -1107,21 +1156,31 @@ fn a_refused_layout_keeps_its_code_and_says_which_range_breaks_which_rule() {
             Some(ErrorCode::BadMemoryRanges)
         )
     );
+    assert_eq!(error.message, "invalid memory or MMIO ranges");
     assert_eq!(
-        error.message,
-        "invalid memory or MMIO ranges: gaps[1] 0x40000000-0x80000000 comes after gaps[0] \
-         0xc0000000-0x100000000 but starts before it: list them in ascending order"
+        error.fields.detail.as_deref(),
+        Some(
+            "gaps[1] 0x40000000-0x80000000 comes after gaps[0] 0xc0000000-0x100000000 but \
+             starts before it: list them in ascending order"
+        )
     );
     let size = MemoryLayout::new_explained(0x1001, &[], None)
         .unwrap_err()
         .to_js_error();
     assert_eq!(size.kind().1, Some(ErrorCode::BadSize));
-    assert!(
-        size.message
-            .starts_with("invalid memory size: the RAM size 0x1001"),
-        "{}",
-        size.message
+    assert_eq!(size.message, "invalid memory size");
+    assert_eq!(
+        size.fields.detail.as_deref(),
+        Some("the RAM size 0x1001 is not a positive multiple of 4 KiB (0x1000)")
     );
+    let vtl2 = vm_topology::memory::LayoutProblem::Vtl2BeforeEndOfRam {
+        vtl2: MemoryRange::new(0..0x1000),
+        end_of_ram: 0x2000,
+    }
+    .to_js_error();
+    assert_eq!(vtl2.kind().1, Some(ErrorCode::Vtl2RangeBeforeEndOfRam));
+    assert_eq!(vtl2.message, "vtl2 range is below end of ram");
+    assert!(vtl2.fields.detail.is_some());
 }
 
 /// A 4-byte access at 0x3ffe of a 0x4000-byte reservation.

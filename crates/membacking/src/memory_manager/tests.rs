@@ -547,10 +547,7 @@ fn gap_and_out_of_window_reads() {
     assert_eq!(no_mapping(&error), r(0xc000_0000, 0xc000_1000));
     assert_eq!(error.gpa(), Some(0xC000_0000));
     let inner = std::error::Error::source(&error).unwrap().to_string();
-    assert!(
-        inner.starts_with("no mapping for 0xc0000000-0xc0001000: nothing is mapped there"),
-        "{inner}"
-    );
+    assert_eq!(inner, "no mapping for 0xc0000000-0xc0001000");
     let events = mgr.va_mapper().events().len();
     let error = read(&mem, 0x1_0000_0000, 1).unwrap_err();
     assert_eq!(error.kind(), GuestMemoryErrorKind::OutOfRange);
