@@ -906,7 +906,8 @@ test('readv/writev: the first failing entry stops the call; its error is readAt/
   });
   const alone = t.throws(() => memory.readAt(4 * P - 4, Buffer.alloc(8)));
   t.is(error.entryIndex, 1);
-  t.is(error.message, `list[1]: ${alone.message} (the entries before it were copied)`);
+  t.is(error.message, alone.message);
+  t.true(error.detail.startsWith('list[1] failed (the entries before it were copied)'), error.detail);
   t.true(a.equals(Buffer.alloc(8, 0xaa)), 'the entry before was read');
   t.true(c.equals(Buffer.alloc(8)), 'the entry after was not touched');
   const write = assertGuestError(t, () => memory.writev([{ gpa: 0, buffer: Buffer.alloc(8, 1) }, { gpa: 8, buffer: Buffer.alloc(8, 2) }, { gpa: 2n ** 63n, buffer: Buffer.alloc(1) }, { gpa: 16, buffer: Buffer.alloc(8, 3) }]), {

@@ -708,7 +708,7 @@ export class GuestMemory {
    * Copies many guest ranges in one call: `list[i].buffer.byteLength` bytes at `list[i].gpa`
    * into each buffer, in order (a typed array or DataView; entries may overlap). On a failure
    * the error is the one `readAt` of that entry would throw (its GPA and range), with
-   * `entryIndex` and the entry named in the message: every buffer before it has been filled,
+   * `entryIndex` (and the entry named in `detail`): every buffer before it has been filled,
    * the failing entry's buffer may have been written in part, the later ones are untouched.
    */
   readv(list: VectoredEntry[]): void {

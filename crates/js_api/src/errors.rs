@@ -445,6 +445,16 @@ impl JsError {
         self
     }
 
+    /// With `context` (where in a larger call this error happened) put before its detail; the
+    /// message stays the error's own.
+    pub fn in_context(mut self, context: &str) -> Self {
+        self.fields.detail = Some(match self.fields.detail.take() {
+            Some(detail) => format!("{context}; {detail}"),
+            None => context.to_owned(),
+        });
+        self
+    }
+
     /// With `cause` as the wrapped source.
     pub fn with_cause(mut self, cause: JsError) -> Self {
         self.cause = Some(Box::new(cause));
@@ -817,12 +827,14 @@ impl ToJsError for guestmem::GuestMemoryError {
 }
 
 impl ToJsError for guestmem::VectoredError {
-    /// The failing entry's own error (its GPA and range included), with the entry's index.
+    /// The failing entry's own error (its message, GPA and range: what `readAt`/`writeAt` of
+    /// the entry throws), with the entry's index in `entryIndex` and named in `detail`.
     fn to_js_error(&self) -> JsError {
-        let mut error = self.error.to_js_error().in_entry(self.index, "");
-        error
-            .message
-            .push_str(" (the entries before it were copied)");
+        let index = self.index;
+        let mut error = self.error.to_js_error().in_context(&format!(
+            "list[{index}] failed (the entries before it were copied)"
+        ));
+        error.fields.entry_index = Some(index);
         error
     }
 }
@@ -1010,11 +1022,11 @@ impl ToJsError for membacking::BatchError {
             ),
             E::Manager(inner) => return inner.to_js_error(),
         };
-        let mut error = error;
-        error.message = format!(
-            "changes[{index}]: {} (nothing in the batch was applied)",
-            error.message
-        );
+        // The message is the one the change makes on its own; where it sits in the batch is
+        // in `changeIndex` and `detail`.
+        let mut error = error.in_context(&format!(
+            "changes[{index}] (nothing in the batch was applied)"
+        ));
         error.fields.change_index = Some(index);
         error
     }

@@ -827,12 +827,10 @@ fn a_batch_change_error_is_the_changes_own_error_with_its_index() {
     .to_js_error();
     let alone = no_such_region().to_js_error();
     assert_eq!(region.kind(), alone.kind());
+    assert_eq!(region.message, alone.message);
     assert_eq!(
-        region.message,
-        format!(
-            "changes[3]: {} (nothing in the batch was applied)",
-            alone.message
-        )
+        region.fields.detail.as_deref(),
+        Some("changes[3] (nothing in the batch was applied)")
     );
     assert_eq!(json(&region)["fields"]["changeIndex"], 3);
     let device = membacking::BatchError::Change {
@@ -878,13 +876,12 @@ fn a_vectored_copy_error_is_the_entrys_own_error_with_its_index() {
         .to_js_error();
     let js = error.to_js_error();
     assert_eq!(js.kind(), alone.kind());
-    assert_eq!(
-        js.message,
-        format!(
-            "list[1]: {} (the entries before it were copied)",
-            alone.message
-        )
-    );
+    assert_eq!(js.message, alone.message);
+    let context = "list[1] failed (the entries before it were copied)";
+    match &alone.fields.detail {
+        Some(detail) => assert_eq!(js.fields.detail, Some(format!("{context}; {detail}"))),
+        None => assert_eq!(js.fields.detail.as_deref(), Some(context)),
+    }
     assert_eq!(js.fields.entry_index, Some(1));
     assert_eq!(js.fields.gpa, alone.fields.gpa);
     let value = json(&js);
