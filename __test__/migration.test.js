@@ -97,6 +97,7 @@ test('a migration over a Unix socket pair rebuilds memory, visibility, device wi
   t.is(Buffer.from(from.payload).toString(), 'vcpu registers');
   t.is(from.rounds, info.rounds);
   t.deepEqual(from.bytesPerRound, info.bytesPerRound);
+  t.deepEqual(JSON.parse(JSON.stringify(from)).bytesPerRound, info.bytesPerRound.map((bytes) => `0x${bytes.toString(16)}`));
   t.is(destination.restoredFrom, null);
   t.is(manager.migratedFrom, null);
   const [restored] = destination.restoredWindows();

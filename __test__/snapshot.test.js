@@ -13,6 +13,7 @@ const test = require('ava');
 const fs = require('node:fs');
 const path = require('node:path');
 const { spawnSync } = require('node:child_process');
+const { inspect } = require('node:util');
 const mb = require('../dist');
 const { lazyTest, modeTest, rng, tempDir, ramImage, flip } = require('./helpers/snapshot');
 
@@ -126,6 +127,9 @@ for (const mode of ['copy', 'lazy']) {
     });
     t.teardown(() => restored.close());
     t.deepEqual(restored.restoredFrom, { dir, id: info.id, layers: 1, bytes: info.bytes, mode });
+    // Results serialize like every other (u64 values as hex strings) and inspect in hex.
+    t.like(JSON.parse(JSON.stringify(restored.restoredFrom)), { id: info.id, bytes: `0x${info.bytes.toString(16)}` });
+    t.regex(inspect(restored.restoredFrom), new RegExp(`bytes: 0x${info.bytes.toString(16)}n?`));
     const memory = await restored.client().guestMemory();
     if (mode === 'lazy') {
       const lazy = restored.lazyRestore;
@@ -159,6 +163,7 @@ for (const mode of ['copy', 'lazy']) {
       ],
     );
     t.is(restored.restoredWindows()[0], window, 'the same objects each call');
+    t.like(JSON.parse(JSON.stringify(restored.restoredWindows()))[0], { name: 'framebuffer', gpa: `0x${WINDOW_GPA.toString(16)}`, len: '0x4000' });
     t.is(memory.readU8(WINDOW_GPA + 0x1000n), 0xab);
     t.is(memory.readU8(WINDOW_GPA + 0x3000n), 0xcd);
     await eventually(() => reports.at(-1)?.[0] === reports.at(-1)?.[1] && restoreReports.at(-1)?.[0] === info.bytes);

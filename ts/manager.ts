@@ -31,7 +31,7 @@ import {
   type SnapshotInfo,
   type SnapshotOptions,
 } from './snapshot';
-import { inspectObject } from './json_view';
+import { inspectObject, withViews } from './json_view';
 import { inspect, type InspectOptionsStylized } from 'node:util';
 
 export { MemoryBuildError, PartitionAttachError, PartitionMapperError, VaMapperError, MemoryManagerError } from './errors';
@@ -437,7 +437,7 @@ export class GuestMemoryManager {
   /** What this manager received when `GuestMemoryBuilder.migrateFrom()` built it; null otherwise. */
   get migratedFrom(): MigratedFrom | null {
     const migrated = this.#restored?.migrated ?? null;
-    return migrated === null ? null : { ...migrated, bytesPerRound: [...migrated.bytesPerRound] };
+    return migrated === null ? null : withViews({ ...migrated, bytesPerRound: [...migrated.bytesPerRound] });
   }
   /**
    * Live-migrates this manager's guest memory over `stream` to a `GuestMemoryBuilder.migrateFrom()`
@@ -464,12 +464,12 @@ export class GuestMemoryManager {
   }
   /** The device windows a restore recreated (the same objects each call); empty for a built manager. */
   restoredWindows(): RestoredWindow[] {
-    return this.#restored === null ? [] : [...this.#restored.windows];
+    return this.#restored === null ? [] : withViews([...this.#restored.windows]);
   }
   /** What this manager was restored from; null for a built manager. */
   get restoredFrom(): RestoreInfo | null {
     const info = this.#restored?.info ?? null;
-    return info === null ? null : { ...info };
+    return info === null ? null : withViews({ ...info });
   }
   /** The lazy restore still filling (or having filled) this manager's RAM; null unless restored with mode 'lazy'. */
   get lazyRestore(): LazyRestore | null {
