@@ -130,6 +130,8 @@ kvmTest('a port input is completed with completeRead and echoed by the guest', a
   const { vcpu, start } = await guest(t);
   start(programs.echoInput);
   t.deepEqual(await vcpu.run(RUN), { kind: 'IoIn', port: programs.inputPort, size: 4 });
+  // A value wider than the read is refused (it was cut to its low bytes); the read stays pending.
+  t.throws(() => vcpu.completeRead(1n << 40n), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE', message: /below 2\^32/ });
   vcpu.completeRead(Uint8Array.from([0xef, 0xbe, 0xad, 0xde]));
   const out = await vcpu.run(RUN);
   t.is(out.kind, 'IoOut');

@@ -1103,6 +1103,7 @@ impl ToJsError for virt_kvm::KvmError {
         let code = match self {
             E::InvalidSlotRange { .. }
             | E::ReadSizeMismatch { .. }
+            | E::ReadValueTooLarge { .. }
             | E::InvalidPageTables { .. }
             | E::InvalidCpl(_) => return JsError::arg_value(self.to_string()),
             E::PageTableWrite { gpa, source } => {

@@ -114,6 +114,18 @@ pub enum KvmError {
         /// Bytes supplied.
         actual: usize,
     },
+    /// A read was completed with a value that does not fit the bytes the guest reads.
+    #[error(
+        "the pending read is {size} bytes, so its value must be below 2^{bits}, got {value:#x}: \
+         complete it with a value of that size (or with exactly {size} bytes)",
+        bits = 8 * size
+    )]
+    ReadValueTooLarge {
+        /// Bytes the guest reads.
+        size: usize,
+        /// The value supplied.
+        value: u64,
+    },
     /// Long mode needs a page-table range; it was missing or too small.
     #[error(
         "long mode needs a page-table range of at least {needed:#x} bytes in guest RAM, got {}: \

@@ -597,7 +597,11 @@ impl Vcpu {
                 actual: 8,
             });
         }
-        complete(&mut inner, &value.to_le_bytes()[..size])
+        let bytes = value.to_le_bytes();
+        if bytes[size..].iter().any(|&byte| byte != 0) {
+            return Err(KvmError::ReadValueTooLarge { size, value });
+        }
+        complete(&mut inner, &bytes[..size])
     }
 
     /// Stops the run in progress, which returns [`VcpuExit::Cancelled`] with
@@ -1008,6 +1012,19 @@ mod tests {
                 ..
             })
         ));
+        // A value wider than the 4-byte read is refused, and the read stays pending.
+        let error = guest.vcpu.complete_read_value(1 << 40).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                KvmError::ReadValueTooLarge {
+                    size: 4,
+                    value: 0x100_0000_0000
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("below 2^32"), "{error}");
         guest.vcpu.complete_read(&[0xef, 0xbe, 0xad, 0xde]).unwrap();
         assert_eq!(
             guest.vcpu.run(None).unwrap(),
