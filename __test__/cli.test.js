@@ -153,6 +153,7 @@ test('bad input gives one line on stderr and exit code 2', (t) => {
     ['layout'],
     ['frobnicate'],
     ['layout', '--input', '/nonexistent/file.json'],
+    [],
   ]) {
     const r = run(...args);
     t.is(r.status, 2, `${args.join(' ')}: ${r.stderr}`);

@@ -220,9 +220,14 @@ function layoutCommand(args: string[]): void {
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
-  if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
+  if (command === undefined) {
+    // Bad input: one line on stderr, as for every other.
+    process.stderr.write(`membacking: a command is missing: run membacking --help for the commands\n`);
+    return 2;
+  }
+  if (command === '--help' || command === '-h' || command === 'help') {
     console.log(usage.main);
-    return command === undefined ? 2 : 0;
+    return 0;
   }
   if (command === '--version') {
     console.log(version);
