@@ -182,7 +182,11 @@ export class Vcpu {
     const v = toU64(value, 'value');
     call(() => this.#native.completeReadValue(v));
   }
-  /** Stop a running guest: run() settles with {kind: 'Cancelled', reason: 'cancel'}. */
+  /**
+   * Stop a running guest: run() settles with {kind: 'Cancelled', reason: 'cancel'}. A cancel is
+   * never lost: one that finds no run in progress cancels the next run(), which then settles
+   * at once.
+   */
   cancel(): void {
     this.#native.cancel();
   }

@@ -20,7 +20,10 @@ export type { RestoreMode } from './generated/enums';
 type NativeDirtyTracking = InstanceType<typeof native.NativeDirtyTracking>;
 type NativeLazy = InstanceType<typeof native.NativeLazyRestore>;
 type NativeRestoreOptions = InstanceType<typeof native.NativeRestoreOptions>;
-/** `(done, total)` in bytes; fire-and-forget, on this thread. */
+/**
+ * `(done, total)` in bytes; fire-and-forget, on this thread. What it throws is an uncaught
+ * exception of the process (the operation goes on).
+ */
 export type ProgressCallback = (done: bigint, total: bigint) => void;
 
 /** What `manager.snapshot()` wrote. Sizes in bytes. */
