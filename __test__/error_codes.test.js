@@ -113,6 +113,13 @@ const PROVOKED = {
   ERR_INVALID_LAYOUT: () => new GuestMemoryBuilder().build(MemoryLayout.new(GiB, [])),
   ERR_EXISTING_BACKING_TOO_SMALL: () =>
     new GuestMemoryBuilder().existingBacking(mb.SharedMemoryBacking.fromMappable(Mappable.allocSharedMemory(P, 'short'))).build(layout()),
+  ERR_EXISTING_BACKING_NOT_WRITABLE: () => {
+    const memfd = Mappable.allocSharedMemory(GiB, 'read-only view');
+    const fd = fs.openSync(`/proc/self/fd/${memfd.fd}`, 'r');
+    const readOnly = Mappable.fromFd(fd);
+    fs.closeSync(fd);
+    return new GuestMemoryBuilder().existingBacking(mb.SharedMemoryBacking.fromMappable(readOnly)).build(layout());
+  },
   ERR_PARTITION_MAPPER: () => failedAttach('map'),
   ERR_MAP: () => failedAttach('map'),
   ERR_INJECTED_FAILURE: () => failedAttach('map'),

@@ -95,6 +95,33 @@ test('extensions: no MMIO gap is InvalidLayout; a short existing backing is Exis
   await manager.close();
 });
 
+test('extensions: an existing backing whose descriptor is not open read-write is ExistingBackingNotWritable', async (t) => {
+  const memfd = Mappable.allocSharedMemory(0x4000_0000, 'access-mode');
+  t.teardown(() => memfd.close());
+  /** A Mappable of the memfd through a new descriptor opened with `flags` (fromFd duplicates it; no O_TRUNC). */
+  const reopened = (flags) => {
+    const fd = fs.openSync(`/proc/self/fd/${memfd.fd}`, flags);
+    try {
+      return Mappable.fromFd(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  };
+  for (const flags of [fs.constants.O_RDONLY, fs.constants.O_WRONLY]) {
+    const view = reopened(flags);
+    const error = await buildFails(t, build(L1(), { backing: SharedMemoryBacking.fromMappable(view) }), 'ERR_EXISTING_BACKING_NOT_WRITABLE');
+    t.regex(error.message, /O_RDWR/);
+    view.close();
+  }
+  // The same object through a read-write descriptor builds (it was accepted before too, but every
+  // access of a manager built on a read-only one failed as an unmapped hole).
+  const manager = await build(L1(), { backing: SharedMemoryBacking.fromMappable(reopened(fs.constants.O_RDWR)) });
+  const memory = await manager.client().guestMemory();
+  memory.writeU32(0x1000, 7);
+  t.is(memory.readU32(0x1000), 7);
+  await manager.close();
+});
+
 test('extensions: an unaligned or overflowing alias offset is AliasMapWontFit; the short backing is checked first', async (t) => {
   await buildFails(t, build(L1(), { alias: 0x1_0000_0800n }), 'ERR_ALIAS_MAP_WONT_FIT');
   await buildFails(t, build(L1(), { alias: 0xffff_ffff_ffff_f000n }), 'ERR_ALIAS_MAP_WONT_FIT');

@@ -80,6 +80,7 @@ error_codes! {
     ThpUnsupportedPlatform = "ERR_THP_UNSUPPORTED_PLATFORM",
     InvalidLayout = "ERR_INVALID_LAYOUT",
     ExistingBackingTooSmall = "ERR_EXISTING_BACKING_TOO_SMALL",
+    ExistingBackingNotWritable = "ERR_EXISTING_BACKING_NOT_WRITABLE",
     Thread = "ERR_THREAD",
     // attachPartition and the mappers.
     PartitionMapper = "ERR_PARTITION_MAPPER",
@@ -927,6 +928,7 @@ impl ToJsError for membacking::MemoryBuildError {
             E::ThpUnsupportedPlatform => ErrorCode::ThpUnsupportedPlatform,
             E::InvalidLayout { .. } => ErrorCode::InvalidLayout,
             E::ExistingBackingTooSmall { .. } => ErrorCode::ExistingBackingTooSmall,
+            E::ExistingBackingNotWritable => ErrorCode::ExistingBackingNotWritable,
             E::Thread(_) => ErrorCode::Thread,
         };
         row(ErrorClass::MemoryBuildError, code, self)

@@ -108,6 +108,13 @@ pub enum MemoryBuildError {
         /// The RAM size (VTL2 RAM included).
         required: u64,
     },
+    /// The existing backing's descriptor is not open for reading and writing, so guest RAM
+    /// could not be mapped writable (extension: the original fails on the first access).
+    #[error(
+        "existing memory backing is not open for reading and writing: guest RAM is mapped \
+         writable, so pass a descriptor opened read-write (O_RDWR)"
+    )]
+    ExistingBackingNotWritable,
     /// The memory manager thread could not be started (extension).
     #[error("failed to start the memory manager thread")]
     Thread(#[source] io::Error),

@@ -29,6 +29,7 @@ pub mod userfaultfd;
 pub use data_access::SparseMappingError;
 pub use mapping::SparseMapping;
 pub use shared_memory::alloc_shared_memory;
+pub use shared_memory::is_open_read_write;
 pub use shared_memory::is_regular_file;
 pub use shared_memory::mappable_from_fd;
 pub use shared_memory::mappable_from_raw_fd;

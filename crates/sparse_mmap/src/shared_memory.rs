@@ -129,6 +129,17 @@ pub fn seek(fd: BorrowedFd<'_>, offset: u64, what: Seek) -> io::Result<Option<u6
     Ok(u64::try_from(result).ok())
 }
 
+/// Whether the descriptor is open for both reading and writing (`fcntl(F_GETFL)`), as a
+/// shared writable view of its object needs.
+pub fn is_open_read_write(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: `F_GETFL` only reads the flags of `fd`, which is open for the call.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags & libc::O_ACCMODE == libc::O_RDWR)
+}
+
 /// Whether the object is a regular file (a memfd, a tmpfs or disk file), whose size bounds
 /// what a view of it can reach; false for devices and pipes, and when `fstat` fails.
 pub fn is_regular_file(fd: BorrowedFd<'_>) -> bool {

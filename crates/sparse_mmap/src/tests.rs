@@ -781,6 +781,17 @@ fn object_queries_report_size_kind_and_name() {
 }
 
 #[test]
+fn a_descriptor_opened_read_only_is_not_read_write() {
+    let memfd = alloc_shared_memory(page(), "access-mode").unwrap();
+    assert!(crate::is_open_read_write(memfd.as_fd()).unwrap());
+    let path = format!("/proc/self/fd/{}", memfd.as_raw_fd());
+    let read_only = File::open(&path).unwrap();
+    assert!(!crate::is_open_read_write(read_only.as_fd()).unwrap());
+    let write_only = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    assert!(!crate::is_open_read_write(write_only.as_fd()).unwrap());
+}
+
+#[test]
 fn punch_hole_zeroes_every_view_and_keeps_the_size() {
     let size = 4 * page();
     let memfd = alloc_shared_memory(size, "punch-hole").unwrap();

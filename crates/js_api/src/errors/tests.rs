@@ -205,6 +205,7 @@ fn build_errors() -> Vec<membacking::MemoryBuildError> {
             size: 1,
             required: 2,
         },
+        E::ExistingBackingNotWritable,
         E::Thread(enomem()),
         E::RegionManager(membacking::RegionManagerError::ManagerGone),
     ]

@@ -283,6 +283,11 @@ impl GuestMemoryBuilder {
                     required: backing_size,
                 });
             }
+            if !sparse_mmap::is_open_read_write(existing.object.as_fd())
+                .map_err(MemoryBuildError::AllocationFailed)?
+            {
+                return Err(MemoryBuildError::ExistingBackingNotWritable);
+            }
             Some(existing.object)
         } else {
             let size = usize::try_from(backing_size)
