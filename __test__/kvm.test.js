@@ -7,6 +7,8 @@
 // KvmPartition.create() fails with ERR_KVM_UNAVAILABLE (helpers/kvm.js).
 'use strict';
 const test = require('ava');
+const path = require('node:path');
+const { spawnSync } = require('node:child_process');
 const mb = require('../dist');
 const { kvmTest } = require('./helpers/kvm');
 
@@ -264,6 +266,46 @@ kvmTest('inspect() is the slot table of the attached RAM', async (t) => {
   t.true(log[0].sequence < log[1].sequence);
   t.is(partition.takeSlotLog().length, 2);
   t.deepEqual(partition.slotLog(), []);
+});
+
+// ─── Releasing on close() ────────────────────────────────────────────────────────────────────
+
+// close() releases at once, not at garbage collection: measured in a child process
+// (fixtures/stress/kvm_close_child.js) so this file's other VMs do not blur the counts. Before,
+// every closed vCPU kept its anon_inode:kvm-vcpu descriptor, and with it its VM, until collected.
+kvmTest('close() releases vCPU and VM descriptors and threads while the objects stay referenced; the manager keeps working', async (t) => {
+  const child = spawnSync(process.execPath, [path.join(__dirname, 'fixtures', 'stress', 'kvm_close_child.js')], { encoding: 'utf8', timeout: 60_000 });
+  t.is(child.status, 0, `child failed (${child.signal ?? child.status}): ${child.stderr}`);
+  if (child.status !== 0) return;
+  const report = JSON.parse(child.stdout.trim().split('\n').pop());
+  t.log(JSON.stringify(report));
+  const { start } = report;
+  const plus = (vms, vcpus) => ({ vms: start.vms + vms, vcpus: start.vcpus + vcpus });
+  const fds = ({ vms, vcpus }) => ({ vms, vcpus });
+  // Three partitions with a vCPU each: vCPU close() releases the vCPU descriptors at once,
+  // partition close() the VMs; their threads end.
+  t.deepEqual(fds(report.open), plus(3, 3));
+  t.is(report.open.threads, start.threads + 3, 'one thread per vCPU');
+  t.deepEqual(fds(report.vcpusClosed), plus(3, 0), 'vcpu.close() released the vCPU descriptors');
+  t.deepEqual(report.partitionsClosed, start, 'kvm.close() released the VMs; every thread ended');
+  // A running vCPU: close() cancels the run, which settles, and releases it as the run returns.
+  t.deepEqual(fds(report.running), plus(1, 2));
+  t.deepEqual(report.runExit, { kind: 'Cancelled', reason: 'cancel' });
+  t.deepEqual(fds(report.runningClosed), plus(1, 1));
+  t.is(report.runningClosed.threads, report.running.threads - 1, "the closed vCPU's thread ended");
+  for (const [call, code] of Object.entries(report.closedVcpuCodes)) {
+    t.is(code, call === 'cancel' ? 'none' : 'ERR_CLOSED', `closed vCPU: ${call}`);
+  }
+  // Closing the attached partition closes its other vCPU (still open in JS) and the VM.
+  t.deepEqual(report.attachedClosed, start, 'the attached partition and its open vCPU are released');
+  t.deepEqual(report.vcpuOfClosedPartitionCodes, { run: 'ERR_CLOSED', getRegisters: 'ERR_CLOSED' });
+  t.deepEqual(report.partitionCodes, { inspect: 'ERR_CLOSED', createVcpu: 'ERR_CLOSED' });
+  // The manager holds partitions weakly: visibility changes skip the closed one and succeed.
+  t.deepEqual(report.visibilityCodes, { unmap: 'none', remap: 'none' });
+  t.deepEqual(report.memoryReads, [1, 2, 3]);
+  t.is(report.managerPartitions, 1);
+  t.is(report.stillReferenced, 6, 'every closed object was still referenced while measured');
+  t.deepEqual(fds(report.afterManagerClose), fds(start));
 });
 
 // ─── Bad input ───────────────────────────────────────────────────────────────────────────────

@@ -203,12 +203,14 @@ pub mod kvm {
             Ok(list_json::<_, SlotLogView>(&self.kvm()?.take_slot_log()))
         }
 
-        /// Destroys the VM for this object: cancels running vCPUs; the kernel frees it when the
-        /// last vCPU is gone.
+        /// Destroys the VM: closes its vCPUs (running ones are cancelled and release their fd
+        /// as the run returns) and drops this object's reference, the only lasting one (managers
+        /// hold partitions weakly), so the VM fd and its memory slots go now or, if a manager
+        /// call is using the partition at this moment, when that call returns.
         #[napi]
         pub fn close(&mut self) {
             if let Some(kvm) = self.inner.take() {
-                kvm.cancel_all_vcpus();
+                kvm.close_vcpus();
             }
         }
     }
@@ -282,9 +284,10 @@ pub mod kvm {
             self.thread.cancel();
         }
 
-        /// Releases the vCPU (its thread ends after the current run).
+        /// Releases the vCPU: its fd and thread go at once, or as the run in flight (cancelled)
+        /// returns.
         #[napi]
-        pub fn close(&mut self) {
+        pub fn close(&self) {
             self.thread.close();
         }
     }

@@ -1103,6 +1103,7 @@ impl ToJsError for virt_kvm::KvmError {
     fn to_js_error(&self) -> JsError {
         use virt_kvm::KvmError as E;
         let code = match self {
+            E::VcpuClosed => return JsError::closed("Vcpu"),
             E::InvalidSlotRange { .. }
             | E::ReadSizeMismatch { .. }
             | E::ReadValueTooLarge { .. }

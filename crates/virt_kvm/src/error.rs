@@ -93,6 +93,9 @@ pub enum KvmError {
     /// and it cannot be run twice at once.
     #[error("the vCPU is busy running on another thread")]
     VcpuBusy,
+    /// The vCPU (or its partition) was closed: its fd is released.
+    #[error("Vcpu is closed")]
+    VcpuClosed,
     /// `run()` was called while an MMIO read or port input still waits for its value.
     #[error("the vCPU waits for the value of its pending {kind} of {size} bytes at {address:#x}: complete the read first")]
     VcpuReadPending {

@@ -20,7 +20,7 @@ use crate::dirty_log::DirtyLogState;
 use crate::prefetch;
 use crate::slots::SlotInfo;
 use crate::slots::SlotTable;
-use crate::vcpu::CancelState;
+use crate::vcpu::VcpuShared;
 use crate::KvmError;
 use kvm_bindings::kvm_enable_cap;
 use kvm_bindings::kvm_userspace_memory_region;
@@ -150,7 +150,8 @@ impl PartitionState {
 ///
 /// `Send + Sync`: slot changes are serialised by an internal mutex held across the ioctl, so
 /// the slot table always matches the kernel's. Dropping the last reference closes the VM fd;
-/// the kernel destroys the VM when every [`Vcpu`](crate::Vcpu) of it is dropped too.
+/// the kernel destroys the VM (and its memory slots) when every [`Vcpu`](crate::Vcpu) of it is
+/// closed or dropped too: [`KvmPartition::close_vcpus`] does that for all of them.
 #[derive(Debug)]
 pub struct KvmPartition {
     pub(crate) kvm: Kvm,
@@ -162,7 +163,8 @@ pub struct KvmPartition {
     manual_dirty_log_protect: bool,
     /// Threads for prefetching (resolved: at least 1).
     prefetch_threads: usize,
-    pub(crate) vcpus: Mutex<Vec<Weak<CancelState>>>,
+    /// Every vCPU created (ids are indexes), for cancelling and closing them.
+    pub(crate) vcpus: Mutex<Vec<Weak<VcpuShared>>>,
 }
 
 impl KvmPartition {
@@ -316,10 +318,24 @@ impl KvmPartition {
     /// Cancels every vCPU of this partition that is running (see
     /// [`Vcpu::cancel`](crate::Vcpu::cancel)); for closing the partition.
     pub fn cancel_all_vcpus(&self) {
-        let vcpus = self.vcpus.lock();
-        for cancel in vcpus.iter().filter_map(Weak::upgrade) {
-            cancel.cancel();
+        for vcpu in self.live_vcpus() {
+            vcpu.cancel();
         }
+    }
+
+    /// Closes every vCPU of this partition (see [`Vcpu::close`](crate::Vcpu::close)): running
+    /// ones are cancelled and release their fd as their run returns, idle ones at once. For
+    /// closing the partition: with the vCPU fds gone, dropping the partition destroys the VM.
+    pub fn close_vcpus(&self) {
+        for vcpu in self.live_vcpus() {
+            vcpu.close();
+        }
+    }
+
+    /// The vCPUs not dropped yet (collected first: closing one runs its close hooks, which must
+    /// not find the vCPU list locked).
+    fn live_vcpus(&self) -> Vec<std::sync::Arc<VcpuShared>> {
+        self.vcpus.lock().iter().filter_map(Weak::upgrade).collect()
     }
 
     fn set_region(&self, region: kvm_userspace_memory_region) -> Result<(), KvmError> {

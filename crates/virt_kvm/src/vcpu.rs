@@ -351,13 +351,129 @@ struct VcpuInner {
     kvm_signal_mask: Option<u64>,
 }
 
+/// Called once when a vCPU is closed.
+type CloseHook = Box<dyn FnOnce() + Send>;
+
+/// Whether the vCPU is closed, and what to call when it is.
+#[derive(Default)]
+struct CloseGate {
+    closed: bool,
+    on_close: Vec<CloseHook>,
+}
+
+impl std::fmt::Debug for CloseGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloseGate")
+            .field("closed", &self.closed)
+            .field("on_close", &self.on_close.len())
+            .finish()
+    }
+}
+
+/// The state of a vCPU that its partition reaches too (to cancel and to close it).
+#[derive(Debug)]
+pub(crate) struct VcpuShared {
+    cancel: Arc<CancelState>,
+    /// Every acquisition and release of `inner` happens under this lock, so a close either
+    /// finds `inner` free and drops the fd at once, or its holder drops the fd on release.
+    gate: Mutex<CloseGate>,
+    /// The fd and run state; `None` once closed (the fd is released).
+    inner: Mutex<Option<VcpuInner>>,
+}
+
+/// A held `inner` of a vCPU; on drop it releases the fd too if the vCPU was closed meanwhile.
+struct HeldInner<'a> {
+    shared: &'a VcpuShared,
+    guard: Option<parking_lot::MutexGuard<'a, Option<VcpuInner>>>,
+}
+
+impl Drop for HeldInner<'_> {
+    fn drop(&mut self) {
+        let gate = self.shared.gate.lock();
+        if let Some(mut guard) = self.guard.take() {
+            if gate.closed {
+                *guard = None;
+            }
+        }
+    }
+}
+
+impl VcpuShared {
+    fn new(inner: VcpuInner) -> Self {
+        Self {
+            cancel: Arc::new(CancelState::default()),
+            gate: Mutex::new(CloseGate::default()),
+            inner: Mutex::new(Some(inner)),
+        }
+    }
+
+    /// Holds the vCPU while `f` runs: [`KvmError::VcpuClosed`] once closed,
+    /// [`KvmError::VcpuBusy`] while another caller holds it.
+    fn with_inner<R>(
+        &self,
+        f: impl FnOnce(&mut VcpuInner) -> Result<R, KvmError>,
+    ) -> Result<R, KvmError> {
+        let mut held = {
+            let gate = self.gate.lock();
+            if gate.closed {
+                return Err(KvmError::VcpuClosed);
+            }
+            let guard = self.inner.try_lock().ok_or(KvmError::VcpuBusy)?;
+            HeldInner {
+                shared: self,
+                guard: Some(guard),
+            }
+        };
+        match held.guard.as_mut().and_then(|guard| guard.as_mut()) {
+            Some(inner) => f(inner),
+            None => Err(KvmError::VcpuClosed),
+        }
+    }
+
+    /// Cancels a run in flight and releases the fd: now if the vCPU is idle, else when the
+    /// run (or register access) holding it returns. Then calls the close hooks. Idempotent.
+    pub(crate) fn close(&self) {
+        let hooks = {
+            let mut gate = self.gate.lock();
+            if gate.closed {
+                return;
+            }
+            gate.closed = true;
+            if let Some(mut idle) = self.inner.try_lock() {
+                *idle = None;
+            }
+            std::mem::take(&mut gate.on_close)
+        };
+        self.cancel.cancel();
+        for hook in hooks {
+            hook();
+        }
+    }
+
+    pub(crate) fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.gate.lock().closed
+    }
+
+    /// Whether the fd is released (for tests: closed and no holder left).
+    #[cfg(test)]
+    pub(crate) fn fd_released(&self) -> bool {
+        self.inner.try_lock().is_some_and(|inner| inner.is_none())
+    }
+}
+
 /// One vCPU of a [`KvmPartition`]. `Send + Sync`; see the module docs for threading.
+///
+/// [`Vcpu::close`] (or [`KvmPartition::close_vcpus`], or dropping it) releases the vCPU's fd;
+/// the kernel destroys the VM once every vCPU fd and the partition are gone.
 #[derive(Debug)]
 pub struct Vcpu {
     id: u32,
     mode: VcpuMode,
-    inner: Mutex<VcpuInner>,
-    cancel: Arc<CancelState>,
+    shared: Arc<VcpuShared>,
 }
 
 /// `_IOW(KVMIO, 0x8b, struct kvm_signal_mask)` (the struct's fixed part is 4 bytes).
@@ -504,17 +620,16 @@ impl KvmPartition {
             ..Default::default()
         })
         .map_err(|e| KvmError::ioctl("KVM_SET_REGS", e))?;
-        let cancel = Arc::new(CancelState::default());
-        vcpus.push(Arc::downgrade(&cancel));
+        let shared = Arc::new(VcpuShared::new(VcpuInner {
+            fd,
+            pending: None,
+            kvm_signal_mask: None,
+        }));
+        vcpus.push(Arc::downgrade(&shared));
         Ok(Vcpu {
             id,
             mode: options.mode,
-            inner: Mutex::new(VcpuInner {
-                fd,
-                pending: None,
-                kvm_signal_mask: None,
-            }),
-            cancel,
+            shared,
         })
     }
 }
@@ -530,30 +645,56 @@ impl Vcpu {
         self.mode
     }
 
-    fn lock(&self) -> Result<parking_lot::MutexGuard<'_, VcpuInner>, KvmError> {
-        self.inner.try_lock().ok_or(KvmError::VcpuBusy)
+    /// Cancels a run in flight and releases the vCPU's fd: at once when it is idle, else as
+    /// the run returns. Every later call fails with [`KvmError::VcpuClosed`]. Idempotent.
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Whether [`Vcpu::close`] or [`KvmPartition::close_vcpus`] closed it.
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    /// Calls `hook` once when the vCPU is closed (at once if it already is).
+    pub(crate) fn on_close(&self, hook: impl FnOnce() + Send + 'static) {
+        let mut gate = self.shared.gate.lock();
+        if gate.closed {
+            drop(gate);
+            hook();
+        } else {
+            gate.on_close.push(Box::new(hook));
+        }
+    }
+
+    /// The shared state, for tests.
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<VcpuShared> {
+        &self.shared
     }
 
     /// Reads the registers. `rip` at an exit is as the hypervisor reports it: past the exiting
     /// instruction on some KVMs, on it on others until the next run. Fails with
     /// [`KvmError::VcpuBusy`] while the vCPU runs.
     pub fn get_registers(&self) -> Result<Registers, KvmError> {
-        let inner = self.lock()?;
-        let regs = inner
-            .fd
-            .get_regs()
-            .map_err(|e| KvmError::ioctl("KVM_GET_REGS", e))?;
-        Ok(regs.into())
+        self.shared.with_inner(|inner| {
+            let regs = inner
+                .fd
+                .get_regs()
+                .map_err(|e| KvmError::ioctl("KVM_GET_REGS", e))?;
+            Ok(regs.into())
+        })
     }
 
     /// Writes the registers (all of them: read, modify, write to change a few; keep IOPL 3 in
     /// `rflags` for port I/O at CPL 3). Fails with [`KvmError::VcpuBusy`] while the vCPU runs.
     pub fn set_registers(&self, registers: &Registers) -> Result<(), KvmError> {
-        let inner = self.lock()?;
-        inner
-            .fd
-            .set_regs(&(*registers).into())
-            .map_err(|e| KvmError::ioctl("KVM_SET_REGS", e))
+        self.shared.with_inner(|inner| {
+            inner
+                .fd
+                .set_regs(&(*registers).into())
+                .map_err(|e| KvmError::ioctl("KVM_SET_REGS", e))
+        })
     }
 
     /// Reads the registers, lets `update` change them and writes them back, all while holding
@@ -563,45 +704,47 @@ impl Vcpu {
         &self,
         update: impl FnOnce(&mut Registers),
     ) -> Result<Registers, KvmError> {
-        let inner = self.lock()?;
-        let mut registers: Registers = inner
-            .fd
-            .get_regs()
-            .map_err(|e| KvmError::ioctl("KVM_GET_REGS", e))?
-            .into();
-        update(&mut registers);
-        inner
-            .fd
-            .set_regs(&registers.into())
-            .map_err(|e| KvmError::ioctl("KVM_SET_REGS", e))?;
-        Ok(registers)
+        self.shared.with_inner(|inner| {
+            let mut registers: Registers = inner
+                .fd
+                .get_regs()
+                .map_err(|e| KvmError::ioctl("KVM_GET_REGS", e))?
+                .into();
+            update(&mut registers);
+            inner
+                .fd
+                .set_regs(&registers.into())
+                .map_err(|e| KvmError::ioctl("KVM_SET_REGS", e))?;
+            Ok(registers)
+        })
     }
 
     /// Supplies the bytes of the pending [`VcpuExit::MmioRead`] or [`VcpuExit::IoIn`]
     /// (exactly `size` bytes, little-endian); the guest receives them on the next run.
     pub fn complete_read(&self, data: &[u8]) -> Result<(), KvmError> {
-        complete(&mut *self.lock()?, data)
+        self.shared.with_inner(|inner| complete(inner, data))
     }
 
     /// Like [`Vcpu::complete_read`], with the value's low `size` bytes (little-endian); for
     /// reads of at most 8 bytes.
     pub fn complete_read_value(&self, value: u64) -> Result<(), KvmError> {
-        let mut inner = self.lock()?;
-        let size = match inner.pending {
-            Some(pending) if !pending.completed => pending.size,
-            _ => return Err(KvmError::NoPendingRead),
-        };
-        if size > 8 {
-            return Err(KvmError::ReadSizeMismatch {
-                expected: size,
-                actual: 8,
-            });
-        }
-        let bytes = value.to_le_bytes();
-        if bytes[size..].iter().any(|&byte| byte != 0) {
-            return Err(KvmError::ReadValueTooLarge { size, value });
-        }
-        complete(&mut inner, &bytes[..size])
+        self.shared.with_inner(|inner| {
+            let size = match inner.pending {
+                Some(pending) if !pending.completed => pending.size,
+                _ => return Err(KvmError::NoPendingRead),
+            };
+            if size > 8 {
+                return Err(KvmError::ReadSizeMismatch {
+                    expected: size,
+                    actual: 8,
+                });
+            }
+            let bytes = value.to_le_bytes();
+            if bytes[size..].iter().any(|&byte| byte != 0) {
+                return Err(KvmError::ReadValueTooLarge { size, value });
+            }
+            complete(inner, &bytes[..size])
+        })
     }
 
     /// Stops the run in progress, which returns [`VcpuExit::Cancelled`] with
@@ -609,18 +752,19 @@ impl Vcpu {
     /// progress (or arrives as a run returns for another reason) cancels the next run
     /// instead, which then returns at once: a cancel is never lost.
     pub fn cancel(&self) {
-        self.cancel.cancel();
+        self.shared.cancel();
     }
 
     /// A handle for [`Vcpu::cancel`] that does not borrow the vCPU.
     pub fn canceller(&self) -> VcpuCanceller {
-        VcpuCanceller(self.cancel.clone())
+        VcpuCanceller(self.shared.cancel.clone())
     }
 
     /// Runs the guest until the next exit the caller handles, or until `timeout` (then
     /// [`VcpuExit::Cancelled`] with [`CancelReason::Timeout`]; `None` waits forever).
     ///
-    /// Errors: [`KvmError::VcpuBusy`] if another thread is running it or holds it,
+    /// Errors: [`KvmError::VcpuClosed`] once closed, [`KvmError::VcpuBusy`] if another thread
+    /// is running it or holds it,
     /// [`KvmError::VcpuReadPending`] if an MMIO read or port input was not completed, and
     /// host-call failures of the cancel machinery. Everything KVM reports is an exit
     /// ([`VcpuExit::Failure`] included).
@@ -630,7 +774,16 @@ impl Vcpu {
     /// time; some kernels charge an RCU synchronisation whenever the running thread changes
     /// (not measurable on this project's Linux 6.18), so a dedicated thread per vCPU is best.
     pub fn run(&self, timeout: Option<Duration>) -> Result<VcpuExit, KvmError> {
-        let mut inner = self.lock()?;
+        self.shared
+            .with_inner(|inner| self.run_held(inner, timeout))
+    }
+
+    /// [`Vcpu::run`] with the vCPU held.
+    fn run_held(
+        &self,
+        inner: &mut VcpuInner,
+        timeout: Option<Duration>,
+    ) -> Result<VcpuExit, KvmError> {
         if let Some(pending) = inner.pending {
             if !pending.completed {
                 return Err(KvmError::VcpuReadPending {
@@ -652,8 +805,8 @@ impl Vcpu {
             set_kvm_signal_mask(&inner.fd, mask)?;
             inner.kvm_signal_mask = Some(mask);
         }
-        let _running = RunningThread::register(&self.cancel);
-        if self.cancel.take_request() {
+        let _running = RunningThread::register(&self.shared.cancel);
+        if self.shared.cancel.take_request() {
             return Ok(VcpuExit::Cancelled(CancelReason::Cancel));
         }
         let timed_out = |now: Instant| match deadline {
@@ -692,7 +845,7 @@ impl Vcpu {
                 }
                 Outcome::Interrupted => {
                     cancel_signal::drain(signal);
-                    if self.cancel.take_request() {
+                    if self.shared.cancel.take_request() {
                         return Ok(VcpuExit::Cancelled(CancelReason::Cancel));
                     }
                     if timed_out(Instant::now()) {

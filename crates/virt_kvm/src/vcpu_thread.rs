@@ -4,12 +4,14 @@
 //! [`VcpuThread::run`] hands the run to the thread and returns at once; the exit comes back
 //! through a callback called on that thread. Only one run is in flight: a second `run`, and
 //! register access, while one is queued or running fail with [`KvmError::VcpuBusy`] at once
-//! instead of waiting behind it. Closing (or dropping) cancels a running guest; the thread ends
-//! after the run in flight.
+//! instead of waiting behind it. Closing the thread, the vCPU or its partition (or dropping the
+//! thread) cancels a running guest; the vCPU's fd is released and the thread ends at once when
+//! idle, else as the run in flight returns.
 
 use crate::KvmError;
 use crate::Vcpu;
 use crate::VcpuExit;
+use parking_lot::Mutex;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -30,13 +32,16 @@ pub enum RunRefused {
 /// A vCPU and its run thread.
 pub struct VcpuThread {
     vcpu: Arc<Vcpu>,
-    runs: Option<mpsc::Sender<RunRequest>>,
+    /// The thread's queue; dropped when the vCPU closes, which ends the thread.
+    runs: Arc<Mutex<Option<mpsc::Sender<RunRequest>>>>,
     /// Set from `run` until its exit is known.
     running: Arc<AtomicBool>,
 }
 
 impl VcpuThread {
-    /// Starts the run thread of `vcpu`.
+    /// Starts the run thread of `vcpu`. The thread ends when the vCPU is closed (by
+    /// [`VcpuThread::close`], [`Vcpu::close`] or
+    /// [`KvmPartition::close_vcpus`](crate::KvmPartition::close_vcpus)).
     pub fn start(vcpu: Vcpu) -> std::io::Result<Self> {
         let vcpu = Arc::new(vcpu);
         let (sender, receiver) = mpsc::channel::<RunRequest>();
@@ -48,9 +53,12 @@ impl VcpuThread {
                     request(&runner);
                 }
             })?;
+        let runs = Arc::new(Mutex::new(Some(sender)));
+        let queue = runs.clone();
+        vcpu.on_close(move || drop(queue.lock().take()));
         Ok(VcpuThread {
             vcpu,
-            runs: Some(sender),
+            runs,
             running: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -58,7 +66,7 @@ impl VcpuThread {
     /// The vCPU, for register access and completing reads: `Err(None)` once closed,
     /// `Err(Some(VcpuBusy))` while a run is in flight.
     pub fn idle(&self) -> Result<&Vcpu, RunRefused> {
-        if self.runs.is_none() {
+        if self.vcpu.is_closed() {
             return Err(RunRefused::Closed);
         }
         if self.running.load(Ordering::SeqCst) {
@@ -79,7 +87,8 @@ impl VcpuThread {
         timeout: Option<Duration>,
         done: impl FnOnce(Result<VcpuExit, KvmError>) + Send + 'static,
     ) -> Result<(), RunRefused> {
-        let runs = self.runs.as_ref().ok_or(RunRefused::Closed)?;
+        let runs = self.runs.lock();
+        let runs = runs.as_ref().ok_or(RunRefused::Closed)?;
         if self.running.swap(true, Ordering::SeqCst) {
             return Err(RunRefused::Busy(KvmError::VcpuBusy));
         }
@@ -101,16 +110,16 @@ impl VcpuThread {
         self.vcpu.cancel();
     }
 
-    /// Cancels a running guest and releases the thread (it ends after the run in flight).
-    pub fn close(&mut self) {
-        self.vcpu.cancel();
-        self.runs = None;
+    /// Closes the vCPU ([`Vcpu::close`]): a running guest is cancelled; the fd is released
+    /// and the thread ends at once when idle, else as the run in flight returns.
+    pub fn close(&self) {
+        self.vcpu.close();
     }
 }
 
 impl Drop for VcpuThread {
     fn drop(&mut self) {
-        self.vcpu.cancel();
+        self.vcpu.close();
     }
 }
 
@@ -136,7 +145,7 @@ mod tests {
             low: _low,
             vcpu,
         } = guest;
-        let mut thread = VcpuThread::start(vcpu).unwrap();
+        let thread = VcpuThread::start(vcpu).unwrap();
         let (sender, receiver) = mpsc::channel();
         let caller = std::thread::current().id();
         thread
@@ -160,5 +169,143 @@ mod tests {
         thread.close();
         assert!(matches!(thread.run(None, |_| {}), Err(RunRefused::Closed)));
         assert!(matches!(thread.idle(), Err(RunRefused::Closed)));
+    }
+
+    /// Waits up to 10 s for `done` (threads take a moment to end).
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting: {what}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Whether the run thread has ended (it held the only other reference to the vCPU).
+    fn thread_ended(thread: &VcpuThread) -> bool {
+        Arc::strong_count(&thread.vcpu) == 1
+    }
+
+    fn assert_closed(thread: &VcpuThread) {
+        assert!(matches!(thread.run(None, |_| {}), Err(RunRefused::Closed)));
+        assert!(matches!(thread.idle(), Err(RunRefused::Closed)));
+        assert!(matches!(
+            thread.vcpu.get_registers(),
+            Err(KvmError::VcpuClosed)
+        ));
+        assert!(matches!(thread.vcpu.run(None), Err(KvmError::VcpuClosed)));
+    }
+
+    #[test]
+    fn closing_an_idle_thread_releases_the_fd_at_once_and_ends_the_thread() {
+        let Some(guest) = Guest::new(
+            "closing_an_idle_thread_releases_the_fd_at_once_and_ends_the_thread",
+            VcpuOptions::real(),
+        ) else {
+            return;
+        };
+        let Guest {
+            partition: _partition,
+            low: _low,
+            vcpu,
+        } = guest;
+        let thread = VcpuThread::start(vcpu).unwrap();
+        assert!(thread.idle().is_ok());
+        assert_eq!(
+            Arc::strong_count(&thread.vcpu),
+            2,
+            "the thread holds the vCPU"
+        );
+        let shared = thread.vcpu.shared().clone();
+        assert!(!shared.fd_released());
+        thread.close();
+        assert!(shared.fd_released(), "the fd is released by close itself");
+        assert_closed(&thread);
+        wait_for("the run thread ends", || thread_ended(&thread));
+        thread.close(); // idempotent
+    }
+
+    #[test]
+    fn closing_during_a_run_cancels_it_and_releases_the_fd_as_it_returns() {
+        let Some(guest) = Guest::new(
+            "closing_during_a_run_cancels_it_and_releases_the_fd_as_it_returns",
+            VcpuOptions::default(),
+        ) else {
+            return;
+        };
+        guest.start_at(crate::test_support::at::SPIN, |_| {});
+        let Guest {
+            partition: _partition,
+            low: _low,
+            vcpu,
+        } = guest;
+        let thread = VcpuThread::start(vcpu).unwrap();
+        let shared = thread.vcpu.shared().clone();
+        let (sender, receiver) = mpsc::channel();
+        thread
+            .run(None, move |outcome| sender.send(outcome).unwrap())
+            .unwrap();
+        wait_for("the guest runs", || {
+            matches!(thread.vcpu.get_registers(), Err(KvmError::VcpuBusy))
+        });
+        thread.close();
+        let outcome = receiver.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(matches!(
+            outcome,
+            Ok(VcpuExit::Cancelled(CancelReason::Cancel))
+        ));
+        wait_for("the fd is released as the run returns", || {
+            shared.fd_released()
+        });
+        assert_closed(&thread);
+        wait_for("the run thread ends", || thread_ended(&thread));
+    }
+
+    #[test]
+    fn closing_the_partitions_vcpus_releases_idle_and_running_ones_and_ends_their_threads() {
+        let Some(guest) = Guest::new(
+            "closing_the_partitions_vcpus_releases_idle_and_running_ones_and_ends_their_threads",
+            VcpuOptions::default(),
+        ) else {
+            return;
+        };
+        guest.start_at(crate::test_support::at::SPIN, |_| {});
+        let Guest {
+            partition,
+            low: _low,
+            vcpu,
+        } = guest;
+        let no_memory = |_: u64, _: &[u8]| -> Result<(), virt::Error> { Ok(()) };
+        let idle = partition
+            .create_vcpu(&VcpuOptions::real(), &no_memory)
+            .unwrap();
+        let running = VcpuThread::start(vcpu).unwrap();
+        let idle = VcpuThread::start(idle).unwrap();
+        let (sender, receiver) = mpsc::channel();
+        running
+            .run(None, move |outcome| sender.send(outcome).unwrap())
+            .unwrap();
+        wait_for("the guest runs", || {
+            matches!(running.vcpu.get_registers(), Err(KvmError::VcpuBusy))
+        });
+        let shared = [running.vcpu.shared().clone(), idle.vcpu.shared().clone()];
+        partition.close_vcpus();
+        assert!(shared[1].fd_released(), "the idle vCPU's fd goes at once");
+        let outcome = receiver.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(matches!(
+            outcome,
+            Ok(VcpuExit::Cancelled(CancelReason::Cancel))
+        ));
+        wait_for("the running vCPU's fd is released", || {
+            shared[0].fd_released()
+        });
+        for thread in [&running, &idle] {
+            assert_closed(thread);
+            wait_for("the run thread ends", || thread_ended(thread));
+        }
+        // The partition counts the closed vCPUs (ids are not reused).
+        assert_eq!(partition.inspect().vcpu_count, 2);
     }
 }

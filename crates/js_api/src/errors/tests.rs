@@ -277,6 +277,7 @@ fn kvm_errors() -> Vec<virt_kvm::KvmError> {
         },
         E::ReadOnlyUnsupported,
         E::VcpuBusy,
+        E::VcpuClosed,
         E::VcpuReadPending {
             kind: "MMIO read",
             address: 0x1000,
