@@ -10,6 +10,7 @@
 const test = require('ava');
 const mb = require('../dist');
 const { rng, ramImage } = require('./helpers/snapshot');
+const { duplexPair } = require('node:stream');
 const { socketPair, relayed, throttled, withVersion, HELLO, HELLO_ACK, memfds } = require('./helpers/migration');
 
 const { GiB, MiB, KiB, range, MemoryLayout, GuestMemoryBuilder, Mappable, RamVisibility, MigrationError } = mb;
@@ -193,6 +194,121 @@ test.serial('the source aborted by its signal keeps running unchanged; the desti
   t.is(memory.readU64(0x1000), 5n, 'and keeps running');
   t.false(a.destroyed, 'the stream is the caller’s (ended, not destroyed)');
 });
+
+/** `promise`, or a rejection after `ms`: a side that never settles fails the test instead of hanging it. */
+async function within(promise, ms, what) {
+  let timer;
+  const late = new Promise((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The two connected ends each destination-abort test runs over. */
+const abortTransports = {
+  'an in-process duplex pair': (t) => {
+    const [a, b] = duplexPair();
+    t.teardown(() => {
+      a.destroy();
+      b.destroy();
+    });
+    return [a, b];
+  },
+  'a Unix socket pair': socketPair,
+};
+
+/**
+ * When the destination's signal aborts: `options(controller, reason)` adds to migrateFrom's
+ * options, `afterStart` runs right after both calls, `pause` is the source's, and the phases
+ * each side may report.
+ */
+const abortPoints = {
+  'before the handshake completes': {
+    // Same tick as migrateFrom: no byte can have been read yet.
+    afterStart: (controller, reason) => controller.abort(reason),
+    sourcePhases: ['handshake'],
+    destinationPhases: ['handshake'],
+    paused: false,
+  },
+  'from onProgress during the pre-copy rounds': {
+    options: (controller, reason) => ({
+      onProgress: (_round, bytes) => {
+        if (bytes >= MiB && !controller.signal.aborted) controller.abort(reason);
+      },
+    }),
+    sourcePhases: ['rounds'],
+    destinationPhases: ['rounds'],
+    paused: false,
+  },
+  'while the source pauses for the final round': {
+    pause: (controller, reason) => controller.abort(reason),
+    // Whether the source noticed before it had sent everything (final) or while waiting for
+    // the acknowledgement (completing: the outcome is unknown to it) depends on scheduling.
+    sourcePhases: ['final', 'completing'],
+    destinationPhases: ['rounds', 'final'],
+    paused: true,
+  },
+};
+
+for (const [transport, connect] of Object.entries(abortTransports)) {
+  for (const [point, { options, afterStart, pause, sourcePhases, destinationPhases, paused: pauses }] of Object.entries(abortPoints)) {
+    test.serial(`the destination aborted by its signal ${point} stops the source too (${transport})`, async (t) => {
+      const { manager, memory } = await source(t, 12);
+      // 48 MiB of data: far more than every buffer between the two ends holds, so the source
+      // is still writing when the destination stops reading.
+      memory.fillAt(LOW.start + 4n * MiB, 0x5a, 24n * MiB);
+      memory.fillAt(HIGH.start + 4n * MiB, 0xa5, 24n * MiB);
+      const before = ramImage(manager);
+      const fdsBefore = memfds();
+      const timersBefore = process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length;
+      const [a, b] = await connect(t);
+      const controller = new AbortController();
+      const reason = new Error('operator cancelled the arrival');
+      let paused = false;
+      const migration = manager.migrate(a, {
+        pause: () => {
+          paused = true;
+          pause?.(controller, reason);
+        },
+      });
+      const arrival = GuestMemoryBuilder.migrateFrom(b, { layout: layout(), signal: controller.signal, ...options?.(controller, reason) });
+      afterStart?.(controller, reason);
+      const { sent, received } = await within(both(migration, arrival), 10_000, 'a side of the aborted migration');
+
+      t.false(received.ok);
+      t.true(received.error instanceof MigrationError);
+      t.is(received.error.code, 'ERR_MIGRATION_ABORTED');
+      t.is(received.error.cause, reason, 'the signal reason is the destination’s cause');
+      t.true(destinationPhases.includes(received.error.phase), received.error.phase);
+      t.false(sent.ok);
+      t.true(sent.error instanceof MigrationError, String(sent.error?.stack));
+      t.is(sent.error.code, 'ERR_MIGRATION_ABORTED');
+      t.true(sourcePhases.includes(sent.error.phase), sent.error.phase);
+      t.regex(sent.error.cause.message, /the destination closed the stream/);
+      t.is(paused, pauses);
+      t.true(b.writableEnded, 'the destination ended its side of the stream');
+      t.true(a.writableEnded, 'and so did the source');
+      t.is(memfds(), fdsBefore, 'the destination released its RAM');
+      t.is(process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length, timersBefore, 'no timer is left');
+
+      // The source runs on: unchanged, tracking stopped, and it can migrate again.
+      t.false(manager.dirtyTracking().active);
+      t.true(ramImage(manager).equals(before), 'the source is unchanged');
+      memory.writeU64(0x1000, 5n);
+      t.is(memory.readU64(0x1000), 5n);
+      const [c, d] = await socketPair(t);
+      const again = await within(both(manager.migrate(c, { pause: () => undefined }), GuestMemoryBuilder.migrateFrom(d)), 60_000, 'the second migration');
+      t.true(again.sent.ok, String(again.sent.error?.stack));
+      t.true(again.received.ok, String(again.received.error?.stack));
+      t.true(ramImage(again.received.value).equals(ramImage(manager)));
+      await again.received.value.close();
+    });
+  }
+}
 
 test('a stream error on either side is the cause of ERR_MIGRATION_ABORTED', async (t) => {
   const { manager } = await source(t, 4);

@@ -6,7 +6,9 @@
  * The pump reads the stream only while the migration has room (`offer`, else `pause()` the
  * stream until `push` resolves) and writes what the migration sends, honouring `write()`'s
  * backpressure. A stream error, an early close or an abort signal fails the migration with
- * that value as the `cause` of its ERR_MIGRATION_ABORTED. When the migration succeeds, the
+ * that value as the `cause` of its ERR_MIGRATION_ABORTED; so does the peer ending its side
+ * early, also while this side waits to write (what it still sends is then dropped: a peer
+ * that stopped reads nothing more, so `drain` never comes). When the migration succeeds, the
  * stream is left open and paused with whatever the migration did not read put back
  * (`unshift`): it is the caller's. When it fails, the stream's writable side is ended (the
  * protocol cannot go on; a peer that reported a failure waits for that end), never destroyed.
@@ -249,33 +251,52 @@ export async function overStream<T>(stream: MigrationStream, signal: AbortSignal
   }
 }
 
-/** Writes what the migration sends until it is done; resolves when the last write is flushed or the stream closed. */
+/**
+ * Writes what the migration sends until it is done; resolves when the last write is flushed,
+ * the stream closed, or the peer is gone. The peer is gone once the stream's readable side
+ * ended or the stream failed: mid-migration that only happens when the peer stopped (it
+ * aborted, failed or was cut off), and a peer that stopped reads nothing more, so neither
+ * `drain` nor a write's callback may ever come. From then on what the migration still sends
+ * is dropped, so it is never held up writing: it learns of the end or the error through the
+ * incoming side (`overStream` feeds it both) and stops.
+ */
 async function writeOut(stream: MigrationStream, channel: NativeChannel): Promise<void> {
-  let onClose = (): void => undefined;
-  const closed = new Promise<void>((resolve) => {
-    onClose = resolve;
+  let peerGone = false;
+  let onGone = (): void => undefined;
+  const gone = new Promise<void>((resolve) => {
+    onGone = () => {
+      peerGone = true;
+      resolve();
+    };
   });
-  stream.on('close', onClose);
-  if (stream.destroyed) onClose();
+  const goneEvents = ['close', 'end', 'error'] as const;
+  for (const event of goneEvents) stream.on(event, onGone);
+  if (stream.destroyed || stream.readableEnded || stream.errored !== null) onGone();
   try {
     let last: Promise<void> = Promise.resolve();
     for (;;) {
       const chunk = channel.tryNext() ?? (await settle(call(() => channel.next())));
       if (chunk === null) break;
+      if (peerGone) continue;
       let accepted = false;
       last = new Promise<void>((resolve) => {
         accepted = stream.write(chunk, () => resolve());
       });
-      if (!accepted) await Promise.race([once(stream, 'drain'), closed]);
+      if (!accepted) await drainedOrGone(stream, gone);
     }
-    // A destroyed stream may never call back a write it had not passed on.
-    await Promise.race([last, closed]);
+    // A destroyed stream, or one whose peer stopped reading, may never call back the last write.
+    await Promise.race([last, gone]);
   } finally {
-    stream.off('close', onClose);
+    for (const event of goneEvents) stream.off(event, onGone);
   }
 }
 
-/** Resolves on the next `event` of `stream` (and stops listening when it has). */
-function once(stream: MigrationStream, event: string): Promise<void> {
-  return new Promise((resolve) => stream.once(event, () => resolve()));
+/** Resolves on the next `drain` of `stream` or when `gone` resolves, leaving no listener behind. */
+function drainedOrGone(stream: MigrationStream, gone: Promise<void>): Promise<void> {
+  let onDrain = (): void => undefined;
+  const drained = new Promise<void>((resolve) => {
+    onDrain = resolve;
+    stream.once('drain', onDrain);
+  });
+  return Promise.race([drained, gone]).finally(() => stream.off('drain', onDrain));
 }
