@@ -7,19 +7,10 @@
 'use strict';
 const test = require('ava');
 const mb = require('../dist');
+const { caught } = require('./helpers/bad_input');
 const { kvmTest } = require('./helpers/kvm');
 
 const { GiB, MiB, range, MemoryLayout, GuestMemoryBuilder, KvmPartition, RamVisibility, Vtl, VcpuMode } = mb;
-
-/** The error `fn` throws or rejects with. */
-async function caught(fn) {
-  try {
-    await fn();
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected an error');
-}
 
 test('layout refusals: overlapping, unsorted and VTL2-overlapping layouts each say what is wrong', async (t) => {
   const overlap = await caught(() => MemoryLayout.new(4n * GiB, [range(GiB, 3n * GiB), range(2n * GiB, 4n * GiB)]));

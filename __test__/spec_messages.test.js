@@ -4,6 +4,7 @@
 'use strict';
 const test = require('ava');
 const mb = require('../dist');
+const { caught } = require('./helpers/bad_input');
 
 const { GiB, MiB, TiB, range, MemoryRange, MemoryLayout, GuestMemoryBuilder, GuestMemory, SparseMapping, Mappable, RamVisibility } = mb;
 const P = 4096n;
@@ -13,16 +14,6 @@ const GAP = range(3n * GiB, 4n * GiB);
 const pages = (list) => list.map(([first, end]) => range(BigInt(first) * P, BigInt(end) * P));
 /** Ranges tagged 0, for walkRanges and mergeAdjacentRanges. */
 const tagged = (ranges) => ranges.map((r) => ({ range: r, tag: 0 }));
-
-/** The error `fn` throws or rejects with. */
-async function caught(fn) {
-  try {
-    await fn();
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected an error');
-}
 
 /** Runs `body(manager)` on a manager over 1 GiB of RAM and the gap (x86 legacy when `x86`), then closes it. */
 async function withManager(body, { x86 = false } = {}) {

@@ -1,4 +1,5 @@
-// Bad arguments shared by the bad-input tests of several files.
+// Bad arguments shared by the bad-input tests of several files, and `caught` for the errors they
+// give.
 'use strict';
 
 /** Values that are not U64s: [value, error class, code]. */
@@ -27,4 +28,14 @@ function checkU64(t, label, call) {
   }
 }
 
-module.exports = { badU64, checkU64 };
+/** The error `fn` throws or rejects with (a test failure when it returns). */
+async function caught(fn) {
+  try {
+    await fn();
+  } catch (error) {
+    return error;
+  }
+  throw new Error('expected an error');
+}
+
+module.exports = { badU64, checkU64, caught };

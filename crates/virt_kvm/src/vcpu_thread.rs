@@ -126,26 +126,19 @@ impl Drop for VcpuThread {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::anon_memory::AnonMemory;
     use crate::test_support::Guest;
     use crate::CancelReason;
+    use crate::KvmPartition;
     use crate::VcpuOptions;
 
     #[test]
     fn runs_happen_on_the_thread_and_a_second_run_is_busy() {
-        let Some(guest) = Guest::new(
-            "runs_happen_on_the_thread_and_a_second_run_is_busy",
-            VcpuOptions::default(),
-        ) else {
+        let Some((_partition, _low, thread)) =
+            spinning_thread("runs_happen_on_the_thread_and_a_second_run_is_busy")
+        else {
             return;
         };
-        guest.start_at(crate::test_support::at::SPIN, |_| {});
-        // The partition and the low slot's memory stay alive while the thread runs the vCPU.
-        let Guest {
-            partition: _partition,
-            low: _low,
-            vcpu,
-        } = guest;
-        let thread = VcpuThread::start(vcpu).unwrap();
         let (sender, receiver) = mpsc::channel();
         let caller = std::thread::current().id();
         thread
@@ -169,6 +162,19 @@ mod tests {
         thread.close();
         assert!(matches!(thread.run(None, |_| {}), Err(RunRefused::Closed)));
         assert!(matches!(thread.idle(), Err(RunRefused::Closed)));
+    }
+
+    /// The run thread of a new guest's vCPU, set to spin, with what keeps the guest's memory
+    /// alive while it runs (the partition and the low slot); `None` where KVM cannot run it.
+    fn spinning_thread(test: &str) -> Option<(KvmPartition, AnonMemory, VcpuThread)> {
+        let guest = Guest::new(test, VcpuOptions::default())?;
+        guest.start_at(crate::test_support::at::SPIN, |_| {});
+        let Guest {
+            partition,
+            low,
+            vcpu,
+        } = guest;
+        Some((partition, low, VcpuThread::start(vcpu).unwrap()))
     }
 
     /// Waits up to 10 s for `done` (threads take a moment to end).
@@ -229,19 +235,11 @@ mod tests {
 
     #[test]
     fn closing_during_a_run_cancels_it_and_releases_the_fd_as_it_returns() {
-        let Some(guest) = Guest::new(
-            "closing_during_a_run_cancels_it_and_releases_the_fd_as_it_returns",
-            VcpuOptions::default(),
-        ) else {
+        let Some((_partition, _low, thread)) =
+            spinning_thread("closing_during_a_run_cancels_it_and_releases_the_fd_as_it_returns")
+        else {
             return;
         };
-        guest.start_at(crate::test_support::at::SPIN, |_| {});
-        let Guest {
-            partition: _partition,
-            low: _low,
-            vcpu,
-        } = guest;
-        let thread = VcpuThread::start(vcpu).unwrap();
         let shared = thread.vcpu.shared().clone();
         let (sender, receiver) = mpsc::channel();
         thread
@@ -265,23 +263,15 @@ mod tests {
 
     #[test]
     fn closing_the_partitions_vcpus_releases_idle_and_running_ones_and_ends_their_threads() {
-        let Some(guest) = Guest::new(
+        let Some((partition, _low, running)) = spinning_thread(
             "closing_the_partitions_vcpus_releases_idle_and_running_ones_and_ends_their_threads",
-            VcpuOptions::default(),
         ) else {
             return;
         };
-        guest.start_at(crate::test_support::at::SPIN, |_| {});
-        let Guest {
-            partition,
-            low: _low,
-            vcpu,
-        } = guest;
         let no_memory = |_: u64, _: &[u8]| -> Result<(), virt::Error> { Ok(()) };
         let idle = partition
             .create_vcpu(&VcpuOptions::real(), &no_memory)
             .unwrap();
-        let running = VcpuThread::start(vcpu).unwrap();
         let idle = VcpuThread::start(idle).unwrap();
         let (sender, receiver) = mpsc::channel();
         running

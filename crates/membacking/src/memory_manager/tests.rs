@@ -965,8 +965,13 @@ fn moving_a_window_shows_its_mappings_at_the_new_place() {
     assert!(read(&mem, 0xD000_0000, 4).is_err());
 }
 
-#[test]
-fn device_window_is_removed_when_both_halves_are_dropped() {
+/// An L1 manager with a VTL0 recorder (log cleared) and a new 4 KiB device window.
+fn manager_with_window() -> (
+    GuestMemoryManager,
+    Arc<RecordingPartition>,
+    MappableGuestMemory,
+    Arc<MappedMemoryRegion>,
+) {
     let mgr = build(GuestMemoryBuilder::new(), &l1());
     let partition = attach(&mgr, Vtl::Vtl0);
     partition.clear_log();
@@ -974,6 +979,12 @@ fn device_window_is_removed_when_both_halves_are_dropped() {
         .device_memory_mapper()
         .new_region(0x1000, "dev".into())
         .unwrap();
+    (mgr, partition, control, region)
+}
+
+#[test]
+fn device_window_is_removed_when_both_halves_are_dropped() {
+    let (mgr, partition, control, region) = manager_with_window();
     block_on(control.map_to_guest(0xD000_0000, true)).unwrap();
     drop(control);
     // The control alone does not unmap.
@@ -993,13 +1004,7 @@ fn device_window_is_removed_when_both_halves_are_dropped() {
 
 #[test]
 fn device_window_placed_by_a_request_pending_when_both_halves_drop_is_removed() {
-    let mgr = build(GuestMemoryBuilder::new(), &l1());
-    let partition = attach(&mgr, Vtl::Vtl0);
-    partition.clear_log();
-    let (control, region) = mgr
-        .device_memory_mapper()
-        .new_region(0x1000, "dev".into())
-        .unwrap();
+    let (mgr, partition, control, region) = manager_with_window();
     // The placement is requested, but neither served nor even polled when both halves go.
     let placing = control.map_to_guest(0xD000_0000, true);
     drop(control);
@@ -1017,13 +1022,7 @@ fn device_window_placed_by_a_request_pending_when_both_halves_drop_is_removed() 
 
 #[test]
 fn device_requests_are_served_in_the_order_they_are_made() {
-    let mgr = build(GuestMemoryBuilder::new(), &l1());
-    let partition = attach(&mgr, Vtl::Vtl0);
-    partition.clear_log();
-    let (control, _region) = mgr
-        .device_memory_mapper()
-        .new_region(0x1000, "dev".into())
-        .unwrap();
+    let (_mgr, partition, control, _region) = manager_with_window();
     let first = control.map_to_guest(0xD000_0000, true);
     let second = control.map_to_guest(0xE000_0000, true);
     // Awaited in the opposite order: the placement made last is the one that stays.
