@@ -6,6 +6,7 @@
 const test = require('ava');
 const util = require('node:util');
 const mb = require('../dist');
+const { caught } = require('./helpers/bad_input');
 const { kvmTest } = require('./helpers/kvm');
 
 const { GiB, MiB, range, MemoryLayout, GuestMemoryBuilder, GuestMemory, SparseMapping, Mappable, MemoryRegistrar, RecordingPartition, KvmPartition, Vtl } = mb;
@@ -31,16 +32,6 @@ function survives(t, name, value) {
   t.is(typeof text, 'string', name);
   for (const big of bigintsIn(value)) t.true(text.includes(`"0x${big.toString(16)}"`), `${name}: ${big} is not '0x${big.toString(16)}' in ${text.slice(0, 300)}`);
   return JSON.parse(text);
-}
-
-/** The error `f` throws or rejects with. */
-async function thrown(f) {
-  try {
-    await f();
-  } catch (error) {
-    return error;
-  }
-  throw new Error('nothing was thrown');
 }
 
 test('sweep: results of layouts, ranges, the registrar and the range algorithms survive JSON.stringify', (t) => {
@@ -125,7 +116,7 @@ kvmTest('sweep: KvmPartition inspect, slot logs, registers and exits survive JSO
 test('errors have a JSON form: name, code, message, fields in hex, and the cause', async (t) => {
   const manager = await new GuestMemoryBuilder().build(MemoryLayout.new(GiB, [range(3n * GiB, 4n * GiB)]));
   const memory = await manager.client().guestMemory();
-  const error = await thrown(() => memory.read(3n * GiB, 2));
+  const error = await caught(() => memory.read(3n * GiB, 2));
   const json = survives(t, 'GuestMemoryError', error);
   t.like(json, { name: 'GuestMemoryError', code: 'ERR_GUEST_MEMORY_OUT_OF_RANGE', gpa: '0xc0000000', range: { start: '0xc0000000', end: '0xc0000002' }, kind: 'OutOfRange', op: 'read' });
   t.is(json.message, error.message);
@@ -139,7 +130,7 @@ test('errors have a JSON form: name, code, message, fields in hex, and the cause
     ['RegistrarError', () => new MemoryRegistrar(MemoryLayout.new(GiB, []), 0, () => { throw new Error('no'); }).register(0, 1)],
     ['OsError', () => Mappable.fromFd(0x7fff_fff0)],
   ]) {
-    const e = await thrown(provoke);
+    const e = await caught(provoke);
     const j = survives(t, name, e);
     t.is(j.name, name, JSON.stringify(j));
     t.is(j.code, e.code);

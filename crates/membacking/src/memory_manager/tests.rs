@@ -982,6 +982,17 @@ fn manager_with_window() -> (
     (mgr, partition, control, region)
 }
 
+/// The recorder saw the 4 KiB window placed at `0xD000_0000` and then removed, nothing else.
+fn assert_placed_at_d0000000_then_removed(partition: &RecordingPartition) {
+    assert_eq!(
+        partition.take_log(),
+        [
+            C::map(0xD000_0000, 0x1000, true, true, 0xD000_0000),
+            C::unmap(0xD000_0000, 0x1000)
+        ]
+    );
+}
+
 #[test]
 fn device_window_is_removed_when_both_halves_are_dropped() {
     let (mgr, partition, control, region) = manager_with_window();
@@ -993,13 +1004,7 @@ fn device_window_is_removed_when_both_halves_are_dropped() {
     // Removal is queued; the next request runs after it.
     let snap = snapshot(&mgr);
     assert_eq!(snap.regions.len(), 1);
-    assert_eq!(
-        partition.take_log(),
-        [
-            C::map(0xD000_0000, 0x1000, true, true, 0xD000_0000),
-            C::unmap(0xD000_0000, 0x1000)
-        ]
-    );
+    assert_placed_at_d0000000_then_removed(&partition);
 }
 
 #[test]
@@ -1011,13 +1016,7 @@ fn device_window_placed_by_a_request_pending_when_both_halves_drop_is_removed() 
     drop(region);
     block_on(placing).unwrap();
     assert_eq!(snapshot(&mgr).regions.len(), 1, "the window is gone");
-    assert_eq!(
-        partition.take_log(),
-        [
-            C::map(0xD000_0000, 0x1000, true, true, 0xD000_0000),
-            C::unmap(0xD000_0000, 0x1000)
-        ]
-    );
+    assert_placed_at_d0000000_then_removed(&partition);
 }
 
 #[test]
