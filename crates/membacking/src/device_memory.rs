@@ -21,12 +21,10 @@ use crate::region_manager::RegionCommands;
 use crate::region_manager::RegionId;
 use crate::region_manager::RegionMapping;
 use crate::region_manager::DEVICE_PRIORITY;
+use crate::PAGE_SIZE;
 use memory_range::MemoryRange;
 use std::collections::BTreeMap;
 use std::io;
-
-/// Objects are mapped into a window in whole pages of this size.
-const PAGE_SIZE: u64 = 4096;
 
 /// One mapping recorded in a device window.
 #[derive(Debug, Clone, PartialEq, Eq)]

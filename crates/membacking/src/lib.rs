@@ -56,6 +56,9 @@
 //! everywhere else in the crate, tests included (the snapshot benchmark's raw baselines, a separate
 //! target, say at their top why they opt in).
 
+/// The guest page size in bytes: the unit of mappings, visibility changes and snapshots.
+pub(crate) const PAGE_SIZE: u64 = 4096;
+
 pub mod device_memory;
 pub mod dirty;
 mod error;

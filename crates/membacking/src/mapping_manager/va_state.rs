@@ -17,8 +17,7 @@ use memory_range::MemoryRange;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The guest page size.
-pub(crate) const PAGE_SIZE: u64 = 4096;
+pub(crate) use crate::PAGE_SIZE;
 
 /// What backs a piece of the window.
 #[derive(Debug)]

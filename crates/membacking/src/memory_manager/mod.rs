@@ -73,6 +73,7 @@ use crate::region_manager::Change;
 use crate::region_manager::FlatEntry;
 use crate::region_manager::PartitionMapperInfo;
 use crate::region_manager::RegionManagerError;
+use crate::PAGE_SIZE;
 use attach_claim::AttachClaim;
 use attach_claim::ManagerId;
 use futures::channel::oneshot;
@@ -420,8 +421,6 @@ impl GuestMemoryBuilder {
         })
     }
 }
-
-const PAGE_SIZE: u64 = 4096;
 
 /// The VA window length a reservation of `len` bytes gets: rounded up to 4 KiB below 2 MiB,
 /// to 2 MiB below 1 GiB, and to 1 GiB above.

@@ -1894,6 +1894,16 @@ fn failed_attach_keeps_only_the_alias_mapper() {
     assert_eq!(partition.take_log(), [C::unmap(0x1_0000_0000, GIB)]);
 }
 
+/// An x86 L1 manager with the VTL0 alias map at `0x1_0000_0000`.
+fn x86_l1_with_alias() -> GuestMemoryManager {
+    build(
+        GuestMemoryBuilder::new()
+            .x86_legacy_support(true)
+            .vtl0_alias_map(Some(0x1_0000_0000)),
+        &l1(),
+    )
+}
+
 fn already_attached(error: PartitionAttachError) -> AttachedTo {
     match error {
         PartitionAttachError::AlreadyAttached(to) => to,
@@ -1903,12 +1913,7 @@ fn already_attached(error: PartitionAttachError) -> AttachedTo {
 
 #[test]
 fn attaching_an_attached_partition_again_is_refused_before_any_call() {
-    let mgr = build(
-        GuestMemoryBuilder::new()
-            .x86_legacy_support(true)
-            .vtl0_alias_map(Some(0x1_0000_0000)),
-        &l1(),
-    );
+    let mgr = x86_l1_with_alias();
     let partition = attach(&mgr, Vtl::Vtl0);
     let first = partition.take_log();
     assert_eq!(first.len(), 16);
@@ -2019,12 +2024,7 @@ fn a_dropped_partition_gets_no_calls() {
 
 #[test]
 fn visibility_reaches_the_alias_then_the_primary_mapping() {
-    let mgr = build(
-        GuestMemoryBuilder::new()
-            .x86_legacy_support(true)
-            .vtl0_alias_map(Some(0x1_0000_0000)),
-        &l1(),
-    );
+    let mgr = x86_l1_with_alias();
     let partition = attach(&mgr, Vtl::Vtl2);
     partition.clear_log();
     set(&mgr, VGA, RamVisibility::Unmapped);

@@ -26,7 +26,7 @@ pub const FORMAT: &str = "membacking-snapshot";
 /// The version this build writes and reads.
 pub const VERSION: u32 = 1;
 /// The page size of every snapshot.
-pub const PAGE_SIZE: u64 = 4096;
+pub const PAGE_SIZE: u64 = crate::PAGE_SIZE;
 /// The manifest's file name.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The extent index's file name.

@@ -62,7 +62,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-const PAGE_SIZE: u64 = 4096;
+use crate::PAGE_SIZE;
 const PAGE: usize = 4096;
 /// Pages the background filler copies at once.
 const FILL_PAGES: usize = 64;

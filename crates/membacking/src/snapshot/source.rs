@@ -24,7 +24,7 @@ use std::os::fd::BorrowedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-const PAGE_SIZE: u64 = 4096;
+use crate::PAGE_SIZE;
 
 /// The RAM backing of a manager, as a snapshot reads it (offsets are backing offsets).
 pub(crate) enum RamSource {
