@@ -37,6 +37,58 @@ test('layout --format table and e820', (t) => {
   ]);
 });
 
+test('layout --x86-legacy shows the regions guest memory with x86 legacy support has, the first megabyte named', (t) => {
+  const args = ['layout', '--ram', '4G', '--gap', '3G-4G', '--vtl2', '8G-8G+64M', '--x86-legacy'];
+  const layout = mb.MemoryLayout.new(4n * mb.GiB, [mb.range(3n * mb.GiB, 4n * mb.GiB)], mb.range(8n * mb.GiB, 8n * mb.GiB + 64n * mb.MiB));
+  const regions = mb.x86LegacyRamRanges(layout);
+  // Table: one row per region, with its file offset, then the gap; the first megabyte's areas named.
+  const table = run(...args);
+  t.is(table.status, 0, table.stderr);
+  const rows = table.stdout.split('\n').filter((line) => /^(RAM|VTL2|MMIO) /.test(line));
+  t.is(rows.length, regions.length + 1);
+  t.regex(rows[0], /^RAM\s+0x0000000000000000\s+0x00000000000a0000\s+640 KiB\s+0x0\s+vnode 0, conventional memory$/);
+  t.regex(rows[1], /^RAM\s+0x00000000000a0000\s+0x00000000000c0000\s+128 KiB\s+0xa0000\s+vnode 0, VGA window$/);
+  t.regex(rows[2], /0x00000000000c0000\s+0x00000000000c4000\s+16 KiB\s+0xc0000\s+vnode 0, PAM1 low$/);
+  t.regex(rows[13], /0x00000000000ec000\s+0x00000000000f0000\s+16 KiB\s+0xec000\s+vnode 0, PAM6 high$/);
+  t.regex(rows[14], /0x00000000000f0000\s+0x0000000000100000\s+64 KiB\s+0xf0000\s+vnode 0, system BIOS$/);
+  t.regex(rows[15], /^RAM\s+0x0000000000100000\s+0x00000000c0000000\s+3071 MiB\s+0x100000\s+vnode 0$/);
+  t.regex(rows.at(-1), /^VTL2\s+0x0000000200000000\s+0x0000000204000000\s+64 MiB\s+0x100000000$/);
+  // e820: conventional memory and the RAM above 1 MiB usable, the legacy areas above 640 KiB reserved.
+  const e820 = run(...args, '--format', 'e820').stdout.trim().split('\n');
+  t.is(e820[0], 'BIOS-e820: [mem 0x0000000000000000-0x000000000009ffff] usable');
+  t.is(e820[1], 'BIOS-e820: [mem 0x00000000000a0000-0x00000000000bffff] reserved (VGA window)');
+  t.is(e820[14], 'BIOS-e820: [mem 0x00000000000f0000-0x00000000000fffff] reserved (system BIOS)');
+  t.is(e820[15], 'BIOS-e820: [mem 0x0000000000100000-0x00000000bfffffff] usable');
+  t.is(e820.filter((line) => line.endsWith('reserved (PAM1 low)')).length, 1);
+  // JSON: the layout's JSON plus the regions, which are exactly x86LegacyRamRanges; read back, they are ignored.
+  const json = run(...args, '--format', 'json');
+  t.is(json.status, 0, json.stderr);
+  const parsed = JSON.parse(json.stdout);
+  t.deepEqual(
+    parsed.x86LegacyRam.map(({ range, fileOffset }) => ({ range, fileOffset })),
+    JSON.parse(JSON.stringify(regions.map(({ range, fileOffset }) => ({ range, fileOffset: `0x${fileOffset.toString(16)}` })))),
+  );
+  t.deepEqual(parsed.x86LegacyRam[1], { range: { start: '0xa0000', end: '0xc0000' }, fileOffset: '0xa0000', kind: 'RAM', area: 'VGA window' });
+  t.deepEqual(parsed.x86LegacyRam.at(-1), { range: { start: '0x200000000', end: '0x204000000' }, fileOffset: '0x100000000', kind: 'VTL2' });
+  const file = tempFile('legacy.json', json.stdout);
+  t.is(run('layout', '--input', file, '--x86-legacy', '--format', 'json').stdout, json.stdout);
+  t.is(run('layout', '--input', file, '--format', 'json').stdout, run(...args.slice(0, -1), '--format', 'json').stdout);
+  // SVG: a band per region.
+  const svg = run(...args, '--format', 'svg');
+  t.is(svg.status, 0, svg.stderr);
+  t.is([...svg.stdout.matchAll(/data-kind="RAM"/g)].length, regions.length - 1);
+  t.true(svg.stdout.includes('PAM6 high'));
+});
+
+test('layout --x86-legacy on RAM that does not start at 0 is bad input: the original message, exit 2', (t) => {
+  const file = tempFile('high.json', JSON.stringify({ ram: [{ range: '1M-1G', vnode: 0 }] }));
+  const r = run('layout', '--input', file, '--x86-legacy');
+  t.is(r.status, 2);
+  t.is(r.stderr, 'membacking: x86 support requires RAM to start at 0 and contain at least 1MB\n');
+  t.is(r.stdout, '');
+  t.is(run('layout', '--input', file).status, 0, 'without the flag the layout is fine');
+});
+
 test('layout --input reads a JSON file', (t) => {
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'mb-cli-')), 'layout.json');
   fs.writeFileSync(file, JSON.stringify({ ram: [{ range: '0-1G', vnode: 0 }, { range: { start: '4G', end: '6G' }, vnode: 1 }], gaps: ['1G-2G'] }));

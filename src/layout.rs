@@ -10,6 +10,7 @@ use js_api::enums::JsEnum;
 use js_api::json::to_json;
 use js_api::views::LayoutView;
 use js_api::views::RamRegionView;
+use js_api::views::X86LegacyAreaView;
 use napi::bindgen_prelude::BigUint64Array;
 use napi::bindgen_prelude::Uint32Array;
 use napi_derive::napi;
@@ -104,4 +105,11 @@ impl NativeLayout {
                 .map(|region| (region.range, region.file_offset)),
         )))
     }
+}
+
+/// The named areas of the first megabyte that x86 legacy support splits off (JSON
+/// `[{name, range, usable}]`).
+#[napi]
+pub fn x86_legacy_areas() -> String {
+    to_json(&X86LegacyAreaView::list())
 }

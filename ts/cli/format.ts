@@ -1,10 +1,12 @@
 /**
  * Text forms of sizes, ranges and layouts for the CLI and the demo: size parsing with K/M/G/T
- * suffixes, human-readable sizes, and the table and e820-style renderings of a layout.
+ * suffixes, human-readable sizes, and the table and e820-style renderings of a layout (its RAM
+ * ranges, or with x86 legacy support the RAM regions a guest-memory builder makes of them).
  */
 import { invalidArgValue } from '../errors';
-import type { MemoryLayout } from '../layout';
-import { MemoryRange } from '../range';
+import { x86LegacyRamRanges, type MemoryLayout } from '../layout';
+import { native } from '../native';
+import { MemoryRange, nativeJson } from '../range';
 import { hex } from '../u64';
 
 const suffixes: Record<string, bigint> = { K: 1n << 10n, M: 1n << 20n, G: 1n << 30n, T: 1n << 40n };
@@ -75,6 +77,12 @@ export interface MapRow {
   range: MemoryRange;
   kind: string;
   detail?: string;
+  /** The offset of the region's backing in the guest-RAM file (x86 legacy rows only). */
+  fileOffset?: bigint;
+  /** The named legacy area of the first megabyte the row is (x86 legacy rows only). */
+  area?: string;
+  /** False for RAM that firmware reports as reserved (the legacy areas above 640 KiB). */
+  usable?: boolean;
 }
 
 /** The rows of a layout's map, in address order: RAM, MMIO gaps and the VTL2 range. */
@@ -84,7 +92,44 @@ export function layoutRows(layout: MemoryLayout): MapRow[] {
     ...layout.mmio.map((range) => ({ range, kind: 'MMIO' })),
   ];
   if (layout.vtl2Range) rows.push({ range: layout.vtl2Range, kind: 'VTL2' });
-  return rows.sort((a, b) => MemoryRange.compare(a.range, b.range));
+  return sortRows(rows);
+}
+
+const sortRows = (rows: MapRow[]): MapRow[] => rows.sort((a, b) => MemoryRange.compare(a.range, b.range));
+
+/** A named area of the first megabyte that x86 legacy support makes a RAM region of its own. */
+interface X86LegacyArea {
+  name: string;
+  range: MemoryRange;
+  usable: boolean;
+}
+
+/**
+ * The rows of a layout's map with x86 legacy support: the RAM regions a guest-memory builder
+ * makes (`x86LegacyRamRanges`), each with its file offset and vnode, the first megabyte's
+ * pieces named (VGA window, PAM1 low, …, system BIOS); then the MMIO gaps.
+ * @throws MemoryLayoutError `ERR_INVALID_RAM_FOR_X86` when RAM does not start at 0 or is
+ * smaller than 1 MiB.
+ */
+export function x86LegacyRows(layout: MemoryLayout): MapRow[] {
+  const areas = nativeJson<X86LegacyArea[]>(native.x86LegacyAreas());
+  const rows: MapRow[] = x86LegacyRamRanges(layout).map(({ range, fileOffset }) => {
+    if (layout.vtl2Range?.equals(range)) return { range, kind: 'VTL2', fileOffset };
+    const area = areas.find((candidate) => candidate.range.equals(range));
+    const vnode = layout.ram.find((entry) => entry.range.contains(range))?.vnode ?? 0;
+    if (!area) return { range, kind: 'RAM', detail: `vnode ${vnode}`, fileOffset };
+    return { range, kind: 'RAM', detail: `vnode ${vnode}, ${area.name}`, fileOffset, area: area.name, usable: area.usable };
+  });
+  rows.push(...layout.mmio.map((range) => ({ range, kind: 'MMIO' })));
+  return sortRows(rows);
+}
+
+/** `layout --format json --x86-legacy`: the layout's JSON plus its RAM regions, named. */
+export function x86LegacyJson(layout: MemoryLayout): object {
+  const regions = x86LegacyRows(layout)
+    .filter((row) => row.fileOffset !== undefined)
+    .map((row) => ({ range: row.range, fileOffset: hex(row.fileOffset ?? 0n), kind: row.kind, ...(row.area === undefined ? {} : { area: row.area }) }));
+  return { ...layout.toJSON(), x86LegacyRam: regions };
 }
 
 /** Pads the columns of `rows` to a plain-text table. */
@@ -96,9 +141,20 @@ export function table(header: string[], rows: string[][]): string {
 
 const pad16 = (value: bigint): string => `0x${value.toString(16).padStart(16, '0')}`;
 
-/** The layout as a table of ranges followed by its summary figures. */
-export function layoutTable(layout: MemoryLayout): string {
-  const rows = layoutRows(layout).map((r) => [r.kind, pad16(r.range.start), pad16(r.range.end), formatSize(r.range.len), r.detail ?? '']);
+/**
+ * The layout as a table of ranges (`rows`, by default its RAM ranges, MMIO gaps and VTL2 range;
+ * with a file-offset column when the rows have one) followed by its summary figures.
+ */
+export function layoutTable(layout: MemoryLayout, rows: MapRow[] = layoutRows(layout)): string {
+  const offsets = rows.some((r) => r.fileOffset !== undefined);
+  const cells = rows.map((r) => [
+    r.kind,
+    pad16(r.range.start),
+    pad16(r.range.end),
+    formatSize(r.range.len),
+    ...(offsets ? [r.fileOffset === undefined ? '' : hex(r.fileOffset)] : []),
+    r.detail ?? '',
+  ]);
   const summary: Array<[string, bigint | null]> = [
     ['ram size', layout.ramSize],
     ['end of ram', layout.endOfRam],
@@ -109,16 +165,21 @@ export function layoutTable(layout: MemoryLayout): string {
     ['end of ram or mmio', layout.mmio.length > 0 ? layout.endOfRamOrMmio : null],
   ];
   const figures = summary.map(([name, value]) => `${name.padEnd(20)} ${value === null ? '-' : `${hex(value)} (${formatSize(value)})`}`);
-  return `${table(['kind', 'start', 'end', 'size', ''], rows)}\n\n${figures.join('\n')}`;
+  const header = ['kind', 'start', 'end', 'size', ...(offsets ? ['file offset'] : []), ''];
+  return `${table(header, cells)}\n\n${figures.join('\n')}`;
 }
 
-/** The layout as an e820-style map: RAM is usable, MMIO gaps and VTL2 reserved. */
-export function layoutE820(layout: MemoryLayout): string {
-  return layoutRows(layout)
+/**
+ * The layout as an e820-style map (`rows` as for `layoutTable`): RAM is usable except where a
+ * row says otherwise (the legacy areas above 640 KiB, named), MMIO gaps and VTL2 reserved.
+ */
+export function layoutE820(layout: MemoryLayout, rows: MapRow[] = layoutRows(layout)): string {
+  return rows
     .map((r) => {
-      const type = r.kind === 'RAM' ? 'usable' : 'reserved';
+      const usable = r.kind === 'RAM' && r.usable !== false;
       const end = r.range.end === 0n ? 0n : r.range.end - 1n;
-      return `BIOS-e820: [mem ${pad16(r.range.start)}-${pad16(end)}] ${type}${r.kind === 'RAM' ? '' : ` (${r.kind})`}`;
+      const note = usable ? '' : ` (${r.area ?? r.kind})`;
+      return `BIOS-e820: [mem ${pad16(r.range.start)}-${pad16(end)}] ${usable ? 'usable' : 'reserved'}${note}`;
     })
     .join('\n');
 }

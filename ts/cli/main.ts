@@ -9,7 +9,7 @@
 import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { runDemo } from './demo';
-import { formatSize, layoutE820, layoutTable } from './format';
+import { formatSize, layoutE820, layoutRows, layoutTable, x86LegacyJson, x86LegacyRows } from './format';
 import { layoutFromFlags, UsageError } from './input';
 import { GuestMemoryBuilder, Vtl } from '../manager';
 import { KvmPartition, RecordingPartition } from '../partition';
@@ -18,7 +18,7 @@ import { changesFromFile, parseChange, PlanInputError, renderPlan, runPlan } fro
 import { migrateDemo, migrateDemoChild } from './migrate_demo';
 import { snapshotInfo, snapshotInfoUsage } from './snapshot_command';
 import { OsError, SnapshotError } from '../errors';
-import { layoutSvg } from './svg';
+import { layoutSvg, layoutTitle } from './svg';
 
 const version = (require('../../package.json') as { version: string }).version;
 
@@ -37,10 +37,14 @@ options:
   --help     show help (also: membacking <command> --help)
   --version  print the version`,
   layout: `usage: membacking layout [--ram SIZE] [--gap START-END]... [--vtl2 START-END]
-                         [--input FILE.json] [--format table|json|e820|svg]
+                         [--x86-legacy] [--input FILE.json] [--format table|json|e820|svg]
 
 Build a layout from flags or from a JSON file and print it (default format: table;
 svg draws a memory map to a readable scale).
+--x86-legacy: show RAM as the regions guest memory with x86 legacy support has: the first
+  megabyte split into conventional memory, the VGA window, the twelve PAM pieces and the
+  system BIOS, each region with its offset in the guest-RAM file; e820 reports the areas above
+  640 KiB as reserved; json adds them as "x86LegacyRam". RAM must start at 0 and hold 1 MiB.
 SIZE / START / END: decimal or 0x-hex bytes, or a number with K, M, G or T (powers of
 1024); END may be START+SIZE (8G-8G+64M); ranges are half-open; --gap repeats.
 --input FILE.json: what --format json prints (MemoryLayout#toJSON, read back exactly), or
@@ -203,7 +207,7 @@ async function snapshotInfoCommand(args: string[]): Promise<number> {
 function layoutCommand(args: string[]): void {
   const { values } = parseArgs({
     args,
-    options: { ...LAYOUT_FLAGS, format: { type: 'string' } },
+    options: { ...LAYOUT_FLAGS, 'x86-legacy': { type: 'boolean', default: false }, format: { type: 'string' } },
     strict: true,
   });
   if (values.help) {
@@ -211,11 +215,14 @@ function layoutCommand(args: string[]): void {
     return;
   }
   const format = formatFlag(values.format, ['table', 'json', 'e820', 'svg']);
-  const layout = layoutFromFlags(values);
-  if (format === 'json') console.log(JSON.stringify(layout, null, 2));
-  else if (format === 'e820') console.log(layoutE820(layout));
-  else if (format === 'svg') console.log(layoutSvg(layout));
-  else console.log(layoutTable(layout));
+  // The regions --x86-legacy adds to the JSON are derived: reading that JSON back ignores them.
+  const layout = layoutFromFlags(values, ['x86LegacyRam']);
+  const legacy = values['x86-legacy'] === true;
+  const rows = legacy ? x86LegacyRows(layout) : layoutRows(layout);
+  if (format === 'json') console.log(JSON.stringify(legacy ? x86LegacyJson(layout) : layout, null, 2));
+  else if (format === 'e820') console.log(layoutE820(layout, rows));
+  else if (format === 'svg') console.log(layoutSvg(layout, legacy ? { rows, title: `${layoutTitle(layout)}, x86 legacy RAM regions` } : {}));
+  else console.log(layoutTable(layout, rows));
 }
 
 async function main(argv: string[]): Promise<number> {

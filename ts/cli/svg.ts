@@ -71,13 +71,18 @@ function withUnused(rows: MapRow[]): { bands: Band[]; top: bigint } {
 }
 
 /**
- * Renders the map of a layout. Device windows (placed inside MMIO gaps) are drawn as insets on
+ * Renders the map of a layout (`rows`, by default `layoutRows`: the x86 legacy rows draw the
+ * builder's RAM regions instead). Device windows (placed inside MMIO gaps) are drawn as insets on
  * the gap band that holds them and listed in the legend.
  */
-export function layoutSvg(layout: MemoryLayout, options: { title?: string; windows?: MapWindow[] } = {}): string {
-  const { bands, top } = withUnused(layoutRows(layout));
-  const title = options.title ?? `Guest memory map: ${formatSize(layout.ramSize)} RAM, ${layout.mmio.length} MMIO gap${layout.mmio.length === 1 ? '' : 's'}${layout.vtl2Range ? ', VTL2' : ''}`;
-  return drawMap(bands, top, title, options.windows ?? []);
+export function layoutSvg(layout: MemoryLayout, options: { title?: string; windows?: MapWindow[]; rows?: MapRow[] } = {}): string {
+  const { bands, top } = withUnused(options.rows ?? layoutRows(layout));
+  return drawMap(bands, top, options.title ?? layoutTitle(layout), options.windows ?? []);
+}
+
+/** The default title of a layout's map: its RAM size, MMIO gaps and VTL2 range. */
+export function layoutTitle(layout: MemoryLayout): string {
+  return `Guest memory map: ${formatSize(layout.ramSize)} RAM, ${layout.mmio.length} MMIO gap${layout.mmio.length === 1 ? '' : 's'}${layout.vtl2Range ? ', VTL2' : ''}`;
 }
 
 /**

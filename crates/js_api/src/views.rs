@@ -86,6 +86,30 @@ impl RamRegionView {
     }
 }
 
+/// The named areas of the first megabyte that x86 legacy support splits off (the CLI's
+/// `layout --x86-legacy` labels the regions with them).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X86LegacyAreaView {
+    name: &'static str,
+    range: Range,
+    usable: bool,
+}
+
+impl X86LegacyAreaView {
+    /// Every area, in address order.
+    pub fn list() -> Vec<Self> {
+        vm_topology::x86_legacy::x86_legacy_areas()
+            .into_iter()
+            .map(|area| X86LegacyAreaView {
+                name: area.name,
+                range: Range(area.range),
+                usable: area.usable,
+            })
+            .collect()
+    }
+}
+
 /// One call of a recording partition's log.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -611,6 +635,18 @@ mod tests {
             serde_json::Value::Null,
             "where Rust would panic"
         );
+    }
+
+    #[test]
+    fn legacy_areas_have_names_ranges_and_e820_usability() {
+        let json: serde_json::Value =
+            serde_json::from_str(&to_json(&X86LegacyAreaView::list())).unwrap();
+        assert_eq!(json.as_array().map(Vec::len), Some(15));
+        assert_eq!(
+            json[1],
+            serde_json::json!({"name": "VGA window", "range": {"$range": ["0xa0000", "0xc0000"]}, "usable": false})
+        );
+        assert_eq!(json[0]["usable"], serde_json::Value::Bool(true));
     }
 
     #[test]

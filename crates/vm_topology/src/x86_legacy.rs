@@ -21,6 +21,55 @@ const LEGACY_BOUNDARIES: [u64; 16] = [
     0xe4000, 0xe8000, 0xec000, 0xf0000, ONE_MB,
 ];
 
+/// The names of the areas between consecutive [`LEGACY_BOUNDARIES`], in address order: the PC's
+/// conventional memory, the VGA window, the twelve 16 KiB pieces whose access the chipset's
+/// PAM1-PAM6 registers control (a low and a high half each, as on the i440FX and Q35), and the
+/// system BIOS (PAM0).
+const LEGACY_AREA_NAMES: [&str; 15] = [
+    "conventional memory",
+    "VGA window",
+    "PAM1 low",
+    "PAM1 high",
+    "PAM2 low",
+    "PAM2 high",
+    "PAM3 low",
+    "PAM3 high",
+    "PAM4 low",
+    "PAM4 high",
+    "PAM5 low",
+    "PAM5 high",
+    "PAM6 low",
+    "PAM6 high",
+    "system BIOS",
+];
+
+/// One area of the first megabyte that x86 legacy support makes a RAM region of its own.
+#[derive(Debug, Copy, Clone, PartialEq, Eq)]
+pub struct X86LegacyArea {
+    /// What the area is (`"VGA window"`, `"PAM1 low"`, ...).
+    pub name: &'static str,
+    /// Its guest physical address range.
+    pub range: MemoryRange,
+    /// Whether a PC reports it to the guest as usable RAM (only conventional memory is: the VGA
+    /// window, the option ROM and BIOS areas are reserved in the firmware's memory map).
+    pub usable: bool,
+}
+
+/// The 15 areas of the first megabyte that [`x86_legacy_ram_ranges`] splits the first RAM range
+/// into, in address order.
+pub fn x86_legacy_areas() -> Vec<X86LegacyArea> {
+    LEGACY_BOUNDARIES
+        .windows(2)
+        .zip(LEGACY_AREA_NAMES)
+        .enumerate()
+        .map(|(index, (bounds, name))| X86LegacyArea {
+            name,
+            range: MemoryRange::new(bounds[0]..bounds[1]),
+            usable: index == 0,
+        })
+        .collect()
+}
+
 /// One guest RAM region and the offset of its backing in the guest-RAM file.
 #[derive(Debug, Copy, Clone, PartialEq, Eq)]
 pub struct RamRegion {
@@ -192,6 +241,43 @@ mod tests {
                 "x86 support requires RAM to start at 0 and contain at least 1MB"
             );
         }
+    }
+
+    #[test]
+    fn legacy_areas_are_the_pieces_of_the_first_megabyte() {
+        let areas = x86_legacy_areas();
+        let mut pieces = legacy_pieces(2 * MB);
+        pieces.pop();
+        assert_eq!(
+            areas.iter().map(|area| area.range).collect::<Vec<_>>(),
+            pieces
+        );
+        assert_eq!(areas[0].name, "conventional memory");
+        assert_eq!(
+            (areas[1].name, areas[1].range),
+            ("VGA window", r(0xa0000, 0xc0000))
+        );
+        assert_eq!(
+            (areas[2].name, areas[2].range),
+            ("PAM1 low", r(0xc0000, 0xc4000))
+        );
+        assert_eq!(
+            (areas[13].name, areas[13].range),
+            ("PAM6 high", r(0xec000, 0xf0000))
+        );
+        assert_eq!(
+            (areas[14].name, areas[14].range),
+            ("system BIOS", r(0xf0000, MB))
+        );
+        let usable: Vec<bool> = areas.iter().map(|area| area.usable).collect();
+        assert_eq!(usable, [[true].as_slice(), &[false; 14]].concat());
+        // Every split of a layout names its first-megabyte regions by these areas.
+        let layout = MemoryLayout::new(4 * GB, &[r(3 * GB, 4 * GB)], None).unwrap();
+        let regions = x86_legacy_ram_ranges(&layout, true).unwrap();
+        assert!(areas
+            .iter()
+            .zip(&regions)
+            .all(|(area, region)| area.range == region.range));
     }
 
     #[test]
