@@ -89,6 +89,27 @@ test('layout --x86-legacy on RAM that does not start at 0 is bad input: the orig
   t.is(run('layout', '--input', file).status, 0, 'without the flag the layout is fine');
 });
 
+test('--out FILE writes what layout and plan print to the file instead', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-cli-'));
+  const layoutArgs = ['layout', '--ram', '4G', '--gap', '3G-4G', '--format', 'svg'];
+  const svg = path.join(dir, 'map.svg');
+  fs.writeFileSync(svg, 'old contents, replaced');
+  const written = run(...layoutArgs, '--out', svg);
+  t.is(written.status, 0, written.stderr);
+  t.is(written.stdout, '');
+  t.is(fs.readFileSync(svg, 'utf8'), run(...layoutArgs).stdout);
+  const planArgs = ['plan', '--ram', '2G', '--gap', '2G-3G', '--x86-legacy', '--change', 'visibility 0xa0000-0xc0000 Unmapped', '--format', 'json'];
+  const plan = path.join(dir, 'plan.json');
+  t.is(run(...planArgs, '--out', plan).status, 0);
+  t.deepEqual(JSON.parse(fs.readFileSync(plan, 'utf8')), JSON.parse(run(...planArgs).stdout));
+  // A file that cannot be written is bad input: one line naming it, exit 2, nothing printed.
+  const missing = path.join(dir, 'no-such-dir', 'map.svg');
+  const refused = run(...layoutArgs, '--out', missing);
+  t.is(refused.status, 2);
+  t.is(refused.stdout, '');
+  t.regex(refused.stderr, new RegExp(`^membacking: --out ${missing.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: cannot write it \\(ENOENT[^\n]*\\)\n$`));
+});
+
 test('layout --input reads a JSON file', (t) => {
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'mb-cli-')), 'layout.json');
   fs.writeFileSync(file, JSON.stringify({ ram: [{ range: '0-1G', vnode: 0 }, { range: { start: '4G', end: '6G' }, vnode: 1 }], gaps: ['1G-2G'] }));

@@ -6,7 +6,7 @@
  * runs the README's main job. Bad input prints one
  * line to stderr and exits with code 2; other failures exit with 1.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { runDemo } from './demo';
 import { formatSize, layoutE820, layoutRows, layoutTable, x86LegacyJson, x86LegacyRows } from './format';
@@ -38,6 +38,7 @@ options:
   --version  print the version`,
   layout: `usage: membacking layout [--ram SIZE] [--gap START-END]... [--vtl2 START-END]
                          [--x86-legacy] [--input FILE.json] [--format table|json|e820|svg]
+                         [--out FILE]
 
 Build a layout from flags or from a JSON file and print it (default format: table;
 svg draws a memory map to a readable scale).
@@ -60,13 +61,15 @@ progress bar is drawn on stderr when it is a terminal. Prints what was prefetche
 it took.`,
   plan: `usage: membacking plan [--ram SIZE] [--gap START-END]... [--vtl2 START-END] [--input FILE.json]
                        [--x86-legacy] [--change CHANGE]... [--format table|json|svg]
+                       [--out FILE]
 
 Builds guest memory for the layout with a recording partition attached, then for each change,
 in order: prints its plan (the ordered mapper invalidations and partition calls, with reasons),
 applies it, and checks the recorded partition calls equal the plan. Ends with the flat view.
 CHANGE: 'visibility START-END Unmapped|ReadOnly|ReadWrite' (a RAM region; with --x86-legacy
 the VGA window 0xa0000-0xc0000 and the PAM pieces are regions), 'device NAME START-END' (place a
-device window), 'unplace NAME'. --input may also hold {"changes": [CHANGE, ...]}.`,
+device window), 'unplace NAME'. --input may also hold {"changes": [CHANGE, ...]}.
+--out FILE: write the output to FILE (replaced) instead of standard output.`,
   'snapshot-info': snapshotInfoUsage,
   demo: `usage: membacking demo [--no-kvm]
 
@@ -99,6 +102,22 @@ const LAYOUT_FLAGS = {
   input: { type: 'string' },
   help: { type: 'boolean' },
 } as const;
+
+/**
+ * Prints a command's output: to standard output, or to the file `--out` names (a file that
+ * cannot be written is bad input: one line naming it and the reason).
+ */
+function emit(text: string, out: string | undefined): void {
+  if (out === undefined) {
+    console.log(text);
+    return;
+  }
+  try {
+    writeFileSync(out, `${text}\n`);
+  } catch (error) {
+    throw new UsageError(`--out ${out}: cannot write it (${(error as Error).message})`);
+  }
+}
 
 /** `--format`, one of `allowed` (the first is the default). */
 function formatFlag(value: string | undefined, allowed: readonly string[]): string {
@@ -159,7 +178,7 @@ async function prefetchCommand(args: string[]): Promise<void> {
 async function planCommand(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
-    options: { ...LAYOUT_FLAGS, 'x86-legacy': { type: 'boolean', default: false }, change: { type: 'string', multiple: true }, format: { type: 'string' } },
+    options: { ...LAYOUT_FLAGS, 'x86-legacy': { type: 'boolean', default: false }, change: { type: 'string', multiple: true }, format: { type: 'string' }, out: { type: 'string' } },
     strict: true,
   });
   if (values.help) {
@@ -171,7 +190,7 @@ async function planCommand(args: string[]): Promise<void> {
   try {
     const changes = [...(values.input ? changesFromFile(values.input) : []), ...(values.change ?? []).map((change) => parseChange(change))];
     const result = await runPlan(layout, changes, { x86Legacy: values['x86-legacy'] ?? false });
-    console.log(renderPlan(layout, result, format));
+    emit(renderPlan(layout, result, format), values.out);
   } catch (error) {
     if (error instanceof PlanInputError) throw new UsageError(error.message);
     throw error;
@@ -207,7 +226,7 @@ async function snapshotInfoCommand(args: string[]): Promise<number> {
 function layoutCommand(args: string[]): void {
   const { values } = parseArgs({
     args,
-    options: { ...LAYOUT_FLAGS, 'x86-legacy': { type: 'boolean', default: false }, format: { type: 'string' } },
+    options: { ...LAYOUT_FLAGS, 'x86-legacy': { type: 'boolean', default: false }, format: { type: 'string' }, out: { type: 'string' } },
     strict: true,
   });
   if (values.help) {
@@ -219,10 +238,12 @@ function layoutCommand(args: string[]): void {
   const layout = layoutFromFlags(values, ['x86LegacyRam']);
   const legacy = values['x86-legacy'] === true;
   const rows = legacy ? x86LegacyRows(layout) : layoutRows(layout);
-  if (format === 'json') console.log(JSON.stringify(legacy ? x86LegacyJson(layout) : layout, null, 2));
-  else if (format === 'e820') console.log(layoutE820(layout, rows));
-  else if (format === 'svg') console.log(layoutSvg(layout, legacy ? { rows, title: `${layoutTitle(layout)}, x86 legacy RAM regions` } : {}));
-  else console.log(layoutTable(layout, rows));
+  let text: string;
+  if (format === 'json') text = JSON.stringify(legacy ? x86LegacyJson(layout) : layout, null, 2);
+  else if (format === 'e820') text = layoutE820(layout, rows);
+  else if (format === 'svg') text = layoutSvg(layout, legacy ? { rows, title: `${layoutTitle(layout)}, x86 legacy RAM regions` } : {});
+  else text = layoutTable(layout, rows);
+  emit(text, values.out);
 }
 
 async function main(argv: string[]): Promise<number> {
