@@ -326,6 +326,29 @@ test('a stream error on either side is the cause of ERR_MIGRATION_ABORTED', asyn
   t.false(manager.dirtyTracking().active);
 });
 
+test('a stream destroyed or ended before migrate or migrateFrom is ERR_MIGRATION_ABORTED saying so; the source keeps running', async (t) => {
+  const { manager, memory } = await source(t, 6);
+  const { Duplex } = require('node:stream');
+  const open = () => new Duplex({ read() {}, write(chunk, encoding, done) { done(); } });
+  const destroyed = open();
+  destroyed.destroy();
+  const ended = open();
+  ended.push(null);
+  ended.resume();
+  await new Promise((resolve) => ended.once('end', resolve));
+  for (const [stream, said] of [[destroyed, /already destroyed when the migration started/], [ended, /already ended .* when the migration started/]]) {
+    for (const start of [() => manager.migrate(stream, { pause: () => undefined }), () => GuestMemoryBuilder.migrateFrom(stream)]) {
+      const error = await t.throwsAsync(start(), { instanceOf: MigrationError });
+      t.is(error.code, 'ERR_MIGRATION_ABORTED');
+      t.regex(error.message, said);
+      t.regex(error.cause.message, said);
+    }
+  }
+  t.false(manager.dirtyTracking().active);
+  memory.writeU32(0x1000, 7);
+  t.is(memory.readU32(0x1000), 7);
+});
+
 test.serial('a flipped bit is ERR_MIGRATION_PROTOCOL at both ends, naming the side that found it and the frame', async (t) => {
   const { manager } = await source(t, 5);
   const before = ramImage(manager);

@@ -212,8 +212,9 @@ export async function overStream<T>(stream: MigrationStream, signal: AbortSignal
   const onError = (error: unknown): void => fail(error);
   const onClose = (): void => fail(new Error('the stream closed before the migration finished'));
   const onAbort = (): void => fail(signal?.reason);
-  if (stream.readableEnded) channel.end();
-  else if (stream.destroyed) onClose();
+  // A stream that is of no use from the start says so (it would read as the peer leaving).
+  if (stream.destroyed) fail(new Error('the stream was already destroyed when the migration started: pass an open stream'));
+  else if (stream.readableEnded) fail(new Error('the stream had already ended (nothing more can be read from it) when the migration started: pass an open stream'));
   stream.on('data', onData);
   stream.on('end', onEnd);
   stream.on('error', onError);
