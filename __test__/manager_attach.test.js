@@ -169,6 +169,10 @@ test('an attached partition is refused by a second attach (this manager, any VTL
     t.is(error.code, 'ERR_ALREADY_ATTACHED');
     t.true(error.message.startsWith(`partition is already attached to ${where} memory manager`), error.message);
     t.deepEqual(partition.log(), [], 'no map and no whole-window unmap');
+    // The dry run predicts the refusal.
+    const planned = await t.throwsAsync(target.plan({ kind: 'attachPartition', vtl, partition }), { instanceOf: PartitionAttachError });
+    t.is(planned.code, 'ERR_ALREADY_ATTACHED');
+    t.is(planned.message, error.message);
   }
   t.deepEqual((await manager.inspect()).partitions, [{ offset: 0n, pinMappings: false }]);
   t.deepEqual((await other.inspect()).partitions, []);

@@ -60,8 +60,7 @@ impl AttachClaim {
         let key = partition_key(&partition);
         let mut claimed = CLAIMED.lock();
         match claimed.get(&key) {
-            Some(&holder) if holder == manager => Err(AttachedTo::ThisManager),
-            Some(_) => Err(AttachedTo::AnotherManager),
+            Some(&holder) => Err(refusal(holder, manager)),
             None => {
                 claimed.insert(key, manager);
                 Ok(Arc::new(AttachClaim {
@@ -73,6 +72,18 @@ impl AttachClaim {
         }
     }
 
+    /// What [`take`](Self::take) would say now, without claiming (an attach's dry run).
+    pub(crate) fn check(
+        partition: &Arc<dyn PartitionMemoryMap>,
+        manager: ManagerId,
+    ) -> Result<(), AttachedTo> {
+        let key = partition_key(&Arc::downgrade(partition));
+        match CLAIMED.lock().get(&key) {
+            Some(&holder) => Err(refusal(holder, manager)),
+            None => Ok(()),
+        }
+    }
+
     /// The claimed partition, held weakly (as the manager holds partitions).
     pub(crate) fn partition(&self) -> &Weak<dyn PartitionMemoryMap> {
         &self.partition
@@ -81,6 +92,15 @@ impl AttachClaim {
     /// The manager holding the claim.
     pub(crate) fn holder(&self) -> ManagerId {
         self.manager
+    }
+}
+
+/// Why `manager` cannot claim a partition `holder` holds.
+fn refusal(holder: ManagerId, manager: ManagerId) -> AttachedTo {
+    if holder == manager {
+        AttachedTo::ThisManager
+    } else {
+        AttachedTo::AnotherManager
     }
 }
 
@@ -113,6 +133,11 @@ mod tests {
         assert_eq!(
             AttachClaim::take(&partition, second).unwrap_err(),
             AttachedTo::AnotherManager
+        );
+        // The check says the same without claiming.
+        assert_eq!(
+            AttachClaim::check(&partition, second),
+            Err(AttachedTo::AnotherManager)
         );
         // Another partition is unaffected.
         let other = new_partition();

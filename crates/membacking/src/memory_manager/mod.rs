@@ -752,12 +752,15 @@ impl GuestMemoryManager {
     /// Dry run of [`GuestMemoryManager::attach_partition`]: the partition calls attaching
     /// `partition` at `vtl` would make (for VTL2 with an alias offset, the alias mapper first);
     /// the new partition's index is the number of partition mappers registered so far. The
-    /// partition is only asked which slots the calls would change.
+    /// partition is only asked which slots the calls would change. A partition attached already
+    /// is refused with `AlreadyAttached`, as the attach would refuse it.
     pub fn plan_attach_partition(
         &self,
         vtl: Vtl,
         partition: &Arc<dyn PartitionMemoryMap>,
-    ) -> impl Future<Output = Result<PlanPreview, RegionManagerError>> + Send + 'static {
+    ) -> impl Future<Output = Result<PlanPreview, PartitionAttachError>> + Send + 'static {
+        // A partition attached already is refused as `attach_partition` would refuse it.
+        let unclaimed = AttachClaim::check(partition, self.id);
         let weak = Arc::downgrade(partition);
         let alias = if vtl == Vtl::Vtl2 {
             self.alias_offset
@@ -774,12 +777,15 @@ impl GuestMemoryManager {
             .collect();
         let regions = self.regions.clone();
         async move {
+            unclaimed.map_err(PartitionAttachError::AlreadyAttached)?;
             regions
                 .preview(PreviewChange::Attach(infos, weak))
                 .await
                 .map_err(|error| match error {
-                    PreviewError::Region(error) => error,
-                    PreviewError::Io(_) => RegionManagerError::ManagerGone,
+                    PreviewError::Region(error) => PartitionAttachError::Manager(error),
+                    PreviewError::Io(_) => {
+                        PartitionAttachError::Manager(RegionManagerError::ManagerGone)
+                    }
                 })
         }
     }

@@ -2137,6 +2137,9 @@ fn dry_runs_of_window_mappings_and_attach_predict_the_calls() {
         "every step calls the new partition, index 1"
     );
     block_on(dev.mgr.attach_partition(Vtl::Vtl0, &second_dyn, None)).unwrap();
+    // Attached now: its dry run is refused as a second attach would be.
+    let refused = block_on(dev.mgr.plan_attach_partition(Vtl::Vtl0, &second_dyn)).unwrap_err();
+    assert_eq!(already_attached(refused), AttachedTo::ThisManager);
     let planned: Vec<C> = preview
         .plan
         .op_list()
