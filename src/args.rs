@@ -184,48 +184,66 @@ unsafe fn read_data_view(env: sys::napi_env, value: sys::napi_value) -> Result<R
     Ok(RawBytes::new(data, len))
 }
 
-/// The GPAs of a vectored copy, `count` of them: a `Float64Array` of safe integers (the
-/// common case: one N-API call), or an array of numbers and bigints (any u64).
-///
-/// # Safety
-/// `env` and `value` must belong to the running native call.
-pub unsafe fn read_gpas(
-    env: sys::napi_env,
-    value: sys::napi_value,
-    count: usize,
-) -> Result<Vec<u64>, JsError> {
-    // SAFETY: the caller's values.
-    if let Some((kind, length, data)) = unsafe { typed_array_info(env, value) } {
-        if kind != sys::TypedarrayType::float64_array || length < count {
-            return Err(JsError::arg_type(format!(
+/// The GPAs of a vectored copy: a `Float64Array` of safe integers (the common case: one N-API
+/// call for them all), or an array of numbers and bigints (any u64), read one by one.
+pub enum Gpas {
+    /// The array's data; it holds at least as many numbers as there are entries.
+    Numbers(*const f64),
+    /// The array, whose elements are read one at a time.
+    Values(sys::napi_value),
+}
+
+impl Gpas {
+    /// The GPAs of `count` entries in `value`.
+    ///
+    /// # Safety
+    /// `env` and `value` must belong to the running native call.
+    pub unsafe fn of(
+        env: sys::napi_env,
+        value: sys::napi_value,
+        count: usize,
+    ) -> Result<Self, JsError> {
+        // SAFETY: the caller's values.
+        match unsafe { typed_array_info(env, value) } {
+            Some((kind, length, data))
+                if kind == sys::TypedarrayType::float64_array && length >= count =>
+            {
+                Ok(Gpas::Numbers(data.cast::<f64>().cast_const()))
+            }
+            Some(_) => Err(JsError::arg_type(format!(
                 "the GPAs must be a Float64Array of at least {count} numbers"
-            )));
+            ))),
+            None => Ok(Gpas::Values(value)),
         }
-        let numbers = data.cast::<f64>().cast_const();
-        return (0..count)
-            .map(|index| {
+    }
+
+    /// The GPA of entry `index` (below the `count` given to [`Gpas::of`]).
+    ///
+    /// # Safety
+    /// `env` must be the running native call's, the one `self` was read in.
+    pub unsafe fn get(&self, env: sys::napi_env, index: usize) -> Result<u64, JsError> {
+        let gpa = match *self {
+            Gpas::Numbers(numbers) => {
                 // SAFETY: `index < count <= length` elements of the live array; read one at a
                 // time (never as a slice: the array could be shared with another thread).
-                let number = unsafe { numbers.add(index).read_unaligned() };
-                u64_from_number(number).map_err(|error| error.in_entry(index, ".gpa"))
-            })
-            .collect();
-    }
-    (0..count)
-        .map(|index| {
-            let mut element = ptr::null_mut();
-            let position =
-                u32::try_from(index).map_err(|_| JsError::arg_value("too many entries"))?;
-            // SAFETY: a query on a value of the running call; a non-array fails it.
-            if unsafe { sys::napi_get_element(env, value, position, &mut element) }
-                != sys::Status::napi_ok
-            {
-                return Err(JsError::arg_type("the GPAs must be an array"));
+                u64_from_number(unsafe { numbers.add(index).read_unaligned() })
             }
-            // SAFETY: `element` is a value of the running call.
-            unsafe { read_u64(env, element) }.map_err(|error| error.in_entry(index, ".gpa"))
-        })
-        .collect()
+            Gpas::Values(array) => {
+                let mut element = ptr::null_mut();
+                let position =
+                    u32::try_from(index).map_err(|_| JsError::arg_value("too many entries"))?;
+                // SAFETY: a query on a value of the running call; a non-array fails it.
+                if unsafe { sys::napi_get_element(env, array, position, &mut element) }
+                    != sys::Status::napi_ok
+                {
+                    return Err(JsError::arg_type("the GPAs must be an array"));
+                }
+                // SAFETY: `element` is a value of the running call.
+                unsafe { read_u64(env, element) }
+            }
+        };
+        gpa.map_err(|error| error.in_entry(index, ".gpa"))
+    }
 }
 
 impl FromNapiValue for RawBytes {

@@ -9,8 +9,8 @@
 
 use crate::args::callback_args;
 use crate::args::read_bytes;
-use crate::args::read_gpas;
 use crate::args::read_u64;
+use crate::args::Gpas;
 use crate::args::RawBytes;
 use crate::args::U64;
 use crate::errors::throw;
@@ -112,9 +112,9 @@ unsafe extern "C" fn floor_readv(
             return std::ptr::null_mut();
         };
         if let Some((&gpas, buffers)) = args[..argc.min(72)].split_first() {
-            if let Ok(gpas) = read_gpas(env, gpas, buffers.len()) {
-                for (gpa, &buffer) in gpas.into_iter().zip(buffers) {
-                    if let Ok(dest) = read_bytes(env, buffer) {
+            if let Ok(gpas) = Gpas::of(env, gpas, buffers.len()) {
+                for (index, &buffer) in buffers.iter().enumerate() {
+                    if let (Ok(gpa), Ok(dest)) = (gpas.get(env, index), read_bytes(env, buffer)) {
                         floor_copy(gpa, &dest);
                     }
                 }

@@ -577,8 +577,8 @@ impl NativeLockedPages {
 pub mod fast {
     use crate::args::callback_args;
     use crate::args::read_bytes;
-    use crate::args::read_gpas;
     use crate::args::read_u64;
+    use crate::args::Gpas;
     use crate::errors::message;
     use crate::errors::panic_text;
     use crate::js_thread::with_env;
@@ -904,7 +904,8 @@ pub mod fast {
     );
 
     /// The entries of `readv(id, gpas, ...buffers)`/`writev(id, gpas, ...buffers)` (`args`
-    /// after the id): the GPAs (see [`read_gpas`]) and one typed array or `DataView` per entry.
+    /// after the id): the GPAs (see [`Gpas`]) and one typed array or `DataView` per entry, read
+    /// in one pass into one allocation.
     ///
     /// # Safety
     /// `env` and `args` must belong to the running callback.
@@ -916,21 +917,19 @@ pub mod fast {
             return Err(JsError::arg_type("the GPAs are missing"));
         };
         // SAFETY: values of the running callback.
-        let gpas = unsafe { read_gpas(env, gpas, buffers.len()) }?;
-        gpas.into_iter()
-            .zip(buffers)
-            .enumerate()
-            .map(|(index, (gpa, &buffer))| {
-                // SAFETY: a value of the running callback.
-                let bytes = unsafe { read_bytes(env, buffer) }
-                    .map_err(|error| error.in_entry(index, ".buffer"))?;
-                Ok(VectoredEntry {
-                    gpa,
-                    buffer: bytes.ptr,
-                    len: bytes.len,
-                })
-            })
-            .collect()
+        let gpas = unsafe { Gpas::of(env, gpas, buffers.len()) }?;
+        let mut entries = Vec::with_capacity(buffers.len());
+        for (index, &buffer) in buffers.iter().enumerate() {
+            // SAFETY: values of the running callback; `index` is below the count `gpas` holds.
+            let (gpa, bytes) = unsafe { (gpas.get(env, index)?, read_bytes(env, buffer)) };
+            let bytes = bytes.map_err(|error| error.in_entry(index, ".buffer"))?;
+            entries.push(VectoredEntry {
+                gpa,
+                buffer: bytes.ptr,
+                len: bytes.len,
+            });
+        }
+        Ok(entries)
     }
 
     fast_path!(
