@@ -153,7 +153,7 @@ const PROVOKED = {
   ERR_MANAGER_POISONED: () => poisonedChange(),
   ERR_FATAL_ERROR: () => poisonedChange(),
   ERR_REGION_OVERLAPS_PRIVATE_RAM: () => withManager((manager) => deviceWindow(manager).control.mapToGuest(0, true), (b) => b.privateMemory(true)),
-  // A device mapping past the end of its object (membacking spec §3.4).
+  // A device mapping past the end of its object.
   ERR_MAPPING_OUT_OF_RANGE: () =>
     withManager((manager) => {
       const { region, object } = deviceWindow(manager);

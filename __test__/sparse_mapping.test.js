@@ -485,7 +485,7 @@ test('bad input: Mappable entry points', (t) => {
   }
   t.throws(() => Mappable.allocSharedMemory(P, 'bad\0name'), { instanceOf: RangeError, code: 'ERR_INVALID_INPUT' });
   t.throws(() => Mappable.allocSharedMemory(P, 'n'.repeat(300)), { instanceOf: OsError, code: 'EINVAL' });
-  // Not a non-negative integer: a type error, as for every integer argument (api.md); too large
+  // Not a non-negative integer: a type error, as for every integer argument; too large
   // for a descriptor: a value error.
   for (const fd of ['3', null, 1.5, 3n, -1]) {
     t.throws(() => Mappable.fromFd(fd), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE' });

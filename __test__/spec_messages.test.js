@@ -1,6 +1,7 @@
-// Every error text the specs quote (layout-and-registrar.md, membacking.md §4.3, guest-memory.md
-// §3.2, api.md §10), provoked through the public API: `message` is that text byte for byte, and
-// our explanation, where we have one, is `detail` (the values involved, the rule, what to do).
+// Every error text the contract fixes (the original's error and panic texts: ranges, layouts, the
+// x86 legacy split, guest memory, the memory manager; docs/design.md, "Message and detail"),
+// provoked through the public API: `message` is that text byte for byte, and our explanation,
+// where we have one, is `detail` (the values involved, the rule, what to do).
 'use strict';
 const test = require('ava');
 const mb = require('../dist');
@@ -30,13 +31,13 @@ async function withManager(body, { x86 = false } = {}) {
  * regex (or undefined: no detail); `cause`, when given, is checked the same way.
  */
 const CASES = {
-  // layout-and-registrar §1.3.
+  // MemoryRange construction.
   'tryNew: unaligned': {
     provoke: () => MemoryRange.tryNew(0x1001, 0x2000),
     code: 'ERR_INVALID_MEMORY_RANGE',
     message: 'unaligned or invalid memory range: 0x1001-0x2000',
   },
-  // §1.12: the range algorithms' panic texts.
+  // The range algorithms' panic texts.
   'overlappingRanges: left unsorted': {
     provoke: () => [...mb.overlappingRanges([range(MiB, 2n * MiB), range(0, MiB)], [range(3n * MiB, 4n * MiB)])],
     code: 'ERR_INVALID_ARG_VALUE',
@@ -73,7 +74,7 @@ const CASES = {
     message: 'ranges are not sorted',
     detail: /^ranges\[2\] 0x4000-0x5000 starts below ranges\[1\] 0x5000-0x7000/,
   },
-  // §2.4: the layout errors.
+  // The layout errors.
   'MemoryLayout.new: RAM size 0': {
     provoke: () => MemoryLayout.new(0, []),
     code: 'ERR_BAD_SIZE',
@@ -116,14 +117,14 @@ const CASES = {
     message: 'invalid memory or MMIO ranges',
     detail: /^memory\[0\] 0x0-0x40000000 overlaps memory\[1\] 0x0-0x1000/,
   },
-  // §2.9: the accessor's `expect` text.
+  // The accessor's `expect` text.
   'endOfRamOrMmio without a gap': {
     provoke: () => MemoryLayout.new(4n * GiB, []).endOfRamOrMmio,
     code: 'ERR_INVALID_ARG_VALUE',
     message: 'mmio set',
     detail: /^endOfRamOrMmio is defined only for a layout with an MMIO gap, and this one has none \(RAM ends at 0x100000000\): read endOfRam, or add a gap$/,
   },
-  // §4: the x86 legacy split.
+  // The x86 legacy split.
   'x86LegacyRamRanges: RAM not from 0': {
     provoke: () => mb.x86LegacyRamRanges(MemoryLayout.fromRanges([{ range: range(MiB, 2n * GiB), vnode: 0 }], [])),
     code: 'ERR_INVALID_RAM_FOR_X86',
@@ -134,7 +135,7 @@ const CASES = {
     code: 'ERR_PRIVATE_MEMORY_WITH_LEGACY',
     message: 'private memory is incompatible with x86 legacy support',
   },
-  // guest-memory §3.2: the template, with the source as detail when it is not a coded cause.
+  // Guest-memory errors: the template, with the source as detail when it is not a coded cause.
   'GuestMemory.allocate: a read past maxAddress': {
     provoke: () => GuestMemory.allocate(0x1000).read(0x1000, 1),
     code: 'ERR_GUEST_MEMORY_OUT_OF_RANGE',
@@ -161,7 +162,7 @@ const CASES = {
     message: "guest memory 'sparse': lock error: failed to access memory at 0x1000",
     detail: /./,
   },
-  // membacking §4.3 and §8.0: "fails NoMapping".
+  // Accesses the manager's mappings refuse: a hole in the MMIO gap, a write to read-only RAM (NoMapping).
   'a read in the MMIO gap': {
     provoke: () => withManager(async (manager) => (await manager.client().guestMemory()).read(GAP.start, 1)),
     code: 'ERR_GUEST_MEMORY_OUT_OF_RANGE',
@@ -192,7 +193,7 @@ const CASES = {
     message: "guest memory 'ram': write error: failed to access 0xc0002000-0xc0002001",
     cause: { code: 'ERR_NO_MAPPING', message: 'no mapping for 0xc0002000-0xc0003000', detail: /^0xc0002000-0xc0003000 is mapped read-only/ },
   },
-  // api.md §10: messages the contract fixes that were already exact.
+  // The manager's errors whose messages were already exact.
   'setRamVisibility outside RAM': {
     provoke: () => withManager((manager) => manager.ramVisibilityControl().setRamVisibility(range(GAP.start, GAP.start + P), RamVisibility.ReadOnly)),
     code: 'ERR_INVALID_RAM_REGION',

@@ -983,8 +983,9 @@ impl ToJsError for membacking::RegionManagerError {
             E::RegionOutOfRange { .. } => ErrorCode::RegionOutOfRange,
             E::EmptyRegion { .. } => ErrorCode::EmptyRegion,
             E::MappingOverlap { .. } => ErrorCode::MappingOverlap,
-            // A device mapping past its object's end is MappingOutOfRange (membacking spec
-            // §3.4); the Rust variant stays distinct, and its message says which bound.
+            // A device mapping past its object's end is MappingOutOfRange, as a mapping past
+            // the region's end is; the Rust variant stays distinct, and its message says which
+            // bound.
             E::MappingOutOfRange { .. } | E::MappingBeyondObject { .. } => {
                 ErrorCode::MappingOutOfRange
             }

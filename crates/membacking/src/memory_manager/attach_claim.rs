@@ -3,7 +3,7 @@
 //!
 //! Attaching a partition a second time would map the active regions over the first attach's
 //! mappings (a KVM partition refuses the overlap), and the failed attach's whole-window unmap
-//! (§5's discard) would then remove the first attach's mappings. So the second attach is
+//! (the cleanup of a failed attach) would then remove the first attach's mappings. So the second attach is
 //! refused before any partition call: each attach takes a process-wide claim on the partition,
 //! kept by the partition mappers it registers and released when the last of them is dropped
 //! (the manager stopped) or, if it registered none, when the attach ends.
