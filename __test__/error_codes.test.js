@@ -371,3 +371,22 @@ test('an errno name as a code is an OS error: an OS refusal carries it as its ca
   const errno = codeChain(error).find((c) => ERRNO_NAMES.has(c));
   t.is(errno, 'ENOMEM');
 });
+
+test('an OS error is named by its errno name also where Node has none (EHWPOISON, ENOEXEC, EUNATCH)', (t) => {
+  // The native side sends an OS error as its errno value; the name is made in TypeScript. Node's
+  // getSystemErrorName says "Unknown system error -133" for EHWPOISON and names EUNATCH, which
+  // os.constants.errno lacks: both must still be `E…` names (the contract's `E${string}`).
+  const { errorFromNative } = require('../dist/errors');
+  const osError = (errno) => errorFromNative(`\u001f${JSON.stringify({ class: 'OsError', message: 'refused', fields: { errno } })}`);
+  const cases = { 22: 'EINVAL', 12: 'ENOMEM', 95: 'ENOTSUP', 8: 'ENOEXEC', 35: 'EDEADLK', 49: 'EUNATCH', 121: 'EREMOTEIO', 133: 'EHWPOISON' };
+  for (const [errno, name] of Object.entries(cases)) {
+    const error = osError(Number(errno));
+    t.true(error instanceof mb.OsError, name);
+    t.is(error.code, name);
+    t.is(error.errno, Number(errno));
+  }
+  // Every Linux errno (41 and 58 are unused) has a name.
+  for (let errno = 1; errno <= 133; errno++) {
+    if (errno !== 41 && errno !== 58) t.regex(osError(errno).code, /^E[A-Z0-9]+$/, `errno ${errno}`);
+  }
+});

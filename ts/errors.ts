@@ -19,8 +19,40 @@ import { parseNativeJson } from './native_json';
 
 export { GuestMemoryErrorKind } from './generated/enums';
 
-/** The errno names an `OsError` may have (Node's list for this platform). */
-export type ErrnoName = keyof typeof constants.errno;
+/**
+ * Linux's errno names by value (`asm-generic/errno-base.h` and `asm-generic/errno.h`, which x86-64
+ * and arm64 share; 41 and 58 are unused). Node's `getSystemErrorName` names only the errnos libuv
+ * knows ("Unknown system error -133" for EHWPOISON, which a KVM or a poisoned page can return),
+ * and `os.constants.errno` lacks some it does name (EUNATCH, EREMOTEIO, …): this table names the rest.
+ */
+const LINUX_ERRNO_NAMES = [
+  null, 'EPERM', 'ENOENT', 'ESRCH', 'EINTR', 'EIO', 'ENXIO', 'E2BIG', 'ENOEXEC', 'EBADF', 'ECHILD',
+  'EAGAIN', 'ENOMEM', 'EACCES', 'EFAULT', 'ENOTBLK', 'EBUSY', 'EEXIST', 'EXDEV', 'ENODEV',
+  'ENOTDIR', 'EISDIR', 'EINVAL', 'ENFILE', 'EMFILE', 'ENOTTY', 'ETXTBSY', 'EFBIG', 'ENOSPC',
+  'ESPIPE', 'EROFS', 'EMLINK', 'EPIPE', 'EDOM', 'ERANGE', 'EDEADLK', 'ENAMETOOLONG', 'ENOLCK',
+  'ENOSYS', 'ENOTEMPTY', 'ELOOP', null, 'ENOMSG', 'EIDRM', 'ECHRNG', 'EL2NSYNC', 'EL3HLT',
+  'EL3RST', 'ELNRNG', 'EUNATCH', 'ENOCSI', 'EL2HLT', 'EBADE', 'EBADR', 'EXFULL', 'ENOANO',
+  'EBADRQC', 'EBADSLT', null, 'EBFONT', 'ENOSTR', 'ENODATA', 'ETIME', 'ENOSR', 'ENONET', 'ENOPKG',
+  'EREMOTE', 'ENOLINK', 'EADV', 'ESRMNT', 'ECOMM', 'EPROTO', 'EMULTIHOP', 'EDOTDOT', 'EBADMSG',
+  'EOVERFLOW', 'ENOTUNIQ', 'EBADFD', 'EREMCHG', 'ELIBACC', 'ELIBBAD', 'ELIBSCN', 'ELIBMAX',
+  'ELIBEXEC', 'EILSEQ', 'ERESTART', 'ESTRPIPE', 'EUSERS', 'ENOTSOCK', 'EDESTADDRREQ', 'EMSGSIZE',
+  'EPROTOTYPE', 'ENOPROTOOPT', 'EPROTONOSUPPORT', 'ESOCKTNOSUPPORT', 'EOPNOTSUPP', 'EPFNOSUPPORT',
+  'EAFNOSUPPORT', 'EADDRINUSE', 'EADDRNOTAVAIL', 'ENETDOWN', 'ENETUNREACH', 'ENETRESET',
+  'ECONNABORTED', 'ECONNRESET', 'ENOBUFS', 'EISCONN', 'ENOTCONN', 'ESHUTDOWN', 'ETOOMANYREFS',
+  'ETIMEDOUT', 'ECONNREFUSED', 'EHOSTDOWN', 'EHOSTUNREACH', 'EALREADY', 'EINPROGRESS', 'ESTALE',
+  'EUCLEAN', 'ENOTNAM', 'ENAVAIL', 'EISNAM', 'EREMOTEIO', 'EDQUOT', 'ENOMEDIUM', 'EMEDIUMTYPE',
+  'ECANCELED', 'ENOKEY', 'EKEYEXPIRED', 'EKEYREVOKED', 'EKEYREJECTED', 'EOWNERDEAD',
+  'ENOTRECOVERABLE', 'ERFKILL', 'EHWPOISON',
+] as const;
+
+/** A Linux errno name. */
+type LinuxErrnoName = Exclude<(typeof LINUX_ERRNO_NAMES)[number], null>;
+
+/**
+ * The errno names an `OsError` may have: Node's (`os.constants.errno`, without the Windows-only
+ * `WSA…` names) and Linux's. A closed union: a misspelt name does not compile.
+ */
+export type ErrnoName = Extract<keyof typeof constants.errno, `E${string}`> | LinuxErrnoName;
 
 /** Every code membacking throws: the package's own (from the Rust table) and errno names. */
 export type ErrorCode = NativeErrorCode | ErrnoName;
@@ -328,13 +360,19 @@ interface NativeError {
   causeToken?: number;
 }
 
-/** The errno name (`EINVAL`, …) of an errno value, as Node's system errors spell it. */
+/**
+ * The errno name (`EINVAL`, …) of an errno value, as Node's system errors spell it, else as Linux
+ * does (`LINUX_ERRNO_NAMES`). A value with no name at all (none reaches user space) is `EINVAL`.
+ */
 function errnoName(errno: number): ErrnoName {
+  let name: string | undefined;
   try {
-    return getSystemErrorName(-errno) as ErrnoName;
+    name = getSystemErrorName(-errno);
   } catch {
-    return 'EINVAL';
+    // not a negative integer for Node: no name
   }
+  if (name !== undefined && /^E[A-Z0-9]+$/.test(name)) return name as ErrnoName;
+  return (Number.isInteger(errno) ? LINUX_ERRNO_NAMES[errno] : undefined) ?? 'EINVAL';
 }
 
 function setCause(error: Error, cause: unknown): void {

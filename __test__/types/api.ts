@@ -109,7 +109,11 @@ export function errorCodes(error: MembackingError): void {
   const unknown: ErrorCode = 'ERR_SOMETHING_ELSE';
   // @ts-expect-error: not an errno name.
   const notErrno: ErrorCode = 'EWHATEVER';
-  void [code, known, errno, unknown, notErrno];
+  // Linux errno names the runtime produces that Node's os.constants.errno lacks.
+  const linuxOnly: ErrorCode[] = ['EHWPOISON', 'EUNATCH', 'EREMOTEIO', 'ESHUTDOWN', 'ENOTRECOVERABLE'];
+  // @ts-expect-error: a Windows-only name; an errno code is an `E…` name.
+  const windowsOnly: ErrorCode = 'WSAEINTR';
+  void [code, known, errno, unknown, notErrno, linuxOnly, windowsOnly];
 }
 
 export async function builder(): Promise<GuestMemoryManager> {
