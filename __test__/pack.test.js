@@ -88,7 +88,41 @@ function environmentWithoutRust(binDir) {
   return env;
 }
 
-test('npm/<platform> packages and optionalDependencies match package.json', (t) => {
+/**
+ * The root package.json as the release workflow publishes it: a copy of the committed one after
+ * `scripts/sync-optional-dependencies.js` ran on it (given a foreign optional dependency too,
+ * which the script must keep).
+ */
+function publishedPackage(t) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'membacking-sync-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const copy = path.join(dir, 'package.json');
+  const foreign = { 'some-other-package': '^1.0.0' };
+  fs.writeFileSync(copy, JSON.stringify({ ...rootPackage, optionalDependencies: foreign }));
+  const sync = spawnSync(process.execPath, [path.join(ROOT, 'scripts', 'sync-optional-dependencies.js'), copy], { encoding: 'utf8' });
+  t.is(sync.status, 0, sync.stderr);
+  const published = JSON.parse(fs.readFileSync(copy, 'utf8'));
+  const { optionalDependencies, ...rest } = published;
+  const { optionalDependencies: _none, ...committed } = rootPackage;
+  t.deepEqual(rest, committed, 'the script changes nothing but optionalDependencies');
+  t.deepEqual(Object.keys(optionalDependencies).filter((name) => !name.startsWith('membacking-')), Object.keys(foreign));
+  for (const name of Object.keys(foreign)) delete optionalDependencies[name];
+  return published;
+}
+
+test('the committed package.json declares no platform packages, so npm ci accepts its lock', (t) => {
+  // An unpublished version's platform packages are on no registry: npm cannot lock them, and
+  // `npm ci` fails with "Missing: membacking-linux-x64-gnu@ from lock file".
+  const declared = (deps) => Object.keys(deps ?? {}).filter((name) => name.startsWith(`${rootPackage.name}-`));
+  for (const field of ['dependencies', 'optionalDependencies', 'devDependencies', 'peerDependencies']) {
+    t.deepEqual(declared(rootPackage[field]), [], `package.json ${field} names no ${rootPackage.name}-<platform> package`);
+  }
+  const lock = JSON.parse(fs.readFileSync(path.join(ROOT, 'package-lock.json'), 'utf8'));
+  t.deepEqual(declared(lock.packages[''].optionalDependencies), [], 'package-lock.json names no platform package');
+  t.false(/sync-optional-dependencies/.test(rootPackage.scripts.version ?? ''), '`npm version` does not add them back');
+});
+
+test('npm/<platform> packages match package.json, and the publish step adds them as optionalDependencies', (t) => {
   t.true(targets.length >= 4);
   for (const required of ['linux-x64-gnu', 'linux-x64-musl', 'linux-arm64-gnu', 'linux-arm64-musl']) {
     t.true(targets.some((target) => target.platformArchABI === required), `napi.targets has ${required}`);
@@ -110,7 +144,7 @@ test('npm/<platform> packages and optionalDependencies match package.json', (t) 
     t.true(fs.readFileSync(path.join(dir, 'README.md'), 'utf8').includes(pkg.name));
     expectedDeps[pkg.name] = rootPackage.version;
   }
-  t.deepEqual(rootPackage.optionalDependencies, expectedDeps);
+  t.deepEqual(publishedPackage(t).optionalDependencies, expectedDeps, 'the publish step declares one optional dependency per target');
   t.deepEqual(fs.readdirSync(path.join(ROOT, 'npm')).sort(), targets.map((target) => target.platformArchABI).sort(), 'npm/ holds exactly the targets');
   // Nothing may build from source at install time, and the root ships no binary of its own.
   t.deepEqual(Object.keys(rootPackage.scripts ?? {}).filter((name) => /^(pre|post)?install$/.test(name)), []);
@@ -144,7 +178,19 @@ installTest(`packed root + ${PLATFORM} tarballs install offline without cargo an
     const [info] = JSON.parse(result.stdout);
     return { tarball: path.join(tarballs, info.filename), files: info.files.map((file) => file.path) };
   };
-  const root = pack(ROOT);
+  // The root as published: packed, then its package.json given the platform packages by the
+  // publish step, then packed again.
+  const committedRoot = pack(ROOT);
+  const unpacked = path.join(tmp, 'stage', 'root');
+  fs.mkdirSync(unpacked, { recursive: true });
+  run(t, 'tar', ['-xzf', committedRoot.tarball, '-C', unpacked], { cwd: tmp, env }); // into package/
+  const rootStage = path.join(unpacked, 'package');
+  fs.rmSync(committedRoot.tarball);
+  run(t, 'node', [path.join(ROOT, 'scripts', 'sync-optional-dependencies.js'), path.join(rootStage, 'package.json')], { cwd: tmp, env });
+  const stagedPackage = JSON.parse(fs.readFileSync(path.join(rootStage, 'package.json'), 'utf8'));
+  t.deepEqual(Object.keys(stagedPackage.optionalDependencies).sort(), targets.map((target) => `membacking-${target.platformArchABI}`).sort());
+  const root = pack(rootStage);
+  t.deepEqual(root.files.sort(), committedRoot.files.sort(), 'the publish step adds or drops no file');
   const platform = pack(stage);
 
   t.true(root.files.includes('dist/index.js') && root.files.includes('index.js') && root.files.includes('package.json'));

@@ -1,16 +1,20 @@
 #!/usr/bin/env node
 /**
- * Sets the root package.json `optionalDependencies` to one `membacking-<platform>` entry per
- * `napi.targets` triple, each at the root version, so they move with `npm version` (the
- * `version` script runs `napi version` for npm/<platform>/package.json, then this).
- * `__test__/pack.test.js` checks the result: npm/, the targets and these entries agree.
+ * Publish-time step: sets a package.json's `optionalDependencies` to one `membacking-<platform>`
+ * entry per `napi.targets` triple, each at that package.json's version, keeping any other
+ * optional dependency. The committed package.json has none of these entries, because the
+ * platform packages of an unpublished version are on no registry, so npm cannot record them in
+ * package-lock.json and `npm ci` would refuse the lock. The release workflow runs this on the
+ * checkout just before `npm publish`.
+ *
+ * Usage: node scripts/sync-optional-dependencies.js [PACKAGE_JSON]  (default: the repository's)
  */
 'use strict';
 const fs = require('node:fs');
 const path = require('node:path');
 const { parseTriple } = require('@napi-rs/cli');
 
-const file = path.join(__dirname, '..', 'package.json');
+const file = path.resolve(process.argv[2] ?? path.join(__dirname, '..', 'package.json'));
 const pkg = JSON.parse(fs.readFileSync(file, 'utf8'));
 const wanted = Object.fromEntries(
   pkg.napi.targets.map((triple) => [`${pkg.name}-${parseTriple(triple).platformArchABI}`, pkg.version]),
@@ -20,4 +24,4 @@ const others = Object.fromEntries(
 );
 pkg.optionalDependencies = { ...others, ...wanted };
 fs.writeFileSync(file, `${JSON.stringify(pkg, null, 2)}\n`);
-process.stdout.write(`optionalDependencies: ${Object.keys(wanted).join(', ')} @ ${pkg.version}\n`);
+process.stdout.write(`${file}: optionalDependencies ${Object.keys(wanted).join(', ')} @ ${pkg.version}\n`);
