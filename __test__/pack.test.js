@@ -13,6 +13,8 @@ const { parseTriple } = require('@napi-rs/cli');
 const ROOT = path.join(__dirname, '..');
 const rootPackage = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
 const targets = rootPackage.napi.targets.map((triple) => parseTriple(triple));
+/** The MIT license text that `license: "MIT"` promises to ship with every copy. */
+const LICENSE_TEXT = fs.readFileSync(path.join(ROOT, 'LICENSE'), 'utf8');
 
 /** The C library of this process: `glibc` or `musl` (null off Linux). */
 const LIBC = process.platform !== 'linux' ? null : process.report.getReport().header.glibcVersionRuntime ? 'glibc' : 'musl';
@@ -142,6 +144,7 @@ test('npm/<platform> packages match package.json, and the publish step adds them
     t.is(pkg.license, rootPackage.license);
     t.deepEqual(pkg.engines, rootPackage.engines);
     t.true(fs.readFileSync(path.join(dir, 'README.md'), 'utf8').includes(pkg.name));
+    t.is(fs.readFileSync(path.join(dir, 'LICENSE'), 'utf8'), LICENSE_TEXT, `${pkg.name} ships the root LICENSE`);
     expectedDeps[pkg.name] = rootPackage.version;
   }
   t.deepEqual(publishedPackage(t).optionalDependencies, expectedDeps, 'the publish step declares one optional dependency per target');
@@ -194,9 +197,13 @@ installTest(`packed root + ${PLATFORM} tarballs install offline without cargo an
   const platform = pack(stage);
 
   t.true(root.files.includes('dist/index.js') && root.files.includes('index.js') && root.files.includes('package.json'));
+  for (const shipped of ['LICENSE', 'README.md', 'CHANGELOG.md', 'index.d.ts', 'dist/index.d.ts', 'dist/cli/main.js']) {
+    t.true(root.files.includes(shipped), `the root tarball has ${shipped}`);
+  }
+  t.deepEqual(root.files.filter((file) => /(^|\/)__test__\/|\.test\.js$|^(examples|bench|ts|conformance|fuzz|docs|scripts)\//.test(file)), [], 'the root tarball has no tests, sources or tooling');
   t.deepEqual(root.files.filter(isRustSource), [], 'the root tarball has no Rust sources');
   t.deepEqual(root.files.filter((file) => file.endsWith('.node')), [], 'the root tarball has no binary');
-  t.deepEqual(platform.files.sort(), [BINARY, 'README.md', 'package.json'].sort());
+  t.deepEqual(platform.files.sort(), [BINARY, 'LICENSE', 'README.md', 'package.json'].sort());
 
   fs.writeFileSync(path.join(app, 'package.json'), `${JSON.stringify({ name: 'membacking-pack-smoke', version: '1.0.0', private: true }, null, 2)}\n`);
   // --offline: nothing comes from a registry. The root's other optional dependencies (musl,
@@ -209,7 +216,7 @@ installTest(`packed root + ${PLATFORM} tarballs install offline without cargo an
   const installedPlatform = listFiles(path.join(modules, PLATFORM_PACKAGE));
   t.deepEqual([...installedRoot, ...installedPlatform].filter(isRustSource), [], 'no Rust sources are installed');
   t.deepEqual(installedRoot.filter((file) => file.endsWith('.node')), [], 'membacking itself holds no binary');
-  t.deepEqual(installedPlatform.sort(), [BINARY, 'README.md', 'package.json'].sort());
+  t.deepEqual(installedPlatform.sort(), [BINARY, 'LICENSE', 'README.md', 'package.json'].sort());
 
   fs.copyFileSync(path.join(ROOT, 'scripts', 'pack-smoke.js'), path.join(app, 'smoke.js'));
   const smoke = spawnSync('node', ['smoke.js', PLATFORM_PACKAGE], { cwd: app, env, encoding: 'utf8' });
