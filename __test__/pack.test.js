@@ -1,7 +1,9 @@
-// Packaging: the npm/<platform> packages match package.json, and the packed root and this
-// platform's package (linux-x64-gnu here; the release workflow runs it for every target) install
-// into an empty project without Rust and work there. Runs after `npm run build` (dist/, index.js
-// and membacking.<platform>.node must exist at the repository root).
+// Packaging: the committed package.json names no platform package (so `npm ci` accepts the lock),
+// the npm/<platform> packages match package.json, and the packed root (as published, with the
+// platform packages the publish step adds as optionalDependencies) and this platform's package
+// (linux-x64-gnu here; the release workflow runs it for every target) install into an empty
+// project without Rust and work there. Runs after `npm run build` (dist/, index.js and
+// membacking.<platform>.node must exist at the repository root).
 'use strict';
 const test = require('ava');
 const fs = require('node:fs');
@@ -91,25 +93,24 @@ function environmentWithoutRust(binDir) {
 }
 
 /**
- * The root package.json as the release workflow publishes it: a copy of the committed one after
- * `scripts/sync-optional-dependencies.js` ran on it (given a foreign optional dependency too,
- * which the script must keep).
+ * The membacking-<platform> optionalDependencies of the root package.json as the release workflow
+ * publishes it: those `scripts/sync-optional-dependencies.js` gives a copy of the committed one
+ * (which also has a foreign optional dependency, to be kept, and nothing else may change).
  */
-function publishedPackage(t) {
+function publishedPlatformDependencies(t) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'membacking-sync-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const copy = path.join(dir, 'package.json');
-  const foreign = { 'some-other-package': '^1.0.0' };
-  fs.writeFileSync(copy, JSON.stringify({ ...rootPackage, optionalDependencies: foreign }));
+  fs.writeFileSync(copy, JSON.stringify({ ...rootPackage, optionalDependencies: { 'some-other-package': '^1.0.0' } }));
   const sync = spawnSync(process.execPath, [path.join(ROOT, 'scripts', 'sync-optional-dependencies.js'), copy], { encoding: 'utf8' });
   t.is(sync.status, 0, sync.stderr);
-  const published = JSON.parse(fs.readFileSync(copy, 'utf8'));
-  const { optionalDependencies, ...rest } = published;
-  const { optionalDependencies: _none, ...committed } = rootPackage;
-  t.deepEqual(rest, committed, 'the script changes nothing but optionalDependencies');
-  t.deepEqual(Object.keys(optionalDependencies).filter((name) => !name.startsWith('membacking-')), Object.keys(foreign));
-  for (const name of Object.keys(foreign)) delete optionalDependencies[name];
-  return published;
+  const { optionalDependencies, ...published } = JSON.parse(fs.readFileSync(copy, 'utf8'));
+  const committed = { ...rootPackage };
+  delete committed.optionalDependencies;
+  t.deepEqual(published, committed, 'the script changes nothing but optionalDependencies');
+  const { 'some-other-package': kept, ...platforms } = optionalDependencies;
+  t.is(kept, '^1.0.0', 'the script keeps other optional dependencies');
+  return platforms;
 }
 
 test('the committed package.json declares no platform packages, so npm ci accepts its lock', (t) => {
@@ -147,11 +148,33 @@ test('npm/<platform> packages match package.json, and the publish step adds them
     t.is(fs.readFileSync(path.join(dir, 'LICENSE'), 'utf8'), LICENSE_TEXT, `${pkg.name} ships the root LICENSE`);
     expectedDeps[pkg.name] = rootPackage.version;
   }
-  t.deepEqual(publishedPackage(t).optionalDependencies, expectedDeps, 'the publish step declares one optional dependency per target');
+  t.deepEqual(publishedPlatformDependencies(t), expectedDeps, 'the publish step declares one optional dependency per target');
   t.deepEqual(fs.readdirSync(path.join(ROOT, 'npm')).sort(), targets.map((target) => target.platformArchABI).sort(), 'npm/ holds exactly the targets');
   // Nothing may build from source at install time, and the root ships no binary of its own.
   t.deepEqual(Object.keys(rootPackage.scripts ?? {}).filter((name) => /^(pre|post)?install$/.test(name)), []);
   t.false(rootPackage.files.some((entry) => entry.includes('.node') || entry === '*'));
+});
+
+test('npm pack refuses a clone that was not built, naming what is missing', (t) => {
+  // The package.json and prepack check of this repository, without any build output.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'membacking-unbuilt-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(dir, 'package.json'));
+  fs.cpSync(path.join(ROOT, 'scripts'), path.join(dir, 'scripts'), { recursive: true });
+  fs.copyFileSync(path.join(ROOT, 'README.md'), path.join(dir, 'README.md'));
+  const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !/^npm_/i.test(key)));
+  const pack = () => spawnSync('npm', ['pack', '--dry-run', '--json'], { cwd: dir, env, encoding: 'utf8' });
+  const unbuilt = pack();
+  t.not(unbuilt.status, 0, 'npm pack fails');
+  t.regex(unbuilt.stderr, /index\.js, index\.d\.ts, dist\/index\.js, dist\/index\.d\.ts, dist\/cli\/main\.js: run `npm run build` first/);
+
+  for (const file of ['index.js', 'index.d.ts', 'dist/index.js', 'dist/index.d.ts', 'dist/cli/main.js']) {
+    fs.mkdirSync(path.dirname(path.join(dir, file)), { recursive: true });
+    fs.writeFileSync(path.join(dir, file), '');
+  }
+  const built = pack();
+  t.is(built.status, 0, built.stderr);
+  t.true(JSON.parse(built.stdout)[0].files.some((file) => file.path === 'dist/cli/main.js'));
 });
 
 const reason = unsupportedReason();
@@ -176,8 +199,8 @@ installTest(`packed root + ${PLATFORM} tarballs install offline without cargo an
   fs.cpSync(path.join(ROOT, 'npm', PLATFORM), stage, { recursive: true });
   fs.copyFileSync(path.join(ROOT, BINARY), path.join(stage, BINARY));
 
-  const pack = (cwd) => {
-    const result = run(t, 'npm', ['pack', '--json', '--pack-destination', tarballs], { cwd, env });
+  const pack = (cwd, extraArgs = []) => {
+    const result = run(t, 'npm', ['pack', '--json', '--pack-destination', tarballs, ...extraArgs], { cwd, env });
     const [info] = JSON.parse(result.stdout);
     return { tarball: path.join(tarballs, info.filename), files: info.files.map((file) => file.path) };
   };
@@ -192,7 +215,7 @@ installTest(`packed root + ${PLATFORM} tarballs install offline without cargo an
   run(t, 'node', [path.join(ROOT, 'scripts', 'sync-optional-dependencies.js'), path.join(rootStage, 'package.json')], { cwd: tmp, env });
   const stagedPackage = JSON.parse(fs.readFileSync(path.join(rootStage, 'package.json'), 'utf8'));
   t.deepEqual(Object.keys(stagedPackage.optionalDependencies).sort(), targets.map((target) => `membacking-${target.platformArchABI}`).sort());
-  const root = pack(rootStage);
+  const root = pack(rootStage, ['--ignore-scripts']); // its prepack check ran on the first pack; scripts/ is not shipped
   t.deepEqual(root.files.sort(), committedRoot.files.sort(), 'the publish step adds or drops no file');
   const platform = pack(stage);
 
