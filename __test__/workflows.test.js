@@ -1,7 +1,8 @@
-// The CI entry points (.github/workflows/*.yml and .ci/run) only name things that exist here:
-// every `npm run NAME` and `npm test` a package.json script, every `node FILE` and `__test__/FILE` a file of the
-// repository. GitHub runs these workflows only on push, tag or schedule, so a renamed script
-// would otherwise be found by a failed release.
+// The CI entry points (.github/workflows/*.yml, .ci/run and the package.json scripts they run)
+// only name things that exist here: every `npm run NAME` and `npm test` a package.json script,
+// every `node scripts/FILE` and `__test__/FILE` a file of the repository. GitHub runs the release
+// and conformance workflows only on a tag, by hand or on a schedule, so a renamed script would
+// otherwise be found by a failed release.
 'use strict';
 const test = require('ava');
 const fs = require('node:fs');
@@ -13,6 +14,7 @@ const workflowDir = path.join(ROOT, '.github', 'workflows');
 const entryPoints = [
   ...fs.readdirSync(workflowDir).filter((name) => /\.ya?ml$/.test(name)).map((name) => path.join(workflowDir, name)),
   path.join(ROOT, '.ci', 'run'),
+  path.join(ROOT, 'package.json'), // its scripts, which the workflows run
 ];
 
 /** What a CI file refers to: npm scripts and repository files, each with its line number. */
