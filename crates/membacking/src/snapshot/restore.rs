@@ -35,6 +35,7 @@ use memory_range::MemoryRange;
 use sparse_mmap::Mappable;
 use std::fs::File;
 use std::future::Future;
+use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -284,30 +285,109 @@ pub fn verify_snapshot(
     })
 }
 
+/// The largest `manifest.json` read (a real one is a few KiB).
+pub(crate) const MANIFEST_READ_LIMIT: u64 = 16 << 20;
+
+/// Opens a snapshot file for reading, and only a regular file: anything else in its place is
+/// [`SnapshotError::Corrupt`]. The open does not wait: a FIFO put there would otherwise block
+/// it until a writer came, holding one of the snapshot-io threads for good (and with both
+/// held, every later snapshot and restore of the process); a device such as `/dev/zero` would
+/// never end a read.
+pub(crate) fn open_regular(path: &Path) -> Result<File, SnapshotError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|error| SnapshotError::io("open", path, error))?;
+    let kind = file
+        .metadata()
+        .map_err(|error| SnapshotError::io("stat", path, error))?
+        .file_type();
+    if !kind.is_file() {
+        return Err(SnapshotError::Corrupt {
+            file: path.to_owned(),
+            offset: 0,
+            what: format!(
+                "it is {}, not a regular file; a snapshot directory holds only the regular files it was written with",
+                describe_file_type(kind)
+            ),
+        });
+    }
+    // A regular file: reads ignore O_NONBLOCK, but clear it so the descriptor is an ordinary one.
+    rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty())
+        .map_err(|error| SnapshotError::io("fcntl", path, error.into()))?;
+    Ok(file)
+}
+
+/// "a directory", "a FIFO", … for a message.
+fn describe_file_type(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Reads the regular file `path`, refusing one longer than `limit` bytes (it would not be what
+/// the snapshot wrote) as [`SnapshotError::Corrupt`] naming `expected`.
+fn read_regular(path: &Path, limit: u64, expected: &str) -> Result<Vec<u8>, SnapshotError> {
+    let file = open_regular(path)?;
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(file, limit + 1), &mut bytes)
+        .map_err(|error| SnapshotError::io("read", path, error))?;
+    if bytes.len() as u64 > limit {
+        return Err(SnapshotError::Corrupt {
+            file: path.to_owned(),
+            offset: limit,
+            what: format!("it is longer than {limit} bytes, {expected}"),
+        });
+    }
+    Ok(bytes)
+}
+
 pub(crate) fn read_manifest(dir: &Path) -> Result<Manifest, SnapshotError> {
     let path = dir.join(format::MANIFEST_FILE);
-    let bytes = std::fs::read(&path).map_err(|error| SnapshotError::io("read", &path, error))?;
+    let bytes = read_regular(
+        &path,
+        MANIFEST_READ_LIMIT,
+        "the most a manifest is read to (a manifest is a few KiB)",
+    )?;
     format::decode_manifest(&bytes).map_err(|error| SnapshotError::format(&path, error))
 }
 
 fn load_layer(dir: &Path) -> Result<Layer, SnapshotError> {
     let manifest = read_manifest(dir)?;
     let index_path = dir.join(format::INDEX_FILE);
-    let bytes = std::fs::read(&index_path)
-        .map_err(|error| SnapshotError::io("read", &index_path, error))?;
+    let index_file = open_regular(&index_path)?;
+    let mut bytes = Vec::new();
+    // At most one byte more than the manifest records: enough to see that it is longer.
+    io::Read::read_to_end(
+        &mut io::Read::take(&index_file, manifest.index.size.0.saturating_add(1)),
+        &mut bytes,
+    )
+    .map_err(|error| SnapshotError::io("read", &index_path, error))?;
     let corrupt = |offset: u64, what: String| SnapshotError::Corrupt {
         file: index_path.clone(),
         offset,
         what,
     };
     if bytes.len() as u64 != manifest.index.size.0 {
+        let len = index_file
+            .metadata()
+            .map_or(bytes.len() as u64, |metadata| metadata.len());
         return Err(corrupt(
-            bytes.len() as u64,
-            format!(
-                "{} bytes, the manifest says {}",
-                bytes.len(),
-                manifest.index.size.0
-            ),
+            len,
+            format!("{len} bytes, the manifest says {}", manifest.index.size.0),
         ));
     }
     let crc = crc32c::crc32c(&bytes);
@@ -323,8 +403,7 @@ fn load_layer(dir: &Path) -> Result<Layer, SnapshotError> {
     let index = format::decode_index(&bytes, manifest.ram_size.0, manifest.memory.size.0)
         .map_err(|error| SnapshotError::format(&index_path, error))?;
     let memory_path = dir.join(format::MEMORY_FILE);
-    let memory =
-        File::open(&memory_path).map_err(|error| SnapshotError::io("open", &memory_path, error))?;
+    let memory = open_regular(&memory_path)?;
     let size = memory
         .metadata()
         .map_err(|error| SnapshotError::io("stat", &memory_path, error))?
@@ -482,7 +561,26 @@ pub(crate) fn read_verified(
     layer
         .memory
         .read_exact_at(buffer, data_offset)
-        .map_err(|error| SnapshotError::io("read", &layer.memory_path, error))?;
+        .map_err(|error| {
+            if error.kind() != io::ErrorKind::UnexpectedEof {
+                return SnapshotError::io("read", &layer.memory_path, error);
+            }
+            // Its size was checked when the chain was loaded: it shrank since.
+            let now = layer
+                .memory
+                .metadata()
+                .map_or_else(|_| "fewer".to_owned(), |metadata| metadata.len().to_string());
+            SnapshotError::Corrupt {
+                file: layer.memory_path.clone(),
+                offset: data_offset,
+                what: format!(
+                    "it ends before the {} bytes of RAM offset {:#x} that the index places here: it holds {now} bytes, {} when the restore began (was it truncated meanwhile?)",
+                    buffer.len(),
+                    item.start,
+                    layer.manifest.memory.size.0
+                ),
+            }
+        })?;
     for (page, bytes) in buffer.chunks_exact(PAGE).enumerate() {
         let stored = layer.index.crcs.get(first_crc + page).copied();
         let computed = crc32c::crc32c(bytes);

@@ -753,6 +753,110 @@ fn a_corrupt_page_fails_a_lazy_restore_when_it_is_reached() {
 }
 
 #[test]
+fn a_memory_file_truncated_after_the_chain_was_loaded_is_corrupt_not_an_io_error() {
+    // The size is checked when the chain is loaded; a file truncated after that (during a
+    // restore, by another process) ends a read early: the file, the offset and what happened.
+    let (manager, _dir, target) = scribbled_snapshot(21, 40);
+    let layers = restore::load_chain(&target).unwrap();
+    let items = restore::data_items(&restore::flatten(&layers));
+    let last = items.last().unwrap();
+    let memory = target.join(format::MEMORY_FILE);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&memory)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let mut buffer = vec![0; usize::try_from(last.pages * 4096).unwrap()];
+    match restore::read_verified(&layers, last, &mut buffer) {
+        Err(error @ SnapshotError::Corrupt { .. }) => {
+            let SnapshotError::Corrupt { file, offset, what } = &error else {
+                unreachable!()
+            };
+            assert_eq!(file, &memory);
+            let restore::Source::Data { data_offset, .. } = last.source else {
+                panic!("{last:?}")
+            };
+            assert_eq!(*offset, data_offset);
+            assert!(what.contains("it holds 0 bytes"), "{what}");
+            assert!(what.contains("truncated"), "{what}");
+        }
+        other => panic!("{other:?}"),
+    }
+    block_on(manager.close());
+}
+
+#[test]
+fn snapshot_files_that_are_not_regular_files_are_refused_without_waiting() {
+    // A FIFO in place of a snapshot file used to block the open until a writer came, holding a
+    // snapshot-io thread for good (two such restores stopped every later snapshot and restore
+    // of the process); a directory was reported by its st_size.
+    let (manager, _dir, target) = scribbled_snapshot(22, 10);
+    let pristine = temp_dir();
+    for file in [
+        format::MANIFEST_FILE,
+        format::INDEX_FILE,
+        format::MEMORY_FILE,
+    ] {
+        std::fs::copy(target.join(file), pristine.path().join(file)).unwrap();
+    }
+    for file in [
+        format::MANIFEST_FILE,
+        format::INDEX_FILE,
+        format::MEMORY_FILE,
+    ] {
+        for kind in ["a FIFO", "a directory"] {
+            let path = target.join(file);
+            std::fs::remove_file(&path).unwrap();
+            if kind == "a FIFO" {
+                rustix::fs::mkfifoat(rustix::fs::CWD, &path, rustix::fs::Mode::RUSR).unwrap();
+            } else {
+                std::fs::create_dir(&path).unwrap();
+            }
+            // Three in a row: more than the snapshot-io threads, which must all stay free.
+            for _ in 0..3 {
+                // On a thread, so that a regression fails the test instead of hanging it.
+                let (send, receive) = std::sync::mpsc::channel();
+                let dir = target.clone();
+                std::thread::spawn(move || {
+                    let restored =
+                        block_on(GuestMemoryBuilder::restore(&dir, RestoreOptions::default()))
+                            .map(|restored| block_on(restored.manager.close()));
+                    let chain = block_on(read_snapshot_chain(&dir)).map(|_| ());
+                    let _ = send.send([restored, chain]);
+                });
+                let results = receive
+                    .recv_timeout(std::time::Duration::from_secs(60))
+                    .unwrap_or_else(|_| panic!("{} as {kind}: no answer in 60 s", path.display()));
+                for result in results {
+                    match result {
+                        Err(SnapshotError::Corrupt { file, offset, what }) => {
+                            assert_eq!(file, path);
+                            assert_eq!(offset, 0);
+                            assert!(
+                                what.starts_with(&format!("it is {kind}, not a regular file")),
+                                "{what}"
+                            );
+                        }
+                        other => panic!("{} as {kind}: {other:?}", path.display()),
+                    }
+                }
+            }
+            if kind == "a FIFO" {
+                std::fs::remove_file(&path).unwrap();
+            } else {
+                std::fs::remove_dir(&path).unwrap();
+            }
+            std::fs::copy(pristine.path().join(file), &path).unwrap();
+        }
+    }
+    // Everything still works, on the same threads.
+    let restored = restore(&target, RestoreOptions::default());
+    block_on(restored.manager.close());
+    block_on(manager.close());
+}
+
+#[test]
 fn restores_refuse_other_layouts_and_unknown_window_backings() {
     let manager = build(false);
     let dir = temp_dir();
