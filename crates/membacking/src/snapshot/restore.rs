@@ -365,6 +365,16 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<Manifest, SnapshotError> {
     format::decode_manifest(&bytes).map_err(|error| SnapshotError::format(&path, error))
 }
 
+/// The manifest of the snapshot in `dir`, once everything a restore of it checks before
+/// building is checked: each layer's manifest, index and memory-file size, and its chain of
+/// bases. An incremental snapshot on a base that fails this could never be restored.
+pub(crate) fn read_restorable_manifest(dir: &Path) -> Result<Manifest, SnapshotError> {
+    match load_chain(dir)?.pop() {
+        Some(top) => Ok(top.manifest),
+        None => read_manifest(dir),
+    }
+}
+
 fn load_layer(dir: &Path) -> Result<Layer, SnapshotError> {
     let manifest = read_manifest(dir)?;
     let index_path = dir.join(format::INDEX_FILE);

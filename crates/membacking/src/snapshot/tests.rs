@@ -857,6 +857,83 @@ fn snapshot_files_that_are_not_regular_files_are_refused_without_waiting() {
 }
 
 #[test]
+fn an_incremental_snapshot_on_a_base_a_restore_would_refuse_fails_and_writes_nothing() {
+    // The base's index and memory file, and its own base, are checked as a restore checks
+    // them: an incremental snapshot on a damaged chain could never be restored. The chain head
+    // is untouched, so once the chain is repaired the same incremental snapshot succeeds.
+    let manager = build(false);
+    block_on(manager.dirty_tracking().start()).unwrap();
+    let mut rng = Rng::new(23);
+    scribble(&manager, &mut rng, 50);
+    let dir = temp_dir();
+    let full = dir.path().join("full");
+    let next = dir.path().join("next");
+    block_on(manager.snapshot(&full, SnapshotOptions::default())).unwrap();
+    scribble(&manager, &mut rng, 20);
+    block_on(manager.snapshot(&next, on_base(&full))).unwrap();
+    scribble(&manager, &mut rng, 20);
+    let saved = temp_dir();
+    let memory = full.join(format::MEMORY_FILE);
+    let index = full.join(format::INDEX_FILE);
+    std::fs::copy(&memory, saved.path().join("memory")).unwrap();
+    std::fs::copy(&index, saved.path().join("index")).unwrap();
+    let len = std::fs::metadata(&memory).unwrap().len();
+    let truncate = |path: &Path, len: u64| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(len)
+            .unwrap()
+    };
+    let target = dir.path().join("third");
+    // The base of the base: its memory file truncated, its index truncated, then removed.
+    let damages: [(&str, Box<dyn Fn()>); 3] = [
+        (
+            "memory truncated",
+            Box::new(|| truncate(&memory, len - 4096)),
+        ),
+        ("index truncated", Box::new(|| truncate(&index, 10))),
+        (
+            "memory removed",
+            Box::new(|| std::fs::remove_file(&memory).unwrap()),
+        ),
+    ];
+    for (what, damage) in &damages {
+        damage();
+        match block_on(manager.snapshot(&target, on_base(&next))) {
+            Err(SnapshotError::Corrupt { file, .. }) => {
+                assert!(
+                    file == memory || file == index,
+                    "{what}: {}",
+                    file.display()
+                )
+            }
+            Err(SnapshotError::Io { path, source, .. }) => {
+                assert_eq!(path, memory, "{what}");
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound, "{what}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+        assert!(!target.exists(), "{what}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{what}: {names:?}");
+        std::fs::copy(saved.path().join("memory"), &memory).unwrap();
+        std::fs::copy(saved.path().join("index"), &index).unwrap();
+    }
+    let info = block_on(manager.snapshot(&target, on_base(&next))).unwrap();
+    assert!(info.incremental);
+    let image = ram_image(&manager);
+    let restored = restore(&target, RestoreOptions::default());
+    assert_eq!(ram_image(&restored.manager), image);
+    block_on(restored.manager.close());
+    block_on(manager.close());
+}
+
+#[test]
 fn restores_refuse_other_layouts_and_unknown_window_backings() {
     let manager = build(false);
     let dir = temp_dir();

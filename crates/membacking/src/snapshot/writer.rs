@@ -112,7 +112,7 @@ impl GuestMemoryManager {
     /// Errors: [`SnapshotError::TargetNotSnapshot`] for a `dir` that is neither a snapshot nor
     /// an empty directory, [`SnapshotError::DirtyTrackingOff`] for a base that tracking does not cover,
     /// [`SnapshotError::Layout`] for a base of another machine, [`SnapshotError::Corrupt`] /
-    /// [`SnapshotError::Version`] for an unreadable base, [`SnapshotError::InvalidArgument`]
+    /// [`SnapshotError::Version`] for a base (or a base of it) that a restore would refuse, [`SnapshotError::InvalidArgument`]
     /// for a base that is the target, [`SnapshotError::Io`] for file system failures (the
     /// target then keeps its previous contents).
     pub fn snapshot(
@@ -132,7 +132,7 @@ impl GuestMemoryManager {
                 publish::check_replaceable(&target)?;
                 let base = match base_dir {
                     Some(base_dir) => {
-                        let manifest = super::restore::read_manifest(&base_dir)?;
+                        let manifest = super::restore::read_restorable_manifest(&base_dir)?;
                         check_not_target(&base_dir, &target.path)?;
                         Some((base_dir, manifest))
                     }
