@@ -1204,7 +1204,7 @@ impl ToJsError for membacking::SnapshotError {
             ),
             E::Io { op, path, source } => {
                 let mut error = source.to_js_error();
-                error.message = format!("{self}: {source}");
+                error.message = with_descriptor_hint(format!("{self}: {source}"), source);
                 if error.fields.errno.is_some() {
                     error.fields.op = Some(op);
                     error.fields.path = Some(path.display().to_string());
@@ -1353,7 +1353,7 @@ impl ToJsError for membacking::migration::MigrationError {
             }),
             E::Io { op, source } => {
                 let mut error = source.to_js_error();
-                error.message = format!("{op} failed: {source}");
+                error.message = with_descriptor_hint(format!("{op} failed: {source}"), source);
                 error
             }
             E::DirtyTracking(inner) => inner.to_js_error(),

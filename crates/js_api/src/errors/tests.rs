@@ -1098,6 +1098,37 @@ fn running_out_of_descriptors_says_what_to_do() {
         assert_eq!(cause.fields.errno, Some(errno));
         let os = JsError::os(&io::Error::from_raw_os_error(errno), "memfd_create");
         assert!(os.message.contains(OUT_OF_DESCRIPTORS), "{}", os.message);
+        // A snapshot's or a migration's file or descriptor operation (a restore duplicating
+        // the RAM object, a snapshot creating its files) says it too.
+        let snapshot = membacking::SnapshotError::Io {
+            op: "duplicate",
+            path: "the RAM object".into(),
+            source: io::Error::from_raw_os_error(errno),
+        }
+        .to_js_error();
+        assert_eq!(snapshot.fields.errno, Some(errno));
+        assert!(
+            snapshot
+                .message
+                .starts_with("duplicate the RAM object failed: "),
+            "{}",
+            snapshot.message
+        );
+        assert!(
+            snapshot.message.ends_with(OUT_OF_DESCRIPTORS),
+            "{}",
+            snapshot.message
+        );
+        let migration = membacking::migration::MigrationError::Io {
+            op: "start".into(),
+            source: io::Error::from_raw_os_error(errno),
+        }
+        .to_js_error();
+        assert!(
+            migration.message.ends_with(OUT_OF_DESCRIPTORS),
+            "{}",
+            migration.message
+        );
     }
     let other =
         membacking::MemoryBuildError::AllocationFailed(io::Error::from_raw_os_error(libc::ENOMEM))
