@@ -888,19 +888,12 @@ fn an_incremental_snapshot_on_a_base_a_restore_would_refuse_fails_and_writes_not
     };
     let target = dir.path().join("third");
     // The base of the base: its memory file truncated, its index truncated, then removed.
-    let damages: [(&str, Box<dyn Fn()>); 3] = [
-        (
-            "memory truncated",
-            Box::new(|| truncate(&memory, len - 4096)),
-        ),
-        ("index truncated", Box::new(|| truncate(&index, 10))),
-        (
-            "memory removed",
-            Box::new(|| std::fs::remove_file(&memory).unwrap()),
-        ),
-    ];
-    for (what, damage) in &damages {
-        damage();
+    for what in ["memory truncated", "index truncated", "memory removed"] {
+        match what {
+            "memory truncated" => truncate(&memory, len - 4096),
+            "index truncated" => truncate(&index, 10),
+            _ => std::fs::remove_file(&memory).unwrap(),
+        }
         match block_on(manager.snapshot(&target, on_base(&next))) {
             Err(SnapshotError::Corrupt { file, .. }) => {
                 assert!(
