@@ -222,11 +222,14 @@ pub(crate) async fn on_thread<T: Send + 'static>(
     })
 }
 
-/// Runs `work(state, buffer, item)` for every item on up to two scoped worker threads, each
-/// with its own `state` (from `new_state`) and a 1 MiB buffer, and reports `(bytes done,
-/// total)` after each item, in increasing order (a report is made under the lock that counts
-/// it, so a thread that finished later never reports a smaller figure after a larger one);
-/// returns every worker's state, or the first error.
+/// Runs `work(state, buffer, item)` for every item on up to two workers — the calling thread
+/// and a scoped helper thread —, each with its own `state` (from `new_state`) and a 1 MiB
+/// buffer, and reports `(bytes done, total)` after each item, in increasing order (a report is
+/// made under the lock that counts it, so a thread that finished later never reports a smaller
+/// figure after a larger one); returns every worker's state, or the first error.
+///
+/// A helper that cannot be started (the process or the system is out of threads or memory
+/// for a stack: `EAGAIN`) only means fewer workers: the calling thread does the work.
 pub(crate) fn parallel_items<T: Sync, S: Send>(
     items: &[T],
     bytes: impl Fn(&T) -> u64 + Sync,
@@ -241,35 +244,53 @@ pub(crate) fn parallel_items<T: Sync, S: Send>(
     let next = AtomicUsize::new(0);
     let done = parking_lot::Mutex::new(0u64);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+    let run = || -> Result<S, SnapshotError> {
+        let mut state = new_state();
+        let mut buffer = vec![0u8; writer::ITEM_BYTES];
+        while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
+            work(&mut state, &mut buffer, item)?;
+            let mut done = done.lock();
+            *done += bytes(item);
+            report(progress, *done, total);
+        }
+        Ok(state)
+    };
     std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut state = new_state();
-                    let mut buffer = vec![0u8; writer::ITEM_BYTES];
-                    while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        work(&mut state, &mut buffer, item)?;
-                        let mut done = done.lock();
-                        *done += bytes(item);
-                        report(progress, *done, total);
-                    }
-                    Ok(state)
-                })
-            })
+        let helpers: Vec<_> = (1..workers)
+            .filter_map(|_| spawn_helper(scope, &run).ok())
             .collect();
-        handles
-            .into_iter()
-            .map(|handle| {
-                handle.join().unwrap_or_else(|_| {
-                    Err(SnapshotError::io(
-                        "run",
-                        PathBuf::new(),
-                        io::Error::other("a snapshot worker panicked"),
-                    ))
-                })
+        let mut results = vec![run()];
+        results.extend(helpers.into_iter().map(|handle| {
+            handle.join().unwrap_or_else(|_| {
+                Err(SnapshotError::io(
+                    "run",
+                    PathBuf::new(),
+                    io::Error::other("a snapshot worker panicked"),
+                ))
             })
-            .collect()
+        }));
+        results.into_iter().collect()
     })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: helper threads of `parallel_items` called on this thread cannot be started.
+    pub(crate) static FAIL_HELPER_SPAWNS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Starts a helper thread of [`parallel_items`].
+fn spawn_helper<'scope, R: Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    run: &'scope (impl Fn() -> R + Sync),
+) -> io::Result<std::thread::ScopedJoinHandle<'scope, R>> {
+    #[cfg(test)]
+    if FAIL_HELPER_SPAWNS.with(std::cell::Cell::get) {
+        return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+    }
+    std::thread::Builder::new()
+        .name("snapshot-worker".into())
+        .spawn_scoped(scope, run)
 }
 
 /// Calls `progress` without letting a panic escape into the worker.

@@ -1694,6 +1694,55 @@ mod kvm {
 }
 
 #[test]
+fn parallel_items_work_on_the_calling_thread_when_no_helper_thread_can_start() {
+    // Out of threads (EAGAIN from clone: a pids cgroup, RLIMIT_NPROC, no memory for a stack),
+    // a snapshot or restore used to panic in `thread::scope`'s spawn and reach JavaScript as
+    // ERR_PANIC ("the snapshot worker panicked"). Fewer workers are fine.
+    super::FAIL_HELPER_SPAWNS.with(|fail| fail.set(true));
+    let me = std::thread::current().id();
+    let items: Vec<u64> = (1..=300).collect();
+    let result = super::parallel_items(
+        &items,
+        |item| *item,
+        None,
+        Vec::new,
+        |seen: &mut Vec<u64>, buffer, item| {
+            assert_eq!(std::thread::current().id(), me);
+            assert_eq!(buffer.len(), writer::ITEM_BYTES);
+            seen.push(*item);
+            Ok(())
+        },
+    );
+    super::FAIL_HELPER_SPAWNS.with(|fail| fail.set(false));
+    let states = result.expect("no helper is needed");
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0], items);
+    // A failing item still fails the call.
+    super::FAIL_HELPER_SPAWNS.with(|fail| fail.set(true));
+    let failed = super::parallel_items(
+        &items,
+        |item| *item,
+        None,
+        || (),
+        |_, _, item| match *item {
+            7 => Err(SnapshotError::io(
+                "write",
+                "memory.bin",
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            )),
+            _ => Ok(()),
+        },
+    );
+    super::FAIL_HELPER_SPAWNS.with(|fail| fail.set(false));
+    match failed {
+        Err(SnapshotError::Io { source, .. }) => {
+            assert_eq!(source.raw_os_error(), Some(libc::ENOSPC))
+        }
+        other => panic!("{:?}", other.map(|states| states.len())),
+    }
+}
+
+#[test]
 fn parallel_progress_reports_only_grow_and_end_at_the_total() {
     // Many small items on the worker threads: a report computed by one thread and delivered
     // after a larger one from the other would make the figures go backwards.
