@@ -293,13 +293,15 @@ pub(crate) const MANIFEST_READ_LIMIT: u64 = 16 << 20;
 /// it until a writer came, holding one of the snapshot-io threads for good (and with both
 /// held, every later snapshot and restore of the process); a device such as `/dev/zero` would
 /// never end a read.
-pub(crate) fn open_regular(path: &Path) -> Result<File, SnapshotError> {
+///
+/// `op` names the operation in an error of the open (`read` for a file read whole, `open`).
+pub(crate) fn open_regular(path: &Path, op: &'static str) -> Result<File, SnapshotError> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(|error| SnapshotError::io("open", path, error))?;
+        .map_err(|error| SnapshotError::io(op, path, error))?;
     let kind = file
         .metadata()
         .map_err(|error| SnapshotError::io("stat", path, error))?
@@ -341,7 +343,7 @@ fn describe_file_type(kind: std::fs::FileType) -> &'static str {
 /// Reads the regular file `path`, refusing one longer than `limit` bytes (it would not be what
 /// the snapshot wrote) as [`SnapshotError::Corrupt`] naming `expected`.
 fn read_regular(path: &Path, limit: u64, expected: &str) -> Result<Vec<u8>, SnapshotError> {
-    let file = open_regular(path)?;
+    let file = open_regular(path, "read")?;
     let mut bytes = Vec::new();
     io::Read::read_to_end(&mut io::Read::take(file, limit + 1), &mut bytes)
         .map_err(|error| SnapshotError::io("read", path, error))?;
@@ -378,7 +380,7 @@ pub(crate) fn read_restorable_manifest(dir: &Path) -> Result<Manifest, SnapshotE
 fn load_layer(dir: &Path) -> Result<Layer, SnapshotError> {
     let manifest = read_manifest(dir)?;
     let index_path = dir.join(format::INDEX_FILE);
-    let index_file = open_regular(&index_path)?;
+    let index_file = open_regular(&index_path, "read")?;
     let mut bytes = Vec::new();
     // At most one byte more than the manifest records: enough to see that it is longer.
     io::Read::read_to_end(
@@ -413,7 +415,7 @@ fn load_layer(dir: &Path) -> Result<Layer, SnapshotError> {
     let index = format::decode_index(&bytes, manifest.ram_size.0, manifest.memory.size.0)
         .map_err(|error| SnapshotError::format(&index_path, error))?;
     let memory_path = dir.join(format::MEMORY_FILE);
-    let memory = open_regular(&memory_path)?;
+    let memory = open_regular(&memory_path, "open")?;
     let size = memory
         .metadata()
         .map_err(|error| SnapshotError::io("stat", &memory_path, error))?
