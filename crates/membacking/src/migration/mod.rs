@@ -363,11 +363,27 @@ impl MigrationError {
             other => Some(wire::PeerError {
                 kind: wire::ErrorKind::Failed,
                 offset: 0,
-                message: other.to_string(),
+                message: with_sources(other),
             }),
         };
         (error, frame.map(|frame| frame.encode()))
     }
+}
+
+/// `error`'s message followed by those of its sources that it does not already say
+/// (`duplicate the RAM object failed: Too many open files (os error 24)`): the peer sees only
+/// this text, so the OS error behind a failure must be in it.
+pub(crate) fn with_sources(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = cause.source();
+    }
+    message
 }
 
 /// Maps the peer's error frame to the error this side reports.

@@ -1457,3 +1457,39 @@ fn private_ram_with_an_unmapped_region_migrates() {
     close(migrated.manager);
     close(source);
 }
+
+#[test]
+fn an_error_frame_carries_the_os_error_behind_a_failure() {
+    // A destination out of descriptors told the source only "duplicate the RAM object failed":
+    // the errno, and so what to do, was left out of the Error frame.
+    let error = MigrationError::Snapshot(SnapshotError::Io {
+        op: "duplicate",
+        path: "the RAM object".into(),
+        source: std::io::Error::from_raw_os_error(libc::EMFILE),
+    });
+    let cancel = Cancel::new(None);
+    let (_, frame) = error.settle(Side::Destination, MigrationPhase::Rounds, &cancel);
+    let frame = frame.expect("the destination's own failure is reported to the source");
+    let peer = wire::PeerError::decode(&frame[12..frame.len() - 4]).unwrap();
+    assert_eq!(peer.kind, wire::ErrorKind::Failed);
+    assert_eq!(
+        peer.message,
+        format!(
+            "duplicate the RAM object failed: {}",
+            std::io::Error::from_raw_os_error(libc::EMFILE)
+        )
+    );
+    // What the source reports quotes it.
+    let reported = peer_failed(Side::Source, MigrationPhase::Rounds, peer);
+    let MigrationError::Aborted { cause, .. } = reported else {
+        panic!("{reported:?}")
+    };
+    assert!(cause.to_string().contains("Too many open files"), "{cause}");
+    // A message that already says its source does not say it twice.
+    let pause = MigrationError::Io {
+        op: "start".into(),
+        source: std::io::Error::other("no thread"),
+    };
+    let text = with_sources(&pause);
+    assert_eq!(text.matches("no thread").count(), 1, "{text}");
+}
