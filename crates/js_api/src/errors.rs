@@ -918,7 +918,13 @@ impl ToJsError for membacking::MemoryBuildError {
                 return error;
             }
             E::AllocationFailed(_) => ErrorCode::AllocationFailed,
-            E::VaMapper(_) => ErrorCode::VaMapper,
+            E::VaMapper(inner) => {
+                let error = row(ErrorClass::MemoryBuildError, ErrorCode::VaMapper, self);
+                return match reserve_refused(inner) {
+                    Some(detail) => error.with_detail(detail),
+                    None => error,
+                };
+            }
             E::AliasMapWontFit => ErrorCode::AliasMapWontFit,
             E::InvalidRamForX86 => ErrorCode::InvalidRamForX86,
             E::PrivateMemoryWithLegacy => ErrorCode::PrivateMemoryWithLegacy,
@@ -940,7 +946,13 @@ impl ToJsError for membacking::PartitionAttachError {
         use membacking::PartitionAttachError as E;
         let code = match self {
             E::Manager(inner) => return inner.to_js_error(),
-            E::VaMapper(_) => ErrorCode::VaMapper,
+            E::VaMapper(inner) => {
+                let error = row(ErrorClass::PartitionAttachError, ErrorCode::VaMapper, self);
+                return match reserve_refused(inner) {
+                    Some(detail) => error.with_detail(detail),
+                    None => error,
+                };
+            }
             E::PartitionMapper(_) => ErrorCode::PartitionMapper,
             E::Unsupported => ErrorCode::Unsupported,
             E::AlreadyAttached(_) => ErrorCode::AlreadyAttached,
@@ -958,7 +970,31 @@ impl ToJsError for membacking::VaMapperError {
             E::RemoteWithPrivateMemory => ErrorCode::RemoteWithPrivateMemory,
             E::Thread(_) => ErrorCode::Thread,
         };
-        row(ErrorClass::VaMapperError, code, self)
+        let error = row(ErrorClass::VaMapperError, code, self);
+        match reserve_refused(self) {
+            Some(detail) => error.with_detail(detail),
+            None => error,
+        }
+    }
+}
+
+/// Why the kernel refuses the VA window with ENOMEM, and what to do: the `detail` of
+/// `ERR_VA_MAPPER` and `ERR_RESERVE` (whose messages the contract fixes).
+pub const RESERVE_REFUSED: &str = "the guest's VA window (address space from 0 to the end of \
+     the layout's last MMIO gap, or of its VTL2 range or VTL0 alias map when they end higher) is \
+     reserved whole when the manager is built, with no memory committed, and the kernel refused \
+     the reservation (ENOMEM): an address-space limit (ulimit -v, RLIMIT_AS) counts it in full, \
+     so raise or lift that limit (ulimit -v unlimited), or use a layout that ends lower";
+
+/// [`RESERVE_REFUSED`] when `error` is the kernel refusing the VA window for lack of memory.
+fn reserve_refused(error: &membacking::VaMapperError) -> Option<&'static str> {
+    match error {
+        membacking::VaMapperError::Reserve(source)
+            if source.raw_os_error() == Some(libc::ENOMEM) =>
+        {
+            Some(RESERVE_REFUSED)
+        }
+        _ => None,
     }
 }
 

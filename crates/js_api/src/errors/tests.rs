@@ -1222,3 +1222,38 @@ fn access(is_write: bool) -> SparseAccess {
         is_write,
     }
 }
+
+#[test]
+fn a_va_window_the_kernel_refuses_says_why_and_what_to_do() {
+    // Under `ulimit -v`, building a manager failed with "failed to create VA mapper" caused by
+    // "failed to reserve address space" (messages the contract fixes) and no detail at all.
+    let refused = || membacking::VaMapperError::Reserve(io::Error::from_raw_os_error(libc::ENOMEM));
+    let build = membacking::MemoryBuildError::VaMapper(refused()).to_js_error();
+    assert_eq!(build.message, "failed to create VA mapper");
+    assert_eq!(build.fields.detail.as_deref(), Some(RESERVE_REFUSED));
+    let reserve = build
+        .cause
+        .as_deref()
+        .expect("the VaMapperError is the cause");
+    assert_eq!(
+        reserve.kind(),
+        (ErrorClass::VaMapperError, Some(ErrorCode::Reserve))
+    );
+    assert_eq!(reserve.message, "failed to reserve address space");
+    assert_eq!(reserve.fields.detail.as_deref(), Some(RESERVE_REFUSED));
+    assert_eq!(
+        reserve.cause.as_deref().and_then(|os| os.fields.errno),
+        Some(libc::ENOMEM)
+    );
+    let attach = membacking::PartitionAttachError::VaMapper(refused()).to_js_error();
+    assert_eq!(attach.fields.detail.as_deref(), Some(RESERVE_REFUSED));
+    assert!(RESERVE_REFUSED.contains("ulimit -v"));
+    // Another reason (here a window that does not fit the address space) says its own.
+    let other =
+        membacking::MemoryBuildError::VaMapper(membacking::VaMapperError::Reserve(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the window length does not fit",
+        )))
+        .to_js_error();
+    assert_eq!(other.fields.detail, None);
+}
