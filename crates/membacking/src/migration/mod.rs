@@ -460,6 +460,25 @@ impl Cancel {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests: the migration thread started from this thread cannot start its thread of this
+    /// name (as if out of threads).
+    pub(crate) static FAIL_SPAWN: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// Starts one of a migration's own threads, named `name`.
+pub(crate) fn spawn_named<T: Send + 'static>(
+    name: &'static str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<T>> {
+    #[cfg(test)]
+    if FAIL_SPAWN.with(std::cell::Cell::get) == Some(name) {
+        return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+    }
+    std::thread::Builder::new().name(name.into()).spawn(work)
+}
+
 /// Runs `work` on a new thread named `name` and resolves with its result; dropping the
 /// future cancels the migration (see [`Cancel`]).
 fn on_migration_thread<T: Send + 'static>(
@@ -469,9 +488,13 @@ fn on_migration_thread<T: Send + 'static>(
 ) -> impl Future<Output = Result<T, MigrationError>> + Send + 'static {
     let (sender, receiver) = futures::channel::oneshot::channel();
     let thread_cancel = cancel.clone();
+    #[cfg(test)]
+    let fail_spawn = FAIL_SPAWN.with(std::cell::Cell::get);
     let spawned = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
+            #[cfg(test)]
+            FAIL_SPAWN.with(|fail| fail.set(fail_spawn));
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
                 .unwrap_or_else(|_| {
                     // Whatever it was doing, the peer must not wait for it.

@@ -168,7 +168,15 @@ fn run(
         totals: wire::RoundTotals::default(),
         zero_crc: crc32c::crc32c(&[0u8; PAGE]),
     };
-    let result = source.migrate(initial_regions, options.pause, limits);
+    // A thread that could not start (EAGAIN: out of threads) fails the migration at once: the
+    // source would otherwise wait for answers no receiver thread reads.
+    let result = match source.link.start_error.take() {
+        Some(error) => Err(MigrationError::Io {
+            op: "start the migration's stream threads".into(),
+            source: error,
+        }),
+        None => source.migrate(initial_regions, options.pause, limits),
+    };
     let result = match result {
         Ok(info) => {
             // The destination acknowledged everything: the threads have nothing left to do.
@@ -657,6 +665,8 @@ struct Link {
     events: mpsc::Receiver<Event>,
     receiver: Option<JoinHandle<()>>,
     stream_bytes: u64,
+    /// Why the writer or the receiver thread could not start (the migration then fails).
+    start_error: Option<io::Error>,
 }
 
 /// The size of a frame buffer: a 256-page data extent frame.
@@ -679,64 +689,60 @@ impl Link {
             // each direction on its own).
             let writer_events = event_sender.clone();
             let mut writer = writer;
-            std::thread::Builder::new()
-                .name("migrate-writer".into())
-                .spawn(move || {
-                    let full = buffer_len();
-                    for frame in frames {
-                        if let Err(error) = writer.write_all(&frame.buffer[..frame.len]) {
-                            *writer_error.lock() = Some(StreamFailure::duplicate(&error));
-                            let _ =
-                                writer_events.send(Event::Failed(StreamFailure::duplicate(&error)));
-                            return Err(error);
-                        }
-                        if frame.buffer.len() >= full {
-                            let _ = pool_sender.send(frame.buffer);
-                        }
+            super::spawn_named("migrate-writer", move || {
+                let full = buffer_len();
+                for frame in frames {
+                    if let Err(error) = writer.write_all(&frame.buffer[..frame.len]) {
+                        *writer_error.lock() = Some(StreamFailure::duplicate(&error));
+                        let _ = writer_events.send(Event::Failed(StreamFailure::duplicate(&error)));
+                        return Err(error);
                     }
-                    writer.flush()
-                })
-        };
-        let receiver = std::thread::Builder::new()
-            .name("migrate-receiver".into())
-            .spawn(move || {
-                let mut frames = wire::FrameReader::new(reader);
-                loop {
-                    let mut payload = Vec::new();
-                    let event = match frames.read_frame(&mut payload) {
-                        Ok(frame) => {
-                            payload.truncate(frame.len);
-                            Event::Frame(frame.frame_type, payload, frame.offset)
-                        }
-                        Err(wire::ReadError::Closed) => Event::Closed,
-                        Err(wire::ReadError::Io(error)) => Event::Failed(error),
-                        Err(wire::ReadError::Bad(bad)) => Event::Bad(bad),
-                    };
-                    let last = !matches!(
-                        &event,
-                        Event::Frame(frame_type, _, _)
-                            if *frame_type != FrameType::Complete && *frame_type != FrameType::Error
-                    );
-                    if event_sender.send(event).is_err() || last {
-                        return;
+                    if frame.buffer.len() >= full {
+                        let _ = pool_sender.send(frame.buffer);
                     }
                 }
-            });
-        let (writer, receiver, failed) = match (writer, receiver) {
+                writer.flush()
+            })
+        };
+        let receiver = super::spawn_named("migrate-receiver", move || {
+            let mut frames = wire::FrameReader::new(reader);
+            loop {
+                let mut payload = Vec::new();
+                let event = match frames.read_frame(&mut payload) {
+                    Ok(frame) => {
+                        payload.truncate(frame.len);
+                        Event::Frame(frame.frame_type, payload, frame.offset)
+                    }
+                    Err(wire::ReadError::Closed) => Event::Closed,
+                    Err(wire::ReadError::Io(error)) => Event::Failed(error),
+                    Err(wire::ReadError::Bad(bad)) => Event::Bad(bad),
+                };
+                let last = !matches!(
+                    &event,
+                    Event::Frame(frame_type, _, _)
+                        if *frame_type != FrameType::Complete && *frame_type != FrameType::Error
+                );
+                if event_sender.send(event).is_err() || last {
+                    return;
+                }
+            }
+        });
+        let (writer, receiver, start_error) = match (writer, receiver) {
             (Ok(writer), Ok(receiver)) => (Some(writer), Some(receiver), None),
             (writer, receiver) => {
                 let error = writer
                     .as_ref()
                     .err()
                     .or(receiver.as_ref().err())
-                    .map(|error| io::Error::new(error.kind(), error.to_string()));
+                    .map(|error| match error.raw_os_error() {
+                        Some(errno) => io::Error::from_raw_os_error(errno),
+                        None => io::Error::new(error.kind(), error.to_string()),
+                    });
                 (writer.ok(), receiver.ok(), error)
             }
         };
-        if let Some(error) = failed {
-            *writer_error.lock() = Some(error);
-        }
         Self {
+            start_error,
             sink: Some(sink),
             pool,
             spare: Vec::new(),

@@ -1493,3 +1493,43 @@ fn an_error_frame_carries_the_os_error_behind_a_failure() {
     let text = with_sources(&pause);
     assert_eq!(text.matches("no thread").count(), 1, "{text}");
 }
+
+#[test]
+fn a_source_that_cannot_start_its_stream_threads_fails_at_once() {
+    // Out of threads, a source whose receiver thread did not start waited for the handshake
+    // answer for ever (its writer thread kept the event channel open), even after the stream
+    // was closed; one whose writer did not start must not wait either.
+    let source = build(false);
+    for name in ["migrate-receiver", "migrate-writer"] {
+        let (source_end, destination_end) = socket_pair();
+        let destination = spawn_destination(destination_end, MigrateFromOptions::default());
+        let sent = source.migrate(source_end, MigrateOptions::new(|| async { Ok(None) }));
+        let (done, finished) = mpsc::channel();
+        thread::spawn(move || {
+            // The migration's thread starts when the future is first polled, here.
+            FAIL_SPAWN.with(|fail| fail.set(Some(name)));
+            let _ = done.send(block_on(sent));
+        });
+        match finished
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{name}: the source did not settle in 60 s"))
+        {
+            Err(MigrationError::Io { op, source }) => {
+                assert_eq!(op, "start the migration's stream threads", "{name}");
+                assert_eq!(source.raw_os_error(), Some(libc::EAGAIN), "{name}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        match destination.join().unwrap() {
+            Err(MigrationError::Aborted { .. }) | Err(MigrationError::Protocol { .. }) => {}
+            other => panic!("{name}: {:?}", other.map(|_| ())),
+        }
+        assert!(!source.dirty_tracking().is_active(), "{name}");
+    }
+    // Nothing is left in the way of the next migration.
+    let (source_end, destination_end) = socket_pair();
+    let destination = spawn_destination(destination_end, MigrateFromOptions::default());
+    block_on(source.migrate(source_end, MigrateOptions::new(|| async { Ok(None) }))).unwrap();
+    close(destination.join().unwrap().unwrap().manager);
+    close(source);
+}
