@@ -88,6 +88,8 @@ rootTest(tmpfsUnavailable, 'a snapshot on a full file system is ENOSPC, keeps th
   const error = await t.throwsAsync(manager.snapshot(target), { instanceOf: mb.OsError, code: 'ENOSPC' });
   t.is(error.op, 'write');
   t.true(error.path.startsWith(dir), error.path);
+  t.true(error.detail.includes(`${target} is unchanged`), error.detail);
+  t.regex(error.detail, /file system is full .*free space there, or snapshot to a directory on another file system/);
   t.deepEqual(fs.readdirSync(dir), ['snap']);
   const verified = await mb.verifySnapshot(target);
   t.is(verified.chain.length, 1);
@@ -96,6 +98,7 @@ rootTest(tmpfsUnavailable, 'a snapshot on a full file system is ENOSPC, keeps th
   execFileSync('mount', ['-o', 'remount,ro', dir]);
   const readOnly = await t.throwsAsync(manager.snapshot(target), { instanceOf: mb.OsError, code: 'EROFS' });
   t.true(readOnly.path.startsWith(dir), readOnly.path);
+  t.regex(readOnly.detail, /is unchanged: its file system is mounted read-only/);
   execFileSync('mount', ['-o', 'remount,rw', dir]);
   t.deepEqual(fs.readdirSync(dir), ['snap']);
 });

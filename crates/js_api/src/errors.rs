@@ -682,6 +682,48 @@ pub const OUT_OF_DESCRIPTORS: &str = "too many open files: close managers and Ma
      longer need (close()) or raise the limit (ulimit -n)";
 
 /// `message`, followed by what to do when `error` is EMFILE or ENFILE.
+/// The `OsError` of a file operation `op` on `path` that failed with `source` (`error` the
+/// Rust error, whose text leads the message).
+fn path_os_error(
+    error: &impl std::fmt::Display,
+    op: &'static str,
+    path: &std::path::Path,
+    source: &io::Error,
+) -> JsError {
+    let mut js = source.to_js_error();
+    js.message = with_descriptor_hint(format!("{error}: {source}"), source);
+    if js.fields.errno.is_some() {
+        js.fields.op = Some(op);
+        js.fields.path = Some(path.display().to_string());
+    }
+    js
+}
+
+/// What a snapshot that could not be written left, and what to do about `source`.
+fn not_written_detail(
+    target: &std::path::Path,
+    path: &std::path::Path,
+    source: &io::Error,
+) -> String {
+    let advice = match source.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT) => {
+            "its file system is full (or the quota is reached): free space there, or snapshot to a directory on another file system"
+        }
+        Some(libc::EROFS) => "its file system is mounted read-only: snapshot to a writable one",
+        Some(libc::EACCES | libc::EPERM) => {
+            "this process may not write there: snapshot to a directory it can write"
+        }
+        Some(libc::EIO) => "the storage reported an I/O error",
+        _ => "snapshot again once the cause is removed",
+    };
+    format!(
+        "the snapshot of {} was being written at {} (in its temporary directory, which is removed); {} is unchanged: {advice}",
+        target.display(),
+        path.display(),
+        target.display()
+    )
+}
+
 fn with_descriptor_hint(message: String, error: &io::Error) -> String {
     if out_of_descriptors(error) {
         format!("{message}: {OUT_OF_DESCRIPTORS}")
@@ -1238,15 +1280,14 @@ impl ToJsError for membacking::SnapshotError {
                     ..Fields::default()
                 },
             ),
-            E::Io { op, path, source } => {
-                let mut error = source.to_js_error();
-                error.message = with_descriptor_hint(format!("{self}: {source}"), source);
-                if error.fields.errno.is_some() {
-                    error.fields.op = Some(op);
-                    error.fields.path = Some(path.display().to_string());
-                }
-                error
-            }
+            E::Io { op, path, source } => path_os_error(self, op, path, source),
+            E::NotWritten {
+                op,
+                path,
+                target,
+                source,
+            } => path_os_error(self, op, path, source)
+                .with_detail(not_written_detail(target, path, source)),
             E::TargetNotSnapshot { dir, what, source } => {
                 // An `OsError` with the errno's code (`ENOTEMPTY`, `EEXIST`), like `Io`, but
                 // the message states the rule and the way out.

@@ -348,6 +348,12 @@ fn snapshot_errors() -> Vec<membacking::SnapshotError> {
             window: "fb".into(),
             source: io(io::ErrorKind::Unsupported, "partial"),
         },
+        E::NotWritten {
+            op: "write",
+            path: "/data/.snap.tmp-7-ab/memory.bin".into(),
+            target: "/data/snap".into(),
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        },
     ]
 }
 
@@ -1066,6 +1072,44 @@ fn a_partitions_dirty_log_failure_is_its_own_error_naming_the_partition() {
         foreign.cause.as_ref().unwrap().kind(),
         (ErrorClass::Error, None)
     );
+}
+
+#[test]
+fn a_snapshot_not_written_is_the_os_error_of_its_file_with_what_it_left_and_what_to_do() {
+    let cases = [
+        (libc::ENOSPC, "file system is full"),
+        (libc::EROFS, "mounted read-only"),
+        (libc::EACCES, "may not write there"),
+        (libc::EINVAL, "once the cause is removed"),
+    ];
+    for (errno, advice) in cases {
+        let error = membacking::SnapshotError::NotWritten {
+            op: "write",
+            path: "/data/.snap.tmp-7-ab/memory.bin".into(),
+            target: "/data/snap".into(),
+            source: io::Error::from_raw_os_error(errno),
+        }
+        .to_js_error();
+        // As an `Io` error of the same file: the errno, the operation and the path.
+        assert_eq!(error.kind(), (ErrorClass::OsError, None));
+        assert_eq!(error.fields.errno, Some(errno));
+        assert_eq!(error.fields.op, Some("write"));
+        assert_eq!(
+            error.fields.path.as_deref(),
+            Some("/data/.snap.tmp-7-ab/memory.bin")
+        );
+        assert!(
+            error
+                .message
+                .starts_with("write /data/.snap.tmp-7-ab/memory.bin failed: "),
+            "{}",
+            error.message
+        );
+        // The detail says the target is unchanged, and what to do.
+        let detail = error.fields.detail.as_deref().unwrap_or_default();
+        assert!(detail.contains("/data/snap is unchanged"), "{detail}");
+        assert!(detail.contains(advice), "{errno}: {detail}");
+    }
 }
 
 #[test]

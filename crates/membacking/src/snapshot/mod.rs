@@ -42,6 +42,7 @@ use crate::dirty::DirtyTrackingError;
 use crate::error::MemoryBuildError;
 use crate::region_manager::RegionManagerError;
 use std::io;
+use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -107,6 +108,20 @@ pub enum SnapshotError {
         #[source]
         source: io::Error,
     },
+    /// Writing a snapshot into its temporary directory failed (the errno's code); the temporary
+    /// directory is removed and the target keeps what it held.
+    #[error("{op} {} failed", path.display())]
+    NotWritten {
+        /// The operation (`create`, `write`, `fsync`, …).
+        op: &'static str,
+        /// The path, inside the temporary directory.
+        path: PathBuf,
+        /// The snapshot's target, unchanged.
+        target: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// The target of a snapshot exists and is neither a snapshot nor an empty directory, so it
     /// is left untouched (the errno's code: `ENOTEMPTY` for a directory, `EEXIST` otherwise).
     #[error("cannot write a snapshot to {}: {what}; a snapshot replaces only an existing snapshot or an empty directory, so choose an empty or new directory, or remove it first", dir.display())]
@@ -152,6 +167,20 @@ impl SnapshotError {
             op,
             path: path.into(),
             source,
+        }
+    }
+
+    /// This error as one of writing the snapshot of `target` into its temporary directory: an
+    /// [`Io`](Self::Io) error becomes [`NotWritten`](Self::NotWritten), any other stays.
+    pub(crate) fn while_writing(self, target: &Path) -> Self {
+        match self {
+            SnapshotError::Io { op, path, source } => SnapshotError::NotWritten {
+                op,
+                path,
+                target: target.to_owned(),
+                source,
+            },
+            other => other,
         }
     }
 

@@ -1775,3 +1775,40 @@ fn parallel_progress_reports_only_grow_and_end_at_the_total() {
         assert_eq!(reports.last().copied(), Some((total, total)));
     }
 }
+
+#[test]
+fn an_os_error_while_writing_names_the_unchanged_target() {
+    let written = SnapshotError::io(
+        "write",
+        "/data/.snap.tmp-1-2/memory.bin",
+        std::io::Error::from_raw_os_error(libc::ENOSPC),
+    )
+    .while_writing(Path::new("/data/snap"));
+    match &written {
+        SnapshotError::NotWritten {
+            op,
+            path,
+            target,
+            source,
+        } => {
+            assert_eq!(*op, "write");
+            assert_eq!(path, Path::new("/data/.snap.tmp-1-2/memory.bin"));
+            assert_eq!(target, Path::new("/data/snap"));
+            assert_eq!(source.raw_os_error(), Some(libc::ENOSPC));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The same message as the OS error of that file.
+    assert_eq!(
+        written.to_string(),
+        "write /data/.snap.tmp-1-2/memory.bin failed"
+    );
+    // Any other error stays what it is.
+    let corrupt = SnapshotError::Corrupt {
+        file: "/data/base/memory.bin".into(),
+        offset: 0,
+        what: "short".into(),
+    }
+    .while_writing(Path::new("/data/snap"));
+    assert!(matches!(corrupt, SnapshotError::Corrupt { .. }));
+}

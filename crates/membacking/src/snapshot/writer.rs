@@ -473,11 +473,13 @@ fn write_snapshot(
     dirty: Option<&PageSet>,
     progress: Option<&Progress>,
 ) -> Result<SnapshotInfo, SnapshotError> {
-    let temp = publish::create_temp(target)?;
-    let result = write_files(view, &temp, &mut manifest, dirty, progress).and_then(|total_bytes| {
-        publish::publish(&temp, target, true)?;
-        Ok(total_bytes)
-    });
+    let temp = publish::create_temp(target).map_err(|error| error.while_writing(&target.path))?;
+    let result = write_files(view, &temp, &mut manifest, dirty, progress)
+        .map_err(|error| error.while_writing(&target.path))
+        .and_then(|total_bytes| {
+            publish::publish(&temp, target, true)?;
+            Ok(total_bytes)
+        });
     match result {
         Ok(total_bytes) => Ok(SnapshotInfo {
             dir: target.path.clone(),
