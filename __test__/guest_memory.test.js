@@ -234,6 +234,40 @@ test('pageFault answering fallback runs readFallback once with the original gpa 
   assertGuestError(t, () => noHooks.readU8(2 * P), { code: 'ERR_GUEST_MEMORY_OTHER', kind: 'Other', op: 'read' });
 });
 
+test('hooks that re-enter their memory without end stop at 32 nested calls with an error; the process lives on', (t) => {
+  // Unbounded, such recursion reached V8's stack limit through native frames at ~180 levels and
+  // the process died with SIGSEGV instead of throwing.
+  const mapping = new SparseMapping(4 * P);
+  mapping.alloc(0, P);
+  let depth = 0;
+  let deepest = 0;
+  const access = (write) => (write ? memory.writeAt(P, Buffer.from([1])) : memory.read(P, 1));
+  const reentering = (answer, write = false) => (...args) => {
+    depth++;
+    deepest = Math.max(deepest, depth);
+    try {
+      access(write); // the same unplaced page: its access calls the hooks again
+      return answer(...args);
+    } finally {
+      depth--;
+    }
+  };
+  let memory = GuestMemory.fromSparseMapping(mapping, { pageFault: () => 'fallback', readFallback: reentering((gpa, len) => Buffer.alloc(Number(len))) });
+  for (const hooks of [null, { pageFault: reentering(() => 'retry') }, { pageFault: () => 'fallback', writeFallback: reentering(() => undefined, true) }]) {
+    if (hooks) memory = GuestMemory.fromSparseMapping(mapping, hooks);
+    deepest = 0;
+    const error = t.throws(() => access(Boolean(hooks?.writeFallback)), { instanceOf: GuestMemoryError });
+    t.is(deepest, 32);
+    let innermost = error;
+    while (innermost.cause instanceof Error) innermost = innermost.cause;
+    t.regex(innermost.detail, /hook was not called: 32 hook calls are in progress on this thread already .*end the recursion in the hook/);
+    // Nothing is left counted: a plain fallback read works at once.
+    t.is(depth, 0);
+  }
+  const plain = GuestMemory.fromSparseMapping(mapping, { pageFault: () => 'fallback', readFallback: (gpa, len) => Buffer.alloc(Number(len), 7) });
+  t.deepEqual([...plain.read(P, 2)], [7, 7]);
+});
+
 test('the write, fill and compare-exchange fallbacks receive their operations', (t) => {
   const mapping = new SparseMapping(4 * P);
   const store = new Map(); // gpa -> byte, the fallback's "device"

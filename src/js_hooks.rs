@@ -22,6 +22,7 @@ use guestmem::GuestMemoryHooks;
 use guestmem::PageFaultAction;
 use guestmem::PageFaultError;
 use js_api::hooks::compare_exchange_outcome;
+use js_api::hooks::enter_hook;
 use js_api::hooks::first_page_address;
 use js_api::hooks::handoff;
 use js_api::hooks::hook_answer;
@@ -208,6 +209,8 @@ impl<A: JsValuesTupleIntoVec + 'static, R: FromNapiValue + 'static> Hook<A, R> {
             read(answer)
         };
         if let Some(env) = self.owner.env() {
+            // A hook that accesses its memory may call a hook again: bounded (`js_api::hooks`).
+            let _call = enter_hook(name)?;
             return invoke(&env);
         }
         handoff(name, self.owner.is_current(), current_env().is_some())?;

@@ -624,7 +624,11 @@ export class GuestMemory {
     return GuestMemory.wrap(native.NativeGuestMemory.empty());
   }
 
-  /** Guest memory whose GPA = offset in `mapping`. */
+  /**
+   * Guest memory whose GPA = offset in `mapping`. A hook may access this memory again (no lock
+   * is held); at most 32 hook calls nest on one thread: the next fails its access with a
+   * GuestMemoryError whose innermost cause's `detail` says so.
+   */
   static fromSparseMapping(mapping: SparseMapping, options: GuestMemoryOptions = {}): GuestMemory {
     const m = nativeOf<NativeSparseMapping>(mapping, SparseMapping, 'mapping');
     if (typeof options !== 'object' || options === null) throw invalidArgType(`options must be an object, got ${describeType(options)}`);

@@ -54,6 +54,49 @@ impl JsHookFailure {
     }
 }
 
+/// The most hook calls that may be in progress at once on one thread. A hook that accesses the
+/// memory that called it can make the access call a hook again; unbounded, that recursion
+/// crossed JavaScript and native frames until V8's stack limit, whose handling then crashed the
+/// process (SIGSEGV at about 180 levels here) instead of throwing. Legitimate re-entrance is a
+/// few levels deep.
+pub const MAX_HOOK_NESTING: u32 = 32;
+
+thread_local! {
+    /// The hook calls in progress on this thread.
+    static HOOK_NESTING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// A hook call in progress on this thread ([`enter_hook`]); dropping it ends the call.
+#[derive(Debug)]
+pub struct HookCall(());
+
+impl Drop for HookCall {
+    fn drop(&mut self) {
+        HOOK_NESTING.with(|depth| depth.set(depth.get().saturating_sub(1)));
+    }
+}
+
+/// Starts a call of `hook` on this thread, or refuses it when [`MAX_HOOK_NESTING`] hook calls
+/// are in progress on this thread already (the failure names the hook, the limit and the way
+/// out).
+pub fn enter_hook(hook: &str) -> Result<HookCall, JsHookFailure> {
+    HOOK_NESTING.with(|depth| {
+        if depth.get() >= MAX_HOOK_NESTING {
+            return Err(JsHookFailure::new(
+                format!(
+                    "the JavaScript {hook} hook was not called: {MAX_HOOK_NESTING} hook calls are \
+                     in progress on this thread already (a hook accessed guest memory whose access \
+                     called a hook again, each time); end the recursion in the hook, for example \
+                     by not accessing the range it is asked about"
+                ),
+                None,
+            ));
+        }
+        depth.set(depth.get() + 1);
+        Ok(HookCall(()))
+    })
+}
+
 /// Whether a hook may be handed to the JavaScript thread that owns it and waited for, from a
 /// thread where that thread's environment is not published: yes from a thread that runs no
 /// JavaScript; never from the owner itself (outside a native call that published it: it would
@@ -275,6 +318,34 @@ impl RegistrationAnswer {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hook_calls_nest_up_to_the_limit_per_thread() {
+        let calls: Vec<HookCall> = (0..MAX_HOOK_NESTING)
+            .map(|_| enter_hook("readFallback").unwrap())
+            .collect();
+        let refused = enter_hook("readFallback").unwrap_err();
+        assert!(
+            refused
+                .message
+                .starts_with("the JavaScript readFallback hook was not called: 32 hook calls"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(refused.cause_token(), None);
+        // Another thread has its own count.
+        std::thread::spawn(|| drop(enter_hook("pageFault").unwrap()))
+            .join()
+            .unwrap();
+        // Ending one call makes room for one more.
+        drop(calls);
+        let again: Vec<HookCall> = (0..MAX_HOOK_NESTING)
+            .map(|_| enter_hook("pageFault").unwrap())
+            .collect();
+        assert!(enter_hook("pageFault").is_err());
+        drop(again);
+        drop(enter_hook("pageFault").unwrap());
+    }
+
     use super::*;
 
     fn fail_parts(action: PageFaultAction) -> (GuestMemoryErrorKind, String, Option<u32>) {
