@@ -268,6 +268,29 @@ test('hooks that re-enter their memory without end stop at 32 nested calls with 
   t.deepEqual([...plain.read(P, 2)], [7, 7]);
 });
 
+test('compareExchangeFallback and lockGpns must answer a boolean: anything else fails the access with a TypeError cause', (t) => {
+  const mapping = new SparseMapping(4 * P);
+  mapping.alloc(0, P);
+  for (const answer of [undefined, 'yes', 0, 1, null]) {
+    // A forgotten `return` read as "not swapped" with `current` untouched: the caller saw the
+    // expected value come back and believed the swap happened.
+    const cas = GuestMemory.fromSparseMapping(mapping, { pageFault: () => 'fallback', compareExchangeFallback: () => answer });
+    const casError = assertGuestError(t, () => cas.compareExchangeU8(P, 0, 1), { code: 'ERR_GUEST_MEMORY_OTHER', kind: 'Other', op: 'compare exchange' });
+    t.is(casError.cause.code, 'ERR_INVALID_ARG_TYPE');
+    t.regex(casError.cause.message, /^compareExchangeFallback must return a boolean \(true when it swapped; .*\), got /);
+    const unlocked = [];
+    const lock = GuestMemory.fromSparseMapping(mapping, { lockGpns: () => answer, unlockGpns: (gpns) => unlocked.push(gpns) });
+    const lockError = t.throws(() => lock.lockGpns([0n]), { instanceOf: GuestMemoryError });
+    t.is(lockError.cause.code, 'ERR_INVALID_ARG_TYPE');
+    t.regex(lockError.cause.message, /^lockGpns must return a boolean/);
+    t.deepEqual(unlocked, []);
+  }
+  for (const swapped of [true, false]) {
+    const cas = GuestMemory.fromSparseMapping(mapping, { pageFault: () => 'fallback', compareExchangeFallback: (gpa, current) => (swapped ? true : (current.fill(9), false)) });
+    t.is(cas.compareExchangeU8(P, 0, 1), swapped ? 0 : 9);
+  }
+});
+
 test('the write, fill and compare-exchange fallbacks receive their operations', (t) => {
   const mapping = new SparseMapping(4 * P);
   const store = new Map(); // gpa -> byte, the fallback's "device"

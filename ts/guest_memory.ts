@@ -585,6 +585,16 @@ function fastPaths(): FastPaths {
   return sharedFastPaths;
 }
 
+/**
+ * A hook's answer that must be a boolean (`compareExchangeFallback`, `lockGpns`): anything else
+ * is a TypeError, which fails the access with it as the cause (a forgotten `return` must not
+ * read as "not swapped" or "swapped").
+ */
+function booleanAnswer(hook: string, answer: unknown, meaning: string): boolean {
+  if (typeof answer !== 'boolean') throw invalidArgType(`${hook} must return a boolean (${meaning}), got ${describeType(answer)}`);
+  return answer;
+}
+
 /** Fault-safe access to guest physical memory; all copies, never zero-copy views. */
 export class GuestMemory {
   #closed = false;
@@ -636,7 +646,9 @@ export class GuestMemory {
     const name = o.name === undefined ? 'sparse' : o.name;
     if (typeof name !== 'string') throw invalidArgType(`options.name must be a string, got ${describeType(name)}`);
     const retryLimit = o.retryLimit === undefined ? 1000 : o.retryLimit;
-    if (typeof retryLimit !== 'number' || !Number.isInteger(retryLimit)) throw invalidArgType(`options.retryLimit must be an integer, got ${describeType(retryLimit)}`);
+    if (typeof retryLimit !== 'number' || !Number.isInteger(retryLimit)) {
+      throw invalidArgType(`options.retryLimit must be an integer, got ${typeof retryLimit === 'number' ? retryLimit : describeType(retryLimit)}`);
+    }
     if (retryLimit < 0 || retryLimit > 0xffff_ffff) throw invalidArgValue(`options.retryLimit must be between 0 and 2^32-1, got ${retryLimit}`);
     const pageFault = optionalFunction<PageFaultHandler>(o, 'pageFault');
     const sync = <F extends (...args: never[]) => unknown>(name: string): F | undefined => {
@@ -666,8 +678,18 @@ export class GuestMemory {
           : null,
         writeFallback ? guarded((gpa: bigint, src: Buffer) => (writeFallback(gpa, src), 'done')) : null,
         fillFallback ? guarded((gpa: bigint, byte: number, len: bigint) => (fillFallback(gpa, byte, len), 'done')) : null,
-        casFallback ? guardedBytes((gpa: bigint, current: Buffer, replacement: Buffer) => (casFallback(gpa, current, replacement) ? 'swapped' : current)) : null,
-        lockGpns ? guarded((gpns: BigUint64Array) => (lockGpns(Array.from(gpns)) ? 'locked' : 'notLocked')) : null,
+        casFallback
+          ? guardedBytes((gpa: bigint, current: Buffer, replacement: Buffer) =>
+              booleanAnswer('compareExchangeFallback', casFallback(gpa, current, replacement), 'true when it swapped; false when it did not, with the bytes it found written into current')
+                ? 'swapped'
+                : current,
+            )
+          : null,
+        lockGpns
+          ? guarded((gpns: BigUint64Array) =>
+              booleanAnswer('lockGpns', lockGpns(Array.from(gpns)), 'true when it locked the pages (unlockGpns is then called once on release), false when nothing needs unlocking') ? 'locked' : 'notLocked',
+            )
+          : null,
         unlockGpns
           ? (gpns: BigUint64Array) => {
               try {
