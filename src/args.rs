@@ -217,10 +217,11 @@ impl Gpas {
         }
     }
 
-    /// The GPA of entry `index` (below the `count` given to [`Gpas::of`]).
+    /// The GPA of entry `index`.
     ///
     /// # Safety
-    /// `env` must be the running native call's, the one `self` was read in.
+    /// `index` is below the `count` given to [`Gpas::of`], and `env` is the running native
+    /// call's, the one `self` was read in.
     pub unsafe fn get(&self, env: sys::napi_env, index: usize) -> Result<u64, JsError> {
         let gpa = match *self {
             Gpas::Numbers(numbers) => {

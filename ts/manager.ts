@@ -425,8 +425,8 @@ export class GuestMemoryManager {
    * replaced atomically, so a crash leaves the old one or the new one). Anything else at `dir`
    * is refused before anything is written, with an OsError (`ENOTEMPTY` for a directory that
    * holds other files than a snapshot's, `EEXIST` for a file or symbolic link; `op` 'replace',
-   * `path`, `what`): choose an empty or new directory, or remove it first. With `options.base`, only the pages dirtied
-   * since that snapshot (dirty tracking must have stayed on since it was taken:
+   * `path`, `what`): choose an empty or new directory, or remove it first. With
+   * `options.base`, only the pages dirtied since that snapshot (dirty tracking must have stayed on since it was taken:
    * ERR_DIRTY_TRACKING_OFF otherwise). Stop the vCPUs for a consistent image. Waits for a lazy
    * restore of this manager to finish first.
    */

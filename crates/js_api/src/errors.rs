@@ -681,7 +681,6 @@ pub const TOO_MANY_OPEN_FILES: &str = "too many open files: close managers you n
 pub const OUT_OF_DESCRIPTORS: &str = "too many open files: close managers and Mappables you no \
      longer need (close()) or raise the limit (ulimit -n)";
 
-/// `message`, followed by what to do when `error` is EMFILE or ENFILE.
 /// The `OsError` of a file operation `op` on `path` that failed with `source` (`error` the
 /// Rust error, whose text leads the message).
 fn path_os_error(
@@ -724,6 +723,7 @@ fn not_written_detail(
     )
 }
 
+/// `message`, followed by what to do when `error` is EMFILE or ENFILE.
 fn with_descriptor_hint(message: String, error: &io::Error) -> String {
     if out_of_descriptors(error) {
         format!("{message}: {OUT_OF_DESCRIPTORS}")
@@ -961,11 +961,10 @@ impl ToJsError for membacking::MemoryBuildError {
             }
             E::AllocationFailed(_) => ErrorCode::AllocationFailed,
             E::VaMapper(inner) => {
-                let error = row(ErrorClass::MemoryBuildError, ErrorCode::VaMapper, self);
-                return match reserve_refused(inner) {
-                    Some(detail) => error.with_detail(detail),
-                    None => error,
-                };
+                return explain_reserve(
+                    row(ErrorClass::MemoryBuildError, ErrorCode::VaMapper, self),
+                    inner,
+                );
             }
             E::AliasMapWontFit => ErrorCode::AliasMapWontFit,
             E::InvalidRamForX86 => ErrorCode::InvalidRamForX86,
@@ -989,11 +988,10 @@ impl ToJsError for membacking::PartitionAttachError {
         let code = match self {
             E::Manager(inner) => return inner.to_js_error(),
             E::VaMapper(inner) => {
-                let error = row(ErrorClass::PartitionAttachError, ErrorCode::VaMapper, self);
-                return match reserve_refused(inner) {
-                    Some(detail) => error.with_detail(detail),
-                    None => error,
-                };
+                return explain_reserve(
+                    row(ErrorClass::PartitionAttachError, ErrorCode::VaMapper, self),
+                    inner,
+                );
             }
             E::PartitionMapper(_) => ErrorCode::PartitionMapper,
             E::Unsupported => ErrorCode::Unsupported,
@@ -1012,11 +1010,7 @@ impl ToJsError for membacking::VaMapperError {
             E::RemoteWithPrivateMemory => ErrorCode::RemoteWithPrivateMemory,
             E::Thread(_) => ErrorCode::Thread,
         };
-        let error = row(ErrorClass::VaMapperError, code, self);
-        match reserve_refused(self) {
-            Some(detail) => error.with_detail(detail),
-            None => error,
-        }
+        explain_reserve(row(ErrorClass::VaMapperError, code, self), self)
     }
 }
 
@@ -1028,15 +1022,16 @@ pub const RESERVE_REFUSED: &str = "the guest's VA window (address space from 0 t
      the reservation (ENOMEM): an address-space limit (ulimit -v, RLIMIT_AS) counts it in full, \
      so raise or lift that limit (ulimit -v unlimited), or use a layout that ends lower";
 
-/// [`RESERVE_REFUSED`] when `error` is the kernel refusing the VA window for lack of memory.
-fn reserve_refused(error: &membacking::VaMapperError) -> Option<&'static str> {
-    match error {
+/// `error` with [`RESERVE_REFUSED`] as its detail when `cause` is the kernel refusing the VA
+/// window for lack of memory.
+fn explain_reserve(error: JsError, cause: &membacking::VaMapperError) -> JsError {
+    match cause {
         membacking::VaMapperError::Reserve(source)
             if source.raw_os_error() == Some(libc::ENOMEM) =>
         {
-            Some(RESERVE_REFUSED)
+            error.with_detail(RESERVE_REFUSED)
         }
-        _ => None,
+        _ => error,
     }
 }
 
