@@ -343,10 +343,7 @@ fn describe_file_type(kind: std::fs::FileType) -> &'static str {
 /// Reads the regular file `path`, refusing one longer than `limit` bytes (it would not be what
 /// the snapshot wrote) as [`SnapshotError::Corrupt`] naming `expected`.
 fn read_regular(path: &Path, limit: u64, expected: &str) -> Result<Vec<u8>, SnapshotError> {
-    let file = open_regular(path, "read")?;
-    let mut bytes = Vec::new();
-    io::Read::read_to_end(&mut io::Read::take(file, limit + 1), &mut bytes)
-        .map_err(|error| SnapshotError::io("read", path, error))?;
+    let bytes = read_at_most(&open_regular(path, "read")?, path, limit.saturating_add(1))?;
     if bytes.len() as u64 > limit {
         return Err(SnapshotError::Corrupt {
             file: path.to_owned(),
@@ -354,6 +351,14 @@ fn read_regular(path: &Path, limit: u64, expected: &str) -> Result<Vec<u8>, Snap
             what: format!("it is longer than {limit} bytes, {expected}"),
         });
     }
+    Ok(bytes)
+}
+
+/// The first `limit` bytes of `file` (at `path`), or all of it when it is shorter.
+fn read_at_most(file: &File, path: &Path, limit: u64) -> Result<Vec<u8>, SnapshotError> {
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(file, limit), &mut bytes)
+        .map_err(|error| SnapshotError::io("read", path, error))?;
     Ok(bytes)
 }
 
@@ -381,13 +386,12 @@ fn load_layer(dir: &Path) -> Result<Layer, SnapshotError> {
     let manifest = read_manifest(dir)?;
     let index_path = dir.join(format::INDEX_FILE);
     let index_file = open_regular(&index_path, "read")?;
-    let mut bytes = Vec::new();
     // At most one byte more than the manifest records: enough to see that it is longer.
-    io::Read::read_to_end(
-        &mut io::Read::take(&index_file, manifest.index.size.0.saturating_add(1)),
-        &mut bytes,
-    )
-    .map_err(|error| SnapshotError::io("read", &index_path, error))?;
+    let bytes = read_at_most(
+        &index_file,
+        &index_path,
+        manifest.index.size.0.saturating_add(1),
+    )?;
     let corrupt = |offset: u64, what: String| SnapshotError::Corrupt {
         file: index_path.clone(),
         offset,
