@@ -15,8 +15,8 @@
 //! * **Installation.** Once per process, serialized by a mutex; the previous action is
 //!   published (release) before ours is installed, and our own handler is never recorded as the
 //!   previous one. Never uninstalled.
-//! * **Displacement.** [`handler_status`] queries the current dispositions;
-//!   [`rearm_handler`] re-installs on top of whatever displaced us, keeping the old previous
+//! * **Displacement.** [`handler_status`](crate::handler_status) queries the current dispositions;
+//!   [`rearm_handler`](crate::rearm_handler) re-installs on top of whatever displaced us, keeping the old previous
 //!   action when the current disposition is plain default (libuv's `process.off` wipes Node's
 //!   handler together with ours).
 //! * **Signal listeners.** A JavaScript `process.on('SIGSEGV')` listener installs libuv's
@@ -92,7 +92,7 @@ const LOOP_SLOTS: usize = 64;
 static LOOP_FINGERPRINTS: [AtomicU64; LOOP_SLOTS] = [const { AtomicU64::new(0) }; LOOP_SLOTS];
 static LOOP_COUNTS: [AtomicU32; LOOP_SLOTS] = [const { AtomicU32::new(0) }; LOOP_SLOTS];
 
-/// Set once the handler has been installed (fast path of [`initialize_try_copy`]).
+/// Set once the handler has been installed (fast path of [`initialize_try_copy`](crate::initialize_try_copy)).
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 /// Serializes every change of our dispositions (installation and re-arming).

@@ -590,7 +590,7 @@ impl PartitionMemoryMap for KvmPartition {
         self.prefetch_range_with_progress(addr, size, &|_| {})
     }
 
-    /// Splits the slots in the range into pieces ([`prefetch::pieces`]) and populates them from
+    /// Splits the slots in the range into pieces (`prefetch::pieces`) and populates them from
     /// several threads (`prefetch_threads`), each taking the next piece when it finishes one;
     /// `progress` hears about every piece from the thread that did it. Every piece is tried; the
     /// first failure in GPA order is returned.

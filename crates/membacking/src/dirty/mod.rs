@@ -17,7 +17,7 @@
 //! The state also remembers, per tracking session, the pages dirtied since the last snapshot
 //! taken while tracking (the *chain head*), so an incremental snapshot needs no `take()` of its
 //! own and is unaffected by the caller's takes. A live migration keeps a third set of its own
-//! ([`MigrationOp`]) for the same reason: its rounds and the caller's takes never steal pages
+//! (`MigrationOp`) for the same reason: its rounds and the caller's takes never steal pages
 //! from each other.
 
 use crate::memory_manager::region_actor::RegionManagerClient;

@@ -98,7 +98,7 @@ pub enum BatchError {
 impl GuestMemoryManager {
     /// Applies `changes` in order as one batch, all or nothing, in one request to the manager
     /// thread; resolves with the plan it carried out (netted: what a later change undoes is
-    /// not done). See the [module](self) documentation.
+    /// not done). See the `memory_manager::batch` module documentation.
     pub fn apply(
         &self,
         changes: Vec<ManagerChange>,

@@ -207,7 +207,7 @@ impl GuestMemoryBuilder {
 
     /// Reports prefetch progress: after each prefetched piece of a plan that prefetches
     /// (attaching a partition with [`prefetch_ram`](Self::prefetch_ram), or mapping a region),
-    /// a [`PrefetchReport`](crate::PrefetchReport) with `done` and `total` in bytes and the
+    /// a [`PrefetchReport`] with `done` and `total` in bytes and the
     /// piece's failure if it failed; from the region manager's thread or the partition's
     /// prefetch threads, one report at a time (keep it short). An extension of this project.
     pub fn prefetch_progress(mut self, progress: Option<PrefetchProgress>) -> Self {

@@ -5,7 +5,7 @@
 //!   visibility, placed device windows as metadata), an extent index with a CRC-32C per page,
 //!   and a memory file holding only pages with data. With a base it is incremental: only the
 //!   pages dirtied since the base (dirty tracking must have been on since then). The directory
-//!   is written beside the target and published atomically ([`publish`]).
+//!   is written beside the target and published atomically (`snapshot::publish`).
 //! - [`GuestMemoryBuilder::restore`](crate::GuestMemoryBuilder::restore) rebuilds a manager
 //!   from a snapshot and its chain of bases, by copying ([`RestoreMode::Copy`]) or on demand
 //!   with userfaultfd ([`RestoreMode::Lazy`]).
