@@ -227,6 +227,10 @@ test('bad input gives one line on stderr and exit code 2', (t) => {
     ['frobnicate'],
     ['layout', '--input', '/nonexistent/file.json'],
     [],
+    // parseArgs says this one in three lines.
+    ['layout', '--ram', '-1'],
+    // The migration demo's child, run by hand (no socket on descriptor 3).
+    ['migrate-demo', '--child'],
   ]) {
     const r = run(...args);
     t.is(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
@@ -314,4 +318,19 @@ test('layout --format svg prints the same map', (t) => {
   t.is(r.status, 0);
   t.regex(r.stdout, /<svg /);
   t.true(r.stdout.includes('data-kind="MMIO" data-start="0xc0000000" data-end="0x100000000"'));
+});
+
+test('a reader that closes the pipe early stops the command quietly (no EPIPE stack trace)', async (t) => {
+  // `membacking demo | head -c 10`: the demo goes on printing after the reader has gone.
+  const { spawn } = require('node:child_process');
+  for (const args of [['demo', '--no-kvm'], ['migrate-demo', '--no-kvm']]) {
+    const child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (chunk) => (stderr += chunk));
+    // Close our end at the first output, as `head -c 10` does.
+    child.stdout.once('data', () => child.stdout.destroy());
+    const status = await new Promise((resolve) => child.on('close', (code) => resolve(code)));
+    t.is(stderr, '', args.join(' '));
+    t.is(status, 0, args.join(' '));
+  }
 });

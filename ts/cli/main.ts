@@ -6,7 +6,7 @@
  * runs the README's main job. Bad input prints one
  * line to stderr and exits with code 2; other failures exit with 1.
  */
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, fstatSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { runDemo } from './demo';
 import { formatSize, layoutE820, layoutRows, layoutTable, x86LegacyJson, x86LegacyRows } from './format';
@@ -116,6 +116,15 @@ function emit(text: string, out: string | undefined): void {
     writeFileSync(out, `${text}\n`);
   } catch (error) {
     throw new UsageError(`--out ${out}: cannot write it (${(error as Error).message})`);
+  }
+}
+
+/** Whether descriptor `fd` is open and a socket. */
+function isSocket(fd: number): boolean {
+  try {
+    return fstatSync(fd).isSocket();
+  } catch {
+    return false;
   }
 }
 
@@ -282,7 +291,11 @@ async function main(argv: string[]): Promise<number> {
       console.log(usage.migrateDemo);
       return 0;
     }
-    if (values.child) return migrateDemoChild((line) => console.log(line));
+    if (values.child) {
+      // The child's end of the socket pair is descriptor 3, which the parent passes it.
+      if (!isSocket(3)) throw new UsageError('migrate-demo --child is the destination process migrate-demo starts itself (it reads descriptor 3, its socket): run membacking migrate-demo');
+      return migrateDemoChild((line) => console.log(line));
+    }
     return migrateDemo((line) => console.log(line), __filename, { noKvm: values['no-kvm'] === true });
   }
   if (command === 'demo') {
@@ -311,6 +324,20 @@ function isInputError(error: unknown): boolean {
   );
 }
 
+/**
+ * A reader that goes away (`membacking demo | head -c 10`) is not a failure of the command:
+ * stop quietly, as a program killed by SIGPIPE would, instead of dying on the unhandled 'error'
+ * event of standard output with a stack trace.
+ */
+function stopQuietlyOnClosedPipe(stream: NodeJS.WriteStream): void {
+  stream.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw error;
+  });
+}
+stopQuietlyOnClosedPipe(process.stdout);
+stopQuietlyOnClosedPipe(process.stderr);
+
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
@@ -318,7 +345,8 @@ main(process.argv.slice(2)).then(
   (error: unknown) => {
     const message = error instanceof Error ? error.message : String(error);
     if (isInputError(error)) {
-      process.stderr.write(`membacking: ${message}\n`);
+      // One line: some parseArgs messages span several ("… is ambiguous.\nDid you forget …").
+      process.stderr.write(`membacking: ${message.split('\n').join(' ')}\n`);
       process.exitCode = 2;
     } else {
       process.stderr.write(`membacking: ${error instanceof Error && error.stack ? error.stack : message}\n`);
