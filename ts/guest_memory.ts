@@ -13,7 +13,7 @@ import { constants as bufferConstants } from 'node:buffer';
 import { isMainThread } from 'node:worker_threads';
 import { withViews, inspectObject } from './json_view';
 import { native } from './native';
-import { describeType, toU64, type U64 } from './u64';
+import { checkOptionKeys, describeType, toU64, type U64 } from './u64';
 import { inspect, type InspectOptionsStylized } from 'node:util';
 
 type NativeSparseMapping = InstanceType<typeof native.NativeSparseMapping>;
@@ -384,6 +384,19 @@ export interface ShareableRegion {
 
 const kinds = new Set<string>(Object.values(GuestMemoryErrorKind));
 
+/** The keys of {@link GuestMemoryOptions}. */
+const GUEST_MEMORY_OPTION_KEYS = [
+  'name',
+  'pageFault',
+  'retryLimit',
+  'readFallback',
+  'writeFallback',
+  'fillFallback',
+  'compareExchangeFallback',
+  'lockGpns',
+  'unlockGpns',
+] as const satisfies readonly (keyof GuestMemoryOptions)[];
+
 function optionalFunction<F>(options: Record<string, unknown>, name: string): F | undefined {
   const value = options[name];
   if (value === undefined || value === null) return undefined;
@@ -641,7 +654,8 @@ export class GuestMemory {
    */
   static fromSparseMapping(mapping: SparseMapping, options: GuestMemoryOptions = {}): GuestMemory {
     const m = nativeOf<NativeSparseMapping>(mapping, SparseMapping, 'mapping');
-    if (typeof options !== 'object' || options === null) throw invalidArgType(`options must be an object, got ${describeType(options)}`);
+    if (typeof options !== 'object' || options === null || Array.isArray(options)) throw invalidArgType(`options must be an object, got ${describeType(options)}`);
+    checkOptionKeys(options, GUEST_MEMORY_OPTION_KEYS, 'GuestMemory.fromSparseMapping()');
     const o = options as Record<string, unknown>;
     const name = o.name === undefined ? 'sparse' : o.name;
     if (typeof name !== 'string') throw invalidArgType(`options.name must be a string, got ${describeType(name)}`);

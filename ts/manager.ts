@@ -15,7 +15,7 @@ import { native } from './native';
 import { nativePartition, type KvmPartition, type RecordingPartition } from './partition';
 import { applyChanges, flatView as plannerFlatView, planChange, planChanges, type FlatEntry, type Plan, type PlanChange, type PlanPreview, type PlanResolvers } from './planner';
 import { nativeJson, toRange, type MemoryRange, type RangeLike } from './range';
-import { describeType, describeValue, toU64, type U64 } from './u64';
+import { checkOptionKeys, describeType, describeValue, toU64, type U64 } from './u64';
 import { migrateArgs, migrateFromArgs, overStream, pauseThrough, type MigratedFrom, type MigrateFromOptions, type MigrateOptions, type MigrationInfo, type MigrationStream } from './migration';
 import {
   DirtyTracking,
@@ -150,7 +150,8 @@ export class GuestMemoryBuilder {
   prefetchRam(enable: boolean, options: { onProgress?: PrefetchProgressCallback } = {}): this {
     this.#checkOpen();
     this.#prefetchRam = toBool(enable, 'enable');
-    if (typeof options !== 'object' || options === null) throw invalidArgType(`options must be an object, got ${describeType(options)}`);
+    if (typeof options !== 'object' || options === null || Array.isArray(options)) throw invalidArgType(`options must be an object, got ${describeType(options)}`);
+    checkOptionKeys(options, ['onProgress'], 'prefetchRam()');
     if (options.onProgress !== undefined && typeof options.onProgress !== 'function') {
       throw invalidArgType(`options.onProgress must be a function, got ${describeType(options.onProgress)}`);
     }
@@ -370,7 +371,8 @@ export class GuestMemoryManager {
   async attachPartition(vtl: Vtl, partition: RecordingPartition | KvmPartition, options: { remoteProcess?: number } = {}): Promise<void> {
     const v = toVtl(vtl, 'vtl');
     const handle = nativePartition(partition);
-    if (typeof options !== 'object' || options === null) throw invalidArgType(`options must be an object, got ${describeType(options)}`);
+    if (typeof options !== 'object' || options === null || Array.isArray(options)) throw invalidArgType(`options must be an object, got ${describeType(options)}`);
+    checkOptionKeys(options, ['remoteProcess'], 'attachPartition()');
     const remote = options.remoteProcess;
     if (remote !== undefined && (typeof remote !== 'number' || !Number.isInteger(remote) || remote < 0 || remote > 0xffff_ffff)) {
       throw invalidArgType(`remoteProcess must be a process id, got ${describeType(remote)}`);

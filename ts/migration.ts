@@ -18,7 +18,7 @@ import { storeCause, takeCause } from './causes';
 import { call, invalidArgType, settle } from './errors';
 import { native } from './native';
 import { toOptions } from './snapshot';
-import { describeType, toU64, type U64 } from './u64';
+import { checkOptionKeys, describeType, toU64, type U64 } from './u64';
 
 type NativeChannel = InstanceType<typeof native.NativeMigrationChannel>;
 
@@ -119,6 +119,7 @@ export function migrateArgs(
 ): { stream: MigrationStream; pause: () => unknown; maxRounds: bigint | null; maxDowntimeMs: bigint | null; onProgress: ((round: bigint, bytes: bigint) => void) | null; signal: AbortSignal | undefined } {
   const s = toStream(stream);
   if (typeof options !== 'object' || options === null) throw invalidArgType(`options must be an object with a pause function, got ${describeType(options)}`);
+  checkOptionKeys(options, ['pause', 'maxRounds', 'maxDowntimeMs', 'onProgress', 'signal'], 'migrate()');
   const o = options as Record<string, unknown>;
   if (typeof o.pause !== 'function') throw invalidArgType(`options.pause must be a function that stops the guest's vCPUs, got ${describeType(o.pause)}`);
   return {
@@ -137,7 +138,7 @@ export function migrateFromArgs(
   options: unknown,
 ): { stream: MigrationStream; options: Record<string, unknown>; onProgress: ((round: bigint, bytes: bigint) => void) | null; signal: AbortSignal | undefined } {
   const s = toStream(stream);
-  const o = toOptions(options);
+  const o = toOptions(options, ['onProgress', 'layout', 'windowBackings', 'signal'], 'GuestMemoryBuilder.migrateFrom()');
   return { stream: s, options: o, onProgress: toMigrationProgress(o.onProgress), signal: toSignal(o.signal, 'options.signal') };
 }
 

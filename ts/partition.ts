@@ -9,7 +9,7 @@ import { native } from './native';
 import { withViews, inspectObject } from './json_view';
 import { parseNativeJson } from './native_json';
 import { nativeJson, toRange, type RangeLike } from './range';
-import { describeType, describeValue, toU64, type U64 } from './u64';
+import { checkOptionKeys, describeType, describeValue, toU64, type U64 } from './u64';
 import { inspect, type InspectOptionsStylized } from 'node:util';
 
 export { KvmError } from './errors';
@@ -122,9 +122,10 @@ const exitKindsCovered: ExitKindsCovered = true;
 void exitKindsCovered;
 
 /** `options` must be undefined or an object (a TypeError otherwise). */
-function optionsObject<T extends object>(options: T | undefined, name: string): Partial<T> {
+function optionsObject<T extends object>(options: T | undefined, name: string, accepted: readonly (keyof T & string)[], where: string): Partial<T> {
   if (options === undefined) return {};
-  if (typeof options !== 'object' || options === null) throw invalidArgType(`${name} must be an object, got ${describeType(options)}`);
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) throw invalidArgType(`${name} must be an object, got ${describeType(options)}`);
+  checkOptionKeys(options, accepted, where);
   return options;
 }
 
@@ -168,7 +169,7 @@ export class Vcpu {
   }
   /** Run until the next exit; timeoutMs stops a looping guest with {kind: 'Cancelled'}. */
   async run(options?: { timeoutMs?: number }): Promise<VcpuExit> {
-    const timeout = optionsObject(options, 'options').timeoutMs ?? 0;
+    const timeout = optionsObject(options, 'options', ['timeoutMs'], 'Vcpu#run()').timeoutMs ?? 0;
     if (typeof timeout !== 'number') throw invalidArgType(`timeoutMs must be a number, got ${describeType(timeout)}`);
     if (!Number.isFinite(timeout) || timeout < 0) throw invalidArgValue(`timeoutMs must be a non-negative finite number, got ${describeValue(timeout)}`);
     return toExit(await settle(call(() => this.#native.run(timeout))));
@@ -219,14 +220,14 @@ export class KvmPartition {
 
   /** Open /dev/kvm, create a VM (KvmError ERR_KVM_UNAVAILABLE on failure). */
   static async create(options?: { disableSlotZapAllQuirk?: boolean }): Promise<KvmPartition> {
-    const disable = optionsObject(options, 'options').disableSlotZapAllQuirk ?? true;
+    const disable = optionsObject(options, 'options', ['disableSlotZapAllQuirk'], 'KvmPartition.create()').disableSlotZapAllQuirk ?? true;
     if (typeof disable !== 'boolean') throw invalidArgType('disableSlotZapAllQuirk must be a boolean');
     return new KvmPartition(token, await settle(call(() => native.kvmPartitionCreate(disable))));
   }
 
   /** Create a vCPU (after attachPartition when it must write page tables into guest RAM). */
   async createVcpu(options?: VcpuOptions): Promise<Vcpu> {
-    const o = optionsObject(options, 'options');
+    const o = optionsObject(options, 'options', ['mode', 'pageTables', 'cpl'], 'KvmPartition#createVcpu()');
     const mode = o.mode ?? VcpuMode.Long;
     if (typeof mode !== 'string') throw invalidArgType(`mode must be a VcpuMode, got ${describeType(mode)}`);
     if (mode !== VcpuMode.Long && mode !== VcpuMode.Real) throw invalidArgValue(`mode must be 'Real' or 'Long', got ${describeValue(mode)}`);

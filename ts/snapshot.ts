@@ -11,7 +11,7 @@ import { Mappable, nativeOf } from './guest_memory';
 import { nativeLayout, type MemoryLayout } from './layout';
 import { native } from './native';
 import { nativeJson, type MemoryRange } from './range';
-import { describeType, describeValue, toU64, type U64 } from './u64';
+import { checkOptionKeys, describeType, describeValue, toU64, type U64 } from './u64';
 import { inspectObject } from './json_view';
 import { inspect, type InspectOptionsStylized } from 'node:util';
 
@@ -229,12 +229,16 @@ export function toDir(value: unknown, name: string): string {
   return value;
 }
 
-/** An options bag (undefined is empty). @internal */
-export function toOptions(value: unknown): Record<string, unknown> {
+/** An options bag (undefined is empty) whose keys are among `accepted` (`where` names the call). @internal */
+export function toOptions(value: unknown, accepted: readonly string[], where: string): Record<string, unknown> {
   if (value === undefined) return {};
-  if (typeof value !== 'object' || value === null) throw invalidArgType(`options must be an object, got ${describeType(value)}`);
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw invalidArgType(`options must be an object, got ${describeType(value)}`);
+  checkOptionKeys(value, accepted, where);
   return value as Record<string, unknown>;
 }
+
+/** The options of `GuestMemoryBuilder.restore()`. @internal */
+export const RESTORE_OPTION_KEYS = ['mode', 'onProgress', 'layout', 'windowBackings', 'startDirtyTracking', 'deferBackgroundFill'] as const satisfies readonly (keyof RestoreOptions)[];
 
 /** An optional `onProgress` function. @internal */
 export function toProgress(value: unknown): ProgressCallback | undefined {
@@ -251,14 +255,14 @@ function toFlag(value: unknown, name: string): boolean {
 /** The checked options of `manager.snapshot()`. @internal */
 export function snapshotArgs(dir: unknown, options: unknown): { dir: string; base: string | null; onProgress: ProgressCallback | null } {
   const d = toDir(dir, 'dir');
-  const o = toOptions(options);
+  const o = toOptions(options, ['base', 'onProgress'], 'snapshot()');
   const base = o.base === undefined ? null : toDir(o.base, 'options.base');
   return { dir: d, base, onProgress: toProgress(o.onProgress) ?? null };
 }
 
 /** The native options of a restore, every field checked. @internal */
 export function restoreOptions(options: unknown): NativeRestoreOptions {
-  const o = toOptions(options);
+  const o = toOptions(options, RESTORE_OPTION_KEYS, 'GuestMemoryBuilder.restore()');
   const result = machineOptions(o);
   const mode = o.mode ?? 'copy';
   if (typeof mode !== 'string') throw invalidArgType(`options.mode must be 'copy' or 'lazy', got ${describeType(mode)}`);
@@ -325,7 +329,7 @@ export async function readSnapshot(dir: string): Promise<SnapshotChain> {
  */
 export async function verifySnapshot(dir: string, options: { onProgress?: ProgressCallback } = {}): Promise<SnapshotChain> {
   const d = toDir(dir, 'dir');
-  const progress = toProgress(toOptions(options).onProgress) ?? null;
+  const progress = toProgress(toOptions(options, ['onProgress'], 'verifySnapshot()').onProgress) ?? null;
   return nativeJson(await settle(call(() => native.readSnapshotChain(d, true, progress))));
 }
 

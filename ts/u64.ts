@@ -73,3 +73,47 @@ export function describeValue(value: unknown): string {
 export function hex(value: bigint): string {
   return `0x${value.toString(16)}`;
 }
+
+/**
+ * Refuses an option key that `accepted` does not list: a misspelt option (`{ bse: dir }`,
+ * `{ timeoutMS: 100 }`) would otherwise be ignored silently and the call would run with the
+ * default instead. RangeError `ERR_INVALID_ARG_VALUE` naming the key, the accepted ones and
+ * the nearest of them. Only own enumerable string keys count (a class instance's prototype
+ * methods do not).
+ */
+export function checkOptionKeys(options: object, accepted: readonly string[], where: string): void {
+  for (const key of Object.keys(options)) {
+    if (accepted.includes(key)) continue;
+    const near = nearest(key, accepted);
+    throw invalidArgValue(
+      `${where}: unknown option '${key}'${near === undefined ? '' : ` (did you mean '${near}'?)`}; the options are ${accepted.map((k) => `'${k}'`).join(', ')}`,
+    );
+  }
+}
+
+/** The accepted key closest to `key` (case-insensitive edit distance at most 2), if any. */
+function nearest(key: string, accepted: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = 3;
+  for (const candidate of accepted) {
+    const d = editDistance(key.toLowerCase(), candidate.toLowerCase());
+    if (d < bestDistance) {
+      best = candidate;
+      bestDistance = d;
+    }
+  }
+  return best;
+}
+
+/** Levenshtein distance (short strings only: option names). */
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = Math.min(previous[j]! + 1, current[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    previous = current;
+  }
+  return previous[b.length]!;
+}
