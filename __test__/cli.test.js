@@ -334,3 +334,28 @@ test('a reader that closes the pipe early stops the command quietly (no EPIPE st
     t.is(status, 0, args.join(' '));
   }
 });
+
+test('an error whose explanation is in detail prints it; a refused change is named, with what would be accepted', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-cli-detail-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const input = path.join(dir, 'plan.json');
+  fs.writeFileSync(input, JSON.stringify({ ramSize: '4G', gaps: ['3G-4G'], changes: ['visibility 0-1G ReadOnly'] }));
+  for (const [args, message] of [
+    // The contract's message is `invalid memory size`; why is in `detail`.
+    [['layout', '--ram', '4097'], /^membacking: layout of --ram 4097: invalid memory size: the RAM size 0x1001 is not a positive multiple of 4 KiB/],
+    [['layout', '--ram', '4G', '--gap', '3G-4G', '--gap', '3G-4G'], /invalid memory or MMIO ranges: gaps\[0\] 0xc0000000-0x100000000 overlaps gaps\[1\]/],
+    // Which change of the file was refused, and the regions a visibility change can name.
+    [['plan', '--input', input], /^membacking: change 'visibility 0-1G ReadOnly': 0x0-0x40000000 is not a controllable RAM range \(the RAM regions: 0x0-0xc0000000, 0x100000000-0x140000000\)$/m],
+    // A second placement of a window cannot change its length (it used to be placed 4 KiB long, silently).
+    [['plan', '--ram', '4G', '--gap', '3G-4G', '--change', 'device w 2G-2G+4K', '--change', 'device w 3G-3G+8K'], /^membacking: change 'device w 3G-3G\+8K': device window w is 4 KiB \(0x1000 bytes\) long, not 8 KiB/],
+  ]) {
+    const r = run(...args);
+    t.is(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+    t.is(r.stdout, '', args.join(' '));
+    t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+    t.regex(r.stderr, message);
+  }
+  // Moving a window keeps working.
+  const moved = run('plan', '--ram', '4G', '--gap', '3G-4G', '--change', 'device w 3G-3G+4K', '--change', 'device w 3G+8K-3G+12K', '--change', 'unplace w');
+  t.is(moved.status, 0, moved.stderr);
+});

@@ -15,6 +15,23 @@ import { parseRange, parseSize } from './format';
 /** An input error: reported as one line with exit code 2. */
 export class UsageError extends Error {}
 
+/**
+ * An error's text for one line of the CLI: its message and, when the library put the values
+ * and the rule in `detail` (a message the contract fixes, such as `invalid memory size`), that too.
+ */
+export function errorText(error: unknown): string {
+  if (!(error instanceof Error)) return String(error);
+  const detail = (error as { detail?: unknown }).detail;
+  return typeof detail === 'string' && detail !== '' && !error.message.includes(detail) ? `${error.message}: ${detail}` : error.message;
+}
+
+/** `error` with `context` before its text (and `after` after it), keeping its `code` (which decides the exit code) and it as the cause. */
+export function withContext(error: unknown, context: string, after = ''): Error {
+  const wrapped = new Error(`${context}: ${errorText(error)}${after}`, { cause: error });
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === undefined ? wrapped : Object.assign(wrapped, { code });
+}
+
 /** The keys of the short form of an input file. */
 const SHORT_FORM_KEYS = ['ramSize', 'ram', 'gaps', 'vtl2Range'];
 
@@ -31,7 +48,7 @@ function named<T>(what: string, parse: () => T): T {
   try {
     return parse();
   } catch (error) {
-    throw new UsageError(`${what}: ${error instanceof Error ? error.message : String(error)}`);
+    throw new UsageError(`${what}: ${errorText(error)}`);
   }
 }
 

@@ -10,7 +10,7 @@ import { existsSync, fstatSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { runDemo } from './demo';
 import { formatSize, layoutE820, layoutRows, layoutTable, x86LegacyJson, x86LegacyRows } from './format';
-import { layoutFromFlags, UsageError } from './input';
+import { errorText, layoutFromFlags, UsageError } from './input';
 import { GuestMemoryBuilder, Vtl } from '../manager';
 import { KvmPartition, RecordingPartition } from '../partition';
 import { ProgressBar } from './progress';
@@ -343,7 +343,7 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (error: unknown) => {
-    const message = error instanceof Error ? error.message : String(error);
+    const message = errorText(error);
     if (isInputError(error)) {
       // One line: some parseArgs messages span several ("… is ambiguous.\nDid you forget …").
       process.stderr.write(`membacking: ${message.split('\n').join(' ')}\n`);

@@ -10,7 +10,7 @@
  *   unplace NAME                                        remove a placed window
  */
 import { formatSize, parseRange, table } from './format';
-import { readInputFile } from './input';
+import { readInputFile, withContext } from './input';
 import type { MemoryLayout } from '../layout';
 import { GuestMemoryBuilder, RamVisibility, Vtl, type DeviceMemoryControl } from '../manager';
 import { RecordingPartition, type RecordedCall } from '../partition';
@@ -98,6 +98,11 @@ export async function runPlan(layout: MemoryLayout, changes: ChangeSpec[], optio
         if (control === undefined) {
           control = manager.deviceMemoryMapper().newRegion(spec.range.len, spec.name).control;
           windows.set(spec.name, control);
+        } else if (control.len !== spec.range.len) {
+          // A placement moves the window made by the first change naming it; it keeps its length.
+          throw new PlanInputError(
+            `change '${spec.text}': device window ${spec.name} is ${formatSize(control.len)} (${hexOf(control.len)} bytes) long, not ${formatSize(spec.range.len)}: place it at START-START+${hexOf(control.len)}, or give another window another name`,
+          );
         }
         const window = control;
         change = { kind: 'deviceMapToGuest', window, gpa: spec.range.start, writable: true };
@@ -108,8 +113,16 @@ export async function runPlan(layout: MemoryLayout, changes: ChangeSpec[], optio
         change = { kind: 'deviceUnmapFromGuest', window };
         apply = () => window.unmapFromGuest();
       }
-      const plan = await manager.plan(change);
-      await apply();
+      let plan: Awaited<ReturnType<typeof manager.plan>>;
+      try {
+        plan = await manager.plan(change);
+        await apply();
+      } catch (error) {
+        // Name the change that was refused (several may be given, from flags and a file).
+        const code = (error as { code?: unknown }).code;
+        const regions = code === 'ERR_INVALID_RAM_REGION' ? ` (the RAM regions: ${manager.ramRegions().map((r) => r.range.toString()).join(', ')})` : '';
+        throw withContext(error, `change '${spec.text}'`, regions);
+      }
       const applied = partition.takeLog();
       steps.push({ change: spec.text, ops: plan.ops, flatView: plan.flatView, applied, matches: samePartitionCalls(plan.ops, applied) });
     }
