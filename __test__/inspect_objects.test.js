@@ -133,11 +133,38 @@ try { mb.MemoryLayout.new(0x1001, []); } catch (e) { console.log(e.stack); }`;
 test('the fast paths name the argument they refuse', (t) => {
   const memory = GuestMemory.allocate(0x1000);
   t.teardown(() => memory.close());
-  t.throws(() => memory.readU8('x'), { code: 'ERR_INVALID_ARG_TYPE', message: 'gpa must be a number or a bigint, got type string' });
+  t.throws(() => memory.readU8('x'), { code: 'ERR_INVALID_ARG_TYPE', message: "gpa must be a number or a bigint, got type string ('x')" });
   t.throws(() => memory.readU64(-1), { code: 'ERR_INVALID_ARG_TYPE', message: 'gpa must be a safe non-negative integer or a bigint, got -1' });
   t.throws(() => memory.writeU64(0, -2), { message: 'value must be a safe non-negative integer or a bigint, got -2' });
-  t.throws(() => memory.readAt(0, 'x'), { message: 'dest must be a Uint8Array or Buffer, got type string' });
-  t.throws(() => memory.fillAt(0, 1, 'z'), { message: 'len must be a number or a bigint, got type string' });
+  t.throws(() => memory.readAt(0, 'x'), { message: "dest must be a Uint8Array or Buffer, got type string ('x')" });
+  t.throws(() => memory.fillAt(0, 1, 'z'), { message: "len must be a number or a bigint, got type string ('z')" });
+});
+
+test('every GuestMemory method names the argument and the value it refuses (not the binding\'s "expected a number or a bigint")', async (t) => {
+  const memory = GuestMemory.allocate(0x1000);
+  t.teardown(() => memory.close());
+  const type = (message) => ({ instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE', message });
+  const value = (message) => ({ instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE', message });
+  // Stores' values: the binding said only "value must be an integer number".
+  t.throws(() => memory.writeU8(0, '1'), type("value must be an integer number, got type string ('1')"));
+  t.throws(() => memory.writeU32(0, 1n), type('value must be an integer number, got type bigint (1n)'));
+  // Compare-exchange: the binding said "Failed to convert napi value String into rust type `f64`".
+  t.throws(() => memory.compareExchangeU16(0, '0', 1), type("expected must be an integer number, got type string ('0')"));
+  t.throws(() => memory.compareExchangeU32(0, 0, null), type('replacement must be an integer number, got null'));
+  t.throws(() => memory.compareExchangeU8('0', 0, 0), type("gpa must be a number or a bigint, got type string ('0')"));
+  t.throws(() => memory.compareExchangeU64(0, 0n, NaN), type('replacement must be a safe non-negative integer or a bigint, got NaN'));
+  t.throws(() => memory.compareExchangeU64(0, -1n, 0n), value('expected must be between 0 and 2^64-1, got -1'));
+  t.throws(() => memory.subrange(0, '4096'), type("len must be a number or a bigint, got type string ('4096')"));
+  t.throws(() => memory.probeReadable(1.5), type('gpa must be a safe non-negative integer or a bigint, got 1.5'));
+  t.throws(() => memory.probeWritable({}), type('gpa must be a number or a bigint, got an object (Object)'));
+  await t.throwsAsync(memory.readAtAsync('0', 1), type("gpa must be a number or a bigint, got type string ('0')"));
+  await t.throwsAsync(memory.writeAtAsync(-1, Buffer.alloc(1)), type('gpa must be a safe non-negative integer or a bigint, got -1'));
+  // Vectored copies: the entry, the value, and `entryIndex`.
+  const bad = t.throws(() => memory.readv([{ gpa: 0, buffer: Buffer.alloc(1) }, { gpa: -1, buffer: Buffer.alloc(1) }]), type('list[1].gpa must be a safe non-negative integer or a bigint, got -1'));
+  t.is(bad.entryIndex, 1);
+  t.throws(() => memory.writev([{ gpa: 1n << 64n, buffer: Buffer.alloc(1) }]), value('list[0].gpa must be between 0 and 2^64-1, got 18446744073709551616'));
+  // A Proxy that throws on every access is described, not asked (its throw used to escape).
+  t.throws(() => range(new Proxy({}, { get() { throw new Error('trap'); } }), 0), type('start must be a number or a bigint, got an object'));
 });
 
 test('the packed source maps resolve: every map in the package embeds the sources it names', (t) => {

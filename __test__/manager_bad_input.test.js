@@ -110,6 +110,10 @@ test('setRamVisibility rejects bad ranges and visibilities, and changes nothing'
   for (const r of BAD_RANGE_VALUES) isRangeError(t, await failure(t, () => control.setRamVisibility(r, RamVisibility.Unmapped)), `range ${String(r.start)}-${String(r.end)}`);
   for (const v of [0, null, undefined, {}, true]) isTypeError(t, await failure(t, () => control.setRamVisibility(VGA, v)), `visibility ${String(v)}`);
   for (const v of ['unmapped', 'Hidden', '', 'readWrite']) isRangeError(t, await failure(t, () => control.setRamVisibility(VGA, v)), `visibility ${v}`);
+  // The messages list what is accepted and name the value given (a name for the numeric Vtl, a number for the string enum).
+  t.is((await failure(t, () => control.setRamVisibility(VGA, 1))).message, "visibility must be a RamVisibility ('Unmapped', 'ReadOnly', 'ReadWrite'), got type number (1)");
+  t.is((await failure(t, () => control.setRamVisibility(VGA, 'readonly'))).message, "visibility must be a RamVisibility ('Unmapped', 'ReadOnly', 'ReadWrite'), got 'readonly'");
+  t.is((await failure(t, () => manager.attachPartition('Vtl0', partition))).message, "vtl must be a Vtl (Vtl.Vtl0 = 0, Vtl.Vtl1 = 1, Vtl.Vtl2 = 2), got type string ('Vtl0')");
   t.deepEqual(partition.log(), []);
   t.true((await manager.inspect()).regions.every((r) => r.active));
   await manager.close();

@@ -549,6 +549,42 @@ function fastPathError(error: unknown, check: () => void): unknown {
   return translated;
 }
 
+/**
+ * Calls the binding with arguments it checks itself; an argument error it throws (which names
+ * neither the argument nor the value: `expected a number or a bigint`) is replaced by the one
+ * `check` throws.
+ */
+function callNamed<T>(f: () => T, check: () => void): T {
+  try {
+    return f();
+  } catch (error) {
+    throw fastPathError(error, check);
+  }
+}
+
+/** The type check of a scalar store's or compare-exchange's number (its range is the binding's). */
+function integerNumber(value: unknown, name: string): void {
+  if (typeof value !== 'number' || !Number.isInteger(value)) throw invalidArgType(`${name} must be an integer number, got ${describeType(value)}`);
+}
+
+/**
+ * A vectored copy's argument error for entry `list[i]`, named by its checks here (the binding's
+ * says `list[i].gpa: a number argument must be …` without the value), `entryIndex` kept.
+ */
+function vectoredError(error: unknown, list: unknown): unknown {
+  const translated = fromNative(error);
+  const index = (translated as { entryIndex?: unknown }).entryIndex;
+  const code = (translated as { code?: unknown }).code;
+  if ((code === 'ERR_INVALID_ARG_TYPE' || code === 'ERR_INVALID_ARG_VALUE') && typeof index === 'number' && Array.isArray(list)) {
+    try {
+      toU64((list[index] as { gpa?: unknown } | undefined)?.gpa, `list[${index}].gpa`);
+    } catch (named) {
+      return Object.assign(named as Error, { entryIndex: index });
+    }
+  }
+  return translated;
+}
+
 /** One entry of `readv`/`writev`: `buffer.byteLength` bytes at `gpa`. */
 export interface VectoredEntry {
   gpa: U64;
@@ -756,7 +792,7 @@ export class GuestMemory {
     try {
       this.#f.readv(this.#id, ...args);
     } catch (error) {
-      throw fromNative(error);
+      throw vectoredError(error, list);
     }
   }
   /**
@@ -771,7 +807,7 @@ export class GuestMemory {
     try {
       this.#f.writev(this.#id, ...args);
     } catch (error) {
-      throw fromNative(error);
+      throw vectoredError(error, list);
     }
   }
   /** Copy len guest bytes at gpa into a new Buffer. */
@@ -853,6 +889,7 @@ export class GuestMemory {
     } catch (error) {
       throw fastPathError(error, () => {
         toU64(gpa, 'gpa');
+        integerNumber(value, 'value');
       });
     }
   }
@@ -863,6 +900,7 @@ export class GuestMemory {
     } catch (error) {
       throw fastPathError(error, () => {
         toU64(gpa, 'gpa');
+        integerNumber(value, 'value');
       });
     }
   }
@@ -873,6 +911,7 @@ export class GuestMemory {
     } catch (error) {
       throw fastPathError(error, () => {
         toU64(gpa, 'gpa');
+        integerNumber(value, 'value');
       });
     }
   }
@@ -890,32 +929,59 @@ export class GuestMemory {
 
   /** Atomic CAS; returns the previous value (=== expected ⇔ swapped). */
   compareExchangeU8(gpa: U64, expected: number, replacement: number): number {
-    return call(() => this.#n.compareExchangeNumber(gpa, 1, expected, replacement));
+    return this.#compareExchangeNumber(gpa, 1, expected, replacement);
   }
   /** Atomic CAS; misaligned gpa → RangeError. */
   compareExchangeU16(gpa: U64, expected: number, replacement: number): number {
-    return call(() => this.#n.compareExchangeNumber(gpa, 2, expected, replacement));
+    return this.#compareExchangeNumber(gpa, 2, expected, replacement);
   }
   /** Atomic CAS; misaligned gpa → RangeError. */
   compareExchangeU32(gpa: U64, expected: number, replacement: number): number {
-    return call(() => this.#n.compareExchangeNumber(gpa, 4, expected, replacement));
+    return this.#compareExchangeNumber(gpa, 4, expected, replacement);
   }
   /** Atomic CAS; misaligned gpa → RangeError. */
   compareExchangeU64(gpa: U64, expected: U64, replacement: U64): bigint {
-    return call(() => this.#n.compareExchangeU64(gpa, expected, replacement));
+    return callNamed(
+      () => this.#n.compareExchangeU64(gpa, expected, replacement),
+      () => {
+        toU64(gpa, 'gpa');
+        toU64(expected, 'expected');
+        toU64(replacement, 'replacement');
+      },
+    );
+  }
+  #compareExchangeNumber(gpa: U64, size: number, expected: number, replacement: number): number {
+    return callNamed(
+      () => this.#n.compareExchangeNumber(gpa, size, expected, replacement),
+      () => {
+        toU64(gpa, 'gpa');
+        integerNumber(expected, 'expected');
+        integerNumber(replacement, 'replacement');
+      },
+    );
   }
 
   /** View of [offset, offset+len) (bytes) with its own GPA 0. */
   subrange(offset: U64, len: U64): GuestMemory {
-    return GuestMemory.wrap(rearming(() => call(() => this.#n.subrange(offset, len))));
+    return GuestMemory.wrap(
+      rearming(() =>
+        callNamed(
+          () => this.#n.subrange(offset, len),
+          () => {
+            toU64(offset, 'offset');
+            toU64(len, 'len');
+          },
+        ),
+      ),
+    );
   }
   /** 1-byte read at gpa succeeds. */
   probeReadable(gpa: U64): boolean {
-    return call(() => this.#n.probeReadable(gpa));
+    return callNamed(() => this.#n.probeReadable(gpa), () => toU64(gpa, 'gpa'));
   }
   /** CAS(v, v) at gpa succeeds. */
   probeWritable(gpa: U64): boolean {
-    return call(() => this.#n.probeWritable(gpa));
+    return callNamed(() => this.#n.probeWritable(gpa), () => toU64(gpa, 'gpa'));
   }
 
   /** Scatter-list read; dest.length must equal range.len (RangeError). */
@@ -944,12 +1010,12 @@ export class GuestMemory {
   /** read() on the libuv pool, via a Rust-owned buffer. */
   async readAtAsync(gpa: U64, len: U64): Promise<Buffer> {
     const l = toU64(len, 'len');
-    return (await settle(call(() => this.#n.readAtAsync(gpa, l, MAX_BUFFER)))) as Buffer;
+    return (await settle(callNamed(() => this.#n.readAtAsync(gpa, l, MAX_BUFFER), () => toU64(gpa, 'gpa')))) as Buffer;
   }
   /** writeAt() on the libuv pool; src is copied first. */
   async writeAtAsync(gpa: U64, src: Uint8Array): Promise<void> {
     const s = toByteArray(src, 'src');
-    await settle(call(() => this.#n.writeAtAsync(gpa, s)));
+    await settle(callNamed(() => this.#n.writeAtAsync(gpa, s), () => toU64(gpa, 'gpa')));
   }
 
   /** DMA sharing of the manager's file-backed accessor; null otherwise or in private mode. */

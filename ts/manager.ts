@@ -52,15 +52,16 @@ function rangeArray(value: unknown, name: string): BigUint64Array {
 
 /** A `Vtl` argument (a number in the enum). @internal */
 export function toVtl(value: unknown, name: string): Vtl {
-  if (typeof value !== 'number') throw invalidArgType(`${name} must be a Vtl, got ${describeType(value)}`);
+  if (typeof value !== 'number') throw invalidArgType(`${name} must be a Vtl (Vtl.Vtl0 = 0, Vtl.Vtl1 = 1, Vtl.Vtl2 = 2), got ${describeType(value)}`);
   if (!Object.values(Vtl).includes(value)) throw invalidArgValue(`${name} must be Vtl.Vtl0, Vtl.Vtl1 or Vtl.Vtl2, got ${describeValue(value)}`);
   return value as Vtl;
 }
 
 /** A `RamVisibility` argument (an enum member or its string value). @internal */
 export function toVisibility(value: unknown, name: string): RamVisibility {
-  if (typeof value !== 'string') throw invalidArgType(`${name} must be a RamVisibility, got ${describeType(value)}`);
-  if (!Object.values(RamVisibility).includes(value as RamVisibility)) throw invalidArgValue(`${name} must be a RamVisibility, got ${describeValue(value)}`);
+  const accepted = Object.values(RamVisibility).map((v) => `'${v}'`).join(', ');
+  if (typeof value !== 'string') throw invalidArgType(`${name} must be a RamVisibility (${accepted}), got ${describeType(value)}`);
+  if (!Object.values(RamVisibility).includes(value as RamVisibility)) throw invalidArgValue(`${name} must be a RamVisibility (${accepted}), got ${describeValue(value)}`);
   return value as RamVisibility;
 }
 

@@ -54,12 +54,34 @@ export function toU32(value: unknown, name: string): number {
   return value;
 }
 
-/** A short description of a value's type for error messages. */
+/**
+ * A short description of a value's type for error messages, with the value itself when it is a
+ * primitive (`type string ('4096')`, `type number (NaN)`). Never throws: a Proxy or a getter
+ * that throws is described without it.
+ */
 export function describeType(value: unknown): string {
   if (value === null) return 'null';
-  if (Array.isArray(value)) return 'an array';
-  if (typeof value === 'object') return `an object (${value.constructor?.name ?? 'no prototype'})`;
-  return `type ${typeof value}`;
+  if (value === undefined) return 'type undefined';
+  if (typeof value === 'object') {
+    if (Array.isArray(value)) return 'an array';
+    let constructorName: unknown;
+    try {
+      constructorName = (value as { constructor?: { name?: unknown } }).constructor?.name;
+    } catch {
+      return 'an object';
+    }
+    return `an object (${typeof constructorName === 'string' && constructorName !== '' ? constructorName : 'no prototype'})`;
+  }
+  if (typeof value === 'function') return 'type function';
+  if (typeof value === 'symbol') return `type symbol (${value.toString()})`;
+  if (typeof value === 'string') return `type string (${quoted(value)})`;
+  if (typeof value === 'bigint') return `type bigint (${value}n)`;
+  return `type ${typeof value} (${String(value)})`;
+}
+
+/** A string quoted for a message, shortened past 40 characters. */
+function quoted(value: string): string {
+  return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value).replace(/^"|"$/g, "'");
 }
 
 /** A value for an error message; never throws (unlike String() on a null-prototype object). */
