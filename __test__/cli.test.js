@@ -248,6 +248,21 @@ test('--help on every command and --version', (t) => {
   t.is(run('--version').stdout.trim(), require('../package.json').version);
 });
 
+test('help COMMAND prints what COMMAND --help prints, for every command the main help lists', (t) => {
+  const main = run('--help');
+  const commands = [...main.stdout.matchAll(/^ {2}([a-z][a-z-]+) {2,}/gm)].map((m) => m[1]);
+  t.true(commands.includes('migrate-demo') && commands.includes('snapshot-info'), main.stdout);
+  for (const command of commands) {
+    const own = run(command, '--help');
+    t.is(own.status, 0, command);
+    t.regex(own.stdout, new RegExp(`^usage: membacking ${command} `), command);
+    for (const help of [['help', command], ['--help', command]]) t.is(run(...help).stdout, own.stdout, help.join(' '));
+  }
+  const unknown = run('help', 'frobnicate');
+  t.is(unknown.status, 2);
+  t.is(unknown.stderr, "membacking: help: unknown command 'frobnicate' (see membacking --help)\n");
+});
+
 test('sizes parse with K/M/G/T suffixes, hex and decimal', (t) => {
   t.is(parseSize('4G'), 4n << 30n);
   t.is(parseSize('1.5G'), 3n << 29n);

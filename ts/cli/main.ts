@@ -263,7 +263,15 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   if (command === '--help' || command === '-h' || command === 'help') {
-    console.log(usage.main);
+    // `membacking help plan` is `membacking plan --help`.
+    const topic = rest[0];
+    if (topic === undefined) {
+      console.log(usage.main);
+      return 0;
+    }
+    const text = topic === 'migrate-demo' ? usage.migrateDemo : Object.hasOwn(usage, topic) && topic !== 'main' && topic !== 'migrateDemo' ? usage[topic as keyof typeof usage] : undefined;
+    if (text === undefined) throw new UsageError(`help: unknown command '${topic}' (see membacking --help)`);
+    console.log(text);
     return 0;
   }
   if (command === '--version') {
