@@ -86,3 +86,21 @@ test('KvmPartition.create, createVcpu and Vcpu#run refuse a misspelt option', as
   t.teardown(() => vcpu.close());
   await t.throwsAsync(vcpu.run({ timeoutMS: 10 }), unknownOption('timeoutMS', 'timeoutMs'));
 });
+
+test('plan and apply refuse a change with a key its kind does not have, and apply nothing of the batch', async (t) => {
+  const manager = await new GuestMemoryBuilder().x86LegacySupport(true).build(L1());
+  t.teardown(() => manager.close());
+  const partition = new RecordingPartition();
+  await manager.attachPartition(Vtl.Vtl0, partition);
+  partition.clearLog();
+  const vga = { start: 0xa0000, end: 0xc0000 };
+  const before = await manager.flatView();
+  const hide = { kind: 'ramVisibility', range: vga, visibility: 'Unmapped' };
+  const typo = { kind: 'ramVisibility', range: vga, visibility: 'ReadOnly', visibilty: 'ReadWrite' };
+  const refused = { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE', message: /^changes\[1\] \(ramVisibility\): unknown key 'visibilty' \(did you mean 'visibility'\?\); the keys are 'kind', 'range', 'visibility'$/ };
+  await t.throwsAsync(manager.apply([hide, typo]), refused);
+  await t.throwsAsync(manager.plan([hide, typo]), refused);
+  await t.throwsAsync(manager.plan({ ...hide, gpa: 0 }), { code: 'ERR_INVALID_ARG_VALUE', message: /^change \(ramVisibility\): unknown key 'gpa'/ });
+  t.deepEqual(partition.log(), []);
+  t.deepEqual(await manager.flatView(), before);
+});

@@ -15,7 +15,7 @@ import { toVisibility, toVtl } from './manager';
 import { native } from './native';
 import { nativePartition, type KvmPartition, type RecordingPartition } from './partition';
 import { nativeJson, toRange, type MemoryRange, type RangeLike } from './range';
-import { describeType, toU64, type U64 } from './u64';
+import { checkOptionKeys, describeType, toU64, type U64 } from './u64';
 
 /** One piece of the flat view: what the guest sees at [range). */
 export interface FlatEntry {
@@ -103,6 +103,22 @@ function ownWindow<H extends { madeBy(manager: InstanceType<typeof native.Native
   return half;
 }
 
+/** The keys of each kind of change (a misspelt key would be ignored: `visibilty`). */
+const CHANGE_KEYS: Record<PlanChange['kind'], readonly string[]> = {
+  ramVisibility: ['kind', 'range', 'visibility'],
+  deviceMapToGuest: ['kind', 'window', 'gpa', 'writable'],
+  deviceUnmapFromGuest: ['kind', 'window'],
+  deviceMap: ['kind', 'region', 'offset', 'object', 'fileOffset', 'len', 'writable'],
+  deviceUnmap: ['kind', 'region', 'offset', 'len'],
+  attachPartition: ['kind', 'vtl', 'partition'],
+};
+
+/** Refuses a key the change's kind does not have (an unknown kind is refused by the caller). */
+function checkChangeKeys(change: object, name: string): void {
+  const kind = (change as { kind?: unknown }).kind;
+  if (typeof kind === 'string' && Object.hasOwn(CHANGE_KEYS, kind)) checkOptionKeys(change, CHANGE_KEYS[kind as PlanChange['kind']], `${name} (${kind})`, 'key');
+}
+
 /** @internal The native planner calls for one change. */
 export async function planChange(
   manager: InstanceType<typeof native.NativeGuestMemoryManager>,
@@ -110,6 +126,7 @@ export async function planChange(
   resolve: PlanResolvers,
 ): Promise<PlanPreview> {
   if (typeof change !== 'object' || change === null) throw invalidArgType(`change must be a PlanChange object, got ${describeType(change)}`);
+  checkChangeKeys(change, 'change');
   let pending: Promise<string>;
   switch (change.kind) {
     case 'ramVisibility': {
@@ -168,6 +185,7 @@ function nativeBatch(changes: unknown, resolve: PlanResolvers): NativeBatch {
   changes.forEach((change: unknown, index: number) => {
     const name = `changes[${index}]`;
     if (typeof change !== 'object' || change === null) throw invalidArgType(`${name} must be a PlanChange object, got ${describeType(change)}`);
+    checkChangeKeys(change, name);
     const c = change as PlanChange;
     switch (c.kind) {
       case 'ramVisibility': {

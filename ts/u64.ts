@@ -103,12 +103,12 @@ export function hex(value: bigint): string {
  * the nearest of them. Only own enumerable string keys count (a class instance's prototype
  * methods do not).
  */
-export function checkOptionKeys(options: object, accepted: readonly string[], where: string): void {
+export function checkOptionKeys(options: object, accepted: readonly string[], where: string, noun = 'option'): void {
   for (const key of Object.keys(options)) {
     if (accepted.includes(key)) continue;
     const near = nearest(key, accepted);
     throw invalidArgValue(
-      `${where}: unknown option '${key}'${near === undefined ? '' : ` (did you mean '${near}'?)`}; the options are ${accepted.map((k) => `'${k}'`).join(', ')}`,
+      `${where}: unknown ${noun} '${key}'${near === undefined ? '' : ` (did you mean '${near}'?)`}; the ${noun}s are ${accepted.map((k) => `'${k}'`).join(', ')}`,
     );
   }
 }
