@@ -134,16 +134,23 @@ fn ram_entry(value: &Value, path: &str) -> Result<MemoryRangeWithNode, JsError> 
     let vnode_value = object
         .get("vnode")
         .ok_or_else(|| bad_value(format!("{path} has no 'vnode'")))?;
-    let vnode = vnode_value
-        .as_u64()
-        .ok_or_else(|| wrong_type(&format!("{path}.vnode"), "an integer", vnode_value))
-        .and_then(|vnode| {
-            u32::try_from(vnode).map_err(|_| {
-                bad_value(format!(
-                    "{path}.vnode must be between 0 and 2^32-1, got {vnode}"
-                ))
-            })
-        })?;
+    // An integer out of range (-1, 2^32) is a bad value; only a non-integer is the wrong type.
+    let out_of_range = || {
+        bad_value(format!(
+            "{path}.vnode must be between 0 and 2^32-1, got {vnode_value}"
+        ))
+    };
+    let vnode = match (vnode_value.as_u64(), vnode_value.as_f64()) {
+        (Some(vnode), _) => u32::try_from(vnode).map_err(|_| out_of_range())?,
+        (None, Some(number)) if number.fract() == 0.0 => return Err(out_of_range()),
+        _ => {
+            return Err(wrong_type(
+                &format!("{path}.vnode"),
+                "an integer",
+                vnode_value,
+            ))
+        }
+    };
     Ok(MemoryRangeWithNode { range, vnode })
 }
 
@@ -378,8 +385,23 @@ mod tests {
             ),
             (
                 r#"{"ram": [{"range": {"start": "0x0", "end": "0x1000"}, "vnode": -1}], "mmio": []}"#,
+                ErrorClass::RangeError,
+                "ram[0].vnode must be between 0 and 2^32-1, got -1",
+            ),
+            (
+                r#"{"ram": [{"range": {"start": "0x0", "end": "0x1000"}, "vnode": 4294967296}], "mmio": []}"#,
+                ErrorClass::RangeError,
+                "ram[0].vnode must be between 0 and 2^32-1, got 4294967296",
+            ),
+            (
+                r#"{"ram": [{"range": {"start": "0x0", "end": "0x1000"}, "vnode": 1.5}], "mmio": []}"#,
                 ErrorClass::TypeError,
-                "ram[0].vnode must be an integer, got -1",
+                "ram[0].vnode must be an integer, got 1.5",
+            ),
+            (
+                r#"{"ram": [{"range": {"start": "0x0", "end": "0x1000"}, "vnode": "0"}], "mmio": []}"#,
+                ErrorClass::TypeError,
+                "ram[0].vnode must be an integer, got '0'",
             ),
             (
                 r#"{"ram": [{"range": {"start": "0x0", "end": "0x1000"}}], "mmio": []}"#,
