@@ -374,3 +374,17 @@ test('an error whose explanation is in detail prints it; a refused change is nam
   const moved = run('plan', '--ram', '4G', '--gap', '3G-4G', '--change', 'device w 3G-3G+4K', '--change', 'device w 3G+8K-3G+12K', '--change', 'unplace w');
   t.is(moved.status, 0, moved.stderr);
 });
+
+test('--input reads a pipe, and refuses a file that never ends instead of reading it to the end', (t) => {
+  // /dev/zero used to be read whole: the process grew until it was killed (or aborted with bad_alloc).
+  const zero = run('layout', '--input', '/dev/zero');
+  t.is(zero.status, 2, zero.stderr);
+  t.is(zero.stderr, 'membacking: cannot read /dev/zero: it holds more than 16 MiB, which no layout file does\n');
+  // A pipe (`--input <(…)`, /dev/stdin) is read to its end.
+  // (A shell pipe: the stdin spawnSync gives a child is a socket, which /dev/stdin cannot open.)
+  const piped = spawnSync('sh', ['-c', 'printf %s "$2" | "$0" "$1" layout --input /dev/stdin --format json', process.execPath, cli, JSON.stringify({ ramSize: '4G', gaps: ['3G-4G'] })], {
+    encoding: 'utf8',
+  });
+  t.is(piped.status, 0, piped.stderr);
+  t.is(JSON.parse(piped.stdout).ramSize, '0x100000000');
+});

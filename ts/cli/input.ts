@@ -7,7 +7,7 @@
  * round trip), or the short form `{"ramSize", "gaps", "vtl2Range"}` / `{"ram", "gaps"}` with
  * sizes such as `4G`. Unknown keys are errors in both.
  */
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { MemoryLayout } from '../layout';
 import type { MemoryRange } from '../range';
 import { parseRange, parseSize } from './format';
@@ -69,12 +69,39 @@ export function layoutFromFlags(values: LayoutFlags, extraKeys: readonly string[
   );
 }
 
+/** The largest input file read (a layout with thousands of gaps is a few hundred KiB). */
+export const MAX_INPUT_BYTES = 16 * 1024 * 1024;
+
+/**
+ * The text of `file`, read in pieces (it may be a pipe: `--input <(…)`); more than
+ * MAX_INPUT_BYTES is refused instead of read to the end (`--input /dev/zero` would never end).
+ */
+function readBounded(file: string): string {
+  const fd = openSync(file, 'r');
+  try {
+    const chunks: Buffer[] = [];
+    const piece = Buffer.alloc(64 * 1024);
+    let total = 0;
+    for (;;) {
+      const n = readSync(fd, piece, 0, piece.length, null);
+      if (n === 0) break;
+      total += n;
+      if (total > MAX_INPUT_BYTES) throw new UsageError(`cannot read ${file}: it holds more than ${MAX_INPUT_BYTES / (1024 * 1024)} MiB, which no layout file does`);
+      chunks.push(Buffer.from(piece.subarray(0, n)));
+    }
+    return Buffer.concat(chunks).toString('utf8');
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /** Reads an input file: JSON, an object (see the module comment). */
 export function readInputFile(file: string): Record<string, unknown> {
   let parsed: unknown;
   try {
-    parsed = JSON.parse(readFileSync(file, 'utf8'));
+    parsed = JSON.parse(readBounded(file));
   } catch (error) {
+    if (error instanceof UsageError) throw error;
     throw new UsageError(`cannot read ${file}: ${(error as Error).message}`);
   }
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new UsageError(`${file}: expected a JSON object`);
