@@ -6,7 +6,7 @@
 // the original to check that their recorded outcomes still hold.
 //
 //   npm run conformance:upstream -- --openvmm PATH [--seed N] [--ref REF] [--scale F]
-//                                   [--summary FILE] [--keep]
+//                                   [--mutate ROUNDS] [--summary FILE] [--keep]
 //
 // Without --ref every area uses its pinned commit (conformance/upstream-pins.json); with
 // --ref REF (e.g. `main`, `HEAD`) every area uses REF, and the report says what changed there
@@ -14,6 +14,10 @@
 // checkout (bare or not) for the pinned commits; a plain source tree is used as it is.
 // Files are read with `git show COMMIT:PATH` into a temporary folder, where the generator is
 // built: nothing of the original enters the repository, and nothing is fetched.
+//
+// With --mutate ROUNDS, the committed cases' inputs are also changed ROUNDS times each
+// (scripts/conformance-mutate.js), evaluated by the original, and the tests run on those too:
+// inputs shaped like the committed ones, which the generator's own streams do not produce.
 
 const fs = require('node:fs')
 const os = require('node:os')
@@ -21,6 +25,7 @@ const path = require('node:path')
 const { execFileSync, spawnSync } = require('node:child_process')
 const { parseArgs } = require('node:util')
 const { matchingBrace } = require('./rust-source')
+const { mutateVectors } = require('./conformance-mutate')
 
 const repoRoot = path.resolve(__dirname, '..')
 const pins = JSON.parse(fs.readFileSync(path.join(repoRoot, 'conformance/upstream-pins.json'), 'utf8')).areas
@@ -191,13 +196,19 @@ function main() {
       seed: { type: 'string', default: '0x5eed0001' },
       ref: { type: 'string' },
       scale: { type: 'string', default: '1' },
+      mutate: { type: 'string' },
       summary: { type: 'string' },
       keep: { type: 'boolean' },
       'skip-js': { type: 'boolean' },
     },
   })
   if (!values.openvmm) {
-    console.error('usage: npm run conformance:upstream -- --openvmm PATH [--seed N] [--ref REF] [--scale F] [--summary FILE] [--keep] [--skip-js]')
+    console.error('usage: npm run conformance:upstream -- --openvmm PATH [--seed N] [--ref REF] [--scale F] [--mutate ROUNDS] [--summary FILE] [--keep] [--skip-js]')
+    process.exit(2)
+  }
+  const rounds = values.mutate === undefined ? 0 : Number(values.mutate)
+  if (values.mutate !== undefined && (!Number.isInteger(rounds) || rounds < 1)) {
+    console.error(`--mutate ${values.mutate}: give a positive whole number of rounds`)
     process.exit(2)
   }
   const openvmm = path.resolve(values.openvmm)
@@ -287,8 +298,33 @@ function main() {
         report.push(`- ${replayed.area} case ${difference.id} (${difference.op}): recorded ${JSON.stringify(difference.recorded).slice(0, 300)}, the original now gives ${JSON.stringify(difference.original).slice(0, 300)}`)
       }
     }
+    if (rounds) {
+      const mutated = path.join(scratch, 'mutated')
+      const counts = mutateVectors({ binary: built.binary, vectorsDir: path.join(repoRoot, 'conformance'), outDir: mutated, seed: values.seed, rounds, areas })
+      for (const area of AREAS) {
+        if (!areas.includes(area)) fs.copyFileSync(path.join(repoRoot, 'conformance', `${area}.json`), path.join(mutated, `${area}.json`))
+      }
+      const mutatedRust = runTests('cargo', ['test', '--quiet', '-p', 'memory_range', '-p', 'vm_topology', '-p', 'underhill_mem', '--test', 'conformance', '--', '--nocapture'], mutated, repoRoot)
+      const mutatedJs = js ? runTests('npx', ['ava', '__test__/conformance.test.js', '--verbose'], mutated, repoRoot) : null
+      report.push('', `Mutated committed inputs (${rounds} round(s), seed ${values.seed}), evaluated by the original:`, '')
+      report.push('| area | mutated cases | Rust tests |', '| --- | ---: | --- |')
+      for (const area of AREAS) {
+        const rustLine = mutatedRust.lines.find((line) => line.startsWith(`${area}.json`)) || mutatedRust.failures.find((line) => line.startsWith(`${area}.json`)) || '—'
+        report.push(`| ${area} | ${counts[area] ?? 'committed copy'} | ${rustLine} |`)
+      }
+      report.push('')
+      if (mutatedRust.status !== 0) {
+        ok = false
+        report.push('Rust conformance tests FAILED on the mutated vectors:', '', '```', ...mutatedRust.failures, mutatedRust.tail, '```', '')
+      } else report.push('Rust conformance tests: passed on the mutated vectors.', '')
+      if (mutatedJs) {
+        if (mutatedJs.status !== 0) ok = false
+        report.push(`JavaScript conformance tests (ava): ${mutatedJs.status === 0 ? 'passed' : 'FAILED'} on the mutated vectors.`, '')
+        if (mutatedJs.status !== 0) report.push('```', mutatedJs.tail, '```', '')
+      }
+    }
     if (notes.length) report.push('', 'What differs upstream:', '', ...notes.map((note) => `- ${note}`))
-    if (values.keep) report.push('', `Generated vectors kept in \`${vectors}\`.`)
+    if (values.keep) report.push('', `Generated vectors kept in \`${vectors}\`${values.mutate ? ` (mutated ones beside it, in \`${path.join(scratch, 'mutated')}\`)` : ''}.`)
   } finally {
     if (!values.keep) fs.rmSync(scratch, { recursive: true, force: true })
   }
