@@ -83,9 +83,15 @@ function mutator(rng) {
   const freshRange = () => range({ start: '0x0', end: '0x0' })
   /** Any two u64 values (the raw constructors' and the registrar's failing ranges). */
   const rawRange = (r) => ({ start: below(2) ? hex(value(BigInt(r.start))) : r.start, end: hex(value(BigInt(r.end))) })
+  /** A list edit; `element` changes one element, `fresh` makes a new one. */
   const list = (items, element, fresh) => {
     const out = items.slice()
-    const k = below(7)
+    // Elements are ranges, or objects holding one in `range` (tagged ranges, RAM entries).
+    const get = (e) => ('range' in e ? e.range : e)
+    const put = (e, r) => ('range' in e ? { ...e, range: r } : r)
+    // The range edits (4 to 7) only apply to lists of ranges, not to the registrar's calls.
+    const ranged = out.length > 0 && 'start' in get(out[0])
+    const k = below(ranged ? 11 : 5)
     if (k === 0 && out.length) {
       const i = below(out.length)
       out.splice(i, 0, structuredClone(out[i]))
@@ -93,8 +99,30 @@ function mutator(rng) {
     else if (k === 2 && out.length > 1) {
       const i = below(out.length - 1)
       ;[out[i], out[i + 1]] = [out[i + 1], out[i]]
-    } else if (k === 3) out.splice(below(out.length + 1), 0, fresh())
-    else if (out.length) {
+    } else if (k === 3 || (k === 4 && !ranged)) out.splice(below(out.length + 1), 0, fresh())
+    else if (k === 4) {
+      // An empty range inside (or at the end of) an element, right after it.
+      const i = below(out.length)
+      const r = get(out[i])
+      const pages = (BigInt(r.end) - BigInt(r.start)) / PAGE
+      const at = hex(BigInt(r.start) + (pages > 0n ? (next() % pages) + 1n : 0n) * PAGE)
+      out.splice(i + 1, 0, put(structuredClone(out[i]), { start: at, end: at }))
+    } else if (k === 5 && out.length > 1) {
+      // An element's end moved into (or past) the next one.
+      const i = below(out.length - 1)
+      const r = get(out[i])
+      const n = get(out[i + 1])
+      const end = BigInt(n.end) > BigInt(n.start) ? BigInt(n.start) + PAGE : BigInt(n.end)
+      if (end >= BigInt(r.start)) out[i] = put(out[i], { start: r.start, end: hex(end) })
+    } else if (k === 6 && out.length > 1) {
+      // The lowest element moved last.
+      out.push(out.shift())
+    } else if (k === 7 && out.length) {
+      // An empty range at the start of an element, placed after a later one.
+      const i = below(out.length)
+      const r = get(out[i])
+      out.splice(below(out.length - i) + i + 1, 0, put(structuredClone(out[i]), { start: r.start, end: r.start }))
+    } else if (out.length) {
       const i = below(out.length)
       out[i] = element(out[i])
     }
