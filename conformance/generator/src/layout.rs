@@ -249,6 +249,29 @@ pub fn run_registrar(input: &Value) -> Value {
 /// A layout input and its RAM ranges (the vectors carry both), for layouts that succeed.
 fn valid_layout(rng: &mut Rng) -> (Value, Vec<MemoryRange>, Option<MemoryRange>) {
     loop {
+        if rng.below(3) == 0 {
+            // Explicit RAM: not always from 0, touching or apart, several vnodes, with MMIO
+            // gaps in some of the holes.
+            let mut memory = Vec::new();
+            let mut gaps = Vec::new();
+            let mut position = rng.pick(&[0, 0, 0xa_0000, 0x10_0000, GB, 2 * GB + 0x1000]);
+            for _ in 0..1 + rng.below(4) {
+                let len = rng.pick(&[0x1000, 0x9_f000, 0x10_0000, GB, 3 * GB, 2 * GB + 0x5000]);
+                memory.push(json!({ "range": range_json(&r(position, position + len)), "vnode": rng.below(4) }));
+                position += len;
+                let hole = rng.pick(&[0, 0x1000, GB, 64 * GB]);
+                if hole != 0 && rng.below(2) == 0 {
+                    gaps.push(r(position, position + hole));
+                }
+                position += hole;
+            }
+            let input = json!({ "ctor": "new_from_ranges", "memory": memory, "gaps": gaps_json(&gaps) });
+            if let Ok(layout) = build_layout(&input) {
+                let ram = layout.ram().iter().map(|entry| entry.range).collect();
+                return (input, ram, None);
+            }
+            continue;
+        }
         let size = rng.pick(&[GB, 3 * GB, 8 * GB, 16 * GB, 1 << 40]);
         let gaps = match rng.below(4) {
             0 => vec![],
