@@ -561,7 +561,11 @@ test('lockGpns: page contents, holes, overflow, and one unlock per lock', async 
   const part = Buffer.alloc(16);
   locked.readAt(1, P - 16, part);
   t.true(part.equals(memory.read(2 * P - 16, 16)));
-  t.throws(() => locked.readAt(3, 0, part), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE' });
+  t.throws(() => locked.readAt(3, 0, part), {
+    instanceOf: RangeError,
+    code: 'ERR_INVALID_ARG_VALUE',
+    message: 'page index 3 is out of range: 3 pages are locked (indexes 0 to 2)',
+  });
   t.throws(() => locked.readAt(0, P - 8, part), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE' });
   locked.release();
   locked.release();

@@ -31,6 +31,15 @@ test('a zero-length mapping is InvalidInput (RangeError ERR_INVALID_INPUT)', (t)
   t.is(mb.handlerStatus(), 'installed');
 });
 
+test('a length no address space holds is refused with the length and what to do in the detail', (t) => {
+  const refused = t.throws(() => new SparseMapping(2n ** 62n), { code: 'ENOMEM' });
+  t.regex(refused.detail, /0x4000000000000000 bytes/);
+  t.regex(refused.detail, /ulimit -v/);
+  const overflow = t.throws(() => new SparseMapping(2n ** 64n - 4097n), { instanceOf: RangeError, code: 'ERR_INVALID_INPUT' });
+  t.is(overflow.message, 'length and alignment combination causes overflow');
+  t.regex(overflow.detail, /0xffffffffffffefff/);
+});
+
 // Length rounding and base alignment.
 test('lengths round up to 4 KiB, 2 MiB or 1 GiB and the base is aligned', (t) => {
   t.is(new SparseMapping(1).length, 4096n);

@@ -98,7 +98,9 @@ impl NativeSparseMapping {
     /// Reserves `len` bytes (rounded up by size); re-arms a displaced fault handler.
     #[napi(constructor)]
     pub fn new(len: U64) -> napi::Result<Self> {
-        let mapping = SparseMapping::new(host_size(len, "len")?).map_err(os("mmap"))?;
+        let len = host_size(len, "len")?;
+        let mapping = SparseMapping::new(len)
+            .map_err(|error| throw(js_api::errors::sparse_mapping_reserve(&error, len)))?;
         guestmem::ensure_fault_handler();
         Ok(NativeSparseMapping {
             inner: Some(Arc::new(mapping)),

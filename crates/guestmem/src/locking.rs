@@ -69,12 +69,26 @@ impl std::fmt::Debug for LockedPages {
     }
 }
 
+/// The valid page indexes of `count` locked pages, in words.
+fn locked_indexes(count: usize) -> String {
+    match count {
+        0 => "no pages are locked".to_owned(),
+        1 => "1 page is locked (index 0)".to_owned(),
+        _ => format!("{count} pages are locked (indexes 0 to {})", count - 1),
+    }
+}
+
 /// A guarded access to a locked page failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LockedPageAccessError {
     /// The page index is not below the number of locked pages.
-    #[error("page index {0} is out of range")]
-    PageIndex(usize),
+    #[error("page index {index} is out of range: {}", locked_indexes(*count))]
+    PageIndex {
+        /// The requested page index.
+        index: usize,
+        /// The number of locked pages.
+        count: usize,
+    },
     /// The byte range does not lie inside the page.
     #[error("offset {offset:#x} and length {len:#x} do not fit in a page")]
     OutOfBounds {
@@ -122,7 +136,10 @@ impl LockedPages {
             .inner
             .pages
             .get(page_index)
-            .ok_or(LockedPageAccessError::PageIndex(page_index))?;
+            .ok_or(LockedPageAccessError::PageIndex {
+                index: page_index,
+                count: self.inner.pages.len(),
+            })?;
         if offset > PAGE_SIZE || PAGE_SIZE - offset < len {
             return Err(LockedPageAccessError::OutOfBounds { offset, len });
         }

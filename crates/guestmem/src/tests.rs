@@ -740,10 +740,15 @@ fn locked_pages_read_write_and_unlock() {
     }
     locked.write_at(1, 4, &[9]).unwrap();
     assert_eq!(memory.read_plain::<u8>(P + 4).unwrap(), 9);
+    let error = locked.read_at(3, 0, &mut [0]).unwrap_err();
     assert!(matches!(
-        locked.read_at(3, 0, &mut [0]),
-        Err(LockedPageAccessError::PageIndex(3))
+        error,
+        LockedPageAccessError::PageIndex { index: 3, count: 3 }
     ));
+    assert_eq!(
+        error.to_string(),
+        "page index 3 is out of range: 3 pages are locked (indexes 0 to 2)"
+    );
     assert!(matches!(
         locked.read_at(0, PAGE_SIZE - 1, &mut [0; 2]),
         Err(LockedPageAccessError::OutOfBounds { .. })

@@ -923,7 +923,7 @@ impl ToJsError for guestmem::LockedPageAccessError {
             E::Memory(memory) => {
                 memory_error(memory, format!("locked page access failed: {memory}"))
             }
-            E::PageIndex(_) | E::OutOfBounds { .. } => JsError::arg_value(self.to_string()),
+            E::PageIndex { .. } | E::OutOfBounds { .. } => JsError::arg_value(self.to_string()),
         }
     }
 }
@@ -1021,6 +1021,29 @@ pub const RESERVE_REFUSED: &str = "the guest's VA window (address space from 0 t
      reserved whole when the manager is built, with no memory committed, and the kernel refused \
      the reservation (ENOMEM): an address-space limit (ulimit -v, RLIMIT_AS) counts it in full, \
      so raise or lift that limit (ulimit -v unlimited), or use a layout that ends lower";
+
+/// The error of `new SparseMapping(len)`: reserving `len` bytes of address space failed. The
+/// message stays the OS error's (or the overflow text of `sparse_mmap`); the detail names the
+/// length, why it was refused and what to do.
+pub fn sparse_mapping_reserve(error: &io::Error, len: usize) -> JsError {
+    let js_error = JsError::os(error, "mmap");
+    if error.raw_os_error() == Some(libc::ENOMEM) {
+        js_error.with_detail(format!(
+            "a SparseMapping reserves its whole length ({len:#x} bytes) of address space when \
+             it is made, with no memory committed, and the kernel refused (ENOMEM): the length is \
+             more than the address space this process has left, or than an address-space limit \
+             (ulimit -v) allows; use a smaller length or raise the limit"
+        ))
+    } else if error.kind() == io::ErrorKind::InvalidInput && len != 0 {
+        js_error.with_detail(format!(
+            "the length {len:#x}, rounded up to the reservation's alignment (1 GiB for lengths \
+             from 1 GiB), does not fit in 64 bits; no process has that much address space, so \
+             use a length the guest really needs"
+        ))
+    } else {
+        js_error
+    }
+}
 
 /// `error` with [`RESERVE_REFUSED`] as its detail when `cause` is the kernel refusing the VA
 /// window for lack of memory.

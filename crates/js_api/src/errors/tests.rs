@@ -457,7 +457,7 @@ fn every_row() -> Vec<JsError> {
         panic!("an unplaced page faults");
     };
     errors.push(guestmem::LockedPageAccessError::Memory(memory).to_js_error());
-    errors.push(guestmem::LockedPageAccessError::PageIndex(9).to_js_error());
+    errors.push(guestmem::LockedPageAccessError::PageIndex { index: 9, count: 1 }.to_js_error());
     errors.extend(guest_memory_errors().iter().map(ToJsError::to_js_error));
     errors.extend(region_manager_errors().iter().map(ToJsError::to_js_error));
     errors.extend(build_errors().iter().map(ToJsError::to_js_error));
@@ -1300,4 +1300,31 @@ fn a_va_window_the_kernel_refuses_says_why_and_what_to_do() {
         )))
         .to_js_error();
     assert_eq!(other.fields.detail, None);
+}
+
+#[test]
+fn a_sparse_mapping_the_kernel_refuses_names_the_length_and_what_to_do() {
+    // `new SparseMapping(2n ** 62n)` was "mmap: Cannot allocate memory" with nothing more, and
+    // a length near 2^64 only the fixed overflow text.
+    let too_big = 1usize << 62;
+    let refused = sparse_mmap::SparseMapping::new(too_big).expect_err("no 4 EiB address space");
+    let error = sparse_mapping_reserve(&refused, too_big);
+    assert_eq!(error.fields.errno, Some(libc::ENOMEM));
+    let detail = error.fields.detail.as_deref().expect("a detail");
+    assert!(detail.contains("0x4000000000000000 bytes"), "{detail}");
+    assert!(detail.contains("ulimit -v"), "{detail}");
+
+    let overflowing = usize::MAX - 4096;
+    let overflow = sparse_mmap::SparseMapping::new(overflowing).expect_err("overflows");
+    let error = sparse_mapping_reserve(&overflow, overflowing);
+    assert_eq!(
+        error.message,
+        "length and alignment combination causes overflow"
+    );
+    let detail = error.fields.detail.as_deref().expect("a detail");
+    assert!(detail.contains("0xffffffffffffefff"), "{detail}");
+
+    // A zero length keeps its own message, with no detail added.
+    let zero = sparse_mmap::SparseMapping::new(0).expect_err("empty");
+    assert_eq!(sparse_mapping_reserve(&zero, 0).fields.detail, None);
 }
