@@ -189,6 +189,24 @@ function runTests(command, args, dir, cwd) {
   return { status: result.status, lines, failures, tail: output.slice(-2500) }
 }
 
+/**
+ * Adds the outcome of the Rust and (when run) JavaScript conformance tests on one vector set
+ * (`which`: generated, mutated) to `report`; false when either failed.
+ */
+function reportTests(report, which, rust, js) {
+  let passed = true
+  if (rust.status !== 0) {
+    passed = false
+    report.push(`Rust conformance tests FAILED on the ${which} vectors:`, '', '```', ...rust.failures, rust.tail, '```', '')
+  } else report.push(`Rust conformance tests: passed on the ${which} vectors.`, '')
+  if (js) {
+    if (js.status !== 0) passed = false
+    report.push(`JavaScript conformance tests (ava): ${js.status === 0 ? 'passed' : 'FAILED'} on the ${which} vectors.`, '')
+    if (js.status !== 0) report.push('```', js.tail, '```', '')
+  }
+  return passed
+}
+
 function main() {
   const { values } = parseArgs({
     options: {
@@ -284,15 +302,7 @@ function main() {
       if (replayed && replayed.matched !== replayed.cases) ok = false
     }
     report.push('')
-    if (rust.status !== 0) {
-      ok = false
-      report.push('Rust conformance tests FAILED on the generated vectors:', '', '```', ...rust.failures, rust.tail, '```', '')
-    } else report.push('Rust conformance tests: passed on the generated vectors.', '')
-    if (js) {
-      if (js.status !== 0) ok = false
-      report.push(`JavaScript conformance tests (ava): ${js.status === 0 ? 'passed' : 'FAILED'} on the generated vectors.`, '')
-      if (js.status !== 0) report.push('```', js.tail, '```', '')
-    }
+    if (!reportTests(report, 'generated', rust, js)) ok = false
     for (const replayed of replay) {
       for (const difference of replayed.differences.slice(0, 5)) {
         report.push(`- ${replayed.area} case ${difference.id} (${difference.op}): recorded ${JSON.stringify(difference.recorded).slice(0, 300)}, the original now gives ${JSON.stringify(difference.original).slice(0, 300)}`)
@@ -313,15 +323,7 @@ function main() {
         report.push(`| ${area} | ${counts[area] ?? 'committed copy'} | ${rustLine} |`)
       }
       report.push('')
-      if (mutatedRust.status !== 0) {
-        ok = false
-        report.push('Rust conformance tests FAILED on the mutated vectors:', '', '```', ...mutatedRust.failures, mutatedRust.tail, '```', '')
-      } else report.push('Rust conformance tests: passed on the mutated vectors.', '')
-      if (mutatedJs) {
-        if (mutatedJs.status !== 0) ok = false
-        report.push(`JavaScript conformance tests (ava): ${mutatedJs.status === 0 ? 'passed' : 'FAILED'} on the mutated vectors.`, '')
-        if (mutatedJs.status !== 0) report.push('```', mutatedJs.tail, '```', '')
-      }
+      if (!reportTests(report, 'mutated', mutatedRust, mutatedJs)) ok = false
     }
     if (notes.length) report.push('', 'What differs upstream:', '', ...notes.map((note) => `- ${note}`))
     if (values.keep) report.push('', `Generated vectors kept in \`${vectors}\`${values.mutate ? ` (mutated ones beside it, in \`${path.join(scratch, 'mutated')}\`)` : ''}.`)
