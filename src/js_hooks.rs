@@ -28,10 +28,12 @@ use js_api::hooks::handoff;
 use js_api::hooks::hook_answer;
 use js_api::hooks::page_fault_action;
 use js_api::hooks::read_fallback_data;
+use js_api::hooks::wait_for_javascript;
 use js_api::hooks::HookAnswer;
 use js_api::hooks::JsHookFailure;
 use js_api::hooks::DONE;
 use js_api::hooks::LOCKED_OR_NOT;
+use js_api::hooks::PROCESS_EXIT;
 use napi::bindgen_prelude::BigUint64Array;
 use napi::bindgen_prelude::Buffer;
 use napi::bindgen_prelude::Either;
@@ -46,11 +48,11 @@ use napi::threadsafe_function::ThreadsafeFunction;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi::Env;
 use napi::Status;
+use napi_derive::napi;
 use std::cell::RefCell;
 use std::panic::catch_unwind;
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::sync_channel;
-use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,17 +115,19 @@ impl JsThreadRunner {
         {
             return None;
         }
-        loop {
-            match receiver.recv_timeout(ABORT_POLL) {
-                Ok(result) => return Some(result),
-                Err(RecvTimeoutError::Disconnected) => return None,
-                // An environment being torn down drops queued jobs without running (or
-                // dropping) them: stop waiting once the runner is closed.
-                Err(RecvTimeoutError::Timeout) if self.runner.aborted() => return None,
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-        }
+        // An environment being torn down drops queued jobs without running (or dropping)
+        // them: stop waiting once the runner is closed, or once the process is exiting.
+        wait_for_javascript(&receiver, ABORT_POLL, &PROCESS_EXIT, || {
+            self.runner.aborted()
+        })
     }
+}
+
+/// The main thread's `exit` event: the process is ending, and no hook will be answered any
+/// more. Threads waiting for one give up, so that libuv can join its pool threads.
+#[napi]
+pub fn mark_process_exiting() {
+    PROCESS_EXIT.mark();
 }
 
 /// The runner of this thread's JavaScript environment, if made: the environment (its address) and

@@ -84,6 +84,12 @@ if (isMainThread) {
   process.on('removeListener', function membackingSignalListenerRemoved(event: string | symbol) {
     if (FAULT_SIGNALS.has(event)) signalListenersChanged();
   });
+  // `process.exit()` (or an uncaught exception) ends the process without tearing down this
+  // thread's environment, yet libuv waits for its pool threads first: one waiting for a hook of
+  // this thread (a `readAtAsync` on hooked memory) must give up, or the process never exits.
+  process.on('exit', function membackingProcessExiting() {
+    native.markProcessExiting();
+  });
 }
 
 let rearmWarned = false;

@@ -11,6 +11,11 @@ use guestmem::GuestMemoryErrorKind;
 use guestmem::PageFaultAction;
 use guestmem::PageFaultError;
 use serde::Deserialize;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
 
 use crate::enums::JsEnum;
 
@@ -114,6 +119,58 @@ pub fn handoff(
         )),
         (false, true) => Err(JsHookFailure::unreachable(hook, "outside a native call")),
         (false, false) => Ok(()),
+    }
+}
+
+/// Whether the process is exiting: set once, from the main JavaScript thread's `exit` event.
+///
+/// `process.exit()` (and an uncaught exception) on the main thread ends the process without
+/// tearing its environment down: no cleanup hook runs, so a thread-safe function is never
+/// aborted, but libuv joins its pool threads before the process ends. A pool thread waiting for
+/// a hook answer from that thread would wait for ever, and the process would never exit.
+#[derive(Debug, Default)]
+pub struct ProcessExit(AtomicBool);
+
+impl ProcessExit {
+    /// Not exiting.
+    pub const fn new() -> Self {
+        ProcessExit(AtomicBool::new(false))
+    }
+
+    /// The process is exiting: every wait for a JavaScript thread gives up from now on.
+    pub fn mark(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`mark`](Self::mark) was called.
+    pub fn is_marked(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// This process's exit state (the binding marks it from the main thread's `exit` event).
+pub static PROCESS_EXIT: ProcessExit = ProcessExit::new();
+
+/// Waits for the answer of a job handed to a JavaScript thread, checking every `poll` whether
+/// it can still come: `None` once the sender is gone, `thread_gone()` says the thread will never
+/// run the job (its environment is being torn down), or `exit` is marked (the process is ending
+/// and the job will never run: waiting would keep the process from exiting).
+pub fn wait_for_javascript<R>(
+    receiver: &Receiver<R>,
+    poll: Duration,
+    exit: &ProcessExit,
+    thread_gone: impl Fn() -> bool,
+) -> Option<R> {
+    loop {
+        if exit.is_marked() {
+            return None;
+        }
+        match receiver.recv_timeout(poll) {
+            Ok(answer) => return Some(answer),
+            Err(RecvTimeoutError::Disconnected) => return None,
+            Err(RecvTimeoutError::Timeout) if thread_gone() => return None,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
     }
 }
 
@@ -318,6 +375,44 @@ impl RegistrationAnswer {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_wait_for_javascript_gives_up_once_the_process_exits() {
+        let poll = Duration::from_millis(5);
+        // An answer that comes is returned.
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        sender.send(7).unwrap();
+        let exit = ProcessExit::new();
+        assert_eq!(
+            wait_for_javascript(&receiver, poll, &exit, || false),
+            Some(7)
+        );
+        // A sender that went away (the job was dropped unrun) ends the wait.
+        drop(sender);
+        assert_eq!(wait_for_javascript(&receiver, poll, &exit, || false), None);
+        // A thread being torn down ends the wait.
+        let (_sender, receiver) = std::sync::mpsc::sync_channel::<u32>(1);
+        assert_eq!(wait_for_javascript(&receiver, poll, &exit, || true), None);
+        // The process exiting ends a wait in progress, and every later one at once, while the
+        // job (and so its sender) stays queued for ever.
+        let exit = std::sync::Arc::new(ProcessExit::new());
+        let waiter = {
+            let exit = exit.clone();
+            std::thread::spawn(move || wait_for_javascript(&receiver, poll, &exit, || false))
+        };
+        exit.mark();
+        assert_eq!(waiter.join().unwrap(), None);
+        let (_sender, receiver) = std::sync::mpsc::sync_channel::<u32>(1);
+        assert_eq!(
+            wait_for_javascript(&receiver, Duration::from_secs(3600), &exit, || false),
+            None
+        );
+        assert!(exit.is_marked());
+        assert!(
+            !PROCESS_EXIT.is_marked(),
+            "only the binding marks the process's own state"
+        );
+    }
     #[test]
     fn hook_calls_nest_up_to_the_limit_per_thread() {
         let calls: Vec<HookCall> = (0..MAX_HOOK_NESTING)
