@@ -824,26 +824,30 @@ impl GuestMemoryManager {
     /// when the manager thread has exited. Objects obtained from the manager then fail with
     /// `ManagerGone` (accessors: kind `OutOfRange`).
     ///
-    /// A lazy restore still filling RAM is stopped first: its threads are joined and its
+    /// A lazy restore still filling RAM serves faults until the VA mappers have been told the
+    /// manager is gone (an access racing the close reads the snapshot's data or fails, never
+    /// the zeros of a page not filled yet); then it is stopped: its threads are joined and its
     /// userfaultfd and snapshot files closed before the future resolves (pages it had not
     /// filled read as zeros to whoever still holds the RAM object).
     pub fn close(mut self) -> impl Future<Output = ()> + Send + 'static {
         let lazy_restore = self.lazy_restore.lock().take();
-        let cancelled = lazy_restore.map(|lazy| lazy.cancel());
+        if let Some(lazy) = &lazy_restore {
+            lazy.manager_closing();
+        }
         self.regions.shutdown(true);
         let thread = self.thread.take();
         let stopped = self.stopped.take();
         drop(self);
         async move {
-            if let Some(cancelled) = cancelled {
-                cancelled.await;
-            }
             if let Some(stopped) = stopped {
                 let _ = stopped.await;
             }
             if let Some(thread) = thread {
                 // The thread signalled that it is finishing; this join is immediate.
                 let _ = thread.join();
+            }
+            if let Some(lazy) = lazy_restore {
+                lazy.cancel().await;
             }
         }
     }

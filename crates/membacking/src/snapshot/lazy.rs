@@ -260,6 +260,9 @@ struct Shared {
     closing: AtomicBool,
     /// The manager is being closed: the filler stops at its next chunk and tears down.
     cancelled: AtomicBool,
+    /// The manager's close has begun (its views are going away): a copy that fails now fails
+    /// because of the close, and the restore ends as cancelled.
+    manager_closing: AtomicBool,
     /// The handler and filler threads, joined by a cancel (a restore that finishes on its own
     /// leaves them detached: they end with it).
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -412,6 +415,7 @@ impl LazyRestore {
             filler_started: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
+            manager_closing: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
             status: Arc::default(),
             total,
@@ -547,11 +551,17 @@ impl Shared {
     }
 
     /// Records a failure of a copy, unless the restore is being torn down (the views are then
-    /// unregistered, and every page with data has been filled already).
+    /// unregistered, and every page with data has been filled already); while the manager is
+    /// being closed, the restore ends as cancelled instead (the close removed the view).
     fn copy_failed(&self, error: &SnapshotError) {
-        if !self.closing.load(Ordering::Acquire) {
-            self.fail(error);
+        if self.closing.load(Ordering::Acquire) {
+            return;
         }
+        if self.manager_closing.load(Ordering::Acquire) {
+            self.failure.lock().get_or_insert(Failure::Cancelled);
+            return;
+        }
+        self.fail(error);
     }
 
     /// The backing offset of a window address, if it is RAM.
@@ -872,6 +882,16 @@ impl DecommitGuard {
                 Some(Err(failure)) => Err(failure.to_error()),
                 Some(Ok(_)) | None => Ok(()),
             }
+        }
+    }
+
+    /// The manager's close has begun: until [`cancel`](Self::cancel) the restore goes on serving
+    /// faults (an access racing the close gets the snapshot's data, or fails once its view is
+    /// gone, never zeros), and a copy failing because the close removed its view ends the
+    /// restore as cancelled, not with that I/O error.
+    pub(crate) fn manager_closing(&self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.manager_closing.store(true, Ordering::Release);
         }
     }
 

@@ -396,6 +396,85 @@ fn closing_a_manager_stops_its_lazy_restore_and_releases_it() {
 }
 
 #[test]
+fn reads_racing_the_close_of_a_lazily_restored_manager_see_the_snapshot_or_fail() {
+    // Closing stopped the restore (unregistering its views) before the VA mappers were told the
+    // manager was gone: in between, a read of a page not filled yet was served by the kernel
+    // with zeros and returned them as guest data; and a fill that failed because the close had
+    // removed its view made the restore fail with that I/O error (ENOENT) instead of
+    // `ManagerGone`.
+    let test = "reads_racing_the_close_of_a_lazily_restored_manager_see_the_snapshot_or_fail";
+    if !lazy_available(test) {
+        return;
+    }
+    const BYTE: u8 = 0x5a;
+    let data = MemoryRange::new(MIB..LOW.end());
+    let manager = build(false);
+    let memory = block_on(manager.client().guest_memory()).unwrap();
+    memory
+        .fill_at(data.start(), BYTE, usize::try_from(data.len()).unwrap())
+        .unwrap();
+    drop(memory);
+    let dir = temp_dir();
+    let target = dir.path().join("snap");
+    block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
+    block_on(manager.close());
+    let pages = data.len() / 4096;
+    for round in 0..8u64 {
+        // The fill is deferred: every page not touched before the close is still missing.
+        let restored = restore(
+            &target,
+            RestoreOptions {
+                mode: RestoreMode::Lazy,
+                defer_background_fill: true,
+                ..RestoreOptions::default()
+            },
+        );
+        let lazy = restored.lazy.unwrap();
+        let memory = block_on(restored.manager.client().guest_memory()).unwrap();
+        let start = std::sync::Barrier::new(5);
+        let wrong = std::thread::scope(|scope| {
+            let readers: Vec<_> = (0..4u64)
+                .map(|reader| {
+                    let (memory, start) = (&memory, &start);
+                    scope.spawn(move || {
+                        start.wait();
+                        let mut rng = Rng::new(round * 8 + reader + 1);
+                        let mut page = vec![0u8; 4096];
+                        // Until the close makes reads fail (bounded, should it never).
+                        for _ in 0..pages {
+                            let gpa = data.start() + rng.below(pages) * 4096;
+                            if memory.read_at(gpa, &mut page).is_err() {
+                                return None;
+                            }
+                            if let Some(at) = page.iter().position(|&b| b != BYTE) {
+                                return Some((gpa + at as u64, page[at]));
+                            }
+                        }
+                        None
+                    })
+                })
+                .collect();
+            start.wait();
+            block_on(restored.manager.close());
+            readers
+                .into_iter()
+                .filter_map(|reader| reader.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        assert!(
+            wrong.is_empty(),
+            "round {round}: reads racing the close returned other bytes than the snapshot's \
+             (gpa, byte): {wrong:x?}"
+        );
+        match block_on(lazy.wait()) {
+            Err(SnapshotError::Manager(crate::RegionManagerError::ManagerGone)) => {}
+            other => panic!("round {round}: the restore ended with {other:?}, not ManagerGone"),
+        }
+        drop(restored.windows);
+    }
+}
+
+#[test]
 fn a_decommit_during_a_lazy_restore_wins_over_the_snapshot() {
     let test = "a_decommit_during_a_lazy_restore_wins_over_the_snapshot";
     if !lazy_available(test) {
