@@ -480,8 +480,9 @@ export class GuestMemoryManager {
   }
   /**
    * Full teardown; derived objects then throw ERR_MANAGER_GONE. A lazy restore still running is
-   * stopped first (its threads, userfaultfd and snapshot files are released before this
-   * resolves; `lazyRestore.done` rejects with ERR_MANAGER_GONE).
+   * stopped once guest memory accessors have been cut off (an access racing the close gets the
+   * snapshot's data or fails, never zeros); its threads, userfaultfd and snapshot files are
+   * released before this resolves, and `lazyRestore.done` rejects with ERR_MANAGER_GONE.
    */
   async close(): Promise<void> {
     const handle = this.#native;
