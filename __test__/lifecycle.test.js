@@ -78,3 +78,32 @@ test('a readFallback of a writeAtAsync/readAtAsync pair: process.exit() from the
   `);
   endsWith(t, outcome, 4);
 });
+
+test('closing the source manager while its migration awaits pause() fails the migration on both sides', async (t) => {
+  // The migration's thread waited for pause() for ever: close() resolved, but migrate() and
+  // migrateFrom() never settled (and held the process open).
+  const outcome = await runScript(`
+    const net = require('node:net');
+    (async () => {
+      const [a, b] = await new Promise((resolve) => {
+        let client;
+        const server = net.createServer((socket) => { server.close(); resolve([socket, client]); });
+        server.listen(0, '127.0.0.1', () => { client = net.connect(server.address().port, '127.0.0.1'); });
+      });
+      const layout = mb.MemoryLayout.new(16n * mb.MiB, [mb.range(3n * mb.GiB, 4n * mb.GiB)]);
+      const source = await new mb.GuestMemoryBuilder().build(layout);
+      (await source.client().guestMemory()).fillAt(0, 1, 2n * mb.MiB);
+      let pauseCalled;
+      const paused = new Promise((resolve) => (pauseCalled = resolve));
+      const migrating = source.migrate(a, { pause: () => { pauseCalled(); return new Promise(() => {}); } }).then(() => 'resolved', (e) => e.code);
+      const arriving = mb.GuestMemoryBuilder.migrateFrom(b).then(() => 'resolved', (e) => e.code);
+      await paused;
+      await source.close();
+      console.log(JSON.stringify({ source: await migrating, destination: await arriving }));
+      a.destroy();
+      b.destroy();
+    })().catch((e) => { console.error(e); process.exit(1); });
+  `);
+  endsWith(t, outcome, 0);
+  t.deepEqual(JSON.parse(outcome.stdout.trim() || 'null'), { source: 'ERR_MANAGER_GONE', destination: 'ERR_MIGRATION_ABORTED' });
+});

@@ -268,6 +268,12 @@ impl RegionManagerClient {
         self.sender.unbounded_send(request).is_ok()
     }
 
+    /// Whether the region manager has stopped (the manager was closed or dropped): every
+    /// request fails with `ManagerGone` from now on.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.sender.is_closed()
+    }
+
     /// Whether `other` is a handle to the same region manager.
     pub(crate) fn same_manager(&self, other: &Self) -> bool {
         self.sender.same_receiver(&other.sender)

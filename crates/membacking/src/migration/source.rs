@@ -40,7 +40,9 @@ use crate::snapshot::format::Hex;
 use crate::snapshot::writer::is_zero;
 use crate::snapshot::writer::items;
 use crate::snapshot::writer::ManagerView;
+use crate::DirtyTrackingError;
 use crate::GuestMemoryManager;
+use crate::RegionManagerError;
 use futures::executor::block_on;
 use std::future::Future;
 use std::io;
@@ -53,6 +55,8 @@ use std::time::Instant;
 
 const PAGE: usize = wire::PAGE;
 const PAGE_SIZE: u64 = format::PAGE_SIZE;
+/// How often a wait for the caller's pause checks whether the manager stopped.
+const GONE_POLL: Duration = Duration::from_millis(20);
 /// Frames queued for the writer thread at most (each up to about 1 MiB).
 const QUEUED_FRAMES: usize = 4;
 /// Frame buffers in circulation at most.
@@ -274,7 +278,7 @@ impl Source {
         };
 
         self.phase = MigrationPhase::Final;
-        let payload = block_on(pause()).map_err(|source| MigrationError::Pause { source })?;
+        let payload = self.wait_for_pause(pause())?;
         let paused = Instant::now();
         if let Some(payload) = &payload {
             if payload.len() > wire::MAX_PAYLOAD {
@@ -338,6 +342,37 @@ impl Source {
     }
 
     /// Harvests the migration's dirty pages (and the regions at the same instant).
+    /// Waits for the caller's `pause` to resolve, unless the manager stops meanwhile (closed or
+    /// dropped: the migration cannot finish, and a pause that never resolves would otherwise
+    /// hold this thread, and whoever awaits the migration, for ever) or the migration is
+    /// cancelled.
+    fn wait_for_pause(
+        &self,
+        mut pause: super::PauseFuture,
+    ) -> Result<Option<Vec<u8>>, MigrationError> {
+        /// Wakes the migration's thread when the pause future can make progress.
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut context = std::task::Context::from_waker(&waker);
+        loop {
+            if let std::task::Poll::Ready(answer) = pause.as_mut().poll(&mut context) {
+                return answer.map_err(|source| MigrationError::Pause { source });
+            }
+            if self.cancel.is_cancelled() {
+                return Err(MigrationError::cancelled(self.phase));
+            }
+            if self.regions.is_gone() {
+                return Err(DirtyTrackingError::Manager(RegionManagerError::ManagerGone).into());
+            }
+            std::thread::park_timeout(GONE_POLL);
+        }
+    }
+
     fn take(
         &mut self,
         with_regions: bool,

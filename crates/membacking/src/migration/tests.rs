@@ -18,6 +18,7 @@ use crate::snapshot::tests::MIB;
 use crate::snapshot::tests::PAM0;
 use crate::snapshot::tests::VGA;
 use crate::snapshot::tests::WINDOW_GPA;
+use crate::DirtyTrackingError;
 use crate::GuestMemoryBuilder;
 use crate::RamVisibility;
 use crate::SnapshotError;
@@ -810,6 +811,63 @@ fn dropping_the_future_cancels_the_migration() {
         destination.join().unwrap(),
         Err(MigrationError::Aborted { .. })
     ));
+    eventually("tracking stopped", || !source.dirty_tracking().is_active());
+    close(source);
+}
+
+/// Migrate options whose pause tells `called` and never resolves.
+fn pause_forever(called: mpsc::Sender<()>) -> MigrateOptions {
+    MigrateOptions::new(move || {
+        let _ = called.send(());
+        std::future::pending()
+    })
+}
+
+#[test]
+fn closing_the_source_while_its_pause_is_pending_fails_the_migration() {
+    // The migration's thread blocked on the pause future: closing the manager left the
+    // migration (and the destination) waiting for ever, and the thread with them.
+    let source = small_machine();
+    let (source_end, destination_end) = socket_pair();
+    let destination = spawn_destination(destination_end, MigrateFromOptions::default());
+    let (called, pause_called) = mpsc::channel();
+    let migration = source.migrate(source_end, pause_forever(called));
+    let (done, result) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = done.send(block_on(migration));
+    });
+    pause_called.recv().unwrap();
+    close(source);
+    match result.recv_timeout(Duration::from_secs(60)) {
+        Ok(Err(MigrationError::DirtyTracking(DirtyTrackingError::Manager(
+            crate::RegionManagerError::ManagerGone,
+        )))) => {}
+        Ok(other) => panic!("the migration ended with {other:?}, not ManagerGone"),
+        Err(_) => panic!("the migration did not end after its manager was closed"),
+    }
+    assert!(matches!(
+        destination.join().unwrap(),
+        Err(MigrationError::Aborted { .. })
+    ));
+}
+
+#[test]
+fn dropping_the_future_while_the_pause_is_pending_ends_the_migration() {
+    let source = small_machine();
+    let (source_end, destination_end) = socket_pair();
+    let destination = spawn_destination(destination_end, MigrateFromOptions::default());
+    let (called, pause_called) = mpsc::channel();
+    let mut migration = Box::pin(source.migrate(source_end, pause_forever(called)));
+    let waker = futures::task::noop_waker();
+    let mut context = std::task::Context::from_waker(&waker);
+    assert!(migration.as_mut().poll(&mut context).is_pending());
+    pause_called.recv().unwrap();
+    drop(migration);
+    assert!(matches!(
+        destination.join().unwrap(),
+        Err(MigrationError::Aborted { .. })
+    ));
+    // Tracking ends when the migration's thread does.
     eventually("tracking stopped", || !source.dirty_tracking().is_active());
     close(source);
 }
