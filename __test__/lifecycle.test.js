@@ -107,3 +107,32 @@ test('closing the source manager while its migration awaits pause() fails the mi
   endsWith(t, outcome, 0);
   t.deepEqual(JSON.parse(outcome.stdout.trim() || 'null'), { source: 'ERR_MANAGER_GONE', destination: 'ERR_MIGRATION_ABORTED' });
 });
+
+test('closing the source manager while its migration waits for a silent peer fails the migration', async (t) => {
+  // A destination that neither reads nor answers held the migration for ever: close()
+  // resolved, but migrate() never settled (and held the process open).
+  const outcome = await runScript(`
+    const net = require('node:net');
+    (async () => {
+      const [a, b] = await new Promise((resolve) => {
+        let client;
+        const server = net.createServer((socket) => { server.close(); resolve([socket, client]); });
+        server.listen(0, '127.0.0.1', () => { client = net.connect(server.address().port, '127.0.0.1'); });
+      });
+      b.pause();
+      const layout = mb.MemoryLayout.new(16n * mb.MiB, [mb.range(3n * mb.GiB, 4n * mb.GiB)]);
+      const source = await new mb.GuestMemoryBuilder().build(layout);
+      (await source.client().guestMemory()).fillAt(0, 1, 8n * mb.MiB);
+      const tracking = source.dirtyTracking();
+      const migrating = source.migrate(a, { pause: () => {} }).then(() => 'resolved', (e) => e.code);
+      // The migration has begun (it tracks dirty pages from then on) and waits for its peer.
+      while (!tracking.active) await new Promise(setImmediate);
+      await source.close();
+      console.log(JSON.stringify({ source: await migrating }));
+      a.destroy();
+      b.destroy();
+    })().catch((e) => { console.error(e); process.exit(1); });
+  `);
+  endsWith(t, outcome, 0);
+  t.deepEqual(JSON.parse(outcome.stdout.trim() || 'null'), { source: 'ERR_MANAGER_GONE' });
+});

@@ -408,6 +408,7 @@ impl GuestMemoryBuilder {
             private,
             dirty_bitmap,
             lazy_restore: Arc::default(),
+            migrations: Arc::default(),
             options: BuildOptions {
                 layout,
                 x86_legacy_support: self.x86_legacy_support,
@@ -518,6 +519,8 @@ pub struct GuestMemoryManager {
     pub(crate) options: BuildOptions,
     /// A lazy restore still filling this manager's RAM (decommits must claim their pages).
     pub(crate) lazy_restore: Arc<parking_lot::Mutex<Option<crate::snapshot::lazy::DecommitGuard>>>,
+    /// The live migrations of this manager (as source), aborted by `close`.
+    pub(crate) migrations: Arc<parking_lot::Mutex<Vec<std::sync::Weak<crate::migration::Cancel>>>>,
     attach_lock: Arc<futures::lock::Mutex<()>>,
     /// Which manager holds a partition's attach claim.
     id: ManagerId,
@@ -833,6 +836,13 @@ impl GuestMemoryManager {
         let lazy_restore = self.lazy_restore.lock().take();
         if let Some(lazy) = &lazy_restore {
             lazy.manager_closing();
+        }
+        // A migration waiting for its peer would otherwise wait for ever (or until the peer
+        // answers): it fails with `ManagerGone`.
+        for migration in self.migrations.lock().drain(..) {
+            if let Some(cancel) = migration.upgrade() {
+                cancel.manager_closed();
+            }
         }
         self.regions.shutdown(true);
         let thread = self.thread.take();

@@ -411,8 +411,8 @@ fn report(progress: Option<&MigrationProgress>, round: u32, bytes: u64) {
 
 /// Shared between a migration's thread and the future its caller holds: dropping the future
 /// before the migration finished aborts the transport (once); after it finished, nothing
-/// happens (the caller's stream stays usable).
-struct Cancel {
+/// happens (the caller's stream stays usable). Closing the source's manager aborts it too.
+pub(crate) struct Cancel {
     state: Mutex<CancelState>,
     abort: Option<Abort>,
 }
@@ -421,6 +421,7 @@ struct Cancel {
 struct CancelState {
     finished: bool,
     cancelled: bool,
+    manager_closed: bool,
 }
 
 impl Cancel {
@@ -457,6 +458,24 @@ impl Cancel {
         if let Some(abort) = &self.abort {
             abort();
         }
+    }
+
+    /// The source's manager is being closed: the migration cannot finish, so a thread blocked
+    /// on the transport (a peer that stopped reading or answering) is unblocked by aborting it,
+    /// once, unless the migration finished; it then fails with `ManagerGone`.
+    pub(crate) fn manager_closed(&self) {
+        let mut state = self.state.lock();
+        if state.finished || state.cancelled || state.manager_closed {
+            return;
+        }
+        state.manager_closed = true;
+        drop(state);
+        self.abort();
+    }
+
+    /// Whether [`manager_closed`](Self::manager_closed) aborted the migration.
+    fn is_manager_closed(&self) -> bool {
+        self.state.lock().manager_closed
     }
 }
 

@@ -85,6 +85,11 @@ impl GuestMemoryManager {
         let regions = self.regions.clone();
         let lazy_restore = self.lazy_restore.lock().clone();
         let cancel = Cancel::new(transport.abort.clone());
+        {
+            let mut migrations = self.migrations.lock();
+            migrations.retain(|migration| migration.strong_count() > 0);
+            migrations.push(Arc::downgrade(&cancel));
+        }
         let limits = Limits::of(&options);
         async move {
             let limits = limits?;
@@ -187,7 +192,15 @@ fn run(
             source.link.finish();
             Ok(info)
         }
-        Err(error) => Err(source.fail(error)),
+        Err(error) => {
+            let error = source.fail(error);
+            // The transport was aborted because the manager is being closed.
+            if source.cancel.is_manager_closed() {
+                Err(DirtyTrackingError::Manager(RegionManagerError::ManagerGone).into())
+            } else {
+                Err(error)
+            }
+        }
     };
     end_on_unwind.0 = None;
     // Once the destination completed, the migration succeeded whatever ending tracking

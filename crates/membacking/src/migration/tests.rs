@@ -852,6 +852,33 @@ fn closing_the_source_while_its_pause_is_pending_fails_the_migration() {
 }
 
 #[test]
+fn closing_the_source_while_its_peer_is_silent_fails_the_migration() {
+    // A destination that neither reads nor answers held the migration's thread in the
+    // transport for ever, even once the source's manager was closed.
+    let source = build(false);
+    scribble(&source, &mut Rng::new(21), 300);
+    let (source_end, silent_peer) = socket_pair();
+    let migration = source.migrate(source_end, MigrateOptions::new(|| async { Ok(None) }));
+    let (done, result) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = done.send(block_on(migration));
+    });
+    // The migration has begun (it tracks dirty pages from then on) and waits for its peer.
+    eventually("the migration began", || {
+        source.dirty_tracking().is_active()
+    });
+    close(source);
+    match result.recv_timeout(Duration::from_secs(60)) {
+        Ok(Err(MigrationError::DirtyTracking(DirtyTrackingError::Manager(
+            crate::RegionManagerError::ManagerGone,
+        )))) => {}
+        Ok(other) => panic!("the migration ended with {other:?}, not ManagerGone"),
+        Err(_) => panic!("the migration did not end after its manager was closed"),
+    }
+    drop(silent_peer);
+}
+
+#[test]
 fn dropping_the_future_while_the_pause_is_pending_ends_the_migration() {
     let source = small_machine();
     let (source_end, destination_end) = socket_pair();
