@@ -3,6 +3,8 @@
 // page stays mapped in this process while partitions lose it at once, until release).
 'use strict';
 const test = require('ava');
+const v8 = require('node:v8');
+const vm = require('node:vm');
 const { mb, L1, VGA, build, attached, unmap, assertNoMapping, thrown, pattern } = require('./fixtures/manager/common');
 
 const { RamVisibility, GuestMemoryError, range } = mb;
@@ -59,6 +61,42 @@ test('the NoMapping failure carries a MemoryManagerError ERR_NO_MAPPING cause', 
   t.is(gap.detail, undefined);
   t.true(gap.cause instanceof mb.MemoryManagerError);
 });
+
+test('memory whose manager was garbage collected fails ERR_NO_MAPPING, and the detail says to keep the manager', async (t) => {
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc');
+  let manager = await build(L1());
+  const memory = await manager.client().guestMemory();
+  memory.writeU8(0x2000, 7);
+  let registry; // kept: a collected registry calls nothing
+  const collected = new Promise((resolve) => {
+    registry = new FinalizationRegistry(resolve);
+    registry.register(manager, 'manager');
+  });
+  manager = null;
+  // Bounded: the manager is unreachable, so a few collections find it.
+  for (let i = 0; i < 50 && !(await Promise.race([collected.then(() => true), new Promise((r) => setTimeout(r, 20, false))])); i++) gc();
+  t.is(await Promise.race([collected, 'not collected']), 'manager', 'the manager was collected');
+  const error = await failureOf(() => memory.readU8(0x2000));
+  t.truthy(error, 'the read failed once the regions were removed');
+  t.is(error.code, 'ERR_GUEST_MEMORY_OUT_OF_RANGE');
+  t.is(error.cause?.code, 'ERR_NO_MAPPING');
+  t.regex(error.cause?.detail, /manager was garbage collected.*keep the manager referenced/);
+  t.truthy(registry);
+});
+
+/** What `access()` throws once it throws (the regions' removal reaches the mapper shortly after the collection); undefined if it never does. */
+async function failureOf(access) {
+  for (let i = 0; i < 200; i++) {
+    try {
+      access();
+    } catch (error) {
+      return error;
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return undefined;
+}
 
 test('a read straddling the end of RAM fails at the hole once RAM is populated, at its start before', async (t) => {
   const populated = await build(L1());

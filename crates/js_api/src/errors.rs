@@ -1153,8 +1153,9 @@ impl ToJsError for membacking::InvalidRamRegion {
 
 /// Why an access found no mapping, and what to do: the `detail` of `ERR_NO_MAPPING`.
 pub const NO_MAPPING_DETAIL: &str = "nothing is mapped there (an MMIO gap without a device \
-     window, RAM made Unmapped, or past the end of the layout): map a device window there, make \
-     the RAM visible, or access guest RAM";
+     window, RAM made Unmapped, past the end of the layout, or RAM whose manager was garbage \
+     collected: its regions went with it): map a device window there, make the RAM visible, \
+     access guest RAM, or keep the manager referenced while its memory is used";
 
 impl ToJsError for membacking::NoMapping {
     /// The original's message (`no mapping for {range}`); why and what to do in `detail`.
