@@ -128,6 +128,43 @@ kvmTest('an MMIO read in the gap is completed with completeRead and the guest us
   isDone(t, await vcpu.run(RUN));
 });
 
+kvmTest('setRegisters from a read exit until the run that delivers its value is ERR_VCPU_READ_PENDING; the guest gets the value', async (t) => {
+  const { memory, vcpu, start } = await guest(t);
+  const mmio = 3n * GiB + 0x3000n;
+  const target = 64n * MiB;
+  for (const port of [false, true]) {
+    if (port) start(programs.echoInput);
+    else start(programs.loadAddStore, { rdi: mmio, rsi: target, rdx: 1n });
+    const exit = await vcpu.run(RUN);
+    t.is(exit.kind, port ? 'IoIn' : 'MmioRead');
+    // Before and after the value is given, and after a cancel stopped the delivering run.
+    const refused = () => {
+      const error = t.throws(() => vcpu.setRegisters({ rbx: 5n }), { instanceOf: mb.KvmError });
+      t.is(error.code, 'ERR_VCPU_READ_PENDING');
+      t.regex(error.message, /run\(\) the vCPU once/);
+      t.is(t.throws(() => vcpu.setRegisters({}), { instanceOf: mb.KvmError }).code, 'ERR_VCPU_READ_PENDING');
+    };
+    refused();
+    vcpu.completeRead(0x1234_5678n);
+    refused();
+    vcpu.cancel();
+    t.deepEqual(await vcpu.run(RUN), { kind: 'Cancelled', reason: 'cancel' });
+    refused();
+    // The run delivers the value (a register write before it lost the value on PVM).
+    if (port) {
+      const out = await vcpu.run(RUN);
+      t.is(out.port, programs.resultPort);
+      t.is(out.data.readUInt32LE(0), 0x1234_5678);
+      isDone(t, await vcpu.run(RUN));
+    } else {
+      isDone(t, await vcpu.run(RUN));
+      t.is(memory.readU64(target), 0x1234_5679n);
+    }
+    vcpu.setRegisters({ rbx: 5n });
+    t.is(vcpu.getRegisters().rbx, 5n);
+  }
+});
+
 kvmTest('a port input is completed with completeRead and echoed by the guest', async (t) => {
   const { vcpu, start } = await guest(t);
   start(programs.echoInput);

@@ -160,7 +160,11 @@ export class Vcpu {
   getRegisters(): VcpuRegisters {
     return withViews(parseNativeJson<VcpuRegisters>(call(() => this.#native.getRegisters())));
   }
-  /** Write the given registers; every register and mode bit not named keeps its value. */
+  /**
+   * Write the given registers; every register and mode bit not named keeps its value.
+   * KvmError ERR_VCPU_READ_PENDING from an MmioRead/IoIn exit until the run that delivers its
+   * value (KVM finishes the read on that run and would lose the value); nothing is changed then.
+   */
   setRegisters(regs: Partial<VcpuRegisters>): void {
     if (typeof regs !== 'object' || regs === null) throw invalidArgType(`regs must be an object, got ${describeType(regs)}`);
     const names = Object.keys(regs);

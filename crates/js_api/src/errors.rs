@@ -1221,6 +1221,7 @@ impl ToJsError for virt_kvm::KvmError {
             E::ReadOnlyUnsupported => ErrorCode::ReadOnlyUnsupported,
             E::VcpuBusy => ErrorCode::VcpuBusy,
             E::VcpuReadPending { .. } => ErrorCode::VcpuReadPending,
+            E::RegistersWhileReadPending { .. } => ErrorCode::VcpuReadPending,
             E::NoPendingRead => ErrorCode::NoPendingRead,
             E::DirtyLogOff => ErrorCode::DirtyLogOff,
         };

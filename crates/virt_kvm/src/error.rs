@@ -106,6 +106,28 @@ pub enum KvmError {
         /// Bytes expected.
         size: usize,
     },
+    /// Registers were written between an MMIO read or port input exit and the run that
+    /// delivers its value: KVM finishes the read on that run and would lose the value (or
+    /// mix it with the new registers).
+    #[error(
+        "the vCPU's registers cannot be set while its {kind} of {size} bytes at {address:#x} is \
+         pending: {}",
+        if *completed {
+            "the value is given, run() the vCPU once to deliver it, then set the registers"
+        } else {
+            "complete the read with its value and run() the vCPU once, then set the registers"
+        }
+    )]
+    RegistersWhileReadPending {
+        /// `MMIO read` or `port input`.
+        kind: &'static str,
+        /// Address or port.
+        address: u64,
+        /// Bytes expected.
+        size: usize,
+        /// The value was given already (it is delivered by the next run).
+        completed: bool,
+    },
     /// A read was completed while none was pending.
     #[error("the vCPU has no pending MMIO read or port input to complete")]
     NoPendingRead,

@@ -290,6 +290,17 @@ struct PendingRead {
     completed: bool,
 }
 
+impl PendingRead {
+    /// `MMIO read` or `port input`, for messages.
+    fn kind(&self) -> &'static str {
+        if self.port_io {
+            "port input"
+        } else {
+            "MMIO read"
+        }
+    }
+}
+
 /// Cancel bookkeeping shared between a vCPU, its cancellers and its partition.
 #[derive(Debug, Default)]
 pub(crate) struct CancelState {
@@ -687,9 +698,13 @@ impl Vcpu {
     }
 
     /// Writes the registers (all of them: read, modify, write to change a few; keep IOPL 3 in
-    /// `rflags` for port I/O at CPL 3). Fails with [`KvmError::VcpuBusy`] while the vCPU runs.
+    /// `rflags` for port I/O at CPL 3). Fails with [`KvmError::VcpuBusy`] while the vCPU runs
+    /// and with [`KvmError::RegistersWhileReadPending`] from an [`VcpuExit::MmioRead`] or
+    /// [`VcpuExit::IoIn`] exit until the run that delivers its value: KVM finishes the read on
+    /// that run, and a register write before it loses the value.
     pub fn set_registers(&self, registers: &Registers) -> Result<(), KvmError> {
         self.shared.with_inner(|inner| {
+            no_read_pending(inner)?;
             inner
                 .fd
                 .set_regs(&(*registers).into())
@@ -699,12 +714,14 @@ impl Vcpu {
 
     /// Reads the registers, lets `update` change them and writes them back, all while holding
     /// the vCPU (so no run can start in between); returns the registers written. This is how
-    /// to set a few registers and keep the rest (IOPL in `rflags` included).
+    /// to set a few registers and keep the rest (IOPL in `rflags` included). Refused like
+    /// [`Vcpu::set_registers`] while a read is pending.
     pub fn update_registers(
         &self,
         update: impl FnOnce(&mut Registers),
     ) -> Result<Registers, KvmError> {
         self.shared.with_inner(|inner| {
+            no_read_pending(inner)?;
             let mut registers: Registers = inner
                 .fd
                 .get_regs()
@@ -787,11 +804,7 @@ impl Vcpu {
         if let Some(pending) = inner.pending {
             if !pending.completed {
                 return Err(KvmError::VcpuReadPending {
-                    kind: if pending.port_io {
-                        "port input"
-                    } else {
-                        "MMIO read"
-                    },
+                    kind: pending.kind(),
                     address: pending.address,
                     size: pending.size,
                 });
@@ -877,6 +890,21 @@ impl Vcpu {
                 }
             }
         }
+    }
+}
+
+/// `Ok` unless an MMIO read or port input is pending (its value not given yet, or given but not
+/// delivered by a run yet): until `KVM_RUN` has finished the read, a register write makes KVM
+/// drop the value (checked on PVM: the guest got the written registers instead).
+fn no_read_pending(inner: &VcpuInner) -> Result<(), KvmError> {
+    match inner.pending {
+        None => Ok(()),
+        Some(pending) => Err(KvmError::RegistersWhileReadPending {
+            kind: pending.kind(),
+            address: pending.address,
+            size: pending.size,
+            completed: pending.completed,
+        }),
     }
 }
 
@@ -1143,6 +1171,73 @@ mod tests {
             guest.vcpu.complete_read(&[]),
             Err(KvmError::NoPendingRead)
         ));
+    }
+
+    #[test]
+    fn registers_cannot_be_set_from_a_read_exit_until_the_run_that_delivers_the_value() {
+        let Some(guest) =
+            long3("registers_cannot_be_set_from_a_read_exit_until_the_run_that_delivers_the_value")
+        else {
+            return;
+        };
+        let value = 0x1234_5678u64;
+        let store = 0x60_0000;
+        for port_io in [false, true] {
+            if port_io {
+                guest.start_at(at::ECHO_INPUT, |_| {});
+            } else {
+                guest.start_at(at::LOAD_ADD_STORE, |r| {
+                    r.rdi = 0xe000_0000;
+                    r.rsi = store;
+                    r.rdx = 1;
+                });
+            }
+            let exit = guest.vcpu.run(None).unwrap();
+            assert!(
+                matches!(exit, VcpuExit::MmioRead { .. } | VcpuExit::IoIn { .. }),
+                "{exit:?}"
+            );
+            let refused = |completed: bool| {
+                let error = guest.vcpu.update_registers(|r| r.rbx = 5).unwrap_err();
+                assert!(
+                    matches!(error, KvmError::RegistersWhileReadPending { completed: c, .. } if c == completed),
+                    "{error:?}"
+                );
+                assert!(matches!(
+                    guest.vcpu.set_registers(&Registers::default()),
+                    Err(KvmError::RegistersWhileReadPending { .. })
+                ));
+            };
+            refused(false);
+            guest.vcpu.complete_read_value(value).unwrap();
+            refused(true);
+            // A cancel that stops the next run before KVM_RUN leaves the read undelivered.
+            guest.vcpu.cancel();
+            assert_eq!(
+                guest.vcpu.run(None).unwrap(),
+                VcpuExit::Cancelled(CancelReason::Cancel)
+            );
+            refused(true);
+            // The run delivers it: the guest used the value, and registers may be set again.
+            let next = guest.vcpu.run(None).unwrap();
+            if port_io {
+                assert_eq!(
+                    next,
+                    VcpuExit::IoOut {
+                        port: programs::RESULT_PORT,
+                        data: u32::try_from(value).unwrap().to_le_bytes().to_vec()
+                    }
+                );
+                done(guest.vcpu.run(None).unwrap());
+            } else {
+                done(next);
+                assert_eq!(
+                    guest.low.read_u64(usize::try_from(store).unwrap()),
+                    value + 1
+                );
+            }
+            guest.vcpu.update_registers(|r| r.rbx = 5).unwrap();
+        }
     }
 
     #[test]

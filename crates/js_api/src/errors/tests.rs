@@ -283,6 +283,12 @@ fn kvm_errors() -> Vec<virt_kvm::KvmError> {
             address: 0x1000,
             size: 4,
         },
+        E::RegistersWhileReadPending {
+            kind: "port input",
+            address: 0x12,
+            size: 4,
+            completed: true,
+        },
         E::NoPendingRead,
         E::DirtyLogOff,
         E::ReadSizeMismatch {
