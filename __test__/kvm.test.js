@@ -179,6 +179,26 @@ kvmTest('a port input is completed with completeRead and echoed by the guest', a
   isDone(t, await vcpu.run(RUN));
 });
 
+kvmTest('port I/O at CPL 3 works for a program at GPA 0 and for ports up to 0x7fb7', async (t) => {
+  const { memory, vcpu } = await guest(t);
+  // A program at GPA 0 (where the vCPU's TSS used to be: its bytes decided which ports trapped).
+  memory.writeAt(0n, programs.echoInput);
+  vcpu.setRegisters({ rip: 0n });
+  t.deepEqual(await vcpu.run(RUN), { kind: 'IoIn', port: programs.inputPort, size: 4 });
+  vcpu.completeRead(9);
+  t.deepEqual([...(await vcpu.run(RUN)).data], [9, 0, 0, 0]);
+  isDone(t, await vcpu.run(RUN));
+  // out dx, al to a UART port and to the highest port every KVM allows at CPL 3.
+  memory.writeAt(CODE, Buffer.from([0xee, 0xe6, programs.donePort, 0xeb, 0xfc]));
+  for (const port of [0x3f8, 0x7fb7]) {
+    vcpu.setRegisters({ rip: CODE, rdx: BigInt(port), rax: 0x41n });
+    const out = await vcpu.run(RUN);
+    t.is(out.kind, 'IoOut', `port 0x${port.toString(16)}: ${out.kind}`);
+    t.is(out.port, port);
+    t.deepEqual([...out.data], [0x41]);
+  }
+});
+
 kvmTest('hlt at CPL 0 is a Hlt exit; at CPL 3 it faults into a Shutdown', async (t) => {
   const ring0 = await guest(t, { vcpu: { cpl: 0 } });
   ring0.start(programs.halt);

@@ -94,7 +94,7 @@ export interface VcpuOptions {
   mode?: VcpuMode | `${VcpuMode}`;
   /** GPA range (bytes, page-aligned, ≥ 2 MiB + 8 KiB) in guest RAM mapped in this partition where the runner writes identity-mapped 2 MiB page tables covering 512 GiB; required in Long mode. */
   pageTables?: RangeLike;
-  /** Privilege level in Long mode (default 3, IOPL 3). */
+  /** Privilege level in Long mode (default 3, IOPL 3: ports 0–0x7fb7 on every KVM; PVM traps higher ones at CPL 3). */
   cpl?: 0 | 3;
 }
 

@@ -12,6 +12,19 @@ pub const PAGE_TABLES_SIZE: u64 = 2 * 4096 + 512 * 4096;
 /// GPAs below this are identity-mapped by [`identity_map`] (512 GiB).
 pub const IDENTITY_MAPPED_LIMIT: u64 = 512 << 30;
 
+/// Where, from the start of the tables, the vCPU runner places its 64-bit TSS: in the PML4
+/// page, past its one entry, where the tables are zero to the end of the page.
+pub const TSS_OFFSET: u64 = 8;
+
+/// The limit of that TSS: it and its I/O permission bitmap (at offset 0, since the bitmap
+/// pointer at offset 0x66 is zero) end at the last byte of the PML4 page. A processor that
+/// checks the bitmap reads two bytes at `port / 8`, so every port up to [`TSS_LAST_PORT`] is
+/// allowed and the rest are not.
+pub const TSS_LIMIT: u32 = 4096 - 8 - 2;
+
+/// The highest port the TSS's (all-zero) I/O permission bitmap allows: `TSS_LIMIT * 8 + 7`.
+pub const TSS_LAST_PORT: u16 = 0x7fb7;
+
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
 const USER: u64 = 1 << 2;
@@ -93,6 +106,18 @@ mod tests {
         }
         // Nothing above the limit (the second PML4 entry is empty).
         assert_eq!(translate(&tables, base, IDENTITY_MAPPED_LIMIT), None);
+    }
+
+    #[test]
+    fn the_tss_and_its_io_bitmap_lie_in_zeros_inside_the_pml4_page() {
+        let tables = identity_map(0x20_0000);
+        let start = usize::try_from(TSS_OFFSET).unwrap();
+        // The last port's two bitmap bytes are the last two bytes of the PML4 page.
+        let end = start + usize::from(TSS_LAST_PORT / 8) + 2;
+        assert_eq!(end, 4096);
+        assert_eq!(usize::try_from(TSS_LIMIT).unwrap() + start + 2, 4096);
+        assert!(tables[start..end].iter().all(|&byte| byte == 0));
+        assert_eq!(u32::from(TSS_LAST_PORT), TSS_LIMIT * 8 + 7);
     }
 
     #[test]

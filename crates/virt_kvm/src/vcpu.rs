@@ -55,7 +55,9 @@ pub struct VcpuOptions {
     /// Long mode only: the guest-RAM range (at least [`PAGE_TABLES_SIZE`] bytes) that receives
     /// the page tables; CR3 points at its start.
     pub page_tables: Option<MemoryRange>,
-    /// Long mode only: the privilege level, 3 (default, with IOPL 3) or 0.
+    /// Long mode only: the privilege level, 3 (default, with IOPL 3) or 0. At CPL 3 ports up to
+    /// [`page_tables::TSS_LAST_PORT`] work on every KVM; one that checks the TSS I/O bitmap
+    /// despite IOPL 3 (PVM) traps the higher ones (a `Shutdown`: there is no IDT).
     pub cpl: u8,
 }
 
@@ -609,10 +611,19 @@ impl KvmPartition {
                 sregs.fs = data;
                 sregs.gs = data;
                 sregs.ss = data;
-                // A busy 64-bit TSS, as VT-x requires for a 64-bit guest.
+                // A busy 64-bit TSS, as VT-x requires for a 64-bit guest. It lies in the page
+                // tables (zeros in the PML4 page): some KVMs (PVM) check its I/O permission
+                // bitmap for port I/O at CPL 3 despite IOPL 3, and a TSS at GPA 0 made the
+                // guest's own bytes there decide which ports trapped (a triple fault).
+                let (tss_base, tss_limit) = if base + 4096 <= page_tables::IDENTITY_MAPPED_LIMIT {
+                    (base + page_tables::TSS_OFFSET, page_tables::TSS_LIMIT)
+                } else {
+                    // Tables above the identity map: the TSS would not be addressable there.
+                    (0, 0x67)
+                };
                 sregs.tr = kvm_segment {
-                    base: 0,
-                    limit: 0x67,
+                    base: tss_base,
+                    limit: tss_limit,
                     selector: 0,
                     type_: 11,
                     present: 1,
@@ -1237,6 +1248,50 @@ mod tests {
                 );
             }
             guest.vcpu.update_registers(|r| r.rbx = 5).unwrap();
+        }
+    }
+
+    #[test]
+    fn cpl3_port_io_does_not_depend_on_guest_bytes_at_gpa_0_and_reaches_port_0x7fb7() {
+        let Some(guest) =
+            long3("cpl3_port_io_does_not_depend_on_guest_bytes_at_gpa_0_and_reaches_port_0x7fb7")
+        else {
+            return;
+        };
+        // All ones where a TSS at GPA 0 would have its I/O permission bitmap.
+        guest.low.write(0, &[0xff; 0x100]);
+        guest.start_at(at::ECHO_INPUT, |_| {});
+        assert_eq!(
+            guest.vcpu.run(None).unwrap(),
+            VcpuExit::IoIn {
+                port: programs::INPUT_PORT,
+                size: 4
+            }
+        );
+        guest.vcpu.complete_read_value(7).unwrap();
+        assert_eq!(
+            guest.vcpu.run(None).unwrap(),
+            VcpuExit::IoOut {
+                port: programs::RESULT_PORT,
+                data: vec![7, 0, 0, 0]
+            }
+        );
+        // out dx, al; then the done loop.
+        let out_dx = 0x1800;
+        guest.low.write(out_dx, &[0xee, 0xe6, 0x10, 0xeb, 0xfc]);
+        for port in [0x3ffu16, page_tables::TSS_LAST_PORT] {
+            guest.start_at(out_dx as u64, |r| {
+                r.rdx = port.into();
+                r.rax = 0x5a;
+            });
+            assert_eq!(
+                guest.vcpu.run(None).unwrap(),
+                VcpuExit::IoOut {
+                    port,
+                    data: vec![0x5a]
+                },
+                "port {port:#x}"
+            );
         }
     }
 
