@@ -89,8 +89,8 @@ kvmTest('page tables in the MMIO gap of an attached partition name the writable 
   t.regex(unattached.message, /the partition has none: attach the partition to a memory manager first/);
   await manager.attachPartition(Vtl.Vtl0, kvm);
   const inGap = await caught(() => kvm.createVcpu({ mode: VcpuMode.Long, pageTables: range(3n * GiB, 3n * GiB + 0x400000n) }));
-  t.regex(inGap.message, /0xc0000000-0xc\w+ is not inside one writable memory slot \(the writable slots are 0x0-/);
-  t.regex(inGap.message, /place it inside one of them, in guest RAM/);
+  t.regex(inGap.message, /0xc0000000-0xc\w+ is not inside writable memory slots: nothing writable is mapped at 0xc0000000 \(the writable slots are 0x0-/);
+  t.regex(inGap.message, /place it inside guest RAM that is mapped read-write/);
   t.notRegex(inGap.message, /attach/);
 });
 

@@ -397,6 +397,10 @@ kvmTest('bad input to createVcpu, inspect, slotLog and close of a KvmPartition',
   await rejects(t, () => partition.createVcpu({}), RangeError, 'ERR_INVALID_ARG_VALUE');
   await rejects(t, () => partition.createVcpu({ pageTables: range(2n * MiB, 4n * MiB) }), RangeError, 'ERR_INVALID_ARG_VALUE');
   await rejects(t, () => partition.createVcpu({ pageTables: range(3n * GiB, 3n * GiB + 4n * MiB) }), RangeError, 'ERR_INVALID_ARG_VALUE');
+  // The whole range must be RAM, not only the part the tables fill (here the first 2 MiB + 8 KiB).
+  const pastRam = await t.throwsAsync(partition.createVcpu({ pageTables: range(3n * GiB - 4n * MiB, 3n * GiB + 4n * MiB) }), { instanceOf: RangeError });
+  t.is(pastRam.code, 'ERR_INVALID_ARG_VALUE');
+  t.regex(pastRam.message, /nothing writable is mapped at 0xc0000000/);
   await rejects(t, () => partition.createVcpu({ pageTables: 'low' }), TypeError, 'ERR_INVALID_ARG_TYPE');
   await rejects(t, () => partition.createVcpu({ pageTables: { start: 0x1001, end: 0x400000 } }), RangeError, 'ERR_INVALID_ARG_VALUE');
   t.is(partition.inspect().vcpuCount, 1, 'no vCPU was created by a rejected call');

@@ -194,6 +194,17 @@ kvmTest('VGA window and PAM ranges with x86 legacy support, seen by a tiny real-
   t.deepEqual([...slots(partition).keys()], [...before.keys()]);
 });
 
+kvmTest('page tables may span the adjacent slots of RAM split into x86 legacy regions', async (t) => {
+  const { partition, memory, vcpu: newVcpu } = await attached(t);
+  // 0x80000 + 2 MiB + 8 KiB crosses conventional memory, the VGA window, the PAM ranges and the BIOS.
+  const tables = range(0x80000, 0x80000 + 2 * 1024 * 1024 + 8 * 1024);
+  t.true(partition.inspect().slots.filter((s) => s.gpa < tables.end && s.gpa + s.size > tables.start).length > 10);
+  const vcpu = await newVcpu({ pageTables: tables });
+  start(memory, vcpu, programs.fillPattern, { rdi: 0x40_0000n, rcx: 4n, rdx: 0x99n });
+  isDone(t, await vcpu.run(RUN));
+  t.is(memory.readU64(0x40_0018n), 0x40_0018n ^ 0x99n);
+});
+
 kvmTest('device memory placed in an MMIO gap is read by the guest; after removal the same access is an MMIO exit', async (t) => {
   const { manager, partition, memory, vcpu: newVcpu } = await attached(t, { legacy: false });
   const vcpu = await newVcpu({ pageTables: PAGE_TABLES });

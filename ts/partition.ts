@@ -92,7 +92,7 @@ export class RecordingPartition {
 export interface VcpuOptions {
   /** Default Long. */
   mode?: VcpuMode | `${VcpuMode}`;
-  /** GPA range (bytes, page-aligned, ≥ 2 MiB + 8 KiB) in guest RAM mapped in this partition where the runner writes identity-mapped 2 MiB page tables covering 512 GiB; required in Long mode. */
+  /** GPA range (bytes, page-aligned, ≥ 2 MiB + 8 KiB) in guest RAM mapped read-write in this partition (all of it; it may span adjacent RAM regions) where the runner writes identity-mapped 2 MiB page tables covering 512 GiB; required in Long mode. */
   pageTables?: RangeLike;
   /** Privilege level in Long mode (default 3, IOPL 3: ports 0–0x7fb7 on every KVM; PVM traps higher ones at CPL 3). */
   cpl?: 0 | 3;

@@ -98,6 +98,14 @@ impl VcpuOptions {
 pub trait WriteGuestMemory {
     /// Writes `data` at `gpa`.
     fn write_guest(&self, gpa: u64, data: &[u8]) -> Result<(), virt::Error>;
+
+    /// `Ok` when `gpa..gpa + len` is guest memory this writer can write (the whole page-table
+    /// range a caller names is checked, not only the part the tables fill). By default
+    /// everything is, and `write_guest` reports what is not.
+    fn check_writable(&self, gpa: u64, len: u64) -> Result<(), virt::Error> {
+        let _ = (gpa, len);
+        Ok(())
+    }
 }
 
 impl<F> WriteGuestMemory for F
@@ -533,7 +541,7 @@ impl KvmPartition {
         let page_tables = match options.mode {
             VcpuMode::Real => None,
             VcpuMode::Long => match options.page_tables {
-                Some(range) if range.len() >= PAGE_TABLES_SIZE => Some(range.start()),
+                Some(range) if range.len() >= PAGE_TABLES_SIZE => Some(range),
                 range => {
                     return Err(KvmError::InvalidPageTables {
                         range,
@@ -542,14 +550,19 @@ impl KvmPartition {
                 }
             },
         };
-        if let Some(base) = page_tables {
+        if let Some(range) = page_tables {
             // Written before any lock is taken: the writer may be a guest-memory object that
             // waits on the memory manager, which in turn may call into this partition.
+            let base = range.start();
+            guest_memory
+                .check_writable(base, range.len())
+                .map_err(|source| KvmError::PageTableWrite { gpa: base, source })?;
             let tables = page_tables::identity_map(base);
             guest_memory
                 .write_guest(base, &tables)
                 .map_err(|source| KvmError::PageTableWrite { gpa: base, source })?;
         }
+        let page_tables = page_tables.map(|range| range.start());
         let mut vcpus = self.vcpus.lock();
         let id = u32::try_from(vcpus.len()).map_err(|_| {
             KvmError::ioctl(
@@ -1624,6 +1637,54 @@ mod tests {
             std::error::Error::source(&err).unwrap().to_string(),
             "not RAM"
         );
+    }
+
+    #[test]
+    fn the_whole_page_table_range_must_be_writable_slots_and_may_span_adjacent_ones() {
+        let Some(guest) =
+            long3("the_whole_page_table_range_must_be_writable_slots_and_may_span_adjacent_ones")
+        else {
+            return;
+        };
+        let low_end = crate::test_support::LOW_SIZE as u64;
+        // The tables would fit below the end of the low slot, but the range goes past it.
+        let past_end = MemoryRange::new(low_end / 2..low_end + 0x40_0000);
+        let error = guest
+            .partition
+            .create_vcpu(&VcpuOptions::long(past_end), &guest.partition)
+            .unwrap_err();
+        let hole = std::error::Error::source(&error)
+            .and_then(|source| source.downcast_ref::<crate::SlotWriteError>());
+        assert!(
+            matches!(hole, Some(crate::SlotWriteError::NotInWritableSlots { hole, .. }) if *hole == low_end),
+            "{error:?}"
+        );
+        assert_eq!(guest.partition.inspect().vcpu_count, 1, "no vCPU was made");
+        // RAM split into adjacent slots (as x86 legacy regions are) holds tables across them.
+        let next = AnonMemory::mapped(4 * MIB);
+        guest
+            .partition
+            .map_range(next.ptr(), next.len(), low_end, true, false)
+            .unwrap();
+        let across = MemoryRange::new(low_end - 0x10_0000..low_end - 0x10_0000 + PAGE_TABLES_SIZE);
+        let vcpu = guest
+            .partition
+            .create_vcpu(&VcpuOptions::long(across), &guest.partition)
+            .unwrap();
+        vcpu.update_registers(|r| {
+            r.rip = at::FILL_PATTERN;
+            r.rdi = 0x60_0000;
+            r.rcx = 2;
+            r.rdx = 0x77;
+        })
+        .unwrap();
+        done(vcpu.run(Some(Duration::from_secs(30))).unwrap());
+        assert_eq!(guest.low.read_u64(0x60_0008), 0x60_0008 ^ 0x77);
+        vcpu.close();
+        guest
+            .partition
+            .unmap_range(low_end, next.len() as u64)
+            .unwrap();
     }
 
     #[test]
