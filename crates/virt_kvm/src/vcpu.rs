@@ -479,6 +479,13 @@ impl VcpuShared {
         self.gate.lock().closed
     }
 
+    /// Whether a thread is inside a run (for tests: polling register access for `VcpuBusy`
+    /// instead would hold the vCPU for a moment, and a run starting then fails as busy).
+    #[cfg(test)]
+    pub(crate) fn in_run(&self) -> bool {
+        self.cancel.running_thread.lock().is_some()
+    }
+
     /// Whether the fd is released (for tests: closed and no holder left).
     #[cfg(test)]
     pub(crate) fn fd_released(&self) -> bool {
@@ -1457,7 +1464,7 @@ mod tests {
             let runner = scope.spawn(|| guest.vcpu.run(None));
             // Wait until the runner owns the vCPU (then register access is refused).
             let start = Instant::now();
-            while !matches!(guest.vcpu.get_registers(), Err(KvmError::VcpuBusy)) {
+            while !guest.vcpu.shared().in_run() {
                 assert!(
                     start.elapsed() < Duration::from_secs(10),
                     "run never started"
@@ -1538,7 +1545,7 @@ mod tests {
             let runner = scope.spawn(|| guest.vcpu.run(Some(Duration::from_secs(60))));
             // Wait until the runner is inside `run`; if it came back on its own instead, fail
             // with what it returned rather than wait forever.
-            while !matches!(guest.vcpu.get_registers(), Err(KvmError::VcpuBusy)) {
+            while !guest.vcpu.shared().in_run() {
                 if runner.is_finished() {
                     panic!(
                         "the spinning guest's run returned before it was cancelled: {:?}",

@@ -245,9 +245,7 @@ mod tests {
         thread
             .run(None, move |outcome| sender.send(outcome).unwrap())
             .unwrap();
-        wait_for("the guest runs", || {
-            matches!(thread.vcpu.get_registers(), Err(KvmError::VcpuBusy))
-        });
+        wait_for("the guest runs", || thread.vcpu.shared().in_run());
         thread.close();
         let outcome = receiver.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(matches!(
@@ -277,9 +275,7 @@ mod tests {
         running
             .run(None, move |outcome| sender.send(outcome).unwrap())
             .unwrap();
-        wait_for("the guest runs", || {
-            matches!(running.vcpu.get_registers(), Err(KvmError::VcpuBusy))
-        });
+        wait_for("the guest runs", || running.vcpu.shared().in_run());
         let shared = [running.vcpu.shared().clone(), idle.vcpu.shared().clone()];
         partition.close_vcpus();
         assert!(shared[1].fd_released(), "the idle vCPU's fd goes at once");
