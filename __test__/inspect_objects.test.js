@@ -74,8 +74,11 @@ kvmTest('a KvmPartition shows its slots, mapped bytes and vCPUs; a Vcpu its id',
   const vcpu = await kvm.createVcpu({ mode: VcpuMode.Long, pageTables: range(0x200000, 0x600000) });
   t.regex(inspect(kvm, { breakLength: Infinity }), /^KvmPartition \{ state: 'open', slots: 1, maxSlots: \d+, vcpuCount: 1, mappedBytes: 0x40000000n \}$/);
   t.is(inspect(vcpu), "Vcpu { state: 'open', id: 0 }");
-  vcpu.close();
+  // Closing the partition closes its vCPUs, which show it.
+  const other = await kvm.createVcpu({ mode: VcpuMode.Real });
   kvm.close();
+  t.is(inspect(other), "Vcpu { state: 'closed' }");
+  vcpu.close();
   t.is(inspect(vcpu), "Vcpu { state: 'closed' }");
   t.is(inspect(kvm), "KvmPartition { state: 'closed' }");
 });

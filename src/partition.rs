@@ -229,6 +229,12 @@ pub mod kvm {
             self.thread.id()
         }
 
+        /// Whether the vCPU is closed (by `close()` or by its partition's).
+        #[napi(getter)]
+        pub fn closed(&self) -> bool {
+            self.thread.is_closed()
+        }
+
         /// The registers (JSON `{rax: bigint, …}`).
         #[napi]
         pub fn get_registers(&self) -> napi::Result<String> {

@@ -202,7 +202,7 @@ export class Vcpu {
   }
   /** `util.inspect` form: open or closed, its id. */
   [inspect.custom](depth: number, options: InspectOptionsStylized): string {
-    return inspectObject('Vcpu', depth, options, () => ({ id: this.id }), this.#closed);
+    return inspectObject('Vcpu', depth, options, () => ({ id: this.id }), this.#closed || this.#native.closed);
   }
   [Symbol.dispose](): void {
     this.close();

@@ -75,6 +75,11 @@ impl VcpuThread {
         Ok(&self.vcpu)
     }
 
+    /// Whether the vCPU is closed (by [`VcpuThread::close`], [`Vcpu::close`] or its partition).
+    pub fn is_closed(&self) -> bool {
+        self.vcpu.is_closed()
+    }
+
     /// The vCPU's id.
     pub fn id(&self) -> u32 {
         self.vcpu.id()
@@ -277,7 +282,12 @@ mod tests {
             .unwrap();
         wait_for("the guest runs", || running.vcpu.shared().in_run());
         let shared = [running.vcpu.shared().clone(), idle.vcpu.shared().clone()];
+        assert!(!idle.is_closed() && !running.is_closed());
         partition.close_vcpus();
+        assert!(
+            idle.is_closed() && running.is_closed(),
+            "closed by the partition"
+        );
         assert!(shared[1].fd_released(), "the idle vCPU's fd goes at once");
         let outcome = receiver.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(matches!(
