@@ -1204,6 +1204,7 @@ impl ToJsError for virt_kvm::KvmError {
             E::VcpuClosed => return JsError::closed("Vcpu"),
             E::InvalidSlotRange { .. }
             | E::ReadSizeMismatch { .. }
+            | E::ValueForWideRead { .. }
             | E::ReadValueTooLarge { .. }
             | E::InvalidPageTables { .. }
             | E::InvalidCpl(_) => return JsError::arg_value(self.to_string()),

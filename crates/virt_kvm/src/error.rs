@@ -131,6 +131,15 @@ pub enum KvmError {
     /// A read was completed while none was pending.
     #[error("the vCPU has no pending MMIO read or port input to complete")]
     NoPendingRead,
+    /// A read wider than 8 bytes (string port input) was completed with a number.
+    #[error(
+        "the pending read is {size} bytes, more than a number gives (8 at most): complete it \
+         with exactly {size} bytes"
+    )]
+    ValueForWideRead {
+        /// Bytes expected.
+        size: usize,
+    },
     /// A read was completed with the wrong number of bytes.
     #[error("the pending read expects {expected} bytes, got {actual}")]
     ReadSizeMismatch {

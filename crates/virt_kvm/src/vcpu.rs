@@ -782,10 +782,7 @@ impl Vcpu {
                 _ => return Err(KvmError::NoPendingRead),
             };
             if size > 8 {
-                return Err(KvmError::ReadSizeMismatch {
-                    expected: size,
-                    actual: 8,
-                });
+                return Err(KvmError::ValueForWideRead { size });
             }
             let bytes = value.to_le_bytes();
             if bytes[size..].iter().any(|&byte| byte != 0) {
@@ -1313,6 +1310,48 @@ mod tests {
                 "port {port:#x}"
             );
         }
+    }
+
+    #[test]
+    fn a_string_port_input_wider_than_8_bytes_takes_bytes_not_a_number() {
+        let Some(guest) = long3("a_string_port_input_wider_than_8_bytes_takes_bytes_not_a_number")
+        else {
+            return;
+        };
+        // rep insw (6 words from port dx to [rdi]); then the done loop.
+        let rep_insw = 0x1900;
+        guest
+            .low
+            .write(rep_insw, &[0xf3, 0x66, 0x6d, 0xe6, 0x10, 0xeb, 0xfc]);
+        guest.start_at(rep_insw as u64, |r| {
+            r.rdx = 0x80;
+            r.rdi = 0x60_0000;
+            r.rcx = 6;
+        });
+        assert_eq!(
+            guest.vcpu.run(None).unwrap(),
+            VcpuExit::IoIn {
+                port: 0x80,
+                size: 12
+            }
+        );
+        let error = guest.vcpu.complete_read_value(1).unwrap_err();
+        assert!(
+            matches!(error, KvmError::ValueForWideRead { size: 12 }),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("complete it with exactly 12 bytes"),
+            "{error}"
+        );
+        let data: Vec<u8> = (1..=12).collect();
+        guest.vcpu.complete_read(&data).unwrap();
+        done(guest.vcpu.run(None).unwrap());
+        let mut written = [0u8; 12];
+        guest.low.read(0x60_0000, &mut written);
+        assert_eq!(written.as_slice(), data.as_slice());
     }
 
     #[test]

@@ -290,6 +290,7 @@ fn kvm_errors() -> Vec<virt_kvm::KvmError> {
             completed: true,
         },
         E::NoPendingRead,
+        E::ValueForWideRead { size: 12 },
         E::DirtyLogOff,
         E::ReadSizeMismatch {
             expected: 4,
@@ -933,7 +934,7 @@ fn kvm_rows_split_argument_errors_from_kvm_errors() {
             .iter()
             .filter(|&&c| c == ErrorClass::RangeError)
             .count(),
-        5
+        6
     );
     let page_tables = errors
         .iter()
