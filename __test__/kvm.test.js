@@ -255,6 +255,19 @@ kvmTest('cancel stops a looping guest; a second run while one is in progress is 
   t.deepEqual(await again, { kind: 'Cancelled', reason: 'cancel' });
 });
 
+kvmTest('close() right after run() settles that run as Cancelled, like a close while the guest runs', async (t) => {
+  // Before, a run the vCPU thread had not started yet rejected with ERR_CLOSED instead (most times).
+  for (const which of ['vcpu', 'partition', 'vcpu', 'partition']) {
+    const { partition, vcpu, start } = await guest(t, { layout: MemoryLayout.new(64n * MiB, [range(3n * GiB, 4n * GiB)]) });
+    start(programs.spin);
+    const running = vcpu.run(RUN);
+    if (which === 'vcpu') vcpu.close();
+    else partition.close();
+    t.deepEqual(await running, { kind: 'Cancelled', reason: 'cancel' }, which);
+    await t.throwsAsync(vcpu.run(RUN), { code: 'ERR_CLOSED' });
+  }
+});
+
 kvmTest('attaching an attached KvmPartition again is refused before any slot changes; its slot and guest survive', async (t) => {
   const layout = () => MemoryLayout.new(64n * MiB, [range(3n * GiB, 4n * GiB)]);
   const manager = await new GuestMemoryBuilder().build(layout());

@@ -8,6 +8,7 @@
 //! thread) cancels a running guest; the vCPU's fd is released and the thread ends at once when
 //! idle, else as the run in flight returns.
 
+use crate::CancelReason;
 use crate::KvmError;
 use crate::Vcpu;
 use crate::VcpuExit;
@@ -86,7 +87,9 @@ impl VcpuThread {
     }
 
     /// Runs until the next exit (or `timeout`) on the run thread; `done` gets the outcome there,
-    /// after the vCPU became idle again (so `done` may start the next run).
+    /// after the vCPU became idle again (so `done` may start the next run). A run accepted here
+    /// and closed (with the vCPU or its partition) before the thread started it is cancelled,
+    /// as one closed while the guest runs is: the outcome does not depend on that timing.
     pub fn run(
         &self,
         timeout: Option<Duration>,
@@ -99,7 +102,10 @@ impl VcpuThread {
         }
         let running = self.running.clone();
         let sent = runs.send(Box::new(move |vcpu: &Vcpu| {
-            let outcome = vcpu.run(timeout);
+            let outcome = match vcpu.run(timeout) {
+                Err(KvmError::VcpuClosed) => Ok(VcpuExit::Cancelled(CancelReason::Cancel)),
+                outcome => outcome,
+            };
             running.store(false, Ordering::SeqCst);
             done(outcome);
         }));
@@ -133,7 +139,6 @@ mod tests {
     use super::*;
     use crate::anon_memory::AnonMemory;
     use crate::test_support::Guest;
-    use crate::CancelReason;
     use crate::KvmPartition;
     use crate::VcpuOptions;
 
@@ -262,6 +267,41 @@ mod tests {
         });
         assert_closed(&thread);
         wait_for("the run thread ends", || thread_ended(&thread));
+    }
+
+    #[test]
+    fn a_run_closed_before_the_thread_started_it_is_cancelled_not_refused() {
+        let Some((partition, _low, thread)) =
+            spinning_thread("a_run_closed_before_the_thread_started_it_is_cancelled_not_refused")
+        else {
+            return;
+        };
+        // Hold the run thread with a request of its own, so the run below stays queued.
+        let (release, held) = mpsc::channel::<()>();
+        let (started, thread_busy) = mpsc::channel::<()>();
+        thread
+            .runs
+            .lock()
+            .as_ref()
+            .unwrap()
+            .send(Box::new(move |_: &Vcpu| {
+                started.send(()).unwrap();
+                held.recv().unwrap();
+            }))
+            .unwrap();
+        thread_busy.recv().unwrap();
+        let (sender, receiver) = mpsc::channel();
+        thread
+            .run(None, move |outcome| sender.send(outcome).unwrap())
+            .unwrap();
+        partition.close_vcpus();
+        release.send(()).unwrap();
+        let outcome = receiver.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(
+            matches!(outcome, Ok(VcpuExit::Cancelled(CancelReason::Cancel))),
+            "{outcome:?}"
+        );
+        assert_closed(&thread);
     }
 
     #[test]
