@@ -416,11 +416,18 @@ kvmTest('bad input to createVcpu, inspect, slotLog and close of a KvmPartition',
   t.regex(pastRam.message, /nothing writable is mapped at 0xc0000000/);
   await rejects(t, () => partition.createVcpu({ pageTables: 'low' }), TypeError, 'ERR_INVALID_ARG_TYPE');
   await rejects(t, () => partition.createVcpu({ pageTables: { start: 0x1001, end: 0x400000 } }), RangeError, 'ERR_INVALID_ARG_VALUE');
+  // Real mode has no paging and runs at privilege level 0: Long mode's options are refused, not ignored.
+  const realTables = await t.throwsAsync(partition.createVcpu({ mode: VcpuMode.Real, pageTables: PAGE_TABLES }), { instanceOf: RangeError });
+  t.is(realTables.code, 'ERR_INVALID_ARG_VALUE');
+  t.regex(realTables.message, /^pageTables applies to Long mode only/);
+  const realCpl3 = await t.throwsAsync(partition.createVcpu({ mode: VcpuMode.Real, cpl: 3 }), { instanceOf: RangeError });
+  t.regex(realCpl3.message, /^cpl applies to Long mode only: a Real-mode vCPU runs at privilege level 0/);
   t.is(partition.inspect().vcpuCount, 1, 'no vCPU was created by a rejected call');
-  // A real-mode vCPU needs no page tables.
+  // A real-mode vCPU needs no page tables; cpl 0 is its level.
   const real = await partition.createVcpu({ mode: VcpuMode.Real });
   t.is(real.id, 1);
   real.close();
+  (await partition.createVcpu({ mode: VcpuMode.Real, cpl: 0 })).close();
   partition.close();
   partition.close(); // idempotent
   for (const use of [() => partition.inspect(), () => partition.slotLog(), () => partition.takeSlotLog()]) {

@@ -181,7 +181,7 @@ pub mod kvm {
             &self,
             mode: String,
             page_tables: Option<BigUint64Array>,
-            cpl: u32,
+            cpl: Option<u32>,
         ) -> napi::Result<NativeVcpu> {
             let kvm = self.kvm()?;
             let options = vcpu_options(&mode, page_tables.as_deref(), cpl).or_throw()?;

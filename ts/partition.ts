@@ -92,9 +92,9 @@ export class RecordingPartition {
 export interface VcpuOptions {
   /** Default Long. */
   mode?: VcpuMode | `${VcpuMode}`;
-  /** GPA range (bytes, page-aligned, ≥ 2 MiB + 8 KiB) in guest RAM mapped read-write in this partition (all of it; it may span adjacent RAM regions) where the runner writes identity-mapped 2 MiB page tables covering 512 GiB; required in Long mode. */
+  /** GPA range (bytes, page-aligned, ≥ 2 MiB + 8 KiB) in guest RAM mapped read-write in this partition (all of it; it may span adjacent RAM regions) where the runner writes identity-mapped 2 MiB page tables covering 512 GiB; required in Long mode, refused in Real mode (no paging). */
   pageTables?: RangeLike;
-  /** Privilege level in Long mode (default 3, IOPL 3: ports 0–0x7fb7 on every KVM; PVM traps higher ones at CPL 3). */
+  /** Privilege level in Long mode (default 3, IOPL 3: ports 0–0x7fb7 on every KVM; PVM traps higher ones at CPL 3); Real mode runs at 0 and refuses 3. */
   cpl?: 0 | 3;
 }
 
@@ -235,9 +235,9 @@ export class KvmPartition {
     const mode = o.mode ?? VcpuMode.Long;
     if (typeof mode !== 'string') throw invalidArgType(`mode must be a VcpuMode, got ${describeType(mode)}`);
     if (mode !== VcpuMode.Long && mode !== VcpuMode.Real) throw invalidArgValue(`mode must be 'Real' or 'Long', got ${describeValue(mode)}`);
-    const cpl = o.cpl ?? 3;
-    if (typeof cpl !== 'number') throw invalidArgType(`cpl must be 0 or 3, got ${describeType(cpl)}`);
-    if (cpl !== 0 && cpl !== 3) throw invalidArgValue(`cpl must be 0 or 3, got ${describeValue(cpl)}`);
+    const cpl = o.cpl ?? undefined;
+    if (cpl !== undefined && typeof cpl !== 'number') throw invalidArgType(`cpl must be 0 or 3, got ${describeType(cpl)}`);
+    if (cpl !== undefined && cpl !== 0 && cpl !== 3) throw invalidArgValue(`cpl must be 0 or 3, got ${describeValue(cpl)}`);
     let tables: BigUint64Array | null = null;
     if (o.pageTables !== undefined) {
       const r = toRange(o.pageTables, 'pageTables');

@@ -1207,7 +1207,8 @@ impl ToJsError for virt_kvm::KvmError {
             | E::ValueForWideRead { .. }
             | E::ReadValueTooLarge { .. }
             | E::InvalidPageTables { .. }
-            | E::InvalidCpl(_) => return JsError::arg_value(self.to_string()),
+            | E::InvalidCpl(_)
+            | E::LongModeOnly { .. } => return JsError::arg_value(self.to_string()),
             E::PageTableWrite { gpa, source } => {
                 return JsError::arg_value(format!(
                     "pageTables: cannot write the page tables at {gpa:#x}: {source}"

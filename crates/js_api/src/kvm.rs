@@ -11,18 +11,28 @@ use crate::ToJsError;
 use virt_kvm::KvmError;
 use virt_kvm::Registers;
 use virt_kvm::VcpuExit;
+use virt_kvm::VcpuMode;
 use virt_kvm::VcpuOptions;
 
 /// The options of `createVcpu(mode, pageTables, cpl)`: `mode` a `VcpuMode` value,
-/// `page_tables` one `[start, end]` range, `cpl` a byte (the core checks it is 0 or 3).
+/// `page_tables` one `[start, end]` range, `cpl` a byte (the core checks it is 0 or 3, and 0 in
+/// Real mode) or the mode's default when not given.
 pub fn vcpu_options(
     mode: &str,
     page_tables: Option<&[u64]>,
-    cpl: u32,
+    cpl: Option<u32>,
 ) -> Result<VcpuOptions, JsError> {
-    let cpl = u8::try_from(cpl).map_err(|_| JsError::arg_value("cpl must be 0 or 3"))?;
+    let mode = string_member(mode, "mode")?;
+    // Not given: Long mode's default, or Real mode's only level.
+    let cpl = match (cpl, mode) {
+        (Some(cpl), _) => {
+            u8::try_from(cpl).map_err(|_| JsError::arg_value("cpl must be 0 or 3"))?
+        }
+        (None, VcpuMode::Long) => VcpuOptions::default().cpl,
+        (None, VcpuMode::Real) => VcpuOptions::real().cpl,
+    };
     Ok(VcpuOptions {
-        mode: string_member(mode, "mode")?,
+        mode,
         page_tables: page_tables
             .map(|bounds| one_range(bounds, "pageTables"))
             .transpose()?,
@@ -62,25 +72,30 @@ mod tests {
     use crate::errors::ErrorClass;
     use crate::errors::ErrorCode;
     use memory_range::MemoryRange;
-    use virt_kvm::VcpuMode;
 
     #[test]
     fn vcpu_options_are_read_and_checked() {
-        let options = vcpu_options("Long", Some(&[0x1000, 0x7000]), 3).unwrap();
+        let options = vcpu_options("Long", Some(&[0x1000, 0x7000]), Some(3)).unwrap();
         assert_eq!(options.mode, VcpuMode::Long);
         assert_eq!(options.page_tables, Some(MemoryRange::new(0x1000..0x7000)));
         assert_eq!(options.cpl, 3);
-        assert_eq!(vcpu_options("Real", None, 0).unwrap().page_tables, None);
-        let bad_mode = vcpu_options("protected-ish", None, 0).unwrap_err();
+        assert_eq!(
+            vcpu_options("Real", None, Some(0)).unwrap().page_tables,
+            None
+        );
+        // Without a cpl: Long mode's default 3, Real mode's 0.
+        assert_eq!(vcpu_options("Long", None, None).unwrap().cpl, 3);
+        assert_eq!(vcpu_options("Real", None, None).unwrap().cpl, 0);
+        let bad_mode = vcpu_options("protected-ish", None, Some(0)).unwrap_err();
         assert_eq!(
             bad_mode.kind().0,
             ErrorClass::RangeError,
             "{}",
             bad_mode.message
         );
-        let bad_cpl = vcpu_options("Long", None, 256).unwrap_err();
+        let bad_cpl = vcpu_options("Long", None, Some(256)).unwrap_err();
         assert_eq!(bad_cpl.message, "cpl must be 0 or 3");
-        assert!(vcpu_options("Long", Some(&[1, 2, 3]), 0).is_err());
+        assert!(vcpu_options("Long", Some(&[1, 2, 3]), Some(0)).is_err());
     }
 
     #[test]

@@ -184,6 +184,15 @@ pub enum KvmError {
     /// A privilege level other than 0 or 3 was requested.
     #[error("unsupported privilege level {0} (use 0 or 3)")]
     InvalidCpl(u8),
+    /// A Real-mode vCPU was given an option that only Long mode has (page tables, CPL 3).
+    #[error(
+        "{option} applies to Long mode only: a Real-mode vCPU runs at privilege level 0 \
+         without paging; leave {option} out or use mode 'Long'"
+    )]
+    LongModeOnly {
+        /// The option's name (`pageTables`, `cpl`).
+        option: &'static str,
+    },
 }
 
 impl KvmError {

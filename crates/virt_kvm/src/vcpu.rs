@@ -52,10 +52,11 @@ pub enum VcpuMode {
 pub struct VcpuOptions {
     /// The mode. Default [`VcpuMode::Long`].
     pub mode: VcpuMode,
-    /// Long mode only: the guest-RAM range (at least [`PAGE_TABLES_SIZE`] bytes) that receives
-    /// the page tables; CR3 points at its start.
+    /// Long mode only (Real mode refuses one): the guest-RAM range (at least
+    /// [`PAGE_TABLES_SIZE`] bytes) that receives the page tables; CR3 points at its start.
     pub page_tables: Option<MemoryRange>,
-    /// Long mode only: the privilege level, 3 (default, with IOPL 3) or 0. At CPL 3 ports up to
+    /// Long mode only (Real mode needs 0): the privilege level, 3 (default, with IOPL 3) or 0.
+    /// At CPL 3 ports up to
     /// [`page_tables::TSS_LAST_PORT`] work on every KVM; one that checks the TSS I/O bitmap
     /// despite IOPL 3 (PVM) traps the higher ones (a `Shutdown`: there is no IDT).
     pub cpl: u8,
@@ -544,6 +545,16 @@ impl KvmPartition {
     ) -> Result<Vcpu, KvmError> {
         if options.cpl != 0 && options.cpl != 3 {
             return Err(KvmError::InvalidCpl(options.cpl));
+        }
+        if options.mode == VcpuMode::Real {
+            if options.page_tables.is_some() {
+                return Err(KvmError::LongModeOnly {
+                    option: "pageTables",
+                });
+            }
+            if options.cpl != 0 {
+                return Err(KvmError::LongModeOnly { option: "cpl" });
+            }
         }
         let page_tables = match options.mode {
             VcpuMode::Real => None,
@@ -1664,6 +1675,22 @@ mod tests {
             guest.partition.create_vcpu(&options, &ignore),
             Err(KvmError::InvalidCpl(1))
         ));
+        // Real mode has neither paging nor CPL 3: those options are refused, not ignored.
+        let real_with_tables = VcpuOptions {
+            page_tables: Some(MemoryRange::new(0..PAGE_TABLES_SIZE)),
+            ..VcpuOptions::real()
+        };
+        let real_at_cpl3 = VcpuOptions {
+            cpl: 3,
+            ..VcpuOptions::real()
+        };
+        for (options, expected) in [(real_with_tables, "pageTables"), (real_at_cpl3, "cpl")] {
+            let error = guest.partition.create_vcpu(&options, &ignore).unwrap_err();
+            assert!(
+                matches!(error, KvmError::LongModeOnly { option } if option == expected),
+                "{error}"
+            );
+        }
         let refuse = |_: u64, _: &[u8]| -> Result<(), virt::Error> { Err("not RAM".into()) };
         let err = guest
             .partition

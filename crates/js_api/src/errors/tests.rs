@@ -305,6 +305,7 @@ fn kvm_errors() -> Vec<virt_kvm::KvmError> {
             source: "not RAM".into(),
         },
         E::InvalidCpl(1),
+        E::LongModeOnly { option: "cpl" },
     ]
 }
 
@@ -934,7 +935,7 @@ fn kvm_rows_split_argument_errors_from_kvm_errors() {
             .iter()
             .filter(|&&c| c == ErrorClass::RangeError)
             .count(),
-        6
+        7
     );
     let page_tables = errors
         .iter()
