@@ -285,10 +285,18 @@ impl GuestMemory {
             }
             value
         };
+        // A write that failed after it started (a fault part-way, a fallback that gave up) may
+        // have changed the bytes before the failure: they are recorded like a completed write.
+        let note_failed_write = |error: GuestMemoryBackingError| {
+            if write {
+                located.region.note_write(located.offset, len);
+            }
+            error
+        };
         let Some(base) = located.region.mapping() else {
             return fallback(backing.as_ref(), located.offset)
                 .map(note_write)
-                .map_err(to_gpa);
+                .map_err(|error| to_gpa(note_failed_write(error)));
         };
         let target = base.wrapping_add(crate::host_offset(located.offset));
         let mut fault = match first_fault {
@@ -309,7 +317,7 @@ impl GuestMemory {
                         Ok(false) => {
                             return fallback(backing.as_ref(), located.offset)
                                 .map(note_write)
-                                .map_err(to_gpa)
+                                .map_err(|error| to_gpa(note_failed_write(error)))
                         }
                         Err(error) => return Err(error),
                     }
@@ -337,27 +345,31 @@ impl GuestMemory {
             match backing.page_fault(located.offset + delta, remaining, write, false) {
                 PageFaultAction::Retry => {
                     if unproductive_retries >= self.retry_limit {
-                        return Err(GuestMemoryBackingError::at(
-                            GuestMemoryErrorKind::Other,
-                            Some(fault_gpa),
-                            Cause::RetryLimit(self.retry_limit),
-                        )
-                        .with_fault(fault.fault()));
+                        return Err(note_failed_write(
+                            GuestMemoryBackingError::at(
+                                GuestMemoryErrorKind::Other,
+                                Some(fault_gpa),
+                                Cause::RetryLimit(self.retry_limit),
+                            )
+                            .with_fault(fault.fault()),
+                        ));
                     }
                     unproductive_retries += 1;
                 }
                 PageFaultAction::Fail(error) => {
                     let error = error.into_backing_error(fault_gpa);
-                    return Err(if error.kind() == GuestMemoryErrorKind::Other {
-                        error.with_fault(fault.fault())
-                    } else {
-                        error
-                    });
+                    return Err(note_failed_write(
+                        if error.kind() == GuestMemoryErrorKind::Other {
+                            error.with_fault(fault.fault())
+                        } else {
+                            error
+                        },
+                    ));
                 }
                 PageFaultAction::Fallback => {
                     return fallback(backing.as_ref(), located.offset)
                         .map(note_write)
-                        .map_err(to_gpa);
+                        .map_err(|error| to_gpa(note_failed_write(error)));
                 }
             }
             fault = match attempt(target) {

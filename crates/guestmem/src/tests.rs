@@ -1212,6 +1212,43 @@ fn every_write_path_marks_the_dirty_bitmap_and_reads_do_not() {
 }
 
 #[test]
+fn a_write_that_faults_part_way_marks_the_pages_it_was_to_write() {
+    // Pages 0-4 mapped, page 5 not: a write from the end of page 4 into page 5 copies the bytes
+    // of page 4, then faults and fails; page 4 changed, so it must be reported.
+    const LEN: usize = 1 << 20;
+    let mapping = Arc::new(SparseMapping::new(LEN).unwrap());
+    mapping.alloc(0, 5 * PAGE_SIZE).unwrap();
+    mapping.alloc(6 * PAGE_SIZE, LEN - 6 * PAGE_SIZE).unwrap();
+    let bitmap = Arc::new(DirtyBitmap::new(4 * MIB));
+    let memory = GuestMemory::new(
+        "tracked",
+        Tracked {
+            mapping,
+            bitmap: bitmap.clone(),
+            offset: 0,
+            fallback_only: false,
+        },
+    );
+    bitmap.start();
+    let gpa = 5 * P - 16;
+    assert!(memory.write_at(gpa, &[0x55; 32]).is_err());
+    let mut written = [0u8; 16];
+    memory.read_at(gpa, &mut written).unwrap();
+    assert_eq!(
+        written, [0x55; 16],
+        "the bytes before the fault were written"
+    );
+    assert_eq!(
+        dirty_pages(&bitmap),
+        vec![(4, 2)],
+        "reported, with the page it failed on"
+    );
+    // The same through a fill and a scatter list.
+    assert!(memory.fill_at(gpa, 1, 32).is_err());
+    assert_eq!(dirty_pages(&bitmap), vec![(4, 2)]);
+}
+
+#[test]
 fn fallback_writes_subranges_and_locks_are_recorded() {
     let (memory, bitmap) = tracked(0, true);
     bitmap.start();
