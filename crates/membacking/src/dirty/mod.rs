@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::sync::Weak;
 use virt::PartitionMemoryMap;
 
 const PAGE_SHIFT: u32 = 12;
@@ -173,6 +174,30 @@ struct Session {
     chain: Option<ChainHead>,
     /// A live migration's pages dirtied since its last take.
     migration: Option<MigrationSet>,
+    /// The partitions logging guest writes in this session. A partition dropped while it logs
+    /// takes its last, unharvested writes with it: the next harvest then counts all of RAM.
+    logging: Vec<Weak<dyn PartitionMemoryMap>>,
+}
+
+impl Session {
+    /// Adds the pages `[first, end)` to every set of the session.
+    fn insert(&mut self, first: u64, end: u64) {
+        self.user.insert(first, end);
+        if let Some(chain) = &mut self.chain {
+            chain.pages.insert(first, end);
+        }
+        if let Some(migration) = &mut self.migration {
+            migration.pages.insert(first, end);
+        }
+    }
+
+    /// Remembers that `partition` logs in this session.
+    fn logging(&mut self, partition: &Arc<dyn PartitionMemoryMap>) {
+        let weak = Arc::downgrade(partition);
+        if !self.logging.iter().any(|known| known.ptr_eq(&weak)) {
+            self.logging.push(weak);
+        }
+    }
 }
 
 /// The pages a live migration has not taken yet, and whether it started the session.
@@ -307,20 +332,22 @@ impl DirtyState {
 
     /// Starts logging on a partition being attached while tracking is on.
     pub(crate) fn start_partition(
-        &self,
-        partition: &dyn PartitionMemoryMap,
+        &mut self,
+        partition: &Arc<dyn PartitionMemoryMap>,
         index: usize,
     ) -> Result<(), DirtyTrackingError> {
-        if self.session.is_none() {
+        let Some(session) = &mut self.session else {
             return Ok(());
-        }
+        };
         partition
             .start_dirty_log()
             .map_err(|source| DirtyTrackingError::Partition {
                 index,
                 action: "start",
                 source,
-            })
+            })?;
+        session.logging(partition);
+        Ok(())
     }
 
     pub(crate) fn run(
@@ -362,12 +389,17 @@ impl DirtyState {
             started.push(target);
         }
         self.bitmap.start();
-        self.session = Some(Session {
+        let mut session = Session {
             id: std::collections::hash_map::RandomState::new().hash_one(0u64),
             user: PageSet::default(),
             chain: None,
             migration: None,
-        });
+            logging: Vec::new(),
+        };
+        for target in started {
+            session.logging(&target.partition);
+        }
+        self.session = Some(session);
         Ok(())
     }
 
@@ -415,18 +447,23 @@ impl DirtyState {
             return Err(DirtyTrackingError::Off);
         };
         let ram = &self.ram;
+        // A partition that logged and is gone (closed, dropped) took the writes it logged
+        // since the last harvest with it: every RAM page may have changed.
+        let logging = session.logging.len();
+        session
+            .logging
+            .retain(|partition| partition.strong_count() > 0);
+        if session.logging.len() < logging {
+            for &(ram_first, ram_end) in ram {
+                session.insert(ram_first, ram_end);
+            }
+        }
         self.bitmap.take(|first, count| {
             let end = first + count;
             for &(ram_first, ram_end) in ram {
                 let (start, stop) = (first.max(ram_first), end.min(ram_end));
                 if start < stop {
-                    session.user.insert(start, stop);
-                    if let Some(chain) = &mut session.chain {
-                        chain.pages.insert(start, stop);
-                    }
-                    if let Some(migration) = &mut session.migration {
-                        migration.pages.insert(start, stop);
-                    }
+                    session.insert(start, stop);
                 }
             }
         });

@@ -93,6 +93,85 @@ fn guest_memory_writes_and_decommits_are_tracked_only_while_on() {
     block_on(manager.close());
 }
 
+/// A partition whose "guest" writes are entries of its dirty log (host addresses), reported
+/// only when the log is harvested.
+#[derive(Default)]
+struct LoggingPartition {
+    /// Host address of GPA 0 (from the mapping of RAM at GPA 0).
+    base: parking_lot::Mutex<Option<u64>>,
+    log: parking_lot::Mutex<Vec<(u64, u64)>>,
+}
+
+impl LoggingPartition {
+    /// The guest writes the page at `gpa`.
+    fn guest_writes(&self, gpa: u64) {
+        let base = self.base.lock().expect("RAM at GPA 0 is mapped");
+        self.log.lock().push((base + gpa, 4096));
+    }
+}
+
+impl PartitionMemoryMap for LoggingPartition {
+    fn unmap_range(&self, _addr: u64, _size: u64) -> Result<(), virt::Error> {
+        Ok(())
+    }
+
+    fn map_range(
+        &self,
+        data: *mut u8,
+        _size: usize,
+        addr: u64,
+        _writable: bool,
+        _exec: bool,
+    ) -> Result<(), virt::Error> {
+        if addr == 0 {
+            *self.base.lock() = Some(data as u64);
+        }
+        Ok(())
+    }
+
+    fn start_dirty_log(&self) -> Result<(), virt::Error> {
+        Ok(())
+    }
+
+    fn take_dirty_log(&self, report: &mut dyn FnMut(u64, u64)) -> Result<(), virt::Error> {
+        for (address, len) in self.log.lock().drain(..) {
+            report(address, len);
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_partition_dropped_with_unharvested_writes_makes_the_next_take_report_all_ram() {
+    for attach_before_start in [true, false] {
+        let manager = manager();
+        let tracking = manager.dirty_tracking();
+        if !attach_before_start {
+            block_on(tracking.start()).unwrap();
+        }
+        let partition = Arc::new(LoggingPartition::default());
+        let as_map: Arc<dyn PartitionMemoryMap> = partition.clone();
+        block_on(manager.attach_partition(virt::Vtl::Vtl0, &as_map, None)).unwrap();
+        drop(as_map);
+        if attach_before_start {
+            block_on(tracking.start()).unwrap();
+        }
+        // Harvested while the partition lives: exactly the page written.
+        partition.guest_writes(0x7000);
+        assert_eq!(
+            block_on(tracking.take()).unwrap(),
+            vec![MemoryRange::new(0x7000..0x8000)]
+        );
+        // Written, then the partition goes (the VM is closed) before any harvest: its log is
+        // gone, so every RAM page may have changed.
+        partition.guest_writes(0x9000);
+        drop(partition);
+        assert_eq!(block_on(tracking.take()).unwrap(), vec![LOW, HIGH]);
+        assert_eq!(block_on(tracking.take()).unwrap(), vec![], "once");
+        block_on(manager.close());
+    }
+}
+
 #[test]
 fn guest_memory_writers_racing_take_lose_nothing() {
     let manager = manager();

@@ -686,7 +686,7 @@ impl RegionActor {
                 let partition = claim.partition().clone();
                 if let Some(live) = partition.upgrade() {
                     let index = self.partitions.len();
-                    if let Err(error) = self.dirty.start_partition(live.as_ref(), index) {
+                    if let Err(error) = self.dirty.start_partition(&live, index) {
                         let error = PartitionMapperError::Map(Box::new(error));
                         let _ = reply.send(Err(RegionManagerError::PartitionMapper(error)));
                         return;
