@@ -447,7 +447,7 @@ test('one Mappable backs every mapping of a window by name; unbacked mappings ar
   again.close();
 });
 
-test('an existing snapshot is replaced atomically and a snapshot cannot replace its own base', async (t) => {
+test('an existing snapshot is replaced atomically and a snapshot cannot replace its own base or a snapshot of its chain', async (t) => {
   const manager = await build(t);
   await manager.dirtyTracking().start();
   const memory = await manager.client().guestMemory();
@@ -464,6 +464,17 @@ test('an existing snapshot is replaced atomically and a snapshot cannot replace 
   await restored.close();
   const error = await t.throwsAsync(manager.snapshot(dir, { base: dir }), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE' });
   t.regex(error.message, /base/);
+  // Nor a snapshot its base is built on: the new one would be built on itself, and the chain
+  // (with everything saved since the first snapshot) could not be restored again.
+  memory.writeU64(MiB, 3n);
+  const next = path.join(root, 'next');
+  await manager.snapshot(next, { base: dir });
+  memory.writeU64(MiB, 4n);
+  const ancestor = await t.throwsAsync(manager.snapshot(dir, { base: next }), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE' });
+  t.regex(ancestor.message, /a snapshot its base .* is built on/);
+  const chain = await GuestMemoryBuilder.restore(next);
+  t.is((await chain.client().guestMemory()).readU64(MiB), 3n, 'the chain is intact');
+  await chain.close();
   memory.close();
 });
 

@@ -372,13 +372,18 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<Manifest, SnapshotError> {
     format::decode_manifest(&bytes).map_err(|error| SnapshotError::format(&path, error))
 }
 
-/// The manifest of the snapshot in `dir`, once everything a restore of it checks before
-/// building is checked: each layer's manifest, index and memory-file size, and its chain of
-/// bases. An incremental snapshot on a base that fails this could never be restored.
-pub(crate) fn read_restorable_manifest(dir: &Path) -> Result<Manifest, SnapshotError> {
-    match load_chain(dir)?.pop() {
-        Some(top) => Ok(top.manifest),
-        None => read_manifest(dir),
+/// The manifest of the snapshot in `dir` and the directories of its chain (oldest first, `dir`
+/// last), once everything a restore of it checks before building is checked: each layer's
+/// manifest, index and memory-file size, and its chain of bases. An incremental snapshot on a
+/// base that fails this could never be restored.
+pub(crate) fn read_restorable_manifest(
+    dir: &Path,
+) -> Result<(Manifest, Vec<PathBuf>), SnapshotError> {
+    let mut chain = load_chain(dir)?;
+    let layers = chain.iter().map(|layer| layer.dir.clone()).collect();
+    match chain.pop() {
+        Some(top) => Ok((top.manifest, layers)),
+        None => Ok((read_manifest(dir)?, layers)),
     }
 }
 

@@ -603,11 +603,21 @@ fn incremental_snapshots_need_tracking_since_their_base() {
     block_on(manager.snapshot(&second, SnapshotOptions::default())).unwrap();
     assert!(reason(incremental(&first, "b")).contains("not the latest"));
     incremental(&second, "c").unwrap();
-    // The base cannot be replaced by its own increment.
+    // The base cannot be replaced by its own increment, nor any snapshot the base is built
+    // on: the new snapshot would depend on itself, and the chain could not be restored again.
     assert!(matches!(
         incremental(&dir.path().join("c"), "c"),
         Err(SnapshotError::InvalidArgument { .. })
     ));
+    let what = match incremental(&dir.path().join("c"), "second") {
+        Err(SnapshotError::InvalidArgument { what }) => what,
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    };
+    assert!(what.contains("a snapshot its base"), "{what}");
+    // Refused before anything was written: the chain still restores, and stays the chain head.
+    let chain = block_on(read_snapshot_chain(dir.path().join("c"))).unwrap();
+    assert_eq!(chain.len(), 2);
+    incremental(&dir.path().join("c"), "c2").unwrap();
     block_on(tracking.stop()).unwrap();
     assert!(reason(incremental(&dir.path().join("c"), "d")).contains("off"));
     block_on(tracking.start()).unwrap();

@@ -132,8 +132,9 @@ impl GuestMemoryManager {
                 publish::check_replaceable(&target)?;
                 let base = match base_dir {
                     Some(base_dir) => {
-                        let manifest = super::restore::read_restorable_manifest(&base_dir)?;
-                        check_not_target(&base_dir, &target.path)?;
+                        let (manifest, layers) =
+                            super::restore::read_restorable_manifest(&base_dir)?;
+                        check_not_target(&base_dir, &layers, &target.path)?;
                         Some((base_dir, manifest))
                     }
                     None => None,
@@ -241,18 +242,37 @@ impl Drop for FinishGuard {
     }
 }
 
-fn check_not_target(base: &Path, target: &Path) -> Result<(), SnapshotError> {
+/// Refuses a target that is `base` or one of the snapshots of its chain (`layers`, any order):
+/// the new snapshot would replace a layer it is built on, and neither it nor any other snapshot
+/// on that layer could be restored again.
+fn check_not_target(base: &Path, layers: &[PathBuf], target: &Path) -> Result<(), SnapshotError> {
     let canonical_base = base
         .canonicalize()
         .map_err(|error| SnapshotError::io("resolve", base, error))?;
-    let canonical_target = target.canonicalize().ok();
-    if canonical_target.as_deref() == Some(canonical_base.as_path()) {
+    let Ok(canonical_target) = target.canonicalize() else {
+        return Ok(());
+    };
+    if canonical_target == canonical_base {
         return Err(SnapshotError::InvalidArgument {
             what: format!(
                 "an incremental snapshot cannot replace its own base {}; write it to another directory",
                 base.display()
             ),
         });
+    }
+    for layer in layers {
+        if layer
+            .canonicalize()
+            .is_ok_and(|layer| layer == canonical_target)
+        {
+            return Err(SnapshotError::InvalidArgument {
+                what: format!(
+                    "an incremental snapshot cannot replace {}, a snapshot its base {} is built on (the new snapshot, its base and every snapshot on them could not be restored); write it to another directory",
+                    target.display(),
+                    base.display()
+                ),
+            });
+        }
     }
     Ok(())
 }
