@@ -331,3 +331,47 @@ mod kvm {
         block_on(manager.close());
     }
 }
+
+#[test]
+fn a_decommit_that_fails_after_it_started_counts_its_range_as_written() {
+    // RAM on a memfd that can be sealed: once the manager has mapped it, a future-write seal
+    // makes punching holes into it fail (EPERM), as an I/O error could halfway through a range.
+    let ram: Vec<MemoryRangeWithNode> = [LOW, HIGH]
+        .iter()
+        .map(|&range| MemoryRangeWithNode { range, vnode: 0 })
+        .collect();
+    let layout = MemoryLayout::new_from_ranges(&ram, &[MMIO_GAP]).unwrap();
+    let fd = rustix::fs::memfd_create(
+        "decommit-fails",
+        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+    )
+    .unwrap();
+    rustix::fs::ftruncate(&fd, LOW.len() + HIGH.len()).unwrap();
+    let backing = crate::SharedMemoryBacking::from_mappable(fd);
+    let manager = block_on(
+        GuestMemoryBuilder::new()
+            .existing_backing(Some(backing))
+            .build(&layout),
+    )
+    .unwrap();
+    let tracking = manager.dirty_tracking();
+    block_on(tracking.start()).unwrap();
+    let ram_object = manager.shared_memory_backing().unwrap();
+    rustix::fs::fcntl_add_seals(ram_object.mappable(), rustix::fs::SealFlags::FUTURE_WRITE)
+        .unwrap();
+    let range = MemoryRange::new(0x10000..0x20000);
+    let error = block_on(manager.decommit_ram(range)).unwrap_err();
+    assert!(
+        matches!(error, RegionManagerError::DecommitFailed { .. }),
+        "{error:?}"
+    );
+    assert_eq!(
+        block_on(tracking.take()).unwrap(),
+        vec![range],
+        "what a failed decommit changed is not known: its whole range counts"
+    );
+    // A decommit refused before it starts (not RAM) changes nothing and records nothing.
+    let outside = MemoryRange::new(MMIO_GAP.start()..MMIO_GAP.start() + 0x1000);
+    assert!(block_on(manager.decommit_ram(outside)).is_err());
+    assert_eq!(block_on(tracking.take()).unwrap(), vec![]);
+}

@@ -715,8 +715,14 @@ impl RegionActor {
             }
             RegionRequest::Decommit { range, reply } => {
                 let result = self.decommit(range);
-                if result.is_ok() && self.dirty.is_active() {
-                    // Pages that now read as zeros changed: incremental snapshots must see it.
+                // Pages that now read as zeros changed: incremental snapshots must see it. A
+                // decommit that failed after it started may have released some of its pieces:
+                // its whole range counts.
+                let started = matches!(
+                    result,
+                    Ok(()) | Err(RegionManagerError::DecommitFailed { .. })
+                );
+                if started && self.dirty.is_active() {
                     self.dirty.mark(range);
                 }
                 let _ = reply.send(result);
