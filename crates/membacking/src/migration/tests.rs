@@ -799,20 +799,30 @@ fn dropping_the_future_cancels_the_migration() {
             }
         }
     }));
-    // The first poll starts the migration's thread; drop the future once round 0 has sent
-    // a page.
-    let mut migration = Box::pin(source.migrate(source_end, options));
+    // Dropped once round 0 has sent a page.
+    let migration = source.migrate(source_end, options);
+    drop_once(migration, || round_zero.recv().unwrap(), destination);
+    eventually("tracking stopped", || !source.dirty_tracking().is_active());
+    close(source);
+}
+
+/// Polls `migration` once (which starts its thread), waits until `started` returns, drops the
+/// future and checks that the destination saw the migration aborted.
+fn drop_once<F: Future>(
+    migration: F,
+    started: impl FnOnce(),
+    destination: JoinHandle<Result<MigratedManager, MigrationError>>,
+) {
+    let mut migration = Box::pin(migration);
     let waker = futures::task::noop_waker();
     let mut context = std::task::Context::from_waker(&waker);
     assert!(migration.as_mut().poll(&mut context).is_pending());
-    round_zero.recv().unwrap();
+    started();
     drop(migration);
     assert!(matches!(
         destination.join().unwrap(),
         Err(MigrationError::Aborted { .. })
     ));
-    eventually("tracking stopped", || !source.dirty_tracking().is_active());
-    close(source);
 }
 
 /// Migrate options whose pause tells `called` and never resolves.
@@ -884,16 +894,8 @@ fn dropping_the_future_while_the_pause_is_pending_ends_the_migration() {
     let (source_end, destination_end) = socket_pair();
     let destination = spawn_destination(destination_end, MigrateFromOptions::default());
     let (called, pause_called) = mpsc::channel();
-    let mut migration = Box::pin(source.migrate(source_end, pause_forever(called)));
-    let waker = futures::task::noop_waker();
-    let mut context = std::task::Context::from_waker(&waker);
-    assert!(migration.as_mut().poll(&mut context).is_pending());
-    pause_called.recv().unwrap();
-    drop(migration);
-    assert!(matches!(
-        destination.join().unwrap(),
-        Err(MigrationError::Aborted { .. })
-    ));
+    let migration = source.migrate(source_end, pause_forever(called));
+    drop_once(migration, || pause_called.recv().unwrap(), destination);
     // Tracking ends when the migration's thread does.
     eventually("tracking stopped", || !source.dirty_tracking().is_active());
     close(source);
