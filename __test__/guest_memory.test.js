@@ -955,6 +955,27 @@ test('readv/writev copy many ranges in one call, in order, into and from any Arr
   memory.writev([]);
 });
 
+test('readv/writev take lists longer than a call can spread (200,000 entries), in order, with entryIndex past it', (t) => {
+  // The engine refuses a spread call with this many arguments ("Maximum call stack size
+  // exceeded"); the list must still be copied, and a failure still name its entry.
+  const count = 200_000;
+  const memory = GuestMemory.allocate(count * 8);
+  const list = Array.from({ length: count }, (_, i) => ({ gpa: (count - 1 - i) * 8, buffer: new Uint32Array([i, ~i]) }));
+  list.push({ gpa: 0, buffer: new Uint32Array([7, 7]) });
+  memory.writev(list);
+  const back = list.map(({ gpa }) => ({ gpa: BigInt(gpa), buffer: new Uint32Array(2) }));
+  memory.readv(back);
+  t.deepEqual(Array.from(back[0].buffer), [0, ~0 >>> 0]);
+  t.deepEqual(Array.from(back[count - 2].buffer), [count - 2, ~(count - 2) >>> 0]);
+  t.deepEqual(Array.from(back[count - 1].buffer), [7, 7], 'the last entry was written last');
+  t.true(back.slice(0, count - 1).every(({ buffer }, i) => buffer[0] === i), 'every entry in place');
+  back[count - 1] = { gpa: 2 ** 40, buffer: new Uint8Array(1) };
+  const error = assertGuestError(t, () => memory.readv(back), { code: 'ERR_GUEST_MEMORY_OUT_OF_RANGE', kind: 'OutOfRange', op: 'read', gpa: 2 ** 40 });
+  t.is(error.entryIndex, count - 1);
+  list[count - 1] = { gpa: 0, buffer: 5 };
+  t.is(t.throws(() => memory.writev(list), { code: 'ERR_INVALID_ARG_TYPE' }).entryIndex, count - 1);
+});
+
 test('readv/writev: the first failing entry stops the call; its error is readAt/writeAt\'s with entryIndex', (t) => {
   const memory = GuestMemory.allocate(4 * P);
   memory.fillAt(0, 0xaa, 4 * P);

@@ -447,7 +447,7 @@ impl Drop for NativeGuestMemory {
 /// The fast paths ([`fast`]) of every memory of this JavaScript thread: functions that take the
 /// memory's `fastPathId()` as their first argument.
 #[napi(
-    ts_return_type = "{ readAt(id: number, gpa: U64, dest: Uint8Array): void; writeAt(id: number, gpa: U64, src: Uint8Array): void; readv(id: number, gpas: Float64Array | Array<U64>, ...buffers: ArrayBufferView[]): void; writev(id: number, gpas: Float64Array | Array<U64>, ...buffers: ArrayBufferView[]): void; readU8(id: number, gpa: U64): number; readU16(id: number, gpa: U64): number; readU32(id: number, gpa: U64): number; readU64(id: number, gpa: U64): bigint; writeU8(id: number, gpa: U64, value: number): void; writeU16(id: number, gpa: U64, value: number): void; writeU32(id: number, gpa: U64, value: number): void; writeU64(id: number, gpa: U64, value: U64): void }"
+    ts_return_type = "{ readAt(id: number, gpa: U64, dest: Uint8Array): void; writeAt(id: number, gpa: U64, src: Uint8Array): void; readv(id: number, gpas: Float64Array | Array<U64>, ...buffers: ArrayBufferView[] | [ArrayBufferView[]]): void; writev(id: number, gpas: Float64Array | Array<U64>, ...buffers: ArrayBufferView[] | [ArrayBufferView[]]): void; readU8(id: number, gpa: U64): number; readU16(id: number, gpa: U64): number; readU32(id: number, gpa: U64): number; readU64(id: number, gpa: U64): bigint; writeU8(id: number, gpa: U64, value: number): void; writeU16(id: number, gpa: U64, value: number): void; writeU32(id: number, gpa: U64, value: number): void; writeU64(id: number, gpa: U64, value: U64): void }"
 )]
 pub fn guest_memory_fast_paths(env: Env) -> napi::Result<fast::RawValue> {
     fast::functions(&env).or_throw()
@@ -905,7 +905,9 @@ pub mod fast {
 
     /// The entries of `readv(id, gpas, ...buffers)`/`writev(id, gpas, ...buffers)` (`args`
     /// after the id): the GPAs (see [`Gpas`]) and one typed array or `DataView` per entry, read
-    /// in one pass into one allocation.
+    /// in one pass into one allocation. The buffers may instead come as one JavaScript array
+    /// (`readv(id, gpas, buffers)`): a long list cannot be spread into call arguments (the
+    /// engine's argument count limit), and no buffer is itself an array.
     ///
     /// # Safety
     /// `env` and `args` must belong to the running callback.
@@ -916,10 +918,21 @@ pub mod fast {
         let Some((&gpas, buffers)) = args.split_first() else {
             return Err(JsError::arg_type("the GPAs are missing"));
         };
+        let listed = match buffers {
+            // SAFETY: a value of the running callback.
+            [single] => unsafe { array_length(env, *single) },
+            _ => None,
+        };
+        let count = listed.unwrap_or(buffers.len());
         // SAFETY: values of the running callback.
-        let gpas = unsafe { Gpas::of(env, gpas, buffers.len()) }?;
-        let mut entries = Vec::with_capacity(buffers.len());
-        for (index, &buffer) in buffers.iter().enumerate() {
+        let gpas = unsafe { Gpas::of(env, gpas, count) }?;
+        let mut entries = Vec::with_capacity(count);
+        for index in 0..count {
+            let buffer = match listed {
+                // SAFETY: `buffers[0]` is an array of `count` elements of the running callback.
+                Some(_) => unsafe { array_element(env, buffers[0], index) }?,
+                None => buffers[index],
+            };
             // SAFETY: values of the running callback; `index` is below the count `gpas` holds.
             let (gpa, bytes) = unsafe { (gpas.get(env, index)?, read_bytes(env, buffer)) };
             let bytes = bytes.map_err(|error| error.in_entry(index, ".buffer"))?;
@@ -930,6 +943,46 @@ pub mod fast {
             });
         }
         Ok(entries)
+    }
+
+    /// The length of `value` when it is a JavaScript array, else `None`.
+    ///
+    /// # Safety
+    /// `env` and `value` must belong to the running callback.
+    unsafe fn array_length(env: sys::napi_env, value: sys::napi_value) -> Option<usize> {
+        let mut is_array = false;
+        // SAFETY: a query on a value of the running callback.
+        if unsafe { sys::napi_is_array(env, value, &mut is_array) } != sys::Status::napi_ok
+            || !is_array
+        {
+            return None;
+        }
+        let mut length = 0u32;
+        // SAFETY: `value` is an array of the running callback.
+        if unsafe { sys::napi_get_array_length(env, value, &mut length) } != sys::Status::napi_ok {
+            return None;
+        }
+        usize::try_from(length).ok()
+    }
+
+    /// Element `index` of the array `array`.
+    ///
+    /// # Safety
+    /// `env` and `array` must belong to the running callback.
+    unsafe fn array_element(
+        env: sys::napi_env,
+        array: sys::napi_value,
+        index: usize,
+    ) -> Result<sys::napi_value, JsError> {
+        let position = u32::try_from(index).map_err(|_| JsError::arg_value("too many entries"))?;
+        let mut element = ptr::null_mut();
+        // SAFETY: a query on a value of the running callback.
+        if unsafe { sys::napi_get_element(env, array, position, &mut element) }
+            != sys::Status::napi_ok
+        {
+            return Err(JsError::internal("cannot read the buffers"));
+        }
+        Ok(element)
     }
 
     fast_path!(

@@ -608,6 +608,12 @@ const vectorGpas = { numbers: new Float64Array(64) };
 function entryTypeError(index: number, message: string): TypeError {
   return Object.assign(invalidArgType(`list[${index}]${message}`), { entryIndex: index });
 }
+/**
+ * Above this many entries the buffers go to the native side as one array rather than as call
+ * arguments: the engine limits how many arguments a spread call may pass (a list of some
+ * 120,000 entries would otherwise fail with "Maximum call stack size exceeded").
+ */
+const SPREAD_ENTRIES = 16384;
 function vectoredArgs(list: unknown, what: string): [Float64Array | U64[], ...ArrayBufferView[]] {
   if (!Array.isArray(list)) throw invalidArgType(`${what} takes an array of {gpa, buffer} entries, got ${describeType(list)}`);
   const n = list.length;
@@ -632,6 +638,11 @@ function vectoredArgs(list: unknown, what: string): [Float64Array | U64[], ...Ar
 }
 
 type FastPaths = ReturnType<typeof native.guestMemoryFastPaths>;
+/** Calls the fast path `copy` (`readv` or `writev`) with the arguments of `vectoredArgs`. */
+function vectoredCall(copy: FastPaths['readv'], id: number, args: [Float64Array | U64[], ...ArrayBufferView[]]): void {
+  if (args.length > SPREAD_ENTRIES) copy(id, args[0], args.slice(1) as ArrayBufferView[]);
+  else copy(id, ...args);
+}
 let sharedFastPaths: FastPaths | undefined;
 
 /** The fast-path functions of this thread's memories, made on first use. */
@@ -796,7 +807,7 @@ export class GuestMemory {
   readv(list: VectoredEntry[]): void {
     const args = vectoredArgs(list, 'readv');
     try {
-      this.#f.readv(this.#id, ...args);
+      vectoredCall(this.#f.readv, this.#id, args);
     } catch (error) {
       throw vectoredError(error, list);
     }
@@ -811,7 +822,7 @@ export class GuestMemory {
   writev(list: VectoredEntry[]): void {
     const args = vectoredArgs(list, 'writev');
     try {
-      this.#f.writev(this.#id, ...args);
+      vectoredCall(this.#f.writev, this.#id, args);
     } catch (error) {
       throw vectoredError(error, list);
     }
