@@ -388,3 +388,26 @@ test('--input reads a pipe, and refuses a file that never ends instead of readin
   t.is(piped.status, 0, piped.stderr);
   t.is(JSON.parse(piped.stdout).ramSize, '0x100000000');
 });
+
+test('layout prints a layout of 70,000 gaps (140,000 rows), with and without --x86-legacy, each region with its vnode', (t) => {
+  // Laying out the table spread one length per row into Math.max (more arguments than a call
+  // takes: "Maximum call stack size exceeded"), and --x86-legacy searched the RAM ranges from
+  // the start for every region (minutes at this size).
+  const count = 70_000;
+  const MiB = 1024 * 1024;
+  const hex = (n) => `0x${n.toString(16)}`;
+  const ram = Array.from({ length: count }, (_, i) => ({ range: `${hex(i * 4 * MiB)}-${hex(i * 4 * MiB + 2 * MiB)}`, vnode: i % 7 }));
+  const gaps = Array.from({ length: count }, (_, i) => `${hex(i * 4 * MiB + 2 * MiB)}-${hex(i * 4 * MiB + 3 * MiB)}`);
+  const file = tempFile('many-gaps.json', JSON.stringify({ ram, gaps }));
+  for (const extra of [[], ['--x86-legacy']]) {
+    const r = spawnSync(process.execPath, [cli, 'layout', '--input', file, ...extra], { encoding: 'utf8', maxBuffer: 256 * MiB });
+    t.is(r.status, 0, r.stderr);
+    const lines = r.stdout.split('\n');
+    const ramRows = lines.filter((line) => line.startsWith('RAM '));
+    t.is(lines.filter((line) => line.startsWith('MMIO ')).length, count, `${extra}`);
+    // x86 legacy support splits the first megabyte into 15 regions and the rest of the first range into one.
+    t.is(ramRows.length, extra.length === 0 ? count : count + 15, `${extra}`);
+    const vnodes = ramRows.slice(-count + 1).map((line) => Number(/vnode (\d+)/.exec(line)?.[1]));
+    t.true(vnodes.every((vnode, i) => vnode === (i + 1) % 7), `${extra}: every range's vnode`);
+  }
+});

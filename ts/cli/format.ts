@@ -113,14 +113,19 @@ interface X86LegacyArea {
  */
 export function x86LegacyRows(layout: MemoryLayout): MapRow[] {
   const areas = nativeJson<X86LegacyArea[]>(native.x86LegacyAreas());
+  // The regions come in address order, as the RAM ranges do: one walk finds each region's
+  // range (a search from the start for every region took seconds with thousands of gaps).
+  const ram = layout.ram;
+  let next = 0;
   const rows: MapRow[] = x86LegacyRamRanges(layout).map(({ range, fileOffset }) => {
     if (layout.vtl2Range?.equals(range)) return { range, kind: 'VTL2', fileOffset };
     const area = areas.find((candidate) => candidate.range.equals(range));
-    const vnode = layout.ram.find((entry) => entry.range.contains(range))?.vnode ?? 0;
+    while (next < ram.length && ram[next]!.range.end <= range.start) next++;
+    const vnode = (ram[next]?.range.contains(range) ? ram[next]?.vnode : undefined) ?? 0;
     if (!area) return { range, kind: 'RAM', detail: `vnode ${vnode}`, fileOffset };
     return { range, kind: 'RAM', detail: `vnode ${vnode}, ${area.name}`, fileOffset, area: area.name, usable: area.usable };
   });
-  rows.push(...layout.mmio.map((range) => ({ range, kind: 'MMIO' })));
+  for (const range of layout.mmio) rows.push({ range, kind: 'MMIO' });
   return sortRows(rows);
 }
 
@@ -134,7 +139,7 @@ export function x86LegacyJson(layout: MemoryLayout): object {
 
 /** Pads the columns of `rows` to a plain-text table. */
 export function table(header: string[], rows: string[][]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const widths = header.map((h, i) => rows.reduce((width, r) => Math.max(width, (r[i] ?? '').length), h.length));
   const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
   return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
 }
