@@ -32,6 +32,7 @@ use super::plan::Plan;
 use super::plan::PlanOp;
 use super::types::ActiveMapping;
 use memory_range::MemoryRange;
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -129,31 +130,87 @@ pub(crate) struct OpGroup<O> {
     pub effect: Effect<O>,
 }
 
-/// The plan without the groups that cancel (see the module comment); operations that belong to
-/// no group are kept. `affected` becomes the ranges of the groups kept.
-pub(crate) fn net_plan<O: SameObject>(plan: Plan<O>, groups: &[OpGroup<O>]) -> Plan<O> {
-    // Indexes of the groups kept so far, in order.
-    let mut kept: Vec<usize> = Vec::new();
-    for (index, group) in groups.iter().enumerate() {
-        let last_overlapping = kept
-            .iter()
-            .rposition(|&earlier| groups[earlier].range.overlaps(&group.range));
-        match last_overlapping {
-            Some(position) if groups[kept[position]].effect.undone_by(&group.effect) => {
-                kept.remove(position);
-            }
-            _ => kept.push(index),
+/// The kept groups by start, for finding the ones that overlap a range without visiting the
+/// others: a group starting at `s` and no longer than `max_len` can only overlap `range` when
+/// `range.start() - max_len <= s < range.end()`.
+struct ByStart {
+    starts: BTreeMap<(u64, usize), MemoryRange>,
+    max_len: u64,
+}
+
+impl ByStart {
+    fn new() -> Self {
+        Self {
+            starts: BTreeMap::new(),
+            max_len: 0,
         }
     }
+
+    fn insert(&mut self, index: usize, range: MemoryRange) {
+        self.max_len = self.max_len.max(range.len());
+        self.starts.insert((range.start(), index), range);
+    }
+
+    fn remove(&mut self, index: usize, range: MemoryRange) {
+        self.starts.remove(&(range.start(), index));
+    }
+
+    /// The indexes of the groups overlapping `range` (`MemoryRange::overlaps`), counting each
+    /// group visited in `work`.
+    fn overlapping(&self, range: MemoryRange, work: &mut u64) -> Vec<usize> {
+        let low = range.start().saturating_sub(self.max_len);
+        let mut visited = 0;
+        let found = self
+            .starts
+            .range((low, 0)..(range.end(), 0))
+            .inspect(|_| visited += 1)
+            .filter(|(_, candidate)| candidate.overlaps(&range))
+            .map(|(&(_, index), _)| index)
+            .collect();
+        *work += visited;
+        found
+    }
+}
+
+/// The plan without the groups that cancel (see the module comment); operations that belong to
+/// no group are kept. `affected` becomes the ranges of the groups kept. Adds to `work` the
+/// groups visited (a group's overlapping groups are found by address, not by visiting them all).
+pub(crate) fn net_plan<O: SameObject>(
+    plan: Plan<O>,
+    groups: &[OpGroup<O>],
+    work: &mut u64,
+) -> Plan<O> {
+    // The groups kept so far (kept in index order: the latest overlapping one has the
+    // largest index).
+    let mut kept = ByStart::new();
+    let mut is_kept = vec![false; groups.len()];
+    for (index, group) in groups.iter().enumerate() {
+        *work += 1;
+        let last_overlapping = kept.overlapping(group.range, work).into_iter().max();
+        match last_overlapping {
+            Some(earlier) if groups[earlier].effect.undone_by(&group.effect) => {
+                kept.remove(earlier, groups[earlier].range);
+                is_kept[earlier] = false;
+            }
+            _ => {
+                kept.insert(index, group.range);
+                is_kept[index] = true;
+            }
+        }
+    }
+    let kept: Vec<usize> = (0..groups.len()).filter(|&index| is_kept[index]).collect();
     // The layer of each kept group: one more than the latest earlier kept group it overlaps.
     let mut layer = vec![0usize; groups.len()];
-    for (position, &index) in kept.iter().enumerate() {
-        layer[index] = kept[..position]
-            .iter()
-            .filter(|&&earlier| groups[earlier].range.overlaps(&groups[index].range))
-            .map(|&earlier| layer[earlier] + 1)
+    let mut earlier = ByStart::new();
+    for &index in &kept {
+        *work += 1;
+        layer[index] = earlier
+            .overlapping(groups[index].range, work)
+            .into_iter()
+            .map(|earlier| layer[earlier] + 1)
             .max()
             .unwrap_or(0);
+        earlier.insert(index, groups[index].range);
     }
     // Each operation's group, or none.
     let mut group_of: Vec<Option<usize>> = vec![None; plan.ops.len()];

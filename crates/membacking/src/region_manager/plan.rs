@@ -349,7 +349,11 @@ impl<O: Clone> Transaction<'_, O> {
         O: SameObject,
     {
         let groups = std::mem::take(&mut self.groups);
-        net_plan(std::mem::take(&mut self.plan), &groups)
+        net_plan(
+            std::mem::take(&mut self.plan),
+            &groups,
+            &mut self.state.work,
+        )
     }
 
     /// Makes the changes permanent.
