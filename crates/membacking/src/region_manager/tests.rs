@@ -1601,29 +1601,35 @@ fn commit(state: &mut RegionManagerState<Obj>, change: Change<Obj>) -> ChangeOut
     outcome
 }
 
+/// Adds and maps `count` one-page device regions 8 KiB apart from 4 GiB up; returns their ids.
+fn add_spaced_devices(transaction: &mut Transaction<'_, Obj>, count: u64) -> Vec<RegionId> {
+    (0..count)
+        .map(|index| {
+            let start = 0x1_0000_0000 + index * 0x2000;
+            let ChangeOutcome::RegionAdded(id) = transaction
+                .apply(Change::AddRegion(NewRegion::new(
+                    "dev",
+                    r(start, start + 0x1000),
+                    0,
+                    false,
+                )))
+                .unwrap()
+            else {
+                unreachable!()
+            };
+            transaction.apply(Change::MapRegion(id, RW)).unwrap();
+            id
+        })
+        .collect()
+}
+
 /// Builds `count` disjoint mapped device-like regions (plus a RAM region far away) and
 /// measures the planner work of changes near the start.
 fn work_for_far_away_changes(count: u64) -> Vec<u64> {
     let window = 0x1000_0000_0000;
     let mut state: RegionManagerState<Obj> = RegionManagerState::new(window);
     let mut transaction = state.begin();
-    let mut ids = Vec::new();
-    for index in 0..count {
-        let start = 0x1_0000_0000 + index * 0x2000;
-        let ChangeOutcome::RegionAdded(id) = transaction
-            .apply(Change::AddRegion(NewRegion::new(
-                "dev",
-                r(start, start + 0x1000),
-                0,
-                false,
-            )))
-            .unwrap()
-        else {
-            unreachable!()
-        };
-        transaction.apply(Change::MapRegion(id, RW)).unwrap();
-        ids.push(id);
-    }
+    let ids = add_spaced_devices(&mut transaction, count);
     transaction
         .apply(Change::AddPartition(PartitionMapperInfo {
             offset: 0,
@@ -1714,21 +1720,7 @@ fn work_for_netting_a_batch(count: u64) -> (u64, usize) {
         }),
     );
     let mut transaction = state.begin();
-    for index in 0..count {
-        let start = 0x1_0000_0000 + index * 0x2000;
-        let ChangeOutcome::RegionAdded(id) = transaction
-            .apply(Change::AddRegion(NewRegion::new(
-                "dev",
-                r(start, start + 0x1000),
-                0,
-                false,
-            )))
-            .unwrap()
-        else {
-            unreachable!()
-        };
-        transaction.apply(Change::MapRegion(id, RW)).unwrap();
-    }
+    add_spaced_devices(&mut transaction, count);
     let before = transaction.state().work_counter();
     let net = transaction.take_net_plan();
     let work = transaction.state().work_counter() - before;
