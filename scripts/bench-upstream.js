@@ -4,7 +4,7 @@
 // (OpenVMM), on this machine, in one run:
 //
 //   npm run bench:upstream -- --openvmm PATH [--rounds N] [--filter TEXT] [--quick]
-//                             [--keep | --scratch DIR]
+//                             [--control] [--keep | --scratch DIR]
 //
 // PATH is an OpenVMM source tree (or a git directory: its HEAD, or --ref REF, is exported with
 // `git archive` into the scratch folder). Two scratch crates are written into a temporary
@@ -19,6 +19,13 @@
 // target (<= 1: at most the original's time). Nothing of the original is kept in the
 // repository, and the script fetches nothing of it. --keep keeps the temporary folder;
 // --scratch DIR uses DIR instead (kept, and reused by the next run: incremental builds).
+//
+// --control measures the run's noise: the original is built a second time, as a third scratch
+// crate of its own (the same sources; only the crate name, and so the code's placement,
+// differs), and runs as a third side in every round. Each line then also carries the ratio of
+// that second build to the first (`control`, the median of the per-round ratios, and
+// `controlSpread`): what "the same code" measures in this run. A row whose ratio is above 1 but
+// within the control's spread cannot be told apart from the original's speed (`parity: true`).
 
 const fs = require('node:fs');
 const os = require('node:os');
@@ -35,6 +42,7 @@ const { values: options } = parseArgs({
     rounds: { type: 'string', default: '3' },
     filter: { type: 'string', default: '' },
     quick: { type: 'boolean', default: false },
+    control: { type: 'boolean', default: false },
     keep: { type: 'boolean', default: false },
     scratch: { type: 'string' },
   },
@@ -49,7 +57,7 @@ function sh(command, args, opts = {}) {
   return spawnSync(command, args, { encoding: 'utf8', maxBuffer: 256 << 20, ...opts });
 }
 
-if (!options.openvmm) fail('usage: npm run bench:upstream -- --openvmm PATH [--rounds N] [--filter TEXT] [--quick] [--keep | --scratch DIR]');
+if (!options.openvmm) fail('usage: npm run bench:upstream -- --openvmm PATH [--rounds N] [--filter TEXT] [--quick] [--control] [--keep | --scratch DIR]');
 const rounds = Number(options.rounds);
 if (!Number.isSafeInteger(rounds) || rounds < 1) fail(`--rounds must be a positive integer, got ${options.rounds}`);
 
@@ -247,11 +255,14 @@ const sides = {
   original: build(scratchCrate('original', path.join(original, TRYCOPY), path.join(original, GUESTMEM))),
   ours: build(scratchCrate('ours', path.join(repoRoot, 'crates/trycopy'), path.join(repoRoot, 'crates/guestmem'))),
 };
+if (options.control) sides.control = build(scratchCrate('control', path.join(original, TRYCOPY), path.join(original, GUESTMEM)));
 
 const criterionArgs = options.quick ? ['--warm-up-time', '0.2', '--measurement-time', '0.4'] : ['--warm-up-time', '0.5', '--measurement-time', '1.5'];
 const results = new Map();
 for (let round = 0; round < rounds; round++) {
-  const order = round % 2 ? ['ours', 'original'] : ['original', 'ours'];
+  // The order of the sides turns every round, so none always runs first.
+  const names = Object.keys(sides);
+  const order = names.map((_, i) => names[(i + round) % names.length]);
   for (const bench of ['trycopy_perf', 'guestmem_perf', 'extra']) {
     for (const side of order) {
       const home = path.join(scratch, `criterion-${side}`);
@@ -270,7 +281,7 @@ for (let round = 0; round < rounds; round++) {
         const name = match[1] ?? named;
         if (name === undefined) continue;
         const estimates = JSON.parse(fs.readFileSync(path.join(home, name, 'new/estimates.json'), 'utf8'));
-        const entry = results.get(name) ?? { original: [], ours: [] };
+        const entry = results.get(name) ?? { original: [], ours: [], control: [] };
         entry[side].push(estimates.median.point_estimate);
         results.set(name, entry);
       }
@@ -281,20 +292,27 @@ for (let round = 0; round < rounds; round++) {
 
 const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 const round4 = (x) => Number(x.toPrecision(4));
-for (const [name, { original: theirs, ours }] of results) {
-  const ratios = ours.map((value, i) => value / theirs[i]);
-  const ratio = median(ratios);
-  console.log(
-    JSON.stringify({
-      name: `${name} ours/original`,
-      value: round4(median(ours)),
-      unit: 'ns',
-      baseline: `original ${name} (same machine, same run)`,
-      baselineValue: round4(median(theirs)),
-      ratio: round4(ratio),
-      spread: [round4(Math.min(...ratios)), round4(Math.max(...ratios))],
-      target: '<= 1',
-      met: ratio <= 1,
-    }),
-  );
+/** The per-round ratios `side`/original of one benchmark: their median and their range. */
+function ratioOf(times, theirs) {
+  const ratios = times.map((value, i) => value / theirs[i]);
+  return { ratio: median(ratios), spread: [Math.min(...ratios), Math.max(...ratios)] };
+}
+for (const [name, { original: theirs, ours, control }] of results) {
+  const { ratio, spread } = ratioOf(ours, theirs);
+  const line = {
+    name: `${name} ours/original`,
+    value: round4(median(ours)),
+    unit: 'ns',
+    baseline: `original ${name} (same machine, same run)`,
+    baselineValue: round4(median(theirs)),
+    ratio: round4(ratio),
+    spread: spread.map(round4),
+    target: '<= 1',
+    met: ratio <= 1,
+  };
+  if (control.length > 0) {
+    const noise = ratioOf(control, theirs);
+    Object.assign(line, { control: round4(noise.ratio), controlSpread: noise.spread.map(round4), parity: ratio <= Math.max(1, noise.spread[1]) });
+  }
+  console.log(JSON.stringify(line));
 }
