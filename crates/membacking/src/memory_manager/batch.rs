@@ -23,8 +23,11 @@ use crate::ram_visibility::RamVisibility;
 use crate::region_manager::Plan;
 use crate::region_manager::RegionManagerError;
 use memory_range::MemoryRange;
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::sync::Arc;
 
 /// One change of a batch (see [`GuestMemoryManager::apply`]). Device-window changes are made
 /// by the window's halves ([`MappableGuestMemory`](crate::MappableGuestMemory)`::map_to_guest_change`,
@@ -93,6 +96,61 @@ pub enum BatchError {
     /// it.
     #[error(transparent)]
     Manager(#[from] RegionManagerError),
+}
+
+/// The device windows a batch changes, in the order the batch first names them, each with the
+/// copy of its record that the batch's changes go to (the windows keep their own records until
+/// the batch is carried out). A change's window is found through a map keyed by the window's
+/// identity, so a batch of n changes finds its windows in O(n) whatever the number of windows,
+/// instead of comparing each change's window with every window named before it.
+pub(crate) struct WindowCopies<W, R> {
+    copies: Vec<(Arc<W>, R)>,
+    /// A window's address to its position in `copies`. The address names one window for the
+    /// whole batch: `copies` holds a reference to every window in the map, so none is freed
+    /// and its address reused before the batch ends.
+    positions: HashMap<usize, usize>,
+    /// Windows visited to find the changes' windows (see [`WindowCopies::work`]).
+    #[cfg(test)]
+    work: u64,
+}
+
+impl<W, R> WindowCopies<W, R> {
+    pub fn new() -> Self {
+        Self {
+            copies: Vec::new(),
+            positions: HashMap::new(),
+            #[cfg(test)]
+            work: 0,
+        }
+    }
+
+    /// The copy of `window`'s record, made by `copy` the first time the batch names the window.
+    pub fn copy_of(&mut self, window: Arc<W>, copy: impl FnOnce(&W) -> R) -> &mut R {
+        #[cfg(test)]
+        {
+            self.work += 1;
+        }
+        let position = match self.positions.entry(Arc::as_ptr(&window).addr()) {
+            Entry::Occupied(entry) => *entry.get(),
+            Entry::Vacant(entry) => {
+                let record = copy(&window);
+                self.copies.push((window, record));
+                *entry.insert(self.copies.len() - 1)
+            }
+        };
+        &mut self.copies[position].1
+    }
+
+    /// The windows and their changed records, in the order the batch first named them.
+    pub fn into_copies(self) -> Vec<(Arc<W>, R)> {
+        self.copies
+    }
+
+    /// The windows visited so far to find the changes' windows: one per change.
+    #[cfg(test)]
+    fn work(&self) -> u64 {
+        self.work
+    }
 }
 
 impl GuestMemoryManager {
@@ -417,5 +475,57 @@ mod tests {
             error,
             BatchError::Manager(RegionManagerError::ManagerPoisoned { .. })
         ));
+    }
+
+    /// Names each of `count` windows `rounds` times (all of them, then all again) and returns
+    /// the work of finding them.
+    fn work_for_windows(count: usize, rounds: usize) -> u64 {
+        let windows: Vec<Arc<usize>> = (0..count).map(Arc::new).collect();
+        let mut copies = WindowCopies::new();
+        for round in 0..rounds {
+            for window in &windows {
+                let record = copies.copy_of(window.clone(), |&id| vec![id]);
+                assert_eq!(record[0], **window, "each change reaches its window's copy");
+                record.push(round);
+            }
+        }
+        let work = copies.work();
+        let copies = copies.into_copies();
+        assert_eq!(copies.len(), count, "one copy per window");
+        for ((window, record), expected) in copies.iter().zip(&windows) {
+            assert!(Arc::ptr_eq(window, expected), "in the order first named");
+            let mut changes = vec![**window];
+            changes.extend(0..rounds);
+            assert_eq!(record, &changes, "every change went to the one copy");
+        }
+        work
+    }
+
+    #[test]
+    fn a_batch_finds_each_window_without_visiting_the_others() {
+        // Each change's window was searched for among all the windows named before: a batch
+        // placing 30,000 windows compared some 450 million pairs (seconds).
+        let small = work_for_windows(100, 3);
+        let large = work_for_windows(10_000, 3);
+        assert_eq!(small, 300, "one visit per change");
+        assert_eq!(
+            large,
+            100 * small,
+            "finding a window must not cost more with more windows: {small} for 100, {large} for 10,000"
+        );
+    }
+
+    #[test]
+    fn windows_with_equal_records_stay_apart() {
+        // Identity, not equality: two windows with equal contents get a copy each.
+        let (a, b) = (Arc::new(7usize), Arc::new(7usize));
+        let mut copies = WindowCopies::new();
+        *copies.copy_of(a.clone(), |_| 0) += 1;
+        *copies.copy_of(b.clone(), |_| 0) += 2;
+        *copies.copy_of(a.clone(), |_| 0) += 10;
+        let copies = copies.into_copies();
+        assert_eq!(copies.len(), 2);
+        assert!(Arc::ptr_eq(&copies[0].0, &a) && copies[0].1 == 11);
+        assert!(Arc::ptr_eq(&copies[1].0, &b) && copies[1].1 == 2);
     }
 }

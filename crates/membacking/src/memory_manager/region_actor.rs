@@ -15,6 +15,7 @@
 use super::attach_claim::AttachClaim;
 use super::batch::BatchChangeError;
 use super::batch::BatchError;
+use super::batch::WindowCopies;
 use super::preview::add_slots;
 use super::preview::preview_steps;
 use super::preview::PreviewStep;
@@ -913,7 +914,7 @@ impl RegionActor {
         let private_ram = self.config.private.then(|| self.ram.clone());
         let va_window_len = self.state.va_window_len();
         let mut txn = self.state.begin();
-        let mut windows: Vec<(SharedWindow, DeviceWindow<SharedObject>)> = Vec::new();
+        let mut windows: WindowCopies<_, DeviceWindow<SharedObject>> = WindowCopies::new();
         for (index, item) in items.into_iter().enumerate() {
             let result = match item {
                 BatchItem::Change(change, cause) => txn
@@ -921,15 +922,8 @@ impl RegionActor {
                     .map(drop)
                     .map_err(BatchChangeError::from),
                 BatchItem::Device { window, op } => {
-                    let position = match windows.iter().position(|(w, _)| Arc::ptr_eq(w, &window)) {
-                        Some(position) => position,
-                        None => {
-                            let copy = window.lock().clone();
-                            windows.push((window, copy));
-                            windows.len() - 1
-                        }
-                    };
-                    apply_device_op(&mut windows[position].1, &mut txn, op, private_ram.as_ref())
+                    let copy = windows.copy_of(window, |window| window.lock().clone());
+                    apply_device_op(copy, &mut txn, op, private_ram.as_ref())
                         .map_err(BatchChangeError::from)
                 }
             };
@@ -970,7 +964,7 @@ impl RegionActor {
         // Committed also when the plan failed: the state describes what was intended (the
         // manager is poisoned then), as for a single change.
         txn.commit();
-        for (window, record) in windows {
+        for (window, record) in windows.into_copies() {
             *window.lock() = record;
         }
         match outcome {
