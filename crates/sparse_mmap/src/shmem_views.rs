@@ -20,7 +20,7 @@ use std::ops::Range;
 pub(crate) struct ShmemViews {
     /// Start of each range to its end.
     ranges: BTreeMap<usize, usize>,
-    /// Recorded ranges visited, plus one per call (see [`ShmemViews::work`]).
+    /// Recorded ranges visited, plus one per call (tests only, see `ShmemViews::work`).
     #[cfg(test)]
     work: std::cell::Cell<u64>,
 }

@@ -199,7 +199,7 @@ struct Queue {
     /// Threads blocked in the fault path, which process messages themselves.
     sync_waiters: usize,
     next_waiter: u64,
-    /// Waiters visited by answers (see [`Queue::work`]).
+    /// Waiters visited by answers (tests only, see `Queue::work`).
     #[cfg(test)]
     work: u64,
 }
@@ -1055,12 +1055,12 @@ mod tests {
         // 7919 is prime and larger than any count used: every page once.
         for step in 0..count {
             let index = step * 7919 % count;
-            let answer = (index % 2 == 0).then_some(false);
+            let answer = index.is_multiple_of(2).then_some(false);
             queue.wake(page(index), answer);
         }
         for (index, &id) in (0..count).zip(&ids) {
             let result = queue.take_result(id).expect("answered");
-            match (index % 2 == 0, need_write, result) {
+            match (index.is_multiple_of(2), need_write, result) {
                 (true, false, Ok(())) => {}
                 (true, true, Err(RequestError::ReadOnly(ReadOnlyMapping(requested), hole)))
                 | (false, _, Err(RequestError::NoMapping(NoMapping(requested), hole))) => {

@@ -109,7 +109,7 @@ pub(crate) struct WindowCopies<W, R> {
     /// whole batch: `copies` holds a reference to every window in the map, so none is freed
     /// and its address reused before the batch ends.
     positions: HashMap<usize, usize>,
-    /// Windows visited to find the changes' windows (see [`WindowCopies::work`]).
+    /// Windows visited to find the changes' windows (tests only, see `WindowCopies::work`).
     #[cfg(test)]
     work: u64,
 }
