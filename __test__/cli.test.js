@@ -110,6 +110,39 @@ test('--out FILE writes what layout and plan print to the file instead', (t) => 
   t.regex(refused.stderr, new RegExp(`^membacking: --out ${missing.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: cannot write it \\(ENOENT[^\n]*\\)\n$`));
 });
 
+test('--out FILE: a write that fails part-way leaves the previous file intact and no temporary file', (t) => {
+  // The file size limit (ulimit -f, in blocks of at least 512 bytes) stops the write after the
+  // first kilobyte or so; node ignores SIGXFSZ, so the write fails with EFBIG. The file was
+  // truncated and half written in place.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-cli-'));
+  const out = path.join(dir, 'map.svg');
+  fs.writeFileSync(out, 'the previous map');
+  fs.chmodSync(out, 0o640);
+  const args = ['layout', '--ram', '4G', '--gap', '3G-4G', '--x86-legacy', '--format', 'svg', '--out', out];
+  const quoted = [process.execPath, cli, ...args].map((arg) => `'${arg.replace(/'/g, "'\\''")}'`).join(' ');
+  const limited = spawnSync('/bin/sh', ['-c', `ulimit -f 2 && exec ${quoted}`], { encoding: 'utf8' });
+  t.is(limited.status, 2, limited.stderr);
+  t.regex(limited.stderr, /^membacking: --out .*: cannot write it \(EFBIG[^\n]*\)\n$/);
+  t.is(fs.readFileSync(out, 'utf8'), 'the previous map');
+  t.deepEqual(fs.readdirSync(dir), ['map.svg']);
+  // Without the limit the file is replaced whole, keeping its mode.
+  const written = run(...args);
+  t.is(written.status, 0, written.stderr);
+  t.true(fs.statSync(out).size > 4096, 'the output is larger than the limit above');
+  t.is(fs.readFileSync(out, 'utf8'), run(...args.slice(0, -2)).stdout);
+  t.is(fs.statSync(out).mode & 0o777, 0o640);
+  t.deepEqual(fs.readdirSync(dir), ['map.svg']);
+  // Through a symbolic link: the file it points to is replaced, the link stays.
+  const link = path.join(dir, 'link.svg');
+  fs.symlinkSync('map.svg', link);
+  fs.writeFileSync(out, 'old');
+  t.is(run(...args.slice(0, -1), link).status, 0);
+  t.true(fs.lstatSync(link).isSymbolicLink());
+  t.is(fs.readFileSync(out, 'utf8'), run(...args.slice(0, -2)).stdout);
+  // Not a regular file: written directly.
+  t.is(run(...args.slice(0, -1), '/dev/null').status, 0);
+});
+
 test('layout --input reads a JSON file', (t) => {
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'mb-cli-')), 'layout.json');
   fs.writeFileSync(file, JSON.stringify({ ram: [{ range: '0-1G', vnode: 0 }, { range: { start: '4G', end: '6G' }, vnode: 1 }], gaps: ['1G-2G'] }));

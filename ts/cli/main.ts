@@ -6,7 +6,9 @@
  * runs the README's main job. Bad input prints one
  * line to stderr and exits with code 2; other failures exit with 1.
  */
-import { existsSync, fstatSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { closeSync, existsSync, fchmodSync, fstatSync, fsyncSync, openSync, realpathSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runDemo } from './demo';
 import { formatSize, layoutE820, layoutRows, layoutTable, x86LegacyJson, x86LegacyRows } from './format';
@@ -69,7 +71,8 @@ applies it, and checks the recorded partition calls equal the plan. Ends with th
 CHANGE: 'visibility START-END Unmapped|ReadOnly|ReadWrite' (a RAM region; with --x86-legacy
 the VGA window 0xa0000-0xc0000 and the PAM pieces are regions), 'device NAME START-END' (place a
 device window), 'unplace NAME'. --input may also hold {"changes": [CHANGE, ...]}.
---out FILE: write the output to FILE (replaced) instead of standard output.`,
+--out FILE: write the output to FILE instead of standard output (FILE is replaced only once
+the whole output is written).`,
   'snapshot-info': snapshotInfoUsage,
   demo: `usage: membacking demo [--no-kvm]
 
@@ -113,9 +116,51 @@ function emit(text: string, out: string | undefined): void {
     return;
   }
   try {
-    writeFileSync(out, `${text}\n`);
+    replaceFile(out, `${text}\n`);
   } catch (error) {
     throw new UsageError(`--out ${out}: cannot write it (${(error as Error).message})`);
+  }
+}
+
+/**
+ * Writes `data` to `file` so that a failure part-way (a full disk, `ulimit -f`) leaves the
+ * previous file as it was: the data goes to a new file in the same directory, which is renamed
+ * over `file` once complete (and removed on failure). An existing file keeps its mode, and a
+ * symbolic link the file it points to. Something other than a regular file (a terminal, a pipe,
+ * `/dev/null`) is written directly.
+ */
+function replaceFile(file: string, data: string): void {
+  let target = file;
+  let mode: number | undefined;
+  try {
+    const stat = statSync(file);
+    if (!stat.isFile()) {
+      writeFileSync(file, data);
+      return;
+    }
+    target = realpathSync(file);
+    mode = stat.mode & 0o7777;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+  const temporary = join(dirname(target), `.${basename(target)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  const fd = openSync(temporary, 'wx', mode ?? 0o666);
+  try {
+    try {
+      writeFileSync(fd, data);
+      if (mode !== undefined) fchmodSync(fd, mode);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(temporary, target);
+  } catch (error) {
+    try {
+      unlinkSync(temporary);
+    } catch {
+      // Already gone; the first error is the one to report.
+    }
+    throw error;
   }
 }
 
