@@ -494,6 +494,13 @@ test('bad input: Mappable entry points', (t) => {
   }
   t.throws(() => Mappable.allocSharedMemory(P, 'bad\0name'), { instanceOf: RangeError, code: 'ERR_INVALID_INPUT' });
   t.throws(() => Mappable.allocSharedMemory(P, 'n'.repeat(300)), { instanceOf: OsError, code: 'EINVAL' });
+  // Sizing the object is ftruncate's failure, named with the size (it was labelled memfd_create).
+  const tooLarge = t.throws(() => Mappable.allocSharedMemory(2n ** 63n, 'n'), { instanceOf: OsError, code: 'EFBIG' });
+  t.is(tooLarge.syscall, 'ftruncate');
+  t.regex(tooLarge.message, /^ftruncate to 0x8000000000000000 bytes: /);
+  t.regex(tooLarge.detail, /ulimit -f/);
+  const badName = t.throws(() => Mappable.allocSharedMemory(P, 'n'.repeat(300)), { instanceOf: OsError, code: 'EINVAL' });
+  t.is(badName.syscall, 'memfd_create');
   // Not a non-negative integer: a type error, as for every integer argument; too large
   // for a descriptor: a value error.
   for (const fd of ['3', null, 1.5, 3n, -1]) {

@@ -290,8 +290,8 @@ impl NativeMappable {
     /// `memfd_create(name, MFD_CLOEXEC)` + `ftruncate(size)`.
     #[napi(factory)]
     pub fn alloc_shared_memory(env: Env, size: U64, name: String) -> napi::Result<Self> {
-        let fd = sparse_mmap::alloc_shared_memory(host_size(size, "size")?, &name)
-            .map_err(os("memfd_create"))?;
+        let fd = sparse_mmap::alloc_shared_memory_steps(host_size(size, "size")?, &name)
+            .map_err(|error| throw(js_api::errors::alloc_shared_memory(&error)))?;
         Ok(Self::owned(&env, fd))
     }
 

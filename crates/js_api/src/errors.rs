@@ -1045,6 +1045,29 @@ pub fn sparse_mapping_reserve(error: &io::Error, len: usize) -> JsError {
     }
 }
 
+/// The error of `Mappable.allocSharedMemory`: the OS error of the step that failed, named by
+/// its system call. A failed `ftruncate` names the size in its message, and when the size is
+/// too large (EFBIG) the detail says why and what to do.
+pub fn alloc_shared_memory(error: &sparse_mmap::AllocSharedMemoryError) -> JsError {
+    let mut js_error = JsError::os(&error.source, error.step.syscall());
+    if error.step != sparse_mmap::AllocSharedMemoryStep::Ftruncate
+        || error.source.raw_os_error().is_none()
+    {
+        return js_error;
+    }
+    let size = error.size;
+    js_error.message = format!("ftruncate to {size:#x} bytes: {}", error.source);
+    if error.source.raw_os_error() == Some(libc::EFBIG) {
+        js_error = js_error.with_detail(format!(
+            "sizing the new shared memory object to {size:#x} bytes failed: the size is beyond \
+             the largest file this process may make (at most 0x7fffffffffffffff bytes, and no \
+             more than the file size limit, ulimit -f, allows); use a smaller size or raise \
+             the limit (ulimit -f unlimited)"
+        ));
+    }
+    js_error
+}
+
 /// `error` with [`RESERVE_REFUSED`] as its detail when `cause` is the kernel refusing the VA
 /// window for lack of memory.
 fn explain_reserve(error: JsError, cause: &membacking::VaMapperError) -> JsError {

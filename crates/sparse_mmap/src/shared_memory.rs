@@ -204,26 +204,85 @@ pub fn new_mappable_from_file(
 ///
 /// The object is not sealable (no `MFD_ALLOW_SEALING`), so its size can still change. Its
 /// contents start zeroed and memory is allocated on first touch. A name containing NUL is
-/// `InvalidInput`; a name longer than the kernel accepts (249 bytes) is `EINVAL`.
+/// `InvalidInput`; a name longer than the kernel accepts (249 bytes) is `EINVAL`. The error is
+/// the OS error of whichever step failed; [`alloc_shared_memory_steps`] also says which.
 pub fn alloc_shared_memory(size: usize, name: &str) -> io::Result<Mappable> {
+    alloc_shared_memory_steps(size, name).map_err(|error| error.source)
+}
+
+/// The step of [`alloc_shared_memory_steps`] that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllocSharedMemoryStep {
+    /// Creating the object (`memfd_create`), including a name it cannot take.
+    MemfdCreate,
+    /// Sizing it (`ftruncate`): a size beyond the largest file offset (`EFBIG` without a
+    /// system call), or one the kernel refuses (`EFBIG` beyond `ulimit -f`, `ENOSPC`, ...).
+    Ftruncate,
+}
+
+impl AllocSharedMemoryStep {
+    /// The system call of this step, as an error names it.
+    pub fn syscall(self) -> &'static str {
+        match self {
+            AllocSharedMemoryStep::MemfdCreate => "memfd_create",
+            AllocSharedMemoryStep::Ftruncate => "ftruncate",
+        }
+    }
+}
+
+/// A failed [`alloc_shared_memory_steps`]: the step, the size asked for and the OS error.
+#[derive(Debug, thiserror::Error)]
+#[error("{} of a {size:#x}-byte shared memory object failed", .step.syscall())]
+pub struct AllocSharedMemoryError {
+    /// The step that failed.
+    pub step: AllocSharedMemoryStep,
+    /// The size asked for, in bytes.
+    pub size: usize,
+    /// The step's error (an OS error, or `InvalidInput` for a name containing NUL).
+    #[source]
+    pub source: io::Error,
+}
+
+/// [`alloc_shared_memory`], with an error that says which step failed (creating the object
+/// or sizing it); nothing is left open on failure.
+pub fn alloc_shared_memory_steps(
+    size: usize,
+    name: &str,
+) -> Result<Mappable, AllocSharedMemoryError> {
+    let failed = |step, source| AllocSharedMemoryError { step, size, source };
     let name = CString::new(name).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "shared memory name contains a NUL byte",
+        failed(
+            AllocSharedMemoryStep::MemfdCreate,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "shared memory name contains a NUL byte",
+            ),
         )
     })?;
-    let size =
-        libc::off_t::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // A size that is no file offset is what ftruncate would refuse: checked before the object
+    // is made, it is that step's error.
+    let length = libc::off_t::try_from(size).map_err(|_| {
+        failed(
+            AllocSharedMemoryStep::Ftruncate,
+            io::Error::from_raw_os_error(libc::EFBIG),
+        )
+    })?;
     // SAFETY: `name` is a valid NUL-terminated string; the call creates a new descriptor.
     let raw_fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
     if raw_fd < 0 {
-        return Err(io::Error::last_os_error());
+        return Err(failed(
+            AllocSharedMemoryStep::MemfdCreate,
+            io::Error::last_os_error(),
+        ));
     }
     // SAFETY: `raw_fd` was just returned by memfd_create and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(raw_fd) };
     // SAFETY: `fd` is a valid memfd owned by this function.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
-        return Err(io::Error::last_os_error());
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), length) } != 0 {
+        return Err(failed(
+            AllocSharedMemoryStep::Ftruncate,
+            io::Error::last_os_error(),
+        ));
     }
     Ok(fd)
 }

@@ -5,7 +5,9 @@
 #![allow(unsafe_code)]
 
 use crate::alloc_shared_memory;
+use crate::alloc_shared_memory_steps;
 use crate::mappable_from_fd;
+use crate::AllocSharedMemoryStep;
 use crate::SparseMapping;
 use crate::SparseMappingError;
 use std::fs::File;
@@ -314,6 +316,87 @@ fn mappable_duplicates_are_cloexec_and_share_the_object() {
 fn shared_memory_name_errors() {
     assert_invalid_input(alloc_shared_memory(page(), "a\0b"));
     assert_os_error(alloc_shared_memory(page(), &"x".repeat(300)), libc::EINVAL);
+}
+
+#[test]
+fn shared_memory_errors_name_the_step_that_failed() {
+    let long_name = alloc_shared_memory_steps(page(), &"x".repeat(300)).unwrap_err();
+    assert_eq!(long_name.step, AllocSharedMemoryStep::MemfdCreate);
+    assert_eq!(long_name.source.raw_os_error(), Some(libc::EINVAL));
+    let nul = alloc_shared_memory_steps(page(), "a\0b").unwrap_err();
+    assert_eq!(nul.step, AllocSharedMemoryStep::MemfdCreate);
+    assert_eq!(nul.source.kind(), io::ErrorKind::InvalidInput);
+    // A size beyond the largest file offset is what ftruncate refuses (EFBIG); the plain
+    // function still returns the bare OS error.
+    let huge = usize::try_from(i64::MAX).unwrap() + 1;
+    let error = alloc_shared_memory_steps(huge, "huge").unwrap_err();
+    assert_eq!(error.step, AllocSharedMemoryStep::Ftruncate);
+    assert_eq!(error.step.syscall(), "ftruncate");
+    assert_eq!(error.size, huge);
+    assert_eq!(error.source.raw_os_error(), Some(libc::EFBIG));
+    assert!(
+        error
+            .to_string()
+            .starts_with("ftruncate of a 0x8000000000000000-byte shared memory object failed"),
+        "{error}"
+    );
+    assert_os_error(alloc_shared_memory(huge, "huge"), libc::EFBIG);
+}
+
+#[test]
+fn shared_memory_sized_beyond_the_file_size_limit_fails_at_ftruncate() {
+    // The file size limit (ulimit -f) is the whole process's: set in a process of its own.
+    if !isolated("shared_memory_sized_beyond_the_file_size_limit_fails_at_ftruncate") {
+        return;
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit the call fills in.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) };
+    assert_eq!(got, 0);
+    limit.rlim_cur = u64::try_from(page()).unwrap();
+    // SAFETY: lowers this process's soft limit; `limit` is a valid rlimit. Ignoring SIGXFSZ
+    // makes a size beyond it an EFBIG error instead of the signal's default (ending the process).
+    unsafe {
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+    let descriptors = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = descriptors();
+    let error = alloc_shared_memory_steps(2 * page(), "limited").unwrap_err();
+    assert_eq!(error.step, AllocSharedMemoryStep::Ftruncate);
+    assert_eq!(error.source.raw_os_error(), Some(libc::EFBIG));
+    assert_eq!(descriptors(), before, "the memfd is closed on failure");
+    assert!(alloc_shared_memory_steps(page(), "within").is_ok());
+}
+
+/// Runs the test `name` (a function of this module) in a fresh process of the test binary, for
+/// a process-wide setting. Returns true in that process, where the caller runs the test's body;
+/// in the original process it waits for the child and checks it passed.
+fn isolated(name: &str) -> bool {
+    const VAR: &str = "SPARSE_MMAP_ISOLATED_TEST";
+    if std::env::var(VAR).as_deref() == Ok(name) {
+        return true;
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            &format!("tests::{name}"),
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(VAR, name)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "isolated test {name} failed:\n{stdout}\n{stderr}"
+    );
+    false
 }
 
 #[test]

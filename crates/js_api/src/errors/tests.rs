@@ -1311,6 +1311,32 @@ fn a_va_window_the_kernel_refuses_says_why_and_what_to_do() {
 }
 
 #[test]
+fn a_shared_memory_object_that_cannot_be_sized_names_ftruncate_and_the_size() {
+    // Every failure of allocSharedMemory was labelled memfd_create, sizing the object too.
+    let huge = 1usize << 63;
+    let refused = sparse_mmap::alloc_shared_memory_steps(huge, "huge").expect_err("too large");
+    let error = alloc_shared_memory(&refused);
+    assert_eq!(error.fields.syscall, Some("ftruncate"));
+    assert_eq!(error.fields.errno, Some(libc::EFBIG));
+    assert!(
+        error
+            .message
+            .starts_with("ftruncate to 0x8000000000000000 bytes: "),
+        "{}",
+        error.message
+    );
+    let detail = error.fields.detail.as_deref().expect("a detail");
+    assert!(detail.contains("ulimit -f"), "{detail}");
+    // Creating the object keeps its own call's name.
+    let long_name = "x".repeat(300);
+    let refused = sparse_mmap::alloc_shared_memory_steps(4096, &long_name).expect_err("EINVAL");
+    let error = alloc_shared_memory(&refused);
+    assert_eq!(error.fields.syscall, Some("memfd_create"));
+    assert_eq!(error.fields.errno, Some(libc::EINVAL));
+    assert_eq!(error.fields.detail, None);
+}
+
+#[test]
 fn a_sparse_mapping_the_kernel_refuses_names_the_length_and_what_to_do() {
     // `new SparseMapping(2n ** 62n)` was "mmap: Cannot allocate memory" with nothing more, and
     // a length near 2^64 only the fixed overflow text.
