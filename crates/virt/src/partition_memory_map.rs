@@ -142,6 +142,16 @@ pub trait PartitionMemoryMap: Send + Sync {
         Ok(())
     }
 
+    /// Whether this partition's guest can write memory, so that its dirty log may hold
+    /// writes not harvested yet. The default, true, is the safe answer: when such a partition
+    /// goes away while dirty tracking is on, the memory manager counts every RAM page as
+    /// written. A partition whose guest never writes memory (such as
+    /// [`RecordingPartition`](crate::RecordingPartition)) returns false, and losing it then
+    /// costs nothing.
+    fn logs_guest_writes(&self) -> bool {
+        true
+    }
+
     /// Stops logging guest writes and forgets what was logged. The default succeeds.
     fn stop_dirty_log(&self) -> Result<(), Error> {
         Ok(())

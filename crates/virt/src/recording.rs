@@ -333,6 +333,11 @@ impl PartitionMemoryMap for RecordingPartition {
     fn pin_range(&self, addr: u64, size: u64) -> Result<(), Error> {
         self.shared.lock().record(RecordedCall::pin(addr, size))
     }
+
+    /// No guest runs on a recording partition: its (empty) dirty log never holds a write.
+    fn logs_guest_writes(&self) -> bool {
+        false
+    }
 }
 
 /// A reading handle to a [`RecordingPartition`]'s log, independent of the partition's lifetime.

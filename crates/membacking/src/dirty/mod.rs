@@ -176,6 +176,8 @@ struct Session {
     migration: Option<MigrationSet>,
     /// The partitions logging guest writes in this session. A partition dropped while it logs
     /// takes its last, unharvested writes with it: the next harvest then counts all of RAM.
+    /// Partitions whose guest never writes memory
+    /// ([`logs_guest_writes`](PartitionMemoryMap::logs_guest_writes) false) are not kept.
     logging: Vec<Weak<dyn PartitionMemoryMap>>,
 }
 
@@ -193,6 +195,9 @@ impl Session {
 
     /// Remembers that `partition` logs in this session.
     fn logging(&mut self, partition: &Arc<dyn PartitionMemoryMap>) {
+        if !partition.logs_guest_writes() {
+            return;
+        }
         let weak = Arc::downgrade(partition);
         if !self.logging.iter().any(|known| known.ptr_eq(&weak)) {
             self.logging.push(weak);

@@ -173,6 +173,26 @@ fn a_partition_dropped_with_unharvested_writes_makes_the_next_take_report_all_ra
 }
 
 #[test]
+fn a_recording_partition_closed_while_tracking_does_not_make_take_report_all_ram() {
+    // No guest writes through a recording partition: losing it loses no write, so the next
+    // take reports only what was written (it reported all RAM).
+    let manager = manager();
+    let memory = block_on(manager.client().guest_memory()).unwrap();
+    let tracking = manager.dirty_tracking();
+    block_on(tracking.start()).unwrap();
+    let recording: Arc<dyn PartitionMemoryMap> = Arc::new(virt::RecordingPartition::new());
+    block_on(manager.attach_partition(virt::Vtl::Vtl0, &recording, None)).unwrap();
+    memory.write_at(0x7000, &[1]).unwrap();
+    drop(recording);
+    assert_eq!(
+        block_on(tracking.take()).unwrap(),
+        vec![MemoryRange::new(0x7000..0x8000)]
+    );
+    assert_eq!(block_on(tracking.take()).unwrap(), vec![]);
+    block_on(manager.close());
+}
+
+#[test]
 fn guest_memory_writers_racing_take_lose_nothing() {
     let manager = manager();
     let memory = block_on(manager.client().guest_memory()).unwrap();
