@@ -431,7 +431,8 @@ export class GuestMemoryManager {
    * `path`, `what`): choose an empty or new directory, or remove it first. With
    * `options.base`, only the pages dirtied since that snapshot (dirty tracking must have stayed on since it was taken:
    * ERR_DIRTY_TRACKING_OFF otherwise). Stop the vCPUs for a consistent image. Waits for a lazy
-   * restore of this manager to finish first.
+   * restore of this manager to finish first. When the snapshot is in place but the directory
+   * holding it could not be fsynced afterwards, it resolves with `warning` set.
    */
   async snapshot(dir: string, options: SnapshotOptions = {}): Promise<SnapshotInfo> {
     const { dir: d, base, onProgress } = snapshotArgs(dir, options);

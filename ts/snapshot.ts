@@ -42,6 +42,12 @@ export interface SnapshotInfo {
   zeroPages: number;
   /** Whether it was written on a base. */
   incremental: boolean;
+  /**
+   * Present when the snapshot was published (it is in place at `dir`) but the fsync of its
+   * parent directory after the rename failed: what failed, and that the rename may not survive
+   * a crash of the machine until the file system is synced.
+   */
+  warning?: string;
 }
 
 /** Options of `manager.snapshot()`. */

@@ -51,6 +51,8 @@ pub struct SnapshotInfoView {
     extents: u64,
     zero_pages: u64,
     incremental: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<String>,
 }
 
 impl From<&SnapshotInfo> for SnapshotInfoView {
@@ -63,6 +65,7 @@ impl From<&SnapshotInfo> for SnapshotInfoView {
             extents: info.extents,
             zero_pages: info.zero_pages,
             incremental: info.incremental,
+            warning: info.warning.clone(),
         }
     }
 }
@@ -501,6 +504,7 @@ mod tests {
             extents: 4,
             zero_pages: 2,
             incremental: true,
+            warning: None,
         };
         assert_eq!(
             value(&SnapshotInfoView::from(&info)),

@@ -13,7 +13,9 @@
 //! existing target is refused before anything is written, and checked again just before the
 //! rename, so nothing of the caller's is removed.
 //!
-//! The parent directory is fsynced after each rename. Killing the process at any instant
+//! The parent directory is fsynced after each rename; a failure of that fsync does not undo
+//! the rename, so the snapshot counts as published and the failure is reported as a warning
+//! ([`SnapshotInfo::warning`](super::SnapshotInfo::warning)). Killing the process at any instant
 //! therefore leaves the target as the complete old snapshot or the complete new one — or, only
 //! between the two renames of the fallback, no target and a complete `.old-` sibling, which
 //! [`recover`] (run by every snapshot and restore of that target) renames back. Temporary
@@ -257,6 +259,15 @@ pub(crate) fn create_temp(target: &Target) -> Result<PathBuf, SnapshotError> {
     Ok(temp)
 }
 
+/// Where the directory `dir`, created as `created`, is now (it moves with its parent
+/// directory): the path the kernel gives for the open descriptor, if it still has the name it
+/// was created with. `None` when it cannot tell or the directory was removed or renamed.
+pub(crate) fn current_path(dir: &fs::File, created: &Path) -> Option<PathBuf> {
+    use std::os::fd::AsRawFd;
+    let path = fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()?;
+    (path.is_absolute() && path.file_name() == created.file_name()).then_some(path)
+}
+
 /// fsyncs a directory (its entries become durable).
 pub(crate) fn sync_dir(path: &Path) -> Result<(), SnapshotError> {
     fs::File::open(path)
@@ -287,21 +298,36 @@ fn unsupported(error: &SnapshotError) -> bool {
 
 /// Publishes the complete, synced directory `temp` as `target` (see the module docs).
 /// `exchange` false forces the fallback (for tests).
-pub(crate) fn publish(temp: &Path, target: &Target, exchange: bool) -> Result<(), SnapshotError> {
+///
+/// Once a rename has put the new snapshot in place it stays published: an fsync of the parent
+/// directory failing after a rename does not undo the rename, so it is returned as a warning
+/// (the first one) instead of an error, and publishing goes on.
+pub(crate) fn publish(
+    temp: &Path,
+    target: &Target,
+    exchange: bool,
+) -> Result<Option<String>, SnapshotError> {
     // Again, just before the rename: the target may have changed while the files were written.
     check_replaceable(target)?;
     sync_dir(temp)?;
+    let mut warning = None;
+    let sync_parent = |warning: &mut Option<String>| {
+        if let Err(error) = sync_parent_dir(target) {
+            warning.get_or_insert_with(|| unsynced(target, &error));
+        }
+    };
     if !target.path.exists() {
         rename(temp, &target.path, RenameMode::NoReplace)?;
-        return sync_dir(&target.parent);
+        sync_parent(&mut warning);
+        return Ok(warning);
     }
     if exchange {
         match rename(temp, &target.path, RenameMode::Exchange) {
             Ok(()) => {
-                sync_dir(&target.parent)?;
+                sync_parent(&mut warning);
                 // `temp` now holds the old snapshot.
                 let _ = fs::remove_dir_all(temp);
-                return Ok(());
+                return Ok(warning);
             }
             Err(error) if unsupported(&error) => {}
             Err(error) => return Err(error),
@@ -309,9 +335,59 @@ pub(crate) fn publish(temp: &Path, target: &Target, exchange: bool) -> Result<()
     }
     let old = target.sibling("old");
     rename(&target.path, &old, RenameMode::NoReplace)?;
-    sync_dir(&target.parent)?;
+    sync_parent(&mut warning);
     rename(temp, &target.path, RenameMode::NoReplace)?;
-    sync_dir(&target.parent)?;
+    sync_parent(&mut warning);
     let _ = fs::remove_dir_all(&old);
-    Ok(())
+    Ok(warning)
+}
+
+/// The warning of a snapshot published at `target` whose parent directory could not be
+/// fsynced after the rename.
+fn unsynced(target: &Target, error: &SnapshotError) -> String {
+    format!(
+        "the snapshot is in place at {}, but {error}: the rename may not survive a crash of the \
+         machine until the file system is synced (sync -f {})",
+        target.path.display(),
+        target.parent.display()
+    )
+}
+
+/// fsyncs the parent directory of `target` after a rename.
+fn sync_parent_dir(target: &Target) -> Result<(), SnapshotError> {
+    #[cfg(test)]
+    if failing_syncs::fails(&target.parent) {
+        return Err(SnapshotError::io(
+            "fsync directory",
+            &target.parent,
+            io::Error::from_raw_os_error(libc::EIO),
+        ));
+    }
+    sync_dir(&target.parent)
+}
+
+/// A test seam: the parent directories whose fsync after a rename fails (with EIO).
+#[cfg(test)]
+pub(crate) mod failing_syncs {
+    use std::path::Path;
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    static FAILING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    /// From now on, fsyncing `parent` after a rename fails.
+    pub(crate) fn fail(parent: &Path) {
+        FAILING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(parent.to_owned());
+    }
+
+    pub(super) fn fails(parent: &Path) -> bool {
+        FAILING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|failing| failing == parent)
+    }
 }

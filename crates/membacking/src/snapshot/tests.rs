@@ -1237,6 +1237,100 @@ fn an_existing_snapshot_is_replaced_atomically_and_a_half_done_fallback_recovers
     block_on(manager.close());
 }
 
+#[test]
+fn a_snapshot_whose_directory_fsync_fails_after_the_rename_is_published_with_a_warning() {
+    // The rename had put the new snapshot in place (and, replacing one, removed the old one),
+    // yet the call failed and the chain head stayed on the previous snapshot.
+    let manager = build(false);
+    let memory = block_on(manager.client().guest_memory()).unwrap();
+    let tracking = manager.dirty_tracking();
+    block_on(tracking.start()).unwrap();
+    let dir = temp_dir();
+    let base = dir.path().join("base");
+    block_on(manager.snapshot(&base, SnapshotOptions::default())).unwrap();
+    publish::failing_syncs::fail(dir.path());
+    // A new target (a plain rename).
+    memory.write_plain(0x10_0000, &1u64).unwrap();
+    let next = dir.path().join("next");
+    let info = block_on(manager.snapshot(&next, on_base(&base))).unwrap();
+    let warning = info.warning.as_deref().expect("a warning");
+    assert!(
+        warning.starts_with(&format!("the snapshot is in place at {}", next.display())),
+        "{warning}"
+    );
+    assert!(warning.contains("fsync directory"), "{warning}");
+    assert!(warning.contains("sync -f"), "{warning}");
+    assert_eq!(read_snapshot(&next).unwrap().id, info.id);
+    // It is the chain head: the next increment goes on it, and restores the RAM.
+    memory.write_plain(0x20_0000, &2u64).unwrap();
+    let third = dir.path().join("third");
+    let info = block_on(manager.snapshot(&third, on_base(&next))).unwrap();
+    assert!(info.incremental && info.warning.is_some());
+    let image = ram_image(&manager);
+    let restored = restore(&third, RestoreOptions::default());
+    assert!(ram_image(&restored.manager) == image);
+    block_on(restored.manager.close());
+    // An existing target (the exchange): replaced, the old one removed, nothing left over.
+    memory.write_plain(0x10_0000, &3u64).unwrap();
+    let info = block_on(manager.snapshot(&third, SnapshotOptions::default())).unwrap();
+    assert!(info.warning.is_some());
+    assert_eq!(read_snapshot(&third).unwrap().id, info.id);
+    let mut entries: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    entries.sort();
+    assert_eq!(entries, ["base", "next", "third"]);
+    // The fallback without RENAME_EXCHANGE: both renames done, the old one removed.
+    let parts = publish::Target::new(&third).unwrap();
+    let temp = publish::create_temp(&parts).unwrap();
+    std::fs::write(temp.join("marker"), b"new").unwrap();
+    let warning = publish::publish(&temp, &parts, false).unwrap();
+    assert!(warning.is_some());
+    assert!(third.join("marker").exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+    drop(memory);
+    block_on(manager.close());
+}
+
+#[test]
+fn a_snapshot_whose_parent_directory_is_moved_meanwhile_leaves_no_temporary_directory() {
+    // The temporary directory was removed by its old path, which no longer existed: it stayed
+    // in the moved directory.
+    let manager = build(false);
+    let mut rng = Rng::new(5);
+    scribble(&manager, &mut rng, 50);
+    let dir = temp_dir();
+    let parent = dir.path().join("parent");
+    let moved = dir.path().join("moved");
+    std::fs::create_dir(&parent).unwrap();
+    let target = parent.join("snap");
+    let progress: Progress = {
+        let (parent, moved) = (parent.clone(), moved.clone());
+        std::sync::Arc::new(move |_done, _total| {
+            if parent.exists() {
+                let _ = std::fs::rename(&parent, &moved);
+            }
+        })
+    };
+    let options = SnapshotOptions {
+        base: None,
+        progress: Some(progress),
+    };
+    let error = block_on(manager.snapshot(&target, options)).expect_err("the directory moved");
+    assert!(
+        matches!(error, SnapshotError::NotWritten { .. }),
+        "{error:?}"
+    );
+    assert!(!parent.exists());
+    let left: Vec<_> = std::fs::read_dir(&moved)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    block_on(manager.close());
+}
+
 /// The entries of `dir` with their contents (directories as `<dir>`), sorted.
 fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut entries: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)

@@ -90,6 +90,9 @@ pub struct SnapshotInfo {
     pub zero_pages: u64,
     /// Whether it is incremental.
     pub incremental: bool,
+    /// Set when the snapshot was published but the fsync of its parent directory after the
+    /// rename failed: what failed, and that the rename may not survive a crash of the machine.
+    pub warning: Option<String>,
 }
 
 /// Everything a snapshot needs from the manager, owned (the future is `'static`).
@@ -114,7 +117,9 @@ impl GuestMemoryManager {
     /// [`SnapshotError::Layout`] for a base of another machine, [`SnapshotError::Corrupt`] /
     /// [`SnapshotError::Version`] for a base (or a base of it) that a restore would refuse, [`SnapshotError::InvalidArgument`]
     /// for a base that is the target, [`SnapshotError::Io`] for file system failures (the
-    /// target then keeps its previous contents).
+    /// target then keeps its previous contents). An fsync of the parent directory that fails
+    /// once the snapshot is in place is [`SnapshotInfo::warning`], not an error: the snapshot
+    /// is published.
     pub fn snapshot(
         &self,
         dir: impl AsRef<Path>,
@@ -494,14 +499,17 @@ fn write_snapshot(
     progress: Option<&Progress>,
 ) -> Result<SnapshotInfo, SnapshotError> {
     let temp = publish::create_temp(target).map_err(|error| error.while_writing(&target.path))?;
+    // Held open so that a failure can find the temporary directory where it is now, also
+    // when its parent directory was moved meanwhile.
+    let temp_handle = std::fs::File::open(&temp);
     let result = write_files(view, &temp, &mut manifest, dirty, progress)
         .map_err(|error| error.while_writing(&target.path))
         .and_then(|total_bytes| {
-            publish::publish(&temp, target, true)?;
-            Ok(total_bytes)
+            let warning = publish::publish(&temp, target, true)?;
+            Ok((total_bytes, warning))
         });
     match result {
-        Ok(total_bytes) => Ok(SnapshotInfo {
+        Ok((total_bytes, warning)) => Ok(SnapshotInfo {
             dir: target.path.clone(),
             id: manifest.id.clone(),
             bytes: manifest.memory.size.0,
@@ -509,9 +517,14 @@ fn write_snapshot(
             extents: manifest.extents,
             zero_pages: manifest.zero_pages,
             incremental: manifest.base.is_some(),
+            warning,
         }),
         Err(error) => {
-            let _ = std::fs::remove_dir_all(&temp);
+            let current = temp_handle
+                .ok()
+                .and_then(|handle| publish::current_path(&handle, &temp))
+                .unwrap_or(temp);
+            let _ = std::fs::remove_dir_all(&current);
             Err(error)
         }
     }
