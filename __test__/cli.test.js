@@ -10,6 +10,7 @@ const fc = require('fast-check');
 const { layoutSvg } = require('../dist/cli/svg');
 const { parseSize, parseRange } = require('../dist/cli/format');
 const { layoutFromInput } = require('../dist/cli/input');
+const { NOBODY, readablePackageCopy, unprivilegedUnavailable } = require('./helpers/unprivileged');
 
 const cli = path.join(__dirname, '..', 'dist', 'cli', 'main.js');
 const run = (...args) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
@@ -142,6 +143,33 @@ test('--out FILE: a write that fails part-way leaves the previous file intact an
   // Not a regular file: written directly.
   t.is(run(...args.slice(0, -1), '/dev/null').status, 0);
 });
+
+const unprivileged = unprivilegedUnavailable();
+(unprivileged === null ? test : test.skip)(
+  `--out FILE in a directory the user may not create files in: the writable FILE is written in place${unprivileged === null ? '' : ` [skipped: ${unprivileged}]`}`,
+  (t) => {
+    // The CLI runs as an unprivileged user (root creates files anywhere), from a copy of the
+    // package it can read; the file is writable, its directory only root's.
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-cli-'));
+    const copy = readablePackageCopy(root);
+    const dir = path.join(root, 'out');
+    fs.mkdirSync(dir, { mode: 0o755 });
+    const out = path.join(dir, 'map.txt');
+    fs.writeFileSync(out, 'the previous map');
+    fs.chmodSync(out, 0o666);
+    const args = [path.join(copy, 'dist', 'cli', 'main.js'), 'layout', '--ram', '4G', '--gap', '3G-4G', '--out'];
+    const asNobody = (file) => spawnSync(process.execPath, [...args, file], { encoding: 'utf8', uid: NOBODY, gid: NOBODY });
+    const inPlace = asNobody(out);
+    t.is(inPlace.status, 0, inPlace.stderr);
+    t.is(fs.readFileSync(out, 'utf8'), run('layout', '--ram', '4G', '--gap', '3G-4G').stdout);
+    t.deepEqual(fs.readdirSync(dir), ['map.txt']);
+    // A new file there cannot be made: refused, with the reason.
+    const refused = asNobody(path.join(dir, 'new.txt'));
+    t.is(refused.status, 2);
+    t.regex(refused.stderr, /^membacking: --out .*new\.txt: cannot write it \(EACCES[^\n]*\)\n$/);
+    t.deepEqual(fs.readdirSync(dir), ['map.txt']);
+  },
+);
 
 test('layout --input reads a JSON file', (t) => {
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'mb-cli-')), 'layout.json');

@@ -12,6 +12,7 @@ const { Worker } = require('node:worker_threads');
 const { once } = require('node:events');
 const mb = require('../dist');
 const { rng, tempDir } = require('./helpers/snapshot');
+const { readableByAll, readablePackageCopy } = require('./helpers/unprivileged');
 
 const { GiB, MiB, range, MemoryLayout, GuestMemoryBuilder } = mb;
 const CHILD = path.join(__dirname, 'fixtures', 'snapshot', 'restore_child.js');
@@ -160,16 +161,6 @@ test('failed restores and lazy restores closed early leave descriptors and threa
   }
 });
 
-/** Makes `dir` and everything below it readable (and its directories enterable) by every user. */
-function readableByAll(dir) {
-  fs.chmodSync(dir, 0o755);
-  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, entry.name);
-    if (entry.isDirectory()) readableByAll(p);
-    else fs.chmodSync(p, 0o644);
-  }
-}
-
 /** How to run the child without the rights userfaultfd needs, or why it cannot be done here. */
 function withoutUserfaultfd() {
   if (!mb.snapshotSupport().lazyRestore) return { prefix: [], command: process.execPath, reason: null };
@@ -192,12 +183,8 @@ const unprivileged = withoutUserfaultfd();
     // The unprivileged user the child runs as may not reach this checkout (a fresh clone in a
     // private temporary directory): it runs a copy of the package and of the child, made
     // readable beside the snapshot.
-    const copy = path.join(root, 'package');
-    const repo = path.join(__dirname, '..');
-    for (const entry of ['package.json', 'index.js', 'dist', ...fs.readdirSync(repo).filter((f) => f.endsWith('.node'))]) {
-      fs.cpSync(path.join(repo, entry), path.join(copy, entry), { recursive: true });
-    }
-    const script = path.join(copy, path.relative(repo, CHILD));
+    const copy = readablePackageCopy(root);
+    const script = path.join(copy, path.relative(path.join(__dirname, '..'), CHILD));
     fs.cpSync(CHILD, script);
     readableByAll(root);
     const { child, report } = runChild(['lazy', dir], { ...unprivileged, script });

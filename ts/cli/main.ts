@@ -127,7 +127,8 @@ function emit(text: string, out: string | undefined): void {
  * previous file as it was: the data goes to a new file in the same directory, which is renamed
  * over `file` once complete (and removed on failure). An existing file keeps its mode, and a
  * symbolic link the file it points to. Something other than a regular file (a terminal, a pipe,
- * `/dev/null`) is written directly.
+ * `/dev/null`), or an existing file in a directory where no file can be created, is written
+ * directly.
  */
 function replaceFile(file: string, data: string): void {
   let target = file;
@@ -144,7 +145,17 @@ function replaceFile(file: string, data: string): void {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
   }
   const temporary = join(dirname(target), `.${basename(target)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  const fd = openSync(temporary, 'wx', mode ?? 0o666);
+  let fd: number;
+  try {
+    fd = openSync(temporary, 'wx', mode ?? 0o666);
+  } catch (error) {
+    // A directory we may not create files in (permissions, a read-only mount) can still hold a
+    // file we may write: write that one in place, as without a temporary file.
+    const code = (error as NodeJS.ErrnoException).code;
+    if (mode === undefined || !['EACCES', 'EPERM', 'EROFS'].includes(code ?? '')) throw error;
+    writeFileSync(target, data);
+    return;
+  }
   try {
     try {
       writeFileSync(fd, data);
