@@ -4,7 +4,7 @@
 // (OpenVMM), on this machine, in one run:
 //
 //   npm run bench:upstream -- --openvmm PATH [--rounds N] [--filter TEXT] [--quick]
-//                             [--control] [--keep | --scratch DIR]
+//                             [--control] [--checked] [--keep | --scratch DIR]
 //
 // PATH is an OpenVMM source tree (or a git directory: its HEAD, or --ref REF, is exported with
 // `git archive` into the scratch folder). Two scratch crates are written into a temporary
@@ -26,6 +26,12 @@
 // that second build to the first (`control`, the median of the per-round ratios, and
 // `controlSpread`): what "the same code" measures in this run. A row whose ratio is above 1 but
 // within the control's spread cannot be told apart from the original's speed (`parity: true`).
+//
+// --checked measures what overflow checks cost: our crates are built a second time with
+// `overflow-checks = true` in the release profile (as the published addon is built; the sides
+// above are built without them, as the original's release builds are) and run as one more side.
+// Each line then also carries the ratio of that build to ours without the checks (`checked`,
+// the median of the per-round ratios, and `checkedSpread`).
 
 const fs = require('node:fs');
 const os = require('node:os');
@@ -43,6 +49,7 @@ const { values: options } = parseArgs({
     filter: { type: 'string', default: '' },
     quick: { type: 'boolean', default: false },
     control: { type: 'boolean', default: false },
+    checked: { type: 'boolean', default: false },
     keep: { type: 'boolean', default: false },
     scratch: { type: 'string' },
   },
@@ -57,7 +64,7 @@ function sh(command, args, opts = {}) {
   return spawnSync(command, args, { encoding: 'utf8', maxBuffer: 256 << 20, ...opts });
 }
 
-if (!options.openvmm) fail('usage: npm run bench:upstream -- --openvmm PATH [--rounds N] [--filter TEXT] [--quick] [--control] [--keep | --scratch DIR]');
+if (!options.openvmm) fail('usage: npm run bench:upstream -- --openvmm PATH [--rounds N] [--filter TEXT] [--quick] [--control] [--checked] [--keep | --scratch DIR]');
 const rounds = Number(options.rounds);
 if (!Number.isSafeInteger(rounds) || rounds < 1) fail(`--rounds must be a positive integer, got ${options.rounds}`);
 
@@ -190,8 +197,11 @@ function writeFile(file, text) {
   fs.writeFileSync(file, text);
 }
 
-/** Writes one scratch crate: the given trycopy and guestmem, the shared benchmark sources. */
-function scratchCrate(side, trycopyDir, guestmemDir) {
+/**
+ * Writes one scratch crate: the given trycopy and guestmem, the shared benchmark sources;
+ * `profile` holds extra lines of its release profile.
+ */
+function scratchCrate(side, trycopyDir, guestmemDir, profile = '') {
   const dir = path.join(scratch, side);
   fs.mkdirSync(path.join(dir, 'src'), { recursive: true });
   writeFile(path.join(dir, 'src/lib.rs'), '//! Benchmarks only.\n');
@@ -215,6 +225,7 @@ bitmap = []
 lto = "thin"
 codegen-units = 1
 debug = false
+${profile}
 
 [[bench]]
 name = "trycopy_perf"
@@ -256,6 +267,7 @@ const sides = {
   ours: build(scratchCrate('ours', path.join(repoRoot, 'crates/trycopy'), path.join(repoRoot, 'crates/guestmem'))),
 };
 if (options.control) sides.control = build(scratchCrate('control', path.join(original, TRYCOPY), path.join(original, GUESTMEM)));
+if (options.checked) sides.checked = build(scratchCrate('checked', path.join(repoRoot, 'crates/trycopy'), path.join(repoRoot, 'crates/guestmem'), 'overflow-checks = true'));
 
 const criterionArgs = options.quick ? ['--warm-up-time', '0.2', '--measurement-time', '0.4'] : ['--warm-up-time', '0.5', '--measurement-time', '1.5'];
 const results = new Map();
@@ -281,7 +293,7 @@ for (let round = 0; round < rounds; round++) {
         const name = match[1] ?? named;
         if (name === undefined) continue;
         const estimates = JSON.parse(fs.readFileSync(path.join(home, name, 'new/estimates.json'), 'utf8'));
-        const entry = results.get(name) ?? { original: [], ours: [], control: [] };
+        const entry = results.get(name) ?? { original: [], ours: [], control: [], checked: [] };
         entry[side].push(estimates.median.point_estimate);
         results.set(name, entry);
       }
@@ -292,12 +304,12 @@ for (let round = 0; round < rounds; round++) {
 
 const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 const round4 = (x) => Number(x.toPrecision(4));
-/** The per-round ratios `side`/original of one benchmark: their median and their range. */
-function ratioOf(times, theirs) {
-  const ratios = times.map((value, i) => value / theirs[i]);
+/** The per-round ratios times/base of one benchmark: their median and their range. */
+function ratioOf(times, base) {
+  const ratios = times.map((value, i) => value / base[i]);
   return { ratio: median(ratios), spread: [Math.min(...ratios), Math.max(...ratios)] };
 }
-for (const [name, { original: theirs, ours, control }] of results) {
+for (const [name, { original: theirs, ours, control, checked }] of results) {
   const { ratio, spread } = ratioOf(ours, theirs);
   const line = {
     name: `${name} ours/original`,
@@ -313,6 +325,10 @@ for (const [name, { original: theirs, ours, control }] of results) {
   if (control.length > 0) {
     const noise = ratioOf(control, theirs);
     Object.assign(line, { control: round4(noise.ratio), controlSpread: noise.spread.map(round4), parity: ratio <= Math.max(1, noise.spread[1]) });
+  }
+  if (checked.length > 0) {
+    const cost = ratioOf(checked, ours);
+    Object.assign(line, { checked: round4(cost.ratio), checkedSpread: cost.spread.map(round4) });
   }
   console.log(JSON.stringify(line));
 }
