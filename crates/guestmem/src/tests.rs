@@ -1155,10 +1155,22 @@ unsafe impl GuestMemoryAccess for Tracked {
     }
 }
 
+/// The length of the mapping behind [`tracked`] memories.
+const TRACKED_LEN: usize = 1 << 20;
+
 fn tracked(offset: u64, fallback_only: bool) -> (GuestMemory, Arc<DirtyBitmap>) {
-    const LEN: usize = 1 << 20;
-    let mapping = Arc::new(SparseMapping::new(LEN).unwrap());
-    mapping.alloc(0, LEN).unwrap();
+    let mapping = SparseMapping::new(TRACKED_LEN).unwrap();
+    mapping.alloc(0, TRACKED_LEN).unwrap();
+    tracked_over(mapping, offset, fallback_only)
+}
+
+/// A dirty-tracked memory over `mapping` (of [`TRACKED_LEN`] bytes), with its bitmap.
+fn tracked_over(
+    mapping: SparseMapping,
+    offset: u64,
+    fallback_only: bool,
+) -> (GuestMemory, Arc<DirtyBitmap>) {
+    let mapping = Arc::new(mapping);
     let bitmap = Arc::new(DirtyBitmap::new(4 * MIB));
     let memory = GuestMemory::new(
         "tracked",
@@ -1215,20 +1227,12 @@ fn every_write_path_marks_the_dirty_bitmap_and_reads_do_not() {
 fn a_write_that_faults_part_way_marks_the_pages_it_was_to_write() {
     // Pages 0-4 mapped, page 5 not: a write from the end of page 4 into page 5 copies the bytes
     // of page 4, then faults and fails; page 4 changed, so it must be reported.
-    const LEN: usize = 1 << 20;
-    let mapping = Arc::new(SparseMapping::new(LEN).unwrap());
+    let mapping = SparseMapping::new(TRACKED_LEN).unwrap();
     mapping.alloc(0, 5 * PAGE_SIZE).unwrap();
-    mapping.alloc(6 * PAGE_SIZE, LEN - 6 * PAGE_SIZE).unwrap();
-    let bitmap = Arc::new(DirtyBitmap::new(4 * MIB));
-    let memory = GuestMemory::new(
-        "tracked",
-        Tracked {
-            mapping,
-            bitmap: bitmap.clone(),
-            offset: 0,
-            fallback_only: false,
-        },
-    );
+    mapping
+        .alloc(6 * PAGE_SIZE, TRACKED_LEN - 6 * PAGE_SIZE)
+        .unwrap();
+    let (memory, bitmap) = tracked_over(mapping, 0, false);
     bitmap.start();
     let gpa = 5 * P - 16;
     assert!(memory.write_at(gpa, &[0x55; 32]).is_err());

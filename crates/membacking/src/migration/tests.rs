@@ -833,6 +833,31 @@ fn pause_forever(called: mpsc::Sender<()>) -> MigrateOptions {
     })
 }
 
+/// Runs `migration` on a thread of its own; its result arrives on the returned channel.
+fn in_background<T: Send + 'static>(
+    migration: impl std::future::Future<Output = T> + Send + 'static,
+) -> mpsc::Receiver<T> {
+    let (done, result) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = done.send(block_on(migration));
+    });
+    result
+}
+
+/// Waits (at most a minute) for a migration whose source manager was closed to fail with
+/// `ManagerGone`.
+fn assert_ends_with_manager_gone<T: std::fmt::Debug>(
+    result: &mpsc::Receiver<Result<T, MigrationError>>,
+) {
+    match result.recv_timeout(Duration::from_secs(60)) {
+        Ok(Err(MigrationError::DirtyTracking(DirtyTrackingError::Manager(
+            crate::RegionManagerError::ManagerGone,
+        )))) => {}
+        Ok(other) => panic!("the migration ended with {other:?}, not ManagerGone"),
+        Err(_) => panic!("the migration did not end after its manager was closed"),
+    }
+}
+
 #[test]
 fn closing_the_source_while_its_pause_is_pending_fails_the_migration() {
     // The migration's thread blocked on the pause future: closing the manager left the
@@ -842,19 +867,10 @@ fn closing_the_source_while_its_pause_is_pending_fails_the_migration() {
     let destination = spawn_destination(destination_end, MigrateFromOptions::default());
     let (called, pause_called) = mpsc::channel();
     let migration = source.migrate(source_end, pause_forever(called));
-    let (done, result) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = done.send(block_on(migration));
-    });
+    let result = in_background(migration);
     pause_called.recv().unwrap();
     close(source);
-    match result.recv_timeout(Duration::from_secs(60)) {
-        Ok(Err(MigrationError::DirtyTracking(DirtyTrackingError::Manager(
-            crate::RegionManagerError::ManagerGone,
-        )))) => {}
-        Ok(other) => panic!("the migration ended with {other:?}, not ManagerGone"),
-        Err(_) => panic!("the migration did not end after its manager was closed"),
-    }
+    assert_ends_with_manager_gone(&result);
     assert!(matches!(
         destination.join().unwrap(),
         Err(MigrationError::Aborted { .. })
@@ -869,22 +885,13 @@ fn closing_the_source_while_its_peer_is_silent_fails_the_migration() {
     scribble(&source, &mut Rng::new(21), 300);
     let (source_end, silent_peer) = socket_pair();
     let migration = source.migrate(source_end, MigrateOptions::new(|| async { Ok(None) }));
-    let (done, result) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = done.send(block_on(migration));
-    });
+    let result = in_background(migration);
     // The migration has begun (it tracks dirty pages from then on) and waits for its peer.
     eventually("the migration began", || {
         source.dirty_tracking().is_active()
     });
     close(source);
-    match result.recv_timeout(Duration::from_secs(60)) {
-        Ok(Err(MigrationError::DirtyTracking(DirtyTrackingError::Manager(
-            crate::RegionManagerError::ManagerGone,
-        )))) => {}
-        Ok(other) => panic!("the migration ended with {other:?}, not ManagerGone"),
-        Err(_) => panic!("the migration did not end after its manager was closed"),
-    }
+    assert_ends_with_manager_gone(&result);
     drop(silent_peer);
 }
 

@@ -191,6 +191,15 @@ fn on_base(base: impl Into<std::path::PathBuf>) -> SnapshotOptions {
     }
 }
 
+/// Options of a lazy restore, its background fill deferred or not.
+fn lazy_options(defer_background_fill: bool) -> RestoreOptions {
+    RestoreOptions {
+        mode: RestoreMode::Lazy,
+        defer_background_fill,
+        ..RestoreOptions::default()
+    }
+}
+
 fn restore(dir: &Path, options: RestoreOptions) -> RestoredManager {
     block_on(GuestMemoryBuilder::restore(dir, options)).unwrap()
 }
@@ -308,14 +317,7 @@ fn lazy_restore_serves_first_touches_before_the_background_fill() {
     let dir = temp_dir();
     let target = dir.path().join("snap");
     block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
-    let restored = restore(
-        &target,
-        RestoreOptions {
-            mode: RestoreMode::Lazy,
-            defer_background_fill: true,
-            ..RestoreOptions::default()
-        },
-    );
+    let restored = restore(&target, lazy_options(true));
     let lazy = restored.lazy.as_ref().unwrap();
     let memory = block_on(restored.manager.client().guest_memory()).unwrap();
     // Touch pages in random order through guest memory: each is served on its fault.
@@ -367,14 +369,7 @@ fn closing_a_manager_stops_its_lazy_restore_and_releases_it() {
     }
     let (manager, _dir, target) = scribbled_snapshot(5, 100);
     for deferred in [true, false] {
-        let restored = restore(
-            &target,
-            RestoreOptions {
-                mode: RestoreMode::Lazy,
-                defer_background_fill: deferred,
-                ..RestoreOptions::default()
-            },
-        );
+        let restored = restore(&target, lazy_options(deferred));
         let lazy = restored.lazy.unwrap();
         if deferred {
             assert!(!lazy.is_finished());
@@ -421,14 +416,7 @@ fn reads_racing_the_close_of_a_lazily_restored_manager_see_the_snapshot_or_fail(
     let pages = data.len() / 4096;
     for round in 0..8u64 {
         // The fill is deferred: every page not touched before the close is still missing.
-        let restored = restore(
-            &target,
-            RestoreOptions {
-                mode: RestoreMode::Lazy,
-                defer_background_fill: true,
-                ..RestoreOptions::default()
-            },
-        );
+        let restored = restore(&target, lazy_options(true));
         let lazy = restored.lazy.unwrap();
         let memory = block_on(restored.manager.client().guest_memory()).unwrap();
         let start = std::sync::Barrier::new(5);
@@ -486,14 +474,7 @@ fn a_decommit_during_a_lazy_restore_wins_over_the_snapshot() {
     let dir = temp_dir();
     let target = dir.path().join("snap");
     block_on(manager.snapshot(&target, SnapshotOptions::default())).unwrap();
-    let restored = restore(
-        &target,
-        RestoreOptions {
-            mode: RestoreMode::Lazy,
-            defer_background_fill: true,
-            ..RestoreOptions::default()
-        },
-    );
+    let restored = restore(&target, lazy_options(true));
     let restored_memory = block_on(restored.manager.client().guest_memory()).unwrap();
     // One page touched (filled from the snapshot) before the decommit, the rest not.
     assert_eq!(restored_memory.read_plain::<u8>(0x40_1000).unwrap(), 0x5a);
