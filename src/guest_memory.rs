@@ -27,10 +27,10 @@ use crate::sparse_mapping::NativeMappable;
 use crate::sparse_mapping::NativeSparseMapping;
 use guestmem::GuestMemory;
 use guestmem::GuestMemoryError;
-use guestmem::GuestMemoryOperation;
 use guestmem::LockedPages;
 use js_api::args::aligned;
 use js_api::args::paged_range;
+use js_api::args::read_for_buffer;
 use js_api::args::scalar;
 use js_api::executor::Polling;
 use js_api::JsError;
@@ -361,9 +361,8 @@ impl NativeGuestMemory {
         }))
     }
 
-    /// `read(gpa, len)` of a large length: the range is checked before anything else (an
-    /// out-of-range read is that error, whatever its length), then the length against the
-    /// largest Buffer (`max_buffer`), then the buffer is allocated (a failure is a coded error).
+    /// `read(gpa, len)` of a large length, checked as `js_api::args::read_for_buffer` says
+    /// (`max_buffer`: the largest Buffer of the running Node).
     #[napi]
     pub fn read_to_buffer(
         &self,
@@ -372,12 +371,11 @@ impl NativeGuestMemory {
         len: U64,
         max_buffer: U64,
     ) -> napi::Result<Buffer> {
-        let data = self.run(&env, |memory| {
-            memory.check_access(gpa.0, len.0, GuestMemoryOperation::Read)?;
-            Ok(js_api::args::buffer_length(len.0, max_buffer.0, "len")
-                .map(|len| memory.read_to_vec(gpa.0, len)))
-        })?;
-        Ok(Buffer::from(data.or_throw()?.or_throw()?))
+        let memory = self.memory()?;
+        let data = with_env(&env, || {
+            read_for_buffer(&memory, gpa.0, len.0, max_buffer.0)
+        });
+        Ok(Buffer::from(data.or_throw()?))
     }
 
     /// `writeAt` on the libuv pool; `src` is copied first.
@@ -475,13 +473,8 @@ impl Task for ReadTask {
     type Output = Vec<u8>;
     type JsValue = Buffer;
 
-    /// As `read_to_buffer`: the range first, then the length, then the allocation and the copy.
     fn compute(&mut self) -> napi::Result<Vec<u8>> {
-        self.memory
-            .check_access(self.gpa, self.len, GuestMemoryOperation::Read)
-            .or_throw()?;
-        let len = js_api::args::buffer_length(self.len, self.max_buffer, "len").or_throw()?;
-        self.memory.read_to_vec(self.gpa, len).or_throw()
+        read_for_buffer(&self.memory, self.gpa, self.len, self.max_buffer).or_throw()
     }
 
     fn resolve(&mut self, _env: Env, output: Vec<u8>) -> napi::Result<Buffer> {

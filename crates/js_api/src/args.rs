@@ -92,6 +92,26 @@ pub fn buffer_length(value: u64, max: u64, name: &str) -> Result<usize, JsError>
     host_size(value, name)
 }
 
+/// A read of `len` bytes at `gpa` into a new buffer for JavaScript, checked in this order: the
+/// range first (an out-of-range read is that error, whatever its length), then the length against
+/// the largest Buffer of the running Node (`max_buffer`), then the allocation (a failure is a
+/// coded error, never an abort).
+pub fn read_for_buffer(
+    memory: &guestmem::GuestMemory,
+    gpa: u64,
+    len: u64,
+    max_buffer: u64,
+) -> Result<Vec<u8>, JsError> {
+    use crate::errors::ToJsError;
+    memory
+        .check_access(gpa, len, guestmem::GuestMemoryOperation::Read)
+        .map_err(|error| error.to_js_error())?;
+    let len = buffer_length(len, max_buffer, "len")?;
+    memory
+        .read_to_vec(gpa, len)
+        .map_err(|error| error.to_js_error())
+}
+
 /// The range `start..end`, refused (`RangeError`, with the core's text) where
 /// `MemoryRange::new` would panic.
 pub fn range(start: u64, end: u64, name: &str) -> Result<MemoryRange, JsError> {
@@ -231,6 +251,32 @@ mod tests {
             error.message.starts_with(
                 "len 0x100000001 is larger than the largest Buffer (buffer.constants.MAX_LENGTH, 0x100000000 on this Node)"
             ),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn a_read_for_a_buffer_checks_the_range_before_the_length() {
+        let memory = guestmem::GuestMemory::allocate(0x2000);
+        memory.write_at(0x1000, b"data").unwrap();
+        assert_eq!(read_for_buffer(&memory, 0x1000, 4, 0x10).unwrap(), b"data");
+        // Past the end and above the largest Buffer: the range is what is reported.
+        let error = read_for_buffer(&memory, 0x1000, 0x10_0000, 0x10).unwrap_err();
+        assert_eq!(
+            error.kind().1,
+            Some(ErrorCode::GuestMemoryOutOfRange),
+            "{error:?}"
+        );
+        // In range but above the largest Buffer: the length is.
+        let error = read_for_buffer(&memory, 0, 0x2000, 0x1000).unwrap_err();
+        assert_eq!(
+            error.kind().1,
+            Some(ErrorCode::InvalidArgValue),
+            "{error:?}"
+        );
+        assert!(
+            error.message.starts_with("len 0x2000 is larger"),
             "{}",
             error.message
         );
