@@ -424,6 +424,9 @@ test('an error whose explanation is in detail prints it; a refused change is nam
     [['plan', '--input', input], /^membacking: change 'visibility 0-1G ReadOnly': 0x0-0x40000000 is not a controllable RAM range \(the RAM regions: 0x0-0xc0000000, 0x100000000-0x140000000\)$/m],
     // A second placement of a window cannot change its length (it used to be placed 4 KiB long, silently).
     [['plan', '--ram', '4G', '--gap', '3G-4G', '--change', 'device w 2G-2G+4K', '--change', 'device w 3G-3G+8K'], /^membacking: change 'device w 3G-3G\+8K': device window w is 4 KiB \(0x1000 bytes\) long, not 8 KiB/],
+    // A range the core refuses with its bare panic text names the value (flags and changes alike).
+    [['layout', '--ram', '4G', '--gap', '3G+1-4G'], /^membacking: --gap 3G\+1-4G: start must be page aligned: start 0xc0000001 is not a multiple of the 4 KiB page size/],
+    [['plan', '--ram', '4G', '--gap', '3G-4G', '--change', 'visibility 0-0x1001 ReadOnly'], /^membacking: --change 'visibility 0-0x1001 ReadOnly': end must be page aligned: end 0x1001 is not a multiple/],
   ]) {
     const r = run(...args);
     t.is(r.status, 2, `${args.join(' ')}: ${r.stderr}`);

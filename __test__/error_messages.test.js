@@ -78,6 +78,28 @@ test('range algorithms name the element that breaks the order and what to do', (
   t.regex(overlap.detail, /^ranges\[1\] 0x5000-0x7000 starts inside ranges\[0\] 0x0-0x6000/);
 });
 
+test('MemoryRange panics keep the original text as the message and name the value in detail', (t) => {
+  const start = t.throws(() => range(0x1001, 0x4000), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE', message: 'start must be page aligned' });
+  t.regex(start.detail, /^start 0x1001 is not a multiple of the 4 KiB page size \(0x1000\): give a page-aligned start such as 0x1000/);
+  // A plain {start, end} goes the same way.
+  const end = t.throws(() => range(0, 0x4000).overlaps({ start: 0, end: 0x1001 }), { message: 'end must be page aligned' });
+  t.regex(end.detail, /^end 0x1001 is not a multiple of the 4 KiB page size/);
+  const reversed = t.throws(() => range(0x2000, 0x1000), { message: 'start must be <= end' });
+  t.regex(reversed.detail, /^start 0x2000 is above end 0x1000: .*swap them/);
+  const top = t.throws(() => mb.MemoryRange.bounding(0, 2n ** 64n - 1n), { message: 'end is too close to the top of the address space' });
+  t.regex(top.detail, /^end 0xffffffffffffffff is above 0xffffffffffffeffe/);
+  const pages = t.throws(() => mb.MemoryRange.from4kGpnRange(3, 2), { message: 'start must be <= end' });
+  t.regex(pages.detail, /^first page 0x3 is above end page 0x2/);
+  const split = t.throws(() => range(0, 0x1000).splitAtOffset(0x2000), { message: 'offset must be within the range' });
+  t.regex(split.detail, /^offset 0x2000 is beyond the length 0x1000 of 0x0-0x1000/);
+  const unaligned = t.throws(() => range(0, 0x2000).splitAtOffset(1), { message: 'offset must be page aligned' });
+  t.regex(unaligned.detail, /^offset 0x1 is not a multiple/);
+  const zero = t.throws(() => mb.MemoryRange.EMPTY.alignment(0), { message: 'attempt to shift left with overflow' });
+  t.regex(zero.detail, /^base 0x0 plus both bounds of 0x0-0x0 is 0/);
+  const power = t.throws(() => range(0x1000, 0x3000).alignedSubrange(3), { message: 'alignment must be a power of two' });
+  t.regex(power.detail, /^alignment 0x3 is not a power of two/);
+});
+
 kvmTest('page tables in the MMIO gap of an attached partition name the writable slots, not attaching', async (t) => {
   const manager = await new GuestMemoryBuilder().build(MemoryLayout.new(GiB, [range(3n * GiB, 4n * GiB)]));
   const kvm = await KvmPartition.create();

@@ -11,6 +11,7 @@ use crate::errors::guard_explained;
 use crate::errors::OrThrow;
 use js_api::args::range_pairs;
 use js_api::enums::JsEnum;
+use js_api::range_panics;
 use js_api::ranges::accessor_values;
 use js_api::ranges::indexed;
 use js_api::ranges::merge_input;
@@ -44,10 +45,13 @@ fn ranges(flat: &BigUint64Array, name: &str) -> napi::Result<Vec<MemoryRange>> {
 /// `MemoryRange::new`: throws the core's panic text where it would panic.
 #[napi]
 pub fn range_new(start: U64, end: U64) -> napi::Result<()> {
-    guard(|| {
-        MemoryRange::new(start.0..end.0);
-        Ok(())
-    })
+    guard_explained(
+        || {
+            MemoryRange::new(start.0..end.0);
+            Ok(())
+        },
+        |text| range_panics::bounds_detail(text, start.0, end.0),
+    )
 }
 
 /// `MemoryRange::try_new`: `ERR_INVALID_MEMORY_RANGE` with the rejected bounds.
@@ -59,17 +63,23 @@ pub fn range_try_new(start: U64, end: U64) -> napi::Result<()> {
 /// `MemoryRange::bounding` as `[start, end]`.
 #[napi]
 pub fn range_bounding(start: U64, end: U64) -> napi::Result<BigUint64Array> {
-    guard(|| Ok(flatten([MemoryRange::bounding(start.0..end.0)])))
+    guard_explained(
+        || Ok(flatten([MemoryRange::bounding(start.0..end.0)])),
+        |text| range_panics::bounds_detail(text, start.0, end.0),
+    )
 }
 
 /// `MemoryRange::from_4k_gpn_range` as `[start, end]`.
 #[napi(js_name = "rangeFrom4kGpnRange")]
 pub fn range_from_4k_gpn_range(first_page: U64, end_page: U64) -> napi::Result<BigUint64Array> {
-    guard(|| {
-        Ok(flatten([MemoryRange::from_4k_gpn_range(
-            first_page.0..end_page.0,
-        )]))
-    })
+    guard_explained(
+        || {
+            Ok(flatten([MemoryRange::from_4k_gpn_range(
+                first_page.0..end_page.0,
+            )]))
+        },
+        |text| range_panics::page_bounds_detail(text, first_page.0, end_page.0),
+    )
 }
 
 /// Every accessor of a range at once (the TypeScript class caches them).
@@ -139,17 +149,23 @@ pub fn range_offset_of(start: U64, end: U64, addr: U64) -> napi::Result<Option<u
 #[napi]
 pub fn range_split_at_offset(start: U64, end: U64, offset: U64) -> napi::Result<BigUint64Array> {
     let range = range_of(start, end)?;
-    guard(|| {
-        let (first, second) = range.split_at_offset(offset.0);
-        Ok(flatten([first, second]))
-    })
+    guard_explained(
+        || {
+            let (first, second) = range.split_at_offset(offset.0);
+            Ok(flatten([first, second]))
+        },
+        |text| range_panics::split_detail(text, range, offset.0),
+    )
 }
 
 /// `range.alignment(base)`.
 #[napi]
 pub fn range_alignment(start: U64, end: U64, base: U64) -> napi::Result<u64> {
     let range = range_of(start, end)?;
-    guard(|| Ok(range.alignment(base.0)))
+    guard_explained(
+        || Ok(range.alignment(base.0)),
+        |text| range_panics::alignment_detail(text, range, base.0),
+    )
 }
 
 /// `range.aligned_subrange(alignment)` as `[start, end]`.
@@ -160,7 +176,10 @@ pub fn range_aligned_subrange(
     alignment: U64,
 ) -> napi::Result<BigUint64Array> {
     let range = range_of(start, end)?;
-    guard(|| Ok(flatten([range.aligned_subrange(alignment.0)])))
+    guard_explained(
+        || Ok(flatten([range.aligned_subrange(alignment.0)])),
+        |text| range_panics::aligned_subrange_detail(text, range, alignment.0),
+    )
 }
 
 /// One item of a native range iterator.

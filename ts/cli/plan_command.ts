@@ -10,7 +10,7 @@
  *   unplace NAME                                        remove a placed window
  */
 import { formatSize, parseRange, table } from './format';
-import { readInputFile, withContext } from './input';
+import { errorText, readInputFile, withContext } from './input';
 import type { MemoryLayout } from '../layout';
 import { GuestMemoryBuilder, RamVisibility, Vtl, type DeviceMemoryControl } from '../manager';
 import { RecordingPartition, type RecordedCall } from '../partition';
@@ -34,7 +34,7 @@ export function parseChange(text: string, where = '--change'): ChangeSpec {
     try {
       return parseRange(value);
     } catch (error) {
-      throw new PlanInputError(`${where} '${text}': ${(error as Error).message}`);
+      throw new PlanInputError(`${where} '${text}': ${errorText(error)}`);
     }
   };
   if (verb === 'visibility' && rest.length === 2) {

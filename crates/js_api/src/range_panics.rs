@@ -1,7 +1,7 @@
-//! What the range algorithms' panics mean for the lists a caller gave: the core panics with a
-//! bare `left not sorted` or `ranges overlap` (texts the contract fixes, which stay the
-//! message) at the element that breaks its rule; this finds that element, and the `detail`
-//! names it, the rule, and what to do.
+//! What the range panics mean for the values a caller gave: the core panics with a bare
+//! `left not sorted`, `ranges overlap` or `start must be page aligned` (texts the contract
+//! fixes, which stay the message); this finds the element or value that breaks the rule, and
+//! the `detail` names it, the rule, and what to do.
 
 use memory_range::MemoryRange;
 
@@ -40,6 +40,107 @@ pub fn detail(panic: &str, inputs: &[(&str, &[MemoryRange])]) -> Option<String> 
                 )
             })
         }),
+        _ => None,
+    }
+}
+
+/// The page size the range rules are about.
+const PAGE: u64 = 0x1000;
+
+/// The largest end `MemoryRange::bounding` takes (rounding a larger one up to a page would not
+/// fit in 64 bits).
+const BOUNDING_MAX_END: u64 = u64::MAX - PAGE - 1;
+
+/// The largest page number whose address fits in 64 bits.
+const MAX_PAGE_NUMBER: u64 = u64::MAX / PAGE;
+
+/// The detail of a panic of `MemoryRange::new(start..end)` (also reached through `bounding`,
+/// whose own checks come first): which bound breaks which rule, and what to give instead.
+pub fn bounds_detail(panic: &str, start: u64, end: u64) -> Option<String> {
+    match panic {
+        "start must be page aligned" => Some(format!(
+            "start {start:#x} is not a multiple of the 4 KiB page size ({PAGE:#x}): give a \
+             page-aligned start such as {:#x} (MemoryRange.bounding(start, end) rounds both \
+             bounds out to pages)",
+            start & !(PAGE - 1)
+        )),
+        "end must be page aligned" => Some(format!(
+            "end {end:#x} is not a multiple of the 4 KiB page size ({PAGE:#x}): give a \
+             page-aligned end such as {:#x} (MemoryRange.bounding(start, end) rounds both \
+             bounds out to pages)",
+            end & !(PAGE - 1)
+        )),
+        "start must be <= end" => Some(format!(
+            "start {start:#x} is above end {end:#x}: a range is start..end (half-open) with \
+             start <= end; swap them"
+        )),
+        "end is too close to the top of the address space" => Some(format!(
+            "end {end:#x} is above {BOUNDING_MAX_END:#x}: rounding it up to a page would not fit \
+             in 64 bits; give an end of at most {BOUNDING_MAX_END:#x}"
+        )),
+        _ => None,
+    }
+}
+
+/// The detail of a panic of `MemoryRange::from_4k_gpn_range(first..end)` (page numbers).
+pub fn page_bounds_detail(panic: &str, first: u64, end: u64) -> Option<String> {
+    let too_large = |which: &str, page: u64| {
+        format!(
+            "{which} page number {page:#x} is above {MAX_PAGE_NUMBER:#x}: its address \
+             ({which} x 4 KiB) would not fit in 64 bits"
+        )
+    };
+    match panic {
+        "start page number is too large" => Some(too_large("first", first)),
+        "end page number is too large" => Some(too_large("end", end)),
+        "start must be <= end" => Some(format!(
+            "first page {first:#x} is above end page {end:#x}: the pages are first..end \
+             (half-open) with first <= end; swap them"
+        )),
+        _ => None,
+    }
+}
+
+/// The detail of a panic of `range.split_at_offset(offset)`.
+pub fn split_detail(panic: &str, range: MemoryRange, offset: u64) -> Option<String> {
+    match panic {
+        "offset must be within the range" => Some(format!(
+            "offset {offset:#x} is beyond the length {:#x} of {range}: give an offset from 0 to \
+             the length",
+            range.len()
+        )),
+        "offset must be page aligned" => Some(format!(
+            "offset {offset:#x} is not a multiple of the 4 KiB page size ({PAGE:#x}): both \
+             halves must be page-aligned ranges"
+        )),
+        _ => None,
+    }
+}
+
+/// The detail of a panic of `range.alignment(base)`.
+pub fn alignment_detail(panic: &str, range: MemoryRange, base: u64) -> Option<String> {
+    match panic {
+        "attempt to add with overflow" => Some(format!(
+            "base {base:#x} plus the bounds of {range} exceeds 2^64-1: give a smaller base"
+        )),
+        "attempt to shift left with overflow" => Some(format!(
+            "base {base:#x} plus both bounds of {range} is 0, which every power of two divides: \
+             there is no largest alignment; ask for a non-empty range or one away from address 0"
+        )),
+        _ => None,
+    }
+}
+
+/// The detail of a panic of `range.aligned_subrange(alignment)`.
+pub fn aligned_subrange_detail(panic: &str, range: MemoryRange, alignment: u64) -> Option<String> {
+    match panic {
+        "alignment must be a power of two" => Some(format!(
+            "alignment {alignment:#x} is not a power of two: give one such as 0x1000 or 0x200000"
+        )),
+        "attempt to add with overflow" => Some(format!(
+            "the start of {range} plus the alignment {alignment:#x} exceeds 2^64-1 (the start is \
+             rounded up as start + alignment - 1): give a smaller alignment"
+        )),
         _ => None,
     }
 }
@@ -120,5 +221,78 @@ mod tests {
         let sorted = [r(0, 0x1000)];
         assert_eq!(detail("left not sorted", &[("left", &sorted)]), None);
         assert_eq!(detail("something else", &[]), None);
+    }
+
+    #[test]
+    fn bound_panics_name_the_value_and_a_fix() {
+        assert_eq!(
+            bounds_detail("start must be page aligned", 0x1001, 0x4000).as_deref(),
+            Some(
+                "start 0x1001 is not a multiple of the 4 KiB page size (0x1000): give a \
+                 page-aligned start such as 0x1000 (MemoryRange.bounding(start, end) rounds \
+                 both bounds out to pages)"
+            )
+        );
+        assert!(bounds_detail("end must be page aligned", 0, 0x1001)
+            .is_some_and(|detail| detail.starts_with("end 0x1001 is not a multiple")));
+        assert!(bounds_detail("start must be <= end", 0x2000, 0x1000)
+            .is_some_and(|detail| detail.starts_with("start 0x2000 is above end 0x1000")));
+        assert!(bounds_detail(
+            "end is too close to the top of the address space",
+            0,
+            u64::MAX
+        )
+        .is_some_and(|detail| detail.contains("0xffffffffffffeffe")));
+        assert!(
+            page_bounds_detail("end page number is too large", 0, 1 << 52)
+                .is_some_and(|detail| detail
+                    .starts_with("end page number 0x10000000000000 is above 0xfffffffffffff"))
+        );
+        assert!(page_bounds_detail("start must be <= end", 3, 2)
+            .is_some_and(|detail| detail.starts_with("first page 0x3 is above end page 0x2")));
+        assert!(
+            split_detail("offset must be within the range", r(0, 0x1000), 0x2000)
+                .is_some_and(|detail| detail
+                    .starts_with("offset 0x2000 is beyond the length 0x1000 of 0x0-0x1000"))
+        );
+        assert!(split_detail("offset must be page aligned", r(0, 0x2000), 1)
+            .is_some_and(|detail| detail.starts_with("offset 0x1 is not a multiple")));
+        assert!(
+            alignment_detail("attempt to shift left with overflow", r(0, 0), 0).is_some_and(
+                |detail| detail.starts_with("base 0x0 plus both bounds of 0x0-0x0 is 0")
+            )
+        );
+        assert!(
+            aligned_subrange_detail("alignment must be a power of two", r(0, 0x2000), 3)
+                .is_some_and(|detail| detail.starts_with("alignment 0x3 is not a power of two"))
+        );
+        assert_eq!(bounds_detail("something else", 0, 0), None);
+    }
+
+    #[test]
+    fn the_details_match_the_panics_of_the_core() {
+        // Each detail is keyed by a panic text of memory_range: these are the texts it panics with.
+        let text = |f: &dyn Fn()| {
+            let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_err();
+            payload
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default()
+        };
+        let new = |start: u64, end: u64| text(&|| drop(MemoryRange::new(start..end)));
+        assert!(bounds_detail(&new(1, 0x1000), 1, 0x1000).is_some());
+        assert!(bounds_detail(&new(0, 1), 0, 1).is_some());
+        assert!(bounds_detail(&new(0x2000, 0x1000), 0x2000, 0x1000).is_some());
+        let bounding = text(&|| drop(MemoryRange::bounding(0..u64::MAX)));
+        assert!(bounds_detail(&bounding, 0, u64::MAX).is_some());
+        let pages = text(&|| drop(MemoryRange::from_4k_gpn_range(0..1 << 52)));
+        assert!(page_bounds_detail(&pages, 0, 1 << 52).is_some());
+        let split = text(&|| drop(r(0, 0x1000).split_at_offset(0x2000)));
+        assert!(split_detail(&split, r(0, 0x1000), 0x2000).is_some());
+        let shift = text(&|| drop(MemoryRange::EMPTY.alignment(0)));
+        assert!(alignment_detail(&shift, MemoryRange::EMPTY, 0).is_some());
+        let power = text(&|| drop(r(0, 0x2000).aligned_subrange(3)));
+        assert!(aligned_subrange_detail(&power, r(0, 0x2000), 3).is_some());
     }
 }
