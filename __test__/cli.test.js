@@ -81,11 +81,11 @@ test('layout --x86-legacy shows the regions guest memory with x86 legacy support
   t.true(svg.stdout.includes('PAM6 high'));
 });
 
-test('layout --x86-legacy on RAM that does not start at 0 is bad input: the original message, exit 2', (t) => {
+test('layout --x86-legacy on RAM that does not start at 0 is bad input: the original message and which range breaks it, exit 2', (t) => {
   const file = tempFile('high.json', JSON.stringify({ ram: [{ range: '1M-1G', vnode: 0 }] }));
   const r = run('layout', '--input', file, '--x86-legacy');
   t.is(r.status, 2);
-  t.is(r.stderr, 'membacking: x86 support requires RAM to start at 0 and contain at least 1MB\n');
+  t.regex(r.stderr, /^membacking: x86 support requires RAM to start at 0 and contain at least 1MB: the first RAM range 0x100000-0x40000000 starts at 0x100000, not 0: [^\n]*\n$/);
   t.is(r.stdout, '');
   t.is(run('layout', '--input', file).status, 0, 'without the flag the layout is fine');
 });
@@ -424,6 +424,8 @@ test('an error whose explanation is in detail prints it; a refused change is nam
     [['plan', '--input', input], /^membacking: change 'visibility 0-1G ReadOnly': 0x0-0x40000000 is not a controllable RAM range \(the RAM regions: 0x0-0xc0000000, 0x100000000-0x140000000\)$/m],
     // A second placement of a window cannot change its length (it used to be placed 4 KiB long, silently).
     [['plan', '--ram', '4G', '--gap', '3G-4G', '--change', 'device w 2G-2G+4K', '--change', 'device w 3G-3G+8K'], /^membacking: change 'device w 3G-3G\+8K': device window w is 4 KiB \(0x1000 bytes\) long, not 8 KiB/],
+    // The original's x86 message, and which RAM range breaks it.
+    [['layout', '--ram', '512K', '--x86-legacy'], /^membacking: x86 support requires RAM to start at 0 and contain at least 1MB: the first RAM range 0x0-0x80000 holds 0x80000 bytes, less than 1 MiB/],
     // A range the core refuses with its bare panic text names the value (flags and changes alike).
     [['layout', '--ram', '4G', '--gap', '3G+1-4G'], /^membacking: --gap 3G\+1-4G: start must be page aligned: start 0xc0000001 is not a multiple of the 4 KiB page size/],
     [['plan', '--ram', '4G', '--gap', '3G-4G', '--change', 'visibility 0-0x1001 ReadOnly'], /^membacking: --change 'visibility 0-0x1001 ReadOnly': end must be page aligned: end 0x1001 is not a multiple/],

@@ -100,6 +100,17 @@ test('MemoryRange panics keep the original text as the message and name the valu
   t.regex(power.detail, /^alignment 0x3 is not a power of two/);
 });
 
+test('x86 legacy support refused for RAM that does not start at 0 or is under 1 MiB names the first RAM range', async (t) => {
+  const late = MemoryLayout.fromRanges([{ range: range(MiB, GiB), vnode: 0 }], [range(3n * GiB, 4n * GiB)]);
+  const listed = t.throws(() => mb.x86LegacyRamRanges(late), { code: 'ERR_INVALID_RAM_FOR_X86', message: 'x86 support requires RAM to start at 0 and contain at least 1MB' });
+  t.regex(listed.detail, /^the first RAM range 0x100000-0x40000000 starts at 0x100000, not 0: .*or build without x86LegacySupport$/);
+  const built = await t.throwsAsync(new GuestMemoryBuilder().x86LegacySupport(true).build(MemoryLayout.new(512n * 1024n, [range(3n * GiB, 4n * GiB)])), {
+    code: 'ERR_INVALID_RAM_FOR_X86',
+    message: 'x86 support requires RAM to start at 0 and contain at least 1MB',
+  });
+  t.regex(built.detail, /^the first RAM range 0x0-0x80000 holds 0x80000 bytes, less than 1 MiB: /);
+});
+
 kvmTest('page tables in the MMIO gap of an attached partition name the writable slots, not attaching', async (t) => {
   const manager = await new GuestMemoryBuilder().build(MemoryLayout.new(GiB, [range(3n * GiB, 4n * GiB)]));
   const kvm = await KvmPartition.create();

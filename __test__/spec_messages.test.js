@@ -129,6 +129,7 @@ const CASES = {
     provoke: () => mb.x86LegacyRamRanges(MemoryLayout.fromRanges([{ range: range(MiB, 2n * GiB), vnode: 0 }], [])),
     code: 'ERR_INVALID_RAM_FOR_X86',
     message: 'x86 support requires RAM to start at 0 and contain at least 1MB',
+    detail: /^the first RAM range 0x100000-0x80000000 starts at 0x100000, not 0: .*give such RAM, or build without x86LegacySupport$/,
   },
   'build: private memory with x86 legacy support': {
     provoke: () => new GuestMemoryBuilder().x86LegacySupport(true).privateMemory(true).build(MemoryLayout.new(GiB, [GAP])),

@@ -3,10 +3,12 @@
 
 use crate::args::U64;
 use crate::errors::guard;
+use crate::errors::throw;
 use crate::errors::OrThrow;
 use js_api::args::paired;
 use js_api::args::range_pairs;
 use js_api::enums::JsEnum;
+use js_api::errors::ToJsError;
 use js_api::json::to_json;
 use js_api::views::LayoutView;
 use js_api::views::RamRegionView;
@@ -98,7 +100,13 @@ impl NativeLayout {
     /// The RAM regions the builder creates (JSON `[{range, fileOffset}]`).
     #[napi]
     pub fn x86_legacy_ram_ranges(&self, x86_legacy_support: bool) -> napi::Result<String> {
-        let regions = x86_legacy_ram_ranges(&self.inner, x86_legacy_support).or_throw()?;
+        let regions = x86_legacy_ram_ranges(&self.inner, x86_legacy_support).map_err(|error| {
+            throw(
+                error
+                    .to_js_error()
+                    .with_detail(js_api::errors::invalid_ram_for_x86_detail(&self.inner)),
+            )
+        })?;
         Ok(to_json(&RamRegionView::list(
             regions
                 .iter()

@@ -123,6 +123,7 @@ pub fn build_guest_memory<'env>(
                 .ok_or_else(|| throw(JsError::closed("SharedMemoryBacking")))
         })
         .transpose()?;
+    let x86_layout = layout.layout().clone();
     let build = GuestMemoryBuilder::new()
         .existing_backing(backing)
         .vtl0_alias_map(vtl0_alias_map.map(|offset| offset.0))
@@ -136,7 +137,17 @@ pub fn build_guest_memory<'env>(
     promise(
         env,
         Polling::Pool,
-        async move { build.await.map_err(|error| error.to_js_error()) },
+        async move {
+            build.await.map_err(|error| {
+                let js_error = error.to_js_error();
+                match error {
+                    // The message the contract fixes names no value: say which range breaks the rule.
+                    membacking::MemoryBuildError::InvalidRamForX86 => js_error
+                        .with_detail(js_api::errors::invalid_ram_for_x86_detail(&x86_layout)),
+                    _ => js_error,
+                }
+            })
+        },
         |env, manager| Ok(NativeGuestMemoryManager::wrap(&env, manager)),
     )
 }

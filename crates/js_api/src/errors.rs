@@ -768,6 +768,29 @@ impl ToJsError for vm_topology::x86_legacy::InvalidRamForX86 {
     }
 }
 
+/// The `detail` of `ERR_INVALID_RAM_FOR_X86` (whose message the contract fixes) for `layout`:
+/// what its first RAM range is, the rule it breaks and what to do.
+pub fn invalid_ram_for_x86_detail(layout: &vm_topology::memory::MemoryLayout) -> String {
+    const ONE_MB: u64 = 0x10_0000;
+    let rule = "x86 legacy support splits the first megabyte (conventional memory, the VGA \
+                window, the PAM pieces, the system BIOS) into RAM regions of their own, so the \
+                first RAM range must start at 0 and hold at least 1 MiB (0x100000): give such \
+                RAM, or build without x86LegacySupport";
+    match layout.ram().first() {
+        Some(first) if first.range.start() != 0 => format!(
+            "the first RAM range {} starts at {:#x}, not 0: {rule}",
+            first.range,
+            first.range.start()
+        ),
+        Some(first) if first.range.end() < ONE_MB => format!(
+            "the first RAM range {} holds {:#x} bytes, less than 1 MiB: {rule}",
+            first.range,
+            first.range.len()
+        ),
+        _ => format!("the layout has no RAM range that starts at 0 and holds 1 MiB: {rule}"),
+    }
+}
+
 impl ToJsError for memory_range::InvalidMemoryRange {
     fn to_js_error(&self) -> JsError {
         row(

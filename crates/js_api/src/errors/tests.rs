@@ -1362,3 +1362,26 @@ fn a_sparse_mapping_the_kernel_refuses_names_the_length_and_what_to_do() {
     let zero = sparse_mmap::SparseMapping::new(0).expect_err("empty");
     assert_eq!(sparse_mapping_reserve(&zero, 0).fields.detail, None);
 }
+
+#[test]
+fn invalid_ram_for_x86_detail_names_the_first_ram_range() {
+    use vm_topology::memory::MemoryLayout;
+    use vm_topology::memory::MemoryRangeWithNode;
+    let ram = |start: u64, end: u64| MemoryRangeWithNode {
+        range: MemoryRange::new(start..end),
+        vnode: 0,
+    };
+    let late = MemoryLayout::new_from_ranges(&[ram(0x10_0000, 0x4000_0000)], &[]).unwrap();
+    let detail = invalid_ram_for_x86_detail(&late);
+    assert!(
+        detail.starts_with("the first RAM range 0x100000-0x40000000 starts at 0x100000, not 0: "),
+        "{detail}"
+    );
+    assert!(
+        detail.ends_with("or build without x86LegacySupport"),
+        "{detail}"
+    );
+    let small = MemoryLayout::new(0x8_0000, &[], None).unwrap();
+    assert!(invalid_ram_for_x86_detail(&small)
+        .starts_with("the first RAM range 0x0-0x80000 holds 0x80000 bytes, less than 1 MiB: "));
+}
