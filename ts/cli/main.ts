@@ -36,8 +36,8 @@ commands:
   migrate-demo   live-migrate a running KVM guest's memory to a child process over a socket pair
 
 options:
-  --help     show help (also: membacking <command> --help)
-  --version  print the version`,
+  --help, -h  show help (also: membacking <command> --help)
+  --version   print the version`,
   layout: `usage: membacking layout [--ram SIZE] [--gap START-END]... [--vtl2 START-END]
                          [--x86-legacy] [--input FILE.json] [--format table|json|e820|svg]
                          [--out FILE]
@@ -53,7 +53,9 @@ SIZE / START / END: decimal or 0x-hex bytes, or a number with K, M, G or T (powe
 --input FILE.json: what --format json prints (MemoryLayout#toJSON, read back exactly), or
   {"ramSize": "4G", "gaps": ["3G-4G"], "vtl2Range": "8G-8G+64M"} or
   {"ram": [{"range": "0-1G", "vnode": 0}], "gaps": [...]}; ranges are "START-END"
-  strings or {"start", "end"} objects of sizes. Unknown keys are errors.`,
+  strings or {"start", "end"} objects of sizes. Unknown keys are errors.
+--out FILE: write the output to FILE instead of standard output (FILE is replaced only once
+  the whole output is written).`,
   prefetch: `usage: membacking prefetch [--ram SIZE] [--gap START-END]... [--vtl2 START-END]
                            [--input FILE.json] [--no-kvm]
 
@@ -103,7 +105,7 @@ const LAYOUT_FLAGS = {
   gap: { type: 'string', multiple: true },
   vtl2: { type: 'string' },
   input: { type: 'string' },
-  help: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
 } as const;
 
 /**
@@ -115,6 +117,7 @@ function emit(text: string, out: string | undefined): void {
     console.log(text);
     return;
   }
+  if (out === '') throw new UsageError('--out needs a file name (an empty one was given)');
   try {
     replaceFile(out, `${text}\n`);
   } catch (error) {
@@ -152,7 +155,7 @@ function replaceFile(file: string, data: string): void {
     // A directory we may not create files in (permissions, a read-only mount) can still hold a
     // file we may write: write that one in place, as without a temporary file.
     const code = (error as NodeJS.ErrnoException).code;
-    if (mode === undefined || !['EACCES', 'EPERM', 'EROFS'].includes(code ?? '')) throw error;
+    if (mode === undefined || !['EACCES', 'EPERM', 'EROFS'].includes(code ?? '')) throw aboutTarget(error, temporary, target);
     writeFileSync(target, data);
     return;
   }
@@ -171,8 +174,20 @@ function replaceFile(file: string, data: string): void {
     } catch {
       // Already gone; the first error is the one to report.
     }
-    throw error;
+    throw aboutTarget(error, temporary, target);
   }
+}
+
+/**
+ * `error` of a step on the temporary file without the temporary file's name (`.out.123.4f2a….tmp`
+ * is ours and means nothing to the user, who named `target`): Node's `CODE: reason, syscall
+ * 'path'` keeps `CODE: reason`.
+ */
+function aboutTarget(error: unknown, temporary: string, target: string): unknown {
+  if (!(error instanceof Error) || !error.message.includes(temporary)) return error;
+  const syscall = error.message.indexOf(', ');
+  error.message = syscall > 0 ? error.message.slice(0, syscall) : error.message.split(temporary).join(target);
+  return error;
 }
 
 /** Whether descriptor `fd` is open and a socket. */
@@ -265,7 +280,7 @@ async function planCommand(args: string[]): Promise<void> {
 async function snapshotInfoCommand(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
-    options: { verify: { type: 'boolean', default: false }, format: { type: 'string' }, help: { type: 'boolean' } },
+    options: { verify: { type: 'boolean', default: false }, format: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     allowPositionals: true,
     strict: true,
   });
@@ -350,7 +365,7 @@ async function main(argv: string[]): Promise<number> {
     return snapshotInfoCommand(rest);
   }
   if (command === 'migrate-demo') {
-    const { values } = parseArgs({ args: rest, options: { help: { type: 'boolean' }, 'no-kvm': { type: 'boolean' }, child: { type: 'boolean' } }, strict: true });
+    const { values } = parseArgs({ args: rest, options: { help: { type: 'boolean', short: 'h' }, 'no-kvm': { type: 'boolean' }, child: { type: 'boolean' } }, strict: true });
     if (values.help) {
       console.log(usage.migrateDemo);
       return 0;
@@ -363,7 +378,7 @@ async function main(argv: string[]): Promise<number> {
     return migrateDemo((line) => console.log(line), __filename, { noKvm: values['no-kvm'] === true });
   }
   if (command === 'demo') {
-    const { values } = parseArgs({ args: rest, options: { help: { type: 'boolean' }, 'no-kvm': { type: 'boolean' } }, strict: true });
+    const { values } = parseArgs({ args: rest, options: { help: { type: 'boolean', short: 'h' }, 'no-kvm': { type: 'boolean' } }, strict: true });
     if (values.help) {
       console.log(usage.demo);
       return 0;
