@@ -280,19 +280,33 @@ mod tests {
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_default()
         };
-        let new = |start: u64, end: u64| text(&|| drop(MemoryRange::new(start..end)));
+        let new = |start: u64, end: u64| {
+            text(&|| {
+                let _ = MemoryRange::new(start..end);
+            })
+        };
         assert!(bounds_detail(&new(1, 0x1000), 1, 0x1000).is_some());
         assert!(bounds_detail(&new(0, 1), 0, 1).is_some());
         assert!(bounds_detail(&new(0x2000, 0x1000), 0x2000, 0x1000).is_some());
-        let bounding = text(&|| drop(MemoryRange::bounding(0..u64::MAX)));
+        let bounding = text(&|| {
+            let _ = MemoryRange::bounding(0..u64::MAX);
+        });
         assert!(bounds_detail(&bounding, 0, u64::MAX).is_some());
-        let pages = text(&|| drop(MemoryRange::from_4k_gpn_range(0..1 << 52)));
+        let pages = text(&|| {
+            let _ = MemoryRange::from_4k_gpn_range(0..1 << 52);
+        });
         assert!(page_bounds_detail(&pages, 0, 1 << 52).is_some());
-        let split = text(&|| drop(r(0, 0x1000).split_at_offset(0x2000)));
+        let split = text(&|| {
+            let _ = r(0, 0x1000).split_at_offset(0x2000);
+        });
         assert!(split_detail(&split, r(0, 0x1000), 0x2000).is_some());
-        let shift = text(&|| drop(MemoryRange::EMPTY.alignment(0)));
+        let shift = text(&|| {
+            let _ = MemoryRange::EMPTY.alignment(0);
+        });
         assert!(alignment_detail(&shift, MemoryRange::EMPTY, 0).is_some());
-        let power = text(&|| drop(r(0, 0x2000).aligned_subrange(3)));
+        let power = text(&|| {
+            let _ = r(0, 0x2000).aligned_subrange(3);
+        });
         assert!(aligned_subrange_detail(&power, r(0, 0x2000), 3).is_some());
     }
 }
