@@ -175,6 +175,13 @@ test('sparse mappings: a range that is not page-aligned inside the reservation, 
   const past = t.throws(() => mapping.writeAt(0x3ffe, Buffer.alloc(4)));
   t.is(past.code, 'ERR_OUT_OF_BOUNDS');
   t.is(past.message, 'out of bounds: a write of 0x4 bytes at offset 0x3ffe passes the end of the 0x4000-byte reservation: keep offset + length at or below 0x4000');
+  // A fault inside the reservation keeps the core's message; detail says where and what to place.
+  mapping.alloc(0, 0x1000);
+  const unplaced = t.throws(() => mapping.readAt(0xffe, Buffer.alloc(4)), { code: 'ERR_MEMORY', message: 'failed to read memory' });
+  t.regex(unplaced.detail, /^a read of 0x4 bytes at offset 0xffe of the reservation faulted at offset 0x1000: nothing readable is placed there/);
+  mapping.mapZero(0x2000, 0x1000);
+  const zeroPages = t.throws(() => mapping.fillAt(0x2000, 1, 0x10), { code: 'ERR_MEMORY', message: 'failed to write memory' });
+  t.regex(zeroPages.detail, /^a write of 0x10 bytes at offset 0x2000 of the reservation faulted at offset 0x2000: nothing writable is placed there \(.*mapZero's read-only zero pages/);
 });
 
 test('endOfRamOrMmio of a layout without gaps says why and what to read instead', (t) => {

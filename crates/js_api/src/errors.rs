@@ -601,7 +601,7 @@ impl JsError {
     pub fn sparse_mapping(error: &sparse_mmap::SparseMappingError, access: SparseAccess) -> Self {
         match error {
             sparse_mmap::SparseMappingError::Memory(memory) => {
-                memory_error(memory, error.to_string())
+                memory_error(memory, error.to_string()).with_detail(fault_detail(memory, access))
             }
             sparse_mmap::SparseMappingError::OutOfBounds => {
                 let SparseAccess {
@@ -642,6 +642,33 @@ pub struct SparseAccess {
     pub reserved: u64,
     /// A write (or fill), not a read.
     pub is_write: bool,
+}
+
+/// Where a guarded access to a sparse mapping faulted, why that happens and what to do: the
+/// `detail` of `ERR_MEMORY` (whose message, `failed to read memory`, is the core's).
+fn fault_detail(memory: &trycopy::MemoryError, access: SparseAccess) -> String {
+    let SparseAccess {
+        offset,
+        len,
+        is_write,
+        ..
+    } = access;
+    // The fault's offset within the access is a hint (a copy may run backwards).
+    let at = offset.saturating_add(memory.offset() as u64);
+    if is_write {
+        format!(
+            "a write of {len:#x} bytes at offset {offset:#x} of the reservation faulted at offset \
+             {at:#x}: nothing writable is placed there (never placed or unmapped, mapZero's \
+             read-only zero pages, a read-only mapFile, or setWritable(..., false)); place \
+             writable memory there first (alloc, a writable mapFile, setWritable(..., true))"
+        )
+    } else {
+        format!(
+            "a read of {len:#x} bytes at offset {offset:#x} of the reservation faulted at offset \
+             {at:#x}: nothing readable is placed there (never placed or unmapped, or a mapFile \
+             view past the end of its file); place memory there first (alloc, mapZero, mapFile)"
+        )
+    }
 }
 
 /// A guarded access that faulted, with `message`.

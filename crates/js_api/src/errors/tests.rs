@@ -1385,3 +1385,40 @@ fn invalid_ram_for_x86_detail_names_the_first_ram_range() {
     assert!(invalid_ram_for_x86_detail(&small)
         .starts_with("the first RAM range 0x0-0x80000 holds 0x80000 bytes, less than 1 MiB: "));
 }
+
+#[test]
+fn a_sparse_mapping_fault_says_where_it_faulted_and_what_to_place() {
+    let mapping = half_placed();
+    let error = mapping.read_at(0xffe, &mut [0u8; 4]).unwrap_err();
+    let access = SparseAccess {
+        offset: 0xffe,
+        len: 4,
+        reserved: 0x2000,
+        is_write: false,
+    };
+    let fault = JsError::sparse_mapping(&error, access);
+    assert_eq!(fault.message, "failed to read memory");
+    let detail = fault.fields.detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.starts_with(
+            "a read of 0x4 bytes at offset 0xffe of the reservation faulted at offset 0x1000: \
+             nothing readable is placed there"
+        ),
+        "{detail}"
+    );
+    let error = mapping.write_at(0x1000, &[1u8]).unwrap_err();
+    let access = SparseAccess {
+        offset: 0x1000,
+        len: 1,
+        reserved: 0x2000,
+        is_write: true,
+    };
+    let detail = JsError::sparse_mapping(&error, access)
+        .fields
+        .detail
+        .unwrap_or_default();
+    assert!(
+        detail.contains("nothing writable is placed there"),
+        "{detail}"
+    );
+}
