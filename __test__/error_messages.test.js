@@ -184,6 +184,20 @@ test('sparse mappings: a range that is not page-aligned inside the reservation, 
   t.regex(zeroPages.detail, /^a write of 0x10 bytes at offset 0x2000 of the reservation faulted at offset 0x2000: nothing writable is placed there \(.*mapZero's read-only zero pages/);
 });
 
+test('the internal wrap() factories refuse a forged object with a coded error (they made objects that failed later with uncoded TypeErrors)', (t) => {
+  for (const [Class, source] of [
+    [mb.Mappable, /Mappable\.allocSharedMemory/],
+    [mb.GuestMemory, /GuestMemory\.allocate/],
+    [mb.LockedPages, /lockGpns/],
+    [mb.Vcpu, /createVcpu/],
+  ]) {
+    for (const forged of [{}, null, mb.Mappable.allocSharedMemory(4096, 'x')]) {
+      const error = t.throws(() => Class.wrap(forged), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE' });
+      t.regex(error.message, source);
+    }
+  }
+});
+
 test('endOfRamOrMmio of a layout without gaps says why and what to read instead', (t) => {
   const error = t.throws(() => MemoryLayout.new(GiB, []).endOfRamOrMmio, { code: 'ERR_INVALID_ARG_VALUE', message: 'mmio set' });
   t.regex(error.detail, /RAM ends at 0x40000000\): read endOfRam, or add a gap$/);

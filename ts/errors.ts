@@ -315,6 +315,14 @@ export function invalidArgType(message: string): TypeError & { code: 'ERR_INVALI
 }
 
 /**
+ * The error of an internal factory (`Mappable.wrap`, …) called with something other than the
+ * binding object it wraps: such objects come from `source`.
+ */
+export function internalOnly(what: string, source: string): TypeError & { code: 'ERR_INVALID_ARG_TYPE' } {
+  return invalidArgType(`${what}() is internal to membacking and takes only its own binding objects: get one from ${source}`);
+}
+
+/**
  * A `RangeError` with `code` `ERR_INVALID_ARG_VALUE` (bad value, or a Rust panic's text), with
  * `detail` when given (the explanation beside a panic text the contract fixes).
  */

@@ -7,7 +7,7 @@
  * can only happen inside the Rust core's guarded routines, which turn it into an error.
  */
 import { storeCause } from './causes';
-import { call, fromNative, GuestMemoryErrorKind, invalidArgType, invalidArgValue, settle } from './errors';
+import { call, fromNative, GuestMemoryErrorKind, internalOnly, invalidArgType, invalidArgValue, settle } from './errors';
 import type { HandlerStatus } from './generated/enums';
 import { constants as bufferConstants } from 'node:buffer';
 import { isMainThread } from 'node:worker_threads';
@@ -181,6 +181,7 @@ export class Mappable {
 
   /** @internal */
   static wrap(handle: NativeMappable): Mappable {
+    if (!(handle instanceof native.NativeMappable)) throw internalOnly('Mappable.wrap', 'Mappable.allocSharedMemory or Mappable.fromFd');
     return new Mappable(mappableToken, handle);
   }
 
@@ -513,6 +514,7 @@ export class LockedPages {
 
   /** @internal */
   static wrap(handle: NativeLockedPages): LockedPages {
+    if (!(handle instanceof native.NativeLockedPages)) throw internalOnly('LockedPages.wrap', 'GuestMemory#lockGpns');
     return new LockedPages(handle);
   }
 
@@ -686,6 +688,7 @@ export class GuestMemory {
 
   /** @internal */
   static wrap(handle: NativeGuestMemory): GuestMemory {
+    if (!(handle instanceof native.NativeGuestMemory)) throw internalOnly('GuestMemory.wrap', 'GuestMemory.allocate, GuestMemory.fromSparseMapping or a client\'s guestMemory()');
     return new GuestMemory(guestAdopt, handle);
   }
 

@@ -3,7 +3,7 @@
  * map/unmap/prefetch/pin call for scripting and tests, and `KvmPartition`, a real KVM virtual
  * machine with a minimal vCPU runner (`Vcpu`) that executes guest code off the JavaScript thread.
  */
-import { call, invalidArgType, invalidArgValue, settle } from './errors';
+import { call, internalOnly, invalidArgType, invalidArgValue, settle } from './errors';
 import { VcpuMode, type CancelReason, type RecordedOp, type SlotOp, type VcpuExitKind } from './generated/enums';
 import { native } from './native';
 import { withViews, inspectObject } from './json_view';
@@ -149,6 +149,7 @@ export class Vcpu {
 
   /** @internal */
   static wrap(handle: NativeVcpu): Vcpu {
+    if (!(handle instanceof native.NativeVcpu)) throw internalOnly('Vcpu.wrap', 'KvmPartition#createVcpu');
     return new Vcpu(token, handle);
   }
 
