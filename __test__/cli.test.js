@@ -74,6 +74,13 @@ test('layout --x86-legacy shows the regions guest memory with x86 legacy support
   const file = tempFile('legacy.json', json.stdout);
   t.is(run('layout', '--input', file, '--x86-legacy', '--format', 'json').stdout, json.stdout);
   t.is(run('layout', '--input', file, '--format', 'json').stdout, run(...args.slice(0, -1), '--format', 'json').stdout);
+  // plan and prefetch read the same file (they refused the regions as an unknown key).
+  const plan = run('plan', '--input', file, '--x86-legacy', '--format', 'json');
+  t.is(plan.status, 0, plan.stderr);
+  const view = JSON.parse(plan.stdout).initialFlatView;
+  t.deepEqual(view.filter((entry) => entry.region).map((entry) => entry.range.start), regions.map((region) => `0x${region.range.start.toString(16)}`));
+  const prefetch = run('prefetch', '--input', file, '--no-kvm');
+  t.is(prefetch.status, 0, prefetch.stderr);
   // SVG: a band per region.
   const svg = run(...args, '--format', 'svg');
   t.is(svg.status, 0, svg.stderr);

@@ -35,6 +35,12 @@ export function withContext(error: unknown, context: string, after = ''): Error 
 /** The keys of the short form of an input file. */
 const SHORT_FORM_KEYS = ['ramSize', 'ram', 'gaps', 'vtl2Range'];
 
+/**
+ * Keys the CLI's own JSON output adds that are derived from the layout (`layout --x86-legacy
+ * --format json` lists the x86 RAM regions): every command that reads a layout ignores them.
+ */
+const DERIVED_KEYS = ['x86LegacyRam'];
+
 /** The layout flags as `parseArgs` returns them. */
 export interface LayoutFlags {
   ram?: string | undefined;
@@ -115,12 +121,13 @@ export function layoutFromFile(file: string, extraKeys: readonly string[] = []):
 
 /** The layout an input object describes (`where` names it in errors). */
 export function layoutFromInput(input: Record<string, unknown>, where: string, extraKeys: readonly string[] = []): MemoryLayout {
-  const own = Object.fromEntries(Object.entries(input).filter(([key]) => !extraKeys.includes(key)));
+  const ignored = [...extraKeys, ...DERIVED_KEYS];
+  const own = Object.fromEntries(Object.entries(input).filter(([key]) => !ignored.includes(key)));
   if ('mmio' in own) {
     // The form `layout --format json` prints.
     return named(where, () => MemoryLayout.fromJSON(own));
   }
-  const accepted = [...SHORT_FORM_KEYS, ...extraKeys];
+  const accepted = [...SHORT_FORM_KEYS, ...ignored];
   const unknown = Object.keys(own).find((key) => !SHORT_FORM_KEYS.includes(key));
   if (unknown !== undefined) {
     throw new UsageError(

@@ -314,8 +314,9 @@ function layoutCommand(args: string[]): void {
     return;
   }
   const format = formatFlag(values.format, ['table', 'json', 'e820', 'svg']);
-  // The regions --x86-legacy adds to the JSON are derived: reading that JSON back ignores them.
-  const layout = layoutFromFlags(values, ['x86LegacyRam']);
+  // The regions --x86-legacy adds to the JSON are derived: reading that JSON back (with any
+  // command) ignores them.
+  const layout = layoutFromFlags(values);
   const legacy = values['x86-legacy'] === true;
   const rows = legacy ? x86LegacyRows(layout) : layoutRows(layout);
   let text: string;
