@@ -199,6 +199,7 @@ const CASES = {
     provoke: () => withManager((manager) => manager.ramVisibilityControl().setRamVisibility(range(GAP.start, GAP.start + P), RamVisibility.ReadOnly)),
     code: 'ERR_INVALID_RAM_REGION',
     message: '0xc0000000-0xc0001000 is not a controllable RAM range',
+    detail: /^setRamVisibility \(and a ramVisibility change of plan\/apply\) takes exactly one of the manager's RAM regions, as manager\.ramRegions\(\) lists them .*decommitRam takes a non-empty range that lies wholly in guest RAM: give such a range$/,
   },
   'overlapping device windows': {
     provoke: () =>

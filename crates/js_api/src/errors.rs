@@ -1214,6 +1214,13 @@ impl ToJsError for membacking::OverlapError {
     }
 }
 
+/// What `ERR_INVALID_RAM_REGION` (whose message is the original's) asks for: the `detail`.
+pub const INVALID_RAM_REGION_DETAIL: &str = "setRamVisibility (and a ramVisibility change of \
+     plan/apply) takes exactly one of the manager's RAM regions, as manager.ramRegions() lists \
+     them (with x86 legacy support the VGA window, each PAM piece and the system BIOS are regions \
+     of their own); decommitRam takes a non-empty range that lies wholly in guest RAM: give such \
+     a range";
+
 impl ToJsError for membacking::InvalidRamRegion {
     fn to_js_error(&self) -> JsError {
         row(
@@ -1221,6 +1228,7 @@ impl ToJsError for membacking::InvalidRamRegion {
             ErrorCode::InvalidRamRegion,
             self,
         )
+        .with_detail(INVALID_RAM_REGION_DETAIL)
     }
 }
 

@@ -1422,3 +1422,13 @@ fn a_sparse_mapping_fault_says_where_it_faulted_and_what_to_place() {
         "{detail}"
     );
 }
+
+#[test]
+fn an_invalid_ram_region_says_which_ranges_the_calls_take() {
+    let error = membacking::InvalidRamRegion(MemoryRange::new(0..0x1000)).to_js_error();
+    assert_eq!(error.message, "0x0-0x1000 is not a controllable RAM range");
+    assert_eq!(
+        error.fields.detail.as_deref(),
+        Some(INVALID_RAM_REGION_DETAIL)
+    );
+}
