@@ -147,6 +147,37 @@ test('apply: argument errors name the change; attachPartition cannot be batched'
   await t.throwsAsync(manager.apply([]), { code: 'ERR_MANAGER_GONE' });
 });
 
+test('apply and plan: a change refused before the manager sees it (argument, closed window or object) carries its changeIndex too', async (t) => {
+  const { manager, partition, control, region } = await setup();
+  const first = { kind: 'ramVisibility', range: PAM[0], visibility: 'ReadOnly' };
+  const closed = manager.deviceMemoryMapper().newRegion(64n * KiB, 'closed');
+  await closed.control.close();
+  const gone = mb.Mappable.allocSharedMemory(64n * KiB, 'gone');
+  gone.close();
+  const cases = [
+    [[first, null], 1, TypeError, /changes\[1\] must be a PlanChange/],
+    [[first, first, { kind: 'deviceMapToGuest', window: control, gpa: 'x', writable: true }], 2, TypeError, /changes\[2\]\.gpa/],
+    [[first, { kind: 'teleport' }], 1, RangeError, /changes\[1\]\.kind/],
+    [[first, { kind: 'ramVisibility', range: PAM[1], visibilty: 'Unmapped' }], 1, RangeError, /visibilty/],
+    [[first, { kind: 'attachPartition', vtl: Vtl.Vtl0, partition: new mb.RecordingPartition() }], 1, RangeError, /changes\[1\] attaches a partition/],
+    [[first, { kind: 'deviceMapToGuest', window: closed.control, gpa: MMIO, writable: true }], 1, mb.MembackingError, /^DeviceMemoryControl is closed$/],
+    [[first, { kind: 'deviceMap', region, offset: 64n * KiB, object: gone, fileOffset: 0, len: 64n * KiB, writable: true }], 1, mb.MembackingError, /^Mappable is closed$/],
+  ];
+  const before = await manager.inspect();
+  for (const [changes, index, type, message] of cases) {
+    for (const run of [(c) => manager.apply(c), (c) => manager.plan(c)]) {
+      const error = await t.throwsAsync(run(changes), { instanceOf: type, message });
+      t.is(error.changeIndex, index, error.message);
+      // A message that does not name the change has it in `detail`, as the manager's refusals do.
+      if (!error.message.includes(`changes[${index}]`)) t.is(error.detail, `changes[${index}] (nothing in the batch was applied)`);
+    }
+  }
+  t.deepEqual(partition.log(), []);
+  t.deepEqual(await manager.inspect(), before, 'nothing of any batch was applied');
+  await closed.region.close();
+  await manager.close();
+});
+
 kvmTest('KVM: a batch names the slots it deletes and creates, and the slot table follows them', async (t) => {
   const kvm = await mb.KvmPartition.create();
   const { manager, control } = await setup(kvm);

@@ -183,53 +183,78 @@ function nativeBatch(changes: unknown, resolve: PlanResolvers): NativeBatch {
   if (!Array.isArray(changes)) throw invalidArgType(`changes must be an array of PlanChange objects, got ${describeType(changes)}`);
   const batch = new native.NativeBatch();
   changes.forEach((change: unknown, index: number) => {
-    const name = `changes[${index}]`;
-    if (typeof change !== 'object' || change === null) throw invalidArgType(`${name} must be a PlanChange object, got ${describeType(change)}`);
-    checkChangeKeys(change, name);
-    const c = change as PlanChange;
-    switch (c.kind) {
-      case 'ramVisibility': {
-        const r = toRange(c.range, `${name}.range`);
-        const v = toVisibility(c.visibility, `${name}.visibility`);
-        call(() => batch.ramVisibility(index, BigUint64Array.from([r.start, r.end]), v));
-        break;
-      }
-      case 'deviceMapToGuest': {
-        const w = resolve.window(c.window, `${name}.window`);
-        const gpa = toU64(c.gpa, `${name}.gpa`);
-        const writable = toWritable(c.writable, name);
-        call(() => batch.deviceMapToGuest(w, gpa, writable));
-        break;
-      }
-      case 'deviceUnmapFromGuest':
-        call(() => batch.deviceUnmapFromGuest(resolve.window(c.window, `${name}.window`)));
-        break;
-      case 'deviceMap': {
-        const r = resolve.region(c.region, `${name}.region`);
-        const offset = toU64(c.offset, `${name}.offset`);
-        const object = resolve.mappable(c.object, `${name}.object`);
-        const fileOffset = toU64(c.fileOffset, `${name}.fileOffset`);
-        const len = toU64(c.len, `${name}.len`);
-        const writable = toWritable(c.writable, name);
-        call(() => batch.deviceMap(index, r, offset, object, fileOffset, len, writable));
-        break;
-      }
-      case 'deviceUnmap': {
-        const r = resolve.region(c.region, `${name}.region`);
-        const offset = toU64(c.offset, `${name}.offset`);
-        const len = toU64(c.len, `${name}.len`);
-        call(() => batch.deviceUnmap(index, r, offset, len));
-        break;
-      }
-      case 'attachPartition':
-        throw invalidArgValue(
-          `${name} attaches a partition, which a batch cannot do: a refused attach discards only the new partition, so the batch could not stay all or nothing; call manager.attachPartition() on its own`,
-        );
-      default:
-        throw unknownKind(change, name);
+    try {
+      addChange(batch, change, index, resolve);
+    } catch (error) {
+      throw changeError(error, index);
     }
   });
   return batch;
+}
+
+/**
+ * The error of change `index` of a batch refused before the manager saw it (a bad argument, a
+ * closed window or object) marked as the manager marks the changes it refuses: the index in
+ * `changeIndex`, and the change named in `detail` where the message does not name it.
+ */
+function changeError(error: unknown, index: number): unknown {
+  if (!(error instanceof Error) || (error as { changeIndex?: unknown }).changeIndex !== undefined) return error;
+  const fields: { changeIndex: number; detail?: string } = { changeIndex: index };
+  if (!error.message.includes(`changes[${index}]`)) {
+    const context = `changes[${index}] (nothing in the batch was applied)`;
+    const detail = (error as { detail?: unknown }).detail;
+    fields.detail = typeof detail === 'string' ? `${context}; ${detail}` : context;
+  }
+  return Object.assign(error, fields);
+}
+
+/** Checks change `index` of a batch and adds it to `batch`. */
+function addChange(batch: NativeBatch, change: unknown, index: number, resolve: PlanResolvers): void {
+  const name = `changes[${index}]`;
+  if (typeof change !== 'object' || change === null) throw invalidArgType(`${name} must be a PlanChange object, got ${describeType(change)}`);
+  checkChangeKeys(change, name);
+  const c = change as PlanChange;
+  switch (c.kind) {
+    case 'ramVisibility': {
+      const r = toRange(c.range, `${name}.range`);
+      const v = toVisibility(c.visibility, `${name}.visibility`);
+      call(() => batch.ramVisibility(index, BigUint64Array.from([r.start, r.end]), v));
+      break;
+    }
+    case 'deviceMapToGuest': {
+      const w = resolve.window(c.window, `${name}.window`);
+      const gpa = toU64(c.gpa, `${name}.gpa`);
+      const writable = toWritable(c.writable, name);
+      call(() => batch.deviceMapToGuest(w, gpa, writable));
+      break;
+    }
+    case 'deviceUnmapFromGuest':
+      call(() => batch.deviceUnmapFromGuest(resolve.window(c.window, `${name}.window`)));
+      break;
+    case 'deviceMap': {
+      const r = resolve.region(c.region, `${name}.region`);
+      const offset = toU64(c.offset, `${name}.offset`);
+      const object = resolve.mappable(c.object, `${name}.object`);
+      const fileOffset = toU64(c.fileOffset, `${name}.fileOffset`);
+      const len = toU64(c.len, `${name}.len`);
+      const writable = toWritable(c.writable, name);
+      call(() => batch.deviceMap(index, r, offset, object, fileOffset, len, writable));
+      break;
+    }
+    case 'deviceUnmap': {
+      const r = resolve.region(c.region, `${name}.region`);
+      const offset = toU64(c.offset, `${name}.offset`);
+      const len = toU64(c.len, `${name}.len`);
+      call(() => batch.deviceUnmap(index, r, offset, len));
+      break;
+    }
+    case 'attachPartition':
+      throw invalidArgValue(
+        `${name} attaches a partition, which a batch cannot do: a refused attach discards only the new partition, so the batch could not stay all or nothing; call manager.attachPartition() on its own`,
+      );
+    default:
+      throw unknownKind(change, name);
+  }
 }
 
 /** @internal `manager.apply(changes)`: one native request for the whole batch. */
