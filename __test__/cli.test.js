@@ -181,6 +181,15 @@ const unprivileged = unprivilegedUnavailable();
     t.is(refused.status, 2);
     t.regex(refused.stderr, /^membacking: --out .*new\.txt: cannot write it \(EACCES[^\n]*\)\n$/);
     t.deepEqual(fs.readdirSync(dir), ['map.txt']);
+    // A write in place that fails part-way (the file size limit, ulimit -f 1: 512 bytes or more,
+    // and the SVG is larger) puts the previous contents back and says so.
+    fs.writeFileSync(out, 'the previous map');
+    const quoted = [process.execPath, ...args.slice(0, -1), '--format', 'svg', '--out', out].map((arg) => `'${arg.replace(/'/g, "'\\''")}'`).join(' ');
+    const limited = spawnSync('/bin/sh', ['-c', `ulimit -f 1 && exec ${quoted}`], { encoding: 'utf8', uid: NOBODY, gid: NOBODY });
+    t.is(limited.status, 2, limited.stderr);
+    t.regex(limited.stderr, /^membacking: --out .*map\.txt: cannot write it \(EFBIG[^\n]*; it was written in place, as no temporary file can be created in its directory, and its previous contents were put back\)\n$/);
+    t.is(fs.readFileSync(out, 'utf8'), 'the previous map');
+    t.deepEqual(fs.readdirSync(dir), ['map.txt']);
   },
 );
 

@@ -7,7 +7,7 @@
  * line to stderr and exits with code 2; other failures exit with 1.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, fchmodSync, fstatSync, fsyncSync, openSync, realpathSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fchmodSync, fstatSync, fsyncSync, openSync, readFileSync, realpathSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runDemo } from './demo';
@@ -131,7 +131,7 @@ function emit(text: string, out: string | undefined): void {
  * over `file` once complete (and removed on failure). An existing file keeps its mode, and a
  * symbolic link the file it points to. Something other than a regular file (a terminal, a pipe,
  * `/dev/null`), or an existing file in a directory where no file can be created, is written
- * directly.
+ * directly (such a file's previous contents are put back when the write fails).
  */
 function replaceFile(file: string, data: string): void {
   let target = file;
@@ -156,7 +156,7 @@ function replaceFile(file: string, data: string): void {
     // file we may write: write that one in place, as without a temporary file.
     const code = (error as NodeJS.ErrnoException).code;
     if (mode === undefined || !['EACCES', 'EPERM', 'EROFS'].includes(code ?? '')) throw aboutTarget(error, temporary, target);
-    writeFileSync(target, data);
+    writeInPlace(target, data);
     return;
   }
   try {
@@ -188,6 +188,38 @@ function aboutTarget(error: unknown, temporary: string, target: string): unknown
   const syscall = error.message.indexOf(', ');
   error.message = syscall > 0 ? error.message.slice(0, syscall) : error.message.split(temporary).join(target);
   return error;
+}
+
+/**
+ * Writes `data` over the regular file `file` itself (no file can be created beside it). A write
+ * failing part-way has truncated the file, so its previous contents are put back (they fitted
+ * before); the error says whether that worked.
+ */
+function writeInPlace(file: string, data: string): void {
+  let previous: Buffer | null;
+  try {
+    previous = readFileSync(file);
+  } catch {
+    previous = null; // write-only: it cannot be kept
+  }
+  try {
+    writeFileSync(file, data);
+  } catch (error) {
+    let putBack = false;
+    if (previous !== null) {
+      try {
+        writeFileSync(file, previous);
+        putBack = true;
+      } catch {
+        // Reported below.
+      }
+    }
+    const what = putBack
+      ? 'its previous contents were put back'
+      : 'it now holds part of the output: its previous contents could not be put back';
+    (error as Error).message += `; it was written in place, as no temporary file can be created in its directory, and ${what}`;
+    throw error;
+  }
 }
 
 /** Whether descriptor `fd` is open and a socket. */
