@@ -107,6 +107,29 @@ test('a window straddling RAM fails OverlapError naming the device and ram; the 
   await manager.close();
 });
 
+test('a refused placement removes the earlier one, as in the original, and its detail says the window is unplaced', async (t) => {
+  const { manager, partition } = await attached(L1(), { x86: true });
+  const { control } = manager.deviceMemoryMapper().newRegion(0x2000, 'moved');
+  for (const [gpa, code] of [
+    [0xd000_0001, 'ERR_INVALID_INPUT'],
+    [0xffff_ffff_ffff_f000n, 'ERR_INVALID_INPUT'],
+    [0x9_f000, 'ERR_OVERLAP_ERROR'],
+  ]) {
+    await control.mapToGuest(0xd000_0000, true);
+    partition.clearLog();
+    const error = await t.throwsAsync(control.mapToGuest(gpa, true), { code });
+    t.regex(error.detail, /the window is not placed now: its earlier placement \(if any\) is removed .*place it again/);
+    t.deepEqual(partition.log(), [unmap(0xd000_0000, 0x2000)], 'the earlier placement went');
+    t.deepEqual(await deviceRegions(manager), []);
+  }
+  // An argument error is thrown before anything is done: the placement stays, no such detail.
+  await control.mapToGuest(0xd000_0000, true);
+  const refused = await t.throwsAsync(control.mapToGuest(-1, true), { code: 'ERR_INVALID_ARG_TYPE' });
+  t.is(refused.detail, undefined);
+  t.is((await deviceRegions(manager)).length, 1);
+  await manager.close();
+});
+
 test('identical windows in MMIO space: the first created is active; removing it activates the second', async (t) => {
   const { manager, partition } = await attached(L1());
   const memory = await manager.client().guestMemory();

@@ -210,6 +210,7 @@ const CASES = {
       }),
     code: 'ERR_OVERLAP_ERROR',
     message: 'memory region b overlaps with existing region a',
+    detail: /^the window is not placed now: .*place it again/,
   },
 };
 

@@ -65,6 +65,18 @@ export function toVisibility(value: unknown, name: string): RamVisibility {
   return value as RamVisibility;
 }
 
+/** The codes of a placement the manager refused after removing the window's earlier one. */
+const REFUSED_PLACEMENT = new Set(['ERR_INVALID_INPUT', 'ERR_OVERLAP_ERROR', 'ERR_REGION_OUT_OF_RANGE', 'ERR_REGION_OVERLAPS_PRIVATE_RAM']);
+
+/** `error` of a refused `mapToGuest`, its `detail` saying that the window is now unplaced. */
+function leftUnplaced(error: unknown): unknown {
+  if (!(error instanceof Error) || !REFUSED_PLACEMENT.has((error as { code?: unknown }).code as string)) return error;
+  const note =
+    'the window is not placed now: its earlier placement (if any) is removed before a new one is made, as in the original, so a refused placement leaves none; place it again (a deviceMapToGuest change of manager.apply() changes nothing when refused)';
+  const detail = (error as { detail?: unknown }).detail;
+  return Object.assign(error, { detail: typeof detail === 'string' ? `${detail}; ${note}` : note });
+}
+
 function toBool(value: unknown, name: string): boolean {
   if (typeof value !== 'boolean') throw invalidArgType(`${name} must be a boolean, got ${describeType(value)}`);
   return value;
@@ -674,11 +686,20 @@ export class DeviceMemoryControl {
   get len(): bigint {
     return call(() => this.#native.len);
   }
-  /** Place the window at [gpa, gpa+len) (bytes), replacing any earlier placement. */
+  /**
+   * Place the window at [gpa, gpa+len) (bytes), replacing any earlier placement. As in the
+   * original, the earlier placement is removed first: a placement the manager refuses (an invalid
+   * range, an overlap) leaves the window unplaced, and its error's `detail` says so. A
+   * `deviceMapToGuest` change of `manager.apply` changes nothing when refused.
+   */
   async mapToGuest(gpa: U64, writable: boolean): Promise<void> {
     const g = toU64(gpa, 'gpa');
     const w = toBool(writable, 'writable');
-    await settle(call(() => this.#native.mapToGuest(g, w)));
+    try {
+      await settle(call(() => this.#native.mapToGuest(g, w)));
+    } catch (error) {
+      throw leftUnplaced(error);
+    }
   }
   /** Remove the placement; recorded mappings are kept. */
   async unmapFromGuest(): Promise<void> {
