@@ -492,7 +492,9 @@ export class GuestMemoryManager {
     return this.#restored?.lazy ?? null;
   }
   /**
-   * Full teardown; derived objects then throw ERR_MANAGER_GONE. A lazy restore still running is
+   * Full teardown; derived objects then throw ERR_MANAGER_GONE. Guest RAM is released; the
+   * guest's VA window (address space only) stays reserved until every `GuestMemory` of the
+   * manager (and subrange of one) is closed or collected. A lazy restore still running is
    * stopped once guest memory accessors have been cut off (an access racing the close gets the
    * snapshot's data or fails, never zeros); its threads, userfaultfd and snapshot files are
    * released before this resolves, and `lazyRestore.done` rejects with ERR_MANAGER_GONE.
