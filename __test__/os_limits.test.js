@@ -75,6 +75,22 @@ rootTest(pidsUnavailable, 'out of threads, snapshots work on the threads they ha
   t.is(report.afterwards, 'ok');
 });
 
+test('a snapshot with no file descriptor left is EMFILE and leaves no temporary directory beside the target', (t) => {
+  // The child takes every descriptor its limit allows, so the temporary directory is created
+  // (mkdir needs none) but nothing in it can be opened, nor the directory itself to list it.
+  const dir = tempDir(t);
+  const child = spawnSync('/bin/sh', ['-c', 'ulimit -n 256 && exec "$0" "$1" "$2"', process.execPath, path.join(__dirname, 'fixtures', 'os_limits', 'fd_limit_child.js'), dir], {
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
+  t.is(child.status, 0, child.stderr);
+  const report = JSON.parse(child.stdout.trim().split('\n').pop());
+  t.is(report.fresh, 'EMFILE');
+  t.is(report.replace, 'EMFILE');
+  t.deepEqual(report.listing, ['kept']);
+  t.is(report.kept, 'ok');
+});
+
 rootTest(tmpfsUnavailable, 'a snapshot on a full file system is ENOSPC, keeps the previous snapshot and leaves nothing behind', async (t) => {
   const dir = tmpfs(t, '12m');
   const { manager, memory } = await filledManager(4n * MiB);

@@ -259,6 +259,24 @@ pub(crate) fn create_temp(target: &Target) -> Result<PathBuf, SnapshotError> {
     Ok(temp)
 }
 
+/// Removes a snapshot directory this module made or replaced (a temporary directory, or the
+/// old snapshot after a replacement): its files by name first, then the directory itself.
+/// Unlinking by name needs no file descriptor, so a process at its descriptor limit (`EMFILE`,
+/// which may be why the snapshot failed) still leaves nothing behind; `remove_dir_all`, which
+/// must open the directory to list it, is the fallback for anything else found there.
+pub(crate) fn remove_snapshot_dir(dir: &Path) {
+    for name in [
+        format::MEMORY_FILE,
+        format::INDEX_FILE,
+        format::MANIFEST_FILE,
+    ] {
+        let _ = fs::remove_file(dir.join(name));
+    }
+    if fs::remove_dir(dir).is_err() {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
 /// Where the directory `dir`, created as `created`, is now (it moves with its parent
 /// directory): the path the kernel gives for the open descriptor, if it still has the name it
 /// was created with. `None` when it cannot tell or the directory was removed or renamed.
@@ -326,7 +344,7 @@ pub(crate) fn publish(
             Ok(()) => {
                 sync_parent(&mut warning);
                 // `temp` now holds the old snapshot.
-                let _ = fs::remove_dir_all(temp);
+                remove_snapshot_dir(temp);
                 return Ok(warning);
             }
             Err(error) if unsupported(&error) => {}
@@ -338,7 +356,7 @@ pub(crate) fn publish(
     sync_parent(&mut warning);
     rename(temp, &target.path, RenameMode::NoReplace)?;
     sync_parent(&mut warning);
-    let _ = fs::remove_dir_all(&old);
+    remove_snapshot_dir(&old);
     Ok(warning)
 }
 

@@ -524,7 +524,7 @@ fn write_snapshot(
                 .ok()
                 .and_then(|handle| publish::current_path(&handle, &temp))
                 .unwrap_or(temp);
-            let _ = std::fs::remove_dir_all(&current);
+            publish::remove_snapshot_dir(&current);
             Err(error)
         }
     }
