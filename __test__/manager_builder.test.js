@@ -173,7 +173,11 @@ test('the builder is consumed by build: a second build or a setter throws ERR_CL
   await manager.close();
   const failing = new GuestMemoryBuilder().transparentHugepages(true);
   await buildFails(t, failing.build(L1()), 'ERR_THP_WITHOUT_PRIVATE_MEMORY');
-  t.is((await t.throwsAsync(failing.build(L1()))).code, 'ERR_CLOSED');
+  const spent = await t.throwsAsync(failing.build(L1()));
+  t.is(spent.code, 'ERR_CLOSED');
+  // The user never called close(): the detail says what consumed the builder and what to do.
+  t.regex(spent.detail, /^build\(\) consumed this builder, also when the build failed .*make a new GuestMemoryBuilder/);
+  t.is(t.throws(() => failing.transparentHugepages(false)).detail, spent.detail);
 });
 
 test('setters are chainable and the last call wins', async (t) => {

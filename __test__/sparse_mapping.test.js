@@ -453,6 +453,11 @@ test('bad input: every SparseMapping entry point checks its arguments', (t) => {
     t.throws(() => mapping.mapFile(0, P, notMappable, 0, true), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE' });
   }
   t.throws(() => mapping.mapFile(0, P, memfd, 0, 'yes'), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE' });
+  // mmap refuses a file offset that is not page-aligned: the detail says it is fileOffset.
+  const unaligned = t.throws(() => mapping.mapFile(0, P, memfd, 1, true), { instanceOf: OsError, code: 'EINVAL' });
+  t.regex(unaligned.detail, /^fileOffset 0x1 is not a multiple of the page size \(0x1000 bytes\).*pass a page-aligned fileOffset$/);
+  const buf = Buffer.alloc(4);
+  mapping.readAt(0, buf); // the refused mapFile left the private memory there
   checkU64(t, 'setName offset', (v) => mapping.setName(v, P, 'n'));
   checkU64(t, 'setName len', (v) => mapping.setName(0, v, 'n'));
   for (const name of [1, null, undefined, {}]) {
@@ -493,7 +498,9 @@ test('bad input: Mappable entry points', (t) => {
     t.throws(() => Mappable.allocSharedMemory(P, name), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE' });
   }
   t.throws(() => Mappable.allocSharedMemory(P, 'bad\0name'), { instanceOf: RangeError, code: 'ERR_INVALID_INPUT' });
-  t.throws(() => Mappable.allocSharedMemory(P, 'n'.repeat(300)), { instanceOf: OsError, code: 'EINVAL' });
+  const tooLong = t.throws(() => Mappable.allocSharedMemory(P, 'n'.repeat(300)), { instanceOf: OsError, code: 'EINVAL' });
+  t.regex(tooLong.detail, /^the name \("n{24}"…\) is 300 bytes long, and a shared memory object's name is at most 249 bytes .*use a shorter name$/);
+  Mappable.allocSharedMemory(P, 'n'.repeat(249)).close();
   // Sizing the object is ftruncate's failure, named with the size (it was labelled memfd_create).
   const tooLarge = t.throws(() => Mappable.allocSharedMemory(2n ** 63n, 'n'), { instanceOf: OsError, code: 'EFBIG' });
   t.is(tooLarge.syscall, 'ftruncate');

@@ -160,9 +160,11 @@ impl NativeSparseMapping {
         writable: bool,
     ) -> napi::Result<()> {
         let fd = mappable.fd()?;
-        self.change(offset, len, "mmap", |mapping, offset, len| {
-            mapping.map_file(offset, len, fd, file_offset.0, writable)
-        })
+        let mapping = self.mapping()?;
+        let (offset, len) = (host_size(offset, "offset")?, host_size(len, "len")?);
+        mapping
+            .map_file(offset, len, fd, file_offset.0, writable)
+            .map_err(|error| throw(js_api::errors::sparse_map_file(&error, file_offset.0)))
     }
 
     /// Returns the range to the reserved (inaccessible) state.
@@ -291,7 +293,7 @@ impl NativeMappable {
     #[napi(factory)]
     pub fn alloc_shared_memory(env: Env, size: U64, name: String) -> napi::Result<Self> {
         let fd = sparse_mmap::alloc_shared_memory_steps(host_size(size, "size")?, &name)
-            .map_err(|error| throw(js_api::errors::alloc_shared_memory(&error)))?;
+            .map_err(|error| throw(js_api::errors::alloc_shared_memory(&error, &name)))?;
         Ok(Self::owned(&env, fd))
     }
 

@@ -136,7 +136,11 @@ export class GuestMemoryBuilder {
 
   /** Throws ERR_CLOSED once build() has consumed this builder (its options are spent). */
   #checkOpen(): void {
-    if (this.#consumed) throw closedError('GuestMemoryBuilder');
+    if (this.#consumed) {
+      throw Object.assign(closedError('GuestMemoryBuilder'), {
+        detail: 'build() consumed this builder, also when the build failed (its options are spent): make a new GuestMemoryBuilder for another manager or another attempt',
+      });
+    }
   }
 
   /** Reuse another manager's RAM object instead of allocating. */

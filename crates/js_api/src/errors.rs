@@ -1095,11 +1095,53 @@ pub fn sparse_mapping_reserve(error: &io::Error, len: usize) -> JsError {
     }
 }
 
-/// The error of `Mappable.allocSharedMemory`: the OS error of the step that failed, named by
-/// its system call. A failed `ftruncate` names the size in its message, and when the size is
-/// too large (EFBIG) the detail says why and what to do.
-pub fn alloc_shared_memory(error: &sparse_mmap::AllocSharedMemoryError) -> JsError {
+/// The error of `SparseMapping#mapFile(offset, len, mappable, fileOffset, writable)` (`mmap`):
+/// a file offset that `mmap` refuses with EINVAL because it is not a multiple of the page size
+/// or beyond the largest file offset is explained in the detail.
+pub fn sparse_map_file(error: &std::io::Error, file_offset: u64) -> JsError {
+    let js_error = JsError::os(error, "mmap");
+    let page = sparse_mmap::SparseMapping::page_size() as u64;
+    if error.raw_os_error() != Some(libc::EINVAL) {
+        return js_error;
+    }
+    if file_offset > i64::MAX as u64 {
+        return js_error.with_detail(format!(
+            "fileOffset {file_offset:#x} is beyond the largest file offset ({:#x}): pass an \
+             offset inside the object",
+            i64::MAX
+        ));
+    }
+    if !file_offset.is_multiple_of(page) {
+        return js_error.with_detail(format!(
+            "fileOffset {file_offset:#x} is not a multiple of the page size ({page:#x} bytes), \
+             and a file is mapped from page boundaries only: pass a page-aligned fileOffset"
+        ));
+    }
+    js_error
+}
+
+/// The longest name `memfd_create` takes, in bytes: `NAME_MAX` less the `memfd:` prefix the
+/// kernel gives it.
+pub const MEMFD_NAME_MAX: usize = 249;
+
+/// The error of `Mappable.allocSharedMemory(size, name)`: the OS error of the step that failed,
+/// named by its system call. A name the kernel refuses as too long (EINVAL) is explained in the
+/// detail; a failed `ftruncate` names the size in its message, and when the size is too large
+/// (EFBIG) the detail says why and what to do.
+pub fn alloc_shared_memory(error: &sparse_mmap::AllocSharedMemoryError, name: &str) -> JsError {
     let mut js_error = JsError::os(&error.source, error.step.syscall());
+    if error.step == sparse_mmap::AllocSharedMemoryStep::MemfdCreate
+        && error.source.raw_os_error() == Some(libc::EINVAL)
+        && name.len() > MEMFD_NAME_MAX
+    {
+        let start: String = name.chars().take(24).collect();
+        return js_error.with_detail(format!(
+            "the name ({start:?}…) is {} bytes long, and a shared memory object's name is at \
+             most {MEMFD_NAME_MAX} bytes (UTF-8; the kernel's limit for memfd_create): use a \
+             shorter name",
+            name.len()
+        ));
+    }
     if error.step != sparse_mmap::AllocSharedMemoryStep::Ftruncate
         || error.source.raw_os_error().is_none()
     {

@@ -1315,7 +1315,7 @@ fn a_shared_memory_object_that_cannot_be_sized_names_ftruncate_and_the_size() {
     // Every failure of allocSharedMemory was labelled memfd_create, sizing the object too.
     let huge = 1usize << 63;
     let refused = sparse_mmap::alloc_shared_memory_steps(huge, "huge").expect_err("too large");
-    let error = alloc_shared_memory(&refused);
+    let error = alloc_shared_memory(&refused, "huge");
     assert_eq!(error.fields.syscall, Some("ftruncate"));
     assert_eq!(error.fields.errno, Some(libc::EFBIG));
     assert!(
@@ -1330,10 +1330,26 @@ fn a_shared_memory_object_that_cannot_be_sized_names_ftruncate_and_the_size() {
     // Creating the object keeps its own call's name.
     let long_name = "x".repeat(300);
     let refused = sparse_mmap::alloc_shared_memory_steps(4096, &long_name).expect_err("EINVAL");
-    let error = alloc_shared_memory(&refused);
+    let error = alloc_shared_memory(&refused, &long_name);
     assert_eq!(error.fields.syscall, Some("memfd_create"));
     assert_eq!(error.fields.errno, Some(libc::EINVAL));
-    assert_eq!(error.fields.detail, None);
+}
+
+#[test]
+fn a_shared_memory_name_too_long_says_the_limit() {
+    // "memfd_create: Invalid argument (os error 22)" named neither the name nor the limit.
+    let longest = "x".repeat(MEMFD_NAME_MAX);
+    drop(sparse_mmap::alloc_shared_memory_steps(4096, &longest).expect("the longest name"));
+    // Bytes, not characters: 125 two-byte characters are 250 bytes.
+    for name in ["x".repeat(MEMFD_NAME_MAX + 1), "é".repeat(125)] {
+        let refused = sparse_mmap::alloc_shared_memory_steps(4096, &name).expect_err("EINVAL");
+        let error = alloc_shared_memory(&refused, &name);
+        assert_eq!(error.fields.errno, Some(libc::EINVAL));
+        let detail = error.fields.detail.as_deref().expect("a detail");
+        assert!(detail.contains("is 250 bytes long"), "{detail}");
+        assert!(detail.contains("at most 249 bytes"), "{detail}");
+        assert!(detail.contains("use a shorter name"), "{detail}");
+    }
 }
 
 #[test]
@@ -1431,4 +1447,37 @@ fn an_invalid_ram_region_says_which_ranges_the_calls_take() {
         error.fields.detail.as_deref(),
         Some(INVALID_RAM_REGION_DETAIL)
     );
+}
+
+#[test]
+fn a_file_mapped_from_an_unaligned_offset_says_the_rule() {
+    // "mmap: Invalid argument (os error 22)" did not say that fileOffset was the problem.
+    let object = sparse_mmap::alloc_shared_memory(0x10000, "unaligned").expect("memfd");
+    let mapping = SparseMapping::new(0x10000).expect("reserve");
+    let refused = mapping
+        .map_file(0, 0x1000, &object, 1, true)
+        .expect_err("EINVAL");
+    let error = sparse_map_file(&refused, 1);
+    assert_eq!(error.fields.errno, Some(libc::EINVAL));
+    assert_eq!(error.fields.syscall, Some("mmap"));
+    let detail = error.fields.detail.as_deref().expect("a detail");
+    assert!(
+        detail.starts_with("fileOffset 0x1 is not a multiple of the page size"),
+        "{detail}"
+    );
+    let beyond = 1u64 << 63;
+    let refused = mapping
+        .map_file(0, 0x1000, &object, beyond, true)
+        .expect_err("EINVAL");
+    let detail = sparse_map_file(&refused, beyond)
+        .fields
+        .detail
+        .expect("a detail");
+    assert!(
+        detail.contains("beyond the largest file offset"),
+        "{detail}"
+    );
+    // An aligned offset refused for another reason gets no such detail.
+    let other = sparse_map_file(&io::Error::from_raw_os_error(libc::EINVAL), 0x1000);
+    assert_eq!(other.fields.detail, None);
 }
