@@ -561,6 +561,56 @@ fn incremental_chains_of_five_restore_every_link() {
 }
 
 #[test]
+fn a_snapshot_taken_while_another_is_written_is_outside_the_chain_and_says_so() {
+    // Its manifest has no tracking session, so an incremental snapshot on it was refused as
+    // "taken while dirty tracking was off", although tracking was on all along.
+    let manager = build(false);
+    block_on(manager.dirty_tracking().start()).unwrap();
+    let mut rng = Rng::new(7);
+    scribble(&manager, &mut rng, 50);
+    let dir = temp_dir();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    // The first snapshot waits in its first progress report (it has begun, nothing is written
+    // yet) until the second one is done.
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(Some((entered_tx, release_rx)));
+    let progress: Progress = std::sync::Arc::new(move |_done, _total| {
+        let gate = gate.lock().unwrap().take();
+        if let Some((entered, release)) = gate {
+            entered.send(()).unwrap();
+            release.recv().unwrap();
+        }
+    });
+    let pending = manager.snapshot(
+        &first,
+        SnapshotOptions {
+            base: None,
+            progress: Some(progress),
+        },
+    );
+    let writer = std::thread::spawn(move || block_on(pending));
+    entered_rx.recv().unwrap();
+    block_on(manager.snapshot(&second, SnapshotOptions::default())).unwrap();
+    release_tx.send(()).unwrap();
+    writer.join().unwrap().unwrap();
+
+    let incremental = |base: &Path, target: &str| {
+        block_on(manager.snapshot(dir.path().join(target), on_base(base.to_owned())))
+    };
+    match incremental(&second, "on-second") {
+        Err(SnapshotError::DirtyTrackingOff { reason, .. }) => assert!(
+            reason.contains("or while another snapshot of this manager was being written"),
+            "{reason}"
+        ),
+        other => panic!("expected DirtyTrackingOff, got {other:?}"),
+    }
+    // The first one is the chain head.
+    assert!(incremental(&first, "on-first").unwrap().incremental);
+    block_on(manager.close());
+}
+
+#[test]
 fn incremental_snapshots_need_tracking_since_their_base() {
     let manager = build(false);
     let dir = temp_dir();

@@ -157,7 +157,10 @@ impl GuestMemoryManager {
                     let Some(session) = manifest.tracking_session else {
                         return Err(SnapshotError::DirtyTrackingOff {
                             base: base_dir.clone(),
-                            reason: "the base was taken while dirty tracking was off".into(),
+                            reason: "the base was taken while dirty tracking was off, or while \
+                                     another snapshot of this manager was being written (such a \
+                                     snapshot stays outside the incremental chain)"
+                                .into(),
                         });
                     };
                     Some((session.0, manifest.id.clone()))
