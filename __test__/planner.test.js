@@ -280,3 +280,22 @@ kvmTest('KVM: planning an attach names the slots the new partition will get', as
   await manager.close();
   kvm.close();
 });
+
+test('planning a change of a closed window half names that half in its ERR_CLOSED', async (t) => {
+  const { manager } = await setup();
+  const { control, region } = manager.deviceMemoryMapper().newRegion(64n * KiB, 'closed-halves');
+  await control.close();
+  for (const change of [
+    { kind: 'deviceMapToGuest', window: control, gpa: 3n * GiB, writable: true },
+    { kind: 'deviceUnmapFromGuest', window: control },
+  ]) {
+    const error = await t.throwsAsync(manager.plan(change), { code: 'ERR_CLOSED' });
+    t.is(error.message, 'DeviceMemoryControl is closed', change.kind);
+  }
+  await region.close();
+  const object = mb.Mappable.allocSharedMemory(64n * KiB, 'closed-halves');
+  const error = await t.throwsAsync(manager.plan({ kind: 'deviceMap', region, offset: 0, object, fileOffset: 0, len: 64n * KiB, writable: true }), { code: 'ERR_CLOSED' });
+  t.is(error.message, 'DeviceMemoryRegion is closed');
+  object.close();
+  await manager.close();
+});

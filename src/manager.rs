@@ -469,6 +469,11 @@ impl NativeDeviceWindowHalf {
             .as_ref()
             .ok_or_else(|| throw(JsError::closed("DeviceMemoryRegion")))
     }
+
+    /// `ERR_CLOSED` naming this half's own class (`DeviceMemoryControl` or `DeviceMemoryRegion`).
+    pub(crate) fn closed_error(&self) -> napi::Error {
+        throw(JsError::closed(self.class))
+    }
 }
 
 /// A Promise for a device window operation (an `io::Error` on failure).

@@ -90,9 +90,11 @@ impl NativeDeviceWindowHalf {
     #[napi]
     pub fn made_by(&self, manager: &NativeGuestMemoryManager) -> napi::Result<bool> {
         let manager = manager.manager()?;
-        match self.control() {
-            Ok(control) => Ok(control.made_by(manager)),
-            Err(_) => Ok(self.region()?.made_by(manager)),
+        // A closed half has neither: name the half the caller passed, not the other one.
+        match (self.control(), self.region()) {
+            (Ok(control), _) => Ok(control.made_by(manager)),
+            (Err(_), Ok(region)) => Ok(region.made_by(manager)),
+            (Err(_), Err(_)) => Err(self.closed_error()),
         }
     }
 
