@@ -210,3 +210,21 @@ kvmTest('page tables that are missing or too small are named in hex, never as Ru
   t.regex(small.message, /at least 0x202000 bytes in guest RAM, got 0x200000-0x201000 \(0x1000 bytes\): pass pageTables/);
   t.notRegex(small.message, DEBUG_TEXT);
 });
+
+test('client.guestMemory() after the manager closed says the manager stopped and what to do', async (t) => {
+  const manager = await new GuestMemoryBuilder().build(MemoryLayout.new(GiB, [range(3n * GiB, 4n * GiB)]));
+  const client = manager.client();
+  await manager.close();
+  const error = await t.throwsAsync(client.guestMemory(), { instanceOf: mb.VaMapperError, code: 'ERR_MEMORY_MANAGER_GONE' });
+  t.is(error.message, 'failed to communicate with the memory manager');
+  t.regex(error.detail, /manager this client belongs to has stopped .*call client\.guestMemory\(\) while the manager is open/);
+  t.is(error.cause.code, 'ERR_MANAGER_GONE');
+  client.close();
+});
+
+test('Mappable.fromFd of a descriptor that is not open names it and says what to pass', (t) => {
+  const error = t.throws(() => mb.Mappable.fromFd(0x7ffffff0), { instanceOf: mb.OsError, code: 'EBADF' });
+  t.is(error.syscall, 'fcntl');
+  t.regex(error.message, /^fcntl\(F_DUPFD_CLOEXEC\) of fd 2147483632: /);
+  t.regex(error.detail, /fd 2147483632 is not an open descriptor of this process.*stdio\[3\] arrives as fd 3/);
+});

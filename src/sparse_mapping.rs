@@ -300,7 +300,8 @@ impl NativeMappable {
     /// Duplicates an existing descriptor (close-on-exec).
     #[napi(factory)]
     pub fn from_fd(env: Env, fd: i32) -> napi::Result<Self> {
-        let owned = sparse_mmap::mappable_from_raw_fd(fd).map_err(os("fcntl"))?;
+        let owned = sparse_mmap::mappable_from_raw_fd(fd)
+            .map_err(|error| throw(js_api::errors::mappable_from_fd(&error, fd)))?;
         Ok(Self::owned(&env, owned))
     }
 

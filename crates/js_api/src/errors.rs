@@ -1160,8 +1160,35 @@ pub fn alloc_shared_memory(error: &sparse_mmap::AllocSharedMemoryError, name: &s
     js_error
 }
 
-/// `error` with [`RESERVE_REFUSED`] as its detail when `cause` is the kernel refusing the VA
-/// window for lack of memory.
+/// The error of `Mappable.fromFd(fd)`: duplicating `fd` failed. The message names the
+/// descriptor; for one that is not open (EBADF) the detail says what to pass instead.
+pub fn mappable_from_fd(error: &io::Error, fd: i32) -> JsError {
+    let mut js_error = JsError::os(error, "fcntl");
+    if error.raw_os_error().is_none() {
+        return js_error;
+    }
+    js_error.message = format!("fcntl(F_DUPFD_CLOEXEC) of fd {fd}: {}", js_error.message);
+    if error.raw_os_error() == Some(libc::EBADF) {
+        js_error = js_error.with_detail(format!(
+            "fd {fd} is not an open descriptor of this process, so there is nothing to \
+             duplicate: pass a descriptor the process has open, such as the one a parent handed \
+             down in a child's stdio (stdio[3] arrives as fd 3), or mappable.fd of an open \
+             Mappable"
+        ));
+    }
+    js_error
+}
+
+/// The detail of `ERR_MEMORY_MANAGER_GONE`: a client asked for guest memory (a VA mapper) after
+/// its manager stopped.
+pub const MAPPER_MANAGER_GONE: &str = "the memory manager this client belongs to has stopped \
+     (closed, or garbage-collected once nothing referenced it), so it cannot give this process \
+     guest memory: call client.guestMemory() while the manager is open, and keep the manager \
+     referenced (and open) while its clients are in use";
+
+/// `error` with a detail for the VA mapper failures whose message alone does not say what to do:
+/// [`RESERVE_REFUSED`] when `cause` is the kernel refusing the VA window for lack of memory,
+/// [`MAPPER_MANAGER_GONE`] when the manager had stopped.
 fn explain_reserve(error: JsError, cause: &membacking::VaMapperError) -> JsError {
     match cause {
         membacking::VaMapperError::Reserve(source)
@@ -1169,6 +1196,7 @@ fn explain_reserve(error: JsError, cause: &membacking::VaMapperError) -> JsError
         {
             error.with_detail(RESERVE_REFUSED)
         }
+        membacking::VaMapperError::MemoryManagerGone(_) => error.with_detail(MAPPER_MANAGER_GONE),
         _ => error,
     }
 }

@@ -1311,6 +1311,57 @@ fn a_va_window_the_kernel_refuses_says_why_and_what_to_do() {
 }
 
 #[test]
+fn a_client_of_a_stopped_manager_says_why_and_what_to_do() {
+    // client.guestMemory() after manager.close() failed with "failed to communicate with the
+    // memory manager" (the original's text) and no detail saying that the manager had stopped.
+    let gone = membacking::VaMapperError::MemoryManagerGone(membacking::ManagerGone).to_js_error();
+    assert_eq!(
+        gone.kind(),
+        (
+            ErrorClass::VaMapperError,
+            Some(ErrorCode::MemoryManagerGone)
+        )
+    );
+    assert_eq!(
+        gone.message,
+        "failed to communicate with the memory manager"
+    );
+    assert_eq!(gone.fields.detail.as_deref(), Some(MAPPER_MANAGER_GONE));
+    assert!(MAPPER_MANAGER_GONE.contains("client.guestMemory()"));
+    assert_eq!(
+        gone.cause.as_deref().map(JsError::kind),
+        Some((ErrorClass::MemoryManagerError, Some(ErrorCode::ManagerGone)))
+    );
+}
+
+#[test]
+fn a_descriptor_that_is_not_open_is_named_with_what_to_pass() {
+    // Mappable.fromFd(9999) said only "fcntl: Bad file descriptor (os error 9)".
+    let refused = sparse_mmap::mappable_from_raw_fd(9999).expect_err("fd 9999 is not open");
+    let error = mappable_from_fd(&refused, 9999);
+    assert_eq!(error.kind(), (ErrorClass::OsError, None));
+    assert_eq!(error.fields.errno, Some(libc::EBADF));
+    assert_eq!(error.fields.syscall, Some("fcntl"));
+    assert!(
+        error
+            .message
+            .starts_with("fcntl(F_DUPFD_CLOEXEC) of fd 9999: "),
+        "{}",
+        error.message
+    );
+    let detail = error.fields.detail.as_deref().expect("a detail");
+    assert!(
+        detail.contains("fd 9999 is not an open descriptor"),
+        "{detail}"
+    );
+    assert!(detail.contains("stdio[3]"), "{detail}");
+    // Out of descriptors keeps its own hint and gets no EBADF detail.
+    let emfile = mappable_from_fd(&io::Error::from_raw_os_error(libc::EMFILE), 3);
+    assert!(emfile.message.contains("ulimit -n"), "{}", emfile.message);
+    assert_eq!(emfile.fields.detail, None);
+}
+
+#[test]
 fn a_shared_memory_object_that_cannot_be_sized_names_ftruncate_and_the_size() {
     // Every failure of allocSharedMemory was labelled memfd_create, sizing the object too.
     let huge = 1usize << 63;
