@@ -228,3 +228,13 @@ test('Mappable.fromFd of a descriptor that is not open names it and says what to
   t.regex(error.message, /^fcntl\(F_DUPFD_CLOEXEC\) of fd 2147483632: /);
   t.regex(error.detail, /fd 2147483632 is not an open descriptor of this process.*stdio\[3\] arrives as fd 3/);
 });
+
+test('decommitRam outside guest RAM names the first byte that is not RAM, the rule and the RAM', async (t) => {
+  const manager = await new GuestMemoryBuilder().x86LegacySupport(true).build(MemoryLayout.new(4n * GiB, [range(3n * GiB, 4n * GiB)]));
+  const error = await t.throwsAsync(manager.decommitRam(range(3n * GiB - 0x1000n, 3n * GiB + 0x1000n)), { instanceOf: mb.MemoryManagerError, code: 'ERR_INVALID_RAM_REGION' });
+  t.is(error.message, '0xbffff000-0xc0001000 is not a controllable RAM range');
+  t.regex(error.detail, /^0xc0000000 in 0xbffff000-0xc0001000 is not guest RAM .*decommitRam releases pages of guest RAM only.*\(0x0-0xc0000000, 0x100000000-0x140000000\)$/);
+  const empty = await t.throwsAsync(manager.decommitRam(range(0x1000, 0x1000)), { code: 'ERR_INVALID_RAM_REGION' });
+  t.regex(empty.detail, /^0x1000-0x1000 is empty/);
+  await manager.close();
+});

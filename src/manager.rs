@@ -40,6 +40,7 @@ use membacking::MappedMemoryRegion;
 use membacking::RamVisibilityControl;
 use membacking::RemoteProcess;
 use membacking::SharedMemoryBacking;
+use memory_range::MemoryRange;
 use napi::bindgen_prelude::BigUint64Array;
 use napi::bindgen_prelude::Function;
 use napi::bindgen_prelude::Object;
@@ -261,7 +262,18 @@ impl NativeGuestMemoryManager {
         range: BigUint64Array,
     ) -> napi::Result<Object<'env>> {
         let range = one_range(&range, "range").or_throw()?;
-        settle(env, Polling::Pool, self.manager()?.decommit_ram(range))
+        let manager = self.manager()?;
+        let ram: Vec<MemoryRange> = manager.ram_regions().into_iter().map(|(r, _)| r).collect();
+        let run = manager.decommit_ram(range);
+        let run = async move {
+            run.await.map_err(|error| match error {
+                membacking::RegionManagerError::InvalidRamRegion(_) => error
+                    .to_js_error()
+                    .with_detail(js_api::errors::decommit_outside_ram(range, &ram)),
+                other => other.to_js_error(),
+            })
+        };
+        promise(env, Polling::Pool, run, |_env, ()| Ok(()))
     }
 
     /// The snapshot of regions, mappings and mappers (JSON).

@@ -20,6 +20,7 @@ use crate::enums::Js;
 use crate::enums::JsEnum;
 use crate::enums::JsValue;
 use crate::json::BigInt;
+use memory_range::MemoryRange;
 use serde::Serialize;
 use std::error::Error as StdError;
 use std::io;
@@ -1177,6 +1178,38 @@ pub fn mappable_from_fd(error: &io::Error, fd: i32) -> JsError {
         ));
     }
     js_error
+}
+
+/// The detail of `decommitRam(range)` refused with `ERR_INVALID_RAM_REGION` (whose message is
+/// the visibility control's): the first byte of `range` outside `ram` (the manager's RAM
+/// regions), the rule, and guest RAM as contiguous ranges.
+pub fn decommit_outside_ram(range: MemoryRange, ram: &[MemoryRange]) -> String {
+    let mut sorted = ram.to_vec();
+    sorted.sort();
+    let runs: Vec<MemoryRange> = memory_range::flatten_ranges(sorted).collect();
+    let listed = runs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rule = format!(
+        "decommitRam releases pages of guest RAM only: pass a non-empty, page-aligned range \
+         lying wholly in guest RAM ({listed})"
+    );
+    if range.is_empty() {
+        return format!("{range} is empty, so there is nothing to release; {rule}");
+    }
+    // The first byte of `range` that no RAM run covers.
+    let mut cursor = range.start();
+    for run in &runs {
+        if run.contains_addr(cursor) {
+            cursor = run.end();
+        }
+    }
+    if cursor >= range.end() {
+        return rule;
+    }
+    format!("{cursor:#x} in {range} is not guest RAM (an MMIO gap, or past the end of RAM); {rule}")
 }
 
 /// The detail of `ERR_MEMORY_MANAGER_GONE`: a client asked for guest memory (a VA mapper) after

@@ -1362,6 +1362,32 @@ fn a_descriptor_that_is_not_open_is_named_with_what_to_pass() {
 }
 
 #[test]
+fn a_decommit_outside_ram_names_the_first_byte_that_is_not_ram_and_the_ram() {
+    // decommitRam of a range reaching into the MMIO gap said only "… is not a controllable RAM
+    // range", the visibility control's text, which names no rule for a decommit.
+    let gib = 1 << 30;
+    let ram = [
+        MemoryRange::new(0..0xa0000),
+        MemoryRange::new(0xa0000..0xc0000),
+        MemoryRange::new(0xc0000..3 * gib),
+        MemoryRange::new(4 * gib..5 * gib),
+    ];
+    let into_gap = decommit_outside_ram(MemoryRange::new(3 * gib - 0x1000..3 * gib + 0x1000), &ram);
+    assert!(
+        into_gap.starts_with("0xc0000000 in 0xbffff000-0xc0001000 is not guest RAM"),
+        "{into_gap}"
+    );
+    assert!(
+        into_gap.ends_with("lying wholly in guest RAM (0x0-0xc0000000, 0x100000000-0x140000000)"),
+        "{into_gap}"
+    );
+    let beyond = decommit_outside_ram(MemoryRange::new(5 * gib..5 * gib + 0x1000), &ram);
+    assert!(beyond.starts_with("0x140000000 in "), "{beyond}");
+    let empty = decommit_outside_ram(MemoryRange::new(0x1000..0x1000), &ram);
+    assert!(empty.starts_with("0x1000-0x1000 is empty"), "{empty}");
+}
+
+#[test]
 fn a_shared_memory_object_that_cannot_be_sized_names_ftruncate_and_the_size() {
     // Every failure of allocSharedMemory was labelled memfd_create, sizing the object too.
     let huge = 1usize << 63;
