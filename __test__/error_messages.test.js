@@ -238,3 +238,19 @@ test('decommitRam outside guest RAM names the first byte that is not RAM, the ru
   t.regex(empty.detail, /^0x1000-0x1000 is empty/);
   await manager.close();
 });
+
+test('an unaligned or reversed range names the argument, the bound, its value and the rule', async (t) => {
+  const unaligned = t.throws(() => range(1, 0x2000), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE' });
+  t.is(unaligned.message, 'start must be page aligned');
+  t.regex(unaligned.detail, /^start 0x1 is not a multiple of the 4 KiB page size \(0x1000\): .*MemoryRange\.bounding/);
+  const reversed = t.throws(() => new mb.MemoryRange(0x2000, 0x1000), { code: 'ERR_INVALID_ARG_VALUE' });
+  t.is(reversed.message, 'start must be <= end');
+  t.regex(reversed.detail, /^start 0x2000 is above end 0x1000: /);
+  const gap = t.throws(() => MemoryLayout.new(GiB, [range(2n * GiB, 3n * GiB), { start: 3n * GiB, end: 3n * GiB + 0x800n }]), { code: 'ERR_INVALID_ARG_VALUE' });
+  t.is(gap.message, 'end must be page aligned');
+  t.regex(gap.detail, /^gaps\[1\]\.end 0xc0000800 is not a multiple of the 4 KiB page size/);
+  const manager = await new GuestMemoryBuilder().build(MemoryLayout.new(GiB, [range(3n * GiB, 4n * GiB)]));
+  const visibility = await t.throwsAsync(async () => manager.ramVisibilityControl().setRamVisibility({ start: 0xa0001, end: 0xc0000 }, RamVisibility.Unmapped), { code: 'ERR_INVALID_ARG_VALUE' });
+  t.regex(visibility.detail, /^range\.start 0xa0001 is not a multiple of the 4 KiB page size/);
+  await manager.close();
+});

@@ -42,15 +42,16 @@ fn ranges(flat: &BigUint64Array, name: &str) -> napi::Result<Vec<MemoryRange>> {
     range_pairs(flat, name).or_throw()
 }
 
-/// `MemoryRange::new`: throws the core's panic text where it would panic.
+/// `MemoryRange::new`: throws the core's panic text where it would panic (`name`: the argument
+/// the range came from, for the detail).
 #[napi]
-pub fn range_new(start: U64, end: U64) -> napi::Result<()> {
+pub fn range_new(start: U64, end: U64, name: Option<String>) -> napi::Result<()> {
     guard_explained(
         || {
             MemoryRange::new(start.0..end.0);
             Ok(())
         },
-        |text| range_panics::bounds_detail(text, start.0, end.0),
+        |text| range_panics::bounds_detail(text, start.0, end.0, name.as_deref()),
     )
 }
 
@@ -65,7 +66,7 @@ pub fn range_try_new(start: U64, end: U64) -> napi::Result<()> {
 pub fn range_bounding(start: U64, end: U64) -> napi::Result<BigUint64Array> {
     guard_explained(
         || Ok(flatten([MemoryRange::bounding(start.0..end.0)])),
-        |text| range_panics::bounds_detail(text, start.0, end.0),
+        |text| range_panics::bounds_detail(text, start.0, end.0, None),
     )
 }
 

@@ -242,7 +242,10 @@ export function toRange(value: unknown, name: string): MemoryRange {
   if (value instanceof MemoryRange && typeof value.start === 'bigint' && typeof value.end === 'bigint') return value;
   if (typeof value === 'object' && value !== null && 'start' in value && 'end' in value) {
     const { start, end } = value as { start: unknown; end: unknown };
-    return new MemoryRange(toU64(start, `${name}.start`), toU64(end, `${name}.end`));
+    const s = toU64(start, `${name}.start`);
+    const e = toU64(end, `${name}.end`);
+    call(() => native.rangeNew(s, e, name));
+    return new MemoryRange(s, e, trustedToken);
   }
   throw invalidArgType(`${name} must be a MemoryRange or a {start, end} object, got ${describeType(value)}`);
 }

@@ -55,28 +55,35 @@ const BOUNDING_MAX_END: u64 = u64::MAX - PAGE - 1;
 const MAX_PAGE_NUMBER: u64 = u64::MAX / PAGE;
 
 /// The detail of a panic of `MemoryRange::new(start..end)` (also reached through `bounding`,
-/// whose own checks come first): which bound breaks which rule, and what to give instead.
-pub fn bounds_detail(panic: &str, start: u64, end: u64) -> Option<String> {
+/// whose own checks come first): which bound breaks which rule, and what to give instead;
+/// `name` is the argument the range came from (`gaps[1]`, `range`), when known.
+pub fn bounds_detail(panic: &str, start: u64, end: u64, name: Option<&str>) -> Option<String> {
+    let of = |bound: &str| match name {
+        Some(name) => format!("{name}.{bound}"),
+        None => bound.to_owned(),
+    };
+    let unaligned = |bound: &str, value: u64| {
+        format!(
+            "{} {value:#x} is not a multiple of the 4 KiB page size ({PAGE:#x}): give a \
+             page-aligned {bound} such as {:#x} (MemoryRange.bounding(start, end) rounds both \
+             bounds out to pages)",
+            of(bound),
+            value & !(PAGE - 1)
+        )
+    };
     match panic {
-        "start must be page aligned" => Some(format!(
-            "start {start:#x} is not a multiple of the 4 KiB page size ({PAGE:#x}): give a \
-             page-aligned start such as {:#x} (MemoryRange.bounding(start, end) rounds both \
-             bounds out to pages)",
-            start & !(PAGE - 1)
-        )),
-        "end must be page aligned" => Some(format!(
-            "end {end:#x} is not a multiple of the 4 KiB page size ({PAGE:#x}): give a \
-             page-aligned end such as {:#x} (MemoryRange.bounding(start, end) rounds both \
-             bounds out to pages)",
-            end & !(PAGE - 1)
-        )),
+        "start must be page aligned" => Some(unaligned("start", start)),
+        "end must be page aligned" => Some(unaligned("end", end)),
         "start must be <= end" => Some(format!(
-            "start {start:#x} is above end {end:#x}: a range is start..end (half-open) with \
-             start <= end; swap them"
+            "{} {start:#x} is above {} {end:#x}: a range is start..end (half-open) with \
+             start <= end; swap them",
+            of("start"),
+            of("end")
         )),
         "end is too close to the top of the address space" => Some(format!(
-            "end {end:#x} is above {BOUNDING_MAX_END:#x}: rounding it up to a page would not fit \
-             in 64 bits; give an end of at most {BOUNDING_MAX_END:#x}"
+            "{} {end:#x} is above {BOUNDING_MAX_END:#x}: rounding it up to a page would not fit \
+             in 64 bits; give an end of at most {BOUNDING_MAX_END:#x}",
+            of("end")
         )),
         _ => None,
     }
@@ -226,21 +233,32 @@ mod tests {
     #[test]
     fn bound_panics_name_the_value_and_a_fix() {
         assert_eq!(
-            bounds_detail("start must be page aligned", 0x1001, 0x4000).as_deref(),
+            bounds_detail("start must be page aligned", 0x1001, 0x4000, None).as_deref(),
             Some(
                 "start 0x1001 is not a multiple of the 4 KiB page size (0x1000): give a \
                  page-aligned start such as 0x1000 (MemoryRange.bounding(start, end) rounds \
                  both bounds out to pages)"
             )
         );
-        assert!(bounds_detail("end must be page aligned", 0, 0x1001)
+        assert!(bounds_detail("end must be page aligned", 0, 0x1001, None)
             .is_some_and(|detail| detail.starts_with("end 0x1001 is not a multiple")));
-        assert!(bounds_detail("start must be <= end", 0x2000, 0x1000)
+        assert!(bounds_detail("start must be <= end", 0x2000, 0x1000, None)
             .is_some_and(|detail| detail.starts_with("start 0x2000 is above end 0x1000")));
+        // The argument the range came from, when known, names the bound.
+        assert!(
+            bounds_detail("end must be page aligned", 0, 0x1800, Some("gaps[1]"))
+                .is_some_and(|detail| detail.starts_with("gaps[1].end 0x1800 is not a multiple"))
+        );
+        assert!(
+            bounds_detail("start must be <= end", 0x2000, 0x1000, Some("range")).is_some_and(
+                |detail| detail.starts_with("range.start 0x2000 is above range.end 0x1000")
+            )
+        );
         assert!(bounds_detail(
             "end is too close to the top of the address space",
             0,
-            u64::MAX
+            u64::MAX,
+            None
         )
         .is_some_and(|detail| detail.contains("0xffffffffffffeffe")));
         assert!(
@@ -266,7 +284,7 @@ mod tests {
             aligned_subrange_detail("alignment must be a power of two", r(0, 0x2000), 3)
                 .is_some_and(|detail| detail.starts_with("alignment 0x3 is not a power of two"))
         );
-        assert_eq!(bounds_detail("something else", 0, 0), None);
+        assert_eq!(bounds_detail("something else", 0, 0, None), None);
     }
 
     #[test]
@@ -285,13 +303,13 @@ mod tests {
                 let _ = MemoryRange::new(start..end);
             })
         };
-        assert!(bounds_detail(&new(1, 0x1000), 1, 0x1000).is_some());
-        assert!(bounds_detail(&new(0, 1), 0, 1).is_some());
-        assert!(bounds_detail(&new(0x2000, 0x1000), 0x2000, 0x1000).is_some());
+        assert!(bounds_detail(&new(1, 0x1000), 1, 0x1000, None).is_some());
+        assert!(bounds_detail(&new(0, 1), 0, 1, None).is_some());
+        assert!(bounds_detail(&new(0x2000, 0x1000), 0x2000, 0x1000, None).is_some());
         let bounding = text(&|| {
             let _ = MemoryRange::bounding(0..u64::MAX);
         });
-        assert!(bounds_detail(&bounding, 0, u64::MAX).is_some());
+        assert!(bounds_detail(&bounding, 0, u64::MAX, None).is_some());
         let pages = text(&|| {
             let _ = MemoryRange::from_4k_gpn_range(0..1 << 52);
         });
