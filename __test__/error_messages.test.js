@@ -254,3 +254,13 @@ test('an unaligned or reversed range names the argument, the bound, its value an
   t.regex(visibility.detail, /^range\.start 0xa0001 is not a multiple of the 4 KiB page size/);
   await manager.close();
 });
+
+test('a VTL0 alias map that does not fit names the offset, where the address space ends and an offset that fits', async (t) => {
+  const layout = MemoryLayout.new(GiB, [range(3n * GiB, 4n * GiB)]);
+  const error = await t.throwsAsync(new GuestMemoryBuilder().vtl0AliasMap(0x1000).build(layout), { instanceOf: mb.MemoryBuildError, code: 'ERR_ALIAS_MAP_WONT_FIT' });
+  t.is(error.message, 'not enough guest address space available for the vtl0 alias map');
+  t.regex(error.detail, /^the VTL0 alias offset 0x1000 lies inside the guest address space, which ends at 0x100000000 .*such as 0x100000000$/);
+  const manager = await new GuestMemoryBuilder().vtl0AliasMap(0x100000000n).build(layout);
+  t.is((await manager.inspect()).aliasOffset, 0x100000000n);
+  await manager.close();
+});

@@ -1017,7 +1017,17 @@ impl ToJsError for membacking::MemoryBuildError {
                     inner,
                 );
             }
-            E::AliasMapWontFit => ErrorCode::AliasMapWontFit,
+            E::AliasMapWontFit {
+                offset,
+                end_of_layout,
+            } => {
+                return row(
+                    ErrorClass::MemoryBuildError,
+                    ErrorCode::AliasMapWontFit,
+                    self,
+                )
+                .with_detail(alias_map_wont_fit(*offset, *end_of_layout));
+            }
             E::InvalidRamForX86 => ErrorCode::InvalidRamForX86,
             E::PrivateMemoryWithLegacy => ErrorCode::PrivateMemoryWithLegacy,
             E::PrivateMemoryWithExistingBacking => ErrorCode::PrivateMemoryWithExistingBacking,
@@ -1210,6 +1220,31 @@ pub fn decommit_outside_ram(range: MemoryRange, ram: &[MemoryRange]) -> String {
         return rule;
     }
     format!("{cursor:#x} in {range} is not guest RAM (an MMIO gap, or past the end of RAM); {rule}")
+}
+
+/// The detail of `ERR_ALIAS_MAP_WONT_FIT`: why `offset` does not fit above a guest address space
+/// ending at `end_of_layout`, the rule and an offset that fits.
+pub fn alias_map_wont_fit(offset: u64, end_of_layout: u64) -> String {
+    let page = guestmem::PAGE_SIZE as u64;
+    let why = if !offset.is_multiple_of(page) {
+        format!("the VTL0 alias offset {offset:#x} is not a multiple of 4 KiB (0x1000)")
+    } else if offset < end_of_layout {
+        format!(
+            "the VTL0 alias offset {offset:#x} lies inside the guest address space, which ends \
+             at {end_of_layout:#x} (the end of the last MMIO gap, of RAM or of the VTL2 range)"
+        )
+    } else {
+        format!(
+            "the VTL0 alias at {offset:#x} would repeat the guest address space (up to \
+             {end_of_layout:#x}) past the end of the 64-bit address space"
+        )
+    };
+    let suggested = end_of_layout.div_ceil(page).saturating_mul(page);
+    format!(
+        "{why}: the alias map repeats the guest address space [0, {end_of_layout:#x}) from the \
+         offset, so pass a page-aligned offset at or above {end_of_layout:#x} whose sum with \
+         {end_of_layout:#x} fits in 64 bits, such as {suggested:#x}"
+    )
 }
 
 /// The detail of `ERR_MEMORY_MANAGER_GONE`: a client asked for guest memory (a VA mapper) after

@@ -190,7 +190,10 @@ fn build_errors() -> Vec<membacking::MemoryBuildError> {
         E::RamTooLarge(u64::MAX),
         E::AllocationFailed(io::Error::from_raw_os_error(libc::EFBIG)),
         E::VaMapper(membacking::VaMapperError::Reserve(enomem())),
-        E::AliasMapWontFit,
+        E::AliasMapWontFit {
+            offset: 0x1000,
+            end_of_layout: 0x1_0000_0000,
+        },
         E::InvalidRamForX86,
         E::PrivateMemoryWithLegacy,
         E::PrivateMemoryWithExistingBacking,
@@ -1385,6 +1388,45 @@ fn a_decommit_outside_ram_names_the_first_byte_that_is_not_ram_and_the_ram() {
     assert!(beyond.starts_with("0x140000000 in "), "{beyond}");
     let empty = decommit_outside_ram(MemoryRange::new(0x1000..0x1000), &ram);
     assert!(empty.starts_with("0x1000-0x1000 is empty"), "{empty}");
+}
+
+#[test]
+fn an_alias_map_that_does_not_fit_says_why_the_rule_and_an_offset_that_fits() {
+    // vtl0AliasMap(0x1000) failed with the original's "not enough guest address space available
+    // for the vtl0 alias map" only: neither the offset nor the bound it must reach.
+    let end = 0x1_0000_0000;
+    let inside = membacking::MemoryBuildError::AliasMapWontFit {
+        offset: 0x1000,
+        end_of_layout: end,
+    }
+    .to_js_error();
+    assert_eq!(
+        inside.kind(),
+        (
+            ErrorClass::MemoryBuildError,
+            Some(ErrorCode::AliasMapWontFit)
+        )
+    );
+    assert_eq!(
+        inside.message,
+        "not enough guest address space available for the vtl0 alias map"
+    );
+    let detail = inside.fields.detail.as_deref().expect("a detail");
+    assert!(
+        detail.starts_with("the VTL0 alias offset 0x1000 lies inside the guest address space, which ends at 0x100000000"),
+        "{detail}"
+    );
+    assert!(detail.ends_with("such as 0x100000000"), "{detail}");
+    let unaligned = alias_map_wont_fit(0x1_0000_0800, end);
+    assert!(
+        unaligned.starts_with("the VTL0 alias offset 0x100000800 is not a multiple of 4 KiB"),
+        "{unaligned}"
+    );
+    let past = alias_map_wont_fit(u64::MAX - 0xfff, end);
+    assert!(
+        past.contains("past the end of the 64-bit address space"),
+        "{past}"
+    );
 }
 
 #[test]
