@@ -81,9 +81,9 @@ test('range algorithms name the element that breaks the order and what to do', (
 test('MemoryRange panics keep the original text as the message and name the value in detail', (t) => {
   const start = t.throws(() => range(0x1001, 0x4000), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE', message: 'start must be page aligned' });
   t.regex(start.detail, /^start 0x1001 is not a multiple of the 4 KiB page size \(0x1000\): give a page-aligned start such as 0x1000/);
-  // A plain {start, end} goes the same way.
+  // A plain {start, end} goes the same way, and its detail names the argument.
   const end = t.throws(() => range(0, 0x4000).overlaps({ start: 0, end: 0x1001 }), { message: 'end must be page aligned' });
-  t.regex(end.detail, /^end 0x1001 is not a multiple of the 4 KiB page size/);
+  t.regex(end.detail, /^other\.end 0x1001 is not a multiple of the 4 KiB page size/);
   const reversed = t.throws(() => range(0x2000, 0x1000), { message: 'start must be <= end' });
   t.regex(reversed.detail, /^start 0x2000 is above end 0x1000: .*swap them/);
   const top = t.throws(() => mb.MemoryRange.bounding(0, 2n ** 64n - 1n), { message: 'end is too close to the top of the address space' });
