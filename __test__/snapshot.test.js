@@ -224,6 +224,26 @@ test('dirty tracking: off by default, take() reports coalesced page ranges of ev
   memory.close();
 });
 
+test('dirty-tracking requests and decommits are carried out in call order, awaited or not', async (t) => {
+  const manager = await build(t);
+  const tracking = manager.dirtyTracking();
+  const memory = await manager.client().guestMemory();
+  for (let i = 0; i < 20; i++) {
+    await tracking.start();
+    memory.writeU8(MiB, 1);
+    const decommit = manager.decommitRam(range(3n * MiB, 3n * MiB + P));
+    // Called in this order without awaiting: the first take sees the write and the decommit,
+    // the second takes nothing, and the stop comes after both.
+    const [first, second, stop] = await Promise.allSettled([tracking.take(), tracking.take(), tracking.stop(), decommit]);
+    t.is(first.status, 'fulfilled', String(first.reason));
+    t.deepEqual(first.value.map(String), ['0x100000-0x101000', '0x300000-0x301000']);
+    t.deepEqual(second.value, []);
+    t.is(stop.status, 'fulfilled');
+    t.false(tracking.active);
+  }
+  memory.close();
+});
+
 test('an incremental chain of five restores every link byte-exact, in copy and (where it can) lazy mode', async (t) => {
   const rand = rng(55);
   const manager = await build(t);

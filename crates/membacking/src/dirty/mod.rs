@@ -70,24 +70,29 @@ impl DirtyTracking {
     /// Starts tracking (a no-op when it is on): every attached partition starts logging, and
     /// guest-memory writes are recorded from now on. A partition that cannot log fails the
     /// start, and nothing stays started.
+    ///
+    /// `start`, `take` and `stop` send their request when called, so they are carried out in
+    /// the order they were called, whenever their futures are polled (a `take()` called before
+    /// a `stop()` takes what was written, even if `stop()`'s future is awaited first).
     pub fn start(&self) -> impl Future<Output = Result<(), DirtyTrackingError>> + Send + 'static {
-        let regions = self.regions.clone();
-        async move { regions.dirty(DirtyOp::Start).await.map(drop) }
+        let reply = self.regions.dirty(DirtyOp::Start);
+        async move { reply.await.map(drop) }
     }
 
     /// The guest RAM written since `start()` or the previous `take()`, as coalesced ascending
     /// page-aligned GPA ranges; resets atomically (a racing write is in this take or the next).
+    /// Sent when called (see [`Self::start`]).
     pub fn take(
         &self,
     ) -> impl Future<Output = Result<Vec<MemoryRange>, DirtyTrackingError>> + Send + 'static {
-        let regions = self.regions.clone();
-        async move { regions.dirty(DirtyOp::Take).await }
+        self.regions.dirty(DirtyOp::Take)
     }
 
-    /// Stops tracking (a no-op when it is off); what was not taken is dropped.
+    /// Stops tracking (a no-op when it is off); what was not taken is dropped. Sent when called
+    /// (see [`Self::start`]).
     pub fn stop(&self) -> impl Future<Output = Result<(), DirtyTrackingError>> + Send + 'static {
-        let regions = self.regions.clone();
-        async move { regions.dirty(DirtyOp::Stop).await.map(drop) }
+        let reply = self.regions.dirty(DirtyOp::Stop);
+        async move { reply.await.map(drop) }
     }
 
     /// Whether tracking is on.

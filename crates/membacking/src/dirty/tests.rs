@@ -193,6 +193,37 @@ fn a_recording_partition_closed_while_tracking_does_not_make_take_report_all_ram
 }
 
 #[test]
+fn requests_are_carried_out_in_call_order_whenever_their_futures_are_polled() {
+    let manager = manager();
+    let memory = block_on(manager.client().guest_memory()).unwrap();
+    let tracking = manager.dirty_tracking();
+    block_on(tracking.start()).unwrap();
+    memory.write_at(0x1000, &[1]).unwrap();
+    let decommit = manager.decommit_ram(MemoryRange::new(0x8000..0xa000));
+    let first = tracking.take();
+    let second = tracking.take();
+    let stop = tracking.stop();
+    // Polled in the reverse order of the calls.
+    block_on(stop).unwrap();
+    assert!(!tracking.is_active());
+    assert_eq!(block_on(second).unwrap(), vec![]);
+    assert_eq!(
+        block_on(first).unwrap(),
+        vec![
+            MemoryRange::new(0x1000..0x2000),
+            MemoryRange::new(0x8000..0xa000)
+        ],
+        "the first take sees the write and the decommit called before it"
+    );
+    block_on(decommit).unwrap();
+    // A start called before a take is carried out first, even when the take is awaited first.
+    let start = tracking.start();
+    assert_eq!(block_on(tracking.take()).unwrap(), vec![]);
+    block_on(start).unwrap();
+    block_on(manager.close());
+}
+
+#[test]
 fn guest_memory_writers_racing_take_lose_nothing() {
     let manager = manager();
     let memory = block_on(manager.client().guest_memory()).unwrap();

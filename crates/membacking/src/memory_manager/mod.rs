@@ -701,19 +701,18 @@ impl GuestMemoryManager {
 
     /// Releases the RAM pages of `range` (page-aligned, inside RAM): private RAM reads back as
     /// zeros; file-backed RAM has a hole punched in the RAM object (every view reads zeros).
+    /// The request is sent when this is called: it is carried out in call order with the other
+    /// requests sent that way (device-window operations, dirty tracking), whenever the future is
+    /// first polled.
     pub fn decommit_ram(
         &self,
         range: MemoryRange,
     ) -> impl Future<Output = Result<(), RegionManagerError>> + Send + 'static {
-        let regions = self.regions.clone();
-        let lazy = self.lazy_restore.lock().clone();
-        async move {
-            if let Some(lazy) = lazy {
-                // A lazy restore must not fill these pages from the snapshot afterwards.
-                lazy.claim(range);
-            }
-            regions.decommit(range).await
+        if let Some(lazy) = self.lazy_restore.lock().clone() {
+            // A lazy restore must not fill these pages from the snapshot afterwards.
+            lazy.claim(range);
         }
+        self.regions.decommit(range)
     }
 
     /// The snapshot of regions, mappings and mappers.

@@ -295,6 +295,29 @@ impl RegionManagerClient {
             .unwrap_or_else(|_| Err(RegionManagerError::ManagerGone.into()))
     }
 
+    /// Sends the request `make` builds at once and returns the wait for its reply: requests made
+    /// this way are served in the order they were called, whenever their futures are first
+    /// polled. A manager that is gone (before or while answering) is `ManagerGone`.
+    fn call_now<T, E>(
+        &self,
+        make: impl FnOnce(Reply<T, E>) -> RegionRequest,
+    ) -> impl Future<Output = Result<T, E>> + Send + 'static
+    where
+        T: Send + 'static,
+        E: From<RegionManagerError> + Send + 'static,
+    {
+        let (sender, receiver) = oneshot::channel();
+        let sent = self.send(make(sender));
+        async move {
+            if !sent {
+                return Err(RegionManagerError::ManagerGone.into());
+            }
+            receiver
+                .await
+                .unwrap_or_else(|_| Err(RegionManagerError::ManagerGone.into()))
+        }
+    }
+
     /// Applies one change and waits for it.
     pub(crate) async fn change(
         &self,
@@ -384,9 +407,12 @@ impl RegionManagerClient {
         });
     }
 
-    pub(crate) async fn decommit(&self, range: MemoryRange) -> Result<(), RegionManagerError> {
-        self.call(|reply| RegionRequest::Decommit { range, reply })
-            .await
+    /// Sends a decommit at once (served in call order, see [`Self::call_now`]).
+    pub(crate) fn decommit(
+        &self,
+        range: MemoryRange,
+    ) -> impl Future<Output = Result<(), RegionManagerError>> + Send + 'static {
+        self.call_now(move |reply| RegionRequest::Decommit { range, reply })
     }
 
     pub(crate) async fn inspect(&self) -> Result<ManagerSnapshot, RegionManagerError> {
@@ -419,9 +445,12 @@ impl RegionManagerClient {
         .await
     }
 
-    /// Runs a dirty-tracking operation.
-    pub(crate) async fn dirty(&self, op: DirtyOp) -> Result<Vec<MemoryRange>, DirtyTrackingError> {
-        self.call(|reply| RegionRequest::Dirty { op, reply }).await
+    /// Sends a dirty-tracking operation at once (served in call order, see [`Self::call_now`]).
+    pub(crate) fn dirty(
+        &self,
+        op: DirtyOp,
+    ) -> impl Future<Output = Result<Vec<MemoryRange>, DirtyTrackingError>> + Send + 'static {
+        self.call_now(move |reply| RegionRequest::Dirty { op, reply })
     }
 
     /// Starts snapshot `id` (see [`DirtyState::begin_snapshot`]).

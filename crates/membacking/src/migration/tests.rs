@@ -1152,19 +1152,30 @@ fn pages_decommitted_during_the_rounds_arrive_as_zeros() {
         let (source_end, destination_end) = socket_pair();
         let destination = spawn_destination(destination_end, MigrateFromOptions::default());
         let mut options = MigrateOptions::new(|| async { Ok(None) });
-        let decommit = {
-            let pending = parking_lot::Mutex::new(Some(source.decommit_ram(gone)));
-            move |round: u32, bytes: u64| {
+        // A decommit is sent when it is called: a thread calls it when round 0 asks.
+        let info = std::thread::scope(|scope| {
+            let (ask, asked) = std::sync::mpsc::channel::<()>();
+            let (done, decommitted) = std::sync::mpsc::channel::<()>();
+            let manager = &source;
+            scope.spawn(move || {
+                if asked.recv().is_ok() {
+                    block_on(manager.decommit_ram(gone)).unwrap();
+                    done.send(()).unwrap();
+                }
+            });
+            let ask = parking_lot::Mutex::new(Some(ask));
+            let decommitted = parking_lot::Mutex::new(decommitted);
+            options.progress = Some(Arc::new(move |round: u32, bytes: u64| {
                 // Once round 0 has sent the pages, decommit them.
                 if round == 0 && bytes > 0 {
-                    if let Some(decommit) = pending.lock().take() {
-                        block_on(decommit).unwrap();
+                    if let Some(ask) = ask.lock().take() {
+                        ask.send(()).unwrap();
+                        decommitted.lock().recv().unwrap();
                     }
                 }
-            }
-        };
-        options.progress = Some(Arc::new(decommit));
-        let info = block_on(source.migrate(source_end, options)).unwrap();
+            }));
+            block_on(source.migrate(source_end, options)).unwrap()
+        });
         let migrated = destination.join().unwrap().unwrap();
         assert!(
             migrated.manifest.zero_pages >= 16,
