@@ -299,3 +299,19 @@ test('planning a change of a closed window half names that half in its ERR_CLOSE
   object.close();
   await manager.close();
 });
+
+test('flatView() and plan() called before an unawaited change show the state before it', async (t) => {
+  const { manager } = await setup();
+  t.teardown(() => manager.close());
+  const vis = manager.ramVisibilityControl();
+  for (let i = 0; i < 20; i++) {
+    const view = manager.flatView();
+    const plan = manager.plan({ kind: 'ramVisibility', range: VGA, visibility: 'Unmapped' });
+    const hide = vis.setRamVisibility(VGA, 'Unmapped');
+    const [before, planned] = await Promise.all([view, plan, hide]);
+    t.truthy(before.find((e) => e.range.equals(VGA) && e.region !== null), 'VGA still visible in the earlier view');
+    t.true(planned.ops.length > 0, 'hiding visible VGA has work to do');
+    t.deepEqual((await manager.plan({ kind: 'ramVisibility', range: VGA, visibility: 'Unmapped' })).ops, [], 'a later plan sees it hidden');
+    await vis.setRamVisibility(VGA, 'ReadWrite');
+  }
+});

@@ -193,8 +193,8 @@ impl GuestMemoryManager {
             .enumerate()
             .map(|(index, change)| self.batch_item(index, change))
             .collect();
-        let regions = self.regions.clone();
-        async move { regions.batch(items?, dry_run).await }
+        let batch = items.map(|items| self.regions.batch(items, dry_run));
+        async move { batch?.await }
     }
 
     /// The region manager's form of change `index`.

@@ -99,10 +99,9 @@ impl WindowShared {
         &self,
         make: impl FnOnce(SharedWindow) -> PreviewChange,
     ) -> impl Future<Output = io::Result<PlanPreview>> + Send + 'static {
-        let regions = self.regions.clone();
-        let change = make(self.window.clone());
+        let preview = self.regions.preview(make(self.window.clone()));
         async move {
-            regions.preview(change).await.map_err(|error| match error {
+            preview.await.map_err(|error| match error {
                 PreviewError::Region(error) => io::Error::other(error),
                 PreviewError::Io(error) => error,
             })

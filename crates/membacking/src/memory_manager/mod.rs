@@ -719,8 +719,7 @@ impl GuestMemoryManager {
     pub fn inspect(
         &self,
     ) -> impl Future<Output = Result<ManagerSnapshot, RegionManagerError>> + Send + 'static {
-        let regions = self.regions.clone();
-        async move { regions.inspect().await }
+        self.regions.inspect()
     }
 
     /// The flat view: what the guest sees, piece by piece (the dry-run planner's view).
@@ -728,8 +727,7 @@ impl GuestMemoryManager {
         &self,
     ) -> impl Future<Output = Result<Vec<FlatEntry<SharedObject>>, RegionManagerError>> + Send + 'static
     {
-        let regions = self.regions.clone();
-        async move { regions.flat_view().await }
+        self.regions.flat_view()
     }
 
     /// Dry run of a visibility change: the operations it would carry out and the flat view it
@@ -739,18 +737,17 @@ impl GuestMemoryManager {
         range: MemoryRange,
         visibility: RamVisibility,
     ) -> impl Future<Output = Result<PlanPreview, RegionManagerError>> + Send + 'static {
-        let request = self.ram.regions.change_for(range, visibility);
-        let regions = self.regions.clone();
+        let preview = self
+            .ram
+            .regions
+            .change_for(range, visibility)
+            .map(|(change, cause)| self.regions.preview(PreviewChange::Change(change, cause)));
         async move {
-            let (change, cause) = request?;
-            regions
-                .preview(PreviewChange::Change(change, cause))
-                .await
-                .map_err(|error| match error {
-                    PreviewError::Region(error) => error,
-                    // Only device previews produce I/O errors; a region change cannot.
-                    PreviewError::Io(_) => RegionManagerError::ManagerGone,
-                })
+            preview?.await.map_err(|error| match error {
+                PreviewError::Region(error) => error,
+                // Only device previews produce I/O errors; a region change cannot.
+                PreviewError::Io(_) => RegionManagerError::ManagerGone,
+            })
         }
     }
 
@@ -780,11 +777,10 @@ impl GuestMemoryManager {
                 pin_mappings: self.pin_mappings,
             })
             .collect();
-        let regions = self.regions.clone();
+        let preview = unclaimed.map(|()| self.regions.preview(PreviewChange::Attach(infos, weak)));
         async move {
-            unclaimed.map_err(PartitionAttachError::AlreadyAttached)?;
-            regions
-                .preview(PreviewChange::Attach(infos, weak))
+            preview
+                .map_err(PartitionAttachError::AlreadyAttached)?
                 .await
                 .map_err(|error| match error {
                     PreviewError::Region(error) => PartitionAttachError::Manager(error),
@@ -922,11 +918,11 @@ impl RamVisibilityControl {
         range: MemoryRange,
         visibility: RamVisibility,
     ) -> impl Future<Output = Result<(), RegionManagerError>> + Send + 'static {
-        let request = self.ram.regions.change_for(range, visibility);
-        let regions = self.regions.clone();
-        async move {
-            let (change, cause) = request?;
-            regions.change(change, Some(cause)).await.map(drop)
-        }
+        let change = self
+            .ram
+            .regions
+            .change_for(range, visibility)
+            .map(|(change, cause)| self.regions.change(change, Some(cause)));
+        async move { change?.await.map(drop) }
     }
 }

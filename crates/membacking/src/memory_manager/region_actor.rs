@@ -318,18 +318,18 @@ impl RegionManagerClient {
         }
     }
 
-    /// Applies one change and waits for it.
-    pub(crate) async fn change(
+    /// Sends one change at once and returns the wait for it (served in call order, see
+    /// [`Self::call_now`]).
+    pub(crate) fn change(
         &self,
         change: Change<SharedObject>,
         cause: Option<String>,
-    ) -> Result<ChangeOutcome, RegionManagerError> {
-        self.call(|reply| RegionRequest::Change {
+    ) -> impl Future<Output = Result<ChangeOutcome, RegionManagerError>> + Send + 'static {
+        self.call_now(move |reply| RegionRequest::Change {
             change,
             cause,
             reply: Some(reply),
         })
-        .await
     }
 
     /// Requests a change without waiting (for drops).
@@ -415,34 +415,41 @@ impl RegionManagerClient {
         self.call_now(move |reply| RegionRequest::Decommit { range, reply })
     }
 
-    pub(crate) async fn inspect(&self) -> Result<ManagerSnapshot, RegionManagerError> {
-        self.call(RegionRequest::Inspect).await
-    }
-
-    pub(crate) async fn flat_view(
+    /// Sends an inspect request at once (served in call order, see [`Self::call_now`]).
+    pub(crate) fn inspect(
         &self,
-    ) -> Result<Vec<FlatEntry<SharedObject>>, RegionManagerError> {
-        self.call(RegionRequest::FlatView).await
+    ) -> impl Future<Output = Result<ManagerSnapshot, RegionManagerError>> + Send + 'static {
+        self.call_now(RegionRequest::Inspect)
     }
 
-    /// Plans `change` without applying it.
-    pub(crate) async fn preview(&self, change: PreviewChange) -> Result<PlanPreview, PreviewError> {
-        self.call(|reply| RegionRequest::Preview { change, reply })
-            .await
+    /// Sends a flat-view request at once (served in call order, see [`Self::call_now`]).
+    pub(crate) fn flat_view(
+        &self,
+    ) -> impl Future<Output = Result<Vec<FlatEntry<SharedObject>>, RegionManagerError>> + Send + 'static
+    {
+        self.call_now(RegionRequest::FlatView)
     }
 
-    /// Applies (or, with `dry_run`, plans) a batch of changes.
-    pub(crate) async fn batch(
+    /// Plans `change` without applying it (sent at once, see [`Self::call_now`]).
+    pub(crate) fn preview(
+        &self,
+        change: PreviewChange,
+    ) -> impl Future<Output = Result<PlanPreview, PreviewError>> + Send + 'static {
+        self.call_now(move |reply| RegionRequest::Preview { change, reply })
+    }
+
+    /// Applies (or, with `dry_run`, plans) a batch of changes (sent at once, see
+    /// [`Self::call_now`]).
+    pub(crate) fn batch(
         &self,
         items: Vec<BatchItem>,
         dry_run: bool,
-    ) -> Result<PlanPreview, BatchError> {
-        self.call(|reply| RegionRequest::Batch {
+    ) -> impl Future<Output = Result<PlanPreview, BatchError>> + Send + 'static {
+        self.call_now(move |reply| RegionRequest::Batch {
             items,
             dry_run,
             reply,
         })
-        .await
     }
 
     /// Sends a dirty-tracking operation at once (served in call order, see [`Self::call_now`]).

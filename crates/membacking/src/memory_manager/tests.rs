@@ -2402,3 +2402,36 @@ fn check_access_names_the_hole_of_a_large_range_before_any_copy() {
     drop(mem);
     block_on(private.close());
 }
+
+#[test]
+fn requests_are_served_in_call_order_whenever_their_futures_are_polled() {
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let control = mgr.ram_visibility_control();
+    let ram_active = |snapshot: &ManagerSnapshot| {
+        snapshot
+            .regions
+            .iter()
+            .any(|region| region.range == L1_RAM && region.active)
+    };
+    let inspect = mgr.inspect();
+    let flat_view = mgr.flat_view();
+    let plan = mgr.plan_ram_visibility(L1_RAM, RamVisibility::Unmapped);
+    let hide = control.set_ram_visibility(L1_RAM, RamVisibility::Unmapped);
+    // Polled in the reverse order of the calls: what was called before the change sees RAM.
+    block_on(hide).unwrap();
+    assert!(!block_on(plan).unwrap().steps.is_empty());
+    assert!(block_on(flat_view)
+        .unwrap()
+        .iter()
+        .any(|entry| entry.range.start() == 0 && entry.region.is_some()));
+    assert!(ram_active(&block_on(inspect).unwrap()));
+    // What is called after it sees the change.
+    assert!(
+        block_on(mgr.plan_ram_visibility(L1_RAM, RamVisibility::Unmapped))
+            .unwrap()
+            .steps
+            .is_empty()
+    );
+    assert!(!ram_active(&snapshot(&mgr)));
+    block_on(mgr.close());
+}
