@@ -65,6 +65,29 @@ test.serial('handles reopen a SparseMapping and a GuestMemory in a worker of thi
   t.is(memory.read(P, 11).toString(), 'from worker');
 });
 
+test.serial('a handle given to the wrong class is refused naming the class that opens it, and stays unopened', async (t) => {
+  const mapping = new SparseMapping(P);
+  mapping.alloc(0, P);
+  const memory = GuestMemory.fromSparseMapping(mapping);
+  const manager = await new mb.GuestMemoryBuilder().build(mb.MemoryLayout.new(16n * mb.MiB, [mb.range(16n * mb.MiB, 17n * mb.MiB)]));
+  t.teardown(() => manager.close());
+  const client = manager.client();
+  const handles = { SparseMapping: mapping.toHandle(), GuestMemory: memory.toHandle(), GuestMemoryClient: client.toHandle() };
+  const openers = { SparseMapping, GuestMemory, GuestMemoryClient: mb.GuestMemoryClient };
+  for (const [kind, handle] of Object.entries(handles)) {
+    const posted = { kind: handle.kind, id: handle.id };
+    for (const [other, Class] of Object.entries(openers)) {
+      if (other === kind) continue;
+      const error = t.throws(() => Class.fromHandle(posted), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE' });
+      t.is(error.message, `handle must be a ${other} TransferHandle (from toHandle()), got a ${kind} handle: open it with ${kind}.fromHandle() (it is still unopened)`);
+    }
+    openers[kind].fromHandle(posted).close();
+  }
+  client.close();
+  memory.close();
+  mapping.close();
+});
+
 test.serial('a worker toggles unmap/alloc while the main thread copies 1 MiB; every access succeeds or fails with a guest error', async (t) => {
   const mapping = new SparseMapping(2 * MiB);
   mapping.alloc(0, MiB);

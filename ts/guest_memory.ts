@@ -131,7 +131,15 @@ export function nativeOf<T>(value: unknown, Class: { name: string; prototype: ob
   return found as T;
 }
 
-function handleId(handle: unknown, kind: string): bigint {
+/** The classes whose `toHandle()` makes a handle, by the handle's kind. */
+const HANDLE_KINDS: ReadonlySet<string> = new Set(['SparseMapping', 'GuestMemory', 'GuestMemoryClient']);
+
+/** The id of a `kind` handle; a handle of another kind is refused, naming the class that opens it. @internal */
+export function handleId(handle: unknown, kind: string): bigint {
+  const other = typeof handle === 'object' && handle !== null ? (handle as TransferHandle).kind : undefined;
+  if (typeof other === 'string' && other !== kind && HANDLE_KINDS.has(other)) {
+    throw invalidArgType(`handle must be a ${kind} TransferHandle (from toHandle()), got a ${other} handle: open it with ${other}.fromHandle() (it is still unopened)`);
+  }
   if (typeof handle !== 'object' || handle === null || (handle as TransferHandle).kind !== kind) {
     throw invalidArgType(`handle must be a ${kind} TransferHandle (from toHandle()), got ${describeType(handle)}`);
   }

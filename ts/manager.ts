@@ -9,7 +9,7 @@
  */
 import { call, closedError, invalidArgType, invalidArgValue, MemoryManagerError, settle } from './errors';
 import { RamVisibility, Vtl } from './generated/enums';
-import { GuestMemory, issueHandle, Mappable, nativeOf, type IssuedTransferHandle, type TransferHandle } from './guest_memory';
+import { GuestMemory, handleId, issueHandle, Mappable, nativeOf, type IssuedTransferHandle, type TransferHandle } from './guest_memory';
 import { nativeLayout, type MemoryLayout } from './layout';
 import { native } from './native';
 import { nativePartition, type KvmPartition, type RecordingPartition } from './partition';
@@ -548,10 +548,7 @@ export class GuestMemoryClient {
   }
   /** Reopen in a worker. */
   static fromHandle(handle: TransferHandle): GuestMemoryClient {
-    if (typeof handle !== 'object' || handle === null || handle.kind !== 'GuestMemoryClient') {
-      throw invalidArgType(`handle must be a GuestMemoryClient TransferHandle, got ${describeType(handle)}`);
-    }
-    const id = toU64(handle.id, 'handle.id');
+    const id = handleId(handle, 'GuestMemoryClient');
     return new GuestMemoryClient(token, call(() => native.NativeGuestMemoryClient.fromHandle(id)));
   }
   /** Drop this reference. */
