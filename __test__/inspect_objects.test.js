@@ -20,6 +20,23 @@ const isOwnFrame = (line) => line.includes(DIST) || line.includes(path.join(ROOT
 
 const layout = () => MemoryLayout.new(GiB, [range(3n * GiB, 4n * GiB)]);
 
+test('locked pages and a builder show what they hold, and closed once released or built', async (t) => {
+  const memory = GuestMemory.allocate(0x4000);
+  const locked = memory.lockGpns([1, 3]);
+  t.is(inspect(locked), "LockedPages { state: 'open', count: 2, gpns: [ 0x1n, 0x3n ] }");
+  locked.release();
+  t.is(inspect(locked), "LockedPages { state: 'closed' }");
+  memory.close();
+  const builder = new GuestMemoryBuilder().x86LegacySupport(true).vtl0AliasMap(1n << 40n);
+  t.is(
+    inspect(builder, { breakLength: Infinity }),
+    "GuestMemoryBuilder { state: 'open', existingBacking: false, vtl0AliasMap: 0x10000000000n, prefetchRam: false, pinMappings: false, x86LegacySupport: true, privateMemory: false, transparentHugepages: false }",
+  );
+  const manager = await builder.build(layout());
+  t.is(inspect(builder), "GuestMemoryBuilder { state: 'closed' }");
+  await manager.close();
+});
+
 test('managers, clients, guest memory and device windows show their state and sizes, open and closed', async (t) => {
   const manager = await new GuestMemoryBuilder().build(layout());
   t.is(inspect(manager), "GuestMemoryManager { state: 'open', ramRegions: 1, ramSize: 0x40000000n }");

@@ -515,6 +515,7 @@ function toPagedRange(range: unknown): { offset: number; len: bigint; gpns: BigU
 /** Locked guest pages; never exposes addresses. */
 export class LockedPages {
   readonly #native: NativeLockedPages;
+  #released = false;
 
   private constructor(handle: NativeLockedPages) {
     this.#native = handle;
@@ -544,7 +545,12 @@ export class LockedPages {
   }
   /** Unlock once (idempotent; also on GC). */
   release(): void {
+    this.#released = true;
     this.#native.release();
+  }
+  /** `util.inspect` form: locked (`open`, with the page count and numbers) or released (`closed`). */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return inspectObject('LockedPages', depth, options, () => ({ count: this.count, gpns: this.gpns }), this.#released);
   }
   [Symbol.dispose](): void {
     this.release();

@@ -110,7 +110,7 @@ export class SharedMemoryBacking {
     this.#closed = true;
     this.#native.close();
   }
-  /** `util.inspect` form: open or closed, . */
+  /** `util.inspect` form: open or closed. */
   [inspect.custom](depth: number, options: InspectOptionsStylized): string {
     return inspectObject('SharedMemoryBacking', depth, options, () => ({}), this.#closed);
   }
@@ -210,6 +210,20 @@ export class GuestMemoryBuilder {
       native.buildGuestMemory(l, backing, this.#vtl0AliasMap, this.#prefetchRam, this.#pinMappings, this.#x86LegacySupport, this.#privateMemory, this.#transparentHugepages, nativeProgress(this.#onProgress)),
     );
     return new GuestMemoryManager(token, await settle(pending));
+  }
+
+  /** `util.inspect` form: the options set so far, or `closed` once `build()` consumed it. */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    const fields = () => ({
+      existingBacking: this.#existingBacking !== null,
+      vtl0AliasMap: this.#vtl0AliasMap,
+      prefetchRam: this.#prefetchRam,
+      pinMappings: this.#pinMappings,
+      x86LegacySupport: this.#x86LegacySupport,
+      privateMemory: this.#privateMemory,
+      transparentHugepages: this.#transparentHugepages,
+    });
+    return inspectObject('GuestMemoryBuilder', depth, options, fields, this.#consumed);
   }
 
   /**
@@ -556,7 +570,7 @@ export class GuestMemoryClient {
     this.#closed = true;
     this.#native.close();
   }
-  /** `util.inspect` form: open or closed, . */
+  /** `util.inspect` form: open or closed. */
   [inspect.custom](depth: number, options: InspectOptionsStylized): string {
     return inspectObject('GuestMemoryClient', depth, options, () => ({}), this.#closed);
   }
@@ -587,7 +601,7 @@ export class RamVisibilityControl {
     this.#closed = true;
     this.#native.close();
   }
-  /** `util.inspect` form: open or closed, . */
+  /** `util.inspect` form: open or closed. */
   [inspect.custom](depth: number, options: InspectOptionsStylized): string {
     return inspectObject('RamVisibilityControl', depth, options, () => ({}), this.#closed);
   }
@@ -619,7 +633,7 @@ export class DeviceMemoryMapper {
     this.#closed = true;
     this.#native.close();
   }
-  /** `util.inspect` form: open or closed, . */
+  /** `util.inspect` form: open or closed. */
   [inspect.custom](depth: number, options: InspectOptionsStylized): string {
     return inspectObject('DeviceMemoryMapper', depth, options, () => ({}), this.#closed);
   }
