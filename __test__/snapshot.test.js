@@ -315,6 +315,24 @@ test('a restored manager started with startDirtyTracking continues the chain', a
   again.close();
 });
 
+test('restoring an incremental snapshot whose base was moved names the base and what needs it', async (t) => {
+  const manager = await build(t);
+  await manager.dirtyTracking().start();
+  const root = tempDir(t);
+  await manager.snapshot(path.join(root, 'full'));
+  await manager.snapshot(path.join(root, 'inc'), { base: path.join(root, 'full') });
+  fs.renameSync(path.join(root, 'full'), path.join(root, 'moved'));
+  for (const mode of ['copy', 'lazy']) {
+    const error = await t.throwsAsync(GuestMemoryBuilder.restore(path.join(root, 'inc'), { mode }), { code: 'ENOENT' });
+    t.true(error.message.startsWith(`snapshot ${path.join(root, 'inc')} is built on ${path.join(root, 'inc')}${path.sep}..${path.sep}full, which cannot be read`), error.message);
+    t.regex(error.detail, /needs every snapshot of its chain; put the base back at /);
+  }
+  // Put back, the chain restores (the base's path is recorded relative to the snapshot).
+  fs.renameSync(path.join(root, 'moved'), path.join(root, 'full'));
+  const restored = await GuestMemoryBuilder.restore(path.join(root, 'inc'));
+  await restored.close();
+});
+
 /** A snapshot with data, an index and a manifest; `dir` and its files. */
 async function oneSnapshot(t) {
   const manager = await build(t);

@@ -1522,6 +1522,20 @@ impl ToJsError for membacking::SnapshotError {
                 },
             ),
             E::Io { op, path, source } => path_os_error(self, op, path, source),
+            E::BaseUnreadable {
+                snapshot,
+                base,
+                op,
+                path,
+                source,
+            } => path_os_error(self, op, path, source).with_detail(format!(
+                "{} is a base of {}: restoring it, reading it or taking an incremental snapshot \
+                 on it needs every snapshot of its chain; put the base back at {} (or restore \
+                 from a full snapshot)",
+                base.display(),
+                snapshot.display(),
+                base.display()
+            )),
             E::NotWritten {
                 op,
                 path,

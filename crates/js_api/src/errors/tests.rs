@@ -365,6 +365,13 @@ fn snapshot_errors() -> Vec<membacking::SnapshotError> {
             target: "/data/snap".into(),
             source: io::Error::from_raw_os_error(libc::ENOSPC),
         },
+        E::BaseUnreadable {
+            snapshot: "/s/inc".into(),
+            base: "/s/full".into(),
+            op: "read",
+            path: "/s/full/manifest.json".into(),
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        },
     ]
 }
 
@@ -1044,6 +1051,22 @@ fn snapshot_rows_name_the_file_offset_version_layout_and_path() {
         .as_str()
         .unwrap()
         .starts_with("recreating device window \"fb\" failed: "));
+    // A base that cannot be read: an OS error naming the base, the snapshot built on it, and
+    // in detail what needs it and what to do.
+    assert_eq!(rows[13]["class"], "OsError");
+    assert_eq!(
+        rows[13]["fields"]["path"], "/s/full/manifest.json",
+        "{}",
+        rows[13]
+    );
+    assert!(rows[13]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("snapshot /s/inc is built on /s/full, which cannot be read: read /s/full/manifest.json failed: "));
+    assert!(rows[13]["fields"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("put the base back at /s/full"));
 }
 
 #[test]

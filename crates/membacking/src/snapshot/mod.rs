@@ -108,6 +108,23 @@ pub enum SnapshotError {
         #[source]
         source: io::Error,
     },
+    /// A base in a snapshot's chain cannot be read (moved, deleted, or not readable; the
+    /// errno's code): a restore, an incremental snapshot on it or `read_snapshot` needs every
+    /// snapshot of the chain.
+    #[error("snapshot {} is built on {}, which cannot be read: {op} {} failed", snapshot.display(), base.display(), path.display())]
+    BaseUnreadable {
+        /// The snapshot whose base it is.
+        snapshot: PathBuf,
+        /// The base's directory, as the snapshot records it (resolved from its own directory).
+        base: PathBuf,
+        /// The operation (`open`, `read`, …).
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// Writing a snapshot into its temporary directory failed (the errno's code); the temporary
     /// directory is removed and the target keeps what it held.
     #[error("{op} {} failed", path.display())]

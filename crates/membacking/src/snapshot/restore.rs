@@ -468,7 +468,16 @@ pub(crate) fn load_chain(dir: &Path) -> Result<Vec<Layer>, SnapshotError> {
         }
         let joined = above_dir.join(&base_path);
         let base_dir = joined.canonicalize().unwrap_or(joined);
-        let base = load_layer(&base_dir)?;
+        let base = load_layer(&base_dir).map_err(|error| match error {
+            SnapshotError::Io { op, path, source } => SnapshotError::BaseUnreadable {
+                snapshot: above_dir.clone(),
+                base: base_dir.clone(),
+                op,
+                path,
+                source,
+            },
+            other => other,
+        })?;
         if base.manifest.id != base_id {
             return Err(SnapshotError::Layout {
                 dir: above_dir,

@@ -1022,9 +1022,18 @@ fn an_incremental_snapshot_on_a_base_a_restore_would_refuse_fails_and_writes_not
                     file.display()
                 )
             }
-            Err(SnapshotError::Io { path, source, .. }) => {
+            // A file of the base missing names the base and the snapshot built on it.
+            Err(SnapshotError::BaseUnreadable {
+                snapshot,
+                base,
+                path,
+                source,
+                ..
+            }) => {
                 assert_eq!(path, memory, "{what}");
                 assert_eq!(source.kind(), std::io::ErrorKind::NotFound, "{what}");
+                assert_eq!(base, full, "{what}");
+                assert_eq!(snapshot, next, "{what}");
             }
             other => panic!("{what}: {other:?}"),
         }
