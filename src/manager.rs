@@ -24,6 +24,7 @@ use crate::sparse_mapping::NativeMappable;
 use js_api::args::number_member;
 use js_api::args::one_range;
 use js_api::args::string_member;
+use js_api::errors::memory_build_error;
 use js_api::executor::Polling;
 use js_api::external_memory;
 use js_api::json::to_json;
@@ -124,10 +125,13 @@ pub fn build_guest_memory<'env>(
                 .ok_or_else(|| throw(JsError::closed("SharedMemoryBacking")))
         })
         .transpose()?;
-    let x86_layout = layout.layout().clone();
+    let (alias, built_layout) = (
+        vtl0_alias_map.map(|offset| offset.0),
+        layout.layout().clone(),
+    );
     let build = GuestMemoryBuilder::new()
         .existing_backing(backing)
-        .vtl0_alias_map(vtl0_alias_map.map(|offset| offset.0))
+        .vtl0_alias_map(alias)
         .prefetch_ram(prefetch_ram)
         .pin_mappings(pin_mappings)
         .x86_legacy_support(x86_legacy_support)
@@ -139,15 +143,9 @@ pub fn build_guest_memory<'env>(
         env,
         Polling::Pool,
         async move {
-            build.await.map_err(|error| {
-                let js_error = error.to_js_error();
-                match error {
-                    // The message the contract fixes names no value: say which range breaks the rule.
-                    membacking::MemoryBuildError::InvalidRamForX86 => js_error
-                        .with_detail(js_api::errors::invalid_ram_for_x86_detail(&x86_layout)),
-                    _ => js_error,
-                }
-            })
+            build
+                .await
+                .map_err(|error| memory_build_error(&error, alias, &built_layout))
         },
         |env, manager| Ok(NativeGuestMemoryManager::wrap(&env, manager)),
     )

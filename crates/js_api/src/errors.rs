@@ -1017,17 +1017,7 @@ impl ToJsError for membacking::MemoryBuildError {
                     inner,
                 );
             }
-            E::AliasMapWontFit {
-                offset,
-                end_of_layout,
-            } => {
-                return row(
-                    ErrorClass::MemoryBuildError,
-                    ErrorCode::AliasMapWontFit,
-                    self,
-                )
-                .with_detail(alias_map_wont_fit(*offset, *end_of_layout));
-            }
+            E::AliasMapWontFit => ErrorCode::AliasMapWontFit,
             E::InvalidRamForX86 => ErrorCode::InvalidRamForX86,
             E::PrivateMemoryWithLegacy => ErrorCode::PrivateMemoryWithLegacy,
             E::PrivateMemoryWithExistingBacking => ErrorCode::PrivateMemoryWithExistingBacking,
@@ -1220,6 +1210,27 @@ pub fn decommit_outside_ram(range: MemoryRange, ram: &[MemoryRange]) -> String {
         return rule;
     }
     format!("{cursor:#x} in {range} is not guest RAM (an MMIO gap, or past the end of RAM); {rule}")
+}
+
+/// A failed build of `layout` with the VTL0 alias offset `alias` as JavaScript sees it: the
+/// core's row, with a detail from the layout and the offset for the original's variants that
+/// carry nothing: `InvalidRamForX86` ([`invalid_ram_for_x86_detail`]) and `AliasMapWontFit`
+/// ([`alias_map_wont_fit`]).
+pub fn memory_build_error(
+    error: &membacking::MemoryBuildError,
+    alias: Option<u64>,
+    layout: &vm_topology::memory::MemoryLayout,
+) -> JsError {
+    use membacking::MemoryBuildError as E;
+    let js = error.to_js_error();
+    match (error, alias, layout.end_of_ram_or_mmio_checked()) {
+        (E::InvalidRamForX86, _, _) => js.with_detail(invalid_ram_for_x86_detail(layout)),
+        (E::AliasMapWontFit, Some(offset), Some(end)) => {
+            let end = end.max(layout.vtl2_range().map_or(0, |range| range.end()));
+            js.with_detail(alias_map_wont_fit(offset, end))
+        }
+        _ => js,
+    }
 }
 
 /// The detail of `ERR_ALIAS_MAP_WONT_FIT`: why `offset` does not fit above a guest address space

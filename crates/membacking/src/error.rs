@@ -67,12 +67,7 @@ pub enum MemoryBuildError {
     /// The VTL0 alias offset lies inside the guest address space (or is unaligned, or the
     /// alias would end beyond 2^64).
     #[error("not enough guest address space available for the vtl0 alias map")]
-    AliasMapWontFit {
-        /// The alias offset asked for (bytes).
-        offset: u64,
-        /// The end of the guest address space, which the alias repeats from `offset` (bytes).
-        end_of_layout: u64,
-    },
+    AliasMapWontFit,
     /// x86 legacy support needs RAM from 0 to at least 1 MiB.
     #[error("x86 support requires RAM to start at 0 and contain at least 1MB")]
     InvalidRamForX86,

@@ -190,10 +190,7 @@ fn build_errors() -> Vec<membacking::MemoryBuildError> {
         E::RamTooLarge(u64::MAX),
         E::AllocationFailed(io::Error::from_raw_os_error(libc::EFBIG)),
         E::VaMapper(membacking::VaMapperError::Reserve(enomem())),
-        E::AliasMapWontFit {
-            offset: 0x1000,
-            end_of_layout: 0x1_0000_0000,
-        },
+        E::AliasMapWontFit,
         E::InvalidRamForX86,
         E::PrivateMemoryWithLegacy,
         E::PrivateMemoryWithExistingBacking,
@@ -1418,11 +1415,14 @@ fn an_alias_map_that_does_not_fit_says_why_the_rule_and_an_offset_that_fits() {
     // vtl0AliasMap(0x1000) failed with the original's "not enough guest address space available
     // for the vtl0 alias map" only: neither the offset nor the bound it must reach.
     let end = 0x1_0000_0000;
-    let inside = membacking::MemoryBuildError::AliasMapWontFit {
-        offset: 0x1000,
-        end_of_layout: end,
-    }
-    .to_js_error();
+    let layout = vm_topology::memory::MemoryLayout::new(
+        0x8000_0000,
+        &[MemoryRange::new(0xc000_0000..end)],
+        None,
+    )
+    .unwrap();
+    let error = membacking::MemoryBuildError::AliasMapWontFit;
+    let inside = memory_build_error(&error, Some(0x1000), &layout);
     assert_eq!(
         inside.kind(),
         (
@@ -1440,6 +1440,30 @@ fn an_alias_map_that_does_not_fit_says_why_the_rule_and_an_offset_that_fits() {
         "{detail}"
     );
     assert!(detail.ends_with("such as 0x100000000"), "{detail}");
+    // The VTL2 range is part of the address space the alias repeats.
+    let with_vtl2 = vm_topology::memory::MemoryLayout::new(
+        0x8000_0000,
+        &[MemoryRange::new(0xc000_0000..end)],
+        Some(MemoryRange::new(0x2_0000_0000..0x2_0020_0000)),
+    )
+    .unwrap();
+    let detail = memory_build_error(&error, Some(end), &with_vtl2)
+        .fields
+        .detail
+        .unwrap_or_default();
+    assert!(detail.contains("which ends at 0x200200000"), "{detail}");
+    // Without an alias offset (as no build fails so) the row stays as it is.
+    assert_eq!(
+        memory_build_error(&error, None, &layout).fields.detail,
+        None
+    );
+    // The x86 refusal of a build gets the layout's detail too.
+    let x86 = memory_build_error(
+        &membacking::MemoryBuildError::InvalidRamForX86,
+        None,
+        &layout,
+    );
+    assert_eq!(x86.fields.detail, Some(invalid_ram_for_x86_detail(&layout)));
     let unaligned = alias_map_wont_fit(0x1_0000_0800, end);
     assert!(
         unaligned.starts_with("the VTL0 alias offset 0x100000800 is not a multiple of 4 KiB"),

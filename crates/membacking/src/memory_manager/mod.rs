@@ -314,10 +314,7 @@ impl GuestMemoryBuilder {
                 && offset >= max_addr
                 && offset.checked_add(max_addr).is_some();
             if !fits {
-                return Err(MemoryBuildError::AliasMapWontFit {
-                    offset,
-                    end_of_layout: max_addr,
-                });
+                return Err(MemoryBuildError::AliasMapWontFit);
             }
         }
         // 4, 6, 7. The thread, the mapping manager and the region manager.

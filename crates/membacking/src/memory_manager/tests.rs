@@ -291,13 +291,7 @@ fn alias_boundary() {
         &l1(),
     );
     assert!(
-        matches!(
-            error,
-            MemoryBuildError::AliasMapWontFit {
-                offset: 0xFFFF_F000,
-                end_of_layout: 0x1_0000_0000,
-            }
-        ),
+        matches!(error, MemoryBuildError::AliasMapWontFit),
         "{error:?}"
     );
     assert_eq!(
@@ -316,7 +310,7 @@ fn alias_boundary() {
             &l1(),
         );
         assert!(
-            matches!(error, MemoryBuildError::AliasMapWontFit { .. }),
+            matches!(error, MemoryBuildError::AliasMapWontFit),
             "{offset:#x}"
         );
     }
@@ -332,7 +326,7 @@ fn alias_check_precedes_the_x86_check() {
         &layout,
     );
     assert!(
-        matches!(error, MemoryBuildError::AliasMapWontFit { .. }),
+        matches!(error, MemoryBuildError::AliasMapWontFit),
         "{error:?}"
     );
     let error = build_err(GuestMemoryBuilder::new().x86_legacy_support(true), &layout);
