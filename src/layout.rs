@@ -8,7 +8,7 @@ use crate::errors::OrThrow;
 use js_api::args::paired;
 use js_api::args::range_pairs;
 use js_api::enums::JsEnum;
-use js_api::errors::ToJsError;
+use js_api::errors::invalid_ram_for_x86;
 use js_api::json::to_json;
 use js_api::views::LayoutView;
 use js_api::views::RamRegionView;
@@ -100,13 +100,8 @@ impl NativeLayout {
     /// The RAM regions the builder creates (JSON `[{range, fileOffset}]`).
     #[napi]
     pub fn x86_legacy_ram_ranges(&self, x86_legacy_support: bool) -> napi::Result<String> {
-        let regions = x86_legacy_ram_ranges(&self.inner, x86_legacy_support).map_err(|error| {
-            throw(
-                error
-                    .to_js_error()
-                    .with_detail(js_api::errors::invalid_ram_for_x86_detail(&self.inner)),
-            )
-        })?;
+        let regions = x86_legacy_ram_ranges(&self.inner, x86_legacy_support)
+            .map_err(|error| throw(invalid_ram_for_x86(&error, &self.inner)))?;
         Ok(to_json(&RamRegionView::list(
             regions
                 .iter()

@@ -24,6 +24,7 @@ use crate::sparse_mapping::NativeMappable;
 use js_api::args::number_member;
 use js_api::args::one_range;
 use js_api::args::string_member;
+use js_api::errors::decommit_error;
 use js_api::errors::memory_build_error;
 use js_api::executor::Polling;
 use js_api::external_memory;
@@ -264,12 +265,8 @@ impl NativeGuestMemoryManager {
         let ram: Vec<MemoryRange> = manager.ram_regions().into_iter().map(|(r, _)| r).collect();
         let run = manager.decommit_ram(range);
         let run = async move {
-            run.await.map_err(|error| match error {
-                membacking::RegionManagerError::InvalidRamRegion(_) => error
-                    .to_js_error()
-                    .with_detail(js_api::errors::decommit_outside_ram(range, &ram)),
-                other => other.to_js_error(),
-            })
+            run.await
+                .map_err(|error| decommit_error(&error, range, &ram))
         };
         promise(env, Polling::Pool, run, |_env, ()| Ok(()))
     }

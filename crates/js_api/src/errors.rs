@@ -796,6 +796,16 @@ impl ToJsError for vm_topology::x86_legacy::InvalidRamForX86 {
     }
 }
 
+/// `x86LegacyRamRanges` of `layout` refused: the core's row with [`invalid_ram_for_x86_detail`].
+pub fn invalid_ram_for_x86(
+    error: &vm_topology::x86_legacy::InvalidRamForX86,
+    layout: &vm_topology::memory::MemoryLayout,
+) -> JsError {
+    error
+        .to_js_error()
+        .with_detail(invalid_ram_for_x86_detail(layout))
+}
+
 /// The `detail` of `ERR_INVALID_RAM_FOR_X86` (whose message the contract fixes) for `layout`:
 /// what its first RAM range is, the rule it breaks and what to do.
 pub fn invalid_ram_for_x86_detail(layout: &vm_topology::memory::MemoryLayout) -> String {
@@ -1178,6 +1188,21 @@ pub fn mappable_from_fd(error: &io::Error, fd: i32) -> JsError {
         ));
     }
     js_error
+}
+
+/// A failed `decommitRam(range)` of a manager whose RAM regions are `ram`: the core's row, with
+/// [`decommit_outside_ram`]'s detail for `InvalidRamRegion`.
+pub fn decommit_error(
+    error: &membacking::RegionManagerError,
+    range: MemoryRange,
+    ram: &[MemoryRange],
+) -> JsError {
+    match error {
+        membacking::RegionManagerError::InvalidRamRegion(_) => error
+            .to_js_error()
+            .with_detail(decommit_outside_ram(range, ram)),
+        other => other.to_js_error(),
+    }
 }
 
 /// The detail of `decommitRam(range)` refused with `ERR_INVALID_RAM_REGION` (whose message is

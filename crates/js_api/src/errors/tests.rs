@@ -1408,6 +1408,16 @@ fn a_decommit_outside_ram_names_the_first_byte_that_is_not_ram_and_the_ram() {
     assert!(beyond.starts_with("0x140000000 in "), "{beyond}");
     let empty = decommit_outside_ram(MemoryRange::new(0x1000..0x1000), &ram);
     assert!(empty.starts_with("0x1000-0x1000 is empty"), "{empty}");
+    // The row of a refused decommit carries that detail; a manager that is gone keeps its own.
+    let range = MemoryRange::new(5 * gib..5 * gib + 0x1000);
+    let refused =
+        membacking::RegionManagerError::InvalidRamRegion(membacking::InvalidRamRegion(range));
+    let error = decommit_error(&refused, range, &ram);
+    assert_eq!(error.kind().1, Some(ErrorCode::InvalidRamRegion));
+    assert_eq!(error.fields.detail, Some(beyond));
+    let gone = decommit_error(&membacking::RegionManagerError::ManagerGone, range, &ram);
+    assert_eq!(gone.kind().1, Some(ErrorCode::ManagerGone));
+    assert_ne!(gone.fields.detail, error.fields.detail);
 }
 
 #[test]
@@ -1562,6 +1572,12 @@ fn invalid_ram_for_x86_detail_names_the_first_ram_range() {
     assert!(
         detail.ends_with("or build without x86LegacySupport"),
         "{detail}"
+    );
+    // The row of a refused x86LegacyRamRanges carries it.
+    let refused = vm_topology::x86_legacy::x86_legacy_ram_ranges(&late, true).unwrap_err();
+    assert_eq!(
+        invalid_ram_for_x86(&refused, &late).fields.detail,
+        Some(detail)
     );
     let small = MemoryLayout::new(0x8_0000, &[], None).unwrap();
     assert!(invalid_ram_for_x86_detail(&small)
