@@ -364,6 +364,9 @@ export interface GuestMemoryOptions {
    * once in its synchronous operations; for `readAtAsync`/`writeAtAsync` (of any thread) through
    * a thread-safe function while the pool thread waits. Synchronous operations of another
    * worker thread (a memory reopened with `fromHandle`) cannot call it and fail instead.
+   * After `'retry'` the access runs again from its start, so make all of `[gpa, gpa + len)`
+   * accessible at once: a hook that places one page per call makes a large access cost a call
+   * per page and a copy that grows with each one.
    */
   pageFault?: PageFaultHandler;
   /** Max consecutive Retry answers for one gpa before kind Other (default 1000). */
