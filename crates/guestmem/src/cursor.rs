@@ -17,9 +17,9 @@ use zerocopy::KnownLayout;
 pub enum AccessError {
     /// Guest memory failed.
     #[error("memory access error")]
-    Memory(#[source] GuestMemoryError),
-    /// Fewer bytes remain than requested.
-    #[error("out of range: {0:#x} bytes available, {1:#x} requested")]
+    Memory(#[from] GuestMemoryError),
+    /// Fewer bytes remain than requested: `(available, requested)`.
+    #[error("out of range: {0:#x} < {1:#x}")]
     OutOfRange(usize, usize),
     /// The cursor cannot be written (declared for API compatibility, not produced here).
     #[error("write attempted to read-only memory")]
@@ -410,10 +410,10 @@ mod tests {
             u16::from_le_bytes([4, 5])
         );
         assert_eq!(reader.read_n::<u8>(2).unwrap(), vec![6, 7]);
-        assert!(matches!(
-            reader.read(&mut [0; 4]),
-            Err(AccessError::OutOfRange(3, 4))
-        ));
+        let short = reader.read(&mut [0; 4]).unwrap_err();
+        assert!(matches!(short, AccessError::OutOfRange(3, 4)));
+        // The original's message, word for word.
+        assert_eq!(short.to_string(), "out of range: 0x3 < 0x4");
         assert_eq!(reader.read_all().unwrap(), vec![8, 9, 10]);
         assert!(MemoryRead::is_empty(&reader));
 
@@ -478,6 +478,9 @@ mod tests {
             reader.read(&mut [0; 2]),
             Err(AccessError::Memory(_))
         ));
+        // A guest memory error converts into an access error (`?` works in a reader).
+        let converted: AccessError = memory.read_plain::<u8>(1 << 40).unwrap_err().into();
+        assert!(matches!(converted, AccessError::Memory(_)));
         assert_eq!(MemoryRead::len(&reader), 4);
     }
 }

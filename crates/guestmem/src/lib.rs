@@ -119,20 +119,22 @@ pub const DEFAULT_RETRY_LIMIT: u32 = 1000;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MultiRegionError {
     /// The region size is not a power of two.
-    #[error("region size {0:#x} is not a power of two")]
+    #[error("region size {0:#x} is not a power of 2")]
     NotPowerOfTwo(u64),
     /// The region size is below the page size.
     #[error("region size {0:#x} is smaller than a page")]
     RegionSizeTooSmall(u64),
     /// More regions than the address space can hold.
     #[error(
-        "too many regions ({region_count}) for region size; the maximum is {max_region_count}"
+        "too many regions ({region_count}) for region size {region_size:#x}; max is {max_region_count}"
     )]
     TooManyRegions {
         /// The region count (rounded up to a power of two).
-        region_count: u64,
+        region_count: usize,
         /// The largest allowed count.
-        max_region_count: u64,
+        max_region_count: usize,
+        /// The region size.
+        region_size: u64,
     },
     /// A backing is larger than a region.
     #[error("backing size {backing_size:#x} is too large for region size {region_size:#x}")]
@@ -285,22 +287,24 @@ impl GuestMemory {
             return Err(MultiRegionError::RegionSizeTooSmall(region_size));
         }
         let region_bits = region_size.trailing_zeros();
-        let region_count = (imps.len().max(1) as u64)
-            .checked_next_power_of_two()
-            .unwrap_or(u64::MAX);
-        let max_region_count = 1u64 << (63 - region_bits);
-        if region_count > max_region_count {
-            return Err(MultiRegionError::TooManyRegions {
-                region_count,
-                max_region_count,
-            });
-        }
-        let too_many = MultiRegionError::TooManyRegions {
+        // The largest count whose region index still fits below bit 63 (saturated to what a
+        // `usize` holds).
+        let max_region_count =
+            usize::try_from(1u64 << (63 - region_bits)).unwrap_or(usize::MAX);
+        let too_many = |region_count| MultiRegionError::TooManyRegions {
             region_count,
             max_region_count,
+            region_size,
         };
-        let region_slots = usize::try_from(region_count).map_err(|_| too_many)?;
-        let mut regions = Vec::with_capacity(region_slots);
+        let region_count = imps
+            .len()
+            .max(1)
+            .checked_next_power_of_two()
+            .ok_or_else(|| too_many(imps.len()))?;
+        if region_count > max_region_count {
+            return Err(too_many(region_count));
+        }
+        let mut regions = Vec::with_capacity(region_count);
         for imp in imps {
             match imp {
                 Some(imp) => {
@@ -316,13 +320,13 @@ impl GuestMemory {
                 None => regions.push(Region::missing()),
             }
         }
-        regions.resize_with(region_slots, Region::missing);
+        regions.resize_with(region_count, Region::missing);
         let decoder = Decoder::multi(region_bits, region_count.trailing_zeros());
         Ok(Self::from_regions(
             debug_name.into(),
             regions,
             decoder,
-            region_size * region_count,
+            region_size * region_count as u64,
             None,
         ))
     }

@@ -641,9 +641,21 @@ fn multi_region() {
         GuestMemory::new_multi_region("x", 1 << 62, vec![none[0].clone(), None, None]).unwrap_err(),
         MultiRegionError::TooManyRegions {
             region_count: 4,
-            max_region_count: 2
+            max_region_count: 2,
+            region_size: 0x4000_0000_0000_0000
         }
     ));
+    // The messages are the original's, word for word.
+    assert_eq!(
+        MultiRegionError::NotPowerOfTwo(0xc000_0000).to_string(),
+        "region size 0xc0000000 is not a power of 2"
+    );
+    assert_eq!(
+        GuestMemory::new_multi_region("x", 1 << 62, vec![none[0].clone(), None, None])
+            .unwrap_err()
+            .to_string(),
+        "too many regions (4) for region size 0x4000000000000000; max is 2"
+    );
     // An empty list still makes one (empty) region.
     let empty = GuestMemory::new_multi_region("x", 4096, none[..0].to_vec()).unwrap();
     assert_eq!(
