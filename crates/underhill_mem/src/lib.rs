@@ -19,5 +19,5 @@ pub mod registrar;
 
 pub use registrar::{
     AsyncFromSync, MemoryRegistrar, MemoryRegistrarInspect, RegisterMemory, RegisterMemoryAsync,
-    Registration, GRANULARITY,
+    Registration, SyncRegistrationError, GRANULARITY,
 };

@@ -47,12 +47,12 @@ const CHUNKS_PER_WORD: u64 = 64;
 /// guest physical range shifted up by the registrar's registration offset). Every closure
 /// `Fn(MemoryRange) -> Result<(), E>` with `E: std::error::Error + 'static` implements this
 /// trait, so a closure can be passed to [`MemoryRegistrar::new`] directly.
+///
+/// The error type is opaque, as in the original: an implementation writes
+/// `-> Result<(), impl std::error::Error + 'static>` (or names its concrete error type).
 pub trait RegisterMemory {
-    /// The error the callback reports.
-    type Error: Error + 'static;
-
     /// Registers `range` with the host facility.
-    fn register_range(&self, range: MemoryRange) -> Result<(), Self::Error>;
+    fn register_range(&self, range: MemoryRange) -> Result<(), impl Error + 'static>;
 }
 
 impl<F, E> RegisterMemory for F
@@ -60,10 +60,43 @@ where
     F: Fn(MemoryRange) -> Result<(), E>,
     E: Error + 'static,
 {
-    type Error = E;
-
-    fn register_range(&self, range: MemoryRange) -> Result<(), E> {
+    fn register_range(&self, range: MemoryRange) -> Result<(), impl Error + 'static> {
         self(range)
+    }
+}
+
+/// The error of a synchronous [`RegisterMemory`] callback adapted by [`AsyncFromSync`]: the
+/// callback's own error, boxed because its type is opaque. Displays as the callback's error
+/// and has the same source.
+pub struct SyncRegistrationError(Box<dyn Error + 'static>);
+
+impl SyncRegistrationError {
+    /// The callback's error.
+    pub fn into_inner(self) -> Box<dyn Error + 'static> {
+        self.0
+    }
+
+    /// The callback's error, borrowed.
+    pub fn inner(&self) -> &(dyn Error + 'static) {
+        &*self.0
+    }
+}
+
+impl fmt::Debug for SyncRegistrationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for SyncRegistrationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl Error for SyncRegistrationError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.0.source()
     }
 }
 
@@ -117,10 +150,14 @@ where
 pub struct AsyncFromSync<T>(pub T);
 
 impl<T: RegisterMemory> RegisterMemoryAsync for AsyncFromSync<T> {
-    type Error = T::Error;
+    type Error = SyncRegistrationError;
 
-    fn start_registration(&self, range: MemoryRange) -> Registration<T::Error> {
-        Registration::Ready(self.0.register_range(range))
+    fn start_registration(&self, range: MemoryRange) -> Registration<SyncRegistrationError> {
+        Registration::Ready(
+            self.0
+                .register_range(range)
+                .map_err(|error| SyncRegistrationError(Box::new(error))),
+        )
     }
 }
 
@@ -1210,9 +1247,9 @@ mod tests {
     #[derive(Default)]
     struct SharedLog(parking_lot::Mutex<Vec<MemoryRange>>);
 
+    // Names its concrete error type, so the async impl below can reuse the answer.
+    #[allow(refining_impl_trait)]
     impl RegisterMemory for &SharedLog {
-        type Error = io::Error;
-
         fn register_range(&self, range: MemoryRange) -> Result<(), io::Error> {
             self.0.lock().push(range);
             Ok(())
@@ -1295,10 +1332,12 @@ mod tests {
             replies: parking_lot::Mutex<Vec<oneshot::Sender<()>>>,
         }
         impl RegisterMemory for &Both {
-            type Error = io::Error;
-            fn register_range(&self, range: MemoryRange) -> Result<(), io::Error> {
+            fn register_range(
+                &self,
+                range: MemoryRange,
+            ) -> Result<(), impl 'static + std::error::Error> {
                 self.log.lock().push(range);
-                Ok(())
+                Ok::<(), io::Error>(())
             }
         }
         impl RegisterMemoryAsync for &Both {
@@ -1334,4 +1373,42 @@ mod tests {
         });
         assert_eq!(*callback.log.lock(), [range(0..2 * G)]);
     }
+
+    /// A callback implemented the way the original's own callers write it: the error type is
+    /// opaque in the signature.
+    struct Refusing(std::cell::RefCell<Vec<MemoryRange>>);
+
+    impl RegisterMemory for Refusing {
+        fn register_range(
+            &self,
+            range: MemoryRange,
+        ) -> Result<(), impl 'static + std::error::Error> {
+            self.0.borrow_mut().push(range);
+            if range.start() >= 2 * G {
+                Err(io::Error::other("host refused"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[test]
+    fn an_opaque_error_callback_registers_and_its_error_survives_the_async_adapter() {
+        let refusing = Refusing(Default::default());
+        let registrar = MemoryRegistrar::new(&layout(4 * G, &[]), 0x1000, refusing);
+        assert_eq!(registrar.register(0, 1), Ok(()));
+        assert_eq!(registrar.register(2 * G, 1), Err(2 * G + 0x1000));
+        assert_eq!(registrar.register(2 * G, 1), Err(2 * G));
+
+        let adapted = AsyncFromSync(Refusing(Default::default()));
+        let Registration::Ready(Err(error)) = adapted.start_registration(range(2 * G..4 * G))
+        else {
+            panic!("a refused synchronous registration is a ready error");
+        };
+        assert_eq!(error.to_string(), "host refused");
+        assert_eq!(error.inner().to_string(), "host refused");
+        assert!(error.source().is_none());
+        assert_eq!(error.into_inner().to_string(), "host refused");
+    }
+
 }
