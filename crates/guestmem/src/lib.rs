@@ -83,6 +83,7 @@ pub use paged_range::PagedRanges;
 pub use sharing::GuestMemorySharing;
 pub use sharing::ProvideShareableRegions;
 pub use sharing::ShareableRegion;
+pub use sharing::ShareableRegionError;
 pub use sharing::ShareableRegionsFuture;
 pub use sharing::SharingError;
 pub use trycopy::FaultInfo;

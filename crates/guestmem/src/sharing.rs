@@ -9,11 +9,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 /// A boxed error of a sharing provider.
-pub type SharingError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub type ShareableRegionError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// The future returned by [`ProvideShareableRegions::get_regions`].
+/// Another name for [`ShareableRegionError`].
+pub type SharingError = ShareableRegionError;
+
+/// A boxed future of the shareable regions, for callers that need a nameable type.
 pub type ShareableRegionsFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Vec<ShareableRegion>, SharingError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<Vec<ShareableRegion>, ShareableRegionError>> + Send + 'a>>;
 
 /// One file-backed region of guest memory.
 #[derive(Debug, Clone)]
@@ -29,15 +32,31 @@ pub struct ShareableRegion {
 }
 
 /// Produces the shareable regions of a guest memory.
-pub trait ProvideShareableRegions: Send + Sync + 'static {
+///
+/// Implemented by backings (an `async` block or any `Send` future will do); callers use
+/// [`GuestMemorySharing::get_regions`].
+pub trait ProvideShareableRegions: Send + Sync {
     /// The current regions.
-    fn get_regions(&self) -> ShareableRegionsFuture<'_>;
+    fn get_regions(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ShareableRegion>, ShareableRegionError>> + Send + '_;
+}
+
+/// The object-safe form of [`ProvideShareableRegions`] that [`GuestMemorySharing`] stores.
+trait BoxedProvider: Send + Sync {
+    fn boxed_regions(&self) -> ShareableRegionsFuture<'_>;
+}
+
+impl<T: ProvideShareableRegions> BoxedProvider for T {
+    fn boxed_regions(&self) -> ShareableRegionsFuture<'_> {
+        Box::pin(self.get_regions())
+    }
 }
 
 /// A cheaply clonable handle to a sharing provider.
 #[derive(Clone)]
 pub struct GuestMemorySharing {
-    provider: Arc<dyn ProvideShareableRegions>,
+    provider: Arc<dyn BoxedProvider>,
 }
 
 impl std::fmt::Debug for GuestMemorySharing {
@@ -48,14 +67,14 @@ impl std::fmt::Debug for GuestMemorySharing {
 
 impl GuestMemorySharing {
     /// Wraps `provider`.
-    pub fn new(provider: impl ProvideShareableRegions) -> Self {
+    pub fn new(provider: impl ProvideShareableRegions + 'static) -> Self {
         Self {
             provider: Arc::new(provider),
         }
     }
 
     /// The current shareable regions.
-    pub async fn get_regions(&self) -> Result<Vec<ShareableRegion>, SharingError> {
-        self.provider.get_regions().await
+    pub async fn get_regions(&self) -> Result<Vec<ShareableRegion>, ShareableRegionError> {
+        self.provider.boxed_regions().await
     }
 }

@@ -1067,9 +1067,14 @@ fn error_accessors_and_names() {
 #[test]
 fn sharing_comes_from_the_backing() {
     struct Provider;
+    // Written as the original's providers are: an `impl Future` return.
     impl ProvideShareableRegions for Provider {
-        fn get_regions(&self) -> ShareableRegionsFuture<'_> {
-            Box::pin(async {
+        fn get_regions(
+            &self,
+        ) -> impl std::future::Future<Output = Result<Vec<ShareableRegion>, ShareableRegionError>>
+               + Send
+               + '_ {
+            async {
                 let file = Arc::new(sparse_mmap::alloc_shared_memory(4096, "share")?);
                 Ok(vec![ShareableRegion {
                     guest_address: 0,
@@ -1077,7 +1082,7 @@ fn sharing_comes_from_the_backing() {
                     file,
                     file_offset: 0,
                 }])
-            })
+            }
         }
     }
     struct Shared(SparseMapping);

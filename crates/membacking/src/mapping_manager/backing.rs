@@ -21,7 +21,7 @@ use guestmem::GuestMemorySharing;
 use guestmem::PageFaultAction;
 use guestmem::ProvideShareableRegions;
 use guestmem::ShareableRegion;
-use guestmem::ShareableRegionsFuture;
+use guestmem::ShareableRegionError;
 use memory_range::MemoryRange;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -147,9 +147,13 @@ struct DmaSharing {
 }
 
 impl ProvideShareableRegions for DmaSharing {
-    fn get_regions(&self) -> ShareableRegionsFuture<'_> {
+    fn get_regions(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Vec<ShareableRegion>, ShareableRegionError>>
+           + Send
+           + '_ {
         let client = self.client.clone();
-        Box::pin(async move {
+        async move {
             let mappings = client.dma_target_mappings().await?;
             Ok(mappings
                 .into_iter()
@@ -160,6 +164,6 @@ impl ProvideShareableRegions for DmaSharing {
                     file_offset: mapping.file_offset,
                 })
                 .collect())
-        })
+        }
     }
 }
