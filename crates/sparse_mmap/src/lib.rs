@@ -49,5 +49,20 @@ pub use shared_memory::MappableRef;
 pub use shared_memory::Seek;
 pub use trycopy::initialize_try_copy;
 
+/// Anything that can lend a file descriptor, accepted by [`SparseMapping::map_file`] (the
+/// original's name for `AsFd`).
+pub use std::os::fd::AsFd as AsMappableRef;
+
+/// The platform module, under the original's path: `sparse_mmap::unix::SparseMapping` and the
+/// other Unix items name the same items as the crate root.
+pub mod unix {
+    pub use crate::alloc_shared_memory;
+    pub use crate::new_mappable_from_file;
+    pub use crate::AsMappableRef;
+    pub use crate::Mappable;
+    pub use crate::MappableRef;
+    pub use crate::SparseMapping;
+}
+
 #[cfg(test)]
 mod tests;

@@ -993,3 +993,18 @@ fn an_invalid_range_names_offset_length_and_reservation() {
         );
     }
 }
+
+#[test]
+fn the_original_paths_name_the_same_items() {
+    fn map_any(mapping: &crate::unix::SparseMapping, object: impl crate::AsMappableRef) {
+        mapping.map_file(0, page(), object, 0, true).unwrap();
+    }
+    let object: crate::unix::Mappable = crate::unix::alloc_shared_memory(page(), "paths").unwrap();
+    let mapping = crate::unix::SparseMapping::new(page()).unwrap();
+    let borrowed: crate::unix::MappableRef<'_> = object.as_fd();
+    map_any(&mapping, borrowed);
+    mapping.write_at(0, b"same").unwrap();
+    let mut back = [0u8; 4];
+    mapping.read_at(0, &mut back).unwrap();
+    assert_eq!(&back, b"same");
+}
