@@ -30,6 +30,10 @@ pub enum PageFaultAction {
     Fallback,
 }
 
+/// A marker for backings whose whole range is reachable through
+/// [`GuestMemoryAccess::mapping`]: `mapping()` returns `Some`, and no access needs a fallback.
+pub trait LinearGuestMemory: GuestMemoryAccess {}
+
 /// A source of guest memory.
 ///
 /// # Safety

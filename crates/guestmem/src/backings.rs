@@ -41,6 +41,8 @@ unsafe impl GuestMemoryAccess for SharedMem {
     }
 }
 
+impl crate::LinearGuestMemory for SharedMem {}
+
 /// `page_fault(address, len, write, bitmap_failure)`.
 pub type PageFaultHook = Box<dyn Fn(u64, usize, bool, bool) -> PageFaultAction + Send + Sync>;
 /// `read_fallback(address, dest)`: fill all of `dest` with the bytes at `address`.

@@ -10,6 +10,7 @@ use crate::GuestMemoryAccess;
 use crate::PAGE_SIZE;
 use std::alloc::Layout;
 use std::ops::Deref;
+use std::ops::DerefMut;
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU8;
 
@@ -73,6 +74,11 @@ impl AlignedHeapMemory {
         self.base.as_ptr()
     }
 
+    /// The memory as plain bytes; takes `&mut self` so that no atomic view is in use.
+    pub fn as_bytes(&mut self) -> &[u8] {
+        self.as_mut_bytes()
+    }
+
     /// The memory as plain bytes (exclusive access).
     pub fn as_mut_bytes(&mut self) -> &mut [u8] {
         // SAFETY: `&mut self` gives exclusive access to the allocation of `len` bytes.
@@ -87,6 +93,32 @@ impl Deref for AlignedHeapMemory {
         // SAFETY: the allocation is `len` initialised bytes for the lifetime of `self`; atomic
         // bytes may alias any memory.
         unsafe { std::slice::from_raw_parts(self.base.as_ptr().cast::<AtomicU8>(), self.len) }
+    }
+}
+
+impl DerefMut for AlignedHeapMemory {
+    fn deref_mut(&mut self) -> &mut [AtomicU8] {
+        // SAFETY: `&mut self` gives exclusive access to the `len` initialised bytes; `AtomicU8`
+        // has the layout of `u8`.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().cast::<AtomicU8>(), self.len) }
+    }
+}
+
+impl AsRef<[AtomicU8]> for AlignedHeapMemory {
+    fn as_ref(&self) -> &[AtomicU8] {
+        self
+    }
+}
+
+impl AsMut<[AtomicU8]> for AlignedHeapMemory {
+    fn as_mut(&mut self) -> &mut [AtomicU8] {
+        self
+    }
+}
+
+impl AsMut<[u8]> for AlignedHeapMemory {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.as_mut_bytes()
     }
 }
 
@@ -112,3 +144,5 @@ unsafe impl GuestMemoryAccess for AlignedHeapMemory {
         self.len as u64
     }
 }
+
+impl crate::LinearGuestMemory for AlignedHeapMemory {}

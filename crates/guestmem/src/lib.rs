@@ -44,6 +44,7 @@ mod vectored;
 mod tests;
 
 pub use access::GuestMemoryAccess;
+pub use access::LinearGuestMemory;
 pub use access::PageFaultAction;
 pub use backings::CompareExchangeFallbackHook;
 pub use backings::FillFallbackHook;
@@ -290,8 +291,7 @@ impl GuestMemory {
         let region_bits = region_size.trailing_zeros();
         // The largest count whose region index still fits below bit 63 (saturated to what a
         // `usize` holds).
-        let max_region_count =
-            usize::try_from(1u64 << (63 - region_bits)).unwrap_or(usize::MAX);
+        let max_region_count = usize::try_from(1u64 << (63 - region_bits)).unwrap_or(usize::MAX);
         let too_many = |region_count| MultiRegionError::TooManyRegions {
             region_count,
             max_region_count,

@@ -1417,3 +1417,36 @@ fn read_to_vec_checks_before_allocating_and_never_aborts() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn heap_memory_views_and_linear_backings() {
+    fn linear<T: LinearGuestMemory>(backing: T) -> GuestMemory {
+        assert!(backing.mapping().is_some());
+        GuestMemory::new("linear", backing)
+    }
+    let mut heap = AlignedHeapMemory::new(100);
+    assert_eq!(heap.len(), PAGE_SIZE);
+    AsMut::<[u8]>::as_mut(&mut heap)[1] = 7;
+    (*heap)[2].store(8, Ordering::Relaxed);
+    let atomic_view: &mut [std::sync::atomic::AtomicU8] = &mut heap;
+    *atomic_view[3].get_mut() = 9;
+    assert_eq!(
+        AsRef::<[std::sync::atomic::AtomicU8]>::as_ref(&heap).len(),
+        PAGE_SIZE
+    );
+    assert_eq!(
+        AsMut::<[std::sync::atomic::AtomicU8]>::as_mut(&mut heap).len(),
+        PAGE_SIZE
+    );
+    assert_eq!(&heap.as_bytes()[..4], &[0, 7, 8, 9]);
+    let memory = linear(heap);
+    assert_eq!(memory.read_plain::<[u8; 4]>(0).unwrap(), [0, 7, 8, 9]);
+
+    let shared =
+        sparse_mmap::alloc::SharedMem::new(sparse_mmap::alloc::Allocation::new(PAGE_SIZE).unwrap());
+    let memory = linear(shared);
+    memory.write_at(10, b"linear").unwrap();
+    let mut back = [0u8; 6];
+    memory.read_at(10, &mut back).unwrap();
+    assert_eq!(&back, b"linear");
+}

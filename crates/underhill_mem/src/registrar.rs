@@ -1410,5 +1410,4 @@ mod tests {
         assert!(error.source().is_none());
         assert_eq!(error.into_inner().to_string(), "host refused");
     }
-
 }

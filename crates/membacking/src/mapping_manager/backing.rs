@@ -149,9 +149,8 @@ struct DmaSharing {
 impl ProvideShareableRegions for DmaSharing {
     fn get_regions(
         &self,
-    ) -> impl std::future::Future<Output = Result<Vec<ShareableRegion>, ShareableRegionError>>
-           + Send
-           + '_ {
+    ) -> impl std::future::Future<Output = Result<Vec<ShareableRegion>, ShareableRegionError>> + Send + '_
+    {
         let client = self.client.clone();
         async move {
             let mappings = client.dma_target_mappings().await?;
