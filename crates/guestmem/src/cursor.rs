@@ -233,17 +233,17 @@ pub struct PagedRangeWriter<'a> {
 
 impl<'a> PagedRange<'a> {
     /// A reader of this range of `memory`.
-    pub fn reader(&self, memory: &'a GuestMemory) -> PagedRangeReader<'a> {
+    pub fn reader(self, memory: &'a GuestMemory) -> PagedRangeReader<'a> {
         PagedRangeReader {
-            range: *self,
+            range: self,
             memory,
         }
     }
 
     /// A writer of this range of `memory`.
-    pub fn writer(&self, memory: &'a GuestMemory) -> PagedRangeWriter<'a> {
+    pub fn writer(self, memory: &'a GuestMemory) -> PagedRangeWriter<'a> {
         PagedRangeWriter {
-            range: *self,
+            range: self,
             memory,
         }
     }
@@ -299,44 +299,58 @@ impl MemoryWrite for PagedRangeWriter<'_> {
 
 /// Reads several paged ranges of guest memory in order, as one buffer.
 #[derive(Debug, Clone)]
-pub struct PagedRangesReader<'a> {
-    ranges: PagedRanges<'a>,
+pub struct PagedRangesReader<'a, T> {
+    ranges: PagedRanges<'a, T>,
     memory: &'a GuestMemory,
+}
+
+impl<'a, T> PagedRangesReader<'a, T> {
+    /// The ranges not read yet.
+    pub fn into_inner(self) -> PagedRanges<'a, T> {
+        self.ranges
+    }
 }
 
 /// Writes several paged ranges of guest memory in order, as one buffer.
 #[derive(Debug, Clone)]
-pub struct PagedRangesWriter<'a> {
-    ranges: PagedRanges<'a>,
+pub struct PagedRangesWriter<'a, T> {
+    ranges: PagedRanges<'a, T>,
     memory: &'a GuestMemory,
 }
 
-impl<'a> PagedRanges<'a> {
+impl<'a, T> PagedRangesWriter<'a, T> {
+    /// The ranges not written yet.
+    pub fn into_inner(self) -> PagedRanges<'a, T> {
+        self.ranges
+    }
+}
+
+impl<'a, T: Iterator<Item = PagedRange<'a>> + Clone> PagedRanges<'a, T> {
     /// A reader of these ranges of `memory`.
-    pub fn reader(&self, memory: &'a GuestMemory) -> PagedRangesReader<'a> {
+    pub fn reader(self, memory: &'a GuestMemory) -> PagedRangesReader<'a, T> {
         PagedRangesReader {
-            ranges: self.clone(),
+            ranges: self,
             memory,
         }
     }
 
     /// A writer of these ranges of `memory`.
-    pub fn writer(&self, memory: &'a GuestMemory) -> PagedRangesWriter<'a> {
+    pub fn writer(self, memory: &'a GuestMemory) -> PagedRangesWriter<'a, T> {
         PagedRangesWriter {
-            ranges: self.clone(),
+            ranges: self,
             memory,
         }
     }
 }
 
-/// Runs `per_range(range, position, len)` over the first `len` bytes of `ranges`.
-fn for_each_piece(
-    ranges: &PagedRanges<'_>,
+/// Runs `per_range(range, position)` over the pieces of the first `len` bytes of `ranges`.
+fn for_each_piece<'a, T: Iterator<Item = PagedRange<'a>> + Clone>(
+    ranges: &PagedRanges<'a, T>,
     len: usize,
     mut per_range: impl FnMut(&PagedRange<'_>, usize) -> Result<(), GuestMemoryError>,
 ) -> Result<(), AccessError> {
     let mut position = 0;
-    for range in ranges.paged_ranges() {
+    for range in ranges.pieces() {
         if position == len {
             break;
         }
@@ -347,7 +361,7 @@ fn for_each_piece(
     Ok(())
 }
 
-impl MemoryRead for PagedRangesReader<'_> {
+impl<'a, T: Iterator<Item = PagedRange<'a>> + Clone> MemoryRead for PagedRangesReader<'a, T> {
     fn read(&mut self, data: &mut [u8]) -> Result<&mut Self, AccessError> {
         check_available(self.ranges.len(), data.len())?;
         let memory = self.memory;
@@ -369,7 +383,7 @@ impl MemoryRead for PagedRangesReader<'_> {
     }
 }
 
-impl MemoryWrite for PagedRangesWriter<'_> {
+impl<'a, T: Iterator<Item = PagedRange<'a>> + Clone> MemoryWrite for PagedRangesWriter<'a, T> {
     fn write(&mut self, data: &[u8]) -> Result<(), AccessError> {
         check_available(self.ranges.len(), data.len())?;
         let memory = self.memory;
@@ -462,13 +476,28 @@ mod tests {
 
         let other = [5u64];
         let ranges = PagedRanges::new([range, PagedRange::new(0, 2, &other).unwrap()]);
-        let mut writer = ranges.writer(&memory);
+        let mut writer = ranges.clone().writer(&memory);
         writer.write(&[10, 11, 12, 13, 14]).unwrap();
         writer.zero(1).unwrap();
         assert!(writer.fill(1, 1).is_err());
         let mut reader = ranges.reader(&memory);
         reader.skip(1).unwrap();
         assert_eq!(reader.read_all().unwrap(), vec![11, 12, 13, 14, 0]);
+
+        // The original's shapes: `PagedRanges<'a, T>` over a cloneable iterator, readers and
+        // writers generic over it, `into_inner` and a consuming `paged_ranges`.
+        let pieces = [range, PagedRange::new(0, 2, &other).unwrap()];
+        let mut ranges: PagedRanges<'_, std::iter::Copied<std::slice::Iter<'_, PagedRange<'_>>>> =
+            PagedRanges::new(pieces.iter().copied());
+        ranges.skip(3);
+        let mut reader: PagedRangesReader<'_, _> = ranges.reader(&memory);
+        assert_eq!(reader.read_plain::<u8>().unwrap(), 13);
+        let rest = reader.into_inner();
+        assert_eq!(rest.len(), 2);
+        let left: Vec<PagedRange<'_>> = rest.clone().paged_ranges().collect();
+        assert_eq!(left, vec![pieces[1]]);
+        let writer: PagedRangesWriter<'_, _> = rest.writer(&memory);
+        assert_eq!(writer.into_inner().len(), 2);
 
         // A failing guest access does not advance the cursor.
         let outside = [1000u64];

@@ -81,6 +81,7 @@ pub use paged_range::InvalidGpn;
 pub use paged_range::PagedRange;
 pub use paged_range::PagedRangeRangeIter;
 pub use paged_range::PagedRanges;
+pub use paged_range::PagedRangesIter;
 pub use sharing::GuestMemorySharing;
 pub use sharing::ProvideShareableRegions;
 pub use sharing::ShareableRegion;

@@ -7,6 +7,7 @@
 
 use crate::PAGE_SIZE;
 use crate::PAGE_SIZE64;
+use std::marker::PhantomData;
 
 /// A guest page number whose address does not fit in 64 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +81,9 @@ impl PageChunk {
 }
 
 impl<'a> PagedRange<'a> {
+    /// The page size the window's pages have.
+    pub const PAGE_SIZE: usize = PAGE_SIZE;
+
     /// The empty range.
     pub const fn empty() -> Self {
         Self {
@@ -91,9 +95,12 @@ impl<'a> PagedRange<'a> {
 
     /// The window of `len` bytes starting `offset` bytes into the first listed page; `None`
     /// when it would extend beyond the listed pages.
-    pub fn new(offset: usize, len: usize, gpns: &'a [u64]) -> Option<Self> {
-        let end = offset.checked_add(len)?;
-        if end > gpns.len().checked_mul(PAGE_SIZE)? {
+    pub const fn new(offset: usize, len: usize, gpns: &'a [u64]) -> Option<Self> {
+        let (Some(end), Some(limit)) = (offset.checked_add(len), gpns.len().checked_mul(PAGE_SIZE))
+        else {
+            return None;
+        };
+        if end > limit {
             return None;
         }
         Some(Self {
@@ -173,7 +180,7 @@ impl<'a> PagedRange<'a> {
     }
 
     /// Splits at byte `at`, if it lies inside (or at the end).
-    pub fn try_split(&self, at: usize) -> Option<(Self, Self)> {
+    pub fn try_split(self, at: usize) -> Option<(Self, Self)> {
         if at > self.len() {
             return None;
         }
@@ -196,7 +203,7 @@ impl<'a> PagedRange<'a> {
     ///
     /// # Panics
     /// If `at` exceeds the length.
-    pub fn split(&self, at: usize) -> (Self, Self) {
+    pub fn split(self, at: usize) -> (Self, Self) {
         self.try_split(at).unwrap_or_else(|| {
             panic!(
                 "cannot split a paged range of {:#x} bytes at {at:#x}",
@@ -205,10 +212,20 @@ impl<'a> PagedRange<'a> {
         })
     }
 
+    /// Removes the first run of consecutive page numbers from the front of the window and
+    /// returns its guest address range; `None` when the window is empty. A page number whose
+    /// address does not fit in 64 bits gives `Err` (and its page is removed).
+    pub fn pop_front_range(&mut self) -> Option<Result<AddressRange, InvalidGpn>> {
+        let mut ranges = self.ranges();
+        let front = ranges.next()?;
+        self.start = ranges.position;
+        Some(front)
+    }
+
     /// The guest address ranges covered, merging runs of consecutive page numbers.
-    pub fn ranges(&self) -> PagedRangeRangeIter<'a> {
+    pub fn ranges(self) -> PagedRangeRangeIter<'a> {
         PagedRangeRangeIter {
-            range: *self,
+            range: self,
             position: self.start,
         }
     }
@@ -277,60 +294,93 @@ impl Iterator for PagedRangeRangeIter<'_> {
 }
 
 /// Several paged ranges forming one logical buffer.
-#[derive(Debug, Clone, Default)]
-pub struct PagedRanges<'a> {
-    ranges: Vec<PagedRange<'a>>,
+///
+/// `T` is the iterator of the ranges (cloned whenever the buffer is walked, so a slice iterator
+/// or an array's `IntoIter` costs nothing extra). Skipping and truncating only move the
+/// buffer's bounds.
+#[derive(Debug, Clone)]
+pub struct PagedRanges<'a, T> {
+    ranges: T,
+    /// Bytes dropped from the front of the concatenation.
+    skipped: usize,
+    /// Bytes remaining after `skipped`.
+    len: usize,
+    _ranges: PhantomData<PagedRange<'a>>,
 }
 
-impl<'a> PagedRanges<'a> {
+impl<'a, T: Iterator<Item = PagedRange<'a>> + Clone> PagedRanges<'a, T> {
     /// Concatenates `ranges`.
-    pub fn new(ranges: impl IntoIterator<Item = PagedRange<'a>>) -> Self {
+    pub fn new<I>(ranges: I) -> Self
+    where
+        I: IntoIterator<IntoIter = T>,
+    {
+        let ranges = ranges.into_iter();
+        let len = ranges.clone().map(|range| range.len()).sum();
         Self {
-            ranges: ranges.into_iter().collect(),
+            ranges,
+            skipped: 0,
+            len,
+            _ranges: PhantomData,
         }
     }
 
     /// The total length in bytes.
     pub fn len(&self) -> usize {
-        self.ranges.iter().map(PagedRange::len).sum()
+        self.len
     }
 
     /// Whether the total length is zero.
     pub fn is_empty(&self) -> bool {
-        self.ranges.iter().all(PagedRange::is_empty)
+        self.len == 0
     }
 
     /// Drops the first `len` bytes (all of them if `len` exceeds the length).
-    pub fn skip(&mut self, mut len: usize) {
-        let mut kept = Vec::with_capacity(self.ranges.len());
-        for mut range in self.ranges.drain(..) {
-            let dropped = len.min(range.len());
-            range.skip(dropped);
-            len -= dropped;
-            if !range.is_empty() {
-                kept.push(range);
-            }
-        }
-        self.ranges = kept;
+    pub fn skip(&mut self, len: usize) {
+        let dropped = len.min(self.len);
+        self.skipped += dropped;
+        self.len -= dropped;
     }
 
     /// Keeps at most the first `len` bytes.
-    pub fn truncate(&mut self, mut len: usize) {
-        let mut kept = Vec::with_capacity(self.ranges.len());
-        for mut range in self.ranges.drain(..) {
-            if len == 0 {
-                break;
-            }
-            range.truncate(len);
-            len -= range.len();
-            kept.push(range);
-        }
-        self.ranges = kept;
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
     }
 
-    /// The paged ranges, in order.
-    pub fn paged_ranges(&self) -> impl Iterator<Item = PagedRange<'a>> + '_ {
-        self.ranges.iter().copied()
+    /// The non-empty pieces of the buffer, in order, each a paged range.
+    pub fn paged_ranges(self) -> PagedRangesIter<'a, T> {
+        PagedRangesIter { ranges: self }
+    }
+
+    /// The pieces without consuming the buffer.
+    pub(crate) fn pieces(&self) -> PagedRangesIter<'a, T> {
+        self.clone().paged_ranges()
+    }
+}
+
+/// The iterator of [`PagedRanges::paged_ranges`].
+#[derive(Debug, Clone)]
+pub struct PagedRangesIter<'a, T> {
+    ranges: PagedRanges<'a, T>,
+}
+
+impl<'a, T: Iterator<Item = PagedRange<'a>>> Iterator for PagedRangesIter<'a, T> {
+    type Item = PagedRange<'a>;
+
+    fn next(&mut self) -> Option<PagedRange<'a>> {
+        let ranges = &mut self.ranges;
+        while ranges.len > 0 {
+            let range = ranges.ranges.next()?;
+            if ranges.skipped >= range.len() {
+                ranges.skipped -= range.len();
+                continue;
+            }
+            let piece_len = (range.len() - ranges.skipped).min(ranges.len);
+            let piece = range.subrange(ranges.skipped, piece_len);
+            ranges.skipped = 0;
+            ranges.len -= piece_len;
+            return Some(piece);
+        }
+        None
     }
 }
 
@@ -374,6 +424,34 @@ mod tests {
         ]
         .map(|(start, end)| AddressRange { start, end });
         assert_eq!(covered, expected);
+    }
+
+    #[test]
+    fn const_construction_and_popping_front_ranges() {
+        const GPNS: [u64; 3] = [7, 8, 20];
+        const RANGE: Option<PagedRange<'static>> = PagedRange::new(0x10, 0x2000, &GPNS);
+        assert_eq!(PagedRange::PAGE_SIZE, 4096);
+        let mut range = RANGE.unwrap();
+        assert_eq!(
+            range.pop_front_range(),
+            Some(Ok(AddressRange {
+                start: 0x7010,
+                end: 0x9000
+            }))
+        );
+        assert_eq!(range.len(), 0x10);
+        assert_eq!(
+            range.pop_front_range(),
+            Some(Ok(AddressRange {
+                start: 0x14000,
+                end: 0x14010
+            }))
+        );
+        assert_eq!(range.pop_front_range(), None);
+        let huge = [u64::MAX];
+        let mut bad = PagedRange::new(0, 1, &huge).unwrap();
+        assert_eq!(bad.pop_front_range(), Some(Err(InvalidGpn(u64::MAX))));
+        assert!(bad.is_empty());
     }
 
     #[test]

@@ -11,3 +11,4 @@ pub use crate::paged_range::InvalidGpn;
 pub use crate::paged_range::PagedRange;
 pub use crate::paged_range::PagedRangeRangeIter;
 pub use crate::paged_range::PagedRanges;
+pub use crate::paged_range::PagedRangesIter;
