@@ -1069,6 +1069,7 @@ fn sharing_comes_from_the_backing() {
     struct Provider;
     // Written as the original's providers are: an `impl Future` return.
     impl ProvideShareableRegions for Provider {
+        #[allow(clippy::manual_async_fn)]
         fn get_regions(
             &self,
         ) -> impl std::future::Future<Output = Result<Vec<ShareableRegion>, ShareableRegionError>>
