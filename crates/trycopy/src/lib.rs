@@ -178,10 +178,21 @@ pub unsafe fn try_write_bytes<T>(dest: *mut T, val: u8, count: usize) -> Result<
 ///
 /// # Safety
 /// `size_of::<T>() == size_of::<U>()` and the bits form a valid `T`.
-unsafe fn from_bits<T: Copy, U: Copy>(bits: U) -> T {
+unsafe fn from_bits<T, U: Copy>(bits: U) -> T {
     debug_assert_eq!(size_of::<T>(), size_of::<U>());
     // SAFETY: same size per the contract; the caller vouches for validity.
     unsafe { std::mem::transmute_copy(&bits) }
+}
+
+/// The bits of `value` as a `u8`/`u16`/`u32`/`u64` of the same size (the value is not moved).
+///
+/// # Safety
+/// `size_of::<T>() == size_of::<U>()` and `T` has no padding (its bytes are initialised).
+unsafe fn to_bits<T, U: Copy>(value: &T) -> U {
+    debug_assert_eq!(size_of::<T>(), size_of::<U>());
+    // SAFETY: same size and initialised bytes per the contract; `transmute_copy` reads without
+    // moving and copes with any alignment.
+    unsafe { std::mem::transmute_copy(value) }
 }
 
 /// Reads one `T` from `src`, recovering from faults.
@@ -193,7 +204,7 @@ unsafe fn from_bits<T: Copy, U: Copy>(bits: U) -> T {
 /// # Safety
 /// As for [`try_copy`] for the source; in addition every bit pattern must be a valid `T`.
 #[inline(always)]
-pub unsafe fn try_read_volatile<T: Copy>(src: *const T) -> Result<T, MemoryError> {
+pub unsafe fn try_read_volatile<T>(src: *const T) -> Result<T, MemoryError> {
     let source = Span::new(src, size_of::<T>());
     let error = |record| MemoryError::from_fault(Some(source), Span::new(src, 0), record);
     // SAFETY: the caller's contract covers the source; each arm reads exactly size_of::<T>()
@@ -229,19 +240,20 @@ pub unsafe fn try_read_volatile<T: Copy>(src: *const T) -> Result<T, MemoryError
 /// guarded byte copy (then part of the value may be written on failure).
 ///
 /// # Safety
-/// As for [`try_copy`] for the destination.
+/// As for [`try_copy`] for the destination; in addition `T` must have no padding bytes (its
+/// bytes are stored as an integer).
 #[inline(always)]
-pub unsafe fn try_write_volatile<T: Copy>(dest: *mut T, value: &T) -> Result<(), MemoryError> {
+pub unsafe fn try_write_volatile<T>(dest: *mut T, value: &T) -> Result<(), MemoryError> {
     let error = |record| MemoryError::from_fault(None, Span::new(dest, size_of::<T>()), record);
-    // SAFETY: the caller's contract covers the destination; each arm reads `value` as an
-    // integer of exactly its size (plain data, any bits valid as an integer).
+    // SAFETY: the caller's contract covers the destination and says `T` has no padding; each arm
+    // reads `value` as an integer of exactly its size (any bits are valid as an integer).
     unsafe {
         match size_of::<T>() {
             0 => Ok(()),
-            1 => arch::write_u8(dest.cast(), from_bits(*value)).map_err(error),
-            2 => arch::write_u16(dest.cast(), from_bits(*value)).map_err(error),
-            4 => arch::write_u32(dest.cast(), from_bits(*value)).map_err(error),
-            8 => arch::write_u64(dest.cast(), from_bits(*value)).map_err(error),
+            1 => arch::write_u8(dest.cast(), to_bits(value)).map_err(error),
+            2 => arch::write_u16(dest.cast(), to_bits(value)).map_err(error),
+            4 => arch::write_u32(dest.cast(), to_bits(value)).map_err(error),
+            8 => arch::write_u64(dest.cast(), to_bits(value)).map_err(error),
             len => arch::copy(
                 dest.cast::<u8>(),
                 std::ptr::from_ref(value).cast::<u8>(),
@@ -252,7 +264,8 @@ pub unsafe fn try_write_volatile<T: Copy>(dest: *mut T, value: &T) -> Result<(),
     }
 }
 
-/// A type that [`try_compare_exchange`] can swap with one locked instruction.
+/// A type that [`try_compare_exchange`] can swap with one locked instruction; implementing it
+/// records that the type meets that function's safety contract.
 ///
 /// Its size must be 1, 2, 4 or 8 bytes and its alignment at least its size; this is checked at
 /// compile time when `try_compare_exchange::<T>` is instantiated.
@@ -301,11 +314,15 @@ impl<T> AtomicShape<T> {
 /// On x86-64 the locked instruction always performs a write cycle, so a read-only page faults
 /// even when the comparison fails.
 ///
+/// `T` must be 1, 2, 4 or 8 bytes and aligned at least to its size (checked at compile time).
+///
 /// # Safety
-/// As for [`try_copy`] for the destination; `dest` should be naturally aligned (a misaligned
-/// target is a slow split lock on x86-64, and faults where split locks are fatal).
+/// As for [`try_copy`] for the destination; `T` must be plain data as an [`AtomicScalar`]
+/// would be (no padding, every bit pattern valid, equality is equality of bits). `dest` should be
+/// naturally aligned (a misaligned target is a slow split lock on x86-64, and faults where split
+/// locks are fatal).
 #[inline(always)]
-pub unsafe fn try_compare_exchange<T: AtomicScalar>(
+pub unsafe fn try_compare_exchange<T: Copy>(
     dest: *mut T,
     current: T,
     new: T,
@@ -314,7 +331,7 @@ pub unsafe fn try_compare_exchange<T: AtomicScalar>(
     let () = AtomicShape::<T>::CHECK;
     let error = |record| MemoryError::from_fault(None, Span::new(dest, size_of::<T>()), record);
     // SAFETY: the caller's contract covers the destination; `T` has the size of the integer of
-    // each arm (checked above) and any bits are a valid `T` (AtomicScalar contract).
+    // each arm (checked above) and any bits are a valid `T` (the caller's contract).
     unsafe {
         macro_rules! swap {
             ($op:path, $int:ty) => {{

@@ -1194,3 +1194,36 @@ fn site_table_lists_inline_sites_and_nothing_else() {
     let here = site_table_lists_inline_sites_and_nothing_else as *const () as usize;
     assert_eq!(x86_64::fixup_for(here), None);
 }
+
+/// The original's bounds: `try_read_volatile`/`try_write_volatile` take any `T` (also one that
+/// is not `Copy`), `try_compare_exchange` any `Copy` type of an atomic shape.
+#[test]
+fn generic_callers_with_the_original_bounds_compile_and_work() {
+    #[derive(Debug, PartialEq, Eq)]
+    #[repr(transparent)]
+    struct NotCopy(u32);
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[repr(transparent)]
+    struct Flags(u16);
+
+    unsafe fn read_any<T>(source: *const T) -> Result<T, MemoryError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { try_read_volatile(source) }
+    }
+
+    let mut slot = NotCopy(5);
+    // SAFETY: `slot` is a live local of the written type.
+    unsafe { try_write_volatile(&raw mut slot, &NotCopy(9)) }.unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { read_any(&raw const slot) }.unwrap(), NotCopy(9));
+
+    let mut flags = Flags(1);
+    // SAFETY: `flags` is a live local; `Flags` is a padding-free u16.
+    let swapped = unsafe { try_compare_exchange(&raw mut flags, Flags(1), Flags(3)) }.unwrap();
+    assert_eq!(swapped, Ok(Flags(3)));
+    // SAFETY: as above.
+    let refused = unsafe { try_compare_exchange(&raw mut flags, Flags(1), Flags(7)) }.unwrap();
+    assert_eq!(refused, Err(Flags(3)));
+    assert_eq!(flags, Flags(3));
+}
