@@ -82,6 +82,7 @@ pub use locking::LockedPageAccessError;
 pub use locking::LockedPages;
 pub use locking::LockedRange;
 pub use locking::LockedRangeImpl;
+pub use locking::Page;
 pub use paged_range::AddressRange;
 pub use paged_range::InvalidGpn;
 pub use paged_range::PagedRange;

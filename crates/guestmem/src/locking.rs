@@ -29,7 +29,7 @@ use trycopy::MemoryError;
 type Unlocks = Vec<(Arc<dyn GuestMemoryAccess>, Vec<u64>)>;
 
 /// A locked page: 4096 atomic bytes.
-type Page = [AtomicU8; PAGE_SIZE];
+pub type Page = [AtomicU8; PAGE_SIZE];
 
 struct LockedPagesInner {
     gpns: Vec<u64>,
@@ -100,6 +100,12 @@ pub enum LockedPageAccessError {
     /// The page faulted (the backing does not pin pages and it was remapped).
     #[error(transparent)]
     Memory(MemoryError),
+}
+
+impl<'a> AsRef<[&'a Page]> for &'a LockedPages {
+    fn as_ref(&self) -> &[&'a Page] {
+        self.pages()
+    }
 }
 
 impl LockedPages {

@@ -752,6 +752,10 @@ fn locked_pages_read_write_and_unlock() {
     }
     locked.write_at(1, 4, &[9]).unwrap();
     assert_eq!(memory.read_plain::<u8>(P + 4).unwrap(), 9);
+    // The original's view of the pages through `AsRef` on a reference.
+    let borrowed = &locked;
+    let pages: &[&Page] = borrowed.as_ref();
+    assert_eq!(pages[1][4].load(Ordering::Relaxed), 9);
     let error = locked.read_at(3, 0, &mut [0]).unwrap_err();
     assert!(matches!(
         error,
