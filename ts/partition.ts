@@ -162,17 +162,25 @@ export class Vcpu {
     return withViews(parseNativeJson<VcpuRegisters>(call(() => this.#native.getRegisters())));
   }
   /**
-   * Write the given registers; every register and mode bit not named keeps its value.
+   * Write the given registers; every register and mode bit not named (or given as undefined)
+   * keeps its value.
    * KvmError ERR_VCPU_READ_PENDING from an MmioRead/IoIn exit until the run that delivers its
    * value (KVM finishes the read on that run and would lose the value); nothing is changed then.
    */
   setRegisters(regs: Partial<VcpuRegisters>): void {
     if (typeof regs !== 'object' || regs === null) throw invalidArgType(`regs must be an object, got ${describeType(regs)}`);
-    const names = Object.keys(regs);
-    const values = BigUint64Array.from(Object.values(regs), (value, i) => toU64(value, names[i]!));
+    // A register given as undefined is not named (as an option given as undefined is absent):
+    // `Partial<VcpuRegisters>` allows it, and a spread of optional values produces it.
+    const entries = Object.entries(regs).filter(([, value]) => value !== undefined);
+    const names = entries.map(([name]) => name);
+    const values = BigUint64Array.from(entries, ([name, value]) => toU64(value, name));
     call(() => this.#native.setRegisters(names, values));
   }
-  /** Run until the next exit; timeoutMs stops a looping guest with {kind: 'Cancelled'}. */
+  /**
+   * Run until the next exit; timeoutMs (milliseconds) stops a looping guest with
+   * {kind: 'Cancelled', reason: 'timeout'}. 0 or absent means no timeout (so clamp a computed
+   * remainder to at least 1).
+   */
   async run(options?: { timeoutMs?: number }): Promise<VcpuExit> {
     const timeout = optionsObject(options, 'options', ['timeoutMs'], 'Vcpu#run()').timeoutMs ?? 0;
     if (typeof timeout !== 'number') throw invalidArgType(`timeoutMs must be a number, got ${describeType(timeout)}`);
