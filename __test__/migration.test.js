@@ -658,3 +658,32 @@ test.serial('a writer faster than a throttled link with a binding downtime: ERR_
   memory.readAt(HOT.at, back);
   t.true(back.equals(Buffer.alloc(8, (writer.passes % 255) + 1)));
 });
+
+test('a stream the caller paused, or a migration left paused, is read by the next migration over it', async (t) => {
+  const { manager } = await source(t, 7);
+  const [a, b] = await socketPair(t);
+  // Paused before the migration (a 'data' listener alone does not restart a paused stream).
+  a.pause();
+  b.pause();
+  const there = await within(
+    both(manager.migrate(a, { pause: () => {} }), GuestMemoryBuilder.migrateFrom(b, { layout: layout() })),
+    60000,
+    'the migration over paused streams',
+  );
+  t.true(there.sent.ok, String(there.sent.error?.stack));
+  t.true(there.received.ok, String(there.received.error?.stack));
+  const arrived = there.received.value;
+  t.teardown(() => arrived.close());
+  t.true(ramImage(arrived).equals(ramImage(manager)));
+  t.true(a.isPaused() && b.isPaused(), 'a migration that succeeded leaves its stream paused');
+  // And back over the same (paused) streams.
+  const back = await within(
+    both(arrived.migrate(b, { pause: () => {} }), GuestMemoryBuilder.migrateFrom(a, { layout: layout() })),
+    60000,
+    'the migration back over the streams the first one left paused',
+  );
+  t.true(back.sent.ok, String(back.sent.error?.stack));
+  t.true(back.received.ok, String(back.received.error?.stack));
+  t.teardown(() => back.received.value?.close());
+  t.true(ramImage(back.received.value).equals(ramImage(manager)));
+});

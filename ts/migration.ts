@@ -220,6 +220,9 @@ export async function overStream<T>(stream: MigrationStream, signal: AbortSignal
   stream.on('end', onEnd);
   stream.on('error', onError);
   stream.on('close', onClose);
+  // A 'data' listener starts the flow only of a stream never paused: one the caller paused (or
+  // an earlier migration left paused) would never be read and the migration would wait forever.
+  stream.resume();
   if (signal !== undefined) {
     if (signal.aborted) onAbort();
     else signal.addEventListener('abort', onAbort, { once: true });
