@@ -96,6 +96,7 @@ export {
   type RecordedCall,
   type VcpuOptions,
   type VcpuRegisters,
+  type VcpuRegistersInput,
   type VcpuExit,
 } from './partition';
 export {

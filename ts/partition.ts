@@ -105,6 +105,9 @@ export interface VcpuRegisters {
   rip: bigint; rflags: bigint;
 }
 
+/** Registers to set: any of them, each a bigint or a safe non-negative integer number. */
+export type VcpuRegistersInput = { [Name in keyof VcpuRegisters]?: U64 };
+
 /** Why run() settled (address and size in bytes; `data.length === size`, little-endian). */
 export type VcpuExit =
   | { kind: 'MmioRead'; address: bigint; size: number }
@@ -167,10 +170,10 @@ export class Vcpu {
    * KvmError ERR_VCPU_READ_PENDING from an MmioRead/IoIn exit until the run that delivers its
    * value (KVM finishes the read on that run and would lose the value); nothing is changed then.
    */
-  setRegisters(regs: Partial<VcpuRegisters>): void {
+  setRegisters(regs: VcpuRegistersInput): void {
     if (typeof regs !== 'object' || regs === null) throw invalidArgType(`regs must be an object, got ${describeType(regs)}`);
     // A register given as undefined is not named (as an option given as undefined is absent):
-    // `Partial<VcpuRegisters>` allows it, and a spread of optional values produces it.
+    // the type allows it, and a spread of optional values produces it.
     const entries = Object.entries(regs).filter(([, value]) => value !== undefined);
     const names = entries.map(([name]) => name);
     const values = BigUint64Array.from(entries, ([name, value]) => toU64(value, name));

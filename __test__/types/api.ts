@@ -72,6 +72,14 @@ export async function partitions(): Promise<void> {
   await manager.attachPartition(3, kvm);
   await kvm.createVcpu({ mode: 'Long', cpl: 3 });
   await kvm.createVcpu({ mode: VcpuMode.Real });
+  // Registers as bigints or numbers (as every u64 input); one given as undefined is not named.
+  const vcpu = await kvm.createVcpu({ pageTables: range(0x200000, 0x600000) });
+  vcpu.setRegisters({ rax: 1, rbx: 2n, rip: undefined });
+  vcpu.setRegisters(vcpu.getRegisters());
+  // @ts-expect-error: not a register.
+  vcpu.setRegisters({ rzz: 1n });
+  // @ts-expect-error: a register value is a number or a bigint.
+  vcpu.setRegisters({ rax: '1' });
 }
 
 export async function plans(): Promise<void> {
