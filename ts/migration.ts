@@ -25,7 +25,7 @@ type NativeChannel = InstanceType<typeof native.NativeMigrationChannel>;
 /** A byte stream both ways: a `net.Socket`, one end of a socketpair, a TLS or SSH channel. */
 export type MigrationStream = import('node:stream').Duplex;
 
-/** `(round, bytes)`: page bytes sent (source) or received (destination) in `round` so far; fire-and-forget, on this thread. */
+/** `(round, bytes)`: page bytes sent (source) or received (destination) in `round` so far; fire-and-forget, on this thread (what it throws is an uncaught exception; the migration goes on). */
 export type MigrationProgressCallback = (round: number, bytes: bigint) => void;
 
 /** Options of `manager.migrate()`. */
