@@ -462,13 +462,22 @@ test('a second migration of a manager while one runs is ERR_MIGRATION_IN_PROGRES
   });
   const first = both(manager.migrate(a, { pause: () => undefined }), GuestMemoryBuilder.migrateFrom(b));
   await running;
-  const [c] = await socketPair(t);
+  const [c, d] = await socketPair(t);
   await t.throwsAsync(manager.migrate(c, { pause: () => undefined }), { instanceOf: MigrationError, code: 'ERR_MIGRATION_IN_PROGRESS' });
+  // So are options out of the core's ranges, which it checks after the stream was handed over.
+  await t.throwsAsync(manager.migrate(c, { pause: () => undefined, maxRounds: 0 }), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE' });
+  await t.throwsAsync(manager.migrate(c, { pause: () => undefined, maxDowntimeMs: 24 * 3600 * 1000 + 1 }), { instanceOf: RangeError, code: 'ERR_INVALID_ARG_VALUE' });
+  // A refused call leaves its stream as it was given: the caller may retry over it.
+  t.false(c.writableEnded, 'a refused migration does not end the stream');
   release();
   const { sent, received } = await first;
   t.true(sent.ok, String(sent.error?.stack));
   t.true(received.ok);
   await received.value.close();
+  const retry = await within(both(manager.migrate(c, { pause: () => undefined }), GuestMemoryBuilder.migrateFrom(d)), 60000, 'the retry over the refused stream');
+  t.true(retry.sent.ok, String(retry.sent.error?.stack));
+  t.true(retry.received.ok, String(retry.received.error?.stack));
+  await retry.received.value.close();
 });
 
 test('a pause that throws aborts the migration with its error as cause', async (t) => {

@@ -11,7 +11,8 @@
  * that stopped reads nothing more, so `drain` never comes). When the migration succeeds, the
  * stream is left open and paused with whatever the migration did not read put back
  * (`unshift`): it is the caller's. When it fails, the stream's writable side is ended (the
- * protocol cannot go on; a peer that reported a failure waits for that end), never destroyed.
+ * protocol cannot go on; a peer that reported a failure waits for that end), never destroyed;
+ * a call refused before it wrote or read anything leaves the stream as it was.
  */
 import { Duplex } from 'node:stream';
 import { storeCause, takeCause } from './causes';
@@ -179,7 +180,10 @@ export function pauseThrough(channel: NativeChannel, pause: () => unknown): () =
 export async function overStream<T>(stream: MigrationStream, signal: AbortSignal | undefined, migration: (channel: NativeChannel) => Promise<T>): Promise<T> {
   const channel = new native.NativeMigrationChannel();
   const tokens: number[] = [];
+  /** Whether the stream (or the signal) failed the migration, or it read anything. */
+  let streamInvolved = false;
   const fail = (reason: unknown): void => {
+    streamInvolved = true;
     const token = storeCause(reason);
     tokens.push(token);
     channel.fail(messageOf(reason), token);
@@ -189,6 +193,7 @@ export async function overStream<T>(stream: MigrationStream, signal: AbortSignal
   const leftover: Buffer[] = [];
   const onData = (chunk: Buffer | string): void => {
     const bytes = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    streamInvolved = true;
     if (stopped) {
       leftover.push(bytes);
       return;
@@ -209,7 +214,10 @@ export async function overStream<T>(stream: MigrationStream, signal: AbortSignal
       () => leftover.push(bytes),
     );
   };
-  const onEnd = (): void => channel.end();
+  const onEnd = (): void => {
+    streamInvolved = true;
+    channel.end();
+  };
   const onError = (error: unknown): void => fail(error);
   const onClose = (): void => fail(new Error('the stream closed before the migration finished'));
   const onAbort = (): void => fail(signal?.reason);
@@ -245,10 +253,12 @@ export async function overStream<T>(stream: MigrationStream, signal: AbortSignal
     stream.off('close', onClose);
     signal?.removeEventListener('abort', onAbort);
     channel.close();
-    await written;
+    const wroteAny = await written;
     // Mid-protocol the stream is of no further use, and a peer that reported its own failure
-    // waits for the end of the stream before it settles.
-    if (failed && !stream.destroyed && !stream.writableEnded) stream.end();
+    // waits for the end of the stream before it settles. A call refused before the migration
+    // wrote or read anything (a second migration of the manager, an option out of range) leaves
+    // the stream as it was given: the caller may retry over it.
+    if (failed && (wroteAny || streamInvolved) && !stream.destroyed && !stream.writableEnded) stream.end();
     const unread = Buffer.concat([call(() => channel.unread()), ...leftover]);
     if (unread.length > 0 && !stream.destroyed && !stream.readableEnded) stream.unshift(unread);
     for (const token of tokens) takeCause(token);
@@ -257,16 +267,17 @@ export async function overStream<T>(stream: MigrationStream, signal: AbortSignal
 }
 
 /**
- * Writes what the migration sends until it is done; resolves when the last write is flushed,
- * the stream closed, or the peer is gone. The peer is gone once the stream's readable side
+ * Writes what the migration sends until it is done; resolves (with whether it had anything to
+ * send) when the last write is flushed, the stream closed, or the peer is gone. The peer is gone once the stream's readable side
  * ended or the stream failed: mid-migration that only happens when the peer stopped (it
  * aborted, failed or was cut off), and a peer that stopped reads nothing more, so neither
  * `drain` nor a write's callback may ever come. From then on what the migration still sends
  * is dropped, so it is never held up writing: it learns of the end or the error through the
  * incoming side (`overStream` feeds it both) and stops.
  */
-async function writeOut(stream: MigrationStream, channel: NativeChannel): Promise<void> {
+async function writeOut(stream: MigrationStream, channel: NativeChannel): Promise<boolean> {
   let peerGone = false;
+  let wroteAny = false;
   let onGone = (): void => undefined;
   const gone = new Promise<void>((resolve) => {
     onGone = () => {
@@ -282,6 +293,7 @@ async function writeOut(stream: MigrationStream, channel: NativeChannel): Promis
     for (;;) {
       const chunk = channel.tryNext() ?? (await settle(call(() => channel.next())));
       if (chunk === null) break;
+      wroteAny = true;
       if (peerGone) continue;
       let accepted = false;
       last = new Promise<void>((resolve) => {
@@ -291,6 +303,7 @@ async function writeOut(stream: MigrationStream, channel: NativeChannel): Promis
     }
     // A destroyed stream, or one whose peer stopped reading, may never call back the last write.
     await Promise.race([last, gone]);
+    return wroteAny;
   } finally {
     for (const event of goneEvents) stream.off(event, onGone);
   }
