@@ -94,7 +94,6 @@ pub use sharing::ProvideShareableRegions;
 pub use sharing::ShareableRegion;
 pub use sharing::ShareableRegionError;
 pub use sharing::ShareableRegionsFuture;
-pub use sharing::SharingError;
 pub use trycopy::FaultInfo;
 pub use vectored::VectoredEntry;
 pub use vectored::VectoredError;

@@ -11,9 +11,6 @@ use std::sync::Arc;
 /// A boxed error of a sharing provider.
 pub type ShareableRegionError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// Another name for [`ShareableRegionError`].
-pub type SharingError = ShareableRegionError;
-
 /// A boxed future of the shareable regions, for callers that need a nameable type.
 pub type ShareableRegionsFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<ShareableRegion>, ShareableRegionError>> + Send + 'a>>;
