@@ -512,7 +512,9 @@ impl NativeDeviceWindowHalf {
         gpa: U64,
         writable: bool,
     ) -> napi::Result<Object<'env>> {
-        device(env, self.control()?.map_to_guest(gpa.0, writable))
+        let run = self.control()?.map_to_guest(gpa.0, writable);
+        let run = async move { run.await.map_err(|error| JsError::map_to_guest(&error)) };
+        promise(env, Polling::Pool, run, |_env, ()| Ok(()))
     }
 
     /// Removes the placement; recorded mappings are kept.

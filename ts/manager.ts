@@ -65,18 +65,6 @@ export function toVisibility(value: unknown, name: string): RamVisibility {
   return value as RamVisibility;
 }
 
-/** The codes of a placement the manager refused after removing the window's earlier one. */
-const REFUSED_PLACEMENT = new Set(['ERR_INVALID_INPUT', 'ERR_OVERLAP_ERROR', 'ERR_REGION_OUT_OF_RANGE', 'ERR_REGION_OVERLAPS_PRIVATE_RAM']);
-
-/** `error` of a refused `mapToGuest`, its `detail` saying that the window is now unplaced. */
-function leftUnplaced(error: unknown): unknown {
-  if (!(error instanceof Error) || !REFUSED_PLACEMENT.has((error as { code?: unknown }).code as string)) return error;
-  const note =
-    'the window is not placed now: its earlier placement (if any) is removed before a new one is made, as in the original, so a refused placement leaves none; place it again (a deviceMapToGuest change of manager.apply() changes nothing when refused)';
-  const detail = (error as { detail?: unknown }).detail;
-  return Object.assign(error, { detail: typeof detail === 'string' ? `${detail}; ${note}` : note });
-}
-
 function toBool(value: unknown, name: string): boolean {
   if (typeof value !== 'boolean') throw invalidArgType(`${name} must be a boolean, got ${describeType(value)}`);
   return value;
@@ -712,11 +700,7 @@ export class DeviceMemoryControl {
   async mapToGuest(gpa: U64, writable: boolean): Promise<void> {
     const g = toU64(gpa, 'gpa');
     const w = toBool(writable, 'writable');
-    try {
-      await settle(call(() => this.#native.mapToGuest(g, w)));
-    } catch (error) {
-      throw leftUnplaced(error);
-    }
+    await settle(call(() => this.#native.mapToGuest(g, w)));
   }
   /** Remove the placement; recorded mappings are kept. */
   async unmapFromGuest(): Promise<void> {

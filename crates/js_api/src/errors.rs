@@ -588,6 +588,30 @@ impl JsError {
         error.to_js_error()
     }
 
+    /// The error of a refused `mapToGuest`: as [`Self::device_window`], and when the manager
+    /// refused the placement (an invalid range, an overlap) its `detail` also says that the
+    /// window is unplaced now, since the earlier placement is removed before a new one is made
+    /// (as in the original).
+    pub fn map_to_guest(error: &io::Error) -> Self {
+        let mut js_error = Self::device_window(error);
+        let refused = matches!(
+            js_error.kind().1,
+            Some(
+                ErrorCode::InvalidInput
+                    | ErrorCode::OverlapError
+                    | ErrorCode::RegionOutOfRange
+                    | ErrorCode::RegionOverlapsPrivateRam
+            )
+        );
+        if refused {
+            js_error.fields.detail = Some(match js_error.fields.detail.take() {
+                Some(detail) => format!("{detail}; {LEFT_UNPLACED}"),
+                None => LEFT_UNPLACED.to_owned(),
+            });
+        }
+        js_error
+    }
+
     /// The error of entry `index` of a vectored copy (`readv`/`writev`): `self` with the entry
     /// named in the message (`list[3]…`, `what` being its failing part, such as `.gpa`, or
     /// empty) and in `entryIndex`.
@@ -1282,6 +1306,11 @@ pub fn alias_map_wont_fit(offset: u64, end_of_layout: u64) -> String {
          {end_of_layout:#x} fits in 64 bits, such as {suggested:#x}"
     )
 }
+
+/// What a refused `mapToGuest` leaves ([`JsError::map_to_guest`]).
+pub const LEFT_UNPLACED: &str = "the window is not placed now: its earlier placement (if any) is \
+     removed before a new one is made, as in the original, so a refused placement leaves none; \
+     place it again (a deviceMapToGuest change of manager.apply() changes nothing when refused)";
 
 /// The detail of `ERR_MEMORY_MANAGER_GONE`: a client asked for guest memory (a VA mapper) after
 /// its manager stopped.

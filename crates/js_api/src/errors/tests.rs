@@ -1663,3 +1663,18 @@ fn a_file_mapped_from_an_unaligned_offset_says_the_rule() {
     let other = sparse_map_file(&io::Error::from_raw_os_error(libc::EINVAL), 0x1000);
     assert_eq!(other.fields.detail, None);
 }
+
+#[test]
+fn a_refused_placement_says_the_window_is_unplaced_now() {
+    // The manager removes a window's earlier placement before it makes the new one, so a
+    // refused placement leaves the window unplaced, which neither the message nor any field said.
+    let invalid = JsError::map_to_guest(&io(io::ErrorKind::InvalidInput, "bad range"));
+    assert_eq!(invalid.kind().1, Some(ErrorCode::InvalidInput));
+    assert_eq!(invalid.fields.detail.as_deref(), Some(LEFT_UNPLACED));
+    // Not a refusal of the placement (the manager is gone): no such detail.
+    let gone = JsError::map_to_guest(&io::Error::other(
+        membacking::RegionManagerError::ManagerGone,
+    ));
+    assert_eq!(gone.kind().1, Some(ErrorCode::ManagerGone));
+    assert_eq!(gone.fields.detail, None);
+}
