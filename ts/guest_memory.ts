@@ -11,10 +11,10 @@ import { call, fromNative, GuestMemoryErrorKind, internalOnly, invalidArgType, i
 import type { HandlerStatus } from './generated/enums';
 import { constants as bufferConstants } from 'node:buffer';
 import { isMainThread } from 'node:worker_threads';
-import { withViews, inspectObject } from './json_view';
+import { withViews, inspectObject, type InspectOptionsStylized } from './json_view';
 import { native } from './native';
 import { checkOptionKeys, describeType, toU64, type U64 } from './u64';
-import { inspect, type InspectOptionsStylized } from 'node:util';
+import { inspect } from 'node:util';
 
 type NativeSparseMapping = InstanceType<typeof native.NativeSparseMapping>;
 type NativeMappable = InstanceType<typeof native.NativeMappable>;

@@ -8,7 +8,16 @@
  * non-enumerable `util.inspect` form (u64 values in hex, as `0xa0000n`). Being non-enumerable,
  * neither changes what `deepEqual`, `Object.keys` or a spread see: the data stays bigints.
  */
-import { inspect, type InspectOptionsStylized } from 'node:util';
+import { inspect, type InspectOptions } from 'node:util';
+
+/**
+ * The options `util.inspect` passes to a `[util.inspect.custom]` method. Declared here, not taken
+ * from `@types/node`: its name there (`InspectOptionsStylized`) is gone from `@types/node` 26, and
+ * the published declarations must compile with whichever `@types/node` a user has.
+ */
+export interface InspectOptionsStylized extends InspectOptions {
+  stylize(text: string, styleType: string): string;
+}
 
 const inspectCustom = Symbol.for('nodejs.util.inspect.custom');
 

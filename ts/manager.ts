@@ -31,8 +31,8 @@ import {
   type SnapshotInfo,
   type SnapshotOptions,
 } from './snapshot';
-import { inspectObject, withViews } from './json_view';
-import { inspect, type InspectOptionsStylized } from 'node:util';
+import { inspectObject, withViews, type InspectOptionsStylized } from './json_view';
+import { inspect } from 'node:util';
 
 export { MemoryBuildError, PartitionAttachError, PartitionMapperError, VaMapperError, MemoryManagerError } from './errors';
 export { RamVisibility, Vtl } from './generated/enums';

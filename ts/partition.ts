@@ -6,11 +6,11 @@
 import { call, internalOnly, invalidArgType, invalidArgValue, settle } from './errors';
 import { VcpuMode, type CancelReason, type RecordedOp, type SlotOp, type VcpuExitKind } from './generated/enums';
 import { native } from './native';
-import { withViews, inspectObject } from './json_view';
+import { withViews, inspectObject, type InspectOptionsStylized } from './json_view';
 import { parseNativeJson } from './native_json';
 import { nativeJson, toRange, type RangeLike } from './range';
 import { checkOptionKeys, describeType, describeValue, toU64, type U64 } from './u64';
-import { inspect, type InspectOptionsStylized } from 'node:util';
+import { inspect } from 'node:util';
 
 export { KvmError } from './errors';
 export { VcpuMode } from './generated/enums';

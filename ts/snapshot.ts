@@ -12,8 +12,8 @@ import { nativeLayout, type MemoryLayout } from './layout';
 import { native } from './native';
 import { nativeJson, type MemoryRange } from './range';
 import { checkOptionKeys, describeType, describeValue, toU64, type U64 } from './u64';
-import { inspectObject } from './json_view';
-import { inspect, type InspectOptionsStylized } from 'node:util';
+import { inspectObject, type InspectOptionsStylized } from './json_view';
+import { inspect } from 'node:util';
 
 export type { RestoreMode } from './generated/enums';
 
