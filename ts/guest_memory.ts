@@ -353,12 +353,12 @@ export class SparseMapping {
 }
 
 /** Page-fault decision of a JS backing: gpa and remaining len in bytes. */
-export type PageFaultHandler = (gpa: bigint, len: bigint, write: boolean) => 'retry' | 'fallback' | { fail: GuestMemoryErrorKind | `${GuestMemoryErrorKind}`; message?: string };
+export type PageFaultHandler = (gpa: bigint, len: bigint, write: boolean) => 'retry' | 'fallback' | { fail: GuestMemoryErrorKind | `${GuestMemoryErrorKind}`; message?: string | undefined };
 
 /** Options of fromSparseMapping (the JS backing's hooks). */
 export interface GuestMemoryOptions {
   /** Debug name in error messages (default 'sparse'). */
-  name?: string;
+  name?: string | undefined;
   /**
    * Called when a guarded access faults, on the JavaScript thread that created the memory: at
    * once in its synchronous operations; for `readAtAsync`/`writeAtAsync` (of any thread) through
@@ -368,21 +368,21 @@ export interface GuestMemoryOptions {
    * accessible at once: a hook that places one page per call makes a large access cost a call
    * per page and a copy that grows with each one.
    */
-  pageFault?: PageFaultHandler;
+  pageFault?: PageFaultHandler | undefined;
   /** Max consecutive Retry answers for one gpa before kind Other (default 1000). */
-  retryLimit?: number;
+  retryLimit?: number | undefined;
   /** Slow-path read of len bytes at gpa. */
-  readFallback?: (gpa: bigint, len: bigint) => Uint8Array;
+  readFallback?: ((gpa: bigint, len: bigint) => Uint8Array) | undefined;
   /** Slow-path write. */
-  writeFallback?: (gpa: bigint, data: Buffer) => void;
+  writeFallback?: ((gpa: bigint, data: Buffer) => void) | undefined;
   /** Slow-path fill. */
-  fillFallback?: (gpa: bigint, byte: number, len: bigint) => void;
+  fillFallback?: ((gpa: bigint, byte: number, len: bigint) => void) | undefined;
   /** Slow-path CAS; on mismatch write the observed bytes into current, return false. */
-  compareExchangeFallback?: (gpa: bigint, current: Buffer, replacement: Buffer) => boolean;
+  compareExchangeFallback?: ((gpa: bigint, current: Buffer, replacement: Buffer) => boolean) | undefined;
   /** Pin pages; true = unlockGpns is called once on release. */
-  lockGpns?: (gpns: bigint[]) => boolean;
+  lockGpns?: ((gpns: bigint[]) => boolean) | undefined;
   /** Unpin. */
-  unlockGpns?: (gpns: bigint[]) => void;
+  unlockGpns?: ((gpns: bigint[]) => void) | undefined;
 }
 
 /** A scatter list: byte window starting at in-page `offset` over the listed 4 KiB pages. */

@@ -75,7 +75,7 @@ export class MemoryLayout {
   }
 
   /** RAM verbatim (Rust new_from_ranges; vnode default 0). */
-  static fromRanges(memory: Iterable<{ range: RangeLike; vnode?: number }>, gaps: Iterable<RangeLike>): MemoryLayout {
+  static fromRanges(memory: Iterable<{ range: RangeLike; vnode?: number | undefined }>, gaps: Iterable<RangeLike>): MemoryLayout {
     const items = toArray(memory, 'memory');
     const ranges: MemoryRange[] = [];
     const vnodes = new Uint32Array(items.length);

@@ -152,7 +152,7 @@ export class GuestMemoryBuilder {
    * `inspect().prefetchFailures` keeps the recent ones). Its exceptions are reported as uncaught
    * exceptions of the process.
    */
-  prefetchRam(enable: boolean, options: { onProgress?: PrefetchProgressCallback } = {}): this {
+  prefetchRam(enable: boolean, options: { onProgress?: PrefetchProgressCallback | undefined } = {}): this {
     this.#checkOpen();
     this.#prefetchRam = toBool(enable, 'enable');
     if (typeof options !== 'object' || options === null || Array.isArray(options)) throw invalidArgType(`options must be an object, got ${describeType(options)}`);
@@ -387,7 +387,7 @@ export class GuestMemoryManager {
    * another open manager) throws ERR_ALREADY_ATTACHED before any partition call.
    * `remoteProcess` exists for parity with the original and always throws ERR_UNSUPPORTED on Linux.
    */
-  async attachPartition(vtl: Vtl, partition: RecordingPartition | KvmPartition, options: { remoteProcess?: number } = {}): Promise<void> {
+  async attachPartition(vtl: Vtl, partition: RecordingPartition | KvmPartition, options: { remoteProcess?: number | undefined } = {}): Promise<void> {
     const v = toVtl(vtl, 'vtl');
     const handle = nativePartition(partition);
     if (typeof options !== 'object' || options === null || Array.isArray(options)) throw invalidArgType(`options must be an object, got ${describeType(options)}`);

@@ -39,18 +39,18 @@ export interface MigrateOptions {
    */
   pause: () => void | Uint8Array | Promise<void | Uint8Array>;
   /** Pre-copy rounds at most while the guest runs (round 0 included; default 16, 1 ..= 10000). */
-  maxRounds?: U64;
+  maxRounds?: U64 | undefined;
   /**
    * The downtime accepted, in milliseconds. Given, it is binding: when what is still dirty
    * after `maxRounds` would take longer at the measured bandwidth, the migration fails with
    * ERR_MIGRATION_DOWNTIME before pausing. Not given, the budget is 300 ms and the guest is
    * paused after `maxRounds` anyway (`converged: false`).
    */
-  maxDowntimeMs?: U64;
+  maxDowntimeMs?: U64 | undefined;
   /** Progress of each round. */
-  onProgress?: MigrationProgressCallback;
+  onProgress?: MigrationProgressCallback | undefined;
   /** Aborting fails the migration (ERR_MIGRATION_ABORTED, `cause` the signal's reason); the source keeps running. */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /** What a migration did (source). Bytes are page bytes of data (zero pages carry none). */
@@ -73,13 +73,13 @@ export interface MigrationInfo {
 /** Options of `GuestMemoryBuilder.migrateFrom()`. */
 export interface MigrateFromOptions {
   /** Progress of each round received. */
-  onProgress?: MigrationProgressCallback;
+  onProgress?: MigrationProgressCallback | undefined;
   /** The layout the source must have (ERR_SNAPSHOT_LAYOUT otherwise). */
-  layout?: import('./layout').MemoryLayout;
+  layout?: import('./layout').MemoryLayout | undefined;
   /** Objects behind the device windows' mappings (the stream carries where windows are, not their contents), as for a restore. */
   windowBackings?: import('./snapshot').RestoreOptions['windowBackings'];
   /** Aborting fails the migration (ERR_MIGRATION_ABORTED, `cause` the signal's reason); nothing is left built. */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /** What a manager built by `migrateFrom()` received (`manager.migratedFrom`). */

@@ -91,11 +91,11 @@ export class RecordingPartition {
 /** vCPU setup. */
 export interface VcpuOptions {
   /** Default Long. */
-  mode?: VcpuMode | `${VcpuMode}`;
+  mode?: VcpuMode | `${VcpuMode}` | undefined;
   /** GPA range (bytes, page-aligned, ≥ 2 MiB + 8 KiB) in guest RAM mapped read-write in this partition (all of it; it may span adjacent RAM regions) where the runner writes identity-mapped 2 MiB page tables covering 512 GiB; required in Long mode, refused in Real mode (no paging). */
-  pageTables?: RangeLike;
+  pageTables?: RangeLike | undefined;
   /** Privilege level in Long mode (default 3, IOPL 3: ports 0–0x7fb7 on every KVM; PVM traps higher ones at CPL 3); Real mode runs at 0 and refuses 3. */
-  cpl?: 0 | 3;
+  cpl?: 0 | 3 | undefined;
 }
 
 /** General registers (64-bit values as bigint). */
@@ -106,7 +106,7 @@ export interface VcpuRegisters {
 }
 
 /** Registers to set: any of them, each a bigint or a safe non-negative integer number. */
-export type VcpuRegistersInput = { [Name in keyof VcpuRegisters]?: U64 };
+export type VcpuRegistersInput = { [Name in keyof VcpuRegisters]?: U64 | undefined };
 
 /** Why run() settled (address and size in bytes; `data.length === size`, little-endian). */
 export type VcpuExit =
@@ -184,7 +184,7 @@ export class Vcpu {
    * {kind: 'Cancelled', reason: 'timeout'}. 0 or absent means no timeout (so clamp a computed
    * remainder to at least 1).
    */
-  async run(options?: { timeoutMs?: number }): Promise<VcpuExit> {
+  async run(options?: { timeoutMs?: number | undefined }): Promise<VcpuExit> {
     const timeout = optionsObject(options, 'options', ['timeoutMs'], 'Vcpu#run()').timeoutMs ?? 0;
     if (typeof timeout !== 'number') throw invalidArgType(`timeoutMs must be a number, got ${describeType(timeout)}`);
     if (!Number.isFinite(timeout) || timeout < 0) throw invalidArgValue(`timeoutMs must be a non-negative finite number, got ${describeValue(timeout)}`);
@@ -235,7 +235,7 @@ export class KvmPartition {
   }
 
   /** Open /dev/kvm, create a VM (KvmError ERR_KVM_UNAVAILABLE on failure). */
-  static async create(options?: { disableSlotZapAllQuirk?: boolean }): Promise<KvmPartition> {
+  static async create(options?: { disableSlotZapAllQuirk?: boolean | undefined }): Promise<KvmPartition> {
     const disable = optionsObject(options, 'options', ['disableSlotZapAllQuirk'], 'KvmPartition.create()').disableSlotZapAllQuirk ?? true;
     if (typeof disable !== 'boolean') throw invalidArgType('disableSlotZapAllQuirk must be a boolean');
     return new KvmPartition(token, await settle(call(() => native.kvmPartitionCreate(disable))));

@@ -53,9 +53,9 @@ export interface SnapshotInfo {
 /** Options of `manager.snapshot()`. */
 export interface SnapshotOptions {
   /** Write an incremental snapshot on this one: only pages dirtied since it was taken (dirty tracking must have stayed on since). */
-  base?: string;
+  base?: string | undefined;
   /** `(done, total)` bytes of RAM scanned, fire-and-forget on this thread. */
-  onProgress?: ProgressCallback;
+  onProgress?: ProgressCallback | undefined;
 }
 
 /** A recorded mapping of a device window (bytes). */
@@ -112,7 +112,7 @@ export interface WindowBacking {
   /** The window's name (its `newRegion` debug name). */
   window: string;
   /** The offset in the window of the one recorded mapping this backs; omitted: every recorded mapping of the window. */
-  offset?: U64;
+  offset?: U64 | undefined;
   /** Mapped with each mapping's recorded length, object offset and writability. */
   object: Mappable;
 }
@@ -120,17 +120,17 @@ export interface WindowBacking {
 /** Options of `GuestMemoryBuilder.restore()`. */
 export interface RestoreOptions {
   /** 'copy' (default): every page before the Promise resolves. 'lazy': pages filled on first touch (userfaultfd) and by a background thread. */
-  mode?: RestoreMode;
+  mode?: RestoreMode | undefined;
   /** `(done, total)` bytes of page data restored, fire-and-forget on this thread (lazy: by the background fill). */
-  onProgress?: ProgressCallback;
+  onProgress?: ProgressCallback | undefined;
   /** The layout the snapshot must have been taken of (ERR_SNAPSHOT_LAYOUT otherwise). */
-  layout?: MemoryLayout;
+  layout?: MemoryLayout | undefined;
   /** Objects behind the device windows' mappings (a snapshot holds none): by window name, or a list naming mapping offsets. */
-  windowBackings?: Record<string, Mappable> | WindowBacking[];
+  windowBackings?: Record<string, Mappable> | WindowBacking[] | undefined;
   /** Start dirty tracking on the restored manager with this snapshot as the base of the next incremental one. */
-  startDirtyTracking?: boolean;
+  startDirtyTracking?: boolean | undefined;
   /** Lazy mode: fill pages only on first touch until `lazyRestore.startBackground()` (default false). */
-  deferBackgroundFill?: boolean;
+  deferBackgroundFill?: boolean | undefined;
 }
 
 /** What a restored manager was rebuilt from. */
@@ -333,7 +333,7 @@ export async function readSnapshot(dir: string): Promise<SnapshotChain> {
  * CRC-32C (a restore checks only the pages it uses). The first mismatch is
  * ERR_SNAPSHOT_CORRUPT naming the file and the offset.
  */
-export async function verifySnapshot(dir: string, options: { onProgress?: ProgressCallback } = {}): Promise<SnapshotChain> {
+export async function verifySnapshot(dir: string, options: { onProgress?: ProgressCallback | undefined } = {}): Promise<SnapshotChain> {
   const d = toDir(dir, 'dir');
   const progress = toProgress(toOptions(options, ['onProgress'], 'verifySnapshot()').onProgress) ?? null;
   return nativeJson(await settle(call(() => native.readSnapshotChain(d, true, progress))));
