@@ -148,6 +148,40 @@ check('the library entry exports no test or benchmark hooks', (mb) => {
   assert.equal(mb.__bench, undefined);
 });
 
+check('ES modules: every export is a named import, and the default import is the CommonJS exports', async (mb) => {
+  // Node finds the named exports of a CommonJS module with cjs-module-lexer, from the shape of
+  // the compiled code: a form it cannot read would leave an `import { X }` undefined.
+  const esm = await import('membacking');
+  assert.deepEqual(Object.keys(mb).filter((name) => esm[name] !== mb[name]), []);
+  assert.equal(esm.default, mb);
+});
+
+check('only the entry point and package.json are exported', () => {
+  assert.equal(require('membacking/package.json').name, 'membacking');
+  for (const deep of ['membacking/dist/index.js', 'membacking/dist/internal.js', 'membacking/index.js', 'membacking/dist/cli/main.js']) {
+    assert.throws(() => require(deep), { code: 'ERR_PACKAGE_PATH_NOT_EXPORTED' }, deep);
+  }
+});
+
+check('the source maps embed the TypeScript sources, which are not shipped', () => {
+  const root = path.dirname(require.resolve('membacking/package.json'));
+  const maps = [];
+  const walk = (dir) => {
+    for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+      const file = path.join(dir, entry.name);
+      if (entry.isDirectory()) walk(file);
+      else if (entry.name.endsWith('.js.map')) maps.push(file);
+    }
+  };
+  walk(path.join(root, 'dist'));
+  assert.ok(maps.length > 10);
+  for (const file of maps) {
+    const map = JSON.parse(fs.readFileSync(file, 'utf8'));
+    assert.equal(map.sources.length, 1, file);
+    assert.equal(typeof (map.sourcesContent ?? [])[0], 'string', `${file} embeds its source`);
+  }
+});
+
 async function main() {
   const expectedPackage = process.argv[2];
   if (!expectedPackage) throw new Error('usage: node pack-smoke.js <expected platform package>');
