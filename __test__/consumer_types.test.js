@@ -14,7 +14,6 @@ const ROOT = path.join(__dirname, '..');
 const FIXTURES = path.join(__dirname, 'fixtures', 'consumer');
 const TYPES = path.join(ROOT, 'node_modules', '@types');
 
-
 /** Options every consumer compile shares: strict, and the flags that make declarations fail. */
 const STRICTEST = {
   strict: true,

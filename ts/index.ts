@@ -6,7 +6,8 @@
  * windows, partitions, the dry-run planner, dirty tracking, snapshots and restores, live
  * migration, and the error classes. Units are bytes unless a
  * name says pages; u64 inputs take `number | bigint`, u64 outputs are `bigint`. Hooks for tests
- * and benchmarks are not here (`dist/internal.js`).
+ * and benchmarks are not part of the API (`ts/internal.ts` in the repository; `exports`
+ * keeps `membacking/dist/…` private).
  */
 export { KiB, MiB, GiB, TiB, type U64 } from './u64';
 export {
