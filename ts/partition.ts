@@ -88,28 +88,15 @@ export class RecordingPartition {
   }
 }
 
-/**
- * vCPU setup, by mode: a Long-mode vCPU (the default) needs `pageTables`; a Real-mode one takes
- * no `pageTables` and runs at privilege level 0 (the runtime refuses the other combinations with
- * ERR_INVALID_ARG_VALUE, and the type rejects them).
- */
-export type VcpuOptions =
-  | {
-      /** Long mode (the default). */
-      mode?: VcpuMode.Long | `${VcpuMode.Long}` | undefined;
-      /** GPA range (bytes, page-aligned, ≥ 2 MiB + 8 KiB) in guest RAM mapped read-write in this partition (all of it; it may span adjacent RAM regions) where the runner writes identity-mapped 2 MiB page tables covering 512 GiB. */
-      pageTables: RangeLike;
-      /** Privilege level (default 3, IOPL 3: ports 0–0x7fb7 on every KVM; PVM traps higher ones at CPL 3). */
-      cpl?: 0 | 3 | undefined;
-    }
-  | {
-      /** Real mode: no paging, privilege level 0. */
-      mode: VcpuMode.Real | `${VcpuMode.Real}`;
-      /** Refused in Real mode (no paging). */
-      pageTables?: undefined;
-      /** Real mode runs at 0 and refuses 3. */
-      cpl?: 0 | undefined;
-    };
+/** vCPU setup. */
+export interface VcpuOptions {
+  /** Default Long. */
+  mode?: VcpuMode | `${VcpuMode}` | undefined;
+  /** GPA range (bytes, page-aligned, ≥ 2 MiB + 8 KiB) in guest RAM mapped read-write in this partition (all of it; it may span adjacent RAM regions) where the runner writes identity-mapped 2 MiB page tables covering 512 GiB; required in Long mode, refused in Real mode (no paging). */
+  pageTables?: RangeLike | undefined;
+  /** Privilege level in Long mode (default 3, IOPL 3: ports 0–0x7fb7 on every KVM; PVM traps higher ones at CPL 3); Real mode runs at 0 and refuses 3. */
+  cpl?: 0 | 3 | undefined;
+}
 
 /** General registers (64-bit values as bigint). */
 export interface VcpuRegisters {
@@ -254,9 +241,9 @@ export class KvmPartition {
     return new KvmPartition(token, await settle(call(() => native.kvmPartitionCreate(disable))));
   }
 
-  /** Create a vCPU (after attachPartition when it must write page tables into guest RAM): `{ pageTables }` for Long mode, `{ mode: 'Real' }` for Real mode. */
-  async createVcpu(options: VcpuOptions): Promise<Vcpu> {
-    const o = optionsObject<VcpuOptions>(options, 'options', ['mode', 'pageTables', 'cpl'], 'KvmPartition#createVcpu()');
+  /** Create a vCPU (after attachPartition when it must write page tables into guest RAM). */
+  async createVcpu(options?: VcpuOptions): Promise<Vcpu> {
+    const o = optionsObject(options, 'options', ['mode', 'pageTables', 'cpl'], 'KvmPartition#createVcpu()');
     const mode = o.mode ?? VcpuMode.Long;
     if (typeof mode !== 'string') throw invalidArgType(`mode must be a VcpuMode, got ${describeType(mode)}`);
     if (mode !== VcpuMode.Long && mode !== VcpuMode.Real) throw invalidArgValue(`mode must be 'Real' or 'Long', got ${describeValue(mode)}`);

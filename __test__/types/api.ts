@@ -70,21 +70,8 @@ export async function partitions(): Promise<void> {
   await manager.attachPartition(2, kvm);
   // @ts-expect-error: there is no VTL 3.
   await manager.attachPartition(3, kvm);
-  await kvm.createVcpu({ mode: 'Long', pageTables: range(0x200000, 0x600000), cpl: 3 });
-  await kvm.createVcpu({ mode: VcpuMode.Real });
-  await kvm.createVcpu({ mode: 'Real', cpl: 0 });
-  // What the runtime refuses with ERR_INVALID_ARG_VALUE: Long mode (the default) without page
-  // tables, and page tables or privilege level 3 in Real mode.
-  // @ts-expect-error: Long mode needs pageTables.
-  await kvm.createVcpu();
-  // @ts-expect-error: Long mode needs pageTables.
-  await kvm.createVcpu({});
-  // @ts-expect-error: Long mode needs pageTables.
   await kvm.createVcpu({ mode: 'Long', cpl: 3 });
-  // @ts-expect-error: no page tables in Real mode.
-  await kvm.createVcpu({ mode: 'Real', pageTables: range(0x200000, 0x600000) });
-  // @ts-expect-error: Real mode runs at privilege level 0.
-  await kvm.createVcpu({ mode: VcpuMode.Real, cpl: 3 });
+  await kvm.createVcpu({ mode: VcpuMode.Real });
   // Registers as bigints or numbers (as every u64 input); one given as undefined is not named.
   const vcpu = await kvm.createVcpu({ pageTables: range(0x200000, 0x600000) });
   vcpu.setRegisters({ rax: 1, rbx: 2n, rip: undefined });
