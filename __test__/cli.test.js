@@ -27,7 +27,8 @@ test('layout --format json prints MemoryLayout#toJSON', (t) => {
 test('layout --format table and e820', (t) => {
   const table = run('layout', '--ram', '2G', '--gap', '0xc0000000-4G');
   t.is(table.status, 0);
-  t.regex(table.stdout, /RAM\s+0x0000000000000000\s+0x0000000080000000\s+2 GiB/);
+  t.regex(table.stdout, /^kind\s+start\s+end\s+size\s+detail$/m, 'every column has a header');
+  t.regex(table.stdout, /RAM\s+0x0000000000000000\s+0x0000000080000000\s+2 GiB\s+vnode 0/);
   t.regex(table.stdout, /MMIO\s+0x00000000c0000000\s+0x0000000100000000\s+1 GiB/);
   const e820 = run('layout', '--ram', '4G', '--gap', '3G-4G', '--format', 'e820');
   t.is(e820.status, 0);

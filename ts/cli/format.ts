@@ -170,7 +170,7 @@ export function layoutTable(layout: MemoryLayout, rows: MapRow[] = layoutRows(la
     ['end of ram or mmio', layout.mmio.length > 0 ? layout.endOfRamOrMmio : null],
   ];
   const figures = summary.map(([name, value]) => `${name.padEnd(20)} ${value === null ? '-' : `${hex(value)} (${formatSize(value)})`}`);
-  const header = ['kind', 'start', 'end', 'size', ...(offsets ? ['file offset'] : []), ''];
+  const header = ['kind', 'start', 'end', 'size', ...(offsets ? ['file offset'] : []), 'detail'];
   return `${table(header, cells)}\n\n${figures.join('\n')}`;
 }
 
