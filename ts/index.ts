@@ -24,7 +24,7 @@ export {
   type Tagged,
   type RangeWalkItem,
 } from './range';
-export { AddressType, MemoryLayout, x86LegacyRamRanges, type MemoryRangeWithNode } from './layout';
+export { AddressType, MemoryLayout, x86LegacyRamRanges, type MemoryLayoutJson, type MemoryRangeWithNode } from './layout';
 export { MemoryRegistrar, type RegisterMemory } from './registrar';
 export {
   initialize,

@@ -46,6 +46,21 @@ export function nativeLayout(layout: unknown, name = 'layout'): NativeLayout {
   return found;
 }
 
+/** `MemoryLayout#toJSON()`: every u64 as a `'0x…'` string; `MemoryLayout.fromJSON` reads it back. */
+export interface MemoryLayoutJson {
+  ram: Array<{ range: { start: string; end: string }; vnode: number }>;
+  mmio: Array<{ start: string; end: string }>;
+  vtl2Range: { start: string; end: string } | null;
+  ramSize: string;
+  endOfRam: string;
+  ramBelow4gb: string;
+  ramAbove4gb: string;
+  ramAboveHighMmio: string | null;
+  maxRamBelow4gb: string | null;
+  /** null when the layout has no gaps. */
+  endOfRamOrMmio: string | null;
+}
+
 /** Immutable guest physical memory layout: RAM around MMIO gaps, optional VTL2 range. */
 export class MemoryLayout {
   readonly #ram: readonly MemoryRangeWithNode[];
@@ -173,7 +188,7 @@ export class MemoryLayout {
   }
 
   /** JSON-safe form: camelCase keys of the getters, u64 as '0x…', endOfRamOrMmio null with no gaps. */
-  toJSON(): object {
+  toJSON(): MemoryLayoutJson {
     const d = this.#description;
     const opt = (value: bigint | null | undefined): string | null => (value === null || value === undefined ? null : hex(value));
     return {

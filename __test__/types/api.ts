@@ -17,6 +17,7 @@ import {
   GuestMemoryManager,
   KvmPartition,
   MemoryLayout,
+  type MemoryLayoutJson,
   MembackingError,
   Mappable,
   RamVisibility,
@@ -180,4 +181,17 @@ export async function migration(layout: MemoryLayout, socket: import('node:net')
   const remainder: bigint | undefined = error.remainderBytes;
   const codes: ErrorCode[] = ['ERR_MIGRATION_ABORTED', 'ERR_MIGRATION_PROTOCOL', 'ERR_MIGRATION_DOWNTIME', 'ERR_MIGRATION_IN_PROGRESS'];
   void [perRound, downtime, converged, payload, windows, side, phase, remainder, codes];
+}
+
+/** `MemoryLayout#toJSON()` names its fields (u64 as strings, nullable figures) and reads back. */
+export function layoutJson(layout: MemoryLayout): MemoryLayout {
+  const json: MemoryLayoutJson = layout.toJSON();
+  const size: string = json.ramSize;
+  const vnode: number | undefined = json.ram[0]?.vnode;
+  // @ts-expect-error a figure that may be absent is null, not a string
+  const end: string = json.endOfRamOrMmio;
+  // @ts-expect-error u64 figures are '0x…' strings, not bigints
+  const bytes: bigint = json.endOfRam;
+  void [size, vnode, end, bytes];
+  return MemoryLayout.fromJSON(json);
 }
