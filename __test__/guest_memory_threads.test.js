@@ -38,10 +38,18 @@ function start(task, data = {}) {
   return { worker, messages, message, exited };
 }
 
+/**
+ * A shared stop flag (word 0) with progress counters (word 1 + slot) the workers bump as they go:
+ * the racing tests run until the other side has made progress, not for a fixed time, which a
+ * loaded machine can spend without scheduling the worker at all.
+ */
 function stopFlag() {
-  const stop = new Int32Array(new SharedArrayBuffer(4));
-  return { stop, buffer: stop.buffer, set: () => Atomics.store(stop, 0, 1) };
+  const stop = new Int32Array(new SharedArrayBuffer(16));
+  return { stop, buffer: stop.buffer, set: () => Atomics.store(stop, 0, 1), progress: (slot = 0) => Atomics.load(stop, 1 + slot) };
 }
+
+/** A guard against a hang only: the racing loops end on progress, long before this. */
+const GIVE_UP_MS = 60_000;
 
 test.serial('handles reopen a SparseMapping and a GuestMemory in a worker of this process', async (t) => {
   const mapping = new SparseMapping(4 * P);
@@ -98,8 +106,10 @@ test.serial('a worker toggles unmap/alloc while the main thread copies 1 MiB; ev
   const buffer = Buffer.alloc(MiB, 0x5c);
   const counts = { ok: 0, failed: 0 };
   const unexpected = [];
-  const deadline = Date.now() + 2000;
-  while (Date.now() < deadline) {
+  // Until the worker has remapped 1,000 times and both outcomes were seen (at least 2,000
+  // accesses): the race is observed, however the threads are scheduled.
+  const giveUp = Date.now() + GIVE_UP_MS;
+  while ((flag.progress() < 1000 || counts.ok + counts.failed < 2000 || counts.ok === 0 || counts.failed === 0) && Date.now() < giveUp) {
     for (const op of [() => memory.readAt(0, buffer), () => memory.writeAt(0, buffer), () => memory.fillAt(MiB / 2, 1, MiB / 2), () => memory.readU64(MiB - 8)]) {
       try {
         op();
@@ -123,7 +133,7 @@ test.serial('a worker toggles unmap/alloc while the main thread copies 1 MiB; ev
   const { toggles } = await w.message(2);
   t.is(await w.exited, 0);
   t.deepEqual(unexpected, []);
-  t.true(toggles > 0, 'the worker remapped');
+  t.true(toggles >= 1000, `the worker remapped: ${toggles}`);
   t.true(counts.ok > 0, `accesses succeeded: ${JSON.stringify(counts)}`);
   t.true(counts.failed > 0, `accesses raced with unmapping: ${JSON.stringify(counts)} (${toggles} toggles)`);
   t.log(`${counts.ok} accesses succeeded, ${counts.failed} failed with guest errors, ${toggles} remaps`);
@@ -141,8 +151,9 @@ test.serial('the main thread remaps while a worker copies through a GuestMemory 
   const w = start('access', { memory: memory.toHandle(), stop: flag.buffer });
   await w.message(1);
   let toggles = 0;
-  const deadline = Date.now() + 1000;
-  while (Date.now() < deadline) {
+  // Until the worker has made 200 accesses while this thread remapped (at least 1,000 times).
+  const giveUp = Date.now() + GIVE_UP_MS;
+  while ((flag.progress() < 200 || toggles < 1000) && Date.now() < giveUp) {
     mapping.unmap(0, MiB);
     mapping.alloc(0, MiB);
     toggles++;
@@ -151,8 +162,8 @@ test.serial('the main thread remaps while a worker copies through a GuestMemory 
   const result = await w.message(2);
   t.is(await w.exited, 0);
   t.deepEqual(result.unexpected, []);
-  t.true(result.ok + result.failed > 0);
-  t.true(toggles > 0);
+  t.true(result.ok + result.failed >= 200, `the worker accessed: ${JSON.stringify(result)}`);
+  t.true(toggles >= 1000);
   t.log(`main thread remapping: ${result.ok} succeeded, ${result.failed} failed, ${toggles} remaps`);
   memory.writeU64(0, 42n);
   t.is(memory.readU64(0), 42n);
@@ -175,11 +186,12 @@ test.serial('aligned writeU64 of 0 and 2^64-1 from two threads never tears for r
   const memory = GuestMemory.fromSparseMapping(mapping);
   const flag = stopFlag();
   const max = (1n << 64n) - 1n;
-  const writers = [0n, max].map((value) => start('store', { memory: memory.toHandle(), stop: flag.buffer, value, gpa: 64 }));
+  const writers = [0n, max].map((value, slot) => start('store', { memory: memory.toHandle(), stop: flag.buffer, slot, value, gpa: 64 }));
   await Promise.all(writers.map((w) => w.message(1)));
   const seen = new Map();
-  const deadline = Date.now() + 500;
-  while (Date.now() < deadline) {
+  // Until both writers have stored (100,000 times each) while this thread read.
+  const giveUp = Date.now() + GIVE_UP_MS;
+  while ((flag.progress(0) < 100_000 || flag.progress(1) < 100_000) && Date.now() < giveUp) {
     for (let i = 0; i < 1000; i++) {
       const value = memory.readU64(64);
       seen.set(value, (seen.get(value) ?? 0) + 1);
@@ -189,7 +201,7 @@ test.serial('aligned writeU64 of 0 and 2^64-1 from two threads never tears for r
   const stores = await Promise.all(writers.map((w) => w.message(2)));
   await Promise.all(writers.map((w) => w.exited));
   t.deepEqual([...seen.keys()].filter((v) => v !== 0n && v !== max), []);
-  t.true(stores.every((s) => s.stores > 0));
+  t.true(stores.every((s) => s.stores >= 100_000), JSON.stringify(stores));
   t.log(`torn-read check: ${[...seen.entries()].map(([v, n]) => `${v === 0n ? '0' : 'max'}×${n}`).join(', ')}`);
 });
 
