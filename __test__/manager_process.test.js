@@ -127,12 +127,15 @@ test('a 1 TiB guest built without prefetch stays small in resident memory until 
 
 for (const mode of ['close', 'drop']) {
   test(`a manager does not keep the event loop alive (${mode === 'close' ? 'after close()' : 'without close()'})`, (t) => {
-    const { result, elapsedMs } = runChild(t, 'exit_child.js', [mode], { timeout: 30_000 });
+    // The child reports from 'beforeExit': its line proves the event loop emptied by itself.
+    // (Before, the test asserted the process lived less than 5 s after its work, measured from
+    // outside: node's start-up counted too, and a loaded machine exceeded it.) A manager that
+    // keeps the loop alive keeps it forever, until the time limit (a pure guard) kills the child.
+    const { result, elapsedMs } = runChild(t, 'exit_child.js', [mode]);
     t.is(result.mode, mode);
     t.true(result.calls > 0);
-    // The process ends on its own soon after its work: far less than the 30 s the test allows.
-    t.log(`work ${result.doneMs.toFixed(1)} ms, process lifetime ${elapsedMs.toFixed(0)} ms`);
-    t.true(elapsedMs - result.doneMs < 5_000, `the process lived ${elapsedMs - result.doneMs} ms after its work`);
+    t.true(result.loopEmptied, 'the event loop emptied');
+    t.log(`work ${result.doneMs.toFixed(1)} ms, loop empty at ${result.emptiedMs.toFixed(1)} ms, process lifetime ${elapsedMs.toFixed(0)} ms`);
   });
 }
 
