@@ -39,15 +39,38 @@ const TOLERANCE = {
 
 const ALLOCATOR_ENV = { MALLOC_MMAP_THRESHOLD_: '32768', MALLOC_TRIM_THRESHOLD_: '131072', MALLOC_ARENA_MAX: '2' };
 
-/** Runs `command args` (killed after `timeoutMs`); resolves {status, signal, stdout, stderr}. */
-function run(command, args, { env = {}, timeoutMs = 100_000 } = {}) {
+/**
+ * How long a child may go without printing anything before it counts as hung and is killed. The
+ * children print a progress line every few hundred rounds, so this bounds a stall, not the run:
+ * on a loaded machine 10,000 managers take minutes, and a limit on the whole run (100 s before)
+ * killed healthy children.
+ */
+const IDLE_MS = 60_000;
+
+/**
+ * Runs `command args`; resolves {status, signal, stdout, stderr}. The child is killed once it has
+ * printed nothing for IDLE_MS. Each output extends the test's (and so ava's) timeout, so a child
+ * that keeps making progress is never cut short however slow the machine is.
+ */
+function run(t, command, args, { env = {} } = {}) {
   return new Promise((resolve) => {
     const child = spawn(command, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    const timer = setTimeout(() => child.kill('SIGKILL'), IDLE_MS);
+    const progressed = () => {
+      timer.refresh();
+      t.timeout(IDLE_MS + 30_000, `the child printed nothing for ${IDLE_MS} ms`);
+    };
+    progressed();
+    child.stdout.on('data', (d) => {
+      stdout += d;
+      progressed();
+    });
+    child.stderr.on('data', (d) => {
+      stderr += d;
+      progressed();
+    });
     child.on('close', (status, signal) => {
       clearTimeout(timer);
       resolve({ status, signal, stdout, stderr });
@@ -56,10 +79,10 @@ function run(command, args, { env = {}, timeoutMs = 100_000 } = {}) {
 }
 
 /** Runs the leak child for `what`; resolves with the child's outcome and its JSON report. */
-async function runLeakChild(what, closed, dropped) {
+async function runLeakChild(t, what, closed, dropped) {
   const started = performance.now();
   const args = ['--expose-gc', '--max-semi-space-size=1', CHILD, what, String(closed), String(dropped)];
-  const child = await run(process.execPath, args, { env: ALLOCATOR_ENV });
+  const child = await run(t, process.execPath, args, { env: ALLOCATOR_ENV });
   const elapsed = performance.now() - started;
   return { child, elapsed, report: child.status === 0 ? JSON.parse(child.stdout.trim().split('\n').pop()) : null };
 }
@@ -76,7 +99,7 @@ function assertBackToStart(t, label, start, after) {
 
 for (const what of ['managers', 'objects']) {
   test(`${COUNT} ${what} closed and ${COUNT} dropped and collected leave fds, maps, threads and RSS at their starting level`, async (t) => {
-    const { child, elapsed, report } = await runLeakChild(what, COUNT, COUNT);
+    const { child, elapsed, report } = await runLeakChild(t, what, COUNT, COUNT);
     t.is(child.status, 0, `leak child failed (${child.signal ?? child.status}): ${child.stderr}`);
     if (!report) return;
     t.log(`${what}: ${COUNT} closed in ${report.closeMs.toFixed(0)} ms, ${COUNT} dropped in ${report.dropMs.toFixed(0)} ms (child ran ${elapsed.toFixed(0)} ms)`);
@@ -102,11 +125,14 @@ test('managers dropped without close() and without explicit collection stay with
     const mb = require(${JSON.stringify(path.join(__dirname, '..', 'dist'))});
     (async () => {
       const layout = mb.MemoryLayout.new(2n * mb.MiB, [mb.range(4n * mb.MiB, 8n * mb.MiB)]);
-      for (let i = 0; i < 5000; i++) await new mb.GuestMemoryBuilder().build(layout);
+      for (let i = 0; i < 5000; i++) {
+        await new mb.GuestMemoryBuilder().build(layout);
+        if (i % 250 === 249) console.log('progress', i + 1);
+      }
       console.log('ok');
     })().catch((error) => { console.log(error.code, error.cause && error.cause.code); process.exitCode = 1; });`;
-  const child = await run('/bin/sh', ['-c', 'ulimit -n 1024 && exec "$@"', 'sh', process.execPath, '-e', script], { timeoutMs: 60_000 });
-  t.log(`5,000 dropped managers under ulimit -n 1024: exit ${child.status}, ${child.stdout.trim()}`);
+  const child = await run(t, '/bin/sh', ['-c', 'ulimit -n 1024 && exec "$@"', 'sh', process.execPath, '-e', script]);
+  t.log(`5,000 dropped managers under ulimit -n 1024: exit ${child.status}, ${child.stdout.trim().split('\n').pop()}`);
   t.is(child.status, 0, child.stdout + child.stderr);
 });
 
@@ -119,11 +145,12 @@ test('Mappables dropped without close() stay within a 1,024-descriptor limit too
       for (let i = 0; i < 20000; i++) {
         mb.Mappable.allocSharedMemory(4096, 'dropped');
         if (i % 100 === 99) await new Promise((resolve) => setImmediate(resolve));
+        if (i % 1000 === 999) console.log('progress', i + 1);
       }
       console.log('ok');
     })().catch((error) => { console.log(error.code, error.message); process.exitCode = 1; });`;
-  const child = await run('/bin/sh', ['-c', 'ulimit -n 1024 && exec "$@"', 'sh', process.execPath, '-e', script], { timeoutMs: 60_000 });
-  t.log(`20,000 dropped Mappables under ulimit -n 1024: exit ${child.status}, ${child.stdout.trim()}`);
+  const child = await run(t, '/bin/sh', ['-c', 'ulimit -n 1024 && exec "$@"', 'sh', process.execPath, '-e', script]);
+  t.log(`20,000 dropped Mappables under ulimit -n 1024: exit ${child.status}, ${child.stdout.trim().split('\n').pop()}`);
   t.is(child.status, 0, child.stdout + child.stderr);
 });
 
@@ -141,7 +168,7 @@ test('running out of descriptors says so and what to do (EMFILE in the message, 
       }
       await Promise.all(keep.map((m) => m.close()));
     })();`;
-  const child = await run('/bin/sh', ['-c', 'ulimit -n 64 && exec "$@"', 'sh', process.execPath, '-e', script], { timeoutMs: 60_000 });
+  const child = await run(t, '/bin/sh', ['-c', 'ulimit -n 64 && exec "$@"', 'sh', process.execPath, '-e', script]);
   const report = JSON.parse(child.stdout.trim().split('\n').pop());
   t.is(report.code, 'ERR_ALLOCATION_FAILED', child.stdout + child.stderr);
   t.is(report.cause, 'EMFILE');
