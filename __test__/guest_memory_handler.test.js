@@ -45,13 +45,13 @@ for (const flags of [[], ['--disable-wasm-trap-handler']]) {
     t.is(f.afterGuarded, 'RuntimeError');
   });
 
+  // A fault handler that recursed on the foreign fault would never end: runChild's time limit
+  // (a hang guard) catches that. No duration is asserted: a loaded machine is slow, not wrong.
   test(`a fault outside our routines kills the child with SIGSEGV, not SIGABRT${label}`, async (t) => {
-    const started = Date.now();
     const result = await runChild(child, { nodeArgs: flags, args: ['foreign'] });
     t.is(result.signal, 'SIGSEGV', `status ${result.status}, stderr: ${result.stderr}`);
     const lines = findings(result);
     t.deepEqual(lines, [{ status: 'installed', guarded: 'ERR_MEMORY/SIGSEGV/2' }]);
-    t.true(Date.now() - started < 30000, 'promptly, no hang');
   });
 
   test(`process.kill(process.pid, 'SIGSEGV') still kills with SIGSEGV${label}`, async (t) => {
@@ -62,7 +62,6 @@ for (const flags of [[], ['--disable-wasm-trap-handler']]) {
 }
 
 test('initialize() 100 times and mappings in several workers: one handler, and a foreign fault still kills at once', async (t) => {
-  const started = Date.now();
   const result = await runChild(child, { args: ['idempotent'] });
   t.is(result.signal, 'SIGSEGV', `status ${result.status}, stderr: ${result.stderr}`);
   const [f, ...rest] = findings(result);
@@ -71,7 +70,7 @@ test('initialize() 100 times and mappings in several workers: one handler, and a
   t.deepEqual(f.fromWorkers, Array(3).fill({ code: 'ERR_MEMORY', status: 'installed' }));
   t.is(f.guarded, 'ERR_MEMORY/SIGSEGV/2');
   t.is(f.wasm, 'RuntimeError');
-  t.true(Date.now() - started < 30000, 'no self-recursion on the foreign fault');
+  // Self-recursion on the foreign fault would hang the child: runChild's time limit catches it.
 });
 
 test('an unseen displacement (libuv handler without our listener hooks) is re-armed by new mappings, memories, subranges and initialize(), warning once', async (t) => {
@@ -152,7 +151,9 @@ test('after re-arming, a foreign fault still kills with SIGSEGV (the Node chain 
 // handler found at first installation (Node's WebAssembly trap handler), not keep libuv's, or a
 // wasm trap would be forwarded to a handler that returns without handling it, forever.
 test('re-arming while a SIGSEGV listener is present, then removing it, keeps wasm traps working', async (t) => {
-  const result = await runChild(child, { args: ['rearmWhileListening'], timeoutMs: 8000 });
+  // The regression loops for ever: runChild's default time limit detects it (8 s before, which a
+  // loaded machine's start-up of the child alone can approach).
+  const result = await runChild(child, { args: ['rearmWhileListening'] });
   const lines = findings(result);
   t.deepEqual(lines[0].steps, { whileListening: 'installed', guarded: 'ERR_MEMORY/SIGSEGV/2', afterRemoval: 'default', final: 'installed' });
   t.is(lines[1]?.steps.wasm, 'RuntimeError');
