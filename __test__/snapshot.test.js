@@ -87,9 +87,14 @@ async function regionSummary(manager) {
     .sort((a, b) => (a.range === b.range ? a.name.localeCompare(b.name) : a.range < b.range ? -1 : 1));
 }
 
-/** Waits (at most ~5 s) until `done()` holds: progress reports arrive on the event loop after the work. */
+/**
+ * Waits until `done()` holds: progress reports arrive on the event loop after the work. The
+ * minute is a guard only (polling ends as soon as it holds; 500 polls of 10 ms before, a bound a
+ * loaded machine's event loop could reach).
+ */
 async function eventually(done) {
-  for (let i = 0; i < 500 && !done(); i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  const giveUp = Date.now() + 60_000;
+  while (!done() && Date.now() < giveUp) await new Promise((resolve) => setTimeout(resolve, 10));
 }
 
 for (const mode of ['copy', 'lazy']) {
