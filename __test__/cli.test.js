@@ -1,6 +1,10 @@
 // The membacking CLI: layout formats, the SVG memory map's structure, help and exit codes.
 'use strict';
-const test = require('ava');
+// Serial on purpose: these tests are synchronous (spawnSync), and ava reports concurrent tests of
+// a file only once all of them have run, so on a loaded machine the whole file went past ava's
+// 2-minute inactivity timeout with no result ("Timed out while running tests"). Serial tests are
+// reported one by one.
+const test = require('ava').serial;
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');

@@ -2,7 +2,11 @@
 // and the lines that show each step happened — with a KvmPartition where /dev/kvm opens, and
 // with the RecordingPartition that `--no-kvm` forces (also what runs where KVM is unavailable).
 'use strict';
-const test = require('ava');
+// Serial on purpose: these tests are synchronous (spawnSync), and ava reports concurrent tests of
+// a file only once all of them have run, so on a loaded machine the whole file went past ava's
+// 2-minute inactivity timeout with no result ("Timed out while running tests"). Serial tests are
+// reported one by one.
+const test = require('ava').serial;
 const path = require('node:path');
 const { spawnSync } = require('node:child_process');
 

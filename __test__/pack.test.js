@@ -5,7 +5,11 @@
 // project without Rust and work there. Runs after `npm run build` (dist/, index.js and
 // membacking.<platform>.node must exist at the repository root).
 'use strict';
-const test = require('ava');
+// Serial on purpose: these tests are synchronous (spawnSync), and ava reports concurrent tests of
+// a file only once all of them have run, so on a loaded machine the whole file went past ava's
+// 2-minute inactivity timeout with no result ("Timed out while running tests"). Serial tests are
+// reported one by one.
+const test = require('ava').serial;
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
