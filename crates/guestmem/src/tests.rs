@@ -984,20 +984,24 @@ fn concurrent_unmap_while_copying() {
     mapping.alloc(0, size).unwrap();
     let memory = GuestMemory::new("concurrent", mapping.clone());
     let stop = AtomicBool::new(false);
+    let toggles = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         let toggler = scope.spawn(|| {
-            let mut toggles = 0;
             while !stop.load(Ordering::Relaxed) {
                 mapping.unmap(0, size).unwrap();
                 mapping.alloc(0, size).unwrap();
-                toggles += 1;
+                toggles.fetch_add(1, Ordering::Relaxed);
             }
-            toggles
         });
         let mut buffer = vec![0u8; size];
         let (mut ok, mut failed) = (0, 0);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(700);
-        while std::time::Instant::now() < deadline {
+        // Copy until the toggler has remapped a few hundred times (and as many copies were
+        // made), not for a fixed time: on a loaded machine the toggler may not run at all within
+        // a time slice. The minute is only a guard against a hang.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while (toggles.load(Ordering::Relaxed) < 200 || ok + failed < 200)
+            && std::time::Instant::now() < give_up
+        {
             let result = if (ok + failed) % 2 == 0 {
                 memory.read_at(0, &mut buffer)
             } else {
@@ -1013,8 +1017,12 @@ fn concurrent_unmap_while_copying() {
             }
         }
         stop.store(true, Ordering::Relaxed);
-        assert!(toggler.join().unwrap() > 0);
-        assert!(ok + failed > 0);
+        toggler.join().unwrap();
+        assert!(
+            toggles.load(Ordering::Relaxed) >= 200,
+            "the toggler remapped"
+        );
+        assert!(ok + failed >= 200, "copies ran: {ok} ok, {failed} failed");
     });
     memory.write_at(0, &[1, 2, 3]).unwrap();
     let mut back = [0u8; 3];
