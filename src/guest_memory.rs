@@ -41,7 +41,10 @@ use napi::bindgen_prelude::Either;
 use napi::bindgen_prelude::FnArgs;
 use napi::bindgen_prelude::Function;
 use napi::bindgen_prelude::Object;
+use napi::bindgen_prelude::ToNapiValue;
+use napi::bindgen_prelude::TypeName;
 use napi::bindgen_prelude::Uint8Array;
+use napi::bindgen_prelude::ValueType;
 use napi::Env;
 use napi::Task;
 use napi_derive::napi;
@@ -471,14 +474,108 @@ pub struct ReadTask {
 
 impl Task for ReadTask {
     type Output = Vec<u8>;
-    type JsValue = Buffer;
+    type JsValue = OwnedBuffer;
 
     fn compute(&mut self) -> napi::Result<Vec<u8>> {
         read_for_buffer(&self.memory, self.gpa, self.len, self.max_buffer).or_throw()
     }
 
-    fn resolve(&mut self, _env: Env, output: Vec<u8>) -> napi::Result<Buffer> {
-        Ok(Buffer::from(output))
+    fn resolve(&mut self, _env: Env, output: Vec<u8>) -> napi::Result<OwnedBuffer> {
+        Ok(OwnedBuffer(output))
+    }
+}
+
+/// Bytes handed to JavaScript as a `Buffer` over the same allocation (no copy), which the
+/// `Buffer`'s finalizer frees.
+///
+/// napi-rs' own `Buffer` conversion leaks the bytes when the environment refuses to create the
+/// `Buffer`, which it does while a worker thread is being terminated: a `readAtAsync` still in
+/// flight then completes into an environment that runs no more JavaScript, and every such read
+/// of a terminated worker stayed allocated for the life of the process. Here a refused `Buffer`
+/// frees the bytes at once.
+pub struct OwnedBuffer(Vec<u8>);
+
+/// The finalizer of an [`OwnedBuffer`]'s `Buffer`: frees the boxed bytes.
+unsafe extern "C" fn free_owned_buffer(
+    _env: napi::sys::napi_env,
+    _data: *mut std::ffi::c_void,
+    hint: *mut std::ffi::c_void,
+) {
+    // SAFETY: `hint` is the `Box<Vec<u8>>` that `OwnedBuffer::to_napi_value` leaked for this
+    // `Buffer`, and N-API calls the finalizer once.
+    drop(unsafe { Box::from_raw(hint.cast::<Vec<u8>>()) });
+}
+
+impl TypeName for OwnedBuffer {
+    fn type_name() -> &'static str {
+        "Buffer"
+    }
+
+    fn value_type() -> ValueType {
+        ValueType::Object
+    }
+}
+
+impl ToNapiValue for OwnedBuffer {
+    unsafe fn to_napi_value(
+        env: napi::sys::napi_env,
+        val: Self,
+    ) -> napi::Result<napi::sys::napi_value> {
+        let mut bytes = Box::new(val.0);
+        let mut result = std::ptr::null_mut();
+        if bytes.is_empty() {
+            // An empty Vec's data pointer is dangling (V8 accepts only null for that).
+            // SAFETY: `env` is the live environment this conversion is called with.
+            let status =
+                unsafe { napi::sys::napi_create_buffer(env, 0, std::ptr::null_mut(), &mut result) };
+            return napi_status(status, "napi_create_buffer").map(|()| result);
+        }
+        let len = bytes.len();
+        let data = bytes.as_mut_ptr().cast::<std::ffi::c_void>();
+        let hint = Box::into_raw(bytes);
+        // SAFETY: `data` points to `len` bytes owned by the box at `hint`, which stays allocated
+        // until the finalizer frees it; on failure N-API took nothing and the box is freed here.
+        let status = unsafe {
+            napi::sys::napi_create_external_buffer(
+                env,
+                len,
+                data,
+                Some(free_owned_buffer),
+                hint.cast(),
+                &mut result,
+            )
+        };
+        if status == napi::sys::Status::napi_ok {
+            return Ok(result);
+        }
+        // SAFETY: N-API refused the buffer, so the finalizer will never run: the box is ours.
+        let bytes = unsafe { Box::from_raw(hint) };
+        if status == napi::sys::Status::napi_no_external_buffers_allowed {
+            // SAFETY: `bytes` is valid for `len` bytes during the call, which copies them.
+            let status = unsafe {
+                napi::sys::napi_create_buffer_copy(
+                    env,
+                    len,
+                    bytes.as_ptr().cast(),
+                    std::ptr::null_mut(),
+                    &mut result,
+                )
+            };
+            return napi_status(status, "napi_create_buffer_copy").map(|()| result);
+        }
+        napi_status(status, "napi_create_external_buffer").map(|()| result)
+    }
+}
+
+/// `Ok` for `napi_ok`, else the status as an error naming the call.
+fn napi_status(status: napi::sys::napi_status, call: &str) -> napi::Result<()> {
+    if status == napi::sys::Status::napi_ok {
+        Ok(())
+    } else {
+        Err(napi::Error::new(
+            napi::Status::from(status),
+            format!("{call} failed"),
+        ))
     }
 }
 
