@@ -482,6 +482,31 @@ test('a second migration of a manager while one runs is ERR_MIGRATION_IN_PROGRES
   await retry.received.value.close();
 });
 
+// A second migration over a stream in use: before, it joined the stream (taking the same chunks)
+// and, once the core refused it (the same manager: ERR_MIGRATION_IN_PROGRESS), paused the stream
+// under the running migration, which then never read again and hung with its peer.
+test('a second migrate or migrateFrom over a stream a migration is using is ERR_MIGRATION_IN_PROGRESS; the running one completes', async (t) => {
+  const { manager } = await source(t, 11);
+  const other = await new GuestMemoryBuilder().x86LegacySupport(true).build(layout());
+  t.teardown(() => other.close());
+  const [a, b] = await socketPair(t);
+  const first = both(manager.migrate(a, { pause: () => undefined }), GuestMemoryBuilder.migrateFrom(b, { layout: layout() }));
+  const inUse = { instanceOf: MigrationError, code: 'ERR_MIGRATION_IN_PROGRESS', message: /already running over this stream/ };
+  await t.throwsAsync(within(manager.migrate(a, { pause: () => undefined }), 60000, 'a second migration of the manager'), { instanceOf: MigrationError, code: 'ERR_MIGRATION_IN_PROGRESS' });
+  await t.throwsAsync(within(other.migrate(a, { pause: () => undefined }), 60000, 'a migration of another manager'), inUse);
+  await t.throwsAsync(within(GuestMemoryBuilder.migrateFrom(b), 60000, 'a second destination'), inUse);
+  const { sent, received } = await within(first, 60000, 'the migration running over the stream');
+  t.true(sent.ok, String(sent.error?.stack));
+  t.true(received.ok, String(received.error?.stack));
+  t.teardown(() => received.value?.close());
+  t.true(ramImage(received.value).equals(ramImage(manager)));
+  // Once it settled, the stream carries the next migration.
+  const next = await within(both(other.migrate(a, { pause: () => undefined }), GuestMemoryBuilder.migrateFrom(b, { layout: layout() })), 60000, 'the next migration over the stream');
+  t.true(next.sent.ok, String(next.sent.error?.stack));
+  t.true(next.received.ok, String(next.received.error?.stack));
+  await next.received.value.close();
+});
+
 test('a pause that throws aborts the migration with its error as cause', async (t) => {
   const { manager } = await source(t, 10);
   const [a, b] = await socketPair(t);

@@ -240,7 +240,8 @@ export class GuestMemoryBuilder {
    * left built on failure: ERR_MIGRATION_ABORTED (the stream failed or closed, the source
    * failed — `cause` — or `options.signal` aborted), ERR_MIGRATION_PROTOCOL (a bad frame or
    * version: `what`, `offset`, `detectedBy`), ERR_SNAPSHOT_LAYOUT (not `options.layout`, or a
-   * backing for a window mapping the source does not have). The stream is the caller's: it is
+   * backing for a window mapping the source does not have), ERR_MIGRATION_IN_PROGRESS (a
+   * migration is running over `stream`: one per stream at a time). The stream is the caller's: it is
    * left open and paused, with anything sent after the migration put back.
    */
   static async migrateFrom(stream: MigrationStream, options: MigrateFromOptions = {}): Promise<GuestMemoryManager> {
@@ -473,7 +474,7 @@ export class GuestMemoryManager {
    * if `pause` ran — unless the error's phase is 'completing': the destination may own the
    * guest): ERR_MIGRATION_ABORTED (`phase`, `cause`), ERR_MIGRATION_PROTOCOL,
    * ERR_MIGRATION_DOWNTIME (before pausing), ERR_MIGRATION_IN_PROGRESS (one migration per
-   * manager), ERR_DIRTY_TRACKING_OFF (tracking stopped meanwhile). The stream is not
+   * manager, and one per stream), ERR_DIRTY_TRACKING_OFF (tracking stopped meanwhile). The stream is not
    * encrypted or authenticated: use an SSH or TLS stream across machines. It is left open and
    * paused.
    */

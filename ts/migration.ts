@@ -16,7 +16,7 @@
  */
 import { Duplex } from 'node:stream';
 import { storeCause, takeCause } from './causes';
-import { call, invalidArgType, settle } from './errors';
+import { call, invalidArgType, MigrationError, settle } from './errors';
 import { native } from './native';
 import { toOptions } from './snapshot';
 import { checkOptionKeys, describeType, toU64, type U64 } from './u64';
@@ -173,11 +173,35 @@ export function pauseThrough(channel: NativeChannel, pause: () => unknown): () =
 }
 
 /**
+ * The streams a migration (either end) is running over. A second migration over one of them
+ * would take the same chunks and, when refused, pause the stream under the first, which then
+ * never read again: it is refused before it touches the stream.
+ */
+const streamsInUse = new WeakSet<MigrationStream>();
+
+/**
  * Runs `migration` over a new channel joined to `stream`; when it settles, the stream is
  * released (see the module comment) and everything the migration wrote has been handed to
- * `stream.write` and flushed (or failed). @internal
+ * `stream.write` and flushed (or failed). One migration per stream at a time:
+ * ERR_MIGRATION_IN_PROGRESS, with the stream left as it was, while one runs over it. @internal
  */
 export async function overStream<T>(stream: MigrationStream, signal: AbortSignal | undefined, migration: (channel: NativeChannel) => Promise<T>): Promise<T> {
+  if (streamsInUse.has(stream)) {
+    throw new MigrationError(
+      'ERR_MIGRATION_IN_PROGRESS',
+      'a migration is already running over this stream (one migration per stream at a time): wait for it to settle, or use another stream',
+    );
+  }
+  streamsInUse.add(stream);
+  try {
+    return await joined(stream, signal, migration);
+  } finally {
+    streamsInUse.delete(stream);
+  }
+}
+
+/** `overStream`'s work, once the stream is known to be free. */
+async function joined<T>(stream: MigrationStream, signal: AbortSignal | undefined, migration: (channel: NativeChannel) => Promise<T>): Promise<T> {
   const channel = new native.NativeMigrationChannel();
   const tokens: number[] = [];
   /** Whether the stream (or the signal) failed the migration, or it read anything. */
