@@ -234,6 +234,15 @@ const PROVOKED = {
     await vcpu.run({ timeoutMs: 20000 });
   }) },
   ERR_NO_PENDING_READ: { kvm: true, provoke: () => withVcpu(({ vcpu }) => vcpu.completeRead(1)) },
+  // KVM keeps a closed vCPU until the VM is destroyed: a VM creates 1,024 vCPUs over its life here.
+  ERR_TOO_MANY_VCPUS: { kvm: true, provoke: async () => {
+    const partition = await KvmPartition.create();
+    try {
+      for (;;) (await partition.createVcpu({ mode: 'Real', cpl: 0 })).close();
+    } finally {
+      partition.close();
+    }
+  } },
 };
 
 /** Codes another test file provokes, because the setup does not fit here: the file that does. */

@@ -241,7 +241,11 @@ export class KvmPartition {
     return new KvmPartition(token, await settle(call(() => native.kvmPartitionCreate(disable))));
   }
 
-  /** Create a vCPU (after attachPartition when it must write page tables into guest RAM). */
+  /**
+   * Create a vCPU (after attachPartition when it must write page tables into guest RAM). A VM
+   * creates at most KVM's limit of vCPUs over its life (1,024 on current kernels), closed ones
+   * included: KVM keeps a vCPU until the VM is destroyed. Past it: KvmError ERR_TOO_MANY_VCPUS.
+   */
   async createVcpu(options?: VcpuOptions): Promise<Vcpu> {
     const o = optionsObject(options, 'options', ['mode', 'pageTables', 'cpl'], 'KvmPartition#createVcpu()');
     const mode = o.mode ?? VcpuMode.Long;

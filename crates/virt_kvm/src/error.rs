@@ -86,6 +86,17 @@ pub enum KvmError {
         /// Requested host address.
         host_address: u64,
     },
+    /// The VM has created as many vCPUs as KVM allows it. Closed vCPUs count: KVM keeps every
+    /// vCPU until the VM is destroyed, so a vCPU id is never free again.
+    #[error(
+        "this VM has created {limit} vCPUs, the most KVM allows a VM (KVM_CAP_MAX_VCPUS): closed \
+         vCPUs count too, since KVM keeps every vCPU until the VM is destroyed; create another \
+         KvmPartition for more vCPUs"
+    )]
+    TooManyVcpus {
+        /// vCPUs a VM may create (the smaller of `KVM_CAP_MAX_VCPUS` and `KVM_CAP_MAX_VCPU_ID`).
+        limit: u32,
+    },
     /// A read-only mapping was requested but the kernel lacks `KVM_CAP_READONLY_MEM`.
     #[error("read-only memory slots are not supported by this KVM")]
     ReadOnlyUnsupported,

@@ -165,6 +165,24 @@ pub struct KvmPartition {
     prefetch_threads: usize,
     /// Every vCPU created (ids are indexes), for cancelling and closing them.
     pub(crate) vcpus: Mutex<Vec<Weak<VcpuShared>>>,
+    /// How many vCPUs the VM may create over its life ([`vcpu_limit`]).
+    max_vcpus: u32,
+}
+
+/// How many vCPUs `vm` may create: ids count up from 0 and are never free again (KVM keeps a
+/// vCPU until the VM is destroyed), so the smaller of the count and id limits.
+fn vcpu_limit(vm: &VmFd) -> u32 {
+    let cap = |cap| {
+        u32::try_from(vm.check_extension_int(cap))
+            .ok()
+            .filter(|&n| n > 0)
+    };
+    // Without KVM_CAP_MAX_VCPUS, KVM_CAP_NR_VCPUS (the recommended count) is the limit, and
+    // without that 4, as KVM's API documentation says.
+    let count = cap(Cap::MaxVcpus)
+        .or_else(|| cap(Cap::NrVcpus))
+        .unwrap_or(4);
+    cap(Cap::MaxVcpuId).map_or(count, |ids| count.min(ids))
 }
 
 impl KvmPartition {
@@ -195,6 +213,7 @@ impl KvmPartition {
         let slot_zap_all_quirk_disabled =
             options.disable_slot_zap_all_quirk && disable_slot_zap_all_quirk(&vm);
         let manual_dirty_log_protect = dirty_log::enable_manual_protect(&vm);
+        let max_vcpus = vcpu_limit(&vm);
         Ok(Self {
             kvm,
             vm,
@@ -209,6 +228,7 @@ impl KvmPartition {
             manual_dirty_log_protect,
             prefetch_threads: prefetch::thread_count(options.prefetch_threads),
             vcpus: Mutex::new(Vec::new()),
+            max_vcpus,
         })
     }
 
@@ -226,6 +246,12 @@ impl KvmPartition {
     /// Whether dirty-page logging is on.
     pub fn dirty_logging(&self) -> bool {
         self.state.lock().dirty_log.is_some()
+    }
+
+    /// How many vCPUs this VM may create over its life, closed ones included: the smaller of
+    /// `KVM_CAP_MAX_VCPUS` and `KVM_CAP_MAX_VCPU_ID` (ids count up and are never reused).
+    pub fn max_vcpus(&self) -> u32 {
+        self.max_vcpus
     }
 
     /// Whether the kernel supports read-only slots (`KVM_CAP_READONLY_MEM`).

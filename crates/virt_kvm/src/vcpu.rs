@@ -533,6 +533,9 @@ const RFLAGS_IOPL3: u64 = 3 << 12;
 impl KvmPartition {
     /// Creates the next vCPU (ids count up from 0) and sets it up for `options.mode`.
     ///
+    /// A VM creates at most [`KvmPartition::max_vcpus`] vCPUs over its life: KVM keeps a closed
+    /// vCPU until the VM is destroyed, so closed ones count ([`KvmError::TooManyVcpus`]).
+    ///
     /// In long mode the page tables are written through `guest_memory` into
     /// `options.page_tables`, which must lie in guest RAM (mapped in this partition before the
     /// first run). Real mode ignores `guest_memory`. `rip` and the other general registers
@@ -588,6 +591,11 @@ impl KvmPartition {
                 io::Error::from_raw_os_error(libc::ENOSPC),
             )
         })?;
+        if id >= self.max_vcpus() {
+            return Err(KvmError::TooManyVcpus {
+                limit: self.max_vcpus(),
+            });
+        }
         let fd = self
             .vm
             .create_vcpu(id.into())
@@ -1636,6 +1644,42 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn closed_vcpus_count_toward_the_vm_limit() {
+        let test = "closed_vcpus_count_toward_the_vm_limit";
+        let Some(partition) =
+            crate::test_support::partition_or_skip(test, crate::KvmPartitionOptions::default())
+        else {
+            return;
+        };
+        let ignore = |_: u64, _: &[u8]| -> Result<(), virt::Error> { Ok(()) };
+        let limit = partition.max_vcpus();
+        assert!(limit >= 1);
+        for id in 0..limit {
+            let vcpu = partition
+                .create_vcpu(&VcpuOptions::real(), &ignore)
+                .unwrap();
+            assert_eq!(vcpu.id(), id);
+            vcpu.close();
+        }
+        // Before, KVM's own EINVAL came back (KvmIoctl: "KVM ioctl KVM_CREATE_VCPU failed").
+        let error = partition
+            .create_vcpu(&VcpuOptions::real(), &ignore)
+            .unwrap_err();
+        assert!(
+            matches!(error, KvmError::TooManyVcpus { limit: l } if l == limit),
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("created {limit} vCPUs"))
+                && message.contains("closed vCPUs count too")
+                && message.contains("create another KvmPartition"),
+            "{message}"
+        );
+        assert_eq!(partition.inspect().vcpu_count, limit);
     }
 
     #[test]

@@ -270,6 +270,7 @@ fn kvm_errors() -> Vec<virt_kvm::KvmError> {
             slot_size: 0x2000,
         },
         E::NoFreeSlot { max_slots: 32 },
+        E::TooManyVcpus { limit: 1024 },
         E::InvalidSlotRange {
             gpa: 1,
             size: 0x1000,
