@@ -134,6 +134,24 @@ test('workers terminated in the middle of readAtAsync leave fds, maps, threads a
   assertBackToStart(t, `after ${count} workers terminated mid-read (${report.readBytes} bytes a read)`, report.start, report.after);
 });
 
+// Worker threads terminated in the middle of a migration between two managers of theirs (over a
+// duplexPair, the source waiting for a pause that never returns): the migrations' channels go
+// with the worker, and nothing feeds them any more. Before, both migrations waited for bytes
+// forever, holding both managers (their memfds, threads and VA windows) and the destination's
+// half-built machine: 3 descriptors, 7 threads and about 2.3 MiB a worker in trial runs. Now a
+// channel whose owner is gone fails the migration. 40 workers take about 3 s.
+test('workers terminated in the middle of a migration leave fds, maps, threads and RSS at their starting level', async (t) => {
+  const count = 40;
+  const { child, elapsed, report } = await runLeakChild('migrating-workers', count, 0);
+  t.is(child.status, 0, `leak child failed (${child.signal ?? child.status}): ${child.stderr}`);
+  if (!report) return;
+  t.log(`${count} workers terminated mid-migration in ${report.ms.toFixed(0)} ms (child ran ${elapsed.toFixed(0)} ms)`);
+  t.log(`start ${JSON.stringify(report.start)}`);
+  t.log(`after ${JSON.stringify(report.after)}`);
+  t.is(report.count, count);
+  assertBackToStart(t, `after ${count} workers terminated mid-migration`, report.start, report.after);
+});
+
 // Managers dropped without close() and left to V8's own collection: each manager tells V8 what
 // it holds (napi_adjust_external_memory: a memfd, two threads, a VA reservation), so V8 collects
 // unreachable ones every few managers instead of letting thousands pile up. Before, 5,000 such

@@ -375,8 +375,25 @@ pub struct StreamEnd {
 }
 
 /// Feeds the migration what the stream received (cheap to clone).
+///
+/// When the last clone goes without [`end`](Self::end) or [`fail`](Self::fail) (its owner went
+/// away: a worker thread terminated mid-migration, the stream's object collected), the
+/// migration reads what is queued and then fails (`BrokenPipe`): without that it would wait
+/// for bytes no one feeds any more, holding its manager, its threads and its memory forever.
 #[derive(Clone)]
-pub struct IncomingSender(Arc<Pipe>);
+pub struct IncomingSender(Arc<Feeder>);
+
+/// The pipe an [`IncomingSender`] feeds; failed when the last sender goes.
+struct Feeder(Arc<Pipe>);
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.0.close_writer(Closed::failed(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the stream's owner is gone (nothing feeds the migration any more)",
+        )));
+    }
+}
 
 impl std::fmt::Debug for IncomingSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -390,7 +407,7 @@ impl IncomingSender {
     /// migration stopped reading (it finished or failed): stop feeding it.
     pub fn push(&self, chunk: Vec<u8>) -> impl Future<Output = io::Result<()>> + Send + 'static {
         Push {
-            pipe: self.0.clone(),
+            pipe: self.0 .0.clone(),
             chunk: Some(chunk),
         }
     }
@@ -398,27 +415,27 @@ impl IncomingSender {
     /// The stream ended (its `end` event): the migration reads what is queued, then sees
     /// the end (an early end is a lost connection).
     pub fn end(&self) {
-        self.0.close_writer(Closed::End);
+        self.0 .0.close_writer(Closed::End);
     }
 
     /// What was fed but not read by a migration that has finished: the stream's bytes after
     /// the migration's last frame, to hand back to the stream (`unshift`) when the caller
     /// goes on using it.
     pub fn unread(&self) -> Vec<u8> {
-        self.0.take_unread()
+        self.0 .0.take_unread()
     }
 
     /// Queues a received chunk if the migration has room for it now: `Ok(None)` when queued,
     /// `Ok(Some(chunk))` (handed back) when it has not (then [`push`](Self::push) it and
     /// read nothing more until that resolves). Fails when the migration stopped reading.
     pub fn offer(&self, chunk: Vec<u8>) -> io::Result<Option<Vec<u8>>> {
-        self.0.try_push(chunk)
+        self.0 .0.try_push(chunk)
     }
 
     /// The stream failed (its `error` event): the migration fails with this error as the
     /// cause (reachable through [`StreamFailure`]), after reading what is queued.
     pub fn fail(&self, error: io::Error) {
-        self.0.close_writer(Closed::failed(error));
+        self.0 .0.close_writer(Closed::failed(error));
     }
 }
 
@@ -539,7 +556,7 @@ pub fn channel_transport(capacity: usize) -> (MigrationTransport, StreamEnd) {
         abort: Some(abort),
     };
     let end = StreamEnd {
-        incoming: IncomingSender(incoming),
+        incoming: IncomingSender(Arc::new(Feeder(incoming))),
         outgoing: OutgoingReceiver(outgoing),
     };
     (transport, end)
@@ -640,6 +657,33 @@ mod tests {
         assert!(block_on(end.incoming.push(b"late".to_vec())).is_err());
         assert_eq!(end.incoming.unread(), b"efgh");
         assert_eq!(end.incoming.unread(), b"");
+    }
+
+    #[test]
+    fn a_feeder_gone_without_an_end_fails_the_migration_after_what_is_queued() {
+        let (mut transport, end) = channel_transport(1024);
+        let other = end.incoming.clone();
+        block_on(end.incoming.push(b"abc".to_vec())).unwrap();
+        let (done, result) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut fed = [0u8; 4];
+            transport.reader.read_exact(&mut fed).unwrap();
+            // Waits until the last feeder goes (before: forever).
+            let _ = done.send((fed, transport.reader.read(&mut [0; 4])));
+        });
+        // One clone going is not the end: the other still feeds.
+        drop(end);
+        block_on(other.push(b"d".to_vec())).unwrap();
+        drop(other);
+        let (fed, after) = result
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the migration's read still waits for a feeder that is gone");
+        // What was queued before the last feeder went is read first.
+        assert_eq!(&fed, b"abcd");
+        let error = after.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
+        assert!(error.to_string().contains("owner is gone"), "{error}");
+        reader.join().unwrap();
     }
 
     #[test]
