@@ -124,7 +124,7 @@ for (const what of ['managers', 'objects']) {
 // about 4 s on the 2-core project machine.
 test('workers terminated in the middle of readAtAsync leave fds, maps, threads and RSS at their starting level', async (t) => {
   const count = 48;
-  const { child, elapsed, report } = await runLeakChild('workers', count, 0);
+  const { child, elapsed, report } = await runLeakChild(t, 'workers', count, 0);
   t.is(child.status, 0, `leak child failed (${child.signal ?? child.status}): ${child.stderr}`);
   if (!report) return;
   t.log(`${count} workers terminated mid-read in ${report.ms.toFixed(0)} ms (child ran ${elapsed.toFixed(0)} ms)`);
@@ -142,7 +142,7 @@ test('workers terminated in the middle of readAtAsync leave fds, maps, threads a
 // channel whose owner is gone fails the migration. 40 workers take about 3 s.
 test('workers terminated in the middle of a migration leave fds, maps, threads and RSS at their starting level', async (t) => {
   const count = 40;
-  const { child, elapsed, report } = await runLeakChild('migrating-workers', count, 0);
+  const { child, elapsed, report } = await runLeakChild(t, 'migrating-workers', count, 0);
   t.is(child.status, 0, `leak child failed (${child.signal ?? child.status}): ${child.stderr}`);
   if (!report) return;
   t.log(`${count} workers terminated mid-migration in ${report.ms.toFixed(0)} ms (child ran ${elapsed.toFixed(0)} ms)`);
