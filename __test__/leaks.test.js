@@ -116,23 +116,30 @@ for (const what of ['managers', 'objects']) {
   });
 }
 
+/**
+ * A test of `count` worker threads terminated in the middle of `doing` (the leak child's `what`
+ * mode): what they held must be back at its starting level afterwards.
+ */
+function terminatedWorkersTest(what, count, doing) {
+  test(`workers terminated in the middle of ${doing} leave fds, maps, threads and RSS at their starting level`, async (t) => {
+    const { child, elapsed, report } = await runLeakChild(t, what, count, 0);
+    t.is(child.status, 0, `leak child failed (${child.signal ?? child.status}): ${child.stderr}`);
+    if (!report) return;
+    t.log(`${count} workers terminated in the middle of ${doing} in ${report.ms.toFixed(0)} ms (child ran ${elapsed.toFixed(0)} ms)`);
+    t.log(`start ${JSON.stringify(report.start)}`);
+    t.log(`after ${JSON.stringify(report.after)}`);
+    t.is(report.count, count);
+    assertBackToStart(t, `after ${count} workers terminated in the middle of ${doing}`, report.start, report.after);
+  });
+}
+
 // Worker threads terminated while readAtAsync calls of theirs are in flight: a read completes on
 // the libuv pool into a worker environment that runs no more JavaScript, where N-API refuses to
 // create the result Buffer. The bytes read must be freed then; before, napi-rs' Buffer
 // conversion leaked them (each worker keeps 4 reads of 1 MiB in flight: trial runs leaked
 // about 3.9 MiB a worker, 186 MiB over the count, and 2.5 MiB with the fix). 48 workers take
 // about 4 s on the 2-core project machine.
-test('workers terminated in the middle of readAtAsync leave fds, maps, threads and RSS at their starting level', async (t) => {
-  const count = 48;
-  const { child, elapsed, report } = await runLeakChild(t, 'workers', count, 0);
-  t.is(child.status, 0, `leak child failed (${child.signal ?? child.status}): ${child.stderr}`);
-  if (!report) return;
-  t.log(`${count} workers terminated mid-read in ${report.ms.toFixed(0)} ms (child ran ${elapsed.toFixed(0)} ms)`);
-  t.log(`start ${JSON.stringify(report.start)}`);
-  t.log(`after ${JSON.stringify(report.after)}`);
-  t.is(report.count, count);
-  assertBackToStart(t, `after ${count} workers terminated mid-read (${report.readBytes} bytes a read)`, report.start, report.after);
-});
+terminatedWorkersTest('workers', 48, 'readAtAsync');
 
 // Worker threads terminated in the middle of a migration between two managers of theirs (over a
 // duplexPair, the source waiting for a pause that never returns): the migrations' channels go
@@ -140,17 +147,7 @@ test('workers terminated in the middle of readAtAsync leave fds, maps, threads a
 // forever, holding both managers (their memfds, threads and VA windows) and the destination's
 // half-built machine: 3 descriptors, 7 threads and about 2.3 MiB a worker in trial runs. Now a
 // channel whose owner is gone fails the migration. 40 workers take about 3 s.
-test('workers terminated in the middle of a migration leave fds, maps, threads and RSS at their starting level', async (t) => {
-  const count = 40;
-  const { child, elapsed, report } = await runLeakChild(t, 'migrating-workers', count, 0);
-  t.is(child.status, 0, `leak child failed (${child.signal ?? child.status}): ${child.stderr}`);
-  if (!report) return;
-  t.log(`${count} workers terminated mid-migration in ${report.ms.toFixed(0)} ms (child ran ${elapsed.toFixed(0)} ms)`);
-  t.log(`start ${JSON.stringify(report.start)}`);
-  t.log(`after ${JSON.stringify(report.after)}`);
-  t.is(report.count, count);
-  assertBackToStart(t, `after ${count} workers terminated mid-migration`, report.start, report.after);
-});
+terminatedWorkersTest('migrating-workers', 40, 'a migration');
 
 // Managers dropped without close() and left to V8's own collection: each manager tells V8 what
 // it holds (napi_adjust_external_memory: a memfd, two threads, a VA reservation), so V8 collects
