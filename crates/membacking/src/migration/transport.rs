@@ -402,12 +402,17 @@ impl std::fmt::Debug for IncomingSender {
 }
 
 impl IncomingSender {
+    /// The pipe this sender feeds.
+    fn pipe(&self) -> &Arc<Pipe> {
+        &self.0 .0
+    }
+
     /// Hands over a received chunk. Resolves when the migration has room for it (at once
     /// while it has): read nothing more from the stream until it does. Fails when the
     /// migration stopped reading (it finished or failed): stop feeding it.
     pub fn push(&self, chunk: Vec<u8>) -> impl Future<Output = io::Result<()>> + Send + 'static {
         Push {
-            pipe: self.0 .0.clone(),
+            pipe: self.pipe().clone(),
             chunk: Some(chunk),
         }
     }
@@ -415,27 +420,27 @@ impl IncomingSender {
     /// The stream ended (its `end` event): the migration reads what is queued, then sees
     /// the end (an early end is a lost connection).
     pub fn end(&self) {
-        self.0 .0.close_writer(Closed::End);
+        self.pipe().close_writer(Closed::End);
     }
 
     /// What was fed but not read by a migration that has finished: the stream's bytes after
     /// the migration's last frame, to hand back to the stream (`unshift`) when the caller
     /// goes on using it.
     pub fn unread(&self) -> Vec<u8> {
-        self.0 .0.take_unread()
+        self.pipe().take_unread()
     }
 
     /// Queues a received chunk if the migration has room for it now: `Ok(None)` when queued,
     /// `Ok(Some(chunk))` (handed back) when it has not (then [`push`](Self::push) it and
     /// read nothing more until that resolves). Fails when the migration stopped reading.
     pub fn offer(&self, chunk: Vec<u8>) -> io::Result<Option<Vec<u8>>> {
-        self.0 .0.try_push(chunk)
+        self.pipe().try_push(chunk)
     }
 
     /// The stream failed (its `error` event): the migration fails with this error as the
     /// cause (reachable through [`StreamFailure`]), after reading what is queued.
     pub fn fail(&self, error: io::Error) {
-        self.0 .0.close_writer(Closed::failed(error));
+        self.pipe().close_writer(Closed::failed(error));
     }
 }
 
