@@ -243,7 +243,7 @@ export class KvmPartition {
 
   /**
    * Create a vCPU (after attachPartition when it must write page tables into guest RAM). A VM
-   * creates at most KVM's limit of vCPUs over its life (1,024 on current kernels), closed ones
+   * creates at most KVM's limit of vCPUs over its life (KVM_CAP_MAX_VCPUS, e.g. 1,024), closed ones
    * included: KVM keeps a vCPU until the VM is destroyed. Past it: KvmError ERR_TOO_MANY_VCPUS.
    */
   async createVcpu(options?: VcpuOptions): Promise<Vcpu> {
