@@ -50,6 +50,12 @@ async function both(migration, arrival) {
   };
 }
 
+/** Asserts that both sides of a `both()` result succeeded, with the failing side's stack. */
+function bothSucceeded(t, { sent, received }) {
+  t.true(sent.ok, String(sent.error?.stack));
+  t.true(received.ok, String(received.error?.stack));
+}
+
 test('a migration over a Unix socket pair rebuilds memory, visibility, device windows and the payload', async (t) => {
   const { manager } = await source(t, 1);
   await manager.ramVisibilityControl().setRamVisibility(VGA, RamVisibility.Unmapped);
@@ -75,8 +81,7 @@ test('a migration over a Unix socket pair rebuilds memory, visibility, device wi
     }),
     GuestMemoryBuilder.migrateFrom(b, { layout: layout(), windowBackings: { nic: object }, onProgress: (round, bytes) => receivedProgress.push([round, bytes]) }),
   );
-  t.true(sent.ok, String(sent.error?.stack));
-  t.true(received.ok, String(received.error?.stack));
+  bothSucceeded(t, { sent, received });
   const info = sent.value;
   const destination = received.value;
   t.teardown(() => destination.close());
@@ -134,8 +139,7 @@ test('writes and a visibility change during the pre-copy rounds arrive; the stre
     paused = true;
   };
   const { sent, received } = await both(manager.migrate(a, { pause }), GuestMemoryBuilder.migrateFrom(b));
-  t.true(sent.ok, String(sent.error?.stack));
-  t.true(received.ok, String(received.error?.stack));
+  bothSucceeded(t, { sent, received });
   const destination = received.value;
   t.teardown(() => destination.close());
   t.true(written.length > 0);
@@ -306,8 +310,7 @@ for (const [transport, connect] of Object.entries(abortTransports)) {
       t.is(memory.readU64(0x1000), 5n);
       const [c, d] = await socketPair(t);
       const again = await within(both(manager.migrate(c, { pause: () => undefined }), GuestMemoryBuilder.migrateFrom(d)), 60_000, 'the second migration');
-      t.true(again.sent.ok, String(again.sent.error?.stack));
-      t.true(again.received.ok, String(again.received.error?.stack));
+      bothSucceeded(t, again);
       t.true(ramImage(again.received.value).equals(ramImage(manager)));
       await again.received.value.close();
     });
@@ -439,8 +442,7 @@ test('without a binding budget the rounds run out and the migration pauses anywa
   // maxRounds 1: the remainder after round 0 is never re-sent while running; 0 ms of budget is
   // not asked for, so the guest is paused with the page still dirty.
   const { sent, received } = await both(manager.migrate(a, { maxRounds: 1n, pause: () => undefined }), GuestMemoryBuilder.migrateFrom(b));
-  t.true(sent.ok, String(sent.error?.stack));
-  t.true(received.ok);
+  bothSucceeded(t, { sent, received });
   t.teardown(() => received.value.close());
   t.is(sent.value.rounds, 2);
   t.true(ramImage(received.value).equals(ramImage(manager)));
@@ -473,12 +475,10 @@ test('a second migration of a manager while one runs is ERR_MIGRATION_IN_PROGRES
   t.false(c.writableEnded, 'a refused migration does not end the stream');
   release();
   const { sent, received } = await first;
-  t.true(sent.ok, String(sent.error?.stack));
-  t.true(received.ok);
+  bothSucceeded(t, { sent, received });
   await received.value.close();
   const retry = await within(both(manager.migrate(c, { pause: () => undefined }), GuestMemoryBuilder.migrateFrom(d)), 60000, 'the retry over the refused stream');
-  t.true(retry.sent.ok, String(retry.sent.error?.stack));
-  t.true(retry.received.ok, String(retry.received.error?.stack));
+  bothSucceeded(t, retry);
   await retry.received.value.close();
 });
 
@@ -496,14 +496,12 @@ test('a second migrate or migrateFrom over a stream a migration is using is ERR_
   await t.throwsAsync(within(other.migrate(a, { pause: () => undefined }), 60000, 'a migration of another manager'), inUse);
   await t.throwsAsync(within(GuestMemoryBuilder.migrateFrom(b), 60000, 'a second destination'), inUse);
   const { sent, received } = await within(first, 60000, 'the migration running over the stream');
-  t.true(sent.ok, String(sent.error?.stack));
-  t.true(received.ok, String(received.error?.stack));
+  bothSucceeded(t, { sent, received });
   t.teardown(() => received.value?.close());
   t.true(ramImage(received.value).equals(ramImage(manager)));
   // Once it settled, the stream carries the next migration.
   const next = await within(both(other.migrate(a, { pause: () => undefined }), GuestMemoryBuilder.migrateFrom(b, { layout: layout() })), 60000, 'the next migration over the stream');
-  t.true(next.sent.ok, String(next.sent.error?.stack));
-  t.true(next.received.ok, String(next.received.error?.stack));
+  bothSucceeded(t, next);
   await next.received.value.close();
 });
 
@@ -598,8 +596,7 @@ for (const [side, rewrites] of [
     // And it migrates afterwards over a sound stream.
     const [a, b] = await socketPair(t);
     const again = await both(manager.migrate(a, { pause: () => undefined }), GuestMemoryBuilder.migrateFrom(b));
-    t.true(again.sent.ok, String(again.sent.error?.stack));
-    t.true(again.received.ok, String(again.received.error?.stack));
+    bothSucceeded(t, again);
     t.teardown(() => again.received.value.close());
     t.true(ramImage(again.received.value).equals(ramImage(manager)));
   });
@@ -642,8 +639,7 @@ test.serial('a writer faster than a throttled link: maxRounds pre-copy rounds, t
     }),
     GuestMemoryBuilder.migrateFrom(relay.destination),
   );
-  t.true(sent.ok, String(sent.error?.stack));
-  t.true(received.ok, String(received.error?.stack));
+  bothSucceeded(t, { sent, received });
   const info = sent.value;
   const destination = received.value;
   t.teardown(() => destination.close());
@@ -706,8 +702,7 @@ test('a stream the caller paused, or a migration left paused, is read by the nex
     60000,
     'the migration over paused streams',
   );
-  t.true(there.sent.ok, String(there.sent.error?.stack));
-  t.true(there.received.ok, String(there.received.error?.stack));
+  bothSucceeded(t, there);
   const arrived = there.received.value;
   t.teardown(() => arrived.close());
   t.true(ramImage(arrived).equals(ramImage(manager)));
@@ -718,8 +713,7 @@ test('a stream the caller paused, or a migration left paused, is read by the nex
     60000,
     'the migration back over the streams the first one left paused',
   );
-  t.true(back.sent.ok, String(back.sent.error?.stack));
-  t.true(back.received.ok, String(back.received.error?.stack));
+  bothSucceeded(t, back);
   t.teardown(() => back.received.value?.close());
   t.true(ramImage(back.received.value).equals(ramImage(manager)));
 });
