@@ -64,6 +64,20 @@ function faultingMemory(answer, hooks = {}) {
 const PROVOKED = {
   ERR_INVALID_ARG_TYPE: () => range('0', 1),
   ERR_INVALID_ARG_VALUE: () => MemoryRange.new(0x1000, 0x1800),
+  ERR_BUFFER_CHANGED: () => {
+    // A pageFault hook that detaches the buffer readAt is copying into.
+    const dest = new Uint8Array(2 * P);
+    const mapping = new SparseMapping(2 * P);
+    mapping.alloc(0, P);
+    const memory = GuestMemory.fromSparseMapping(mapping, {
+      pageFault: () => {
+        structuredClone(dest.buffer, { transfer: [dest.buffer] });
+        mapping.alloc(P, P);
+        return 'retry';
+      },
+    });
+    memory.readAt(0, dest);
+  },
   ERR_INVALID_INPUT: () => new SparseMapping(0),
   ERR_CLOSED: () => {
     const mapping = new SparseMapping(P);

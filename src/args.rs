@@ -90,10 +90,15 @@ impl FromNapiValue for U64 {
 /// A typed array (`Uint8Array`, `Buffer`, or any other, by its bytes) as raw memory valid for
 /// the duration of the native call. It is never turned into a Rust slice: it may be a view of
 /// a `SharedArrayBuffer` that other threads write meanwhile, so only the guarded copy routines
-/// touch it.
+/// touch it. JavaScript that runs during the call (a memory's hooks) may detach or resize its
+/// `ArrayBuffer`, after which `ptr` may point at freed memory: a call that runs hooks copies
+/// through a buffer of its own and then [`RawBytes::write_back`].
 pub struct RawBytes {
     pub ptr: *mut u8,
     pub len: usize,
+    /// The environment and the value it was read from, to read it again.
+    env: sys::napi_env,
+    value: sys::napi_value,
 }
 
 impl TypeName for RawBytes {
@@ -131,7 +136,7 @@ pub unsafe fn read_bytes(env: sys::napi_env, value: sys::napi_value) -> Result<R
     let len = length
         .checked_mul(element_size)
         .ok_or_else(|| JsError::arg_value("typed array too large"))?;
-    Ok(RawBytes::new(data, len))
+    Ok(RawBytes::new(data, len, env, value))
 }
 
 /// The kind, element count and data of a typed-array argument; `None` for any other value.
@@ -181,7 +186,7 @@ unsafe fn read_data_view(env: sys::napi_env, value: sys::napi_value) -> Result<R
             "expected an ArrayBufferView (a Uint8Array, Buffer, other typed array or DataView)",
         ));
     }
-    Ok(RawBytes::new(data, len))
+    Ok(RawBytes::new(data, len, env, value))
 }
 
 /// The GPAs of a vectored copy: a `Float64Array` of safe integers (the common case: one N-API
@@ -255,14 +260,38 @@ impl FromNapiValue for RawBytes {
 }
 
 impl RawBytes {
-    /// The `len` bytes at `data` (a dangling, aligned pointer when there are none).
-    fn new(data: *mut std::ffi::c_void, len: usize) -> Self {
+    /// The `len` bytes at `data` (a dangling, aligned pointer when there are none) of `value`.
+    fn new(
+        data: *mut std::ffi::c_void,
+        len: usize,
+        env: sys::napi_env,
+        value: sys::napi_value,
+    ) -> Self {
         let ptr = if data.is_null() || len == 0 {
             ptr::NonNull::<u8>::dangling().as_ptr()
         } else {
             data.cast::<u8>()
         };
-        RawBytes { ptr, len }
+        RawBytes {
+            ptr,
+            len,
+            env,
+            value,
+        }
+    }
+
+    /// Copies `staged` (as many bytes as this buffer had) into the buffer as it is now, after
+    /// JavaScript that may have detached or resized it ran: read again, it must still hold
+    /// `staged.len()` bytes (`js_api::args::unchanged_buffer`; `name` and `call` name it).
+    pub fn write_back(&self, staged: &[u8], name: &str, call: &str) -> Result<(), JsError> {
+        // SAFETY: `env` and `value` are of the native call this value was read in (its only
+        // use), so they are still valid.
+        let now = unsafe { read_bytes(self.env, self.value) }?;
+        js_api::args::unchanged_buffer(name, call, staged.len(), now.len)?;
+        // SAFETY: `now.ptr` is the buffer's current data, `staged.len()` bytes valid for
+        // writing during the call; the copy is guarded (the buffer may be shared memory).
+        unsafe { trycopy::try_copy(staged.as_ptr(), now.ptr, staged.len()) }
+            .map_err(|error| JsError::internal(format!("cannot copy into {name}: {error}")))
     }
 
     /// A copy of the bytes (for work that leaves the call, or must not see later changes).

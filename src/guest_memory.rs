@@ -25,6 +25,7 @@ use crate::js_hooks::JsHookFunctions;
 use crate::js_thread::with_env;
 use crate::sparse_mapping::NativeMappable;
 use crate::sparse_mapping::NativeSparseMapping;
+pub use fast::Hooks;
 use guestmem::GuestMemory;
 use guestmem::GuestMemoryError;
 use guestmem::LockedPages;
@@ -61,11 +62,10 @@ pub struct NativeGuestMemory {
 }
 
 impl NativeGuestMemory {
-    /// Wraps a core `GuestMemory`; `publish_env` = false for memories known to have no
-    /// JavaScript hooks (saves two thread-local writes per access).
-    pub fn wrap(memory: GuestMemory, publish_env: bool) -> Self {
+    /// Wraps a core `GuestMemory` whose operations may run `hooks`.
+    pub fn wrap(memory: GuestMemory, hooks: Hooks) -> Self {
         NativeGuestMemory {
-            state: Rc::new(fast::MemoryState::new(memory, publish_env)),
+            state: Rc::new(fast::MemoryState::new(memory, hooks)),
             fast_id: Cell::new(None),
         }
     }
@@ -130,13 +130,13 @@ impl NativeGuestMemory {
     #[napi(factory)]
     pub fn allocate(size: U64) -> napi::Result<Self> {
         let memory = GuestMemory::try_allocate(host_size(size, "size")?).or_throw()?;
-        Ok(Self::wrap(memory, false))
+        Ok(Self::wrap(memory, Hooks::None))
     }
 
     /// Memory of max address 0.
     #[napi(factory)]
     pub fn empty() -> Self {
-        Self::wrap(GuestMemory::empty(), false)
+        Self::wrap(GuestMemory::empty(), Hooks::None)
     }
 
     /// Guest memory whose GPA is the offset in `mapping`, with optional JavaScript hooks (the
@@ -173,20 +173,24 @@ impl NativeGuestMemory {
             unlock_gpns,
         };
         let hooks = js_hooks::hooks(&env, functions).map_err(internal)?;
-        let has_hooks = hooks.is_some();
+        let kind = if hooks.is_some() {
+            Hooks::User
+        } else {
+            Hooks::None
+        };
         let memory = GuestMemory::from_sparse_mapping(name, mapping, hooks.unwrap_or_default())
             .with_retry_limit(retry_limit);
-        Ok(Self::wrap(memory, has_hooks))
+        Ok(Self::wrap(memory, kind))
     }
 
     /// Reopens a memory from a handle made by `toHandle()`.
     #[napi(factory)]
     pub fn from_handle(id: U64) -> napi::Result<Self> {
-        let memory = open(id.0, "GuestMemory", |shared| match shared {
-            Shared::GuestMemory(memory) => Some(memory),
+        let (memory, hooks) = open(id.0, "GuestMemory", |shared| match shared {
+            Shared::GuestMemory(memory, hooks) => Some((memory, hooks)),
             _ => None,
         })?;
-        Ok(Self::wrap(memory, true))
+        Ok(Self::wrap(memory, hooks))
     }
 
     /// This memory's id for the fast paths (`guestMemoryFastPaths()`), the same on every call;
@@ -207,7 +211,7 @@ impl NativeGuestMemory {
     /// A handle id for `fromHandle` in a worker thread.
     #[napi]
     pub fn to_handle(&self) -> napi::Result<u64> {
-        Ok(HANDLES.register(Shared::GuestMemory(self.memory()?)))
+        Ok(HANDLES.register(Shared::GuestMemory(self.memory()?, self.state.hooks())))
     }
 
     /// The debug name.
@@ -269,7 +273,7 @@ impl NativeGuestMemory {
     #[napi]
     pub fn subrange(&self, env: Env, offset: U64, len: U64) -> napi::Result<NativeGuestMemory> {
         self.run(&env, |memory| memory.subrange(offset.0, len.0, false))
-            .map(|sub| Self::wrap(sub, self.state.publishes_env()))
+            .map(|sub| Self::wrap(sub, self.state.hooks()))
     }
 
     /// Whether a 1-byte read at `gpa` succeeds.
@@ -301,10 +305,8 @@ impl NativeGuestMemory {
             let mut staging = vec![0u8; range.len()];
             memory.read_range(&range, &mut staging).map(|()| staging)
         })?;
-        // SAFETY: `dest` is the caller's typed array of `dest.len == staging.len()` bytes
-        // (checked by `paged_range`), valid during this call.
-        unsafe { std::ptr::copy_nonoverlapping(staging.as_ptr(), dest.ptr, staging.len()) };
-        Ok(())
+        // Into `dest` as it is now: a hook may have detached or resized it meanwhile.
+        dest.write_back(&staging, "dest", "readRange").or_throw()
     }
 
     /// Scatter-list write from `src` (whose length must equal `len`).
@@ -669,6 +671,7 @@ pub mod fast {
     use crate::args::read_bytes;
     use crate::args::read_u64;
     use crate::args::Gpas;
+    use crate::args::RawBytes;
     use crate::errors::message;
     use crate::errors::panic_text;
     use crate::js_thread::with_env;
@@ -691,20 +694,34 @@ pub mod fast {
     use std::ptr;
     use std::rc::Rc;
 
+    /// What JavaScript an operation of a memory may run on the calling thread.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Hooks {
+        /// None (memory on the heap, the empty memory): the memory is used in place and no
+        /// environment is published (two thread-local writes less per access).
+        None,
+        /// The environment is published, but the memory has no JavaScript hooks of its own
+        /// (the memory manager's memory).
+        Published,
+        /// The user's hooks (`fromSparseMapping`, and a memory reopened from one): they may
+        /// detach or resize the caller's buffers while an operation runs, so the copies go
+        /// through a buffer of the binding's own and then into the caller's buffer as it is
+        /// after the hooks ran (`RawBytes::write_back`).
+        User,
+    }
+
     /// A memory as the native object and its fast paths share it. Only ever touched on the
     /// JavaScript thread that owns them (N-API callbacks run there).
     pub struct MemoryState {
         memory: RefCell<Option<GuestMemory>>,
-        /// Whether operations must publish the environment (the memory may have JavaScript
-        /// hooks).
-        publish_env: bool,
+        hooks: Hooks,
     }
 
     impl MemoryState {
-        pub fn new(memory: GuestMemory, publish_env: bool) -> Self {
+        pub fn new(memory: GuestMemory, hooks: Hooks) -> Self {
             MemoryState {
                 memory: RefCell::new(Some(memory)),
-                publish_env,
+                hooks,
             }
         }
 
@@ -717,9 +734,14 @@ pub mod fast {
                 .ok_or_else(|| JsError::closed("GuestMemory"))
         }
 
-        /// Whether operations of this memory (and of its subranges) may reach JavaScript hooks.
-        pub fn publishes_env(&self) -> bool {
-            self.publish_env
+        /// What operations of this memory (and of its subranges) may run.
+        pub fn hooks(&self) -> Hooks {
+            self.hooks
+        }
+
+        /// Whether the caller's buffers must be copied through a buffer of the binding's own.
+        fn stages_buffers(&self) -> bool {
+            self.hooks == Hooks::User
         }
 
         pub fn close(&self) {
@@ -934,7 +956,7 @@ pub mod fast {
         state: &MemoryState,
         f: impl FnOnce(&GuestMemory) -> Result<T, E>,
     ) -> Result<T, JsError> {
-        let result = if state.publish_env {
+        let result = if state.hooks != Hooks::None {
             let memory = state.memory()?;
             with_env(&Env::from_raw(env), || f(&memory))
         } else {
@@ -976,19 +998,30 @@ pub mod fast {
 
     fast_path!(
         /// `readAt(id, gpa, dest)`. `dest` is the caller's typed array, valid during this call; it
-        /// is only written through the guarded copy (it may be shared memory).
+        /// is only written through the guarded copy (it may be shared memory), and only through a
+        /// buffer of our own when hooks may run ([`Hooks::User`]).
         read_at, call::<3>, |env, state, args| {
             let (gpa, dest) = (read_u64(env, args[1])?, read_bytes(env, args[2])?);
-            run(env, state, |memory| memory.read_ptr(gpa, dest.ptr, dest.len))?;
+            if state.stages_buffers() {
+                let staged = run(env, state, |memory| memory.read_to_vec(gpa, dest.len))?;
+                dest.write_back(&staged, "dest", "readAt")?;
+            } else {
+                run(env, state, |memory| memory.read_ptr(gpa, dest.ptr, dest.len))?;
+            }
             undefined()
         }
     );
 
     fast_path!(
-        /// `writeAt(id, gpa, src)`.
+        /// `writeAt(id, gpa, src)` (`src` copied first when hooks may run, [`Hooks::User`]).
         write_at, call::<3>, |env, state, args| {
             let (gpa, src) = (read_u64(env, args[1])?, read_bytes(env, args[2])?);
-            run(env, state, |memory| memory.write_ptr(gpa, src.ptr.cast_const(), src.len))?;
+            if state.stages_buffers() {
+                let staged = src.to_vec();
+                run(env, state, |memory| memory.write_at(gpa, &staged))?;
+            } else {
+                run(env, state, |memory| memory.write_ptr(gpa, src.ptr.cast_const(), src.len))?;
+            }
             undefined()
         }
     );
@@ -1004,7 +1037,7 @@ pub mod fast {
     unsafe fn vectored_entries(
         env: sys::napi_env,
         args: &[sys::napi_value],
-    ) -> Result<Vec<VectoredEntry>, JsError> {
+    ) -> Result<Vec<(u64, RawBytes)>, JsError> {
         let Some((&gpas, buffers)) = args.split_first() else {
             return Err(JsError::arg_type("the GPAs are missing"));
         };
@@ -1025,14 +1058,50 @@ pub mod fast {
             };
             // SAFETY: values of the running callback; `index` is below the count `gpas` holds.
             let (gpa, bytes) = unsafe { (gpas.get(env, index)?, read_bytes(env, buffer)) };
-            let bytes = bytes.map_err(|error| error.in_entry(index, ".buffer"))?;
-            entries.push(VectoredEntry {
+            entries.push((
                 gpa,
-                buffer: bytes.ptr,
-                len: bytes.len,
-            });
+                bytes.map_err(|error| error.in_entry(index, ".buffer"))?,
+            ));
         }
         Ok(entries)
+    }
+
+    /// The entries of a vectored copy over the callers' buffers, or over one buffer of our own
+    /// (`staging`, holding a copy of each caller's buffer when `copy_in`) when hooks may run.
+    fn raw_entries(
+        entries: &[(u64, RawBytes)],
+        staging: Option<(&mut Vec<u8>, bool)>,
+    ) -> Vec<VectoredEntry> {
+        let Some((staging, copy_in)) = staging else {
+            return entries
+                .iter()
+                .map(|(gpa, bytes)| VectoredEntry {
+                    gpa: *gpa,
+                    buffer: bytes.ptr,
+                    len: bytes.len,
+                })
+                .collect();
+        };
+        for (_, bytes) in entries {
+            if copy_in {
+                staging.extend_from_slice(&bytes.to_vec());
+            } else {
+                staging.resize(staging.len() + bytes.len, 0);
+            }
+        }
+        let mut start = 0;
+        entries
+            .iter()
+            .map(|(gpa, bytes)| {
+                let entry = VectoredEntry {
+                    gpa: *gpa,
+                    buffer: staging[start..].as_mut_ptr(),
+                    len: bytes.len,
+                };
+                start += bytes.len;
+                entry
+            })
+            .collect()
     }
 
     /// The length of `value` when it is a JavaScript array, else `None`.
@@ -1081,7 +1150,22 @@ pub mod fast {
         /// memory).
         readv, call_variadic, |env, state, args| {
             let entries = vectored_entries(env, &args[1..])?;
-            run(env, state, |memory| memory.read_v_ptr(&entries))?;
+            if !state.stages_buffers() {
+                run(env, state, |memory| memory.read_v_ptr(&raw_entries(&entries, None)))?;
+                return undefined();
+            }
+            let mut staging = Vec::new();
+            let staged = raw_entries(&entries, Some((&mut staging, false)));
+            let result = run(env, state, |memory| memory.read_v_ptr(&staged));
+            // The entries read before a failure are filled, as without staging.
+            let done = result.as_ref().map_or_else(|error| error.fields.entry_index.unwrap_or(0), |()| entries.len());
+            let mut start = 0;
+            for (index, (_, bytes)) in entries.iter().enumerate().take(done) {
+                bytes.write_back(&staging[start..start + bytes.len], "the buffer", "readv")
+                    .map_err(|error| error.in_entry(index, ".buffer"))?;
+                start += bytes.len;
+            }
+            result?;
             undefined()
         }
     );
@@ -1090,7 +1174,9 @@ pub mod fast {
         /// `writev(id, gpas, ...buffers)`.
         writev, call_variadic, |env, state, args| {
             let entries = vectored_entries(env, &args[1..])?;
-            run(env, state, |memory| memory.write_v_ptr(&entries))?;
+            let mut staging = Vec::new();
+            let staged = raw_entries(&entries, state.stages_buffers().then_some((&mut staging, true)));
+            run(env, state, |memory| memory.write_v_ptr(&staged))?;
             undefined()
         }
     );

@@ -11,7 +11,8 @@ use napi_derive::napi;
 /// A value that can be reopened by `fromHandle`.
 pub enum Shared {
     SparseMapping(std::sync::Arc<sparse_mmap::SparseMapping>),
-    GuestMemory(guestmem::GuestMemory),
+    /// A memory and what its operations may run.
+    GuestMemory(guestmem::GuestMemory, crate::guest_memory::Hooks),
     Client(membacking::GuestMemoryClient),
 }
 
@@ -20,7 +21,7 @@ impl Shared {
     fn class(&self) -> &'static str {
         match self {
             Shared::SparseMapping(_) => "SparseMapping",
-            Shared::GuestMemory(_) => "GuestMemory",
+            Shared::GuestMemory(..) => "GuestMemory",
             Shared::Client(_) => "GuestMemoryClient",
         }
     }

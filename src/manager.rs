@@ -10,6 +10,7 @@ use crate::args::U64;
 use crate::errors::throw;
 use crate::errors::OrThrow;
 use crate::external::ExternalCharge;
+use crate::guest_memory::Hooks;
 use crate::guest_memory::NativeGuestMemory;
 use crate::handles::open;
 use crate::handles::Shared;
@@ -337,7 +338,7 @@ impl NativeGuestMemoryClient {
             env,
             Polling::Pool,
             async move { memory.await.map_err(|error| error.to_js_error()) },
-            |_env, memory| Ok(NativeGuestMemory::wrap(memory, true)),
+            |_env, memory| Ok(NativeGuestMemory::wrap(memory, Hooks::Published)),
         )
     }
 

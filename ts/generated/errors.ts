@@ -6,6 +6,7 @@
 export const ErrorCodeValues = [
   'ERR_INVALID_ARG_TYPE',
   'ERR_INVALID_ARG_VALUE',
+  'ERR_BUFFER_CHANGED',
   'ERR_INVALID_INPUT',
   'ERR_CLOSED',
   'ERR_PANIC',

@@ -233,11 +233,43 @@ pub fn named_values<'a>(
     )
 }
 
+/// A buffer a call copies into after JavaScript may have run (a hook of the memory) must still
+/// have the length it had when the call began (`before` bytes, `now` bytes now): a hook that
+/// detached, transferred or resized its `ArrayBuffer` meanwhile gets `ERR_BUFFER_CHANGED`, and the
+/// bytes read are not copied into it.
+pub fn unchanged_buffer(name: &str, call: &str, before: usize, now: usize) -> Result<(), JsError> {
+    if before == now {
+        Ok(())
+    } else {
+        Err(JsError::buffer_changed(name, call, before, now))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::errors::ErrorClass;
     use crate::errors::ErrorCode;
+
+    #[test]
+    fn a_buffer_that_changed_during_the_call_is_refused_with_both_lengths() {
+        assert!(unchanged_buffer("dest", "readAt", 8192, 8192).is_ok());
+        assert!(unchanged_buffer("dest", "readAt", 0, 0).is_ok());
+        for now in [0, 4096, 16384] {
+            let error = unchanged_buffer("dest", "readAt", 8192, now).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                (ErrorClass::TypeError, Some(ErrorCode::BufferChanged))
+            );
+            assert!(
+                error.message.starts_with(&format!(
+                    "dest changed while readAt was using it: it was 8192 bytes and is {now} bytes now"
+                )),
+                "{}",
+                error.message
+            );
+        }
+    }
 
     #[test]
     fn a_buffer_length_above_the_limit_names_it() {

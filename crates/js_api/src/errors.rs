@@ -47,6 +47,7 @@ error_codes! {
     // Arguments and lifecycle (the binding).
     InvalidArgType = "ERR_INVALID_ARG_TYPE",
     InvalidArgValue = "ERR_INVALID_ARG_VALUE",
+    BufferChanged = "ERR_BUFFER_CHANGED",
     InvalidInput = "ERR_INVALID_INPUT",
     Closed = "ERR_CLOSED",
     Panic = "ERR_PANIC",
@@ -480,6 +481,21 @@ impl JsError {
     /// A well-typed but invalid value (`RangeError`), including a core panic's text.
     pub fn arg_value(message: impl Into<String>) -> Self {
         Self::new(ErrorClass::RangeError, ErrorCode::InvalidArgValue, message)
+    }
+
+    /// `name`, a buffer `call` copies into, held `before` bytes when the call began and `now`
+    /// bytes after JavaScript ran during it (a hook detached, transferred or resized it).
+    pub fn buffer_changed(name: &str, call: &str, before: usize, now: usize) -> Self {
+        Self::new(
+            ErrorClass::TypeError,
+            ErrorCode::BufferChanged,
+            format!(
+                "{name} changed while {call} was using it: it was {before} bytes and is {now} \
+                 bytes now (a hook detached, transferred or resized its ArrayBuffer), so the \
+                 bytes read were not copied into it; leave a buffer's ArrayBuffer as it is until \
+                 the call returns"
+            ),
+        )
     }
 
     /// An object used after `close()` (or after `build()` consumed it).

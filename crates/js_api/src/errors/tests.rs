@@ -422,6 +422,7 @@ fn every_row() -> Vec<JsError> {
     let mut errors = vec![
         JsError::arg_type("t"),
         JsError::arg_value("v"),
+        JsError::buffer_changed("dest", "readAt", 8192, 0),
         JsError::closed("SparseMapping"),
         JsError::manager_gone(),
         JsError::internal("bug"),
