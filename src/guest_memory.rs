@@ -1020,7 +1020,8 @@ pub mod fast {
                 let staged = src.to_vec();
                 run(env, state, |memory| memory.write_at(gpa, &staged))?;
             } else {
-                run(env, state, |memory| memory.write_ptr(gpa, src.ptr.cast_const(), src.len))?;
+                let src_ptr = src.ptr.cast_const();
+                run(env, state, |memory| memory.write_ptr(gpa, src_ptr, src.len))?;
             }
             undefined()
         }
@@ -1030,14 +1031,16 @@ pub mod fast {
     /// after the id): the GPAs (see [`Gpas`]) and one typed array or `DataView` per entry, read
     /// in one pass into one allocation. The buffers may instead come as one JavaScript array
     /// (`readv(id, gpas, buffers)`): a long list cannot be spread into call arguments (the
-    /// engine's argument count limit), and no buffer is itself an array.
+    /// engine's argument count limit), and no buffer is itself an array. The callers' buffers
+    /// are also kept in `kept` when given.
     ///
     /// # Safety
     /// `env` and `args` must belong to the running callback.
     unsafe fn vectored_entries(
         env: sys::napi_env,
         args: &[sys::napi_value],
-    ) -> Result<Vec<(u64, RawBytes)>, JsError> {
+        mut kept: Option<&mut Vec<RawBytes>>,
+    ) -> Result<Vec<VectoredEntry>, JsError> {
         let Some((&gpas, buffers)) = args.split_first() else {
             return Err(JsError::arg_type("the GPAs are missing"));
         };
@@ -1058,50 +1061,36 @@ pub mod fast {
             };
             // SAFETY: values of the running callback; `index` is below the count `gpas` holds.
             let (gpa, bytes) = unsafe { (gpas.get(env, index)?, read_bytes(env, buffer)) };
-            entries.push((
+            let bytes = bytes.map_err(|error| error.in_entry(index, ".buffer"))?;
+            entries.push(VectoredEntry {
                 gpa,
-                bytes.map_err(|error| error.in_entry(index, ".buffer"))?,
-            ));
+                buffer: bytes.ptr,
+                len: bytes.len,
+            });
+            if let Some(kept) = kept.as_deref_mut() {
+                kept.push(bytes);
+            }
         }
         Ok(entries)
     }
 
-    /// The entries of a vectored copy over the callers' buffers, or over one buffer of our own
-    /// (`staging`, holding a copy of each caller's buffer when `copy_in`) when hooks may run.
-    fn raw_entries(
-        entries: &[(u64, RawBytes)],
-        staging: Option<(&mut Vec<u8>, bool)>,
-    ) -> Vec<VectoredEntry> {
-        let Some((staging, copy_in)) = staging else {
-            return entries
-                .iter()
-                .map(|(gpa, bytes)| VectoredEntry {
-                    gpa: *gpa,
-                    buffer: bytes.ptr,
-                    len: bytes.len,
-                })
-                .collect();
-        };
-        for (_, bytes) in entries {
-            if copy_in {
-                staging.extend_from_slice(&bytes.to_vec());
-            } else {
-                staging.resize(staging.len() + bytes.len, 0);
+    /// Points `entries` at one buffer of our own (`staging`) instead of the callers' buffers,
+    /// for a memory whose hooks may detach or resize those meanwhile; for a write, `sources` (the
+    /// callers' buffers, not yet touched by any JavaScript) are copied into it first.
+    fn stage(entries: &mut [VectoredEntry], staging: &mut Vec<u8>, sources: Option<&[RawBytes]>) {
+        match sources {
+            Some(sources) => {
+                for bytes in sources {
+                    staging.extend_from_slice(&bytes.to_vec());
+                }
             }
+            None => staging.resize(entries.iter().map(|entry| entry.len).sum(), 0),
         }
         let mut start = 0;
-        entries
-            .iter()
-            .map(|(gpa, bytes)| {
-                let entry = VectoredEntry {
-                    gpa: *gpa,
-                    buffer: staging[start..].as_mut_ptr(),
-                    len: bytes.len,
-                };
-                start += bytes.len;
-                entry
-            })
-            .collect()
+        for entry in entries {
+            entry.buffer = staging[start..].as_mut_ptr();
+            start += entry.len;
+        }
     }
 
     /// The length of `value` when it is a JavaScript array, else `None`.
@@ -1145,38 +1134,45 @@ pub mod fast {
     }
 
     fast_path!(
-        /// `readv(id, gpas, ...buffers)`. Each buffer is the caller's typed array or DataView, valid
-        /// during this call; it is only written through the guarded copies (it may be shared
-        /// memory).
+        /// `readv(id, gpas, ...buffers)`. Each buffer is the caller's typed array or DataView,
+        /// valid during this call; it is only written through the guarded copies (it may be
+        /// shared memory), and through a buffer of our own when hooks may run ([`Hooks::User`]).
         readv, call_variadic, |env, state, args| {
-            let entries = vectored_entries(env, &args[1..])?;
             if !state.stages_buffers() {
-                run(env, state, |memory| memory.read_v_ptr(&raw_entries(&entries, None)))?;
+                let entries = vectored_entries(env, &args[1..], None)?;
+                run(env, state, |memory| memory.read_v_ptr(&entries))?;
                 return undefined();
             }
+            let mut buffers = Vec::new();
+            let mut entries = vectored_entries(env, &args[1..], Some(&mut buffers))?;
             let mut staging = Vec::new();
-            let staged = raw_entries(&entries, Some((&mut staging, false)));
-            let result = run(env, state, |memory| memory.read_v_ptr(&staged));
+            stage(&mut entries, &mut staging, None);
+            let copied = run(env, state, |memory| Ok::<_, JsError>(memory.read_v_ptr(&entries)))?;
             // The entries read before a failure are filled, as without staging.
-            let done = result.as_ref().map_or_else(|error| error.fields.entry_index.unwrap_or(0), |()| entries.len());
+            let done = copied.as_ref().map_or_else(|error| error.index, |()| entries.len());
             let mut start = 0;
-            for (index, (_, bytes)) in entries.iter().enumerate().take(done) {
-                bytes.write_back(&staging[start..start + bytes.len], "the buffer", "readv")
+            for (index, bytes) in buffers.iter().enumerate().take(done) {
+                bytes
+                    .write_back(&staging[start..start + bytes.len], "the buffer", "readv")
                     .map_err(|error| error.in_entry(index, ".buffer"))?;
                 start += bytes.len;
             }
-            result?;
+            copied.map_err(|error| error.to_js_error())?;
             undefined()
         }
     );
 
     fast_path!(
-        /// `writev(id, gpas, ...buffers)`.
+        /// `writev(id, gpas, ...buffers)` (the buffers copied first when hooks may run).
         writev, call_variadic, |env, state, args| {
-            let entries = vectored_entries(env, &args[1..])?;
+            let stages = state.stages_buffers();
+            let mut buffers = Vec::new();
+            let mut entries = vectored_entries(env, &args[1..], stages.then_some(&mut buffers))?;
             let mut staging = Vec::new();
-            let staged = raw_entries(&entries, state.stages_buffers().then_some((&mut staging, true)));
-            run(env, state, |memory| memory.write_v_ptr(&staged))?;
+            if stages {
+                stage(&mut entries, &mut staging, Some(&buffers));
+            }
+            run(env, state, |memory| memory.write_v_ptr(&entries))?;
             undefined()
         }
     );
