@@ -622,7 +622,7 @@ export interface VectoredEntry {
  * side checks each); any larger bigint sends them as a plain array instead. Buffers are checked
  * to be ArrayBufferViews here; everything else about the entries is checked natively.
  */
-const vectorGpas = { numbers: new Float64Array(64) };
+const vectorGpas = { numbers: new Float64Array(64), filling: false };
 /** An `ERR_INVALID_ARG_TYPE` about entry `index` of a vectored copy (named, and in `entryIndex`). */
 function entryTypeError(index: number, message: string): TypeError {
   return Object.assign(invalidArgType(`list[${index}]${message}`), { entryIndex: index });
@@ -636,10 +636,25 @@ const SPREAD_ENTRIES = 16384;
 function vectoredArgs(list: unknown, what: string): [Float64Array | U64[], ...ArrayBufferView[]] {
   if (!Array.isArray(list)) throw invalidArgType(`${what} takes an array of {gpa, buffer} entries, got ${describeType(list)}`);
   const n = list.length;
-  if (vectorGpas.numbers.length < n) vectorGpas.numbers = new Float64Array(Math.max(n, 2 * vectorGpas.numbers.length));
-  const numbers = vectorGpas.numbers;
+  // The entries' getters run user code, which may make a vectored copy of its own: that one
+  // must not overwrite the GPAs this one has put in the shared array, so it gets its own.
+  const shared = !vectorGpas.filling;
+  if (shared && vectorGpas.numbers.length < n) vectorGpas.numbers = new Float64Array(Math.max(n, 2 * vectorGpas.numbers.length));
+  const numbers = shared ? vectorGpas.numbers : new Float64Array(n);
   const args: [Float64Array | U64[], ...ArrayBufferView[]] = [numbers];
   let large = false;
+  if (shared) vectorGpas.filling = true;
+  try {
+    fillVectoredArgs(list, n, numbers, args, () => (large = true));
+  } finally {
+    if (shared) vectorGpas.filling = false;
+  }
+  if (large) args[0] = (list as Array<{ gpa: U64 }>).map((entry) => entry.gpa);
+  return args;
+}
+
+/** `vectoredArgs`' pass over the entries: each GPA into `numbers` (or `onLarge()`), each buffer into `args`. */
+function fillVectoredArgs(list: unknown[], n: number, numbers: Float64Array, args: [Float64Array | U64[], ...ArrayBufferView[]], onLarge: () => void): void {
   for (let i = 0; i < n; i++) {
     const entry: unknown = list[i];
     if (typeof entry !== 'object' || entry === null) throw entryTypeError(i, ` must be an object {gpa, buffer}, got ${describeType(entry)}`);
@@ -647,13 +662,11 @@ function vectoredArgs(list: unknown, what: string): [Float64Array | U64[], ...Ar
     if (typeof gpa === 'number') numbers[i] = gpa;
     else if (typeof gpa === 'bigint') {
       if (gpa >= 0n && gpa <= BigInt(Number.MAX_SAFE_INTEGER)) numbers[i] = Number(gpa);
-      else large = true;
+      else onLarge();
     } else throw entryTypeError(i, `.gpa must be a number or a bigint, got ${describeType(gpa)}`);
     if (!ArrayBuffer.isView(buffer)) throw entryTypeError(i, `.buffer must be an ArrayBufferView (a typed array or DataView), got ${describeType(buffer)}`);
     args.push(buffer);
   }
-  if (large) args[0] = (list as Array<{ gpa: U64 }>).map((entry) => entry.gpa);
-  return args;
 }
 
 type FastPaths = ReturnType<typeof native.guestMemoryFastPaths>;
