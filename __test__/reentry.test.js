@@ -45,3 +45,35 @@ test('readv: an entry whose gpa getter runs a readv of its own does not move the
   t.deepEqual([...second], [2, 2, 2, 2]);
   t.deepEqual([...nested], [3, 3, 3, 3]);
 });
+
+test('MemoryRegistrar: a callback answer whose then getter throws fails the chunk with that error as the cause', (t) => {
+  const boom = new Error('then getter');
+  const registrar = new mb.MemoryRegistrar(mb.MemoryLayout.new(4n * mb.GiB, []), 0, () => ({
+    get then() {
+      throw boom;
+    },
+  }));
+  const error = t.throws(() => registrar.register(0, 1), { instanceOf: mb.RegistrarError, code: 'ERR_REGISTRATION_FAILED' });
+  t.is(error.cause, boom);
+});
+
+test('pageFault: an answer whose getters throw (a Proxy) fails the access with that error as a cause', (t) => {
+  const boom = new Error('proxy trap');
+  const mapping = new mb.SparseMapping(2 * P);
+  const memory = GuestMemory.fromSparseMapping(mapping, {
+    pageFault: () =>
+      new Proxy(
+        {},
+        {
+          get() {
+            throw boom;
+          },
+        },
+      ),
+  });
+  const error = t.throws(() => memory.readAt(0, new Uint8Array(4)), { instanceOf: mb.GuestMemoryError });
+  const causes = [];
+  for (let cause = error; cause !== undefined; cause = cause.cause) causes.push(cause);
+  t.true(causes.includes(boom), causes.map(String).join(' <- '));
+  t.true(causes.some((cause) => String(cause.detail ?? cause.message).includes("pageFault's answer could not be read: proxy trap")), causes.map((c) => c.detail ?? c.message).join(' | '));
+});

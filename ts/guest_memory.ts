@@ -465,6 +465,15 @@ function guardedBytes<A extends unknown[]>(hook: (...args: A) => Answered | Uint
   };
 }
 
+/** The message of a thrown value, without running more of its code than `String()` does. */
+function messageOf(error: unknown): string {
+  try {
+    return error instanceof Error ? error.message : String(error);
+  } catch {
+    return 'a value that cannot be converted to a string';
+  }
+}
+
 function pageFaultAdapter(handler: PageFaultHandler): (gpa: bigint, len: bigint, write: boolean) => string {
   const fail = (kind: string, message: string, cause?: unknown): PageFaultAnswer => ({
     answer: 'fail',
@@ -477,8 +486,16 @@ function pageFaultAdapter(handler: PageFaultHandler): (gpa: bigint, len: bigint,
     try {
       answer = handler(gpa, len, write);
     } catch (error) {
-      return fail('Other', `pageFault threw: ${error instanceof Error ? error.message : String(error)}`, error);
+      return fail('Other', `pageFault threw: ${messageOf(error)}`, error);
     }
+    try {
+      return readAnswer(gpa, answer);
+    } catch (error) {
+      // Reading the answer ran user code (a getter, a Proxy trap) that threw.
+      return fail('Other', `pageFault's answer could not be read: ${messageOf(error)}`, error);
+    }
+  };
+  const readAnswer = (gpa: bigint, answer: unknown): PageFaultAnswer => {
     if (typeof answer === 'object' && answer !== null && typeof (answer as { then?: unknown }).then === 'function') {
       // Page faults are answered synchronously; a Promise is refused, and its outcome is
       // observed so that a rejection is not left unhandled.

@@ -48,12 +48,15 @@ export class MemoryRegistrar {
     const answer = (reply: RegistrationAnswer): string => JSON.stringify(reply);
     const adapter = (start: bigint, end: bigint): string => {
       let result: unknown;
+      let thenable: boolean;
       try {
         result = register(trusted(start, end));
+        // Reading `then` runs user code too (a getter, a Proxy): what it throws is the cause.
+        thenable = isThenable(result);
       } catch (error) {
         return answer({ answer: 'failed', causeToken: storeCause(error) });
       }
-      if (!isThenable(result)) return answer({ answer: 'done' });
+      if (!thenable) return answer({ answer: 'done' });
       const token = allocateToken();
       Promise.resolve(result).then(
         () => native.settleRegistrationCallback(token, false),
