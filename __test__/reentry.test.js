@@ -77,3 +77,66 @@ test('pageFault: an answer whose getters throw (a Proxy) fails the access with t
   t.true(causes.includes(boom), causes.map(String).join(' <- '));
   t.true(causes.some((cause) => String(cause.detail ?? cause.message).includes("pageFault's answer could not be read: proxy trap")), causes.map((c) => c.detail ?? c.message).join(' | '));
 });
+
+/** An object whose `key` getter answers `first` `times` times, then `later`. */
+function shifting(base, key, first, later, times = 1) {
+  let reads = 0;
+  return Object.defineProperty(base, key, {
+    enumerable: true,
+    get: () => (++reads <= times ? first : later),
+  });
+}
+
+test('readRange/zeroRange: a range.offset getter is read once, so the offset checked is the offset used', (t) => {
+  const memory = GuestMemory.allocate(4 * P);
+  memory.fillAt(0, 7, 4 * P);
+  memory.zeroRange(shifting({ len: P, gpns: [1n] }, 'offset', 0, 'not a number'));
+  t.is(memory.readU8(P), 0);
+  t.is(memory.readU8(P + P - 1), 0);
+  const dest = new Uint8Array(P);
+  memory.readRange(shifting({ len: P, gpns: [0n] }, 'offset', 0, 'not a number'), dest);
+  t.true(dest.every((byte) => byte === 7));
+});
+
+test('prefetchRam: an onProgress getter is read once, so the reports go to the function that was checked', async (t) => {
+  const { MiB, range, Vtl } = mb;
+  const reports = { checked: 0, unchecked: 0 };
+  let last;
+  const complete = new Promise((resolve) => (last = resolve));
+  const reporter = (name) => (done, total) => {
+    reports[name]++;
+    if (done === total) last();
+  };
+  const [checked, other] = [reporter('checked'), reporter('unchecked')];
+  const manager = await new mb.GuestMemoryBuilder().prefetchRam(true, shifting({}, 'onProgress', checked, other, 2)).build(mb.MemoryLayout.new(8n * MiB, [range(3n * mb.GiB, 4n * mb.GiB)]));
+  t.teardown(() => manager.close());
+  await manager.attachPartition(Vtl.Vtl0, new mb.RecordingPartition());
+  await complete;
+  t.true(reports.checked > 0);
+  t.is(reports.unchecked, 0);
+});
+
+test('migrate: an options.pause getter is read once, so the pause that runs is the one checked', async (t) => {
+  const { MiB, range } = mb;
+  const { duplexPair } = require('node:stream');
+  const layout = mb.MemoryLayout.new(4n * MiB, [range(3n * mb.GiB, 4n * mb.GiB)]);
+  const manager = await new mb.GuestMemoryBuilder().build(layout);
+  t.teardown(() => manager.close());
+  const [a, b] = duplexPair();
+  const paused = [];
+  const options = shifting({}, 'pause', () => void paused.push('checked'), () => void paused.push('unchecked'));
+  const [sent, received] = await Promise.allSettled([manager.migrate(a, options), mb.GuestMemoryBuilder.migrateFrom(b)]);
+  t.is(sent.status, 'fulfilled', String(sent.reason?.stack));
+  t.is(received.status, 'fulfilled', String(received.reason?.stack));
+  t.deepEqual(paused, ['checked']);
+  if (received.status === 'fulfilled') await received.value.close();
+});
+
+test('restore: a windowBackings[i].window getter is read once (the name checked is the name used)', async (t) => {
+  const object = mb.Mappable.allocSharedMemory(P, 'fb');
+  t.teardown(() => object.close());
+  const entry = shifting({ object }, 'window', 'fb', 42);
+  const missing = require('node:path').join(require('node:os').tmpdir(), `membacking-reentry-missing-${process.pid}`);
+  // The options are taken as checked; the restore then fails on the missing snapshot only.
+  await t.throwsAsync(mb.GuestMemoryBuilder.restore(missing, { windowBackings: [entry] }), { code: 'ENOENT' });
+});

@@ -527,9 +527,11 @@ function toGpnArray(gpns: unknown, name: string): BigUint64Array {
 function toPagedRange(range: unknown): { offset: number; len: bigint; gpns: BigUint64Array } {
   if (typeof range !== 'object' || range === null) throw invalidArgType(`range must be a {offset, len, gpns} object, got ${describeType(range)}`);
   const r = range as { offset?: unknown; len?: unknown; gpns?: unknown };
-  if (typeof r.offset !== 'number' || !Number.isInteger(r.offset)) throw invalidArgType(`range.offset must be an integer number, got ${describeType(r.offset)}`);
-  if (r.offset < 0 || r.offset >= 4096) throw invalidArgValue(`range.offset must be between 0 and 4095, got ${r.offset}`);
-  return { offset: r.offset, len: toU64(r.len, 'range.len'), gpns: toGpnArray(r.gpns, 'range.gpns') };
+  // Each field read once: a getter may answer differently each time.
+  const offset = r.offset;
+  if (typeof offset !== 'number' || !Number.isInteger(offset)) throw invalidArgType(`range.offset must be an integer number, got ${describeType(offset)}`);
+  if (offset < 0 || offset >= 4096) throw invalidArgValue(`range.offset must be between 0 and 4095, got ${offset}`);
+  return { offset, len: toU64(r.len, 'range.len'), gpns: toGpnArray(r.gpns, 'range.gpns') };
 }
 
 /** Locked guest pages; never exposes addresses. */

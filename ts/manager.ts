@@ -157,10 +157,12 @@ export class GuestMemoryBuilder {
     this.#prefetchRam = toBool(enable, 'enable');
     if (typeof options !== 'object' || options === null || Array.isArray(options)) throw invalidArgType(`options must be an object, got ${describeType(options)}`);
     checkOptionKeys(options, ['onProgress'], 'prefetchRam()');
-    if (options.onProgress !== undefined && typeof options.onProgress !== 'function') {
-      throw invalidArgType(`options.onProgress must be a function, got ${describeType(options.onProgress)}`);
+    // Read once: a getter may answer differently each time, and what is kept is what was checked.
+    const onProgress: unknown = options.onProgress;
+    if (onProgress !== undefined && typeof onProgress !== 'function') {
+      throw invalidArgType(`options.onProgress must be a function, got ${describeType(onProgress)}`);
     }
-    this.#onProgress = options.onProgress ?? null;
+    this.#onProgress = (onProgress as PrefetchProgressCallback | undefined) ?? null;
     return this;
   }
   /** Pin every range mapped into a partition. */

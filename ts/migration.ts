@@ -122,10 +122,12 @@ export function migrateArgs(
   if (typeof options !== 'object' || options === null) throw invalidArgType(`options must be an object with a pause function, got ${describeType(options)}`);
   checkOptionKeys(options, ['pause', 'maxRounds', 'maxDowntimeMs', 'onProgress', 'signal'], 'migrate()');
   const o = options as Record<string, unknown>;
-  if (typeof o.pause !== 'function') throw invalidArgType(`options.pause must be a function that stops the guest's vCPUs, got ${describeType(o.pause)}`);
+  // Read once: a getter may answer differently each time, and what is used is what was checked.
+  const pause = o.pause;
+  if (typeof pause !== 'function') throw invalidArgType(`options.pause must be a function that stops the guest's vCPUs, got ${describeType(pause)}`);
   return {
     stream: s,
-    pause: o.pause as () => unknown,
+    pause: pause as () => unknown,
     maxRounds: o.maxRounds === undefined ? null : toU64(o.maxRounds, 'options.maxRounds'),
     maxDowntimeMs: o.maxDowntimeMs === undefined ? null : toU64(o.maxDowntimeMs, 'options.maxDowntimeMs'),
     onProgress: toMigrationProgress(o.onProgress),

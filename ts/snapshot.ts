@@ -306,9 +306,10 @@ function windowBackings(value: unknown): Array<{ window: string; offset: bigint 
       const name = `options.windowBackings[${i}]`;
       if (typeof entry !== 'object' || entry === null) throw invalidArgType(`${name} must be {window, offset?, object}, got ${describeType(entry)}`);
       const e = entry as { window?: unknown; offset?: unknown; object?: unknown };
-      if (typeof e.window !== 'string') throw invalidArgType(`${name}.window must be a string, got ${describeType(e.window)}`);
+      const window = e.window;
+      if (typeof window !== 'string') throw invalidArgType(`${name}.window must be a string, got ${describeType(window)}`);
       return {
-        window: e.window,
+        window,
         offset: e.offset === undefined ? null : toU64(e.offset, `${name}.offset`),
         object: nativeOf<NativeMappable>(e.object, Mappable, `${name}.object`),
       };
