@@ -78,6 +78,31 @@ test('pageFault: an answer whose getters throw (a Proxy) fails the access with t
   t.true(causes.some((cause) => String(cause.detail ?? cause.message).includes("pageFault's answer could not be read: proxy trap")), causes.map((c) => c.detail ?? c.message).join(' | '));
 });
 
+test('LockedPages: the unlockGpns hook that release() runs may use the pages object: it finds it released', (t) => {
+  const mapping = new mb.SparseMapping(4 * P);
+  mapping.alloc(0, 4 * P);
+  let locked;
+  const seen = [];
+  let unlocks = 0;
+  const memory = GuestMemory.fromSparseMapping(mapping, {
+    lockGpns: () => true,
+    unlockGpns: () => {
+      unlocks++;
+      seen.push(locked.count, locked.gpns);
+      locked.release();
+      locked[Symbol.dispose]();
+      seen.push(t.throws(() => locked.readAt(0, 0, new Uint8Array(4)), { code: 'ERR_CLOSED' }).message);
+    },
+  });
+  locked = memory.lockGpns([0n, 1n]);
+  locked.release();
+  locked.release();
+  t.is(unlocks, 1);
+  t.deepEqual(seen, [2, [0n, 1n], 'LockedPages is closed']);
+  memory.close();
+  mapping.close();
+});
+
 /** An object whose `key` getter answers `first` `times` times, then `later`. */
 function shifting(base, key, first, later, times = 1) {
   let reads = 0;

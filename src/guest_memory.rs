@@ -50,6 +50,7 @@ use napi::Env;
 use napi::Task;
 use napi_derive::napi;
 use std::cell::Cell;
+use std::cell::RefCell;
 use std::rc::Rc;
 
 /// Fault-safe access to guest physical memory.
@@ -345,7 +346,7 @@ impl NativeGuestMemory {
         let gpns: Vec<u64> = gpns.to_vec();
         let locked = self.run(&env, |memory| memory.lock_gpns(false, &gpns))?;
         Ok(NativeLockedPages {
-            inner: Some(locked),
+            inner: RefCell::new(Some(locked)),
             gpns,
         })
     }
@@ -602,16 +603,28 @@ impl Task for WriteTask {
 }
 
 /// Locked guest pages.
+///
+/// Releasing runs the memory's `unlockGpns` hook, which may use this object again (read from
+/// it, ask for its pages, release it again): the pages are taken out first and unlocked
+/// outside any borrow, so the hook finds the object released (and every method of it usable)
+/// rather than in the middle of being dropped.
 #[napi(custom_finalize)]
 pub struct NativeLockedPages {
-    inner: Option<LockedPages>,
+    inner: RefCell<Option<LockedPages>>,
     gpns: Vec<u64>,
 }
 
+impl NativeLockedPages {
+    /// Unlocks (once) with the environment published, so a JavaScript `unlockGpns` hook runs.
+    fn unlock(&self, env: &Env) {
+        let taken = self.inner.borrow_mut().take();
+        with_env(env, || drop(taken));
+    }
+}
+
 impl napi::bindgen_prelude::ObjectFinalize for NativeLockedPages {
-    fn finalize(mut self, env: Env) -> napi::Result<()> {
-        // Unlocks with the environment published, so a JavaScript `unlockGpns` hook runs.
-        with_env(&env, || self.inner = None);
+    fn finalize(self, env: Env) -> napi::Result<()> {
+        self.unlock(&env);
         Ok(())
     }
 }
@@ -633,8 +646,8 @@ impl NativeLockedPages {
     /// Copies from page `page_index` at `offset` into `dest`.
     #[napi]
     pub fn read_at(&self, page_index: u32, offset: u32, dest: RawBytes) -> napi::Result<()> {
-        let locked = self
-            .inner
+        let inner = self.inner.borrow();
+        let locked = inner
             .as_ref()
             .ok_or_else(|| throw(JsError::closed("LockedPages")))?;
         let (page_index, offset) = (
@@ -645,10 +658,10 @@ impl NativeLockedPages {
         unsafe { locked.read_ptr(page_index, offset, dest.ptr, dest.len) }.or_throw()
     }
 
-    /// Unlocks once (idempotent).
+    /// Unlocks once (idempotent, also from the `unlockGpns` hook it runs).
     #[napi]
-    pub fn release(&mut self, env: Env) {
-        with_env(&env, || self.inner = None);
+    pub fn release(&self, env: Env) {
+        self.unlock(&env);
     }
 }
 
