@@ -165,3 +165,32 @@ test('restore: a windowBackings[i].window getter is read once (the name checked 
   // The options are taken as checked; the restore then fails on the missing snapshot only.
   await t.throwsAsync(mb.GuestMemoryBuilder.restore(missing, { windowBackings: [entry] }), { code: 'ENOENT' });
 });
+
+test('apply: a later change\'s getter that closes an earlier change\'s window makes the batch ERR_CLOSED, and no window is left placed without halves', async (t) => {
+  const { MiB, GiB, range } = mb;
+  const manager = await new mb.GuestMemoryBuilder().build(mb.MemoryLayout.new(32n * MiB, [range(3n * GiB, 4n * GiB)]));
+  t.teardown(() => manager.close());
+  const mapper = manager.deviceMemoryMapper();
+  const first = mapper.newRegion(2n * MiB, 'first');
+  const second = mapper.newRegion(2n * MiB, 'second');
+  const closing = [];
+  const changes = [
+    { kind: 'deviceMapToGuest', window: first.control, gpa: 0xd000_0000n, writable: true },
+    {
+      kind: 'deviceMapToGuest',
+      window: second.control,
+      gpa: 0xd020_0000n,
+      get writable() {
+        closing.push(first.control.close(), first.region.close());
+        return true;
+      },
+    },
+  ];
+  const error = await t.throwsAsync(manager.apply(changes), { code: 'ERR_CLOSED' });
+  t.is(error.changeIndex, 0);
+  await Promise.all(closing);
+  const placed = (await manager.flatView()).filter((entry) => entry.region && entry.region.name !== 'ram').map((entry) => entry.region.name);
+  t.deepEqual(placed, []);
+  await second.control.close();
+  await second.region.close();
+});

@@ -181,10 +181,20 @@ type NativeBatch = InstanceType<typeof native.NativeBatch>;
 /** Checks `changes` and collects them into a native batch, in order. */
 function nativeBatch(changes: unknown, resolve: PlanResolvers): NativeBatch {
   if (!Array.isArray(changes)) throw invalidArgType(`changes must be an array of PlanChange objects, got ${describeType(changes)}`);
-  const batch = new native.NativeBatch();
-  changes.forEach((change: unknown, index: number) => {
+  // Every change is read and checked first (this runs the caller's getters, which may close a
+  // window or object of an earlier change), then added: a change added earlier would keep a
+  // window a later getter closed, and the batch would place a window no half can remove.
+  const adds = changes.map((change: unknown, index: number) => {
     try {
-      addChange(batch, change, index, resolve);
+      return checkedChange(change, index, resolve);
+    } catch (error) {
+      throw changeError(error, index);
+    }
+  });
+  const batch = new native.NativeBatch();
+  adds.forEach((add, index) => {
+    try {
+      add(batch);
     } catch (error) {
       throw changeError(error, index);
     }
@@ -208,8 +218,8 @@ function changeError(error: unknown, index: number): unknown {
   return Object.assign(error, fields);
 }
 
-/** Checks change `index` of a batch and adds it to `batch`. */
-function addChange(batch: NativeBatch, change: unknown, index: number, resolve: PlanResolvers): void {
+/** Checks change `index` of a batch; what adds it to a batch (it runs no code of the caller's). */
+function checkedChange(change: unknown, index: number, resolve: PlanResolvers): (batch: NativeBatch) => void {
   const name = `changes[${index}]`;
   if (typeof change !== 'object' || change === null) throw invalidArgType(`${name} must be a PlanChange object, got ${describeType(change)}`);
   checkChangeKeys(change, name);
@@ -218,19 +228,18 @@ function addChange(batch: NativeBatch, change: unknown, index: number, resolve: 
     case 'ramVisibility': {
       const r = toRange(c.range, `${name}.range`);
       const v = toVisibility(c.visibility, `${name}.visibility`);
-      call(() => batch.ramVisibility(index, BigUint64Array.from([r.start, r.end]), v));
-      break;
+      return (batch) => call(() => batch.ramVisibility(index, BigUint64Array.from([r.start, r.end]), v));
     }
     case 'deviceMapToGuest': {
       const w = resolve.window(c.window, `${name}.window`);
       const gpa = toU64(c.gpa, `${name}.gpa`);
       const writable = toWritable(c.writable, name);
-      call(() => batch.deviceMapToGuest(w, gpa, writable));
-      break;
+      return (batch) => call(() => batch.deviceMapToGuest(w, gpa, writable));
     }
-    case 'deviceUnmapFromGuest':
-      call(() => batch.deviceUnmapFromGuest(resolve.window(c.window, `${name}.window`)));
-      break;
+    case 'deviceUnmapFromGuest': {
+      const w = resolve.window(c.window, `${name}.window`);
+      return (batch) => call(() => batch.deviceUnmapFromGuest(w));
+    }
     case 'deviceMap': {
       const r = resolve.region(c.region, `${name}.region`);
       const offset = toU64(c.offset, `${name}.offset`);
@@ -238,15 +247,13 @@ function addChange(batch: NativeBatch, change: unknown, index: number, resolve: 
       const fileOffset = toU64(c.fileOffset, `${name}.fileOffset`);
       const len = toU64(c.len, `${name}.len`);
       const writable = toWritable(c.writable, name);
-      call(() => batch.deviceMap(index, r, offset, object, fileOffset, len, writable));
-      break;
+      return (batch) => call(() => batch.deviceMap(index, r, offset, object, fileOffset, len, writable));
     }
     case 'deviceUnmap': {
       const r = resolve.region(c.region, `${name}.region`);
       const offset = toU64(c.offset, `${name}.offset`);
       const len = toU64(c.len, `${name}.len`);
-      call(() => batch.deviceUnmap(index, r, offset, len));
-      break;
+      return (batch) => call(() => batch.deviceUnmap(index, r, offset, len));
     }
     case 'attachPartition':
       throw invalidArgValue(
