@@ -301,6 +301,7 @@ impl NativeGuestMemory {
         gpns: BigUint64Array,
         dest: RawBytes,
     ) -> napi::Result<()> {
+        let gpns = gpns.to_vec(); // Ours: a hook running during the copy could detach it.
         let range = paged_range(offset, len.0, &gpns, dest.len).or_throw()?;
         let staging = self.run(&env, |memory| {
             let mut staging = vec![0u8; range.len()];
@@ -320,6 +321,7 @@ impl NativeGuestMemory {
         gpns: BigUint64Array,
         src: RawBytes,
     ) -> napi::Result<()> {
+        let gpns = gpns.to_vec(); // Ours: a hook running during the copy could detach it.
         let range = paged_range(offset, len.0, &gpns, src.len).or_throw()?;
         // Copied first: the guest write does not see later changes of a shared buffer.
         let staging = src.to_vec();
@@ -336,6 +338,7 @@ impl NativeGuestMemory {
         gpns: BigUint64Array,
     ) -> napi::Result<()> {
         let bytes = host_size(len, "len")?;
+        let gpns = gpns.to_vec(); // Ours: a hook running during the copy could detach it.
         let range = paged_range(offset, len.0, &gpns, bytes).or_throw()?;
         self.run(&env, |memory| memory.zero_range(&range))
     }
