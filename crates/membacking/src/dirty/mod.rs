@@ -299,6 +299,15 @@ pub(crate) struct DirtyState {
     ram: Vec<(u64, u64)>,
 }
 
+/// The RAM ranges of `ram` (sorted, disjoint page runs) that overlap the pages `[first, end)`:
+/// found by binary search, so clipping a dirty run costs O(log ranges + overlaps), not a scan
+/// of every RAM range (a layout with thousands of ranges made a take quadratic).
+fn ram_overlapping(ram: &[(u64, u64)], first: u64, end: u64) -> &[(u64, u64)] {
+    let from = ram.partition_point(|&(_, ram_end)| ram_end <= first);
+    let to = from + ram[from..].partition_point(|&(ram_first, _)| ram_first < end);
+    &ram[from..to]
+}
+
 /// Runs `call` on each distinct partition (a VTL2 partition is attached twice).
 fn each_distinct<'a>(targets: &'a [LiveTarget]) -> impl Iterator<Item = &'a LiveTarget> + 'a {
     targets
@@ -470,7 +479,7 @@ impl DirtyState {
         }
         self.bitmap.take(|first, count| {
             let end = first + count;
-            for &(ram_first, ram_end) in ram {
+            for &(ram_first, ram_end) in ram_overlapping(ram, first, end) {
                 let (start, stop) = (first.max(ram_first), end.min(ram_end));
                 if start < stop {
                     session.insert(start, stop);
@@ -653,5 +662,25 @@ mod page_set_tests {
         assert_eq!(set.runs().collect::<Vec<_>>(), vec![(0, 30)]);
         set.insert(3, 4);
         assert_eq!(set.to_ranges(), vec![MemoryRange::new(0..30 << 12)]);
+    }
+
+    #[test]
+    fn dirty_runs_meet_only_the_ram_ranges_they_overlap() {
+        // 10,000 one-page RAM ranges with a one-page hole after each (pages 2i..2i+1).
+        let ram: Vec<(u64, u64)> = (0..10_000).map(|i| (2 * i, 2 * i + 1)).collect();
+        assert_eq!(ram_overlapping(&ram, 5000, 5001), &[(5000, 5001)]);
+        // A run in a hole meets no range; one spanning three ranges meets exactly those.
+        assert_eq!(ram_overlapping(&ram, 5001, 5002), &[] as &[(u64, u64)]);
+        assert_eq!(
+            ram_overlapping(&ram, 5001, 5007),
+            &[(5002, 5003), (5004, 5005), (5006, 5007)]
+        );
+        // Partly overlapping at both ends, and outside all RAM.
+        let wide = [(10, 20), (30, 40), (50, 60)];
+        assert_eq!(ram_overlapping(&wide, 15, 35), &[(10, 20), (30, 40)]);
+        assert_eq!(ram_overlapping(&wide, 0, 10), &[] as &[(u64, u64)]);
+        assert_eq!(ram_overlapping(&wide, 60, 100), &[] as &[(u64, u64)]);
+        assert_eq!(ram_overlapping(&wide, 0, 100), &wide);
+        assert_eq!(ram_overlapping(&[], 0, 100), &[] as &[(u64, u64)]);
     }
 }
