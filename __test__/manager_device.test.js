@@ -378,3 +378,41 @@ test('closing both halves of a placed window resolves only after the partition h
   t.deepEqual(await deviceRegions(manager), []);
   await manager.close();
 });
+
+// Many mappings of one object hold one descriptor: a window mapped page by page from one memfd
+// (one call at a time and in a batch) under a 256-descriptor limit. Each mapping used to keep a
+// duplicated descriptor, so the 1,000 mappings failed with EMFILE long before the end.
+test('1,000 mappings of one Mappable fit under a 256-descriptor limit', async (t) => {
+  const { execFile } = require('node:child_process');
+  const path = require('node:path');
+  const dist = path.join(__dirname, '..', 'dist');
+  const child = `
+    const mb = require(${JSON.stringify(dist)});
+    (async () => {
+      const manager = await new mb.GuestMemoryBuilder().build(mb.MemoryLayout.new(0x4000_0000, [mb.range(0xc000_0000, 0x1_0000_0000)]));
+      const pages = 1000;
+      const object = mb.Mappable.allocSharedMemory(pages * 4096, 'pages');
+      const { control, region } = manager.deviceMemoryMapper().newRegion(pages * 4096, 'paged');
+      for (let i = 0; i < pages / 2; i++) await region.map(i * 4096, object, i * 4096, 4096, true);
+      const changes = [];
+      for (let i = pages / 2; i < pages; i++) changes.push({ kind: 'deviceMap', region, offset: i * 4096, object, fileOffset: i * 4096, len: 4096, writable: true });
+      await manager.apply(changes);
+      await control.mapToGuest(0xc000_0000, true);
+      const memory = await manager.client().guestMemory();
+      memory.writeU32(0xc000_0000 + (pages - 1) * 4096, 0x5a5a5a5a);
+      const check = Buffer.alloc(4);
+      require('node:fs').readSync(object.fd, check, 0, 4, (pages - 1) * 4096);
+      process.stdout.write(JSON.stringify({ fds: require('node:fs').readdirSync('/proc/self/fd').length, word: check.readUInt32LE(0) }));
+      memory.close();
+      await manager.close();
+    })().catch((error) => { process.stdout.write(JSON.stringify({ error: error.code, message: error.message })); });
+  `;
+  const quoted = [process.execPath, '-e', child].map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+  const stdout = await new Promise((resolve, reject) => {
+    execFile('/bin/sh', ['-c', `ulimit -n 256 && exec ${quoted}`], { encoding: 'utf8' }, (error, out) => (error ? reject(error) : resolve(out)));
+  });
+  const result = JSON.parse(stdout);
+  t.is(result.error, undefined, result.message);
+  t.is(result.word, 0x5a5a5a5a);
+  t.true(result.fds < 256, `${result.fds} descriptors open`);
+});

@@ -95,10 +95,13 @@ impl NativeBatch {
     ) -> napi::Result<()> {
         let offset = host_size(offset, &format!("changes[{index}].offset"))?;
         let len = host_size(len, &format!("changes[{index}].len"))?;
-        let change =
-            region
-                .region()?
-                .map_change(offset, object.fd()?, file_offset.0, len, writable);
+        let change = region.region()?.map_object_change(
+            offset,
+            object.shared()?,
+            file_offset.0,
+            len,
+            writable,
+        );
         self.changes.push(change);
         Ok(())
     }

@@ -543,7 +543,7 @@ impl NativeDeviceWindowHalf {
         device(
             env,
             self.region()?
-                .map(offset, object.fd()?, file_offset.0, len, writable),
+                .map_object(offset, object.shared()?, file_offset.0, len, writable),
         )
     }
 

@@ -270,6 +270,13 @@ impl NativeMappable {
             .ok_or_else(|| throw(JsError::closed("Mappable")))
     }
 
+    /// A shared reference to the object (no descriptor is duplicated), or `ERR_CLOSED`.
+    pub fn shared(&self) -> napi::Result<Arc<Mappable>> {
+        self.inner
+            .clone()
+            .ok_or_else(|| throw(JsError::closed("Mappable")))
+    }
+
     /// Wraps an object owned elsewhere (a manager's RAM memfd, a shareable region).
     pub fn from_shared(mappable: Arc<Mappable>) -> Self {
         NativeMappable {

@@ -23,7 +23,9 @@ use crate::GuestMemoryManager;
 use parking_lot::Mutex;
 use std::future::Future;
 use std::io;
+use sparse_mmap::Mappable;
 use std::os::fd::AsFd;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 /// Creates device memory windows (priority-0 regions placed in MMIO space).
@@ -256,8 +258,27 @@ impl MappedMemoryRegion {
         len: usize,
         writable: bool,
     ) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        let shared_run = duplicate(section.as_fd())
+            .and_then(|object| self.map_op(offset, object, file_offset, len, writable))
+            .map(|op| self.shared.run(op));
+        async move { shared_run?.await }
+    }
+
+    /// [`MappedMemoryRegion::map`] of an object already shared by reference counting: the
+    /// mapping keeps a reference to `object` instead of a duplicated descriptor, so any number
+    /// of mappings of one object hold one descriptor (a window mapped page by page from one
+    /// memfd would otherwise hold one descriptor per page and run into the process's limit),
+    /// and adjacent mappings of it can be merged into one system call.
+    pub fn map_object(
+        &self,
+        offset: usize,
+        object: Arc<Mappable>,
+        file_offset: u64,
+        len: usize,
+        writable: bool,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
         let shared_run = self
-            .map_op(offset, section.as_fd(), file_offset, len, writable)
+            .map_op(offset, object, file_offset, len, writable)
             .map(|op| self.shared.run(op));
         async move { shared_run?.await }
     }
@@ -273,8 +294,23 @@ impl MappedMemoryRegion {
         len: usize,
         writable: bool,
     ) -> ManagerChange {
+        self.shared.change(
+            duplicate(section.as_fd())
+                .and_then(|object| self.map_op(offset, object, file_offset, len, writable)),
+        )
+    }
+
+    /// [`MappedMemoryRegion::map_object`] as a change of a batch.
+    pub fn map_object_change(
+        &self,
+        offset: usize,
+        object: Arc<Mappable>,
+        file_offset: u64,
+        len: usize,
+        writable: bool,
+    ) -> ManagerChange {
         self.shared
-            .change(self.map_op(offset, section.as_fd(), file_offset, len, writable))
+            .change(self.map_op(offset, object, file_offset, len, writable))
     }
 
     /// [`MappedMemoryRegion::unmap`] as a change of a batch.
@@ -295,8 +331,8 @@ impl MappedMemoryRegion {
         len: usize,
         writable: bool,
     ) -> impl Future<Output = io::Result<PlanPreview>> + Send + 'static {
-        let preview = self
-            .map_op(offset, section.as_fd(), file_offset, len, writable)
+        let preview = duplicate(section.as_fd())
+            .and_then(|object| self.map_op(offset, object, file_offset, len, writable))
             .map(|op| {
                 self.shared
                     .preview(move |window| PreviewChange::DeviceMapping { window, op })
@@ -320,17 +356,16 @@ impl MappedMemoryRegion {
             })
     }
 
-    /// The `Map` operation of [`MappedMemoryRegion::map`]: duplicates the handle and checks the
-    /// object is long enough (when its size is known).
+    /// The `Map` operation of [`MappedMemoryRegion::map`]: checks the object is long enough
+    /// (when its size is known).
     fn map_op(
         &self,
         offset: usize,
-        section: std::os::fd::BorrowedFd<'_>,
+        object: Arc<Mappable>,
         file_offset: u64,
         len: usize,
         writable: bool,
     ) -> io::Result<DeviceOp> {
-        let object = sparse_mmap::mappable_from_fd(section)?;
         if let Ok(size) = sparse_mmap::object_size(object.as_fd()) {
             let end = file_offset.checked_add(len as u64);
             if sparse_mmap::is_regular_file(object.as_fd()) && end.is_none_or(|end| end > size) {
@@ -345,7 +380,7 @@ impl MappedMemoryRegion {
         }
         Ok(DeviceOp::Map {
             offset: offset as u64,
-            object: Arc::new(object),
+            object,
             file_offset,
             len: len as u64,
             writable,
@@ -379,4 +414,9 @@ impl MappedMemoryRegion {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A mapping's own reference to `section`: its descriptor duplicated (the caller keeps its own).
+fn duplicate(section: BorrowedFd<'_>) -> io::Result<Arc<Mappable>> {
+    sparse_mmap::mappable_from_fd(section).map(Arc::new)
 }

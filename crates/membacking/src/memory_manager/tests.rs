@@ -833,6 +833,47 @@ fn device_unmap_keeps_the_other_mappings() {
     assert_eq!(read(&mem, 0xD000_0000, 4).unwrap(), b"CCCC");
 }
 
+#[test]
+fn mappings_of_a_shared_object_hold_references_not_descriptors() {
+    const PAGES: usize = 64;
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let mem = memory(&mgr);
+    let (control, region) = mgr
+        .device_memory_mapper()
+        .new_region(2 * PAGES * 0x1000, "dev".into())
+        .unwrap();
+    let data = pattern(7, PAGES * 0x1000);
+    let object = Arc::new(object_with(&data, PAGES * 0x1000));
+    // Page by page: the first half one call at a time, the second half in one batch.
+    for page in 0..PAGES / 2 {
+        let offset = page * 0x1000;
+        block_on(region.map_object(offset, object.clone(), offset as u64, 0x1000, true)).unwrap();
+    }
+    let changes = (PAGES / 2..PAGES)
+        .map(|page| {
+            let offset = page * 0x1000;
+            region.map_object_change(offset, object.clone(), offset as u64, 0x1000, true)
+        })
+        .collect();
+    block_on(mgr.apply(changes)).unwrap();
+    // Every mapping keeps this very object (no duplicated descriptor of its own).
+    assert!(
+        Arc::strong_count(&object) > PAGES,
+        "{} references for {PAGES} mappings",
+        Arc::strong_count(&object)
+    );
+    block_on(control.map_to_guest(0xD000_0000, true)).unwrap();
+    assert_eq!(read(&mem, 0xD000_0000, PAGES * 0x1000).unwrap(), data);
+    // Mapped objects go with their mappings.
+    block_on(region.unmap(0, PAGES * 0x1000)).unwrap();
+    block_on(control.unmap_from_guest());
+    let settled = region.settled();
+    drop((control, region));
+    block_on(settled);
+    drop(mem);
+    assert_eq!(Arc::strong_count(&object), 1);
+}
+
 /// The `RegionManagerError` inside a device operation's `io::Error`.
 fn region_error(error: &io::Error) -> &RegionManagerError {
     error
