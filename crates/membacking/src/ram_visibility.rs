@@ -107,6 +107,57 @@ pub struct RamRegionSpec {
     pub file_offset: u64,
 }
 
+/// RAM region specs sorted for lookups by GPA and by backing offset, in O(log regions) each:
+/// snapshots, migrations and lazy restores look regions up per dirty run, per piece of work or
+/// per fault, which a scan of every region made quadratic in layouts with thousands of RAM
+/// ranges. The regions are disjoint in GPA and in backing offset, as a manager creates them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SpecIndex {
+    by_gpa: Vec<RamRegionSpec>,
+    by_offset: Vec<RamRegionSpec>,
+}
+
+impl SpecIndex {
+    pub(crate) fn new(specs: &[RamRegionSpec]) -> Self {
+        let mut by_gpa = specs.to_vec();
+        by_gpa.sort_unstable_by_key(|spec| spec.range.start());
+        let mut by_offset = specs.to_vec();
+        by_offset.sort_unstable_by_key(|spec| spec.file_offset);
+        Self { by_gpa, by_offset }
+    }
+
+    /// The regions whose GPA range overlaps `[start, end)`, in GPA order.
+    pub(crate) fn overlapping(&self, start: u64, end: u64) -> &[RamRegionSpec] {
+        let from = self
+            .by_gpa
+            .partition_point(|spec| spec.range.end() <= start);
+        let count = self.by_gpa[from..].partition_point(|spec| spec.range.start() < end);
+        &self.by_gpa[from..from + count]
+    }
+
+    /// The region holding `gpa`.
+    pub(crate) fn at_gpa(&self, gpa: u64) -> Option<&RamRegionSpec> {
+        self.overlapping(gpa, gpa.saturating_add(1))
+            .first()
+            .filter(|spec| spec.range.contains_addr(gpa))
+    }
+
+    /// The first region, in backing-offset order, whose backing ends after `offset`: the one
+    /// holding `offset`, or else the next one.
+    pub(crate) fn backing_after(&self, offset: u64) -> Option<&RamRegionSpec> {
+        let index = self
+            .by_offset
+            .partition_point(|spec| spec.file_offset + spec.range.len() <= offset);
+        self.by_offset.get(index)
+    }
+
+    /// The region whose backing holds `offset`.
+    pub(crate) fn at_offset(&self, offset: u64) -> Option<&RamRegionSpec> {
+        self.backing_after(offset)
+            .filter(|spec| spec.file_offset <= offset)
+    }
+}
+
 /// The RAM regions of a manager, found by exact range.
 #[derive(Debug, Clone, Default)]
 pub struct RamRegions {
@@ -227,5 +278,65 @@ impl RamRegions {
     ) -> Result<(), RegionManagerError> {
         let (change, cause) = self.change_for(range, visibility)?;
         commands.run(change, Some(&cause)).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod spec_index_tests {
+    use super::*;
+
+    fn spec(start: u64, end: u64, file_offset: u64) -> RamRegionSpec {
+        RamRegionSpec {
+            range: MemoryRange::new(start..end),
+            file_offset,
+        }
+    }
+
+    #[test]
+    fn lookups_match_a_scan_of_every_region() {
+        // Out of order, with holes in GPA and a last region whose backing comes first (as a
+        // VTL2 range may), plus 1,000 one-page regions.
+        let mut specs = vec![
+            spec(0x10_0000, 0x20_0000, 0x1000),
+            spec(0x1000, 0x2000, 0),
+            spec(0x8000_0000, 0x8000_4000, 0x10_1000),
+        ];
+        for i in 0..1000u64 {
+            let gpa = 0x1_0000_0000 + i * 0x2000;
+            specs.push(spec(gpa, gpa + 0x1000, 0x10_5000 + i * 0x1000));
+        }
+        let index = SpecIndex::new(&specs);
+        let mut probes: Vec<u64> = vec![0, 0xfff, 0x1000, 0x1fff, 0x2000, 0x10_0000, 0x1f_ffff];
+        probes.extend([0x20_0000, 0x8000_0000, 0x8000_3fff, 0x8000_4000, u64::MAX]);
+        probes.extend((0..2100u64).map(|i| 0x1_0000_0000 + i * 0x1000 - 1));
+        probes.extend((0..1200u64).map(|i| i * 0x1000 + 0xfff));
+        for &probe in &probes {
+            let by_gpa = specs.iter().find(|s| s.range.contains_addr(probe));
+            assert_eq!(index.at_gpa(probe), by_gpa, "gpa {probe:#x}");
+            let end = |s: &RamRegionSpec| s.file_offset + s.range.len();
+            let by_offset = specs
+                .iter()
+                .find(|s| s.file_offset <= probe && probe < end(s));
+            assert_eq!(index.at_offset(probe), by_offset, "offset {probe:#x}");
+            let after = specs
+                .iter()
+                .filter(|s| end(s) > probe)
+                .min_by_key(|s| end(s));
+            assert_eq!(index.backing_after(probe), after, "after {probe:#x}");
+            let span = probe.saturating_add(0x3000);
+            let mut overlapping: Vec<RamRegionSpec> = specs
+                .iter()
+                .filter(|s| s.range.start() < span && probe < s.range.end())
+                .copied()
+                .collect();
+            overlapping.sort_by_key(|s| s.range.start());
+            assert_eq!(
+                index.overlapping(probe, span),
+                overlapping,
+                "{probe:#x}+0x3000"
+            );
+        }
+        assert_eq!(index.overlapping(0, u64::MAX).len(), specs.len());
+        assert!(SpecIndex::new(&[]).at_gpa(0).is_none());
     }
 }

@@ -130,7 +130,7 @@ impl Receiver {
         let manager = self.manager.insert(manager);
         restore::check_ram_regions(Path::new(STREAM), manager, &manifest)?;
         let destination = restore::destination_of(manager)?;
-        let backing: Vec<(u64, u64)> = manifest
+        let mut backing: Vec<(u64, u64)> = manifest
             .ram_regions
             .iter()
             .map(|region| {
@@ -138,6 +138,8 @@ impl Receiver {
                 (start, start + (region.end.0 - region.start.0))
             })
             .collect();
+        // Sorted, so that each extent finds its region by binary search.
+        backing.sort_unstable();
         let mut applier = Applier::start(destination)?;
         let rounds = self.rounds(&mut applier, &backing, &options, frame.payload);
         let stopped = applier.stop();
@@ -251,9 +253,7 @@ impl Receiver {
                         let extent = wire::decode_extent(&frame.payload[..frame.len])
                             .map_err(|what| self.bad(at, what))?;
                         let (start, len) = (extent.extent.ram_offset, extent.extent.len());
-                        let inside = backing.iter().any(|&(from, to)| {
-                            start >= from && start.checked_add(len).is_some_and(|end| end <= to)
-                        });
+                        let inside = extent_inside(&backing, start, len);
                         if !inside {
                             return Err(self.bad(
                                 at,
@@ -589,4 +589,37 @@ fn apply(
         ),
         source,
     })
+}
+
+/// Whether the extent of `len` bytes at backing offset `start` lies inside one of the RAM
+/// regions' backing ranges (`backing`, sorted by start): the candidate is found by binary
+/// search (a scan per extent was quadratic in a layout with thousands of RAM ranges); only a
+/// refusal scans them all, so that the answer does not depend on the ranges being disjoint.
+fn extent_inside(backing: &[(u64, u64)], start: u64, len: u64) -> bool {
+    let holds = |&(from, to): &(u64, u64)| {
+        start >= from && start.checked_add(len).is_some_and(|end| end <= to)
+    };
+    let candidate = backing.partition_point(|&(from, _)| from <= start);
+    (candidate > 0 && holds(&backing[candidate - 1])) || backing.iter().any(holds)
+}
+
+#[cfg(test)]
+mod extent_tests {
+    use super::extent_inside;
+
+    #[test]
+    fn extents_must_lie_inside_one_region() {
+        let mut backing: Vec<(u64, u64)> = (0..1000u64)
+            .map(|i| (i * 0x3000, i * 0x3000 + 0x2000))
+            .collect();
+        backing.sort_unstable();
+        assert!(extent_inside(&backing, 0, 0x2000));
+        assert!(extent_inside(&backing, 0x3000 * 500 + 0x1000, 0x1000));
+        // Across a hole, into a hole, or past the end.
+        assert!(!extent_inside(&backing, 0x1000, 0x2000));
+        assert!(!extent_inside(&backing, 0x2000, 0x1000));
+        assert!(!extent_inside(&backing, 0x3000 * 1000, 0x1000));
+        assert!(!extent_inside(&backing, u64::MAX, 2));
+        assert!(!extent_inside(&[], 0, 0x1000));
+    }
 }

@@ -43,7 +43,7 @@ use super::Progress;
 use super::SnapshotError;
 use crate::mapping_manager::va_mapper::MapObserver;
 use crate::mapping_manager::va_mapper::VaMapper;
-use crate::ram_visibility::RamRegionSpec;
+use crate::ram_visibility::SpecIndex;
 use crate::GuestMemoryManager;
 use futures::channel::oneshot;
 use parking_lot::Mutex;
@@ -245,7 +245,7 @@ struct Shared {
     uffd: Userfaultfd,
     layers: Arc<Vec<Layer>>,
     pieces: Arc<Vec<Piece>>,
-    specs: Vec<RamRegionSpec>,
+    specs: SpecIndex,
     window_base: usize,
     target: Target,
     claimed: PageBits,
@@ -404,7 +404,7 @@ impl LazyRestore {
             uffd,
             layers: plan.layers,
             pieces: plan.pieces,
-            specs,
+            specs: SpecIndex::new(&specs),
             window_base: manager.va_window_base(),
             target,
             claimed,
@@ -567,11 +567,9 @@ impl Shared {
     /// The backing offset of a window address, if it is RAM.
     fn backing_offset(&self, address: usize) -> Option<u64> {
         let gpa = u64::try_from(address.checked_sub(self.window_base)?).ok()?;
-        self.specs.iter().find_map(|spec| {
-            spec.range
-                .contains_addr(gpa)
-                .then(|| spec.file_offset + (gpa - spec.range.start()))
-        })
+        self.specs
+            .at_gpa(gpa)
+            .map(|spec| spec.file_offset + (gpa - spec.range.start()))
     }
 
     /// The address a fill of backing offset `offset` writes to.
@@ -582,9 +580,7 @@ impl Shared {
                 Some(helper.as_ptr().cast::<u8>().wrapping_add(offset))
             }
             Target::Window => {
-                let spec = self.specs.iter().find(|spec| {
-                    offset >= spec.file_offset && offset < spec.file_offset + spec.range.len()
-                })?;
+                let spec = self.specs.at_offset(offset)?;
                 let gpa = spec.range.start() + (offset - spec.file_offset);
                 Some((self.window_base as *mut u8).wrapping_add(usize::try_from(gpa).ok()?))
             }
@@ -932,7 +928,7 @@ impl DecommitGuard {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        for spec in &shared.specs {
+        for spec in shared.specs.overlapping(range.start(), range.end()) {
             let (start, end) = (
                 range.start().max(spec.range.start()),
                 range.end().min(spec.range.end()),

@@ -31,6 +31,7 @@ use crate::dirty::PageSet;
 use crate::memory_manager::region_actor::SnapshotBegun;
 use crate::memory_manager::BuildOptions;
 use crate::ram_visibility::RamRegionSpec;
+use crate::ram_visibility::SpecIndex;
 use crate::region_manager::RegionInspect;
 use crate::region_manager::DEVICE_PRIORITY;
 use crate::region_manager::RAM_PRIORITY;
@@ -443,9 +444,10 @@ impl ManagerView {
     /// The backing-offset runs an incremental snapshot saves: the dirtied GPA pages, in RAM.
     pub(crate) fn dirty_runs(&self, dirty: &PageSet) -> Vec<(u64, u64)> {
         let mut runs = Vec::new();
+        let index = SpecIndex::new(&self.specs);
         for (first, end) in dirty.runs() {
             let (start, stop) = (first * PAGE_SIZE, end * PAGE_SIZE);
-            for spec in &self.specs {
+            for spec in index.overlapping(start, stop) {
                 let (from, to) = (start.max(spec.range.start()), stop.min(spec.range.end()));
                 if from < to {
                     let offset = spec.file_offset + (from - spec.range.start());
@@ -462,15 +464,13 @@ impl ManagerView {
 /// RAM region.
 pub(crate) fn items(runs: &[(u64, u64)], specs: &[RamRegionSpec]) -> Vec<(u64, u64)> {
     let mut items = Vec::new();
+    let index = SpecIndex::new(specs);
     for &(start, end) in runs {
         let mut cursor = start;
         while cursor < end {
-            let region_end = specs
-                .iter()
-                .map(|spec| spec.file_offset + spec.range.len())
-                .filter(|&region_end| region_end > cursor)
-                .min()
-                .unwrap_or(end);
+            let region_end = index
+                .backing_after(cursor)
+                .map_or(end, |spec| spec.file_offset + spec.range.len());
             let stop = end.min(cursor + ITEM_PAGES * PAGE_SIZE).min(region_end);
             items.push((cursor, stop));
             cursor = stop;
