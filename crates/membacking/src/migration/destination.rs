@@ -253,7 +253,7 @@ impl Receiver {
                         let extent = wire::decode_extent(&frame.payload[..frame.len])
                             .map_err(|what| self.bad(at, what))?;
                         let (start, len) = (extent.extent.ram_offset, extent.extent.len());
-                        let inside = extent_inside(&backing, start, len);
+                        let inside = extent_inside(backing, start, len);
                         if !inside {
                             return Err(self.bad(
                                 at,
