@@ -258,10 +258,9 @@ impl MappedMemoryRegion {
         len: usize,
         writable: bool,
     ) -> impl Future<Output = io::Result<()>> + Send + 'static {
-        let shared_run = duplicate(section.as_fd())
-            .and_then(|object| self.map_op(offset, object, file_offset, len, writable))
-            .map(|op| self.shared.run(op));
-        async move { shared_run?.await }
+        let run = duplicate(section.as_fd())
+            .map(|object| self.map_object(offset, object, file_offset, len, writable));
+        async move { run?.await }
     }
 
     /// [`MappedMemoryRegion::map`] of an object already shared by reference counting: the
@@ -294,10 +293,10 @@ impl MappedMemoryRegion {
         len: usize,
         writable: bool,
     ) -> ManagerChange {
-        self.shared.change(
-            duplicate(section.as_fd())
-                .and_then(|object| self.map_op(offset, object, file_offset, len, writable)),
-        )
+        match duplicate(section.as_fd()) {
+            Ok(object) => self.map_object_change(offset, object, file_offset, len, writable),
+            Err(error) => self.shared.change(Err(error)),
+        }
     }
 
     /// [`MappedMemoryRegion::map_object`] as a change of a batch.
