@@ -191,15 +191,21 @@ unsafe fn read_data_view(env: sys::napi_env, value: sys::napi_value) -> Result<R
 
 /// The GPAs of a vectored copy: a `Float64Array` of safe integers (the common case: one N-API
 /// call for them all), or an array of numbers and bigints (any u64), read one by one.
+///
+/// Reading an element of a JavaScript array may run JavaScript (a getter), which may detach or
+/// resize any typed array; so the elements are all taken out of the array when it is read, and
+/// the data of a typed array (these GPAs, a copy's buffers) must only be read after every such
+/// read is done.
 pub enum Gpas {
     /// The array's data; it holds at least as many numbers as there are entries.
     Numbers(*const f64),
-    /// The array, whose elements are read one at a time.
-    Values(sys::napi_value),
+    /// The array's elements (values of the running call), read one at a time.
+    Values(Vec<sys::napi_value>),
 }
 
 impl Gpas {
-    /// The GPAs of `count` entries in `value`.
+    /// The GPAs of `count` entries in `value`. For an array, its elements are read now (which
+    /// may run JavaScript); no other JavaScript runs.
     ///
     /// # Safety
     /// `env` and `value` must belong to the running native call.
@@ -218,15 +224,25 @@ impl Gpas {
             Some(_) => Err(JsError::arg_type(format!(
                 "the GPAs must be a Float64Array of at least {count} numbers"
             ))),
-            None => Ok(Gpas::Values(value)),
+            None => (0..count)
+                .map(|index| {
+                    // SAFETY: the caller's values.
+                    unsafe { array_element(env, value, index) }.ok_or_else(|| {
+                        JsError::arg_type("the GPAs must be an array").in_entry(index, ".gpa")
+                    })
+                })
+                .collect::<Result<_, _>>()
+                .map(Gpas::Values),
         }
     }
 
     /// The GPA of entry `index`.
     ///
+    /// Runs no JavaScript.
+    ///
     /// # Safety
-    /// `index` is below the `count` given to [`Gpas::of`], and `env` is the running native
-    /// call's, the one `self` was read in.
+    /// `index` is below the `count` given to [`Gpas::of`], `env` is the running native call's,
+    /// the one `self` was read in, and no JavaScript ran since then (for a `Float64Array`).
     pub unsafe fn get(&self, env: sys::napi_env, index: usize) -> Result<u64, JsError> {
         let gpa = match *self {
             Gpas::Numbers(numbers) => {
@@ -234,22 +250,31 @@ impl Gpas {
                 // time (never as a slice: the array could be shared with another thread).
                 u64_from_number(unsafe { numbers.add(index).read_unaligned() })
             }
-            Gpas::Values(array) => {
-                let mut element = ptr::null_mut();
-                let position =
-                    u32::try_from(index).map_err(|_| JsError::arg_value("too many entries"))?;
-                // SAFETY: a query on a value of the running call; a non-array fails it.
-                if unsafe { sys::napi_get_element(env, array, position, &mut element) }
-                    != sys::Status::napi_ok
-                {
-                    return Err(JsError::arg_type("the GPAs must be an array"));
-                }
+            Gpas::Values(ref elements) => match elements.get(index) {
                 // SAFETY: `element` is a value of the running call.
-                unsafe { read_u64(env, element) }
-            }
+                Some(&element) => unsafe { read_u64(env, element) },
+                None => Err(JsError::arg_value("too many entries")),
+            },
         };
         gpa.map_err(|error| error.in_entry(index, ".gpa"))
     }
+}
+
+/// Element `index` of the object `array` (which may run a getter: JavaScript); `None` when
+/// N-API cannot read it (not an object, or the getter threw).
+///
+/// # Safety
+/// `env` and `array` must belong to the running native call.
+pub unsafe fn array_element(
+    env: sys::napi_env,
+    array: sys::napi_value,
+    index: usize,
+) -> Option<sys::napi_value> {
+    let position = u32::try_from(index).ok()?;
+    let mut element = ptr::null_mut();
+    // SAFETY: a query on a value of the running call; a non-object fails it.
+    let status = unsafe { sys::napi_get_element(env, array, position, &mut element) };
+    (status == sys::Status::napi_ok).then_some(element)
 }
 
 impl FromNapiValue for RawBytes {

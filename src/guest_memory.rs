@@ -1044,8 +1044,9 @@ pub mod fast {
     );
 
     /// The entries of `readv(id, gpas, ...buffers)`/`writev(id, gpas, ...buffers)` (`args`
-    /// after the id): the GPAs (see [`Gpas`]) and one typed array or `DataView` per entry, read
-    /// in one pass into one allocation. The buffers may instead come as one JavaScript array
+    /// after the id): the GPAs (see [`Gpas`]) and one typed array or `DataView` per entry, each
+    /// buffer's data read only once no more JavaScript can run (a list's getters could detach
+    /// it). The buffers may instead come as one JavaScript array
     /// (`readv(id, gpas, buffers)`): a long list cannot be spread into call arguments (the
     /// engine's argument count limit), and no buffer is itself an array. The callers' buffers
     /// are also kept in `kept` when given.
@@ -1066,16 +1067,28 @@ pub mod fast {
             _ => None,
         };
         let count = listed.unwrap_or(buffers.len());
+        // First every read that may run JavaScript (an array element's getter), which may
+        // detach or resize any typed array: the buffers of a list, then the GPAs (an array's
+        // elements; a Float64Array's data pointer, read after the buffers' getters ran).
+        let elements: Vec<sys::napi_value>;
+        let buffers = match listed {
+            Some(_) => {
+                elements = (0..count)
+                    // SAFETY: `buffers[0]` is an array of the running callback.
+                    .map(|index| unsafe { array_element(env, buffers[0], index) })
+                    .collect::<Result<_, _>>()?;
+                &elements[..]
+            }
+            None => buffers,
+        };
         // SAFETY: values of the running callback.
         let gpas = unsafe { Gpas::of(env, gpas, count) }?;
+        // No JavaScript runs from here on: the data pointers read below stay valid for the call
+        // (until a hook runs, see `Hooks::User`).
         let mut entries = Vec::with_capacity(count);
-        for index in 0..count {
-            let buffer = match listed {
-                // SAFETY: `buffers[0]` is an array of `count` elements of the running callback.
-                Some(_) => unsafe { array_element(env, buffers[0], index) }?,
-                None => buffers[index],
-            };
-            // SAFETY: values of the running callback; `index` is below the count `gpas` holds.
+        for (index, &buffer) in buffers.iter().enumerate() {
+            // SAFETY: values of the running callback; `index` is below the count `gpas` holds,
+            // and no JavaScript ran since `gpas` was read.
             let (gpa, bytes) = unsafe { (gpas.get(env, index)?, read_bytes(env, buffer)) };
             let bytes = bytes.map_err(|error| error.in_entry(index, ".buffer"))?;
             entries.push(VectoredEntry {
