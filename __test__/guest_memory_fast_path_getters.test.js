@@ -92,3 +92,23 @@ test('readv: a getter of the buffer list that detaches the GPAs\' Float64Array m
   }`);
   t.regex(out, /the GPAs must be a Float64Array of at least 2 numbers/);
 });
+
+test('readv: a list of 2^32 - 1 buffers with holes is refused at its first bad entry, before anything is allocated for the entries', (t) => {
+  const out = runChild(t, `(f, id) => {
+    const list = new Array(2 ** 32 - 1);
+    list[0] = new Uint8Array(1);
+    return [[0], new Float64Array(1)].map((gpas) => {
+      try {
+        f.readv(id, gpas, list);
+        return 'copied';
+      } catch (error) {
+        return error.message;
+      }
+    });
+  }`);
+  t.is(out.length, 2);
+  // A GPA array is read (and checked) entry by entry: its second entry is missing.
+  t.regex(out[0], /list\[1\]\.gpa/);
+  // A Float64Array too short for the list is refused as a whole.
+  t.regex(out[1], /the GPAs must be a Float64Array of at least 4294967295 numbers/);
+});

@@ -199,13 +199,15 @@ unsafe fn read_data_view(env: sys::napi_env, value: sys::napi_value) -> Result<R
 pub enum Gpas {
     /// The array's data; it holds at least as many numbers as there are entries.
     Numbers(*const f64),
-    /// The array's elements (values of the running call), read one at a time.
-    Values(Vec<sys::napi_value>),
+    /// The array's elements, read (and checked) when the GPAs were read.
+    Values(Vec<u64>),
 }
 
 impl Gpas {
-    /// The GPAs of `count` entries in `value`. For an array, its elements are read now (which
-    /// may run JavaScript); no other JavaScript runs.
+    /// The GPAs of `count` entries in `value`. An array's elements are all read and checked
+    /// now, stopping at the first bad one (reading one may run JavaScript: a getter); a
+    /// `Float64Array` is checked and its data pointer taken, which stays valid only until
+    /// JavaScript runs.
     ///
     /// # Safety
     /// `env` and `value` must belong to the running native call.
@@ -227,36 +229,41 @@ impl Gpas {
             None => (0..count)
                 .map(|index| {
                     // SAFETY: the caller's values.
-                    unsafe { array_element(env, value, index) }.ok_or_else(|| {
-                        JsError::arg_type("the GPAs must be an array").in_entry(index, ".gpa")
-                    })
+                    let gpa = match unsafe { array_element(env, value, index) } {
+                        // SAFETY: `element` is a value of the running call.
+                        Some(element) => unsafe { read_u64(env, element) },
+                        None => Err(JsError::arg_type("the GPAs must be an array")),
+                    };
+                    gpa.map_err(|error| error.in_entry(index, ".gpa"))
                 })
                 .collect::<Result<_, _>>()
                 .map(Gpas::Values),
         }
     }
 
-    /// The GPA of entry `index`.
-    ///
-    /// Runs no JavaScript.
+    /// Whether these are a `Float64Array`'s numbers, read through its data pointer.
+    pub fn is_typed_array(&self) -> bool {
+        matches!(self, Gpas::Numbers(_))
+    }
+
+    /// The GPA of entry `index`. Runs no JavaScript.
     ///
     /// # Safety
-    /// `index` is below the `count` given to [`Gpas::of`], `env` is the running native call's,
-    /// the one `self` was read in, and no JavaScript ran since then (for a `Float64Array`).
-    pub unsafe fn get(&self, env: sys::napi_env, index: usize) -> Result<u64, JsError> {
-        let gpa = match *self {
+    /// `index` is below the `count` given to [`Gpas::of`]; for a `Float64Array`, no JavaScript
+    /// ran since `self` was read.
+    pub unsafe fn get(&self, index: usize) -> Result<u64, JsError> {
+        match *self {
             Gpas::Numbers(numbers) => {
                 // SAFETY: `index < count <= length` elements of the live array; read one at a
                 // time (never as a slice: the array could be shared with another thread).
                 u64_from_number(unsafe { numbers.add(index).read_unaligned() })
+                    .map_err(|error| error.in_entry(index, ".gpa"))
             }
-            Gpas::Values(ref elements) => match elements.get(index) {
-                // SAFETY: `element` is a value of the running call.
-                Some(&element) => unsafe { read_u64(env, element) },
-                None => Err(JsError::arg_value("too many entries")),
-            },
-        };
-        gpa.map_err(|error| error.in_entry(index, ".gpa"))
+            Gpas::Values(ref gpas) => gpas
+                .get(index)
+                .copied()
+                .ok_or_else(|| JsError::arg_value("too many entries")),
+        }
     }
 }
 

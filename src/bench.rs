@@ -114,7 +114,7 @@ unsafe extern "C" fn floor_readv(
         if let Some((&gpas, buffers)) = args[..argc.min(72)].split_first() {
             if let Ok(gpas) = Gpas::of(env, gpas, buffers.len()) {
                 for (index, &buffer) in buffers.iter().enumerate() {
-                    if let (Ok(gpa), Ok(dest)) = (gpas.get(env, index), read_bytes(env, buffer)) {
+                    if let (Ok(gpa), Ok(dest)) = (gpas.get(index), read_bytes(env, buffer)) {
                         floor_copy(gpa, &dest);
                     }
                 }

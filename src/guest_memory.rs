@@ -1068,28 +1068,43 @@ pub mod fast {
         };
         let count = listed.unwrap_or(buffers.len());
         // First every read that may run JavaScript (an array element's getter), which may
-        // detach or resize any typed array: the buffers of a list, then the GPAs (an array's
-        // elements; a Float64Array's data pointer, read after the buffers' getters ran).
+        // detach or resize any typed array, and only then the typed arrays' data pointers:
+        // the GPAs (an array's elements read and checked; a Float64Array checked), then the
+        // buffers of a list (each checked as it is read, so a bad list stops at its first bad
+        // element), then the data pointers.
+        // SAFETY: values of the running callback.
+        let mut gpas_read = unsafe { Gpas::of(env, gpas, count) }?;
         let elements: Vec<sys::napi_value>;
         let buffers = match listed {
             Some(_) => {
                 elements = (0..count)
-                    // SAFETY: `buffers[0]` is an array of the running callback.
-                    .map(|index| unsafe { array_element(env, buffers[0], index) })
-                    .collect::<Result<_, _>>()?;
+                    .map(|index| {
+                        // SAFETY: `buffers[0]` is an array of the running callback.
+                        let element = unsafe { array_element(env, buffers[0], index) }?;
+                        // SAFETY: `element` is a value of the running callback; only checked
+                        // here, its bytes are read again below.
+                        unsafe { read_bytes(env, element) }
+                            .map_err(|error| error.in_entry(index, ".buffer"))?;
+                        Ok(element)
+                    })
+                    .collect::<Result<_, JsError>>()?;
+                if gpas_read.is_typed_array() {
+                    // The getters may have detached or resized the GPAs: read them again.
+                    // SAFETY: values of the running callback.
+                    gpas_read = unsafe { Gpas::of(env, gpas, count) }?;
+                }
                 &elements[..]
             }
             None => buffers,
         };
-        // SAFETY: values of the running callback.
-        let gpas = unsafe { Gpas::of(env, gpas, count) }?;
+        let gpas = gpas_read;
         // No JavaScript runs from here on: the data pointers read below stay valid for the call
         // (until a hook runs, see `Hooks::User`).
         let mut entries = Vec::with_capacity(count);
         for (index, &buffer) in buffers.iter().enumerate() {
             // SAFETY: values of the running callback; `index` is below the count `gpas` holds,
             // and no JavaScript ran since `gpas` was read.
-            let (gpa, bytes) = unsafe { (gpas.get(env, index)?, read_bytes(env, buffer)) };
+            let (gpa, bytes) = unsafe { (gpas.get(index)?, read_bytes(env, buffer)) };
             let bytes = bytes.map_err(|error| error.in_entry(index, ".buffer"))?;
             entries.push(VectoredEntry {
                 gpa,
