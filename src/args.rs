@@ -326,13 +326,15 @@ impl RawBytes {
             .map_err(|error| JsError::internal(format!("cannot copy into {name}: {error}")))
     }
 
-    /// A copy of the bytes (for work that leaves the call, or must not see later changes).
-    pub fn to_vec(&self) -> Vec<u8> {
+    /// A copy of the bytes (for work that leaves the call, or must not see later changes),
+    /// made with the guarded copy like every access to them (they may be shared memory).
+    pub fn to_vec(&self) -> Result<Vec<u8>, JsError> {
         let mut copy = vec![0u8; self.len];
         // SAFETY: `ptr` is the caller's typed array of `len` bytes, valid during the native call
-        // this value was read in (its only use).
-        unsafe { ptr::copy_nonoverlapping(self.ptr.cast_const(), copy.as_mut_ptr(), self.len) };
-        copy
+        // this value was read in (its only use); `copy` has room for `len` bytes.
+        unsafe { trycopy::try_copy(self.ptr.cast_const(), copy.as_mut_ptr(), self.len) }
+            .map_err(|error| JsError::internal(format!("cannot read the buffer: {error}")))?;
+        Ok(copy)
     }
 }
 

@@ -324,7 +324,7 @@ impl NativeGuestMemory {
         let gpns = gpns.to_vec(); // Ours: a hook running during the copy could detach it.
         let range = paged_range(offset, len.0, &gpns, src.len).or_throw()?;
         // Copied first: the guest write does not see later changes of a shared buffer.
-        let staging = src.to_vec();
+        let staging = src.to_vec().or_throw()?;
         self.run(&env, |memory| memory.write_range(&range, &staging))
     }
 
@@ -393,7 +393,7 @@ impl NativeGuestMemory {
         Ok(AsyncTask::new(WriteTask {
             memory: self.memory()?,
             gpa: gpa.0,
-            data: src.to_vec(),
+            data: src.to_vec().or_throw()?,
         }))
     }
 
@@ -1033,7 +1033,7 @@ pub mod fast {
         write_at, call::<3>, |env, state, args| {
             let (gpa, src) = (read_u64(env, args[1])?, read_bytes(env, args[2])?);
             if state.stages_buffers() {
-                let staged = src.to_vec();
+                let staged = src.to_vec()?;
                 run(env, state, |memory| memory.write_at(gpa, &staged))?;
             } else {
                 let src_ptr = src.ptr.cast_const();
@@ -1121,11 +1121,15 @@ pub mod fast {
     /// Points `entries` at one buffer of our own (`staging`) instead of the callers' buffers,
     /// for a memory whose hooks may detach or resize those meanwhile; for a write, `sources` (the
     /// callers' buffers, not yet touched by any JavaScript) are copied into it first.
-    fn stage(entries: &mut [VectoredEntry], staging: &mut Vec<u8>, sources: Option<&[RawBytes]>) {
+    fn stage(
+        entries: &mut [VectoredEntry],
+        staging: &mut Vec<u8>,
+        sources: Option<&[RawBytes]>,
+    ) -> Result<(), JsError> {
         match sources {
             Some(sources) => {
                 for bytes in sources {
-                    staging.extend_from_slice(&bytes.to_vec());
+                    staging.extend_from_slice(&bytes.to_vec()?);
                 }
             }
             None => staging.resize(entries.iter().map(|entry| entry.len).sum(), 0),
@@ -1135,6 +1139,7 @@ pub mod fast {
             entry.buffer = staging[start..].as_mut_ptr();
             start += entry.len;
         }
+        Ok(())
     }
 
     /// The length of `value` when it is a JavaScript array, else `None`.
@@ -1190,7 +1195,7 @@ pub mod fast {
             let mut buffers = Vec::new();
             let mut entries = vectored_entries(env, &args[1..], Some(&mut buffers))?;
             let mut staging = Vec::new();
-            stage(&mut entries, &mut staging, None);
+            stage(&mut entries, &mut staging, None)?;
             let copied = run(env, state, |memory| Ok::<_, JsError>(memory.read_v_ptr(&entries)))?;
             // The entries read before a failure are filled, as without staging.
             let done = copied.as_ref().map_or_else(|error| error.index, |()| entries.len());
@@ -1214,7 +1219,7 @@ pub mod fast {
             let mut entries = vectored_entries(env, &args[1..], stages.then_some(&mut buffers))?;
             let mut staging = Vec::new();
             if stages {
-                stage(&mut entries, &mut staging, Some(&buffers));
+                stage(&mut entries, &mut staging, Some(&buffers))?;
             }
             run(env, state, |memory| memory.write_v_ptr(&entries))?;
             undefined()

@@ -266,7 +266,7 @@ pub mod kvm {
         #[napi]
         pub fn complete_read_bytes(&self, data: RawBytes) -> napi::Result<()> {
             let vcpu = self.thread.idle().or_throw()?;
-            vcpu.complete_read(&data.to_vec()).or_throw()
+            vcpu.complete_read(&data.to_vec().or_throw()?).or_throw()
         }
 
         /// Runs until the next exit on the vCPU's thread (JSON `VcpuExit`); `timeout_ms`
