@@ -338,7 +338,7 @@ impl NativeGuestMemoryClient {
             env,
             Polling::Pool,
             async move { memory.await.map_err(|error| error.to_js_error()) },
-            |_env, memory| Ok(NativeGuestMemory::wrap(memory, Hooks::Published)),
+            |_env, memory| Ok(NativeGuestMemory::wrap(memory, Hooks::None)),
         )
     }
 
