@@ -5,6 +5,9 @@ const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
 
+/** The line of a report after which everything is written by hand and kept on regeneration. */
+const HAND_WRITTEN_MARKER = '<!-- Written by hand from here on: `bench/run.js --markdown` keeps it. -->';
+
 const args = process.argv.slice(2);
 const markdownAt = args.indexOf('--markdown');
 const markdownFile = markdownAt >= 0 ? args[markdownAt + 1] : undefined;
@@ -40,7 +43,10 @@ console.log(`\n${fmt(header)}\n${fmt(widths.map((w) => '-'.repeat(w)))}\n${rows.
 if (markdownFile) writeMarkdown(markdownFile, header, rows);
 process.exitCode = failed ? 1 : 0;
 
-/** Writes the run as a Markdown report: the machine, every figure, and which targets are met. */
+/**
+ * Writes the run as a Markdown report: the machine, every figure, and which targets are met,
+ * followed by the hand-written part of the report it replaces (from HAND_WRITTEN_MARKER on).
+ */
 function writeMarkdown(file, head, body) {
   const os = require('node:os');
   const cpu = os.cpus()[0];
@@ -79,5 +85,16 @@ function writeMarkdown(file, head, body) {
     }
     lines.push('');
   }
-  fs.writeFileSync(file, lines.join('\n'));
+  // The sections written by hand (comparisons with the original, analyses) follow the marker
+  // line and are kept from the file being replaced.
+  let kept = '';
+  try {
+    const previous = fs.readFileSync(file, 'utf8');
+    const at = previous.indexOf(HAND_WRITTEN_MARKER);
+    if (at >= 0) kept = previous.slice(at);
+  } catch {
+    // No earlier report: nothing to keep.
+  }
+  if (kept) lines.push(kept.trimEnd());
+  fs.writeFileSync(file, `${lines.join('\n').trimEnd()}\n`);
 }
