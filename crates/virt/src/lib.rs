@@ -21,6 +21,7 @@ pub use partition_memory_map::PartitionMemoryMap;
 pub use partition_memory_map::PlannedCall;
 pub use partition_memory_map::PrefetchChunk;
 pub use partition_memory_map::PrefetchFailure;
+pub use partition_memory_map::SlotCapacity;
 pub use recording::next_sequence_number;
 pub use recording::InjectedFailure;
 pub use recording::ParseRecordedOpError;

@@ -23,6 +23,23 @@ pub enum PlannedCall {
     },
 }
 
+/// How many hypervisor slots (such as KVM memory slots) a partition offers and uses, for
+/// [`PartitionMemoryMap::slot_capacity`].
+#[derive(Debug, Copy, Clone, PartialEq, Eq)]
+pub struct SlotCapacity {
+    /// Slots in use now.
+    pub used: u32,
+    /// Slots the partition offers in all.
+    pub max: u32,
+}
+
+impl SlotCapacity {
+    /// Slots still free (none when more are in use than offered).
+    pub fn free(&self) -> u32 {
+        self.max.saturating_sub(self.used)
+    }
+}
+
 /// The outcome of one prefetched piece of a range, reported by
 /// [`PartitionMemoryMap::prefetch_range_with_progress`] as soon as the piece is done.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +189,19 @@ pub trait PartitionMemoryMap: Send + Sync {
     fn plan_slots(&self, _calls: &[PlannedCall]) -> Option<Vec<Vec<u32>>> {
         None
     }
+
+    /// How many slots the partition offers and uses now, for a partition whose every
+    /// `map_range` of a non-empty range takes one slot of a limited supply (KVM memory slots).
+    /// The memory manager checks a change against it before making any call, and refuses the
+    /// change instead of running out part way. `None`, the default, for a partition without
+    /// such a limit (such as [`RecordingPartition`](crate::RecordingPartition)).
+    ///
+    /// A partition that reports a capacity should also implement
+    /// [`plan_slots`](Self::plan_slots): the slots it lists for an `unmap_range` are the ones
+    /// that call frees; without it the manager counts an unmap as freeing nothing.
+    fn slot_capacity(&self) -> Option<SlotCapacity> {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -258,6 +288,12 @@ mod tests {
     }
 
     #[test]
+    fn free_slots_never_underflow() {
+        assert_eq!(SlotCapacity { used: 3, max: 8 }.free(), 5);
+        assert_eq!(SlotCapacity { used: 9, max: 8 }.free(), 0);
+    }
+
+    #[test]
     fn a_failure_without_an_os_error_has_no_errno() {
         let error: Error = "not an OS error".into();
         assert_eq!(
@@ -284,6 +320,7 @@ mod tests {
             size: 0x1000,
         }];
         assert_eq!(partition.plan_slots(&calls), None);
+        assert_eq!(partition.slot_capacity(), None, "no slot limit by default");
         assert_eq!(
             partition.unmap_range(0, 0x1000).unwrap_err().to_string(),
             "unmap not supported"

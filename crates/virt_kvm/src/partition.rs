@@ -577,6 +577,14 @@ impl PartitionMemoryMap for KvmPartition {
         )
     }
 
+    fn slot_capacity(&self) -> Option<virt::SlotCapacity> {
+        let state = self.state.lock();
+        Some(virt::SlotCapacity {
+            used: u32::try_from(state.table.len()).unwrap_or(u32::MAX),
+            max: state.table.max_slots(),
+        })
+    }
+
     fn unmap_range(&self, addr: u64, size: u64) -> Result<(), virt::Error> {
         let mut state = self.state.lock();
         let mut deleted = Vec::new();
@@ -1036,11 +1044,22 @@ mod tests {
         );
         assert!(matches!(err, KvmError::NoFreeSlot { max_slots: 2 }));
         assert_eq!(err.to_string(), "no free memory slot (the VM offers 2)");
+        // The capacity the memory manager checks changes before any call says so too, and
+        // the refused call took no slot.
+        assert_eq!(
+            partition.slot_capacity(),
+            Some(virt::SlotCapacity { used: 2, max: 2 })
+        );
         partition.unmap_range(0, 0x1000).unwrap();
         partition
             .map_range(memory.ptr(), 0x1000, 0x2000, true, false)
             .unwrap();
         assert_eq!(partition.last_slot_changes().created, vec![0]);
+        partition.unmap_range(0x1000, 0x2000).unwrap();
+        assert_eq!(
+            partition.slot_capacity(),
+            Some(virt::SlotCapacity { used: 0, max: 2 })
+        );
     }
 
     #[test]

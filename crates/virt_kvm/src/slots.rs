@@ -59,6 +59,11 @@ impl SlotTable {
         self.max_slots
     }
 
+    /// How many slots exist now.
+    pub(crate) fn len(&self) -> usize {
+        self.by_gpa.len()
+    }
+
     /// Every slot, in GPA order.
     pub(crate) fn slots(&self) -> impl Iterator<Item = &SlotInfo> {
         self.by_gpa.values()
