@@ -310,6 +310,52 @@ kvmTest('attaching an attached KvmPartition again is refused before any slot cha
   t.is((await other.inspect()).partitions.length, 1);
 });
 
+// Running out of KVM memory slots is foreseeable: the manager checks every attached partition's
+// free slots against the plan before any call, so the change is refused and nothing, not the
+// manager, is broken (before, the failing slot creation poisoned the manager).
+kvmTest('a batch needing more memory slots than the KvmPartition has free is refused with ERR_NO_FREE_SLOT before any slot change; the manager keeps working', async (t) => {
+  const manager = await new GuestMemoryBuilder().build(MemoryLayout.new(64n * MiB, [range(3n * GiB, 4n * GiB)]));
+  const partition = await KvmPartition.create();
+  t.teardown(async () => {
+    partition.close();
+    await manager.close().catch(() => {});
+  });
+  await manager.attachPartition(Vtl.Vtl0, partition);
+  const { maxSlots, slots } = partition.inspect();
+  const free = maxSlots - slots.length;
+  // One 4 KiB window more than there are free slots, 8 KiB apart in the MMIO gap: each placed
+  // window would take a slot. Nothing is created in KVM, so this stays fast with ~32k slots.
+  const mapper = manager.deviceMemoryMapper();
+  const windows = Array.from({ length: free + 1 }, (_, i) => mapper.newRegion(4n * KiB, `w${i}`).control);
+  const place = (window, i) => ({ kind: 'deviceMapToGuest', window, gpa: 3n * GiB + BigInt(i) * 8n * KiB, writable: true });
+  const changes = windows.map(place);
+  partition.takeSlotLog();
+  for (const attempt of [() => manager.plan(changes), () => manager.apply(changes)]) {
+    const error = await t.throwsAsync(attempt, { instanceOf: mb.MemoryManagerError, code: 'ERR_NO_FREE_SLOT' });
+    t.true(error.message.startsWith(`partition 0 has ${free} of its ${maxSlots} memory slots free, but the change needs ${free + 1} more at once`), error.message);
+    t.true(error.message.includes('nothing was applied'), error.message);
+  }
+  t.deepEqual(partition.slotLog(), [], 'no slot was created or deleted');
+  t.deepEqual(partition.inspect().slots, slots);
+  t.is((await manager.inspect()).regions.length, 1, 'no window was placed');
+  // Not poisoned: later changes work, and a batch that frees slots before it takes them fits
+  // the free slots that are left.
+  await manager.apply(changes.slice(0, 2));
+  t.is(partition.inspect().slots.length, slots.length + 2);
+  await manager.apply([changes[2], { kind: 'deviceUnmapFromGuest', window: windows[0] }]);
+  t.deepEqual(
+    partition.takeSlotLog().map((e) => [e.op, e.gpa, e.failed]),
+    [
+      ['map', 3n * GiB, false],
+      ['map', 3n * GiB + 8n * KiB, false],
+      ['unmap', 3n * GiB, false],
+      ['map', 3n * GiB + 16n * KiB, false],
+    ],
+  );
+  t.is(partition.inspect().slots.length, slots.length + 2);
+  t.is((await manager.inspect()).regions.length, 3);
+});
+
 kvmTest('inspect() is the slot table of the attached RAM', async (t) => {
   const { partition } = await guest(t);
   const state = partition.inspect();

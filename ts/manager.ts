@@ -697,8 +697,10 @@ export class DeviceMemoryControl {
   /**
    * Place the window at [gpa, gpa+len) (bytes), replacing any earlier placement. As in the
    * original, the earlier placement is removed first: a placement the manager refuses (an invalid
-   * range, an overlap) leaves the window unplaced, and its error's `detail` says so. A
-   * `deviceMapToGuest` change of `manager.apply` changes nothing when refused.
+   * range, an overlap) leaves the window unplaced, and its error's `detail` says so. A placement
+   * refused because an attached partition has no free memory slot (`ERR_NO_FREE_SLOT`, checked
+   * before anything changes) keeps the earlier placement. A `deviceMapToGuest` change of
+   * `manager.apply` changes nothing when refused.
    */
   async mapToGuest(gpa: U64, writable: boolean): Promise<void> {
     const g = toU64(gpa, 'gpa');

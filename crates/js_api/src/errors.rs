@@ -1386,6 +1386,8 @@ impl ToJsError for membacking::RegionManagerError {
             E::ManagerGone => ErrorCode::ManagerGone,
             E::RegionOverlapsPrivateRam { .. } => ErrorCode::RegionOverlapsPrivateRam,
             E::DecommitFailed { .. } => ErrorCode::DecommitFailed,
+            // The same code as a KvmPartition's own refusal: the manager foresaw it.
+            E::NoFreeSlot { .. } => ErrorCode::NoFreeSlot,
         };
         row(ErrorClass::MemoryManagerError, code, self)
     }

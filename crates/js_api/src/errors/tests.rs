@@ -181,6 +181,12 @@ fn region_manager_errors() -> Vec<membacking::RegionManagerError> {
             range,
             source: enomem(),
         },
+        E::NoFreeSlot {
+            partition: 0,
+            needed: 2,
+            free: 1,
+            max_slots: 32764,
+        },
     ]
 }
 
@@ -1679,4 +1685,30 @@ fn a_refused_placement_says_the_window_is_unplaced_now() {
     ));
     assert_eq!(gone.kind().1, Some(ErrorCode::ManagerGone));
     assert_eq!(gone.fields.detail, None);
+}
+
+#[test]
+fn a_placement_refused_for_lack_of_slots_is_no_free_slot_and_leaves_the_window_placed() {
+    // The slot check refuses before anything changes: the earlier placement stays, so no
+    // "unplaced" detail; the code is the KVM partition's own.
+    let refused = JsError::map_to_guest(&io::Error::other(
+        membacking::RegionManagerError::NoFreeSlot {
+            partition: 1,
+            needed: 2,
+            free: 1,
+            max_slots: 32764,
+        },
+    ));
+    assert_eq!(
+        refused.kind(),
+        (ErrorClass::MemoryManagerError, Some(ErrorCode::NoFreeSlot))
+    );
+    assert_eq!(refused.fields.detail, None);
+    assert!(
+        refused.message.starts_with(
+            "partition 1 has 1 of its 32764 memory slots free, but the change needs 2 more"
+        ),
+        "{}",
+        refused.message
+    );
 }

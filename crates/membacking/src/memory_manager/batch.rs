@@ -7,8 +7,11 @@
 //! the transaction is rolled back, the windows keep their records, and the error names the
 //! change by its index: nothing was applied. Otherwise the plan of the whole batch is netted
 //! (operations a later change undoes are left out, see `region_manager::net`), carried out, and
-//! the windows get their new records. Carrying it out follows the usual failure rules: a
-//! partition that refuses a map or an unmap poisons the manager, as it would for a single change.
+//! the windows get their new records. Before any call, a batch that needs more slots than an
+//! attached partition has free (at the peak of the plan) is refused as a whole, with nothing
+//! applied (`RegionManagerError::NoFreeSlot`). Carrying it out follows the usual failure rules:
+//! a partition that refuses a map or an unmap poisons the manager, as it would for a single
+//! change.
 //!
 //! Attaching a partition is not a batch change: a refused attach discards only the new
 //! partition, which a batch could not reconcile with "all or nothing" for its other changes.

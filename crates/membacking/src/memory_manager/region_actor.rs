@@ -1,8 +1,10 @@
 //! The region manager as an actor: the planner of [`crate::region_manager`]
 //! driven by a task on the "memory_manager" thread.
 //!
-//! Per message the task begins a transaction, applies the message's change(s), runs the plan
-//! with a [`PlanExecution`] — `AddMapping`/`Invalidate` are RPCs to the mapping manager,
+//! Per message the task begins a transaction, applies the message's change(s), checks that
+//! every attached partition has the slots the plan takes (refusing it otherwise, with nothing
+//! changed), runs the plan with a [`PlanExecution`] — `AddMapping`/`Invalidate` are RPCs to
+//! the mapping manager,
 //! `PopulateVa` is the partition mapper's VA request (awaited, outcome ignored), partition
 //! operations call the partition (held weakly; a gone partition is skipped, including its VA
 //! population) — and then commits. A failed attach rolls back and forgets the new partition
@@ -35,6 +37,7 @@ use crate::mapping_manager::MappingSnapshot;
 use crate::mapping_manager::SharedObject;
 use crate::ram_visibility::RamRegionSpec;
 use crate::ram_visibility::RamRegions;
+use crate::region_manager::check_slot_capacity;
 use crate::region_manager::ApplyError;
 use crate::region_manager::Change;
 use crate::region_manager::ChangeOutcome;
@@ -881,6 +884,8 @@ impl RegionActor {
         let plan = txn.take_plan();
         txn.rollback();
         result?;
+        // A dry run is refused as applying the change would be.
+        check_slots(&self.partitions, &plan)?;
         let mut steps = preview_steps(&plan);
         // Indexes past the registered mappers are the partition being attached.
         add_slots(&mut steps, |index| match self.partitions.get(index) {
@@ -906,6 +911,12 @@ impl RegionActor {
         let mut txn = self.state.begin();
         let result = plan(&mut txn);
         let planned = txn.take_plan();
+        // Before any call, and before a partition being attached is registered: an attach
+        // calls only the new partition, whose own shortage its failed map reports.
+        if let Err(error) = check_slots(&self.partitions, &planned) {
+            txn.rollback();
+            return Err(error);
+        }
         let pushed = new_partition.is_some() && result.is_ok();
         if pushed {
             self.partitions.extend(new_partition);
@@ -969,6 +980,8 @@ impl RegionActor {
             }
         }
         let plan = txn.take_net_plan();
+        // Nothing is called yet; dropping the transaction rolls the batch back.
+        check_slots(&self.partitions, &plan)?;
         let flat_view = if dry_run {
             txn.state().flat_view()
         } else {
@@ -1028,19 +1041,29 @@ impl RegionActor {
         RegionManagerError::ManagerPoisoned { cause }
     }
 
+    /// A device-window operation, made on a copy of the window's record that replaces the
+    /// record unless the change was refused before any call (no free slot), which leaves the
+    /// window as it was.
     async fn device(&mut self, window: &SharedWindow, op: DeviceOp) -> io::Result<()> {
         let private_ram = self.config.private.then(|| self.ram.clone());
         let mut result = Ok(());
+        let mut record = window.lock().clone();
         let outcome = self
             .transact(None, |txn| {
-                let mut window = window.lock();
-                result = apply_device_op(&mut window, txn, op, private_ram.as_ref());
+                result = apply_device_op(&mut record, txn, op, private_ram.as_ref());
                 Ok(())
             })
             .await;
         match outcome {
-            Ok(()) => result,
-            Err(error) => Err(io::Error::other(error)),
+            Err(error @ RegionManagerError::NoFreeSlot { .. }) => Err(io::Error::other(error)),
+            Ok(()) => {
+                *window.lock() = record;
+                result
+            }
+            Err(error) => {
+                *window.lock() = record;
+                Err(io::Error::other(error))
+            }
         }
     }
 
@@ -1181,6 +1204,19 @@ fn map_to_guest_checked(
         }
         _ => window.map_to_guest(txn, gpa, writable),
     }
+}
+
+/// Refuses `plan` with `NoFreeSlot` when one of `partitions` (the attached ones) lacks the
+/// slots it takes (see [`check_slot_capacity`]).
+fn check_slots(
+    partitions: &[PartitionEntry],
+    plan: &Plan<SharedObject>,
+) -> Result<(), RegionManagerError> {
+    check_slot_capacity(plan, |index| {
+        partitions
+            .get(index)
+            .and_then(|entry| entry.partition.upgrade())
+    })
 }
 
 /// Replies `error` to whatever `request` expects.

@@ -14,6 +14,7 @@ use crate::mapping_manager::MapperId;
 use crate::region_manager::MapParams;
 use crate::region_manager::PartitionMapperError;
 use crate::region_manager::RegionManagerError;
+use crate::region_manager::SlotLimited;
 use crate::InvalidRamRegion;
 use crate::ManagerGone;
 use crate::NoMapping;
@@ -1163,6 +1164,106 @@ fn runtime_partition_failure_poisons_the_manager() {
     // The process survives and memory that stayed mapped still works.
     mem.write_at(0x10_0000, b"alive").unwrap();
     assert_eq!(read(&mem, 0x10_0000, 5).unwrap(), b"alive");
+}
+
+fn no_free_slot(error: &RegionManagerError) -> (usize, u32, u32, u32) {
+    match *error {
+        RegionManagerError::NoFreeSlot {
+            partition,
+            needed,
+            free,
+            max_slots,
+        } => (partition, needed, free, max_slots),
+        _ => panic!("expected NoFreeSlot, got {error:?}"),
+    }
+}
+
+#[test]
+fn running_out_of_slots_is_refused_before_any_call_and_does_not_poison() {
+    let mgr = build(GuestMemoryBuilder::new(), &l1());
+    let recording = attach(&mgr, Vtl::Vtl0);
+    // RAM takes one slot of three.
+    let limited = Arc::new(SlotLimited::new(3, mgr.va_window_base()));
+    let dyn_limited: Arc<dyn PartitionMemoryMap> = limited.clone();
+    block_on(mgr.attach_partition(Vtl::Vtl0, &dyn_limited, None)).unwrap();
+    recording.clear_log();
+    limited.log.clear_log();
+    assert_eq!(limited.used(), 1);
+    let window = |name: &str| {
+        mgr.device_memory_mapper()
+            .new_region(0x1000, name.into())
+            .unwrap()
+    };
+    let (a, _a) = window("a");
+    let (b, _b) = window("b");
+    let (c, _c) = window("c");
+    let (d, _d) = window("d");
+    block_on(a.map_to_guest(0xD000_0000, true)).unwrap();
+    block_on(b.map_to_guest(0xD001_0000, true)).unwrap();
+    assert_eq!(limited.used(), 3);
+    recording.clear_log();
+    limited.log.clear_log();
+    let before = snapshot(&mgr);
+
+    // A third window: refused before any call, on every partition.
+    let error = block_on(c.map_to_guest(0xD002_0000, true)).unwrap_err();
+    assert_eq!(no_free_slot(region_error(&error)), (1, 1, 0, 3));
+    assert!(
+        error.to_string().starts_with(
+            "partition 1 has 0 of its 3 memory slots free, but the change needs 1 more at once"
+        ),
+        "{error}"
+    );
+    assert_eq!(c.gpa(), None, "the refused window stays unplaced");
+    // A batch needing a slot more than is free at its peak (it frees one and takes two):
+    // refused as a whole.
+    let error = block_on(mgr.apply(vec![
+        a.unmap_from_guest_change(),
+        c.map_to_guest_change(0xD002_0000, true),
+        d.map_to_guest_change(0xD004_0000, true),
+    ]))
+    .unwrap_err();
+    match &error {
+        BatchError::Manager(inner) => assert_eq!(no_free_slot(inner), (1, 1, 0, 3)),
+        other => panic!("{other:?}"),
+    }
+    // A dry run says the same.
+    let error =
+        block_on(mgr.plan_batch(vec![c.map_to_guest_change(0xD002_0000, true)])).unwrap_err();
+    assert!(matches!(
+        error,
+        BatchError::Manager(RegionManagerError::NoFreeSlot { .. })
+    ));
+    assert!(recording.log().is_empty() && limited.log.log().is_empty());
+    assert_eq!(snapshot(&mgr), before, "nothing was applied");
+    assert_eq!((a.gpa(), b.gpa()), (Some(0xD000_0000), Some(0xD001_0000)));
+    assert_eq!((c.gpa(), d.gpa()), (None, None));
+
+    // Not poisoned: a change that frees a slot before it takes one fits: moving a window, or
+    // a batch that removes a window and places another (whatever their order in the batch:
+    // the batch's unmaps run before its maps).
+    block_on(b.map_to_guest(0xD003_0000, true)).unwrap();
+    block_on(mgr.apply(vec![
+        c.map_to_guest_change(0xD002_0000, true),
+        a.unmap_from_guest_change(),
+    ]))
+    .unwrap();
+    assert_eq!(
+        limited.log.take_log(),
+        [
+            C::unmap(0xD001_0000, 0x1000),
+            C::map(0xD003_0000, 0x1000, true, true, 0xD003_0000),
+            C::unmap(0xD000_0000, 0x1000),
+            C::map(0xD002_0000, 0x1000, true, true, 0xD002_0000),
+        ]
+    );
+    assert_eq!(limited.used(), 3);
+    assert_eq!((a.gpa(), c.gpa()), (None, Some(0xD002_0000)));
+    // After a window is removed, a new one fits.
+    block_on(b.unmap_from_guest());
+    block_on(a.map_to_guest(0xD000_0000, true)).unwrap();
+    assert_eq!((a.gpa(), c.gpa()), (Some(0xD000_0000), Some(0xD002_0000)));
+    assert_eq!(limited.used(), 3);
 }
 
 #[test]

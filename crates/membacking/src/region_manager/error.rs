@@ -122,6 +122,26 @@ pub enum RegionManagerError {
         /// The VA window length.
         window_len: u64,
     },
+    /// A change needs more hypervisor slots (KVM memory slots) than an attached partition has
+    /// free; it was refused before any call and nothing changed (extension: the original runs
+    /// out part way through the change and aborts).
+    #[error(
+        "partition {partition} has {free} of its {max_slots} memory slots free, but the change \
+         needs {needed} more at once (each region shown to a partition takes a slot), so \
+         nothing was applied: show fewer regions (fewer or merged device windows; unmap \
+         windows no longer needed first, before or in the same batch), or close a partition \
+         that no longer needs this memory"
+    )]
+    NoFreeSlot {
+        /// The partition (registration index, as plans name it).
+        partition: usize,
+        /// The most slots beyond those in use now that the change would hold at once.
+        needed: u32,
+        /// The partition's free slots.
+        free: u32,
+        /// The partition's slots in all.
+        max_slots: u32,
+    },
     /// Attaching a partition failed; the partition mapper was discarded.
     #[error(transparent)]
     PartitionMapper(#[from] PartitionMapperError),

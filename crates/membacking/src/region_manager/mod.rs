@@ -17,7 +17,9 @@
 //!   by address, and nothing is rebuilt per change.
 //! - **The applier** ([`PlanExecution`], [`apply_plan`], [`PlanTarget`]) carries out a plan and
 //!   applies the failure rules (ignore a failed prefetch, undo a failed pin, discard a
-//!   partition mapper whose attach failed, poison the manager on anything else).
+//!   partition mapper whose attach failed, poison the manager on anything else). Before it,
+//!   [`check_slot_capacity`] refuses a plan that needs more slots than a partition has free,
+//!   which changes nothing.
 //!
 //! [`SyncRegionManager`] joins the two on the caller's thread for tests and as the reference
 //! for the threaded driver. The [`flat view`](RegionManagerState::flat_view) shows what the
@@ -28,6 +30,7 @@ mod error;
 mod flat_view;
 mod net;
 mod plan;
+mod slot_check;
 mod state;
 mod sync_manager;
 mod types;
@@ -54,6 +57,9 @@ pub use plan::Plan;
 pub use plan::PlanOp;
 pub use plan::PlannedOp;
 pub use plan::Transaction;
+pub use slot_check::check_slot_capacity;
+#[cfg(test)]
+pub(crate) use slot_check::SlotLimited;
 pub use state::RegionManagerState;
 pub use sync_manager::MapperRequest;
 pub use sync_manager::PartitionApplier;

@@ -2,8 +2,9 @@
 //! [`PartitionMemoryMap`]s and a mapping-manager callback, all on the caller's thread.
 //!
 //! It does exactly what the region-manager thread will do per message — begin a transaction,
-//! apply the change, run the plan, then commit, roll back (failed attach) or poison (fatal
-//! failure) — without threads or OS memory, so the whole pipeline can be tested with
+//! apply the change, check the partitions' slots, run the plan, then commit, roll back (failed
+//! attach or no free slot) or poison (fatal failure) — without threads or OS memory, so the
+//! whole pipeline can be tested with
 //! `RecordingPartition`s. The mapping manager and VA mappers are stood in for by a callback
 //! that receives each [`MapperRequest`].
 
@@ -16,6 +17,7 @@ use super::plan::Change;
 use super::plan::ChangeOutcome;
 use super::plan::Plan;
 use super::plan::Transaction;
+use super::slot_check::check_slot_capacity;
 use super::state::RegionManagerState;
 use super::types::ActiveMapping;
 use super::types::MapParams;
@@ -255,6 +257,10 @@ where
         let va_window_len = self.state.va_window_len();
         let mut transaction = self.state.begin();
         let outcome = transaction.apply_with_cause(change, cause)?;
+        // Dropping the transaction on a refusal rolls it back.
+        check_slot_capacity(transaction.plan(), |index| {
+            self.partitions.get(index).and_then(Weak::upgrade)
+        })?;
         let pushed = if let Some(partition) = new_partition {
             self.partitions.push(partition);
             true

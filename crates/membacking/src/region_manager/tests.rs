@@ -709,6 +709,56 @@ fn runtime_partition_failure_poisons_the_manager() {
 }
 
 #[test]
+fn running_out_of_slots_is_refused_before_any_call_and_does_not_poison() {
+    let mut vm = Vm::l1(PLAIN);
+    // RAM takes one slot of two.
+    let limited = Arc::new(SlotLimited::new(2, VA_BASE));
+    let partition: Arc<dyn PartitionMemoryMap> = limited.clone();
+    vm.mgr.add_partition(&partition, 0, false).unwrap();
+    let params = MapParams {
+        writable: true,
+        executable: false,
+        prefetch: false,
+    };
+    let a = vm
+        .mgr
+        .add_region("a", r(0xD000_0000, 0xD000_1000), 0, false)
+        .unwrap();
+    let b = vm
+        .mgr
+        .add_region("b", r(0xD001_0000, 0xD001_1000), 0, false)
+        .unwrap();
+    vm.mgr.map_region(a, params).unwrap();
+    assert_eq!(limited.used(), 2);
+    limited.log.clear_log();
+    vm.take_events();
+    let before = vm.snapshot();
+    match vm.mgr.map_region(b, params) {
+        Err(RegionManagerError::NoFreeSlot {
+            partition: 0,
+            needed: 1,
+            free: 0,
+            max_slots: 2,
+        }) => {}
+        other => panic!("expected NoFreeSlot, got {other:?}"),
+    }
+    assert!(!vm.mgr.is_poisoned());
+    assert!(limited.log.log().is_empty(), "no partition call");
+    assert!(vm.take_events().is_empty(), "no mapper request");
+    assert_eq!(vm.snapshot(), before, "the state is unchanged");
+    // Once a slot is free again, the same change works.
+    vm.mgr.unmap_region(a).unwrap();
+    vm.mgr.map_region(b, params).unwrap();
+    assert_eq!(
+        limited.log.take_log(),
+        [
+            C::unmap(0xD000_0000, 0x1000),
+            C::map(0xD001_0000, 0x1000, true, false, 0xD001_0000)
+        ]
+    );
+}
+
+#[test]
 fn runtime_pin_failure_unmaps_then_poisons() {
     let mut vm = Vm::l1(BuildOptions { pin: true, ..X86 });
     let partition = vm.attach_new(Vtl::Vtl0);
