@@ -94,6 +94,12 @@ impl<O: Clone> DeviceWindow<O> {
         self.placement
     }
 
+    /// Puts back `placement`, saved before a placement change whose transaction was rolled
+    /// back (the region manager's side is then as it was before the change).
+    pub(crate) fn restore_placement(&mut self, placement: Option<Placement>) {
+        self.placement = placement;
+    }
+
     /// The recorded mappings in insertion order.
     pub fn mappings(&self) -> Vec<&DeviceMapping<O>> {
         let mut mappings: Vec<_> = self.mappings.values().collect();

@@ -1041,27 +1041,28 @@ impl RegionActor {
         RegionManagerError::ManagerPoisoned { cause }
     }
 
-    /// A device-window operation, made on a copy of the window's record that replaces the
-    /// record unless the change was refused before any call (no free slot), which leaves the
-    /// window as it was.
+    /// A device-window operation on the window's record. A change refused before any call
+    /// because a partition lacks slots (`NoFreeSlot`) is rolled back and leaves the window as
+    /// it was: only a placement change (`MapToGuest`, `UnmapFromGuest`) can need slots (a
+    /// mapping change reaches the partitions through the VA, with no partition call), and it
+    /// changes only the placement of the record, which is put back.
     async fn device(&mut self, window: &SharedWindow, op: DeviceOp) -> io::Result<()> {
         let private_ram = self.config.private.then(|| self.ram.clone());
         let mut result = Ok(());
-        let mut record = window.lock().clone();
+        let placement = window.lock().placement();
         let outcome = self
             .transact(None, |txn| {
-                result = apply_device_op(&mut record, txn, op, private_ram.as_ref());
+                let mut window = window.lock();
+                result = apply_device_op(&mut window, txn, op, private_ram.as_ref());
                 Ok(())
             })
             .await;
         match outcome {
-            Err(error @ RegionManagerError::NoFreeSlot { .. }) => Err(io::Error::other(error)),
-            Ok(()) => {
-                *window.lock() = record;
-                result
-            }
+            Ok(()) => result,
             Err(error) => {
-                *window.lock() = record;
+                if matches!(error, RegionManagerError::NoFreeSlot { .. }) {
+                    window.lock().restore_placement(placement);
+                }
                 Err(io::Error::other(error))
             }
         }
