@@ -37,7 +37,6 @@ use sparse_mmap::userfaultfd::Userfaultfd;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 use support::median;
@@ -432,13 +431,12 @@ fn raw_userfaultfd_touch_ns(count: usize) -> f64 {
     let view = sparse_mmap::SparseMapping::new(len).unwrap();
     view.map_file(0, len, &object, 0, true).unwrap();
     let base = view.as_ptr().cast::<u8>();
-    let uffd = Arc::new(Userfaultfd::new().unwrap());
-    uffd.register(base, len).unwrap();
-    let stop = Arc::new(StopEvent::new().unwrap());
-    let handler = {
-        let uffd = uffd.clone();
-        let stop = stop.clone();
-        std::thread::spawn(move || {
+    let uffd = Userfaultfd::new().unwrap();
+    uffd.register(&view, 0, len).unwrap();
+    let stop = StopEvent::new().unwrap();
+    let base_address = base as usize;
+    std::thread::scope(|scope| {
+        let handler = scope.spawn(|| {
             let page = vec![7u8; PAGE];
             let mut faults = Vec::new();
             loop {
@@ -447,26 +445,29 @@ fn raw_userfaultfd_touch_ns(count: usize) -> f64 {
                     faults.clear();
                     uffd.read_faults(&mut faults).unwrap();
                     for &address in &faults {
-                        let address = (usize::try_from(address).unwrap() & !(PAGE - 1)) as *mut u8;
-                        uffd.copy(address, &page).unwrap();
+                        let offset =
+                            (usize::try_from(address).unwrap() & !(PAGE - 1)) - base_address;
+                        uffd.copy(&view, offset, &page).unwrap();
                     }
                 }
                 if ready.stopped {
                     break;
                 }
             }
-        })
-    };
-    let start = Instant::now();
-    for index in 0..count {
-        // SAFETY: inside the registered view, which lives until the end of the function; the
-        // handler fills the page.
-        std::hint::black_box(unsafe { std::ptr::read_volatile(base.add(index * PAGE)) });
-    }
-    let elapsed = start.elapsed();
-    stop.signal().unwrap();
-    handler.join().unwrap();
-    elapsed.as_nanos() as f64 / count as f64
+        });
+        let start = Instant::now();
+        for index in 0..count {
+            // SAFETY: inside the registered view, which lives until the end of the function; the
+            // handler fills the page.
+            std::hint::black_box(unsafe { std::ptr::read_volatile(base.add(index * PAGE)) });
+        }
+        let elapsed = start.elapsed();
+        stop.signal().unwrap();
+        handler.join().unwrap();
+        elapsed
+    })
+    .as_nanos() as f64
+        / count as f64
 }
 
 trait RawFdOf {

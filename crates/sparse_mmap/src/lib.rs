@@ -12,7 +12,8 @@
 //! The data helpers ([`SparseMapping::read_at`] and friends) go through `trycopy`, so faults
 //! become [`SparseMappingError::Memory`] errors. Shareable memory objects are plain owned file
 //! descriptors ([`Mappable`]), created by [`alloc_shared_memory`] (a memfd). [`userfaultfd`]
-//! serves missing-page faults of mapped memory from user space.
+//! serves missing-page faults of a [`SparseMapping`]'s memory from user space (its operations
+//! name a mapping and a range inside it, never a raw address).
 //!
 //! Linux only (x86-64 and aarch64). No operation here panics on caller input: every failure is an
 //! error.

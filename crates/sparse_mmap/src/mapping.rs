@@ -235,6 +235,17 @@ impl SparseMapping {
         Ok(end)
     }
 
+    /// The address of `offset` after checking that `offset..offset + len` is a non-empty,
+    /// page-aligned range inside the reservation; otherwise the `InvalidInput` error of
+    /// [`invalid_range`].
+    pub(crate) fn checked_pages(&self, offset: usize, len: usize) -> io::Result<*mut u8> {
+        if len == 0 {
+            return Err(invalid_range(offset, len, self.len));
+        }
+        self.validate_offset_len(offset, len)?;
+        Ok(self.address_at(offset).cast())
+    }
+
     fn address_at(&self, offset: usize) -> *mut c_void {
         // The offset has been validated to lie within (or at the end of) the reservation.
         self.address

@@ -2,6 +2,18 @@
 //! missing-mode registration, `UFFDIO_COPY`, `UFFDIO_WAKE` and page-fault events, plus the
 //! [`StopEvent`] a fault-serving thread waits on beside it ([`Userfaultfd::wait`]).
 //!
+//! Every operation on memory names a [`SparseMapping`] and a page-aligned range inside it, never
+//! a raw address: only address space a mapping owns can be registered or filled, and a range
+//! outside it (or misaligned, or empty) is an `InvalidInput` error before any system call. That
+//! is what keeps the API safe. A mapping's memory is shared memory by contract (any thread may
+//! write it through `&SparseMapping`, e.g. with [`SparseMapping::write_at`], and its views of a
+//! file are written by anyone holding the file), so filling a missing page of it with
+//! `UFFDIO_COPY` is no more than such a write. Memory Rust code holds a reference to (a `Vec`,
+//! a stack buffer, an [`Allocation`](crate::alloc::Allocation)) cannot be reached. Registering a
+//! range only makes the first touch of a missing page wait for a `UFFDIO_COPY` or `UFFDIO_WAKE`
+//! (or for the range to be unregistered, or the userfaultfd to be closed): an unserved fault is
+//! a hang, never undefined behaviour.
+//!
 //! Written against the kernel's UAPI (`linux/userfaultfd.h`) with `libc` rather than taken from
 //! the `userfaultfd` crate, whose `-sys` crate runs bindgen at build time and so would require
 //! libclang and kernel headers on every machine that builds this project.
@@ -9,6 +21,7 @@
 // Unsafe code: userfaultfd is raw system calls and ioctls on structures of the kernel's UAPI.
 #![allow(unsafe_code)]
 
+use crate::SparseMapping;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::fd::FromRawFd;
@@ -92,9 +105,15 @@ pub struct Userfaultfd {
     fd: OwnedFd,
 }
 
-fn ioctl<T>(fd: RawFd, request: libc::c_ulong, argument: &mut T) -> io::Result<()> {
-    // SAFETY: every request used here takes a pointer to the `repr(C)` structure of the
-    // kernel's UAPI that `T` is, live and exclusive for the call.
+/// Issues `request` on `fd` with a pointer to `argument`.
+///
+/// # Safety
+/// `T` must be the `repr(C)` structure of the kernel's UAPI that `request` takes, and what the
+/// request does to memory must be allowed: a `UFFDIO_COPY` destination must lie in a
+/// [`SparseMapping`] borrowed for the call, and its source must be readable for its length.
+unsafe fn ioctl<T>(fd: RawFd, request: libc::c_ulong, argument: &mut T) -> io::Result<()> {
+    // SAFETY: the pointer is to a live structure held exclusively for the call, of the type the
+    // request takes, and the memory it names is allowed (both promised by the caller).
     let result = unsafe { libc::ioctl(fd, request, std::ptr::from_mut(argument)) };
     if result < 0 {
         return Err(io::Error::last_os_error());
@@ -133,7 +152,9 @@ impl Userfaultfd {
             features: 0,
             ioctls: 0,
         };
-        ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api)?;
+        // SAFETY: UFFDIO_API takes a `uffdio_api`, which it reads and fills; it touches no
+        // other memory.
+        unsafe { ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api) }?;
         Ok(Self { fd })
     }
 
@@ -158,9 +179,18 @@ impl Userfaultfd {
         true
     }
 
-    /// Registers `[address, address + len)` for missing-page faults; fails when `UFFDIO_COPY`
-    /// is not offered there.
-    pub fn register(&self, address: *mut u8, len: usize) -> io::Result<()> {
+    /// Registers the pages `offset..offset + len` of `mapping` for missing-page faults: from
+    /// now on the first touch of a missing page there (by any thread, or by the kernel on its
+    /// behalf) waits until [`copy`](Self::copy) fills it or [`wake`](Self::wake) retries it, the
+    /// range is unregistered, or this userfaultfd is dropped. Placing something new over a
+    /// registered range (e.g. [`SparseMapping::map_file`]) drops the registration there.
+    ///
+    /// The range must be non-empty, page-aligned and inside the mapping (an `InvalidInput`
+    /// error otherwise). Fails (`Unsupported`) when `UFFDIO_COPY` is not offered for the memory
+    /// there (the range is then left unregistered), and with the OS error when the kernel
+    /// refuses the registration.
+    pub fn register(&self, mapping: &SparseMapping, offset: usize, len: usize) -> io::Result<()> {
+        let address = mapping.checked_pages(offset, len)?;
         let mut register = UffdioRegister {
             range: UffdioRange {
                 start: address as u64,
@@ -169,9 +199,11 @@ impl Userfaultfd {
             mode: UFFDIO_REGISTER_MODE_MISSING,
             ioctls: 0,
         };
-        ioctl(self.fd.as_raw_fd(), UFFDIO_REGISTER, &mut register)?;
+        // SAFETY: UFFDIO_REGISTER takes a `uffdio_register`; it changes no memory contents, and
+        // the range lies inside `mapping`'s reservation (checked above).
+        unsafe { ioctl(self.fd.as_raw_fd(), UFFDIO_REGISTER, &mut register) }?;
         if register.ioctls & UFFDIO_COPY_BIT == 0 {
-            let _ = self.unregister(address, len);
+            let _ = self.unregister(mapping, offset, len);
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "UFFDIO_COPY is not offered for this memory",
@@ -180,27 +212,43 @@ impl Userfaultfd {
         Ok(())
     }
 
-    /// Unregisters `[address, address + len)` (waking every thread waiting there).
-    pub fn unregister(&self, address: *mut u8, len: usize) -> io::Result<()> {
+    /// Unregisters the pages `offset..offset + len` of `mapping` (waking every thread waiting
+    /// there; missing pages are then supplied as without a userfaultfd). Parts of the range
+    /// that are not registered are fine. The range is checked as in [`register`](Self::register).
+    pub fn unregister(&self, mapping: &SparseMapping, offset: usize, len: usize) -> io::Result<()> {
+        let address = mapping.checked_pages(offset, len)?;
         let mut range = UffdioRange {
             start: address as u64,
             len: len as u64,
         };
-        ioctl(self.fd.as_raw_fd(), UFFDIO_UNREGISTER, &mut range)
+        // SAFETY: UFFDIO_UNREGISTER takes a `uffdio_range`; it changes no memory contents, and
+        // the range lies inside `mapping`'s reservation (checked above).
+        unsafe { ioctl(self.fd.as_raw_fd(), UFFDIO_UNREGISTER, &mut range) }
     }
 
-    /// Wakes the threads waiting on `[address, address + len)`.
-    pub fn wake(&self, address: *mut u8, len: usize) -> io::Result<()> {
+    /// Wakes the threads waiting on the pages `offset..offset + len` of `mapping` (each
+    /// retries its access). The range is checked as in [`register`](Self::register).
+    pub fn wake(&self, mapping: &SparseMapping, offset: usize, len: usize) -> io::Result<()> {
+        let address = mapping.checked_pages(offset, len)?;
         let mut range = UffdioRange {
             start: address as u64,
             len: len as u64,
         };
-        ioctl(self.fd.as_raw_fd(), UFFDIO_WAKE, &mut range)
+        // SAFETY: UFFDIO_WAKE takes a `uffdio_range` and changes no memory contents; the range
+        // lies inside `mapping`'s reservation (checked above).
+        unsafe { ioctl(self.fd.as_raw_fd(), UFFDIO_WAKE, &mut range) }
     }
 
-    /// Atomically fills the missing pages `[destination, destination + data.len())` of a
-    /// registered range with `data`, waking the threads waiting there.
-    pub fn copy(&self, destination: *mut u8, data: &[u8]) -> io::Result<Copied> {
+    /// Atomically fills the missing pages `offset..offset + data.len()` of `mapping`, in a range
+    /// registered with this userfaultfd, with `data`, waking the threads waiting there.
+    ///
+    /// `offset` must be page-aligned and `data` a non-empty whole number of pages that ends
+    /// inside the mapping (an `InvalidInput` error otherwise). Stops at the first page that is
+    /// present already ([`Copied::Exists`], the pages before it filled). A destination that is
+    /// not registered with this userfaultfd is an OS error (`ENOENT` or `EINVAL`), and nothing
+    /// is written.
+    pub fn copy(&self, mapping: &SparseMapping, offset: usize, data: &[u8]) -> io::Result<Copied> {
+        let destination = mapping.checked_pages(offset, data.len())?;
         let mut done = 0usize;
         let mut retries = 0;
         while done < data.len() {
@@ -211,7 +259,14 @@ impl Userfaultfd {
                 mode: 0,
                 copy: 0,
             };
-            match ioctl(self.fd.as_raw_fd(), UFFDIO_COPY, &mut copy) {
+            // SAFETY: UFFDIO_COPY takes a `uffdio_copy`. Its source is the rest of `data`, a
+            // live slice readable for that length. Its destination is the rest of
+            // `offset..offset + data.len()`, inside the reservation of `mapping` (checked
+            // above), which stays reserved while it is borrowed for this call; the kernel only
+            // fills pages there that are missing, which is a write by another party to memory
+            // that the mapping hands out as shared memory only (atomics, guarded copies, raw
+            // pointers), never as a Rust reference that assumes no one else writes.
+            match unsafe { ioctl(self.fd.as_raw_fd(), UFFDIO_COPY, &mut copy) } {
                 Ok(()) => return Ok(Copied::All),
                 Err(error) if error.raw_os_error() == Some(libc::EEXIST) => {
                     return Ok(Copied::Exists)
@@ -351,10 +406,13 @@ impl AsRawFd for Userfaultfd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alloc::Allocation;
-    use std::sync::atomic::Ordering;
+    use crate::alloc_shared_memory;
+    use crate::read_exact_at;
+    use std::os::fd::AsFd;
 
-    const PAGE: usize = 4096;
+    fn page() -> usize {
+        SparseMapping::page_size()
+    }
 
     /// A userfaultfd, or `None` (with the reason printed) where this process may not have one.
     fn userfaultfd_or_skip(test: &str) -> Option<Userfaultfd> {
@@ -367,8 +425,21 @@ mod tests {
         }
     }
 
-    fn byte(memory: &Allocation, offset: usize) -> u8 {
-        memory.as_atomic_bytes()[offset].load(Ordering::Relaxed)
+    /// A mapping of `pages` pages of private read-write memory.
+    fn private_mapping(pages: usize) -> SparseMapping {
+        let mapping = SparseMapping::new(pages * page()).unwrap();
+        mapping.alloc(0, pages * page()).unwrap();
+        mapping
+    }
+
+    fn byte(mapping: &SparseMapping, offset: usize) -> u8 {
+        mapping.read_plain::<u8>(offset).unwrap()
+    }
+
+    fn assert_invalid_input<T: std::fmt::Debug>(result: io::Result<T>) {
+        let error = result.expect_err("expected InvalidInput");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error:?}");
+        assert_eq!(error.raw_os_error(), None, "{error:?}");
     }
 
     #[test]
@@ -376,22 +447,44 @@ mod tests {
         let Some(uffd) = userfaultfd_or_skip("copy_fills_missing_pages_once") else {
             return;
         };
-        let memory = Allocation::new(2 * PAGE).unwrap();
-        let base = memory.as_ptr().cast::<u8>();
-        uffd.register(base, 2 * PAGE).unwrap();
-        let data = vec![0x5a; PAGE];
-        assert_eq!(uffd.copy(base, &data).unwrap(), Copied::All);
-        assert_eq!(byte(&memory, 0), 0x5a);
-        assert_eq!(byte(&memory, PAGE - 1), 0x5a);
+        let mapping = private_mapping(2);
+        uffd.register(&mapping, 0, 2 * page()).unwrap();
+        let data = vec![0x5a; page()];
+        assert_eq!(uffd.copy(&mapping, 0, &data).unwrap(), Copied::All);
+        assert_eq!(byte(&mapping, 0), 0x5a);
+        assert_eq!(byte(&mapping, page() - 1), 0x5a);
         // The page is present now: a second copy changes nothing.
-        assert_eq!(uffd.copy(base, &[0x11; PAGE]).unwrap(), Copied::Exists);
-        assert_eq!(byte(&memory, 0), 0x5a);
-        uffd.unregister(base, 2 * PAGE).unwrap();
+        assert_eq!(
+            uffd.copy(&mapping, 0, &vec![0x11; page()]).unwrap(),
+            Copied::Exists
+        );
+        assert_eq!(byte(&mapping, 0), 0x5a);
+        uffd.unregister(&mapping, 0, 2 * page()).unwrap();
         // Unregistered, the second page is ordinary memory again: it reads zeros.
-        assert_eq!(byte(&memory, PAGE), 0);
+        assert_eq!(byte(&mapping, page()), 0);
         let mut faults = Vec::new();
         uffd.read_faults(&mut faults).unwrap();
         assert!(faults.is_empty(), "no fault was taken: {faults:x?}");
+    }
+
+    #[test]
+    fn copy_into_a_registered_file_view_fills_the_file() {
+        let Some(uffd) = userfaultfd_or_skip("copy_into_a_registered_file_view") else {
+            return;
+        };
+        let object = alloc_shared_memory(2 * page(), "uffd-test").unwrap();
+        let mapping = SparseMapping::new(4 * page()).unwrap();
+        mapping
+            .map_file(2 * page(), 2 * page(), object.as_fd(), 0, true)
+            .unwrap();
+        uffd.register(&mapping, 2 * page(), 2 * page()).unwrap();
+        let data = vec![0x3c; page()];
+        assert_eq!(uffd.copy(&mapping, 3 * page(), &data).unwrap(), Copied::All);
+        let mut read = vec![0; page()];
+        read_exact_at(object.as_fd(), &mut read, page() as u64).unwrap();
+        assert_eq!(read, data);
+        assert_eq!(byte(&mapping, 3 * page()), 0x3c);
+        uffd.unregister(&mapping, 2 * page(), 2 * page()).unwrap();
     }
 
     #[test]
@@ -399,13 +492,12 @@ mod tests {
         let Some(uffd) = userfaultfd_or_skip("a_touched_registered_page_is_reported") else {
             return;
         };
-        let memory = Allocation::new(PAGE).unwrap();
-        let base = memory.as_ptr().cast::<u8>();
-        uffd.register(base, PAGE).unwrap();
+        let mapping = private_mapping(1);
+        uffd.register(&mapping, 0, page()).unwrap();
         let stop = StopEvent::new().unwrap();
         std::thread::scope(|scope| {
             // Blocks in the kernel until the page is filled.
-            let reader = scope.spawn(|| memory.as_atomic_bytes()[7].load(Ordering::Relaxed));
+            let reader = scope.spawn(|| byte(&mapping, 7));
             let ready = uffd.wait(&stop).unwrap();
             assert_eq!(
                 ready,
@@ -416,10 +508,109 @@ mod tests {
             );
             let mut faults = Vec::new();
             uffd.read_faults(&mut faults).unwrap();
-            assert_eq!(faults, [base as u64]);
-            assert_eq!(uffd.copy(base, &[0x77; PAGE]).unwrap(), Copied::All);
+            assert_eq!(faults, [mapping.as_ptr() as u64]);
+            assert_eq!(
+                uffd.copy(&mapping, 0, &vec![0x77; page()]).unwrap(),
+                Copied::All
+            );
             assert_eq!(reader.join().unwrap(), 0x77);
         });
+    }
+
+    #[test]
+    fn ranges_outside_the_mapping_are_invalid_input() {
+        let Some(uffd) = userfaultfd_or_skip("ranges_outside_the_mapping") else {
+            return;
+        };
+        let mapping = private_mapping(2);
+        let len = mapping.len();
+        let data = vec![0x42; page()];
+        // An offset at or past the end.
+        assert_invalid_input(uffd.register(&mapping, len, page()));
+        assert_invalid_input(uffd.unregister(&mapping, len, page()));
+        assert_invalid_input(uffd.wake(&mapping, len, page()));
+        assert_invalid_input(uffd.copy(&mapping, len, &data));
+        assert_invalid_input(uffd.copy(&mapping, usize::MAX & !(page() - 1), &data));
+        // A length that runs past the end (and one that overflows).
+        assert_invalid_input(uffd.register(&mapping, page(), 2 * page()));
+        assert_invalid_input(uffd.register(&mapping, page(), usize::MAX & !(page() - 1)));
+        assert_invalid_input(uffd.unregister(&mapping, 0, len + page()));
+        assert_invalid_input(uffd.wake(&mapping, page(), 2 * page()));
+        assert_invalid_input(uffd.copy(&mapping, page(), &vec![0x42; 2 * page()]));
+        // Nothing was registered or written: the memory is ordinary zeroed memory.
+        assert_eq!(byte(&mapping, 0), 0);
+        assert_eq!(byte(&mapping, len - 1), 0);
+    }
+
+    #[test]
+    fn misaligned_and_empty_ranges_are_invalid_input() {
+        let Some(uffd) = userfaultfd_or_skip("misaligned_and_empty_ranges") else {
+            return;
+        };
+        let mapping = private_mapping(2);
+        // A misaligned offset, a length that is not whole pages, an empty range.
+        assert_invalid_input(uffd.register(&mapping, 1, page()));
+        assert_invalid_input(uffd.register(&mapping, 0, page() + 1));
+        assert_invalid_input(uffd.register(&mapping, 0, 0));
+        assert_invalid_input(uffd.unregister(&mapping, 8, page()));
+        assert_invalid_input(uffd.wake(&mapping, 0, 100));
+        uffd.register(&mapping, 0, 2 * page()).unwrap();
+        assert_invalid_input(uffd.copy(&mapping, 16, &vec![0x42; page()]));
+        assert_invalid_input(uffd.copy(&mapping, 0, &[0x42; 100]));
+        assert_invalid_input(uffd.copy(&mapping, 0, &[]));
+        // None of those wrote anything: a whole-page copy still finds the page missing.
+        assert_eq!(
+            uffd.copy(&mapping, 0, &vec![0x42; page()]).unwrap(),
+            Copied::All
+        );
+        assert_eq!(byte(&mapping, 16), 0x42);
+        uffd.unregister(&mapping, 0, 2 * page()).unwrap();
+    }
+
+    #[test]
+    fn copy_into_an_unregistered_range_fails_cleanly() {
+        let Some(uffd) = userfaultfd_or_skip("copy_into_an_unregistered_range") else {
+            return;
+        };
+        let registered = private_mapping(1);
+        let other = private_mapping(2);
+        uffd.register(&registered, 0, page()).unwrap();
+        let data = vec![0x99; page()];
+        // Never registered, or registered only in another mapping: an OS error, nothing written.
+        for (mapping, offset) in [(&other, 0), (&other, page())] {
+            let error = uffd.copy(mapping, offset, &data).unwrap_err();
+            assert!(
+                matches!(error.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)),
+                "{error:?}"
+            );
+            assert_eq!(byte(mapping, offset), 0);
+        }
+        // Registered, then unregistered: the same.
+        uffd.unregister(&registered, 0, page()).unwrap();
+        let error = uffd.copy(&registered, 0, &data).unwrap_err();
+        assert!(
+            matches!(error.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)),
+            "{error:?}"
+        );
+        assert_eq!(byte(&registered, 0), 0);
+        // Unregistering or waking a range that was never registered is harmless.
+        uffd.unregister(&other, 0, 2 * page()).unwrap();
+        uffd.wake(&other, 0, 2 * page()).unwrap();
+    }
+
+    #[test]
+    fn a_new_placement_drops_the_registration() {
+        let Some(uffd) = userfaultfd_or_skip("a_new_placement_drops_the_registration") else {
+            return;
+        };
+        let mapping = private_mapping(1);
+        uffd.register(&mapping, 0, page()).unwrap();
+        mapping.alloc(0, page()).unwrap();
+        // The new memory is not registered: touching it does not wait, and copy refuses it.
+        assert_eq!(byte(&mapping, 0), 0);
+        mapping.alloc(0, page()).unwrap();
+        assert!(uffd.copy(&mapping, 0, &vec![1; page()]).is_err());
+        assert_eq!(byte(&mapping, 0), 0);
     }
 
     #[test]

@@ -318,9 +318,9 @@ pub(crate) struct MapperShared {
 pub(crate) trait MapObserver: Send + Sync {
     /// Whether mappings of `object` are to be observed.
     fn observes(&self, object: &Mappable) -> bool;
-    /// The view `[address, address + len)` was just placed, inaccessible; it becomes
-    /// accessible when this returns `Ok`.
-    fn mapped(&self, address: *mut u8, len: usize) -> io::Result<()>;
+    /// The view at `offset..offset + len` of `window` (the mapper's window) was just placed,
+    /// inaccessible; it becomes accessible when this returns `Ok`.
+    fn mapped(&self, window: &SparseMapping, offset: usize, len: usize) -> io::Result<()>;
 }
 
 impl std::fmt::Debug for MapperShared {
@@ -531,9 +531,8 @@ impl MapperShared {
         let (offset, len) = window_span(range);
         self.window
             .map_file_inaccessible(offset, len, object, file_offset)?;
-        let address = self.window.as_ptr().cast::<u8>().wrapping_add(offset);
         if let Err(error) = observer
-            .mapped(address, len)
+            .mapped(&self.window, offset, len)
             .and_then(|()| self.window.set_writable(offset, len, writable))
         {
             // Back to the reservation's inaccessible state (the caller records an unmap).
@@ -645,6 +644,12 @@ impl VaMapper {
     /// The base of the window.
     pub fn base(&self) -> *mut u8 {
         self.shared.window.as_ptr().cast()
+    }
+
+    /// The window itself (for operations bound to the address space it owns, such as a lazy
+    /// restore's userfaultfd registrations and fills).
+    pub(crate) fn window(&self) -> &SparseMapping {
+        &self.shared.window
     }
 
     /// Copies the window's bytes at `offset` into `buffer` with the fault-safe copy. Nothing is

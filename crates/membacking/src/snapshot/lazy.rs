@@ -329,11 +329,6 @@ fn file_id(fd: &impl AsFd) -> Option<(u64, u64)> {
     sparse_mmap::object_id(fd.as_fd()).ok()
 }
 
-/// Registers `[address, address + len)` for missing-page faults.
-fn register(uffd: &Userfaultfd, address: *mut u8, len: usize) -> io::Result<()> {
-    uffd.register(address, len)
-}
-
 /// The observer that registers each new view of the RAM object.
 struct Observer(Arc<Shared>);
 
@@ -342,8 +337,8 @@ impl MapObserver for Observer {
         self.0.object_id.is_some() && file_id(object) == self.0.object_id
     }
 
-    fn mapped(&self, address: *mut u8, len: usize) -> io::Result<()> {
-        register(&self.0.uffd, address, len)
+    fn mapped(&self, window: &SparseMapping, offset: usize, len: usize) -> io::Result<()> {
+        self.0.uffd.register(window, offset, len)
     }
 }
 
@@ -386,7 +381,7 @@ impl LazyRestore {
                         Ok(helper)
                     })
                     .map_err(|error| SnapshotError::io("map", "the RAM object", error))?;
-                register(&uffd, helper.as_ptr().cast(), len)
+                uffd.register(&helper, 0, len)
                     .map_err(|error| SnapshotError::io("register", "the RAM object", error))?;
                 (Target::Helper(helper), file_id(object.as_ref()))
             }
@@ -435,9 +430,11 @@ impl LazyRestore {
                     None => shared.object_id.is_none(),
                 };
                 if observed {
-                    let address =
-                        (shared.window_base as *mut u8).wrapping_add(window_usize(range.start()));
-                    register(&shared.uffd, address, window_usize(range.len()))?;
+                    shared.uffd.register(
+                        shared.mapper.window(),
+                        window_usize(range.start()),
+                        window_usize(range.len()),
+                    )?;
                 }
             }
             Ok::<(), io::Error>(())
@@ -572,19 +569,36 @@ impl Shared {
             .map(|spec| spec.file_offset + (gpa - spec.range.start()))
     }
 
-    /// The address a fill of backing offset `offset` writes to.
-    fn fill_address(&self, offset: u64) -> Option<*mut u8> {
+    /// The mapping and offset in it that a fill of backing offset `offset` writes to.
+    fn fill_destination(&self, offset: u64) -> Option<(&SparseMapping, usize)> {
         match self.target {
             Target::Helper(ref helper) => {
                 let offset = usize::try_from(offset).ok().filter(|&o| o < helper.len())?;
-                Some(helper.as_ptr().cast::<u8>().wrapping_add(offset))
+                Some((helper, offset))
             }
             Target::Window => {
                 let spec = self.specs.at_offset(offset)?;
                 let gpa = spec.range.start() + (offset - spec.file_offset);
-                Some((self.window_base as *mut u8).wrapping_add(usize::try_from(gpa).ok()?))
+                Some((self.mapper.window(), usize::try_from(gpa).ok()?))
             }
         }
+    }
+
+    /// The registered mapping that faulting address `address` lies in (the window, or the
+    /// helper view), and its offset there.
+    fn locate(&self, address: usize) -> Option<(&SparseMapping, usize)> {
+        let window = self.mapper.window();
+        let helper = match &self.target {
+            Target::Helper(helper) => Some(helper),
+            Target::Window => None,
+        };
+        [Some(window), helper]
+            .into_iter()
+            .flatten()
+            .find_map(|mapping| {
+                let offset = address.checked_sub(mapping.as_ptr() as usize)?;
+                (offset < mapping.len()).then_some((mapping, offset))
+            })
     }
 
     /// The piece covering backing offset `offset`, if the snapshot has one.
@@ -597,10 +611,15 @@ impl Shared {
         Some(piece.slice((offset - piece.start) / PAGE_SIZE, 1))
     }
 
-    /// Copies `data` to `address` with `UFFDIO_COPY` (waking waiters there); `false` when a
-    /// page is already present.
-    fn copy(&self, address: *mut u8, data: &[u8]) -> Result<bool, SnapshotError> {
-        match self.uffd.copy(address, data) {
+    /// Copies `data` to `offset` in `mapping` with `UFFDIO_COPY` (waking waiters there);
+    /// `false` when a page is already present.
+    fn copy(
+        &self,
+        mapping: &SparseMapping,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<bool, SnapshotError> {
+        match self.uffd.copy(mapping, offset, data) {
             Ok(Copied::All) => Ok(true),
             Ok(Copied::Exists) => Ok(false),
             Err(error) => Err(SnapshotError::io("UFFDIO_COPY into", "guest RAM", error)),
@@ -611,9 +630,18 @@ impl Shared {
     fn serve_fault(&self, address: usize) {
         self.status.faults.fetch_add(1, Ordering::Relaxed);
         let page_address = address & !(PAGE - 1);
+        let Some((mapping, mapping_offset)) = self.locate(page_address) else {
+            // Outside every registered mapping (cannot happen: only the window's RAM views and
+            // the helper view are registered); nothing this restore owns can be filled there.
+            tracing::warn!(
+                address,
+                "a lazy restore fault outside its registered memory"
+            );
+            return;
+        };
         let Some(offset) = self.backing_offset(page_address) else {
             // Not RAM (cannot happen: only RAM views are registered): never leave it waiting.
-            let _ = self.copy(page_address as *mut u8, &self.zeros);
+            let _ = self.copy(mapping, mapping_offset, &self.zeros);
             return;
         };
         let page = offset / PAGE_SIZE;
@@ -634,9 +662,9 @@ impl Shared {
                 }
                 _ => &self.zeros,
             };
-            if let Err(error) = self.copy(page_address as *mut u8, data) {
+            if let Err(error) = self.copy(mapping, mapping_offset, data) {
                 self.copy_failed(&error);
-                let _ = self.uffd.wake(page_address as *mut u8, PAGE);
+                let _ = self.uffd.wake(mapping, mapping_offset, PAGE);
             }
             self.done.set(page);
         } else {
@@ -645,10 +673,10 @@ impl Shared {
                 std::thread::yield_now();
             }
             // Present: just wake. Missing again (decommitted): zeros.
-            match self.copy(page_address as *mut u8, &self.zeros) {
+            match self.copy(mapping, mapping_offset, &self.zeros) {
                 Ok(true) => {}
                 _ => {
-                    let _ = self.uffd.wake(page_address as *mut u8, PAGE);
+                    let _ = self.uffd.wake(mapping, mapping_offset, PAGE);
                 }
             }
         }
@@ -674,7 +702,7 @@ impl Shared {
         self.closing.store(true, Ordering::Release);
         let uffd = &self.uffd;
         let object_id = self.object_id;
-        let base = self.window_base;
+        let window = self.mapper.window();
         self.mapper.set_map_observer(None, |pieces| {
             for (range, object) in pieces {
                 let observed = match object {
@@ -682,15 +710,15 @@ impl Shared {
                     None => object_id.is_none(),
                 };
                 if observed {
-                    let address = (base as *mut u8).wrapping_add(window_usize(range.start()));
-                    if let Err(error) = uffd.unregister(address, window_usize(range.len())) {
+                    let (offset, len) = (window_usize(range.start()), window_usize(range.len()));
+                    if let Err(error) = uffd.unregister(window, offset, len) {
                         tracing::warn!(%error, range = %range, "unregistering a RAM view failed");
                     }
                 }
             }
         });
         if let Target::Helper(helper) = &self.target {
-            let _ = self.uffd.unregister(helper.as_ptr().cast(), helper.len());
+            let _ = self.uffd.unregister(helper, 0, helper.len());
             let _ = helper.unmap(0, helper.len());
         }
         let _ = self.stop.signal();
@@ -794,12 +822,12 @@ fn fill_chunk(shared: &Shared, chunk: &Piece, buffer: &mut [u8]) -> Result<(), S
         let run = mine[index..].iter().take_while(|&&mine| mine).count();
         let offset = chunk.start + index as u64 * PAGE_SIZE;
         let bytes = &data[index * PAGE..(index + run) * PAGE];
-        let copied = match shared.fill_address(offset) {
+        let copied = match shared.fill_destination(offset) {
             None => Err(SnapshotError::Layout {
                 dir: PathBuf::new(),
                 what: format!("backing offset {offset:#x} of the snapshot is in no RAM region"),
             }),
-            Some(address) => match shared.copy(address, bytes) {
+            Some((mapping, start)) => match shared.copy(mapping, start, bytes) {
                 Ok(true) => Ok(()),
                 // A page in the run exists already: copy page by page.
                 Ok(false) => {
@@ -808,7 +836,7 @@ fn fill_chunk(shared: &Shared, chunk: &Piece, buffer: &mut [u8]) -> Result<(), S
                         .enumerate()
                         .try_for_each(|(page, page_bytes)| {
                             shared
-                                .copy(address.wrapping_add(page * PAGE), page_bytes)
+                                .copy(mapping, start + page * PAGE, page_bytes)
                                 .map(drop)
                         })
                 }
