@@ -486,6 +486,21 @@ impl LazyRestore {
         self.shared.strong_count() == 0
     }
 
+    /// Reads the helper view of the RAM object at backing offset `offset` (`None` for private
+    /// RAM, or once the restore is gone): a touch nothing else makes, for the handler's tests.
+    #[cfg(test)]
+    pub(crate) fn read_helper(
+        &self,
+        offset: usize,
+        buffer: &mut [u8],
+    ) -> Option<Result<(), sparse_mmap::SparseMappingError>> {
+        let shared = self.shared.upgrade()?;
+        match &shared.target {
+            Target::Helper(helper) => Some(helper.read_at(offset, buffer)),
+            Target::Window => None,
+        }
+    }
+
     /// Faults served and pages filled so far.
     pub fn stats(&self) -> LazyStats {
         self.status.stats()
@@ -639,7 +654,13 @@ impl Shared {
             );
             return;
         };
-        let Some(offset) = self.backing_offset(page_address) else {
+        // The helper view maps the whole object from offset 0; the window maps RAM by GPA.
+        let backing = if std::ptr::eq(mapping, self.mapper.window()) {
+            self.backing_offset(page_address)
+        } else {
+            u64::try_from(mapping_offset).ok()
+        };
+        let Some(offset) = backing else {
             // Not RAM (cannot happen: only RAM views are registered): never leave it waiting.
             let _ = self.copy(mapping, mapping_offset, &self.zeros);
             return;

@@ -362,6 +362,37 @@ fn lazy_restore_serves_first_touches_before_the_background_fill() {
 }
 
 #[test]
+fn a_fault_in_the_helper_view_is_served_with_that_page_of_the_snapshot() {
+    let test = "a_fault_in_the_helper_view_is_served_with_that_page_of_the_snapshot";
+    if !lazy_available(test) {
+        return;
+    }
+    let (manager, _dir, target) = scribbled_snapshot(41, 200);
+    let image = ram_image(&manager);
+    // A page with data, above the legacy pieces (whose window GPAs equal their offsets).
+    let offset = (usize::try_from(MIB).unwrap()..image.len())
+        .step_by(4096)
+        .find(|&offset| image[offset..offset + 4096].iter().any(|&byte| byte != 0))
+        .unwrap();
+    let restored = restore(&target, lazy_options(true));
+    let lazy = restored.lazy.as_ref().unwrap();
+    let faults = lazy.stats().faults;
+    // The helper maps the RAM object from offset 0: the fault there is served with the page at
+    // that backing offset (the window's GPA arithmetic does not apply to it).
+    let mut page = vec![0u8; 4096];
+    lazy.read_helper(offset, &mut page)
+        .expect("file-backed RAM has a helper view")
+        .unwrap();
+    assert!(page == image[offset..offset + 4096], "offset {offset:#x}");
+    assert_eq!(lazy.stats().faults, faults + 1);
+    lazy.start_background();
+    block_on(lazy.wait()).unwrap();
+    assert!(ram_image(&restored.manager) == image);
+    block_on(restored.manager.close());
+    block_on(manager.close());
+}
+
+#[test]
 fn closing_a_manager_stops_its_lazy_restore_and_releases_it() {
     let test = "closing_a_manager_stops_its_lazy_restore_and_releases_it";
     if !lazy_available(test) {
