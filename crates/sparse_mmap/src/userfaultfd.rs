@@ -247,6 +247,11 @@ impl Userfaultfd {
     /// present already ([`Copied::Exists`], the pages before it filled). A destination that is
     /// not registered with this userfaultfd is an OS error (`ENOENT` or `EINVAL`), and nothing
     /// is written.
+    ///
+    /// The kernel fills a missing page whatever its protection: a registered
+    /// [`SparseMapping::map_zero`] page then reads `data`, and an unplaced (inaccessible) page
+    /// holds it once [`SparseMapping::set_writable`] opens it up. Register only ranges whose
+    /// pages are meant to be filled.
     pub fn copy(&self, mapping: &SparseMapping, offset: usize, data: &[u8]) -> io::Result<Copied> {
         let destination = mapping.checked_pages(offset, data.len())?;
         let mut done = 0usize;
