@@ -12,11 +12,13 @@
 //! - [`hooks`]: the typed answers of JavaScript callbacks (guest-memory hooks, the registrar);
 //!   [`registration`]: what a registration callback's answer means for the registrar.
 //! - [`args`]: the rules arguments from JavaScript must meet; [`ranges`]: how ranges and range
-//!   algorithm items cross.
+//!   algorithm items cross; [`range_panics`]: what a range algorithm's panic says about the
+//!   caller's input.
 //! - `kvm` (x86-64): a vCPU's options, register updates and run outcomes.
 //! - [`executor`]: the one executor behind the API's Promises, and the registrar's parked
 //!   tasks.
-//! - [`handles`]: transfer handles for `worker_threads`.
+//! - [`handles`]: transfer handles for `worker_threads`; [`slots`]: the numbered slots in which
+//!   the guest-memory fast paths find their memory.
 //! - [`external_memory`]: what native objects tell V8 they hold, so it collects them in time.
 //!
 //! The binding converts JavaScript values, calls the core, and hands results and errors to

@@ -9,8 +9,10 @@
 //!   change into the new state plus the ordered operations (mapping-manager additions and
 //!   invalidations, VA population, partition map/prefetch/pin/unmap); the plan executor
 //!   ([`PlanExecution`](region_manager::PlanExecution)) applies the failure rules; the flat view
-//!   shows what the guest sees; [`SyncRegionManager`](region_manager::SyncRegionManager) is a
-//!   synchronous reference driver for tests.
+//!   shows what the guest sees; [`check_slot_capacity`](region_manager::check_slot_capacity)
+//!   refuses, before any call, a plan that needs more hypervisor slots than a partition has
+//!   free; [`SyncRegionManager`](region_manager::SyncRegionManager) is a synchronous reference
+//!   driver for tests.
 //! - [`ram_visibility`] and [`device_memory`]: RAM regions and device windows expressed as
 //!   region-manager changes (so the same code acts and plans).
 //! - [`mapping_manager`]: the active mapping set and the VA mappers — one reserved window per
@@ -22,6 +24,9 @@
 //!   run as tasks on a dedicated "memory_manager" thread and talk through `futures` channels;
 //!   each VA mapper has a "mapper" thread. Every asynchronous method returns a
 //!   `Send + 'static` future.
+//! - [`dirty`], [`snapshot`] and [`migration`]: dirty tracking of guest RAM, snapshots and
+//!   restores (`docs/snapshots.md`), and live migration (`docs/migration.md`), built on the
+//!   runtime.
 //!
 //! # Invariants kept by the runtime
 //!
@@ -52,7 +57,8 @@
 //! backing lives) the VA mapper keeps (`mapping_manager::backing`, the only module that opts in).
 //! Every system call goes through a safe API of the crate that owns it: memory objects, VA
 //! reservations, page bitmaps and userfaultfd through `sparse_mmap`, guest accesses through
-//! `guestmem`, and the renames that publish a snapshot through `rustix`. `unsafe_code` is denied
+//! `guestmem`, and what snapshot publishing and reading need beyond that (`renameat2`, the
+//! `kill(pid, 0)` liveness check, clearing `O_NONBLOCK`) through `rustix`. `unsafe_code` is denied
 //! everywhere else in the crate, tests included (the snapshot benchmark's raw baselines, a separate
 //! target, say at their top why they opt in).
 
