@@ -118,7 +118,9 @@ impl Drop for Mapping {
 }
 
 /// Allocates, touches and frees 1 GiB, so later first touches do not measure the outer
-/// hypervisor handing memory back (limits.md, fact 2).
+/// hypervisor handing memory back: on the project machine the kernel reports memory that stayed
+/// free for a few seconds to the outer hypervisor, and touching it again then costs several
+/// microseconds per page there.
 fn warm_vm_memory() {
     let warm = Mapping::anonymous(1 << 30);
     warm.populate();
