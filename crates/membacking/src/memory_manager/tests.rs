@@ -1239,6 +1239,24 @@ fn running_out_of_slots_is_refused_before_any_call_and_does_not_poison() {
     assert_eq!((a.gpa(), b.gpa()), (Some(0xD000_0000), Some(0xD001_0000)));
     assert_eq!((c.gpa(), d.gpa()), (None, None));
 
+    // A placed window moved from under RAM (shadowed: no slot) to where it would take a slot:
+    // refused, and it keeps its earlier placement (the record's placement is put back).
+    block_on(d.map_to_guest(0x10_0000, true)).unwrap();
+    assert!(
+        limited.log.log().is_empty(),
+        "a window RAM shadows takes no slot"
+    );
+    let error = block_on(d.map_to_guest(0xD004_0000, true)).unwrap_err();
+    assert_eq!(no_free_slot(region_error(&error)), (1, 1, 0, 3));
+    assert_eq!(
+        d.gpa(),
+        Some(0x10_0000),
+        "the refused move keeps the placement"
+    );
+    block_on(d.unmap_from_guest());
+    assert_eq!(d.gpa(), None);
+    assert!(recording.log().is_empty() && limited.log.log().is_empty());
+
     // Not poisoned: a change that frees a slot before it takes one fits: moving a window, or
     // a batch that removes a window and places another (whatever their order in the batch:
     // the batch's unmaps run before its maps).
