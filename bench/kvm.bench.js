@@ -54,7 +54,7 @@ async function measureAsync(step, { iterations, runs = 7, warmup = 1 }) {
   return median(samples);
 }
 
-/** Touches `bytes` of memory and frees it, so that the next first touches do not measure pages the host handed back to the outer hypervisor (limits.md fact 2). */
+/** Touches `bytes` of memory and frees it, so that the next first touches do not measure pages the host handed back to the outer hypervisor (this machine's hypervisor takes freed memory back, and the next first touch of it is slow). */
 function warmHostMemory(bytes) {
   const buffer = Buffer.alloc(bytes, 1);
   buffer[bytes - 1] = 2;

@@ -17,8 +17,8 @@
 // (target <= 2, the issue's).
 //
 // Before each measurement, ours and the floors alike, a child process touches and frees 1 GiB,
-// so that no figure pays for memory the host handed back to the outer hypervisor (the
-// project's machine limits, fact 2).
+// so that no figure pays for memory the host handed back to the outer hypervisor (freed
+// memory goes back to it, and the next first touch of such memory is slow).
 //
 // Run with `node bench/run.js migration` (after `npm run build`; `MIGRATION_BENCH=js-downtime`
 // runs only the JavaScript downtime). Lines starting with `#` are notes.

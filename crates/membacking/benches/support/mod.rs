@@ -37,7 +37,7 @@ pub fn median(values: &[f64]) -> f64 {
 }
 
 /// Touches and frees 1 GiB so later first touches do not pay for memory handed back to the
-/// outer hypervisor (see the project's machine limits).
+/// outer hypervisor (freed memory goes back to it, and first touching it again is slow).
 pub fn warm_up() {
     let mut block = vec![0u8; 1 << 30];
     for page in block.chunks_mut(4096) {
